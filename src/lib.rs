@@ -1,1 +1,303 @@
+//! ngx_http_dyncert_module: per-SNI TLS certificates from Redis, cached per
+//! worker, chosen at handshake time without ever blocking the event loop.
+//!
+//! This file holds only the module statics and lifecycle, in nginx order:
+//! commands, context, module, then the configuration-time hooks.
 
+use core::ffi::{c_char, c_void};
+use core::ptr;
+
+use ngx::core::Status;
+use ngx::ffi::{
+    ngx_array_t, ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_conf_addr_t,
+    ngx_http_conf_port_t, ngx_http_core_srv_conf_t, ngx_http_module_t, ngx_int_t, ngx_module_t,
+    ngx_uint_t, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_1MORE, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET,
+    NGX_LOG_EMERG, NGX_LOG_NOTICE,
+};
+use ngx::http::{
+    HttpModule, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule, NgxHttpSslModule,
+};
+use ngx::{ngx_conf_log_error, ngx_string};
+
+mod boundary_ffi;
+mod conf_ffi;
+mod listener_ffi;
+mod ssl_ffi;
+mod variables_ffi;
+mod worker;
+mod worker_ffi;
+
+use conf_ffi::{MainConf, SrvConf};
+
+pub(crate) struct Module;
+
+impl HttpModule for Module {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: the module static is initialised at load time and only
+        // mutated by nginx while loading configuration (single-threaded).
+        unsafe { &*ptr::addr_of!(ngx_http_dyncert_module) }
+    }
+
+    unsafe extern "C" fn preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        boundary_ffi::guard("registering variables", Status::NGX_ERROR.into(), || unsafe {
+            variables_ffi::add_variables(cf)
+        })
+    }
+
+    unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        boundary_ffi::guard("configuring servers", Status::NGX_ERROR.into(), || unsafe {
+            postconfiguration(cf)
+        })
+    }
+}
+
+// SAFETY: create_main_conf/create_srv_conf allocate exactly these types.
+unsafe impl HttpModuleMainConf for Module {
+    type MainConf = MainConf;
+}
+// SAFETY: as above.
+unsafe impl HttpModuleServerConf for Module {
+    type ServerConf = SrvConf;
+}
+
+const fn command(
+    name: ngx::ffi::ngx_str_t,
+    type_: u32,
+    set: unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char,
+    conf: usize,
+) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: type_ as ngx_uint_t,
+        set: Some(set),
+        conf,
+        offset: 0,
+        post: ptr::null_mut(),
+    }
+}
+
+static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 9] = [
+    command(
+        ngx_string!("dyncert"),
+        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
+        conf_ffi::ngx_http_dyncert,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_unknown"),
+        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_TAKE1,
+        conf_ffi::ngx_http_dyncert_unknown,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_redis"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        conf_ffi::ngx_http_dyncert_redis,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_redis_prefix"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        conf_ffi::ngx_http_dyncert_redis_prefix,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_redis_timeout"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        conf_ffi::ngx_http_dyncert_redis_timeout,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_cache"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
+        conf_ffi::ngx_http_dyncert_cache,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_fetch_timeout"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        conf_ffi::ngx_http_dyncert_fetch_timeout,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_fetch_concurrency"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        conf_ffi::ngx_http_dyncert_fetch_concurrency,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    ngx_command_t::empty(),
+];
+
+static NGX_HTTP_DYNCERT_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: Some(Module::preconfiguration),
+    postconfiguration: Some(Module::postconfiguration),
+    create_main_conf: Some(Module::create_main_conf),
+    init_main_conf: None,
+    create_srv_conf: Some(Module::create_srv_conf),
+    merge_srv_conf: Some(Module::merge_srv_conf),
+    create_loc_conf: None,
+    merge_loc_conf: None,
+};
+
+ngx::ngx_modules!(ngx_http_dyncert_module);
+
+#[used]
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_http_dyncert_module: ngx_module_t = ngx_module_t {
+    ctx: ptr::addr_of!(NGX_HTTP_DYNCERT_MODULE_CTX) as _,
+    // SAFETY: taking the address of the static commands table.
+    commands: unsafe { ptr::addr_of_mut!(NGX_HTTP_DYNCERT_COMMANDS[0]) },
+    type_: NGX_HTTP_MODULE as _,
+    init_module: Some(ngx_http_dyncert_init_module),
+    init_process: Some(worker_ffi::ngx_http_dyncert_init_process),
+    exit_process: Some(worker_ffi::ngx_http_dyncert_exit_process),
+    ..ngx_module_t::default()
+};
+
+fn array<T>(a: &ngx_array_t) -> &[T] {
+    if a.elts.is_null() || a.nelts == 0 {
+        return &[];
+    }
+    // SAFETY: an ngx_array_t of T holds nelts initialised elements.
+    unsafe { core::slice::from_raw_parts(a.elts as *const T, a.nelts) }
+}
+
+/// Where a server block was defined, for error messages.
+fn location(cscf: &ngx_http_core_srv_conf_t) -> String {
+    if cscf.file_name.is_null() {
+        return "a server block".into();
+    }
+    // SAFETY: nginx stores the NUL-terminated file name of the block.
+    let f = unsafe { core::ffi::CStr::from_ptr(cscf.file_name as *const c_char) };
+    format!("the server block at {}:{}", f.to_string_lossy(), cscf.line)
+}
+
+/// After all server configurations are merged: validate cross-directive
+/// rules, install the OpenSSL callbacks, and record which listeners lead to
+/// dyncert servers.
+unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+    let cf_ref = unsafe { &*cf };
+    let Some(mcf) = Module::main_conf_mut(cf_ref) else {
+        return Status::NGX_ERROR.into();
+    };
+    let Some(cmcf) = NgxHttpCoreModule::main_conf(cf_ref) else {
+        return Status::NGX_ERROR.into();
+    };
+    if !ssl_ffi::init_ex_index() {
+        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "dyncert: cannot allocate an SSL ex_data index");
+        return Status::NGX_ERROR.into();
+    }
+
+    let servers: &[*mut ngx_http_core_srv_conf_t] = array(&cmcf.servers);
+    let mut any_enabled = false;
+    let mut any_reject = false;
+    for &cscf in servers {
+        // SAFETY: cmcf->servers holds live server configurations.
+        let cscf = unsafe { &*cscf };
+        let (Some(scf), Some(sscf)) = (
+            Module::server_conf_mut(cscf),
+            NgxHttpSslModule::server_conf(cscf),
+        ) else {
+            continue;
+        };
+        if !scf.enabled() {
+            continue;
+        }
+        if !sscf.certificate_values.is_null() {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "\"dyncert on\" cannot be combined with variables in \"ssl_certificate\" in {}: \
+                 both need the certificate callback and OpenSSL keeps only one",
+                location(cscf)
+            );
+            return Status::NGX_ERROR.into();
+        }
+        if sscf.ssl.ctx.is_null() {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "\"dyncert on\" needs a default \"ssl_certificate\" in {}",
+                location(cscf)
+            );
+            return Status::NGX_ERROR.into();
+        }
+        // SAFETY: the ctx and scf both live in this configuration cycle.
+        unsafe { ssl_ffi::install_cert_cb(sscf.ssl.ctx, scf as *mut SrvConf) };
+        any_enabled = true;
+        any_reject |= scf.rejects_unknown();
+    }
+
+    if !any_enabled {
+        mcf.enabled = false;
+        return Status::NGX_OK.into();
+    }
+    if mcf.redis_url.is_none() {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "\"dyncert on\" is set but \"dyncert_redis\" is not: dyncert has no certificate source"
+        );
+        return Status::NGX_ERROR.into();
+    }
+    mcf.enabled = true;
+
+    if any_reject {
+        // The initial SSL_CTX is the default server's: wrap the server-name
+        // callback on every server so whichever is default rejects properly.
+        for &cscf in servers {
+            let cscf = unsafe { &*cscf };
+            if let Some(sscf) = NgxHttpSslModule::server_conf(cscf) {
+                if !sscf.ssl.ctx.is_null() {
+                    unsafe { ssl_ffi::install_servername_cb(sscf.ssl.ctx) };
+                }
+            }
+        }
+    }
+
+    // Ports whose ssl listeners lead to a dyncert server get the peek step.
+    mcf.ports.clear();
+    if !cmcf.ports.is_null() {
+        let ports: &[ngx_http_conf_port_t] = array(unsafe { &*cmcf.ports });
+        for port in ports {
+            let addrs: &[ngx_http_conf_addr_t] = array(&port.addrs);
+            for addr in addrs {
+                if addr.opt.ssl() == 0 {
+                    continue;
+                }
+                let servers: &[*mut ngx_http_core_srv_conf_t] = array(&addr.servers);
+                let dyn_server = servers.iter().any(|&s| {
+                    Module::server_conf(unsafe { &*s }).is_some_and(|c| c.enabled())
+                });
+                let key = (port.family as i32, port.port);
+                if dyn_server && !mcf.ports.contains(&key) {
+                    mcf.ports.push(key);
+                }
+            }
+        }
+    }
+    Status::NGX_OK.into()
+}
+
+/// init_module: runs in the master after the listening sockets of the new
+/// cycle exist (at start and on every reload).
+unsafe extern "C" fn ngx_http_dyncert_init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    boundary_ffi::guard("wrapping listeners", Status::NGX_ERROR.into(), || {
+        // SAFETY: cycle is the cycle being initialised.
+        let Some(mcf) = Module::main_conf(unsafe { &*cycle }) else {
+            return Status::NGX_OK.into();
+        };
+        if !mcf.enabled {
+            return Status::NGX_OK.into();
+        }
+        let n = unsafe { listener_ffi::wrap_listeners(cycle, &mcf.ports) };
+        boundary_ffi::log_to(
+            unsafe { (*cycle).log },
+            NGX_LOG_NOTICE as ngx_uint_t,
+            &format!("dyncert: ClientHello peek enabled on {n} listener(s)"),
+        );
+        Status::NGX_OK.into()
+    })
+}

@@ -1,0 +1,337 @@
+//! Configuration: the directive parsers, the main/server configuration
+//! structures and their defaults and merges (unsafe: raw `ngx_conf_t`).
+
+use core::ffi::{c_char, c_void};
+use std::time::Duration;
+
+use dyncert_core::cache::CachePolicy;
+use dyncert_core::fetch::check_redis_url;
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::ffi::{
+    ngx_atoi, ngx_command_t, ngx_conf_t, ngx_msec_t, ngx_parse_time, ngx_str_t, NGX_ERROR,
+    NGX_LOG_EMERG,
+};
+use ngx::http::{Merge, MergeConfigError};
+use ngx::ngx_conf_log_error;
+
+/// Default prefix of the Redis key holding a name's record.
+pub const DEFAULT_PREFIX: &str = "dyncert:cert:";
+const DEFAULT_FETCH_TIMEOUT_MS: ngx_msec_t = 2000;
+const DEFAULT_REDIS_TIMEOUT_MS: ngx_msec_t = 1000;
+const DEFAULT_FETCH_CONCURRENCY: usize = 64;
+
+/// `http {}` level settings; `None` means "not set" until `init_main_conf`.
+#[derive(Debug, Default)]
+pub struct MainConf {
+    pub redis_url: Option<String>,
+    pub prefix: Option<String>,
+    pub cache: Option<CachePolicy>,
+    pub fetch_timeout: Option<ngx_msec_t>,
+    pub redis_timeout: Option<ngx_msec_t>,
+    pub fetch_concurrency: Option<usize>,
+    /// Filled in postconfiguration: some server has `dyncert on`.
+    pub enabled: bool,
+    /// Filled in postconfiguration: (family, port) of `ssl` listeners that
+    /// lead to a server with `dyncert on`; their connections are peeked.
+    pub ports: Vec<(i32, u16)>,
+}
+
+impl MainConf {
+    pub fn fetch_timeout(&self) -> ngx_msec_t {
+        self.fetch_timeout.unwrap_or(DEFAULT_FETCH_TIMEOUT_MS)
+    }
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout.unwrap_or(DEFAULT_REDIS_TIMEOUT_MS) as u64)
+    }
+    pub fn prefix(&self) -> &str {
+        self.prefix.as_deref().unwrap_or(DEFAULT_PREFIX)
+    }
+    pub fn cache(&self) -> CachePolicy {
+        self.cache.unwrap_or_default()
+    }
+    pub fn fetch_concurrency(&self) -> usize {
+        self.fetch_concurrency.unwrap_or(DEFAULT_FETCH_CONCURRENCY)
+    }
+}
+
+/// `server {}` level settings.
+#[derive(Debug, Default)]
+pub struct SrvConf {
+    pub enable: Option<bool>,
+    pub reject_unknown: Option<bool>,
+}
+
+impl SrvConf {
+    pub fn enabled(&self) -> bool {
+        self.enable.unwrap_or(false)
+    }
+    pub fn rejects_unknown(&self) -> bool {
+        self.reject_unknown.unwrap_or(false)
+    }
+}
+
+impl Merge for SrvConf {
+    fn merge(&mut self, prev: &SrvConf) -> Result<(), MergeConfigError> {
+        self.enable = self.enable.or(prev.enable).or(Some(false));
+        self.reject_unknown = self.reject_unknown.or(prev.reject_unknown).or(Some(false));
+        Ok(())
+    }
+}
+
+/// The directive's arguments after its name.
+///
+/// # Safety
+/// `cf` must be the `ngx_conf_t` nginx passed to a directive handler.
+unsafe fn args<'a>(cf: *mut ngx_conf_t) -> &'a [ngx_str_t] {
+    // SAFETY: during a directive handler cf->args is a non-empty array of
+    // ngx_str_t (the directive name first) owned by the configuration pool.
+    let a = unsafe { &*(*cf).args };
+    let all = unsafe { core::slice::from_raw_parts(a.elts as *const ngx_str_t, a.nelts) };
+    &all[1..]
+}
+
+fn as_bytes(s: &ngx_str_t) -> &[u8] {
+    if s.len == 0 || s.data.is_null() {
+        return &[];
+    }
+    // SAFETY: ngx_str_t from the configuration parser points to len bytes.
+    unsafe { core::slice::from_raw_parts(s.data, s.len) }
+}
+
+fn as_str(s: &ngx_str_t) -> String {
+    String::from_utf8_lossy(as_bytes(s)).into_owned()
+}
+
+fn parse_msec(v: &[u8]) -> Option<ngx_msec_t> {
+    let mut s = ngx_str_t {
+        len: v.len(),
+        data: v.as_ptr() as *mut u8,
+    };
+    // SAFETY: ngx_parse_time only reads s.len bytes from s.data.
+    let r = unsafe { ngx_parse_time(&mut s, 0) };
+    if r == NGX_ERROR as isize {
+        None
+    } else {
+        Some(r as ngx_msec_t)
+    }
+}
+
+fn parse_number(v: &[u8]) -> Option<usize> {
+    // SAFETY: ngx_atoi only reads v.len() bytes.
+    let r = unsafe { ngx_atoi(v.as_ptr() as *mut u8, v.len()) };
+    if r < 0 {
+        None
+    } else {
+        Some(r as usize)
+    }
+}
+
+const DUPLICATE: *mut c_char = c"is duplicate".as_ptr() as *mut c_char;
+
+macro_rules! invalid {
+    ($cf:expr, $v:expr) => {{
+        ngx_conf_log_error!(NGX_LOG_EMERG, $cf, "invalid parameter \"{}\"", $v);
+        return NGX_CONF_ERROR;
+    }};
+}
+
+/// Gets the main configuration that a main-level directive writes to.
+///
+/// # Safety
+/// `conf` must be the pointer nginx passes for a NGX_HTTP_MAIN_CONF_OFFSET
+/// directive of this module.
+unsafe fn main_conf<'a>(conf: *mut c_void) -> &'a mut MainConf {
+    // SAFETY: create_main_conf allocated a MainConf at this address.
+    unsafe { &mut *(conf as *mut MainConf) }
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_redis URL;`.
+pub unsafe extern "C" fn ngx_http_dyncert_redis(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let mcf = unsafe { main_conf(conf) };
+    if mcf.redis_url.is_some() {
+        return DUPLICATE;
+    }
+    let url = as_str(&unsafe { args(cf) }[0]);
+    if let Err(e) = check_redis_url(&url) {
+        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\": {}", url, e);
+        return NGX_CONF_ERROR;
+    }
+    mcf.redis_url = Some(url);
+    NGX_CONF_OK
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_redis_prefix PREFIX;`.
+pub unsafe extern "C" fn ngx_http_dyncert_redis_prefix(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let mcf = unsafe { main_conf(conf) };
+    if mcf.prefix.is_some() {
+        return DUPLICATE;
+    }
+    let v = as_bytes(&unsafe { args(cf) }[0]);
+    // The prefix becomes part of every key: printable ASCII, no spaces.
+    if v.len() > 128 || !v.iter().all(|b| b.is_ascii_graphic()) {
+        invalid!(cf, String::from_utf8_lossy(v));
+    }
+    mcf.prefix = Some(String::from_utf8_lossy(v).into_owned());
+    NGX_CONF_OK
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_cache max=N valid=T stale=T negative=T;`.
+pub unsafe extern "C" fn ngx_http_dyncert_cache(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let mcf = unsafe { main_conf(conf) };
+    if mcf.cache.is_some() {
+        return DUPLICATE;
+    }
+    let mut policy = CachePolicy::default();
+    for a in unsafe { args(cf) } {
+        let v = as_bytes(a);
+        let text = String::from_utf8_lossy(v);
+        let Some(eq) = v.iter().position(|&b| b == b'=') else {
+            invalid!(cf, text);
+        };
+        let (k, val) = (&v[..eq], &v[eq + 1..]);
+        match k {
+            b"max" => match parse_number(val) {
+                Some(n) if n <= 10_000_000 => policy.max_entries = n,
+                _ => invalid!(cf, text),
+            },
+            b"valid" | b"stale" | b"negative" => {
+                let Some(ms) = parse_msec(val) else {
+                    invalid!(cf, text);
+                };
+                match k {
+                    b"valid" => policy.valid = ms as u64,
+                    b"stale" => policy.stale = ms as u64,
+                    _ => policy.negative = ms as u64,
+                }
+            }
+            _ => invalid!(cf, text),
+        }
+    }
+    mcf.cache = Some(policy);
+    NGX_CONF_OK
+}
+
+/// Shared parser for the time-valued main directives.
+unsafe fn set_msec(
+    cf: *mut ngx_conf_t,
+    slot: &mut Option<ngx_msec_t>,
+    min: ngx_msec_t,
+) -> *mut c_char {
+    if slot.is_some() {
+        return DUPLICATE;
+    }
+    let a = &unsafe { args(cf) }[0];
+    match parse_msec(as_bytes(a)) {
+        Some(ms) if ms >= min => {
+            *slot = Some(ms);
+            NGX_CONF_OK
+        }
+        _ => invalid!(cf, as_str(a)),
+    }
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_fetch_timeout TIME;`.
+pub unsafe extern "C" fn ngx_http_dyncert_fetch_timeout(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let mcf = unsafe { main_conf(conf) };
+    unsafe { set_msec(cf, &mut mcf.fetch_timeout, 1) }
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_redis_timeout TIME;`.
+pub unsafe extern "C" fn ngx_http_dyncert_redis_timeout(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let mcf = unsafe { main_conf(conf) };
+    unsafe { set_msec(cf, &mut mcf.redis_timeout, 1) }
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_fetch_concurrency N;`.
+pub unsafe extern "C" fn ngx_http_dyncert_fetch_concurrency(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let mcf = unsafe { main_conf(conf) };
+    if mcf.fetch_concurrency.is_some() {
+        return DUPLICATE;
+    }
+    let a = &unsafe { args(cf) }[0];
+    match parse_number(as_bytes(a)) {
+        Some(n) if (1..=100_000).contains(&n) => {
+            mcf.fetch_concurrency = Some(n);
+            NGX_CONF_OK
+        }
+        _ => invalid!(cf, as_str(a)),
+    }
+}
+
+/// # Safety
+/// `conf` must be the SrvConf pointer nginx passes for a
+/// NGX_HTTP_SRV_CONF_OFFSET directive of this module.
+unsafe fn srv_conf<'a>(conf: *mut c_void) -> &'a mut SrvConf {
+    // SAFETY: create_srv_conf allocated a SrvConf at this address.
+    unsafe { &mut *(conf as *mut SrvConf) }
+}
+
+/// # Safety
+/// Called by nginx for `dyncert on|off;`.
+pub unsafe extern "C" fn ngx_http_dyncert(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let scf = unsafe { srv_conf(conf) };
+    if scf.enable.is_some() {
+        return DUPLICATE;
+    }
+    let a = &unsafe { args(cf) }[0];
+    scf.enable = match as_bytes(a) {
+        b"on" => Some(true),
+        b"off" => Some(false),
+        _ => invalid!(cf, as_str(a)),
+    };
+    NGX_CONF_OK
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_unknown default|reject;`.
+pub unsafe extern "C" fn ngx_http_dyncert_unknown(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let scf = unsafe { srv_conf(conf) };
+    if scf.reject_unknown.is_some() {
+        return DUPLICATE;
+    }
+    let a = &unsafe { args(cf) }[0];
+    scf.reject_unknown = match as_bytes(a) {
+        b"default" => Some(false),
+        b"reject" => Some(true),
+        _ => invalid!(cf, as_str(a)),
+    };
+    NGX_CONF_OK
+}

@@ -1,0 +1,247 @@
+//! Pre-handshake step on `ssl` listeners of dyncert servers: peek the
+//! ClientHello (MSG_PEEK, nothing consumed), read its SNI, and if the name
+//! is not cached park the connection until the fetcher answers or
+//! `dyncert_fetch_timeout` passes; then hand it to nginx's own
+//! `ngx_http_init_connection` exactly as if dyncert were not there.
+//!
+//! This is an optimisation: whatever happens here (garbage, split
+//! ClientHello, timeouts), the connection ends up in nginx's handler and
+//! the certificate callback decides.
+
+use core::ffi::c_void;
+use core::mem::size_of;
+use core::ptr;
+use std::cell::RefCell;
+
+use dyncert_core::cache::{Clock, SystemClock};
+use dyncert_core::clienthello::{peek_client_hello, Peek, PEEK_LIMIT};
+use dyncert_core::name::normalize_sni;
+use ngx::ffi::{
+    ngx_add_timer, ngx_atomic_uint_t, ngx_connection_t, ngx_cycle_t, ngx_del_timer,
+    ngx_event_t, ngx_handle_read_event, ngx_http_init_connection, ngx_inet_get_port, ngx_int_t,
+    ngx_listening_t, ngx_pcalloc, NGX_OK,
+};
+
+use crate::boundary_ffi::guard;
+use crate::worker::PreHandshake;
+use crate::worker_ffi::{fetch_timeout, with_worker};
+
+type ConnectionHandler = unsafe extern "C" fn(*mut ngx_connection_t);
+type EventHandler = unsafe extern "C" fn(*mut ngx_event_t);
+
+/// Longest normalised name (RFC 1035: 253 octets).
+const NAME_MAX: usize = 253;
+
+/// Lives in `c->data` (allocated from the connection pool) between accept
+/// and the hand-off to nginx.
+#[repr(C)]
+struct PeekCtx {
+    parked: bool,
+    name_len: usize,
+    name: [u8; NAME_MAX],
+}
+
+/// A parked connection, as queued behind an in-flight fetch.
+pub struct Parked {
+    c: *mut ngx_connection_t,
+    number: ngx_atomic_uint_t,
+}
+
+thread_local! {
+    // One scratch buffer per worker: the event loop peeks one socket at a time.
+    static PEEK_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; PEEK_LIMIT]);
+}
+
+/// Replaces `ngx_http_init_connection` on the TCP listeners whose port has a
+/// dyncert server behind `ssl` (init_module: runs again on every reload with
+/// the new cycle's listeners).
+///
+/// # Safety
+/// `cycle` must be the cycle being initialised.
+pub unsafe fn wrap_listeners(cycle: *mut ngx_cycle_t, ports: &[(i32, u16)]) -> usize {
+    let mut wrapped = 0;
+    // SAFETY: cycle->listening is an array of ngx_listening_t owned by it.
+    let ls = unsafe {
+        let a = &(*cycle).listening;
+        if a.elts.is_null() {
+            return 0;
+        }
+        core::slice::from_raw_parts_mut(a.elts as *mut ngx_listening_t, a.nelts)
+    };
+    for l in ls {
+        let is_http = l.handler.is_some_and(|h| {
+            core::ptr::fn_addr_eq(h, ngx_http_init_connection as ConnectionHandler)
+        });
+        if !is_http || l.type_ != libc::SOCK_STREAM || l.sockaddr.is_null() {
+            continue;
+        }
+        // SAFETY: sockaddr is non-null and of l->socklen bytes.
+        let family = unsafe { (*l.sockaddr).sa_family } as i32;
+        let port = unsafe { ngx_inet_get_port(l.sockaddr) };
+        if ports.iter().any(|&(f, p)| f == family && p == port) {
+            l.handler = Some(ngx_http_dyncert_init_connection);
+            wrapped += 1;
+        }
+    }
+    wrapped
+}
+
+/// Accept handler of wrapped listeners.
+///
+/// # Safety
+/// Called by nginx with a freshly accepted connection.
+unsafe extern "C" fn ngx_http_dyncert_init_connection(c: *mut ngx_connection_t) {
+    let ok = guard("accepting a connection", false, || unsafe { start_peek(c) });
+    if !ok {
+        // SAFETY: untouched or restored connection: nginx's usual path.
+        unsafe { hand_off(c) };
+    }
+}
+
+/// Sets up the peek; false means "hand off now".
+unsafe fn start_peek(c: *mut ngx_connection_t) -> bool {
+    let Some(timeout) = fetch_timeout() else {
+        return false; // dyncert does not run in this worker
+    };
+    // SAFETY: c and its pool are live; pcalloc zeroes the context.
+    let ctx = unsafe { ngx_pcalloc((*c).pool, size_of::<PeekCtx>()) } as *mut PeekCtx;
+    if ctx.is_null() {
+        return false;
+    }
+    unsafe {
+        (*c).data = ctx as *mut c_void;
+        let rev = (*c).read;
+        (*rev).handler = Some(ngx_http_dyncert_peek_handler);
+        ngx_add_timer(rev, timeout);
+        if (*rev).ready() != 0 {
+            // Deferred accept: the ClientHello is already there.
+            ngx_http_dyncert_peek_handler(rev);
+            return true;
+        }
+        if ngx_handle_read_event(rev, 0) != NGX_OK as ngx_int_t {
+            return false;
+        }
+    }
+    true
+}
+
+/// Read/timer handler while peeking or parked.
+unsafe extern "C" fn ngx_http_dyncert_peek_handler(rev: *mut ngx_event_t) {
+    // SAFETY: rev->data is the connection for connection read events.
+    let c = unsafe { (*rev).data } as *mut ngx_connection_t;
+    let done = guard("reading a ClientHello", true, || unsafe { on_event(c, rev) });
+    if done {
+        unsafe { hand_off(c) };
+    }
+}
+
+/// Returns true when the connection must go to nginx now.
+unsafe fn on_event(c: *mut ngx_connection_t, rev: *mut ngx_event_t) -> bool {
+    // SAFETY: c->data is our PeekCtx until hand_off.
+    let ctx = unsafe { &mut *((*c).data as *mut PeekCtx) };
+    if unsafe { (*rev).timedout() } != 0 {
+        if ctx.parked {
+            let name = String::from_utf8_lossy(&ctx.name[..ctx.name_len]).into_owned();
+            let number = unsafe { (*c).number };
+            with_worker(|w| w.abandon(&name, |p| p.c == c && p.number == number));
+        }
+        return true;
+    }
+    if ctx.parked {
+        // More bytes or a close while waiting: dealt with after hand-off
+        // (edge-triggered epoll re-reports nothing we need now).
+        return false;
+    }
+    let fd = unsafe { (*c).fd };
+    PEEK_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        // SAFETY: buf has PEEK_LIMIT writable bytes; MSG_PEEK leaves the data
+        // in the socket for nginx's TLS stack.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut c_void, buf.len(), libc::MSG_PEEK) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            if err == libc::EAGAIN || err == libc::EINTR {
+                unsafe { (*rev).set_ready(0) };
+                return false;
+            }
+            return true; // nginx will see the same error and close
+        }
+        if n == 0 {
+            return true; // EOF: nginx closes it
+        }
+        let data = &buf[..n as usize];
+        // A TLS record starts with 0x16; anything else that parses is a
+        // PROXY protocol header in front of it.
+        let proxy = data.first() != Some(&0x16);
+        match peek_client_hello(data, proxy) {
+            Peek::NeedMore => {
+                if n as usize >= PEEK_LIMIT {
+                    return true;
+                }
+                unsafe { (*rev).set_ready(0) };
+                false
+            }
+            Peek::Unparseable(_) | Peek::Hello { sni: None } => true,
+            Peek::Hello { sni: Some(raw) } => {
+                let Ok(name) = normalize_sni(&raw) else {
+                    return true; // invalid names never cause I/O
+                };
+                let parked = Parked {
+                    c,
+                    number: unsafe { (*c).number },
+                };
+                let now = SystemClock.now();
+                match with_worker(|w| w.pre_handshake(&name, parked, now)) {
+                    Some(PreHandshake::Park) => {
+                        let len = name.len().min(NAME_MAX);
+                        ctx.name[..len].copy_from_slice(&name.as_bytes()[..len]);
+                        ctx.name_len = len;
+                        ctx.parked = true;
+                        if let Some(t) = fetch_timeout() {
+                            // The park gets the full fetch timeout.
+                            unsafe { ngx_add_timer(rev, t) };
+                        }
+                        false
+                    }
+                    _ => true,
+                }
+            }
+        }
+    })
+}
+
+/// Resumes a parked connection whose fetch finished.
+///
+/// # Safety
+/// `p` must come from the in-flight queue (its connection still parked).
+pub unsafe fn resume(p: Parked) {
+    // SAFETY: a parked connection is only closed through hand_off, which
+    // removes it from the queue first; check it is the same connection.
+    let c = p.c;
+    let still_ours = unsafe {
+        (*c).number == p.number
+            && !(*c).data.is_null()
+            && (*(*c).read).handler.is_some_and(|h| {
+                core::ptr::fn_addr_eq(h, ngx_http_dyncert_peek_handler as EventHandler)
+            })
+    };
+    if still_ours {
+        unsafe { hand_off(c) };
+    }
+}
+
+/// Gives the connection to nginx's own handler as if it had just been
+/// accepted with the ClientHello already readable.
+unsafe fn hand_off(c: *mut ngx_connection_t) {
+    // SAFETY: c is live and owned by us until ngx_http_init_connection.
+    unsafe {
+        let rev = (*c).read;
+        if (*rev).timer_set() != 0 {
+            ngx_del_timer(rev);
+        }
+        (*rev).set_timedout(0);
+        (*rev).set_ready(1);
+        (*c).data = ptr::null_mut();
+        ngx_http_init_connection(c);
+    }
+}

@@ -1,0 +1,301 @@
+//! OpenSSL side of the handshake: the certificate callback that installs a
+//! cached certificate, the server-name callback wrapper that rejects unknown
+//! names, and the per-connection record of where the certificate came from.
+//!
+//! Every OpenSSL call is wrapped once and turned into a `Result`.
+
+use core::ffi::{c_int, c_long, c_void, CStr};
+use core::ptr;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use dyncert_core::cache::{Clock, SystemClock};
+use dyncert_core::fetch::CertSource;
+use dyncert_core::name::normalize_sni;
+use dyncert_core::validate::ParsedCert;
+use ngx::ffi::{
+    ngx_connection_t, ngx_http_connection_t, ngx_http_ssl_servername, ngx_ssl_connection_index,
+    ngx_uint_t, CRYPTO_get_ex_new_index, SSL_CTX_callback_ctrl, SSL_CTX_set_cert_cb,
+    SSL_certs_clear, SSL_ctrl, SSL_get_ex_data, SSL_get_servername, SSL_set_ex_data,
+    SSL_use_PrivateKey, SSL_use_certificate, CRYPTO_EX_INDEX_SSL, EVP_PKEY, NGX_LOG_ALERT,
+    SSL, SSL_AD_UNRECOGNIZED_NAME, SSL_CTRL_CHAIN_CERT, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB,
+    SSL_CTX, SSL_TLSEXT_ERR_ALERT_FATAL, SSL_TLSEXT_ERR_OK, TLSEXT_NAMETYPE_host_name, X509,
+};
+use ngx::http::HttpModuleServerConf;
+use foreign_types::ForeignType;
+
+use crate::boundary_ffi::{guard, log};
+use crate::conf_ffi::SrvConf;
+use crate::worker_ffi::with_worker;
+use crate::Module;
+
+/// SSL ex_data slot holding the `CertSource` (as a small integer) chosen
+/// for the connection. Allocated once per process in the master.
+static SOURCE_INDEX: AtomicI32 = AtomicI32::new(-1);
+
+/// Allocates the ex_data index (idempotent across reloads).
+pub fn init_ex_index() -> bool {
+    if SOURCE_INDEX.load(Ordering::Relaxed) >= 0 {
+        return true;
+    }
+    // SAFETY: plain OpenSSL call; NULL callbacks mean the slot holds a
+    // non-owning integer and needs no free.
+    let idx = unsafe {
+        CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL as c_int, 0, ptr::null_mut(), None, None, None)
+    };
+    if idx < 0 {
+        return false;
+    }
+    SOURCE_INDEX.store(idx, Ordering::Relaxed);
+    true
+}
+
+fn source_code(s: CertSource) -> usize {
+    match s {
+        CertSource::Cache => 1,
+        CertSource::Redis => 2,
+        CertSource::Default => 3,
+        CertSource::Rejected => 4,
+    }
+}
+
+fn source_from_code(v: usize) -> Option<CertSource> {
+    match v {
+        1 => Some(CertSource::Cache),
+        2 => Some(CertSource::Redis),
+        3 => Some(CertSource::Default),
+        4 => Some(CertSource::Rejected),
+        _ => None,
+    }
+}
+
+/// Records the source on the connection (read back by `$dyncert_source`).
+///
+/// # Safety
+/// `ssl` must be a live SSL object.
+unsafe fn set_source(ssl: *mut SSL, s: CertSource) {
+    let idx = SOURCE_INDEX.load(Ordering::Relaxed);
+    if idx >= 0 {
+        // SAFETY: ssl is live; the slot stores an integer, never freed.
+        unsafe { SSL_set_ex_data(ssl, idx, source_code(s) as *mut c_void) };
+    }
+}
+
+/// The source recorded for a connection, if dyncert handled its handshake.
+///
+/// # Safety
+/// `c` must be a live connection.
+pub unsafe fn connection_source(c: *mut ngx_connection_t) -> Option<CertSource> {
+    let ssl = unsafe { connection_ssl(c) }?;
+    let idx = SOURCE_INDEX.load(Ordering::Relaxed);
+    if idx < 0 {
+        return None;
+    }
+    // SAFETY: ssl is live; the slot holds an integer or NULL.
+    source_from_code(unsafe { SSL_get_ex_data(ssl, idx) } as usize)
+}
+
+/// The raw SNI of a connection, if any.
+///
+/// # Safety
+/// `c` must be a live connection; the slice lives as long as its SSL.
+pub unsafe fn connection_sni<'a>(c: *mut ngx_connection_t) -> Option<&'a [u8]> {
+    let ssl = unsafe { connection_ssl(c) }?;
+    unsafe { servername(ssl) }
+}
+
+unsafe fn connection_ssl(c: *mut ngx_connection_t) -> Option<*mut SSL> {
+    // SAFETY: c is live; c->ssl is NULL or nginx's ngx_ssl_connection_t.
+    let sc = unsafe { c.as_ref()?.ssl.as_ref()? };
+    (!sc.connection.is_null()).then_some(sc.connection)
+}
+
+/// SSL_get_servername(3): the host_name the client sent.
+unsafe fn servername<'a>(ssl: *mut SSL) -> Option<&'a [u8]> {
+    // SAFETY: ssl is live; the returned string is owned by the session.
+    let p = unsafe { SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name as c_int) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: OpenSSL returns a NUL-terminated string.
+    Some(unsafe { CStr::from_ptr(p) }.to_bytes())
+}
+
+/// Turns an OpenSSL return code into a Result naming the call.
+fn cvt(r: c_long, what: &'static str) -> Result<(), &'static str> {
+    if r > 0 {
+        Ok(())
+    } else {
+        Err(what)
+    }
+}
+
+/// Installs `cert` on the connection in place of the server's default,
+/// without parsing anything. SSL_certs_clear drops the default first so
+/// OpenSSL cannot pick it for a client whose signature algorithms would
+/// prefer the default's key type.
+///
+/// # Safety
+/// `ssl` must be a live SSL object inside its certificate callback.
+unsafe fn install(ssl: *mut SSL, cert: &ParsedCert) -> Result<(), &'static str> {
+    // SSL_certs_clear(3) / SSL_use_certificate(3) / SSL_use_PrivateKey(3) /
+    // SSL_add1_chain_cert(3): each takes its own reference.
+    unsafe {
+        // SAFETY: ssl is live.
+        SSL_certs_clear(ssl);
+        // SAFETY: the X509 outlives the call; OpenSSL up-refs it.
+        cvt(
+            SSL_use_certificate(ssl, cert.leaf.as_ptr() as *mut X509) as c_long,
+            "SSL_use_certificate() failed",
+        )?;
+        // SAFETY: the EVP_PKEY outlives the call; OpenSSL up-refs it.
+        cvt(
+            SSL_use_PrivateKey(ssl, cert.key.as_ptr() as *mut EVP_PKEY) as c_long,
+            "SSL_use_PrivateKey() failed",
+        )?;
+        for x in &cert.chain {
+            // SAFETY: SSL_add1_chain_cert is SSL_ctrl(CHAIN_CERT, 1, x): up-refs x.
+            cvt(
+                SSL_ctrl(ssl, SSL_CTRL_CHAIN_CERT as c_int, 1, x.as_ptr() as *mut c_void),
+                "SSL_add1_chain_cert() failed",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// SSL_CTX_set_cert_cb(3) callback of servers with `dyncert on`.
+///
+/// # Safety
+/// Called by OpenSSL during a handshake; `arg` is the server's SrvConf.
+pub unsafe extern "C" fn ngx_http_dyncert_cert_cb(ssl: *mut SSL, arg: *mut c_void) -> c_int {
+    guard("selecting a certificate", 0, || {
+        // SAFETY: arg was set to the server's SrvConf, which lives as long as
+        // the configuration cycle that owns the SSL_CTX.
+        let reject = unsafe { (arg as *const SrvConf).as_ref() }
+            .map(|s| s.rejects_unknown())
+            .unwrap_or(false);
+        // SAFETY: ssl is live for the duration of the callback.
+        let Some(raw) = (unsafe { servername(ssl) }) else {
+            unsafe { set_source(ssl, CertSource::Default) };
+            return 1;
+        };
+        let Ok(name) = normalize_sni(raw) else {
+            unsafe { set_source(ssl, CertSource::Default) };
+            return if reject { 0 } else { 1 };
+        };
+        let now = SystemClock.now();
+        let (cert, source) =
+            with_worker(|w| w.for_handshake(&name, now)).unwrap_or((None, CertSource::Default));
+        match cert {
+            Some(cert) => match unsafe { install(ssl, &cert) } {
+                Ok(()) => {
+                    unsafe { set_source(ssl, source) };
+                    1
+                }
+                Err(what) => {
+                    log(
+                        NGX_LOG_ALERT as ngx_uint_t,
+                        &format!("dyncert: {what} while installing a certificate, name: \"{name}\""),
+                    );
+                    0
+                }
+            },
+            None if reject => {
+                unsafe { set_source(ssl, CertSource::Rejected) };
+                0
+            }
+            None => {
+                unsafe { set_source(ssl, CertSource::Default) };
+                1
+            }
+        }
+    })
+}
+
+/// Wraps nginx's server-name callback so that `dyncert_unknown reject`
+/// fails the handshake with an `unrecognized_name` alert (the certificate
+/// callback can only fail with `internal_error`).
+///
+/// # Safety
+/// Called by OpenSSL during a handshake with nginx's arguments.
+pub unsafe extern "C" fn ngx_http_dyncert_servername(
+    ssl: *mut SSL,
+    ad: *mut c_int,
+    arg: *mut c_void,
+) -> c_int {
+    // SAFETY: same contract as nginx's own callback, which we call first so
+    // it selects the virtual server exactly as without dyncert.
+    let rc = unsafe { ngx_http_ssl_servername(ssl as *mut _, ad, arg) };
+    if rc != SSL_TLSEXT_ERR_OK as c_int {
+        return rc;
+    }
+    guard("checking a server name", rc, || {
+        // SAFETY: nginx stores the connection in the SSL ex_data slot.
+        let c = unsafe { SSL_get_ex_data(ssl, ngx_ssl_connection_index) } as *mut ngx_connection_t;
+        // SAFETY: during the handshake c->data is the ngx_http_connection_t.
+        let Some(hc) = (unsafe { c.as_ref() }).and_then(|c| unsafe {
+            (c.data as *mut ngx_http_connection_t).as_ref()
+        }) else {
+            return rc;
+        };
+        let Some(scf) = Module::server_conf(hc) else {
+            return rc;
+        };
+        if !scf.enabled() || !scf.rejects_unknown() {
+            return rc;
+        }
+        // SAFETY: ssl is live.
+        let Some(raw) = (unsafe { servername(ssl) }) else {
+            return rc; // no SNI: the default certificate
+        };
+        let known = match normalize_sni(raw) {
+            Ok(name) => {
+                let now = SystemClock.now();
+                with_worker(|w| w.has_certificate(&name, now)).unwrap_or(false)
+            }
+            Err(_) => false,
+        };
+        if known {
+            return rc;
+        }
+        // SAFETY: c is live with an SSL connection (we are in its handshake).
+        unsafe {
+            if let Some(sc) = (*c).ssl.as_mut() {
+                // Logged at info by nginx, like ssl_reject_handshake.
+                sc.set_handshake_rejected(1);
+            }
+            set_source(ssl, CertSource::Rejected);
+            *ad = SSL_AD_UNRECOGNIZED_NAME as c_int;
+        }
+        SSL_TLSEXT_ERR_ALERT_FATAL as c_int
+    })
+}
+
+/// Installs the certificate callback on a dyncert server's SSL_CTX.
+///
+/// # Safety
+/// `ctx` must be a live SSL_CTX; `conf` must outlive it.
+pub unsafe fn install_cert_cb(ctx: *mut SSL_CTX, conf: *mut SrvConf) {
+    // SAFETY: SSL_CTX_set_cert_cb(3); conf lives in the configuration pool
+    // that also owns (and frees) the SSL_CTX.
+    unsafe { SSL_CTX_set_cert_cb(ctx, Some(ngx_http_dyncert_cert_cb), conf as *mut c_void) };
+}
+
+/// Replaces nginx's server-name callback with the wrapper above.
+///
+/// # Safety
+/// `ctx` must be a live SSL_CTX of an http server.
+pub unsafe fn install_servername_cb(ctx: *mut SSL_CTX) {
+    type Cb = unsafe extern "C" fn(*mut SSL, *mut c_int, *mut c_void) -> c_int;
+    let cb: Cb = ngx_http_dyncert_servername;
+    // SAFETY: SSL_CTX_set_tlsext_servername_callback(3) is this ctrl; OpenSSL
+    // stores the pointer as a generic function and calls it with the
+    // (SSL*, int*, void*) signature.
+    unsafe {
+        SSL_CTX_callback_ctrl(
+            ctx,
+            SSL_CTRL_SET_TLSEXT_SERVERNAME_CB as c_int,
+            Some(core::mem::transmute::<Cb, unsafe extern "C" fn()>(cb)),
+        )
+    };
+}

@@ -1,0 +1,161 @@
+//! Worker lifecycle: starts the fetcher thread in `init_process`, watches
+//! its wake-up socket as an nginx read event, applies finished fetches on
+//! the event loop and wakes parked connections; stops it in `exit_process`.
+
+use core::ptr;
+use std::cell::RefCell;
+
+use dyncert_core::cache::{Clock, SystemClock};
+use dyncert_core::fetch::{Fetcher, FetcherConfig};
+use ngx::ffi::{
+    ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_free_connection, ngx_get_connection,
+    ngx_handle_read_event, ngx_int_t, ngx_msec_t, ngx_uint_t, NGX_LOG_ALERT,
+    NGX_LOG_WARN,
+};
+use ngx::http::HttpModuleMainConf;
+
+use crate::boundary_ffi::{guard, log};
+use crate::listener_ffi::{self, Parked};
+use crate::worker::{Level, Worker};
+use crate::Module;
+
+struct State {
+    worker: Worker<Parked>,
+    /// nginx connection wrapping the fetcher's wake-up socket.
+    notify: *mut ngx_connection_t,
+    fetch_timeout: ngx_msec_t,
+}
+
+thread_local! {
+    // Only the event loop thread (the worker's main thread) ever sees this.
+    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on the worker state if the fetcher runs in this process.
+/// Never call nginx from inside `f` (it may re-enter dyncert).
+pub fn with_worker<R>(f: impl FnOnce(&mut Worker<Parked>) -> R) -> Option<R> {
+    STATE.with(|s| {
+        let mut s = s.try_borrow_mut().ok()?;
+        s.as_mut().map(|st| f(&mut st.worker))
+    })
+}
+
+/// The park/peek timeout, if dyncert runs in this worker.
+pub fn fetch_timeout() -> Option<ngx_msec_t> {
+    STATE.with(|s| s.try_borrow().ok()?.as_ref().map(|st| st.fetch_timeout))
+}
+
+/// `init_process`: start the fetcher (threads only in workers, never in the
+/// master, which forks).
+///
+/// # Safety
+/// Called by nginx in a worker with the current cycle.
+pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    guard("starting the worker", ngx::ffi::NGX_OK as ngx_int_t, || {
+        // SAFETY: cycle is the live current cycle.
+        let Some(mcf) = Module::main_conf(unsafe { &*cycle }) else {
+            return ngx::ffi::NGX_OK as ngx_int_t;
+        };
+        if !mcf.enabled {
+            return ngx::ffi::NGX_OK as ngx_int_t;
+        }
+        let Some(url) = mcf.redis_url.clone() else {
+            return ngx::ffi::NGX_OK as ngx_int_t;
+        };
+        let cfg = FetcherConfig {
+            redis_url: url,
+            prefix: mcf.prefix().to_owned(),
+            redis_timeout: mcf.redis_timeout(),
+            queue_cap: mcf.fetch_concurrency(),
+        };
+        let fetcher = match Fetcher::start(cfg) {
+            Ok(f) => f,
+            Err(e) => {
+                // Serve defaults rather than refuse to run.
+                log(
+                    NGX_LOG_ALERT as ngx_uint_t,
+                    &format!("dyncert: cannot start the fetcher thread ({e}) while starting the worker"),
+                );
+                return ngx::ffi::NGX_OK as ngx_int_t;
+            }
+        };
+        // SAFETY: the fd is a valid open socket owned by the fetcher, which
+        // lives until exit_process frees this connection first.
+        let c = unsafe { ngx_get_connection(fetcher.wake_fd(), (*cycle).log) };
+        if c.is_null() {
+            log(
+                NGX_LOG_ALERT as ngx_uint_t,
+                "dyncert: no free connection for the fetcher socket while starting the worker",
+            );
+            return ngx::ffi::NGX_OK as ngx_int_t;
+        }
+        // SAFETY: c was just handed out by ngx_get_connection.
+        unsafe {
+            let rev = (*c).read;
+            (*rev).handler = Some(ngx_http_dyncert_notify_handler);
+            (*rev).log = (*cycle).log;
+            (*c).data = ptr::null_mut();
+            if ngx_handle_read_event(rev, 0) != ngx::ffi::NGX_OK as ngx_int_t {
+                ngx_free_connection(c);
+                log(
+                    NGX_LOG_ALERT as ngx_uint_t,
+                    "dyncert: cannot watch the fetcher socket while starting the worker",
+                );
+                return ngx::ffi::NGX_OK as ngx_int_t;
+            }
+        }
+        let state = State {
+            worker: Worker::new(mcf.cache(), mcf.fetch_concurrency(), fetcher),
+            notify: c,
+            fetch_timeout: mcf.fetch_timeout(),
+        };
+        STATE.with(|s| *s.borrow_mut() = Some(state));
+        ngx::ffi::NGX_OK as ngx_int_t
+    })
+}
+
+/// `exit_process`: stop the fetcher thread.
+///
+/// # Safety
+/// Called by nginx in a worker that is exiting.
+pub unsafe extern "C" fn ngx_http_dyncert_exit_process(_cycle: *mut ngx_cycle_t) {
+    guard("stopping the worker", (), || {
+        let Some(mut st) = STATE.with(|s| s.borrow_mut().take()) else {
+            return;
+        };
+        // SAFETY: notify came from ngx_get_connection and is still ours. The
+        // fd itself is closed by the fetcher below, so only the nginx
+        // connection slot is released here.
+        unsafe { ngx_free_connection(st.notify) };
+        st.worker.fetcher_mut().stop();
+    })
+}
+
+/// Read handler of the wake-up socket: apply results, then wake waiters.
+unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
+    guard("applying fetch results", (), || {
+        let mut lines: Vec<(Level, String)> = Vec::new();
+        let waiters = with_worker(|w| {
+            let now = SystemClock.now();
+            let mut waiters = Vec::new();
+            for r in w.fetcher().drain() {
+                waiters.extend(w.on_result(r, now, &mut |l, m| lines.push((l, m))));
+            }
+            waiters
+        })
+        .unwrap_or_default();
+        for (level, msg) in lines {
+            let level = match level {
+                Level::Warn => NGX_LOG_WARN,
+            };
+            log(level as ngx_uint_t, &msg);
+        }
+        // The borrow is released: resuming a connection may run the
+        // certificate callback, which needs the worker state again.
+        for p in waiters {
+            // SAFETY: parked connections stay alive until resumed (only
+            // dyncert's handlers act on them while parked).
+            unsafe { listener_ffi::resume(p) };
+        }
+    })
+}
