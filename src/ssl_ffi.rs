@@ -15,7 +15,7 @@ use dyncert_core::validate::ParsedCert;
 use ngx::ffi::{
     ngx_connection_t, ngx_http_connection_t, ngx_http_ssl_servername, ngx_ssl_connection_index,
     ngx_uint_t, CRYPTO_get_ex_new_index, SSL_CTX_callback_ctrl, SSL_CTX_set_cert_cb,
-    SSL_certs_clear, SSL_ctrl, SSL_get_ex_data, SSL_get_servername, SSL_set_ex_data,
+    SSL_certs_clear, SSL_ctrl, SSL_session_reused, SSL_get_ex_data, SSL_get_servername, SSL_set_ex_data,
     SSL_use_PrivateKey, SSL_use_certificate, CRYPTO_EX_INDEX_SSL, EVP_PKEY, NGX_LOG_ALERT,
     SSL, SSL_AD_UNRECOGNIZED_NAME, SSL_CTRL_CHAIN_CERT, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB,
     SSL_CTX, SSL_TLSEXT_ERR_ALERT_FATAL, SSL_TLSEXT_ERR_OK, TLSEXT_NAMETYPE_host_name, X509,
@@ -55,6 +55,7 @@ fn source_code(s: CertSource) -> usize {
         CertSource::Redis => 2,
         CertSource::Default => 3,
         CertSource::Rejected => 4,
+        CertSource::Resumed => 5,
     }
 }
 
@@ -91,7 +92,13 @@ pub unsafe fn connection_source(c: *mut ngx_connection_t) -> Option<CertSource> 
         return None;
     }
     // SAFETY: ssl is live; the slot holds an integer or NULL.
-    source_from_code(unsafe { SSL_get_ex_data(ssl, idx) } as usize)
+    match source_from_code(unsafe { SSL_get_ex_data(ssl, idx) } as usize) {
+        Some(s) => Some(s),
+        // OpenSSL skips the certificate callback when it resumes a session.
+        // SAFETY: ssl is live.
+        None if unsafe { SSL_session_reused(ssl) } == 1 => Some(CertSource::Resumed),
+        None => None,
+    }
 }
 
 /// The raw SNI of a connection, if any.

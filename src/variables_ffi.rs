@@ -11,6 +11,8 @@ use ngx::ffi::{
 };
 
 use crate::boundary_ffi::guard;
+use crate::Module;
+use ngx::http::HttpModuleServerConf;
 use crate::ssl_ffi::{connection_source, connection_sni};
 
 /// Registers the variables (preconfiguration).
@@ -70,6 +72,10 @@ unsafe extern "C" fn ngx_http_dyncert_source_variable(
     guard("evaluating $dyncert_source", Status::NGX_ERROR.into(), || {
         // SAFETY: nginx passes a valid request and value for its lifetime.
         let (r, v) = unsafe { (&mut *r, &mut *v) };
+        if !Module::server_conf(r).is_some_and(|s| s.enabled()) {
+            set_not_found(v);
+            return Status::NGX_OK.into();
+        }
         match unsafe { connection_source(r.connection) } {
             Some(src) => {
                 let s: &'static str = src.as_str();

@@ -124,9 +124,13 @@ pub unsafe extern "C" fn ngx_http_dyncert_exit_process(_cycle: *mut ngx_cycle_t)
             return;
         };
         // SAFETY: notify came from ngx_get_connection and is still ours. The
-        // fd itself is closed by the fetcher below, so only the nginx
-        // connection slot is released here.
-        unsafe { ngx_free_connection(st.notify) };
+        // fd itself is closed by the fetcher below (which also drops it from
+        // epoll), so only the nginx connection slot is released here; fd = -1
+        // tells nginx's exit check the socket is not leaked.
+        unsafe {
+            (*st.notify).fd = -1;
+            ngx_free_connection(st.notify);
+        }
         st.worker.fetcher_mut().stop();
     })
 }

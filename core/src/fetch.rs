@@ -29,6 +29,8 @@ pub enum CertSource {
     Redis,
     Default,
     Rejected,
+    /// A resumed TLS session: no certificate was sent, none was chosen.
+    Resumed,
 }
 
 impl CertSource {
@@ -38,6 +40,7 @@ impl CertSource {
             CertSource::Redis => "redis",
             CertSource::Default => "default",
             CertSource::Rejected => "rejected",
+            CertSource::Resumed => "resumed",
         }
     }
 }
