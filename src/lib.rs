@@ -11,7 +11,7 @@ use ngx::core::Status;
 use ngx::ffi::{
     ngx_array_t, ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_conf_addr_t,
     ngx_http_conf_port_t, ngx_http_core_srv_conf_t, ngx_http_module_t, ngx_int_t, ngx_module_t,
-    ngx_uint_t, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_1MORE, NGX_HTTP_MAIN_CONF,
+    ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_HTTP_MAIN_CONF,
     NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET,
     NGX_LOG_EMERG, NGX_LOG_NOTICE,
 };
@@ -40,9 +40,11 @@ impl HttpModule for Module {
     }
 
     unsafe extern "C" fn preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
-        boundary_ffi::guard("registering variables", Status::NGX_ERROR.into(), || unsafe {
-            variables_ffi::add_variables(cf)
-        })
+        boundary_ffi::guard(
+            "registering variables",
+            Status::NGX_ERROR.into(),
+            || unsafe { variables_ffi::add_variables(cf) },
+        )
     }
 
     unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
@@ -186,7 +188,11 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         return Status::NGX_ERROR.into();
     };
     if !ssl_ffi::init_ex_index() {
-        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "dyncert: cannot allocate an SSL ex_data index");
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "dyncert: cannot allocate an SSL ex_data index"
+        );
         return Status::NGX_ERROR.into();
     }
 
@@ -268,9 +274,9 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
                     continue;
                 }
                 let servers: &[*mut ngx_http_core_srv_conf_t] = array(&addr.servers);
-                let dyn_server = servers.iter().any(|&s| {
-                    Module::server_conf(unsafe { &*s }).is_some_and(|c| c.enabled())
-                });
+                let dyn_server = servers
+                    .iter()
+                    .any(|&s| Module::server_conf(unsafe { &*s }).is_some_and(|c| c.enabled()));
                 let key = (port.family as i32, port.port);
                 if dyn_server && !mcf.ports.contains(&key) {
                     mcf.ports.push(key);

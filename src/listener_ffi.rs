@@ -17,9 +17,9 @@ use dyncert_core::cache::{Clock, SystemClock};
 use dyncert_core::clienthello::{peek_client_hello, Peek, PEEK_LIMIT};
 use dyncert_core::name::normalize_sni;
 use ngx::ffi::{
-    ngx_add_timer, ngx_atomic_uint_t, ngx_connection_t, ngx_cycle_t, ngx_del_timer,
-    ngx_event_t, ngx_handle_read_event, ngx_http_init_connection, ngx_inet_get_port, ngx_int_t,
-    ngx_listening_t, ngx_pcalloc, NGX_OK,
+    ngx_add_timer, ngx_atomic_uint_t, ngx_connection_t, ngx_cycle_t, ngx_del_timer, ngx_event_t,
+    ngx_handle_read_event, ngx_http_init_connection, ngx_inet_get_port, ngx_int_t, ngx_listening_t,
+    ngx_pcalloc, NGX_OK,
 };
 
 use crate::boundary_ffi::guard;
@@ -129,7 +129,9 @@ unsafe fn start_peek(c: *mut ngx_connection_t) -> bool {
 unsafe extern "C" fn ngx_http_dyncert_peek_handler(rev: *mut ngx_event_t) {
     // SAFETY: rev->data is the connection for connection read events.
     let c = unsafe { (*rev).data } as *mut ngx_connection_t;
-    let done = guard("reading a ClientHello", true, || unsafe { on_event(c, rev) });
+    let done = guard("reading a ClientHello", true, || unsafe {
+        on_event(c, rev)
+    });
     if done {
         unsafe { hand_off(c) };
     }
@@ -157,7 +159,14 @@ unsafe fn on_event(c: *mut ngx_connection_t, rev: *mut ngx_event_t) -> bool {
         let mut buf = buf.borrow_mut();
         // SAFETY: buf has PEEK_LIMIT writable bytes; MSG_PEEK leaves the data
         // in the socket for nginx's TLS stack.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut c_void, buf.len(), libc::MSG_PEEK) };
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr() as *mut c_void,
+                buf.len(),
+                libc::MSG_PEEK,
+            )
+        };
         if n < 0 {
             let err = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
             if err == libc::EAGAIN || err == libc::EINTR {

@@ -12,16 +12,17 @@ use dyncert_core::cache::{Clock, SystemClock};
 use dyncert_core::fetch::CertSource;
 use dyncert_core::name::normalize_sni;
 use dyncert_core::validate::ParsedCert;
+use foreign_types::ForeignType;
 use ngx::ffi::{
     ngx_connection_t, ngx_http_connection_t, ngx_http_ssl_servername, ngx_ssl_connection_index,
     ngx_uint_t, CRYPTO_get_ex_new_index, SSL_CTX_callback_ctrl, SSL_CTX_set_cert_cb,
-    SSL_certs_clear, SSL_ctrl, SSL_session_reused, SSL_get_ex_data, SSL_get_servername, SSL_set_ex_data,
-    SSL_use_PrivateKey, SSL_use_certificate, CRYPTO_EX_INDEX_SSL, EVP_PKEY, NGX_LOG_ALERT,
-    SSL, SSL_AD_UNRECOGNIZED_NAME, SSL_CTRL_CHAIN_CERT, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB,
-    SSL_CTX, SSL_TLSEXT_ERR_ALERT_FATAL, SSL_TLSEXT_ERR_OK, TLSEXT_NAMETYPE_host_name, X509,
+    SSL_certs_clear, SSL_ctrl, SSL_get_ex_data, SSL_get_servername, SSL_session_reused,
+    SSL_set_ex_data, SSL_use_PrivateKey, SSL_use_certificate, TLSEXT_NAMETYPE_host_name,
+    CRYPTO_EX_INDEX_SSL, EVP_PKEY, NGX_LOG_ALERT, SSL, SSL_AD_UNRECOGNIZED_NAME,
+    SSL_CTRL_CHAIN_CERT, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, SSL_CTX, SSL_TLSEXT_ERR_ALERT_FATAL,
+    SSL_TLSEXT_ERR_OK, X509,
 };
 use ngx::http::HttpModuleServerConf;
-use foreign_types::ForeignType;
 
 use crate::boundary_ffi::{guard, log};
 use crate::conf_ffi::SrvConf;
@@ -40,7 +41,14 @@ pub fn init_ex_index() -> bool {
     // SAFETY: plain OpenSSL call; NULL callbacks mean the slot holds a
     // non-owning integer and needs no free.
     let idx = unsafe {
-        CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL as c_int, 0, ptr::null_mut(), None, None, None)
+        CRYPTO_get_ex_new_index(
+            CRYPTO_EX_INDEX_SSL as c_int,
+            0,
+            ptr::null_mut(),
+            None,
+            None,
+            None,
+        )
     };
     if idx < 0 {
         return false;
@@ -162,7 +170,12 @@ unsafe fn install(ssl: *mut SSL, cert: &ParsedCert) -> Result<(), &'static str> 
         for x in &cert.chain {
             // SAFETY: SSL_add1_chain_cert is SSL_ctrl(CHAIN_CERT, 1, x): up-refs x.
             cvt(
-                SSL_ctrl(ssl, SSL_CTRL_CHAIN_CERT as c_int, 1, x.as_ptr() as *mut c_void),
+                SSL_ctrl(
+                    ssl,
+                    SSL_CTRL_CHAIN_CERT as c_int,
+                    1,
+                    x.as_ptr() as *mut c_void,
+                ),
                 "SSL_add1_chain_cert() failed",
             )?;
         }
@@ -202,7 +215,9 @@ pub unsafe extern "C" fn ngx_http_dyncert_cert_cb(ssl: *mut SSL, arg: *mut c_voi
                 Err(what) => {
                     log(
                         NGX_LOG_ALERT as ngx_uint_t,
-                        &format!("dyncert: {what} while installing a certificate, name: \"{name}\""),
+                        &format!(
+                            "dyncert: {what} while installing a certificate, name: \"{name}\""
+                        ),
                     );
                     0
                 }
@@ -240,9 +255,9 @@ pub unsafe extern "C" fn ngx_http_dyncert_servername(
         // SAFETY: nginx stores the connection in the SSL ex_data slot.
         let c = unsafe { SSL_get_ex_data(ssl, ngx_ssl_connection_index) } as *mut ngx_connection_t;
         // SAFETY: during the handshake c->data is the ngx_http_connection_t.
-        let Some(hc) = (unsafe { c.as_ref() }).and_then(|c| unsafe {
-            (c.data as *mut ngx_http_connection_t).as_ref()
-        }) else {
+        let Some(hc) = (unsafe { c.as_ref() })
+            .and_then(|c| unsafe { (c.data as *mut ngx_http_connection_t).as_ref() })
+        else {
             return rc;
         };
         let Some(scf) = Module::server_conf(hc) else {

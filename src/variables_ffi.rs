@@ -11,9 +11,9 @@ use ngx::ffi::{
 };
 
 use crate::boundary_ffi::guard;
+use crate::ssl_ffi::{connection_sni, connection_source};
 use crate::Module;
 use ngx::http::HttpModuleServerConf;
-use crate::ssl_ffi::{connection_source, connection_sni};
 
 /// Registers the variables (preconfiguration).
 ///
@@ -69,22 +69,26 @@ unsafe extern "C" fn ngx_http_dyncert_source_variable(
     v: *mut ngx_http_variable_value_t,
     _data: usize,
 ) -> ngx_int_t {
-    guard("evaluating $dyncert_source", Status::NGX_ERROR.into(), || {
-        // SAFETY: nginx passes a valid request and value for its lifetime.
-        let (r, v) = unsafe { (&mut *r, &mut *v) };
-        if !Module::server_conf(r).is_some_and(|s| s.enabled()) {
-            set_not_found(v);
-            return Status::NGX_OK.into();
-        }
-        match unsafe { connection_source(r.connection) } {
-            Some(src) => {
-                let s: &'static str = src.as_str();
-                set_value(v, s.as_ptr() as *mut u8, s.len());
+    guard(
+        "evaluating $dyncert_source",
+        Status::NGX_ERROR.into(),
+        || {
+            // SAFETY: nginx passes a valid request and value for its lifetime.
+            let (r, v) = unsafe { (&mut *r, &mut *v) };
+            if !Module::server_conf(r).is_some_and(|s| s.enabled()) {
+                set_not_found(v);
+                return Status::NGX_OK.into();
             }
-            None => set_not_found(v),
-        }
-        Status::NGX_OK.into()
-    })
+            match unsafe { connection_source(r.connection) } {
+                Some(src) => {
+                    let s: &'static str = src.as_str();
+                    set_value(v, s.as_ptr() as *mut u8, s.len());
+                }
+                None => set_not_found(v),
+            }
+            Status::NGX_OK.into()
+        },
+    )
 }
 
 /// # Safety

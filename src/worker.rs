@@ -192,9 +192,7 @@ impl<W> Worker<W> {
                     };
                     log(
                         Level::Warn,
-                        format!(
-                            "dyncert: {e} while fetching from redis, name: \"{name}\"{more}"
-                        ),
+                        format!("dyncert: {e} while fetching from redis, name: \"{name}\"{more}"),
                     );
                 }
                 self.cache.refresh_failed(&name, now, ERROR_RETRY_MS);

@@ -9,8 +9,7 @@ use dyncert_core::cache::{Clock, SystemClock};
 use dyncert_core::fetch::{Fetcher, FetcherConfig};
 use ngx::ffi::{
     ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_free_connection, ngx_get_connection,
-    ngx_handle_read_event, ngx_int_t, ngx_msec_t, ngx_uint_t, NGX_LOG_ALERT,
-    NGX_LOG_WARN,
+    ngx_handle_read_event, ngx_int_t, ngx_msec_t, ngx_uint_t, NGX_LOG_ALERT, NGX_LOG_WARN,
 };
 use ngx::http::HttpModuleMainConf;
 
@@ -74,7 +73,9 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
                 // Serve defaults rather than refuse to run.
                 log(
                     NGX_LOG_ALERT as ngx_uint_t,
-                    &format!("dyncert: cannot start the fetcher thread ({e}) while starting the worker"),
+                    &format!(
+                        "dyncert: cannot start the fetcher thread ({e}) while starting the worker"
+                    ),
                 );
                 return ngx::ffi::NGX_OK as ngx_int_t;
             }

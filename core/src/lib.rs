@@ -1,1 +1,9 @@
 #![forbid(unsafe_code)]
+pub mod cache;
+pub mod clienthello;
+pub mod fetch;
+pub mod flight;
+pub mod name;
+pub mod ratelimit;
+pub mod record;
+pub mod validate;
