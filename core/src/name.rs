@@ -1,0 +1,338 @@
+//! Host name rules: normalising an untrusted SNI before it becomes part of a
+//! Redis key, an API URL or a cache key, the wildcard parent looked up after
+//! an exact miss, and certificate name matching.
+//!
+//! An SNI that fails [`normalize_sni`] must never trigger I/O, so the rules
+//! are deliberately narrower than what a ClientHello may carry: LDH labels
+//! only (IDNs arrive as A-labels, `xn--...`), no IP literals (RFC 6066 §3
+//! forbids them in server_name), no underscores.
+
+/// Longest host name in presentation form without the trailing dot
+/// (RFC 1035 §2.3.4 allows 255 octets on the wire, i.e. 253 characters).
+const MAX_NAME: usize = 253;
+/// RFC 1035 §2.3.4.
+const MAX_LABEL: usize = 63;
+
+/// Why an SNI was refused. `as_str` feeds log lines and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameError {
+    Empty,
+    TooLong,
+    LabelEmpty,
+    LabelTooLong,
+    BadChar,
+    BadHyphen,
+    IpLiteral,
+}
+
+impl NameError {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NameError::Empty => "empty name",
+            NameError::TooLong => "name longer than 253 bytes",
+            NameError::LabelEmpty => "empty label",
+            NameError::LabelTooLong => "label longer than 63 bytes",
+            NameError::BadChar => "character outside [a-z0-9-.]",
+            NameError::BadHyphen => "label starts or ends with '-'",
+            NameError::IpLiteral => "IP address literal",
+        }
+    }
+}
+
+impl std::fmt::Display for NameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::error::Error for NameError {}
+
+/// Normalise an SNI: ASCII-lowercase, strip ONE trailing dot, then validate:
+/// total ≤ 253, labels 1..=63 of `[a-z0-9-]`, no label starting or ending
+/// with '-', at least one label, and no name whose last label is all digits
+/// (an IPv4 literal). Bytes outside ASCII and '_' are [`NameError::BadChar`].
+/// Never panics.
+pub fn normalize_sni(raw: &[u8]) -> Result<String, NameError> {
+    let name = raw.strip_suffix(b".").unwrap_or(raw);
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    // Checked before anything is allocated: the raw SNI may be 64 KiB.
+    if name.len() > MAX_NAME {
+        return Err(NameError::TooLong);
+    }
+    let mut last_label: &[u8] = &[];
+    for label in name.split(|&b| b == b'.') {
+        check_label(label)?;
+        last_label = label;
+    }
+    // No TLD is all digits; such a name is an IPv4 address (or a decimal
+    // trick like "2130706433") and would let a client pick arbitrary keys.
+    if last_label.iter().all(u8::is_ascii_digit) {
+        return Err(NameError::IpLiteral);
+    }
+    let lower: Vec<u8> = name.to_ascii_lowercase();
+    // Every byte was checked to be ASCII, so this cannot fail; mapping the
+    // impossible error keeps the function free of panics all the same.
+    String::from_utf8(lower).map_err(|_| NameError::BadChar)
+}
+
+fn check_label(label: &[u8]) -> Result<(), NameError> {
+    if label.is_empty() {
+        return Err(NameError::LabelEmpty);
+    }
+    if label.len() > MAX_LABEL {
+        return Err(NameError::LabelTooLong);
+    }
+    if !label
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(NameError::BadChar);
+    }
+    if label.first() == Some(&b'-') || label.last() == Some(&b'-') {
+        return Err(NameError::BadHyphen);
+    }
+    Ok(())
+}
+
+/// The wildcard name whose certificate would cover `name`: for
+/// "a.b.example.com", Some("*.b.example.com"). None when `name` has fewer
+/// than 3 labels (a "*.com" entry must never be looked up) or already
+/// starts with "*.".
+pub fn wildcard_parent(name: &str) -> Option<String> {
+    if name.starts_with("*.") {
+        return None;
+    }
+    let (first, parent) = name.split_once('.')?;
+    if first.is_empty() || !has_two_labels(parent) {
+        return None;
+    }
+    Some(format!("*.{parent}"))
+}
+
+/// True when `name` has at least two labels, none of them empty.
+fn has_two_labels(name: &str) -> bool {
+    name.contains('.') && name.split('.').all(|label| !label.is_empty())
+}
+
+/// RFC 6125 §6.4 matching of a certificate DNS name (SAN dNSName) against a
+/// normalised host name: case-insensitive, trailing dot ignored on both; a
+/// wildcard is only the complete left-most label "*" (no partial "f*o"),
+/// matches exactly one non-empty label, and is refused when the rest has
+/// fewer than 2 labels ("*.com" and "*" never match).
+///
+/// A host that is itself a wildcard name ("*.example.com", the key of a
+/// wildcard cache entry) matches the identical pattern, since "*" is then
+/// just the one label the pattern's wildcard stands for.
+pub fn dns_name_matches(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.strip_suffix('.').unwrap_or(pattern);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if pattern.is_empty() || host.is_empty() {
+        return false;
+    }
+    match pattern.strip_prefix("*.") {
+        Some(rest) => {
+            if rest.contains('*') || !has_two_labels(rest) {
+                return false;
+            }
+            match host.split_once('.') {
+                Some((label, host_rest)) => {
+                    !label.is_empty() && host_rest.eq_ignore_ascii_case(rest)
+                }
+                None => false,
+            }
+        }
+        None => !pattern.contains('*') && pattern.eq_ignore_ascii_case(host),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_is_lowercased_and_loses_one_trailing_dot() {
+        assert_eq!(
+            normalize_sni(b"Shop.Example.COM."),
+            Ok("shop.example.com".to_owned())
+        );
+        assert_eq!(
+            normalize_sni(b"xn--bcher-kva.example"),
+            Ok("xn--bcher-kva.example".to_owned())
+        );
+        assert_eq!(normalize_sni(b"localhost"), Ok("localhost".to_owned()));
+        assert_eq!(
+            normalize_sni(b"1.example.com"),
+            Ok("1.example.com".to_owned())
+        );
+        assert_eq!(normalize_sni(b"a.b2"), Ok("a.b2".to_owned()));
+    }
+
+    #[test]
+    fn only_one_trailing_dot_is_stripped() {
+        assert_eq!(normalize_sni(b"example.com.."), Err(NameError::LabelEmpty));
+    }
+
+    #[test]
+    fn empty_names_are_refused() {
+        assert_eq!(normalize_sni(b""), Err(NameError::Empty));
+        assert_eq!(normalize_sni(b"."), Err(NameError::Empty));
+    }
+
+    #[test]
+    fn empty_labels_are_refused() {
+        for raw in [&b".example.com"[..], b"a..example.com", b".."] {
+            assert_eq!(normalize_sni(raw), Err(NameError::LabelEmpty), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn name_of_253_bytes_is_accepted_and_254_refused() {
+        let label = "a".repeat(63);
+        let name = format!("{label}.{label}.{label}.{}", "b".repeat(61));
+        assert_eq!(name.len(), 253);
+        assert_eq!(normalize_sni(name.as_bytes()), Ok(name.clone()));
+        assert_eq!(
+            normalize_sni(format!("{name}.").as_bytes()),
+            Ok(name.clone())
+        );
+        assert_eq!(
+            normalize_sni(format!("x{name}").as_bytes()),
+            Err(NameError::TooLong)
+        );
+    }
+
+    #[test]
+    fn huge_sni_is_refused_without_walking_it() {
+        assert_eq!(normalize_sni(&vec![b'a'; 65535]), Err(NameError::TooLong));
+    }
+
+    #[test]
+    fn label_of_64_bytes_is_refused() {
+        let name = format!("{}.example.com", "a".repeat(64));
+        assert_eq!(normalize_sni(name.as_bytes()), Err(NameError::LabelTooLong));
+        let name = format!("{}.example.com", "a".repeat(63));
+        assert!(normalize_sni(name.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn characters_outside_ldh_are_refused() {
+        for raw in [
+            &b"under_score.example.com"[..],
+            b"sp ace.example.com",
+            b"caf\xc3\xa9.example.com",
+            b"\xff.example.com",
+            b"nul\0.example.com",
+            b"*.example.com",
+            b"a/b.example.com",
+            b"2001:db8::1",
+            b"[::1]",
+        ] {
+            assert_eq!(normalize_sni(raw), Err(NameError::BadChar), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn labels_starting_or_ending_with_hyphen_are_refused() {
+        for raw in [
+            &b"-a.example.com"[..],
+            b"a-.example.com",
+            b"example.-com",
+            b"-",
+        ] {
+            assert_eq!(normalize_sni(raw), Err(NameError::BadHyphen), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn ipv4_literals_are_refused() {
+        for raw in [
+            &b"192.0.2.1"[..],
+            b"192.0.2.1.",
+            b"2130706433",
+            b"example.123",
+        ] {
+            assert_eq!(normalize_sni(raw), Err(NameError::IpLiteral), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn every_error_has_a_distinct_message() {
+        let all = [
+            NameError::Empty,
+            NameError::TooLong,
+            NameError::LabelEmpty,
+            NameError::LabelTooLong,
+            NameError::BadChar,
+            NameError::BadHyphen,
+            NameError::IpLiteral,
+        ];
+        let messages: std::collections::HashSet<_> = all.iter().map(NameError::as_str).collect();
+        assert_eq!(messages.len(), all.len());
+        assert_eq!(NameError::TooLong.to_string(), "name longer than 253 bytes");
+    }
+
+    #[test]
+    fn wildcard_parent_replaces_the_first_label() {
+        assert_eq!(
+            wildcard_parent("a.b.example.com").as_deref(),
+            Some("*.b.example.com")
+        );
+        assert_eq!(
+            wildcard_parent("www.example.com").as_deref(),
+            Some("*.example.com")
+        );
+    }
+
+    #[test]
+    fn wildcard_parent_never_reaches_a_public_suffix_or_nests() {
+        assert_eq!(wildcard_parent("example.com"), None);
+        assert_eq!(wildcard_parent("localhost"), None);
+        assert_eq!(wildcard_parent("*.example.com"), None);
+        assert_eq!(wildcard_parent(".example.com"), None);
+        assert_eq!(wildcard_parent("a..com"), None);
+        assert_eq!(wildcard_parent(""), None);
+    }
+
+    #[test]
+    fn exact_pattern_matches_case_insensitively_and_ignores_trailing_dot() {
+        assert!(dns_name_matches("Shop.Example.com", "shop.example.com"));
+        assert!(dns_name_matches("shop.example.com.", "shop.example.com"));
+        assert!(!dns_name_matches("shop.example.com", "shop.example.org"));
+        assert!(!dns_name_matches("example.com", "shop.example.com"));
+        assert!(!dns_name_matches("", ""));
+    }
+
+    #[test]
+    fn wildcard_matches_exactly_one_left_most_label() {
+        assert!(dns_name_matches("*.example.com", "shop.example.com"));
+        assert!(dns_name_matches("*.EXAMPLE.com.", "shop.example.com"));
+        assert!(!dns_name_matches("*.example.com", "example.com"));
+        assert!(!dns_name_matches("*.example.com", "a.shop.example.com"));
+        assert!(!dns_name_matches("*.example.com", ".example.com"));
+    }
+
+    #[test]
+    fn partial_and_inner_wildcards_never_match() {
+        assert!(!dns_name_matches("f*o.example.com", "foo.example.com"));
+        assert!(!dns_name_matches("*o.example.com", "foo.example.com"));
+        assert!(!dns_name_matches("foo*.example.com", "foo.example.com"));
+        assert!(!dns_name_matches("a.*.example.com", "a.b.example.com"));
+        assert!(!dns_name_matches("*.*.example.com", "a.b.example.com"));
+    }
+
+    #[test]
+    fn wildcard_over_fewer_than_two_labels_never_matches() {
+        assert!(!dns_name_matches("*.com", "example.com"));
+        assert!(!dns_name_matches("*", "localhost"));
+        assert!(!dns_name_matches("*.", "localhost"));
+        assert!(!dns_name_matches("*..com", "a..com"));
+    }
+
+    #[test]
+    fn wildcard_cache_key_matches_its_own_wildcard_pattern() {
+        assert!(dns_name_matches("*.example.com", "*.example.com"));
+        assert!(!dns_name_matches("shop.example.com", "*.example.com"));
+    }
+}
