@@ -1,0 +1,156 @@
+//! Configuration mistakes fail `nginx -t` with a message that names them,
+//! and every shipped example configuration passes it.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+
+const HTTP: &str = r#"
+http {
+    access_log off;
+    dyncert_redis redis://127.0.0.1:6379/0;
+    @HTTP_EXTRA@
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        @SERVER@
+        location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
+    }
+}
+"#;
+
+const STATIC_CERT: &str = "ssl_certificate default.crt; ssl_certificate_key default.key;";
+
+fn conf(http_extra: &str, server: &str) -> String {
+    render(
+        HTTP,
+        &[
+            ("PORT", &free_port().to_string()),
+            ("HTTP_EXTRA", http_extra),
+            ("SERVER", server),
+        ],
+    )
+}
+
+fn check(pki: &Pki, http_extra: &str, server: &str) -> ConfigTest {
+    nginx_test_config(pki, NginxOpts::default(), &conf(http_extra, server))
+}
+
+#[test]
+fn dyncert_with_variable_ssl_certificate_fails_config_test() {
+    let pki = Pki::new();
+    let variable =
+        "ssl_certificate $ssl_server_name.crt; ssl_certificate_key $ssl_server_name.key;";
+
+    // Without dyncert the variable certificate is a valid nginx config, so
+    // the failure below is about the combination.
+    let t = check(&pki, "", &format!("{variable} dyncert off;"));
+    assert!(
+        t.ok,
+        "variable ssl_certificate alone must pass:\n{}",
+        t.output
+    );
+    let t = check(&pki, "", &format!("{STATIC_CERT} dyncert on;"));
+    assert!(t.ok, "the base dyncert config must pass:\n{}", t.output);
+
+    for server in [
+        format!("{variable} dyncert on;"),
+        format!("dyncert on; {variable}"),
+    ] {
+        let t = check(&pki, "", &server);
+        assert!(!t.ok, "`{server}` passed nginx -t:\n{}", t.output);
+        let named_both = t.output.lines().any(|l| {
+            l.contains("[emerg]") && l.contains("dyncert") && l.contains("ssl_certificate")
+        });
+        assert!(
+            named_both,
+            "the error must name dyncert and ssl_certificate:\n{}",
+            t.output
+        );
+    }
+}
+
+#[test]
+fn unknown_directive_value_fails_config_test() {
+    let pki = Pki::new();
+    let t = check(
+        &pki,
+        "",
+        &format!("{STATIC_CERT} dyncert on; dyncert_unknown default;"),
+    );
+    assert!(t.ok, "the base config must pass:\n{}", t.output);
+
+    // (http extra, server extra, words of which the error must contain one:
+    // the bad value, or the directive where nginx's own parsers omit it)
+    let cases: [(&str, &str, &[&str]); 8] = [
+        ("", "dyncert maybe;", &["maybe"]),
+        ("", "dyncert_unknown whatever;", &["whatever"]),
+        ("dyncert_cache max=abc;", "dyncert on;", &["abc"]),
+        (
+            "dyncert_cache max=10 colour=blue;",
+            "dyncert on;",
+            &["colour"],
+        ),
+        ("dyncert_cache valid=soon;", "dyncert on;", &["soon"]),
+        (
+            "dyncert_fetch_timeout forever;",
+            "dyncert on;",
+            &["forever", "dyncert_fetch_timeout"],
+        ),
+        (
+            "dyncert_redis_timeout never;",
+            "dyncert on;",
+            &["never", "dyncert_redis_timeout"],
+        ),
+        (
+            "dyncert_redis redis://127.0.0.1:6380/0;",
+            "dyncert on;",
+            &["is duplicate"],
+        ),
+    ];
+    for (http_extra, server, expect) in cases {
+        let t = check(&pki, http_extra, &format!("{STATIC_CERT} {server}"));
+        assert!(
+            !t.ok,
+            "`{http_extra} {server}` passed nginx -t:\n{}",
+            t.output
+        );
+        assert!(
+            expect.iter().any(|e| t.output.contains(e)),
+            "`{http_extra} {server}`: the error mentions none of {expect:?}:\n{}",
+            t.output
+        );
+    }
+}
+
+#[test]
+fn every_example_in_nginx_conf_passes_config_test() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx-conf");
+    let mut examples: Vec<_> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+        .collect();
+    examples.sort();
+    assert!(!examples.is_empty(), "no *.conf in {}", dir.display());
+
+    let pki = Pki::new();
+    let module = module_path();
+    for example in &examples {
+        let prefix = TempDir::new("example");
+        let p = prefix.path();
+        // The layout the examples assume: a prefix like /etc/nginx with the
+        // module under modules/ and the default certificate under certs/.
+        fs::create_dir_all(p.join("conf/certs")).unwrap();
+        fs::create_dir_all(p.join("modules")).unwrap();
+        fs::create_dir_all(p.join("logs")).unwrap();
+        fs::copy(example, p.join("conf/nginx.conf")).unwrap();
+        pki.write_default(&p.join("conf/certs"));
+        std::os::unix::fs::symlink(&module, p.join("modules/ngx_http_dyncert_module.so")).unwrap();
+
+        let t = nginx_test_prefix(p);
+        assert!(t.ok, "{} fails nginx -t:\n{}", example.display(), t.output);
+    }
+}

@@ -1,0 +1,276 @@
+//! Certificates stored in Redis are served per SNI, with their chain, from
+//! a per-worker cache after the first fetch; anything unusable falls back to
+//! the server's static certificate.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const HTTP: &str = r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
+    }
+}
+"#;
+
+#[test]
+fn certificate_in_redis_is_served_with_its_chain() {
+    let s = Stack::start(1, HTTP);
+    let leaf = s
+        .pki
+        .leaf(&["shop.example.com", "www.shop.example.com"], 1001);
+    s.redis.put_leaf("shop.example.com", &leaf);
+
+    let r = s.get(Some("shop.example.com"));
+    assert_eq!(r.status, 200);
+    r.assert_served(&leaf, &s.pki);
+    assert_eq!(r.leaf_sans, ["shop.example.com", "www.shop.example.com"]);
+    assert_eq!(r.name(), "shop.example.com", "body {:?}", r.body);
+    assert_eq!(r.source(), "redis", "body {:?}", r.body);
+}
+
+#[test]
+fn second_handshake_is_served_from_cache() {
+    // One worker, so the second connection meets the first one's cache.
+    let s = Stack::start(1, HTTP);
+    let leaf = s.pki.leaf(&["cached.example.com"], 1002);
+    s.redis.put_leaf("cached.example.com", &leaf);
+    let monitor = s.redis.monitor();
+
+    let first = s.get(Some("cached.example.com"));
+    first.assert_served(&leaf, &s.pki);
+    assert_eq!(first.source(), "redis", "body {:?}", first.body);
+
+    for _ in 0..3 {
+        let again = s.get(Some("cached.example.com"));
+        again.assert_served(&leaf, &s.pki);
+        assert_eq!(again.source(), "cache", "body {:?}", again.body);
+    }
+    monitor.sync();
+    assert_eq!(
+        monitor.fetches_of("cached.example.com"),
+        1,
+        "a cached name must not be fetched again:\n{}",
+        monitor.dump()
+    );
+}
+
+#[test]
+fn unknown_name_gets_default_certificate() {
+    let s = Stack::start(1, HTTP);
+    let r = s.get(Some("unknown.example.com"));
+    assert_eq!(r.status, 200);
+    r.assert_default();
+    assert_eq!(r.source(), "default", "body {:?}", r.body);
+    assert_eq!(r.name(), "unknown.example.com", "body {:?}", r.body);
+    // Also when asked again (now possibly from the negative cache).
+    s.get(Some("unknown.example.com")).assert_default();
+}
+
+#[test]
+fn client_without_sni_gets_default_certificate() {
+    let s = Stack::start(1, HTTP);
+    // A record under the name the client connects to by IP must not leak in.
+    let leaf = s.pki.leaf(&["localhost"], 1003);
+    s.redis.put_leaf("localhost", &leaf);
+    let r = s.get(None);
+    assert_eq!(r.status, 200);
+    r.assert_default();
+    assert_eq!(r.source(), "default", "body {:?}", r.body);
+    assert_eq!(r.name(), "", "body {:?}", r.body);
+}
+
+#[test]
+fn record_with_mismatched_key_gets_default_and_is_logged() {
+    let s = Stack::start(1, HTTP);
+    let leaf = s.pki.leaf(&["mismatch.example.com"], 1004);
+    let other = s.pki.leaf(&["other.example.com"], 1005);
+    s.redis
+        .hset_cert("mismatch.example.com", &leaf.chain_pem, &other.key_pem);
+
+    let r = s.get(Some("mismatch.example.com"));
+    r.assert_default();
+    assert_eq!(r.source(), "default", "body {:?}", r.body);
+
+    let line = s.nginx.wait_for_log_line(Duration::from_secs(3), |l| {
+        l.contains("dyncert:") && l.contains(r#"name: "mismatch.example.com""#)
+    });
+    let line = line.unwrap_or_else(|| panic!("no log line for the bad record\n{}", s.nginx.logs()));
+    assert!(line.contains("[warn]"), "logged at the wrong level: {line}");
+    assert!(line.contains("does not match"), "no reason in: {line}");
+    assert!(
+        !line.contains("PRIVATE KEY") && !line.contains("BEGIN"),
+        "PEM material in the log: {line}"
+    );
+}
+
+#[test]
+fn record_with_garbage_pem_gets_default_and_is_logged() {
+    let s = Stack::start(1, HTTP);
+    s.redis.hset_cert(
+        "garbage.example.com",
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
+        "garbage",
+    );
+    let r = s.get(Some("garbage.example.com"));
+    r.assert_default();
+    assert_eq!(r.source(), "default", "body {:?}", r.body);
+    let line = s.nginx.wait_for_log_line(Duration::from_secs(3), |l| {
+        l.contains("dyncert:") && l.contains(r#"name: "garbage.example.com""#)
+    });
+    let line = line.unwrap_or_else(|| panic!("no log line for the bad record\n{}", s.nginx.logs()));
+    assert!(line.contains("[warn]"), "logged at the wrong level: {line}");
+}
+
+#[test]
+fn new_record_is_picked_up_without_reload() {
+    let s = Stack::start(1, HTTP);
+    // The worker is up and talking to Redis before the record exists.
+    let warmup = s.pki.leaf(&["warm.example.com"], 1006);
+    s.redis.put_leaf("warm.example.com", &warmup);
+    s.get(Some("warm.example.com"))
+        .assert_served(&warmup, &s.pki);
+
+    let leaf = s.pki.leaf(&["fresh.example.com"], 1007);
+    s.redis.put_leaf("fresh.example.com", &leaf);
+    let r = s.get(Some("fresh.example.com"));
+    r.assert_served(&leaf, &s.pki);
+    assert_eq!(r.source(), "redis", "body {:?}", r.body);
+}
+
+#[test]
+fn name_is_normalised_before_lookup() {
+    let s = Stack::start(1, HTTP);
+    let leaf = s.pki.leaf(&["shop.example.com"], 1008);
+    s.redis.put_leaf("shop.example.com", &leaf);
+    let monitor = s.redis.monitor();
+
+    let r = s.get(Some("Shop.Example.COM"));
+    r.assert_served(&leaf, &s.pki);
+    assert_eq!(r.name(), "shop.example.com", "body {:?}", r.body);
+
+    let r = s.get(Some("shop.example.com."));
+    r.assert_served(&leaf, &s.pki);
+    assert_eq!(r.name(), "shop.example.com", "body {:?}", r.body);
+
+    let r = s.get(Some("SHOP.example.com."));
+    r.assert_served(&leaf, &s.pki);
+
+    monitor.sync();
+    assert_eq!(
+        monitor.fetched_names(),
+        ["shop.example.com"],
+        "all spellings share one normalised key, fetched once:\n{}",
+        monitor.dump()
+    );
+}
+
+#[test]
+fn expired_certificate_record_gets_default() {
+    let s = Stack::start(1, HTTP);
+    let leaf = s
+        .pki
+        .leaf_with(&["expired.example.com"], 1009, LeafOpts { expired: true });
+    s.redis.put_leaf("expired.example.com", &leaf);
+    let r = s.get(Some("expired.example.com"));
+    r.assert_default();
+    assert_eq!(r.source(), "default", "body {:?}", r.body);
+    let line = s.nginx.wait_for_log_line(Duration::from_secs(3), |l| {
+        l.contains("dyncert:") && l.contains(r#"name: "expired.example.com""#)
+    });
+    assert!(
+        line.is_some(),
+        "expired record not logged\n{}",
+        s.nginx.logs()
+    );
+}
+
+#[test]
+fn custom_prefix_is_used_for_lookups() {
+    let s = Stack::start(
+        1,
+        &HTTP.replace(
+            "dyncert_redis @REDIS@;",
+            "dyncert_redis @REDIS@; dyncert_redis_prefix tenant1:certs:;",
+        ),
+    );
+    let leaf = s.pki.leaf(&["prefixed.example.com"], 1010);
+    s.redis.hset_cert_key(
+        "tenant1:certs:prefixed.example.com",
+        &leaf.chain_pem,
+        &leaf.key_pem,
+    );
+    // A record under the default prefix must be ignored.
+    let stray = s.pki.leaf(&["stray.example.com"], 1011);
+    s.redis.put_leaf("stray.example.com", &stray);
+
+    let r = s.get(Some("prefixed.example.com"));
+    r.assert_served(&leaf, &s.pki);
+    assert_eq!(r.source(), "redis", "body {:?}", r.body);
+    s.get(Some("stray.example.com")).assert_default();
+}
+
+#[test]
+fn server_without_dyncert_is_left_alone() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let (on_port, off_port) = (free_port(), free_port());
+    let http = render(
+        r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    server {
+        listen 127.0.0.1:@ON@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
+    }
+    server {
+        listen 127.0.0.1:@OFF@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
+    }
+}
+"#,
+        &[
+            ("REDIS", &redis.url()),
+            ("ON", &on_port.to_string()),
+            ("OFF", &off_port.to_string()),
+        ],
+    );
+    let nginx = Nginx::start(&pki, NginxOpts::default(), &http, on_port);
+    let leaf = pki.leaf(&["shop.example.com"], 1012);
+    redis.put_leaf("shop.example.com", &leaf);
+    let monitor = redis.monitor();
+
+    let r = tls_get(off_port, Some("shop.example.com"), "/").unwrap();
+    r.assert_default();
+    assert_eq!(r.source(), "", "body {:?}", r.body);
+    monitor.sync();
+    assert_eq!(
+        monitor.commands_about("shop.example.com"),
+        0,
+        "a server without dyncert looked the name up:\n{}",
+        monitor.dump()
+    );
+
+    // The dyncert server next to it does serve the record (the check above
+    // could fail).
+    let r = tls_get(on_port, Some("shop.example.com"), "/").unwrap();
+    r.assert_served(&leaf, &pki);
+    drop(nginx);
+}

@@ -1,0 +1,160 @@
+//! Redis trouble never stalls nginx: cached names keep handshaking while
+//! Redis hangs, an uncached name waits at most `dyncert_fetch_timeout` and
+//! then gets the default, and the module reconnects by itself.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const HTTP: &str = r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    dyncert_fetch_timeout 1s;
+    dyncert_redis_timeout 1s;
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
+    }
+}
+"#;
+
+/// Handshakes for `name` until it is served `leaf`, or `deadline` passes.
+fn poll_served(s: &Stack, name: &str, leaf: &Leaf, deadline: Duration) -> Option<TlsResponse> {
+    poll(deadline, Duration::from_millis(200), || {
+        tls_get(s.nginx.port, Some(name), "/")
+            .ok()
+            .filter(|r| r.leaf_serial == leaf.serial_hex)
+    })
+}
+
+#[test]
+fn cached_names_keep_handshaking_while_redis_is_stopped() {
+    // One worker: the warm-up handshakes fill the cache the others meet.
+    let mut s = Stack::start(1, HTTP);
+    let names = ["one.example.com", "two.example.com"];
+    let leaves: Vec<Leaf> = names
+        .iter()
+        .zip(3001..)
+        .map(|(n, serial)| s.pki.leaf(&[n], serial))
+        .collect();
+    for (n, l) in names.iter().zip(&leaves) {
+        s.redis.put_leaf(n, l);
+        s.get(Some(n)).assert_served(l, &s.pki);
+    }
+
+    s.redis.pause();
+    for round in 0..5 {
+        for (n, l) in names.iter().zip(&leaves) {
+            let r = s.get(Some(n));
+            r.assert_served(l, &s.pki);
+            assert_eq!(r.source(), "cache", "body {:?}", r.body);
+            assert!(
+                r.elapsed < Duration::from_millis(500),
+                "round {round}: {n} took {:?} while Redis was stopped",
+                r.elapsed
+            );
+        }
+    }
+    s.redis.resume();
+    s.nginx.assert_healthy();
+}
+
+#[test]
+fn uncached_name_waits_fetch_timeout_then_gets_default() {
+    let mut s = Stack::start(1, HTTP);
+    // Make sure the worker holds a live Redis connection before the hang.
+    let warm = s.pki.leaf(&["warm.example.com"], 3003);
+    s.redis.put_leaf("warm.example.com", &warm);
+    s.get(Some("warm.example.com")).assert_served(&warm, &s.pki);
+    let late = s.pki.leaf(&["late.example.com"], 3004);
+    s.redis.put_leaf("late.example.com", &late);
+
+    s.redis.pause();
+    let port = s.nginx.port;
+    let parked = std::thread::spawn(move || tls_get(port, Some("late.example.com"), "/"));
+    // While that connection is parked, the single worker keeps serving.
+    std::thread::sleep(Duration::from_millis(300));
+    let cached = s.get(Some("warm.example.com"));
+    cached.assert_served(&warm, &s.pki);
+    assert!(
+        cached.elapsed < Duration::from_millis(500),
+        "a cached name took {:?} while another connection waited for Redis",
+        cached.elapsed
+    );
+
+    let r = parked.join().unwrap().expect("parked handshake failed");
+    r.assert_default();
+    assert_eq!(r.source(), "default", "body {:?}", r.body);
+    assert!(
+        r.handshake >= Duration::from_millis(800) && r.handshake < Duration::from_secs(3),
+        "handshake took {:?}, expected about dyncert_fetch_timeout (1s)",
+        r.handshake
+    );
+
+    // Once Redis answers again the record is found.
+    s.redis.resume();
+    let r = poll_served(&s, "late.example.com", &late, Duration::from_secs(10));
+    assert!(
+        r.is_some(),
+        "record not served after Redis came back\n{}",
+        s.nginx.logs()
+    );
+    s.nginx.assert_healthy();
+}
+
+#[test]
+fn redis_down_at_start_then_started_records_are_served() {
+    let pki = Pki::new();
+    let redis = Redis::reserve();
+    let nginx = start_nginx_with(&pki, &redis, 1, HTTP);
+    let mut s = Stack { pki, redis, nginx };
+
+    // Nginx is up without Redis: unknown names get the default, promptly
+    // enough (connection refused, or at worst the fetch timeout).
+    let r = s.get(Some("early.example.com"));
+    r.assert_default();
+    assert!(r.handshake < Duration::from_secs(3), "{:?}", r.handshake);
+
+    s.redis.start_server();
+    let leaf = s.pki.leaf(&["later.example.com"], 3005);
+    s.redis.put_leaf("later.example.com", &leaf);
+    let r = poll_served(&s, "later.example.com", &leaf, Duration::from_secs(10));
+    assert!(
+        r.is_some(),
+        "record not served within 10s of Redis starting\n{}",
+        s.nginx.logs()
+    );
+    s.nginx.assert_healthy();
+}
+
+#[test]
+fn redis_restart_new_records_are_picked_up() {
+    let mut s = Stack::start(1, HTTP);
+    let before = s.pki.leaf(&["before.example.com"], 3006);
+    s.redis.put_leaf("before.example.com", &before);
+    s.get(Some("before.example.com"))
+        .assert_served(&before, &s.pki);
+
+    s.redis.stop();
+    // Cached names are still served while Redis is gone.
+    let r = s.get(Some("before.example.com"));
+    r.assert_served(&before, &s.pki);
+    assert!(r.elapsed < Duration::from_millis(500), "{:?}", r.elapsed);
+
+    s.redis.start_server();
+    let after = s.pki.leaf(&["after.example.com"], 3007);
+    s.redis.put_leaf("after.example.com", &after);
+    let r = poll_served(&s, "after.example.com", &after, Duration::from_secs(10));
+    assert!(
+        r.is_some(),
+        "record not served within 10s of the Redis restart\n{}",
+        s.nginx.logs()
+    );
+    s.nginx.assert_healthy();
+}
