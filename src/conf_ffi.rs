@@ -4,12 +4,14 @@
 use core::ffi::{c_char, c_void};
 use std::time::Duration;
 
+use dyncert_core::api::{check_header, ApiConfig, MAX_BODY};
 use dyncert_core::cache::CachePolicy;
-use dyncert_core::fetch::check_redis_url;
+use dyncert_core::fetch::{check_redis_url, FetcherConfig};
+use dyncert_core::template::UrlTemplate;
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_atoi, ngx_command_t, ngx_conf_t, ngx_msec_t, ngx_parse_time, ngx_str_t, NGX_ERROR,
-    NGX_LOG_EMERG,
+    ngx_atoi, ngx_command_t, ngx_conf_full_name, ngx_conf_t, ngx_msec_t, ngx_parse_size,
+    ngx_parse_time, ngx_str_t, NGX_ERROR, NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::http::{Merge, MergeConfigError};
 use ngx::ngx_conf_log_error;
@@ -19,6 +21,10 @@ pub const DEFAULT_PREFIX: &str = "dyncert:cert:";
 const DEFAULT_FETCH_TIMEOUT_MS: ngx_msec_t = 2000;
 const DEFAULT_REDIS_TIMEOUT_MS: ngx_msec_t = 1000;
 const DEFAULT_FETCH_CONCURRENCY: usize = 64;
+const DEFAULT_API_TIMEOUT_MS: ngx_msec_t = 3000;
+const DEFAULT_WRITEBACK_MS: ngx_msec_t = 24 * 3600 * 1000;
+/// Default pub/sub channel for invalidations.
+pub const DEFAULT_INVALIDATE_CHANNEL: &str = "dyncert:invalidate";
 
 /// `http {}` level settings; `None` means "not set" until `init_main_conf`.
 #[derive(Debug, Default)]
@@ -29,6 +35,15 @@ pub struct MainConf {
     pub fetch_timeout: Option<ngx_msec_t>,
     pub redis_timeout: Option<ngx_msec_t>,
     pub fetch_concurrency: Option<usize>,
+    /// `dyncert_api` URL template (validated) and its write-back TTL.
+    pub api_template: Option<String>,
+    pub api_writeback: Option<ngx_msec_t>,
+    pub api_headers: Vec<(String, String)>,
+    pub api_timeout: Option<ngx_msec_t>,
+    /// PEM bundle read from `dyncert_api_trusted_certificate`.
+    pub api_trusted_certificate: Option<Vec<u8>>,
+    /// `Some(None)`: `dyncert_invalidate_channel off`.
+    pub invalidate_channel: Option<Option<String>>,
     /// Filled in postconfiguration: some server has `dyncert on`.
     pub enabled: bool,
     /// Filled in postconfiguration: (family, port) of `ssl` listeners that
@@ -51,6 +66,37 @@ impl MainConf {
     }
     pub fn fetch_concurrency(&self) -> usize {
         self.fetch_concurrency.unwrap_or(DEFAULT_FETCH_CONCURRENCY)
+    }
+
+    /// What the worker's fetcher needs (built in each worker).
+    pub fn fetcher_config(&self) -> Result<FetcherConfig, String> {
+        let api = match &self.api_template {
+            Some(t) => Some(ApiConfig {
+                template: UrlTemplate::parse(t)?,
+                headers: self.api_headers.clone(),
+                timeout: Duration::from_millis(
+                    self.api_timeout.unwrap_or(DEFAULT_API_TIMEOUT_MS) as u64
+                ),
+                trusted_certificate: self.api_trusted_certificate.clone(),
+                max_body: MAX_BODY,
+            }),
+            None => None,
+        };
+        let channel = match &self.invalidate_channel {
+            Some(c) => c.clone(),
+            None => Some(DEFAULT_INVALIDATE_CHANNEL.to_owned()),
+        };
+        Ok(FetcherConfig {
+            redis_url: self.redis_url.clone(),
+            prefix: self.prefix().to_owned(),
+            redis_timeout: self.redis_timeout(),
+            api,
+            writeback: Duration::from_millis(
+                self.api_writeback.unwrap_or(DEFAULT_WRITEBACK_MS) as u64
+            ),
+            invalidate_channel: channel,
+            queue_cap: self.fetch_concurrency(),
+        })
     }
 }
 
@@ -113,6 +159,20 @@ fn parse_msec(v: &[u8]) -> Option<ngx_msec_t> {
         None
     } else {
         Some(r as ngx_msec_t)
+    }
+}
+
+fn parse_bytes(v: &[u8]) -> Option<usize> {
+    let mut s = ngx_str_t {
+        len: v.len(),
+        data: v.as_ptr() as *mut u8,
+    };
+    // SAFETY: ngx_parse_size only reads s.len bytes from s.data.
+    let r = unsafe { ngx_parse_size(&mut s) };
+    if r < 0 {
+        None
+    } else {
+        Some(r as usize)
     }
 }
 
@@ -208,6 +268,10 @@ pub unsafe extern "C" fn ngx_http_dyncert_cache(
             b"max" => match parse_number(val) {
                 Some(n) if n <= 10_000_000 => policy.max_entries = n,
                 _ => invalid!(cf, text),
+            },
+            b"max_size" => match parse_bytes(val) {
+                Some(n) => policy.max_bytes = n,
+                None => invalid!(cf, text),
             },
             b"valid" | b"stale" | b"negative" => {
                 let Some(ms) = parse_msec(val) else {
@@ -333,5 +397,124 @@ pub unsafe extern "C" fn ngx_http_dyncert_unknown(
         b"reject" => Some(true),
         _ => invalid!(cf, as_str(a)),
     };
+    NGX_CONF_OK
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_api URL [writeback=TIME];`.
+pub unsafe extern "C" fn ngx_http_dyncert_api(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let mcf = unsafe { main_conf(conf) };
+    if mcf.api_template.is_some() {
+        return DUPLICATE;
+    }
+    let a = unsafe { args(cf) };
+    let url = as_str(&a[0]);
+    if let Err(e) = UrlTemplate::parse(&url) {
+        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\": {}", url, e);
+        return NGX_CONF_ERROR;
+    }
+    for p in &a[1..] {
+        let v = as_bytes(p);
+        match v.strip_prefix(b"writeback=").map(parse_msec) {
+            Some(Some(ms)) => mcf.api_writeback = Some(ms),
+            _ => invalid!(cf, as_str(p)),
+        }
+    }
+    mcf.api_template = Some(url);
+    NGX_CONF_OK
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_api_header NAME VALUE;` (repeatable).
+pub unsafe extern "C" fn ngx_http_dyncert_api_header(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let mcf = unsafe { main_conf(conf) };
+    let a = unsafe { args(cf) };
+    let (name, value) = (as_str(&a[0]), as_str(&a[1]));
+    if let Err(e) = check_header(&name, &value) {
+        // The value may be a secret: name the header only.
+        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid header \"{}\": {}", name, e);
+        return NGX_CONF_ERROR;
+    }
+    mcf.api_headers.push((name, value));
+    NGX_CONF_OK
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_api_timeout TIME;`.
+pub unsafe extern "C" fn ngx_http_dyncert_api_timeout(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let mcf = unsafe { main_conf(conf) };
+    unsafe { set_msec(cf, &mut mcf.api_timeout, 1) }
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_api_trusted_certificate FILE;`.
+pub unsafe extern "C" fn ngx_http_dyncert_api_trusted_certificate(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let mcf = unsafe { main_conf(conf) };
+    if mcf.api_trusted_certificate.is_some() {
+        return DUPLICATE;
+    }
+    let mut file = unsafe { args(cf) }[0];
+    // Relative paths resolve against the configuration prefix, like
+    // ssl_trusted_certificate.
+    // SAFETY: cf->cycle is live; nginx allocates the full name in its pool.
+    if unsafe { ngx_conf_full_name((*cf).cycle, &mut file, 1) } != NGX_OK as isize {
+        return NGX_CONF_ERROR;
+    }
+    let path = as_str(&file);
+    let pem = match std::fs::read(&path) {
+        Ok(p) => p,
+        Err(e) => {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "cannot read \"{}\": {}", path, e);
+            return NGX_CONF_ERROR;
+        }
+    };
+    match openssl::x509::X509::stack_from_pem(&pem) {
+        Ok(certs) if !certs.is_empty() => {}
+        _ => {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "no PEM certificate in \"{}\"", path);
+            return NGX_CONF_ERROR;
+        }
+    }
+    mcf.api_trusted_certificate = Some(pem);
+    NGX_CONF_OK
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_invalidate_channel NAME|off;`.
+pub unsafe extern "C" fn ngx_http_dyncert_invalidate_channel(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let mcf = unsafe { main_conf(conf) };
+    if mcf.invalidate_channel.is_some() {
+        return DUPLICATE;
+    }
+    let a = &unsafe { args(cf) }[0];
+    let v = as_bytes(a);
+    if v == b"off" {
+        mcf.invalidate_channel = Some(None);
+        return NGX_CONF_OK;
+    }
+    if v.is_empty() || v.len() > 128 || !v.iter().all(|b| b.is_ascii_graphic()) {
+        invalid!(cf, as_str(a));
+    }
+    mcf.invalidate_channel = Some(Some(as_str(a)));
     NGX_CONF_OK
 }

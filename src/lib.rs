@@ -11,9 +11,9 @@ use ngx::core::Status;
 use ngx::ffi::{
     ngx_array_t, ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_conf_addr_t,
     ngx_http_conf_port_t, ngx_http_core_srv_conf_t, ngx_http_module_t, ngx_int_t, ngx_module_t,
-    ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET,
-    NGX_LOG_EMERG, NGX_LOG_NOTICE,
+    ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_CONF_TAKE2,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    NGX_HTTP_SRV_CONF_OFFSET, NGX_LOG_EMERG, NGX_LOG_NOTICE,
 };
 use ngx::http::{
     HttpModule, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule, NgxHttpSslModule,
@@ -79,7 +79,7 @@ const fn command(
     }
 }
 
-static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 9] = [
+static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 14] = [
     command(
         ngx_string!("dyncert"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
@@ -126,6 +126,36 @@ static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 9] = [
         ngx_string!("dyncert_fetch_concurrency"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
         conf_ffi::ngx_http_dyncert_fetch_concurrency,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_api"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
+        conf_ffi::ngx_http_dyncert_api,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_api_header"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2,
+        conf_ffi::ngx_http_dyncert_api_header,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_api_timeout"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        conf_ffi::ngx_http_dyncert_api_timeout,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_api_trusted_certificate"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        conf_ffi::ngx_http_dyncert_api_trusted_certificate,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_invalidate_channel"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        conf_ffi::ngx_http_dyncert_invalidate_channel,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     ngx_command_t::empty(),
@@ -240,11 +270,12 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         mcf.enabled = false;
         return Status::NGX_OK.into();
     }
-    if mcf.redis_url.is_none() {
+    if mcf.redis_url.is_none() && mcf.api_template.is_none() {
         ngx_conf_log_error!(
             NGX_LOG_EMERG,
             cf,
-            "\"dyncert on\" is set but \"dyncert_redis\" is not: dyncert has no certificate source"
+            "\"dyncert on\" is set but neither \"dyncert_redis\" nor \"dyncert_api\" is: \
+             dyncert has no certificate source"
         );
         return Status::NGX_ERROR.into();
     }

@@ -64,6 +64,7 @@ fn source_code(s: CertSource) -> usize {
         CertSource::Default => 3,
         CertSource::Rejected => 4,
         CertSource::Resumed => 5,
+        CertSource::Api => 6,
     }
 }
 
@@ -73,6 +74,8 @@ fn source_from_code(v: usize) -> Option<CertSource> {
         2 => Some(CertSource::Redis),
         3 => Some(CertSource::Default),
         4 => Some(CertSource::Rejected),
+        5 => Some(CertSource::Resumed),
+        6 => Some(CertSource::Api),
         _ => None,
     }
 }

@@ -6,13 +6,15 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use dyncert_core::cache::{CachePolicy, CertCache, Lookup, Millis};
-use dyncert_core::fetch::{CertSource, FetchResult, Fetcher, Outcome};
+use dyncert_core::fetch::{CertSource, Event, FetchResult, Fetcher, Outcome};
 use dyncert_core::flight::{Inflight, Join};
+use dyncert_core::name::wildcard_parent;
 use dyncert_core::ratelimit::LogLimiter;
 use dyncert_core::validate::ParsedCert;
 
 /// A cache entry: the parsed certificate plus the source to report for the
-/// first handshake that uses it (`redis`), after which it reports `cache`.
+/// first handshake that uses it (`redis`, `api`), after which it reports
+/// `cache`.
 pub struct CachedCert {
     pub cert: Arc<ParsedCert>,
     first_source: Cell<Option<CertSource>>,
@@ -31,18 +33,24 @@ pub enum PreHandshake {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
     Warn,
+    Info,
 }
 
 /// How long a name whose fetch failed waits before a refresh is retried.
 const ERROR_RETRY_MS: Millis = 5_000;
-/// At most one Redis-trouble line per this interval per worker.
-const REDIS_LOG_INTERVAL_MS: Millis = 10_000;
+/// When a refresh that could not even be queued (cap, full queue) is retried.
+const QUEUE_RETRY_MS: Millis = 1_000;
+/// At most one source-trouble line per this interval per worker.
+const ERROR_LOG_INTERVAL_MS: Millis = 10_000;
+/// Memory charged per entry beyond its DER bytes: key, X509 structures,
+/// the entry itself. A rough figure: `max_size=` is a bound, not a meter.
+const ENTRY_OVERHEAD_BYTES: usize = 2048;
 
 pub struct Worker<W> {
     cache: CertCache<CachedCert>,
     inflight: Inflight<W>,
     fetcher: Fetcher,
-    redis_log: LogLimiter,
+    error_log: LogLimiter,
 }
 
 impl<W> Worker<W> {
@@ -51,7 +59,7 @@ impl<W> Worker<W> {
             cache: CertCache::new(policy),
             inflight: Inflight::new(concurrency),
             fetcher,
-            redis_log: LogLimiter::new(REDIS_LOG_INTERVAL_MS),
+            error_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
         }
     }
 
@@ -66,6 +74,11 @@ impl<W> Worker<W> {
     /// Called with the SNI read from a peeked ClientHello.
     pub fn pre_handshake(&mut self, name: &str, waiter: W, now: Millis) -> PreHandshake {
         if self.cache.contains_usable(name, now) {
+            return PreHandshake::Proceed;
+        }
+        // A cached wildcard covers the name: serve it now, and let the
+        // certificate callback look for an exact record in the background.
+        if wildcard_parent(name).is_some_and(|w| self.cache.contains_usable(&w, now)) {
             return PreHandshake::Proceed;
         }
         match self.inflight.join(name, Some(waiter)) {
@@ -91,6 +104,15 @@ impl<W> Worker<W> {
         name: &str,
         now: Millis,
     ) -> (Option<Arc<ParsedCert>>, CertSource) {
+        match self.lookup(name, now) {
+            Some((cert, first)) => (Some(cert), first.unwrap_or(CertSource::Cache)),
+            None => (None, CertSource::Default),
+        }
+    }
+
+    /// Exact name first, then its `*.parent` entry; schedules the fetches a
+    /// handshake implies (miss, stale entry, exact name behind a wildcard).
+    fn lookup(&mut self, name: &str, now: Millis) -> Option<(Arc<ParsedCert>, Option<CertSource>)> {
         let mut refresh = false;
         let found = match self.cache.get(name, now) {
             Lookup::Fresh(v) => Some((v.cert.clone(), v.first_source.take())),
@@ -98,45 +120,61 @@ impl<W> Worker<W> {
                 refresh = refresh_due;
                 Some((value.cert.clone(), value.first_source.take()))
             }
-            Lookup::Negative => None,
+            Lookup::Negative => return None,
             Lookup::Miss => {
                 refresh = true;
                 None
             }
         };
         if refresh {
-            self.start_fetch(name);
+            self.start_fetch(name, now);
         }
-        match found {
-            Some((cert, first)) => (Some(cert), first.unwrap_or(CertSource::Cache)),
-            None => (None, CertSource::Default),
+        if found.is_some() {
+            return found;
+        }
+        let wildcard = wildcard_parent(name)?;
+        match self.cache.get(&wildcard, now) {
+            Lookup::Fresh(v) | Lookup::Stale { value: v, .. } => {
+                Some((v.cert.clone(), v.first_source.take()))
+            }
+            Lookup::Negative | Lookup::Miss => None,
         }
     }
 
     /// Whether a name has a certificate to serve right now (for
     /// `dyncert_unknown reject`, decided before the certificate callback).
+    /// Does not consume the first-use marker: the callback that follows
+    /// reports the source.
     pub fn has_certificate(&mut self, name: &str, now: Millis) -> bool {
         match self.cache.get(name, now) {
-            Lookup::Fresh(_) => true,
+            Lookup::Fresh(_) => return true,
             Lookup::Stale { refresh_due, .. } => {
                 if refresh_due {
-                    self.start_fetch(name);
+                    self.start_fetch(name, now);
                 }
-                true
+                return true;
             }
-            Lookup::Negative => false,
-            Lookup::Miss => {
-                self.start_fetch(name);
-                false
-            }
+            Lookup::Negative => return false,
+            Lookup::Miss => self.start_fetch(name, now),
         }
+        wildcard_parent(name).is_some_and(|w| self.cache.contains_usable(&w, now))
     }
 
-    fn start_fetch(&mut self, name: &str) {
-        if let Join::Started = self.inflight.join(name, None) {
-            if !self.fetcher.request(name) {
-                drop(self.inflight.complete(name));
+    fn start_fetch(&mut self, name: &str, now: Millis) {
+        let queued = match self.inflight.join(name, None) {
+            Join::Started => {
+                let ok = self.fetcher.request(name);
+                if !ok {
+                    drop(self.inflight.complete(name));
+                }
+                ok
             }
+            Join::Joined => true,
+            Join::Refused => false,
+        };
+        if !queued {
+            // Let a later handshake ask again instead of waiting for expiry.
+            self.cache.refresh_failed(name, now, QUEUE_RETRY_MS);
         }
     }
 
@@ -145,9 +183,56 @@ impl<W> Worker<W> {
         self.inflight.remove_waiter(name, pred)
     }
 
-    /// Applies a finished fetch to the cache. Returns the connections to
+    /// Applies one report of the fetcher thread. Returns the connections to
     /// wake; `log` receives the lines to write (no key material in them).
-    pub fn on_result(
+    pub fn on_event(
+        &mut self,
+        event: Event,
+        now: Millis,
+        log: &mut dyn FnMut(Level, String),
+    ) -> Vec<W> {
+        match event {
+            Event::Fetched(r) => self.on_result(r, now, log),
+            Event::Invalidate(target) => {
+                self.invalidate(&target);
+                log(
+                    Level::Info,
+                    format!("dyncert: invalidated \"{target}\" as published"),
+                );
+                Vec::new()
+            }
+            Event::Subscribed { resubscribed } => {
+                if resubscribed {
+                    log(
+                        Level::Warn,
+                        "dyncert: invalidation channel subscribed again; names published \
+                         meanwhile are refreshed when their \"valid\" time ends"
+                            .to_owned(),
+                    );
+                }
+                Vec::new()
+            }
+            Event::Warn(msg) => {
+                log(Level::Warn, msg);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Drops a name, a wildcard and every name served from it, or all.
+    pub fn invalidate(&mut self, target: &str) {
+        if target == "*" {
+            self.cache.clear();
+        } else if target.starts_with("*.") {
+            self.cache.retain(|name, _| {
+                name != target && wildcard_parent(name).as_deref() != Some(target)
+            });
+        } else {
+            self.cache.remove(target);
+        }
+    }
+
+    fn on_result(
         &mut self,
         r: FetchResult,
         now: Millis,
@@ -155,16 +240,34 @@ impl<W> Worker<W> {
     ) -> Vec<W> {
         let FetchResult { name, outcome, .. } = r;
         match outcome {
-            Outcome::Found(cert) => {
+            Outcome::Found {
+                cert,
+                source,
+                wildcard,
+            } => {
+                let policy = *self.cache.policy();
                 let expires = cert.not_after_ms;
+                // Fresh until `valid` ends, or earlier so the certificate is
+                // refreshed before its own expiry (renewals get picked up).
+                let ahead = expires.saturating_sub(policy.valid).max(now);
+                let fresh_until = now.saturating_add(policy.valid).min(ahead);
+                let bytes = cert.der_bytes + ENTRY_OVERHEAD_BYTES;
+                if let Some(w) = wildcard {
+                    let entry = CachedCert {
+                        cert: cert.clone(),
+                        first_source: Cell::new(Some(source)),
+                    };
+                    self.cache
+                        .insert_weighted(w, entry, now, expires, fresh_until, bytes);
+                }
                 let entry = CachedCert {
                     cert,
-                    first_source: Cell::new(Some(CertSource::Redis)),
+                    first_source: Cell::new(Some(source)),
                 };
-                self.cache.insert(name.clone(), entry, now, expires);
+                self.cache
+                    .insert_weighted(name.clone(), entry, now, expires, fresh_until, bytes);
             }
             Outcome::NotFound => {
-                self.cache.remove(&name);
                 self.cache.insert_negative(name.clone(), now);
             }
             Outcome::Refused(refusal) => {
@@ -184,16 +287,13 @@ impl<W> Worker<W> {
                 }
             }
             Outcome::Error(e) => {
-                if let Some(suppressed) = self.redis_log.allow(now) {
+                if let Some(suppressed) = self.error_log.allow(now) {
                     let more = if suppressed > 0 {
                         format!(" ({suppressed} similar errors suppressed)")
                     } else {
                         String::new()
                     };
-                    log(
-                        Level::Warn,
-                        format!("dyncert: {e} while fetching from redis, name: \"{name}\"{more}"),
-                    );
+                    log(Level::Warn, format!("dyncert: {e}, name: \"{name}\"{more}"));
                 }
                 self.cache.refresh_failed(&name, now, ERROR_RETRY_MS);
             }

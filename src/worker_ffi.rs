@@ -6,10 +6,11 @@ use core::ptr;
 use std::cell::RefCell;
 
 use dyncert_core::cache::{Clock, SystemClock};
-use dyncert_core::fetch::{Fetcher, FetcherConfig};
+use dyncert_core::fetch::Fetcher;
 use ngx::ffi::{
     ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_free_connection, ngx_get_connection,
-    ngx_handle_read_event, ngx_int_t, ngx_msec_t, ngx_uint_t, NGX_LOG_ALERT, NGX_LOG_WARN,
+    ngx_handle_read_event, ngx_int_t, ngx_msec_t, ngx_uint_t, NGX_LOG_ALERT, NGX_LOG_INFO,
+    NGX_LOG_WARN,
 };
 use ngx::http::HttpModuleMainConf;
 
@@ -58,14 +59,15 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
         if !mcf.enabled {
             return ngx::ffi::NGX_OK as ngx_int_t;
         }
-        let Some(url) = mcf.redis_url.clone() else {
-            return ngx::ffi::NGX_OK as ngx_int_t;
-        };
-        let cfg = FetcherConfig {
-            redis_url: url,
-            prefix: mcf.prefix().to_owned(),
-            redis_timeout: mcf.redis_timeout(),
-            queue_cap: mcf.fetch_concurrency(),
+        let cfg = match mcf.fetcher_config() {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                log(
+                    NGX_LOG_ALERT as ngx_uint_t,
+                    &format!("dyncert: {e} while starting the worker"),
+                );
+                return ngx::ffi::NGX_OK as ngx_int_t;
+            }
         };
         let fetcher = match Fetcher::start(cfg) {
             Ok(f) => f,
@@ -143,8 +145,8 @@ unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
         let waiters = with_worker(|w| {
             let now = SystemClock.now();
             let mut waiters = Vec::new();
-            for r in w.fetcher().drain() {
-                waiters.extend(w.on_result(r, now, &mut |l, m| lines.push((l, m))));
+            for ev in w.fetcher().drain() {
+                waiters.extend(w.on_event(ev, now, &mut |l, m| lines.push((l, m))));
             }
             waiters
         })
@@ -152,6 +154,7 @@ unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
         for (level, msg) in lines {
             let level = match level {
                 Level::Warn => NGX_LOG_WARN,
+                Level::Info => NGX_LOG_INFO,
             };
             log(level as ngx_uint_t, &msg);
         }

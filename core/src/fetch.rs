@@ -18,7 +18,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::mpsc;
 
-use crate::record::{check_lengths, decode_fields, RecordError};
+use futures_util::StreamExt;
+
+use crate::api::{ApiClient, ApiConfig, ApiOutcome};
+use crate::name::{normalize_sni, wildcard_parent};
+use crate::record::{check_lengths, decode_fields, Record, RecordError};
 use crate::validate::{validate, Invalid, ParsedCert};
 
 /// Where a certificate came from. `as_str` feeds `$dyncert_source` and
@@ -27,6 +31,7 @@ use crate::validate::{validate, Invalid, ParsedCert};
 pub enum CertSource {
     Cache,
     Redis,
+    Api,
     Default,
     Rejected,
     /// A resumed TLS session: no certificate was sent, none was chosen.
@@ -38,6 +43,7 @@ impl CertSource {
         match self {
             CertSource::Cache => "cache",
             CertSource::Redis => "redis",
+            CertSource::Api => "api",
             CertSource::Default => "default",
             CertSource::Rejected => "rejected",
             CertSource::Resumed => "resumed",
@@ -46,14 +52,21 @@ impl CertSource {
 }
 
 /// Settings of one worker's fetcher, built from the nginx configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FetcherConfig {
-    /// `redis://` or `rediss://` URL, already validated with [`check_redis_url`].
-    pub redis_url: String,
+    /// `redis://` URL, already validated with [`check_redis_url`].
+    pub redis_url: Option<String>,
     /// Key prefix; the key is prefix + normalised name.
     pub prefix: String,
     /// Bound on each Redis command and on connecting.
     pub redis_timeout: Duration,
+    /// The certificate API, asked when Redis has no record (or is down).
+    pub api: Option<ApiConfig>,
+    /// TTL of records written back to Redis after an API hit; zero: no
+    /// write-back.
+    pub writeback: Duration,
+    /// Pub/sub channel carrying names to drop from every worker's cache.
+    pub invalidate_channel: Option<String>,
     /// Most requests queued towards the thread (beyond: refused at once).
     pub queue_cap: usize,
 }
@@ -99,15 +112,37 @@ impl From<RecordError> for Refusal {
 /// Result of one lookup.
 #[derive(Debug)]
 pub enum Outcome {
-    /// A valid certificate.
-    Found(Arc<ParsedCert>),
+    /// A valid certificate, where it came from, and the wildcard key it was
+    /// found under when there was no exact record.
+    Found {
+        cert: Arc<ParsedCert>,
+        source: CertSource,
+        wildcard: Option<String>,
+    },
     /// No record for the name.
     NotFound,
     /// A record exists but must not be served.
     Refused(Refusal),
-    /// Redis could not answer (down, timeout, protocol error). The text
-    /// carries no record data and may be logged.
+    /// No source could answer (down, timeout, protocol error, bad API
+    /// answer). The text names the source and carries no record data.
     Error(String),
+}
+
+/// What the fetcher thread reports to the event loop.
+#[derive(Debug)]
+pub enum Event {
+    Fetched(FetchResult),
+    /// A name (or `*.parent`, or `*`) published on the invalidation channel,
+    /// already validated.
+    Invalidate(String),
+    /// The invalidation subscription was (re)established; `resubscribed`
+    /// is false the first time. Messages published while it was down are
+    /// lost, so the worker may want to refresh early.
+    Subscribed {
+        resubscribed: bool,
+    },
+    /// Something the operator should see (subscription trouble).
+    Warn(String),
 }
 
 #[derive(Debug)]
@@ -118,12 +153,12 @@ pub struct FetchResult {
 }
 
 struct Shared {
-    results: Mutex<VecDeque<FetchResult>>,
+    results: Mutex<VecDeque<Event>>,
     notify: UnixStream,
 }
 
 impl Shared {
-    fn push(&self, r: FetchResult) {
+    fn push(&self, r: Event) {
         if let Ok(mut q) = self.results.lock() {
             q.push_back(r);
         }
@@ -145,6 +180,12 @@ impl Fetcher {
     /// Starts the thread. Call from the worker process (never the master:
     /// threads do not survive fork).
     pub fn start(cfg: FetcherConfig) -> io::Result<Fetcher> {
+        // Built here so a bad API configuration is reported at start; the
+        // client spawns nothing until used on the fetcher's runtime.
+        let api = match &cfg.api {
+            Some(a) => Some(ApiClient::new(a.clone()).map_err(io::Error::other)?),
+            None => None,
+        };
         let (wake, notify) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         notify.set_nonblocking(true)?;
@@ -156,7 +197,7 @@ impl Fetcher {
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("dyncert-fetch".into())
-            .spawn(move || run(cfg, rx, thread_shared))?;
+            .spawn(move || run(cfg, api, rx, thread_shared))?;
         Ok(Fetcher {
             tx: Some(tx),
             shared,
@@ -181,7 +222,7 @@ impl Fetcher {
     }
 
     /// Empties the wake-up socket and returns every finished lookup.
-    pub fn drain(&self) -> Vec<FetchResult> {
+    pub fn drain(&self) -> Vec<Event> {
         let mut buf = [0u8; 256];
         loop {
             match io::Read::read(&mut (&self.wake), &mut buf) {
@@ -211,7 +252,12 @@ impl Drop for Fetcher {
     }
 }
 
-fn run(cfg: FetcherConfig, mut rx: mpsc::Receiver<String>, shared: Arc<Shared>) {
+fn run(
+    cfg: FetcherConfig,
+    api: Option<ApiClient>,
+    mut rx: mpsc::Receiver<String>,
+    shared: Arc<Shared>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -223,43 +269,275 @@ fn run(cfg: FetcherConfig, mut rx: mpsc::Receiver<String>, shared: Arc<Shared>) 
             // so the event loop logs it and serves the default.
             let msg = format!("cannot start the fetcher runtime: {e}");
             while let Some(name) = rx.blocking_recv() {
-                shared.push(FetchResult {
+                shared.push(Event::Fetched(FetchResult {
                     name,
                     outcome: Outcome::Error(msg.clone()),
                     elapsed: Duration::ZERO,
-                });
+                }));
             }
             return;
         }
     };
     rt.block_on(async move {
-        let redis = connect(&cfg);
-        let cfg = Arc::new(cfg);
+        let redis = cfg.redis_url.as_ref().map(|_| connect(&cfg));
+        if let (Some(url), Some(channel)) = (&cfg.redis_url, &cfg.invalidate_channel) {
+            tokio::spawn(subscribe(
+                url.clone(),
+                channel.clone(),
+                cfg.redis_timeout,
+                shared.clone(),
+            ));
+        }
+        let sources = Arc::new(Sources { cfg, redis, api });
         while let Some(name) = rx.recv().await {
             let shared = shared.clone();
-            let cfg = cfg.clone();
-            let redis = redis.clone();
+            let sources = sources.clone();
             tokio::spawn(async move {
                 let start = Instant::now();
-                let outcome = match redis {
-                    Ok(mut conn) => lookup(&mut conn, &cfg, &name).await,
-                    Err(ref e) => Outcome::Error(e.clone()),
-                };
-                shared.push(FetchResult {
+                let outcome = sources.lookup(&name).await;
+                shared.push(Event::Fetched(FetchResult {
                     name,
                     outcome,
                     elapsed: start.elapsed(),
-                });
+                }));
             });
         }
     });
     rt.shutdown_timeout(Duration::from_millis(200));
 }
 
+struct Sources {
+    cfg: FetcherConfig,
+    redis: Option<Result<ConnectionManager, String>>,
+    api: Option<ApiClient>,
+}
+
+/// One Redis read of one key.
+enum RedisAnswer {
+    Record(Record),
+    Absent,
+    Refused(Refusal),
+    Error(String),
+}
+
+impl Sources {
+    /// cache miss → Redis (exact, then `*.parent`) → API, validating
+    /// whatever is found against the requested name.
+    async fn lookup(&self, name: &str) -> Outcome {
+        let mut redis_error = None;
+        if let Some(redis) = &self.redis {
+            match redis {
+                Ok(conn) => {
+                    let mut conn = conn.clone();
+                    let mut keys = vec![name.to_owned()];
+                    keys.extend(wildcard_parent(name));
+                    for key in keys {
+                        match self.read_redis(&mut conn, &key).await {
+                            RedisAnswer::Record(r) => {
+                                let wildcard = (key != name).then_some(key);
+                                return found(&r, name, CertSource::Redis, wildcard);
+                            }
+                            RedisAnswer::Refused(r) => return Outcome::Refused(r),
+                            RedisAnswer::Absent => continue,
+                            RedisAnswer::Error(e) => {
+                                // Redis down: the API is the source of truth.
+                                redis_error = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => redis_error = Some(e.clone()),
+            }
+        }
+        let Some(api) = &self.api else {
+            return match redis_error {
+                Some(e) => Outcome::Error(format!("{e} while fetching from redis")),
+                None => Outcome::NotFound,
+            };
+        };
+        match api.lookup(name).await {
+            ApiOutcome::Found(record) => {
+                let outcome = found(&record, name, CertSource::Api, None);
+                if let (Outcome::Found { .. }, Some(Ok(conn))) = (&outcome, &self.redis) {
+                    if redis_error.is_none() && !self.cfg.writeback.is_zero() {
+                        self.write_back(conn.clone(), name, record);
+                    }
+                }
+                outcome
+            }
+            ApiOutcome::NotFound => Outcome::NotFound,
+            ApiOutcome::Refused(e) => Outcome::Refused(e.into()),
+            ApiOutcome::Error(e) => Outcome::Error(format!("{e} while fetching from the api")),
+        }
+    }
+
+    async fn read_redis(&self, conn: &mut ConnectionManager, name: &str) -> RedisAnswer {
+        let t = self.cfg.redis_timeout;
+        let key = format!("{}{}", self.cfg.prefix, name);
+        // Sizes first, so an oversized value is refused without being read.
+        let mut pipe = redis::pipe();
+        pipe.cmd("EXISTS")
+            .arg(&key)
+            .cmd("HSTRLEN")
+            .arg(&key)
+            .arg("crt")
+            .cmd("HSTRLEN")
+            .arg(&key)
+            .arg("key");
+        let sizes = pipe.query_async::<(u64, u64, u64)>(conn);
+        let (exists, crt_len, key_len) = match tokio::time::timeout(t, sizes).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return RedisAnswer::Error(redis_error(&e)),
+            Err(_) => return RedisAnswer::Error("redis command timed out".into()),
+        };
+        match check_lengths(exists > 0, crt_len, key_len) {
+            Ok(false) => return RedisAnswer::Absent,
+            Ok(true) => {}
+            Err(e) => return RedisAnswer::Refused(e.into()),
+        }
+        let mut hmget = redis::cmd("HMGET");
+        hmget.arg(&key).arg("crt").arg("key");
+        let values = hmget.query_async::<(Option<Vec<u8>>, Option<Vec<u8>>)>(conn);
+        let (crt, pkey) = match tokio::time::timeout(t, values).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return RedisAnswer::Error(redis_error(&e)),
+            Err(_) => return RedisAnswer::Error("redis command timed out".into()),
+        };
+        if crt.is_none() && pkey.is_none() {
+            // Deleted between the two reads.
+            return RedisAnswer::Absent;
+        }
+        match decode_fields(crt, pkey) {
+            Ok(r) => RedisAnswer::Record(r),
+            Err(e) => RedisAnswer::Refused(e.into()),
+        }
+    }
+
+    /// Stores an API answer in Redis (HSET + EXPIRE, atomically) so the
+    /// next terminator finds it there. Best effort, off the lookup's path.
+    fn write_back(&self, mut conn: ConnectionManager, name: &str, record: Record) {
+        let key = format!("{}{}", self.cfg.prefix, name);
+        let ttl = self.cfg.writeback.as_secs().max(1);
+        let t = self.cfg.redis_timeout;
+        tokio::spawn(async move {
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("HSET")
+                .arg(&key)
+                .arg("crt")
+                .arg(record.crt.as_slice())
+                .arg("key")
+                .arg(record.key.as_slice())
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(&key)
+                .arg(ttl)
+                .ignore();
+            let _ = tokio::time::timeout(t, pipe.query_async::<()>(&mut conn)).await;
+        });
+    }
+}
+
+fn found(record: &Record, name: &str, source: CertSource, wildcard: Option<String>) -> Outcome {
+    match validate(record, name, now_secs()) {
+        Ok(p) => Outcome::Found {
+            cert: Arc::new(p),
+            source,
+            wildcard,
+        },
+        Err(i) => Outcome::Refused(i.into()),
+    }
+}
+
+/// Listens on the invalidation channel for the life of the worker,
+/// re-subscribing with backoff after any disconnect.
+async fn subscribe(url: String, channel: String, timeout: Duration, shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut subscribed_before = false;
+    let mut last_warn: Option<Instant> = None;
+    loop {
+        let mut subscribed = false;
+        let err = match listen(
+            &url,
+            &channel,
+            timeout,
+            &shared,
+            subscribed_before,
+            &mut subscribed,
+        )
+        .await
+        {
+            Ok(()) => "subscription closed".to_owned(),
+            Err(e) => e,
+        };
+        // One line per outage, then at most one every 30 s.
+        if last_warn.is_none_or(|t| subscribed || t.elapsed() > Duration::from_secs(30)) {
+            shared.push(Event::Warn(format!(
+                "dyncert: {err} while subscribed to \"{channel}\", retrying"
+            )));
+            last_warn = Some(Instant::now());
+        }
+        if subscribed {
+            subscribed_before = true;
+            backoff = Duration::from_millis(100);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn listen(
+    url: &str,
+    channel: &str,
+    timeout: Duration,
+    shared: &Shared,
+    resubscribed: bool,
+    subscribed: &mut bool,
+) -> Result<(), String> {
+    let client = redis::Client::open(url).map_err(|e| redis_error(&e))?;
+    let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
+        .await
+        .map_err(|_| "redis connect timed out".to_owned())?
+        .map_err(|e| redis_error(&e))?;
+    tokio::time::timeout(timeout, pubsub.subscribe(channel))
+        .await
+        .map_err(|_| "redis SUBSCRIBE timed out".to_owned())?
+        .map_err(|e| redis_error(&e))?;
+    *subscribed = true;
+    shared.push(Event::Subscribed { resubscribed });
+    let mut stream = pubsub.on_message();
+    while let Some(msg) = stream.next().await {
+        let payload = msg.get_payload_bytes();
+        match invalidation_target(payload) {
+            Some(target) => shared.push(Event::Invalidate(target)),
+            None => shared.push(Event::Warn(format!(
+                "dyncert: ignored an invalid name ({} bytes) on \"{channel}\"",
+                payload.len()
+            ))),
+        }
+    }
+    Ok(())
+}
+
+/// Validates an invalidation message: `*`, `*.<name>` or a host name.
+pub fn invalidation_target(payload: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(payload).ok()?.trim();
+    if text == "*" {
+        return Some("*".to_owned());
+    }
+    if let Some(rest) = text.strip_prefix("*.") {
+        let parent = normalize_sni(rest.as_bytes()).ok()?;
+        return Some(format!("*.{parent}"));
+    }
+    normalize_sni(text.as_bytes()).ok()
+}
+
 /// Creates the connection lazily: nginx must start (and serve defaults)
 /// while Redis is down; the manager reconnects with backoff by itself.
 fn connect(cfg: &FetcherConfig) -> Result<ConnectionManager, String> {
-    let client = redis::Client::open(cfg.redis_url.as_str()).map_err(|e| e.to_string())?;
+    let url = cfg.redis_url.as_deref().unwrap_or_default();
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
     let mcfg = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(cfg.redis_timeout))
         .set_response_timeout(Some(cfg.redis_timeout))
@@ -276,51 +554,6 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-async fn lookup(conn: &mut ConnectionManager, cfg: &FetcherConfig, name: &str) -> Outcome {
-    let key = format!("{}{}", cfg.prefix, name);
-    // Sizes first, so an oversized value is refused without being read.
-    let mut pipe = redis::pipe();
-    pipe.cmd("EXISTS")
-        .arg(&key)
-        .cmd("HSTRLEN")
-        .arg(&key)
-        .arg("crt")
-        .cmd("HSTRLEN")
-        .arg(&key)
-        .arg("key");
-    let sizes = pipe.query_async::<(u64, u64, u64)>(conn);
-    let (exists, crt_len, key_len) = match tokio::time::timeout(cfg.redis_timeout, sizes).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return Outcome::Error(redis_error(&e)),
-        Err(_) => return Outcome::Error("redis command timed out".into()),
-    };
-    match check_lengths(exists > 0, crt_len, key_len) {
-        Ok(false) => return Outcome::NotFound,
-        Ok(true) => {}
-        Err(e) => return Outcome::Refused(e.into()),
-    }
-    let mut hmget = redis::cmd("HMGET");
-    hmget.arg(&key).arg("crt").arg("key");
-    let values = hmget.query_async::<(Option<Vec<u8>>, Option<Vec<u8>>)>(conn);
-    let (crt, pkey) = match tokio::time::timeout(cfg.redis_timeout, values).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return Outcome::Error(redis_error(&e)),
-        Err(_) => return Outcome::Error("redis command timed out".into()),
-    };
-    if crt.is_none() && pkey.is_none() {
-        // Deleted between the two reads.
-        return Outcome::NotFound;
-    }
-    let record = match decode_fields(crt, pkey) {
-        Ok(r) => r,
-        Err(e) => return Outcome::Refused(e.into()),
-    };
-    match validate(&record, name, now_secs()) {
-        Ok(p) => Outcome::Found(Arc::new(p)),
-        Err(i) => Outcome::Refused(i.into()),
-    }
-}
-
 /// Error text without any record data (redis errors carry command names
 /// and server messages, never values).
 fn redis_error(e: &redis::RedisError) -> String {
@@ -333,5 +566,27 @@ fn redis_error(e: &redis::RedisError) -> String {
         format!("{}...", &s[..end])
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidation_messages_are_validated() {
+        assert_eq!(invalidation_target(b"*").as_deref(), Some("*"));
+        assert_eq!(
+            invalidation_target(b"Shop.Example.com.").as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(
+            invalidation_target(b"*.Example.com").as_deref(),
+            Some("*.example.com")
+        );
+        assert_eq!(invalidation_target(b"a..b"), None);
+        assert_eq!(invalidation_target(b"*.*.x"), None);
+        assert_eq!(invalidation_target(b"\xff"), None);
+        assert_eq!(invalidation_target(b""), None);
     }
 }
