@@ -1,7 +1,8 @@
-//! Per-worker certificate cache policy: a bounded LRU keyed by normalised
-//! name, with a soft TTL (serve, refresh in the background), a hard TTL
-//! (stale-if-error window), the certificate's own notAfter as an absolute
-//! cut-off, and short-lived negative entries for names no source knows.
+//! Per-worker certificate cache policy: an LRU keyed by normalised name and
+//! bounded in entries and in bytes, with a soft TTL (serve, refresh in the
+//! background), a hard TTL (stale-if-error window), the certificate's own
+//! notAfter as an absolute cut-off, and short-lived negative entries for
+//! names no source knows.
 //!
 //! Generic over the cached value so the policy is tested here without
 //! OpenSSL; the glue stores its parsed chain and key. Time is passed in on
@@ -33,11 +34,20 @@ impl Clock for SystemClock {
     }
 }
 
-/// Sizes and lifetimes, from `dyncert_cache max= valid= stale= negative=`.
+/// What a negative entry weighs against [`CachePolicy::max_bytes`]: the
+/// name, the node and the map slot, roughly. Not zero, so a random-SNI
+/// flood cannot fill a byte-bounded cache with free entries.
+pub const NEGATIVE_ENTRY_BYTES: usize = 64;
+
+/// Sizes and lifetimes, from `dyncert_cache max= max_size= valid= stale=
+/// negative=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CachePolicy {
     /// Most entries, positive and negative together; 0 disables caching.
     pub max_entries: usize,
+    /// Most bytes, as weighed by the caller in
+    /// [`CertCache::insert_weighted`]; 0 means no byte bound.
+    pub max_bytes: usize,
     /// Age below which a positive entry is served without a refresh.
     pub valid: Millis,
     /// How long past `valid` a positive entry is still served while it is
@@ -51,6 +61,7 @@ impl Default for CachePolicy {
     fn default() -> Self {
         CachePolicy {
             max_entries: 10_000,
+            max_bytes: 0,
             valid: 10 * 60 * 1000,
             stale: 60 * 60 * 1000,
             negative: 30 * 1000,
@@ -61,11 +72,13 @@ impl Default for CachePolicy {
 /// The answer to a lookup.
 #[derive(Debug)]
 pub enum Lookup<'a, V> {
-    /// Younger than `valid`: serve.
+    /// Before its `fresh_until` (by default `valid` after it was fetched):
+    /// serve.
     Fresh(&'a V),
-    /// Older than `valid` but within `valid + stale` (and before its own
-    /// `expires_at`): serve, and the caller should schedule a background
-    /// refresh (`refresh_due` tells whether one was already requested).
+    /// Past `fresh_until` but within `valid + stale` of its fetch (and
+    /// before its own `expires_at`): serve, and the caller should schedule a
+    /// background refresh (`refresh_due` tells whether one was already
+    /// requested).
     Stale { value: &'a V, refresh_due: bool },
     /// Known not to exist (negative entry younger than `negative`).
     Negative,
@@ -86,7 +99,12 @@ enum Refresh {
 enum Entry<V> {
     Positive {
         value: V,
-        fetched_at: Millis,
+        /// Served without a refresh before this time.
+        fresh_until: Millis,
+        /// Dropped at this time (fetch time + valid + stale): the end of
+        /// stale-if-error.
+        stale_until: Millis,
+        /// The certificate's notAfter: never served from this time on.
         expires_at: Millis,
         refresh: Refresh,
     },
@@ -105,29 +123,34 @@ enum State {
 }
 
 impl<V> Entry<V> {
+    fn value(&self) -> Option<&V> {
+        match self {
+            Entry::Positive { value, .. } => Some(value),
+            Entry::Negative { .. } => None,
+        }
+    }
+
     fn state(&self, policy: &CachePolicy, now: Millis) -> State {
         match *self {
             Entry::Positive {
-                fetched_at,
+                fresh_until,
+                stale_until,
                 expires_at,
                 ..
             } => {
-                // Never serve a certificate past its notAfter, whatever the TTLs.
-                if expires_at <= now {
-                    return State::Expired;
-                }
-                // A clock that stepped back makes the entry look new, not
-                // ancient: saturating age keeps serving it.
-                let age = now.saturating_sub(fetched_at);
-                if age < policy.valid {
-                    State::Fresh
-                } else if age < policy.valid.saturating_add(policy.stale) {
-                    State::Stale
-                } else {
+                // Never serve a certificate past its notAfter, whatever the
+                // TTLs. Absolute deadlines also mean a clock that stepped
+                // back makes the entry look new, not ancient.
+                if expires_at <= now || stale_until <= now {
                     State::Expired
+                } else if now < fresh_until {
+                    State::Fresh
+                } else {
+                    State::Stale
                 }
             }
             Entry::Negative { at } => {
+                // Saturating: a clock that stepped back keeps the entry.
                 if now.saturating_sub(at) < policy.negative {
                     State::Negative
                 } else {
@@ -144,6 +167,8 @@ const NIL: usize = usize::MAX;
 struct Node<V> {
     name: String,
     entry: Entry<V>,
+    /// Weight counted in `CertCache::bytes`.
+    bytes: usize,
     /// Towards the most recently used end.
     prev: usize,
     /// Towards the least recently used end.
@@ -156,6 +181,8 @@ struct Node<V> {
 pub struct CertCache<V> {
     policy: CachePolicy,
     index: HashMap<String, usize>,
+    /// Sum of the weights of the entries in `index`.
+    bytes: usize,
     slots: Vec<Option<Node<V>>>,
     free: Vec<usize>,
     /// Most recently used.
@@ -169,6 +196,7 @@ impl<V> CertCache<V> {
         CertCache {
             policy,
             index: HashMap::new(),
+            bytes: 0,
             slots: Vec::new(),
             free: Vec::new(),
             head: NIL,
@@ -233,26 +261,76 @@ impl<V> CertCache<V> {
     }
 
     /// Insert or replace a positive entry (fetched at `now`, certificate
-    /// notAfter `expires_at`). Evicts least-recently-used entries beyond
-    /// max_entries. max_entries == 0 means caching disabled (insert is a
-    /// no-op).
+    /// notAfter `expires_at`), fresh for `valid`, weighing nothing against
+    /// `max_bytes`. Evicts least-recently-used entries beyond max_entries.
+    /// max_entries == 0 means caching disabled (insert is a no-op).
     pub fn insert(&mut self, name: String, value: V, now: Millis, expires_at: Millis) {
+        let fresh_until = now.saturating_add(self.policy.valid);
+        self.insert_weighted(name, value, now, expires_at, fresh_until, 0);
+    }
+
+    /// Insert or replace a positive entry weighing `bytes` against
+    /// `max_bytes`, then evict least-recently-used entries until both
+    /// bounds hold. An entry heavier than `max_bytes` on its own is not
+    /// cached (and an older entry of the same name is dropped, since it is
+    /// outdated).
+    ///
+    /// The entry is Fresh before `fresh_until`, then Stale (served while a
+    /// refresh runs, and while refreshes fail) until `now + valid + stale`
+    /// or `expires_at`, whichever comes first. The caller sets
+    /// `fresh_until` to the earlier of `now + valid` and a refresh-ahead
+    /// point before the certificate's notAfter; a `fresh_until` at or
+    /// before `now` makes the entry Stale at once, so a refresh is due on
+    /// the next lookup. If the sources keep returning the same
+    /// soon-to-expire certificate, put that point a retry interval after
+    /// `now` so refreshes do not follow each other back to back.
+    pub fn insert_weighted(
+        &mut self,
+        name: String,
+        value: V,
+        now: Millis,
+        expires_at: Millis,
+        fresh_until: Millis,
+        bytes: usize,
+    ) {
+        let stale_until = now
+            .saturating_add(self.policy.valid)
+            .saturating_add(self.policy.stale);
         self.put(
             name,
             Entry::Positive {
                 value,
-                fetched_at: now,
+                fresh_until,
+                stale_until,
                 expires_at,
                 refresh: Refresh::Idle,
             },
+            bytes,
         );
     }
 
     /// Record that `name` is unknown in every source. Replaces a positive
     /// entry: the sources are authoritative, so a deleted domain stops being
-    /// served once a fetch says so.
+    /// served once a fetch says so. Weighs [`NEGATIVE_ENTRY_BYTES`].
     pub fn insert_negative(&mut self, name: String, now: Millis) {
-        self.put(name, Entry::Negative { at: now });
+        self.put(name, Entry::Negative { at: now }, NEGATIVE_ENTRY_BYTES);
+    }
+
+    /// Keeps only the entries for which `keep(name, value)` is true (value
+    /// None for negative entries), e.g. to drop every name a wildcard
+    /// certificate was cached under when it is invalidated.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, Option<&V>) -> bool) {
+        let mut doomed = Vec::new();
+        let mut slot = self.head;
+        while let Some(node) = self.node(slot) {
+            if !keep(&node.name, node.entry.value()) {
+                doomed.push(slot);
+            }
+            slot = node.next;
+        }
+        for slot in doomed {
+            self.remove_slot(slot);
+        }
     }
 
     /// A background refresh failed: keep the entry (stale-if-error) and
@@ -282,6 +360,7 @@ impl<V> CertCache<V> {
 
     pub fn clear(&mut self) {
         self.index.clear();
+        self.bytes = 0;
         self.slots.clear();
         self.free.clear();
         self.head = NIL;
@@ -296,25 +375,38 @@ impl<V> CertCache<V> {
         self.index.is_empty()
     }
 
-    fn put(&mut self, name: String, entry: Entry<V>) {
+    /// Total weight of the cached entries (see [`Self::insert_weighted`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn put(&mut self, name: String, entry: Entry<V>, bytes: usize) {
         if self.policy.max_entries == 0 {
             return;
         }
+        // The new entry supersedes the old one whatever happens next.
         if let Some(&slot) = self.index.get(&name) {
-            if let Some(node) = self.slots.get_mut(slot).and_then(Option::as_mut) {
-                node.entry = entry;
-            }
-            self.move_to_front(slot);
+            self.remove_slot(slot);
+        }
+        let max_bytes = match self.policy.max_bytes {
+            0 => usize::MAX,
+            max => max,
+        };
+        if bytes > max_bytes {
             return;
         }
         // Evict first so the freed slot is reused and the slab never grows
         // past max_entries.
-        while self.index.len() >= self.policy.max_entries && self.tail != NIL {
+        while self.tail != NIL
+            && (self.index.len() >= self.policy.max_entries
+                || self.bytes.saturating_add(bytes) > max_bytes)
+        {
             self.remove_slot(self.tail);
         }
         let node = Node {
             name: name.clone(),
             entry,
+            bytes,
             prev: NIL,
             next: NIL,
         };
@@ -331,6 +423,7 @@ impl<V> CertCache<V> {
             }
         };
         self.index.insert(name, slot);
+        self.bytes = self.bytes.saturating_add(bytes);
         self.link_front(slot);
     }
 
@@ -395,6 +488,7 @@ impl<V> CertCache<V> {
         self.unlink(slot);
         if let Some(node) = self.slots.get_mut(slot).and_then(Option::take) {
             self.index.remove(&node.name);
+            self.bytes = self.bytes.saturating_sub(node.bytes);
             self.free.push(slot);
         }
     }
@@ -431,6 +525,10 @@ mod tests {
         fn advance(&self, by: Millis) {
             self.0.set(self.0.get() + by);
         }
+
+        fn set(&self, to: Millis) {
+            self.0.set(to);
+        }
     }
 
     impl Clock for FakeClock {
@@ -442,6 +540,7 @@ mod tests {
     fn policy(max_entries: usize) -> CachePolicy {
         CachePolicy {
             max_entries,
+            max_bytes: 0,
             valid: 10 * MINUTE,
             stale: HOUR,
             negative: 30 * SECOND,
@@ -466,8 +565,8 @@ mod tests {
     fn default_policy_matches_the_documented_defaults() {
         let p = CachePolicy::default();
         assert_eq!(
-            (p.max_entries, p.valid, p.stale, p.negative),
-            (10_000, 10 * MINUTE, HOUR, 30 * SECOND)
+            (p.max_entries, p.max_bytes, p.valid, p.stale, p.negative),
+            (10_000, 0, 10 * MINUTE, HOUR, 30 * SECOND)
         );
     }
 
@@ -695,6 +794,248 @@ mod tests {
         }
         assert_eq!(cache.len(), max);
         assert!(cache.slots.len() <= max);
+        assert_eq!(cache.order().len(), cache.len());
+        assert_eq!(cache.free.len() + cache.len(), cache.slots.len());
+    }
+
+    fn bounded(max_entries: usize, max_bytes: usize) -> CertCache<u64> {
+        CertCache::new(CachePolicy {
+            max_bytes,
+            ..policy(max_entries)
+        })
+    }
+
+    /// insert_weighted with fresh_until = now + valid.
+    fn put(cache: &mut CertCache<u64>, name: &str, value: u64, bytes: usize) {
+        let fresh_until = START + 10 * MINUTE;
+        cache.insert_weighted(
+            name.to_owned(),
+            value,
+            START,
+            START + NOT_AFTER,
+            fresh_until,
+            bytes,
+        );
+    }
+
+    #[test]
+    fn weighted_entries_add_up_and_removal_gives_the_bytes_back() {
+        let mut cache = bounded(10, 0);
+        put(&mut cache, "a", 1, 3000);
+        put(&mut cache, "b", 2, 5000);
+        cache.insert_negative("n".to_owned(), START);
+        assert_eq!(cache.bytes(), 8000 + NEGATIVE_ENTRY_BYTES);
+        assert!(cache.remove("a"));
+        assert_eq!(cache.bytes(), 5000 + NEGATIVE_ENTRY_BYTES);
+        cache.clear();
+        assert_eq!(cache.bytes(), 0);
+    }
+
+    #[test]
+    fn replacing_an_entry_counts_only_its_new_weight() {
+        let mut cache = bounded(10, 0);
+        put(&mut cache, "a", 1, 3000);
+        put(&mut cache, "a", 2, 1000);
+        assert_eq!((cache.len(), cache.bytes()), (1, 1000));
+        cache.insert_negative("a".to_owned(), START);
+        assert_eq!(cache.bytes(), NEGATIVE_ENTRY_BYTES);
+        put(&mut cache, "a", 3, 2000);
+        assert_eq!(cache.bytes(), 2000);
+    }
+
+    #[test]
+    fn byte_bound_evicts_least_recently_used_until_the_new_entry_fits() {
+        let mut cache = bounded(100, 10_000);
+        put(&mut cache, "a", 1, 4000);
+        put(&mut cache, "b", 2, 4000);
+        assert_eq!(fresh(cache.get("a", START)), Some(1));
+        // 4000 + 4000 + 3000 > 10_000: "b" is the least recently used.
+        put(&mut cache, "c", 3, 3000);
+        assert_eq!(cache.order(), ["c", "a"]);
+        assert_eq!(cache.bytes(), 7000);
+        // Needs two evictions.
+        put(&mut cache, "d", 4, 9000);
+        assert_eq!(cache.order(), ["d"]);
+        assert_eq!(cache.bytes(), 9000);
+    }
+
+    #[test]
+    fn entry_exactly_at_the_byte_bound_is_cached() {
+        let mut cache = bounded(100, 10_000);
+        put(&mut cache, "a", 1, 10_000);
+        assert_eq!((cache.len(), cache.bytes()), (1, 10_000));
+    }
+
+    #[test]
+    fn entry_heavier_than_the_byte_bound_is_not_cached_and_evicts_nothing() {
+        let mut cache = bounded(100, 10_000);
+        put(&mut cache, "a", 1, 4000);
+        put(&mut cache, "huge", 2, 10_001);
+        assert!(matches!(cache.get("huge", START), Lookup::Miss));
+        assert_eq!(cache.order(), ["a"]);
+        assert_eq!(cache.bytes(), 4000);
+    }
+
+    #[test]
+    fn oversized_replacement_drops_the_outdated_entry() {
+        let mut cache = bounded(100, 10_000);
+        put(&mut cache, "a", 1, 4000);
+        put(&mut cache, "a", 2, 20_000);
+        assert!(matches!(cache.get("a", START), Lookup::Miss));
+        assert_eq!(cache.bytes(), 0);
+    }
+
+    #[test]
+    fn entry_bound_still_applies_under_a_byte_bound() {
+        let mut cache = bounded(2, 1_000_000);
+        put(&mut cache, "a", 1, 10);
+        put(&mut cache, "b", 2, 10);
+        put(&mut cache, "c", 3, 10);
+        assert_eq!(cache.order(), ["c", "b"]);
+        assert_eq!(cache.bytes(), 20);
+    }
+
+    #[test]
+    fn negative_entries_weigh_against_the_byte_bound() {
+        let mut cache = bounded(1000, 4 * NEGATIVE_ENTRY_BYTES);
+        for i in 0..10 {
+            cache.insert_negative(format!("n{i}.example"), START);
+        }
+        assert_eq!(cache.len(), 4);
+        assert_eq!(cache.bytes(), 4 * NEGATIVE_ENTRY_BYTES);
+        assert_eq!(
+            cache.order(),
+            ["n9.example", "n8.example", "n7.example", "n6.example"]
+        );
+    }
+
+    #[test]
+    fn plain_insert_weighs_nothing_and_is_fresh_for_valid() {
+        let mut cache = bounded(10, 100);
+        cache.insert("a".to_owned(), 1, START, START + NOT_AFTER);
+        assert_eq!(cache.bytes(), 0);
+        assert_eq!(fresh(cache.get("a", START + 10 * MINUTE - 1)), Some(1));
+        assert_eq!(stale(cache.get("a", START + 10 * MINUTE)), Some((1, true)));
+    }
+
+    #[test]
+    fn early_fresh_until_makes_the_entry_stale_before_valid_but_keeps_the_hard_limit() {
+        let clock = FakeClock(Cell::new(START));
+        let mut cache: CertCache<u64> = bounded(10, 0);
+        // Refresh-ahead point 2 minutes in, well before valid (10 min).
+        cache.insert_weighted(
+            "a".to_owned(),
+            1,
+            clock.now(),
+            START + NOT_AFTER,
+            START + 2 * MINUTE,
+            500,
+        );
+        clock.advance(2 * MINUTE - 1);
+        assert_eq!(fresh(cache.get("a", clock.now())), Some(1));
+        clock.advance(1);
+        assert_eq!(stale(cache.get("a", clock.now())), Some((1, true)));
+        // Stale until fetch + valid + stale, not fresh_until + stale.
+        clock.set(START + 10 * MINUTE + HOUR - 1);
+        assert_eq!(stale(cache.get("a", clock.now())), Some((1, false)));
+        clock.advance(1);
+        assert!(matches!(cache.get("a", clock.now()), Lookup::Miss));
+        assert_eq!(cache.bytes(), 0);
+    }
+
+    #[test]
+    fn fresh_until_in_the_past_means_a_refresh_is_due_at_once() {
+        let mut cache: CertCache<u64> = bounded(10, 0);
+        cache.insert_weighted("a".to_owned(), 1, START, START + NOT_AFTER, START, 0);
+        assert_eq!(stale(cache.get("a", START)), Some((1, true)));
+    }
+
+    #[test]
+    fn not_after_cuts_a_weighted_entry_off_even_when_fresh() {
+        let mut cache: CertCache<u64> = bounded(10, 0);
+        let not_after = START + MINUTE;
+        cache.insert_weighted(
+            "a".to_owned(),
+            1,
+            START,
+            not_after,
+            START + 10 * MINUTE,
+            100,
+        );
+        assert_eq!(fresh(cache.get("a", not_after - 1)), Some(1));
+        assert!(!cache.contains_usable("a", not_after));
+        assert!(matches!(cache.get("a", not_after), Lookup::Miss));
+        assert_eq!(cache.bytes(), 0);
+    }
+
+    #[test]
+    fn retain_drops_the_names_a_wildcard_served_and_sees_negatives_as_none() {
+        let mut cache = bounded(10, 0);
+        put(&mut cache, "*.example.com", 7, 100);
+        put(&mut cache, "a.example.com", 7, 100);
+        put(&mut cache, "b.example.com", 7, 100);
+        put(&mut cache, "shop.example.org", 8, 100);
+        cache.insert_negative("x.example.com".to_owned(), START);
+        let mut visited = Vec::new();
+        cache.retain(|name, value| {
+            visited.push((name.to_owned(), value.copied()));
+            value != Some(&7)
+        });
+        assert_eq!(visited.len(), 5);
+        assert!(visited.contains(&("x.example.com".to_owned(), None)));
+        assert!(visited.contains(&("*.example.com".to_owned(), Some(7))));
+        assert_eq!(cache.order(), ["x.example.com", "shop.example.org"]);
+        assert_eq!(cache.bytes(), 100 + NEGATIVE_ENTRY_BYTES);
+        cache.retain(|_, value| value.is_some());
+        assert_eq!(cache.order(), ["shop.example.org"]);
+        cache.retain(|_, _| false);
+        assert!(cache.is_empty());
+        assert_eq!(cache.bytes(), 0);
+        // Freed slots are reused.
+        put(&mut cache, "c", 1, 1);
+        assert_eq!(cache.slots.len(), 5);
+    }
+
+    #[test]
+    fn heavy_weighted_churn_keeps_bytes_within_the_bound() {
+        let max_bytes = 256 * 1024;
+        let mut cache = bounded(10_000, max_bytes);
+        // A cheap deterministic generator, so the sizes vary without a
+        // dependency.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..50_000u64 {
+            let r = next();
+            let name = format!("n{}.example.com", r % 3000);
+            let now = START + i;
+            match r % 7 {
+                0 => cache.insert_negative(name, now),
+                1 => {
+                    let _ = cache.get(&name, now);
+                }
+                2 => {
+                    cache.remove(&name);
+                }
+                // Some entries above the bound, most a few KiB.
+                _ => {
+                    let bytes = if r % 101 == 0 {
+                        max_bytes + 1
+                    } else {
+                        (next() % 20_000) as usize
+                    };
+                    cache.insert_weighted(name, i, now, START + NOT_AFTER, now + MINUTE, bytes);
+                }
+            }
+            assert!(cache.bytes() <= max_bytes);
+            let counted: usize = cache.slots.iter().flatten().map(|n| n.bytes).sum();
+            assert_eq!(counted, cache.bytes());
+        }
+        assert!(cache.bytes() > max_bytes / 2, "the cache is used");
         assert_eq!(cache.order().len(), cache.len());
         assert_eq!(cache.free.len() + cache.len(), cache.slots.len());
     }
