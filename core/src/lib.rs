@@ -7,3 +7,5 @@ pub mod name;
 pub mod ratelimit;
 pub mod record;
 pub mod validate;
+pub mod api;
+pub mod template;
