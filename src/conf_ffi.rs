@@ -440,7 +440,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_api_header(
     let (name, value) = (as_str(&a[0]), as_str(&a[1]));
     if let Err(e) = check_header(&name, &value) {
         // The value may be a secret: name the header only.
-        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid header \"{}\": {}", name, e);
+        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", e);
         return NGX_CONF_ERROR;
     }
     mcf.api_headers.push((name, value));

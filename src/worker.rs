@@ -40,6 +40,8 @@ pub enum Level {
 const ERROR_RETRY_MS: Millis = 5_000;
 /// When a refresh that could not even be queued (cap, full queue) is retried.
 const QUEUE_RETRY_MS: Millis = 1_000;
+/// Shortest freshness given to a certificate close to its expiry.
+const REFRESH_AHEAD_FLOOR_MS: Millis = 60_000;
 /// At most one source-trouble line per this interval per worker.
 const ERROR_LOG_INTERVAL_MS: Millis = 10_000;
 /// Memory charged per entry beyond its DER bytes: key, X509 structures,
@@ -249,7 +251,11 @@ impl<W> Worker<W> {
                 let expires = cert.not_after_ms;
                 // Fresh until `valid` ends, or earlier so the certificate is
                 // refreshed before its own expiry (renewals get picked up).
-                let ahead = expires.saturating_sub(policy.valid).max(now);
+                // Never sooner than a retry interval: a source that keeps
+                // answering with a nearly expired certificate must not cause
+                // back-to-back refreshes.
+                let floor = now.saturating_add(policy.valid.min(REFRESH_AHEAD_FLOOR_MS));
+                let ahead = expires.saturating_sub(policy.valid).max(floor);
                 let fresh_until = now.saturating_add(policy.valid).min(ahead);
                 let bytes = cert.der_bytes + ENTRY_OVERHEAD_BYTES;
                 if let Some(w) = wildcard {
