@@ -46,6 +46,11 @@ pub struct MainConf {
     pub invalidate_channel: Option<Option<String>>,
     /// Filled in postconfiguration: some server has `dyncert on`.
     pub enabled: bool,
+    /// Some location has `dyncert_metrics`.
+    pub metrics_used: bool,
+    /// Filled in postconfiguration: first server_name of each server block,
+    /// in the order of `SrvConf::server_index` (metric labels).
+    pub server_names: Vec<String>,
     /// Filled in postconfiguration: (family, port) of `ssl` listeners that
     /// lead to a server with `dyncert on`; their connections are peeked.
     pub ports: Vec<(i32, u16)>,
@@ -105,6 +110,9 @@ impl MainConf {
 pub struct SrvConf {
     pub enable: Option<bool>,
     pub reject_unknown: Option<bool>,
+    /// Position among the http block's servers (metrics), set in
+    /// postconfiguration.
+    pub server_index: usize,
 }
 
 impl SrvConf {

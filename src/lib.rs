@@ -11,9 +11,10 @@ use ngx::core::Status;
 use ngx::ffi::{
     ngx_array_t, ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_conf_addr_t,
     ngx_http_conf_port_t, ngx_http_core_srv_conf_t, ngx_http_module_t, ngx_int_t, ngx_module_t,
-    ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_CONF_TAKE2,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
-    NGX_HTTP_SRV_CONF_OFFSET, NGX_LOG_EMERG, NGX_LOG_NOTICE,
+    ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12,
+    NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET,
+    NGX_LOG_EMERG, NGX_LOG_NOTICE,
 };
 use ngx::http::{
     HttpModule, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule, NgxHttpSslModule,
@@ -23,6 +24,7 @@ use ngx::{ngx_conf_log_error, ngx_string};
 mod boundary_ffi;
 mod conf_ffi;
 mod listener_ffi;
+mod metrics_ffi;
 mod ssl_ffi;
 mod variables_ffi;
 mod worker;
@@ -79,7 +81,7 @@ const fn command(
     }
 }
 
-static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 14] = [
+static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 15] = [
     command(
         ngx_string!("dyncert"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
@@ -158,6 +160,12 @@ static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 14] = [
         conf_ffi::ngx_http_dyncert_invalidate_channel,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
+    command(
+        ngx_string!("dyncert_metrics"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+        metrics_ffi::ngx_http_dyncert_metrics,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
     ngx_command_t::empty(),
 ];
 
@@ -227,6 +235,23 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     }
 
     let servers: &[*mut ngx_http_core_srv_conf_t] = array(&cmcf.servers);
+    mcf.server_names.clear();
+    for (i, &cscf) in servers.iter().enumerate() {
+        // SAFETY: cmcf->servers holds live server configurations.
+        let cscf = unsafe { &*cscf };
+        let name = &cscf.server_name;
+        let name = if name.len == 0 || name.data.is_null() {
+            "_".to_owned()
+        } else {
+            // SAFETY: nginx's ngx_str_t of the first server_name.
+            String::from_utf8_lossy(unsafe { core::slice::from_raw_parts(name.data, name.len) })
+                .into_owned()
+        };
+        mcf.server_names.push(name);
+        if let Some(scf) = Module::server_conf_mut(cscf) {
+            scf.server_index = i;
+        }
+    }
     let mut any_enabled = false;
     let mut any_reject = false;
     for &cscf in servers {
@@ -266,6 +291,12 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         any_reject |= scf.rejects_unknown();
     }
 
+    if (any_enabled || mcf.metrics_used)
+        && (unsafe { metrics_ffi::add_zone(cf, servers.len()) }.is_err()
+            || !unsafe { metrics_ffi::add_log_handler(cf) })
+    {
+        return Status::NGX_ERROR.into();
+    }
     if !any_enabled {
         mcf.enabled = false;
         return Status::NGX_OK.into();

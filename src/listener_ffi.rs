@@ -22,7 +22,12 @@ use ngx::ffi::{
     ngx_pcalloc, NGX_OK,
 };
 
+use std::collections::HashMap;
+
+use dyncert_core::metrics::Simple;
+
 use crate::boundary_ffi::guard;
+use crate::metrics_ffi;
 use crate::worker::PreHandshake;
 use crate::worker_ffi::{fetch_timeout, with_worker};
 
@@ -37,6 +42,8 @@ const NAME_MAX: usize = 253;
 #[repr(C)]
 struct PeekCtx {
     parked: bool,
+    /// Monotonic microseconds when the connection was parked.
+    parked_at: u64,
     name_len: usize,
     name: [u8; NAME_MAX],
 }
@@ -50,6 +57,42 @@ pub struct Parked {
 thread_local! {
     // One scratch buffer per worker: the event loop peeks one socket at a time.
     static PEEK_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; PEEK_LIMIT]);
+    // Park time of connections handed to nginx, by connection number, until
+    // their certificate callback reads it for `$dyncert_fetch_time`.
+    static WAITS: RefCell<HashMap<ngx_atomic_uint_t, u64>> = RefCell::new(HashMap::new());
+}
+
+/// Bound on remembered park times (connections that never reach the
+/// certificate callback would otherwise accumulate).
+const WAITS_MAX: usize = 4096;
+
+fn monotonic_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// How long connection `number` was parked (0 if it was not), forgetting it.
+pub fn take_wait_time(number: ngx_atomic_uint_t) -> u64 {
+    WAITS
+        .with(|w| w.try_borrow_mut().ok().and_then(|mut w| w.remove(&number)))
+        .unwrap_or(0)
+}
+
+fn record_wait(number: ngx_atomic_uint_t, micros: u64) {
+    metrics_ffi::observe_park(micros);
+    WAITS.with(|w| {
+        if let Ok(mut w) = w.try_borrow_mut() {
+            if w.len() >= WAITS_MAX {
+                w.clear();
+            }
+            w.insert(number, micros);
+        }
+    });
 }
 
 /// Replaces `ngx_http_init_connection` on the TCP listeners whose port has a
@@ -146,6 +189,7 @@ unsafe fn on_event(c: *mut ngx_connection_t, rev: *mut ngx_event_t) -> bool {
             let name = String::from_utf8_lossy(&ctx.name[..ctx.name_len]).into_owned();
             let number = unsafe { (*c).number };
             with_worker(|w| w.abandon(&name, |p| p.c == c && p.number == number));
+            metrics_ffi::add(metrics_ffi::layout().simple(Simple::ParkTimeouts), 1);
         }
         return true;
     }
@@ -206,6 +250,7 @@ unsafe fn on_event(c: *mut ngx_connection_t, rev: *mut ngx_event_t) -> bool {
                         ctx.name[..len].copy_from_slice(&name.as_bytes()[..len]);
                         ctx.name_len = len;
                         ctx.parked = true;
+                        ctx.parked_at = monotonic_us();
                         if let Some(t) = fetch_timeout() {
                             // The park gets the full fetch timeout.
                             unsafe { ngx_add_timer(rev, t) };
@@ -245,6 +290,11 @@ unsafe fn hand_off(c: *mut ngx_connection_t) {
     // SAFETY: c is live and owned by us until ngx_http_init_connection.
     unsafe {
         let rev = (*c).read;
+        if let Some(ctx) = ((*c).data as *const PeekCtx).as_ref() {
+            if ctx.parked {
+                record_wait((*c).number, monotonic_us().saturating_sub(ctx.parked_at));
+            }
+        }
         if (*rev).timer_set() != 0 {
             ngx_del_timer(rev);
         }

@@ -28,18 +28,33 @@ use crate::boundary_ffi::{guard, log};
 use crate::conf_ffi::SrvConf;
 use crate::worker_ffi::with_worker;
 use crate::Module;
+use crate::{listener_ffi, metrics_ffi};
+use core::mem::size_of;
+use ngx::ffi::ngx_palloc;
 
-/// SSL ex_data slot holding the `CertSource` (as a small integer) chosen
-/// for the connection. Allocated once per process in the master.
-static SOURCE_INDEX: AtomicI32 = AtomicI32::new(-1);
+/// SSL ex_data slot holding a pointer to the connection's [`ConnInfo`]
+/// (allocated from the connection pool). Allocated once per process in the
+/// master.
+static INFO_INDEX: AtomicI32 = AtomicI32::new(-1);
+
+/// What dyncert decided for one connection, for the `$dyncert_*`
+/// variables.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub source: CertSource,
+    /// notAfter of the certificate served (UNIX seconds), if dynamic.
+    pub not_after: Option<u64>,
+    /// Time the connection was parked waiting for a fetch (microseconds).
+    pub waited_us: u64,
+}
 
 /// Allocates the ex_data index (idempotent across reloads).
 pub fn init_ex_index() -> bool {
-    if SOURCE_INDEX.load(Ordering::Relaxed) >= 0 {
+    if INFO_INDEX.load(Ordering::Relaxed) >= 0 {
         return true;
     }
-    // SAFETY: plain OpenSSL call; NULL callbacks mean the slot holds a
-    // non-owning integer and needs no free.
+    // SAFETY: plain OpenSSL call; NULL callbacks: the slot points into the
+    // connection pool, which nginx frees, so OpenSSL must not.
     let idx = unsafe {
         CRYPTO_get_ex_new_index(
             CRYPTO_EX_INDEX_SSL as c_int,
@@ -53,61 +68,64 @@ pub fn init_ex_index() -> bool {
     if idx < 0 {
         return false;
     }
-    SOURCE_INDEX.store(idx, Ordering::Relaxed);
+    INFO_INDEX.store(idx, Ordering::Relaxed);
     true
 }
 
-fn source_code(s: CertSource) -> usize {
-    match s {
-        CertSource::Cache => 1,
-        CertSource::Redis => 2,
-        CertSource::Default => 3,
-        CertSource::Rejected => 4,
-        CertSource::Resumed => 5,
-        CertSource::Api => 6,
-    }
-}
-
-fn source_from_code(v: usize) -> Option<CertSource> {
-    match v {
-        1 => Some(CertSource::Cache),
-        2 => Some(CertSource::Redis),
-        3 => Some(CertSource::Default),
-        4 => Some(CertSource::Rejected),
-        5 => Some(CertSource::Resumed),
-        6 => Some(CertSource::Api),
-        _ => None,
-    }
-}
-
-/// Records the source on the connection (read back by `$dyncert_source`).
+/// Records the decision on the connection and counts the handshake.
 ///
 /// # Safety
-/// `ssl` must be a live SSL object.
-unsafe fn set_source(ssl: *mut SSL, s: CertSource) {
-    let idx = SOURCE_INDEX.load(Ordering::Relaxed);
-    if idx >= 0 {
-        // SAFETY: ssl is live; the slot stores an integer, never freed.
-        unsafe { SSL_set_ex_data(ssl, idx, source_code(s) as *mut c_void) };
+/// `ssl` must be a live SSL object of an nginx connection.
+unsafe fn set_info(ssl: *mut SSL, source: CertSource, not_after: Option<u64>) {
+    metrics_ffi::count_handshake(source);
+    let idx = INFO_INDEX.load(Ordering::Relaxed);
+    if idx < 0 {
+        return;
+    }
+    // SAFETY: nginx stores its connection in this ex_data slot.
+    let c = unsafe { SSL_get_ex_data(ssl, ngx_ssl_connection_index) } as *mut ngx_connection_t;
+    let Some(c) = (unsafe { c.as_ref() }) else {
+        return;
+    };
+    let waited_us = listener_ffi::take_wait_time(c.number);
+    // SAFETY: the pool lives as long as the connection, longer than its SSL.
+    let p = unsafe { ngx_palloc(c.pool, size_of::<ConnInfo>()) } as *mut ConnInfo;
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: p is fresh, aligned pool memory for one ConnInfo (plain data,
+    // no destructor needed when the pool goes).
+    unsafe {
+        p.write(ConnInfo {
+            source,
+            not_after,
+            waited_us,
+        });
+        SSL_set_ex_data(ssl, idx, p as *mut c_void);
     }
 }
 
-/// The source recorded for a connection, if dyncert handled its handshake.
+/// What dyncert recorded for a connection, if it handled its handshake.
 ///
 /// # Safety
 /// `c` must be a live connection.
-pub unsafe fn connection_source(c: *mut ngx_connection_t) -> Option<CertSource> {
+pub unsafe fn connection_info(c: *mut ngx_connection_t) -> Option<ConnInfo> {
     let ssl = unsafe { connection_ssl(c) }?;
-    let idx = SOURCE_INDEX.load(Ordering::Relaxed);
+    let idx = INFO_INDEX.load(Ordering::Relaxed);
     if idx < 0 {
         return None;
     }
-    // SAFETY: ssl is live; the slot holds an integer or NULL.
-    match source_from_code(unsafe { SSL_get_ex_data(ssl, idx) } as usize) {
-        Some(s) => Some(s),
+    // SAFETY: ssl is live; the slot is NULL or a ConnInfo in the pool.
+    let p = unsafe { SSL_get_ex_data(ssl, idx) } as *const ConnInfo;
+    match unsafe { p.as_ref() } {
+        Some(info) => Some(*info),
         // OpenSSL skips the certificate callback when it resumes a session.
         // SAFETY: ssl is live.
-        None if unsafe { SSL_session_reused(ssl) } == 1 => Some(CertSource::Resumed),
+        None if unsafe { SSL_session_reused(ssl) } == 1 => Some(ConnInfo {
+            source: CertSource::Resumed,
+            not_after: None,
+            waited_us: 0,
+        }),
         None => None,
     }
 }
@@ -199,11 +217,11 @@ pub unsafe extern "C" fn ngx_http_dyncert_cert_cb(ssl: *mut SSL, arg: *mut c_voi
             .unwrap_or(false);
         // SAFETY: ssl is live for the duration of the callback.
         let Some(raw) = (unsafe { servername(ssl) }) else {
-            unsafe { set_source(ssl, CertSource::Default) };
+            unsafe { set_info(ssl, CertSource::Default, None) };
             return 1;
         };
         let Ok(name) = normalize_sni(raw) else {
-            unsafe { set_source(ssl, CertSource::Default) };
+            unsafe { set_info(ssl, CertSource::Default, None) };
             return if reject { 0 } else { 1 };
         };
         let now = SystemClock.now();
@@ -212,7 +230,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_cert_cb(ssl: *mut SSL, arg: *mut c_voi
         match cert {
             Some(cert) => match unsafe { install(ssl, &cert) } {
                 Ok(()) => {
-                    unsafe { set_source(ssl, source) };
+                    unsafe { set_info(ssl, source, Some(cert.not_after_ms / 1000)) };
                     1
                 }
                 Err(what) => {
@@ -226,11 +244,11 @@ pub unsafe extern "C" fn ngx_http_dyncert_cert_cb(ssl: *mut SSL, arg: *mut c_voi
                 }
             },
             None if reject => {
-                unsafe { set_source(ssl, CertSource::Rejected) };
+                unsafe { set_info(ssl, CertSource::Rejected, None) };
                 0
             }
             None => {
-                unsafe { set_source(ssl, CertSource::Default) };
+                unsafe { set_info(ssl, CertSource::Default, None) };
                 1
             }
         }
@@ -289,7 +307,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_servername(
                 // Logged at info by nginx, like ssl_reject_handshake.
                 sc.set_handshake_rejected(1);
             }
-            set_source(ssl, CertSource::Rejected);
+            set_info(ssl, CertSource::Rejected, None);
             *ad = SSL_AD_UNRECOGNIZED_NAME as c_int;
         }
         SSL_TLSEXT_ERR_ALERT_FATAL as c_int

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use dyncert_core::cache::{CachePolicy, CertCache, Lookup, Millis};
 use dyncert_core::fetch::{CertSource, Event, FetchResult, Fetcher, Outcome};
 use dyncert_core::flight::{Inflight, Join};
+use dyncert_core::metrics::{
+    FetchSource, MetricSink, Simple, StepOutcome, W_BYTES, W_ENTRIES, W_INFLIGHT,
+};
 use dyncert_core::name::wildcard_parent;
 use dyncert_core::ratelimit::LogLimiter;
 use dyncert_core::validate::ParsedCert;
@@ -53,16 +56,36 @@ pub struct Worker<W> {
     inflight: Inflight<W>,
     fetcher: Fetcher,
     error_log: LogLimiter,
+    sink: Box<dyn MetricSink>,
 }
 
 impl<W> Worker<W> {
-    pub fn new(policy: CachePolicy, concurrency: usize, fetcher: Fetcher) -> Self {
+    pub fn new(
+        policy: CachePolicy,
+        concurrency: usize,
+        fetcher: Fetcher,
+        sink: Box<dyn MetricSink>,
+    ) -> Self {
         Worker {
             cache: CertCache::new(policy),
             inflight: Inflight::new(concurrency),
             fetcher,
             error_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
+            sink,
         }
+    }
+
+    fn count(&self, s: Simple) {
+        let layout = self.sink.layout();
+        self.sink.add(layout.simple(s), 1);
+    }
+
+    /// Publishes this worker's gauges (cheap: three stores).
+    pub fn publish_gauges(&self) {
+        self.sink
+            .set_worker(W_INFLIGHT, self.inflight.in_flight() as u64);
+        self.sink.set_worker(W_ENTRIES, self.cache.len() as u64);
+        self.sink.set_worker(W_BYTES, self.cache.bytes() as u64);
     }
 
     pub fn fetcher(&self) -> &Fetcher {
@@ -83,19 +106,28 @@ impl<W> Worker<W> {
         if wildcard_parent(name).is_some_and(|w| self.cache.contains_usable(&w, now)) {
             return PreHandshake::Proceed;
         }
-        match self.inflight.join(name, Some(waiter)) {
+        let decision = match self.inflight.join(name, Some(waiter)) {
             Join::Joined => PreHandshake::Park,
-            Join::Refused => PreHandshake::Proceed,
+            Join::Refused => {
+                self.count(Simple::FetchesRefused);
+                PreHandshake::Proceed
+            }
             Join::Started => {
                 if self.fetcher.request(name) {
                     PreHandshake::Park
                 } else {
                     // Queue full or thread gone: do not wait for nothing.
                     drop(self.inflight.complete(name));
+                    self.count(Simple::FetchesRefused);
                     PreHandshake::Proceed
                 }
             }
+        };
+        if decision == PreHandshake::Park {
+            self.count(Simple::Parked);
         }
+        self.publish_gauges();
+        decision
     }
 
     /// Called from the certificate callback: the certificate to install (if
@@ -106,10 +138,12 @@ impl<W> Worker<W> {
         name: &str,
         now: Millis,
     ) -> (Option<Arc<ParsedCert>>, CertSource) {
-        match self.lookup(name, now) {
+        let r = match self.lookup(name, now) {
             Some((cert, first)) => (Some(cert), first.unwrap_or(CertSource::Cache)),
             None => (None, CertSource::Default),
-        }
+        };
+        self.publish_gauges();
+        r
     }
 
     /// Exact name first, then its `*.parent` entry; schedules the fetches a
@@ -122,7 +156,10 @@ impl<W> Worker<W> {
                 refresh = refresh_due;
                 Some((value.cert.clone(), value.first_source.take()))
             }
-            Lookup::Negative => return None,
+            Lookup::Negative => {
+                self.count(Simple::NegativeHits);
+                return None;
+            }
             Lookup::Miss => {
                 refresh = true;
                 None
@@ -175,6 +212,9 @@ impl<W> Worker<W> {
             Join::Refused => false,
         };
         if !queued {
+            self.count(Simple::FetchesRefused);
+        }
+        if !queued {
             // Let a later handshake ask again instead of waiting for expiry.
             self.cache.refresh_failed(name, now, QUEUE_RETRY_MS);
         }
@@ -194,9 +234,15 @@ impl<W> Worker<W> {
         log: &mut dyn FnMut(Level, String),
     ) -> Vec<W> {
         match event {
-            Event::Fetched(r) => self.on_result(r, now, log),
+            Event::Fetched(r) => {
+                let woken = self.on_result(r, now, log);
+                self.publish_gauges();
+                woken
+            }
             Event::Invalidate(target) => {
                 self.invalidate(&target);
+                self.count(Simple::Invalidations);
+                self.publish_gauges();
                 log(
                     Level::Info,
                     format!("dyncert: invalidated \"{target}\" as published"),
@@ -205,6 +251,7 @@ impl<W> Worker<W> {
             }
             Event::Subscribed { resubscribed } => {
                 if resubscribed {
+                    self.count(Simple::Resubscribes);
                     log(
                         Level::Warn,
                         "dyncert: invalidation channel subscribed again; names published \
@@ -240,7 +287,24 @@ impl<W> Worker<W> {
         now: Millis,
         log: &mut dyn FnMut(Level, String),
     ) -> Vec<W> {
-        let FetchResult { name, outcome, .. } = r;
+        let FetchResult {
+            name,
+            outcome,
+            steps,
+            ..
+        } = r;
+        let layout = self.sink.layout();
+        for step in &steps {
+            self.sink.add(layout.fetch(step.source, step.outcome), 1);
+            for (slot, n) in layout.fetch_latency(step.source, step.elapsed.as_micros() as u64) {
+                self.sink.add(slot, n);
+            }
+            if step.source == FetchSource::Redis
+                && matches!(step.outcome, StepOutcome::Error | StepOutcome::Timeout)
+            {
+                self.sink.add(layout.simple(Simple::RedisErrors), 1);
+            }
+        }
         match outcome {
             Outcome::Found {
                 cert,
@@ -277,6 +341,7 @@ impl<W> Worker<W> {
                 self.cache.insert_negative(name.clone(), now);
             }
             Outcome::Refused(refusal) => {
+                self.sink.add(layout.rejected(refusal.label), 1);
                 log(
                     Level::Warn,
                     format!(

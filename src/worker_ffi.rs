@@ -56,6 +56,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
         let Some(mcf) = Module::main_conf(unsafe { &*cycle }) else {
             return ngx::ffi::NGX_OK as ngx_int_t;
         };
+        crate::metrics_ffi::claim_worker_slot();
         if !mcf.enabled {
             return ngx::ffi::NGX_OK as ngx_int_t;
         }
@@ -108,7 +109,12 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
             }
         }
         let state = State {
-            worker: Worker::new(mcf.cache(), mcf.fetch_concurrency(), fetcher),
+            worker: Worker::new(
+                mcf.cache(),
+                mcf.fetch_concurrency(),
+                fetcher,
+                Box::new(crate::metrics_ffi::ShmSink),
+            ),
             notify: c,
             fetch_timeout: mcf.fetch_timeout(),
         };
@@ -123,6 +129,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
 /// Called by nginx in a worker that is exiting.
 pub unsafe extern "C" fn ngx_http_dyncert_exit_process(_cycle: *mut ngx_cycle_t) {
     guard("stopping the worker", (), || {
+        crate::metrics_ffi::release_worker_slot();
         let Some(mut st) = STATE.with(|s| s.borrow_mut().take()) else {
             return;
         };

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use futures_util::StreamExt;
 
 use crate::api::{ApiClient, ApiConfig, ApiOutcome};
+use crate::metrics::{FetchSource, StepOutcome};
 use crate::name::{normalize_sni, wildcard_parent};
 use crate::record::{check_lengths, decode_fields, Record, RecordError};
 use crate::validate::{validate, Invalid, ParsedCert};
@@ -150,6 +151,16 @@ pub struct FetchResult {
     pub name: String,
     pub outcome: Outcome,
     pub elapsed: Duration,
+    /// Each source asked, in order, for the metrics.
+    pub steps: Vec<Step>,
+}
+
+/// One source asked during a lookup.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    pub source: FetchSource,
+    pub outcome: StepOutcome,
+    pub elapsed: Duration,
 }
 
 struct Shared {
@@ -273,6 +284,7 @@ fn run(
                     name,
                     outcome: Outcome::Error(msg.clone()),
                     elapsed: Duration::ZERO,
+                    steps: Vec::new(),
                 }));
             }
             return;
@@ -294,11 +306,13 @@ fn run(
             let sources = sources.clone();
             tokio::spawn(async move {
                 let start = Instant::now();
-                let outcome = sources.lookup(&name).await;
+                let mut steps = Vec::with_capacity(3);
+                let outcome = sources.lookup(&name, &mut steps).await;
                 shared.push(Event::Fetched(FetchResult {
                     name,
                     outcome,
                     elapsed: start.elapsed(),
+                    steps,
                 }));
             });
         }
@@ -323,7 +337,7 @@ enum RedisAnswer {
 impl Sources {
     /// cache miss → Redis (exact, then `*.parent`) → API, validating
     /// whatever is found against the requested name.
-    async fn lookup(&self, name: &str) -> Outcome {
+    async fn lookup(&self, name: &str, steps: &mut Vec<Step>) -> Outcome {
         let mut redis_error = None;
         if let Some(redis) = &self.redis {
             match redis {
@@ -332,18 +346,44 @@ impl Sources {
                     let mut keys = vec![name.to_owned()];
                     keys.extend(wildcard_parent(name));
                     for key in keys {
-                        match self.read_redis(&mut conn, &key).await {
+                        let t0 = Instant::now();
+                        let answer = self.read_redis(&mut conn, &key).await;
+                        let (outcome, done) = match answer {
                             RedisAnswer::Record(r) => {
                                 let wildcard = (key != name).then_some(key);
-                                return found(&r, name, CertSource::Redis, wildcard);
+                                let o = found(&r, name, CertSource::Redis, wildcard);
+                                let step = if matches!(o, Outcome::Found { .. }) {
+                                    StepOutcome::Hit
+                                } else {
+                                    StepOutcome::Refused
+                                };
+                                (step, Some(o))
                             }
-                            RedisAnswer::Refused(r) => return Outcome::Refused(r),
-                            RedisAnswer::Absent => continue,
+                            RedisAnswer::Refused(r) => {
+                                (StepOutcome::Refused, Some(Outcome::Refused(r)))
+                            }
+                            RedisAnswer::Absent => (StepOutcome::Miss, None),
                             RedisAnswer::Error(e) => {
+                                let kind = if e.contains("timed out") {
+                                    StepOutcome::Timeout
+                                } else {
+                                    StepOutcome::Error
+                                };
                                 // Redis down: the API is the source of truth.
                                 redis_error = Some(e);
-                                break;
+                                (kind, None)
                             }
+                        };
+                        steps.push(Step {
+                            source: FetchSource::Redis,
+                            outcome,
+                            elapsed: t0.elapsed(),
+                        });
+                        if let Some(o) = done {
+                            return o;
+                        }
+                        if redis_error.is_some() {
+                            break;
                         }
                     }
                 }
@@ -356,7 +396,8 @@ impl Sources {
                 None => Outcome::NotFound,
             };
         };
-        match api.lookup(name).await {
+        let t0 = Instant::now();
+        let (step, outcome) = match api.lookup(name).await {
             ApiOutcome::Found(record) => {
                 let outcome = found(&record, name, CertSource::Api, None);
                 if let (Outcome::Found { .. }, Some(Ok(conn))) = (&outcome, &self.redis) {
@@ -364,12 +405,33 @@ impl Sources {
                         self.write_back(conn.clone(), name, record);
                     }
                 }
-                outcome
+                let step = if matches!(outcome, Outcome::Found { .. }) {
+                    StepOutcome::Hit
+                } else {
+                    StepOutcome::Refused
+                };
+                (step, outcome)
             }
-            ApiOutcome::NotFound => Outcome::NotFound,
-            ApiOutcome::Refused(e) => Outcome::Refused(e.into()),
-            ApiOutcome::Error(e) => Outcome::Error(format!("{e} while fetching from the api")),
-        }
+            ApiOutcome::NotFound => (StepOutcome::Miss, Outcome::NotFound),
+            ApiOutcome::Refused(e) => (StepOutcome::Refused, Outcome::Refused(e.into())),
+            ApiOutcome::Error(e) => {
+                let kind = if e.starts_with("timed out") {
+                    StepOutcome::Timeout
+                } else {
+                    StepOutcome::Error
+                };
+                (
+                    kind,
+                    Outcome::Error(format!("{e} while fetching from the api")),
+                )
+            }
+        };
+        steps.push(Step {
+            source: FetchSource::Api,
+            outcome: step,
+            elapsed: t0.elapsed(),
+        });
+        outcome
     }
 
     async fn read_redis(&self, conn: &mut ConnectionManager, name: &str) -> RedisAnswer {

@@ -9,3 +9,5 @@ pub mod record;
 pub mod validate;
 pub mod api;
 pub mod template;
+pub mod metrics;
+pub mod timefmt;

@@ -1,0 +1,516 @@
+//! The metrics catalogue: where each counter lives in the shared-memory
+//! array every worker adds to, and the Prometheus text exposition of it.
+//!
+//! The glue maps a zone of `u64` slots and increments them atomically; this
+//! module only knows indices and formatting, so it is tested without nginx.
+
+use std::fmt::Write;
+
+use crate::fetch::CertSource;
+
+/// Where counters go: the glue implements it over the shared zone; tests
+/// and workers without metrics use [`NoSink`].
+pub trait MetricSink {
+    /// Adds `n` to slot `slot` (see [`Layout`]).
+    fn add(&self, slot: usize, n: u64);
+    /// Sets this worker's gauge `field` (`W_INFLIGHT`, ...).
+    fn set_worker(&self, field: usize, value: u64);
+    fn layout(&self) -> Layout;
+}
+
+/// A sink that drops everything.
+#[derive(Debug, Default)]
+pub struct NoSink;
+
+impl MetricSink for NoSink {
+    fn add(&self, _slot: usize, _n: u64) {}
+    fn set_worker(&self, _field: usize, _value: u64) {}
+    fn layout(&self) -> Layout {
+        Layout { servers: 0 }
+    }
+}
+
+/// Upper bounds (milliseconds) of the latency histogram buckets; `+Inf`
+/// follows implicitly.
+pub const LATENCY_BUCKETS_MS: [u64; 11] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500];
+const HIST_SLOTS: usize = LATENCY_BUCKETS_MS.len() + 1 + 2; // buckets, +Inf, sum_us, count
+
+/// Sources a fetch step can ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchSource {
+    Redis,
+    Api,
+}
+
+impl FetchSource {
+    pub const ALL: [FetchSource; 2] = [FetchSource::Redis, FetchSource::Api];
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FetchSource::Redis => "redis",
+            FetchSource::Api => "api",
+        }
+    }
+    fn index(&self) -> usize {
+        *self as usize
+    }
+}
+
+/// How one step of a fetch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    Hit,
+    Miss,
+    Error,
+    Timeout,
+    Refused,
+}
+
+impl StepOutcome {
+    pub const ALL: [StepOutcome; 5] = [
+        StepOutcome::Hit,
+        StepOutcome::Miss,
+        StepOutcome::Error,
+        StepOutcome::Timeout,
+        StepOutcome::Refused,
+    ];
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StepOutcome::Hit => "hit",
+            StepOutcome::Miss => "miss",
+            StepOutcome::Error => "error",
+            StepOutcome::Timeout => "timeout",
+            StepOutcome::Refused => "refused",
+        }
+    }
+}
+
+/// Handshake sources that are counted (a resumed session runs no callback).
+pub const HANDSHAKE_SOURCES: [CertSource; 5] = [
+    CertSource::Cache,
+    CertSource::Redis,
+    CertSource::Api,
+    CertSource::Default,
+    CertSource::Rejected,
+];
+
+/// Labels of refused records (`Refusal::label`), in a fixed order so the
+/// shared array has one slot each; anything else counts as `other`.
+pub const REJECT_REASONS: [&str; 13] = [
+    "crt_not_pem",
+    "chain_too_long",
+    "key_not_pem",
+    "key_mismatch",
+    "name_not_covered",
+    "expired",
+    "not_yet_valid",
+    "bad_validity",
+    "missing_crt",
+    "missing_key",
+    "crt_too_large",
+    "key_too_large",
+    "other",
+];
+
+/// Status classes counted per server block.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Per-worker gauge slots: pid, fetches in flight, cache entries, bytes.
+pub const WORKER_SLOTS: usize = 64;
+const WORKER_FIELDS: usize = 4;
+pub const W_PID: usize = 0;
+pub const W_INFLIGHT: usize = 1;
+pub const W_ENTRIES: usize = 2;
+pub const W_BYTES: usize = 3;
+
+/// Simple counters, one slot each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Simple {
+    Parked,
+    ParkTimeouts,
+    NegativeHits,
+    FetchesRefused,
+    Invalidations,
+    RedisErrors,
+    Resubscribes,
+}
+
+const SIMPLE: [(Simple, &str, &str); 7] = [
+    (
+        Simple::Parked,
+        "dyncert_parked_connections_total",
+        "Connections parked before the handshake while their name was fetched.",
+    ),
+    (
+        Simple::ParkTimeouts,
+        "dyncert_park_timeouts_total",
+        "Parked connections released by dyncert_fetch_timeout before their fetch ended.",
+    ),
+    (
+        Simple::NegativeHits,
+        "dyncert_negative_cache_hits_total",
+        "Handshakes for names remembered as unknown (no lookup made).",
+    ),
+    (
+        Simple::FetchesRefused,
+        "dyncert_fetches_refused_total",
+        "Lookups not started because dyncert_fetch_concurrency was reached.",
+    ),
+    (
+        Simple::Invalidations,
+        "dyncert_invalidations_total",
+        "Invalidation messages applied (per worker).",
+    ),
+    (
+        Simple::RedisErrors,
+        "dyncert_redis_errors_total",
+        "Redis commands that failed (each I/O failure also triggers a reconnect).",
+    ),
+    (
+        Simple::Resubscribes,
+        "dyncert_redis_resubscribes_total",
+        "Times the invalidation subscription was re-established after a disconnect.",
+    ),
+];
+
+// Region offsets of the fixed part.
+const HANDSHAKES: usize = 0;
+const FETCHES: usize = HANDSHAKES + HANDSHAKE_SOURCES.len();
+const FETCH_HIST: usize = FETCHES + FetchSource::ALL.len() * StepOutcome::ALL.len();
+const PARK_HIST: usize = FETCH_HIST + FetchSource::ALL.len() * HIST_SLOTS;
+const SIMPLES: usize = PARK_HIST + HIST_SLOTS;
+const REJECTS: usize = SIMPLES + SIMPLE.len();
+const WORKERS: usize = REJECTS + REJECT_REASONS.len();
+const SERVERS: usize = WORKERS + WORKER_SLOTS * WORKER_FIELDS;
+
+/// Slot indices for a configuration with `servers` server blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub servers: usize,
+}
+
+impl Layout {
+    /// Number of `u64` slots.
+    pub fn len(&self) -> usize {
+        SERVERS + self.servers * STATUS_CLASSES.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn handshake(&self, s: CertSource) -> Option<usize> {
+        HANDSHAKE_SOURCES
+            .iter()
+            .position(|&h| h == s)
+            .map(|i| HANDSHAKES + i)
+    }
+
+    pub fn fetch(&self, src: FetchSource, outcome: StepOutcome) -> usize {
+        FETCHES + src.index() * StepOutcome::ALL.len() + outcome as usize
+    }
+
+    /// Slots to add to for one observation of `ms` milliseconds (bucket,
+    /// sum in microseconds, count) in a histogram starting at `base`.
+    fn observe(base: usize, micros: u64) -> [(usize, u64); 3] {
+        let b = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|&le| micros <= le * 1000)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        let n = LATENCY_BUCKETS_MS.len();
+        [(base + b, 1), (base + n + 1, micros), (base + n + 2, 1)]
+    }
+
+    pub fn fetch_latency(&self, src: FetchSource, micros: u64) -> [(usize, u64); 3] {
+        Self::observe(FETCH_HIST + src.index() * HIST_SLOTS, micros)
+    }
+
+    pub fn park_time(&self, micros: u64) -> [(usize, u64); 3] {
+        Self::observe(PARK_HIST, micros)
+    }
+
+    pub fn simple(&self, s: Simple) -> usize {
+        SIMPLES + s as usize
+    }
+
+    pub fn rejected(&self, label: &str) -> usize {
+        let i = REJECT_REASONS
+            .iter()
+            .position(|&r| r == label)
+            .unwrap_or(REJECT_REASONS.len() - 1);
+        REJECTS + i
+    }
+
+    pub fn worker(&self, slot: usize, field: usize) -> Option<usize> {
+        (slot < WORKER_SLOTS && field < WORKER_FIELDS)
+            .then_some(WORKERS + slot * WORKER_FIELDS + field)
+    }
+
+    pub fn status(&self, server: usize, status: u64) -> Option<usize> {
+        let class = (status / 100).checked_sub(1)? as usize;
+        (server < self.servers && class < STATUS_CLASSES.len())
+            .then_some(SERVERS + server * STATUS_CLASSES.len() + class)
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn histogram(out: &mut String, name: &str, label: &str, base: usize, get: &dyn Fn(usize) -> u64) {
+    let n = LATENCY_BUCKETS_MS.len();
+    let sep = if label.is_empty() { "" } else { "," };
+    let mut cumulative = 0;
+    for (i, le) in LATENCY_BUCKETS_MS.iter().enumerate() {
+        cumulative += get(base + i);
+        let le = *le as f64 / 1000.0;
+        let _ = writeln!(out, "{name}_bucket{{{label}{sep}le=\"{le}\"}} {cumulative}");
+    }
+    cumulative += get(base + n);
+    let _ = writeln!(out, "{name}_bucket{{{label}{sep}le=\"+Inf\"}} {cumulative}");
+    let sum = get(base + n + 1) as f64 / 1_000_000.0;
+    let braces = if label.is_empty() {
+        String::new()
+    } else {
+        format!("{{{label}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {sum}");
+    let _ = writeln!(out, "{name}_count{braces} {}", get(base + n + 2));
+}
+
+/// Prometheus text exposition (format 0.0.4) of the whole array.
+/// `servers` names the server blocks in layout order; `alive` says whether
+/// a worker slot's pid is a live process.
+pub fn render(
+    layout: &Layout,
+    get: &dyn Fn(usize) -> u64,
+    servers: &[String],
+    alive: &dyn Fn(u64) -> bool,
+) -> String {
+    let mut out = String::with_capacity(8192);
+    out.push_str("# HELP dyncert_handshakes_total TLS handshakes by certificate source.\n");
+    out.push_str("# TYPE dyncert_handshakes_total counter\n");
+    for s in HANDSHAKE_SOURCES {
+        if let Some(i) = layout.handshake(s) {
+            let _ = writeln!(
+                out,
+                "dyncert_handshakes_total{{source=\"{}\"}} {}",
+                s.as_str(),
+                get(i)
+            );
+        }
+    }
+    out.push_str("# HELP dyncert_fetches_total Lookups by source and outcome.\n");
+    out.push_str("# TYPE dyncert_fetches_total counter\n");
+    for src in FetchSource::ALL {
+        for o in StepOutcome::ALL {
+            let _ = writeln!(
+                out,
+                "dyncert_fetches_total{{source=\"{}\",outcome=\"{}\"}} {}",
+                src.as_str(),
+                o.as_str(),
+                get(layout.fetch(src, o))
+            );
+        }
+    }
+    out.push_str("# HELP dyncert_fetch_duration_seconds Duration of lookups by source.\n");
+    out.push_str("# TYPE dyncert_fetch_duration_seconds histogram\n");
+    for src in FetchSource::ALL {
+        let label = format!("source=\"{}\"", src.as_str());
+        let base = FETCH_HIST + src.index() * HIST_SLOTS;
+        histogram(
+            &mut out,
+            "dyncert_fetch_duration_seconds",
+            &label,
+            base,
+            get,
+        );
+    }
+    out.push_str("# HELP dyncert_park_duration_seconds Time connections spent parked.\n");
+    out.push_str("# TYPE dyncert_park_duration_seconds histogram\n");
+    histogram(
+        &mut out,
+        "dyncert_park_duration_seconds",
+        "",
+        PARK_HIST,
+        get,
+    );
+    for (s, name, help) in SIMPLE {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {}", get(layout.simple(s)));
+    }
+    out.push_str(
+        "# HELP dyncert_records_rejected_total Records refused by validation, by reason.\n",
+    );
+    out.push_str("# TYPE dyncert_records_rejected_total counter\n");
+    for r in REJECT_REASONS {
+        let _ = writeln!(
+            out,
+            "dyncert_records_rejected_total{{reason=\"{r}\"}} {}",
+            get(layout.rejected(r))
+        );
+    }
+    let gauges = [
+        (
+            W_INFLIGHT,
+            "dyncert_fetches_in_flight",
+            "Lookups in flight, summed over workers.",
+        ),
+        (
+            W_ENTRIES,
+            "dyncert_cache_entries",
+            "Cached names (positive and negative), summed over workers.",
+        ),
+        (
+            W_BYTES,
+            "dyncert_cache_bytes",
+            "Bytes charged to the caches, summed over workers.",
+        ),
+    ];
+    for (field, name, help) in gauges {
+        let mut total = 0;
+        for slot in 0..WORKER_SLOTS {
+            let pid = layout.worker(slot, W_PID).map(get).unwrap_or(0);
+            if pid != 0 && alive(pid) {
+                total += layout.worker(slot, field).map(get).unwrap_or(0);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {total}"
+        );
+    }
+    out.push_str(
+        "# HELP dyncert_responses_total HTTP responses by server block and status class.\n",
+    );
+    out.push_str("# TYPE dyncert_responses_total counter\n");
+    for (i, server) in servers.iter().enumerate().take(layout.servers) {
+        let server = escape_label(server);
+        for (c, class) in STATUS_CLASSES.iter().enumerate() {
+            let v = get(SERVERS + i * STATUS_CLASSES.len() + c);
+            let _ = writeln!(
+                out,
+                "dyncert_responses_total{{server=\"{server}\",class=\"{class}\"}} {v}"
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    fn store(layout: &Layout) -> RefCell<Vec<u64>> {
+        RefCell::new(vec![0; layout.len()])
+    }
+
+    #[test]
+    fn every_slot_index_is_inside_the_array_and_distinct() {
+        let l = Layout { servers: 3 };
+        let mut seen = std::collections::HashSet::new();
+        let mut add = |i: usize| {
+            assert!(i < l.len(), "{i} outside {}", l.len());
+            assert!(seen.insert(i), "slot {i} used twice");
+        };
+        for s in HANDSHAKE_SOURCES {
+            add(l.handshake(s).unwrap());
+        }
+        for src in FetchSource::ALL {
+            for o in StepOutcome::ALL {
+                add(l.fetch(src, o));
+            }
+        }
+        for (s, _, _) in SIMPLE {
+            add(l.simple(s));
+        }
+        for r in REJECT_REASONS {
+            add(l.rejected(r));
+        }
+        for slot in 0..WORKER_SLOTS {
+            for f in 0..WORKER_FIELDS {
+                add(l.worker(slot, f).unwrap());
+            }
+        }
+        for s in 0..3 {
+            for st in [100, 200, 301, 404, 503] {
+                add(l.status(s, st).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn latency_lands_in_the_right_bucket_with_sum_and_count() {
+        let l = Layout { servers: 0 };
+        let [(b, one), (sum, us), (count, c)] = l.fetch_latency(FetchSource::Redis, 1_500);
+        assert_eq!((one, us, c), (1, 1_500, 1));
+        assert_eq!(b, FETCH_HIST + 1, "1.5 ms goes to le=0.002");
+        assert_eq!(sum, FETCH_HIST + LATENCY_BUCKETS_MS.len() + 1);
+        assert_eq!(count, FETCH_HIST + LATENCY_BUCKETS_MS.len() + 2);
+        let [(b, _), _, _] = l.park_time(10_000_000);
+        assert_eq!(b, PARK_HIST + LATENCY_BUCKETS_MS.len(), "10 s is +Inf");
+        let [(b, _), _, _] = l.park_time(1_000);
+        assert_eq!(b, PARK_HIST, "exactly 1 ms is le=0.001");
+    }
+
+    #[test]
+    fn unknown_reject_reason_and_odd_statuses_are_bounded() {
+        let l = Layout { servers: 1 };
+        assert_eq!(l.rejected("no-such-reason"), l.rejected("other"));
+        assert_eq!(l.status(0, 99), None);
+        assert_eq!(l.status(0, 600), None);
+        assert_eq!(l.status(1, 200), None);
+        assert_eq!(l.worker(WORKER_SLOTS, 0), None);
+    }
+
+    #[test]
+    fn exposition_has_counters_histograms_gauges_and_server_labels() {
+        let l = Layout { servers: 2 };
+        let v = store(&l);
+        v.borrow_mut()[l.handshake(CertSource::Redis).unwrap()] = 7;
+        v.borrow_mut()[l.fetch(FetchSource::Api, StepOutcome::Timeout)] = 2;
+        for (i, n) in l.fetch_latency(FetchSource::Redis, 3_000) {
+            v.borrow_mut()[i] += n;
+        }
+        v.borrow_mut()[l.worker(0, W_PID).unwrap()] = 100;
+        v.borrow_mut()[l.worker(0, W_ENTRIES).unwrap()] = 5;
+        v.borrow_mut()[l.worker(1, W_PID).unwrap()] = 200;
+        v.borrow_mut()[l.worker(1, W_ENTRIES).unwrap()] = 6;
+        v.borrow_mut()[l.worker(2, W_PID).unwrap()] = 300; // dead
+        v.borrow_mut()[l.worker(2, W_ENTRIES).unwrap()] = 1000;
+        v.borrow_mut()[l.status(1, 404).unwrap()] = 3;
+        let get = |i: usize| v.borrow()[i];
+        let text = render(&l, &get, &["a.example".into(), "we\"ird".into()], &|pid| {
+            pid != 300
+        });
+        assert!(text.contains("dyncert_handshakes_total{source=\"redis\"} 7\n"));
+        assert!(text.contains("dyncert_fetches_total{source=\"api\",outcome=\"timeout\"} 2\n"));
+        assert!(text
+            .contains("dyncert_fetch_duration_seconds_bucket{source=\"redis\",le=\"0.002\"} 0\n"));
+        assert!(text
+            .contains("dyncert_fetch_duration_seconds_bucket{source=\"redis\",le=\"0.005\"} 1\n"));
+        assert!(text
+            .contains("dyncert_fetch_duration_seconds_bucket{source=\"redis\",le=\"+Inf\"} 1\n"));
+        assert!(text.contains("dyncert_fetch_duration_seconds_sum{source=\"redis\"} 0.003\n"));
+        assert!(text.contains("dyncert_park_duration_seconds_count 0\n"));
+        assert!(
+            text.contains("dyncert_cache_entries 11\n"),
+            "dead worker excluded"
+        );
+        assert!(text.contains("dyncert_responses_total{server=\"we\\\"ird\",class=\"4xx\"} 3\n"));
+        // Every sample line is `name{labels} value` or `name value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");
+        }
+    }
+}
