@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use dyncert_core::api::{check_header, ApiConfig, MAX_BODY};
 use dyncert_core::cache::CachePolicy;
+use dyncert_core::cidr::{self, Cidr};
 use dyncert_core::fetch::{check_redis_url, FetcherConfig};
 use dyncert_core::template::UrlTemplate;
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_atoi, ngx_command_t, ngx_conf_full_name, ngx_conf_t, ngx_msec_t, ngx_parse_size,
-    ngx_parse_time, ngx_str_t, NGX_ERROR, NGX_LOG_EMERG, NGX_OK,
+    ngx_parse_time, ngx_str_t, ngx_uint_t, NGX_ERROR, NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::http::{Merge, MergeConfigError};
 use ngx::ngx_conf_log_error;
@@ -23,6 +24,8 @@ const DEFAULT_REDIS_TIMEOUT_MS: ngx_msec_t = 1000;
 const DEFAULT_FETCH_CONCURRENCY: usize = 64;
 const DEFAULT_API_TIMEOUT_MS: ngx_msec_t = 3000;
 const DEFAULT_WRITEBACK_MS: ngx_msec_t = 24 * 3600 * 1000;
+/// Default key prefix of ACME HTTP-01 key authorizations.
+pub const DEFAULT_ACME_PREFIX: &str = "dyncert:acme:";
 /// Default pub/sub channel for invalidations.
 pub const DEFAULT_INVALIDATE_CHANNEL: &str = "dyncert:invalidate";
 
@@ -44,6 +47,9 @@ pub struct MainConf {
     pub api_trusted_certificate: Option<Vec<u8>>,
     /// `Some(None)`: `dyncert_invalidate_channel off`.
     pub invalidate_channel: Option<Option<String>>,
+    pub acme_prefix: Option<String>,
+    /// Filled in postconfiguration: some server answers ACME challenges.
+    pub acme_enabled: bool,
     /// Filled in postconfiguration: some server has `dyncert on`.
     pub enabled: bool,
     /// Some location has `dyncert_metrics`.
@@ -100,6 +106,10 @@ impl MainConf {
                 self.api_writeback.unwrap_or(DEFAULT_WRITEBACK_MS) as u64
             ),
             invalidate_channel: channel,
+            acme_prefix: self
+                .acme_prefix
+                .clone()
+                .unwrap_or_else(|| DEFAULT_ACME_PREFIX.to_owned()),
             queue_cap: self.fetch_concurrency(),
         })
     }
@@ -110,6 +120,8 @@ impl MainConf {
 pub struct SrvConf {
     pub enable: Option<bool>,
     pub reject_unknown: Option<bool>,
+    pub tenant_policy: Option<bool>,
+    pub acme: Option<bool>,
     /// Position among the http block's servers (metrics), set in
     /// postconfiguration.
     pub server_index: usize,
@@ -122,12 +134,46 @@ impl SrvConf {
     pub fn rejects_unknown(&self) -> bool {
         self.reject_unknown.unwrap_or(false)
     }
+    pub fn tenant_policy(&self) -> bool {
+        self.tenant_policy.unwrap_or(false)
+    }
+    pub fn acme(&self) -> bool {
+        self.acme.unwrap_or(false)
+    }
+}
+
+/// `location {}` level settings (also set at http/server level and
+/// inherited, like nginx's `allow`).
+#[derive(Debug, Default)]
+pub struct LocConf {
+    /// `dyncert_allow`: when set, only these client networks get through.
+    pub allow: Option<Vec<Cidr>>,
+    pub deny_status: Option<ngx_uint_t>,
+}
+
+impl LocConf {
+    pub fn deny_status(&self) -> ngx_uint_t {
+        self.deny_status.unwrap_or(403)
+    }
+}
+
+impl Merge for LocConf {
+    fn merge(&mut self, prev: &LocConf) -> Result<(), MergeConfigError> {
+        // A level with its own dyncert_allow replaces the inherited list.
+        if self.allow.is_none() {
+            self.allow = prev.allow.clone();
+        }
+        self.deny_status = self.deny_status.or(prev.deny_status);
+        Ok(())
+    }
 }
 
 impl Merge for SrvConf {
     fn merge(&mut self, prev: &SrvConf) -> Result<(), MergeConfigError> {
         self.enable = self.enable.or(prev.enable).or(Some(false));
         self.reject_unknown = self.reject_unknown.or(prev.reject_unknown).or(Some(false));
+        self.tenant_policy = self.tenant_policy.or(prev.tenant_policy).or(Some(false));
+        self.acme = self.acme.or(prev.acme).or(Some(false));
         Ok(())
     }
 }
@@ -525,4 +571,154 @@ pub unsafe extern "C" fn ngx_http_dyncert_invalidate_channel(
     }
     mcf.invalidate_channel = Some(Some(as_str(a)));
     NGX_CONF_OK
+}
+
+/// `dyncert on|off`-style flags of the server configuration.
+unsafe fn set_srv_flag(cf: *mut ngx_conf_t, slot: &mut Option<bool>) -> *mut c_char {
+    if slot.is_some() {
+        return DUPLICATE;
+    }
+    let a = &unsafe { args(cf) }[0];
+    *slot = match as_bytes(a) {
+        b"on" => Some(true),
+        b"off" => Some(false),
+        _ => invalid!(cf, as_str(a)),
+    };
+    NGX_CONF_OK
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_tenant_policy on|off;`.
+pub unsafe extern "C" fn ngx_http_dyncert_tenant_policy(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let scf = unsafe { srv_conf(conf) };
+    unsafe { set_srv_flag(cf, &mut scf.tenant_policy) }
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_acme_challenge on|off;`.
+pub unsafe extern "C" fn ngx_http_dyncert_acme_challenge(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let scf = unsafe { srv_conf(conf) };
+    unsafe { set_srv_flag(cf, &mut scf.acme) }
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_acme_prefix PREFIX;`.
+pub unsafe extern "C" fn ngx_http_dyncert_acme_prefix(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let mcf = unsafe { main_conf(conf) };
+    if mcf.acme_prefix.is_some() {
+        return DUPLICATE;
+    }
+    let v = as_bytes(&unsafe { args(cf) }[0]);
+    if v.len() > 128 || !v.iter().all(|b| b.is_ascii_graphic()) {
+        invalid!(cf, String::from_utf8_lossy(v));
+    }
+    mcf.acme_prefix = Some(String::from_utf8_lossy(v).into_owned());
+    NGX_CONF_OK
+}
+
+/// # Safety
+/// `conf` must be the LocConf pointer nginx passes for a
+/// NGX_HTTP_LOC_CONF_OFFSET directive of this module.
+unsafe fn loc_conf<'a>(conf: *mut c_void) -> &'a mut LocConf {
+    // SAFETY: create_loc_conf allocated a LocConf at this address.
+    unsafe { &mut *(conf as *mut LocConf) }
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_allow ADDRESS|CIDR|all|env=VAR ...;`.
+/// Several directives in one block add up, like nginx's `allow`.
+pub unsafe extern "C" fn ngx_http_dyncert_allow(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let lcf = unsafe { loc_conf(conf) };
+    let list = lcf.allow.get_or_insert_with(Vec::new);
+    for a in unsafe { args(cf) } {
+        let text = as_str(a);
+        if text == "all" {
+            list.push(Cidr::parse("0.0.0.0/0").expect("literal"));
+            list.push(Cidr::parse("::/0").expect("literal"));
+            continue;
+        }
+        if let Some(var) = text.strip_prefix("env=") {
+            // Read once, at configuration time, in the master (whose
+            // environment nginx has not cleared).
+            // `nginx -s reload` parses the configuration only to find the
+            // pid file, often from a shell without the variable: skip it.
+            // SAFETY: ngx_process is set by option parsing, before this.
+            if unsafe { ngx::ffi::ngx_process } == ngx::ffi::NGX_PROCESS_SIGNALLER as ngx_uint_t {
+                continue;
+            }
+            let Ok(value) = std::env::var(var) else {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "environment variable \"{}\" of \"dyncert_allow\" is not set \
+                     (and add \"env {};\" to the main context so workers keep it)",
+                    var,
+                    var
+                );
+                return NGX_CONF_ERROR;
+            };
+            match cidr::parse_list(&value) {
+                Ok(l) => list.extend(l),
+                Err(e) => {
+                    ngx_conf_log_error!(
+                        NGX_LOG_EMERG,
+                        cf,
+                        "invalid value of environment variable \"{}\": {}",
+                        var,
+                        e
+                    );
+                    return NGX_CONF_ERROR;
+                }
+            }
+            continue;
+        }
+        match Cidr::parse(&text) {
+            Ok(c) => list.push(c),
+            Err(e) => {
+                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter {}", e);
+                return NGX_CONF_ERROR;
+            }
+        }
+        if list.len() > 100_000 {
+            invalid!(cf, text);
+        }
+    }
+    NGX_CONF_OK
+}
+
+/// # Safety
+/// Called by nginx for `dyncert_deny_status CODE;`.
+pub unsafe extern "C" fn ngx_http_dyncert_deny_status(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let lcf = unsafe { loc_conf(conf) };
+    if lcf.deny_status.is_some() {
+        return DUPLICATE;
+    }
+    let a = &unsafe { args(cf) }[0];
+    match parse_number(as_bytes(a)) {
+        Some(n) if (400..=599).contains(&n) => {
+            lcf.deny_status = Some(n as ngx_uint_t);
+            NGX_CONF_OK
+        }
+        _ => invalid!(cf, as_str(a)),
+    }
 }

@@ -17,20 +17,24 @@ use ngx::ffi::{
     NGX_LOG_EMERG, NGX_LOG_NOTICE,
 };
 use ngx::http::{
-    HttpModule, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule, NgxHttpSslModule,
+    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf,
+    NgxHttpCoreModule, NgxHttpSslModule,
 };
 use ngx::{ngx_conf_log_error, ngx_string};
 
+mod access_ffi;
+mod acme_ffi;
 mod boundary_ffi;
 mod conf_ffi;
 mod listener_ffi;
 mod metrics_ffi;
+mod response_ffi;
 mod ssl_ffi;
 mod variables_ffi;
 mod worker;
 mod worker_ffi;
 
-use conf_ffi::{MainConf, SrvConf};
+use conf_ffi::{LocConf, MainConf, SrvConf};
 
 pub(crate) struct Module;
 
@@ -64,6 +68,10 @@ unsafe impl HttpModuleMainConf for Module {
 unsafe impl HttpModuleServerConf for Module {
     type ServerConf = SrvConf;
 }
+// SAFETY: create_loc_conf allocates exactly this type.
+unsafe impl HttpModuleLocationConf for Module {
+    type LocationConf = LocConf;
+}
 
 const fn command(
     name: ngx::ffi::ngx_str_t,
@@ -81,7 +89,7 @@ const fn command(
     }
 }
 
-static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 15] = [
+static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 20] = [
     command(
         ngx_string!("dyncert"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
@@ -166,6 +174,36 @@ static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 15] = [
         metrics_ffi::ngx_http_dyncert_metrics,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
+    command(
+        ngx_string!("dyncert_allow"),
+        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
+        conf_ffi::ngx_http_dyncert_allow,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_deny_status"),
+        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+        conf_ffi::ngx_http_dyncert_deny_status,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_tenant_policy"),
+        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
+        conf_ffi::ngx_http_dyncert_tenant_policy,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_acme_challenge"),
+        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
+        conf_ffi::ngx_http_dyncert_acme_challenge,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_acme_prefix"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        conf_ffi::ngx_http_dyncert_acme_prefix,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
     ngx_command_t::empty(),
 ];
 
@@ -176,8 +214,8 @@ static NGX_HTTP_DYNCERT_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     init_main_conf: None,
     create_srv_conf: Some(Module::create_srv_conf),
     merge_srv_conf: Some(Module::merge_srv_conf),
-    create_loc_conf: None,
-    merge_loc_conf: None,
+    create_loc_conf: Some(Module::create_loc_conf),
+    merge_loc_conf: Some(Module::merge_loc_conf),
 };
 
 ngx::ngx_modules!(ngx_http_dyncert_module);
@@ -236,6 +274,7 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
 
     let servers: &[*mut ngx_http_core_srv_conf_t] = array(&cmcf.servers);
     mcf.server_names.clear();
+    let mut any_acme = false;
     for (i, &cscf) in servers.iter().enumerate() {
         // SAFETY: cmcf->servers holds live server configurations.
         let cscf = unsafe { &*cscf };
@@ -250,6 +289,7 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         mcf.server_names.push(name);
         if let Some(scf) = Module::server_conf_mut(cscf) {
             scf.server_index = i;
+            any_acme |= scf.acme();
         }
     }
     let mut any_enabled = false;
@@ -297,8 +337,27 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     {
         return Status::NGX_ERROR.into();
     }
+    if !unsafe { access_ffi::add_access_handler(cf) } {
+        return Status::NGX_ERROR.into();
+    }
+    if any_acme {
+        if mcf.redis_url.is_none() {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "\"dyncert_acme_challenge on\" needs \"dyncert_redis\": the answers are read from Redis"
+            );
+            return Status::NGX_ERROR.into();
+        }
+        if !unsafe { acme_ffi::add_acme_handler(cf) } {
+            return Status::NGX_ERROR.into();
+        }
+    }
+    mcf.acme_enabled = any_acme;
     if !any_enabled {
-        mcf.enabled = false;
+        // Workers still need the fetcher to answer ACME challenges.
+        mcf.enabled = any_acme;
+        mcf.ports.clear();
         return Status::NGX_OK.into();
     }
     if mcf.redis_url.is_none() && mcf.api_template.is_none() {

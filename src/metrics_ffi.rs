@@ -12,11 +12,10 @@ use dyncert_core::fetch::CertSource;
 use dyncert_core::metrics::{render, Layout, MetricSink, WORKER_SLOTS, W_PID};
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_array_push, ngx_buf_t, ngx_chain_t, ngx_command_t, ngx_conf_t, ngx_create_temp_buf,
-    ngx_http_discard_request_body, ngx_http_output_filter, ngx_http_phases_NGX_HTTP_LOG_PHASE,
-    ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_pagesize, ngx_shared_memory_add,
-    ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, ngx_str_t, ngx_uint_t, NGX_HTTP_GET,
-    NGX_HTTP_HEAD, NGX_HTTP_NOT_ALLOWED, NGX_LOG_EMERG, NGX_OK,
+    ngx_array_push, ngx_command_t, ngx_conf_t, ngx_http_phases_NGX_HTTP_LOG_PHASE,
+    ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_shared_memory_add, ngx_shm_zone_t,
+    ngx_slab_alloc, ngx_slab_pool_t, ngx_str_t, ngx_uint_t, NGX_HTTP_GET, NGX_HTTP_HEAD,
+    NGX_HTTP_NOT_ALLOWED, NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::http::{
     HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
@@ -24,6 +23,7 @@ use ngx::http::{
 use ngx::{ngx_conf_log_error, ngx_string};
 
 use crate::boundary_ffi::guard;
+use crate::response_ffi::send_body;
 use crate::Module;
 
 /// Most server blocks counted individually (bounded cardinality).
@@ -293,11 +293,6 @@ unsafe fn serve_metrics(r: *mut ngx_http_request_t) -> ngx_int_t {
     if req.method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t == 0 {
         return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
     }
-    // SAFETY: r is live.
-    let rc = unsafe { ngx_http_discard_request_body(r) };
-    if rc != NGX_OK as ngx_int_t {
-        return rc;
-    }
     let names: Vec<String> = Module::main_conf(req)
         .map(|m| m.server_names.clone())
         .unwrap_or_default();
@@ -305,34 +300,12 @@ unsafe fn serve_metrics(r: *mut ngx_http_request_t) -> ngx_int_t {
     let get = |i: usize| c.get(i).map(|v| v.load(Ordering::Relaxed)).unwrap_or(0);
     let body = render(&layout(), &get, &names, &pid_alive);
 
-    const CT: &[u8] = b"text/plain; version=0.0.4; charset=utf-8";
-    req.headers_out.status = 200;
-    req.headers_out.content_type.len = CT.len();
-    req.headers_out.content_type.data = CT.as_ptr() as *mut u8;
-    req.headers_out.content_type_len = CT.len();
-    req.headers_out.content_length_n = body.len() as i64;
-    // SAFETY: r is live.
-    let rc = unsafe { ngx_http_send_header(r) };
-    if rc == ngx::ffi::NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || req.header_only() != 0
-    {
-        return rc;
-    }
-    // SAFETY: the request pool lives until the response is sent.
-    let b: *mut ngx_buf_t = unsafe { ngx_create_temp_buf(req.pool, body.len().max(1)) };
-    if b.is_null() {
-        return Status::NGX_ERROR.into();
-    }
-    // SAFETY: b has room for body.len() bytes.
+    // SAFETY: r is live and its response not started.
     unsafe {
-        ptr::copy_nonoverlapping(body.as_ptr(), (*b).last, body.len());
-        (*b).last = (*b).last.add(body.len());
-        (*b).set_last_buf(1);
-        (*b).set_last_in_chain(1);
+        send_body(
+            r,
+            b"text/plain; version=0.0.4; charset=utf-8",
+            body.as_bytes(),
+        )
     }
-    let mut out = ngx_chain_t {
-        buf: b,
-        next: ptr::null_mut(),
-    };
-    // SAFETY: r is live; out lives for the call (the filter copies links).
-    unsafe { ngx_http_output_filter(r, &mut out) }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use dyncert_core::cache::{Clock, SystemClock};
 use dyncert_core::fetch::CertSource;
 use dyncert_core::name::normalize_sni;
-use dyncert_core::validate::ParsedCert;
+use dyncert_core::validate::{ClientCa, ParsedCert, TenantPolicy};
 use foreign_types::ForeignType;
 use ngx::ffi::{
     ngx_connection_t, ngx_http_connection_t, ngx_http_ssl_servername, ngx_ssl_connection_index,
@@ -23,6 +23,7 @@ use ngx::ffi::{
     SSL_TLSEXT_ERR_OK, X509,
 };
 use ngx::http::HttpModuleServerConf;
+use std::sync::Arc;
 
 use crate::boundary_ffi::{guard, log};
 use crate::conf_ffi::SrvConf;
@@ -30,7 +31,10 @@ use crate::worker_ffi::with_worker;
 use crate::Module;
 use crate::{listener_ffi, metrics_ffi};
 use core::mem::size_of;
-use ngx::ffi::ngx_palloc;
+use ngx::ffi::{
+    ngx_palloc, ngx_pool_cleanup_add, SSL_add_client_CA, SSL_set_verify,
+    SSL_CTRL_SET_VERIFY_CERT_STORE, SSL_VERIFY_PEER,
+};
 
 /// SSL ex_data slot holding a pointer to the connection's [`ConnInfo`]
 /// (allocated from the connection pool). Allocated once per process in the
@@ -46,6 +50,26 @@ pub struct ConnInfo {
     pub not_after: Option<u64>,
     /// Time the connection was parked waiting for a fetch (microseconds).
     pub waited_us: u64,
+    /// The served certificate when its tenant policy applies (one strong
+    /// reference, released by a pool cleanup); NULL otherwise.
+    pub policy: *const ParsedCert,
+}
+
+impl ConnInfo {
+    /// The tenant policy recorded for the connection.
+    pub fn tenant_policy(&self) -> Option<&TenantPolicy> {
+        // SAFETY: policy is NULL or an Arc<ParsedCert> reference kept alive
+        // until the connection pool is destroyed, which outlives requests.
+        unsafe { self.policy.as_ref() }.map(|c| &c.policy)
+    }
+}
+
+/// Pool cleanup dropping the connection's reference to its certificate.
+unsafe extern "C" fn ngx_http_dyncert_release_policy(data: *mut c_void) {
+    if !data.is_null() {
+        // SAFETY: data came from Arc::into_raw in set_info, exactly once.
+        drop(unsafe { Arc::from_raw(data as *const ParsedCert) });
+    }
 }
 
 /// Allocates the ex_data index (idempotent across reloads).
@@ -76,8 +100,14 @@ pub fn init_ex_index() -> bool {
 ///
 /// # Safety
 /// `ssl` must be a live SSL object of an nginx connection.
-unsafe fn set_info(ssl: *mut SSL, source: CertSource, not_after: Option<u64>) {
+unsafe fn set_info(
+    ssl: *mut SSL,
+    source: CertSource,
+    cert: Option<&Arc<ParsedCert>>,
+    tenant: bool,
+) {
     metrics_ffi::count_handshake(source);
+    let not_after = cert.map(|c| c.not_after_ms / 1000);
     let idx = INFO_INDEX.load(Ordering::Relaxed);
     if idx < 0 {
         return;
@@ -93,13 +123,26 @@ unsafe fn set_info(ssl: *mut SSL, source: CertSource, not_after: Option<u64>) {
     if p.is_null() {
         return;
     }
-    // SAFETY: p is fresh, aligned pool memory for one ConnInfo (plain data,
-    // no destructor needed when the pool goes).
+    let mut policy = ptr::null();
+    if let Some(cert) =
+        cert.filter(|c| tenant && (c.policy.allow.is_some() || c.policy.client_ca.is_some()))
+    {
+        // SAFETY: the pool outlives every request of the connection.
+        let cln = unsafe { ngx_pool_cleanup_add(c.pool, 0) };
+        if let Some(cln) = unsafe { cln.as_mut() } {
+            policy = Arc::into_raw(cert.clone());
+            cln.handler = Some(ngx_http_dyncert_release_policy);
+            cln.data = policy as *mut c_void;
+        }
+    }
+    // SAFETY: p is fresh, aligned pool memory for one ConnInfo (plain data;
+    // the policy reference is released by the cleanup above).
     unsafe {
         p.write(ConnInfo {
             source,
             not_after,
             waited_us,
+            policy,
         });
         SSL_set_ex_data(ssl, idx, p as *mut c_void);
     }
@@ -125,6 +168,7 @@ pub unsafe fn connection_info(c: *mut ngx_connection_t) -> Option<ConnInfo> {
             source: CertSource::Resumed,
             not_after: None,
             waited_us: 0,
+            policy: ptr::null(),
         }),
         None => None,
     }
@@ -172,7 +216,7 @@ fn cvt(r: c_long, what: &'static str) -> Result<(), &'static str> {
 ///
 /// # Safety
 /// `ssl` must be a live SSL object inside its certificate callback.
-unsafe fn install(ssl: *mut SSL, cert: &ParsedCert) -> Result<(), &'static str> {
+unsafe fn install(ssl: *mut SSL, cert: &ParsedCert, tenant: bool) -> Result<(), &'static str> {
     // SSL_certs_clear(3) / SSL_use_certificate(3) / SSL_use_PrivateKey(3) /
     // SSL_add1_chain_cert(3): each takes its own reference.
     unsafe {
@@ -201,7 +245,58 @@ unsafe fn install(ssl: *mut SSL, cert: &ParsedCert) -> Result<(), &'static str> 
             )?;
         }
     }
+    if let Some(ca) = cert.policy.client_ca.as_ref().filter(|_| tenant) {
+        // SAFETY: ssl is live; the store and CA certificates outlive the
+        // calls, and OpenSSL takes its own references/copies.
+        unsafe { request_client_certificate(ssl, ca) }?;
+    }
     Ok(())
+}
+
+/// Asks this connection's client for a certificate issued by the tenant's
+/// CAs only (SSL_set_verify(3), SSL_set1_verify_cert_store(3),
+/// SSL_add_client_CA(3)). Verification failures do not abort the handshake:
+/// the access handler answers 495/496 like nginx's `ssl_verify_client`.
+///
+/// # Safety
+/// `ssl` must be a live SSL object inside its certificate callback.
+unsafe fn request_client_certificate(ssl: *mut SSL, ca: &ClientCa) -> Result<(), &'static str> {
+    unsafe {
+        // SAFETY: SSL_set1_verify_cert_store is this ctrl; it up-refs the store.
+        cvt(
+            SSL_ctrl(
+                ssl,
+                SSL_CTRL_SET_VERIFY_CERT_STORE as c_int,
+                1,
+                ca.store.as_ptr() as *mut c_void,
+            ),
+            "SSL_set1_verify_cert_store() failed",
+        )?;
+        for c in &ca.certs {
+            // SAFETY: copies the subject name into the SSL's CA list.
+            cvt(
+                SSL_add_client_CA(ssl, c.as_ptr() as *mut X509) as c_long,
+                "SSL_add_client_CA() failed",
+            )?;
+        }
+        // SAFETY: ssl is live; the callback is a plain function.
+        SSL_set_verify(
+            ssl,
+            SSL_VERIFY_PEER as c_int,
+            Some(ngx_http_dyncert_verify_callback),
+        );
+    }
+    Ok(())
+}
+
+/// Keeps the handshake going whatever the verification result; the result
+/// stays available through SSL_get_verify_result(3) for the access check
+/// and `$ssl_client_verify` (the same approach as nginx's own callback).
+unsafe extern "C" fn ngx_http_dyncert_verify_callback(
+    _ok: c_int,
+    _ctx: *mut ngx::ffi::X509_STORE_CTX,
+) -> c_int {
+    1
 }
 
 /// SSL_CTX_set_cert_cb(3) callback of servers with `dyncert on`.
@@ -212,25 +307,25 @@ pub unsafe extern "C" fn ngx_http_dyncert_cert_cb(ssl: *mut SSL, arg: *mut c_voi
     guard("selecting a certificate", 0, || {
         // SAFETY: arg was set to the server's SrvConf, which lives as long as
         // the configuration cycle that owns the SSL_CTX.
-        let reject = unsafe { (arg as *const SrvConf).as_ref() }
-            .map(|s| s.rejects_unknown())
-            .unwrap_or(false);
+        let scf = unsafe { (arg as *const SrvConf).as_ref() };
+        let reject = scf.is_some_and(|s| s.rejects_unknown());
+        let tenant = scf.is_some_and(|s| s.tenant_policy());
         // SAFETY: ssl is live for the duration of the callback.
         let Some(raw) = (unsafe { servername(ssl) }) else {
-            unsafe { set_info(ssl, CertSource::Default, None) };
+            unsafe { set_info(ssl, CertSource::Default, None, false) };
             return 1;
         };
         let Ok(name) = normalize_sni(raw) else {
-            unsafe { set_info(ssl, CertSource::Default, None) };
+            unsafe { set_info(ssl, CertSource::Default, None, false) };
             return if reject { 0 } else { 1 };
         };
         let now = SystemClock.now();
         let (cert, source) =
             with_worker(|w| w.for_handshake(&name, now)).unwrap_or((None, CertSource::Default));
         match cert {
-            Some(cert) => match unsafe { install(ssl, &cert) } {
+            Some(cert) => match unsafe { install(ssl, &cert, tenant) } {
                 Ok(()) => {
-                    unsafe { set_info(ssl, source, Some(cert.not_after_ms / 1000)) };
+                    unsafe { set_info(ssl, source, Some(&cert), tenant) };
                     1
                 }
                 Err(what) => {
@@ -244,11 +339,11 @@ pub unsafe extern "C" fn ngx_http_dyncert_cert_cb(ssl: *mut SSL, arg: *mut c_voi
                 }
             },
             None if reject => {
-                unsafe { set_info(ssl, CertSource::Rejected, None) };
+                unsafe { set_info(ssl, CertSource::Rejected, None, false) };
                 0
             }
             None => {
-                unsafe { set_info(ssl, CertSource::Default, None) };
+                unsafe { set_info(ssl, CertSource::Default, None, false) };
                 1
             }
         }
@@ -307,7 +402,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_servername(
                 // Logged at info by nginx, like ssl_reject_handshake.
                 sc.set_handshake_rejected(1);
             }
-            set_info(ssl, CertSource::Rejected, None);
+            set_info(ssl, CertSource::Rejected, None, false);
             *ad = SSL_AD_UNRECOGNIZED_NAME as c_int;
         }
         SSL_TLSEXT_ERR_ALERT_FATAL as c_int

@@ -265,6 +265,8 @@ impl<W> Worker<W> {
                 log(Level::Warn, msg);
                 Vec::new()
             }
+            // Answered by the ACME handler, which the glue routes them to.
+            Event::Acme { .. } => Vec::new(),
         }
     }
 

@@ -6,7 +6,7 @@ use core::ptr;
 use std::cell::RefCell;
 
 use dyncert_core::cache::{Clock, SystemClock};
-use dyncert_core::fetch::Fetcher;
+use dyncert_core::fetch::{Event, Fetcher};
 use ngx::ffi::{
     ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_free_connection, ngx_get_connection,
     ngx_handle_read_event, ngx_int_t, ngx_msec_t, ngx_uint_t, NGX_LOG_ALERT, NGX_LOG_INFO,
@@ -149,11 +149,15 @@ pub unsafe extern "C" fn ngx_http_dyncert_exit_process(_cycle: *mut ngx_cycle_t)
 unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
     guard("applying fetch results", (), || {
         let mut lines: Vec<(Level, String)> = Vec::new();
+        let mut acme = Vec::new();
         let waiters = with_worker(|w| {
             let now = SystemClock.now();
             let mut waiters = Vec::new();
             for ev in w.fetcher().drain() {
-                waiters.extend(w.on_event(ev, now, &mut |l, m| lines.push((l, m))));
+                match ev {
+                    Event::Acme { token, answer } => acme.push((token, answer)),
+                    ev => waiters.extend(w.on_event(ev, now, &mut |l, m| lines.push((l, m)))),
+                }
             }
             waiters
         })
@@ -171,6 +175,9 @@ unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
             // SAFETY: parked connections stay alive until resumed (only
             // dyncert's handlers act on them while parked).
             unsafe { listener_ffi::resume(p) };
+        }
+        for (token, answer) in acme {
+            crate::acme_ffi::complete(&token, &answer);
         }
     })
 }

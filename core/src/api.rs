@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
 
-use crate::record::{decode_fields, Record, RecordError};
+use crate::record::{decode_record, Record, RecordError};
 use crate::template::UrlTemplate;
 
 /// Default bound on a response body: a 64 KiB chain plus a 16 KiB key,
@@ -286,7 +286,8 @@ async fn drain_small(response: &mut reqwest::Response) {
     }
 }
 
-/// Reads `{"crt": "...", "key": "..."}`; null or absent fields are
+/// Reads `{"crt": "...", "key": "...", "allow": "...", "client_ca": "..."}`
+/// (the last two optional); null or absent fields are
 /// missing, fields of another type make the JSON invalid.
 fn decode_body(body: &[u8]) -> ApiOutcome {
     // serde_json's messages give a position, never the input, so they are
@@ -313,7 +314,15 @@ fn decode_body(body: &[u8]) -> ApiOutcome {
         Ok(v) => v,
         Err(e) => return e,
     };
-    match decode_fields(crt, key) {
+    let allow = match take("allow") {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let client_ca = match take("client_ca") {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    match decode_record(crt, key, allow, client_ca) {
         Ok(record) => ApiOutcome::Found(record),
         Err(e) => ApiOutcome::Refused(e),
     }

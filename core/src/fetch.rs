@@ -23,7 +23,10 @@ use futures_util::StreamExt;
 use crate::api::{ApiClient, ApiConfig, ApiOutcome};
 use crate::metrics::{FetchSource, StepOutcome};
 use crate::name::{normalize_sni, wildcard_parent};
-use crate::record::{check_lengths, decode_fields, Record, RecordError};
+use crate::record::{check_lengths, check_policy_lengths, decode_record, Record, RecordError};
+
+/// Hash fields of a record, in the order they are read.
+const FIELDS: [&str; 4] = ["crt", "key", "allow", "client_ca"];
 use crate::validate::{validate, Invalid, ParsedCert};
 
 /// Where a certificate came from. `as_str` feeds `$dyncert_source` and
@@ -68,6 +71,8 @@ pub struct FetcherConfig {
     pub writeback: Duration,
     /// Pub/sub channel carrying names to drop from every worker's cache.
     pub invalidate_channel: Option<String>,
+    /// Key prefix of ACME HTTP-01 key authorizations.
+    pub acme_prefix: String,
     /// Most requests queued towards the thread (beyond: refused at once).
     pub queue_cap: usize,
 }
@@ -102,6 +107,8 @@ impl From<RecordError> for Refusal {
             RecordError::MissingKey => "missing_key",
             RecordError::CrtTooLarge => "crt_too_large",
             RecordError::KeyTooLarge => "key_too_large",
+            RecordError::AllowTooLarge => "allow_too_large",
+            RecordError::ClientCaTooLarge => "client_ca_too_large",
         };
         Refusal {
             reason: e.as_str(),
@@ -129,6 +136,25 @@ pub enum Outcome {
     Error(String),
 }
 
+/// Work for the fetcher thread.
+#[derive(Debug)]
+enum Request {
+    Cert(String),
+    Acme(String),
+}
+
+/// Longest ACME key authorization served (token + '.' + thumbprint is
+/// under 100 bytes).
+pub const MAX_ACME_VALUE: usize = 512;
+
+/// The answer to an ACME challenge read.
+#[derive(Debug)]
+pub enum AcmeAnswer {
+    Value(Vec<u8>),
+    Absent,
+    Error(String),
+}
+
 /// What the fetcher thread reports to the event loop.
 #[derive(Debug)]
 pub enum Event {
@@ -144,6 +170,8 @@ pub enum Event {
     },
     /// Something the operator should see (subscription trouble).
     Warn(String),
+    /// An ACME challenge read finished.
+    Acme { token: String, answer: AcmeAnswer },
 }
 
 #[derive(Debug)]
@@ -181,7 +209,7 @@ impl Shared {
 
 /// Handle owned by the event loop.
 pub struct Fetcher {
-    tx: Option<mpsc::Sender<String>>,
+    tx: Option<mpsc::Sender<Request>>,
     shared: Arc<Shared>,
     wake: UnixStream,
     thread: Option<JoinHandle<()>>,
@@ -227,7 +255,16 @@ impl Fetcher {
     /// the thread is gone: the caller serves the default instead of waiting.
     pub fn request(&self, name: &str) -> bool {
         match &self.tx {
-            Some(tx) => tx.try_send(name.to_owned()).is_ok(),
+            Some(tx) => tx.try_send(Request::Cert(name.to_owned())).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Queues the read of an ACME HTTP-01 key authorization (`token` is
+    /// already validated). `false` when it cannot be queued.
+    pub fn request_acme(&self, token: &str) -> bool {
+        match &self.tx {
+            Some(tx) => tx.try_send(Request::Acme(token.to_owned())).is_ok(),
             None => false,
         }
     }
@@ -266,7 +303,7 @@ impl Drop for Fetcher {
 fn run(
     cfg: FetcherConfig,
     api: Option<ApiClient>,
-    mut rx: mpsc::Receiver<String>,
+    mut rx: mpsc::Receiver<Request>,
     shared: Arc<Shared>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -279,13 +316,19 @@ fn run(
             // Without a runtime every request fails; report each as an error
             // so the event loop logs it and serves the default.
             let msg = format!("cannot start the fetcher runtime: {e}");
-            while let Some(name) = rx.blocking_recv() {
-                shared.push(Event::Fetched(FetchResult {
-                    name,
-                    outcome: Outcome::Error(msg.clone()),
-                    elapsed: Duration::ZERO,
-                    steps: Vec::new(),
-                }));
+            while let Some(req) = rx.blocking_recv() {
+                shared.push(match req {
+                    Request::Cert(name) => Event::Fetched(FetchResult {
+                        name,
+                        outcome: Outcome::Error(msg.clone()),
+                        elapsed: Duration::ZERO,
+                        steps: Vec::new(),
+                    }),
+                    Request::Acme(token) => Event::Acme {
+                        token,
+                        answer: AcmeAnswer::Error(msg.clone()),
+                    },
+                });
             }
             return;
         }
@@ -301,9 +344,19 @@ fn run(
             ));
         }
         let sources = Arc::new(Sources { cfg, redis, api });
-        while let Some(name) = rx.recv().await {
+        while let Some(req) = rx.recv().await {
             let shared = shared.clone();
             let sources = sources.clone();
+            let name = match req {
+                Request::Cert(name) => name,
+                Request::Acme(token) => {
+                    tokio::spawn(async move {
+                        let answer = sources.acme(&token).await;
+                        shared.push(Event::Acme { token, answer });
+                    });
+                    continue;
+                }
+            };
             tokio::spawn(async move {
                 let start = Instant::now();
                 let mut steps = Vec::with_capacity(3);
@@ -434,34 +487,73 @@ impl Sources {
         outcome
     }
 
+    /// `GET <acme_prefix><token>`: the key authorization an issuer stored.
+    async fn acme(&self, token: &str) -> AcmeAnswer {
+        let Some(Ok(conn)) = &self.redis else {
+            return AcmeAnswer::Error("no redis configured".into());
+        };
+        let mut conn = conn.clone();
+        let key = format!("{}{}", self.cfg.acme_prefix, token);
+        // STRLEN first: the answer is bounded like every other input.
+        let mut pipe = redis::pipe();
+        pipe.cmd("STRLEN").arg(&key);
+        let t = self.cfg.redis_timeout;
+        let len = match tokio::time::timeout(t, pipe.query_async::<(u64,)>(&mut conn)).await {
+            Ok(Ok((n,))) => n,
+            Ok(Err(e)) => return AcmeAnswer::Error(redis_error(&e)),
+            Err(_) => return AcmeAnswer::Error("redis command timed out".into()),
+        };
+        if len == 0 {
+            return AcmeAnswer::Absent;
+        }
+        if len > MAX_ACME_VALUE as u64 {
+            return AcmeAnswer::Error(format!("value longer than {MAX_ACME_VALUE} bytes"));
+        }
+        let mut get = redis::cmd("GET");
+        get.arg(&key);
+        match tokio::time::timeout(t, get.query_async::<Option<Vec<u8>>>(&mut conn)).await {
+            Ok(Ok(Some(v))) if !v.is_empty() && v.len() <= MAX_ACME_VALUE => {
+                AcmeAnswer::Value(v)
+            }
+            Ok(Ok(_)) => AcmeAnswer::Absent,
+            Ok(Err(e)) => AcmeAnswer::Error(redis_error(&e)),
+            Err(_) => AcmeAnswer::Error("redis command timed out".into()),
+        }
+    }
+
     async fn read_redis(&self, conn: &mut ConnectionManager, name: &str) -> RedisAnswer {
         let t = self.cfg.redis_timeout;
         let key = format!("{}{}", self.cfg.prefix, name);
         // Sizes first, so an oversized value is refused without being read.
         let mut pipe = redis::pipe();
-        pipe.cmd("EXISTS")
-            .arg(&key)
-            .cmd("HSTRLEN")
-            .arg(&key)
-            .arg("crt")
-            .cmd("HSTRLEN")
-            .arg(&key)
-            .arg("key");
-        let sizes = pipe.query_async::<(u64, u64, u64)>(conn);
-        let (exists, crt_len, key_len) = match tokio::time::timeout(t, sizes).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => return RedisAnswer::Error(redis_error(&e)),
-            Err(_) => return RedisAnswer::Error("redis command timed out".into()),
-        };
-        match check_lengths(exists > 0, crt_len, key_len) {
+        pipe.cmd("EXISTS").arg(&key);
+        for field in FIELDS {
+            pipe.cmd("HSTRLEN").arg(&key).arg(field);
+        }
+        let sizes = pipe.query_async::<(u64, u64, u64, u64, u64)>(conn);
+        let (exists, crt_len, key_len, allow_len, ca_len) =
+            match tokio::time::timeout(t, sizes).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => return RedisAnswer::Error(redis_error(&e)),
+                Err(_) => return RedisAnswer::Error("redis command timed out".into()),
+            };
+        match check_lengths(exists > 0, crt_len, key_len)
+            .and_then(|e| check_policy_lengths(allow_len, ca_len).map(|()| e))
+        {
             Ok(false) => return RedisAnswer::Absent,
             Ok(true) => {}
             Err(e) => return RedisAnswer::Refused(e.into()),
         }
         let mut hmget = redis::cmd("HMGET");
-        hmget.arg(&key).arg("crt").arg("key");
-        let values = hmget.query_async::<(Option<Vec<u8>>, Option<Vec<u8>>)>(conn);
-        let (crt, pkey) = match tokio::time::timeout(t, values).await {
+        hmget.arg(&key).arg(&FIELDS[..]);
+        type Fields = (
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+        );
+        let values = hmget.query_async::<Fields>(conn);
+        let (crt, pkey, allow, client_ca) = match tokio::time::timeout(t, values).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => return RedisAnswer::Error(redis_error(&e)),
             Err(_) => return RedisAnswer::Error("redis command timed out".into()),
@@ -470,7 +562,7 @@ impl Sources {
             // Deleted between the two reads.
             return RedisAnswer::Absent;
         }
-        match decode_fields(crt, pkey) {
+        match decode_record(crt, pkey, allow, client_ca) {
             Ok(r) => RedisAnswer::Record(r),
             Err(e) => RedisAnswer::Refused(e.into()),
         }
@@ -484,14 +576,23 @@ impl Sources {
         let t = self.cfg.redis_timeout;
         tokio::spawn(async move {
             let mut pipe = redis::pipe();
-            pipe.atomic()
+            // DEL first: policy fields the API no longer sends must not
+            // linger from an older record.
+            pipe.atomic().cmd("DEL").arg(&key).ignore();
+            let hset = pipe
                 .cmd("HSET")
                 .arg(&key)
                 .arg("crt")
                 .arg(record.crt.as_slice())
                 .arg("key")
-                .arg(record.key.as_slice())
-                .ignore()
+                .arg(record.key.as_slice());
+            if let Some(a) = &record.allow {
+                hset.arg("allow").arg(a.as_slice());
+            }
+            if let Some(c) = &record.client_ca {
+                hset.arg("client_ca").arg(c.as_slice());
+            }
+            hset.ignore()
                 .cmd("EXPIRE")
                 .arg(&key)
                 .arg(ttl)

@@ -11,3 +11,5 @@ pub mod api;
 pub mod template;
 pub mod metrics;
 pub mod timefmt;
+pub mod cidr;
+pub mod acme;

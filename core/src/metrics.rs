@@ -95,7 +95,7 @@ pub const HANDSHAKE_SOURCES: [CertSource; 5] = [
 
 /// Labels of refused records (`Refusal::label`), in a fixed order so the
 /// shared array has one slot each; anything else counts as `other`.
-pub const REJECT_REASONS: [&str; 13] = [
+pub const REJECT_REASONS: [&str; 17] = [
     "crt_not_pem",
     "chain_too_long",
     "key_not_pem",
@@ -108,6 +108,10 @@ pub const REJECT_REASONS: [&str; 13] = [
     "missing_key",
     "crt_too_large",
     "key_too_large",
+    "allow_too_large",
+    "client_ca_too_large",
+    "allow_invalid",
+    "client_ca_not_pem",
     "other",
 ];
 
@@ -132,9 +136,14 @@ pub enum Simple {
     Invalidations,
     RedisErrors,
     Resubscribes,
+    AllowDenials,
+    TenantDenials,
+    ClientCertRejections,
+    AcmeServed,
+    AcmeMissing,
 }
 
-const SIMPLE: [(Simple, &str, &str); 7] = [
+const SIMPLE: [(Simple, &str, &str); 12] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -169,6 +178,31 @@ const SIMPLE: [(Simple, &str, &str); 7] = [
         Simple::Resubscribes,
         "dyncert_redis_resubscribes_total",
         "Times the invalidation subscription was re-established after a disconnect.",
+    ),
+    (
+        Simple::AllowDenials,
+        "dyncert_allowlist_denials_total",
+        "Requests denied by a dyncert_allow list.",
+    ),
+    (
+        Simple::TenantDenials,
+        "dyncert_tenant_denials_total",
+        "Requests denied by a tenant's own allow list.",
+    ),
+    (
+        Simple::ClientCertRejections,
+        "dyncert_client_cert_rejections_total",
+        "Requests rejected for a missing or invalid tenant client certificate.",
+    ),
+    (
+        Simple::AcmeServed,
+        "dyncert_acme_challenges_served_total",
+        "ACME HTTP-01 challenge answers served from Redis.",
+    ),
+    (
+        Simple::AcmeMissing,
+        "dyncert_acme_challenges_missing_total",
+        "ACME challenge requests answered 404 (unknown or invalid token).",
     ),
 ];
 

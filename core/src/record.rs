@@ -11,12 +11,21 @@ pub const MAX_CRT_BYTES: usize = 64 * 1024;
 pub const MAX_KEY_BYTES: usize = 16 * 1024;
 /// Most certificates accepted in one chain, leaf included.
 pub const MAX_CHAIN_LEN: usize = 8;
+/// Largest `allow` field (a per-tenant address list).
+pub const MAX_ALLOW_BYTES: usize = 16 * 1024;
+/// Largest `client_ca` field (PEM CA certificates for client auth).
+pub const MAX_CLIENT_CA_BYTES: usize = 64 * 1024;
 
 /// A decoded, size-checked record. Never log `key`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Record {
     pub crt: Vec<u8>,
     pub key: Vec<u8>,
+    /// Per-tenant policy: comma-separated CIDRs allowed to reach the name.
+    pub allow: Option<Vec<u8>>,
+    /// Per-tenant policy: PEM CA certificates client certificates must
+    /// chain to; when present, the handshake asks for one.
+    pub client_ca: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Record {
@@ -24,6 +33,8 @@ impl std::fmt::Debug for Record {
         // The private key must never reach a log line, even through Debug.
         f.debug_struct("Record")
             .field("crt_len", &self.crt.len())
+            .field("allow_len", &self.allow.as_ref().map(Vec::len))
+            .field("client_ca_len", &self.client_ca.as_ref().map(Vec::len))
             .field("key", &"<redacted>")
             .finish()
     }
@@ -36,6 +47,8 @@ pub enum RecordError {
     MissingKey,
     CrtTooLarge,
     KeyTooLarge,
+    AllowTooLarge,
+    ClientCaTooLarge,
 }
 
 impl RecordError {
@@ -45,6 +58,8 @@ impl RecordError {
             RecordError::MissingKey => "field \"key\" is missing or empty",
             RecordError::CrtTooLarge => "field \"crt\" is larger than 64 KiB",
             RecordError::KeyTooLarge => "field \"key\" is larger than 16 KiB",
+            RecordError::AllowTooLarge => "field \"allow\" is larger than 16 KiB",
+            RecordError::ClientCaTooLarge => "field \"client_ca\" is larger than 64 KiB",
         }
     }
 }
@@ -71,9 +86,31 @@ pub fn check_lengths(exists: bool, crt_len: u64, key_len: u64) -> Result<bool, R
     Ok(true)
 }
 
+/// Checks the sizes of the optional policy fields before they are read.
+pub fn check_policy_lengths(allow_len: u64, client_ca_len: u64) -> Result<(), RecordError> {
+    if allow_len > MAX_ALLOW_BYTES as u64 {
+        return Err(RecordError::AllowTooLarge);
+    }
+    if client_ca_len > MAX_CLIENT_CA_BYTES as u64 {
+        return Err(RecordError::ClientCaTooLarge);
+    }
+    Ok(())
+}
+
 /// Builds a record from the `crt` and `key` values (`HMGET`), re-checking
 /// the bounds since the record may have changed between the two reads.
 pub fn decode_fields(crt: Option<Vec<u8>>, key: Option<Vec<u8>>) -> Result<Record, RecordError> {
+    decode_record(crt, key, None, None)
+}
+
+/// Like [`decode_fields`], with the optional per-tenant policy fields
+/// (empty values count as absent).
+pub fn decode_record(
+    crt: Option<Vec<u8>>,
+    key: Option<Vec<u8>>,
+    allow: Option<Vec<u8>>,
+    client_ca: Option<Vec<u8>>,
+) -> Result<Record, RecordError> {
     let crt = crt
         .filter(|v| !v.is_empty())
         .ok_or(RecordError::MissingCrt)?;
@@ -81,7 +118,18 @@ pub fn decode_fields(crt: Option<Vec<u8>>, key: Option<Vec<u8>>) -> Result<Recor
         .filter(|v| !v.is_empty())
         .ok_or(RecordError::MissingKey)?;
     check_lengths(true, crt.len() as u64, key.len() as u64)?;
-    Ok(Record { crt, key })
+    let allow = allow.filter(|v| !v.is_empty());
+    let client_ca = client_ca.filter(|v| !v.is_empty());
+    check_policy_lengths(
+        allow.as_ref().map_or(0, |v| v.len() as u64),
+        client_ca.as_ref().map_or(0, |v| v.len() as u64),
+    )?;
+    Ok(Record {
+        crt,
+        key,
+        allow,
+        client_ca,
+    })
 }
 
 #[cfg(test)]
@@ -132,10 +180,34 @@ mod tests {
     }
 
     #[test]
+    fn policy_fields_are_optional_and_bounded() {
+        let r = decode_record(
+            Some(b"C".to_vec()),
+            Some(b"K".to_vec()),
+            Some(b"10.0.0.0/8".to_vec()),
+            Some(Vec::new()),
+        )
+        .unwrap();
+        assert_eq!(r.allow.as_deref(), Some(&b"10.0.0.0/8"[..]));
+        assert_eq!(r.client_ca, None, "empty counts as absent");
+        let big = vec![b'a'; MAX_ALLOW_BYTES + 1];
+        assert_eq!(
+            decode_record(Some(b"C".to_vec()), Some(b"K".to_vec()), Some(big), None),
+            Err(RecordError::AllowTooLarge)
+        );
+        assert_eq!(
+            check_policy_lengths(0, MAX_CLIENT_CA_BYTES as u64 + 1),
+            Err(RecordError::ClientCaTooLarge)
+        );
+    }
+
+    #[test]
     fn debug_output_never_contains_the_key() {
         let r = Record {
             crt: b"C".to_vec(),
             key: b"SECRET".to_vec(),
+            allow: None,
+            client_ca: None,
         };
         assert!(!format!("{r:?}").contains("SECRET"));
     }

@@ -8,7 +8,10 @@
 
 use openssl::asn1::Asn1Time;
 use openssl::pkey::{PKey, Private};
+use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::X509;
+
+use crate::cidr::{parse_list, Cidr};
 
 use crate::name::dns_name_matches;
 use crate::record::{Record, MAX_CHAIN_LEN};
@@ -23,6 +26,34 @@ pub struct ParsedCert {
     pub not_after_ms: u64,
     /// Approximate DER size of leaf + chain, for memory accounting.
     pub der_bytes: usize,
+    /// The record's per-tenant policy (applied with `dyncert_tenant_policy`).
+    pub policy: TenantPolicy,
+}
+
+/// Per-tenant policy carried by a record.
+#[derive(Default)]
+pub struct TenantPolicy {
+    /// Client networks allowed to reach the name, if restricted.
+    pub allow: Option<Vec<Cidr>>,
+    /// CAs that client certificates must chain to, if required.
+    pub client_ca: Option<ClientCa>,
+}
+
+/// A tenant's client-certificate authorities, ready for the handshake.
+pub struct ClientCa {
+    /// Sent in the CertificateRequest (their subject names).
+    pub certs: Vec<X509>,
+    /// Verifies the client's chain (these CAs only, no system roots).
+    pub store: X509Store,
+}
+
+impl std::fmt::Debug for TenantPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantPolicy")
+            .field("allow", &self.allow.as_ref().map(Vec::len))
+            .field("client_ca", &self.client_ca.as_ref().map(|c| c.certs.len()))
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for ParsedCert {
@@ -46,6 +77,8 @@ pub enum Invalid {
     Expired,
     NotYetValid,
     BadValidity,
+    AllowInvalid,
+    ClientCaNotPem,
 }
 
 impl Invalid {
@@ -59,6 +92,10 @@ impl Invalid {
             Invalid::Expired => "certificate has expired (notAfter)",
             Invalid::NotYetValid => "certificate is not yet valid (notBefore)",
             Invalid::BadValidity => "certificate validity dates cannot be read",
+            Invalid::AllowInvalid => {
+                "field \"allow\" is not a comma-separated list of addresses and CIDRs"
+            }
+            Invalid::ClientCaNotPem => "field \"client_ca\" holds no parsable PEM certificate",
         }
     }
 
@@ -73,6 +110,8 @@ impl Invalid {
             Invalid::Expired => "expired",
             Invalid::NotYetValid => "not_yet_valid",
             Invalid::BadValidity => "bad_validity",
+            Invalid::AllowInvalid => "allow_invalid",
+            Invalid::ClientCaNotPem => "client_ca_not_pem",
         }
     }
 }
@@ -124,12 +163,42 @@ pub fn validate(record: &Record, name: &str, now_secs: i64) -> Result<ParsedCert
         .map(|c| c.to_der().map(|d| d.len()).unwrap_or(0))
         .sum();
 
+    let policy = TenantPolicy {
+        allow: match &record.allow {
+            Some(a) => {
+                let text = std::str::from_utf8(a).map_err(|_| Invalid::AllowInvalid)?;
+                Some(parse_list(text).map_err(|_| Invalid::AllowInvalid)?)
+            }
+            None => None,
+        },
+        client_ca: match &record.client_ca {
+            Some(pem) => Some(client_ca(pem)?),
+            None => None,
+        },
+    };
+
     Ok(ParsedCert {
         leaf,
         chain: certs,
         key,
         not_after_ms: (not_after as u64).saturating_mul(1000),
         der_bytes,
+        policy,
+    })
+}
+
+fn client_ca(pem: &[u8]) -> Result<ClientCa, Invalid> {
+    let certs = X509::stack_from_pem(pem).map_err(|_| Invalid::ClientCaNotPem)?;
+    if certs.is_empty() || certs.len() > MAX_CHAIN_LEN {
+        return Err(Invalid::ClientCaNotPem);
+    }
+    let mut b = X509StoreBuilder::new().map_err(|_| Invalid::ClientCaNotPem)?;
+    for c in &certs {
+        b.add_cert(c.clone()).map_err(|_| Invalid::ClientCaNotPem)?;
+    }
+    Ok(ClientCa {
+        certs,
+        store: b.build(),
     })
 }
 
@@ -214,7 +283,12 @@ mod tests {
     }
 
     fn record(crt: Vec<u8>, key: Vec<u8>) -> Record {
-        Record { crt, key }
+        Record {
+            crt,
+            key,
+            allow: None,
+            client_ca: None,
+        }
     }
 
     #[test]

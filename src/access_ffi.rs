@@ -1,0 +1,156 @@
+//! Access phase: `dyncert_allow` lists and the per-tenant policy carried
+//! by a certificate record (its own `allow` list and required client
+//! certificate). The client address is the one nginx resolved
+//! (`$remote_addr`, after PROXY protocol with realip or
+//! `set_real_ip_from`), never a header on its own.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use dyncert_core::cidr;
+use dyncert_core::metrics::Simple;
+use ngx::ffi::{
+    ngx_array_push, ngx_conf_t, ngx_connection_t, ngx_http_phases_NGX_HTTP_ACCESS_PHASE,
+    ngx_http_request_t, ngx_int_t, ngx_uint_t, SSL_get0_peer_certificate, SSL_get_verify_result,
+    NGX_DECLINED, NGX_HTTPS_CERT_ERROR, NGX_HTTPS_NO_CERT, NGX_LOG_ERR, NGX_LOG_INFO, X509_V_OK,
+};
+use ngx::http::{
+    HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
+};
+
+use crate::boundary_ffi::{guard, log_to};
+use crate::ssl_ffi::connection_info;
+use crate::{metrics_ffi, Module};
+
+/// Registers the access-phase handler.
+///
+/// # Safety
+/// `cf` must be the configuration being loaded (postconfiguration).
+pub unsafe fn add_access_handler(cf: *mut ngx_conf_t) -> bool {
+    let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(unsafe { &*cf }) else {
+        return false;
+    };
+    let phase = &mut cmcf.phases[ngx_http_phases_NGX_HTTP_ACCESS_PHASE as usize].handlers;
+    // SAFETY: the phase handler array is an ngx_array_t of handler pointers.
+    let h = unsafe { ngx_array_push(phase) } as *mut ngx::ffi::ngx_http_handler_pt;
+    if h.is_null() {
+        return false;
+    }
+    // SAFETY: h points to a fresh element of the array.
+    unsafe { *h = Some(ngx_http_dyncert_access_handler) };
+    true
+}
+
+/// The connection's client address as nginx resolved it.
+///
+/// # Safety
+/// `c` must be a live connection.
+unsafe fn client_ip(c: &ngx_connection_t) -> Option<IpAddr> {
+    let sa = c.sockaddr;
+    if sa.is_null() {
+        return None;
+    }
+    // SAFETY: c->sockaddr holds c->socklen bytes of a sockaddr of its family.
+    unsafe {
+        match (*sa).sa_family as i32 {
+            libc::AF_INET => {
+                let sin = &*(sa as *const libc::sockaddr_in);
+                Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))))
+            }
+            libc::AF_INET6 => {
+                let sin6 = &*(sa as *const libc::sockaddr_in6);
+                Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+            }
+            _ => None,
+        }
+    }
+}
+
+unsafe extern "C" fn ngx_http_dyncert_access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // A bug must not open the door: fail closed with a 500.
+    guard("checking access", 500, || unsafe { check(r) })
+}
+
+unsafe fn check(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx passes a live request to phase handlers.
+    let req = unsafe { &*r };
+    // SAFETY: a request's connection is live for its whole life.
+    let c = unsafe { &*req.connection };
+    let Some(lcf) = Module::location_conf(req) else {
+        return NGX_DECLINED as ngx_int_t;
+    };
+    let ip = unsafe { client_ip(c) };
+
+    if let Some(list) = &lcf.allow {
+        if !ip.is_some_and(|ip| cidr::matches(list, ip)) {
+            metrics_ffi::add(metrics_ffi::layout().simple(Simple::AllowDenials), 1);
+            log_to(
+                c.log,
+                NGX_LOG_ERR as ngx_uint_t,
+                "dyncert: access forbidden by dyncert_allow",
+            );
+            return lcf.deny_status() as ngx_int_t;
+        }
+    }
+
+    if !Module::server_conf(req).is_some_and(|s| s.enabled() && s.tenant_policy()) {
+        return NGX_DECLINED as ngx_int_t;
+    }
+    let Some(info) = (unsafe { connection_info(req.connection) }) else {
+        return NGX_DECLINED as ngx_int_t;
+    };
+    let Some(policy) = info.tenant_policy() else {
+        return NGX_DECLINED as ngx_int_t;
+    };
+    if let Some(list) = &policy.allow {
+        if !ip.is_some_and(|ip| cidr::matches(list, ip)) {
+            metrics_ffi::add(metrics_ffi::layout().simple(Simple::TenantDenials), 1);
+            log_to(
+                c.log,
+                NGX_LOG_ERR as ngx_uint_t,
+                "dyncert: access forbidden by the tenant's allow list",
+            );
+            return lcf.deny_status() as ngx_int_t;
+        }
+    }
+    if policy.client_ca.is_some() {
+        // SAFETY: the policy exists only on TLS connections of this module.
+        let ssl = unsafe { c.ssl.as_ref() }.map(|s| s.connection);
+        let Some(ssl) = ssl.filter(|s| !s.is_null()) else {
+            return NGX_HTTPS_NO_CERT as ngx_int_t;
+        };
+        // SAFETY: ssl is live; get0 borrows the peer certificate.
+        let has_cert = !unsafe { SSL_get0_peer_certificate(ssl) }.is_null();
+        if !has_cert {
+            metrics_ffi::add(
+                metrics_ffi::layout().simple(Simple::ClientCertRejections),
+                1,
+            );
+            log_to(
+                c.log,
+                NGX_LOG_INFO as ngx_uint_t,
+                "dyncert: client sent no required SSL certificate",
+            );
+            return NGX_HTTPS_NO_CERT as ngx_int_t;
+        }
+        // SAFETY: ssl is live.
+        let verify = unsafe { SSL_get_verify_result(ssl) };
+        if verify != X509_V_OK as core::ffi::c_long {
+            metrics_ffi::add(
+                metrics_ffi::layout().simple(Simple::ClientCertRejections),
+                1,
+            );
+            log_to(
+                c.log,
+                NGX_LOG_INFO as ngx_uint_t,
+                &format!(
+                    "dyncert: client SSL certificate verify error: ({verify}) \
+                     against the tenant's client_ca"
+                ),
+            );
+            return NGX_HTTPS_CERT_ERROR as ngx_int_t;
+        }
+    }
+    NGX_DECLINED as ngx_int_t
+}
