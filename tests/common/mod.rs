@@ -8,6 +8,10 @@
 // Each tests/*.rs compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod api;
+#[allow(unused_imports)]
+pub use api::*;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -292,6 +296,8 @@ fn unix_now() -> i64 {
 struct CertSpec<'a> {
     cn: &'a str,
     sans: &'a [&'a str],
+    /// IP address SANs (servers the module connects to by address).
+    ips: &'a [&'a str],
     serial: Option<u64>,
     ca: bool,
     not_before: i64,
@@ -358,10 +364,13 @@ fn issue(spec: CertSpec<'_>, issuer: Option<&Issued>) -> Issued {
             .unwrap();
         b.append_extension(aki).unwrap();
     }
-    if !spec.sans.is_empty() {
+    if !spec.sans.is_empty() || !spec.ips.is_empty() {
         let mut san = SubjectAlternativeName::new();
         for s in spec.sans {
             san.dns(s);
+        }
+        for ip in spec.ips {
+            san.ip(ip);
         }
         let ext = san
             .build(&b.x509v3_context(issuer.map(|i| i.cert.as_ref()), None))
@@ -389,6 +398,7 @@ impl Pki {
             CertSpec {
                 cn: "dyncert test root CA",
                 sans: &[],
+                ips: &[],
                 serial: None,
                 ca: true,
                 not_before: now - 3600,
@@ -400,6 +410,7 @@ impl Pki {
             CertSpec {
                 cn: "dyncert test intermediate CA",
                 sans: &[],
+                ips: &[],
                 serial: None,
                 ca: true,
                 not_before: now - 3600,
@@ -411,6 +422,7 @@ impl Pki {
             CertSpec {
                 cn: DEFAULT_NAME,
                 sans: &[DEFAULT_NAME],
+                ips: &[],
                 serial: Some(1),
                 ca: false,
                 not_before: now - 3600,
@@ -438,10 +450,42 @@ impl Pki {
         } else {
             (now - 3600, now + 90 * 24 * 3600)
         };
+        self.leaf_between(sans, &[], serial, not_before, not_after)
+    }
+
+    /// A leaf whose notAfter is `lifetime` from now: the module must stop
+    /// serving it then, whatever its cache TTLs say.
+    pub fn leaf_expiring_in(&self, sans: &[&str], serial: u64, lifetime: Duration) -> Leaf {
+        let now = unix_now();
+        self.leaf_between(
+            sans,
+            &[],
+            serial,
+            now - 3600,
+            now + lifetime.as_secs() as i64,
+        )
+    }
+
+    /// A server certificate for a TLS endpoint of the harness (the HTTPS
+    /// certificate API), valid for DNS names and IP addresses.
+    pub fn server_leaf(&self, sans: &[&str], ips: &[&str], serial: u64) -> Leaf {
+        let now = unix_now();
+        self.leaf_between(sans, ips, serial, now - 3600, now + 90 * 24 * 3600)
+    }
+
+    fn leaf_between(
+        &self,
+        sans: &[&str],
+        ips: &[&str],
+        serial: u64,
+        not_before: i64,
+        not_after: i64,
+    ) -> Leaf {
         let issued = issue(
             CertSpec {
                 cn: sans[0],
                 sans,
+                ips,
                 serial: Some(serial),
                 ca: false,
                 not_before,
@@ -676,6 +720,68 @@ impl Redis {
         self.hset_cert(name, &leaf.chain_pem, &leaf.key_pem);
     }
 
+    /// The fields of `name`'s record (empty when there is none). A MONITOR
+    /// sees this HGETALL like one of the module's: read records after the
+    /// counting is done.
+    pub fn record(&self, name: &str) -> Vec<(String, String)> {
+        let key = format!("{DEFAULT_PREFIX}{name}");
+        let Reply::Array(Some(items)) = self.cmd(&["HGETALL", &key]) else {
+            panic!("HGETALL {key}: not an array");
+        };
+        let text = |r: &Reply| match r {
+            Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("HGETALL {key}: unexpected item {other:?}"),
+        };
+        items
+            .chunks(2)
+            .map(|kv| (text(&kv[0]), text(&kv[1])))
+            .collect()
+    }
+
+    /// One field of `name`'s record.
+    pub fn record_field(&self, name: &str, field: &str) -> Option<String> {
+        self.record(name)
+            .into_iter()
+            .find(|(k, _)| k == field)
+            .map(|(_, v)| v)
+    }
+
+    /// `TTL` of `name`'s record in seconds: -2 when absent, -1 when it
+    /// never expires.
+    pub fn ttl(&self, name: &str) -> i64 {
+        match self.cmd(&["TTL", &format!("{DEFAULT_PREFIX}{name}")]) {
+            Reply::Int(n) => n,
+            other => panic!("TTL: {other:?}"),
+        }
+    }
+
+    /// `PUBLISH`; returns how many subscribers received the message.
+    pub fn publish(&self, channel: &str, message: &str) -> i64 {
+        match self.cmd(&["PUBLISH", channel, message]) {
+            Reply::Int(n) => n,
+            other => panic!("PUBLISH: {other:?}"),
+        }
+    }
+
+    /// Subscribers of `channel` (`PUBSUB NUMSUB`).
+    pub fn subscribers(&self, channel: &str) -> i64 {
+        match self.cmd(&["PUBSUB", "NUMSUB", channel]) {
+            Reply::Array(Some(items)) => match items.get(1) {
+                Some(Reply::Int(n)) => *n,
+                other => panic!("PUBSUB NUMSUB: {other:?}"),
+            },
+            other => panic!("PUBSUB NUMSUB: {other:?}"),
+        }
+    }
+
+    /// Waits until `channel` has at least `n` subscribers; false on timeout.
+    pub fn wait_subscribers(&self, channel: &str, n: i64, deadline: Duration) -> bool {
+        poll(deadline, Duration::from_millis(20), || {
+            (self.subscribers(channel) >= n).then_some(())
+        })
+        .is_some()
+    }
+
     /// Starts capturing every command the server executes (MONITOR).
     pub fn monitor(&self) -> Monitor {
         Monitor::start(self.port)
@@ -879,6 +985,50 @@ impl Monitor {
             })
             .flat_map(|o| o.cert_names())
             .collect()
+    }
+
+    /// Commands that read a record (or probe it), as (name, signature):
+    /// the command and its arguments after the key.
+    fn reads(&self) -> Vec<(String, String)> {
+        const READS: [&str; 8] = [
+            "EXISTS", "HGETALL", "HMGET", "HGET", "HSTRLEN", "HLEN", "HEXISTS", "TYPE",
+        ];
+        self.module_commands()
+            .iter()
+            .filter(|o| READS.contains(&o.command().as_str()))
+            .flat_map(|o| {
+                let sig = format!(
+                    "{} {}",
+                    o.command(),
+                    o.args.get(2..).unwrap_or(&[]).join(" ")
+                );
+                o.cert_names().into_iter().map(move |n| (n, sig.clone()))
+            })
+            .collect()
+    }
+
+    /// Lookups of names, in the order they started, once per lookup, also
+    /// for records that do not exist (where a module that probes first
+    /// never reads `crt`): the module runs the same commands in the same
+    /// order for every lookup, so the command that opened the first lookup
+    /// of a name marks the start of each of its lookups.
+    pub fn lookup_order(&self) -> Vec<String> {
+        let reads = self.reads();
+        let mut opener: std::collections::HashMap<String, String> = Default::default();
+        for (name, sig) in &reads {
+            opener.entry(name.clone()).or_insert_with(|| sig.clone());
+        }
+        reads
+            .into_iter()
+            .filter(|(name, sig)| opener.get(name) == Some(sig))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// How many times the record of `name` was looked up (see
+    /// `lookup_order`).
+    pub fn lookups_of(&self, name: &str) -> usize {
+        self.lookup_order().iter().filter(|n| *n == name).count()
     }
 
     pub fn dump(&self) -> String {
@@ -1202,7 +1352,7 @@ pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
         s = s.replace(&format!("@{k}@"), v);
     }
     assert!(
-        !s.contains("@PORT@") && !s.contains("@REDIS@"),
+        !s.contains("@PORT@") && !s.contains("@REDIS@") && !s.contains("@API@"),
         "unfilled placeholder in:\n{s}"
     );
     s
@@ -1233,11 +1383,17 @@ impl Stack {
 /// Starts nginx with the module for `template` (placeholders `@PORT@`,
 /// `@REDIS@`) against `redis`, which need not be running.
 pub fn start_nginx_with(pki: &Pki, redis: &Redis, workers: u32, template: &str) -> Nginx {
+    start_nginx_vars(pki, workers, template, &[("REDIS", &redis.url())])
+}
+
+/// Starts nginx with the module for `template`, with `@PORT@` set to a
+/// free port and the other placeholders from `vars`.
+pub fn start_nginx_vars(pki: &Pki, workers: u32, template: &str, vars: &[(&str, &str)]) -> Nginx {
     let port = free_port();
-    let http = render(
-        template,
-        &[("PORT", &port.to_string()), ("REDIS", &redis.url())],
-    );
+    let port_s = port.to_string();
+    let mut all = vec![("PORT", port_s.as_str())];
+    all.extend_from_slice(vars);
+    let http = render(template, &all);
     Nginx::start(
         pki,
         NginxOpts {
@@ -1437,6 +1593,42 @@ pub fn tls_get_host(
         elapsed,
         handshake,
     })
+}
+
+/// `n` requests for `sni` at the same time: concurrent connections are
+/// what spreads a burst over several workers.
+pub fn tls_burst(port: u16, sni: &str, n: usize) -> Vec<Result<TlsResponse, String>> {
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let sni = sni.to_string();
+            thread::spawn(move || tls_get(port, Some(&sni), "/"))
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// Bursts of requests for `sni` until every current worker of `nginx` has
+/// answered (the body must carry `pid=$pid`); panics after `deadline`.
+/// Returns every response, for the caller to check what each worker served.
+pub fn hit_every_worker(nginx: &Nginx, sni: &str, deadline: Duration) -> Vec<TlsResponse> {
+    let workers = nginx.worker_pids();
+    let mut seen = BTreeSet::new();
+    let mut all = Vec::new();
+    let start = Instant::now();
+    while !workers.is_subset(&seen) {
+        if start.elapsed() > deadline {
+            panic!(
+                "only workers {seen:?} of {workers:?} answered for {sni} within {deadline:?}\n{}",
+                nginx.logs()
+            );
+        }
+        for r in tls_burst(nginx.port, sni, 8) {
+            let r = r.unwrap_or_else(|e| panic!("{sni}: {e}\n{}", nginx.logs()));
+            seen.insert(r.pid());
+            all.push(r);
+        }
+    }
+    all
 }
 
 /// The handshake error text, or `None` when the handshake succeeded.
