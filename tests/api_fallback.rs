@@ -1,0 +1,552 @@
+//! The certificate API behind Redis (`dyncert_api`): a Redis miss asks the
+//! API, a certificate it returns is served and written back to Redis with a
+//! TTL, a 404 is negative-cached, and every other answer (500, timeout,
+//! oversized or invalid body, a certificate for another name) gets the
+//! default certificate and a clear warning while nginx keeps serving.
+
+mod common;
+
+use common::*;
+use openssl::pkey::PKey;
+use openssl::x509::X509;
+use std::time::{Duration, Instant};
+
+const HTTP: &str = r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    dyncert_api @API@ writeback=1h;
+    dyncert_api_header Authorization "Bearer s3cret";
+    dyncert_api_header X-Terminator edge-1;
+    dyncert_api_timeout 1s;
+    dyncert_fetch_timeout 3s;
+    dyncert_cache max=1000 valid=1m stale=1h negative=2s;
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
+    }
+}
+"#;
+
+/// Waits until Redis holds a record for `name` and returns its fields.
+fn wait_record(redis: &Redis, name: &str) -> Option<(String, String)> {
+    poll(Duration::from_secs(5), Duration::from_millis(20), || {
+        let crt = redis.record_field(name, "crt")?;
+        let key = redis.record_field(name, "key")?;
+        Some((crt, key))
+    })
+}
+
+/// Asserts that a written-back record is `leaf`'s chain with a key that
+/// matches it (the module may re-encode the PEM, so compare parsed).
+fn assert_record_is(crt: &str, key: &str, leaf: &Leaf, pki: &Pki) {
+    let chain = X509::stack_from_pem(crt.as_bytes()).expect("written-back crt parses");
+    assert_eq!(
+        chain.first().map(|c| c.to_der().unwrap()),
+        Some(leaf.issued.cert.to_der().unwrap()),
+        "written-back crt does not start with the leaf"
+    );
+    assert!(
+        chain
+            .iter()
+            .any(|c| c.to_der().unwrap() == pki.intermediate.cert.to_der().unwrap()),
+        "written-back crt lost the intermediate"
+    );
+    let key = PKey::private_key_from_pem(key.as_bytes()).expect("written-back key parses");
+    assert!(
+        key.public_eq(&leaf.issued.cert.public_key().unwrap()),
+        "written-back key does not match the leaf"
+    );
+}
+
+#[test]
+fn redis_miss_is_fetched_from_api_served_and_written_back_with_ttl() {
+    let s = ApiStack::start(1, HTTP);
+    let leaf = s.pki.leaf(&["shop.example.com"], 8001);
+    s.api.set_cert("shop.example.com", &leaf);
+    let monitor = s.redis.monitor();
+
+    let r = s.get("shop.example.com");
+    assert_eq!(r.status, 200);
+    r.assert_served(&leaf, &s.pki);
+    assert_eq!(r.source(), "api", "body {:?}", r.body);
+    assert_eq!(
+        s.api.requests_for("shop.example.com"),
+        1,
+        "{}",
+        s.api.dump()
+    );
+
+    // Redis was asked first.
+    monitor.sync();
+    assert!(
+        monitor.lookups_of("shop.example.com") >= 1,
+        "the API was asked without looking in Redis first:\n{}",
+        monitor.dump()
+    );
+
+    let (crt, key) = wait_record(&s.redis, "shop.example.com").unwrap_or_else(|| {
+        panic!(
+            "no record written back to Redis: {:?}\n{}",
+            s.redis.record("shop.example.com"),
+            s.nginx.logs()
+        )
+    });
+    assert_record_is(&crt, &key, &leaf, &s.pki);
+    let ttl = s.redis.ttl("shop.example.com");
+    assert!(
+        ttl > 3600 - 60 && ttl <= 3600,
+        "written-back record has TTL {ttl}, expected writeback=1h"
+    );
+
+    // The worker now has it cached: neither source is asked again.
+    let r = s.get("shop.example.com");
+    r.assert_served(&leaf, &s.pki);
+    assert_eq!(r.source(), "cache", "body {:?}", r.body);
+    assert_eq!(
+        s.api.requests_for("shop.example.com"),
+        1,
+        "{}",
+        s.api.dump()
+    );
+}
+
+#[test]
+fn next_terminator_finds_the_api_certificate_in_redis() {
+    let s = ApiStack::start(1, HTTP);
+    let leaf = s.pki.leaf(&["fleet.example.com"], 8002);
+    s.api.set_cert("fleet.example.com", &leaf);
+    s.get("fleet.example.com").assert_served(&leaf, &s.pki);
+    assert!(
+        wait_record(&s.redis, "fleet.example.com").is_some(),
+        "no write-back\n{}",
+        s.nginx.logs()
+    );
+
+    // A second nginx on the same Redis and API: Redis answers, the API is
+    // not asked a second time.
+    let other = start_nginx_api(&s.pki, &s.redis, &s.api, 1, HTTP);
+    let r = tls_get(other.port, Some("fleet.example.com"), "/").unwrap();
+    r.assert_served(&leaf, &s.pki);
+    assert_eq!(r.source(), "redis", "body {:?}", r.body);
+    assert_eq!(
+        s.api.requests_for("fleet.example.com"),
+        1,
+        "{}",
+        s.api.dump()
+    );
+}
+
+#[test]
+fn writeback_ttl_defaults_to_24_hours() {
+    let s = ApiStack::start(1, &HTTP.replace(" writeback=1h;", ";"));
+    let leaf = s.pki.leaf(&["daily.example.com"], 8003);
+    s.api.set_cert("daily.example.com", &leaf);
+    s.get("daily.example.com").assert_served(&leaf, &s.pki);
+    assert!(
+        wait_record(&s.redis, "daily.example.com").is_some(),
+        "no write-back\n{}",
+        s.nginx.logs()
+    );
+    let ttl = s.redis.ttl("daily.example.com");
+    assert!(
+        ttl > 86400 - 60 && ttl <= 86400,
+        "written-back record has TTL {ttl}, expected the 24h default"
+    );
+}
+
+#[test]
+fn record_in_redis_wins_and_the_api_is_not_asked() {
+    let s = ApiStack::start(1, HTTP);
+    let stored = s.pki.leaf(&["both.example.com"], 8004);
+    let from_api = s.pki.leaf(&["both.example.com"], 8005);
+    s.redis.put_leaf("both.example.com", &stored);
+    s.api.set_cert("both.example.com", &from_api);
+    let r = s.get("both.example.com");
+    r.assert_served(&stored, &s.pki);
+    assert_eq!(r.source(), "redis", "body {:?}", r.body);
+    assert_eq!(
+        s.api.requests_for("both.example.com"),
+        0,
+        "{}",
+        s.api.dump()
+    );
+}
+
+#[test]
+fn api_request_carries_configured_headers_and_normalised_name() {
+    let s = ApiStack::start(1, HTTP);
+    let leaf = s.pki.leaf(&["case.example.com"], 8006);
+    s.api.set_cert("case.example.com", &leaf);
+    s.get("Case.EXAMPLE.com.").assert_served(&leaf, &s.pki);
+
+    let reqs = s.api.requests();
+    assert_eq!(reqs.len(), 1, "{}", s.api.dump());
+    let req = &reqs[0];
+    assert_eq!(req.method, "GET");
+    assert_eq!(req.path, "/certs/case.example.com", "{}", s.api.dump());
+    assert_eq!(req.header("Authorization"), Some("Bearer s3cret"));
+    assert_eq!(req.header("X-Terminator"), Some("edge-1"));
+}
+
+#[test]
+fn api_404_gets_default_and_is_negative_cached() {
+    let s = ApiStack::start(1, HTTP);
+    let start = Instant::now();
+    let r = s.get("nobody.example.com");
+    r.assert_default();
+    assert_eq!(r.source(), "default", "body {:?}", r.body);
+    assert_eq!(
+        s.api.requests_for("nobody.example.com"),
+        1,
+        "{}",
+        s.api.dump()
+    );
+
+    // Within negative=2s the API is not asked again.
+    for _ in 0..3 {
+        s.get("nobody.example.com").assert_default();
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(1800),
+        "too slow to check the negative TTL"
+    );
+    assert_eq!(
+        s.api.requests_for("nobody.example.com"),
+        1,
+        "a 404 was not negative-cached:\n{}",
+        s.api.dump()
+    );
+
+    // After it, the name is looked up again (and found, now).
+    let leaf = s.pki.leaf(&["nobody.example.com"], 8007);
+    s.api.set_cert("nobody.example.com", &leaf);
+    let served = poll(Duration::from_secs(6), Duration::from_millis(100), || {
+        tls_get(s.nginx.port, Some("nobody.example.com"), "/")
+            .ok()
+            .filter(|r| r.leaf_serial == leaf.serial_hex)
+    });
+    assert!(
+        served.is_some(),
+        "not asked again after the negative TTL\n{}",
+        s.api.dump()
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "negative entry expired after {:?}, expected negative=2s",
+        start.elapsed()
+    );
+}
+
+/// A good name served from the API before the failure, so the test can
+/// show that cached names keep working afterwards.
+fn warm(s: &ApiStack) -> Leaf {
+    let good = s.pki.leaf(&["good.example.com"], 8100);
+    s.api.set_cert("good.example.com", &good);
+    s.get("good.example.com").assert_served(&good, &s.pki);
+    good
+}
+
+/// `name` gets the default certificate, a `[warn]` naming it and one of
+/// `reasons`, and nginx keeps serving the cached good name.
+fn assert_failure_handled(s: &mut ApiStack, good: &Leaf, name: &str, reasons: &[&str]) {
+    let r = s.get(name);
+    r.assert_default();
+    assert_eq!(r.source(), "default", "body {:?}", r.body);
+    assert!(
+        s.api.requests_for(name) >= 1,
+        "API not asked for {name}:\n{}",
+        s.api.dump()
+    );
+
+    let quoted = format!("name: \"{name}\"");
+    let line = s
+        .nginx
+        .wait_for_log_line(Duration::from_secs(5), |l| {
+            l.contains("dyncert:") && l.contains(&quoted)
+        })
+        .unwrap_or_else(|| panic!("no log line naming {name}\n{}", s.nginx.logs()));
+    assert!(line.contains("[warn]"), "logged at the wrong level: {line}");
+    let lower = line.to_lowercase();
+    assert!(
+        reasons.iter().any(|r| lower.contains(&r.to_lowercase())),
+        "log line does not say why ({reasons:?}): {line}"
+    );
+    assert!(
+        !line.contains("BEGIN") && !line.contains("AAAAAAAA"),
+        "response material in the log: {line}"
+    );
+
+    let r = s.get("good.example.com");
+    r.assert_served(good, &s.pki);
+    assert_eq!(r.source(), "cache", "body {:?}", r.body);
+    s.nginx.assert_healthy();
+}
+
+#[test]
+fn api_500_gets_default_is_logged_and_retried_later() {
+    let mut s = ApiStack::start(1, HTTP);
+    let good = warm(&s);
+    s.api.set("flaky.example.com", ApiReply::status(500));
+    assert_failure_handled(&mut s, &good, "flaky.example.com", &["status 500"]);
+
+    // An error is not "unknown": once the API recovers the name is served
+    // without a reload.
+    let leaf = s.pki.leaf(&["flaky.example.com"], 8008);
+    s.api.set_cert("flaky.example.com", &leaf);
+    let served = poll(Duration::from_secs(15), Duration::from_millis(200), || {
+        tls_get(s.nginx.port, Some("flaky.example.com"), "/")
+            .ok()
+            .filter(|r| r.leaf_serial == leaf.serial_hex)
+    });
+    assert!(
+        served.is_some(),
+        "not retried within 15s after a 500\n{}\n{}",
+        s.api.dump(),
+        s.nginx.logs()
+    );
+}
+
+#[test]
+fn api_timeout_gets_default_after_api_timeout_and_is_logged() {
+    let mut s = ApiStack::start(1, HTTP);
+    let good = warm(&s);
+    let slow = s.pki.leaf(&["slow.example.com"], 8009);
+    s.api.set(
+        "slow.example.com",
+        ApiReply::cert(&slow).after(Duration::from_secs(10)),
+    );
+    let port = s.nginx.port;
+    let parked = std::thread::spawn(move || tls_get(port, Some("slow.example.com"), "/"));
+    // While the API hangs, the cached name is served at once.
+    assert!(s
+        .api
+        .wait_requests_for("slow.example.com", 1, Duration::from_secs(3)));
+    let r = s.get("good.example.com");
+    r.assert_served(&good, &s.pki);
+    assert!(
+        r.elapsed < Duration::from_millis(500),
+        "a cached name took {:?} while the API hung",
+        r.elapsed
+    );
+
+    let r = parked.join().unwrap().expect("parked handshake failed");
+    r.assert_default();
+    assert!(
+        r.handshake >= Duration::from_millis(800) && r.handshake < Duration::from_millis(2500),
+        "handshake took {:?}, expected about dyncert_api_timeout (1s)",
+        r.handshake
+    );
+    assert_failure_handled(&mut s, &good, "slow.example.com", &["timed out", "timeout"]);
+}
+
+#[test]
+fn api_10mb_body_with_content_length_gets_default_and_is_logged() {
+    let mut s = ApiStack::start(1, HTTP);
+    let good = warm(&s);
+    s.api
+        .set("big.example.com", ApiReply::huge(10 << 20, false));
+    assert_failure_handled(&mut s, &good, "big.example.com", &["larger than"]);
+}
+
+#[test]
+fn api_10mb_chunked_body_gets_default_and_is_logged() {
+    let mut s = ApiStack::start(1, HTTP);
+    let good = warm(&s);
+    s.api
+        .set("chunked.example.com", ApiReply::huge(10 << 20, true));
+    assert_failure_handled(&mut s, &good, "chunked.example.com", &["larger than"]);
+}
+
+#[test]
+fn api_invalid_json_gets_default_and_is_logged() {
+    let mut s = ApiStack::start(1, HTTP);
+    let good = warm(&s);
+    s.api.set(
+        "json.example.com",
+        ApiReply::json(200, "{\"crt\": \"-----BEGIN CERTIFICATE-----\\nMIIB"),
+    );
+    assert_failure_handled(&mut s, &good, "json.example.com", &["invalid JSON"]);
+}
+
+#[test]
+fn api_certificate_for_another_name_gets_default_and_is_logged() {
+    let mut s = ApiStack::start(1, HTTP);
+    let good = warm(&s);
+    let other = s.pki.leaf(&["other.example.com"], 8010);
+    s.api.set_cert("victim.example.com", &other);
+    assert_failure_handled(
+        &mut s,
+        &good,
+        "victim.example.com",
+        &["does not cover the name"],
+    );
+    // Nothing unusable is written back.
+    assert!(
+        s.redis.record("victim.example.com").is_empty(),
+        "a rejected certificate was written back to Redis"
+    );
+}
+
+#[test]
+fn garbage_http_answer_gets_default_and_is_logged() {
+    let mut s = ApiStack::start(1, HTTP);
+    let good = warm(&s);
+    s.api.set(
+        "garbage.example.com",
+        ApiReply::raw(&b"SSH-2.0-OpenSSH_9.6\r\n\x00\x01\x02"[..]),
+    );
+    let r = s.get("garbage.example.com");
+    r.assert_default();
+    let line = s.nginx.wait_for_log_line(Duration::from_secs(5), |l| {
+        l.contains("dyncert:") && l.contains("name: \"garbage.example.com\"")
+    });
+    assert!(line.is_some(), "not logged\n{}", s.nginx.logs());
+    s.get("good.example.com").assert_served(&good, &s.pki);
+    s.nginx.assert_healthy();
+}
+
+#[test]
+fn redis_down_goes_to_the_api_directly() {
+    let pki = Pki::new();
+    let redis = Redis::reserve();
+    let api = CertApi::start();
+    let mut nginx = start_nginx_api(&pki, &redis, &api, 1, HTTP);
+    let leaf = pki.leaf(&["direct.example.com"], 8011);
+    api.set_cert("direct.example.com", &leaf);
+
+    let r = tls_get(nginx.port, Some("direct.example.com"), "/").unwrap();
+    r.assert_served(&leaf, &pki);
+    assert_eq!(r.source(), "api", "body {:?}", r.body);
+    assert!(
+        r.handshake < Duration::from_millis(1500),
+        "handshake took {:?}: Redis being down must not cost the fetch timeout",
+        r.handshake
+    );
+    nginx.assert_healthy();
+}
+
+#[test]
+fn hung_redis_falls_through_to_the_api_within_the_fetch_timeout() {
+    let mut s = ApiStack::start(
+        1,
+        &HTTP.replace(
+            "dyncert_api_timeout 1s;",
+            "dyncert_api_timeout 1s; dyncert_redis_timeout 500ms;",
+        ),
+    );
+    let _ = warm(&s);
+    let leaf = s.pki.leaf(&["hung.example.com"], 8012);
+    s.api.set_cert("hung.example.com", &leaf);
+    s.redis.pause();
+    let r = s.get("hung.example.com");
+    s.redis.resume();
+    r.assert_served(&leaf, &s.pki);
+    assert_eq!(r.source(), "api", "body {:?}", r.body);
+    assert!(
+        r.handshake < Duration::from_millis(2500),
+        "handshake took {:?}",
+        r.handshake
+    );
+    s.nginx.assert_healthy();
+}
+
+const API_ONLY: &str = r#"
+http {
+    access_log off;
+    dyncert_api @API@;
+    dyncert_cache valid=1m negative=2s;
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
+    }
+}
+"#;
+
+#[test]
+fn api_alone_without_redis_serves_certificates() {
+    let pki = Pki::new();
+    let redis = Redis::reserve();
+    let api = CertApi::start();
+    let mut nginx = start_nginx_api(&pki, &redis, &api, 1, API_ONLY);
+    let leaf = pki.leaf(&["solo.example.com"], 8013);
+    api.set_cert("solo.example.com", &leaf);
+
+    let r = tls_get(nginx.port, Some("solo.example.com"), "/").unwrap();
+    r.assert_served(&leaf, &pki);
+    assert_eq!(r.source(), "api", "body {:?}", r.body);
+    let r = tls_get(nginx.port, Some("solo.example.com"), "/").unwrap();
+    r.assert_served(&leaf, &pki);
+    assert_eq!(r.source(), "cache", "body {:?}", r.body);
+    tls_get(nginx.port, Some("nobody.example.com"), "/")
+        .unwrap()
+        .assert_default();
+    assert_eq!(api.requests_for("solo.example.com"), 1, "{}", api.dump());
+    nginx.assert_healthy();
+}
+
+const HTTPS_API: &str = r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    dyncert_api @API@;
+    dyncert_api_trusted_certificate @API_CA@;
+    dyncert_api_timeout 1s;
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
+    }
+}
+"#;
+
+#[test]
+fn https_api_is_verified_against_the_trusted_certificate() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let api = CertApi::start_tls(&pki);
+    let mut nginx = start_nginx_api(&pki, &redis, &api, 1, HTTPS_API);
+    let leaf = pki.leaf(&["secure.example.com"], 8014);
+    api.set_cert("secure.example.com", &leaf);
+
+    let r = tls_get(nginx.port, Some("secure.example.com"), "/").unwrap();
+    r.assert_served(&leaf, &pki);
+    assert_eq!(r.source(), "api", "body {:?}", r.body);
+    nginx.assert_healthy();
+}
+
+#[test]
+fn https_api_with_an_untrusted_certificate_is_not_used() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let api = CertApi::start_tls(&pki);
+    // System roots only: the test CA is not among them.
+    let template = HTTPS_API.replace("dyncert_api_trusted_certificate @API_CA@;", "");
+    let mut nginx = start_nginx_api(&pki, &redis, &api, 1, &template);
+    let leaf = pki.leaf(&["mitm.example.com"], 8015);
+    api.set_cert("mitm.example.com", &leaf);
+
+    let r = tls_get(nginx.port, Some("mitm.example.com"), "/").unwrap();
+    r.assert_default();
+    assert_eq!(
+        api.requests_for("mitm.example.com"),
+        0,
+        "a request went to an API whose certificate is not trusted"
+    );
+    let line = nginx.wait_for_log_line(Duration::from_secs(5), |l| {
+        l.contains("dyncert:") && l.contains("name: \"mitm.example.com\"")
+    });
+    assert!(line.is_some(), "not logged\n{}", nginx.logs());
+    nginx.assert_healthy();
+}
