@@ -422,16 +422,7 @@ pub unsafe extern "C" fn ngx_http_dyncert(
     conf: *mut c_void,
 ) -> *mut c_char {
     let scf = unsafe { srv_conf(conf) };
-    if scf.enable.is_some() {
-        return DUPLICATE;
-    }
-    let a = &unsafe { args(cf) }[0];
-    scf.enable = match as_bytes(a) {
-        b"on" => Some(true),
-        b"off" => Some(false),
-        _ => invalid!(cf, as_str(a)),
-    };
-    NGX_CONF_OK
+    unsafe { set_srv_flag(cf, &mut scf.enable) }
 }
 
 /// # Safety
