@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages dyncert needs to build, test and run its demo.
 #
+# Usage: scripts/deps.sh [--nginx-tests]
+#
+# --nginx-tests also installs what nginx's own test suite needs for its TLS
+# tests (scripts/nginx-tests.sh): prove comes with perl; the suite's
+# Test::Nginx clients use IO::Socket::SSL and Net::SSLeay.
+#
 # Idempotent and fast on repeat: apt-get runs only when a package is missing,
 # because demo.sh and test.sh call this every time.
 set -euo pipefail
@@ -8,8 +14,9 @@ set -euo pipefail
 # build-essential, pkg-config and the -dev packages: the vendored NGINX build
 # (nginx-sys) and openssl-sys; libclang-dev and clang: bindgen; redis-server
 # and redis-tools: the demo and the integration tests; openssl and curl: the
-# demo's certificates and requests; shellcheck and python3-venv (for
-# hadolint from PyPI): test.sh's lint steps.
+# demo's certificates and requests; shellcheck: test.sh's lint step;
+# python3-venv: test.sh's virtualenv for PyPI tools (hadolint, and aioquic
+# for the HTTP/3 tests).
 PACKAGES=(
     build-essential
     pkg-config
@@ -26,6 +33,16 @@ PACKAGES=(
     shellcheck
     python3-venv
 )
+
+for arg in "$@"; do
+    case $arg in
+        --nginx-tests) PACKAGES+=(perl libio-socket-ssl-perl libnet-ssleay-perl) ;;
+        *)
+            echo "deps.sh: unknown argument: $arg" >&2
+            exit 2
+            ;;
+    esac
+done
 
 if ! command -v dpkg >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
     echo "deps.sh: not a Debian-like system; install the equivalents of:" >&2
