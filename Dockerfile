@@ -5,17 +5,39 @@
 #   docker build -t dyncert .
 #   docker run -d --network host -v "$PWD/certs:/etc/nginx/certs:ro" dyncert
 #
-# A dynamic module loads only into the NGINX version it was compiled against.
-# The crate compiles against the NGINX sources vendored by nginx-sys, so this
-# version must equal that one: scripts/build-module.sh fails the build (and
-# CI, which runs the same script on Debian) when they differ, and the last
-# step loads the module into the runtime image's own nginx with `nginx -t`.
+# Three versions are pinned here, once each:
+#
+# NGINX_VERSION  A dynamic module loads only into the NGINX version it was
+#                compiled against. The crate compiles against the NGINX
+#                sources vendored by nginx-sys, so this must equal that
+#                version: scripts/build-module.sh fails the build (and CI,
+#                which runs the same script on Debian) when they differ, and
+#                the last step loads the module into the runtime image's own
+#                nginx with `nginx -t`.
+# ALPINE_VERSION The Alpine release the official nginx:${NGINX_VERSION}-alpine
+#                image is built on (docker-library's stable/alpine-slim
+#                Dockerfile: nginx 1.28.3 is FROM alpine:3.23). The builder
+#                uses the same release, so the module links the same musl and
+#                OpenSSL (libssl.so.3) ABI that the runtime's nginx uses; the
+#                runtime stage checks the release and fails on a mismatch.
+# RUST_VERSION   The toolchain of the builder (at least the crate's
+#                rust-version).
+#
+# The builder passes NGX_CONFIGURE_ARGS from .cargo/config.toml to the
+# vendored NGINX build (--with-http_v3_module, as the official image is
+# built); both are --with-compat builds, which is what lets the module load.
 ARG NGINX_VERSION=1.28.3
+ARG ALPINE_VERSION=3.23
+ARG RUST_VERSION=1.94
+# alpine, or alpine-slim for a smaller image without njs and the other
+# optional modules of the official image (same Alpine release).
+ARG NGINX_VARIANT=alpine
 
-FROM rust:1-alpine AS builder
+FROM rust:${RUST_VERSION}-alpine${ALPINE_VERSION} AS builder
 ARG NGINX_VERSION
 # Alpine removes superseded package versions from its mirrors, so pinned
-# versions would break rebuilds; the runtime stage's `nginx -t` is the check.
+# versions would break rebuilds; the Alpine release pins the ABI, and the
+# runtime stage's `nginx -t` is the check.
 # hadolint ignore=DL3018
 RUN apk add --no-cache \
         bash \
@@ -29,6 +51,8 @@ RUN apk add --no-cache \
         zlib-dev
 WORKDIR /src
 COPY . .
+# The same script CI runs on Debian: release build, vendored NGINX version
+# == NGINX_VERSION, the module loads into the vendored nginx.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     bash scripts/build-module.sh --out /out
@@ -40,22 +64,55 @@ RUN mkdir -p /out/certs \
         -addext "subjectAltName=DNS:dyncert-default.invalid" \
         -keyout /out/certs/default.key -out /out/certs/default.crt
 
-FROM nginx:${NGINX_VERSION}-alpine
+FROM nginx:${NGINX_VERSION}-${NGINX_VARIANT}
+ARG NGINX_VERSION
+ARG ALPINE_VERSION
 # libgcc: the module's unwinder (panics are caught at its FFI boundary).
-# The example configs write logs/... under the prefix (/etc/nginx); point
-# that at the image's log directory, whose files go to stdout/stderr.
-# The master stays root to bind 443; workers run as the image's nginx user.
+#
+# The examples write logs/... and the pid file under the prefix
+# (/etc/nginx); logs/ holds links to stdout/stderr, as the image's
+# /var/log/nginx does. The master stays root to bind 443 and workers run as
+# the image's nginx user (its compiled-in default). For a container without
+# root at all (`docker run --user nginx`), logs/, the temp paths in
+# /var/cache/nginx and the default key are writable or readable by nginx.
+# conf.d/default.conf is not included by our nginx.conf; drop it so nobody
+# edits it expecting an effect.
 # hadolint ignore=DL3018
 RUN apk add --no-cache libgcc \
-    && ln -s /var/log/nginx /etc/nginx/logs
+    && mkdir -p /etc/nginx/logs /etc/nginx/certs \
+    && ln -sf /dev/stderr /etc/nginx/logs/error.log \
+    && ln -sf /dev/stdout /etc/nginx/logs/access.log \
+    && chown nginx:nginx /etc/nginx/logs \
+    && chown -R nginx:nginx /var/cache/nginx \
+    && rm -f /etc/nginx/conf.d/default.conf
 COPY --from=builder /out/ngx_http_dyncert_module.so /usr/lib/nginx/modules/ngx_http_dyncert_module.so
 COPY --from=builder --chmod=0644 /out/certs/default.crt /etc/nginx/certs/default.crt
-COPY --from=builder --chmod=0600 /out/certs/default.key /etc/nginx/certs/default.key
+COPY --from=builder --chown=root:nginx --chmod=0640 /out/certs/default.key /etc/nginx/certs/default.key
 COPY nginx-conf/ /etc/nginx/examples/
 COPY nginx-conf/minimal.conf /etc/nginx/nginx.conf
-EXPOSE 443
+EXPOSE 443 443/udp
 # minimal.conf answers /healthz over plain HTTP on the loopback only;
 # BusyBox wget exits 1 on any failure, which is what HEALTHCHECK expects.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/healthz"]
-RUN nginx -t
+    CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8081/healthz"]
+# The image must be what the module was built for: the same Alpine release
+# (musl and OpenSSL ABI), the same NGINX version, a --with-compat build.
+# Then load the module for real, with every example (ssl_certificate paths
+# are relative to the directory of the configuration file, hence the certs
+# link for the examples) and with the default configuration last.
+RUN set -e; \
+    alpine=$(cat /etc/alpine-release); \
+    case "$alpine" in \
+        "${ALPINE_VERSION}".*) ;; \
+        *) echo "runtime is Alpine $alpine, the builder Alpine ${ALPINE_VERSION}: fix ARG ALPINE_VERSION" >&2; exit 1 ;; \
+    esac; \
+    info=$(nginx -V 2>&1); \
+    case "$info" in \
+        "nginx version: nginx/${NGINX_VERSION}"[!0-9]*--with-compat*) ;; \
+        *) printf 'runtime nginx is not %s built --with-compat:\n%s\n' "${NGINX_VERSION}" "$info" >&2; exit 1 ;; \
+    esac; \
+    ln -s ../certs /etc/nginx/examples/certs; \
+    for example in /etc/nginx/examples/*.conf; do \
+        nginx -t -q -c "$example" || { echo "example $example fails nginx -t" >&2; exit 1; }; \
+    done; \
+    nginx -t

@@ -86,6 +86,9 @@ if [[ $actual != "$expected" ]]; then
     exit 1
 fi
 echo "build-module.sh: vendored NGINX $actual matches NGINX_VERSION $expected"
+# NGX_CONFIGURE_ARGS (.cargo/config.toml) shape this binary, not the module;
+# print them so a build log shows what the module was checked against.
+"$nginx_bin" -V 2>&1 | sed -n 's/^configure arguments: /build-module.sh: vendored NGINX configure arguments: /p'
 
 # Load the module without enabling it: catches unresolved symbols and a
 # binary-compatibility signature mismatch before anything is shipped.
