@@ -8,6 +8,7 @@
 // Each tests/*.rs compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod acme;
 pub mod api;
 #[allow(unused_imports)]
 pub use api::*;

@@ -1,0 +1,870 @@
+//! ACME issuance harness: Let's Encrypt's test CA (`pebble`) on loopback, a
+//! stub DNS server that points every name at 127.0.0.1 for pebble's
+//! validation, the ACME client `certbot` whose hooks move the HTTP-01 key
+//! authorization and then the certificate through Redis
+//! (tests/tools/acme-redis-hook.sh), and a stand-in for nginx that answers
+//! challenges from Redis with the contract of `dyncert_acme_challenge`.
+//!
+//! Wiring of one issuance for NAME:
+//!
+//! ```text
+//! certbot ──ACME/HTTPS──> pebble (127.0.0.1:P, TLS cert from `ListenerCert`)
+//!    │ auth hook: SET dyncert:acme:<token> <key authorization>
+//!    ▼                      │ DNS A? NAME ──> DnsStub: 127.0.0.1
+//!  Redis <── GET ── nginx / ChallengeStandin on 127.0.0.1:httpPort
+//!    ▲                      <── GET /.well-known/acme-challenge/<token>
+//!    │ deploy hook: HSET dyncert:cert:NAME crt <fullchain> key <privkey>
+//! ```
+//!
+//! Why certbot: the ACME client must write the challenge to Redis *before*
+//! it asks the CA to validate. certbot's `--manual-auth-hook` runs to
+//! completion first. Debian's lego (4.9.1) is built without its memcached
+//! HTTP-01 provider (the flag is accepted and ignored, validation 404s),
+//! and `--http.webroot` has no hook, so a watcher copying files into Redis
+//! would race pebble, which validates the moment it is asked
+//! (`PEBBLE_VA_NOSLEEP=1`). A Rust client crate would be a new
+//! dev-dependency, and certbot is the client operators already run.
+//!
+//! Everything binds 127.0.0.1 on free ports and is killed on Drop.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::ec::{EcGroup, EcKey};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::PKey;
+use openssl::ssl::{SslConnector, SslMethod};
+use openssl::stack::Stack;
+use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName, SubjectKeyIdentifier};
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::{X509Name, X509StoreContext, X509};
+
+use super::{
+    free_port, poll, redis_command, write_file, Reply, TempDir, IO_TIMEOUT, STARTUP_DEADLINE,
+};
+
+/// Where a CA fetches an HTTP-01 answer (RFC 8555 section 8.3).
+pub const CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+/// Redis key prefix of challenge answers (the `dyncert_acme_challenge`
+/// default, and the hook's `DYNCERT_ACME_PREFIX` default).
+pub const ACME_PREFIX: &str = "dyncert:acme:";
+/// How long one certbot run may take; a run is about 3 s here.
+pub const ISSUANCE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The certbot hook script, an absolute path.
+pub fn hook_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/acme-redis-hook.sh")
+}
+
+/// Whether `token` is an ACME token: base64url, bounded.
+pub fn is_token(token: &str) -> bool {
+    (1..=128).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn require_binary(bin: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{bin}` not found on PATH: run scripts/acme-deps.sh (Debian packages pebble, certbot)"
+    );
+}
+
+/// Makes the child die with the test thread that spawned it, even when the
+/// test binary is killed outright and Drop never runs.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and only calls
+    // prctl(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+// ---------------------------------------------------------------------------
+// DNS
+// ---------------------------------------------------------------------------
+
+/// A DNS server on 127.0.0.1 (UDP) that answers every `A` question with
+/// 127.0.0.1 and everything else with an empty NOERROR, for pebble's
+/// `-dnsserver`: the validation of `http://NAME:httpPort/...` then reaches
+/// the local server whatever NAME is, without touching /etc/hosts. pebble
+/// asks AAAA first and dials the first address, so AAAA must stay empty.
+pub struct DnsStub {
+    pub addr: SocketAddr,
+    questions: Arc<Mutex<Vec<(String, u16)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// DNS record type A.
+pub const DNS_A: u16 = 1;
+/// DNS record type AAAA.
+pub const DNS_AAAA: u16 = 28;
+
+impl DnsStub {
+    pub fn start() -> DnsStub {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind DNS stub");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let questions = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen, stopping) = (Arc::clone(&questions), Arc::clone(&stop));
+        let thread = thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                if let Some((answer, name, qtype)) = dns_answer(&buf[..n]) {
+                    seen.lock().unwrap().push((name, qtype));
+                    let _ = socket.send_to(&answer, peer);
+                }
+            }
+        });
+        DnsStub {
+            addr,
+            questions,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Every question answered so far: (lower-case name without the final
+    /// dot, type).
+    pub fn questions(&self) -> Vec<(String, u16)> {
+        self.questions.lock().unwrap().clone()
+    }
+
+    /// Whether an `A` question for `name` was answered.
+    pub fn resolved(&self, name: &str) -> bool {
+        self.questions()
+            .iter()
+            .any(|(n, t)| n == name && *t == DNS_A)
+    }
+}
+
+impl Drop for DnsStub {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The answer to one DNS query (RFC 1035 section 4), with the question's
+/// name and type; `None` for anything that is not a single plain question.
+pub fn dns_answer(query: &[u8]) -> Option<(Vec<u8>, String, u16)> {
+    if query.len() < 12 || query[2] & 0x80 != 0 || query[4..6] != [0, 1] {
+        return None;
+    }
+    let mut labels = Vec::new();
+    let mut i = 12;
+    loop {
+        let len = *query.get(i)? as usize;
+        i += 1;
+        if len == 0 {
+            break;
+        }
+        // A question's name is never compressed (no 0xC0 pointers).
+        if len > 63 {
+            return None;
+        }
+        let label = query.get(i..i + len)?;
+        labels.push(String::from_utf8_lossy(label).to_ascii_lowercase());
+        i += len;
+    }
+    let qtype = u16::from_be_bytes([*query.get(i)?, *query.get(i + 1)?]);
+    let qclass = u16::from_be_bytes([*query.get(i + 2)?, *query.get(i + 3)?]);
+    let question_end = i + 4;
+    let answer_a = qtype == DNS_A && qclass == 1;
+
+    let mut out = Vec::with_capacity(question_end + 16);
+    // Header: the query's id; QR, AA, RD copied, RA, opcode QUERY, rcode
+    // NOERROR; one question, one answer for A, nothing else.
+    out.extend_from_slice(&query[0..2]);
+    out.extend_from_slice(&[0x84 | (query[2] & 0x01), 0x80]);
+    out.extend_from_slice(&[0, 1, 0, u8::from(answer_a), 0, 0, 0, 0]);
+    out.extend_from_slice(&query[12..question_end]);
+    if answer_a {
+        // Name: pointer to the question's name at offset 12; TTL 0.
+        out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4, 127, 0, 0, 1]);
+    }
+    Some((out, labels.join("."), qtype))
+}
+
+// ---------------------------------------------------------------------------
+// pebble
+// ---------------------------------------------------------------------------
+
+/// A self-signed certificate for pebble's own HTTPS listeners (ACME API and
+/// management), valid for 127.0.0.1 and localhost. It doubles as the trust
+/// anchor clients are given (`REQUESTS_CA_BUNDLE` for certbot). This is not
+/// the CA that issues certificates: pebble makes a fresh root and
+/// intermediate at every start (`Pebble::issuer_root_pem`).
+pub struct ListenerCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl ListenerCert {
+    pub fn new() -> ListenerCert {
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = X509Name::builder().unwrap();
+        name.append_entry_by_nid(Nid::COMMONNAME, "dyncert test pebble listener")
+            .unwrap();
+        let name = name.build();
+        let mut serial = BigNum::new().unwrap();
+        serial.rand(63, MsbOption::MAYBE_ZERO, false).unwrap();
+        let now = unix_now();
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        b.set_serial_number(&serial.to_asn1_integer().unwrap())
+            .unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::from_unix(now - 3600).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::from_unix(now + 7 * 24 * 3600).unwrap())
+            .unwrap();
+        // A trust anchor that is also the server certificate, as
+        // `openssl req -x509` makes them.
+        b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+            .unwrap();
+        let ski = SubjectKeyIdentifier::new()
+            .build(&b.x509v3_context(None, None))
+            .unwrap();
+        b.append_extension(ski).unwrap();
+        let san = SubjectAlternativeName::new()
+            .ip("127.0.0.1")
+            .dns("localhost")
+            .build(&b.x509v3_context(None, None))
+            .unwrap();
+        b.append_extension(san).unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        let cert = b.build();
+        ListenerCert {
+            cert_pem: String::from_utf8(cert.to_pem().unwrap()).unwrap(),
+            key_pem: String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
+        }
+    }
+}
+
+impl Default for ListenerCert {
+    fn default() -> Self {
+        ListenerCert::new()
+    }
+}
+
+/// A running `pebble`, killed on Drop.
+///
+/// Config (`pebble.json`): `listenAddress` 127.0.0.1:`port` (ACME
+/// directory at `/dir`), `managementListenAddress` 127.0.0.1:
+/// `management_port` (issuing root at `/roots/0`), `httpPort` the port where
+/// HTTP-01 answers are fetched, `tlsPort` a free port nothing listens on
+/// (certbot is told to answer HTTP-01 only).
+/// Flags: `-dnsserver` the stub, `-strict=false` (its README's advice for
+/// test rigs). Environment: `PEBBLE_VA_NOSLEEP=1` (validate at once),
+/// `PEBBLE_WFE_NONCEREJECT=0` (no artificial badNonce errors),
+/// `PEBBLE_AUTHZREUSE=0` (every order gets a fresh challenge).
+pub struct Pebble {
+    pub port: u16,
+    pub management_port: u16,
+    pub http_port: u16,
+    listener: ListenerCert,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Pebble {
+    /// Starts pebble validating HTTP-01 on 127.0.0.1:`http_port` (whatever
+    /// the name, through `dns`), and waits until its directory answers.
+    pub fn start(http_port: u16, dns: &DnsStub) -> Pebble {
+        require_binary("pebble");
+        let dir = TempDir::new("pebble");
+        let listener = ListenerCert::new();
+        let cert = dir.path().join("listener.crt");
+        let key = dir.path().join("listener.key");
+        write_file(&cert, &listener.cert_pem);
+        write_file(&key, &listener.key_pem);
+        write_file(&dir.path().join("ca.pem"), &listener.cert_pem);
+        let port = free_port();
+        let management_port = free_port();
+        let config = format!(
+            r#"{{
+  "pebble": {{
+    "listenAddress": "127.0.0.1:{port}",
+    "managementListenAddress": "127.0.0.1:{management_port}",
+    "certificate": "{cert}",
+    "privateKey": "{key}",
+    "httpPort": {http_port},
+    "tlsPort": {tls_port},
+    "ocspResponderURL": "",
+    "externalAccountBindingRequired": false
+  }}
+}}
+"#,
+            cert = cert.display(),
+            key = key.display(),
+            tls_port = free_port(),
+        );
+        let config_path = dir.path().join("pebble.json");
+        write_file(&config_path, config);
+
+        let log = fs::File::create(dir.path().join("pebble.log")).unwrap();
+        let mut cmd = Command::new("pebble");
+        cmd.arg("-config")
+            .arg(&config_path)
+            .arg("-dnsserver")
+            .arg(dns.addr.to_string())
+            .arg("-strict=false")
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().expect("spawn pebble");
+        let mut pebble = Pebble {
+            port,
+            management_port,
+            http_port,
+            listener,
+            dir,
+            child: Some(child),
+        };
+        pebble.wait_ready();
+        pebble
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("pebble exited: {status}\n{}", self.log());
+            }
+            if self.log().contains("ACME directory available")
+                && self.https_get(self.port, "/dir").is_ok()
+            {
+                return;
+            }
+            if start.elapsed() > STARTUP_DEADLINE {
+                panic!(
+                    "pebble not ready after {STARTUP_DEADLINE:?}\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The ACME directory URL clients are given.
+    pub fn directory_url(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.port)
+    }
+
+    /// The trust anchor of pebble's HTTPS listeners (a PEM file).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    pub fn listener_cert(&self) -> &ListenerCert {
+        &self.listener
+    }
+
+    /// pebble's stdout/stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
+    }
+
+    /// The root of the chains pebble issues (generated at start, served by
+    /// the management interface).
+    pub fn issuer_root_pem(&self) -> String {
+        let (status, body) = self
+            .https_get(self.management_port, "/roots/0")
+            .unwrap_or_else(|e| panic!("GET /roots/0: {e}\n{}", tail(&self.log(), 20)));
+        assert_eq!(status, 200, "GET /roots/0: {body}");
+        body
+    }
+
+    /// One HTTPS GET to a pebble listener, verifying its certificate for
+    /// 127.0.0.1; returns status and body. HTTP/1.0, so the Go server
+    /// neither chunks nor keeps the connection.
+    pub fn https_get(&self, port: u16, path: &str) -> Result<(u16, String), String> {
+        let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        connector
+            .set_ca_file(self.ca_file())
+            .map_err(|e| format!("CA file: {e}"))?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        tcp.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut tls = connector
+            .build()
+            .connect("127.0.0.1", tcp)
+            .map_err(|e| format!("TLS: {e}"))?;
+        tls.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match tls.ssl_read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                // Go closes without close_notify after an HTTP/1.0 answer.
+                Err(_) if !raw.is_empty() => break,
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        let resp = parse_response(&raw)?;
+        Ok((resp.status, resp.body))
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            eprintln!("---- pebble log ----\n{}", tail(&self.log(), 60));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// certbot
+// ---------------------------------------------------------------------------
+
+/// What certbot left in its `live/NAME/` directory after an issuance.
+#[derive(Debug, Clone)]
+pub struct CertbotIssued {
+    /// `fullchain.pem`: leaf first, then pebble's intermediate.
+    pub fullchain_pem: String,
+    pub privkey_pem: String,
+    /// certbot's stdout and stderr.
+    pub output: String,
+}
+
+/// Issues a certificate for `name` from `pebble` with certbot:
+///
+/// ```text
+/// certbot certonly --non-interactive --agree-tos --register-unsafely-without-email
+///   --server https://127.0.0.1:P/dir --config-dir D/config --work-dir D/work
+///   --logs-dir D/logs --manual --preferred-challenges http
+///   --manual-auth-hook '…/acme-redis-hook.sh auth'
+///   --manual-cleanup-hook '…/acme-redis-hook.sh cleanup'
+///   --deploy-hook '…/acme-redis-hook.sh deploy' --no-autorenew -d NAME
+/// ```
+///
+/// with `REQUESTS_CA_BUNDLE` = pebble's listener certificate and
+/// `DYNCERT_REDIS_PORT` = `redis_port` for the hooks. The key type is
+/// certbot's default (ECDSA P-256). On failure the error carries certbot's
+/// output and the tails of its log and pebble's.
+pub fn certbot_issue(
+    pebble: &Pebble,
+    redis_port: u16,
+    name: &str,
+) -> Result<CertbotIssued, String> {
+    require_binary("certbot");
+    require_binary("redis-cli");
+    let dir = TempDir::new("certbot");
+    let hook = |what: &str| format!("bash '{}' {what}", hook_script().display());
+    let output_path = dir.path().join("certbot.out");
+    let out = fs::File::create(&output_path).unwrap();
+    let mut cmd = Command::new("certbot");
+    cmd.args(["certonly", "--non-interactive", "--agree-tos"])
+        .arg("--register-unsafely-without-email")
+        .args(["--server", &pebble.directory_url()])
+        .arg("--config-dir")
+        .arg(dir.path().join("config"))
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .arg("--logs-dir")
+        .arg(dir.path().join("logs"))
+        .args(["--manual", "--preferred-challenges", "http"])
+        .args(["--manual-auth-hook", &hook("auth")])
+        .args(["--manual-cleanup-hook", &hook("cleanup")])
+        .args(["--deploy-hook", &hook("deploy")])
+        .arg("--no-autorenew")
+        .args(["-d", name])
+        .env("REQUESTS_CA_BUNDLE", pebble.ca_file())
+        .env("DYNCERT_REDIS_HOST", "127.0.0.1")
+        .env("DYNCERT_REDIS_PORT", redis_port.to_string())
+        .env_remove("DYNCERT_ACME_PREFIX")
+        .env_remove("DYNCERT_CERT_PREFIX")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| format!("spawn certbot: {e}"))?;
+    let status = poll(ISSUANCE_DEADLINE, Duration::from_millis(50), || {
+        child.try_wait().ok().flatten()
+    });
+    let status = match status {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(failure(
+                &dir,
+                pebble,
+                &format!("certbot still running after {ISSUANCE_DEADLINE:?}"),
+            ));
+        }
+    };
+    if !status.success() {
+        return Err(failure(&dir, pebble, &format!("certbot {status}")));
+    }
+    let live = dir.path().join("config/live").join(name);
+    let read = |f: &str| fs::read_to_string(live.join(f)).map_err(|e| format!("{f}: {e}"));
+    match (read("fullchain.pem"), read("privkey.pem")) {
+        (Ok(fullchain_pem), Ok(privkey_pem)) => Ok(CertbotIssued {
+            fullchain_pem,
+            privkey_pem,
+            output: fs::read_to_string(&output_path).unwrap_or_default(),
+        }),
+        (Err(e), _) | (_, Err(e)) => Err(failure(&dir, pebble, &e)),
+    }
+}
+
+fn failure(dir: &TempDir, pebble: &Pebble, what: &str) -> String {
+    let read = |p: &Path| fs::read_to_string(p).unwrap_or_default();
+    format!(
+        "{what}\n---- certbot output ----\n{}\n---- certbot log ----\n{}\n---- pebble ----\n{}",
+        read(&dir.path().join("certbot.out")),
+        tail(&read(&dir.path().join("logs/letsencrypt.log")), 40),
+        tail(&pebble.log(), 40)
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Plain HTTP
+// ---------------------------------------------------------------------------
+
+/// One plain-HTTP response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no header end in {text:?}"))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// `GET path` over plain HTTP/1.1 to 127.0.0.1:`port` with `Host: host`,
+/// as a CA's validation request looks.
+pub fn http_get(port: u16, host: &str, path: &str) -> Result<HttpResponse, String> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: dyncert-test\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
+    parse_response(&raw)
+}
+
+// ---------------------------------------------------------------------------
+// Stand-in challenge responder
+// ---------------------------------------------------------------------------
+
+/// One request the stand-in answered.
+#[derive(Debug, Clone)]
+pub struct ChallengeRequest {
+    pub path: String,
+    pub host: String,
+    pub user_agent: String,
+    pub status: u16,
+}
+
+/// A plain-HTTP server with the contract of `dyncert_acme_challenge on;`:
+/// `GET /.well-known/acme-challenge/<token>` answers the value of Redis key
+/// `dyncert:acme:<token>` as text/plain, 404 when absent; a token that is
+/// not base64url gets 400 without a Redis lookup; anything else 404. It
+/// proves the harness until the module answers challenges itself.
+pub struct ChallengeStandin {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<ChallengeRequest>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ChallengeStandin {
+    /// Binds a free port (no race: the port is taken before pebble learns
+    /// it) and answers from the Redis on `redis_port`.
+    pub fn start(redis_port: u16) -> ChallengeStandin {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind stand-in");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sink, stopping) = (Arc::clone(&seen), Arc::clone(&stop));
+        let thread = thread::spawn(move || {
+            let mut workers = Vec::new();
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let sink = Arc::clone(&sink);
+                        // pebble validates from three goroutines at once.
+                        workers.push(thread::spawn(move || {
+                            if let Some(r) = serve_challenge(stream, redis_port) {
+                                sink.lock().unwrap().push(r);
+                            }
+                        }));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            for w in workers {
+                let _ = w.join();
+            }
+        });
+        ChallengeStandin {
+            port,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn requests(&self) -> Vec<ChallengeRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ChallengeStandin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_challenge(stream: TcpStream, redis_port: u16) -> Option<ChallengeRequest> {
+    stream.set_nonblocking(false).ok()?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    stream.set_write_timeout(Some(IO_TIMEOUT)).ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).ok()?;
+    let (mut host, mut user_agent) = (String::new(), String::new());
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "host" => host = v.trim().to_string(),
+                "user-agent" => user_agent = v.trim().to_string(),
+                _ => {}
+            }
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or("");
+    let path = parts.next().unwrap_or("").to_string();
+    let (status, body) = match path.strip_prefix(CHALLENGE_PATH) {
+        Some(token) if method == "GET" && is_token(token) => {
+            match redis_command(redis_port, &["GET", &format!("{ACME_PREFIX}{token}")]) {
+                Ok(Reply::Bulk(Some(v))) => (200, String::from_utf8_lossy(&v).into_owned()),
+                Ok(Reply::Bulk(None)) => (404, "no such challenge\n".to_string()),
+                other => (502, format!("redis: {other:?}\n")),
+            }
+        }
+        Some(_) => (400, "bad token\n".to_string()),
+        None => (404, "not a challenge\n".to_string()),
+    };
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        _ => "Bad Gateway",
+    };
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    Some(ChallengeRequest {
+        path,
+        host,
+        user_agent,
+        status,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Checks on what was issued
+// ---------------------------------------------------------------------------
+
+/// Parses `crt_pem` (leaf first) and checks that it is what pebble issues
+/// for `name`: the chain verifies up to `issuer_root_pem` (pebble's root of
+/// this run), the leaf's only SAN is `name`, it is valid now, and
+/// `key_pem` is its key. Returns the chain.
+pub fn assert_pebble_issued(
+    crt_pem: &str,
+    key_pem: &str,
+    name: &str,
+    issuer_root_pem: &str,
+) -> Vec<X509> {
+    let chain = X509::stack_from_pem(crt_pem.as_bytes()).expect("crt is PEM certificates");
+    assert!(
+        chain.len() >= 2,
+        "expected leaf + pebble intermediate, got {} certificate(s)",
+        chain.len()
+    );
+    let root = X509::from_pem(issuer_root_pem.as_bytes()).expect("pebble root PEM");
+    assert_chain_verifies(&chain, &root);
+
+    let leaf = &chain[0];
+    let sans: Vec<String> = leaf
+        .subject_alt_names()
+        .map(|s| {
+            s.iter()
+                .map(|g| {
+                    g.dnsname()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("{g:?}"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(sans, [name], "SANs of the issued leaf");
+    let issuer_cn = common_name(leaf.issuer_name());
+    assert!(
+        issuer_cn.starts_with("Pebble Intermediate CA"),
+        "leaf issued by {issuer_cn:?}, not pebble's intermediate"
+    );
+    let now = Asn1Time::days_from_now(0).unwrap();
+    assert!(
+        leaf.not_before() <= now && now < leaf.not_after(),
+        "leaf not valid now"
+    );
+
+    let key = PKey::private_key_from_pem(key_pem.as_bytes()).expect("key is a PEM private key");
+    assert!(
+        leaf.public_key().unwrap().public_eq(&key),
+        "key does not match the issued leaf"
+    );
+    chain
+}
+
+/// Asserts that `chain` (leaf first) verifies up to `root` alone.
+pub fn assert_chain_verifies(chain: &[X509], root: &X509) {
+    let mut store = X509StoreBuilder::new().unwrap();
+    store.add_cert(root.clone()).unwrap();
+    let store = store.build();
+    let mut untrusted = Stack::new().unwrap();
+    for c in &chain[1..] {
+        untrusted.push(c.clone()).unwrap();
+    }
+    let mut ctx = X509StoreContext::new().unwrap();
+    let verdict = ctx
+        .init(&store, &chain[0], &untrusted, |c| {
+            Ok(c.verify_cert()
+                .map(|ok| (ok, c.error().to_string()))
+                .unwrap_or((false, "verify_cert failed".to_string())))
+        })
+        .unwrap();
+    assert!(
+        verdict.0,
+        "chain does not verify to pebble's root {:?}: {}",
+        common_name(root.subject_name()),
+        verdict.1
+    );
+}
+
+pub fn common_name(name: &openssl::x509::X509NameRef) -> String {
+    name.entries_by_nid(Nid::COMMONNAME)
+        .next()
+        .and_then(|e| e.data().to_string().ok())
+        .unwrap_or_default()
+}
+
+/// Tokens whose answers are in Redis right now (`KEYS dyncert:acme:*`).
+pub fn pending_challenges(redis_port: u16) -> Vec<String> {
+    match redis_command(redis_port, &["KEYS", &format!("{ACME_PREFIX}*")]) {
+        Ok(Reply::Array(Some(items))) => items
+            .into_iter()
+            .filter_map(|r| match r {
+                Reply::Bulk(Some(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
+                _ => None,
+            })
+            .collect(),
+        other => panic!("KEYS {ACME_PREFIX}*: {other:?}"),
+    }
+}
