@@ -98,12 +98,9 @@ impl<W> Worker<W> {
 
     /// Called with the SNI read from a peeked ClientHello.
     pub fn pre_handshake(&mut self, name: &str, waiter: W, now: Millis) -> PreHandshake {
+        // Only the exact name counts: a cached wildcard must not hide an
+        // exact record that has not been fetched yet (exact records win).
         if self.cache.contains_usable(name, now) {
-            return PreHandshake::Proceed;
-        }
-        // A cached wildcard covers the name: serve it now, and let the
-        // certificate callback look for an exact record in the background.
-        if wildcard_parent(name).is_some_and(|w| self.cache.contains_usable(&w, now)) {
             return PreHandshake::Proceed;
         }
         let decision = match self.inflight.join(name, Some(waiter)) {

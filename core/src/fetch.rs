@@ -171,7 +171,10 @@ pub enum Event {
     /// Something the operator should see (subscription trouble).
     Warn(String),
     /// An ACME challenge read finished.
-    Acme { token: String, answer: AcmeAnswer },
+    Acme {
+        token: String,
+        answer: AcmeAnswer,
+    },
 }
 
 #[derive(Debug)]
@@ -385,6 +388,18 @@ enum RedisAnswer {
     Absent,
     Refused(Refusal),
     Error(String),
+    /// A connection error worth one retry on a fresh connection.
+    Retry(String),
+}
+
+impl RedisAnswer {
+    fn failed(e: &redis::RedisError) -> RedisAnswer {
+        if retryable(e) {
+            RedisAnswer::Retry(redis_error(e))
+        } else {
+            RedisAnswer::Error(redis_error(e))
+        }
+    }
 }
 
 impl Sources {
@@ -416,7 +431,7 @@ impl Sources {
                                 (StepOutcome::Refused, Some(Outcome::Refused(r)))
                             }
                             RedisAnswer::Absent => (StepOutcome::Miss, None),
-                            RedisAnswer::Error(e) => {
+                            RedisAnswer::Error(e) | RedisAnswer::Retry(e) => {
                                 let kind = if e.contains("timed out") {
                                     StepOutcome::Timeout
                                 } else {
@@ -493,35 +508,70 @@ impl Sources {
             return AcmeAnswer::Error("no redis configured".into());
         };
         let mut conn = conn.clone();
+        // Once more after a connection error (see read_redis).
+        match self.acme_once(&mut conn, token).await {
+            Err(_) => match self.acme_once(&mut conn, token).await {
+                Ok(a) => a,
+                Err(e) => AcmeAnswer::Error(e),
+            },
+            Ok(a) => a,
+        }
+    }
+
+    /// `Err` only for a connection error worth a retry.
+    async fn acme_once(
+        &self,
+        conn: &mut ConnectionManager,
+        token: &str,
+    ) -> Result<AcmeAnswer, String> {
         let key = format!("{}{}", self.cfg.acme_prefix, token);
         // STRLEN first: the answer is bounded like every other input.
         let mut pipe = redis::pipe();
         pipe.cmd("STRLEN").arg(&key);
         let t = self.cfg.redis_timeout;
-        let len = match tokio::time::timeout(t, pipe.query_async::<(u64,)>(&mut conn)).await {
+        let len = match tokio::time::timeout(t, pipe.query_async::<(u64,)>(conn)).await {
             Ok(Ok((n,))) => n,
-            Ok(Err(e)) => return AcmeAnswer::Error(redis_error(&e)),
-            Err(_) => return AcmeAnswer::Error("redis command timed out".into()),
+            Ok(Err(e)) if retryable(&e) => return Err(redis_error(&e)),
+            Ok(Err(e)) => return Ok(AcmeAnswer::Error(redis_error(&e))),
+            Err(_) => return Ok(AcmeAnswer::Error("redis command timed out".into())),
         };
         if len == 0 {
-            return AcmeAnswer::Absent;
+            return Ok(AcmeAnswer::Absent);
         }
         if len > MAX_ACME_VALUE as u64 {
-            return AcmeAnswer::Error(format!("value longer than {MAX_ACME_VALUE} bytes"));
+            return Ok(AcmeAnswer::Error(format!(
+                "value longer than {MAX_ACME_VALUE} bytes"
+            )));
         }
         let mut get = redis::cmd("GET");
         get.arg(&key);
-        match tokio::time::timeout(t, get.query_async::<Option<Vec<u8>>>(&mut conn)).await {
-            Ok(Ok(Some(v))) if !v.is_empty() && v.len() <= MAX_ACME_VALUE => {
-                AcmeAnswer::Value(v)
-            }
-            Ok(Ok(_)) => AcmeAnswer::Absent,
-            Ok(Err(e)) => AcmeAnswer::Error(redis_error(&e)),
-            Err(_) => AcmeAnswer::Error("redis command timed out".into()),
+        Ok(
+            match tokio::time::timeout(t, get.query_async::<Option<Vec<u8>>>(conn)).await {
+                Ok(Ok(Some(v))) if !v.is_empty() && v.len() <= MAX_ACME_VALUE => {
+                    AcmeAnswer::Value(v)
+                }
+                Ok(Ok(_)) => AcmeAnswer::Absent,
+                Ok(Err(e)) if retryable(&e) => return Err(redis_error(&e)),
+                Ok(Err(e)) => AcmeAnswer::Error(redis_error(&e)),
+                Err(_) => AcmeAnswer::Error("redis command timed out".into()),
+            },
+        )
+    }
+
+    /// Reads a record, once more on a connection error: after a Redis
+    /// restart the first command fails on the dead connection while the
+    /// manager reconnects, and the retry waits for the new one.
+    async fn read_redis(&self, conn: &mut ConnectionManager, name: &str) -> RedisAnswer {
+        match self.read_redis_once(conn, name).await {
+            RedisAnswer::Retry(_) => match self.read_redis_once(conn, name).await {
+                RedisAnswer::Retry(e) => RedisAnswer::Error(e),
+                other => other,
+            },
+            other => other,
         }
     }
 
-    async fn read_redis(&self, conn: &mut ConnectionManager, name: &str) -> RedisAnswer {
+    async fn read_redis_once(&self, conn: &mut ConnectionManager, name: &str) -> RedisAnswer {
         let t = self.cfg.redis_timeout;
         let key = format!("{}{}", self.cfg.prefix, name);
         // Sizes first, so an oversized value is refused without being read.
@@ -534,7 +584,7 @@ impl Sources {
         let (exists, crt_len, key_len, allow_len, ca_len) =
             match tokio::time::timeout(t, sizes).await {
                 Ok(Ok(v)) => v,
-                Ok(Err(e)) => return RedisAnswer::Error(redis_error(&e)),
+                Ok(Err(e)) => return RedisAnswer::failed(&e),
                 Err(_) => return RedisAnswer::Error("redis command timed out".into()),
             };
         match check_lengths(exists > 0, crt_len, key_len)
@@ -555,7 +605,7 @@ impl Sources {
         let values = hmget.query_async::<Fields>(conn);
         let (crt, pkey, allow, client_ca) = match tokio::time::timeout(t, values).await {
             Ok(Ok(v)) => v,
-            Ok(Err(e)) => return RedisAnswer::Error(redis_error(&e)),
+            Ok(Err(e)) => return RedisAnswer::failed(&e),
             Err(_) => return RedisAnswer::Error("redis command timed out".into()),
         };
         if crt.is_none() && pkey.is_none() {
@@ -592,11 +642,7 @@ impl Sources {
             if let Some(c) = &record.client_ca {
                 hset.arg("client_ca").arg(c.as_slice());
             }
-            hset.ignore()
-                .cmd("EXPIRE")
-                .arg(&key)
-                .arg(ttl)
-                .ignore();
+            hset.ignore().cmd("EXPIRE").arg(&key).arg(ttl).ignore();
             let _ = tokio::time::timeout(t, pipe.query_async::<()>(&mut conn)).await;
         });
     }
@@ -715,6 +761,11 @@ fn now_secs() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// A connection error: the manager reconnects, a retry may succeed.
+fn retryable(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
 /// Error text without any record data (redis errors carry command names
