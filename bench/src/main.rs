@@ -1,654 +1,628 @@
 //! dyncert-bench: full TLS 1.3 handshakes per second against the same NGINX
-//! binary in three configurations, in one run:
+//! binary in three configurations, in one run, interleaved in rounds:
 //!
-//! 1. `static`   — one `ssl_certificate`, one SNI (the ceiling);
-//! 2. `dyncert`  — N names in Redis, served from dyncert's cache (warmed);
+//! 1. `static`    — one `ssl_certificate`, one SNI (the ceiling);
+//! 2. `dyncert`   — N names in Redis, served from dyncert's cache (warmed);
 //! 3. `stock-var` — stock `ssl_certificate $ssl_server_name` files with
-//!    `ssl_certificate_cache` over the same N names.
+//!    `ssl_certificate_cache` over the same N names;
+//!
+//! plus dyncert with a single name, which separates the module's own cost
+//! from the cost of N distinct keys. Then: cold-miss latency of a Redis hit
+//! and of an API hit (a certificate API served by this process), memory
+//! per cached certificate (with a breakdown by OpenSSL object), and nginx
+//! start and reload time with N names in Redis against none.
 //!
 //! Every handshake is verified: the leaf must name the SNI (mismatches are
-//! counted and must be 0). Besides handshakes/s and latency it reports the
-//! nginx worker's CPU time per handshake (from /proc), which stays a fair
-//! comparison even when the client is the bottleneck, and worker RSS.
+//! counted; any makes the exit status 1). Besides handshakes/s and latency
+//! it reports the nginx worker's CPU time per handshake, which stays a fair
+//! comparison when the client is the bottleneck.
 //!
-//! Usage: `cargo build --release && cargo run --release -p dyncert-bench --
-//! [--names N] [--seconds S] [--concurrency C]`
+//! Usage: `cargo build --release && cargo build --release -p dyncert-bench &&
+//! target/release/dyncert-bench [--quick] [--names N] [--seconds S] ...`
+
+mod api_server;
+mod client;
+mod load;
+mod pki;
+mod probe;
+mod procs;
+mod report;
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openssl::asn1::Asn1Time;
-use openssl::bn::BigNum;
-use openssl::ec::{EcGroup, EcKey};
-use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
-use openssl::pkey::{PKey, Private};
-use openssl::ssl::{SslConnector, SslMethod, SslSessionCacheMode, SslVerifyMode, SslVersion};
-use openssl::x509::extension::SubjectAlternativeName;
-use openssl::x509::{X509NameBuilder, X509};
+use api_server::ApiServer;
+use client::{Answer, Client};
+use load::Load;
+use pki::{Pki, Site};
+use procs::{client_cpus, cpus, nginx_bin, pin_to, rss_kib, Nginx, Redis};
 
-struct Args {
-    names: usize,
-    seconds: u64,
-    concurrency: usize,
+pub struct Args {
+    pub names: usize,
+    pub seconds: f64,
+    pub rounds: usize,
+    pub concurrency: usize,
+    pub cold: usize,
+    pub repeat: usize,
+    pub quick: bool,
+    pub keep: bool,
 }
 
-fn parse_args() -> Args {
+const USAGE: &str = "usage: dyncert-bench [--quick] [--names N] [--seconds S] [--rounds R] \
+[--concurrency C] [--cold K] [--repeat R] [--keep]
+  --quick          N=500, 3 s per configuration, 100 cold names, 3 repeats (CI)
+  --names N        names in Redis (default 10000)
+  --seconds S      measured seconds per configuration (default 10)
+  --rounds R       the configurations take turns in R rounds (default 5)
+  --concurrency C  concurrent connections (default 8)
+  --cold K         never-seen names measured for a Redis hit and an API hit (default 1000)
+  --repeat R       nginx starts and reloads measured per case (default 5)
+  --keep           keep the temporary directory (configurations, logs, certificates)";
+
+fn parse_args(argv: &[String]) -> Args {
     let mut a = Args {
         names: 10_000,
-        seconds: 10,
+        seconds: 10.0,
+        rounds: 5,
         concurrency: 8,
+        cold: 1000,
+        repeat: 5,
+        quick: false,
+        keep: false,
     };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.iter().any(|s| s == "--quick") {
+        a = Args {
+            names: 500,
+            seconds: 3.0,
+            rounds: 3,
+            cold: 100,
+            repeat: 3,
+            quick: true,
+            ..a
+        };
+    }
+    let usage = || -> ! {
+        eprintln!("{USAGE}");
+        std::process::exit(2)
+    };
     let mut i = 0;
     while i < argv.len() {
-        let v = argv.get(i + 1).and_then(|s| s.parse::<u64>().ok());
-        match (argv[i].as_str(), v) {
-            ("--names", Some(v)) => a.names = v as usize,
-            ("--seconds", Some(v)) => a.seconds = v,
-            ("--concurrency", Some(v)) => a.concurrency = v as usize,
-            _ => {
-                eprintln!("usage: dyncert-bench [--names N] [--seconds S] [--concurrency C]");
-                std::process::exit(2);
-            }
+        let flag = argv[i].as_str();
+        if flag == "--quick" || flag == "--keep" {
+            a.keep |= flag == "--keep";
+            i += 1;
+            continue;
+        }
+        let Some(v) = argv.get(i + 1).and_then(|s| s.parse::<f64>().ok()) else {
+            usage()
+        };
+        if v <= 0.0 {
+            usage()
+        }
+        match flag {
+            "--names" => a.names = v as usize,
+            "--seconds" => a.seconds = v,
+            "--rounds" => a.rounds = v as usize,
+            "--concurrency" => a.concurrency = v as usize,
+            "--cold" => a.cold = v as usize,
+            "--repeat" => a.repeat = v as usize,
+            _ => usage(),
         }
         i += 2;
+    }
+    if a.names == 0 || a.rounds == 0 || a.concurrency == 0 || a.cold == 0 || a.repeat == 0 {
+        usage()
     }
     a
 }
 
-// --- paths -----------------------------------------------------------------
-
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent().expect("target/<profile>").to_path_buf()
+/// One configuration under load.
+pub struct Config {
+    pub label: String,
+    nginx_port: u16,
+    worker: u32,
+    names: Arc<Vec<String>>,
+    pub load: Load,
 }
 
-fn nginx_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("DYNCERT_NGINX_BIN") {
-        return p.into();
-    }
-    let dir = fs::read_to_string(profile_dir().join("nginx-build-dir.txt"))
-        .expect("target/<profile>/nginx-build-dir.txt: run `cargo build --release` first");
-    PathBuf::from(dir.trim()).join("nginx")
+/// Start and reload times (ms) of one nginx configuration.
+#[derive(Default)]
+pub struct Lifecycle {
+    pub start: Vec<f64>,
+    pub reload: Vec<f64>,
 }
 
-fn module_path() -> PathBuf {
-    std::env::var_os("DYNCERT_MODULE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| profile_dir().join("libngx_http_dyncert_module.so"))
+/// The cases whose start and reload are timed: stock nginx without the
+/// module (for scale), dyncert with 0 names in Redis, with N names.
+pub const LIFECYCLE_CASES: usize = 3;
+
+/// Memory figures (KiB) of the warm-up: worker RSS before and after.
+pub struct Memory {
+    pub dyncert: (u64, u64),
+    pub stock: (u64, u64),
+    pub names: usize,
+    pub breakdown: Option<probe::Breakdown>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+pub struct ColdReport {
+    /// HGETALL round trips from the bench, microseconds.
+    pub redis_rtt: Vec<u32>,
+    pub redis: load::Cold,
+    pub api: load::Cold,
+    pub writeback: usize,
+    pub api_found: u64,
+    pub api_not_found: u64,
 }
 
-// --- PKI -------------------------------------------------------------------
-
-fn ec_key() -> PKey<Private> {
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-    PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
-}
-
-fn cert(
-    cn: &str,
-    sans: &[&str],
-    key: &PKey<Private>,
-    issuer: Option<(&X509, &PKey<Private>)>,
-    serial: u32,
-) -> X509 {
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", cn).unwrap();
-    let name = name.build();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    b.set_serial_number(&BigNum::from_u32(serial).unwrap().to_asn1_integer().unwrap())
-        .unwrap();
-    b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(issuer.map(|(c, _)| c.subject_name()).unwrap_or(&name))
-        .unwrap();
-    b.set_pubkey(key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
-        .unwrap();
-    if !sans.is_empty() {
-        let mut san = SubjectAlternativeName::new();
-        for s in sans {
-            san.dns(s);
-        }
-        let ext = san
-            .build(&b.x509v3_context(issuer.map(|(c, _)| &**c), None))
-            .unwrap();
-        b.append_extension(ext).unwrap();
-    }
-    b.sign(
-        issuer.map(|(_, k)| k).unwrap_or(key),
-        MessageDigest::sha256(),
-    )
-    .unwrap();
-    b.build()
-}
-
-struct Site {
-    name: String,
-    chain_pem: String,
-    key_pem: String,
-}
-
-// --- processes ---------------------------------------------------------------
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn start_redis(dir: &Path) -> (Proc, u16) {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server (apt-get install redis-server)");
-    wait_port(port);
-    (Proc(child), port)
-}
-
-fn resp(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend(b"\r\n");
-    }
-    out
-}
-
-/// Loads all records with one pipelined connection (raw RESP).
-fn load_redis(port: u16, sites: &[Site]) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut buf = Vec::new();
-    for site in sites {
-        let key = format!("dyncert:cert:{}", site.name);
-        buf.extend(resp(&[
-            b"HSET",
-            key.as_bytes(),
-            b"crt",
-            site.chain_pem.as_bytes(),
-            b"key",
-            site.key_pem.as_bytes(),
-        ]));
-    }
-    buf.extend(resp(&[b"PING"]));
-    let reader_stream = s.try_clone().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut r = BufReader::new(reader_stream);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if r.read_line(&mut line).unwrap_or(0) == 0 || line.starts_with("+PONG") {
-                break;
-            }
-            assert!(!line.starts_with('-'), "redis error: {line}");
-        }
-    });
-    s.write_all(&buf).unwrap();
-    reader.join().unwrap();
-}
-
-struct Nginx {
-    _proc: Proc,
-    prefix: PathBuf,
-    port: u16,
-}
-
-impl Nginx {
-    fn start(prefix: &Path, http: &str, with_module: bool) -> Nginx {
-        let port = free_port();
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        // Server on CPU 0, load generator on the others (when there are any).
-        let affinity = if cpus > 1 {
-            "worker_cpu_affinity 01;"
-        } else {
-            ""
-        };
-        let load = if with_module {
-            format!("load_module {};", module_path().display())
-        } else {
-            String::new()
-        };
-        let conf = format!(
-            "{load}\nworker_processes 1;\n{affinity}\ndaemon off;\nerror_log {p}/error.log warn;\n\
-             pid {p}/nginx.pid;\nevents {{ worker_connections 4096; }}\n\
-             http {{\n access_log off;\n ssl_protocols TLSv1.3;\n ssl_session_tickets off;\n\
-             ssl_session_cache off;\n{http}\n}}\n",
-            p = prefix.display(),
-            http = http.replace("PORT", &port.to_string()),
-        );
-        fs::create_dir_all(prefix.join("conf")).unwrap();
-        fs::create_dir_all(prefix.join("logs")).unwrap();
-        fs::write(prefix.join("conf/nginx.conf"), conf).unwrap();
-        let child = Command::new(nginx_bin())
-            .arg("-p")
-            .arg(prefix)
-            .args(["-c", "conf/nginx.conf", "-e"])
-            .arg(prefix.join("error.log"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx");
-        wait_port(port);
-        Nginx {
-            _proc: Proc(child),
-            prefix: prefix.to_path_buf(),
-            port,
-        }
-    }
-
-    fn worker_pid(&self) -> u32 {
-        let master: u32 = fs::read_to_string(self.prefix.join("nginx.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            for e in fs::read_dir("/proc").unwrap().flatten() {
-                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                    continue;
-                };
-                if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
-                    let after = &stat[stat.rfind(')').unwrap_or(0) + 2..];
-                    let ppid: u32 = after.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
-                    if ppid == master {
-                        return pid;
-                    }
-                }
-            }
-            assert!(Instant::now() < deadline, "no nginx worker");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// utime + stime of a process, in microseconds.
-fn cpu_micros(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = &stat[stat.rfind(')').map(|i| i + 2).unwrap_or(0)..];
-    let f: Vec<&str> = after.split(' ').collect();
-    let ticks: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    ticks * 1_000_000 / hz
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-// --- load generator ----------------------------------------------------------
-
-fn connector() -> SslConnector {
-    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    b.set_verify(SslVerifyMode::NONE);
-    b.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
-    // Every handshake is a full one: no session reuse on the client side.
-    b.set_session_cache_mode(SslSessionCacheMode::OFF);
-    b.build()
-}
-
-/// One handshake; Ok(true) when the leaf names the SNI.
-fn handshake(c: &SslConnector, port: u16, sni: &str) -> Result<bool, String> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    tcp.set_nodelay(true).ok();
-    let mut cfg = c.configure().map_err(|e| e.to_string())?;
-    cfg.set_verify_hostname(false);
-    let mut s = cfg.connect(sni, tcp).map_err(|e| e.to_string())?;
-    let ok = s
-        .ssl()
-        .peer_certificate()
-        .and_then(|leaf| leaf.subject_alt_names())
-        .map(|sans| sans.iter().any(|g| g.dnsname() == Some(sni)))
-        .unwrap_or(false);
-    let _ = s.shutdown();
-    let mut sink = [0u8; 64];
-    let _ = s.get_mut().read(&mut sink);
-    Ok(ok)
-}
-
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
-    // sched_setaffinity only touch the set we own.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-struct RunResult {
-    handshakes: u64,
-    errors: u64,
-    mismatches: u64,
-    secs: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    cpu_us_per_hs: f64,
-    rss_kib: u64,
-}
-
-fn run_load(nginx: &Nginx, names: &[String], args: &Args) -> RunResult {
-    let worker = nginx.worker_pid();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let stop = Arc::new(AtomicBool::new(false));
-    let names = Arc::new(names.to_vec());
-    let cpu0 = cpu_micros(worker);
-    let start = Instant::now();
-    let threads: Vec<_> = (0..args.concurrency)
-        .map(|t| {
-            let stop = stop.clone();
-            let names = names.clone();
-            let port = nginx.port;
-            std::thread::spawn(move || {
-                if cpus > 1 {
-                    pin_to_cpu(1 + t % (cpus - 1));
-                }
-                let c = connector();
-                let mut lat = Vec::new();
-                let (mut errors, mut mismatches) = (0u64, 0u64);
-                // xorshift: cheap, deterministic per thread.
-                let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1);
-                while !stop.load(Ordering::Relaxed) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let sni = &names[(x % names.len() as u64) as usize];
-                    let t0 = Instant::now();
-                    match handshake(&c, port, sni) {
-                        Ok(true) => lat.push(t0.elapsed().as_micros() as u32),
-                        Ok(false) => mismatches += 1,
-                        Err(_) => errors += 1,
-                    }
-                }
-                (lat, errors, mismatches)
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(args.seconds));
-    stop.store(true, Ordering::Relaxed);
-    let mut lat = Vec::new();
-    let (mut errors, mut mismatches) = (0, 0);
-    for t in threads {
-        let (l, e, m) = t.join().unwrap();
-        lat.extend(l);
-        errors += e;
-        mismatches += m;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let cpu = cpu_micros(worker).saturating_sub(cpu0);
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .map(|&v| v as f64 / 1000.0)
-            .unwrap_or(0.0)
-    };
-    let n = lat.len() as u64;
-    RunResult {
-        handshakes: n,
-        errors,
-        mismatches,
-        secs,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        cpu_us_per_hs: if n > 0 { cpu as f64 / n as f64 } else { 0.0 },
-        rss_kib: rss_kib(worker),
-    }
-}
-
-/// Touches every name once (twice for dyncert: the first may be parked).
-fn warm(nginx: &Nginx, names: &[String], passes: usize) -> u64 {
-    let c = connector();
-    let mut mismatches = 0;
-    for pass in 0..passes {
-        for n in names {
-            match handshake(&c, nginx.port, n) {
-                Ok(true) => {}
-                _ if pass + 1 < passes => {}
-                _ => mismatches += 1,
-            }
-        }
-    }
-    mismatches
+/// Everything that went wrong in a way that invalidates the run.
+#[derive(Default)]
+pub struct Problems {
+    pub notes: Vec<String>,
+    /// Handshakes whose certificate did not name the SNI, over the run.
+    pub mismatches: u64,
 }
 
 fn main() {
-    let args = parse_args();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("--probe") {
+        let dir = PathBuf::from(argv.get(1).expect("dir"));
+        let m = argv.get(2).and_then(|v| v.parse().ok()).expect("count");
+        probe::child(&dir, m);
+        return;
+    }
+    let args = parse_args(&argv);
     let dir = std::env::temp_dir().join(format!("dyncert-bench-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
-    eprintln!("nginx:  {}", nginx_bin().display());
-    eprintln!("module: {}", module_path().display());
-
-    eprintln!("generating {} ECDSA P-256 certificates...", args.names);
-    let ca_key = ec_key();
-    let ca = cert("dyncert bench CA", &[], &ca_key, None, 1);
-    let ca_pem = String::from_utf8(ca.to_pem().unwrap()).unwrap();
-    let mut sites = Vec::with_capacity(args.names);
-    for i in 0..args.names {
-        let name = format!("site{i}.bench.test");
-        let k = ec_key();
-        let leaf = cert(&name, &[&name], &k, Some((&ca, &ca_key)), 1000 + i as u32);
-        sites.push(Site {
-            chain_pem: String::from_utf8(leaf.to_pem().unwrap()).unwrap() + &ca_pem,
-            key_pem: String::from_utf8(k.private_key_to_pem_pkcs8().unwrap()).unwrap(),
-            name,
-        });
+    let code = run(&args, &dir);
+    if args.keep {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = fs::remove_dir_all(&dir);
     }
-    let names: Vec<String> = sites.iter().map(|s| s.name.clone()).collect();
+    std::process::exit(code);
+}
 
-    // Files shared by the configurations.
+fn step(what: &str) {
+    eprintln!("[{}] {what}", elapsed_tag());
+}
+
+fn elapsed_tag() -> String {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    format!("{t:7.1}s")
+}
+
+fn run(args: &Args, dir: &Path) -> i32 {
+    step(&format!("nginx {}", nginx_bin().display()));
+    step(&format!("module {}", procs::module_path().display()));
+    let mut problems = Problems::default();
+
+    // --- certificates (both CPUs) ---------------------------------------
+    let threads = cpus();
+    let t0 = Instant::now();
+    let pki = Pki::new();
+    let main_names: Vec<String> = (0..args.names)
+        .map(|i| format!("site{i}.bench.test"))
+        .collect();
+    let cold_names: Vec<String> = (0..args.cold)
+        .map(|i| format!("cold{i}.bench.test"))
+        .collect();
+    let api_names: Vec<String> = (0..args.cold)
+        .map(|i| format!("api{i}.bench.test"))
+        .collect();
+    step(&format!(
+        "generating {} ECDSA P-256 certificates on {threads} threads",
+        args.names + 2 * args.cold + 1
+    ));
+    let sites = pki.sites(main_names.clone(), 1000, threads);
+    let cold_sites = pki.sites(cold_names.clone(), 1000 + args.names as u32, threads);
+    let api_sites = pki.sites(
+        api_names.clone(),
+        1000 + (args.names + args.cold) as u32,
+        threads,
+    );
+    let static_site = pki.site("static.bench.test".into(), 999);
+    let gen_secs = t0.elapsed().as_secs_f64();
+
+    // Files only for the stock configuration (and the static one).
+    let t0 = Instant::now();
     let certs = dir.join("certs");
     fs::create_dir_all(&certs).unwrap();
-    let sk = ec_key();
-    let static_leaf = cert(
-        "static.bench.test",
-        &["static.bench.test"],
-        &sk,
-        Some((&ca, &ca_key)),
-        2,
-    );
-    fs::write(
-        certs.join("static.crt"),
-        [static_leaf.to_pem().unwrap(), ca.to_pem().unwrap()].concat(),
-    )
-    .unwrap();
-    fs::write(
-        certs.join("static.key"),
-        sk.private_key_to_pem_pkcs8().unwrap(),
-    )
-    .unwrap();
-    for s in &sites {
-        fs::write(certs.join(format!("{}.crt", s.name)), &s.chain_pem).unwrap();
-        fs::write(certs.join(format!("{}.key", s.name)), &s.key_pem).unwrap();
+    write_files(&certs, &pki, std::slice::from_ref(&static_site), 1);
+    write_files(&certs, &pki, &sites, threads);
+    let files_secs = t0.elapsed().as_secs_f64();
+    step(&format!(
+        "certificates {gen_secs:.1}s, files for the stock configuration {files_secs:.1}s"
+    ));
+
+    // From here on: nginx workers on CPU 0, everything else elsewhere.
+    let two_cpus = cpus() > 1;
+    if two_cpus {
+        pin_to(&client_cpus());
     }
+
+    let redis_full = Redis::start(dir);
+    let redis_empty = Redis::start(dir);
+    let t0 = Instant::now();
+    redis_full.load(&pki, &sites);
+    redis_full.load(&pki, &cold_sites);
+    step(&format!(
+        "{} records loaded into redis in {:.1}s",
+        sites.len() + cold_sites.len(),
+        t0.elapsed().as_secs_f64()
+    ));
+    let api = ApiServer::start(
+        api_sites
+            .iter()
+            .map(|s| (s.name.clone(), s.api_json(&pki)))
+            .collect::<HashMap<_, _>>(),
+    );
+    drop((sites, cold_sites, api_sites));
+
     let c = certs.display().to_string();
-
-    let mut table: Vec<(String, RunResult)> = Vec::new();
-    let mut notes: HashMap<&str, String> = HashMap::new();
-
-    // 1. static ceiling
-    {
-        let http = format!(
-            "server {{ listen 127.0.0.1:PORT ssl; ssl_certificate {c}/static.crt; \
-             ssl_certificate_key {c}/static.key; return 200; }}"
-        );
-        let ng = Nginx::start(&dir.join("static"), &http, true);
-        eprintln!("running static ...");
-        let r = run_load(&ng, &["static.bench.test".to_string()], &args);
-        table.push(("static (1 name)".into(), r));
-    }
-
-    // 2. dyncert
-    {
-        let (_redis, rport) = start_redis(&dir);
-        let t0 = Instant::now();
-        load_redis(rport, &sites);
-        notes.insert(
-            "load",
-            format!(
-                "{:.1}s to load {} records into redis",
-                t0.elapsed().as_secs_f64(),
-                sites.len()
-            ),
-        );
-        let http = format!(
-            "dyncert_redis redis://127.0.0.1:{rport}/0; dyncert_cache max={} valid=1h; \
-             server {{ listen 127.0.0.1:PORT ssl; ssl_certificate {c}/static.crt; \
-             ssl_certificate_key {c}/static.key; dyncert on; return 200; }}",
-            args.names + 100
-        );
-        let t0 = Instant::now();
-        let ng = Nginx::start(&dir.join("dyncert"), &http, true);
-        notes.insert(
-            "start",
-            format!("{:.0} ms", t0.elapsed().as_secs_f64() * 1000.0),
-        );
-        let w = ng.worker_pid();
-        let rss0 = rss_kib(w);
-        eprintln!("warming dyncert cache ...");
-        let t0 = Instant::now();
-        let miss = warm(&ng, &names, 2);
-        let warm_secs = t0.elapsed().as_secs_f64();
-        let rss1 = rss_kib(w);
-        notes.insert(
-            "mem",
-            format!(
-                "{:.2} KiB RSS per cached certificate ({} KiB -> {} KiB for {} names)",
-                (rss1.saturating_sub(rss0)) as f64 / args.names as f64,
-                rss0,
-                rss1,
-                args.names
-            ),
-        );
-        notes.insert(
-            "warm",
-            format!(
-                "{warm_secs:.1}s for two passes over {} names, {miss} mismatches",
-                args.names
-            ),
-        );
-        eprintln!("running dyncert ...");
-        let r = run_load(&ng, &names, &args);
-        table.push((format!("dyncert ({} names)", args.names), r));
-    }
-
-    // 3. stock nginx with variables + ssl_certificate_cache
-    {
-        let http = format!(
-            "ssl_certificate_cache max={} valid=1h; server {{ listen 127.0.0.1:PORT ssl; \
-             ssl_certificate {c}/$ssl_server_name.crt; ssl_certificate_key {c}/$ssl_server_name.key; \
-             return 200; }}",
-            args.names + 100
-        );
-        let ng = Nginx::start(&dir.join("stockvar"), &http, false);
-        eprintln!("warming stock-variables cache ...");
-        warm(&ng, &names, 1);
-        eprintln!("running stock-variables ...");
-        let r = run_load(&ng, &names, &args);
-        table.push((format!("stock $ssl_server_name ({} names)", args.names), r));
-    }
-
-    println!();
-    println!(
-        "{:<36} {:>10} {:>9} {:>9} {:>13} {:>11} {:>7} {:>10}",
-        "configuration",
-        "hs/s",
-        "p50 ms",
-        "p99 ms",
-        "srv cpu/hs us",
-        "worker RSS",
-        "errors",
-        "mismatch"
+    let static_http = format!(
+        "server {{ listen 127.0.0.1:PORT ssl; ssl_certificate {c}/static.bench.test.crt; \
+         ssl_certificate_key {c}/static.bench.test.key; return 200 \"$pid\\n\"; }}"
     );
-    for (name, r) in &table {
-        println!(
-            "{:<36} {:>10.0} {:>9.3} {:>9.3} {:>13.1} {:>8} KiB {:>7} {:>10}",
-            name,
-            r.handshakes as f64 / r.secs,
-            r.p50_ms,
-            r.p99_ms,
-            r.cpu_us_per_hs,
-            r.rss_kib,
-            r.errors,
-            r.mismatches
-        );
+    let cache_max = args.names + 2 * args.cold + 100;
+    let dyncert_http = |redis_port: u16| {
+        format!(
+            "dyncert_redis redis://127.0.0.1:{redis_port}/0;\n\
+             dyncert_api \"http://127.0.0.1:{api}/certs/{{name}}\" writeback=1h;\n\
+             dyncert_cache max={cache_max} valid=1h stale=1h negative=1m;\n\
+             server {{ listen 127.0.0.1:PORT ssl; ssl_certificate {c}/static.bench.test.crt; \
+             ssl_certificate_key {c}/static.bench.test.key; dyncert on; \
+             return 200 \"$pid $dyncert_source\\n\"; }}",
+            api = api.port
+        )
+    };
+    // inactive= defaults to 10s, which would drop most of N names between
+    // two random hits: give the stock cache the same lifetime as dyncert's.
+    // Its max= counts files: two per name.
+    let stock_http = format!(
+        "ssl_certificate_cache max={} inactive=1h valid=1h;\n\
+         server {{ listen 127.0.0.1:PORT ssl; \
+         ssl_certificate {c}/$ssl_server_name.crt; \
+         ssl_certificate_key {c}/$ssl_server_name.key; return 200 \"$pid\\n\"; }}",
+        2 * cache_max
+    );
+
+    let ng_static = Nginx::start(&dir.join("static"), &static_http, false);
+    let ng_dyncert = Nginx::start(&dir.join("dyncert"), &dyncert_http(redis_full.port), true);
+    let ng_stock = Nginx::start(&dir.join("stockvar"), &stock_http, false);
+    let names = Arc::new(main_names);
+    let first = names[0].clone();
+
+    // --- warm-up and memory ------------------------------------------------
+    let client = Client::new();
+    let settle = |port: u16, sni: Option<&str>| {
+        for _ in 0..3 {
+            if let Ok(c) = client.handshake(port, sni) {
+                c.close();
+            }
+        }
+    };
+    settle(ng_static.port, Some("static.bench.test"));
+    settle(ng_dyncert.port, None);
+    settle(ng_dyncert.port, Some(&first));
+    settle(ng_stock.port, Some(&first));
+
+    let dw = ng_dyncert.worker_pid();
+    let rss0 = rss_kib(dw);
+    step(&format!(
+        "warming the dyncert cache with {} names",
+        names.len()
+    ));
+    let w = load::warm(ng_dyncert.port, &names, args.concurrency);
+    let dyn_mem = (rss0, rss_kib(dw));
+    step(&format!(
+        "  {:.1}s, {} mismatches, {} errors",
+        w.secs, w.mismatches, w.errors
+    ));
+    problems.check("warming dyncert", w.mismatches, w.errors, &w.first_error);
+    // Sampled proof that the measured run hits the cache, not Redis.
+    let sample: Vec<String> = names
+        .iter()
+        .step_by((names.len() / args.cold.min(names.len())).max(1))
+        .cloned()
+        .collect();
+    let (bad, first_bad) = load::check_sources(ng_dyncert.port, &sample, "cache");
+    if bad > 0 {
+        problems.notes.push(format!(
+            "{bad} of {} sampled warmed names were not served from the cache (first: {})",
+            sample.len(),
+            first_bad.unwrap_or_default()
+        ));
     }
-    let hs = |i: usize| table[i].1.handshakes as f64 / table[i].1.secs;
-    let cpu = |i: usize| table[i].1.cpu_us_per_hs;
-    println!();
-    println!(
-        "ratio dyncert/static:      handshakes/s {:.3}   server cpu per handshake {:.3}",
-        hs(1) / hs(0),
-        cpu(1) / cpu(0)
-    );
-    println!(
-        "ratio dyncert/stock-vars:  handshakes/s {:.3}   server cpu per handshake {:.3}",
-        hs(1) / hs(2),
-        cpu(1) / cpu(2)
-    );
-    for k in ["load", "start", "warm", "mem"] {
-        if let Some(v) = notes.get(k) {
-            println!("{k:<6} {v}");
+    let warm_check = (sample.len(), bad);
+
+    let sw = ng_stock.worker_pid();
+    let rss0 = rss_kib(sw);
+    step(&format!(
+        "warming the stock ssl_certificate_cache with {} names",
+        names.len()
+    ));
+    let w = load::warm(ng_stock.port, &names, args.concurrency);
+    let stock_mem = (rss0, rss_kib(sw));
+    step(&format!(
+        "  {:.1}s, {} mismatches, {} errors",
+        w.secs, w.mismatches, w.errors
+    ));
+    problems.check("warming stock", w.mismatches, w.errors, &w.first_error);
+
+    // --- throughput, interleaved ----------------------------------------------
+    let one = |n: &str| Arc::new(vec![n.to_owned()]);
+    let mut configs = vec![
+        Config {
+            label: "static (1 name)".into(),
+            nginx_port: ng_static.port,
+            worker: ng_static.worker_pid(),
+            names: one("static.bench.test"),
+            load: Load::default(),
+        },
+        Config {
+            label: format!("dyncert ({} names, cached)", names.len()),
+            nginx_port: ng_dyncert.port,
+            worker: dw,
+            names: names.clone(),
+            load: Load::default(),
+        },
+        Config {
+            label: format!("stock $ssl_server_name ({})", names.len()),
+            nginx_port: ng_stock.port,
+            worker: sw,
+            names: names.clone(),
+            load: Load::default(),
+        },
+        Config {
+            label: "dyncert (1 name, cached)".into(),
+            nginx_port: ng_dyncert.port,
+            worker: dw,
+            names: one(&first),
+            load: Load::default(),
+        },
+    ];
+    let slice = Duration::from_secs_f64(args.seconds / args.rounds as f64);
+    for r in 0..args.rounds {
+        step(&format!(
+            "round {}/{}: {} configurations x {:.1}s",
+            r + 1,
+            args.rounds,
+            configs.len(),
+            slice.as_secs_f64()
+        ));
+        let n = configs.len();
+        for k in 0..n {
+            // Rotate the order so no configuration always runs first.
+            let cfg = &mut configs[(k + r) % n];
+            load::run_slice(
+                &mut cfg.load,
+                cfg.nginx_port,
+                cfg.worker,
+                &cfg.names,
+                args.concurrency,
+                slice,
+                (r * n + k) as u64 + 1,
+            );
         }
     }
-    let bad: u64 = table.iter().map(|(_, r)| r.mismatches).sum();
-    println!("certificate/SNI mismatches: {bad}");
-    let _ = fs::remove_dir_all(&dir);
-    if bad > 0 {
-        std::process::exit(1);
+    for cfg in &mut configs {
+        cfg.load.rss_kib = rss_kib(cfg.worker);
+        let l = &cfg.load;
+        problems.check(&cfg.label, l.mismatches, l.errors, &l.first_error);
     }
+
+    // --- cold misses -----------------------------------------------------------
+    step(&format!(
+        "cold misses: {} redis hits, {} api hits, each after a cached handshake",
+        cold_names.len(),
+        api_names.len()
+    ));
+    let redis_rtt = redis_full.hgetall_micros(&cold_names);
+    let redis_cold = load::cold(ng_dyncert.port, &names, &cold_names, "redis", 7);
+    let api_cold = load::cold(ng_dyncert.port, &names, &api_names, "api", 11);
+    for (what, c) in [("redis hit", &redis_cold), ("api hit", &api_cold)] {
+        problems.check(what, c.mismatches, c.errors, &None);
+        if c.unexpected > 0 {
+            problems.notes.push(format!(
+                "{what}: {} answers with an unexpected $dyncert_source (first: {})",
+                c.unexpected,
+                c.first_unexpected.clone().unwrap_or_default()
+            ));
+        }
+    }
+    // The write-back runs after the answer: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut writeback = redis_full.count_records(&api_names);
+    while writeback < api_names.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        writeback = redis_full.count_records(&api_names);
+    }
+    let cold = ColdReport {
+        redis_rtt,
+        redis: redis_cold,
+        api: api_cold,
+        writeback,
+        api_found: api.found.load(std::sync::atomic::Ordering::Relaxed),
+        api_not_found: api.not_found.load(std::sync::atomic::Ordering::Relaxed),
+    };
+    let dyncert_log = ng_dyncert.error_log();
+    ng_static.stop();
+    ng_dyncert.stop();
+    ng_stock.stop();
+
+    // --- start and reload ---------------------------------------------------------
+    step(&format!(
+        "nginx start and reload, {} times each with 0 and with {} names in redis",
+        args.repeat,
+        names.len() + cold_names.len()
+    ));
+    let (http_empty, http_full) = (
+        dyncert_http(redis_empty.port),
+        dyncert_http(redis_full.port),
+    );
+    let life = lifecycle(
+        dir,
+        args.repeat,
+        &[
+            (&static_http, false),
+            (&http_empty, true),
+            (&http_full, true),
+        ],
+        &mut problems,
+    );
+
+    // --- where the memory goes -------------------------------------------------------
+    step("probes: memory by OpenSSL object, parse and install times (child process)");
+    let breakdown = probe::run(&certs, names.len().min(10_000));
+    let mem = Memory {
+        dyncert: dyn_mem,
+        stock: stock_mem,
+        names: names.len(),
+        breakdown,
+    };
+
+    let warn_lines: Vec<&str> = dyncert_log
+        .lines()
+        .filter(|l| l.contains("[warn]") || l.contains("[error]") || l.contains("[alert]"))
+        .collect();
+
+    report::print(report::Report {
+        args,
+        two_cpus,
+        configs: &configs,
+        cold: &cold,
+        mem: &mem,
+        life: &life,
+        warm_check,
+        problems: &problems,
+        dyncert_log_warnings: &warn_lines,
+    })
+}
+
+impl Problems {
+    fn check(&mut self, what: &str, mismatches: u64, errors: u64, first: &Option<String>) {
+        self.mismatches += mismatches;
+        if mismatches > 0 {
+            self.notes.push(format!(
+                "{what}: {mismatches} handshakes got a certificate that does not name the SNI"
+            ));
+        }
+        if errors > 0 {
+            self.notes.push(format!(
+                "{what}: {errors} handshakes failed (first: {})",
+                first.clone().unwrap_or_default()
+            ));
+        }
+    }
+}
+
+fn write_files(certs: &Path, pki: &Pki, sites: &[Site], threads: usize) {
+    let per = sites.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|s| {
+        for chunk in sites.chunks(per) {
+            s.spawn(move || {
+                for site in chunk {
+                    fs::write(
+                        certs.join(format!("{}.crt", site.name)),
+                        site.chain_pem(pki),
+                    )
+                    .unwrap();
+                    fs::write(certs.join(format!("{}.key", site.name)), &site.key_pem).unwrap();
+                }
+            });
+        }
+    });
+}
+
+/// `$pid` of the worker that serves a fresh connection (no SNI: the
+/// default certificate, no fetch).
+fn serving_pid(client: &Client, port: u16) -> Option<u32> {
+    let body = client.handshake(port, None).ok()?.get().ok()?;
+    Answer::parse(&body).map(|a| a.pid)
+}
+
+/// Times nginx start (from spawning it to the first handshake a worker
+/// completes) and reload (from running `nginx -s reload` to the first
+/// handshake a new worker completes) for each case, `repeat` times, the
+/// cases taking turns.
+fn lifecycle(
+    dir: &Path,
+    repeat: usize,
+    cases: &[(&str, bool); LIFECYCLE_CASES],
+    problems: &mut Problems,
+) -> [Lifecycle; LIFECYCLE_CASES] {
+    let client = Client::new();
+    let mut life: [Lifecycle; LIFECYCLE_CASES] = Default::default();
+    for rep in 0..repeat {
+        for (i, &(http, module)) in cases.iter().enumerate() {
+            let prefix = dir.join(format!("start-{i}-{rep}"));
+            let t0 = Instant::now();
+            let ng = Nginx::spawn(&prefix, http, module);
+            let deadline = t0 + Duration::from_secs(20);
+            let ok = loop {
+                match client.handshake(ng.port, None) {
+                    Ok(c) => {
+                        c.close();
+                        break true;
+                    }
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_micros(500))
+                    }
+                    Err(e) => {
+                        problems.notes.push(format!("nginx start (case {i}): {e}"));
+                        break false;
+                    }
+                }
+            };
+            let ms = t0.elapsed().as_secs_f64() * 1000.0;
+            ng.stop();
+            let _ = fs::remove_dir_all(&prefix);
+            if ok {
+                life[i].start.push(ms);
+            }
+        }
+    }
+    let running: Vec<Nginx> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, &(http, module))| Nginx::start(&dir.join(format!("reload-{i}")), http, module))
+        .collect();
+    for _ in 0..repeat {
+        for (i, ng) in running.iter().enumerate() {
+            let Some(old) = serving_pid(&client, ng.port) else {
+                problems
+                    .notes
+                    .push(format!("reload (case {i}): no answer before reload"));
+                continue;
+            };
+            let t0 = Instant::now();
+            ng.reload();
+            let deadline = t0 + Duration::from_secs(20);
+            let ok = loop {
+                match serving_pid(&client, ng.port) {
+                    Some(pid) if pid != old => break true,
+                    _ if Instant::now() > deadline => break false,
+                    _ => std::thread::sleep(Duration::from_micros(500)),
+                }
+            };
+            if !ok {
+                problems
+                    .notes
+                    .push(format!("reload (case {i}): no new worker within 20s"));
+                continue;
+            }
+            life[i].reload.push(t0.elapsed().as_secs_f64() * 1000.0);
+            // The old worker is gone before the next reload.
+            let gone = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{old}")).exists() && Instant::now() < gone {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    life
 }

@@ -1,0 +1,426 @@
+//! The printed tables, the targets of issue 5 with PASS/FAIL, and the
+//! exit status.
+
+use crate::load::{pct_ms, Cold};
+use crate::{Args, ColdReport, Config, Lifecycle, Memory, Problems, LIFECYCLE_CASES};
+
+pub struct Report<'a> {
+    pub args: &'a Args,
+    pub two_cpus: bool,
+    pub configs: &'a [Config],
+    pub cold: &'a ColdReport,
+    pub mem: &'a Memory,
+    pub life: &'a [Lifecycle; LIFECYCLE_CASES],
+    /// (sampled names, of which not served from the cache)
+    pub warm_check: (usize, usize),
+    pub problems: &'a Problems,
+    pub dyncert_log_warnings: &'a [&'a str],
+}
+
+/// Targets of issue 5.
+const VS_STATIC: f64 = 0.97;
+const VS_STOCK: f64 = 1.0;
+const REDIS_MISS_P99_MS: f64 = 2.0;
+const KIB_PER_CERT: f64 = 4.0;
+/// Start/reload count as independent of N when the medians differ by less
+/// than this many milliseconds or this fraction, whichever is larger:
+/// loading N records at start would cost N Redis round trips and parses
+/// (about a second for 10,000), far above either bound.
+const LIFECYCLE_TOL_MS: f64 = 10.0;
+const LIFECYCLE_TOL_FRAC: f64 = 0.25;
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn range(v: &[f64]) -> (f64, f64) {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (min, max)
+}
+
+fn kib_per(before_after: (u64, u64), n: usize) -> f64 {
+    before_after.1.saturating_sub(before_after.0) as f64 / n.max(1) as f64
+}
+
+/// Prints everything; returns the exit status.
+pub fn print(r: Report<'_>) -> i32 {
+    let a = r.args;
+    let nginx_version = std::process::Command::new(crate::procs::nginx_bin())
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+        .unwrap_or_default();
+    println!();
+    println!(
+        "dyncert-bench{}: {} names (ECDSA P-256, distinct keys, chain leaf + intermediate), \
+         {} connections, {:.0} s per configuration in {} interleaved rounds",
+        if a.quick { " --quick" } else { "" },
+        a.names,
+        a.concurrency,
+        a.seconds,
+        a.rounds
+    );
+    println!(
+        "{}, {}; full TLS 1.3 handshakes (X25519, no resumption), loopback; {}",
+        nginx_version.trim_start_matches("nginx version: "),
+        openssl::version::version(),
+        if r.two_cpus {
+            format!(
+                "{} CPUs: nginx worker pinned to CPU 0, client/redis/API on the others",
+                crate::procs::cpus()
+            )
+        } else {
+            "1 CPU: server and client share it".to_owned()
+        }
+    );
+
+    // --- throughput table -----------------------------------------------------
+    println!();
+    println!(
+        "{:<34} {:>8} {:>8} {:>8} {:>13} {:>11} {:>7} {:>10} {:>11}",
+        "configuration",
+        "hs/s",
+        "p50 ms",
+        "p99 ms",
+        "srv CPU us/hs",
+        "worker RSS",
+        "errors",
+        "mismatches",
+        "other load"
+    );
+    let mut foreign: f64 = 0.0;
+    let mut client_util: f64 = 0.0;
+    let mut worker_util: f64 = 0.0;
+    for c in r.configs {
+        let l = &c.load;
+        let mut lat = l.lat_us.clone();
+        println!(
+            "{:<34} {:>8.0} {:>8.2} {:>8.2} {:>13.1} {:>7} MiB {:>7} {:>10} {:>10.0}%",
+            c.label,
+            l.per_sec(),
+            pct_ms(&mut lat, 0.50),
+            pct_ms(&mut lat, 0.99),
+            l.cpu_us_per_hs(),
+            (l.rss_kib + 512) / 1024,
+            l.errors,
+            l.mismatches,
+            l.foreign_server_load() * 100.0
+        );
+        foreign = foreign.max(l.foreign_server_load());
+        client_util = client_util.max(l.client_util());
+        worker_util = worker_util.max(l.worker_util());
+    }
+    let (st, dy, sv) = (&r.configs[0].load, &r.configs[1].load, &r.configs[2].load);
+    let dy1 = &r.configs[3].load;
+    println!();
+    println!(
+        "(other load: share of the server's CPU used by other processes than the nginx worker; \
+         the nginx worker was {:.0}% busy at most, the client {:.0}% of its CPU)",
+        worker_util * 100.0,
+        client_util * 100.0
+    );
+    if r.two_cpus {
+        println!(
+            "With 2 CPUs the client (one CPU, as much crypto per handshake as the server) is the \
+             bottleneck: handshakes/s mostly measures the client. Server CPU per handshake \
+             (capacity = 1 / CPU per handshake) is the robust comparison."
+        );
+    }
+    if foreign > 0.05 {
+        println!(
+            "Note: other processes used up to {:.0}% of the server's CPU (a shared machine); \
+             configurations take turns in rounds so each sees it alike, and ratios are medians \
+             over rounds.",
+            foreign * 100.0
+        );
+    }
+
+    // Ratios per round (adjacent slices see the same machine), then the
+    // median over rounds: a burst of other work on the machine spoils one
+    // round, not the result.
+    let ratio = |x: &crate::load::Load, y: &crate::load::Load| {
+        let n = x.slices.len().min(y.slices.len());
+        let hs: Vec<f64> = (0..n).map(|i| x.slice(i).0 / y.slice(i).0).collect();
+        let cap: Vec<f64> = (0..n).map(|i| y.slice(i).1 / x.slice(i).1).collect();
+        (median(&hs), median(&cap), range(&cap))
+    };
+    let (hs_st, cap_st, rg_st) = ratio(dy, st);
+    let (hs_sv, cap_sv, rg_sv) = ratio(dy, sv);
+    let (_, cap_1, rg_1) = ratio(dy1, st);
+    println!();
+    println!(
+        "{:<30} {:>10} {:>10} {:>24}",
+        "ratio (median of rounds)", "hs/s", "capacity", "capacity, rounds min-max"
+    );
+    let line = |label: &str, hs: Option<f64>, cap: f64, rg: (f64, f64)| {
+        println!(
+            "{:<30} {:>10} {:>9.3}x {:>24}",
+            label,
+            hs.map(|v| format!("{v:.3}x")).unwrap_or_default(),
+            cap,
+            format!("{:.3}-{:.3}", rg.0, rg.1)
+        );
+    };
+    line("dyncert / static", Some(hs_st), cap_st, rg_st);
+    line("dyncert / stock-variables", Some(hs_sv), cap_sv, rg_sv);
+    line("dyncert 1 name / static", None, cap_1, rg_1);
+    println!(
+        "(capacity = 1 / server CPU per handshake; \"dyncert 1 name\" isolates the module's own \
+         cost from that of {} distinct keys)",
+        a.names
+    );
+    if let Some(b) = &r.mem.breakdown {
+        println!(
+            "Installing certificate, key and chain on a connection (dyncert and stock variables \
+             do it per handshake, static once per SSL_CTX) costs {:.1} us (probe) = {:.1}% of the \
+             static configuration's {:.0} us per handshake.",
+            b.install_us,
+            b.install_us / st.cpu_us_per_hs() * 100.0,
+            st.cpu_us_per_hs()
+        );
+    }
+
+    // --- cold misses ------------------------------------------------------------
+    let c = r.cold;
+    println!();
+    println!(
+        "Cold misses: {} never-seen names each, one at a time, each right after a handshake \
+         for a cached name (the reference); latency = connect to end of the client's handshake.",
+        a.cold
+    );
+    println!(
+        "{:<36} {:>8} {:>8} {:>10} {:>10}",
+        "", "p50 ms", "p99 ms", "added p50", "added p99"
+    );
+    let row = |label: &str, cold: &Cold| {
+        let mut cached = cold.cached_us.clone();
+        let mut miss = cold.cold_us.clone();
+        let (c50, c99) = (pct_ms(&mut cached, 0.5), pct_ms(&mut cached, 0.99));
+        let (m50, m99) = (pct_ms(&mut miss, 0.5), pct_ms(&mut miss, 0.99));
+        println!("{:<36} {:>8.2} {:>8.2}", "  cached (reference)", c50, c99);
+        println!(
+            "{:<36} {:>8.2} {:>8.2} {:>10.2} {:>10.2}",
+            format!("  {label}"),
+            m50,
+            m99,
+            m50 - c50,
+            m99 - c99
+        );
+        m99 - c99
+    };
+    let redis_added_p99 = row("redis hit (not cached)", &c.redis);
+    let mut rtt = c.redis_rtt.clone();
+    println!(
+        "{:<36} {:>8.2} {:>8.2}",
+        "  redis HGETALL alone, from the bench",
+        pct_ms(&mut rtt, 0.5),
+        pct_ms(&mut rtt, 0.99)
+    );
+    row("api hit (not in redis)", &c.api);
+    if let Some(b) = &r.mem.breakdown {
+        println!(
+            "  Parsing and checking one record (PEM chain + key, key match) takes {:.0} us of CPU \
+             ({:.0} us wall clock on this machine; probe).",
+            b.parse_us.1, b.parse_us.0
+        );
+    }
+    println!(
+        "  The API answered 200 {} times ({} api names) and 404 {} times; {} of {} api names \
+         were written back to Redis.",
+        c.api_found, a.cold, c.api_not_found, c.writeback, a.cold
+    );
+
+    // --- memory ---------------------------------------------------------------
+    let m = r.mem;
+    let per_dyn = kib_per(m.dyncert, m.names);
+    let per_stock = kib_per(m.stock, m.names);
+    println!();
+    println!(
+        "Memory: dyncert worker RSS {} -> {} KiB after caching {} names = {:.2} KiB per cached \
+         certificate (sampled {} names after warming: {} not from the cache).",
+        m.dyncert.0, m.dyncert.1, m.names, per_dyn, r.warm_check.0, r.warm_check.1
+    );
+    println!(
+        "        stock ssl_certificate_cache worker RSS {} -> {} KiB = {:.2} KiB per certificate.",
+        m.stock.0, m.stock.1, per_stock
+    );
+    if let Some(b) = &m.breakdown {
+        let k = |v: f64| v / 1024.0;
+        println!(
+            "        Per record, parsed as the module does, in a fresh process ({} records): \
+             heap {:.2} KiB (RSS {:.2} KiB), of which",
+            b.records,
+            k(b.record.0),
+            k(b.record.1)
+        );
+        println!(
+            "          leaf X509 {:.2} KiB (its decoded public key alone: {:.2} KiB), \
+             intermediate X509 {:.2} KiB (parsed again for every record), private EVP_PKEY \
+             {:.2} KiB;",
+            k(b.leaf.0),
+            k(b.pubkey.0),
+            k(b.intermediate.0),
+            k(b.key.0)
+        );
+        println!(
+            "          the same data as DER: leaf {} B, intermediate {} B, PKCS#8 key {} B.",
+            b.der.0, b.der.1, b.der.2
+        );
+        println!(
+            "        One parsed intermediate shared by all records would leave {:.2} KiB per \
+             name; of that, the two EC keys (public in the leaf, private) are {:.2} KiB.",
+            k(b.record.0 - b.intermediate.0),
+            k(b.pubkey.0 + b.key.0)
+        );
+    }
+
+    // --- start / reload -------------------------------------------------------------
+    let l = r.life;
+    println!();
+    println!(
+        "{:<44} {:>22} {:>22} {:>22}",
+        format!("nginx, ms (median of {} [min-max])", a.repeat),
+        "stock, no module",
+        "dyncert, 0 names",
+        format!("dyncert, {} names", a.names + a.cold)
+    );
+    let cell = |v: &[f64]| {
+        let (lo, hi) = range(v);
+        format!("{:.1} [{:.1}-{:.1}]", median(v), lo, hi)
+    };
+    println!(
+        "{:<44} {:>22} {:>22} {:>22}",
+        "start to first handshake",
+        cell(&l[0].start),
+        cell(&l[1].start),
+        cell(&l[2].start)
+    );
+    println!(
+        "{:<44} {:>22} {:>22} {:>22}",
+        "nginx -s reload to a new worker's handshake",
+        cell(&l[0].reload),
+        cell(&l[1].reload),
+        cell(&l[2].reload)
+    );
+    let independent = |e: &[f64], f: &[f64]| {
+        let (me, mf) = (median(e), median(f));
+        (mf - me).abs() <= LIFECYCLE_TOL_MS.max(LIFECYCLE_TOL_FRAC * me)
+    };
+
+    // --- targets ------------------------------------------------------------------------
+    let short = |got: f64, want: f64| {
+        if got >= want {
+            String::new()
+        } else {
+            format!(", {:.1}% short", (1.0 - got / want) * 100.0)
+        }
+    };
+    println!();
+    println!("Targets (issue 5):");
+    let lines = [
+        (
+            hs_st >= VS_STATIC,
+            format!(
+                "cached handshakes/s >= {VS_STATIC}x static: {hs_st:.3}x{}",
+                short(hs_st, VS_STATIC)
+            ),
+        ),
+        (
+            cap_st >= VS_STATIC,
+            format!(
+                "cached capacity (server CPU/handshake) >= {VS_STATIC}x static: {cap_st:.3}x{}",
+                short(cap_st, VS_STATIC)
+            ),
+        ),
+        (
+            hs_sv >= VS_STOCK,
+            format!(
+                "cached handshakes/s >= stock variables: {hs_sv:.3}x{}",
+                short(hs_sv, VS_STOCK)
+            ),
+        ),
+        (
+            cap_sv >= VS_STOCK,
+            format!(
+                "cached capacity (server CPU/handshake) >= stock variables: {cap_sv:.3}x{}",
+                short(cap_sv, VS_STOCK)
+            ),
+        ),
+        (
+            redis_added_p99 < REDIS_MISS_P99_MS,
+            format!(
+                "redis-miss added latency p99 < {REDIS_MISS_P99_MS} ms: {redis_added_p99:.2} ms"
+            ),
+        ),
+        (
+            per_dyn <= KIB_PER_CERT,
+            format!(
+                "<= {KIB_PER_CERT} KiB RSS per cached ECDSA certificate: {per_dyn:.2} KiB{}",
+                if per_dyn > KIB_PER_CERT {
+                    format!(" ({:.1}x the target)", per_dyn / KIB_PER_CERT)
+                } else {
+                    String::new()
+                }
+            ),
+        ),
+        (
+            independent(&l[1].start, &l[2].start),
+            format!(
+                "start time independent of N: {:.1} vs {:.1} ms (equal within max({LIFECYCLE_TOL_MS} ms, {:.0}%))",
+                median(&l[1].start),
+                median(&l[2].start),
+                LIFECYCLE_TOL_FRAC * 100.0
+            ),
+        ),
+        (
+            independent(&l[1].reload, &l[2].reload),
+            format!(
+                "reload time independent of N: {:.1} vs {:.1} ms (same rule)",
+                median(&l[1].reload),
+                median(&l[2].reload)
+            ),
+        ),
+    ];
+    for (ok, text) in &lines {
+        println!("  {}  {text}", verdict(*ok));
+    }
+    println!(
+        "  {}  certificate/SNI mismatches: {} (every handshake of the run, warm-up included)",
+        verdict(r.problems.mismatches == 0),
+        r.problems.mismatches
+    );
+
+    if !r.dyncert_log_warnings.is_empty() {
+        println!();
+        println!(
+            "dyncert error log: {} warn/error lines, first: {}",
+            r.dyncert_log_warnings.len(),
+            r.dyncert_log_warnings[0]
+        );
+    }
+    if r.problems.notes.is_empty() {
+        0
+    } else {
+        println!();
+        println!("The run is not valid:");
+        for p in &r.problems.notes {
+            println!("  {p}");
+        }
+        1
+    }
+}
