@@ -101,9 +101,11 @@ unsafe fn start(r: *mut ngx_http_request_t) -> ngx_int_t {
     };
     cln.handler = Some(ngx_http_dyncert_acme_cleanup);
     cln.data = r as *mut c_void;
-    // SAFETY: r->main is live; the extra reference keeps the request until
-    // answer() finalizes it.
-    unsafe { (*req.main).set_count((*req.main).count() + 1) };
+    // No extra reference: the post-read phase does not finalize a handler's
+    // NGX_DONE (unlike the content phase), so the request keeps its single
+    // reference until answer() finalizes it; nothing else reads from or
+    // times out the connection meanwhile, and the cleanup above covers an
+    // early free.
     WAITING.with(|w| w.borrow_mut().entry(token).or_default().push(r));
     NGX_DONE as ngx_int_t
 }
@@ -125,7 +127,7 @@ pub fn complete(token: &str, result: &AcmeAnswer) {
     let waiting = WAITING.with(|w| w.borrow_mut().remove(token).unwrap_or_default());
     for r in waiting {
         // SAFETY: requests in WAITING are alive (their cleanup removes them
-        // before they are freed) and hold the reference taken in start().
+        // before they are freed).
         guard("answering an ACME challenge", (), || unsafe {
             answer(r, token, result)
         });
@@ -153,7 +155,8 @@ unsafe fn answer(r: *mut ngx_http_request_t, token: &str, a: &AcmeAnswer) {
             NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
         }
     };
-    // SAFETY: r and c are live; finalizing drops the reference from start().
+    // SAFETY: r and c are live; finalizing ends the request (or keeps the
+    // connection alive for the next one).
     unsafe {
         ngx_http_finalize_request(r, rc);
         ngx_http_run_posted_requests(c);

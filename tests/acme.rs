@@ -258,7 +258,6 @@ fn acme_harness_issues_certificate_with_redis_backed_http01_standin() {
 }
 
 #[test]
-#[ignore = "needs dyncert_acme_challenge (issue 4)"]
 fn acme_issuance_end_to_end_through_dyncert() {
     let pki = Pki::new();
     let redis = Redis::start();
