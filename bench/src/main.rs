@@ -136,8 +136,9 @@ pub struct Lifecycle {
 }
 
 /// The cases whose start and reload are timed: stock nginx without the
-/// module (for scale), dyncert with 0 names in Redis, with N names.
-pub const LIFECYCLE_CASES: usize = 3;
+/// module (for scale), dyncert without `dyncert_api` (N names in Redis),
+/// and with it, 0 names in Redis and N names.
+pub const LIFECYCLE_CASES: usize = 4;
 
 /// Memory figures (KiB) of the warm-up: worker RSS before and after.
 pub struct Memory {
@@ -269,15 +270,21 @@ fn run(args: &Args, dir: &Path) -> i32 {
          ssl_certificate_key {c}/static.bench.test.key; return 200 \"$pid\\n\"; }}"
     );
     let cache_max = args.names + 2 * args.cold + 100;
-    let dyncert_http = |redis_port: u16| {
+    let dyncert_http = |redis_port: u16, with_api: bool| {
+        let api = if with_api {
+            format!(
+                "dyncert_api \"http://127.0.0.1:{}/certs/{{name}}\" writeback=1h;",
+                api.port
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "dyncert_redis redis://127.0.0.1:{redis_port}/0;\n\
-             dyncert_api \"http://127.0.0.1:{api}/certs/{{name}}\" writeback=1h;\n\
+            "dyncert_redis redis://127.0.0.1:{redis_port}/0;\n{api}\n\
              dyncert_cache max={cache_max} valid=1h stale=1h negative=1m;\n\
              server {{ listen 127.0.0.1:PORT ssl; ssl_certificate {c}/static.bench.test.crt; \
              ssl_certificate_key {c}/static.bench.test.key; dyncert on; \
-             return 200 \"$pid $dyncert_source\\n\"; }}",
-            api = api.port
+             return 200 \"$pid $dyncert_source\\n\"; }}"
         )
     };
     // inactive= defaults to 10s, which would drop most of N names between
@@ -292,7 +299,11 @@ fn run(args: &Args, dir: &Path) -> i32 {
     );
 
     let ng_static = Nginx::start(&dir.join("static"), &static_http, false);
-    let ng_dyncert = Nginx::start(&dir.join("dyncert"), &dyncert_http(redis_full.port), true);
+    let ng_dyncert = Nginx::start(
+        &dir.join("dyncert"),
+        &dyncert_http(redis_full.port, true),
+        true,
+    );
     let ng_stock = Nginx::start(&dir.join("stockvar"), &stock_http, false);
     let names = Arc::new(main_names);
     let first = names[0].clone();
@@ -457,19 +468,20 @@ fn run(args: &Args, dir: &Path) -> i32 {
 
     // --- start and reload ---------------------------------------------------------
     step(&format!(
-        "nginx start and reload, {} times each with 0 and with {} names in redis",
-        args.repeat,
-        names.len() + cold_names.len()
+        "nginx start and reload, {} times each, 4 configurations",
+        args.repeat
     ));
-    let (http_empty, http_full) = (
-        dyncert_http(redis_empty.port),
-        dyncert_http(redis_full.port),
+    let (http_redis_only, http_empty, http_full) = (
+        dyncert_http(redis_full.port, false),
+        dyncert_http(redis_empty.port, true),
+        dyncert_http(redis_full.port, true),
     );
     let life = lifecycle(
         dir,
         args.repeat,
         &[
             (&static_http, false),
+            (&http_redis_only, true),
             (&http_empty, true),
             (&http_full, true),
         ],
