@@ -10,6 +10,7 @@
 
 pub mod acme;
 pub mod api;
+pub mod client;
 #[allow(unused_imports)]
 pub use api::*;
 
@@ -474,6 +475,41 @@ impl Pki {
         self.leaf_between(sans, ips, serial, now - 3600, now + 90 * 24 * 3600)
     }
 
+    /// A self-signed CA unrelated to the server PKI: what a tenant puts in
+    /// the `client_ca` field of its record.
+    pub fn client_ca(&self, cn: &str) -> Issued {
+        let now = unix_now();
+        issue(
+            CertSpec {
+                cn,
+                sans: &[],
+                ips: &[],
+                serial: None,
+                ca: true,
+                not_before: now - 3600,
+                not_after: now + 365 * 24 * 3600,
+            },
+            None,
+        )
+    }
+
+    /// A client certificate with subject `CN=cn` issued by `ca`.
+    pub fn client_cert(&self, ca: &Issued, cn: &str) -> Issued {
+        let now = unix_now();
+        issue(
+            CertSpec {
+                cn,
+                sans: &[],
+                ips: &[],
+                serial: None,
+                ca: false,
+                not_before: now - 3600,
+                not_after: now + 30 * 24 * 3600,
+            },
+            Some(ca),
+        )
+    }
+
     fn leaf_between(
         &self,
         sans: &[&str],
@@ -719,6 +755,27 @@ impl Redis {
 
     pub fn put_leaf(&self, name: &str, leaf: &Leaf) {
         self.hset_cert(name, &leaf.chain_pem, &leaf.key_pem);
+    }
+
+    /// Stores `leaf` for `name` with extra record fields (per-tenant
+    /// policy: `allow`, `client_ca`), replacing any previous record so no
+    /// field of an earlier test step lingers.
+    pub fn put_leaf_with(&self, name: &str, leaf: &Leaf, fields: &[(&str, &str)]) {
+        let key = format!("{DEFAULT_PREFIX}{name}");
+        self.cmd(&["DEL", &key]);
+        let mut args = vec![
+            "HSET",
+            key.as_str(),
+            "crt",
+            &leaf.chain_pem,
+            "key",
+            &leaf.key_pem,
+        ];
+        for (k, v) in fields {
+            args.push(k);
+            args.push(v);
+        }
+        self.cmd(&args);
     }
 
     /// The fields of `name`'s record (empty when there is none). A MONITOR
@@ -1099,6 +1156,18 @@ impl Nginx {
     /// default certificate next to it, starts nginx, and waits until all
     /// workers run and `port` accepts connections.
     pub fn start(pki: &Pki, opts: NginxOpts, http_block: &str, port: u16) -> Nginx {
+        Nginx::start_env(pki, opts, http_block, port, &[])
+    }
+
+    /// `start` with extra environment variables for the nginx process
+    /// (read at configuration time, e.g. by `dyncert_allow env=VAR`).
+    pub fn start_env(
+        pki: &Pki,
+        opts: NginxOpts,
+        http_block: &str,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Nginx {
         let prefix = TempDir::new("nginx");
         let conf_dir = prefix.path().join("conf");
         pki.write_default(&conf_dir);
@@ -1113,6 +1182,7 @@ impl Nginx {
             .args(["-c", "conf/nginx.conf", "-e"])
             .arg(prefix.path().join("error.log"))
             .stdin(Stdio::null())
+            .envs(env.iter().copied())
             .stdout(stdout.try_clone().unwrap())
             .stderr(stdout)
             // Own process group: Drop can reap workers even if the master
@@ -1263,6 +1333,14 @@ impl Nginx {
         }
     }
 
+    /// Stops nginx, then asserts `health()` over the whole error.log,
+    /// including what the workers logged while exiting (which Drop, checking
+    /// before it stops nginx, does not see).
+    pub fn stop_and_assert_healthy(&mut self) {
+        self.shutdown();
+        self.assert_healthy();
+    }
+
     fn shutdown(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
@@ -1312,8 +1390,14 @@ pub struct ConfigTest {
 /// Runs `nginx -t -p PREFIX -c conf/nginx.conf` on a prefix that the
 /// caller has filled.
 pub fn nginx_test_prefix(prefix: &Path) -> ConfigTest {
+    nginx_test_prefix_env(prefix, &[])
+}
+
+/// `nginx_test_prefix` with extra environment variables for nginx.
+pub fn nginx_test_prefix_env(prefix: &Path, env: &[(&str, &str)]) -> ConfigTest {
     fs::create_dir_all(prefix.join("logs")).unwrap();
     let out: Output = Command::new(nginx_bin())
+        .envs(env.iter().copied())
         .arg("-t")
         .arg("-p")
         .arg(prefix)
@@ -1337,12 +1421,22 @@ pub fn nginx_test_prefix(prefix: &Path) -> ConfigTest {
 /// `nginx -t` for `main_conf(opts)` + `http_block`, with the default
 /// certificate in the conf dir.
 pub fn nginx_test_config(pki: &Pki, opts: NginxOpts, http_block: &str) -> ConfigTest {
+    nginx_test_config_env(pki, opts, http_block, &[])
+}
+
+/// `nginx_test_config` with extra environment variables for nginx.
+pub fn nginx_test_config_env(
+    pki: &Pki,
+    opts: NginxOpts,
+    http_block: &str,
+    env: &[(&str, &str)],
+) -> ConfigTest {
     let prefix = TempDir::new("nginx-t");
     let conf_dir = prefix.path().join("conf");
     pki.write_default(&conf_dir);
     let conf = format!("{}{}", main_conf(prefix.path(), &opts), http_block);
     write_file(&conf_dir.join("nginx.conf"), conf);
-    nginx_test_prefix(prefix.path())
+    nginx_test_prefix_env(prefix.path(), env)
 }
 
 /// Replaces `@NAME@` placeholders in a config template (nginx configs are
@@ -1390,12 +1484,23 @@ pub fn start_nginx_with(pki: &Pki, redis: &Redis, workers: u32, template: &str) 
 /// Starts nginx with the module for `template`, with `@PORT@` set to a
 /// free port and the other placeholders from `vars`.
 pub fn start_nginx_vars(pki: &Pki, workers: u32, template: &str, vars: &[(&str, &str)]) -> Nginx {
+    start_nginx_env(pki, workers, template, vars, &[])
+}
+
+/// `start_nginx_vars` with extra environment variables for nginx.
+pub fn start_nginx_env(
+    pki: &Pki,
+    workers: u32,
+    template: &str,
+    vars: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> Nginx {
     let port = free_port();
     let port_s = port.to_string();
     let mut all = vec![("PORT", port_s.as_str())];
     all.extend_from_slice(vars);
     let http = render(template, &all);
-    Nginx::start(
+    Nginx::start_env(
         pki,
         NginxOpts {
             workers,
@@ -1403,6 +1508,7 @@ pub fn start_nginx_vars(pki: &Pki, workers: u32, template: &str, vars: &[(&str, 
         },
         &http,
         port,
+        env,
     )
 }
 
