@@ -1,0 +1,461 @@
+//! Per-tenant policy carried by a certificate record: an `allow` list that
+//! applies to the tenant's name on top of the location's `dyncert_allow`,
+//! and a `client_ca` that makes the handshake for that name ask for a
+//! client certificate verified against that CA only (answered like nginx's
+//! `ssl_verify_client`: 400 with the 496 or 495 page). Names without
+//! `client_ca` are never asked; with `dyncert_tenant_policy off` the fields
+//! are ignored; unparsable fields make the record unusable.
+
+mod common;
+
+use common::client::*;
+use common::*;
+use openssl::ssl::SslVersion;
+
+const HTTP: &str = r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    server {
+        listen 127.0.0.1:@MPORT@;
+        location = /metrics { dyncert_metrics; }
+    }
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        dyncert_tenant_policy on;
+        root html;
+        add_header X-Client-Verify $ssl_client_verify always;
+        add_header X-Client-S-DN $ssl_client_s_dn always;
+        add_header X-Dyncert-Source $dyncert_source always;
+
+        location / { }
+        location /staff/ { dyncert_allow 127.0.0.0/30; }
+        location /quiet/ { dyncert_deny_status 404; }
+    }
+    server {
+        listen 127.0.0.1:@OFFPORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        root html;
+        add_header X-Client-Verify $ssl_client_verify always;
+        location / { }
+    }
+}
+"#;
+
+struct Tenants {
+    s: Stack,
+    mport: u16,
+    offport: u16,
+}
+
+fn start() -> Tenants {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let mport = free_port();
+    let offport = free_port();
+    let nginx = start_nginx_vars(
+        &pki,
+        1,
+        HTTP,
+        &[
+            ("REDIS", &redis.url()),
+            ("MPORT", &mport.to_string()),
+            ("OFFPORT", &offport.to_string()),
+        ],
+    );
+    write_index_pages(&nginx, &["", "staff/", "quiet/"]);
+    Tenants {
+        s: Stack { pki, redis, nginx },
+        mport,
+        offport,
+    }
+}
+
+impl Tenants {
+    fn port(&self) -> u16 {
+        self.s.nginx.port
+    }
+
+    fn send(&self, req: Request, port: u16) -> Exchange {
+        req.https(port)
+            .unwrap_or_else(|e| panic!("request failed: {e}\n{}", self.s.nginx.logs()))
+    }
+}
+
+#[test]
+fn tenant_allow_list_admits_only_its_networks() {
+    let mut t = start();
+    let a = t.s.pki.leaf(&["a.example.com"], 5001);
+    let b = t.s.pki.leaf(&["b.example.com"], 5002);
+    t.s.redis
+        .put_leaf_with("a.example.com", &a, &[("allow", "127.0.0.2, 10.0.0.0/8")]);
+    t.s.redis.put_leaf("b.example.com", &b);
+    let before = scrape_metrics(t.mport);
+
+    let get = |from: &str, sni: &str| t.send(Request::get("/").from(from).sni(sni), t.port());
+    let r = get("127.0.0.2", "a.example.com");
+    assert_eq!(r.status, 200, "{r:?}");
+    r.tls().peer.assert_served(&a, &t.s.pki);
+    let r = get("127.0.0.1", "a.example.com");
+    assert_eq!(r.status, 403, "{r:?}");
+    r.tls().peer.assert_served(&a, &t.s.pki);
+    // The list belongs to a.example.com only.
+    let r = get("127.0.0.1", "b.example.com");
+    assert_eq!(r.status, 200, "{r:?}");
+    r.tls().peer.assert_served(&b, &t.s.pki);
+    // The location's deny status applies to tenant denials too.
+    let r = t.send(
+        Request::get("/quiet/")
+            .from("127.0.0.1")
+            .sni("a.example.com"),
+        t.port(),
+    );
+    assert_eq!(r.status, 404, "{r:?}");
+
+    let after = scrape_metrics(t.mport);
+    let delta = |k: &str| after.get(k) - before.get(k);
+    assert_eq!(delta("dyncert_tenant_denials_total"), 2.0);
+    assert_eq!(delta("dyncert_allowlist_denials_total"), 0.0);
+    let line =
+        t.s.nginx
+            .wait_for_log_line(STARTUP_DEADLINE, |l| {
+                l.contains("dyncert: access forbidden by the tenant's allow list")
+            })
+            .unwrap_or_else(|| panic!("tenant denial not logged\n{}", t.s.nginx.logs()));
+    assert!(line.contains("[error]"), "{line}");
+    assert!(line.contains("client: 127.0.0.1"), "{line}");
+    t.s.nginx.assert_healthy();
+}
+
+#[test]
+fn tenant_and_location_lists_must_both_pass() {
+    let mut t = start();
+    let a = t.s.pki.leaf(&["a.example.com"], 5003);
+    // /staff/ admits 127.0.0.0-3; the tenant admits .2 and .5.
+    t.s.redis
+        .put_leaf_with("a.example.com", &a, &[("allow", "127.0.0.2,127.0.0.5")]);
+    let before = scrape_metrics(t.mport);
+    let status = |from: &str| {
+        t.send(
+            Request::get("/staff/").from(from).sni("a.example.com"),
+            t.port(),
+        )
+        .status
+    };
+    assert_eq!(status("127.0.0.2"), 200, "in both lists");
+    assert_eq!(status("127.0.0.5"), 403, "tenant yes, location no");
+    assert_eq!(status("127.0.0.1"), 403, "location yes, tenant no");
+    let after = scrape_metrics(t.mport);
+    let delta = |k: &str| after.get(k) - before.get(k);
+    assert_eq!(delta("dyncert_allowlist_denials_total"), 1.0);
+    assert_eq!(delta("dyncert_tenant_denials_total"), 1.0);
+    t.s.nginx.assert_healthy();
+}
+
+/// A client of a tenant's own CA, and a client of some other CA (with the
+/// same subject).
+struct Mtls {
+    alice: Issued,
+    mallory: Issued,
+}
+
+fn mtls_tenant(t: &Tenants, name: &str, serial: u64) -> (Leaf, Mtls) {
+    let ca = t.s.pki.client_ca(&format!("{name} client CA"));
+    let alice = t.s.pki.client_cert(&ca, "alice");
+    let other = t.s.pki.client_ca("some other CA");
+    let mallory = t.s.pki.client_cert(&other, "alice");
+    let leaf = t.s.pki.leaf(&[name], serial);
+    t.s.redis
+        .put_leaf_with(name, &leaf, &[("client_ca", &ca.cert_pem)]);
+    (leaf, Mtls { alice, mallory })
+}
+
+#[test]
+fn client_ca_tenant_asks_for_a_certificate_and_refuses_clients_without_one() {
+    let mut t = start();
+    let (leaf, _m) = mtls_tenant(&t, "mtls.example.com", 5010);
+    let before = scrape_metrics(t.mport);
+    for v in VERSIONS {
+        let r = t.send(
+            Request::get("/").sni("mtls.example.com").max_tls(v),
+            t.port(),
+        );
+        r.tls().peer.assert_served(&leaf, &t.s.pki);
+        assert!(r.tls().cert_requested, "no CertificateRequest: {r:?}");
+        assert_eq!(
+            r.tls().requested_cas,
+            ["mtls.example.com client CA"],
+            "the request must name the tenant's CA only"
+        );
+        assert_eq!(r.status, 400, "{r:?}");
+        assert!(
+            r.body.contains("No required SSL certificate was sent"),
+            "expected nginx's 496 page, got {:?}",
+            r.body
+        );
+    }
+    let after = scrape_metrics(t.mport);
+    assert_eq!(
+        after.get("dyncert_client_cert_rejections_total")
+            - before.get("dyncert_client_cert_rejections_total"),
+        2.0
+    );
+    t.s.nginx.assert_healthy();
+}
+
+#[test]
+fn client_ca_tenant_refuses_certificates_of_another_ca() {
+    let mut t = start();
+    let (leaf, m) = mtls_tenant(&t, "mtls.example.com", 5011);
+    // A certificate of the server PKI is no better than any other CA's.
+    let server_side = t.s.pki.leaf(&["alice"], 5012);
+    let intermediate_client = Issued {
+        cert: server_side.issued.cert.clone(),
+        key: server_side.issued.key.clone(),
+        cert_pem: String::new(),
+        key_pem: String::new(),
+    };
+    for (who, cert) in [
+        ("other CA", &m.mallory),
+        ("server PKI", &intermediate_client),
+    ] {
+        for v in VERSIONS {
+            let r = t.send(
+                Request::get("/")
+                    .sni("mtls.example.com")
+                    .client_cert(cert)
+                    .max_tls(v),
+                t.port(),
+            );
+            r.tls().peer.assert_served(&leaf, &t.s.pki);
+            assert_eq!(r.status, 400, "{who} over {v:?}: {r:?}");
+            assert!(
+                r.body.contains("The SSL certificate error"),
+                "{who}: expected nginx's 495 page, got {:?}",
+                r.body
+            );
+        }
+    }
+    t.s.nginx.assert_healthy();
+}
+
+#[test]
+fn client_ca_tenant_admits_its_clients_with_verify_success_and_subject() {
+    let mut t = start();
+    let (leaf, m) = mtls_tenant(&t, "mtls.example.com", 5013);
+    for v in VERSIONS {
+        let r = t.send(
+            Request::get("/")
+                .sni("mtls.example.com")
+                .client_cert(&m.alice)
+                .max_tls(v),
+            t.port(),
+        );
+        r.tls().peer.assert_served(&leaf, &t.s.pki);
+        assert!(r.tls().cert_requested);
+        assert_eq!(r.status, 200, "over {v:?}: {r:?}\n{}", t.s.nginx.logs());
+        assert_eq!(r.body, index_page(""));
+        assert_eq!(r.header("X-Client-Verify"), Some("SUCCESS"));
+        assert_eq!(r.header("X-Client-S-DN"), Some("CN=alice"));
+    }
+    t.s.nginx.assert_healthy();
+}
+
+#[test]
+fn names_without_client_ca_are_never_asked_for_a_certificate() {
+    let mut t = start();
+    let (_, m) = mtls_tenant(&t, "mtls.example.com", 5020);
+    let plain = t.s.pki.leaf(&["plain.example.com"], 5021);
+    let fenced = t.s.pki.leaf(&["fenced.example.com"], 5022);
+    t.s.redis.put_leaf("plain.example.com", &plain);
+    t.s.redis
+        .put_leaf_with("fenced.example.com", &fenced, &[("allow", "127.0.0.0/8")]);
+    // A connection of the mTLS tenant first, so that anything it set on
+    // shared state would show in the ones after it.
+    let r = t.send(
+        Request::get("/")
+            .sni("mtls.example.com")
+            .client_cert(&m.alice),
+        t.port(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+
+    for v in VERSIONS {
+        for sni in [
+            Some("plain.example.com"),
+            Some("fenced.example.com"),
+            Some("unknown.example.com"),
+            None,
+        ] {
+            let mut req = Request::get("/").max_tls(v).client_cert(&m.alice);
+            if let Some(sni) = sni {
+                req = req.sni(sni);
+            }
+            let r = t.send(req, t.port());
+            assert!(
+                !r.tls().cert_requested && r.tls().requested_cas.is_empty(),
+                "{sni:?} over {v:?} asked for a client certificate: {r:?}"
+            );
+            assert_eq!(r.status, 200, "{sni:?}: {r:?}");
+            assert_eq!(r.header("X-Client-Verify"), Some("NONE"));
+        }
+    }
+    t.s.nginx.assert_healthy();
+}
+
+#[test]
+fn policy_fields_are_ignored_with_tenant_policy_off() {
+    let mut t = start();
+    let ca = t.s.pki.client_ca("tenant client CA");
+    let leaf = t.s.pki.leaf(&["strict.example.com"], 5030);
+    t.s.redis.put_leaf_with(
+        "strict.example.com",
+        &leaf,
+        &[("allow", "10.0.0.0/8"), ("client_ca", &ca.cert_pem)],
+    );
+    let r = t.send(Request::get("/").sni("strict.example.com"), t.offport);
+    r.tls().peer.assert_served(&leaf, &t.s.pki);
+    assert!(!r.tls().cert_requested, "{r:?}");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("X-Client-Verify"), Some("NONE"));
+
+    // Control: the same record, cached now, on the server with the policy
+    // (whose allow list, checked first, turns this client away).
+    let r = t.send(Request::get("/").sni("strict.example.com"), t.port());
+    r.tls().peer.assert_served(&leaf, &t.s.pki);
+    assert!(r.tls().cert_requested, "{r:?}");
+    assert_eq!(r.status, 403, "{r:?}");
+    t.s.nginx.assert_healthy();
+}
+
+#[test]
+fn records_with_invalid_policy_fields_are_refused() {
+    let mut t = start();
+    let good = t.s.pki.leaf(&["good.example.com"], 5040);
+    t.s.redis
+        .put_leaf_with("good.example.com", &good, &[("allow", "127.0.0.0/8")]);
+    let cases = [
+        ("hostbits.example.com", "allow", "10.0.0.1/8"),
+        ("bogus.example.com", "allow", "127.0.0.1, bogus"),
+        ("notpem.example.com", "client_ca", "not a certificate"),
+    ];
+    for (i, (name, field, value)) in cases.iter().enumerate() {
+        let leaf = t.s.pki.leaf(&[name], 5041 + i as u64);
+        t.s.redis.put_leaf_with(name, &leaf, &[(field, value)]);
+    }
+    for (name, field, _) in cases {
+        let r = t.send(Request::get("/").sni(name), t.port());
+        r.tls().peer.assert_default();
+        let line =
+            t.s.nginx
+                .wait_for_log_line(STARTUP_DEADLINE, |l| {
+                    l.contains("invalid certificate record") && l.contains(name)
+                })
+                .unwrap_or_else(|| panic!("no warning for {name}\n{}", t.s.nginx.logs()));
+        assert!(line.contains("[warn]"), "{line}");
+        assert!(
+            line.contains(field),
+            "the warning should name {field}: {line}"
+        );
+    }
+    // Control: a valid policy field does not make a record unusable.
+    let r = t.send(Request::get("/").sni("good.example.com"), t.port());
+    r.tls().peer.assert_served(&good, &t.s.pki);
+    assert_eq!(r.status, 200);
+    t.s.nginx.assert_healthy();
+}
+
+/// Gets a session from `donor`, then sends `req` (which the tenant policy
+/// refuses with `denied` in a full handshake) resuming it; returns what
+/// went wrong.
+fn refused_when_resuming(t: &Tenants, donor: Request, req: Request, denied: u16) -> Option<String> {
+    let full = t.send(req.clone(), t.port());
+    assert_eq!(full.status, denied, "control, full handshake: {full:?}");
+    let first = t.send(donor, t.port());
+    let session = first.tls().session.as_ref()?;
+    let again = t.send(req.resume(session), t.port());
+    (again.status != denied).then(|| {
+        format!(
+            "{} {} over {} with a session of {:?} (resumed: {})",
+            again.status,
+            again.body.lines().next().unwrap_or(""),
+            again.tls().version,
+            first.tls().peer.leaf_sans,
+            again.tls().resumed
+        )
+    })
+}
+
+const VERSIONS: [SslVersion; 2] = [SslVersion::TLS1_3, SslVersion::TLS1_2];
+
+/// Records for these tests; the client can resume sessions at all
+/// (otherwise they would prove nothing).
+fn resumption_setup(t: &Tenants) {
+    let plain = t.s.pki.leaf(&["plain.example.com"], 5059);
+    t.s.redis.put_leaf("plain.example.com", &plain);
+    for v in VERSIONS {
+        let req = Request::get("/").sni("plain.example.com").max_tls(v);
+        let first = t.send(req.clone(), t.port());
+        let session = first.tls().session.as_ref().expect("a session");
+        let again = t.send(req.resume(session), t.port());
+        assert!(again.tls().resumed, "control: no resumption over {v:?}");
+    }
+}
+
+#[test]
+#[ignore = "bug: a resumed TLS session skips the certificate callback, so no tenant policy is recorded and the access check lets the client through"]
+fn resumed_sessions_still_need_the_tenants_client_certificate() {
+    let mut t = start();
+    resumption_setup(&t);
+    mtls_tenant(&t, "mtls.example.com", 5050);
+    let mut failures = Vec::new();
+    for v in VERSIONS {
+        let req = Request::get("/").sni("mtls.example.com").max_tls(v);
+        // The session of a refused attempt: without a client certificate
+        // the handshake still completes (and the 400 comes later) ...
+        failures.extend(refused_when_resuming(&t, req.clone(), req.clone(), 400));
+        // ... or of a name that never asks for one.
+        let donor = Request::get("/").sni("plain.example.com").max_tls(v);
+        failures.extend(refused_when_resuming(&t, donor, req, 400));
+    }
+    assert!(
+        failures.is_empty(),
+        "a client without a certificate got through by resuming a session: {failures:#?}"
+    );
+    t.s.nginx.assert_healthy();
+}
+
+#[test]
+#[ignore = "bug: a resumed TLS session skips the certificate callback, so no tenant policy is recorded and the access check lets the client through"]
+fn resumed_sessions_are_still_held_to_the_tenants_allow_list() {
+    let mut t = start();
+    resumption_setup(&t);
+    let fenced = t.s.pki.leaf(&["fenced.example.com"], 5051);
+    t.s.redis
+        .put_leaf_with("fenced.example.com", &fenced, &[("allow", "127.0.0.2")]);
+    let mut failures = Vec::new();
+    for v in VERSIONS {
+        let req = Request::get("/")
+            .from("127.0.0.1")
+            .sni("fenced.example.com")
+            .max_tls(v);
+        failures.extend(refused_when_resuming(&t, req.clone(), req.clone(), 403));
+        let donor = Request::get("/")
+            .from("127.0.0.1")
+            .sni("plain.example.com")
+            .max_tls(v);
+        failures.extend(refused_when_resuming(&t, donor, req, 403));
+    }
+    assert!(
+        failures.is_empty(),
+        "a client outside the tenant's allow list got through by resuming a session: {failures:#?}"
+    );
+    t.s.nginx.assert_healthy();
+}
