@@ -294,6 +294,7 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     }
     let mut any_enabled = false;
     let mut any_reject = false;
+    let mut any_tenant = false;
     for &cscf in servers {
         // SAFETY: cmcf->servers holds live server configurations.
         let cscf = unsafe { &*cscf };
@@ -329,6 +330,7 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         unsafe { ssl_ffi::install_cert_cb(sscf.ssl.ctx, scf as *mut SrvConf) };
         any_enabled = true;
         any_reject |= scf.rejects_unknown();
+        any_tenant |= scf.tenant_policy();
     }
 
     if (any_enabled || mcf.metrics_used)
@@ -371,9 +373,10 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     }
     mcf.enabled = true;
 
-    if any_reject {
+    if any_reject || any_tenant {
         // The initial SSL_CTX is the default server's: wrap the server-name
-        // callback on every server so whichever is default rejects properly.
+        // callback on every server so whichever is default rejects unknown
+        // names and checks resumed sessions of tenant-policy servers.
         for &cscf in servers {
             let cscf = unsafe { &*cscf };
             if let Some(sscf) = NgxHttpSslModule::server_conf(cscf) {

@@ -32,8 +32,9 @@ use crate::Module;
 use crate::{listener_ffi, metrics_ffi};
 use core::mem::size_of;
 use ngx::ffi::{
-    ngx_palloc, ngx_pool_cleanup_add, SSL_add_client_CA, SSL_set_verify,
-    SSL_CTRL_SET_VERIFY_CERT_STORE, SSL_VERIFY_PEER,
+    ngx_palloc, ngx_pool_cleanup_add, SSL_SESSION_get0_hostname, SSL_add_client_CA,
+    SSL_get_session, SSL_set_verify, SSL_AD_ACCESS_DENIED, SSL_CTRL_SET_VERIFY_CERT_STORE,
+    SSL_VERIFY_PEER,
 };
 
 /// SSL ex_data slot holding a pointer to the connection's [`ConnInfo`]
@@ -53,6 +54,10 @@ pub struct ConnInfo {
     /// The served certificate when its tenant policy applies (one strong
     /// reference, released by a pool cleanup); NULL otherwise.
     pub policy: *const ParsedCert,
+    /// A resumed session on a tenant-policy server whose name has no cached
+    /// record: its policy is unknown, so requests are refused (421, which
+    /// makes clients reconnect with a full handshake).
+    pub policy_unknown: bool,
 }
 
 impl ConnInfo {
@@ -143,6 +148,7 @@ unsafe fn set_info(
             not_after,
             waited_us,
             policy,
+            policy_unknown: tenant && source == CertSource::Resumed && cert.is_none(),
         });
         SSL_set_ex_data(ssl, idx, p as *mut c_void);
     }
@@ -169,6 +175,7 @@ pub unsafe fn connection_info(c: *mut ngx_connection_t) -> Option<ConnInfo> {
             not_after: None,
             waited_us: 0,
             policy: ptr::null(),
+            policy_unknown: false,
         }),
         None => None,
     }
@@ -379,11 +386,28 @@ pub unsafe extern "C" fn ngx_http_dyncert_servername(
         let Some(scf) = Module::server_conf(hc) else {
             return rc;
         };
-        if !scf.enabled() || !scf.rejects_unknown() {
+        if !scf.enabled() || !(scf.rejects_unknown() || scf.tenant_policy()) {
             return rc;
         }
         // SAFETY: ssl is live.
-        let Some(raw) = (unsafe { servername(ssl) }) else {
+        let raw = unsafe { servername(ssl) };
+        if scf.tenant_policy() {
+            if let Some(alert) = unsafe { check_resumption(ssl, raw) } {
+                // SAFETY: c is live with an SSL connection (in its handshake).
+                unsafe {
+                    if let Some(sc) = (*c).ssl.as_mut() {
+                        sc.set_handshake_rejected(1);
+                    }
+                    set_info(ssl, CertSource::Rejected, None, false);
+                    *ad = alert;
+                }
+                return SSL_TLSEXT_ERR_ALERT_FATAL as c_int;
+            }
+        }
+        if !scf.rejects_unknown() {
+            return rc;
+        }
+        let Some(raw) = raw else {
             return rc; // no SNI: the default certificate
         };
         let known = match normalize_sni(raw) {
@@ -407,6 +431,65 @@ pub unsafe extern "C" fn ngx_http_dyncert_servername(
         }
         SSL_TLSEXT_ERR_ALERT_FATAL as c_int
     })
+}
+
+/// What a resumed session may use as its tenant policy.
+pub enum ResumedRecord {
+    /// Not a resumed session (or no session yet).
+    NotResumed,
+    /// Made for another name: must not be used for this one.
+    OtherName,
+    /// The name's cached record (None: not cached, policy unknown).
+    Cached(Option<Arc<ParsedCert>>),
+}
+
+/// Tenant policy and session resumption. OpenSSL skips the certificate
+/// callback when it resumes a session, so the policy is never recorded by
+/// it: a session is only good for the name it was made for (as nginx
+/// requires for `ssl_verify_client`), and the name's cached record stands
+/// in for the certificate callback's.
+///
+/// # Safety
+/// `ssl` must be a live SSL object, in or after its server-name callback.
+pub unsafe fn resumed_record(ssl: *mut SSL, sni: Option<&[u8]>) -> ResumedRecord {
+    // SAFETY: the session is the one being resumed (its host name set) or
+    // a new one (host name not yet set during the server-name callback).
+    let sess = unsafe { SSL_get_session(ssl) };
+    if sess.is_null() {
+        return ResumedRecord::NotResumed;
+    }
+    let host = unsafe { SSL_SESSION_get0_hostname(sess) };
+    if host.is_null() {
+        return ResumedRecord::NotResumed;
+    }
+    // SAFETY: OpenSSL returns a NUL-terminated string owned by the session.
+    let host = unsafe { CStr::from_ptr(host) }.to_bytes();
+    if !sni.is_some_and(|s| s.eq_ignore_ascii_case(host)) {
+        return ResumedRecord::OtherName;
+    }
+    ResumedRecord::Cached(normalize_sni(host).ok().and_then(|name| {
+        let now = SystemClock.now();
+        with_worker(|w| w.cached(&name, now)).flatten()
+    }))
+}
+
+/// In the server-name callback of a tenant-policy server: refuses a TLS 1.3
+/// session made for another name at once, and records the policy of a
+/// resumed one. Returns the alert when the handshake must fail. (TLS 1.2
+/// resumes after this callback; the access handler checks those.)
+///
+/// # Safety
+/// `ssl` must be a live SSL object inside its server-name callback.
+unsafe fn check_resumption(ssl: *mut SSL, sni: Option<&[u8]>) -> Option<c_int> {
+    match unsafe { resumed_record(ssl, sni) } {
+        ResumedRecord::NotResumed => None,
+        ResumedRecord::OtherName => Some(SSL_AD_ACCESS_DENIED as c_int),
+        ResumedRecord::Cached(cert) => {
+            // SAFETY: ssl is live.
+            unsafe { set_info(ssl, CertSource::Resumed, cert.as_ref(), true) };
+            None
+        }
+    }
 }
 
 /// Installs the certificate callback on a dyncert server's SSL_CTX.

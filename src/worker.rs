@@ -177,6 +177,20 @@ impl<W> Worker<W> {
         }
     }
 
+    /// The cached certificate of a name (exact, then wildcard), without
+    /// scheduling anything: for policy checks of resumed sessions.
+    pub fn cached(&mut self, name: &str, now: Millis) -> Option<Arc<ParsedCert>> {
+        match self.cache.get(name, now) {
+            Lookup::Fresh(v) | Lookup::Stale { value: v, .. } => return Some(v.cert.clone()),
+            Lookup::Negative => return None,
+            Lookup::Miss => {}
+        }
+        match self.cache.get(&wildcard_parent(name)?, now) {
+            Lookup::Fresh(v) | Lookup::Stale { value: v, .. } => Some(v.cert.clone()),
+            Lookup::Negative | Lookup::Miss => None,
+        }
+    }
+
     /// Whether a name has a certificate to serve right now (for
     /// `dyncert_unknown reject`, decided before the certificate callback).
     /// Does not consume the first-use marker: the callback that follows

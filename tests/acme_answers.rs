@@ -447,7 +447,6 @@ http {
 "#;
 
 #[test]
-#[ignore = "bug: without a metrics zone the worker has no gauge slot, and Layout::worker(usize::MAX, ..) overflows (panic in debug builds) when the worker exits"]
 fn an_nginx_with_only_acme_answers_serves_them_and_exits_cleanly() {
     let s = Stack::start(1, ACME_ONLY);
     s.redis

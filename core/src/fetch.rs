@@ -765,7 +765,8 @@ fn now_secs() -> i64 {
 
 /// A connection error: the manager reconnects, a retry may succeed.
 fn retryable(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
+    // A timeout means Redis hangs: retrying would only double the wait.
+    !e.is_timeout() && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
 }
 
 /// Error text without any record data (redis errors carry command names

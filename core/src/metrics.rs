@@ -275,8 +275,9 @@ impl Layout {
     }
 
     pub fn worker(&self, slot: usize, field: usize) -> Option<usize> {
+        // Checked before computing: slot may be usize::MAX ("no slot").
         (slot < WORKER_SLOTS && field < WORKER_FIELDS)
-            .then_some(WORKERS + slot * WORKER_FIELDS + field)
+            .then(|| WORKERS + slot * WORKER_FIELDS + field)
     }
 
     pub fn status(&self, server: usize, status: u64) -> Option<usize> {
@@ -504,6 +505,7 @@ mod tests {
         assert_eq!(l.status(0, 600), None);
         assert_eq!(l.status(1, 200), None);
         assert_eq!(l.worker(WORKER_SLOTS, 0), None);
+        assert_eq!(l.worker(usize::MAX, 1), None, "no slot claimed");
     }
 
     #[test]
