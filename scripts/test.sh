@@ -67,6 +67,10 @@ step "dependencies (scripts/deps.sh)"
 bash scripts/deps.sh
 ok
 
+step "ACME test CA and client (scripts/acme-deps.sh: pebble, certbot)"
+bash scripts/acme-deps.sh
+ok
+
 step "shellcheck scripts/*.sh .ci/run"
 shellcheck scripts/*.sh .ci/run
 ok
