@@ -13,40 +13,18 @@ use dyncert_core::name::normalize_sni;
 use dyncert_core::validate::ClientCa;
 use foreign_types::{ForeignType, ForeignTypeRef};
 use ngx::ffi::{
-    ngx_array_push, ngx_conf_t, ngx_connection_t, ngx_http_phases_NGX_HTTP_ACCESS_PHASE,
-    ngx_http_request_t, ngx_int_t, ngx_uint_t, SSL_get0_peer_certificate, SSL_get_verify_result,
-    NGX_DECLINED, NGX_HTTPS_CERT_ERROR, NGX_HTTPS_NO_CERT, NGX_HTTP_MISDIRECTED_REQUEST,
-    NGX_LOG_ERR, NGX_LOG_INFO, X509_V_OK,
+    ngx_connection_t, ngx_http_request_t, ngx_int_t, ngx_uint_t, SSL_get0_peer_certificate,
+    SSL_get_verify_result, NGX_DECLINED, NGX_HTTPS_CERT_ERROR, NGX_HTTPS_NO_CERT,
+    NGX_HTTP_MISDIRECTED_REQUEST, NGX_LOG_ERR, NGX_LOG_INFO, X509_V_OK,
 };
 use ngx::ffi::{SSL_get1_peer_certificate, SSL_get_peer_cert_chain, SSL};
-use ngx::http::{
-    HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
-};
+use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf};
 use openssl::stack::{Stack, StackRef};
 use openssl::x509::{X509StoreContext, X509};
 
 use crate::boundary_ffi::{guard, log_to};
 use crate::ssl_ffi::{connection_info, connection_sni, resumed_record, ResumedRecord};
 use crate::{metrics_ffi, Module};
-
-/// Registers the access-phase handler.
-///
-/// # Safety
-/// `cf` must be the configuration being loaded (postconfiguration).
-pub unsafe fn add_access_handler(cf: *mut ngx_conf_t) -> bool {
-    let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(unsafe { &*cf }) else {
-        return false;
-    };
-    let phase = &mut cmcf.phases[ngx_http_phases_NGX_HTTP_ACCESS_PHASE as usize].handlers;
-    // SAFETY: the phase handler array is an ngx_array_t of handler pointers.
-    let h = unsafe { ngx_array_push(phase) } as *mut ngx::ffi::ngx_http_handler_pt;
-    if h.is_null() {
-        return false;
-    }
-    // SAFETY: h points to a fresh element of the array.
-    unsafe { *h = Some(ngx_http_dyncert_access_handler) };
-    true
-}
 
 /// The connection's client address as nginx resolved it.
 ///
@@ -75,7 +53,7 @@ unsafe fn client_ip(c: &ngx_connection_t) -> Option<IpAddr> {
     }
 }
 
-unsafe extern "C" fn ngx_http_dyncert_access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+pub unsafe extern "C" fn ngx_http_dyncert_access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // A bug must not open the door: fail closed with a 500.
     guard("checking access", 500, || unsafe { check(r) })
 }

@@ -13,12 +13,11 @@ use dyncert_core::acme::{challenge_token, valid_token};
 use dyncert_core::fetch::AcmeAnswer;
 use dyncert_core::metrics::Simple;
 use ngx::ffi::{
-    ngx_array_push, ngx_conf_t, ngx_http_cleanup_add, ngx_http_finalize_request,
-    ngx_http_phases_NGX_HTTP_POST_READ_PHASE, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_int_t, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD,
-    NGX_HTTP_NOT_FOUND, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_WARN,
+    ngx_http_cleanup_add, ngx_http_finalize_request, ngx_http_request_t,
+    ngx_http_run_posted_requests, ngx_int_t, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR,
+    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_FOUND, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_WARN,
 };
-use ngx::http::{HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule};
+use ngx::http::HttpModuleServerConf;
 
 use crate::boundary_ffi::{guard, log_to};
 use crate::response_ffi::send_body;
@@ -34,30 +33,11 @@ thread_local! {
         RefCell::new(HashMap::new());
 }
 
-/// Registers the post-read handler.
-///
-/// # Safety
-/// `cf` must be the configuration being loaded (postconfiguration).
-pub unsafe fn add_acme_handler(cf: *mut ngx_conf_t) -> bool {
-    let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(unsafe { &*cf }) else {
-        return false;
-    };
-    let phase = &mut cmcf.phases[ngx_http_phases_NGX_HTTP_POST_READ_PHASE as usize].handlers;
-    // SAFETY: the phase handler array is an ngx_array_t of handler pointers.
-    let h = unsafe { ngx_array_push(phase) } as *mut ngx::ffi::ngx_http_handler_pt;
-    if h.is_null() {
-        return false;
-    }
-    // SAFETY: h points to a fresh element of the array.
-    unsafe { *h = Some(ngx_http_dyncert_acme_handler) };
-    true
-}
-
 fn count(s: Simple) {
     metrics_ffi::add(metrics_ffi::layout().simple(s), 1);
 }
 
-unsafe extern "C" fn ngx_http_dyncert_acme_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+pub unsafe extern "C" fn ngx_http_dyncert_acme_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     guard(
         "answering an ACME challenge",
         NGX_DECLINED as ngx_int_t,

@@ -234,6 +234,29 @@ pub static mut ngx_http_dyncert_module: ngx_module_t = ngx_module_t {
     ..ngx_module_t::default()
 };
 
+/// Appends `handler` to an http phase (postconfiguration).
+///
+/// # Safety
+/// `cf` must be the configuration being loaded.
+unsafe fn add_phase_handler(
+    cf: *mut ngx_conf_t,
+    phase: ngx::ffi::ngx_http_phases,
+    handler: unsafe extern "C" fn(*mut ngx::ffi::ngx_http_request_t) -> ngx_int_t,
+) -> bool {
+    let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(unsafe { &*cf }) else {
+        return false;
+    };
+    let handlers = &mut cmcf.phases[phase as usize].handlers;
+    // SAFETY: a phase's handlers are an ngx_array_t of handler pointers.
+    let h = unsafe { ngx::ffi::ngx_array_push(handlers) } as *mut ngx::ffi::ngx_http_handler_pt;
+    if h.is_null() {
+        return false;
+    }
+    // SAFETY: h points to a fresh element of the array.
+    unsafe { *h = Some(handler) };
+    true
+}
+
 fn array<T>(a: &ngx_array_t) -> &[T] {
     if a.elts.is_null() || a.nelts == 0 {
         return &[];
@@ -335,11 +358,23 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
 
     if (any_enabled || mcf.metrics_used)
         && (unsafe { metrics_ffi::add_zone(cf, servers.len()) }.is_err()
-            || !unsafe { metrics_ffi::add_log_handler(cf) })
+            || !unsafe {
+                add_phase_handler(
+                    cf,
+                    ngx::ffi::ngx_http_phases_NGX_HTTP_LOG_PHASE,
+                    metrics_ffi::ngx_http_dyncert_log_handler,
+                )
+            })
     {
         return Status::NGX_ERROR.into();
     }
-    if !unsafe { access_ffi::add_access_handler(cf) } {
+    if !unsafe {
+        add_phase_handler(
+            cf,
+            ngx::ffi::ngx_http_phases_NGX_HTTP_ACCESS_PHASE,
+            access_ffi::ngx_http_dyncert_access_handler,
+        )
+    } {
         return Status::NGX_ERROR.into();
     }
     if any_acme {
@@ -351,7 +386,13 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
             );
             return Status::NGX_ERROR.into();
         }
-        if !unsafe { acme_ffi::add_acme_handler(cf) } {
+        if !unsafe {
+            add_phase_handler(
+                cf,
+                ngx::ffi::ngx_http_phases_NGX_HTTP_POST_READ_PHASE,
+                acme_ffi::ngx_http_dyncert_acme_handler,
+            )
+        } {
             return Status::NGX_ERROR.into();
         }
     }

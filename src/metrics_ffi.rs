@@ -12,10 +12,9 @@ use dyncert_core::fetch::CertSource;
 use dyncert_core::metrics::{render, Layout, MetricSink, WORKER_SLOTS, W_PID};
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_array_push, ngx_command_t, ngx_conf_t, ngx_http_phases_NGX_HTTP_LOG_PHASE,
-    ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_shared_memory_add, ngx_shm_zone_t,
-    ngx_slab_alloc, ngx_slab_pool_t, ngx_str_t, ngx_uint_t, NGX_HTTP_GET, NGX_HTTP_HEAD,
-    NGX_HTTP_NOT_ALLOWED, NGX_LOG_EMERG, NGX_OK,
+    ngx_command_t, ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_shared_memory_add,
+    ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, ngx_str_t, ngx_uint_t, NGX_HTTP_GET,
+    NGX_HTTP_HEAD, NGX_HTTP_NOT_ALLOWED, NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::http::{
     HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
@@ -222,26 +221,7 @@ unsafe extern "C" fn ngx_http_dyncert_metrics_init_zone(
     )
 }
 
-/// Registers the log-phase handler that counts responses per server.
-///
-/// # Safety
-/// `cf` must be the configuration being loaded (postconfiguration).
-pub unsafe fn add_log_handler(cf: *mut ngx_conf_t) -> bool {
-    let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(unsafe { &*cf }) else {
-        return false;
-    };
-    let phase = &mut cmcf.phases[ngx_http_phases_NGX_HTTP_LOG_PHASE as usize].handlers;
-    // SAFETY: the phase handler array is an ngx_array_t of handler pointers.
-    let h = unsafe { ngx_array_push(phase) } as *mut ngx::ffi::ngx_http_handler_pt;
-    if h.is_null() {
-        return false;
-    }
-    // SAFETY: h points to a fresh element of the array.
-    unsafe { *h = Some(ngx_http_dyncert_log_handler) };
-    true
-}
-
-unsafe extern "C" fn ngx_http_dyncert_log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+pub unsafe extern "C" fn ngx_http_dyncert_log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     guard("counting a response", NGX_OK as ngx_int_t, || {
         // SAFETY: nginx passes a live request to log handlers.
         let r = unsafe { &*r };
