@@ -1,15 +1,15 @@
 #![forbid(unsafe_code)]
+pub mod acme;
+pub mod api;
 pub mod cache;
+pub mod cidr;
 pub mod clienthello;
 pub mod fetch;
 pub mod flight;
+pub mod metrics;
 pub mod name;
 pub mod ratelimit;
 pub mod record;
-pub mod validate;
-pub mod api;
 pub mod template;
-pub mod metrics;
 pub mod timefmt;
-pub mod cidr;
-pub mod acme;
+pub mod validate;
