@@ -129,6 +129,17 @@ pub fn print(r: Report<'_>) -> i32 {
     let dy1 = &r.configs[3].load;
     println!();
     println!(
+        "{:<34} server CPU us per handshake in each round",
+        "(per round)"
+    );
+    for c in r.configs {
+        let per: Vec<String> = (0..c.load.slices.len())
+            .map(|i| format!("{:.0}", c.load.slice(i).1))
+            .collect();
+        println!("{:<34} {}", c.label, per.join(" "));
+    }
+    println!();
+    println!(
         "(other load: share of the server's CPU used by other processes than the nginx worker; \
          the nginx worker was {:.0}% busy at most, the client {:.0}% of its CPU)",
         worker_util * 100.0,
