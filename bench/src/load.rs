@@ -79,9 +79,12 @@ fn pin_client_thread(t: usize) {
 }
 
 /// `concurrency` connections at a time for `dur`, SNI drawn uniformly from
-/// `names`; adds the results to `into`.
+/// `names`; adds the results to `into`. The client (an SSL_CTX) is shared
+/// and built once, so short slices do not pay for loading it.
+#[allow(clippy::too_many_arguments)]
 pub fn run_slice(
     into: &mut Load,
+    client: &Arc<Client>,
     port: u16,
     worker: u32,
     names: &Arc<Vec<String>>,
@@ -97,9 +100,9 @@ pub fn run_slice(
         .map(|t| {
             let stop = stop.clone();
             let names = names.clone();
+            let client = client.clone();
             std::thread::spawn(move || {
                 pin_client_thread(t);
-                let client = Client::new();
                 let mut rng = Rng::new(seed ^ ((t as u64 + 1) << 20));
                 let mut lat = Vec::with_capacity(1 << 14);
                 let (mut errors, mut mismatches, mut first_error) = (0u64, 0u64, None);

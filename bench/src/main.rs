@@ -56,7 +56,7 @@ const USAGE: &str = "usage: dyncert-bench [--quick] [--names N] [--seconds S] [-
   --quick          N=500, 3 s per configuration, 100 cold names, 3 repeats (CI)
   --names N        names in Redis (default 10000)
   --seconds S      measured seconds per configuration (default 10)
-  --rounds R       the configurations take turns in R rounds (default 5)
+  --rounds R       the configurations take turns in R rounds (default 20)
   --concurrency C  concurrent connections (default 8)
   --cold K         never-seen names measured for a Redis hit and an API hit (default 1000)
   --repeat R       nginx starts and reloads measured per case (default 5)
@@ -66,7 +66,7 @@ fn parse_args(argv: &[String]) -> Args {
     let mut a = Args {
         names: 10_000,
         seconds: 10.0,
-        rounds: 5,
+        rounds: 20,
         concurrency: 8,
         cold: 1000,
         repeat: 5,
@@ -77,7 +77,7 @@ fn parse_args(argv: &[String]) -> Args {
         a = Args {
             names: 500,
             seconds: 3.0,
-            rounds: 3,
+            rounds: 6,
             cold: 100,
             repeat: 3,
             quick: true,
@@ -397,7 +397,10 @@ fn run(args: &Args, dir: &Path) -> i32 {
             load: Load::default(),
         },
     ];
+    // Short slices taking turns: drift on a shared machine then hits every
+    // configuration alike, and each round's ratios compare neighbours.
     let slice = Duration::from_secs_f64(args.seconds / args.rounds as f64);
+    let load_client = Arc::new(Client::new());
     for r in 0..args.rounds {
         step(&format!(
             "round {}/{}: {} configurations x {:.1}s",
@@ -412,6 +415,7 @@ fn run(args: &Args, dir: &Path) -> i32 {
             let cfg = &mut configs[(k + r) % n];
             load::run_slice(
                 &mut cfg.load,
+                &load_client,
                 cfg.nginx_port,
                 cfg.worker,
                 &cfg.names,
