@@ -59,7 +59,7 @@ const USAGE: &str = "usage: dyncert-bench [--quick] [--names N] [--seconds S] [-
   --rounds R       the configurations take turns in R rounds (default 20)
   --concurrency C  concurrent connections (default 8)
   --cold K         never-seen names measured for a Redis hit and an API hit (default 1000)
-  --repeat R       nginx starts and reloads measured per case (default 5)
+  --repeat R       nginx starts and reloads measured per case (default 9)
   --keep           keep the temporary directory (configurations, logs, certificates)";
 
 fn parse_args(argv: &[String]) -> Args {
@@ -69,7 +69,7 @@ fn parse_args(argv: &[String]) -> Args {
         rounds: 20,
         concurrency: 8,
         cold: 1000,
-        repeat: 5,
+        repeat: 9,
         quick: false,
         keep: false,
     };
