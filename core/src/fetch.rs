@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use futures_util::StreamExt;
 
 use crate::api::{ApiClient, ApiConfig, ApiOutcome};
+use crate::intern::Interner;
 use crate::metrics::{FetchSource, StepOutcome};
 use crate::name::{normalize_sni, wildcard_parent};
 use crate::record::{check_lengths, check_policy_lengths, decode_record, Record, RecordError};
@@ -346,7 +347,12 @@ fn run(
                 shared.clone(),
             ));
         }
-        let sources = Arc::new(Sources { cfg, redis, api });
+        let sources = Arc::new(Sources {
+            cfg,
+            redis,
+            api,
+            intermediates: Interner::default(),
+        });
         while let Some(req) = rx.recv().await {
             let shared = shared.clone();
             let sources = sources.clone();
@@ -380,6 +386,8 @@ struct Sources {
     cfg: FetcherConfig,
     redis: Option<Result<ConnectionManager, String>>,
     api: Option<ApiClient>,
+    /// Shared parsed intermediates (one object per distinct DER).
+    intermediates: Interner,
 }
 
 /// One Redis read of one key.
@@ -419,7 +427,7 @@ impl Sources {
                         let (outcome, done) = match answer {
                             RedisAnswer::Record(r) => {
                                 let wildcard = (key != name).then_some(key);
-                                let o = found(&r, name, CertSource::Redis, wildcard);
+                                let o = self.found(&r, name, CertSource::Redis, wildcard);
                                 let step = if matches!(o, Outcome::Found { .. }) {
                                     StepOutcome::Hit
                                 } else {
@@ -467,7 +475,7 @@ impl Sources {
         let t0 = Instant::now();
         let (step, outcome) = match api.lookup(name).await {
             ApiOutcome::Found(record) => {
-                let outcome = found(&record, name, CertSource::Api, None);
+                let outcome = self.found(&record, name, CertSource::Api, None);
                 if let (Outcome::Found { .. }, Some(Ok(conn))) = (&outcome, &self.redis) {
                     if redis_error.is_none() && !self.cfg.writeback.is_zero() {
                         self.write_back(conn.clone(), name, record);
@@ -558,6 +566,28 @@ impl Sources {
         )
     }
 
+    /// Validates a record for `name`; intermediates are shared with the
+    /// records already cached.
+    fn found(
+        &self,
+        record: &Record,
+        name: &str,
+        source: CertSource,
+        wildcard: Option<String>,
+    ) -> Outcome {
+        match validate(record, name, now_secs()) {
+            Ok(mut p) => {
+                self.intermediates.share(&mut p.chain);
+                Outcome::Found {
+                    cert: Arc::new(p),
+                    source,
+                    wildcard,
+                }
+            }
+            Err(i) => Outcome::Refused(i.into()),
+        }
+    }
+
     /// Reads a record, once more on a connection error: after a Redis
     /// restart the first command fails on the dead connection while the
     /// manager reconnects, and the retry waits for the new one.
@@ -645,17 +675,6 @@ impl Sources {
             hset.ignore().cmd("EXPIRE").arg(&key).arg(ttl).ignore();
             let _ = tokio::time::timeout(t, pipe.query_async::<()>(&mut conn)).await;
         });
-    }
-}
-
-fn found(record: &Record, name: &str, source: CertSource, wildcard: Option<String>) -> Outcome {
-    match validate(record, name, now_secs()) {
-        Ok(p) => Outcome::Found {
-            cert: Arc::new(p),
-            source,
-            wildcard,
-        },
-        Err(i) => Outcome::Refused(i.into()),
     }
 }
 

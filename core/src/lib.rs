@@ -6,6 +6,7 @@ pub mod cidr;
 pub mod clienthello;
 pub mod fetch;
 pub mod flight;
+pub mod intern;
 pub mod metrics;
 pub mod name;
 pub mod ratelimit;
