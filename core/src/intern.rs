@@ -69,7 +69,7 @@ mod tests {
     }
 
     #[test]
-    fn different_certificates_stay_distinct_and_the_table_is_bounded() {
+    fn different_certificates_stay_distinct() {
         let i = Interner::default();
         let mut one = vec![leaf(&["one.example"], &key(), -1, 30)];
         let mut two = vec![leaf(&["two.example"], &key(), -1, 30)];
@@ -77,6 +77,5 @@ mod tests {
         i.share(&mut two);
         assert_ne!(one[0].as_ptr(), two[0].as_ptr());
         assert_eq!(i.len(), 2);
-        assert!(MAX_INTERNED >= 1024);
     }
 }
