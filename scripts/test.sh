@@ -101,6 +101,11 @@ step "release module build and NGINX version check (scripts/build-module.sh)"
 bash scripts/build-module.sh
 ok
 
+step "benchmark smoke run (dyncert-bench --quick: correctness of every handshake)"
+cargo build --release -p dyncert-bench
+target/release/dyncert-bench --quick
+ok
+
 if [[ -n ${NGINX_TESTS:-} ]]; then
     step "nginx's own TLS tests with the module loaded (scripts/nginx-tests.sh, NGINX_TESTS=$NGINX_TESTS)"
     bash scripts/nginx-tests.sh
