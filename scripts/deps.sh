@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages dyncert needs to build, test and run its demo.
 #
-# Usage: scripts/deps.sh [--nginx-tests]
+# Usage: scripts/deps.sh [--nginx-tests] [--acme]
+#
+# --acme also installs pebble (Let's Encrypt's test CA) and certbot for the
+# ACME issuance test (tests/acme.rs).
 #
 # --nginx-tests also installs what nginx's own test suite needs for its TLS
 # tests (scripts/nginx-tests.sh): prove comes with perl; the suite's
@@ -37,6 +40,7 @@ PACKAGES=(
 for arg in "$@"; do
     case $arg in
         --nginx-tests) PACKAGES+=(perl libio-socket-ssl-perl libnet-ssleay-perl) ;;
+        --acme) PACKAGES+=(pebble certbot) ;;
         *)
             echo "deps.sh: unknown argument: $arg" >&2
             exit 2
