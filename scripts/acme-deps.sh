@@ -2,6 +2,13 @@
 # Installs pebble (Let's Encrypt's test CA) and certbot for the ACME
 # issuance test (tests/acme.rs), idempotently: deps.sh --acme does the
 # apt work; this checks the binaries ended up on PATH.
+#
+# Why certbot and not lego: Debian's lego (4.9.1) is built without the
+# memcached HTTP-01 provider (the flag is accepted and ignored), and its
+# only other HTTP-01 outlet, --http.webroot, has no hook: lego asks the CA
+# to validate right after writing the file, so copying it into Redis would
+# race pebble's validation. certbot runs the auth hook to completion before
+# it answers the challenge.
 set -euo pipefail
 
 bash "$(dirname "${BASH_SOURCE[0]}")/deps.sh" --acme
