@@ -48,8 +48,6 @@ pub struct MainConf {
     /// `Some(None)`: `dyncert_invalidate_channel off`.
     pub invalidate_channel: Option<Option<String>>,
     pub acme_prefix: Option<String>,
-    /// Filled in postconfiguration: some server answers ACME challenges.
-    pub acme_enabled: bool,
     /// Filled in postconfiguration: some server has `dyncert on`.
     pub enabled: bool,
     /// Some location has `dyncert_metrics`.

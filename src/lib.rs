@@ -396,7 +396,6 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
             return Status::NGX_ERROR.into();
         }
     }
-    mcf.acme_enabled = any_acme;
     if !any_enabled {
         // Workers still need the fetcher to answer ACME challenges.
         mcf.enabled = any_acme;

@@ -2,7 +2,7 @@
 //! record is fetched), matched per request by walking prebuilt
 //! address/mask pairs, like nginx's access module.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 /// Most entries in one list (a record's `allow` field or `env=VAR`).
 pub const MAX_ENTRIES: usize = 1024;
@@ -107,19 +107,18 @@ pub fn matches(list: &[Cidr], ip: IpAddr) -> bool {
     list.iter().any(|c| c.contains(ip))
 }
 
-/// Convenience for tests and logs.
-pub fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
-}
-
-/// Convenience for tests and logs.
-pub fn v6(s: &str) -> Option<IpAddr> {
-    s.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    fn v6(s: &str) -> Option<IpAddr> {
+        s.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+    }
 
     #[test]
     fn ipv4_networks_and_single_addresses_match() {

@@ -396,6 +396,8 @@ enum RedisAnswer {
     Absent,
     Refused(Refusal),
     Error(String),
+    /// The command ran out of `dyncert_redis_timeout` (Redis hangs).
+    Timeout,
     /// A connection error worth one retry on a fresh connection.
     Retry(String),
 }
@@ -405,7 +407,11 @@ impl RedisAnswer {
         if retryable(e) {
             RedisAnswer::Retry(redis_error(e))
         } else {
-            RedisAnswer::Error(redis_error(e))
+            if e.is_timeout() {
+                RedisAnswer::Timeout
+            } else {
+                RedisAnswer::Error(redis_error(e))
+            }
         }
     }
 }
@@ -439,15 +445,14 @@ impl Sources {
                                 (StepOutcome::Refused, Some(Outcome::Refused(r)))
                             }
                             RedisAnswer::Absent => (StepOutcome::Miss, None),
+                            // Redis down or hung: the API is the source of truth.
                             RedisAnswer::Error(e) | RedisAnswer::Retry(e) => {
-                                let kind = if e.contains("timed out") {
-                                    StepOutcome::Timeout
-                                } else {
-                                    StepOutcome::Error
-                                };
-                                // Redis down: the API is the source of truth.
                                 redis_error = Some(e);
-                                (kind, None)
+                                (StepOutcome::Error, None)
+                            }
+                            RedisAnswer::Timeout => {
+                                redis_error = Some("redis command timed out".to_owned());
+                                (StepOutcome::Timeout, None)
                             }
                         };
                         steps.push(Step {
@@ -615,7 +620,7 @@ impl Sources {
             match tokio::time::timeout(t, sizes).await {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => return RedisAnswer::failed(&e),
-                Err(_) => return RedisAnswer::Error("redis command timed out".into()),
+                Err(_) => return RedisAnswer::Timeout,
             };
         match check_lengths(exists > 0, crt_len, key_len)
             .and_then(|e| check_policy_lengths(allow_len, ca_len).map(|()| e))
@@ -636,7 +641,7 @@ impl Sources {
         let (crt, pkey, allow, client_ca) = match tokio::time::timeout(t, values).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => return RedisAnswer::failed(&e),
-            Err(_) => return RedisAnswer::Error("redis command timed out".into()),
+            Err(_) => return RedisAnswer::Timeout,
         };
         if crt.is_none() && pkey.is_none() {
             // Deleted between the two reads.
