@@ -28,6 +28,11 @@ pub struct ParsedCert {
     pub der_bytes: usize,
     /// The record's per-tenant policy (applied with `dyncert_tenant_policy`).
     pub policy: TenantPolicy,
+    /// SHA-256 over every field of the record it was parsed from: two
+    /// parses of the same record compare equal, any change (certificate,
+    /// key or policy) does not. Tenant policy binds connections and TLS
+    /// sessions to it.
+    pub fingerprint: [u8; 32],
 }
 
 /// Per-tenant policy carried by a record.
@@ -184,7 +189,31 @@ pub fn validate(record: &Record, name: &str, now_secs: i64) -> Result<ParsedCert
         not_after_ms: (not_after as u64).saturating_mul(1000),
         der_bytes,
         policy,
+        fingerprint: fingerprint(record),
     })
+}
+
+/// SHA-256 over the record's fields, each length-prefixed so that moving
+/// bytes from one field to the next changes the result.
+pub fn fingerprint(record: &Record) -> [u8; 32] {
+    let mut h = openssl::sha::Sha256::new();
+    let fields = [
+        Some(&record.crt),
+        Some(&record.key),
+        record.allow.as_ref(),
+        record.client_ca.as_ref(),
+    ];
+    for f in fields {
+        match f {
+            Some(v) => {
+                h.update(&[1]);
+                h.update(&(v.len() as u64).to_be_bytes());
+                h.update(v);
+            }
+            None => h.update(&[0]),
+        }
+    }
+    h.finish()
 }
 
 fn client_ca(pem: &[u8]) -> Result<ClientCa, Invalid> {
@@ -380,6 +409,34 @@ mod tests {
             Invalid::KeyNotPem
         );
         assert!(Invalid::KeyNotPem.as_str().contains("\"key\""));
+    }
+
+    #[test]
+    fn fingerprint_follows_every_field() {
+        let k = key();
+        let l = leaf(&["shop.example.com"], &k, -1, 30);
+        let base = record(pem(&l), key_pem(&k));
+        let a = validate(&base, "shop.example.com", now()).unwrap();
+        let b = validate(&base.clone(), "shop.example.com", now()).unwrap();
+        assert_eq!(
+            a.fingerprint, b.fingerprint,
+            "same record, same fingerprint"
+        );
+        let mut with_allow = base.clone();
+        with_allow.allow = Some(b"10.0.0.0/8".to_vec());
+        let mut empty_allow = base.clone();
+        empty_allow.allow = Some(Vec::new());
+        let prints = [
+            fingerprint(&base),
+            fingerprint(&with_allow),
+            fingerprint(&empty_allow),
+            fingerprint(&record(pem(&l), key_pem(&key()))),
+        ];
+        for i in 0..prints.len() {
+            for j in i + 1..prints.len() {
+                assert_ne!(prints[i], prints[j], "records {i} and {j}");
+            }
+        }
     }
 
     #[test]
