@@ -9,6 +9,7 @@ pub mod flight;
 pub mod intern;
 pub mod metrics;
 pub mod name;
+pub mod pem;
 pub mod ratelimit;
 pub mod record;
 pub mod template;
