@@ -95,7 +95,7 @@ pub const HANDSHAKE_SOURCES: [CertSource; 5] = [
 
 /// Labels of refused records (`Refusal::label`), in a fixed order so the
 /// shared array has one slot each; anything else counts as `other`.
-pub const REJECT_REASONS: [&str; 17] = [
+pub const REJECT_REASONS: [&str; 18] = [
     "crt_not_pem",
     "chain_too_long",
     "key_not_pem",
@@ -112,6 +112,7 @@ pub const REJECT_REASONS: [&str; 17] = [
     "client_ca_too_large",
     "allow_invalid",
     "client_ca_not_pem",
+    "encrypted_key",
     "other",
 ];
 
@@ -480,6 +481,27 @@ mod tests {
             for st in [100, 200, 301, 404, 503] {
                 add(l.status(s, st).unwrap());
             }
+        }
+    }
+
+    #[test]
+    fn every_validation_refusal_has_its_own_slot() {
+        use crate::validate::Invalid;
+        let l = Layout { servers: 0 };
+        for i in [
+            Invalid::CrtNotPem,
+            Invalid::ChainTooLong,
+            Invalid::KeyNotPem,
+            Invalid::KeyMismatch,
+            Invalid::NameNotCovered,
+            Invalid::Expired,
+            Invalid::NotYetValid,
+            Invalid::BadValidity,
+            Invalid::AllowInvalid,
+            Invalid::ClientCaNotPem,
+            Invalid::KeyEncrypted,
+        ] {
+            assert_ne!(l.rejected(i.label()), l.rejected("other"), "{i:?}");
         }
     }
 

@@ -1,19 +1,25 @@
 //! Turns a decoded record into parsed OpenSSL objects, refusing anything
-//! that must not be served: unparsable PEM, a key that does not match the
-//! leaf, a leaf that does not cover the name, a certificate outside its
-//! validity period, an over-long chain.
+//! that must not be served: unparsable PEM, an encrypted key, a key that
+//! does not match the leaf, a leaf that does not cover the name, a
+//! certificate outside its validity period, an over-long chain.
 //!
 //! This runs on the fetcher thread, so the handshake path only ever sees
 //! ready-made `X509`/`PKey` objects (no PEM parsing in the cert callback).
+//! PEM is read by [`crate::pem`], never by OpenSSL, whose PEM readers ask
+//! for a passphrase on stdin when a key is encrypted; OpenSSL only gets the
+//! DER, through decoders that take no passphrase.
 
 use openssl::asn1::Asn1Time;
+use openssl::ec::EcKey;
 use openssl::pkey::{PKey, Private};
+use openssl::rsa::Rsa;
 use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::X509;
 
 use crate::cidr::{parse_list, Cidr};
 
 use crate::name::dns_name_matches;
+use crate::pem::{self, Block, Label, PemError};
 use crate::record::{Record, MAX_CHAIN_LEN};
 
 /// A certificate ready to be installed on a connection.
@@ -84,6 +90,7 @@ pub enum Invalid {
     BadValidity,
     AllowInvalid,
     ClientCaNotPem,
+    KeyEncrypted,
 }
 
 impl Invalid {
@@ -101,6 +108,10 @@ impl Invalid {
                 "field \"allow\" is not a comma-separated list of addresses and CIDRs"
             }
             Invalid::ClientCaNotPem => "field \"client_ca\" holds no parsable PEM certificate",
+            Invalid::KeyEncrypted => {
+                "field \"key\" holds an encrypted private key \
+                 (dyncert has no passphrase: store it unencrypted)"
+            }
         }
     }
 
@@ -117,6 +128,7 @@ impl Invalid {
             Invalid::BadValidity => "bad_validity",
             Invalid::AllowInvalid => "allow_invalid",
             Invalid::ClientCaNotPem => "client_ca_not_pem",
+            Invalid::KeyEncrypted => "encrypted_key",
         }
     }
 }
@@ -125,35 +137,46 @@ impl Invalid {
 /// issuer whose clock runs slightly ahead does not cause outages.
 const NOT_BEFORE_SKEW_SECS: i64 = 300;
 
+/// Most PEM blocks accepted in `key`: `openssl ecparam -genkey` writes the
+/// curve before the key.
+const MAX_KEY_BLOCKS: usize = 2;
+
 /// Validates `record` for the (normalised) `name` at `now_secs` (UNIX time).
 pub fn validate(record: &Record, name: &str, now_secs: i64) -> Result<ParsedCert, Invalid> {
-    let mut certs = X509::stack_from_pem(&record.crt).map_err(|_| Invalid::CrtNotPem)?;
-    if certs.is_empty() {
-        return Err(Invalid::CrtNotPem);
-    }
-    if certs.len() > MAX_CHAIN_LEN {
-        return Err(Invalid::ChainTooLong);
-    }
-    let leaf = certs.remove(0);
-    let key = PKey::private_key_from_pem(&record.key).map_err(|_| Invalid::KeyNotPem)?;
+    check(record, now_secs, |leaf| covers(leaf, name))
+}
 
-    let leaf_pub = leaf.public_key().map_err(|_| Invalid::CrtNotPem)?;
-    if !leaf_pub.public_eq(&key) {
-        return Err(Invalid::KeyMismatch);
-    }
+/// Cheapest checks first, so junk is refused before OpenSSL parses much:
+/// PEM structure of every field, then the leaf and its names and dates,
+/// then the key, then the rest of the chain and the client CAs.
+fn check(
+    record: &Record,
+    now_secs: i64,
+    covered: impl Fn(&X509) -> bool,
+) -> Result<ParsedCert, Invalid> {
+    let certs = certificates(&record.crt, Invalid::CrtNotPem, Invalid::ChainTooLong)?;
+    let key_block = key_block(&record.key)?;
+    let ca_certs = match &record.client_ca {
+        Some(pem) => Some(certificates(
+            pem,
+            Invalid::ClientCaNotPem,
+            Invalid::ClientCaNotPem,
+        )?),
+        None => None,
+    };
+    let allow = match &record.allow {
+        Some(a) => {
+            let text = std::str::from_utf8(a).map_err(|_| Invalid::AllowInvalid)?;
+            Some(parse_list(text).map_err(|_| Invalid::AllowInvalid)?)
+        }
+        None => None,
+    };
 
-    let covered = leaf
-        .subject_alt_names()
-        .map(|sans| {
-            sans.iter()
-                .filter_map(|gn| gn.dnsname())
-                .any(|dns| dns_name_matches(dns, name))
-        })
-        .unwrap_or(false);
-    if !covered {
+    let (leaf_der, chain_der) = certs.split_first().ok_or(Invalid::CrtNotPem)?;
+    let leaf = X509::from_der(&leaf_der.der).map_err(|_| Invalid::CrtNotPem)?;
+    if !covered(&leaf) {
         return Err(Invalid::NameNotCovered);
     }
-
     let not_after = unix_secs(leaf.not_after()).ok_or(Invalid::BadValidity)?;
     let not_before = unix_secs(leaf.not_before()).ok_or(Invalid::BadValidity)?;
     if not_after <= now_secs {
@@ -163,34 +186,90 @@ pub fn validate(record: &Record, name: &str, now_secs: i64) -> Result<ParsedCert
         return Err(Invalid::NotYetValid);
     }
 
-    let der_bytes = std::iter::once(&leaf)
-        .chain(certs.iter())
-        .map(|c| c.to_der().map(|d| d.len()).unwrap_or(0))
-        .sum();
+    let key = private_key(key_block)?;
+    let leaf_pub = leaf.public_key().map_err(|_| Invalid::CrtNotPem)?;
+    if !leaf_pub.public_eq(&key) {
+        return Err(Invalid::KeyMismatch);
+    }
 
-    let policy = TenantPolicy {
-        allow: match &record.allow {
-            Some(a) => {
-                let text = std::str::from_utf8(a).map_err(|_| Invalid::AllowInvalid)?;
-                Some(parse_list(text).map_err(|_| Invalid::AllowInvalid)?)
-            }
-            None => None,
-        },
-        client_ca: match &record.client_ca {
-            Some(pem) => Some(client_ca(pem)?),
-            None => None,
-        },
+    let chain = chain_der
+        .iter()
+        .map(|b| X509::from_der(&b.der).map_err(|_| Invalid::CrtNotPem))
+        .collect::<Result<Vec<_>, _>>()?;
+    let client_ca = match ca_certs {
+        Some(blocks) => Some(client_ca(&blocks)?),
+        None => None,
     };
 
     Ok(ParsedCert {
         leaf,
-        chain: certs,
+        chain,
         key,
         not_after_ms: (not_after as u64).saturating_mul(1000),
-        der_bytes,
-        policy,
+        der_bytes: certs.iter().map(|b| b.der.len()).sum(),
+        policy: TenantPolicy { allow, client_ca },
         fingerprint: fingerprint(record),
     })
+}
+
+/// The blocks of a certificate field (`crt`, `client_ca`): 1 to
+/// `MAX_CHAIN_LEN` of them, all certificates.
+fn certificates(pem: &[u8], not_pem: Invalid, too_many: Invalid) -> Result<Vec<Block>, Invalid> {
+    let blocks = pem::parse(pem, MAX_CHAIN_LEN).map_err(|e| match e {
+        PemError::Encrypted => Invalid::KeyEncrypted,
+        PemError::TooManyBlocks => too_many,
+        _ => not_pem,
+    })?;
+    if blocks.iter().any(|b| b.label != Label::Certificate) {
+        return Err(not_pem);
+    }
+    Ok(blocks)
+}
+
+/// The one private key block of `key`, curve parameters skipped.
+fn key_block(pem: &[u8]) -> Result<Block, Invalid> {
+    let blocks = pem::parse(pem, MAX_KEY_BLOCKS).map_err(|e| match e {
+        PemError::Encrypted => Invalid::KeyEncrypted,
+        _ => Invalid::KeyNotPem,
+    })?;
+    let mut keys = blocks
+        .into_iter()
+        .filter(|b| b.label != Label::EcParameters);
+    match (keys.next(), keys.next()) {
+        (Some(key), None) => Ok(key),
+        _ => Err(Invalid::KeyNotPem),
+    }
+}
+
+/// Decodes a private key with the DER decoder its label names. Each of
+/// them reads unencrypted keys only and never asks for a passphrase, unlike
+/// the auto-detecting `d2i_AutoPrivateKey` and the PEM readers.
+///
+/// - `PRIVATE KEY`: `d2i_PKCS8_PRIV_KEY_INFO` and `EVP_PKCS82PKEY`
+///   (<https://docs.openssl.org/3.0/man3/d2i_X509/>,
+///   <https://docs.openssl.org/3.0/man3/EVP_PKCS82PKEY/>)
+/// - `RSA PRIVATE KEY`: `d2i_RSAPrivateKey`
+///   (<https://docs.openssl.org/3.0/man3/d2i_RSAPrivateKey/>)
+/// - `EC PRIVATE KEY`: `d2i_ECPrivateKey`
+///   (<https://docs.openssl.org/3.0/man3/d2i_ECPrivateKey/>)
+fn private_key(block: Block) -> Result<PKey<Private>, Invalid> {
+    let key = match block.label {
+        Label::PrivateKey => PKey::private_key_from_pkcs8(&block.der),
+        Label::RsaPrivateKey => Rsa::private_key_from_der(&block.der).and_then(PKey::from_rsa),
+        Label::EcPrivateKey => EcKey::private_key_from_der(&block.der).and_then(PKey::from_ec_key),
+        _ => return Err(Invalid::KeyNotPem),
+    };
+    key.map_err(|_| Invalid::KeyNotPem)
+}
+
+/// True when one of the leaf's subjectAltName DNS entries satisfies `f`.
+fn any_dns_name(leaf: &X509, f: impl Fn(&str) -> bool) -> bool {
+    leaf.subject_alt_names()
+        .is_some_and(|sans| sans.iter().filter_map(|gn| gn.dnsname()).any(f))
+}
+
+fn covers(leaf: &X509, name: &str) -> bool {
+    any_dns_name(leaf, |dns| dns_name_matches(dns, name))
 }
 
 /// SHA-256 over the record's fields, each length-prefixed so that moving
@@ -216,11 +295,11 @@ pub fn fingerprint(record: &Record) -> [u8; 32] {
     h.finish()
 }
 
-fn client_ca(pem: &[u8]) -> Result<ClientCa, Invalid> {
-    let certs = X509::stack_from_pem(pem).map_err(|_| Invalid::ClientCaNotPem)?;
-    if certs.is_empty() || certs.len() > MAX_CHAIN_LEN {
-        return Err(Invalid::ClientCaNotPem);
-    }
+fn client_ca(blocks: &[Block]) -> Result<ClientCa, Invalid> {
+    let certs = blocks
+        .iter()
+        .map(|b| X509::from_der(&b.der).map_err(|_| Invalid::ClientCaNotPem))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut b = X509StoreBuilder::new().map_err(|_| Invalid::ClientCaNotPem)?;
     for c in &certs {
         b.add_cert(c.clone()).map_err(|_| Invalid::ClientCaNotPem)?;
@@ -245,7 +324,7 @@ pub(crate) mod testpki {
     use openssl::ec::{EcGroup, EcKey};
     use openssl::hash::MessageDigest;
     use openssl::nid::Nid;
-    use openssl::pkey::{PKey, Private};
+    use openssl::pkey::{Id, PKey, Private};
     use openssl::x509::extension::SubjectAlternativeName;
     use openssl::x509::{X509NameBuilder, X509};
 
@@ -286,7 +365,12 @@ pub(crate) mod testpki {
             let ext = san.build(&b.x509v3_context(None, None)).unwrap();
             b.append_extension(ext).unwrap();
         }
-        b.sign(key, MessageDigest::sha256()).unwrap();
+        // Ed25519 signs the message itself, without a separate digest.
+        let digest = match key.id() {
+            Id::ED25519 => MessageDigest::null(),
+            _ => MessageDigest::sha256(),
+        };
+        b.sign(key, digest).unwrap();
         b.build()
     }
 
@@ -303,6 +387,11 @@ pub(crate) mod testpki {
 mod tests {
     use super::testpki::*;
     use super::*;
+    use openssl::ec::EcGroup;
+    use openssl::nid::Nid;
+    use openssl::symm::Cipher;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
 
     fn now() -> i64 {
         std::time::SystemTime::now()
@@ -450,6 +539,239 @@ mod tests {
         assert_eq!(
             validate(&record(crt, key_pem(&k)), "shop.example.com", now()).unwrap_err(),
             Invalid::ChainTooLong
+        );
+    }
+
+    fn shop_record(k: &PKey<Private>, key_pem: Vec<u8>) -> Record {
+        record(pem(&leaf(&["shop.example.com"], k, -1, 30)), key_pem)
+    }
+
+    fn refusal(r: &Record) -> Invalid {
+        validate(r, "shop.example.com", now()).unwrap_err()
+    }
+
+    fn rsa() -> Rsa<Private> {
+        Rsa::generate(2048).unwrap()
+    }
+
+    fn ec() -> EcKey<Private> {
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        EcKey::generate(&group).unwrap()
+    }
+
+    /// `openssl ecparam -name prime256v1` output: the curve's OID.
+    const P256_PARAMETERS: &[u8] =
+        b"-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n";
+
+    /// Every form of encrypted key, each with the refusal it must get.
+    /// A PEM reader with OpenSSL's default password callback would prompt
+    /// on all of them.
+    fn encrypted_records() -> Vec<(&'static str, Record, Invalid)> {
+        let pass = b"secret";
+        let cipher = || Cipher::aes_256_cbc();
+        let rsa = rsa();
+        let rsa_pkey = PKey::from_rsa(rsa.clone()).unwrap();
+        let ec = ec();
+        let ec_pkey = PKey::from_ec_key(ec.clone()).unwrap();
+        let pkcs8 = ec_pkey
+            .private_key_to_pem_pkcs8_passphrase(cipher(), pass)
+            .unwrap();
+        let rsa_traditional = rsa.private_key_to_pem_passphrase(cipher(), pass).unwrap();
+        let ec_traditional = ec.private_key_to_pem_passphrase(cipher(), pass).unwrap();
+        for p in [&rsa_traditional, &ec_traditional] {
+            assert!(String::from_utf8_lossy(p).contains("Proc-Type: 4,ENCRYPTED"));
+        }
+        let mislabelled = String::from_utf8(pkcs8.clone())
+            .unwrap()
+            .replace("ENCRYPTED PRIVATE KEY", "PRIVATE KEY");
+        let mut crt_with_key = pem(&leaf(&["shop.example.com"], &ec_pkey, -1, 30));
+        crt_with_key.extend_from_slice(&pkcs8);
+        let mut with_ca = shop_record(&ec_pkey, key_pem(&ec_pkey));
+        with_ca.client_ca = Some(pkcs8.clone());
+        vec![
+            (
+                "encrypted PKCS#8",
+                shop_record(&ec_pkey, pkcs8.clone()),
+                Invalid::KeyEncrypted,
+            ),
+            (
+                "encrypted traditional RSA",
+                shop_record(&rsa_pkey, rsa_traditional),
+                Invalid::KeyEncrypted,
+            ),
+            (
+                "encrypted traditional EC",
+                shop_record(&ec_pkey, ec_traditional),
+                Invalid::KeyEncrypted,
+            ),
+            (
+                "EncryptedPrivateKeyInfo labelled PRIVATE KEY",
+                shop_record(&ec_pkey, mislabelled.into_bytes()),
+                Invalid::KeyNotPem,
+            ),
+            (
+                "encrypted key in crt",
+                record(crt_with_key, key_pem(&ec_pkey)),
+                Invalid::KeyEncrypted,
+            ),
+            ("encrypted key in client_ca", with_ca, Invalid::KeyEncrypted),
+        ]
+    }
+
+    #[test]
+    fn encrypted_keys_are_refused_with_their_own_reason() {
+        for (what, r, want) in encrypted_records() {
+            assert_eq!(refusal(&r), want, "{what}");
+        }
+        assert_eq!(Invalid::KeyEncrypted.label(), "encrypted_key");
+        assert!(Invalid::KeyEncrypted
+            .as_str()
+            .contains("store it unencrypted"));
+    }
+
+    /// Set in the child process of the test below.
+    const STDIN_CHILD: &str = "DYNCERT_TEST_ENCRYPTED_KEYS_CHILD";
+
+    #[test]
+    fn encrypted_keys_are_refused_without_reading_stdin() {
+        if std::env::var_os(STDIN_CHILD).is_some() {
+            for (what, r, want) in encrypted_records() {
+                assert_eq!(refusal(&r), want, "{what}");
+            }
+            return;
+        }
+        // This test again, alone, in a child whose stdin is a pipe nobody
+        // writes to, as nginx's may be: a passphrase prompt blocks it.
+        let test = "validate::tests::encrypted_keys_are_refused_without_reading_stdin";
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--test-threads=1"])
+            .env(STDIN_CHILD, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("validation still running after 60 s: waiting for a passphrase?");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "child failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn unencrypted_traditional_rsa_and_ec_keys_are_accepted() {
+        let rsa = rsa();
+        let r = shop_record(
+            &PKey::from_rsa(rsa.clone()).unwrap(),
+            rsa.private_key_to_pem().unwrap(),
+        );
+        assert!(String::from_utf8_lossy(&r.key).contains("BEGIN RSA PRIVATE KEY"));
+        validate(&r, "shop.example.com", now()).unwrap();
+        let ec = ec();
+        let r = shop_record(
+            &PKey::from_ec_key(ec.clone()).unwrap(),
+            ec.private_key_to_pem().unwrap(),
+        );
+        assert!(String::from_utf8_lossy(&r.key).contains("BEGIN EC PRIVATE KEY"));
+        validate(&r, "shop.example.com", now()).unwrap();
+    }
+
+    #[test]
+    fn ec_parameters_before_the_key_are_skipped() {
+        // As `openssl ecparam -genkey -name prime256v1` writes it.
+        let ec = ec();
+        let mut key = P256_PARAMETERS.to_vec();
+        key.extend(ec.private_key_to_pem().unwrap());
+        let r = shop_record(&PKey::from_ec_key(ec).unwrap(), key);
+        validate(&r, "shop.example.com", now()).unwrap();
+    }
+
+    #[test]
+    fn pkcs8_rsa_ec_and_ed25519_keys_are_accepted() {
+        for k in [
+            PKey::from_rsa(rsa()).unwrap(),
+            PKey::from_ec_key(ec()).unwrap(),
+            PKey::generate_ed25519().unwrap(),
+        ] {
+            let r = shop_record(&k, key_pem(&k));
+            assert!(String::from_utf8_lossy(&r.key).contains("BEGIN PRIVATE KEY"));
+            let p = validate(&r, "shop.example.com", now()).unwrap();
+            assert_eq!(p.key.id(), k.id());
+        }
+    }
+
+    #[test]
+    fn key_field_must_hold_exactly_one_key() {
+        let k = key();
+        let mut two = key_pem(&k);
+        two.extend(key_pem(&k));
+        let mut params_only = P256_PARAMETERS.to_vec();
+        params_only.extend_from_slice(P256_PARAMETERS);
+        let leaf_pem = pem(&leaf(&["shop.example.com"], &k, -1, 30));
+        let mut cert_and_key = leaf_pem.clone();
+        cert_and_key.extend(key_pem(&k));
+        for (what, key) in [
+            ("two keys", two),
+            ("parameters only", params_only),
+            ("a certificate", leaf_pem),
+            ("a certificate and a key", cert_and_key),
+        ] {
+            assert_eq!(refusal(&shop_record(&k, key)), Invalid::KeyNotPem, "{what}");
+        }
+    }
+
+    #[test]
+    fn certificate_fields_hold_only_certificates() {
+        let k = key();
+        let mut crt = pem(&leaf(&["shop.example.com"], &k, -1, 30));
+        crt.extend(key_pem(&k));
+        assert_eq!(refusal(&record(crt, key_pem(&k))), Invalid::CrtNotPem);
+        let mut r = shop_record(&k, key_pem(&k));
+        r.client_ca = Some(key_pem(&k));
+        assert_eq!(refusal(&r), Invalid::ClientCaNotPem);
+        r.client_ca =
+            Some(b"-----BEGIN CERTIFICATE-----\nTWFu\n-----END CERTIFICATE-----\n".to_vec());
+        assert_eq!(refusal(&r), Invalid::ClientCaNotPem, "not DER");
+        r.client_ca = Some(pem(&leaf(&["ca.example"], &key(), -1, 30)));
+        let p = validate(&r, "shop.example.com", now()).unwrap();
+        assert_eq!(p.policy.client_ca.unwrap().certs.len(), 1);
+    }
+
+    #[test]
+    fn junk_is_refused_before_the_leaf_is_looked_at() {
+        let k = key();
+        // Expired, for another name, with junk in the key: the key's PEM
+        // is checked first.
+        let old = leaf(&["other.example.com"], &k, -30, -1);
+        assert_eq!(
+            refusal(&record(pem(&old), b"junk".to_vec())),
+            Invalid::KeyNotPem
+        );
+        // Names, then dates, come before the key is decoded.
+        let other = leaf(&["other.example.com"], &k, -1, 30);
+        assert_eq!(
+            refusal(&record(pem(&other), key_pem(&key()))),
+            Invalid::NameNotCovered
+        );
+        assert_eq!(
+            refusal(&record(pem(&old), key_pem(&key()))),
+            Invalid::NameNotCovered
+        );
+        let expired = leaf(&["shop.example.com"], &k, -30, -1);
+        assert_eq!(
+            refusal(&record(pem(&expired), key_pem(&key()))),
+            Invalid::Expired
         );
     }
 }
