@@ -146,6 +146,24 @@ pub fn validate(record: &Record, name: &str, now_secs: i64) -> Result<ParsedCert
     check(record, now_secs, |leaf| covers(leaf, name))
 }
 
+/// Validates `record`, stored under the wildcard key `wildcard`
+/// ("*.example.com"), for the (normalised) `name` that asked for it.
+///
+/// The record is cached under the wildcard and served to every other name
+/// below the parent, so covering `name` is not enough (a certificate for
+/// "shop.example.com" would then be served to "blog.example.com"): the
+/// leaf must carry `wildcard` itself as a subjectAltName.
+pub fn validate_wildcard(
+    record: &Record,
+    wildcard: &str,
+    name: &str,
+    now_secs: i64,
+) -> Result<ParsedCert, Invalid> {
+    check(record, now_secs, |leaf| {
+        any_dns_name(leaf, |dns| same_dns_name(dns, wildcard)) && covers(leaf, name)
+    })
+}
+
 /// Cheapest checks first, so junk is refused before OpenSSL parses much:
 /// PEM structure of every field, then the leaf and its names and dates,
 /// then the key, then the rest of the chain and the client CAs.
@@ -270,6 +288,14 @@ fn any_dns_name(leaf: &X509, f: impl Fn(&str) -> bool) -> bool {
 
 fn covers(leaf: &X509, name: &str) -> bool {
     any_dns_name(leaf, |dns| dns_name_matches(dns, name))
+}
+
+/// The same DNS name, case and one trailing dot aside (as in
+/// [`dns_name_matches`]), with '*' compared as a plain character.
+fn same_dns_name(a: &str, b: &str) -> bool {
+    let a = a.strip_suffix('.').unwrap_or(a);
+    let b = b.strip_suffix('.').unwrap_or(b);
+    !a.is_empty() && a.eq_ignore_ascii_case(b)
 }
 
 /// SHA-256 over the record's fields, each length-prefixed so that moving
@@ -772,6 +798,54 @@ mod tests {
         assert_eq!(
             refusal(&record(pem(&expired), key_pem(&key()))),
             Invalid::Expired
+        );
+    }
+
+    #[test]
+    fn wildcard_record_must_carry_the_wildcard_itself() {
+        let k = key();
+        let shop = leaf(&["shop.example.com"], &k, -1, 30);
+        assert_eq!(
+            validate_wildcard(
+                &record(pem(&shop), key_pem(&k)),
+                "*.example.com",
+                "shop.example.com",
+                now()
+            )
+            .unwrap_err(),
+            Invalid::NameNotCovered,
+            "would be served to every other name under example.com"
+        );
+        let both = leaf(&["shop.example.com", "*.EXAMPLE.com"], &k, -1, 30);
+        let r = record(pem(&both), key_pem(&k));
+        validate_wildcard(&r, "*.example.com", "shop.example.com", now()).unwrap();
+        validate_wildcard(&r, "*.example.com", "blog.example.com", now()).unwrap();
+    }
+
+    #[test]
+    fn wildcard_record_must_also_cover_the_name_asked_for() {
+        let k = key();
+        let wild = leaf(&["*.example.com"], &k, -1, 30);
+        let r = record(pem(&wild), key_pem(&k));
+        validate_wildcard(&r, "*.example.com", "shop.example.com", now()).unwrap();
+        assert_eq!(
+            validate_wildcard(&r, "*.example.com", "example.com", now()).unwrap_err(),
+            Invalid::NameNotCovered
+        );
+        assert_eq!(
+            validate_wildcard(&r, "*.shop.example.com", "a.shop.example.com", now()).unwrap_err(),
+            Invalid::NameNotCovered
+        );
+        // Other checks still apply.
+        assert_eq!(
+            validate_wildcard(
+                &record(pem(&wild), key_pem(&key())),
+                "*.example.com",
+                "shop.example.com",
+                now()
+            )
+            .unwrap_err(),
+            Invalid::KeyMismatch
         );
     }
 }
