@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Fuzz the ClientHello peek parser for ${FUZZ_SECONDS:-30} seconds, starting
-# from the checked-in seeds. Exits non-zero when libFuzzer finds a crash
-# (the input is left in fuzz/artifacts/clienthello/).
+# Fuzz every target in fuzz_targets/ for ${FUZZ_SECONDS:-30} seconds each,
+# starting from its checked-in seeds (seeds/<target>/). Exits non-zero when
+# libFuzzer finds a crash (the input is left in fuzz/artifacts/<target>/).
 #
 # Works on a stable toolchain: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass the
 # nightly-only sanitizer flags.
@@ -14,7 +14,11 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 export RUSTC_BOOTSTRAP=1
-# New inputs go to corpus/ (git-ignored); seeds/ stays as checked in.
-mkdir -p corpus/clienthello
-exec cargo fuzz run clienthello corpus/clienthello seeds/clienthello -- \
-    -max_total_time="${FUZZ_SECONDS:-30}"
+for source in fuzz_targets/*.rs; do
+    target=$(basename "$source" .rs)
+    echo "fuzz: $target for ${FUZZ_SECONDS:-30} s"
+    # New inputs go to corpus/ (git-ignored); seeds/ stays as checked in.
+    mkdir -p "corpus/$target"
+    cargo fuzz run "$target" "corpus/$target" "seeds/$target" -- \
+        -max_total_time="${FUZZ_SECONDS:-30}"
+done
