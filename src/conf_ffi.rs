@@ -298,7 +298,8 @@ pub unsafe extern "C" fn ngx_http_dyncert_redis_prefix(
 }
 
 /// # Safety
-/// Called by nginx for `dyncert_cache max=N valid=T stale=T negative=T;`.
+/// Called by nginx for `dyncert_cache max=N max_size=SIZE valid=T stale=T
+/// negative=T negative_max=N;`.
 pub unsafe extern "C" fn ngx_http_dyncert_cache(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
@@ -319,6 +320,10 @@ pub unsafe extern "C" fn ngx_http_dyncert_cache(
         match k {
             b"max" => match parse_number(val) {
                 Some(n) if n <= 10_000_000 => policy.max_entries = n,
+                _ => invalid!(cf, text),
+            },
+            b"negative_max" => match parse_number(val) {
+                Some(n) if n <= 10_000_000 => policy.negative_max = n,
                 _ => invalid!(cf, text),
             },
             b"max_size" => match parse_bytes(val) {

@@ -84,7 +84,9 @@ impl<W> Worker<W> {
     pub fn publish_gauges(&self) {
         self.sink
             .set_worker(W_INFLIGHT, self.inflight.in_flight() as u64);
-        self.sink.set_worker(W_ENTRIES, self.cache.len() as u64);
+        // Certificates and negative entries, as the gauge's help says.
+        let entries = self.cache.len() + self.cache.negative_len();
+        self.sink.set_worker(W_ENTRIES, entries as u64);
         self.sink.set_worker(W_BYTES, self.cache.bytes() as u64);
     }
 

@@ -1,15 +1,18 @@
-//! Per-worker certificate cache policy: an LRU keyed by normalised name and
-//! bounded in entries and in bytes, with a soft TTL (serve, refresh in the
-//! background), a hard TTL (stale-if-error window), the certificate's own
-//! notAfter as an absolute cut-off, and short-lived negative entries for
-//! names no source knows.
+//! Per-worker certificate cache policy: an LRU of certificates keyed by
+//! normalised name and bounded in entries and in bytes, with a soft TTL
+//! (serve, refresh in the background), a hard TTL (stale-if-error window)
+//! and the certificate's own notAfter as an absolute cut-off; beside it, a
+//! separate LRU of short-lived negative entries for names no source knows,
+//! with its own bound, so that names a client makes up can only push out
+//! other made-up names, never a certificate.
 //!
 //! Generic over the cached value so the policy is tested here without
 //! OpenSSL; the glue stores its parsed chain and key. Time is passed in on
 //! every call (see [`Clock`]) so tests drive it by hand and never sleep.
 
-use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::lru::{Lru, Slot};
 
 /// Milliseconds since the UNIX epoch.
 pub type Millis = u64;
@@ -34,18 +37,14 @@ impl Clock for SystemClock {
     }
 }
 
-/// What a negative entry weighs against [`CachePolicy::max_bytes`]: the
-/// name, the node and the map slot, roughly. Not zero, so a random-SNI
-/// flood cannot fill a byte-bounded cache with free entries.
-pub const NEGATIVE_ENTRY_BYTES: usize = 64;
-
 /// Sizes and lifetimes, from `dyncert_cache max= max_size= valid= stale=
-/// negative=`.
+/// negative= negative_max=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CachePolicy {
-    /// Most entries, positive and negative together; 0 disables caching.
+    /// Most certificate (positive) entries; 0 disables caching altogether,
+    /// negative entries included.
     pub max_entries: usize,
-    /// Most bytes, as weighed by the caller in
+    /// Most bytes of certificate entries, as weighed by the caller in
     /// [`CertCache::insert_weighted`]; 0 means no byte bound.
     pub max_bytes: usize,
     /// Age below which a positive entry is served without a refresh.
@@ -55,6 +54,9 @@ pub struct CachePolicy {
     pub stale: Millis,
     /// Lifetime of a negative entry.
     pub negative: Millis,
+    /// Most negative entries, kept apart from `max_entries` and
+    /// `max_bytes`; 0 disables negative caching.
+    pub negative_max: usize,
 }
 
 impl Default for CachePolicy {
@@ -65,6 +67,7 @@ impl Default for CachePolicy {
             valid: 10 * 60 * 1000,
             stale: 60 * 60 * 1000,
             negative: 30 * 1000,
+            negative_max: 10_000,
         }
     }
 }
@@ -96,111 +99,72 @@ enum Refresh {
     RetryAt(Millis),
 }
 
-enum Entry<V> {
-    Positive {
-        value: V,
-        /// Served without a refresh before this time.
-        fresh_until: Millis,
-        /// Dropped at this time (fetch time + valid + stale): the end of
-        /// stale-if-error.
-        stale_until: Millis,
-        /// The certificate's notAfter: never served from this time on.
-        expires_at: Millis,
-        refresh: Refresh,
-    },
-    Negative {
-        at: Millis,
-    },
+/// A cached certificate.
+struct Positive<V> {
+    value: V,
+    /// Served without a refresh before this time.
+    fresh_until: Millis,
+    /// Dropped at this time (fetch time + valid + stale): the end of
+    /// stale-if-error.
+    stale_until: Millis,
+    /// The certificate's notAfter: never served from this time on.
+    expires_at: Millis,
+    refresh: Refresh,
+    /// Weight counted in `CertCache::bytes`.
+    bytes: usize,
 }
 
-/// How an entry stands at a given time, computed without touching it.
+/// How a positive entry stands at a given time, computed without touching
+/// it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Fresh,
     Stale,
-    Negative,
     Expired,
 }
 
-impl<V> Entry<V> {
-    fn value(&self) -> Option<&V> {
-        match self {
-            Entry::Positive { value, .. } => Some(value),
-            Entry::Negative { .. } => None,
-        }
-    }
-
-    fn state(&self, policy: &CachePolicy, now: Millis) -> State {
-        match *self {
-            Entry::Positive {
-                fresh_until,
-                stale_until,
-                expires_at,
-                ..
-            } => {
-                // Never serve a certificate past its notAfter, whatever the
-                // TTLs. Absolute deadlines also mean a clock that stepped
-                // back makes the entry look new, not ancient.
-                if expires_at <= now || stale_until <= now {
-                    State::Expired
-                } else if now < fresh_until {
-                    State::Fresh
-                } else {
-                    State::Stale
-                }
-            }
-            Entry::Negative { at } => {
-                // Saturating: a clock that stepped back keeps the entry.
-                if now.saturating_sub(at) < policy.negative {
-                    State::Negative
-                } else {
-                    State::Expired
-                }
-            }
+impl<V> Positive<V> {
+    fn state(&self, now: Millis) -> State {
+        // Never serve a certificate past its notAfter, whatever the TTLs.
+        // Absolute deadlines also mean a clock that stepped back makes the
+        // entry look new, not ancient.
+        if self.expires_at <= now || self.stale_until <= now {
+            State::Expired
+        } else if now < self.fresh_until {
+            State::Fresh
+        } else {
+            State::Stale
         }
     }
 }
 
-/// Marks "no neighbour" in the intrusive list.
-const NIL: usize = usize::MAX;
-
-struct Node<V> {
-    name: String,
-    entry: Entry<V>,
-    /// Weight counted in `CertCache::bytes`.
-    bytes: usize,
-    /// Towards the most recently used end.
-    prev: usize,
-    /// Towards the least recently used end.
-    next: usize,
+/// Whether a negative entry made at `at` still holds at `now`.
+fn negative_holds(policy: &CachePolicy, at: Millis, now: Millis) -> bool {
+    // Saturating: a clock that stepped back keeps the entry.
+    now.saturating_sub(at) < policy.negative
 }
 
-/// Bounded LRU with O(1) lookup, touch, insert and eviction: a map from
-/// name to slot in a slab of nodes linked most- to least-recently used,
-/// with freed slots reused through a free list.
+/// Two LRUs with O(1) lookup, touch, insert and eviction: certificates,
+/// bounded by `max_entries` and `max_bytes`, and negative entries, bounded
+/// by `negative_max`. A name is in at most one of them. Each evicts only
+/// its own entries, so no number of unknown names can push a certificate
+/// out.
 pub struct CertCache<V> {
     policy: CachePolicy,
-    index: HashMap<String, usize>,
-    /// Sum of the weights of the entries in `index`.
+    positive: Lru<Positive<V>>,
+    /// Sum of the weights of the entries in `positive`.
     bytes: usize,
-    slots: Vec<Option<Node<V>>>,
-    free: Vec<usize>,
-    /// Most recently used.
-    head: usize,
-    /// Least recently used: the next to be evicted.
-    tail: usize,
+    /// When each name was found unknown.
+    negative: Lru<Millis>,
 }
 
 impl<V> CertCache<V> {
     pub fn new(policy: CachePolicy) -> Self {
         CertCache {
             policy,
-            index: HashMap::new(),
+            positive: Lru::new(),
             bytes: 0,
-            slots: Vec::new(),
-            free: Vec::new(),
-            head: NIL,
-            tail: NIL,
+            negative: Lru::new(),
         }
     }
 
@@ -208,72 +172,88 @@ impl<V> CertCache<V> {
         &self.policy
     }
 
-    /// Looks up and marks as most recently used. Entries whose `expires_at`
-    /// (the certificate's notAfter) is ≤ now are removed and reported as
-    /// Miss (never serve past notAfter). Positive entries past valid+stale
-    /// are removed -> Miss. Negative entries past `negative` are removed ->
-    /// Miss. With `Stale`, the first call returns refresh_due=true and marks
-    /// the refresh as requested so later calls return false until
-    /// `insert`/`refresh_failed` happens.
+    /// Looks up and marks as most recently used (in whichever LRU holds the
+    /// name). Entries whose `expires_at` (the certificate's notAfter) is ≤
+    /// now are removed and reported as Miss (never serve past notAfter).
+    /// Positive entries past valid+stale are removed -> Miss. Negative
+    /// entries past `negative` are removed -> Miss. With `Stale`, the first
+    /// call returns refresh_due=true and marks the refresh as requested so
+    /// later calls return false until `insert`/`refresh_failed` happens.
     pub fn get(&mut self, name: &str, now: Millis) -> Lookup<'_, V> {
-        let Some(&slot) = self.index.get(name) else {
+        if let Some(slot) = self.positive.find(name) {
+            return self.get_positive(slot, now);
+        }
+        let Some(slot) = self.negative.find(name) else {
             return Lookup::Miss;
         };
-        let state = match self.node(slot) {
-            Some(node) => node.entry.state(&self.policy, now),
-            None => return Lookup::Miss,
-        };
-        if state == State::Expired {
-            self.remove_slot(slot);
+        let holds = self
+            .negative
+            .value(slot)
+            .is_some_and(|&at| negative_holds(&self.policy, at, now));
+        if !holds {
+            self.negative.remove_at(slot);
             return Lookup::Miss;
         }
-        self.move_to_front(slot);
-        let Some(node) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+        self.negative.touch(slot);
+        Lookup::Negative
+    }
+
+    fn get_positive(&mut self, slot: Slot, now: Millis) -> Lookup<'_, V> {
+        let Some(state) = self.positive.value(slot).map(|p| p.state(now)) else {
             return Lookup::Miss;
         };
-        match (&mut node.entry, state) {
-            (Entry::Positive { value, .. }, State::Fresh) => Lookup::Fresh(value),
-            (Entry::Positive { value, refresh, .. }, State::Stale) => {
-                let refresh_due = match *refresh {
-                    Refresh::Idle => true,
-                    Refresh::Requested => false,
-                    Refresh::RetryAt(at) => now >= at,
-                };
-                if refresh_due {
-                    *refresh = Refresh::Requested;
-                }
-                Lookup::Stale { value, refresh_due }
-            }
-            (Entry::Negative { .. }, State::Negative) => Lookup::Negative,
-            // States are computed from the entry's own kind, so the other
-            // pairs cannot occur.
-            _ => Lookup::Miss,
+        if state == State::Expired {
+            self.remove_positive(slot);
+            return Lookup::Miss;
+        }
+        self.positive.touch(slot);
+        let Some(entry) = self.positive.value_mut(slot) else {
+            return Lookup::Miss;
+        };
+        if state == State::Fresh {
+            return Lookup::Fresh(&entry.value);
+        }
+        let refresh_due = match entry.refresh {
+            Refresh::Idle => true,
+            Refresh::Requested => false,
+            Refresh::RetryAt(at) => now >= at,
+        };
+        if refresh_due {
+            entry.refresh = Refresh::Requested;
+        }
+        Lookup::Stale {
+            value: &entry.value,
+            refresh_due,
         }
     }
 
     /// Like `get` without touching LRU order or mutating (for the
     /// pre-handshake "is it usable" check): true for Fresh/Stale/Negative.
     pub fn contains_usable(&self, name: &str, now: Millis) -> bool {
-        self.index
-            .get(name)
-            .and_then(|&slot| self.node(slot))
-            .is_some_and(|node| node.entry.state(&self.policy, now) != State::Expired)
+        match self.positive.get(name) {
+            Some(entry) => entry.state(now) != State::Expired,
+            None => self
+                .negative
+                .get(name)
+                .is_some_and(|&at| negative_holds(&self.policy, at, now)),
+        }
     }
 
     /// Insert or replace a positive entry (fetched at `now`, certificate
     /// notAfter `expires_at`), fresh for `valid`, weighing nothing against
-    /// `max_bytes`. Evicts least-recently-used entries beyond max_entries.
-    /// max_entries == 0 means caching disabled (insert is a no-op).
+    /// `max_bytes`. Evicts least-recently-used certificates beyond
+    /// max_entries. max_entries == 0 means caching disabled (insert is a
+    /// no-op).
     pub fn insert(&mut self, name: String, value: V, now: Millis, expires_at: Millis) {
         let fresh_until = now.saturating_add(self.policy.valid);
         self.insert_weighted(name, value, now, expires_at, fresh_until, 0);
     }
 
     /// Insert or replace a positive entry weighing `bytes` against
-    /// `max_bytes`, then evict least-recently-used entries until both
-    /// bounds hold. An entry heavier than `max_bytes` on its own is not
-    /// cached (and an older entry of the same name is dropped, since it is
-    /// outdated).
+    /// `max_bytes`, then evict least-recently-used certificates until both
+    /// bounds hold. A negative entry of the same name is dropped. An entry
+    /// heavier than `max_bytes` on its own is not cached (and an older
+    /// entry of the same name is dropped, since it is outdated).
     ///
     /// The entry is Fresh before `fresh_until`, then Stale (served while a
     /// refresh runs, and while refreshes fail) until `now + valid + stale`
@@ -293,100 +273,13 @@ impl<V> CertCache<V> {
         fresh_until: Millis,
         bytes: usize,
     ) {
-        let stale_until = now
-            .saturating_add(self.policy.valid)
-            .saturating_add(self.policy.stale);
-        self.put(
-            name,
-            Entry::Positive {
-                value,
-                fresh_until,
-                stale_until,
-                expires_at,
-                refresh: Refresh::Idle,
-            },
-            bytes,
-        );
-    }
-
-    /// Record that `name` is unknown in every source. Replaces a positive
-    /// entry: the sources are authoritative, so a deleted domain stops being
-    /// served once a fetch says so. Weighs [`NEGATIVE_ENTRY_BYTES`].
-    pub fn insert_negative(&mut self, name: String, now: Millis) {
-        self.put(name, Entry::Negative { at: now }, NEGATIVE_ENTRY_BYTES);
-    }
-
-    /// Keeps only the entries for which `keep(name, value)` is true (value
-    /// None for negative entries), e.g. to drop every name a wildcard
-    /// certificate was cached under when it is invalidated.
-    pub fn retain(&mut self, mut keep: impl FnMut(&str, Option<&V>) -> bool) {
-        let mut doomed = Vec::new();
-        let mut slot = self.head;
-        while let Some(node) = self.node(slot) {
-            if !keep(&node.name, node.entry.value()) {
-                doomed.push(slot);
-            }
-            slot = node.next;
-        }
-        for slot in doomed {
-            self.remove_slot(slot);
-        }
-    }
-
-    /// A background refresh failed: keep the entry (stale-if-error) and
-    /// allow a new refresh to be requested after `retry_after` ms.
-    pub fn refresh_failed(&mut self, name: &str, now: Millis, retry_after: Millis) {
-        let Some(&slot) = self.index.get(name) else {
-            return;
-        };
-        if let Some(Node {
-            entry: Entry::Positive { refresh, .. },
-            ..
-        }) = self.slots.get_mut(slot).and_then(Option::as_mut)
-        {
-            *refresh = Refresh::RetryAt(now.saturating_add(retry_after));
-        }
-    }
-
-    pub fn remove(&mut self, name: &str) -> bool {
-        match self.index.get(name) {
-            Some(&slot) => {
-                self.remove_slot(slot);
-                true
-            }
-            None => false,
-        }
-    }
-
-    pub fn clear(&mut self) {
-        self.index.clear();
-        self.bytes = 0;
-        self.slots.clear();
-        self.free.clear();
-        self.head = NIL;
-        self.tail = NIL;
-    }
-
-    pub fn len(&self) -> usize {
-        self.index.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
-    }
-
-    /// Total weight of the cached entries (see [`Self::insert_weighted`]).
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
-    fn put(&mut self, name: String, entry: Entry<V>, bytes: usize) {
         if self.policy.max_entries == 0 {
             return;
         }
         // The new entry supersedes the old one whatever happens next.
-        if let Some(&slot) = self.index.get(&name) {
-            self.remove_slot(slot);
+        self.negative.remove(&name);
+        if let Some(slot) = self.positive.find(&name) {
+            self.remove_positive(slot);
         }
         let max_bytes = match self.policy.max_bytes {
             0 => usize::MAX,
@@ -397,112 +290,131 @@ impl<V> CertCache<V> {
         }
         // Evict first so the freed slot is reused and the slab never grows
         // past max_entries.
-        while self.tail != NIL
-            && (self.index.len() >= self.policy.max_entries
-                || self.bytes.saturating_add(bytes) > max_bytes)
+        while self.positive.len() >= self.policy.max_entries
+            || self.bytes.saturating_add(bytes) > max_bytes
         {
-            self.remove_slot(self.tail);
+            match self.positive.pop_lru() {
+                Some((_, old)) => self.bytes = self.bytes.saturating_sub(old.bytes),
+                None => break,
+            }
         }
-        let node = Node {
-            name: name.clone(),
-            entry,
-            bytes,
-            prev: NIL,
-            next: NIL,
-        };
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                if let Some(free) = self.slots.get_mut(slot) {
-                    *free = Some(node);
-                }
-                slot
-            }
-            None => {
-                self.slots.push(Some(node));
-                self.slots.len() - 1
-            }
-        };
-        self.index.insert(name, slot);
+        let stale_until = now
+            .saturating_add(self.policy.valid)
+            .saturating_add(self.policy.stale);
+        self.positive.insert(
+            name,
+            Positive {
+                value,
+                fresh_until,
+                stale_until,
+                expires_at,
+                refresh: Refresh::Idle,
+                bytes,
+            },
+        );
         self.bytes = self.bytes.saturating_add(bytes);
-        self.link_front(slot);
     }
 
-    fn node(&self, slot: usize) -> Option<&Node<V>> {
-        self.slots.get(slot).and_then(Option::as_ref)
-    }
-
-    fn node_mut(&mut self, slot: usize) -> Option<&mut Node<V>> {
-        self.slots.get_mut(slot).and_then(Option::as_mut)
-    }
-
-    fn set_prev(&mut self, slot: usize, prev: usize) {
-        if let Some(node) = self.node_mut(slot) {
-            node.prev = prev;
+    /// Record that `name` is unknown in every source. Drops a positive
+    /// entry of the same name even when negative caching is off: the
+    /// sources are authoritative, so a deleted domain stops being served
+    /// once a fetch says so. Evicts least-recently-used negative entries
+    /// beyond `negative_max`, never a certificate.
+    pub fn insert_negative(&mut self, name: String, now: Millis) {
+        if let Some(slot) = self.positive.find(&name) {
+            self.remove_positive(slot);
         }
-    }
-
-    fn set_next(&mut self, slot: usize, next: usize) {
-        if let Some(node) = self.node_mut(slot) {
-            node.next = next;
+        if self.policy.max_entries == 0 || self.policy.negative_max == 0 {
+            return;
         }
+        self.negative.remove(&name);
+        while self.negative.len() >= self.policy.negative_max {
+            if self.negative.pop_lru().is_none() {
+                break;
+            }
+        }
+        self.negative.insert(name, now);
     }
 
-    fn unlink(&mut self, slot: usize) {
-        let Some((prev, next)) = self.node(slot).map(|n| (n.prev, n.next)) else {
+    /// Keeps only the entries for which `keep(name, value)` is true (value
+    /// None for negative entries), e.g. to drop every name a wildcard
+    /// certificate was cached under when it is invalidated.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, Option<&V>) -> bool) {
+        let bytes = &mut self.bytes;
+        self.positive.retain(
+            |name, entry| keep(name, Some(&entry.value)),
+            |gone| *bytes = bytes.saturating_sub(gone.bytes),
+        );
+        self.negative.retain(|name, _| keep(name, None), drop);
+    }
+
+    /// A background refresh failed: keep the entry (stale-if-error) and
+    /// allow a new refresh to be requested after `retry_after` ms.
+    pub fn refresh_failed(&mut self, name: &str, now: Millis, retry_after: Millis) {
+        let Some(slot) = self.positive.find(name) else {
             return;
         };
-        if prev == NIL {
-            self.head = next;
-        } else {
-            self.set_next(prev, next);
-        }
-        if next == NIL {
-            self.tail = prev;
-        } else {
-            self.set_prev(next, prev);
-        }
-        self.set_prev(slot, NIL);
-        self.set_next(slot, NIL);
-    }
-
-    fn link_front(&mut self, slot: usize) {
-        let old_head = self.head;
-        self.set_prev(slot, NIL);
-        self.set_next(slot, old_head);
-        if old_head == NIL {
-            self.tail = slot;
-        } else {
-            self.set_prev(old_head, slot);
-        }
-        self.head = slot;
-    }
-
-    fn move_to_front(&mut self, slot: usize) {
-        if self.head != slot {
-            self.unlink(slot);
-            self.link_front(slot);
+        if let Some(entry) = self.positive.value_mut(slot) {
+            entry.refresh = Refresh::RetryAt(now.saturating_add(retry_after));
         }
     }
 
-    fn remove_slot(&mut self, slot: usize) {
-        self.unlink(slot);
-        if let Some(node) = self.slots.get_mut(slot).and_then(Option::take) {
-            self.index.remove(&node.name);
-            self.bytes = self.bytes.saturating_sub(node.bytes);
-            self.free.push(slot);
+    /// Forgets `name`, certificate or negative entry; false if neither was
+    /// cached.
+    pub fn remove(&mut self, name: &str) -> bool {
+        match self.positive.find(name) {
+            Some(slot) => {
+                self.remove_positive(slot);
+                true
+            }
+            None => self.negative.remove(name).is_some(),
         }
     }
 
-    /// Names from most to least recently used (tests check the order).
+    pub fn clear(&mut self) {
+        self.positive.clear();
+        self.bytes = 0;
+        self.negative.clear();
+    }
+
+    /// Cached certificates (negative entries are in [`Self::negative_len`]).
+    pub fn len(&self) -> usize {
+        self.positive.len()
+    }
+
+    /// No certificate cached (there may be negative entries).
+    pub fn is_empty(&self) -> bool {
+        self.positive.is_empty()
+    }
+
+    /// Names remembered as unknown, at most `negative_max`.
+    pub fn negative_len(&self) -> usize {
+        self.negative.len()
+    }
+
+    /// Total weight of the cached certificates (see
+    /// [`Self::insert_weighted`]); negative entries weigh nothing.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn remove_positive(&mut self, slot: Slot) {
+        if let Some((_, gone)) = self.positive.remove_at(slot) {
+            self.bytes = self.bytes.saturating_sub(gone.bytes);
+        }
+    }
+
+    /// Certificate names from most to least recently used (tests check the
+    /// order).
     #[cfg(test)]
     fn order(&self) -> Vec<&str> {
-        let mut names = Vec::new();
-        let mut slot = self.head;
-        while let Some(node) = self.node(slot) {
-            names.push(node.name.as_str());
-            slot = node.next;
-        }
-        names
+        self.positive.iter().map(|(name, _)| name).collect()
+    }
+
+    /// Negative entries from most to least recently used.
+    #[cfg(test)]
+    fn negative_order(&self) -> Vec<&str> {
+        self.negative.iter().map(|(name, _)| name).collect()
     }
 }
 
@@ -544,6 +456,7 @@ mod tests {
             valid: 10 * MINUTE,
             stale: HOUR,
             negative: 30 * SECOND,
+            negative_max: 100,
         }
     }
 
@@ -565,8 +478,15 @@ mod tests {
     fn default_policy_matches_the_documented_defaults() {
         let p = CachePolicy::default();
         assert_eq!(
-            (p.max_entries, p.max_bytes, p.valid, p.stale, p.negative),
-            (10_000, 0, 10 * MINUTE, HOUR, 30 * SECOND)
+            (
+                p.max_entries,
+                p.max_bytes,
+                p.valid,
+                p.stale,
+                p.negative,
+                p.negative_max
+            ),
+            (10_000, 0, 10 * MINUTE, HOUR, 30 * SECOND, 10_000)
         );
     }
 
@@ -668,7 +588,7 @@ mod tests {
         cache.insert_negative("neg".to_owned(), START);
         cache.refresh_failed("neg", START, SECOND);
         assert!(matches!(cache.get("neg", START), Lookup::Negative));
-        assert_eq!(cache.len(), 1);
+        assert_eq!((cache.len(), cache.negative_len()), (0, 1));
     }
 
     #[test]
@@ -706,17 +626,20 @@ mod tests {
             cache.get("unknown.example", START + 30 * SECOND),
             Lookup::Miss
         ));
-        assert!(cache.is_empty());
+        assert_eq!(cache.negative_len(), 0);
     }
 
     #[test]
-    fn negative_entries_count_toward_max_entries() {
+    fn negative_entries_do_not_count_toward_max_entries() {
         let mut cache = CertCache::new(policy(2));
         cache.insert("a".to_owned(), 1, START, START + NOT_AFTER);
         cache.insert_negative("x".to_owned(), START);
         cache.insert_negative("y".to_owned(), START);
-        assert_eq!(cache.len(), 2);
-        assert!(matches!(cache.get("a", START), Lookup::Miss));
+        assert_eq!((cache.len(), cache.negative_len()), (1, 2));
+        assert_eq!(fresh(cache.get("a", START)), Some(1));
+        cache.insert("b".to_owned(), 2, START, START + NOT_AFTER);
+        assert_eq!(cache.order(), ["b", "a"]);
+        assert_eq!(cache.negative_order(), ["y", "x"]);
     }
 
     #[test]
@@ -736,9 +659,135 @@ mod tests {
         cache.insert("a".to_owned(), 1, START, START + NOT_AFTER);
         cache.insert_negative("a".to_owned(), START + SECOND);
         assert!(matches!(cache.get("a", START + SECOND), Lookup::Negative));
+        assert_eq!((cache.len(), cache.negative_len()), (0, 1));
         cache.insert("a".to_owned(), 3, START + 2 * SECOND, START + NOT_AFTER);
         assert_eq!(fresh(cache.get("a", START + 2 * SECOND)), Some(3));
-        assert_eq!(cache.len(), 1);
+        assert_eq!((cache.len(), cache.negative_len()), (1, 0));
+    }
+
+    fn with_negative_max(max_entries: usize, negative_max: usize) -> CertCache<u64> {
+        CertCache::new(CachePolicy {
+            negative_max,
+            ..policy(max_entries)
+        })
+    }
+
+    #[test]
+    fn random_name_flood_never_evicts_cached_certificates() {
+        let (max, negative_max) = (50, 200);
+        let mut cache = CertCache::new(CachePolicy {
+            max_bytes: 50 * 1000,
+            negative_max,
+            ..policy(max)
+        });
+        for i in 0..max as u64 {
+            put(&mut cache, &format!("tenant{i}.example"), i, 1000);
+        }
+        assert_eq!((cache.len(), cache.bytes()), (max, 50 * 1000));
+        // 100 times max_entries names no source knows, each seen once.
+        for i in 0..100 * max as u64 {
+            cache.insert_negative(format!("r{i:08x}.example"), START + i);
+            assert!(cache.negative_len() <= negative_max);
+        }
+        assert_eq!(cache.negative_len(), negative_max);
+        assert_eq!((cache.len(), cache.bytes()), (max, 50 * 1000));
+        let later = START + 100 * max as u64;
+        for i in 0..max as u64 {
+            let name = format!("tenant{i}.example");
+            assert_eq!(fresh(cache.get(&name, later)), Some(i), "{name}");
+        }
+        // The negative list reused its slots instead of growing.
+        assert_eq!(cache.negative.capacity_used(), negative_max);
+    }
+
+    #[test]
+    fn negative_max_evicts_the_least_recently_used_negative_entry() {
+        let mut cache = with_negative_max(10, 3);
+        for name in ["x", "y", "z"] {
+            cache.insert_negative(name.to_owned(), START);
+        }
+        assert!(matches!(cache.get("x", START), Lookup::Negative));
+        // contains_usable does not count as a use.
+        assert!(cache.contains_usable("y", START));
+        cache.insert_negative("w".to_owned(), START);
+        assert_eq!(cache.negative_order(), ["w", "x", "z"]);
+        assert!(matches!(cache.get("y", START), Lookup::Miss));
+        // Re-recording a name refreshes it instead of adding a second entry.
+        cache.insert_negative("z".to_owned(), START + SECOND);
+        assert_eq!(cache.negative_order(), ["z", "w", "x"]);
+        assert_eq!(cache.negative_len(), 3);
+    }
+
+    #[test]
+    fn certificates_evict_only_certificates() {
+        let mut cache = with_negative_max(2, 10);
+        cache.insert_negative("x".to_owned(), START);
+        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+            cache.insert(name.to_owned(), i as u64, START, START + NOT_AFTER);
+        }
+        assert_eq!(cache.order(), ["c", "b"]);
+        assert_eq!(cache.negative_order(), ["x"]);
+    }
+
+    #[test]
+    fn negative_insert_drops_the_certificate_of_that_name_and_its_bytes() {
+        let mut cache = bounded(10, 0);
+        put(&mut cache, "a", 1, 3000);
+        put(&mut cache, "b", 2, 1000);
+        cache.insert_negative("a".to_owned(), START + SECOND);
+        assert_eq!(cache.order(), ["b"]);
+        assert_eq!(cache.negative_order(), ["a"]);
+        assert_eq!(cache.bytes(), 1000);
+        assert!(matches!(cache.get("a", START + SECOND), Lookup::Negative));
+    }
+
+    #[test]
+    fn positive_insert_drops_the_negative_entry_of_that_name() {
+        let mut cache = bounded(10, 0);
+        cache.insert_negative("a".to_owned(), START);
+        cache.insert_negative("b".to_owned(), START);
+        put(&mut cache, "a", 1, 500);
+        assert_eq!(cache.negative_order(), ["b"]);
+        assert_eq!(fresh(cache.get("a", START)), Some(1));
+        // Even an entry too heavy to cache ends the negative one: the name
+        // exists now.
+        let mut cache = bounded(10, 100);
+        cache.insert_negative("a".to_owned(), START);
+        put(&mut cache, "a", 1, 101);
+        assert_eq!((cache.len(), cache.negative_len()), (0, 0));
+        assert!(matches!(cache.get("a", START), Lookup::Miss));
+    }
+
+    #[test]
+    fn remove_and_clear_cover_negative_entries() {
+        let mut cache = bounded(10, 0);
+        put(&mut cache, "a", 1, 100);
+        cache.insert_negative("x".to_owned(), START);
+        cache.insert_negative("y".to_owned(), START);
+        assert!(cache.remove("x"));
+        assert!(!cache.remove("x"));
+        assert!(matches!(cache.get("x", START), Lookup::Miss));
+        assert_eq!(cache.negative_order(), ["y"]);
+        cache.clear();
+        assert_eq!(
+            (cache.len(), cache.negative_len(), cache.bytes()),
+            (0, 0, 0)
+        );
+        assert!(!cache.contains_usable("y", START));
+    }
+
+    #[test]
+    fn negative_max_zero_caches_no_unknown_name_but_still_drops_the_certificate() {
+        let mut cache = with_negative_max(10, 0);
+        cache.insert("a".to_owned(), 1, START, START + NOT_AFTER);
+        cache.insert_negative("a".to_owned(), START);
+        cache.insert_negative("b".to_owned(), START);
+        assert_eq!((cache.len(), cache.negative_len()), (0, 0));
+        assert!(matches!(cache.get("a", START), Lookup::Miss));
+        assert!(!cache.contains_usable("b", START));
+        // Certificates are cached as usual.
+        cache.insert("c".to_owned(), 3, START, START + NOT_AFTER);
+        assert_eq!(fresh(cache.get("c", START)), Some(3));
     }
 
     #[test]
@@ -747,6 +796,7 @@ mod tests {
         cache.insert("a".to_owned(), 1, START, START + NOT_AFTER);
         cache.insert_negative("b".to_owned(), START);
         assert!(cache.is_empty());
+        assert_eq!(cache.negative_len(), 0);
         assert!(matches!(cache.get("a", START), Lookup::Miss));
         assert!(!cache.contains_usable("b", START));
     }
@@ -791,11 +841,16 @@ mod tests {
                 cache.remove(&format!("n{}.example.com", i / 3));
             }
             assert!(cache.len() <= max);
+            assert!(cache.negative_len() <= cache.policy().negative_max);
         }
         assert_eq!(cache.len(), max);
-        assert!(cache.slots.len() <= max);
+        assert!(cache.positive.capacity_used() <= max);
         assert_eq!(cache.order().len(), cache.len());
-        assert_eq!(cache.free.len() + cache.len(), cache.slots.len());
+        assert_eq!(
+            cache.positive.free_slots() + cache.len(),
+            cache.positive.capacity_used()
+        );
+        assert_eq!(cache.negative_order().len(), cache.negative_len());
     }
 
     fn bounded(max_entries: usize, max_bytes: usize) -> CertCache<u64> {
@@ -824,9 +879,9 @@ mod tests {
         put(&mut cache, "a", 1, 3000);
         put(&mut cache, "b", 2, 5000);
         cache.insert_negative("n".to_owned(), START);
-        assert_eq!(cache.bytes(), 8000 + NEGATIVE_ENTRY_BYTES);
+        assert_eq!(cache.bytes(), 8000);
         assert!(cache.remove("a"));
-        assert_eq!(cache.bytes(), 5000 + NEGATIVE_ENTRY_BYTES);
+        assert_eq!(cache.bytes(), 5000);
         cache.clear();
         assert_eq!(cache.bytes(), 0);
     }
@@ -838,7 +893,7 @@ mod tests {
         put(&mut cache, "a", 2, 1000);
         assert_eq!((cache.len(), cache.bytes()), (1, 1000));
         cache.insert_negative("a".to_owned(), START);
-        assert_eq!(cache.bytes(), NEGATIVE_ENTRY_BYTES);
+        assert_eq!(cache.bytes(), 0);
         put(&mut cache, "a", 3, 2000);
         assert_eq!(cache.bytes(), 2000);
     }
@@ -896,17 +951,14 @@ mod tests {
     }
 
     #[test]
-    fn negative_entries_weigh_against_the_byte_bound() {
-        let mut cache = bounded(1000, 4 * NEGATIVE_ENTRY_BYTES);
+    fn negative_entries_weigh_nothing_against_the_byte_bound() {
+        let mut cache = bounded(1000, 10_000);
+        put(&mut cache, "a", 1, 10_000);
         for i in 0..10 {
             cache.insert_negative(format!("n{i}.example"), START);
         }
-        assert_eq!(cache.len(), 4);
-        assert_eq!(cache.bytes(), 4 * NEGATIVE_ENTRY_BYTES);
-        assert_eq!(
-            cache.order(),
-            ["n9.example", "n8.example", "n7.example", "n6.example"]
-        );
+        assert_eq!(cache.order(), ["a"]);
+        assert_eq!((cache.bytes(), cache.negative_len()), (10_000, 10));
     }
 
     #[test]
@@ -984,16 +1036,18 @@ mod tests {
         assert_eq!(visited.len(), 5);
         assert!(visited.contains(&("x.example.com".to_owned(), None)));
         assert!(visited.contains(&("*.example.com".to_owned(), Some(7))));
-        assert_eq!(cache.order(), ["x.example.com", "shop.example.org"]);
-        assert_eq!(cache.bytes(), 100 + NEGATIVE_ENTRY_BYTES);
+        assert_eq!(cache.order(), ["shop.example.org"]);
+        assert_eq!(cache.negative_order(), ["x.example.com"]);
+        assert_eq!(cache.bytes(), 100);
         cache.retain(|_, value| value.is_some());
         assert_eq!(cache.order(), ["shop.example.org"]);
+        assert_eq!(cache.negative_len(), 0);
         cache.retain(|_, _| false);
         assert!(cache.is_empty());
         assert_eq!(cache.bytes(), 0);
         // Freed slots are reused.
         put(&mut cache, "c", 1, 1);
-        assert_eq!(cache.slots.len(), 5);
+        assert_eq!(cache.positive.capacity_used(), 4);
     }
 
     #[test]
@@ -1032,11 +1086,14 @@ mod tests {
                 }
             }
             assert!(cache.bytes() <= max_bytes);
-            let counted: usize = cache.slots.iter().flatten().map(|n| n.bytes).sum();
+            let counted: usize = cache.positive.iter().map(|(_, e)| e.bytes).sum();
             assert_eq!(counted, cache.bytes());
         }
         assert!(cache.bytes() > max_bytes / 2, "the cache is used");
         assert_eq!(cache.order().len(), cache.len());
-        assert_eq!(cache.free.len() + cache.len(), cache.slots.len());
+        assert_eq!(
+            cache.positive.free_slots() + cache.len(),
+            cache.positive.capacity_used()
+        );
     }
 }

@@ -7,6 +7,7 @@ pub mod clienthello;
 pub mod fetch;
 pub mod flight;
 pub mod intern;
+pub mod lru;
 pub mod metrics;
 pub mod name;
 pub mod pem;
