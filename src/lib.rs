@@ -413,18 +413,42 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     }
     mcf.enabled = true;
 
-    if any_reject || any_tenant {
-        // The initial SSL_CTX is the default server's: wrap the server-name
-        // callback on every server so whichever is default rejects unknown
-        // names and checks resumed sessions of tenant-policy servers.
-        for &cscf in servers {
-            let cscf = unsafe { &*cscf };
-            if let Some(sscf) = NgxHttpSslModule::server_conf(cscf) {
-                if !sscf.ssl.ctx.is_null() {
-                    unsafe { ssl_ffi::install_servername_cb(sscf.ssl.ctx) };
-                }
-            }
+    // A connection's initial SSL_CTX is its listener's default server's,
+    // and OpenSSL runs that context's ClientHello and server-name callbacks
+    // whichever server the name selects: install them on every server.
+    for &cscf in servers {
+        // SAFETY: cmcf->servers holds live server configurations.
+        let cscf = unsafe { &*cscf };
+        let (Some(sscf), Some(scf)) = (
+            NgxHttpSslModule::server_conf(cscf),
+            Module::server_conf_mut(cscf),
+        ) else {
+            continue;
+        };
+        if sscf.ssl.ctx.is_null() {
+            continue;
         }
+        if any_reject {
+            // SAFETY: the ctx lives in this configuration cycle.
+            unsafe { ssl_ffi::install_servername_cb(sscf.ssl.ctx) };
+        }
+        if any_tenant {
+            // Sessions are bound to their name and record, so a session is
+            // never resumed for another name or a replaced record.
+            // SAFETY: the ctx and scf both live in this configuration cycle.
+            unsafe { ssl_ffi::install_client_hello_cb(sscf.ssl.ctx, scf as *mut SrvConf) };
+        }
+    }
+    if any_tenant
+        && !unsafe {
+            add_phase_handler(
+                cf,
+                ngx::ffi::ngx_http_phases_NGX_HTTP_PREACCESS_PHASE,
+                access_ffi::ngx_http_dyncert_tenant_handler,
+            )
+        }
+    {
+        return Status::NGX_ERROR.into();
     }
 
     // Ports whose ssl listeners lead to a dyncert server get the peek step.

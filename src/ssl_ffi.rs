@@ -9,10 +9,12 @@ use core::ptr;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use dyncert_core::cache::{Clock, SystemClock};
+use dyncert_core::clienthello::server_name_extension_host;
 use dyncert_core::fetch::CertSource;
 use dyncert_core::name::normalize_sni;
-use dyncert_core::validate::{ClientCa, ParsedCert, TenantPolicy};
-use foreign_types::ForeignType;
+use dyncert_core::tenant::{session_context, SESSION_CONTEXT_LEN};
+use dyncert_core::validate::{ClientCa, ParsedCert};
+use foreign_types::{ForeignType, ForeignTypeRef};
 use ngx::ffi::{
     ngx_connection_t, ngx_http_connection_t, ngx_http_ssl_servername, ngx_ssl_connection_index,
     ngx_uint_t, CRYPTO_get_ex_new_index, SSL_CTX_callback_ctrl, SSL_CTX_set_cert_cb,
@@ -23,7 +25,6 @@ use ngx::ffi::{
     SSL_TLSEXT_ERR_OK, X509,
 };
 use ngx::http::HttpModuleServerConf;
-use std::sync::Arc;
 
 use crate::boundary_ffi::{guard, log};
 use crate::conf_ffi::SrvConf;
@@ -32,9 +33,9 @@ use crate::Module;
 use crate::{listener_ffi, metrics_ffi};
 use core::mem::size_of;
 use ngx::ffi::{
-    ngx_palloc, ngx_pool_cleanup_add, SSL_SESSION_get0_hostname, SSL_add_client_CA,
-    SSL_get_session, SSL_set_verify, SSL_AD_ACCESS_DENIED, SSL_CTRL_SET_VERIFY_CERT_STORE,
-    SSL_VERIFY_PEER,
+    ngx_palloc, SSL_CTX_get0_certificate, SSL_CTX_set_client_hello_cb, SSL_SESSION_set1_id_context,
+    SSL_add_client_CA, SSL_client_hello_get0_ext, SSL_get_session, SSL_set_session_id_context,
+    SSL_set_verify, SSL_CLIENT_HELLO_SUCCESS, SSL_CTRL_SET_VERIFY_CERT_STORE, SSL_VERIFY_PEER,
 };
 
 /// SSL ex_data slot holding a pointer to the connection's [`ConnInfo`]
@@ -42,39 +43,51 @@ use ngx::ffi::{
 /// master.
 static INFO_INDEX: AtomicI32 = AtomicI32::new(-1);
 
-/// What dyncert decided for one connection, for the `$dyncert_*`
-/// variables.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    pub source: CertSource,
+/// What dyncert knows about one connection's handshake (pool memory, plain
+/// data): for the `$dyncert_*` variables and the tenant policy.
+#[derive(Debug, Clone, Copy, Default)]
+struct ConnInfo {
+    /// Set by the certificate callback; None when it did not run (a
+    /// resumed session, or a server without `dyncert on`).
+    source: Option<CertSource>,
     /// notAfter of the certificate served (UNIX seconds), if dynamic.
-    pub not_after: Option<u64>,
+    not_after: Option<u64>,
     /// Time the connection was parked waiting for a fetch (microseconds).
+    waited_us: u64,
+    /// Fingerprint of the record the certificate callback installed (None:
+    /// the default certificate, or no callback).
+    installed: Option<[u8; 32]>,
+    /// The certificate callback asked for a client certificate against the
+    /// installed record's CAs (so the handshake's verify result is theirs).
+    client_ca_requested: bool,
+    /// Set by the ClientHello callback: the record fingerprint the
+    /// connection's session context is bound to (`Some(None)`: bound to
+    /// "no record"), and the listener salt it was computed with.
+    bound: Option<Option<[u8; 32]>>,
+    salt: [u8; 32],
+}
+
+/// The `$dyncert_*` view of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnView {
+    pub source: CertSource,
+    pub not_after: Option<u64>,
     pub waited_us: u64,
-    /// The served certificate when its tenant policy applies (one strong
-    /// reference, released by a pool cleanup); NULL otherwise.
-    pub policy: *const ParsedCert,
-    /// A resumed session on a tenant-policy server whose name has no cached
-    /// record: its policy is unknown, so requests are refused (421, which
-    /// makes clients reconnect with a full handshake).
-    pub policy_unknown: bool,
 }
 
-impl ConnInfo {
-    /// The tenant policy recorded for the connection.
-    pub fn tenant_policy(&self) -> Option<&TenantPolicy> {
-        // SAFETY: policy is NULL or an Arc<ParsedCert> reference kept alive
-        // until the connection pool is destroyed, which outlives requests.
-        unsafe { self.policy.as_ref() }.map(|c| &c.policy)
-    }
-}
-
-/// Pool cleanup dropping the connection's reference to its certificate.
-unsafe extern "C" fn ngx_http_dyncert_release_policy(data: *mut c_void) {
-    if !data.is_null() {
-        // SAFETY: data came from Arc::into_raw in set_info, exactly once.
-        drop(unsafe { Arc::from_raw(data as *const ParsedCert) });
-    }
+/// What the tenant policy needs to know about a connection's handshake.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeFacts {
+    /// The fingerprint of the record this connection is authenticated with:
+    /// the one installed by a full handshake, or the one a resumed session
+    /// was bound to. None: the default certificate, or unknown.
+    pub record: Option<[u8; 32]>,
+    /// The session was resumed (its client certificate, if any, was
+    /// verified in an earlier handshake and must be verified again).
+    pub resumed: bool,
+    /// A full handshake asked for a client certificate against the
+    /// installed record's CAs.
+    pub client_ca_requested: bool,
 }
 
 /// Allocates the ex_data index (idempotent across reloads).
@@ -101,84 +114,156 @@ pub fn init_ex_index() -> bool {
     true
 }
 
-/// Records the decision on the connection and counts the handshake.
+/// The connection's ConnInfo, allocated from its pool on first use.
 ///
 /// # Safety
 /// `ssl` must be a live SSL object of an nginx connection.
-unsafe fn set_info(
-    ssl: *mut SSL,
-    source: CertSource,
-    cert: Option<&Arc<ParsedCert>>,
-    tenant: bool,
-) {
-    metrics_ffi::count_handshake(source);
-    let not_after = cert.map(|c| c.not_after_ms / 1000);
+unsafe fn info_mut<'a>(ssl: *mut SSL) -> Option<&'a mut ConnInfo> {
     let idx = INFO_INDEX.load(Ordering::Relaxed);
     if idx < 0 {
-        return;
+        return None;
+    }
+    // SAFETY: the slot is NULL or a ConnInfo in the connection pool.
+    let p = unsafe { SSL_get_ex_data(ssl, idx) } as *mut ConnInfo;
+    if !p.is_null() {
+        // SAFETY: see above; only the event loop thread touches it.
+        return unsafe { p.as_mut() };
     }
     // SAFETY: nginx stores its connection in this ex_data slot.
     let c = unsafe { SSL_get_ex_data(ssl, ngx_ssl_connection_index) } as *mut ngx_connection_t;
-    let Some(c) = (unsafe { c.as_ref() }) else {
-        return;
-    };
-    let waited_us = listener_ffi::take_wait_time(c.number);
+    // SAFETY: c is NULL or the live connection owning ssl.
+    let c = unsafe { c.as_ref() }?;
     // SAFETY: the pool lives as long as the connection, longer than its SSL.
     let p = unsafe { ngx_palloc(c.pool, size_of::<ConnInfo>()) } as *mut ConnInfo;
     if p.is_null() {
-        return;
+        return None;
     }
-    let mut policy = ptr::null();
-    if let Some(cert) =
-        cert.filter(|c| tenant && (c.policy.allow.is_some() || c.policy.client_ca.is_some()))
-    {
-        // SAFETY: the pool outlives every request of the connection.
-        let cln = unsafe { ngx_pool_cleanup_add(c.pool, 0) };
-        if let Some(cln) = unsafe { cln.as_mut() } {
-            policy = Arc::into_raw(cert.clone());
-            cln.handler = Some(ngx_http_dyncert_release_policy);
-            cln.data = policy as *mut c_void;
+    // SAFETY: p is fresh, aligned pool memory for one ConnInfo (plain data,
+    // nothing to drop); ssl is live.
+    unsafe {
+        p.write(ConnInfo::default());
+        SSL_set_ex_data(ssl, idx, p as *mut c_void);
+        p.as_mut()
+    }
+}
+
+/// Records the certificate callback's decision on the connection, counts
+/// the handshake, and rebinds the new session to what was installed.
+///
+/// # Safety
+/// `ssl` must be a live SSL object of an nginx connection, inside its
+/// certificate callback.
+unsafe fn set_info(
+    ssl: *mut SSL,
+    source: CertSource,
+    cert: Option<&ParsedCert>,
+    client_ca_requested: bool,
+) {
+    metrics_ffi::count_handshake(source);
+    // SAFETY: nginx stores its connection in this ex_data slot.
+    let c = unsafe { SSL_get_ex_data(ssl, ngx_ssl_connection_index) } as *mut ngx_connection_t;
+    // SAFETY: c is NULL or the live connection owning ssl.
+    let waited_us = unsafe { c.as_ref() }.map_or(0, |c| listener_ffi::take_wait_time(c.number));
+    let Some(info) = (unsafe { info_mut(ssl) }) else {
+        return;
+    };
+    let installed = cert.map(|c| c.fingerprint);
+    info.source = Some(source);
+    info.not_after = cert.map(|c| c.not_after_ms / 1000);
+    info.waited_us = waited_us;
+    info.installed = installed;
+    info.client_ca_requested = client_ca_requested;
+    if let Some(bound) = info.bound {
+        if bound != installed {
+            // The ClientHello callback bound the session to the record
+            // cached when the handshake started; bind it to what was
+            // installed instead (the entry may have expired in between).
+            let sni = unsafe { servername(ssl) };
+            let ctx = session_context(&info.salt, sni, installed.as_ref());
+            info.bound = Some(installed);
+            // SAFETY: during the handshake SSL_get_session is the new
+            // session; SSL_SESSION_set1_id_context(3) copies the bytes.
+            unsafe {
+                let sess = SSL_get_session(ssl);
+                if !sess.is_null() {
+                    SSL_SESSION_set1_id_context(sess, ctx.as_ptr(), ctx.len() as u32);
+                }
+            }
         }
     }
-    // SAFETY: p is fresh, aligned pool memory for one ConnInfo (plain data;
-    // the policy reference is released by the cleanup above).
-    unsafe {
-        p.write(ConnInfo {
-            source,
-            not_after,
-            waited_us,
-            policy,
-            policy_unknown: tenant && source == CertSource::Resumed && cert.is_none(),
-        });
-        SSL_set_ex_data(ssl, idx, p as *mut c_void);
+}
+
+/// The connection's ConnInfo, if dyncert saw its handshake.
+///
+/// # Safety
+/// `c` must be a live connection.
+unsafe fn info_of(c: *mut ngx_connection_t) -> Option<(*mut SSL, Option<ConnInfo>)> {
+    let ssl = unsafe { connection_ssl(c) }?;
+    let idx = INFO_INDEX.load(Ordering::Relaxed);
+    if idx < 0 {
+        return Some((ssl, None));
     }
+    // SAFETY: ssl is live; the slot is NULL or a ConnInfo in the pool.
+    let p = unsafe { SSL_get_ex_data(ssl, idx) } as *const ConnInfo;
+    Some((ssl, unsafe { p.as_ref() }.copied()))
 }
 
 /// What dyncert recorded for a connection, if it handled its handshake.
 ///
 /// # Safety
 /// `c` must be a live connection.
-pub unsafe fn connection_info(c: *mut ngx_connection_t) -> Option<ConnInfo> {
-    let ssl = unsafe { connection_ssl(c) }?;
-    let idx = INFO_INDEX.load(Ordering::Relaxed);
-    if idx < 0 {
-        return None;
-    }
-    // SAFETY: ssl is live; the slot is NULL or a ConnInfo in the pool.
-    let p = unsafe { SSL_get_ex_data(ssl, idx) } as *const ConnInfo;
-    match unsafe { p.as_ref() } {
-        Some(info) => Some(*info),
-        // OpenSSL skips the certificate callback when it resumes a session.
-        // SAFETY: ssl is live.
-        None if unsafe { SSL_session_reused(ssl) } == 1 => Some(ConnInfo {
-            source: CertSource::Resumed,
-            not_after: None,
-            waited_us: 0,
-            policy: ptr::null(),
-            policy_unknown: false,
-        }),
-        None => None,
-    }
+pub unsafe fn connection_info(c: *mut ngx_connection_t) -> Option<ConnView> {
+    let (ssl, info) = unsafe { info_of(c) }?;
+    // OpenSSL skips the certificate callback when it resumes a session.
+    // SAFETY: ssl is live.
+    let resumed = unsafe { SSL_session_reused(ssl) } == 1;
+    let info = info.unwrap_or_default();
+    let source = match info.source {
+        Some(s) => s,
+        None if resumed => CertSource::Resumed,
+        None => return None,
+    };
+    Some(ConnView {
+        source,
+        not_after: info.not_after,
+        waited_us: info.waited_us,
+    })
+}
+
+/// The handshake facts the tenant policy decides on; None for a
+/// connection without TLS.
+///
+/// # Safety
+/// `c` must be a live connection.
+pub unsafe fn handshake_facts(c: *mut ngx_connection_t) -> Option<HandshakeFacts> {
+    let (ssl, info) = unsafe { info_of(c) }?;
+    // SAFETY: ssl is live.
+    let resumed = unsafe { SSL_session_reused(ssl) } == 1;
+    let info = info.unwrap_or_default();
+    Some(if resumed {
+        // Only a session bound to this name and record resumes here (see
+        // ngx_http_dyncert_client_hello); without a binding, nothing is
+        // known about it.
+        HandshakeFacts {
+            record: info.bound.flatten(),
+            resumed: true,
+            client_ca_requested: false,
+        }
+    } else {
+        HandshakeFacts {
+            record: info.installed,
+            resumed: false,
+            client_ca_requested: info.client_ca_requested,
+        }
+    })
+}
+
+/// The SSL object of a connection.
+///
+/// # Safety
+/// `c` must be a live connection.
+pub unsafe fn ssl_of(c: *mut ngx_connection_t) -> Option<*mut SSL> {
+    unsafe { connection_ssl(c) }
 }
 
 /// The raw SNI of a connection, if any.
@@ -221,9 +306,12 @@ fn cvt(r: c_long, what: &'static str) -> Result<(), &'static str> {
 /// OpenSSL cannot pick it for a client whose signature algorithms would
 /// prefer the default's key type.
 ///
+/// Returns whether a client certificate was requested (tenant policy and a
+/// record with `client_ca`).
+///
 /// # Safety
 /// `ssl` must be a live SSL object inside its certificate callback.
-unsafe fn install(ssl: *mut SSL, cert: &ParsedCert, tenant: bool) -> Result<(), &'static str> {
+unsafe fn install(ssl: *mut SSL, cert: &ParsedCert, tenant: bool) -> Result<bool, &'static str> {
     // SSL_certs_clear(3) / SSL_use_certificate(3) / SSL_use_PrivateKey(3) /
     // SSL_add1_chain_cert(3): each takes its own reference.
     unsafe {
@@ -256,8 +344,9 @@ unsafe fn install(ssl: *mut SSL, cert: &ParsedCert, tenant: bool) -> Result<(), 
         // SAFETY: ssl is live; the store and CA certificates outlive the
         // calls, and OpenSSL takes its own references/copies.
         unsafe { request_client_certificate(ssl, ca) }?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Asks this connection's client for a certificate issued by the tenant's
@@ -331,8 +420,8 @@ pub unsafe extern "C" fn ngx_http_dyncert_cert_cb(ssl: *mut SSL, arg: *mut c_voi
             with_worker(|w| w.for_handshake(&name, now)).unwrap_or((None, CertSource::Default));
         match cert {
             Some(cert) => match unsafe { install(ssl, &cert, tenant) } {
-                Ok(()) => {
-                    unsafe { set_info(ssl, source, Some(&cert), tenant) };
+                Ok(requested) => {
+                    unsafe { set_info(ssl, source, Some(&cert), requested) };
                     1
                 }
                 Err(what) => {
@@ -355,6 +444,64 @@ pub unsafe extern "C" fn ngx_http_dyncert_cert_cb(ssl: *mut SSL, arg: *mut c_voi
             }
         }
     })
+}
+
+/// SSL_CTX_set_client_hello_cb(3) callback, installed on every server of an
+/// http block where some server has `dyncert_tenant_policy on`. It runs
+/// before OpenSSL looks at the session the client offers, and binds the
+/// connection's session id context to the server name asked for and the
+/// record cached for it: a session made for another name, without a name,
+/// or under another record has another context, and OpenSSL declines it
+/// like a cache miss (TLS 1.2 session ids and tickets, TLS 1.3 tickets), so
+/// the handshake continues as a full one with the tenant's own certificate.
+///
+/// # Safety
+/// Called by OpenSSL during a handshake; `arg` is the SrvConf of the
+/// server whose SSL_CTX the connection started with.
+pub unsafe extern "C" fn ngx_http_dyncert_client_hello(
+    ssl: *mut SSL,
+    _al: *mut c_int,
+    arg: *mut c_void,
+) -> c_int {
+    guard(
+        "binding a TLS session to its name",
+        SSL_CLIENT_HELLO_SUCCESS as c_int,
+        || {
+            // SAFETY: arg is a SrvConf of this configuration cycle.
+            let Some(scf) = (unsafe { (arg as *const SrvConf).as_ref() }) else {
+                return SSL_CLIENT_HELLO_SUCCESS as c_int;
+            };
+            let mut ext: *const u8 = ptr::null();
+            let mut len = 0usize;
+            // SAFETY: SSL_client_hello_get0_ext(3): a view of the extension
+            // body, valid during the callback.
+            let sni = unsafe {
+                if SSL_client_hello_get0_ext(ssl, 0, &mut ext, &mut len) == 1 && !ext.is_null() {
+                    server_name_extension_host(core::slice::from_raw_parts(ext, len))
+                } else {
+                    None
+                }
+            };
+            let record = sni
+                .and_then(|raw| normalize_sni(raw).ok())
+                .and_then(|name| {
+                    let now = SystemClock.now();
+                    with_worker(|w| w.current(&name, now).map(|c| c.fingerprint)).flatten()
+                });
+            let ctx = session_context(&scf.session_salt, sni, record.as_ref());
+            // SAFETY: ssl is live; SSL_set_session_id_context(3) copies
+            // SESSION_CONTEXT_LEN (= SSL_MAX_SID_CTX_LENGTH) bytes.
+            let ok = unsafe {
+                SSL_set_session_id_context(ssl, ctx.as_ptr(), SESSION_CONTEXT_LEN as u32)
+            } == 1;
+            // SAFETY: ssl is live.
+            if let (true, Some(info)) = (ok, unsafe { info_mut(ssl) }) {
+                info.bound = Some(record);
+                info.salt = scf.session_salt;
+            }
+            SSL_CLIENT_HELLO_SUCCESS as c_int
+        },
+    )
 }
 
 /// Wraps nginx's server-name callback so that `dyncert_unknown reject`
@@ -386,28 +533,11 @@ pub unsafe extern "C" fn ngx_http_dyncert_servername(
         let Some(scf) = Module::server_conf(hc) else {
             return rc;
         };
-        if !scf.enabled() || !(scf.rejects_unknown() || scf.tenant_policy()) {
+        if !scf.enabled() || !scf.rejects_unknown() {
             return rc;
         }
         // SAFETY: ssl is live.
-        let raw = unsafe { servername(ssl) };
-        if scf.tenant_policy() {
-            if let Some(alert) = unsafe { check_resumption(ssl, raw) } {
-                // SAFETY: c is live with an SSL connection (in its handshake).
-                unsafe {
-                    if let Some(sc) = (*c).ssl.as_mut() {
-                        sc.set_handshake_rejected(1);
-                    }
-                    set_info(ssl, CertSource::Rejected, None, false);
-                    *ad = alert;
-                }
-                return SSL_TLSEXT_ERR_ALERT_FATAL as c_int;
-            }
-        }
-        if !scf.rejects_unknown() {
-            return rc;
-        }
-        let Some(raw) = raw else {
+        let Some(raw) = (unsafe { servername(ssl) }) else {
             return rc; // no SNI: the default certificate
         };
         let known = match normalize_sni(raw) {
@@ -433,65 +563,6 @@ pub unsafe extern "C" fn ngx_http_dyncert_servername(
     })
 }
 
-/// What a resumed session may use as its tenant policy.
-pub enum ResumedRecord {
-    /// Not a resumed session (or no session yet).
-    NotResumed,
-    /// Made for another name: must not be used for this one.
-    OtherName,
-    /// The name's cached record (None: not cached, policy unknown).
-    Cached(Option<Arc<ParsedCert>>),
-}
-
-/// Tenant policy and session resumption. OpenSSL skips the certificate
-/// callback when it resumes a session, so the policy is never recorded by
-/// it: a session is only good for the name it was made for (as nginx
-/// requires for `ssl_verify_client`), and the name's cached record stands
-/// in for the certificate callback's.
-///
-/// # Safety
-/// `ssl` must be a live SSL object, in or after its server-name callback.
-pub unsafe fn resumed_record(ssl: *mut SSL, sni: Option<&[u8]>) -> ResumedRecord {
-    // SAFETY: the session is the one being resumed (its host name set) or
-    // a new one (host name not yet set during the server-name callback).
-    let sess = unsafe { SSL_get_session(ssl) };
-    if sess.is_null() {
-        return ResumedRecord::NotResumed;
-    }
-    let host = unsafe { SSL_SESSION_get0_hostname(sess) };
-    if host.is_null() {
-        return ResumedRecord::NotResumed;
-    }
-    // SAFETY: OpenSSL returns a NUL-terminated string owned by the session.
-    let host = unsafe { CStr::from_ptr(host) }.to_bytes();
-    if !sni.is_some_and(|s| s.eq_ignore_ascii_case(host)) {
-        return ResumedRecord::OtherName;
-    }
-    ResumedRecord::Cached(normalize_sni(host).ok().and_then(|name| {
-        let now = SystemClock.now();
-        with_worker(|w| w.cached(&name, now)).flatten()
-    }))
-}
-
-/// In the server-name callback of a tenant-policy server: refuses a TLS 1.3
-/// session made for another name at once, and records the policy of a
-/// resumed one. Returns the alert when the handshake must fail. (TLS 1.2
-/// resumes after this callback; the access handler checks those.)
-///
-/// # Safety
-/// `ssl` must be a live SSL object inside its server-name callback.
-unsafe fn check_resumption(ssl: *mut SSL, sni: Option<&[u8]>) -> Option<c_int> {
-    match unsafe { resumed_record(ssl, sni) } {
-        ResumedRecord::NotResumed => None,
-        ResumedRecord::OtherName => Some(SSL_AD_ACCESS_DENIED as c_int),
-        ResumedRecord::Cached(cert) => {
-            // SAFETY: ssl is live.
-            unsafe { set_info(ssl, CertSource::Resumed, cert.as_ref(), true) };
-            None
-        }
-    }
-}
-
 /// Installs the certificate callback on a dyncert server's SSL_CTX.
 ///
 /// # Safety
@@ -500,6 +571,34 @@ pub unsafe fn install_cert_cb(ctx: *mut SSL_CTX, conf: *mut SrvConf) {
     // SAFETY: SSL_CTX_set_cert_cb(3); conf lives in the configuration pool
     // that also owns (and frees) the SSL_CTX.
     unsafe { SSL_CTX_set_cert_cb(ctx, Some(ngx_http_dyncert_cert_cb), conf as *mut c_void) };
+}
+
+/// Installs the ClientHello callback that binds sessions to their name and
+/// record, with the salt of `conf`'s server (its default certificate).
+///
+/// # Safety
+/// `ctx` must be a live SSL_CTX; `conf` must outlive it.
+pub unsafe fn install_client_hello_cb(ctx: *mut SSL_CTX, conf: *mut SrvConf) {
+    // SAFETY: the salt is the SHA-256 of the DER of the server's default
+    // certificate, read while the configuration is loaded.
+    unsafe {
+        let leaf = SSL_CTX_get0_certificate(ctx);
+        let der = if leaf.is_null() {
+            Vec::new()
+        } else {
+            openssl::x509::X509Ref::from_ptr(leaf as *mut openssl_sys::X509)
+                .to_der()
+                .unwrap_or_default()
+        };
+        (*conf).session_salt = openssl::sha::sha256(&der);
+        // SAFETY: SSL_CTX_set_client_hello_cb(3); conf lives in the
+        // configuration pool that also owns the SSL_CTX.
+        SSL_CTX_set_client_hello_cb(
+            ctx,
+            Some(ngx_http_dyncert_client_hello),
+            conf as *mut c_void,
+        );
+    }
 }
 
 /// Replaces nginx's server-name callback with the wrapper above.

@@ -179,18 +179,20 @@ impl<W> Worker<W> {
         }
     }
 
-    /// The cached certificate of a name (exact, then wildcard), without
-    /// scheduling anything: for policy checks of resumed sessions.
-    pub fn cached(&mut self, name: &str, now: Millis) -> Option<Arc<ParsedCert>> {
-        match self.cache.get(name, now) {
-            Lookup::Fresh(v) | Lookup::Stale { value: v, .. } => return Some(v.cert.clone()),
-            Lookup::Negative => return None,
-            Lookup::Miss => {}
+    /// The name's own current record: its exact cache entry (fresh or
+    /// stale), never its wildcard parent's. For the tenant policy, which
+    /// holds connections to it; a stale entry's refresh is started here
+    /// like on a handshake.
+    pub fn current(&mut self, name: &str, now: Millis) -> Option<Arc<ParsedCert>> {
+        let (cert, refresh) = match self.cache.get(name, now) {
+            Lookup::Fresh(v) => (v.cert.clone(), false),
+            Lookup::Stale { value, refresh_due } => (value.cert.clone(), refresh_due),
+            Lookup::Negative | Lookup::Miss => return None,
+        };
+        if refresh {
+            self.start_fetch(name, now);
         }
-        match self.cache.get(&wildcard_parent(name)?, now) {
-            Lookup::Fresh(v) | Lookup::Stale { value: v, .. } => Some(v.cert.clone()),
-            Lookup::Negative | Lookup::Miss => None,
-        }
+        Some(cert)
     }
 
     /// Whether a name has a certificate to serve right now (for

@@ -180,9 +180,20 @@ fn hex_decode(s: &str) -> Vec<u8> {
 
 /// One HTTP/3 `GET /` to 127.0.0.1:`port` with SNI and `:authority` `sni`.
 fn h3_get(python: &Path, port: u16, sni: &str) -> Result<H3Response, String> {
+    h3_get_authority(python, port, sni, sni)
+}
+
+/// One HTTP/3 `GET /` with SNI `sni` and `:authority` `authority`.
+fn h3_get_authority(
+    python: &Path,
+    port: u16,
+    sni: &str,
+    authority: &str,
+) -> Result<H3Response, String> {
     let out = Command::new(python)
         .arg(script())
-        .args(["--port", &port.to_string(), "--sni", sni, "--timeout", "5"])
+        .args(["--port", &port.to_string(), "--sni", sni])
+        .args(["--authority", authority, "--timeout", "5"])
         .output()
         .map_err(|e| format!("run {}: {e}", python.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -322,5 +333,72 @@ fn http3_unknown_name_is_rejected_when_configured() {
     h3_get(&python, s.nginx.port, "known.example.com")
         .unwrap_or_else(|e| panic!("HTTP/3 request failed: {e}\n{}", s.nginx.logs()))
         .assert_served(&leaf, &s.pki);
+    s.nginx.assert_healthy();
+}
+
+/// `dyncert_tenant_policy on` over QUIC: the same invariant as over TCP
+/// (tests/tenant_attacks.rs). QUIC has no peek, so the first handshake for
+/// an uncached name gets the default certificate: its request is refused.
+const TENANT: &str = r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        listen 127.0.0.1:@PORT@ quic reuseport;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        dyncert_tenant_policy on;
+        root html;
+        location / { }
+    }
+}
+"#;
+
+#[test]
+fn http3_requests_are_held_to_the_tenant_policy() {
+    let Some(python) = client_or_skip("http3_requests_are_held_to_the_tenant_policy") else {
+        return;
+    };
+    let mut s = Stack::start(1, TENANT);
+    write_file(&s.nginx.prefix().join("html/index.html"), "tenant page\n");
+    let open = s.pki.leaf(&["open.example.com"], 7010);
+    s.redis.put_leaf("open.example.com", &open);
+    let fenced = s.pki.leaf(&["fenced.example.com"], 7011);
+    s.redis
+        .put_leaf_with("fenced.example.com", &fenced, &[("allow", "10.0.0.0/8")]);
+
+    // Uncached: the QUIC handshake gets the default certificate, and the
+    // request is not served.
+    let r = h3_get(&python, s.nginx.port, "open.example.com")
+        .unwrap_or_else(|e| panic!("HTTP/3 request failed: {e}\n{}", s.nginx.logs()));
+    assert!(r.is_default(), "SANs {:?}", r.leaf_sans());
+    assert_eq!(r.status, 421, "default certificate: {:?}", r.body);
+    // Cached (by that handshake's fetch): served with its own certificate.
+    let r = poll(STARTUP_DEADLINE, Duration::from_millis(100), || {
+        let r = h3_get(&python, s.nginx.port, "open.example.com").ok()?;
+        r.is_leaf(&open).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("never served its own certificate\n{}", s.nginx.logs()));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body, "tenant page\n");
+    // Another name's :authority on that connection's certificate.
+    let r = h3_get_authority(
+        &python,
+        s.nginx.port,
+        "open.example.com",
+        "fenced.example.com",
+    )
+    .unwrap_or_else(|e| panic!("HTTP/3 request failed: {e}\n{}", s.nginx.logs()));
+    assert_eq!(r.status, 421, "{:?}", r.body);
+    // The tenant's allow list applies over QUIC too.
+    let r = poll(STARTUP_DEADLINE, Duration::from_millis(100), || {
+        let r = h3_get(&python, s.nginx.port, "fenced.example.com").ok()?;
+        r.is_leaf(&fenced).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("never served its own certificate\n{}", s.nginx.logs()));
+    assert_eq!(r.status, 403, "{:?}", r.body);
     s.nginx.assert_healthy();
 }

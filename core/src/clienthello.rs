@@ -428,6 +428,14 @@ fn client_hello_body_sni(body: &[u8]) -> Parse<Option<Range<usize>>> {
     Ok(sni)
 }
 
+/// The first host_name of a server_name extension body (RFC 6066 §3), as
+/// OpenSSL's ClientHello callback hands it over; None when there is none
+/// or the body is malformed.
+pub fn server_name_extension_host(data: &[u8]) -> Option<&[u8]> {
+    let range = server_name_host(data).ok()??;
+    data.get(range)
+}
+
 /// Walks a server_name extension body (RFC 6066 §3) and returns where its
 /// first host_name is.
 fn server_name_host(data: &[u8]) -> Parse<Option<Range<usize>>> {
@@ -543,6 +551,21 @@ mod tests {
         let mut out = u16::try_from(list.len()).unwrap().to_be_bytes().to_vec();
         out.extend_from_slice(&list);
         out
+    }
+
+    #[test]
+    fn server_name_extension_body_yields_its_first_host_name() {
+        let body = server_name_list(&[(7, b"x"), (0, b"shop.example"), (0, b"b")]);
+        assert_eq!(
+            server_name_extension_host(&body),
+            Some(&b"shop.example"[..])
+        );
+        assert_eq!(
+            server_name_extension_host(&server_name_list(&[(7, b"x")])),
+            None
+        );
+        assert_eq!(server_name_extension_host(&body[..body.len() - 1]), None);
+        assert_eq!(server_name_extension_host(b""), None);
     }
 
     fn sni_extension(name: &str) -> Vec<u8> {

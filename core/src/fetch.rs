@@ -28,7 +28,7 @@ use crate::record::{check_lengths, check_policy_lengths, decode_record, Record, 
 
 /// Hash fields of a record, in the order they are read.
 const FIELDS: [&str; 4] = ["crt", "key", "allow", "client_ca"];
-use crate::validate::{validate, Invalid, ParsedCert};
+use crate::validate::{validate, validate_wildcard, Invalid, ParsedCert};
 
 /// Where a certificate came from. `as_str` feeds `$dyncert_source` and
 /// metric labels.
@@ -580,7 +580,13 @@ impl Sources {
         source: CertSource,
         wildcard: Option<String>,
     ) -> Outcome {
-        match validate(record, name, now_secs()) {
+        // A record stored under `*.parent` is cached under that key and
+        // served to every name below it: it must carry the wildcard itself.
+        let parsed = match &wildcard {
+            Some(w) => validate_wildcard(record, w, name, now_secs()),
+            None => validate(record, name, now_secs()),
+        };
+        match parsed {
             Ok(mut p) => {
                 self.intermediates.share(&mut p.chain);
                 Outcome::Found {

@@ -14,5 +14,6 @@ pub mod pem;
 pub mod ratelimit;
 pub mod record;
 pub mod template;
+pub mod tenant;
 pub mod timefmt;
 pub mod validate;

@@ -7,6 +7,7 @@
 use std::fmt::Write;
 
 use crate::fetch::CertSource;
+use crate::tenant::Misdirected;
 
 /// Where counters go: the glue implements it over the shared zone; tests
 /// and workers without metrics use [`NoSink`].
@@ -214,7 +215,8 @@ const FETCH_HIST: usize = FETCHES + FetchSource::ALL.len() * StepOutcome::ALL.le
 const PARK_HIST: usize = FETCH_HIST + FetchSource::ALL.len() * HIST_SLOTS;
 const SIMPLES: usize = PARK_HIST + HIST_SLOTS;
 const REJECTS: usize = SIMPLES + SIMPLE.len();
-const WORKERS: usize = REJECTS + REJECT_REASONS.len();
+const MISDIRECTS: usize = REJECTS + REJECT_REASONS.len();
+const WORKERS: usize = MISDIRECTS + Misdirected::ALL.len();
 const SERVERS: usize = WORKERS + WORKER_SLOTS * WORKER_FIELDS;
 
 /// Slot indices for a configuration with `servers` server blocks.
@@ -273,6 +275,11 @@ impl Layout {
             .position(|&r| r == label)
             .unwrap_or(REJECT_REASONS.len() - 1);
         REJECTS + i
+    }
+
+    /// Requests the tenant policy answered 421, by reason.
+    pub fn misdirected(&self, m: Misdirected) -> usize {
+        MISDIRECTS + m as usize
     }
 
     pub fn worker(&self, slot: usize, field: usize) -> Option<usize> {
@@ -394,6 +401,19 @@ pub fn render(
             get(layout.rejected(r))
         );
     }
+    out.push_str(
+        "# HELP dyncert_tenant_misdirected_total Requests the tenant policy answered \
+         421 Misdirected Request, by reason.\n",
+    );
+    out.push_str("# TYPE dyncert_tenant_misdirected_total counter\n");
+    for m in Misdirected::ALL {
+        let _ = writeln!(
+            out,
+            "dyncert_tenant_misdirected_total{{reason=\"{}\"}} {}",
+            m.label(),
+            get(layout.misdirected(m))
+        );
+    }
     let gauges = [
         (
             W_INFLIGHT,
@@ -472,6 +492,9 @@ mod tests {
         for r in REJECT_REASONS {
             add(l.rejected(r));
         }
+        for m in Misdirected::ALL {
+            add(l.misdirected(m));
+        }
         for slot in 0..WORKER_SLOTS {
             for f in 0..WORKER_FIELDS {
                 add(l.worker(slot, f).unwrap());
@@ -546,6 +569,7 @@ mod tests {
         v.borrow_mut()[l.worker(2, W_PID).unwrap()] = 300; // dead
         v.borrow_mut()[l.worker(2, W_ENTRIES).unwrap()] = 1000;
         v.borrow_mut()[l.status(1, 404).unwrap()] = 3;
+        v.borrow_mut()[l.misdirected(Misdirected::HostMismatch)] = 4;
         let get = |i: usize| v.borrow()[i];
         let text = render(&l, &get, &["a.example".into(), "we\"ird".into()], &|pid| {
             pid != 300
@@ -560,6 +584,7 @@ mod tests {
             .contains("dyncert_fetch_duration_seconds_bucket{source=\"redis\",le=\"+Inf\"} 1\n"));
         assert!(text.contains("dyncert_fetch_duration_seconds_sum{source=\"redis\"} 0.003\n"));
         assert!(text.contains("dyncert_park_duration_seconds_count 0\n"));
+        assert!(text.contains("dyncert_tenant_misdirected_total{reason=\"host_mismatch\"} 4\n"));
         assert!(
             text.contains("dyncert_cache_entries 11\n"),
             "dead worker excluded"

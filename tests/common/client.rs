@@ -256,6 +256,8 @@ pub struct Request {
     client_cert: Option<(X509, PKey<Private>)>,
     max_tls: Option<SslVersion>,
     session: Option<SslSession>,
+    alpn: Option<Vec<u8>>,
+    split: Option<(usize, Duration)>,
 }
 
 impl Request {
@@ -280,6 +282,8 @@ impl Request {
             client_cert: None,
             max_tls: None,
             session: None,
+            alpn: None,
+            split: None,
         }
     }
 
@@ -326,6 +330,20 @@ impl Request {
 
     pub fn max_tls(mut self, v: SslVersion) -> Request {
         self.max_tls = Some(v);
+        self
+    }
+
+    /// Offers these ALPN protocols (wire format: length-prefixed names);
+    /// a long list makes a ClientHello larger than the module's peek.
+    pub fn alpn(mut self, protos: Vec<u8>) -> Request {
+        self.alpn = Some(protos);
+        self
+    }
+
+    /// Sends the first `at` bytes of the ClientHello, waits `pause`, then
+    /// the rest (a ClientHello split across TCP segments).
+    pub fn split_hello(mut self, at: usize, pause: Duration) -> Request {
+        self.split = Some((at, pause));
         self
     }
 
@@ -395,6 +413,9 @@ impl Request {
         b.set_max_proto_version(self.max_tls).unwrap();
         // Sessions are resumed only when a test asks for it.
         b.set_session_cache_mode(SslSessionCacheMode::OFF);
+        if let Some(protos) = &self.alpn {
+            b.set_alpn_protos(protos).unwrap();
+        }
         // SAFETY: b is a live SSL_CTX; the probe outlives every SSL made
         // from it (they all live inside this function).
         unsafe {
@@ -419,6 +440,10 @@ impl Request {
             // client with the same kind of context.
             unsafe { ssl.set_session(s) }.unwrap();
         }
+        let tcp = SplitWrites {
+            inner: tcp,
+            split: self.split,
+        };
         let mut stream = ssl.connect(tcp).map_err(|e| match e {
             openssl::ssl::HandshakeError::Failure(mid) => {
                 format!("handshake failed: {}", mid.error())
@@ -487,6 +512,37 @@ impl Request {
             elapsed,
             tls: Some(tls),
         })
+    }
+}
+
+/// A TCP stream whose first write can be split in two with a pause.
+struct SplitWrites {
+    inner: TcpStream,
+    split: Option<(usize, Duration)>,
+}
+
+impl Read for SplitWrites {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl Write for SplitWrites {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.split.take() {
+            Some((at, pause)) if at < buf.len() => {
+                self.inner.write_all(&buf[..at])?;
+                self.inner.flush()?;
+                std::thread::sleep(pause);
+                self.inner.write_all(&buf[at..])?;
+                Ok(buf.len())
+            }
+            _ => self.inner.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

@@ -9,7 +9,8 @@ a CA.
 Usage:
     h3_get.py --check
         exit 0 when aioquic can be imported (prints its version)
-    h3_get.py --port PORT --sni NAME [--host 127.0.0.1] [--path /] [--timeout 5]
+    h3_get.py --port PORT --sni NAME [--authority NAME] [--host 127.0.0.1]
+              [--path /] [--timeout 5]
         prints, on success (exit 0):
             status 200
             alpn h3
@@ -35,7 +36,7 @@ def check():
     return 0
 
 
-async def h3_get(host, port, sni, path, timeout):
+async def h3_get(host, port, sni, authority, path, timeout):
     # Imported here so that --check reports a missing aioquic cleanly.
     from aioquic.asyncio.client import connect
     from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -122,7 +123,7 @@ async def h3_get(host, port, sni, path, timeout):
         async with connect(
             host, port, configuration=config, create_protocol=create_protocol
         ) as client:
-            client.get(sni, path)
+            client.get(authority or sni, path)
             await asyncio.wait_for(client.done, timeout)
     except ConnectionError:
         # aioquic's handshake error says nothing; ours says how the server
@@ -155,6 +156,8 @@ def main():
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int)
     p.add_argument("--sni")
+    # The request's :authority; the SNI by default.
+    p.add_argument("--authority")
     p.add_argument("--path", default="/")
     p.add_argument("--timeout", type=float, default=5.0)
     a = p.parse_args()
@@ -165,7 +168,7 @@ def main():
     try:
         result = asyncio.run(
             asyncio.wait_for(
-                h3_get(a.host, a.port, a.sni, a.path, a.timeout), a.timeout + 1
+                h3_get(a.host, a.port, a.sni, a.authority, a.path, a.timeout), a.timeout + 1
             )
         )
     except Exception as e:  # noqa: BLE001 -- the test prints whatever went wrong

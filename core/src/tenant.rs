@@ -1,0 +1,306 @@
+//! Tenant policy decisions (`dyncert_tenant_policy on`): which TLS
+//! sessions a connection may resume, and whether a request may be served.
+//!
+//! The invariant, on every server with the policy on: a request is served
+//! only when (a) the TLS server name equals the request's host, (b) the
+//! connection's handshake installed that name's own current record, and
+//! (c) that record's policy passes. Anything else is a 421 Misdirected
+//! Request, which makes clients retry on a fresh connection.
+//!
+//! Sessions are bound to the name and record of the handshake that made
+//! them through the TLS session id context: OpenSSL treats a session whose
+//! context differs from the connection's like a cache miss (TLS 1.2 session
+//! ids and tickets, TLS 1.3 tickets alike), so the handshake goes on as a
+//! full one and the client gets the tenant's own certificate and policy.
+
+use std::net::IpAddr;
+
+use crate::cidr;
+use crate::name::normalize_sni;
+use crate::validate::{ClientCa, ParsedCert};
+
+/// Length of a TLS session id context (`SSL_MAX_SID_CTX_LENGTH`).
+pub const SESSION_CONTEXT_LEN: usize = 32;
+
+/// The session id context of a connection: a digest of the listener's
+/// `salt` (its default server's identity), the server name the client asked
+/// for (normalised; an invalid one is bound as sent, no name is its own
+/// class) and the fingerprint of the record cached for that name when the
+/// handshake started (`None`: no record). A session resumes only on a
+/// connection that computes the same context.
+pub fn session_context(
+    salt: &[u8],
+    server_name: Option<&[u8]>,
+    record: Option<&[u8; 32]>,
+) -> [u8; SESSION_CONTEXT_LEN] {
+    let mut h = openssl::sha::Sha256::new();
+    h.update(b"dyncert session context v1\0");
+    h.update(&(salt.len() as u64).to_be_bytes());
+    h.update(salt);
+    match server_name {
+        None => h.update(&[0]),
+        Some(raw) => match normalize_sni(raw) {
+            Ok(name) => {
+                h.update(&[1]);
+                h.update(&(name.len() as u64).to_be_bytes());
+                h.update(name.as_bytes());
+            }
+            Err(_) => {
+                h.update(&[2]);
+                h.update(&(raw.len() as u64).to_be_bytes());
+                h.update(raw);
+            }
+        },
+    }
+    match record {
+        None => h.update(&[0]),
+        Some(fp) => {
+            h.update(&[1]);
+            h.update(fp);
+        }
+    }
+    h.finish()
+}
+
+/// Why a request was refused with 421. `as_str` feeds the log line,
+/// `label` the counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misdirected {
+    /// The client sent no (valid) TLS server name.
+    NoServerName,
+    /// The request carries no host (HTTP/1.0 without Host).
+    NoHost,
+    /// The request's host is not the TLS server name (HTTP/2 connection
+    /// reuse, a forged Host, a second server block's certificate).
+    HostMismatch,
+    /// This worker holds no current record for the host (unknown, evicted,
+    /// invalidated, or never fetched because a source was down).
+    NoRecord,
+    /// The handshake installed something other than the host's current
+    /// record: the default certificate, a wildcard record while the name
+    /// has its own, or a record since replaced.
+    NotInstalled,
+}
+
+impl Misdirected {
+    pub const ALL: [Misdirected; 5] = [
+        Misdirected::NoServerName,
+        Misdirected::NoHost,
+        Misdirected::HostMismatch,
+        Misdirected::NoRecord,
+        Misdirected::NotInstalled,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Misdirected::NoServerName => "the client sent no valid TLS server name",
+            Misdirected::NoHost => "the request has no host",
+            Misdirected::HostMismatch => "the request's host is not the TLS server name",
+            Misdirected::NoRecord => "the host has no current certificate record",
+            Misdirected::NotInstalled => {
+                "the connection's handshake did not install the host's current record"
+            }
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Misdirected::NoServerName => "no_server_name",
+            Misdirected::NoHost => "no_host",
+            Misdirected::HostMismatch => "host_mismatch",
+            Misdirected::NoRecord => "no_record",
+            Misdirected::NotInstalled => "not_installed",
+        }
+    }
+}
+
+/// What is known about one request when the policy is checked.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// The connection's TLS server name as the client sent it.
+    pub server_name: Option<&'a [u8]>,
+    /// The request's host as nginx validated it (empty: none).
+    pub host: &'a [u8],
+    /// Fingerprint of the record the handshake installed, or, for a
+    /// resumed session, of the record its context was bound to.
+    pub installed: Option<&'a [u8; 32]>,
+    /// The host's current record in this worker's cache (the exact name's
+    /// entry, never its wildcard parent's).
+    pub current: Option<&'a ParsedCert>,
+    /// The client address nginx resolved.
+    pub client: Option<IpAddr>,
+}
+
+/// The verdict on one request.
+pub enum Verdict<'a> {
+    /// 421 Misdirected Request.
+    Misdirected(Misdirected),
+    /// The tenant's allow list does not admit the client.
+    Denied,
+    /// Serve it, once the client certificate (if the record asks for one)
+    /// verifies against these CAs.
+    Pass { client_ca: Option<&'a ClientCa> },
+}
+
+/// Applies the invariant to one request.
+pub fn decide<'a>(f: &RequestFacts<'a>) -> Verdict<'a> {
+    let Some(name) = f.server_name.and_then(|s| normalize_sni(s).ok()) else {
+        return Verdict::Misdirected(Misdirected::NoServerName);
+    };
+    if f.host.is_empty() {
+        return Verdict::Misdirected(Misdirected::NoHost);
+    }
+    if normalize_sni(f.host).ok().as_deref() != Some(name.as_str()) {
+        return Verdict::Misdirected(Misdirected::HostMismatch);
+    }
+    let Some(current) = f.current else {
+        return Verdict::Misdirected(Misdirected::NoRecord);
+    };
+    if f.installed != Some(&current.fingerprint) {
+        return Verdict::Misdirected(Misdirected::NotInstalled);
+    }
+    if let Some(list) = &current.policy.allow {
+        if !f.client.is_some_and(|ip| cidr::matches(list, ip)) {
+            return Verdict::Denied;
+        }
+    }
+    Verdict::Pass {
+        client_ca: current.policy.client_ca.as_ref(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Record;
+    use crate::validate::testpki::*;
+    use crate::validate::validate;
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn parsed(names: &[&str], allow: Option<&str>) -> ParsedCert {
+        let k = key();
+        let l = leaf(names, &k, -1, 30);
+        let r = Record {
+            crt: pem(&l),
+            key: key_pem(&k),
+            allow: allow.map(|a| a.as_bytes().to_vec()),
+            client_ca: None,
+        };
+        validate(&r, names[0], now()).unwrap()
+    }
+
+    fn facts<'a>(cert: &'a ParsedCert, sni: &'a [u8], host: &'a [u8]) -> RequestFacts<'a> {
+        RequestFacts {
+            server_name: Some(sni),
+            host,
+            installed: Some(&cert.fingerprint),
+            current: Some(cert),
+            client: Some("127.0.0.1".parse().unwrap()),
+        }
+    }
+
+    fn misdirected(v: Verdict) -> Option<Misdirected> {
+        match v {
+            Verdict::Misdirected(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn own_current_record_with_matching_host_passes() {
+        let c = parsed(&["fenced.example"], None);
+        assert!(matches!(
+            decide(&facts(&c, b"fenced.example", b"fenced.example")),
+            Verdict::Pass { client_ca: None }
+        ));
+        // Case and a trailing dot do not matter on either side (nginx has
+        // already dropped the port).
+        assert!(matches!(
+            decide(&facts(&c, b"Fenced.Example.", b"fenced.example")),
+            Verdict::Pass { .. }
+        ));
+    }
+
+    #[test]
+    fn missing_or_invalid_server_name_is_misdirected() {
+        let c = parsed(&["fenced.example"], None);
+        let mut f = facts(&c, b"", b"fenced.example");
+        f.server_name = None;
+        assert_eq!(misdirected(decide(&f)), Some(Misdirected::NoServerName));
+        f.server_name = Some(b"bad_name");
+        assert_eq!(misdirected(decide(&f)), Some(Misdirected::NoServerName));
+    }
+
+    #[test]
+    fn host_must_be_the_server_name() {
+        let c = parsed(&["fenced.example"], None);
+        assert_eq!(
+            misdirected(decide(&facts(&c, b"fenced.example", b""))),
+            Some(Misdirected::NoHost)
+        );
+        assert_eq!(
+            misdirected(decide(&facts(&c, b"other.example", b"fenced.example"))),
+            Some(Misdirected::HostMismatch)
+        );
+        assert_eq!(
+            misdirected(decide(&facts(&c, b"fenced.example", b"127.0.0.1"))),
+            Some(Misdirected::HostMismatch)
+        );
+    }
+
+    #[test]
+    fn anything_but_the_current_record_is_misdirected() {
+        let c = parsed(&["fenced.example"], None);
+        let replaced = parsed(&["fenced.example"], None);
+        let mut f = facts(&c, b"fenced.example", b"fenced.example");
+        f.current = None;
+        assert_eq!(misdirected(decide(&f)), Some(Misdirected::NoRecord));
+        f.current = Some(&c);
+        f.installed = None; // the default certificate
+        assert_eq!(misdirected(decide(&f)), Some(Misdirected::NotInstalled));
+        f.installed = Some(&replaced.fingerprint);
+        assert_eq!(misdirected(decide(&f)), Some(Misdirected::NotInstalled));
+    }
+
+    #[test]
+    fn allow_list_of_the_current_record_applies() {
+        let c = parsed(&["fenced.example"], Some("10.99.0.0/16"));
+        let mut f = facts(&c, b"fenced.example", b"fenced.example");
+        assert!(matches!(decide(&f), Verdict::Denied));
+        f.client = None;
+        assert!(matches!(decide(&f), Verdict::Denied));
+        f.client = Some("10.99.1.2".parse().unwrap());
+        assert!(matches!(decide(&f), Verdict::Pass { .. }));
+    }
+
+    #[test]
+    fn session_context_binds_name_and_record() {
+        let salt = b"listener";
+        let a = [1u8; 32];
+        let b = [2u8; 32];
+        let base = session_context(salt, Some(b"fenced.example"), Some(&a));
+        assert_eq!(
+            base,
+            session_context(salt, Some(b"FENCED.example."), Some(&a)),
+            "normalised names share sessions"
+        );
+        let others = [
+            session_context(salt, None, Some(&a)),
+            session_context(salt, Some(b"other.example"), Some(&a)),
+            session_context(salt, Some(b"fenced.example"), None),
+            session_context(salt, Some(b"fenced.example"), Some(&b)),
+            session_context(b"other listener", Some(b"fenced.example"), Some(&a)),
+            session_context(salt, Some(b"bad_name"), Some(&a)),
+        ];
+        for (i, o) in others.iter().enumerate() {
+            assert_ne!(&base, o, "case {i}");
+        }
+        assert_ne!(others[0], others[2], "no name vs no record");
+    }
+}
