@@ -25,6 +25,7 @@ use crate::intern::Interner;
 use crate::metrics::{FetchSource, StepOutcome};
 use crate::name::{normalize_sni, wildcard_parent};
 use crate::record::{check_lengths, check_policy_lengths, decode_record, Record, RecordError};
+use crate::workqueue::WorkQueue;
 
 /// Hash fields of a record, in the order they are read.
 const FIELDS: [&str; 4] = ["crt", "key", "allow", "client_ca"];
@@ -76,6 +77,27 @@ pub struct FetcherConfig {
     pub acme_prefix: String,
     /// Most requests queued towards the thread (beyond: refused at once).
     pub queue_cap: usize,
+}
+
+/// A Redis URL fit for a log line or an `nginx -t` error: the user info's
+/// password (or a user info that is only a password) becomes `***`. Also
+/// for URLs that do not parse: whatever precedes the host's `@` is hidden.
+pub fn redact_redis_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => (&url[..i + 3], &url[i + 3..]),
+        None => ("", url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None if userinfo.is_empty() => String::new(),
+        None => "***".to_owned(),
+    };
+    format!("{scheme}{shown}{}", &rest[at..])
 }
 
 /// Checks a Redis URL at configuration time so a typo fails `nginx -t`.
@@ -211,12 +233,17 @@ impl Shared {
     }
 }
 
+/// A record validation for the parse thread.
+type ParseJob = Box<dyn FnOnce() + Send>;
+
 /// Handle owned by the event loop.
 pub struct Fetcher {
     tx: Option<mpsc::Sender<Request>>,
     shared: Arc<Shared>,
     wake: UnixStream,
     thread: Option<JoinHandle<()>>,
+    parse: Arc<WorkQueue<ParseJob>>,
+    parse_thread: Option<JoinHandle<()>>,
 }
 
 impl Fetcher {
@@ -237,15 +264,38 @@ impl Fetcher {
             notify,
         });
         let (tx, rx) = mpsc::channel(cfg.queue_cap.max(1));
+        // Every lookup in flight has at most one record being parsed.
+        let parse = Arc::new(WorkQueue::new(cfg.queue_cap.max(1) * 2));
+        let parse_queue = parse.clone();
+        let parse_thread = std::thread::Builder::new()
+            .name("dyncert-parse".into())
+            .spawn(move || {
+                while let Some(job) = parse_queue.pop() {
+                    // A panic fails this record's lookup (its answer channel
+                    // is dropped), never the thread.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })?;
         let thread_shared = shared.clone();
+        let thread_parse = parse.clone();
         let thread = std::thread::Builder::new()
             .name("dyncert-fetch".into())
-            .spawn(move || run(cfg, api, rx, thread_shared))?;
+            .spawn(move || run(cfg, api, rx, thread_shared, thread_parse));
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                parse.close();
+                let _ = parse_thread.join();
+                return Err(e);
+            }
+        };
         Ok(Fetcher {
             tx: Some(tx),
             shared,
             wake,
             thread: Some(thread),
+            parse,
+            parse_thread: Some(parse_thread),
         })
     }
 
@@ -295,6 +345,11 @@ impl Fetcher {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // The I/O thread is gone: nobody waits for what is still queued.
+        self.parse.close();
+        if let Some(t) = self.parse_thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -309,6 +364,7 @@ fn run(
     api: Option<ApiClient>,
     mut rx: mpsc::Receiver<Request>,
     shared: Arc<Shared>,
+    parse: Arc<WorkQueue<ParseJob>>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -351,7 +407,8 @@ fn run(
             cfg,
             redis,
             api,
-            intermediates: Interner::default(),
+            intermediates: Arc::new(Interner::default()),
+            parse,
         });
         while let Some(req) = rx.recv().await {
             let shared = shared.clone();
@@ -387,7 +444,9 @@ struct Sources {
     redis: Option<Result<ConnectionManager, String>>,
     api: Option<ApiClient>,
     /// Shared parsed intermediates (one object per distinct DER).
-    intermediates: Interner,
+    intermediates: Arc<Interner>,
+    /// Jobs for the parse thread.
+    parse: Arc<WorkQueue<ParseJob>>,
 }
 
 /// One Redis read of one key.
@@ -433,7 +492,7 @@ impl Sources {
                         let (outcome, done) = match answer {
                             RedisAnswer::Record(r) => {
                                 let wildcard = (key != name).then_some(key);
-                                let o = self.found(&r, name, CertSource::Redis, wildcard);
+                                let o = self.found(r, name, CertSource::Redis, wildcard).await;
                                 let step = if matches!(o, Outcome::Found { .. }) {
                                     StepOutcome::Hit
                                 } else {
@@ -480,7 +539,9 @@ impl Sources {
         let t0 = Instant::now();
         let (step, outcome) = match api.lookup(name).await {
             ApiOutcome::Found(record) => {
-                let outcome = self.found(&record, name, CertSource::Api, None);
+                let outcome = self
+                    .found(record.clone(), name, CertSource::Api, None)
+                    .await;
                 if let (Outcome::Found { .. }, Some(Ok(conn))) = (&outcome, &self.redis) {
                     if redis_error.is_none() && !self.cfg.writeback.is_zero() {
                         self.write_back(conn.clone(), name, record);
@@ -571,32 +632,28 @@ impl Sources {
         )
     }
 
-    /// Validates a record for `name`; intermediates are shared with the
-    /// records already cached.
-    fn found(
+    /// Validates a record for `name` on the parse thread (never on this
+    /// I/O thread, whose other lookups and invalidations must not wait
+    /// behind CPU work); intermediates are shared with the records already
+    /// cached.
+    async fn found(
         &self,
-        record: &Record,
+        record: Record,
         name: &str,
         source: CertSource,
         wildcard: Option<String>,
     ) -> Outcome {
-        // A record stored under `*.parent` is cached under that key and
-        // served to every name below it: it must carry the wildcard itself.
-        let parsed = match &wildcard {
-            Some(w) => validate_wildcard(record, w, name, now_secs()),
-            None => validate(record, name, now_secs()),
-        };
-        match parsed {
-            Ok(mut p) => {
-                self.intermediates.share(&mut p.chain);
-                Outcome::Found {
-                    cert: Arc::new(p),
-                    source,
-                    wildcard,
-                }
-            }
-            Err(i) => Outcome::Refused(i.into()),
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let interner = self.intermediates.clone();
+        let name = name.to_owned();
+        let job: ParseJob = Box::new(move || {
+            let _ = tx.send(parse_record(&interner, &record, &name, source, wildcard));
+        });
+        if self.parse.push(job).is_err() {
+            return Outcome::Error("the record parse queue is full".to_owned());
         }
+        rx.await
+            .unwrap_or_else(|_| Outcome::Error("the record parse failed".to_owned()))
     }
 
     /// Reads a record, once more on a connection error: after a Redis
@@ -786,6 +843,34 @@ fn connect(cfg: &FetcherConfig) -> Result<ConnectionManager, String> {
     ConnectionManager::new_lazy_with_config(client, mcfg).map_err(|e| e.to_string())
 }
 
+/// Validates `record` for `name` (against the wildcard it was stored
+/// under, if any) and shares its intermediates: the parse thread's job.
+fn parse_record(
+    interner: &Interner,
+    record: &Record,
+    name: &str,
+    source: CertSource,
+    wildcard: Option<String>,
+) -> Outcome {
+    // A record stored under `*.parent` is cached under that key and served
+    // to every name below it: it must carry the wildcard itself.
+    let parsed = match &wildcard {
+        Some(w) => validate_wildcard(record, w, name, now_secs()),
+        None => validate(record, name, now_secs()),
+    };
+    match parsed {
+        Ok(mut p) => {
+            interner.share(&mut p.chain);
+            Outcome::Found {
+                cert: Arc::new(p),
+                source,
+                wildcard,
+            }
+        }
+        Err(i) => Outcome::Refused(i.into()),
+    }
+}
+
 fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -817,6 +902,33 @@ fn redis_error(e: &redis::RedisError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_url_passwords_never_reach_messages() {
+        assert_eq!(
+            redact_redis_url("redis://:s3cret@127.0.0.1:6379/0"),
+            "redis://:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_redis_url("rediss://app:s3cret@redis.internal/2?protocol=resp3"),
+            "rediss://app:***@redis.internal/2?protocol=resp3"
+        );
+        assert_eq!(redact_redis_url("redis://s3cret@host"), "redis://***@host");
+        // A '@' in the password itself: everything up to the host's '@'.
+        assert_eq!(
+            redact_redis_url("redis://u:a@b@host/0"),
+            "redis://u:***@host/0"
+        );
+        assert_eq!(redact_redis_url("not a url :s3cret@x"), "not a url :***@x");
+        assert_eq!(
+            redact_redis_url("redis://127.0.0.1/0"),
+            "redis://127.0.0.1/0"
+        );
+        assert_eq!(redact_redis_url("redis://h/p@th"), "redis://h/p@th");
+        for url in ["redis://:s3cret@h", "redis://u:s3cret@h:1/0", "s3cret@h"] {
+            assert!(!redact_redis_url(url).contains("s3cret"), "{url}");
+        }
+    }
 
     #[test]
     fn invalidation_messages_are_validated() {

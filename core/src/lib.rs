@@ -17,3 +17,4 @@ pub mod template;
 pub mod tenant;
 pub mod timefmt;
 pub mod validate;
+pub mod workqueue;
