@@ -56,6 +56,13 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
         let Some(mcf) = Module::main_conf(unsafe { &*cycle }) else {
             return ngx::ffi::NGX_OK as ngx_int_t;
         };
+        // Cache manager and loader processes run init_process too: they
+        // serve no connections and must not start threads.
+        // SAFETY: ngx_process is set before init_process and only read here.
+        let process = unsafe { ngx::ffi::ngx_process } as u32;
+        if process != ngx::ffi::NGX_PROCESS_WORKER && process != ngx::ffi::NGX_PROCESS_SINGLE {
+            return ngx::ffi::NGX_OK as ngx_int_t;
+        }
         crate::metrics_ffi::claim_worker_slot();
         if !mcf.enabled {
             return ngx::ffi::NGX_OK as ngx_int_t;
@@ -70,7 +77,10 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
                 return ngx::ffi::NGX_OK as ngx_int_t;
             }
         };
-        let fetcher = match Fetcher::start(cfg) {
+        // The fetcher's threads (and the ones they start) inherit a mask
+        // that blocks every signal: nginx's signals (reload, quit, child
+        // exits) must reach the event loop thread, never a helper thread.
+        let fetcher = match with_signals_blocked(|| Fetcher::start(cfg)) {
             Ok(f) => f,
             Err(e) => {
                 // Serve defaults rather than refuse to run.
@@ -121,6 +131,23 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
         STATE.with(|s| *s.borrow_mut() = Some(state));
         ngx::ffi::NGX_OK as ngx_int_t
     })
+}
+
+/// Runs `f` with every signal blocked in this thread (threads started by
+/// `f` inherit that mask), then restores the mask.
+fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: sigfillset/pthread_sigmask(3) on sets owned by this frame.
+    unsafe {
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let blocked = libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) == 0;
+        let r = f();
+        if blocked {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
+        }
+        r
+    }
 }
 
 /// `exit_process`: stop the fetcher thread.
