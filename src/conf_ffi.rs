@@ -7,7 +7,7 @@ use std::time::Duration;
 use dyncert_core::api::{check_header, ApiConfig, MAX_BODY};
 use dyncert_core::cache::CachePolicy;
 use dyncert_core::cidr::{self, Cidr};
-use dyncert_core::fetch::{check_redis_url, FetcherConfig};
+use dyncert_core::fetch::{check_redis_url, redact_redis_url, FetcherConfig};
 use dyncert_core::template::UrlTemplate;
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
@@ -273,7 +273,14 @@ pub unsafe extern "C" fn ngx_http_dyncert_redis(
     }
     let url = as_str(&unsafe { args(cf) }[0]);
     if let Err(e) = check_redis_url(&url) {
-        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\": {}", url, e);
+        // The URL may carry the Redis password: never echo it.
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "invalid parameter \"{}\": {}",
+            redact_redis_url(&url),
+            e
+        );
         return NGX_CONF_ERROR;
     }
     mcf.redis_url = Some(url);
