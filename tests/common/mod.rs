@@ -1154,8 +1154,25 @@ pub fn main_conf(prefix: &Path, opts: &NginxOpts) -> String {
 pub struct Nginx {
     pub port: u16,
     pub workers: u32,
+    /// Child processes besides the workers (cache manager and loader).
+    helpers: u32,
     prefix: TempDir,
     child: Option<Child>,
+    /// The write end of nginx's stdin when it is a pipe, kept open.
+    _stdin: Option<std::process::ChildStdin>,
+}
+
+/// How a test wants nginx started beyond its configuration.
+#[derive(Default)]
+pub struct Spawn<'a> {
+    /// Extra environment variables for the nginx process.
+    pub env: &'a [(&'a str, &'a str)],
+    /// nginx's stdin is a pipe nobody writes to and nobody closes (as
+    /// under `docker run -i`), instead of /dev/null.
+    pub stdin_pipe: bool,
+    /// Child processes besides the workers to wait for (a cache manager
+    /// and a cache loader with `proxy_cache_path`).
+    pub helpers: u32,
 }
 
 impl Nginx {
@@ -1175,6 +1192,21 @@ impl Nginx {
         port: u16,
         env: &[(&str, &str)],
     ) -> Nginx {
+        Nginx::spawn(
+            pki,
+            opts,
+            http_block,
+            port,
+            Spawn {
+                env,
+                ..Spawn::default()
+            },
+        )
+    }
+
+    /// `start` with the extras of [`Spawn`].
+    pub fn spawn(pki: &Pki, opts: NginxOpts, http_block: &str, port: u16, how: Spawn) -> Nginx {
+        let env = how.env;
         let prefix = TempDir::new("nginx");
         let conf_dir = prefix.path().join("conf");
         pki.write_default(&conf_dir);
@@ -1188,7 +1220,11 @@ impl Nginx {
             .arg(prefix.path())
             .args(["-c", "conf/nginx.conf", "-e"])
             .arg(prefix.path().join("error.log"))
-            .stdin(Stdio::null())
+            .stdin(if how.stdin_pipe {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .envs(env.iter().copied())
             .stdout(stdout.try_clone().unwrap())
             .stderr(stdout)
@@ -1196,12 +1232,15 @@ impl Nginx {
             // was killed before it could stop them.
             .process_group(0);
         die_with_parent(&mut cmd);
-        let child = cmd.spawn().expect("spawn nginx");
+        let mut child = cmd.spawn().expect("spawn nginx");
+        let stdin = child.stdin.take();
         let mut nginx = Nginx {
             port,
             workers: opts.workers,
+            helpers: how.helpers,
             prefix,
             child: Some(child),
+            _stdin: stdin,
         };
         nginx.wait_ready();
         nginx
@@ -1240,7 +1279,7 @@ impl Nginx {
             }
             let workers = self.worker_pids().len() as u32;
             let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
-            if workers == self.workers
+            if workers == self.workers + self.helpers
                 && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
             {
                 return;
