@@ -19,9 +19,14 @@
 //!
 //! Usage: `cargo build --release && cargo build --release -p dyncert-bench &&
 //! target/release/dyncert-bench [--quick] [--names N] [--seconds S] ...`
+//!
+//! `dyncert-bench junk [--junk N] [--rounds R]` measures instead what a
+//! burst of N junk records being fetched adds to a good name's cold
+//! handshake (see `junk.rs`).
 
 mod api_server;
 mod client;
+mod junk;
 mod load;
 mod pki;
 mod probe;
@@ -173,6 +178,18 @@ fn main() {
         let m = argv.get(2).and_then(|v| v.parse().ok()).expect("count");
         probe::child(&dir, m);
         return;
+    }
+    if argv.first().map(String::as_str) == Some("junk") {
+        let args = junk::parse(&argv[1..]);
+        let dir = std::env::temp_dir().join(format!("dyncert-bench-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        if cpus() > 1 {
+            pin_to(&client_cpus());
+        }
+        let code = junk::run(&args, &dir);
+        let _ = fs::remove_dir_all(&dir);
+        std::process::exit(code);
     }
     let args = parse_args(&argv);
     let dir = std::env::temp_dir().join(format!("dyncert-bench-{}", std::process::id()));
