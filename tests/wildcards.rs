@@ -136,3 +136,34 @@ fn wildcard_record_never_serves_a_name_its_certificate_does_not_cover() {
     assert!(line.is_some(), "not logged\n{}", s.nginx.logs());
     s.nginx.assert_healthy();
 }
+
+#[test]
+fn wildcard_record_without_the_wildcard_itself_is_refused_for_every_name() {
+    let mut s = Stack::start(1, HTTP);
+    // Stored under the wildcard, but it names only shop.example.com: served
+    // to the first name that asked, it would then be cached under
+    // *.example.com and handed to blog.example.com too.
+    let narrow = s.pki.leaf(&["shop.example.com"], 11010);
+    s.redis.put_leaf("*.example.com", &narrow);
+    for name in ["shop.example.com", "blog.example.com"] {
+        let r = s.get(Some(name));
+        r.assert_default();
+        s.nginx
+            .wait_for_log_line(STARTUP_DEADLINE, |l| {
+                l.contains("invalid certificate record") && l.contains(name)
+            })
+            .unwrap_or_else(|| panic!("no warning for {name}\n{}", s.nginx.logs()));
+    }
+    // A proper wildcard record under the same key is served to both.
+    let wild = s.pki.leaf(&["*.example.com"], 11011);
+    s.redis.put_leaf("*.example.com", &wild);
+    // The refusals are remembered as unknown names: drop them.
+    s.redis.publish("dyncert:invalidate", "*.example.com");
+    let served = poll(STARTUP_DEADLINE, Duration::from_millis(100), || {
+        let r = s.get(Some("blog.example.com"));
+        (!r.is_default()).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("wildcard never served\n{}", s.nginx.logs()));
+    served.assert_served(&wild, &s.pki);
+    s.nginx.assert_healthy();
+}
