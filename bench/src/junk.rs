@@ -1,0 +1,244 @@
+//! `dyncert-bench junk`: what a burst of bad records costs a good name's
+//! first fetch.
+//!
+//! N never-seen names whose records are junk (a certificate for the name
+//! with another name's key: everything but the last check passes, so each
+//! costs a full parse before it is refused) are requested at once, by N
+//! connections that send their ClientHello and wait parked; right behind
+//! them a never-seen good name is requested and its cold handshake timed.
+//! The same cold handshake alone, in the same run, is the baseline. The
+//! issue's target: N = 1,000 junk records add under 50 ms.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use openssl::ssl::{HandshakeError, SslConnector, SslMethod, SslVerifyMode, SslVersion};
+
+use crate::client::Client;
+use crate::pki::Pki;
+use crate::procs::{cpus, resp, Nginx, Redis};
+
+/// The target: added latency of a good name's cold handshake.
+const TARGET_MS: f64 = 50.0;
+
+pub struct JunkArgs {
+    pub junk: usize,
+    pub rounds: usize,
+    pub quick: bool,
+}
+
+pub fn parse(argv: &[String]) -> JunkArgs {
+    let mut a = JunkArgs {
+        junk: 1000,
+        rounds: 10,
+        quick: false,
+    };
+    let mut i = 0;
+    while i < argv.len() {
+        match argv[i].as_str() {
+            "--quick" => {
+                a.quick = true;
+                a.rounds = 3;
+                i += 1;
+            }
+            flag @ ("--junk" | "--rounds") => {
+                let Some(v) = argv.get(i + 1).and_then(|v| v.parse::<usize>().ok()) else {
+                    usage()
+                };
+                if v == 0 {
+                    usage()
+                }
+                if flag == "--junk" {
+                    a.junk = v;
+                } else {
+                    a.rounds = v;
+                }
+                i += 2;
+            }
+            _ => usage(),
+        }
+    }
+    a
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: dyncert-bench junk [--junk N] [--rounds R] [--quick]\n  \
+         --junk N    junk records fetched at once ahead of a good name (default 1000)\n  \
+         --rounds R  bursts measured (default 10; --quick: 3)"
+    );
+    std::process::exit(2)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Runs the scenario; returns the process exit status.
+pub fn run(args: &JunkArgs, dir: &Path) -> i32 {
+    let pki = Pki::new();
+    let threads = cpus();
+    let baseline_samples = 20;
+    let good_names: Vec<String> = (0..baseline_samples + args.rounds)
+        .map(|i| format!("good{i}.junk.test"))
+        .collect();
+    let junk_names: Vec<String> = (0..args.junk * args.rounds)
+        .map(|i| format!("junk{i}.junk.test"))
+        .collect();
+    eprintln!(
+        "generating {} certificates on {threads} threads",
+        good_names.len() + junk_names.len()
+    );
+    let good = pki.sites(good_names.clone(), 1, threads);
+    let junk = pki.sites(junk_names.clone(), 100_000, threads);
+
+    let redis = Redis::start(dir);
+    redis.load(&pki, &good);
+    // Each junk record carries the next junk site's key: it parses, covers
+    // its name, and is refused at the key check.
+    redis.pipeline(junk.iter().enumerate().map(|(i, s)| {
+        let other = &junk[(i + 1) % junk.len()];
+        resp(&[
+            b"HSET",
+            format!("dyncert:cert:{}", s.name).as_bytes(),
+            b"crt",
+            s.chain_pem(&pki).as_bytes(),
+            b"key",
+            other.key_pem.as_bytes(),
+        ])
+    }));
+    drop(junk);
+
+    let certs = dir.join("junk-certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let default = pki.site("default.junk.test".into(), 99_999);
+    std::fs::write(certs.join("d.crt"), default.chain_pem(&pki)).unwrap();
+    std::fs::write(certs.join("d.key"), &default.key_pem).unwrap();
+    let mport = crate::procs::free_port();
+    let http = format!(
+        "dyncert_redis redis://127.0.0.1:{}/0;\n\
+         dyncert_fetch_concurrency {};\n dyncert_fetch_timeout 10s;\n\
+         server {{ listen 127.0.0.1:{mport}; location / {{ dyncert_metrics; }} }}\n\
+         server {{ listen 127.0.0.1:PORT ssl backlog=8192; \
+         ssl_certificate {c}/d.crt; ssl_certificate_key {c}/d.key; dyncert on; \
+         return 200 \"$pid $dyncert_source\\n\"; }}",
+        redis.port,
+        args.junk * 2 + 64,
+        c = certs.display()
+    );
+    let nginx = Nginx::start(&dir.join("junk-nginx"), &http, true);
+    let client = Client::new();
+    let mut problems = Vec::new();
+    let mut cold = |name: &str| -> f64 {
+        match client.handshake(nginx.port, Some(name)) {
+            Ok(c) => {
+                let ms = c.elapsed.as_secs_f64() * 1000.0;
+                if !c.names_sni {
+                    problems.push(format!("{name}: served another certificate"));
+                }
+                c.close();
+                ms
+            }
+            Err(e) => {
+                problems.push(format!("{name}: {e}"));
+                f64::NAN
+            }
+        }
+    };
+    // Warm-up: the worker's Redis connection and code paths.
+    let _ = client.handshake(nginx.port, None).map(|c| c.close());
+
+    let mut alone: Vec<f64> = good_names[..baseline_samples]
+        .iter()
+        .map(|n| cold(n))
+        .collect();
+    let mut behind = Vec::new();
+    let rejected_before = rejected(mport);
+    for r in 0..args.rounds {
+        let names = &junk_names[r * args.junk..(r + 1) * args.junk];
+        let parked = send_hellos(nginx.port, names);
+        behind.push(cold(&good_names[baseline_samples + r]));
+        drop(parked);
+        // Let this burst's fetches finish before the next one.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let refused = rejected(mport) - rejected_before;
+    let alone_ms = median(&mut alone);
+    let behind_ms = median(&mut behind);
+    let added = behind_ms - alone_ms;
+    let pass = added < TARGET_MS;
+    println!("\n## Junk records ahead of a good name (dyncert-bench junk)\n");
+    println!("| | cold handshake p50 |");
+    println!("| --- | --- |");
+    println!("| good name alone ({baseline_samples} samples) | {alone_ms:.2} ms |");
+    println!(
+        "| good name right behind {} junk records being fetched ({} rounds) | {behind_ms:.2} ms |",
+        args.junk, args.rounds
+    );
+    println!(
+        "| added | {added:.2} ms (target < {TARGET_MS:.0} ms): {} |",
+        if pass { "PASS" } else { "FAIL" }
+    );
+    println!(
+        "\njunk records refused by validation during the bursts: {refused} of {}",
+        args.junk * args.rounds
+    );
+    nginx.stop();
+    if refused < (args.junk * args.rounds) as u64 / 2 {
+        problems.push(format!(
+            "only {refused} junk records were fetched and refused: the bursts did not load the fetcher"
+        ));
+    }
+    for p in &problems {
+        println!("problem: {p}");
+    }
+    if !problems.is_empty() || (!pass && !args.quick) {
+        1
+    } else {
+        0
+    }
+}
+
+/// Opens one connection per name and sends its ClientHello (a real one,
+/// from OpenSSL on a non-blocking socket); the connections stay parked
+/// until the returned streams are dropped.
+fn send_hellos(port: u16, names: &[String]) -> Vec<Box<dyn std::any::Any>> {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
+    let connector = b.build();
+    let mut out: Vec<Box<dyn std::any::Any>> = Vec::with_capacity(names.len());
+    for n in names {
+        let Ok(tcp) = TcpStream::connect(("127.0.0.1", port)) else {
+            continue;
+        };
+        tcp.set_nonblocking(true).unwrap();
+        let cfg = connector.configure().unwrap();
+        match cfg.connect(n, tcp) {
+            Err(HandshakeError::WouldBlock(mid)) => out.push(Box::new(mid)),
+            Ok(s) => out.push(Box::new(s)),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+/// `dyncert_records_rejected_total`, summed over reasons.
+fn rejected(mport: u16) -> u64 {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", mport)) else {
+        return 0;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: m\r\n\r\n");
+    let t0 = Instant::now();
+    BufReader::new(s)
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|_| t0.elapsed() < Duration::from_secs(5))
+        .filter(|l| l.starts_with("dyncert_records_rejected_total{"))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
