@@ -3,19 +3,21 @@
 //! terminator a CA reaches can answer a challenge an issuer started
 //! elsewhere. Runs in the post-read phase (before rewrites, `return`s and
 //! access rules) and never blocks: the request waits for the fetcher like
-//! a parked connection does.
+//! a parked connection does. Whether a request costs a Redis read at all
+//! is the core's decision ([`AcmeGate`]): port 80 is anyone's.
 
 use core::ffi::c_void;
 use std::cell::RefCell;
-use std::collections::HashMap;
 
-use dyncert_core::acme::{challenge_token, valid_token};
+use dyncert_core::acme::{challenge_token, valid_token, AcmeGate, Admission, Limits, RETRY_AFTER};
+use dyncert_core::cache::{Clock, SystemClock};
 use dyncert_core::fetch::AcmeAnswer;
 use dyncert_core::metrics::Simple;
 use ngx::ffi::{
     ngx_http_cleanup_add, ngx_http_finalize_request, ngx_http_request_t,
-    ngx_http_run_posted_requests, ngx_int_t, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR,
-    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_FOUND, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_WARN,
+    ngx_http_run_posted_requests, ngx_int_t, ngx_list_push, ngx_table_elt_t, ngx_uint_t,
+    NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_FOUND,
+    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_WARN,
 };
 use ngx::http::HttpModuleServerConf;
 
@@ -24,14 +26,15 @@ use crate::response_ffi::send_body;
 use crate::worker_ffi::with_worker;
 use crate::{metrics_ffi, Module};
 
-/// Most requests waiting for a Redis answer per worker.
-const MAX_WAITING: usize = 1024;
-
 thread_local! {
-    // Requests waiting for their token's value, by token (event loop only).
-    static WAITING: RefCell<HashMap<String, Vec<*mut ngx_http_request_t>>> =
-        RefCell::new(HashMap::new());
+    // Requests waiting for their token's value, and which tokens may be
+    // read (event loop only). The fetcher's ACME queue is sized from the
+    // same `Limits::default()` (see MainConf::fetcher_config).
+    static GATE: RefCell<AcmeGate<*mut ngx_http_request_t>> =
+        RefCell::new(AcmeGate::new(Limits::default()));
 }
+
+const RETRY_AFTER_KEY: &str = "Retry-After";
 
 fn count(s: Simple) {
     metrics_ffi::add(metrics_ffi::layout().simple(s), 1);
@@ -69,14 +72,36 @@ unsafe fn start(r: *mut ngx_http_request_t) -> ngx_int_t {
         return NGX_HTTP_NOT_FOUND as ngx_int_t;
     }
     let token = String::from_utf8_lossy(token).into_owned();
-    let full = WAITING.with(|w| w.borrow().values().map(Vec::len).sum::<usize>() >= MAX_WAITING);
-    if full || with_worker(|w| w.fetcher().request_acme(&token)) != Some(true) {
-        return NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t;
+    let now = SystemClock.now();
+    let Ok(admission) = GATE.with(|g| g.try_borrow_mut().map(|mut g| g.admit(&token, r, now)))
+    else {
+        // Only reachable by re-entering from inside the gate: a bug.
+        return NGX_ERROR as ngx_int_t;
+    };
+    match admission {
+        Admission::Absent => {
+            count(Simple::AcmeMissing);
+            return NGX_HTTP_NOT_FOUND as ngx_int_t;
+        }
+        // SAFETY: r is live and its response has not started.
+        Admission::Busy => return unsafe { busy(r) },
+        Admission::Wait => {}
+        Admission::Read => {
+            if with_worker(|w| w.fetcher().request_acme(&token)) != Some(true) {
+                // Nobody else can have joined: the event loop has not run.
+                GATE.with(|g| drop(g.borrow_mut().not_queued(&token)));
+                // SAFETY: as above.
+                return unsafe { busy(r) };
+            }
+        }
     }
     // SAFETY: r is live; the cleanup runs when the request is freed, so a
     // request that goes away early is forgotten before we touch it.
     let cln = unsafe { ngx_http_cleanup_add(r, 0) };
     let Some(cln) = (unsafe { cln.as_mut() }) else {
+        // Out of memory: answered 500 now, so it must not wait. Its read
+        // (if it started one) goes on and frees its slot when it ends.
+        forget(r);
         return NGX_ERROR as ngx_int_t;
     };
     cln.handler = Some(ngx_http_dyncert_acme_cleanup);
@@ -86,28 +111,54 @@ unsafe fn start(r: *mut ngx_http_request_t) -> ngx_int_t {
     // reference until answer() finalizes it; nothing else reads from or
     // times out the connection meanwhile, and the cleanup above covers an
     // early free.
-    WAITING.with(|w| w.borrow_mut().entry(token).or_default().push(r));
     NGX_DONE as ngx_int_t
 }
 
-unsafe extern "C" fn ngx_http_dyncert_acme_cleanup(data: *mut c_void) {
-    let r = data as *mut ngx_http_request_t;
-    WAITING.with(|w| {
-        if let Ok(mut w) = w.try_borrow_mut() {
-            w.retain(|_, rs| {
-                rs.retain(|&x| x != r);
-                !rs.is_empty()
-            });
+/// 503 with `Retry-After`, no Redis read: the worker's challenge lookups
+/// are at their bound.
+///
+/// # Safety
+/// `r` must be a live request whose response has not started.
+unsafe fn busy(r: *mut ngx_http_request_t) -> ngx_int_t {
+    count(Simple::AcmeRefused);
+    // SAFETY: r is live; the header list lives in its pool.
+    let h: *mut ngx_table_elt_t = unsafe { ngx_list_push(&mut (*r).headers_out.headers) }.cast();
+    // SAFETY: a non-null ngx_list_push result is an uninitialised element
+    // of the list, ours to fill.
+    if let Some(h) = unsafe { h.as_mut() } {
+        // As nginx's own filters fill output headers (hash 1: in use).
+        h.hash = 1;
+        h.next = core::ptr::null_mut();
+        h.key.len = RETRY_AFTER_KEY.len();
+        h.key.data = RETRY_AFTER_KEY.as_ptr() as *mut u8;
+        h.value.len = RETRY_AFTER.len();
+        h.value.data = RETRY_AFTER.as_ptr() as *mut u8;
+        h.lowcase_key = core::ptr::null_mut();
+    }
+    NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
+}
+
+fn forget(r: *mut ngx_http_request_t) {
+    GATE.with(|g| {
+        if let Ok(mut g) = g.try_borrow_mut() {
+            g.abandon(|&x| x == r);
         }
+    });
+}
+
+unsafe extern "C" fn ngx_http_dyncert_acme_cleanup(data: *mut c_void) {
+    guard("freeing an ACME challenge request", (), || {
+        forget(data as *mut ngx_http_request_t)
     });
 }
 
 /// The fetcher answered for `token`: respond to every request waiting.
 pub fn complete(token: &str, result: &AcmeAnswer) {
-    let waiting = WAITING.with(|w| w.borrow_mut().remove(token).unwrap_or_default());
+    let now = SystemClock.now();
+    let waiting = GATE.with(|g| g.borrow_mut().complete(token, result, now));
     for r in waiting {
-        // SAFETY: requests in WAITING are alive (their cleanup removes them
-        // before they are freed).
+        // SAFETY: requests in the gate are alive (their cleanup removes
+        // them before they are freed).
         guard("answering an ACME challenge", (), || unsafe {
             answer(r, token, result)
         });

@@ -4,6 +4,7 @@
 use core::ffi::{c_char, c_void};
 use std::time::Duration;
 
+use dyncert_core::acme;
 use dyncert_core::api::{check_header, ApiConfig, MAX_BODY};
 use dyncert_core::cache::CachePolicy;
 use dyncert_core::cidr::{self, Cidr};
@@ -109,6 +110,8 @@ impl MainConf {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_ACME_PREFIX.to_owned()),
             queue_cap: self.fetch_concurrency(),
+            // The gate in acme_ffi admits at most this many reads at once.
+            acme_queue_cap: acme::Limits::default().max_reads,
         })
     }
 }

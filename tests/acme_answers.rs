@@ -12,7 +12,7 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const HTTP: &str = r#"
 http {
@@ -146,16 +146,51 @@ fn challenge_is_answered_from_redis_as_text_plain() {
 }
 
 #[test]
-fn absent_token_gets_404_and_a_token_written_later_is_served_at_once() {
+fn absent_token_gets_404_and_a_token_written_later_is_served_within_the_negative_ttl() {
     let mut a = start();
     let r = a.get(TOKEN);
     assert_eq!(r.status, 404, "{r:?}");
-    // An issuer writes the token right before the CA asks: no earlier 404
-    // may be remembered.
+    let asked = Instant::now();
+    // An issuer writes the token right before the CA asks: a 404 from an
+    // earlier ask is remembered for the negative TTL (2 s), no longer.
     a.set(TOKEN, KEY_AUTHORIZATION);
-    assert_answer(&a.get(TOKEN), KEY_AUTHORIZATION);
+    let served = poll(Duration::from_secs(4), Duration::from_millis(50), || {
+        let r = a.get(TOKEN);
+        (r.status == 200).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("not served after the negative TTL\n{}", a.s.nginx.logs()));
+    assert_answer(&served, KEY_AUTHORIZATION);
+    assert!(asked.elapsed() < Duration::from_secs(4));
+    // A value is never remembered: a change, then a removal, show at once.
+    a.set(TOKEN, "changed.thumbprint");
+    assert_answer(&a.get(TOKEN), "changed.thumbprint");
     a.s.redis.cmd(&["DEL", &format!("dyncert:acme:{TOKEN}")]);
     assert_eq!(a.get(TOKEN).status, 404);
+    a.s.nginx.assert_healthy();
+}
+
+#[test]
+fn absent_token_is_answered_404_without_another_redis_read_within_the_negative_ttl() {
+    let mut a = start();
+    let monitor = a.s.redis.monitor();
+    let first = a.get("absentToken");
+    assert_eq!(first.status, 404, "{first:?}");
+    let answered = Instant::now();
+    let mut asked = 0;
+    // Well inside the negative TTL (2 s), also on a slow machine.
+    while answered.elapsed() < Duration::from_millis(500) {
+        let r = a.get("absentToken");
+        assert_eq!(r.status, 404, "{r:?}");
+        asked += 1;
+    }
+    monitor.sync();
+    let reads = monitor
+        .module_commands()
+        .iter()
+        .filter(|o| o.args.get(1).map(String::as_str) == Some("dyncert:acme:absentToken"))
+        .count();
+    assert!(asked >= 5, "only {asked} requests");
+    assert_eq!(reads, 1, "{}", monitor.dump());
     a.s.nginx.assert_healthy();
 }
 

@@ -77,6 +77,9 @@ pub struct FetcherConfig {
     pub acme_prefix: String,
     /// Most requests queued towards the thread (beyond: refused at once).
     pub queue_cap: usize,
+    /// Most ACME reads queued, in a queue of their own so that challenge
+    /// requests (anyone on port 80) never take a certificate fetch's place.
+    pub acme_queue_cap: usize,
 }
 
 /// A Redis URL fit for a log line or an `nginx -t` error: the user info's
@@ -159,11 +162,11 @@ pub enum Outcome {
     Error(String),
 }
 
-/// Work for the fetcher thread.
+/// Work for the fetcher thread's certificate queue (ACME reads have a
+/// queue of their own, see [`Fetcher::request_acme`]).
 #[derive(Debug)]
 enum Request {
     Cert(String),
-    Acme(String),
 }
 
 /// Longest ACME key authorization served (token + '.' + thumbprint is
@@ -239,6 +242,8 @@ type ParseJob = Box<dyn FnOnce() + Send>;
 /// Handle owned by the event loop.
 pub struct Fetcher {
     tx: Option<mpsc::Sender<Request>>,
+    /// ACME tokens to read.
+    acme_tx: Option<mpsc::Sender<String>>,
     shared: Arc<Shared>,
     wake: UnixStream,
     thread: Option<JoinHandle<()>>,
@@ -264,6 +269,7 @@ impl Fetcher {
             notify,
         });
         let (tx, rx) = mpsc::channel(cfg.queue_cap.max(1));
+        let (acme_tx, acme_rx) = mpsc::channel(cfg.acme_queue_cap.max(1));
         // Every lookup in flight has at most one record being parsed.
         let parse = Arc::new(WorkQueue::new(cfg.queue_cap.max(1) * 2));
         let parse_queue = parse.clone();
@@ -280,7 +286,7 @@ impl Fetcher {
         let thread_parse = parse.clone();
         let thread = std::thread::Builder::new()
             .name("dyncert-fetch".into())
-            .spawn(move || run(cfg, api, rx, thread_shared, thread_parse));
+            .spawn(move || run(cfg, api, rx, acme_rx, thread_shared, thread_parse));
         let thread = match thread {
             Ok(t) => t,
             Err(e) => {
@@ -291,6 +297,7 @@ impl Fetcher {
         };
         Ok(Fetcher {
             tx: Some(tx),
+            acme_tx: Some(acme_tx),
             shared,
             wake,
             thread: Some(thread),
@@ -315,10 +322,12 @@ impl Fetcher {
     }
 
     /// Queues the read of an ACME HTTP-01 key authorization (`token` is
-    /// already validated). `false` when it cannot be queued.
+    /// already validated). `false` when it cannot be queued. Its queue is
+    /// not the certificates' one: however full it is, [`Fetcher::request`]
+    /// is unaffected.
     pub fn request_acme(&self, token: &str) -> bool {
-        match &self.tx {
-            Some(tx) => tx.try_send(Request::Acme(token.to_owned())).is_ok(),
+        match &self.acme_tx {
+            Some(tx) => tx.try_send(token.to_owned()).is_ok(),
             None => false,
         }
     }
@@ -342,6 +351,7 @@ impl Fetcher {
     /// running are abandoned after a short grace period.
     pub fn stop(&mut self) {
         self.tx = None;
+        self.acme_tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -363,6 +373,7 @@ fn run(
     cfg: FetcherConfig,
     api: Option<ApiClient>,
     mut rx: mpsc::Receiver<Request>,
+    acme_rx: mpsc::Receiver<String>,
     shared: Arc<Shared>,
     parse: Arc<WorkQueue<ParseJob>>,
 ) {
@@ -374,21 +385,17 @@ fn run(
         Ok(rt) => rt,
         Err(e) => {
             // Without a runtime every request fails; report each as an error
-            // so the event loop logs it and serves the default.
+            // so the event loop logs it and serves the default. ACME reads
+            // are refused at once (their queue is closed): 503.
+            drop(acme_rx);
             let msg = format!("cannot start the fetcher runtime: {e}");
-            while let Some(req) = rx.blocking_recv() {
-                shared.push(match req {
-                    Request::Cert(name) => Event::Fetched(FetchResult {
-                        name,
-                        outcome: Outcome::Error(msg.clone()),
-                        elapsed: Duration::ZERO,
-                        steps: Vec::new(),
-                    }),
-                    Request::Acme(token) => Event::Acme {
-                        token,
-                        answer: AcmeAnswer::Error(msg.clone()),
-                    },
-                });
+            while let Some(Request::Cert(name)) = rx.blocking_recv() {
+                shared.push(Event::Fetched(FetchResult {
+                    name,
+                    outcome: Outcome::Error(msg.clone()),
+                    elapsed: Duration::ZERO,
+                    steps: Vec::new(),
+                }));
             }
             return;
         }
@@ -410,19 +417,11 @@ fn run(
             intermediates: Arc::new(Interner::default()),
             parse,
         });
+        tokio::spawn(answer_acme(acme_rx, sources.clone(), shared.clone()));
         while let Some(req) = rx.recv().await {
             let shared = shared.clone();
             let sources = sources.clone();
-            let name = match req {
-                Request::Cert(name) => name,
-                Request::Acme(token) => {
-                    tokio::spawn(async move {
-                        let answer = sources.acme(&token).await;
-                        shared.push(Event::Acme { token, answer });
-                    });
-                    continue;
-                }
-            };
+            let Request::Cert(name) = req;
             tokio::spawn(async move {
                 let start = Instant::now();
                 let mut steps = Vec::with_capacity(3);
@@ -437,6 +436,20 @@ fn run(
         }
     });
     rt.shutdown_timeout(Duration::from_millis(200));
+}
+
+/// Reads ACME key authorizations as the event loop asks for them. How
+/// many run at once is bounded by the event loop (`acme::AcmeGate`), and
+/// they never wait behind certificate lookups in a queue, nor these behind
+/// them.
+async fn answer_acme(mut rx: mpsc::Receiver<String>, sources: Arc<Sources>, shared: Arc<Shared>) {
+    while let Some(token) = rx.recv().await {
+        let (sources, shared) = (sources.clone(), shared.clone());
+        tokio::spawn(async move {
+            let answer = sources.acme(&token).await;
+            shared.push(Event::Acme { token, answer });
+        });
+    }
 }
 
 struct Sources {

@@ -69,6 +69,11 @@ impl<W> Inflight<W> {
         Some(waiters.remove(position))
     }
 
+    /// Names in flight, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.fetches.keys().map(String::as_str)
+    }
+
     pub fn is_in_flight(&self, name: &str) -> bool {
         self.fetches.contains_key(name)
     }
@@ -115,6 +120,9 @@ mod tests {
         assert!(!flight.is_in_flight("c"));
         assert_eq!(flight.in_flight(), 2);
         assert_eq!(flight.cap(), 2);
+        let mut names: Vec<&str> = flight.names().collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
         // Joining an existing fetch still works at the cap.
         assert_eq!(flight.join("a", Some(4)), Join::Joined);
         assert_eq!(flight.complete("a"), [1, 4]);

@@ -143,9 +143,10 @@ pub enum Simple {
     ClientCertRejections,
     AcmeServed,
     AcmeMissing,
+    AcmeRefused,
 }
 
-const SIMPLE: [(Simple, &str, &str); 12] = [
+const SIMPLE: [(Simple, &str, &str); 13] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -205,6 +206,12 @@ const SIMPLE: [(Simple, &str, &str); 12] = [
         Simple::AcmeMissing,
         "dyncert_acme_challenges_missing_total",
         "ACME challenge requests answered 404 (unknown or invalid token).",
+    ),
+    (
+        Simple::AcmeRefused,
+        "dyncert_acme_challenges_refused_total",
+        "ACME challenge requests answered 503 without a Redis read because the \
+         worker's challenge lookups were at their bound.",
     ),
 ];
 
@@ -570,6 +577,7 @@ mod tests {
         v.borrow_mut()[l.worker(2, W_ENTRIES).unwrap()] = 1000;
         v.borrow_mut()[l.status(1, 404).unwrap()] = 3;
         v.borrow_mut()[l.misdirected(Misdirected::HostMismatch)] = 4;
+        v.borrow_mut()[l.simple(Simple::AcmeRefused)] = 9;
         let get = |i: usize| v.borrow()[i];
         let text = render(&l, &get, &["a.example".into(), "we\"ird".into()], &|pid| {
             pid != 300
@@ -585,6 +593,10 @@ mod tests {
         assert!(text.contains("dyncert_fetch_duration_seconds_sum{source=\"redis\"} 0.003\n"));
         assert!(text.contains("dyncert_park_duration_seconds_count 0\n"));
         assert!(text.contains("dyncert_tenant_misdirected_total{reason=\"host_mismatch\"} 4\n"));
+        assert!(text.contains(
+            "# TYPE dyncert_acme_challenges_refused_total counter\n\
+             dyncert_acme_challenges_refused_total 9\n"
+        ));
         assert!(
             text.contains("dyncert_cache_entries 11\n"),
             "dead worker excluded"
