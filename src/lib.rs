@@ -35,6 +35,7 @@ mod worker;
 mod worker_ffi;
 
 use conf_ffi::{LocConf, MainConf, SrvConf};
+use dyncert_core::event_method::check_event_method;
 
 pub(crate) struct Module;
 
@@ -354,6 +355,17 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         any_enabled = true;
         any_reject |= scf.rejects_unknown();
         any_tenant |= scf.tenant_policy();
+    }
+
+    // The peek leaves the ClientHello in the socket: a level-triggered event
+    // method would report it readable forever (a busy loop).
+    if any_enabled {
+        // SAFETY: cf->cycle is the cycle being loaded.
+        let method = unsafe { listener_ffi::event_method((*cf).cycle) };
+        if let Some(Err(e)) = method.as_deref().map(check_event_method) {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", e);
+            return Status::NGX_ERROR.into();
+        }
     }
 
     mcf.metrics_zone = None;
