@@ -1118,6 +1118,8 @@ impl Drop for Monitor {
 pub struct NginxOpts {
     pub workers: u32,
     pub load_module: bool,
+    /// `use METHOD;` in the `events {}` block (`None`: nginx's default).
+    pub event_method: Option<&'static str>,
 }
 
 impl Default for NginxOpts {
@@ -1125,6 +1127,7 @@ impl Default for NginxOpts {
         NginxOpts {
             workers: 1,
             load_module: true,
+            event_method: None,
         }
     }
 }
@@ -1137,13 +1140,17 @@ pub fn main_conf(prefix: &Path, opts: &NginxOpts) -> String {
     if opts.load_module {
         s.push_str(&format!("load_module {};\n", module_path().display()));
     }
+    let event_method = opts
+        .event_method
+        .map(|m| format!(" use {m};"))
+        .unwrap_or_default();
     s.push_str(&format!(
         "worker_processes {workers};\n\
          daemon off;\n\
          master_process on;\n\
          error_log {prefix}/error.log info;\n\
          pid {prefix}/nginx.pid;\n\
-         events {{ worker_connections 256; }}\n",
+         events {{ worker_connections 256;{event_method} }}\n",
         workers = opts.workers,
         prefix = prefix.display()
     ));
@@ -1558,7 +1565,7 @@ pub fn start_nginx_env(
         pki,
         NginxOpts {
             workers,
-            load_module: true,
+            ..NginxOpts::default()
         },
         &http,
         port,
