@@ -25,7 +25,8 @@
 #
 # The builder passes NGX_CONFIGURE_ARGS from .cargo/config.toml to the
 # vendored NGINX build (--with-http_v3_module, as the official image is
-# built); both are --with-compat builds, which is what lets the module load.
+# built, plus the poll and select event modules the tests use); both are
+# --with-compat builds, which is what lets the module load.
 ARG NGINX_VERSION=1.28.3
 ARG ALPINE_VERSION=3.23
 ARG RUST_VERSION=1.94

@@ -2,6 +2,7 @@
 //! structures and their defaults and merges (unsafe: raw `ngx_conf_t`).
 
 use core::ffi::{c_char, c_void};
+use core::ptr::NonNull;
 use std::time::Duration;
 
 use dyncert_core::acme;
@@ -13,7 +14,7 @@ use dyncert_core::template::UrlTemplate;
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_atoi, ngx_command_t, ngx_conf_full_name, ngx_conf_t, ngx_msec_t, ngx_parse_size,
-    ngx_parse_time, ngx_str_t, ngx_uint_t, NGX_ERROR, NGX_LOG_EMERG, NGX_OK,
+    ngx_parse_time, ngx_shm_zone_t, ngx_str_t, ngx_uint_t, NGX_ERROR, NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::http::{Merge, MergeConfigError};
 use ngx::ngx_conf_log_error;
@@ -53,6 +54,9 @@ pub struct MainConf {
     pub enabled: bool,
     /// Some location has `dyncert_metrics`.
     pub metrics_used: bool,
+    /// Filled in postconfiguration: this cycle's metrics zone, published to
+    /// the process by init_module once the cycle is certain to be used.
+    pub metrics_zone: Option<NonNull<ngx_shm_zone_t>>,
     /// Filled in postconfiguration: first server_name of each server block,
     /// in the order of `SrvConf::server_index` (metric labels).
     pub server_names: Vec<String>,

@@ -35,6 +35,7 @@ mod worker;
 mod worker_ffi;
 
 use conf_ffi::{LocConf, MainConf, SrvConf};
+use dyncert_core::event_method::check_event_method;
 
 pub(crate) struct Module;
 
@@ -356,17 +357,32 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         any_tenant |= scf.tenant_policy();
     }
 
-    if (any_enabled || mcf.metrics_used)
-        && (unsafe { metrics_ffi::add_zone(cf, servers.len()) }.is_err()
-            || !unsafe {
-                add_phase_handler(
-                    cf,
-                    ngx::ffi::ngx_http_phases_NGX_HTTP_LOG_PHASE,
-                    metrics_ffi::ngx_http_dyncert_log_handler,
-                )
-            })
-    {
-        return Status::NGX_ERROR.into();
+    // The peek leaves the ClientHello in the socket: a level-triggered event
+    // method would report it readable forever (a busy loop).
+    if any_enabled {
+        // SAFETY: cf->cycle is the cycle being loaded.
+        let method = unsafe { listener_ffi::event_method((*cf).cycle) };
+        if let Some(Err(e)) = method.as_deref().map(check_event_method) {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", e);
+            return Status::NGX_ERROR.into();
+        }
+    }
+
+    mcf.metrics_zone = None;
+    if any_enabled || mcf.metrics_used {
+        let Ok(zone) = (unsafe { metrics_ffi::add_zone(cf) }) else {
+            return Status::NGX_ERROR.into();
+        };
+        mcf.metrics_zone = Some(zone);
+        if !unsafe {
+            add_phase_handler(
+                cf,
+                ngx::ffi::ngx_http_phases_NGX_HTTP_LOG_PHASE,
+                metrics_ffi::ngx_http_dyncert_log_handler,
+            )
+        } {
+            return Status::NGX_ERROR.into();
+        }
     }
     if !unsafe {
         add_phase_handler(
@@ -476,13 +492,21 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
 }
 
 /// init_module: runs in the master after the listening sockets of the new
-/// cycle exist (at start and on every reload).
+/// cycle exist (at start and on every reload). A reload that fails earlier
+/// (a zone, a `bind()`) never gets here, so this is where the new cycle's
+/// state may replace the old one's in the master's memory.
 unsafe extern "C" fn ngx_http_dyncert_init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     boundary_ffi::guard("wrapping listeners", Status::NGX_ERROR.into(), || {
         // SAFETY: cycle is the cycle being initialised.
         let Some(mcf) = Module::main_conf(unsafe { &*cycle }) else {
+            // No http block: no metrics zone either.
+            // SAFETY: None publishes nothing.
+            unsafe { metrics_ffi::publish(None, 0) };
             return Status::NGX_OK.into();
         };
+        // Also without `dyncert on`: `dyncert_metrics` alone has a zone.
+        // SAFETY: the zone was added to this cycle, its init already ran.
+        unsafe { metrics_ffi::publish(mcf.metrics_zone, mcf.server_names.len()) };
         if !mcf.enabled {
             return Status::NGX_OK.into();
         }

@@ -17,9 +17,9 @@ use dyncert_core::cache::{Clock, SystemClock};
 use dyncert_core::clienthello::{peek_client_hello, Peek, PEEK_LIMIT};
 use dyncert_core::name::normalize_sni;
 use ngx::ffi::{
-    ngx_add_timer, ngx_atomic_uint_t, ngx_connection_t, ngx_cycle_t, ngx_del_timer, ngx_event_t,
-    ngx_handle_read_event, ngx_http_init_connection, ngx_inet_get_port, ngx_int_t, ngx_listening_t,
-    ngx_pcalloc, NGX_OK,
+    ngx_add_timer, ngx_atomic_uint_t, ngx_connection_t, ngx_cycle_t, ngx_del_timer,
+    ngx_event_conf_t, ngx_event_core_module, ngx_event_t, ngx_events_module, ngx_handle_read_event,
+    ngx_http_init_connection, ngx_inet_get_port, ngx_int_t, ngx_listening_t, ngx_pcalloc, NGX_OK,
 };
 
 use std::collections::HashMap;
@@ -30,6 +30,38 @@ use crate::boundary_ffi::guard;
 use crate::metrics_ffi;
 use crate::worker::PreHandshake;
 use crate::worker_ffi::{fetch_timeout, with_worker};
+
+/// The event method of the cycle being loaded (`use`, or nginx's default),
+/// as `ngx_event_core_module` settled it at the end of the `events {}`
+/// block; `None` while that block has not been parsed (it comes after
+/// `http {}` in the file).
+///
+/// # Safety
+/// `cycle` must be the cycle whose configuration is being loaded.
+pub unsafe fn event_method(cycle: *mut ngx_cycle_t) -> Option<String> {
+    // SAFETY: nginx sets the module indices before parsing configuration.
+    let (index, ctx_index) = unsafe { (ngx_events_module.index, ngx_event_core_module.ctx_index) };
+    // SAFETY: conf_ctx has one slot per module, NULL until its block is read.
+    let events: *mut *mut *mut c_void = unsafe { *(*cycle).conf_ctx.add(index) };
+    if events.is_null() {
+        return None;
+    }
+    // SAFETY: an events slot points to the array of event module confs
+    // (ngx_event_get_conf in ngx_event.h).
+    let ecf = unsafe { *(*events).add(ctx_index) } as *const ngx_event_conf_t;
+    if ecf.is_null() {
+        return None;
+    }
+    // SAFETY: ecf is the event core conf allocated for this cycle.
+    let name = unsafe { (*ecf).name };
+    // NGX_CONF_UNSET until ngx_event_core_init_conf has run.
+    if name.is_null() || name as isize == -1 {
+        return None;
+    }
+    // SAFETY: the name of an event module: a static NUL-terminated string.
+    let name = unsafe { core::ffi::CStr::from_ptr(name as *const core::ffi::c_char) };
+    Some(name.to_string_lossy().into_owned())
+}
 
 type ConnectionHandler = unsafe extern "C" fn(*mut ngx_connection_t);
 type EventHandler = unsafe extern "C" fn(*mut ngx_event_t);

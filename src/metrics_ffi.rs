@@ -3,6 +3,13 @@
 //! `dyncert_metrics`. The catalogue and the text format live in
 //! `dyncert_core::metrics`; this file maps the zone, counts responses in the
 //! log phase and serves the exposition.
+//!
+//! The zone has the same size in every configuration, so nginx hands the
+//! same memory to each new cycle and the counters survive reloads. A
+//! process learns where the array is only in `init_module` ([`publish`]),
+//! which a reload that fails (after the zone was set up, e.g. at `bind()`)
+//! never reaches: the master keeps pointing at the zone of the cycle it
+//! still runs, and the workers it forks later inherit that.
 
 use core::ffi::{c_char, c_void};
 use core::ptr::{self, NonNull};
@@ -13,8 +20,9 @@ use dyncert_core::metrics::{render, Layout, MetricSink, WORKER_SLOTS, W_PID};
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_shared_memory_add,
-    ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, ngx_str_t, ngx_uint_t, NGX_HTTP_GET,
-    NGX_HTTP_HEAD, NGX_HTTP_NOT_ALLOWED, NGX_LOG_EMERG, NGX_OK,
+    ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_free_locked,
+    ngx_slab_pool_t, ngx_str_t, ngx_uint_t, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_ALLOWED,
+    NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::http::{
     HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
@@ -25,19 +33,17 @@ use crate::boundary_ffi::guard;
 use crate::response_ffi::send_body;
 use crate::Module;
 
-/// Most server blocks counted individually (bounded cardinality).
-pub const MAX_SERVERS: usize = 1024;
-
-/// First slot of the zone's array: a marker that the array is ours and
-/// how many counters follow.
+/// First slot of the zone's array: a marker that the array is ours; the
+/// second holds how many counters follow.
 const MAGIC: u64 = 0x6479_6e63_6572_7431; // "dyncert1"
+/// Slots before the counters: MAGIC and the count.
+const HEADER: usize = 2;
 
+// The zone of the cycle this process runs, set only by `publish` (from
+// init_module, in the master before it forks workers).
 static COUNTERS: AtomicPtr<AtomicU64> = AtomicPtr::new(ptr::null_mut());
 static COUNTERS_LEN: AtomicUsize = AtomicUsize::new(0);
 static SERVERS: AtomicUsize = AtomicUsize::new(0);
-/// Layout length wanted by the configuration being loaded (read by the
-/// zone's init callback, which runs later in the same master).
-static PENDING_SERVERS: AtomicUsize = AtomicUsize::new(0);
 /// This worker's gauge slot (usize::MAX: none).
 static WORKER_SLOT: AtomicUsize = AtomicUsize::new(usize::MAX);
 
@@ -46,9 +52,10 @@ fn counters() -> &'static [AtomicU64] {
     if p.is_null() {
         return &[];
     }
-    // SAFETY: set by the zone init callback to an array of COUNTERS_LEN
-    // atomics in shared memory that lives as long as the cycle's zone,
-    // which outlives every worker forked with it.
+    // SAFETY: `publish` set these from init_module of the cycle in use, to
+    // the COUNTERS_LEN atomics of its zone; nginx unmaps a zone only when a
+    // later cycle without it succeeds, whose init_module publishes again,
+    // and a worker keeps the mapping it was forked with until it exits.
     unsafe { core::slice::from_raw_parts(p, COUNTERS_LEN.load(Ordering::Acquire)) }
 }
 
@@ -143,15 +150,14 @@ pub fn release_worker_slot() {
     }
 }
 
-/// Adds the zone (postconfiguration): its size follows the number of
-/// server blocks, so a reload with the same servers keeps the counters.
+/// Adds the zone (postconfiguration). Its size is fixed (room for
+/// `MAX_SERVERS` server blocks), so nginx reuses it on every reload, which
+/// keeps the counters whatever the new configuration's server blocks.
 ///
 /// # Safety
 /// `cf` must be the configuration being loaded.
-pub unsafe fn add_zone(cf: *mut ngx_conf_t, servers: usize) -> Result<NonNull<ngx_shm_zone_t>, ()> {
-    let servers = servers.min(MAX_SERVERS);
-    PENDING_SERVERS.store(servers, Ordering::Relaxed);
-    let bytes = (Layout { servers }.len() + 2) * 8;
+pub unsafe fn add_zone(cf: *mut ngx_conf_t) -> Result<NonNull<ngx_shm_zone_t>, ()> {
+    let bytes = (HEADER + Layout::capacity()) * 8;
     // SAFETY: ngx_pagesize is set at startup before configuration.
     let page = unsafe { ngx_pagesize };
     // Room for the slab allocator's own pages plus the array, page-rounded.
@@ -172,8 +178,51 @@ pub unsafe fn add_zone(cf: *mut ngx_conf_t, servers: usize) -> Result<NonNull<ng
     Ok(zone)
 }
 
-/// Zone init: reuse the previous cycle's array when it has the same
-/// layout (counters survive reloads), else allocate a zeroed one.
+/// Whether `p` is an array this module set up with the current layout.
+///
+/// # Safety
+/// `p` must point to at least `HEADER` readable `u64` slots.
+unsafe fn is_current(p: *const u64) -> bool {
+    // SAFETY: the caller guarantees HEADER readable slots.
+    let (magic, len) = unsafe { (*p, *p.add(1)) };
+    magic == MAGIC && len == Layout::capacity() as u64
+}
+
+/// Points this process at the counters of the cycle now in use, or at
+/// nothing when it has no metrics zone. Called from init_module only: the
+/// zone's init callback also runs for a reload that fails afterwards, and
+/// nginx then frees that cycle's zones.
+///
+/// # Safety
+/// `zone` must be the metrics zone of the cycle being initialised, after
+/// nginx ran its init callback (as it has by init_module).
+pub unsafe fn publish(zone: Option<NonNull<ngx_shm_zone_t>>, servers: usize) {
+    let unpublish = || {
+        COUNTERS.store(ptr::null_mut(), Ordering::Release);
+        COUNTERS_LEN.store(0, Ordering::Release);
+        SERVERS.store(0, Ordering::Relaxed);
+    };
+    let Some(zone) = zone else {
+        return unpublish();
+    };
+    // SAFETY: the zone belongs to the cycle being initialised; its init
+    // callback succeeded (else the cycle was dropped), so data is our array.
+    let base = unsafe { (*zone.as_ptr()).data } as *mut u64;
+    // SAFETY: a non-NULL data is an array of HEADER + capacity slots.
+    if base.is_null() || !unsafe { is_current(base) } {
+        return unpublish();
+    }
+    // SAFETY: the counters follow the header inside the same allocation.
+    let counters = unsafe { base.add(HEADER) } as *mut AtomicU64;
+    COUNTERS.store(counters, Ordering::Release);
+    COUNTERS_LEN.store(Layout::capacity(), Ordering::Release);
+    SERVERS.store(Layout::for_servers(servers).servers, Ordering::Relaxed);
+}
+
+/// Zone init: reuse the previous cycle's array when it has the current
+/// layout (counters survive reloads), else free it and allocate a zeroed
+/// one. Touches only the zone, never this process's statics: the cycle
+/// may still fail (see [`publish`]).
 unsafe extern "C" fn ngx_http_dyncert_metrics_init_zone(
     zone: *mut ngx_shm_zone_t,
     data: *mut c_void,
@@ -181,44 +230,63 @@ unsafe extern "C" fn ngx_http_dyncert_metrics_init_zone(
     guard(
         "initialising the metrics zone",
         Status::NGX_ERROR.into(),
-        || {
-            let servers = PENDING_SERVERS.load(Ordering::Relaxed);
-            let len = Layout { servers }.len();
-            // SAFETY: nginx initialised a slab pool at the start of the zone.
-            let shpool = unsafe { (*zone).shm.addr } as *mut ngx_slab_pool_t;
-            let reuse = !data.is_null() && {
-                // SAFETY: data is the array this callback set up last cycle.
-                let hdr = data as *const u64;
-                unsafe { *hdr == MAGIC && *hdr.add(1) == len as u64 }
-            };
-            let base = if reuse {
-                data as *mut u64
-            } else {
-                // SAFETY: shpool is the zone's slab pool; the size fits by
-                // construction in add_zone.
-                let p = unsafe { ngx_slab_alloc(shpool, (len + 2) * 8) } as *mut u64;
-                if p.is_null() {
-                    return Status::NGX_ERROR.into();
-                }
-                // SAFETY: p points to (len + 2) u64 slots just allocated.
-                unsafe {
-                    ptr::write_bytes(p, 0, len + 2);
-                    *p = MAGIC;
-                    *p.add(1) = len as u64;
-                }
-                p
-            };
-            // SAFETY: zone and shpool are live; base is inside the zone.
-            unsafe {
-                (*shpool).data = base as *mut c_void;
-                (*zone).data = base as *mut c_void;
-            }
-            COUNTERS.store(unsafe { base.add(2) } as *mut AtomicU64, Ordering::Release);
-            COUNTERS_LEN.store(len, Ordering::Release);
-            SERVERS.store(servers, Ordering::Relaxed);
-            Status::NGX_OK.into()
-        },
+        || unsafe { init_zone(zone, data) },
     )
+}
+
+/// # Safety
+/// As for a zone init callback: `zone` is ours with its slab pool set up,
+/// `data` is NULL or the `data` of the previous cycle's zone of that name.
+unsafe fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
+    let len = Layout::capacity();
+    // SAFETY: nginx passes our live zone.
+    let (addr, size) = unsafe { ((*zone).shm.addr, (*zone).shm.size) };
+    let shpool = addr as *mut ngx_slab_pool_t;
+    let old = data as *mut u64;
+    // nginx passes the old data only when it reuses the old memory for
+    // this zone (same name, tag and size), so the old array is in this
+    // pool; checked anyway before reading or freeing it.
+    let old_in_pool = !old.is_null() && {
+        let (start, p) = (addr as usize, old as usize);
+        p >= start && p + HEADER * 8 <= start + size
+    };
+    // SAFETY: old is inside the zone, at least HEADER slots long (every
+    // version of this module allocated a header).
+    let base = if old_in_pool && unsafe { is_current(old) } {
+        old
+    } else {
+        // SAFETY: the pool's mutex serialises slab use with every process
+        // that shares the zone.
+        unsafe { ngx_shmtx_lock(&mut (*shpool).mutex) };
+        if old_in_pool {
+            // Not laid out by this code. nginx reuses memory only for the
+            // same name, tag (our module's address) and size, so this is
+            // not expected; but never leak the pages if it happens.
+            // SAFETY: old came from ngx_slab_alloc on this pool, lock held.
+            unsafe { ngx_slab_free_locked(shpool, old as *mut c_void) };
+        }
+        // SAFETY: shpool is the zone's slab pool, lock held; add_zone sized
+        // the zone for this allocation.
+        let p = unsafe { ngx_slab_alloc_locked(shpool, (HEADER + len) * 8) } as *mut u64;
+        // SAFETY: locked above.
+        unsafe { ngx_shmtx_unlock(&mut (*shpool).mutex) };
+        if p.is_null() {
+            return Status::NGX_ERROR.into();
+        }
+        // SAFETY: p points to HEADER + len u64 slots just allocated.
+        unsafe {
+            ptr::write_bytes(p, 0, HEADER + len);
+            p.write(MAGIC);
+            p.add(1).write(len as u64);
+        }
+        p
+    };
+    // SAFETY: zone and shpool are live; base is inside the zone.
+    unsafe {
+        (*shpool).data = base as *mut c_void;
+        (*zone).data = base as *mut c_void;
+    }
+    Status::NGX_OK.into()
 }
 
 pub unsafe extern "C" fn ngx_http_dyncert_log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {

@@ -154,3 +154,66 @@ fn every_example_in_nginx_conf_passes_config_test() {
         assert!(t.ok, "{} fails nginx -t:\n{}", example.display(), t.output);
     }
 }
+
+#[test]
+fn level_triggered_event_methods_are_refused_with_dyncert_on() {
+    let pki = Pki::new();
+    let with = |method: &'static str, server: &str| {
+        let opts = NginxOpts {
+            event_method: Some(method),
+            ..NginxOpts::default()
+        };
+        nginx_test_config(&pki, opts, &conf("", server))
+    };
+    let dyncert_on = format!("{STATIC_CERT} dyncert on;");
+
+    for method in ["poll", "select"] {
+        if !has_event_module(method) {
+            eprintln!(
+                "skipping \"use {method}\": {} was built without --with-{method}_module \
+                 (NGX_CONFIGURE_ARGS, see .cargo/config.toml)",
+                nginx_bin().display()
+            );
+            continue;
+        }
+        let t = with(method, &dyncert_on);
+        assert!(
+            !t.ok,
+            "`use {method};` with dyncert on passed:\n{}",
+            t.output
+        );
+        let expected = format!(
+            "\"dyncert on\" needs an edge-triggered event method (epoll, kqueue, eventport); \
+             \"use {method}\" reports a peeked connection as readable forever"
+        );
+        assert!(
+            t.output
+                .lines()
+                .any(|l| l.contains("[emerg]") && l.contains(&expected)),
+            "`use {method};`: no [emerg] with {expected:?}:\n{}",
+            t.output
+        );
+
+        // The peek is dyncert's: without `dyncert on` nginx runs as usual.
+        let t = with(method, &format!("{STATIC_CERT} dyncert off;"));
+        assert!(
+            t.ok,
+            "`use {method};` without dyncert failed:\n{}",
+            t.output
+        );
+    }
+
+    let t = with("epoll", &dyncert_on);
+    assert!(t.ok, "`use epoll;` with dyncert on failed:\n{}", t.output);
+}
+
+/// Whether the nginx under test has the event module `method`: configure
+/// leaves poll and select out where epoll exists, and .cargo/config.toml
+/// adds them back for the test above.
+fn has_event_module(method: &str) -> bool {
+    let out = std::process::Command::new(nginx_bin())
+        .arg("-V")
+        .output()
+        .expect("run nginx -V");
+    String::from_utf8_lossy(&out.stderr).contains(&format!("--with-{method}_module"))
+}

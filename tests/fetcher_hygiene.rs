@@ -62,7 +62,7 @@ fn start(workers: u32, redis_url: Option<&str>, extra: &str, how: Spawn) -> Setu
         &pki,
         NginxOpts {
             workers,
-            load_module: true,
+            ..NginxOpts::default()
         },
         &http,
         port,

@@ -29,6 +29,7 @@ fn plain_nginx_serves_static_certificate_to_the_test_client() {
         NginxOpts {
             workers: 2,
             load_module: false,
+            ..NginxOpts::default()
         },
         &http,
         port,
@@ -61,6 +62,7 @@ fn plain_nginx_config_test_reports_errors() {
     let opts = || NginxOpts {
         workers: 1,
         load_module: false,
+        ..NginxOpts::default()
     };
     let good = render(PLAIN, &[("PORT", "1")]);
     let t = nginx_test_config(&pki, opts(), &good);
@@ -136,6 +138,7 @@ fn crashed_worker_fails_the_test_even_though_nginx_respawns_it() {
         NginxOpts {
             workers: 1,
             load_module: false,
+            ..NginxOpts::default()
         },
         &http,
         port,

@@ -226,6 +226,11 @@ const MISDIRECTS: usize = REJECTS + REJECT_REASONS.len();
 const WORKERS: usize = MISDIRECTS + Misdirected::ALL.len();
 const SERVERS: usize = WORKERS + WORKER_SLOTS * WORKER_FIELDS;
 
+/// Most server blocks counted individually (bounded cardinality). The
+/// shared array always has room for this many, so its size does not depend
+/// on the configuration and nginx keeps the same zone across reloads.
+pub const MAX_SERVERS: usize = 1024;
+
 /// Slot indices for a configuration with `servers` server blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -233,6 +238,23 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The layout of a configuration with `servers` server blocks; blocks
+    /// past [`MAX_SERVERS`] get no per-server counters.
+    pub fn for_servers(servers: usize) -> Layout {
+        Layout {
+            servers: servers.min(MAX_SERVERS),
+        }
+    }
+
+    /// Slots of the shared array: the same for every configuration, and
+    /// enough for any [`Layout::for_servers`].
+    pub fn capacity() -> usize {
+        Layout {
+            servers: MAX_SERVERS,
+        }
+        .len()
+    }
+
     /// Number of `u64` slots.
     pub fn len(&self) -> usize {
         SERVERS + self.servers * STATUS_CLASSES.len()
@@ -512,6 +534,31 @@ mod tests {
                 add(l.status(s, st).unwrap());
             }
         }
+    }
+
+    #[test]
+    fn every_configuration_fits_the_fixed_capacity() {
+        let cap = Layout::capacity();
+        for servers in [
+            0,
+            1,
+            2,
+            3,
+            MAX_SERVERS - 1,
+            MAX_SERVERS,
+            MAX_SERVERS + 1,
+            100_000,
+        ] {
+            let l = Layout::for_servers(servers);
+            assert!(l.len() <= cap, "{servers} servers: {} > {cap}", l.len());
+            if l.servers > 0 {
+                assert!(l.status(l.servers - 1, 599).unwrap() < cap);
+            }
+            assert_eq!(l.status(l.servers, 200), None);
+        }
+        assert_eq!(Layout::for_servers(MAX_SERVERS + 1).servers, MAX_SERVERS);
+        // A few tens of KiB of shared memory, whatever the configuration.
+        assert!(cap * 8 < 64 * 1024, "{cap} slots");
     }
 
     #[test]

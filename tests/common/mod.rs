@@ -1118,6 +1118,8 @@ impl Drop for Monitor {
 pub struct NginxOpts {
     pub workers: u32,
     pub load_module: bool,
+    /// `use METHOD;` in the `events {}` block (`None`: nginx's default).
+    pub event_method: Option<&'static str>,
 }
 
 impl Default for NginxOpts {
@@ -1125,6 +1127,7 @@ impl Default for NginxOpts {
         NginxOpts {
             workers: 1,
             load_module: true,
+            event_method: None,
         }
     }
 }
@@ -1137,13 +1140,17 @@ pub fn main_conf(prefix: &Path, opts: &NginxOpts) -> String {
     if opts.load_module {
         s.push_str(&format!("load_module {};\n", module_path().display()));
     }
+    let event_method = opts
+        .event_method
+        .map(|m| format!(" use {m};"))
+        .unwrap_or_default();
     s.push_str(&format!(
         "worker_processes {workers};\n\
          daemon off;\n\
          master_process on;\n\
          error_log {prefix}/error.log info;\n\
          pid {prefix}/nginx.pid;\n\
-         events {{ worker_connections 256; }}\n",
+         events {{ worker_connections 256;{event_method} }}\n",
         workers = opts.workers,
         prefix = prefix.display()
     ));
@@ -1160,6 +1167,10 @@ pub struct Nginx {
     child: Option<Child>,
     /// The write end of nginx's stdin when it is a pipe, kept open.
     _stdin: Option<std::process::ChildStdin>,
+    /// The main context above the `http {}` block (for `write_http`).
+    main: String,
+    /// Parts of error.log lines a test caused on purpose (see `expect_log`).
+    expected: Vec<String>,
 }
 
 /// How a test wants nginx started beyond its configuration.
@@ -1211,8 +1222,8 @@ impl Nginx {
         let conf_dir = prefix.path().join("conf");
         pki.write_default(&conf_dir);
         fs::create_dir_all(prefix.path().join("logs")).unwrap();
-        let conf = format!("{}{}", main_conf(prefix.path(), &opts), http_block);
-        write_file(&conf_dir.join("nginx.conf"), &conf);
+        let main = main_conf(prefix.path(), &opts);
+        write_file(&conf_dir.join("nginx.conf"), format!("{main}{http_block}"));
 
         let stdout = fs::File::create(prefix.path().join("stdout.log")).unwrap();
         let mut cmd = Command::new(nginx_bin());
@@ -1241,6 +1252,8 @@ impl Nginx {
             prefix,
             child: Some(child),
             _stdin: stdin,
+            main,
+            expected: Vec::new(),
         };
         nginx.wait_ready();
         nginx
@@ -1316,6 +1329,38 @@ impl Nginx {
         }
     }
 
+    /// Replaces the `http {}` block of nginx.conf (the main context stays);
+    /// nginx reads it at the next `reload`.
+    pub fn write_http(&self, http_block: &str) {
+        write_file(&self.conf_path(), format!("{}{http_block}", self.main));
+    }
+
+    /// Reloads a configuration that must fail to load: sends SIGHUP, waits
+    /// for a new error.log line containing `failure`, and asserts that
+    /// nginx kept its old cycle (same workers, master alive). Announce the
+    /// failure's own log lines with `expect_log` first.
+    pub fn reload_failing(&mut self, failure: &str) {
+        let old = self.worker_pids();
+        let count = |log: &str| log.lines().filter(|l| l.contains(failure)).count();
+        let before = count(&self.error_log());
+        assert!(signal(self.master_pid(), libc::SIGHUP), "SIGHUP nginx");
+        let seen = poll(STARTUP_DEADLINE, Duration::from_millis(20), || {
+            (count(&self.error_log()) > before).then_some(())
+        });
+        if seen.is_none() {
+            panic!("reload: no {failure:?} in error.log\n{}", self.logs());
+        }
+        if let Some(why) = self.exited() {
+            panic!("{why}\n{}", self.logs());
+        }
+        assert_eq!(
+            self.worker_pids(),
+            old,
+            "a failed reload replaced the workers\n{}",
+            self.logs()
+        );
+    }
+
     pub fn error_log(&self) -> String {
         fs::read_to_string(self.prefix().join("error.log")).unwrap_or_default()
     }
@@ -1345,9 +1390,17 @@ impl Nginx {
         )
     }
 
+    /// Tells `health()` that error.log lines containing `part` are the
+    /// test's doing (a reload that fails at `bind()`, a worker it killed),
+    /// not trouble. Keep `part` specific: a port, a pid.
+    pub fn expect_log(&mut self, part: impl Into<String>) {
+        self.expected.push(part.into());
+    }
+
     /// Problems that fail any test: the master died, a worker crashed (the
     /// master respawns it, so requests alone would not notice), or an
-    /// `alert`/`emerg` (a bug, by the house logging rules).
+    /// `alert`/`emerg` (a bug, by the house logging rules), except lines
+    /// announced with `expect_log`.
     pub fn health(&mut self) -> Result<(), String> {
         if let Some(why) = self.exited() {
             return Err(why);
@@ -1361,6 +1414,7 @@ impl Nginx {
                     || l.contains("[emerg]")
                     || l.contains("panic")
             })
+            .filter(|l| !self.expected.iter().any(|e| l.contains(e.as_str())))
             .collect();
         if bad.is_empty() {
             Ok(())
@@ -1550,7 +1604,7 @@ pub fn start_nginx_env(
         pki,
         NginxOpts {
             workers,
-            load_module: true,
+            ..NginxOpts::default()
         },
         &http,
         port,
