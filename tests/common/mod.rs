@@ -106,14 +106,20 @@ pub fn module_path() -> PathBuf {
 // Small utilities
 // ---------------------------------------------------------------------------
 
-/// A port that was free a moment ago. The kernel hands out ephemeral ports
-/// round-robin, so a parallel test is unlikely to get the same one before
-/// our server binds it.
+/// A port that was free a moment ago, and never handed out before in this
+/// test binary: tests run in parallel threads, and two of them must not be
+/// given the same port before either server binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        if GIVEN.lock().map(|mut g| g.insert(port)).unwrap_or(true) {
+            return port;
+        }
+    }
 }
 
 /// Polls `f` until it returns `Some` or `deadline` passes.
