@@ -6,8 +6,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use dyncert_core::cache::{Clock, SystemClock};
 use dyncert_core::cidr;
+use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::metrics::Simple;
 use dyncert_core::name::normalize_sni;
 use dyncert_core::tenant::{decide, RequestFacts, Verdict};

@@ -10,7 +10,7 @@ use core::ffi::c_void;
 use std::cell::RefCell;
 
 use dyncert_core::acme::{challenge_token, valid_token, AcmeGate, Admission, Limits, RETRY_AFTER};
-use dyncert_core::cache::{Clock, SystemClock};
+use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::fetch::AcmeAnswer;
 use dyncert_core::metrics::Simple;
 use ngx::ffi::{

@@ -13,8 +13,8 @@ use core::mem::size_of;
 use core::ptr;
 use std::cell::RefCell;
 
-use dyncert_core::cache::{Clock, SystemClock};
 use dyncert_core::clienthello::{peek_client_hello, Peek, PEEK_LIMIT};
+use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::name::normalize_sni;
 use ngx::ffi::{
     ngx_add_timer, ngx_atomic_uint_t, ngx_connection_t, ngx_cycle_t, ngx_del_timer,

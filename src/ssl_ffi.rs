@@ -8,8 +8,8 @@ use core::ffi::{c_int, c_long, c_void, CStr};
 use core::ptr;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use dyncert_core::cache::{Clock, SystemClock};
 use dyncert_core::clienthello::server_name_extension_host;
+use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::fetch::CertSource;
 use dyncert_core::name::normalize_sni;
 use dyncert_core::tenant::{session_context, SESSION_CONTEXT_LEN};

@@ -5,7 +5,8 @@
 use std::cell::Cell;
 use std::sync::Arc;
 
-use dyncert_core::cache::{CachePolicy, CertCache, Lookup, Millis};
+use dyncert_core::cache::{CachePolicy, CertCache, Lookup};
+use dyncert_core::clock::Millis;
 use dyncert_core::fetch::{CertSource, Event, FetchResult, Fetcher, Outcome};
 use dyncert_core::flight::{Inflight, Join};
 use dyncert_core::metrics::{

@@ -5,7 +5,7 @@
 use core::ptr;
 use std::cell::RefCell;
 
-use dyncert_core::cache::{Clock, SystemClock};
+use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::fetch::{Event, Fetcher};
 use ngx::ffi::{
     ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_free_connection, ngx_get_connection,

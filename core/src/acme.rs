@@ -9,7 +9,7 @@
 //! while. Past the bound a request is answered 503 at once instead of
 //! queueing work behind Redis.
 
-use crate::cache::Millis;
+use crate::clock::Millis;
 use crate::fetch::AcmeAnswer;
 use crate::flight::{Inflight, Join};
 use crate::lru::Lru;

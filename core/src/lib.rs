@@ -4,6 +4,7 @@ pub mod api;
 pub mod cache;
 pub mod cidr;
 pub mod clienthello;
+pub mod clock;
 pub mod event_method;
 pub mod fetch;
 pub mod flight;

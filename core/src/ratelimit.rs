@@ -6,7 +6,7 @@
 //! glue keeps one limiter per message kind and appends
 //! "(N similar messages suppressed)" when N > 0.
 
-use crate::cache::Millis;
+use crate::clock::Millis;
 
 /// Allows one log line per `interval` and counts the suppressed ones.
 #[derive(Debug, Clone)]
