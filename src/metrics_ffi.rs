@@ -15,8 +15,8 @@ use core::ffi::{c_char, c_void};
 use core::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-use dyncert_core::fetch::CertSource;
 use dyncert_core::metrics::{render, Layout, MetricSink, WORKER_SLOTS, W_PID};
+use dyncert_core::outcome::CertSource;
 use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_shared_memory_add,

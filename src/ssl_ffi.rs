@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use dyncert_core::clienthello::server_name_extension_host;
 use dyncert_core::clock::{Clock, SystemClock};
-use dyncert_core::fetch::CertSource;
 use dyncert_core::name::normalize_sni;
+use dyncert_core::outcome::CertSource;
 use dyncert_core::tenant::{session_context, SESSION_CONTEXT_LEN};
 use dyncert_core::validate::{ClientCa, ParsedCert};
 use foreign_types::{ForeignType, ForeignTypeRef};

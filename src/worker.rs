@@ -7,12 +7,11 @@ use std::sync::Arc;
 
 use dyncert_core::cache::{CachePolicy, CertCache, Lookup};
 use dyncert_core::clock::Millis;
-use dyncert_core::fetch::{CertSource, Event, FetchResult, Fetcher, Outcome};
+use dyncert_core::fetch::{Event, FetchResult, Fetcher, Outcome};
 use dyncert_core::flight::{Inflight, Join};
-use dyncert_core::metrics::{
-    FetchSource, MetricSink, Simple, StepOutcome, W_BYTES, W_ENTRIES, W_INFLIGHT,
-};
+use dyncert_core::metrics::{MetricSink, Simple, W_BYTES, W_ENTRIES, W_INFLIGHT};
 use dyncert_core::name::wildcard_parent;
+use dyncert_core::outcome::{CertSource, FetchSource, StepOutcome};
 use dyncert_core::ratelimit::LogLimiter;
 use dyncert_core::validate::ParsedCert;
 

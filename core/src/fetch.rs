@@ -22,40 +22,14 @@ use futures_util::StreamExt;
 
 use crate::api::{ApiClient, ApiConfig, ApiOutcome};
 use crate::intern::Interner;
-use crate::metrics::{FetchSource, StepOutcome};
 use crate::name::{normalize_sni, wildcard_parent};
-use crate::record::{check_lengths, check_policy_lengths, decode_record, Record, RecordError};
+use crate::outcome::{CertSource, FetchSource, Refusal, StepOutcome};
+use crate::record::{check_lengths, check_policy_lengths, decode_record, Record};
 use crate::workqueue::WorkQueue;
 
 /// Hash fields of a record, in the order they are read.
 const FIELDS: [&str; 4] = ["crt", "key", "allow", "client_ca"];
-use crate::validate::{validate, validate_wildcard, Invalid, ParsedCert};
-
-/// Where a certificate came from. `as_str` feeds `$dyncert_source` and
-/// metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CertSource {
-    Cache,
-    Redis,
-    Api,
-    Default,
-    Rejected,
-    /// A resumed TLS session: no certificate was sent, none was chosen.
-    Resumed,
-}
-
-impl CertSource {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            CertSource::Cache => "cache",
-            CertSource::Redis => "redis",
-            CertSource::Api => "api",
-            CertSource::Default => "default",
-            CertSource::Rejected => "rejected",
-            CertSource::Resumed => "resumed",
-        }
-    }
-}
+use crate::validate::{validate, validate_wildcard, ParsedCert};
 
 /// Settings of one worker's fetcher, built from the nginx configuration.
 #[derive(Clone)]
@@ -108,39 +82,6 @@ pub fn check_redis_url(url: &str) -> Result<(), String> {
     redis::Client::open(url)
         .map(|_| ())
         .map_err(|e| e.to_string())
-}
-
-/// Why a record was refused: a log reason and a counter label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal {
-    pub reason: &'static str,
-    pub label: &'static str,
-}
-
-impl From<Invalid> for Refusal {
-    fn from(i: Invalid) -> Self {
-        Refusal {
-            reason: i.as_str(),
-            label: i.label(),
-        }
-    }
-}
-
-impl From<RecordError> for Refusal {
-    fn from(e: RecordError) -> Self {
-        let label = match e {
-            RecordError::MissingCrt => "missing_crt",
-            RecordError::MissingKey => "missing_key",
-            RecordError::CrtTooLarge => "crt_too_large",
-            RecordError::KeyTooLarge => "key_too_large",
-            RecordError::AllowTooLarge => "allow_too_large",
-            RecordError::ClientCaTooLarge => "client_ca_too_large",
-        };
-        Refusal {
-            reason: e.as_str(),
-            label,
-        }
-    }
 }
 
 /// Result of one lookup.

@@ -12,6 +12,7 @@ pub mod intern;
 pub mod lru;
 pub mod metrics;
 pub mod name;
+pub mod outcome;
 pub mod pem;
 pub mod ratelimit;
 pub mod record;

@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use crate::fetch::CertSource;
+use crate::outcome::{CertSource, FetchSource, StepOutcome};
 use crate::tenant::Misdirected;
 
 /// Where counters go: the glue implements it over the shared zone; tests
@@ -35,55 +35,6 @@ impl MetricSink for NoSink {
 /// follows implicitly.
 pub const LATENCY_BUCKETS_MS: [u64; 11] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500];
 const HIST_SLOTS: usize = LATENCY_BUCKETS_MS.len() + 1 + 2; // buckets, +Inf, sum_us, count
-
-/// Sources a fetch step can ask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchSource {
-    Redis,
-    Api,
-}
-
-impl FetchSource {
-    pub const ALL: [FetchSource; 2] = [FetchSource::Redis, FetchSource::Api];
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            FetchSource::Redis => "redis",
-            FetchSource::Api => "api",
-        }
-    }
-    fn index(&self) -> usize {
-        *self as usize
-    }
-}
-
-/// How one step of a fetch ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepOutcome {
-    Hit,
-    Miss,
-    Error,
-    Timeout,
-    Refused,
-}
-
-impl StepOutcome {
-    pub const ALL: [StepOutcome; 5] = [
-        StepOutcome::Hit,
-        StepOutcome::Miss,
-        StepOutcome::Error,
-        StepOutcome::Timeout,
-        StepOutcome::Refused,
-    ];
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            StepOutcome::Hit => "hit",
-            StepOutcome::Miss => "miss",
-            StepOutcome::Error => "error",
-            StepOutcome::Timeout => "timeout",
-            StepOutcome::Refused => "refused",
-        }
-    }
-}
 
 /// Handshake sources that are counted (a resumed session runs no callback).
 pub const HANDSHAKE_SOURCES: [CertSource; 5] = [
@@ -215,6 +166,11 @@ const SIMPLE: [(Simple, &str, &str); 13] = [
     ),
 ];
 
+/// Position of a source's counters within a per-source region.
+fn source_index(src: FetchSource) -> usize {
+    src as usize
+}
+
 // Region offsets of the fixed part.
 const HANDSHAKES: usize = 0;
 const FETCHES: usize = HANDSHAKES + HANDSHAKE_SOURCES.len();
@@ -272,7 +228,7 @@ impl Layout {
     }
 
     pub fn fetch(&self, src: FetchSource, outcome: StepOutcome) -> usize {
-        FETCHES + src.index() * StepOutcome::ALL.len() + outcome as usize
+        FETCHES + source_index(src) * StepOutcome::ALL.len() + outcome as usize
     }
 
     /// Slots to add to for one observation of `ms` milliseconds (bucket,
@@ -287,7 +243,7 @@ impl Layout {
     }
 
     pub fn fetch_latency(&self, src: FetchSource, micros: u64) -> [(usize, u64); 3] {
-        Self::observe(FETCH_HIST + src.index() * HIST_SLOTS, micros)
+        Self::observe(FETCH_HIST + source_index(src) * HIST_SLOTS, micros)
     }
 
     pub fn park_time(&self, micros: u64) -> [(usize, u64); 3] {
@@ -397,7 +353,7 @@ pub fn render(
     out.push_str("# TYPE dyncert_fetch_duration_seconds histogram\n");
     for src in FetchSource::ALL {
         let label = format!("source=\"{}\"", src.as_str());
-        let base = FETCH_HIST + src.index() * HIST_SLOTS;
+        let base = FETCH_HIST + source_index(src) * HIST_SLOTS;
         histogram(
             &mut out,
             "dyncert_fetch_duration_seconds",
@@ -579,6 +535,22 @@ mod tests {
             Invalid::KeyEncrypted,
         ] {
             assert_ne!(l.rejected(i.label()), l.rejected("other"), "{i:?}");
+        }
+    }
+
+    #[test]
+    fn every_record_refusal_has_its_own_slot() {
+        use crate::record::RecordError;
+        let l = Layout { servers: 0 };
+        for e in [
+            RecordError::MissingCrt,
+            RecordError::MissingKey,
+            RecordError::CrtTooLarge,
+            RecordError::KeyTooLarge,
+            RecordError::AllowTooLarge,
+            RecordError::ClientCaTooLarge,
+        ] {
+            assert_ne!(l.rejected(e.label()), l.rejected("other"), "{e:?}");
         }
     }
 

@@ -4,6 +4,8 @@
 //! handed to OpenSSL, and unknown fields are ignored so that later
 //! additions (per-tenant policy) do not break older terminators.
 
+use crate::outcome::Refusal;
+
 /// Largest PEM chain accepted in `crt` (a leaf plus a few intermediates is
 /// a few KiB; anything near this bound is a mistake or an attack).
 pub const MAX_CRT_BYTES: usize = 64 * 1024;
@@ -40,7 +42,8 @@ impl std::fmt::Debug for Record {
     }
 }
 
-/// Why a record was refused. `as_str` feeds log lines and metric labels.
+/// Why a record was refused. `as_str` feeds log lines, `label` the
+/// counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordError {
     MissingCrt,
@@ -60,6 +63,27 @@ impl RecordError {
             RecordError::KeyTooLarge => "field \"key\" is larger than 16 KiB",
             RecordError::AllowTooLarge => "field \"allow\" is larger than 16 KiB",
             RecordError::ClientCaTooLarge => "field \"client_ca\" is larger than 64 KiB",
+        }
+    }
+
+    /// The `reason` label of `dyncert_records_rejected_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RecordError::MissingCrt => "missing_crt",
+            RecordError::MissingKey => "missing_key",
+            RecordError::CrtTooLarge => "crt_too_large",
+            RecordError::KeyTooLarge => "key_too_large",
+            RecordError::AllowTooLarge => "allow_too_large",
+            RecordError::ClientCaTooLarge => "client_ca_too_large",
+        }
+    }
+}
+
+impl From<RecordError> for Refusal {
+    fn from(e: RecordError) -> Self {
+        Refusal {
+            reason: e.as_str(),
+            label: e.label(),
         }
     }
 }

@@ -19,6 +19,7 @@ use openssl::x509::X509;
 use crate::cidr::{parse_list, Cidr};
 
 use crate::name::dns_name_matches;
+use crate::outcome::Refusal;
 use crate::pem::{self, Block, Label, PemError};
 use crate::record::{Record, MAX_CHAIN_LEN};
 
@@ -129,6 +130,15 @@ impl Invalid {
             Invalid::AllowInvalid => "allow_invalid",
             Invalid::ClientCaNotPem => "client_ca_not_pem",
             Invalid::KeyEncrypted => "encrypted_key",
+        }
+    }
+}
+
+impl From<Invalid> for Refusal {
+    fn from(i: Invalid) -> Self {
+        Refusal {
+            reason: i.as_str(),
+            label: i.label(),
         }
     }
 }
