@@ -1,0 +1,108 @@
+//! ACME HTTP-01 challenge reads: the consumer of their own queue and the
+//! bounded `GET` of a key authorization.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+
+use super::error::{redis_error, retryable};
+use super::{AcmeAnswer, Event, Shared, MAX_ACME_VALUE};
+
+/// Reads ACME key authorizations as the event loop asks for them. How
+/// many run at once is bounded by the event loop (`crate::acme::AcmeGate`), and
+/// they never wait behind certificate lookups in a queue, nor these behind
+/// them.
+pub(super) async fn answer(
+    mut rx: mpsc::Receiver<String>,
+    reader: AcmeReader,
+    shared: Arc<Shared>,
+) {
+    let reader = Arc::new(reader);
+    while let Some(token) = rx.recv().await {
+        let (reader, shared) = (reader.clone(), shared.clone());
+        tokio::spawn(async move {
+            let answer = reader.read(&token).await;
+            shared.push(Event::Acme { token, answer });
+        });
+    }
+}
+
+/// Reads key authorizations from the certificates' Redis.
+pub(super) struct AcmeReader {
+    /// `None` without Redis (or with a Redis URL the client refused).
+    conn: Option<ConnectionManager>,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl AcmeReader {
+    pub(super) fn new(
+        redis: &Option<Result<ConnectionManager, String>>,
+        prefix: &str,
+        timeout: Duration,
+    ) -> AcmeReader {
+        AcmeReader {
+            conn: redis.as_ref().and_then(|r| r.as_ref().ok()).cloned(),
+            prefix: prefix.to_owned(),
+            timeout,
+        }
+    }
+
+    /// `GET <acme_prefix><token>`: the key authorization an issuer stored.
+    async fn read(&self, token: &str) -> AcmeAnswer {
+        let Some(conn) = &self.conn else {
+            return AcmeAnswer::Error("no redis configured".into());
+        };
+        let mut conn = conn.clone();
+        // Once more after a connection error (see redis::read_record).
+        match self.read_once(&mut conn, token).await {
+            Err(_) => match self.read_once(&mut conn, token).await {
+                Ok(a) => a,
+                Err(e) => AcmeAnswer::Error(e),
+            },
+            Ok(a) => a,
+        }
+    }
+
+    /// `Err` only for a connection error worth a retry.
+    async fn read_once(
+        &self,
+        conn: &mut ConnectionManager,
+        token: &str,
+    ) -> Result<AcmeAnswer, String> {
+        let key = format!("{}{}", self.prefix, token);
+        // STRLEN first: the answer is bounded like every other input.
+        let mut pipe = redis::pipe();
+        pipe.cmd("STRLEN").arg(&key);
+        let t = self.timeout;
+        let len = match tokio::time::timeout(t, pipe.query_async::<(u64,)>(conn)).await {
+            Ok(Ok((n,))) => n,
+            Ok(Err(e)) if retryable(&e) => return Err(redis_error(&e)),
+            Ok(Err(e)) => return Ok(AcmeAnswer::Error(redis_error(&e))),
+            Err(_) => return Ok(AcmeAnswer::Error("redis command timed out".into())),
+        };
+        if len == 0 {
+            return Ok(AcmeAnswer::Absent);
+        }
+        if len > MAX_ACME_VALUE as u64 {
+            return Ok(AcmeAnswer::Error(format!(
+                "value longer than {MAX_ACME_VALUE} bytes"
+            )));
+        }
+        let mut get = redis::cmd("GET");
+        get.arg(&key);
+        Ok(
+            match tokio::time::timeout(t, get.query_async::<Option<Vec<u8>>>(conn)).await {
+                Ok(Ok(Some(v))) if !v.is_empty() && v.len() <= MAX_ACME_VALUE => {
+                    AcmeAnswer::Value(v)
+                }
+                Ok(Ok(_)) => AcmeAnswer::Absent,
+                Ok(Err(e)) if retryable(&e) => return Err(redis_error(&e)),
+                Ok(Err(e)) => AcmeAnswer::Error(redis_error(&e)),
+                Err(_) => AcmeAnswer::Error("redis command timed out".into()),
+            },
+        )
+    }
+}

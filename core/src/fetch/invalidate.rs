@@ -1,0 +1,122 @@
+//! The invalidation listener: names published on a Redis pub/sub
+//! channel, validated, become events that drop them from every worker's
+//! cache. It re-subscribes with backoff for the life of the worker.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use super::error::redis_error;
+use super::{Event, Shared};
+use crate::name::normalize_sni;
+
+/// Listens on the invalidation channel for the life of the worker,
+/// re-subscribing with backoff after any disconnect.
+pub(super) async fn subscribe(
+    url: String,
+    channel: String,
+    timeout: Duration,
+    shared: Arc<Shared>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut subscribed_before = false;
+    let mut last_warn: Option<Instant> = None;
+    loop {
+        let mut subscribed = false;
+        let err = match listen(
+            &url,
+            &channel,
+            timeout,
+            &shared,
+            subscribed_before,
+            &mut subscribed,
+        )
+        .await
+        {
+            Ok(()) => "subscription closed".to_owned(),
+            Err(e) => e,
+        };
+        // One line per outage, then at most one every 30 s.
+        if last_warn.is_none_or(|t| subscribed || t.elapsed() > Duration::from_secs(30)) {
+            shared.push(Event::Warn(format!(
+                "dyncert: {err} while subscribed to \"{channel}\", retrying"
+            )));
+            last_warn = Some(Instant::now());
+        }
+        if subscribed {
+            subscribed_before = true;
+            backoff = Duration::from_millis(100);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn listen(
+    url: &str,
+    channel: &str,
+    timeout: Duration,
+    shared: &Shared,
+    resubscribed: bool,
+    subscribed: &mut bool,
+) -> Result<(), String> {
+    let client = redis::Client::open(url).map_err(|e| redis_error(&e))?;
+    let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
+        .await
+        .map_err(|_| "redis connect timed out".to_owned())?
+        .map_err(|e| redis_error(&e))?;
+    tokio::time::timeout(timeout, pubsub.subscribe(channel))
+        .await
+        .map_err(|_| "redis SUBSCRIBE timed out".to_owned())?
+        .map_err(|e| redis_error(&e))?;
+    *subscribed = true;
+    shared.push(Event::Subscribed { resubscribed });
+    let mut stream = pubsub.on_message();
+    while let Some(msg) = stream.next().await {
+        let payload = msg.get_payload_bytes();
+        match invalidation_target(payload) {
+            Some(target) => shared.push(Event::Invalidate(target)),
+            None => shared.push(Event::Warn(format!(
+                "dyncert: ignored an invalid name ({} bytes) on \"{channel}\"",
+                payload.len()
+            ))),
+        }
+    }
+    Ok(())
+}
+
+/// Validates an invalidation message: `*`, `*.<name>` or a host name.
+pub fn invalidation_target(payload: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(payload).ok()?.trim();
+    if text == "*" {
+        return Some("*".to_owned());
+    }
+    if let Some(rest) = text.strip_prefix("*.") {
+        let parent = normalize_sni(rest.as_bytes()).ok()?;
+        return Some(format!("*.{parent}"));
+    }
+    normalize_sni(text.as_bytes()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidation_messages_are_validated() {
+        assert_eq!(invalidation_target(b"*").as_deref(), Some("*"));
+        assert_eq!(
+            invalidation_target(b"Shop.Example.com.").as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(
+            invalidation_target(b"*.Example.com").as_deref(),
+            Some("*.example.com")
+        );
+        assert_eq!(invalidation_target(b"a..b"), None);
+        assert_eq!(invalidation_target(b"*.*.x"), None);
+        assert_eq!(invalidation_target(b"\xff"), None);
+        assert_eq!(invalidation_target(b""), None);
+    }
+}

@@ -1,0 +1,357 @@
+//! The per-worker fetcher: a background thread running a small Tokio
+//! runtime that reads certificate records from Redis, validates them and
+//! hands the results back to the nginx event loop.
+//!
+//! The event loop never waits on it: requests go in through a bounded
+//! channel (`try_send`), results come back through a queue plus one byte
+//! written to a socket whose other end nginx polls as a read event. The
+//! fetcher never touches nginx structures and never logs: every outcome,
+//! errors included, travels back as data and is logged by the event loop.
+//!
+//! This file holds the thread, its channels and the wake-up socket; the
+//! sources live beside it: `sources` (the fallback order and the hand-off
+//! to the parse thread), `redis` (reads, write-back, the connection),
+//! `acme` (challenge reads), `invalidate` (the pub/sub listener) and
+//! `error` (what a failure is).
+
+mod acme;
+mod error;
+mod invalidate;
+mod redis;
+mod sources;
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::api::{ApiClient, ApiConfig};
+use crate::outcome::{CertSource, FetchSource, Refusal, StepOutcome};
+use crate::validate::ParsedCert;
+use crate::workqueue::WorkQueue;
+
+pub use invalidate::invalidation_target;
+pub use redis::{check_redis_url, redact_redis_url};
+
+use sources::{ParseJob, Sources};
+
+/// Settings of one worker's fetcher, built from the nginx configuration.
+#[derive(Clone)]
+pub struct FetcherConfig {
+    /// `redis://` URL, already validated with [`check_redis_url`].
+    pub redis_url: Option<String>,
+    /// Key prefix; the key is prefix + normalised name.
+    pub prefix: String,
+    /// Bound on each Redis command and on connecting.
+    pub redis_timeout: Duration,
+    /// The certificate API, asked when Redis has no record (or is down).
+    pub api: Option<ApiConfig>,
+    /// TTL of records written back to Redis after an API hit; zero: no
+    /// write-back.
+    pub writeback: Duration,
+    /// Pub/sub channel carrying names to drop from every worker's cache.
+    pub invalidate_channel: Option<String>,
+    /// Key prefix of ACME HTTP-01 key authorizations.
+    pub acme_prefix: String,
+    /// Most requests queued towards the thread (beyond: refused at once).
+    pub queue_cap: usize,
+    /// Most ACME reads queued, in a queue of their own so that challenge
+    /// requests (anyone on port 80) never take a certificate fetch's place.
+    pub acme_queue_cap: usize,
+}
+
+/// Result of one lookup.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A valid certificate, where it came from, and the wildcard key it was
+    /// found under when there was no exact record.
+    Found {
+        cert: Arc<ParsedCert>,
+        source: CertSource,
+        wildcard: Option<String>,
+    },
+    /// No record for the name.
+    NotFound,
+    /// A record exists but must not be served.
+    Refused(Refusal),
+    /// No source could answer (down, timeout, protocol error, bad API
+    /// answer). The text names the source and carries no record data.
+    Error(String),
+}
+
+/// Work for the fetcher thread's certificate queue (ACME reads have a
+/// queue of their own, see [`Fetcher::request_acme`]).
+#[derive(Debug)]
+enum Request {
+    Cert(String),
+}
+
+/// Longest ACME key authorization served (token + '.' + thumbprint is
+/// under 100 bytes).
+pub const MAX_ACME_VALUE: usize = 512;
+
+/// The answer to an ACME challenge read.
+#[derive(Debug)]
+pub enum AcmeAnswer {
+    Value(Vec<u8>),
+    Absent,
+    Error(String),
+}
+
+/// What the fetcher thread reports to the event loop.
+#[derive(Debug)]
+pub enum Event {
+    Fetched(FetchResult),
+    /// A name (or `*.parent`, or `*`) published on the invalidation channel,
+    /// already validated.
+    Invalidate(String),
+    /// The invalidation subscription was (re)established; `resubscribed`
+    /// is false the first time. Messages published while it was down are
+    /// lost, so the worker may want to refresh early.
+    Subscribed {
+        resubscribed: bool,
+    },
+    /// Something the operator should see (subscription trouble).
+    Warn(String),
+    /// An ACME challenge read finished.
+    Acme {
+        token: String,
+        answer: AcmeAnswer,
+    },
+}
+
+#[derive(Debug)]
+pub struct FetchResult {
+    pub name: String,
+    pub outcome: Outcome,
+    pub elapsed: Duration,
+    /// Each source asked, in order, for the metrics.
+    pub steps: Vec<Step>,
+}
+
+/// One source asked during a lookup.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    pub source: FetchSource,
+    pub outcome: StepOutcome,
+    pub elapsed: Duration,
+}
+
+/// What the thread shares with the event loop: finished work and the
+/// socket end that wakes it.
+struct Shared {
+    results: Mutex<VecDeque<Event>>,
+    notify: UnixStream,
+}
+
+impl Shared {
+    fn push(&self, r: Event) {
+        if let Ok(mut q) = self.results.lock() {
+            q.push_back(r);
+        }
+        // One byte wakes the event loop; a full socket buffer means a wake-up
+        // is already pending, so WouldBlock is fine to ignore.
+        let _ = (&self.notify).write(&[1]);
+    }
+}
+
+/// Handle owned by the event loop.
+pub struct Fetcher {
+    tx: Option<mpsc::Sender<Request>>,
+    /// ACME tokens to read.
+    acme_tx: Option<mpsc::Sender<String>>,
+    shared: Arc<Shared>,
+    wake: UnixStream,
+    thread: Option<JoinHandle<()>>,
+    parse: Arc<WorkQueue<ParseJob>>,
+    parse_thread: Option<JoinHandle<()>>,
+}
+
+impl Fetcher {
+    /// Starts the thread. Call from the worker process (never the master:
+    /// threads do not survive fork).
+    pub fn start(cfg: FetcherConfig) -> io::Result<Fetcher> {
+        // Built here so a bad API configuration is reported at start; the
+        // client spawns nothing until used on the fetcher's runtime.
+        let api = match &cfg.api {
+            Some(a) => Some(ApiClient::new(a.clone()).map_err(io::Error::other)?),
+            None => None,
+        };
+        let (wake, notify) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        notify.set_nonblocking(true)?;
+        let shared = Arc::new(Shared {
+            results: Mutex::new(VecDeque::new()),
+            notify,
+        });
+        let (tx, rx) = mpsc::channel(cfg.queue_cap.max(1));
+        let (acme_tx, acme_rx) = mpsc::channel(cfg.acme_queue_cap.max(1));
+        // Every lookup in flight has at most one record being parsed.
+        let parse = Arc::new(WorkQueue::new(cfg.queue_cap.max(1) * 2));
+        let parse_queue = parse.clone();
+        let parse_thread = std::thread::Builder::new()
+            .name("dyncert-parse".into())
+            .spawn(move || {
+                while let Some(job) = parse_queue.pop() {
+                    // A panic fails this record's lookup (its answer channel
+                    // is dropped), never the thread.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })?;
+        let thread_shared = shared.clone();
+        let thread_parse = parse.clone();
+        let thread = std::thread::Builder::new()
+            .name("dyncert-fetch".into())
+            .spawn(move || run(cfg, api, rx, acme_rx, thread_shared, thread_parse));
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                parse.close();
+                let _ = parse_thread.join();
+                return Err(e);
+            }
+        };
+        Ok(Fetcher {
+            tx: Some(tx),
+            acme_tx: Some(acme_tx),
+            shared,
+            wake,
+            thread: Some(thread),
+            parse,
+            parse_thread: Some(parse_thread),
+        })
+    }
+
+    /// The descriptor the event loop watches for readability.
+    pub fn wake_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.wake.as_raw_fd()
+    }
+
+    /// Queues a lookup without blocking. `false` when the queue is full or
+    /// the thread is gone: the caller serves the default instead of waiting.
+    pub fn request(&self, name: &str) -> bool {
+        match &self.tx {
+            Some(tx) => tx.try_send(Request::Cert(name.to_owned())).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Queues the read of an ACME HTTP-01 key authorization (`token` is
+    /// already validated). `false` when it cannot be queued. Its queue is
+    /// not the certificates' one: however full it is, [`Fetcher::request`]
+    /// is unaffected.
+    pub fn request_acme(&self, token: &str) -> bool {
+        match &self.acme_tx {
+            Some(tx) => tx.try_send(token.to_owned()).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Empties the wake-up socket and returns every finished lookup.
+    pub fn drain(&self) -> Vec<Event> {
+        let mut buf = [0u8; 256];
+        loop {
+            match io::Read::read(&mut (&self.wake), &mut buf) {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+        match self.shared.results.lock() {
+            Ok(mut q) => q.drain(..).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Stops the thread: closing the channel ends its loop; lookups still
+    /// running are abandoned after a short grace period.
+    pub fn stop(&mut self) {
+        self.tx = None;
+        self.acme_tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // The I/O thread is gone: nobody waits for what is still queued.
+        self.parse.close();
+        if let Some(t) = self.parse_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(
+    cfg: FetcherConfig,
+    api: Option<ApiClient>,
+    mut rx: mpsc::Receiver<Request>,
+    acme_rx: mpsc::Receiver<String>,
+    shared: Arc<Shared>,
+    parse: Arc<WorkQueue<ParseJob>>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            // Without a runtime every request fails; report each as an error
+            // so the event loop logs it and serves the default. ACME reads
+            // are refused at once (their queue is closed): 503.
+            drop(acme_rx);
+            let msg = format!("cannot start the fetcher runtime: {e}");
+            while let Some(Request::Cert(name)) = rx.blocking_recv() {
+                shared.push(Event::Fetched(FetchResult {
+                    name,
+                    outcome: Outcome::Error(msg.clone()),
+                    elapsed: Duration::ZERO,
+                    steps: Vec::new(),
+                }));
+            }
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let redis = cfg
+            .redis_url
+            .as_deref()
+            .map(|url| redis::connect(url, cfg.redis_timeout));
+        if let (Some(url), Some(channel)) = (&cfg.redis_url, &cfg.invalidate_channel) {
+            tokio::spawn(invalidate::subscribe(
+                url.clone(),
+                channel.clone(),
+                cfg.redis_timeout,
+                shared.clone(),
+            ));
+        }
+        let reader = acme::AcmeReader::new(&redis, &cfg.acme_prefix, cfg.redis_timeout);
+        tokio::spawn(acme::answer(acme_rx, reader, shared.clone()));
+        let sources = Arc::new(Sources::new(cfg, redis, api, parse));
+        while let Some(req) = rx.recv().await {
+            let shared = shared.clone();
+            let sources = sources.clone();
+            let Request::Cert(name) = req;
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let mut steps = Vec::with_capacity(3);
+                let outcome = sources.lookup(&name, &mut steps).await;
+                shared.push(Event::Fetched(FetchResult {
+                    name,
+                    outcome,
+                    elapsed: start.elapsed(),
+                    steps,
+                }));
+            });
+        }
+    });
+    rt.shutdown_timeout(Duration::from_millis(200));
+}

@@ -1,0 +1,207 @@
+//! Redis as a certificate source: the connection, record reads (sizes
+//! first, then the values), the write-back of API answers, and the URL
+//! checks and redaction the configuration needs.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::error::{redis_error, retryable};
+use crate::outcome::Refusal;
+use crate::record::{check_lengths, check_policy_lengths, decode_record, Record};
+
+/// Hash fields of a record, in the order they are read.
+const FIELDS: [&str; 4] = ["crt", "key", "allow", "client_ca"];
+
+/// A Redis URL fit for a log line or an `nginx -t` error: the user info's
+/// password (or a user info that is only a password) becomes `***`. Also
+/// for URLs that do not parse: whatever precedes the host's `@` is hidden.
+pub fn redact_redis_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => (&url[..i + 3], &url[i + 3..]),
+        None => ("", url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None if userinfo.is_empty() => String::new(),
+        None => "***".to_owned(),
+    };
+    format!("{scheme}{shown}{}", &rest[at..])
+}
+
+/// Checks a Redis URL at configuration time so a typo fails `nginx -t`.
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    redis::Client::open(url)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Creates the connection lazily: nginx must start (and serve defaults)
+/// while Redis is down; the manager reconnects with backoff by itself.
+pub(super) fn connect(url: &str, timeout: Duration) -> Result<ConnectionManager, String> {
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let mcfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(2));
+    ConnectionManager::new_lazy_with_config(client, mcfg).map_err(|e| e.to_string())
+}
+
+/// One Redis read of one key.
+pub(super) enum RedisAnswer {
+    Record(Record),
+    Absent,
+    Refused(Refusal),
+    Error(String),
+    /// The command ran out of `dyncert_redis_timeout` (Redis hangs).
+    Timeout,
+    /// A connection error worth one retry on a fresh connection.
+    Retry(String),
+}
+
+impl RedisAnswer {
+    fn failed(e: &redis::RedisError) -> RedisAnswer {
+        if retryable(e) {
+            RedisAnswer::Retry(redis_error(e))
+        } else {
+            if e.is_timeout() {
+                RedisAnswer::Timeout
+            } else {
+                RedisAnswer::Error(redis_error(e))
+            }
+        }
+    }
+}
+
+/// Reads a record, once more on a connection error: after a Redis
+/// restart the first command fails on the dead connection while the
+/// manager reconnects, and the retry waits for the new one.
+pub(super) async fn read_record(
+    conn: &mut ConnectionManager,
+    key: &str,
+    timeout: Duration,
+) -> RedisAnswer {
+    match read_record_once(conn, key, timeout).await {
+        RedisAnswer::Retry(_) => match read_record_once(conn, key, timeout).await {
+            RedisAnswer::Retry(e) => RedisAnswer::Error(e),
+            other => other,
+        },
+        other => other,
+    }
+}
+
+async fn read_record_once(conn: &mut ConnectionManager, key: &str, t: Duration) -> RedisAnswer {
+    // Sizes first, so an oversized value is refused without being read.
+    let mut pipe = redis::pipe();
+    pipe.cmd("EXISTS").arg(key);
+    for field in FIELDS {
+        pipe.cmd("HSTRLEN").arg(key).arg(field);
+    }
+    let sizes = pipe.query_async::<(u64, u64, u64, u64, u64)>(conn);
+    let (exists, crt_len, key_len, allow_len, ca_len) = match tokio::time::timeout(t, sizes).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return RedisAnswer::failed(&e),
+        Err(_) => return RedisAnswer::Timeout,
+    };
+    match check_lengths(exists > 0, crt_len, key_len)
+        .and_then(|e| check_policy_lengths(allow_len, ca_len).map(|()| e))
+    {
+        Ok(false) => return RedisAnswer::Absent,
+        Ok(true) => {}
+        Err(e) => return RedisAnswer::Refused(e.into()),
+    }
+    let mut hmget = redis::cmd("HMGET");
+    hmget.arg(key).arg(&FIELDS[..]);
+    type Fields = (
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+    );
+    let values = hmget.query_async::<Fields>(conn);
+    let (crt, pkey, allow, client_ca) = match tokio::time::timeout(t, values).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return RedisAnswer::failed(&e),
+        Err(_) => return RedisAnswer::Timeout,
+    };
+    if crt.is_none() && pkey.is_none() {
+        // Deleted between the two reads.
+        return RedisAnswer::Absent;
+    }
+    match decode_record(crt, pkey, allow, client_ca) {
+        Ok(r) => RedisAnswer::Record(r),
+        Err(e) => RedisAnswer::Refused(e.into()),
+    }
+}
+
+/// Stores an API answer in Redis (HSET + EXPIRE, atomically) so the
+/// next terminator finds it there. Best effort, off the lookup's path.
+pub(super) fn write_back(
+    mut conn: ConnectionManager,
+    key: String,
+    record: Record,
+    ttl: Duration,
+    t: Duration,
+) {
+    let ttl = ttl.as_secs().max(1);
+    tokio::spawn(async move {
+        let mut pipe = redis::pipe();
+        // DEL first: policy fields the API no longer sends must not
+        // linger from an older record.
+        pipe.atomic().cmd("DEL").arg(&key).ignore();
+        let hset = pipe
+            .cmd("HSET")
+            .arg(&key)
+            .arg("crt")
+            .arg(record.crt.as_slice())
+            .arg("key")
+            .arg(record.key.as_slice());
+        if let Some(a) = &record.allow {
+            hset.arg("allow").arg(a.as_slice());
+        }
+        if let Some(c) = &record.client_ca {
+            hset.arg("client_ca").arg(c.as_slice());
+        }
+        hset.ignore().cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+        let _ = tokio::time::timeout(t, pipe.query_async::<()>(&mut conn)).await;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_url_passwords_never_reach_messages() {
+        assert_eq!(
+            redact_redis_url("redis://:s3cret@127.0.0.1:6379/0"),
+            "redis://:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_redis_url("rediss://app:s3cret@redis.internal/2?protocol=resp3"),
+            "rediss://app:***@redis.internal/2?protocol=resp3"
+        );
+        assert_eq!(redact_redis_url("redis://s3cret@host"), "redis://***@host");
+        // A '@' in the password itself: everything up to the host's '@'.
+        assert_eq!(
+            redact_redis_url("redis://u:a@b@host/0"),
+            "redis://u:***@host/0"
+        );
+        assert_eq!(redact_redis_url("not a url :s3cret@x"), "not a url :***@x");
+        assert_eq!(
+            redact_redis_url("redis://127.0.0.1/0"),
+            "redis://127.0.0.1/0"
+        );
+        assert_eq!(redact_redis_url("redis://h/p@th"), "redis://h/p@th");
+        for url in ["redis://:s3cret@h", "redis://u:s3cret@h:1/0", "s3cret@h"] {
+            assert!(!redact_redis_url(url).contains("s3cret"), "{url}");
+        }
+    }
+}

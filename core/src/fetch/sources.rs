@@ -1,0 +1,222 @@
+//! Where a certificate is looked for, in order: Redis (the exact name,
+//! then its `*.parent` wildcard), then the certificate API, whose hits are
+//! written back to Redis; and the hand-off of whatever is found to the
+//! parse thread, which validates it against the requested name.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use redis::aio::ConnectionManager;
+
+use super::redis::{read_record, write_back, RedisAnswer};
+use super::{FetcherConfig, Outcome, Step};
+use crate::api::{ApiClient, ApiOutcome};
+use crate::intern::Interner;
+use crate::name::wildcard_parent;
+use crate::outcome::{CertSource, FetchSource, StepOutcome};
+use crate::record::Record;
+use crate::validate::{validate, validate_wildcard};
+use crate::workqueue::WorkQueue;
+
+/// A record validation for the parse thread.
+pub(super) type ParseJob = Box<dyn FnOnce() + Send>;
+
+/// Everything a lookup may ask, shared by the lookups in flight.
+pub(super) struct Sources {
+    cfg: FetcherConfig,
+    redis: Option<Result<ConnectionManager, String>>,
+    api: Option<ApiClient>,
+    /// Shared parsed intermediates (one object per distinct DER).
+    intermediates: Arc<Interner>,
+    /// Jobs for the parse thread.
+    parse: Arc<WorkQueue<ParseJob>>,
+}
+
+impl Sources {
+    pub(super) fn new(
+        cfg: FetcherConfig,
+        redis: Option<Result<ConnectionManager, String>>,
+        api: Option<ApiClient>,
+        parse: Arc<WorkQueue<ParseJob>>,
+    ) -> Sources {
+        Sources {
+            cfg,
+            redis,
+            api,
+            intermediates: Arc::new(Interner::default()),
+            parse,
+        }
+    }
+
+    /// cache miss → Redis (exact, then `*.parent`) → API, validating
+    /// whatever is found against the requested name.
+    pub(super) async fn lookup(&self, name: &str, steps: &mut Vec<Step>) -> Outcome {
+        let mut redis_error = None;
+        if let Some(redis) = &self.redis {
+            match redis {
+                Ok(conn) => {
+                    let mut conn = conn.clone();
+                    let mut keys = vec![name.to_owned()];
+                    keys.extend(wildcard_parent(name));
+                    for key in keys {
+                        let t0 = Instant::now();
+                        let answer = self.read_redis(&mut conn, &key).await;
+                        let (outcome, done) = match answer {
+                            RedisAnswer::Record(r) => {
+                                let wildcard = (key != name).then_some(key);
+                                let o = self.found(r, name, CertSource::Redis, wildcard).await;
+                                let step = if matches!(o, Outcome::Found { .. }) {
+                                    StepOutcome::Hit
+                                } else {
+                                    StepOutcome::Refused
+                                };
+                                (step, Some(o))
+                            }
+                            RedisAnswer::Refused(r) => {
+                                (StepOutcome::Refused, Some(Outcome::Refused(r)))
+                            }
+                            RedisAnswer::Absent => (StepOutcome::Miss, None),
+                            // Redis down or hung: the API is the source of truth.
+                            RedisAnswer::Error(e) | RedisAnswer::Retry(e) => {
+                                redis_error = Some(e);
+                                (StepOutcome::Error, None)
+                            }
+                            RedisAnswer::Timeout => {
+                                redis_error = Some("redis command timed out".to_owned());
+                                (StepOutcome::Timeout, None)
+                            }
+                        };
+                        steps.push(Step {
+                            source: FetchSource::Redis,
+                            outcome,
+                            elapsed: t0.elapsed(),
+                        });
+                        if let Some(o) = done {
+                            return o;
+                        }
+                        if redis_error.is_some() {
+                            break;
+                        }
+                    }
+                }
+                Err(e) => redis_error = Some(e.clone()),
+            }
+        }
+        let Some(api) = &self.api else {
+            return match redis_error {
+                Some(e) => Outcome::Error(format!("{e} while fetching from redis")),
+                None => Outcome::NotFound,
+            };
+        };
+        let t0 = Instant::now();
+        let (step, outcome) = match api.lookup(name).await {
+            ApiOutcome::Found(record) => {
+                let outcome = self
+                    .found(record.clone(), name, CertSource::Api, None)
+                    .await;
+                if let (Outcome::Found { .. }, Some(Ok(conn))) = (&outcome, &self.redis) {
+                    if redis_error.is_none() && !self.cfg.writeback.is_zero() {
+                        let key = format!("{}{}", self.cfg.prefix, name);
+                        write_back(
+                            conn.clone(),
+                            key,
+                            record,
+                            self.cfg.writeback,
+                            self.cfg.redis_timeout,
+                        );
+                    }
+                }
+                let step = if matches!(outcome, Outcome::Found { .. }) {
+                    StepOutcome::Hit
+                } else {
+                    StepOutcome::Refused
+                };
+                (step, outcome)
+            }
+            ApiOutcome::NotFound => (StepOutcome::Miss, Outcome::NotFound),
+            ApiOutcome::Refused(e) => (StepOutcome::Refused, Outcome::Refused(e.into())),
+            ApiOutcome::Error(e) => {
+                let kind = if e.starts_with("timed out") {
+                    StepOutcome::Timeout
+                } else {
+                    StepOutcome::Error
+                };
+                (
+                    kind,
+                    Outcome::Error(format!("{e} while fetching from the api")),
+                )
+            }
+        };
+        steps.push(Step {
+            source: FetchSource::Api,
+            outcome: step,
+            elapsed: t0.elapsed(),
+        });
+        outcome
+    }
+
+    /// Validates a record for `name` on the parse thread (never on this
+    /// I/O thread, whose other lookups and invalidations must not wait
+    /// behind CPU work); intermediates are shared with the records already
+    /// cached.
+    async fn found(
+        &self,
+        record: Record,
+        name: &str,
+        source: CertSource,
+        wildcard: Option<String>,
+    ) -> Outcome {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let interner = self.intermediates.clone();
+        let name = name.to_owned();
+        let job: ParseJob = Box::new(move || {
+            let _ = tx.send(parse_record(&interner, &record, &name, source, wildcard));
+        });
+        if self.parse.push(job).is_err() {
+            return Outcome::Error("the record parse queue is full".to_owned());
+        }
+        rx.await
+            .unwrap_or_else(|_| Outcome::Error("the record parse failed".to_owned()))
+    }
+
+    /// Reads the record stored for `name` (a name or `*.parent`).
+    async fn read_redis(&self, conn: &mut ConnectionManager, name: &str) -> RedisAnswer {
+        let key = format!("{}{}", self.cfg.prefix, name);
+        read_record(conn, &key, self.cfg.redis_timeout).await
+    }
+}
+
+/// Validates `record` for `name` (against the wildcard it was stored
+/// under, if any) and shares its intermediates: the parse thread's job.
+fn parse_record(
+    interner: &Interner,
+    record: &Record,
+    name: &str,
+    source: CertSource,
+    wildcard: Option<String>,
+) -> Outcome {
+    // A record stored under `*.parent` is cached under that key and served
+    // to every name below it: it must carry the wildcard itself.
+    let parsed = match &wildcard {
+        Some(w) => validate_wildcard(record, w, name, now_secs()),
+        None => validate(record, name, now_secs()),
+    };
+    match parsed {
+        Ok(mut p) => {
+            interner.share(&mut p.chain);
+            Outcome::Found {
+                cert: Arc::new(p),
+                source,
+                wildcard,
+            }
+        }
+        Err(i) => Outcome::Refused(i.into()),
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
