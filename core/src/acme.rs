@@ -227,6 +227,7 @@ impl<W> AcmeGate<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fetch::{AcmeError, RedisError};
 
     #[test]
     fn challenge_paths_yield_their_token() {
@@ -339,7 +340,7 @@ mod tests {
     fn errors_are_not_remembered() {
         let mut gate = AcmeGate::new(Limits::default());
         gate.admit("t", 1, 0);
-        let answer = AcmeAnswer::Error("redis command timed out".into());
+        let answer = AcmeAnswer::Error(AcmeError::Redis(RedisError::Timeout));
         assert_eq!(gate.complete("t", &answer, 0), [1]);
         assert_eq!(gate.admit("t", 2, 1), Admission::Read);
     }

@@ -7,8 +7,8 @@
 //! in size (read incrementally, never buffered past the bound), and the
 //! fields go through the same size checks as a Redis record.
 //!
-//! Error texts are meant for nginx's log, so they never carry the body,
-//! header values or key material.
+//! Failures are [`ApiError`]s, whose texts are meant for nginx's log, so
+//! they never carry the body, header values or key material.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,8 +94,42 @@ pub enum ApiOutcome {
     /// 200, but a field is missing, empty or too large.
     Refused(RecordError),
     /// Any other status, a timeout, an oversized body, invalid JSON, a
-    /// connection or TLS failure. Safe to log.
-    Error(String),
+    /// connection or TLS failure.
+    Error(ApiError),
+}
+
+/// Why the API gave no usable answer. The `Display` text is safe to log:
+/// it names what failed, with the causes the HTTP and TLS layers give,
+/// never the URL, the body, header values or key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The exchange ran past `dyncert_api_timeout`.
+    #[error("timed out after {}", bound(.0))]
+    Timeout(Duration),
+    /// Connecting (TCP or TLS) failed. `cause` is `": cause: cause of the
+    /// cause..."`, bounded, or empty.
+    #[error("connect failed{cause}")]
+    Connect { cause: String },
+    /// The body could not be read or decoded.
+    #[error("reading the body failed{cause}")]
+    Body { cause: String },
+    /// Any other failure of the exchange.
+    #[error("request failed{cause}")]
+    Request { cause: String },
+    /// A status other than 200 and 404.
+    #[error("status {0}")]
+    Status(u16),
+    /// The body is longer than the bound (announced or read).
+    #[error("body larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// The body is not JSON; serde_json's message gives a position, never
+    /// the input.
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("invalid JSON: not an object")]
+    NotAnObject,
+    #[error("invalid JSON: field \"{0}\" is not a string")]
+    FieldNotString(&'static str),
 }
 
 /// A client for the certificate API: cheap to clone, one connection pool
@@ -187,7 +221,7 @@ impl ApiClient {
         let timeout = self.inner.timeout;
         match tokio::time::timeout(timeout, self.exchange(name)).await {
             Ok(outcome) => outcome,
-            Err(_) => ApiOutcome::Error(timed_out(timeout)),
+            Err(_) => ApiOutcome::Error(ApiError::Timeout(timeout)),
         }
     }
 
@@ -207,11 +241,11 @@ impl ApiClient {
                 drain_small(&mut response).await;
                 return match status {
                     404 => ApiOutcome::NotFound,
-                    _ => ApiOutcome::Error(format!("status {status}")),
+                    _ => ApiOutcome::Error(ApiError::Status(status)),
                 };
             }
         }
-        let too_large = || ApiOutcome::Error(format!("body larger than {} bytes", inner.max_body));
+        let too_large = || ApiOutcome::Error(ApiError::BodyTooLarge(inner.max_body));
         // An announced length over the bound is refused before any of the
         // body is read.
         let announced = response.content_length().unwrap_or(0);
@@ -234,20 +268,20 @@ impl ApiClient {
         decode_body(&body)
     }
 
-    /// An error text with the cause chain but without the URL (it is known
+    /// The error with its cause chain but without the URL (it is known
     /// from the configuration, and the log line names the name).
-    fn describe(&self, e: &reqwest::Error) -> String {
+    fn describe(&self, e: &reqwest::Error) -> ApiError {
         if e.is_timeout() {
-            return timed_out(self.inner.timeout);
+            return ApiError::Timeout(self.inner.timeout);
         }
-        let what = if e.is_connect() {
-            "connect failed"
+        let cause = error_chain(e);
+        if e.is_connect() {
+            ApiError::Connect { cause }
         } else if e.is_body() || e.is_decode() {
-            "reading the body failed"
+            ApiError::Body { cause }
         } else {
-            "request failed"
-        };
-        format!("{what}{}", error_chain(e))
+            ApiError::Request { cause }
+        }
     }
 }
 
@@ -294,17 +328,15 @@ fn decode_body(body: &[u8]) -> ApiOutcome {
     // safe to log.
     let value: serde_json::Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => return ApiOutcome::Error(format!("invalid JSON: {e}")),
+        Err(e) => return ApiOutcome::Error(ApiError::Json(e.to_string())),
     };
     let serde_json::Value::Object(mut fields) = value else {
-        return ApiOutcome::Error("invalid JSON: not an object".into());
+        return ApiOutcome::Error(ApiError::NotAnObject);
     };
-    let mut take = |field: &str| match fields.remove(field) {
+    let mut take = |field: &'static str| match fields.remove(field) {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(s)) => Ok(Some(s.into_bytes())),
-        Some(_) => Err(ApiOutcome::Error(format!(
-            "invalid JSON: field \"{field}\" is not a string"
-        ))),
+        Some(_) => Err(ApiOutcome::Error(ApiError::FieldNotString(field))),
     };
     let crt = match take("crt") {
         Ok(v) => v,
@@ -328,12 +360,13 @@ fn decode_body(body: &[u8]) -> ApiOutcome {
     }
 }
 
-/// "timed out after 3s" (or "after 250ms" for sub-second bounds).
-fn timed_out(timeout: Duration) -> String {
+/// A bound as the configuration would write it: "3s", or "250ms" for
+/// sub-second bounds.
+fn bound(timeout: &Duration) -> String {
     if timeout.subsec_millis() == 0 {
-        format!("timed out after {}s", timeout.as_secs())
+        format!("{}s", timeout.as_secs())
     } else {
-        format!("timed out after {}ms", timeout.as_millis())
+        format!("{}ms", timeout.as_millis())
     }
 }
 
@@ -593,7 +626,7 @@ mod tests {
 
     fn error(outcome: ApiOutcome) -> String {
         match outcome {
-            ApiOutcome::Error(e) => e,
+            ApiOutcome::Error(e) => e.to_string(),
             other => panic!("expected an error, got {other:?}"),
         }
     }
@@ -687,9 +720,16 @@ mod tests {
         let mut cfg = config(&server.url("http"));
         cfg.timeout = Duration::from_millis(300);
         let start = Instant::now();
-        let e = error(lookup(cfg, "a.example"));
+        let outcome = lookup(cfg, "a.example");
         let took = start.elapsed();
-        assert_eq!(e, "timed out after 300ms");
+        assert!(
+            matches!(
+                outcome,
+                ApiOutcome::Error(ApiError::Timeout(t)) if t == Duration::from_millis(300)
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(error(outcome), "timed out after 300ms");
         assert!(took >= Duration::from_millis(290), "{took:?}");
         assert!(took < Duration::from_millis(1500), "{took:?}");
     }
@@ -700,7 +740,12 @@ mod tests {
         let mut cfg = config(&server.url("http"));
         cfg.timeout = Duration::from_secs(1);
         let start = Instant::now();
-        assert_eq!(error(lookup(cfg, "a.example")), "timed out after 1s");
+        let outcome = lookup(cfg, "a.example");
+        assert!(
+            matches!(outcome, ApiOutcome::Error(ApiError::Timeout(_))),
+            "{outcome:?}"
+        );
+        assert_eq!(error(outcome), "timed out after 1s");
         assert!(start.elapsed() < Duration::from_millis(2500));
     }
 
@@ -902,11 +947,55 @@ mod tests {
 
     #[test]
     fn timeout_text_reads_like_the_configuration() {
-        assert_eq!(timed_out(Duration::from_secs(3)), "timed out after 3s");
         assert_eq!(
-            timed_out(Duration::from_millis(1500)),
+            ApiError::Timeout(Duration::from_secs(3)).to_string(),
+            "timed out after 3s"
+        );
+        assert_eq!(
+            ApiError::Timeout(Duration::from_millis(1500)).to_string(),
             "timed out after 1500ms"
         );
+    }
+
+    #[test]
+    fn error_texts_are_the_logged_ones() {
+        let cases = [
+            (
+                ApiError::Connect {
+                    cause: ": tcp connect error: Connection refused".into(),
+                },
+                "connect failed: tcp connect error: Connection refused",
+            ),
+            (
+                ApiError::Body {
+                    cause: String::new(),
+                },
+                "reading the body failed",
+            ),
+            (
+                ApiError::Request {
+                    cause: ": x".into(),
+                },
+                "request failed: x",
+            ),
+            (ApiError::Status(500), "status 500"),
+            (
+                ApiError::BodyTooLarge(MAX_BODY),
+                "body larger than 262144 bytes",
+            ),
+            (
+                ApiError::Json("EOF while parsing a value at line 1 column 0".into()),
+                "invalid JSON: EOF while parsing a value at line 1 column 0",
+            ),
+            (ApiError::NotAnObject, "invalid JSON: not an object"),
+            (
+                ApiError::FieldNotString("crt"),
+                "invalid JSON: field \"crt\" is not a string",
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+        }
     }
 
     // ---- https ----

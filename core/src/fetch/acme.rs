@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
-use super::error::{redis_error, retryable};
+use super::error::{retryable, AcmeError, RedisError};
 use super::{AcmeAnswer, Event, Shared, MAX_ACME_VALUE};
 
 /// Reads ACME key authorizations as the event loop asks for them. How
@@ -39,7 +39,7 @@ pub(super) struct AcmeReader {
 
 impl AcmeReader {
     pub(super) fn new(
-        redis: &Option<Result<ConnectionManager, String>>,
+        redis: &Option<Result<ConnectionManager, RedisError>>,
         prefix: &str,
         timeout: Duration,
     ) -> AcmeReader {
@@ -53,14 +53,14 @@ impl AcmeReader {
     /// `GET <acme_prefix><token>`: the key authorization an issuer stored.
     async fn read(&self, token: &str) -> AcmeAnswer {
         let Some(conn) = &self.conn else {
-            return AcmeAnswer::Error("no redis configured".into());
+            return AcmeAnswer::Error(AcmeError::NoRedis);
         };
         let mut conn = conn.clone();
         // Once more after a connection error (see redis::read_record).
         match self.read_once(&mut conn, token).await {
             Err(_) => match self.read_once(&mut conn, token).await {
                 Ok(a) => a,
-                Err(e) => AcmeAnswer::Error(e),
+                Err(e) => AcmeAnswer::Error(AcmeError::Redis(e)),
             },
             Ok(a) => a,
         }
@@ -71,7 +71,7 @@ impl AcmeReader {
         &self,
         conn: &mut ConnectionManager,
         token: &str,
-    ) -> Result<AcmeAnswer, String> {
+    ) -> Result<AcmeAnswer, RedisError> {
         let key = format!("{}{}", self.prefix, token);
         // STRLEN first: the answer is bounded like every other input.
         let mut pipe = redis::pipe();
@@ -79,17 +79,15 @@ impl AcmeReader {
         let t = self.timeout;
         let len = match tokio::time::timeout(t, pipe.query_async::<(u64,)>(conn)).await {
             Ok(Ok((n,))) => n,
-            Ok(Err(e)) if retryable(&e) => return Err(redis_error(&e)),
-            Ok(Err(e)) => return Ok(AcmeAnswer::Error(redis_error(&e))),
-            Err(_) => return Ok(AcmeAnswer::Error("redis command timed out".into())),
+            Ok(Err(e)) if retryable(&e) => return Err(RedisError::command(&e)),
+            Ok(Err(e)) => return Ok(redis_failed(RedisError::command(&e))),
+            Err(_) => return Ok(redis_failed(RedisError::Timeout)),
         };
         if len == 0 {
             return Ok(AcmeAnswer::Absent);
         }
         if len > MAX_ACME_VALUE as u64 {
-            return Ok(AcmeAnswer::Error(format!(
-                "value longer than {MAX_ACME_VALUE} bytes"
-            )));
+            return Ok(AcmeAnswer::Error(AcmeError::TooLong));
         }
         let mut get = redis::cmd("GET");
         get.arg(&key);
@@ -99,10 +97,14 @@ impl AcmeReader {
                     AcmeAnswer::Value(v)
                 }
                 Ok(Ok(_)) => AcmeAnswer::Absent,
-                Ok(Err(e)) if retryable(&e) => return Err(redis_error(&e)),
-                Ok(Err(e)) => AcmeAnswer::Error(redis_error(&e)),
-                Err(_) => AcmeAnswer::Error("redis command timed out".into()),
+                Ok(Err(e)) if retryable(&e) => return Err(RedisError::command(&e)),
+                Ok(Err(e)) => redis_failed(RedisError::command(&e)),
+                Err(_) => redis_failed(RedisError::Timeout),
             },
         )
     }
+}
+
+fn redis_failed(e: RedisError) -> AcmeAnswer {
+    AcmeAnswer::Error(AcmeError::Redis(e))
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use super::error::redis_error;
+use super::error::RedisError;
 use super::{Event, Shared};
 use crate::name::normalize_sni;
 
@@ -34,7 +34,7 @@ pub(super) async fn subscribe(
         )
         .await
         {
-            Ok(()) => "subscription closed".to_owned(),
+            Ok(()) => RedisError::SubscriptionClosed,
             Err(e) => e,
         };
         // One line per outage, then at most one every 30 s.
@@ -60,16 +60,16 @@ async fn listen(
     shared: &Shared,
     resubscribed: bool,
     subscribed: &mut bool,
-) -> Result<(), String> {
-    let client = redis::Client::open(url).map_err(|e| redis_error(&e))?;
+) -> Result<(), RedisError> {
+    let client = redis::Client::open(url).map_err(|e| RedisError::command(&e))?;
     let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
         .await
-        .map_err(|_| "redis connect timed out".to_owned())?
-        .map_err(|e| redis_error(&e))?;
+        .map_err(|_| RedisError::ConnectTimeout)?
+        .map_err(|e| RedisError::command(&e))?;
     tokio::time::timeout(timeout, pubsub.subscribe(channel))
         .await
-        .map_err(|_| "redis SUBSCRIBE timed out".to_owned())?
-        .map_err(|e| redis_error(&e))?;
+        .map_err(|_| RedisError::SubscribeTimeout)?
+        .map_err(|e| RedisError::command(&e))?;
     *subscribed = true;
     shared.push(Event::Subscribed { resubscribed });
     let mut stream = pubsub.on_message();

@@ -34,6 +34,7 @@ use crate::outcome::{CertSource, FetchSource, Refusal, StepOutcome};
 use crate::validate::ParsedCert;
 use crate::workqueue::WorkQueue;
 
+pub use error::{AcmeError, FetchError, RedisError};
 pub use invalidate::invalidation_target;
 pub use redis::{check_redis_url, redact_redis_url};
 
@@ -79,8 +80,8 @@ pub enum Outcome {
     /// A record exists but must not be served.
     Refused(Refusal),
     /// No source could answer (down, timeout, protocol error, bad API
-    /// answer). The text names the source and carries no record data.
-    Error(String),
+    /// answer).
+    Error(FetchError),
 }
 
 /// Work for the fetcher thread's certificate queue (ACME reads have a
@@ -99,7 +100,7 @@ pub const MAX_ACME_VALUE: usize = 512;
 pub enum AcmeAnswer {
     Value(Vec<u8>),
     Absent,
-    Error(String),
+    Error(AcmeError),
 }
 
 /// What the fetcher thread reports to the event loop.
@@ -308,11 +309,11 @@ fn run(
             // so the event loop logs it and serves the default. ACME reads
             // are refused at once (their queue is closed): 503.
             drop(acme_rx);
-            let msg = format!("cannot start the fetcher runtime: {e}");
+            let error = FetchError::Runtime(e.to_string());
             while let Some(Request::Cert(name)) = rx.blocking_recv() {
                 shared.push(Event::Fetched(FetchResult {
                     name,
-                    outcome: Outcome::Error(msg.clone()),
+                    outcome: Outcome::Error(error.clone()),
                     elapsed: Duration::ZERO,
                     steps: Vec::new(),
                 }));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::error::{redis_error, retryable};
+use super::error::{retryable, RedisError};
 use crate::outcome::Refusal;
 use crate::record::{check_lengths, check_policy_lengths, decode_record, Record};
 
@@ -43,15 +43,16 @@ pub fn check_redis_url(url: &str) -> Result<(), String> {
 
 /// Creates the connection lazily: nginx must start (and serve defaults)
 /// while Redis is down; the manager reconnects with backoff by itself.
-pub(super) fn connect(url: &str, timeout: Duration) -> Result<ConnectionManager, String> {
-    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+pub(super) fn connect(url: &str, timeout: Duration) -> Result<ConnectionManager, RedisError> {
+    let client = redis::Client::open(url).map_err(|e| RedisError::Client(e.to_string()))?;
     let mcfg = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))
         .set_number_of_retries(2)
         .set_min_delay(Duration::from_millis(50))
         .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_lazy_with_config(client, mcfg).map_err(|e| e.to_string())
+    ConnectionManager::new_lazy_with_config(client, mcfg)
+        .map_err(|e| RedisError::Client(e.to_string()))
 }
 
 /// One Redis read of one key.
@@ -59,23 +60,20 @@ pub(super) enum RedisAnswer {
     Record(Record),
     Absent,
     Refused(Refusal),
-    Error(String),
-    /// The command ran out of `dyncert_redis_timeout` (Redis hangs).
-    Timeout,
+    /// Redis failed (down, hung: [`RedisError::Timeout`], protocol error).
+    Failed(RedisError),
     /// A connection error worth one retry on a fresh connection.
-    Retry(String),
+    Retry(RedisError),
 }
 
 impl RedisAnswer {
     fn failed(e: &redis::RedisError) -> RedisAnswer {
         if retryable(e) {
-            RedisAnswer::Retry(redis_error(e))
+            RedisAnswer::Retry(RedisError::command(e))
+        } else if e.is_timeout() {
+            RedisAnswer::Failed(RedisError::Timeout)
         } else {
-            if e.is_timeout() {
-                RedisAnswer::Timeout
-            } else {
-                RedisAnswer::Error(redis_error(e))
-            }
+            RedisAnswer::Failed(RedisError::command(e))
         }
     }
 }
@@ -90,7 +88,7 @@ pub(super) async fn read_record(
 ) -> RedisAnswer {
     match read_record_once(conn, key, timeout).await {
         RedisAnswer::Retry(_) => match read_record_once(conn, key, timeout).await {
-            RedisAnswer::Retry(e) => RedisAnswer::Error(e),
+            RedisAnswer::Retry(e) => RedisAnswer::Failed(e),
             other => other,
         },
         other => other,
@@ -108,7 +106,7 @@ async fn read_record_once(conn: &mut ConnectionManager, key: &str, t: Duration) 
     let (exists, crt_len, key_len, allow_len, ca_len) = match tokio::time::timeout(t, sizes).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return RedisAnswer::failed(&e),
-        Err(_) => return RedisAnswer::Timeout,
+        Err(_) => return RedisAnswer::Failed(RedisError::Timeout),
     };
     match check_lengths(exists > 0, crt_len, key_len)
         .and_then(|e| check_policy_lengths(allow_len, ca_len).map(|()| e))
@@ -129,7 +127,7 @@ async fn read_record_once(conn: &mut ConnectionManager, key: &str, t: Duration) 
     let (crt, pkey, allow, client_ca) = match tokio::time::timeout(t, values).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return RedisAnswer::failed(&e),
-        Err(_) => return RedisAnswer::Timeout,
+        Err(_) => return RedisAnswer::Failed(RedisError::Timeout),
     };
     if crt.is_none() && pkey.is_none() {
         // Deleted between the two reads.

@@ -8,9 +8,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionManager;
 
+use super::error::{FetchError, RedisError};
 use super::redis::{read_record, write_back, RedisAnswer};
 use super::{FetcherConfig, Outcome, Step};
-use crate::api::{ApiClient, ApiOutcome};
+use crate::api::{ApiClient, ApiError, ApiOutcome};
 use crate::intern::Interner;
 use crate::name::wildcard_parent;
 use crate::outcome::{CertSource, FetchSource, StepOutcome};
@@ -24,7 +25,7 @@ pub(super) type ParseJob = Box<dyn FnOnce() + Send>;
 /// Everything a lookup may ask, shared by the lookups in flight.
 pub(super) struct Sources {
     cfg: FetcherConfig,
-    redis: Option<Result<ConnectionManager, String>>,
+    redis: Option<Result<ConnectionManager, RedisError>>,
     api: Option<ApiClient>,
     /// Shared parsed intermediates (one object per distinct DER).
     intermediates: Arc<Interner>,
@@ -35,7 +36,7 @@ pub(super) struct Sources {
 impl Sources {
     pub(super) fn new(
         cfg: FetcherConfig,
-        redis: Option<Result<ConnectionManager, String>>,
+        redis: Option<Result<ConnectionManager, RedisError>>,
         api: Option<ApiClient>,
         parse: Arc<WorkQueue<ParseJob>>,
     ) -> Sources {
@@ -77,13 +78,14 @@ impl Sources {
                             }
                             RedisAnswer::Absent => (StepOutcome::Miss, None),
                             // Redis down or hung: the API is the source of truth.
-                            RedisAnswer::Error(e) | RedisAnswer::Retry(e) => {
+                            RedisAnswer::Failed(e) | RedisAnswer::Retry(e) => {
+                                let step = if e == RedisError::Timeout {
+                                    StepOutcome::Timeout
+                                } else {
+                                    StepOutcome::Error
+                                };
                                 redis_error = Some(e);
-                                (StepOutcome::Error, None)
-                            }
-                            RedisAnswer::Timeout => {
-                                redis_error = Some("redis command timed out".to_owned());
-                                (StepOutcome::Timeout, None)
+                                (step, None)
                             }
                         };
                         steps.push(Step {
@@ -104,7 +106,7 @@ impl Sources {
         }
         let Some(api) = &self.api else {
             return match redis_error {
-                Some(e) => Outcome::Error(format!("{e} while fetching from redis")),
+                Some(e) => Outcome::Error(FetchError::Redis(e)),
                 None => Outcome::NotFound,
             };
         };
@@ -136,15 +138,11 @@ impl Sources {
             ApiOutcome::NotFound => (StepOutcome::Miss, Outcome::NotFound),
             ApiOutcome::Refused(e) => (StepOutcome::Refused, Outcome::Refused(e.into())),
             ApiOutcome::Error(e) => {
-                let kind = if e.starts_with("timed out") {
-                    StepOutcome::Timeout
-                } else {
-                    StepOutcome::Error
+                let step = match e {
+                    ApiError::Timeout(_) => StepOutcome::Timeout,
+                    _ => StepOutcome::Error,
                 };
-                (
-                    kind,
-                    Outcome::Error(format!("{e} while fetching from the api")),
-                )
+                (step, Outcome::Error(FetchError::Api(e)))
             }
         };
         steps.push(Step {
@@ -173,10 +171,9 @@ impl Sources {
             let _ = tx.send(parse_record(&interner, &record, &name, source, wildcard));
         });
         if self.parse.push(job).is_err() {
-            return Outcome::Error("the record parse queue is full".to_owned());
+            return Outcome::Error(FetchError::ParseQueueFull);
         }
-        rx.await
-            .unwrap_or_else(|_| Outcome::Error("the record parse failed".to_owned()))
+        rx.await.unwrap_or(Outcome::Error(FetchError::ParseFailed))
     }
 
     /// Reads the record stored for `name` (a name or `*.parent`).
