@@ -31,7 +31,6 @@ mod metrics_ffi;
 mod response_ffi;
 mod ssl_ffi;
 mod variables_ffi;
-mod worker;
 mod worker_ffi;
 
 use conf_ffi::{LocConf, MainConf, SrvConf};

@@ -25,10 +25,10 @@ use ngx::ffi::{
 use std::collections::HashMap;
 
 use dyncert_core::metrics::Simple;
+use dyncert_core::worker::PreHandshake;
 
 use crate::boundary_ffi::guard;
 use crate::metrics_ffi;
-use crate::worker::PreHandshake;
 use crate::worker_ffi::{fetch_timeout, with_worker};
 
 /// The event method of the cycle being loaded (`use`, or nginx's default),

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 
 use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::fetch::{Event, Fetcher};
+use dyncert_core::worker::{Level, Worker};
 use ngx::ffi::{
     ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_free_connection, ngx_get_connection,
     ngx_handle_read_event, ngx_int_t, ngx_msec_t, ngx_uint_t, NGX_LOG_ALERT, NGX_LOG_INFO,
@@ -16,11 +17,10 @@ use ngx::http::HttpModuleMainConf;
 
 use crate::boundary_ffi::{guard, log};
 use crate::listener_ffi::{self, Parked};
-use crate::worker::{Level, Worker};
 use crate::Module;
 
 struct State {
-    worker: Worker<Parked>,
+    worker: Worker<Parked, Fetcher>,
     /// nginx connection wrapping the fetcher's wake-up socket.
     notify: *mut ngx_connection_t,
     fetch_timeout: ngx_msec_t,
@@ -33,7 +33,7 @@ thread_local! {
 
 /// Runs `f` on the worker state if the fetcher runs in this process.
 /// Never call nginx from inside `f` (it may re-enter dyncert).
-pub fn with_worker<R>(f: impl FnOnce(&mut Worker<Parked>) -> R) -> Option<R> {
+pub fn with_worker<R>(f: impl FnOnce(&mut Worker<Parked, Fetcher>) -> R) -> Option<R> {
     STATE.with(|s| {
         let mut s = s.try_borrow_mut().ok()?;
         s.as_mut().map(|st| f(&mut st.worker))
@@ -168,7 +168,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_exit_process(_cycle: *mut ngx_cycle_t)
             (*st.notify).fd = -1;
             ngx_free_connection(st.notify);
         }
-        st.worker.fetcher_mut().stop();
+        st.worker.queue_mut().stop();
     })
 }
 
@@ -180,7 +180,7 @@ unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
         let waiters = with_worker(|w| {
             let now = SystemClock.now();
             let mut waiters = Vec::new();
-            for ev in w.fetcher().drain() {
+            for ev in w.queue().drain() {
                 match ev {
                     Event::Acme { token, answer } => acme.push((token, answer)),
                     ev => waiters.extend(w.on_event(ev, now, &mut |l, m| lines.push((l, m)))),

@@ -20,4 +20,5 @@ pub mod template;
 pub mod tenant;
 pub mod timefmt;
 pub mod validate;
+pub mod worker;
 pub mod workqueue;

@@ -1,0 +1,1288 @@
+//! Per-worker state and the decisions taken on the event loop: what a
+//! handshake gets, when a connection is parked, what a finished fetch
+//! changes. nginx objects only appear as the opaque waiter `W`, the
+//! fetcher as the [`FetchQueue`] `Q`, counters as a [`MetricSink`], and
+//! the time as a `now` argument, so every decision is tested here without
+//! threads, sockets or sleeping.
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use crate::cache::{CachePolicy, CertCache, Lookup};
+use crate::clock::Millis;
+use crate::fetch::{Event, FetchResult, Fetcher, Outcome};
+use crate::flight::{Inflight, Join};
+use crate::metrics::{MetricSink, Simple, W_BYTES, W_ENTRIES, W_INFLIGHT};
+use crate::name::wildcard_parent;
+use crate::outcome::{CertSource, FetchSource, StepOutcome};
+use crate::ratelimit::LogLimiter;
+use crate::validate::ParsedCert;
+
+/// Where the worker sends the lookups it decides to start: the fetcher
+/// thread in nginx, a recorder in tests.
+pub trait FetchQueue {
+    /// Queues a lookup of `name` without blocking; `false` when it cannot
+    /// be queued (full, or the thread is gone).
+    fn request(&self, name: &str) -> bool;
+}
+
+impl FetchQueue for Fetcher {
+    fn request(&self, name: &str) -> bool {
+        Fetcher::request(self, name)
+    }
+}
+
+/// A cache entry: the parsed certificate plus the source to report for the
+/// first handshake that uses it (`redis`, `api`), after which it reports
+/// `cache`.
+pub struct CachedCert {
+    pub cert: Arc<ParsedCert>,
+    first_source: Cell<Option<CertSource>>,
+}
+
+/// What the pre-handshake step does with a connection whose SNI it read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PreHandshake {
+    /// Hand the connection to nginx now.
+    Proceed,
+    /// Keep it until the fetch for its name finishes or times out.
+    Park,
+}
+
+/// Log levels the event loop maps onto nginx's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Warn,
+    Info,
+}
+
+/// How long a name whose fetch failed waits before a refresh is retried.
+const ERROR_RETRY_MS: Millis = 5_000;
+/// When a refresh that could not even be queued (cap, full queue) is retried.
+const QUEUE_RETRY_MS: Millis = 1_000;
+/// Shortest freshness given to a certificate close to its expiry.
+const REFRESH_AHEAD_FLOOR_MS: Millis = 60_000;
+/// At most one source-trouble line per this interval per worker.
+const ERROR_LOG_INTERVAL_MS: Millis = 10_000;
+/// Memory charged per entry beyond its DER bytes: key, X509 structures,
+/// the entry itself. A rough figure: `max_size=` is a bound, not a meter.
+const ENTRY_OVERHEAD_BYTES: usize = 2048;
+
+pub struct Worker<W, Q> {
+    cache: CertCache<CachedCert>,
+    inflight: Inflight<W>,
+    queue: Q,
+    error_log: LogLimiter,
+    sink: Box<dyn MetricSink>,
+}
+
+impl<W, Q: FetchQueue> Worker<W, Q> {
+    pub fn new(
+        policy: CachePolicy,
+        concurrency: usize,
+        queue: Q,
+        sink: Box<dyn MetricSink>,
+    ) -> Self {
+        Worker {
+            cache: CertCache::new(policy),
+            inflight: Inflight::new(concurrency),
+            queue,
+            error_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
+            sink,
+        }
+    }
+
+    fn count(&self, s: Simple) {
+        let layout = self.sink.layout();
+        self.sink.add(layout.simple(s), 1);
+    }
+
+    /// Publishes this worker's gauges (cheap: three stores).
+    pub fn publish_gauges(&self) {
+        self.sink
+            .set_worker(W_INFLIGHT, self.inflight.in_flight() as u64);
+        // Certificates and negative entries, as the gauge's help says.
+        let entries = self.cache.len() + self.cache.negative_len();
+        self.sink.set_worker(W_ENTRIES, entries as u64);
+        self.sink.set_worker(W_BYTES, self.cache.bytes() as u64);
+    }
+
+    /// The fetch queue, for what the worker does not decide (draining
+    /// results, ACME reads, stopping).
+    pub fn queue(&self) -> &Q {
+        &self.queue
+    }
+
+    pub fn queue_mut(&mut self) -> &mut Q {
+        &mut self.queue
+    }
+
+    /// Called with the SNI read from a peeked ClientHello.
+    pub fn pre_handshake(&mut self, name: &str, waiter: W, now: Millis) -> PreHandshake {
+        // Only the exact name counts: a cached wildcard must not hide an
+        // exact record that has not been fetched yet (exact records win).
+        if self.cache.contains_usable(name, now) {
+            return PreHandshake::Proceed;
+        }
+        let decision = match self.inflight.join(name, Some(waiter)) {
+            Join::Joined => PreHandshake::Park,
+            Join::Refused => {
+                self.count(Simple::FetchesRefused);
+                PreHandshake::Proceed
+            }
+            Join::Started => {
+                if self.queue.request(name) {
+                    PreHandshake::Park
+                } else {
+                    // Queue full or thread gone: do not wait for nothing.
+                    drop(self.inflight.complete(name));
+                    self.count(Simple::FetchesRefused);
+                    PreHandshake::Proceed
+                }
+            }
+        };
+        if decision == PreHandshake::Park {
+            self.count(Simple::Parked);
+        }
+        self.publish_gauges();
+        decision
+    }
+
+    /// Called from the certificate callback: the certificate to install (if
+    /// any) and the source to report. Never waits; a miss schedules a fetch
+    /// so a later handshake finds the name cached.
+    pub fn for_handshake(
+        &mut self,
+        name: &str,
+        now: Millis,
+    ) -> (Option<Arc<ParsedCert>>, CertSource) {
+        let r = match self.lookup(name, now) {
+            Some((cert, first)) => (Some(cert), first.unwrap_or(CertSource::Cache)),
+            None => (None, CertSource::Default),
+        };
+        self.publish_gauges();
+        r
+    }
+
+    /// Exact name first, then its `*.parent` entry; schedules the fetches a
+    /// handshake implies (miss, stale entry, exact name behind a wildcard).
+    fn lookup(&mut self, name: &str, now: Millis) -> Option<(Arc<ParsedCert>, Option<CertSource>)> {
+        let mut refresh = false;
+        let found = match self.cache.get(name, now) {
+            Lookup::Fresh(v) => Some((v.cert.clone(), v.first_source.take())),
+            Lookup::Stale { value, refresh_due } => {
+                refresh = refresh_due;
+                Some((value.cert.clone(), value.first_source.take()))
+            }
+            Lookup::Negative => {
+                self.count(Simple::NegativeHits);
+                return None;
+            }
+            Lookup::Miss => {
+                refresh = true;
+                None
+            }
+        };
+        if refresh {
+            self.start_fetch(name, now);
+        }
+        if found.is_some() {
+            return found;
+        }
+        let wildcard = wildcard_parent(name)?;
+        match self.cache.get(&wildcard, now) {
+            Lookup::Fresh(v) | Lookup::Stale { value: v, .. } => {
+                Some((v.cert.clone(), v.first_source.take()))
+            }
+            Lookup::Negative | Lookup::Miss => None,
+        }
+    }
+
+    /// The name's own current record: its exact cache entry (fresh or
+    /// stale), never its wildcard parent's. For the tenant policy, which
+    /// holds connections to it; a stale entry's refresh is started here
+    /// like on a handshake.
+    pub fn current(&mut self, name: &str, now: Millis) -> Option<Arc<ParsedCert>> {
+        let (cert, refresh) = match self.cache.get(name, now) {
+            Lookup::Fresh(v) => (v.cert.clone(), false),
+            Lookup::Stale { value, refresh_due } => (value.cert.clone(), refresh_due),
+            Lookup::Negative | Lookup::Miss => return None,
+        };
+        if refresh {
+            self.start_fetch(name, now);
+        }
+        Some(cert)
+    }
+
+    /// Whether a name has a certificate to serve right now (for
+    /// `dyncert_unknown reject`, decided before the certificate callback).
+    /// Does not consume the first-use marker: the callback that follows
+    /// reports the source.
+    pub fn has_certificate(&mut self, name: &str, now: Millis) -> bool {
+        match self.cache.get(name, now) {
+            Lookup::Fresh(_) => return true,
+            Lookup::Stale { refresh_due, .. } => {
+                if refresh_due {
+                    self.start_fetch(name, now);
+                }
+                return true;
+            }
+            Lookup::Negative => return false,
+            Lookup::Miss => self.start_fetch(name, now),
+        }
+        wildcard_parent(name).is_some_and(|w| self.cache.contains_usable(&w, now))
+    }
+
+    fn start_fetch(&mut self, name: &str, now: Millis) {
+        let queued = match self.inflight.join(name, None) {
+            Join::Started => {
+                let ok = self.queue.request(name);
+                if !ok {
+                    drop(self.inflight.complete(name));
+                }
+                ok
+            }
+            Join::Joined => true,
+            Join::Refused => false,
+        };
+        if !queued {
+            self.count(Simple::FetchesRefused);
+        }
+        if !queued {
+            // Let a later handshake ask again instead of waiting for expiry.
+            self.cache.refresh_failed(name, now, QUEUE_RETRY_MS);
+        }
+    }
+
+    /// A parked connection's timer fired: forget it (the fetch goes on).
+    pub fn abandon(&mut self, name: &str, pred: impl FnMut(&W) -> bool) -> Option<W> {
+        self.inflight.remove_waiter(name, pred)
+    }
+
+    /// Applies one report of the fetcher thread. Returns the connections to
+    /// wake; `log` receives the lines to write (no key material in them).
+    pub fn on_event(
+        &mut self,
+        event: Event,
+        now: Millis,
+        log: &mut dyn FnMut(Level, String),
+    ) -> Vec<W> {
+        match event {
+            Event::Fetched(r) => {
+                let woken = self.on_result(r, now, log);
+                self.publish_gauges();
+                woken
+            }
+            Event::Invalidate(target) => {
+                self.invalidate(&target);
+                self.count(Simple::Invalidations);
+                self.publish_gauges();
+                log(
+                    Level::Info,
+                    format!("dyncert: invalidated \"{target}\" as published"),
+                );
+                Vec::new()
+            }
+            Event::Subscribed { resubscribed } => {
+                if resubscribed {
+                    self.count(Simple::Resubscribes);
+                    log(
+                        Level::Warn,
+                        "dyncert: invalidation channel subscribed again; names published \
+                         meanwhile are refreshed when their \"valid\" time ends"
+                            .to_owned(),
+                    );
+                }
+                Vec::new()
+            }
+            Event::Warn(msg) => {
+                log(Level::Warn, msg);
+                Vec::new()
+            }
+            // Answered by the ACME handler, which the glue routes them to.
+            Event::Acme { .. } => Vec::new(),
+        }
+    }
+
+    /// Drops a name, a wildcard and every name served from it, or all.
+    pub fn invalidate(&mut self, target: &str) {
+        if target == "*" {
+            self.cache.clear();
+        } else if target.starts_with("*.") {
+            self.cache.retain(|name, _| {
+                name != target && wildcard_parent(name).as_deref() != Some(target)
+            });
+        } else {
+            self.cache.remove(target);
+        }
+    }
+
+    fn on_result(
+        &mut self,
+        r: FetchResult,
+        now: Millis,
+        log: &mut dyn FnMut(Level, String),
+    ) -> Vec<W> {
+        let FetchResult {
+            name,
+            outcome,
+            steps,
+            ..
+        } = r;
+        let layout = self.sink.layout();
+        for step in &steps {
+            self.sink.add(layout.fetch(step.source, step.outcome), 1);
+            for (slot, n) in layout.fetch_latency(step.source, step.elapsed.as_micros() as u64) {
+                self.sink.add(slot, n);
+            }
+            if step.source == FetchSource::Redis
+                && matches!(step.outcome, StepOutcome::Error | StepOutcome::Timeout)
+            {
+                self.sink.add(layout.simple(Simple::RedisErrors), 1);
+            }
+        }
+        match outcome {
+            Outcome::Found {
+                cert,
+                source,
+                wildcard,
+            } => {
+                let policy = *self.cache.policy();
+                let expires = cert.not_after_ms;
+                // Fresh until `valid` ends, or earlier so the certificate is
+                // refreshed before its own expiry (renewals get picked up).
+                // Never sooner than a retry interval: a source that keeps
+                // answering with a nearly expired certificate must not cause
+                // back-to-back refreshes.
+                let floor = now.saturating_add(policy.valid.min(REFRESH_AHEAD_FLOOR_MS));
+                let ahead = expires.saturating_sub(policy.valid).max(floor);
+                let fresh_until = now.saturating_add(policy.valid).min(ahead);
+                let bytes = cert.der_bytes + ENTRY_OVERHEAD_BYTES;
+                if let Some(w) = wildcard {
+                    let entry = CachedCert {
+                        cert: cert.clone(),
+                        first_source: Cell::new(Some(source)),
+                    };
+                    self.cache
+                        .insert_weighted(w, entry, now, expires, fresh_until, bytes);
+                }
+                let entry = CachedCert {
+                    cert,
+                    first_source: Cell::new(Some(source)),
+                };
+                self.cache
+                    .insert_weighted(name.clone(), entry, now, expires, fresh_until, bytes);
+            }
+            Outcome::NotFound => {
+                self.cache.insert_negative(name.clone(), now);
+            }
+            Outcome::Refused(refusal) => {
+                self.sink.add(layout.rejected(refusal.label), 1);
+                log(
+                    Level::Warn,
+                    format!(
+                        "dyncert: invalid certificate record ({}) while validating, name: \"{}\"",
+                        refusal.reason, name
+                    ),
+                );
+                // A refused update must not take down a working certificate:
+                // keep a cached one (stale-if-error) and retry later.
+                if self.cache.contains_usable(&name, now) {
+                    self.cache.refresh_failed(&name, now, ERROR_RETRY_MS);
+                } else {
+                    self.cache.insert_negative(name.clone(), now);
+                }
+            }
+            Outcome::Error(e) => {
+                if let Some(suppressed) = self.error_log.allow(now) {
+                    let more = if suppressed > 0 {
+                        format!(" ({suppressed} similar errors suppressed)")
+                    } else {
+                        String::new()
+                    };
+                    log(Level::Warn, format!("dyncert: {e}, name: \"{name}\"{more}"));
+                }
+                self.cache.refresh_failed(&name, now, ERROR_RETRY_MS);
+            }
+        }
+        self.inflight.complete(&name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use openssl::pkey::{PKey, Private};
+    use openssl::x509::X509;
+
+    use crate::fetch::{AcmeAnswer, FetchError, RedisError, Step};
+    use crate::metrics::Layout;
+    use crate::outcome::Refusal;
+    use crate::validate::testpki;
+    use crate::validate::TenantPolicy;
+
+    const SECOND: Millis = 1_000;
+    const MINUTE: Millis = 60 * SECOND;
+    const DAY: Millis = 24 * 60 * MINUTE;
+    const NOW: Millis = 1_700_000_000_000;
+    const VALID: Millis = 10 * MINUTE;
+    /// Far from expiry: refreshed when `valid` ends.
+    const NOT_AFTER: Millis = NOW + 30 * DAY;
+    const DER_BYTES: usize = 1_000;
+
+    /// Records the lookups the worker starts; refuses them when told to.
+    #[derive(Default)]
+    struct FakeQueue {
+        asked: RefCell<Vec<String>>,
+        full: std::cell::Cell<bool>,
+    }
+
+    impl FetchQueue for FakeQueue {
+        fn request(&self, name: &str) -> bool {
+            if self.full.get() {
+                return false;
+            }
+            self.asked.borrow_mut().push(name.to_owned());
+            true
+        }
+    }
+
+    /// Counters and gauges, readable while the worker holds the sink.
+    #[derive(Default)]
+    struct Metrics {
+        slots: RefCell<Vec<u64>>,
+        gauges: RefCell<[u64; 4]>,
+    }
+
+    struct Sink(Rc<Metrics>);
+
+    impl MetricSink for Sink {
+        fn add(&self, slot: usize, n: u64) {
+            self.0.slots.borrow_mut()[slot] += n;
+        }
+        fn set_worker(&self, field: usize, value: u64) {
+            self.0.gauges.borrow_mut()[field] = value;
+        }
+        fn layout(&self) -> Layout {
+            Layout { servers: 0 }
+        }
+    }
+
+    impl Metrics {
+        fn get(&self, slot: usize) -> u64 {
+            self.slots.borrow()[slot]
+        }
+        fn simple(&self, s: Simple) -> u64 {
+            self.get(Layout { servers: 0 }.simple(s))
+        }
+        fn gauge(&self, field: usize) -> u64 {
+            self.gauges.borrow()[field]
+        }
+    }
+
+    type TestWorker = Worker<u32, FakeQueue>;
+
+    fn policy() -> CachePolicy {
+        CachePolicy {
+            max_entries: 100,
+            max_bytes: 0,
+            valid: VALID,
+            stale: 60 * MINUTE,
+            negative: 30 * SECOND,
+            negative_max: 100,
+        }
+    }
+
+    fn worker_with(concurrency: usize) -> (TestWorker, Rc<Metrics>) {
+        let metrics = Rc::new(Metrics::default());
+        metrics
+            .slots
+            .borrow_mut()
+            .resize(Layout { servers: 0 }.len(), 0);
+        let w = Worker::new(
+            policy(),
+            concurrency,
+            FakeQueue::default(),
+            Box::new(Sink(metrics.clone())),
+        );
+        (w, metrics)
+    }
+
+    fn worker() -> (TestWorker, Rc<Metrics>) {
+        worker_with(64)
+    }
+
+    /// A certificate with the given fingerprint byte and notAfter (the
+    /// worker reads nothing else of it; one key pair serves every test).
+    fn cert(fp: u8, not_after_ms: Millis) -> Arc<ParsedCert> {
+        thread_local! {
+            static PAIR: (X509, PKey<Private>) = {
+                let key = testpki::key();
+                (testpki::leaf(&["a.example.com"], &key, -1, 30), key)
+            };
+        }
+        PAIR.with(|(leaf, key)| {
+            Arc::new(ParsedCert {
+                leaf: leaf.clone(),
+                chain: Vec::new(),
+                key: key.clone(),
+                not_after_ms,
+                der_bytes: DER_BYTES,
+                policy: TenantPolicy::default(),
+                fingerprint: [fp; 32],
+            })
+        })
+    }
+
+    fn fetched(name: &str, outcome: Outcome) -> Event {
+        Event::Fetched(FetchResult {
+            name: name.to_owned(),
+            outcome,
+            elapsed: Duration::ZERO,
+            steps: Vec::new(),
+        })
+    }
+
+    fn found(name: &str, cert: Arc<ParsedCert>, wildcard: Option<&str>) -> Event {
+        fetched(
+            name,
+            Outcome::Found {
+                cert,
+                source: CertSource::Redis,
+                wildcard: wildcard.map(str::to_owned),
+            },
+        )
+    }
+
+    fn refused() -> Outcome {
+        Outcome::Refused(Refusal {
+            reason: "certificate has expired (notAfter)",
+            label: "expired",
+        })
+    }
+
+    fn failed() -> Outcome {
+        Outcome::Error(FetchError::Redis(RedisError::Timeout))
+    }
+
+    /// Applies `event`; the connections woken and the lines logged.
+    fn apply(w: &mut TestWorker, event: Event, now: Millis) -> (Vec<u32>, Vec<(Level, String)>) {
+        let mut lines = Vec::new();
+        let woken = w.on_event(event, now, &mut |l, m| lines.push((l, m)));
+        (woken, lines)
+    }
+
+    fn asked(w: &TestWorker) -> Vec<String> {
+        w.queue().asked.borrow().clone()
+    }
+
+    /// Caches `name` (fetched at `now`, from Redis) as a finished fetch
+    /// would, and forgets that it was asked for.
+    fn cache(w: &mut TestWorker, name: &str, c: Arc<ParsedCert>, now: Millis) {
+        apply(w, found(name, c, None), now);
+        w.queue().asked.borrow_mut().clear();
+    }
+
+    fn fingerprint(r: (Option<Arc<ParsedCert>>, CertSource)) -> (Option<u8>, CertSource) {
+        (r.0.map(|c| c.fingerprint[0]), r.1)
+    }
+
+    // ---- pre-handshake ----
+
+    #[test]
+    fn cached_name_proceeds_without_a_fetch() {
+        let (mut w, m) = worker();
+        cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
+        assert_eq!(
+            w.pre_handshake("a.example.com", 1, NOW),
+            PreHandshake::Proceed
+        );
+        // Stale is still usable: the handshake goes on, the callback
+        // starts the refresh.
+        assert_eq!(
+            w.pre_handshake("a.example.com", 2, NOW + VALID + SECOND),
+            PreHandshake::Proceed
+        );
+        assert!(asked(&w).is_empty());
+        assert_eq!(m.simple(Simple::Parked), 0);
+    }
+
+    #[test]
+    fn name_known_to_be_unknown_proceeds_without_a_fetch() {
+        let (mut w, m) = worker();
+        apply(&mut w, fetched("nx.example.com", Outcome::NotFound), NOW);
+        assert_eq!(
+            w.pre_handshake("nx.example.com", 1, NOW + SECOND),
+            PreHandshake::Proceed
+        );
+        assert!(asked(&w).is_empty());
+        assert_eq!(m.simple(Simple::Parked), 0);
+    }
+
+    #[test]
+    fn unknown_name_parks_and_starts_one_fetch() {
+        let (mut w, m) = worker();
+        assert_eq!(w.pre_handshake("a.example.com", 1, NOW), PreHandshake::Park);
+        assert_eq!(asked(&w), ["a.example.com"]);
+        assert_eq!(m.simple(Simple::Parked), 1);
+        assert_eq!(m.gauge(W_INFLIGHT), 1);
+    }
+
+    #[test]
+    fn connections_for_one_name_share_its_fetch_and_wake_in_order() {
+        let (mut w, m) = worker();
+        for waiter in 1..=3 {
+            assert_eq!(
+                w.pre_handshake("a.example.com", waiter, NOW),
+                PreHandshake::Park
+            );
+        }
+        assert_eq!(asked(&w), ["a.example.com"], "one fetch for three");
+        assert_eq!(m.simple(Simple::Parked), 3);
+        let (woken, _) = apply(
+            &mut w,
+            found("a.example.com", cert(1, NOT_AFTER), None),
+            NOW,
+        );
+        assert_eq!(woken, [1, 2, 3]);
+        assert_eq!(m.gauge(W_INFLIGHT), 0);
+    }
+
+    #[test]
+    fn past_the_fetch_cap_a_connection_proceeds_and_is_counted() {
+        let (mut w, m) = worker_with(1);
+        assert_eq!(w.pre_handshake("a.example.com", 1, NOW), PreHandshake::Park);
+        assert_eq!(
+            w.pre_handshake("b.example.com", 2, NOW),
+            PreHandshake::Proceed
+        );
+        // Joining the running fetch costs nothing: never refused.
+        assert_eq!(w.pre_handshake("a.example.com", 3, NOW), PreHandshake::Park);
+        assert_eq!(asked(&w), ["a.example.com"]);
+        assert_eq!(m.simple(Simple::FetchesRefused), 1);
+        assert_eq!(m.simple(Simple::Parked), 2);
+    }
+
+    #[test]
+    fn a_full_queue_lets_the_connection_proceed_and_frees_the_slot() {
+        let (mut w, m) = worker_with(1);
+        w.queue().full.set(true);
+        assert_eq!(
+            w.pre_handshake("a.example.com", 1, NOW),
+            PreHandshake::Proceed
+        );
+        assert_eq!(m.simple(Simple::FetchesRefused), 1);
+        assert_eq!(m.simple(Simple::Parked), 0);
+        assert_eq!(m.gauge(W_INFLIGHT), 0);
+        // The slot was given back: with room in the queue, the next one
+        // parks although the cap is 1.
+        w.queue().full.set(false);
+        assert_eq!(w.pre_handshake("b.example.com", 2, NOW), PreHandshake::Park);
+        assert_eq!(asked(&w), ["b.example.com"]);
+    }
+
+    #[test]
+    fn a_cached_wildcard_does_not_spare_the_exact_name_its_fetch() {
+        let (mut w, _) = worker();
+        apply(
+            &mut w,
+            found("a.example.com", cert(1, NOT_AFTER), Some("*.example.com")),
+            NOW,
+        );
+        // b.example.com may have a record of its own: exact records win.
+        assert_eq!(w.pre_handshake("b.example.com", 1, NOW), PreHandshake::Park);
+        assert_eq!(asked(&w), ["b.example.com"]);
+    }
+
+    #[test]
+    fn abandoned_connection_is_not_woken_and_the_fetch_goes_on() {
+        let (mut w, _) = worker();
+        w.pre_handshake("a.example.com", 1, NOW);
+        w.pre_handshake("a.example.com", 2, NOW);
+        assert_eq!(w.abandon("a.example.com", |&p| p == 1), Some(1));
+        assert_eq!(w.abandon("a.example.com", |&p| p == 1), None);
+        assert_eq!(w.abandon("b.example.com", |_| true), None);
+        let (woken, _) = apply(
+            &mut w,
+            found("a.example.com", cert(1, NOT_AFTER), None),
+            NOW,
+        );
+        assert_eq!(woken, [2]);
+        assert_eq!(
+            fingerprint(w.for_handshake("a.example.com", NOW)),
+            (Some(1), CertSource::Redis),
+            "the result was cached all the same"
+        );
+    }
+
+    // ---- certificate callback ----
+
+    #[test]
+    fn exact_name_reports_its_source_once_then_cache() {
+        let (mut w, m) = worker();
+        cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
+        assert_eq!(
+            fingerprint(w.for_handshake("a.example.com", NOW)),
+            (Some(1), CertSource::Redis)
+        );
+        assert_eq!(
+            fingerprint(w.for_handshake("a.example.com", NOW)),
+            (Some(1), CertSource::Cache)
+        );
+        assert!(asked(&w).is_empty(), "fresh: no refresh");
+        assert_eq!(m.gauge(W_ENTRIES), 1);
+    }
+
+    #[test]
+    fn api_answers_report_api_on_first_use() {
+        let (mut w, _) = worker();
+        let event = fetched(
+            "a.example.com",
+            Outcome::Found {
+                cert: cert(1, NOT_AFTER),
+                source: CertSource::Api,
+                wildcard: None,
+            },
+        );
+        apply(&mut w, event, NOW);
+        assert_eq!(w.for_handshake("a.example.com", NOW).1, CertSource::Api);
+        assert_eq!(w.for_handshake("a.example.com", NOW).1, CertSource::Cache);
+    }
+
+    #[test]
+    fn name_below_a_cached_wildcard_gets_it_and_its_own_fetch_starts() {
+        let (mut w, _) = worker();
+        apply(
+            &mut w,
+            found("a.example.com", cert(7, NOT_AFTER), Some("*.example.com")),
+            NOW,
+        );
+        w.queue().asked.borrow_mut().clear();
+        assert_eq!(
+            fingerprint(w.for_handshake("b.example.com", NOW)),
+            (Some(7), CertSource::Redis),
+            "first use of the wildcard entry"
+        );
+        assert_eq!(asked(&w), ["b.example.com"]);
+        assert_eq!(
+            fingerprint(w.for_handshake("c.example.com", NOW)),
+            (Some(7), CertSource::Cache)
+        );
+        // Only one level: a.b.example.com is not covered by *.example.com.
+        assert_eq!(
+            fingerprint(w.for_handshake("a.b.example.com", NOW)),
+            (None, CertSource::Default)
+        );
+    }
+
+    #[test]
+    fn exact_record_wins_over_the_wildcard() {
+        let (mut w, _) = worker();
+        apply(
+            &mut w,
+            found("a.example.com", cert(7, NOT_AFTER), Some("*.example.com")),
+            NOW,
+        );
+        cache(&mut w, "b.example.com", cert(2, NOT_AFTER), NOW);
+        assert_eq!(
+            w.for_handshake("b.example.com", NOW).0.unwrap().fingerprint[0],
+            2
+        );
+    }
+
+    #[test]
+    fn stale_certificate_is_served_while_one_refresh_runs() {
+        let (mut w, _) = worker();
+        cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
+        let later = NOW + VALID;
+        assert_eq!(
+            fingerprint(w.for_handshake("a.example.com", later)),
+            (Some(1), CertSource::Redis)
+        );
+        assert_eq!(asked(&w), ["a.example.com"]);
+        assert_eq!(
+            fingerprint(w.for_handshake("a.example.com", later + SECOND)),
+            (Some(1), CertSource::Cache)
+        );
+        assert_eq!(asked(&w), ["a.example.com"], "one refresh at a time");
+        // The refresh lands: fresh again, and a new certificate.
+        apply(
+            &mut w,
+            found("a.example.com", cert(2, NOT_AFTER), None),
+            later,
+        );
+        assert_eq!(
+            fingerprint(w.for_handshake("a.example.com", later + SECOND)),
+            (Some(2), CertSource::Redis)
+        );
+    }
+
+    #[test]
+    fn unknown_name_gets_the_default_and_schedules_a_fetch() {
+        let (mut w, _) = worker();
+        assert_eq!(
+            fingerprint(w.for_handshake("a.example.com", NOW)),
+            (None, CertSource::Default)
+        );
+        assert_eq!(asked(&w), ["a.example.com"]);
+        // Nobody waits for that fetch.
+        let (woken, _) = apply(
+            &mut w,
+            found("a.example.com", cert(1, NOT_AFTER), None),
+            NOW,
+        );
+        assert!(woken.is_empty());
+        assert_eq!(
+            fingerprint(w.for_handshake("a.example.com", NOW)),
+            (Some(1), CertSource::Redis)
+        );
+    }
+
+    #[test]
+    fn negative_name_gets_the_default_without_a_fetch_and_is_counted() {
+        let (mut w, m) = worker();
+        apply(&mut w, fetched("nx.example.com", Outcome::NotFound), NOW);
+        assert_eq!(
+            fingerprint(w.for_handshake("nx.example.com", NOW + SECOND)),
+            (None, CertSource::Default)
+        );
+        assert!(asked(&w).is_empty());
+        assert_eq!(m.simple(Simple::NegativeHits), 1);
+        // Once the negative entry ends, the name is fetched again.
+        w.for_handshake("nx.example.com", NOW + 30 * SECOND);
+        assert_eq!(asked(&w), ["nx.example.com"]);
+    }
+
+    #[test]
+    fn refresh_that_cannot_be_queued_is_counted_and_retried_a_second_later() {
+        let (mut w, m) = worker();
+        cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
+        w.queue().full.set(true);
+        let stale = NOW + VALID;
+        assert!(w.for_handshake("a.example.com", stale).0.is_some());
+        assert_eq!(m.simple(Simple::FetchesRefused), 1);
+        w.queue().full.set(false);
+        w.for_handshake("a.example.com", stale + QUEUE_RETRY_MS - 1);
+        assert!(asked(&w).is_empty(), "not before the retry time");
+        w.for_handshake("a.example.com", stale + QUEUE_RETRY_MS);
+        assert_eq!(asked(&w), ["a.example.com"]);
+    }
+
+    #[test]
+    fn refresh_past_the_cap_is_counted() {
+        let (mut w, m) = worker_with(1);
+        w.pre_handshake("busy.example.com", 1, NOW);
+        w.for_handshake("a.example.com", NOW);
+        assert_eq!(asked(&w), ["busy.example.com"]);
+        assert_eq!(m.simple(Simple::FetchesRefused), 1);
+    }
+
+    // ---- the name's own record (tenant policy) ----
+
+    #[test]
+    fn current_is_the_exact_entry_never_the_wildcard() {
+        let (mut w, _) = worker();
+        apply(
+            &mut w,
+            found("a.example.com", cert(7, NOT_AFTER), Some("*.example.com")),
+            NOW,
+        );
+        apply(&mut w, fetched("nx.example.com", Outcome::NotFound), NOW);
+        assert_eq!(w.current("a.example.com", NOW).unwrap().fingerprint[0], 7);
+        assert!(w.current("b.example.com", NOW).is_none());
+        assert!(w.current("nx.example.com", NOW).is_none());
+        assert!(w.current("c.other.com", NOW).is_none());
+        // Neither a miss nor a wildcard starts a fetch here.
+        assert!(asked(&w).is_empty());
+    }
+
+    #[test]
+    fn current_starts_the_refresh_of_a_stale_entry_and_keeps_the_first_use() {
+        let (mut w, _) = worker();
+        cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
+        assert!(w.current("a.example.com", NOW).is_some());
+        assert!(asked(&w).is_empty());
+        assert!(w.current("a.example.com", NOW + VALID).is_some());
+        assert_eq!(asked(&w), ["a.example.com"]);
+        assert_eq!(
+            w.for_handshake("a.example.com", NOW + VALID).1,
+            CertSource::Redis
+        );
+    }
+
+    // ---- dyncert_unknown reject ----
+
+    #[test]
+    fn has_certificate_answers_without_taking_the_first_use() {
+        let (mut w, _) = worker();
+        cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
+        assert!(w.has_certificate("a.example.com", NOW));
+        assert!(asked(&w).is_empty());
+        assert_eq!(w.for_handshake("a.example.com", NOW).1, CertSource::Redis);
+        // Stale: still a certificate, and its refresh starts.
+        assert!(w.has_certificate("a.example.com", NOW + VALID));
+        assert_eq!(asked(&w), ["a.example.com"]);
+    }
+
+    #[test]
+    fn has_certificate_is_false_for_unknown_names_and_fetches_misses() {
+        let (mut w, _) = worker();
+        apply(&mut w, fetched("nx.example.com", Outcome::NotFound), NOW);
+        assert!(!w.has_certificate("nx.example.com", NOW));
+        assert!(asked(&w).is_empty());
+        assert!(!w.has_certificate("a.example.com", NOW));
+        assert_eq!(asked(&w), ["a.example.com"]);
+    }
+
+    #[test]
+    fn has_certificate_counts_a_usable_wildcard() {
+        let (mut w, _) = worker();
+        apply(
+            &mut w,
+            found("a.example.com", cert(7, NOT_AFTER), Some("*.example.com")),
+            NOW,
+        );
+        w.queue().asked.borrow_mut().clear();
+        assert!(w.has_certificate("b.example.com", NOW));
+        assert_eq!(asked(&w), ["b.example.com"], "its own record is asked for");
+        assert!(!w.has_certificate("b.other.com", NOW));
+    }
+
+    // ---- finished fetches ----
+
+    #[test]
+    fn found_is_fresh_for_valid_far_from_expiry() {
+        let (mut w, m) = worker();
+        cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
+        w.for_handshake("a.example.com", NOW + VALID - 1);
+        assert!(asked(&w).is_empty());
+        w.for_handshake("a.example.com", NOW + VALID);
+        assert_eq!(asked(&w), ["a.example.com"]);
+        assert_eq!(m.gauge(W_ENTRIES), 1);
+        assert_eq!(m.gauge(W_BYTES), (DER_BYTES + ENTRY_OVERHEAD_BYTES) as u64);
+    }
+
+    #[test]
+    fn found_is_refreshed_ahead_of_its_expiry() {
+        let (mut w, _) = worker();
+        // Expires 5 minutes after `valid` would end: refreshed 5 minutes
+        // from now, so the renewal is picked up before expiry.
+        let not_after = NOW + VALID + 5 * MINUTE;
+        cache(&mut w, "a.example.com", cert(1, not_after), NOW);
+        w.for_handshake("a.example.com", NOW + 5 * MINUTE - 1);
+        assert!(asked(&w).is_empty());
+        w.for_handshake("a.example.com", NOW + 5 * MINUTE);
+        assert_eq!(asked(&w), ["a.example.com"]);
+    }
+
+    #[test]
+    fn refresh_ahead_never_comes_sooner_than_the_floor() {
+        let (mut w, _) = worker();
+        // Refresh-ahead would be 10 s from now: a source that keeps
+        // answering with this certificate is asked once a minute at most.
+        let not_after = NOW + VALID + 10 * SECOND;
+        cache(&mut w, "a.example.com", cert(1, not_after), NOW);
+        w.for_handshake("a.example.com", NOW + REFRESH_AHEAD_FLOOR_MS - 1);
+        assert!(asked(&w).is_empty());
+        w.for_handshake("a.example.com", NOW + REFRESH_AHEAD_FLOOR_MS);
+        assert_eq!(asked(&w), ["a.example.com"]);
+        // Never served past its own expiry.
+        assert_eq!(
+            fingerprint(w.for_handshake("a.example.com", not_after)),
+            (None, CertSource::Default)
+        );
+    }
+
+    #[test]
+    fn found_under_a_wildcard_caches_the_wildcard_and_the_name() {
+        let (mut w, m) = worker();
+        apply(
+            &mut w,
+            found("a.example.com", cert(7, NOT_AFTER), Some("*.example.com")),
+            NOW,
+        );
+        assert_eq!(m.gauge(W_ENTRIES), 2);
+        assert_eq!(
+            m.gauge(W_BYTES),
+            2 * (DER_BYTES + ENTRY_OVERHEAD_BYTES) as u64
+        );
+        assert_eq!(w.current("a.example.com", NOW).unwrap().fingerprint[0], 7);
+        assert_eq!(w.current("*.example.com", NOW).unwrap().fingerprint[0], 7);
+    }
+
+    #[test]
+    fn not_found_forgets_a_cached_certificate_and_remembers_the_name() {
+        let (mut w, m) = worker();
+        cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
+        let (_, lines) = apply(&mut w, fetched("a.example.com", Outcome::NotFound), NOW);
+        assert!(lines.is_empty());
+        assert_eq!(
+            fingerprint(w.for_handshake("a.example.com", NOW)),
+            (None, CertSource::Default)
+        );
+        assert_eq!(m.simple(Simple::NegativeHits), 1);
+        assert_eq!(m.gauge(W_ENTRIES), 1, "the negative entry");
+    }
+
+    #[test]
+    fn refused_record_keeps_a_cached_certificate_and_retries_later() {
+        let (mut w, m) = worker();
+        cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
+        let stale = NOW + VALID;
+        w.for_handshake("a.example.com", stale);
+        let (_, lines) = apply(&mut w, fetched("a.example.com", refused()), stale);
+        assert_eq!(
+            lines,
+            [(
+                Level::Warn,
+                "dyncert: invalid certificate record (certificate has expired (notAfter)) \
+                 while validating, name: \"a.example.com\""
+                    .to_owned()
+            )]
+        );
+        assert_eq!(m.get(Layout { servers: 0 }.rejected("expired")), 1);
+        assert_eq!(
+            w.for_handshake("a.example.com", stale)
+                .0
+                .unwrap()
+                .fingerprint[0],
+            1
+        );
+        w.queue().asked.borrow_mut().clear();
+        w.for_handshake("a.example.com", stale + ERROR_RETRY_MS - 1);
+        assert!(asked(&w).is_empty());
+        w.for_handshake("a.example.com", stale + ERROR_RETRY_MS);
+        assert_eq!(asked(&w), ["a.example.com"]);
+    }
+
+    #[test]
+    fn refused_record_without_a_cached_certificate_is_remembered_as_unknown() {
+        let (mut w, m) = worker();
+        w.pre_handshake("a.example.com", 1, NOW);
+        let (woken, _) = apply(&mut w, fetched("a.example.com", refused()), NOW);
+        assert_eq!(woken, [1]);
+        assert_eq!(
+            fingerprint(w.for_handshake("a.example.com", NOW)),
+            (None, CertSource::Default)
+        );
+        assert_eq!(m.simple(Simple::NegativeHits), 1);
+    }
+
+    #[test]
+    fn failed_fetch_keeps_serving_and_its_log_lines_are_rate_limited() {
+        let (mut w, _) = worker();
+        cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
+        let (_, lines) = apply(&mut w, fetched("a.example.com", failed()), NOW);
+        assert_eq!(
+            lines,
+            [(
+                Level::Warn,
+                "dyncert: redis command timed out while fetching from redis, \
+                 name: \"a.example.com\""
+                    .to_owned()
+            )]
+        );
+        let (_, lines) = apply(&mut w, fetched("b.example.com", failed()), NOW + SECOND);
+        assert!(lines.is_empty(), "within the interval");
+        let (_, lines) = apply(
+            &mut w,
+            fetched("c.example.com", failed()),
+            NOW + ERROR_LOG_INTERVAL_MS,
+        );
+        assert_eq!(
+            lines[0].1,
+            "dyncert: redis command timed out while fetching from redis, \
+             name: \"c.example.com\" (1 similar errors suppressed)"
+        );
+        assert!(w.for_handshake("a.example.com", NOW).0.is_some());
+    }
+
+    #[test]
+    fn failed_refresh_is_retried_after_the_error_interval() {
+        let (mut w, _) = worker();
+        cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
+        let stale = NOW + VALID;
+        w.for_handshake("a.example.com", stale);
+        apply(&mut w, fetched("a.example.com", failed()), stale);
+        w.queue().asked.borrow_mut().clear();
+        assert!(w
+            .for_handshake("a.example.com", stale + ERROR_RETRY_MS - 1)
+            .0
+            .is_some());
+        assert!(asked(&w).is_empty());
+        w.for_handshake("a.example.com", stale + ERROR_RETRY_MS);
+        assert_eq!(asked(&w), ["a.example.com"]);
+    }
+
+    #[test]
+    fn failed_fetch_of_an_unknown_name_caches_nothing_and_wakes_its_waiters() {
+        let (mut w, m) = worker();
+        w.pre_handshake("a.example.com", 1, NOW);
+        let (woken, _) = apply(&mut w, fetched("a.example.com", failed()), NOW);
+        assert_eq!(woken, [1]);
+        assert_eq!(m.gauge(W_ENTRIES), 0);
+        // Not remembered as unknown: the next handshake asks again.
+        assert_eq!(w.pre_handshake("a.example.com", 2, NOW), PreHandshake::Park);
+    }
+
+    #[test]
+    fn every_step_is_counted_with_its_latency_and_redis_trouble() {
+        let (mut w, m) = worker();
+        let event = Event::Fetched(FetchResult {
+            name: "a.example.com".into(),
+            outcome: Outcome::NotFound,
+            elapsed: Duration::from_millis(5),
+            steps: vec![
+                Step {
+                    source: FetchSource::Redis,
+                    outcome: StepOutcome::Timeout,
+                    elapsed: Duration::from_micros(1_500),
+                },
+                Step {
+                    source: FetchSource::Api,
+                    outcome: StepOutcome::Miss,
+                    elapsed: Duration::from_millis(3),
+                },
+            ],
+        });
+        apply(&mut w, event, NOW);
+        let l = Layout { servers: 0 };
+        assert_eq!(m.get(l.fetch(FetchSource::Redis, StepOutcome::Timeout)), 1);
+        assert_eq!(m.get(l.fetch(FetchSource::Api, StepOutcome::Miss)), 1);
+        for (slot, n) in l.fetch_latency(FetchSource::Redis, 1_500) {
+            assert_eq!(m.get(slot), n, "redis latency slot {slot}");
+        }
+        for (slot, n) in l.fetch_latency(FetchSource::Api, 3_000) {
+            assert_eq!(m.get(slot), n, "api latency slot {slot}");
+        }
+        assert_eq!(m.simple(Simple::RedisErrors), 1);
+    }
+
+    // ---- invalidation and the subscription ----
+
+    fn cached_names(w: &mut TestWorker, now: Millis) -> Vec<&'static str> {
+        [
+            "*.example.com",
+            "a.example.com",
+            "b.example.com",
+            "a.b.example.com",
+            "example.com",
+            "a.other.com",
+        ]
+        .into_iter()
+        .filter(|n| w.current(n, now).is_some())
+        .collect()
+    }
+
+    fn cache_all(w: &mut TestWorker) {
+        apply(
+            w,
+            found("a.example.com", cert(7, NOT_AFTER), Some("*.example.com")),
+            NOW,
+        );
+        for name in [
+            "b.example.com",
+            "a.b.example.com",
+            "example.com",
+            "a.other.com",
+        ] {
+            cache(w, name, cert(1, NOT_AFTER), NOW);
+        }
+    }
+
+    #[test]
+    fn invalidating_a_name_drops_only_that_name() {
+        let (mut w, m) = worker();
+        cache_all(&mut w);
+        let (woken, lines) = apply(&mut w, Event::Invalidate("b.example.com".into()), NOW);
+        assert!(woken.is_empty());
+        assert_eq!(
+            lines,
+            [(
+                Level::Info,
+                "dyncert: invalidated \"b.example.com\" as published".to_owned()
+            )]
+        );
+        assert_eq!(
+            cached_names(&mut w, NOW),
+            [
+                "*.example.com",
+                "a.example.com",
+                "a.b.example.com",
+                "example.com",
+                "a.other.com"
+            ]
+        );
+        assert_eq!(m.simple(Simple::Invalidations), 1);
+        assert_eq!(m.gauge(W_ENTRIES), 5);
+    }
+
+    #[test]
+    fn invalidating_a_wildcard_drops_it_and_every_name_one_level_below() {
+        let (mut w, _) = worker();
+        cache_all(&mut w);
+        apply(&mut w, Event::Invalidate("*.example.com".into()), NOW);
+        assert_eq!(
+            cached_names(&mut w, NOW),
+            ["a.b.example.com", "example.com", "a.other.com"]
+        );
+    }
+
+    #[test]
+    fn invalidating_everything_empties_the_cache() {
+        let (mut w, m) = worker();
+        cache_all(&mut w);
+        apply(&mut w, fetched("nx.example.com", Outcome::NotFound), NOW);
+        apply(&mut w, Event::Invalidate("*".into()), NOW);
+        assert!(cached_names(&mut w, NOW).is_empty());
+        assert_eq!(m.gauge(W_ENTRIES), 0);
+        assert_eq!(m.gauge(W_BYTES), 0);
+        // The negative entry went too: the name is fetched again.
+        w.for_handshake("nx.example.com", NOW);
+        assert_eq!(asked(&w), ["nx.example.com"]);
+    }
+
+    #[test]
+    fn resubscription_is_counted_and_logged_the_first_subscription_is_not() {
+        let (mut w, m) = worker();
+        let (_, lines) = apply(
+            &mut w,
+            Event::Subscribed {
+                resubscribed: false,
+            },
+            NOW,
+        );
+        assert!(lines.is_empty());
+        assert_eq!(m.simple(Simple::Resubscribes), 0);
+        let (_, lines) = apply(&mut w, Event::Subscribed { resubscribed: true }, NOW);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].0, Level::Warn);
+        assert!(lines[0].1.contains("subscribed again"), "{}", lines[0].1);
+        assert_eq!(m.simple(Simple::Resubscribes), 1);
+    }
+
+    #[test]
+    fn fetcher_warnings_are_logged_as_they_are() {
+        let (mut w, _) = worker();
+        let (woken, lines) = apply(&mut w, Event::Warn("dyncert: something".into()), NOW);
+        assert!(woken.is_empty());
+        assert_eq!(lines, [(Level::Warn, "dyncert: something".to_owned())]);
+    }
+
+    #[test]
+    fn acme_answers_are_not_the_workers_business() {
+        let (mut w, _) = worker();
+        w.pre_handshake("a.example.com", 1, NOW);
+        let event = Event::Acme {
+            token: "t".into(),
+            answer: AcmeAnswer::Absent,
+        };
+        let (woken, lines) = apply(&mut w, event, NOW);
+        assert!(woken.is_empty());
+        assert!(lines.is_empty());
+    }
+}
