@@ -280,6 +280,84 @@ mod tests {
     }
 
     #[test]
+    fn wildcard_record_installed_while_the_name_has_its_own_is_misdirected() {
+        let wildcard = parsed(&["*.example.com"], None);
+        let own = parsed(&["fenced.example.com"], Some("10.99.0.0/16"));
+        let mut f = facts(&own, b"fenced.example.com", b"fenced.example.com");
+        f.installed = Some(&wildcard.fingerprint);
+        f.client = Some("10.99.1.2".parse().unwrap());
+        assert_eq!(misdirected(decide(&f)), Some(Misdirected::NotInstalled));
+    }
+
+    #[test]
+    fn resumed_session_is_held_to_the_record_its_context_was_bound_to() {
+        let bound = parsed(&["fenced.example"], None);
+        let current = parsed(&["fenced.example"], None);
+        // A session made while `bound` was the record, resumed after it
+        // was replaced: the handshake installed nothing new.
+        let mut f = facts(&current, b"fenced.example", b"fenced.example");
+        f.installed = Some(&bound.fingerprint);
+        assert_eq!(misdirected(decide(&f)), Some(Misdirected::NotInstalled));
+        // Bound to the current record: the session is as good as a full
+        // handshake.
+        f.installed = Some(&current.fingerprint);
+        assert!(matches!(decide(&f), Verdict::Pass { .. }));
+    }
+
+    #[test]
+    fn connection_reused_for_another_name_is_misdirected_even_with_its_record() {
+        // HTTP/2 reuse: the connection was made for one tenant, the
+        // request is for another whose record is cached and whose
+        // fingerprint the client claims.
+        let other = parsed(&["other.example"], None);
+        let mut f = facts(&other, b"fenced.example", b"other.example");
+        f.installed = Some(&other.fingerprint);
+        assert_eq!(misdirected(decide(&f)), Some(Misdirected::HostMismatch));
+    }
+
+    #[test]
+    fn default_certificate_without_a_record_is_no_record() {
+        // A fetch timeout, the fetch cap or Redis down: the handshake got
+        // the default and the worker holds nothing for the name.
+        let c = parsed(&["fenced.example"], None);
+        let mut f = facts(&c, b"fenced.example", b"fenced.example");
+        f.installed = None;
+        f.current = None;
+        assert_eq!(misdirected(decide(&f)), Some(Misdirected::NoRecord));
+    }
+
+    #[test]
+    fn misdirection_is_decided_before_the_allow_list() {
+        let c = parsed(&["fenced.example"], Some("10.99.0.0/16"));
+        let mut f = facts(&c, b"fenced.example", b"fenced.example");
+        f.installed = None;
+        assert_eq!(misdirected(decide(&f)), Some(Misdirected::NotInstalled));
+        f.server_name = None;
+        assert_eq!(misdirected(decide(&f)), Some(Misdirected::NoServerName));
+    }
+
+    #[test]
+    fn record_with_client_cas_passes_them_on() {
+        let k = key();
+        let l = leaf(&["fenced.example"], &k, -1, 30);
+        let ca_key = key();
+        let ca = leaf(&["tenant ca"], &ca_key, -1, 30);
+        let r = Record {
+            crt: pem(&l),
+            key: key_pem(&k),
+            allow: None,
+            client_ca: Some(pem(&ca)),
+        };
+        let c = validate(&r, "fenced.example", now()).unwrap();
+        match decide(&facts(&c, b"fenced.example", b"fenced.example")) {
+            Verdict::Pass {
+                client_ca: Some(cas),
+            } => assert_eq!(cas.certs.len(), 1),
+            _ => panic!("expected a pass that asks for a client certificate"),
+        }
+    }
+
+    #[test]
     fn session_context_binds_name_and_record() {
         let salt = b"listener";
         let a = [1u8; 32];
