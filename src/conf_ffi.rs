@@ -9,12 +9,13 @@ use dyncert_core::acme;
 use dyncert_core::api::{check_header, ApiConfig, MAX_BODY};
 use dyncert_core::cache::CachePolicy;
 use dyncert_core::cidr::{self, Cidr};
-use dyncert_core::fetch::{check_redis_url, redact_redis_url, FetcherConfig};
+use dyncert_core::directives::{self, AllowArg, InvalidParameter, MAX_ALLOW};
+use dyncert_core::fetch::FetcherConfig;
 use dyncert_core::template::UrlTemplate;
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_atoi, ngx_command_t, ngx_conf_full_name, ngx_conf_t, ngx_msec_t, ngx_parse_size,
-    ngx_parse_time, ngx_shm_zone_t, ngx_str_t, ngx_uint_t, NGX_ERROR, NGX_LOG_EMERG, NGX_OK,
+    ngx_command_t, ngx_conf_full_name, ngx_conf_t, ngx_msec_t, ngx_shm_zone_t, ngx_str_t,
+    ngx_uint_t, NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::http::{Merge, MergeConfigError};
 use ngx::ngx_conf_log_error;
@@ -210,51 +211,34 @@ fn as_str(s: &ngx_str_t) -> String {
     String::from_utf8_lossy(as_bytes(s)).into_owned()
 }
 
-fn parse_msec(v: &[u8]) -> Option<ngx_msec_t> {
-    let mut s = ngx_str_t {
-        len: v.len(),
-        data: v.as_ptr() as *mut u8,
-    };
-    // SAFETY: ngx_parse_time only reads s.len bytes from s.data.
-    let r = unsafe { ngx_parse_time(&mut s, 0) };
-    if r == NGX_ERROR as isize {
-        None
-    } else {
-        Some(r as ngx_msec_t)
-    }
-}
-
-fn parse_bytes(v: &[u8]) -> Option<usize> {
-    let mut s = ngx_str_t {
-        len: v.len(),
-        data: v.as_ptr() as *mut u8,
-    };
-    // SAFETY: ngx_parse_size only reads s.len bytes from s.data.
-    let r = unsafe { ngx_parse_size(&mut s) };
-    if r < 0 {
-        None
-    } else {
-        Some(r as usize)
-    }
-}
-
-fn parse_number(v: &[u8]) -> Option<usize> {
-    // SAFETY: ngx_atoi only reads v.len() bytes.
-    let r = unsafe { ngx_atoi(v.as_ptr() as *mut u8, v.len()) };
-    if r < 0 {
-        None
-    } else {
-        Some(r as usize)
-    }
+/// The directive's arguments as bytes, for the parsers in
+/// `dyncert_core::directives`.
+///
+/// # Safety
+/// As for [`args`].
+unsafe fn arg_bytes<'a>(cf: *mut ngx_conf_t) -> Vec<&'a [u8]> {
+    unsafe { args(cf) }.iter().map(as_bytes).collect()
 }
 
 const DUPLICATE: *mut c_char = c"is duplicate".as_ptr() as *mut c_char;
 
-macro_rules! invalid {
-    ($cf:expr, $v:expr) => {{
-        ngx_conf_log_error!(NGX_LOG_EMERG, $cf, "invalid parameter \"{}\"", $v);
-        return NGX_CONF_ERROR;
-    }};
+/// Stores a parsed value, or reports core's refusal the way nginx reports
+/// a bad argument (`invalid parameter "..."`) and fails the configuration.
+fn apply<T>(
+    cf: *mut ngx_conf_t,
+    parsed: Result<T, InvalidParameter>,
+    store: impl FnOnce(T),
+) -> *mut c_char {
+    match parsed {
+        Ok(v) => {
+            store(v);
+            NGX_CONF_OK
+        }
+        Err(e) => {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", e);
+            NGX_CONF_ERROR
+        }
+    }
 }
 
 /// Gets the main configuration that a main-level directive writes to.
@@ -278,20 +262,9 @@ pub unsafe extern "C" fn ngx_http_dyncert_redis(
     if mcf.redis_url.is_some() {
         return DUPLICATE;
     }
-    let url = as_str(&unsafe { args(cf) }[0]);
-    if let Err(e) = check_redis_url(&url) {
-        // The URL may carry the Redis password: never echo it.
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
-            "invalid parameter \"{}\": {}",
-            redact_redis_url(&url),
-            e
-        );
-        return NGX_CONF_ERROR;
-    }
-    mcf.redis_url = Some(url);
-    NGX_CONF_OK
+    // The URL may carry the Redis password: the error never echoes it.
+    let url = directives::redis_url(as_bytes(&unsafe { args(cf) }[0]));
+    apply(cf, url, |url| mcf.redis_url = Some(url))
 }
 
 /// # Safety
@@ -305,13 +278,8 @@ pub unsafe extern "C" fn ngx_http_dyncert_redis_prefix(
     if mcf.prefix.is_some() {
         return DUPLICATE;
     }
-    let v = as_bytes(&unsafe { args(cf) }[0]);
-    // The prefix becomes part of every key: printable ASCII, no spaces.
-    if v.len() > 128 || !v.iter().all(|b| b.is_ascii_graphic()) {
-        invalid!(cf, String::from_utf8_lossy(v));
-    }
-    mcf.prefix = Some(String::from_utf8_lossy(v).into_owned());
-    NGX_CONF_OK
+    let prefix = directives::key_prefix(as_bytes(&unsafe { args(cf) }[0]));
+    apply(cf, prefix, |p| mcf.prefix = Some(p))
 }
 
 /// # Safety
@@ -326,61 +294,17 @@ pub unsafe extern "C" fn ngx_http_dyncert_cache(
     if mcf.cache.is_some() {
         return DUPLICATE;
     }
-    let mut policy = CachePolicy::default();
-    for a in unsafe { args(cf) } {
-        let v = as_bytes(a);
-        let text = String::from_utf8_lossy(v);
-        let Some(eq) = v.iter().position(|&b| b == b'=') else {
-            invalid!(cf, text);
-        };
-        let (k, val) = (&v[..eq], &v[eq + 1..]);
-        match k {
-            b"max" => match parse_number(val) {
-                Some(n) if n <= 10_000_000 => policy.max_entries = n,
-                _ => invalid!(cf, text),
-            },
-            b"negative_max" => match parse_number(val) {
-                Some(n) if n <= 10_000_000 => policy.negative_max = n,
-                _ => invalid!(cf, text),
-            },
-            b"max_size" => match parse_bytes(val) {
-                Some(n) => policy.max_bytes = n,
-                None => invalid!(cf, text),
-            },
-            b"valid" | b"stale" | b"negative" => {
-                let Some(ms) = parse_msec(val) else {
-                    invalid!(cf, text);
-                };
-                match k {
-                    b"valid" => policy.valid = ms as u64,
-                    b"stale" => policy.stale = ms as u64,
-                    _ => policy.negative = ms as u64,
-                }
-            }
-            _ => invalid!(cf, text),
-        }
-    }
-    mcf.cache = Some(policy);
-    NGX_CONF_OK
+    let policy = directives::cache(&unsafe { arg_bytes(cf) });
+    apply(cf, policy, |p| mcf.cache = Some(p))
 }
 
-/// Shared parser for the time-valued main directives.
-unsafe fn set_msec(
-    cf: *mut ngx_conf_t,
-    slot: &mut Option<ngx_msec_t>,
-    min: ngx_msec_t,
-) -> *mut c_char {
+/// Shared parser for the timeouts of the main configuration.
+unsafe fn set_timeout(cf: *mut ngx_conf_t, slot: &mut Option<ngx_msec_t>) -> *mut c_char {
     if slot.is_some() {
         return DUPLICATE;
     }
-    let a = &unsafe { args(cf) }[0];
-    match parse_msec(as_bytes(a)) {
-        Some(ms) if ms >= min => {
-            *slot = Some(ms);
-            NGX_CONF_OK
-        }
-        _ => invalid!(cf, as_str(a)),
-    }
+    let ms = directives::timeout(as_bytes(&unsafe { args(cf) }[0]));
+    apply(cf, ms, |ms| *slot = Some(ms as ngx_msec_t))
 }
 
 /// # Safety
@@ -391,7 +315,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_fetch_timeout(
     conf: *mut c_void,
 ) -> *mut c_char {
     let mcf = unsafe { main_conf(conf) };
-    unsafe { set_msec(cf, &mut mcf.fetch_timeout, 1) }
+    unsafe { set_timeout(cf, &mut mcf.fetch_timeout) }
 }
 
 /// # Safety
@@ -402,7 +326,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_redis_timeout(
     conf: *mut c_void,
 ) -> *mut c_char {
     let mcf = unsafe { main_conf(conf) };
-    unsafe { set_msec(cf, &mut mcf.redis_timeout, 1) }
+    unsafe { set_timeout(cf, &mut mcf.redis_timeout) }
 }
 
 /// # Safety
@@ -416,14 +340,8 @@ pub unsafe extern "C" fn ngx_http_dyncert_fetch_concurrency(
     if mcf.fetch_concurrency.is_some() {
         return DUPLICATE;
     }
-    let a = &unsafe { args(cf) }[0];
-    match parse_number(as_bytes(a)) {
-        Some(n) if (1..=100_000).contains(&n) => {
-            mcf.fetch_concurrency = Some(n);
-            NGX_CONF_OK
-        }
-        _ => invalid!(cf, as_str(a)),
-    }
+    let n = directives::fetch_concurrency(as_bytes(&unsafe { args(cf) }[0]));
+    apply(cf, n, |n| mcf.fetch_concurrency = Some(n))
 }
 
 /// # Safety
@@ -456,13 +374,8 @@ pub unsafe extern "C" fn ngx_http_dyncert_unknown(
     if scf.reject_unknown.is_some() {
         return DUPLICATE;
     }
-    let a = &unsafe { args(cf) }[0];
-    scf.reject_unknown = match as_bytes(a) {
-        b"default" => Some(false),
-        b"reject" => Some(true),
-        _ => invalid!(cf, as_str(a)),
-    };
-    NGX_CONF_OK
+    let rejects = directives::rejects_unknown(as_bytes(&unsafe { args(cf) }[0]));
+    apply(cf, rejects, |r| scf.reject_unknown = Some(r))
 }
 
 /// # Safety
@@ -476,21 +389,13 @@ pub unsafe extern "C" fn ngx_http_dyncert_api(
     if mcf.api_template.is_some() {
         return DUPLICATE;
     }
-    let a = unsafe { args(cf) };
-    let url = as_str(&a[0]);
-    if let Err(e) = UrlTemplate::parse(&url) {
-        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\": {}", url, e);
-        return NGX_CONF_ERROR;
-    }
-    for p in &a[1..] {
-        let v = as_bytes(p);
-        match v.strip_prefix(b"writeback=").map(parse_msec) {
-            Some(Some(ms)) => mcf.api_writeback = Some(ms),
-            _ => invalid!(cf, as_str(p)),
+    let api = directives::api(&unsafe { arg_bytes(cf) });
+    apply(cf, api, |api| {
+        mcf.api_template = Some(api.template);
+        if let Some(ms) = api.writeback {
+            mcf.api_writeback = Some(ms as ngx_msec_t);
         }
-    }
-    mcf.api_template = Some(url);
-    NGX_CONF_OK
+    })
 }
 
 /// # Safety
@@ -520,7 +425,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_api_timeout(
     conf: *mut c_void,
 ) -> *mut c_char {
     let mcf = unsafe { main_conf(conf) };
-    unsafe { set_msec(cf, &mut mcf.api_timeout, 1) }
+    unsafe { set_timeout(cf, &mut mcf.api_timeout) }
 }
 
 /// # Safety
@@ -549,12 +454,9 @@ pub unsafe extern "C" fn ngx_http_dyncert_api_trusted_certificate(
             return NGX_CONF_ERROR;
         }
     };
-    match openssl::x509::X509::stack_from_pem(&pem) {
-        Ok(certs) if !certs.is_empty() => {}
-        _ => {
-            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "no PEM certificate in \"{}\"", path);
-            return NGX_CONF_ERROR;
-        }
+    if !directives::has_pem_certificate(&pem) {
+        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "no PEM certificate in \"{}\"", path);
+        return NGX_CONF_ERROR;
     }
     mcf.api_trusted_certificate = Some(pem);
     NGX_CONF_OK
@@ -571,17 +473,8 @@ pub unsafe extern "C" fn ngx_http_dyncert_invalidate_channel(
     if mcf.invalidate_channel.is_some() {
         return DUPLICATE;
     }
-    let a = &unsafe { args(cf) }[0];
-    let v = as_bytes(a);
-    if v == b"off" {
-        mcf.invalidate_channel = Some(None);
-        return NGX_CONF_OK;
-    }
-    if v.is_empty() || v.len() > 128 || !v.iter().all(|b| b.is_ascii_graphic()) {
-        invalid!(cf, as_str(a));
-    }
-    mcf.invalidate_channel = Some(Some(as_str(a)));
-    NGX_CONF_OK
+    let channel = directives::invalidate_channel(as_bytes(&unsafe { args(cf) }[0]));
+    apply(cf, channel, |c| mcf.invalidate_channel = Some(c))
 }
 
 /// `dyncert on|off`-style flags of the server configuration.
@@ -589,13 +482,8 @@ unsafe fn set_srv_flag(cf: *mut ngx_conf_t, slot: &mut Option<bool>) -> *mut c_c
     if slot.is_some() {
         return DUPLICATE;
     }
-    let a = &unsafe { args(cf) }[0];
-    *slot = match as_bytes(a) {
-        b"on" => Some(true),
-        b"off" => Some(false),
-        _ => invalid!(cf, as_str(a)),
-    };
-    NGX_CONF_OK
+    let on = directives::flag(as_bytes(&unsafe { args(cf) }[0]));
+    apply(cf, on, |on| *slot = Some(on))
 }
 
 /// # Safety
@@ -631,12 +519,8 @@ pub unsafe extern "C" fn ngx_http_dyncert_acme_prefix(
     if mcf.acme_prefix.is_some() {
         return DUPLICATE;
     }
-    let v = as_bytes(&unsafe { args(cf) }[0]);
-    if v.len() > 128 || !v.iter().all(|b| b.is_ascii_graphic()) {
-        invalid!(cf, String::from_utf8_lossy(v));
-    }
-    mcf.acme_prefix = Some(String::from_utf8_lossy(v).into_owned());
-    NGX_CONF_OK
+    let prefix = directives::key_prefix(as_bytes(&unsafe { args(cf) }[0]));
+    apply(cf, prefix, |p| mcf.acme_prefix = Some(p))
 }
 
 /// # Safety
@@ -645,6 +529,43 @@ pub unsafe extern "C" fn ngx_http_dyncert_acme_prefix(
 unsafe fn loc_conf<'a>(conf: *mut c_void) -> &'a mut LocConf {
     // SAFETY: create_loc_conf allocated a LocConf at this address.
     unsafe { &mut *(conf as *mut LocConf) }
+}
+
+/// The networks listed in the environment variable `var` of a
+/// `dyncert_allow env=VAR`; `None` once the error is reported.
+fn env_networks(cf: *mut ngx_conf_t, var: &str) -> Option<Vec<Cidr>> {
+    // Read once, at configuration time, in the master (whose
+    // environment nginx has not cleared).
+    // `nginx -s reload` parses the configuration only to find the
+    // pid file, often from a shell without the variable: skip it.
+    // SAFETY: ngx_process is set by option parsing, before this.
+    if unsafe { ngx::ffi::ngx_process } == ngx::ffi::NGX_PROCESS_SIGNALLER as ngx_uint_t {
+        return Some(Vec::new());
+    }
+    let Ok(value) = std::env::var(var) else {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "environment variable \"{}\" of \"dyncert_allow\" is not set \
+             (and add \"env {};\" to the main context so workers keep it)",
+            var,
+            var
+        );
+        return None;
+    };
+    match cidr::parse_list(&value) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "invalid value of environment variable \"{}\": {}",
+                var,
+                e
+            );
+            None
+        }
+    }
 }
 
 /// # Safety
@@ -659,55 +580,23 @@ pub unsafe extern "C" fn ngx_http_dyncert_allow(
     let list = lcf.allow.get_or_insert_with(Vec::new);
     for a in unsafe { args(cf) } {
         let text = as_str(a);
-        if text == "all" {
-            list.push(Cidr::parse("0.0.0.0/0").expect("literal"));
-            list.push(Cidr::parse("::/0").expect("literal"));
-            continue;
-        }
-        if let Some(var) = text.strip_prefix("env=") {
-            // Read once, at configuration time, in the master (whose
-            // environment nginx has not cleared).
-            // `nginx -s reload` parses the configuration only to find the
-            // pid file, often from a shell without the variable: skip it.
-            // SAFETY: ngx_process is set by option parsing, before this.
-            if unsafe { ngx::ffi::ngx_process } == ngx::ffi::NGX_PROCESS_SIGNALLER as ngx_uint_t {
-                continue;
-            }
-            let Ok(value) = std::env::var(var) else {
-                ngx_conf_log_error!(
-                    NGX_LOG_EMERG,
-                    cf,
-                    "environment variable \"{}\" of \"dyncert_allow\" is not set \
-                     (and add \"env {};\" to the main context so workers keep it)",
-                    var,
-                    var
-                );
-                return NGX_CONF_ERROR;
-            };
-            match cidr::parse_list(&value) {
-                Ok(l) => list.extend(l),
-                Err(e) => {
-                    ngx_conf_log_error!(
-                        NGX_LOG_EMERG,
-                        cf,
-                        "invalid value of environment variable \"{}\": {}",
-                        var,
-                        e
-                    );
+        match directives::allow_arg(&text) {
+            Ok(AllowArg::All) => list.extend(AllowArg::all()),
+            Ok(AllowArg::Env(var)) => match env_networks(cf, var) {
+                Some(networks) => list.extend(networks),
+                None => return NGX_CONF_ERROR,
+            },
+            Ok(AllowArg::Network(c)) => {
+                list.push(c);
+                if list.len() > MAX_ALLOW {
+                    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\"", text);
                     return NGX_CONF_ERROR;
                 }
             }
-            continue;
-        }
-        match Cidr::parse(&text) {
-            Ok(c) => list.push(c),
             Err(e) => {
                 ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter {}", e);
                 return NGX_CONF_ERROR;
             }
-        }
-        if list.len() > 100_000 {
-            invalid!(cf, text);
         }
     }
     NGX_CONF_OK
@@ -724,12 +613,6 @@ pub unsafe extern "C" fn ngx_http_dyncert_deny_status(
     if lcf.deny_status.is_some() {
         return DUPLICATE;
     }
-    let a = &unsafe { args(cf) }[0];
-    match parse_number(as_bytes(a)) {
-        Some(n) if (400..=599).contains(&n) => {
-            lcf.deny_status = Some(n as ngx_uint_t);
-            NGX_CONF_OK
-        }
-        _ => invalid!(cf, as_str(a)),
-    }
+    let status = directives::deny_status(as_bytes(&unsafe { args(cf) }[0]));
+    apply(cf, status, |s| lcf.deny_status = Some(s as ngx_uint_t))
 }

@@ -1,0 +1,794 @@
+//! Values of dyncert's directives, checked at configuration time so that a
+//! mistake fails `nginx -t`. Times, sizes and numbers follow nginx's own
+//! syntax and limits (the rules of `ngx_parse_time`, `ngx_parse_size` and
+//! `ngx_atoi` in nginx's src/core/ngx_parse.c and ngx_string.c), so `10m`
+//! or `64k` mean here what they mean in every other nginx directive. The
+//! shell hands each argument over as bytes, then stores the value or
+//! reports the error in nginx's form; whether a directive is a duplicate
+//! is the shell's business (it owns the configuration structures).
+
+use std::fmt;
+
+use crate::cache::CachePolicy;
+use crate::cidr::Cidr;
+use crate::clock::Millis;
+use crate::fetch::{check_redis_url, redact_redis_url};
+use crate::template::UrlTemplate;
+
+/// A directive argument nginx refuses, shown as `invalid parameter
+/// "<argument>"`, followed by the reason when there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidParameter {
+    /// The argument as the message shows it (a Redis URL has its
+    /// password hidden).
+    pub shown: String,
+    pub reason: Option<String>,
+}
+
+impl InvalidParameter {
+    fn of(arg: &[u8]) -> InvalidParameter {
+        InvalidParameter {
+            shown: String::from_utf8_lossy(arg).into_owned(),
+            reason: None,
+        }
+    }
+
+    fn because(shown: String, reason: String) -> InvalidParameter {
+        InvalidParameter {
+            shown,
+            reason: Some(reason),
+        }
+    }
+}
+
+impl fmt::Display for InvalidParameter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid parameter \"{}\"", self.shown)?;
+        if let Some(reason) = &self.reason {
+            write!(f, ": {reason}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for InvalidParameter {}
+
+type Result<T> = std::result::Result<T, InvalidParameter>;
+
+// ---- nginx's value syntax ----
+
+/// `NGX_MAX_INT_T_VALUE` and `NGX_MAX_SIZE_T_VALUE`: both are the largest
+/// signed pointer-sized integer.
+const NGX_MAX_INT: isize = isize::MAX;
+
+/// Decimal digits, nothing else (no sign, no spaces), at most
+/// `NGX_MAX_INT_T_VALUE`: `ngx_atoi`'s rules (and `ngx_atosz`'s, which
+/// has the same bound on the platforms nginx supports).
+pub fn parse_number(v: &[u8]) -> Option<usize> {
+    if v.is_empty() {
+        return None;
+    }
+    let (cutoff, cutlim) = (NGX_MAX_INT / 10, NGX_MAX_INT % 10);
+    let mut value: isize = 0;
+    for &b in v {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        let digit = (b - b'0') as isize;
+        if value >= cutoff && (value > cutoff || digit > cutlim) {
+            return None;
+        }
+        value = value * 10 + digit;
+    }
+    usize::try_from(value).ok()
+}
+
+/// A size in bytes: a number, optionally followed by `k`/`K` (KiB) or
+/// `m`/`M` (MiB), as `ngx_parse_size` reads it. (nginx's `ngx_parse_size`
+/// has no `g` suffix; only `ngx_parse_offset` does.)
+pub fn parse_size(v: &[u8]) -> Option<usize> {
+    let (digits, scale) = match v.last()? {
+        b'k' | b'K' => (&v[..v.len() - 1], 1024),
+        b'm' | b'M' => (&v[..v.len() - 1], 1024 * 1024),
+        _ => (v, 1),
+    };
+    let size = parse_number(digits)?;
+    if size > NGX_MAX_INT as usize / scale {
+        return None;
+    }
+    Some(size * scale)
+}
+
+/// A time in milliseconds, as `ngx_parse_time(v, 0)` reads it: numbers
+/// each followed by a unit, largest unit first, each unit at most once
+/// (`1h 30m`, `90s`, `500ms`); `w` (weeks), `d`, `h`, `m`, `s`, `ms`; a
+/// bare number counts seconds. Millisecond times take no `M` (months) and
+/// no `y` (years): nginx refuses them there.
+pub fn parse_time_ms(v: &[u8]) -> Option<Millis> {
+    // The steps of ngx_parse_time, in order; a unit may only follow a
+    // larger one. A millisecond time starts at Month, so `M` and `y` are
+    // already out of order.
+    #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    enum Step {
+        Month,
+        Week,
+        Day,
+        Hour,
+        Min,
+        Sec,
+        Msec,
+        Last,
+    }
+    let mut step = Step::Month;
+    let mut valid = false;
+    let mut value: isize = 0;
+    let mut total: isize = 0;
+    let (cutoff, cutlim) = (NGX_MAX_INT / 10, NGX_MAX_INT % 10);
+    let mut i = 0;
+    while i < v.len() {
+        let c = v[i];
+        i += 1;
+        if c.is_ascii_digit() {
+            let digit = (c - b'0') as isize;
+            if value >= cutoff && (value > cutoff || digit > cutlim) {
+                return None;
+            }
+            value = value * 10 + digit;
+            valid = true;
+            continue;
+        }
+        let (next, seconds): (Step, isize) = match c {
+            b'w' => (Step::Week, 60 * 60 * 24 * 7),
+            b'd' => (Step::Day, 60 * 60 * 24),
+            b'h' => (Step::Hour, 60 * 60),
+            b'm' if v.get(i) == Some(&b's') => {
+                i += 1;
+                (Step::Msec, 0)
+            }
+            b'm' => (Step::Min, 60),
+            b's' => (Step::Sec, 1),
+            // A space after a bare number ends it as seconds; only
+            // spaces may follow.
+            b' ' if step < Step::Sec => (Step::Last, 1),
+            _ => return None,
+        };
+        if next <= step && next != Step::Last {
+            return None;
+        }
+        step = next;
+        let (scale, max) = if step == Step::Msec {
+            (1, NGX_MAX_INT)
+        } else {
+            (seconds * 1000, NGX_MAX_INT / seconds / 1000)
+        };
+        if value > max {
+            return None;
+        }
+        value *= scale;
+        if total > NGX_MAX_INT - value {
+            return None;
+        }
+        total += value;
+        value = 0;
+        while v.get(i) == Some(&b' ') {
+            i += 1;
+        }
+    }
+    if !valid {
+        return None;
+    }
+    if value > NGX_MAX_INT / 1000 {
+        return None;
+    }
+    value *= 1000;
+    if total > NGX_MAX_INT - value {
+        return None;
+    }
+    Millis::try_from(total + value).ok()
+}
+
+// ---- directives ----
+
+/// `dyncert_cache max=N max_size=SIZE valid=TIME stale=TIME negative=TIME
+/// negative_max=N`: any of them, in any order, each over the default.
+pub fn cache(args: &[&[u8]]) -> Result<CachePolicy> {
+    /// Bound on `max=` and `negative_max=`: far above any real cache, and
+    /// low enough that a typo cannot ask for all the memory there is.
+    const MAX_ENTRIES: usize = 10_000_000;
+    let mut policy = CachePolicy::default();
+    for &arg in args {
+        let invalid = || InvalidParameter::of(arg);
+        let eq = arg.iter().position(|&b| b == b'=').ok_or_else(invalid)?;
+        let (key, value) = (&arg[..eq], &arg[eq + 1..]);
+        let entries = || {
+            parse_number(value)
+                .filter(|&n| n <= MAX_ENTRIES)
+                .ok_or_else(invalid)
+        };
+        let time = || parse_time_ms(value).ok_or_else(invalid);
+        match key {
+            b"max" => policy.max_entries = entries()?,
+            b"negative_max" => policy.negative_max = entries()?,
+            b"max_size" => policy.max_bytes = parse_size(value).ok_or_else(invalid)?,
+            b"valid" => policy.valid = time()?,
+            b"stale" => policy.stale = time()?,
+            b"negative" => policy.negative = time()?,
+            _ => return Err(invalid()),
+        }
+    }
+    Ok(policy)
+}
+
+/// `dyncert_fetch_timeout`, `dyncert_redis_timeout`,
+/// `dyncert_api_timeout`: a time of at least a millisecond.
+pub fn timeout(v: &[u8]) -> Result<Millis> {
+    parse_time_ms(v)
+        .filter(|&ms| ms >= 1)
+        .ok_or_else(|| InvalidParameter::of(v))
+}
+
+/// `dyncert_fetch_concurrency N`: 1 to 100,000 lookups in flight.
+pub fn fetch_concurrency(v: &[u8]) -> Result<usize> {
+    parse_number(v)
+        .filter(|n| (1..=100_000).contains(n))
+        .ok_or_else(|| InvalidParameter::of(v))
+}
+
+/// `dyncert_redis_prefix`, `dyncert_acme_prefix`: the prefix becomes part
+/// of every key, so printable ASCII without spaces, at most 128 bytes.
+pub fn key_prefix(v: &[u8]) -> Result<String> {
+    if v.len() > 128 || !v.iter().all(u8::is_ascii_graphic) {
+        return Err(InvalidParameter::of(v));
+    }
+    Ok(String::from_utf8_lossy(v).into_owned())
+}
+
+/// `dyncert_invalidate_channel NAME|off`: `None` for `off`; a name is 1
+/// to 128 bytes of printable ASCII without spaces.
+pub fn invalidate_channel(v: &[u8]) -> Result<Option<String>> {
+    if v == b"off" {
+        return Ok(None);
+    }
+    if v.is_empty() || v.len() > 128 || !v.iter().all(u8::is_ascii_graphic) {
+        return Err(InvalidParameter::of(v));
+    }
+    Ok(Some(String::from_utf8_lossy(v).into_owned()))
+}
+
+/// `dyncert_deny_status CODE`: a 4xx or 5xx status.
+pub fn deny_status(v: &[u8]) -> Result<u16> {
+    parse_number(v)
+        .filter(|n| (400..=599).contains(n))
+        .map(|n| n as u16)
+        .ok_or_else(|| InvalidParameter::of(v))
+}
+
+/// `dyncert`, `dyncert_tenant_policy`, `dyncert_acme_challenge`:
+/// `on|off`.
+pub fn flag(v: &[u8]) -> Result<bool> {
+    match v {
+        b"on" => Ok(true),
+        b"off" => Ok(false),
+        _ => Err(InvalidParameter::of(v)),
+    }
+}
+
+/// `dyncert_unknown default|reject`: whether unknown names are rejected.
+pub fn rejects_unknown(v: &[u8]) -> Result<bool> {
+    match v {
+        b"default" => Ok(false),
+        b"reject" => Ok(true),
+        _ => Err(InvalidParameter::of(v)),
+    }
+}
+
+/// `dyncert_redis URL`: a URL the Redis client accepts. The error shows
+/// the URL with its password hidden.
+pub fn redis_url(v: &[u8]) -> Result<String> {
+    let url = String::from_utf8_lossy(v).into_owned();
+    match check_redis_url(&url) {
+        Ok(()) => Ok(url),
+        Err(e) => Err(InvalidParameter::because(redact_redis_url(&url), e)),
+    }
+}
+
+/// `dyncert_api URL [writeback=TIME]`: the URL template (checked) and the
+/// write-back TTL if given (`0` turns write-back off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Api {
+    pub template: String,
+    pub writeback: Option<Millis>,
+}
+
+/// Parses the arguments of `dyncert_api` (at least the URL: nginx checks
+/// the count).
+pub fn api(args: &[&[u8]]) -> Result<Api> {
+    let Some((&url, params)) = args.split_first() else {
+        return Err(InvalidParameter::of(b""));
+    };
+    let template = String::from_utf8_lossy(url).into_owned();
+    if let Err(e) = UrlTemplate::parse(&template) {
+        return Err(InvalidParameter::because(template, e));
+    }
+    let mut writeback = None;
+    for &p in params {
+        match p.strip_prefix(b"writeback=").and_then(parse_time_ms) {
+            Some(ms) => writeback = Some(ms),
+            None => return Err(InvalidParameter::of(p)),
+        }
+    }
+    Ok(Api {
+        template,
+        writeback,
+    })
+}
+
+/// Most networks one `dyncert_allow` list holds (beyond: the argument
+/// that crossed the bound is refused).
+pub const MAX_ALLOW: usize = 100_000;
+
+/// One argument of `dyncert_allow`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowArg<'a> {
+    /// `all`: every IPv4 and IPv6 address.
+    All,
+    /// `env=VAR`: a comma-separated list read from the environment, by
+    /// the shell, which knows when the environment may be read.
+    Env(&'a str),
+    /// An address or a CIDR.
+    Network(Cidr),
+}
+
+impl AllowArg<'_> {
+    /// The networks `all` stands for.
+    pub fn all() -> [Cidr; 2] {
+        [
+            Cidr::parse("0.0.0.0/0").expect("literal"),
+            Cidr::parse("::/0").expect("literal"),
+        ]
+    }
+}
+
+/// Reads one `dyncert_allow` argument; the error is the CIDR parser's
+/// reason, which names the argument.
+pub fn allow_arg(text: &str) -> std::result::Result<AllowArg<'_>, String> {
+    if text == "all" {
+        return Ok(AllowArg::All);
+    }
+    if let Some(var) = text.strip_prefix("env=") {
+        return Ok(AllowArg::Env(var));
+    }
+    Cidr::parse(text).map(AllowArg::Network)
+}
+
+/// `dyncert_api_trusted_certificate FILE`: whether the file's content
+/// holds at least one PEM certificate.
+pub fn has_pem_certificate(pem: &[u8]) -> bool {
+    openssl::x509::X509::stack_from_pem(pem).is_ok_and(|certs| !certs.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Millis = 1_000;
+    const MINUTE: Millis = 60 * SECOND;
+    const HOUR: Millis = 60 * MINUTE;
+    const DAY: Millis = 24 * HOUR;
+
+    #[test]
+    fn numbers_are_plain_decimal_digits_within_nginx_bounds() {
+        assert_eq!(parse_number(b"0"), Some(0));
+        assert_eq!(parse_number(b"0064"), Some(64));
+        assert_eq!(
+            parse_number(b"9223372036854775807"),
+            Some(9_223_372_036_854_775_807)
+        );
+        for bad in [
+            &b""[..],
+            b"9223372036854775808",
+            b"99999999999999999999",
+            b"-1",
+            b"+1",
+            b" 1",
+            b"1 ",
+            b"1k",
+            b"abc",
+            b"1.5",
+        ] {
+            assert_eq!(
+                parse_number(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_take_k_and_m_in_either_case() {
+        assert_eq!(parse_size(b"0"), Some(0));
+        assert_eq!(parse_size(b"512"), Some(512));
+        assert_eq!(parse_size(b"64k"), Some(64 * 1024));
+        assert_eq!(parse_size(b"64K"), Some(64 * 1024));
+        assert_eq!(parse_size(b"64m"), Some(64 * 1024 * 1024));
+        assert_eq!(parse_size(b"2M"), Some(2 * 1024 * 1024));
+        assert_eq!(
+            parse_size(b"8796093022207m"),
+            Some(8_796_093_022_207 * 1024 * 1024)
+        );
+        for bad in [
+            &b""[..],
+            b"k",
+            b"m",
+            b"1g",
+            b"1G",
+            b"1kb",
+            b"1 k",
+            b"lots",
+            b"-1",
+            b"8796093022208m",
+            b"9007199254740992k",
+        ] {
+            assert_eq!(parse_size(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn times_take_nginx_units_largest_first() {
+        let cases: &[(&[u8], Millis)] = &[
+            (b"0", 0),
+            (b"30", 30 * SECOND),
+            (b"30s", 30 * SECOND),
+            (b"500ms", 500),
+            (b"10m", 10 * MINUTE),
+            (b"1h", HOUR),
+            (b"2d", 2 * DAY),
+            (b"1w", 7 * DAY),
+            (b"1h30m", HOUR + 30 * MINUTE),
+            (b"1h 30m", HOUR + 30 * MINUTE),
+            (b"1h  30m 5s 20ms", HOUR + 30 * MINUTE + 5 * SECOND + 20),
+            (
+                b"1w2d3h4m5s6ms",
+                9 * DAY + 3 * HOUR + 4 * MINUTE + 5 * SECOND + 6,
+            ),
+            // A unit may follow no number at all.
+            (b"1hs", HOUR),
+            // A bare number after units counts seconds.
+            (b"1m30", MINUTE + 30 * SECOND),
+            // A space ends a bare number (as seconds); numbers may still
+            // follow, units may not.
+            (b"10 ", 10 * SECOND),
+            (b"10 5", 15 * SECOND),
+        ];
+        for &(text, ms) in cases {
+            assert_eq!(
+                parse_time_ms(text),
+                Some(ms),
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    #[test]
+    fn times_out_of_order_or_unknown_are_refused() {
+        for bad in [
+            &b""[..],
+            b"s",
+            b"ms",
+            b" ",
+            b"soon",
+            b"never",
+            b"forever",
+            b"1x",
+            b"-1s",
+            b"1.5s",
+            // Months and years are not millisecond units in nginx.
+            b"1M",
+            b"1y",
+            // Each unit once, largest first.
+            b"30m1h",
+            b"1s1s",
+            b"1ms1s",
+            b"5ms5ms",
+            b"1m1m",
+            b"10 5s",
+            b"10 5 ",
+        ] {
+            assert_eq!(
+                parse_time_ms(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Spaces after a unit are skipped.
+        assert_eq!(parse_time_ms(b"1s "), Some(SECOND));
+        assert_eq!(parse_time_ms(b"1h 30m "), Some(HOUR + 30 * MINUTE));
+        assert_eq!(parse_time_ms(b"1s 2"), Some(3 * SECOND));
+    }
+
+    #[test]
+    fn times_that_overflow_are_refused() {
+        // isize::MAX ms is 9223372036854775 s and 807 ms.
+        assert_eq!(
+            parse_time_ms(b"9223372036854775807ms"),
+            Some(9_223_372_036_854_775_807)
+        );
+        assert_eq!(parse_time_ms(b"9223372036854775808ms"), None);
+        assert_eq!(
+            parse_time_ms(b"9223372036854775s"),
+            Some(9_223_372_036_854_775_000)
+        );
+        assert_eq!(parse_time_ms(b"9223372036854776s"), None);
+        assert_eq!(parse_time_ms(b"9223372036854776"), None);
+        assert_eq!(
+            parse_time_ms(b"15250284452w"),
+            Some(15_250_284_452 * 7 * DAY)
+        );
+        assert_eq!(parse_time_ms(b"15250284453w"), None);
+        assert_eq!(
+            parse_time_ms(b"9223372036854775s1ms"),
+            Some(9_223_372_036_854_775_001)
+        );
+        assert_eq!(parse_time_ms(b"9223372036854775s808ms"), None);
+    }
+
+    fn text(e: InvalidParameter) -> String {
+        e.to_string()
+    }
+
+    #[test]
+    fn cache_parameters_override_the_defaults() {
+        let p = cache(&[
+            b"max=100",
+            b"max_size=64m",
+            b"valid=5m",
+            b"stale=2h",
+            b"negative=10s",
+            b"negative_max=50000",
+        ])
+        .unwrap();
+        assert_eq!(
+            p,
+            CachePolicy {
+                max_entries: 100,
+                max_bytes: 64 * 1024 * 1024,
+                valid: 5 * MINUTE,
+                stale: 2 * HOUR,
+                negative: 10 * SECOND,
+                negative_max: 50_000,
+            }
+        );
+        assert_eq!(cache(&[]).unwrap(), CachePolicy::default());
+        let p = cache(&[b"negative_max=0", b"max=0"]).unwrap();
+        assert_eq!((p.max_entries, p.negative_max), (0, 0));
+        assert_eq!(
+            cache(&[b"max=1", b"max=2"]).unwrap().max_entries,
+            2,
+            "the last one counts"
+        );
+        assert_eq!(cache(&[b"max=10000000"]).unwrap().max_entries, 10_000_000);
+    }
+
+    #[test]
+    fn cache_errors_name_the_whole_parameter() {
+        for bad in [
+            "max=abc",
+            "max=",
+            "max=-1",
+            "max=10000001",
+            "negative_max=abc",
+            "negative_max=-1",
+            "negative_max=",
+            "negative_max=10000001",
+            "max_size=lots",
+            "max_size=1g",
+            "valid=soon",
+            "stale=",
+            "negative=1y",
+            "colour=blue",
+            "max",
+            "=5",
+            "Max=5",
+        ] {
+            assert_eq!(
+                text(cache(&[b"max=10", bad.as_bytes()]).unwrap_err()),
+                format!("invalid parameter \"{bad}\""),
+            );
+        }
+    }
+
+    #[test]
+    fn timeouts_are_positive_times() {
+        assert_eq!(timeout(b"2s"), Ok(2 * SECOND));
+        assert_eq!(timeout(b"1ms"), Ok(1));
+        assert_eq!(text(timeout(b"0").unwrap_err()), "invalid parameter \"0\"");
+        assert_eq!(
+            text(timeout(b"0ms").unwrap_err()),
+            "invalid parameter \"0ms\""
+        );
+        assert_eq!(
+            text(timeout(b"forever").unwrap_err()),
+            "invalid parameter \"forever\""
+        );
+    }
+
+    #[test]
+    fn fetch_concurrency_is_one_to_a_hundred_thousand() {
+        assert_eq!(fetch_concurrency(b"1"), Ok(1));
+        assert_eq!(fetch_concurrency(b"64"), Ok(64));
+        assert_eq!(fetch_concurrency(b"100000"), Ok(100_000));
+        for bad in ["0", "100001", "many", "", "-5"] {
+            assert_eq!(
+                text(fetch_concurrency(bad.as_bytes()).unwrap_err()),
+                format!("invalid parameter \"{bad}\"")
+            );
+        }
+    }
+
+    #[test]
+    fn key_prefixes_are_printable_ascii_without_spaces() {
+        assert_eq!(key_prefix(b"dyncert:cert:").as_deref(), Ok("dyncert:cert:"));
+        assert_eq!(key_prefix(b"{tenant}:").as_deref(), Ok("{tenant}:"));
+        // nginx only passes an empty argument when it is quoted: no prefix.
+        assert_eq!(key_prefix(b"").as_deref(), Ok(""));
+        assert_eq!(key_prefix(&[b'a'; 128]).map(|p| p.len()), Ok(128));
+        for bad in [&b"a b"[..], b"a\tb", b"caf\xc3\xa9:", b"a\nb", &[b'a'; 129]] {
+            assert!(
+                key_prefix(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            text(key_prefix(b"my prefix").unwrap_err()),
+            "invalid parameter \"my prefix\""
+        );
+    }
+
+    #[test]
+    fn invalidate_channel_is_a_name_or_off() {
+        assert_eq!(invalidate_channel(b"off"), Ok(None));
+        assert_eq!(
+            invalidate_channel(b"dyncert:invalidate"),
+            Ok(Some("dyncert:invalidate".to_owned()))
+        );
+        for bad in [&b""[..], b"a b", &[b'c'; 129]] {
+            assert!(invalidate_channel(bad).is_err());
+        }
+        assert_eq!(
+            text(invalidate_channel(b"two words").unwrap_err()),
+            "invalid parameter \"two words\""
+        );
+    }
+
+    #[test]
+    fn deny_status_is_a_client_or_server_error() {
+        assert_eq!(deny_status(b"403"), Ok(403));
+        assert_eq!(deny_status(b"400"), Ok(400));
+        assert_eq!(deny_status(b"599"), Ok(599));
+        for bad in ["399", "600", "200", "abc", "", "-403"] {
+            assert_eq!(
+                text(deny_status(bad.as_bytes()).unwrap_err()),
+                format!("invalid parameter \"{bad}\"")
+            );
+        }
+    }
+
+    #[test]
+    fn flags_and_the_unknown_action_take_their_two_words() {
+        assert_eq!(flag(b"on"), Ok(true));
+        assert_eq!(flag(b"off"), Ok(false));
+        assert_eq!(
+            text(flag(b"maybe").unwrap_err()),
+            "invalid parameter \"maybe\""
+        );
+        assert!(flag(b"ON").is_err());
+        assert_eq!(rejects_unknown(b"default"), Ok(false));
+        assert_eq!(rejects_unknown(b"reject"), Ok(true));
+        assert_eq!(
+            text(rejects_unknown(b"whatever").unwrap_err()),
+            "invalid parameter \"whatever\""
+        );
+    }
+
+    #[test]
+    fn redis_url_errors_never_show_the_password() {
+        assert_eq!(
+            redis_url(b"redis://127.0.0.1:6379/0").as_deref(),
+            Ok("redis://127.0.0.1:6379/0")
+        );
+        assert_eq!(
+            redis_url(b"redis://:s3cret@127.0.0.1:6379/0").as_deref(),
+            Ok("redis://:s3cret@127.0.0.1:6379/0")
+        );
+        let e = redis_url(b"http://:s3cret@127.0.0.1:6379/0").unwrap_err();
+        assert_eq!(e.shown, "http://:***@127.0.0.1:6379/0");
+        assert!(e.reason.is_some());
+        let shown = text(e);
+        assert!(
+            shown.starts_with("invalid parameter \"http://:***@127.0.0.1:6379/0\": "),
+            "{shown}"
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn api_takes_a_template_and_an_optional_writeback() {
+        assert_eq!(
+            api(&[b"http://127.0.0.1:8080/certs/{name}"]),
+            Ok(Api {
+                template: "http://127.0.0.1:8080/certs/{name}".into(),
+                writeback: None,
+            })
+        );
+        assert_eq!(
+            api(&[b"https://certs.internal/c/{name}", b"writeback=24h"])
+                .unwrap()
+                .writeback,
+            Some(24 * HOUR)
+        );
+        assert_eq!(
+            api(&[b"https://certs.internal/c/{name}", b"writeback=0"])
+                .unwrap()
+                .writeback,
+            Some(0),
+            "0 turns write-back off"
+        );
+    }
+
+    #[test]
+    fn api_errors_name_the_url_with_its_reason_or_the_parameter() {
+        let e = text(api(&[b"http://127.0.0.1:8080/certs/"]).unwrap_err());
+        assert_eq!(
+            e,
+            "invalid parameter \"http://127.0.0.1:8080/certs/\": has no {name} placeholder"
+        );
+        let e = text(api(&[b"ftp://127.0.0.1/certs/{name}"]).unwrap_err());
+        assert!(
+            e.starts_with("invalid parameter \"ftp://127.0.0.1/certs/{name}\": "),
+            "{e}"
+        );
+        for bad in ["writeback=soon", "writeback=", "writeback", "timeout=1s"] {
+            assert_eq!(
+                text(api(&[b"http://h/{name}", bad.as_bytes()]).unwrap_err()),
+                format!("invalid parameter \"{bad}\"")
+            );
+        }
+    }
+
+    #[test]
+    fn allow_arguments_are_all_an_environment_variable_or_a_network() {
+        assert_eq!(allow_arg("all"), Ok(AllowArg::All));
+        assert_eq!(allow_arg("env=ALLOW_IPS"), Ok(AllowArg::Env("ALLOW_IPS")));
+        assert_eq!(
+            allow_arg("10.0.0.0/8"),
+            Ok(AllowArg::Network(Cidr::parse("10.0.0.0/8").unwrap()))
+        );
+        assert_eq!(
+            allow_arg("2001:db8::1"),
+            Ok(AllowArg::Network(Cidr::parse("2001:db8::1").unwrap()))
+        );
+        assert_eq!(
+            allow_arg("10.0.0.1/8").unwrap_err(),
+            "\"10.0.0.1/8\" has host bits set below /8"
+        );
+        assert!(allow_arg("ALL").is_err());
+        let all = AllowArg::all();
+        assert!(crate::cidr::matches(&all, "203.0.113.9".parse().unwrap()));
+        assert!(crate::cidr::matches(&all, "2001:db8::9".parse().unwrap()));
+    }
+
+    #[test]
+    fn trusted_certificate_files_must_hold_a_pem_certificate() {
+        use crate::validate::testpki;
+        let key = testpki::key();
+        let cert = testpki::pem(&testpki::leaf(&["ca.example"], &key, -1, 30));
+        assert!(has_pem_certificate(&cert));
+        assert!(!has_pem_certificate(b""));
+        assert!(!has_pem_certificate(b"not a certificate"));
+        assert!(!has_pem_certificate(&testpki::key_pem(&key)));
+    }
+}
