@@ -5,10 +5,7 @@
 //! CA), without a Redis command for a malformed token, and without
 //! blocking the event loop when Redis hangs.
 
-mod common;
-
-use common::client::*;
-use common::*;
+use dyncert_testkit::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::thread;
@@ -68,19 +65,17 @@ fn start() -> Acme {
     let pki = Pki::new();
     let redis = Redis::start();
     let [mport, lport, sport, nport] = [(); 4].map(|_| free_port());
-    let nginx = start_nginx_vars(
+    let nginx = Nginx::start(
         &pki,
-        1,
         HTTP,
-        &[
-            ("REDIS", &redis.url()),
-            ("MPORT", &mport.to_string()),
-            ("LPORT", &lport.to_string()),
-            ("SPORT", &sport.to_string()),
-            ("NPORT", &nport.to_string()),
-        ],
+        NginxOpts::new()
+            .redis(&redis)
+            .var("MPORT", mport)
+            .var("LPORT", lport)
+            .var("SPORT", sport)
+            .var("NPORT", nport),
     );
-    write_index_pages(&nginx, &[".well-known/"]);
+    nginx.write_index_pages(&[".well-known/"]);
     Acme {
         s: Stack { pki, redis, nginx },
         mport,
@@ -462,7 +457,7 @@ fn answered_challenges_release_their_connections() {
     let mut a = start();
     a.set(TOKEN, KEY_AUTHORIZATION);
     // More answers than a worker has connections (worker_connections 256,
-    // see main_conf), each on a connection the client closes at once.
+    // the kit's default), each on a connection the client closes at once.
     for i in 0..300 {
         let mut s = keep_alive_connection(a.s.nginx.port);
         let got = exchange_on(&mut s, &path(TOKEN))

@@ -7,10 +7,7 @@
 //! a token Redis did not have is answered 404 without another read for
 //! the negative TTL (2 s).
 
-mod common;
-
-use common::client::*;
-use common::*;
+use dyncert_testkit::*;
 use std::collections::hash_map::RandomState;
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
@@ -173,15 +170,13 @@ fn acme_flood_is_bounded_and_leaves_certificate_fetches_alone() {
     let pki = Pki::new();
     let redis = Redis::start();
     let [mport, hport] = [(); 2].map(|_| free_port());
-    let nginx = start_nginx_vars(
+    let nginx = Nginx::start(
         &pki,
-        1,
         HTTP,
-        &[
-            ("REDIS", &redis.url()),
-            ("MPORT", &mport.to_string()),
-            ("HPORT", &hport.to_string()),
-        ],
+        NginxOpts::new()
+            .redis(&redis)
+            .var("MPORT", mport)
+            .var("HPORT", hport),
     );
     let mut s = Stack { pki, redis, nginx };
     let names: Vec<String> = (0..NAMES)
@@ -262,13 +257,13 @@ fn acme_flood_is_bounded_and_leaves_certificate_fetches_alone() {
             let mut failures = Vec::new();
             let mut handshakes = Vec::new();
             for (name, serial) in names.iter().zip(&serials) {
-                match tls_get(port, Some(name), "/") {
-                    Ok(r) if r.leaf_serial == *serial && r.source() == "redis" => {
-                        handshakes.push(r.handshake)
+                match Request::get("/").sni(name).https(port) {
+                    Ok(r) if r.tls().leaf_serial == *serial && r.source() == "redis" => {
+                        handshakes.push(r.tls().handshake)
                     }
                     Ok(r) => failures.push(format!(
                         "{name}: SANs {:?}, source {:?}",
-                        r.leaf_sans,
+                        r.tls().leaf_sans,
                         r.source()
                     )),
                     Err(e) => failures.push(format!("{name}: {e}")),

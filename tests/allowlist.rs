@@ -7,10 +7,7 @@
 //! The test client plays several clients by connecting from different
 //! addresses of 127.0.0.0/8.
 
-mod common;
-
-use common::client::*;
-use common::*;
+use dyncert_testkit::*;
 use std::net::SocketAddr;
 
 const HTTP: &str = r#"
@@ -43,13 +40,14 @@ http {
 fn start(template: &str, extra: &[(&str, &str)]) -> (Stack, u16) {
     let pki = Pki::new();
     let redis = Redis::start();
-    let mport = free_port().to_string();
-    let mut vars = vec![("REDIS", redis.url()), ("MPORT", mport.clone())];
-    vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let nginx = start_nginx_vars(&pki, 1, template, &vars);
-    write_index_pages(&nginx, &["", "hidden/", "open/"]);
-    (Stack { pki, redis, nginx }, mport.parse().unwrap())
+    let mport = free_port();
+    let opts = extra.iter().fold(
+        NginxOpts::new().redis(&redis).var("MPORT", mport),
+        |o, (k, v)| o.var(k, v),
+    );
+    let nginx = Nginx::start(&pki, template, opts);
+    nginx.write_index_pages(&["", "hidden/", "open/"]);
+    (Stack { pki, redis, nginx }, mport)
 }
 
 fn get(port: u16, from: &str, path: &str) -> Exchange {
@@ -168,7 +166,8 @@ http {
 fn location_list_replaces_the_inherited_one_and_several_directives_add_up() {
     let hport = free_port();
     let (mut s, _) = start(INHERIT, &[("HPORT", &hport.to_string())]);
-    write_index_pages(&s.nginx, &["override/", "both/", "public/"]);
+    s.nginx
+        .write_index_pages(&["override/", "both/", "public/"]);
     let port = s.nginx.port;
     let status = |port: u16, from: &str, path: &str| get(port, from, path).status;
 
@@ -218,18 +217,16 @@ http {
 fn env_list_is_read_from_the_environment_of_nginx() {
     let pki = Pki::new();
     let redis = Redis::start();
-    let mport = free_port().to_string();
-    let mut nginx = start_nginx_env(
+    let mport = free_port();
+    let mut nginx = Nginx::start(
         &pki,
-        1,
         ENV,
-        &[("REDIS", &redis.url()), ("MPORT", &mport)],
-        &[(
+        NginxOpts::new().redis(&redis).var("MPORT", mport).env(
             "DYNCERT_TEST_ALLOW_IPS",
             "10.0.0.0/8, 127.0.0.3 127.0.1.0/24,2001:db8::/32",
-        )],
+        ),
     );
-    write_index_pages(&nginx, &[""]);
+    nginx.write_index_pages(&[""]);
     let port = nginx.port;
     for from in ["127.0.0.3", "127.0.1.200", "127.0.0.5"] {
         assert_eq!(get(port, from, "/").status, 200, "{from} is in the list");
@@ -252,7 +249,7 @@ fn unset_env_variable_fails_the_config_test_naming_it() {
     };
     let var = "DYNCERT_TEST_UNSET_ALLOW_LIST";
     assert!(std::env::var_os(var).is_none(), "{var} must not be set");
-    let t = nginx_test_config(&pki, NginxOpts::default(), &conf(var));
+    let t = Nginx::config_test(&pki, &conf(var), NginxOpts::new());
     assert!(!t.ok, "nginx -t passed with {var} unset:\n{}", t.output);
     assert!(
         t.output.contains(var) && t.output.contains("not set"),
@@ -261,17 +258,12 @@ fn unset_env_variable_fails_the_config_test_naming_it() {
     );
 
     // Control: the same configuration passes once the variable is set ...
-    let t = nginx_test_config_env(
-        &pki,
-        NginxOpts::default(),
-        &conf(var),
-        &[(var, "10.0.0.0/8")],
-    );
+    let t = Nginx::config_test(&pki, &conf(var), NginxOpts::new().env(var, "10.0.0.0/8"));
     assert!(t.ok, "nginx -t with {var} set:\n{}", t.output);
 
     // ... and fails, naming it, when its value is not a list of networks.
     for bad in ["10.0.0.1/8", "bogus", "10.0.0.0/8,300.1.1.1"] {
-        let t = nginx_test_config_env(&pki, NginxOpts::default(), &conf(var), &[(var, bad)]);
+        let t = Nginx::config_test(&pki, &conf(var), NginxOpts::new().env(var, bad));
         assert!(!t.ok, "nginx -t passed with {var}={bad:?}:\n{}", t.output);
         assert!(
             t.output.contains(var),
@@ -409,7 +401,7 @@ http {
 fn proxy_protocol_source_is_honoured(version: u8) {
     let pport = free_port();
     let (mut s, _) = start(PROXY, &[("PPORT", &pport.to_string())]);
-    write_index_pages(&s.nginx, &[""]);
+    s.nginx.write_index_pages(&[""]);
     let leaf = s.pki.leaf(&["shop.example.com"], 4401);
     s.redis.put_leaf("shop.example.com", &leaf);
     let dst: SocketAddr = ([127, 0, 0, 1], pport).into();
@@ -438,13 +430,13 @@ fn proxy_protocol_source_is_honoured(version: u8) {
     let r = get("203.0.113.7:40001");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("X-Remote-Addr"), Some("203.0.113.7"));
-    r.tls().peer.assert_served(&leaf, &s.pki);
+    r.assert_served(&leaf, &s.pki);
     assert_eq!(r.header("X-Dyncert-Source"), Some("redis"));
 
     let r = get("198.51.100.7:40002");
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(r.header("X-Remote-Addr"), Some("198.51.100.7"));
-    r.tls().peer.assert_served(&leaf, &s.pki);
+    r.assert_served(&leaf, &s.pki);
 
     // The TCP peer is 127.0.0.1 for both; only the PROXY source differs.
     let r = get("[2001:db8::7]:40003");
@@ -504,7 +496,7 @@ fn ipv6_clients_match_ipv6_networks_and_mapped_ipv4_clients_match_ipv4_ones() {
             ("DUALPORT", &dualport.to_string()),
         ],
     );
-    write_index_pages(&s.nginx, &["doc/"]);
+    s.nginx.write_index_pages(&["doc/"]);
 
     let r = Request::get("/").to("::1").https(v6port).unwrap();
     assert_eq!(r.status, 200, "{r:?}");

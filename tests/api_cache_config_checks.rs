@@ -1,9 +1,7 @@
 //! `nginx -t` accepts the whole API, cache and invalidation interface as
 //! documented, and refuses malformed values with a message naming them.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 
 fn conf(http_extra: &str) -> String {
     format!(
@@ -24,7 +22,7 @@ http {{
 
 fn check(http_extra: &str) -> ConfigTest {
     let pki = Pki::new();
-    nginx_test_config(&pki, NginxOpts::default(), &conf(http_extra))
+    Nginx::config_test(&pki, &conf(http_extra), NginxOpts::new())
 }
 
 #[test]
@@ -48,7 +46,7 @@ fn full_api_cache_and_invalidation_configuration_passes_config_test() {
 "#,
         ca = ca.display()
     );
-    let t = nginx_test_config(&pki, NginxOpts::default(), &conf(&extra));
+    let t = Nginx::config_test(&pki, &conf(&extra), NginxOpts::new());
     assert!(t.ok, "{}", t.output);
 }
 

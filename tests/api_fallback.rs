@@ -4,9 +4,7 @@
 //! oversized or invalid body, a certificate for another name) gets the
 //! default certificate and a clear warning while nginx keeps serving.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 use openssl::pkey::PKey;
 use openssl::x509::X509;
 use std::time::{Duration, Instant};
@@ -129,8 +127,11 @@ fn next_terminator_finds_the_api_certificate_in_redis() {
 
     // A second nginx on the same Redis and API: Redis answers, the API is
     // not asked a second time.
-    let other = start_nginx_api(&s.pki, &s.redis, &s.api, 1, HTTP);
-    let r = tls_get(other.port, Some("fleet.example.com"), "/").unwrap();
+    let other = Nginx::start(&s.pki, HTTP, NginxOpts::new().redis(&s.redis).api(&s.api));
+    let r = Request::get("/")
+        .sni("fleet.example.com")
+        .https(other.port)
+        .unwrap();
     r.assert_served(&leaf, &s.pki);
     assert_eq!(r.source(), "redis", "body {:?}", r.body);
     assert_eq!(
@@ -226,9 +227,11 @@ fn api_404_gets_default_and_is_negative_cached() {
     let leaf = s.pki.leaf(&["nobody.example.com"], 8007);
     s.api.set_cert("nobody.example.com", &leaf);
     let served = poll(Duration::from_secs(6), Duration::from_millis(100), || {
-        tls_get(s.nginx.port, Some("nobody.example.com"), "/")
+        Request::get("/")
+            .sni("nobody.example.com")
+            .https(s.nginx.port)
             .ok()
-            .filter(|r| r.leaf_serial == leaf.serial_hex)
+            .filter(|r| r.tls().leaf_serial == leaf.serial_hex)
     });
     assert!(
         served.is_some(),
@@ -299,9 +302,11 @@ fn api_500_gets_default_is_logged_and_retried_later() {
     let leaf = s.pki.leaf(&["flaky.example.com"], 8008);
     s.api.set_cert("flaky.example.com", &leaf);
     let served = poll(Duration::from_secs(15), Duration::from_millis(200), || {
-        tls_get(s.nginx.port, Some("flaky.example.com"), "/")
+        Request::get("/")
+            .sni("flaky.example.com")
+            .https(s.nginx.port)
             .ok()
-            .filter(|r| r.leaf_serial == leaf.serial_hex)
+            .filter(|r| r.tls().leaf_serial == leaf.serial_hex)
     });
     assert!(
         served.is_some(),
@@ -321,7 +326,7 @@ fn api_timeout_gets_default_after_api_timeout_and_is_logged() {
         ApiReply::cert(&slow).after(Duration::from_secs(10)),
     );
     let port = s.nginx.port;
-    let parked = std::thread::spawn(move || tls_get(port, Some("slow.example.com"), "/"));
+    let parked = std::thread::spawn(move || Request::get("/").sni("slow.example.com").https(port));
     // While the API hangs, the cached name is served at once.
     assert!(s
         .api
@@ -337,9 +342,10 @@ fn api_timeout_gets_default_after_api_timeout_and_is_logged() {
     let r = parked.join().unwrap().expect("parked handshake failed");
     r.assert_default();
     assert!(
-        r.handshake >= Duration::from_millis(800) && r.handshake < Duration::from_millis(2500),
+        r.tls().handshake >= Duration::from_millis(800)
+            && r.tls().handshake < Duration::from_millis(2500),
         "handshake took {:?}, expected about dyncert_api_timeout (1s)",
-        r.handshake
+        r.tls().handshake
     );
     assert_failure_handled(&mut s, &good, "slow.example.com", &["timed out", "timeout"]);
 }
@@ -415,17 +421,20 @@ fn redis_down_goes_to_the_api_directly() {
     let pki = Pki::new();
     let redis = Redis::reserve();
     let api = CertApi::start();
-    let mut nginx = start_nginx_api(&pki, &redis, &api, 1, HTTP);
+    let mut nginx = Nginx::start(&pki, HTTP, NginxOpts::new().redis(&redis).api(&api));
     let leaf = pki.leaf(&["direct.example.com"], 8011);
     api.set_cert("direct.example.com", &leaf);
 
-    let r = tls_get(nginx.port, Some("direct.example.com"), "/").unwrap();
+    let r = Request::get("/")
+        .sni("direct.example.com")
+        .https(nginx.port)
+        .unwrap();
     r.assert_served(&leaf, &pki);
     assert_eq!(r.source(), "api", "body {:?}", r.body);
     assert!(
-        r.handshake < Duration::from_millis(1500),
+        r.tls().handshake < Duration::from_millis(1500),
         "handshake took {:?}: Redis being down must not cost the fetch timeout",
-        r.handshake
+        r.tls().handshake
     );
     nginx.assert_healthy();
 }
@@ -448,9 +457,9 @@ fn hung_redis_falls_through_to_the_api_within_the_fetch_timeout() {
     r.assert_served(&leaf, &s.pki);
     assert_eq!(r.source(), "api", "body {:?}", r.body);
     assert!(
-        r.handshake < Duration::from_millis(2500),
+        r.tls().handshake < Duration::from_millis(2500),
         "handshake took {:?}",
-        r.handshake
+        r.tls().handshake
     );
     s.nginx.assert_healthy();
 }
@@ -476,17 +485,25 @@ fn api_alone_without_redis_serves_certificates() {
     let pki = Pki::new();
     let redis = Redis::reserve();
     let api = CertApi::start();
-    let mut nginx = start_nginx_api(&pki, &redis, &api, 1, API_ONLY);
+    let mut nginx = Nginx::start(&pki, API_ONLY, NginxOpts::new().redis(&redis).api(&api));
     let leaf = pki.leaf(&["solo.example.com"], 8013);
     api.set_cert("solo.example.com", &leaf);
 
-    let r = tls_get(nginx.port, Some("solo.example.com"), "/").unwrap();
+    let r = Request::get("/")
+        .sni("solo.example.com")
+        .https(nginx.port)
+        .unwrap();
     r.assert_served(&leaf, &pki);
     assert_eq!(r.source(), "api", "body {:?}", r.body);
-    let r = tls_get(nginx.port, Some("solo.example.com"), "/").unwrap();
+    let r = Request::get("/")
+        .sni("solo.example.com")
+        .https(nginx.port)
+        .unwrap();
     r.assert_served(&leaf, &pki);
     assert_eq!(r.source(), "cache", "body {:?}", r.body);
-    tls_get(nginx.port, Some("nobody.example.com"), "/")
+    Request::get("/")
+        .sni("nobody.example.com")
+        .https(nginx.port)
         .unwrap()
         .assert_default();
     assert_eq!(api.requests_for("solo.example.com"), 1, "{}", api.dump());
@@ -516,11 +533,14 @@ fn https_api_is_verified_against_the_trusted_certificate() {
     let pki = Pki::new();
     let redis = Redis::start();
     let api = CertApi::start_tls(&pki);
-    let mut nginx = start_nginx_api(&pki, &redis, &api, 1, HTTPS_API);
+    let mut nginx = Nginx::start(&pki, HTTPS_API, NginxOpts::new().redis(&redis).api(&api));
     let leaf = pki.leaf(&["secure.example.com"], 8014);
     api.set_cert("secure.example.com", &leaf);
 
-    let r = tls_get(nginx.port, Some("secure.example.com"), "/").unwrap();
+    let r = Request::get("/")
+        .sni("secure.example.com")
+        .https(nginx.port)
+        .unwrap();
     r.assert_served(&leaf, &pki);
     assert_eq!(r.source(), "api", "body {:?}", r.body);
     nginx.assert_healthy();
@@ -533,11 +553,14 @@ fn https_api_with_an_untrusted_certificate_is_not_used() {
     let api = CertApi::start_tls(&pki);
     // System roots only: the test CA is not among them.
     let template = HTTPS_API.replace("dyncert_api_trusted_certificate @API_CA@;", "");
-    let mut nginx = start_nginx_api(&pki, &redis, &api, 1, &template);
+    let mut nginx = Nginx::start(&pki, &template, NginxOpts::new().redis(&redis).api(&api));
     let leaf = pki.leaf(&["mitm.example.com"], 8015);
     api.set_cert("mitm.example.com", &leaf);
 
-    let r = tls_get(nginx.port, Some("mitm.example.com"), "/").unwrap();
+    let r = Request::get("/")
+        .sni("mitm.example.com")
+        .https(nginx.port)
+        .unwrap();
     r.assert_default();
     assert_eq!(
         api.requests_for("mitm.example.com"),

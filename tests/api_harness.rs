@@ -2,9 +2,7 @@
 //! client: a failure in the API feature tests can then be told apart from a
 //! broken test server.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 use openssl::ssl::{SslConnector, SslMethod};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -4,9 +4,7 @@
 //! notAfter; unknown names are remembered for `negative=`; `max=` and
 //! `max_size=` bound the cache, evicting the least recently used.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 use openssl::asn1::Asn1Time;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,8 +42,8 @@ fn not_after_instant(leaf: &Leaf) -> Instant {
     Instant::now() + left
 }
 
-fn serial_of(s: &Stack, name: &str) -> Result<TlsResponse, String> {
-    tls_get(s.nginx.port, Some(name), "/")
+fn serial_of(s: &Stack, name: &str) -> Result<Exchange, String> {
+    Request::get("/").sni(name).https(s.nginx.port)
 }
 
 #[test]
@@ -54,11 +52,8 @@ fn stale_certificate_is_served_while_one_background_refresh_runs() {
     let pki = Pki::new();
     let redis = Redis::reserve();
     let api = CertApi::start();
-    let mut nginx = start_nginx_api(
+    let mut nginx = Nginx::start(
         &pki,
-        &redis,
-        &api,
-        1,
         r#"
 http {
     access_log off;
@@ -75,11 +70,15 @@ http {
     }
 }
 "#,
+        NginxOpts::new().redis(&redis).api(&api),
     );
     let old = pki.leaf(&["renew.example.com"], 9001);
     let new = pki.leaf(&["renew.example.com"], 9002);
     api.set_cert("renew.example.com", &old);
-    let r = tls_get(nginx.port, Some("renew.example.com"), "/").unwrap();
+    let r = Request::get("/")
+        .sni("renew.example.com")
+        .https(nginx.port)
+        .unwrap();
     r.assert_served(&old, &pki);
     // Counted from the answer, not the request: the entry was cached before
     // the handshake completed, however slow a loaded machine was to fetch it.
@@ -98,9 +97,9 @@ http {
         let r = r.unwrap();
         r.assert_served(&old, &pki);
         assert!(
-            r.handshake < Duration::from_millis(700),
+            r.tls().handshake < Duration::from_millis(700),
             "a stale entry made the handshake wait {:?}",
-            r.handshake
+            r.tls().handshake
         );
     }
     assert!(
@@ -110,8 +109,11 @@ http {
     );
     // Still only one refresh while it runs, however many handshakes.
     for _ in 0..5 {
-        let r = tls_get(nginx.port, Some("renew.example.com"), "/").unwrap();
-        if r.leaf_serial != new.serial_hex {
+        let r = Request::get("/")
+            .sni("renew.example.com")
+            .https(nginx.port)
+            .unwrap();
+        if r.tls().leaf_serial != new.serial_hex {
             r.assert_served(&old, &pki);
         }
     }
@@ -124,9 +126,11 @@ http {
 
     // Once the refresh is done, the new certificate is served.
     let renewed = poll(Duration::from_secs(5), Duration::from_millis(100), || {
-        tls_get(nginx.port, Some("renew.example.com"), "/")
+        Request::get("/")
+            .sni("renew.example.com")
+            .https(nginx.port)
             .ok()
-            .filter(|r| r.leaf_serial == new.serial_hex)
+            .filter(|r| r.tls().leaf_serial == new.serial_hex)
     });
     assert!(
         renewed.is_some(),
@@ -157,7 +161,7 @@ fn redis_record_is_refreshed_in_the_background_after_valid() {
     let renewed = poll(Duration::from_secs(5), Duration::from_millis(50), || {
         let r = s.get(Some("roll.example.com"));
         assert!(!r.is_default(), "default served during a refresh");
-        (r.leaf_serial == new.serial_hex).then_some(start.elapsed())
+        (r.tls().leaf_serial == new.serial_hex).then_some(start.elapsed())
     });
     let at = renewed.unwrap_or_else(|| panic!("not refreshed\n{}", s.nginx.logs()));
     assert!(
@@ -189,9 +193,9 @@ fn entry_past_valid_plus_stale_is_dropped_when_refresh_keeps_failing() {
     let r = s.get(Some("fading.example.com"));
     r.assert_served(&leaf, &s.pki);
     assert!(
-        r.handshake < Duration::from_millis(500),
+        r.tls().handshake < Duration::from_millis(500),
         "{:?}",
-        r.handshake
+        r.tls().handshake
     );
 
     // Past valid+stale=3s: dropped, the default instead.
@@ -221,7 +225,7 @@ fn entry_past_valid_plus_stale_is_dropped_when_refresh_keeps_failing() {
     let back = poll(Duration::from_secs(10), Duration::from_millis(200), || {
         serial_of(&s, "fading.example.com")
             .ok()
-            .filter(|r| r.leaf_serial == leaf.serial_hex)
+            .filter(|r| r.tls().leaf_serial == leaf.serial_hex)
     });
     assert!(back.is_some(), "did not recover\n{}", s.nginx.logs());
     s.nginx.assert_healthy();
@@ -230,9 +234,14 @@ fn entry_past_valid_plus_stale_is_dropped_when_refresh_keeps_failing() {
 #[test]
 fn certificate_is_never_served_past_its_not_after() {
     let mut s = redis_stack("valid=1m stale=1h negative=1s");
-    let leaf = s
-        .pki
-        .leaf_expiring_in(&["shortlived.example.com"], 9006, Duration::from_secs(3));
+    let leaf = s.pki.leaf_with(
+        &["shortlived.example.com"],
+        9006,
+        LeafOpts {
+            expires_in: Some(Duration::from_secs(3)),
+            ..LeafOpts::default()
+        },
+    );
     let not_after = not_after_instant(&leaf);
     s.redis.put_leaf("shortlived.example.com", &leaf);
     s.get(Some("shortlived.example.com"))
@@ -242,7 +251,7 @@ fn certificate_is_never_served_past_its_not_after() {
     while Instant::now() < not_after + Duration::from_secs(3) {
         let r = s.get(Some("shortlived.example.com"));
         let t = Instant::now();
-        if r.leaf_serial == leaf.serial_hex {
+        if r.tls().leaf_serial == leaf.serial_hex {
             // One second of slack for clocks and the request itself.
             assert!(
                 t < not_after + Duration::from_secs(1),
@@ -286,7 +295,7 @@ fn unknown_name_is_remembered_for_the_negative_ttl_only() {
 
     let found = poll(Duration::from_secs(6), Duration::from_millis(100), || {
         let r = s.get(Some("later.example.com"));
-        (r.leaf_serial == leaf.serial_hex).then(|| start.elapsed())
+        (r.tls().leaf_serial == leaf.serial_hex).then(|| start.elapsed())
     });
     let at = found.unwrap_or_else(|| panic!("never looked up again\n{}", s.nginx.logs()));
     assert!(

@@ -1,9 +1,7 @@
 //! Configuration mistakes fail `nginx -t` with a message that names them,
 //! and every shipped example configuration passes it.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 use std::fs;
 use std::path::Path;
 
@@ -23,19 +21,14 @@ http {
 
 const STATIC_CERT: &str = "ssl_certificate default.crt; ssl_certificate_key default.key;";
 
-fn conf(http_extra: &str, server: &str) -> String {
-    render(
-        HTTP,
-        &[
-            ("PORT", &free_port().to_string()),
-            ("HTTP_EXTRA", http_extra),
-            ("SERVER", server),
-        ],
-    )
+fn opts(http_extra: &str, server: &str) -> NginxOpts {
+    NginxOpts::new()
+        .var("HTTP_EXTRA", http_extra)
+        .var("SERVER", server)
 }
 
 fn check(pki: &Pki, http_extra: &str, server: &str) -> ConfigTest {
-    nginx_test_config(pki, NginxOpts::default(), &conf(http_extra, server))
+    Nginx::config_test(pki, HTTP, opts(http_extra, server))
 }
 
 #[test]
@@ -150,7 +143,7 @@ fn every_example_in_nginx_conf_passes_config_test() {
         pki.write_default(&p.join("conf/certs"));
         std::os::unix::fs::symlink(&module, p.join("modules/ngx_http_dyncert_module.so")).unwrap();
 
-        let t = nginx_test_prefix(p);
+        let t = Nginx::config_test_prefix(p);
         assert!(t.ok, "{} fails nginx -t:\n{}", example.display(), t.output);
     }
 }
@@ -158,12 +151,8 @@ fn every_example_in_nginx_conf_passes_config_test() {
 #[test]
 fn level_triggered_event_methods_are_refused_with_dyncert_on() {
     let pki = Pki::new();
-    let with = |method: &'static str, server: &str| {
-        let opts = NginxOpts {
-            event_method: Some(method),
-            ..NginxOpts::default()
-        };
-        nginx_test_config(&pki, opts, &conf("", server))
+    let with = |method: &str, server: &str| {
+        Nginx::config_test(&pki, HTTP, opts("", server).event_method(method))
     };
     let dyncert_on = format!("{STATIC_CERT} dyncert on;");
 

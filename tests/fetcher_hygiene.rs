@@ -5,13 +5,10 @@
 //! signal, and the Redis password never reaches a log line or an
 //! `nginx -t` error.
 
-mod common;
-
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::client::*;
-use common::*;
+use dyncert_testkit::*;
 use openssl::pkey::PKey;
 use openssl::symm::Cipher;
 
@@ -40,34 +37,21 @@ struct Setup {
     mport: u16,
 }
 
-fn start(workers: u32, redis_url: Option<&str>, extra: &str, how: Spawn) -> Setup {
+/// Starts nginx for `HTTP` with `opts`; `@RPORT@` in `redis_url` is the
+/// Redis port.
+fn start(redis_url: Option<&str>, extra: &str, opts: NginxOpts) -> Setup {
     let pki = Pki::new();
     let redis = Redis::start();
     let mport = free_port();
-    let port = free_port();
     let url = redis_url.map_or_else(
         || redis.url(),
         |u| u.replace("@RPORT@", &redis.port.to_string()),
     );
-    let http = render(
-        HTTP,
-        &[
-            ("PORT", &port.to_string()),
-            ("MPORT", &mport.to_string()),
-            ("REDIS", &url),
-            ("EXTRA", extra),
-        ],
-    );
-    let nginx = Nginx::spawn(
-        &pki,
-        NginxOpts {
-            workers,
-            ..NginxOpts::default()
-        },
-        &http,
-        port,
-        how,
-    );
+    let opts = opts
+        .var("MPORT", mport)
+        .var("REDIS", url)
+        .var("EXTRA", extra);
+    let nginx = Nginx::start(&pki, HTTP, opts);
     Setup {
         s: Stack { pki, redis, nginx },
         mport,
@@ -82,15 +66,7 @@ fn rejected(mport: u16, reason: &str) -> f64 {
 
 #[test]
 fn encrypted_keys_are_refused_while_stdin_is_an_open_pipe() {
-    let mut t = start(
-        1,
-        None,
-        "",
-        Spawn {
-            stdin_pipe: true,
-            ..Spawn::default()
-        },
-    );
+    let mut t = start(None, "", NginxOpts::new().stdin_pipe());
     let pkcs8 = t.s.pki.leaf(&["pkcs8.example.com"], 8001);
     let key = PKey::private_key_from_pem(pkcs8.key_pem.as_bytes()).unwrap();
     let encrypted = key
@@ -169,15 +145,7 @@ fn only_workers_start_fetcher_threads_and_they_block_every_signal() {
         "proxy_cache_path {} keys_zone=hygiene:1m;",
         cache.path().display()
     );
-    let t = start(
-        1,
-        None,
-        &extra,
-        Spawn {
-            helpers: 2,
-            ..Spawn::default()
-        },
-    );
+    let t = start(None, &extra, NginxOpts::new().helpers(2));
     let leaf = t.s.pki.leaf(&["a.example.com"], 8010);
     t.s.redis.put_leaf("a.example.com", &leaf);
     // A fetch makes sure every thread the fetcher starts exists.
@@ -237,7 +205,7 @@ fn redis_password_never_appears_in_logs_or_config_errors() {
          server {{ listen 127.0.0.1:{}; }} }}",
         free_port()
     );
-    let check = nginx_test_config(&pki, NginxOpts::default(), &bad);
+    let check = Nginx::config_test(&pki, &bad, NginxOpts::new());
     assert!(!check.ok, "{}", check.output);
     assert!(check.output.contains("dyncert_redis") || check.output.contains("invalid parameter"));
     assert!(
@@ -250,10 +218,9 @@ fn redis_password_never_appears_in_logs_or_config_errors() {
     // A running nginx with the wrong password: the errors are logged
     // without it.
     let mut t = start(
-        1,
         Some(&format!("redis://:wrong-{SECRET}@127.0.0.1:@RPORT@/0")),
         "",
-        Spawn::default(),
+        NginxOpts::new(),
     );
     let leaf = t.s.pki.leaf(&["a.example.com"], 8020);
     t.s.redis.put_leaf("a.example.com", &leaf);
@@ -269,10 +236,9 @@ fn redis_password_never_appears_in_logs_or_config_errors() {
 
     // The right password works.
     let t2 = start(
-        1,
         Some(&format!("redis://:{SECRET}@127.0.0.1:@RPORT@/0")),
         "",
-        Spawn::default(),
+        NginxOpts::new(),
     );
     let leaf = t2.s.pki.leaf(&["b.example.com"], 8021);
     t2.s.redis.put_leaf("b.example.com", &leaf);

@@ -2,9 +2,7 @@
 //! never more than `dyncert_fetch_concurrency` API requests at once, and
 //! does not slow down the handshakes of cached names.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
@@ -90,12 +88,12 @@ fn random_sni_flood_is_bounded_and_cached_names_stay_fast() {
             thread::spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(name) = order.get(i) else { break };
-                match tls_get(port, Some(name), "/") {
+                match Request::get("/").sni(name).https(port) {
                     Ok(r) if r.is_default() => {}
                     Ok(r) => failures
                         .lock()
                         .unwrap()
-                        .push(format!("{name}: not the default: {:?}", r.leaf_sans)),
+                        .push(format!("{name}: not the default: {:?}", r.tls().leaf_sans)),
                     Err(e) => failures.lock().unwrap().push(format!("{name}: {e}")),
                 }
             })
@@ -109,9 +107,15 @@ fn random_sni_flood_is_bounded_and_cached_names_stay_fast() {
         thread::spawn(move || {
             let mut latencies = Vec::new();
             while flooding.load(Ordering::Relaxed) {
-                let r = tls_get(port, Some("steady.example.com"), "/")
+                let r = Request::get("/")
+                    .sni("steady.example.com")
+                    .https(port)
                     .unwrap_or_else(|e| panic!("cached name failed during the flood: {e}"));
-                assert_eq!(r.leaf_serial, serial, "wrong certificate during the flood");
+                assert_eq!(
+                    r.tls().leaf_serial,
+                    serial,
+                    "wrong certificate during the flood"
+                );
                 latencies.push(r.elapsed);
                 thread::sleep(Duration::from_millis(10));
             }
@@ -224,9 +228,11 @@ fn random_sni_flood_is_bounded_and_cached_names_stay_fast() {
     let after = s.pki.leaf(&["after.example.com"], 13002);
     s.api.set_cert("after.example.com", &after);
     let served = poll(Duration::from_secs(5), Duration::from_millis(100), || {
-        tls_get(port, Some("after.example.com"), "/")
+        Request::get("/")
+            .sni("after.example.com")
+            .https(port)
             .ok()
-            .filter(|r| r.leaf_serial == after.serial_hex)
+            .filter(|r| r.tls().leaf_serial == after.serial_hex)
     });
     assert!(
         served.is_some(),

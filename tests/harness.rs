@@ -1,9 +1,7 @@
-//! The harness itself, against plain NGINX (no module) and a bare Redis, so
-//! a failure in the feature tests can be told apart from a broken harness.
+//! The test kit itself, against plain NGINX (no module) and a bare Redis, so
+//! a failure in the feature tests can be told apart from a broken kit.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 use std::time::Duration;
 
 const PLAIN: &str = r#"
@@ -22,27 +20,20 @@ http {
 #[test]
 fn plain_nginx_serves_static_certificate_to_the_test_client() {
     let pki = Pki::new();
-    let port = free_port();
-    let http = render(PLAIN, &[("PORT", &port.to_string())]);
-    let mut nginx = Nginx::start(
-        &pki,
-        NginxOpts {
-            workers: 2,
-            load_module: false,
-            ..NginxOpts::default()
-        },
-        &http,
-        port,
-    );
+    let mut nginx = Nginx::start(&pki, PLAIN, NginxOpts::new().workers(2).without_module());
+    let port = nginx.port;
     assert_eq!(nginx.worker_pids().len(), 2);
 
-    let r = tls_get(port, Some("shop.example.com"), "/").unwrap();
+    let r = Request::get("/")
+        .sni("shop.example.com")
+        .https(port)
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "sni=shop.example.com\n");
     r.assert_default();
-    assert_eq!(r.leaf_serial, serial_hex(1));
+    assert_eq!(r.tls().leaf_serial, serial_hex(1));
 
-    let r = tls_get(port, None, "/").unwrap();
+    let r = Request::get("/").https(port).unwrap();
     assert_eq!(r.body, "sni=\n");
     r.assert_default();
 
@@ -51,7 +42,10 @@ fn plain_nginx_serves_static_certificate_to_the_test_client() {
     assert_eq!(answer.first(), Some(&0x16), "answer {answer:02x?}");
 
     nginx.reload();
-    let r = tls_get(port, Some("after.example.com"), "/").unwrap();
+    let r = Request::get("/")
+        .sni("after.example.com")
+        .https(port)
+        .unwrap();
     assert_eq!(r.body, "sni=after.example.com\n");
     nginx.assert_healthy();
 }
@@ -59,16 +53,11 @@ fn plain_nginx_serves_static_certificate_to_the_test_client() {
 #[test]
 fn plain_nginx_config_test_reports_errors() {
     let pki = Pki::new();
-    let opts = || NginxOpts {
-        workers: 1,
-        load_module: false,
-        ..NginxOpts::default()
-    };
-    let good = render(PLAIN, &[("PORT", "1")]);
-    let t = nginx_test_config(&pki, opts(), &good);
+    let opts = || NginxOpts::new().without_module().port(1);
+    let t = Nginx::config_test(&pki, PLAIN, opts());
     assert!(t.ok, "{}", t.output);
-    let bad = good.replace("server_name _;", "server_name _; no_such_directive on;");
-    let t = nginx_test_config(&pki, opts(), &bad);
+    let bad = PLAIN.replace("server_name _;", "server_name _; no_such_directive on;");
+    let t = Nginx::config_test(&pki, &bad, opts());
     assert!(!t.ok);
     assert!(t.output.contains("no_such_directive"), "{}", t.output);
 }
@@ -131,18 +120,8 @@ fn redis_harness_pauses_restarts_and_monitors() {
 #[test]
 fn crashed_worker_fails_the_test_even_though_nginx_respawns_it() {
     let pki = Pki::new();
-    let port = free_port();
-    let http = render(PLAIN, &[("PORT", &port.to_string())]);
-    let nginx = Nginx::start(
-        &pki,
-        NginxOpts {
-            workers: 1,
-            load_module: false,
-            ..NginxOpts::default()
-        },
-        &http,
-        port,
-    );
+    let nginx = Nginx::start(&pki, PLAIN, NginxOpts::new().without_module());
+    let port = nginx.port;
     let worker = *nginx.worker_pids().first().unwrap();
     assert!(signal(worker, libc::SIGSEGV));
     let respawned = poll(STARTUP_DEADLINE, Duration::from_millis(20), || {
@@ -151,7 +130,9 @@ fn crashed_worker_fails_the_test_even_though_nginx_respawns_it() {
     });
     assert!(respawned.is_some(), "{}", nginx.logs());
     // Requests still work, which is why Drop checks the log.
-    tls_get(port, Some("x.example.com"), "/")
+    Request::get("/")
+        .sni("x.example.com")
+        .https(port)
         .unwrap()
         .assert_default();
 

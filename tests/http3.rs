@@ -14,9 +14,7 @@
 //! `DYNCERT_H3_PYTHON`, else the venv scripts/test.sh makes in
 //! `target/tools/venv`, else `python3`.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 use openssl::x509::X509;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -119,14 +117,7 @@ struct H3Response {
 
 impl H3Response {
     fn leaf_sans(&self) -> Vec<String> {
-        self.chain[0]
-            .subject_alt_names()
-            .map(|s| {
-                s.iter()
-                    .filter_map(|g| g.dnsname().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+        dns_sans(&self.chain[0])
     }
 
     fn is_default(&self) -> bool {

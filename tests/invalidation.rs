@@ -4,9 +4,7 @@
 //! record is served everywhere within 1 s of the PUBLISH. The subscription
 //! survives a Redis restart.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -34,13 +32,13 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Every worker of `nginx` serves `leaf` for `name` (hits all of them).
 fn assert_everywhere(nginx: &Nginx, pki: &Pki, name: &str, leaf: &Leaf, when: &str) {
-    for r in hit_every_worker(nginx, name, DEADLINE) {
+    for r in nginx.hit_every_worker(name, DEADLINE) {
         assert_eq!(
-            r.leaf_serial,
+            r.tls().leaf_serial,
             leaf.serial_hex,
             "{when}: worker {} served serial {} for {name} (body {:?})",
             r.pid(),
-            r.leaf_serial,
+            r.tls().leaf_serial,
             r.body
         );
         r.assert_served(leaf, pki);
@@ -190,7 +188,7 @@ fn invalidation_reaches_every_nginx_sharing_redis() {
     let pki = Pki::new();
     let redis = Redis::start();
     let mut fleet: Vec<Nginx> = (0..2)
-        .map(|_| start_nginx_with(&pki, &redis, WORKERS, HTTP))
+        .map(|_| Nginx::start(&pki, HTTP, NginxOpts::new().workers(WORKERS).redis(&redis)))
         .collect();
     let old = pki.leaf(&["fleet.example.com"], 10040);
     let new = pki.leaf(&["fleet.example.com"], 10041);

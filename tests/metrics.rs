@@ -4,9 +4,7 @@
 //! records, responses per server block). Also the log variables
 //! `$dyncert_cert_not_after` and `$dyncert_fetch_time`.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -107,8 +105,14 @@ fn start() -> (Stack, u16) {
     let pki = Pki::new();
     let redis = Redis::start();
     let mport = free_port();
-    let m = mport.to_string();
-    let nginx = start_nginx_vars(&pki, 2, HTTP, &[("REDIS", &redis.url()), ("MPORT", &m)]);
+    let nginx = Nginx::start(
+        &pki,
+        HTTP,
+        NginxOpts::new()
+            .workers(2)
+            .redis(&redis)
+            .var("MPORT", mport),
+    );
     (Stack { pki, redis, nginx }, mport)
 }
 
@@ -174,7 +178,10 @@ fn metrics_count_lookups_rejections_negative_hits_and_status_classes() {
     s.get(Some("good.example.com")).assert_served(&good, &s.pki);
     s.get(Some("bad.example.com")).assert_default();
     s.get(Some("nobody.example.com")).assert_default();
-    let r = tls_get(s.nginx.port, Some("good.example.com"), "/missing").unwrap();
+    let r = Request::get("/missing")
+        .sni("good.example.com")
+        .https(s.nginx.port)
+        .unwrap();
     assert_eq!(r.status, 404);
 
     // The counters move in the shared zone as the workers apply results.

@@ -5,10 +5,7 @@
 //! cycle, and a worker the master forks afterwards still finds the old
 //! cycle's counters, not the freed zone of the cycle that failed.
 
-mod common;
-
-use common::client::{Exchange, Metrics, Request};
-use common::*;
+use dyncert_testkit::*;
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -109,7 +106,9 @@ impl Tally {
     /// `n` handshakes for an unknown name on `port`.
     fn handshake(&mut self, nginx: &Nginx, port: u16, n: usize) {
         for _ in 0..n {
-            let r = tls_get(port, Some("nobody.example.com"), "/")
+            let r = Request::get("/")
+                .sni("nobody.example.com")
+                .https(port)
                 .unwrap_or_else(|e| panic!("handshake on {port}: {e}\n{}", nginx.logs()));
             r.assert_default();
             assert_eq!(r.source(), "default", "{:?}", r.body);
@@ -145,9 +144,9 @@ fn counters_survive_reloads_that_change_server_blocks_or_fail_at_bind() {
     let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let hport = held.local_addr().unwrap().port();
 
-    let mut nginx = start_nginx_vars(&pki, 2, &http(&redis, mport, ""), &[]);
+    let mut nginx = Nginx::start(&pki, &http(&redis, mport, ""), NginxOpts::new().workers(2));
     let port = nginx.port;
-    let conf = |more: &str| render(&http(&redis, mport, more), &[("PORT", &port.to_string())]);
+    let conf = |more: &str| http(&redis, mport, more);
     let mut tally = Tally { made: 0, last: 0.0 };
     tally.handshake(&nginx, port, 3);
     tally.check(&metrics_from(mport).1, "at start");
@@ -189,7 +188,7 @@ fn counters_survive_reloads_that_change_server_blocks_or_fail_at_bind() {
             })
             .unwrap_or_else(|| panic!("{victim} was not respawned\n{}", nginx.logs()));
             let serving = nginx.worker_pids();
-            for r in hit_every_worker(&nginx, "nobody.example.com", STARTUP_DEADLINE) {
+            for r in nginx.hit_every_worker("nobody.example.com", STARTUP_DEADLINE) {
                 assert_eq!(r.source(), "default", "{:?}", r.body);
                 tally.made += 1;
             }
@@ -271,20 +270,19 @@ fn workers_of_a_configuration_without_metrics_never_touch_the_freed_zone() {
     let pki = Pki::new();
     let redis = Redis::start();
     let mport = free_port();
-    let mut nginx = start_nginx_vars(&pki, 2, &http(&redis, mport, ""), &[]);
-    let port = nginx.port.to_string();
+    let mut nginx = Nginx::start(&pki, &http(&redis, mport, ""), NginxOpts::new().workers(2));
     let mut tally = Tally { made: 0, last: 0.0 };
     tally.handshake(&nginx, nginx.port, 2);
     tally.check(&metrics_from(mport).1, "at start");
 
-    nginx.write_http(&render(PLAIN, &[("PORT", &port)]));
+    nginx.write_http(PLAIN);
     nginx.reload();
-    for r in hit_every_worker(&nginx, "plain.example.com", STARTUP_DEADLINE) {
+    for r in nginx.hit_every_worker("plain.example.com", STARTUP_DEADLINE) {
         assert!(r.body.starts_with("plain"), "{:?}", r.body);
     }
 
     // Back to metrics: a new zone, counting from zero.
-    nginx.write_http(&render(&http(&redis, mport, ""), &[("PORT", &port)]));
+    nginx.write_http(&http(&redis, mport, ""));
     nginx.reload();
     let mut tally = Tally { made: 0, last: 0.0 };
     tally.handshake(&nginx, nginx.port, 2);

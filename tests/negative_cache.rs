@@ -2,9 +2,7 @@
 //! (`dyncert_cache negative_max=`), so a client making up SNI names can
 //! never push a real certificate out of a worker's cache.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 use std::collections::hash_map::RandomState;
 use std::collections::BTreeSet;
 use std::hash::{BuildHasher, Hasher};
@@ -53,7 +51,7 @@ fn random_u64(i: u64) -> u64 {
 fn handshake_all(
     port: u16,
     names: Vec<String>,
-    check: fn(&TlsResponse) -> Result<(), String>,
+    check: fn(&Exchange) -> Result<(), String>,
 ) -> Vec<String> {
     let names = Arc::new(names);
     let next = Arc::new(AtomicUsize::new(0));
@@ -64,7 +62,10 @@ fn handshake_all(
             thread::spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(name) = names.get(i) else { break };
-                let verdict = tls_get(port, Some(name), "/").and_then(|r| check(&r));
+                let verdict = Request::get("/")
+                    .sni(name)
+                    .https(port)
+                    .and_then(|r| check(&r));
                 if let Err(e) = verdict {
                     failures.lock().unwrap().push(format!("{name}: {e}"));
                 }
@@ -108,7 +109,7 @@ fn random_name_flood_never_evicts_cached_certificates() {
         if r.is_default() {
             Ok(())
         } else {
-            Err(format!("not the default: {:?}", r.leaf_sans))
+            Err(format!("not the default: {:?}", r.tls().leaf_sans))
         }
     });
     let flood_time = start.elapsed();
@@ -168,22 +169,17 @@ fn random_name_flood_never_evicts_cached_certificates() {
 #[test]
 fn negative_max_that_is_not_a_number_fails_config_test() {
     let pki = Pki::new();
-    let conf = |cache: &str| {
-        render(
-            HTTP,
-            &[
-                ("PORT", &free_port().to_string()),
-                ("REDIS", "redis://127.0.0.1:6379/0"),
-                ("CACHE", cache),
-            ],
-        )
+    let opts = |cache: &str| {
+        NginxOpts::new()
+            .var("REDIS", "redis://127.0.0.1:6379/0")
+            .var("CACHE", cache)
     };
     for good in ["negative_max=0", "max=100 negative_max=50000"] {
-        let t = nginx_test_config(&pki, NginxOpts::default(), &conf(good));
+        let t = Nginx::config_test(&pki, HTTP, opts(good));
         assert!(t.ok, "`dyncert_cache {good}` failed:\n{}", t.output);
     }
     for bad in ["negative_max=abc", "negative_max=-1", "negative_max="] {
-        let t = nginx_test_config(&pki, NginxOpts::default(), &conf(bad));
+        let t = Nginx::config_test(&pki, HTTP, opts(bad));
         assert!(
             !t.ok,
             "`dyncert_cache {bad}` passed nginx -t:\n{}",

@@ -2,9 +2,7 @@
 //! a per-worker cache after the first fetch; anything unusable falls back to
 //! the server's static certificate.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 use std::time::Duration;
 
 const HTTP: &str = r#"
@@ -33,7 +31,10 @@ fn certificate_in_redis_is_served_with_its_chain() {
     let r = s.get(Some("shop.example.com"));
     assert_eq!(r.status, 200);
     r.assert_served(&leaf, &s.pki);
-    assert_eq!(r.leaf_sans, ["shop.example.com", "www.shop.example.com"]);
+    assert_eq!(
+        r.tls().leaf_sans,
+        ["shop.example.com", "www.shop.example.com"]
+    );
     assert_eq!(r.name(), "shop.example.com", "body {:?}", r.body);
     assert_eq!(r.source(), "redis", "body {:?}", r.body);
 }
@@ -177,9 +178,14 @@ fn name_is_normalised_before_lookup() {
 #[test]
 fn expired_certificate_record_gets_default() {
     let s = Stack::start(1, HTTP);
-    let leaf = s
-        .pki
-        .leaf_with(&["expired.example.com"], 1009, LeafOpts { expired: true });
+    let leaf = s.pki.leaf_with(
+        &["expired.example.com"],
+        1009,
+        LeafOpts {
+            expired: true,
+            ..LeafOpts::default()
+        },
+    );
     s.redis.put_leaf("expired.example.com", &leaf);
     let r = s.get(Some("expired.example.com"));
     r.assert_default();
@@ -224,7 +230,8 @@ fn server_without_dyncert_is_left_alone() {
     let pki = Pki::new();
     let redis = Redis::start();
     let (on_port, off_port) = (free_port(), free_port());
-    let http = render(
+    let nginx = Nginx::start(
+        &pki,
         r#"
 http {
     access_log off;
@@ -246,18 +253,20 @@ http {
     }
 }
 "#,
-        &[
-            ("REDIS", &redis.url()),
-            ("ON", &on_port.to_string()),
-            ("OFF", &off_port.to_string()),
-        ],
+        NginxOpts::new()
+            .redis(&redis)
+            .port(on_port)
+            .var("ON", on_port)
+            .var("OFF", off_port),
     );
-    let nginx = Nginx::start(&pki, NginxOpts::default(), &http, on_port);
     let leaf = pki.leaf(&["shop.example.com"], 1012);
     redis.put_leaf("shop.example.com", &leaf);
     let monitor = redis.monitor();
 
-    let r = tls_get(off_port, Some("shop.example.com"), "/").unwrap();
+    let r = Request::get("/")
+        .sni("shop.example.com")
+        .https(off_port)
+        .unwrap();
     r.assert_default();
     assert_eq!(r.source(), "", "body {:?}", r.body);
     monitor.sync();
@@ -270,7 +279,10 @@ http {
 
     // The dyncert server next to it does serve the record (the check above
     // could fail).
-    let r = tls_get(on_port, Some("shop.example.com"), "/").unwrap();
+    let r = Request::get("/")
+        .sni("shop.example.com")
+        .https(on_port)
+        .unwrap();
     r.assert_served(&leaf, &pki);
     drop(nginx);
 }

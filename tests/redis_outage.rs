@@ -2,9 +2,7 @@
 //! Redis hangs, an uncached name waits at most `dyncert_fetch_timeout` and
 //! then gets the default, and the module reconnects by itself.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 use std::time::Duration;
 
 const HTTP: &str = r#"
@@ -25,11 +23,13 @@ http {
 "#;
 
 /// Handshakes for `name` until it is served `leaf`, or `deadline` passes.
-fn poll_served(s: &Stack, name: &str, leaf: &Leaf, deadline: Duration) -> Option<TlsResponse> {
+fn poll_served(s: &Stack, name: &str, leaf: &Leaf, deadline: Duration) -> Option<Exchange> {
     poll(deadline, Duration::from_millis(200), || {
-        tls_get(s.nginx.port, Some(name), "/")
+        Request::get("/")
+            .sni(name)
+            .https(s.nginx.port)
             .ok()
-            .filter(|r| r.leaf_serial == leaf.serial_hex)
+            .filter(|r| r.tls().leaf_serial == leaf.serial_hex)
     })
 }
 
@@ -77,7 +77,7 @@ fn uncached_name_waits_fetch_timeout_then_gets_default() {
 
     s.redis.pause();
     let port = s.nginx.port;
-    let parked = std::thread::spawn(move || tls_get(port, Some("late.example.com"), "/"));
+    let parked = std::thread::spawn(move || Request::get("/").sni("late.example.com").https(port));
     // While that connection is parked, the single worker keeps serving.
     std::thread::sleep(Duration::from_millis(300));
     let cached = s.get(Some("warm.example.com"));
@@ -92,9 +92,10 @@ fn uncached_name_waits_fetch_timeout_then_gets_default() {
     r.assert_default();
     assert_eq!(r.source(), "default", "body {:?}", r.body);
     assert!(
-        r.handshake >= Duration::from_millis(800) && r.handshake < Duration::from_secs(3),
+        r.tls().handshake >= Duration::from_millis(800)
+            && r.tls().handshake < Duration::from_secs(3),
         "handshake took {:?}, expected about dyncert_fetch_timeout (1s)",
-        r.handshake
+        r.tls().handshake
     );
 
     // Once Redis answers again the record is found.
@@ -112,14 +113,18 @@ fn uncached_name_waits_fetch_timeout_then_gets_default() {
 fn redis_down_at_start_then_started_records_are_served() {
     let pki = Pki::new();
     let redis = Redis::reserve();
-    let nginx = start_nginx_with(&pki, &redis, 1, HTTP);
+    let nginx = Nginx::start(&pki, HTTP, NginxOpts::new().redis(&redis));
     let mut s = Stack { pki, redis, nginx };
 
     // Nginx is up without Redis: unknown names get the default, promptly
     // enough (connection refused, or at worst the fetch timeout).
     let r = s.get(Some("early.example.com"));
     r.assert_default();
-    assert!(r.handshake < Duration::from_secs(3), "{:?}", r.handshake);
+    assert!(
+        r.tls().handshake < Duration::from_secs(3),
+        "{:?}",
+        r.tls().handshake
+    );
 
     s.redis.start_server();
     let leaf = s.pki.leaf(&["later.example.com"], 3005);

@@ -2,9 +2,7 @@
 //! empty caches and their own fetchers and keep serving certificates from
 //! Redis, including records written after the reload.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 
 const HTTP: &str = r#"
 http {

@@ -2,9 +2,7 @@
 //! part of a Redis key (no I/O at all), get the default certificate or a
 //! failed handshake, and never take a worker down.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 
 const HTTP: &str = r#"
 http {
@@ -61,7 +59,11 @@ fn invalid_sni_never_reaches_redis() {
     for name in invalid_names() {
         // Host: localhost, or nginx answers 400 to the request (not the
         // handshake) for names it would not take as a Host header.
-        match tls_get_host(s.nginx.port, Some(&name), "localhost", "/") {
+        match Request::get("/")
+            .sni(&name)
+            .host("localhost")
+            .https(s.nginx.port)
+        {
             Ok(r) => {
                 r.assert_default();
                 assert_eq!(r.source(), "default", "SNI {name:?}: body {:?}", r.body);

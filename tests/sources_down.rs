@@ -3,9 +3,7 @@
 //! without stalling, and everything recovers by itself when the sources
 //! come back.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -31,9 +29,11 @@ http {
 
 fn poll_served(s: &ApiStack, name: &str, leaf: &Leaf, deadline: Duration) -> bool {
     poll(deadline, Duration::from_millis(200), || {
-        tls_get(s.nginx.port, Some(name), "/")
+        Request::get("/")
+            .sni(name)
+            .https(s.nginx.port)
             .ok()
-            .filter(|r| r.leaf_serial == leaf.serial_hex)
+            .filter(|r| r.tls().leaf_serial == leaf.serial_hex)
     })
     .is_some()
 }
@@ -77,9 +77,9 @@ fn cached_names_are_served_stale_while_redis_and_api_are_down_then_recover() {
     r.assert_default();
     assert_eq!(r.source(), "default", "body {:?}", r.body);
     assert!(
-        r.handshake < Duration::from_millis(2500),
+        r.tls().handshake < Duration::from_millis(2500),
         "handshake took {:?}, more than dyncert_fetch_timeout",
-        r.handshake
+        r.tls().handshake
     );
     s.nginx.assert_healthy();
 
@@ -117,7 +117,13 @@ fn hung_redis_and_api_do_not_stall_cached_names() {
     thread::sleep(Duration::from_millis(1100));
     let port = s.nginx.port;
     let parked: Vec<_> = (0..3)
-        .map(|i| thread::spawn(move || tls_get(port, Some(&format!("u{i}.example.com")), "/")))
+        .map(|i| {
+            thread::spawn(move || {
+                Request::get("/")
+                    .sni(&format!("u{i}.example.com"))
+                    .https(port)
+            })
+        })
         .collect();
     for _ in 0..10 {
         let r = s.get("steady.example.com");
@@ -132,9 +138,9 @@ fn hung_redis_and_api_do_not_stall_cached_names() {
         let r = p.join().unwrap().expect("parked handshake failed");
         r.assert_default();
         assert!(
-            r.handshake < Duration::from_millis(2500),
+            r.tls().handshake < Duration::from_millis(2500),
             "an uncached name waited {:?}, more than dyncert_fetch_timeout",
-            r.handshake
+            r.tls().handshake
         );
     }
     s.redis.resume();

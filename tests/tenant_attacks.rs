@@ -10,15 +10,12 @@
 //! 127.0.0.1 that gets the page has bypassed the policy; a client on
 //! 127.0.0.2 shows that legitimate use still works.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-use common::client::*;
-use common::*;
+use dyncert_testkit::*;
 use openssl::ssl::SslVersion;
 
 const HTTP: &str = r#"
@@ -113,22 +110,20 @@ fn start_with(setup: Setup) -> T {
     write_file(&key, &other.key_pem);
     let mport = free_port();
     let idport = free_port();
-    let nginx = start_nginx_vars(
+    let nginx = Nginx::start(
         &pki,
-        1,
         HTTP,
-        &[
-            ("REDIS", &redis.url()),
-            ("MPORT", &mport.to_string()),
-            ("IDPORT", &idport.to_string()),
-            ("REDIS_TIMEOUT", setup.redis_timeout),
-            ("FETCH_TIMEOUT", setup.fetch_timeout),
-            ("CONCURRENCY", setup.concurrency),
-            ("OTHER_CRT", &crt.display().to_string()),
-            ("OTHER_KEY", &key.display().to_string()),
-        ],
+        NginxOpts::new()
+            .redis(&redis)
+            .var("MPORT", mport)
+            .var("IDPORT", idport)
+            .var("REDIS_TIMEOUT", setup.redis_timeout)
+            .var("FETCH_TIMEOUT", setup.fetch_timeout)
+            .var("CONCURRENCY", setup.concurrency)
+            .var("OTHER_CRT", crt.display())
+            .var("OTHER_KEY", key.display()),
     );
-    write_index_pages(&nginx, &[""]);
+    nginx.write_index_pages(&[""]);
     let fenced = pki.leaf(&[FENCED], 7002);
     redis.put_leaf_with(FENCED, &fenced, &[("allow", ALLOWED)]);
     let plain = pki.leaf(&[PLAIN], 7003);
@@ -188,7 +183,7 @@ fn request_without_sni_is_misdirected_whatever_the_host() {
                 Request::get("/").from(ALLOWED).host(host).max_tls(v),
                 t.port(),
             );
-            r.tls().peer.assert_default();
+            r.assert_default();
             assert_eq!(r.status, 421, "no SNI, Host {host} over {v:?}: {r:?}");
             assert_not_served(&r, "no SNI");
         }
@@ -296,14 +291,14 @@ fn sessions_of_other_names_are_declined_and_the_handshake_goes_on() {
         // and the tenant's verdict.
         for (what, r) in resumption_attempts(&t, port, OUTSIDER) {
             assert!(!r.tls().resumed, "{what}: resumed: {r:?}");
-            r.tls().peer.assert_served(&t.fenced, &t.s.pki);
+            r.assert_served(&t.fenced, &t.s.pki);
             assert_eq!(r.status, 403, "{what}: {r:?}");
             assert_not_served(&r, &what);
         }
         // A legitimate client whose session is declined just works.
         for (what, r) in resumption_attempts(&t, port, ALLOWED) {
             assert!(!r.tls().resumed, "{what}: resumed: {r:?}");
-            r.tls().peer.assert_served(&t.fenced, &t.s.pki);
+            r.assert_served(&t.fenced, &t.s.pki);
             assert_eq!(r.status, 200, "{what}: {r:?}");
         }
     }
@@ -381,7 +376,7 @@ fn own_sessions_resume_until_the_record_is_replaced() {
     let req = Request::get("/").from(ALLOWED).sni(FENCED);
     let fresh = poll(STARTUP_DEADLINE, Duration::from_millis(50), || {
         let r = t.send(req.clone(), t.port());
-        (r.tls().peer.leaf_serial == renewed.serial_hex).then_some(r)
+        (r.tls().leaf_serial == renewed.serial_hex).then_some(r)
     })
     .unwrap_or_else(|| panic!("renewal not picked up\n{}", t.s.nginx.logs()));
     assert_eq!(fresh.status, 200);
@@ -394,7 +389,7 @@ fn own_sessions_resume_until_the_record_is_replaced() {
     t.s.redis.publish("dyncert:invalidate", FENCED);
     poll(STARTUP_DEADLINE, Duration::from_millis(50), || {
         let r = t.send(req.clone(), t.port());
-        (r.tls().peer.leaf_serial == renewed2.serial_hex).then_some(())
+        (r.tls().leaf_serial == renewed2.serial_hex).then_some(())
     })
     .unwrap_or_else(|| panic!("second renewal not picked up\n{}", t.s.nginx.logs()));
     let r = t.send(req.clone().resume(&old_session), t.idport);
@@ -402,7 +397,7 @@ fn own_sessions_resume_until_the_record_is_replaced() {
         !r.tls().resumed,
         "a session of a replaced record resumed: {r:?}"
     );
-    r.tls().peer.assert_served(&renewed2, &t.s.pki);
+    r.assert_served(&renewed2, &t.s.pki);
     assert_eq!(r.status, 200, "{r:?}");
     t.s.nginx.assert_healthy();
 }
@@ -424,7 +419,7 @@ fn unparseable_client_hellos_never_bypass_the_policy() {
         Request::get("/").from(ALLOWED).sni(FENCED).alpn(alpn),
         t.port(),
     );
-    r.tls().peer.assert_default();
+    r.assert_default();
     assert_eq!(r.status, 421, "oversized ClientHello: {r:?}");
     // Split with a pause, for the other name: whatever the handshake got,
     // the tenant's content comes only with the tenant's certificate.
@@ -444,7 +439,7 @@ fn unparseable_client_hellos_never_bypass_the_policy() {
         t.port(),
     );
     assert!(
-        r.status == 421 || r.tls().peer.leaf_sans == [PLAIN],
+        r.status == 421 || r.tls().leaf_sans == [PLAIN],
         "split ClientHello: served without the name's own certificate: {r:?}"
     );
     // Garbage before the ClientHello: no TLS at all.
@@ -467,12 +462,12 @@ fn fetch_timeout_cap_and_redis_down_get_the_default_and_no_content() {
     // Redis hangs: the parked connection times out and gets the default.
     t.s.redis.pause();
     let r = t.send(Request::get("/").from(ALLOWED).sni(FENCED), t.port());
-    r.tls().peer.assert_default();
+    r.assert_default();
     assert_eq!(r.status, 421, "fetch timed out: {r:?}");
     // That fetch is still in flight (10 s Redis timeout) and holds the only
     // slot: the next name is not fetched at all.
     let r = t.send(Request::get("/").from(ALLOWED).sni(PLAIN), t.port());
-    r.tls().peer.assert_default();
+    r.assert_default();
     assert_eq!(r.status, 421, "fetch cap reached: {r:?}");
     t.s.redis.resume();
     // Redis down: the fetch fails at once.
@@ -481,7 +476,7 @@ fn fetch_timeout_cap_and_redis_down_get_the_default_and_no_content() {
         Request::get("/").from(ALLOWED).sni("other.example.com"),
         t.port(),
     );
-    r.tls().peer.assert_default();
+    r.assert_default();
     assert_eq!(r.status, 421, "redis down: {r:?}");
     assert!(t.misdirected("not_installed") + t.misdirected("no_record") >= 3.0);
     t.s.nginx.assert_healthy();
@@ -497,13 +492,13 @@ fn wildcard_record_does_not_stand_in_for_a_name_with_its_own() {
         Request::get("/").from(ALLOWED).sni("www.example.com"),
         t.port(),
     );
-    r.tls().peer.assert_served(&wild, &t.s.pki);
+    r.assert_served(&wild, &t.s.pki);
     assert_eq!(r.status, 200, "a name served by the wildcard: {r:?}");
     // fenced.example.com has its own record, which cannot be fetched now:
     // its handshake gets the cached wildcard, its request is refused.
     t.s.redis.stop();
     let r = t.send(Request::get("/").from(ALLOWED).sni(FENCED), t.port());
-    r.tls().peer.assert_served(&wild, &t.s.pki);
+    r.assert_served(&wild, &t.s.pki);
     assert_eq!(r.status, 421, "{r:?}");
     assert_not_served(&r, "wildcard record in place of the name's own");
     t.s.nginx.assert_healthy();

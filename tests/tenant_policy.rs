@@ -6,10 +6,7 @@
 //! `client_ca` are never asked; with `dyncert_tenant_policy off` the fields
 //! are ignored; unparsable fields make the record unusable.
 
-mod common;
-
-use common::client::*;
-use common::*;
+use dyncert_testkit::*;
 use openssl::ssl::SslVersion;
 
 const HTTP: &str = r#"
@@ -60,17 +57,15 @@ fn start() -> Tenants {
     let redis = Redis::start();
     let mport = free_port();
     let offport = free_port();
-    let nginx = start_nginx_vars(
+    let nginx = Nginx::start(
         &pki,
-        1,
         HTTP,
-        &[
-            ("REDIS", &redis.url()),
-            ("MPORT", &mport.to_string()),
-            ("OFFPORT", &offport.to_string()),
-        ],
+        NginxOpts::new()
+            .redis(&redis)
+            .var("MPORT", mport)
+            .var("OFFPORT", offport),
     );
-    write_index_pages(&nginx, &["", "staff/", "quiet/"]);
+    nginx.write_index_pages(&["", "staff/", "quiet/"]);
     Tenants {
         s: Stack { pki, redis, nginx },
         mport,
@@ -102,14 +97,14 @@ fn tenant_allow_list_admits_only_its_networks() {
     let get = |from: &str, sni: &str| t.send(Request::get("/").from(from).sni(sni), t.port());
     let r = get("127.0.0.2", "a.example.com");
     assert_eq!(r.status, 200, "{r:?}");
-    r.tls().peer.assert_served(&a, &t.s.pki);
+    r.assert_served(&a, &t.s.pki);
     let r = get("127.0.0.1", "a.example.com");
     assert_eq!(r.status, 403, "{r:?}");
-    r.tls().peer.assert_served(&a, &t.s.pki);
+    r.assert_served(&a, &t.s.pki);
     // The list belongs to a.example.com only.
     let r = get("127.0.0.1", "b.example.com");
     assert_eq!(r.status, 200, "{r:?}");
-    r.tls().peer.assert_served(&b, &t.s.pki);
+    r.assert_served(&b, &t.s.pki);
     // The location's deny status applies to tenant denials too.
     let r = t.send(
         Request::get("/quiet/")
@@ -187,7 +182,7 @@ fn client_ca_tenant_asks_for_a_certificate_and_refuses_clients_without_one() {
             Request::get("/").sni("mtls.example.com").max_tls(v),
             t.port(),
         );
-        r.tls().peer.assert_served(&leaf, &t.s.pki);
+        r.assert_served(&leaf, &t.s.pki);
         assert!(r.tls().cert_requested, "no CertificateRequest: {r:?}");
         assert_eq!(
             r.tls().requested_cas,
@@ -234,7 +229,7 @@ fn client_ca_tenant_refuses_certificates_of_another_ca() {
                     .max_tls(v),
                 t.port(),
             );
-            r.tls().peer.assert_served(&leaf, &t.s.pki);
+            r.assert_served(&leaf, &t.s.pki);
             assert_eq!(r.status, 400, "{who} over {v:?}: {r:?}");
             assert!(
                 r.body.contains("The SSL certificate error"),
@@ -258,7 +253,7 @@ fn client_ca_tenant_admits_its_clients_with_verify_success_and_subject() {
                 .max_tls(v),
             t.port(),
         );
-        r.tls().peer.assert_served(&leaf, &t.s.pki);
+        r.assert_served(&leaf, &t.s.pki);
         assert!(r.tls().cert_requested);
         assert_eq!(r.status, 200, "over {v:?}: {r:?}\n{}", t.s.nginx.logs());
         assert_eq!(r.body, index_page(""));
@@ -324,7 +319,7 @@ fn policy_fields_are_ignored_with_tenant_policy_off() {
         &[("allow", "10.0.0.0/8"), ("client_ca", &ca.cert_pem)],
     );
     let r = t.send(Request::get("/").sni("strict.example.com"), t.offport);
-    r.tls().peer.assert_served(&leaf, &t.s.pki);
+    r.assert_served(&leaf, &t.s.pki);
     assert!(!r.tls().cert_requested, "{r:?}");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("X-Client-Verify"), Some("NONE"));
@@ -332,7 +327,7 @@ fn policy_fields_are_ignored_with_tenant_policy_off() {
     // Control: the same record, cached now, on the server with the policy
     // (whose allow list, checked first, turns this client away).
     let r = t.send(Request::get("/").sni("strict.example.com"), t.port());
-    r.tls().peer.assert_served(&leaf, &t.s.pki);
+    r.assert_served(&leaf, &t.s.pki);
     assert!(r.tls().cert_requested, "{r:?}");
     assert_eq!(r.status, 403, "{r:?}");
     t.s.nginx.assert_healthy();
@@ -355,7 +350,7 @@ fn records_with_invalid_policy_fields_are_refused() {
     }
     for (name, field, _) in cases {
         let r = t.send(Request::get("/").sni(name), t.port());
-        r.tls().peer.assert_default();
+        r.assert_default();
         let line =
             t.s.nginx
                 .wait_for_log_line(STARTUP_DEADLINE, |l| {
@@ -370,7 +365,7 @@ fn records_with_invalid_policy_fields_are_refused() {
     }
     // Control: a valid policy field does not make a record unusable.
     let r = t.send(Request::get("/").sni("good.example.com"), t.port());
-    r.tls().peer.assert_served(&good, &t.s.pki);
+    r.assert_served(&good, &t.s.pki);
     assert_eq!(r.status, 200);
     t.s.nginx.assert_healthy();
 }
@@ -398,7 +393,7 @@ fn refused_when_resuming(t: &Tenants, donor: Request, req: Request, denied: u16)
             again.status,
             again.body.lines().next().unwrap_or(""),
             again.tls().version,
-            first.tls().peer.leaf_sans,
+            first.tls().leaf_sans,
             again.tls().resumed
         )
     })

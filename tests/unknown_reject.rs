@@ -2,9 +2,7 @@
 //! failed handshake (`unrecognized_name` alert) instead of the default
 //! certificate; clients without SNI still get the default.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 
 const HTTP: &str = r#"
 http {
@@ -28,12 +26,16 @@ fn unknown_name_is_rejected_with_unrecognized_name() {
     let leaf = s.pki.leaf(&["known.example.com"], 2001);
     s.redis.put_leaf("known.example.com", &leaf);
 
-    let err = tls_handshake_error(s.nginx.port, Some("unknown.example.com"))
-        .expect("handshake for an unknown name succeeded despite dyncert_unknown reject");
+    let err = Request::get("/")
+        .sni("unknown.example.com")
+        .handshake(s.nginx.port)
+        .expect_err("handshake for an unknown name succeeded despite dyncert_unknown reject");
     assert!(is_unrecognized_name(&err), "wrong failure: {err}");
     // Again, now that the miss may be cached.
-    let err = tls_handshake_error(s.nginx.port, Some("unknown.example.com"))
-        .expect("second handshake for an unknown name succeeded");
+    let err = Request::get("/")
+        .sni("unknown.example.com")
+        .handshake(s.nginx.port)
+        .expect_err("second handshake for an unknown name succeeded");
     assert!(is_unrecognized_name(&err), "wrong failure: {err}");
 
     // The same server still serves names it has records for.
@@ -45,8 +47,10 @@ fn unknown_name_is_rejected_with_unrecognized_name() {
     let other = s.pki.leaf(&["other.example.com"], 2002);
     s.redis
         .hset_cert("broken.example.com", &leaf.chain_pem, &other.key_pem);
-    let err = tls_handshake_error(s.nginx.port, Some("broken.example.com"))
-        .expect("handshake for a bad record succeeded despite dyncert_unknown reject");
+    let err = Request::get("/")
+        .sni("broken.example.com")
+        .handshake(s.nginx.port)
+        .expect_err("handshake for a bad record succeeded despite dyncert_unknown reject");
     assert!(is_unrecognized_name(&err), "wrong failure: {err}");
     s.nginx.assert_healthy();
 }

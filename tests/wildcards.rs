@@ -3,9 +3,7 @@
 //! `a.b.example.com`, never the apex, never a `*.com`-style single-label
 //! parent); an exact record always wins.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 use std::time::Duration;
 
 const HTTP: &str = r#"
@@ -98,7 +96,7 @@ fn exact_record_wins_over_wildcard() {
     s.get(Some("x.example.com")).assert_served(&wild, &s.pki);
     let r = s.get(Some("shop.example.com"));
     assert_eq!(
-        r.leaf_sans,
+        r.tls().leaf_sans,
         ["shop.example.com"],
         "the first handshake for shop.example.com got the cached wildcard although \
          it has an exact record (body {:?})",

@@ -2,9 +2,7 @@
 //! handshake gets the right certificate, and a worker fetches a name once
 //! however many connections ask for it at the same time.
 
-mod common;
-
-use common::*;
+use dyncert_testkit::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::thread;
 
@@ -44,7 +42,7 @@ fn many_handshakes_across_workers_get_the_right_certificate_and_fetch_once_per_w
                     "busy.example.com"
                 };
                 (0..5)
-                    .map(|_| (name, tls_get(port, Some(name), "/")))
+                    .map(|_| (name, Request::get("/").sni(name).https(port)))
                     .collect::<Vec<_>>()
             })
         })

@@ -9,16 +9,17 @@
 //! The same cold handshake alone, in the same run, is the baseline. The
 //! issue's target: N = 1,000 junk records add under 50 ms.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use openssl::ssl::{HandshakeError, SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use dyncert_testkit::{
+    encode_command, free_port, scrape_metrics, HelloSent, Pki, Redis, Request, DEFAULT_PREFIX,
+};
+use openssl::ssl::SslVersion;
 
 use crate::client::Client;
-use crate::pki::Pki;
-use crate::procs::{cpus, resp, Nginx, Redis};
+use crate::host::cpus;
+use crate::servers::start_nginx;
 
 /// The target: added latency of a good name's cold handshake.
 const TARGET_MS: f64 = 50.0;
@@ -92,44 +93,40 @@ pub fn run(args: &JunkArgs, dir: &Path) -> i32 {
         "generating {} certificates on {threads} threads",
         good_names.len() + junk_names.len()
     );
-    let good = pki.sites(good_names.clone(), 1, threads);
-    let junk = pki.sites(junk_names.clone(), 100_000, threads);
+    let good = pki.leaves_pem(good_names.clone(), 1, threads);
+    let junk = pki.leaves_pem(junk_names.clone(), 100_000, threads);
 
-    let redis = Redis::start(dir);
-    redis.load(&pki, &good);
+    let redis = Redis::start();
+    redis.put_leaves_pem(&pki, &good);
     // Each junk record carries the next junk site's key: it parses, covers
     // its name, and is refused at the key check.
     redis.pipeline(junk.iter().enumerate().map(|(i, s)| {
         let other = &junk[(i + 1) % junk.len()];
-        resp(&[
-            b"HSET",
-            format!("dyncert:cert:{}", s.name).as_bytes(),
-            b"crt",
-            s.chain_pem(&pki).as_bytes(),
-            b"key",
-            other.key_pem.as_bytes(),
+        encode_command(&[
+            "HSET",
+            &format!("{DEFAULT_PREFIX}{}", s.name),
+            "crt",
+            &s.chain_pem(&pki),
+            "key",
+            &other.key_pem,
         ])
     }));
     drop(junk);
 
-    let certs = dir.join("junk-certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    let default = pki.site("default.junk.test".into(), 99_999);
-    std::fs::write(certs.join("d.crt"), default.chain_pem(&pki)).unwrap();
-    std::fs::write(certs.join("d.key"), &default.key_pem).unwrap();
-    let mport = crate::procs::free_port();
+    let mport = free_port();
+    // default.crt: the kit's static default certificate, which only the
+    // warm-up handshake (no SNI) gets.
     let http = format!(
-        "dyncert_redis redis://127.0.0.1:{}/0;\n\
+        "dyncert_redis {};\n\
          dyncert_fetch_concurrency {};\n dyncert_fetch_timeout 10s;\n\
          server {{ listen 127.0.0.1:{mport}; location / {{ dyncert_metrics; }} }}\n\
-         server {{ listen 127.0.0.1:PORT ssl backlog=8192; \
-         ssl_certificate {c}/d.crt; ssl_certificate_key {c}/d.key; dyncert on; \
+         server {{ listen 127.0.0.1:@PORT@ ssl backlog=8192; \
+         ssl_certificate default.crt; ssl_certificate_key default.key; dyncert on; \
          return 200 \"$pid $dyncert_source\\n\"; }}",
-        redis.port,
+        redis.url(),
         args.junk * 2 + 64,
-        c = certs.display()
     );
-    let nginx = Nginx::start(&dir.join("junk-nginx"), &http, true);
+    let nginx = start_nginx(&pki, &dir.join("junk-nginx"), &http, true);
     let client = Client::new();
     let mut problems = Vec::new();
     let mut cold = |name: &str| -> f64 {
@@ -199,7 +196,7 @@ pub fn run(args: &JunkArgs, dir: &Path) -> i32 {
         "\njunk records fetched and refused: {refused} of {} (each burst drained before the next)",
         args.junk * args.rounds
     );
-    nginx.stop();
+    drop(nginx);
     for p in &problems {
         println!("problem: {p}");
     }
@@ -212,41 +209,18 @@ pub fn run(args: &JunkArgs, dir: &Path) -> i32 {
 
 /// Opens one connection per name and sends its ClientHello (a real one,
 /// from OpenSSL on a non-blocking socket); the connections stay parked
-/// until the returned streams are dropped.
-fn send_hellos(port: u16, names: &[String]) -> Vec<Box<dyn std::any::Any>> {
-    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    b.set_verify(SslVerifyMode::NONE);
-    b.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
-    let connector = b.build();
-    let mut out: Vec<Box<dyn std::any::Any>> = Vec::with_capacity(names.len());
-    for n in names {
-        let Ok(tcp) = TcpStream::connect(("127.0.0.1", port)) else {
-            continue;
-        };
-        tcp.set_nonblocking(true).unwrap();
-        let cfg = connector.configure().unwrap();
-        match cfg.connect(n, tcp) {
-            Err(HandshakeError::WouldBlock(mid)) => out.push(Box::new(mid)),
-            Ok(s) => out.push(Box::new(s)),
-            Err(_) => {}
-        }
-    }
-    out
+/// until the returned values are dropped.
+fn send_hellos(port: u16, names: &[String]) -> Vec<HelloSent> {
+    let base = Request::get("/")
+        .like_ssl_connector()
+        .min_tls(SslVersion::TLS1_3);
+    names
+        .iter()
+        .filter_map(|n| base.clone().sni(n).send_hello(port).ok())
+        .collect()
 }
 
 /// `dyncert_records_rejected_total`, summed over reasons.
 fn rejected(mport: u16) -> u64 {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", mport)) else {
-        return 0;
-    };
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: m\r\n\r\n");
-    let t0 = Instant::now();
-    BufReader::new(s)
-        .lines()
-        .map_while(Result::ok)
-        .take_while(|_| t0.elapsed() < Duration::from_secs(5))
-        .filter(|l| l.starts_with("dyncert_records_rejected_total{"))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
-        .sum()
+    scrape_metrics(mport).sum("dyncert_records_rejected_total") as u64
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client::{Answer, Client};
-use crate::procs::{client_cpus, cpu_busy_ns, pin_to, self_cpu_ns, task_cpu_ns};
+use crate::host::{client_cpus, cpu_busy_ns, pin_to, self_cpu_ns, task_cpu_ns};
 
 /// Handshakes of one configuration, summed over its slices.
 #[derive(Default)]

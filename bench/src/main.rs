@@ -24,26 +24,24 @@
 //! burst of N junk records being fetched adds to a good name's cold
 //! handshake (see `junk.rs`).
 
-mod api_server;
 mod client;
+mod host;
 mod junk;
 mod load;
-mod pki;
 mod probe;
-mod procs;
 mod report;
+mod servers;
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api_server::ApiServer;
 use client::{Answer, Client};
+use dyncert_testkit::{module_path, nginx_bin, ApiReply, CertApi, LeafPem, Nginx, Pki, Redis};
+use host::{client_cpus, cpus, pin_to, rss_kib};
 use load::Load;
-use pki::{Pki, Site};
-use procs::{client_cpus, cpus, nginx_bin, pin_to, rss_kib, Nginx, Redis};
+use servers::{count_records, hgetall_micros, spawn_nginx, start_nginx};
 
 pub struct Args {
     pub names: usize,
@@ -216,7 +214,7 @@ fn elapsed_tag() -> String {
 
 fn run(args: &Args, dir: &Path) -> i32 {
     step(&format!("nginx {}", nginx_bin().display()));
-    step(&format!("module {}", procs::module_path().display()));
+    step(&format!("module {}", module_path().display()));
     let mut problems = Problems::default();
 
     // --- certificates (both CPUs) ---------------------------------------
@@ -236,14 +234,14 @@ fn run(args: &Args, dir: &Path) -> i32 {
         "generating {} ECDSA P-256 certificates on {threads} threads",
         args.names + 2 * args.cold + 1
     ));
-    let sites = pki.sites(main_names.clone(), 1000, threads);
-    let cold_sites = pki.sites(cold_names.clone(), 1000 + args.names as u32, threads);
-    let api_sites = pki.sites(
+    let sites = pki.leaves_pem(main_names.clone(), 1000, threads);
+    let cold_sites = pki.leaves_pem(cold_names.clone(), 1000 + args.names as u64, threads);
+    let api_sites = pki.leaves_pem(
         api_names.clone(),
-        1000 + (args.names + args.cold) as u32,
+        1000 + (args.names + args.cold) as u64,
         threads,
     );
-    let static_site = pki.site("static.bench.test".into(), 999);
+    let static_site = pki.leaf_pem("static.bench.test".into(), 999);
     let gen_secs = t0.elapsed().as_secs_f64();
 
     // Files only for the stock configuration (and the static one).
@@ -263,43 +261,39 @@ fn run(args: &Args, dir: &Path) -> i32 {
         pin_to(&client_cpus());
     }
 
-    let redis_full = Redis::start(dir);
-    let redis_empty = Redis::start(dir);
+    let redis_full = Redis::start();
+    let redis_empty = Redis::start();
     let t0 = Instant::now();
-    redis_full.load(&pki, &sites);
-    redis_full.load(&pki, &cold_sites);
+    redis_full.put_leaves_pem(&pki, &sites);
+    redis_full.put_leaves_pem(&pki, &cold_sites);
     step(&format!(
         "{} records loaded into redis in {:.1}s",
         sites.len() + cold_sites.len(),
         t0.elapsed().as_secs_f64()
     ));
-    let api = ApiServer::start(
-        api_sites
-            .iter()
-            .map(|s| (s.name.clone(), s.api_json(&pki)))
-            .collect::<HashMap<_, _>>(),
-    );
+    // Started after the pinning: its threads stay off the worker's CPU.
+    let api = CertApi::start();
+    for s in &api_sites {
+        api.set(&s.name, ApiReply::cert_pem(&s.chain_pem(&pki), &s.key_pem));
+    }
     drop((sites, cold_sites, api_sites));
 
     let c = certs.display().to_string();
     let static_http = format!(
-        "server {{ listen 127.0.0.1:PORT ssl; ssl_certificate {c}/static.bench.test.crt; \
+        "server {{ listen 127.0.0.1:@PORT@ ssl; ssl_certificate {c}/static.bench.test.crt; \
          ssl_certificate_key {c}/static.bench.test.key; return 200 \"$pid\\n\"; }}"
     );
     let cache_max = args.names + 2 * args.cold + 100;
     let dyncert_http = |redis_port: u16, with_api: bool| {
         let api = if with_api {
-            format!(
-                "dyncert_api \"http://127.0.0.1:{}/certs/{{name}}\" writeback=1h;",
-                api.port
-            )
+            format!("dyncert_api \"{}\" writeback=1h;", api.url_template())
         } else {
             String::new()
         };
         format!(
             "dyncert_redis redis://127.0.0.1:{redis_port}/0;\n{api}\n\
              dyncert_cache max={cache_max} valid=1h stale=1h negative=1m;\n\
-             server {{ listen 127.0.0.1:PORT ssl; ssl_certificate {c}/static.bench.test.crt; \
+             server {{ listen 127.0.0.1:@PORT@ ssl; ssl_certificate {c}/static.bench.test.crt; \
              ssl_certificate_key {c}/static.bench.test.key; dyncert on; \
              return 200 \"$pid $dyncert_source\\n\"; }}"
         )
@@ -309,19 +303,20 @@ fn run(args: &Args, dir: &Path) -> i32 {
     // Its max= counts files: two per name.
     let stock_http = format!(
         "ssl_certificate_cache max={} inactive=1h valid=1h;\n\
-         server {{ listen 127.0.0.1:PORT ssl; \
+         server {{ listen 127.0.0.1:@PORT@ ssl; \
          ssl_certificate {c}/$ssl_server_name.crt; \
          ssl_certificate_key {c}/$ssl_server_name.key; return 200 \"$pid\\n\"; }}",
         2 * cache_max
     );
 
-    let ng_static = Nginx::start(&dir.join("static"), &static_http, false);
-    let ng_dyncert = Nginx::start(
+    let ng_static = start_nginx(&pki, &dir.join("static"), &static_http, false);
+    let ng_dyncert = start_nginx(
+        &pki,
         &dir.join("dyncert"),
         &dyncert_http(redis_full.port, true),
         true,
     );
-    let ng_stock = Nginx::start(&dir.join("stockvar"), &stock_http, false);
+    let ng_stock = start_nginx(&pki, &dir.join("stockvar"), &stock_http, false);
     let names = Arc::new(main_names);
     let first = names[0].clone();
 
@@ -454,7 +449,7 @@ fn run(args: &Args, dir: &Path) -> i32 {
         cold_names.len(),
         api_names.len()
     ));
-    let redis_rtt = redis_full.hgetall_micros(&cold_names);
+    let redis_rtt = hgetall_micros(&redis_full, &cold_names);
     let redis_cold = load::cold(ng_dyncert.port, &names, &cold_names, "redis", 7);
     let api_cold = load::cold(ng_dyncert.port, &names, &api_names, "api", 11);
     for (what, c) in [("redis hit", &redis_cold), ("api hit", &api_cold)] {
@@ -469,23 +464,21 @@ fn run(args: &Args, dir: &Path) -> i32 {
     }
     // The write-back runs after the answer: give it a moment.
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut writeback = redis_full.count_records(&api_names);
+    let mut writeback = count_records(&redis_full, &api_names);
     while writeback < api_names.len() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        writeback = redis_full.count_records(&api_names);
+        writeback = count_records(&redis_full, &api_names);
     }
     let cold = ColdReport {
         redis_rtt,
         redis: redis_cold,
         api: api_cold,
         writeback,
-        api_found: api.found.load(std::sync::atomic::Ordering::Relaxed),
-        api_not_found: api.not_found.load(std::sync::atomic::Ordering::Relaxed),
+        api_found: api.answered(200) as u64,
+        api_not_found: api.answered(404) as u64,
     };
     let dyncert_log = ng_dyncert.error_log();
-    ng_static.stop();
-    ng_dyncert.stop();
-    ng_stock.stop();
+    drop((ng_static, ng_dyncert, ng_stock));
 
     // --- start and reload ---------------------------------------------------------
     step(&format!(
@@ -498,6 +491,7 @@ fn run(args: &Args, dir: &Path) -> i32 {
         dyncert_http(redis_full.port, true),
     );
     let life = lifecycle(
+        &pki,
         dir,
         args.repeat,
         &[
@@ -554,7 +548,7 @@ impl Problems {
     }
 }
 
-fn write_files(certs: &Path, pki: &Pki, sites: &[Site], threads: usize) {
+fn write_files(certs: &Path, pki: &Pki, sites: &[LeafPem], threads: usize) {
     let per = sites.len().div_ceil(threads.max(1)).max(1);
     std::thread::scope(|s| {
         for chunk in sites.chunks(per) {
@@ -584,6 +578,7 @@ fn serving_pid(client: &Client, port: u16) -> Option<u32> {
 /// handshake a new worker completes) for each case, `repeat` times, the
 /// cases taking turns.
 fn lifecycle(
+    pki: &Pki,
     dir: &Path,
     repeat: usize,
     cases: &[(&str, bool); LIFECYCLE_CASES],
@@ -595,7 +590,7 @@ fn lifecycle(
         for (i, &(http, module)) in cases.iter().enumerate() {
             let prefix = dir.join(format!("start-{i}-{rep}"));
             let t0 = Instant::now();
-            let ng = Nginx::spawn(&prefix, http, module);
+            let ng = spawn_nginx(pki, &prefix, http, module);
             let deadline = t0 + Duration::from_secs(20);
             let ok = loop {
                 match client.handshake(ng.port, None) {
@@ -613,7 +608,7 @@ fn lifecycle(
                 }
             };
             let ms = t0.elapsed().as_secs_f64() * 1000.0;
-            ng.stop();
+            drop(ng);
             let _ = fs::remove_dir_all(&prefix);
             if ok {
                 life[i].start.push(ms);
@@ -623,7 +618,9 @@ fn lifecycle(
     let running: Vec<Nginx> = cases
         .iter()
         .enumerate()
-        .map(|(i, &(http, module))| Nginx::start(&dir.join(format!("reload-{i}")), http, module))
+        .map(|(i, &(http, module))| {
+            start_nginx(pki, &dir.join(format!("reload-{i}")), http, module)
+        })
         .collect();
     for _ in 0..repeat {
         for (i, ng) in running.iter().enumerate() {
@@ -634,7 +631,7 @@ fn lifecycle(
                 continue;
             };
             let t0 = Instant::now();
-            ng.reload();
+            ng.nginx_s_reload();
             let deadline = t0 + Duration::from_secs(20);
             let ok = loop {
                 match serving_pid(&client, ng.port) {

@@ -20,7 +20,7 @@ use openssl::ssl::{Ssl, SslContext, SslMethod};
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 
-use crate::procs::rss_kib;
+use crate::host::rss_kib;
 
 /// Heap bytes in use (all arenas, mmapped chunks included).
 #[cfg(target_env = "gnu")]

@@ -61,7 +61,7 @@ fn kib_per(before_after: (u64, u64), n: usize) -> f64 {
 /// Prints everything; returns the exit status.
 pub fn print(r: Report<'_>) -> i32 {
     let a = r.args;
-    let nginx_version = std::process::Command::new(crate::procs::nginx_bin())
+    let nginx_version = std::process::Command::new(dyncert_testkit::nginx_bin())
         .arg("-v")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
@@ -83,7 +83,7 @@ pub fn print(r: Report<'_>) -> i32 {
         if r.two_cpus {
             format!(
                 "{} CPUs: nginx worker pinned to CPU 0, client/redis/API on the others",
-                crate::procs::cpus()
+                crate::host::cpus()
             )
         } else {
             "1 CPU: server and client share it".to_owned()

@@ -8,7 +8,7 @@
 //! Wiring of one issuance for NAME:
 //!
 //! ```text
-//! certbot ──ACME/HTTPS──> pebble (127.0.0.1:P, TLS cert from `ListenerCert`)
+//! certbot ──ACME/HTTPS──> pebble (127.0.0.1:P, TLS cert from the test kit's PKI)
 //!    │ auth hook: SET dyncert:acme:<token> <key authorization>
 //!    ▼                      │ DNS A? NAME ──> DnsStub: 127.0.0.1
 //!  Redis <── GET ── nginx / ChallengeStandin on 127.0.0.1:httpPort
@@ -25,33 +25,30 @@
 //! (`PEBBLE_VA_NOSLEEP=1`). A Rust client crate would be a new
 //! dev-dependency, and certbot is the client operators already run.
 //!
-//! Everything binds 127.0.0.1 on free ports and is killed on Drop.
+//! Everything binds 127.0.0.1 on free ports and is killed on Drop. Only
+//! tests/acme.rs needs any of this, so it stays beside it rather than in
+//! the test kit.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
-use openssl::ec::{EcGroup, EcKey};
-use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::PKey;
-use openssl::ssl::{SslConnector, SslMethod};
 use openssl::stack::Stack;
-use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName, SubjectKeyIdentifier};
 use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::{X509Name, X509StoreContext, X509};
+use openssl::x509::{X509StoreContext, X509};
 
-use super::{
-    free_port, poll, redis_command, write_file, Reply, TempDir, IO_TIMEOUT, STARTUP_DEADLINE,
+use dyncert_testkit::{
+    die_with_parent, free_port, poll, redis_command, tail, write_file, Exchange, LeafOpts, Pki,
+    Reply, Request, TempDir, IO_TIMEOUT, STARTUP_DEADLINE,
 };
 
 /// Where a CA fetches an HTTP-01 answer (RFC 8555 section 8.3).
@@ -83,31 +80,6 @@ fn require_binary(bin: &str) {
         found,
         "`{bin}` not found on PATH: run scripts/acme-deps.sh (Debian packages pebble, certbot)"
     );
-}
-
-/// Makes the child die with the test thread that spawned it, even when the
-/// test binary is killed outright and Drop never runs.
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: the closure runs between fork and exec and only calls
-    // prctl(2), which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 // ---------------------------------------------------------------------------
@@ -229,67 +201,6 @@ pub fn dns_answer(query: &[u8]) -> Option<(Vec<u8>, String, u16)> {
 // pebble
 // ---------------------------------------------------------------------------
 
-/// A self-signed certificate for pebble's own HTTPS listeners (ACME API and
-/// management), valid for 127.0.0.1 and localhost. It doubles as the trust
-/// anchor clients are given (`REQUESTS_CA_BUNDLE` for certbot). This is not
-/// the CA that issues certificates: pebble makes a fresh root and
-/// intermediate at every start (`Pebble::issuer_root_pem`).
-pub struct ListenerCert {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-impl ListenerCert {
-    pub fn new() -> ListenerCert {
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
-        let mut name = X509Name::builder().unwrap();
-        name.append_entry_by_nid(Nid::COMMONNAME, "dyncert test pebble listener")
-            .unwrap();
-        let name = name.build();
-        let mut serial = BigNum::new().unwrap();
-        serial.rand(63, MsbOption::MAYBE_ZERO, false).unwrap();
-        let now = unix_now();
-        let mut b = X509::builder().unwrap();
-        b.set_version(2).unwrap();
-        b.set_serial_number(&serial.to_asn1_integer().unwrap())
-            .unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(&name).unwrap();
-        b.set_pubkey(&key).unwrap();
-        b.set_not_before(&Asn1Time::from_unix(now - 3600).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::from_unix(now + 7 * 24 * 3600).unwrap())
-            .unwrap();
-        // A trust anchor that is also the server certificate, as
-        // `openssl req -x509` makes them.
-        b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-            .unwrap();
-        let ski = SubjectKeyIdentifier::new()
-            .build(&b.x509v3_context(None, None))
-            .unwrap();
-        b.append_extension(ski).unwrap();
-        let san = SubjectAlternativeName::new()
-            .ip("127.0.0.1")
-            .dns("localhost")
-            .build(&b.x509v3_context(None, None))
-            .unwrap();
-        b.append_extension(san).unwrap();
-        b.sign(&key, MessageDigest::sha256()).unwrap();
-        let cert = b.build();
-        ListenerCert {
-            cert_pem: String::from_utf8(cert.to_pem().unwrap()).unwrap(),
-            key_pem: String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
-        }
-    }
-}
-
-impl Default for ListenerCert {
-    fn default() -> Self {
-        ListenerCert::new()
-    }
-}
-
 /// A running `pebble`, killed on Drop.
 ///
 /// Config (`pebble.json`): `listenAddress` 127.0.0.1:`port` (ACME
@@ -304,8 +215,6 @@ impl Default for ListenerCert {
 pub struct Pebble {
     pub port: u16,
     pub management_port: u16,
-    pub http_port: u16,
-    listener: ListenerCert,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -316,12 +225,26 @@ impl Pebble {
     pub fn start(http_port: u16, dns: &DnsStub) -> Pebble {
         require_binary("pebble");
         let dir = TempDir::new("pebble");
-        let listener = ListenerCert::new();
+        // pebble's own HTTPS listeners (ACME API and management): a
+        // certificate for 127.0.0.1 and localhost from the kit's PKI, whose
+        // root is the trust anchor clients are given (`REQUESTS_CA_BUNDLE`
+        // for certbot). This is not the CA that issues certificates: pebble
+        // makes a fresh root and intermediate at every start
+        // (`Pebble::issuer_root_pem`).
+        let pki = Pki::new();
+        let listener = pki.leaf_with(
+            &["localhost"],
+            1,
+            LeafOpts {
+                ips: &["127.0.0.1"],
+                ..LeafOpts::default()
+            },
+        );
         let cert = dir.path().join("listener.crt");
         let key = dir.path().join("listener.key");
-        write_file(&cert, &listener.cert_pem);
+        write_file(&cert, &listener.chain_pem);
         write_file(&key, &listener.key_pem);
-        write_file(&dir.path().join("ca.pem"), &listener.cert_pem);
+        write_file(&dir.path().join("ca.pem"), &pki.root.cert_pem);
         let port = free_port();
         let management_port = free_port();
         let config = format!(
@@ -364,8 +287,6 @@ impl Pebble {
         let mut pebble = Pebble {
             port,
             management_port,
-            http_port,
-            listener,
             dir,
             child: Some(child),
         };
@@ -404,10 +325,6 @@ impl Pebble {
         self.dir.path().join("ca.pem")
     }
 
-    pub fn listener_cert(&self) -> &ListenerCert {
-        &self.listener
-    }
-
     /// pebble's stdout/stderr so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
@@ -423,37 +340,12 @@ impl Pebble {
         body
     }
 
-    /// One HTTPS GET to a pebble listener, verifying its certificate for
-    /// 127.0.0.1; returns status and body. HTTP/1.0, so the Go server
-    /// neither chunks nor keeps the connection.
+    /// One HTTPS GET to a pebble listener; returns status and body.
     pub fn https_get(&self, port: u16, path: &str) -> Result<(u16, String), String> {
-        let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
-        connector
-            .set_ca_file(self.ca_file())
-            .map_err(|e| format!("CA file: {e}"))?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
-        tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        tcp.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut tls = connector
-            .build()
-            .connect("127.0.0.1", tcp)
-            .map_err(|e| format!("TLS: {e}"))?;
-        tls.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
-            .map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        let mut buf = [0u8; 8192];
-        loop {
-            match tls.ssl_read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => raw.extend_from_slice(&buf[..n]),
-                // Go closes without close_notify after an HTTP/1.0 answer.
-                Err(_) if !raw.is_empty() => break,
-                Err(e) => return Err(format!("read: {e}")),
-            }
-        }
-        let resp = parse_response(&raw)?;
-        Ok((resp.status, resp.body))
+        let r = Request::get(path)
+            .host(&format!("127.0.0.1:{port}"))
+            .https(port)?;
+        Ok((r.status, r.body))
     }
 }
 
@@ -479,8 +371,6 @@ pub struct CertbotIssued {
     /// `fullchain.pem`: leaf first, then pebble's intermediate.
     pub fullchain_pem: String,
     pub privkey_pem: String,
-    /// certbot's stdout and stderr.
-    pub output: String,
 }
 
 /// Issues a certificate for `name` from `pebble` with certbot:
@@ -559,7 +449,6 @@ pub fn certbot_issue(
         (Ok(fullchain_pem), Ok(privkey_pem)) => Ok(CertbotIssued {
             fullchain_pem,
             privkey_pem,
-            output: fs::read_to_string(&output_path).unwrap_or_default(),
         }),
         (Err(e), _) | (_, Err(e)) => Err(failure(&dir, pebble, &e)),
     }
@@ -575,64 +464,14 @@ fn failure(dir: &TempDir, pebble: &Pebble, what: &str) -> String {
     )
 }
 
-// ---------------------------------------------------------------------------
-// Plain HTTP
-// ---------------------------------------------------------------------------
-
-/// One plain-HTTP response.
-#[derive(Debug, Clone)]
-pub struct HttpResponse {
-    pub status: u16,
-    /// Header names in lower case.
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl HttpResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no header end in {text:?}"))?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line in {head:?}"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Ok(HttpResponse {
-        status,
-        headers,
-        body: body.to_string(),
-    })
-}
-
 /// `GET path` over plain HTTP/1.1 to 127.0.0.1:`port` with `Host: host`,
 /// as a CA's validation request looks.
-pub fn http_get(port: u16, host: &str, path: &str) -> Result<HttpResponse, String> {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: dyncert-test\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
-    parse_response(&raw)
+pub fn http_get(port: u16, host: &str, path: &str) -> Result<Exchange, String> {
+    Request::get(path)
+        .host(host)
+        .header("User-Agent", "dyncert-test")
+        .header("Accept", "*/*")
+        .http(port)
 }
 
 // ---------------------------------------------------------------------------

@@ -3,16 +3,16 @@
 //! tests/tools/acme-redis-hook.sh) issue a certificate whose challenge is
 //! answered from Redis over plain HTTP, the deploy hook stores it in Redis,
 //! and dyncert serves it for the name. The wiring is described in
-//! tests/common/acme.rs; `scripts/acme-deps.sh` installs pebble and certbot.
+//! tests/acme/harness.rs; `scripts/acme-deps.sh` installs pebble and certbot.
 //!
 //! Until `dyncert_acme_challenge` exists, the challenge is answered by a
 //! stand-in with the same contract, so CI keeps exercising pebble, certbot,
 //! the hooks and dyncert's serving of what they issue.
 
-mod common;
+mod harness;
 
-use common::acme::*;
-use common::*;
+use dyncert_testkit::*;
+use harness::*;
 
 /// The name certificates are issued for; it resolves only through the
 /// harness's DNS stub, which is how pebble reaches 127.0.0.1.
@@ -62,16 +62,11 @@ http {
 "#;
 
 fn start_nginx(pki: &Pki, redis: &Redis, template: &str, http_port: u16) -> Nginx {
-    let port = free_port();
-    let http = render(
+    Nginx::start(
+        pki,
         template,
-        &[
-            ("PORT", &port.to_string()),
-            ("HTTP_PORT", &http_port.to_string()),
-            ("REDIS", &redis.url()),
-        ],
-    );
-    Nginx::start(pki, NginxOpts::default(), &http, port)
+        NginxOpts::new().redis(redis).var("HTTP_PORT", http_port),
+    )
 }
 
 /// The challenge contract, checked directly on `port` before a CA relies
@@ -158,17 +153,19 @@ fn assert_issued_and_served(
     let root_pem = pebble.issuer_root_pem();
     let chain = assert_pebble_issued(&crt, &key_pem, NAME, &root_pem);
 
-    let r = tls_get(nginx.port, Some(NAME), "/")
+    let r = Request::get("/")
+        .sni(NAME)
+        .https(nginx.port)
         .unwrap_or_else(|e| panic!("TLS {NAME}: {e}\n{}", nginx.logs()));
     assert_eq!(r.status, 200, "body {:?}", r.body);
     assert_eq!(
-        r.chain[0].to_der().unwrap(),
+        r.tls().chain[0].to_der().unwrap(),
         chain[0].to_der().unwrap(),
         "dyncert served another leaf (SANs {:?}, body {:?})",
-        r.leaf_sans,
+        r.tls().leaf_sans,
         r.body
     );
-    assert_eq!(r.leaf_sans, [NAME]);
+    assert_eq!(r.tls().leaf_sans, [NAME]);
     assert_eq!(r.name(), NAME, "body {:?}", r.body);
     assert!(
         matches!(r.source(), "redis" | "cache"),
@@ -177,7 +174,7 @@ fn assert_issued_and_served(
         r.body
     );
     let root = openssl::x509::X509::from_pem(root_pem.as_bytes()).unwrap();
-    assert_chain_verifies(&r.chain, &root);
+    assert_chain_verifies(&r.tls().chain, &root);
     nginx.assert_healthy();
 }
 

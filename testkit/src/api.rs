@@ -1,11 +1,14 @@
 //! A real HTTP/1.1 server playing the certificate API (`dyncert_api`):
 //! per-name programmable answers (a certificate, 404, 500, a delay, a huge
 //! streamed body, invalid JSON, raw bytes), and what it saw: requests per
-//! name with their headers, and the most requests it ever had open at once.
-//! Plain http or https (a server certificate from the harness PKI).
+//! name with their headers and the status each got, and the most requests
+//! it ever had open at once. Plain http or https (a server certificate
+//! from the kit's PKI).
 //!
 //! One thread per connection, keep-alive honoured, so the module's HTTP
-//! client can pool connections as it would against a real API.
+//! client can pool connections as it would against a real API. Answers
+//! are rendered when they are set and written in one segment (TCP_NODELAY):
+//! the benchmark times cold misses through this server.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,22 +21,18 @@ use std::time::{Duration, Instant};
 
 use openssl::ssl::{SslAcceptor, SslMethod};
 
-use super::{free_port, poll, write_file, Leaf, Pki, Redis, TempDir};
+use crate::pki::{Leaf, LeafOpts, Pki};
+use crate::process::{free_port, poll, write_file, TempDir};
 
 /// Path prefix of the URL template the tests configure:
 /// `http://127.0.0.1:PORT/certs/{name}`.
 pub const API_PATH: &str = "/certs/";
 
-/// What the API answers for a name.
-#[derive(Clone, Debug)]
-pub enum ApiBody {
-    /// `200` with `{"crt": ..., "key": ...}` and an extra field the module
-    /// must ignore.
-    Cert { crt: String, key: String },
-    /// This status with a short plain-text body.
-    Status(u16),
-    /// This status with a JSON content type and this body, as is.
-    Json(u16, String),
+/// What the API answers, ready to write.
+#[derive(Debug)]
+enum Body {
+    /// A complete response: status line, headers, body.
+    Response { status: u16, bytes: Vec<u8> },
     /// `200` whose body is a JSON document of `bytes` bytes (a `crt` of
     /// that size), written in 64 KiB chunks; with `chunked`, without a
     /// Content-Length (so only counting what arrives can bound it).
@@ -42,11 +41,11 @@ pub enum ApiBody {
     Raw(Vec<u8>),
 }
 
-/// An answer and how long to wait before sending it.
+/// An answer and how long to wait before sending it; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ApiReply {
-    pub body: ApiBody,
-    pub delay: Duration,
+    body: Arc<Body>,
+    delay: Duration,
 }
 
 impl ApiReply {
@@ -55,31 +54,38 @@ impl ApiReply {
         ApiReply::cert_pem(&leaf.chain_pem, &leaf.key_pem)
     }
 
+    /// `200` with `{"crt": ..., "key": ...}` and fields the module must
+    /// ignore.
     pub fn cert_pem(crt: &str, key: &str) -> ApiReply {
-        ApiReply::from(ApiBody::Cert {
-            crt: crt.to_string(),
-            key: key.to_string(),
-        })
+        let json = format!(
+            "{{\"crt\": {}, \"key\": {}, \"issued_by\": \"dyncert tests\", \"renew_after\": 86400}}",
+            json_string(crt),
+            json_string(key)
+        );
+        ApiReply::respond(200, "application/json", json.as_bytes())
     }
 
+    /// This status with a short plain-text body.
     pub fn status(code: u16) -> ApiReply {
-        ApiReply::from(ApiBody::Status(code))
+        let text = format!("{code} {}\n", reason(code));
+        ApiReply::respond(code, "text/plain", text.as_bytes())
     }
 
     pub fn not_found() -> ApiReply {
         ApiReply::status(404)
     }
 
+    /// This status with a JSON content type and this body, as is.
     pub fn json(code: u16, body: &str) -> ApiReply {
-        ApiReply::from(ApiBody::Json(code, body.to_string()))
+        ApiReply::respond(code, "application/json", body.as_bytes())
     }
 
     pub fn huge(bytes: usize, chunked: bool) -> ApiReply {
-        ApiReply::from(ApiBody::Huge { bytes, chunked })
+        ApiReply::from(Body::Huge { bytes, chunked })
     }
 
     pub fn raw(bytes: impl Into<Vec<u8>>) -> ApiReply {
-        ApiReply::from(ApiBody::Raw(bytes.into()))
+        ApiReply::from(Body::Raw(bytes.into()))
     }
 
     /// The same answer, sent only after `delay`.
@@ -87,13 +93,31 @@ impl ApiReply {
         self.delay = delay;
         self
     }
-}
 
-impl From<ApiBody> for ApiReply {
-    fn from(body: ApiBody) -> ApiReply {
+    fn respond(status: u16, ctype: &str, body: &[u8]) -> ApiReply {
+        let mut bytes = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+            reason(status),
+            body.len()
+        )
+        .into_bytes();
+        bytes.extend_from_slice(body);
+        ApiReply::from(Body::Response { status, bytes })
+    }
+
+    fn from(body: Body) -> ApiReply {
         ApiReply {
-            body,
+            body: Arc::new(body),
             delay: Duration::ZERO,
+        }
+    }
+
+    /// The status this answer carries (`None` for raw bytes).
+    fn status_code(&self) -> Option<u16> {
+        match *self.body {
+            Body::Response { status, .. } => Some(status),
+            Body::Huge { .. } => Some(200),
+            Body::Raw(_) => None,
         }
     }
 }
@@ -107,6 +131,8 @@ pub struct ApiRequest {
     pub name: String,
     /// Header names lower-cased, in arrival order.
     pub headers: Vec<(String, String)>,
+    /// The status it was answered with (`None`: raw bytes).
+    pub status: Option<u16>,
 }
 
 impl ApiRequest {
@@ -133,7 +159,8 @@ struct ApiState {
 }
 
 /// The certificate API, killed (listener closed, connections shut down) on
-/// Drop.
+/// Drop. Its threads inherit the CPU affinity of the thread that starts
+/// (or restarts) it.
 pub struct CertApi {
     pub port: u16,
     tls: Option<Arc<SslAcceptor>>,
@@ -152,7 +179,14 @@ impl CertApi {
     /// chains to `pki`'s root: `ca_file()` is what
     /// `dyncert_api_trusted_certificate` needs to trust it.
     pub fn start_tls(pki: &Pki) -> CertApi {
-        let leaf = pki.server_leaf(&["localhost"], &["127.0.0.1"], 0x00A9_1000);
+        let leaf = pki.leaf_with(
+            &["localhost"],
+            0x00A9_1000,
+            LeafOpts {
+                ips: &["127.0.0.1"],
+                ..LeafOpts::default()
+            },
+        );
         let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
         b.set_certificate(&leaf.issued.cert).unwrap();
         b.set_private_key(&leaf.issued.key).unwrap();
@@ -230,6 +264,17 @@ impl CertApi {
             .unwrap()
             .iter()
             .filter(|r| r.name == name)
+            .count()
+    }
+
+    /// How many requests were answered with `status`.
+    pub fn answered(&self, status: u16) -> usize {
+        self.state
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.status == Some(status))
             .count()
     }
 
@@ -318,6 +363,7 @@ fn accept_loop(listener: TcpListener, state: Arc<ApiState>, tls: Option<Arc<SslA
             // forgotten connection from holding a thread forever.
             let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
             let _ = conn.set_write_timeout(Some(Duration::from_secs(30)));
+            let _ = conn.set_nodelay(true);
             match tls {
                 Some(acceptor) => {
                     if let Ok(stream) = acceptor.accept(conn) {
@@ -418,14 +464,8 @@ fn serve<S: Read + Write>(stream: S, state: &ApiState) {
             .iter()
             .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
 
-        let _in_flight = InFlight::enter(state);
+        let in_flight = InFlight::enter(state);
         let name = name_of(&path);
-        state.log.lock().unwrap().push(ApiRequest {
-            method,
-            path,
-            name: name.clone(),
-            headers,
-        });
         let reply = state
             .routes
             .lock()
@@ -433,6 +473,13 @@ fn serve<S: Read + Write>(stream: S, state: &ApiState) {
             .get(&name)
             .cloned()
             .unwrap_or_else(|| state.fallback.lock().unwrap().clone());
+        state.log.lock().unwrap().push(ApiRequest {
+            method,
+            path,
+            name,
+            headers,
+            status: reply.status_code(),
+        });
         // Sleep in slices so a stopped API lets go of its threads.
         let until = Instant::now() + reply.delay;
         while Instant::now() < until {
@@ -441,6 +488,9 @@ fn serve<S: Read + Write>(stream: S, state: &ApiState) {
             }
             thread::sleep(Duration::from_millis(10).min(until - Instant::now()));
         }
+        // Answered from here on: the client may see the answer, and ask
+        // `in_flight`, before this thread gets to run again.
+        drop(in_flight);
         let keep = match write_reply(conn.get_mut(), &reply.body) {
             Ok(keep) => keep,
             Err(_) => return,
@@ -482,77 +532,18 @@ pub fn json_string(s: &str) -> String {
 }
 
 /// Writes one answer; `Ok(false)` when the connection must close after it.
-fn write_reply(w: &mut impl Write, body: &ApiBody) -> std::io::Result<bool> {
-    let simple = |w: &mut dyn Write, code: u16, ctype: &str, body: &[u8]| {
-        write!(
-            w,
-            "HTTP/1.1 {code} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
-            reason(code),
-            body.len()
-        )?;
-        w.write_all(body)?;
-        w.flush()
-    };
+fn write_reply(w: &mut impl Write, body: &Body) -> std::io::Result<bool> {
     match body {
-        ApiBody::Cert { crt, key } => {
-            let json = format!(
-                "{{\"crt\": {}, \"key\": {}, \"issued_by\": \"dyncert tests\", \"renew_after\": 86400}}",
-                json_string(crt),
-                json_string(key)
-            );
-            simple(w, 200, "application/json", json.as_bytes())?;
-            Ok(true)
-        }
-        ApiBody::Status(code) => {
-            let text = format!("{} {}\n", code, reason(*code));
-            simple(w, *code, "text/plain", text.as_bytes())?;
-            Ok(true)
-        }
-        ApiBody::Json(code, text) => {
-            simple(w, *code, "application/json", text.as_bytes())?;
-            Ok(true)
-        }
-        ApiBody::Huge { bytes, chunked } => {
-            let head = b"{\"crt\": \"";
-            let tail = b"\", \"key\": \"x\"}";
-            let filler = bytes.saturating_sub(head.len() + tail.len());
-            if *chunked {
-                write!(
-                    w,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-                )?;
-            } else {
-                write!(
-                    w,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                    head.len() + filler + tail.len()
-                )?;
-            }
-            let chunk = |w: &mut dyn Write, data: &[u8]| -> std::io::Result<()> {
-                if *chunked {
-                    write!(w, "{:x}\r\n", data.len())?;
-                    w.write_all(data)?;
-                    w.write_all(b"\r\n")
-                } else {
-                    w.write_all(data)
-                }
-            };
-            chunk(w, head)?;
-            let block = vec![b'A'; 64 * 1024];
-            let mut left = filler;
-            while left > 0 {
-                let n = left.min(block.len());
-                chunk(w, &block[..n])?;
-                left -= n;
-            }
-            chunk(w, tail)?;
-            if *chunked {
-                w.write_all(b"0\r\n\r\n")?;
-            }
+        Body::Response { bytes, .. } => {
+            w.write_all(bytes)?;
             w.flush()?;
             Ok(true)
         }
-        ApiBody::Raw(bytes) => {
+        Body::Huge { bytes, chunked } => {
+            write_huge(w, *bytes, *chunked)?;
+            Ok(true)
+        }
+        Body::Raw(bytes) => {
             w.write_all(bytes)?;
             w.flush()?;
             Ok(false)
@@ -560,52 +551,42 @@ fn write_reply(w: &mut impl Write, body: &ApiBody) -> std::io::Result<bool> {
     }
 }
 
-/// PKI, Redis, the certificate API and an nginx whose `http {}` block is a
-/// template with `@PORT@`, `@REDIS@` and `@API@` (the quoted URL template)
-/// filled in.
-pub struct ApiStack {
-    pub pki: Pki,
-    pub redis: Redis,
-    pub api: CertApi,
-    pub nginx: super::Nginx,
-}
-
-impl ApiStack {
-    pub fn start(workers: u32, template: &str) -> ApiStack {
-        let pki = Pki::new();
-        let redis = Redis::start();
-        let api = CertApi::start();
-        let nginx = start_nginx_api(&pki, &redis, &api, workers, template);
-        ApiStack {
-            pki,
-            redis,
-            api,
-            nginx,
+fn write_huge(w: &mut impl Write, bytes: usize, chunked: bool) -> std::io::Result<()> {
+    let head = b"{\"crt\": \"";
+    let tail = b"\", \"key\": \"x\"}";
+    let filler = bytes.saturating_sub(head.len() + tail.len());
+    if chunked {
+        write!(
+            w,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )?;
+    } else {
+        write!(
+            w,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            head.len() + filler + tail.len()
+        )?;
+    }
+    let chunk = |w: &mut dyn Write, data: &[u8]| -> std::io::Result<()> {
+        if chunked {
+            write!(w, "{:x}\r\n", data.len())?;
+            w.write_all(data)?;
+            w.write_all(b"\r\n")
+        } else {
+            w.write_all(data)
         }
+    };
+    chunk(w, head)?;
+    let block = vec![b'A'; 64 * 1024];
+    let mut left = filler;
+    while left > 0 {
+        let n = left.min(block.len());
+        chunk(w, &block[..n])?;
+        left -= n;
     }
-
-    pub fn get(&self, sni: &str) -> super::TlsResponse {
-        super::tls_get(self.nginx.port, Some(sni), "/")
-            .unwrap_or_else(|e| panic!("TLS request with SNI {sni:?} failed: {e}"))
+    chunk(w, tail)?;
+    if chunked {
+        w.write_all(b"0\r\n\r\n")?;
     }
-}
-
-/// Starts nginx for `template` against `redis` and `api` (neither need be
-/// running); `@API@` becomes the quoted URL template, `@API_CA@` the API's
-/// CA file.
-pub fn start_nginx_api(
-    pki: &Pki,
-    redis: &Redis,
-    api: &CertApi,
-    workers: u32,
-    template: &str,
-) -> super::Nginx {
-    let url = format!("\"{}\"", api.url_template());
-    let ca = api.ca_file().display().to_string();
-    super::start_nginx_vars(
-        pki,
-        workers,
-        template,
-        &[("REDIS", &redis.url()), ("API", &url), ("API_CA", &ca)],
-    )
+    w.flush()
 }

@@ -1,0 +1,260 @@
+//! HTTP/1.1 on the client side: reading one response by its own framing
+//! (Content-Length, chunked, HEAD, or up to the close), keep-alive
+//! connections for floods, and the metrics scrape.
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::client::{Exchange, Request, IO_TIMEOUT};
+
+/// How long to wait for the server to close after a complete response.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// A response as read: status, headers, body (de-chunked), whether the
+/// server then closed the connection, and when the response was complete.
+pub(crate) struct ReadResponse {
+    pub status: u16,
+    pub headers: Headers,
+    pub body: String,
+    pub closed: bool,
+    pub complete: Instant,
+}
+
+/// Reads one response. `set_timeout` changes the socket's read timeout
+/// (the stream may be TLS over it).
+pub(crate) fn read_response(
+    s: &mut impl Read,
+    head_request: bool,
+    set_timeout: impl Fn(Duration),
+) -> Result<ReadResponse, String> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut closed = false;
+    let mut parsed = None;
+    let mut complete = None;
+    loop {
+        if parsed.is_none() {
+            parsed = parse_complete(&raw, head_request);
+            if parsed.is_some() {
+                // The response is in; now only the close is awaited.
+                complete = Some(Instant::now());
+                set_timeout(CLOSE_WAIT);
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if parsed.is_none() {
+                    return Err(format!(
+                        "read timed out; got {:?}",
+                        String::from_utf8_lossy(&raw)
+                    ));
+                }
+                break;
+            }
+            // A reset or an unexpected EOF after TLS (nginx may close
+            // without close_notify): the server is gone.
+            Err(e) => {
+                if raw.is_empty() {
+                    return Err(format!("read: {e}"));
+                }
+                closed = true;
+                break;
+            }
+        }
+    }
+    let (status, headers, body) = match parsed.or_else(|| parse_complete(&raw, head_request)) {
+        Some(p) => p,
+        // No length: the body is everything up to the close.
+        None => parse_until_close(&raw)?,
+    };
+    Ok(ReadResponse {
+        status,
+        headers,
+        body,
+        closed,
+        complete: complete.unwrap_or_else(Instant::now),
+    })
+}
+
+pub(crate) type Headers = Vec<(String, String)>;
+/// Status, headers, body.
+type Parsed = (u16, Headers, String);
+
+/// Status, headers, and where the body starts.
+fn parse_head(raw: &[u8]) -> Option<(u16, Headers, usize)> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let text = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = text.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Some((status, headers, end + 4))
+}
+
+/// A header by case-insensitive name.
+pub(crate) fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The response if it is complete by its own framing (Content-Length,
+/// chunked, or a HEAD answer).
+fn parse_complete(raw: &[u8], head_request: bool) -> Option<Parsed> {
+    let (status, headers, start) = parse_head(raw)?;
+    let rest = &raw[start..];
+    if head_request || status == 204 || status == 304 {
+        return Some((status, headers, String::new()));
+    }
+    if header(&headers, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let body = dechunk(rest)?;
+        return Some((status, headers, body));
+    }
+    let len: usize = header(&headers, "content-length")?.parse().ok()?;
+    (rest.len() >= len).then(|| {
+        let body = String::from_utf8_lossy(&rest[..len]).into_owned();
+        (status, headers, body)
+    })
+}
+
+fn parse_until_close(raw: &[u8]) -> Result<Parsed, String> {
+    let (status, headers, start) = parse_head(raw)
+        .ok_or_else(|| format!("no HTTP response in {:?}", String::from_utf8_lossy(raw)))?;
+    let body = String::from_utf8_lossy(&raw[start..]).into_owned();
+    Ok((status, headers, body))
+}
+
+/// A complete chunked body, or None while chunks are missing.
+fn dechunk(mut rest: &[u8]) -> Option<String> {
+    let mut body = Vec::new();
+    loop {
+        let eol = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = String::from_utf8_lossy(&rest[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Some(String::from_utf8_lossy(&body).into_owned());
+        }
+        if rest.len() < size + 2 {
+            return None;
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+/// A plain-HTTP/1.1 keep-alive connection on which requests are sent and
+/// answered one at a time. Floods use many of them, each with a request
+/// outstanding, so that many requests reach nginx at once (new
+/// connections only come in one `accept` per event loop iteration).
+pub struct KeepAlive {
+    stream: TcpStream,
+    sent: Option<(Instant, bool)>,
+}
+
+impl KeepAlive {
+    pub fn connect(port: u16) -> Result<KeepAlive, String> {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+        let stream =
+            TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        Ok(KeepAlive { stream, sent: None })
+    }
+
+    /// Writes `METHOD path` without waiting for the answer.
+    pub fn send(&mut self, method: &str, path: &str) -> Result<(), String> {
+        assert!(self.sent.is_none(), "one request at a time");
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        self.stream
+            .write_all(req.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        self.sent = Some((Instant::now(), method == "HEAD"));
+        Ok(())
+    }
+
+    /// Reads the answer to the request sent; `closed` says the server
+    /// announced `Connection: close` (the connection is then done).
+    pub fn receive(&mut self) -> Result<Exchange, String> {
+        let (start, head) = self.sent.take().expect("no request sent");
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        let (status, headers, body) = loop {
+            if let Some(p) = parse_complete(&raw, head) {
+                break p;
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Err(format!("closed after {:?}", String::from_utf8_lossy(&raw))),
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        };
+        let closed =
+            header(&headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        Ok(Exchange {
+            status,
+            headers,
+            body,
+            closed,
+            elapsed: start.elapsed(),
+            tls: None,
+        })
+    }
+
+    /// `GET path` and its answer.
+    pub fn get(&mut self, path: &str) -> Result<Exchange, String> {
+        self.send("GET", path)?;
+        self.receive()
+    }
+}
+
+/// One scrape of a `dyncert_metrics` endpoint: sample -> value.
+pub struct Metrics(pub BTreeMap<String, f64>);
+
+impl Metrics {
+    /// A sample that must be exported.
+    pub fn get(&self, key: &str) -> f64 {
+        *self
+            .0
+            .get(key)
+            .unwrap_or_else(|| panic!("no sample {key} in {:#?}", self.0))
+    }
+
+    /// The sum of the samples of `family` over all label sets (0 when it
+    /// has none).
+    pub fn sum(&self, family: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| k.as_str() == family || k.starts_with(&format!("{family}{{")))
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+/// `GET /metrics` on a plain-HTTP server with `dyncert_metrics`.
+pub fn scrape_metrics(port: u16) -> Metrics {
+    let r = Request::get("/metrics")
+        .http(port)
+        .unwrap_or_else(|e| panic!("metrics: {e}"));
+    assert_eq!(r.status, 200, "metrics answered {r:?}");
+    let samples = r
+        .body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| {
+            let (k, v) = line.rsplit_once(' ').expect("sample line");
+            (k.to_owned(), v.parse::<f64>().expect("numeric sample"))
+        })
+        .collect();
+    Metrics(samples)
+}
