@@ -391,17 +391,8 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Instant;
 
-    use openssl::asn1::Asn1Time;
-    use openssl::bn::BigNum;
-    use openssl::ec::{EcGroup, EcKey};
-    use openssl::hash::MessageDigest;
-    use openssl::nid::Nid;
-    use openssl::pkey::{PKey, Private};
+    use dyncert_testkit::pki::{LeafOpts, Pki};
     use openssl::ssl::{SslAcceptor, SslMethod};
-    use openssl::x509::extension::{
-        BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
-    };
-    use openssl::x509::{X509NameBuilder, X509};
 
     const CRT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
     const KEY: &str = "-----BEGIN PRIVATE KEY-----\nSECRETKEY\n-----END PRIVATE KEY-----\n";
@@ -1000,82 +991,26 @@ mod tests {
 
     // ---- https ----
 
-    fn ec_key() -> PKey<Private> {
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
-    }
-
-    /// A certificate for `cn`; self-signed CA when `issuer` is None,
-    /// otherwise a server certificate for 127.0.0.1 signed by it.
-    fn certificate(cn: &str, key: &PKey<Private>, issuer: Option<(&X509, &PKey<Private>)>) -> X509 {
-        let mut name = X509NameBuilder::new().unwrap();
-        name.append_entry_by_text("CN", cn).unwrap();
-        let name = name.build();
-        let mut b = X509::builder().unwrap();
-        b.set_version(2).unwrap();
-        let serial = BigNum::from_u32(rand_serial())
-            .unwrap()
-            .to_asn1_integer()
-            .unwrap();
-        b.set_serial_number(&serial).unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_pubkey(key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
-            .unwrap();
-        match issuer {
-            None => {
-                b.set_issuer_name(&name).unwrap();
-                b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-                    .unwrap();
-                b.append_extension(KeyUsage::new().critical().key_cert_sign().build().unwrap())
-                    .unwrap();
-                b.sign(key, MessageDigest::sha256()).unwrap();
-            }
-            Some((ca, ca_key)) => {
-                b.set_issuer_name(ca.subject_name()).unwrap();
-                b.append_extension(BasicConstraints::new().build().unwrap())
-                    .unwrap();
-                b.append_extension(
-                    KeyUsage::new()
-                        .critical()
-                        .digital_signature()
-                        .build()
-                        .unwrap(),
-                )
-                .unwrap();
-                b.append_extension(ExtendedKeyUsage::new().server_auth().build().unwrap())
-                    .unwrap();
-                let san = SubjectAlternativeName::new()
-                    .ip("127.0.0.1")
-                    .build(&b.x509v3_context(Some(ca), None))
-                    .unwrap();
-                b.append_extension(san).unwrap();
-                b.sign(ca_key, MessageDigest::sha256()).unwrap();
-            }
-        }
-        b.build()
-    }
-
-    fn rand_serial() -> u32 {
-        let mut buf = [0u8; 4];
-        openssl::rand::rand_bytes(&mut buf).unwrap();
-        u32::from_be_bytes(buf) >> 1
-    }
-
     /// A TLS server signed by a fresh CA; returns it and the CA's PEM.
     fn tls_server(reply: Reply) -> (Server, Vec<u8>) {
-        let ca_key = ec_key();
-        let ca = certificate("dyncert test CA", &ca_key, None);
-        let key = ec_key();
-        let leaf = certificate("127.0.0.1", &key, Some((&ca, &ca_key)));
+        let pki = Pki::new();
+        let leaf = pki.leaf_with(
+            &["localhost"],
+            1,
+            LeafOpts {
+                ips: &["127.0.0.1"],
+                ..LeafOpts::default()
+            },
+        );
         let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
-        acceptor.set_private_key(&key).unwrap();
-        acceptor.set_certificate(&leaf).unwrap();
+        acceptor.set_private_key(&leaf.issued.key).unwrap();
+        acceptor.set_certificate(&leaf.issued.cert).unwrap();
+        acceptor
+            .add_extra_chain_cert(pki.intermediate.cert.clone())
+            .unwrap();
         acceptor.check_private_key().unwrap();
         let server = Server::start_with(reply, Some(acceptor.build()));
-        (server, ca.to_pem().unwrap())
+        (server, pki.root.cert_pem.into_bytes())
     }
 
     #[test]
@@ -1084,8 +1019,7 @@ mod tests {
         let mut cfg = config(&server.url("https"));
         assert!(cfg.template.is_https());
         // A bundle: an unrelated CA first, ours second.
-        let other_key = ec_key();
-        let other = certificate("other CA", &other_key, None).to_pem().unwrap();
+        let other = Pki::new().root.cert_pem.into_bytes();
         cfg.trusted_certificate = Some([other, ca_pem].concat());
         match lookup(cfg, "shop.example.com") {
             ApiOutcome::Found(r) => assert_eq!(r.key, KEY.as_bytes()),
@@ -1111,8 +1045,7 @@ mod tests {
     fn https_trusting_only_another_ca_fails_verification() {
         let (server, _) = tls_server(Reply::Full(200, json(CRT, KEY)));
         let mut cfg = config(&server.url("https"));
-        let other_key = ec_key();
-        cfg.trusted_certificate = Some(certificate("other CA", &other_key, None).to_pem().unwrap());
+        cfg.trusted_certificate = Some(Pki::new().root.cert_pem.into_bytes());
         let e = error(lookup(cfg, "a.example"));
         assert!(e.contains("certificate verify failed"), "{e}");
         assert!(server.seen().is_empty());

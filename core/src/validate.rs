@@ -367,61 +367,11 @@ fn unix_secs(t: &openssl::asn1::Asn1TimeRef) -> Option<i64> {
 
 #[cfg(test)]
 pub(crate) mod testpki {
-    //! Certificates made on the fly for unit tests (no files, no network).
-    use openssl::asn1::Asn1Time;
-    use openssl::bn::{BigNum, MsbOption};
-    use openssl::ec::{EcGroup, EcKey};
-    use openssl::hash::MessageDigest;
-    use openssl::nid::Nid;
-    use openssl::pkey::{Id, PKey, Private};
-    use openssl::x509::extension::SubjectAlternativeName;
-    use openssl::x509::{X509NameBuilder, X509};
-
-    pub fn key() -> PKey<Private> {
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
-    }
-
-    /// Self-signed leaf for `sans`, valid from `from_days` to `to_days`
-    /// relative to now.
-    pub fn leaf(sans: &[&str], key: &PKey<Private>, from_days: i64, to_days: i64) -> X509 {
-        let mut name = X509NameBuilder::new().unwrap();
-        name.append_entry_by_text("CN", sans.first().unwrap_or(&"x"))
-            .unwrap();
-        let name = name.build();
-        let mut b = X509::builder().unwrap();
-        b.set_version(2).unwrap();
-        let mut serial = BigNum::new().unwrap();
-        serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
-        b.set_serial_number(&serial.to_asn1_integer().unwrap())
-            .unwrap();
-        b.set_subject_name(&name).unwrap();
-        b.set_issuer_name(&name).unwrap();
-        b.set_pubkey(key).unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        b.set_not_before(&Asn1Time::from_unix(now + from_days * 86400).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::from_unix(now + to_days * 86400).unwrap())
-            .unwrap();
-        if !sans.is_empty() {
-            let mut san = SubjectAlternativeName::new();
-            for s in sans {
-                san.dns(s);
-            }
-            let ext = san.build(&b.x509v3_context(None, None)).unwrap();
-            b.append_extension(ext).unwrap();
-        }
-        // Ed25519 signs the message itself, without a separate digest.
-        let digest = match key.id() {
-            Id::ED25519 => MessageDigest::null(),
-            _ => MessageDigest::sha256(),
-        };
-        b.sign(key, digest).unwrap();
-        b.build()
-    }
+    //! Certificates made on the fly for unit tests: the test kit's
+    //! self-signed leaves, as PEM where a record wants PEM.
+    pub use dyncert_testkit::pki::{ec_key as key, self_signed as leaf};
+    use openssl::pkey::{PKey, Private};
+    use openssl::x509::X509;
 
     pub fn pem(cert: &X509) -> Vec<u8> {
         cert.to_pem().unwrap()

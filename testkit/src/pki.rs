@@ -109,9 +109,50 @@ struct Spec<'a> {
     not_after: i64,
 }
 
-fn new_key() -> PKey<Private> {
+/// A fresh ECDSA P-256 key.
+pub fn ec_key() -> PKey<Private> {
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("P-256");
     PKey::from_ec_key(EcKey::generate(&group).expect("EC key")).expect("EVP_PKEY")
+}
+
+fn new_key() -> PKey<Private> {
+    ec_key()
+}
+
+/// A self-signed leaf for `sans` with `key` (any type: Ed25519 signs
+/// without a digest), valid from `from_days` to `to_days` relative to now:
+/// for unit tests of validation, which need keys and validity windows of
+/// their choosing rather than a chain.
+pub fn self_signed(sans: &[&str], key: &PKey<Private>, from_days: i64, to_days: i64) -> X509 {
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    let mut serial = BigNum::new().unwrap();
+    serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
+    let subject = name(sans.first().unwrap_or(&"x"));
+    b.set_subject_name(&subject).unwrap();
+    b.set_issuer_name(&subject).unwrap();
+    b.set_pubkey(key).unwrap();
+    let now = unix_now();
+    b.set_not_before(&Asn1Time::from_unix(now + from_days * 86400).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::from_unix(now + to_days * 86400).unwrap())
+        .unwrap();
+    if !sans.is_empty() {
+        let mut san = SubjectAlternativeName::new();
+        for s in sans {
+            san.dns(s);
+        }
+        let ext = san.build(&b.x509v3_context(None, None)).unwrap();
+        b.append_extension(ext).unwrap();
+    }
+    let digest = match key.id() {
+        openssl::pkey::Id::ED25519 => MessageDigest::null(),
+        _ => MessageDigest::sha256(),
+    };
+    b.sign(key, digest).unwrap();
+    b.build()
 }
 
 fn name(cn: &str) -> X509Name {
