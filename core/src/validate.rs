@@ -19,6 +19,7 @@ use openssl::x509::X509;
 use crate::cidr::{parse_list, Cidr};
 
 use crate::der::{unwrap_pkcs8, Unwrapped};
+use crate::intern::Interner;
 use crate::name::dns_name_matches;
 use crate::outcome::Refusal;
 use crate::pem::{self, Block, Label, PemError};
@@ -154,7 +155,25 @@ const MAX_KEY_BLOCKS: usize = 2;
 
 /// Validates `record` for the (normalised) `name` at `now_secs` (UNIX time).
 pub fn validate(record: &Record, name: &str, now_secs: i64) -> Result<ParsedCert, Invalid> {
-    check(record, now_secs, |leaf| covers(leaf, name))
+    check(record, now_secs, None, |leaf| covers(leaf, name))
+}
+
+/// The fetcher's validation: [`validate`], or [`validate_wildcard`] for a
+/// record stored under the `wildcard` key, with the intermediates taken
+/// from (and added to) `interner`, so each distinct one is parsed once.
+pub fn validate_shared(
+    record: &Record,
+    name: &str,
+    wildcard: Option<&str>,
+    now_secs: i64,
+    interner: &Interner,
+) -> Result<ParsedCert, Invalid> {
+    match wildcard {
+        Some(w) => check(record, now_secs, Some(interner), |leaf| {
+            any_dns_name(leaf, |dns| same_dns_name(dns, w)) && covers(leaf, name)
+        }),
+        None => check(record, now_secs, Some(interner), |leaf| covers(leaf, name)),
+    }
 }
 
 /// Validates `record`, stored under the wildcard key `wildcard`
@@ -170,7 +189,7 @@ pub fn validate_wildcard(
     name: &str,
     now_secs: i64,
 ) -> Result<ParsedCert, Invalid> {
-    check(record, now_secs, |leaf| {
+    check(record, now_secs, None, |leaf| {
         any_dns_name(leaf, |dns| same_dns_name(dns, wildcard)) && covers(leaf, name)
     })
 }
@@ -181,6 +200,7 @@ pub fn validate_wildcard(
 fn check(
     record: &Record,
     now_secs: i64,
+    interner: Option<&Interner>,
     covered: impl Fn(&X509) -> bool,
 ) -> Result<ParsedCert, Invalid> {
     let certs = certificates(&record.crt, Invalid::CrtNotPem, Invalid::ChainTooLong)?;
@@ -223,8 +243,12 @@ fn check(
 
     let chain = chain_der
         .iter()
-        .map(|b| X509::from_der(&b.der).map_err(|_| Invalid::CrtNotPem))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|b| match interner {
+            Some(i) => i.get_or_parse(&b.der),
+            None => X509::from_der(&b.der),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| Invalid::CrtNotPem)?;
     let client_ca = match ca_certs {
         Some(blocks) => Some(client_ca(&blocks)?),
         None => None,
@@ -406,6 +430,38 @@ mod tests {
             allow: None,
             client_ca: None,
         }
+    }
+
+    #[test]
+    fn shared_validation_parses_each_intermediate_once() {
+        use foreign_types::ForeignType;
+        let ca = leaf(&["ca.example"], &key(), -1, 30);
+        let interner = Interner::default();
+        let mut chains = Vec::new();
+        for name in ["a.example.com", "b.example.com"] {
+            let k = key();
+            let mut crt = pem(&leaf(&[name], &k, -1, 30));
+            crt.extend(pem(&ca));
+            let p =
+                validate_shared(&record(crt, key_pem(&k)), name, None, now(), &interner).unwrap();
+            chains.push(p.chain[0].as_ptr());
+        }
+        assert_eq!(chains[0], chains[1], "one parsed intermediate for both");
+        assert_eq!(interner.len(), 1);
+        // The wildcard rule holds here too.
+        let k = key();
+        let narrow = record(pem(&leaf(&["shop.example.com"], &k, -1, 30)), key_pem(&k));
+        assert_eq!(
+            validate_shared(
+                &narrow,
+                "shop.example.com",
+                Some("*.example.com"),
+                now(),
+                &interner
+            )
+            .unwrap_err(),
+            Invalid::NameNotCovered
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::intern::Interner;
 use crate::name::wildcard_parent;
 use crate::outcome::{CertSource, FetchSource, StepOutcome};
 use crate::record::Record;
-use crate::validate::{validate, validate_wildcard};
+use crate::validate::validate_shared;
 use crate::workqueue::WorkQueue;
 
 /// A record validation for the parse thread.
@@ -184,7 +184,8 @@ impl Sources {
 }
 
 /// Validates `record` for `name` (against the wildcard it was stored
-/// under, if any) and shares its intermediates: the parse thread's job.
+/// under, if any), parsing each distinct intermediate once: the parse
+/// thread's job.
 fn parse_record(
     interner: &Interner,
     record: &Record,
@@ -194,19 +195,12 @@ fn parse_record(
 ) -> Outcome {
     // A record stored under `*.parent` is cached under that key and served
     // to every name below it: it must carry the wildcard itself.
-    let parsed = match &wildcard {
-        Some(w) => validate_wildcard(record, w, name, now_secs()),
-        None => validate(record, name, now_secs()),
-    };
-    match parsed {
-        Ok(mut p) => {
-            interner.share(&mut p.chain);
-            Outcome::Found {
-                cert: Arc::new(p),
-                source,
-                wildcard,
-            }
-        }
+    match validate_shared(record, name, wildcard.as_deref(), now_secs(), interner) {
+        Ok(p) => Outcome::Found {
+            cert: Arc::new(p),
+            source,
+            wildcard,
+        },
         Err(i) => Outcome::Refused(i.into()),
     }
 }
