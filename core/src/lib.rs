@@ -5,6 +5,7 @@ pub mod cache;
 pub mod cidr;
 pub mod clienthello;
 pub mod clock;
+pub mod compact;
 pub mod der;
 pub mod directives;
 pub mod event_method;

@@ -213,13 +213,7 @@ fn check(
         )?),
         None => None,
     };
-    let allow = match &record.allow {
-        Some(a) => {
-            let text = std::str::from_utf8(a).map_err(|_| Invalid::AllowInvalid)?;
-            Some(parse_list(text).map_err(|_| Invalid::AllowInvalid)?)
-        }
-        None => None,
-    };
+    let allow = allow_list(record.allow.as_deref())?;
 
     let (leaf_der, chain_der) = certs.split_first().ok_or(Invalid::CrtNotPem)?;
     let leaf = X509::from_der(&leaf_der.der).map_err(|_| Invalid::CrtNotPem)?;
@@ -262,6 +256,33 @@ fn check(
         der_bytes: certs.iter().map(|b| b.der.len()).sum(),
         policy: TenantPolicy { allow, client_ca },
         fingerprint: fingerprint(record),
+    })
+}
+
+/// A record's `allow` field, parsed.
+fn allow_list(allow: Option<&[u8]>) -> Result<Option<Vec<Cidr>>, Invalid> {
+    match allow {
+        Some(a) => {
+            let text = std::str::from_utf8(a).map_err(|_| Invalid::AllowInvalid)?;
+            Ok(Some(parse_list(text).map_err(|_| Invalid::AllowInvalid)?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The tenant policy of a record's raw `allow` and `client_ca` fields.
+pub fn policy_of(allow: Option<&[u8]>, client_ca: Option<&[u8]>) -> Result<TenantPolicy, Invalid> {
+    let client_ca = match client_ca {
+        Some(pem) => Some(self::client_ca(&certificates(
+            pem,
+            Invalid::ClientCaNotPem,
+            Invalid::ClientCaNotPem,
+        )?)?),
+        None => None,
+    };
+    Ok(TenantPolicy {
+        allow: allow_list(allow)?,
+        client_ca,
     })
 }
 

@@ -1,0 +1,452 @@
+//! The compact form of a validated record, as a host-wide store keeps it:
+//! the leaf's DER, the digests of its intermediates (stored once, apart),
+//! the private key in the form OpenSSL 3.0 loads fastest (SEC1 for EC,
+//! PKCS#1 for RSA, PKCS#8 only for the rest), the raw policy fields, the
+//! record's fingerprint and its cache deadlines.
+//!
+//! Loading a compact record (`Compact::load`) skips everything a fetch
+//! already checked (PEM, name coverage, key match) except the dates: it
+//! is only ever written by this module after `validate`, but the bytes sit
+//! in memory other processes write, so decoding is bounded and checked
+//! like any input (and fuzzed).
+
+use openssl::ec::EcKey;
+use openssl::pkey::{Id, PKey, Private};
+use openssl::rsa::Rsa;
+use openssl::x509::X509;
+
+use crate::clock::Millis;
+use crate::intern::{digest, CertDigest, Interner};
+use crate::outcome::CertSource;
+use crate::record::{Record, MAX_ALLOW_BYTES, MAX_CHAIN_LEN, MAX_CLIENT_CA_BYTES, MAX_KEY_BYTES};
+use crate::validate::{policy_of, Invalid, ParsedCert};
+
+/// Format tag and version.
+const MAGIC: &[u8; 4] = b"dcr1";
+/// Largest leaf DER kept (the record's whole `crt` is bounded at 64 KiB).
+pub const MAX_LEAF_BYTES: usize = 64 * 1024;
+
+/// The private key, in the form it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyDer {
+    /// An `ECPrivateKey` naming its curve (`d2i_ECPrivateKey`).
+    Sec1(Vec<u8>),
+    /// An `RSAPrivateKey` (`d2i_RSAPrivateKey`).
+    Pkcs1(Vec<u8>),
+    /// Anything else (Ed25519, ...): PKCS#8.
+    Pkcs8(Vec<u8>),
+}
+
+impl KeyDer {
+    fn tag(&self) -> u8 {
+        match self {
+            KeyDer::Sec1(_) => 1,
+            KeyDer::Pkcs1(_) => 2,
+            KeyDer::Pkcs8(_) => 3,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            KeyDer::Sec1(b) | KeyDer::Pkcs1(b) | KeyDer::Pkcs8(b) => b,
+        }
+    }
+
+    /// The key in its fastest stored form.
+    pub fn of(key: &PKey<Private>) -> Result<KeyDer, openssl::error::ErrorStack> {
+        Ok(match key.id() {
+            Id::EC => KeyDer::Sec1(key.ec_key()?.private_key_to_der()?),
+            Id::RSA => KeyDer::Pkcs1(key.rsa()?.private_key_to_der()?),
+            _ => KeyDer::Pkcs8(key.private_key_to_pkcs8()?),
+        })
+    }
+
+    /// Loads the key.
+    pub fn load(&self) -> Result<PKey<Private>, openssl::error::ErrorStack> {
+        match self {
+            KeyDer::Sec1(der) => EcKey::private_key_from_der(der).and_then(PKey::from_ec_key),
+            KeyDer::Pkcs1(der) => Rsa::private_key_from_der(der).and_then(PKey::from_rsa),
+            KeyDer::Pkcs8(der) => PKey::private_key_from_pkcs8(der),
+        }
+    }
+}
+
+/// Intermediates by digest, with their DER: what a store keeps once each.
+pub type IntermediateDers = Vec<(CertDigest, Vec<u8>)>;
+
+/// When a stored record is fresh, stale and gone (the cache's deadlines,
+/// shared so that one worker's fetch or refresh serves all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Deadlines {
+    pub fetched: Millis,
+    pub fresh_until: Millis,
+    pub stale_until: Millis,
+}
+
+/// A record in compact form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compact {
+    pub fingerprint: [u8; 32],
+    /// Where the record was fetched from (`Redis` or `Api`).
+    pub source: CertSource,
+    pub not_after_ms: u64,
+    pub leaf: Vec<u8>,
+    /// Digests of the intermediates, in the order they are sent.
+    pub intermediates: Vec<CertDigest>,
+    pub key: KeyDer,
+    pub allow: Option<Vec<u8>>,
+    pub client_ca: Option<Vec<u8>>,
+}
+
+/// Why stored bytes are not a compact record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CompactError {
+    #[error("not a compact record (format tag)")]
+    Magic,
+    #[error("compact record truncated")]
+    Truncated,
+    #[error("compact record field over its bound")]
+    TooLarge,
+    #[error("compact record has an unknown {0}")]
+    Unknown(&'static str),
+    #[error("compact record has trailing bytes")]
+    Trailing,
+}
+
+fn source_tag(s: CertSource) -> u8 {
+    match s {
+        CertSource::Api => 2,
+        _ => 1,
+    }
+}
+
+impl Compact {
+    /// The compact form of `parsed`, validated from `record`, with the DER
+    /// of each intermediate (to be stored once under its digest).
+    pub fn of(
+        parsed: &ParsedCert,
+        record: &Record,
+        source: CertSource,
+    ) -> Result<(Compact, IntermediateDers), openssl::error::ErrorStack> {
+        let mut intermediates = Vec::with_capacity(parsed.chain.len());
+        let mut ders = Vec::with_capacity(parsed.chain.len());
+        for c in &parsed.chain {
+            let der = c.to_der()?;
+            let d = digest(&der);
+            intermediates.push(d);
+            ders.push((d, der));
+        }
+        Ok((
+            Compact {
+                fingerprint: parsed.fingerprint,
+                source,
+                not_after_ms: parsed.not_after_ms,
+                leaf: parsed.leaf.to_der()?,
+                intermediates,
+                key: KeyDer::of(&parsed.key)?,
+                allow: record.allow.clone(),
+                client_ca: record.client_ca.clone(),
+            },
+            ders,
+        ))
+    }
+
+    /// Serialises with `deadlines`.
+    pub fn encode(&self, deadlines: &Deadlines) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            128 + self.leaf.len() + self.key.bytes().len() + 32 * self.intermediates.len(),
+        );
+        out.extend_from_slice(MAGIC);
+        out.push(source_tag(self.source));
+        out.push(self.key.tag());
+        out.push(u8::from(self.allow.is_some()) | (u8::from(self.client_ca.is_some()) << 1));
+        out.push(self.intermediates.len() as u8);
+        out.extend_from_slice(&self.fingerprint);
+        for v in [
+            self.not_after_ms,
+            deadlines.fetched,
+            deadlines.fresh_until,
+            deadlines.stale_until,
+        ] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        for d in &self.intermediates {
+            out.extend_from_slice(d);
+        }
+        let mut field = |b: &[u8]| {
+            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            out.extend_from_slice(b);
+        };
+        field(&self.leaf);
+        field(self.key.bytes());
+        if let Some(a) = &self.allow {
+            field(a);
+        }
+        if let Some(c) = &self.client_ca {
+            field(c);
+        }
+        out
+    }
+
+    /// Reads what `encode` wrote; bounded, never panics.
+    pub fn decode(bytes: &[u8]) -> Result<(Compact, Deadlines), CompactError> {
+        let mut r = Reader(bytes);
+        if r.take(4)? != MAGIC {
+            return Err(CompactError::Magic);
+        }
+        let source = match r.u8()? {
+            1 => CertSource::Redis,
+            2 => CertSource::Api,
+            _ => return Err(CompactError::Unknown("source")),
+        };
+        let key_tag = r.u8()?;
+        let flags = r.u8()?;
+        if flags & !3 != 0 {
+            return Err(CompactError::Unknown("flag"));
+        }
+        let n = usize::from(r.u8()?);
+        if n >= MAX_CHAIN_LEN {
+            return Err(CompactError::TooLarge);
+        }
+        let mut fingerprint = [0u8; 32];
+        fingerprint.copy_from_slice(r.take(32)?);
+        let not_after_ms = r.u64()?;
+        let deadlines = Deadlines {
+            fetched: r.u64()?,
+            fresh_until: r.u64()?,
+            stale_until: r.u64()?,
+        };
+        let mut intermediates = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut d = [0u8; 32];
+            d.copy_from_slice(r.take(32)?);
+            intermediates.push(d);
+        }
+        let leaf = r.field(MAX_LEAF_BYTES)?.to_vec();
+        let key = r.field(MAX_KEY_BYTES)?.to_vec();
+        let key = match key_tag {
+            1 => KeyDer::Sec1(key),
+            2 => KeyDer::Pkcs1(key),
+            3 => KeyDer::Pkcs8(key),
+            _ => return Err(CompactError::Unknown("key form")),
+        };
+        let allow = match flags & 1 {
+            0 => None,
+            _ => Some(r.field(MAX_ALLOW_BYTES)?.to_vec()),
+        };
+        let client_ca = match flags & 2 {
+            0 => None,
+            _ => Some(r.field(MAX_CLIENT_CA_BYTES)?.to_vec()),
+        };
+        if !r.0.is_empty() {
+            return Err(CompactError::Trailing);
+        }
+        Ok((
+            Compact {
+                fingerprint,
+                source,
+                not_after_ms,
+                leaf,
+                intermediates,
+                key,
+                allow,
+                client_ca,
+            },
+            deadlines,
+        ))
+    }
+
+    /// Parses the stored record for serving: the leaf, the key, the
+    /// intermediates from `interner` (or `missing` DER the caller fetched
+    /// from the store, parsed and interned here), the policy. Refused when
+    /// the certificate expired since it was stored.
+    pub fn load(
+        &self,
+        interner: &Interner,
+        missing: &[(CertDigest, Vec<u8>)],
+        now_ms: Millis,
+    ) -> Result<ParsedCert, Invalid> {
+        if self.not_after_ms <= now_ms {
+            return Err(Invalid::Expired);
+        }
+        let leaf = X509::from_der(&self.leaf).map_err(|_| Invalid::CrtNotPem)?;
+        let key = self.key.load().map_err(|_| Invalid::KeyNotPem)?;
+        let mut chain = Vec::with_capacity(self.intermediates.len());
+        for d in &self.intermediates {
+            let cert = match interner.get(d) {
+                Some(c) => c,
+                None => {
+                    let (_, der) = missing
+                        .iter()
+                        .find(|(m, _)| m == d)
+                        .ok_or(Invalid::CrtNotPem)?;
+                    interner.get_or_parse(der).map_err(|_| Invalid::CrtNotPem)?
+                }
+            };
+            chain.push(cert);
+        }
+        let policy = policy_of(self.allow.as_deref(), self.client_ca.as_deref())?;
+        let der_bytes = self.leaf.len()
+            + chain
+                .iter()
+                .map(|c| c.to_der().map_or(0, |d| d.len()))
+                .sum::<usize>();
+        Ok(ParsedCert {
+            leaf,
+            chain,
+            key,
+            not_after_ms: self.not_after_ms,
+            der_bytes,
+            policy,
+            fingerprint: self.fingerprint,
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CompactError> {
+        if self.0.len() < n {
+            return Err(CompactError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, CompactError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, CompactError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(b))
+    }
+
+    fn field(&mut self, max: usize) -> Result<&'a [u8], CompactError> {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(self.take(4)?);
+        let len = u32::from_be_bytes(b) as usize;
+        if len > max {
+            return Err(CompactError::TooLarge);
+        }
+        self.take(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::testpki::{key, key_pem, leaf, pem};
+    use crate::validate::validate_shared;
+
+    fn now_secs() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn stored(key: PKey<Private>, allow: Option<&str>) -> (Record, ParsedCert) {
+        let ca = leaf(&["ca.example"], &crate::validate::testpki::key(), -1, 300);
+        let mut crt = pem(&leaf(&["shop.example.com"], &key, -1, 30));
+        crt.extend(pem(&ca));
+        let record = Record {
+            crt,
+            key: key_pem(&key),
+            allow: allow.map(|a| a.as_bytes().to_vec()),
+            client_ca: None,
+        };
+        let parsed = validate_shared(
+            &record,
+            "shop.example.com",
+            None,
+            now_secs(),
+            &Interner::default(),
+        )
+        .unwrap();
+        (record, parsed)
+    }
+
+    #[test]
+    fn round_trip_keeps_everything_and_loads_the_same_certificate() {
+        let keys = [
+            key(),
+            PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap(),
+            PKey::generate_ed25519().unwrap(),
+        ];
+        for k in keys {
+            let (record, parsed) = stored(k, Some("10.0.0.0/8"));
+            let (c, ders) = Compact::of(&parsed, &record, CertSource::Api).unwrap();
+            let d = Deadlines {
+                fetched: 1,
+                fresh_until: 2,
+                stale_until: 3,
+            };
+            let bytes = c.encode(&d);
+            let (back, back_d) = Compact::decode(&bytes).unwrap();
+            assert_eq!((&back, back_d), (&c, d));
+            let interner = Interner::default();
+            let loaded = back.load(&interner, &ders, 0).unwrap();
+            assert_eq!(loaded.fingerprint, parsed.fingerprint);
+            assert_eq!(loaded.leaf.to_der().unwrap(), parsed.leaf.to_der().unwrap());
+            assert!(loaded.key.public_eq(&parsed.key));
+            assert_eq!(loaded.chain.len(), 1);
+            assert!(loaded.policy.allow.is_some());
+            assert_eq!(interner.len(), 1, "the intermediate is interned");
+            // The next load finds the intermediate without its DER.
+            assert!(back.load(&interner, &[], 0).is_ok());
+        }
+    }
+
+    #[test]
+    fn ec_keys_are_stored_as_sec1() {
+        let (record, parsed) = stored(key(), None);
+        let (c, _) = Compact::of(&parsed, &record, CertSource::Redis).unwrap();
+        assert!(matches!(c.key, KeyDer::Sec1(_)));
+        let bytes = c.encode(&Deadlines::default());
+        // Leaf, key and one digest, plus a small header.
+        assert!(
+            bytes.len() < c.leaf.len() + c.key.bytes().len() + 32 + 96,
+            "{}",
+            bytes.len()
+        );
+    }
+
+    #[test]
+    fn expired_or_unresolvable_records_are_refused() {
+        let (record, parsed) = stored(key(), None);
+        let (c, ders) = Compact::of(&parsed, &record, CertSource::Redis).unwrap();
+        assert_eq!(
+            c.load(&Interner::default(), &ders, c.not_after_ms)
+                .unwrap_err(),
+            Invalid::Expired
+        );
+        assert_eq!(
+            c.load(&Interner::default(), &[], 0).unwrap_err(),
+            Invalid::CrtNotPem,
+            "an intermediate neither interned nor given"
+        );
+    }
+
+    #[test]
+    fn damaged_bytes_are_errors_never_panics() {
+        let (record, parsed) = stored(key(), Some("10.0.0.0/8"));
+        let (c, _) = Compact::of(&parsed, &record, CertSource::Redis).unwrap();
+        let bytes = c.encode(&Deadlines::default());
+        for cut in 0..bytes.len() {
+            assert!(Compact::decode(&bytes[..cut]).is_err(), "prefix {cut}");
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert_eq!(Compact::decode(&trailing), Err(CompactError::Trailing));
+        let mut magic = bytes.clone();
+        magic[0] ^= 1;
+        assert_eq!(Compact::decode(&magic), Err(CompactError::Magic));
+        let mut flags = bytes.clone();
+        flags[6] = 0x80;
+        assert_eq!(Compact::decode(&flags), Err(CompactError::Unknown("flag")));
+    }
+}
