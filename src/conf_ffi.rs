@@ -117,6 +117,8 @@ impl MainConf {
             queue_cap: self.fetch_concurrency(),
             // The gate in acme_ffi admits at most this many reads at once.
             acme_queue_cap: acme::Limits::default().max_reads,
+            // No shared zone yet.
+            compact: false,
         })
     }
 }

@@ -204,6 +204,12 @@ impl<V> CertCache<V> {
         }
     }
 
+    /// The positive entry of `name`, whatever its state, without touching
+    /// anything.
+    pub fn peek(&self, name: &str) -> Option<&V> {
+        self.positive.get(name).map(|p| &p.value)
+    }
+
     /// Like `get` without touching LRU order or mutating (for the
     /// pre-handshake "is it usable" check): true for Fresh/Stale/Negative.
     pub fn contains_usable(&self, name: &str, now: Millis) -> bool {
@@ -250,6 +256,24 @@ impl<V> CertCache<V> {
         fresh_until: Millis,
         bytes: usize,
     ) {
+        let stale_until = now
+            .saturating_add(self.policy.valid)
+            .saturating_add(self.policy.stale);
+        self.insert_until(name, value, expires_at, fresh_until, stale_until, bytes);
+    }
+
+    /// Like [`Self::insert_weighted`] with every deadline given: for an
+    /// entry another worker fetched, whose deadlines the shared store
+    /// keeps, so that one fetch or refresh serves all workers alike.
+    pub fn insert_until(
+        &mut self,
+        name: String,
+        value: V,
+        expires_at: Millis,
+        fresh_until: Millis,
+        stale_until: Millis,
+        bytes: usize,
+    ) {
         if self.policy.max_entries == 0 {
             return;
         }
@@ -275,9 +299,6 @@ impl<V> CertCache<V> {
                 None => break,
             }
         }
-        let stale_until = now
-            .saturating_add(self.policy.valid)
-            .saturating_add(self.policy.stale);
         self.positive.insert(
             name,
             Positive {

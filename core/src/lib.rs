@@ -21,6 +21,7 @@ pub mod ratelimit;
 pub mod record;
 pub mod template;
 pub mod tenant;
+pub mod tier;
 pub mod timefmt;
 pub mod validate;
 pub mod worker;

@@ -37,8 +37,9 @@ pub const LATENCY_BUCKETS_MS: [u64; 11] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1
 const HIST_SLOTS: usize = LATENCY_BUCKETS_MS.len() + 1 + 2; // buckets, +Inf, sum_us, count
 
 /// Handshake sources that are counted (a resumed session runs no callback).
-pub const HANDSHAKE_SOURCES: [CertSource; 5] = [
+pub const HANDSHAKE_SOURCES: [CertSource; 6] = [
     CertSource::Cache,
+    CertSource::Shared,
     CertSource::Redis,
     CertSource::Api,
     CertSource::Default,
@@ -95,9 +96,12 @@ pub enum Simple {
     AcmeServed,
     AcmeMissing,
     AcmeRefused,
+    TierLoads,
+    TierSyncLoads,
+    TierLoadsRefused,
 }
 
-const SIMPLE: [(Simple, &str, &str); 13] = [
+const SIMPLE: [(Simple, &str, &str); 16] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -163,6 +167,21 @@ const SIMPLE: [(Simple, &str, &str); 13] = [
         "dyncert_acme_challenges_refused_total",
         "ACME challenge requests answered 503 without a Redis read because the \
          worker's challenge lookups were at their bound.",
+    ),
+    (
+        Simple::TierLoads,
+        "dyncert_shared_loads_total",
+        "Records loaded from the shared zone instead of fetched from a source.",
+    ),
+    (
+        Simple::TierSyncLoads,
+        "dyncert_shared_sync_loads_total",
+        "Shared-zone records parsed synchronously in the certificate callback (no peek step: QUIC).",
+    ),
+    (
+        Simple::TierLoadsRefused,
+        "dyncert_shared_loads_refused_total",
+        "Shared-zone records that could not be served (expired or damaged) and were fetched again.",
     ),
 ];
 

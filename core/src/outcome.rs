@@ -9,6 +9,8 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CertSource {
     Cache,
+    /// Loaded from the host-wide tier (another worker fetched it).
+    Shared,
     Redis,
     Api,
     Default,
@@ -21,6 +23,7 @@ impl CertSource {
     pub fn as_str(&self) -> &'static str {
         match self {
             CertSource::Cache => "cache",
+            CertSource::Shared => "shared",
             CertSource::Redis => "redis",
             CertSource::Api => "api",
             CertSource::Default => "default",

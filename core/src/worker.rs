@@ -10,12 +10,15 @@ use std::sync::Arc;
 
 use crate::cache::{CachePolicy, CertCache, Lookup};
 use crate::clock::Millis;
-use crate::fetch::{Event, FetchResult, Fetcher, Outcome};
+use crate::compact::Deadlines;
+use crate::fetch::{load_stored, Event, FetchResult, Fetcher, Outcome, TierData};
 use crate::flight::{Inflight, Join};
+use crate::intern::Interner;
 use crate::metrics::{MetricSink, Simple, W_BYTES, W_ENTRIES, W_INFLIGHT};
 use crate::name::wildcard_parent;
 use crate::outcome::{CertSource, FetchSource, StepOutcome};
 use crate::ratelimit::LogLimiter;
+use crate::tier::{SharedTier, TierHit};
 use crate::validate::ParsedCert;
 
 /// Where the worker sends the lookups it decides to start: the fetcher
@@ -24,11 +27,18 @@ pub trait FetchQueue {
     /// Queues a lookup of `name` without blocking; `false` when it cannot
     /// be queued (full, or the thread is gone).
     fn request(&self, name: &str) -> bool;
+    /// Queues the parse of the tier's record for `name` (off the event
+    /// loop, answered like a fetch); `false` when it cannot be queued.
+    fn load(&self, name: &str, hit: TierHit) -> bool;
 }
 
 impl FetchQueue for Fetcher {
     fn request(&self, name: &str) -> bool {
         Fetcher::request(self, name)
+    }
+
+    fn load(&self, name: &str, hit: TierHit) -> bool {
+        Fetcher::load(self, name, hit)
     }
 }
 
@@ -38,6 +48,9 @@ impl FetchQueue for Fetcher {
 pub struct CachedCert {
     pub cert: Arc<ParsedCert>,
     first_source: Cell<Option<CertSource>>,
+    /// When its source answered (for a tier record: when the worker that
+    /// fetched it did), to tell a newer tier record from this one.
+    fetched: Millis,
 }
 
 /// What the pre-handshake step does with a connection whose SNI it read.
@@ -64,6 +77,10 @@ const QUEUE_RETRY_MS: Millis = 1_000;
 const REFRESH_AHEAD_FLOOR_MS: Millis = 60_000;
 /// At most one source-trouble line per this interval per worker.
 const ERROR_LOG_INTERVAL_MS: Millis = 10_000;
+/// Most tier records parsed synchronously in the certificate callback per
+/// second (handshakes without a peek step: QUIC); beyond, the record is
+/// loaded off the event loop and the handshake gets what a miss gets.
+pub const SYNC_LOADS_PER_SEC: u32 = 64;
 /// Memory charged per entry beyond its DER bytes: key, X509 structures,
 /// the entry itself. A rough figure: `max_size=` is a bound, not a meter.
 const ENTRY_OVERHEAD_BYTES: usize = 2048;
@@ -74,6 +91,10 @@ pub struct Worker<W, Q> {
     queue: Q,
     error_log: LogLimiter,
     sink: Box<dyn MetricSink>,
+    /// The host-wide tier, and the interner its records are parsed with.
+    tier: Option<(Box<dyn SharedTier>, Arc<Interner>)>,
+    /// Synchronous tier loads in the current second: (second, count).
+    sync_loads: (Millis, u32),
 }
 
 impl<W, Q: FetchQueue> Worker<W, Q> {
@@ -89,7 +110,39 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             queue,
             error_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
             sink,
+            tier: None,
+            sync_loads: (0, 0),
         }
+    }
+
+    /// Puts the host-wide tier between the hot set and the sources; its
+    /// records are parsed with `interner` (the fetcher's).
+    pub fn with_tier(mut self, tier: Box<dyn SharedTier>, interner: Arc<Interner>) -> Self {
+        self.tier = Some((tier, interner));
+        self
+    }
+
+    /// Asks the tier, then the sources: loads the tier's record of `name`
+    /// when it is usable and newer than `have` (the fetch time of the entry
+    /// being refreshed), else queues a fetch. `false` when nothing could
+    /// be queued.
+    fn fetch_or_load(&mut self, name: &str, now: Millis, have: Option<Millis>) -> bool {
+        if let Some(hit) = self.tier_hit(name, now, have) {
+            if self.queue.load(name, hit) {
+                self.count(Simple::TierLoads);
+                return true;
+            }
+        }
+        self.queue.request(name)
+    }
+
+    /// The tier's record of `name` if it can still be served and is newer
+    /// than `have`.
+    fn tier_hit(&self, name: &str, now: Millis, have: Option<Millis>) -> Option<TierHit> {
+        let (tier, _) = self.tier.as_ref()?;
+        let hit = tier.lookup(name)?;
+        let d = hit.deadlines()?;
+        (now < d.stale_until && have.is_none_or(|f| d.fetched > f)).then_some(hit)
     }
 
     fn count(&self, s: Simple) {
@@ -131,7 +184,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 PreHandshake::Proceed
             }
             Join::Started => {
-                if self.queue.request(name) {
+                if self.fetch_or_load(name, now, None) {
                     PreHandshake::Park
                 } else {
                     // Queue full or thread gone: do not wait for nothing.
@@ -156,12 +209,78 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         name: &str,
         now: Millis,
     ) -> (Option<Arc<ParsedCert>>, CertSource) {
+        self.for_handshake_sync(name, now, false)
+    }
+
+    /// [`Self::for_handshake`] for a handshake that had no peek step (QUIC):
+    /// with `sync`, a name this worker has not cached but the tier holds
+    /// is parsed here and now (bounded by [`SYNC_LOADS_PER_SEC`], counted),
+    /// so the first handshake gets it.
+    pub fn for_handshake_sync(
+        &mut self,
+        name: &str,
+        now: Millis,
+        sync: bool,
+    ) -> (Option<Arc<ParsedCert>>, CertSource) {
+        if sync && !self.cache.contains_usable(name, now) && !self.inflight.is_in_flight(name) {
+            if let Some(cert) = self.load_now(name, now) {
+                self.publish_gauges();
+                return (Some(cert), CertSource::Shared);
+            }
+        }
         let r = match self.lookup(name, now) {
             Some((cert, first)) => (Some(cert), first.unwrap_or(CertSource::Cache)),
             None => (None, CertSource::Default),
         };
         self.publish_gauges();
         r
+    }
+
+    /// Parses the tier's record of `name` on the event loop and caches it,
+    /// within the per-second budget.
+    fn load_now(&mut self, name: &str, now: Millis) -> Option<Arc<ParsedCert>> {
+        let second = now / 1000;
+        if self.sync_loads.0 != second {
+            self.sync_loads = (second, 0);
+        }
+        if self.sync_loads.1 >= SYNC_LOADS_PER_SEC {
+            return None;
+        }
+        let hit = self.tier_hit(name, now, None)?;
+        let (_, interner) = self.tier.as_ref()?;
+        self.sync_loads.1 += 1;
+        self.count(Simple::TierSyncLoads);
+        match load_stored(interner, &hit, now) {
+            Outcome::Found {
+                cert,
+                tier: TierData::Loaded(d),
+                ..
+            } => {
+                self.insert(name.to_owned(), cert.clone(), None, &d);
+                Some(cert)
+            }
+            _ => None,
+        }
+    }
+
+    /// Caches `cert` under `name` with the deadlines `d`; `first` is the
+    /// source the first handshake reports.
+    fn insert(
+        &mut self,
+        name: String,
+        cert: Arc<ParsedCert>,
+        first: Option<CertSource>,
+        d: &Deadlines,
+    ) {
+        let bytes = cert.der_bytes + ENTRY_OVERHEAD_BYTES;
+        let expires = cert.not_after_ms;
+        let entry = CachedCert {
+            cert,
+            first_source: Cell::new(first),
+            fetched: d.fetched,
+        };
+        self.cache
+            .insert_until(name, entry, expires, d.fresh_until, d.stale_until, bytes);
     }
 
     /// Exact name first, then its `*.parent` entry; schedules the fetches a
@@ -234,9 +353,10 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
     }
 
     fn start_fetch(&mut self, name: &str, now: Millis) {
+        let have = self.cache.peek(name).map(|e| e.fetched);
         let queued = match self.inflight.join(name, None) {
             Join::Started => {
-                let ok = self.queue.request(name);
+                let ok = self.fetch_or_load(name, now, have);
                 if !ok {
                     drop(self.inflight.complete(name));
                 }
@@ -315,6 +435,34 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         } else {
             self.cache.remove(target);
         }
+        // Every worker receives the message and drops its copies; the
+        // tier's is dropped by whichever comes first (the others find it
+        // gone).
+        if let Some((tier, _)) = &self.tier {
+            match target {
+                "*" => tier.clear(),
+                t if t.starts_with("*.") => tier.remove_wildcard(t),
+                t => tier.remove(t),
+            }
+        }
+    }
+
+    /// The deadlines of a certificate fetched now: fresh until `valid`
+    /// ends, or earlier so it is refreshed before its own expiry (renewals
+    /// get picked up), never sooner than a retry interval (a source that
+    /// keeps answering with a nearly expired certificate must not cause
+    /// back-to-back refreshes); stale-if-error for `stale` after `valid`.
+    fn deadlines(&self, not_after: Millis, now: Millis) -> Deadlines {
+        let policy = *self.cache.policy();
+        let floor = now.saturating_add(policy.valid.min(REFRESH_AHEAD_FLOOR_MS));
+        let ahead = not_after.saturating_sub(policy.valid).max(floor);
+        Deadlines {
+            fetched: now,
+            fresh_until: now.saturating_add(policy.valid).min(ahead),
+            stale_until: now
+                .saturating_add(policy.valid)
+                .saturating_add(policy.stale),
+        }
     }
 
     fn on_result(
@@ -327,6 +475,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             name,
             outcome,
             steps,
+            loaded,
             ..
         } = r;
         let layout = self.sink.layout();
@@ -341,37 +490,43 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 self.sink.add(layout.simple(Simple::RedisErrors), 1);
             }
         }
+        if loaded && !matches!(outcome, Outcome::Found { .. }) {
+            // The tier's record went bad (expired since it was stored, or
+            // damaged): drop it and ask the sources, keeping the waiters.
+            if let Some((tier, _)) = &self.tier {
+                tier.remove(&name);
+            }
+            self.count(Simple::TierLoadsRefused);
+            if self.queue.request(&name) {
+                return Vec::new();
+            }
+            self.cache.refresh_failed(&name, now, QUEUE_RETRY_MS);
+            return self.inflight.complete(&name);
+        }
         match outcome {
             Outcome::Found {
                 cert,
                 source,
                 wildcard,
+                tier,
             } => {
-                let policy = *self.cache.policy();
-                let expires = cert.not_after_ms;
-                // Fresh until `valid` ends, or earlier so the certificate is
-                // refreshed before its own expiry (renewals get picked up).
-                // Never sooner than a retry interval: a source that keeps
-                // answering with a nearly expired certificate must not cause
-                // back-to-back refreshes.
-                let floor = now.saturating_add(policy.valid.min(REFRESH_AHEAD_FLOOR_MS));
-                let ahead = expires.saturating_sub(policy.valid).max(floor);
-                let fresh_until = now.saturating_add(policy.valid).min(ahead);
-                let bytes = cert.der_bytes + ENTRY_OVERHEAD_BYTES;
-                if let Some(w) = wildcard {
-                    let entry = CachedCert {
-                        cert: cert.clone(),
-                        first_source: Cell::new(Some(source)),
-                    };
-                    self.cache
-                        .insert_weighted(w, entry, now, expires, fresh_until, bytes);
-                }
-                let entry = CachedCert {
-                    cert,
-                    first_source: Cell::new(Some(source)),
+                let d = match &tier {
+                    TierData::Loaded(d) => *d,
+                    _ => self.deadlines(cert.not_after_ms, now),
                 };
-                self.cache
-                    .insert_weighted(name.clone(), entry, now, expires, fresh_until, bytes);
+                if let TierData::Store(stored) = &tier {
+                    if let Some((t, _)) = &self.tier {
+                        let bytes = stored.compact.encode(&d);
+                        t.store(&name, &bytes, &stored.intermediates);
+                        if let Some(w) = &wildcard {
+                            t.store(w, &bytes, &stored.intermediates);
+                        }
+                    }
+                }
+                if let Some(w) = wildcard {
+                    self.insert(w, cert.clone(), Some(source), &d);
+                }
+                self.insert(name.clone(), cert, Some(source), &d);
             }
             Outcome::NotFound => {
                 self.cache.insert_negative(name.clone(), now);
@@ -438,6 +593,8 @@ mod tests {
     #[derive(Default)]
     struct FakeQueue {
         asked: RefCell<Vec<String>>,
+        /// Tier records handed to the parse thread.
+        loads: RefCell<Vec<(String, TierHit)>>,
         full: std::cell::Cell<bool>,
     }
 
@@ -447,6 +604,14 @@ mod tests {
                 return false;
             }
             self.asked.borrow_mut().push(name.to_owned());
+            true
+        }
+
+        fn load(&self, name: &str, hit: TierHit) -> bool {
+            if self.full.get() {
+                return false;
+            }
+            self.loads.borrow_mut().push((name.to_owned(), hit));
             true
         }
     }
@@ -544,6 +709,7 @@ mod tests {
             outcome,
             elapsed: Duration::ZERO,
             steps: Vec::new(),
+            loaded: false,
         })
     }
 
@@ -554,6 +720,7 @@ mod tests {
                 cert,
                 source: CertSource::Redis,
                 wildcard: wildcard.map(str::to_owned),
+                tier: TierData::None,
             },
         )
     }
@@ -746,6 +913,7 @@ mod tests {
                 cert: cert(1, NOT_AFTER),
                 source: CertSource::Api,
                 wildcard: None,
+                tier: TierData::None,
             },
         );
         apply(&mut w, event, NOW);
@@ -1148,6 +1316,7 @@ mod tests {
                     elapsed: Duration::from_millis(3),
                 },
             ],
+            loaded: false,
         });
         apply(&mut w, event, NOW);
         let l = Layout { servers: 0 };
@@ -1284,5 +1453,279 @@ mod tests {
         let (woken, lines) = apply(&mut w, event, NOW);
         assert!(woken.is_empty());
         assert!(lines.is_empty());
+    }
+
+    // ---- the host-wide tier ----
+
+    use crate::compact::Compact;
+    use crate::fetch::Stored;
+    use crate::record::Record;
+    use crate::tier::MemoryTier;
+
+    /// Two workers of one host: each with its own hot set and queue, one
+    /// tier between them.
+    struct Host {
+        a: TestWorker,
+        b: TestWorker,
+        /// B's counters.
+        mb: Rc<Metrics>,
+        tier: Rc<MemoryTier>,
+        interner: Arc<Interner>,
+    }
+
+    fn host() -> Host {
+        let tier = Rc::new(MemoryTier::default());
+        let interner = Arc::new(Interner::default());
+        let a = worker()
+            .0
+            .with_tier(Box::new(tier.clone()), interner.clone());
+        let (b, mb) = worker();
+        let b = b.with_tier(Box::new(tier.clone()), interner.clone());
+        Host {
+            a,
+            b,
+            mb,
+            tier,
+            interner,
+        }
+    }
+
+    /// A finished fetch from Redis, with the compact form the parse thread
+    /// makes when a tier is configured.
+    fn found_storable(name: &str, c: Arc<ParsedCert>, wildcard: Option<&str>) -> Event {
+        let record = Record {
+            crt: Vec::new(),
+            key: Vec::new(),
+            allow: None,
+            client_ca: None,
+        };
+        let (compact, intermediates) = Compact::of(&c, &record, CertSource::Redis).unwrap();
+        fetched(
+            name,
+            Outcome::Found {
+                cert: c,
+                source: CertSource::Redis,
+                wildcard: wildcard.map(str::to_owned),
+                tier: TierData::Store(Box::new(Stored {
+                    compact,
+                    intermediates,
+                })),
+            },
+        )
+    }
+
+    /// What the parse thread answers for the loads `w` queued.
+    fn run_loads(w: &mut TestWorker, interner: &Interner, now: Millis) -> Vec<u32> {
+        let loads: Vec<_> = w.queue().loads.borrow_mut().drain(..).collect();
+        let mut woken = Vec::new();
+        for (name, hit) in loads {
+            let event = Event::Fetched(FetchResult {
+                name,
+                outcome: load_stored(interner, &hit, now),
+                elapsed: Duration::ZERO,
+                steps: Vec::new(),
+                loaded: true,
+            });
+            woken.extend(apply(w, event, now).0);
+        }
+        woken
+    }
+
+    #[test]
+    fn a_name_fetched_by_one_worker_is_loaded_by_the_others_not_fetched() {
+        let Host {
+            mut a,
+            mut b,
+            mb,
+            tier,
+            interner,
+        } = host();
+        assert_eq!(mb.simple(Simple::TierLoads), 0);
+        assert_eq!(a.pre_handshake("a.example.com", 1, NOW), PreHandshake::Park);
+        let (woken, _) = apply(
+            &mut a,
+            found_storable("a.example.com", cert(1, NOT_AFTER), None),
+            NOW,
+        );
+        assert_eq!(woken, [1]);
+        assert_eq!(tier.len(), 1, "stored for the host");
+
+        let later = NOW + 5 * SECOND;
+        assert_eq!(
+            b.pre_handshake("a.example.com", 2, later),
+            PreHandshake::Park
+        );
+        assert!(asked(&b).is_empty(), "no fetch: {:?}", asked(&b));
+        assert_eq!(b.queue().loads.borrow().len(), 1);
+        assert_eq!(mb.simple(Simple::TierLoads), 1);
+        assert_eq!(run_loads(&mut b, &interner, later), [2]);
+        let (c, source) = b.for_handshake("a.example.com", later);
+        assert_eq!(source, CertSource::Shared);
+        assert_eq!(c.unwrap().fingerprint, [1; 32]);
+        assert_eq!(b.for_handshake("a.example.com", later).1, CertSource::Cache);
+        // The fetching worker's deadlines hold for all: fresh until the
+        // fetch's valid ends, not the load's.
+        // Stale, and the tier's record is no newer: B refreshes from the
+        // sources (and its result will serve the host).
+        let (c, _) = b.for_handshake("a.example.com", NOW + VALID + SECOND);
+        assert!(c.is_some(), "served stale meanwhile");
+        assert_eq!(asked(&b), ["a.example.com"]);
+        assert_eq!(b.queue().loads.borrow().len(), 0);
+    }
+
+    #[test]
+    fn a_refresh_loads_a_newer_tier_record_and_fetches_otherwise() {
+        let Host {
+            mut a,
+            mut b,
+            interner,
+            ..
+        } = host();
+        a.pre_handshake("a.example.com", 1, NOW);
+        apply(
+            &mut a,
+            found_storable("a.example.com", cert(1, NOT_AFTER), None),
+            NOW,
+        );
+        b.pre_handshake("a.example.com", 2, NOW);
+        run_loads(&mut b, &interner, NOW);
+        // A refreshes first and stores the new record.
+        let t1 = NOW + VALID + SECOND;
+        a.for_handshake("a.example.com", t1);
+        assert_eq!(asked(&a), ["a.example.com", "a.example.com"]);
+        apply(
+            &mut a,
+            found_storable("a.example.com", cert(2, NOT_AFTER), None),
+            t1,
+        );
+        // B's entry is stale too: it loads A's newer record, no fetch.
+        let t2 = t1 + SECOND;
+        let (c, _) = b.for_handshake("a.example.com", t2);
+        assert_eq!(c.unwrap().fingerprint, [1; 32], "served stale meanwhile");
+        assert!(asked(&b).is_empty());
+        run_loads(&mut b, &interner, t2);
+        assert_eq!(b.current("a.example.com", t2).unwrap().fingerprint, [2; 32]);
+        // When nobody refreshed since B's copy, B fetches itself.
+        let t3 = t2 + VALID + SECOND;
+        b.for_handshake("a.example.com", t3);
+        assert_eq!(asked(&b), ["a.example.com"]);
+    }
+
+    #[test]
+    fn an_unusable_tier_record_is_dropped_and_the_name_fetched() {
+        let Host {
+            mut a,
+            mut b,
+            mb,
+            tier,
+            interner,
+        } = host();
+        a.pre_handshake("a.example.com", 1, NOW);
+        // Expires in a minute; by the time B loads it, it has expired.
+        let short = NOW + MINUTE;
+        apply(
+            &mut a,
+            found_storable("a.example.com", cert(1, short), None),
+            NOW,
+        );
+        let later = short + SECOND;
+        b.pre_handshake("a.example.com", 2, NOW);
+        let (woken, _) = {
+            let loads: Vec<_> = b.queue().loads.borrow_mut().drain(..).collect();
+            let (name, hit) = loads.into_iter().next().unwrap();
+            let event = Event::Fetched(FetchResult {
+                name,
+                outcome: load_stored(&interner, &hit, later),
+                elapsed: Duration::ZERO,
+                steps: Vec::new(),
+                loaded: true,
+            });
+            apply(&mut b, event, later)
+        };
+        assert!(woken.is_empty(), "the waiter waits for the fetch");
+        assert_eq!(asked(&b), ["a.example.com"]);
+        assert!(tier.is_empty());
+        assert_eq!(mb.simple(Simple::TierLoadsRefused), 1);
+        let (woken, _) = apply(
+            &mut b,
+            found("a.example.com", cert(3, NOT_AFTER), None),
+            later,
+        );
+        assert_eq!(woken, [2]);
+    }
+
+    #[test]
+    fn wildcard_records_are_stored_under_both_keys_and_invalidations_clear_the_tier() {
+        let Host {
+            mut a, mut b, tier, ..
+        } = host();
+        a.pre_handshake("x.example.com", 1, NOW);
+        apply(
+            &mut a,
+            found_storable("x.example.com", cert(1, NOT_AFTER), Some("*.example.com")),
+            NOW,
+        );
+        assert_eq!(tier.len(), 2);
+        b.invalidate("*.example.com");
+        assert!(tier.is_empty());
+        a.pre_handshake("y.example.com", 2, NOW);
+        apply(
+            &mut a,
+            found_storable("y.example.com", cert(2, NOT_AFTER), None),
+            NOW,
+        );
+        b.invalidate("y.example.com");
+        assert!(tier.is_empty());
+        apply(
+            &mut a,
+            found_storable("y.example.com", cert(2, NOT_AFTER), None),
+            NOW,
+        );
+        b.invalidate("*");
+        assert!(tier.is_empty());
+    }
+
+    #[test]
+    fn a_handshake_without_peek_parses_the_tier_record_now_within_a_budget() {
+        let Host {
+            mut a, mut b, mb, ..
+        } = host();
+        a.pre_handshake("a.example.com", 1, NOW);
+        apply(
+            &mut a,
+            found_storable("a.example.com", cert(1, NOT_AFTER), None),
+            NOW,
+        );
+        let (c, source) = b.for_handshake_sync("a.example.com", NOW, true);
+        assert_eq!(
+            (c.map(|c| c.fingerprint), source),
+            (Some([1; 32]), CertSource::Shared)
+        );
+        assert_eq!(mb.simple(Simple::TierSyncLoads), 1);
+        // Without `sync` (a peeked TCP handshake), nothing is parsed here.
+        let mut c2 = host().b;
+        assert_eq!(
+            c2.for_handshake_sync("a.example.com", NOW, false).1,
+            CertSource::Default
+        );
+        // The budget: past it, the record is loaded off the event loop.
+        for i in 0..SYNC_LOADS_PER_SEC + 5 {
+            let name = format!("n{i}.example.com");
+            a.pre_handshake(&name, 1, NOW);
+            apply(&mut a, found_storable(&name, cert(1, NOT_AFTER), None), NOW);
+        }
+        let mut served = 0;
+        for i in 0..SYNC_LOADS_PER_SEC + 5 {
+            let name = format!("n{i}.example.com");
+            if b.for_handshake_sync(&name, NOW, true).0.is_some() {
+                served += 1;
+            }
+        }
+        assert_eq!(
+            served,
+            SYNC_LOADS_PER_SEC - 1,
+            "one was spent on a.example.com"
+        );
+        assert_eq!(b.queue().loads.borrow().len(), 6, "the rest are loaded");
     }
 }

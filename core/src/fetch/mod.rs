@@ -30,8 +30,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::api::{ApiClient, ApiConfig};
+use crate::clock::Millis;
+use crate::compact::{Compact, Deadlines, IntermediateDers};
+use crate::intern::Interner;
 use crate::outcome::{CertSource, FetchSource, Refusal, StepOutcome};
-use crate::validate::ParsedCert;
+use crate::tier::TierHit;
+use crate::validate::{Invalid, ParsedCert};
 use crate::workqueue::WorkQueue;
 
 pub use error::{AcmeError, FetchError, RedisError};
@@ -63,6 +67,9 @@ pub struct FetcherConfig {
     /// Most ACME reads queued, in a queue of their own so that challenge
     /// requests (anyone on port 80) never take a certificate fetch's place.
     pub acme_queue_cap: usize,
+    /// A host-wide tier is configured: found records also come back in
+    /// compact form, for the worker to store there.
+    pub compact: bool,
 }
 
 /// Result of one lookup.
@@ -74,6 +81,7 @@ pub enum Outcome {
         cert: Arc<ParsedCert>,
         source: CertSource,
         wildcard: Option<String>,
+        tier: TierData,
     },
     /// No record for the name.
     NotFound,
@@ -82,6 +90,24 @@ pub enum Outcome {
     /// No source could answer (down, timeout, protocol error, bad API
     /// answer).
     Error(FetchError),
+}
+
+/// What a found record means for the host-wide tier.
+#[derive(Debug)]
+pub enum TierData {
+    /// No tier, or nothing to store.
+    None,
+    /// Fetched from a source: store it (compact form, intermediates).
+    Store(Box<Stored>),
+    /// Loaded from the tier: cache it with the tier's deadlines.
+    Loaded(Deadlines),
+}
+
+/// A fetched record in the form the tier keeps.
+#[derive(Debug)]
+pub struct Stored {
+    pub compact: Compact,
+    pub intermediates: IntermediateDers,
 }
 
 /// Work for the fetcher thread's certificate queue (ACME reads have a
@@ -132,6 +158,8 @@ pub struct FetchResult {
     pub elapsed: Duration,
     /// Each source asked, in order, for the metrics.
     pub steps: Vec<Step>,
+    /// A load of the host-wide tier's record, not a fetch from a source.
+    pub loaded: bool,
 }
 
 /// One source asked during a lookup.
@@ -170,6 +198,8 @@ pub struct Fetcher {
     thread: Option<JoinHandle<()>>,
     parse: Arc<WorkQueue<ParseJob>>,
     parse_thread: Option<JoinHandle<()>>,
+    /// Parsed intermediates, shared by fetches and tier loads.
+    interner: Arc<Interner>,
 }
 
 impl Fetcher {
@@ -205,9 +235,21 @@ impl Fetcher {
             })?;
         let thread_shared = shared.clone();
         let thread_parse = parse.clone();
+        let interner = Arc::new(Interner::default());
+        let thread_interner = interner.clone();
         let thread = std::thread::Builder::new()
             .name("dyncert-fetch".into())
-            .spawn(move || run(cfg, api, rx, acme_rx, thread_shared, thread_parse));
+            .spawn(move || {
+                run(
+                    cfg,
+                    api,
+                    rx,
+                    acme_rx,
+                    thread_shared,
+                    thread_parse,
+                    thread_interner,
+                )
+            });
         let thread = match thread {
             Ok(t) => t,
             Err(e) => {
@@ -224,7 +266,34 @@ impl Fetcher {
             thread: Some(thread),
             parse,
             parse_thread: Some(parse_thread),
+            interner,
         })
+    }
+
+    /// The parsed intermediates every record of this worker shares.
+    pub fn interner(&self) -> &Arc<Interner> {
+        &self.interner
+    }
+
+    /// Parses a record the host-wide tier holds, on the parse thread; the
+    /// result comes back like a fetch's (`Event::Fetched`, with
+    /// [`TierData::Loaded`]). `false` when the parse queue is full.
+    pub fn load(&self, name: &str, hit: TierHit) -> bool {
+        let shared = self.shared.clone();
+        let interner = self.interner.clone();
+        let name = name.to_owned();
+        let job: ParseJob = Box::new(move || {
+            let start = Instant::now();
+            let outcome = load_stored(&interner, &hit, now_ms());
+            shared.push(Event::Fetched(FetchResult {
+                name,
+                outcome,
+                elapsed: start.elapsed(),
+                steps: Vec::new(),
+                loaded: true,
+            }));
+        });
+        self.parse.push(job).is_ok()
     }
 
     /// The descriptor the event loop watches for readability.
@@ -290,6 +359,28 @@ impl Drop for Fetcher {
     }
 }
 
+/// A record of the host-wide tier, parsed: found with the tier's
+/// deadlines, or refused (expired since it was stored, or damaged).
+pub fn load_stored(interner: &Interner, hit: &TierHit, now_ms: Millis) -> Outcome {
+    let (compact, deadlines) = match Compact::decode(&hit.bytes) {
+        Ok(v) => v,
+        Err(_) => return Outcome::Refused(Invalid::CrtNotPem.into()),
+    };
+    match compact.load(interner, &hit.intermediates, now_ms) {
+        Ok(cert) => Outcome::Found {
+            cert: Arc::new(cert),
+            source: CertSource::Shared,
+            wildcard: None,
+            tier: TierData::Loaded(deadlines),
+        },
+        Err(i) => Outcome::Refused(i.into()),
+    }
+}
+
+fn now_ms() -> Millis {
+    crate::clock::Clock::now(&crate::clock::SystemClock)
+}
+
 fn run(
     cfg: FetcherConfig,
     api: Option<ApiClient>,
@@ -297,6 +388,7 @@ fn run(
     acme_rx: mpsc::Receiver<String>,
     shared: Arc<Shared>,
     parse: Arc<WorkQueue<ParseJob>>,
+    interner: Arc<Interner>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -316,6 +408,7 @@ fn run(
                     outcome: Outcome::Error(error.clone()),
                     elapsed: Duration::ZERO,
                     steps: Vec::new(),
+                    loaded: false,
                 }));
             }
             return;
@@ -336,7 +429,7 @@ fn run(
         }
         let reader = acme::AcmeReader::new(&redis, &cfg.acme_prefix, cfg.redis_timeout);
         tokio::spawn(acme::answer(acme_rx, reader, shared.clone()));
-        let sources = Arc::new(Sources::new(cfg, redis, api, parse));
+        let sources = Arc::new(Sources::new(cfg, redis, api, parse, interner));
         while let Some(req) = rx.recv().await {
             let shared = shared.clone();
             let sources = sources.clone();
@@ -350,6 +443,7 @@ fn run(
                     outcome,
                     elapsed: start.elapsed(),
                     steps,
+                    loaded: false,
                 }));
             });
         }

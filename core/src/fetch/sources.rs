@@ -10,8 +10,9 @@ use redis::aio::ConnectionManager;
 
 use super::error::{FetchError, RedisError};
 use super::redis::{read_record, write_back, RedisAnswer};
-use super::{FetcherConfig, Outcome, Step};
+use super::{FetcherConfig, Outcome, Step, Stored, TierData};
 use crate::api::{ApiClient, ApiError, ApiOutcome};
+use crate::compact::Compact;
 use crate::intern::Interner;
 use crate::name::wildcard_parent;
 use crate::outcome::{CertSource, FetchSource, StepOutcome};
@@ -39,12 +40,13 @@ impl Sources {
         redis: Option<Result<ConnectionManager, RedisError>>,
         api: Option<ApiClient>,
         parse: Arc<WorkQueue<ParseJob>>,
+        intermediates: Arc<Interner>,
     ) -> Sources {
         Sources {
             cfg,
             redis,
             api,
-            intermediates: Arc::new(Interner::default()),
+            intermediates,
             parse,
         }
     }
@@ -167,8 +169,10 @@ impl Sources {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let interner = self.intermediates.clone();
         let name = name.to_owned();
+        let compact = self.cfg.compact;
         let job: ParseJob = Box::new(move || {
-            let _ = tx.send(parse_record(&interner, &record, &name, source, wildcard));
+            let outcome = parse_record(&interner, &record, &name, source, wildcard, compact);
+            let _ = tx.send(outcome);
         });
         if self.parse.push(job).is_err() {
             return Outcome::Error(FetchError::ParseQueueFull);
@@ -186,21 +190,36 @@ impl Sources {
 /// Validates `record` for `name` (against the wildcard it was stored
 /// under, if any), parsing each distinct intermediate once: the parse
 /// thread's job.
+///
+/// With `compact`, also the record's compact form for the host-wide tier.
 fn parse_record(
     interner: &Interner,
     record: &Record,
     name: &str,
     source: CertSource,
     wildcard: Option<String>,
+    compact: bool,
 ) -> Outcome {
     // A record stored under `*.parent` is cached under that key and served
     // to every name below it: it must carry the wildcard itself.
     match validate_shared(record, name, wildcard.as_deref(), now_secs(), interner) {
-        Ok(p) => Outcome::Found {
-            cert: Arc::new(p),
-            source,
-            wildcard,
-        },
+        Ok(p) => {
+            let tier = match compact.then(|| Compact::of(&p, record, source)) {
+                Some(Ok((compact, intermediates))) => TierData::Store(Box::new(Stored {
+                    compact,
+                    intermediates,
+                })),
+                // Not storable (cannot happen for a record that parsed):
+                // served all the same, fetched again by other workers.
+                Some(Err(_)) | None => TierData::None,
+            };
+            Outcome::Found {
+                cert: Arc::new(p),
+                source,
+                wildcard,
+                tier,
+            }
+        }
         Err(i) => Outcome::Refused(i.into()),
     }
 }
