@@ -227,6 +227,37 @@ pub fn timeout(v: &[u8]) -> Result<Millis> {
         .ok_or_else(|| InvalidParameter::of(v))
 }
 
+/// Smallest `dyncert_shared_zone` size: room for the slab allocator's own
+/// pages and a useful number of records.
+pub const MIN_SHARED_ZONE: usize = 128 * 1024;
+
+/// `dyncert_shared_zone NAME:SIZE`: a zone name (1 to 64 bytes of printable
+/// ASCII without `:` or spaces) and its size in nginx's size syntax, at
+/// least [`MIN_SHARED_ZONE`].
+pub fn shared_zone(v: &[u8]) -> Result<(String, usize)> {
+    let bad = || {
+        InvalidParameter::because(
+            String::from_utf8_lossy(v).into_owned(),
+            format!(
+                "expected NAME:SIZE with SIZE of at least {}k",
+                MIN_SHARED_ZONE / 1024
+            ),
+        )
+    };
+    let colon = v.iter().rposition(|&b| b == b':').ok_or_else(bad)?;
+    let (name, size) = (&v[..colon], &v[colon + 1..]);
+    if name.is_empty()
+        || name.len() > 64
+        || !name.iter().all(|&b| b.is_ascii_graphic() && b != b':')
+    {
+        return Err(bad());
+    }
+    let size = parse_size(size)
+        .filter(|&s| s >= MIN_SHARED_ZONE)
+        .ok_or_else(bad)?;
+    Ok((String::from_utf8_lossy(name).into_owned(), size))
+}
+
 /// `dyncert_fetch_concurrency N`: 1 to 100,000 lookups in flight.
 pub fn fetch_concurrency(v: &[u8]) -> Result<usize> {
     parse_number(v)
@@ -369,6 +400,29 @@ pub fn has_pem_certificate(pem: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn shared_zone_is_a_name_and_a_size() {
+        assert_eq!(
+            shared_zone(b"dyncert:256m").unwrap(),
+            ("dyncert".into(), 256 << 20)
+        );
+        assert_eq!(shared_zone(b"z:128k").unwrap(), ("z".into(), 128 << 10));
+        for bad in [
+            &b"dyncert"[..],
+            b":1m",
+            b"z:",
+            b"z:64k",
+            b"z:1x",
+            b"a b:1m",
+            b"z:-1m",
+        ] {
+            let e = shared_zone(bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid parameter \""), "{e}");
+            assert!(e.contains("NAME:SIZE"), "{e}");
+        }
+    }
+
     use super::*;
 
     const SECOND: Millis = 1_000;

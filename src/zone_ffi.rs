@@ -1,0 +1,549 @@
+//! `dyncert_shared_zone`: the host-wide tier in an nginx shared-memory
+//! zone. Every worker of the host (and its successors after a crash or a
+//! reload that keeps the zone) sees the same records, in compact form
+//! (`dyncert_core::compact`), with each distinct intermediate stored once
+//! and reference-counted.
+//!
+//! Layout, all in the zone's slab pool and guarded by its mutex (every
+//! operation is a lookup and a copy, never I/O):
+//! - a red-black tree of records keyed by a hash of the name
+//!   (`ngx_str_rbtree_*`, as nginx's own zones do), plus an LRU queue;
+//! - a red-black tree of intermediates keyed by their digest.
+//!
+//! A full zone evicts its least recently used records until the new one
+//! fits; a record that cannot fit even in an empty zone is not stored.
+//! Only the event loop thread of a worker calls into it.
+
+use core::ffi::c_void;
+use core::mem::{offset_of, size_of};
+use core::ptr::{self, NonNull};
+
+use dyncert_core::compact::IntermediateDers;
+use dyncert_core::intern::CertDigest;
+use dyncert_core::name::wildcard_parent;
+use dyncert_core::tier::{SharedTier, TierHit};
+use ngx::ffi::{
+    ngx_int_t, ngx_queue_t, ngx_rbtree_insert, ngx_rbtree_insert_value, ngx_rbtree_node_t,
+    ngx_rbtree_t, ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc_locked,
+    ngx_slab_free_locked, ngx_slab_pool_t, ngx_str_node_t, ngx_str_rbtree_insert_value,
+    ngx_str_rbtree_lookup, ngx_str_t,
+};
+
+/// Marks a zone whose header is ours (and of this layout).
+const MAGIC: u64 = 0x6479_6e63_7a6f_6e31; // "dynczon1"
+
+/// Most records evicted to make room for one.
+const MAX_EVICTIONS_PER_STORE: usize = 64;
+
+/// The zone's header, in its slab pool.
+#[repr(C)]
+struct Header {
+    magic: u64,
+    records: ngx_rbtree_t,
+    records_sentinel: ngx_rbtree_node_t,
+    /// Most recently used first.
+    lru: ngx_queue_t,
+    intermediates: ngx_rbtree_t,
+    intermediates_sentinel: ngx_rbtree_node_t,
+    stats: ZoneStats,
+}
+
+/// What the zone reports to the metrics.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct ZoneStats {
+    pub records: u64,
+    pub intermediates: u64,
+    pub evictions: u64,
+    pub stores: u64,
+    /// Bytes of the zone's pages and of its free pages.
+    pub size: u64,
+    pub free: u64,
+}
+
+/// One record: the name's node, its place in the LRU queue, then the name,
+/// the compact bytes and the intermediates' digests, in one allocation.
+#[repr(C)]
+struct Record {
+    sn: ngx_str_node_t,
+    lru: ngx_queue_t,
+    blob_len: usize,
+    n_inter: usize,
+}
+
+/// One intermediate: its node (key: the digest's first bytes), its
+/// reference count, its digest, then its DER.
+#[repr(C)]
+struct Intermediate {
+    node: ngx_rbtree_node_t,
+    refs: usize,
+    digest: CertDigest,
+    len: usize,
+}
+
+/// FNV-1a over the name, the records tree's key.
+fn name_hash(name: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in name {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+fn digest_key(d: &CertDigest) -> usize {
+    let mut k = [0u8; size_of::<usize>()];
+    k.copy_from_slice(&d[..size_of::<usize>()]);
+    usize::from_ne_bytes(k)
+}
+
+/// `ngx_rbtree_init`.
+///
+/// # Safety
+/// `tree` and `sentinel` must be writable and outlive the tree.
+unsafe fn rbtree_init(
+    tree: *mut ngx_rbtree_t,
+    sentinel: *mut ngx_rbtree_node_t,
+    insert: unsafe extern "C" fn(*mut ngx_rbtree_node_t, *mut ngx_rbtree_node_t, *mut ngx_rbtree_node_t),
+) {
+    // SAFETY: the caller's guarantee; color 0 is black (ngx_rbt_black).
+    unsafe {
+        (*sentinel).color = 0;
+        (*tree).root = sentinel;
+        (*tree).sentinel = sentinel;
+        (*tree).insert = Some(insert);
+    }
+}
+
+/// `ngx_queue_init`.
+///
+/// # Safety
+/// `q` must be writable.
+unsafe fn queue_init(q: *mut ngx_queue_t) {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        (*q).prev = q;
+        (*q).next = q;
+    }
+}
+
+/// `ngx_queue_insert_head`.
+///
+/// # Safety
+/// `h` is an initialised queue, `x` an element not in any queue.
+unsafe fn queue_insert_head(h: *mut ngx_queue_t, x: *mut ngx_queue_t) {
+    // SAFETY: the caller's guarantee: plain doubly linked list surgery.
+    unsafe {
+        (*x).next = (*h).next;
+        (*(*x).next).prev = x;
+        (*x).prev = h;
+        (*h).next = x;
+    }
+}
+
+/// `ngx_queue_remove`.
+///
+/// # Safety
+/// `x` must be in a queue.
+unsafe fn queue_remove(x: *mut ngx_queue_t) {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        (*(*x).next).prev = (*x).prev;
+        (*(*x).prev).next = (*x).next;
+        (*x).prev = ptr::null_mut();
+        (*x).next = ptr::null_mut();
+    }
+}
+
+/// Record from its LRU link (`ngx_queue_data`).
+///
+/// # Safety
+/// `q` must be the `lru` field of a Record.
+unsafe fn record_of(q: *mut ngx_queue_t) -> *mut Record {
+    // SAFETY: the caller's guarantee; lru sits at a fixed offset.
+    unsafe { (q as *mut u8).sub(offset_of!(Record, lru)) as *mut Record }
+}
+
+/// The zone of one configuration, as a worker uses it.
+pub struct Zone {
+    pool: NonNull<ngx_slab_pool_t>,
+    header: NonNull<Header>,
+}
+
+/// The zone's mutex, held while alive.
+struct Locked<'a> {
+    zone: &'a Zone,
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        // SAFETY: taken in Zone::lock by this process.
+        unsafe { ngx_shmtx_unlock(&mut (*self.zone.pool.as_ptr()).mutex) };
+    }
+}
+
+impl Zone {
+    /// The zone nginx made for `shm`, once its init callback ran.
+    ///
+    /// # Safety
+    /// `shm` must be an initialised zone of this module's `init`.
+    pub unsafe fn of(shm: *mut ngx_shm_zone_t) -> Option<Zone> {
+        // SAFETY: the caller's guarantee: addr is the slab pool, data the
+        // header set by ngx_http_dyncert_zone_init.
+        unsafe {
+            let pool = NonNull::new((*shm).shm.addr as *mut ngx_slab_pool_t)?;
+            let header = NonNull::new((*shm).data as *mut Header)?;
+            (header.as_ref().magic == MAGIC).then_some(Zone { pool, header })
+        }
+    }
+
+    fn lock(&self) -> Locked<'_> {
+        // SAFETY: the pool's mutex is initialised by nginx for every zone.
+        unsafe { ngx_shmtx_lock(&mut (*self.pool.as_ptr()).mutex) };
+        Locked { zone: self }
+    }
+
+    fn hdr(&self, _lock: &Locked<'_>) -> *mut Header {
+        self.header.as_ptr()
+    }
+
+    /// Allocates `size` bytes, evicting least recently used records until
+    /// it fits (at most [`MAX_EVICTIONS_PER_STORE`]).
+    fn alloc(&self, lock: &Locked<'_>, size: usize) -> Option<NonNull<u8>> {
+        for _ in 0..=MAX_EVICTIONS_PER_STORE {
+            // SAFETY: the pool's mutex is held (lock).
+            let p = unsafe { ngx_slab_alloc_locked(self.pool.as_ptr(), size) };
+            if let Some(p) = NonNull::new(p as *mut u8) {
+                return Some(p);
+            }
+            if !self.evict_one(lock) {
+                return None;
+            }
+        }
+        None
+    }
+
+    fn free(&self, _lock: &Locked<'_>, p: *mut c_void) {
+        // SAFETY: p came from ngx_slab_alloc_locked of this pool; the mutex
+        // is held.
+        unsafe { ngx_slab_free_locked(self.pool.as_ptr(), p) };
+    }
+
+    /// Drops the least recently used record; false when there is none.
+    fn evict_one(&self, lock: &Locked<'_>) -> bool {
+        let h = self.hdr(lock);
+        // SAFETY: the queue is initialised; its tail is a Record's lru.
+        unsafe {
+            let sentinel = ptr::addr_of_mut!((*h).lru);
+            let last = (*sentinel).prev;
+            if last == sentinel {
+                return false;
+            }
+            self.remove_record(lock, record_of(last));
+            (*h).stats.evictions += 1;
+        }
+        true
+    }
+
+    /// Finds the record of `name`.
+    fn find(&self, lock: &Locked<'_>, name: &[u8]) -> Option<*mut Record> {
+        let h = self.hdr(lock);
+        let mut key = ngx_str_t {
+            len: name.len(),
+            data: name.as_ptr() as *mut u8,
+        };
+        // SAFETY: the tree is initialised; lookup only reads the key.
+        let sn = unsafe {
+            ngx_str_rbtree_lookup(ptr::addr_of_mut!((*h).records), &mut key, name_hash(name))
+        };
+        // SAFETY: sn is the first field of a Record (repr(C)).
+        (!sn.is_null()).then_some(sn as *mut Record)
+    }
+
+    /// The name, blob and digests of a record.
+    ///
+    /// # Safety
+    /// `r` must be a live record of this zone.
+    unsafe fn parts<'a>(r: *mut Record) -> (&'a [u8], &'a [u8], &'a [CertDigest]) {
+        // SAFETY: the caller's guarantee; the allocation holds the name,
+        // the blob and n_inter digests after the header.
+        unsafe {
+            let name = core::slice::from_raw_parts((*r).sn.str_.data, (*r).sn.str_.len);
+            let blob_ptr = (*r).sn.str_.data.add((*r).sn.str_.len);
+            let blob = core::slice::from_raw_parts(blob_ptr, (*r).blob_len);
+            let digests =
+                core::slice::from_raw_parts(blob_ptr.add((*r).blob_len) as *const CertDigest, (*r).n_inter);
+            (name, blob, digests)
+        }
+    }
+
+    fn remove_record(&self, lock: &Locked<'_>, r: *mut Record) {
+        let h = self.hdr(lock);
+        // SAFETY: r is a live record: in the tree and the queue.
+        unsafe {
+            let (_, _, digests) = Self::parts(r);
+            for d in digests.to_vec() {
+                self.unref_intermediate(lock, &d);
+            }
+            ngx::ffi::ngx_rbtree_delete(ptr::addr_of_mut!((*h).records), ptr::addr_of_mut!((*r).sn.node));
+            queue_remove(ptr::addr_of_mut!((*r).lru));
+            (*h).stats.records -= 1;
+        }
+        self.free(lock, r as *mut c_void);
+    }
+
+    fn find_intermediate(&self, lock: &Locked<'_>, d: &CertDigest) -> Option<*mut Intermediate> {
+        let h = self.hdr(lock);
+        let key = digest_key(d);
+        // SAFETY: the tree is initialised; nodes are Intermediates.
+        unsafe {
+            let sentinel = (*h).intermediates.sentinel;
+            let mut node = (*h).intermediates.root;
+            while node != sentinel {
+                if key < (*node).key {
+                    node = (*node).left;
+                } else if key > (*node).key {
+                    node = (*node).right;
+                } else {
+                    let i = node as *mut Intermediate;
+                    // Same key, another digest: 2^-64; treated as absent.
+                    return ((*i).digest == *d).then_some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// Adds a reference to the intermediate `d`, storing `der` if it is new.
+    fn ref_intermediate(&self, lock: &Locked<'_>, d: &CertDigest, der: &[u8]) -> bool {
+        if let Some(i) = self.find_intermediate(lock, d) {
+            // SAFETY: i is a live intermediate of this zone.
+            unsafe { (*i).refs += 1 };
+            return true;
+        }
+        let Some(p) = self.alloc(lock, size_of::<Intermediate>() + der.len()) else {
+            return false;
+        };
+        let i = p.as_ptr() as *mut Intermediate;
+        let h = self.hdr(lock);
+        // SAFETY: p is a fresh allocation of the right size.
+        unsafe {
+            ptr::write_bytes(i, 0, 1);
+            (*i).node.key = digest_key(d);
+            (*i).refs = 1;
+            (*i).digest = *d;
+            (*i).len = der.len();
+            ptr::copy_nonoverlapping(der.as_ptr(), (i as *mut u8).add(size_of::<Intermediate>()), der.len());
+            ngx_rbtree_insert(ptr::addr_of_mut!((*h).intermediates), ptr::addr_of_mut!((*i).node));
+            (*h).stats.intermediates += 1;
+        }
+        true
+    }
+
+    fn unref_intermediate(&self, lock: &Locked<'_>, d: &CertDigest) {
+        let Some(i) = self.find_intermediate(lock, d) else {
+            return;
+        };
+        let h = self.hdr(lock);
+        // SAFETY: i is a live intermediate of this zone.
+        unsafe {
+            (*i).refs -= 1;
+            if (*i).refs > 0 {
+                return;
+            }
+            ngx::ffi::ngx_rbtree_delete(ptr::addr_of_mut!((*h).intermediates), ptr::addr_of_mut!((*i).node));
+            (*h).stats.intermediates -= 1;
+        }
+        self.free(lock, i as *mut c_void);
+    }
+
+    fn intermediate_der(i: *mut Intermediate) -> Vec<u8> {
+        // SAFETY: the DER follows the header in the same allocation.
+        unsafe {
+            core::slice::from_raw_parts((i as *const u8).add(size_of::<Intermediate>()), (*i).len)
+                .to_vec()
+        }
+    }
+
+    /// The zone's counters, with the pool's page figures.
+    pub fn stats(&self) -> ZoneStats {
+        let lock = self.lock();
+        let h = self.hdr(&lock);
+        // SAFETY: header and pool are live; the mutex is held.
+        unsafe {
+            let pool = self.pool.as_ptr();
+            let page = ngx::ffi::ngx_pagesize as u64;
+            let mut s = (*h).stats;
+            s.size = ((*pool).end as u64).saturating_sub((*pool).start as u64);
+            s.free = (*pool).pfree as u64 * page;
+            s
+        }
+    }
+
+    fn remove_where(&self, lock: &Locked<'_>, mut doomed: impl FnMut(&[u8]) -> bool) {
+        let h = self.hdr(lock);
+        // SAFETY: walking the queue; the next element is read before a
+        // record is removed.
+        unsafe {
+            let sentinel = ptr::addr_of_mut!((*h).lru);
+            let mut q = (*sentinel).next;
+            while q != sentinel {
+                let next = (*q).next;
+                let r = record_of(q);
+                let (name, _, _) = Self::parts(r);
+                if doomed(name) {
+                    self.remove_record(lock, r);
+                }
+                q = next;
+            }
+        }
+    }
+}
+
+impl SharedTier for Zone {
+    fn lookup(&self, name: &str) -> Option<TierHit> {
+        let lock = self.lock();
+        let r = self.find(&lock, name.as_bytes())?;
+        let h = self.hdr(&lock);
+        // SAFETY: r is a live record; the mutex is held.
+        unsafe {
+            queue_remove(ptr::addr_of_mut!((*r).lru));
+            queue_insert_head(ptr::addr_of_mut!((*h).lru), ptr::addr_of_mut!((*r).lru));
+            let (_, blob, digests) = Self::parts(r);
+            let mut intermediates = Vec::with_capacity(digests.len());
+            for d in digests {
+                let i = self.find_intermediate(&lock, d)?;
+                intermediates.push((*d, Self::intermediate_der(i)));
+            }
+            Some(TierHit {
+                bytes: blob.to_vec(),
+                intermediates,
+            })
+        }
+    }
+
+    fn store(&self, name: &str, bytes: &[u8], intermediates: &IntermediateDers) {
+        let lock = self.lock();
+        if let Some(old) = self.find(&lock, name.as_bytes()) {
+            self.remove_record(&lock, old);
+        }
+        let mut referenced = Vec::with_capacity(intermediates.len());
+        for (d, der) in intermediates {
+            if !self.ref_intermediate(&lock, d, der) {
+                for d in &referenced {
+                    self.unref_intermediate(&lock, d);
+                }
+                return;
+            }
+            referenced.push(*d);
+        }
+        let size = size_of::<Record>() + name.len() + bytes.len() + 32 * intermediates.len();
+        let Some(p) = self.alloc(&lock, size) else {
+            for d in &referenced {
+                self.unref_intermediate(&lock, d);
+            }
+            return;
+        };
+        let r = p.as_ptr() as *mut Record;
+        let h = self.hdr(&lock);
+        // SAFETY: p is a fresh allocation of `size` bytes; the name, blob
+        // and digests are copied right after the header.
+        unsafe {
+            ptr::write_bytes(r, 0, 1);
+            let data = (r as *mut u8).add(size_of::<Record>());
+            ptr::copy_nonoverlapping(name.as_ptr(), data, name.len());
+            ptr::copy_nonoverlapping(bytes.as_ptr(), data.add(name.len()), bytes.len());
+            let mut at = data.add(name.len() + bytes.len());
+            for d in &referenced {
+                ptr::copy_nonoverlapping(d.as_ptr(), at, 32);
+                at = at.add(32);
+            }
+            (*r).sn.str_ = ngx_str_t {
+                len: name.len(),
+                data,
+            };
+            (*r).sn.node.key = name_hash(name.as_bytes()) as usize;
+            (*r).blob_len = bytes.len();
+            (*r).n_inter = referenced.len();
+            ngx_rbtree_insert(ptr::addr_of_mut!((*h).records), ptr::addr_of_mut!((*r).sn.node));
+            queue_insert_head(ptr::addr_of_mut!((*h).lru), ptr::addr_of_mut!((*r).lru));
+            (*h).stats.records += 1;
+            (*h).stats.stores += 1;
+        }
+    }
+
+    fn remove(&self, name: &str) {
+        let lock = self.lock();
+        if let Some(r) = self.find(&lock, name.as_bytes()) {
+            self.remove_record(&lock, r);
+        }
+    }
+
+    fn remove_wildcard(&self, wildcard: &str) {
+        let lock = self.lock();
+        self.remove_where(&lock, |name| {
+            let name = String::from_utf8_lossy(name);
+            name == wildcard || wildcard_parent(&name).as_deref() == Some(wildcard)
+        });
+    }
+
+    fn clear(&self) {
+        let lock = self.lock();
+        self.remove_where(&lock, |_| true);
+    }
+}
+
+/// The zone's init callback: keeps the records of the previous cycle's
+/// zone (a reload that keeps `dyncert_shared_zone` keeps every record), or
+/// lays out an empty one.
+///
+/// # Safety
+/// Called by nginx with a zone of this module.
+pub unsafe extern "C" fn ngx_http_dyncert_zone_init(
+    shm: *mut ngx_shm_zone_t,
+    data: *mut c_void,
+) -> ngx_int_t {
+    crate::boundary_ffi::guard("initialising the shared zone", ngx::ffi::NGX_ERROR as ngx_int_t, || {
+        // SAFETY: nginx initialised the slab pool at the start of the zone.
+        unsafe {
+            let pool = (*shm).shm.addr as *mut ngx_slab_pool_t;
+            if !data.is_null() && (*(data as *const Header)).magic == MAGIC {
+                (*shm).data = data;
+                return ngx::ffi::NGX_OK as ngx_int_t;
+            }
+            if (*shm).shm.exists != 0 {
+                // A zone inherited from a binary upgrade: its header is
+                // the pool's data.
+                let old = (*pool).data as *mut Header;
+                if !old.is_null() && (*old).magic == MAGIC {
+                    (*shm).data = old as *mut c_void;
+                    return ngx::ffi::NGX_OK as ngx_int_t;
+                }
+            }
+            ngx_shmtx_lock(&mut (*pool).mutex);
+            let h = ngx_slab_alloc_locked(pool, size_of::<Header>()) as *mut Header;
+            ngx_shmtx_unlock(&mut (*pool).mutex);
+            if h.is_null() {
+                return ngx::ffi::NGX_ERROR as ngx_int_t;
+            }
+            ptr::write_bytes(h, 0, 1);
+            rbtree_init(
+                ptr::addr_of_mut!((*h).records),
+                ptr::addr_of_mut!((*h).records_sentinel),
+                ngx_str_rbtree_insert_value,
+            );
+            rbtree_init(
+                ptr::addr_of_mut!((*h).intermediates),
+                ptr::addr_of_mut!((*h).intermediates_sentinel),
+                ngx_rbtree_insert_value,
+            );
+            queue_init(ptr::addr_of_mut!((*h).lru));
+            (*h).magic = MAGIC;
+            // Evictions make room; a failed allocation is not news.
+            (*pool).set_log_nomem(0);
+            (*pool).data = h as *mut c_void;
+            (*shm).data = h as *mut c_void;
+            ngx::ffi::NGX_OK as ngx_int_t
+        }
+    })
+}
