@@ -22,19 +22,11 @@ use ngx::http::{
 };
 use ngx::{ngx_conf_log_error, ngx_string};
 
-mod access_ffi;
-mod acme_ffi;
-mod boundary_ffi;
-mod conf_ffi;
-mod listener_ffi;
-mod metrics_ffi;
-mod response_ffi;
-mod ssl_ffi;
-mod variables_ffi;
-mod worker_ffi;
+mod shell;
 
-use conf_ffi::{LocConf, MainConf, SrvConf};
 use dyncert_core::event_method::check_event_method;
+use shell::conf::{LocConf, MainConf, SrvConf};
+use shell::{access, acme, boundary, conf, lifecycle, metrics, peek, ssl, variables};
 
 pub(crate) struct Module;
 
@@ -46,15 +38,15 @@ impl HttpModule for Module {
     }
 
     unsafe extern "C" fn preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
-        boundary_ffi::guard(
+        boundary::guard(
             "registering variables",
             Status::NGX_ERROR.into(),
-            || unsafe { variables_ffi::add_variables(cf) },
+            || unsafe { variables::add_variables(cf) },
         )
     }
 
     unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
-        boundary_ffi::guard("configuring servers", Status::NGX_ERROR.into(), || unsafe {
+        boundary::guard("configuring servers", Status::NGX_ERROR.into(), || unsafe {
             postconfiguration(cf)
         })
     }
@@ -93,115 +85,115 @@ static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 20] = [
     command(
         ngx_string!("dyncert"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
-        conf_ffi::ngx_http_dyncert,
+        conf::ngx_http_dyncert,
         NGX_HTTP_SRV_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_unknown"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_TAKE1,
-        conf_ffi::ngx_http_dyncert_unknown,
+        conf::ngx_http_dyncert_unknown,
         NGX_HTTP_SRV_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_redis"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf_ffi::ngx_http_dyncert_redis,
+        conf::ngx_http_dyncert_redis,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_redis_prefix"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf_ffi::ngx_http_dyncert_redis_prefix,
+        conf::ngx_http_dyncert_redis_prefix,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_redis_timeout"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf_ffi::ngx_http_dyncert_redis_timeout,
+        conf::ngx_http_dyncert_redis_timeout,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_cache"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
-        conf_ffi::ngx_http_dyncert_cache,
+        conf::ngx_http_dyncert_cache,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_fetch_timeout"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf_ffi::ngx_http_dyncert_fetch_timeout,
+        conf::ngx_http_dyncert_fetch_timeout,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_fetch_concurrency"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf_ffi::ngx_http_dyncert_fetch_concurrency,
+        conf::ngx_http_dyncert_fetch_concurrency,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_api"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
-        conf_ffi::ngx_http_dyncert_api,
+        conf::ngx_http_dyncert_api,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_api_header"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2,
-        conf_ffi::ngx_http_dyncert_api_header,
+        conf::ngx_http_dyncert_api_header,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_api_timeout"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf_ffi::ngx_http_dyncert_api_timeout,
+        conf::ngx_http_dyncert_api_timeout,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_api_trusted_certificate"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf_ffi::ngx_http_dyncert_api_trusted_certificate,
+        conf::ngx_http_dyncert_api_trusted_certificate,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_invalidate_channel"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf_ffi::ngx_http_dyncert_invalidate_channel,
+        conf::ngx_http_dyncert_invalidate_channel,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_metrics"),
         NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
-        metrics_ffi::ngx_http_dyncert_metrics,
+        metrics::ngx_http_dyncert_metrics,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_allow"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
-        conf_ffi::ngx_http_dyncert_allow,
+        conf::ngx_http_dyncert_allow,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_deny_status"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-        conf_ffi::ngx_http_dyncert_deny_status,
+        conf::ngx_http_dyncert_deny_status,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_tenant_policy"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
-        conf_ffi::ngx_http_dyncert_tenant_policy,
+        conf::ngx_http_dyncert_tenant_policy,
         NGX_HTTP_SRV_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_acme_challenge"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
-        conf_ffi::ngx_http_dyncert_acme_challenge,
+        conf::ngx_http_dyncert_acme_challenge,
         NGX_HTTP_SRV_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_acme_prefix"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf_ffi::ngx_http_dyncert_acme_prefix,
+        conf::ngx_http_dyncert_acme_prefix,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     ngx_command_t::empty(),
@@ -229,8 +221,8 @@ pub static mut ngx_http_dyncert_module: ngx_module_t = ngx_module_t {
     commands: unsafe { ptr::addr_of_mut!(NGX_HTTP_DYNCERT_COMMANDS[0]) },
     type_: NGX_HTTP_MODULE as _,
     init_module: Some(ngx_http_dyncert_init_module),
-    init_process: Some(worker_ffi::ngx_http_dyncert_init_process),
-    exit_process: Some(worker_ffi::ngx_http_dyncert_exit_process),
+    init_process: Some(lifecycle::ngx_http_dyncert_init_process),
+    exit_process: Some(lifecycle::ngx_http_dyncert_exit_process),
     ..ngx_module_t::default()
 };
 
@@ -286,7 +278,7 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     let Some(cmcf) = NgxHttpCoreModule::main_conf(cf_ref) else {
         return Status::NGX_ERROR.into();
     };
-    if !ssl_ffi::init_ex_index() {
+    if !ssl::init_ex_index() {
         ngx_conf_log_error!(
             NGX_LOG_EMERG,
             cf,
@@ -350,7 +342,7 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
             return Status::NGX_ERROR.into();
         }
         // SAFETY: the ctx and scf both live in this configuration cycle.
-        unsafe { ssl_ffi::install_cert_cb(sscf.ssl.ctx, scf as *mut SrvConf) };
+        unsafe { ssl::install_cert_cb(sscf.ssl.ctx, scf as *mut SrvConf) };
         any_enabled = true;
         any_reject |= scf.rejects_unknown();
         any_tenant |= scf.tenant_policy();
@@ -360,7 +352,7 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
     // method would report it readable forever (a busy loop).
     if any_enabled {
         // SAFETY: cf->cycle is the cycle being loaded.
-        let method = unsafe { listener_ffi::event_method((*cf).cycle) };
+        let method = unsafe { peek::event_method((*cf).cycle) };
         if let Some(Err(e)) = method.as_deref().map(check_event_method) {
             ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", e);
             return Status::NGX_ERROR.into();
@@ -369,7 +361,7 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
 
     mcf.metrics_zone = None;
     if any_enabled || mcf.metrics_used {
-        let Ok(zone) = (unsafe { metrics_ffi::add_zone(cf) }) else {
+        let Ok(zone) = (unsafe { metrics::add_zone(cf) }) else {
             return Status::NGX_ERROR.into();
         };
         mcf.metrics_zone = Some(zone);
@@ -377,7 +369,7 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
             add_phase_handler(
                 cf,
                 ngx::ffi::ngx_http_phases_NGX_HTTP_LOG_PHASE,
-                metrics_ffi::ngx_http_dyncert_log_handler,
+                metrics::ngx_http_dyncert_log_handler,
             )
         } {
             return Status::NGX_ERROR.into();
@@ -387,7 +379,7 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         add_phase_handler(
             cf,
             ngx::ffi::ngx_http_phases_NGX_HTTP_ACCESS_PHASE,
-            access_ffi::ngx_http_dyncert_access_handler,
+            access::ngx_http_dyncert_access_handler,
         )
     } {
         return Status::NGX_ERROR.into();
@@ -405,7 +397,7 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
             add_phase_handler(
                 cf,
                 ngx::ffi::ngx_http_phases_NGX_HTTP_POST_READ_PHASE,
-                acme_ffi::ngx_http_dyncert_acme_handler,
+                acme::ngx_http_dyncert_acme_handler,
             )
         } {
             return Status::NGX_ERROR.into();
@@ -445,13 +437,13 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         }
         if any_reject {
             // SAFETY: the ctx lives in this configuration cycle.
-            unsafe { ssl_ffi::install_servername_cb(sscf.ssl.ctx) };
+            unsafe { ssl::install_servername_cb(sscf.ssl.ctx) };
         }
         if any_tenant {
             // Sessions are bound to their name and record, so a session is
             // never resumed for another name or a replaced record.
             // SAFETY: the ctx and scf both live in this configuration cycle.
-            unsafe { ssl_ffi::install_client_hello_cb(sscf.ssl.ctx, scf as *mut SrvConf) };
+            unsafe { ssl::install_client_hello_cb(sscf.ssl.ctx, scf as *mut SrvConf) };
         }
     }
     if any_tenant
@@ -459,7 +451,7 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
             add_phase_handler(
                 cf,
                 ngx::ffi::ngx_http_phases_NGX_HTTP_PREACCESS_PHASE,
-                access_ffi::ngx_http_dyncert_tenant_handler,
+                access::ngx_http_dyncert_tenant_handler,
             )
         }
     {
@@ -495,22 +487,22 @@ unsafe fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
 /// (a zone, a `bind()`) never gets here, so this is where the new cycle's
 /// state may replace the old one's in the master's memory.
 unsafe extern "C" fn ngx_http_dyncert_init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    boundary_ffi::guard("wrapping listeners", Status::NGX_ERROR.into(), || {
+    boundary::guard("wrapping listeners", Status::NGX_ERROR.into(), || {
         // SAFETY: cycle is the cycle being initialised.
         let Some(mcf) = Module::main_conf(unsafe { &*cycle }) else {
             // No http block: no metrics zone either.
             // SAFETY: None publishes nothing.
-            unsafe { metrics_ffi::publish(None, 0) };
+            unsafe { metrics::publish(None, 0) };
             return Status::NGX_OK.into();
         };
         // Also without `dyncert on`: `dyncert_metrics` alone has a zone.
         // SAFETY: the zone was added to this cycle, its init already ran.
-        unsafe { metrics_ffi::publish(mcf.metrics_zone, mcf.server_names.len()) };
+        unsafe { metrics::publish(mcf.metrics_zone, mcf.server_names.len()) };
         if !mcf.enabled {
             return Status::NGX_OK.into();
         }
-        let n = unsafe { listener_ffi::wrap_listeners(cycle, &mcf.ports) };
-        boundary_ffi::log_to(
+        let n = unsafe { peek::wrap_listeners(cycle, &mcf.ports) };
+        boundary::log_to(
             unsafe { (*cycle).log },
             NGX_LOG_NOTICE as ngx_uint_t,
             &format!("dyncert: ClientHello peek enabled on {n} listener(s)"),

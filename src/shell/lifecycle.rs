@@ -15,8 +15,8 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleMainConf;
 
-use crate::boundary_ffi::{guard, log};
-use crate::listener_ffi::{self, Parked};
+use super::boundary::{guard, log};
+use super::peek::{self, Parked};
 use crate::Module;
 
 struct State {
@@ -63,7 +63,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
         if process != ngx::ffi::NGX_PROCESS_WORKER && process != ngx::ffi::NGX_PROCESS_SINGLE {
             return ngx::ffi::NGX_OK as ngx_int_t;
         }
-        crate::metrics_ffi::claim_worker_slot();
+        super::metrics::claim_worker_slot();
         if !mcf.enabled {
             return ngx::ffi::NGX_OK as ngx_int_t;
         }
@@ -123,7 +123,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
                 mcf.cache(),
                 mcf.fetch_concurrency(),
                 fetcher,
-                Box::new(crate::metrics_ffi::ShmSink),
+                Box::new(super::metrics::ShmSink),
             ),
             notify: c,
             fetch_timeout: mcf.fetch_timeout(),
@@ -156,7 +156,7 @@ fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
 /// Called by nginx in a worker that is exiting.
 pub unsafe extern "C" fn ngx_http_dyncert_exit_process(_cycle: *mut ngx_cycle_t) {
     guard("stopping the worker", (), || {
-        crate::metrics_ffi::release_worker_slot();
+        super::metrics::release_worker_slot();
         let Some(mut st) = STATE.with(|s| s.borrow_mut().take()) else {
             return;
         };
@@ -201,10 +201,10 @@ unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
         for p in waiters {
             // SAFETY: parked connections stay alive until resumed (only
             // dyncert's handlers act on them while parked).
-            unsafe { listener_ffi::resume(p) };
+            unsafe { peek::resume(p) };
         }
         for (token, answer) in acme {
-            crate::acme_ffi::complete(&token, &answer);
+            super::acme::complete(&token, &answer);
         }
     })
 }

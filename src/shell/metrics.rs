@@ -29,8 +29,8 @@ use ngx::http::{
 };
 use ngx::{ngx_conf_log_error, ngx_string};
 
-use crate::boundary_ffi::guard;
-use crate::response_ffi::send_body;
+use super::boundary::guard;
+use super::response::send_body;
 use crate::Module;
 
 /// First slot of the zone's array: a marker that the array is ours; the

@@ -27,9 +27,9 @@ use std::collections::HashMap;
 use dyncert_core::metrics::Simple;
 use dyncert_core::worker::PreHandshake;
 
-use crate::boundary_ffi::guard;
-use crate::metrics_ffi;
-use crate::worker_ffi::{fetch_timeout, with_worker};
+use super::boundary::guard;
+use super::lifecycle::{fetch_timeout, with_worker};
+use super::metrics;
 
 /// The event method of the cycle being loaded (`use`, or nginx's default),
 /// as `ngx_event_core_module` settled it at the end of the `events {}`
@@ -116,7 +116,7 @@ pub fn take_wait_time(number: ngx_atomic_uint_t) -> u64 {
 }
 
 fn record_wait(number: ngx_atomic_uint_t, micros: u64) {
-    metrics_ffi::observe_park(micros);
+    metrics::observe_park(micros);
     WAITS.with(|w| {
         if let Ok(mut w) = w.try_borrow_mut() {
             if w.len() >= WAITS_MAX {
@@ -221,7 +221,7 @@ unsafe fn on_event(c: *mut ngx_connection_t, rev: *mut ngx_event_t) -> bool {
             let name = String::from_utf8_lossy(&ctx.name[..ctx.name_len]).into_owned();
             let number = unsafe { (*c).number };
             with_worker(|w| w.abandon(&name, |p| p.c == c && p.number == number));
-            metrics_ffi::add(metrics_ffi::layout().simple(Simple::ParkTimeouts), 1);
+            metrics::add(metrics::layout().simple(Simple::ParkTimeouts), 1);
         }
         return true;
     }

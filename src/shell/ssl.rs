@@ -26,11 +26,11 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleServerConf;
 
-use crate::boundary_ffi::{guard, log};
-use crate::conf_ffi::SrvConf;
-use crate::worker_ffi::with_worker;
+use super::boundary::{guard, log};
+use super::conf::SrvConf;
+use super::lifecycle::with_worker;
+use super::{metrics, peek};
 use crate::Module;
-use crate::{listener_ffi, metrics_ffi};
 use core::mem::size_of;
 use ngx::ffi::{
     ngx_palloc, SSL_CTX_get0_certificate, SSL_CTX_set_client_hello_cb, SSL_SESSION_set1_id_context,
@@ -159,11 +159,11 @@ unsafe fn set_info(
     cert: Option<&ParsedCert>,
     client_ca_requested: bool,
 ) {
-    metrics_ffi::count_handshake(source);
+    metrics::count_handshake(source);
     // SAFETY: nginx stores its connection in this ex_data slot.
     let c = unsafe { SSL_get_ex_data(ssl, ngx_ssl_connection_index) } as *mut ngx_connection_t;
     // SAFETY: c is NULL or the live connection owning ssl.
-    let waited_us = unsafe { c.as_ref() }.map_or(0, |c| listener_ffi::take_wait_time(c.number));
+    let waited_us = unsafe { c.as_ref() }.map_or(0, |c| peek::take_wait_time(c.number));
     let Some(info) = (unsafe { info_mut(ssl) }) else {
         return;
     };

@@ -12,8 +12,8 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleServerConf;
 
-use crate::boundary_ffi::guard;
-use crate::ssl_ffi::{connection_info, connection_sni};
+use super::boundary::guard;
+use super::ssl::{connection_info, connection_sni};
 use crate::Module;
 
 const SOURCE: usize = 0;

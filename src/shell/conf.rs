@@ -115,7 +115,7 @@ impl MainConf {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_ACME_PREFIX.to_owned()),
             queue_cap: self.fetch_concurrency(),
-            // The gate in acme_ffi admits at most this many reads at once.
+            // The gate in shell::acme admits at most this many reads at once.
             acme_queue_cap: acme::Limits::default().max_reads,
         })
     }

@@ -23,10 +23,11 @@ use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf};
 use openssl::stack::{Stack, StackRef};
 use openssl::x509::{X509StoreContext, X509};
 
-use crate::boundary_ffi::{guard, log_to};
-use crate::ssl_ffi::{connection_sni, handshake_facts, ssl_of, HandshakeFacts};
-use crate::worker_ffi::with_worker;
-use crate::{metrics_ffi, Module};
+use super::boundary::{guard, log_to};
+use super::lifecycle::with_worker;
+use super::metrics;
+use super::ssl::{connection_sni, handshake_facts, ssl_of, HandshakeFacts};
+use crate::Module;
 
 /// The connection's client address as nginx resolved it.
 ///
@@ -72,7 +73,7 @@ unsafe fn check_allow(r: *mut ngx_http_request_t) -> ngx_int_t {
     if let Some(list) = &lcf.allow {
         let ip = unsafe { client_ip(c) };
         if !ip.is_some_and(|ip| cidr::matches(list, ip)) {
-            metrics_ffi::add(metrics_ffi::layout().simple(Simple::AllowDenials), 1);
+            metrics::add(metrics::layout().simple(Simple::AllowDenials), 1);
             log_to(
                 c.log,
                 NGX_LOG_ERR as ngx_uint_t,
@@ -131,7 +132,7 @@ unsafe fn check_tenant(r: *mut ngx_http_request_t) -> ngx_int_t {
     });
     match verdict {
         Verdict::Misdirected(m) => {
-            metrics_ffi::add(metrics_ffi::layout().misdirected(m), 1);
+            metrics::add(metrics::layout().misdirected(m), 1);
             log_to(
                 c.log,
                 NGX_LOG_INFO as ngx_uint_t,
@@ -143,7 +144,7 @@ unsafe fn check_tenant(r: *mut ngx_http_request_t) -> ngx_int_t {
             NGX_HTTP_MISDIRECTED_REQUEST as ngx_int_t
         }
         Verdict::Denied => {
-            metrics_ffi::add(metrics_ffi::layout().simple(Simple::TenantDenials), 1);
+            metrics::add(metrics::layout().simple(Simple::TenantDenials), 1);
             log_to(
                 c.log,
                 NGX_LOG_ERR as ngx_uint_t,
@@ -175,10 +176,7 @@ unsafe fn check_client_certificate(
     };
     // SAFETY: ssl is live; get0 borrows the peer certificate.
     if unsafe { SSL_get0_peer_certificate(ssl) }.is_null() {
-        metrics_ffi::add(
-            metrics_ffi::layout().simple(Simple::ClientCertRejections),
-            1,
-        );
+        metrics::add(metrics::layout().simple(Simple::ClientCertRejections), 1);
         log_to(
             c.log,
             NGX_LOG_INFO as ngx_uint_t,
@@ -196,10 +194,7 @@ unsafe fn check_client_certificate(
         unsafe { verify_peer(ssl, ca) }
     };
     if verify != X509_V_OK as core::ffi::c_long {
-        metrics_ffi::add(
-            metrics_ffi::layout().simple(Simple::ClientCertRejections),
-            1,
-        );
+        metrics::add(metrics::layout().simple(Simple::ClientCertRejections), 1);
         log_to(
             c.log,
             NGX_LOG_INFO as ngx_uint_t,

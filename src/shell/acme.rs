@@ -21,10 +21,11 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleServerConf;
 
-use crate::boundary_ffi::{guard, log_to};
-use crate::response_ffi::send_body;
-use crate::worker_ffi::with_worker;
-use crate::{metrics_ffi, Module};
+use super::boundary::{guard, log_to};
+use super::lifecycle::with_worker;
+use super::metrics;
+use super::response::send_body;
+use crate::Module;
 
 thread_local! {
     // Requests waiting for their token's value, and which tokens may be
@@ -37,7 +38,7 @@ thread_local! {
 const RETRY_AFTER_KEY: &str = "Retry-After";
 
 fn count(s: Simple) {
-    metrics_ffi::add(metrics_ffi::layout().simple(s), 1);
+    metrics::add(metrics::layout().simple(s), 1);
 }
 
 pub unsafe extern "C" fn ngx_http_dyncert_acme_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
