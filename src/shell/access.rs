@@ -24,9 +24,9 @@ use openssl::stack::{Stack, StackRef};
 use openssl::x509::{X509StoreContext, X509};
 
 use super::boundary::{guard, log_to};
-use super::lifecycle::with_worker;
 use super::metrics;
 use super::ssl::{connection_sni, handshake_facts, ssl_of, HandshakeFacts};
+use super::state::with_worker;
 use crate::Module;
 
 /// The connection's client address as nginx resolved it.

@@ -22,9 +22,9 @@ use ngx::ffi::{
 use ngx::http::HttpModuleServerConf;
 
 use super::boundary::{guard, log_to};
-use super::lifecycle::with_worker;
 use super::metrics;
 use super::response::send_body;
+use super::state::with_worker;
 use crate::Module;
 
 thread_local! {

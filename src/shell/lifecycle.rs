@@ -3,47 +3,20 @@
 //! the event loop and wakes parked connections; stops it in `exit_process`.
 
 use core::ptr;
-use std::cell::RefCell;
 
 use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::fetch::{Event, Fetcher};
 use dyncert_core::worker::{Level, Worker};
 use ngx::ffi::{
-    ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_free_connection, ngx_get_connection,
-    ngx_handle_read_event, ngx_int_t, ngx_msec_t, ngx_uint_t, NGX_LOG_ALERT, NGX_LOG_INFO,
-    NGX_LOG_WARN,
+    ngx_cycle_t, ngx_event_t, ngx_free_connection, ngx_get_connection, ngx_handle_read_event,
+    ngx_int_t, ngx_uint_t, NGX_LOG_ALERT, NGX_LOG_INFO, NGX_LOG_WARN,
 };
 use ngx::http::HttpModuleMainConf;
 
 use super::boundary::{guard, log};
-use super::peek::{self, Parked};
+use super::peek;
+use super::state::{self, with_worker, State};
 use crate::Module;
-
-struct State {
-    worker: Worker<Parked, Fetcher>,
-    /// nginx connection wrapping the fetcher's wake-up socket.
-    notify: *mut ngx_connection_t,
-    fetch_timeout: ngx_msec_t,
-}
-
-thread_local! {
-    // Only the event loop thread (the worker's main thread) ever sees this.
-    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
-}
-
-/// Runs `f` on the worker state if the fetcher runs in this process.
-/// Never call nginx from inside `f` (it may re-enter dyncert).
-pub fn with_worker<R>(f: impl FnOnce(&mut Worker<Parked, Fetcher>) -> R) -> Option<R> {
-    STATE.with(|s| {
-        let mut s = s.try_borrow_mut().ok()?;
-        s.as_mut().map(|st| f(&mut st.worker))
-    })
-}
-
-/// The park/peek timeout, if dyncert runs in this worker.
-pub fn fetch_timeout() -> Option<ngx_msec_t> {
-    STATE.with(|s| s.try_borrow().ok()?.as_ref().map(|st| st.fetch_timeout))
-}
 
 /// `init_process`: start the fetcher (threads only in workers, never in the
 /// master, which forks).
@@ -128,7 +101,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
             notify: c,
             fetch_timeout: mcf.fetch_timeout(),
         };
-        STATE.with(|s| *s.borrow_mut() = Some(state));
+        state::install(state);
         ngx::ffi::NGX_OK as ngx_int_t
     })
 }
@@ -157,7 +130,7 @@ fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
 pub unsafe extern "C" fn ngx_http_dyncert_exit_process(_cycle: *mut ngx_cycle_t) {
     guard("stopping the worker", (), || {
         super::metrics::release_worker_slot();
-        let Some(mut st) = STATE.with(|s| s.borrow_mut().take()) else {
+        let Some(mut st) = state::take() else {
             return;
         };
         // SAFETY: notify came from ngx_get_connection and is still ours. The

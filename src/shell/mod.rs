@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod peek;
 pub mod response;
 pub mod ssl;
+pub mod state;
 pub mod variables;

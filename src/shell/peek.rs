@@ -28,8 +28,8 @@ use dyncert_core::metrics::Simple;
 use dyncert_core::worker::PreHandshake;
 
 use super::boundary::guard;
-use super::lifecycle::{fetch_timeout, with_worker};
 use super::metrics;
+use super::state::{fetch_timeout, with_worker, Parked};
 
 /// The event method of the cycle being loaded (`use`, or nginx's default),
 /// as `ngx_event_core_module` settled it at the end of the `events {}`
@@ -78,12 +78,6 @@ struct PeekCtx {
     parked_at: u64,
     name_len: usize,
     name: [u8; NAME_MAX],
-}
-
-/// A parked connection, as queued behind an in-flight fetch.
-pub struct Parked {
-    c: *mut ngx_connection_t,
-    number: ngx_atomic_uint_t,
 }
 
 thread_local! {

@@ -28,7 +28,7 @@ use ngx::http::HttpModuleServerConf;
 
 use super::boundary::{guard, log};
 use super::conf::SrvConf;
-use super::lifecycle::with_worker;
+use super::state::with_worker;
 use super::{metrics, peek};
 use crate::Module;
 use core::mem::size_of;
