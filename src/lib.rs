@@ -14,7 +14,7 @@ use ngx::ffi::{
     ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12,
     NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
     NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET,
-    NGX_LOG_EMERG, NGX_LOG_NOTICE,
+    NGX_LOG_EMERG,
 };
 use ngx::http::{
     HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf,
@@ -26,6 +26,7 @@ mod shell;
 
 use dyncert_core::event_method::check_event_method;
 use shell::conf::{LocConf, MainConf, SrvConf};
+use shell::log::Log;
 use shell::{access, acme, boundary, conf, lifecycle, metrics, peek, ssl, variables};
 
 pub(crate) struct Module;
@@ -502,11 +503,10 @@ unsafe extern "C" fn ngx_http_dyncert_init_module(cycle: *mut ngx_cycle_t) -> ng
             return Status::NGX_OK.into();
         }
         let n = unsafe { peek::wrap_listeners(cycle, &mcf.ports) };
-        boundary::log_to(
-            unsafe { (*cycle).log },
-            NGX_LOG_NOTICE as ngx_uint_t,
-            &format!("dyncert: ClientHello peek enabled on {n} listener(s)"),
-        );
+        // SAFETY: cycle is the cycle being initialised.
+        Log::of_cycle(unsafe { &*cycle }).notice(format_args!(
+            "dyncert: ClientHello peek enabled on {n} listener(s)"
+        ));
         Status::NGX_OK.into()
     })
 }

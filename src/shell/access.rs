@@ -14,16 +14,17 @@ use dyncert_core::tenant::{decide, RequestFacts, Verdict};
 use dyncert_core::validate::ClientCa;
 use foreign_types::{ForeignType, ForeignTypeRef};
 use ngx::ffi::{
-    ngx_connection_t, ngx_http_request_t, ngx_int_t, ngx_uint_t, SSL_get0_peer_certificate,
+    ngx_connection_t, ngx_http_request_t, ngx_int_t, SSL_get0_peer_certificate,
     SSL_get_verify_result, NGX_DECLINED, NGX_HTTPS_CERT_ERROR, NGX_HTTPS_NO_CERT,
-    NGX_HTTP_MISDIRECTED_REQUEST, NGX_LOG_ERR, NGX_LOG_INFO, X509_V_OK,
+    NGX_HTTP_MISDIRECTED_REQUEST, X509_V_OK,
 };
 use ngx::ffi::{SSL_get1_peer_certificate, SSL_get_peer_cert_chain, SSL};
 use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf};
 use openssl::stack::{Stack, StackRef};
 use openssl::x509::{X509StoreContext, X509};
 
-use super::boundary::{guard, log_to};
+use super::boundary::guard;
+use super::log::Log;
 use super::metrics;
 use super::ssl::{connection_sni, handshake_facts, ssl_of, HandshakeFacts};
 use super::state::with_worker;
@@ -74,11 +75,7 @@ unsafe fn check_allow(r: *mut ngx_http_request_t) -> ngx_int_t {
         let ip = unsafe { client_ip(c) };
         if !ip.is_some_and(|ip| cidr::matches(list, ip)) {
             metrics::add(metrics::layout().simple(Simple::AllowDenials), 1);
-            log_to(
-                c.log,
-                NGX_LOG_ERR as ngx_uint_t,
-                "dyncert: access forbidden by dyncert_allow",
-            );
+            Log::of(c).err(format_args!("dyncert: access forbidden by dyncert_allow"));
             return lcf.deny_status() as ngx_int_t;
         }
     }
@@ -133,23 +130,17 @@ unsafe fn check_tenant(r: *mut ngx_http_request_t) -> ngx_int_t {
     match verdict {
         Verdict::Misdirected(m) => {
             metrics::add(metrics::layout().misdirected(m), 1);
-            log_to(
-                c.log,
-                NGX_LOG_INFO as ngx_uint_t,
-                &format!(
-                    "dyncert: request refused with 421 by the tenant policy: {}",
-                    m.as_str()
-                ),
-            );
+            Log::of(c).info(format_args!(
+                "dyncert: request refused with 421 by the tenant policy: {}",
+                m.as_str()
+            ));
             NGX_HTTP_MISDIRECTED_REQUEST as ngx_int_t
         }
         Verdict::Denied => {
             metrics::add(metrics::layout().simple(Simple::TenantDenials), 1);
-            log_to(
-                c.log,
-                NGX_LOG_ERR as ngx_uint_t,
-                "dyncert: access forbidden by the tenant's allow list",
-            );
+            Log::of(c).err(format_args!(
+                "dyncert: access forbidden by the tenant's allow list"
+            ));
             Module::location_conf(req).map_or(403, |l| l.deny_status()) as ngx_int_t
         }
         Verdict::Pass { client_ca: None } => NGX_DECLINED as ngx_int_t,
@@ -177,11 +168,9 @@ unsafe fn check_client_certificate(
     // SAFETY: ssl is live; get0 borrows the peer certificate.
     if unsafe { SSL_get0_peer_certificate(ssl) }.is_null() {
         metrics::add(metrics::layout().simple(Simple::ClientCertRejections), 1);
-        log_to(
-            c.log,
-            NGX_LOG_INFO as ngx_uint_t,
-            "dyncert: client sent no required SSL certificate",
-        );
+        Log::of(c).info(format_args!(
+            "dyncert: client sent no required SSL certificate"
+        ));
         return NGX_HTTPS_NO_CERT as ngx_int_t;
     }
     // The handshake's own result counts only when this handshake asked
@@ -195,14 +184,10 @@ unsafe fn check_client_certificate(
     };
     if verify != X509_V_OK as core::ffi::c_long {
         metrics::add(metrics::layout().simple(Simple::ClientCertRejections), 1);
-        log_to(
-            c.log,
-            NGX_LOG_INFO as ngx_uint_t,
-            &format!(
-                "dyncert: client SSL certificate verify error: ({verify}) \
+        Log::of(c).info(format_args!(
+            "dyncert: client SSL certificate verify error: ({verify}) \
                  against the tenant's client_ca"
-            ),
-        );
+        ));
         return NGX_HTTPS_CERT_ERROR as ngx_int_t;
     }
     NGX_DECLINED as ngx_int_t

@@ -17,11 +17,12 @@ use ngx::ffi::{
     ngx_http_cleanup_add, ngx_http_finalize_request, ngx_http_request_t,
     ngx_http_run_posted_requests, ngx_int_t, ngx_list_push, ngx_table_elt_t, ngx_uint_t,
     NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_FOUND,
-    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_WARN,
+    NGX_HTTP_SERVICE_UNAVAILABLE,
 };
 use ngx::http::HttpModuleServerConf;
 
-use super::boundary::{guard, log_to};
+use super::boundary::guard;
+use super::log::Log;
 use super::metrics;
 use super::response::send_body;
 use super::state::with_worker;
@@ -179,11 +180,9 @@ unsafe fn answer(r: *mut ngx_http_request_t, token: &str, a: &AcmeAnswer) {
             NGX_HTTP_NOT_FOUND as ngx_int_t
         }
         AcmeAnswer::Error(e) => {
-            log_to(
-                unsafe { (*c).log },
-                NGX_LOG_WARN as ngx_uint_t,
-                &format!("dyncert: {e} while reading an ACME challenge, token: \"{token}\""),
-            );
+            Log::of(unsafe { &*c }).warn(format_args!(
+                "dyncert: {e} while reading an ACME challenge, token: \"{token}\""
+            ));
             NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
         }
     };

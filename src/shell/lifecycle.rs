@@ -9,11 +9,12 @@ use dyncert_core::fetch::{Event, Fetcher};
 use dyncert_core::worker::{Level, Worker};
 use ngx::ffi::{
     ngx_cycle_t, ngx_event_t, ngx_free_connection, ngx_get_connection, ngx_handle_read_event,
-    ngx_int_t, ngx_uint_t, NGX_LOG_ALERT, NGX_LOG_INFO, NGX_LOG_WARN,
+    ngx_int_t,
 };
 use ngx::http::HttpModuleMainConf;
 
-use super::boundary::{guard, log};
+use super::boundary::guard;
+use super::log::Log;
 use super::peek;
 use super::state::{self, with_worker, State};
 use crate::Module;
@@ -43,10 +44,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
         let cfg = match mcf.fetcher_config() {
             Ok(cfg) => cfg,
             Err(e) => {
-                log(
-                    NGX_LOG_ALERT as ngx_uint_t,
-                    &format!("dyncert: {e} while starting the worker"),
-                );
+                Log::cycle().alert(format_args!("dyncert: {e} while starting the worker"));
                 return ngx::ffi::NGX_OK as ngx_int_t;
             }
         };
@@ -57,12 +55,9 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
             Ok(f) => f,
             Err(e) => {
                 // Serve defaults rather than refuse to run.
-                log(
-                    NGX_LOG_ALERT as ngx_uint_t,
-                    &format!(
-                        "dyncert: cannot start the fetcher thread ({e}) while starting the worker"
-                    ),
-                );
+                Log::cycle().alert(format_args!(
+                    "dyncert: cannot start the fetcher thread ({e}) while starting the worker"
+                ));
                 return ngx::ffi::NGX_OK as ngx_int_t;
             }
         };
@@ -70,10 +65,9 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
         // lives until exit_process frees this connection first.
         let c = unsafe { ngx_get_connection(fetcher.wake_fd(), (*cycle).log) };
         if c.is_null() {
-            log(
-                NGX_LOG_ALERT as ngx_uint_t,
-                "dyncert: no free connection for the fetcher socket while starting the worker",
-            );
+            Log::cycle().alert(format_args!(
+                "dyncert: no free connection for the fetcher socket while starting the worker"
+            ));
             return ngx::ffi::NGX_OK as ngx_int_t;
         }
         // SAFETY: c was just handed out by ngx_get_connection.
@@ -84,10 +78,9 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
             (*c).data = ptr::null_mut();
             if ngx_handle_read_event(rev, 0) != ngx::ffi::NGX_OK as ngx_int_t {
                 ngx_free_connection(c);
-                log(
-                    NGX_LOG_ALERT as ngx_uint_t,
-                    "dyncert: cannot watch the fetcher socket while starting the worker",
-                );
+                Log::cycle().alert(format_args!(
+                    "dyncert: cannot watch the fetcher socket while starting the worker"
+                ));
                 return ngx::ffi::NGX_OK as ngx_int_t;
             }
         }
@@ -163,11 +156,10 @@ unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
         })
         .unwrap_or_default();
         for (level, msg) in lines {
-            let level = match level {
-                Level::Warn => NGX_LOG_WARN,
-                Level::Info => NGX_LOG_INFO,
-            };
-            log(level as ngx_uint_t, &msg);
+            match level {
+                Level::Warn => Log::cycle().warn(format_args!("{msg}")),
+                Level::Info => Log::cycle().info(format_args!("{msg}")),
+            }
         }
         // The borrow is released: resuming a connection may run the
         // certificate callback, which needs the worker state again.

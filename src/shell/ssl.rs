@@ -17,17 +17,17 @@ use dyncert_core::validate::{ClientCa, ParsedCert};
 use foreign_types::{ForeignType, ForeignTypeRef};
 use ngx::ffi::{
     ngx_connection_t, ngx_http_connection_t, ngx_http_ssl_servername, ngx_ssl_connection_index,
-    ngx_uint_t, CRYPTO_get_ex_new_index, SSL_CTX_callback_ctrl, SSL_CTX_set_cert_cb,
-    SSL_certs_clear, SSL_ctrl, SSL_get_ex_data, SSL_get_servername, SSL_session_reused,
-    SSL_set_ex_data, SSL_use_PrivateKey, SSL_use_certificate, TLSEXT_NAMETYPE_host_name,
-    CRYPTO_EX_INDEX_SSL, EVP_PKEY, NGX_LOG_ALERT, SSL, SSL_AD_UNRECOGNIZED_NAME,
-    SSL_CTRL_CHAIN_CERT, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, SSL_CTX, SSL_TLSEXT_ERR_ALERT_FATAL,
-    SSL_TLSEXT_ERR_OK, X509,
+    CRYPTO_get_ex_new_index, SSL_CTX_callback_ctrl, SSL_CTX_set_cert_cb, SSL_certs_clear, SSL_ctrl,
+    SSL_get_ex_data, SSL_get_servername, SSL_session_reused, SSL_set_ex_data, SSL_use_PrivateKey,
+    SSL_use_certificate, TLSEXT_NAMETYPE_host_name, CRYPTO_EX_INDEX_SSL, EVP_PKEY, SSL,
+    SSL_AD_UNRECOGNIZED_NAME, SSL_CTRL_CHAIN_CERT, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, SSL_CTX,
+    SSL_TLSEXT_ERR_ALERT_FATAL, SSL_TLSEXT_ERR_OK, X509,
 };
 use ngx::http::HttpModuleServerConf;
 
-use super::boundary::{guard, log};
+use super::boundary::guard;
 use super::conf::SrvConf;
+use super::log::Log;
 use super::state::with_worker;
 use super::{metrics, peek};
 use crate::Module;
@@ -425,12 +425,9 @@ pub unsafe extern "C" fn ngx_http_dyncert_cert_cb(ssl: *mut SSL, arg: *mut c_voi
                     1
                 }
                 Err(what) => {
-                    log(
-                        NGX_LOG_ALERT as ngx_uint_t,
-                        &format!(
-                            "dyncert: {what} while installing a certificate, name: \"{name}\""
-                        ),
-                    );
+                    Log::cycle().alert(format_args!(
+                        "dyncert: {what} while installing a certificate, name: \"{name}\""
+                    ));
                     0
                 }
             },
