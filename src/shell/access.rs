@@ -14,6 +14,9 @@ use dyncert_core::tenant::{decide, RequestFacts, Verdict};
 use dyncert_core::validate::ClientCa;
 use foreign_types::{ForeignType, ForeignTypeRef};
 use ngx::ffi::{
+    ngx_conf_t, ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_http_phases_NGX_HTTP_PREACCESS_PHASE,
+};
+use ngx::ffi::{
     ngx_connection_t, ngx_http_request_t, ngx_int_t, SSL_get0_peer_certificate,
     SSL_get_verify_result, NGX_DECLINED, NGX_HTTPS_CERT_ERROR, NGX_HTTPS_NO_CERT,
     NGX_HTTP_MISDIRECTED_REQUEST, X509_V_OK,
@@ -24,11 +27,11 @@ use openssl::stack::{Stack, StackRef};
 use openssl::x509::{X509StoreContext, X509};
 
 use super::boundary::guard;
+use super::conf::{add_phase_handler, Module, Refused};
 use super::log::Log;
 use super::metrics;
 use super::ssl::{connection_sni, handshake_facts, ssl_of, HandshakeFacts};
 use super::state::with_worker;
-use crate::Module;
 
 /// The connection's client address as nginx resolved it.
 ///
@@ -57,7 +60,25 @@ unsafe fn client_ip(c: &ngx_connection_t) -> Option<IpAddr> {
     }
 }
 
-pub unsafe extern "C" fn ngx_http_dyncert_access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+/// Registers `dyncert_allow`'s access handler and, when some server has
+/// `dyncert_tenant_policy on`, the tenant policy's (postconfiguration).
+pub fn postconfiguration(cf: &ngx_conf_t, tenant: bool) -> Result<(), Refused> {
+    add_phase_handler(
+        cf,
+        ngx_http_phases_NGX_HTTP_ACCESS_PHASE,
+        ngx_http_dyncert_access_handler,
+    )?;
+    if tenant {
+        add_phase_handler(
+            cf,
+            ngx_http_phases_NGX_HTTP_PREACCESS_PHASE,
+            ngx_http_dyncert_tenant_handler,
+        )?;
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn ngx_http_dyncert_access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // A bug must not open the door: fail closed with a 500.
     guard("checking access", 500, || unsafe { check_allow(r) })
 }
@@ -85,7 +106,7 @@ unsafe fn check_allow(r: *mut ngx_http_request_t) -> ngx_int_t {
 /// The tenant policy, in the pre-access phase: after realip has resolved
 /// the client address, and before the access phase, whose `satisfy any`
 /// would let another module's grant override a tenant's denial.
-pub unsafe extern "C" fn ngx_http_dyncert_tenant_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+unsafe extern "C" fn ngx_http_dyncert_tenant_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // A bug must not open the door: fail closed with a 500.
     guard("checking the tenant policy", 500, || unsafe {
         check_tenant(r)

@@ -14,19 +14,19 @@ use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::fetch::AcmeAnswer;
 use dyncert_core::metrics::Simple;
 use ngx::ffi::{
-    ngx_http_cleanup_add, ngx_http_finalize_request, ngx_http_request_t,
-    ngx_http_run_posted_requests, ngx_int_t, ngx_list_push, ngx_table_elt_t, ngx_uint_t,
-    NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_FOUND,
-    NGX_HTTP_SERVICE_UNAVAILABLE,
+    ngx_conf_t, ngx_http_cleanup_add, ngx_http_finalize_request,
+    ngx_http_phases_NGX_HTTP_POST_READ_PHASE, ngx_http_request_t, ngx_http_run_posted_requests,
+    ngx_int_t, ngx_list_push, ngx_table_elt_t, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR,
+    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_FOUND, NGX_HTTP_SERVICE_UNAVAILABLE,
 };
 use ngx::http::HttpModuleServerConf;
 
 use super::boundary::guard;
+use super::conf::{add_phase_handler, emerg, MainConf, Module, Refused};
 use super::log::Log;
 use super::metrics;
 use super::response::send_body;
 use super::state::with_worker;
-use crate::Module;
 
 thread_local! {
     // Requests waiting for their token's value, and which tokens may be
@@ -42,7 +42,28 @@ fn count(s: Simple) {
     metrics::add(metrics::layout().simple(s), 1);
 }
 
-pub unsafe extern "C" fn ngx_http_dyncert_acme_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+/// Registers the challenge handler when some server has
+/// `dyncert_acme_challenge on` (postconfiguration).
+pub fn postconfiguration(cf: &mut ngx_conf_t, mcf: &MainConf, acme: bool) -> Result<(), Refused> {
+    if !acme {
+        return Ok(());
+    }
+    if mcf.redis_url.is_none() {
+        return Err(emerg(
+            cf,
+            format_args!(
+                "\"dyncert_acme_challenge on\" needs \"dyncert_redis\": the answers are read from Redis"
+            ),
+        ));
+    }
+    add_phase_handler(
+        cf,
+        ngx_http_phases_NGX_HTTP_POST_READ_PHASE,
+        ngx_http_dyncert_acme_handler,
+    )
+}
+
+unsafe extern "C" fn ngx_http_dyncert_acme_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     guard(
         "answering an ACME challenge",
         NGX_DECLINED as ngx_int_t,

@@ -1,8 +1,11 @@
-//! Configuration: the directive parsers, the main/server configuration
-//! structures and their defaults and merges (unsafe: raw `ngx_conf_t`).
+//! Configuration: the module type nginx-rust knows this module by, the
+//! main/server/location configuration structures with their defaults and
+//! merges, the directive parsers, and what postconfiguration reads from
+//! nginx's own http configuration (its server blocks, its phases).
 
-use core::ffi::{c_char, c_void};
-use core::ptr::NonNull;
+use core::ffi::{c_char, c_void, CStr};
+use core::fmt;
+use core::ptr::{self, NonNull};
 use std::time::Duration;
 
 use dyncert_core::acme;
@@ -14,11 +17,145 @@ use dyncert_core::fetch::FetcherConfig;
 use dyncert_core::template::UrlTemplate;
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_full_name, ngx_conf_t, ngx_msec_t, ngx_shm_zone_t, ngx_str_t,
-    ngx_uint_t, NGX_LOG_EMERG, NGX_OK,
+    ngx_array_push, ngx_command_t, ngx_conf_full_name, ngx_conf_t, ngx_http_core_srv_conf_t,
+    ngx_http_handler_pt, ngx_http_phases, ngx_http_request_t, ngx_int_t, ngx_module_t, ngx_msec_t,
+    ngx_shm_zone_t, ngx_str_t, ngx_uint_t, NGX_LOG_EMERG, NGX_OK,
 };
-use ngx::http::{Merge, MergeConfigError};
+use ngx::http::{
+    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, Merge,
+    MergeConfigError, NgxHttpCoreModule,
+};
 use ngx::ngx_conf_log_error;
+
+/// The module as ngx-rust's traits know it: they give the typed
+/// configurations of a request, a connection or a configuration being
+/// loaded, and the default create/merge callbacks of the module context.
+pub struct Module;
+
+impl HttpModule for Module {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: the module static is initialised at load time and only
+        // mutated by nginx while loading configuration (single-threaded).
+        unsafe { &*ptr::addr_of!(crate::ngx_http_dyncert_module) }
+    }
+}
+
+/// The main configuration of this module is a [`MainConf`].
+// SAFETY: the context's create_main_conf (HttpModule's default) allocates
+// exactly this type.
+unsafe impl HttpModuleMainConf for Module {
+    type MainConf = MainConf;
+}
+
+/// The server configuration of this module is a [`SrvConf`].
+// SAFETY: the context's create_srv_conf allocates exactly this type.
+unsafe impl HttpModuleServerConf for Module {
+    type ServerConf = SrvConf;
+}
+
+/// The location configuration of this module is a [`LocConf`].
+// SAFETY: the context's create_loc_conf allocates exactly this type.
+unsafe impl HttpModuleLocationConf for Module {
+    type LocationConf = LocConf;
+}
+
+/// The configuration is refused; the error log already says why (nginx
+/// itself reports the allocation failures that end up here).
+#[derive(Debug)]
+pub struct Refused;
+
+/// Reports a configuration error the way nginx does (`nginx -t` prints it
+/// with the file and line being parsed) and refuses the configuration.
+pub fn emerg(cf: &mut ngx_conf_t, args: fmt::Arguments<'_>) -> Refused {
+    let cf: *mut ngx_conf_t = cf;
+    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", args);
+    Refused
+}
+
+/// The server blocks of the http block being loaded.
+pub fn servers(cf: &ngx_conf_t) -> Result<Vec<&'static ngx_http_core_srv_conf_t>, Refused> {
+    let cmcf = NgxHttpCoreModule::main_conf(cf).ok_or(Refused)?;
+    // SAFETY: cmcf->servers is an array of pointers to the server blocks'
+    // core configurations (ngx_http_core_server), which live as long as
+    // the configuration.
+    let servers = unsafe { cmcf.servers.as_slice::<*mut ngx_http_core_srv_conf_t>() };
+    // SAFETY: as above: live, non-NULL server configurations.
+    Ok(servers
+        .iter()
+        .filter_map(|&s| unsafe { s.as_ref() })
+        .collect())
+}
+
+/// Where a server block was defined, for error messages.
+pub fn server_location(cscf: &ngx_http_core_srv_conf_t) -> String {
+    if cscf.file_name.is_null() {
+        return "a server block".into();
+    }
+    // SAFETY: nginx stores the NUL-terminated file name of the block.
+    let f = unsafe { CStr::from_ptr(cscf.file_name as *const c_char) };
+    format!("the server block at {}:{}", f.to_string_lossy(), cscf.line)
+}
+
+/// Appends `handler` to an http phase (postconfiguration).
+pub fn add_phase_handler(
+    cf: &ngx_conf_t,
+    phase: ngx_http_phases,
+    handler: unsafe extern "C" fn(*mut ngx_http_request_t) -> ngx_int_t,
+) -> Result<(), Refused> {
+    let cmcf = NgxHttpCoreModule::main_conf_mut(cf).ok_or(Refused)?;
+    let handlers = &mut cmcf.phases[phase as usize].handlers;
+    // SAFETY: a phase's handlers are an ngx_array_t of handler pointers in
+    // the configuration pool; ngx_array_push(3) returns a fresh element.
+    let h = unsafe { ngx_array_push(handlers) }.cast::<ngx_http_handler_pt>();
+    if h.is_null() {
+        return Err(Refused);
+    }
+    // SAFETY: h points to that fresh, uninitialised element.
+    unsafe { h.write(Some(handler)) };
+    Ok(())
+}
+
+/// What the server blocks of an http block use.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Uses {
+    /// Some server has `dyncert on`.
+    pub dyncert: bool,
+    /// Some server with `dyncert on` has `dyncert_unknown reject`.
+    pub reject: bool,
+    /// Some server with `dyncert on` has `dyncert_tenant_policy on`.
+    pub tenant: bool,
+    /// Some server has `dyncert_acme_challenge on`.
+    pub acme: bool,
+}
+
+impl Uses {
+    pub fn of(servers: &[&ngx_http_core_srv_conf_t]) -> Uses {
+        let mut uses = Uses::default();
+        for scf in servers.iter().filter_map(|&s| Module::server_conf(s)) {
+            uses.acme |= scf.acme();
+            if scf.enabled() {
+                uses.dyncert = true;
+                uses.reject |= scf.rejects_unknown();
+                uses.tenant |= scf.tenant_policy();
+            }
+        }
+        uses
+    }
+}
+
+/// `dyncert on` needs somewhere to read certificates from.
+pub fn check_sources(cf: &mut ngx_conf_t, mcf: &MainConf) -> Result<(), Refused> {
+    if mcf.redis_url.is_none() && mcf.api_template.is_none() {
+        return Err(emerg(
+            cf,
+            format_args!(
+                "\"dyncert on\" is set but neither \"dyncert_redis\" nor \"dyncert_api\" is: \
+                 dyncert has no certificate source"
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// Default prefix of the Redis key holding a name's record.
 pub const DEFAULT_PREFIX: &str = "dyncert:cert:";

@@ -1,23 +1,105 @@
-//! Worker lifecycle: starts the fetcher thread in `init_process`, watches
-//! its wake-up socket as an nginx read event, applies finished fetches on
-//! the event loop and wakes parked connections; stops it in `exit_process`.
+//! The module's lifecycle, in the order nginx runs it: postconfiguration
+//! checks the rules that span directives and lets each concern register its
+//! handlers and callbacks; `init_module` publishes the new cycle's state in
+//! the master; `init_process` starts the worker's fetcher thread and
+//! watches its wake-up socket as an nginx read event, whose handler applies
+//! finished fetches on the event loop and routes them to the parked
+//! connections and ACME requests waiting; `exit_process` stops it.
 
 use core::ptr;
 
 use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::fetch::{Event, Fetcher};
 use dyncert_core::worker::{Level, Worker};
+use ngx::core::Status;
 use ngx::ffi::{
-    ngx_cycle_t, ngx_event_t, ngx_free_connection, ngx_get_connection, ngx_handle_read_event,
-    ngx_int_t,
+    ngx_conf_t, ngx_cycle_t, ngx_event_t, ngx_free_connection, ngx_get_connection,
+    ngx_handle_read_event, ngx_int_t,
 };
 use ngx::http::HttpModuleMainConf;
 
 use super::boundary::guard;
+use super::conf::{self, Module, Refused, Uses};
 use super::log::Log;
-use super::peek;
 use super::state::{self, with_worker, State};
-use crate::Module;
+use super::{access, acme, metrics, peek, ssl};
+
+/// postconfiguration (`ngx_http_<module>_init` in nginx's own modules).
+///
+/// # Safety
+/// Called by nginx with the configuration being loaded.
+pub unsafe extern "C" fn ngx_http_dyncert_init(cf: *mut ngx_conf_t) -> ngx_int_t {
+    guard("configuring servers", Status::NGX_ERROR.into(), || {
+        // SAFETY: nginx passes the configuration being loaded, and nothing
+        // else uses it while this runs.
+        let cf = unsafe { &mut *cf };
+        match configure(cf) {
+            Ok(()) => Status::NGX_OK.into(),
+            Err(Refused) => Status::NGX_ERROR.into(),
+        }
+    })
+}
+
+/// After every server's configuration is merged: the checks across
+/// directives, in the order their errors are reported, and each concern's
+/// handlers and callbacks.
+fn configure(cf: &mut ngx_conf_t) -> Result<(), Refused> {
+    let mcf = Module::main_conf_mut(cf).ok_or(Refused)?;
+    ssl::reserve_ex_index(cf)?;
+    let servers = conf::servers(cf)?;
+    metrics::label_servers(mcf, &servers);
+    let uses = Uses::of(&servers);
+    ssl::install_certificate_callbacks(cf, &servers)?;
+    if uses.dyncert {
+        peek::check_event_method(cf)?;
+    }
+    metrics::postconfiguration(cf, mcf, uses.dyncert)?;
+    access::postconfiguration(cf, uses.tenant)?;
+    acme::postconfiguration(cf, mcf, uses.acme)?;
+    if !uses.dyncert {
+        // Workers still need the fetcher to answer ACME challenges.
+        mcf.enabled = uses.acme;
+        mcf.ports.clear();
+        return Ok(());
+    }
+    conf::check_sources(cf, mcf)?;
+    mcf.enabled = true;
+    ssl::install_handshake_callbacks(&servers, uses);
+    mcf.ports = peek::ports(cf);
+    Ok(())
+}
+
+/// init_module: runs in the master after the listening sockets of the new
+/// cycle exist (at start and on every reload). A reload that fails earlier
+/// (a zone, a `bind()`) never gets here, so this is where the new cycle's
+/// state may replace the old one's in the master's memory.
+///
+/// # Safety
+/// Called by nginx with the cycle being initialised.
+pub unsafe extern "C" fn ngx_http_dyncert_init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    guard("wrapping listeners", Status::NGX_ERROR.into(), || {
+        // SAFETY: nginx passes the cycle being initialised, and nothing else
+        // uses it while this runs.
+        let cycle = unsafe { &mut *cycle };
+        let Some(mcf) = Module::main_conf(cycle) else {
+            // No http block: no metrics zone either.
+            // SAFETY: None publishes nothing.
+            unsafe { metrics::publish(None, 0) };
+            return Status::NGX_OK.into();
+        };
+        // Also without `dyncert on`: `dyncert_metrics` alone has a zone.
+        // SAFETY: the zone was added to this cycle, its init already ran.
+        unsafe { metrics::publish(mcf.metrics_zone, mcf.server_names.len()) };
+        if !mcf.enabled {
+            return Status::NGX_OK.into();
+        }
+        let n = peek::wrap_listeners(cycle, &mcf.ports);
+        Log::of_cycle(cycle).notice(format_args!(
+            "dyncert: ClientHello peek enabled on {n} listener(s)"
+        ));
+        Status::NGX_OK.into()
+    })
+}
 
 /// `init_process`: start the fetcher (threads only in workers, never in the
 /// master, which forks).
@@ -37,7 +119,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
         if process != ngx::ffi::NGX_PROCESS_WORKER && process != ngx::ffi::NGX_PROCESS_SINGLE {
             return ngx::ffi::NGX_OK as ngx_int_t;
         }
-        super::metrics::claim_worker_slot();
+        metrics::claim_worker_slot();
         if !mcf.enabled {
             return ngx::ffi::NGX_OK as ngx_int_t;
         }
@@ -89,7 +171,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) 
                 mcf.cache(),
                 mcf.fetch_concurrency(),
                 fetcher,
-                Box::new(super::metrics::ShmSink),
+                Box::new(metrics::ShmSink),
             ),
             notify: c,
             fetch_timeout: mcf.fetch_timeout(),
@@ -122,7 +204,7 @@ fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
 /// Called by nginx in a worker that is exiting.
 pub unsafe extern "C" fn ngx_http_dyncert_exit_process(_cycle: *mut ngx_cycle_t) {
     guard("stopping the worker", (), || {
-        super::metrics::release_worker_slot();
+        metrics::release_worker_slot();
         let Some(mut st) = state::take() else {
             return;
         };
@@ -169,7 +251,7 @@ unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
             unsafe { peek::resume(p) };
         }
         for (token, answer) in acme {
-            super::acme::complete(&token, &answer);
+            acme::complete(&token, &answer);
         }
     })
 }

@@ -24,14 +24,15 @@ use ngx::ffi::{
     ngx_slab_pool_t, ngx_str_t, ngx_uint_t, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_ALLOWED,
     NGX_LOG_EMERG, NGX_OK,
 };
+use ngx::ffi::{ngx_http_core_srv_conf_t, ngx_http_phases_NGX_HTTP_LOG_PHASE};
 use ngx::http::{
-    HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
+    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
 };
 use ngx::{ngx_conf_log_error, ngx_string};
 
 use super::boundary::guard;
+use super::conf::{add_phase_handler, MainConf, Module, Refused};
 use super::response::send_body;
-use crate::Module;
 
 /// First slot of the zone's array: a marker that the array is ours; the
 /// second holds how many counters follow.
@@ -150,13 +151,53 @@ pub fn release_worker_slot() {
     }
 }
 
+/// Gives each server block its position among the http block's servers
+/// (its per-block counters) and its label, its first `server_name`
+/// (postconfiguration).
+pub fn label_servers(mcf: &mut MainConf, servers: &[&ngx_http_core_srv_conf_t]) {
+    mcf.server_names.clear();
+    for (i, &cscf) in servers.iter().enumerate() {
+        let name = cscf.server_name.as_bytes();
+        let name = if name.is_empty() {
+            "_".to_owned()
+        } else {
+            String::from_utf8_lossy(name).into_owned()
+        };
+        mcf.server_names.push(name);
+        if let Some(scf) = Module::server_conf_mut(cscf) {
+            scf.server_index = i;
+        }
+    }
+}
+
+/// Adds the zone and counts responses in the log phase when some server
+/// has `dyncert on` or some location `dyncert_metrics` (postconfiguration).
+pub fn postconfiguration(
+    cf: &mut ngx_conf_t,
+    mcf: &mut MainConf,
+    dyncert: bool,
+) -> Result<(), Refused> {
+    mcf.metrics_zone = None;
+    if !dyncert && !mcf.metrics_used {
+        return Ok(());
+    }
+    // SAFETY: cf is the configuration being loaded.
+    let zone = unsafe { add_zone(cf) }.map_err(|()| Refused)?;
+    mcf.metrics_zone = Some(zone);
+    add_phase_handler(
+        cf,
+        ngx_http_phases_NGX_HTTP_LOG_PHASE,
+        ngx_http_dyncert_log_handler,
+    )
+}
+
 /// Adds the zone (postconfiguration). Its size is fixed (room for
 /// `MAX_SERVERS` server blocks), so nginx reuses it on every reload, which
 /// keeps the counters whatever the new configuration's server blocks.
 ///
 /// # Safety
 /// `cf` must be the configuration being loaded.
-pub unsafe fn add_zone(cf: *mut ngx_conf_t) -> Result<NonNull<ngx_shm_zone_t>, ()> {
+unsafe fn add_zone(cf: *mut ngx_conf_t) -> Result<NonNull<ngx_shm_zone_t>, ()> {
     let bytes = (HEADER + Layout::capacity()) * 8;
     // SAFETY: ngx_pagesize is set at startup before configuration.
     let page = unsafe { ngx_pagesize };
@@ -169,7 +210,7 @@ pub unsafe fn add_zone(cf: *mut ngx_conf_t) -> Result<NonNull<ngx_shm_zone_t>, (
             cf,
             &mut name,
             size,
-            ptr::addr_of_mut!(crate::ngx_http_dyncert_module) as *mut c_void,
+            ptr::from_ref(Module::module()).cast_mut().cast(),
         )
     };
     let zone = NonNull::new(zone).ok_or(())?;
@@ -289,7 +330,7 @@ unsafe fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
     Status::NGX_OK.into()
 }
 
-pub unsafe extern "C" fn ngx_http_dyncert_log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+unsafe extern "C" fn ngx_http_dyncert_log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     guard("counting a response", NGX_OK as ngx_int_t, || {
         // SAFETY: nginx passes a live request to log handlers.
         let r = unsafe { &*r };

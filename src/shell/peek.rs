@@ -15,12 +15,15 @@ use std::cell::RefCell;
 
 use dyncert_core::clienthello::{peek_client_hello, Peek, PEEK_LIMIT};
 use dyncert_core::clock::{Clock, SystemClock};
+use dyncert_core::event_method::check_event_method as check_event_method_name;
 use dyncert_core::name::normalize_sni;
 use ngx::ffi::{
-    ngx_add_timer, ngx_atomic_uint_t, ngx_connection_t, ngx_cycle_t, ngx_del_timer,
+    ngx_add_timer, ngx_atomic_uint_t, ngx_conf_t, ngx_connection_t, ngx_cycle_t, ngx_del_timer,
     ngx_event_conf_t, ngx_event_core_module, ngx_event_t, ngx_events_module, ngx_handle_read_event,
-    ngx_http_init_connection, ngx_inet_get_port, ngx_int_t, ngx_listening_t, ngx_pcalloc, NGX_OK,
+    ngx_http_conf_addr_t, ngx_http_conf_port_t, ngx_http_core_srv_conf_t, ngx_http_init_connection,
+    ngx_inet_get_port, ngx_int_t, ngx_listening_t, ngx_pcalloc, NGX_OK,
 };
+use ngx::http::{HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule};
 
 use std::collections::HashMap;
 
@@ -28,8 +31,21 @@ use dyncert_core::metrics::Simple;
 use dyncert_core::worker::PreHandshake;
 
 use super::boundary::guard;
+use super::conf::{emerg, Module, Refused};
 use super::metrics;
 use super::state::{fetch_timeout, with_worker, Parked};
+
+/// `dyncert on` needs an edge-triggered event method (postconfiguration):
+/// the peek leaves the ClientHello in the socket, which a level-triggered
+/// method would report readable forever (a busy loop).
+pub fn check_event_method(cf: &mut ngx_conf_t) -> Result<(), Refused> {
+    // SAFETY: cf->cycle is the cycle being loaded, alive with cf.
+    let method = unsafe { event_method(cf.cycle) };
+    match method.as_deref().map(check_event_method_name) {
+        Some(Err(e)) => Err(emerg(cf, format_args!("{e}"))),
+        _ => Ok(()),
+    }
+}
 
 /// The event method of the cycle being loaded (`use`, or nginx's default),
 /// as `ngx_event_core_module` settled it at the end of the `events {}`
@@ -38,7 +54,7 @@ use super::state::{fetch_timeout, with_worker, Parked};
 ///
 /// # Safety
 /// `cycle` must be the cycle whose configuration is being loaded.
-pub unsafe fn event_method(cycle: *mut ngx_cycle_t) -> Option<String> {
+unsafe fn event_method(cycle: *mut ngx_cycle_t) -> Option<String> {
     // SAFETY: nginx sets the module indices before parsing configuration.
     let (index, ctx_index) = unsafe { (ngx_events_module.index, ngx_event_core_module.ctx_index) };
     // SAFETY: conf_ctx has one slot per module, NULL until its block is read.
@@ -61,6 +77,44 @@ pub unsafe fn event_method(cycle: *mut ngx_cycle_t) -> Option<String> {
     // SAFETY: the name of an event module: a static NUL-terminated string.
     let name = unsafe { core::ffi::CStr::from_ptr(name as *const core::ffi::c_char) };
     Some(name.to_string_lossy().into_owned())
+}
+
+/// The (family, port) of each `ssl` listener that leads to a server with
+/// `dyncert on` (postconfiguration): init_module wraps their handler.
+pub fn ports(cf: &ngx_conf_t) -> Vec<(i32, u16)> {
+    let mut ports = Vec::new();
+    let Some(cmcf) = NgxHttpCoreModule::main_conf(cf) else {
+        return ports;
+    };
+    // SAFETY: cmcf->ports is NULL or the array of ngx_http_conf_port_t that
+    // the `listen` directives built, alive with the configuration.
+    let Some(all) = (unsafe { cmcf.ports.as_ref() }) else {
+        return ports;
+    };
+    // SAFETY: as above, an array of ngx_http_conf_port_t.
+    for port in unsafe { all.as_slice::<ngx_http_conf_port_t>() } {
+        // SAFETY: a port's addrs is an array of ngx_http_conf_addr_t.
+        for addr in unsafe { port.addrs.as_slice::<ngx_http_conf_addr_t>() } {
+            let key = (port.family as i32, port.port);
+            if addr.opt.ssl() != 0 && leads_to_dyncert(addr) && !ports.contains(&key) {
+                ports.push(key);
+            }
+        }
+    }
+    ports
+}
+
+/// Whether some server listening on `addr` has `dyncert on`.
+fn leads_to_dyncert(addr: &ngx_http_conf_addr_t) -> bool {
+    // SAFETY: an address's servers is an array of pointers to the core
+    // configurations of the servers listening on it.
+    let servers = unsafe { addr.servers.as_slice::<*mut ngx_http_core_srv_conf_t>() };
+    servers.iter().any(|&s| {
+        // SAFETY: as above: live, non-NULL server configurations.
+        let cscf = unsafe { s.as_ref() };
+        cscf.and_then(Module::server_conf)
+            .is_some_and(|c| c.enabled())
+    })
 }
 
 type ConnectionHandler = unsafe extern "C" fn(*mut ngx_connection_t);
@@ -125,18 +179,10 @@ fn record_wait(number: ngx_atomic_uint_t, micros: u64) {
 /// dyncert server behind `ssl` (init_module: runs again on every reload with
 /// the new cycle's listeners).
 ///
-/// # Safety
-/// `cycle` must be the cycle being initialised.
-pub unsafe fn wrap_listeners(cycle: *mut ngx_cycle_t, ports: &[(i32, u16)]) -> usize {
+pub fn wrap_listeners(cycle: &mut ngx_cycle_t, ports: &[(i32, u16)]) -> usize {
     let mut wrapped = 0;
     // SAFETY: cycle->listening is an array of ngx_listening_t owned by it.
-    let ls = unsafe {
-        let a = &(*cycle).listening;
-        if a.elts.is_null() {
-            return 0;
-        }
-        core::slice::from_raw_parts_mut(a.elts as *mut ngx_listening_t, a.nelts)
-    };
+    let ls = unsafe { cycle.listening.as_slice_mut::<ngx_listening_t>() };
     for l in ls {
         let is_http = l.handler.is_some_and(|h| {
             core::ptr::fn_addr_eq(h, ngx_http_init_connection as ConnectionHandler)

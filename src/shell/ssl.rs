@@ -16,21 +16,21 @@ use dyncert_core::tenant::{session_context, SESSION_CONTEXT_LEN};
 use dyncert_core::validate::{ClientCa, ParsedCert};
 use foreign_types::{ForeignType, ForeignTypeRef};
 use ngx::ffi::{
-    ngx_connection_t, ngx_http_connection_t, ngx_http_ssl_servername, ngx_ssl_connection_index,
-    CRYPTO_get_ex_new_index, SSL_CTX_callback_ctrl, SSL_CTX_set_cert_cb, SSL_certs_clear, SSL_ctrl,
-    SSL_get_ex_data, SSL_get_servername, SSL_session_reused, SSL_set_ex_data, SSL_use_PrivateKey,
+    ngx_conf_t, ngx_connection_t, ngx_http_connection_t, ngx_http_core_srv_conf_t,
+    ngx_http_ssl_servername, ngx_ssl_connection_index, CRYPTO_get_ex_new_index,
+    SSL_CTX_callback_ctrl, SSL_CTX_set_cert_cb, SSL_certs_clear, SSL_ctrl, SSL_get_ex_data,
+    SSL_get_servername, SSL_session_reused, SSL_set_ex_data, SSL_use_PrivateKey,
     SSL_use_certificate, TLSEXT_NAMETYPE_host_name, CRYPTO_EX_INDEX_SSL, EVP_PKEY, SSL,
     SSL_AD_UNRECOGNIZED_NAME, SSL_CTRL_CHAIN_CERT, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, SSL_CTX,
     SSL_TLSEXT_ERR_ALERT_FATAL, SSL_TLSEXT_ERR_OK, X509,
 };
-use ngx::http::HttpModuleServerConf;
+use ngx::http::{HttpModuleServerConf, NgxHttpSslModule};
 
 use super::boundary::guard;
-use super::conf::SrvConf;
+use super::conf::{emerg, server_location, Module, Refused, SrvConf, Uses};
 use super::log::Log;
 use super::state::with_worker;
 use super::{metrics, peek};
-use crate::Module;
 use core::mem::size_of;
 use ngx::ffi::{
     ngx_palloc, SSL_CTX_get0_certificate, SSL_CTX_set_client_hello_cb, SSL_SESSION_set1_id_context,
@@ -90,10 +90,11 @@ pub struct HandshakeFacts {
     pub client_ca_requested: bool,
 }
 
-/// Allocates the ex_data index (idempotent across reloads).
-pub fn init_ex_index() -> bool {
+/// Allocates the ex_data index (postconfiguration; once per process, the
+/// index stays valid across reloads).
+pub fn reserve_ex_index(cf: &mut ngx_conf_t) -> Result<(), Refused> {
     if INFO_INDEX.load(Ordering::Relaxed) >= 0 {
-        return true;
+        return Ok(());
     }
     // SAFETY: plain OpenSSL call; NULL callbacks: the slot points into the
     // connection pool, which nginx frees, so OpenSSL must not.
@@ -108,10 +109,83 @@ pub fn init_ex_index() -> bool {
         )
     };
     if idx < 0 {
-        return false;
+        return Err(emerg(
+            cf,
+            format_args!("dyncert: cannot allocate an SSL ex_data index"),
+        ));
     }
     INFO_INDEX.store(idx, Ordering::Relaxed);
-    true
+    Ok(())
+}
+
+/// Installs the certificate callback on the SSL_CTX of every server with
+/// `dyncert on` (postconfiguration), after checking that the server can
+/// have it.
+pub fn install_certificate_callbacks(
+    cf: &mut ngx_conf_t,
+    servers: &[&ngx_http_core_srv_conf_t],
+) -> Result<(), Refused> {
+    for &cscf in servers {
+        let (Some(scf), Some(sscf)) = (
+            Module::server_conf_mut(cscf),
+            NgxHttpSslModule::server_conf(cscf),
+        ) else {
+            continue;
+        };
+        if !scf.enabled() {
+            continue;
+        }
+        if !sscf.certificate_values.is_null() {
+            return Err(emerg(
+                cf,
+                format_args!(
+                    "\"dyncert on\" cannot be combined with variables in \"ssl_certificate\" in {}: \
+                     both need the certificate callback and OpenSSL keeps only one",
+                    server_location(cscf)
+                ),
+            ));
+        }
+        if sscf.ssl.ctx.is_null() {
+            return Err(emerg(
+                cf,
+                format_args!(
+                    "\"dyncert on\" needs a default \"ssl_certificate\" in {}",
+                    server_location(cscf)
+                ),
+            ));
+        }
+        // SAFETY: the ctx and scf both live in this configuration cycle.
+        unsafe { install_cert_cb(sscf.ssl.ctx, scf as *mut SrvConf) };
+    }
+    Ok(())
+}
+
+/// Installs the server-name and ClientHello callbacks that `dyncert_unknown
+/// reject` and `dyncert_tenant_policy on` need, on every server's SSL_CTX:
+/// a connection's initial SSL_CTX is its listener's default server's, and
+/// OpenSSL runs that context's callbacks whichever server the name selects.
+pub fn install_handshake_callbacks(servers: &[&ngx_http_core_srv_conf_t], uses: Uses) {
+    for &cscf in servers {
+        let (Some(sscf), Some(scf)) = (
+            NgxHttpSslModule::server_conf(cscf),
+            Module::server_conf_mut(cscf),
+        ) else {
+            continue;
+        };
+        if sscf.ssl.ctx.is_null() {
+            continue;
+        }
+        if uses.reject {
+            // SAFETY: the ctx lives in this configuration cycle.
+            unsafe { install_servername_cb(sscf.ssl.ctx) };
+        }
+        if uses.tenant {
+            // Sessions are bound to their name and record, so a session is
+            // never resumed for another name or a replaced record.
+            // SAFETY: the ctx and scf both live in this configuration cycle.
+            unsafe { install_client_hello_cb(sscf.ssl.ctx, scf as *mut SrvConf) };
+        }
+    }
 }
 
 /// The connection's ConnInfo, allocated from its pool on first use.
@@ -564,7 +638,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_servername(
 ///
 /// # Safety
 /// `ctx` must be a live SSL_CTX; `conf` must outlive it.
-pub unsafe fn install_cert_cb(ctx: *mut SSL_CTX, conf: *mut SrvConf) {
+unsafe fn install_cert_cb(ctx: *mut SSL_CTX, conf: *mut SrvConf) {
     // SAFETY: SSL_CTX_set_cert_cb(3); conf lives in the configuration pool
     // that also owns (and frees) the SSL_CTX.
     unsafe { SSL_CTX_set_cert_cb(ctx, Some(ngx_http_dyncert_cert_cb), conf as *mut c_void) };
@@ -575,7 +649,7 @@ pub unsafe fn install_cert_cb(ctx: *mut SSL_CTX, conf: *mut SrvConf) {
 ///
 /// # Safety
 /// `ctx` must be a live SSL_CTX; `conf` must outlive it.
-pub unsafe fn install_client_hello_cb(ctx: *mut SSL_CTX, conf: *mut SrvConf) {
+unsafe fn install_client_hello_cb(ctx: *mut SSL_CTX, conf: *mut SrvConf) {
     // SAFETY: the salt is the SHA-256 of the DER of the server's default
     // certificate, read while the configuration is loaded.
     unsafe {
@@ -602,7 +676,7 @@ pub unsafe fn install_client_hello_cb(ctx: *mut SSL_CTX, conf: *mut SrvConf) {
 ///
 /// # Safety
 /// `ctx` must be a live SSL_CTX of an http server.
-pub unsafe fn install_servername_cb(ctx: *mut SSL_CTX) {
+unsafe fn install_servername_cb(ctx: *mut SSL_CTX) {
     type Cb = unsafe extern "C" fn(*mut SSL, *mut c_int, *mut c_void) -> c_int;
     let cb: Cb = ngx_http_dyncert_servername;
     // SAFETY: SSL_CTX_set_tlsext_servername_callback(3) is this ctrl; OpenSSL

@@ -13,19 +13,28 @@ use ngx::ffi::{
 use ngx::http::HttpModuleServerConf;
 
 use super::boundary::guard;
+use super::conf::Module;
 use super::ssl::{connection_info, connection_sni};
-use crate::Module;
 
 const SOURCE: usize = 0;
 const NAME: usize = 1;
 const NOT_AFTER: usize = 2;
 const FETCH_TIME: usize = 3;
 
-/// Registers the variables (preconfiguration).
+/// preconfiguration: registers the variables.
 ///
 /// # Safety
+/// Called by nginx with the configuration being loaded.
+pub unsafe extern "C" fn ngx_http_dyncert_add_variables(cf: *mut ngx_conf_t) -> ngx_int_t {
+    guard("registering variables", Status::NGX_ERROR.into(), || {
+        // SAFETY: nginx passes the configuration being loaded.
+        unsafe { add_variables(cf) }
+    })
+}
+
+/// # Safety
 /// `cf` must be the configuration nginx passes to preconfiguration.
-pub unsafe fn add_variables(cf: *mut ngx_conf_t) -> ngx_int_t {
+unsafe fn add_variables(cf: *mut ngx_conf_t) -> ngx_int_t {
     let vars: [(&'static [u8], usize); 4] = [
         (b"dyncert_source", SOURCE),
         (b"dyncert_name", NAME),
