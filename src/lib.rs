@@ -20,8 +20,8 @@ use ngx::ngx_string;
 
 mod shell;
 
-use shell::conf::{self, Module};
-use shell::{lifecycle, metrics, variables};
+use shell::conf::Module;
+use shell::{directives, lifecycle, metrics, variables};
 
 const fn command(
     name: ngx::ffi::ngx_str_t,
@@ -43,79 +43,79 @@ static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 20] = [
     command(
         ngx_string!("dyncert"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
-        conf::ngx_http_dyncert,
+        directives::ngx_http_dyncert,
         NGX_HTTP_SRV_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_unknown"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_TAKE1,
-        conf::ngx_http_dyncert_unknown,
+        directives::ngx_http_dyncert_unknown,
         NGX_HTTP_SRV_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_redis"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf::ngx_http_dyncert_redis,
+        directives::ngx_http_dyncert_redis,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_redis_prefix"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf::ngx_http_dyncert_redis_prefix,
+        directives::ngx_http_dyncert_redis_prefix,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_redis_timeout"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf::ngx_http_dyncert_redis_timeout,
+        directives::ngx_http_dyncert_redis_timeout,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_cache"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE,
-        conf::ngx_http_dyncert_cache,
+        directives::ngx_http_dyncert_cache,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_fetch_timeout"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf::ngx_http_dyncert_fetch_timeout,
+        directives::ngx_http_dyncert_fetch_timeout,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_fetch_concurrency"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf::ngx_http_dyncert_fetch_concurrency,
+        directives::ngx_http_dyncert_fetch_concurrency,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_api"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
-        conf::ngx_http_dyncert_api,
+        directives::ngx_http_dyncert_api,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_api_header"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2,
-        conf::ngx_http_dyncert_api_header,
+        directives::ngx_http_dyncert_api_header,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_api_timeout"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf::ngx_http_dyncert_api_timeout,
+        directives::ngx_http_dyncert_api_timeout,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_api_trusted_certificate"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf::ngx_http_dyncert_api_trusted_certificate,
+        directives::ngx_http_dyncert_api_trusted_certificate,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_invalidate_channel"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf::ngx_http_dyncert_invalidate_channel,
+        directives::ngx_http_dyncert_invalidate_channel,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
@@ -127,31 +127,31 @@ static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 20] = [
     command(
         ngx_string!("dyncert_allow"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
-        conf::ngx_http_dyncert_allow,
+        directives::ngx_http_dyncert_allow,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_deny_status"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-        conf::ngx_http_dyncert_deny_status,
+        directives::ngx_http_dyncert_deny_status,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_tenant_policy"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
-        conf::ngx_http_dyncert_tenant_policy,
+        directives::ngx_http_dyncert_tenant_policy,
         NGX_HTTP_SRV_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_acme_challenge"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
-        conf::ngx_http_dyncert_acme_challenge,
+        directives::ngx_http_dyncert_acme_challenge,
         NGX_HTTP_SRV_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_acme_prefix"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-        conf::ngx_http_dyncert_acme_prefix,
+        directives::ngx_http_dyncert_acme_prefix,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     ngx_command_t::empty(),

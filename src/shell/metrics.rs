@@ -11,27 +11,27 @@
 //! never reaches: the master keeps pointing at the zone of the cycle it
 //! still runs, and the workers it forks later inherit that.
 
-use core::ffi::{c_char, c_void};
+use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use dyncert_core::metrics::{render, Layout, MetricSink, WORKER_SLOTS, W_PID};
 use dyncert_core::outcome::CertSource;
-use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::core::Status;
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_shared_memory_add,
-    ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_free_locked,
-    ngx_slab_pool_t, ngx_str_t, ngx_uint_t, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_ALLOWED,
-    NGX_LOG_EMERG, NGX_OK,
+    ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_shared_memory_add, ngx_shm_zone_t,
+    ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_free_locked, ngx_slab_pool_t,
+    ngx_str_t, ngx_uint_t, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_ALLOWED, NGX_OK,
 };
 use ngx::ffi::{ngx_http_core_srv_conf_t, ngx_http_phases_NGX_HTTP_LOG_PHASE};
 use ngx::http::{
     HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
 };
-use ngx::{ngx_conf_log_error, ngx_string};
+use ngx::ngx_string;
 
 use super::boundary::guard;
-use super::conf::{add_phase_handler, MainConf, Module, Refused};
+use super::conf::{add_phase_handler, emerg, LocConf, MainConf, Module, Refused};
+use super::directives::{directive, DirectiveError, DirectiveResult};
 use super::response::send_body;
 
 /// First slot of the zone's array: a marker that the array is ours; the
@@ -343,30 +343,24 @@ unsafe extern "C" fn ngx_http_dyncert_log_handler(r: *mut ngx_http_request_t) ->
     })
 }
 
-/// # Safety
-/// Called by nginx for `dyncert_metrics;` in a location.
-pub unsafe extern "C" fn ngx_http_dyncert_metrics(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    _conf: *mut c_void,
-) -> *mut c_char {
-    let cf_ref = unsafe { &*cf };
-    let Some(clcf) = NgxHttpCoreModule::location_conf_mut(cf_ref) else {
-        return NGX_CONF_ERROR;
-    };
+directive!(ngx_http_dyncert_metrics => serve_here);
+/// `dyncert_metrics;` in a location: this module answers its requests.
+fn serve_here(cf: &mut ngx_conf_t, _lcf: &mut LocConf, _args: &[ngx_str_t]) -> DirectiveResult {
+    let clcf = NgxHttpCoreModule::location_conf_mut(cf).ok_or(DirectiveError::Refused)?;
     if clcf.handler.is_some() {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
+        return Err(emerg(
             cf,
-            "\"dyncert_metrics\" conflicts with another content handler in this location"
-        );
-        return NGX_CONF_ERROR;
+            format_args!(
+                "\"dyncert_metrics\" conflicts with another content handler in this location"
+            ),
+        )
+        .into());
     }
     clcf.handler = Some(ngx_http_dyncert_metrics_handler);
-    if let Some(mcf) = Module::main_conf_mut(cf_ref) {
+    if let Some(mcf) = Module::main_conf_mut(cf) {
         mcf.metrics_used = true;
     }
-    NGX_CONF_OK
+    Ok(())
 }
 
 /// Content handler of `dyncert_metrics`: Prometheus text format 0.0.4.

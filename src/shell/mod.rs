@@ -7,6 +7,7 @@ pub mod access;
 pub mod acme;
 pub mod boundary;
 pub mod conf;
+pub mod directives;
 pub mod lifecycle;
 pub mod log;
 pub mod metrics;
