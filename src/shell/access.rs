@@ -28,9 +28,9 @@ use openssl::x509::{X509StoreContext, X509};
 
 use super::boundary::guard;
 use super::conf::{add_phase_handler, Module, Refused};
+use super::handshake::{connection_sni, handshake_facts, ssl_of, HandshakeFacts};
 use super::log::Log;
 use super::metrics;
-use super::ssl::{connection_sni, handshake_facts, ssl_of, HandshakeFacts};
 use super::state::with_worker;
 
 /// The connection's client address as nginx resolved it.

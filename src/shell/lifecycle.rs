@@ -22,7 +22,7 @@ use super::boundary::guard;
 use super::conf::{self, Module, Refused, Uses};
 use super::log::Log;
 use super::state::{self, with_worker, State};
-use super::{access, acme, metrics, peek, ssl};
+use super::{access, acme, handshake, metrics, peek, ssl};
 
 /// postconfiguration (`ngx_http_<module>_init` in nginx's own modules).
 ///
@@ -45,7 +45,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_init(cf: *mut ngx_conf_t) -> ngx_int_t
 /// handlers and callbacks.
 fn configure(cf: &mut ngx_conf_t) -> Result<(), Refused> {
     let mcf = Module::main_conf_mut(cf).ok_or(Refused)?;
-    ssl::reserve_ex_index(cf)?;
+    handshake::reserve_ex_index(cf)?;
     let servers = conf::servers(cf)?;
     metrics::label_servers(mcf, &servers);
     let uses = Uses::of(&servers);

@@ -8,6 +8,7 @@ pub mod acme;
 pub mod boundary;
 pub mod conf;
 pub mod directives;
+pub mod handshake;
 pub mod lifecycle;
 pub mod log;
 pub mod metrics;

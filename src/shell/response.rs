@@ -17,38 +17,47 @@ pub unsafe fn send_body(
     content_type: &'static [u8],
     body: &[u8],
 ) -> ngx_int_t {
-    // SAFETY: r is live.
-    let req = unsafe { &mut *r };
+    // SAFETY: the caller's contract: r is a live request.
     let rc = unsafe { ngx_http_discard_request_body(r) };
     if rc != NGX_OK as ngx_int_t {
         return rc;
     }
-    req.headers_out.status = 200;
-    req.headers_out.content_type.len = content_type.len();
-    req.headers_out.content_type.data = content_type.as_ptr() as *mut u8;
-    req.headers_out.content_type_len = content_type.len();
-    req.headers_out.content_length_n = body.len() as i64;
-    // SAFETY: r is live.
+    {
+        // SAFETY: r is live, and no other reference to it is held while
+        // this one sets the response headers.
+        let req = unsafe { &mut *r };
+        req.headers_out.status = 200;
+        req.headers_out.content_type.len = content_type.len();
+        req.headers_out.content_type.data = content_type.as_ptr().cast_mut();
+        req.headers_out.content_type_len = content_type.len();
+        req.headers_out.content_length_n = body.len() as i64;
+    }
+    // SAFETY: r is live and its headers are set.
     let rc = unsafe { ngx_http_send_header(r) };
-    if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || req.header_only() != 0 {
+    // SAFETY: r is live; header_only is set by ngx_http_send_header.
+    let header_only = unsafe { (*r).header_only() } != 0;
+    if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || header_only {
         return rc;
     }
-    // SAFETY: the request pool lives until the response is sent.
-    let b: *mut ngx_buf_t = unsafe { ngx_create_temp_buf(req.pool, body.len().max(1)) };
-    if b.is_null() {
+    // SAFETY: r is live; ngx_create_temp_buf(3) allocates from its pool,
+    // which lives until the response is sent.
+    let b: *mut ngx_buf_t = unsafe { ngx_create_temp_buf((*r).pool, body.len().max(1)) };
+    // SAFETY: a non-NULL result is a fresh buffer of that pool, ours alone.
+    let Some(buf) = (unsafe { b.as_mut() }) else {
         return NGX_ERROR as ngx_int_t;
-    }
-    // SAFETY: b has room for body.len() bytes.
-    unsafe {
-        ptr::copy_nonoverlapping(body.as_ptr(), (*b).last, body.len());
-        (*b).last = (*b).last.add(body.len());
-        (*b).set_last_buf(1);
-        (*b).set_last_in_chain(1);
-    }
+    };
+    // SAFETY: the buffer has room for at least body.len() bytes from
+    // `last`, and pool memory cannot overlap the body slice.
+    unsafe { ptr::copy_nonoverlapping(body.as_ptr(), buf.last, body.len()) };
+    // SAFETY: body.len() bytes past `last` are inside the buffer.
+    buf.last = unsafe { buf.last.add(body.len()) };
+    buf.set_last_buf(1);
+    buf.set_last_in_chain(1);
     let mut out = ngx_chain_t {
         buf: b,
         next: ptr::null_mut(),
     };
-    // SAFETY: r is live; the filter chain copies the link (as stub_status).
+    // SAFETY: r is live; the filter chain copies the link (as stub_status
+    // does), so `out` may live on this stack frame.
     unsafe { ngx_http_output_filter(r, &mut out) }
 }

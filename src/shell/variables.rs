@@ -14,7 +14,7 @@ use ngx::http::HttpModuleServerConf;
 
 use super::boundary::guard;
 use super::conf::Module;
-use super::ssl::{connection_info, connection_sni};
+use super::handshake::{connection_info, connection_sni};
 
 const SOURCE: usize = 0;
 const NAME: usize = 1;
