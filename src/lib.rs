@@ -6,6 +6,11 @@
 //! nginx concept, each registering its own handlers; the decisions are in
 //! `dyncert_core`.
 
+// The shell is where the unsafe code is: every unsafe operation sits in an
+// unsafe block (inside unsafe fns too), and every block says which
+// guarantee it relies on.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 use core::ffi::{c_char, c_void};
 use core::ptr;
 

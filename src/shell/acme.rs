@@ -7,6 +7,7 @@
 //! is the core's decision ([`AcmeGate`]): port 80 is anyone's.
 
 use core::ffi::c_void;
+use core::ptr;
 use std::cell::RefCell;
 
 use dyncert_core::acme::{challenge_token, valid_token, AcmeGate, Admission, Limits, RETRY_AFTER};
@@ -16,8 +17,8 @@ use dyncert_core::metrics::Simple;
 use ngx::ffi::{
     ngx_conf_t, ngx_http_cleanup_add, ngx_http_finalize_request,
     ngx_http_phases_NGX_HTTP_POST_READ_PHASE, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_int_t, ngx_list_push, ngx_table_elt_t, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR,
-    NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_FOUND, NGX_HTTP_SERVICE_UNAVAILABLE,
+    ngx_int_t, ngx_list_push, ngx_str_t, ngx_table_elt_t, ngx_uint_t, NGX_DECLINED, NGX_DONE,
+    NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_FOUND, NGX_HTTP_SERVICE_UNAVAILABLE,
 };
 use ngx::http::HttpModuleServerConf;
 
@@ -63,38 +64,29 @@ pub fn postconfiguration(cf: &mut ngx_conf_t, mcf: &MainConf, acme: bool) -> Res
     )
 }
 
+/// # Safety
+/// Called by nginx with a live request, in the post-read phase.
 unsafe extern "C" fn ngx_http_dyncert_acme_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     guard(
         "answering an ACME challenge",
         NGX_DECLINED as ngx_int_t,
+        // SAFETY: nginx passes a live request to phase handlers.
         || unsafe { start(r) },
     )
 }
 
+/// Answers a challenge request at once, or makes it wait for the read of
+/// its token.
+///
+/// # Safety
+/// `r` must be a live request in the post-read phase.
 unsafe fn start(r: *mut ngx_http_request_t) -> ngx_int_t {
-    // SAFETY: nginx passes a live request to phase handlers.
-    let req = unsafe { &mut *r };
-    if !Module::server_conf(req).is_some_and(|s| s.acme()) {
-        return NGX_DECLINED as ngx_int_t;
-    }
-    if req.method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t == 0 {
-        return NGX_DECLINED as ngx_int_t;
-    }
-    let uri = if req.uri.data.is_null() {
-        &[][..]
-    } else {
-        // SAFETY: r->uri is the request's decoded path.
-        unsafe { core::slice::from_raw_parts(req.uri.data, req.uri.len) }
+    // SAFETY: the caller's contract; the reference ends before r is used
+    // again.
+    let token = match token_of(unsafe { &*r }) {
+        Ok(token) => token,
+        Err(rc) => return rc,
     };
-    let Some(token) = challenge_token(uri) else {
-        return NGX_DECLINED as ngx_int_t;
-    };
-    if !valid_token(token) {
-        // Never becomes a Redis key.
-        count(Simple::AcmeMissing);
-        return NGX_HTTP_NOT_FOUND as ngx_int_t;
-    }
-    let token = String::from_utf8_lossy(token).into_owned();
     let now = SystemClock.now();
     let Ok(admission) = GATE.with(|g| g.try_borrow_mut().map(|mut g| g.admit(&token, r, now)))
     else {
@@ -118,9 +110,41 @@ unsafe fn start(r: *mut ngx_http_request_t) -> ngx_int_t {
             }
         }
     }
+    // SAFETY: the caller's contract.
+    unsafe { wait(r) }
+}
+
+/// The token a challenge request asks for; `Err` with the handler's
+/// result for the requests this handler does not wait for: not a
+/// challenge for this server (declined), or a token that cannot exist (404,
+/// and it never becomes a Redis key).
+fn token_of(r: &ngx_http_request_t) -> Result<String, ngx_int_t> {
+    if !Module::server_conf(r).is_some_and(|s| s.acme()) {
+        return Err(NGX_DECLINED as ngx_int_t);
+    }
+    if r.method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t == 0 {
+        return Err(NGX_DECLINED as ngx_int_t);
+    }
+    // r->uri is the request's decoded path.
+    let Some(token) = challenge_token(r.uri.as_bytes()) else {
+        return Err(NGX_DECLINED as ngx_int_t);
+    };
+    if !valid_token(token) {
+        count(Simple::AcmeMissing);
+        return Err(NGX_HTTP_NOT_FOUND as ngx_int_t);
+    }
+    Ok(String::from_utf8_lossy(token).into_owned())
+}
+
+/// Keeps an admitted request until [`complete`] answers it.
+///
+/// # Safety
+/// `r` must be a live request in the post-read phase, in the gate.
+unsafe fn wait(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: r is live; the cleanup runs when the request is freed, so a
     // request that goes away early is forgotten before we touch it.
     let cln = unsafe { ngx_http_cleanup_add(r, 0) };
+    // SAFETY: NULL or the cleanup nginx just added to r, initialised.
     let Some(cln) = (unsafe { cln.as_mut() }) else {
         // Out of memory: answered 500 now, so it must not wait. Its read
         // (if it started one) goes on and frees its slot when it ends.
@@ -128,7 +152,7 @@ unsafe fn start(r: *mut ngx_http_request_t) -> ngx_int_t {
         return NGX_ERROR as ngx_int_t;
     };
     cln.handler = Some(ngx_http_dyncert_acme_cleanup);
-    cln.data = r as *mut c_void;
+    cln.data = r.cast::<c_void>();
     // No extra reference: the post-read phase does not finalize a handler's
     // NGX_DONE (unlike the content phase), so the request keeps its single
     // reference until answer() finalizes it; nothing else reads from or
@@ -144,19 +168,29 @@ unsafe fn start(r: *mut ngx_http_request_t) -> ngx_int_t {
 /// `r` must be a live request whose response has not started.
 unsafe fn busy(r: *mut ngx_http_request_t) -> ngx_int_t {
     count(Simple::AcmeRefused);
-    // SAFETY: r is live; the header list lives in its pool.
-    let h: *mut ngx_table_elt_t = unsafe { ngx_list_push(&mut (*r).headers_out.headers) }.cast();
-    // SAFETY: a non-null ngx_list_push result is an uninitialised element
-    // of the list, ours to fill.
-    if let Some(h) = unsafe { h.as_mut() } {
+    // SAFETY: the caller's contract: r is live, and nothing else refers to
+    // its output headers now.
+    let headers = unsafe { &mut (*r).headers_out.headers };
+    // SAFETY: headers is the request's output header list; ngx_list_push
+    // returns a fresh element of it in the request pool (or NULL).
+    let h = unsafe { ngx_list_push(headers) }.cast::<ngx_table_elt_t>();
+    if !h.is_null() {
         // As nginx's own filters fill output headers (hash 1: in use).
-        h.hash = 1;
-        h.next = core::ptr::null_mut();
-        h.key.len = RETRY_AFTER_KEY.len();
-        h.key.data = RETRY_AFTER_KEY.as_ptr() as *mut u8;
-        h.value.len = RETRY_AFTER.len();
-        h.value.data = RETRY_AFTER.as_ptr() as *mut u8;
-        h.lowcase_key = core::ptr::null_mut();
+        let header = ngx_table_elt_t {
+            hash: 1,
+            key: ngx_str_t {
+                len: RETRY_AFTER_KEY.len(),
+                data: RETRY_AFTER_KEY.as_ptr().cast_mut(),
+            },
+            value: ngx_str_t {
+                len: RETRY_AFTER.len(),
+                data: RETRY_AFTER.as_ptr().cast_mut(),
+            },
+            lowcase_key: ptr::null_mut(),
+            next: ptr::null_mut(),
+        };
+        // SAFETY: h is that fresh element, ours to initialise.
+        unsafe { h.write(header) };
     }
     NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
 }
@@ -169,9 +203,11 @@ fn forget(r: *mut ngx_http_request_t) {
     });
 }
 
+/// # Safety
+/// Called by nginx when a request in the gate is freed, with the request.
 unsafe extern "C" fn ngx_http_dyncert_acme_cleanup(data: *mut c_void) {
     guard("freeing an ACME challenge request", (), || {
-        forget(data as *mut ngx_http_request_t)
+        forget(data.cast::<ngx_http_request_t>())
     });
 }
 
@@ -180,20 +216,23 @@ pub fn complete(token: &str, result: &AcmeAnswer) {
     let now = SystemClock.now();
     let waiting = GATE.with(|g| g.borrow_mut().complete(token, result, now));
     for r in waiting {
-        // SAFETY: requests in the gate are alive (their cleanup removes
-        // them before they are freed).
-        guard("answering an ACME challenge", (), || unsafe {
-            answer(r, token, result)
+        guard("answering an ACME challenge", (), || {
+            // SAFETY: requests in the gate are alive (their cleanup removes
+            // them before they are freed), waiting for this answer.
+            unsafe { answer(r, token, result) }
         });
     }
 }
 
+/// # Safety
+/// `r` must be a live request waiting in the gate.
 unsafe fn answer(r: *mut ngx_http_request_t, token: &str, a: &AcmeAnswer) {
-    // SAFETY: see complete().
+    // SAFETY: the caller's contract: r is live.
     let c = unsafe { (*r).connection };
     let rc = match a {
         AcmeAnswer::Value(v) => {
             count(Simple::AcmeServed);
+            // SAFETY: r is live and its response has not started.
             unsafe { send_body(r, b"text/plain", v) }
         }
         AcmeAnswer::Absent => {
@@ -201,16 +240,19 @@ unsafe fn answer(r: *mut ngx_http_request_t, token: &str, a: &AcmeAnswer) {
             NGX_HTTP_NOT_FOUND as ngx_int_t
         }
         AcmeAnswer::Error(e) => {
+            // SAFETY: c is r's live connection.
             Log::of(unsafe { &*c }).warn(format_args!(
                 "dyncert: {e} while reading an ACME challenge, token: \"{token}\""
             ));
             NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
         }
     };
-    // SAFETY: r and c are live; finalizing ends the request (or keeps the
-    // connection alive for the next one).
-    unsafe {
-        ngx_http_finalize_request(r, rc);
-        ngx_http_run_posted_requests(c);
-    }
+    // SAFETY: r is live; finalizing ends the request (or keeps the
+    // connection alive for the next one), after which r is not used.
+    unsafe { ngx_http_finalize_request(r, rc) };
+    // SAFETY: c points into nginx's connection array, memory that stays
+    // valid even if finalizing closed the connection; like nginx's own
+    // handlers after finalizing, this relies on ngx_http_run_posted_requests
+    // checking c->destroyed first.
+    unsafe { ngx_http_run_posted_requests(c) };
 }

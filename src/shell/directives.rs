@@ -97,9 +97,11 @@ pub unsafe fn run<C>(cf: *mut ngx_conf_t, conf: *mut c_void, set: Setter<C>) -> 
 /// # Safety
 /// `words` is `cf->args` inside a directive handler.
 unsafe fn arguments<'a>(words: *mut ngx_array_t) -> &'a [ngx_str_t] {
-    // SAFETY: in a directive handler cf->args is a non-NULL array of
-    // ngx_str_t, the directive's name first (ngx_conf_read_token).
-    let words = unsafe { (*words).as_slice::<ngx_str_t>() };
+    // SAFETY: in a directive handler cf->args is nginx's live array of the
+    // directive's words (ngx_conf_read_token)...
+    let words = unsafe { &*words };
+    // SAFETY: ...of ngx_str_t, the directive's name first.
+    let words = unsafe { words.as_slice::<ngx_str_t>() };
     words.get(1..).unwrap_or_default()
 }
 

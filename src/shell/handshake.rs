@@ -13,9 +13,10 @@ use dyncert_core::outcome::CertSource;
 use dyncert_core::tenant::session_context;
 use dyncert_core::validate::ParsedCert;
 use ngx::ffi::{
-    ngx_conf_t, ngx_connection_t, ngx_palloc, ngx_ssl_connection_index, CRYPTO_get_ex_new_index,
-    SSL_SESSION_set1_id_context, SSL_get_ex_data, SSL_get_servername, SSL_get_session,
-    SSL_session_reused, SSL_set_ex_data, TLSEXT_NAMETYPE_host_name, CRYPTO_EX_INDEX_SSL, SSL,
+    ngx_conf_t, ngx_connection_t, ngx_http_request_t, ngx_palloc, ngx_ssl_connection_index,
+    CRYPTO_get_ex_new_index, SSL_SESSION_set1_id_context, SSL_get_ex_data, SSL_get_servername,
+    SSL_get_session, SSL_session_reused, SSL_set_ex_data, TLSEXT_NAMETYPE_host_name,
+    CRYPTO_EX_INDEX_SSL, SSL,
 };
 
 use super::conf::{emerg, Refused};
@@ -29,7 +30,7 @@ static INFO_INDEX: AtomicI32 = AtomicI32::new(-1);
 /// What dyncert knows about one connection's handshake (pool memory, plain
 /// data): for the `$dyncert_*` variables and the tenant policy.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ConnInfo {
+struct ConnInfo {
     /// Set by the certificate callback; None when it did not run (a
     /// resumed session, or a server without `dyncert on`).
     source: Option<CertSource>,
@@ -46,8 +47,8 @@ pub struct ConnInfo {
     /// Set by the ClientHello callback: the record fingerprint the
     /// connection's session context is bound to (`Some(None)`: bound to
     /// "no record"), and the listener salt it was computed with.
-    pub bound: Option<Option<[u8; 32]>>,
-    pub salt: [u8; 32],
+    bound: Option<Option<[u8; 32]>>,
+    salt: [u8; 32],
 }
 
 /// The `$dyncert_*` view of a connection.
@@ -79,8 +80,9 @@ pub fn reserve_ex_index(cf: &mut ngx_conf_t) -> Result<(), Refused> {
     if INFO_INDEX.load(Ordering::Relaxed) >= 0 {
         return Ok(());
     }
-    // SAFETY: plain OpenSSL call; NULL callbacks: the slot points into the
-    // connection pool, which nginx frees, so OpenSSL must not.
+    // SAFETY: CRYPTO_get_ex_new_index(3) takes no pointer to keep but the
+    // NULL callbacks: the slot points into the connection pool, which
+    // nginx frees, so OpenSSL must neither copy nor free it.
     let idx = unsafe {
         CRYPTO_get_ex_new_index(
             CRYPTO_EX_INDEX_SSL as c_int,
@@ -101,37 +103,56 @@ pub fn reserve_ex_index(cf: &mut ngx_conf_t) -> Result<(), Refused> {
     Ok(())
 }
 
-/// The connection's ConnInfo, allocated from its pool on first use.
+/// The nginx connection that owns `ssl`.
 ///
 /// # Safety
 /// `ssl` must be a live SSL object of an nginx connection.
-pub unsafe fn info_mut<'a>(ssl: *mut SSL) -> Option<&'a mut ConnInfo> {
+pub unsafe fn connection_of<'a>(ssl: *mut SSL) -> Option<&'a ngx_connection_t> {
+    // SAFETY: nginx sets its ex_data index once, at startup, before any
+    // connection exists.
+    let index = unsafe { ngx_ssl_connection_index };
+    // SAFETY: ssl is live; nginx stores its connection in that slot
+    // (ngx_ssl_create_connection).
+    let c = unsafe { SSL_get_ex_data(ssl, index) };
+    // SAFETY: the slot is NULL or the live connection that owns ssl, which
+    // outlives it.
+    unsafe { c.cast::<ngx_connection_t>().as_ref() }
+}
+
+/// The connection's ConnInfo, allocated from its pool on first use.
+///
+/// # Safety
+/// `ssl` must be a live SSL object of an nginx connection, and no other
+/// reference to its ConnInfo may be alive.
+unsafe fn info_mut<'a>(ssl: *mut SSL) -> Option<&'a mut ConnInfo> {
     let idx = INFO_INDEX.load(Ordering::Relaxed);
     if idx < 0 {
         return None;
     }
-    // SAFETY: the slot is NULL or a ConnInfo in the connection pool.
-    let p = unsafe { SSL_get_ex_data(ssl, idx) } as *mut ConnInfo;
+    // SAFETY: ssl is live; our slot is NULL or a ConnInfo that this
+    // function put in the connection pool.
+    let p = unsafe { SSL_get_ex_data(ssl, idx) }.cast::<ConnInfo>();
     if !p.is_null() {
-        // SAFETY: see above; only the event loop thread touches it.
+        // SAFETY: as above, and the caller holds no other reference to it
+        // (only the event loop thread touches a connection).
         return unsafe { p.as_mut() };
     }
-    // SAFETY: nginx stores its connection in this ex_data slot.
-    let c = unsafe { SSL_get_ex_data(ssl, ngx_ssl_connection_index) } as *mut ngx_connection_t;
-    // SAFETY: c is NULL or the live connection owning ssl.
-    let c = unsafe { c.as_ref() }?;
+    // SAFETY: ssl is a live SSL object of an nginx connection.
+    let c = unsafe { connection_of(ssl) }?;
     // SAFETY: the pool lives as long as the connection, longer than its SSL.
-    let p = unsafe { ngx_palloc(c.pool, size_of::<ConnInfo>()) } as *mut ConnInfo;
+    let p = unsafe { ngx_palloc(c.pool, size_of::<ConnInfo>()) }.cast::<ConnInfo>();
     if p.is_null() {
         return None;
     }
-    // SAFETY: p is fresh, aligned pool memory for one ConnInfo (plain data,
-    // nothing to drop); ssl is live.
-    unsafe {
-        p.write(ConnInfo::default());
-        SSL_set_ex_data(ssl, idx, p as *mut c_void);
-        p.as_mut()
-    }
+    // SAFETY: p is fresh pool memory, aligned (ngx_palloc aligns to
+    // NGX_ALIGNMENT) and large enough for one ConnInfo, which is plain
+    // data with nothing to drop.
+    unsafe { p.write(ConnInfo::default()) };
+    // SAFETY: ssl is live; the slot keeps a pointer OpenSSL never frees
+    // (no free callback, see reserve_ex_index).
+    unsafe { SSL_set_ex_data(ssl, idx, p.cast::<c_void>()) };
+    // SAFETY: p was just initialised, and nothing else refers to it yet.
+    unsafe { p.as_mut() }
 }
 
 /// Records the certificate callback's decision on the connection, counts
@@ -147,10 +168,9 @@ pub unsafe fn set_info(
     client_ca_requested: bool,
 ) {
     metrics::count_handshake(source);
-    // SAFETY: nginx stores its connection in this ex_data slot.
-    let c = unsafe { SSL_get_ex_data(ssl, ngx_ssl_connection_index) } as *mut ngx_connection_t;
-    // SAFETY: c is NULL or the live connection owning ssl.
-    let waited_us = unsafe { c.as_ref() }.map_or(0, |c| peek::take_wait_time(c.number));
+    // SAFETY: the caller's contract.
+    let waited_us = unsafe { connection_of(ssl) }.map_or(0, |c| peek::take_wait_time(c.number));
+    // SAFETY: the caller's contract; no other ConnInfo reference is alive.
     let Some(info) = (unsafe { info_mut(ssl) }) else {
         return;
     };
@@ -160,54 +180,68 @@ pub unsafe fn set_info(
     info.waited_us = waited_us;
     info.installed = installed;
     info.client_ca_requested = client_ca_requested;
-    if let Some(bound) = info.bound {
-        if bound != installed {
-            // The ClientHello callback bound the session to the record
-            // cached when the handshake started; bind it to what was
-            // installed instead (the entry may have expired in between).
-            let sni = unsafe { servername(ssl) };
-            let ctx = session_context(&info.salt, sni, installed.as_ref());
-            info.bound = Some(installed);
-            // SAFETY: during the handshake SSL_get_session is the new
-            // session; SSL_SESSION_set1_id_context(3) copies the bytes.
-            unsafe {
-                let sess = SSL_get_session(ssl);
-                if !sess.is_null() {
-                    SSL_SESSION_set1_id_context(sess, ctx.as_ptr(), ctx.len() as u32);
-                }
-            }
+    if info.bound.is_some_and(|bound| bound != installed) {
+        // The ClientHello callback bound the session to the record cached
+        // when the handshake started; bind it to what was installed
+        // instead (the entry may have expired in between).
+        // SAFETY: the caller's contract.
+        let sni = unsafe { servername(ssl) };
+        let ctx = session_context(&info.salt, sni, installed.as_ref());
+        info.bound = Some(installed);
+        // SAFETY: ssl is live; during the handshake SSL_get_session(3) is
+        // the session being made (or NULL).
+        let session = unsafe { SSL_get_session(ssl) };
+        if !session.is_null() {
+            // SAFETY: session is live; SSL_SESSION_set1_id_context(3)
+            // copies the bytes.
+            unsafe { SSL_SESSION_set1_id_context(session, ctx.as_ptr(), ctx.len() as u32) };
         }
     }
 }
 
-/// The connection's ConnInfo, if dyncert saw its handshake.
+/// Records the record fingerprint (or none) that the ClientHello callback
+/// bound the connection's session context to, and the listener salt it
+/// used.
 ///
 /// # Safety
-/// `c` must be a live connection.
-unsafe fn info_of(c: *mut ngx_connection_t) -> Option<(*mut SSL, Option<ConnInfo>)> {
-    let ssl = unsafe { connection_ssl(c) }?;
+/// `ssl` must be a live SSL object of an nginx connection, inside its
+/// ClientHello callback.
+pub unsafe fn set_binding(ssl: *mut SSL, record: Option<[u8; 32]>, salt: [u8; 32]) {
+    // SAFETY: the caller's contract; no other ConnInfo reference is alive.
+    if let Some(info) = unsafe { info_mut(ssl) } {
+        info.bound = Some(record);
+        info.salt = salt;
+    }
+}
+
+/// The connection's SSL object and ConnInfo, if it has TLS.
+fn info_of(c: &ngx_connection_t) -> Option<(*mut SSL, Option<ConnInfo>)> {
+    let ssl = ssl_of(c)?;
     let idx = INFO_INDEX.load(Ordering::Relaxed);
     if idx < 0 {
         return Some((ssl, None));
     }
-    // SAFETY: ssl is live; the slot is NULL or a ConnInfo in the pool.
-    let p = unsafe { SSL_get_ex_data(ssl, idx) } as *const ConnInfo;
+    // SAFETY: ssl is the live SSL object of c; our slot is NULL or a
+    // ConnInfo in the connection pool.
+    let p = unsafe { SSL_get_ex_data(ssl, idx) }.cast::<ConnInfo>();
+    // SAFETY: as above; copied out at once, no reference kept.
     Some((ssl, unsafe { p.as_ref() }.copied()))
 }
 
+/// Whether the connection's TLS session was resumed: OpenSSL then skips
+/// the certificate callback.
+fn resumed(ssl: *mut SSL) -> bool {
+    // SAFETY: ssl comes from ssl_of, the live SSL object of a connection.
+    unsafe { SSL_session_reused(ssl) == 1 }
+}
+
 /// What dyncert recorded for a connection, if it handled its handshake.
-///
-/// # Safety
-/// `c` must be a live connection.
-pub unsafe fn connection_info(c: *mut ngx_connection_t) -> Option<ConnView> {
-    let (ssl, info) = unsafe { info_of(c) }?;
-    // OpenSSL skips the certificate callback when it resumes a session.
-    // SAFETY: ssl is live.
-    let resumed = unsafe { SSL_session_reused(ssl) } == 1;
+pub fn connection_info(c: &ngx_connection_t) -> Option<ConnView> {
+    let (ssl, info) = info_of(c)?;
     let info = info.unwrap_or_default();
     let source = match info.source {
         Some(s) => s,
-        None if resumed => CertSource::Resumed,
+        None if resumed(ssl) => CertSource::Resumed,
         None => return None,
     };
     Some(ConnView {
@@ -219,15 +253,10 @@ pub unsafe fn connection_info(c: *mut ngx_connection_t) -> Option<ConnView> {
 
 /// The handshake facts the tenant policy decides on; None for a
 /// connection without TLS.
-///
-/// # Safety
-/// `c` must be a live connection.
-pub unsafe fn handshake_facts(c: *mut ngx_connection_t) -> Option<HandshakeFacts> {
-    let (ssl, info) = unsafe { info_of(c) }?;
-    // SAFETY: ssl is live.
-    let resumed = unsafe { SSL_session_reused(ssl) } == 1;
+pub fn handshake_facts(c: &ngx_connection_t) -> Option<HandshakeFacts> {
+    let (ssl, info) = info_of(c)?;
     let info = info.unwrap_or_default();
-    Some(if resumed {
+    Some(if resumed(ssl) {
         // Only a session bound to this name and record resumes here (see
         // ngx_http_dyncert_client_hello); without a binding, nothing is
         // known about it.
@@ -245,36 +274,39 @@ pub unsafe fn handshake_facts(c: *mut ngx_connection_t) -> Option<HandshakeFacts
     })
 }
 
-/// The SSL object of a connection.
-///
-/// # Safety
-/// `c` must be a live connection.
-pub unsafe fn ssl_of(c: *mut ngx_connection_t) -> Option<*mut SSL> {
-    unsafe { connection_ssl(c) }
+/// The connection of a live request: it lives as long as the request.
+pub fn request_connection(r: &ngx_http_request_t) -> &ngx_connection_t {
+    // SAFETY: r->connection of a live request is its live connection.
+    unsafe { &*r.connection }
 }
 
-/// The raw SNI of a connection, if any.
-///
-/// # Safety
-/// `c` must be a live connection; the slice lives as long as its SSL.
-pub unsafe fn connection_sni<'a>(c: *mut ngx_connection_t) -> Option<&'a [u8]> {
-    let ssl = unsafe { connection_ssl(c) }?;
-    unsafe { servername(ssl) }
-}
-
-unsafe fn connection_ssl(c: *mut ngx_connection_t) -> Option<*mut SSL> {
-    // SAFETY: c is live; c->ssl is NULL or nginx's ngx_ssl_connection_t.
-    let sc = unsafe { c.as_ref()?.ssl.as_ref()? };
+/// The SSL object of a connection, if it has TLS.
+pub fn ssl_of(c: &ngx_connection_t) -> Option<*mut SSL> {
+    // SAFETY: c->ssl of a live connection is NULL or nginx's
+    // ngx_ssl_connection_t for it.
+    let sc = unsafe { c.ssl.as_ref() }?;
     (!sc.connection.is_null()).then_some(sc.connection)
 }
 
+/// The raw SNI of a connection, if any.
+pub fn connection_sni(c: &ngx_connection_t) -> Option<&[u8]> {
+    let ssl = ssl_of(c)?;
+    // SAFETY: ssl is c's live SSL object, which lives as long as c.
+    unsafe { servername(ssl) }
+}
+
 /// SSL_get_servername(3): the host_name the client sent.
+///
+/// # Safety
+/// `ssl` must be live for as long as the returned slice is used.
 pub unsafe fn servername<'a>(ssl: *mut SSL) -> Option<&'a [u8]> {
-    // SAFETY: ssl is live; the returned string is owned by the session.
+    // SAFETY: ssl is live; the returned string is owned by the SSL object
+    // (its session), NULL without a name.
     let p = unsafe { SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name as c_int) };
     if p.is_null() {
         return None;
     }
-    // SAFETY: OpenSSL returns a NUL-terminated string.
+    // SAFETY: a non-NULL result is a NUL-terminated string that lives as
+    // long as ssl.
     Some(unsafe { CStr::from_ptr(p) }.to_bytes())
 }

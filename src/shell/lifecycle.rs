@@ -7,19 +7,21 @@
 //! connections and ACME requests waiting; `exit_process` stops it.
 
 use core::ptr;
+use std::os::fd::RawFd;
 
 use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::fetch::{Event, Fetcher};
 use dyncert_core::worker::{Level, Worker};
 use ngx::core::Status;
 use ngx::ffi::{
-    ngx_conf_t, ngx_cycle_t, ngx_event_t, ngx_free_connection, ngx_get_connection,
-    ngx_handle_read_event, ngx_int_t,
+    ngx_conf_t, ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_free_connection,
+    ngx_get_connection, ngx_handle_read_event, ngx_int_t, ngx_process, NGX_OK, NGX_PROCESS_SINGLE,
+    NGX_PROCESS_WORKER,
 };
 use ngx::http::HttpModuleMainConf;
 
 use super::boundary::guard;
-use super::conf::{self, Module, Refused, Uses};
+use super::conf::{self, MainConf, Module, Refused, Uses};
 use super::log::Log;
 use super::state::{self, with_worker, State};
 use super::{access, acme, handshake, metrics, peek, ssl};
@@ -107,95 +109,103 @@ pub unsafe extern "C" fn ngx_http_dyncert_init_module(cycle: *mut ngx_cycle_t) -
 /// # Safety
 /// Called by nginx in a worker with the current cycle.
 pub unsafe extern "C" fn ngx_http_dyncert_init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    guard("starting the worker", ngx::ffi::NGX_OK as ngx_int_t, || {
-        // SAFETY: cycle is the live current cycle.
-        let Some(mcf) = Module::main_conf(unsafe { &*cycle }) else {
-            return ngx::ffi::NGX_OK as ngx_int_t;
-        };
-        // Cache manager and loader processes run init_process too: they
-        // serve no connections and must not start threads.
-        // SAFETY: ngx_process is set before init_process and only read here.
-        let process = unsafe { ngx::ffi::ngx_process } as u32;
-        if process != ngx::ffi::NGX_PROCESS_WORKER && process != ngx::ffi::NGX_PROCESS_SINGLE {
-            return ngx::ffi::NGX_OK as ngx_int_t;
-        }
-        metrics::claim_worker_slot();
-        if !mcf.enabled {
-            return ngx::ffi::NGX_OK as ngx_int_t;
-        }
-        let cfg = match mcf.fetcher_config() {
-            Ok(cfg) => cfg,
-            Err(e) => {
-                Log::cycle().alert(format_args!("dyncert: {e} while starting the worker"));
-                return ngx::ffi::NGX_OK as ngx_int_t;
-            }
-        };
-        // The fetcher's threads (and the ones they start) inherit a mask
-        // that blocks every signal: nginx's signals (reload, quit, child
-        // exits) must reach the event loop thread, never a helper thread.
-        let fetcher = match with_signals_blocked(|| Fetcher::start(cfg)) {
-            Ok(f) => f,
-            Err(e) => {
-                // Serve defaults rather than refuse to run.
-                Log::cycle().alert(format_args!(
-                    "dyncert: cannot start the fetcher thread ({e}) while starting the worker"
-                ));
-                return ngx::ffi::NGX_OK as ngx_int_t;
-            }
-        };
-        // SAFETY: the fd is a valid open socket owned by the fetcher, which
-        // lives until exit_process frees this connection first.
-        let c = unsafe { ngx_get_connection(fetcher.wake_fd(), (*cycle).log) };
-        if c.is_null() {
-            Log::cycle().alert(format_args!(
-                "dyncert: no free connection for the fetcher socket while starting the worker"
-            ));
-            return ngx::ffi::NGX_OK as ngx_int_t;
-        }
-        // SAFETY: c was just handed out by ngx_get_connection.
-        unsafe {
-            let rev = (*c).read;
-            (*rev).handler = Some(ngx_http_dyncert_notify_handler);
-            (*rev).log = (*cycle).log;
-            (*c).data = ptr::null_mut();
-            if ngx_handle_read_event(rev, 0) != ngx::ffi::NGX_OK as ngx_int_t {
-                ngx_free_connection(c);
-                Log::cycle().alert(format_args!(
-                    "dyncert: cannot watch the fetcher socket while starting the worker"
-                ));
-                return ngx::ffi::NGX_OK as ngx_int_t;
-            }
-        }
-        let state = State {
-            worker: Worker::new(
-                mcf.cache(),
-                mcf.fetch_concurrency(),
-                fetcher,
-                Box::new(metrics::ShmSink),
-            ),
-            notify: c,
-            fetch_timeout: mcf.fetch_timeout(),
-        };
-        state::install(state);
-        ngx::ffi::NGX_OK as ngx_int_t
+    guard("starting the worker", NGX_OK as ngx_int_t, || {
+        // SAFETY: nginx passes the live current cycle.
+        start_worker(unsafe { &*cycle });
+        NGX_OK as ngx_int_t
     })
+}
+
+/// Claims the worker's metrics slot and starts its fetcher. A fetcher that
+/// cannot start is logged, and the worker serves default certificates
+/// rather than refuse to run.
+fn start_worker(cycle: &ngx_cycle_t) {
+    let Some(mcf) = Module::main_conf(cycle) else {
+        return;
+    };
+    // Cache manager and loader processes run init_process too: they serve
+    // no connections and must not start threads.
+    // SAFETY: nginx sets ngx_process before init_process, and only the
+    // event loop thread reads it.
+    let process = unsafe { ngx_process } as u32;
+    if process != NGX_PROCESS_WORKER && process != NGX_PROCESS_SINGLE {
+        return;
+    }
+    metrics::claim_worker_slot();
+    if !mcf.enabled {
+        return;
+    }
+    if let Err(e) = start_fetcher(cycle, mcf) {
+        Log::cycle().alert(format_args!("dyncert: {e} while starting the worker"));
+    }
+}
+
+/// Starts the fetcher threads and makes the worker's state.
+fn start_fetcher(cycle: &ngx_cycle_t, mcf: &MainConf) -> Result<(), String> {
+    let cfg = mcf.fetcher_config()?;
+    // The fetcher's threads (and the ones they start) inherit a mask that
+    // blocks every signal: nginx's signals (reload, quit, child exits) must
+    // reach the event loop thread, never a helper thread.
+    let fetcher = with_signals_blocked(|| Fetcher::start(cfg))
+        .map_err(|e| format!("cannot start the fetcher thread ({e})"))?;
+    let notify = watch(cycle, fetcher.wake_fd())?;
+    state::install(State {
+        worker: Worker::new(
+            mcf.cache(),
+            mcf.fetch_concurrency(),
+            fetcher,
+            Box::new(metrics::ShmSink),
+        ),
+        notify,
+        fetch_timeout: mcf.fetch_timeout(),
+    });
+    Ok(())
+}
+
+/// An nginx connection for the fetcher's wake-up socket `fd`, whose read
+/// event runs the notify handler.
+fn watch(cycle: &ngx_cycle_t, fd: RawFd) -> Result<*mut ngx_connection_t, String> {
+    // SAFETY: fd is the fetcher's open socket, which outlives the
+    // connection (exit_process frees the connection before it stops the
+    // fetcher); cycle.log is the live cycle's log.
+    let c = unsafe { ngx_get_connection(fd, cycle.log) };
+    if c.is_null() {
+        return Err("no free connection for the fetcher socket".to_owned());
+    }
+    // SAFETY: c was just handed out by ngx_get_connection, ours alone.
+    let rev = unsafe { (*c).read };
+    // SAFETY: as above; no http data: it is not a client connection.
+    unsafe { (*c).data = ptr::null_mut() };
+    // SAFETY: rev is c's read event, ours to set up.
+    unsafe { (*rev).handler = Some(ngx_http_dyncert_notify_handler) };
+    // SAFETY: as above.
+    unsafe { (*rev).log = cycle.log };
+    // SAFETY: as above; adds fd to the event method.
+    if unsafe { ngx_handle_read_event(rev, 0) } != NGX_OK as ngx_int_t {
+        // SAFETY: c is ours and not watched.
+        unsafe { ngx_free_connection(c) };
+        return Err("cannot watch the fetcher socket".to_owned());
+    }
+    Ok(c)
 }
 
 /// Runs `f` with every signal blocked in this thread (threads started by
 /// `f` inherit that mask), then restores the mask.
 fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: sigfillset/pthread_sigmask(3) on sets owned by this frame.
-    unsafe {
-        let mut all: libc::sigset_t = core::mem::zeroed();
-        let mut old: libc::sigset_t = core::mem::zeroed();
-        libc::sigfillset(&mut all);
-        let blocked = libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) == 0;
-        let r = f();
-        if blocked {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
-        }
-        r
+    // SAFETY: sigset_t is plain data; all zeroes is a valid set.
+    let mut all: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: sigfillset(3) fills a set this frame owns.
+    unsafe { libc::sigfillset(&mut all) };
+    // SAFETY: pthread_sigmask(3) reads and writes sets this frame owns.
+    let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) } == 0;
+    let r = f();
+    if blocked {
+        // SAFETY: as above, restoring the mask saved in old.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
     }
+    r
 }
 
 /// `exit_process`: stop the fetcher thread.
@@ -208,19 +218,21 @@ pub unsafe extern "C" fn ngx_http_dyncert_exit_process(_cycle: *mut ngx_cycle_t)
         let Some(mut st) = state::take() else {
             return;
         };
-        // SAFETY: notify came from ngx_get_connection and is still ours. The
-        // fd itself is closed by the fetcher below (which also drops it from
-        // epoll), so only the nginx connection slot is released here; fd = -1
-        // tells nginx's exit check the socket is not leaked.
-        unsafe {
-            (*st.notify).fd = -1;
-            ngx_free_connection(st.notify);
-        }
+        // The fd itself is closed by the fetcher below (which also drops it
+        // from epoll), so only the nginx connection slot is released here;
+        // fd = -1 tells nginx's exit check the socket is not leaked.
+        // SAFETY: notify came from ngx_get_connection and is still ours.
+        unsafe { (*st.notify).fd = -1 };
+        // SAFETY: as above.
+        unsafe { ngx_free_connection(st.notify) };
         st.worker.queue_mut().stop();
     })
 }
 
 /// Read handler of the wake-up socket: apply results, then wake waiters.
+///
+/// # Safety
+/// Called by nginx with the wake-up connection's read event.
 unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
     guard("applying fetch results", (), || {
         let mut lines: Vec<(Level, String)> = Vec::new();

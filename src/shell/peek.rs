@@ -134,6 +134,13 @@ struct PeekCtx {
     name: [u8; NAME_MAX],
 }
 
+impl PeekCtx {
+    /// The name the connection is parked for.
+    fn name(&self) -> String {
+        String::from_utf8_lossy(&self.name[..self.name_len]).into_owned()
+    }
+}
+
 thread_local! {
     // One scratch buffer per worker: the event loop peeks one socket at a time.
     static PEEK_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; PEEK_LIMIT]);
@@ -190,8 +197,11 @@ pub fn wrap_listeners(cycle: &mut ngx_cycle_t, ports: &[(i32, u16)]) -> usize {
         if !is_http || l.type_ != libc::SOCK_STREAM || l.sockaddr.is_null() {
             continue;
         }
-        // SAFETY: sockaddr is non-null and of l->socklen bytes.
-        let family = unsafe { (*l.sockaddr).sa_family } as i32;
+        // SAFETY: l.sockaddr is non-NULL: the listener's address, of
+        // l.socklen bytes.
+        let family = i32::from(unsafe { (*l.sockaddr).sa_family });
+        // SAFETY: as above; ngx_inet_get_port reads the port of any
+        // address family nginx listens on.
         let port = unsafe { ngx_inet_get_port(l.sockaddr) };
         if ports.iter().any(|&(f, p)| f == family && p == port) {
             l.handler = Some(ngx_http_dyncert_init_connection);
@@ -206,60 +216,84 @@ pub fn wrap_listeners(cycle: &mut ngx_cycle_t, ports: &[(i32, u16)]) -> usize {
 /// # Safety
 /// Called by nginx with a freshly accepted connection.
 unsafe extern "C" fn ngx_http_dyncert_init_connection(c: *mut ngx_connection_t) {
+    // SAFETY: nginx passes a live connection, just accepted.
     let ok = guard("accepting a connection", false, || unsafe { start_peek(c) });
     if !ok {
-        // SAFETY: untouched or restored connection: nginx's usual path.
+        // SAFETY: c is live and still dyncert's (untouched, or set up for
+        // a peek that hand_off undoes): nginx's usual path.
         unsafe { hand_off(c) };
     }
 }
 
 /// Sets up the peek; false means "hand off now".
+///
+/// # Safety
+/// `c` must be a live connection, just accepted.
 unsafe fn start_peek(c: *mut ngx_connection_t) -> bool {
     let Some(timeout) = fetch_timeout() else {
         return false; // dyncert does not run in this worker
     };
-    // SAFETY: c and its pool are live; pcalloc zeroes the context.
-    let ctx = unsafe { ngx_pcalloc((*c).pool, size_of::<PeekCtx>()) } as *mut PeekCtx;
+    // SAFETY: the caller's contract: c is live.
+    let (pool, rev) = unsafe { ((*c).pool, (*c).read) };
+    // SAFETY: pool is c's live pool; ngx_pcalloc returns zeroed, aligned
+    // memory from it (NULL when out of memory), and all zeroes is a
+    // PeekCtx's initial state.
+    let ctx = unsafe { ngx_pcalloc(pool, size_of::<PeekCtx>()) };
     if ctx.is_null() {
         return false;
     }
-    unsafe {
-        (*c).data = ctx as *mut c_void;
-        let rev = (*c).read;
-        (*rev).handler = Some(ngx_http_dyncert_peek_handler);
-        ngx_add_timer(rev, timeout);
-        if (*rev).ready() != 0 {
-            // Deferred accept: the ClientHello is already there.
-            ngx_http_dyncert_peek_handler(rev);
-            return true;
-        }
-        if ngx_handle_read_event(rev, 0) != NGX_OK as ngx_int_t {
-            return false;
-        }
+    // SAFETY: c is live, and its data is dyncert's until the hand-off.
+    unsafe { (*c).data = ctx };
+    // SAFETY: rev is c's live read event, whose handler is dyncert's until
+    // the hand-off.
+    unsafe { (*rev).handler = Some(ngx_http_dyncert_peek_handler) };
+    // SAFETY: as above.
+    unsafe { ngx_add_timer(rev, timeout) };
+    // SAFETY: as above.
+    if unsafe { (*rev).ready() } != 0 {
+        // Deferred accept: the ClientHello is already there.
+        // SAFETY: rev is set up as when nginx calls its handler.
+        unsafe { ngx_http_dyncert_peek_handler(rev) };
+        return true;
     }
-    true
+    // SAFETY: as above.
+    unsafe { ngx_handle_read_event(rev, 0) == NGX_OK as ngx_int_t }
 }
 
 /// Read/timer handler while peeking or parked.
+///
+/// # Safety
+/// Called by nginx with the read event of a connection being peeked or
+/// parked.
 unsafe extern "C" fn ngx_http_dyncert_peek_handler(rev: *mut ngx_event_t) {
-    // SAFETY: rev->data is the connection for connection read events.
-    let c = unsafe { (*rev).data } as *mut ngx_connection_t;
+    // SAFETY: nginx passes the live read event; the data of a connection's
+    // read event is the connection.
+    let c = unsafe { (*rev).data }.cast::<ngx_connection_t>();
+    // SAFETY: c is live, being peeked or parked; rev is its read event.
     let done = guard("reading a ClientHello", true, || unsafe {
         on_event(c, rev)
     });
     if done {
+        // SAFETY: c is live and still dyncert's.
         unsafe { hand_off(c) };
     }
 }
 
 /// Returns true when the connection must go to nginx now.
+///
+/// # Safety
+/// `c` must be a live connection being peeked or parked (its data is a
+/// PeekCtx), `rev` its read event.
 unsafe fn on_event(c: *mut ngx_connection_t, rev: *mut ngx_event_t) -> bool {
-    // SAFETY: c->data is our PeekCtx until hand_off.
-    let ctx = unsafe { &mut *((*c).data as *mut PeekCtx) };
+    // SAFETY: the caller's contract: c->data is our PeekCtx, in c's pool,
+    // and nothing else refers to it while the handler runs.
+    let ctx = unsafe { &mut *(*c).data.cast::<PeekCtx>() };
+    // SAFETY: the caller's contract: c is live.
+    let (fd, number) = unsafe { ((*c).fd, (*c).number) };
+    // SAFETY: rev is c's live read event.
     if unsafe { (*rev).timedout() } != 0 {
         if ctx.parked {
-            let name = String::from_utf8_lossy(&ctx.name[..ctx.name_len]).into_owned();
-            let number = unsafe { (*c).number };
+            let name = ctx.name();
             with_worker(|w| w.abandon(&name, |p| p.c == c && p.number == number));
             metrics::add(metrics::layout().simple(Simple::ParkTimeouts), 1);
         }
@@ -270,109 +304,140 @@ unsafe fn on_event(c: *mut ngx_connection_t, rev: *mut ngx_event_t) -> bool {
         // (edge-triggered epoll re-reports nothing we need now).
         return false;
     }
-    let fd = unsafe { (*c).fd };
+    match peek(fd) {
+        Peeked::Wait => {
+            // SAFETY: rev is c's live read event: not ready until the
+            // event method reports more bytes.
+            unsafe { (*rev).set_ready(0) };
+            false
+        }
+        Peeked::HandOff => true,
+        Peeked::Name(name) => {
+            if !park(ctx, Parked { c, number }, &name) {
+                return true;
+            }
+            if let Some(t) = fetch_timeout() {
+                // The park gets the full fetch timeout.
+                // SAFETY: rev is c's live read event.
+                unsafe { ngx_add_timer(rev, t) };
+            }
+            false
+        }
+    }
+}
+
+/// What the bytes at the start of a connection say, so far.
+enum Peeked {
+    /// Not enough of them yet.
+    Wait,
+    /// Nothing worth waiting for (EOF, an error, not a ClientHello, no or
+    /// an invalid SNI): nginx takes the connection now.
+    HandOff,
+    /// The ClientHello's server name, normalised.
+    Name(String),
+}
+
+/// Reads (MSG_PEEK: leaving them in the socket for nginx's TLS stack) and
+/// parses the bytes at the start of the connection on `fd`.
+fn peek(fd: libc::c_int) -> Peeked {
     PEEK_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
-        // SAFETY: buf has PEEK_LIMIT writable bytes; MSG_PEEK leaves the data
-        // in the socket for nginx's TLS stack.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                buf.as_mut_ptr() as *mut c_void,
-                buf.len(),
-                libc::MSG_PEEK,
-            )
-        };
-        if n < 0 {
-            let err = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            if err == libc::EAGAIN || err == libc::EINTR {
-                unsafe { (*rev).set_ready(0) };
-                return false;
+        // SAFETY: buf has PEEK_LIMIT writable bytes; recv(2) writes at most
+        // that many.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) };
+        let n = match usize::try_from(n) {
+            Ok(0) => return Peeked::HandOff, // EOF: nginx closes it
+            Ok(n) => n,
+            Err(_) => {
+                let err = std::io::Error::last_os_error().raw_os_error();
+                if err == Some(libc::EAGAIN) || err == Some(libc::EINTR) {
+                    return Peeked::Wait;
+                }
+                return Peeked::HandOff; // nginx will see the same error and close
             }
-            return true; // nginx will see the same error and close
-        }
-        if n == 0 {
-            return true; // EOF: nginx closes it
-        }
-        let data = &buf[..n as usize];
+        };
+        let data = &buf[..n];
         // A TLS record starts with 0x16; anything else that parses is a
         // PROXY protocol header in front of it.
         let proxy = data.first() != Some(&0x16);
         match peek_client_hello(data, proxy) {
-            Peek::NeedMore => {
-                if n as usize >= PEEK_LIMIT {
-                    return true;
-                }
-                unsafe { (*rev).set_ready(0) };
-                false
-            }
-            Peek::Unparseable(_) | Peek::Hello { sni: None } => true,
-            Peek::Hello { sni: Some(raw) } => {
-                let Ok(name) = normalize_sni(&raw) else {
-                    return true; // invalid names never cause I/O
-                };
-                let parked = Parked {
-                    c,
-                    number: unsafe { (*c).number },
-                };
-                let now = SystemClock.now();
-                match with_worker(|w| w.pre_handshake(&name, parked, now)) {
-                    Some(PreHandshake::Park) => {
-                        let len = name.len().min(NAME_MAX);
-                        ctx.name[..len].copy_from_slice(&name.as_bytes()[..len]);
-                        ctx.name_len = len;
-                        ctx.parked = true;
-                        ctx.parked_at = monotonic_us();
-                        if let Some(t) = fetch_timeout() {
-                            // The park gets the full fetch timeout.
-                            unsafe { ngx_add_timer(rev, t) };
-                        }
-                        false
-                    }
-                    _ => true,
-                }
-            }
+            Peek::NeedMore if n >= PEEK_LIMIT => Peeked::HandOff,
+            Peek::NeedMore => Peeked::Wait,
+            Peek::Unparseable(_) | Peek::Hello { sni: None } => Peeked::HandOff,
+            // Invalid names never cause I/O.
+            Peek::Hello { sni: Some(raw) } => match normalize_sni(&raw) {
+                Ok(name) => Peeked::Name(name),
+                Err(_) => Peeked::HandOff,
+            },
         }
     })
+}
+
+/// Parks the connection behind the fetch of `name` when the core says so;
+/// false: it goes on to nginx now (cached, or the fetch was refused).
+fn park(ctx: &mut PeekCtx, waiter: Parked, name: &str) -> bool {
+    let now = SystemClock.now();
+    if with_worker(|w| w.pre_handshake(name, waiter, now)) != Some(PreHandshake::Park) {
+        return false;
+    }
+    let len = name.len().min(NAME_MAX);
+    ctx.name[..len].copy_from_slice(&name.as_bytes()[..len]);
+    ctx.name_len = len;
+    ctx.parked = true;
+    ctx.parked_at = monotonic_us();
+    true
 }
 
 /// Resumes a parked connection whose fetch finished.
 ///
 /// # Safety
-/// `p` must come from the in-flight queue (its connection still parked).
+/// `p` must come from the in-flight queue.
 pub unsafe fn resume(p: Parked) {
-    // SAFETY: a parked connection is only closed through hand_off, which
-    // removes it from the queue first; check it is the same connection.
     let c = p.c;
-    let still_ours = unsafe {
-        (*c).number == p.number
-            && !(*c).data.is_null()
-            && (*(*c).read).handler.is_some_and(|h| {
-                core::ptr::fn_addr_eq(h, ngx_http_dyncert_peek_handler as EventHandler)
-            })
-    };
-    if still_ours {
+    // SAFETY: c points into nginx's connection array, memory that stays
+    // valid; a parked connection is only closed through hand_off, which
+    // removes it from the queue first. The number, the data and the
+    // handler tell whether c still holds the connection that was parked.
+    let (number, data, rev) = unsafe { ((*c).number, (*c).data, (*c).read) };
+    // SAFETY: rev is c's read event, from nginx's array of read events.
+    let handler = unsafe { (*rev).handler };
+    let still_parked = number == p.number
+        && !data.is_null()
+        && handler
+            .is_some_and(|h| ptr::fn_addr_eq(h, ngx_http_dyncert_peek_handler as EventHandler));
+    if still_parked {
+        // SAFETY: c is live and still dyncert's.
         unsafe { hand_off(c) };
     }
 }
 
 /// Gives the connection to nginx's own handler as if it had just been
 /// accepted with the ClientHello already readable.
+///
+/// # Safety
+/// `c` must be a live connection that dyncert holds: accepted, or being
+/// peeked or parked.
 unsafe fn hand_off(c: *mut ngx_connection_t) {
-    // SAFETY: c is live and owned by us until ngx_http_init_connection.
-    unsafe {
-        let rev = (*c).read;
-        if let Some(ctx) = ((*c).data as *const PeekCtx).as_ref() {
-            if ctx.parked {
-                record_wait((*c).number, monotonic_us().saturating_sub(ctx.parked_at));
-            }
+    // SAFETY: the caller's contract: c is live.
+    let (rev, data, number) = unsafe { ((*c).read, (*c).data, (*c).number) };
+    // SAFETY: c->data is NULL (not peeked) or our PeekCtx in c's pool.
+    if let Some(ctx) = unsafe { data.cast::<PeekCtx>().as_ref() } {
+        if ctx.parked {
+            record_wait(number, monotonic_us().saturating_sub(ctx.parked_at));
         }
-        if (*rev).timer_set() != 0 {
-            ngx_del_timer(rev);
-        }
-        (*rev).set_timedout(0);
-        (*rev).set_ready(1);
-        (*c).data = ptr::null_mut();
-        ngx_http_init_connection(c);
     }
+    // SAFETY: rev is c's live read event; the reference ends before nginx
+    // gets the connection.
+    let ev = unsafe { &mut *rev };
+    if ev.timer_set() != 0 {
+        // SAFETY: ev's timer is in nginx's timer tree.
+        unsafe { ngx_del_timer(ev) };
+    }
+    ev.set_timedout(0);
+    ev.set_ready(1);
+    // SAFETY: c is live; its data goes back to nginx.
+    unsafe { (*c).data = ptr::null_mut() };
+    // SAFETY: c is live, set up as nginx's accept leaves a connection with
+    // bytes to read: nginx's own handler takes it from here.
+    unsafe { ngx_http_init_connection(c) };
 }

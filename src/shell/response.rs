@@ -39,9 +39,11 @@ pub unsafe fn send_body(
     if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || header_only {
         return rc;
     }
-    // SAFETY: r is live; ngx_create_temp_buf(3) allocates from its pool,
-    // which lives until the response is sent.
-    let b: *mut ngx_buf_t = unsafe { ngx_create_temp_buf((*r).pool, body.len().max(1)) };
+    // SAFETY: r is live.
+    let pool = unsafe { (*r).pool };
+    // SAFETY: pool is the request's, which lives until the response is
+    // sent; ngx_create_temp_buf allocates the buffer from it.
+    let b: *mut ngx_buf_t = unsafe { ngx_create_temp_buf(pool, body.len().max(1)) };
     // SAFETY: a non-NULL result is a fresh buffer of that pool, ours alone.
     let Some(buf) = (unsafe { b.as_mut() }) else {
         return NGX_ERROR as ngx_int_t;

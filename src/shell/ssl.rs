@@ -6,7 +6,7 @@
 //! Every OpenSSL call is wrapped once and turned into a `Result`.
 
 use core::ffi::{c_int, c_long, c_void};
-use core::ptr;
+use core::{ptr, slice};
 
 use dyncert_core::clienthello::server_name_extension_host;
 use dyncert_core::clock::{Clock, SystemClock};
@@ -16,24 +16,22 @@ use dyncert_core::tenant::{session_context, SESSION_CONTEXT_LEN};
 use dyncert_core::validate::{ClientCa, ParsedCert};
 use foreign_types::{ForeignType, ForeignTypeRef};
 use ngx::ffi::{
-    ngx_conf_t, ngx_connection_t, ngx_http_connection_t, ngx_http_core_srv_conf_t,
-    ngx_http_ssl_servername, ngx_ssl_connection_index, SSL_CTX_callback_ctrl, SSL_CTX_set_cert_cb,
-    SSL_certs_clear, SSL_ctrl, SSL_get_ex_data, SSL_use_PrivateKey, SSL_use_certificate, EVP_PKEY,
-    SSL, SSL_AD_UNRECOGNIZED_NAME, SSL_CTRL_CHAIN_CERT, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, SSL_CTX,
-    SSL_TLSEXT_ERR_ALERT_FATAL, SSL_TLSEXT_ERR_OK, X509,
+    ngx_conf_t, ngx_http_connection_t, ngx_http_core_srv_conf_t, ngx_http_ssl_servername,
+    SSL_CTX_callback_ctrl, SSL_CTX_get0_certificate, SSL_CTX_set_cert_cb,
+    SSL_CTX_set_client_hello_cb, SSL_add_client_CA, SSL_certs_clear, SSL_client_hello_get0_ext,
+    SSL_ctrl, SSL_set_session_id_context, SSL_set_verify, SSL_use_PrivateKey, SSL_use_certificate,
+    EVP_PKEY, SSL, SSL_AD_UNRECOGNIZED_NAME, SSL_CLIENT_HELLO_SUCCESS, SSL_CTRL_CHAIN_CERT,
+    SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, SSL_CTRL_SET_VERIFY_CERT_STORE, SSL_CTX,
+    SSL_TLSEXT_ERR_ALERT_FATAL, SSL_TLSEXT_ERR_OK, SSL_VERIFY_PEER, X509, X509_STORE_CTX,
 };
 use ngx::http::{HttpModuleServerConf, NgxHttpSslModule};
+use openssl::x509::X509Ref;
 
 use super::boundary::guard;
 use super::conf::{emerg, server_location, Module, Refused, SrvConf, Uses};
-use super::handshake::{info_mut, servername, set_info};
+use super::handshake::{connection_of, servername, set_binding, set_info};
 use super::log::Log;
 use super::state::with_worker;
-use ngx::ffi::{
-    SSL_CTX_get0_certificate, SSL_CTX_set_client_hello_cb, SSL_add_client_CA,
-    SSL_client_hello_get0_ext, SSL_set_session_id_context, SSL_set_verify,
-    SSL_CLIENT_HELLO_SUCCESS, SSL_CTRL_SET_VERIFY_CERT_STORE, SSL_VERIFY_PEER,
-};
 
 /// Installs the certificate callback on the SSL_CTX of every server with
 /// `dyncert on` (postconfiguration), after checking that the server can
@@ -71,8 +69,9 @@ pub fn install_certificate_callbacks(
                 ),
             ));
         }
-        // SAFETY: the ctx and scf both live in this configuration cycle.
-        unsafe { install_cert_cb(sscf.ssl.ctx, scf as *mut SrvConf) };
+        // SAFETY: the ctx is the server's live SSL_CTX; scf lives in the
+        // same configuration, which frees both together.
+        unsafe { install_cert_cb(sscf.ssl.ctx, scf) };
     }
     Ok(())
 }
@@ -93,14 +92,14 @@ pub fn install_handshake_callbacks(servers: &[&ngx_http_core_srv_conf_t], uses: 
             continue;
         }
         if uses.reject {
-            // SAFETY: the ctx lives in this configuration cycle.
+            // SAFETY: the ctx is the server's live SSL_CTX.
             unsafe { install_servername_cb(sscf.ssl.ctx) };
         }
         if uses.tenant {
             // Sessions are bound to their name and record, so a session is
             // never resumed for another name or a replaced record.
-            // SAFETY: the ctx and scf both live in this configuration cycle.
-            unsafe { install_client_hello_cb(sscf.ssl.ctx, scf as *mut SrvConf) };
+            // SAFETY: as for install_cert_cb above.
+            unsafe { install_client_hello_cb(sscf.ssl.ctx, scf) };
         }
     }
 }
@@ -125,37 +124,30 @@ fn cvt(r: c_long, what: &'static str) -> Result<(), &'static str> {
 /// # Safety
 /// `ssl` must be a live SSL object inside its certificate callback.
 unsafe fn install(ssl: *mut SSL, cert: &ParsedCert, tenant: bool) -> Result<bool, &'static str> {
-    // SSL_certs_clear(3) / SSL_use_certificate(3) / SSL_use_PrivateKey(3) /
-    // SSL_add1_chain_cert(3): each takes its own reference.
-    unsafe {
-        // SAFETY: ssl is live.
-        SSL_certs_clear(ssl);
-        // SAFETY: the X509 outlives the call; OpenSSL up-refs it.
-        cvt(
-            SSL_use_certificate(ssl, cert.leaf.as_ptr() as *mut X509) as c_long,
-            "SSL_use_certificate() failed",
-        )?;
-        // SAFETY: the EVP_PKEY outlives the call; OpenSSL up-refs it.
-        cvt(
-            SSL_use_PrivateKey(ssl, cert.key.as_ptr() as *mut EVP_PKEY) as c_long,
-            "SSL_use_PrivateKey() failed",
-        )?;
-        for x in &cert.chain {
-            // SAFETY: SSL_add1_chain_cert is SSL_ctrl(CHAIN_CERT, 1, x): up-refs x.
-            cvt(
-                SSL_ctrl(
-                    ssl,
-                    SSL_CTRL_CHAIN_CERT as c_int,
-                    1,
-                    x.as_ptr() as *mut c_void,
-                ),
-                "SSL_add1_chain_cert() failed",
-            )?;
-        }
+    // SAFETY: ssl is live; SSL_certs_clear(3) drops its certificates.
+    unsafe { SSL_certs_clear(ssl) };
+    // SAFETY: ssl is live; SSL_use_certificate(3) takes its own reference
+    // to the X509, which outlives the call.
+    let r = unsafe { SSL_use_certificate(ssl, cert.leaf.as_ptr().cast::<X509>()) };
+    cvt(r.into(), "SSL_use_certificate() failed")?;
+    // SAFETY: as above for SSL_use_PrivateKey(3) and the EVP_PKEY.
+    let r = unsafe { SSL_use_PrivateKey(ssl, cert.key.as_ptr().cast::<EVP_PKEY>()) };
+    cvt(r.into(), "SSL_use_PrivateKey() failed")?;
+    for x in &cert.chain {
+        // SAFETY: SSL_add1_chain_cert(3) is this ctrl with 1: it takes its
+        // own reference to the X509.
+        let r = unsafe {
+            SSL_ctrl(
+                ssl,
+                SSL_CTRL_CHAIN_CERT as c_int,
+                1,
+                x.as_ptr().cast::<c_void>(),
+            )
+        };
+        cvt(r, "SSL_add1_chain_cert() failed")?;
     }
     if let Some(ca) = cert.policy.client_ca.as_ref().filter(|_| tenant) {
-        // SAFETY: ssl is live; the store and CA certificates outlive the
-        // calls, and OpenSSL takes its own references/copies.
+        // SAFETY: the caller's contract.
         unsafe { request_client_certificate(ssl, ca) }?;
         return Ok(true);
     }
@@ -170,31 +162,30 @@ unsafe fn install(ssl: *mut SSL, cert: &ParsedCert, tenant: bool) -> Result<bool
 /// # Safety
 /// `ssl` must be a live SSL object inside its certificate callback.
 unsafe fn request_client_certificate(ssl: *mut SSL, ca: &ClientCa) -> Result<(), &'static str> {
+    // SAFETY: SSL_set1_verify_cert_store(3) is this ctrl with 1: it takes
+    // its own reference to the store.
+    let r = unsafe {
+        SSL_ctrl(
+            ssl,
+            SSL_CTRL_SET_VERIFY_CERT_STORE as c_int,
+            1,
+            ca.store.as_ptr().cast::<c_void>(),
+        )
+    };
+    cvt(r, "SSL_set1_verify_cert_store() failed")?;
+    for c in &ca.certs {
+        // SAFETY: ssl is live; SSL_add_client_CA(3) copies the subject name.
+        let r = unsafe { SSL_add_client_CA(ssl, c.as_ptr().cast::<X509>()) };
+        cvt(r.into(), "SSL_add_client_CA() failed")?;
+    }
+    // SAFETY: ssl is live; the callback is a plain function.
     unsafe {
-        // SAFETY: SSL_set1_verify_cert_store is this ctrl; it up-refs the store.
-        cvt(
-            SSL_ctrl(
-                ssl,
-                SSL_CTRL_SET_VERIFY_CERT_STORE as c_int,
-                1,
-                ca.store.as_ptr() as *mut c_void,
-            ),
-            "SSL_set1_verify_cert_store() failed",
-        )?;
-        for c in &ca.certs {
-            // SAFETY: copies the subject name into the SSL's CA list.
-            cvt(
-                SSL_add_client_CA(ssl, c.as_ptr() as *mut X509) as c_long,
-                "SSL_add_client_CA() failed",
-            )?;
-        }
-        // SAFETY: ssl is live; the callback is a plain function.
         SSL_set_verify(
             ssl,
             SSL_VERIFY_PEER as c_int,
             Some(ngx_http_dyncert_verify_callback),
-        );
-    }
+        )
+    };
     Ok(())
 }
 
@@ -203,7 +194,7 @@ unsafe fn request_client_certificate(ssl: *mut SSL, ca: &ClientCa) -> Result<(),
 /// and `$ssl_client_verify` (the same approach as nginx's own callback).
 unsafe extern "C" fn ngx_http_dyncert_verify_callback(
     _ok: c_int,
-    _ctx: *mut ngx::ffi::X509_STORE_CTX,
+    _ctx: *mut X509_STORE_CTX,
 ) -> c_int {
     1
 }
@@ -212,48 +203,61 @@ unsafe extern "C" fn ngx_http_dyncert_verify_callback(
 ///
 /// # Safety
 /// Called by OpenSSL during a handshake; `arg` is the server's SrvConf.
-pub unsafe extern "C" fn ngx_http_dyncert_cert_cb(ssl: *mut SSL, arg: *mut c_void) -> c_int {
+unsafe extern "C" fn ngx_http_dyncert_cert_cb(ssl: *mut SSL, arg: *mut c_void) -> c_int {
     guard("selecting a certificate", 0, || {
-        // SAFETY: arg was set to the server's SrvConf, which lives as long as
-        // the configuration cycle that owns the SSL_CTX.
-        let scf = unsafe { (arg as *const SrvConf).as_ref() };
-        let reject = scf.is_some_and(|s| s.rejects_unknown());
-        let tenant = scf.is_some_and(|s| s.tenant_policy());
-        // SAFETY: ssl is live for the duration of the callback.
-        let Some(raw) = (unsafe { servername(ssl) }) else {
-            unsafe { set_info(ssl, CertSource::Default, None, false) };
-            return 1;
-        };
-        let Ok(name) = normalize_sni(raw) else {
-            unsafe { set_info(ssl, CertSource::Default, None, false) };
-            return if reject { 0 } else { 1 };
-        };
-        let now = SystemClock.now();
-        let (cert, source) =
-            with_worker(|w| w.for_handshake(&name, now)).unwrap_or((None, CertSource::Default));
-        match cert {
-            Some(cert) => match unsafe { install(ssl, &cert, tenant) } {
-                Ok(requested) => {
-                    unsafe { set_info(ssl, source, Some(&cert), requested) };
-                    1
-                }
-                Err(what) => {
-                    Log::cycle().alert(format_args!(
-                        "dyncert: {what} while installing a certificate, name: \"{name}\""
-                    ));
-                    0
-                }
-            },
-            None if reject => {
-                unsafe { set_info(ssl, CertSource::Rejected, None, false) };
-                0
-            }
-            None => {
-                unsafe { set_info(ssl, CertSource::Default, None, false) };
-                1
-            }
-        }
+        // SAFETY: arg is the SrvConf install_cert_cb gave this SSL_CTX; it
+        // lives in the configuration that owns the SSL_CTX.
+        let scf = unsafe { arg.cast::<SrvConf>().as_ref() };
+        // SAFETY: OpenSSL passes the live SSL object of the handshake.
+        unsafe { select_certificate(ssl, scf) }
     })
+}
+
+/// The certificate callback's work: the name's cached certificate, or the
+/// server's default (or a failed handshake with `dyncert_unknown reject`).
+/// Returns the callback's result (1: go on, 0: fail the handshake).
+///
+/// # Safety
+/// `ssl` must be a live SSL object inside its certificate callback.
+unsafe fn select_certificate(ssl: *mut SSL, scf: Option<&SrvConf>) -> c_int {
+    let reject = scf.is_some_and(SrvConf::rejects_unknown);
+    let tenant = scf.is_some_and(SrvConf::tenant_policy);
+    // SAFETY: the caller's contract.
+    let raw = unsafe { servername(ssl) };
+    let Some(Ok(name)) = raw.map(normalize_sni) else {
+        // No SNI: the default certificate. An invalid one never causes a
+        // lookup: the default, or the rejection.
+        // SAFETY: the caller's contract.
+        unsafe { set_info(ssl, CertSource::Default, None, false) };
+        return c_int::from(raw.is_none() || !reject);
+    };
+    let now = SystemClock.now();
+    let (cert, source) =
+        with_worker(|w| w.for_handshake(&name, now)).unwrap_or((None, CertSource::Default));
+    let Some(cert) = cert else {
+        let source = if reject {
+            CertSource::Rejected
+        } else {
+            CertSource::Default
+        };
+        // SAFETY: the caller's contract.
+        unsafe { set_info(ssl, source, None, false) };
+        return c_int::from(!reject);
+    };
+    // SAFETY: the caller's contract.
+    match unsafe { install(ssl, &cert, tenant) } {
+        Ok(requested) => {
+            // SAFETY: the caller's contract.
+            unsafe { set_info(ssl, source, Some(&cert), requested) };
+            1
+        }
+        Err(what) => {
+            Log::cycle().alert(format_args!(
+                "dyncert: {what} while installing a certificate, name: \"{name}\""
+            ));
+            0
+        }
+    }
 }
 
 /// SSL_CTX_set_client_hello_cb(3) callback, installed on every server of an
@@ -268,7 +272,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_cert_cb(ssl: *mut SSL, arg: *mut c_voi
 /// # Safety
 /// Called by OpenSSL during a handshake; `arg` is the SrvConf of the
 /// server whose SSL_CTX the connection started with.
-pub unsafe extern "C" fn ngx_http_dyncert_client_hello(
+unsafe extern "C" fn ngx_http_dyncert_client_hello(
     ssl: *mut SSL,
     _al: *mut c_int,
     arg: *mut c_void,
@@ -277,41 +281,59 @@ pub unsafe extern "C" fn ngx_http_dyncert_client_hello(
         "binding a TLS session to its name",
         SSL_CLIENT_HELLO_SUCCESS as c_int,
         || {
-            // SAFETY: arg is a SrvConf of this configuration cycle.
-            let Some(scf) = (unsafe { (arg as *const SrvConf).as_ref() }) else {
-                return SSL_CLIENT_HELLO_SUCCESS as c_int;
-            };
-            let mut ext: *const u8 = ptr::null();
-            let mut len = 0usize;
-            // SAFETY: SSL_client_hello_get0_ext(3): a view of the extension
-            // body, valid during the callback.
-            let sni = unsafe {
-                if SSL_client_hello_get0_ext(ssl, 0, &mut ext, &mut len) == 1 && !ext.is_null() {
-                    server_name_extension_host(core::slice::from_raw_parts(ext, len))
-                } else {
-                    None
-                }
-            };
-            let record = sni
-                .and_then(|raw| normalize_sni(raw).ok())
-                .and_then(|name| {
-                    let now = SystemClock.now();
-                    with_worker(|w| w.current(&name, now).map(|c| c.fingerprint)).flatten()
-                });
-            let ctx = session_context(&scf.session_salt, sni, record.as_ref());
-            // SAFETY: ssl is live; SSL_set_session_id_context(3) copies
-            // SESSION_CONTEXT_LEN (= SSL_MAX_SID_CTX_LENGTH) bytes.
-            let ok = unsafe {
-                SSL_set_session_id_context(ssl, ctx.as_ptr(), SESSION_CONTEXT_LEN as u32)
-            } == 1;
-            // SAFETY: ssl is live.
-            if let (true, Some(info)) = (ok, unsafe { info_mut(ssl) }) {
-                info.bound = Some(record);
-                info.salt = scf.session_salt;
+            // SAFETY: arg is the SrvConf install_client_hello_cb gave this
+            // SSL_CTX; it lives in the configuration that owns the SSL_CTX.
+            if let Some(scf) = unsafe { arg.cast::<SrvConf>().as_ref() } {
+                // SAFETY: OpenSSL passes the live SSL object of the
+                // handshake, inside its ClientHello callback.
+                unsafe { bind_session(ssl, scf) };
             }
             SSL_CLIENT_HELLO_SUCCESS as c_int
         },
     )
+}
+
+/// Binds the connection's session id context to the name the ClientHello
+/// asks for and the record cached for it now.
+///
+/// # Safety
+/// `ssl` must be a live SSL object inside its ClientHello callback.
+unsafe fn bind_session(ssl: *mut SSL, scf: &SrvConf) {
+    // SAFETY: the caller's contract.
+    let sni = unsafe { client_hello_sni(ssl) };
+    let record = sni
+        .and_then(|raw| normalize_sni(raw).ok())
+        .and_then(|name| {
+            let now = SystemClock.now();
+            with_worker(|w| w.current(&name, now).map(|c| c.fingerprint)).flatten()
+        });
+    let ctx = session_context(&scf.session_salt, sni, record.as_ref());
+    // SAFETY: ssl is live; SSL_set_session_id_context(3) copies
+    // SESSION_CONTEXT_LEN (= SSL_MAX_SID_CTX_LENGTH) bytes.
+    let r = unsafe { SSL_set_session_id_context(ssl, ctx.as_ptr(), SESSION_CONTEXT_LEN as u32) };
+    if r == 1 {
+        // SAFETY: the caller's contract.
+        unsafe { set_binding(ssl, record, scf.session_salt) };
+    }
+}
+
+/// The host name of the ClientHello's server_name extension, raw.
+///
+/// # Safety
+/// `ssl` must be a live SSL object inside its ClientHello callback; the
+/// slice is valid until the callback returns.
+unsafe fn client_hello_sni<'a>(ssl: *mut SSL) -> Option<&'a [u8]> {
+    let mut ext: *const u8 = ptr::null();
+    let mut len = 0usize;
+    // SAFETY: ssl is live inside its ClientHello callback;
+    // SSL_client_hello_get0_ext(3) points ext at the extension's body.
+    let found = unsafe { SSL_client_hello_get0_ext(ssl, 0, &mut ext, &mut len) } == 1;
+    if !found || ext.is_null() {
+        return None;
+    }
+    // SAFETY: ext points to len bytes that OpenSSL keeps until the
+    // callback returns.
+    server_name_extension_host(unsafe { slice::from_raw_parts(ext, len) })
 }
 
 /// Wraps nginx's server-name callback so that `dyncert_unknown reject`
@@ -320,67 +342,78 @@ pub unsafe extern "C" fn ngx_http_dyncert_client_hello(
 ///
 /// # Safety
 /// Called by OpenSSL during a handshake with nginx's arguments.
-pub unsafe extern "C" fn ngx_http_dyncert_servername(
+unsafe extern "C" fn ngx_http_dyncert_servername(
     ssl: *mut SSL,
     ad: *mut c_int,
     arg: *mut c_void,
 ) -> c_int {
     // SAFETY: same contract as nginx's own callback, which we call first so
     // it selects the virtual server exactly as without dyncert.
-    let rc = unsafe { ngx_http_ssl_servername(ssl as *mut _, ad, arg) };
+    let rc = unsafe { ngx_http_ssl_servername(ssl.cast(), ad, arg) };
     if rc != SSL_TLSEXT_ERR_OK as c_int {
         return rc;
     }
     guard("checking a server name", rc, || {
-        // SAFETY: nginx stores the connection in the SSL ex_data slot.
-        let c = unsafe { SSL_get_ex_data(ssl, ngx_ssl_connection_index) } as *mut ngx_connection_t;
-        // SAFETY: during the handshake c->data is the ngx_http_connection_t.
-        let Some(hc) = (unsafe { c.as_ref() })
-            .and_then(|c| unsafe { (c.data as *mut ngx_http_connection_t).as_ref() })
-        else {
-            return rc;
-        };
-        let Some(scf) = Module::server_conf(hc) else {
-            return rc;
-        };
-        if !scf.enabled() || !scf.rejects_unknown() {
-            return rc;
+        // SAFETY: OpenSSL passes the live SSL object of the handshake, and
+        // its alert slot.
+        if unsafe { rejects_name(ssl) } {
+            // SAFETY: ad is OpenSSL's alert slot for this callback.
+            unsafe { *ad = SSL_AD_UNRECOGNIZED_NAME as c_int };
+            return SSL_TLSEXT_ERR_ALERT_FATAL as c_int;
         }
-        // SAFETY: ssl is live.
-        let Some(raw) = (unsafe { servername(ssl) }) else {
-            return rc; // no SNI: the default certificate
-        };
-        let known = match normalize_sni(raw) {
-            Ok(name) => {
-                let now = SystemClock.now();
-                with_worker(|w| w.has_certificate(&name, now)).unwrap_or(false)
-            }
-            Err(_) => false,
-        };
-        if known {
-            return rc;
-        }
-        // SAFETY: c is live with an SSL connection (we are in its handshake).
-        unsafe {
-            if let Some(sc) = (*c).ssl.as_mut() {
-                // Logged at info by nginx, like ssl_reject_handshake.
-                sc.set_handshake_rejected(1);
-            }
-            set_info(ssl, CertSource::Rejected, None, false);
-            *ad = SSL_AD_UNRECOGNIZED_NAME as c_int;
-        }
-        SSL_TLSEXT_ERR_ALERT_FATAL as c_int
+        rc
     })
+}
+
+/// Whether `dyncert_unknown reject` refuses the name of this handshake
+/// (after nginx selected the server by it); a refusal is recorded.
+///
+/// # Safety
+/// `ssl` must be a live SSL object of an nginx connection, inside its
+/// server-name callback.
+unsafe fn rejects_name(ssl: *mut SSL) -> bool {
+    // SAFETY: the caller's contract.
+    let Some(c) = (unsafe { connection_of(ssl) }) else {
+        return false;
+    };
+    // SAFETY: during the handshake c->data is the connection's
+    // ngx_http_connection_t, whose server nginx's callback just set.
+    let Some(hc) = (unsafe { c.data.cast::<ngx_http_connection_t>().as_ref() }) else {
+        return false;
+    };
+    if !Module::server_conf(hc).is_some_and(|s| s.enabled() && s.rejects_unknown()) {
+        return false;
+    }
+    // SAFETY: the caller's contract.
+    let Some(raw) = (unsafe { servername(ssl) }) else {
+        return false; // no SNI: the default certificate
+    };
+    let known = normalize_sni(raw).is_ok_and(|name| {
+        let now = SystemClock.now();
+        with_worker(|w| w.has_certificate(&name, now)).unwrap_or(false)
+    });
+    if known {
+        return false;
+    }
+    // SAFETY: c->ssl is the live ngx_ssl_connection_t of this handshake.
+    if let Some(sc) = unsafe { c.ssl.as_mut() } {
+        // Logged at info by nginx, like ssl_reject_handshake.
+        sc.set_handshake_rejected(1);
+    }
+    // SAFETY: the caller's contract.
+    unsafe { set_info(ssl, CertSource::Rejected, None, false) };
+    true
 }
 
 /// Installs the certificate callback on a dyncert server's SSL_CTX.
 ///
 /// # Safety
 /// `ctx` must be a live SSL_CTX; `conf` must outlive it.
-unsafe fn install_cert_cb(ctx: *mut SSL_CTX, conf: *mut SrvConf) {
-    // SAFETY: SSL_CTX_set_cert_cb(3); conf lives in the configuration pool
-    // that also owns (and frees) the SSL_CTX.
-    unsafe { SSL_CTX_set_cert_cb(ctx, Some(ngx_http_dyncert_cert_cb), conf as *mut c_void) };
+unsafe fn install_cert_cb(ctx: *mut SSL_CTX, conf: &mut SrvConf) {
+    let arg = ptr::from_mut(conf).cast::<c_void>();
+    // SAFETY: ctx is live; SSL_CTX_set_cert_cb(3) keeps arg, which
+    // outlives the SSL_CTX (the caller's contract).
+    unsafe { SSL_CTX_set_cert_cb(ctx, Some(ngx_http_dyncert_cert_cb), arg) };
 }
 
 /// Installs the ClientHello callback that binds sessions to their name and
@@ -388,27 +421,22 @@ unsafe fn install_cert_cb(ctx: *mut SSL_CTX, conf: *mut SrvConf) {
 ///
 /// # Safety
 /// `ctx` must be a live SSL_CTX; `conf` must outlive it.
-unsafe fn install_client_hello_cb(ctx: *mut SSL_CTX, conf: *mut SrvConf) {
-    // SAFETY: the salt is the SHA-256 of the DER of the server's default
-    // certificate, read while the configuration is loaded.
-    unsafe {
-        let leaf = SSL_CTX_get0_certificate(ctx);
-        let der = if leaf.is_null() {
-            Vec::new()
-        } else {
-            openssl::x509::X509Ref::from_ptr(leaf as *mut openssl_sys::X509)
-                .to_der()
-                .unwrap_or_default()
-        };
-        (*conf).session_salt = openssl::sha::sha256(&der);
-        // SAFETY: SSL_CTX_set_client_hello_cb(3); conf lives in the
-        // configuration pool that also owns the SSL_CTX.
-        SSL_CTX_set_client_hello_cb(
-            ctx,
-            Some(ngx_http_dyncert_client_hello),
-            conf as *mut c_void,
-        );
-    }
+unsafe fn install_client_hello_cb(ctx: *mut SSL_CTX, conf: &mut SrvConf) {
+    // SAFETY: ctx is live; SSL_CTX_get0_certificate(3) borrows its
+    // certificate (NULL without one).
+    let leaf = unsafe { SSL_CTX_get0_certificate(ctx) };
+    let der = if leaf.is_null() {
+        Vec::new()
+    } else {
+        // SAFETY: leaf is a live X509 owned by ctx, borrowed for this call.
+        let leaf = unsafe { X509Ref::from_ptr(leaf.cast::<openssl_sys::X509>()) };
+        leaf.to_der().unwrap_or_default()
+    };
+    conf.session_salt = openssl::sha::sha256(&der);
+    let arg = ptr::from_mut(conf).cast::<c_void>();
+    // SAFETY: ctx is live; SSL_CTX_set_client_hello_cb(3) keeps arg, which
+    // outlives the SSL_CTX (the caller's contract).
+    unsafe { SSL_CTX_set_client_hello_cb(ctx, Some(ngx_http_dyncert_client_hello), arg) };
 }
 
 /// Replaces nginx's server-name callback with the wrapper above.
@@ -418,14 +446,10 @@ unsafe fn install_client_hello_cb(ctx: *mut SSL_CTX, conf: *mut SrvConf) {
 unsafe fn install_servername_cb(ctx: *mut SSL_CTX) {
     type Cb = unsafe extern "C" fn(*mut SSL, *mut c_int, *mut c_void) -> c_int;
     let cb: Cb = ngx_http_dyncert_servername;
-    // SAFETY: SSL_CTX_set_tlsext_servername_callback(3) is this ctrl; OpenSSL
-    // stores the pointer as a generic function and calls it with the
-    // (SSL*, int*, void*) signature.
-    unsafe {
-        SSL_CTX_callback_ctrl(
-            ctx,
-            SSL_CTRL_SET_TLSEXT_SERVERNAME_CB as c_int,
-            Some(core::mem::transmute::<Cb, unsafe extern "C" fn()>(cb)),
-        )
-    };
+    // SAFETY: OpenSSL stores the callback as a generic function pointer and
+    // calls it back with the (SSL *, int *, void *) signature it has.
+    let cb = unsafe { core::mem::transmute::<Cb, unsafe extern "C" fn()>(cb) };
+    // SAFETY: ctx is live; SSL_CTX_set_tlsext_servername_callback(3) is
+    // this ctrl.
+    unsafe { SSL_CTX_callback_ctrl(ctx, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB as c_int, Some(cb)) };
 }

@@ -14,7 +14,7 @@ use ngx::http::HttpModuleServerConf;
 
 use super::boundary::guard;
 use super::conf::Module;
-use super::handshake::{connection_info, connection_sni};
+use super::handshake::{connection_info, connection_sni, request_connection};
 
 const SOURCE: usize = 0;
 const NAME: usize = 1;
@@ -27,14 +27,13 @@ const FETCH_TIME: usize = 3;
 /// Called by nginx with the configuration being loaded.
 pub unsafe extern "C" fn ngx_http_dyncert_add_variables(cf: *mut ngx_conf_t) -> ngx_int_t {
     guard("registering variables", Status::NGX_ERROR.into(), || {
-        // SAFETY: nginx passes the configuration being loaded.
-        unsafe { add_variables(cf) }
+        // SAFETY: nginx passes the configuration being loaded, and nothing
+        // else uses it while this runs.
+        add_variables(unsafe { &mut *cf })
     })
 }
 
-/// # Safety
-/// `cf` must be the configuration nginx passes to preconfiguration.
-unsafe fn add_variables(cf: *mut ngx_conf_t) -> ngx_int_t {
+fn add_variables(cf: &mut ngx_conf_t) -> ngx_int_t {
     let vars: [(&'static [u8], usize); 4] = [
         (b"dyncert_source", SOURCE),
         (b"dyncert_name", NAME),
@@ -44,18 +43,17 @@ unsafe fn add_variables(cf: *mut ngx_conf_t) -> ngx_int_t {
     for (name, which) in vars {
         let mut n = ngx_str_t {
             len: name.len(),
-            data: name.as_ptr() as *mut u8,
+            data: name.as_ptr().cast_mut(),
         };
-        // SAFETY: cf is valid during preconfiguration; nginx copies the name.
+        // SAFETY: cf is the configuration being loaded; nginx copies the
+        // name and returns its variable (NULL on error), in cf's pool.
         let v = unsafe { ngx_http_add_variable(cf, &mut n, NGX_HTTP_VAR_NOCACHEABLE as _) };
-        if v.is_null() {
+        // SAFETY: as above: NULL or a live variable, ours to fill in.
+        let Some(v) = (unsafe { v.as_mut() }) else {
             return Status::NGX_ERROR.into();
-        }
-        // SAFETY: v was just returned non-null by ngx_http_add_variable.
-        unsafe {
-            (*v).get_handler = Some(ngx_http_dyncert_variable);
-            (*v).data = which;
-        }
+        };
+        v.get_handler = Some(ngx_http_dyncert_variable);
+        v.data = which;
     }
     Status::NGX_OK.into()
 }
@@ -67,12 +65,14 @@ fn set_not_found(v: &mut ngx_http_variable_value_t) {
 
 /// Copies `s` into the request pool and points `v` at it.
 fn set_value(r: &ngx_http_request_t, v: &mut ngx_http_variable_value_t, s: &str) -> ngx_int_t {
-    // SAFETY: the request pool lives as long as the request.
-    let p = unsafe { ngx_pnalloc(r.pool, s.len().max(1)) } as *mut u8;
+    // SAFETY: r->pool is the live request's pool, which lives as long as
+    // the request and the value.
+    let p = unsafe { ngx_pnalloc(r.pool, s.len().max(1)) }.cast::<u8>();
     if p.is_null() {
         return Status::NGX_ERROR.into();
     }
-    // SAFETY: p has s.len() bytes; the regions do not overlap.
+    // SAFETY: p is fresh pool memory of at least s.len() bytes, which
+    // cannot overlap s.
     unsafe { ptr::copy_nonoverlapping(s.as_ptr(), p, s.len()) };
     v.set_len(s.len() as u32);
     v.set_valid(1);
@@ -94,25 +94,12 @@ unsafe extern "C" fn ngx_http_dyncert_variable(
         "evaluating a $dyncert_ variable",
         Status::NGX_ERROR.into(),
         || {
-            // SAFETY: nginx passes a valid request and value for its lifetime.
-            let (r, v) = unsafe { (&*r, &mut *v) };
-            // Only servers with dyncert on have anything to say.
-            if !Module::server_conf(r).is_some_and(|s| s.enabled()) {
-                set_not_found(v);
-                return Status::NGX_OK.into();
-            }
-            let value = match data {
-                NAME => {
-                    unsafe { connection_sni(r.connection) }.and_then(|raw| normalize_sni(raw).ok())
-                }
-                _ => unsafe { connection_info(r.connection) }.and_then(|info| match data {
-                    SOURCE => Some(info.source.as_str().to_owned()),
-                    NOT_AFTER => info.not_after.map(rfc3339),
-                    FETCH_TIME => Some(seconds_ms(info.waited_us)),
-                    _ => None,
-                }),
-            };
-            match value {
+            // SAFETY: nginx passes a live request...
+            let r = unsafe { &*r };
+            // SAFETY: ...and the value slot to fill, which nothing else
+            // refers to meanwhile.
+            let v = unsafe { &mut *v };
+            match value(r, data) {
                 Some(s) => set_value(r, v, &s),
                 None => {
                     set_not_found(v);
@@ -121,4 +108,23 @@ unsafe extern "C" fn ngx_http_dyncert_variable(
             }
         },
     )
+}
+
+/// The value of variable `data` for a request; None: not found.
+fn value(r: &ngx_http_request_t, data: usize) -> Option<String> {
+    // Only servers with dyncert on have anything to say.
+    if !Module::server_conf(r).is_some_and(|s| s.enabled()) {
+        return None;
+    }
+    let c = request_connection(r);
+    if data == NAME {
+        return connection_sni(c).and_then(|raw| normalize_sni(raw).ok());
+    }
+    let info = connection_info(c)?;
+    match data {
+        SOURCE => Some(info.source.as_str().to_owned()),
+        NOT_AFTER => info.not_after.map(rfc3339),
+        FETCH_TIME => Some(seconds_ms(info.waited_us)),
+        _ => None,
+    }
 }
