@@ -14,6 +14,7 @@ use dyncert_core::name::normalize_sni;
 use dyncert_core::outcome::CertSource;
 use dyncert_core::tenant::{session_context, SESSION_CONTEXT_LEN};
 use dyncert_core::validate::{ClientCa, ParsedCert};
+use dyncert_core::worker::{Selection, Tier};
 use foreign_types::{ForeignType, ForeignTypeRef};
 use ngx::ffi::{
     ngx_conf_t, ngx_http_connection_t, ngx_http_core_srv_conf_t, ngx_http_ssl_servername,
@@ -232,8 +233,8 @@ unsafe fn select_certificate(ssl: *mut SSL, scf: Option<&SrvConf>) -> c_int {
         return c_int::from(raw.is_none() || !reject);
     };
     let now = SystemClock.now();
-    let (cert, source) =
-        with_worker(|w| w.for_handshake(&name, now)).unwrap_or((None, CertSource::Default));
+    let Selection { cert, source, .. } =
+        with_worker(|w| w.for_handshake(&name, now)).unwrap_or(Selection::default_for(Tier::Miss));
     let Some(cert) = cert else {
         let source = if reject {
             CertSource::Rejected
