@@ -31,7 +31,7 @@ use super::conf::{add_phase_handler, Module, Refused};
 use super::handshake::{
     connection_sni, handshake_facts, request_connection, ssl_of, HandshakeFacts,
 };
-use super::log::Log;
+use super::log::{debug, Log};
 use super::metrics;
 use super::state::with_worker;
 
@@ -141,6 +141,12 @@ fn check_tenant(r: &ngx_http_request_t) -> ngx_int_t {
         current: current.as_deref(),
         client: client_ip(c),
     });
+    debug!(
+        Log::of(c),
+        "dyncert: tenant policy: {}, host: \"{}\"",
+        verdict_text(&verdict),
+        String::from_utf8_lossy(host)
+    );
     match verdict {
         Verdict::Misdirected(m) => {
             metrics::add(metrics::layout().misdirected(m), 1);
@@ -161,6 +167,18 @@ fn check_tenant(r: &ngx_http_request_t) -> ngx_int_t {
         Verdict::Pass {
             client_ca: Some(ca),
         } => check_client_certificate(c, ca, facts),
+    }
+}
+
+/// The verdict, for the debug log.
+fn verdict_text(verdict: &Verdict<'_>) -> String {
+    match verdict {
+        Verdict::Misdirected(m) => format!("421, {}", m.as_str()),
+        Verdict::Denied => "denied by the tenant's allow list".to_owned(),
+        Verdict::Pass { client_ca: None } => "pass".to_owned(),
+        Verdict::Pass { client_ca: Some(_) } => {
+            "pass if the client certificate verifies".to_owned()
+        }
     }
 }
 

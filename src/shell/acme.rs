@@ -102,7 +102,7 @@ unsafe fn start(r: *mut ngx_http_request_t) -> ngx_int_t {
         Admission::Busy => return unsafe { busy(r) },
         Admission::Wait => {}
         Admission::Read => {
-            if with_worker(|w| w.queue().request_acme(&token)) != Some(true) {
+            if with_worker(|w| w.queue().0.request_acme(&token)) != Some(true) {
                 // Nobody else can have joined: the event loop has not run.
                 GATE.with(|g| drop(g.borrow_mut().not_queued(&token)));
                 // SAFETY: as above.

@@ -10,7 +10,7 @@ use core::ptr;
 use std::os::fd::RawFd;
 
 use dyncert_core::clock::{Clock, SystemClock};
-use dyncert_core::fetch::{Event, Fetcher};
+use dyncert_core::fetch::{AcmeAnswer, Event, Fetcher, Outcome};
 use dyncert_core::worker::{Level, Worker};
 use ngx::core::Status;
 use ngx::ffi::{
@@ -22,8 +22,8 @@ use ngx::http::HttpModuleMainConf;
 
 use super::boundary::guard;
 use super::conf::{self, MainConf, Module, Refused, Uses};
-use super::log::Log;
-use super::state::{self, with_worker, State};
+use super::log::{debug, Log};
+use super::state::{self, with_worker, Fetches, State};
 use super::{access, acme, handshake, metrics, peek, ssl};
 
 /// postconfiguration (`ngx_http_<module>_init` in nginx's own modules).
@@ -153,7 +153,7 @@ fn start_fetcher(cycle: &ngx_cycle_t, mcf: &MainConf) -> Result<(), String> {
         worker: Worker::new(
             mcf.cache(),
             mcf.fetch_concurrency(),
-            fetcher,
+            Fetches(fetcher),
             Box::new(metrics::ShmSink),
         ),
         notify,
@@ -225,7 +225,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_exit_process(_cycle: *mut ngx_cycle_t)
         unsafe { (*st.notify).fd = -1 };
         // SAFETY: as above.
         unsafe { ngx_free_connection(st.notify) };
-        st.worker.queue_mut().stop();
+        st.worker.queue_mut().0.stop();
     })
 }
 
@@ -240,7 +240,8 @@ unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
         let waiters = with_worker(|w| {
             let now = SystemClock.now();
             let mut waiters = Vec::new();
-            for ev in w.queue().drain() {
+            for ev in w.queue().0.drain() {
+                debug!(Log::cycle(), "dyncert: {}", event_text(&ev));
                 match ev {
                     Event::Acme { token, answer } => acme.push((token, answer)),
                     ev => waiters.extend(w.on_event(ev, now, &mut |l, m| lines.push((l, m)))),
@@ -266,4 +267,45 @@ unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
             acme::complete(&token, &answer);
         }
     })
+}
+
+/// What the fetcher reports, for the debug log.
+fn event_text(ev: &Event) -> String {
+    match ev {
+        Event::Fetched(r) => {
+            let outcome = match &r.outcome {
+                Outcome::Found {
+                    source,
+                    wildcard: None,
+                    ..
+                } => format!("found in {}", source.as_str()),
+                Outcome::Found {
+                    source,
+                    wildcard: Some(w),
+                    ..
+                } => format!("found in {} as \"{w}\"", source.as_str()),
+                Outcome::NotFound => "no record".to_owned(),
+                Outcome::Refused(refusal) => format!("refused ({})", refusal.reason),
+                Outcome::Error(e) => format!("failed ({e})"),
+            };
+            format!(
+                "fetch done in {} ms: {outcome}, name: \"{}\"",
+                r.elapsed.as_millis(),
+                r.name
+            )
+        }
+        Event::Acme { token, answer } => {
+            let answer = match answer {
+                AcmeAnswer::Value(_) => "found".to_owned(),
+                AcmeAnswer::Absent => "absent".to_owned(),
+                AcmeAnswer::Error(e) => format!("failed ({e})"),
+            };
+            format!("ACME challenge read done: {answer}, token: \"{token}\"")
+        }
+        Event::Invalidate(target) => format!("invalidation of \"{target}\""),
+        Event::Subscribed { resubscribed } => {
+            format!("invalidation channel subscribed (again: {resubscribed})")
+        }
+        Event::Warn(msg) => format!("fetcher warning: {msg}"),
+    }
 }

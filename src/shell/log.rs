@@ -2,6 +2,14 @@
 //! fault a line reports: a client's mistake INFO, a policy denial ERR,
 //! Redis or API trouble WARN, a bug ALERT. A line is formatted only when
 //! the log's level lets it through, into nginx's own fixed-size buffer.
+//!
+//! [`debug!`] lines trace dyncert's decisions: what the peek read, parks and
+//! resumes, which cache tier served a handshake, fetches starting and
+//! ending, the tenant policy's verdict. Like nginx's `ngx_log_debug*`, they
+//! exist only in an nginx built `--with-debug` (the `ngx` crate then sets
+//! `ngx::log::DEBUG`), show with `error_log ... debug;` (or `debug_http`),
+//! and otherwise compile to nothing: not even their arguments are
+//! evaluated.
 
 use core::fmt;
 use core::ptr::NonNull;
@@ -68,3 +76,20 @@ impl Log {
         ngx::ngx_log_error!(level, self.as_ptr(), "{}", args);
     }
 }
+
+/// `debug!(log, "format", args...)`: a debug line on a [`Log`], under the
+/// http debug mask like nginx's own http modules. Formatted only in a
+/// `--with-debug` nginx and when the log's level asks for debug lines;
+/// without `--with-debug` the whole statement is dead code.
+macro_rules! debug {
+    ($log:expr, $($arg:tt)+) => {
+        if ::ngx::log::DEBUG {
+            ::ngx::ngx_log_debug!(
+                mask: ::ngx::log::DebugMask::Http,
+                $crate::shell::log::Log::as_ptr($log),
+                $($arg)+
+            );
+        }
+    };
+}
+pub(crate) use debug;

@@ -32,6 +32,7 @@ use dyncert_core::worker::PreHandshake;
 
 use super::boundary::guard;
 use super::conf::{emerg, Module, Refused};
+use super::log::{debug, Log};
 use super::metrics;
 use super::state::{fetch_timeout, with_worker, Parked};
 
@@ -290,12 +291,20 @@ unsafe fn on_event(c: *mut ngx_connection_t, rev: *mut ngx_event_t) -> bool {
     let ctx = unsafe { &mut *(*c).data.cast::<PeekCtx>() };
     // SAFETY: the caller's contract: c is live.
     let (fd, number) = unsafe { ((*c).fd, (*c).number) };
+    // SAFETY: as above; the reference ends at once.
+    let log = Log::of(unsafe { &*c });
     // SAFETY: rev is c's live read event.
     if unsafe { (*rev).timedout() } != 0 {
         if ctx.parked {
             let name = ctx.name();
+            debug!(log, "*{number} dyncert: park timed out, name: \"{name}\"");
             with_worker(|w| w.abandon(&name, |p| p.c == c && p.number == number));
             metrics::add(metrics::layout().simple(Simple::ParkTimeouts), 1);
+        } else {
+            debug!(
+                log,
+                "*{number} dyncert: no complete ClientHello before the timeout"
+            );
         }
         return true;
     }
@@ -306,16 +315,34 @@ unsafe fn on_event(c: *mut ngx_connection_t, rev: *mut ngx_event_t) -> bool {
     }
     match peek(fd) {
         Peeked::Wait => {
+            debug!(
+                log,
+                "*{number} dyncert: ClientHello incomplete, waiting for more bytes"
+            );
             // SAFETY: rev is c's live read event: not ready until the
             // event method reports more bytes.
             unsafe { (*rev).set_ready(0) };
             false
         }
-        Peeked::HandOff => true,
+        Peeked::HandOff(reason) => {
+            debug!(
+                log,
+                "*{number} dyncert: ClientHello peek: {reason}, no wait"
+            );
+            true
+        }
         Peeked::Name(name) => {
             if !park(ctx, Parked { c, number }, &name) {
+                debug!(
+                    log,
+                    "*{number} dyncert: no wait (cached, or no fetch), name: \"{name}\""
+                );
                 return true;
             }
+            debug!(
+                log,
+                "*{number} dyncert: parked until the name is fetched, name: \"{name}\""
+            );
             if let Some(t) = fetch_timeout() {
                 // The park gets the full fetch timeout.
                 // SAFETY: rev is c's live read event.
@@ -331,8 +358,9 @@ enum Peeked {
     /// Not enough of them yet.
     Wait,
     /// Nothing worth waiting for (EOF, an error, not a ClientHello, no or
-    /// an invalid SNI): nginx takes the connection now.
-    HandOff,
+    /// an invalid SNI, said for the debug log): nginx takes the connection
+    /// now.
+    HandOff(&'static str),
     /// The ClientHello's server name, normalised.
     Name(String),
 }
@@ -346,14 +374,16 @@ fn peek(fd: libc::c_int) -> Peeked {
         // that many.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) };
         let n = match usize::try_from(n) {
-            Ok(0) => return Peeked::HandOff, // EOF: nginx closes it
+            // nginx closes it.
+            Ok(0) => return Peeked::HandOff("the client closed the connection"),
             Ok(n) => n,
             Err(_) => {
                 let err = std::io::Error::last_os_error().raw_os_error();
                 if err == Some(libc::EAGAIN) || err == Some(libc::EINTR) {
                     return Peeked::Wait;
                 }
-                return Peeked::HandOff; // nginx will see the same error and close
+                // nginx will see the same error and close.
+                return Peeked::HandOff("recv() failed");
             }
         };
         let data = &buf[..n];
@@ -361,13 +391,14 @@ fn peek(fd: libc::c_int) -> Peeked {
         // PROXY protocol header in front of it.
         let proxy = data.first() != Some(&0x16);
         match peek_client_hello(data, proxy) {
-            Peek::NeedMore if n >= PEEK_LIMIT => Peeked::HandOff,
+            Peek::NeedMore if n >= PEEK_LIMIT => Peeked::HandOff("ClientHello over the peek limit"),
             Peek::NeedMore => Peeked::Wait,
-            Peek::Unparseable(_) | Peek::Hello { sni: None } => Peeked::HandOff,
+            Peek::Unparseable(reason) => Peeked::HandOff(reason),
+            Peek::Hello { sni: None } => Peeked::HandOff("no SNI"),
             // Invalid names never cause I/O.
             Peek::Hello { sni: Some(raw) } => match normalize_sni(&raw) {
                 Ok(name) => Peeked::Name(name),
-                Err(_) => Peeked::HandOff,
+                Err(_) => Peeked::HandOff("invalid SNI"),
             },
         }
     })
@@ -406,6 +437,12 @@ pub unsafe fn resume(p: Parked) {
         && handler
             .is_some_and(|h| ptr::fn_addr_eq(h, ngx_http_dyncert_peek_handler as EventHandler));
     if still_parked {
+        debug!(
+            // SAFETY: c is live and still dyncert's; the reference ends at
+            // once.
+            Log::of(unsafe { &*c }),
+            "*{number} dyncert: fetch done, resuming a parked connection"
+        );
         // SAFETY: c is live and still dyncert's.
         unsafe { hand_off(c) };
     }
@@ -423,7 +460,13 @@ unsafe fn hand_off(c: *mut ngx_connection_t) {
     // SAFETY: c->data is NULL (not peeked) or our PeekCtx in c's pool.
     if let Some(ctx) = unsafe { data.cast::<PeekCtx>().as_ref() } {
         if ctx.parked {
-            record_wait(number, monotonic_us().saturating_sub(ctx.parked_at));
+            let waited = monotonic_us().saturating_sub(ctx.parked_at);
+            debug!(
+                // SAFETY: c is live; the reference ends at once.
+                Log::of(unsafe { &*c }),
+                "*{number} dyncert: parked for {waited} us"
+            );
+            record_wait(number, waited);
         }
     }
     // SAFETY: rev is c's live read event; the reference ends before nginx

@@ -17,8 +17,8 @@ use dyncert_core::validate::{ClientCa, ParsedCert};
 use dyncert_core::worker::{Selection, Tier};
 use foreign_types::{ForeignType, ForeignTypeRef};
 use ngx::ffi::{
-    ngx_conf_t, ngx_http_connection_t, ngx_http_core_srv_conf_t, ngx_http_ssl_servername,
-    SSL_CTX_callback_ctrl, SSL_CTX_get0_certificate, SSL_CTX_set_cert_cb,
+    ngx_conf_t, ngx_connection_t, ngx_http_connection_t, ngx_http_core_srv_conf_t,
+    ngx_http_ssl_servername, SSL_CTX_callback_ctrl, SSL_CTX_get0_certificate, SSL_CTX_set_cert_cb,
     SSL_CTX_set_client_hello_cb, SSL_add_client_CA, SSL_certs_clear, SSL_client_hello_get0_ext,
     SSL_ctrl, SSL_set_session_id_context, SSL_set_verify, SSL_use_PrivateKey, SSL_use_certificate,
     EVP_PKEY, SSL, SSL_AD_UNRECOGNIZED_NAME, SSL_CLIENT_HELLO_SUCCESS, SSL_CTRL_CHAIN_CERT,
@@ -31,7 +31,7 @@ use openssl::x509::X509Ref;
 use super::boundary::guard;
 use super::conf::{emerg, server_location, Module, Refused, SrvConf, Uses};
 use super::handshake::{connection_of, servername, set_binding, set_info};
-use super::log::Log;
+use super::log::{debug, Log};
 use super::state::with_worker;
 
 /// Installs the certificate callback on the SSL_CTX of every server with
@@ -228,13 +228,25 @@ unsafe fn select_certificate(ssl: *mut SSL, scf: Option<&SrvConf>) -> c_int {
     let Some(Ok(name)) = raw.map(normalize_sni) else {
         // No SNI: the default certificate. An invalid one never causes a
         // lookup: the default, or the rejection.
+        debug!(
+            // SAFETY: the caller's contract.
+            handshake_log(unsafe { connection_of(ssl) }),
+            "dyncert: no valid SNI, no cache lookup"
+        );
         // SAFETY: the caller's contract.
         unsafe { set_info(ssl, CertSource::Default, None, false) };
         return c_int::from(raw.is_none() || !reject);
     };
     let now = SystemClock.now();
-    let Selection { cert, source, .. } =
+    let Selection { cert, source, tier } =
         with_worker(|w| w.for_handshake(&name, now)).unwrap_or(Selection::default_for(Tier::Miss));
+    debug!(
+        // SAFETY: the caller's contract.
+        handshake_log(unsafe { connection_of(ssl) }),
+        "dyncert: cache lookup: {}, certificate: {}, name: \"{name}\"",
+        tier.as_str(),
+        cert.as_ref().map_or("none", |_| source.as_str())
+    );
     let Some(cert) = cert else {
         let source = if reject {
             CertSource::Rejected
@@ -259,6 +271,11 @@ unsafe fn select_certificate(ssl: *mut SSL, scf: Option<&SrvConf>) -> c_int {
             0
         }
     }
+}
+
+/// The log of a handshake's connection (the cycle's without one).
+fn handshake_log(c: Option<&ngx_connection_t>) -> Log {
+    c.map_or_else(Log::cycle, Log::of)
 }
 
 /// SSL_CTX_set_client_hello_cb(3) callback, installed on every server of an

@@ -7,8 +7,10 @@
 use std::cell::RefCell;
 
 use dyncert_core::fetch::Fetcher;
-use dyncert_core::worker::Worker;
+use dyncert_core::worker::{FetchQueue, Worker};
 use ngx::ffi::{ngx_atomic_uint_t, ngx_connection_t, ngx_msec_t};
+
+use super::log::{debug, Log};
 
 /// A connection parked by the peek step behind an in-flight fetch. nginx
 /// reuses connection structures, so the number tells whether the structure
@@ -18,8 +20,24 @@ pub struct Parked {
     pub number: ngx_atomic_uint_t,
 }
 
+/// The worker's fetcher as the core's [`FetchQueue`]: the lookups the core
+/// decides to start go to the fetcher thread, each with a debug line.
+pub struct Fetches(pub Fetcher);
+
+impl FetchQueue for Fetches {
+    fn request(&self, name: &str) -> bool {
+        let queued = self.0.request(name);
+        debug!(
+            Log::cycle(),
+            "dyncert: fetch {}, name: \"{name}\"",
+            if queued { "started" } else { "not queued" }
+        );
+        queued
+    }
+}
+
 pub struct State {
-    pub worker: Worker<Parked, Fetcher>,
+    pub worker: Worker<Parked, Fetches>,
     /// nginx connection wrapping the fetcher's wake-up socket.
     pub notify: *mut ngx_connection_t,
     pub fetch_timeout: ngx_msec_t,
@@ -42,7 +60,7 @@ pub fn take() -> Option<State> {
 
 /// Runs `f` on the worker state if the fetcher runs in this process.
 /// Never call nginx from inside `f` (it may re-enter dyncert).
-pub fn with_worker<R>(f: impl FnOnce(&mut Worker<Parked, Fetcher>) -> R) -> Option<R> {
+pub fn with_worker<R>(f: impl FnOnce(&mut Worker<Parked, Fetches>) -> R) -> Option<R> {
     STATE.with(|s| {
         let mut s = s.try_borrow_mut().ok()?;
         s.as_mut().map(|st| f(&mut st.worker))
