@@ -1,4 +1,4 @@
-//! Configuration: the module type nginx-rust knows this module by, the
+//! Configuration: the module type ngx-rust knows this module by, the
 //! main/server/location configuration structures with their defaults and
 //! merges, and what postconfiguration reads from nginx's own http
 //! configuration (its server blocks, its phases). The directives that fill
@@ -39,121 +39,26 @@ impl HttpModule for Module {
     }
 }
 
-/// The main configuration of this module is a [`MainConf`].
+/// Tells ngx-rust that this module's main configuration is a [`MainConf`],
+/// so that `Module::main_conf` hands out typed references to it.
 // SAFETY: the context's create_main_conf (HttpModule's default) allocates
 // exactly this type.
 unsafe impl HttpModuleMainConf for Module {
     type MainConf = MainConf;
 }
 
-/// The server configuration of this module is a [`SrvConf`].
+/// Tells ngx-rust that this module's server configuration is a
+/// [`SrvConf`], so that `Module::server_conf` hands out typed references.
 // SAFETY: the context's create_srv_conf allocates exactly this type.
 unsafe impl HttpModuleServerConf for Module {
     type ServerConf = SrvConf;
 }
 
-/// The location configuration of this module is a [`LocConf`].
+/// Tells ngx-rust that this module's location configuration is a
+/// [`LocConf`], so that `Module::location_conf` hands out typed references.
 // SAFETY: the context's create_loc_conf allocates exactly this type.
 unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = LocConf;
-}
-
-/// The configuration is refused; the error log already says why (nginx
-/// itself reports the allocation failures that end up here).
-#[derive(Debug)]
-pub struct Refused;
-
-/// Reports a configuration error the way nginx does (`nginx -t` prints it
-/// with the file and line being parsed) and refuses the configuration.
-pub fn emerg(cf: &mut ngx_conf_t, args: fmt::Arguments<'_>) -> Refused {
-    let cf: *mut ngx_conf_t = cf;
-    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", args);
-    Refused
-}
-
-/// The server blocks of the http block being loaded.
-pub fn servers(cf: &ngx_conf_t) -> Result<Vec<&'static ngx_http_core_srv_conf_t>, Refused> {
-    let cmcf = NgxHttpCoreModule::main_conf(cf).ok_or(Refused)?;
-    // SAFETY: cmcf->servers is an array of pointers to the server blocks'
-    // core configurations (ngx_http_core_server), which live as long as
-    // the configuration.
-    let servers = unsafe { cmcf.servers.as_slice::<*mut ngx_http_core_srv_conf_t>() };
-    // SAFETY: as above: live, non-NULL server configurations.
-    Ok(servers
-        .iter()
-        .filter_map(|&s| unsafe { s.as_ref() })
-        .collect())
-}
-
-/// Where a server block was defined, for error messages.
-pub fn server_location(cscf: &ngx_http_core_srv_conf_t) -> String {
-    if cscf.file_name.is_null() {
-        return "a server block".into();
-    }
-    // SAFETY: nginx stores the NUL-terminated file name of the block.
-    let f = unsafe { CStr::from_ptr(cscf.file_name as *const c_char) };
-    format!("the server block at {}:{}", f.to_string_lossy(), cscf.line)
-}
-
-/// Appends `handler` to an http phase (postconfiguration).
-pub fn add_phase_handler(
-    cf: &ngx_conf_t,
-    phase: ngx_http_phases,
-    handler: unsafe extern "C" fn(*mut ngx_http_request_t) -> ngx_int_t,
-) -> Result<(), Refused> {
-    let cmcf = NgxHttpCoreModule::main_conf_mut(cf).ok_or(Refused)?;
-    let handlers = &mut cmcf.phases[phase as usize].handlers;
-    // SAFETY: a phase's handlers are an ngx_array_t of handler pointers in
-    // the configuration pool; ngx_array_push(3) returns a fresh element.
-    let h = unsafe { ngx_array_push(handlers) }.cast::<ngx_http_handler_pt>();
-    if h.is_null() {
-        return Err(Refused);
-    }
-    // SAFETY: h points to that fresh, uninitialised element.
-    unsafe { h.write(Some(handler)) };
-    Ok(())
-}
-
-/// What the server blocks of an http block use.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Uses {
-    /// Some server has `dyncert on`.
-    pub dyncert: bool,
-    /// Some server with `dyncert on` has `dyncert_unknown reject`.
-    pub reject: bool,
-    /// Some server with `dyncert on` has `dyncert_tenant_policy on`.
-    pub tenant: bool,
-    /// Some server has `dyncert_acme_challenge on`.
-    pub acme: bool,
-}
-
-impl Uses {
-    pub fn of(servers: &[&ngx_http_core_srv_conf_t]) -> Uses {
-        let mut uses = Uses::default();
-        for scf in servers.iter().filter_map(|&s| Module::server_conf(s)) {
-            uses.acme |= scf.acme();
-            if scf.enabled() {
-                uses.dyncert = true;
-                uses.reject |= scf.rejects_unknown();
-                uses.tenant |= scf.tenant_policy();
-            }
-        }
-        uses
-    }
-}
-
-/// `dyncert on` needs somewhere to read certificates from.
-pub fn check_sources(cf: &mut ngx_conf_t, mcf: &MainConf) -> Result<(), Refused> {
-    if mcf.redis_url.is_none() && mcf.api_template.is_none() {
-        return Err(emerg(
-            cf,
-            format_args!(
-                "\"dyncert on\" is set but neither \"dyncert_redis\" nor \"dyncert_api\" is: \
-                 dyncert has no certificate source"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Default prefix of the Redis key holding a name's record.
@@ -321,4 +226,104 @@ impl Merge for SrvConf {
         self.acme = self.acme.or(prev.acme).or(Some(false));
         Ok(())
     }
+}
+
+// ---- what postconfiguration reads from nginx's http configuration ----
+
+/// The configuration is refused; the error log already says why (nginx
+/// itself reports the allocation failures that end up here).
+#[derive(Debug)]
+pub struct Refused;
+
+/// Reports a configuration error the way nginx does (`nginx -t` prints it
+/// with the file and line being parsed) and refuses the configuration.
+pub fn emerg(cf: &mut ngx_conf_t, args: fmt::Arguments<'_>) -> Refused {
+    let cf: *mut ngx_conf_t = cf;
+    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", args);
+    Refused
+}
+
+/// The server blocks of the http block being loaded.
+pub fn servers(cf: &ngx_conf_t) -> Result<Vec<&'static ngx_http_core_srv_conf_t>, Refused> {
+    let cmcf = NgxHttpCoreModule::main_conf(cf).ok_or(Refused)?;
+    // SAFETY: cmcf->servers is an array of pointers to the server blocks'
+    // core configurations (ngx_http_core_server), which live as long as
+    // the configuration.
+    let servers = unsafe { cmcf.servers.as_slice::<*mut ngx_http_core_srv_conf_t>() };
+    // SAFETY: as above: live, non-NULL server configurations.
+    Ok(servers
+        .iter()
+        .filter_map(|&s| unsafe { s.as_ref() })
+        .collect())
+}
+
+/// Where a server block was defined, for error messages.
+pub fn server_location(cscf: &ngx_http_core_srv_conf_t) -> String {
+    if cscf.file_name.is_null() {
+        return "a server block".into();
+    }
+    // SAFETY: nginx stores the NUL-terminated file name of the block.
+    let f = unsafe { CStr::from_ptr(cscf.file_name as *const c_char) };
+    format!("the server block at {}:{}", f.to_string_lossy(), cscf.line)
+}
+
+/// Appends `handler` to an http phase (postconfiguration).
+pub fn add_phase_handler(
+    cf: &ngx_conf_t,
+    phase: ngx_http_phases,
+    handler: unsafe extern "C" fn(*mut ngx_http_request_t) -> ngx_int_t,
+) -> Result<(), Refused> {
+    let cmcf = NgxHttpCoreModule::main_conf_mut(cf).ok_or(Refused)?;
+    let handlers = &mut cmcf.phases[phase as usize].handlers;
+    // SAFETY: a phase's handlers are an ngx_array_t of handler pointers in
+    // the configuration pool; ngx_array_push(3) returns a fresh element.
+    let h = unsafe { ngx_array_push(handlers) }.cast::<ngx_http_handler_pt>();
+    if h.is_null() {
+        return Err(Refused);
+    }
+    // SAFETY: h points to that fresh, uninitialised element.
+    unsafe { h.write(Some(handler)) };
+    Ok(())
+}
+
+/// What the server blocks of an http block use.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Uses {
+    /// Some server has `dyncert on`.
+    pub dyncert: bool,
+    /// Some server with `dyncert on` has `dyncert_unknown reject`.
+    pub reject: bool,
+    /// Some server with `dyncert on` has `dyncert_tenant_policy on`.
+    pub tenant: bool,
+    /// Some server has `dyncert_acme_challenge on`.
+    pub acme: bool,
+}
+
+impl Uses {
+    pub fn of(servers: &[&ngx_http_core_srv_conf_t]) -> Uses {
+        let mut uses = Uses::default();
+        for scf in servers.iter().filter_map(|&s| Module::server_conf(s)) {
+            uses.acme |= scf.acme();
+            if scf.enabled() {
+                uses.dyncert = true;
+                uses.reject |= scf.rejects_unknown();
+                uses.tenant |= scf.tenant_policy();
+            }
+        }
+        uses
+    }
+}
+
+/// `dyncert on` needs somewhere to read certificates from.
+pub fn check_sources(cf: &mut ngx_conf_t, mcf: &MainConf) -> Result<(), Refused> {
+    if mcf.redis_url.is_none() && mcf.api_template.is_none() {
+        return Err(emerg(
+            cf,
+            format_args!(
+                "\"dyncert on\" is set but neither \"dyncert_redis\" nor \"dyncert_api\" is: \
+                 dyncert has no certificate source"
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -3,6 +3,8 @@
 //! is not cached park the connection until the fetcher answers or
 //! `dyncert_fetch_timeout` passes; then hand it to nginx's own
 //! `ngx_http_init_connection` exactly as if dyncert were not there.
+//! Postconfiguration checks the event method and finds the listeners that
+//! lead to dyncert servers; init_module wraps their accept handler.
 //!
 //! This is an optimisation: whatever happens here (garbage, split
 //! ClientHello, timeouts), the connection ends up in nginx's handler and
@@ -12,11 +14,14 @@ use core::ffi::c_void;
 use core::mem::size_of;
 use core::ptr;
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 use dyncert_core::clienthello::{peek_client_hello, Peek, PEEK_LIMIT};
 use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::event_method::check_event_method as check_event_method_name;
+use dyncert_core::metrics::Simple;
 use dyncert_core::name::normalize_sni;
+use dyncert_core::worker::PreHandshake;
 use ngx::ffi::{
     ngx_add_timer, ngx_atomic_uint_t, ngx_conf_t, ngx_connection_t, ngx_cycle_t, ngx_del_timer,
     ngx_event_conf_t, ngx_event_core_module, ngx_event_t, ngx_events_module, ngx_handle_read_event,
@@ -24,11 +29,6 @@ use ngx::ffi::{
     ngx_inet_get_port, ngx_int_t, ngx_listening_t, ngx_pcalloc, NGX_OK,
 };
 use ngx::http::{HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule};
-
-use std::collections::HashMap;
-
-use dyncert_core::metrics::Simple;
-use dyncert_core::worker::PreHandshake;
 
 use super::boundary::guard;
 use super::conf::{emerg, Module, Refused};
