@@ -299,6 +299,71 @@ impl Layout {
     }
 }
 
+/// The shared zone's figures (`dyncert_shared_zone`), read under its lock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZoneFigures {
+    /// Bytes of the zone's pages, and of those free.
+    pub size: u64,
+    pub free: u64,
+    pub records: u64,
+    pub intermediates: u64,
+    pub evictions: u64,
+    pub stores: u64,
+}
+
+/// The exposition of the shared zone's figures, appended to [`render`]'s.
+pub fn render_zone(z: &ZoneFigures) -> String {
+    let mut out = String::with_capacity(1024);
+    out.push_str(
+        "# HELP dyncert_shared_zone_bytes Bytes of the shared zone's pages, in all and free.\n",
+    );
+    out.push_str("# TYPE dyncert_shared_zone_bytes gauge\n");
+    let _ = writeln!(
+        out,
+        "dyncert_shared_zone_bytes{{state=\"total\"}} {}",
+        z.size
+    );
+    let _ = writeln!(
+        out,
+        "dyncert_shared_zone_bytes{{state=\"free\"}} {}",
+        z.free
+    );
+    let gauges = [
+        (
+            "dyncert_shared_zone_records",
+            "Records in the shared zone.",
+            z.records,
+        ),
+        (
+            "dyncert_shared_zone_intermediates",
+            "Distinct intermediates in the shared zone, each stored once.",
+            z.intermediates,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
+    let counters = [
+        (
+            "dyncert_shared_zone_evictions_total",
+            "Records evicted from the full shared zone (least recently used first).",
+            z.evictions,
+        ),
+        (
+            "dyncert_shared_zone_stores_total",
+            "Records stored in the shared zone after a fetch.",
+            z.stores,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    out
+}
+
 fn escape_label(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for c in v.chars() {
@@ -570,6 +635,29 @@ mod tests {
             RecordError::ClientCaTooLarge,
         ] {
             assert_ne!(l.rejected(e.label()), l.rejected("other"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn zone_figures_are_rendered_as_gauges_and_counters() {
+        let text = render_zone(&ZoneFigures {
+            size: 1 << 20,
+            free: 4096,
+            records: 3,
+            intermediates: 1,
+            evictions: 7,
+            stores: 10,
+        });
+        assert!(text.contains("dyncert_shared_zone_bytes{state=\"total\"} 1048576\n"));
+        assert!(text.contains("dyncert_shared_zone_bytes{state=\"free\"} 4096\n"));
+        assert!(text.contains("dyncert_shared_zone_records 3\n"));
+        assert!(text.contains("# TYPE dyncert_shared_zone_evictions_total counter\n"));
+        assert!(text.contains("dyncert_shared_zone_evictions_total 7\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                line.rsplit(' ').next().unwrap().parse::<f64>().is_ok(),
+                "{line}"
+            );
         }
     }
 

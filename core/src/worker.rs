@@ -62,6 +62,63 @@ pub enum PreHandshake {
     Park,
 }
 
+/// Which cache entry answered a handshake's lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// The name's own entry (fresh or stale).
+    Exact,
+    /// The entry of its `*.parent` wildcard.
+    Wildcard,
+    /// A negative entry: the sources have no record for the name.
+    Negative,
+    /// Nothing cached for the name or its wildcard.
+    Miss,
+    /// Parsed just now from the host-wide tier (a handshake without peek).
+    Shared,
+}
+
+impl Tier {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Tier::Exact => "exact",
+            Tier::Wildcard => "wildcard",
+            Tier::Negative => "negative",
+            Tier::Miss => "miss",
+            Tier::Shared => "shared",
+        }
+    }
+}
+
+/// What a handshake gets: the certificate to install (None: the server's
+/// default, or a rejection), the source to report, and the cache entry
+/// that answered.
+pub struct Selection {
+    pub cert: Option<Arc<ParsedCert>>,
+    pub source: CertSource,
+    pub tier: Tier,
+}
+
+impl Selection {
+    /// A cache entry's certificate: its first use reports where it came
+    /// from, later ones `cache`.
+    fn of(entry: &CachedCert, tier: Tier) -> Selection {
+        Selection {
+            cert: Some(entry.cert.clone()),
+            source: entry.first_source.take().unwrap_or(CertSource::Cache),
+            tier,
+        }
+    }
+
+    /// The server's default certificate.
+    pub fn default_for(tier: Tier) -> Selection {
+        Selection {
+            cert: None,
+            source: CertSource::Default,
+            tier,
+        }
+    }
+}
+
 /// Log levels the event loop maps onto nginx's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -204,11 +261,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
     /// Called from the certificate callback: the certificate to install (if
     /// any) and the source to report. Never waits; a miss schedules a fetch
     /// so a later handshake finds the name cached.
-    pub fn for_handshake(
-        &mut self,
-        name: &str,
-        now: Millis,
-    ) -> (Option<Arc<ParsedCert>>, CertSource) {
+    pub fn for_handshake(&mut self, name: &str, now: Millis) -> Selection {
         self.for_handshake_sync(name, now, false)
     }
 
@@ -216,22 +269,18 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
     /// with `sync`, a name this worker has not cached but the tier holds
     /// is parsed here and now (bounded by [`SYNC_LOADS_PER_SEC`], counted),
     /// so the first handshake gets it.
-    pub fn for_handshake_sync(
-        &mut self,
-        name: &str,
-        now: Millis,
-        sync: bool,
-    ) -> (Option<Arc<ParsedCert>>, CertSource) {
+    pub fn for_handshake_sync(&mut self, name: &str, now: Millis, sync: bool) -> Selection {
         if sync && !self.cache.contains_usable(name, now) && !self.inflight.is_in_flight(name) {
             if let Some(cert) = self.load_now(name, now) {
                 self.publish_gauges();
-                return (Some(cert), CertSource::Shared);
+                return Selection {
+                    cert: Some(cert),
+                    source: CertSource::Shared,
+                    tier: Tier::Shared,
+                };
             }
         }
-        let r = match self.lookup(name, now) {
-            Some((cert, first)) => (Some(cert), first.unwrap_or(CertSource::Cache)),
-            None => (None, CertSource::Default),
-        };
+        let r = self.lookup(name, now);
         self.publish_gauges();
         r
     }
@@ -285,17 +334,17 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
 
     /// Exact name first, then its `*.parent` entry; schedules the fetches a
     /// handshake implies (miss, stale entry, exact name behind a wildcard).
-    fn lookup(&mut self, name: &str, now: Millis) -> Option<(Arc<ParsedCert>, Option<CertSource>)> {
+    fn lookup(&mut self, name: &str, now: Millis) -> Selection {
         let mut refresh = false;
         let found = match self.cache.get(name, now) {
-            Lookup::Fresh(v) => Some((v.cert.clone(), v.first_source.take())),
+            Lookup::Fresh(v) => Some(Selection::of(v, Tier::Exact)),
             Lookup::Stale { value, refresh_due } => {
                 refresh = refresh_due;
-                Some((value.cert.clone(), value.first_source.take()))
+                Some(Selection::of(value, Tier::Exact))
             }
             Lookup::Negative => {
                 self.count(Simple::NegativeHits);
-                return None;
+                return Selection::default_for(Tier::Negative);
             }
             Lookup::Miss => {
                 refresh = true;
@@ -305,15 +354,15 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         if refresh {
             self.start_fetch(name, now);
         }
-        if found.is_some() {
+        if let Some(found) = found {
             return found;
         }
-        let wildcard = wildcard_parent(name)?;
+        let Some(wildcard) = wildcard_parent(name) else {
+            return Selection::default_for(Tier::Miss);
+        };
         match self.cache.get(&wildcard, now) {
-            Lookup::Fresh(v) | Lookup::Stale { value: v, .. } => {
-                Some((v.cert.clone(), v.first_source.take()))
-            }
-            Lookup::Negative | Lookup::Miss => None,
+            Lookup::Fresh(v) | Lookup::Stale { value: v, .. } => Selection::of(v, Tier::Wildcard),
+            Lookup::Negative | Lookup::Miss => Selection::default_for(Tier::Miss),
         }
     }
 
@@ -754,8 +803,8 @@ mod tests {
         w.queue().asked.borrow_mut().clear();
     }
 
-    fn fingerprint(r: (Option<Arc<ParsedCert>>, CertSource)) -> (Option<u8>, CertSource) {
-        (r.0.map(|c| c.fingerprint[0]), r.1)
+    fn fingerprint(r: Selection) -> (Option<u8>, CertSource) {
+        (r.cert.map(|c| c.fingerprint[0]), r.source)
     }
 
     // ---- pre-handshake ----
@@ -917,8 +966,14 @@ mod tests {
             },
         );
         apply(&mut w, event, NOW);
-        assert_eq!(w.for_handshake("a.example.com", NOW).1, CertSource::Api);
-        assert_eq!(w.for_handshake("a.example.com", NOW).1, CertSource::Cache);
+        assert_eq!(
+            w.for_handshake("a.example.com", NOW).source,
+            CertSource::Api
+        );
+        assert_eq!(
+            w.for_handshake("a.example.com", NOW).source,
+            CertSource::Cache
+        );
     }
 
     #[test]
@@ -957,7 +1012,10 @@ mod tests {
         );
         cache(&mut w, "b.example.com", cert(2, NOT_AFTER), NOW);
         assert_eq!(
-            w.for_handshake("b.example.com", NOW).0.unwrap().fingerprint[0],
+            w.for_handshake("b.example.com", NOW)
+                .cert
+                .unwrap()
+                .fingerprint[0],
             2
         );
     }
@@ -986,6 +1044,29 @@ mod tests {
         assert_eq!(
             fingerprint(w.for_handshake("a.example.com", later + SECOND)),
             (Some(2), CertSource::Redis)
+        );
+    }
+
+    #[test]
+    fn each_handshake_says_which_cache_tier_answered() {
+        let (mut w, _) = worker();
+        let tier = |w: &mut TestWorker, name: &str| w.for_handshake(name, NOW).tier;
+        assert_eq!(tier(&mut w, "a.example.com"), Tier::Miss);
+        apply(
+            &mut w,
+            found("a.example.com", cert(1, NOT_AFTER), Some("*.example.com")),
+            NOW,
+        );
+        assert_eq!(tier(&mut w, "a.example.com"), Tier::Exact);
+        assert_eq!(tier(&mut w, "b.example.com"), Tier::Wildcard);
+        // One level only, as for the certificate itself.
+        assert_eq!(tier(&mut w, "a.b.example.com"), Tier::Miss);
+        apply(&mut w, fetched("nx.example.org", Outcome::NotFound), NOW);
+        assert_eq!(tier(&mut w, "nx.example.org"), Tier::Negative);
+        // A stale entry still answers from its own tier.
+        assert_eq!(
+            w.for_handshake("a.example.com", NOW + VALID).tier,
+            Tier::Exact
         );
     }
 
@@ -1031,7 +1112,7 @@ mod tests {
         cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
         w.queue().full.set(true);
         let stale = NOW + VALID;
-        assert!(w.for_handshake("a.example.com", stale).0.is_some());
+        assert!(w.for_handshake("a.example.com", stale).cert.is_some());
         assert_eq!(m.simple(Simple::FetchesRefused), 1);
         w.queue().full.set(false);
         w.for_handshake("a.example.com", stale + QUEUE_RETRY_MS - 1);
@@ -1077,7 +1158,7 @@ mod tests {
         assert!(w.current("a.example.com", NOW + VALID).is_some());
         assert_eq!(asked(&w), ["a.example.com"]);
         assert_eq!(
-            w.for_handshake("a.example.com", NOW + VALID).1,
+            w.for_handshake("a.example.com", NOW + VALID).source,
             CertSource::Redis
         );
     }
@@ -1090,7 +1171,10 @@ mod tests {
         cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
         assert!(w.has_certificate("a.example.com", NOW));
         assert!(asked(&w).is_empty());
-        assert_eq!(w.for_handshake("a.example.com", NOW).1, CertSource::Redis);
+        assert_eq!(
+            w.for_handshake("a.example.com", NOW).source,
+            CertSource::Redis
+        );
         // Stale: still a certificate, and its refresh starts.
         assert!(w.has_certificate("a.example.com", NOW + VALID));
         assert_eq!(asked(&w), ["a.example.com"]);
@@ -1215,7 +1299,7 @@ mod tests {
         assert_eq!(m.get(Layout { servers: 0 }.rejected("expired")), 1);
         assert_eq!(
             w.for_handshake("a.example.com", stale)
-                .0
+                .cert
                 .unwrap()
                 .fingerprint[0],
             1
@@ -1266,7 +1350,7 @@ mod tests {
             "dyncert: redis command timed out while fetching from redis, \
              name: \"c.example.com\" (1 similar errors suppressed)"
         );
-        assert!(w.for_handshake("a.example.com", NOW).0.is_some());
+        assert!(w.for_handshake("a.example.com", NOW).cert.is_some());
     }
 
     #[test]
@@ -1279,7 +1363,7 @@ mod tests {
         w.queue().asked.borrow_mut().clear();
         assert!(w
             .for_handshake("a.example.com", stale + ERROR_RETRY_MS - 1)
-            .0
+            .cert
             .is_some());
         assert!(asked(&w).is_empty());
         w.for_handshake("a.example.com", stale + ERROR_RETRY_MS);
@@ -1559,15 +1643,19 @@ mod tests {
         assert_eq!(b.queue().loads.borrow().len(), 1);
         assert_eq!(mb.simple(Simple::TierLoads), 1);
         assert_eq!(run_loads(&mut b, &interner, later), [2]);
-        let (c, source) = b.for_handshake("a.example.com", later);
+        let sel = b.for_handshake("a.example.com", later);
+        let (c, source) = (sel.cert, sel.source);
         assert_eq!(source, CertSource::Shared);
         assert_eq!(c.unwrap().fingerprint, [1; 32]);
-        assert_eq!(b.for_handshake("a.example.com", later).1, CertSource::Cache);
+        assert_eq!(
+            b.for_handshake("a.example.com", later).source,
+            CertSource::Cache
+        );
         // The fetching worker's deadlines hold for all: fresh until the
         // fetch's valid ends, not the load's.
         // Stale, and the tier's record is no newer: B refreshes from the
         // sources (and its result will serve the host).
-        let (c, _) = b.for_handshake("a.example.com", NOW + VALID + SECOND);
+        let c = b.for_handshake("a.example.com", NOW + VALID + SECOND).cert;
         assert!(c.is_some(), "served stale meanwhile");
         assert_eq!(asked(&b), ["a.example.com"]);
         assert_eq!(b.queue().loads.borrow().len(), 0);
@@ -1600,7 +1688,7 @@ mod tests {
         );
         // B's entry is stale too: it loads A's newer record, no fetch.
         let t2 = t1 + SECOND;
-        let (c, _) = b.for_handshake("a.example.com", t2);
+        let c = b.for_handshake("a.example.com", t2).cert;
         assert_eq!(c.unwrap().fingerprint, [1; 32], "served stale meanwhile");
         assert!(asked(&b).is_empty());
         run_loads(&mut b, &interner, t2);
@@ -1696,7 +1784,8 @@ mod tests {
             found_storable("a.example.com", cert(1, NOT_AFTER), None),
             NOW,
         );
-        let (c, source) = b.for_handshake_sync("a.example.com", NOW, true);
+        let sel = b.for_handshake_sync("a.example.com", NOW, true);
+        let (c, source) = (sel.cert, sel.source);
         assert_eq!(
             (c.map(|c| c.fingerprint), source),
             (Some([1; 32]), CertSource::Shared)
@@ -1705,7 +1794,7 @@ mod tests {
         // Without `sync` (a peeked TCP handshake), nothing is parsed here.
         let mut c2 = host().b;
         assert_eq!(
-            c2.for_handshake_sync("a.example.com", NOW, false).1,
+            c2.for_handshake_sync("a.example.com", NOW, false).source,
             CertSource::Default
         );
         // The budget: past it, the record is loaded off the event loop.
@@ -1717,7 +1806,7 @@ mod tests {
         let mut served = 0;
         for i in 0..SYNC_LOADS_PER_SEC + 5 {
             let name = format!("n{i}.example.com");
-            if b.for_handshake_sync(&name, NOW, true).0.is_some() {
+            if b.for_handshake_sync(&name, NOW, true).cert.is_some() {
                 served += 1;
             }
         }

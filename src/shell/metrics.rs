@@ -11,27 +11,29 @@
 //! never reaches: the master keeps pointing at the zone of the cycle it
 //! still runs, and the workers it forks later inherit that.
 
-use core::ffi::{c_char, c_void};
+use core::ffi::c_void;
 use core::ptr::{self, NonNull};
+use core::slice;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-use dyncert_core::metrics::{render, Layout, MetricSink, WORKER_SLOTS, W_PID};
+use dyncert_core::metrics::{render, render_zone, Layout, MetricSink, WORKER_SLOTS, W_PID};
 use dyncert_core::outcome::CertSource;
-use ngx::core::{Status, NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::core::Status;
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_shared_memory_add,
-    ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_free_locked,
-    ngx_slab_pool_t, ngx_str_t, ngx_uint_t, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_ALLOWED,
-    NGX_LOG_EMERG, NGX_OK,
+    ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_shared_memory_add, ngx_shm_zone_t,
+    ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_free_locked, ngx_slab_pool_t,
+    ngx_str_t, ngx_uint_t, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_ALLOWED, NGX_OK,
 };
+use ngx::ffi::{ngx_http_core_srv_conf_t, ngx_http_phases_NGX_HTTP_LOG_PHASE};
 use ngx::http::{
-    HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
+    HttpModule, HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
 };
-use ngx::{ngx_conf_log_error, ngx_string};
+use ngx::ngx_string;
 
-use crate::boundary_ffi::guard;
-use crate::response_ffi::send_body;
-use crate::Module;
+use super::boundary::guard;
+use super::conf::{add_phase_handler, emerg, LocConf, MainConf, Module, Refused};
+use super::directives::{directive, DirectiveError, DirectiveResult};
+use super::response::send_body;
 
 /// First slot of the zone's array: a marker that the array is ours; the
 /// second holds how many counters follow.
@@ -56,7 +58,7 @@ fn counters() -> &'static [AtomicU64] {
     // the COUNTERS_LEN atomics of its zone; nginx unmaps a zone only when a
     // later cycle without it succeeds, whose init_module publishes again,
     // and a worker keeps the mapping it was forked with until it exits.
-    unsafe { core::slice::from_raw_parts(p, COUNTERS_LEN.load(Ordering::Acquire)) }
+    unsafe { slice::from_raw_parts(p, COUNTERS_LEN.load(Ordering::Acquire)) }
 }
 
 pub fn layout() -> Layout {
@@ -150,30 +152,63 @@ pub fn release_worker_slot() {
     }
 }
 
+/// Gives each server block its position among the http block's servers
+/// (its per-block counters) and its label, its first `server_name`
+/// (postconfiguration).
+pub fn label_servers(mcf: &mut MainConf, servers: &[&ngx_http_core_srv_conf_t]) {
+    mcf.server_names.clear();
+    for (i, &cscf) in servers.iter().enumerate() {
+        let name = cscf.server_name.as_bytes();
+        let name = if name.is_empty() {
+            "_".to_owned()
+        } else {
+            String::from_utf8_lossy(name).into_owned()
+        };
+        mcf.server_names.push(name);
+        if let Some(scf) = Module::server_conf_mut(cscf) {
+            scf.server_index = i;
+        }
+    }
+}
+
+/// Adds the zone and counts responses in the log phase when some server
+/// has `dyncert on` or some location `dyncert_metrics` (postconfiguration).
+pub fn postconfiguration(
+    cf: &mut ngx_conf_t,
+    mcf: &mut MainConf,
+    dyncert: bool,
+) -> Result<(), Refused> {
+    mcf.metrics_zone = None;
+    if !dyncert && !mcf.metrics_used {
+        return Ok(());
+    }
+    let zone = add_zone(cf)?;
+    mcf.metrics_zone = Some(zone);
+    add_phase_handler(
+        cf,
+        ngx_http_phases_NGX_HTTP_LOG_PHASE,
+        ngx_http_dyncert_log_handler,
+    )
+}
+
 /// Adds the zone (postconfiguration). Its size is fixed (room for
 /// `MAX_SERVERS` server blocks), so nginx reuses it on every reload, which
 /// keeps the counters whatever the new configuration's server blocks.
-///
-/// # Safety
-/// `cf` must be the configuration being loaded.
-pub unsafe fn add_zone(cf: *mut ngx_conf_t) -> Result<NonNull<ngx_shm_zone_t>, ()> {
+fn add_zone(cf: &mut ngx_conf_t) -> Result<NonNull<ngx_shm_zone_t>, Refused> {
     let bytes = (HEADER + Layout::capacity()) * 8;
-    // SAFETY: ngx_pagesize is set at startup before configuration.
+    // SAFETY: nginx sets ngx_pagesize at startup, before any configuration,
+    // and never changes it.
     let page = unsafe { ngx_pagesize };
     // Room for the slab allocator's own pages plus the array, page-rounded.
     let size = (8 * page + bytes).div_ceil(page) * page;
     let mut name: ngx_str_t = ngx_string!("dyncert_metrics");
-    // SAFETY: the tag is our module, unique; nginx owns the returned zone.
-    let zone = unsafe {
-        ngx_shared_memory_add(
-            cf,
-            &mut name,
-            size,
-            ptr::addr_of_mut!(crate::ngx_http_dyncert_module) as *mut c_void,
-        )
-    };
-    let zone = NonNull::new(zone).ok_or(())?;
-    // SAFETY: zone was just returned by nginx.
+    let tag = ptr::from_ref(Module::module()).cast_mut().cast::<c_void>();
+    // SAFETY: cf is the configuration being loaded; the tag (our module's
+    // address) is unique to this module; nginx owns the returned zone.
+    let zone = unsafe { ngx_shared_memory_add(cf, &mut name, size, tag) };
+    let zone = NonNull::new(zone).ok_or(Refused)?;
+    // SAFETY: zone is nginx's zone entry for this configuration, in its
+    // pool; nothing else refers to it while the configuration is loaded.
     unsafe { (*zone.as_ptr()).init = Some(ngx_http_dyncert_metrics_init_zone) };
     Ok(zone)
 }
@@ -184,7 +219,7 @@ pub unsafe fn add_zone(cf: *mut ngx_conf_t) -> Result<NonNull<ngx_shm_zone_t>, (
 /// `p` must point to at least `HEADER` readable `u64` slots.
 unsafe fn is_current(p: *const u64) -> bool {
     // SAFETY: the caller guarantees HEADER readable slots.
-    let (magic, len) = unsafe { (*p, *p.add(1)) };
+    let [magic, len] = unsafe { p.cast::<[u64; HEADER]>().read() };
     magic == MAGIC && len == Layout::capacity() as u64
 }
 
@@ -207,13 +242,13 @@ pub unsafe fn publish(zone: Option<NonNull<ngx_shm_zone_t>>, servers: usize) {
     };
     // SAFETY: the zone belongs to the cycle being initialised; its init
     // callback succeeded (else the cycle was dropped), so data is our array.
-    let base = unsafe { (*zone.as_ptr()).data } as *mut u64;
+    let base = unsafe { (*zone.as_ptr()).data }.cast::<u64>();
     // SAFETY: a non-NULL data is an array of HEADER + capacity slots.
     if base.is_null() || !unsafe { is_current(base) } {
         return unpublish();
     }
-    // SAFETY: the counters follow the header inside the same allocation.
-    let counters = unsafe { base.add(HEADER) } as *mut AtomicU64;
+    // The counters follow the header inside the same allocation.
+    let counters = base.wrapping_add(HEADER).cast::<AtomicU64>();
     COUNTERS.store(counters, Ordering::Release);
     COUNTERS_LEN.store(Layout::capacity(), Ordering::Release);
     SERVERS.store(Layout::for_servers(servers).servers, Ordering::Relaxed);
@@ -223,6 +258,10 @@ pub unsafe fn publish(zone: Option<NonNull<ngx_shm_zone_t>>, servers: usize) {
 /// layout (counters survive reloads), else free it and allocate a zeroed
 /// one. Touches only the zone, never this process's statics: the cycle
 /// may still fail (see [`publish`]).
+///
+/// # Safety
+/// Called by nginx with our zone, its slab pool set up, and `data` NULL or
+/// the `data` of the previous cycle's zone of that name.
 unsafe extern "C" fn ngx_http_dyncert_metrics_init_zone(
     zone: *mut ngx_shm_zone_t,
     data: *mut c_void,
@@ -230,6 +269,7 @@ unsafe extern "C" fn ngx_http_dyncert_metrics_init_zone(
     guard(
         "initialising the metrics zone",
         Status::NGX_ERROR.into(),
+        // SAFETY: this function's own contract is the one init_zone needs.
         || unsafe { init_zone(zone, data) },
     )
 }
@@ -238,11 +278,12 @@ unsafe extern "C" fn ngx_http_dyncert_metrics_init_zone(
 /// As for a zone init callback: `zone` is ours with its slab pool set up,
 /// `data` is NULL or the `data` of the previous cycle's zone of that name.
 unsafe fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
-    let len = Layout::capacity();
-    // SAFETY: nginx passes our live zone.
-    let (addr, size) = unsafe { ((*zone).shm.addr, (*zone).shm.size) };
-    let shpool = addr as *mut ngx_slab_pool_t;
-    let old = data as *mut u64;
+    // SAFETY: nginx passes our live zone, which nothing else uses while its
+    // init runs (in the master, loading the configuration).
+    let zone = unsafe { &mut *zone };
+    let (addr, size) = (zone.shm.addr, zone.shm.size);
+    let shpool = addr.cast::<ngx_slab_pool_t>();
+    let old = data.cast::<u64>();
     // nginx passes the old data only when it reuses the old memory for
     // this zone (same name, tag and size), so the old array is in this
     // pool; checked anyway before reading or freeing it.
@@ -255,41 +296,59 @@ unsafe fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int_t {
     let base = if old_in_pool && unsafe { is_current(old) } {
         old
     } else {
-        // SAFETY: the pool's mutex serialises slab use with every process
-        // that shares the zone.
-        unsafe { ngx_shmtx_lock(&mut (*shpool).mutex) };
-        if old_in_pool {
-            // Not laid out by this code. nginx reuses memory only for the
-            // same name, tag (our module's address) and size, so this is
-            // not expected; but never leak the pages if it happens.
-            // SAFETY: old came from ngx_slab_alloc on this pool, lock held.
-            unsafe { ngx_slab_free_locked(shpool, old as *mut c_void) };
+        // SAFETY: shpool is the zone's slab pool; old, when in the pool,
+        // came from it.
+        match unsafe { new_array(shpool, old_in_pool.then_some(old)) } {
+            Some(p) => p,
+            None => return Status::NGX_ERROR.into(),
         }
-        // SAFETY: shpool is the zone's slab pool, lock held; add_zone sized
-        // the zone for this allocation.
-        let p = unsafe { ngx_slab_alloc_locked(shpool, (HEADER + len) * 8) } as *mut u64;
-        // SAFETY: locked above.
-        unsafe { ngx_shmtx_unlock(&mut (*shpool).mutex) };
-        if p.is_null() {
-            return Status::NGX_ERROR.into();
-        }
-        // SAFETY: p points to HEADER + len u64 slots just allocated.
-        unsafe {
-            ptr::write_bytes(p, 0, HEADER + len);
-            p.write(MAGIC);
-            p.add(1).write(len as u64);
-        }
-        p
     };
-    // SAFETY: zone and shpool are live; base is inside the zone.
-    unsafe {
-        (*shpool).data = base as *mut c_void;
-        (*zone).data = base as *mut c_void;
-    }
+    // SAFETY: shpool is the zone's slab pool, whose data slot is the zone
+    // owner's to set during init.
+    unsafe { (*shpool).data = base.cast::<c_void>() };
+    zone.data = base.cast::<c_void>();
     Status::NGX_OK.into()
 }
 
-pub unsafe extern "C" fn ngx_http_dyncert_log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+/// Allocates a zeroed counter array with the current layout in the zone's
+/// slab pool, freeing `old` first when there is one.
+///
+/// # Safety
+/// `shpool` must be a zone's live slab pool; `old` must come from it.
+unsafe fn new_array(shpool: *mut ngx_slab_pool_t, old: Option<*mut u64>) -> Option<*mut u64> {
+    let len = HEADER + Layout::capacity();
+    // SAFETY: shpool is live (the caller's contract).
+    let mutex = unsafe { &raw mut (*shpool).mutex };
+    // SAFETY: the pool's mutex serialises slab use with every process that
+    // shares the zone.
+    unsafe { ngx_shmtx_lock(mutex) };
+    if let Some(old) = old {
+        // Not laid out by this code. nginx reuses memory only for the same
+        // name, tag (our module's address) and size, so this is not
+        // expected; but never leak the pages if it happens.
+        // SAFETY: old came from this pool (the caller's contract); locked.
+        unsafe { ngx_slab_free_locked(shpool, old.cast::<c_void>()) };
+    }
+    // SAFETY: locked; add_zone sized the zone for this allocation.
+    let p = unsafe { ngx_slab_alloc_locked(shpool, len * 8) }.cast::<u64>();
+    // SAFETY: locked above.
+    unsafe { ngx_shmtx_unlock(mutex) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: p points to len u64 slots just allocated, ours alone until
+    // the zone is published.
+    unsafe { ptr::write_bytes(p, 0, len) };
+    // SAFETY: as above, now initialised.
+    let slots = unsafe { slice::from_raw_parts_mut(p, len) };
+    slots[0] = MAGIC;
+    slots[1] = Layout::capacity() as u64;
+    Some(p)
+}
+
+/// # Safety
+/// Called by nginx with a live request, in the log phase.
+unsafe extern "C" fn ngx_http_dyncert_log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     guard("counting a response", NGX_OK as ngx_int_t, || {
         // SAFETY: nginx passes a live request to log handlers.
         let r = unsafe { &*r };
@@ -302,53 +361,61 @@ pub unsafe extern "C" fn ngx_http_dyncert_log_handler(r: *mut ngx_http_request_t
     })
 }
 
-/// # Safety
-/// Called by nginx for `dyncert_metrics;` in a location.
-pub unsafe extern "C" fn ngx_http_dyncert_metrics(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    _conf: *mut c_void,
-) -> *mut c_char {
-    let cf_ref = unsafe { &*cf };
-    let Some(clcf) = NgxHttpCoreModule::location_conf_mut(cf_ref) else {
-        return NGX_CONF_ERROR;
-    };
+directive!(ngx_http_dyncert_metrics => serve_here);
+/// `dyncert_metrics;` in a location: this module answers its requests.
+fn serve_here(cf: &mut ngx_conf_t, _lcf: &mut LocConf, _args: &[ngx_str_t]) -> DirectiveResult {
+    let clcf = NgxHttpCoreModule::location_conf_mut(cf).ok_or(DirectiveError::Refused)?;
     if clcf.handler.is_some() {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
+        return Err(emerg(
             cf,
-            "\"dyncert_metrics\" conflicts with another content handler in this location"
-        );
-        return NGX_CONF_ERROR;
+            format_args!(
+                "\"dyncert_metrics\" conflicts with another content handler in this location"
+            ),
+        )
+        .into());
     }
     clcf.handler = Some(ngx_http_dyncert_metrics_handler);
-    if let Some(mcf) = Module::main_conf_mut(cf_ref) {
+    if let Some(mcf) = Module::main_conf_mut(cf) {
         mcf.metrics_used = true;
     }
-    NGX_CONF_OK
+    Ok(())
 }
 
 /// Content handler of `dyncert_metrics`: Prometheus text format 0.0.4.
+///
+/// # Safety
+/// Called by nginx with a live request, in the content phase.
 unsafe extern "C" fn ngx_http_dyncert_metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
-    guard("serving metrics", Status::NGX_ERROR.into(), || unsafe {
-        serve_metrics(r)
+    guard("serving metrics", Status::NGX_ERROR.into(), || {
+        // SAFETY: nginx passes a live request whose response has not
+        // started to content handlers.
+        unsafe { serve_metrics(r) }
     })
 }
 
+/// # Safety
+/// `r` must be a live request whose response has not started.
 unsafe fn serve_metrics(r: *mut ngx_http_request_t) -> ngx_int_t {
-    // SAFETY: nginx passes a live request to content handlers.
-    let req = unsafe { &mut *r };
+    // SAFETY: the caller's contract; the reference ends before r is used
+    // again.
+    let req = unsafe { &*r };
     if req.method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as ngx_uint_t == 0 {
         return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
     }
-    let names: Vec<String> = Module::main_conf(req)
-        .map(|m| m.server_names.clone())
-        .unwrap_or_default();
+    let mcf = Module::main_conf(req);
+    let names: Vec<String> = mcf.map(|m| m.server_names.clone()).unwrap_or_default();
     let c = counters();
     let get = |i: usize| c.get(i).map(|v| v.load(Ordering::Relaxed)).unwrap_or(0);
-    let body = render(&layout(), &get, &names, &pid_alive);
-
-    // SAFETY: r is live and its response not started.
+    let mut body = render(&layout(), &get, &names, &pid_alive);
+    let zone = mcf.and_then(|m| m.shared_zone).and_then(|z| {
+        // SAFETY: the zone of the configuration this request runs under,
+        // initialised before any worker started.
+        unsafe { super::zone::Zone::of(z.as_ptr()) }
+    });
+    if let Some(zone) = zone {
+        body.push_str(&render_zone(&zone.figures()));
+    }
+    // SAFETY: the caller's contract.
     unsafe {
         send_body(
             r,

@@ -20,13 +20,17 @@ use core::ptr::{self, NonNull};
 
 use dyncert_core::compact::IntermediateDers;
 use dyncert_core::intern::CertDigest;
+use dyncert_core::metrics::ZoneFigures;
 use dyncert_core::name::wildcard_parent;
 use dyncert_core::tier::{SharedTier, TierHit};
+use ngx::http::HttpModule;
+
+use super::conf::{emerg, Module, Refused};
 use ngx::ffi::{
-    ngx_int_t, ngx_queue_t, ngx_rbtree_insert, ngx_rbtree_insert_value, ngx_rbtree_node_t,
-    ngx_rbtree_t, ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc_locked,
-    ngx_slab_free_locked, ngx_slab_pool_t, ngx_str_node_t, ngx_str_rbtree_insert_value,
-    ngx_str_rbtree_lookup, ngx_str_t,
+    ngx_conf_t, ngx_int_t, ngx_queue_t, ngx_rbtree_insert, ngx_rbtree_insert_value,
+    ngx_rbtree_node_t, ngx_rbtree_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_shmtx_lock,
+    ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_free_locked, ngx_slab_pool_t, ngx_str_node_t,
+    ngx_str_rbtree_insert_value, ngx_str_rbtree_lookup, ngx_str_t,
 };
 
 /// Marks a zone whose header is ours (and of this layout).
@@ -104,7 +108,11 @@ fn digest_key(d: &CertDigest) -> usize {
 unsafe fn rbtree_init(
     tree: *mut ngx_rbtree_t,
     sentinel: *mut ngx_rbtree_node_t,
-    insert: unsafe extern "C" fn(*mut ngx_rbtree_node_t, *mut ngx_rbtree_node_t, *mut ngx_rbtree_node_t),
+    insert: unsafe extern "C" fn(
+        *mut ngx_rbtree_node_t,
+        *mut ngx_rbtree_node_t,
+        *mut ngx_rbtree_node_t,
+    ),
 ) {
     // SAFETY: the caller's guarantee; color 0 is black (ngx_rbt_black).
     unsafe {
@@ -271,8 +279,10 @@ impl Zone {
             let name = core::slice::from_raw_parts((*r).sn.str_.data, (*r).sn.str_.len);
             let blob_ptr = (*r).sn.str_.data.add((*r).sn.str_.len);
             let blob = core::slice::from_raw_parts(blob_ptr, (*r).blob_len);
-            let digests =
-                core::slice::from_raw_parts(blob_ptr.add((*r).blob_len) as *const CertDigest, (*r).n_inter);
+            let digests = core::slice::from_raw_parts(
+                blob_ptr.add((*r).blob_len) as *const CertDigest,
+                (*r).n_inter,
+            );
             (name, blob, digests)
         }
     }
@@ -282,10 +292,14 @@ impl Zone {
         // SAFETY: r is a live record: in the tree and the queue.
         unsafe {
             let (_, _, digests) = Self::parts(r);
-            for d in digests.to_vec() {
-                self.unref_intermediate(lock, &d);
+            // The digests are read before the record is freed (below).
+            for d in digests {
+                self.unref_intermediate(lock, d);
             }
-            ngx::ffi::ngx_rbtree_delete(ptr::addr_of_mut!((*h).records), ptr::addr_of_mut!((*r).sn.node));
+            ngx::ffi::ngx_rbtree_delete(
+                ptr::addr_of_mut!((*h).records),
+                ptr::addr_of_mut!((*r).sn.node),
+            );
             queue_remove(ptr::addr_of_mut!((*r).lru));
             (*h).stats.records -= 1;
         }
@@ -333,8 +347,15 @@ impl Zone {
             (*i).refs = 1;
             (*i).digest = *d;
             (*i).len = der.len();
-            ptr::copy_nonoverlapping(der.as_ptr(), (i as *mut u8).add(size_of::<Intermediate>()), der.len());
-            ngx_rbtree_insert(ptr::addr_of_mut!((*h).intermediates), ptr::addr_of_mut!((*i).node));
+            ptr::copy_nonoverlapping(
+                der.as_ptr(),
+                (i as *mut u8).add(size_of::<Intermediate>()),
+                der.len(),
+            );
+            ngx_rbtree_insert(
+                ptr::addr_of_mut!((*h).intermediates),
+                ptr::addr_of_mut!((*i).node),
+            );
             (*h).stats.intermediates += 1;
         }
         true
@@ -351,7 +372,10 @@ impl Zone {
             if (*i).refs > 0 {
                 return;
             }
-            ngx::ffi::ngx_rbtree_delete(ptr::addr_of_mut!((*h).intermediates), ptr::addr_of_mut!((*i).node));
+            ngx::ffi::ngx_rbtree_delete(
+                ptr::addr_of_mut!((*h).intermediates),
+                ptr::addr_of_mut!((*i).node),
+            );
             (*h).stats.intermediates -= 1;
         }
         self.free(lock, i as *mut c_void);
@@ -366,7 +390,19 @@ impl Zone {
     }
 
     /// The zone's counters, with the pool's page figures.
-    pub fn stats(&self) -> ZoneStats {
+    pub fn figures(&self) -> ZoneFigures {
+        let s = self.stats();
+        ZoneFigures {
+            size: s.size,
+            free: s.free,
+            records: s.records,
+            intermediates: s.intermediates,
+            evictions: s.evictions,
+            stores: s.stores,
+        }
+    }
+
+    fn stats(&self) -> ZoneStats {
         let lock = self.lock();
         let h = self.hdr(&lock);
         // SAFETY: header and pool are live; the mutex is held.
@@ -465,7 +501,10 @@ impl SharedTier for Zone {
             (*r).sn.node.key = name_hash(name.as_bytes()) as usize;
             (*r).blob_len = bytes.len();
             (*r).n_inter = referenced.len();
-            ngx_rbtree_insert(ptr::addr_of_mut!((*h).records), ptr::addr_of_mut!((*r).sn.node));
+            ngx_rbtree_insert(
+                ptr::addr_of_mut!((*h).records),
+                ptr::addr_of_mut!((*r).sn.node),
+            );
             queue_insert_head(ptr::addr_of_mut!((*h).lru), ptr::addr_of_mut!((*r).lru));
             (*h).stats.records += 1;
             (*h).stats.stores += 1;
@@ -493,6 +532,40 @@ impl SharedTier for Zone {
     }
 }
 
+type ZoneInit = unsafe extern "C" fn(*mut ngx_shm_zone_t, *mut c_void) -> ngx_int_t;
+
+/// Adds the zone `name` of `size` bytes to the configuration being loaded
+/// (`dyncert_shared_zone`).
+pub fn add(
+    cf: &mut ngx_conf_t,
+    mut name: ngx_str_t,
+    size: usize,
+) -> Result<NonNull<ngx_shm_zone_t>, Refused> {
+    let tag = ptr::from_ref(Module::module()).cast_mut().cast::<c_void>();
+    // SAFETY: cf is the configuration being loaded; the tag (this module's
+    // address) is unique to it; nginx owns the returned zone.
+    let zone = unsafe { ngx_shared_memory_add(cf, &mut name, size, tag) };
+    let zone = NonNull::new(zone).ok_or(Refused)?;
+    // SAFETY: zone is nginx's entry for this configuration, in its pool.
+    unsafe {
+        let ours = ngx_http_dyncert_zone_init as ZoneInit;
+        if (*zone.as_ptr())
+            .init
+            .is_some_and(|f| !core::ptr::fn_addr_eq(f, ours))
+        {
+            return Err(emerg(
+                cf,
+                format_args!(
+                    "dyncert_shared_zone \"{}\" is already used by another part of dyncert",
+                    String::from_utf8_lossy(name.as_bytes())
+                ),
+            ));
+        }
+        (*zone.as_ptr()).init = Some(ngx_http_dyncert_zone_init);
+    }
+    Ok(zone)
+}
+
 /// The zone's init callback: keeps the records of the previous cycle's
 /// zone (a reload that keeps `dyncert_shared_zone` keeps every record), or
 /// lays out an empty one.
@@ -503,47 +576,51 @@ pub unsafe extern "C" fn ngx_http_dyncert_zone_init(
     shm: *mut ngx_shm_zone_t,
     data: *mut c_void,
 ) -> ngx_int_t {
-    crate::boundary_ffi::guard("initialising the shared zone", ngx::ffi::NGX_ERROR as ngx_int_t, || {
-        // SAFETY: nginx initialised the slab pool at the start of the zone.
-        unsafe {
-            let pool = (*shm).shm.addr as *mut ngx_slab_pool_t;
-            if !data.is_null() && (*(data as *const Header)).magic == MAGIC {
-                (*shm).data = data;
-                return ngx::ffi::NGX_OK as ngx_int_t;
-            }
-            if (*shm).shm.exists != 0 {
-                // A zone inherited from a binary upgrade: its header is
-                // the pool's data.
-                let old = (*pool).data as *mut Header;
-                if !old.is_null() && (*old).magic == MAGIC {
-                    (*shm).data = old as *mut c_void;
+    super::boundary::guard(
+        "initialising the shared zone",
+        ngx::ffi::NGX_ERROR as ngx_int_t,
+        || {
+            // SAFETY: nginx initialised the slab pool at the start of the zone.
+            unsafe {
+                let pool = (*shm).shm.addr as *mut ngx_slab_pool_t;
+                if !data.is_null() && (*(data as *const Header)).magic == MAGIC {
+                    (*shm).data = data;
                     return ngx::ffi::NGX_OK as ngx_int_t;
                 }
+                if (*shm).shm.exists != 0 {
+                    // A zone inherited from a binary upgrade: its header is
+                    // the pool's data.
+                    let old = (*pool).data as *mut Header;
+                    if !old.is_null() && (*old).magic == MAGIC {
+                        (*shm).data = old as *mut c_void;
+                        return ngx::ffi::NGX_OK as ngx_int_t;
+                    }
+                }
+                ngx_shmtx_lock(&mut (*pool).mutex);
+                let h = ngx_slab_alloc_locked(pool, size_of::<Header>()) as *mut Header;
+                ngx_shmtx_unlock(&mut (*pool).mutex);
+                if h.is_null() {
+                    return ngx::ffi::NGX_ERROR as ngx_int_t;
+                }
+                ptr::write_bytes(h, 0, 1);
+                rbtree_init(
+                    ptr::addr_of_mut!((*h).records),
+                    ptr::addr_of_mut!((*h).records_sentinel),
+                    ngx_str_rbtree_insert_value,
+                );
+                rbtree_init(
+                    ptr::addr_of_mut!((*h).intermediates),
+                    ptr::addr_of_mut!((*h).intermediates_sentinel),
+                    ngx_rbtree_insert_value,
+                );
+                queue_init(ptr::addr_of_mut!((*h).lru));
+                (*h).magic = MAGIC;
+                // Evictions make room; a failed allocation is not news.
+                (*pool).set_log_nomem(0);
+                (*pool).data = h as *mut c_void;
+                (*shm).data = h as *mut c_void;
+                ngx::ffi::NGX_OK as ngx_int_t
             }
-            ngx_shmtx_lock(&mut (*pool).mutex);
-            let h = ngx_slab_alloc_locked(pool, size_of::<Header>()) as *mut Header;
-            ngx_shmtx_unlock(&mut (*pool).mutex);
-            if h.is_null() {
-                return ngx::ffi::NGX_ERROR as ngx_int_t;
-            }
-            ptr::write_bytes(h, 0, 1);
-            rbtree_init(
-                ptr::addr_of_mut!((*h).records),
-                ptr::addr_of_mut!((*h).records_sentinel),
-                ngx_str_rbtree_insert_value,
-            );
-            rbtree_init(
-                ptr::addr_of_mut!((*h).intermediates),
-                ptr::addr_of_mut!((*h).intermediates_sentinel),
-                ngx_rbtree_insert_value,
-            );
-            queue_init(ptr::addr_of_mut!((*h).lru));
-            (*h).magic = MAGIC;
-            // Evictions make room; a failed allocation is not news.
-            (*pool).set_log_nomem(0);
-            (*pool).data = h as *mut c_void;
-            (*shm).data = h as *mut c_void;
-            ngx::ffi::NGX_OK as ngx_int_t
-        }
-    })
+        },
+    )
 }

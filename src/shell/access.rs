@@ -1,0 +1,266 @@
+//! Access phase: `dyncert_allow` lists and the per-tenant policy carried
+//! by a certificate record (its own `allow` list and required client
+//! certificate). The client address is the one nginx resolved
+//! (`$remote_addr`, after PROXY protocol with realip or
+//! `set_real_ip_from`), never a header on its own.
+
+use core::ffi::c_long;
+use core::ptr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use dyncert_core::cidr;
+use dyncert_core::clock::{Clock, SystemClock};
+use dyncert_core::metrics::Simple;
+use dyncert_core::name::normalize_sni;
+use dyncert_core::tenant::{decide, RequestFacts, Verdict};
+use dyncert_core::validate::ClientCa;
+use foreign_types::{ForeignType, ForeignTypeRef};
+use ngx::ffi::{
+    ngx_conf_t, ngx_connection_t, ngx_http_phases_NGX_HTTP_ACCESS_PHASE,
+    ngx_http_phases_NGX_HTTP_PREACCESS_PHASE, ngx_http_request_t, ngx_int_t,
+    SSL_get0_peer_certificate, SSL_get1_peer_certificate, SSL_get_peer_cert_chain,
+    SSL_get_verify_result, NGX_DECLINED, NGX_HTTPS_CERT_ERROR, NGX_HTTPS_NO_CERT,
+    NGX_HTTP_MISDIRECTED_REQUEST, SSL, X509_V_OK,
+};
+use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf};
+use openssl::stack::{Stack, StackRef};
+use openssl::x509::{X509StoreContext, X509};
+
+use super::boundary::guard;
+use super::conf::{add_phase_handler, Module, Refused};
+use super::handshake::{
+    connection_sni, handshake_facts, request_connection, ssl_of, HandshakeFacts,
+};
+use super::log::{debug, Log};
+use super::metrics;
+use super::state::with_worker;
+
+/// Registers `dyncert_allow`'s access handler and, when some server has
+/// `dyncert_tenant_policy on`, the tenant policy's (postconfiguration).
+pub fn postconfiguration(cf: &ngx_conf_t, tenant: bool) -> Result<(), Refused> {
+    add_phase_handler(
+        cf,
+        ngx_http_phases_NGX_HTTP_ACCESS_PHASE,
+        ngx_http_dyncert_access_handler,
+    )?;
+    if tenant {
+        add_phase_handler(
+            cf,
+            ngx_http_phases_NGX_HTTP_PREACCESS_PHASE,
+            ngx_http_dyncert_tenant_handler,
+        )?;
+    }
+    Ok(())
+}
+
+/// The connection's client address as nginx resolved it.
+fn client_ip(c: &ngx_connection_t) -> Option<IpAddr> {
+    // SAFETY: c->sockaddr of a live connection is NULL or the client's
+    // address: c->socklen bytes of the sockaddr type its family names.
+    let sa = unsafe { c.sockaddr.as_ref() }?;
+    match i32::from(sa.sa_family) {
+        libc::AF_INET => {
+            // SAFETY: as above; an AF_INET address is a sockaddr_in.
+            let sin = unsafe { &*ptr::from_ref(sa).cast::<libc::sockaddr_in>() };
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                sin.sin_addr.s_addr,
+            ))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above; an AF_INET6 address is a sockaddr_in6.
+            let sin6 = unsafe { &*ptr::from_ref(sa).cast::<libc::sockaddr_in6>() };
+            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+        }
+        _ => None,
+    }
+}
+
+/// # Safety
+/// Called by nginx with a live request, in the access phase.
+unsafe extern "C" fn ngx_http_dyncert_access_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // A bug must not open the door: fail closed with a 500.
+    guard("checking access", 500, || {
+        // SAFETY: nginx passes a live request to phase handlers.
+        check_allow(unsafe { &*r })
+    })
+}
+
+/// `dyncert_allow`, in the access phase like nginx's `allow`.
+fn check_allow(r: &ngx_http_request_t) -> ngx_int_t {
+    let c = request_connection(r);
+    let Some(lcf) = Module::location_conf(r) else {
+        return NGX_DECLINED as ngx_int_t;
+    };
+    if let Some(list) = &lcf.allow {
+        if !client_ip(c).is_some_and(|ip| cidr::matches(list, ip)) {
+            metrics::add(metrics::layout().simple(Simple::AllowDenials), 1);
+            Log::of(c).err(format_args!("dyncert: access forbidden by dyncert_allow"));
+            return lcf.deny_status() as ngx_int_t;
+        }
+    }
+    NGX_DECLINED as ngx_int_t
+}
+
+/// The tenant policy, in the pre-access phase: after realip has resolved
+/// the client address, and before the access phase, whose `satisfy any`
+/// would let another module's grant override a tenant's denial.
+///
+/// # Safety
+/// Called by nginx with a live request, in the pre-access phase.
+unsafe extern "C" fn ngx_http_dyncert_tenant_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // A bug must not open the door: fail closed with a 500.
+    guard("checking the tenant policy", 500, || {
+        // SAFETY: nginx passes a live request to phase handlers.
+        check_tenant(unsafe { &*r })
+    })
+}
+
+fn check_tenant(r: &ngx_http_request_t) -> ngx_int_t {
+    // Subrequests run on behalf of a main request that passed.
+    if !ptr::eq(r.main, r) {
+        return NGX_DECLINED as ngx_int_t;
+    }
+    if !Module::server_conf(r).is_some_and(|s| s.enabled() && s.tenant_policy()) {
+        return NGX_DECLINED as ngx_int_t;
+    }
+    let c = request_connection(r);
+    // A plain-HTTP connection has no TLS facts.
+    let facts = handshake_facts(c);
+    // headers_in.server is the request's validated host.
+    let host = r.headers_in.server.as_bytes();
+    // The current record of the name asked for (the exact entry only).
+    let current = normalize_sni(host).ok().and_then(|name| {
+        let now = SystemClock.now();
+        with_worker(|w| w.current(&name, now)).flatten()
+    });
+    let record = facts.and_then(|f| f.record);
+    let verdict = decide(&RequestFacts {
+        server_name: connection_sni(c),
+        host,
+        installed: record.as_ref(),
+        current: current.as_deref(),
+        client: client_ip(c),
+    });
+    debug!(
+        Log::of(c),
+        "dyncert: tenant policy: {}, host: \"{}\"",
+        verdict_text(&verdict),
+        String::from_utf8_lossy(host)
+    );
+    match verdict {
+        Verdict::Misdirected(m) => {
+            metrics::add(metrics::layout().misdirected(m), 1);
+            Log::of(c).info(format_args!(
+                "dyncert: request refused with 421 by the tenant policy: {}",
+                m.as_str()
+            ));
+            NGX_HTTP_MISDIRECTED_REQUEST as ngx_int_t
+        }
+        Verdict::Denied => {
+            metrics::add(metrics::layout().simple(Simple::TenantDenials), 1);
+            Log::of(c).err(format_args!(
+                "dyncert: access forbidden by the tenant's allow list"
+            ));
+            Module::location_conf(r).map_or(403, |l| l.deny_status()) as ngx_int_t
+        }
+        Verdict::Pass { client_ca: None } => NGX_DECLINED as ngx_int_t,
+        Verdict::Pass {
+            client_ca: Some(ca),
+        } => check_client_certificate(c, ca, facts),
+    }
+}
+
+/// The verdict, for the debug log.
+fn verdict_text(verdict: &Verdict<'_>) -> String {
+    match verdict {
+        Verdict::Misdirected(m) => format!("421, {}", m.as_str()),
+        Verdict::Denied => "denied by the tenant's allow list".to_owned(),
+        Verdict::Pass { client_ca: None } => "pass".to_owned(),
+        Verdict::Pass { client_ca: Some(_) } => {
+            "pass if the client certificate verifies".to_owned()
+        }
+    }
+}
+
+/// The tenant's required client certificate: 496 without one, 495 when it
+/// does not verify against the tenant's CAs (answered like nginx's
+/// `ssl_verify_client`).
+fn check_client_certificate(
+    c: &ngx_connection_t,
+    ca: &ClientCa,
+    facts: Option<HandshakeFacts>,
+) -> ngx_int_t {
+    let Some(ssl) = ssl_of(c) else {
+        return NGX_HTTPS_NO_CERT as ngx_int_t;
+    };
+    // SAFETY: ssl is c's live SSL object; get0 borrows the peer
+    // certificate only to test for it.
+    if unsafe { SSL_get0_peer_certificate(ssl) }.is_null() {
+        metrics::add(metrics::layout().simple(Simple::ClientCertRejections), 1);
+        Log::of(c).info(format_args!(
+            "dyncert: client sent no required SSL certificate"
+        ));
+        return NGX_HTTPS_NO_CERT as ngx_int_t;
+    }
+    // The handshake's own result counts only when this handshake asked
+    // against the record's CAs; a resumed session carries the verification
+    // of an earlier handshake: verify again.
+    let verify = if facts.is_some_and(|f| f.client_ca_requested && !f.resumed) {
+        // SAFETY: ssl is c's live SSL object, its handshake finished.
+        unsafe { SSL_get_verify_result(ssl) }
+    } else {
+        // SAFETY: as above.
+        unsafe { verify_peer(ssl, ca) }
+    };
+    if verify != X509_V_OK as c_long {
+        metrics::add(metrics::layout().simple(Simple::ClientCertRejections), 1);
+        Log::of(c).info(format_args!(
+            "dyncert: client SSL certificate verify error: ({verify}) \
+                 against the tenant's client_ca"
+        ));
+        return NGX_HTTPS_CERT_ERROR as ngx_int_t;
+    }
+    NGX_DECLINED as ngx_int_t
+}
+
+/// Verifies the connection's client certificate (and the chain it sent)
+/// against the tenant's CAs; returns an X509_V_* code.
+///
+/// # Safety
+/// `ssl` must be a live SSL object of a finished handshake.
+unsafe fn verify_peer(ssl: *mut SSL, ca: &ClientCa) -> c_long {
+    const FAILED: c_long = 1; // X509_V_ERR_UNSPECIFIED
+                              // SAFETY: ssl is live; SSL_get1_peer_certificate(3) returns a new
+                              // reference (or NULL).
+    let leaf = unsafe { SSL_get1_peer_certificate(ssl) };
+    if leaf.is_null() {
+        return FAILED;
+    }
+    // SAFETY: leaf is a new reference that X509 now owns and frees.
+    let leaf = unsafe { X509::from_ptr(leaf.cast::<openssl_sys::X509>()) };
+    let Ok(mut chain) = Stack::<X509>::new() else {
+        return FAILED;
+    };
+    // SAFETY: ssl is live; SSL_get_peer_cert_chain(3) borrows the chain the
+    // peer sent (NULL without one), which lives as long as ssl.
+    let sent = unsafe { SSL_get_peer_cert_chain(ssl) };
+    if !sent.is_null() {
+        // SAFETY: as above; borrowed while ssl lives, not freed here.
+        let sent = unsafe { StackRef::<X509>::from_ptr(sent.cast()) };
+        for c in sent {
+            if chain.push(c.to_owned()).is_err() {
+                return FAILED;
+            }
+        }
+    }
+    let Ok(mut ctx) = X509StoreContext::new() else {
+        return FAILED;
+    };
+    match ctx.init(&ca.store, &leaf, &chain, |c| {
+        Ok((c.verify_cert()?, c.error().as_raw()))
+    }) {
+        Ok((true, _)) => X509_V_OK as c_long,
+        Ok((false, code)) => code as c_long,
+        Err(_) => FAILED,
+    }
+}

@@ -1,0 +1,312 @@
+//! What dyncert records about a connection's TLS handshake, in an SSL
+//! ex_data slot: where its certificate came from, which record it was
+//! authenticated with, how long it waited. The certificate and ClientHello
+//! callbacks write it; the `$dyncert_*` variables and the tenant policy
+//! read it.
+
+use core::ffi::{c_int, c_void, CStr};
+use core::mem::size_of;
+use core::ptr;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use dyncert_core::outcome::CertSource;
+use dyncert_core::tenant::session_context;
+use dyncert_core::validate::ParsedCert;
+use ngx::ffi::{
+    ngx_conf_t, ngx_connection_t, ngx_http_request_t, ngx_palloc, ngx_ssl_connection_index,
+    CRYPTO_get_ex_new_index, SSL_SESSION_set1_id_context, SSL_get_ex_data, SSL_get_servername,
+    SSL_get_session, SSL_session_reused, SSL_set_ex_data, TLSEXT_NAMETYPE_host_name,
+    CRYPTO_EX_INDEX_SSL, SSL,
+};
+
+use super::conf::{emerg, Refused};
+use super::{metrics, peek};
+
+/// SSL ex_data slot holding a pointer to the connection's [`ConnInfo`]
+/// (allocated from the connection pool). Allocated once per process in the
+/// master.
+static INFO_INDEX: AtomicI32 = AtomicI32::new(-1);
+
+/// What dyncert knows about one connection's handshake (pool memory, plain
+/// data): for the `$dyncert_*` variables and the tenant policy.
+#[derive(Debug, Clone, Copy, Default)]
+struct ConnInfo {
+    /// Set by the certificate callback; None when it did not run (a
+    /// resumed session, or a server without `dyncert on`).
+    source: Option<CertSource>,
+    /// notAfter of the certificate served (UNIX seconds), if dynamic.
+    not_after: Option<u64>,
+    /// Time the connection was parked waiting for a fetch (microseconds).
+    waited_us: u64,
+    /// Fingerprint of the record the certificate callback installed (None:
+    /// the default certificate, or no callback).
+    installed: Option<[u8; 32]>,
+    /// The certificate callback asked for a client certificate against the
+    /// installed record's CAs (so the handshake's verify result is theirs).
+    client_ca_requested: bool,
+    /// Set by the ClientHello callback: the record fingerprint the
+    /// connection's session context is bound to (`Some(None)`: bound to
+    /// "no record"), and the listener salt it was computed with.
+    bound: Option<Option<[u8; 32]>>,
+    salt: [u8; 32],
+}
+
+/// The `$dyncert_*` view of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnView {
+    pub source: CertSource,
+    pub not_after: Option<u64>,
+    pub waited_us: u64,
+}
+
+/// What the tenant policy needs to know about a connection's handshake.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeFacts {
+    /// The fingerprint of the record this connection is authenticated with:
+    /// the one installed by a full handshake, or the one a resumed session
+    /// was bound to. None: the default certificate, or unknown.
+    pub record: Option<[u8; 32]>,
+    /// The session was resumed (its client certificate, if any, was
+    /// verified in an earlier handshake and must be verified again).
+    pub resumed: bool,
+    /// A full handshake asked for a client certificate against the
+    /// installed record's CAs.
+    pub client_ca_requested: bool,
+}
+
+/// Allocates the ex_data index (postconfiguration; once per process, the
+/// index stays valid across reloads).
+pub fn reserve_ex_index(cf: &mut ngx_conf_t) -> Result<(), Refused> {
+    if INFO_INDEX.load(Ordering::Relaxed) >= 0 {
+        return Ok(());
+    }
+    // SAFETY: CRYPTO_get_ex_new_index(3) takes no pointer to keep but the
+    // NULL callbacks: the slot points into the connection pool, which
+    // nginx frees, so OpenSSL must neither copy nor free it.
+    let idx = unsafe {
+        CRYPTO_get_ex_new_index(
+            CRYPTO_EX_INDEX_SSL as c_int,
+            0,
+            ptr::null_mut(),
+            None,
+            None,
+            None,
+        )
+    };
+    if idx < 0 {
+        return Err(emerg(
+            cf,
+            format_args!("dyncert: cannot allocate an SSL ex_data index"),
+        ));
+    }
+    INFO_INDEX.store(idx, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The nginx connection that owns `ssl`.
+///
+/// # Safety
+/// `ssl` must be a live SSL object of an nginx connection.
+pub unsafe fn connection_of<'a>(ssl: *mut SSL) -> Option<&'a ngx_connection_t> {
+    // SAFETY: nginx sets its ex_data index once, at startup, before any
+    // connection exists.
+    let index = unsafe { ngx_ssl_connection_index };
+    // SAFETY: ssl is live; nginx stores its connection in that slot
+    // (ngx_ssl_create_connection).
+    let c = unsafe { SSL_get_ex_data(ssl, index) };
+    // SAFETY: the slot is NULL or the live connection that owns ssl, which
+    // outlives it.
+    unsafe { c.cast::<ngx_connection_t>().as_ref() }
+}
+
+/// The connection's ConnInfo, allocated from its pool on first use.
+///
+/// # Safety
+/// `ssl` must be a live SSL object of an nginx connection, and no other
+/// reference to its ConnInfo may be alive.
+unsafe fn info_mut<'a>(ssl: *mut SSL) -> Option<&'a mut ConnInfo> {
+    let idx = INFO_INDEX.load(Ordering::Relaxed);
+    if idx < 0 {
+        return None;
+    }
+    // SAFETY: ssl is live; our slot is NULL or a ConnInfo that this
+    // function put in the connection pool.
+    let p = unsafe { SSL_get_ex_data(ssl, idx) }.cast::<ConnInfo>();
+    if !p.is_null() {
+        // SAFETY: as above, and the caller holds no other reference to it
+        // (only the event loop thread touches a connection).
+        return unsafe { p.as_mut() };
+    }
+    // SAFETY: ssl is a live SSL object of an nginx connection.
+    let c = unsafe { connection_of(ssl) }?;
+    // SAFETY: the pool lives as long as the connection, longer than its SSL.
+    let p = unsafe { ngx_palloc(c.pool, size_of::<ConnInfo>()) }.cast::<ConnInfo>();
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: p is fresh pool memory, aligned (ngx_palloc aligns to
+    // NGX_ALIGNMENT) and large enough for one ConnInfo, which is plain
+    // data with nothing to drop.
+    unsafe { p.write(ConnInfo::default()) };
+    // SAFETY: ssl is live; the slot keeps a pointer OpenSSL never frees
+    // (no free callback, see reserve_ex_index).
+    unsafe { SSL_set_ex_data(ssl, idx, p.cast::<c_void>()) };
+    // SAFETY: p was just initialised, and nothing else refers to it yet.
+    unsafe { p.as_mut() }
+}
+
+/// Records the certificate callback's decision on the connection, counts
+/// the handshake, and rebinds the new session to what was installed.
+///
+/// # Safety
+/// `ssl` must be a live SSL object of an nginx connection, inside its
+/// certificate callback.
+pub unsafe fn set_info(
+    ssl: *mut SSL,
+    source: CertSource,
+    cert: Option<&ParsedCert>,
+    client_ca_requested: bool,
+) {
+    metrics::count_handshake(source);
+    // SAFETY: the caller's contract.
+    let waited_us = unsafe { connection_of(ssl) }.map_or(0, |c| peek::take_wait_time(c.number));
+    // SAFETY: the caller's contract; no other ConnInfo reference is alive.
+    let Some(info) = (unsafe { info_mut(ssl) }) else {
+        return;
+    };
+    let installed = cert.map(|c| c.fingerprint);
+    info.source = Some(source);
+    info.not_after = cert.map(|c| c.not_after_ms / 1000);
+    info.waited_us = waited_us;
+    info.installed = installed;
+    info.client_ca_requested = client_ca_requested;
+    if info.bound.is_some_and(|bound| bound != installed) {
+        // The ClientHello callback bound the session to the record cached
+        // when the handshake started; bind it to what was installed
+        // instead (the entry may have expired in between).
+        // SAFETY: the caller's contract.
+        let sni = unsafe { servername(ssl) };
+        let ctx = session_context(&info.salt, sni, installed.as_ref());
+        info.bound = Some(installed);
+        // SAFETY: ssl is live; during the handshake SSL_get_session(3) is
+        // the session being made (or NULL).
+        let session = unsafe { SSL_get_session(ssl) };
+        if !session.is_null() {
+            // SAFETY: session is live; SSL_SESSION_set1_id_context(3)
+            // copies the bytes.
+            unsafe { SSL_SESSION_set1_id_context(session, ctx.as_ptr(), ctx.len() as u32) };
+        }
+    }
+}
+
+/// Records the record fingerprint (or none) that the ClientHello callback
+/// bound the connection's session context to, and the listener salt it
+/// used.
+///
+/// # Safety
+/// `ssl` must be a live SSL object of an nginx connection, inside its
+/// ClientHello callback.
+pub unsafe fn set_binding(ssl: *mut SSL, record: Option<[u8; 32]>, salt: [u8; 32]) {
+    // SAFETY: the caller's contract; no other ConnInfo reference is alive.
+    if let Some(info) = unsafe { info_mut(ssl) } {
+        info.bound = Some(record);
+        info.salt = salt;
+    }
+}
+
+/// The connection's SSL object and ConnInfo, if it has TLS.
+fn info_of(c: &ngx_connection_t) -> Option<(*mut SSL, Option<ConnInfo>)> {
+    let ssl = ssl_of(c)?;
+    let idx = INFO_INDEX.load(Ordering::Relaxed);
+    if idx < 0 {
+        return Some((ssl, None));
+    }
+    // SAFETY: ssl is the live SSL object of c; our slot is NULL or a
+    // ConnInfo in the connection pool.
+    let p = unsafe { SSL_get_ex_data(ssl, idx) }.cast::<ConnInfo>();
+    // SAFETY: as above; copied out at once, no reference kept.
+    Some((ssl, unsafe { p.as_ref() }.copied()))
+}
+
+/// Whether the connection's TLS session was resumed: OpenSSL then skips
+/// the certificate callback.
+fn resumed(ssl: *mut SSL) -> bool {
+    // SAFETY: ssl comes from ssl_of, the live SSL object of a connection.
+    unsafe { SSL_session_reused(ssl) == 1 }
+}
+
+/// What dyncert recorded for a connection, if it handled its handshake.
+pub fn connection_info(c: &ngx_connection_t) -> Option<ConnView> {
+    let (ssl, info) = info_of(c)?;
+    let info = info.unwrap_or_default();
+    let source = match info.source {
+        Some(s) => s,
+        None if resumed(ssl) => CertSource::Resumed,
+        None => return None,
+    };
+    Some(ConnView {
+        source,
+        not_after: info.not_after,
+        waited_us: info.waited_us,
+    })
+}
+
+/// The handshake facts the tenant policy decides on; None for a
+/// connection without TLS.
+pub fn handshake_facts(c: &ngx_connection_t) -> Option<HandshakeFacts> {
+    let (ssl, info) = info_of(c)?;
+    let info = info.unwrap_or_default();
+    Some(if resumed(ssl) {
+        // Only a session bound to this name and record resumes here (see
+        // ngx_http_dyncert_client_hello); without a binding, nothing is
+        // known about it.
+        HandshakeFacts {
+            record: info.bound.flatten(),
+            resumed: true,
+            client_ca_requested: false,
+        }
+    } else {
+        HandshakeFacts {
+            record: info.installed,
+            resumed: false,
+            client_ca_requested: info.client_ca_requested,
+        }
+    })
+}
+
+/// The connection of a live request: it lives as long as the request.
+pub fn request_connection(r: &ngx_http_request_t) -> &ngx_connection_t {
+    // SAFETY: r->connection of a live request is its live connection.
+    unsafe { &*r.connection }
+}
+
+/// The SSL object of a connection, if it has TLS.
+pub fn ssl_of(c: &ngx_connection_t) -> Option<*mut SSL> {
+    // SAFETY: c->ssl of a live connection is NULL or nginx's
+    // ngx_ssl_connection_t for it.
+    let sc = unsafe { c.ssl.as_ref() }?;
+    (!sc.connection.is_null()).then_some(sc.connection)
+}
+
+/// The raw SNI of a connection, if any.
+pub fn connection_sni(c: &ngx_connection_t) -> Option<&[u8]> {
+    let ssl = ssl_of(c)?;
+    // SAFETY: ssl is c's live SSL object, which lives as long as c.
+    unsafe { servername(ssl) }
+}
+
+/// SSL_get_servername(3): the host_name the client sent.
+///
+/// # Safety
+/// `ssl` must be live for as long as the returned slice is used.
+pub unsafe fn servername<'a>(ssl: *mut SSL) -> Option<&'a [u8]> {
+    // SAFETY: ssl is live; the returned string is owned by the SSL object
+    // (its session), NULL without a name.
+    let p = unsafe { SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name as c_int) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: a non-NULL result is a NUL-terminated string that lives as
+    // long as ssl.
+    Some(unsafe { CStr::from_ptr(p) }.to_bytes())
+}

@@ -1,0 +1,478 @@
+//! OpenSSL side of the handshake: the certificate callback that installs a
+//! cached certificate, the ClientHello callback that binds sessions to
+//! their name and record, and the server-name callback wrapper that
+//! rejects unknown names. What they decide is recorded in `handshake.rs`.
+//!
+//! Every OpenSSL call is wrapped once and turned into a `Result`.
+
+use core::ffi::{c_int, c_long, c_void};
+use core::{ptr, slice};
+
+use dyncert_core::clienthello::server_name_extension_host;
+use dyncert_core::clock::{Clock, SystemClock};
+use dyncert_core::name::normalize_sni;
+use dyncert_core::outcome::CertSource;
+use dyncert_core::tenant::{session_context, SESSION_CONTEXT_LEN};
+use dyncert_core::validate::{ClientCa, ParsedCert};
+use dyncert_core::worker::{Selection, Tier};
+use foreign_types::{ForeignType, ForeignTypeRef};
+use ngx::ffi::{
+    ngx_conf_t, ngx_connection_t, ngx_http_connection_t, ngx_http_core_srv_conf_t,
+    ngx_http_ssl_servername, SSL_CTX_callback_ctrl, SSL_CTX_get0_certificate, SSL_CTX_set_cert_cb,
+    SSL_CTX_set_client_hello_cb, SSL_add_client_CA, SSL_certs_clear, SSL_client_hello_get0_ext,
+    SSL_ctrl, SSL_set_session_id_context, SSL_set_verify, SSL_use_PrivateKey, SSL_use_certificate,
+    EVP_PKEY, SSL, SSL_AD_UNRECOGNIZED_NAME, SSL_CLIENT_HELLO_SUCCESS, SSL_CTRL_CHAIN_CERT,
+    SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, SSL_CTRL_SET_VERIFY_CERT_STORE, SSL_CTX,
+    SSL_TLSEXT_ERR_ALERT_FATAL, SSL_TLSEXT_ERR_OK, SSL_VERIFY_PEER, X509, X509_STORE_CTX,
+};
+use ngx::http::{HttpModuleServerConf, NgxHttpSslModule};
+use openssl::x509::X509Ref;
+
+use super::boundary::guard;
+use super::conf::{emerg, server_location, Module, Refused, SrvConf, Uses};
+use super::handshake::{connection_of, servername, set_binding, set_info};
+use super::log::{debug, Log};
+use super::state::with_worker;
+
+/// Installs the certificate callback on the SSL_CTX of every server with
+/// `dyncert on` (postconfiguration), after checking that the server can
+/// have it.
+pub fn install_certificate_callbacks(
+    cf: &mut ngx_conf_t,
+    servers: &[&ngx_http_core_srv_conf_t],
+) -> Result<(), Refused> {
+    for &cscf in servers {
+        let (Some(scf), Some(sscf)) = (
+            Module::server_conf_mut(cscf),
+            NgxHttpSslModule::server_conf(cscf),
+        ) else {
+            continue;
+        };
+        if !scf.enabled() {
+            continue;
+        }
+        if !sscf.certificate_values.is_null() {
+            return Err(emerg(
+                cf,
+                format_args!(
+                    "\"dyncert on\" cannot be combined with variables in \"ssl_certificate\" in {}: \
+                     both need the certificate callback and OpenSSL keeps only one",
+                    server_location(cscf)
+                ),
+            ));
+        }
+        if sscf.ssl.ctx.is_null() {
+            return Err(emerg(
+                cf,
+                format_args!(
+                    "\"dyncert on\" needs a default \"ssl_certificate\" in {}",
+                    server_location(cscf)
+                ),
+            ));
+        }
+        // SAFETY: the ctx is the server's live SSL_CTX; scf lives in the
+        // same configuration, which frees both together.
+        unsafe { install_cert_cb(sscf.ssl.ctx, scf) };
+    }
+    Ok(())
+}
+
+/// Installs the server-name and ClientHello callbacks that `dyncert_unknown
+/// reject` and `dyncert_tenant_policy on` need, on every server's SSL_CTX:
+/// a connection's initial SSL_CTX is its listener's default server's, and
+/// OpenSSL runs that context's callbacks whichever server the name selects.
+pub fn install_handshake_callbacks(servers: &[&ngx_http_core_srv_conf_t], uses: Uses) {
+    for &cscf in servers {
+        let (Some(sscf), Some(scf)) = (
+            NgxHttpSslModule::server_conf(cscf),
+            Module::server_conf_mut(cscf),
+        ) else {
+            continue;
+        };
+        if sscf.ssl.ctx.is_null() {
+            continue;
+        }
+        if uses.reject {
+            // SAFETY: the ctx is the server's live SSL_CTX.
+            unsafe { install_servername_cb(sscf.ssl.ctx) };
+        }
+        if uses.tenant {
+            // Sessions are bound to their name and record, so a session is
+            // never resumed for another name or a replaced record.
+            // SAFETY: as for install_cert_cb above.
+            unsafe { install_client_hello_cb(sscf.ssl.ctx, scf) };
+        }
+    }
+}
+
+/// Turns an OpenSSL return code into a Result naming the call.
+fn cvt(r: c_long, what: &'static str) -> Result<(), &'static str> {
+    if r > 0 {
+        Ok(())
+    } else {
+        Err(what)
+    }
+}
+
+/// Installs `cert` on the connection in place of the server's default,
+/// without parsing anything. SSL_certs_clear drops the default first so
+/// OpenSSL cannot pick it for a client whose signature algorithms would
+/// prefer the default's key type.
+///
+/// Returns whether a client certificate was requested (tenant policy and a
+/// record with `client_ca`).
+///
+/// # Safety
+/// `ssl` must be a live SSL object inside its certificate callback.
+unsafe fn install(ssl: *mut SSL, cert: &ParsedCert, tenant: bool) -> Result<bool, &'static str> {
+    // SAFETY: ssl is live; SSL_certs_clear(3) drops its certificates.
+    unsafe { SSL_certs_clear(ssl) };
+    // SAFETY: ssl is live; SSL_use_certificate(3) takes its own reference
+    // to the X509, which outlives the call.
+    let r = unsafe { SSL_use_certificate(ssl, cert.leaf.as_ptr().cast::<X509>()) };
+    cvt(r.into(), "SSL_use_certificate() failed")?;
+    // SAFETY: as above for SSL_use_PrivateKey(3) and the EVP_PKEY.
+    let r = unsafe { SSL_use_PrivateKey(ssl, cert.key.as_ptr().cast::<EVP_PKEY>()) };
+    cvt(r.into(), "SSL_use_PrivateKey() failed")?;
+    for x in &cert.chain {
+        // SAFETY: SSL_add1_chain_cert(3) is this ctrl with 1: it takes its
+        // own reference to the X509.
+        let r = unsafe {
+            SSL_ctrl(
+                ssl,
+                SSL_CTRL_CHAIN_CERT as c_int,
+                1,
+                x.as_ptr().cast::<c_void>(),
+            )
+        };
+        cvt(r, "SSL_add1_chain_cert() failed")?;
+    }
+    if let Some(ca) = cert.policy.client_ca.as_ref().filter(|_| tenant) {
+        // SAFETY: the caller's contract.
+        unsafe { request_client_certificate(ssl, ca) }?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Asks this connection's client for a certificate issued by the tenant's
+/// CAs only (SSL_set_verify(3), SSL_set1_verify_cert_store(3),
+/// SSL_add_client_CA(3)). Verification failures do not abort the handshake:
+/// the access handler answers 495/496 like nginx's `ssl_verify_client`.
+///
+/// # Safety
+/// `ssl` must be a live SSL object inside its certificate callback.
+unsafe fn request_client_certificate(ssl: *mut SSL, ca: &ClientCa) -> Result<(), &'static str> {
+    // SAFETY: SSL_set1_verify_cert_store(3) is this ctrl with 1: it takes
+    // its own reference to the store.
+    let r = unsafe {
+        SSL_ctrl(
+            ssl,
+            SSL_CTRL_SET_VERIFY_CERT_STORE as c_int,
+            1,
+            ca.store.as_ptr().cast::<c_void>(),
+        )
+    };
+    cvt(r, "SSL_set1_verify_cert_store() failed")?;
+    for c in &ca.certs {
+        // SAFETY: ssl is live; SSL_add_client_CA(3) copies the subject name.
+        let r = unsafe { SSL_add_client_CA(ssl, c.as_ptr().cast::<X509>()) };
+        cvt(r.into(), "SSL_add_client_CA() failed")?;
+    }
+    // SAFETY: ssl is live; the callback is a plain function.
+    unsafe {
+        SSL_set_verify(
+            ssl,
+            SSL_VERIFY_PEER as c_int,
+            Some(ngx_http_dyncert_verify_callback),
+        )
+    };
+    Ok(())
+}
+
+/// Keeps the handshake going whatever the verification result; the result
+/// stays available through SSL_get_verify_result(3) for the access check
+/// and `$ssl_client_verify` (the same approach as nginx's own callback).
+unsafe extern "C" fn ngx_http_dyncert_verify_callback(
+    _ok: c_int,
+    _ctx: *mut X509_STORE_CTX,
+) -> c_int {
+    1
+}
+
+/// SSL_CTX_set_cert_cb(3) callback of servers with `dyncert on`.
+///
+/// # Safety
+/// Called by OpenSSL during a handshake; `arg` is the server's SrvConf.
+unsafe extern "C" fn ngx_http_dyncert_cert_cb(ssl: *mut SSL, arg: *mut c_void) -> c_int {
+    guard("selecting a certificate", 0, || {
+        // SAFETY: arg is the SrvConf install_cert_cb gave this SSL_CTX; it
+        // lives in the configuration that owns the SSL_CTX.
+        let scf = unsafe { arg.cast::<SrvConf>().as_ref() };
+        // SAFETY: OpenSSL passes the live SSL object of the handshake.
+        unsafe { select_certificate(ssl, scf) }
+    })
+}
+
+/// The certificate callback's work: the name's cached certificate, or the
+/// server's default (or a failed handshake with `dyncert_unknown reject`).
+/// Returns the callback's result (1: go on, 0: fail the handshake).
+///
+/// # Safety
+/// `ssl` must be a live SSL object inside its certificate callback.
+unsafe fn select_certificate(ssl: *mut SSL, scf: Option<&SrvConf>) -> c_int {
+    let reject = scf.is_some_and(SrvConf::rejects_unknown);
+    let tenant = scf.is_some_and(SrvConf::tenant_policy);
+    // SAFETY: the caller's contract.
+    let raw = unsafe { servername(ssl) };
+    let Some(Ok(name)) = raw.map(normalize_sni) else {
+        // No SNI: the default certificate. An invalid one never causes a
+        // lookup: the default, or the rejection.
+        debug!(
+            // SAFETY: the caller's contract.
+            handshake_log(unsafe { connection_of(ssl) }),
+            "dyncert: no valid SNI, no cache lookup"
+        );
+        // SAFETY: the caller's contract.
+        unsafe { set_info(ssl, CertSource::Default, None, false) };
+        return c_int::from(raw.is_none() || !reject);
+    };
+    let now = SystemClock.now();
+    // A QUIC handshake had no peek step to wait for a load: it may parse
+    // the shared zone's record now (bounded and counted by the worker).
+    // SAFETY: the caller's contract.
+    let no_peek = unsafe { connection_of(ssl) }.is_some_and(|c| c.type_ == libc::SOCK_DGRAM);
+    let Selection { cert, source, tier } =
+        with_worker(|w| w.for_handshake_sync(&name, now, no_peek))
+            .unwrap_or(Selection::default_for(Tier::Miss));
+    debug!(
+        // SAFETY: the caller's contract.
+        handshake_log(unsafe { connection_of(ssl) }),
+        "dyncert: cache lookup: {}, certificate: {}, name: \"{name}\"",
+        tier.as_str(),
+        cert.as_ref().map_or("none", |_| source.as_str())
+    );
+    let Some(cert) = cert else {
+        let source = if reject {
+            CertSource::Rejected
+        } else {
+            CertSource::Default
+        };
+        // SAFETY: the caller's contract.
+        unsafe { set_info(ssl, source, None, false) };
+        return c_int::from(!reject);
+    };
+    // SAFETY: the caller's contract.
+    match unsafe { install(ssl, &cert, tenant) } {
+        Ok(requested) => {
+            // SAFETY: the caller's contract.
+            unsafe { set_info(ssl, source, Some(&cert), requested) };
+            1
+        }
+        Err(what) => {
+            Log::cycle().alert(format_args!(
+                "dyncert: {what} while installing a certificate, name: \"{name}\""
+            ));
+            0
+        }
+    }
+}
+
+/// The log of a handshake's connection (the cycle's without one).
+fn handshake_log(c: Option<&ngx_connection_t>) -> Log {
+    c.map_or_else(Log::cycle, Log::of)
+}
+
+/// SSL_CTX_set_client_hello_cb(3) callback, installed on every server of an
+/// http block where some server has `dyncert_tenant_policy on`. It runs
+/// before OpenSSL looks at the session the client offers, and binds the
+/// connection's session id context to the server name asked for and the
+/// record cached for it: a session made for another name, without a name,
+/// or under another record has another context, and OpenSSL declines it
+/// like a cache miss (TLS 1.2 session ids and tickets, TLS 1.3 tickets), so
+/// the handshake continues as a full one with the tenant's own certificate.
+///
+/// # Safety
+/// Called by OpenSSL during a handshake; `arg` is the SrvConf of the
+/// server whose SSL_CTX the connection started with.
+unsafe extern "C" fn ngx_http_dyncert_client_hello(
+    ssl: *mut SSL,
+    _al: *mut c_int,
+    arg: *mut c_void,
+) -> c_int {
+    guard(
+        "binding a TLS session to its name",
+        SSL_CLIENT_HELLO_SUCCESS as c_int,
+        || {
+            // SAFETY: arg is the SrvConf install_client_hello_cb gave this
+            // SSL_CTX; it lives in the configuration that owns the SSL_CTX.
+            if let Some(scf) = unsafe { arg.cast::<SrvConf>().as_ref() } {
+                // SAFETY: OpenSSL passes the live SSL object of the
+                // handshake, inside its ClientHello callback.
+                unsafe { bind_session(ssl, scf) };
+            }
+            SSL_CLIENT_HELLO_SUCCESS as c_int
+        },
+    )
+}
+
+/// Binds the connection's session id context to the name the ClientHello
+/// asks for and the record cached for it now.
+///
+/// # Safety
+/// `ssl` must be a live SSL object inside its ClientHello callback.
+unsafe fn bind_session(ssl: *mut SSL, scf: &SrvConf) {
+    // SAFETY: the caller's contract.
+    let sni = unsafe { client_hello_sni(ssl) };
+    let record = sni
+        .and_then(|raw| normalize_sni(raw).ok())
+        .and_then(|name| {
+            let now = SystemClock.now();
+            with_worker(|w| w.current(&name, now).map(|c| c.fingerprint)).flatten()
+        });
+    let ctx = session_context(&scf.session_salt, sni, record.as_ref());
+    // SAFETY: ssl is live; SSL_set_session_id_context(3) copies
+    // SESSION_CONTEXT_LEN (= SSL_MAX_SID_CTX_LENGTH) bytes.
+    let r = unsafe { SSL_set_session_id_context(ssl, ctx.as_ptr(), SESSION_CONTEXT_LEN as u32) };
+    if r == 1 {
+        // SAFETY: the caller's contract.
+        unsafe { set_binding(ssl, record, scf.session_salt) };
+    }
+}
+
+/// The host name of the ClientHello's server_name extension, raw.
+///
+/// # Safety
+/// `ssl` must be a live SSL object inside its ClientHello callback; the
+/// slice is valid until the callback returns.
+unsafe fn client_hello_sni<'a>(ssl: *mut SSL) -> Option<&'a [u8]> {
+    let mut ext: *const u8 = ptr::null();
+    let mut len = 0usize;
+    // SAFETY: ssl is live inside its ClientHello callback;
+    // SSL_client_hello_get0_ext(3) points ext at the extension's body.
+    let found = unsafe { SSL_client_hello_get0_ext(ssl, 0, &mut ext, &mut len) } == 1;
+    if !found || ext.is_null() {
+        return None;
+    }
+    // SAFETY: ext points to len bytes that OpenSSL keeps until the
+    // callback returns.
+    server_name_extension_host(unsafe { slice::from_raw_parts(ext, len) })
+}
+
+/// Wraps nginx's server-name callback so that `dyncert_unknown reject`
+/// fails the handshake with an `unrecognized_name` alert (the certificate
+/// callback can only fail with `internal_error`).
+///
+/// # Safety
+/// Called by OpenSSL during a handshake with nginx's arguments.
+unsafe extern "C" fn ngx_http_dyncert_servername(
+    ssl: *mut SSL,
+    ad: *mut c_int,
+    arg: *mut c_void,
+) -> c_int {
+    // SAFETY: same contract as nginx's own callback, which we call first so
+    // it selects the virtual server exactly as without dyncert.
+    let rc = unsafe { ngx_http_ssl_servername(ssl.cast(), ad, arg) };
+    if rc != SSL_TLSEXT_ERR_OK as c_int {
+        return rc;
+    }
+    guard("checking a server name", rc, || {
+        // SAFETY: OpenSSL passes the live SSL object of the handshake, and
+        // its alert slot.
+        if unsafe { rejects_name(ssl) } {
+            // SAFETY: ad is OpenSSL's alert slot for this callback.
+            unsafe { *ad = SSL_AD_UNRECOGNIZED_NAME as c_int };
+            return SSL_TLSEXT_ERR_ALERT_FATAL as c_int;
+        }
+        rc
+    })
+}
+
+/// Whether `dyncert_unknown reject` refuses the name of this handshake
+/// (after nginx selected the server by it); a refusal is recorded.
+///
+/// # Safety
+/// `ssl` must be a live SSL object of an nginx connection, inside its
+/// server-name callback.
+unsafe fn rejects_name(ssl: *mut SSL) -> bool {
+    // SAFETY: the caller's contract.
+    let Some(c) = (unsafe { connection_of(ssl) }) else {
+        return false;
+    };
+    // SAFETY: during the handshake c->data is the connection's
+    // ngx_http_connection_t, whose server nginx's callback just set.
+    let Some(hc) = (unsafe { c.data.cast::<ngx_http_connection_t>().as_ref() }) else {
+        return false;
+    };
+    if !Module::server_conf(hc).is_some_and(|s| s.enabled() && s.rejects_unknown()) {
+        return false;
+    }
+    // SAFETY: the caller's contract.
+    let Some(raw) = (unsafe { servername(ssl) }) else {
+        return false; // no SNI: the default certificate
+    };
+    let known = normalize_sni(raw).is_ok_and(|name| {
+        let now = SystemClock.now();
+        with_worker(|w| w.has_certificate(&name, now)).unwrap_or(false)
+    });
+    if known {
+        return false;
+    }
+    // SAFETY: c->ssl is the live ngx_ssl_connection_t of this handshake.
+    if let Some(sc) = unsafe { c.ssl.as_mut() } {
+        // Logged at info by nginx, like ssl_reject_handshake.
+        sc.set_handshake_rejected(1);
+    }
+    // SAFETY: the caller's contract.
+    unsafe { set_info(ssl, CertSource::Rejected, None, false) };
+    true
+}
+
+/// Installs the certificate callback on a dyncert server's SSL_CTX.
+///
+/// # Safety
+/// `ctx` must be a live SSL_CTX; `conf` must outlive it.
+unsafe fn install_cert_cb(ctx: *mut SSL_CTX, conf: &mut SrvConf) {
+    let arg = ptr::from_mut(conf).cast::<c_void>();
+    // SAFETY: ctx is live; SSL_CTX_set_cert_cb(3) keeps arg, which
+    // outlives the SSL_CTX (the caller's contract).
+    unsafe { SSL_CTX_set_cert_cb(ctx, Some(ngx_http_dyncert_cert_cb), arg) };
+}
+
+/// Installs the ClientHello callback that binds sessions to their name and
+/// record, with the salt of `conf`'s server (its default certificate).
+///
+/// # Safety
+/// `ctx` must be a live SSL_CTX; `conf` must outlive it.
+unsafe fn install_client_hello_cb(ctx: *mut SSL_CTX, conf: &mut SrvConf) {
+    // SAFETY: ctx is live; SSL_CTX_get0_certificate(3) borrows its
+    // certificate (NULL without one).
+    let leaf = unsafe { SSL_CTX_get0_certificate(ctx) };
+    let der = if leaf.is_null() {
+        Vec::new()
+    } else {
+        // SAFETY: leaf is a live X509 owned by ctx, borrowed for this call.
+        let leaf = unsafe { X509Ref::from_ptr(leaf.cast::<openssl_sys::X509>()) };
+        leaf.to_der().unwrap_or_default()
+    };
+    conf.session_salt = openssl::sha::sha256(&der);
+    let arg = ptr::from_mut(conf).cast::<c_void>();
+    // SAFETY: ctx is live; SSL_CTX_set_client_hello_cb(3) keeps arg, which
+    // outlives the SSL_CTX (the caller's contract).
+    unsafe { SSL_CTX_set_client_hello_cb(ctx, Some(ngx_http_dyncert_client_hello), arg) };
+}
+
+/// Replaces nginx's server-name callback with the wrapper above.
+///
+/// # Safety
+/// `ctx` must be a live SSL_CTX of an http server.
+unsafe fn install_servername_cb(ctx: *mut SSL_CTX) {
+    type Cb = unsafe extern "C" fn(*mut SSL, *mut c_int, *mut c_void) -> c_int;
+    let cb: Cb = ngx_http_dyncert_servername;
+    // SAFETY: OpenSSL stores the callback as a generic function pointer and
+    // calls it back with the (SSL *, int *, void *) signature it has.
+    let cb = unsafe { core::mem::transmute::<Cb, unsafe extern "C" fn()>(cb) };
+    // SAFETY: ctx is live; SSL_CTX_set_tlsext_servername_callback(3) is
+    // this ctrl.
+    unsafe { SSL_CTX_callback_ctrl(ctx, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB as c_int, Some(cb)) };
+}
