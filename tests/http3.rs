@@ -393,3 +393,56 @@ fn http3_requests_are_held_to_the_tenant_policy() {
     assert_eq!(r.status, 403, "{:?}", r.body);
     s.nginx.assert_healthy();
 }
+
+#[test]
+fn http3_first_handshake_gets_a_certificate_any_worker_fetched() {
+    let Some(python) =
+        client_or_skip("http3_first_handshake_gets_a_certificate_any_worker_fetched")
+    else {
+        return;
+    };
+    // Two workers and the shared zone: the worker a QUIC handshake lands
+    // on may not have fetched the name, but the zone has it.
+    let mut s = Stack::start(
+        2,
+        &HTTP.replace("@SERVER@", "").replace(
+            "dyncert_redis @REDIS@;",
+            "dyncert_redis @REDIS@;\n    dyncert_shared_zone dyncert:4m;",
+        ),
+    );
+    let mut from_the_zone = 0;
+    for i in 0..12 {
+        let name = format!("h3-{i}.example.com");
+        let leaf = s.pki.leaf(&[&name], 7100 + i);
+        s.redis.put_leaf(&name, &leaf);
+        // One worker fetches it over TCP (the peek step waits for it)...
+        let tcp = s.get(Some(&name));
+        tcp.assert_served(&leaf, &s.pki);
+        // ...and the first QUIC handshake, on whichever worker, gets it.
+        let r = h3_get(&python, s.nginx.port, &name)
+            .unwrap_or_else(|e| panic!("HTTP/3 request failed: {e}\n{}", s.nginx.logs()));
+        r.assert_served(&leaf, &s.pki);
+        assert!(
+            matches!(r.source(), "shared" | "cache"),
+            "{name}: body {:?}",
+            r.body
+        );
+        from_the_zone += usize::from(r.source() == "shared");
+    }
+    // QUIC spreads connections over the workers: with 12 names, some land
+    // on the worker that did not fetch (a 2^-12 chance that none does).
+    assert!(from_the_zone > 0, "no QUIC handshake loaded from the zone");
+    // A name no worker has fetched: the first QUIC handshake gets the
+    // default certificate and starts the fetch; a later one gets the name's.
+    let leaf = s.pki.leaf(&["h3-new.example.com"], 7199);
+    s.redis.put_leaf("h3-new.example.com", &leaf);
+    let first = h3_get(&python, s.nginx.port, "h3-new.example.com")
+        .unwrap_or_else(|e| panic!("HTTP/3 request failed: {e}\n{}", s.nginx.logs()));
+    assert!(first.is_default(), "SANs {:?}", first.leaf_sans());
+    poll(STARTUP_DEADLINE, Duration::from_millis(100), || {
+        let r = h3_get(&python, s.nginx.port, "h3-new.example.com").ok()?;
+        r.is_leaf(&leaf).then_some(())
+    })
+    .unwrap_or_else(|| panic!("never served its own certificate\n{}", s.nginx.logs()));
+    s.nginx.assert_healthy();
+}

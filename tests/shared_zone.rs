@@ -1,0 +1,240 @@
+//! `dyncert_shared_zone`: one store per host. A name one worker fetched is
+//! loaded by the others from the zone (no Redis command), survives a
+//! worker killed and respawned and a reload that keeps the zone, leaves it
+//! when invalidated, and a zone too small for the names evicts its least
+//! recently used records without failing a handshake.
+
+use dyncert_testkit::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const HTTP: &str = r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    dyncert_shared_zone dyncert:@ZONE@;
+    dyncert_cache @CACHE@;
+    server {
+        listen 127.0.0.1:@MPORT@;
+        location = /metrics { dyncert_metrics; }
+    }
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
+    }
+}
+"#;
+
+struct Host {
+    s: Stack,
+    mport: u16,
+}
+
+fn start(workers: u32, zone: &str, cache: &str) -> Host {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let mport = free_port();
+    let nginx = Nginx::start(
+        &pki,
+        HTTP,
+        NginxOpts::new()
+            .workers(workers)
+            .redis(&redis)
+            .var("MPORT", mport)
+            .var("ZONE", zone)
+            .var("CACHE", cache),
+    );
+    Host {
+        s: Stack { pki, redis, nginx },
+        mport,
+    }
+}
+
+impl Host {
+    fn metric(&self, key: &str) -> f64 {
+        scrape_metrics(self.mport).get(key)
+    }
+}
+
+/// How many handshakes of each worker reported each source for `name`
+/// (a burst reaches every worker; a worker's first use of an entry reports
+/// where it came from, every later one `cache`).
+fn sources_per_worker(h: &Host, name: &str) -> BTreeMap<u32, BTreeMap<String, usize>> {
+    let mut seen: BTreeMap<u32, BTreeMap<String, usize>> = BTreeMap::new();
+    for r in h.s.nginx.hit_every_worker(name, STARTUP_DEADLINE) {
+        *seen
+            .entry(r.pid())
+            .or_default()
+            .entry(r.source().to_owned())
+            .or_default() += 1;
+    }
+    seen
+}
+
+/// True when the worker's handshakes were served from the zone once and
+/// from its own cache otherwise: never fetched.
+fn loaded_from_the_zone(sources: &BTreeMap<String, usize>) -> bool {
+    sources.get("shared") == Some(&1) && sources.keys().all(|s| s == "shared" || s == "cache")
+}
+
+#[test]
+fn four_workers_share_one_fetch() {
+    let mut h = start(4, "8m", "max=1000");
+    let leaf = h.s.pki.leaf(&["shared.example.com"], 9001);
+    h.s.redis.put_leaf("shared.example.com", &leaf);
+    let monitor = h.s.redis.monitor();
+
+    // One worker fetches it (one connection, so one worker).
+    let r = h.s.get(Some("shared.example.com"));
+    r.assert_served(&leaf, &h.s.pki);
+    assert_eq!(r.source(), "redis", "{:?}", r.body);
+    let fetcher = r.pid();
+    // Every other worker's first handshake for it is served from the zone.
+    let seen = sources_per_worker(&h, "shared.example.com");
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    for (pid, sources) in &seen {
+        if *pid == fetcher {
+            assert!(sources.keys().all(|s| s == "cache"), "{seen:?}");
+        } else {
+            assert!(loaded_from_the_zone(sources), "worker {pid}: {seen:?}");
+        }
+    }
+    monitor.sync();
+    assert_eq!(
+        monitor.fetches_of("shared.example.com"),
+        1,
+        "one Redis read for the whole host:\n{}",
+        monitor.dump()
+    );
+    assert_eq!(h.metric("dyncert_shared_loads_total"), 3.0);
+    assert_eq!(h.metric("dyncert_shared_zone_records"), 1.0);
+    assert_eq!(h.metric("dyncert_handshakes_total{source=\"shared\"}"), 3.0);
+    h.s.nginx.assert_healthy();
+}
+
+#[test]
+fn a_respawned_worker_and_a_reload_find_the_zone_intact() {
+    let mut h = start(2, "8m", "max=1000");
+    let leaf = h.s.pki.leaf(&["kept.example.com"], 9002);
+    h.s.redis.put_leaf("kept.example.com", &leaf);
+    sources_per_worker(&h, "kept.example.com");
+    let monitor = h.s.redis.monitor();
+
+    // A worker killed with SIGKILL: the master forks a new one, whose
+    // first handshake loads the record from the zone.
+    let before = h.s.nginx.worker_pids();
+    let victim = *before.iter().next().unwrap();
+    assert!(signal(victim, libc::SIGKILL));
+    h.s.nginx.expect_log("exited on signal 9");
+    let respawned = poll(STARTUP_DEADLINE, Duration::from_millis(20), || {
+        let pids = h.s.nginx.worker_pids();
+        (pids.len() == 2 && !pids.contains(&victim)).then_some(pids)
+    })
+    .expect("the master respawns the worker");
+    let seen = sources_per_worker(&h, "kept.example.com");
+    for pid in &respawned {
+        if before.contains(pid) {
+            assert!(seen[pid].keys().all(|s| s == "cache"), "{seen:?}");
+        } else {
+            assert!(
+                loaded_from_the_zone(&seen[pid]),
+                "new worker {pid}: {seen:?}"
+            );
+        }
+    }
+    // A reload that keeps the zone: the new workers load from it too.
+    h.s.nginx.reload();
+    let seen = sources_per_worker(&h, "kept.example.com");
+    assert!(seen.values().all(loaded_from_the_zone), "{seen:?}");
+    monitor.sync();
+    assert_eq!(
+        monitor.fetches_of("kept.example.com"),
+        0,
+        "{}",
+        monitor.dump()
+    );
+    h.s.nginx.assert_healthy();
+}
+
+#[test]
+fn an_invalidation_clears_the_zone_and_the_next_handshake_fetches_again() {
+    let mut h = start(2, "8m", "max=1000");
+    let old = h.s.pki.leaf(&["renewed.example.com"], 9003);
+    h.s.redis.put_leaf("renewed.example.com", &old);
+    sources_per_worker(&h, "renewed.example.com");
+    assert_eq!(h.metric("dyncert_shared_zone_records"), 1.0);
+
+    let new = h.s.pki.leaf(&["renewed.example.com"], 9004);
+    h.s.redis.put_leaf("renewed.example.com", &new);
+    h.s.redis
+        .publish("dyncert:invalidate", "renewed.example.com");
+    poll(STARTUP_DEADLINE, Duration::from_millis(20), || {
+        (h.metric("dyncert_shared_zone_records") == 0.0).then_some(())
+    })
+    .expect("the zone drops the record");
+    for r in
+        h.s.nginx
+            .hit_every_worker("renewed.example.com", STARTUP_DEADLINE)
+    {
+        r.assert_served(&new, &h.s.pki);
+    }
+    h.s.nginx.assert_healthy();
+}
+
+#[test]
+fn a_zone_too_small_for_the_names_evicts_and_never_fails_a_handshake() {
+    // 128 KiB hold a few dozen records; the hot set holds 5.
+    let mut h = start(1, "128k", "max=5");
+    let names: Vec<String> = (0..300).map(|i| format!("n{i}.tiny.example")).collect();
+    let leaves: Vec<Leaf> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| h.s.pki.leaf(&[n], 9100 + i as u64))
+        .collect();
+    for (n, l) in names.iter().zip(&leaves) {
+        h.s.redis.put_leaf(n, l);
+    }
+    for _ in 0..2 {
+        for (n, l) in names.iter().zip(&leaves) {
+            h.s.get(Some(n)).assert_served(l, &h.s.pki);
+        }
+    }
+    let evictions = h.metric("dyncert_shared_zone_evictions_total");
+    let records = h.metric("dyncert_shared_zone_records");
+    assert!(evictions > 0.0, "no eviction");
+    assert!(records > 0.0 && records < 300.0, "{records} records");
+    assert!(h.metric("dyncert_shared_zone_bytes{state=\"total\"}") > 0.0);
+    h.s.nginx.assert_healthy();
+}
+
+#[test]
+fn shared_zone_values_are_checked_by_nginx_t() {
+    let pki = Pki::new();
+    for (value, ok) in [
+        ("dyncert:1m", true),
+        ("dyncert", false),
+        ("dyncert:64k", false),
+        (":1m", false),
+    ] {
+        let t = Nginx::config_test(
+            &pki,
+            &format!(
+                "http {{ dyncert_redis redis://127.0.0.1:1/0; dyncert_shared_zone {value}; \
+                 server {{ listen 127.0.0.1:@PORT@; }} }}"
+            ),
+            NginxOpts::new(),
+        );
+        assert_eq!(t.ok, ok, "{value}: {}", t.output);
+        if !ok {
+            assert!(
+                t.output.contains(&format!("invalid parameter \"{value}\"")),
+                "{value}: {}",
+                t.output
+            );
+        }
+    }
+}
