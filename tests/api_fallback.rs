@@ -158,6 +158,31 @@ fn writeback_ttl_defaults_to_24_hours() {
         ttl > 86400 - 60 && ttl <= 86400,
         "written-back record has TTL {ttl}, expected the 24h default"
     );
+    // The fast form is written beside the PEM: the chain's DER and the key
+    // as SEC1, which the next terminator loads.
+    let mut conn = s.redis.connect();
+    let der = conn
+        .cmd(&[
+            "HMGET",
+            "dyncert:cert:daily.example.com",
+            "crt_der",
+            "key_der",
+        ])
+        .unwrap();
+    let Reply::Array(Some(items)) = der else {
+        panic!("HMGET answered {der:?}");
+    };
+    let (Some(Reply::Bulk(Some(crt))), Some(Reply::Bulk(Some(key)))) =
+        (items.first(), items.get(1))
+    else {
+        panic!("no DER form written back: {items:?}");
+    };
+    let first = X509::from_der(crt).expect("crt_der starts with a DER certificate");
+    assert_eq!(first.to_der().unwrap(), leaf.issued.cert.to_der().unwrap());
+    let sec1 = openssl::ec::EcKey::private_key_from_der(key).expect("key_der is SEC1");
+    assert!(openssl::pkey::PKey::from_ec_key(sec1)
+        .unwrap()
+        .public_eq(&leaf.issued.key));
 }
 
 #[test]

@@ -286,3 +286,41 @@ http {
     r.assert_served(&leaf, &pki);
     drop(nginx);
 }
+
+#[test]
+fn der_record_is_served_like_pem_and_wins_over_it() {
+    let s = Stack::start(1, HTTP);
+    let leaf = s.pki.leaf(&["der.example.com"], 1101);
+    let stale = s.pki.leaf(&["der.example.com"], 1102);
+    // crt_der: the chain's certificates one after the other; key_der: SEC1.
+    let chain = [
+        leaf.issued.cert.to_der().unwrap(),
+        s.pki.intermediate.cert.to_der().unwrap(),
+    ]
+    .concat();
+    let key = leaf
+        .issued
+        .key
+        .ec_key()
+        .unwrap()
+        .private_key_to_der()
+        .unwrap();
+    let mut conn = s.redis.connect();
+    let hset: [&[u8]; 10] = [
+        b"HSET",
+        b"dyncert:cert:der.example.com",
+        b"crt_der",
+        &chain,
+        b"key_der",
+        &key,
+        // A PEM form of another certificate beside it: the DER one wins.
+        b"crt",
+        stale.chain_pem.as_bytes(),
+        b"key",
+        stale.key_pem.as_bytes(),
+    ];
+    conn.cmd(&hset).unwrap();
+    let r = s.get(Some("der.example.com"));
+    r.assert_served(&leaf, &s.pki);
+    assert_eq!(r.source(), "redis", "body {:?}", r.body);
+}

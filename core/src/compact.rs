@@ -10,12 +10,10 @@
 //! in memory other processes write, so decoding is bounded and checked
 //! like any input (and fuzzed).
 
-use openssl::ec::EcKey;
-use openssl::pkey::{Id, PKey, Private};
-use openssl::rsa::Rsa;
 use openssl::x509::X509;
 
 use crate::clock::Millis;
+pub use crate::der::KeyDer;
 use crate::intern::{digest, CertDigest, Interner};
 use crate::outcome::CertSource;
 use crate::record::{Record, MAX_ALLOW_BYTES, MAX_CHAIN_LEN, MAX_CLIENT_CA_BYTES, MAX_KEY_BYTES};
@@ -25,51 +23,6 @@ use crate::validate::{policy_of, Invalid, ParsedCert};
 const MAGIC: &[u8; 4] = b"dcr1";
 /// Largest leaf DER kept (the record's whole `crt` is bounded at 64 KiB).
 pub const MAX_LEAF_BYTES: usize = 64 * 1024;
-
-/// The private key, in the form it is stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyDer {
-    /// An `ECPrivateKey` naming its curve (`d2i_ECPrivateKey`).
-    Sec1(Vec<u8>),
-    /// An `RSAPrivateKey` (`d2i_RSAPrivateKey`).
-    Pkcs1(Vec<u8>),
-    /// Anything else (Ed25519, ...): PKCS#8.
-    Pkcs8(Vec<u8>),
-}
-
-impl KeyDer {
-    fn tag(&self) -> u8 {
-        match self {
-            KeyDer::Sec1(_) => 1,
-            KeyDer::Pkcs1(_) => 2,
-            KeyDer::Pkcs8(_) => 3,
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        match self {
-            KeyDer::Sec1(b) | KeyDer::Pkcs1(b) | KeyDer::Pkcs8(b) => b,
-        }
-    }
-
-    /// The key in its fastest stored form.
-    pub fn of(key: &PKey<Private>) -> Result<KeyDer, openssl::error::ErrorStack> {
-        Ok(match key.id() {
-            Id::EC => KeyDer::Sec1(key.ec_key()?.private_key_to_der()?),
-            Id::RSA => KeyDer::Pkcs1(key.rsa()?.private_key_to_der()?),
-            _ => KeyDer::Pkcs8(key.private_key_to_pkcs8()?),
-        })
-    }
-
-    /// Loads the key.
-    pub fn load(&self) -> Result<PKey<Private>, openssl::error::ErrorStack> {
-        match self {
-            KeyDer::Sec1(der) => EcKey::private_key_from_der(der).and_then(PKey::from_ec_key),
-            KeyDer::Pkcs1(der) => Rsa::private_key_from_der(der).and_then(PKey::from_rsa),
-            KeyDer::Pkcs8(der) => PKey::private_key_from_pkcs8(der),
-        }
-    }
-}
 
 /// Intermediates by digest, with their DER: what a store keeps once each.
 pub type IntermediateDers = Vec<(CertDigest, Vec<u8>)>;
@@ -341,6 +294,8 @@ mod tests {
     use super::*;
     use crate::validate::testpki::{key, key_pem, leaf, pem};
     use crate::validate::validate_shared;
+    use openssl::pkey::{PKey, Private};
+    use openssl::rsa::Rsa;
 
     fn now_secs() -> i64 {
         std::time::SystemTime::now()
@@ -354,6 +309,7 @@ mod tests {
         let mut crt = pem(&leaf(&["shop.example.com"], &key, -1, 30));
         crt.extend(pem(&ca));
         let record = Record {
+            form: crate::record::Form::Pem,
             crt,
             key: key_pem(&key),
             allow: allow.map(|a| a.as_bytes().to_vec()),

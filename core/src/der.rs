@@ -14,6 +14,92 @@
 //! The input is untrusted (a Redis record): every read is bounded, nothing
 //! panics, and there is a fuzz target.
 
+/// A private key's DER, by structure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyDer {
+    /// An `ECPrivateKey` naming its curve (`d2i_ECPrivateKey`).
+    Sec1(Vec<u8>),
+    /// An `RSAPrivateKey` (`d2i_RSAPrivateKey`).
+    Pkcs1(Vec<u8>),
+    /// Anything else (Ed25519, ...): PKCS#8.
+    Pkcs8(Vec<u8>),
+}
+
+impl KeyDer {
+    pub fn tag(&self) -> u8 {
+        match self {
+            KeyDer::Sec1(_) => 1,
+            KeyDer::Pkcs1(_) => 2,
+            KeyDer::Pkcs8(_) => 3,
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            KeyDer::Sec1(b) | KeyDer::Pkcs1(b) | KeyDer::Pkcs8(b) => b,
+        }
+    }
+
+    /// The key in its fastest form: SEC1 for EC, PKCS#1 for RSA. One
+    /// encoding per key, so it also names the key (fingerprints).
+    pub fn of(key: &PKey<Private>) -> Result<KeyDer, ErrorStack> {
+        Ok(match key.id() {
+            Id::EC => KeyDer::Sec1(key.ec_key()?.private_key_to_der()?),
+            Id::RSA => KeyDer::Pkcs1(key.rsa()?.private_key_to_der()?),
+            _ => KeyDer::Pkcs8(key.private_key_to_pkcs8()?),
+        })
+    }
+
+    /// Reads a `key_der` field: SEC1, PKCS#1 or (unencrypted) PKCS#8,
+    /// told apart by their structure; PKCS#8 RSA and EC keys are unwrapped
+    /// to the faster forms.
+    pub fn parse(der: &[u8]) -> Option<KeyDer> {
+        if let Some(u) = unwrap_pkcs8(der) {
+            return Some(match u {
+                Unwrapped::Sec1(b) => KeyDer::Sec1(b),
+                Unwrapped::Pkcs1(b) => KeyDer::Pkcs1(b),
+            });
+        }
+        let seq = tlv(der)?;
+        if seq.tag != SEQUENCE || !seq.rest.is_empty() {
+            return None;
+        }
+        let version = tlv(seq.value)?;
+        let second = tlv(version.rest)?;
+        match (version.tag, version.value, second.tag) {
+            (INTEGER, [1], OCTET_STRING) => Some(KeyDer::Sec1(der.to_vec())),
+            (INTEGER, [0], INTEGER) => Some(KeyDer::Pkcs1(der.to_vec())),
+            (INTEGER, [0], SEQUENCE) => Some(KeyDer::Pkcs8(der.to_vec())),
+            _ => None,
+        }
+    }
+
+    /// Loads the key.
+    pub fn load(&self) -> Result<PKey<Private>, ErrorStack> {
+        match self {
+            KeyDer::Sec1(der) => EcKey::private_key_from_der(der).and_then(PKey::from_ec_key),
+            KeyDer::Pkcs1(der) => Rsa::private_key_from_der(der).and_then(PKey::from_rsa),
+            KeyDer::Pkcs8(der) => PKey::private_key_from_pkcs8(der),
+        }
+    }
+}
+
+/// Splits a `crt_der` field (certificates one after the other) into its
+/// certificates: each a complete DER SEQUENCE, at most `max`, at least one.
+pub fn split_certificates(der: &[u8], max: usize) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    let mut rest = der;
+    while !rest.is_empty() {
+        let t = tlv(rest)?;
+        if t.tag != SEQUENCE || out.len() == max {
+            return None;
+        }
+        out.push(t.raw);
+        rest = t.rest;
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// What a PKCS#8 key unwraps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unwrapped {
@@ -22,6 +108,11 @@ pub enum Unwrapped {
     /// An `RSAPrivateKey`: for `d2i_RSAPrivateKey`.
     Pkcs1(Vec<u8>),
 }
+
+use openssl::ec::EcKey;
+use openssl::error::ErrorStack;
+use openssl::pkey::{Id, PKey, Private};
+use openssl::rsa::Rsa;
 
 const SEQUENCE: u8 = 0x30;
 const INTEGER: u8 = 0x02;
@@ -186,10 +277,50 @@ fn sec1_with_curve(ec: &[u8], curve: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openssl::ec::{EcGroup, EcKey};
+    use openssl::ec::EcGroup;
     use openssl::nid::Nid;
-    use openssl::pkey::PKey;
-    use openssl::rsa::Rsa;
+
+    #[test]
+    fn key_der_fields_are_told_apart_and_load() {
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let ec = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let rsa = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let ed = PKey::generate_ed25519().unwrap();
+        let cases = [
+            (ec.ec_key().unwrap().private_key_to_der().unwrap(), 1, &ec),
+            (ec.private_key_to_pkcs8().unwrap(), 1, &ec),
+            (rsa.rsa().unwrap().private_key_to_der().unwrap(), 2, &rsa),
+            (rsa.private_key_to_pkcs8().unwrap(), 2, &rsa),
+            (ed.private_key_to_pkcs8().unwrap(), 3, &ed),
+        ];
+        for (der, tag, key) in cases {
+            let k = KeyDer::parse(&der).unwrap();
+            assert_eq!(k.tag(), tag);
+            assert!(k.load().unwrap().public_eq(key));
+            assert_eq!(KeyDer::of(key).unwrap().tag(), tag);
+        }
+        assert_eq!(KeyDer::parse(b"not a key"), None);
+        assert_eq!(KeyDer::parse(&[0x30, 0x03, 0x02, 0x01, 0x05]), None);
+    }
+
+    #[test]
+    fn crt_der_fields_split_into_whole_certificates() {
+        let one = [0x30, 0x03, 0x02, 0x01, 0x01];
+        let two = [0x30, 0x00];
+        let both = [&one[..], &two[..]].concat();
+        assert_eq!(
+            split_certificates(&both, 8).unwrap(),
+            vec![&one[..], &two[..]]
+        );
+        assert_eq!(split_certificates(&both, 1), None, "over the bound");
+        assert_eq!(split_certificates(&both[..4], 8), None, "truncated");
+        assert_eq!(
+            split_certificates(&[0x02, 0x01, 0x00], 8),
+            None,
+            "not a SEQUENCE"
+        );
+        assert_eq!(split_certificates(b"", 8), None);
+    }
 
     #[test]
     fn ec_pkcs8_unwraps_to_sec1_that_names_its_curve() {

@@ -187,6 +187,7 @@ mod tests {
         let k = key();
         let l = leaf(names, &k, -1, 30);
         let r = Record {
+            form: crate::record::Form::Pem,
             crt: pem(&l),
             key: key_pem(&k),
             allow: allow.map(|a| a.as_bytes().to_vec()),
@@ -343,6 +344,7 @@ mod tests {
         let ca_key = key();
         let ca = leaf(&["tenant ca"], &ca_key, -1, 30);
         let r = Record {
+            form: crate::record::Form::Pem,
             crt: pem(&l),
             key: key_pem(&k),
             allow: None,

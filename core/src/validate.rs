@@ -18,12 +18,12 @@ use openssl::x509::X509;
 
 use crate::cidr::{parse_list, Cidr};
 
-use crate::der::{unwrap_pkcs8, Unwrapped};
+use crate::der::{split_certificates, unwrap_pkcs8, KeyDer, Unwrapped};
 use crate::intern::Interner;
 use crate::name::dns_name_matches;
 use crate::outcome::Refusal;
 use crate::pem::{self, Block, Label, PemError};
-use crate::record::{Record, MAX_CHAIN_LEN};
+use crate::record::{Form, Record, MAX_CHAIN_LEN};
 
 /// A certificate ready to be installed on a connection.
 pub struct ParsedCert {
@@ -203,8 +203,18 @@ fn check(
     interner: Option<&Interner>,
     covered: impl Fn(&X509) -> bool,
 ) -> Result<ParsedCert, Invalid> {
-    let certs = certificates(&record.crt, Invalid::CrtNotPem, Invalid::ChainTooLong)?;
-    let key_block = key_block(&record.key)?;
+    let certs = match record.form {
+        Form::Pem => certificates(&record.crt, Invalid::CrtNotPem, Invalid::ChainTooLong)?,
+        Form::Der => der_certificates(&record.crt)?,
+    };
+    let key_der = match record.form {
+        Form::Pem => None,
+        Form::Der => Some(KeyDer::parse(&record.key).ok_or(Invalid::KeyNotPem)?),
+    };
+    let key_block = match record.form {
+        Form::Pem => Some(key_block(&record.key)?),
+        Form::Der => None,
+    };
     let ca_certs = match &record.client_ca {
         Some(pem) => Some(certificates(
             pem,
@@ -229,7 +239,11 @@ fn check(
         return Err(Invalid::NotYetValid);
     }
 
-    let key = private_key(key_block)?;
+    let key = match (key_block, key_der) {
+        (Some(block), _) => private_key(block)?,
+        (None, Some(der)) => der.load().map_err(|_| Invalid::KeyNotPem)?,
+        (None, None) => return Err(Invalid::KeyNotPem),
+    };
     let leaf_pub = leaf.public_key().map_err(|_| Invalid::CrtNotPem)?;
     if !leaf_pub.public_eq(&key) {
         return Err(Invalid::KeyMismatch);
@@ -247,6 +261,7 @@ fn check(
         Some(blocks) => Some(client_ca(&blocks)?),
         None => None,
     };
+    let fingerprint = fingerprint_of(&certs, &key, record)?;
 
     Ok(ParsedCert {
         leaf,
@@ -255,7 +270,7 @@ fn check(
         not_after_ms: (not_after as u64).saturating_mul(1000),
         der_bytes: certs.iter().map(|b| b.der.len()).sum(),
         policy: TenantPolicy { allow, client_ca },
-        fingerprint: fingerprint(record),
+        fingerprint,
     })
 }
 
@@ -366,27 +381,46 @@ fn same_dns_name(a: &str, b: &str) -> bool {
     !a.is_empty() && a.eq_ignore_ascii_case(b)
 }
 
-/// SHA-256 over the record's fields, each length-prefixed so that moving
-/// bytes from one field to the next changes the result.
-pub fn fingerprint(record: &Record) -> [u8; 32] {
+/// SHA-256 over what a record is: its certificates' DER, its key in one
+/// canonical encoding ([`KeyDer::of`]) and its policy fields, each
+/// length-prefixed. The same certificate and key in PEM or DER, PKCS#8 or
+/// SEC1, give the same fingerprint; any change of content does not.
+fn fingerprint_of(
+    certs: &[Block],
+    key: &PKey<Private>,
+    record: &Record,
+) -> Result<[u8; 32], Invalid> {
+    let key = KeyDer::of(key).map_err(|_| Invalid::KeyNotPem)?;
     let mut h = openssl::sha::Sha256::new();
-    let fields = [
-        Some(&record.crt),
-        Some(&record.key),
-        record.allow.as_ref(),
-        record.client_ca.as_ref(),
-    ];
-    for f in fields {
-        match f {
-            Some(v) => {
-                h.update(&[1]);
-                h.update(&(v.len() as u64).to_be_bytes());
-                h.update(v);
-            }
-            None => h.update(&[0]),
+    let mut field = |v: Option<&[u8]>| match v {
+        Some(v) => {
+            h.update(&[1]);
+            h.update(&(v.len() as u64).to_be_bytes());
+            h.update(v);
         }
+        None => h.update(&[0]),
+    };
+    field(Some(&(certs.len() as u64).to_be_bytes()));
+    for c in certs {
+        field(Some(&c.der));
     }
-    h.finish()
+    field(Some(&[key.tag()]));
+    field(Some(key.bytes()));
+    field(record.allow.as_deref());
+    field(record.client_ca.as_deref());
+    Ok(h.finish())
+}
+
+/// The certificates of a `crt_der` field.
+fn der_certificates(der: &[u8]) -> Result<Vec<Block>, Invalid> {
+    let certs = split_certificates(der, MAX_CHAIN_LEN).ok_or(Invalid::CrtNotPem)?;
+    Ok(certs
+        .into_iter()
+        .map(|c| Block {
+            label: Label::Certificate,
+            der: c.to_vec(),
+        })
+        .collect())
 }
 
 fn client_ca(blocks: &[Block]) -> Result<ClientCa, Invalid> {
@@ -446,6 +480,7 @@ mod tests {
 
     fn record(crt: Vec<u8>, key: Vec<u8>) -> Record {
         Record {
+            form: crate::record::Form::Pem,
             crt,
             key,
             allow: None,
@@ -577,30 +612,77 @@ mod tests {
     }
 
     #[test]
-    fn fingerprint_follows_every_field() {
+    fn fingerprint_follows_content_not_encoding() {
         let k = key();
         let l = leaf(&["shop.example.com"], &k, -1, 30);
         let base = record(pem(&l), key_pem(&k));
-        let a = validate(&base, "shop.example.com", now()).unwrap();
-        let b = validate(&base.clone(), "shop.example.com", now()).unwrap();
-        assert_eq!(
-            a.fingerprint, b.fingerprint,
-            "same record, same fingerprint"
-        );
+        let print = |r: &Record| validate(r, "shop.example.com", now()).unwrap().fingerprint;
+        assert_eq!(print(&base), print(&base.clone()), "same record");
+        // The same certificate and key as DER (SEC1 key), or with a
+        // traditional PEM key: the same record.
+        let der = Record {
+            form: Form::Der,
+            crt: l.to_der().unwrap(),
+            key: k.ec_key().unwrap().private_key_to_der().unwrap(),
+            allow: None,
+            client_ca: None,
+        };
+        assert_eq!(print(&base), print(&der), "DER form");
+        let traditional = record(pem(&l), k.ec_key().unwrap().private_key_to_pem().unwrap());
+        assert_eq!(print(&base), print(&traditional), "traditional key");
+        // Any change of content is another record.
         let mut with_allow = base.clone();
         with_allow.allow = Some(b"10.0.0.0/8".to_vec());
-        let mut empty_allow = base.clone();
-        empty_allow.allow = Some(Vec::new());
-        let prints = [
-            fingerprint(&base),
-            fingerprint(&with_allow),
-            fingerprint(&empty_allow),
-            fingerprint(&record(pem(&l), key_pem(&key()))),
-        ];
+        let k2 = key();
+        let other = record(pem(&leaf(&["shop.example.com"], &k2, -1, 30)), key_pem(&k2));
+        let prints = [print(&base), print(&with_allow), print(&other)];
         for i in 0..prints.len() {
             for j in i + 1..prints.len() {
                 assert_ne!(prints[i], prints[j], "records {i} and {j}");
             }
+        }
+    }
+
+    #[test]
+    fn der_records_validate_like_pem_ones() {
+        let k = key();
+        let l = leaf(&["shop.example.com"], &k, -1, 30);
+        let ca = leaf(&["ca.example"], &key(), -1, 30);
+        let der = |crt: Vec<u8>, key: Vec<u8>| Record {
+            form: Form::Der,
+            crt,
+            key,
+            allow: None,
+            client_ca: None,
+        };
+        let chain = [l.to_der().unwrap(), ca.to_der().unwrap()].concat();
+        let ok = validate(
+            &der(chain.clone(), k.private_key_to_pkcs8().unwrap()),
+            "shop.example.com",
+            now(),
+        )
+        .unwrap();
+        assert_eq!(ok.chain.len(), 1);
+        let cases = [
+            (
+                der(b"junk".to_vec(), k.private_key_to_pkcs8().unwrap()),
+                Invalid::CrtNotPem,
+            ),
+            (der(chain.clone(), b"junk".to_vec()), Invalid::KeyNotPem),
+            (
+                der(chain.clone(), key().private_key_to_pkcs8().unwrap()),
+                Invalid::KeyMismatch,
+            ),
+            (
+                der(
+                    chain[..chain.len() - 1].to_vec(),
+                    k.private_key_to_pkcs8().unwrap(),
+                ),
+                Invalid::CrtNotPem,
+            ),
+        ];
+        for (r, want) in cases {
+            assert_eq!(validate(&r, "shop.example.com", now()).unwrap_err(), want);
         }
     }
 

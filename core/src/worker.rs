@@ -1578,6 +1578,7 @@ mod tests {
     /// makes when a tier is configured.
     fn found_storable(name: &str, c: Arc<ParsedCert>, wildcard: Option<&str>) -> Event {
         let record = Record {
+            form: crate::record::Form::Pem,
             crt: Vec::new(),
             key: Vec::new(),
             allow: None,

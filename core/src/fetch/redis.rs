@@ -8,10 +8,16 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::error::{retryable, RedisError};
 use crate::outcome::Refusal;
-use crate::record::{check_lengths, check_policy_lengths, decode_record, Record};
+use crate::record::{
+    check_lengths, check_policy_lengths, chosen_form, decode_record, Form, Record,
+};
 
-/// Hash fields of a record, in the order they are read.
-const FIELDS: [&str; 4] = ["crt", "key", "allow", "client_ca"];
+/// Hash fields whose sizes are read first.
+const SIZED: [&str; 6] = ["crt", "key", "allow", "client_ca", "crt_der", "key_der"];
+/// Hash fields of a record in PEM form, in the order they are read.
+const PEM_FIELDS: [&str; 4] = ["crt", "key", "allow", "client_ca"];
+/// Hash fields of a record in DER form.
+const DER_FIELDS: [&str; 4] = ["crt_der", "key_der", "allow", "client_ca"];
 
 /// A Redis URL fit for a log line or an `nginx -t` error: the user info's
 /// password (or a user info that is only a password) becomes `***`. Also
@@ -96,19 +102,26 @@ pub(super) async fn read_record(
 }
 
 async fn read_record_once(conn: &mut ConnectionManager, key: &str, t: Duration) -> RedisAnswer {
-    // Sizes first, so an oversized value is refused without being read.
+    // Sizes first, so an oversized value is refused without being read,
+    // and only one form of a record that carries both is transferred.
     let mut pipe = redis::pipe();
     pipe.cmd("EXISTS").arg(key);
-    for field in FIELDS {
+    for field in SIZED {
         pipe.cmd("HSTRLEN").arg(key).arg(field);
     }
-    let sizes = pipe.query_async::<(u64, u64, u64, u64, u64)>(conn);
-    let (exists, crt_len, key_len, allow_len, ca_len) = match tokio::time::timeout(t, sizes).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return RedisAnswer::failed(&e),
-        Err(_) => return RedisAnswer::Failed(RedisError::Timeout),
+    let sizes = pipe.query_async::<(u64, u64, u64, u64, u64, u64, u64)>(conn);
+    let (exists, crt_len, key_len, allow_len, ca_len, crt_der_len, key_der_len) =
+        match tokio::time::timeout(t, sizes).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return RedisAnswer::failed(&e),
+            Err(_) => return RedisAnswer::Failed(RedisError::Timeout),
+        };
+    let form = chosen_form(crt_der_len, key_der_len);
+    let (c_len, k_len, fields) = match form {
+        Form::Pem => (crt_len, key_len, PEM_FIELDS),
+        Form::Der => (crt_der_len, key_der_len, DER_FIELDS),
     };
-    match check_lengths(exists > 0, crt_len, key_len)
+    match check_lengths(exists > 0, c_len, k_len)
         .and_then(|e| check_policy_lengths(allow_len, ca_len).map(|()| e))
     {
         Ok(false) => return RedisAnswer::Absent,
@@ -116,7 +129,7 @@ async fn read_record_once(conn: &mut ConnectionManager, key: &str, t: Duration) 
         Err(e) => return RedisAnswer::Refused(e.into()),
     }
     let mut hmget = redis::cmd("HMGET");
-    hmget.arg(key).arg(&FIELDS[..]);
+    hmget.arg(key).arg(&fields[..]);
     type Fields = (
         Option<Vec<u8>>,
         Option<Vec<u8>>,
@@ -134,7 +147,10 @@ async fn read_record_once(conn: &mut ConnectionManager, key: &str, t: Duration) 
         return RedisAnswer::Absent;
     }
     match decode_record(crt, pkey, allow, client_ca) {
-        Ok(r) => RedisAnswer::Record(r),
+        Ok(mut r) => {
+            r.form = form;
+            RedisAnswer::Record(r)
+        }
         Err(e) => RedisAnswer::Refused(e.into()),
     }
 }
@@ -145,6 +161,7 @@ pub(super) fn write_back(
     mut conn: ConnectionManager,
     key: String,
     record: Record,
+    der: Option<(Vec<u8>, Vec<u8>)>,
     ttl: Duration,
     t: Duration,
 ) {
@@ -166,6 +183,14 @@ pub(super) fn write_back(
         }
         if let Some(c) = &record.client_ca {
             hset.arg("client_ca").arg(c.as_slice());
+        }
+        // The fast form beside the PEM one (which terminators that only
+        // know PEM still read): what the next terminator loads.
+        if let Some((crt_der, key_der)) = &der {
+            hset.arg("crt_der")
+                .arg(crt_der.as_slice())
+                .arg("key_der")
+                .arg(key_der.as_slice());
         }
         hset.ignore().cmd("EXPIRE").arg(&key).arg(ttl).ignore();
         let _ = tokio::time::timeout(t, pipe.query_async::<()>(&mut conn)).await;

@@ -13,11 +13,13 @@ use super::redis::{read_record, write_back, RedisAnswer};
 use super::{FetcherConfig, Outcome, Step, Stored, TierData};
 use crate::api::{ApiClient, ApiError, ApiOutcome};
 use crate::compact::Compact;
+use crate::der::KeyDer;
 use crate::intern::Interner;
 use crate::name::wildcard_parent;
 use crate::outcome::{CertSource, FetchSource, StepOutcome};
 use crate::record::Record;
 use crate::validate::validate_shared;
+use crate::validate::ParsedCert;
 use crate::workqueue::WorkQueue;
 
 /// A record validation for the parse thread.
@@ -118,13 +120,14 @@ impl Sources {
                 let outcome = self
                     .found(record.clone(), name, CertSource::Api, None)
                     .await;
-                if let (Outcome::Found { .. }, Some(Ok(conn))) = (&outcome, &self.redis) {
+                if let (Outcome::Found { cert, .. }, Some(Ok(conn))) = (&outcome, &self.redis) {
                     if redis_error.is_none() && !self.cfg.writeback.is_zero() {
                         let key = format!("{}{}", self.cfg.prefix, name);
                         write_back(
                             conn.clone(),
                             key,
                             record,
+                            der_form(cert),
                             self.cfg.writeback,
                             self.cfg.redis_timeout,
                         );
@@ -222,6 +225,17 @@ fn parse_record(
         }
         Err(i) => Outcome::Refused(i.into()),
     }
+}
+
+/// The `crt_der` and `key_der` fields of a validated certificate (its
+/// chain's DER one after the other, its key in the fastest form).
+fn der_form(cert: &ParsedCert) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut crt = cert.leaf.to_der().ok()?;
+    for c in &cert.chain {
+        crt.extend(c.to_der().ok()?);
+    }
+    let key = KeyDer::of(&cert.key).ok()?;
+    Some((crt, key.bytes().to_vec()))
 }
 
 fn now_secs() -> i64 {
