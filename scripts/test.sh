@@ -108,6 +108,7 @@ step "benchmark smoke runs (dyncert-bench --quick and junk --quick: correctness 
 cargo build --release -p dyncert-bench
 target/release/dyncert-bench --quick
 target/release/dyncert-bench junk --quick
+target/release/dyncert-bench formats --quick
 ok
 
 if [[ -n ${NGINX_TESTS:-} ]]; then

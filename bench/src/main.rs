@@ -25,6 +25,7 @@
 //! handshake (see `junk.rs`).
 
 mod client;
+mod formats;
 mod host;
 mod junk;
 mod load;
@@ -176,6 +177,9 @@ fn main() {
         let m = argv.get(2).and_then(|v| v.parse().ok()).expect("count");
         probe::child(&dir, m);
         return;
+    }
+    if argv.first().map(String::as_str) == Some("formats") {
+        std::process::exit(formats::run(argv.iter().any(|a| a == "--quick")));
     }
     if argv.first().map(String::as_str) == Some("junk") {
         let args = junk::parse(&argv[1..]);
