@@ -35,8 +35,7 @@ use crate::http::{header, read_response, Headers};
 use crate::net::connect_from;
 use crate::pki::{dns_sans, Issued, Leaf, Pki, DEFAULT_NAME};
 
-/// Connect, read and write timeout of the client.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::net::IO_TIMEOUT;
 
 // Not wrapped by the openssl crate.
 extern "C" {

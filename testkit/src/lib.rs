@@ -28,6 +28,7 @@ pub mod monitor;
 pub mod net;
 pub mod nginx;
 pub mod pki;
+pub mod plain;
 pub mod process;
 pub mod redis;
 pub mod stack;
@@ -36,7 +37,6 @@ pub use api::{json_string, ApiReply, ApiRequest, CertApi, API_PATH};
 pub use client::{
     is_unrecognized_name, tls_burst, Exchange, HelloSent, Request, TlsConn, TlsSide, IO_TIMEOUT,
 };
-pub use http::{scrape_metrics, KeepAlive, Metrics};
 pub use module::{ensure_fresh_module, module_path, nginx_bin, profile_dir};
 pub use monitor::{Monitor, Observed};
 pub use net::{
@@ -44,6 +44,7 @@ pub use net::{
 };
 pub use nginx::{index_page, render, ConfigTest, Nginx, NginxOpts};
 pub use pki::{dns_sans, serial_hex, Issued, Leaf, LeafOpts, LeafPem, Pki, DEFAULT_NAME};
+pub use plain::{scrape_metrics, KeepAlive, Metrics};
 pub use process::{
     child_pids, die_with_parent, free_port, poll, signal, tail, write_file, TempDir,
     STARTUP_DEADLINE,

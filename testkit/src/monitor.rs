@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crate::client::IO_TIMEOUT;
+use crate::net::IO_TIMEOUT;
 use crate::process::{poll, STARTUP_DEADLINE};
 use crate::redis::{encode_command, read_reply, redis_command, Reply, DEFAULT_PREFIX};
 
@@ -260,5 +260,12 @@ impl Drop for Monitor {
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
+    }
+}
+
+impl crate::redis::Redis {
+    /// Starts capturing every command the server executes (MONITOR).
+    pub fn monitor(&self) -> Monitor {
+        Monitor::start(self.port)
     }
 }

@@ -5,8 +5,10 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::FromRawFd;
+use std::time::Duration;
 
-use crate::client::IO_TIMEOUT;
+/// Connect, read and write timeout of the client.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A PROXY protocol v1 header (text) for a TCP connection `src` -> `dst`.
 pub fn proxy_v1(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::client::IO_TIMEOUT;
-use crate::monitor::Monitor;
 use crate::pki::{Leaf, LeafPem, Pki};
 use crate::process::{die_with_parent, free_port, poll, signal, TempDir, STARTUP_DEADLINE};
 
@@ -384,11 +383,6 @@ impl Redis {
             (self.subscribers(channel) >= n).then_some(())
         })
         .is_some()
-    }
-
-    /// Starts capturing every command the server executes (MONITOR).
-    pub fn monitor(&self) -> Monitor {
-        Monitor::start(self.port)
     }
 }
 
