@@ -28,6 +28,7 @@ mod client;
 mod formats;
 mod host;
 mod junk;
+mod lifecycle;
 mod load;
 mod probe;
 mod report;
@@ -38,11 +39,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use client::{Answer, Client};
-use dyncert_testkit::{module_path, nginx_bin, ApiReply, CertApi, LeafPem, Nginx, Pki, Redis};
+use client::Client;
+use dyncert_testkit::{module_path, nginx_bin, ApiReply, CertApi, LeafPem, Pki, Redis};
 use host::{client_cpus, cpus, pin_to, rss_kib};
+pub use lifecycle::Lifecycle;
 use load::Load;
-use servers::{count_records, hgetall_micros, spawn_nginx, start_nginx};
+use servers::{count_records, hgetall_micros, start_nginx};
 
 pub struct Args {
     pub names: usize,
@@ -130,13 +132,6 @@ pub struct Config {
     worker: u32,
     names: Arc<Vec<String>>,
     pub load: Load,
-}
-
-/// Start and reload times (ms) of one nginx configuration.
-#[derive(Default)]
-pub struct Lifecycle {
-    pub start: Vec<f64>,
-    pub reload: Vec<f64>,
 }
 
 /// The cases whose start and reload are timed: stock nginx without the
@@ -494,7 +489,7 @@ fn run(args: &Args, dir: &Path) -> i32 {
         dyncert_http(redis_empty.port, true),
         dyncert_http(redis_full.port, true),
     );
-    let life = lifecycle(
+    let life = lifecycle::lifecycle(
         &pki,
         dir,
         args.repeat,
@@ -568,95 +563,4 @@ fn write_files(certs: &Path, pki: &Pki, sites: &[LeafPem], threads: usize) {
             });
         }
     });
-}
-
-/// `$pid` of the worker that serves a fresh connection (no SNI: the
-/// default certificate, no fetch).
-fn serving_pid(client: &Client, port: u16) -> Option<u32> {
-    let body = client.handshake(port, None).ok()?.get().ok()?;
-    Answer::parse(&body).map(|a| a.pid)
-}
-
-/// Times nginx start (from spawning it to the first handshake a worker
-/// completes) and reload (from running `nginx -s reload` to the first
-/// handshake a new worker completes) for each case, `repeat` times, the
-/// cases taking turns.
-fn lifecycle(
-    pki: &Pki,
-    dir: &Path,
-    repeat: usize,
-    cases: &[(&str, bool); LIFECYCLE_CASES],
-    problems: &mut Problems,
-) -> [Lifecycle; LIFECYCLE_CASES] {
-    let client = Client::new();
-    let mut life: [Lifecycle; LIFECYCLE_CASES] = Default::default();
-    for rep in 0..repeat {
-        for (i, &(http, module)) in cases.iter().enumerate() {
-            let prefix = dir.join(format!("start-{i}-{rep}"));
-            let t0 = Instant::now();
-            let ng = spawn_nginx(pki, &prefix, http, module);
-            let deadline = t0 + Duration::from_secs(20);
-            let ok = loop {
-                match client.handshake(ng.port, None) {
-                    Ok(c) => {
-                        c.close();
-                        break true;
-                    }
-                    Err(_) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_micros(500))
-                    }
-                    Err(e) => {
-                        problems.notes.push(format!("nginx start (case {i}): {e}"));
-                        break false;
-                    }
-                }
-            };
-            let ms = t0.elapsed().as_secs_f64() * 1000.0;
-            drop(ng);
-            let _ = fs::remove_dir_all(&prefix);
-            if ok {
-                life[i].start.push(ms);
-            }
-        }
-    }
-    let running: Vec<Nginx> = cases
-        .iter()
-        .enumerate()
-        .map(|(i, &(http, module))| {
-            start_nginx(pki, &dir.join(format!("reload-{i}")), http, module)
-        })
-        .collect();
-    for _ in 0..repeat {
-        for (i, ng) in running.iter().enumerate() {
-            let Some(old) = serving_pid(&client, ng.port) else {
-                problems
-                    .notes
-                    .push(format!("reload (case {i}): no answer before reload"));
-                continue;
-            };
-            let t0 = Instant::now();
-            ng.nginx_s_reload();
-            let deadline = t0 + Duration::from_secs(20);
-            let ok = loop {
-                match serving_pid(&client, ng.port) {
-                    Some(pid) if pid != old => break true,
-                    _ if Instant::now() > deadline => break false,
-                    _ => std::thread::sleep(Duration::from_micros(500)),
-                }
-            };
-            if !ok {
-                problems
-                    .notes
-                    .push(format!("reload (case {i}): no new worker within 20s"));
-                continue;
-            }
-            life[i].reload.push(t0.elapsed().as_secs_f64() * 1000.0);
-            // The old worker is gone before the next reload.
-            let gone = Instant::now() + Duration::from_secs(10);
-            while Path::new(&format!("/proc/{old}")).exists() && Instant::now() < gone {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
-    life
 }
