@@ -71,7 +71,8 @@ impl Rng {
     }
 }
 
-fn pin_client_thread(t: usize) {
+/// Pins the calling thread to one of the client CPUs (by `t`).
+pub fn pin_client_thread(t: usize) {
     let cpus = client_cpus();
     if !cpus.is_empty() {
         pin_to(&[cpus[t % cpus.len()]]);

@@ -1,7 +1,7 @@
 //! The printed tables, the targets of issue 5 with PASS/FAIL, and the
 //! exit status.
 
-use crate::load::{pct_ms, Cold};
+use crate::load::{pct_ms, Cold, Load};
 use crate::{Args, ColdReport, Config, Lifecycle, Memory, Problems, LIFECYCLE_CASES};
 
 pub struct Report<'a> {
@@ -27,8 +27,8 @@ const KIB_PER_CERT: f64 = 4.0;
 /// this fraction, whichever is larger: loading N records at start would
 /// cost N Redis round trips and parses (seconds for 10,000: one parse
 /// alone takes about half a millisecond), far above either bound.
-const LIFECYCLE_TOL_MS: f64 = 10.0;
-const LIFECYCLE_TOL_FRAC: f64 = 0.25;
+pub const LIFECYCLE_TOL_MS: f64 = 10.0;
+pub const LIFECYCLE_TOL_FRAC: f64 = 0.25;
 
 fn verdict(ok: bool) -> &'static str {
     if ok {
@@ -38,7 +38,7 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-fn median(v: &[f64]) -> f64 {
+pub fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -48,7 +48,7 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn range(v: &[f64]) -> (f64, f64) {
+pub fn range(v: &[f64]) -> (f64, f64) {
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     (min, max)
@@ -56,6 +56,33 @@ fn range(v: &[f64]) -> (f64, f64) {
 
 fn kib_per(before_after: (u64, u64), n: usize) -> f64 {
     before_after.1.saturating_sub(before_after.0) as f64 / n.max(1) as f64
+}
+
+/// `x` against `y`, from their slices taken in the same rounds: the
+/// median over rounds of the handshakes/s ratio and of the capacity ratio
+/// (1 / server CPU per handshake), the capacity ratio's range, and the
+/// ratio of each configuration's least disturbed round. Adjacent slices
+/// see the same machine: a burst of other work spoils one round, not the
+/// result.
+pub fn ratio(x: &Load, y: &Load) -> (f64, f64, (f64, f64), f64) {
+    let n = x.slices.len().min(y.slices.len());
+    let hs: Vec<f64> = (0..n).map(|i| x.slice(i).0 / y.slice(i).0).collect();
+    let cap: Vec<f64> = (0..n).map(|i| y.slice(i).1 / x.slice(i).1).collect();
+    let best = |l: &Load| {
+        (0..l.slices.len())
+            .map(|i| l.slice(i).1)
+            .fold(f64::INFINITY, f64::min)
+    };
+    (median(&hs), median(&cap), range(&cap), best(y) / best(x))
+}
+
+/// Start or reload times with N names (`f`) against none (`e`) count as
+/// independent of N. One-sided: loading records at start could only make
+/// N names slower; N names coming out faster is noise, not a dependence
+/// on N.
+pub fn independent(e: &[f64], f: &[f64]) -> bool {
+    let (me, mf) = (median(e), median(f));
+    mf - me <= LIFECYCLE_TOL_MS.max(LIFECYCLE_TOL_FRAC * me)
 }
 
 /// Prints everything; returns the exit status.
@@ -162,21 +189,6 @@ pub fn print(r: Report<'_>) -> i32 {
         );
     }
 
-    // Ratios per round (adjacent slices see the same machine), then the
-    // median over rounds: a burst of other work on the machine spoils one
-    // round, not the result.
-    let ratio = |x: &crate::load::Load, y: &crate::load::Load| {
-        let n = x.slices.len().min(y.slices.len());
-        let hs: Vec<f64> = (0..n).map(|i| x.slice(i).0 / y.slice(i).0).collect();
-        let cap: Vec<f64> = (0..n).map(|i| y.slice(i).1 / x.slice(i).1).collect();
-        // Cross-check: each configuration's least disturbed round.
-        let best = |l: &crate::load::Load| {
-            (0..l.slices.len())
-                .map(|i| l.slice(i).1)
-                .fold(f64::INFINITY, f64::min)
-        };
-        (median(&hs), median(&cap), range(&cap), best(y) / best(x))
-    };
     let (hs_st, cap_st, rg_st, best_st) = ratio(dy, st);
     let (hs_sv, cap_sv, rg_sv, best_sv) = ratio(dy, sv);
     let (_, cap_1, rg_1, best_1) = ratio(dy1, st);
@@ -343,12 +355,6 @@ pub fn print(r: Report<'_>) -> i32 {
             cell(&c.reload)
         );
     }
-    // One-sided: loading records at start could only make N names slower;
-    // N names coming out faster is noise, not a dependence on N.
-    let independent = |e: &[f64], f: &[f64]| {
-        let (me, mf) = (median(e), median(f));
-        mf - me <= LIFECYCLE_TOL_MS.max(LIFECYCLE_TOL_FRAC * me)
-    };
 
     // --- targets ------------------------------------------------------------------------
     let short = |got: f64, want: f64| {

@@ -12,7 +12,7 @@ use crate::host::cpus;
 
 /// The main context of every nginx the benchmark runs, in `prefix` (kept
 /// with `--keep`).
-fn opts(prefix: &Path, with_module: bool) -> NginxOpts {
+pub fn opts(prefix: &Path, with_module: bool) -> NginxOpts {
     let mut o = NginxOpts::new()
         .prefix(prefix)
         .worker_connections(4096)
@@ -28,7 +28,7 @@ fn opts(prefix: &Path, with_module: bool) -> NginxOpts {
 }
 
 /// The `http {}` block around `servers` (which listen on `@PORT@`).
-fn http(servers: &str) -> String {
+pub fn http_block(servers: &str) -> String {
     format!(
         "http {{\n access_log off;\n ssl_protocols TLSv1.3;\n ssl_session_tickets off;\n \
          ssl_session_cache off;\n{servers}\n}}\n"
@@ -37,12 +37,12 @@ fn http(servers: &str) -> String {
 
 /// Starts nginx for `servers` in `prefix` and waits until it serves.
 pub fn start_nginx(pki: &Pki, prefix: &Path, servers: &str, with_module: bool) -> Nginx {
-    Nginx::start(pki, &http(servers), opts(prefix, with_module))
+    Nginx::start(pki, &http_block(servers), opts(prefix, with_module))
 }
 
 /// Starts nginx for `servers` in `prefix`; does not wait.
 pub fn spawn_nginx(pki: &Pki, prefix: &Path, servers: &str, with_module: bool) -> Nginx {
-    Nginx::spawn(pki, &http(servers), opts(prefix, with_module))
+    Nginx::spawn(pki, &http_block(servers), opts(prefix, with_module))
 }
 
 /// Round-trip times (microseconds) of `HGETALL` for each of `names`,
