@@ -22,7 +22,10 @@
 //!
 //! `dyncert-bench junk [--junk N] [--rounds R]` measures instead what a
 //! burst of N junk records being fetched adds to a good name's cold
-//! handshake (see `junk.rs`).
+//! handshake (see `junk.rs`); `dyncert-bench zone [--names N] [--workers
+//! W] [--hot H]` the shared zone against its baselines: first touches,
+//! Redis commands across workers, zone bytes, the memory of all workers,
+//! hot-set misses, hot handshakes, start and reload (see `zone/`).
 
 mod client;
 mod formats;
@@ -32,7 +35,9 @@ mod lifecycle;
 mod load;
 mod probe;
 mod report;
+mod route;
 mod servers;
+mod zone;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -175,6 +180,19 @@ fn main() {
     }
     if argv.first().map(String::as_str) == Some("formats") {
         std::process::exit(formats::run(argv.iter().any(|a| a == "--quick")));
+    }
+    if argv.first().map(String::as_str) == Some("zone") {
+        let args = zone::parse(&argv[1..]);
+        let dir = std::env::temp_dir().join(format!("dyncert-bench-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let code = zone::run(&args, &dir);
+        if args.keep {
+            eprintln!("kept {}", dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        std::process::exit(code);
     }
     if argv.first().map(String::as_str) == Some("junk") {
         let args = junk::parse(&argv[1..]);
