@@ -104,11 +104,12 @@ step "release module build and NGINX version check (scripts/build-module.sh)"
 bash scripts/build-module.sh
 ok
 
-step "benchmark smoke runs (dyncert-bench --quick and junk --quick: correctness of every handshake)"
+step "benchmark smoke runs (dyncert-bench --quick, junk --quick, zone --quick: correctness of every handshake)"
 cargo build --release -p dyncert-bench
 target/release/dyncert-bench --quick
 target/release/dyncert-bench junk --quick
 target/release/dyncert-bench formats --quick
+target/release/dyncert-bench zone --quick
 ok
 
 if [[ -n ${NGINX_TESTS:-} ]]; then
