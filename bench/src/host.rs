@@ -1,6 +1,7 @@
 //! The machine the benchmark measures on: its CPUs, pinning to them, and
 //! what /proc says about CPU time and memory.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::sync::OnceLock;
 
@@ -51,6 +52,36 @@ pub fn task_cpu_ns(pid: u32) -> u64 {
         .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// On-CPU time of the threads of `pid` by thread name (`comm`: nginx's
+/// event loop is `nginx`, the module's threads `dyncert-...`), in
+/// nanoseconds.
+pub fn thread_cpu_ns(pid: u32) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.flatten() {
+        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let ns = fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        *out.entry(comm.trim().to_owned()).or_default() += ns;
+    }
+    out
+}
+
+/// `after - before`, thread by thread.
+pub fn thread_cpu_delta(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, &v)| (k.clone(), v.saturating_sub(*before.get(k).unwrap_or(&0))))
+        .collect()
 }
 
 /// CPU time of this process, all threads, in nanoseconds.

@@ -9,12 +9,21 @@ use dyncert_testkit::{scrape_metrics, Nginx};
 
 use super::{Misses, ZoneArgs, STATIC};
 use crate::client::{Answer, Client};
+use crate::host::{thread_cpu_delta, thread_cpu_ns};
 use crate::load::{self, Load};
 
 /// For each of `misses` (in the zone, not in the hot set), a hot handshake
 /// (the reference, taking turns through `refs`) then the miss, one at a
-/// time; each answer's `$dyncert_source` is checked.
-pub(super) fn zone_misses(port: u16, mport: u16, refs: &[String], misses: &[String]) -> Misses {
+/// time; each answer's `$dyncert_source` is checked. Then as many hot
+/// handshakes alone: the worker's CPU by thread in both passes gives what
+/// a miss costs each thread over a hot handshake.
+pub(super) fn zone_misses(
+    port: u16,
+    worker: u32,
+    mport: u16,
+    refs: &[String],
+    misses: &[String],
+) -> Misses {
     load::pin_client_thread(0);
     let client = Client::new();
     let mut out = Misses::default();
@@ -52,10 +61,26 @@ pub(super) fn zone_misses(port: u16, mport: u16, refs: &[String], misses: &[Stri
         }
     };
     let (mut hot, mut miss) = (Vec::new(), Vec::new());
+    let t0 = thread_cpu_ns(worker);
     for (i, m) in misses.iter().enumerate() {
         one(&refs[i % refs.len()], "cache", &mut hot, &mut out);
         one(m, "shared", &mut miss, &mut out);
     }
+    let t1 = thread_cpu_ns(worker);
+    let mut alone = Vec::new();
+    for i in 0..2 * misses.len() {
+        one(&refs[i % refs.len()], "cache", &mut alone, &mut out);
+    }
+    let mixed = thread_cpu_delta(&t0, &t1);
+    let hot_only = thread_cpu_delta(&t1, &thread_cpu_ns(worker));
+    let k = misses.len().max(1) as f64;
+    out.cpu_per_miss_us = mixed
+        .iter()
+        .map(|(t, &ns)| {
+            let base = *hot_only.get(t).unwrap_or(&0) as f64;
+            (t.clone(), (ns as f64 - base) / 1000.0 / k)
+        })
+        .collect();
     out.hot_us = hot;
     out.miss_us = miss;
     // Only the misses park (a hot handshake is answered in the certificate

@@ -159,6 +159,8 @@ pub struct SweepCfg {
     pub load: Load,
     /// CPU of its redis-server (none for stock), over the sweep.
     pub redis_cpu_ns: u64,
+    /// The worker's CPU by thread, over the sweep.
+    pub threads: BTreeMap<String, u64>,
     /// `dyncert_handshakes_total` by source after the sweep, and the mean
     /// Redis fetch and time parked, ms (dyncert).
     pub sources: BTreeMap<String, f64>,
@@ -228,6 +230,8 @@ pub struct Misses {
     pub parks: f64,
     pub park_ms_mean: f64,
     pub parks_within_1ms: f64,
+    /// The worker's CPU (us) per miss beyond a hot handshake, by thread.
+    pub cpu_per_miss_us: BTreeMap<String, f64>,
 }
 
 /// Phase 7.
@@ -482,7 +486,7 @@ pub fn run(a: &ZoneArgs, dir: &Path) -> i32 {
             "hot-set misses from the zone: {} names, each after a hot handshake",
             miss_names.len()
         ));
-        zone_misses(ng_zone.port, mz, &refs, &miss_names)
+        zone_misses(ng_zone.port, ng_zone.worker_pid(), mz, &refs, &miss_names)
     };
     problems.check(
         "hot-set misses",
@@ -594,6 +598,7 @@ impl SweepCfg {
             label: label.to_owned(),
             load: Load::default(),
             redis_cpu_ns: 0,
+            threads: BTreeMap::new(),
             sources: BTreeMap::new(),
             fetch_ms: 0.0,
             park_ms: 0.0,

@@ -40,6 +40,16 @@ fn total(m: &BTreeMap<String, u64>) -> u64 {
     m.values().sum()
 }
 
+/// "thread value" pairs, the event loop (`nginx`) first.
+fn by_thread<'a>(v: impl Iterator<Item = (&'a String, f64)>) -> String {
+    let mut v: Vec<(&String, f64)> = v.filter(|(_, us)| us.abs() >= 0.5).collect();
+    v.sort_by_key(|(t, _)| (t.as_str() != "nginx", t.to_string()));
+    v.iter()
+        .map(|(t, us)| format!("{t} {us:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -177,6 +187,19 @@ pub fn print(
             srcs(&c.sources),
             c.fetch_ms,
             c.park_ms
+        );
+    }
+    println!("  server CPU us per handshake by worker thread:");
+    for c in &r.sweep {
+        let hs = c.load.handshakes().max(1) as f64;
+        println!(
+            "    {:<40} {}",
+            c.label,
+            by_thread(
+                c.threads
+                    .iter()
+                    .map(|(t, &ns)| (t, ns as f64 / 1000.0 / hs))
+            )
         );
     }
     let p = &r.parse;
@@ -338,6 +361,12 @@ pub fn print(
         s.park_ms_mean,
         s.parks_within_1ms,
         (r.parse.leaf_us + r.parse.key_us) / 1000.0
+    );
+
+    println!(
+        "  the worker's CPU per miss beyond a hot handshake, us (against as many hot handshakes \
+         alone): {}",
+        by_thread(s.cpu_per_miss_us.iter().map(|(t, &us)| (t, us)))
     );
 
     // --- 6 --------------------------------------------------------------------------

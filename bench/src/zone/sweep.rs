@@ -12,7 +12,7 @@ use dyncert_testkit::scrape_metrics;
 
 use super::SweepCfg;
 use crate::client::Client;
-use crate::host::{cpu_busy_ns, self_cpu_ns, task_cpu_ns};
+use crate::host::{cpu_busy_ns, self_cpu_ns, task_cpu_ns, thread_cpu_delta, thread_cpu_ns};
 use crate::load;
 
 /// The pid of the redis-server listening on `port` (its title names the
@@ -43,6 +43,7 @@ pub(super) fn sweep_slice(
     let l = &mut into.load;
     let hs0 = l.lat_us.len() as u64;
     let r0 = redis.map(task_cpu_ns).unwrap_or(0);
+    let t0 = thread_cpu_ns(worker);
     let (w0, b0, c0) = (task_cpu_ns(worker), cpu_busy_ns(0), self_cpu_ns());
     let start = Instant::now();
     let threads: Vec<_> = (0..concurrency)
@@ -91,6 +92,9 @@ pub(super) fn sweep_slice(
     l.server_cpu_busy_ns += cpu_busy_ns(0).saturating_sub(b0);
     l.client_cpu_ns += self_cpu_ns().saturating_sub(c0);
     into.redis_cpu_ns += redis.map(task_cpu_ns).unwrap_or(0).saturating_sub(r0);
+    for (k, v) in thread_cpu_delta(&t0, &thread_cpu_ns(worker)) {
+        *into.threads.entry(k).or_default() += v;
+    }
 }
 
 /// What the module says about a sweep: `dyncert_handshakes_total` by
