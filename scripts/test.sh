@@ -104,7 +104,7 @@ step "release module build and NGINX version check (scripts/build-module.sh)"
 bash scripts/build-module.sh
 ok
 
-step "benchmark smoke runs (dyncert-bench --quick, junk --quick, zone --quick: correctness of every handshake)"
+step "benchmark smoke runs (dyncert-bench --quick, junk --quick, formats --quick, zone --quick: correctness of every handshake)"
 cargo build --release -p dyncert-bench
 target/release/dyncert-bench --quick
 target/release/dyncert-bench junk --quick
