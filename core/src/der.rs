@@ -77,7 +77,7 @@ impl KeyDer {
     /// Loads the key.
     pub fn load(&self) -> Result<PKey<Private>, ErrorStack> {
         match self {
-            KeyDer::Sec1(der) => EcKey::private_key_from_der(der).and_then(PKey::from_ec_key),
+            KeyDer::Sec1(der) => load_sec1(der),
             KeyDer::Pkcs1(der) => Rsa::private_key_from_der(der).and_then(PKey::from_rsa),
             KeyDer::Pkcs8(der) => PKey::private_key_from_pkcs8(der),
         }
@@ -113,6 +113,59 @@ use openssl::ec::EcKey;
 use openssl::error::ErrorStack;
 use openssl::pkey::{Id, PKey, Private};
 use openssl::rsa::Rsa;
+use std::ffi::CStr;
+
+use crate::ossl_ffi::ec_key_from_parts;
+
+/// The parts of an `ECPrivateKey` (RFC 5915) on a curve of [`CURVES`]
+/// that carries its public key: what [`ec_key_from_parts`] builds from.
+struct Sec1Parts<'a> {
+    curve: &'static CStr,
+    private: &'a [u8],
+    public: &'a [u8],
+}
+
+fn sec1_parts(der: &[u8]) -> Option<Sec1Parts<'_>> {
+    let seq = tlv(der)?;
+    if seq.tag != SEQUENCE || !seq.rest.is_empty() {
+        return None;
+    }
+    let version = tlv(seq.value)?;
+    if version.tag != INTEGER || version.value != [1] {
+        return None;
+    }
+    let private = tlv(version.rest)?;
+    let params = tlv(private.rest)?;
+    let public = tlv(params.rest)?;
+    if private.tag != OCTET_STRING
+        || private.value.is_empty()
+        || params.tag != CONTEXT_0
+        || public.tag != CONTEXT_1
+        || !public.rest.is_empty()
+    {
+        return None;
+    }
+    let curve = CURVES.iter().find(|(oid, _)| *oid == params.value)?.1;
+    let bits = tlv(public.value)?;
+    match bits.value.split_first() {
+        Some((0, point)) if bits.tag == BIT_STRING && bits.rest.is_empty() => Some(Sec1Parts {
+            curve,
+            private: private.value,
+            public: point,
+        }),
+        _ => None,
+    }
+}
+
+/// Loads an `ECPrivateKey`: as one provider-native key when it names a
+/// known curve and carries its public key (what `KeyDer::of` and the
+/// PKCS#8 unwrapping produce), through `d2i_ECPrivateKey` otherwise.
+pub fn load_sec1(der: &[u8]) -> Result<PKey<Private>, ErrorStack> {
+    match sec1_parts(der) {
+        Some(p) => ec_key_from_parts(p.curve, p.private, p.public),
+        None => EcKey::private_key_from_der(der).and_then(PKey::from_ec_key),
+    }
+}
 
 const SEQUENCE: u8 = 0x30;
 const INTEGER: u8 = 0x02;
@@ -120,6 +173,22 @@ const OCTET_STRING: u8 = 0x04;
 const OID: u8 = 0x06;
 const NULL: u8 = 0x05;
 const CONTEXT_0: u8 = 0xa0;
+const CONTEXT_1: u8 = 0xa1;
+const BIT_STRING: u8 = 0x03;
+
+/// Named curves by OID element (tag and length included), with OpenSSL's
+/// names for them.
+const CURVES: &[(&[u8], &CStr)] = &[
+    // 1.2.840.10045.3.1.7
+    (
+        &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+        c"prime256v1",
+    ),
+    // 1.3.132.0.34
+    (&[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22], c"secp384r1"),
+    // 1.3.132.0.35
+    (&[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23], c"secp521r1"),
+];
 
 /// 1.2.840.10045.2.1 (id-ecPublicKey).
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
@@ -301,6 +370,54 @@ mod tests {
         }
         assert_eq!(KeyDer::parse(b"not a key"), None);
         assert_eq!(KeyDer::parse(&[0x30, 0x03, 0x02, 0x01, 0x05]), None);
+    }
+
+    #[test]
+    fn sec1_keys_load_whole_or_through_the_legacy_decoder() {
+        use openssl::hash::MessageDigest;
+        use openssl::sign::{Signer, Verifier};
+        for nid in [
+            Nid::X9_62_PRIME256V1,
+            Nid::SECP384R1,
+            Nid::SECP521R1,
+            Nid::SECP256K1,
+        ] {
+            let group = EcGroup::from_curve_name(nid).unwrap();
+            let ec = EcKey::generate(&group).unwrap();
+            let der = ec.private_key_to_der().unwrap();
+            let known = nid != Nid::SECP256K1;
+            assert_eq!(sec1_parts(&der).is_some(), known, "{nid:?}");
+            let key = load_sec1(&der).unwrap();
+            let public =
+                PKey::from_ec_key(EcKey::from_public_key(&group, ec.public_key()).unwrap())
+                    .unwrap();
+            assert!(key.public_eq(&public));
+            let mut signer = Signer::new(MessageDigest::sha256(), &key).unwrap();
+            let sig = signer.sign_oneshot_to_vec(b"handshake").unwrap();
+            let mut verifier = Verifier::new(MessageDigest::sha256(), &public).unwrap();
+            assert!(verifier.verify_oneshot(&sig, b"handshake").unwrap());
+        }
+        // Without its public key (or with a point off the curve) a key is
+        // not built from parts; OpenSSL's decoder has the last word.
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let der = EcKey::generate(&group)
+            .unwrap()
+            .private_key_to_der()
+            .unwrap();
+        let seq = tlv(&der).unwrap();
+        let version = tlv(seq.value).unwrap();
+        let private = tlv(version.rest).unwrap();
+        let params = tlv(private.rest).unwrap();
+        let mut body = [version.raw, private.raw, params.raw].concat();
+        let mut no_public = Vec::new();
+        push_tlv(&mut no_public, SEQUENCE, &body);
+        assert!(sec1_parts(&no_public).is_none());
+        assert!(load_sec1(&no_public).is_ok(), "the public key is derived");
+        push_tlv(&mut body, CONTEXT_1, &[BIT_STRING, 3, 0, 4, 1]);
+        let mut off_curve = Vec::new();
+        push_tlv(&mut off_curve, SEQUENCE, &body);
+        assert!(sec1_parts(&off_curve).is_some());
+        assert!(load_sec1(&off_curve).is_err());
     }
 
     #[test]

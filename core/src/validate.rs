@@ -10,7 +10,6 @@
 //! DER, through decoders that take no passphrase.
 
 use openssl::asn1::Asn1Time;
-use openssl::ec::EcKey;
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use openssl::x509::store::{X509Store, X509StoreBuilder};
@@ -18,7 +17,7 @@ use openssl::x509::X509;
 
 use crate::cidr::{parse_list, Cidr};
 
-use crate::der::{split_certificates, unwrap_pkcs8, KeyDer, Unwrapped};
+use crate::der::{load_sec1, split_certificates, unwrap_pkcs8, KeyDer, Unwrapped};
 use crate::intern::Interner;
 use crate::name::dns_name_matches;
 use crate::outcome::Refusal;
@@ -348,16 +347,14 @@ fn key_block(pem: &[u8]) -> Result<Block, Invalid> {
 fn private_key(block: Block) -> Result<PKey<Private>, Invalid> {
     let key = match block.label {
         Label::PrivateKey => match unwrap_pkcs8(&block.der) {
-            Some(Unwrapped::Sec1(sec1)) => {
-                EcKey::private_key_from_der(&sec1).and_then(PKey::from_ec_key)
-            }
+            Some(Unwrapped::Sec1(sec1)) => load_sec1(&sec1),
             Some(Unwrapped::Pkcs1(pkcs1)) => {
                 Rsa::private_key_from_der(&pkcs1).and_then(PKey::from_rsa)
             }
             None => PKey::private_key_from_pkcs8(&block.der),
         },
         Label::RsaPrivateKey => Rsa::private_key_from_der(&block.der).and_then(PKey::from_rsa),
-        Label::EcPrivateKey => EcKey::private_key_from_der(&block.der).and_then(PKey::from_ec_key),
+        Label::EcPrivateKey => load_sec1(&block.der),
         _ => return Err(Invalid::KeyNotPem),
     };
     key.map_err(|_| Invalid::KeyNotPem)
@@ -465,7 +462,7 @@ pub(crate) mod testpki {
 mod tests {
     use super::testpki::*;
     use super::*;
-    use openssl::ec::EcGroup;
+    use openssl::ec::{EcGroup, EcKey};
     use openssl::nid::Nid;
     use openssl::symm::Cipher;
     use std::process::{Command, Stdio};
