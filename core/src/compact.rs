@@ -17,7 +17,7 @@ pub use crate::der::KeyDer;
 use crate::intern::{digest, CertDigest, Interner};
 use crate::outcome::CertSource;
 use crate::record::{Record, MAX_ALLOW_BYTES, MAX_CHAIN_LEN, MAX_CLIENT_CA_BYTES, MAX_KEY_BYTES};
-use crate::validate::{policy_of, Invalid, ParsedCert};
+use crate::validate::{key_der, policy_of, Invalid, ParsedCert};
 
 /// Format tag and version.
 const MAGIC: &[u8; 4] = b"dcr1";
@@ -96,7 +96,7 @@ impl Compact {
                 not_after_ms: parsed.not_after_ms,
                 leaf: parsed.leaf.to_der()?,
                 intermediates,
-                key: KeyDer::of(&parsed.key)?,
+                key: key_der(record).ok_or_else(openssl::error::ErrorStack::get)?,
                 allow: record.allow.clone(),
                 client_ca: record.client_ca.clone(),
             },

@@ -260,7 +260,7 @@ fn check(
         Some(blocks) => Some(client_ca(&blocks)?),
         None => None,
     };
-    let fingerprint = fingerprint_of(&certs, &key, record)?;
+    let fingerprint = fingerprint_of(&certs, record);
 
     Ok(ParsedCert {
         leaf,
@@ -378,16 +378,15 @@ fn same_dns_name(a: &str, b: &str) -> bool {
     !a.is_empty() && a.eq_ignore_ascii_case(b)
 }
 
-/// SHA-256 over what a record is: its certificates' DER, its key in one
-/// canonical encoding ([`KeyDer::of`]) and its policy fields, each
-/// length-prefixed. The same certificate and key in PEM or DER, PKCS#8 or
-/// SEC1, give the same fingerprint; any change of content does not.
-fn fingerprint_of(
-    certs: &[Block],
-    key: &PKey<Private>,
-    record: &Record,
-) -> Result<[u8; 32], Invalid> {
-    let key = KeyDer::of(key).map_err(|_| Invalid::KeyNotPem)?;
+/// SHA-256 over what a record is: its certificates' DER and its policy
+/// fields, each length-prefixed. The same record in PEM or DER gives the
+/// same fingerprint; any change of content does not.
+///
+/// The key is not hashed: it was checked to match the leaf's public key,
+/// so the leaf names it. (Hashing a canonical encoding of the loaded key
+/// would need `EVP_PKEY_get1_EC_KEY`, which makes OpenSSL 3.0 keep a legacy
+/// copy of the key beside the provider one: 2 KiB per cached name.)
+fn fingerprint_of(certs: &[Block], record: &Record) -> [u8; 32] {
     let mut h = openssl::sha::Sha256::new();
     let mut field = |v: Option<&[u8]>| match v {
         Some(v) => {
@@ -401,11 +400,32 @@ fn fingerprint_of(
     for c in certs {
         field(Some(&c.der));
     }
-    field(Some(&[key.tag()]));
-    field(Some(key.bytes()));
     field(record.allow.as_deref());
     field(record.client_ca.as_deref());
-    Ok(h.finish())
+    h.finish()
+}
+
+/// The key of a record that validated, in its fastest DER form (what the
+/// shared zone and a DER write-back store), read from the record itself.
+/// Deriving it from the loaded key instead ([`KeyDer::of`]) would make
+/// OpenSSL 3.0 keep a legacy copy of the key (see [`fingerprint_of`]).
+pub fn key_der(record: &Record) -> Option<KeyDer> {
+    match record.form {
+        Form::Der => KeyDer::parse(&record.key),
+        Form::Pem => {
+            let block = key_block(&record.key).ok()?;
+            match block.label {
+                Label::PrivateKey => Some(match unwrap_pkcs8(&block.der) {
+                    Some(Unwrapped::Sec1(b)) => KeyDer::Sec1(b),
+                    Some(Unwrapped::Pkcs1(b)) => KeyDer::Pkcs1(b),
+                    None => KeyDer::Pkcs8(block.der),
+                }),
+                Label::RsaPrivateKey => Some(KeyDer::Pkcs1(block.der)),
+                Label::EcPrivateKey => Some(KeyDer::Sec1(block.der)),
+                _ => None,
+            }
+        }
+    }
 }
 
 /// The certificates of a `crt_der` field.
@@ -637,6 +657,41 @@ mod tests {
             for j in i + 1..prints.len() {
                 assert_ne!(prints[i], prints[j], "records {i} and {j}");
             }
+        }
+    }
+
+    #[test]
+    fn a_records_key_der_is_read_from_the_record_in_its_fastest_form() {
+        let ec = PKey::from_ec_key(ec()).unwrap();
+        let rsa = PKey::from_rsa(rsa()).unwrap();
+        let cases = [
+            (Form::Pem, ec.private_key_to_pem_pkcs8().unwrap(), 1, &ec),
+            (
+                Form::Pem,
+                ec.ec_key().unwrap().private_key_to_pem().unwrap(),
+                1,
+                &ec,
+            ),
+            (Form::Pem, rsa.private_key_to_pem_pkcs8().unwrap(), 2, &rsa),
+            (
+                Form::Pem,
+                rsa.rsa().unwrap().private_key_to_pem().unwrap(),
+                2,
+                &rsa,
+            ),
+            (Form::Der, ec.private_key_to_pkcs8().unwrap(), 1, &ec),
+        ];
+        for (form, key, tag, original) in cases {
+            let r = Record {
+                form,
+                crt: Vec::new(),
+                key,
+                allow: None,
+                client_ca: None,
+            };
+            let k = key_der(&r).unwrap();
+            assert_eq!(k.tag(), tag);
+            assert!(k.load().unwrap().public_eq(original));
         }
     }
 

@@ -1580,7 +1580,7 @@ mod tests {
         let record = Record {
             form: crate::record::Form::Pem,
             crt: Vec::new(),
-            key: Vec::new(),
+            key: c.key.private_key_to_pem_pkcs8().unwrap(),
             allow: None,
             client_ca: None,
         };

@@ -13,13 +13,11 @@ use super::redis::{read_record, write_back, RedisAnswer};
 use super::{FetcherConfig, Outcome, Step, Stored, TierData};
 use crate::api::{ApiClient, ApiError, ApiOutcome};
 use crate::compact::Compact;
-use crate::der::KeyDer;
 use crate::intern::Interner;
 use crate::name::wildcard_parent;
 use crate::outcome::{CertSource, FetchSource, StepOutcome};
 use crate::record::Record;
-use crate::validate::validate_shared;
-use crate::validate::ParsedCert;
+use crate::validate::{key_der, validate_shared, ParsedCert};
 use crate::workqueue::WorkQueue;
 
 /// A record validation for the parse thread.
@@ -123,11 +121,12 @@ impl Sources {
                 if let (Outcome::Found { cert, .. }, Some(Ok(conn))) = (&outcome, &self.redis) {
                     if redis_error.is_none() && !self.cfg.writeback.is_zero() {
                         let key = format!("{}{}", self.cfg.prefix, name);
+                        let der = der_form(cert, &record);
                         write_back(
                             conn.clone(),
                             key,
                             record,
-                            der_form(cert),
+                            der,
                             self.cfg.writeback,
                             self.cfg.redis_timeout,
                         );
@@ -229,12 +228,12 @@ fn parse_record(
 
 /// The `crt_der` and `key_der` fields of a validated certificate (its
 /// chain's DER one after the other, its key in the fastest form).
-fn der_form(cert: &ParsedCert) -> Option<(Vec<u8>, Vec<u8>)> {
+fn der_form(cert: &ParsedCert, record: &Record) -> Option<(Vec<u8>, Vec<u8>)> {
     let mut crt = cert.leaf.to_der().ok()?;
     for c in &cert.chain {
         crt.extend(c.to_der().ok()?);
     }
-    let key = KeyDer::of(&cert.key).ok()?;
+    let key = key_der(record)?;
     Some((crt, key.bytes().to_vec()))
 }
 
