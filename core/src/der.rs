@@ -40,8 +40,10 @@ impl KeyDer {
         }
     }
 
-    /// The key in its fastest form: SEC1 for EC, PKCS#1 for RSA. One
-    /// encoding per key, so it also names the key (fingerprints).
+    /// The key in its fastest form: SEC1 for EC, PKCS#1 for RSA. On
+    /// OpenSSL 3.0 this leaves a legacy copy of a provider key inside
+    /// `key` (about 2 KiB): not for keys that stay cached; records carry
+    /// their key's DER ([`crate::validate::key_der`]).
     pub fn of(key: &PKey<Private>) -> Result<KeyDer, ErrorStack> {
         Ok(match key.id() {
             Id::EC => KeyDer::Sec1(key.ec_key()?.private_key_to_der()?),
