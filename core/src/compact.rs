@@ -17,7 +17,7 @@ pub use crate::der::KeyDer;
 use crate::intern::{digest, CertDigest, Interner};
 use crate::outcome::CertSource;
 use crate::record::{Record, MAX_ALLOW_BYTES, MAX_CHAIN_LEN, MAX_CLIENT_CA_BYTES, MAX_KEY_BYTES};
-use crate::validate::{key_der, policy_of, Invalid, ParsedCert};
+use crate::validate::{key_der, policy_of, precompute, Invalid, ParsedCert};
 
 /// Format tag and version.
 const MAGIC: &[u8; 4] = b"dcr1";
@@ -223,6 +223,7 @@ impl Compact {
             return Err(Invalid::Expired);
         }
         let leaf = X509::from_der(&self.leaf).map_err(|_| Invalid::CrtNotPem)?;
+        precompute(&leaf);
         let key = self.key.load().map_err(|_| Invalid::KeyNotPem)?;
         let mut chain = Vec::with_capacity(self.intermediates.len());
         for d in &self.intermediates {
