@@ -26,6 +26,46 @@ pub struct Load {
     pub slices: Vec<(u64, u64, u64)>,
 }
 
+/// What one client thread saw of its handshakes: the latencies of the
+/// verified ones, the errors, the certificates that did not name the SNI.
+#[derive(Default)]
+pub struct Tally {
+    lat: Vec<u32>,
+    errors: u64,
+    mismatches: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    /// One handshake with `sni`, counted.
+    pub fn handshake(&mut self, client: &Client, port: u16, sni: &str) {
+        match client.handshake(port, Some(sni)) {
+            Ok(c) => {
+                if c.names_sni {
+                    self.lat.push(c.elapsed.as_micros() as u32);
+                } else {
+                    self.mismatches += 1;
+                }
+                c.close();
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Adds this thread's counts to `load`.
+    pub fn add_to(self, load: &mut Load) {
+        load.lat_us.extend(self.lat);
+        load.errors += self.errors;
+        load.mismatches += self.mismatches;
+        if load.first_error.is_none() {
+            load.first_error = self.first_error;
+        }
+    }
+}
+
 impl Load {
     pub fn handshakes(&self) -> u64 {
         self.lat_us.len() as u64
@@ -105,39 +145,18 @@ pub fn run_slice(
             std::thread::spawn(move || {
                 pin_client_thread(t);
                 let mut rng = Rng::new(seed ^ ((t as u64 + 1) << 20));
-                let mut lat = Vec::with_capacity(1 << 14);
-                let (mut errors, mut mismatches, mut first_error) = (0u64, 0u64, None);
+                let mut tally = Tally::default();
                 while !stop.load(Ordering::Relaxed) {
-                    let sni = &names[rng.below(names.len())];
-                    match client.handshake(port, Some(sni)) {
-                        Ok(c) => {
-                            if c.names_sni {
-                                lat.push(c.elapsed.as_micros() as u32);
-                            } else {
-                                mismatches += 1;
-                            }
-                            c.close();
-                        }
-                        Err(e) => {
-                            errors += 1;
-                            first_error.get_or_insert(e);
-                        }
-                    }
+                    tally.handshake(&client, port, &names[rng.below(names.len())]);
                 }
-                (lat, errors, mismatches, first_error)
+                tally
             })
         })
         .collect();
     std::thread::sleep(dur);
     stop.store(true, Ordering::Relaxed);
     for t in threads {
-        let (lat, e, m, fe) = t.join().expect("load thread");
-        into.lat_us.extend(lat);
-        into.errors += e;
-        into.mismatches += m;
-        if into.first_error.is_none() {
-            into.first_error = fe;
-        }
+        t.join().expect("load thread").add_to(into);
     }
     let wall = start.elapsed().as_nanos() as u64;
     let cpu = task_cpu_ns(worker).saturating_sub(w0);

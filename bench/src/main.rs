@@ -99,35 +99,44 @@ fn parse_args(argv: &[String]) -> Args {
         eprintln!("{USAGE}");
         std::process::exit(2)
     };
-    let mut i = 0;
-    while i < argv.len() {
-        let flag = argv[i].as_str();
-        if flag == "--quick" || flag == "--keep" {
-            a.keep |= flag == "--keep";
-            i += 1;
-            continue;
-        }
-        let Some(v) = argv.get(i + 1).and_then(|s| s.parse::<f64>().ok()) else {
-            usage()
-        };
-        if v <= 0.0 {
-            usage()
-        }
-        match flag {
-            "--names" => a.names = v as usize,
-            "--seconds" => a.seconds = v,
-            "--rounds" => a.rounds = v as usize,
-            "--concurrency" => a.concurrency = v as usize,
-            "--cold" => a.cold = v as usize,
-            "--repeat" => a.repeat = v as usize,
-            _ => usage(),
-        }
-        i += 2;
-    }
+    for_each_flag(argv, &mut a.keep, usage, |flag, v| match flag {
+        "--names" => a.names = v as usize,
+        "--seconds" => a.seconds = v,
+        "--rounds" => a.rounds = v as usize,
+        "--concurrency" => a.concurrency = v as usize,
+        "--cold" => a.cold = v as usize,
+        "--repeat" => a.repeat = v as usize,
+        _ => usage(),
+    });
     if a.names == 0 || a.rounds == 0 || a.concurrency == 0 || a.cold == 0 || a.repeat == 0 {
         usage()
     }
     a
+}
+
+/// Walks `--flag VALUE` pairs (positive numbers), handing each to `set`;
+/// `--quick` (read by the caller) is skipped, `--keep` sets `keep`.
+/// Anything else, or a value that is not a positive number, is `usage()`.
+pub fn for_each_flag(
+    argv: &[String],
+    keep: &mut bool,
+    usage: fn() -> !,
+    mut set: impl FnMut(&str, f64),
+) {
+    let mut i = 0;
+    while i < argv.len() {
+        let flag = argv[i].as_str();
+        if flag == "--quick" || flag == "--keep" {
+            *keep |= flag == "--keep";
+            i += 1;
+            continue;
+        }
+        match argv.get(i + 1).and_then(|s| s.parse::<f64>().ok()) {
+            Some(v) if v > 0.0 => set(flag, v),
+            _ => usage(),
+        }
+        i += 2;
+    }
 }
 
 /// One configuration under load.

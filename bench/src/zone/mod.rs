@@ -44,7 +44,7 @@ use crate::host::{client_cpus, cpus, pin_to};
 use crate::lifecycle::{reload_times, start_times};
 use crate::load::{self, Load};
 use crate::servers::{http_block, opts, start_nginx};
-use crate::{step, write_files, Problems};
+use crate::{for_each_flag, step, write_files, Problems};
 use hot::{hot_rounds, zone_misses};
 use sweep::{module_view, redis_pid, sweep_slice};
 use workers::workers_phases;
@@ -108,34 +108,18 @@ pub fn parse(argv: &[String]) -> ZoneArgs {
             ..a
         };
     }
-    let mut i = 0;
-    while i < argv.len() {
-        let flag = argv[i].as_str();
-        if flag == "--quick" || flag == "--keep" {
-            a.keep |= flag == "--keep";
-            i += 1;
-            continue;
-        }
-        let Some(v) = argv.get(i + 1).and_then(|s| s.parse::<f64>().ok()) else {
-            usage()
-        };
-        if v <= 0.0 {
-            usage()
-        }
-        match flag {
-            "--names" => a.names = v as usize,
-            "--sweep" => a.sweep = v as usize,
-            "--workers" => a.workers = v as usize,
-            "--hot" => a.hot = v as usize,
-            "--concurrency" => a.concurrency = v as usize,
-            "--rounds" => a.rounds = v as usize,
-            "--samples" => a.samples = v as usize,
-            "--seconds" => a.seconds = v,
-            "--repeat" => a.repeat = v as usize,
-            _ => usage(),
-        }
-        i += 2;
-    }
+    for_each_flag(argv, &mut a.keep, usage, |flag, v| match flag {
+        "--names" => a.names = v as usize,
+        "--sweep" => a.sweep = v as usize,
+        "--workers" => a.workers = v as usize,
+        "--hot" => a.hot = v as usize,
+        "--concurrency" => a.concurrency = v as usize,
+        "--rounds" => a.rounds = v as usize,
+        "--samples" => a.samples = v as usize,
+        "--seconds" => a.seconds = v,
+        "--repeat" => a.repeat = v as usize,
+        _ => usage(),
+    });
     if a.hot == 0 {
         a.hot = (a.names / 10).max(1);
     }

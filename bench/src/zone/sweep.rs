@@ -13,7 +13,7 @@ use dyncert_testkit::scrape_metrics;
 use super::SweepCfg;
 use crate::client::Client;
 use crate::host::{cpu_busy_ns, self_cpu_ns, task_cpu_ns, thread_cpu_delta, thread_cpu_ns};
-use crate::load;
+use crate::load::{self, Tally};
 
 /// The pid of the redis-server listening on `port` (its title names the
 /// address), for its CPU time.
@@ -51,38 +51,16 @@ pub(super) fn sweep_slice(
             let (next, names, client) = (next.clone(), names.clone(), client.clone());
             std::thread::spawn(move || {
                 load::pin_client_thread(t);
-                let mut lat = Vec::new();
-                let (mut errors, mut mismatches, mut first_error) = (0u64, 0u64, None);
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(n) = names.get(i) else { break };
-                    match client.handshake(port, Some(n)) {
-                        Ok(c) => {
-                            if c.names_sni {
-                                lat.push(c.elapsed.as_micros() as u32);
-                            } else {
-                                mismatches += 1;
-                            }
-                            c.close();
-                        }
-                        Err(e) => {
-                            errors += 1;
-                            first_error.get_or_insert(e);
-                        }
-                    }
+                let mut tally = Tally::default();
+                while let Some(n) = names.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    tally.handshake(&client, port, n);
                 }
-                (lat, errors, mismatches, first_error)
+                tally
             })
         })
         .collect();
     for t in threads {
-        let (lat, e, m, fe) = t.join().expect("sweep thread");
-        l.lat_us.extend(lat);
-        l.errors += e;
-        l.mismatches += m;
-        if l.first_error.is_none() {
-            l.first_error = fe;
-        }
+        t.join().expect("sweep thread").add_to(l);
     }
     let wall = start.elapsed().as_nanos() as u64;
     let cpu = task_cpu_ns(worker).saturating_sub(w0);
