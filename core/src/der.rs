@@ -128,14 +128,7 @@ struct Sec1Parts<'a> {
 }
 
 fn sec1_parts(der: &[u8]) -> Option<Sec1Parts<'_>> {
-    let seq = tlv(der)?;
-    if seq.tag != SEQUENCE || !seq.rest.is_empty() {
-        return None;
-    }
-    let version = tlv(seq.value)?;
-    if version.tag != INTEGER || version.value != [1] {
-        return None;
-    }
+    let version = versioned(der, 1)?;
     let private = tlv(version.rest)?;
     let params = tlv(private.rest)?;
     let public = tlv(params.rest)?;
@@ -240,6 +233,17 @@ fn tlv(buf: &[u8]) -> Option<Tlv<'_>> {
     })
 }
 
+/// The version field of a whole-buffer SEQUENCE whose first element is
+/// `INTEGER version` (`rest` is what follows it inside the SEQUENCE).
+fn versioned(der: &[u8], version: u8) -> Option<Tlv<'_>> {
+    let seq = tlv(der)?;
+    if seq.tag != SEQUENCE || !seq.rest.is_empty() {
+        return None;
+    }
+    let v = tlv(seq.value)?;
+    (v.tag == INTEGER && v.value == [version]).then_some(v)
+}
+
 /// Appends a DER length.
 fn push_len(out: &mut Vec<u8>, len: usize) {
     if len < 0x80 {
@@ -262,16 +266,9 @@ fn push_tlv(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
 /// EC key on a named curve; None for anything else (the caller then uses
 /// OpenSSL's PKCS#8 decoder, which also refuses what is not a key).
 pub fn unwrap_pkcs8(der: &[u8]) -> Option<Unwrapped> {
-    let outer = tlv(der)?;
-    if outer.tag != SEQUENCE || !outer.rest.is_empty() {
-        return None;
-    }
-    let version = tlv(outer.value)?;
     // Version 0 (v1): version 1 (RFC 5958 OneAsymmetricKey) may carry a
     // public key we would silently drop; leave it to OpenSSL.
-    if version.tag != INTEGER || version.value != [0] {
-        return None;
-    }
+    let version = versioned(der, 0)?;
     let algorithm = tlv(version.rest)?;
     if algorithm.tag != SEQUENCE {
         return None;
@@ -310,14 +307,7 @@ pub fn unwrap_pkcs8(der: &[u8]) -> Option<Unwrapped> {
 /// leaves its `[0] parameters` out; one that has them must name the same
 /// curve.
 fn sec1_with_curve(ec: &[u8], curve: &[u8]) -> Option<Vec<u8>> {
-    let seq = tlv(ec)?;
-    if seq.tag != SEQUENCE || !seq.rest.is_empty() {
-        return None;
-    }
-    let version = tlv(seq.value)?;
-    if version.tag != INTEGER || version.value != [1] {
-        return None;
-    }
+    let version = versioned(ec, 1)?;
     let private = tlv(version.rest)?;
     if private.tag != OCTET_STRING {
         return None;
@@ -330,7 +320,7 @@ fn sec1_with_curve(ec: &[u8], curve: &[u8]) -> Option<Vec<u8>> {
         }
         return Some(ec.to_vec());
     }
-    let mut body = Vec::with_capacity(seq.value.len() + curve.len() + 4);
+    let mut body = Vec::with_capacity(ec.len() + curve.len() + 4);
     body.extend_from_slice(version.raw);
     body.extend_from_slice(private.raw);
     push_tlv(&mut body, CONTEXT_0, curve);
