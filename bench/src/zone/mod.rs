@@ -126,10 +126,12 @@ pub fn parse(argv: &[String]) -> ZoneArgs {
     if a.names < 10 || a.workers < 2 || a.concurrency == 0 || a.rounds == 0 || a.repeat == 0 {
         usage()
     }
+    // Phase 5 times names the sweep pushed out of the hot set: the sweep
+    // covers at least the hot set and the samples (as names allow).
     a.sweep = if a.sweep == 0 {
         a.names
     } else {
-        a.sweep.min(a.names)
+        a.sweep.max(a.hot + a.samples).min(a.names)
     };
     a.rounds = a.rounds.min(a.sweep);
     a
