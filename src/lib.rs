@@ -44,7 +44,7 @@ const fn command(
     }
 }
 
-static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 21] = [
+static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 22] = [
     command(
         ngx_string!("dyncert"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
@@ -127,6 +127,12 @@ static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 21] = [
         ngx_string!("dyncert_invalidate_channel"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
         directives::ngx_http_dyncert_invalidate_channel,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_expiry_index"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        directives::ngx_http_dyncert_expiry_index,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(

@@ -100,6 +100,19 @@ fn redis_miss_is_fetched_from_api_served_and_written_back_with_ttl() {
         ttl > 3600 - 60 && ttl <= 3600,
         "written-back record has TTL {ttl}, expected writeback=1h"
     );
+    // The expiry index has the name, scored by the leaf's notAfter
+    // (written in the same transaction as the record).
+    let not_after = openssl::asn1::Asn1Time::from_unix(0)
+        .unwrap()
+        .diff(leaf.issued.cert.not_after())
+        .unwrap();
+    let not_after = i64::from(not_after.days) * 86_400 + i64::from(not_after.secs);
+    assert_eq!(
+        s.redis
+            .cmd(&["ZSCORE", "dyncert:expiry", "shop.example.com"]),
+        Reply::Bulk(Some(not_after.to_string().into_bytes())),
+        "no expiry index entry after the write-back"
+    );
 
     // The worker now has it cached: neither source is asked again.
     let r = s.get("shop.example.com");

@@ -77,7 +77,14 @@ fn unknown_directive_value_fails_config_test() {
 
     // (http extra, server extra, words of which the error must contain one:
     // the bad value, or the directive where nginx's own parsers omit it)
-    let cases: [(&str, &str, &[&str]); 8] = [
+    for ok in [
+        "dyncert_expiry_index off;",
+        "dyncert_expiry_index tenants:expiry;",
+    ] {
+        let t = check(&pki, ok, &format!("{STATIC_CERT} dyncert on;"));
+        assert!(t.ok, "`{ok}` must pass:\n{}", t.output);
+    }
+    let cases: [(&str, &str, &[&str]); 10] = [
         ("", "dyncert maybe;", &["maybe"]),
         ("", "dyncert_unknown whatever;", &["whatever"]),
         ("dyncert_cache max=abc;", "dyncert on;", &["abc"]),
@@ -99,6 +106,16 @@ fn unknown_directive_value_fails_config_test() {
         ),
         (
             "dyncert_redis redis://127.0.0.1:6380/0;",
+            "dyncert on;",
+            &["is duplicate"],
+        ),
+        (
+            "dyncert_expiry_index \"two words\";",
+            "dyncert on;",
+            &["two words"],
+        ),
+        (
+            "dyncert_expiry_index a; dyncert_expiry_index b;",
             "dyncert on;",
             &["is duplicate"],
         ),

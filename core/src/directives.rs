@@ -55,6 +55,16 @@ impl std::error::Error for InvalidParameter {}
 
 type Result<T> = std::result::Result<T, InvalidParameter>;
 
+// ---- defaults shared by the module and the `dyncert` CLI ----
+
+/// Default prefix of the Redis key holding a name's record
+/// (`dyncert_redis_prefix`).
+pub const DEFAULT_PREFIX: &str = "dyncert:cert:";
+/// Default pub/sub channel for invalidations (`dyncert_invalidate_channel`).
+pub const DEFAULT_INVALIDATE_CHANNEL: &str = "dyncert:invalidate";
+/// Default sorted set of names by notAfter (`dyncert_expiry_index`).
+pub const DEFAULT_EXPIRY_INDEX: &str = "dyncert:expiry";
+
 // ---- nginx's value syntax ----
 
 /// `NGX_MAX_INT_T_VALUE` and `NGX_MAX_SIZE_T_VALUE`: both are the largest
@@ -277,6 +287,17 @@ pub fn key_prefix(v: &[u8]) -> Result<String> {
 /// `dyncert_invalidate_channel NAME|off`: `None` for `off`; a name is 1
 /// to 128 bytes of printable ASCII without spaces.
 pub fn invalidate_channel(v: &[u8]) -> Result<Option<String>> {
+    key_or_off(v)
+}
+
+/// `dyncert_expiry_index KEY|off`: `None` for `off`; a key is 1 to 128
+/// bytes of printable ASCII without spaces, like a channel name.
+pub fn expiry_index(v: &[u8]) -> Result<Option<String>> {
+    key_or_off(v)
+}
+
+/// A Redis key or channel name, or `off`.
+fn key_or_off(v: &[u8]) -> Result<Option<String>> {
     if v == b"off" {
         return Ok(None);
     }
@@ -714,6 +735,26 @@ mod tests {
         }
         assert_eq!(
             text(invalidate_channel(b"two words").unwrap_err()),
+            "invalid parameter \"two words\""
+        );
+    }
+
+    #[test]
+    fn expiry_index_is_a_key_or_off() {
+        assert_eq!(expiry_index(b"off"), Ok(None));
+        assert_eq!(
+            expiry_index(DEFAULT_EXPIRY_INDEX.as_bytes()),
+            Ok(Some("dyncert:expiry".to_owned()))
+        );
+        assert_eq!(
+            expiry_index(b"{tenant}:expiry"),
+            Ok(Some("{tenant}:expiry".to_owned()))
+        );
+        for bad in [&b""[..], b"a b", b"caf\xc3\xa9", &[b'c'; 129]] {
+            assert!(expiry_index(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            text(expiry_index(b"two words").unwrap_err()),
             "invalid parameter \"two words\""
         );
     }

@@ -439,6 +439,18 @@ pub fn key_der(record: &Record) -> Option<KeyDer> {
     }
 }
 
+/// The `crt_der` and `key_der` fields of a validated certificate (its
+/// chain's DER one after the other, its key in the fastest form): what
+/// the API write-back and the `dyncert` CLI store beside the PEM.
+pub fn der_form(cert: &ParsedCert, record: &Record) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut crt = cert.leaf.to_der().ok()?;
+    for c in &cert.chain {
+        crt.extend(c.to_der().ok()?);
+    }
+    let key = key_der(record)?;
+    Some((crt, key.bytes().to_vec()))
+}
+
 /// The certificates of a `crt_der` field.
 fn der_certificates(der: &[u8]) -> Result<Vec<Block>, Invalid> {
     let certs = split_certificates(der, MAX_CHAIN_LEN).ok_or(Invalid::CrtNotPem)?;

@@ -61,8 +61,8 @@ unsafe impl HttpModuleLocationConf for Module {
     type LocationConf = LocConf;
 }
 
-/// Default prefix of the Redis key holding a name's record.
-pub const DEFAULT_PREFIX: &str = "dyncert:cert:";
+// Shared with the `dyncert` CLI, which must find what the module reads.
+use dyncert_core::directives::{DEFAULT_EXPIRY_INDEX, DEFAULT_INVALIDATE_CHANNEL, DEFAULT_PREFIX};
 const DEFAULT_FETCH_TIMEOUT_MS: ngx_msec_t = 2000;
 const DEFAULT_REDIS_TIMEOUT_MS: ngx_msec_t = 1000;
 const DEFAULT_FETCH_CONCURRENCY: usize = 64;
@@ -70,8 +70,6 @@ const DEFAULT_API_TIMEOUT_MS: ngx_msec_t = 3000;
 const DEFAULT_WRITEBACK_MS: ngx_msec_t = 24 * 3600 * 1000;
 /// Default key prefix of ACME HTTP-01 key authorizations.
 pub const DEFAULT_ACME_PREFIX: &str = "dyncert:acme:";
-/// Default pub/sub channel for invalidations.
-pub const DEFAULT_INVALIDATE_CHANNEL: &str = "dyncert:invalidate";
 
 /// `http {}` level settings; `None` means "not set" until `init_main_conf`.
 #[derive(Debug, Default)]
@@ -91,6 +89,8 @@ pub struct MainConf {
     pub api_trusted_certificate: Option<Vec<u8>>,
     /// `Some(None)`: `dyncert_invalidate_channel off`.
     pub invalidate_channel: Option<Option<String>>,
+    /// `Some(None)`: `dyncert_expiry_index off`.
+    pub expiry_index: Option<Option<String>>,
     pub acme_prefix: Option<String>,
     /// Filled in postconfiguration: some server has `dyncert on`.
     pub enabled: bool,
@@ -154,6 +154,10 @@ impl MainConf {
                 self.api_writeback.unwrap_or(DEFAULT_WRITEBACK_MS) as u64
             ),
             invalidate_channel: channel,
+            expiry_index: match &self.expiry_index {
+                Some(i) => i.clone(),
+                None => Some(DEFAULT_EXPIRY_INDEX.to_owned()),
+            },
             acme_prefix: self
                 .acme_prefix
                 .clone()

@@ -277,6 +277,14 @@ fn invalidate_channel(
     })
 }
 
+directive!(ngx_http_dyncert_expiry_index => expiry_index);
+/// `dyncert_expiry_index KEY|off;`
+fn expiry_index(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -> DirectiveResult {
+    set_once(cf, &mut mcf.expiry_index, || {
+        directives::expiry_index(args[0].as_bytes())
+    })
+}
+
 directive!(ngx_http_dyncert_acme_prefix => acme_prefix);
 /// `dyncert_acme_prefix PREFIX;`
 fn acme_prefix(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -> DirectiveResult {

@@ -60,6 +60,9 @@ pub struct FetcherConfig {
     pub writeback: Duration,
     /// Pub/sub channel carrying names to drop from every worker's cache.
     pub invalidate_channel: Option<String>,
+    /// Sorted set of names by notAfter (unix seconds) that write-backs
+    /// keep current, for the `dyncert` CLI's `list`; `None`: not kept.
+    pub expiry_index: Option<String>,
     /// Key prefix of ACME HTTP-01 key authorizations.
     pub acme_prefix: String,
     /// Most requests queued towards the thread (beyond: refused at once).

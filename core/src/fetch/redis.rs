@@ -155,18 +155,35 @@ async fn read_record_once(conn: &mut ConnectionManager, key: &str, t: Duration) 
     }
 }
 
-/// Stores an API answer in Redis (HSET + EXPIRE, atomically) so the
-/// next terminator finds it there. Best effort, off the lookup's path.
-pub(super) fn write_back(
-    mut conn: ConnectionManager,
-    key: String,
-    record: Record,
-    der: Option<(Vec<u8>, Vec<u8>)>,
-    ttl: Duration,
-    t: Duration,
-) {
+/// An API answer to store in Redis.
+pub(super) struct WriteBack {
+    pub key: String,
+    pub record: Record,
+    /// `crt_der` and `key_der`, when the record has a DER form.
+    pub der: Option<(Vec<u8>, Vec<u8>)>,
+    /// The expiry index entry of the name, when the index is kept.
+    pub index: Option<Expiry>,
+}
+
+/// A name's entry in the expiry index (a sorted set scored by notAfter).
+pub(super) struct Expiry {
+    pub index: String,
+    pub name: String,
+    pub not_after_secs: u64,
+}
+
+/// Stores an API answer in Redis (DEL, HSET, EXPIRE and the expiry
+/// index's ZADD, atomically) so the next terminator finds it there. Best
+/// effort, off the lookup's path.
+pub(super) fn write_back(mut conn: ConnectionManager, w: WriteBack, ttl: Duration, t: Duration) {
     let ttl = ttl.as_secs().max(1);
     tokio::spawn(async move {
+        let WriteBack {
+            key,
+            record,
+            der,
+            index,
+        } = w;
         let mut pipe = redis::pipe();
         // DEL first: policy fields the API no longer sends must not
         // linger from an older record.
@@ -193,6 +210,15 @@ pub(super) fn write_back(
                 .arg(key_der.as_slice());
         }
         hset.ignore().cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+        // In the same transaction, so the index never names a record
+        // that was not written (or misses one that was).
+        if let Some(e) = &index {
+            pipe.cmd("ZADD")
+                .arg(&e.index)
+                .arg(e.not_after_secs)
+                .arg(&e.name)
+                .ignore();
+        }
         let _ = tokio::time::timeout(t, pipe.query_async::<()>(&mut conn)).await;
     });
 }

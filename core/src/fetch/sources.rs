@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use redis::aio::ConnectionManager;
 
 use super::error::{FetchError, RedisError};
-use super::redis::{read_record, write_back, RedisAnswer};
+use super::redis::{read_record, write_back, Expiry, RedisAnswer, WriteBack};
 use super::{FetcherConfig, Outcome, Step, Stored, TierData};
 use crate::api::{ApiClient, ApiError, ApiOutcome};
 use crate::compact::Compact;
@@ -17,7 +17,7 @@ use crate::intern::Interner;
 use crate::name::wildcard_parent;
 use crate::outcome::{CertSource, FetchSource, StepOutcome};
 use crate::record::Record;
-use crate::validate::{key_der, validate_shared, ParsedCert};
+use crate::validate::{der_form, validate_shared};
 use crate::workqueue::WorkQueue;
 
 /// A record validation for the parse thread.
@@ -120,13 +120,20 @@ impl Sources {
                     .await;
                 if let (Outcome::Found { cert, .. }, Some(Ok(conn))) = (&outcome, &self.redis) {
                     if redis_error.is_none() && !self.cfg.writeback.is_zero() {
-                        let key = format!("{}{}", self.cfg.prefix, name);
                         let der = der_form(cert, &record);
+                        let index = self.cfg.expiry_index.as_ref().map(|index| Expiry {
+                            index: index.clone(),
+                            name: name.to_owned(),
+                            not_after_secs: cert.not_after_ms / 1000,
+                        });
                         write_back(
                             conn.clone(),
-                            key,
-                            record,
-                            der,
+                            WriteBack {
+                                key: format!("{}{}", self.cfg.prefix, name),
+                                record,
+                                der,
+                                index,
+                            },
                             self.cfg.writeback,
                             self.cfg.redis_timeout,
                         );
@@ -224,17 +231,6 @@ fn parse_record(
         }
         Err(i) => Outcome::Refused(i.into()),
     }
-}
-
-/// The `crt_der` and `key_der` fields of a validated certificate (its
-/// chain's DER one after the other, its key in the fastest form).
-fn der_form(cert: &ParsedCert, record: &Record) -> Option<(Vec<u8>, Vec<u8>)> {
-    let mut crt = cert.leaf.to_der().ok()?;
-    for c in &cert.chain {
-        crt.extend(c.to_der().ok()?);
-    }
-    let key = key_der(record)?;
-    Some((crt, key.bytes().to_vec()))
 }
 
 fn now_secs() -> i64 {
