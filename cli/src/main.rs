@@ -1,0 +1,395 @@
+//! `dyncert`: the operator's command line for the certificate records the
+//! module serves. Every record is checked with the module's own code
+//! (dyncert-core) before it is written, so what `put` accepts a terminator
+//! serves, and what it refuses is refused with the module's reason.
+//!
+//! Exit status: 0 done; 1 refused or failed (one line on stderr says
+//! why); 2 no such record, or a usage error.
+
+mod cert;
+mod error;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dyncert_core::directives::{
+    self, parse_time_ms, DEFAULT_EXPIRY_INDEX, DEFAULT_INVALIDATE_CHANNEL, DEFAULT_PREFIX,
+};
+use dyncert_core::fetch::invalidation_target;
+use serde_json::json;
+
+use cert::{days_left, now_secs, prepare, record_name, show, Input};
+use error::CliError;
+use store::{Keys, Store};
+
+#[derive(Parser)]
+#[command(
+    name = "dyncert",
+    version,
+    about = "Manage the certificate records dyncert terminators serve from Redis",
+    after_help = "Exit status: 0 done, 1 refused or failed, 2 no such record (or a usage error)."
+)]
+struct Cli {
+    /// Redis URL: redis://[user:pass@]host:port[/db] or unix:/path
+    #[arg(
+        long,
+        global = true,
+        env = "DYNCERT_REDIS",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    redis: String,
+    /// Record key prefix (dyncert_redis_prefix)
+    #[arg(long, global = true, default_value = DEFAULT_PREFIX)]
+    prefix: String,
+    /// Invalidation channel (dyncert_invalidate_channel), or off
+    #[arg(long, global = true, default_value = DEFAULT_INVALIDATE_CHANNEL)]
+    channel: String,
+    /// Expiry index key (dyncert_expiry_index), or off
+    #[arg(long, global = true, default_value = DEFAULT_EXPIRY_INDEX)]
+    index: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a certificate and key as the module does, store them,
+    /// index the expiry and tell every terminator
+    Put {
+        /// Host name, or *.parent for a wildcard record
+        name: String,
+        /// PEM chain, leaf first
+        #[arg(long)]
+        cert: PathBuf,
+        /// PEM private key (unencrypted)
+        #[arg(long)]
+        key: PathBuf,
+        /// Client addresses and CIDRs allowed (the record's allow field)
+        #[arg(long, value_name = "CIDRS")]
+        allow: Option<String>,
+        /// PEM CA certificates client certificates must chain to
+        #[arg(long, value_name = "FILE")]
+        client_ca: Option<PathBuf>,
+    },
+    /// Show a record: names, issuer, expiry, fingerprint, policy (never the key)
+    Get {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Names from the expiry index, soonest expiry first
+    List {
+        /// Only those expiring within this time (nginx syntax: 30d, 12h)
+        #[arg(long, value_name = "TIME", value_parser = parse_within)]
+        expiring: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a record and its index entry, and tell every terminator
+    Delete { name: String },
+    /// Tell every terminator to drop a name ('*.parent', or '*' for all)
+    Invalidate { target: String },
+    /// Put every NAME.crt + NAME.key pair of a directory
+    Import {
+        dir: PathBuf,
+        /// Validate and compare only; write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The expiry index
+    Index {
+        #[command(subcommand)]
+        action: IndexAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum IndexAction {
+    /// Rebuild the index from the records under the prefix
+    Rebuild,
+}
+
+/// `--expiring`: seconds, from an nginx time (`30d`, `12h`, `1h 30m`).
+fn parse_within(v: &str) -> Result<u64, String> {
+    parse_time_ms(v.as_bytes())
+        .map(|ms| ms / 1000)
+        .ok_or_else(|| format!("invalid time \"{v}\" (nginx syntax: 30d, 12h, 90m)"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("dyncert: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// The option values, checked by the module's directive parsers.
+fn keys(cli: &Cli) -> Result<Keys, CliError> {
+    let bad = |opt: &str, e: directives::InvalidParameter| CliError::Input(format!("--{opt}: {e}"));
+    Ok(Keys {
+        prefix: directives::key_prefix(cli.prefix.as_bytes()).map_err(|e| bad("prefix", e))?,
+        channel: directives::invalidate_channel(cli.channel.as_bytes())
+            .map_err(|e| bad("channel", e))?,
+        index: directives::expiry_index(cli.index.as_bytes()).map_err(|e| bad("index", e))?,
+    })
+}
+
+fn run(cli: Cli) -> Result<u8, CliError> {
+    let keys = keys(&cli)?;
+    // Arguments are checked before Redis is reached.
+    match &cli.command {
+        Command::Put { name, .. } | Command::Get { name, .. } | Command::Delete { name } => {
+            record_name(name)?;
+        }
+        Command::Invalidate { target } => {
+            invalidation_target(target.as_bytes()).ok_or_else(|| {
+                CliError::Input(format!(
+                    "invalid target \"{}\": a host name, *.parent or *",
+                    target.escape_default()
+                ))
+            })?;
+        }
+        _ => {}
+    }
+    let mut store = Store::connect(&cli.redis, keys)?;
+    match cli.command {
+        Command::Put {
+            name,
+            cert,
+            key,
+            allow,
+            client_ca,
+        } => {
+            let name = record_name(&name)?;
+            let input = Input {
+                crt: &cert,
+                key: &key,
+                allow: allow.as_deref(),
+                client_ca: client_ca.as_deref(),
+            };
+            let p = prepare(&name, &input, now_secs())?;
+            store.put(&p)?;
+            let sent = store.invalidate(&name)?;
+            println!(
+                "stored \"{name}\": notAfter {} ({} days left); {}",
+                dyncert_core::timefmt::rfc3339(p.not_after.max(0) as u64),
+                days_left(p.not_after, now_secs()),
+                published(&store, sent)
+            );
+            Ok(0)
+        }
+        Command::Get { name, json } => get(&mut store, &record_name(&name)?, json),
+        Command::List { expiring, json } => list(&mut store, expiring, json),
+        Command::Delete { name } => {
+            let name = record_name(&name)?;
+            if !store.delete(&name)? {
+                return Err(CliError::Absent(name));
+            }
+            let sent = store.invalidate(&name)?;
+            println!("deleted \"{name}\"; {}", published(&store, sent));
+            Ok(0)
+        }
+        Command::Invalidate { target } => {
+            let target = invalidation_target(target.as_bytes()).unwrap_or_default();
+            match store.invalidate(&target)? {
+                Some(n) => {
+                    println!("invalidated \"{target}\"; {}", published(&store, Some(n)));
+                    Ok(0)
+                }
+                None => Err(CliError::Input(
+                    "the invalidation channel is off (--channel off): nothing to publish on".into(),
+                )),
+            }
+        }
+        Command::Import { dir, dry_run } => import(&mut store, &dir, dry_run),
+        Command::Index {
+            action: IndexAction::Rebuild,
+        } => {
+            let r = store.rebuild_index()?;
+            println!(
+                "index rebuilt: {} names indexed, {} keys skipped (no readable certificate)",
+                r.indexed, r.skipped
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn published(store: &Store, listeners: Option<i64>) -> String {
+    match (store.channel(), listeners) {
+        (Some(c), Some(n)) => format!("invalidation published on \"{c}\" ({n} listeners)"),
+        _ => "no invalidation published (--channel off)".to_owned(),
+    }
+}
+
+fn get(store: &mut Store, name: &str, as_json: bool) -> Result<u8, CliError> {
+    let fields = store.fields(name)?;
+    if fields.is_empty() {
+        return Err(CliError::Absent(name.to_owned()));
+    }
+    let now = now_secs();
+    let s = show(name, &fields, now);
+    if as_json {
+        let leaf = s.leaf.as_ref();
+        let v = json!({
+            "name": name,
+            "subject": leaf.map(|l| l.subject.clone()),
+            "sans": leaf.map(|l| l.sans.clone()),
+            "issuer": leaf.map(|l| l.issuer.clone()),
+            "not_after": leaf.map(|l| l.not_after_rfc3339()),
+            "days_left": leaf.map(|l| days_left(l.not_after, now)),
+            "sha256": leaf.map(|l| l.sha256.clone()),
+            "allow": s.allow,
+            "client_ca": s.client_ca,
+            "forms": s.forms,
+            "valid": s.refused.is_none(),
+            "refused": s.refused,
+        });
+        println!("{v:#}");
+        return Ok(0);
+    }
+    println!("name:       {name}");
+    match &s.leaf {
+        Some(l) => {
+            println!("subject:    {}", l.subject);
+            println!("sans:       {}", l.sans.join(", "));
+            println!("issuer:     {}", l.issuer);
+            println!("not_after:  {}", l.not_after_rfc3339());
+            println!("days_left:  {}", days_left(l.not_after, now));
+            println!("sha256:     {}", l.sha256);
+        }
+        None => println!("leaf:       unreadable"),
+    }
+    println!("allow:      {}", s.allow.as_deref().unwrap_or("-"));
+    println!(
+        "client_ca:  {}",
+        if s.client_ca { "set" } else { "not set" }
+    );
+    println!("forms:      {}", s.forms.join(", "));
+    match &s.refused {
+        None => println!("status:     valid"),
+        Some(why) => println!("status:     refused: {why}"),
+    }
+    Ok(0)
+}
+
+fn list(store: &mut Store, within: Option<u64>, as_json: bool) -> Result<u8, CliError> {
+    let now = now_secs();
+    let until = within.map(|w| now.saturating_add(w.min(i64::MAX as u64) as i64));
+    let entries = store.expiring(until)?;
+    if as_json {
+        let v: Vec<_> = entries
+            .iter()
+            .map(|(name, t)| {
+                json!({
+                    "name": name,
+                    "not_after": dyncert_core::timefmt::rfc3339((*t).max(0) as u64),
+                    "days_left": days_left(*t, now),
+                })
+            })
+            .collect();
+        println!("{:#}", serde_json::Value::Array(v));
+        return Ok(0);
+    }
+    let width = entries
+        .iter()
+        .map(|(n, _)| n.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!("{:width$}  {:20}  DAYS_LEFT", "NAME", "NOT_AFTER");
+    for (name, t) in &entries {
+        println!(
+            "{name:width$}  {:20}  {}",
+            dyncert_core::timefmt::rfc3339((*t).max(0) as u64),
+            days_left(*t, now)
+        );
+    }
+    Ok(0)
+}
+
+/// `import DIR`: each `NAME.crt` with its `NAME.key`, in name order.
+fn import(store: &mut Store, dir: &Path, dry_run: bool) -> Result<u8, CliError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| CliError::Input(format!("cannot read {}: {e}", dir.display())))?;
+    let mut stems: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let file = e.file_name().into_string().ok()?;
+            let stem = file.strip_suffix(".crt")?;
+            (!stem.is_empty()).then(|| stem.to_owned())
+        })
+        .collect();
+    stems.sort();
+    let (mut imported, mut unchanged, mut refused) = (0, 0, 0);
+    let total = stems.len();
+    for (i, stem) in stems.iter().enumerate() {
+        let crt = dir.join(format!("{stem}.crt"));
+        let key = dir.join(format!("{stem}.key"));
+        let outcome = import_one(store, stem, &crt, &key, dry_run);
+        let what = match outcome {
+            Ok(true) => {
+                imported += 1;
+                if dry_run {
+                    "would import"
+                } else {
+                    "imported"
+                }
+            }
+            Ok(false) => {
+                unchanged += 1;
+                "unchanged"
+            }
+            // Redis trouble stops the import: the rest would fail alike.
+            Err(e @ CliError::Redis(_)) => return Err(e),
+            Err(e) => {
+                refused += 1;
+                eprintln!("[{}/{total}] {stem}.crt: refused: {}", i + 1, e.reason());
+                continue;
+            }
+        };
+        eprintln!("[{}/{total}] {stem}: {what}", i + 1);
+    }
+    println!(
+        "{}imported {imported}, unchanged {unchanged}, refused {refused}",
+        if dry_run { "dry run: would have " } else { "" }
+    );
+    Ok(if refused > 0 { 1 } else { 0 })
+}
+
+/// Ok(true): written (or would be); Ok(false): already identical, not
+/// written and not published.
+fn import_one(
+    store: &mut Store,
+    stem: &str,
+    crt: &Path,
+    key: &Path,
+    dry_run: bool,
+) -> Result<bool, CliError> {
+    let name = record_name(stem)?;
+    if !key.is_file() {
+        return Err(CliError::Input(format!("no {stem}.key beside {stem}.crt")));
+    }
+    let input = Input {
+        crt,
+        key,
+        allow: None,
+        client_ca: None,
+    };
+    let p = prepare(&name, &input, now_secs())?;
+    if store.is_current(&p)? {
+        return Ok(false);
+    }
+    if !dry_run {
+        store.put(&p)?;
+        store.invalidate(&name)?;
+    }
+    Ok(true)
+}

@@ -1,0 +1,465 @@
+//! The `dyncert` CLI against a real redis-server (and, for the end-to-end
+//! test, a real nginx with the module): records it writes are the module's
+//! records, its refusals are the module's, the expiry index follows every
+//! change, and a `put` reaches running workers through the invalidation
+//! channel.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use dyncert_testkit::*;
+use openssl::asn1::Asn1Time;
+use openssl::symm::Cipher;
+
+const INDEX: &str = "dyncert:expiry";
+const CHANNEL: &str = "dyncert:invalidate";
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the CLI against `redis`.
+fn dyncert(redis: &Redis, args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_dyncert"))
+        .arg("--redis")
+        .arg(redis.url())
+        .args(args)
+        .output()
+        .expect("run dyncert");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Writes `leaf`'s chain and key as NAME.crt / NAME.key in `dir`.
+fn files(dir: &Path, stem: &str, chain: &str, key: &str) -> (PathBuf, PathBuf) {
+    let crt = dir.join(format!("{stem}.crt"));
+    let k = dir.join(format!("{stem}.key"));
+    write_file(&crt, chain);
+    write_file(&k, key);
+    (crt, k)
+}
+
+fn put(redis: &Redis, name: &str, crt: &Path, key: &Path, extra: &[&str]) -> Out {
+    let mut args = vec![
+        "put",
+        name,
+        "--cert",
+        crt.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    dyncert(redis, &args)
+}
+
+fn put_leaf(redis: &Redis, dir: &Path, name: &str, leaf: &Leaf) -> Out {
+    let (crt, key) = files(dir, name, &leaf.chain_pem, &leaf.key_pem);
+    put(redis, name, &crt, &key, &[])
+}
+
+fn not_after(leaf: &Leaf) -> i64 {
+    let diff = Asn1Time::from_unix(0)
+        .unwrap()
+        .diff(leaf.issued.cert.not_after())
+        .unwrap();
+    i64::from(diff.days) * 86_400 + i64::from(diff.secs)
+}
+
+fn zscore(redis: &Redis, name: &str) -> Option<i64> {
+    match redis.cmd(&["ZSCORE", INDEX, name]) {
+        Reply::Bulk(Some(v)) => Some(String::from_utf8(v).unwrap().parse::<f64>().unwrap() as i64),
+        Reply::Bulk(None) => None,
+        other => panic!("ZSCORE: {other:?}"),
+    }
+}
+
+fn exists(redis: &Redis, name: &str) -> bool {
+    redis.cmd(&["EXISTS", &format!("{DEFAULT_PREFIX}{name}")]) == Reply::Int(1)
+}
+
+fn assert_ok(out: &Out, what: &str) {
+    assert_eq!(
+        out.code, 0,
+        "{what}: exit {}\nstdout: {}\nstderr: {}",
+        out.code, out.stdout, out.stderr
+    );
+}
+
+#[test]
+fn put_get_list_and_delete_round_trip_through_redis_and_the_index() {
+    let redis = Redis::start();
+    let pki = Pki::new();
+    let dir = TempDir::new("cli-roundtrip");
+    let shop = pki.leaf(&["shop.example.com", "www.shop.example.com"], 101);
+    let soon = pki.leaf_with(
+        &["soon.example.com"],
+        102,
+        LeafOpts {
+            expires_in: Some(Duration::from_secs(10 * 86_400)),
+            ..LeafOpts::default()
+        },
+    );
+    let ca = pki.client_ca("tenant CA");
+    let ca_file = dir.path().join("tenant-ca.pem");
+    write_file(&ca_file, &ca.cert_pem);
+
+    let (crt, key) = files(dir.path(), "shop", &shop.chain_pem, &shop.key_pem);
+    let out = put(
+        &redis,
+        "Shop.Example.com.",
+        &crt,
+        &key,
+        &[
+            "--allow",
+            "10.0.0.0/8,2001:db8::/32",
+            "--client-ca",
+            ca_file.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out, "put shop");
+    assert!(
+        out.stdout.contains("stored \"shop.example.com\""),
+        "{}",
+        out.stdout
+    );
+    assert_ok(
+        &put_leaf(&redis, dir.path(), "soon.example.com", &soon),
+        "put soon",
+    );
+
+    // The module's fields, both forms, the policy, and the index entry.
+    let fields: Vec<String> = redis
+        .record("shop.example.com")
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    for f in ["crt", "key", "crt_der", "key_der", "allow", "client_ca"] {
+        assert!(fields.iter().any(|x| x == f), "no {f} in {fields:?}");
+    }
+    assert_eq!(
+        redis.record_field("shop.example.com", "crt").as_deref(),
+        Some(shop.chain_pem.as_str()),
+        "crt is stored as given"
+    );
+    assert_eq!(zscore(&redis, "shop.example.com"), Some(not_after(&shop)));
+    assert_eq!(zscore(&redis, "soon.example.com"), Some(not_after(&soon)));
+
+    // get: names, issuer, dates, fingerprint, policy, forms; never the key.
+    let out = dyncert(&redis, &["get", "shop.example.com"]);
+    assert_ok(&out, "get");
+    let fp = shop
+        .issued
+        .cert
+        .digest(openssl::hash::MessageDigest::sha256())
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    for part in [
+        "shop.example.com, www.shop.example.com",
+        "CN=dyncert test intermediate CA",
+        fp.as_str(),
+        "10.0.0.0/8,2001:db8::/32",
+        "client_ca:  set",
+        "pem, der",
+        "status:     valid",
+    ] {
+        assert!(out.stdout.contains(part), "no {part:?} in\n{}", out.stdout);
+    }
+    assert!(!out.stdout.contains("PRIVATE") && !out.stdout.contains("BEGIN"));
+    let out = dyncert(&redis, &["get", "shop.example.com", "--json"]);
+    assert_ok(&out, "get --json");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["sha256"], fp.as_str());
+    assert_eq!(v["client_ca"], true);
+    assert_eq!(v["valid"], true);
+    let days = v["days_left"].as_i64().unwrap();
+    assert!((88..=90).contains(&days), "days_left {days}");
+
+    // list: the index, soonest first; --expiring keeps the near ones.
+    let out = dyncert(&redis, &["list", "--json"]);
+    assert_ok(&out, "list");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["soon.example.com", "shop.example.com"]);
+    let out = dyncert(&redis, &["list", "--expiring", "30d"]);
+    assert_ok(&out, "list --expiring");
+    assert!(out.stdout.contains("soon.example.com"), "{}", out.stdout);
+    assert!(!out.stdout.contains("shop.example.com"), "{}", out.stdout);
+    let out = dyncert(&redis, &["list", "--expiring", "soon"]);
+    assert_eq!(out.code, 2, "a bad time is a usage error: {}", out.stderr);
+
+    // delete: record and index entry gone; then it is absent (exit 2).
+    let out = dyncert(&redis, &["delete", "shop.example.com"]);
+    assert_ok(&out, "delete");
+    assert!(!exists(&redis, "shop.example.com"));
+    assert_eq!(zscore(&redis, "shop.example.com"), None);
+    let out = dyncert(&redis, &["get", "shop.example.com"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("no record"), "{}", out.stderr);
+    assert_eq!(dyncert(&redis, &["delete", "shop.example.com"]).code, 2);
+}
+
+#[test]
+fn bad_records_are_refused_with_the_modules_reason_and_nothing_is_written() {
+    let redis = Redis::start();
+    let pki = Pki::new();
+    let dir = TempDir::new("cli-refusals");
+    let good = pki.leaf(&["shop.example.com"], 201);
+    let other = pki.leaf(&["other.example.com"], 202);
+    let expired = pki.leaf_with(
+        &["shop.example.com"],
+        203,
+        LeafOpts {
+            expired: true,
+            ..LeafOpts::default()
+        },
+    );
+    let encrypted = String::from_utf8(
+        good.issued
+            .key
+            .private_key_to_pem_pkcs8_passphrase(Cipher::aes_256_cbc(), b"secret")
+            .unwrap(),
+    )
+    .unwrap();
+    let cases: [(&str, &str, &str, &str); 4] = [
+        ("mismatch", &good.chain_pem, &other.key_pem, "key_mismatch"),
+        (
+            "uncovered",
+            &other.chain_pem,
+            &other.key_pem,
+            "name_not_covered",
+        ),
+        ("expired", &expired.chain_pem, &expired.key_pem, "expired"),
+        ("encrypted", &good.chain_pem, &encrypted, "encrypted_key"),
+    ];
+    for (stem, chain, key, label) in cases {
+        let (crt, key) = files(dir.path(), stem, chain, key);
+        let out = put(&redis, "shop.example.com", &crt, &key, &[]);
+        assert_eq!(out.code, 1, "{stem}: {}{}", out.stdout, out.stderr);
+        assert_eq!(
+            out.stderr.lines().count(),
+            1,
+            "{stem}: one line: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr
+                .starts_with("dyncert: refused \"shop.example.com\": ")
+                && out.stderr.contains(&format!("({label})")),
+            "{stem}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("BEGIN"), "{stem}: {}", out.stderr);
+        assert!(!exists(&redis, "shop.example.com"), "{stem} was written");
+        assert_eq!(zscore(&redis, "shop.example.com"), None);
+    }
+    // Names follow the module's rules; a wildcard record needs its SAN.
+    let (crt, key) = files(dir.path(), "good", &good.chain_pem, &good.key_pem);
+    let out = put(&redis, "shop_example.com", &crt, &key, &[]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("invalid name"), "{}", out.stderr);
+    let out = put(&redis, "*.example.com", &crt, &key, &[]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("(name_not_covered)"), "{}", out.stderr);
+    let wild = pki.leaf(&["*.example.com"], 204);
+    let (crt, key) = files(dir.path(), "wild", &wild.chain_pem, &wild.key_pem);
+    assert_ok(&put(&redis, "*.Example.com", &crt, &key, &[]), "wildcard");
+    assert!(exists(&redis, "*.example.com"));
+    // A password in the URL never shows.
+    let out = Command::new(env!("CARGO_BIN_EXE_dyncert"))
+        .args([
+            "--redis",
+            "redis://:s3cret@127.0.0.1:1/0",
+            "get",
+            "x.example.com",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        !stderr.contains("s3cret") && stderr.contains(":***@"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn import_is_idempotent_and_reports_each_refusal() {
+    let redis = Redis::start();
+    let pki = Pki::new();
+    let dir = TempDir::new("cli-import");
+    let names = ["a.example.com", "b.example.com", "c.example.com"];
+    for (i, name) in names.iter().enumerate() {
+        let leaf = pki.leaf(&[name], 300 + i as u64);
+        files(dir.path(), name, &leaf.chain_pem, &leaf.key_pem);
+    }
+    let bad = pki.leaf(&["bad.example.com"], 310);
+    files(
+        dir.path(),
+        "bad.example.com",
+        &bad.chain_pem,
+        &pki.leaf(&["x.example.com"], 311).key_pem,
+    );
+    let d = dir.path().to_str().unwrap();
+
+    let out = dyncert(&redis, &["import", d, "--dry-run"]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("would have imported 3, unchanged 0, refused 1"),
+        "{}",
+        out.stdout
+    );
+    assert!(!exists(&redis, "a.example.com"), "dry run wrote");
+
+    let out = dyncert(&redis, &["import", d]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("imported 3, unchanged 0, refused 1"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains("bad.example.com.crt: refused: private key does not match"),
+        "{}",
+        out.stderr
+    );
+    for name in names {
+        assert!(exists(&redis, name), "{name}");
+        assert!(zscore(&redis, name).is_some(), "{name}");
+    }
+
+    // Again: nothing written, nothing published.
+    let monitor = redis.monitor();
+    let out = dyncert(&redis, &["import", d]);
+    assert!(
+        out.stdout.contains("imported 0, unchanged 3, refused 1"),
+        "{}",
+        out.stdout
+    );
+    monitor.sync();
+    assert!(
+        monitor.observed().iter().any(|o| o.command() == "HGETALL"),
+        "the second import read nothing:\n{}",
+        monitor.dump()
+    );
+    let writes: Vec<String> = monitor
+        .observed()
+        .iter()
+        .map(|o| o.command())
+        .filter(|c| ["PUBLISH", "HSET", "DEL", "ZADD", "MULTI"].contains(&c.as_str()))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "second import wrote: {writes:?}\n{}",
+        monitor.dump()
+    );
+}
+
+#[test]
+fn index_rebuild_restores_a_deleted_index() {
+    let redis = Redis::start();
+    let pki = Pki::new();
+    let dir = TempDir::new("cli-index");
+    let a = pki.leaf(&["a.example.com"], 401);
+    let b = pki.leaf_with(
+        &["b.example.com"],
+        402,
+        LeafOpts {
+            expires_in: Some(Duration::from_secs(5 * 86_400)),
+            ..LeafOpts::default()
+        },
+    );
+    assert_ok(&put_leaf(&redis, dir.path(), "a.example.com", &a), "put a");
+    assert_ok(&put_leaf(&redis, dir.path(), "b.example.com", &b), "put b");
+    // A record written by hand (PEM only), and junk under the prefix.
+    let c = pki.leaf(&["c.example.com"], 403);
+    redis.put_leaf("c.example.com", &c);
+    redis.cmd(&["SET", &format!("{DEFAULT_PREFIX}junk.example.com"), "x"]);
+    redis.cmd(&["DEL", INDEX]);
+
+    let out = dyncert(&redis, &["index", "rebuild"]);
+    assert_ok(&out, "index rebuild");
+    assert!(
+        out.stdout.contains("3 names indexed, 1 keys skipped"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(zscore(&redis, "a.example.com"), Some(not_after(&a)));
+    assert_eq!(zscore(&redis, "b.example.com"), Some(not_after(&b)));
+    assert_eq!(zscore(&redis, "c.example.com"), Some(not_after(&c)));
+    let out = dyncert(&redis, &["list", "--expiring", "7d"]);
+    assert!(out.stdout.contains("b.example.com") && !out.stdout.contains("a.example.com"));
+}
+
+const HTTP: &str = r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    dyncert_cache max=1000 valid=1h stale=1h negative=1s;
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
+    }
+}
+"#;
+
+#[test]
+fn put_record_is_served_and_a_replacement_reaches_the_worker_at_once() {
+    let s = Stack::start(1, HTTP);
+    let dir = TempDir::new("cli-e2e");
+    assert!(
+        s.redis
+            .wait_subscribers(CHANNEL, 1, Duration::from_secs(10)),
+        "the worker never subscribed"
+    );
+    let first = s.pki.leaf(&["shop.example.com"], 501);
+    assert_ok(
+        &put_leaf(&s.redis, dir.path(), "shop.example.com", &first),
+        "put",
+    );
+    let r = s.get(Some("shop.example.com"));
+    r.assert_served(&first, &s.pki);
+    assert!(r.tls().leaf_sans.iter().any(|n| n == "shop.example.com"));
+
+    // valid=1h: only the invalidation can make the worker fetch again.
+    let second = s.pki.leaf(&["shop.example.com"], 502);
+    let out = put_leaf(&s.redis, dir.path(), "shop.example.com", &second);
+    assert_ok(&out, "put replacement");
+    assert!(out.stdout.contains("(1 listeners)"), "{}", out.stdout);
+    let served = poll(Duration::from_secs(5), Duration::from_millis(50), || {
+        let r = s.get(Some("shop.example.com"));
+        (r.tls().leaf_serial == second.serial_hex).then_some(r)
+    });
+    served
+        .unwrap_or_else(|| panic!("the replacement was never served\n{}", s.nginx.logs()))
+        .assert_served(&second, &s.pki);
+
+    // delete: the worker drops it too.
+    assert_ok(
+        &dyncert(&s.redis, &["delete", "shop.example.com"]),
+        "delete",
+    );
+    let gone = poll(Duration::from_secs(5), Duration::from_millis(50), || {
+        s.get(Some("shop.example.com")).is_default().then_some(())
+    });
+    assert!(gone.is_some(), "a deleted record is still served");
+}
