@@ -4,7 +4,7 @@
 # NGINX built from the same sources on 127.0.0.1:8443 with the module loaded.
 #
 # Usage: scripts/demo.sh [start]    build, (re)start, print what to try
-#        scripts/demo.sh add NAME   issue a certificate for NAME and put it in Redis
+#        scripts/demo.sh add NAME   issue a certificate for NAME and store it (dyncert put)
 #        scripts/demo.sh stop       stop NGINX and redis-server
 #        scripts/demo.sh clean      stop, then remove demo-run/
 #
@@ -20,6 +20,7 @@ REDIS_PORT=6390
 NGINX_PORT=8443
 DOMAINS=(shop.example.com blog.example.com www.example.org)
 PREFIX=dyncert:cert:
+CLI=$ROOT/target/release/dyncert
 
 if ! command -v cargo >/dev/null 2>&1 && [[ -f ${HOME:-/root}/.cargo/env ]]; then
     # shellcheck source=/dev/null
@@ -156,10 +157,13 @@ start_redis() {
     die "redis-server did not answer on port $REDIS_PORT; see demo-run/redis/redis.log"
 }
 
-# Stores NAME's record: crt = PEM chain (leaf first), key = PEM private key.
+# Stores NAME's record with the CLI, which checks it as the module does and
+# tells running workers: crt = PEM chain (leaf first), key = PEM private key.
 load_record() {
     local name=$1
-    redis HSET "$PREFIX$name" crt "$(<"$PKI/$name.chain.pem")" key "$(<"$PKI/$name.key")" >/dev/null
+    [[ -x $CLI ]] || die "target/release/dyncert is missing; run scripts/demo.sh first"
+    "$CLI" --redis "redis://127.0.0.1:$REDIS_PORT/0" --prefix "$PREFIX" \
+        put "$name" --cert "$PKI/$name.chain.pem" --key "$PKI/$name.key" >/dev/null
 }
 
 # --- nginx ------------------------------------------------------------------
@@ -255,9 +259,10 @@ Add a domain while NGINX runs (no reload): issue a certificate from the demo CA 
   bash scripts/demo.sh add api.example.net
   curl --cacert demo-run/ca.crt --resolve api.example.net:$NGINX_PORT:127.0.0.1 https://api.example.net:$NGINX_PORT/
 
-which does, for any PEM chain (leaf first) and key:
+which does, for any PEM chain (leaf first) and key (checked as the module checks it):
 
-  redis-cli -p $REDIS_PORT HSET ${PREFIX}api.example.net crt "\$(cat chain.pem)" key "\$(cat key.pem)"
+  target/release/dyncert --redis redis://127.0.0.1:$REDIS_PORT put api.example.net --cert chain.pem --key key.pem
+  target/release/dyncert --redis redis://127.0.0.1:$REDIS_PORT list
 
 Logs: demo-run/logs/error.log, demo-run/logs/access.log. Stop: bash scripts/demo.sh stop
 TXT
@@ -267,6 +272,8 @@ cmd_start() {
     bash "$ROOT/scripts/deps.sh"
     say "building the module and NGINX (release)"
     bash "$ROOT/scripts/build-module.sh"
+    say "building the dyncert CLI (release)"
+    cargo build --release -p dyncert-cli
     make_pki
     start_redis
     say "loading ${#DOMAINS[@]} demo records into Redis (${PREFIX}<name>)"
