@@ -109,6 +109,25 @@ pub fn prepare(name: &str, input: &Input<'_>, now: i64) -> Result<Prepared, CliE
         None => None,
     };
     let allow = input.allow.map(|a| a.as_bytes().to_vec());
+    prepare_bytes(name, crt, key, allow, client_ca, now)
+}
+
+/// [`prepare`] for a chain and key already in memory (what `issue` got
+/// from the CA), within the same bounds.
+pub fn prepare_bytes(
+    name: &str,
+    crt: Vec<u8>,
+    key: Vec<u8>,
+    allow: Option<Vec<u8>>,
+    client_ca: Option<Vec<u8>>,
+    now: i64,
+) -> Result<Prepared, CliError> {
+    if crt.len() > MAX_CRT_BYTES {
+        return Err(CliError::refused(name, RecordError::CrtTooLarge));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(CliError::refused(name, RecordError::KeyTooLarge));
+    }
     if allow.as_ref().is_some_and(|a| a.len() > MAX_ALLOW_BYTES) {
         return Err(CliError::refused(name, RecordError::AllowTooLarge));
     }

@@ -23,6 +23,9 @@ pub enum CliError {
     Input(String),
     /// Redis could not be reached or failed a command.
     Redis(String),
+    /// An ACME step failed (`issue`): which name, which step, the CA's
+    /// problem detail.
+    Acme(String),
 }
 
 impl CliError {
@@ -48,7 +51,7 @@ impl CliError {
                 format!("{} ({})", refusal.reason, refusal.label)
             }
             CliError::Absent(name) => format!("no record for \"{name}\""),
-            CliError::Input(m) | CliError::Redis(m) => m.clone(),
+            CliError::Input(m) | CliError::Redis(m) | CliError::Acme(m) => m.clone(),
         }
     }
 }
@@ -62,7 +65,7 @@ impl fmt::Display for CliError {
                 refusal.reason, refusal.label
             ),
             CliError::Absent(name) => write!(f, "no record for \"{name}\""),
-            CliError::Input(m) | CliError::Redis(m) => f.write_str(m),
+            CliError::Input(m) | CliError::Redis(m) | CliError::Acme(m) => f.write_str(m),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! Exit status: 0 done; 1 refused or failed (one line on stderr says
 //! why); 2 no such record, or a usage error.
 
+mod acme;
 mod cert;
 mod error;
 mod store;
@@ -99,6 +100,31 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Get a certificate from an ACME CA over HTTP-01 (answered by the
+    /// terminators from Redis) and store it as put does
+    Issue {
+        /// Host names; the first is the record's name
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// ACME directory URL
+        #[arg(long, value_name = "URL")]
+        acme_url: String,
+        /// PEM root trusted for the directory's HTTPS (else the system's)
+        #[arg(long, value_name = "FILE")]
+        acme_ca: Option<PathBuf>,
+        /// File keeping the ACME account (else Redis, per directory URL)
+        #[arg(long, value_name = "FILE")]
+        account_key: Option<PathBuf>,
+        /// Contact address of a new account
+        #[arg(long, value_name = "E")]
+        email: Option<String>,
+        /// RSA 2048 certificate key instead of ECDSA P-256
+        #[arg(long)]
+        rsa: bool,
+        /// Key prefix of HTTP-01 answers (dyncert_acme_prefix)
+        #[arg(long, default_value = acme::DEFAULT_ACME_PREFIX)]
+        acme_prefix: String,
+    },
     /// The expiry index
     Index {
         #[command(subcommand)]
@@ -156,6 +182,9 @@ fn run(cli: Cli) -> Result<u8, CliError> {
                 ))
             })?;
         }
+        Command::Issue { names, .. } => {
+            issue_names(names)?;
+        }
         _ => {}
     }
     let mut store = Store::connect(&cli.redis, keys)?;
@@ -209,6 +238,38 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             }
         }
         Command::Import { dir, dry_run } => import(&mut store, &dir, dry_run),
+        Command::Issue {
+            names,
+            acme_url,
+            acme_ca,
+            account_key,
+            email,
+            rsa,
+            acme_prefix,
+        } => {
+            let acme_prefix = directives::key_prefix(acme_prefix.as_bytes())
+                .map_err(|e| CliError::Input(format!("--acme-prefix: {e}")))?;
+            let req = acme::Request {
+                names: issue_names(&names)?,
+                directory_url: acme_url,
+                acme_ca,
+                account_key,
+                email,
+                rsa,
+                acme_prefix,
+            };
+            let p = acme::issue(&mut store, &req)?;
+            let sent = store.invalidate(&p.name)?;
+            println!(
+                "issued and stored \"{}\" ({}): notAfter {} ({} days left); {}",
+                p.name,
+                req.names.join(", "),
+                dyncert_core::timefmt::rfc3339(p.not_after.max(0) as u64),
+                days_left(p.not_after, now_secs()),
+                published(&store, sent)
+            );
+            Ok(0)
+        }
         Command::Index {
             action: IndexAction::Rebuild,
         } => {
@@ -220,6 +281,25 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             Ok(0)
         }
     }
+}
+
+/// The names of `issue`, normalised as the module normalises an SNI,
+/// without repeats. Wildcards need DNS-01, which is not built yet.
+fn issue_names(raw: &[String]) -> Result<Vec<String>, CliError> {
+    let mut names: Vec<String> = Vec::new();
+    for n in raw {
+        if n.starts_with("*.") {
+            return Err(CliError::Input(format!(
+                "cannot issue \"{}\": a wildcard needs the DNS-01 challenge, which dyncert issue does not do yet (HTTP-01 only)",
+                n.escape_default()
+            )));
+        }
+        let name = record_name(n)?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
 fn published(store: &Store, listeners: Option<i64>) -> String {

@@ -133,6 +133,32 @@ impl Store {
         }
     }
 
+    /// A plain string value (`issue`'s ACME account), `None` when absent.
+    pub fn get_string(&mut self, key: &str) -> Result<Option<String>, CliError> {
+        Ok(self.conn.get(key)?)
+    }
+
+    /// Sets a plain string value without expiry.
+    pub fn set_string(&mut self, key: &str, value: &str) -> Result<(), CliError> {
+        let _: () = self.conn.set(key, value)?;
+        Ok(())
+    }
+
+    /// Sets `key` to `value` for `ttl` seconds (an HTTP-01 answer: it must
+    /// not outlive the validation if the cleanup never runs).
+    pub fn set_expiring(&mut self, key: &str, value: &str, ttl: u64) -> Result<(), CliError> {
+        let _: () = self.conn.set_ex(key, value, ttl)?;
+        Ok(())
+    }
+
+    /// Deletes plain keys (challenge answers).
+    pub fn delete_keys(&mut self, keys: &[String]) -> Result<(), CliError> {
+        if !keys.is_empty() {
+            let _: () = self.conn.del(keys)?;
+        }
+        Ok(())
+    }
+
     /// The channel invalidations go to.
     pub fn channel(&self) -> Option<&str> {
         self.keys.channel.as_deref()

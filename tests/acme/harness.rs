@@ -26,8 +26,9 @@
 //! dev-dependency, and certbot is the client operators already run.
 //!
 //! Everything binds 127.0.0.1 on free ports and is killed on Drop. Only
-//! tests/acme.rs needs any of this, so it stays beside it rather than in
-//! the test kit.
+//! the ACME tests need any of this (tests/acme/main.rs, and
+//! cli/tests/acme_issue.rs, which includes this file by path for pebble
+//! and the DNS stub), so it stays beside them rather than in the test kit.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};

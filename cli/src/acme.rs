@@ -1,0 +1,347 @@
+//! `issue`: an ACME order over HTTP-01 whose challenges are answered by
+//! the terminators themselves (`dyncert_acme_challenge on;` reads
+//! `<acme-prefix><token>` from Redis), then the certificate is stored
+//! exactly as `put` stores it.
+//!
+//! The order of steps matters: an answer is written to Redis before the CA
+//! is told the challenge is ready (a CA validates at once, and a 404 is
+//! remembered by the module for 2 s), and every answer written is deleted
+//! again whatever happened after it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use openssl::ec::{EcGroup, EcKey};
+use openssl::hash::{hash, MessageDigest};
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use openssl::rsa::Rsa;
+use openssl::stack::Stack;
+use openssl::x509::extension::SubjectAlternativeName;
+use openssl::x509::{X509NameBuilder, X509ReqBuilder};
+
+use crate::cert::{now_secs, prepare_bytes, Prepared};
+use crate::error::CliError;
+use crate::store::Store;
+
+/// Key prefix of HTTP-01 answers: the module's `dyncert_acme_prefix`
+/// default.
+pub const DEFAULT_ACME_PREFIX: &str = "dyncert:acme:";
+/// Where an account is kept when no `--account-key` is given; the
+/// directory URL's SHA-256 follows, so each CA has its own.
+const ACCOUNT_PREFIX: &str = "dyncert:acme-account:";
+/// Lifetime of an answer in Redis: longer than any validation, short
+/// enough that one left behind by a killed run goes away by itself.
+const CHALLENGE_TTL: u64 = 600;
+/// How long the CA may take to validate every name, and then to issue.
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// What `dyncert issue` was asked for.
+pub struct Request {
+    /// Normalised host names; the first is the record's name.
+    pub names: Vec<String>,
+    pub directory_url: String,
+    pub acme_ca: Option<PathBuf>,
+    pub account_key: Option<PathBuf>,
+    pub email: Option<String>,
+    pub rsa: bool,
+    pub acme_prefix: String,
+}
+
+/// Runs the whole order and returns the validated record, already stored.
+pub fn issue(store: &mut Store, req: &Request) -> Result<Prepared, CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Acme(format!("cannot start the ACME client: {e}")))?;
+    runtime.block_on(issue_async(store, req))
+}
+
+async fn issue_async(store: &mut Store, req: &Request) -> Result<Prepared, CliError> {
+    let first = req.names[0].as_str();
+    let fail = |step: &str, e: instant_acme::Error| {
+        CliError::Acme(format!("issue \"{first}\": {step}: {}", describe(&e)))
+    };
+    let account = account(store, req).await.map_err(|e| match e {
+        AccountError::Acme(e) => fail("account", e),
+        AccountError::Cli(e) => e,
+    })?;
+
+    let identifiers: Vec<Identifier> = req
+        .names
+        .iter()
+        .map(|n| Identifier::Dns(n.clone()))
+        .collect();
+    let mut order = account
+        .new_order(&NewOrder::new(&identifiers))
+        .await
+        .map_err(|e| fail("new order", e))?;
+
+    let mut written = Vec::new();
+    let validated = answer_challenges(store, &mut order, req, &mut written).await;
+    // Answers go whatever happened: a stale one must not linger for the
+    // next order's CA to find (nor a token be guessable from Redis).
+    let cleaned = store.delete_keys(&written);
+    validated?;
+    cleaned?;
+
+    let key = new_key(req.rsa)
+        .map_err(|e| CliError::Acme(format!("issue \"{first}\": key generation: {e}")))?;
+    let csr = csr(&key, &req.names)
+        .map_err(|e| CliError::Acme(format!("issue \"{first}\": CSR: {e}")))?;
+    order
+        .finalize_csr(&csr)
+        .await
+        .map_err(|e| fail("finalize", e))?;
+    let chain = order
+        .poll_certificate(&retry_policy())
+        .await
+        .map_err(|e| fail("certificate download", e))?;
+    let key_pem = key
+        .private_key_to_pem_pkcs8()
+        .map_err(|e| CliError::Acme(format!("issue \"{first}\": key encoding: {e}")))?;
+
+    let prepared = prepare_bytes(first, chain.into_bytes(), key_pem, None, None, now_secs())?;
+    store.put(&prepared)?;
+    Ok(prepared)
+}
+
+/// Writes each pending HTTP-01 answer, tells the CA, and waits for the
+/// order to be ready. `written` collects the keys set, for the cleanup.
+async fn answer_challenges(
+    store: &mut Store,
+    order: &mut instant_acme::Order,
+    req: &Request,
+    written: &mut Vec<String>,
+) -> Result<(), CliError> {
+    let first = req.names[0].as_str();
+    let fail = |step: &str, e: instant_acme::Error| {
+        CliError::Acme(format!("issue \"{first}\": {step}: {}", describe(&e)))
+    };
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.map_err(|e| fail("authorization", e))?;
+        let name = authz.identifier().to_string();
+        match authz.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => continue,
+            other => {
+                let why = format!("authorization of \"{name}\" is {other:?}");
+                return Err(CliError::Acme(format!("issue \"{first}\": {why}")));
+            }
+        }
+        let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
+            CliError::Acme(format!(
+                "issue \"{first}\": the CA offers no http-01 challenge for \"{name}\""
+            ))
+        })?;
+        let key = format!("{}{}", req.acme_prefix, challenge.token);
+        let answer = challenge.key_authorization();
+        store.set_expiring(&key, answer.as_str(), CHALLENGE_TTL)?;
+        written.push(key);
+        challenge
+            .set_ready()
+            .await
+            .map_err(|e| fail(&format!("challenge ready for \"{name}\""), e))?;
+    }
+
+    let status = order
+        .poll_ready(&retry_policy())
+        .await
+        .map_err(|e| fail("validation", e))?;
+    if status == OrderStatus::Ready {
+        return Ok(());
+    }
+    // Which name failed, and the CA's words for it.
+    let mut reasons = Vec::new();
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(mut authz)) = authorizations.next().await {
+        let Ok(state) = authz.refresh().await else {
+            continue;
+        };
+        if state.status == AuthorizationStatus::Valid {
+            continue;
+        }
+        let name = state.identifier().to_string();
+        let detail = state
+            .challenges
+            .iter()
+            .find_map(|c| c.error.as_ref())
+            .map(problem)
+            .unwrap_or_else(|| format!("authorization {:?}", state.status));
+        reasons.push(format!("\"{name}\": {detail}"));
+    }
+    Err(CliError::Acme(format!(
+        "issue \"{first}\": http-01 validation failed (order {status:?}): {}",
+        if reasons.is_empty() {
+            "the CA gave no reason".to_owned()
+        } else {
+            reasons.join("; ")
+        }
+    )))
+}
+
+/// Poll with backoff up to the deadline: 250 ms, then 1.5 times longer.
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy::new()
+        .initial_delay(Duration::from_millis(250))
+        .backoff(1.5)
+        .timeout(DEADLINE)
+}
+
+enum AccountError {
+    Acme(instant_acme::Error),
+    Cli(CliError),
+}
+
+impl From<CliError> for AccountError {
+    fn from(e: CliError) -> Self {
+        AccountError::Cli(e)
+    }
+}
+
+impl From<instant_acme::Error> for AccountError {
+    fn from(e: instant_acme::Error) -> Self {
+        AccountError::Acme(e)
+    }
+}
+
+/// The stored account for this CA, or a new one (then stored).
+async fn account(store: &mut Store, req: &Request) -> Result<Account, AccountError> {
+    let builder = || match &req.acme_ca {
+        Some(ca) => Account::builder_with_root(ca)
+            .map_err(|e| CliError::Input(format!("--acme-ca {}: {}", ca.display(), describe(&e)))),
+        None => Account::builder()
+            .map_err(|e| CliError::Acme(format!("the system's trust store: {}", describe(&e)))),
+    };
+    let redis_key = format!(
+        "{ACCOUNT_PREFIX}{}",
+        hex(&hash(MessageDigest::sha256(), req.directory_url.as_bytes())
+            .map_err(|e| CliError::Acme(format!("SHA-256: {e}")))?)
+    );
+    let stored = match &req.account_key {
+        Some(path) => read_optional(path)?,
+        None => store.get_string(&redis_key)?,
+    };
+    if let Some(json) = stored {
+        let credentials: AccountCredentials = serde_json::from_str(&json).map_err(|e| {
+            CliError::Input(format!(
+                "the stored ACME account ({}) is not instant-acme credentials: {e}",
+                where_kept(req, &redis_key)
+            ))
+        })?;
+        return Ok(builder()?.from_credentials(credentials).await?);
+    }
+    let contact = req.email.as_ref().map(|e| format!("mailto:{e}"));
+    let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let (account, credentials) = builder()?
+        .create(
+            &NewAccount {
+                contact: &contacts,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            req.directory_url.clone(),
+            None,
+        )
+        .await?;
+    let json = serde_json::to_string(&credentials)
+        .map_err(|e| CliError::Acme(format!("cannot serialise the ACME account: {e}")))?;
+    match &req.account_key {
+        Some(path) => write_private(path, &json)?,
+        None => store.set_string(&redis_key, &json)?,
+    }
+    Ok(account)
+}
+
+fn where_kept(req: &Request, redis_key: &str) -> String {
+    match &req.account_key {
+        Some(p) => p.display().to_string(),
+        None => format!("Redis key {redis_key}"),
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, CliError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CliError::Input(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// The account key file is a secret: created readable by its owner only.
+fn write_private(path: &Path, data: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| CliError::Input(format!("cannot write {}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(fail)?;
+    f.write_all(data.as_bytes()).map_err(fail)
+}
+
+/// A fresh certificate key: ECDSA P-256, or RSA 2048.
+fn new_key(rsa: bool) -> Result<PKey<Private>, openssl::error::ErrorStack> {
+    if rsa {
+        PKey::from_rsa(Rsa::generate(2048)?)
+    } else {
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+        PKey::from_ec_key(EcKey::generate(&group)?)
+    }
+}
+
+/// A DER CSR for `names` (all in the subjectAltName; the first also as
+/// the CN, as CAs expect).
+fn csr(key: &PKey<Private>, names: &[String]) -> Result<Vec<u8>, openssl::error::ErrorStack> {
+    let mut req = X509ReqBuilder::new()?;
+    req.set_pubkey(key)?;
+    let mut subject = X509NameBuilder::new()?;
+    subject.append_entry_by_nid(Nid::COMMONNAME, &names[0])?;
+    req.set_subject_name(&subject.build())?;
+    let mut san = SubjectAlternativeName::new();
+    for n in names {
+        san.dns(n);
+    }
+    let mut extensions = Stack::new()?;
+    extensions.push(san.build(&req.x509v3_context(None))?)?;
+    req.add_extensions(&extensions)?;
+    req.sign(key, MessageDigest::sha256())?;
+    req.build().to_der()
+}
+
+/// An ACME error in one line: the CA's problem document (detail, type,
+/// subproblems) when there is one.
+fn describe(e: &instant_acme::Error) -> String {
+    match e {
+        instant_acme::Error::Api(p) => problem(p),
+        instant_acme::Error::Timeout(_) => {
+            format!("no answer from the CA within {} s", DEADLINE.as_secs())
+        }
+        other => other.to_string().replace('\n', " "),
+    }
+}
+
+fn problem(p: &instant_acme::Problem) -> String {
+    let mut out = p.detail.clone().unwrap_or_else(|| "no detail".to_owned());
+    if let Some(t) = &p.r#type {
+        out.push_str(&format!(" ({t})"));
+    }
+    for s in &p.subproblems {
+        out.push_str(&format!("; {s}"));
+    }
+    out.replace('\n', " ")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,265 @@
+//! `dyncert issue` end to end: the real ACME test CA (`pebble`, installed
+//! by scripts/acme-deps.sh) validates HTTP-01 against a real nginx whose
+//! plain-HTTP server answers from Redis (`dyncert_acme_challenge on;`),
+//! the CLI stores what was issued as `put` does, and the TLS server serves
+//! it. pebble and the DNS stub that points every name at 127.0.0.1 are
+//! tests/acme's harness, shared as is.
+
+#[allow(dead_code)]
+#[path = "../../tests/acme/harness.rs"]
+mod harness;
+
+use std::process::Command;
+
+use dyncert_testkit::*;
+use harness::{assert_chain_verifies, assert_pebble_issued, pending_challenges, DnsStub, Pebble};
+
+const NAME: &str = "shop.acme.test";
+
+/// The terminator: port 80's role answers challenges from Redis, the TLS
+/// server serves records.
+const ANSWER_AND_SERVE: &str = r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    server {
+        listen 127.0.0.1:@HTTP_PORT@;
+        server_name _;
+        dyncert_acme_challenge on;
+        location / { return 404; }
+    }
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
+    }
+}
+"#;
+
+/// The same without `dyncert_acme_challenge`: no challenge can be answered.
+const SERVE_ONLY: &str = r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    server {
+        listen 127.0.0.1:@HTTP_PORT@;
+        server_name _;
+        location / { return 404; }
+    }
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
+    }
+}
+"#;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn dyncert(redis: &Redis, args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_dyncert"))
+        .arg("--redis")
+        .arg(redis.url())
+        .args(args)
+        .output()
+        .expect("run dyncert");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn issue(redis: &Redis, pebble: &Pebble, name: &str) -> Out {
+    let url = pebble.directory_url();
+    let ca = pebble.ca_file();
+    dyncert(
+        redis,
+        &[
+            "issue",
+            name,
+            "--acme-url",
+            &url,
+            "--acme-ca",
+            ca.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Keys under `pattern` (KEYS is fine on a test server).
+fn keys(redis: &Redis, pattern: &str) -> Vec<String> {
+    match redis.cmd(&["KEYS", pattern]) {
+        Reply::Array(Some(items)) => items
+            .into_iter()
+            .filter_map(|r| match r {
+                Reply::Bulk(Some(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
+                _ => None,
+            })
+            .collect(),
+        other => panic!("KEYS {pattern}: {other:?}"),
+    }
+}
+
+#[test]
+fn issue_gets_a_certificate_over_http01_from_nginx_and_stores_it_for_serving() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let dns = DnsStub::start();
+    let http_port = free_port();
+    let pebble = Pebble::start(http_port, &dns);
+    let mut nginx = Nginx::start(
+        &pki,
+        ANSWER_AND_SERVE,
+        NginxOpts::new().redis(&redis).var("HTTP_PORT", http_port),
+    );
+    let monitor = redis.monitor();
+
+    let out = issue(&redis, &pebble, NAME);
+    assert_eq!(
+        out.code,
+        0,
+        "issue: stdout {}\nstderr {}\n{}",
+        out.stdout,
+        out.stderr,
+        nginx.logs()
+    );
+    assert!(
+        out.stdout.contains(&format!("\"{NAME}\"")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains("PRIVATE KEY") && !out.stderr.contains("PRIVATE KEY"),
+        "never prints keys"
+    );
+    assert!(
+        dns.resolved(NAME),
+        "pebble resolved {NAME} through the stub"
+    );
+
+    // The challenge went through Redis with a TTL and is gone.
+    monitor.sync();
+    let set: Vec<_> = monitor
+        .observed()
+        .into_iter()
+        .filter(|o| o.command() == "SETEX" || o.command() == "SET")
+        .filter(|o| {
+            o.args
+                .get(1)
+                .is_some_and(|k| k.starts_with(harness::ACME_PREFIX))
+        })
+        .collect();
+    assert_eq!(set.len(), 1, "one HTTP-01 answer written: {set:?}");
+    assert_eq!(pending_challenges(redis.port), Vec::<String>::new());
+    assert_eq!(
+        keys(&redis, "dyncert:acme-account:*").len(),
+        1,
+        "the account is kept in Redis for the next run"
+    );
+
+    // Stored as put stores it: both forms, the index, a pebble chain.
+    let record = redis.record(NAME);
+    let field = |f: &str| {
+        record
+            .iter()
+            .find(|(k, _)| k == f)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("field {f} missing"))
+    };
+    for f in ["crt", "key", "crt_der", "key_der"] {
+        field(f);
+    }
+    assert!(matches!(
+        redis.cmd(&["ZSCORE", "dyncert:expiry", NAME]),
+        Reply::Bulk(Some(_))
+    ));
+    let root_pem = pebble.issuer_root_pem();
+    let chain = assert_pebble_issued(&field("crt"), &field("key"), NAME, &root_pem);
+
+    let get = dyncert(&redis, &["get", NAME]);
+    assert_eq!(get.code, 0, "{}", get.stderr);
+    assert!(get.stdout.contains("Pebble Intermediate"), "{}", get.stdout);
+
+    // nginx serves it for the name.
+    let r = Request::get("/")
+        .sni(NAME)
+        .https(nginx.port)
+        .unwrap_or_else(|e| panic!("TLS {NAME}: {e}\n{}", nginx.logs()));
+    assert_eq!(r.status, 200, "body {:?}", r.body);
+    assert_eq!(
+        r.tls().chain[0].to_der().unwrap(),
+        chain[0].to_der().unwrap(),
+        "nginx served another leaf"
+    );
+    assert_eq!(r.tls().leaf_sans, [NAME]);
+    let root = openssl::x509::X509::from_pem(root_pem.as_bytes()).unwrap();
+    assert_chain_verifies(&r.tls().chain, &root);
+
+    // The stored account is reused: a second issuance makes no new one.
+    let again = issue(&redis, &pebble, NAME);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(keys(&redis, "dyncert:acme-account:*").len(), 1);
+    nginx.assert_healthy();
+}
+
+#[test]
+fn issue_fails_clearly_and_cleans_up_when_the_challenge_is_not_answered() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let dns = DnsStub::start();
+    let http_port = free_port();
+    let pebble = Pebble::start(http_port, &dns);
+    let _nginx = Nginx::start(
+        &pki,
+        SERVE_ONLY,
+        NginxOpts::new().redis(&redis).var("HTTP_PORT", http_port),
+    );
+    let monitor = redis.monitor();
+
+    let out = issue(&redis, &pebble, NAME);
+    assert_eq!(out.code, 1, "stdout {}\nstderr {}", out.stdout, out.stderr);
+    let line = out.stderr.trim_end();
+    assert_eq!(line.lines().count(), 1, "one line: {line}");
+    assert!(
+        line.starts_with(&format!("dyncert: issue \"{NAME}\": ")) && line.contains("validation"),
+        "names the name and the step: {line}"
+    );
+    assert!(line.contains("404"), "carries the CA's detail: {line}");
+
+    monitor.sync();
+    assert!(
+        monitor.observed().iter().any(|o| o
+            .args
+            .get(1)
+            .is_some_and(|k| k.starts_with(harness::ACME_PREFIX))),
+        "an answer was written before the CA was asked"
+    );
+    assert_eq!(pending_challenges(redis.port), Vec::<String>::new());
+    assert!(redis.record(NAME).is_empty(), "nothing stored");
+}
+
+#[test]
+fn issue_refuses_wildcards_until_dns01_exists() {
+    let redis = Redis::start();
+    let out = dyncert(
+        &redis,
+        &[
+            "issue",
+            "*.acme.test",
+            "--acme-url",
+            "https://127.0.0.1:1/dir",
+        ],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("DNS-01"), "{}", out.stderr);
+}
