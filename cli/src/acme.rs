@@ -30,7 +30,7 @@ use crate::store::Store;
 
 /// Key prefix of HTTP-01 answers: the module's `dyncert_acme_prefix`
 /// default.
-pub const DEFAULT_ACME_PREFIX: &str = "dyncert:acme:";
+pub use dyncert_core::directives::DEFAULT_ACME_PREFIX;
 /// Where an account is kept when no `--account-key` is given; the
 /// directory URL's SHA-256 follows, so each CA has its own.
 const ACCOUNT_PREFIX: &str = "dyncert:acme-account:";

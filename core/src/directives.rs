@@ -64,6 +64,9 @@ pub const DEFAULT_PREFIX: &str = "dyncert:cert:";
 pub const DEFAULT_INVALIDATE_CHANNEL: &str = "dyncert:invalidate";
 /// Default sorted set of names by notAfter (`dyncert_expiry_index`).
 pub const DEFAULT_EXPIRY_INDEX: &str = "dyncert:expiry";
+/// Default key prefix of ACME HTTP-01 key authorizations
+/// (`dyncert_acme_prefix`).
+pub const DEFAULT_ACME_PREFIX: &str = "dyncert:acme:";
 
 // ---- nginx's value syntax ----
 

@@ -62,14 +62,14 @@ unsafe impl HttpModuleLocationConf for Module {
 }
 
 // Shared with the `dyncert` CLI, which must find what the module reads.
-use dyncert_core::directives::{DEFAULT_EXPIRY_INDEX, DEFAULT_INVALIDATE_CHANNEL, DEFAULT_PREFIX};
+use dyncert_core::directives::{
+    DEFAULT_ACME_PREFIX, DEFAULT_EXPIRY_INDEX, DEFAULT_INVALIDATE_CHANNEL, DEFAULT_PREFIX,
+};
 const DEFAULT_FETCH_TIMEOUT_MS: ngx_msec_t = 2000;
 const DEFAULT_REDIS_TIMEOUT_MS: ngx_msec_t = 1000;
 const DEFAULT_FETCH_CONCURRENCY: usize = 64;
 const DEFAULT_API_TIMEOUT_MS: ngx_msec_t = 3000;
 const DEFAULT_WRITEBACK_MS: ngx_msec_t = 24 * 3600 * 1000;
-/// Default key prefix of ACME HTTP-01 key authorizations.
-pub const DEFAULT_ACME_PREFIX: &str = "dyncert:acme:";
 
 /// `http {}` level settings; `None` means "not set" until `init_main_conf`.
 #[derive(Debug, Default)]
