@@ -40,7 +40,9 @@ const CHALLENGE_TTL: u64 = 600;
 /// How long the CA may take to validate every name, and then to issue.
 const DEADLINE: Duration = Duration::from_secs(90);
 
-/// What `dyncert issue` was asked for.
+/// What `dyncert issue` was asked for (and what `renew` asks for each
+/// due record).
+#[derive(Clone)]
 pub struct Request {
     /// Normalised host names; the first is the record's name.
     pub names: Vec<String>,
@@ -50,9 +52,14 @@ pub struct Request {
     pub email: Option<String>,
     pub rsa: bool,
     pub acme_prefix: String,
+    /// The record's `allow` and `client_ca` fields, stored with the new
+    /// certificate (`renew` keeps the renewed record's policy).
+    pub allow: Option<Vec<u8>>,
+    pub client_ca: Option<Vec<u8>>,
 }
 
 /// Runs the whole order and returns the validated record, already stored.
+/// The one issuance path: `issue` and `renew` both come here.
 pub fn issue(store: &mut Store, req: &Request) -> Result<Prepared, CliError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -105,7 +112,14 @@ async fn issue_async(store: &mut Store, req: &Request) -> Result<Prepared, CliEr
         .private_key_to_pem_pkcs8()
         .map_err(|e| CliError::Acme(format!("issue \"{first}\": key encoding: {e}")))?;
 
-    let prepared = prepare_bytes(first, chain.into_bytes(), key_pem, None, None, now_secs())?;
+    let prepared = prepare_bytes(
+        first,
+        chain.into_bytes(),
+        key_pem,
+        req.allow.clone(),
+        req.client_ca.clone(),
+        now_secs(),
+    )?;
     store.put(&prepared)?;
     Ok(prepared)
 }

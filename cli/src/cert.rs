@@ -302,6 +302,39 @@ pub fn not_after_of(leaf: &X509) -> Option<i64> {
     unix_secs(leaf.not_after())
 }
 
+/// What `renew` needs of a stored record's leaf.
+pub struct StoredLeaf {
+    pub not_before: i64,
+    pub not_after: i64,
+    /// The DNS subjectAltNames, in the certificate's order.
+    pub sans: Vec<String>,
+}
+
+/// The leaf of a stored record (HGETALL), read from the form the module
+/// reads (DER when both DER fields are there, else PEM).
+pub fn stored_leaf(fields: &HashMap<String, Vec<u8>>) -> Option<StoredLeaf> {
+    let len = |f: &str| fields.get(f).map_or(0, |v| v.len() as u64);
+    let (field, form) = match chosen_form(len("crt_der"), len("key_der")) {
+        Form::Der => ("crt_der", Form::Der),
+        Form::Pem => ("crt", Form::Pem),
+    };
+    let leaf = leaf_of(fields.get(field)?, form)?;
+    let sans = leaf
+        .subject_alt_names()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.dnsname().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(StoredLeaf {
+        not_before: unix_secs(leaf.not_before())?,
+        not_after: unix_secs(leaf.not_after())?,
+        sans,
+    })
+}
+
 fn unix_secs(t: &Asn1TimeRef) -> Option<i64> {
     let epoch = Asn1Time::from_unix(0).ok()?;
     let diff = epoch.diff(t).ok()?;

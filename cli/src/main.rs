@@ -8,13 +8,15 @@
 
 mod acme;
 mod cert;
+mod due;
 mod error;
+mod renew;
 mod store;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use dyncert_core::directives::{
     self, parse_time_ms, DEFAULT_EXPIRY_INDEX, DEFAULT_INVALIDATE_CHANNEL, DEFAULT_PREFIX,
 };
@@ -22,6 +24,7 @@ use dyncert_core::fetch::invalidation_target;
 use serde_json::json;
 
 use cert::{days_left, now_secs, prepare, record_name, show, Input};
+use due::Window;
 use error::CliError;
 use store::{Keys, Store};
 
@@ -106,30 +109,73 @@ enum Command {
         /// Host names; the first is the record's name
         #[arg(required = true)]
         names: Vec<String>,
-        /// ACME directory URL
-        #[arg(long, value_name = "URL")]
-        acme_url: String,
-        /// PEM root trusted for the directory's HTTPS (else the system's)
-        #[arg(long, value_name = "FILE")]
-        acme_ca: Option<PathBuf>,
-        /// File keeping the ACME account (else Redis, per directory URL)
-        #[arg(long, value_name = "FILE")]
-        account_key: Option<PathBuf>,
-        /// Contact address of a new account
-        #[arg(long, value_name = "E")]
-        email: Option<String>,
-        /// RSA 2048 certificate key instead of ECDSA P-256
+        #[command(flatten)]
+        acme: AcmeOpts,
+    },
+    /// Issue again, as issue does, every record of the expiry index that
+    /// is due: less than a third of its lifetime left, or notAfter within
+    /// --within
+    Renew {
+        /// Due when notAfter is within this time (nginx syntax: 30d, 12h)
+        /// instead of when less than a third of the lifetime is left
+        #[arg(long, value_name = "TIME", value_parser = parse_within)]
+        within: Option<u64>,
+        /// List what is due; order nothing
         #[arg(long)]
-        rsa: bool,
-        /// Key prefix of HTTP-01 answers (dyncert_acme_prefix)
-        #[arg(long, default_value = acme::DEFAULT_ACME_PREFIX)]
-        acme_prefix: String,
+        dry_run: bool,
+        /// No random jitter (tests)
+        #[arg(long, hide = true)]
+        no_jitter: bool,
+        #[command(flatten)]
+        acme: AcmeOpts,
     },
     /// The expiry index
     Index {
         #[command(subcommand)]
         action: IndexAction,
     },
+}
+
+/// The ACME options `issue` and `renew` share.
+#[derive(Args)]
+struct AcmeOpts {
+    /// ACME directory URL
+    #[arg(long, value_name = "URL")]
+    acme_url: String,
+    /// PEM root trusted for the directory's HTTPS (else the system's)
+    #[arg(long, value_name = "FILE")]
+    acme_ca: Option<PathBuf>,
+    /// File keeping the ACME account (else Redis, per directory URL)
+    #[arg(long, value_name = "FILE")]
+    account_key: Option<PathBuf>,
+    /// Contact address of a new account
+    #[arg(long, value_name = "E")]
+    email: Option<String>,
+    /// RSA 2048 certificate key instead of ECDSA P-256
+    #[arg(long)]
+    rsa: bool,
+    /// Key prefix of HTTP-01 answers (dyncert_acme_prefix)
+    #[arg(long, default_value = acme::DEFAULT_ACME_PREFIX)]
+    acme_prefix: String,
+}
+
+impl AcmeOpts {
+    /// An ACME request for `names`, without policy fields.
+    fn request(self, names: Vec<String>) -> Result<acme::Request, CliError> {
+        let acme_prefix = directives::key_prefix(self.acme_prefix.as_bytes())
+            .map_err(|e| CliError::Input(format!("--acme-prefix: {e}")))?;
+        Ok(acme::Request {
+            names,
+            directory_url: self.acme_url,
+            acme_ca: self.acme_ca,
+            account_key: self.account_key,
+            email: self.email,
+            rsa: self.rsa,
+            acme_prefix,
+            allow: None,
+            client_ca: None,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -238,26 +284,8 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             }
         }
         Command::Import { dir, dry_run } => import(&mut store, &dir, dry_run),
-        Command::Issue {
-            names,
-            acme_url,
-            acme_ca,
-            account_key,
-            email,
-            rsa,
-            acme_prefix,
-        } => {
-            let acme_prefix = directives::key_prefix(acme_prefix.as_bytes())
-                .map_err(|e| CliError::Input(format!("--acme-prefix: {e}")))?;
-            let req = acme::Request {
-                names: issue_names(&names)?,
-                directory_url: acme_url,
-                acme_ca,
-                account_key,
-                email,
-                rsa,
-                acme_prefix,
-            };
+        Command::Issue { names, acme } => {
+            let req = acme.request(issue_names(&names)?)?;
             let p = acme::issue(&mut store, &req)?;
             let sent = store.invalidate(&p.name)?;
             println!(
@@ -269,6 +297,19 @@ fn run(cli: Cli) -> Result<u8, CliError> {
                 published(&store, sent)
             );
             Ok(0)
+        }
+        Command::Renew {
+            within,
+            dry_run,
+            no_jitter,
+            acme,
+        } => {
+            let opts = renew::Options {
+                window: within.map_or(Window::LastThird, Window::Within),
+                dry_run,
+                jitter: !no_jitter,
+            };
+            renew::renew(&mut store, &opts, &acme.request(Vec::new())?)
         }
         Command::Index {
             action: IndexAction::Rebuild,

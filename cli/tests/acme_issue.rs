@@ -6,38 +6,15 @@
 //! tests/acme's harness, shared as is.
 
 #[allow(dead_code)]
-#[path = "../../tests/acme/harness.rs"]
-mod harness;
+mod common_acme;
 
-use std::process::Command;
-
+use common_acme::harness::{
+    self, assert_chain_verifies, assert_pebble_issued, pending_challenges, DnsStub, Pebble,
+};
+use common_acme::{dyncert, issue, keys, ANSWER_AND_SERVE};
 use dyncert_testkit::*;
-use harness::{assert_chain_verifies, assert_pebble_issued, pending_challenges, DnsStub, Pebble};
 
 const NAME: &str = "shop.acme.test";
-
-/// The terminator: port 80's role answers challenges from Redis, the TLS
-/// server serves records.
-const ANSWER_AND_SERVE: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@HTTP_PORT@;
-        server_name _;
-        dyncert_acme_challenge on;
-        location / { return 404; }
-    }
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
-    }
-}
-"#;
 
 /// The same without `dyncert_acme_challenge`: no challenge can be answered.
 const SERVE_ONLY: &str = r#"
@@ -59,56 +36,6 @@ http {
     }
 }
 "#;
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn dyncert(redis: &Redis, args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_dyncert"))
-        .arg("--redis")
-        .arg(redis.url())
-        .args(args)
-        .output()
-        .expect("run dyncert");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn issue(redis: &Redis, pebble: &Pebble, name: &str) -> Out {
-    let url = pebble.directory_url();
-    let ca = pebble.ca_file();
-    dyncert(
-        redis,
-        &[
-            "issue",
-            name,
-            "--acme-url",
-            &url,
-            "--acme-ca",
-            ca.to_str().unwrap(),
-        ],
-    )
-}
-
-/// Keys under `pattern` (KEYS is fine on a test server).
-fn keys(redis: &Redis, pattern: &str) -> Vec<String> {
-    match redis.cmd(&["KEYS", pattern]) {
-        Reply::Array(Some(items)) => items
-            .into_iter()
-            .filter_map(|r| match r {
-                Reply::Bulk(Some(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
-                _ => None,
-            })
-            .collect(),
-        other => panic!("KEYS {pattern}: {other:?}"),
-    }
-}
 
 #[test]
 fn issue_gets_a_certificate_over_http01_from_nginx_and_stores_it_for_serving() {

@@ -1,0 +1,142 @@
+//! `renew`: every record of the expiry index that is due is issued again
+//! through `issue`'s own path ([`acme::issue`]), for the names its leaf
+//! carries and with its policy fields. Candidates come from the index
+//! only (ZRANGEBYSCORE, never SCAN or KEYS): a record the index does not
+//! name is never touched.
+
+use dyncert_core::timefmt::rfc3339;
+
+use crate::acme;
+use crate::cert::{days_left, now_secs, stored_leaf};
+use crate::due::{due_from, jitter, renewal_names, Window};
+use crate::error::CliError;
+use crate::store::Store;
+
+pub struct Options {
+    pub window: Window,
+    pub dry_run: bool,
+    /// Off only in tests (`--no-jitter`).
+    pub jitter: bool,
+}
+
+/// What became of one record; its `as_str` leads its output line.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Renewed,
+    /// Due, under `--dry-run`.
+    Due,
+    NotDue,
+    Skipped,
+    Failed,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Renewed => "renewed",
+            Outcome::Due => "due",
+            Outcome::NotDue => "not due",
+            Outcome::Skipped => "skipped",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// Renews what is due; `template` holds the ACME options (its names and
+/// policy fields are set per record). Exit status 1 when any failed.
+pub fn renew(store: &mut Store, opts: &Options, template: &acme::Request) -> Result<u8, CliError> {
+    let entries = store.expiring(None)?;
+    let mut counts = [0usize; 5];
+    for (name, _) in &entries {
+        let (outcome, detail) = match renew_one(store, name, opts, template) {
+            Ok(done) => done,
+            Err(e) => (Outcome::Failed, e.to_string()),
+        };
+        counts[outcome as usize] += 1;
+        println!("{} \"{name}\": {detail}", outcome.as_str());
+    }
+    let n = |o: Outcome| counts[o as usize];
+    if opts.dry_run {
+        println!(
+            "dry run: due {}, not due {}, skipped {}, failed {}",
+            n(Outcome::Due),
+            n(Outcome::NotDue),
+            n(Outcome::Skipped),
+            n(Outcome::Failed)
+        );
+    } else {
+        println!(
+            "renewed {}, not due {}, skipped {}, failed {}",
+            n(Outcome::Renewed),
+            n(Outcome::NotDue),
+            n(Outcome::Skipped),
+            n(Outcome::Failed)
+        );
+    }
+    Ok(if n(Outcome::Failed) > 0 { 1 } else { 0 })
+}
+
+fn renew_one(
+    store: &mut Store,
+    name: &str,
+    opts: &Options,
+    template: &acme::Request,
+) -> Result<(Outcome, String), CliError> {
+    let fields = store.fields(name)?;
+    if fields.is_empty() {
+        return Ok((
+            Outcome::Skipped,
+            "no record (a stale index entry: dyncert index rebuild drops it)".to_owned(),
+        ));
+    }
+    let Some(leaf) = stored_leaf(&fields) else {
+        return Ok((Outcome::Failed, "no readable certificate".to_owned()));
+    };
+    let shake = if opts.jitter {
+        jitter(leaf.not_before, leaf.not_after, random_u32()?)
+    } else {
+        0
+    };
+    let from = due_from(leaf.not_before, leaf.not_after, opts.window, shake);
+    let now = now_secs();
+    let when = format!(
+        "notAfter {} ({} days left)",
+        rfc3339(leaf.not_after.max(0) as u64),
+        days_left(leaf.not_after, now)
+    );
+    if now < from {
+        return Ok((
+            Outcome::NotDue,
+            format!("{when}, due from {}", rfc3339(from.max(0) as u64)),
+        ));
+    }
+    let names = match renewal_names(name, &leaf.sans) {
+        Ok(n) => n,
+        Err(why) => return Ok((Outcome::Skipped, why)),
+    };
+    if opts.dry_run {
+        return Ok((Outcome::Due, format!("{when}, for {}", names.join(", "))));
+    }
+    let mut req = template.clone();
+    req.names = crate::issue_names(&names)?;
+    req.allow = fields.get("allow").cloned();
+    req.client_ca = fields.get("client_ca").cloned();
+    let p = acme::issue(store, &req)?;
+    let sent = store.invalidate(&p.name)?;
+    Ok((
+        Outcome::Renewed,
+        format!(
+            "{}: notAfter {} ({} days left); {}",
+            req.names.join(", "),
+            rfc3339(p.not_after.max(0) as u64),
+            days_left(p.not_after, now_secs()),
+            crate::published(store, sent)
+        ),
+    ))
+}
+
+fn random_u32() -> Result<u32, CliError> {
+    let mut b = [0u8; 4];
+    openssl::rand::rand_bytes(&mut b).map_err(|e| CliError::Acme(format!("random jitter: {e}")))?;
+    Ok(u32::from_le_bytes(b))
+}

@@ -1,0 +1,353 @@
+//! `dyncert renew` end to end, with the setup of acme_issue.rs: pebble
+//! validates HTTP-01 against a real nginx answering from Redis, and the
+//! TLS server serves what renew stored. Candidates come from the expiry
+//! index only.
+
+#[allow(dead_code)]
+mod common_acme;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common_acme::harness::{assert_pebble_issued, DnsStub, Pebble};
+use common_acme::{dyncert, issue, Out, ANSWER_AND_SERVE};
+use dyncert_testkit::*;
+use openssl::x509::X509;
+
+const NAME: &str = "shop.acme.test";
+const INDEX: &str = "dyncert:expiry";
+
+fn renew(redis: &Redis, pebble: &Pebble, extra: &[&str]) -> Out {
+    let url = pebble.directory_url();
+    let ca = pebble.ca_file();
+    let mut args = vec![
+        "renew",
+        "--acme-url",
+        &url,
+        "--acme-ca",
+        ca.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    dyncert(redis, &args)
+}
+
+/// The stored leaf (from the PEM `crt` field).
+fn stored_leaf(redis: &Redis, name: &str) -> X509 {
+    let crt = redis
+        .record_field(name, "crt")
+        .unwrap_or_else(|| panic!("no record for {name}"));
+    X509::from_pem(crt.as_bytes()).expect("crt PEM")
+}
+
+fn serial(leaf: &X509) -> String {
+    leaf.serial_number()
+        .to_bn()
+        .unwrap()
+        .to_hex_str()
+        .unwrap()
+        .to_string()
+}
+
+fn unix(t: &openssl::asn1::Asn1TimeRef) -> i64 {
+    let d = openssl::asn1::Asn1Time::from_unix(0)
+        .unwrap()
+        .diff(t)
+        .unwrap();
+    i64::from(d.days) * 86_400 + i64::from(d.secs)
+}
+
+fn zscore(redis: &Redis, name: &str) -> Option<i64> {
+    match redis.cmd(&["ZSCORE", INDEX, name]) {
+        Reply::Bulk(Some(v)) => Some(String::from_utf8(v).unwrap().parse::<f64>().unwrap() as i64),
+        Reply::Bulk(None) => None,
+        other => panic!("ZSCORE: {other:?}"),
+    }
+}
+
+fn put_leaf(redis: &Redis, dir: &Path, name: &str, leaf: &Leaf, extra: &[&str]) {
+    let stem = name.replace('*', "_");
+    let crt = dir.join(format!("{stem}.crt"));
+    let key = dir.join(format!("{stem}.key"));
+    write_file(&crt, &leaf.chain_pem);
+    write_file(&key, &leaf.key_pem);
+    let mut args = vec![
+        "put",
+        name,
+        "--cert",
+        crt.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = dyncert(redis, &args);
+    assert_eq!(out.code, 0, "put {name}: {}", out.stderr);
+}
+
+/// The leaf nginx serves for `name`, once it is `serial` (invalidation
+/// reaches the workers asynchronously).
+fn served_serial(nginx: &Nginx, name: &str, serial: &str) -> X509 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = Request::get("/")
+            .sni(name)
+            .https(nginx.port)
+            .unwrap_or_else(|e| panic!("TLS {name}: {e}\n{}", nginx.logs()));
+        let leaf = r.tls().chain[0].clone();
+        if self::serial(&leaf) == serial || Instant::now() > deadline {
+            return leaf;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn renew_leaves_long_lived_certificates_alone_and_renews_within_the_window_for_serving() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let dns = DnsStub::start();
+    let http_port = free_port();
+    let pebble = Pebble::start(http_port, &dns);
+    let mut nginx = Nginx::start(
+        &pki,
+        ANSWER_AND_SERVE,
+        NginxOpts::new().redis(&redis).var("HTTP_PORT", http_port),
+    );
+    let out = issue(&redis, &pebble, NAME);
+    assert_eq!(out.code, 0, "issue: {}\n{}", out.stderr, nginx.logs());
+    let old = stored_leaf(&redis, NAME);
+    let old_serial = serial(&old);
+    assert_eq!(
+        serial(&served_serial(&nginx, NAME, &old_serial)),
+        old_serial
+    );
+
+    // pebble's certificates live for years: not in their last third.
+    let dry = renew(&redis, &pebble, &["--dry-run"]);
+    assert_eq!(dry.code, 0, "{}{}", dry.stdout, dry.stderr);
+    assert!(
+        dry.stdout.contains(&format!("not due \"{NAME}\"")),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout
+            .contains("dry run: due 0, not due 1, skipped 0, failed 0"),
+        "{}",
+        dry.stdout
+    );
+    let dry = renew(&redis, &pebble, &["--dry-run", "--within", "100000d"]);
+    assert!(
+        dry.stdout.contains(&format!("due \"{NAME}\": notAfter"))
+            && dry.stdout.contains("dry run: due 1, not due 0"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(
+        serial(&stored_leaf(&redis, NAME)),
+        old_serial,
+        "dry run orders nothing"
+    );
+
+    let out = renew(&redis, &pebble, &["--within", "100000d", "--no-jitter"]);
+    assert_eq!(
+        out.code,
+        0,
+        "{}{}\n{}",
+        out.stdout,
+        out.stderr,
+        nginx.logs()
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("renewed \"{NAME}\": {NAME}: notAfter")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("renewed 1, not due 0, skipped 0, failed 0"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("PRIVATE KEY"));
+
+    let new = stored_leaf(&redis, NAME);
+    let new_serial = serial(&new);
+    assert_ne!(new_serial, old_serial, "a new certificate is stored");
+    assert_eq!(
+        zscore(&redis, NAME),
+        Some(unix(new.not_after())),
+        "index follows"
+    );
+    let crt = redis.record_field(NAME, "crt").unwrap();
+    let key = redis.record_field(NAME, "key").unwrap();
+    assert_pebble_issued(&crt, &key, NAME, &pebble.issuer_root_pem());
+
+    let served = served_serial(&nginx, NAME, &new_serial);
+    assert_eq!(
+        served.to_der().unwrap(),
+        new.to_der().unwrap(),
+        "nginx serves the renewed leaf"
+    );
+    nginx.assert_healthy();
+}
+
+#[test]
+fn renew_never_touches_records_missing_from_the_index() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let dir = TempDir::new("renew");
+    // Due by any rule, but not in the index.
+    let leaf = pki.leaf_with(
+        &["hidden.acme.test"],
+        7,
+        LeafOpts {
+            expires_in: Some(Duration::from_secs(600)),
+            ..Default::default()
+        },
+    );
+    put_leaf(&redis, dir.path(), "hidden.acme.test", &leaf, &[]);
+    redis.cmd(&["ZREM", INDEX, "hidden.acme.test"]);
+    let before = redis.record("hidden.acme.test");
+    let monitor = redis.monitor();
+
+    // No CA is reached: nothing is a candidate.
+    let out = dyncert(
+        &redis,
+        &[
+            "renew",
+            "--acme-url",
+            "https://127.0.0.1:1/dir",
+            "--within",
+            "100000d",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.stdout.trim_end(),
+        "renewed 0, not due 0, skipped 0, failed 0"
+    );
+    monitor.sync();
+    let commands: Vec<String> = monitor.observed().iter().map(|o| o.command()).collect();
+    assert_eq!(redis.record("hidden.acme.test"), before);
+    assert!(
+        commands.iter().any(|c| c == "ZRANGEBYSCORE"),
+        "{commands:?}"
+    );
+    for never in ["SCAN", "KEYS", "HGETALL", "HSET", "DEL"] {
+        assert!(
+            !commands.iter().any(|c| c == never),
+            "{never}: {commands:?}"
+        );
+    }
+}
+
+#[test]
+fn renew_moves_due_records_of_another_ca_to_the_acme_ca_and_goes_on_past_failures() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let dns = DnsStub::start();
+    let http_port = free_port();
+    let pebble = Pebble::start(http_port, &dns);
+    let nginx = Nginx::start(
+        &pki,
+        ANSWER_AND_SERVE,
+        NginxOpts::new().redis(&redis).var("HTTP_PORT", http_port),
+    );
+    let dir = TempDir::new("renew");
+    // 80 minutes of life, 20 left: in its last third, due by the default
+    // rule (jitter only makes it due earlier).
+    let legacy = "legacy.acme.test";
+    let leaf = pki.leaf_with(
+        &[legacy, "www.legacy.acme.test"],
+        11,
+        LeafOpts {
+            expires_in: Some(Duration::from_secs(20 * 60)),
+            ..Default::default()
+        },
+    );
+    put_leaf(
+        &redis,
+        dir.path(),
+        legacy,
+        &leaf,
+        &["--allow", "127.0.0.1/32"],
+    );
+    let wild = pki.leaf_with(
+        &["*.wild.acme.test"],
+        12,
+        LeafOpts {
+            expires_in: Some(Duration::from_secs(20 * 60)),
+            ..Default::default()
+        },
+    );
+    put_leaf(&redis, dir.path(), "*.wild.acme.test", &wild, &[]);
+    // An index entry whose record has no readable certificate: it fails,
+    // and the others still run.
+    redis.cmd(&[
+        "HSET",
+        "dyncert:cert:broken.acme.test",
+        "crt",
+        "garbage",
+        "key",
+        "x",
+    ]);
+    redis.cmd(&["ZADD", INDEX, "0", "broken.acme.test"]);
+
+    let out = renew(&redis, &pebble, &[]);
+    assert_eq!(
+        out.code,
+        1,
+        "{}{}\n{}",
+        out.stdout,
+        out.stderr,
+        nginx.logs()
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", out.stdout);
+    assert!(
+        lines[0].starts_with("failed \"broken.acme.test\": no readable certificate"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(&format!(
+            "renewed \"{legacy}\": {legacy}, www.legacy.acme.test: notAfter"
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("skipped \"*.wild.acme.test\": wildcard")
+            && out.stdout.contains("DNS-01"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(lines[3], "renewed 1, not due 0, skipped 1, failed 1");
+
+    let new = stored_leaf(&redis, legacy);
+    assert!(
+        format!("{:?}", new.issuer_name()).contains("Pebble"),
+        "issued by the ACME CA now: {:?}",
+        new.issuer_name()
+    );
+    assert_eq!(
+        dns_sans(&new),
+        [legacy, "www.legacy.acme.test"],
+        "the same names, the record's first"
+    );
+    assert_eq!(
+        redis.record_field(legacy, "allow").as_deref(),
+        Some("127.0.0.1/32"),
+        "the policy fields are kept"
+    );
+    assert_eq!(zscore(&redis, legacy), Some(unix(new.not_after())));
+    assert_eq!(
+        redis.record_field("*.wild.acme.test", "crt").as_deref(),
+        Some(wild.chain_pem.as_str()),
+        "the skipped record is left as it was"
+    );
+    let served = served_serial(&nginx, legacy, &serial(&new));
+    assert_eq!(served.to_der().unwrap(), new.to_der().unwrap());
+}
