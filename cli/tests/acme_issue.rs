@@ -8,10 +8,8 @@
 #[allow(dead_code)]
 mod common_acme;
 
-use common_acme::harness::{
-    self, assert_chain_verifies, assert_pebble_issued, pending_challenges, DnsStub, Pebble,
-};
-use common_acme::{dyncert, issue, keys, ANSWER_AND_SERVE};
+use common_acme::harness::{self, assert_chain_verifies, assert_pebble_issued, pending_challenges};
+use common_acme::{dyncert, issue, keys, AcmeStack, ANSWER_AND_SERVE};
 use dyncert_testkit::*;
 
 const NAME: &str = "shop.acme.test";
@@ -39,16 +37,13 @@ http {
 
 #[test]
 fn issue_gets_a_certificate_over_http01_from_nginx_and_stores_it_for_serving() {
-    let pki = Pki::new();
-    let redis = Redis::start();
-    let dns = DnsStub::start();
-    let http_port = free_port();
-    let pebble = Pebble::start(http_port, &dns);
-    let mut nginx = Nginx::start(
-        &pki,
-        ANSWER_AND_SERVE,
-        NginxOpts::new().redis(&redis).var("HTTP_PORT", http_port),
-    );
+    let AcmeStack {
+        mut nginx,
+        pebble,
+        redis,
+        dns,
+        pki: _pki,
+    } = AcmeStack::start(ANSWER_AND_SERVE);
     let monitor = redis.monitor();
 
     let out = issue(&redis, &pebble, NAME);
@@ -141,16 +136,13 @@ fn issue_gets_a_certificate_over_http01_from_nginx_and_stores_it_for_serving() {
 
 #[test]
 fn issue_fails_clearly_and_cleans_up_when_the_challenge_is_not_answered() {
-    let pki = Pki::new();
-    let redis = Redis::start();
-    let dns = DnsStub::start();
-    let http_port = free_port();
-    let pebble = Pebble::start(http_port, &dns);
-    let _nginx = Nginx::start(
-        &pki,
-        SERVE_ONLY,
-        NginxOpts::new().redis(&redis).var("HTTP_PORT", http_port),
-    );
+    let AcmeStack {
+        nginx: _nginx,
+        pebble,
+        redis,
+        pki: _pki,
+        dns: _dns,
+    } = AcmeStack::start(SERVE_ONLY);
     let monitor = redis.monitor();
 
     let out = issue(&redis, &pebble, NAME);

@@ -9,8 +9,8 @@ mod common_acme;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common_acme::harness::{assert_pebble_issued, DnsStub, Pebble};
-use common_acme::{dyncert, issue, Out, ANSWER_AND_SERVE};
+use common_acme::harness::{assert_pebble_issued, Pebble};
+use common_acme::{dyncert, issue, AcmeStack, Out, ANSWER_AND_SERVE};
 use dyncert_testkit::*;
 use openssl::x509::X509;
 
@@ -102,16 +102,13 @@ fn served_serial(nginx: &Nginx, name: &str, serial: &str) -> X509 {
 
 #[test]
 fn renew_leaves_long_lived_certificates_alone_and_renews_within_the_window_for_serving() {
-    let pki = Pki::new();
-    let redis = Redis::start();
-    let dns = DnsStub::start();
-    let http_port = free_port();
-    let pebble = Pebble::start(http_port, &dns);
-    let mut nginx = Nginx::start(
-        &pki,
-        ANSWER_AND_SERVE,
-        NginxOpts::new().redis(&redis).var("HTTP_PORT", http_port),
-    );
+    let AcmeStack {
+        mut nginx,
+        pebble,
+        redis,
+        pki: _pki,
+        dns: _dns,
+    } = AcmeStack::start(ANSWER_AND_SERVE);
     let out = issue(&redis, &pebble, NAME);
     assert_eq!(out.code, 0, "issue: {}\n{}", out.stderr, nginx.logs());
     let old = stored_leaf(&redis, NAME);
@@ -244,16 +241,13 @@ fn renew_never_touches_records_missing_from_the_index() {
 
 #[test]
 fn renew_moves_due_records_of_another_ca_to_the_acme_ca_and_goes_on_past_failures() {
-    let pki = Pki::new();
-    let redis = Redis::start();
-    let dns = DnsStub::start();
-    let http_port = free_port();
-    let pebble = Pebble::start(http_port, &dns);
-    let nginx = Nginx::start(
-        &pki,
-        ANSWER_AND_SERVE,
-        NginxOpts::new().redis(&redis).var("HTTP_PORT", http_port),
-    );
+    let AcmeStack {
+        nginx,
+        pebble,
+        redis,
+        pki,
+        dns: _dns,
+    } = AcmeStack::start(ANSWER_AND_SERVE);
     let dir = TempDir::new("renew");
     // 80 minutes of life, 20 left: in its last third, due by the default
     // rule (jitter only makes it due earlier).

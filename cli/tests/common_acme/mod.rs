@@ -8,7 +8,7 @@ pub mod harness;
 use std::process::Command;
 
 use dyncert_testkit::*;
-use harness::Pebble;
+use harness::{DnsStub, Pebble};
 
 /// The terminator: port 80's role answers challenges from Redis, the TLS
 /// server serves records.
@@ -80,5 +80,39 @@ pub fn keys(redis: &Redis, pattern: &str) -> Vec<String> {
             })
             .collect(),
         other => panic!("KEYS {pattern}: {other:?}"),
+    }
+}
+
+/// A CA, a terminator with `config` (its plain-HTTP port as `@HTTP_PORT@`,
+/// where pebble validates) and their Redis: what every issuance test runs.
+/// Bind every field when destructuring (`nginx: _nginx`, not `..`): a
+/// field left to `..` is dropped, and its process killed, at once.
+pub struct AcmeStack {
+    pub nginx: Nginx,
+    pub pebble: Pebble,
+    pub redis: Redis,
+    pub pki: Pki,
+    pub dns: DnsStub,
+}
+
+impl AcmeStack {
+    pub fn start(config: &str) -> AcmeStack {
+        let pki = Pki::new();
+        let redis = Redis::start();
+        let dns = DnsStub::start();
+        let http_port = free_port();
+        let pebble = Pebble::start(http_port, &dns);
+        let nginx = Nginx::start(
+            &pki,
+            config,
+            NginxOpts::new().redis(&redis).var("HTTP_PORT", http_port),
+        );
+        AcmeStack {
+            nginx,
+            pebble,
+            redis,
+            pki,
+            dns,
+        }
     }
 }
