@@ -40,18 +40,6 @@ impl KeyDer {
         }
     }
 
-    /// The key in its fastest form: SEC1 for EC, PKCS#1 for RSA. On
-    /// OpenSSL 3.0 this leaves a legacy copy of a provider key inside
-    /// `key` (about 2 KiB): not for keys that stay cached; records carry
-    /// their key's DER ([`crate::validate::key_der`]).
-    pub fn of(key: &PKey<Private>) -> Result<KeyDer, ErrorStack> {
-        Ok(match key.id() {
-            Id::EC => KeyDer::Sec1(key.ec_key()?.private_key_to_der()?),
-            Id::RSA => KeyDer::Pkcs1(key.rsa()?.private_key_to_der()?),
-            _ => KeyDer::Pkcs8(key.private_key_to_pkcs8()?),
-        })
-    }
-
     /// Reads a `key_der` field: SEC1, PKCS#1 or (unencrypted) PKCS#8,
     /// told apart by their structure; PKCS#8 RSA and EC keys are unwrapped
     /// to the faster forms.
@@ -113,7 +101,7 @@ pub enum Unwrapped {
 
 use openssl::ec::EcKey;
 use openssl::error::ErrorStack;
-use openssl::pkey::{Id, PKey, Private};
+use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use std::ffi::CStr;
 
@@ -153,7 +141,7 @@ fn sec1_parts(der: &[u8]) -> Option<Sec1Parts<'_>> {
 }
 
 /// Loads an `ECPrivateKey`: as one provider-native key when it names a
-/// known curve and carries its public key (what `KeyDer::of` and the
+/// known curve and carries its public key (what `EcKey::private_key_to_der` and the
 /// PKCS#8 unwrapping produce), through `d2i_ECPrivateKey` otherwise.
 pub fn load_sec1(der: &[u8]) -> Result<PKey<Private>, ErrorStack> {
     match sec1_parts(der) {
@@ -358,7 +346,6 @@ mod tests {
             let k = KeyDer::parse(&der).unwrap();
             assert_eq!(k.tag(), tag);
             assert!(k.load().unwrap().public_eq(key));
-            assert_eq!(KeyDer::of(key).unwrap().tag(), tag);
         }
         assert_eq!(KeyDer::parse(b"not a key"), None);
         assert_eq!(KeyDer::parse(&[0x30, 0x03, 0x02, 0x01, 0x05]), None);

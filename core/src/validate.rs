@@ -418,7 +418,7 @@ fn fingerprint_of(certs: &[Block], record: &Record) -> [u8; 32] {
 
 /// The key of a record that validated, in its fastest DER form (what the
 /// shared zone and a DER write-back store), read from the record itself.
-/// Deriving it from the loaded key instead ([`KeyDer::of`]) would make
+/// Deriving it from the loaded key instead (`EVP_PKEY_get1_EC_KEY`) would make
 /// OpenSSL 3.0 keep a legacy copy of the key (see [`fingerprint_of`]).
 pub fn key_der(record: &Record) -> Option<KeyDer> {
     match record.form {
