@@ -44,7 +44,7 @@ const fn command(
     }
 }
 
-static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 22] = [
+static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 24] = [
     command(
         ngx_string!("dyncert"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
@@ -61,6 +61,18 @@ static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 22] = [
         ngx_string!("dyncert_redis"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
         directives::ngx_http_dyncert_redis,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_redis_tls_trusted_certificate"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        directives::ngx_http_dyncert_redis_tls_trusted_certificate,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_redis_tls_certificate"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2,
+        directives::ngx_http_dyncert_redis_tls_certificate,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(

@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand};
 use dyncert_core::directives::{
     self, parse_time_ms, DEFAULT_EXPIRY_INDEX, DEFAULT_INVALIDATE_CHANNEL, DEFAULT_PREFIX,
 };
-use dyncert_core::fetch::invalidation_target;
+use dyncert_core::fetch::{invalidation_target, RedisTls};
 use serde_json::json;
 
 use cert::{days_left, now_secs, prepare, record_name, show, Input};
@@ -36,7 +36,9 @@ use store::{Keys, Store};
     after_help = "Exit status: 0 done, 1 refused or failed, 2 no such record (or a usage error)."
 )]
 struct Cli {
-    /// Redis URL: redis://[user:pass@]host:port[/db] or unix:/path
+    /// Redis URL: redis://[user:pass@]host:port[/db], rediss://... (TLS),
+    /// unix:/path, sentinel://[user:pass@]s1:26379,s2:26379/SERVICE[/db],
+    /// cluster://[user:pass@]n1:7000,n2:7001 (clusters:// over TLS)
     #[arg(
         long,
         global = true,
@@ -45,6 +47,28 @@ struct Cli {
         hide_env_values = true
     )]
     redis: String,
+    /// PEM CA certificates that verify a rediss:// server (instead of the
+    /// system's trust store)
+    #[arg(long, global = true, env = "DYNCERT_REDIS_CA", value_name = "FILE")]
+    redis_ca: Option<PathBuf>,
+    /// PEM client certificate for a rediss:// server that asks for one
+    #[arg(
+        long,
+        global = true,
+        env = "DYNCERT_REDIS_CERT",
+        value_name = "FILE",
+        requires = "redis_key"
+    )]
+    redis_cert: Option<PathBuf>,
+    /// PEM private key of --redis-cert (unencrypted)
+    #[arg(
+        long,
+        global = true,
+        env = "DYNCERT_REDIS_KEY",
+        value_name = "FILE",
+        requires = "redis_cert"
+    )]
+    redis_key: Option<PathBuf>,
     /// Record key prefix (dyncert_redis_prefix)
     #[arg(long, global = true, default_value = DEFAULT_PREFIX)]
     prefix: String,
@@ -213,6 +237,43 @@ fn keys(cli: &Cli) -> Result<Keys, CliError> {
     })
 }
 
+/// `--redis-ca`, `--redis-cert` and `--redis-key`, checked as the
+/// module's `dyncert_redis_tls_*` directives check them.
+fn redis_tls(cli: &Cli) -> Result<RedisTls, CliError> {
+    let read = |opt: &str, p: &Path| {
+        std::fs::read(p)
+            .map_err(|e| CliError::Input(format!("--{opt}: cannot read \"{}\": {e}", p.display())))
+    };
+    let mut tls = RedisTls::default();
+    if let Some(ca) = &cli.redis_ca {
+        let pem = read("redis-ca", ca)?;
+        if !directives::has_pem_certificate(&pem) {
+            return Err(CliError::Input(format!(
+                "--redis-ca: no PEM certificate in \"{}\"",
+                ca.display()
+            )));
+        }
+        tls.ca = Some(pem);
+    }
+    if let (Some(cert), Some(key)) = (&cli.redis_cert, &cli.redis_key) {
+        let (c, k) = (read("redis-cert", cert)?, read("redis-key", key)?);
+        tls.client = Some(
+            directives::redis_client_certificate(&c, &k)
+                .map_err(|e| CliError::Input(format!("--redis-cert/--redis-key: {e}")))?,
+        );
+    }
+    if !tls.is_empty() {
+        let opt = if tls.ca.is_some() {
+            "--redis-ca"
+        } else {
+            "--redis-cert"
+        };
+        directives::check_redis_tls(&cli.redis, opt)
+            .map_err(|e| CliError::Input(e.replace("\"dyncert_redis\"", "--redis")))?;
+    }
+    Ok(tls)
+}
+
 fn run(cli: Cli) -> Result<u8, CliError> {
     let keys = keys(&cli)?;
     // Arguments are checked before Redis is reached.
@@ -233,7 +294,8 @@ fn run(cli: Cli) -> Result<u8, CliError> {
         }
         _ => {}
     }
-    let mut store = Store::connect(&cli.redis, keys)?;
+    let tls = redis_tls(&cli)?;
+    let mut store = Store::connect(&cli.redis, tls, keys)?;
     match cli.command {
         Command::Put {
             name,

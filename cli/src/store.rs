@@ -5,9 +5,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use dyncert_core::fetch::{check_redis_url, redact_redis_url};
+use std::sync::mpsc;
+
+use dyncert_core::fetch::{check_redis_url, redact_redis_url, Notes, RedisTarget, RedisTls};
 use dyncert_core::record::Form;
-use redis::{Commands, Connection};
+use redis::{FromRedisValue, Value};
 
 use crate::cert::{leaf_of, not_after_of, record_name, Prepared};
 use crate::error::CliError;
@@ -28,8 +30,93 @@ pub struct Keys {
 }
 
 pub struct Store {
-    conn: Connection,
+    conn: Conn,
     keys: Keys,
+    /// A record and its index entry can share a MULTI/EXEC (not in a
+    /// Cluster, where they are in different hash slots).
+    one_transaction: bool,
+    cluster: bool,
+}
+
+/// A request for the connection thread and where its answer goes.
+enum Req {
+    Cmd(redis::Cmd),
+    Pipe(redis::Pipeline),
+}
+
+type Job = (Req, mpsc::Sender<redis::RedisResult<Value>>);
+
+/// The module's own connection handle (one server, Sentinel or Cluster,
+/// TLS) on a thread of its own with a one-thread runtime: the store's
+/// methods stay synchronous, and may be called from `issue`'s async code
+/// (a runtime cannot be entered from inside another).
+struct Conn {
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Conn {
+    fn start(target: RedisTarget) -> Result<Conn, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut conn = {
+            let _entered = rt.enter();
+            target.connect(Notes::none()).map_err(|e| e.to_string())?
+        };
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("dyncert-redis".into())
+            .spawn(move || {
+                while let Ok((req, reply)) = rx.recv() {
+                    let answer = rt.block_on(async {
+                        let query = async {
+                            match &req {
+                                Req::Cmd(c) => c.query_async::<Value>(&mut conn).await,
+                                Req::Pipe(p) => p.query_async::<Value>(&mut conn).await,
+                            }
+                        };
+                        match tokio::time::timeout(TIMEOUT, query).await {
+                            Ok(r) => r,
+                            Err(_) => Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "redis command timed out",
+                            )
+                            .into()),
+                        }
+                    });
+                    let _ = reply.send(answer);
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Conn {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn run(&self, req: Req) -> redis::RedisResult<Value> {
+        let (reply, answer) = mpsc::channel();
+        let gone = || -> redis::RedisError {
+            std::io::Error::other("the redis connection thread is gone").into()
+        };
+        self.tx
+            .as_ref()
+            .ok_or_else(gone)?
+            .send((req, reply))
+            .map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// What `index rebuild` found.
@@ -43,16 +130,40 @@ pub struct Rebuilt {
 impl Store {
     /// Connects to `url` (checked as `dyncert_redis` checks it; the
     /// password never reaches a message).
-    pub fn connect(url: &str, keys: Keys) -> Result<Store, CliError> {
+    pub fn connect(url: &str, tls: RedisTls, keys: Keys) -> Result<Store, CliError> {
         let shown = redact_redis_url(url);
         check_redis_url(url)
             .map_err(|e| CliError::Input(format!("invalid Redis URL \"{shown}\": {e}")))?;
-        let fail = |e: redis::RedisError| CliError::Redis(format!("Redis at {shown}: {e}"));
-        let client = redis::Client::open(url).map_err(fail)?;
-        let conn = client.get_connection_with_timeout(TIMEOUT).map_err(fail)?;
-        conn.set_read_timeout(Some(TIMEOUT)).map_err(fail)?;
-        conn.set_write_timeout(Some(TIMEOUT)).map_err(fail)?;
-        Ok(Store { conn, keys })
+        let target = RedisTarget::new(url, tls, TIMEOUT)
+            .map_err(|e| CliError::Input(format!("invalid Redis URL \"{shown}\": {e}")))?;
+        let one_transaction = target.topology.spans_slots_in_transactions();
+        let cluster = !one_transaction;
+        let conn =
+            Conn::start(target).map_err(|e| CliError::Redis(format!("Redis at {shown}: {e}")))?;
+        let store = Store {
+            conn,
+            keys,
+            one_transaction,
+            cluster,
+        };
+        // Connect now, so an unreachable Redis is reported as such.
+        store
+            .conn
+            .run(Req::Cmd(redis::cmd("PING")))
+            .map_err(|e| CliError::Redis(format!("Redis at {shown}: {e}")))?;
+        Ok(store)
+    }
+
+    /// One command.
+    fn q<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, CliError> {
+        let v = self.conn.run(Req::Cmd(cmd))?;
+        Ok(T::from_redis_value(v).map_err(redis::RedisError::from)?)
+    }
+
+    /// A pipeline (or a MULTI/EXEC transaction).
+    fn qp<T: FromRedisValue>(&self, pipe: redis::Pipeline) -> Result<T, CliError> {
+        let v = self.conn.run(Req::Pipe(pipe))?;
+        Ok(T::from_redis_value(v).map_err(redis::RedisError::from)?)
     }
 
     fn key(&self, name: &str) -> String {
@@ -67,7 +178,8 @@ impl Store {
             .ok_or_else(|| CliError::Input("the expiry index is off (--index off)".into()))
     }
 
-    /// Replaces the record and its index entry in one transaction.
+    /// Replaces the record and its index entry in one transaction (in a
+    /// Cluster: the record's transaction, then the index entry).
     pub fn put(&mut self, p: &Prepared) -> Result<(), CliError> {
         let key = self.key(&p.name);
         let mut pipe = redis::pipe();
@@ -79,10 +191,17 @@ impl Store {
             hset.arg(*field).arg(value.as_slice());
         }
         hset.ignore();
+        let mut zadd = redis::cmd("ZADD");
         if let Some(index) = &self.keys.index {
-            pipe.zadd(index, &p.name, p.not_after).ignore();
+            zadd.arg(index).arg(p.not_after).arg(&p.name);
+            if self.one_transaction {
+                pipe.add_command(zadd.clone()).ignore();
+            }
         }
-        pipe.query::<()>(&mut self.conn)?;
+        self.qp::<()>(pipe)?;
+        if self.keys.index.is_some() && !self.one_transaction {
+            self.q::<()>(zadd)?;
+        }
         Ok(())
     }
 
@@ -95,7 +214,8 @@ impl Store {
         }
         match &self.keys.index {
             Some(index) => {
-                let score: Option<f64> = self.conn.zscore(index, &p.name)?;
+                let score: Option<f64> =
+                    self.q(redis::cmd("ZSCORE").arg(index).arg(&p.name).clone())?;
                 Ok(score == Some(p.not_after as f64))
             }
             None => Ok(true),
@@ -105,21 +225,35 @@ impl Store {
     /// Every field of the record stored for `name` (empty: none).
     pub fn fields(&mut self, name: &str) -> Result<HashMap<String, Vec<u8>>, CliError> {
         let key = self.key(name);
-        Ok(self.conn.hgetall(key)?)
+        self.q(redis::cmd("HGETALL").arg(key).clone())
     }
 
     /// Deletes the record and its index entry; false when neither was
     /// there.
     pub fn delete(&mut self, name: &str) -> Result<bool, CliError> {
         let key = self.key(name);
-        let mut pipe = redis::pipe();
-        pipe.atomic().del(&key);
+        let mut zrem = redis::cmd("ZREM");
         if let Some(index) = &self.keys.index {
-            pipe.zrem(index, name);
-        } else {
-            pipe.cmd("ECHO").arg(0);
+            zrem.arg(index).arg(name);
         }
-        let (deleted, removed): (i64, i64) = pipe.query(&mut self.conn)?;
+        let (deleted, removed): (i64, i64) = if !self.one_transaction {
+            // Different hash slots in a Cluster: one command each.
+            let deleted = self.q(redis::cmd("DEL").arg(&key).clone())?;
+            let removed = match self.keys.index {
+                Some(_) => self.q(zrem)?,
+                None => 0,
+            };
+            (deleted, removed)
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.atomic().del(&key);
+            if self.keys.index.is_some() {
+                pipe.add_command(zrem);
+            } else {
+                pipe.cmd("ECHO").arg(0);
+            }
+            self.qp(pipe)?
+        };
         Ok(deleted > 0 || removed > 0)
     }
 
@@ -128,33 +262,43 @@ impl Store {
     /// channel is off.
     pub fn invalidate(&mut self, target: &str) -> Result<Option<i64>, CliError> {
         match &self.keys.channel {
-            Some(channel) => Ok(Some(self.conn.publish(channel, target)?)),
+            Some(channel) => Ok(Some(
+                self.q(redis::cmd("PUBLISH").arg(channel).arg(target).clone())?,
+            )),
             None => Ok(None),
         }
     }
 
     /// A plain string value (`issue`'s ACME account), `None` when absent.
     pub fn get_string(&mut self, key: &str) -> Result<Option<String>, CliError> {
-        Ok(self.conn.get(key)?)
+        self.q(redis::cmd("GET").arg(key).clone())
     }
 
     /// Sets a plain string value without expiry.
     pub fn set_string(&mut self, key: &str, value: &str) -> Result<(), CliError> {
-        let _: () = self.conn.set(key, value)?;
+        self.q::<()>(redis::cmd("SET").arg(key).arg(value).clone())?;
         Ok(())
     }
 
     /// Sets `key` to `value` for `ttl` seconds (an HTTP-01 answer: it must
     /// not outlive the validation if the cleanup never runs).
     pub fn set_expiring(&mut self, key: &str, value: &str, ttl: u64) -> Result<(), CliError> {
-        let _: () = self.conn.set_ex(key, value, ttl)?;
+        self.q::<()>(
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("EX")
+                .arg(ttl)
+                .clone(),
+        )?;
         Ok(())
     }
 
     /// Deletes plain keys (challenge answers).
     pub fn delete_keys(&mut self, keys: &[String]) -> Result<(), CliError> {
-        if !keys.is_empty() {
-            let _: () = self.conn.del(keys)?;
+        // One DEL each: in a Cluster the keys are in different slots.
+        for key in keys {
+            self.q::<()>(redis::cmd("DEL").arg(key).clone())?;
         }
         Ok(())
     }
@@ -172,12 +316,12 @@ impl Store {
             Some(t) => t.to_string(),
             None => "+inf".to_owned(),
         };
-        let entries: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
+        let entries: Vec<(String, f64)> = self.q(redis::cmd("ZRANGEBYSCORE")
             .arg(&index)
             .arg("-inf")
             .arg(max)
             .arg("WITHSCORES")
-            .query(&mut self.conn)?;
+            .clone())?;
         Ok(entries.into_iter().map(|(n, s)| (n, s as i64)).collect())
     }
 
@@ -186,22 +330,29 @@ impl Store {
     /// readers never see it half built.
     pub fn rebuild_index(&mut self) -> Result<Rebuilt, CliError> {
         let index = self.index()?.to_owned();
+        if self.cluster {
+            // SCAN walks one node, and the index is written in batches
+            // across slots: not done yet.
+            return Err(CliError::Input(
+                "index rebuild is not supported with a cluster:// URL".into(),
+            ));
+        }
         let temp = format!("{index}:rebuild:{}", std::process::id());
         let pattern = format!("{}*", glob_escape(&self.keys.prefix));
-        let _: () = self.conn.del(&temp)?;
+        self.q::<()>(redis::cmd("DEL").arg(&temp).clone())?;
         let mut done = Rebuilt {
             indexed: 0,
             skipped: 0,
         };
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            let (next, keys): (u64, Vec<String>) = self.q(redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(BATCH)
-                .query(&mut self.conn)?;
+                .clone())?;
             let entries = self.expiries(&keys, &temp, &index)?;
             done.skipped += keys.len() - entries.len();
             if !entries.is_empty() {
@@ -210,7 +361,7 @@ impl Store {
                 for (name, not_after) in &entries {
                     zadd.arg(*not_after).arg(name);
                 }
-                let _: () = zadd.query(&mut self.conn)?;
+                self.q::<()>(zadd)?;
                 done.indexed += entries.len();
             }
             if next == 0 {
@@ -219,9 +370,9 @@ impl Store {
             cursor = next;
         }
         if done.indexed > 0 {
-            let _: () = self.conn.rename(&temp, &index)?;
+            self.q::<()>(redis::cmd("RENAME").arg(&temp).arg(&index).clone())?;
         } else {
-            let _: () = self.conn.del(&index)?;
+            self.q::<()>(redis::cmd("DEL").arg(&index).clone())?;
         }
         Ok(done)
     }
@@ -241,7 +392,11 @@ impl Store {
         for k in keys {
             types.cmd("TYPE").arg(k);
         }
-        let kinds: Vec<String> = types.query(&mut self.conn)?;
+        let kinds: Vec<String> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            self.qp(types)?
+        };
         let hashes: Vec<&String> = keys
             .iter()
             .zip(&kinds)
@@ -252,7 +407,11 @@ impl Store {
         for k in &hashes {
             reads.cmd("HMGET").arg(k.as_str()).arg("crt_der").arg("crt");
         }
-        let values: Vec<CrtFields> = reads.query(&mut self.conn)?;
+        let values: Vec<CrtFields> = if hashes.is_empty() {
+            Vec::new()
+        } else {
+            self.qp(reads)?
+        };
         let mut out = Vec::new();
         for (key, (der, pem)) in hashes.iter().zip(values) {
             let Some(name) = key.strip_prefix(&prefix) else {

@@ -347,6 +347,52 @@ pub fn redis_url(v: &[u8]) -> Result<String> {
     }
 }
 
+/// `dyncert_redis_tls_certificate CERT KEY`: the client certificate's
+/// chain and its key (read by the shell from the files) must parse, the
+/// key must be unencrypted and match the leaf. The key comes back as
+/// PKCS#8 PEM, the form the TLS client takes (a SEC1 or PKCS#1 key file
+/// works too). Errors never show key material.
+pub fn redis_client_certificate(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> std::result::Result<(Vec<u8>, Vec<u8>), String> {
+    let chain = openssl::x509::X509::stack_from_pem(cert_pem)
+        .ok()
+        .filter(|c| !c.is_empty())
+        .ok_or("no PEM certificate in the certificate file")?;
+    let key = openssl::pkey::PKey::private_key_from_pem_callback(key_pem, |_| Ok(0))
+        .map_err(|_| "no unencrypted PEM private key in the key file")?;
+    let matches = chain[0]
+        .public_key()
+        .map(|p| p.public_eq(&key))
+        .unwrap_or(false);
+    if !matches {
+        return Err("the key does not match the certificate".to_owned());
+    }
+    let pkcs8 = key
+        .private_key_to_pem_pkcs8()
+        .map_err(|_| "the key cannot be converted to PKCS#8")?;
+    Ok((cert_pem.to_vec(), pkcs8))
+}
+
+/// The cross-directive rule of the `dyncert_redis_tls_*` directives: they
+/// need a TLS URL in `dyncert_redis` (`rediss://`), and are refused with
+/// `clusters://`, whose nodes the redis crate connects to with the
+/// system's trust store only (native-tls).
+pub fn check_redis_tls(url: &str, directive: &str) -> std::result::Result<(), String> {
+    use crate::topology::Topology;
+    match Topology::parse(url) {
+        Ok(Topology::Single { tls: true, .. }) => Ok(()),
+        Ok(Topology::Cluster { tls: true, .. }) => Err(format!(
+            "\"{directive}\" is not supported with a \"clusters://\" URL in \"dyncert_redis\": \
+             cluster nodes are verified with the system's trust store"
+        )),
+        _ => Err(format!(
+            "\"{directive}\" is set but \"dyncert_redis\" is not a \"rediss://\" URL"
+        )),
+    }
+}
+
 /// `dyncert_api URL [writeback=TIME]`: the URL template (checked) and the
 /// write-back TTL if given (`0` turns write-back off).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -877,6 +923,52 @@ mod tests {
         let all = AllowArg::all();
         assert!(crate::cidr::matches(&all, "203.0.113.9".parse().unwrap()));
         assert!(crate::cidr::matches(&all, "2001:db8::9".parse().unwrap()));
+    }
+
+    #[test]
+    fn redis_client_certificates_need_their_own_unencrypted_key() {
+        use crate::validate::testpki;
+        let key = testpki::key();
+        let cert = testpki::pem(&testpki::leaf(&["client.example"], &key, -1, 30));
+        let (c, k) = redis_client_certificate(&cert, &testpki::key_pem(&key)).unwrap();
+        assert_eq!(c, cert);
+        assert!(k.starts_with(b"-----BEGIN PRIVATE KEY-----"));
+        let other = testpki::key();
+        assert_eq!(
+            redis_client_certificate(&cert, &testpki::key_pem(&other)).unwrap_err(),
+            "the key does not match the certificate"
+        );
+        assert!(redis_client_certificate(b"", &testpki::key_pem(&key)).is_err());
+        let encrypted = key
+            .private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_256_cbc(), b"pw")
+            .unwrap();
+        assert_eq!(
+            redis_client_certificate(&cert, &encrypted).unwrap_err(),
+            "no unencrypted PEM private key in the key file"
+        );
+    }
+
+    #[test]
+    fn redis_tls_directives_need_a_rediss_url() {
+        let d = "dyncert_redis_tls_trusted_certificate";
+        assert_eq!(check_redis_tls("rediss://u:p@h:6380/0", d), Ok(()));
+        let e = check_redis_tls("redis://h:6379/0", d).unwrap_err();
+        assert!(e.contains(d) && e.contains("dyncert_redis"), "{e}");
+        assert!(check_redis_tls("sentinel://s1/m", d).is_err());
+        assert!(check_redis_tls("clusters://n1:7000", d)
+            .unwrap_err()
+            .contains("not supported"));
+    }
+
+    #[test]
+    fn redis_urls_of_every_topology_are_checked_and_never_echo_passwords() {
+        assert!(redis_url(b"sentinel://s1:26379,s2:26379/mymaster/0").is_ok());
+        assert!(redis_url(b"cluster://n1:7000,n2:7001").is_ok());
+        let e = redis_url(b"cluster://u:s3cret@n1/2").unwrap_err();
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        assert!(e.to_string().contains("database 0"), "{e}");
+        let e = redis_url(b"sentinel://u:s3cret@s1").unwrap_err();
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod template;
 pub mod tenant;
 pub mod tier;
 pub mod timefmt;
+pub mod topology;
 pub mod validate;
 pub mod worker;
 pub mod workqueue;

@@ -90,6 +90,8 @@ pub enum Simple {
     Invalidations,
     RedisErrors,
     Resubscribes,
+    RedisConnectErrors,
+    RedisReplicaReads,
     AllowDenials,
     TenantDenials,
     ClientCertRejections,
@@ -101,7 +103,7 @@ pub enum Simple {
     TierLoadsRefused,
 }
 
-const SIMPLE: [(Simple, &str, &str); 16] = [
+const SIMPLE: [(Simple, &str, &str); 18] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -136,6 +138,17 @@ const SIMPLE: [(Simple, &str, &str); 16] = [
         Simple::Resubscribes,
         "dyncert_redis_resubscribes_total",
         "Times the invalidation subscription was re-established after a disconnect.",
+    ),
+    (
+        Simple::RedisConnectErrors,
+        "dyncert_redis_connect_errors_total",
+        "Failures to connect to (or talk to) a Redis node, sentinel or cluster node \
+         (refused, TLS handshake, credentials, dropped connections).",
+    ),
+    (
+        Simple::RedisReplicaReads,
+        "dyncert_redis_replica_reads_total",
+        "Reads a Sentinel-named replica answered because the primary was unreachable.",
     ),
     (
         Simple::AllowDenials,

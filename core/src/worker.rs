@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::cache::{CachePolicy, CertCache, Lookup};
 use crate::clock::Millis;
 use crate::compact::Deadlines;
-use crate::fetch::{load_stored, Event, FetchResult, Fetcher, Outcome, TierData};
+use crate::fetch::{load_stored, Event, FetchResult, Fetcher, Outcome, RedisNote, TierData};
 use crate::flight::{Inflight, Join};
 use crate::intern::Interner;
 use crate::metrics::{MetricSink, Simple, W_BYTES, W_ENTRIES, W_INFLIGHT};
@@ -468,8 +468,43 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 log(Level::Warn, msg);
                 Vec::new()
             }
+            Event::Redis(note) => {
+                self.on_redis_note(note, log);
+                Vec::new()
+            }
             // Answered by the ACME handler, which the glue routes them to.
             Event::Acme { .. } => Vec::new(),
+        }
+    }
+
+    /// Counts a Redis connection failure or replica read, and logs it with
+    /// the node's address unless the same node was logged moments ago.
+    fn on_redis_note(&mut self, note: RedisNote, log: &mut dyn FnMut(Level, String)) {
+        match note {
+            RedisNote::ConnectFailed {
+                node,
+                error,
+                logged,
+            } => {
+                self.count(Simple::RedisConnectErrors);
+                if logged {
+                    log(
+                        Level::Warn,
+                        format!("dyncert: {error} while connecting to redis node \"{node}\""),
+                    );
+                }
+            }
+            RedisNote::ReplicaRead { node, logged } => {
+                self.count(Simple::RedisReplicaReads);
+                if logged {
+                    log(
+                        Level::Warn,
+                        format!(
+                            "dyncert: the redis primary is unreachable, reading from replica \"{node}\""
+                        ),
+                    );
+                }
+            }
         }
     }
 

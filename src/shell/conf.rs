@@ -13,7 +13,8 @@ use dyncert_core::acme;
 use dyncert_core::api::{ApiConfig, MAX_BODY};
 use dyncert_core::cache::CachePolicy;
 use dyncert_core::cidr::Cidr;
-use dyncert_core::fetch::FetcherConfig;
+use dyncert_core::directives::check_redis_tls;
+use dyncert_core::fetch::{FetcherConfig, RedisTls};
 use dyncert_core::template::UrlTemplate;
 use ngx::ffi::{
     ngx_array_push, ngx_conf_t, ngx_http_core_srv_conf_t, ngx_http_handler_pt, ngx_http_phases,
@@ -75,6 +76,8 @@ const DEFAULT_WRITEBACK_MS: ngx_msec_t = 24 * 3600 * 1000;
 #[derive(Debug, Default)]
 pub struct MainConf {
     pub redis_url: Option<String>,
+    /// `dyncert_redis_tls_trusted_certificate`, `dyncert_redis_tls_certificate`.
+    pub redis_tls: RedisTls,
     pub prefix: Option<String>,
     pub cache: Option<CachePolicy>,
     pub fetch_timeout: Option<ngx_msec_t>,
@@ -147,6 +150,7 @@ impl MainConf {
         };
         Ok(FetcherConfig {
             redis_url: self.redis_url.clone(),
+            redis_tls: self.redis_tls.clone(),
             prefix: self.prefix().to_owned(),
             redis_timeout: self.redis_timeout(),
             api,
@@ -321,6 +325,25 @@ impl Uses {
         }
         uses
     }
+}
+
+/// The `dyncert_redis_tls_*` directives need a `rediss://` URL.
+pub fn check_redis_tls_use(cf: &mut ngx_conf_t, mcf: &MainConf) -> Result<(), Refused> {
+    let set = [
+        (
+            mcf.redis_tls.ca.is_some(),
+            "dyncert_redis_tls_trusted_certificate",
+        ),
+        (
+            mcf.redis_tls.client.is_some(),
+            "dyncert_redis_tls_certificate",
+        ),
+    ];
+    for (_, directive) in set.iter().filter(|(on, _)| *on) {
+        let url = mcf.redis_url.as_deref().unwrap_or("");
+        check_redis_tls(url, directive).map_err(|e| emerg(cf, format_args!("{e}")))?;
+    }
+    Ok(())
 }
 
 /// `dyncert on` needs somewhere to read certificates from.

@@ -247,21 +247,69 @@ fn api_trusted_certificate(
     if mcf.api_trusted_certificate.is_some() {
         return Err(DirectiveError::Duplicate);
     }
-    let mut file = args[0];
-    // Relative paths resolve against the configuration prefix, like
-    // ssl_trusted_certificate.
+    let (path, pem) = read_file(cf, &args[0])?;
+    if !directives::has_pem_certificate(&pem) {
+        return Err(emerg(cf, format_args!("no PEM certificate in \"{path}\"")).into());
+    }
+    mcf.api_trusted_certificate = Some(pem);
+    Ok(())
+}
+
+/// Reads a file a directive names; relative paths resolve against the
+/// configuration prefix, like `ssl_trusted_certificate`. An unreadable
+/// file fails `nginx -t`, naming it.
+fn read_file(cf: &mut ngx_conf_t, name: &ngx_str_t) -> Result<(String, Vec<u8>), DirectiveError> {
+    let mut file = *name;
     // SAFETY: cf->cycle is the cycle being loaded; ngx_conf_full_name
     // allocates the full name in its pool.
     if unsafe { ngx_conf_full_name(cf.cycle, &mut file, 1) } != NGX_OK as isize {
         return Err(DirectiveError::Refused);
     }
     let path = lossy(&file);
-    let pem =
+    let bytes =
         std::fs::read(&path).map_err(|e| emerg(cf, format_args!("cannot read \"{path}\": {e}")))?;
+    Ok((path, bytes))
+}
+
+directive!(ngx_http_dyncert_redis_tls_trusted_certificate => redis_tls_trusted_certificate);
+/// `dyncert_redis_tls_trusted_certificate FILE;`: the CA certificates that
+/// verify `rediss://` servers (instead of the system's).
+fn redis_tls_trusted_certificate(
+    cf: &mut ngx_conf_t,
+    mcf: &mut MainConf,
+    args: &[ngx_str_t],
+) -> DirectiveResult {
+    if mcf.redis_tls.ca.is_some() {
+        return Err(DirectiveError::Duplicate);
+    }
+    let (path, pem) = read_file(cf, &args[0])?;
     if !directives::has_pem_certificate(&pem) {
         return Err(emerg(cf, format_args!("no PEM certificate in \"{path}\"")).into());
     }
-    mcf.api_trusted_certificate = Some(pem);
+    mcf.redis_tls.ca = Some(pem);
+    Ok(())
+}
+
+directive!(ngx_http_dyncert_redis_tls_certificate => redis_tls_certificate);
+/// `dyncert_redis_tls_certificate CERT KEY;`: the client certificate
+/// shown to `rediss://` servers that ask for one.
+fn redis_tls_certificate(
+    cf: &mut ngx_conf_t,
+    mcf: &mut MainConf,
+    args: &[ngx_str_t],
+) -> DirectiveResult {
+    if mcf.redis_tls.client.is_some() {
+        return Err(DirectiveError::Duplicate);
+    }
+    let (cert_path, cert) = read_file(cf, &args[0])?;
+    let (key_path, key) = read_file(cf, &args[1])?;
+    let identity = directives::redis_client_certificate(&cert, &key).map_err(|e| {
+        emerg(
+            cf,
+            format_args!("invalid client certificate \"{cert_path}\" with key \"{key_path}\": {e}"),
+        )
+    })?;
+    mcf.redis_tls.client = Some(identity);
     Ok(())
 }
 

@@ -51,6 +51,7 @@ fn configure(cf: &mut ngx_conf_t) -> Result<(), Refused> {
     let servers = conf::servers(cf)?;
     metrics::label_servers(mcf, &servers);
     let uses = Uses::of(&servers);
+    conf::check_redis_tls_use(cf, mcf)?;
     ssl::install_certificate_callbacks(cf, &servers)?;
     if uses.dyncert {
         peek::check_event_method(cf)?;
@@ -319,5 +320,6 @@ fn event_text(ev: &Event) -> String {
             format!("invalidation channel subscribed (again: {resubscribed})")
         }
         Event::Warn(msg) => format!("fetcher warning: {msg}"),
+        Event::Redis(note) => format!("redis connection report: {note:?}"),
     }
 }

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
+use super::conn::RedisConn;
 use super::error::{retryable, AcmeError, RedisError};
 use super::{AcmeAnswer, Event, Shared, MAX_ACME_VALUE};
 
@@ -32,14 +32,14 @@ pub(super) async fn answer(
 /// Reads key authorizations from the certificates' Redis.
 pub(super) struct AcmeReader {
     /// `None` without Redis (or with a Redis URL the client refused).
-    conn: Option<ConnectionManager>,
+    conn: Option<RedisConn>,
     prefix: String,
     timeout: Duration,
 }
 
 impl AcmeReader {
     pub(super) fn new(
-        redis: &Option<Result<ConnectionManager, RedisError>>,
+        redis: &Option<Result<RedisConn, RedisError>>,
         prefix: &str,
         timeout: Duration,
     ) -> AcmeReader {
@@ -67,11 +67,7 @@ impl AcmeReader {
     }
 
     /// `Err` only for a connection error worth a retry.
-    async fn read_once(
-        &self,
-        conn: &mut ConnectionManager,
-        token: &str,
-    ) -> Result<AcmeAnswer, RedisError> {
+    async fn read_once(&self, conn: &mut RedisConn, token: &str) -> Result<AcmeAnswer, RedisError> {
         let key = format!("{}{}", self.prefix, token);
         // STRLEN first: the answer is bounded like every other input.
         let mut pipe = redis::pipe();

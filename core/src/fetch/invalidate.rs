@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
+use super::conn::{Notes, RedisTarget};
 use super::error::RedisError;
 use super::{Event, Shared};
 use crate::name::normalize_sni;
@@ -14,9 +15,9 @@ use crate::name::normalize_sni;
 /// Listens on the invalidation channel for the life of the worker,
 /// re-subscribing with backoff after any disconnect.
 pub(super) async fn subscribe(
-    url: String,
+    target: RedisTarget,
     channel: String,
-    timeout: Duration,
+    notes: Notes,
     shared: Arc<Shared>,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -25,9 +26,9 @@ pub(super) async fn subscribe(
     loop {
         let mut subscribed = false;
         let err = match listen(
-            &url,
+            &target,
             &channel,
-            timeout,
+            &notes,
             &shared,
             subscribed_before,
             &mut subscribed,
@@ -54,15 +55,17 @@ pub(super) async fn subscribe(
 }
 
 async fn listen(
-    url: &str,
+    target: &RedisTarget,
     channel: &str,
-    timeout: Duration,
+    notes: &Notes,
     shared: &Shared,
     resubscribed: bool,
     subscribed: &mut bool,
 ) -> Result<(), RedisError> {
-    let client = redis::Client::open(url).map_err(|e| RedisError::command(&e))?;
-    let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
+    let timeout = target.timeout;
+    // The node depends on the deployment (RedisTarget::pubsub); a failure
+    // to reach it is already reported with its address.
+    let (_node, mut pubsub) = tokio::time::timeout(timeout * 3, target.pubsub(notes))
         .await
         .map_err(|_| RedisError::ConnectTimeout)?
         .map_err(|e| RedisError::command(&e))?;

@@ -15,6 +15,7 @@
 //! `error` (what a failure is).
 
 mod acme;
+mod conn;
 mod error;
 mod invalidate;
 mod redis;
@@ -38,17 +39,22 @@ use crate::tier::TierHit;
 use crate::validate::{Invalid, ParsedCert};
 use crate::workqueue::WorkQueue;
 
+pub use crate::topology::redact_redis_url;
+pub use conn::{is_connection_failure, Notes, RedisConn, RedisNote, RedisTarget, RedisTls};
 pub use error::{AcmeError, FetchError, RedisError};
 pub use invalidate::invalidation_target;
-pub use redis::{check_redis_url, redact_redis_url};
+pub use redis::check_redis_url;
 
 use sources::{ParseJob, Sources};
 
 /// Settings of one worker's fetcher, built from the nginx configuration.
 #[derive(Clone)]
 pub struct FetcherConfig {
-    /// `redis://` URL, already validated with [`check_redis_url`].
+    /// Redis URL (one server, `sentinel://` or `cluster://`), already
+    /// validated with [`check_redis_url`].
     pub redis_url: Option<String>,
+    /// CA and client certificate of `rediss://` and `clusters://`.
+    pub redis_tls: RedisTls,
     /// Key prefix; the key is prefix + normalised name.
     pub prefix: String,
     /// Bound on each Redis command and on connecting.
@@ -147,6 +153,9 @@ pub enum Event {
     },
     /// Something the operator should see (subscription trouble).
     Warn(String),
+    /// A Redis connection failed, or a replica answered a read: counted,
+    /// and logged with the node's address.
+    Redis(RedisNote),
     /// An ACME challenge read finished.
     Acme {
         token: String,
@@ -418,15 +427,22 @@ fn run(
         }
     };
     rt.block_on(async move {
-        let redis = cfg
-            .redis_url
-            .as_deref()
-            .map(|url| redis::connect(url, cfg.redis_timeout));
-        if let (Some(url), Some(channel)) = (&cfg.redis_url, &cfg.invalidate_channel) {
+        let note_shared = shared.clone();
+        let notes = Notes::new(move |n| note_shared.push(Event::Redis(n)));
+        let target = cfg.redis_url.as_deref().map(|url| {
+            RedisTarget::new(url, cfg.redis_tls.clone(), cfg.redis_timeout)
+                .map_err(RedisError::Client)
+        });
+        let redis = target.as_ref().map(|t| {
+            t.as_ref()
+                .map_err(Clone::clone)
+                .and_then(|t| redis::connect(t, notes.clone()))
+        });
+        if let (Some(Ok(target)), Some(channel)) = (&target, &cfg.invalidate_channel) {
             tokio::spawn(invalidate::subscribe(
-                url.clone(),
+                target.clone(),
                 channel.clone(),
-                cfg.redis_timeout,
+                notes.clone(),
                 shared.clone(),
             ));
         }

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
+use super::conn::{Notes, RedisConn, RedisTarget};
 use super::error::{retryable, RedisError};
 use crate::outcome::Refusal;
 use crate::record::{
     check_lengths, check_policy_lengths, chosen_form, decode_record, Form, Record,
 };
+use crate::topology::Topology;
 
 /// Hash fields whose sizes are read first.
 const SIZED: [&str; 6] = ["crt", "key", "allow", "client_ca", "crt_der", "key_der"];
@@ -19,45 +19,23 @@ const PEM_FIELDS: [&str; 4] = ["crt", "key", "allow", "client_ca"];
 /// Hash fields of a record in DER form.
 const DER_FIELDS: [&str; 4] = ["crt_der", "key_der", "allow", "client_ca"];
 
-/// A Redis URL fit for a log line or an `nginx -t` error: the user info's
-/// password (or a user info that is only a password) becomes `***`. Also
-/// for URLs that do not parse: whatever precedes the host's `@` is hidden.
-pub fn redact_redis_url(url: &str) -> String {
-    let (scheme, rest) = match url.find("://") {
-        Some(i) => (&url[..i + 3], &url[i + 3..]),
-        None => ("", url),
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &rest[..at];
-    let shown = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None if userinfo.is_empty() => String::new(),
-        None => "***".to_owned(),
-    };
-    format!("{scheme}{shown}{}", &rest[at..])
-}
-
-/// Checks a Redis URL at configuration time so a typo fails `nginx -t`.
+/// Checks a Redis URL at configuration time so a typo fails `nginx -t`:
+/// the multi-node forms by [`Topology::parse`], the others by the redis
+/// crate (as before those forms existed).
 pub fn check_redis_url(url: &str) -> Result<(), String> {
-    redis::Client::open(url)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    match Topology::parse(url).map_err(|e| e.to_string())? {
+        Topology::Single { url, .. } => redis::Client::open(url.as_str())
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Topology::Sentinel { .. } | Topology::Cluster { .. } => Ok(()),
+    }
 }
 
-/// Creates the connection lazily: nginx must start (and serve defaults)
-/// while Redis is down; the manager reconnects with backoff by itself.
-pub(super) fn connect(url: &str, timeout: Duration) -> Result<ConnectionManager, RedisError> {
-    let client = redis::Client::open(url).map_err(|e| RedisError::Client(e.to_string()))?;
-    let mcfg = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(2)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_lazy_with_config(client, mcfg)
+/// Creates the connection handle; it connects lazily: nginx must start
+/// (and serve defaults) while Redis is down, and reconnects with backoff.
+pub(super) fn connect(target: &RedisTarget, notes: Notes) -> Result<RedisConn, RedisError> {
+    target
+        .connect(notes)
         .map_err(|e| RedisError::Client(e.to_string()))
 }
 
@@ -87,11 +65,7 @@ impl RedisAnswer {
 /// Reads a record, once more on a connection error: after a Redis
 /// restart the first command fails on the dead connection while the
 /// manager reconnects, and the retry waits for the new one.
-pub(super) async fn read_record(
-    conn: &mut ConnectionManager,
-    key: &str,
-    timeout: Duration,
-) -> RedisAnswer {
+pub(super) async fn read_record(conn: &mut RedisConn, key: &str, timeout: Duration) -> RedisAnswer {
     match read_record_once(conn, key, timeout).await {
         RedisAnswer::Retry(_) => match read_record_once(conn, key, timeout).await {
             RedisAnswer::Retry(e) => RedisAnswer::Failed(e),
@@ -101,7 +75,7 @@ pub(super) async fn read_record(
     }
 }
 
-async fn read_record_once(conn: &mut ConnectionManager, key: &str, t: Duration) -> RedisAnswer {
+async fn read_record_once(conn: &mut RedisConn, key: &str, t: Duration) -> RedisAnswer {
     // Sizes first, so an oversized value is refused without being read,
     // and only one form of a record that carries both is transferred.
     let mut pipe = redis::pipe();
@@ -174,8 +148,11 @@ pub(super) struct Expiry {
 
 /// Stores an API answer in Redis (DEL, HSET, EXPIRE and the expiry
 /// index's ZADD, atomically) so the next terminator finds it there. Best
-/// effort, off the lookup's path.
-pub(super) fn write_back(mut conn: ConnectionManager, w: WriteBack, ttl: Duration, t: Duration) {
+/// effort, off the lookup's path. In a Cluster the record and the index
+/// are in different hash slots, which one MULTI/EXEC cannot span: the
+/// record is written atomically, then the index entry (see
+/// `Topology::spans_slots_in_transactions`).
+pub(super) fn write_back(mut conn: RedisConn, w: WriteBack, ttl: Duration, t: Duration) {
     let ttl = ttl.as_secs().max(1);
     tokio::spawn(async move {
         let WriteBack {
@@ -211,46 +188,19 @@ pub(super) fn write_back(mut conn: ConnectionManager, w: WriteBack, ttl: Duratio
         }
         hset.ignore().cmd("EXPIRE").arg(&key).arg(ttl).ignore();
         // In the same transaction, so the index never names a record
-        // that was not written (or misses one that was).
+        // that was not written (or misses one that was); in a Cluster
+        // right after it, once the record is written.
+        let mut zadd = redis::cmd("ZADD");
         if let Some(e) = &index {
-            pipe.cmd("ZADD")
-                .arg(&e.index)
-                .arg(e.not_after_secs)
-                .arg(&e.name)
-                .ignore();
+            zadd.arg(&e.index).arg(e.not_after_secs).arg(&e.name);
         }
-        let _ = tokio::time::timeout(t, pipe.query_async::<()>(&mut conn)).await;
+        let one_transaction = conn.spans_slots_in_transactions();
+        if index.is_some() && one_transaction {
+            pipe.add_command(zadd.clone()).ignore();
+        }
+        let written = tokio::time::timeout(t, pipe.query_async::<()>(&mut conn)).await;
+        if index.is_some() && !one_transaction && matches!(written, Ok(Ok(()))) {
+            let _ = tokio::time::timeout(t, zadd.query_async::<()>(&mut conn)).await;
+        }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redis_url_passwords_never_reach_messages() {
-        assert_eq!(
-            redact_redis_url("redis://:s3cret@127.0.0.1:6379/0"),
-            "redis://:***@127.0.0.1:6379/0"
-        );
-        assert_eq!(
-            redact_redis_url("rediss://app:s3cret@redis.internal/2?protocol=resp3"),
-            "rediss://app:***@redis.internal/2?protocol=resp3"
-        );
-        assert_eq!(redact_redis_url("redis://s3cret@host"), "redis://***@host");
-        // A '@' in the password itself: everything up to the host's '@'.
-        assert_eq!(
-            redact_redis_url("redis://u:a@b@host/0"),
-            "redis://u:***@host/0"
-        );
-        assert_eq!(redact_redis_url("not a url :s3cret@x"), "not a url :***@x");
-        assert_eq!(
-            redact_redis_url("redis://127.0.0.1/0"),
-            "redis://127.0.0.1/0"
-        );
-        assert_eq!(redact_redis_url("redis://h/p@th"), "redis://h/p@th");
-        for url in ["redis://:s3cret@h", "redis://u:s3cret@h:1/0", "s3cret@h"] {
-            assert!(!redact_redis_url(url).contains("s3cret"), "{url}");
-        }
-    }
 }

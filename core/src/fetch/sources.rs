@@ -6,8 +6,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
-
+use super::conn::RedisConn;
 use super::error::{FetchError, RedisError};
 use super::redis::{read_record, write_back, Expiry, RedisAnswer, WriteBack};
 use super::{FetcherConfig, Outcome, Step, Stored, TierData};
@@ -26,7 +25,7 @@ pub(super) type ParseJob = Box<dyn FnOnce() + Send>;
 /// Everything a lookup may ask, shared by the lookups in flight.
 pub(super) struct Sources {
     cfg: FetcherConfig,
-    redis: Option<Result<ConnectionManager, RedisError>>,
+    redis: Option<Result<RedisConn, RedisError>>,
     api: Option<ApiClient>,
     /// Shared parsed intermediates (one object per distinct DER).
     intermediates: Arc<Interner>,
@@ -37,7 +36,7 @@ pub(super) struct Sources {
 impl Sources {
     pub(super) fn new(
         cfg: FetcherConfig,
-        redis: Option<Result<ConnectionManager, RedisError>>,
+        redis: Option<Result<RedisConn, RedisError>>,
         api: Option<ApiClient>,
         parse: Arc<WorkQueue<ParseJob>>,
         intermediates: Arc<Interner>,
@@ -190,7 +189,7 @@ impl Sources {
     }
 
     /// Reads the record stored for `name` (a name or `*.parent`).
-    async fn read_redis(&self, conn: &mut ConnectionManager, name: &str) -> RedisAnswer {
+    async fn read_redis(&self, conn: &mut RedisConn, name: &str) -> RedisAnswer {
         let key = format!("{}{}", self.cfg.prefix, name);
         read_record(conn, &key, self.cfg.redis_timeout).await
     }

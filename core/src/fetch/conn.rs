@@ -1,0 +1,705 @@
+//! One connection handle for every kind of Redis deployment the
+//! [`Topology`] names, built on the redis crate's own TLS, Sentinel and
+//! Cluster support: a `ConnectionManager` for one server, a Cluster
+//! connection (MOVED/ASK, slot map refreshes) for a Cluster, and for
+//! Sentinel a connection to the primary the sentinels name, found again
+//! after a failover. Every connection failure is reported with the node's
+//! address ([`RedisNote`]); reads a replica answered because the primary
+//! could not are reported too.
+//!
+//! Connections are made lazily, on first use and again after a failure:
+//! nginx starts (and serves defaults) while Redis is down.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSub,
+};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
+use redis::{
+    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionAddr, IntoConnectionInfo,
+    RedisConnectionInfo, RedisFuture, RedisResult, TlsCertificates, TlsMode, Value,
+};
+
+use crate::topology::{is_read_only, Auth, Node, Topology};
+
+/// TLS material of `rediss://` and `clusters://` connections
+/// (`dyncert_redis_tls_trusted_certificate`,
+/// `dyncert_redis_tls_certificate`): PEM CA certificates to verify the
+/// servers with instead of the system's, and a client certificate with
+/// its PKCS#8 key. `Debug` shows neither.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca: Option<Vec<u8>>,
+    /// (certificate chain PEM, PKCS#8 key PEM).
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca.as_ref().map(Vec::len))
+            .field("client", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl RedisTls {
+    pub fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.client.is_none()
+    }
+
+    fn certificates(&self) -> TlsCertificates {
+        TlsCertificates {
+            client_tls: self.client.as_ref().map(|(c, k)| ClientTlsConfig {
+                client_cert: c.clone(),
+                client_key: k.clone(),
+            }),
+            root_cert: self.ca.clone(),
+        }
+    }
+}
+
+/// Something about the Redis connections the operator should see and the
+/// metrics count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisNote {
+    /// Connecting to (or talking to) `node` failed. `logged` is false for
+    /// repeats within [`NOTE_LOG_INTERVAL`] of the same node's last line:
+    /// counted, not logged again.
+    ConnectFailed {
+        node: String,
+        error: String,
+        logged: bool,
+    },
+    /// The primary could not be reached; a replica answered a read.
+    ReplicaRead { node: String, logged: bool },
+}
+
+/// Shortest time between two log lines about one node.
+pub const NOTE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Where notes go (the fetcher pushes them to the event loop), with the
+/// per-node log rate limit.
+#[derive(Clone)]
+pub struct Notes {
+    sink: Arc<dyn Fn(RedisNote) + Send + Sync>,
+    last: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl Notes {
+    pub fn new(sink: impl Fn(RedisNote) + Send + Sync + 'static) -> Notes {
+        Notes {
+            sink: Arc::new(sink),
+            last: Arc::default(),
+        }
+    }
+
+    /// Notes that go nowhere (the CLI reports its own errors).
+    pub fn none() -> Notes {
+        Notes::new(|_| {})
+    }
+
+    fn should_log(&self, key: &str) -> bool {
+        let Ok(mut last) = self.last.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        match last.get(key) {
+            Some(t) if now.duration_since(*t) < NOTE_LOG_INTERVAL => false,
+            _ => {
+                if last.len() > 1024 {
+                    last.clear();
+                }
+                last.insert(key.to_owned(), now);
+                true
+            }
+        }
+    }
+
+    fn connect_failed(&self, node: &str, e: &redis::RedisError) {
+        let logged = self.should_log(node);
+        (self.sink)(RedisNote::ConnectFailed {
+            node: node.to_owned(),
+            error: super::error::RedisError::command(e).to_string(),
+            logged,
+        });
+    }
+
+    fn replica_read(&self, node: &str) {
+        let logged = self.should_log(&format!("replica {node}"));
+        (self.sink)(RedisNote::ReplicaRead {
+            node: node.to_owned(),
+            logged,
+        });
+    }
+}
+
+/// A failure of the connection rather than of the command: the node is
+/// down, unreachable, refused the TLS handshake or the credentials.
+pub fn is_connection_failure(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::Server(_)
+                if e.code() == Some("WRONGPASS") || e.code() == Some("NOAUTH")
+        )
+}
+
+/// How to reach a deployment: the topology, TLS material, the bound on
+/// connecting and on each command.
+#[derive(Debug, Clone)]
+pub struct RedisTarget {
+    pub topology: Topology,
+    pub tls: RedisTls,
+    pub timeout: Duration,
+}
+
+impl RedisTarget {
+    /// Parses `url` (already checked at configuration time).
+    pub fn new(url: &str, tls: RedisTls, timeout: Duration) -> Result<RedisTarget, String> {
+        let topology = Topology::parse(url).map_err(|e| e.to_string())?;
+        Ok(RedisTarget {
+            topology,
+            tls,
+            timeout,
+        })
+    }
+
+    /// The connection handle (nothing is connected yet).
+    pub fn connect(&self, notes: Notes) -> RedisResult<RedisConn> {
+        let t = self.timeout;
+        match &self.topology {
+            Topology::Single { url, .. } => {
+                let client = single_client(url, &self.tls)?;
+                let mcfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(t))
+                    .set_response_timeout(Some(t))
+                    .set_number_of_retries(2)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_secs(2));
+                let conn = ConnectionManager::new_lazy_with_config(client, mcfg)?;
+                Ok(RedisConn::Single {
+                    conn,
+                    node: Arc::from(self.topology.shown_nodes()),
+                    notes,
+                })
+            }
+            Topology::Cluster { nodes, auth, tls } => {
+                let urls: Vec<String> = nodes.iter().map(|n| format!("redis://{n}")).collect();
+                let mut b = ClusterClient::builder(urls)
+                    .connection_timeout(t)
+                    .response_timeout(t)
+                    .retries(2);
+                if let Some(u) = &auth.username {
+                    b = b.username(u);
+                }
+                if let Some(p) = &auth.password {
+                    b = b.password(p);
+                }
+                // The system's trust store only: with native-tls the crate's
+                // Cluster support takes no private CA or client certificate
+                // (`nginx -t` refuses them with `clusters://`).
+                if *tls {
+                    b = b.tls(TlsMode::Secure);
+                }
+                Ok(RedisConn::Cluster(Arc::new(LazyCluster {
+                    client: b.build()?,
+                    conn: tokio::sync::Mutex::new(None),
+                    timeout: t,
+                    shown: self.topology.shown_nodes(),
+                    notes,
+                })))
+            }
+            Topology::Sentinel {
+                sentinels,
+                service,
+                db,
+                auth,
+            } => {
+                let infos = sentinels
+                    .iter()
+                    .map(|n| ConnectionAddr::Tcp(n.host.clone(), n.port).into_connection_info())
+                    .collect::<RedisResult<Vec<_>>>()?;
+                let node_info = SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(redis_info(auth, *db));
+                Ok(RedisConn::Sentinel(Arc::new(SentinelConn {
+                    db: *db,
+                    sentinel: tokio::sync::Mutex::new(Sentinel::build(infos)?),
+                    service: service.clone(),
+                    node_info,
+                    primary: tokio::sync::Mutex::new(None),
+                    config: AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(t))
+                        .set_response_timeout(Some(t)),
+                    timeout: t,
+                    shown: self.topology.shown_nodes(),
+                    notes,
+                })))
+            }
+        }
+    }
+
+    /// A pub/sub connection for the invalidation channel, and the node it
+    /// is on. One server: that server. Cluster: the first listed node
+    /// that answers (a PUBLISH on any node of a Redis 7 cluster reaches
+    /// the subscribers of every node). Sentinel: the current primary,
+    /// found again after a failover (the sentinels close the demoted
+    /// primary's pub/sub clients, which ends the subscription).
+    pub async fn pubsub(&self, notes: &Notes) -> RedisResult<(String, PubSub)> {
+        let t = self.timeout;
+        let timed = |e: tokio::time::error::Elapsed| -> redis::RedisError {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, e.to_string()).into()
+        };
+        match &self.topology {
+            Topology::Single { url, .. } => {
+                let client = single_client(url, &self.tls)?;
+                let node = self.topology.shown_nodes();
+                match tokio::time::timeout(t, client.get_async_pubsub()).await {
+                    Ok(Ok(p)) => Ok((node, p)),
+                    Ok(Err(e)) => {
+                        notes.connect_failed(&node, &e);
+                        Err(e)
+                    }
+                    Err(e) => {
+                        let e = timed(e);
+                        notes.connect_failed(&node, &e);
+                        Err(e)
+                    }
+                }
+            }
+            Topology::Cluster { nodes, auth, tls } => {
+                let mut last = None;
+                for n in nodes {
+                    let client = node_client(n, auth, 0, *tls, &self.tls)?;
+                    let r = match tokio::time::timeout(t, client.get_async_pubsub()).await {
+                        Ok(r) => r,
+                        Err(e) => Err(timed(e)),
+                    };
+                    match r {
+                        Ok(p) => return Ok((n.to_string(), p)),
+                        Err(e) => {
+                            notes.connect_failed(&n.to_string(), &e);
+                            last = Some(e);
+                        }
+                    }
+                }
+                Err(last.unwrap_or_else(|| std::io::Error::other("no cluster node").into()))
+            }
+            Topology::Sentinel { .. } => {
+                let RedisConn::Sentinel(s) = self.connect(notes.clone())? else {
+                    unreachable!("a sentinel topology makes a sentinel connection");
+                };
+                let (node, client) = s.primary_client().await?;
+                match tokio::time::timeout(t, client.get_async_pubsub()).await {
+                    Ok(Ok(p)) => Ok((node, p)),
+                    Ok(Err(e)) => {
+                        notes.connect_failed(&node, &e);
+                        Err(e)
+                    }
+                    Err(e) => {
+                        let e = timed(e);
+                        notes.connect_failed(&node, &e);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A `redis://` or `rediss://` client, with the configured CA and client
+/// certificate for the latter.
+fn single_client(url: &str, tls: &RedisTls) -> RedisResult<Client> {
+    if tls.is_empty() {
+        Client::open(url)
+    } else {
+        Client::build_with_tls(url, tls.certificates())
+    }
+}
+
+fn redis_info(auth: &Auth, db: i64) -> RedisConnectionInfo {
+    let mut info = RedisConnectionInfo::default().set_db(db);
+    if let Some(u) = &auth.username {
+        info = info.set_username(u);
+    }
+    if let Some(p) = &auth.password {
+        info = info.set_password(p);
+    }
+    info
+}
+
+/// A client of one listed node.
+fn node_client(n: &Node, auth: &Auth, db: i64, tls: bool, certs: &RedisTls) -> RedisResult<Client> {
+    let addr = if tls {
+        ConnectionAddr::TcpTls {
+            host: n.host.clone(),
+            port: n.port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(n.host.clone(), n.port)
+    };
+    let info = addr
+        .into_connection_info()?
+        .set_redis_settings(redis_info(auth, db));
+    if tls && !certs.is_empty() {
+        Client::build_with_tls(info, certs.certificates())
+    } else {
+        Client::open(info)
+    }
+}
+
+fn addr_of(client: &Client) -> String {
+    match client.get_connection_info().addr() {
+        ConnectionAddr::Tcp(h, p)
+        | ConnectionAddr::TcpTls {
+            host: h, port: p, ..
+        } => Node {
+            host: h.clone(),
+            port: *p,
+        }
+        .to_string(),
+        ConnectionAddr::Unix(p) => p.display().to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The connection handle of one deployment; cheap to clone (every clone
+/// shares the connections).
+#[derive(Clone)]
+pub enum RedisConn {
+    Single {
+        conn: ConnectionManager,
+        /// The server, as log lines show it.
+        node: Arc<str>,
+        notes: Notes,
+    },
+    Cluster(Arc<LazyCluster>),
+    Sentinel(Arc<SentinelConn>),
+}
+
+impl RedisConn {
+    /// Whether a record and its index entry can share a MULTI/EXEC (see
+    /// [`Topology::spans_slots_in_transactions`]).
+    pub fn spans_slots_in_transactions(&self) -> bool {
+        !matches!(self, RedisConn::Cluster(_))
+    }
+}
+
+/// A request: one command or a pipeline's slice.
+enum Req<'a> {
+    Cmd(&'a Cmd),
+    Pipe(&'a redis::Pipeline, usize, usize),
+}
+
+impl Req<'_> {
+    fn read_only(&self) -> bool {
+        fn name(c: &Cmd) -> &[u8] {
+            match c.args_iter().next() {
+                Some(redis::Arg::Simple(n)) => n,
+                _ => b"",
+            }
+        }
+        match self {
+            Req::Cmd(c) => is_read_only([name(c)]),
+            Req::Pipe(p, ..) => is_read_only(p.cmd_iter().map(name)),
+        }
+    }
+
+    async fn send<C: ConnectionLike>(&self, c: &mut C) -> RedisResult<Vec<Value>> {
+        match *self {
+            Req::Cmd(cmd) => c.req_packed_command(cmd).await.map(|v| vec![v]),
+            Req::Pipe(p, offset, count) => c.req_packed_commands(p, offset, count).await,
+        }
+    }
+}
+
+fn first(mut v: Vec<Value>) -> Value {
+    if v.is_empty() {
+        Value::Nil
+    } else {
+        v.swap_remove(0)
+    }
+}
+
+impl RedisConn {
+    async fn run(&mut self, req: Req<'_>) -> RedisResult<Vec<Value>> {
+        match self {
+            RedisConn::Single { conn, node, notes } => {
+                let r = req.send(conn).await;
+                if let Err(e) = &r {
+                    if is_connection_failure(e) {
+                        notes.connect_failed(node, e);
+                    }
+                }
+                r
+            }
+            RedisConn::Cluster(c) => c.run(req).await,
+            RedisConn::Sentinel(s) => s.run(req).await,
+        }
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move { self.run(Req::Cmd(cmd)).await.map(first) })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move { self.run(Req::Pipe(pipeline, offset, count)).await })
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single { conn, .. } => conn.get_db(),
+            RedisConn::Cluster(_) => 0,
+            RedisConn::Sentinel(s) => s.node_info_db(),
+        }
+    }
+}
+
+/// A Cluster connection, made on first use and again after it failed.
+pub struct LazyCluster {
+    client: ClusterClient,
+    conn: tokio::sync::Mutex<Option<ClusterConnection>>,
+    timeout: Duration,
+    shown: String,
+    notes: Notes,
+}
+
+impl LazyCluster {
+    async fn get(&self) -> RedisResult<ClusterConnection> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = &*slot {
+            return Ok(c.clone());
+        }
+        let c = match tokio::time::timeout(self.timeout, self.client.get_async_connection()).await {
+            Ok(r) => r?,
+            Err(e) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, e.to_string()).into())
+            }
+        };
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn run(&self, req: Req<'_>) -> RedisResult<Vec<Value>> {
+        let r = match self.get().await {
+            Ok(mut c) => req.send(&mut c).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &r {
+            if is_connection_failure(e) {
+                let node = match e.redirect_node() {
+                    Some((h, p)) => format!("{h}:{p}"),
+                    None => self.shown.clone(),
+                };
+                self.notes.connect_failed(&node, e);
+            }
+        }
+        r
+    }
+}
+
+/// The primary of a Sentinel-managed service: asked of the sentinels on
+/// first use and again after the primary failed or turned read-only (a
+/// failover demoted it). A read the primary cannot answer goes to a
+/// replica the sentinels name.
+pub struct SentinelConn {
+    db: i64,
+    sentinel: tokio::sync::Mutex<Sentinel>,
+    service: String,
+    node_info: SentinelNodeConnectionInfo,
+    /// The primary's address and a connection to it.
+    primary: tokio::sync::Mutex<Option<(String, MultiplexedConnection)>>,
+    config: AsyncConnectionConfig,
+    timeout: Duration,
+    shown: String,
+    notes: Notes,
+}
+
+impl SentinelConn {
+    fn node_info_db(&self) -> i64 {
+        self.db
+    }
+
+    fn timed_out(what: &str) -> redis::RedisError {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out")).into()
+    }
+
+    /// The primary's client, as the sentinels name it now (the crate
+    /// checks that it calls itself primary).
+    async fn primary_client(&self) -> RedisResult<(String, Client)> {
+        let mut sentinel = self.sentinel.lock().await;
+        let found = tokio::time::timeout(
+            self.timeout * 2,
+            sentinel.async_master_for(&self.service, Some(&self.node_info)),
+        )
+        .await;
+        let client = match found {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                self.notes.connect_failed(&self.shown, &e);
+                return Err(e);
+            }
+            Err(_) => {
+                let e = Self::timed_out("asking the sentinels for the primary");
+                self.notes.connect_failed(&self.shown, &e);
+                return Err(e);
+            }
+        };
+        Ok((addr_of(&client), client))
+    }
+
+    async fn primary(&self) -> RedisResult<(String, MultiplexedConnection)> {
+        let mut slot = self.primary.lock().await;
+        if let Some(p) = &*slot {
+            return Ok(p.clone());
+        }
+        let (addr, client) = self.primary_client().await?;
+        let conn = match client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.notes.connect_failed(&addr, &e);
+                return Err(e);
+            }
+        };
+        *slot = Some((addr.clone(), conn.clone()));
+        Ok((addr, conn))
+    }
+
+    async fn forget(&self, addr: &str) {
+        let mut slot = self.primary.lock().await;
+        if slot.as_ref().is_some_and(|(a, _)| a == addr) {
+            *slot = None;
+        }
+    }
+
+    async fn run(&self, req: Req<'_>) -> RedisResult<Vec<Value>> {
+        let mut last = None;
+        // Twice: a connection that broke (or a primary that was demoted)
+        // is dropped and the primary asked for again.
+        for _ in 0..2 {
+            let (addr, mut conn) = match self.primary().await {
+                Ok(p) => p,
+                Err(e) => {
+                    if req.read_only() {
+                        return self.read_replica(&req, e).await;
+                    }
+                    return Err(e);
+                }
+            };
+            match req.send(&mut conn).await {
+                Ok(v) => return Ok(v),
+                Err(e)
+                    if is_connection_failure(&e)
+                        || e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) =>
+                {
+                    self.notes.connect_failed(&addr, &e);
+                    self.forget(&addr).await;
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let e = last.unwrap_or_else(|| Self::timed_out("redis"));
+        if req.read_only() {
+            return self.read_replica(&req, e).await;
+        }
+        Err(e)
+    }
+
+    /// A read the primary could not answer, asked of a replica; the
+    /// primary's error when no replica answers either.
+    async fn read_replica(
+        &self,
+        req: &Req<'_>,
+        primary_error: redis::RedisError,
+    ) -> RedisResult<Vec<Value>> {
+        let client = {
+            let mut sentinel = self.sentinel.lock().await;
+            match tokio::time::timeout(
+                self.timeout,
+                sentinel.async_replica_for(&self.service, Some(&self.node_info)),
+            )
+            .await
+            {
+                Ok(Ok(c)) => c,
+                _ => return Err(primary_error),
+            }
+        };
+        let addr = addr_of(&client);
+        let mut conn = match client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.notes.connect_failed(&addr, &e);
+                return Err(primary_error);
+            }
+        };
+        let v = req.send(&mut conn).await?;
+        self.notes.replica_read(&addr);
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_material_never_reaches_debug_output() {
+        let tls = RedisTls {
+            ca: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
+            client: Some((b"CERT".to_vec(), b"PRIVATE KEY".to_vec())),
+        };
+        let shown = format!("{tls:?}");
+        assert!(!shown.contains("PRIVATE"), "{shown}");
+        assert!(!shown.contains("BEGIN"), "{shown}");
+    }
+
+    #[test]
+    fn repeated_failures_of_one_node_are_counted_but_logged_once_per_interval() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let notes = Notes::new(move |n| sink.lock().unwrap().push(n));
+        let e =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        notes.connect_failed("a:1", &e);
+        notes.connect_failed("a:1", &e);
+        notes.connect_failed("b:2", &e);
+        let logged: Vec<bool> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|n| match n {
+                RedisNote::ConnectFailed { logged, .. } => *logged,
+                RedisNote::ReplicaRead { logged, .. } => *logged,
+            })
+            .collect();
+        assert_eq!(logged, [true, false, true]);
+        assert!(is_connection_failure(&e));
+    }
+}
