@@ -5,7 +5,9 @@
 //!   default certificate, client CAs and certificates; bulk generation on
 //!   all CPUs.
 //! - [`redis`]: a `redis-server` on a free port (stop, restart, SIGSTOP),
-//!   RESP commands and pipelines, records; [`monitor`]: MONITOR.
+//!   RESP commands and pipelines, records; [`monitor`]: MONITOR;
+//!   [`deploy`]: TLS (client certificates, ACL users), Sentinel and
+//!   Cluster deployments.
 //! - [`nginx`]: the NGINX the module was built against, from an `http {}`
 //!   template and one [`NginxOpts`]; `nginx -t`; reloads; log checks.
 //! - [`api`]: the certificate API (`dyncert_api`), programmable per name.
@@ -22,6 +24,7 @@
 
 pub mod api;
 pub mod client;
+pub mod deploy;
 pub mod http;
 pub mod module;
 pub mod monitor;
@@ -37,6 +40,7 @@ pub use api::{json_string, ApiReply, ApiRequest, CertApi, API_PATH};
 pub use client::{
     is_unrecognized_name, tls_burst, Exchange, HelloSent, Request, TlsConn, TlsSide, IO_TIMEOUT,
 };
+pub use deploy::{RedisCluster, RedisSentinel, TlsRedis, TlsRedisOpts, SENTINEL_SERVICE};
 pub use module::{ensure_fresh_module, module_path, nginx_bin, profile_dir};
 pub use monitor::{Monitor, Observed};
 pub use net::{

@@ -127,6 +127,11 @@ pub struct Redis {
     dir: TempDir,
     child: Option<Child>,
     starts: u32,
+    /// Extra `redis-server` arguments (TLS, ACL users, cluster mode).
+    args: Vec<String>,
+    /// A configuration file to start from (Sentinel needs one it can
+    /// rewrite), written into the server's directory.
+    conf: Option<String>,
 }
 
 impl Redis {
@@ -145,7 +150,37 @@ impl Redis {
             dir: TempDir::new("redis"),
             child: None,
             starts: 0,
+            args: Vec::new(),
+            conf: None,
         }
+    }
+
+    /// Starts a server with extra `redis-server` arguments (they come
+    /// after the kit's own, so they may override them).
+    pub fn start_with<S: AsRef<str>>(args: &[S]) -> Redis {
+        let mut r = Redis::reserve();
+        r.args = args.iter().map(|a| a.as_ref().to_owned()).collect();
+        r.start_server();
+        r
+    }
+
+    /// Starts `redis-server CONF --sentinel` (`conf` may use `@PORT@`).
+    pub fn start_sentinel(conf: &str) -> Redis {
+        let mut r = Redis::reserve();
+        r.conf = Some(conf.replace("@PORT@", &r.port.to_string()));
+        r.args = vec!["--sentinel".into()];
+        r.start_server();
+        r
+    }
+
+    /// The server's own directory (certificates, logs, configuration).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The server's log so far (for a test's failure message).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// The `dyncert_redis` URL of this server.
@@ -168,6 +203,11 @@ impl Redis {
         self.starts += 1;
         let log = fs::File::create(self.log_path()).expect("redis log file");
         let mut cmd = Command::new("redis-server");
+        if let Some(conf) = &self.conf {
+            let path = self.dir.path().join("redis.conf");
+            fs::write(&path, conf).expect("redis.conf");
+            cmd.arg(path);
+        }
         cmd.args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
@@ -176,6 +216,7 @@ impl Redis {
             .args(["--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

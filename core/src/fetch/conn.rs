@@ -517,6 +517,19 @@ impl LazyCluster {
     }
 }
 
+/// How often a Sentinel connection asks the sentinels whether the primary
+/// it uses is still the primary.
+pub const PRIMARY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The primary's address, a connection to it, and when the sentinels last
+/// named it.
+#[derive(Clone)]
+struct Primary {
+    addr: String,
+    conn: MultiplexedConnection,
+    checked: Instant,
+}
+
 /// The primary of a Sentinel-managed service: asked of the sentinels on
 /// first use and again after the primary failed or turned read-only (a
 /// failover demoted it). A read the primary cannot answer goes to a
@@ -526,8 +539,7 @@ pub struct SentinelConn {
     sentinel: tokio::sync::Mutex<Sentinel>,
     service: String,
     node_info: SentinelNodeConnectionInfo,
-    /// The primary's address and a connection to it.
-    primary: tokio::sync::Mutex<Option<(String, MultiplexedConnection)>>,
+    primary: tokio::sync::Mutex<Option<Primary>>,
     config: AsyncConnectionConfig,
     timeout: Duration,
     shown: String,
@@ -570,7 +582,25 @@ impl SentinelConn {
     async fn primary(&self) -> RedisResult<(String, MultiplexedConnection)> {
         let mut slot = self.primary.lock().await;
         if let Some(p) = &*slot {
-            return Ok(p.clone());
+            // The sentinels' word is checked again at most once per
+            // interval: after a failover the old primary may still accept
+            // reads (and answer "no such record") until the sentinels get
+            // round to demoting it.
+            if p.checked.elapsed() < PRIMARY_CHECK_INTERVAL {
+                return Ok((p.addr.clone(), p.conn.clone()));
+            }
+            match self.primary_client().await {
+                Ok((addr, _)) if addr == p.addr => {
+                    let mut p = p.clone();
+                    p.checked = Instant::now();
+                    *slot = Some(p.clone());
+                    return Ok((p.addr, p.conn));
+                }
+                Ok(_) => {}
+                // The sentinels cannot be asked: keep the primary that
+                // still answers.
+                Err(_) => return Ok((p.addr.clone(), p.conn.clone())),
+            }
         }
         let (addr, client) = self.primary_client().await?;
         let conn = match client
@@ -583,13 +613,23 @@ impl SentinelConn {
                 return Err(e);
             }
         };
-        *slot = Some((addr.clone(), conn.clone()));
+        *slot = Some(Primary {
+            addr: addr.clone(),
+            conn: conn.clone(),
+            checked: Instant::now(),
+        });
         Ok((addr, conn))
+    }
+
+    /// The primary's address as the sentinels name it now (for the
+    /// invalidation listener, which must move when the primary does).
+    pub async fn primary_addr(&self) -> RedisResult<String> {
+        self.primary_client().await.map(|(addr, _)| addr)
     }
 
     async fn forget(&self, addr: &str) {
         let mut slot = self.primary.lock().await;
-        if slot.as_ref().is_some_and(|(a, _)| a == addr) {
+        if slot.as_ref().is_some_and(|p| p.addr == addr) {
             *slot = None;
         }
     }

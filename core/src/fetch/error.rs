@@ -62,6 +62,9 @@ pub enum RedisError {
     /// The server ended the invalidation subscription.
     #[error("subscription closed")]
     SubscriptionClosed,
+    /// The sentinels named another primary than the one subscribed to.
+    #[error("the sentinels named a new primary")]
+    PrimaryMoved,
 }
 
 impl RedisError {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use super::conn::{Notes, RedisTarget};
+use super::conn::{Notes, RedisConn, RedisTarget, PRIMARY_CHECK_INTERVAL};
 use super::error::RedisError;
 use super::{Event, Shared};
 use crate::name::normalize_sni;
@@ -65,7 +65,7 @@ async fn listen(
     let timeout = target.timeout;
     // The node depends on the deployment (RedisTarget::pubsub); a failure
     // to reach it is already reported with its address.
-    let (_node, mut pubsub) = tokio::time::timeout(timeout * 3, target.pubsub(notes))
+    let (node, mut pubsub) = tokio::time::timeout(timeout * 3, target.pubsub(notes))
         .await
         .map_err(|_| RedisError::ConnectTimeout)?
         .map_err(|e| RedisError::command(&e))?;
@@ -75,8 +75,31 @@ async fn listen(
         .map_err(|e| RedisError::command(&e))?;
     *subscribed = true;
     shared.push(Event::Subscribed { resubscribed });
+    // Under Sentinel the subscription follows the primary: a PUBLISH on a
+    // new primary never reaches an old one the sentinels have not demoted
+    // yet (which would close this subscription).
+    let sentinel = match target.connect(notes.clone()) {
+        Ok(RedisConn::Sentinel(s)) => Some(s),
+        _ => None,
+    };
+    let mut check = tokio::time::interval(PRIMARY_CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stream = pubsub.on_message();
-    while let Some(msg) = stream.next().await {
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            _ = check.tick(), if sentinel.is_some() => {
+                if let Some(s) = &sentinel {
+                    if s.primary_addr().await.is_ok_and(|a| a != node) {
+                        return Err(RedisError::PrimaryMoved);
+                    }
+                }
+                continue;
+            }
+        };
         let payload = msg.get_payload_bytes();
         match invalidation_target(payload) {
             Some(target) => shared.push(Event::Invalidate(target)),
