@@ -1,0 +1,156 @@
+//! The `dyncert` CLI against production Redis deployments: `rediss://`
+//! with an ACL user and the server verified against `--redis-ca`, a
+//! client certificate from `--redis-cert`/`--redis-key`, and a
+//! `cluster://` where a record and the expiry index live on different
+//! nodes. A wrong password fails without showing it.
+
+use std::process::Command;
+
+use dyncert_testkit::*;
+
+const INDEX: &str = "dyncert:expiry";
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn dyncert(url: &str, args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_dyncert"))
+        .arg("--redis")
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("run dyncert");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn assert_ok(out: &Out, what: &str) {
+    assert_eq!(
+        out.code, 0,
+        "{what}: exit {}\nstdout: {}\nstderr: {}",
+        out.code, out.stdout, out.stderr
+    );
+}
+
+/// `put NAME --cert --key` with `extra` global options, then `get NAME`.
+fn put_and_get(url: &str, extra: &[&str], name: &str, leaf: &Leaf) {
+    let dir = TempDir::new("cli-redis");
+    let (crt, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    write_file(&crt, &leaf.chain_pem);
+    write_file(&key, &leaf.key_pem);
+    let mut args: Vec<&str> = extra.to_vec();
+    args.extend([
+        "put",
+        name,
+        "--cert",
+        crt.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert_ok(&dyncert(url, &args), "put");
+    let mut args: Vec<&str> = extra.to_vec();
+    args.extend(["get", name]);
+    let out = dyncert(url, &args);
+    assert_ok(&out, "get");
+    assert!(out.stdout.contains(name), "{}", out.stdout);
+}
+
+#[test]
+fn put_and_get_over_rediss_with_an_acl_user() {
+    let pki = Pki::new();
+    let redis = TlsRedis::start(
+        &pki,
+        TlsRedisOpts {
+            user: Some(("ops", "Cli-pw-5d21")),
+            ..TlsRedisOpts::default()
+        },
+    );
+    let leaf = pki.leaf(&["tls.example.com"], 3001);
+    let ca = redis.ca_file.to_str().unwrap();
+    let url = redis.url(Some("ops:Cli-pw-5d21"));
+    put_and_get(&url, &["--redis-ca", ca], "tls.example.com", &leaf);
+    // Written where the module reads it.
+    assert_eq!(
+        redis
+            .redis
+            .record_field("tls.example.com", "crt")
+            .as_deref(),
+        Some(leaf.chain_pem.as_str())
+    );
+
+    let wrong = redis.url(Some("ops:Bad-pw-0000"));
+    let out = dyncert(&wrong, &["--redis-ca", ca, "get", "tls.example.com"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(!out.stderr.contains("Bad-pw-0000"), "{}", out.stderr);
+    assert!(out.stderr.contains("ops:***@localhost"), "{}", out.stderr);
+
+    // Without the CA the server's certificate is not trusted.
+    let out = dyncert(&url, &["get", "tls.example.com"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+}
+
+#[test]
+fn put_and_get_with_a_client_certificate() {
+    let pki = Pki::new();
+    let redis = TlsRedis::start(
+        &pki,
+        TlsRedisOpts {
+            auth_clients: "yes",
+            ..TlsRedisOpts::default()
+        },
+    );
+    let leaf = pki.leaf(&["mtls.example.com"], 3002);
+    let tls = [
+        "--redis-ca",
+        redis.ca_file.to_str().unwrap(),
+        "--redis-cert",
+        redis.client_cert_file.to_str().unwrap(),
+        "--redis-key",
+        redis.client_key_file.to_str().unwrap(),
+    ];
+    put_and_get(&redis.url(None), &tls, "mtls.example.com", &leaf);
+    // TLS options with a plain URL are a mistake, said before connecting.
+    let out = dyncert("redis://127.0.0.1:1/0", &[&tls[..2], &["list"]].concat());
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("rediss://"), "{}", out.stderr);
+}
+
+#[test]
+fn put_get_and_delete_across_cluster_slots() {
+    let pki = Pki::new();
+    let cluster = RedisCluster::start();
+    // A name whose record is on another node than the index.
+    let name = (0..100)
+        .map(|i| format!("c{i}.example.com"))
+        .find(|n| cluster.owner(&format!("{DEFAULT_PREFIX}{n}")) != cluster.owner(INDEX))
+        .expect("a name on another node than the index");
+    let leaf = pki.leaf(&[name.as_str()], 3003);
+    put_and_get(&cluster.url(), &[], &name, &leaf);
+    assert_eq!(
+        cluster.record_field(&name, "crt").as_deref(),
+        Some(leaf.chain_pem.as_str())
+    );
+    assert!(matches!(
+        cluster.cmd(INDEX, &["ZSCORE", INDEX, &name]),
+        Reply::Bulk(Some(_))
+    ));
+    let out = dyncert(&cluster.url(), &["list"]);
+    assert_ok(&out, "list");
+    assert!(out.stdout.contains(&name), "{}", out.stdout);
+    assert_ok(&dyncert(&cluster.url(), &["delete", &name]), "delete");
+    assert_eq!(cluster.record_field(&name, "crt"), None);
+    assert_eq!(
+        cluster.cmd(INDEX, &["ZSCORE", INDEX, &name]),
+        Reply::Bulk(None)
+    );
+    assert_ok(
+        &dyncert(&cluster.url(), &["invalidate", &name]),
+        "invalidate",
+    );
+}
