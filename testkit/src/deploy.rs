@@ -237,8 +237,16 @@ pub struct RedisSentinel {
 
 impl RedisSentinel {
     pub fn start() -> RedisSentinel {
-        let primary = Redis::start();
-        let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+        // No diskless-sync delay: replicas sync at once, here and after
+        // the failover (the default waits 5 s for more replicas).
+        let primary = Redis::start_with(&["--repl-diskless-sync-delay", "0"]);
+        let replica = Redis::start_with(&[
+            "--repl-diskless-sync-delay",
+            "0",
+            "--replicaof",
+            "127.0.0.1",
+            &primary.port.to_string(),
+        ]);
         let linked = poll(DEADLINE, Duration::from_millis(50), || {
             redis_command(replica.port, &["INFO", "replication"])
                 .ok()

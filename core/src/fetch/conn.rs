@@ -148,11 +148,8 @@ pub fn is_connection_failure(e: &redis::RedisError) -> bool {
         || e.is_connection_dropped()
         || e.is_unrecoverable_error()
         || e.is_timeout()
-        || matches!(
-            e.kind(),
-            redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::Server(_)
-                if e.code() == Some("WRONGPASS") || e.code() == Some("NOAUTH")
-        )
+        || e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
 }
 
 /// How to reach a deployment: the topology, TLS material, the bound on
