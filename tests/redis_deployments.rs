@@ -23,6 +23,7 @@ http {
     dyncert_cache max=1000 valid=1h stale=1h negative=1s;
     server {
         listen 127.0.0.1:@MPORT@;
+        dyncert_acme_challenge on;
         location = /metrics { dyncert_metrics; }
     }
     server {
@@ -300,7 +301,7 @@ fn names_on_every_node(cluster: &RedisCluster) -> Vec<String> {
 }
 
 #[test]
-fn cluster_records_on_every_node_are_served_and_invalidated() {
+fn cluster_serves_records_acme_answers_and_invalidations_from_every_node() {
     let pki = Pki::new();
     let cluster = RedisCluster::start();
     let names = names_on_every_node(&cluster);
@@ -312,12 +313,24 @@ fn cluster_records_on_every_node_are_served_and_invalidated() {
     for (n, l) in names.iter().zip(&leaves) {
         cluster.put_leaf(n, l);
     }
-    let (nginx, _) = start(&pki, &cluster.url(), "", 1);
+    let (nginx, mport) = start(&pki, &cluster.url(), "", 1);
     for (n, l) in names.iter().zip(&leaves) {
         let r = get(&nginx, n);
         r.assert_served(l, &pki);
         assert_eq!(r.source(), "redis", "body {:?}", r.body);
     }
+    // An ACME answer on another shard than the first record.
+    let record_owner = cluster.owner(&format!("{DEFAULT_PREFIX}{}", names[0]));
+    let token = (0..100)
+        .map(|i| format!("tok{i}"))
+        .find(|t| cluster.owner(&format!("dyncert:acme:{t}")) != record_owner)
+        .expect("a token on another shard");
+    let key = format!("dyncert:acme:{token}");
+    cluster.cmd(&key, &["SET", &key, "tok.thumbprint", "EX", "60"]);
+    let r = Request::get(&format!("/.well-known/acme-challenge/{token}"))
+        .http(mport)
+        .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "tok.thumbprint"));
     // PUBLISH on every node reaches the subscriber, wherever it is.
     let ok = poll(DEADLINE, Duration::from_millis(20), || {
         (cluster.subscribers(CHANNEL) >= 1).then_some(())
