@@ -707,6 +707,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_record_and_acme_reads_may_go_to_a_replica_but_no_write() {
+        let mut reads = redis::pipe();
+        reads.cmd("EXISTS").arg("k");
+        for f in ["crt", "key"] {
+            reads.cmd("HSTRLEN").arg("k").arg(f);
+        }
+        assert!(Req::Pipe(&reads, 0, 3).read_only());
+        assert!(Req::Cmd(redis::cmd("HMGET").arg("k").arg("crt")).read_only());
+        assert!(Req::Cmd(&redis::cmd("GET")).read_only());
+        let mut write = redis::pipe();
+        write
+            .atomic()
+            .cmd("DEL")
+            .arg("k")
+            .cmd("HSET")
+            .arg("k")
+            .arg("crt")
+            .arg("x");
+        assert!(!Req::Pipe(&write, 0, 2).read_only());
+        assert!(!Req::Cmd(redis::cmd("ZADD").arg("i").arg(1).arg("n")).read_only());
+    }
+
+    #[test]
     fn tls_material_never_reaches_debug_output() {
         let tls = RedisTls {
             ca: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
