@@ -293,8 +293,9 @@ impl RedisTarget {
                 Err(last.unwrap_or_else(|| std::io::Error::other("no cluster node").into()))
             }
             Topology::Sentinel { .. } => {
-                let RedisConn::Sentinel(s) = self.connect(notes.clone())? else {
-                    unreachable!("a sentinel topology makes a sentinel connection");
+                let s = match self.connect(notes.clone())? {
+                    RedisConn::Sentinel(s) => s,
+                    _ => return Err(std::io::Error::other("not a sentinel connection").into()),
                 };
                 let (node, client) = s.primary_client().await?;
                 match tokio::time::timeout(t, client.get_async_pubsub()).await {

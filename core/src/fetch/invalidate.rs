@@ -11,6 +11,7 @@ use super::conn::{Notes, RedisConn, RedisTarget, PRIMARY_CHECK_INTERVAL};
 use super::error::RedisError;
 use super::{Event, Shared};
 use crate::name::normalize_sni;
+use crate::topology::Topology;
 
 /// Listens on the invalidation channel for the life of the worker,
 /// re-subscribing with backoff after any disconnect.
@@ -78,8 +79,11 @@ async fn listen(
     // Under Sentinel the subscription follows the primary: a PUBLISH on a
     // new primary never reaches an old one the sentinels have not demoted
     // yet (which would close this subscription).
-    let sentinel = match target.connect(notes.clone()) {
-        Ok(RedisConn::Sentinel(s)) => Some(s),
+    let sentinel = match &target.topology {
+        Topology::Sentinel { .. } => match target.connect(notes.clone()) {
+            Ok(RedisConn::Sentinel(s)) => Some(s),
+            _ => None,
+        },
         _ => None,
     };
     let mut check = tokio::time::interval(PRIMARY_CHECK_INTERVAL);
