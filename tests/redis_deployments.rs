@@ -131,7 +131,7 @@ fn wrong_acl_password_fails_closed_is_counted_and_never_logged() {
     let line = nginx
         .wait_for_log_line(DEADLINE, |l| l.contains("while connecting to redis node"))
         .unwrap_or_else(|| panic!("no connection failure logged:\n{}", nginx.error_log()));
-    assert!(line.contains("localhost"), "{line}");
+    assert!(line.contains("\"localhost:"), "{line}");
     assert!(scrape_metrics(mport).get("dyncert_redis_connect_errors_total") >= 1.0);
     let log = nginx.error_log();
     assert!(
@@ -158,7 +158,10 @@ fn redis_certificate_for_another_host_is_refused() {
     let line = nginx
         .wait_for_log_line(DEADLINE, |l| l.contains("while connecting to redis node"))
         .unwrap_or_else(|| panic!("no connection failure logged:\n{}", nginx.error_log()));
-    assert!(line.contains(&redis.tls_port.to_string()), "{line}");
+    assert!(
+        line.contains(&format!("localhost:{}", redis.tls_port)),
+        "{line}"
+    );
     assert!(scrape_metrics(mport).get("dyncert_redis_connect_errors_total") >= 1.0);
 }
 

@@ -178,6 +178,7 @@ impl RedisTarget {
         match &self.topology {
             Topology::Single { url, .. } => {
                 let client = single_client(url, &self.tls)?;
+                let node = addr_of(&client);
                 let mcfg = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(t))
                     .set_response_timeout(Some(t))
@@ -187,7 +188,7 @@ impl RedisTarget {
                 let conn = ConnectionManager::new_lazy_with_config(client, mcfg)?;
                 Ok(RedisConn::Single {
                     conn,
-                    node: Arc::from(self.topology.shown_nodes()),
+                    node: Arc::from(node),
                     notes,
                 })
             }
@@ -260,7 +261,7 @@ impl RedisTarget {
         match &self.topology {
             Topology::Single { url, .. } => {
                 let client = single_client(url, &self.tls)?;
-                let node = self.topology.shown_nodes();
+                let node = addr_of(&client);
                 match tokio::time::timeout(t, client.get_async_pubsub()).await {
                     Ok(Ok(p)) => Ok((node, p)),
                     Ok(Err(e)) => {
@@ -379,7 +380,7 @@ fn addr_of(client: &Client) -> String {
 pub enum RedisConn {
     Single {
         conn: ConnectionManager,
-        /// The server, as log lines show it.
+        /// The server's `host:port` (or socket path), as log lines show it.
         node: Arc<str>,
         notes: Notes,
     },
