@@ -1554,6 +1554,42 @@ mod tests {
     }
 
     #[test]
+    fn redis_connection_failures_are_all_counted_and_logged_with_the_node_unless_repeated() {
+        let (mut w, m) = worker();
+        let failed = |logged| {
+            Event::Redis(RedisNote::ConnectFailed {
+                node: "redis.internal:6380".into(),
+                error: "Connection refused".into(),
+                logged,
+            })
+        };
+        let (woken, lines) = apply(&mut w, failed(true), NOW);
+        assert!(woken.is_empty());
+        assert_eq!(
+            lines,
+            [(
+                Level::Warn,
+                "dyncert: Connection refused while connecting to redis node \"redis.internal:6380\""
+                    .to_owned()
+            )]
+        );
+        let (_, lines) = apply(&mut w, failed(false), NOW);
+        assert!(lines.is_empty());
+        assert_eq!(m.simple(Simple::RedisConnectErrors), 2);
+        let replica = |logged| {
+            Event::Redis(RedisNote::ReplicaRead {
+                node: "10.0.0.2:6379".into(),
+                logged,
+            })
+        };
+        let (_, lines) = apply(&mut w, replica(true), NOW);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].1.contains("\"10.0.0.2:6379\""), "{}", lines[0].1);
+        apply(&mut w, replica(false), NOW);
+        assert_eq!(m.simple(Simple::RedisReplicaReads), 2);
+    }
+
+    #[test]
     fn fetcher_warnings_are_logged_as_they_are() {
         let (mut w, _) = worker();
         let (woken, lines) = apply(&mut w, Event::Warn("dyncert: something".into()), NOW);
