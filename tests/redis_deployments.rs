@@ -390,3 +390,34 @@ http {
     });
     assert!(score.is_some(), "no expiry index entry");
 }
+
+/// `clusters://` verifies the nodes with the system's trust store, which
+/// OpenSSL reads from `SSL_CERT_FILE` when set (nginx passes it to its
+/// workers only with `env SSL_CERT_FILE;`). Without it the nodes' private
+/// CA is not trusted: no connection, the default certificate.
+#[test]
+fn clusters_over_tls_trust_the_system_store_and_fail_closed_without_it() {
+    let pki = Pki::new();
+    let cluster = RedisCluster::start_tls(&pki);
+    let leaf = pki.leaf(&["tls-cluster.example.com"], 2501);
+    cluster.put_leaf("tls-cluster.example.com", &leaf);
+    let ca = cluster.tls.as_ref().unwrap().ca_file.display().to_string();
+    let template = format!("env SSL_CERT_FILE;\n{HTTP}");
+    let opts = || {
+        NginxOpts::new()
+            .var("REDIS", cluster.tls_url())
+            .var("TLS", "")
+            .var("MPORT", free_port())
+    };
+    let trusted = Nginx::start(&pki, &template, opts().env("SSL_CERT_FILE", &ca));
+    let r = get(&trusted, "tls-cluster.example.com");
+    r.assert_served(&leaf, &pki);
+    assert_eq!(r.source(), "redis", "body {:?}", r.body);
+
+    let untrusted = Nginx::start(&pki, HTTP, opts());
+    get(&untrusted, "tls-cluster.example.com").assert_default();
+    let line = untrusted
+        .wait_for_log_line(DEADLINE, |l| l.contains("while connecting to redis node"))
+        .unwrap_or_else(|| panic!("no connection failure logged:\n{}", untrusted.error_log()));
+    assert!(line.contains("certificate verify failed"), "{line}");
+}

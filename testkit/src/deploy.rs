@@ -111,6 +111,18 @@ impl TlsRedis {
 /// Three primaries sharing the 16384 slots, no replicas.
 pub struct RedisCluster {
     pub nodes: Vec<Redis>,
+    /// With TLS (`start_tls`): the nodes' TLS ports, and the CA file that
+    /// verifies them. The kit keeps using the plain ports (Redis 7 answers
+    /// a plain client's MOVED with plain ports, a TLS client's with TLS
+    /// ones).
+    pub tls: Option<ClusterTls>,
+}
+
+/// The TLS side of a [`RedisCluster`].
+pub struct ClusterTls {
+    pub ports: Vec<u16>,
+    pub ca_file: PathBuf,
+    _files: crate::process::TempDir,
 }
 
 fn text(r: &Reply) -> String {
@@ -123,22 +135,89 @@ fn text(r: &Reply) -> String {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(None)
+    }
+
+    /// The cluster over TLS (`--tls-cluster yes`): node certificates from
+    /// `pki` for 127.0.0.1 (what CLUSTER SLOTS names), no client
+    /// certificates.
+    pub fn start_tls(pki: &Pki) -> RedisCluster {
+        RedisCluster::start_with(Some(pki))
+    }
+
+    fn start_with(pki: Option<&Pki>) -> RedisCluster {
+        let tls = pki.map(|pki| {
+            let files = crate::process::TempDir::new("cluster-tls");
+            let leaf = pki.leaf_with(
+                &["localhost"],
+                7101,
+                crate::pki::LeafOpts {
+                    ips: &["127.0.0.1"],
+                    client_auth: true,
+                    ..Default::default()
+                },
+            );
+            let path = |n: &str| files.path().join(n);
+            write_file(&path("node.crt"), &leaf.chain_pem);
+            write_file(&path("node.key"), &leaf.key_pem);
+            write_file(&path("ca.crt"), pki.root.cert_pem.as_bytes());
+            ClusterTls {
+                ports: (0..3).map(|_| free_port()).collect(),
+                ca_file: path("ca.crt"),
+                _files: files,
+            }
+        });
         let nodes: Vec<Redis> = (0..3)
-            .map(|_| {
-                Redis::start_with(&[
+            .map(|i| {
+                let mut args: Vec<String> = [
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "2000",
-                ])
+                ]
+                .map(String::from)
+                .to_vec();
+                if let Some(t) = &tls {
+                    let dir = t.ca_file.parent().unwrap();
+                    args.extend([
+                        "--tls-port".to_owned(),
+                        t.ports[i].to_string(),
+                        "--tls-cluster".to_owned(),
+                        "yes".to_owned(),
+                        "--tls-cert-file".to_owned(),
+                        dir.join("node.crt").display().to_string(),
+                        "--tls-key-file".to_owned(),
+                        dir.join("node.key").display().to_string(),
+                        "--tls-ca-cert-file".to_owned(),
+                        t.ca_file.display().to_string(),
+                        "--tls-auth-clients".to_owned(),
+                        "no".to_owned(),
+                    ]);
+                }
+                Redis::start_with(&args)
             })
             .collect();
-        let mut create = Command::new("redis-cli");
-        create.arg("--cluster").arg("create");
-        for n in &nodes {
-            create.arg(format!("127.0.0.1:{}", n.port));
+        // Bounded: a cluster whose nodes cannot meet must fail the test,
+        // not hang it ("Waiting for the cluster to join" forever).
+        let mut create = Command::new("timeout");
+        create.arg("30").arg("redis-cli");
+        match &tls {
+            // The cluster bus port follows the TLS port: create over TLS.
+            Some(t) => {
+                create.arg("--tls").arg("--cacert").arg(&t.ca_file);
+                create.arg("--cluster").arg("create");
+                for p in &t.ports {
+                    create.arg(format!("127.0.0.1:{p}"));
+                }
+            }
+            None => {
+                create.arg("--cluster").arg("create");
+                for n in &nodes {
+                    create.arg(format!("127.0.0.1:{}", n.port));
+                }
+            }
         }
         let out = create
             .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -150,7 +229,7 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let c = RedisCluster { nodes };
+        let c = RedisCluster { nodes, tls };
         let ok = poll(DEADLINE, Duration::from_millis(50), || {
             c.nodes
                 .iter()
@@ -163,6 +242,13 @@ impl RedisCluster {
         });
         assert!(ok.is_some(), "the cluster did not reach cluster_state:ok");
         c
+    }
+
+    /// `clusters://127.0.0.1:T1,127.0.0.1:T2,127.0.0.1:T3` (`start_tls`).
+    pub fn tls_url(&self) -> String {
+        let t = self.tls.as_ref().expect("a cluster started with start_tls");
+        let nodes: Vec<String> = t.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("clusters://{}", nodes.join(","))
     }
 
     /// `cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.

@@ -40,7 +40,9 @@ pub use api::{json_string, ApiReply, ApiRequest, CertApi, API_PATH};
 pub use client::{
     is_unrecognized_name, tls_burst, Exchange, HelloSent, Request, TlsConn, TlsSide, IO_TIMEOUT,
 };
-pub use deploy::{RedisCluster, RedisSentinel, TlsRedis, TlsRedisOpts, SENTINEL_SERVICE};
+pub use deploy::{
+    ClusterTls, RedisCluster, RedisSentinel, TlsRedis, TlsRedisOpts, SENTINEL_SERVICE,
+};
 pub use module::{ensure_fresh_module, module_path, nginx_bin, profile_dir};
 pub use monitor::{Monitor, Observed};
 pub use net::{

@@ -75,6 +75,9 @@ pub struct LeafOpts<'a> {
     pub expires_in: Option<Duration>,
     /// IP address SANs, for a server the module connects to by address.
     pub ips: &'a [&'a str],
+    /// Also for client authentication (a Redis Cluster node presents its
+    /// certificate to the other nodes).
+    pub client_auth: bool,
 }
 
 /// A root CA, an intermediate CA, and the static default certificate
@@ -95,6 +98,7 @@ enum Kind<'a> {
     Server {
         dns: &'a [&'a str],
         ips: &'a [&'a str],
+        client_auth: bool,
     },
     /// A client certificate: a subject, no names.
     Client,
@@ -222,9 +226,18 @@ fn issue(spec: Spec<'_>, issuer: Option<&Issued>) -> (X509, PKey<Private>) {
             b.append_extension(ku).unwrap();
         }
     }
-    if let Kind::Server { dns, ips } = spec.kind {
-        b.append_extension(ExtendedKeyUsage::new().server_auth().build().unwrap())
-            .unwrap();
+    if let Kind::Server {
+        dns,
+        ips,
+        client_auth,
+    } = spec.kind
+    {
+        let mut eku = ExtendedKeyUsage::new();
+        eku.server_auth();
+        if client_auth {
+            eku.client_auth();
+        }
+        b.append_extension(eku.build().unwrap()).unwrap();
         if !dns.is_empty() || !ips.is_empty() {
             let mut san = SubjectAlternativeName::new();
             for d in dns {
@@ -292,6 +305,7 @@ impl Pki {
                 kind: Kind::Server {
                     dns: &[DEFAULT_NAME],
                     ips: &[],
+                    client_auth: false,
                 },
                 serial: Some(1),
                 not_before: now - HOUR,
@@ -326,6 +340,7 @@ impl Pki {
                 kind: Kind::Server {
                     dns: sans,
                     ips: opts.ips,
+                    client_auth: opts.client_auth,
                 },
                 serial: Some(serial),
                 not_before,
@@ -350,6 +365,7 @@ impl Pki {
                 kind: Kind::Server {
                     dns: &[&name],
                     ips: &[],
+                    client_auth: false,
                 },
                 serial: Some(serial),
                 not_before: now - HOUR,

@@ -193,7 +193,10 @@ impl RedisTarget {
                 })
             }
             Topology::Cluster { nodes, auth, tls } => {
-                let urls: Vec<String> = nodes.iter().map(|n| format!("redis://{n}")).collect();
+                // rediss:// for the listed nodes themselves (the TLS mode
+                // below is what discovered nodes get).
+                let scheme = if *tls { "rediss" } else { "redis" };
+                let urls: Vec<String> = nodes.iter().map(|n| format!("{scheme}://{n}")).collect();
                 let mut b = ClusterClient::builder(urls)
                     .connection_timeout(t)
                     .response_timeout(t)
