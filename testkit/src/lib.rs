@@ -50,6 +50,7 @@ pub use process::{
     STARTUP_DEADLINE,
 };
 pub use redis::{
-    encode_command, redis_command, redis_command_timeout, Redis, RedisConn, Reply, DEFAULT_PREFIX,
+    encode_command, read_reply, redis_command, redis_command_timeout, Redis, RedisConn, Reply,
+    DEFAULT_PREFIX,
 };
 pub use stack::{ApiStack, Stack};
