@@ -28,8 +28,9 @@
 #
 # It prints a table of the scenarios with PASS/FAIL and exits 1 on any FAIL.
 # Needs root (namespaces, iptables), haproxy, iptables and redis-server
-# (scripts/deps.sh --fleet), and the release build: cargo build --release
-# --workspace (the module, the NGINX binary built with it, dyncert-bench).
+# (scripts/deps.sh --fleet), and the release builds of the module (with the
+# NGINX built alongside) and of dyncert-bench: cargo build --release &&
+# cargo build --release -p dyncert-bench.
 # Without root or network namespaces it fails: it never skips.
 #
 # Environment:
@@ -111,7 +112,7 @@ for tool in ip iptables haproxy redis-server redis-cli curl; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found: run scripts/deps.sh --fleet"
 done
 [[ -x $BENCH && -f $MODULE && -s $ROOT/target/release/nginx-build-dir.txt ]] ||
-    die "release build missing: cargo build --release --workspace"
+    die "release build missing: cargo build --release && cargo build --release -p dyncert-bench"
 NGINX=$(<"$ROOT/target/release/nginx-build-dir.txt")/nginx
 [[ -x $NGINX ]] || die "no nginx binary at $NGINX"
 case $FLEET_REDIS in

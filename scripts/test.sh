@@ -113,8 +113,9 @@ target/release/dyncert-bench formats --quick
 target/release/dyncert-bench zone --quick
 ok
 
+# The module, its NGINX and dyncert-bench are the release builds of the two
+# steps above.
 step "fleet test (scripts/fleet-test.sh: 3 terminators behind HAProxy, Redis, network namespaces)"
-cargo build --release --workspace
 bash scripts/fleet-test.sh
 ok
 
