@@ -60,6 +60,9 @@ VALID_S=6
 FETCH_TIMEOUT_MS=1000
 # core/src/worker.rs: a failed background refresh is retried this long after.
 REFRESH_RETRY_MS=5000
+# core/src/fetch/invalidate.rs: the longest wait between two attempts to
+# subscribe to the invalidation channel.
+RESUBSCRIBE_MAX_MS=5000
 
 NS=dcf-$$-
 NET=10.77.0
@@ -168,6 +171,11 @@ client2() { in_ns c2 "$BENCH" fleet "$@"; }
 # "up" mark).
 
 redis_url() { echo "redis://$REDIS_IP:$REDIS_PORT/0"; }
+
+# Workers subscribed to the invalidation channel.
+redis_subscribers() {
+    in_ns redis redis-cli -h "$REDIS_IP" -p "$REDIS_PORT" pubsub numsub dyncert:invalidate 2>/dev/null | sed -n 2p
+}
 
 redis_ping() { in_ns redis redis-cli -h "$REDIS_IP" -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
 
@@ -483,9 +491,28 @@ echo "down $(now_ms)" >>"$marks"
 redis_fail
 sleep 3
 redis_recover
-echo "up $(now_ms)" >>"$marks"
+up=$(now_ms)
+echo "up $up" >>"$marks"
+# Invalidations reach a terminator again once its worker has subscribed
+# again (backoff up to 5 s, core/src/fetch/invalidate.rs).
+subscribed=""
+for ((i = 0; i < 500; i++)); do
+    if [[ $(redis_subscribers) == 3 ]]; then
+        subscribed=$(($(now_ms) - up))
+        break
+    fi
+    sleep 0.02
+done
 wait "$load_pid" || true
 from_result "Redis killed and restarted under load ($FLEET_REDIS)" "$RUN/redis-load.out"
+verdict=FAIL
+if [[ -n $subscribed ]] && ((subscribed <= RESUBSCRIBE_MAX_MS + FETCH_TIMEOUT_MS)); then
+    client invalidate --redis "$REDIS_IP:$REDIS_PORT" "${all_direct[@]}" --name n1.fleet.test \
+        --rounds 3 --bound-ms 100 >"$RUN/invalidate-after.out" 2>&1 || true
+    if grep -q '^RESULT PASS ' "$RUN/invalidate-after.out"; then verdict=PASS; fi
+fi
+record "invalidations again after the Redis outage" "$verdict" \
+    "all 3 terminators (one worker each) subscribed again ${subscribed:-"not within 10 000"} ms after Redis answered (bound $((RESUBSCRIBE_MAX_MS + FETCH_TIMEOUT_MS)) ms); then $(sed -n 's/^RESULT //p' "$RUN/invalidate-after.out" 2>/dev/null)"
 restarted=0
 for i in 1 2 3; do
     [[ $(master_pid "$i") == "${masters[i - 1]}" ]] && kill -0 "${masters[i - 1]}" 2>/dev/null ||
