@@ -4,9 +4,11 @@
 # integration tests (tests/ start their own nginx and redis-server; the
 # HTTP/3 tests use aioquic, installed here), the release module build with
 # its NGINX version check, the benchmark smoke runs, the fleet test (network
-# namespaces: needs root, fails without), nginx's own TLS tests with the
-# module loaded (when NGINX_TESTS is set), the fuzz smoke run (when
-# fuzz/run.sh exists) and hadolint on the Dockerfile.
+# namespaces: needs root, fails without), all of that but the fleet test
+# again on OpenSSL 3.5 (the official nginx:alpine image's; Debian 12 has
+# 3.0), nginx's own TLS tests with the module loaded (when NGINX_TESTS is
+# set), the fuzz smoke run (when fuzz/run.sh exists) and hadolint on the
+# Dockerfile.
 #
 # Environment: FUZZ_SECONDS (default 30) bounds the fuzz run; NGINX_TESTS, a
 # checkout of https://github.com/nginx/nginx-tests, enables that step.
@@ -117,6 +119,10 @@ ok
 # steps above.
 step "fleet test (scripts/fleet-test.sh: 3 terminators behind HAProxy, Redis, network namespaces)"
 bash scripts/fleet-test.sh
+ok
+
+step "OpenSSL 3.5 flavour (scripts/test-openssl35.sh: OpenSSL 3.5 from the openssl-src crate, NGINX + module + tests against it in target/ossl35, the whole suite and the benchmark smoke runs)"
+bash scripts/test-openssl35.sh
 ok
 
 if [[ -n ${NGINX_TESTS:-} ]]; then

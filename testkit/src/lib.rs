@@ -37,7 +37,7 @@ pub use api::{json_string, ApiReply, ApiRequest, CertApi, API_PATH};
 pub use client::{
     is_unrecognized_name, tls_burst, Exchange, HelloSent, Request, TlsConn, TlsSide, IO_TIMEOUT,
 };
-pub use module::{ensure_fresh_module, module_path, nginx_bin, profile_dir};
+pub use module::{ensure_fresh_module, module_path, nginx_and_openssl, nginx_bin, profile_dir};
 pub use monitor::{Monitor, Observed};
 pub use net::{
     connect_from, has_ipv6_loopback, proxy_v1, proxy_v2, raw_client_hello, send_raw_client_hello,

@@ -167,3 +167,38 @@ pub fn module_path() -> PathBuf {
     );
     m
 }
+
+/// The NGINX under test and the OpenSSL it runs on, for report headers:
+/// "nginx/1.28.3, OpenSSL 3.5.5 27 Jan 2026". The OpenSSL is the one
+/// `nginx -V` says it was built with (and, when that differs, the one it
+/// runs with); when this process (the module's tests, the benchmark) links
+/// another OpenSSL than NGINX, both are named, since rows measured on a
+/// mixed pair would say nothing about either.
+pub fn nginx_and_openssl() -> String {
+    let out = std::process::Command::new(nginx_bin())
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .unwrap_or_default();
+    let nginx = out
+        .lines()
+        .find_map(|l| l.strip_prefix("nginx version: "))
+        .unwrap_or("nginx (version unknown)")
+        .to_owned();
+    let ours = openssl::version::version();
+    let built = out
+        .lines()
+        .find_map(|l| l.strip_prefix("built with "))
+        .map(str::trim)
+        .unwrap_or("an unknown OpenSSL");
+    // "OpenSSL 3.5.5 27 Jan 2026" or "OpenSSL 3.0.19 ... (running with ...)".
+    let server = match built.split_once(" (running with ") {
+        Some((b, r)) => format!("{b}, running with {}", r.trim_end_matches(')')),
+        None => built.to_owned(),
+    };
+    if server.starts_with(ours) || server.contains(&format!("running with {ours}")) {
+        format!("{nginx}, {server}")
+    } else {
+        format!("{nginx}, {server} (this program links {ours})")
+    }
+}
