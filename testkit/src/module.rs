@@ -93,6 +93,16 @@ fn build_module() -> Result<(), String> {
             cmd.env_remove(name);
         }
     }
+    // The build flavour this kit was compiled in (scripts/openssl35.sh
+    // --env: another OpenSSL, its rpath, the NGINX configure flags): the
+    // rebuild must use it too, or running a flavour's binary without that
+    // environment would rebuild its target directory against the system's
+    // OpenSSL. cargo tracks these as inputs of this crate (option_env!).
+    for (name, value) in FLAVOUR_ENV {
+        if let Some(value) = value {
+            cmd.env(name, value);
+        }
+    }
     let shown = format!(
         "`cargo build{}` in {}",
         match profile.as_deref() {
@@ -120,6 +130,18 @@ fn build_module() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The environment of the build this kit was compiled in that decides
+/// which OpenSSL everything links (see build_module).
+const FLAVOUR_ENV: [(&str, Option<&str>); 7] = [
+    ("OPENSSL_DIR", option_env!("OPENSSL_DIR")),
+    ("OPENSSL_LIB_DIR", option_env!("OPENSSL_LIB_DIR")),
+    ("OPENSSL_INCLUDE_DIR", option_env!("OPENSSL_INCLUDE_DIR")),
+    ("OPENSSL_NO_VENDOR", option_env!("OPENSSL_NO_VENDOR")),
+    ("NGX_CFLAGS", option_env!("NGX_CFLAGS")),
+    ("NGX_LDFLAGS", option_env!("NGX_LDFLAGS")),
+    ("RUSTFLAGS", option_env!("RUSTFLAGS")),
+];
 
 /// The NGINX binary the module was compiled against: `DYNCERT_NGINX_BIN`,
 /// else the nginx-sys build directory that build.rs records in
