@@ -90,6 +90,7 @@ pub enum Simple {
     Invalidations,
     RedisErrors,
     Resubscribes,
+    ResubscribeMarked,
     AllowDenials,
     TenantDenials,
     ClientCertRejections,
@@ -101,7 +102,7 @@ pub enum Simple {
     TierLoadsRefused,
 }
 
-const SIMPLE: [(Simple, &str, &str); 16] = [
+const SIMPLE: [(Simple, &str, &str); 17] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -136,6 +137,12 @@ const SIMPLE: [(Simple, &str, &str); 16] = [
         Simple::Resubscribes,
         "dyncert_redis_resubscribes_total",
         "Times the invalidation subscription was re-established after a disconnect.",
+    ),
+    (
+        Simple::ResubscribeMarked,
+        "dyncert_redis_resubscribe_marked_total",
+        "Cached certificates marked due for a refresh because the invalidation \
+         subscription was re-established (messages may have been lost meanwhile).",
     ),
     (
         Simple::AllowDenials,
