@@ -39,7 +39,9 @@ use crate::validate::{Invalid, ParsedCert};
 use crate::workqueue::WorkQueue;
 
 pub use error::{AcmeError, FetchError, RedisError};
-pub use invalidate::invalidation_target;
+pub use invalidate::{
+    detection_bound, invalidation_target, BACKOFF_MAX as RESUBSCRIBE_BACKOFF_MAX,
+};
 pub use redis::{check_redis_url, redact_redis_url};
 
 use sources::{ParseJob, Sources};
@@ -141,7 +143,7 @@ pub enum Event {
     Invalidate(String),
     /// The invalidation subscription was (re)established; `resubscribed`
     /// is false the first time. Messages published while it was down are
-    /// lost, so the worker may want to refresh early.
+    /// lost, so the worker re-checks what it cached before.
     Subscribed {
         resubscribed: bool,
     },
