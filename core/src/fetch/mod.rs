@@ -23,6 +23,7 @@ mod sources;
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -180,10 +181,16 @@ pub struct Step {
 struct Shared {
     results: Mutex<VecDeque<Event>>,
     notify: UnixStream,
+    /// Set when the invalidation subscription is back after a loss: the
+    /// next lookup takes a new command connection (see `Sources::redis`).
+    renew_redis: Arc<AtomicBool>,
 }
 
 impl Shared {
     fn push(&self, r: Event) {
+        if let Event::Subscribed { resubscribed: true } = r {
+            self.renew_redis.store(true, Ordering::Relaxed);
+        }
         if let Ok(mut q) = self.results.lock() {
             q.push_back(r);
         }
@@ -223,6 +230,7 @@ impl Fetcher {
         let shared = Arc::new(Shared {
             results: Mutex::new(VecDeque::new()),
             notify,
+            renew_redis: Arc::new(AtomicBool::new(false)),
         });
         let (tx, rx) = mpsc::channel(cfg.queue_cap.max(1));
         let (acme_tx, acme_rx) = mpsc::channel(cfg.acme_queue_cap.max(1));
@@ -434,7 +442,8 @@ fn run(
         }
         let reader = acme::AcmeReader::new(&redis, &cfg.acme_prefix, cfg.redis_timeout);
         tokio::spawn(acme::answer(acme_rx, reader, shared.clone()));
-        let sources = Arc::new(Sources::new(cfg, redis, api, parse, interner));
+        let renew = shared.renew_redis.clone();
+        let sources = Arc::new(Sources::new(cfg, redis, renew, api, parse, interner));
         while let Some(req) = rx.recv().await {
             let shared = shared.clone();
             let sources = sources.clone();
