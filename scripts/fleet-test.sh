@@ -18,9 +18,10 @@
 #   3. Client addresses come from PROXY v2: $remote_addr and dyncert_allow
 #      see the client, never the balancer.
 #   4. One terminator cut off from Redis: it keeps serving its cached names,
-#      stale past valid=, logs and counts the errors, and serves the renewal
-#      published meanwhile within the documented bound after the partition
-#      heals.
+#      stale past valid=, logs and counts the errors, notices the dead
+#      subscription by its PING, and serves the renewal published meanwhile
+#      within the documented bound after the partition heals (re-subscribe,
+#      then one fetch), not when valid= ends.
 #   5. A terminator killed and restarted under load: only connections that
 #      were on it fail.
 #   6. Redis lost under load: cached names 0 failures, uncached names back
@@ -58,11 +59,13 @@ COLD=6000
 # derived from them.
 VALID_S=6
 FETCH_TIMEOUT_MS=1000
-# core/src/worker.rs: a failed background refresh is retried this long after.
-REFRESH_RETRY_MS=5000
+REDIS_TIMEOUT_MS=500
 # core/src/fetch/invalidate.rs: the longest wait between two attempts to
-# subscribe to the invalidation channel.
-RESUBSCRIBE_MAX_MS=5000
+# subscribe to the invalidation channel (BACKOFF_MAX).
+RESUBSCRIBE_MAX_MS=1000
+# core/src/fetch/invalidate.rs: a dead subscription is noticed within one
+# PING interval plus the PING's timeout, both dyncert_redis_timeout.
+DETECTION_MAX_MS=$((2 * REDIS_TIMEOUT_MS))
 
 NS=dcf-$$-
 NET=10.77.0
@@ -238,7 +241,7 @@ http {
     dyncert_redis         $(redis_url);
     dyncert_cache         max=50000 valid=${VALID_S}s stale=1h negative=2s;
     dyncert_fetch_timeout ${FETCH_TIMEOUT_MS}ms;
-    dyncert_redis_timeout 500ms;
+    dyncert_redis_timeout ${REDIS_TIMEOUT_MS}ms;
 
     log_format fleet '\$remote_addr \$proxy_protocol_addr \$ssl_server_name \$dyncert_source \$status';
     access_log logs/access.log fleet;
@@ -421,9 +424,22 @@ client sweep "${direct1[@]}" --names n:300:10 >/dev/null 2>&1 || true
 old=$(field serial "$(client get "${direct1[@]}" --name n300.fleet.test 2>&1 || true)")
 errors_before=$(metric 1 dyncert_redis_errors_total)
 warn_before=$(grep -c '\[warn\].*dyncert' "$RUN/t1/logs/error.log" || true)
+ping_before=$(grep -c 'redis PING timed out' "$RUN/t1/logs/error.log" || true)
+resub_before=$(grep -c 'subscribed again' "$RUN/t1/logs/error.log" || true)
 in_ns t1 iptables -A INPUT -s "$REDIS_IP" -j DROP
 in_ns redis iptables -A INPUT -s "$t1" -j DROP
 cut=$(now_ms)
+# When t1's worker logs that its subscription's PING went unanswered.
+(
+    for ((i = 0; i < 400; i++)); do
+        if (($(grep -c 'redis PING timed out' "$RUN/t1/logs/error.log" || true) > ping_before)); then
+            now_ms >"$RUN/partition-noticed"
+            exit 0
+        fi
+        sleep 0.02
+    done
+) &
+noticed_pid=$!
 new=$(field serial "$(client publish --redis "$REDIS_IP:$REDIS_PORT" --name n300.fleet.test --serial 77000001 2>&1 || true)")
 # Longer than valid=, so every cached entry is stale and refreshes fail.
 client load "${direct1[@]}" --warm n:300:10 --seconds $((VALID_S + 3)) --concurrency 4 >"$RUN/partition-load.out" 2>&1 || true
@@ -432,21 +448,26 @@ on_t1=$(field serial "$(client get "${direct1[@]}" --name n300.fleet.test 2>&1 |
 on_t2=$(field serial "$(client get --direct "${T_IPS[1]}" --port 443 --from "$C1_IP" --name n300.fleet.test 2>&1 || true)")
 errors=$(($(metric 1 dyncert_redis_errors_total) - errors_before))
 warns=$(($(grep -c '\[warn\].*dyncert' "$RUN/t1/logs/error.log" || true) - warn_before))
+wait "$noticed_pid" || true
+noticed=""
+[[ -s $RUN/partition-noticed ]] && noticed=$(($(cat "$RUN/partition-noticed") - cut))
 in_ns t1 iptables -D INPUT -s "$REDIS_IP" -j DROP
 in_ns redis iptables -D INPUT -s "$t1" -j DROP
 healed=$(now_ms)
-# After the partition heals the renewal arrives at the latest when the
-# entry's valid= ends (already past here) and the next background refresh
-# runs: up to one refresh retry after the last failed one, plus one fetch.
-bound=$((REFRESH_RETRY_MS + FETCH_TIMEOUT_MS))
+# Once the partition heals the worker subscribes again (at most one
+# backoff plus one connect and SUBSCRIBE), marks every cached certificate
+# due, and the next handshake's refresh fetches the renewal (one fetch).
+bound=$((RESUBSCRIBE_MAX_MS + REDIS_TIMEOUT_MS + FETCH_TIMEOUT_MS))
 catchup=$(field elapsed_ms "$(client wait-serial "${direct1[@]}" --name n300.fleet.test --serial "$new" --timeout-ms $((bound * 3)) 2>&1 || true)")
+resubs=$(($(grep -c 'subscribed again' "$RUN/t1/logs/error.log" || true) - resub_before))
 verdict=FAIL
 if [[ $during == "RESULT PASS "* && -n $old && -n $new && $on_t1 == "$old" && $on_t2 == "$new" ]] &&
-    ((errors > 0 && warns > 0)) && [[ $catchup =~ ^[0-9]+$ ]] && ((catchup <= bound)); then
+    ((errors > 0 && warns > 0 && resubs > 0)) && [[ $noticed =~ ^[0-9]+$ ]] && ((noticed <= DETECTION_MAX_MS + 200)) &&
+    [[ $catchup =~ ^[0-9]+$ ]] && ((catchup <= bound)); then
     verdict=PASS
 fi
 record "partition terminator 1 / Redis" "$verdict" \
-    "cut $(((healed - cut) / 1000)) s (valid=${VALID_S}s): cached names ${during#RESULT * }; renewal published meanwhile: t1 served ${on_t1:-?} (old ${old:-?}), t2 ${on_t2:-?} (new); t1 counted $errors redis errors, logged $warns warnings; new certificate on t1 ${catchup:-?} ms after the heal (bound $bound ms)"
+    "cut $(((healed - cut) / 1000)) s (valid=${VALID_S}s): cached names ${during#RESULT * }; renewal published meanwhile: t1 served ${on_t1:-?} (old ${old:-?}), t2 ${on_t2:-?} (new); t1 counted $errors redis errors, logged $warns warnings; dead subscription noticed ${noticed:-"not within 8000"} ms after the cut (bound $DETECTION_MAX_MS ms); subscribed again $resubs time(s); new certificate on t1 ${catchup:-?} ms after the heal (bound $bound ms: re-subscribe backoff + subscribe + one fetch)"
 
 # --- 5. terminator killed and restarted under load ----------------------------------------------
 
@@ -494,7 +515,7 @@ redis_recover
 up=$(now_ms)
 echo "up $up" >>"$marks"
 # Invalidations reach a terminator again once its worker has subscribed
-# again (backoff up to 5 s, core/src/fetch/invalidate.rs).
+# again (backoff up to 1 s, core/src/fetch/invalidate.rs).
 subscribed=""
 for ((i = 0; i < 500; i++)); do
     if [[ $(redis_subscribers) == 3 ]]; then
