@@ -66,8 +66,10 @@ RESUBSCRIBE_MAX_MS=1000
 # core/src/fetch/invalidate.rs: a dead subscription is noticed within one
 # PING interval plus the PING's timeout, both dyncert_redis_timeout.
 DETECTION_MAX_MS=$((2 * REDIS_TIMEOUT_MS))
-# What seeing it in the error log adds (a 20 ms poll, grep, scheduling).
-LOG_POLL_SLACK_MS=200
+# What seeing it in the error log adds (a 20 ms poll, grep, scheduling) and
+# how late the fetcher's own timers may fire on a loaded 2-CPU machine: a run
+# here saw detection at exactly the 1000 ms maximum.
+LOG_POLL_SLACK_MS=500
 
 NS=dcf-$$-
 NET=10.77.0
