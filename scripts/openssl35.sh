@@ -130,7 +130,8 @@ for my $i (0 .. $#vers) {
     $prev = $v;
 }
 PERL
-echo "openssl35.sh: building OpenSSL $(tr '\n' ' ' <VERSION.dat) into $prefix" >&2
+version=$(sed -n 's/^\(MAJOR\|MINOR\|PATCH\)=//p' VERSION.dat | paste -sd.)
+echo "openssl35.sh: building OpenSSL $version into $prefix (build log: $build/build.log)" >&2
 # shared: NGINX and the module must share one libcrypto; no-module: the
 # legacy provider goes into libcrypto (the crate leaves out the ordinals of
 # loadable modules); no-tests/no-docs: only the libraries and the openssl
