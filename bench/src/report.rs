@@ -88,11 +88,7 @@ pub fn independent(e: &[f64], f: &[f64]) -> bool {
 /// Prints everything; returns the exit status.
 pub fn print(r: Report<'_>) -> i32 {
     let a = r.args;
-    let nginx_version = std::process::Command::new(dyncert_testkit::nginx_bin())
-        .arg("-v")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
-        .unwrap_or_default();
+    let server = dyncert_testkit::nginx_and_openssl();
     println!();
     println!(
         "dyncert-bench{}: {} names (ECDSA P-256, distinct keys, chain leaf + intermediate), \
@@ -104,9 +100,7 @@ pub fn print(r: Report<'_>) -> i32 {
         a.rounds
     );
     println!(
-        "{}, {}; full TLS 1.3 handshakes (X25519, no resumption), loopback; {}",
-        nginx_version.trim_start_matches("nginx version: "),
-        openssl::version::version(),
+        "{server}; full TLS 1.3 handshakes (X25519, no resumption), loopback; {}",
         if r.two_cpus {
             format!(
                 "{} CPUs: nginx worker pinned to CPU 0, client/redis/API on the others",

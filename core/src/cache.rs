@@ -357,6 +357,39 @@ impl<V> CertCache<V> {
         }
     }
 
+    /// Makes every certificate due for a refresh at `now` (stale, its
+    /// refresh requestable at once) and forgets every negative entry,
+    /// without dropping or reordering a certificate: for when updates may
+    /// have been missed (invalidation messages lost while the subscription
+    /// was down). Each entry is still served until its refresh answers, so
+    /// refreshes follow use and the fetch cap bounds them; entries whose
+    /// refresh is already running keep waiting for it. Returns how many
+    /// certificates were marked.
+    pub fn mark_all_due(&mut self, now: Millis) -> usize {
+        let mut marked = 0;
+        for entry in self.positive.values_mut() {
+            entry.fresh_until = entry.fresh_until.min(now);
+            if entry.refresh != Refresh::Requested {
+                entry.refresh = Refresh::Idle;
+            }
+            marked += 1;
+        }
+        self.negative.clear();
+        marked
+    }
+
+    /// Makes `name`'s certificate due for a refresh at `now`, like
+    /// [`Self::mark_all_due`] for one entry.
+    pub fn mark_due(&mut self, name: &str, now: Millis) {
+        let Some(slot) = self.positive.find(name) else {
+            return;
+        };
+        if let Some(entry) = self.positive.value_mut(slot) {
+            entry.fresh_until = entry.fresh_until.min(now);
+            entry.refresh = Refresh::Idle;
+        }
+    }
+
     /// Forgets `name`, certificate or negative entry; false if neither was
     /// cached.
     pub fn remove(&mut self, name: &str) -> bool {
@@ -572,6 +605,57 @@ mod tests {
         assert_eq!(stale(cache.get("a", t + 30 * SECOND)), Some((1, false)));
         assert_eq!(stale(cache.get("a", t + 31 * SECOND)), Some((1, true)));
         assert_eq!(stale(cache.get("a", t + 32 * SECOND)), Some((1, false)));
+    }
+
+    #[test]
+    fn marking_all_due_keeps_serving_every_certificate_and_refreshes_each_once() {
+        let mut cache = CertCache::new(policy(10));
+        cache.insert("failing".to_owned(), 2, START, START + NOT_AFTER);
+        cache.insert("running".to_owned(), 3, START, START + NOT_AFTER);
+        let t = START + 20 * MINUTE;
+        // One refresh failed and waits for its retry; one is running.
+        assert_eq!(stale(cache.get("failing", t)), Some((2, true)));
+        cache.refresh_failed("failing", t, 30 * SECOND);
+        assert_eq!(stale(cache.get("running", t)), Some((3, true)));
+        // Fetched just now: fresh by `valid` alone.
+        cache.insert("fresh".to_owned(), 1, t, START + NOT_AFTER);
+        cache.insert_negative("unknown".to_owned(), t);
+        let order: Vec<String> = cache.order().iter().map(|n| n.to_string()).collect();
+
+        let t = t + SECOND;
+        assert_eq!(cache.mark_all_due(t), 3);
+        assert_eq!(cache.order(), order, "nothing dropped or reordered");
+        assert_eq!(stale(cache.get("fresh", t)), Some((1, true)));
+        assert_eq!(stale(cache.get("fresh", t)), Some((1, false)), "once");
+        assert_eq!(
+            stale(cache.get("failing", t)),
+            Some((2, true)),
+            "the failed refresh's retry time no longer holds it back"
+        );
+        assert_eq!(
+            stale(cache.get("running", t)),
+            Some((3, false)),
+            "a running refresh is not asked for twice"
+        );
+        // Forgotten: a name added meanwhile is looked up on its next use.
+        assert!(matches!(cache.get("unknown", t), Lookup::Miss));
+        // A refresh that lands is fresh as usual.
+        cache.insert("fresh".to_owned(), 4, t, START + NOT_AFTER);
+        assert_eq!(fresh(cache.get("fresh", t + SECOND)), Some(4));
+        assert_eq!(CertCache::<u8>::new(policy(10)).mark_all_due(t), 0);
+    }
+
+    #[test]
+    fn marking_one_name_due_rearms_its_refresh() {
+        let mut cache = CertCache::new(policy(10));
+        cache.insert("a".to_owned(), 1, START, START + NOT_AFTER);
+        cache.mark_due("a", START + SECOND);
+        assert_eq!(stale(cache.get("a", START + SECOND)), Some((1, true)));
+        cache.refresh_failed("a", START + SECOND, 30 * SECOND);
+        cache.mark_due("a", START + 2 * SECOND);
+        assert_eq!(stale(cache.get("a", START + 2 * SECOND)), Some((1, true)));
+        cache.mark_due("absent", START);
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]

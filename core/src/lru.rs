@@ -162,6 +162,12 @@ impl<T> Lru<T> {
         self.tail = NIL;
     }
 
+    /// Every value, mutably, in no particular order and without touching
+    /// recency.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.slots.iter_mut().flatten().map(|node| &mut node.value)
+    }
+
     /// Entries from most to least recently used.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
         let mut slot = self.head;

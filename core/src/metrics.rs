@@ -92,6 +92,7 @@ pub enum Simple {
     Resubscribes,
     RedisConnectErrors,
     RedisReplicaReads,
+    ResubscribeMarked,
     AllowDenials,
     TenantDenials,
     ClientCertRejections,
@@ -103,7 +104,7 @@ pub enum Simple {
     TierLoadsRefused,
 }
 
-const SIMPLE: [(Simple, &str, &str); 18] = [
+const SIMPLE: [(Simple, &str, &str); 19] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -149,6 +150,12 @@ const SIMPLE: [(Simple, &str, &str); 18] = [
         Simple::RedisReplicaReads,
         "dyncert_redis_replica_reads_total",
         "Reads a Sentinel-named replica answered because the primary was unreachable.",
+    ),
+    (
+        Simple::ResubscribeMarked,
+        "dyncert_redis_resubscribe_marked_total",
+        "Cached certificates marked due for a refresh because the invalidation \
+         subscription was re-established (messages may have been lost meanwhile).",
     ),
     (
         Simple::AllowDenials,

@@ -6,6 +6,7 @@
 //! threads, sockets or sleeping.
 
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::cache::{CachePolicy, CertCache, Lookup};
@@ -152,6 +153,30 @@ pub struct Worker<W, Q> {
     tier: Option<(Box<dyn SharedTier>, Arc<Interner>)>,
     /// Synchronous tier loads in the current second: (second, count).
     sync_loads: (Millis, u32),
+    /// When the invalidation subscription was last re-established after a
+    /// loss (0: never lost). Whatever was fetched before may have missed
+    /// an invalidation: see [`Self::on_resubscribed`].
+    epoch: Millis,
+    /// Names whose lookup was running at `epoch`: it may have read Redis
+    /// before an update whose message was lost, so its result is taken as
+    /// fetched before `epoch`. At most `dyncert_fetch_concurrency` names.
+    suspect: HashSet<String>,
+}
+
+/// The deadlines to cache a record with, given when it was fetched: a
+/// record fetched before `epoch` (the last re-subscription after a loss)
+/// may have missed an invalidation, so it is due for a refresh at `now`,
+/// served meanwhile. Deadlines after the epoch are kept as they are, so a
+/// record another worker fetched after the heal is not fetched again.
+pub fn checked_since(d: Deadlines, epoch: Millis, now: Millis) -> Deadlines {
+    if d.fetched < epoch {
+        Deadlines {
+            fresh_until: d.fresh_until.min(now),
+            ..d
+        }
+    } else {
+        d
+    }
 }
 
 impl<W, Q: FetchQueue> Worker<W, Q> {
@@ -169,6 +194,8 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             sink,
             tier: None,
             sync_loads: (0, 0),
+            epoch: 0,
+            suspect: HashSet::new(),
         }
     }
 
@@ -194,12 +221,14 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
     }
 
     /// The tier's record of `name` if it can still be served and is newer
-    /// than `have`.
+    /// than `have`. A refresh (`have` set) also wants a record fetched
+    /// since the last re-subscription: an older one is what it refreshes.
     fn tier_hit(&self, name: &str, now: Millis, have: Option<Millis>) -> Option<TierHit> {
         let (tier, _) = self.tier.as_ref()?;
         let hit = tier.lookup(name)?;
         let d = hit.deadlines()?;
-        (now < d.stale_until && have.is_none_or(|f| d.fetched > f)).then_some(hit)
+        let newer = have.is_none_or(|f| d.fetched > f && d.fetched >= self.epoch);
+        (now < d.stale_until && newer).then_some(hit)
     }
 
     fn count(&self, s: Simple) {
@@ -305,6 +334,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 tier: TierData::Loaded(d),
                 ..
             } => {
+                let d = checked_since(d, self.epoch, now);
                 self.insert(name.to_owned(), cert.clone(), None, &d);
                 Some(cert)
             }
@@ -454,12 +484,15 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             }
             Event::Subscribed { resubscribed } => {
                 if resubscribed {
-                    self.count(Simple::Resubscribes);
+                    let marked = self.on_resubscribed(now);
+                    self.publish_gauges();
                     log(
                         Level::Warn,
-                        "dyncert: invalidation channel subscribed again; names published \
-                         meanwhile are refreshed when their \"valid\" time ends"
-                            .to_owned(),
+                        format!(
+                            "dyncert: invalidation channel subscribed again; names published \
+                             meanwhile may have been missed: {marked} cached certificates \
+                             are refreshed on their next use"
+                        ),
                     );
                 }
                 Vec::new()
@@ -506,6 +539,25 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 }
             }
         }
+    }
+
+    /// The invalidation subscription is back after a loss: messages
+    /// published meanwhile are lost, so everything cached may be outdated.
+    /// Every certificate becomes due for a refresh (still served until it
+    /// answers: no handshake waits, and refreshes follow use, within the
+    /// fetch cap), negative entries go, results of lookups running now
+    /// count as fetched before, and tier records fetched before now are
+    /// not taken as refreshes. Returns how many certificates were marked.
+    fn on_resubscribed(&mut self, now: Millis) -> usize {
+        // Strictly after anything fetched so far, even with a coarse clock.
+        self.epoch = now.max(self.epoch).saturating_add(1);
+        self.suspect = self.inflight.names().map(str::to_owned).collect();
+        let marked = self.cache.mark_all_due(now);
+        self.count(Simple::Resubscribes);
+        let layout = self.sink.layout();
+        self.sink
+            .add(layout.simple(Simple::ResubscribeMarked), marked as u64);
+        marked
     }
 
     /// Drops a name, a wildcard and every name served from it, or all.
@@ -562,6 +614,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             loaded,
             ..
         } = r;
+        let suspect = self.suspect.remove(&name);
         let layout = self.sink.layout();
         for step in &steps {
             self.sink.add(layout.fetch(step.source, step.outcome), 1);
@@ -594,10 +647,14 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 wildcard,
                 tier,
             } => {
-                let d = match &tier {
+                let mut d = match &tier {
                     TierData::Loaded(d) => *d,
                     _ => self.deadlines(cert.not_after_ms, now),
                 };
+                if suspect {
+                    d.fetched = d.fetched.min(self.epoch.saturating_sub(1));
+                }
+                let d = checked_since(d, self.epoch, now);
                 if let TierData::Store(stored) = &tier {
                     if let Some((t, _)) = &self.tier {
                         let bytes = stored.compact.encode(&d);
@@ -611,6 +668,10 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                     self.insert(w, cert.clone(), Some(source), &d);
                 }
                 self.insert(name.clone(), cert, Some(source), &d);
+            }
+            Outcome::NotFound if suspect => {
+                // Outdated perhaps: drop the old entry, remember nothing.
+                self.cache.remove(&name);
             }
             Outcome::NotFound => {
                 self.cache.insert_negative(name.clone(), now);
@@ -643,6 +704,12 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 }
                 self.cache.refresh_failed(&name, now, ERROR_RETRY_MS);
             }
+        }
+        if suspect {
+            // A refusal or failure from before the loss says nothing about
+            // now: ask again on the next use rather than after the retry
+            // interval (once: the name is no longer suspect).
+            self.cache.mark_due(&name, now);
         }
         self.inflight.complete(&name)
     }
@@ -1553,6 +1620,126 @@ mod tests {
         assert_eq!(m.simple(Simple::Resubscribes), 1);
     }
 
+    const RESUBSCRIBED: Event = Event::Subscribed { resubscribed: true };
+
+    #[test]
+    fn the_first_subscription_leaves_the_cache_alone() {
+        let (mut w, m) = worker();
+        cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
+        let first = Event::Subscribed {
+            resubscribed: false,
+        };
+        apply(&mut w, first, NOW + SECOND);
+        assert!(w
+            .for_handshake("a.example.com", NOW + SECOND)
+            .cert
+            .is_some());
+        assert!(asked(&w).is_empty());
+        assert_eq!(m.simple(Simple::ResubscribeMarked), 0);
+    }
+
+    #[test]
+    fn after_a_lost_subscription_each_certificate_is_refreshed_on_its_next_use_and_served_meanwhile(
+    ) {
+        let (mut w, m) = worker();
+        cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
+        cache(&mut w, "b.example.com", cert(2, NOT_AFTER), NOW);
+        apply(&mut w, fetched("nx.example.com", Outcome::NotFound), NOW);
+        // Well within `valid`: only the lost subscription makes them due.
+        let t = NOW + SECOND;
+        let (woken, lines) = apply(&mut w, RESUBSCRIBED, t);
+        assert!(woken.is_empty());
+        assert_eq!(
+            lines,
+            [(
+                Level::Warn,
+                "dyncert: invalidation channel subscribed again; names published meanwhile \
+                 may have been missed: 2 cached certificates are refreshed on their next use"
+                    .to_owned()
+            )]
+        );
+        assert_eq!(m.simple(Simple::Resubscribes), 1);
+        assert_eq!(m.simple(Simple::ResubscribeMarked), 2);
+        assert!(asked(&w).is_empty(), "no stampede: nothing fetched yet");
+        assert_eq!(
+            m.gauge(W_ENTRIES),
+            2,
+            "nothing dropped but the negative entry"
+        );
+
+        // The handshake gets the cached certificate at once and starts one
+        // refresh; the next one does not start another.
+        assert_eq!(
+            w.pre_handshake("a.example.com", 1, t),
+            PreHandshake::Proceed
+        );
+        assert_eq!(
+            fingerprint(w.for_handshake("a.example.com", t)),
+            (Some(1), CertSource::Redis)
+        );
+        w.for_handshake("a.example.com", t);
+        assert_eq!(asked(&w), ["a.example.com"]);
+        // The renewal published while the subscription was down arrives.
+        let t2 = t + SECOND;
+        apply(&mut w, found("a.example.com", cert(9, NOT_AFTER), None), t2);
+        w.for_handshake("a.example.com", t2);
+        assert_eq!(w.current("a.example.com", t2).unwrap().fingerprint, [9; 32]);
+        assert_eq!(asked(&w), ["a.example.com"], "fresh again");
+        // A name known to be unknown before the loss is looked up again.
+        w.for_handshake("nx.example.com", t);
+        assert_eq!(asked(&w), ["a.example.com", "nx.example.com"]);
+    }
+
+    #[test]
+    fn refreshes_after_a_lost_subscription_stay_within_the_fetch_cap() {
+        let (mut w, m) = worker_with(1);
+        cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
+        cache(&mut w, "b.example.com", cert(2, NOT_AFTER), NOW);
+        apply(&mut w, RESUBSCRIBED, NOW);
+        assert!(w.for_handshake("a.example.com", NOW).cert.is_some());
+        assert!(w.for_handshake("b.example.com", NOW).cert.is_some());
+        assert_eq!(asked(&w), ["a.example.com"]);
+        assert_eq!(m.simple(Simple::FetchesRefused), 1);
+        // The refused one asks again a retry interval later.
+        apply(
+            &mut w,
+            found("a.example.com", cert(3, NOT_AFTER), None),
+            NOW,
+        );
+        w.for_handshake("b.example.com", NOW + QUEUE_RETRY_MS);
+        assert_eq!(asked(&w), ["a.example.com", "b.example.com"]);
+    }
+
+    #[test]
+    fn a_lookup_running_when_the_subscription_returns_is_checked_again() {
+        let (mut w, _) = worker();
+        w.pre_handshake("a.example.com", 1, NOW);
+        w.pre_handshake("b.example.com", 2, NOW);
+        w.pre_handshake("c.example.com", 3, NOW);
+        apply(&mut w, RESUBSCRIBED, NOW + SECOND);
+        let t = NOW + 2 * SECOND;
+        // It may have read Redis before a renewal whose message was lost:
+        // served, and asked again on its next use, once.
+        let (woken, _) = apply(&mut w, found("a.example.com", cert(1, NOT_AFTER), None), t);
+        assert_eq!(woken, [1]);
+        assert!(w.for_handshake("a.example.com", t).cert.is_some());
+        w.for_handshake("a.example.com", t);
+        // A failure is retried on the next use, not after 5 s.
+        apply(&mut w, fetched("b.example.com", failed()), t);
+        // "Unknown" from before is not remembered.
+        apply(&mut w, fetched("c.example.com", Outcome::NotFound), t);
+        w.for_handshake("b.example.com", t);
+        w.for_handshake("c.example.com", t);
+        assert_eq!(
+            asked(&w)[3..],
+            ["a.example.com", "b.example.com", "c.example.com"]
+        );
+        // Once: the refreshed result is trusted as usual.
+        apply(&mut w, found("a.example.com", cert(2, NOT_AFTER), None), t);
+        w.for_handshake("a.example.com", t + SECOND);
+        assert_eq!(asked(&w).len(), 6);
+    }
+
     #[test]
     fn redis_connection_failures_are_all_counted_and_logged_with_the_node_unless_repeated() {
         let (mut w, m) = worker();
@@ -1843,6 +2030,126 @@ mod tests {
         );
         b.invalidate("*");
         assert!(tier.is_empty());
+    }
+
+    #[test]
+    fn after_a_lost_subscription_older_tier_records_are_refetched_newer_ones_loaded() {
+        let Host {
+            mut a,
+            mut b,
+            mb,
+            tier,
+            interner,
+        } = host();
+        a.pre_handshake("a.example.com", 1, NOW);
+        apply(
+            &mut a,
+            found_storable("a.example.com", cert(1, NOT_AFTER), None),
+            NOW,
+        );
+        b.pre_handshake("a.example.com", 2, NOW);
+        run_loads(&mut b, &interner, NOW);
+        a.queue().asked.borrow_mut().clear();
+        // Both workers of the host lost their subscription and got it back.
+        let t = NOW + SECOND;
+        apply(&mut a, RESUBSCRIBED, t);
+        apply(&mut b, RESUBSCRIBED, t);
+        // A refreshes from Redis (the tier's record predates the loss), and
+        // serves its copy meanwhile.
+        assert!(a.for_handshake("a.example.com", t).cert.is_some());
+        assert_eq!(asked(&a), ["a.example.com"]);
+        assert!(a.queue().loads.borrow().is_empty());
+        let t2 = t + SECOND;
+        apply(
+            &mut a,
+            found_storable("a.example.com", cert(2, NOT_AFTER), None),
+            t2,
+        );
+        // B takes A's record, fetched after the heal: no second fetch.
+        assert_eq!(
+            b.for_handshake("a.example.com", t2)
+                .cert
+                .unwrap()
+                .fingerprint,
+            [1; 32],
+            "served meanwhile"
+        );
+        assert!(asked(&b).is_empty());
+        run_loads(&mut b, &interner, t2);
+        assert_eq!(b.current("a.example.com", t2).unwrap().fingerprint, [2; 32]);
+        b.for_handshake("a.example.com", t2 + SECOND);
+        assert!(asked(&b).is_empty(), "and it is fresh");
+        assert_eq!(mb.simple(Simple::TierLoads), 2);
+        assert_eq!(tier.len(), 1);
+    }
+
+    #[test]
+    fn a_worker_that_lost_its_subscription_serves_an_older_tier_record_and_refetches_it() {
+        let Host {
+            mut a,
+            mut b,
+            interner,
+            ..
+        } = host();
+        a.pre_handshake("a.example.com", 1, NOW);
+        apply(
+            &mut a,
+            found_storable("a.example.com", cert(1, NOT_AFTER), None),
+            NOW,
+        );
+        let t = NOW + SECOND;
+        apply(&mut b, RESUBSCRIBED, t);
+        // B never had the name: the zone's copy is served at once...
+        assert_eq!(b.pre_handshake("a.example.com", 2, t), PreHandshake::Park);
+        assert_eq!(run_loads(&mut b, &interner, t), [2]);
+        let sel = b.for_handshake("a.example.com", t);
+        assert_eq!(sel.cert.unwrap().fingerprint, [1; 32]);
+        // ...and checked with Redis, since it predates B's loss.
+        assert_eq!(asked(&b), ["a.example.com"]);
+        // Same for a handshake without peek (QUIC).
+        let (mut c, _) = worker();
+        let tier2 = Rc::new(MemoryTier::default());
+        let mut d = worker()
+            .0
+            .with_tier(Box::new(tier2.clone()), interner.clone());
+        c = c.with_tier(Box::new(tier2), interner.clone());
+        d.pre_handshake("a.example.com", 1, NOW);
+        apply(
+            &mut d,
+            found_storable("a.example.com", cert(1, NOT_AFTER), None),
+            NOW,
+        );
+        apply(&mut c, RESUBSCRIBED, t);
+        assert!(c
+            .for_handshake_sync("a.example.com", t, true)
+            .cert
+            .is_some());
+        c.for_handshake("a.example.com", t);
+        assert_eq!(asked(&c), ["a.example.com"]);
+    }
+
+    #[test]
+    fn records_fetched_before_the_last_resubscription_are_due() {
+        let d = Deadlines {
+            fetched: 10,
+            fresh_until: 1_000,
+            stale_until: 5_000,
+        };
+        assert_eq!(checked_since(d, 0, 20), d, "never lost");
+        assert_eq!(checked_since(d, 10, 20), d, "fetched at the epoch");
+        assert_eq!(
+            checked_since(d, 11, 20),
+            Deadlines {
+                fresh_until: 20,
+                ..d
+            }
+        );
+        // Already due earlier: unchanged.
+        let due = Deadlines {
+            fresh_until: 15,
+            ..d
+        };
+        assert_eq!(checked_since(due, 11, 20), due);
     }
 
     #[test]

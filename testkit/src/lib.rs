@@ -43,7 +43,7 @@ pub use client::{
 pub use deploy::{
     ClusterTls, RedisCluster, RedisSentinel, TlsRedis, TlsRedisOpts, SENTINEL_SERVICE,
 };
-pub use module::{ensure_fresh_module, module_path, nginx_bin, profile_dir};
+pub use module::{ensure_fresh_module, module_path, nginx_and_openssl, nginx_bin, profile_dir};
 pub use monitor::{Monitor, Observed};
 pub use net::{
     connect_from, has_ipv6_loopback, proxy_v1, proxy_v2, raw_client_hello, send_raw_client_hello,
@@ -56,6 +56,7 @@ pub use process::{
     STARTUP_DEADLINE,
 };
 pub use redis::{
-    encode_command, redis_command, redis_command_timeout, Redis, RedisConn, Reply, DEFAULT_PREFIX,
+    encode_command, read_reply, redis_command, redis_command_timeout, Redis, RedisConn, Reply,
+    DEFAULT_PREFIX,
 };
 pub use stack::{ApiStack, Stack};

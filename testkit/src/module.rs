@@ -93,6 +93,16 @@ fn build_module() -> Result<(), String> {
             cmd.env_remove(name);
         }
     }
+    // The build flavour this kit was compiled in (scripts/openssl35.sh
+    // --env: another OpenSSL, its rpath, the NGINX configure flags): the
+    // rebuild must use it too, or running a flavour's binary without that
+    // environment would rebuild its target directory against the system's
+    // OpenSSL. cargo tracks these as inputs of this crate (option_env!).
+    for (name, value) in FLAVOUR_ENV {
+        if let Some(value) = value {
+            cmd.env(name, value);
+        }
+    }
     let shown = format!(
         "`cargo build{}` in {}",
         match profile.as_deref() {
@@ -120,6 +130,18 @@ fn build_module() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The environment of the build this kit was compiled in that decides
+/// which OpenSSL everything links (see build_module).
+const FLAVOUR_ENV: [(&str, Option<&str>); 7] = [
+    ("OPENSSL_DIR", option_env!("OPENSSL_DIR")),
+    ("OPENSSL_LIB_DIR", option_env!("OPENSSL_LIB_DIR")),
+    ("OPENSSL_INCLUDE_DIR", option_env!("OPENSSL_INCLUDE_DIR")),
+    ("OPENSSL_NO_VENDOR", option_env!("OPENSSL_NO_VENDOR")),
+    ("NGX_CFLAGS", option_env!("NGX_CFLAGS")),
+    ("NGX_LDFLAGS", option_env!("NGX_LDFLAGS")),
+    ("RUSTFLAGS", option_env!("RUSTFLAGS")),
+];
 
 /// The NGINX binary the module was compiled against: `DYNCERT_NGINX_BIN`,
 /// else the nginx-sys build directory that build.rs records in
@@ -166,4 +188,39 @@ pub fn module_path() -> PathBuf {
         m.display()
     );
     m
+}
+
+/// The NGINX under test and the OpenSSL it runs on, for report headers:
+/// "nginx/1.28.3, OpenSSL 3.5.5 27 Jan 2026". The OpenSSL is the one
+/// `nginx -V` says it was built with (and, when that differs, the one it
+/// runs with); when this process (the module's tests, the benchmark) links
+/// another OpenSSL than NGINX, both are named, since rows measured on a
+/// mixed pair would say nothing about either.
+pub fn nginx_and_openssl() -> String {
+    let out = std::process::Command::new(nginx_bin())
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .unwrap_or_default();
+    let nginx = out
+        .lines()
+        .find_map(|l| l.strip_prefix("nginx version: "))
+        .unwrap_or("nginx (version unknown)")
+        .to_owned();
+    let ours = openssl::version::version();
+    let built = out
+        .lines()
+        .find_map(|l| l.strip_prefix("built with "))
+        .map(str::trim)
+        .unwrap_or("an unknown OpenSSL");
+    // "OpenSSL 3.5.5 27 Jan 2026" or "OpenSSL 3.0.19 ... (running with ...)".
+    let server = match built.split_once(" (running with ") {
+        Some((b, r)) => format!("{b}, running with {}", r.trim_end_matches(')')),
+        None => built.to_owned(),
+    };
+    if server.starts_with(ours) || server.contains(&format!("running with {ours}")) {
+        format!("{nginx}, {server}")
+    } else {
+        format!("{nginx}, {server} (this program links {ours})")
+    }
 }

@@ -62,11 +62,7 @@ pub fn print(
     problems: &Problems,
     warnings: &[String],
 ) -> i32 {
-    let nginx_version = std::process::Command::new(dyncert_testkit::nginx_bin())
-        .arg("-v")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
-        .unwrap_or_default();
+    let server = dyncert_testkit::nginx_and_openssl();
     println!();
     println!(
         "dyncert-bench zone{}: {} names (ECDSA P-256, distinct keys, chain leaf + intermediate, \
@@ -80,9 +76,7 @@ pub fn print(
         r.zone_size_mib
     );
     println!(
-        "{}, {}; full TLS 1.3 handshakes (X25519, no resumption), loopback; {}",
-        nginx_version.trim_start_matches("nginx version: "),
-        openssl::version::version(),
+        "{server}; full TLS 1.3 handshakes (X25519, no resumption), loopback; {}",
         if two_cpus {
             format!(
                 "{} CPUs: one-worker nginx pinned to CPU 0, client and Redis on the others; \

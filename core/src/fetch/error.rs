@@ -59,6 +59,10 @@ pub enum RedisError {
     ConnectTimeout,
     #[error("redis SUBSCRIBE timed out")]
     SubscribeTimeout,
+    /// A PING on the invalidation subscription went unanswered for
+    /// `dyncert_redis_timeout`: the connection is taken as dead.
+    #[error("redis PING timed out")]
+    HeartbeatTimeout,
     /// The server ended the invalidation subscription.
     #[error("subscription closed")]
     SubscriptionClosed,
@@ -142,6 +146,10 @@ mod tests {
         assert_eq!(
             RedisError::ConnectTimeout.to_string(),
             "redis connect timed out"
+        );
+        assert_eq!(
+            RedisError::HeartbeatTimeout.to_string(),
+            "redis PING timed out"
         );
         assert_eq!(
             RedisError::SubscriptionClosed.to_string(),

@@ -1,17 +1,47 @@
 //! The invalidation listener: names published on a Redis pub/sub
 //! channel, validated, become events that drop them from every worker's
-//! cache. It re-subscribes with backoff for the life of the worker.
+//! cache. It re-subscribes with backoff for the life of the worker, and
+//! PINGs the subscription so that a silent partition (no FIN, no RST, the
+//! packets just vanish) is noticed within [`detection_bound`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use super::conn::{Notes, RedisConn, RedisTarget, PRIMARY_CHECK_INTERVAL};
+use super::conn::{Notes, RedisConn, RedisTarget, SentinelConn, PRIMARY_CHECK_INTERVAL};
 use super::error::RedisError;
 use super::{Event, Shared};
 use crate::name::normalize_sni;
 use crate::topology::Topology;
+
+/// First wait before subscribing again after a loss.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between two attempts to subscribe: how late, at most, a
+/// worker subscribes again once Redis answers (plus one connect).
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Shortest interval between two PINGs on the subscription.
+const HEARTBEAT_MIN: Duration = Duration::from_millis(100);
+
+/// The wait before the next attempt to subscribe: doubling from
+/// [`BACKOFF_MIN`] up to [`BACKOFF_MAX`], so a worker retries quickly after
+/// a blip and about once a second during a long outage.
+pub fn next_backoff(previous: Duration) -> Duration {
+    (previous * 2).clamp(BACKOFF_MIN, BACKOFF_MAX)
+}
+
+/// How often a subscription is PINGed: every `dyncert_redis_timeout`
+/// (at least every 100 ms apart).
+pub fn heartbeat_interval(timeout: Duration) -> Duration {
+    timeout.max(HEARTBEAT_MIN)
+}
+
+/// The longest a dead subscription goes unnoticed: one heartbeat interval
+/// until the next PING, plus `timeout` for its answer; twice
+/// `dyncert_redis_timeout` (from 100 ms up).
+pub fn detection_bound(timeout: Duration) -> Duration {
+    heartbeat_interval(timeout) + timeout
+}
 
 /// Listens on the invalidation channel for the life of the worker,
 /// re-subscribing with backoff after any disconnect.
@@ -21,7 +51,7 @@ pub(super) async fn subscribe(
     notes: Notes,
     shared: Arc<Shared>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = BACKOFF_MIN;
     let mut subscribed_before = false;
     let mut last_warn: Option<Instant> = None;
     loop {
@@ -48,10 +78,10 @@ pub(super) async fn subscribe(
         }
         if subscribed {
             subscribed_before = true;
-            backoff = Duration::from_millis(100);
+            backoff = BACKOFF_MIN;
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = next_backoff(backoff);
     }
 }
 
@@ -81,39 +111,63 @@ async fn listen(
     // yet (which would close this subscription).
     let sentinel = match &target.topology {
         Topology::Sentinel { .. } => match target.connect(notes.clone()) {
-            Ok(RedisConn::Sentinel(s)) => Some(s),
+            Ok(RedisConn::Sentinel(s)) => Some((s, node)),
             _ => None,
         },
         _ => None,
     };
+    watch(pubsub, channel, timeout, shared, sentinel).await
+}
+
+/// Applies the messages of a live subscription, and PINGs it every
+/// [`heartbeat_interval`]: a PING not answered within `timeout` ends it
+/// (the caller subscribes again, and the worker then re-checks its cache).
+/// Under Sentinel it also ends when the sentinels name another primary
+/// than the node subscribed to (asked every [`PRIMARY_CHECK_INTERVAL`]).
+/// `Ok` when the server closed it.
+async fn watch(
+    pubsub: redis::aio::PubSub,
+    channel: &str,
+    timeout: Duration,
+    shared: &Shared,
+    sentinel: Option<(Arc<SentinelConn>, String)>,
+) -> Result<(), RedisError> {
+    let (mut sink, mut stream) = pubsub.split();
+    let every = heartbeat_interval(timeout);
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check = tokio::time::interval(PRIMARY_CHECK_INTERVAL);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stream = pubsub.on_message();
     loop {
-        let msg = tokio::select! {
-            m = stream.next() => match m {
-                Some(m) => m,
-                None => break,
-            },
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(msg) = msg else { return Ok(()) };
+                let payload = msg.get_payload_bytes();
+                match invalidation_target(payload) {
+                    Some(target) => shared.push(Event::Invalidate(target)),
+                    None => shared.push(Event::Warn(format!(
+                        "dyncert: ignored an invalid name ({} bytes) on \"{channel}\"",
+                        payload.len()
+                    ))),
+                }
+            }
+            _ = heartbeat.tick() => {
+                // Messages that arrive meanwhile wait in the stream's queue.
+                match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(RedisError::command(&e)),
+                    Err(_) => return Err(RedisError::HeartbeatTimeout),
+                }
+            }
             _ = check.tick(), if sentinel.is_some() => {
-                if let Some(s) = &sentinel {
-                    if s.primary_addr().await.is_ok_and(|a| a != node) {
+                if let Some((s, node)) = &sentinel {
+                    if s.primary_addr().await.is_ok_and(|a| &a != node) {
                         return Err(RedisError::PrimaryMoved);
                     }
                 }
-                continue;
             }
-        };
-        let payload = msg.get_payload_bytes();
-        match invalidation_target(payload) {
-            Some(target) => shared.push(Event::Invalidate(target)),
-            None => shared.push(Event::Warn(format!(
-                "dyncert: ignored an invalid name ({} bytes) on \"{channel}\"",
-                payload.len()
-            ))),
         }
     }
-    Ok(())
 }
 
 /// Validates an invalidation message: `*`, `*.<name>` or a host name.
@@ -132,6 +186,32 @@ pub fn invalidation_target(payload: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resubscribing_backs_off_from_100_ms_to_at_most_a_second() {
+        let mut wait = BACKOFF_MIN;
+        let mut waits = vec![wait];
+        for _ in 0..6 {
+            wait = next_backoff(wait);
+            waits.push(wait);
+        }
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000, 1000]);
+        assert_eq!(next_backoff(Duration::ZERO), BACKOFF_MIN);
+    }
+
+    #[test]
+    fn a_dead_subscription_is_noticed_within_twice_the_redis_timeout() {
+        let ms = |t: u64| detection_bound(Duration::from_millis(t)).as_millis();
+        assert_eq!(ms(1000), 2000);
+        assert_eq!(ms(500), 1000);
+        // PINGs stay at least 100 ms apart however short the timeout.
+        assert_eq!(
+            heartbeat_interval(Duration::from_millis(5)).as_millis(),
+            100
+        );
+        assert_eq!(ms(5), 105);
+    }
 
     #[test]
     fn invalidation_messages_are_validated() {

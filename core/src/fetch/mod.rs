@@ -24,6 +24,7 @@ mod sources;
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -42,7 +43,9 @@ use crate::workqueue::WorkQueue;
 pub use crate::topology::redact_redis_url;
 pub use conn::{is_connection_failure, Notes, RedisConn, RedisNote, RedisTarget, RedisTls};
 pub use error::{AcmeError, FetchError, RedisError};
-pub use invalidate::invalidation_target;
+pub use invalidate::{
+    detection_bound, invalidation_target, BACKOFF_MAX as RESUBSCRIBE_BACKOFF_MAX,
+};
 pub use redis::check_redis_url;
 
 use sources::{ParseJob, Sources};
@@ -147,7 +150,7 @@ pub enum Event {
     Invalidate(String),
     /// The invalidation subscription was (re)established; `resubscribed`
     /// is false the first time. Messages published while it was down are
-    /// lost, so the worker may want to refresh early.
+    /// lost, so the worker re-checks what it cached before.
     Subscribed {
         resubscribed: bool,
     },
@@ -187,10 +190,16 @@ pub struct Step {
 struct Shared {
     results: Mutex<VecDeque<Event>>,
     notify: UnixStream,
+    /// Set when the invalidation subscription is back after a loss: the
+    /// next lookup takes a new command connection (see `Sources::redis`).
+    renew_redis: Arc<AtomicBool>,
 }
 
 impl Shared {
     fn push(&self, r: Event) {
+        if let Event::Subscribed { resubscribed: true } = r {
+            self.renew_redis.store(true, Ordering::Relaxed);
+        }
         if let Ok(mut q) = self.results.lock() {
             q.push_back(r);
         }
@@ -230,6 +239,7 @@ impl Fetcher {
         let shared = Arc::new(Shared {
             results: Mutex::new(VecDeque::new()),
             notify,
+            renew_redis: Arc::new(AtomicBool::new(false)),
         });
         let (tx, rx) = mpsc::channel(cfg.queue_cap.max(1));
         let (acme_tx, acme_rx) = mpsc::channel(cfg.acme_queue_cap.max(1));
@@ -448,7 +458,14 @@ fn run(
         }
         let reader = acme::AcmeReader::new(&redis, &cfg.acme_prefix, cfg.redis_timeout);
         tokio::spawn(acme::answer(acme_rx, reader, shared.clone()));
-        let sources = Arc::new(Sources::new(cfg, redis, api, parse, interner));
+        let renew = shared.renew_redis.clone();
+        let target = match target {
+            Some(Ok(t)) => Some((t, notes.clone())),
+            _ => None,
+        };
+        let sources = Arc::new(Sources::new(
+            cfg, redis, target, renew, api, parse, interner,
+        ));
         while let Some(req) = rx.recv().await {
             let shared = shared.clone();
             let sources = sources.clone();

@@ -3,12 +3,13 @@
 //! written back to Redis; and the hand-off of whatever is found to the
 //! parse thread, which validates it against the requested name.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::conn::RedisConn;
+use super::conn::{Notes, RedisConn, RedisTarget};
 use super::error::{FetchError, RedisError};
-use super::redis::{read_record, write_back, Expiry, RedisAnswer, WriteBack};
+use super::redis::{connect, read_record, write_back, Expiry, RedisAnswer, WriteBack};
 use super::{FetcherConfig, Outcome, Step, Stored, TierData};
 use crate::api::{ApiClient, ApiError, ApiOutcome};
 use crate::compact::Compact;
@@ -25,7 +26,13 @@ pub(super) type ParseJob = Box<dyn FnOnce() + Send>;
 /// Everything a lookup may ask, shared by the lookups in flight.
 pub(super) struct Sources {
     cfg: FetcherConfig,
-    redis: Option<Result<RedisConn, RedisError>>,
+    /// The command connection; replaced by a new one when `renew` is set.
+    redis: Mutex<Option<Result<RedisConn, RedisError>>>,
+    /// What a new command connection is made from.
+    target: Option<(RedisTarget, Notes)>,
+    /// Set when the invalidation subscription is back after a loss: see
+    /// [`Sources::redis`].
+    renew: Arc<AtomicBool>,
     api: Option<ApiClient>,
     /// Shared parsed intermediates (one object per distinct DER).
     intermediates: Arc<Interner>,
@@ -37,13 +44,17 @@ impl Sources {
     pub(super) fn new(
         cfg: FetcherConfig,
         redis: Option<Result<RedisConn, RedisError>>,
+        target: Option<(RedisTarget, Notes)>,
+        renew: Arc<AtomicBool>,
         api: Option<ApiClient>,
         parse: Arc<WorkQueue<ParseJob>>,
         intermediates: Arc<Interner>,
     ) -> Sources {
         Sources {
             cfg,
-            redis,
+            redis: Mutex::new(redis),
+            target,
+            renew,
             api,
             intermediates,
             parse,
@@ -54,7 +65,8 @@ impl Sources {
     /// whatever is found against the requested name.
     pub(super) async fn lookup(&self, name: &str, steps: &mut Vec<Step>) -> Outcome {
         let mut redis_error = None;
-        if let Some(redis) = &self.redis {
+        let redis = self.redis();
+        if let Some(redis) = &redis {
             match redis {
                 Ok(conn) => {
                     let mut conn = conn.clone();
@@ -117,7 +129,7 @@ impl Sources {
                 let outcome = self
                     .found(record.clone(), name, CertSource::Api, None)
                     .await;
-                if let (Outcome::Found { cert, .. }, Some(Ok(conn))) = (&outcome, &self.redis) {
+                if let (Outcome::Found { cert, .. }, Some(Ok(conn))) = (&outcome, &redis) {
                     if redis_error.is_none() && !self.cfg.writeback.is_zero() {
                         let der = der_form(cert, &record);
                         let index = self.cfg.expiry_index.as_ref().map(|index| Expiry {
@@ -186,6 +198,22 @@ impl Sources {
             return Outcome::Error(FetchError::ParseQueueFull);
         }
         rx.await.unwrap_or(Outcome::Error(FetchError::ParseFailed))
+    }
+
+    /// The command connection for a lookup. After the subscription came
+    /// back from a loss, a new one: the old connection may sit behind
+    /// TCP's retransmission backoff for seconds after a partition heals
+    /// (its commands time out, and the manager only reconnects on I/O
+    /// errors), while the refreshes the worker starts now must reach Redis
+    /// at once. Lookups still holding the old one finish with it.
+    fn redis(&self) -> Option<Result<RedisConn, RedisError>> {
+        let mut redis = self.redis.lock().unwrap_or_else(|e| e.into_inner());
+        if self.renew.swap(false, Ordering::Relaxed) {
+            if let (Some((target, notes)), Some(_)) = (&self.target, &*redis) {
+                *redis = Some(connect(target, notes.clone()));
+            }
+        }
+        redis.clone()
     }
 
     /// Reads the record stored for `name` (a name or `*.parent`).

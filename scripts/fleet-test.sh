@@ -1,0 +1,565 @@
+#!/usr/bin/env bash
+# The fleet test (issue 13): the README's "Running a fleet" claims, checked
+# on one machine with Linux network namespaces and no external network.
+#
+#   client 10.77.0.50 (and 10.77.0.51, outside the allowlist)
+#     -> HAProxy 10.77.0.10:443 (TCP mode, send-proxy-v2, round-robin: an NLB)
+#       -> 3 terminators 10.77.0.11-13:443 (this module, the same config)
+#         -> Redis 10.77.0.20:6379
+#
+# Every node is a namespace of its own (names dcf-<pid>-<node>, so runs never
+# collide), plugged into a bridge in a hub namespace. The clients are
+# `dyncert-bench fleet ...` (full TLS handshakes, each leaf checked against
+# the SNI) run inside the client namespaces. Scenarios, each with figures:
+#
+#   1. 10,000 names through the balancer: 0 failures, 0 mismatches.
+#   2. A certificate renewed and published: every terminator serves the new
+#      one within 100 ms of the PUBLISH (20 renewals, p50 and max each).
+#   3. Client addresses come from PROXY v2: $remote_addr and dyncert_allow
+#      see the client, never the balancer.
+#   4. One terminator cut off from Redis: it keeps serving its cached names,
+#      stale past valid=, logs and counts the errors, notices the dead
+#      subscription by its PING, and serves the renewal published meanwhile
+#      within the documented bound after the partition heals (re-subscribe,
+#      then one fetch), not when valid= ends.
+#   5. A terminator killed and restarted under load: only connections that
+#      were on it fail.
+#   6. Redis lost under load: cached names 0 failures, uncached names back
+#      within the outage plus one fetch timeout, no terminator restarted.
+#
+# It prints a table of the scenarios with PASS/FAIL and exits 1 on any FAIL.
+# Needs root (namespaces, iptables), haproxy, iptables and redis-server
+# (scripts/deps.sh --fleet), and the release builds of the module (with the
+# NGINX built alongside) and of dyncert-bench: cargo build --release &&
+# cargo build --release -p dyncert-bench.
+# Without root or network namespaces it fails: it never skips.
+#
+# Environment:
+#   FLEET_REDIS   Redis topology: "single" (one redis-server, killed and
+#                 restarted in scenario 6). "sentinel" and "cluster" are the
+#                 hook for the Sentinel/Cluster support to come: they need
+#                 their own redis_* functions below (start, URL, lose the
+#                 primary, have one again).
+#   FLEET_NAMES   names in the sweep (default 10000)
+#   FLEET_KEEP    set to keep target/fleet/ (configs, logs) after a pass
+#                 (it is always kept after a failure)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+RUN=$ROOT/target/fleet
+BENCH=$ROOT/target/release/dyncert-bench
+MODULE=$ROOT/target/release/libngx_http_dyncert_module.so
+
+FLEET_REDIS=${FLEET_REDIS:-single}
+FLEET_NAMES=${FLEET_NAMES:-10000}
+# Names asked once each while Redis is down (scenario 6).
+COLD=6000
+# The terminators' cache and fetch settings; the bounds checked below are
+# derived from them.
+VALID_S=6
+FETCH_TIMEOUT_MS=1000
+REDIS_TIMEOUT_MS=500
+# core/src/fetch/invalidate.rs: the longest wait between two attempts to
+# subscribe to the invalidation channel (BACKOFF_MAX).
+RESUBSCRIBE_MAX_MS=1000
+# core/src/fetch/invalidate.rs: a dead subscription is noticed within one
+# PING interval plus the PING's timeout, both dyncert_redis_timeout.
+DETECTION_MAX_MS=$((2 * REDIS_TIMEOUT_MS))
+# What seeing it in the error log adds (a 20 ms poll, grep, scheduling) and
+# how late the fetcher's own timers may fire on a loaded 2-CPU machine: a run
+# here saw detection at exactly the 1000 ms maximum.
+LOG_POLL_SLACK_MS=500
+
+NS=dcf-$$-
+NET=10.77.0
+LB_IP=$NET.10
+T_IPS=("$NET.11" "$NET.12" "$NET.13")
+REDIS_IP=$NET.20
+REDIS_PORT=6379
+C1_IP=$NET.50
+C2_IP=$NET.51
+
+started=$SECONDS
+created_ns=()
+failed=0
+rows=()
+
+say() { printf '==> [%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+    printf 'fleet-test.sh: %s\n' "$*" >&2
+    exit 1
+}
+now_ms() { date +%s%3N; }
+
+# Kills every process of every namespace this run made (they are all ours:
+# the namespaces are), then deletes the namespaces.
+cleanup() {
+    local rc=$? ns pids
+    for ns in "${created_ns[@]}"; do
+        pids=$(ip netns pids "$ns" 2>/dev/null || true)
+        if [[ -n $pids ]]; then
+            # shellcheck disable=SC2086 # one pid per word
+            kill -9 $pids 2>/dev/null || true
+        fi
+    done
+    for ns in "${created_ns[@]}"; do
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    if ((rc != 0 || failed)); then
+        echo "fleet-test.sh: configurations and logs kept in $RUN" >&2
+    elif [[ -z ${FLEET_KEEP:-} ]]; then
+        rm -rf "$RUN"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- preconditions ------------------------------------------------------------
+
+[[ $(id -u) -eq 0 ]] || die "needs root (network namespaces, veth, iptables); in CI this is a failure, not a skip"
+for tool in ip iptables haproxy redis-server redis-cli curl; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found: run scripts/deps.sh --fleet"
+done
+[[ -x $BENCH && -f $MODULE && -s $ROOT/target/release/nginx-build-dir.txt ]] ||
+    die "release build missing: cargo build --release && cargo build --release -p dyncert-bench"
+NGINX=$(<"$ROOT/target/release/nginx-build-dir.txt")/nginx
+[[ -x $NGINX ]] || die "no nginx binary at $NGINX"
+case $FLEET_REDIS in
+    single) ;;
+    sentinel | cluster) die "FLEET_REDIS=$FLEET_REDIS: not built yet (needs sentinel:// and cluster:// in dyncert_redis); use single" ;;
+    *) die "FLEET_REDIS=$FLEET_REDIS: unknown topology (single)" ;;
+esac
+ip netns add "${NS}probe" 2>/dev/null || die "cannot create network namespaces (ip netns add): a container without CAP_SYS_ADMIN? In CI this is a failure"
+ip netns del "${NS}probe"
+
+rm -rf "$RUN"
+mkdir -p "$RUN"
+
+# --- network --------------------------------------------------------------------
+
+say "network: namespaces ${NS}*, bridge in ${NS}hub, $NET.0/24"
+ip netns add "${NS}hub"
+created_ns+=("${NS}hub")
+ip -n "${NS}hub" link add br0 type bridge
+ip -n "${NS}hub" link set br0 up
+
+# node NAME IP: a namespace with eth0 at IP on the bridge.
+node() {
+    local ns=$NS$1
+    ip netns add "$ns"
+    created_ns+=("$ns")
+    ip -n "$ns" link set lo up
+    ip -n "${NS}hub" link add "h-$1" type veth peer name eth0 netns "$ns"
+    ip -n "${NS}hub" link set "h-$1" master br0 up
+    ip -n "$ns" addr add "$2/24" dev eth0
+    ip -n "$ns" link set eth0 up
+}
+node lb "$LB_IP"
+for i in 1 2 3; do node "t$i" "${T_IPS[i - 1]}"; done
+node redis "$REDIS_IP"
+node c1 "$C1_IP"
+node c2 "$C2_IP"
+
+in_ns() {
+    local ns=$NS$1
+    shift
+    ip netns exec "$ns" "$@"
+}
+# The fleet client, from the allowed client address (c1) or the other (c2).
+client() { in_ns c1 "$BENCH" fleet "$@"; }
+client2() { in_ns c2 "$BENCH" fleet "$@"; }
+
+# --- Redis (the topology hook) ----------------------------------------------------
+#
+# A Sentinel (or Cluster) run replaces these: the URL the terminators get,
+# starting the set, and losing the primary (redis_fail, at the "down" mark)
+# and having one again (redis_recover returns when the URL answers: the
+# "up" mark).
+
+redis_url() { echo "redis://$REDIS_IP:$REDIS_PORT/0"; }
+
+# Workers subscribed to the invalidation channel.
+redis_subscribers() {
+    in_ns redis redis-cli -h "$REDIS_IP" -p "$REDIS_PORT" pubsub numsub dyncert:invalidate 2>/dev/null | sed -n 2p
+}
+
+redis_ping() { in_ns redis redis-cli -h "$REDIS_IP" -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
+
+redis_start() {
+    mkdir -p "$RUN/redis"
+    # The records survive a restart through dump.rdb (see
+    # redis_before_failure).
+    in_ns redis redis-server --bind "$REDIS_IP" --port "$REDIS_PORT" --protected-mode no \
+        --save '' --appendonly no --dir "$RUN/redis" --dbfilename dump.rdb \
+        --daemonize yes --logfile "$RUN/redis/redis.log"
+    local i
+    for ((i = 0; i < 100; i++)); do
+        redis_ping && return 0
+        sleep 0.02
+    done
+    die "redis-server did not answer on $REDIS_IP:$REDIS_PORT (see $RUN/redis/redis.log)"
+}
+
+# Before the "down" mark: the records must outlive the single server, as
+# they outlive a Sentinel primary on its replicas.
+redis_before_failure() { in_ns redis redis-cli -h "$REDIS_IP" -p "$REDIS_PORT" save >/dev/null; }
+
+# The primary is lost at once (SIGKILL, no shutdown save).
+redis_fail() { kill_ns redis; }
+
+redis_recover() { redis_start; }
+
+# Kills every process of node $1 and waits until they are gone.
+kill_ns() {
+    local pids i
+    pids=$(ip netns pids "$NS$1")
+    # shellcheck disable=SC2086 # one pid per word
+    [[ -z $pids ]] || kill -9 $pids
+    for ((i = 0; i < 200; i++)); do
+        [[ -z $(ip netns pids "$NS$1") ]] && return 0
+        sleep 0.01
+    done
+    die "processes of $1 survived SIGKILL"
+}
+
+# --- terminators --------------------------------------------------------------------
+
+write_terminator() {
+    local n=$1 ip=$2 dir=$RUN/t$1
+    mkdir -p "$dir/conf/certs" "$dir/logs" "$dir/html/allowed"
+    cp "$RUN/certs/default.crt" "$RUN/certs/default.key" "$dir/conf/certs/"
+    echo "allowed" >"$dir/html/allowed/index.html"
+    cat >"$dir/conf/nginx.conf" <<CONF
+# Terminator $n of scripts/fleet-test.sh; all three are the same but for
+# their address.
+load_module $MODULE;
+
+worker_processes 1;
+error_log logs/error.log notice;
+pid       logs/nginx.pid;
+
+events { worker_connections 4096; }
+
+http {
+    dyncert_redis         $(redis_url);
+    dyncert_cache         max=50000 valid=${VALID_S}s stale=1h negative=2s;
+    dyncert_fetch_timeout ${FETCH_TIMEOUT_MS}ms;
+    dyncert_redis_timeout ${REDIS_TIMEOUT_MS}ms;
+
+    log_format fleet '\$remote_addr \$proxy_protocol_addr \$ssl_server_name \$dyncert_source \$status';
+    access_log logs/access.log fleet;
+    default_type text/plain;
+
+    server {
+        listen $ip:443 ssl proxy_protocol;
+        server_name _;
+        ssl_certificate     certs/default.crt;
+        ssl_certificate_key certs/default.key;
+        dyncert on;
+
+        # The balancer's PROXY v2 header is trusted from the balancer only.
+        set_real_ip_from $LB_IP;
+        real_ip_header   proxy_protocol;
+
+        location / {
+            return 200 "\$server_addr \$remote_addr \$dyncert_source\n";
+        }
+        location /allowed/ {
+            dyncert_allow $C1_IP;
+            root html;
+        }
+    }
+
+    # Health checks of the balancer, and metrics.
+    server {
+        listen $ip:8081;
+        location = /healthz { return 200 "ok\n"; }
+        location = /metrics { dyncert_metrics; }
+    }
+}
+CONF
+}
+
+healthy() { in_ns c1 curl -fsS --max-time 1 "http://$1:8081/healthz" >/dev/null 2>&1; }
+
+start_terminator() {
+    local n=$1 ip=${T_IPS[$1 - 1]} i
+    in_ns "t$n" "$NGINX" -p "$RUN/t$n" -c conf/nginx.conf
+    for ((i = 0; i < 100; i++)); do
+        healthy "$ip" && return 0
+        sleep 0.05
+    done
+    die "terminator $n did not come up (see $RUN/t$n/logs/error.log)"
+}
+
+master_pid() { cat "$RUN/t$1/logs/nginx.pid"; }
+
+# metric N NAME: the sum of a metric's series on terminator N.
+metric() {
+    { in_ns c1 curl -fsS --max-time 2 "http://${T_IPS[$1 - 1]}:8081/metrics" || true; } |
+        awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $2 } END { print s + 0 }'
+}
+
+write_haproxy() {
+    cat >"$RUN/haproxy.cfg" <<CONF
+# What an NLB does: TCP, round-robin, the client's address in PROXY v2, and
+# a connection that cannot reach a dead terminator retried on another.
+global
+    maxconn 4000
+
+defaults
+    mode tcp
+    timeout connect 500ms
+    timeout client  30s
+    timeout server  30s
+    retries 2
+    option redispatch 1
+
+frontend tls
+    bind $LB_IP:443
+    default_backend terminators
+
+backend terminators
+    balance roundrobin
+    default-server send-proxy-v2 check port 8081 inter 200ms fall 1 rise 1
+    server t1 ${T_IPS[0]}:443
+    server t2 ${T_IPS[1]}:443
+    server t3 ${T_IPS[2]}:443
+CONF
+    in_ns lb haproxy -D -f "$RUN/haproxy.cfg" -p "$RUN/haproxy.pid"
+}
+
+# --- results ----------------------------------------------------------------------
+
+# record NAME VERDICT FIGURES
+record() {
+    rows+=("$1"$'\t'"$2"$'\t'"$3")
+    [[ $2 == PASS ]] || failed=1
+    printf '    %s: %s %s\n' "$1" "$2" "$3" >&2
+}
+
+# from_result NAME FILE: the RESULT line of a client run as a row.
+from_result() {
+    local line
+    line=$(grep '^RESULT ' "$2" | tail -n 1 || true)
+    if [[ -z $line ]]; then
+        record "$1" FAIL "no result: $(tail -n 1 "$2")"
+        return
+    fi
+    line=${line#RESULT }
+    record "$1" "${line%% *}" "${line#* }"
+}
+
+# field KEY LINE: the value of KEY=... in a line of key=value words.
+field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }
+
+# --- bring-up -------------------------------------------------------------------------
+
+say "Redis ($FLEET_REDIS) at $(redis_url)"
+redis_start
+say "records: $FLEET_NAMES names + $COLD for the outage, loaded pipelined"
+client setup --redis "$REDIS_IP:$REDIS_PORT" --names "$FLEET_NAMES" --cold "$COLD" --certs "$RUN/certs" >&2
+say "3 terminators, HAProxy"
+for i in 1 2 3; do
+    write_terminator "$i" "${T_IPS[i - 1]}"
+    start_terminator "$i"
+done
+write_haproxy
+# Up when a TLS request through it gets an answer (a plain-HTTP probe would
+# leave a 400 in the access logs, which nginx logs with the balancer's
+# address: see the README's "Running a fleet").
+for ((i = 0; i < 100; i++)); do
+    client get --to "$LB_IP:443" --name n0.fleet.test >/dev/null 2>&1 && break
+    sleep 0.05
+done
+masters=("$(master_pid 1)" "$(master_pid 2)" "$(master_pid 3)")
+
+# --- 1. names through the balancer -------------------------------------------------------
+
+say "1. $FLEET_NAMES names through the balancer"
+client sweep --to "$LB_IP:443" --names "n:0:$FLEET_NAMES" --concurrency 8 >"$RUN/sweep.out" 2>&1 || true
+from_result "$FLEET_NAMES names through the balancer (SAN checked)" "$RUN/sweep.out"
+
+# --- 2. renewal reaches every terminator ----------------------------------------------------
+
+say "2. renewals published: time until every terminator serves the new certificate"
+client invalidate --redis "$REDIS_IP:$REDIS_PORT" --direct "$(
+    IFS=,
+    echo "${T_IPS[*]}"
+)" --port 443 --from "$C1_IP" --name n1.fleet.test --rounds 20 --bound-ms 100 >"$RUN/invalidate.out" 2>&1 || true
+from_result "renewal served by all 3 within 100 ms" "$RUN/invalidate.out"
+
+# --- 3. client addresses through PROXY v2 --------------------------------------------------
+
+say "3. client addresses as the terminators see them"
+# Six of each in a row: round-robin spreads each kind over all three.
+addr_ok=0 addr_bad=0 allowed=0 denied=0 seen=""
+for ((i = 0; i < 6; i++)); do
+    out=$(client get --to "$LB_IP:443" --name n2.fleet.test --path / 2>&1 || true)
+    read -r server remote _ <<<"$(sed -n 's/.* body=//p' <<<"$out")"
+    if [[ $remote == "$C1_IP" ]]; then addr_ok=$((addr_ok + 1)); else addr_bad=$((addr_bad + 1)); fi
+    if [[ " $seen " != *" $server "* ]]; then seen="$seen $server"; fi
+done
+for ((i = 0; i < 6; i++)); do
+    out=$(client get --to "$LB_IP:443" --name n2.fleet.test --path /allowed/ 2>&1 || true)
+    if [[ $(field status "$out") == 200 ]]; then allowed=$((allowed + 1)); fi
+done
+for ((i = 0; i < 6; i++)); do
+    out=$(client2 get --to "$LB_IP:443" --name n2.fleet.test --path /allowed/ 2>&1 || true)
+    if [[ $(field status "$out") == 403 ]]; then denied=$((denied + 1)); fi
+done
+from_lb=$(cat "$RUN"/t?/logs/access.log | awk -v lb="$LB_IP" '$1 == lb' | wc -l)
+logged=$(cat "$RUN"/t?/logs/access.log | wc -l)
+terminators_seen=$(wc -w <<<"$seen")
+verdict=FAIL
+if ((addr_ok == 6 && allowed == 6 && denied == 6 && from_lb == 0 && terminators_seen == 3)); then
+    verdict=PASS
+fi
+record "client address from PROXY v2, dyncert_allow" "$verdict" \
+    "\$remote_addr = $C1_IP in $addr_ok/6 (other $addr_bad) on $terminators_seen terminators; /allowed/ (allow $C1_IP): $C1_IP 200 x$allowed/6, $C2_IP 403 x$denied/6; access-log lines with the balancer's address $LB_IP: $from_lb of $logged"
+
+# --- 4. partition between terminator 1 and Redis ---------------------------------------------
+
+say "4. terminator 1 cut off from Redis"
+t1=${T_IPS[0]}
+direct1=(--direct "$t1" --port 443 --from "$C1_IP")
+client sweep "${direct1[@]}" --names n:300:10 >/dev/null 2>&1 || true
+old=$(field serial "$(client get "${direct1[@]}" --name n300.fleet.test 2>&1 || true)")
+errors_before=$(metric 1 dyncert_redis_errors_total)
+warn_before=$(grep -c '\[warn\].*dyncert' "$RUN/t1/logs/error.log" || true)
+ping_before=$(grep -c 'redis PING timed out' "$RUN/t1/logs/error.log" || true)
+resub_before=$(grep -c 'subscribed again' "$RUN/t1/logs/error.log" || true)
+in_ns t1 iptables -A INPUT -s "$REDIS_IP" -j DROP
+in_ns redis iptables -A INPUT -s "$t1" -j DROP
+cut=$(now_ms)
+# When t1's worker logs that its subscription's PING went unanswered.
+(
+    for ((i = 0; i < 400; i++)); do
+        if (($(grep -c 'redis PING timed out' "$RUN/t1/logs/error.log" || true) > ping_before)); then
+            now_ms >"$RUN/partition-noticed"
+            exit 0
+        fi
+        sleep 0.02
+    done
+) &
+noticed_pid=$!
+new=$(field serial "$(client publish --redis "$REDIS_IP:$REDIS_PORT" --name n300.fleet.test --serial 77000001 2>&1 || true)")
+# Longer than valid=, so every cached entry is stale and refreshes fail.
+client load "${direct1[@]}" --warm n:300:10 --seconds $((VALID_S + 3)) --concurrency 4 >"$RUN/partition-load.out" 2>&1 || true
+during=$(grep '^RESULT ' "$RUN/partition-load.out" | tail -n 1 || true)
+on_t1=$(field serial "$(client get "${direct1[@]}" --name n300.fleet.test 2>&1 || true)")
+on_t2=$(field serial "$(client get --direct "${T_IPS[1]}" --port 443 --from "$C1_IP" --name n300.fleet.test 2>&1 || true)")
+errors=$(($(metric 1 dyncert_redis_errors_total) - errors_before))
+warns=$(($(grep -c '\[warn\].*dyncert' "$RUN/t1/logs/error.log" || true) - warn_before))
+wait "$noticed_pid" || true
+noticed=""
+[[ -s $RUN/partition-noticed ]] && noticed=$(($(cat "$RUN/partition-noticed") - cut))
+in_ns t1 iptables -D INPUT -s "$REDIS_IP" -j DROP
+in_ns redis iptables -D INPUT -s "$t1" -j DROP
+healed=$(now_ms)
+# Once the partition heals the worker subscribes again (at most one
+# backoff plus one connect and SUBSCRIBE), marks every cached certificate
+# due, and the next handshake's refresh fetches the renewal (one fetch).
+bound=$((RESUBSCRIBE_MAX_MS + REDIS_TIMEOUT_MS + FETCH_TIMEOUT_MS))
+catchup=$(field elapsed_ms "$(client wait-serial "${direct1[@]}" --name n300.fleet.test --serial "$new" --timeout-ms $((bound * 3)) 2>&1 || true)")
+resubs=$(($(grep -c 'subscribed again' "$RUN/t1/logs/error.log" || true) - resub_before))
+verdict=FAIL
+if [[ $during == "RESULT PASS "* && -n $old && -n $new && $on_t1 == "$old" && $on_t2 == "$new" ]] &&
+    ((errors > 0 && warns > 0 && resubs > 0)) && [[ $noticed =~ ^[0-9]+$ ]] && ((noticed <= DETECTION_MAX_MS + LOG_POLL_SLACK_MS)) &&
+    [[ $catchup =~ ^[0-9]+$ ]] && ((catchup <= bound)); then
+    verdict=PASS
+fi
+record "partition terminator 1 / Redis" "$verdict" \
+    "cut $(((healed - cut) / 1000)) s (valid=${VALID_S}s): cached names ${during#RESULT * }; renewal published meanwhile: t1 served ${on_t1:-?} (old ${old:-?}), t2 ${on_t2:-?} (new); t1 counted $errors redis errors, logged $warns warnings; dead subscription noticed ${noticed:-"not within 8000"} ms after the cut (bound $DETECTION_MAX_MS ms + $LOG_POLL_SLACK_MS ms to read the log); subscribed again $resubs time(s); new certificate on t1 ${catchup:-?} ms after the heal (bound $bound ms: re-subscribe backoff + subscribe + one fetch)"
+
+# --- 5. terminator killed and restarted under load ----------------------------------------------
+
+say "5. terminator 2 killed and restarted under load"
+all_direct=(--direct "$(
+    IFS=,
+    echo "${T_IPS[*]}"
+)" --port 443 --from "$C1_IP")
+client sweep "${all_direct[@]}" --names n:0:200 >/dev/null 2>&1 || true
+marks=$RUN/marks-terminator
+: >"$marks"
+client load --to "$LB_IP:443" --warm n:0:200 --seconds 8 --concurrency 8 \
+    --marks "$marks" --judge terminator >"$RUN/terminator-load.out" 2>&1 &
+load_pid=$!
+sleep 2
+echo "kill $(now_ms)" >>"$marks"
+kill_ns t2
+echo "dead $(now_ms)" >>"$marks"
+sleep 2
+start_terminator 2
+echo "back $(now_ms)" >>"$marks"
+masters[1]=$(master_pid 2)
+wait "$load_pid" || true
+from_result "terminator killed and restarted under load" "$RUN/terminator-load.out"
+served=$(metric 2 dyncert_handshakes_total)
+if ((served == 0)); then
+    record "restarted terminator back in rotation" FAIL "terminator 2 served no handshake after its restart"
+fi
+
+# --- 6. Redis lost under load ------------------------------------------------------------
+
+say "6. Redis ($FLEET_REDIS) lost under load"
+client sweep "${all_direct[@]}" --names n:0:200 >/dev/null 2>&1 || true
+marks=$RUN/marks-redis
+: >"$marks"
+client load --to "$LB_IP:443" --warm n:0:200 --cold "c:0:$COLD" --seconds 10 --concurrency 8 \
+    --marks "$marks" --judge redis --fetch-timeout-ms "$FETCH_TIMEOUT_MS" >"$RUN/redis-load.out" 2>&1 &
+load_pid=$!
+sleep 2
+redis_before_failure
+echo "down $(now_ms)" >>"$marks"
+redis_fail
+sleep 3
+redis_recover
+up=$(now_ms)
+echo "up $up" >>"$marks"
+# Invalidations reach a terminator again once its worker has subscribed
+# again (backoff up to 1 s, core/src/fetch/invalidate.rs).
+subscribed=""
+for ((i = 0; i < 500; i++)); do
+    if [[ $(redis_subscribers) == 3 ]]; then
+        subscribed=$(($(now_ms) - up))
+        break
+    fi
+    sleep 0.02
+done
+wait "$load_pid" || true
+from_result "Redis killed and restarted under load ($FLEET_REDIS)" "$RUN/redis-load.out"
+verdict=FAIL
+if [[ -n $subscribed ]] && ((subscribed <= RESUBSCRIBE_MAX_MS + FETCH_TIMEOUT_MS)); then
+    client invalidate --redis "$REDIS_IP:$REDIS_PORT" "${all_direct[@]}" --name n1.fleet.test \
+        --rounds 3 --bound-ms 100 >"$RUN/invalidate-after.out" 2>&1 || true
+    if grep -q '^RESULT PASS ' "$RUN/invalidate-after.out"; then verdict=PASS; fi
+fi
+record "invalidations again after the Redis outage" "$verdict" \
+    "all 3 terminators (one worker each) subscribed again ${subscribed:-"not within 10 000"} ms after Redis answered (bound $((RESUBSCRIBE_MAX_MS + FETCH_TIMEOUT_MS)) ms); then $(sed -n 's/^RESULT //p' "$RUN/invalidate-after.out" 2>/dev/null)"
+restarted=0
+for i in 1 2 3; do
+    [[ $(master_pid "$i") == "${masters[i - 1]}" ]] && kill -0 "${masters[i - 1]}" 2>/dev/null ||
+        restarted=$((restarted + 1))
+done
+probe=$(client sweep "${all_direct[@]}" --names "c:$((COLD - 3)):3" 2>&1 | grep '^RESULT ' || true)
+verdict=FAIL
+[[ $restarted == 0 && $probe == "RESULT PASS "* ]] && verdict=PASS
+record "no terminator restarted after the Redis outage" "$verdict" \
+    "masters unchanged: $((3 - restarted))/3; new names on each terminator afterwards: ${probe#RESULT }"
+
+# --- table ---------------------------------------------------------------------------------
+
+echo
+echo "fleet test: 3 terminators behind HAProxy (TCP, send-proxy-v2, round-robin), Redis $FLEET_REDIS, $(nproc) CPUs, $((SECONDS - started)) s"
+printf '%-52s %-6s %s\n' scenario result figures
+for row in "${rows[@]}"; do
+    IFS=$'\t' read -r name verdict figures <<<"$row"
+    printf '%-52s %-6s %s\n' "$name" "$verdict" "$figures"
+done
+if ((failed)); then
+    echo "fleet-test.sh: FAIL"
+    exit 1
+fi
+echo "fleet-test.sh: all scenarios passed"
