@@ -253,6 +253,8 @@ impl Compact {
             der_bytes,
             policy,
             fingerprint: self.fingerprint,
+            // Only records with key material are stored in the zone.
+            key_reference: false,
         })
     }
 }

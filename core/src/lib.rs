@@ -1,4 +1,4 @@
-// Safe code only, but for the OpenSSL glue in `ossl_ffi`.
+// Safe code only, but for the OpenSSL glue in `ossl_ffi` and `ossl_engine`.
 #![deny(unsafe_code)]
 pub mod acme;
 pub mod api;
@@ -13,9 +13,12 @@ pub mod event_method;
 pub mod fetch;
 pub mod flight;
 pub mod intern;
+pub mod keyref;
 pub mod lru;
 pub mod metrics;
 pub mod name;
+#[allow(unsafe_code)]
+mod ossl_engine;
 #[allow(unsafe_code)]
 mod ossl_ffi;
 pub mod outcome;

@@ -48,7 +48,7 @@ pub const HANDSHAKE_SOURCES: [CertSource; 6] = [
 
 /// Labels of refused records (`Refusal::label`), in a fixed order so the
 /// shared array has one slot each; anything else counts as `other`.
-pub const REJECT_REASONS: [&str; 18] = [
+pub const REJECT_REASONS: [&str; 20] = [
     "crt_not_pem",
     "chain_too_long",
     "key_not_pem",
@@ -66,6 +66,8 @@ pub const REJECT_REASONS: [&str; 18] = [
     "allow_invalid",
     "client_ca_not_pem",
     "encrypted_key",
+    "key_reference_refused",
+    "key_reference_failed",
     "other",
 ];
 
@@ -102,9 +104,10 @@ pub enum Simple {
     TierLoads,
     TierSyncLoads,
     TierLoadsRefused,
+    KeyRefsResolved,
 }
 
-const SIMPLE: [(Simple, &str, &str); 19] = [
+const SIMPLE: [(Simple, &str, &str); 20] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -202,6 +205,12 @@ const SIMPLE: [(Simple, &str, &str); 19] = [
         Simple::TierLoadsRefused,
         "dyncert_shared_loads_refused_total",
         "Shared-zone records that could not be served (expired or damaged) and were fetched again.",
+    ),
+    (
+        Simple::KeyRefsResolved,
+        "dyncert_key_references_resolved_total",
+        "Private keys loaded from a PKCS#11 module through a record's key reference \
+         (once per fetched record; handshakes reuse the loaded key).",
     ),
 ];
 
@@ -637,6 +646,9 @@ mod tests {
             Invalid::AllowInvalid,
             Invalid::ClientCaNotPem,
             Invalid::KeyEncrypted,
+            Invalid::KeyReference(crate::keyref::RefError::Disabled),
+            Invalid::KeyReferenceFailed,
+            Invalid::KeyReferenceNoEngine,
         ] {
             assert_ne!(l.rejected(i.label()), l.rejected("other"), "{i:?}");
         }

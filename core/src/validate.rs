@@ -19,7 +19,9 @@ use crate::cidr::{parse_list, Cidr};
 
 use crate::der::{load_sec1, split_certificates, unwrap_pkcs8, KeyDer, Unwrapped};
 use crate::intern::Interner;
+use crate::keyref::{self, KeyRefConfig, KeyRefMode, RefError};
 use crate::name::dns_name_matches;
+use crate::ossl_engine::EngineError;
 use crate::outcome::Refusal;
 use crate::pem::{self, Block, Label, PemError};
 use crate::record::{Form, Record, MAX_CHAIN_LEN};
@@ -41,6 +43,9 @@ pub struct ParsedCert {
     /// key or policy) does not. Tenant policy binds connections and TLS
     /// sessions to it.
     pub fingerprint: [u8; 32],
+    /// The key was resolved from a key reference (`keyref`): it lives in
+    /// a PKCS#11 module, so the record has no key material to share.
+    pub key_reference: bool,
 }
 
 /// Per-tenant policy carried by a record.
@@ -93,6 +98,12 @@ pub enum Invalid {
     AllowInvalid,
     ClientCaNotPem,
     KeyEncrypted,
+    /// A key reference that must not be loaded (`keyref`).
+    KeyReference(RefError),
+    /// An accepted key reference the PKCS#11 engine could not load.
+    KeyReferenceFailed,
+    /// The pkcs11 engine itself could not be loaded or initialised.
+    KeyReferenceNoEngine,
 }
 
 impl Invalid {
@@ -114,6 +125,15 @@ impl Invalid {
                 "field \"key\" holds an encrypted private key \
                  (dyncert has no passphrase: store it unencrypted)"
             }
+            Invalid::KeyReference(e) => e.as_str(),
+            Invalid::KeyReferenceNoEngine => {
+                "the pkcs11 engine could not be loaded for the key reference in field \"key\" \
+                 (is libengine-pkcs11-openssl installed, and dyncert_key_references module= right?)"
+            }
+            Invalid::KeyReferenceFailed => {
+                "the pkcs11 engine could not load the key that field \"key\" names \
+                 (no such object, wrong PIN, token or module unavailable)"
+            }
         }
     }
 
@@ -131,6 +151,8 @@ impl Invalid {
             Invalid::AllowInvalid => "allow_invalid",
             Invalid::ClientCaNotPem => "client_ca_not_pem",
             Invalid::KeyEncrypted => "encrypted_key",
+            Invalid::KeyReference(_) => "key_reference_refused",
+            Invalid::KeyReferenceFailed | Invalid::KeyReferenceNoEngine => "key_reference_failed",
         }
     }
 }
@@ -154,7 +176,7 @@ const MAX_KEY_BLOCKS: usize = 2;
 
 /// Validates `record` for the (normalised) `name` at `now_secs` (UNIX time).
 pub fn validate(record: &Record, name: &str, now_secs: i64) -> Result<ParsedCert, Invalid> {
-    check(record, now_secs, None, |leaf| covers(leaf, name))
+    check(record, now_secs, None, None, |leaf| covers(leaf, name))
 }
 
 /// The fetcher's validation: [`validate`], or [`validate_wildcard`] for a
@@ -167,11 +189,34 @@ pub fn validate_shared(
     now_secs: i64,
     interner: &Interner,
 ) -> Result<ParsedCert, Invalid> {
+    validate_with_refs(
+        record,
+        name,
+        wildcard,
+        now_secs,
+        interner,
+        &KeyRefConfig::default(),
+    )
+}
+
+/// [`validate_shared`] with key references allowed as `refs` says: the
+/// fetcher's parse thread, the one place a reference is resolved.
+pub fn validate_with_refs(
+    record: &Record,
+    name: &str,
+    wildcard: Option<&str>,
+    now_secs: i64,
+    interner: &Interner,
+    refs: &KeyRefConfig,
+) -> Result<ParsedCert, Invalid> {
+    let refs = Some(refs);
     match wildcard {
-        Some(w) => check(record, now_secs, Some(interner), |leaf| {
+        Some(w) => check(record, now_secs, Some(interner), refs, |leaf| {
             any_dns_name(leaf, |dns| same_dns_name(dns, w)) && covers(leaf, name)
         }),
-        None => check(record, now_secs, Some(interner), |leaf| covers(leaf, name)),
+        None => check(record, now_secs, Some(interner), refs, |leaf| {
+            covers(leaf, name)
+        }),
     }
 }
 
@@ -188,7 +233,7 @@ pub fn validate_wildcard(
     name: &str,
     now_secs: i64,
 ) -> Result<ParsedCert, Invalid> {
-    check(record, now_secs, None, |leaf| {
+    check(record, now_secs, None, None, |leaf| {
         any_dns_name(leaf, |dns| same_dns_name(dns, wildcard)) && covers(leaf, name)
     })
 }
@@ -200,6 +245,7 @@ fn check(
     record: &Record,
     now_secs: i64,
     interner: Option<&Interner>,
+    refs: Option<&KeyRefConfig>,
     covered: impl Fn(&X509) -> bool,
 ) -> Result<ParsedCert, Invalid> {
     let certs = match record.form {
@@ -210,9 +256,17 @@ fn check(
         Form::Pem => None,
         Form::Der => Some(KeyDer::parse(&record.key).ok_or(Invalid::KeyNotPem)?),
     };
-    let key_block = match record.form {
-        Form::Pem => Some(key_block(&record.key)?),
+    // A reference is decided on before anything is loaded; with
+    // references off (the default, and everywhere but the fetcher) it is
+    // refused, never read as a path.
+    let mode = refs.map_or(KeyRefMode::Off, |r| r.mode);
+    let key_ref = match record.form {
+        Form::Pem => keyref::parse(&record.key, mode).map_err(Invalid::KeyReference)?,
         Form::Der => None,
+    };
+    let key_block = match (record.form, &key_ref) {
+        (Form::Pem, None) => Some(key_block(&record.key)?),
+        _ => None,
     };
     let ca_certs = match &record.client_ca {
         Some(pem) => Some(certificates(
@@ -238,10 +292,17 @@ fn check(
         return Err(Invalid::NotYetValid);
     }
 
-    let key = match (key_block, key_der) {
-        (Some(block), _) => private_key(block)?,
-        (None, Some(der)) => der.load().map_err(|_| Invalid::KeyNotPem)?,
-        (None, None) => return Err(Invalid::KeyNotPem),
+    let key = match (key_block, key_der, &key_ref) {
+        (Some(block), _, _) => private_key(block)?,
+        (None, Some(der), _) => der.load().map_err(|_| Invalid::KeyNotPem)?,
+        (None, None, Some(r)) => {
+            let module = refs.and_then(|c| c.module.as_deref());
+            crate::ossl_engine::load_private_key(r, module).map_err(|e| match e {
+                EngineError::Unavailable => Invalid::KeyReferenceNoEngine,
+                EngineError::Load => Invalid::KeyReferenceFailed,
+            })?
+        }
+        (None, None, None) => return Err(Invalid::KeyNotPem),
     };
     let leaf_pub = leaf.public_key().map_err(|_| Invalid::CrtNotPem)?;
     if !leaf_pub.public_eq(&key) {
@@ -260,7 +321,7 @@ fn check(
         Some(blocks) => Some(client_ca(&blocks)?),
         None => None,
     };
-    let fingerprint = fingerprint_of(&certs, record);
+    let fingerprint = fingerprint_of(&certs, record, key_ref.as_ref().map(|r| r.uri()));
     precompute(&leaf);
 
     Ok(ParsedCert {
@@ -271,6 +332,7 @@ fn check(
         der_bytes: certs.iter().map(|b| b.der.len()).sum(),
         policy: TenantPolicy { allow, client_ca },
         fingerprint,
+        key_reference: key_ref.is_some(),
     })
 }
 
@@ -397,7 +459,9 @@ fn same_dns_name(a: &str, b: &str) -> bool {
 /// so the leaf names it. (Hashing a canonical encoding of the loaded key
 /// would need `EVP_PKEY_get1_EC_KEY`, which makes OpenSSL 3.0 keep a legacy
 /// copy of the key beside the provider one: 2 KiB per cached name.)
-fn fingerprint_of(certs: &[Block], record: &Record) -> [u8; 32] {
+/// A key reference is hashed, though: the leaf does not say which token
+/// object holds its key, and a changed reference must count as a change.
+fn fingerprint_of(certs: &[Block], record: &Record, key_ref: Option<&str>) -> [u8; 32] {
     let mut h = openssl::sha::Sha256::new();
     let mut field = |v: Option<&[u8]>| match v {
         Some(v) => {
@@ -413,6 +477,11 @@ fn fingerprint_of(certs: &[Block], record: &Record) -> [u8; 32] {
     }
     field(record.allow.as_deref());
     field(record.client_ca.as_deref());
+    // Only when there is one, so records with key material keep the
+    // fingerprints they had.
+    if let Some(r) = key_ref {
+        field(Some(r.as_bytes()));
+    }
     h.finish()
 }
 

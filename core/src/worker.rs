@@ -651,6 +651,11 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                     TierData::Loaded(d) => *d,
                     _ => self.deadlines(cert.not_after_ms, now),
                 };
+                if cert.key_reference {
+                    // Resolved on the parse thread for this fetch; every
+                    // handshake until the next one reuses the key.
+                    self.count(Simple::KeyRefsResolved);
+                }
                 if suspect {
                     d.fetched = d.fetched.min(self.epoch.saturating_sub(1));
                 }
@@ -850,6 +855,7 @@ mod tests {
                 der_bytes: DER_BYTES,
                 policy: TenantPolicy::default(),
                 fingerprint: [fp; 32],
+                key_reference: false,
             })
         })
     }

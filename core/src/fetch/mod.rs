@@ -35,6 +35,7 @@ use crate::api::{ApiClient, ApiConfig};
 use crate::clock::Millis;
 use crate::compact::{Compact, Deadlines, IntermediateDers};
 use crate::intern::Interner;
+use crate::keyref::KeyRefConfig;
 use crate::outcome::{CertSource, FetchSource, Refusal, StepOutcome};
 use crate::tier::TierHit;
 use crate::validate::{Invalid, ParsedCert};
@@ -82,6 +83,8 @@ pub struct FetcherConfig {
     /// A host-wide tier is configured: found records also come back in
     /// compact form, for the worker to store there.
     pub compact: bool,
+    /// Which key references records may use (`dyncert_key_references`).
+    pub key_refs: KeyRefConfig,
 }
 
 /// Result of one lookup.

@@ -14,10 +14,11 @@ use super::{FetcherConfig, Outcome, Step, Stored, TierData};
 use crate::api::{ApiClient, ApiError, ApiOutcome};
 use crate::compact::Compact;
 use crate::intern::Interner;
+use crate::keyref::KeyRefConfig;
 use crate::name::wildcard_parent;
 use crate::outcome::{CertSource, FetchSource, StepOutcome};
 use crate::record::Record;
-use crate::validate::{der_form, validate_shared};
+use crate::validate::{der_form, validate_with_refs};
 use crate::workqueue::WorkQueue;
 
 /// A record validation for the parse thread.
@@ -190,8 +191,9 @@ impl Sources {
         let interner = self.intermediates.clone();
         let name = name.to_owned();
         let compact = self.cfg.compact;
+        let refs = self.cfg.key_refs.clone();
         let job: ParseJob = Box::new(move || {
-            let outcome = parse_record(&interner, &record, &name, source, wildcard, compact);
+            let outcome = parse_record(&interner, &record, &name, source, wildcard, compact, &refs);
             let _ = tx.send(outcome);
         });
         if self.parse.push(job).is_err() {
@@ -227,7 +229,10 @@ impl Sources {
 /// under, if any), parsing each distinct intermediate once: the parse
 /// thread's job.
 ///
-/// With `compact`, also the record's compact form for the host-wide tier.
+/// With `compact`, also the record's compact form for the host-wide tier,
+/// unless its key is a reference: the zone holds key material only, so a
+/// worker that needs such a record fetches it and resolves the reference
+/// itself (a key object cannot be shared between processes).
 fn parse_record(
     interner: &Interner,
     record: &Record,
@@ -235,12 +240,21 @@ fn parse_record(
     source: CertSource,
     wildcard: Option<String>,
     compact: bool,
+    refs: &KeyRefConfig,
 ) -> Outcome {
     // A record stored under `*.parent` is cached under that key and served
     // to every name below it: it must carry the wildcard itself.
-    match validate_shared(record, name, wildcard.as_deref(), now_secs(), interner) {
+    match validate_with_refs(
+        record,
+        name,
+        wildcard.as_deref(),
+        now_secs(),
+        interner,
+        refs,
+    ) {
         Ok(p) => {
-            let tier = match compact.then(|| Compact::of(&p, record, source)) {
+            let storable = compact && !p.key_reference;
+            let tier = match storable.then(|| Compact::of(&p, record, source)) {
                 Some(Ok((compact, intermediates))) => TierData::Store(Box::new(Stored {
                     compact,
                     intermediates,
