@@ -44,7 +44,7 @@ const fn command(
     }
 }
 
-static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 24] = [
+static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 25] = [
     command(
         ngx_string!("dyncert"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
@@ -97,6 +97,12 @@ static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 24] = [
         ngx_string!("dyncert_shared_zone"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
         directives::ngx_http_dyncert_shared_zone,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_key_references"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
+        directives::ngx_http_dyncert_key_references,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(

@@ -278,6 +278,12 @@ pub fn fetch_concurrency(v: &[u8]) -> Result<usize> {
         .ok_or_else(|| InvalidParameter::of(v))
 }
 
+/// `dyncert_key_references off | engine [module=PATH]` (see
+/// [`crate::keyref::directive`], which also has its tests).
+pub fn key_references(args: &[&[u8]]) -> Result<crate::keyref::KeyRefConfig> {
+    crate::keyref::directive(args).map_err(|(shown, reason)| InvalidParameter { shown, reason })
+}
+
 /// `dyncert_redis_prefix`, `dyncert_acme_prefix`: the prefix becomes part
 /// of every key, so printable ASCII without spaces, at most 128 bytes.
 pub fn key_prefix(v: &[u8]) -> Result<String> {

@@ -15,6 +15,7 @@ use dyncert_core::cache::CachePolicy;
 use dyncert_core::cidr::Cidr;
 use dyncert_core::directives::check_redis_tls;
 use dyncert_core::fetch::{FetcherConfig, RedisTls};
+use dyncert_core::keyref::KeyRefConfig;
 use dyncert_core::template::UrlTemplate;
 use ngx::ffi::{
     ngx_array_push, ngx_conf_t, ngx_http_core_srv_conf_t, ngx_http_handler_pt, ngx_http_phases,
@@ -105,6 +106,8 @@ pub struct MainConf {
     /// `dyncert_shared_zone`: the host-wide tier's zone (added when the
     /// directive is read).
     pub shared_zone: Option<NonNull<ngx_shm_zone_t>>,
+    /// `dyncert_key_references`; unset: off.
+    pub key_refs: Option<KeyRefConfig>,
     /// Filled in postconfiguration: first server_name of each server block,
     /// in the order of `SrvConf::server_index` (metric labels).
     pub server_names: Vec<String>,
@@ -171,6 +174,7 @@ impl MainConf {
             acme_queue_cap: acme::Limits::default().max_reads,
             // Found records come back in compact form for the shared zone.
             compact: self.shared_zone.is_some(),
+            key_refs: self.key_refs.clone().unwrap_or_default(),
         })
     }
 }

@@ -189,6 +189,25 @@ fn shared_zone(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -> D
     Ok(())
 }
 
+directive!(ngx_http_dyncert_key_references => key_references);
+/// `dyncert_key_references off | engine [module=PATH];`: the module path
+/// must name a file now, so a typo fails `nginx -t` rather than every
+/// record later (the engine itself is only loaded in workers).
+fn key_references(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -> DirectiveResult {
+    set_once(cf, &mut mcf.key_refs, || {
+        let refs = directives::key_references(&words(args))?;
+        if let Some(m) = &refs.module {
+            if !std::path::Path::new(m).is_file() {
+                return Err(InvalidParameter {
+                    shown: format!("module={m}"),
+                    reason: Some("no such file".into()),
+                });
+            }
+        }
+        Ok(refs)
+    })
+}
+
 directive!(ngx_http_dyncert_fetch_timeout => fetch_timeout);
 /// `dyncert_fetch_timeout TIME;`
 fn fetch_timeout(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -> DirectiveResult {
