@@ -7,10 +7,13 @@
 //! operator's choice (`dyncert_key_references`, off by default) and is
 //! narrowed further here: the engine is always `pkcs11`, the URI is an
 //! RFC 7512 `pkcs11:` URI of bounded length, in a conservative character
-//! set, with only the attributes that select a token and an object (and
-//! `pin-value`). Attributes that would make the engine load another
-//! module or read a file (`module-path`, `module-name`, `pin-source`) are
-//! refused. This module decides; `ossl_engine` loads.
+//! set, with only the attributes that select a token and an object. No
+//! query attributes: `module-path`/`module-name` would make the engine
+//! load another library, `pin-source` read a file, and `pin-value` puts a
+//! PIN in Redis and, through libp11's messages, in the error log, while it
+//! protects nothing (a worker's token login is shared by all its keys).
+//! The PIN is the operator's (`dyncert_key_references engine
+//! pin_file=...`). This module decides; `ossl_engine` loads.
 
 #![forbid(unsafe_code)]
 
@@ -25,12 +28,40 @@ pub enum KeyRefMode {
 }
 
 /// `dyncert_key_references` as configured.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct KeyRefConfig {
     pub mode: KeyRefMode,
     /// The PKCS#11 module the engine loads (its `MODULE_PATH` control);
     /// `None`: the engine's default (p11-kit's proxy module).
     pub module: Option<String>,
+    /// `pin_file=`: the file the shell reads the token's user PIN from.
+    pub pin_file: Option<String>,
+    /// The PIN read from `pin_file` (the engine's `PIN` control). Never
+    /// shown by Debug.
+    pub pin: Option<String>,
+}
+
+impl std::fmt::Debug for KeyRefConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRefConfig")
+            .field("mode", &self.mode)
+            .field("module", &self.module)
+            .field("pin_file", &self.pin_file)
+            .field("pin", &self.pin.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Longest PIN read from `pin_file`.
+pub const MAX_PIN_BYTES: usize = 256;
+
+/// The PIN in the contents of a `pin_file`: one line of printable ASCII
+/// (a trailing newline is dropped), 1 to [`MAX_PIN_BYTES`] bytes.
+pub fn pin_of(contents: &[u8]) -> Option<String> {
+    let line = contents.strip_suffix(b"\n").unwrap_or(contents);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    (!line.is_empty() && line.len() <= MAX_PIN_BYTES && line.iter().all(u8::is_ascii_graphic))
+        .then(|| String::from_utf8_lossy(line).into_owned())
 }
 
 /// The one engine a record may name.
@@ -92,8 +123,8 @@ impl RefError {
             }
             RefError::TooLong => "field \"key\" holds a key reference longer than 1024 bytes",
             RefError::Malformed => {
-                "field \"key\" holds a malformed or disallowed PKCS#11 URI \
-                 (allowed: token, object, id and similar path attributes, pin-value)"
+                "field \"key\" holds a key reference with a malformed or disallowed PKCS#11 URI \
+                 (allowed: token, object, id and similar path attributes; no query such as a PIN)"
             }
         }
     }
@@ -116,9 +147,6 @@ const PATH_ATTRS: [&str; 13] = [
     "slot-description",
     "slot-manufacturer",
 ];
-/// Query attributes: the PIN only (`pin-source` reads a file,
-/// `module-name`/`module-path` load a library).
-const QUERY_ATTRS: [&str; 1] = ["pin-value"];
 
 /// True when a `key` field is meant as a reference rather than key
 /// material: one line of printable ASCII that starts with a URI scheme
@@ -179,23 +207,15 @@ pub fn parse(key: &[u8], mode: KeyRefMode) -> Result<Option<KeyRef>, RefError> {
 }
 
 /// An RFC 7512 URI in the accepted subset: `pkcs11:` then `;`-separated
-/// path attributes from [`PATH_ATTRS`] (at least `object` or `id`), then
-/// optionally `?` and `&`-separated [`QUERY_ATTRS`]; each attribute once,
-/// each value non-empty, in [`value_ok`]'s characters.
+/// path attributes from [`PATH_ATTRS`] (at least `object` or `id`), no
+/// query; each attribute once, each value non-empty, in [`value_ok`]'s
+/// characters.
 fn check_pkcs11_uri(uri: &str) -> Result<(), RefError> {
     let rest = uri.strip_prefix("pkcs11:").ok_or(RefError::NotAllowed)?;
-    let (path, query) = match rest.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (rest, None),
-    };
-    let mut attrs: Vec<(&str, &[&str])> = path.split(';').map(|a| (a, &PATH_ATTRS[..])).collect();
-    if let Some(q) = query {
-        attrs.extend(q.split('&').map(|a| (a, &QUERY_ATTRS[..])));
-    }
     let mut seen: Vec<&str> = Vec::new();
-    for (attr, allowed) in attrs {
+    for attr in rest.split(';') {
         let (name, value) = attr.split_once('=').ok_or(RefError::Malformed)?;
-        if !allowed.contains(&name) || seen.contains(&name) || !value_ok(value) {
+        if !PATH_ATTRS.contains(&name) || seen.contains(&name) || !value_ok(value) {
             return Err(RefError::Malformed);
         }
         seen.push(name);
@@ -235,7 +255,8 @@ fn value_ok(v: &str) -> bool {
     true
 }
 
-/// `dyncert_key_references off | engine [module=/path/to/module.so]`.
+/// `dyncert_key_references off | engine [module=/path/to/module.so]
+/// [pin_file=/path/to/pin]`.
 /// `provider` is named so the error says why it is not available.
 pub fn directive(args: &[&[u8]]) -> Result<KeyRefConfig, (String, Option<String>)> {
     let shown = |a: &[u8]| String::from_utf8_lossy(a).into_owned();
@@ -248,29 +269,28 @@ pub fn directive(args: &[&[u8]]) -> Result<KeyRefConfig, (String, Option<String>
             Ok(KeyRefConfig::default())
         }
         b"engine" => {
-            let mut module = None;
+            let mut c = KeyRefConfig {
+                mode: KeyRefMode::Engine,
+                ..KeyRefConfig::default()
+            };
             for a in rest {
-                let Some(path) = a.strip_prefix(b"module=") else {
+                let (slot, path) = if let Some(p) = a.strip_prefix(b"module=") {
+                    (&mut c.module, p)
+                } else if let Some(p) = a.strip_prefix(b"pin_file=") {
+                    (&mut c.pin_file, p)
+                } else {
                     return Err((shown(a), None));
                 };
-                if module.is_some() {
-                    return Err((shown(a), Some("\"module=\" is duplicate".into())));
+                if slot.is_some() {
+                    return Err((shown(a), Some("the parameter is duplicate".into())));
                 }
                 let path = std::str::from_utf8(path)
                     .ok()
                     .filter(|p| p.starts_with('/') && !p.contains('\0'))
-                    .ok_or_else(|| {
-                        (
-                            shown(a),
-                            Some("the PKCS#11 module must be an absolute path".into()),
-                        )
-                    })?;
-                module = Some(path.to_owned());
+                    .ok_or_else(|| (shown(a), Some("must be an absolute path".into())))?;
+                *slot = Some(path.to_owned());
             }
-            Ok(KeyRefConfig {
-                mode: KeyRefMode::Engine,
-                module,
-            })
+            Ok(c)
         }
         b"provider" => Err((
             shown(first),
@@ -288,7 +308,7 @@ pub fn directive(args: &[&[u8]]) -> Result<KeyRefConfig, (String, Option<String>
 mod tests {
     use super::*;
 
-    const OK: &[u8] = b"engine:pkcs11:pkcs11:token=dyncert;object=k1?pin-value=1234";
+    const OK: &[u8] = b"engine:pkcs11:pkcs11:token=dyncert;object=k1";
 
     #[test]
     fn pem_and_der_keys_are_not_references() {
@@ -330,7 +350,7 @@ mod tests {
     #[test]
     fn engine_mode_accepts_a_pkcs11_engine_uri() {
         let r = parse(OK, KeyRefMode::Engine).unwrap().unwrap();
-        assert_eq!(r.uri(), "pkcs11:token=dyncert;object=k1?pin-value=1234");
+        assert_eq!(r.uri(), "pkcs11:token=dyncert;object=k1");
         let r = parse(b"engine:pkcs11:pkcs11:id=%01\n", KeyRefMode::Engine)
             .unwrap()
             .unwrap();
@@ -379,7 +399,7 @@ mod tests {
             b"engine:pkcs11:pkcs11:object=k1?module-path=/tmp/evil.so",
             b"engine:pkcs11:pkcs11:object=k1?module-name=evil",
             b"engine:pkcs11:pkcs11:object=k1?pin-source=file:/etc/shadow",
-            b"engine:pkcs11:pkcs11:object=k1?pin-value=1&pin-value=2",
+            b"engine:pkcs11:pkcs11:object=k1?pin-value=1234",
             b"engine:pkcs11:pkcs11:object=k1?object=k2",
             b"engine:pkcs11:pkcs11:object=k1\\",
         ] {
@@ -403,6 +423,21 @@ mod tests {
     }
 
     #[test]
+    fn pin_files_hold_one_line_and_debug_hides_the_pin() {
+        assert_eq!(pin_of(b"1234\n").as_deref(), Some("1234"));
+        assert_eq!(pin_of(b"1234\r\n").as_deref(), Some("1234"));
+        assert_eq!(pin_of(b"12 34"), None);
+        assert_eq!(pin_of(b"1234\n5678\n"), None);
+        assert_eq!(pin_of(b""), None);
+        assert_eq!(pin_of(&[b'1'; MAX_PIN_BYTES + 1]), None);
+        let c = KeyRefConfig {
+            pin: Some("1234".into()),
+            ..KeyRefConfig::default()
+        };
+        assert!(!format!("{c:?}").contains("1234"));
+    }
+
+    #[test]
     fn uri_length_is_bounded() {
         let mut long = b"engine:pkcs11:pkcs11:object=".to_vec();
         long.resize(ENGINE_PREFIX.len() + MAX_URI_BYTES, b'a');
@@ -415,20 +450,24 @@ mod tests {
     fn directive_values() {
         let d = |a: &[&str]| directive(&a.iter().map(|s| s.as_bytes()).collect::<Vec<_>>());
         assert_eq!(d(&["off"]), Ok(KeyRefConfig::default()));
+        let engine = KeyRefConfig {
+            mode: KeyRefMode::Engine,
+            ..KeyRefConfig::default()
+        };
+        assert_eq!(d(&["engine"]), Ok(engine.clone()));
         assert_eq!(
-            d(&["engine"]),
+            d(&[
+                "engine",
+                "pin_file=/etc/nginx/hsm.pin",
+                "module=/usr/lib/softhsm/libsofthsm2.so"
+            ]),
             Ok(KeyRefConfig {
-                mode: KeyRefMode::Engine,
-                module: None
+                module: Some("/usr/lib/softhsm/libsofthsm2.so".into()),
+                pin_file: Some("/etc/nginx/hsm.pin".into()),
+                ..engine
             })
         );
-        assert_eq!(
-            d(&["engine", "module=/usr/lib/softhsm/libsofthsm2.so"]),
-            Ok(KeyRefConfig {
-                mode: KeyRefMode::Engine,
-                module: Some("/usr/lib/softhsm/libsofthsm2.so".into())
-            })
-        );
+        assert!(d(&["engine", "pin_file=hsm.pin"]).is_err());
         assert!(d(&["engine", "module=libsofthsm2.so"]).is_err());
         assert!(d(&["engine", "module=/a.so", "module=/b.so"]).is_err());
         assert!(d(&["engine", "pin=1234"]).is_err());

@@ -79,9 +79,9 @@ fn check(ok: c_int) -> Result<(), ErrorStack> {
     }
 }
 
-/// `ENGINE_by_id("pkcs11")`, its `MODULE_PATH` set when configured, then
-/// `ENGINE_init`.
-fn init(module: Option<&str>) -> Result<Engine, ErrorStack> {
+/// `ENGINE_by_id("pkcs11")`, its `MODULE_PATH` and `PIN` set when
+/// configured, then `ENGINE_init`.
+fn init(module: Option<&str>, pin: Option<&str>) -> Result<Engine, ErrorStack> {
     let id = CString::new(ENGINE_ID).map_err(|_| ErrorStack::get())?;
     // SAFETY: `id` is a NUL-terminated string that outlives the call;
     // ENGINE_by_id returns a new structural reference or null.
@@ -97,6 +97,11 @@ fn init(module: Option<&str>) -> Result<Engine, ErrorStack> {
             // path.
             check(unsafe { ENGINE_ctrl_cmd_string(e, c"MODULE_PATH".as_ptr(), path.as_ptr(), 0) })?;
         }
+        if let Some(pin) = pin {
+            let pin = CString::new(pin).map_err(|_| ErrorStack::get())?;
+            // SAFETY: as above; libp11 copies the PIN.
+            check(unsafe { ENGINE_ctrl_cmd_string(e, c"PIN".as_ptr(), pin.as_ptr(), 0) })?;
+        }
         // SAFETY: `e` is the live structural reference from above.
         check(unsafe { ENGINE_init(e) })
     })();
@@ -111,10 +116,11 @@ fn init(module: Option<&str>) -> Result<Engine, ErrorStack> {
 pub(crate) fn load_private_key(
     r: &KeyRef,
     module: Option<&str>,
+    pin: Option<&str>,
 ) -> Result<PKey<Private>, EngineError> {
     let mut engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
     if engine.is_none() {
-        *engine = Some(init(module).map_err(|_| EngineError::Unavailable)?);
+        *engine = Some(init(module, pin).map_err(|_| EngineError::Unavailable)?);
     }
     let Some(Engine(e)) = engine.as_ref() else {
         return Err(EngineError::Unavailable);
@@ -144,12 +150,12 @@ mod tests {
     #[test]
     fn a_missing_key_is_an_error_not_a_crash() {
         let r = parse(
-            b"engine:pkcs11:pkcs11:token=no-such-token;object=none?pin-value=0",
+            b"engine:pkcs11:pkcs11:token=no-such-token;object=none",
             KeyRefMode::Engine,
         )
         .unwrap()
         .unwrap();
-        assert!(load_private_key(&r, Some("/nonexistent/libpkcs11.so")).is_err());
+        assert!(load_private_key(&r, Some("/nonexistent/libpkcs11.so"), Some("0")).is_err());
         assert!(ErrorStack::get().errors().is_empty());
     }
 }

@@ -297,7 +297,8 @@ fn check(
         (None, Some(der), _) => der.load().map_err(|_| Invalid::KeyNotPem)?,
         (None, None, Some(r)) => {
             let module = refs.and_then(|c| c.module.as_deref());
-            crate::ossl_engine::load_private_key(r, module).map_err(|e| match e {
+            let pin = refs.and_then(|c| c.pin.as_deref());
+            crate::ossl_engine::load_private_key(r, module, pin).map_err(|e| match e {
                 EngineError::Unavailable => Invalid::KeyReferenceNoEngine,
                 EngineError::Load => Invalid::KeyReferenceFailed,
             })?
