@@ -16,9 +16,9 @@ use core::ptr;
 
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_module_t, ngx_uint_t, NGX_CONF_1MORE,
-    NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_CONF_TAKE2,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
-    NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET,
+    NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_CONF_TAKE123,
+    NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET,
 };
 use ngx::http::HttpModule;
 use ngx::ngx_string;
@@ -101,7 +101,7 @@ static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 25] = [
     ),
     command(
         ngx_string!("dyncert_key_references"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE123,
         directives::ngx_http_dyncert_key_references,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),

@@ -190,12 +190,14 @@ fn shared_zone(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -> D
 }
 
 directive!(ngx_http_dyncert_key_references => key_references);
-/// `dyncert_key_references off | engine [module=PATH];`: the module path
-/// must name a file now, so a typo fails `nginx -t` rather than every
-/// record later (the engine itself is only loaded in workers).
+/// `dyncert_key_references off | engine [module=PATH] [pin_file=PATH];`:
+/// the module path must name a file now, so a typo fails `nginx -t`
+/// rather than every record later (the engine itself is only loaded in
+/// workers); the PIN is read here, by the master, so the file can be
+/// readable by root only.
 fn key_references(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -> DirectiveResult {
     set_once(cf, &mut mcf.key_refs, || {
-        let refs = directives::key_references(&words(args))?;
+        let mut refs = directives::key_references(&words(args))?;
         if let Some(m) = &refs.module {
             if !std::path::Path::new(m).is_file() {
                 return Err(InvalidParameter {
@@ -203,6 +205,17 @@ fn key_references(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -
                     reason: Some("no such file".into()),
                 });
             }
+        }
+        if let Some(p) = &refs.pin_file {
+            let bad = |why: &str| InvalidParameter {
+                shown: format!("pin_file={p}"),
+                reason: Some(why.into()),
+            };
+            let contents = std::fs::read(p).map_err(|e| bad(&e.to_string()))?;
+            refs.pin = Some(
+                dyncert_core::keyref::pin_of(&contents)
+                    .ok_or_else(|| bad("not one line of at most 256 printable characters"))?,
+            );
         }
         Ok(refs)
     })
