@@ -1,0 +1,421 @@
+//! Private keys held by a PKCS#11 module (SoftHSM2 here): a record's `key`
+//! field may be `engine:pkcs11:<pkcs11 URI>` when the operator allows it
+//! (`dyncert_key_references engine`). The key is loaded once per fetched
+//! record through OpenSSL's pkcs11 engine and reused by every handshake;
+//! by default, and for any other engine, path or dangerous URI, the record
+//! is refused with a log line and a counter.
+//!
+//! Needs softhsm2, opensc (pkcs11-tool) and libengine-pkcs11-openssl
+//! (`scripts/deps.sh --pkcs11`). Without them the tests skip, unless
+//! `DYNCERT_REQUIRE_PKCS11` is set (as test.sh does): then they fail.
+
+use dyncert_testkit::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const ENGINE_SO: &str = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so";
+const PIN: &str = "1234";
+
+const HTTP: &str = r#"
+env SOFTHSM2_CONF;
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    @KEYREFS@
+    @ZONE@
+    server {
+        listen 127.0.0.1:@MPORT@;
+        location = /metrics { dyncert_metrics; }
+    }
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
+    }
+}
+"#;
+
+/// The PIN file sits in the token's temp dir (see `Hsm::start`).
+const ENGINE: &str =
+    "dyncert_key_references engine module=/usr/lib/softhsm/libsofthsm2.so pin_file=@PIN_FILE@;";
+
+/// A SoftHSM2 token of its own (config and token directory in a temp dir).
+struct Hsm {
+    dir: TempDir,
+}
+
+impl Hsm {
+    /// A fresh token labelled "dyncert" (user PIN 1234), or `None` when
+    /// the tools are missing and the tests may skip.
+    fn start() -> Option<Hsm> {
+        let missing: Vec<&str> = [SOFTHSM_MODULE, ENGINE_SO]
+            .into_iter()
+            .filter(|p| !Path::new(p).exists())
+            .chain(
+                ["softhsm2-util", "pkcs11-tool"]
+                    .into_iter()
+                    .filter(|t| Command::new(t).arg("--help").output().is_err()),
+            )
+            .collect();
+        if !missing.is_empty() {
+            if std::env::var_os("DYNCERT_REQUIRE_PKCS11").is_some() {
+                panic!("DYNCERT_REQUIRE_PKCS11 is set but {missing:?} are missing (scripts/deps.sh --pkcs11)");
+            }
+            eprintln!("skipping: {missing:?} missing (scripts/deps.sh --pkcs11)");
+            return None;
+        }
+        let dir = TempDir::new("softhsm");
+        std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
+        write_file(
+            &dir.path().join("softhsm2.conf"),
+            format!(
+                "directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
+                dir.path().display()
+            ),
+        );
+        write_file(&dir.path().join("pin"), format!("{PIN}\n"));
+        let hsm = Hsm { dir };
+        hsm.hand_to_workers();
+        hsm.run(
+            "softhsm2-util",
+            &[
+                "--init-token",
+                "--free",
+                "--label",
+                "dyncert",
+                "--pin",
+                PIN,
+                "--so-pin",
+                "5678",
+            ],
+        );
+        Some(hsm)
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("softhsm2.conf")
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = Command::new(tool)
+            .args(args)
+            .env("SOFTHSM2_CONF", self.conf())
+            .output()
+            .unwrap_or_else(|e| panic!("{tool}: {e}"));
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Imports `leaf`'s private key (and its public half, which the
+    /// engine needs to know the key's public point) as object `label`.
+    fn import(&self, leaf: &Leaf, id: &str, label: &str) {
+        let key = &leaf.issued.key;
+        let priv_der = self.dir.path().join(format!("{label}.key.der"));
+        let pub_der = self.dir.path().join(format!("{label}.pub.der"));
+        std::fs::write(&priv_der, key.private_key_to_pkcs8().unwrap()).unwrap();
+        std::fs::write(&pub_der, key.public_key_to_der().unwrap()).unwrap();
+        for (file, kind) in [(&priv_der, "privkey"), (&pub_der, "pubkey")] {
+            self.run(
+                "pkcs11-tool",
+                &[
+                    "--module",
+                    SOFTHSM_MODULE,
+                    "--login",
+                    "--pin",
+                    PIN,
+                    "--write-object",
+                    file.to_str().unwrap(),
+                    "--type",
+                    kind,
+                    "--id",
+                    id,
+                    "--label",
+                    label,
+                ],
+            );
+        }
+        // Only the token keeps the key from now on.
+        std::fs::remove_file(&priv_der).unwrap();
+        self.hand_to_workers();
+    }
+
+    /// Tests run as root, so nginx's workers run as `nobody`: the token's
+    /// files (created 0600 by root) must be theirs, as a real HSM's
+    /// device or token directory must be readable by the worker user.
+    fn hand_to_workers(&self) {
+        let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        if root {
+            self.run(
+                "chown",
+                &["-R", "nobody", self.dir.path().to_str().unwrap()],
+            );
+        }
+    }
+}
+
+struct Host {
+    s: Stack,
+    mport: u16,
+}
+
+fn start(hsm: &Hsm, workers: u32, keyrefs: &str, zone: &str) -> Host {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let mport = free_port();
+    let nginx = Nginx::start(
+        &pki,
+        HTTP,
+        NginxOpts::new()
+            .workers(workers)
+            .redis(&redis)
+            .var("MPORT", mport)
+            .var("KEYREFS", keyrefs)
+            .var("ZONE", zone)
+            .var("PIN_FILE", hsm.dir.path().join("pin").display())
+            .env("SOFTHSM2_CONF", hsm.conf().to_str().unwrap()),
+    );
+    Host {
+        s: Stack { pki, redis, nginx },
+        mport,
+    }
+}
+
+impl Host {
+    fn metrics(&self) -> Metrics {
+        scrape_metrics(self.mport)
+    }
+
+    fn rejected(&self, reason: &str) -> f64 {
+        self.metrics().get(&format!(
+            "dyncert_records_rejected_total{{reason=\"{reason}\"}}"
+        ))
+    }
+
+    fn resolved(&self) -> f64 {
+        self.metrics().get("dyncert_key_references_resolved_total")
+    }
+
+    /// The log line about `name`'s record, which must name the reason and
+    /// never the PIN.
+    fn refusal_line(&self, name: &str, reason: &str) -> String {
+        let line = self
+            .s
+            .nginx
+            .wait_for_log_line(Duration::from_secs(5), |l| {
+                l.contains("dyncert:") && l.contains(&format!("name: \"{name}\""))
+            })
+            .unwrap_or_else(|| panic!("no log line for {name}\n{}", self.s.nginx.logs()));
+        assert!(line.contains(reason), "{reason:?} not in: {line}");
+        assert!(!line.contains("pin-value"), "PIN in the log: {line}");
+        line
+    }
+}
+
+fn reference(object: &str) -> String {
+    format!("engine:pkcs11:pkcs11:token=dyncert;object={object}")
+}
+
+#[test]
+fn engine_mode_serves_a_softhsm_key_and_resolves_it_once() {
+    let Some(hsm) = Hsm::start() else { return };
+    let h = start(&hsm, 1, ENGINE, "");
+    let leaf = h.s.pki.leaf(&["hsm.example.com"], 16001);
+    hsm.import(&leaf, "01", "k1");
+    h.s.redis
+        .hset_cert("hsm.example.com", &leaf.chain_pem, &reference("k1"));
+
+    for i in 0..20 {
+        let r = h.s.get(Some("hsm.example.com"));
+        assert_eq!(r.status, 200);
+        r.assert_served(&leaf, &h.s.pki);
+        let want = if i == 0 { "redis" } else { "cache" };
+        assert_eq!(r.source(), want, "{:?}", r.body);
+    }
+    assert_eq!(h.resolved(), 1.0, "one resolution for 20 handshakes");
+
+    // The private key is nowhere in Redis: only the reference is.
+    let key_b64 = leaf.key_pem.lines().nth(1).unwrap();
+    let record = h.s.redis.record("hsm.example.com");
+    for (field, value) in &record {
+        assert!(!value.contains("PRIVATE KEY"), "{field} holds a key");
+        assert!(!value.contains(key_b64), "{field} holds the key's base64");
+    }
+    assert!(record
+        .iter()
+        .any(|(f, v)| f == "key" && *v == reference("k1")));
+}
+
+#[test]
+fn references_are_refused_by_default() {
+    let Some(hsm) = Hsm::start() else { return };
+    let h = start(&hsm, 1, "", "");
+    let leaf = h.s.pki.leaf(&["off.example.com"], 16002);
+    hsm.import(&leaf, "02", "k2");
+    h.s.redis
+        .hset_cert("off.example.com", &leaf.chain_pem, &reference("k2"));
+
+    let r = h.s.get(Some("off.example.com"));
+    r.assert_default();
+    assert_eq!(r.source(), "default", "{:?}", r.body);
+    h.refusal_line("off.example.com", "dyncert_key_references is off");
+    assert_eq!(h.rejected("key_reference_refused"), 1.0);
+    assert_eq!(h.resolved(), 0.0);
+}
+
+#[test]
+fn a_reference_to_a_missing_object_is_refused_and_nothing_breaks() {
+    let Some(hsm) = Hsm::start() else { return };
+    let h = start(&hsm, 1, ENGINE, "");
+    // Imported before the worker first asks the token: libp11 reads a
+    // token's objects once per worker (see the README).
+    let good = h.s.pki.leaf(&["good.example.com"], 16005);
+    hsm.import(&good, "05", "k5");
+    let ghost = h.s.pki.leaf(&["ghost.example.com"], 16003);
+    h.s.redis
+        .hset_cert("ghost.example.com", &ghost.chain_pem, &reference("nope"));
+    let r = h.s.get(Some("ghost.example.com"));
+    r.assert_default();
+    h.refusal_line("ghost.example.com", "could not load");
+    assert_eq!(h.rejected("key_reference_failed"), 1.0);
+
+    // A record that brings its own PIN is refused before the engine sees
+    // it: the PIN is the operator's, and libp11 prints failed URIs.
+    let leaf = h.s.pki.leaf(&["pin.example.com"], 16004);
+    h.s.redis.hset_cert(
+        "pin.example.com",
+        &leaf.chain_pem,
+        "engine:pkcs11:pkcs11:token=dyncert;object=k5?pin-value=1234",
+    );
+    h.s.get(Some("pin.example.com")).assert_default();
+    h.refusal_line("pin.example.com", "no query such as a PIN");
+    assert_eq!(h.rejected("key_reference_refused"), 1.0);
+
+    // The worker is fine: a good reference is served afterwards.
+    h.s.redis
+        .hset_cert("good.example.com", &good.chain_pem, &reference("k5"));
+    h.s.get(Some("good.example.com"))
+        .assert_served(&good, &h.s.pki);
+}
+
+#[test]
+fn other_engines_paths_and_dangerous_uris_are_refused() {
+    let Some(hsm) = Hsm::start() else { return };
+    let h = start(&hsm, 1, ENGINE, "");
+    let leaf = h.s.pki.leaf(&["evil.example.com"], 16006);
+    hsm.import(&leaf, "06", "k6");
+    let keys = [
+        "engine:dynamic:/tmp/evil.so".to_owned(),
+        "engine:afalg:pkcs11:object=k6".to_owned(),
+        "/etc/ssl/private/ssl-cert-snakeoil.key".to_owned(),
+        "file:/etc/ssl/private/ssl-cert-snakeoil.key".to_owned(),
+        format!("{}&module-path=/tmp/evil.so", reference("k6")),
+        "engine:pkcs11:pkcs11:object=k6?pin-source=file:/etc/shadow".to_owned(),
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        let name = format!("evil{i}.example.com");
+        h.s.redis.hset_cert(&name, &leaf.chain_pem, key);
+        h.s.get(Some(&name)).assert_default();
+        h.refusal_line(&name, "key reference");
+    }
+    assert_eq!(h.rejected("key_reference_refused"), keys.len() as f64);
+    assert_eq!(h.resolved(), 0.0);
+}
+
+#[test]
+fn references_are_not_shared_each_worker_resolves_its_own() {
+    let Some(hsm) = Hsm::start() else { return };
+    // A generous fetch timeout: two workers open the token at once.
+    let h = start(
+        &hsm,
+        2,
+        ENGINE,
+        "dyncert_shared_zone dyncert:4m; dyncert_fetch_timeout 10s;",
+    );
+    let leaf = h.s.pki.leaf(&["zone.example.com"], 16007);
+    hsm.import(&leaf, "07", "k7");
+    h.s.redis
+        .hset_cert("zone.example.com", &leaf.chain_pem, &reference("k7"));
+
+    let seen =
+        h.s.nginx
+            .hit_every_worker("zone.example.com", STARTUP_DEADLINE);
+    for r in &seen {
+        r.assert_served(&leaf, &h.s.pki);
+        assert_ne!(r.source(), "shared", "{:?}", r.body);
+    }
+    let m = h.metrics();
+    assert_eq!(
+        m.get("dyncert_shared_zone_records"),
+        0.0,
+        "kept out of the zone"
+    );
+    assert_eq!(
+        m.get("dyncert_key_references_resolved_total"),
+        2.0,
+        "one per worker"
+    );
+}
+
+#[test]
+fn bad_key_references_values_fail_config_test() {
+    let pki = Pki::new();
+    let redis = Redis::reserve();
+    for (value, why) in [
+        ("on", "invalid parameter \"on\""),
+        ("engine pin=1234", "invalid parameter \"pin=1234\""),
+        ("engine module=libsofthsm2.so", "absolute path"),
+        (
+            "engine pin_file=/nonexistent/pin",
+            "pin_file=/nonexistent/pin",
+        ),
+        ("engine module=/nonexistent/libpkcs11.so", "no such file"),
+        ("off module=/usr/lib/x.so", "takes no parameters"),
+        ("provider", "OpenSSL 3.5"),
+    ] {
+        let t = Nginx::config_test(
+            &pki,
+            HTTP,
+            NginxOpts::new()
+                .redis(&redis)
+                .var("MPORT", free_port())
+                .var("ZONE", "")
+                .var("KEYREFS", format!("dyncert_key_references {value};")),
+        );
+        assert!(!t.ok, "{value} passed nginx -t");
+        assert!(
+            t.output.contains(why),
+            "{value}: {why:?} not in\n{}",
+            t.output
+        );
+    }
+    let twice = "dyncert_key_references off; dyncert_key_references off;";
+    let t = Nginx::config_test(
+        &pki,
+        HTTP,
+        NginxOpts::new()
+            .redis(&redis)
+            .var("MPORT", free_port())
+            .var("ZONE", "")
+            .var("KEYREFS", twice),
+    );
+    assert!(!t.ok && t.output.contains("is duplicate"), "{}", t.output);
+    let t = Nginx::config_test(
+        &pki,
+        HTTP,
+        NginxOpts::new()
+            .redis(&redis)
+            .var("MPORT", free_port())
+            .var("ZONE", "")
+            .var("KEYREFS", "dyncert_key_references engine;"),
+    );
+    assert!(t.ok, "{}", t.output);
+}
