@@ -53,6 +53,16 @@ impl Hsm {
     /// A fresh token labelled "dyncert" (user PIN 1234), or `None` when
     /// the tools are missing and the tests may skip.
     fn start() -> Option<Hsm> {
+        // Debian's engine is built for Debian's libcrypto (3.0); NGINX
+        // built on another OpenSSL (test-openssl35.sh) cannot load it.
+        let v = Command::new(nginx_bin()).arg("-V").output().unwrap();
+        let v = String::from_utf8_lossy(&v.stderr);
+        if !v.contains("built with OpenSSL 3.0.") {
+            eprintln!(
+                "skipping: NGINX is not built on the system's OpenSSL 3.0 (the pkcs11 engine's)"
+            );
+            return None;
+        }
         let missing: Vec<&str> = [SOFTHSM_MODULE, ENGINE_SO]
             .into_iter()
             .filter(|p| !Path::new(p).exists())
@@ -334,17 +344,18 @@ fn other_engines_paths_and_dangerous_uris_are_refused() {
 fn references_are_not_shared_each_worker_resolves_its_own() {
     let Some(hsm) = Hsm::start() else { return };
     // A generous fetch timeout: two workers open the token at once.
-    let h = start(
-        &hsm,
-        2,
-        ENGINE,
-        "dyncert_shared_zone dyncert:4m; dyncert_fetch_timeout 10s;",
-    );
+    let h = start(&hsm, 2, ENGINE, "dyncert_shared_zone dyncert:4m;");
     let leaf = h.s.pki.leaf(&["zone.example.com"], 16007);
     hsm.import(&leaf, "07", "k7");
     h.s.redis
         .hset_cert("zone.example.com", &leaf.chain_pem, &reference("k7"));
 
+    // One worker first, then the others, which find nothing in the zone
+    // and resolve it themselves. (Not both at the same moment: SoftHSM's
+    // file token, opened by two processes at once, sometimes shows one of
+    // them no objects; see the README.)
+    h.s.get(Some("zone.example.com"))
+        .assert_served(&leaf, &h.s.pki);
     let seen =
         h.s.nginx
             .hit_every_worker("zone.example.com", STARTUP_DEADLINE);
