@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages dyncert needs to build, test and run its demo.
 #
-# Usage: scripts/deps.sh [--nginx-tests] [--acme] [--fleet]
+# Usage: scripts/deps.sh [--nginx-tests] [--acme] [--fleet] [--pkcs11]
+#
+# --pkcs11 also installs what the PKCS#11 key tests (tests/pkcs11_keys.rs)
+# need: SoftHSM2 (a software token), opensc's pkcs11-tool (imports keys
+# into it) and libp11's OpenSSL engine (libengine-pkcs11-openssl, engine id
+# pkcs11), through which nginx's workers load keys held by the token.
 #
 # --fleet also installs what the fleet test (scripts/fleet-test.sh) needs
 # besides redis-server: HAProxy, the L4 balancer in front of the
@@ -47,6 +52,7 @@ for arg in "$@"; do
         --nginx-tests) PACKAGES+=(perl libio-socket-ssl-perl libnet-ssleay-perl) ;;
         --acme) PACKAGES+=(pebble certbot) ;;
         --fleet) PACKAGES+=(haproxy iptables iproute2) ;;
+        --pkcs11) PACKAGES+=(softhsm2 opensc libengine-pkcs11-openssl) ;;
         *)
             echo "deps.sh: unknown argument: $arg" >&2
             exit 2
