@@ -654,6 +654,64 @@ mod tests {
     }
 
     #[test]
+    fn a_key_reference_is_refused_unless_allowed_and_never_read_as_a_path() {
+        let leaf = leaf(&["shop.example.com"], &key(), -1, 30);
+        let reference = b"engine:pkcs11:pkcs11:token=dyncert;object=shop".to_vec();
+        let r = record(pem(&leaf), reference.clone());
+        let refused = Invalid::KeyReference(RefError::Disabled);
+        assert_eq!(
+            validate(&r, "shop.example.com", now()).unwrap_err(),
+            refused
+        );
+        let interner = Interner::default();
+        let off = KeyRefConfig::default();
+        let v = |r: &Record, refs: &KeyRefConfig| {
+            validate_with_refs(r, "shop.example.com", None, now(), &interner, refs).unwrap_err()
+        };
+        assert_eq!(v(&r, &off), refused);
+        assert_eq!(refused.label(), "key_reference_refused");
+        let engine = KeyRefConfig {
+            mode: KeyRefMode::Engine,
+            module: Some("/nonexistent/libpkcs11.so".into()),
+            ..KeyRefConfig::default()
+        };
+        let path = record(pem(&leaf), b"/etc/ssl/private/shop.key".to_vec());
+        assert_eq!(
+            v(&path, &engine),
+            Invalid::KeyReference(RefError::NotAllowed)
+        );
+        // Allowed, but nothing to load it from: refused, never served.
+        let failed = v(&r, &engine);
+        assert!(
+            matches!(
+                failed,
+                Invalid::KeyReferenceFailed | Invalid::KeyReferenceNoEngine
+            ),
+            "{failed:?}"
+        );
+        assert_eq!(failed.label(), "key_reference_failed");
+    }
+
+    #[test]
+    fn a_changed_key_reference_is_a_changed_record() {
+        let k = key();
+        let crt = pem(&leaf(&["shop.example.com"], &k, -1, 30));
+        let certs = certificates(&crt, Invalid::CrtNotPem, Invalid::ChainTooLong).unwrap();
+        let r = record(crt.clone(), key_pem(&k));
+        let plain = fingerprint_of(&certs, &r, None);
+        let a = fingerprint_of(&certs, &r, Some("pkcs11:object=a"));
+        let b = fingerprint_of(&certs, &r, Some("pkcs11:object=b"));
+        assert_ne!(plain, a);
+        assert_ne!(a, b);
+        assert_eq!(a, fingerprint_of(&certs, &r, Some("pkcs11:object=a")));
+        // Records with key material keep the fingerprint they always had.
+        assert_eq!(
+            plain,
+            validate(&r, "shop.example.com", now()).unwrap().fingerprint
+        );
+    }
+
+    #[test]
     fn certificate_for_another_name_is_refused() {
         let k = key();
         let leaf = leaf(&["other.example.com"], &k, -1, 30);
