@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages dyncert needs to build, test and run its demo.
 #
-# Usage: scripts/deps.sh [--nginx-tests] [--acme] [--fleet] [--pkcs11]
+# Usage: scripts/deps.sh [--nginx-tests] [--acme] [--fleet] [--pkcs11] [--waf]
 #
 # --pkcs11 also installs what the PKCS#11 key tests (tests/pkcs11_keys.rs)
 # need: SoftHSM2 (a software token), opensc's pkcs11-tool (imports keys
 # into it) and libp11's OpenSSL engine (libengine-pkcs11-openssl, engine id
 # pkcs11), through which nginx's workers load keys held by the token.
+#
+# --waf also installs ModSecurity v3 (libmodsecurity3, and libmodsecurity-dev
+# to build the nginx connector with scripts/build-modsecurity.sh) and the
+# OWASP Core Rule Set (modsecurity-crs, in /usr/share/modsecurity-crs) for
+# tests/waf.rs; dpkg-dev provides dpkg-source, which `apt-get source` needs.
 #
 # --fleet also installs what the fleet test (scripts/fleet-test.sh) needs
 # besides redis-server: HAProxy, the L4 balancer in front of the
@@ -53,6 +58,7 @@ for arg in "$@"; do
         --acme) PACKAGES+=(pebble certbot) ;;
         --fleet) PACKAGES+=(haproxy iptables iproute2) ;;
         --pkcs11) PACKAGES+=(softhsm2 opensc libengine-pkcs11-openssl) ;;
+        --waf) PACKAGES+=(libmodsecurity3 libmodsecurity-dev modsecurity-crs dpkg-dev) ;;
         *)
             echo "deps.sh: unknown argument: $arg" >&2
             exit 2
