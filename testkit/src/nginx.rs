@@ -36,6 +36,10 @@ use crate::redis::Redis;
 pub struct NginxOpts {
     workers: u32,
     load_module: bool,
+    /// Other dynamic modules (absolute paths), each loaded before or after
+    /// dyncert's.
+    modules_before: Vec<PathBuf>,
+    modules_after: Vec<PathBuf>,
     event_method: Option<String>,
     worker_connections: u32,
     error_log_level: String,
@@ -53,6 +57,8 @@ impl Default for NginxOpts {
         NginxOpts {
             workers: 1,
             load_module: true,
+            modules_before: Vec::new(),
+            modules_after: Vec::new(),
             event_method: None,
             worker_connections: 256,
             error_log_level: "info".to_string(),
@@ -81,6 +87,18 @@ impl NginxOpts {
     /// Plain NGINX: no `load_module` of dyncert.
     pub fn without_module(mut self) -> NginxOpts {
         self.load_module = false;
+        self
+    }
+
+    /// `load_module PATH;` for another dynamic module, after dyncert's
+    /// (before it with `first`): the order of `load_module` lines is the
+    /// order of the modules' phase handlers unless a module sets its own.
+    pub fn other_module(mut self, path: &Path, first: bool) -> NginxOpts {
+        if first {
+            self.modules_before.push(path.to_path_buf());
+        } else {
+            self.modules_after.push(path.to_path_buf());
+        }
         self
     }
 
@@ -166,8 +184,14 @@ impl NginxOpts {
     /// workers, a pid file and error.log in `prefix`.
     fn main_conf(&self, prefix: &Path) -> String {
         let mut s = String::new();
+        for m in &self.modules_before {
+            s.push_str(&format!("load_module {};\n", m.display()));
+        }
         if self.load_module {
             s.push_str(&format!("load_module {};\n", module_path().display()));
+        }
+        for m in &self.modules_after {
+            s.push_str(&format!("load_module {};\n", m.display()));
         }
         s.push_str(&format!("worker_processes {};\n", self.workers));
         if let Some(mask) = &self.worker_cpu_affinity {
