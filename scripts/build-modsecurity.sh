@@ -24,7 +24,8 @@
 # under target/.
 #
 # Output: OUT/ngx_http_modsecurity_module.so (OUT defaults to
-# target/modsecurity), where tests/waf.rs looks for it.
+# target/modsecurity), where tests/waf.rs looks for it, and
+# OUT/loads-into.txt, the NGINX binaries it was checked with.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -183,7 +184,11 @@ http {
     modsecurity_rules 'SecRuleEngine On';
 }
 CONF
+# tests/waf.rs runs only against an NGINX listed in loads-into.txt, so
+# another build flavour (target/ossl35) skips instead of mixing libraries.
+: >"$out/loads-into.txt"
 for bin in "${nginx_bins[@]}"; do
     "$bin" -t -q -p "$prefix" -c conf/nginx.conf -e stderr || die "$bin cannot load $module"
     say "$bin loads $module"
+    echo "$bin" >>"$out/loads-into.txt"
 done

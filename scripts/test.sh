@@ -2,7 +2,9 @@
 # Runs every check CI runs, in order, stopping at the first failure:
 # dependencies, lint of these scripts, rustfmt, clippy, build, unit and
 # integration tests (tests/ start their own nginx and redis-server; the
-# HTTP/3 tests use aioquic, installed here), the release module build with
+# HTTP/3 tests use aioquic, installed here), the ModSecurity connector and
+# the WAF tests (tests/waf.rs, failing instead of skipping), the release
+# module build with
 # its NGINX version check, the benchmark smoke runs, the fleet test (network
 # namespaces: needs root, fails without), all of that but the fleet test
 # again on OpenSSL 3.5 (the official nginx:alpine image's; Debian 12 has
@@ -103,6 +105,13 @@ step "cargo test --workspace"
 # installed by deps.sh --pkcs11) fail instead of skipping when they cannot
 # run.
 DYNCERT_REQUIRE_HTTP3=1 DYNCERT_REQUIRE_PKCS11=1 cargo test --workspace
+ok
+
+step "ModSecurity connector (scripts/build-modsecurity.sh) and the WAF tests (tests/waf.rs)"
+# Debian's connector source and libmodsecurity, the CRS; the test fails
+# instead of skipping when the connector is missing.
+bash scripts/build-modsecurity.sh
+DYNCERT_REQUIRE_WAF=1 cargo test --test waf
 ok
 
 step "release module build and NGINX version check (scripts/build-module.sh)"

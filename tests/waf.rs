@@ -59,15 +59,32 @@ const SQLI: &str = "?id=1%27%20OR%20%271%27%3D%271";
 const TENANT_4XX: &str = r#"dyncert_responses_total{server="waf-tenants",class="4xx"}"#;
 const MODSEC_DENIED: &str = "ModSecurity: Access denied with code 403";
 
-/// The connector module, or None when the test is to be skipped.
+/// The connector module, or None when the test is to be skipped: built by
+/// scripts/build-modsecurity.sh (or named by `DYNCERT_MODSECURITY_MODULE`,
+/// with its `loads-into.txt` beside it) and checked with the NGINX under
+/// test.
 fn connector() -> Option<PathBuf> {
     let module = std::env::var_os("DYNCERT_MODSECURITY_MODULE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             workspace_dir().join("target/modsecurity/ngx_http_modsecurity_module.so")
         });
+    let nginx = nginx_bin();
+    let checked = module.with_file_name("loads-into.txt");
     let missing = if !module.is_file() {
         format!("no ModSecurity connector at {}", module.display())
+    } else if !fs::read_to_string(&checked)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| Path::new(l) == nginx)
+    {
+        // Another flavour's NGINX (OpenSSL 3.5 in target/ossl35): the
+        // connector and libmodsecurity were built and checked for this one.
+        format!(
+            "the connector was not built for {} ({} does not list it)",
+            nginx.display(),
+            checked.display()
+        )
     } else if !Path::new(CRS_SETUP).is_file() || !Path::new(CRS_RULES).is_dir() {
         format!("no OWASP CRS at {CRS_SETUP} and {CRS_RULES}")
     } else {
