@@ -33,9 +33,18 @@ ARG RUST_VERSION=1.94
 # alpine, or alpine-slim for a smaller image without njs and the other
 # optional modules of the official image (same Alpine release).
 ARG NGINX_VARIANT=alpine
+# on: also build the ModSecurity v3 nginx connector for this NGINX, against
+# Alpine's modsecurity-dev, and install Alpine's libmodsecurity (package
+# modsecurity) in the image. The connector's source is not downloaded here:
+# scripts/build-modsecurity.sh fetches Debian's source package, and
+#   cp -a target/modsecurity/src/libnginx-mod-http-modsecurity-* modsecurity-nginx
+# puts it in the build context (README: WAF (ModSecurity)). No rule set is
+# installed: mount the OWASP CRS at /etc/nginx/modsecurity/crs.
+ARG WAF=off
 
 FROM rust:${RUST_VERSION}-alpine${ALPINE_VERSION} AS builder
 ARG NGINX_VERSION
+ARG WAF
 # Alpine removes superseded package versions from its mirrors, so pinned
 # versions would break rebuilds; the Alpine release pins the ABI, and the
 # runtime stage's `nginx -t` is the check.
@@ -49,14 +58,30 @@ RUN apk add --no-cache \
         openssl-dev \
         pcre2-dev \
         pkgconf \
-        zlib-dev
+        zlib-dev \
+    && if [ "$WAF" = on ]; then apk add --no-cache modsecurity-dev; fi
 WORKDIR /src
 COPY . .
 # The same script CI runs on Debian: release build, vendored NGINX version
-# == NGINX_VERSION, the module loads into the vendored nginx.
+# == NGINX_VERSION, the module loads into the vendored nginx. With WAF=on,
+# the connector is built for that NGINX by the script CI runs too, into
+# /out/waf (empty directories otherwise): modules/ and etc/modsecurity/.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    bash scripts/build-module.sh --out /out
+    bash scripts/build-module.sh --out /out \
+    && mkdir -p /out/waf/modules /out/waf/etc \
+    && if [ "$WAF" = on ]; then \
+        test -f modsecurity-nginx/config \
+            || { echo "WAF=on needs the connector's source in modsecurity-nginx/ (README: WAF (ModSecurity))" >&2; exit 1; }; \
+        bash scripts/build-modsecurity.sh --connector modsecurity-nginx --out /tmp/modsecurity \
+        && cp /tmp/modsecurity/ngx_http_modsecurity_module.so /out/waf/modules/ \
+        && strip --strip-unneeded /out/waf/modules/ngx_http_modsecurity_module.so \
+        && mkdir -p /out/waf/etc/modsecurity \
+        && sed -e 's|/etc/modsecurity/crs/crs-setup.conf|/etc/nginx/modsecurity/crs/crs-setup.conf|' \
+            -e '/EXCLUSION-RULES/d' \
+            -e 's|/usr/share/modsecurity-crs/rules/|/etc/nginx/modsecurity/crs/rules/|' \
+            nginx-conf/waf/modsecurity.conf >/out/waf/etc/modsecurity/modsecurity.conf; \
+    fi
 # A placeholder for the certificate served to unknown names and clients
 # without SNI, unique to each build; mount your own over /etc/nginx/certs.
 RUN mkdir -p /out/certs \
@@ -68,6 +93,7 @@ RUN mkdir -p /out/certs \
 FROM nginx:${NGINX_VERSION}-${NGINX_VARIANT}
 ARG NGINX_VERSION
 ARG ALPINE_VERSION
+ARG WAF
 # libgcc: the module's unwinder (panics are caught at its FFI boundary).
 #
 # The examples write logs/... and the pid file under the prefix
@@ -80,6 +106,7 @@ ARG ALPINE_VERSION
 # edits it expecting an effect.
 # hadolint ignore=DL3018
 RUN apk add --no-cache libgcc \
+    && if [ "$WAF" = on ]; then apk add --no-cache modsecurity; fi \
     && mkdir -p /etc/nginx/logs /etc/nginx/certs \
     && ln -sf /dev/stderr /etc/nginx/logs/error.log \
     && ln -sf /dev/stdout /etc/nginx/logs/access.log \
@@ -87,6 +114,9 @@ RUN apk add --no-cache libgcc \
     && chown -R nginx:nginx /var/cache/nginx \
     && rm -f /etc/nginx/conf.d/default.conf
 COPY --from=builder /out/ngx_http_dyncert_module.so /usr/lib/nginx/modules/ngx_http_dyncert_module.so
+# The connector and its rules file, with WAF=on (nothing otherwise).
+COPY --from=builder /out/waf/modules/ /usr/lib/nginx/modules/
+COPY --from=builder /out/waf/etc/ /etc/nginx/
 COPY --from=builder --chmod=0644 /out/certs/default.crt /etc/nginx/certs/default.crt
 COPY --from=builder --chown=root:nginx --chmod=0640 /out/certs/default.key /etc/nginx/certs/default.key
 COPY nginx-conf/ /etc/nginx/examples/
@@ -116,4 +146,11 @@ RUN set -e; \
     for example in /etc/nginx/examples/*.conf; do \
         nginx -t -q -c "$example" || { echo "example $example fails nginx -t" >&2; exit 1; }; \
     done; \
+    if [ "$WAF" = on ]; then \
+        printf '%s\n' 'load_module modules/ngx_http_dyncert_module.so;' \
+            'load_module modules/ngx_http_modsecurity_module.so;' \
+            'events {}' "http { modsecurity on; modsecurity_rules 'SecRuleEngine On'; }" >/tmp/waf.conf; \
+        nginx -t -q -c /tmp/waf.conf || { echo "the ModSecurity connector does not load" >&2; exit 1; }; \
+        rm /tmp/waf.conf; \
+    fi; \
     nginx -t

@@ -101,13 +101,9 @@ configure_args=$("$nginx_bin" -V 2>&1 | sed -n 's/^configure arguments: //p' | s
 
 # The NGINX sources nginx-sys built from: the nginx-src package of this
 # workspace's lock file.
-src_crate=$(cargo metadata --format-version 1 --locked 2>/dev/null | python3 -c '
-import json, os, sys
-for p in json.load(sys.stdin)["packages"]:
-    if p["name"] == "nginx-src":
-        print(os.path.dirname(p["manifest_path"]))
-        break
-')
+src_crate=$(cargo metadata --format-version 1 --locked 2>/dev/null |
+    grep -o '"manifest_path":"[^"]*/nginx-src-[^"/]*/Cargo.toml"' | head -n 1 |
+    sed 's|^"manifest_path":"\(.*\)/Cargo.toml"$|\1|' || true)
 [[ -n $src_crate && -x $src_crate/nginx/auto/configure ]] || die "no nginx-src crate with NGINX sources (cargo metadata found: '${src_crate}')"
 nginx_src=$src_crate/nginx
 [[ $(sed -n 's/^#define NGINX_VERSION *"\(.*\)"/\1/p' "$nginx_src/src/core/nginx.h") == "$version" ]] ||
