@@ -26,6 +26,8 @@
 //! W] [--hot H]` the shared zone against its baselines: first touches,
 //! Redis commands across workers, zone bytes, the memory of all workers,
 //! hot-set misses, hot handshakes, start and reload (see `zone/`);
+//! `dyncert-bench waf [--quick]` what ModSecurity with the CRS adds to a
+//! cached handshake + GET (see `waf.rs`);
 //! `dyncert-bench fleet ...` is the client of `scripts/fleet-test.sh`
 //! (see `fleet/`).
 
@@ -40,6 +42,7 @@ mod probe;
 mod report;
 mod route;
 mod servers;
+mod waf;
 mod zone;
 
 use std::fs;
@@ -204,6 +207,14 @@ fn main() {
         } else {
             let _ = fs::remove_dir_all(&dir);
         }
+        std::process::exit(code);
+    }
+    if argv.first().map(String::as_str) == Some("waf") {
+        let dir = std::env::temp_dir().join(format!("dyncert-bench-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let code = waf::run(&argv[1..], &dir);
+        let _ = fs::remove_dir_all(&dir);
         std::process::exit(code);
     }
     if argv.first().map(String::as_str) == Some("fleet") {
