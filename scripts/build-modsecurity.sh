@@ -25,7 +25,7 @@
 #
 # Output: OUT/ngx_http_modsecurity_module.so (OUT defaults to
 # target/modsecurity), where tests/waf.rs looks for it, and
-# OUT/loads-into.txt, the NGINX binaries it was checked with.
+# OUT/nginx-V.txt, what the NGINX it was built for says of itself.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -180,11 +180,12 @@ http {
     modsecurity_rules 'SecRuleEngine On';
 }
 CONF
-# tests/waf.rs runs only against an NGINX listed in loads-into.txt, so
-# another build flavour (target/ossl35) skips instead of mixing libraries.
-: >"$out/loads-into.txt"
 for bin in "${nginx_bins[@]}"; do
     "$bin" -t -q -p "$prefix" -c conf/nginx.conf -e stderr || die "$bin cannot load $module"
     say "$bin loads $module"
-    echo "$bin" >>"$out/loads-into.txt"
 done
+# tests/waf.rs runs only against an NGINX whose `nginx -V` (without the
+# build directory, which differs between cargo invocations) is this one's,
+# so another build flavour (OpenSSL 3.5 in target/ossl35) skips instead of
+# mixing libraries.
+"$nginx_bin" -V 2>&1 | sed 's/ --builddir=[^ ]*//' >"$out/nginx-V.txt"

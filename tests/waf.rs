@@ -61,29 +61,22 @@ const MODSEC_DENIED: &str = "ModSecurity: Access denied with code 403";
 
 /// The connector module, or None when the test is to be skipped: built by
 /// scripts/build-modsecurity.sh (or named by `DYNCERT_MODSECURITY_MODULE`,
-/// with its `loads-into.txt` beside it) and checked with the NGINX under
-/// test.
+/// with its `nginx-V.txt` beside it) for an NGINX like the one under test.
 fn connector() -> Option<PathBuf> {
     let module = std::env::var_os("DYNCERT_MODSECURITY_MODULE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             workspace_dir().join("target/modsecurity/ngx_http_modsecurity_module.so")
         });
-    let nginx = nginx_bin();
-    let checked = module.with_file_name("loads-into.txt");
+    let built_for = fs::read_to_string(module.with_file_name("nginx-V.txt")).unwrap_or_default();
     let missing = if !module.is_file() {
         format!("no ModSecurity connector at {}", module.display())
-    } else if !fs::read_to_string(&checked)
-        .unwrap_or_default()
-        .lines()
-        .any(|l| Path::new(l) == nginx)
-    {
+    } else if built_for.trim() != nginx_v().trim() {
         // Another flavour's NGINX (OpenSSL 3.5 in target/ossl35): the
-        // connector and libmodsecurity were built and checked for this one.
+        // connector and libmodsecurity were built and checked for another.
         format!(
-            "the connector was not built for {} ({} does not list it)",
-            nginx.display(),
-            checked.display()
+            "the connector was built for another NGINX:\n{built_for}\nnot\n{}",
+            nginx_v()
         )
     } else if !Path::new(CRS_SETUP).is_file() || !Path::new(CRS_RULES).is_dir() {
         format!("no OWASP CRS at {CRS_SETUP} and {CRS_RULES}")
@@ -96,6 +89,30 @@ fn connector() -> Option<PathBuf> {
     }
     eprintln!("skipping: {missing}; {hint} (DYNCERT_REQUIRE_WAF=1 makes this a failure)");
     None
+}
+
+/// `nginx -V` of the NGINX under test, without its build directory (as
+/// scripts/build-modsecurity.sh records it in nginx-V.txt).
+fn nginx_v() -> String {
+    let out = std::process::Command::new(nginx_bin())
+        .arg("-V")
+        .output()
+        .expect("run nginx -V");
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| match l.split_once(" --builddir=") {
+            Some((head, tail)) => {
+                let rest = tail.split_once(' ').map_or("", |(_, r)| r);
+                if rest.is_empty() {
+                    head.to_string()
+                } else {
+                    format!("{head} {rest}")
+                }
+            }
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The example's rules with the audit log moved into `prefix`.
