@@ -44,8 +44,11 @@ fi
 
 if ((tests)); then
     # tests/openssl_build.rs checks that NGINX, the module and the tests all
-    # run on this OpenSSL, one copy of it per process.
-    DYNCERT_EXPECT_OPENSSL=3.5. DYNCERT_REQUIRE_HTTP3=1 cargo test --workspace
+    # run on this OpenSSL, one copy of it per process. tests/waf.rs skips:
+    # the ModSecurity connector and Debian's libmodsecurity are built for
+    # the system OpenSSL's NGINX, so a DYNCERT_REQUIRE_WAF from outside
+    # must not turn that into a failure here.
+    DYNCERT_EXPECT_OPENSSL=3.5. DYNCERT_REQUIRE_HTTP3=1 env -u DYNCERT_REQUIRE_WAF cargo test --workspace
 fi
 
 if ((bench)); then
