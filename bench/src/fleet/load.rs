@@ -116,7 +116,12 @@ pub fn run(f: &Flags) -> i32 {
     };
     let (pass, figures) = match f.opt("judge") {
         None => plain(&events),
-        Some("redis") => redis_outage(&events, &marks, f.num("fetch-timeout-ms", 1000)),
+        Some("redis") => redis_outage(
+            &events,
+            &marks,
+            f.num("fetch-timeout-ms", 1000),
+            f.opt("up-means").unwrap_or("Redis answered again"),
+        ),
         Some("terminator") => terminator_restart(&events, &marks, concurrency),
         Some(other) => usage(&format!("--judge: unknown {other:?}")),
     };
@@ -169,11 +174,13 @@ pub fn plain(events: &[Event]) -> (bool, String) {
 }
 
 /// Redis down between `down` and `up`: warm names never fail; cold names
-/// fail only until at most `fetch_timeout_ms` after `up`.
+/// fail only until at most `fetch_timeout_ms` after `up`. `up_means` says
+/// what `up` was in the figures (a restart, or a failover's new primary).
 pub fn redis_outage(
     events: &[Event],
     marks: &HashMap<String, u64>,
     fetch_timeout_ms: u64,
+    up_means: &str,
 ) -> (bool, String) {
     let (down, up) = match (mark(marks, "down"), mark(marks, "up")) {
         (Ok(d), Ok(u)) => (d, u),
@@ -206,7 +213,7 @@ pub fn redis_outage(
     (
         pass,
         format!(
-            "Redis answered again {} ms after the kill; cached names: {} handshakes ({warm_during} during the outage), {warm_failed} failed; uncached names: {} handshakes, {cold_failed} failed, every one started from {recovery} served (bound: outage + fetch timeout = {} ms)",
+            "{up_means} {} ms after the kill; cached names: {} handshakes ({warm_during} during the outage), {warm_failed} failed; uncached names: {} handshakes, {cold_failed} failed, every one started from {recovery} served (bound: outage + fetch timeout = {} ms)",
             up - down,
             warm.len(),
             cold.len(),
@@ -272,14 +279,14 @@ mod tests {
             ev(260, true, true),
             ev(400, true, true),
         ];
-        let (pass, figures) = redis_outage(&events, &m, 100);
+        let (pass, figures) = redis_outage(&events, &m, 100, "up");
         assert!(pass, "{figures}");
         assert!(
             figures.contains("from 160 ms after the kill on"),
             "{figures}"
         );
         // Recovery later than the fetch timeout fails.
-        let (pass, _) = redis_outage(&events, &m, 50);
+        let (pass, _) = redis_outage(&events, &m, 50, "up");
         assert!(!pass);
     }
 
@@ -291,7 +298,7 @@ mod tests {
             ev(150, false, true),
             ev(300, true, true),
         ];
-        assert!(!redis_outage(&events, &m, 1000).0);
+        assert!(!redis_outage(&events, &m, 1000, "up").0);
     }
 
     #[test]

@@ -30,6 +30,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use conn::Target;
 
 const USAGE: &str = "usage: dyncert-bench fleet COMMAND [--flag value ...]
+  (--redis IP:PORT: a single server, the primary, or any node of a Cluster)
   setup       --redis IP:PORT --names N --cold M --certs DIR
               N records n<i>.fleet.test and M records c<i>.fleet.test into Redis
               (pipelined), the default certificate into DIR
@@ -37,7 +38,7 @@ const USAGE: &str = "usage: dyncert-bench fleet COMMAND [--flag value ...]
               [--concurrency C]: one handshake per name (per terminator with --direct)
   load        (--to IP:PORT | --direct IP --port P --from IP) --warm PREFIX:START:COUNT
               [--cold PREFIX:START:COUNT] --seconds S [--concurrency C]
-              [--marks FILE --judge redis|terminator --fetch-timeout-ms T]
+              [--marks FILE --judge redis|terminator --fetch-timeout-ms T --up-means TEXT]
   invalidate  --redis IP:PORT --direct IP,.. --port P --from IP --name NAME [--rounds R]
               [--channel C] [--bound-ms B]
   publish     --redis IP:PORT --name NAME --serial S [--channel C]

@@ -1,7 +1,14 @@
 //! The fleet's records in Redis: the bulk load of `setup` (pipelined: ten
 //! thousand `dyncert put` processes would take minutes) and the
 //! replace-and-publish of a renewal.
+//!
+//! `--redis` is one node: a single server, the Sentinel primary, or any
+//! node of a Cluster. A Cluster node answers a key it does not own with
+//! `MOVED <slot> <ip:port>`; the writes here follow it to the owner, so the
+//! script needs no slot map (a `PUBLISH` on any node reaches the
+//! subscribers of every node).
 
+use std::collections::HashMap;
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -34,9 +41,9 @@ impl Resp {
         })
     }
 
-    /// Sends all commands at once, then reads every reply: an error reply
-    /// fails the whole batch.
-    pub fn pipeline(&mut self, cmds: &[Vec<u8>]) -> Result<Vec<Reply>, String> {
+    /// Sends all commands at once, then reads every reply, error replies
+    /// included.
+    fn send_all(&mut self, cmds: &[&[u8]]) -> Result<Vec<Reply>, String> {
         let mut buf = Vec::new();
         for c in cmds {
             buf.extend_from_slice(c);
@@ -44,15 +51,72 @@ impl Resp {
         self.writer
             .write_all(&buf)
             .map_err(|e| format!("write: {e}"))?;
-        let mut out = Vec::with_capacity(cmds.len());
-        for _ in cmds {
-            match read_reply(&mut self.reader).map_err(|e| format!("read: {e}"))? {
-                Reply::Error(e) => return Err(format!("redis: {e}")),
-                r => out.push(r),
-            }
-        }
-        Ok(out)
+        cmds.iter()
+            .map(|_| read_reply(&mut self.reader).map_err(|e| format!("read: {e}")))
+            .collect()
     }
+
+    /// Sends all commands at once, then reads every reply: an error reply
+    /// fails the whole batch.
+    pub fn pipeline(&mut self, cmds: &[Vec<u8>]) -> Result<Vec<Reply>, String> {
+        let refs: Vec<&[u8]> = cmds.iter().map(Vec::as_slice).collect();
+        self.send_all(&refs)?
+            .into_iter()
+            .map(|r| match r {
+                Reply::Error(e) => Err(format!("redis: {e}")),
+                r => Ok(r),
+            })
+            .collect()
+    }
+
+    /// One write, sent again to the Cluster node that owns its key when
+    /// this one answers `MOVED`; the connection then stays on that node.
+    pub fn write(&mut self, cmd: Vec<u8>) -> Result<Reply, String> {
+        let r = self.send_all(&[&cmd])?.remove(0);
+        match moved_to(&r) {
+            Some(addr) => {
+                *self = Resp::connect(addr)?;
+                self.pipeline(&[cmd]).map(|mut v| v.remove(0))
+            }
+            None => match r {
+                Reply::Error(e) => Err(format!("redis: {e}")),
+                r => Ok(r),
+            },
+        }
+    }
+}
+
+/// The owner named by a Cluster's `MOVED <slot> <ip:port>` answer.
+fn moved_to(r: &Reply) -> Option<SocketAddr> {
+    let Reply::Error(e) = r else { return None };
+    e.strip_prefix("MOVED ")?.split(' ').nth(1)?.parse().ok()
+}
+
+/// Writes `cmds` through `seed`; those a Cluster node answers with
+/// `MOVED` go again, pipelined, to their owners (one connection each,
+/// kept in `owners`).
+fn write_batch(
+    seed: &mut Resp,
+    owners: &mut HashMap<SocketAddr, Resp>,
+    cmds: &[Vec<u8>],
+) -> Result<(), String> {
+    let refs: Vec<&[u8]> = cmds.iter().map(Vec::as_slice).collect();
+    let mut moved: HashMap<SocketAddr, Vec<Vec<u8>>> = HashMap::new();
+    for (cmd, r) in cmds.iter().zip(seed.send_all(&refs)?) {
+        match (moved_to(&r), r) {
+            (Some(addr), _) => moved.entry(addr).or_default().push(cmd.clone()),
+            (None, Reply::Error(e)) => return Err(format!("redis: {e}")),
+            _ => {}
+        }
+    }
+    for (addr, cmds) in moved {
+        let conn = match owners.entry(addr) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(Resp::connect(addr)?),
+        };
+        conn.pipeline(&cmds)?;
+    }
+    Ok(())
 }
 
 fn hset(leaf: &LeafPem, pki: &Pki) -> Vec<u8> {
@@ -93,9 +157,10 @@ pub fn setup(f: &Flags) -> i32 {
             return 1;
         }
     };
+    let mut owners = HashMap::new();
     for chunk in leaves.chunks(1000) {
         let cmds: Vec<Vec<u8>> = chunk.iter().map(|l| hset(l, &pki)).collect();
-        if let Err(e) = conn.pipeline(&cmds) {
+        if let Err(e) = write_batch(&mut conn, &mut owners, &cmds) {
             eprintln!("fleet setup: loading records: {e}");
             return 1;
         }
@@ -119,9 +184,9 @@ pub fn publish(
     channel: &str,
 ) -> Result<(String, Instant), String> {
     let leaf = pki.leaf_pem(name.to_owned(), serial);
-    conn.pipeline(&[hset(&leaf, pki)])?;
+    conn.write(hset(&leaf, pki))?;
     let at = Instant::now();
-    conn.pipeline(&[encode_command(&["PUBLISH", channel, name])])?;
+    conn.write(encode_command(&["PUBLISH", channel, name]))?;
     Ok((serial_hex(serial), at))
 }
 
@@ -144,5 +209,18 @@ pub fn publish_cmd(f: &Flags) -> i32 {
             eprintln!("fleet publish: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moved_answers_name_the_owner() {
+        let r = Reply::Error("MOVED 3999 10.77.0.21:7000".into());
+        assert_eq!(moved_to(&r), Some("10.77.0.21:7000".parse().unwrap()));
+        assert_eq!(moved_to(&Reply::Error("ERR wrong type".into())), None);
+        assert_eq!(moved_to(&Reply::Int(1)), None);
     }
 }
