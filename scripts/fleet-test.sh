@@ -5,10 +5,14 @@
 #   client 10.77.0.50 (and 10.77.0.51, outside the allowlist)
 #     -> HAProxy 10.77.0.10:443 (TCP mode, send-proxy-v2, round-robin: an NLB)
 #       -> 3 terminators 10.77.0.11-13:443 (this module, the same config)
-#         -> Redis 10.77.0.20:6379
+#         -> Redis (FLEET_REDIS): single 10.77.0.20:6379; sentinel: primary
+#            and 2 replicas 10.77.0.20-22:6379, sentinels 10.77.0.31-33:26379;
+#            cluster: 3 primaries 10.77.0.20-22:6379, their replicas .23-.25
 #
-# Every node is a namespace of its own (names dcf-<pid>-<node>, so runs never
-# collide), plugged into a bridge in a hub namespace. The clients are
+# Every node is a namespace of its own (names dcf-<pid>-<node>), plugged into
+# a bridge in a hub namespace of this run: the addresses, the bridge and the
+# iptables rules live in this run's namespaces only, so concurrent runs never
+# collide. The clients are
 # `dyncert-bench fleet ...` (full TLS handshakes, each leaf checked against
 # the SNI) run inside the client namespaces. Scenarios, each with figures:
 #
@@ -24,8 +28,11 @@
 #      then one fetch), not when valid= ends.
 #   5. A terminator killed and restarted under load: only connections that
 #      were on it fail.
-#   6. Redis lost under load: cached names 0 failures, uncached names back
-#      within the outage plus one fetch timeout, no terminator restarted.
+#   6. Redis lost under load (single: killed and restarted 3 s later;
+#      sentinel and cluster: the primary killed, a replica promoted):
+#      cached names 0 failures, uncached names back within the outage (until
+#      the restart, or the failover) plus one fetch timeout, invalidations
+#      reach every terminator again, no terminator restarted.
 #
 # It prints a table of the scenarios with PASS/FAIL and exits 1 on any FAIL.
 # Needs root (namespaces, iptables), haproxy, iptables and redis-server
@@ -35,11 +42,11 @@
 # Without root or network namespaces it fails: it never skips.
 #
 # Environment:
-#   FLEET_REDIS   Redis topology: "single" (one redis-server, killed and
-#                 restarted in scenario 6). "sentinel" and "cluster" are the
-#                 hook for the Sentinel/Cluster support to come: they need
-#                 their own redis_* functions below (start, URL, lose the
-#                 primary, have one again).
+#   FLEET_REDIS   Redis topology: "single" (default; one redis-server,
+#                 killed and restarted in scenario 6), "sentinel" (a primary,
+#                 2 replicas and 3 sentinels: sentinel://), "cluster" (3
+#                 primaries with a replica each: cluster://). CI runs
+#                 sentinel, then cluster (scripts/test.sh).
 #   FLEET_NAMES   names in the sweep (default 10000)
 #   FLEET_KEEP    set to keep target/fleet/ (configs, logs) after a pass
 #                 (it is always kept after a failure)
@@ -75,7 +82,6 @@ NS=dcf-$$-
 NET=10.77.0
 LB_IP=$NET.10
 T_IPS=("$NET.11" "$NET.12" "$NET.13")
-REDIS_IP=$NET.20
 REDIS_PORT=6379
 C1_IP=$NET.50
 C2_IP=$NET.51
@@ -126,9 +132,8 @@ done
 NGINX=$(<"$ROOT/target/release/nginx-build-dir.txt")/nginx
 [[ -x $NGINX ]] || die "no nginx binary at $NGINX"
 case $FLEET_REDIS in
-    single) ;;
-    sentinel | cluster) die "FLEET_REDIS=$FLEET_REDIS: not built yet (needs sentinel:// and cluster:// in dyncert_redis); use single" ;;
-    *) die "FLEET_REDIS=$FLEET_REDIS: unknown topology (single)" ;;
+    single | sentinel | cluster) ;;
+    *) die "FLEET_REDIS=$FLEET_REDIS: unknown topology (single, sentinel, cluster)" ;;
 esac
 ip netns add "${NS}probe" 2>/dev/null || die "cannot create network namespaces (ip netns add): a container without CAP_SYS_ADMIN? In CI this is a failure"
 ip netns del "${NS}probe"
@@ -157,7 +162,6 @@ node() {
 }
 node lb "$LB_IP"
 for i in 1 2 3; do node "t$i" "${T_IPS[i - 1]}"; done
-node redis "$REDIS_IP"
 node c1 "$C1_IP"
 node c2 "$C2_IP"
 
@@ -170,45 +174,238 @@ in_ns() {
 client() { in_ns c1 "$BENCH" fleet "$@"; }
 client2() { in_ns c2 "$BENCH" fleet "$@"; }
 
-# --- Redis (the topology hook) ----------------------------------------------------
+# --- Redis (the topology) -----------------------------------------------------------
 #
-# A Sentinel (or Cluster) run replaces these: the URL the terminators get,
-# starting the set, and losing the primary (redis_fail, at the "down" mark)
-# and having one again (redis_recover returns when the URL answers: the
-# "up" mark).
+# Each topology defines: redis_url (what the terminators get), redis_addr
+# (IP:PORT the client writes and publishes through: the server, the current
+# primary, or a Cluster node, whose MOVED answers the client follows),
+# redis_start, redis_before_failure, redis_fail (the "down" mark: the
+# primary lost at once, SIGKILL), redis_recover (returns at the "up" mark:
+# Redis restarted, or the new primary named), redis_subscribers (workers
+# subscribed to the invalidation channel), and REDIS_IPS (every address the
+# terminators talk to, cut in the partition scenario).
 
-redis_url() { echo "redis://$REDIS_IP:$REDIS_PORT/0"; }
+CHANNEL=dyncert:invalidate
 
-# Workers subscribed to the invalidation channel.
-redis_subscribers() {
-    in_ns redis redis-cli -h "$REDIS_IP" -p "$REDIS_PORT" pubsub numsub dyncert:invalidate 2>/dev/null | sed -n 2p
+# rcli IP PORT ARGS...: redis-cli from the client namespace.
+rcli() {
+    local ip=$1 port=$2
+    shift 2
+    in_ns c1 redis-cli -h "$ip" -p "$port" "$@" 2>/dev/null
 }
 
-redis_ping() { in_ns redis redis-cli -h "$REDIS_IP" -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
-
-redis_start() {
-    mkdir -p "$RUN/redis"
-    # The records survive a restart through dump.rdb (see
-    # redis_before_failure).
-    in_ns redis redis-server --bind "$REDIS_IP" --port "$REDIS_PORT" --protected-mode no \
-        --save '' --appendonly no --dir "$RUN/redis" --dbfilename dump.rdb \
-        --daemonize yes --logfile "$RUN/redis/redis.log"
-    local i
-    for ((i = 0; i < 100; i++)); do
-        redis_ping && return 0
-        sleep 0.02
+# wait_for WHAT TRIES CMD...: CMD until it succeeds, 50 ms apart.
+wait_for() {
+    local what=$1 tries=$2 i
+    shift 2
+    for ((i = 0; i < tries; i++)); do
+        "$@" && return 0
+        sleep 0.05
     done
-    die "redis-server did not answer on $REDIS_IP:$REDIS_PORT (see $RUN/redis/redis.log)"
+    die "$what (logs in $RUN/redis)"
 }
 
-# Before the "down" mark: the records must outlive the single server, as
-# they outlive a Sentinel primary on its replicas.
-redis_before_failure() { in_ns redis redis-cli -h "$REDIS_IP" -p "$REDIS_PORT" save >/dev/null; }
+# redis_server NODE IP ARGS...: a redis-server on IP:REDIS_PORT in namespace
+# NODE, its files in $RUN/redis/NODE (a Cluster node keeps nodes.conf there).
+redis_server() {
+    local n=$1 ip=$2
+    shift 2
+    mkdir -p "$RUN/redis/$n"
+    in_ns "$n" redis-server --bind "$ip" --port "$REDIS_PORT" --protected-mode no \
+        --save '' --appendonly no --dir "$RUN/redis/$n" --dbfilename dump.rdb \
+        --daemonize yes --logfile "$RUN/redis/$n.log" "$@"
+}
 
-# The primary is lost at once (SIGKILL, no shutdown save).
-redis_fail() { kill_ns redis; }
+redis_up() { rcli "$1" "$REDIS_PORT" ping | grep -q PONG; }
 
-redis_recover() { redis_start; }
+case $FLEET_REDIS in
+single)
+    REDIS_NODES=(redis)
+    REDIS_IPS=("$NET.20")
+    REDIS_DESC="Redis single"
+    OUTAGE_ROW="Redis killed and restarted under load (single)"
+    UP_MEANS="Redis answered again"
+    redis_url() { echo "redis://${REDIS_IPS[0]}:$REDIS_PORT/0"; }
+    redis_addr() { echo "${REDIS_IPS[0]}:$REDIS_PORT"; }
+    redis_subscribers() { rcli "${REDIS_IPS[0]}" "$REDIS_PORT" pubsub numsub "$CHANNEL" | sed -n 2p; }
+    redis_start() {
+        # The records survive a restart through dump.rdb (see
+        # redis_before_failure).
+        redis_server redis "${REDIS_IPS[0]}"
+        wait_for "redis-server did not answer on ${REDIS_IPS[0]}:$REDIS_PORT" 100 redis_up "${REDIS_IPS[0]}"
+    }
+    # The records must outlive the single server, as they outlive a
+    # Sentinel primary on its replicas.
+    redis_before_failure() { rcli "${REDIS_IPS[0]}" "$REDIS_PORT" save >/dev/null; }
+    redis_fail() { kill_ns redis; }
+    redis_recover() {
+        sleep 3
+        redis_start
+    }
+    ;;
+sentinel)
+    # A primary and two replicas, three sentinels (quorum 2), each on an
+    # address of its own.
+    REDIS_NODES=(r1 r2 r3 s1 s2 s3)
+    REDIS_IPS=("$NET.20" "$NET.21" "$NET.22" "$NET.31" "$NET.32" "$NET.33")
+    DATA_IPS=("${REDIS_IPS[@]:0:3}")
+    SENTINEL_IPS=("${REDIS_IPS[@]:3:3}")
+    SENTINEL_PORT=26379
+    SERVICE=mymaster
+    # A failover within a few seconds: down after 1 s unanswered.
+    DOWN_AFTER_MS=1000
+    REDIS_DESC="Redis Sentinel (primary + 2 replicas, 3 sentinels, quorum 2, down-after ${DOWN_AFTER_MS} ms)"
+    OUTAGE_ROW="Redis primary killed under load (Sentinel)"
+    UP_MEANS="the sentinels named the new primary"
+    redis_url() {
+        local s=() ip
+        for ip in "${SENTINEL_IPS[@]}"; do s+=("$ip:$SENTINEL_PORT"); done
+        echo "sentinel://$(
+            IFS=,
+            echo "${s[*]}"
+        )/$SERVICE/0"
+    }
+    # The primary as the first sentinel that answers names it.
+    redis_primary_ip() {
+        local ip out
+        for ip in "${SENTINEL_IPS[@]}"; do
+            out=$(rcli "$ip" "$SENTINEL_PORT" sentinel get-master-addr-by-name "$SERVICE" | head -n 1)
+            [[ -n $out ]] && echo "$out" && return 0
+        done
+        return 1
+    }
+    redis_addr() { echo "$(redis_primary_ip):$REDIS_PORT"; }
+    # The workers subscribe on the primary (and move with it).
+    redis_subscribers() { rcli "$(redis_primary_ip)" "$REDIS_PORT" pubsub numsub "$CHANNEL" | sed -n 2p; }
+    replicas_linked() {
+        local ip
+        for ip in "${DATA_IPS[@]:1}"; do
+            rcli "$ip" "$REDIS_PORT" info replication | grep -q 'master_link_status:up' || return 1
+        done
+    }
+    # Every sentinel knows both replicas (to fail over to one) and the two
+    # other sentinels (to agree on the failover).
+    sentinels_ready() {
+        local ip
+        for ip in "${SENTINEL_IPS[@]}"; do
+            [[ $(rcli "$ip" "$SENTINEL_PORT" sentinel replicas "$SERVICE" | grep -c '^name$') == 2 ]] || return 1
+            [[ $(rcli "$ip" "$SENTINEL_PORT" sentinel sentinels "$SERVICE" | grep -c '^name$') == 2 ]] || return 1
+        done
+    }
+    redis_start() {
+        local i
+        # No diskless-sync delay: replicas sync at once, here and after the
+        # failover (the default waits 5 s for more replicas).
+        redis_server r1 "${DATA_IPS[0]}" --repl-diskless-sync-delay 0
+        for i in 2 3; do
+            redis_server "r$i" "${DATA_IPS[i - 1]}" --repl-diskless-sync-delay 0 \
+                --replicaof "${DATA_IPS[0]}" "$REDIS_PORT"
+        done
+        wait_for "the replicas did not sync with ${DATA_IPS[0]}" 200 replicas_linked
+        for i in 1 2 3; do
+            # Each sentinel rewrites its own configuration file.
+            cat >"$RUN/redis/s$i.conf" <<CONF
+port $SENTINEL_PORT
+bind ${SENTINEL_IPS[i - 1]}
+protected-mode no
+daemonize yes
+logfile $RUN/redis/s$i.log
+dir $RUN/redis
+sentinel monitor $SERVICE ${DATA_IPS[0]} $REDIS_PORT 2
+sentinel down-after-milliseconds $SERVICE $DOWN_AFTER_MS
+sentinel failover-timeout $SERVICE 5000
+sentinel parallel-syncs $SERVICE 1
+CONF
+            in_ns "s$i" redis-server "$RUN/redis/s$i.conf" --sentinel
+        done
+        # Sentinels find each other by hello messages, every 2 s.
+        wait_for "the sentinels did not discover the replicas and each other" 400 sentinels_ready
+    }
+    # Every write so far is on both replicas.
+    redis_before_failure() { rcli "$(redis_primary_ip)" "$REDIS_PORT" wait 2 2000 >/dev/null; }
+    redis_fail() {
+        old_primary=$(redis_primary_ip)
+        local i
+        for i in 1 2 3; do
+            if [[ ${DATA_IPS[i - 1]} == "$old_primary" ]]; then kill_ns "r$i"; fi
+        done
+    }
+    new_primary_named() {
+        local ip
+        ip=$(redis_primary_ip) && [[ $ip != "$old_primary" ]] &&
+            rcli "$ip" "$REDIS_PORT" role | head -n 1 | grep -q master
+    }
+    # The "up" mark: a sentinel names a promoted replica (+switch-master)
+    # and it answers as primary. The dead one stays dead: nothing waits
+    # for it.
+    redis_recover() { wait_for "no failover within 20 s of the primary's kill" 400 new_primary_named; }
+    ;;
+cluster)
+    # Three primaries sharing the slots, one replica each, every node on an
+    # address of its own; a primary unanswered for cluster-node-timeout is
+    # failed over to its replica.
+    REDIS_NODES=(r1 r2 r3 r4 r5 r6)
+    REDIS_IPS=("$NET.20" "$NET.21" "$NET.22" "$NET.23" "$NET.24" "$NET.25")
+    NODE_TIMEOUT_MS=1000
+    REDIS_DESC="Redis Cluster (3 primaries with 1 replica each, cluster-node-timeout ${NODE_TIMEOUT_MS} ms)"
+    OUTAGE_ROW="Redis primary killed under load (Cluster)"
+    UP_MEANS="the cluster promoted its replica"
+    redis_url() { echo "cluster://${REDIS_IPS[0]}:$REDIS_PORT,${REDIS_IPS[1]}:$REDIS_PORT,${REDIS_IPS[2]}:$REDIS_PORT"; }
+    # Any live node: the client follows MOVED to the owner of a key.
+    redis_addr() {
+        local ip
+        for ip in "${REDIS_IPS[@]}"; do
+            redis_up "$ip" && echo "$ip:$REDIS_PORT" && return 0
+        done
+        return 1
+    }
+    # A PUBLISH on any node reaches the subscribers of every node: the
+    # workers subscribe on the first listed node that answers.
+    redis_subscribers() {
+        local ip n sum=0
+        for ip in "${REDIS_IPS[@]}"; do
+            n=$(rcli "$ip" "$REDIS_PORT" pubsub numsub "$CHANNEL" | sed -n 2p || true)
+            sum=$((sum + ${n:-0}))
+        done
+        echo "$sum"
+    }
+    cluster_ok() {
+        local ip
+        for ip in "${REDIS_IPS[@]}"; do
+            rcli "$ip" "$REDIS_PORT" cluster info | grep -q 'cluster_state:ok' || return 1
+            rcli "$ip" "$REDIS_PORT" info replication | grep -q 'role:master\|master_link_status:up' || return 1
+        done
+    }
+    redis_start() {
+        local i nodes=()
+        for i in 1 2 3 4 5 6; do
+            redis_server "r$i" "${REDIS_IPS[i - 1]}" --cluster-enabled yes \
+                --cluster-config-file nodes.conf --cluster-node-timeout "$NODE_TIMEOUT_MS" \
+                --repl-diskless-sync-delay 0
+            nodes+=("${REDIS_IPS[i - 1]}:$REDIS_PORT")
+        done
+        for i in 1 2 3 4 5 6; do
+            wait_for "redis-server did not answer on ${REDIS_IPS[i - 1]}" 100 redis_up "${REDIS_IPS[i - 1]}"
+        done
+        # The first three listed are the primaries (r1 holds slots 0-5460).
+        in_ns c1 redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes \
+            >"$RUN/redis/create.log" 2>&1 || die "redis-cli --cluster create failed (see $RUN/redis/create.log)"
+        wait_for "the cluster did not reach cluster_state:ok with every replica synced" 400 cluster_ok
+    }
+    # Every write so far is on r1's replica.
+    redis_before_failure() { rcli "${REDIS_IPS[0]}" "$REDIS_PORT" wait 1 2000 >/dev/null; }
+    redis_fail() { kill_ns r1; }
+    # Slots 0-5460 (r1's) served by another node that the others take as
+    # a primary.
+    promoted() {
+        rcli "${REDIS_IPS[1]}" "$REDIS_PORT" cluster nodes |
+            awk -v dead="${REDIS_IPS[0]}:" 'index($2, dead) != 1 && $3 ~ /master/ && $3 !~ /fail/ && $9 ~ /^0-/ { f = 1 } END { exit !f }'
+    }
+    redis_recover() { wait_for "no replica promoted within 20 s of the primary's kill" 400 promoted; }
+    ;;
+*) die "FLEET_REDIS=$FLEET_REDIS: unknown topology (single, sentinel, cluster)" ;;
+esac
+for i in "${!REDIS_NODES[@]}"; do node "${REDIS_NODES[i]}" "${REDIS_IPS[i]}"; done
 
 # Kills every process of node $1 and waits until they are gone.
 kill_ns() {
@@ -359,7 +556,7 @@ field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }
 say "Redis ($FLEET_REDIS) at $(redis_url)"
 redis_start
 say "records: $FLEET_NAMES names + $COLD for the outage, loaded pipelined"
-client setup --redis "$REDIS_IP:$REDIS_PORT" --names "$FLEET_NAMES" --cold "$COLD" --certs "$RUN/certs" >&2
+client setup --redis "$(redis_addr)" --names "$FLEET_NAMES" --cold "$COLD" --certs "$RUN/certs" >&2
 say "3 terminators, HAProxy"
 for i in 1 2 3; do
     write_terminator "$i" "${T_IPS[i - 1]}"
@@ -384,7 +581,7 @@ from_result "$FLEET_NAMES names through the balancer (SAN checked)" "$RUN/sweep.
 # --- 2. renewal reaches every terminator ----------------------------------------------------
 
 say "2. renewals published: time until every terminator serves the new certificate"
-client invalidate --redis "$REDIS_IP:$REDIS_PORT" --direct "$(
+client invalidate --redis "$(redis_addr)" --direct "$(
     IFS=,
     echo "${T_IPS[*]}"
 )" --port 443 --from "$C1_IP" --name n1.fleet.test --rounds 20 --bound-ms 100 >"$RUN/invalidate.out" 2>&1 || true
@@ -430,8 +627,12 @@ errors_before=$(metric 1 dyncert_redis_errors_total)
 warn_before=$(grep -c '\[warn\].*dyncert' "$RUN/t1/logs/error.log" || true)
 ping_before=$(grep -c 'redis PING timed out' "$RUN/t1/logs/error.log" || true)
 resub_before=$(grep -c 'subscribed again' "$RUN/t1/logs/error.log" || true)
-in_ns t1 iptables -A INPUT -s "$REDIS_IP" -j DROP
-in_ns redis iptables -A INPUT -s "$t1" -j DROP
+# Every Redis node and sentinel: nothing reaches terminator 1, nothing
+# from it gets through (dropped, not refused, as a network partition does).
+for i in "${!REDIS_NODES[@]}"; do
+    in_ns t1 iptables -A INPUT -s "${REDIS_IPS[i]}" -j DROP
+    in_ns "${REDIS_NODES[i]}" iptables -A INPUT -s "$t1" -j DROP
+done
 cut=$(now_ms)
 # When t1's worker logs that its subscription's PING went unanswered.
 (
@@ -444,7 +645,7 @@ cut=$(now_ms)
     done
 ) &
 noticed_pid=$!
-new=$(field serial "$(client publish --redis "$REDIS_IP:$REDIS_PORT" --name n300.fleet.test --serial 77000001 2>&1 || true)")
+new=$(field serial "$(client publish --redis "$(redis_addr)" --name n300.fleet.test --serial 77000001 2>&1 || true)")
 # Longer than valid=, so every cached entry is stale and refreshes fail.
 client load "${direct1[@]}" --warm n:300:10 --seconds $((VALID_S + 3)) --concurrency 4 >"$RUN/partition-load.out" 2>&1 || true
 during=$(grep '^RESULT ' "$RUN/partition-load.out" | tail -n 1 || true)
@@ -455,8 +656,10 @@ warns=$(($(grep -c '\[warn\].*dyncert' "$RUN/t1/logs/error.log" || true) - warn_
 wait "$noticed_pid" || true
 noticed=""
 [[ -s $RUN/partition-noticed ]] && noticed=$(($(cat "$RUN/partition-noticed") - cut))
-in_ns t1 iptables -D INPUT -s "$REDIS_IP" -j DROP
-in_ns redis iptables -D INPUT -s "$t1" -j DROP
+for i in "${!REDIS_NODES[@]}"; do
+    in_ns t1 iptables -D INPUT -s "${REDIS_IPS[i]}" -j DROP
+    in_ns "${REDIS_NODES[i]}" iptables -D INPUT -s "$t1" -j DROP
+done
 healed=$(now_ms)
 # Once the partition heals the worker subscribes again (at most one
 # backoff plus one connect and SUBSCRIBE), marks every cached certificate
@@ -508,13 +711,12 @@ client sweep "${all_direct[@]}" --names n:0:200 >/dev/null 2>&1 || true
 marks=$RUN/marks-redis
 : >"$marks"
 client load --to "$LB_IP:443" --warm n:0:200 --cold "c:0:$COLD" --seconds 10 --concurrency 8 \
-    --marks "$marks" --judge redis --fetch-timeout-ms "$FETCH_TIMEOUT_MS" >"$RUN/redis-load.out" 2>&1 &
+    --marks "$marks" --judge redis --fetch-timeout-ms "$FETCH_TIMEOUT_MS" --up-means "$UP_MEANS" >"$RUN/redis-load.out" 2>&1 &
 load_pid=$!
 sleep 2
 redis_before_failure
 echo "down $(now_ms)" >>"$marks"
 redis_fail
-sleep 3
 redis_recover
 up=$(now_ms)
 echo "up $up" >>"$marks"
@@ -529,15 +731,15 @@ for ((i = 0; i < 500; i++)); do
     sleep 0.02
 done
 wait "$load_pid" || true
-from_result "Redis killed and restarted under load ($FLEET_REDIS)" "$RUN/redis-load.out"
+from_result "$OUTAGE_ROW" "$RUN/redis-load.out"
 verdict=FAIL
 if [[ -n $subscribed ]] && ((subscribed <= RESUBSCRIBE_MAX_MS + FETCH_TIMEOUT_MS)); then
-    client invalidate --redis "$REDIS_IP:$REDIS_PORT" "${all_direct[@]}" --name n1.fleet.test \
+    client invalidate --redis "$(redis_addr)" "${all_direct[@]}" --name n1.fleet.test \
         --rounds 3 --bound-ms 100 >"$RUN/invalidate-after.out" 2>&1 || true
     if grep -q '^RESULT PASS ' "$RUN/invalidate-after.out"; then verdict=PASS; fi
 fi
 record "invalidations again after the Redis outage" "$verdict" \
-    "all 3 terminators (one worker each) subscribed again ${subscribed:-"not within 10 000"} ms after Redis answered (bound $((RESUBSCRIBE_MAX_MS + FETCH_TIMEOUT_MS)) ms); then $(sed -n 's/^RESULT //p' "$RUN/invalidate-after.out" 2>/dev/null)"
+    "all 3 terminators (one worker each) subscribed again ${subscribed:-"not within 10 000"} ms after $UP_MEANS (bound $((RESUBSCRIBE_MAX_MS + FETCH_TIMEOUT_MS)) ms); then $(sed -n 's/^RESULT //p' "$RUN/invalidate-after.out" 2>/dev/null)"
 restarted=0
 for i in 1 2 3; do
     [[ $(master_pid "$i") == "${masters[i - 1]}" ]] && kill -0 "${masters[i - 1]}" 2>/dev/null ||
@@ -552,7 +754,7 @@ record "no terminator restarted after the Redis outage" "$verdict" \
 # --- table ---------------------------------------------------------------------------------
 
 echo
-echo "fleet test: 3 terminators behind HAProxy (TCP, send-proxy-v2, round-robin), Redis $FLEET_REDIS, $(nproc) CPUs, $((SECONDS - started)) s"
+echo "fleet test: 3 terminators behind HAProxy (TCP, send-proxy-v2, round-robin), $REDIS_DESC, $FLEET_NAMES names, $(nproc) CPUs, $((SECONDS - started)) s"
 printf '%-52s %-6s %s\n' scenario result figures
 for row in "${rows[@]}"; do
     IFS=$'\t' read -r name verdict figures <<<"$row"

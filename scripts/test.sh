@@ -4,9 +4,9 @@
 # integration tests (tests/ start their own nginx and redis-server; the
 # HTTP/3 tests use aioquic, installed here), the ModSecurity connector and
 # the WAF tests (tests/waf.rs, failing instead of skipping), the release
-# module build with
-# its NGINX version check, the benchmark smoke runs, the fleet test (network
-# namespaces: needs root, fails without), all of that but the fleet test
+# module build with its NGINX version check, the benchmark smoke runs, the
+# fleet test on Redis Sentinel, then on a Redis Cluster (network namespaces:
+# needs root, fails without), all of that but the fleet test
 # again on OpenSSL 3.5 (the official nginx:alpine image's; Debian 12 has
 # 3.0), nginx's own TLS tests with the module loaded (when NGINX_TESTS is
 # set), the fuzz smoke run (when fuzz/run.sh exists) and hadolint on the
@@ -130,8 +130,14 @@ ok
 
 # The module, its NGINX and dyncert-bench are the release builds of the two
 # steps above.
-step "fleet test (scripts/fleet-test.sh: 3 terminators behind HAProxy, Redis, network namespaces)"
-bash scripts/fleet-test.sh
+# The topology, a Sentinel set (10,000 names), then a Cluster (fewer
+# names: the sweep is the same code, the failover is what differs).
+step "fleet test, Redis Sentinel (FLEET_REDIS=sentinel scripts/fleet-test.sh: 3 terminators behind HAProxy, network namespaces)"
+FLEET_REDIS=sentinel bash scripts/fleet-test.sh
+ok
+
+step "fleet test, Redis Cluster (FLEET_REDIS=cluster FLEET_NAMES=3000 scripts/fleet-test.sh)"
+FLEET_REDIS=cluster FLEET_NAMES=3000 bash scripts/fleet-test.sh
 ok
 
 step "OpenSSL 3.5 flavour (scripts/test-openssl35.sh: OpenSSL 3.5 from the openssl-src crate, NGINX + module + tests against it in target/ossl35, the whole suite and the benchmark smoke runs)"
