@@ -136,8 +136,10 @@ async fn watch(
     let every = heartbeat_interval(timeout);
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut check = tokio::time::interval(PRIMARY_CHECK_INTERVAL);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Polled beside the heartbeat, never awaited in a branch: asking
+    // unreachable sentinels takes up to 2 x timeout, and must not hold back
+    // the PING that notices a partition.
+    let mut moved = std::pin::pin!(primary_moved(sentinel));
     loop {
         tokio::select! {
             msg = stream.next() => {
@@ -159,13 +161,23 @@ async fn watch(
                     Err(_) => return Err(RedisError::HeartbeatTimeout),
                 }
             }
-            _ = check.tick(), if sentinel.is_some() => {
-                if let Some((s, node)) = &sentinel {
-                    if s.primary_addr().await.is_ok_and(|a| &a != node) {
-                        return Err(RedisError::PrimaryMoved);
-                    }
-                }
-            }
+            () = &mut moved => return Err(RedisError::PrimaryMoved),
+        }
+    }
+}
+
+/// Returns once the sentinels name a primary other than `node` (checked
+/// every [`PRIMARY_CHECK_INTERVAL`]); never without Sentinel.
+async fn primary_moved(sentinel: Option<(Arc<SentinelConn>, String)>) {
+    let Some((s, node)) = sentinel else {
+        return std::future::pending().await;
+    };
+    let mut check = tokio::time::interval(PRIMARY_CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        check.tick().await;
+        if s.primary_addr().await.is_ok_and(|a| a != node) {
+            return;
         }
     }
 }
