@@ -112,7 +112,9 @@ cleanup() {
     for ns in "${created_ns[@]}"; do
         ip netns del "$ns" 2>/dev/null || true
     done
-    if ((rc != 0 || failed)); then
+    if [[ -z ${own_run:-} ]]; then
+        : # target/fleet is another run's, or not made yet
+    elif ((rc != 0 || failed)); then
         echo "fleet-test.sh: configurations and logs kept in $RUN" >&2
     elif [[ -z ${FLEET_KEEP:-} ]]; then
         rm -rf "$RUN"
@@ -124,7 +126,7 @@ trap 'exit 130' INT TERM
 # --- preconditions ------------------------------------------------------------
 
 [[ $(id -u) -eq 0 ]] || die "needs root (network namespaces, veth, iptables); in CI this is a failure, not a skip"
-for tool in ip iptables haproxy redis-server redis-cli curl; do
+for tool in ip iptables haproxy redis-server redis-cli curl flock; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found: run scripts/deps.sh --fleet"
 done
 [[ -x $BENCH && -f $MODULE && -s $ROOT/target/release/nginx-build-dir.txt ]] ||
@@ -138,6 +140,13 @@ esac
 ip netns add "${NS}probe" 2>/dev/null || die "cannot create network namespaces (ip netns add): a container without CAP_SYS_ADMIN? In CI this is a failure"
 ip netns del "${NS}probe"
 
+# Runs in other trees have their own target/; two in this one would share
+# target/fleet (their namespaces and addresses never meet: each run has its
+# own hub namespace).
+mkdir -p "$ROOT/target"
+exec 9>"$ROOT/target/fleet.lock"
+flock -n 9 || die "another fleet test is running in this tree (it holds $ROOT/target/fleet.lock); wait for it to finish"
+own_run=1
 rm -rf "$RUN"
 mkdir -p "$RUN"
 
