@@ -265,6 +265,89 @@ fn engine_mode_serves_a_softhsm_key_and_resolves_it_once() {
 }
 
 #[test]
+fn a_key_generated_on_the_token_signs_the_handshake_and_a_wrong_pin_refuses_it() {
+    let Some(hsm) = Hsm::start() else { return };
+    // The key pair is made by the token and its private half never leaves
+    // it; only the public half is read out, to certify it.
+    hsm.run(
+        "pkcs11-tool",
+        &[
+            "--module",
+            SOFTHSM_MODULE,
+            "--login",
+            "--pin",
+            PIN,
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--id",
+            "07",
+            "--label",
+            "gen",
+        ],
+    );
+    let pub_der = hsm.dir.path().join("gen.pub.der");
+    hsm.run(
+        "pkcs11-tool",
+        &[
+            "--module",
+            SOFTHSM_MODULE,
+            "--read-object",
+            "--type",
+            "pubkey",
+            "--label",
+            "gen",
+            "--output-file",
+            pub_der.to_str().unwrap(),
+        ],
+    );
+    hsm.hand_to_workers();
+    let public = openssl::pkey::PKey::public_key_from_der(&std::fs::read(&pub_der).unwrap())
+        .expect("pkcs11-tool's public key as SubjectPublicKeyInfo DER");
+
+    let h = start(&hsm, 1, ENGINE, "");
+    let (cert, chain) =
+        h.s.pki
+            .leaf_for_public_key(&["gen.example.com"], 16010, &public);
+    h.s.redis
+        .hset_cert("gen.example.com", &chain, &reference("gen"));
+    // A TLS 1.3 handshake completes only when the CertificateVerify
+    // signature checks out against the served certificate's public key:
+    // the token's key signed it.
+    let r = h.s.get(Some("gen.example.com"));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.source(), "redis");
+    assert_eq!(
+        r.tls().chain[0].to_der().unwrap(),
+        cert.to_der().unwrap(),
+        "not the certificate of the token's key"
+    );
+    assert_eq!(h.resolved(), 1.0);
+
+    // The same record on a server whose operator PIN is wrong: refused,
+    // the name gets the default certificate, the PIN is in no log line.
+    let wrong = hsm.dir.path().join("wrong-pin");
+    write_file(&wrong, "987654\n");
+    hsm.hand_to_workers();
+    let bad = format!(
+        "dyncert_key_references engine module={SOFTHSM_MODULE} pin_file={};",
+        wrong.display()
+    );
+    let h2 = start(&hsm, 1, &bad, "");
+    h2.s.redis
+        .hset_cert("gen.example.com", &chain, &reference("gen"));
+    let r = h2.s.get(Some("gen.example.com"));
+    r.assert_default();
+    h2.refusal_line("gen.example.com", "could not load");
+    assert_eq!(h2.rejected("key_reference_failed"), 1.0);
+    assert_eq!(h2.resolved(), 0.0);
+    assert!(
+        !h2.s.nginx.logs().contains("987654"),
+        "the PIN reached a log"
+    );
+}
+
+#[test]
 fn references_are_refused_by_default() {
     let Some(hsm) = Hsm::start() else { return };
     let h = start(&hsm, 1, "", "");

@@ -311,6 +311,26 @@ mod tests {
     const OK: &[u8] = b"engine:pkcs11:pkcs11:token=dyncert;object=k1";
 
     #[test]
+    fn the_uris_the_readme_gives_for_cloud_hsms_are_accepted() {
+        for uri in [
+            // ACM for Nitro Enclaves (AWS's nginx example, without its
+            // ?pin-value= query).
+            &b"engine:pkcs11:pkcs11:model=p11ne-token;manufacturer=Amazon;token=nginx-acm-token;id=%01;object=acm-key;type=private"[..],
+            // AWS CloudHSM, by label.
+            b"engine:pkcs11:pkcs11:token=hsm1;object=shop",
+        ] {
+            assert!(
+                matches!(parse(uri, KeyRefMode::Engine), Ok(Some(_))),
+                "{}",
+                String::from_utf8_lossy(uri)
+            );
+        }
+        // ... and the documented example with its PIN query is refused.
+        let with_pin = b"engine:pkcs11:pkcs11:token=nginx-acm-token;object=acm-key?pin-value=1234";
+        assert!(parse(with_pin, KeyRefMode::Engine).is_err());
+    }
+
+    #[test]
     fn pem_and_der_keys_are_not_references() {
         assert!(!is_reference(b"-----BEGIN PRIVATE KEY-----\nMIG...\n"));
         assert!(!is_reference(b"  \n-----BEGIN EC PRIVATE KEY-----\n"));

@@ -13,7 +13,7 @@ use openssl::bn::{BigNum, MsbOption};
 use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
-use openssl::pkey::{PKey, Private};
+use openssl::pkey::{HasPublic, PKey, PKeyRef, Private};
 use openssl::x509::extension::{
     AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
     SubjectKeyIdentifier,
@@ -177,6 +177,19 @@ fn key_pem(key: &PKey<Private>) -> String {
 /// `None`).
 fn issue(spec: Spec<'_>, issuer: Option<&Issued>) -> (X509, PKey<Private>) {
     let key = new_key();
+    let cert = issue_for(spec, issuer, &key, &key);
+    (cert, key)
+}
+
+/// The certificate of `spec` for `public` (a key pair's public half),
+/// signed by `issuer`, or by `own` when self-signed.
+fn issue_for<T: HasPublic>(
+    spec: Spec<'_>,
+    issuer: Option<&Issued>,
+    public: &PKeyRef<T>,
+    own: &PKey<Private>,
+) -> X509 {
+    let key = own;
     let subject = name(spec.cn);
     let mut b = X509::builder().unwrap();
     b.set_version(2).unwrap();
@@ -193,7 +206,7 @@ fn issue(spec: Spec<'_>, issuer: Option<&Issued>) -> (X509, PKey<Private>) {
     b.set_subject_name(&subject).unwrap();
     b.set_issuer_name(issuer.map_or(&subject, |i| i.cert.subject_name()))
         .unwrap();
-    b.set_pubkey(&key).unwrap();
+    b.set_pubkey(public).unwrap();
     b.set_not_before(&Asn1Time::from_unix(spec.not_before).unwrap())
         .unwrap();
     b.set_not_after(&Asn1Time::from_unix(spec.not_after).unwrap())
@@ -261,9 +274,9 @@ fn issue(spec: Spec<'_>, issuer: Option<&Issued>) -> (X509, PKey<Private>) {
             .unwrap();
         b.append_extension(aki).unwrap();
     }
-    b.sign(issuer.map_or(&key, |i| &i.key), MessageDigest::sha256())
+    b.sign(issuer.map_or(key, |i| &i.key), MessageDigest::sha256())
         .unwrap();
-    (b.build(), key)
+    b.build()
 }
 
 fn issued(spec: Spec<'_>, issuer: Option<&Issued>) -> Issued {
@@ -354,6 +367,36 @@ impl Pki {
             serial_hex: serial_hex(serial),
             issued,
         }
+    }
+
+    /// A valid 90-day leaf for `sans` whose key pair lives elsewhere (an
+    /// HSM): the certificate for `public`, issued by the intermediate, and
+    /// its chain as PEM. The private key is never seen here.
+    pub fn leaf_for_public_key(
+        &self,
+        sans: &[&str],
+        serial: u64,
+        public: &PKeyRef<openssl::pkey::Public>,
+    ) -> (X509, String) {
+        let now = unix_now();
+        let cert = issue_for(
+            Spec {
+                cn: sans[0],
+                kind: Kind::Server {
+                    dns: sans,
+                    ips: &[],
+                    client_auth: false,
+                },
+                serial: Some(serial),
+                not_before: now - HOUR,
+                not_after: now + 90 * DAY,
+            },
+            Some(&self.intermediate),
+            public,
+            &self.intermediate.key,
+        );
+        let chain = format!("{}{}", pem(&cert), self.intermediate.cert_pem);
+        (cert, chain)
     }
 
     /// A valid 90-day leaf for `name` alone, as PEM.
