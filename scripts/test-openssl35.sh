@@ -36,8 +36,11 @@ eval "$(bash scripts/openssl35.sh --env)"
 
 cargo build --workspace
 nginx_dir=$(cat "$CARGO_TARGET_DIR/debug/nginx-build-dir.txt")
-"$nginx_dir/nginx" -V 2>&1 | grep -E '^(nginx version|built with)'
-if ! "$nginx_dir/nginx" -V 2>&1 | grep -q '^built with OpenSSL 3\.5\.'; then
+# Captured first: `nginx -V | grep -q` under pipefail fails whenever grep
+# exits before nginx has written everything (SIGPIPE).
+version=$("$nginx_dir/nginx" -V 2>&1)
+grep -E '^(nginx version|built with)' <<<"$version"
+if ! grep -q '^built with OpenSSL 3\.5\.' <<<"$version"; then
     echo "test-openssl35.sh: $nginx_dir/nginx is not built with OpenSSL 3.5" >&2
     exit 1
 fi
