@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::{epoch_ms, pct, usage, verdict, Flags};
 
 /// One handshake, as the client saw it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Event {
     /// Epoch ms at connect(2).
     pub start: u64,
@@ -26,6 +26,8 @@ pub struct Event {
     /// Completed, and the leaf names the SNI (the default certificate
     /// served for want of the record is a failure too).
     pub ok: bool,
+    /// Why it failed (empty when `ok`), for the verdict's figures.
+    pub why: String,
 }
 
 /// Between two handshakes of a cold thread.
@@ -66,31 +68,27 @@ pub fn run(f: &Flags) -> i32 {
                     };
                     let target = &targets[mine.len() % targets.len()];
                     let start = epoch_ms();
-                    let ok = match target.handshake(name) {
+                    let why = match target.handshake(name) {
                         Ok(hs) => {
-                            let ok = hs.names_sni;
-                            if !ok {
-                                first_error.lock().unwrap().get_or_insert(format!(
-                                    "{name}: served serial {} (not its own)",
-                                    hs.serial
-                                ));
-                            }
+                            let why = if hs.names_sni {
+                                String::new()
+                            } else {
+                                format!("{name}: served serial {} (not its own)", hs.serial)
+                            };
                             hs.close();
-                            ok
+                            why
                         }
-                        Err(e) => {
-                            first_error
-                                .lock()
-                                .unwrap()
-                                .get_or_insert(format!("{name}: {e}"));
-                            false
-                        }
+                        Err(e) => format!("{name}: {e}"),
                     };
+                    if !why.is_empty() {
+                        first_error.lock().unwrap().get_or_insert(why.clone());
+                    }
                     mine.push(Event {
                         start,
                         end: epoch_ms(),
                         cold: is_cold,
-                        ok,
+                        ok: why.is_empty(),
+                        why,
                     });
                     if is_cold {
                         // Enough to see the outage begin and end, without
@@ -241,10 +239,29 @@ pub fn terminator_restart(
         .filter(|e| e.start > dead && e.start < back)
         .count();
     let after = events.iter().filter(|e| e.start >= back && e.ok).count();
+    // Each failure that counts against the terminator, placed on the
+    // script's time line, so a failed run says what failed and when.
+    let detail: String = failed
+        .iter()
+        .filter(|e| e.start > dead)
+        .take(5)
+        .map(|e| {
+            let when = if e.start < back {
+                format!("dead+{} ms", e.start - dead)
+            } else {
+                format!("back+{} ms", e.start - back)
+            };
+            format!(
+                "; started {when}, lasted {} ms: {}",
+                e.end.saturating_sub(e.start),
+                e.why
+            )
+        })
+        .collect();
     (
         late == 0 && failed.len() <= in_flight && during > 0 && after > 0,
         format!(
-            "handshakes={} failed={} (connections in flight: {in_flight}) failed_after_kill={late} ok_while_down={during} ok_after_restart={after}",
+            "handshakes={} failed={} (connections in flight: {in_flight}) failed_after_kill={late} ok_while_down={during} ok_after_restart={after}{detail}",
             events.len(),
             failed.len()
         ),
@@ -261,6 +278,7 @@ mod tests {
             end: start + 2,
             cold,
             ok,
+            why: if ok { String::new() } else { "refused".to_owned() },
         }
     }
 
@@ -315,7 +333,12 @@ mod tests {
             ev(200, false, true),
             ev(310, false, true),
         ];
-        assert!(!terminator_restart(&late, &m, 8).0);
+        let (pass, figures) = terminator_restart(&late, &m, 8);
+        assert!(!pass);
+        assert!(
+            figures.contains("started dead+10 ms, lasted 2 ms: refused"),
+            "{figures}"
+        );
         let too_many = [
             ev(105, false, false),
             ev(106, false, false),
