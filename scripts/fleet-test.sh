@@ -417,16 +417,24 @@ esac
 for i in "${!REDIS_NODES[@]}"; do node "${REDIS_NODES[i]}" "${REDIS_IPS[i]}"; done
 
 # Kills every process of node $1 and waits until they are gone.
+# kill_ns NS: SIGKILL every process of a namespace, and return once its
+# listening sockets are closed too. A process leaves `ip netns pids` when
+# its main thread exits, but the other threads of a multi-threaded worker
+# hold its sockets a little longer: a connection that arrives then is
+# accepted into the dying listener's queue and reset, so "dead" would come
+# too early.
 kill_ns() {
     local pids i
     pids=$(ip netns pids "$NS$1")
     # shellcheck disable=SC2086 # one pid per word
     [[ -z $pids ]] || kill -9 $pids
     for ((i = 0; i < 200; i++)); do
-        [[ -z $(ip netns pids "$NS$1") ]] && return 0
+        if [[ -z $(ip netns pids "$NS$1") && -z $(in_ns "$1" ss -Hltn) ]]; then
+            return 0
+        fi
         sleep 0.01
     done
-    die "processes of $1 survived SIGKILL"
+    die "processes or listening sockets of $1 survived SIGKILL"
 }
 
 # --- terminators --------------------------------------------------------------------
