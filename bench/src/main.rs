@@ -39,6 +39,7 @@ mod junk;
 mod lifecycle;
 mod load;
 mod probe;
+mod profile;
 mod report;
 mod route;
 mod servers;
@@ -66,10 +67,12 @@ pub struct Args {
     pub repeat: usize,
     pub quick: bool,
     pub keep: bool,
+    /// `--profile DIR`: sample the worker during every slice (profile.rs).
+    pub profile: Option<PathBuf>,
 }
 
 const USAGE: &str = "usage: dyncert-bench [--quick] [--names N] [--seconds S] [--rounds R] \
-[--concurrency C] [--cold K] [--repeat R] [--keep]
+[--concurrency C] [--cold K] [--repeat R] [--keep] [--profile DIR]
   --quick          N=500, 3 s per configuration, 100 cold names, 3 repeats (CI)
   --names N        names in Redis (default 10000)
   --seconds S      measured seconds per configuration (default 10)
@@ -77,7 +80,9 @@ const USAGE: &str = "usage: dyncert-bench [--quick] [--names N] [--seconds S] [-
   --concurrency C  concurrent connections (default 8)
   --cold K         never-seen names measured for a Redis hit and an API hit (default 1000)
   --repeat R       nginx starts and reloads measured per case (default 9)
-  --keep           keep the temporary directory (configurations, logs, certificates)";
+  --keep           keep the temporary directory (configurations, logs, certificates)
+  --profile DIR    sample the nginx worker with perf during every measured slice, keep
+                   the recordings in DIR, and print the server CPU per handshake by phase";
 
 fn parse_args(argv: &[String]) -> Args {
     let mut a = Args {
@@ -89,7 +94,20 @@ fn parse_args(argv: &[String]) -> Args {
         repeat: 9,
         quick: false,
         keep: false,
+        profile: None,
     };
+    // The one flag with a path for its value: taken out before the
+    // numeric ones are read.
+    let mut argv = argv.to_vec();
+    if let Some(i) = argv.iter().position(|s| s == "--profile") {
+        if i + 1 >= argv.len() {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+        a.profile = Some(PathBuf::from(argv.remove(i + 1)));
+        argv.remove(i);
+    }
+    let argv = &argv[..];
     if argv.iter().any(|s| s == "--quick") {
         a = Args {
             names: 500,
@@ -98,6 +116,7 @@ fn parse_args(argv: &[String]) -> Args {
             cold: 100,
             repeat: 3,
             quick: true,
+            profile: a.profile.clone(),
             ..a
         };
     }
@@ -456,6 +475,14 @@ fn run(args: &Args, dir: &Path) -> i32 {
     // configuration alike, and each round's ratios compare neighbours.
     let slice = Duration::from_secs_f64(args.seconds / args.rounds as f64);
     let load_client = Arc::new(Client::new());
+    let profiler = match args.profile.as_deref().map(profile::Profiler::new) {
+        Some(Err(e)) => {
+            eprintln!("dyncert-bench: {e}");
+            return 2;
+        }
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
     for r in 0..args.rounds {
         step(&format!(
             "round {}/{}: {} configurations x {:.1}s",
@@ -468,6 +495,9 @@ fn run(args: &Args, dir: &Path) -> i32 {
         for k in 0..n {
             // Rotate the order so no configuration always runs first.
             let cfg = &mut configs[(k + r) % n];
+            let sampling = profiler
+                .as_ref()
+                .map(|p| (p, p.start(&cfg.label, r, cfg.worker)));
             load::run_slice(
                 &mut cfg.load,
                 &load_client,
@@ -478,6 +508,9 @@ fn run(args: &Args, dir: &Path) -> i32 {
                 slice,
                 (r * n + k) as u64 + 1,
             );
+            if let Some((p, child)) = sampling {
+                p.stop(child);
+            }
         }
     }
     for cfg in &mut configs {
@@ -561,6 +594,14 @@ fn run(args: &Args, dir: &Path) -> i32 {
         .filter(|l| l.contains("[warn]") || l.contains("[error]") || l.contains("[alert]"))
         .collect();
 
+    if let Some(p) = &profiler {
+        step("reading the perf recordings back");
+        let rows: Vec<_> = configs
+            .iter()
+            .map(|c| (c.label.clone(), c.load.cpu_us_per_hs(), p.read(&c.label)))
+            .collect();
+        println!("{}", profile::report(&rows));
+    }
     report::print(report::Report {
         args,
         two_cpus,
