@@ -319,6 +319,7 @@ fn on_demand_issues_what_the_ask_endpoint_allows_and_a_random_name_flood_stays_b
     let asked = ask.asked().len() - asks_before;
     // A burst of 10, then 10 per second.
     let cap = 10.0 + 10.0 * elapsed.ceil();
+    eprintln!("flood: 1000 names handled in {elapsed:.1} s, {asked} ask requests");
     assert!(
         (asked as f64) <= cap,
         "{asked} ask requests in {elapsed:.1} s (cap {cap})"
@@ -369,6 +370,7 @@ fn one_instance_is_active_and_a_standby_takes_over_within_the_lease_ttl() {
         v == 1.0
     });
     let took = killed.elapsed();
+    eprintln!("takeover {took:?} after kill -9 (lease ttl 3 s)");
     // ttl + ttl/3, plus the 100 ms between two metric reads.
     assert!(
         took <= Duration::from_millis(4_200),
