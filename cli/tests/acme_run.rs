@@ -463,7 +463,20 @@ fn a_failed_order_backs_off_and_is_not_retried_before_its_time() {
     } = AcmeStack::start(&config());
     let ask = AskServer::start();
     let url = ask.url();
-    let issuer = Issuer::start(&redis, &pebble, &["--ask", &url, "--lease-ttl", "3s"]);
+    // One order per registered domain per hour: the failed order spends
+    // acme.test's budget.
+    let issuer = Issuer::start(
+        &redis,
+        &pebble,
+        &[
+            "--ask",
+            &url,
+            "--lease-ttl",
+            "3s",
+            "--max-orders-per-domain",
+            "1/1h",
+        ],
+    );
     issuer.wait_metric("dyncert_issuer_active", Duration::from_secs(10), |v| {
         v == 1.0
     });
@@ -508,4 +521,51 @@ fn a_failed_order_backs_off_and_is_not_retried_before_its_time() {
         redis.cmd(&["HGET", BACKOFF, UNREACHABLE]),
         Reply::Bulk(Some(v)) if v == entry.as_bytes()
     ));
+
+    // Another name of acme.test: allowed, but over the domain's budget.
+    let other = "ok-other.acme.test";
+    let budget = "dyncert_issuer_failures_total{reason=\"budget\"}";
+    assert_eq!(issuer.metric(budget), 0.0);
+    xadd(&redis, other);
+    issuer.wait_metric(budget, Duration::from_secs(10), |v| v == 1.0);
+    assert!(ask.asked().iter().any(|d| d == other));
+    assert!(redis.record(other).is_empty());
+    assert_eq!(issuer.metric(FAILED), 1.0);
+    assert!(matches!(
+        redis.cmd(&["ZCARD", "dyncert:issuer-orders:domain:acme.test"]),
+        Reply::Int(1)
+    ));
+    assert!(issuer.log().contains(&format!(
+        "on-demand \"{other}\": deferred (domain budget spent)"
+    )));
+}
+
+#[test]
+fn run_refuses_bad_options_with_one_line() {
+    let redis = Redis::start();
+    let acme = ["--acme-url", "https://127.0.0.1:1/dir"];
+    for (args, code, says) in [
+        (
+            vec!["--ask", "https://ask.internal/"],
+            1,
+            "an http:// URL is needed",
+        ),
+        (vec!["--lease-ttl", "0s"], 2, "invalid time"),
+        (vec!["--max-orders-per-domain", "50"], 2, "N/PERIOD"),
+        (vec!["--ask-rate", "0"], 2, "ask-rate"),
+        (vec!["--lease-key", "a b"], 1, "--lease-key"),
+    ] {
+        let mut all = vec!["run"];
+        all.extend_from_slice(&acme);
+        all.extend_from_slice(&args);
+        let out = common_acme::dyncert(&redis, &all);
+        assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+    }
+    let out = common_acme::dyncert(&redis, &["--index", "off", "run", acme[0], acme[1]]);
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr.trim_end(),
+        "dyncert: dyncert run needs the expiry index (--index off)"
+    );
 }
