@@ -293,6 +293,7 @@ impl Worker {
     fn run(&mut self, shared: &Shared) {
         let mut seen_epoch = 0;
         let mut last_pass: Option<Instant> = None;
+        let mut last_claim = Instant::now();
         while !shared.stopping() {
             if !shared.is_active() {
                 std::thread::sleep(Duration::from_millis(50));
@@ -323,6 +324,12 @@ impl Worker {
             if last_pass.is_none_or(|t| t.elapsed() >= self.cfg.renew_every) {
                 self.renew_pass(shared);
                 last_pass = Some(Instant::now());
+                continue;
+            }
+            if last_claim.elapsed() >= Duration::from_millis(RECLAIM_IDLE_MS) {
+                // Entries left pending here (Redis failed, or issuing was
+                // paused mid-batch) are handled again.
+                last_claim = Instant::now();
                 match self.claim(RECLAIM_IDLE_MS) {
                     Ok(claimed) => self.handle_batch(claimed, shared),
                     Err(e) => self.redis_failed(shared, &e),

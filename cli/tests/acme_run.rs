@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common_acme::harness::{assert_chain_verifies, http_get, Pebble};
-use common_acme::{AcmeStack, ANSWER_AND_SERVE};
+use common_acme::{serial, unix_now, AcmeStack, ANSWER_AND_SERVE};
 use dyncert_testkit::*;
 use openssl::x509::X509;
 
@@ -185,11 +185,7 @@ impl Drop for Issuer {
 }
 
 fn xadd(redis: &Redis, name: &str) {
-    let at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .to_string();
+    let at = unix_now().to_string();
     let r = redis.cmd(&[
         "XADD", STREAM, "MAXLEN", "~", "100000", "*", "name", name, "at", &at,
     ]);
@@ -199,14 +195,7 @@ fn xadd(redis: &Redis, name: &str) {
 fn serial_of(redis: &Redis, name: &str) -> Option<String> {
     let crt = redis.record_field(name, "crt")?;
     let leaf = X509::from_pem(crt.as_bytes()).expect("crt PEM");
-    Some(
-        leaf.serial_number()
-            .to_bn()
-            .unwrap()
-            .to_hex_str()
-            .unwrap()
-            .to_string(),
-    )
+    Some(serial(&leaf))
 }
 
 fn wait_record(redis: &Redis, name: &str, issuer: &Issuer, pebble: &Pebble) -> String {
@@ -255,7 +244,7 @@ fn on_demand_issues_what_the_ask_endpoint_allows_and_a_random_name_flood_stays_b
     let name = "ok-shop.acme.test";
     xadd(&redis, name);
     xadd(&redis, "evil.acme.test");
-    let serial = wait_record(&redis, name, &issuer, &pebble);
+    let issued = wait_record(&redis, name, &issuer, &pebble);
     assert!(matches!(
         redis.cmd(&["ZSCORE", INDEX, name]),
         Reply::Bulk(Some(_))
@@ -276,16 +265,7 @@ fn on_demand_issues_what_the_ask_endpoint_allows_and_a_random_name_flood_stays_b
     .unwrap_or_else(|| panic!("nginx does not serve {name}\n{}", nginx.logs()));
     let root = X509::from_pem(pebble.issuer_root_pem().as_bytes()).unwrap();
     assert_chain_verifies(&r.tls().chain, &root);
-    assert_eq!(
-        r.tls().chain[0]
-            .serial_number()
-            .to_bn()
-            .unwrap()
-            .to_hex_str()
-            .unwrap()
-            .to_string(),
-        serial
-    );
+    assert_eq!(serial(&r.tls().chain[0]), issued);
 
     // The forbidden name was asked about, refused, never ordered.
     issuer.wait_metric(REFUSED, Duration::from_secs(10), |v| v >= 1.0);
@@ -330,7 +310,7 @@ fn on_demand_issues_what_the_ask_endpoint_allows_and_a_random_name_flood_stays_b
     assert_eq!(issuer.metric(FAILED), 0.0);
     // And it keeps renewing (every 2 s) meanwhile.
     issuer.wait_metric(PASSES, Duration::from_secs(6), |v| v >= passes_before + 2.0);
-    assert_eq!(serial_of(&redis, name), Some(serial));
+    assert_eq!(serial_of(&redis, name), Some(issued));
     nginx.assert_healthy();
 }
 
@@ -379,9 +359,9 @@ fn one_instance_is_active_and_a_standby_takes_over_within_the_lease_ttl() {
     assert_eq!(b.metric("dyncert_issuer_lease_takeovers_total"), 1.0);
     assert!(b.log().contains("acquired, active"), "{}", b.log());
 
-    let serial = wait_record(&redis, name, &b, &pebble);
+    let issued = wait_record(&redis, name, &b, &pebble);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(serial_of(&redis, name), Some(serial), "ordered once");
+    assert_eq!(serial_of(&redis, name), Some(issued), "ordered once");
     assert_eq!(b.metric(ISSUED), 1.0);
     assert_eq!(ask.asked().iter().filter(|d| d.as_str() == name).count(), 1);
     assert!(matches!(
@@ -417,12 +397,7 @@ fn run_renews_a_due_record_at_start_and_then_only_when_due() {
         },
     );
     redis.put_leaf(name, &leaf);
-    let soon = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 86_400)
-        .to_string();
+    let soon = (unix_now() + 86_400).to_string();
     redis.cmd(&["ZADD", INDEX, &soon, name]);
     let old = serial_of(&redis, name).unwrap();
 
@@ -483,10 +458,7 @@ fn a_failed_order_backs_off_and_is_not_retried_before_its_time() {
 
     xadd(&redis, UNREACHABLE);
     issuer.wait_metric(FAILED, Duration::from_secs(60), |v| v == 1.0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = unix_now() as i64;
     let entry = match redis.cmd(&["HGET", BACKOFF, UNREACHABLE]) {
         Reply::Bulk(Some(v)) => String::from_utf8(v).unwrap(),
         other => panic!("no backoff entry: {other:?}\n{}", issuer.log()),
