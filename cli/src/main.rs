@@ -16,6 +16,7 @@ mod lease;
 mod metrics;
 mod renew;
 mod run;
+mod schedule;
 mod store;
 
 use std::path::{Path, PathBuf};

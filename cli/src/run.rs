@@ -29,6 +29,7 @@ use crate::error::CliError;
 use crate::lease::{Change, Lease, Op, Reply};
 use crate::metrics::{Failure, Metrics, OnDemand, Order};
 use crate::renew;
+use crate::schedule::{Schedule, Step};
 use crate::store::Store;
 
 /// The stream terminators add unknown names to.
@@ -291,22 +292,27 @@ impl Worker {
     }
 
     fn run(&mut self, shared: &Shared) {
+        let schedule = Schedule {
+            renew_every_ms: self.cfg.renew_every.as_millis() as u64,
+            reclaim_every_ms: RECLAIM_IDLE_MS,
+            block_max_ms: BLOCK_MS,
+        };
         let mut seen_epoch = 0;
         let mut last_pass: Option<Instant> = None;
         let mut last_claim = Instant::now();
+        let ms = |t: Instant| t.elapsed().as_millis() as u64;
         while !shared.stopping() {
             if !shared.is_active() {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
             let epoch = shared.epoch.load(Ordering::SeqCst);
-            if epoch != seen_epoch {
-                // A takeover: renew at once, take over the stream entries
-                // a dead instance left pending.
-                match self.ensure_group().and_then(|()| self.claim(0)) {
+            match schedule.next(epoch != seen_epoch, last_pass.map(ms), ms(last_claim)) {
+                Step::Takeover => match self.ensure_group().and_then(|()| self.claim(0)) {
                     Ok(claimed) => {
                         seen_epoch = epoch;
                         last_pass = None;
+                        last_claim = Instant::now();
                         if !claimed.is_empty() {
                             log(format_args!(
                                 "claimed {} pending on-demand entries",
@@ -315,34 +321,25 @@ impl Worker {
                         }
                         self.handle_batch(claimed, shared);
                     }
-                    Err(e) => {
-                        self.redis_failed(shared, &e);
-                        continue;
+                    Err(e) => self.redis_failed(shared, &e),
+                },
+                Step::RenewPass => {
+                    self.renew_pass(shared);
+                    last_pass = Some(Instant::now());
+                }
+                Step::Reclaim => {
+                    // Entries left pending here (Redis failed, or issuing
+                    // was paused mid-batch) are handled again.
+                    last_claim = Instant::now();
+                    match self.claim(RECLAIM_IDLE_MS) {
+                        Ok(claimed) => self.handle_batch(claimed, shared),
+                        Err(e) => self.redis_failed(shared, &e),
                     }
                 }
-            }
-            if last_pass.is_none_or(|t| t.elapsed() >= self.cfg.renew_every) {
-                self.renew_pass(shared);
-                last_pass = Some(Instant::now());
-                continue;
-            }
-            if last_claim.elapsed() >= Duration::from_millis(RECLAIM_IDLE_MS) {
-                // Entries left pending here (Redis failed, or issuing was
-                // paused mid-batch) are handled again.
-                last_claim = Instant::now();
-                match self.claim(RECLAIM_IDLE_MS) {
-                    Ok(claimed) => self.handle_batch(claimed, shared),
+                Step::Read { block_ms } => match self.read(block_ms) {
+                    Ok(entries) => self.handle_batch(entries, shared),
                     Err(e) => self.redis_failed(shared, &e),
-                }
-                continue;
-            }
-            let left = last_pass.map_or(Duration::ZERO, |t| {
-                self.cfg.renew_every.saturating_sub(t.elapsed())
-            });
-            let block = (left.as_millis() as u64).clamp(1, BLOCK_MS);
-            match self.read(block) {
-                Ok(entries) => self.handle_batch(entries, shared),
-                Err(e) => self.redis_failed(shared, &e),
+                },
             }
         }
     }
