@@ -7,10 +7,16 @@
 //! why); 2 no such record, or a usage error.
 
 mod acme;
+mod ask;
+mod budget;
 mod cert;
 mod due;
 mod error;
+mod lease;
+mod metrics;
 mod renew;
+mod run;
+mod schedule;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -153,6 +159,10 @@ enum Command {
         #[command(flatten)]
         acme: AcmeOpts,
     },
+    /// Run as the fleet's issuer: hold a lease in Redis so one instance
+    /// is active, renew what is due every --renew-every, and issue for the
+    /// names terminators put on the on-demand stream when --ask allows
+    Run(Box<RunOpts>),
     /// The expiry index
     Index {
         #[command(subcommand)]
@@ -200,6 +210,107 @@ impl AcmeOpts {
             client_ca: None,
         })
     }
+}
+
+/// `dyncert run`'s options.
+#[derive(Args)]
+struct RunOpts {
+    /// Time between renew passes (nginx syntax: 1h, 30m)
+    #[arg(long, value_name = "TIME", default_value = "1h", value_parser = parse_within)]
+    renew_every: u64,
+    /// Due when notAfter is within this time, as renew --within
+    #[arg(long, value_name = "TIME", value_parser = parse_within)]
+    within: Option<u64>,
+    /// Key of the issuer lease
+    #[arg(long, value_name = "KEY", default_value = run::LEASE_KEY_DEFAULT)]
+    lease_key: String,
+    /// Lifetime of the lease in Redis; renewed every third of it
+    #[arg(long, value_name = "TIME", default_value = "15s", value_parser = parse_time)]
+    lease_ttl: u64,
+    /// Permission endpoint: GET URL?domain=NAME, 2xx allows (http:// only).
+    /// Without it every on-demand name is refused
+    #[arg(long, value_name = "URL")]
+    ask: Option<String>,
+    /// Most ask requests per second; names beyond are dropped
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    ask_rate: u32,
+    /// Stream terminators add unknown names to
+    #[arg(long, value_name = "KEY", default_value = run::ON_DEMAND_STREAM_DEFAULT)]
+    on_demand_stream: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// New orders per registered domain
+    #[arg(long, value_name = "N/PERIOD", default_value = "50/7d", value_parser = budget::parse_limit)]
+    max_orders_per_domain: budget::Limit,
+    /// New orders per ACME account
+    #[arg(long, value_name = "N/PERIOD", default_value = "300/3h", value_parser = budget::parse_limit)]
+    max_orders_per_account: budget::Limit,
+    #[command(flatten)]
+    acme: AcmeOpts,
+}
+
+/// A time in milliseconds (nginx syntax), from 1 s to 1 h.
+fn parse_time(v: &str) -> Result<u64, String> {
+    parse_time_ms(v.as_bytes())
+        .filter(|ms| (1000..=3_600_000).contains(ms))
+        .ok_or_else(|| format!("invalid time \"{v}\" (nginx syntax, 1s to 1h: 15s, 1m)"))
+}
+
+/// `dyncert run`: its options checked, two connections (the lease's and
+/// the worker's), then the issuer until a signal.
+fn run_issuer(cli: Cli) -> Result<u8, CliError> {
+    let Command::Run(opts) = &cli.command else {
+        return Ok(0);
+    };
+    let keys_of = || keys(&cli);
+    if keys_of()?.index.is_none() {
+        return Err(CliError::Input(
+            "dyncert run needs the expiry index (--index off)".into(),
+        ));
+    }
+    let ask = opts
+        .ask
+        .as_deref()
+        .map(ask::AskUrl::parse)
+        .transpose()
+        .map_err(CliError::Input)?;
+    for (opt, key) in [
+        ("lease-key", &opts.lease_key),
+        ("on-demand-stream", &opts.on_demand_stream),
+    ] {
+        if key.is_empty() || key.len() > 256 || key.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(CliError::Input(format!(
+                "--{opt}: a Redis key of printable characters"
+            )));
+        }
+    }
+    if opts.renew_every == 0 {
+        return Err(CliError::Input("--renew-every: at least 1s".into()));
+    }
+    let tls = redis_tls(&cli)?;
+    let lease_store = Store::connect(&cli.redis, tls.clone(), keys_of()?)?;
+    let work_store = Store::connect(&cli.redis, tls, keys_of()?)?;
+    let prefix = keys_of()?.prefix;
+    let Command::Run(opts) = cli.command else {
+        return Ok(0);
+    };
+    let cfg = run::Config {
+        window: opts.within.map_or(Window::LastThird, Window::Within),
+        renew_every: std::time::Duration::from_secs(opts.renew_every),
+        lease_key: opts.lease_key,
+        lease_ttl_ms: opts.lease_ttl,
+        ask,
+        ask_rate: opts.ask_rate,
+        stream: opts.on_demand_stream,
+        metrics: opts.metrics,
+        domain_limit: opts.max_orders_per_domain,
+        account_limit: opts.max_orders_per_account,
+        prefix,
+        template: opts.acme.request(Vec::new())?,
+    };
+    run::run(lease_store, work_store, cfg)
 }
 
 #[derive(Subcommand)]
@@ -275,6 +386,9 @@ fn redis_tls(cli: &Cli) -> Result<RedisTls, CliError> {
 }
 
 fn run(cli: Cli) -> Result<u8, CliError> {
+    if matches!(cli.command, Command::Run(_)) {
+        return run_issuer(cli);
+    }
     let keys = keys(&cli)?;
     // Arguments are checked before Redis is reached.
     match &cli.command {
@@ -373,6 +487,7 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             };
             renew::renew(&mut store, &opts, &acme.request(Vec::new())?)
         }
+        Command::Run(_) => Ok(0),
         Command::Index {
             action: IndexAction::Rebuild,
         } => {

@@ -155,7 +155,7 @@ impl Store {
     }
 
     /// One command.
-    fn q<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, CliError> {
+    pub(crate) fn q<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, CliError> {
         let v = self.conn.run(Req::Cmd(cmd))?;
         Ok(T::from_redis_value(v).map_err(redis::RedisError::from)?)
     }

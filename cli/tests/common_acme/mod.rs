@@ -116,3 +116,21 @@ impl AcmeStack {
         }
     }
 }
+
+/// A certificate's serial number in hex, to tell two issuances apart.
+pub fn serial(leaf: &openssl::x509::X509Ref) -> String {
+    leaf.serial_number()
+        .to_bn()
+        .unwrap()
+        .to_hex_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Now, in UNIX seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

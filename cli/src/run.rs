@@ -1,0 +1,839 @@
+//! `dyncert run`: the long-running issuer. One instance of a fleet holds
+//! the lease ([`crate::lease`]) and, while it does, renews what is due
+//! every `--renew-every` ([`renew::renew`]) and orders certificates for
+//! the names terminators put on the on-demand stream, when the ask
+//! endpoint allows them and the budgets and backoff ([`crate::budget`])
+//! let it. This file gathers and applies: Redis commands, the ask GET,
+//! the metrics listener, signals, threads. Every decision is in the pure
+//! modules.
+//!
+//! Threads: the main one keeps the lease; a worker renews and handles
+//! the stream (renewals first, at most one batch of stream entries
+//! between two checks of the schedule); one answers /metrics.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use redis::Value;
+
+use crate::acme;
+use crate::ask::{allowed, AskUrl, RateLimit, Refusals};
+use crate::budget::{registered_domain, Backoff, Limit};
+use crate::cert::{now_secs, record_name};
+use crate::due::Window;
+use crate::error::CliError;
+use crate::lease::{Change, Lease, Op, Reply};
+use crate::metrics::{Failure, Metrics, OnDemand, Order};
+use crate::renew;
+use crate::schedule::{Schedule, Step};
+use crate::store::Store;
+
+/// The stream terminators add unknown names to.
+pub const ON_DEMAND_STREAM_DEFAULT: &str = "dyncert:on-demand";
+pub const LEASE_KEY_DEFAULT: &str = "dyncert:issuer-lease";
+/// The consumer group every instance reads the stream in.
+const GROUP: &str = "dyncert-issuer";
+/// Hash: name -> `<next attempt> <failures>` after failed orders.
+const BACKOFF_KEY: &str = "dyncert:issuer-backoff";
+/// `<prefix><name>`: the instance ordering that name, fleet-wide.
+const ORDER_LOCK_PREFIX: &str = "dyncert:order-lock:";
+/// Sorted sets of order times: `<prefix>domain:<registered domain>` and
+/// `<prefix>account`.
+const BUDGET_PREFIX: &str = "dyncert:issuer-orders:";
+/// An order lock outlives any order (validation and download have 90 s
+/// each), and goes by itself if its holder dies.
+const ORDER_LOCK_SECS: u64 = 300;
+/// Stream entries per read: the on-demand work between two checks of
+/// the renewal schedule.
+const BATCH: usize = 32;
+/// Longest XREADGROUP BLOCK.
+const BLOCK_MS: u64 = 1000;
+/// Entries pending this long are claimed again (their handling failed).
+const RECLAIM_IDLE_MS: u64 = 60_000;
+/// Recent refusals remembered, and for how long.
+const REFUSALS_MAX: usize = 10_000;
+const REFUSAL_TTL_MS: u64 = 10 * 60 * 1000;
+/// Connect, send and first-line deadline of one ask request.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest name in a stream entry (a DNS name).
+const NAME_MAX: usize = 253;
+
+const RENEW_LUA: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+const RELEASE_LUA: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    return redis.call('DEL', KEYS[1]) else return 0 end";
+
+pub struct Config {
+    /// ACME options; names and policy fields are set per order.
+    pub template: acme::Request,
+    pub window: Window,
+    pub renew_every: Duration,
+    pub lease_key: String,
+    pub lease_ttl_ms: u64,
+    pub ask: Option<AskUrl>,
+    pub ask_rate: u32,
+    pub stream: String,
+    pub metrics: Option<SocketAddr>,
+    pub domain_limit: Limit,
+    pub account_limit: Limit,
+    /// Record key prefix (to see whether a record exists).
+    pub prefix: String,
+}
+
+/// What the threads share.
+struct Shared {
+    metrics: Metrics,
+    start: Instant,
+    /// Issue only before this (ms since `start`); 0: not active.
+    active_until: AtomicU64,
+    /// Bumped at each takeover, so the worker claims pending entries.
+    epoch: AtomicU64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn is_active(&self) -> bool {
+        self.now_ms() < self.active_until.load(Ordering::SeqCst)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+fn log(line: std::fmt::Arguments<'_>) {
+    eprintln!("dyncert run: {line}");
+}
+
+/// Runs until SIGTERM or SIGINT; `lease_store` and `work_store` are two
+/// connections (the worker's blocking reads must not hold up renewals of
+/// the lease).
+pub fn run(mut lease_store: Store, work_store: Store, cfg: Config) -> Result<u8, CliError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| CliError::Input(format!("cannot handle signals: {e}")))?;
+    }
+    let shared = Arc::new(Shared {
+        metrics: Metrics::new(),
+        start: Instant::now(),
+        active_until: AtomicU64::new(0),
+        epoch: AtomicU64::new(0),
+        stop,
+    });
+    if let Some(addr) = cfg.metrics {
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| CliError::Input(format!("--metrics {addr}: {e}")))?;
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("dyncert-metrics".into())
+            .spawn(move || serve_metrics(listener, &shared))
+            .map_err(|e| CliError::Input(format!("cannot start the metrics thread: {e}")))?;
+    }
+    let id = instance_id()?;
+    match &cfg.ask {
+        Some(_) => log(format_args!(
+            "instance {id}: on-demand names are asked at --ask, at most {}/s",
+            cfg.ask_rate
+        )),
+        None => log(format_args!(
+            "instance {id}: no --ask: every on-demand name is refused"
+        )),
+    }
+    let lease_key = cfg.lease_key.clone();
+    let ttl = cfg.lease_ttl_ms;
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    {
+        let shared = Arc::clone(&shared);
+        let id = id.clone();
+        std::thread::Builder::new()
+            .name("dyncert-worker".into())
+            .spawn(move || {
+                Worker::new(work_store, cfg, id, &shared).run(&shared);
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| CliError::Input(format!("cannot start the worker thread: {e}")))?;
+    }
+
+    let mut lease = Lease::new(ttl);
+    while !shared.stopping() {
+        let now = shared.now_ms();
+        let reply = lease_op(&mut lease_store, lease.next_op(), &lease_key, &id, ttl);
+        let change = lease.apply(now, reply);
+        shared
+            .active_until
+            .store(lease.active_until(), Ordering::SeqCst);
+        match change {
+            Change::None => {}
+            Change::Gained => {
+                shared.metrics.takeovers.fetch_add(1, Ordering::Relaxed);
+                shared.epoch.fetch_add(1, Ordering::SeqCst);
+                log(format_args!("lease \"{lease_key}\": acquired, active"));
+            }
+            Change::Paused => log(format_args!(
+                "lease \"{lease_key}\": renewal failed (Redis), issuing paused"
+            )),
+            Change::Resumed => log(format_args!(
+                "lease \"{lease_key}\": renewed again, issuing resumed"
+            )),
+            Change::Lost => log(format_args!("lease \"{lease_key}\": lost, standby")),
+        }
+        let until = shared.now_ms() + lease.interval_ms();
+        while !shared.stopping() && shared.now_ms() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    shared.active_until.store(0, Ordering::SeqCst);
+    if lease.holds() {
+        let released: Result<i64, CliError> = lease_store.q(redis::cmd("EVAL")
+            .arg(RELEASE_LUA)
+            .arg(1)
+            .arg(&lease_key)
+            .arg(&id)
+            .clone());
+        match released {
+            Ok(_) => log(format_args!("lease \"{lease_key}\": released")),
+            Err(e) => log(format_args!("lease \"{lease_key}\": release failed: {e}")),
+        }
+        lease.release();
+    }
+    // The worker finishes the name it is on (bounded: an order has its
+    // deadlines); a renew pass in progress is left to the next instance.
+    let _ = done_rx.recv_timeout(Duration::from_secs(10));
+    log(format_args!("stopped"));
+    Ok(0)
+}
+
+fn lease_op(store: &mut Store, op: Op, key: &str, id: &str, ttl_ms: u64) -> Reply {
+    let result: Result<bool, CliError> = match op {
+        Op::Acquire => store
+            .q::<Option<String>>(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(id)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .clone(),
+            )
+            .map(|r| r.is_some()),
+        Op::Renew => store
+            .q::<i64>(
+                redis::cmd("EVAL")
+                    .arg(RENEW_LUA)
+                    .arg(1)
+                    .arg(key)
+                    .arg(id)
+                    .arg(ttl_ms)
+                    .clone(),
+            )
+            .map(|n| n == 1),
+    };
+    match result {
+        Ok(true) => Reply::Held,
+        Ok(false) => Reply::NotHeld,
+        Err(e) => {
+            log(format_args!("lease \"{key}\": {e}"));
+            Reply::Error
+        }
+    }
+}
+
+/// `<pid>-<16 hex digits>`: unique per process, names the consumer too.
+fn instance_id() -> Result<String, CliError> {
+    let mut b = [0u8; 8];
+    openssl::rand::rand_bytes(&mut b)
+        .map_err(|e| CliError::Input(format!("random instance id: {e}")))?;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!("{}-{hex}", std::process::id()))
+}
+
+/// One stream entry: its id and the name it carries (`None`: malformed).
+struct Entry {
+    id: String,
+    name: Option<String>,
+}
+
+/// What to do with an entry once handled.
+enum Handled {
+    Ack,
+    /// Leave it pending: this instance stopped being active, or Redis
+    /// failed; it is claimed again later.
+    Keep,
+}
+
+struct Worker {
+    store: Store,
+    cfg: Config,
+    id: String,
+    rate: RateLimit,
+    refusals: Refusals,
+}
+
+impl Worker {
+    fn new(store: Store, cfg: Config, id: String, shared: &Shared) -> Worker {
+        let rate = RateLimit::new(cfg.ask_rate, shared.now_ms());
+        Worker {
+            store,
+            cfg,
+            id,
+            rate,
+            refusals: Refusals::new(REFUSALS_MAX, REFUSAL_TTL_MS),
+        }
+    }
+
+    fn run(&mut self, shared: &Shared) {
+        let schedule = Schedule {
+            renew_every_ms: self.cfg.renew_every.as_millis() as u64,
+            reclaim_every_ms: RECLAIM_IDLE_MS,
+            block_max_ms: BLOCK_MS,
+        };
+        let mut seen_epoch = 0;
+        let mut last_pass: Option<Instant> = None;
+        let mut last_claim = Instant::now();
+        let ms = |t: Instant| t.elapsed().as_millis() as u64;
+        while !shared.stopping() {
+            if !shared.is_active() {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            let epoch = shared.epoch.load(Ordering::SeqCst);
+            match schedule.next(epoch != seen_epoch, last_pass.map(ms), ms(last_claim)) {
+                Step::Takeover => match self.ensure_group().and_then(|()| self.claim(0)) {
+                    Ok(claimed) => {
+                        seen_epoch = epoch;
+                        last_pass = None;
+                        last_claim = Instant::now();
+                        if !claimed.is_empty() {
+                            log(format_args!(
+                                "claimed {} pending on-demand entries",
+                                claimed.len()
+                            ));
+                        }
+                        self.handle_batch(claimed, shared);
+                    }
+                    Err(e) => self.redis_failed(shared, &e),
+                },
+                Step::RenewPass => {
+                    self.renew_pass(shared);
+                    last_pass = Some(Instant::now());
+                }
+                Step::Reclaim => {
+                    // Entries left pending here (Redis failed, or issuing
+                    // was paused mid-batch) are handled again.
+                    last_claim = Instant::now();
+                    match self.claim(RECLAIM_IDLE_MS) {
+                        Ok(claimed) => self.handle_batch(claimed, shared),
+                        Err(e) => self.redis_failed(shared, &e),
+                    }
+                }
+                Step::Read { block_ms } => match self.read(block_ms) {
+                    Ok(entries) => self.handle_batch(entries, shared),
+                    Err(e) => self.redis_failed(shared, &e),
+                },
+            }
+        }
+    }
+
+    fn redis_failed(&self, shared: &Shared, e: &CliError) {
+        shared.metrics.failure(Failure::Redis);
+        log(format_args!("{e}"));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    /// The existing renew path over the index, and what it changed.
+    fn renew_pass(&mut self, shared: &Shared) {
+        let before: HashMap<String, i64> = match self.store.expiring(None) {
+            Ok(e) => e.into_iter().collect(),
+            Err(e) => return self.redis_failed(shared, &e),
+        };
+        let opts = renew::Options {
+            window: self.cfg.window,
+            dry_run: false,
+            jitter: true,
+        };
+        let code = renew::renew(&mut self.store, &opts, &self.cfg.template);
+        shared.metrics.renew_passes.fetch_add(1, Ordering::Relaxed);
+        let after = match self.store.expiring(None) {
+            Ok(e) => e,
+            Err(e) => return self.redis_failed(shared, &e),
+        };
+        let mut renewed = 0;
+        for (name, not_after) in &after {
+            if before.get(name).is_some_and(|old| old != not_after) {
+                renewed += 1;
+                shared.metrics.order(Order::Renewed);
+                // Renewals count against the account's orders (not the
+                // domain's: renewals are exempt from that limit).
+                let _ = self.count_order(None, name);
+            }
+        }
+        shared.metrics.next_expiry.store(
+            after.first().map_or(i64::MIN, |(_, t)| *t),
+            Ordering::Relaxed,
+        );
+        match code {
+            Ok(0) => log(format_args!("renew pass: {renewed} renewed")),
+            Ok(_) => {
+                shared.metrics.failure(Failure::Renew);
+                log(format_args!(
+                    "renew pass: {renewed} renewed, some failed (see above)"
+                ));
+            }
+            Err(e) => {
+                shared.metrics.failure(Failure::Renew);
+                log(format_args!("renew pass failed: {e}"));
+            }
+        }
+    }
+
+    fn ensure_group(&mut self) -> Result<(), CliError> {
+        let created: Result<(), CliError> = self.store.q(redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.cfg.stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .clone());
+        match created {
+            Err(CliError::Redis(m)) if m.contains("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Entries pending longer than `idle_ms` (any consumer), now ours.
+    fn claim(&mut self, idle_ms: u64) -> Result<Vec<Entry>, CliError> {
+        let reply: Value = self.store.q(redis::cmd("XAUTOCLAIM")
+            .arg(&self.cfg.stream)
+            .arg(GROUP)
+            .arg(&self.id)
+            .arg(idle_ms)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(BATCH)
+            .clone())?;
+        Ok(match reply {
+            Value::Array(parts) => parts.get(1).map(entries).unwrap_or_default(),
+            _ => Vec::new(),
+        })
+    }
+
+    fn read(&mut self, block_ms: u64) -> Result<Vec<Entry>, CliError> {
+        let reply: Value = self.store.q(redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.id)
+            .arg("COUNT")
+            .arg(BATCH)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(&self.cfg.stream)
+            .arg(">")
+            .clone())?;
+        Ok(read_reply(&reply))
+    }
+
+    fn handle_batch(&mut self, batch: Vec<Entry>, shared: &Shared) {
+        let mut seen = HashSet::new();
+        for entry in batch {
+            if !shared.is_active() {
+                // The rest stays pending for whoever is active.
+                return;
+            }
+            let handled = match &entry.name {
+                None => {
+                    shared.metrics.on_demand(OnDemand::Refused);
+                    log(format_args!(
+                        "on-demand entry {}: no name, dropped",
+                        entry.id
+                    ));
+                    Handled::Ack
+                }
+                Some(raw) => self.handle(raw, &mut seen, shared),
+            };
+            if let Handled::Ack = handled {
+                let acked: Result<i64, CliError> = self.store.q(redis::cmd("XACK")
+                    .arg(&self.cfg.stream)
+                    .arg(GROUP)
+                    .arg(&entry.id)
+                    .clone());
+                if let Err(e) = acked {
+                    self.redis_failed(shared, &e);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, raw: &str, seen: &mut HashSet<String>, shared: &Shared) -> Handled {
+        let m = &shared.metrics;
+        let name = match record_name(raw) {
+            Ok(n) if !n.starts_with("*.") => n,
+            Ok(_) | Err(_) => {
+                m.on_demand(OnDemand::Refused);
+                log(format_args!(
+                    "on-demand \"{}\": refused (not a host name that can be ordered on demand)",
+                    raw.escape_default()
+                ));
+                return Handled::Ack;
+            }
+        };
+        if !seen.insert(name.clone()) {
+            return Handled::Ack;
+        }
+        match self.decide(&name, shared) {
+            Ok(Some(outcome)) => {
+                m.on_demand(outcome);
+                Handled::Ack
+            }
+            Ok(None) => Handled::Keep,
+            Err(e) => {
+                self.redis_failed(shared, &e);
+                Handled::Keep
+            }
+        }
+    }
+
+    /// The checks, cheapest first, then the order. `None`: not decided
+    /// (this instance stopped being active), keep the entry.
+    fn decide(&mut self, name: &str, shared: &Shared) -> Result<Option<OnDemand>, CliError> {
+        let m = &shared.metrics;
+        let now_ms = shared.now_ms();
+        if self.refusals.refused(name, now_ms) {
+            log(format_args!("on-demand \"{name}\": refused (recently)"));
+            return Ok(Some(OnDemand::Refused));
+        }
+        let exists: i64 = self.store.q(redis::cmd("EXISTS")
+            .arg(format!("{}{name}", self.cfg.prefix))
+            .clone())?;
+        if exists > 0 {
+            log(format_args!("on-demand \"{name}\": a record exists"));
+            return Ok(Some(OnDemand::Exists));
+        }
+        let now = now_secs();
+        if let Some(b) = self.backoff(name)? {
+            if b.waiting(now) {
+                log(format_args!(
+                    "on-demand \"{name}\": deferred (backoff after {} failures, next attempt in {} s)",
+                    b.failures,
+                    b.next_attempt - now
+                ));
+                return Ok(Some(OnDemand::Deferred));
+            }
+        }
+        let Some(ask) = &self.cfg.ask else {
+            self.refusals.remember(name, now_ms);
+            return Ok(Some(OnDemand::Refused));
+        };
+        if !self.rate.take(now_ms) {
+            log(format_args!(
+                "on-demand \"{name}\": dropped (over --ask-rate)"
+            ));
+            return Ok(Some(OnDemand::Dropped));
+        }
+        m.ask_calls.fetch_add(1, Ordering::Relaxed);
+        let verdict = ask_endpoint(ask, name);
+        if verdict != Ok(true) {
+            if let Err(e) = &verdict {
+                m.failure(Failure::Ask);
+                log(format_args!("on-demand \"{name}\": ask failed: {e}"));
+            }
+            self.refusals.remember(name, now_ms);
+            log(format_args!(
+                "on-demand \"{name}\": refused by the ask endpoint"
+            ));
+            return Ok(Some(OnDemand::Refused));
+        }
+        if let Some(which) = self.over_budget(name, now)? {
+            m.failure(Failure::Budget);
+            log(format_args!(
+                "on-demand \"{name}\": deferred ({which} budget spent)"
+            ));
+            return Ok(Some(OnDemand::Deferred));
+        }
+        if !shared.is_active() {
+            return Ok(None);
+        }
+        let lock = format!("{ORDER_LOCK_PREFIX}{name}");
+        let got: Option<String> = self.store.q(redis::cmd("SET")
+            .arg(&lock)
+            .arg(&self.id)
+            .arg("NX")
+            .arg("EX")
+            .arg(ORDER_LOCK_SECS)
+            .clone())?;
+        if got.is_none() {
+            log(format_args!(
+                "on-demand \"{name}\": deferred (ordered elsewhere)"
+            ));
+            return Ok(Some(OnDemand::Deferred));
+        }
+        let outcome = self.order(name, now, shared);
+        let released: Result<i64, CliError> = self.store.q(redis::cmd("EVAL")
+            .arg(RELEASE_LUA)
+            .arg(1)
+            .arg(&lock)
+            .arg(&self.id)
+            .clone());
+        released?;
+        outcome
+    }
+
+    /// The order itself, with its budget entries and its backoff.
+    fn order(
+        &mut self,
+        name: &str,
+        now: i64,
+        shared: &Shared,
+    ) -> Result<Option<OnDemand>, CliError> {
+        let m = &shared.metrics;
+        self.count_order(Some(registered_domain(name)), name)?;
+        let mut req = self.cfg.template.clone();
+        req.names = vec![name.to_owned()];
+        match acme::issue(&mut self.store, &req) {
+            Ok(p) => {
+                let _: i64 = self
+                    .store
+                    .q(redis::cmd("HDEL").arg(BACKOFF_KEY).arg(name).clone())?;
+                let sent = self.store.invalidate(&p.name)?;
+                m.order(Order::Issued);
+                log(format_args!(
+                    "on-demand \"{name}\": issued, notAfter {}; {}",
+                    dyncert_core::timefmt::rfc3339(p.not_after.max(0) as u64),
+                    crate::published(&self.store, sent)
+                ));
+                Ok(Some(OnDemand::Issued))
+            }
+            Err(CliError::Redis(e)) => Err(CliError::Redis(e)),
+            Err(e) => {
+                let b = Backoff::after_failure(self.backoff(name)?, now);
+                let _: i64 = self.store.q(redis::cmd("HSET")
+                    .arg(BACKOFF_KEY)
+                    .arg(name)
+                    .arg(b.encode())
+                    .clone())?;
+                m.order(Order::Failed);
+                m.failure(Failure::Acme);
+                log(format_args!(
+                    "on-demand \"{name}\": failed ({e}); next attempt in {} s",
+                    b.next_attempt - now
+                ));
+                Ok(Some(OnDemand::Deferred))
+            }
+        }
+    }
+
+    fn backoff(&mut self, name: &str) -> Result<Option<Backoff>, CliError> {
+        let v: Option<String> = self
+            .store
+            .q(redis::cmd("HGET").arg(BACKOFF_KEY).arg(name).clone())?;
+        Ok(v.as_deref().and_then(Backoff::decode))
+    }
+
+    /// Which budget (`"domain"`, `"account"`) has no room, if one.
+    fn over_budget(&mut self, name: &str, now: i64) -> Result<Option<&'static str>, CliError> {
+        let domain = format!("{BUDGET_PREFIX}domain:{}", registered_domain(name));
+        let account = format!("{BUDGET_PREFIX}account");
+        for (key, limit, which) in [
+            (domain, self.cfg.domain_limit, "domain"),
+            (account, self.cfg.account_limit, "account"),
+        ] {
+            let _: i64 = self.store.q(redis::cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(limit.window_start(now))
+                .clone())?;
+            let n: u64 = self.store.q(redis::cmd("ZCARD").arg(&key).clone())?;
+            if !limit.allows(n) {
+                return Ok(Some(which));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records one new order against the account and, when given, the
+    /// registered domain (each set expires after its window).
+    fn count_order(&mut self, domain: Option<&str>, name: &str) -> Result<(), CliError> {
+        let now = now_secs();
+        let member = format!("{now}:{name}:{}", self.id);
+        let mut sets = vec![(format!("{BUDGET_PREFIX}account"), self.cfg.account_limit)];
+        if let Some(d) = domain {
+            sets.push((format!("{BUDGET_PREFIX}domain:{d}"), self.cfg.domain_limit));
+        }
+        for (key, limit) in sets {
+            let _: i64 =
+                self.store
+                    .q(redis::cmd("ZADD").arg(&key).arg(now).arg(&member).clone())?;
+            let _: i64 = self.store.q(redis::cmd("EXPIRE")
+                .arg(&key)
+                .arg(limit.period_secs)
+                .clone())?;
+        }
+        Ok(())
+    }
+}
+
+/// XREADGROUP's reply: per stream, its entries (RESP2 arrays or RESP3
+/// maps).
+fn read_reply(v: &Value) -> Vec<Entry> {
+    match v {
+        Value::Array(streams) => streams
+            .iter()
+            .filter_map(|s| match s {
+                Value::Array(pair) if pair.len() == 2 => Some(entries(&pair[1])),
+                _ => None,
+            })
+            .flatten()
+            .collect(),
+        Value::Map(streams) => streams.iter().flat_map(|(_, e)| entries(e)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `[[id, [field, value, ...]], ...]`; the `name` field, bounded.
+fn entries(v: &Value) -> Vec<Entry> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok().map(str::to_owned),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let Value::Array(parts) = item else {
+                return None;
+            };
+            let id = text(parts.first()?)?;
+            let name = match parts.get(1) {
+                Some(Value::Array(fields)) => fields
+                    .chunks(2)
+                    .find(|kv| kv.len() == 2 && text(&kv[0]).as_deref() == Some("name"))
+                    .and_then(|kv| text(&kv[1]))
+                    .filter(|n| !n.is_empty() && n.len() <= NAME_MAX),
+                _ => None,
+            };
+            Some(Entry { id, name })
+        })
+        .collect()
+}
+
+/// `GET <ask>?domain=<name>`: Ok(true) on a 2xx status.
+fn ask_endpoint(ask: &AskUrl, name: &str) -> Result<bool, String> {
+    let addr = (ask.host.as_str(), ask.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{}: {e}", ask.host))?
+        .next()
+        .ok_or_else(|| format!("{}: no address", ask.host))?;
+    let mut conn = TcpStream::connect_timeout(&addr, ASK_TIMEOUT).map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(ASK_TIMEOUT))
+        .and_then(|()| conn.set_write_timeout(Some(ASK_TIMEOUT)))
+        .map_err(|e| e.to_string())?;
+    let host = if ask.host.contains(':') {
+        format!("[{}]:{}", ask.host, ask.port)
+    } else {
+        format!("{}:{}", ask.host, ask.port)
+    };
+    write!(
+        conn,
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: dyncert\r\nConnection: close\r\n\r\n",
+        ask.target(name)
+    )
+    .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(conn.take(1024))
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    Ok(allowed(line.trim_end()))
+}
+
+/// `GET /metrics` answers the exposition; anything else 404. One
+/// connection at a time, each bounded in time and size.
+fn serve_metrics(listener: TcpListener, shared: &Shared) {
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let first = head.split(|b| *b == b'\r').next().unwrap_or_default();
+        let is_metrics = first.starts_with(b"GET /metrics ") || first == b"GET /metrics";
+        shared
+            .metrics
+            .active
+            .store(u64::from(shared.is_active()), Ordering::Relaxed);
+        let (status, body) = if is_metrics {
+            ("200 OK", shared.metrics.render(now_secs()))
+        } else {
+            ("404 Not Found", "not found\n".to_owned())
+        };
+        let _ = write!(
+            conn,
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn stream_replies_give_ids_and_bounded_names() {
+        let entry =
+            |id: &str, fields: Vec<Value>| Value::Array(vec![bulk(id), Value::Array(fields)]);
+        let long = "a".repeat(NAME_MAX + 1);
+        let list = Value::Array(vec![
+            entry(
+                "1-0",
+                vec![bulk("name"), bulk("a.example"), bulk("at"), bulk("5")],
+            ),
+            entry("2-0", vec![bulk("at"), bulk("5")]),
+            entry("3-0", vec![bulk("name"), bulk(&long)]),
+            Value::Array(vec![bulk("4-0"), Value::Nil]),
+        ]);
+        let resp2 = Value::Array(vec![Value::Array(vec![
+            bulk("dyncert:on-demand"),
+            list.clone(),
+        ])]);
+        let resp3 = Value::Map(vec![(bulk("dyncert:on-demand"), list)]);
+        for reply in [resp2, resp3] {
+            let got: Vec<(String, Option<String>)> = read_reply(&reply)
+                .into_iter()
+                .map(|e| (e.id, e.name))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    ("1-0".to_owned(), Some("a.example".to_owned())),
+                    ("2-0".to_owned(), None),
+                    ("3-0".to_owned(), None),
+                    ("4-0".to_owned(), None),
+                ]
+            );
+        }
+        assert!(read_reply(&Value::Nil).is_empty());
+    }
+}

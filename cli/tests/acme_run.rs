@@ -1,0 +1,543 @@
+//! `dyncert run` end to end, with the setup of acme_issue.rs: pebble
+//! validates HTTP-01 against a real nginx answering from Redis, and the
+//! issuer runs as a real process (or two) on a real redis-server. The ask
+//! endpoint is a small HTTP server of the test that allows names starting
+//! with `ok-` and records every request.
+
+#[allow(dead_code)]
+mod common_acme;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common_acme::harness::{assert_chain_verifies, http_get, Pebble};
+use common_acme::{serial, unix_now, AcmeStack, ANSWER_AND_SERVE};
+use dyncert_testkit::*;
+use openssl::x509::X509;
+
+const STREAM: &str = "dyncert:on-demand";
+const INDEX: &str = "dyncert:expiry";
+const BACKOFF: &str = "dyncert:issuer-backoff";
+/// A name the terminator does not answer challenges for.
+const UNREACHABLE: &str = "ok-unreachable.acme.test";
+
+/// ANSWER_AND_SERVE with a plain-HTTP server for [`UNREACHABLE`] that
+/// does not answer challenges: its orders fail validation.
+fn config() -> String {
+    let ssl_server = "    server {\n        listen 127.0.0.1:@PORT@ ssl;";
+    assert!(ANSWER_AND_SERVE.contains(ssl_server));
+    ANSWER_AND_SERVE.replacen(
+        ssl_server,
+        &format!(
+            "    server {{\n        listen 127.0.0.1:@HTTP_PORT@;\n        server_name {UNREACHABLE};\n        location / {{ return 404; }}\n    }}\n{ssl_server}"
+        ),
+        1,
+    )
+}
+
+/// The ask endpoint: 200 for names starting with `ok-`, 403 otherwise.
+struct AskServer {
+    port: u16,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+impl AskServer {
+    fn start() -> AskServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&asked);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut line = String::new();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                // Until the blank line ending the head.
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                let domain = line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|t| t.split_once("?domain="))
+                    .map(|(_, d)| d.to_owned())
+                    .unwrap_or_default();
+                let status = if domain.starts_with("ok-") {
+                    "200 OK"
+                } else {
+                    "403 Forbidden"
+                };
+                seen.lock().unwrap().push(domain);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        AskServer { port, asked }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/ask", self.port)
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+/// One `dyncert run` process, its metrics port and its stderr.
+struct Issuer {
+    child: Child,
+    metrics_port: u16,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Issuer {
+    fn start(redis: &Redis, pebble: &Pebble, extra: &[&str]) -> Issuer {
+        let dir = TempDir::new("dyncert-run");
+        let log = dir.path().join("stderr");
+        let metrics_port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dyncert"));
+        cmd.arg("--redis")
+            .arg(redis.url())
+            .arg("run")
+            .arg("--acme-url")
+            .arg(pebble.directory_url())
+            .arg("--acme-ca")
+            .arg(pebble.ca_file())
+            .arg("--metrics")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().expect("spawn dyncert run");
+        let issuer = Issuer {
+            child,
+            metrics_port,
+            log,
+            _dir: dir,
+        };
+        assert!(
+            poll(Duration::from_secs(10), Duration::from_millis(50), || {
+                issuer.metrics().map(|_| ())
+            })
+            .is_some(),
+            "no metrics: {}",
+            issuer.log()
+        );
+        issuer
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn metrics(&self) -> Option<String> {
+        let r = http_get(self.metrics_port, "127.0.0.1", "/metrics").ok()?;
+        (r.status == 200).then_some(r.body)
+    }
+
+    /// The value of the sample `series` (`name` or `name{label="v"}`).
+    fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}\n{}", self.log()))
+    }
+
+    fn wait_metric(&self, series: &str, deadline: Duration, ok: impl Fn(f64) -> bool) -> f64 {
+        let mut last = f64::NAN;
+        let got = poll(deadline, Duration::from_millis(100), || {
+            last = self.metric(series);
+            ok(last).then_some(last)
+        });
+        got.unwrap_or_else(|| panic!("{series} stayed {last}\n{}", self.log()))
+    }
+
+    fn active(&self) -> bool {
+        self.metric("dyncert_issuer_active") == 1.0
+    }
+
+    fn signal(&mut self, sig: i32) {
+        assert!(signal(self.child.id(), sig), "signal {sig}");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Issuer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn xadd(redis: &Redis, name: &str) {
+    let at = unix_now().to_string();
+    let r = redis.cmd(&[
+        "XADD", STREAM, "MAXLEN", "~", "100000", "*", "name", name, "at", &at,
+    ]);
+    assert!(matches!(r, Reply::Bulk(Some(_))), "XADD: {r:?}");
+}
+
+fn serial_of(redis: &Redis, name: &str) -> Option<String> {
+    let crt = redis.record_field(name, "crt")?;
+    let leaf = X509::from_pem(crt.as_bytes()).expect("crt PEM");
+    Some(serial(&leaf))
+}
+
+fn wait_record(redis: &Redis, name: &str, issuer: &Issuer, pebble: &Pebble) -> String {
+    poll(Duration::from_secs(30), Duration::from_millis(100), || {
+        serial_of(redis, name)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no record for {name} within 30 s\n{}\n{}",
+            issuer.log(),
+            tail(&pebble.log(), 30)
+        )
+    })
+}
+
+const ISSUED: &str = "dyncert_issuer_orders_total{result=\"issued\"}";
+const FAILED: &str = "dyncert_issuer_orders_total{result=\"failed\"}";
+const RENEWED: &str = "dyncert_issuer_orders_total{result=\"renewed\"}";
+const REFUSED: &str = "dyncert_issuer_on_demand_total{result=\"refused\"}";
+const DROPPED: &str = "dyncert_issuer_on_demand_total{result=\"dropped\"}";
+const DEFERRED: &str = "dyncert_issuer_on_demand_total{result=\"deferred\"}";
+const PASSES: &str = "dyncert_issuer_renew_passes_total";
+const ASKS: &str = "dyncert_issuer_ask_requests_total";
+
+#[test]
+fn on_demand_issues_what_the_ask_endpoint_allows_and_a_random_name_flood_stays_bounded() {
+    let AcmeStack {
+        mut nginx,
+        pebble,
+        redis,
+        pki: _pki,
+        dns: _dns,
+    } = AcmeStack::start(&config());
+    let ask = AskServer::start();
+    let url = ask.url();
+    let issuer = Issuer::start(
+        &redis,
+        &pebble,
+        &["--ask", &url, "--renew-every", "2s", "--lease-ttl", "3s"],
+    );
+    issuer.wait_metric("dyncert_issuer_active", Duration::from_secs(10), |v| {
+        v == 1.0
+    });
+    let monitor = redis.monitor();
+
+    let name = "ok-shop.acme.test";
+    xadd(&redis, name);
+    xadd(&redis, "evil.acme.test");
+    let issued = wait_record(&redis, name, &issuer, &pebble);
+    assert!(matches!(
+        redis.cmd(&["ZSCORE", INDEX, name]),
+        Reply::Bulk(Some(_))
+    ));
+    monitor.sync();
+    assert!(
+        monitor
+            .observed()
+            .iter()
+            .any(|o| o.command() == "PUBLISH" && o.args.get(2).map(String::as_str) == Some(name)),
+        "an invalidation was published for {name}"
+    );
+    // nginx serves it, chained to pebble's root.
+    let r = poll(Duration::from_secs(5), Duration::from_millis(50), || {
+        let r = Request::get("/").sni(name).https(nginx.port).ok()?;
+        r.tls().leaf_sans.iter().any(|s| s == name).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("nginx does not serve {name}\n{}", nginx.logs()));
+    let root = X509::from_pem(pebble.issuer_root_pem().as_bytes()).unwrap();
+    assert_chain_verifies(&r.tls().chain, &root);
+    assert_eq!(serial(&r.tls().chain[0]), issued);
+
+    // The forbidden name was asked about, refused, never ordered.
+    issuer.wait_metric(REFUSED, Duration::from_secs(10), |v| v >= 1.0);
+    assert!(ask.asked().iter().any(|d| d == "evil.acme.test"));
+    assert!(redis.record("evil.acme.test").is_empty());
+    assert_eq!(issuer.metric(ISSUED), 1.0);
+    assert_eq!(issuer.metric(FAILED), 0.0);
+    assert!(issuer
+        .log()
+        .contains("on-demand \"evil.acme.test\": refused"));
+
+    // A flood of random names: dropped beyond the ask rate, none ordered.
+    let asks_before = ask.asked().len();
+    let passes_before = issuer.metric(PASSES);
+    let handled_before = issuer.metric(REFUSED) + issuer.metric(DROPPED);
+    let started = Instant::now();
+    let mut rnd = [0u8; 8];
+    let flood: Vec<Vec<u8>> = (0..1000)
+        .map(|i| {
+            openssl::rand::rand_bytes(&mut rnd).unwrap();
+            let label: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
+            let name = format!("r{i}-{label}.flood.test");
+            encode_command(&["XADD", STREAM, "*", "name", &name, "at", "0"])
+        })
+        .collect();
+    redis.pipeline(flood);
+    issuer.wait_metric(REFUSED, Duration::from_secs(30), |_| {
+        issuer.metric(REFUSED) + issuer.metric(DROPPED) >= handled_before + 1000.0
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let asked = ask.asked().len() - asks_before;
+    // A burst of 10, then 10 per second.
+    let cap = 10.0 + 10.0 * elapsed.ceil();
+    eprintln!("flood: 1000 names handled in {elapsed:.1} s, {asked} ask requests");
+    assert!(
+        (asked as f64) <= cap,
+        "{asked} ask requests in {elapsed:.1} s (cap {cap})"
+    );
+    assert!(issuer.metric(DROPPED) >= 900.0 - 10.0 * elapsed.ceil());
+    assert_eq!(issuer.metric(ASKS) as usize, ask.asked().len());
+    assert_eq!(issuer.metric(ISSUED), 1.0, "no order for a flooded name");
+    assert_eq!(issuer.metric(FAILED), 0.0);
+    // And it keeps renewing (every 2 s) meanwhile.
+    issuer.wait_metric(PASSES, Duration::from_secs(6), |v| v >= passes_before + 2.0);
+    assert_eq!(serial_of(&redis, name), Some(issued));
+    nginx.assert_healthy();
+}
+
+#[test]
+fn one_instance_is_active_and_a_standby_takes_over_within_the_lease_ttl() {
+    let AcmeStack {
+        nginx: _nginx,
+        pebble,
+        redis,
+        pki: _pki,
+        dns: _dns,
+    } = AcmeStack::start(&config());
+    let ask = AskServer::start();
+    let url = ask.url();
+    let args = ["--ask", url.as_str(), "--lease-ttl", "3s"];
+    let mut a = Issuer::start(&redis, &pebble, &args);
+    let mut b = Issuer::start(&redis, &pebble, &args);
+    poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        (a.active() || b.active()).then_some(())
+    })
+    .expect("one becomes active");
+    // Exactly one, and it stays so across lease renewals.
+    for _ in 0..20 {
+        assert!(a.active() ^ b.active(), "\n{}\n{}", a.log(), b.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if b.active() {
+        std::mem::swap(&mut a, &mut b);
+    }
+
+    // kill -9: no release; the standby waits for the key to expire.
+    a.signal(9);
+    let killed = Instant::now();
+    let name = "ok-takeover.acme.test";
+    xadd(&redis, name);
+    b.wait_metric("dyncert_issuer_active", Duration::from_secs(6), |v| {
+        v == 1.0
+    });
+    let took = killed.elapsed();
+    eprintln!("takeover {took:?} after kill -9 (lease ttl 3 s)");
+    // ttl + ttl/3, plus the 100 ms between two metric reads.
+    assert!(
+        took <= Duration::from_millis(4_200),
+        "took over after {took:?}"
+    );
+    assert_eq!(b.metric("dyncert_issuer_lease_takeovers_total"), 1.0);
+    assert!(b.log().contains("acquired, active"), "{}", b.log());
+
+    let issued = wait_record(&redis, name, &b, &pebble);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(serial_of(&redis, name), Some(issued), "ordered once");
+    assert_eq!(b.metric(ISSUED), 1.0);
+    assert_eq!(ask.asked().iter().filter(|d| d.as_str() == name).count(), 1);
+    assert!(matches!(
+        redis.cmd(&["EXISTS", &format!("dyncert:order-lock:{name}")]),
+        Reply::Int(0)
+    ));
+
+    // SIGTERM releases the lease at once.
+    b.signal(15);
+    assert!(matches!(
+        redis.cmd(&["EXISTS", "dyncert:issuer-lease"]),
+        Reply::Int(0)
+    ));
+    assert!(b.log().contains("released"), "{}", b.log());
+}
+
+#[test]
+fn run_renews_a_due_record_at_start_and_then_only_when_due() {
+    let AcmeStack {
+        nginx: _nginx,
+        pebble,
+        redis,
+        pki,
+        dns: _dns,
+    } = AcmeStack::start(&config());
+    let name = "shop.acme.test";
+    let leaf = pki.leaf_with(
+        &[name],
+        7,
+        LeafOpts {
+            expires_in: Some(Duration::from_secs(86_400)),
+            ..Default::default()
+        },
+    );
+    redis.put_leaf(name, &leaf);
+    let soon = (unix_now() + 86_400).to_string();
+    redis.cmd(&["ZADD", INDEX, &soon, name]);
+    let old = serial_of(&redis, name).unwrap();
+
+    let issuer = Issuer::start(
+        &redis,
+        &pebble,
+        &[
+            "--renew-every",
+            "2s",
+            "--within",
+            "30d",
+            "--lease-ttl",
+            "3s",
+        ],
+    );
+    issuer.wait_metric(RENEWED, Duration::from_secs(60), |v| v == 1.0);
+    let renewed = serial_of(&redis, name).unwrap();
+    assert_ne!(renewed, old, "renewed at start");
+    assert!(issuer.log().contains("no --ask"), "{}", issuer.log());
+
+    // Later passes find nothing due.
+    let passes = issuer.metric(PASSES);
+    issuer.wait_metric(PASSES, Duration::from_secs(10), |v| v >= passes + 3.0);
+    assert_eq!(issuer.metric(RENEWED), 1.0);
+    assert_eq!(serial_of(&redis, name), Some(renewed));
+    let next = issuer.metric("dyncert_issuer_next_expiry_seconds");
+    assert!(next > 30.0 * 86_400.0, "next expiry in {next} s");
+}
+
+#[test]
+fn a_failed_order_backs_off_and_is_not_retried_before_its_time() {
+    let AcmeStack {
+        nginx: _nginx,
+        pebble,
+        redis,
+        pki: _pki,
+        dns: _dns,
+    } = AcmeStack::start(&config());
+    let ask = AskServer::start();
+    let url = ask.url();
+    // One order per registered domain per hour: the failed order spends
+    // acme.test's budget.
+    let issuer = Issuer::start(
+        &redis,
+        &pebble,
+        &[
+            "--ask",
+            &url,
+            "--lease-ttl",
+            "3s",
+            "--max-orders-per-domain",
+            "1/1h",
+        ],
+    );
+    issuer.wait_metric("dyncert_issuer_active", Duration::from_secs(10), |v| {
+        v == 1.0
+    });
+
+    xadd(&redis, UNREACHABLE);
+    issuer.wait_metric(FAILED, Duration::from_secs(60), |v| v == 1.0);
+    let now = unix_now() as i64;
+    let entry = match redis.cmd(&["HGET", BACKOFF, UNREACHABLE]) {
+        Reply::Bulk(Some(v)) => String::from_utf8(v).unwrap(),
+        other => panic!("no backoff entry: {other:?}\n{}", issuer.log()),
+    };
+    let (next, failures) = entry.split_once(' ').unwrap();
+    let next: i64 = next.parse().unwrap();
+    assert_eq!(failures, "1");
+    assert!(
+        (now + 30..=now + 61).contains(&next),
+        "next attempt {next}, now {now}"
+    );
+    assert!(redis.record(UNREACHABLE).is_empty());
+    assert!(issuer
+        .log()
+        .contains(&format!("on-demand \"{UNREACHABLE}\": failed")));
+
+    // Asked for again: deferred, neither asked about nor ordered.
+    let deferred = issuer.metric(DEFERRED);
+    xadd(&redis, UNREACHABLE);
+    xadd(&redis, UNREACHABLE);
+    issuer.wait_metric(DEFERRED, Duration::from_secs(10), |v| v >= deferred + 2.0);
+    assert_eq!(issuer.metric(FAILED), 1.0);
+    assert_eq!(issuer.metric(ISSUED), 0.0);
+    assert_eq!(
+        ask.asked()
+            .iter()
+            .filter(|d| d.as_str() == UNREACHABLE)
+            .count(),
+        1
+    );
+    assert!(matches!(
+        redis.cmd(&["HGET", BACKOFF, UNREACHABLE]),
+        Reply::Bulk(Some(v)) if v == entry.as_bytes()
+    ));
+
+    // Another name of acme.test: allowed, but over the domain's budget.
+    let other = "ok-other.acme.test";
+    let budget = "dyncert_issuer_failures_total{reason=\"budget\"}";
+    assert_eq!(issuer.metric(budget), 0.0);
+    xadd(&redis, other);
+    issuer.wait_metric(budget, Duration::from_secs(10), |v| v == 1.0);
+    assert!(ask.asked().iter().any(|d| d == other));
+    assert!(redis.record(other).is_empty());
+    assert_eq!(issuer.metric(FAILED), 1.0);
+    assert!(matches!(
+        redis.cmd(&["ZCARD", "dyncert:issuer-orders:domain:acme.test"]),
+        Reply::Int(1)
+    ));
+    assert!(issuer.log().contains(&format!(
+        "on-demand \"{other}\": deferred (domain budget spent)"
+    )));
+}
+
+#[test]
+fn run_refuses_bad_options_with_one_line() {
+    let redis = Redis::start();
+    let acme = ["--acme-url", "https://127.0.0.1:1/dir"];
+    for (args, code, says) in [
+        (
+            vec!["--ask", "https://ask.internal/"],
+            1,
+            "an http:// URL is needed",
+        ),
+        (vec!["--lease-ttl", "0s"], 2, "invalid time"),
+        (vec!["--max-orders-per-domain", "50"], 2, "N/PERIOD"),
+        (vec!["--ask-rate", "0"], 2, "ask-rate"),
+        (vec!["--lease-key", "a b"], 1, "--lease-key"),
+    ] {
+        let mut all = vec!["run"];
+        all.extend_from_slice(&acme);
+        all.extend_from_slice(&args);
+        let out = common_acme::dyncert(&redis, &all);
+        assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+    }
+    let out = common_acme::dyncert(&redis, &["--index", "off", "run", acme[0], acme[1]]);
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr.trim_end(),
+        "dyncert: dyncert run needs the expiry index (--index off)"
+    );
+}
