@@ -236,6 +236,9 @@ fn main() {
         let _ = fs::remove_dir_all(&dir);
         std::process::exit(code);
     }
+    if argv.first().map(String::as_str) == Some("profile-report") {
+        std::process::exit(profile::report_cmd(&argv[1..]));
+    }
     if argv.first().map(String::as_str) == Some("fleet") {
         std::process::exit(fleet::run(&argv[1..]));
     }

@@ -12,9 +12,10 @@
 //!
 //! A sample's call chain is first cut at the innermost frame that enters
 //! the handshake (`BOUNDARIES`; OpenSSL's own frames may have no symbol,
-//! nginx's `ngx_ssl_handshake` always has): dyncert's peek handler hands the
-//! connection to nginx's handshake, so the frames outside that belong to
-//! every handshake sample and say nothing about it. The sample then
+//! nginx's always have): dyncert's peek handler hands the connection to
+//! nginx's `ngx_http_ssl_handshake` (which creates the SSL object, as it
+//! does without dyncert), so the frames outside that belong to every
+//! handshake sample and say nothing about it. The sample then
 //! belongs to the first phase in `PHASES` order that any remaining frame
 //! names: `malloc` under `SSL_use_PrivateKey` is installing,
 //! SHA-256 under `EVP_DigestSign` is signing, a `sendmsg` under the record
@@ -30,10 +31,7 @@ use std::process::{Child, Command, Stdio};
 /// A phase and the frame names that mark it (substring of the symbol, or
 /// of the DSO when the pattern starts with `dso:`), in priority order.
 pub const PHASES: &[(&str, &[&str])] = &[
-    (
-        "peek",
-        &["clienthello", "ClientHello", "peek", "dyncert_peek"],
-    ),
+    ("peek: parse the ClientHello", &["clienthello"]),
     (
         "install",
         &[
@@ -43,12 +41,16 @@ pub const PHASES: &[(&str, &[&str])] = &[
             "SSL_set1_chain",
             "SSL_set0_chain",
             "SSL_add1_chain_cert",
+            "SSL_certs_clear",
             "SSL_set_SSL_CTX",
             "SSL_check_private_key",
             "ssl_set_cert",
             "ssl_set_pkey",
         ],
     ),
+    ("dyncert lookup", &["dyncert_core::", "select_certificate"]),
+    ("peek: events, hand-off", &["shell::peek", "dyncert_peek"]),
+    ("dyncert, other", &["dso:libngx_http_dyncert_module"]),
     (
         "sign",
         &[
@@ -67,7 +69,10 @@ pub const PHASES: &[(&str, &[&str])] = &[
             "x25519",
             "X25519",
             "ecx_",
+            "mlkem",
+            "ml_kem",
             "EVP_PKEY_derive",
+            "EVP_PKEY_encapsulate",
             "EVP_PKEY_keygen",
             "tls_parse_ctos_key_share",
             "tls_construct_stoc_key_share",
@@ -83,7 +88,6 @@ pub const PHASES: &[(&str, &[&str])] = &[
             "i2d_X509",
         ],
     ),
-    ("dyncert lookup", &["dso:libngx_http_dyncert_module"]),
     ("kernel", &["dso:[kernel"]),
     (
         "key schedule, record layer",
@@ -114,7 +118,12 @@ pub const PHASES: &[(&str, &[&str])] = &[
 ];
 
 /// Frames that enter the TLS handshake; what calls them is cut off.
-pub const BOUNDARIES: &[&str] = &["ngx_ssl_handshake", "SSL_do_handshake", "SSL_accept"];
+pub const BOUNDARIES: &[&str] = &[
+    "ngx_http_ssl_handshake",
+    "ngx_ssl_handshake",
+    "SSL_do_handshake",
+    "SSL_accept",
+];
 
 /// What no rule names.
 pub const OTHER: &str = "other";
@@ -332,6 +341,33 @@ pub fn report(rows: &[(String, f64, Breakdown)]) -> String {
     s
 }
 
+/// `dyncert-bench profile-report DIR LABEL=US...`: the report again from
+/// kept recordings, with each configuration's measured CPU per handshake
+/// (so the phase rules can change without measuring again).
+pub fn report_cmd(args: &[String]) -> i32 {
+    let usage = "usage: dyncert-bench profile-report DIR 'LABEL=US_PER_HANDSHAKE'...";
+    let Some((dir, rows)) = args.split_first() else {
+        eprintln!("{usage}");
+        return 2;
+    };
+    let p = Profiler {
+        dir: PathBuf::from(dir),
+    };
+    let mut out = Vec::new();
+    for r in rows {
+        let Some((label, us)) = r
+            .rsplit_once('=')
+            .and_then(|(l, u)| Some((l, u.parse().ok()?)))
+        else {
+            eprintln!("{usage}");
+            return 2;
+        };
+        out.push((label.to_owned(), us, p.read(label)));
+    }
+    println!("{}", report(&out));
+    0
+}
+
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
@@ -399,12 +435,30 @@ mod tests {
             f("recv", "/lib/libc.so.6"),
             f("dyncert::shell::peek::ngx_http_dyncert_peek_handler", m),
         ];
-        assert_eq!(phase_of(&peeking), "peek");
+        assert_eq!(phase_of(&peeking), "peek: events, hand-off");
+        let ssl_new = [
+            f("SSL_new", "/lib/libssl.so.3"),
+            f("ngx_ssl_create_connection", "/nginx"),
+            f("ngx_http_ssl_handshake", "/nginx"),
+            f("dyncert::shell::peek::hand_off", m),
+        ];
+        assert_eq!(phase_of(&ssl_new), "handshake state machine, other OpenSSL");
         let lookup = [
             f("memcmp", "/lib/libc.so.6"),
             f("dyncert::cache::get", "/m/libngx_http_dyncert_module.so"),
         ];
-        assert_eq!(phase_of(&lookup), "dyncert lookup");
+        assert_eq!(phase_of(&lookup), "dyncert, other");
+        let lru = [
+            f(
+                "dyncert_core::lru::Lru<T>::get",
+                "/m/libngx_http_dyncert_module.so",
+            ),
+            f(
+                "dyncert::shell::peek::ngx_http_dyncert_peek_handler",
+                "/m/libngx_http_dyncert_module.so",
+            ),
+        ];
+        assert_eq!(phase_of(&lru), "dyncert lookup");
         assert_eq!(phase_of(&[f("write", "[kernel.kallsyms]")]), "kernel");
         assert_eq!(phase_of(&[f("[unknown]", "[unknown]")]), OTHER);
     }
