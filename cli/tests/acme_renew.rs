@@ -7,14 +7,13 @@
 mod common_acme;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common_acme::harness::{assert_pebble_issued, Pebble};
 use common_acme::{
     acme, dyncert, issue, serial, served_serial, stored_leaf, AcmeStack, Out, ANSWER_AND_SERVE,
 };
 use dyncert_testkit::*;
-use openssl::x509::X509;
 
 const NAME: &str = "shop.acme.test";
 const INDEX: &str = "dyncert:expiry";
