@@ -334,3 +334,46 @@ fn a_ca_requiring_eab_refuses_an_unbound_account_and_accepts_a_bound_one() {
     let out = issue_dns(&stack, &hook, WILDCARD, &["--eab-kid", EAB_KID]);
     assert_eq!(out.code, 2, "--eab-kid alone: {}", out.stderr);
 }
+
+#[test]
+fn a_name_and_its_wildcard_get_two_values_on_one_txt_name_told_after_the_wait() {
+    let stack = DnsStack::start(None);
+    let hook = DnsHookScript::new(&stack.chall, false);
+    let started = std::time::Instant::now();
+    let out = issue_dns(
+        &stack,
+        &hook,
+        "tenant.test",
+        &[WILDCARD, "--dns-propagation-wait", "2s"],
+    );
+    assert_eq!(
+        out.code,
+        0,
+        "{}{}\n{}",
+        out.stdout,
+        out.stderr,
+        stack.pebble.log()
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "the propagation wait was slept"
+    );
+    let calls = hook.calls();
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    let actions: Vec<&str> = calls.iter().map(|c| c[0].as_str()).collect();
+    assert_eq!(actions, ["present", "present", "cleanup", "cleanup"]);
+    assert!(calls.iter().all(|c| c[1] == FQDN), "{calls:?}");
+    assert_ne!(calls[0][2], calls[1][2], "one value per authorization");
+    assert_eq!(calls[0][1..], calls[2][1..]);
+    assert_eq!(calls[1][1..], calls[3][1..]);
+
+    let leaf = stored_leaf(&stack.redis, "tenant.test");
+    let sans: Vec<String> = leaf
+        .subject_alt_names()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.dnsname().map(str::to_owned))
+        .collect();
+    assert_eq!(sans.len(), 2, "{sans:?}");
+    assert!(sans.iter().any(|s| s == WILDCARD) && sans.iter().any(|s| s == "tenant.test"));
+}
