@@ -200,11 +200,18 @@ struct AcmeOpts {
     #[arg(long, value_name = "TIME", default_value = "0s", value_parser = parse_hook_time)]
     dns_propagation_wait: u64,
     /// External account binding key id, for a CA that requires EAB
-    #[arg(long, value_name = "KID", requires = "eab_hmac_key")]
-    eab_kid: Option<String>,
-    /// External account binding MAC key, base64url as the CA gives it
     #[arg(
         long,
+        env = "DYNCERT_EAB_KID",
+        value_name = "KID",
+        requires = "eab_hmac_key"
+    )]
+    eab_kid: Option<String>,
+    /// External account binding MAC key, base64url as the CA gives it
+    /// (the environment keeps it out of the process list)
+    #[arg(
+        long,
+        env = "DYNCERT_EAB_HMAC_KEY",
         value_name = "B64URL",
         requires = "eab_kid",
         hide_env_values = true
