@@ -28,6 +28,7 @@ use openssl::x509::{X509NameBuilder, X509ReqBuilder};
 
 use crate::cert::{now_secs, prepare_bytes, Prepared};
 use crate::dns01::{challenge_fqdn, wildcard_refusal};
+use crate::due::already_replaced;
 use crate::error::CliError;
 use crate::hook::DnsHook;
 use crate::store::Store;
@@ -162,10 +163,17 @@ async fn issue_async(store: &mut Store, req: &Request) -> Result<Prepared, CliEr
     if let Some(old) = &req.replaces {
         new_order = new_order.replaces(old.clone());
     }
-    let mut order = account
-        .new_order(&new_order)
-        .await
-        .map_err(|e| fail("new order", e))?;
+    let mut order = match account.new_order(&new_order).await {
+        // The old certificate was replaced already (an earlier run that
+        // failed later): order afresh, as RFC 9773 section 5 allows.
+        Err(instant_acme::Error::Api(p))
+            if req.replaces.is_some() && already_replaced(p.r#type.as_deref()) =>
+        {
+            account.new_order(&NewOrder::new(&identifiers)).await
+        }
+        other => other,
+    }
+    .map_err(|e| fail("new order", e))?;
 
     let mut answers = Answers::default();
     let validated = answer_challenges(store, &mut order, req, &mut answers).await;

@@ -50,6 +50,13 @@ pub fn ari_due_from(start: i64, end: i64, random: u32) -> i64 {
     start.saturating_add(offset as i64)
 }
 
+/// Whether a refused new order is refused for its `replaces` alone (RFC
+/// 9773 section 5: the certificate was replaced by another order), so
+/// that ordering without it may succeed.
+pub fn already_replaced(problem_type: Option<&str>) -> bool {
+    problem_type == Some("urn:ietf:params:acme:error:alreadyReplaced")
+}
+
 /// The content octets of a DER INTEGER holding the non-negative serial
 /// whose big-endian magnitude is `magnitude` (leading zeros stripped, a
 /// zero byte put back when the high bit is set): what ARI's certificate
@@ -167,6 +174,17 @@ mod tests {
         // No overflow at the extremes.
         assert_eq!(ari_due_from(i64::MIN, i64::MAX, 0), i64::MIN);
         assert!(ari_due_from(i64::MIN, i64::MAX, u32::MAX) < i64::MAX);
+    }
+
+    #[test]
+    fn only_already_replaced_orders_again_without_replaces() {
+        assert!(already_replaced(Some(
+            "urn:ietf:params:acme:error:alreadyReplaced"
+        )));
+        assert!(!already_replaced(Some(
+            "urn:ietf:params:acme:error:malformed"
+        )));
+        assert!(!already_replaced(None));
     }
 
     #[test]
