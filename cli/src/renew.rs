@@ -159,7 +159,7 @@ fn renew_one(
             days_left(p.not_after, now_secs()),
             crate::published(store, sent),
             if req.replaces.is_some() {
-                "; replaces the old certificate (ARI)"
+                "; on the CA's renewal window (ARI), replacing the old certificate"
             } else {
                 ""
             }
