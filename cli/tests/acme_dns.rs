@@ -12,7 +12,7 @@ mod common_acme;
 
 use common_acme::harness::{assert_chain_verifies, assert_pebble_issued, pending_challenges};
 use common_acme::{
-    acme, dyncert, keys, serial, served_serial, stored_leaf, DnsHookScript, DnsStack,
+    acme, dyncert, keys, serial, served_serial, stored_leaf, DnsHookScript, DnsStack, Present,
 };
 use dyncert_testkit::*;
 
@@ -66,7 +66,7 @@ fn assert_present_then_cleanup(calls: &[Vec<String>]) -> String {
 #[test]
 fn issue_gets_a_wildcard_over_dns01_through_the_hook_and_nginx_serves_it_below() {
     let stack = DnsStack::start(None);
-    let hook = DnsHookScript::new(&stack.chall, false);
+    let hook = DnsHookScript::new(&stack.chall, Present::Sets);
 
     let out = issue_dns(&stack, &hook, WILDCARD, &[]);
     assert_eq!(
@@ -116,7 +116,7 @@ fn issue_gets_a_wildcard_over_dns01_through_the_hook_and_nginx_serves_it_below()
 #[test]
 fn a_failing_present_hook_abandons_the_order_in_one_line_and_still_cleans_up() {
     let stack = DnsStack::start(None);
-    let hook = DnsHookScript::new(&stack.chall, true);
+    let hook = DnsHookScript::new(&stack.chall, Present::Fails);
 
     let out = issue_dns(&stack, &hook, WILDCARD, &[]);
     assert_eq!(out.code, 1, "stdout {}\nstderr {}", out.stdout, out.stderr);
@@ -135,7 +135,7 @@ fn a_failing_present_hook_abandons_the_order_in_one_line_and_still_cleans_up() {
 #[test]
 fn a_hook_past_its_timeout_is_killed_and_cleanup_still_runs() {
     let stack = DnsStack::start(None);
-    let hook = DnsHookScript::new(&stack.chall, false);
+    let hook = DnsHookScript::new(&stack.chall, Present::Sets);
     // A hook that hangs on present: a wrapper around the working one.
     let dir = TempDir::new("slow-hook");
     let slow = dir.path().join("slow.sh");
@@ -215,7 +215,7 @@ fn wildcards_are_refused_without_dns01_and_dns01_needs_a_hook() {
 #[test]
 fn renew_reissues_a_wildcard_record_over_dns01_with_the_hook() {
     let stack = DnsStack::start(None);
-    let hook = DnsHookScript::new(&stack.chall, false);
+    let hook = DnsHookScript::new(&stack.chall, Present::Sets);
     let out = issue_dns(&stack, &hook, WILDCARD, &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let old_serial = serial(&stored_leaf(&stack.redis, WILDCARD));
@@ -277,7 +277,7 @@ fn renew_reissues_a_wildcard_record_over_dns01_with_the_hook() {
 #[test]
 fn a_ca_requiring_eab_refuses_an_unbound_account_and_accepts_a_bound_one() {
     let stack = DnsStack::start(Some((EAB_KID, EAB_KEY)));
-    let hook = DnsHookScript::new(&stack.chall, false);
+    let hook = DnsHookScript::new(&stack.chall, Present::Sets);
 
     let out = issue_dns(&stack, &hook, WILDCARD, &[]);
     assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
@@ -338,7 +338,7 @@ fn a_ca_requiring_eab_refuses_an_unbound_account_and_accepts_a_bound_one() {
 #[test]
 fn a_name_and_its_wildcard_get_two_values_on_one_txt_name_told_after_the_wait() {
     let stack = DnsStack::start(None);
-    let hook = DnsHookScript::new(&stack.chall, false);
+    let hook = DnsHookScript::new(&stack.chall, Present::Sets);
     let started = std::time::Instant::now();
     let out = issue_dns(
         &stack,
@@ -376,4 +376,36 @@ fn a_name_and_its_wildcard_get_two_values_on_one_txt_name_told_after_the_wait() 
         .collect();
     assert_eq!(sans.len(), 2, "{sans:?}");
     assert!(sans.iter().any(|s| s == WILDCARD) && sans.iter().any(|s| s == "tenant.test"));
+}
+
+#[test]
+fn a_record_set_late_fails_validation_unless_the_propagation_wait_covers_it() {
+    let stack = DnsStack::start(None);
+    let hook = DnsHookScript::new(&stack.chall, Present::SetsLate);
+
+    // pebble validates the moment it is told: the record is not there yet.
+    let out = issue_dns(&stack, &hook, WILDCARD, &[]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    let line = out.stderr.trim_end();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(
+        line.starts_with(&format!("dyncert: issue \"{WILDCARD}\": validation: "))
+            && line.contains("No TXT records"),
+        "the CA's words: {line}"
+    );
+    assert!(stack.redis.record(WILDCARD).is_empty());
+
+    // Told after the wait, it finds the record.
+    let out = issue_dns(&stack, &hook, WILDCARD, &["--dns-propagation-wait", "3s"]);
+    assert_eq!(
+        out.code,
+        0,
+        "{}{}\n{}",
+        out.stdout,
+        out.stderr,
+        stack.pebble.log()
+    );
+    assert!(stack.redis.record_field(WILDCARD, "crt").is_some());
+    let actions: Vec<String> = hook.calls().into_iter().map(|c| c[0].clone()).collect();
+    assert_eq!(actions, ["present", "cleanup", "present", "cleanup"]);
 }

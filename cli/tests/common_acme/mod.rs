@@ -211,10 +211,21 @@ impl Drop for ChallTestSrv {
     }
 }
 
+/// How the test hook's `present` behaves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Present {
+    /// Sets the TXT record, then exits 0.
+    Sets,
+    /// Says why on stderr and exits 1 (after logging).
+    Fails,
+    /// Exits 0 at once and sets the record a second later, as a DNS
+    /// provider whose API answers before its servers carry the record.
+    SetsLate,
+}
+
 /// A DNS-01 hook with lego's exec interface (`HOOK present|cleanup FQDN
 /// VALUE`) that sets and clears the TXT record in challtestsrv with curl
-/// and appends each call to a log; `fail_present` makes `present` say
-/// why on stderr and exit 1 (after logging).
+/// and appends each call to a log.
 pub struct DnsHookScript {
     pub path: PathBuf,
     log: PathBuf,
@@ -222,26 +233,32 @@ pub struct DnsHookScript {
 }
 
 impl DnsHookScript {
-    pub fn new(chall: &ChallTestSrv, fail_present: bool) -> DnsHookScript {
+    pub fn new(chall: &ChallTestSrv, present: Present) -> DnsHookScript {
         use std::os::unix::fs::PermissionsExt;
         let dir = TempDir::new("dns-hook");
         let path = dir.path().join("hook.sh");
         let log = dir.path().join("calls.log");
-        let fail = if fail_present {
-            "[ \"$1\" = present ] && { echo \"zone for $2 not found\" >&2; exit 1; }"
-        } else {
-            ""
+        let special = match present {
+            Present::Sets => "",
+            Present::Fails => {
+                "[ \"$1\" = present ] && { echo \"zone for $2 not found\" >&2; exit 1; }"
+            }
+            Present::SetsLate => {
+                "[ \"$1\" = present ] && { (sleep 1; call set-txt \"$2\" \"$3\") >/dev/null 2>&1 & exit 0; }"
+            }
         };
         let script = format!(
             r#"#!/bin/sh
+call() {{
+  curl -sS -f -X POST -d "{{\"host\":\"$2\",\"value\":\"$3\"}}" "http://127.0.0.1:{port}/$1"
+}}
 echo "$1 $2 $3" >> '{log}'
-{fail}
+{special}
 case "$1" in
-  present) path=set-txt ;;
-  cleanup) path=clear-txt ;;
+  present) call set-txt "$2" "$3" ;;
+  cleanup) call clear-txt "$2" "$3" ;;
   *) echo "unknown action $1" >&2; exit 2 ;;
 esac
-exec curl -sS -f -X POST -d "{{\"host\":\"$2\",\"value\":\"$3\"}}" "http://127.0.0.1:{port}/$path"
 "#,
             log = log.display(),
             port = chall.management_port,
