@@ -193,7 +193,7 @@ struct AcmeOpts {
     #[arg(long, value_name = "CMD")]
     dns_hook: Option<PathBuf>,
     /// A hook run still going after this is killed (nginx syntax: 60s, 2m)
-    #[arg(long, value_name = "TIME", default_value = "60s", value_parser = parse_hook_time)]
+    #[arg(long, value_name = "TIME", default_value = "60s", value_parser = parse_hook_timeout)]
     dns_hook_timeout: u64,
     /// Wait after the last present before the CA validates (real DNS
     /// needs time to reach the authoritative servers)
@@ -221,6 +221,16 @@ struct AcmeOpts {
 
 impl AcmeOpts {
     /// An ACME request for `names`, without policy fields.
+    /// The option values checked, before Redis is reached.
+    fn check(&self) -> Result<(), CliError> {
+        directives::key_prefix(self.acme_prefix.as_bytes())
+            .map_err(|e| CliError::Input(format!("--acme-prefix: {e}")))?;
+        if let (Some(kid), Some(key)) = (&self.eab_kid, &self.eab_hmac_key) {
+            dns01::eab_key(kid, key).map_err(CliError::Input)?;
+        }
+        Ok(())
+    }
+
     fn request(self, names: Vec<String>) -> Result<acme::Request, CliError> {
         let acme_prefix = directives::key_prefix(self.acme_prefix.as_bytes())
             .map_err(|e| CliError::Input(format!("--acme-prefix: {e}")))?;
@@ -233,7 +243,7 @@ impl AcmeOpts {
         };
         let dns = self.dns_hook.map(|command| hook::DnsHook {
             command,
-            timeout: Duration::from_secs(self.dns_hook_timeout.max(1)),
+            timeout: Duration::from_secs(self.dns_hook_timeout),
             propagation_wait: Duration::from_secs(self.dns_propagation_wait),
         });
         Ok(acme::Request {
@@ -261,6 +271,14 @@ fn parse_hook_time(v: &str) -> Result<u64, String> {
         return Err(format!("\"{v}\" is over the limit of 1h"));
     }
     Ok(secs)
+}
+
+/// `--dns-hook-timeout`: as [`parse_hook_time`], and at least a second.
+fn parse_hook_timeout(v: &str) -> Result<u64, String> {
+    match parse_hook_time(v)? {
+        0 => Err(format!("\"{v}\" is under the minimum of 1s")),
+        secs => Ok(secs),
+    }
 }
 
 #[derive(Subcommand)]
@@ -355,7 +373,9 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             if let Some(why) = dns01::wildcard_refusal(&names, acme.dns_hook.is_some()) {
                 return Err(CliError::Input(why));
             }
+            acme.check()?;
         }
+        Command::Renew { acme, .. } => acme.check()?,
         _ => {}
     }
     let tls = redis_tls(&cli)?;

@@ -12,7 +12,8 @@ mod common_acme;
 
 use common_acme::harness::{assert_chain_verifies, assert_pebble_issued, pending_challenges};
 use common_acme::{
-    acme, dyncert, keys, serial, served_serial, stored_leaf, DnsHookScript, DnsStack, Present,
+    acme, dyncert, dyncert_at, keys, serial, served_serial, stored_leaf, DnsHookScript, DnsStack,
+    Present,
 };
 use dyncert_testkit::*;
 
@@ -408,4 +409,63 @@ fn a_record_set_late_fails_validation_unless_the_propagation_wait_covers_it() {
     assert!(stack.redis.record_field(WILDCARD, "crt").is_some());
     let actions: Vec<String> = hook.calls().into_iter().map(|c| c[0].clone()).collect();
     assert_eq!(actions, ["present", "cleanup", "present", "cleanup"]);
+}
+
+#[test]
+fn bad_dns01_and_eab_arguments_are_refused_before_redis_is_reached() {
+    // Nothing listens there: an answer about Redis would mean it was tried.
+    let nowhere = format!("redis://127.0.0.1:{}", free_port());
+    let url = "https://127.0.0.1:1/dir";
+    let cases: [(&[&str], i32, &str); 5] = [
+        (
+            &[
+                "issue",
+                "a.test",
+                "--dns-hook",
+                "/bin/true",
+                "--dns-hook-timeout",
+                "0s",
+            ],
+            2,
+            "under the minimum of 1s",
+        ),
+        (
+            &[
+                "issue",
+                "a.test",
+                "--dns-hook",
+                "/bin/true",
+                "--dns-propagation-wait",
+                "2h",
+            ],
+            2,
+            "over the limit of 1h",
+        ),
+        (
+            &[
+                "issue",
+                "a.test",
+                "--eab-kid",
+                "k",
+                "--eab-hmac-key",
+                "a+b/",
+            ],
+            1,
+            "dyncert: --eab-hmac-key: not base64url",
+        ),
+        (
+            &["renew", "--eab-kid", "a kid", "--eab-hmac-key", "AAAA"],
+            1,
+            "dyncert: --eab-kid: expected 1 to 256 printable ASCII characters",
+        ),
+        (&["issue", "*.a.test"], 1, "needs the DNS-01 challenge"),
+    ];
+    for (args, code, says) in cases {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--acme-url", url]);
+        let out = dyncert_at(&nowhere, &all);
+        assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+        assert!(!out.stderr.contains("Redis"), "{args:?}: {}", out.stderr);
+    }
 }

@@ -46,9 +46,14 @@ pub struct Out {
 }
 
 pub fn dyncert(redis: &Redis, args: &[&str]) -> Out {
+    dyncert_at(&redis.url(), args)
+}
+
+/// `dyncert --redis URL ARGS...`, for a Redis that need not exist.
+pub fn dyncert_at(url: &str, args: &[&str]) -> Out {
     let out = Command::new(env!("CARGO_BIN_EXE_dyncert"))
         .arg("--redis")
-        .arg(redis.url())
+        .arg(url)
         .args(args)
         .output()
         .expect("run dyncert");
