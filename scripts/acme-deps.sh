@@ -13,7 +13,9 @@ set -euo pipefail
 
 bash "$(dirname "${BASH_SOURCE[0]}")/deps.sh" --acme
 
-for bin in pebble certbot; do
+# pebble-challtestsrv (in the pebble package) is the DNS server of the
+# DNS-01 tests (cli/tests/acme_dns.rs), whose hook script uses curl.
+for bin in pebble pebble-challtestsrv certbot curl; do
     if ! command -v "$bin" >/dev/null 2>&1; then
         echo "acme-deps.sh: $bin not on PATH after installing" >&2
         exit 1

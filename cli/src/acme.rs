@@ -1,19 +1,21 @@
 //! `issue`: an ACME order over HTTP-01 whose challenges are answered by
 //! the terminators themselves (`dyncert_acme_challenge on;` reads
-//! `<acme-prefix><token>` from Redis), then the certificate is stored
+//! `<acme-prefix><token>` from Redis), or over DNS-01 through a hook
+//! program that sets the TXT record; then the certificate is stored
 //! exactly as `put` stores it.
 //!
-//! The order of steps matters: an answer is written to Redis before the CA
-//! is told the challenge is ready (a CA validates at once, and a 404 is
-//! remembered by the module for 2 s), and every answer written is deleted
-//! again whatever happened after it.
+//! The order of steps matters: an answer is written to Redis (or the hook's
+//! `present` has returned) before the CA is told the challenge is ready (a
+//! CA validates at once, and a 404 is remembered by the module for 2 s),
+//! and every answer written is deleted again (every `present` is followed
+//! by its `cleanup`) whatever happened after it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
-    NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
+    ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::{hash, MessageDigest};
@@ -25,7 +27,10 @@ use openssl::x509::extension::SubjectAlternativeName;
 use openssl::x509::{X509NameBuilder, X509ReqBuilder};
 
 use crate::cert::{now_secs, prepare_bytes, Prepared};
+use crate::dns01::{challenge_fqdn, wildcard_refusal};
+use crate::due::already_replaced;
 use crate::error::CliError;
+use crate::hook::DnsHook;
 use crate::store::Store;
 
 /// Key prefix of HTTP-01 answers: the module's `dyncert_acme_prefix`
@@ -41,7 +46,8 @@ const CHALLENGE_TTL: u64 = 600;
 const DEADLINE: Duration = Duration::from_secs(90);
 
 /// What `dyncert issue` was asked for (and what `renew` asks for each
-/// due record).
+/// due record). `Default` is HTTP-01 with the default prefix and no
+/// names or URL: set those, and whatever else differs.
 #[derive(Clone)]
 pub struct Request {
     /// Normalised host names; the first is the record's name.
@@ -56,20 +62,90 @@ pub struct Request {
     /// certificate (`renew` keeps the renewed record's policy).
     pub allow: Option<Vec<u8>>,
     pub client_ca: Option<Vec<u8>>,
+    /// DNS-01 through this hook instead of HTTP-01 (and wildcards allowed).
+    pub dns: Option<DnsHook>,
+    /// External account binding of a new account: key id and raw MAC key.
+    pub eab: Option<(String, Vec<u8>)>,
+    /// The certificate this order replaces (ARI, RFC 9773 section 5), set
+    /// by `renew` when the CA gave a renewal window for it.
+    pub replaces: Option<CertificateIdentifier<'static>>,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Request {
+            names: Vec::new(),
+            directory_url: String::new(),
+            acme_ca: None,
+            account_key: None,
+            email: None,
+            rsa: false,
+            acme_prefix: DEFAULT_ACME_PREFIX.to_owned(),
+            allow: None,
+            client_ca: None,
+            dns: None,
+            eab: None,
+            replaces: None,
+        }
+    }
+}
+
+/// What the challenges of one order left behind, to undo.
+#[derive(Default)]
+struct Answers {
+    /// HTTP-01: Redis keys set.
+    keys: Vec<String>,
+    /// DNS-01: (identifier, FQDN, value) of every `present` run.
+    txt: Vec<(String, String, String)>,
 }
 
 /// Runs the whole order and returns the validated record, already stored.
 /// The one issuance path: `issue` and `renew` both come here.
 pub fn issue(store: &mut Store, req: &Request) -> Result<Prepared, CliError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    runtime()?.block_on(issue_async(store, req))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError::Acme(format!("cannot start the ACME client: {e}")))?;
-    runtime.block_on(issue_async(store, req))
+        .map_err(|e| CliError::Acme(format!("cannot start the ACME client: {e}")))
+}
+
+/// The CA's suggested renewal window for the certificate `id` (ARI, RFC
+/// 9773), as UNIX seconds (start, end); `None` when the CA's directory
+/// offers no `renewalInfo`.
+pub fn renewal_window(
+    store: &mut Store,
+    req: &Request,
+    id: &CertificateIdentifier<'_>,
+) -> Result<Option<(i64, i64)>, CliError> {
+    runtime()?.block_on(async {
+        let account = account(store, req).await.map_err(|e| match e {
+            AccountError::Acme(e) => CliError::Acme(format!("account: {}", describe(&e))),
+            AccountError::Cli(e) => e,
+        })?;
+        match account.renewal_info(id).await {
+            Ok((info, _)) => Ok(Some((
+                info.suggested_window.start.unix_timestamp(),
+                info.suggested_window.end.unix_timestamp(),
+            ))),
+            Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+            Err(e) => Err(CliError::Acme(format!(
+                "renewal information: {}",
+                describe(&e)
+            ))),
+        }
+    })
 }
 
 async fn issue_async(store: &mut Store, req: &Request) -> Result<Prepared, CliError> {
-    let first = req.names[0].as_str();
+    let Some(first) = req.names.first().map(String::as_str) else {
+        return Err(CliError::Input("issue: no name given".to_owned()));
+    };
+    if let Some(why) = wildcard_refusal(&req.names, req.dns.is_some()) {
+        return Err(CliError::Input(why));
+    }
     let fail = |step: &str, e: instant_acme::Error| {
         CliError::Acme(format!("issue \"{first}\": {step}: {}", describe(&e)))
     };
@@ -83,16 +159,36 @@ async fn issue_async(store: &mut Store, req: &Request) -> Result<Prepared, CliEr
         .iter()
         .map(|n| Identifier::Dns(n.clone()))
         .collect();
-    let mut order = account
-        .new_order(&NewOrder::new(&identifiers))
-        .await
-        .map_err(|e| fail("new order", e))?;
+    let mut new_order = NewOrder::new(&identifiers);
+    if let Some(old) = &req.replaces {
+        new_order = new_order.replaces(old.clone());
+    }
+    let mut order = match account.new_order(&new_order).await {
+        // The old certificate was replaced already (an earlier run that
+        // failed later): order afresh, as RFC 9773 section 5 allows.
+        Err(instant_acme::Error::Api(p))
+            if req.replaces.is_some() && already_replaced(p.r#type.as_deref()) =>
+        {
+            account.new_order(&NewOrder::new(&identifiers)).await
+        }
+        other => other,
+    }
+    .map_err(|e| fail("new order", e))?;
 
-    let mut written = Vec::new();
-    let validated = answer_challenges(store, &mut order, req, &mut written).await;
+    let mut answers = Answers::default();
+    let validated = answer_challenges(store, &mut order, req, &mut answers).await;
     // Answers go whatever happened: a stale one must not linger for the
     // next order's CA to find (nor a token be guessable from Redis).
-    let cleaned = store.delete_keys(&written);
+    let cleaned = store.delete_keys(&answers.keys);
+    if let Some(hook) = &req.dns {
+        for (name, fqdn, value) in &answers.txt {
+            // The certificate is worth more than a stale TXT record: a
+            // failed cleanup is said, not fatal.
+            if let Err(why) = hook.run("cleanup", name, fqdn, value) {
+                eprintln!("dyncert: warning: issue \"{first}\": {why}");
+            }
+        }
+    }
     validated?;
     cleaned?;
 
@@ -124,18 +220,28 @@ async fn issue_async(store: &mut Store, req: &Request) -> Result<Prepared, CliEr
     Ok(prepared)
 }
 
-/// Writes each pending HTTP-01 answer, tells the CA, and waits for the
-/// order to be ready. `written` collects the keys set, for the cleanup.
+/// Writes each pending HTTP-01 answer (or runs the DNS hook's
+/// `present`), tells the CA, and waits for the order to be ready.
+/// `answers` collects what to undo. With a DNS propagation wait, the CA
+/// is told only after the wait, in a second pass over the authorizations.
 async fn answer_challenges(
     store: &mut Store,
     order: &mut instant_acme::Order,
     req: &Request,
-    written: &mut Vec<String>,
+    answers: &mut Answers,
 ) -> Result<(), CliError> {
     let first = req.names[0].as_str();
     let fail = |step: &str, e: instant_acme::Error| {
         CliError::Acme(format!("issue \"{first}\": {step}: {}", describe(&e)))
     };
+    let (kind, kind_name) = match req.dns {
+        Some(_) => (ChallengeType::Dns01, "dns-01"),
+        None => (ChallengeType::Http01, "http-01"),
+    };
+    let wait = req
+        .dns
+        .as_ref()
+        .map_or(Duration::ZERO, |h| h.propagation_wait);
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
         let mut authz = authz.map_err(|e| fail("authorization", e))?;
@@ -148,19 +254,52 @@ async fn answer_challenges(
                 return Err(CliError::Acme(format!("issue \"{first}\": {why}")));
             }
         }
-        let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
+        let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| {
             CliError::Acme(format!(
-                "issue \"{first}\": the CA offers no http-01 challenge for \"{name}\""
+                "issue \"{first}\": the CA offers no {kind_name} challenge for \"{name}\""
             ))
         })?;
-        let key = format!("{}{}", req.acme_prefix, challenge.token);
         let answer = challenge.key_authorization();
-        store.set_expiring(&key, answer.as_str(), CHALLENGE_TTL)?;
-        written.push(key);
-        challenge
-            .set_ready()
-            .await
-            .map_err(|e| fail(&format!("challenge ready for \"{name}\""), e))?;
+        match &req.dns {
+            None => {
+                let key = format!("{}{}", req.acme_prefix, challenge.token);
+                store.set_expiring(&key, answer.as_str(), CHALLENGE_TTL)?;
+                answers.keys.push(key);
+            }
+            Some(hook) => {
+                let (fqdn, value) = (challenge_fqdn(&name), answer.dns_value());
+                // Cleanup follows even a failed present: it may have set
+                // part of what it was asked for.
+                answers
+                    .txt
+                    .push((name.clone(), fqdn.clone(), value.clone()));
+                hook.run("present", &name, &fqdn, &value)
+                    .map_err(|why| CliError::Acme(format!("issue \"{first}\": {why}")))?;
+            }
+        }
+        if wait.is_zero() {
+            challenge
+                .set_ready()
+                .await
+                .map_err(|e| fail(&format!("challenge ready for \"{name}\""), e))?;
+        }
+    }
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(|e| fail("authorization", e))?;
+            if authz.status != AuthorizationStatus::Pending {
+                continue;
+            }
+            let name = authz.identifier().to_string();
+            if let Some(mut challenge) = authz.challenge(kind.clone()) {
+                challenge
+                    .set_ready()
+                    .await
+                    .map_err(|e| fail(&format!("challenge ready for \"{name}\""), e))?;
+            }
+        }
     }
 
     let status = order
@@ -190,7 +329,7 @@ async fn answer_challenges(
         reasons.push(format!("\"{name}\": {detail}"));
     }
     Err(CliError::Acme(format!(
-        "issue \"{first}\": http-01 validation failed (order {status:?}): {}",
+        "issue \"{first}\": {kind_name} validation failed (order {status:?}): {}",
         if reasons.is_empty() {
             "the CA gave no reason".to_owned()
         } else {
@@ -252,6 +391,10 @@ async fn account(store: &mut Store, req: &Request) -> Result<Account, AccountErr
     }
     let contact = req.email.as_ref().map(|e| format!("mailto:{e}"));
     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let eab = req
+        .eab
+        .as_ref()
+        .map(|(kid, key)| ExternalAccountKey::new(kid.clone(), key));
     let (account, credentials) = builder()?
         .create(
             &NewAccount {
@@ -260,7 +403,7 @@ async fn account(store: &mut Store, req: &Request) -> Result<Account, AccountErr
                 only_return_existing: false,
             },
             req.directory_url.clone(),
-            None,
+            eab.as_ref(),
         )
         .await?;
     let json = serde_json::to_string(&credentials)

@@ -308,6 +308,10 @@ pub struct StoredLeaf {
     pub not_after: i64,
     /// The DNS subjectAltNames, in the certificate's order.
     pub sans: Vec<String>,
+    /// The authorityKeyIdentifier's keyIdentifier, and the serial's
+    /// big-endian magnitude: the certificate's ARI identity.
+    pub aki: Option<Vec<u8>>,
+    pub serial: Vec<u8>,
 }
 
 /// The leaf of a stored record (HGETALL), read from the form the module
@@ -332,6 +336,8 @@ pub fn stored_leaf(fields: &HashMap<String, Vec<u8>>) -> Option<StoredLeaf> {
         not_before: unix_secs(leaf.not_before())?,
         not_after: unix_secs(leaf.not_after())?,
         sans,
+        aki: leaf.authority_key_id().map(|k| k.as_slice().to_vec()),
+        serial: leaf.serial_number().to_bn().ok()?.to_vec(),
     })
 }
 

@@ -38,17 +38,54 @@ pub fn jitter(not_before: i64, not_after: i64, random: u32) -> i64 {
     (most * i128::from(random) / (i128::from(u32::MAX) + 1)) as i64
 }
 
+/// The point of the CA's suggested renewal window `start..end` (ARI,
+/// RFC 9773 section 4.2, UNIX seconds) from which a record is due:
+/// `random` (uniform over u32) picks it uniformly in the window, so a
+/// fleet renewed by many runs spreads over it as the CA asks. Past the
+/// end a record is always due; a window whose end is before its start
+/// counts as its start alone.
+pub fn ari_due_from(start: i64, end: i64, random: u32) -> i64 {
+    let span = i128::from(end.saturating_sub(start).max(0));
+    let offset = span * i128::from(random) / (i128::from(u32::MAX) + 1);
+    start.saturating_add(offset as i64)
+}
+
+/// Whether a refused new order is refused for its `replaces` alone (RFC
+/// 9773 section 5: the certificate was replaced by another order), so
+/// that ordering without it may succeed.
+pub fn already_replaced(problem_type: Option<&str>) -> bool {
+    problem_type == Some("urn:ietf:params:acme:error:alreadyReplaced")
+}
+
+/// The content octets of a DER INTEGER holding the non-negative serial
+/// whose big-endian magnitude is `magnitude` (leading zeros stripped, a
+/// zero byte put back when the high bit is set): what ARI's certificate
+/// identifier encodes (RFC 9773 section 4.1), not the big number.
+pub fn der_serial(magnitude: &[u8]) -> Vec<u8> {
+    let start = magnitude
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(magnitude.len());
+    let digits = &magnitude[start..];
+    match digits.first() {
+        None => vec![0],
+        Some(b) if b & 0x80 != 0 => std::iter::once(0).chain(digits.iter().copied()).collect(),
+        Some(_) => digits.to_vec(),
+    }
+}
+
 /// The names to order for record `name` whose leaf carries the DNS
 /// subjectAltNames `sans`: the record's name first, then the others in
 /// the certificate's order, without repeats. `Err` says why it is
-/// skipped: a wildcard needs DNS-01, which is not built.
-pub fn renewal_names(name: &str, sans: &[String]) -> Result<Vec<String>, String> {
+/// skipped: a wildcard needs DNS-01 (`dns01` false: no hook given).
+pub fn renewal_names(name: &str, sans: &[String], dns01: bool) -> Result<Vec<String>, String> {
     if let Some(w) = std::iter::once(name)
         .chain(sans.iter().map(String::as_str))
         .find(|n| n.starts_with("*."))
+        .filter(|_| !dns01)
     {
         return Err(format!(
-            "wildcard \"{w}\" needs the DNS-01 challenge, which is not built (HTTP-01 only)"
+            "wildcard \"{w}\" needs the DNS-01 challenge (--dns-01 --dns-hook CMD)"
         ));
     }
     let mut names = vec![name.to_owned()];
@@ -102,17 +139,61 @@ mod tests {
     fn names_start_with_the_record_name_without_repeats() {
         let sans = vec!["www.shop.test".to_owned(), "shop.test".to_owned()];
         assert_eq!(
-            renewal_names("shop.test", &sans).unwrap(),
+            renewal_names("shop.test", &sans, false).unwrap(),
             ["shop.test", "www.shop.test"]
         );
     }
 
     #[test]
-    fn wildcards_are_skipped() {
+    fn wildcards_are_skipped_without_dns01_and_renewed_with_it() {
         let sans = vec!["shop.test".to_owned(), "*.shop.test".to_owned()];
-        assert!(renewal_names("shop.test", &sans)
+        assert!(renewal_names("shop.test", &sans, false)
             .unwrap_err()
             .contains("DNS-01"));
-        assert!(renewal_names("*.shop.test", &[]).is_err());
+        assert!(renewal_names("*.shop.test", &[], false).is_err());
+        assert_eq!(
+            renewal_names("*.shop.test", &["*.shop.test".to_owned()], true).unwrap(),
+            ["*.shop.test"]
+        );
+        assert_eq!(
+            renewal_names("shop.test", &sans, true).unwrap(),
+            ["shop.test", "*.shop.test"]
+        );
+    }
+
+    #[test]
+    fn the_ari_point_is_uniform_in_the_window_and_never_past_its_end() {
+        let (start, end) = (1_000 * DAY, 1_002 * DAY);
+        assert_eq!(ari_due_from(start, end, 0), start);
+        assert_eq!(ari_due_from(start, end, u32::MAX / 2 + 1), start + DAY);
+        let last = ari_due_from(start, end, u32::MAX);
+        assert!(last < end && last > end - 2, "{last}");
+        // A reversed window is its start; an empty one too.
+        assert_eq!(ari_due_from(end, start, u32::MAX), end);
+        assert_eq!(ari_due_from(start, start, 12345), start);
+        // No overflow at the extremes.
+        assert_eq!(ari_due_from(i64::MIN, i64::MAX, 0), i64::MIN);
+        assert!(ari_due_from(i64::MIN, i64::MAX, u32::MAX) < i64::MAX);
+    }
+
+    #[test]
+    fn only_already_replaced_orders_again_without_replaces() {
+        assert!(already_replaced(Some(
+            "urn:ietf:params:acme:error:alreadyReplaced"
+        )));
+        assert!(!already_replaced(Some(
+            "urn:ietf:params:acme:error:malformed"
+        )));
+        assert!(!already_replaced(None));
+    }
+
+    #[test]
+    fn a_der_serial_keeps_its_sign_octet() {
+        assert_eq!(der_serial(&[0x01, 0x02]), [0x01, 0x02]);
+        assert_eq!(der_serial(&[0x00, 0x00, 0x7f]), [0x7f]);
+        assert_eq!(der_serial(&[0x80, 0x01]), [0x00, 0x80, 0x01]);
+        assert_eq!(der_serial(&[0x00, 0xff]), [0x00, 0xff]);
+        assert_eq!(der_serial(&[]), [0x00]);
+        assert_eq!(der_serial(&[0, 0]), [0x00]);
     }
 }

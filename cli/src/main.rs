@@ -10,8 +10,10 @@ mod acme;
 mod ask;
 mod budget;
 mod cert;
+mod dns01;
 mod due;
 mod error;
+mod hook;
 mod lease;
 mod metrics;
 mod renew;
@@ -21,6 +23,7 @@ mod store;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use dyncert_core::directives::{
@@ -134,9 +137,10 @@ enum Command {
         dry_run: bool,
     },
     /// Get a certificate from an ACME CA over HTTP-01 (answered by the
-    /// terminators from Redis) and store it as put does
+    /// terminators from Redis) or DNS-01 (through --dns-hook) and store it
+    /// as put does
     Issue {
-        /// Host names; the first is the record's name
+        /// Host names (*.parent with --dns-01); the first is the record's name
         #[arg(required = true)]
         names: Vec<String>,
         #[command(flatten)]
@@ -191,13 +195,67 @@ struct AcmeOpts {
     /// Key prefix of HTTP-01 answers (dyncert_acme_prefix)
     #[arg(long, default_value = acme::DEFAULT_ACME_PREFIX)]
     acme_prefix: String,
+    /// Answer DNS-01 challenges (needed for *.parent) through --dns-hook
+    #[arg(long = "dns-01", requires = "dns_hook")]
+    dns_01: bool,
+    /// Program run as `CMD present FQDN VALUE` and `CMD cleanup FQDN VALUE`
+    /// (lego's exec provider interface); implies --dns-01
+    #[arg(long, value_name = "CMD")]
+    dns_hook: Option<PathBuf>,
+    /// A hook run still going after this is killed (nginx syntax: 60s, 2m)
+    #[arg(long, value_name = "TIME", default_value = "60s", value_parser = parse_hook_timeout)]
+    dns_hook_timeout: u64,
+    /// Wait after the last present before the CA validates (real DNS
+    /// needs time to reach the authoritative servers)
+    #[arg(long, value_name = "TIME", default_value = "0s", value_parser = parse_hook_time)]
+    dns_propagation_wait: u64,
+    /// External account binding key id, for a CA that requires EAB
+    #[arg(
+        long,
+        env = "DYNCERT_EAB_KID",
+        value_name = "KID",
+        requires = "eab_hmac_key"
+    )]
+    eab_kid: Option<String>,
+    /// External account binding MAC key, base64url as the CA gives it
+    /// (the environment keeps it out of the process list)
+    #[arg(
+        long,
+        env = "DYNCERT_EAB_HMAC_KEY",
+        value_name = "B64URL",
+        requires = "eab_kid",
+        hide_env_values = true
+    )]
+    eab_hmac_key: Option<String>,
 }
 
 impl AcmeOpts {
     /// An ACME request for `names`, without policy fields.
+    /// The option values checked, before Redis is reached.
+    fn check(&self) -> Result<(), CliError> {
+        directives::key_prefix(self.acme_prefix.as_bytes())
+            .map_err(|e| CliError::Input(format!("--acme-prefix: {e}")))?;
+        if let (Some(kid), Some(key)) = (&self.eab_kid, &self.eab_hmac_key) {
+            dns01::eab_key(kid, key).map_err(CliError::Input)?;
+        }
+        Ok(())
+    }
+
     fn request(self, names: Vec<String>) -> Result<acme::Request, CliError> {
         let acme_prefix = directives::key_prefix(self.acme_prefix.as_bytes())
             .map_err(|e| CliError::Input(format!("--acme-prefix: {e}")))?;
+        let eab = match (&self.eab_kid, &self.eab_hmac_key) {
+            (Some(kid), Some(key)) => Some((
+                kid.clone(),
+                dns01::eab_key(kid, key).map_err(CliError::Input)?,
+            )),
+            _ => None,
+        };
+        let dns = self.dns_hook.map(|command| hook::DnsHook {
+            command,
+            timeout: Duration::from_secs(self.dns_hook_timeout),
+            propagation_wait: Duration::from_secs(self.dns_propagation_wait),
+        });
         Ok(acme::Request {
             names,
             directory_url: self.acme_url,
@@ -206,8 +264,9 @@ impl AcmeOpts {
             email: self.email,
             rsa: self.rsa,
             acme_prefix,
-            allow: None,
-            client_ca: None,
+            dns,
+            eab,
+            ..acme::Request::default()
         })
     }
 }
@@ -313,6 +372,26 @@ fn run_issuer(cli: Cli) -> Result<u8, CliError> {
     run::run(lease_store, work_store, cfg)
 }
 
+/// Longest `--dns-hook-timeout` and `--dns-propagation-wait`: an hour.
+const MAX_HOOK_TIME: u64 = 3600;
+
+/// `--dns-hook-timeout`, `--dns-propagation-wait`: seconds, at most an hour.
+fn parse_hook_time(v: &str) -> Result<u64, String> {
+    let secs = parse_within(v)?;
+    if secs > MAX_HOOK_TIME {
+        return Err(format!("\"{v}\" is over the limit of 1h"));
+    }
+    Ok(secs)
+}
+
+/// `--dns-hook-timeout`: as [`parse_hook_time`], and at least a second.
+fn parse_hook_timeout(v: &str) -> Result<u64, String> {
+    match parse_hook_time(v)? {
+        0 => Err(format!("\"{v}\" is under the minimum of 1s")),
+        secs => Ok(secs),
+    }
+}
+
 #[derive(Subcommand)]
 enum IndexAction {
     /// Rebuild the index from the records under the prefix
@@ -403,9 +482,14 @@ fn run(cli: Cli) -> Result<u8, CliError> {
                 ))
             })?;
         }
-        Command::Issue { names, .. } => {
-            issue_names(names)?;
+        Command::Issue { names, acme } => {
+            let names = issue_names(names)?;
+            if let Some(why) = dns01::wildcard_refusal(&names, acme.dns_hook.is_some()) {
+                return Err(CliError::Input(why));
+            }
+            acme.check()?;
         }
+        Command::Renew { acme, .. } => acme.check()?,
         _ => {}
     }
     let tls = redis_tls(&cli)?;
@@ -501,17 +585,13 @@ fn run(cli: Cli) -> Result<u8, CliError> {
     }
 }
 
-/// The names of `issue`, normalised as the module normalises an SNI,
-/// without repeats. Wildcards need DNS-01, which is not built yet.
+/// The names of `issue`, normalised as the module normalises an SNI
+/// (`*.parent` as `put` takes it), without repeats. Whether a wildcard
+/// may be ordered is the challenge's business (`acme::issue` refuses it
+/// without DNS-01).
 fn issue_names(raw: &[String]) -> Result<Vec<String>, CliError> {
     let mut names: Vec<String> = Vec::new();
     for n in raw {
-        if n.starts_with("*.") {
-            return Err(CliError::Input(format!(
-                "cannot issue \"{}\": a wildcard needs the DNS-01 challenge, which dyncert issue does not do yet (HTTP-01 only)",
-                n.escape_default()
-            )));
-        }
         let name = record_name(n)?;
         if !names.contains(&name) {
             names.push(name);

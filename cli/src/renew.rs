@@ -3,12 +3,18 @@
 //! carries and with its policy fields. Candidates come from the index
 //! only (ZRANGEBYSCORE, never SCAN or KEYS): a record the index does not
 //! name is never touched.
+//!
+//! When the CA's directory offers ACME Renewal Information (RFC 9773),
+//! its suggested window decides instead of the lifetime rule, and the new
+//! order names the certificate it replaces.
 
 use dyncert_core::timefmt::rfc3339;
+use instant_acme::CertificateIdentifier;
 
 use crate::acme;
-use crate::cert::{days_left, now_secs, stored_leaf};
-use crate::due::{due_from, jitter, renewal_names, Window};
+use crate::cert::{days_left, now_secs, stored_leaf, StoredLeaf};
+use crate::dns01::base64url_encode;
+use crate::due::{ari_due_from, der_serial, due_from, jitter, renewal_names, Window};
 use crate::error::CliError;
 use crate::store::Store;
 
@@ -47,8 +53,10 @@ impl Outcome {
 pub fn renew(store: &mut Store, opts: &Options, template: &acme::Request) -> Result<u8, CliError> {
     let entries = store.expiring(None)?;
     let mut counts = [0usize; 5];
+    // Until the CA's directory says it has no renewalInfo.
+    let mut ask_ari = true;
     for (name, _) in &entries {
-        let (outcome, detail) = match renew_one(store, name, opts, template) {
+        let (outcome, detail) = match renew_one(store, name, opts, template, &mut ask_ari) {
             Ok(done) => done,
             Err(e) => (Outcome::Failed, e.to_string()),
         };
@@ -81,6 +89,7 @@ fn renew_one(
     name: &str,
     opts: &Options,
     template: &acme::Request,
+    ask_ari: &mut bool,
 ) -> Result<(Outcome, String), CliError> {
     let fields = store.fields(name)?;
     if fields.is_empty() {
@@ -92,25 +101,42 @@ fn renew_one(
     let Some(leaf) = stored_leaf(&fields) else {
         return Ok((Outcome::Failed, "no readable certificate".to_owned()));
     };
-    let shake = if opts.jitter {
-        jitter(leaf.not_before, leaf.not_after, random_u32()?)
+    let random = if opts.jitter { random_u32()? } else { 0 };
+    let shake = jitter(leaf.not_before, leaf.not_after, random);
+    let by_lifetime = due_from(leaf.not_before, leaf.not_after, opts.window, shake);
+    let ari = if *ask_ari {
+        ari_window(store, template, &leaf, ask_ari)
     } else {
-        0
+        None
     };
-    let from = due_from(leaf.not_before, leaf.not_after, opts.window, shake);
+    let from = match (&ari, opts.window) {
+        (None, _) => by_lifetime,
+        // --within still makes a record due, whatever the CA suggests.
+        (Some((start, end, _)), Window::Within(_)) => {
+            ari_due_from(*start, *end, random).min(by_lifetime)
+        }
+        (Some((start, end, _)), Window::LastThird) => ari_due_from(*start, *end, random),
+    };
     let now = now_secs();
-    let when = format!(
+    let mut when = format!(
         "notAfter {} ({} days left)",
         rfc3339(leaf.not_after.max(0) as u64),
         days_left(leaf.not_after, now)
     );
+    if let Some((start, end, _)) = &ari {
+        when.push_str(&format!(
+            ", renewal window from the CA {} to {}",
+            rfc3339((*start).max(0) as u64),
+            rfc3339((*end).max(0) as u64)
+        ));
+    }
     if now < from {
         return Ok((
             Outcome::NotDue,
             format!("{when}, due from {}", rfc3339(from.max(0) as u64)),
         ));
     }
-    let names = match renewal_names(name, &leaf.sans) {
+    let names = match renewal_names(name, &leaf.sans, template.dns.is_some()) {
         Ok(n) => n,
         Err(why) => return Ok((Outcome::Skipped, why)),
     };
@@ -121,18 +147,49 @@ fn renew_one(
     req.names = crate::issue_names(&names)?;
     req.allow = fields.get("allow").cloned();
     req.client_ca = fields.get("client_ca").cloned();
+    req.replaces = ari.map(|(_, _, id)| id);
     let p = acme::issue(store, &req)?;
     let sent = store.invalidate(&p.name)?;
     Ok((
         Outcome::Renewed,
         format!(
-            "{}: notAfter {} ({} days left); {}",
+            "{}: notAfter {} ({} days left); {}{}",
             req.names.join(", "),
             rfc3339(p.not_after.max(0) as u64),
             days_left(p.not_after, now_secs()),
-            crate::published(store, sent)
+            crate::published(store, sent),
+            if req.replaces.is_some() {
+                "; on the CA's renewal window (ARI), replacing the old certificate"
+            } else {
+                ""
+            }
         ),
     ))
+}
+
+/// The CA's renewal window for `leaf`, with its ARI identifier. `None`
+/// when the leaf has no authorityKeyIdentifier, the CA has no ARI (then
+/// `ask_ari` turns false, for the next records), or the CA does not know
+/// the certificate (another CA's): the lifetime rule decides then.
+fn ari_window(
+    store: &mut Store,
+    template: &acme::Request,
+    leaf: &StoredLeaf,
+    ask_ari: &mut bool,
+) -> Option<(i64, i64, CertificateIdentifier<'static>)> {
+    let aki = leaf.aki.as_ref()?;
+    let id = CertificateIdentifier {
+        authority_key_identifier: base64url_encode(aki).into(),
+        serial: base64url_encode(&der_serial(&leaf.serial)).into(),
+    };
+    match acme::renewal_window(store, template, &id) {
+        Ok(Some((start, end))) => Some((start, end, id)),
+        Ok(None) => {
+            *ask_ari = false;
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 fn random_u32() -> Result<u32, CliError> {

@@ -166,19 +166,3 @@ fn issue_fails_clearly_and_cleans_up_when_the_challenge_is_not_answered() {
     assert_eq!(pending_challenges(redis.port), Vec::<String>::new());
     assert!(redis.record(NAME).is_empty(), "nothing stored");
 }
-
-#[test]
-fn issue_refuses_wildcards_until_dns01_exists() {
-    let redis = Redis::start();
-    let out = dyncert(
-        &redis,
-        &[
-            "issue",
-            "*.acme.test",
-            "--acme-url",
-            "https://127.0.0.1:1/dir",
-        ],
-    );
-    assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(out.stderr.contains("DNS-01"), "{}", out.stderr);
-}

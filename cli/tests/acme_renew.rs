@@ -7,45 +7,21 @@
 mod common_acme;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common_acme::harness::{assert_pebble_issued, Pebble};
-use common_acme::{dyncert, issue, AcmeStack, Out, ANSWER_AND_SERVE};
+use common_acme::{
+    acme, dyncert, issue, serial, served_serial, stored_leaf, AcmeStack, Out, ANSWER_AND_SERVE,
+};
 use dyncert_testkit::*;
-use openssl::x509::X509;
 
 const NAME: &str = "shop.acme.test";
 const INDEX: &str = "dyncert:expiry";
 
 fn renew(redis: &Redis, pebble: &Pebble, extra: &[&str]) -> Out {
-    let url = pebble.directory_url();
-    let ca = pebble.ca_file();
-    let mut args = vec![
-        "renew",
-        "--acme-url",
-        &url,
-        "--acme-ca",
-        ca.to_str().unwrap(),
-    ];
+    let mut args = vec!["renew"];
     args.extend_from_slice(extra);
-    dyncert(redis, &args)
-}
-
-/// The stored leaf (from the PEM `crt` field).
-fn stored_leaf(redis: &Redis, name: &str) -> X509 {
-    let crt = redis
-        .record_field(name, "crt")
-        .unwrap_or_else(|| panic!("no record for {name}"));
-    X509::from_pem(crt.as_bytes()).expect("crt PEM")
-}
-
-fn serial(leaf: &X509) -> String {
-    leaf.serial_number()
-        .to_bn()
-        .unwrap()
-        .to_hex_str()
-        .unwrap()
-        .to_string()
+    acme(redis, pebble, &args)
 }
 
 fn unix(t: &openssl::asn1::Asn1TimeRef) -> i64 {
@@ -81,23 +57,6 @@ fn put_leaf(redis: &Redis, dir: &Path, name: &str, leaf: &Leaf, extra: &[&str]) 
     args.extend_from_slice(extra);
     let out = dyncert(redis, &args);
     assert_eq!(out.code, 0, "put {name}: {}", out.stderr);
-}
-
-/// The leaf nginx serves for `name`, once it is `serial` (invalidation
-/// reaches the workers asynchronously).
-fn served_serial(nginx: &Nginx, name: &str, serial: &str) -> X509 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = Request::get("/")
-            .sni(name)
-            .https(nginx.port)
-            .unwrap_or_else(|e| panic!("TLS {name}: {e}\n{}", nginx.logs()));
-        let leaf = r.tls().chain[0].clone();
-        if self::serial(&leaf) == serial || Instant::now() > deadline {
-            return leaf;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -224,6 +224,13 @@ impl Pebble {
     /// Starts pebble validating HTTP-01 on 127.0.0.1:`http_port` (whatever
     /// the name, through `dns`), and waits until its directory answers.
     pub fn start(http_port: u16, dns: &DnsStub) -> Pebble {
+        Pebble::start_with(http_port, dns.addr, None)
+    }
+
+    /// The same with any DNS server (`pebble-challtestsrv` for DNS-01), and
+    /// with `eab` = (key id, base64url MAC key) external account binding
+    /// required of new accounts.
+    pub fn start_with(http_port: u16, dns: SocketAddr, eab: Option<(&str, &str)>) -> Pebble {
         require_binary("pebble");
         let dir = TempDir::new("pebble");
         // pebble's own HTTPS listeners (ACME API and management): a
@@ -258,13 +265,18 @@ impl Pebble {
     "httpPort": {http_port},
     "tlsPort": {tls_port},
     "ocspResponderURL": "",
-    "externalAccountBindingRequired": false
+    "externalAccountBindingRequired": {required},
+    "externalAccountMACKeys": {{{keys}}}
   }}
 }}
 "#,
             cert = cert.display(),
             key = key.display(),
             tls_port = free_port(),
+            required = eab.is_some(),
+            keys = eab
+                .map(|(kid, mac)| format!("\"{kid}\": \"{mac}\""))
+                .unwrap_or_default(),
         );
         let config_path = dir.path().join("pebble.json");
         write_file(&config_path, config);
@@ -274,7 +286,7 @@ impl Pebble {
         cmd.arg("-config")
             .arg(&config_path)
             .arg("-dnsserver")
-            .arg(dns.addr.to_string())
+            .arg(dns.to_string())
             .arg("-strict=false")
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")

@@ -1,14 +1,20 @@
 //! The setup the ACME test files share: tests/acme's harness (pebble and
 //! the DNS stub that points every name at 127.0.0.1), the terminator that
-//! answers HTTP-01 from Redis and serves records, and the CLI runner.
+//! answers HTTP-01 from Redis and serves records, the CLI runner, and for
+//! DNS-01 `pebble-challtestsrv` with a hook script that sets its TXT
+//! records.
 
 #[path = "../../../tests/acme/harness.rs"]
 pub mod harness;
 
-use std::process::Command;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use dyncert_testkit::*;
 use harness::{DnsStub, Pebble};
+use openssl::x509::X509;
 
 /// The terminator: port 80's role answers challenges from Redis, the TLS
 /// server serves records.
@@ -40,9 +46,14 @@ pub struct Out {
 }
 
 pub fn dyncert(redis: &Redis, args: &[&str]) -> Out {
+    dyncert_at(&redis.url(), args)
+}
+
+/// `dyncert --redis URL ARGS...`, for a Redis that need not exist.
+pub fn dyncert_at(url: &str, args: &[&str]) -> Out {
     let out = Command::new(env!("CARGO_BIN_EXE_dyncert"))
         .arg("--redis")
-        .arg(redis.url())
+        .arg(url)
         .args(args)
         .output()
         .expect("run dyncert");
@@ -54,19 +65,50 @@ pub fn dyncert(redis: &Redis, args: &[&str]) -> Out {
 }
 
 pub fn issue(redis: &Redis, pebble: &Pebble, name: &str) -> Out {
+    acme(redis, pebble, &["issue", name])
+}
+
+/// `dyncert ARGS... --acme-url <pebble> --acme-ca <its listener root>`.
+pub fn acme(redis: &Redis, pebble: &Pebble, args: &[&str]) -> Out {
     let url = pebble.directory_url();
     let ca = pebble.ca_file();
-    dyncert(
-        redis,
-        &[
-            "issue",
-            name,
-            "--acme-url",
-            &url,
-            "--acme-ca",
-            ca.to_str().unwrap(),
-        ],
-    )
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--acme-url", &url, "--acme-ca", ca.to_str().unwrap()]);
+    dyncert(redis, &all)
+}
+
+/// The stored leaf (from the PEM `crt` field).
+pub fn stored_leaf(redis: &Redis, name: &str) -> X509 {
+    let crt = redis
+        .record_field(name, "crt")
+        .unwrap_or_else(|| panic!("no record for {name}"));
+    X509::from_pem(crt.as_bytes()).expect("crt PEM")
+}
+
+pub fn serial(leaf: &X509) -> String {
+    leaf.serial_number()
+        .to_bn()
+        .unwrap()
+        .to_hex_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The leaf nginx serves for `name`, once it is `serial` (invalidation
+/// reaches the workers asynchronously).
+pub fn served_serial(nginx: &Nginx, name: &str, serial: &str) -> X509 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = Request::get("/")
+            .sni(name)
+            .https(nginx.port)
+            .unwrap_or_else(|e| panic!("TLS {name}: {e}\n{}", nginx.logs()));
+        let leaf = r.tls().chain[0].clone();
+        if self::serial(&leaf) == serial || Instant::now() > deadline {
+            return leaf;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Keys under `pattern` (KEYS is fine on a test server).
@@ -117,20 +159,171 @@ impl AcmeStack {
     }
 }
 
-/// A certificate's serial number in hex, to tell two issuances apart.
-pub fn serial(leaf: &openssl::x509::X509Ref) -> String {
-    leaf.serial_number()
-        .to_bn()
-        .unwrap()
-        .to_hex_str()
-        .unwrap()
-        .to_string()
-}
-
 /// Now, in UNIX seconds.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// `pebble-challtestsrv` (Debian package `pebble`) on loopback: a DNS
+/// server answering A with 127.0.0.1, AAAA with nothing, and TXT records
+/// set over its management API (`POST /set-txt {"host","value"}`,
+/// `/clear-txt {"host"}`). pebble is pointed at it with `-dnsserver`.
+pub struct ChallTestSrv {
+    pub dns: SocketAddr,
+    pub management_port: u16,
+    dir: TempDir,
+    child: Child,
+}
+
+impl ChallTestSrv {
+    pub fn start() -> ChallTestSrv {
+        let dir = TempDir::new("challtestsrv");
+        let (dns_port, management_port) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("challtestsrv.log")).unwrap();
+        let mut cmd = Command::new("pebble-challtestsrv");
+        cmd.args(["-dns01", &format!("127.0.0.1:{dns_port}")])
+            .args(["-management", &format!("127.0.0.1:{management_port}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .expect("spawn pebble-challtestsrv (Debian package pebble)");
+        let dns: SocketAddr = format!("127.0.0.1:{dns_port}").parse().unwrap();
+        let management: SocketAddr = format!("127.0.0.1:{management_port}").parse().unwrap();
+        // Both listen on TCP (DNS on UDP as well) once it is ready.
+        let ready = poll(STARTUP_DEADLINE, Duration::from_millis(20), || {
+            (TcpStream::connect(dns).is_ok() && TcpStream::connect(management).is_ok())
+                .then_some(())
+        });
+        let srv = ChallTestSrv {
+            dns,
+            management_port,
+            dir,
+            child,
+        };
+        assert!(ready.is_some(), "challtestsrv not ready\n{}", srv.log());
+        srv
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("challtestsrv.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ChallTestSrv {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How the test hook's `present` behaves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Present {
+    /// Sets the TXT record, then exits 0.
+    Sets,
+    /// Says why on stderr and exits 1 (after logging).
+    Fails,
+    /// Exits 0 at once and sets the record a second later, as a DNS
+    /// provider whose API answers before its servers carry the record.
+    SetsLate,
+}
+
+/// A DNS-01 hook with lego's exec interface (`HOOK present|cleanup FQDN
+/// VALUE`) that sets and clears the TXT record in challtestsrv with curl
+/// and appends each call to a log.
+pub struct DnsHookScript {
+    pub path: PathBuf,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl DnsHookScript {
+    pub fn new(chall: &ChallTestSrv, present: Present) -> DnsHookScript {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("dns-hook");
+        let path = dir.path().join("hook.sh");
+        let log = dir.path().join("calls.log");
+        let special = match present {
+            Present::Sets => "",
+            Present::Fails => {
+                "[ \"$1\" = present ] && { echo \"zone for $2 not found\" >&2; exit 1; }"
+            }
+            Present::SetsLate => {
+                "[ \"$1\" = present ] && { (sleep 1; call set-txt \"$2\" \"$3\") >/dev/null 2>&1 & exit 0; }"
+            }
+        };
+        let script = format!(
+            r#"#!/bin/sh
+call() {{
+  curl -sS -f -X POST -d "{{\"host\":\"$2\",\"value\":\"$3\"}}" "http://127.0.0.1:{port}/$1"
+}}
+echo "$1 $2 $3" >> '{log}'
+{special}
+case "$1" in
+  present) call set-txt "$2" "$3" ;;
+  cleanup) call clear-txt "$2" "$3" ;;
+  *) echo "unknown action $1" >&2; exit 2 ;;
+esac
+"#,
+            log = log.display(),
+            port = chall.management_port,
+        );
+        write_file(&path, script);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        DnsHookScript {
+            path,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Each call so far: `[action, fqdn, value]`.
+    pub fn calls(&self) -> Vec<Vec<String>> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split(' ').map(str::to_owned).collect())
+            .collect()
+    }
+}
+
+/// pebble validating DNS-01 against challtestsrv, with `eab` required
+/// when given, a serving terminator and its Redis. Bind every field when
+/// destructuring, as with [`AcmeStack`].
+pub struct DnsStack {
+    pub nginx: Nginx,
+    pub pebble: Pebble,
+    pub redis: Redis,
+    pub pki: Pki,
+    pub chall: ChallTestSrv,
+}
+
+impl DnsStack {
+    pub fn start(eab: Option<(&str, &str)>) -> DnsStack {
+        let pki = Pki::new();
+        let redis = Redis::start();
+        let chall = ChallTestSrv::start();
+        let http_port = free_port();
+        let pebble = Pebble::start_with(http_port, chall.dns, eab);
+        let nginx = Nginx::start(
+            &pki,
+            ANSWER_AND_SERVE,
+            NginxOpts::new().redis(&redis).var("HTTP_PORT", http_port),
+        );
+        DnsStack {
+            nginx,
+            pebble,
+            redis,
+            pki,
+            chall,
+        }
+    }
 }
