@@ -267,6 +267,7 @@ unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
             match level {
                 Level::Warn => Log::cycle().warn(format_args!("{msg}")),
                 Level::Info => Log::cycle().info(format_args!("{msg}")),
+                Level::Debug => debug!(Log::cycle(), "{msg}"),
             }
         }
         // The borrow is released: resuming a connection may run the
@@ -321,5 +322,9 @@ fn event_text(ev: &Event) -> String {
         }
         Event::Warn(msg) => format!("fetcher warning: {msg}"),
         Event::Redis(note) => format!("redis connection report: {note:?}"),
+        Event::OnDemand { name, result } => match result {
+            Ok(()) => format!("on-demand enqueue done, name: \"{name}\""),
+            Err(e) => format!("on-demand enqueue failed ({e}), name: \"{name}\""),
+        },
     }
 }

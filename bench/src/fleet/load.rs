@@ -278,7 +278,11 @@ mod tests {
             end: start + 2,
             cold,
             ok,
-            why: if ok { String::new() } else { "refused".to_owned() },
+            why: if ok {
+                String::new()
+            } else {
+                "refused".to_owned()
+            },
         }
     }
 
