@@ -282,9 +282,11 @@ impl Fetcher {
                 run(
                     cfg,
                     api,
-                    rx,
-                    acme_rx,
-                    on_demand_rx,
+                    Inboxes {
+                        certs: rx,
+                        acme: acme_rx,
+                        on_demand: on_demand_rx,
+                    },
                     thread_shared,
                     thread_parse,
                     thread_interner,
@@ -434,16 +436,26 @@ fn now_ms() -> Millis {
     crate::clock::Clock::now(&crate::clock::SystemClock)
 }
 
+/// The fetcher thread's queues, each bounded on its own.
+struct Inboxes {
+    certs: mpsc::Receiver<Request>,
+    acme: mpsc::Receiver<String>,
+    on_demand: mpsc::Receiver<String>,
+}
+
 fn run(
     cfg: FetcherConfig,
     api: Option<ApiClient>,
-    mut rx: mpsc::Receiver<Request>,
-    acme_rx: mpsc::Receiver<String>,
-    on_demand_rx: mpsc::Receiver<String>,
+    inboxes: Inboxes,
     shared: Arc<Shared>,
     parse: Arc<WorkQueue<ParseJob>>,
     interner: Arc<Interner>,
 ) {
+    let Inboxes {
+        certs: mut rx,
+        acme: acme_rx,
+        on_demand: on_demand_rx,
+    } = inboxes;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
