@@ -6,7 +6,6 @@
 //! that has a record, a name a source failed for, or an invalid SNI.
 
 use dyncert_testkit::*;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -134,34 +133,9 @@ impl OnDemand {
     }
 }
 
-/// The stream's entries: their fields, oldest first.
-fn entries(redis: &Redis, key: &str) -> Vec<BTreeMap<String, String>> {
-    let text = |r: &Reply| match r {
-        Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
-        other => panic!("not a bulk string: {other:?}"),
-    };
-    let Reply::Array(Some(items)) = redis.cmd(&["XRANGE", key, "-", "+"]) else {
-        panic!("XRANGE {key} answered no array");
-    };
-    items
-        .iter()
-        .map(|item| {
-            let Reply::Array(Some(parts)) = item else {
-                panic!("entry {item:?}");
-            };
-            let Reply::Array(Some(fields)) = &parts[1] else {
-                panic!("entry fields {item:?}");
-            };
-            fields
-                .chunks(2)
-                .map(|kv| (text(&kv[0]), text(&kv[1])))
-                .collect()
-        })
-        .collect()
-}
-
 fn names(redis: &Redis) -> Vec<String> {
-    entries(redis, STREAM)
+    redis
+        .stream_entries(STREAM)
         .into_iter()
         .map(|e| e["name"].clone())
         .collect()
@@ -188,7 +162,7 @@ fn unknown_name_gets_the_default_and_is_queued_once_per_negative_period() {
     let first = Instant::now();
     s.default(name);
     s.wait_enqueued(1.0);
-    let e = entries(&s.redis, STREAM);
+    let e = s.redis.stream_entries(STREAM);
     assert_eq!(e.len(), 1, "{e:?}");
     assert_eq!(e[0]["name"], name);
     let at: u64 = e[0]["at"].parse().expect("at is unix seconds");
@@ -369,7 +343,7 @@ fn a_random_name_flood_keeps_the_stream_at_maxlen_and_cached_names_serving() {
     assert_eq!(xlen(&s.redis, "flood:q"), MAXLEN, "exact MAXLEN trimming");
     assert_eq!(xlen(&s.redis, STREAM), 0, "the default stream is unused");
     // The newest names are kept.
-    let last = entries(&s.redis, "flood:q").pop().unwrap();
+    let last = s.redis.stream_entries("flood:q").pop().unwrap();
     assert!(
         last["name"].starts_with(&format!("r{:04}-", FLOOD - 1)),
         "{last:?}"
