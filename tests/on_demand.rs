@@ -284,7 +284,8 @@ fn a_source_that_failed_queues_nothing() {
     s.default("redis-down.example.com");
     let api = s.api.as_ref().unwrap();
     assert!(api.wait_requests_for("redis-down.example.com", 1, Duration::from_secs(3)));
-    thread::sleep(Duration::from_millis(500));
+    // Time for a (wrong) XADD to fail: two tries of dyncert_redis_timeout.
+    thread::sleep(Duration::from_millis(1500));
     assert_eq!(s.counters(), (1.0, 0.0), "{}", s.nginx.logs());
     s.nginx.assert_healthy();
 }
