@@ -441,7 +441,8 @@ pub fn on_demand_stream(args: &[&[u8]]) -> Result<Stream> {
             "a stream key is required".into(),
         ));
     };
-    // `off` is a key like any other here: the switch is dyncert_on_demand.
+    // No `off` here (the switch is dyncert_on_demand), and no `maxlen=`
+    // where the key belongs.
     let key = match key_or_off(key) {
         Ok(Some(k)) if !key.contains(&b'=') => k,
         _ => return Err(InvalidParameter::of(key)),
@@ -759,6 +760,7 @@ mod tests {
             &["q", "maxlen=-1"],
             &["q", "size=10"],
             &["maxlen=10"],
+            &["off"],
             &[""],
             &["two words"],
             &[],
