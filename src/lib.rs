@@ -44,7 +44,7 @@ const fn command(
     }
 }
 
-static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 25] = [
+static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 27] = [
     command(
         ngx_string!("dyncert"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
@@ -187,6 +187,18 @@ static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 25] = [
         ngx_string!("dyncert_acme_prefix"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
         directives::ngx_http_dyncert_acme_prefix,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_on_demand"),
+        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
+        directives::ngx_http_dyncert_on_demand,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_on_demand_stream"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
+        directives::ngx_http_dyncert_on_demand_stream,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     ngx_command_t::empty(),

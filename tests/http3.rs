@@ -327,6 +327,39 @@ fn http3_unknown_name_is_rejected_when_configured() {
     s.nginx.assert_healthy();
 }
 
+/// `dyncert_on_demand on` over QUIC: no peek, so the first handshake
+/// finds the name still being fetched; it is queued when the lookup says
+/// it is unknown, once per negative-cache period, like over TCP
+/// (tests/on_demand.rs).
+#[test]
+fn http3_unknown_name_is_queued_for_on_demand_once() {
+    let Some(python) = client_or_skip("http3_unknown_name_is_queued_for_on_demand_once") else {
+        return;
+    };
+    let mut s = start("dyncert_on_demand on;");
+    let name = "quic-new.example.net";
+    let queued = |s: &Stack| -> Vec<String> {
+        s.redis
+            .stream_entries("dyncert:on-demand")
+            .into_iter()
+            .map(|e| e["name"].clone())
+            .collect()
+    };
+    for _ in 0..3 {
+        let r = h3_get(&python, s.nginx.port, name)
+            .unwrap_or_else(|e| panic!("HTTP/3 request failed: {e}\n{}", s.nginx.logs()));
+        assert!(r.is_default(), "SANs {:?}", r.leaf_sans());
+        r.assert_http3();
+    }
+    let first = poll(Duration::from_secs(5), Duration::from_millis(20), || {
+        (!queued(&s).is_empty()).then_some(())
+    });
+    assert!(first.is_some(), "not queued:\n{}", s.nginx.logs());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(queued(&s), [name]);
+    s.nginx.assert_healthy();
+}
+
 /// `dyncert_tenant_policy on` over QUIC: the same invariant as over TCP
 /// (tests/tenant_attacks.rs). QUIC has no peek, so the first handshake for
 /// an uncached name gets the default certificate: its request is refused.

@@ -131,8 +131,17 @@ pub struct CertCache<V> {
     positive: Lru<Positive<V>>,
     /// Sum of the weights of the entries in `positive`.
     bytes: usize,
-    /// When each name was found unknown.
-    negative: Lru<Millis>,
+    /// When each name was found unknown, and whether it may still be
+    /// queued for on-demand issuance (see [`Self::take_on_demand`]).
+    negative: Lru<Negative>,
+}
+
+/// A negative entry.
+#[derive(Debug, Clone, Copy)]
+struct Negative {
+    at: Millis,
+    /// One on-demand enqueue is still allowed for this entry.
+    on_demand: bool,
 }
 
 impl<V> CertCache<V> {
@@ -166,7 +175,7 @@ impl<V> CertCache<V> {
         let holds = self
             .negative
             .value(slot)
-            .is_some_and(|&at| negative_holds(&self.policy, at, now));
+            .is_some_and(|n| negative_holds(&self.policy, n.at, now));
         if !holds {
             self.negative.remove_at(slot);
             return Lookup::Miss;
@@ -218,7 +227,7 @@ impl<V> CertCache<V> {
             None => self
                 .negative
                 .get(name)
-                .is_some_and(|&at| negative_holds(&self.policy, at, now)),
+                .is_some_and(|n| negative_holds(&self.policy, n.at, now)),
         }
     }
 
@@ -319,6 +328,12 @@ impl<V> CertCache<V> {
     /// once a fetch says so. Evicts least-recently-used negative entries
     /// beyond `negative_max`, never a certificate.
     pub fn insert_negative(&mut self, name: String, now: Millis) {
+        self.insert_negative_for(name, now, false);
+    }
+
+    /// [`Self::insert_negative`]; with `on_demand`, the entry allows one
+    /// on-demand enqueue ([`Self::take_on_demand`]) during its lifetime.
+    pub fn insert_negative_for(&mut self, name: String, now: Millis, on_demand: bool) {
         if let Some(slot) = self.positive.find(&name) {
             self.remove_positive(slot);
         }
@@ -331,7 +346,24 @@ impl<V> CertCache<V> {
                 break;
             }
         }
-        self.negative.insert(name, now);
+        self.negative.insert(name, Negative { at: now, on_demand });
+    }
+
+    /// True once per negative entry made with `on_demand`, while it holds:
+    /// the name may be queued for on-demand issuance now, and not again
+    /// until a new entry replaces this one (after `negative`).
+    pub fn take_on_demand(&mut self, name: &str, now: Millis) -> bool {
+        let Some(slot) = self.negative.find(name) else {
+            return false;
+        };
+        let policy = self.policy;
+        match self.negative.value_mut(slot) {
+            Some(n) if n.on_demand && negative_holds(&policy, n.at, now) => {
+                n.on_demand = false;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Keeps only the entries for which `keep(name, value)` is true (value
@@ -666,6 +698,30 @@ mod tests {
         cache.refresh_failed("neg", START, SECOND);
         assert!(matches!(cache.get("neg", START), Lookup::Negative));
         assert_eq!((cache.len(), cache.negative_len()), (0, 1));
+    }
+
+    #[test]
+    fn a_negative_entry_allows_one_on_demand_enqueue_while_it_holds() {
+        let mut cache = CertCache::<u64>::new(policy(10));
+        cache.insert_negative_for("nx".to_owned(), START, true);
+        assert!(cache.take_on_demand("nx", START + SECOND));
+        assert!(!cache.take_on_demand("nx", START + 2 * SECOND), "once");
+        // A new entry (the next negative period) allows one more.
+        cache.insert_negative_for("nx".to_owned(), START + MINUTE, true);
+        assert!(cache.take_on_demand("nx", START + MINUTE));
+    }
+
+    #[test]
+    fn no_on_demand_enqueue_without_a_marked_live_negative_entry() {
+        let mut cache = CertCache::<u64>::new(policy(10));
+        assert!(!cache.take_on_demand("absent", START));
+        cache.insert_negative("refused".to_owned(), START);
+        assert!(!cache.take_on_demand("refused", START), "not marked");
+        cache.insert_negative_for("old".to_owned(), START, true);
+        let gone = START + cache.policy().negative;
+        assert!(!cache.take_on_demand("old", gone), "expired");
+        cache.insert("cert".to_owned(), 1, START, START + 30 * 24 * 60 * MINUTE);
+        assert!(!cache.take_on_demand("cert", START), "a certificate");
     }
 
     #[test]

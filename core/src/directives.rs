@@ -13,6 +13,7 @@ use crate::cache::CachePolicy;
 use crate::cidr::Cidr;
 use crate::clock::Millis;
 use crate::fetch::{check_redis_url, redact_redis_url};
+use crate::on_demand::{Stream, MAXLEN_DEFAULT, MAXLEN_MAX};
 use crate::template::UrlTemplate;
 
 /// A directive argument nginx refuses, shown as `invalid parameter
@@ -430,6 +431,37 @@ pub fn api(args: &[&[u8]]) -> Result<Api> {
     })
 }
 
+/// `dyncert_on_demand_stream KEY [maxlen=N]`: the stream's key (1 to 128
+/// bytes of printable ASCII without spaces) and its bound, 1 to
+/// [`MAXLEN_MAX`] entries ([`MAXLEN_DEFAULT`] when not given).
+pub fn on_demand_stream(args: &[&[u8]]) -> Result<Stream> {
+    let Some((&key, params)) = args.split_first() else {
+        return Err(InvalidParameter::because(
+            String::new(),
+            "a stream key is required".into(),
+        ));
+    };
+    // No `off` here (the switch is dyncert_on_demand), and no `maxlen=`
+    // where the key belongs.
+    let key = match key_or_off(key) {
+        Ok(Some(k)) if !key.contains(&b'=') => k,
+        _ => return Err(InvalidParameter::of(key)),
+    };
+    let mut maxlen = MAXLEN_DEFAULT;
+    for &p in params {
+        match p.strip_prefix(b"maxlen=").and_then(parse_number) {
+            Some(n) if (1..=MAXLEN_MAX).contains(&n) => maxlen = n,
+            _ => {
+                return Err(InvalidParameter::because(
+                    String::from_utf8_lossy(p).into_owned(),
+                    format!("expected maxlen=N with N from 1 to {MAXLEN_MAX}"),
+                ))
+            }
+        }
+    }
+    Ok(Stream { key, maxlen })
+}
+
 /// Most networks one `dyncert_allow` list holds (beyond: the argument
 /// that crossed the bound is refused).
 pub const MAX_ALLOW: usize = 100_000;
@@ -700,6 +732,45 @@ mod tests {
             "the last one counts"
         );
         assert_eq!(cache(&[b"max=10000000"]).unwrap().max_entries, 10_000_000);
+    }
+
+    #[test]
+    fn on_demand_stream_is_a_key_and_an_optional_maxlen() {
+        let stream = |args: &[&str]| {
+            let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+            on_demand_stream(&args)
+        };
+        assert_eq!(
+            stream(&["dyncert:on-demand"]),
+            Ok(Stream {
+                key: crate::on_demand::STREAM_DEFAULT.into(),
+                maxlen: MAXLEN_DEFAULT
+            })
+        );
+        assert_eq!(stream(&["{t}:q", "maxlen=100"]).map(|s| s.maxlen), Ok(100));
+        assert_eq!(
+            stream(&["q", "maxlen=1000000"]).map(|s| s.maxlen),
+            Ok(MAXLEN_MAX)
+        );
+        for bad in [
+            &["q", "maxlen=0"][..],
+            &["q", "maxlen=1000001"],
+            &["q", "maxlen=99999999999999999999999"],
+            &["q", "maxlen="],
+            &["q", "maxlen=-1"],
+            &["q", "size=10"],
+            &["maxlen=10"],
+            &["off"],
+            &[""],
+            &["two words"],
+            &[],
+        ] {
+            assert!(stream(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            text(stream(&["q", "maxlen=0"]).unwrap_err()),
+            "invalid parameter \"maxlen=0\": expected maxlen=N with N from 1 to 1000000"
+        );
     }
 
     #[test]

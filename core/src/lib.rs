@@ -17,6 +17,7 @@ pub mod keyref;
 pub mod lru;
 pub mod metrics;
 pub mod name;
+pub mod on_demand;
 #[allow(unsafe_code)]
 mod ossl_engine;
 #[allow(unsafe_code)]

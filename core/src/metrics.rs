@@ -105,9 +105,11 @@ pub enum Simple {
     TierSyncLoads,
     TierLoadsRefused,
     KeyRefsResolved,
+    OnDemandEnqueued,
+    OnDemandErrors,
 }
 
-const SIMPLE: [(Simple, &str, &str); 20] = [
+const SIMPLE: [(Simple, &str, &str); 22] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -211,6 +213,17 @@ const SIMPLE: [(Simple, &str, &str); 20] = [
         "dyncert_key_references_resolved_total",
         "Private keys loaded from a PKCS#11 module through a record's key reference \
          (once per fetched record; handshakes reuse the loaded key).",
+    ),
+    (
+        Simple::OnDemandEnqueued,
+        "dyncert_on_demand_enqueued_total",
+        "Unknown names added to the on-demand stream (dyncert_on_demand).",
+    ),
+    (
+        Simple::OnDemandErrors,
+        "dyncert_on_demand_enqueue_errors_total",
+        "Unknown names that could not be added to the on-demand stream \
+         (Redis error or timeout, or the worker's enqueue queue full).",
     ),
 ];
 

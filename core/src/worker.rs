@@ -17,6 +17,7 @@ use crate::flight::{Inflight, Join};
 use crate::intern::Interner;
 use crate::metrics::{MetricSink, Simple, W_BYTES, W_ENTRIES, W_INFLIGHT};
 use crate::name::wildcard_parent;
+use crate::on_demand::{is_queueable_name, should_enqueue, unknown_everywhere};
 use crate::outcome::{CertSource, FetchSource, StepOutcome};
 use crate::ratelimit::LogLimiter;
 use crate::tier::{SharedTier, TierHit};
@@ -31,6 +32,9 @@ pub trait FetchQueue {
     /// Queues the parse of the tier's record for `name` (off the event
     /// loop, answered like a fetch); `false` when it cannot be queued.
     fn load(&self, name: &str, hit: TierHit) -> bool;
+    /// Queues `name` for the on-demand stream without blocking; `false`
+    /// when it cannot be queued.
+    fn on_demand(&self, name: &str) -> bool;
 }
 
 impl FetchQueue for Fetcher {
@@ -40,6 +44,10 @@ impl FetchQueue for Fetcher {
 
     fn load(&self, name: &str, hit: TierHit) -> bool {
         Fetcher::load(self, name, hit)
+    }
+
+    fn on_demand(&self, name: &str) -> bool {
+        Fetcher::request_on_demand(self, name)
     }
 }
 
@@ -125,6 +133,8 @@ impl Selection {
 pub enum Level {
     Warn,
     Info,
+    /// Only in an nginx built `--with-debug`.
+    Debug,
 }
 
 /// How long a name whose fetch failed waits before a refresh is retried.
@@ -161,6 +171,14 @@ pub struct Worker<W, Q> {
     /// before an update whose message was lost, so its result is taken as
     /// fetched before `epoch`. At most `dyncert_fetch_concurrency` names.
     suspect: HashSet<String>,
+    /// Names being fetched that a handshake on a server with
+    /// `dyncert_on_demand on` found without a certificate (no peek step:
+    /// QUIC, or the name's negative entry ended meanwhile): queued as soon
+    /// as the fetch says they are unknown everywhere. At most the names in
+    /// flight.
+    on_demand_wanted: HashSet<String>,
+    /// On-demand enqueue failures: at most one line per interval.
+    on_demand_log: LogLimiter,
 }
 
 /// The deadlines to cache a record with, given when it was fetched: a
@@ -196,6 +214,8 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             sync_loads: (0, 0),
             epoch: 0,
             suspect: HashSet::new(),
+            on_demand_wanted: HashSet::new(),
+            on_demand_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
         }
     }
 
@@ -431,6 +451,50 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         wildcard_parent(name).is_some_and(|w| self.cache.contains_usable(&w, now))
     }
 
+    /// Called after a handshake on a server with `dyncert_on_demand on`
+    /// got no certificate for `name` (the default one, or the rejection):
+    /// queues the name for on-demand issuance when [`should_enqueue`] says
+    /// so, at most once per negative entry; a name still being fetched is
+    /// queued when its lookup ends, if it is unknown everywhere.
+    pub fn on_demand(&mut self, name: &str, now: Millis, log: &mut dyn FnMut(Level, String)) {
+        let cache = &mut self.cache;
+        if should_enqueue(name, true, || cache.take_on_demand(name, now)) {
+            self.enqueue(name, now, log);
+        } else if is_queueable_name(name) && self.inflight.is_in_flight(name) {
+            self.on_demand_wanted.insert(name.to_owned());
+        }
+    }
+
+    fn enqueue(&mut self, name: &str, now: Millis, log: &mut dyn FnMut(Level, String)) {
+        if self.queue.on_demand(name) {
+            return; // counted when the fetcher reports
+        }
+        self.on_demand_failed(name, "the on-demand queue is full", now, log);
+    }
+
+    fn on_demand_failed(
+        &mut self,
+        name: &str,
+        why: &str,
+        now: Millis,
+        log: &mut dyn FnMut(Level, String),
+    ) {
+        self.count(Simple::OnDemandErrors);
+        if let Some(suppressed) = self.on_demand_log.allow(now) {
+            let more = if suppressed > 0 {
+                format!(" ({suppressed} similar errors suppressed)")
+            } else {
+                String::new()
+            };
+            log(
+                Level::Warn,
+                format!(
+                    "dyncert: {why} while queuing for on-demand issuance, name: \"{name}\"{more}"
+                ),
+            );
+        }
+    }
+
     fn start_fetch(&mut self, name: &str, now: Millis) {
         let have = self.cache.peek(name).map(|e| e.fetched);
         let queued = match self.inflight.join(name, None) {
@@ -507,6 +571,19 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             }
             // Answered by the ACME handler, which the glue routes them to.
             Event::Acme { .. } => Vec::new(),
+            Event::OnDemand { name, result } => {
+                match result {
+                    Ok(()) => {
+                        self.count(Simple::OnDemandEnqueued);
+                        log(
+                            Level::Debug,
+                            format!("dyncert: queued for on-demand issuance, name: \"{name}\""),
+                        );
+                    }
+                    Err(e) => self.on_demand_failed(&name, &e.to_string(), now, log),
+                }
+                Vec::new()
+            }
         }
     }
 
@@ -615,6 +692,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             ..
         } = r;
         let suspect = self.suspect.remove(&name);
+        let wanted = self.on_demand_wanted.remove(&name);
         let layout = self.sink.layout();
         for step in &steps {
             self.sink.add(layout.fetch(step.source, step.outcome), 1);
@@ -679,7 +757,15 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 self.cache.remove(&name);
             }
             Outcome::NotFound => {
-                self.cache.insert_negative(name.clone(), now);
+                // Only a lookup every source answered grants the negative
+                // entry its one enqueue; a handshake that already asked
+                // for it takes it now.
+                let unknown = unknown_everywhere(&steps);
+                self.cache
+                    .insert_negative_for(name.clone(), now, unknown && !wanted);
+                if unknown && wanted {
+                    self.enqueue(&name, now, log);
+                }
             }
             Outcome::Refused(refusal) => {
                 self.sink.add(layout.rejected(refusal.label), 1);
@@ -751,6 +837,8 @@ mod tests {
         asked: RefCell<Vec<String>>,
         /// Tier records handed to the parse thread.
         loads: RefCell<Vec<(String, TierHit)>>,
+        /// Names queued for the on-demand stream.
+        on_demand: RefCell<Vec<String>>,
         full: std::cell::Cell<bool>,
     }
 
@@ -768,6 +856,14 @@ mod tests {
                 return false;
             }
             self.loads.borrow_mut().push((name.to_owned(), hit));
+            true
+        }
+
+        fn on_demand(&self, name: &str) -> bool {
+            if self.full.get() {
+                return false;
+            }
+            self.on_demand.borrow_mut().push(name.to_owned());
             true
         }
     }
@@ -913,6 +1009,166 @@ mod tests {
 
     fn fingerprint(r: Selection) -> (Option<u8>, CertSource) {
         (r.cert.map(|c| c.fingerprint[0]), r.source)
+    }
+
+    // ---- on demand ----
+
+    fn unknown(name: &str, sources: &[(FetchSource, StepOutcome)]) -> Event {
+        Event::Fetched(FetchResult {
+            name: name.to_owned(),
+            outcome: Outcome::NotFound,
+            elapsed: Duration::ZERO,
+            steps: sources
+                .iter()
+                .map(|&(source, outcome)| Step {
+                    source,
+                    outcome,
+                    elapsed: Duration::ZERO,
+                })
+                .collect(),
+            loaded: false,
+        })
+    }
+
+    const REDIS_MISS: [(FetchSource, StepOutcome); 2] = [
+        (FetchSource::Redis, StepOutcome::Miss),
+        (FetchSource::Redis, StepOutcome::Miss),
+    ];
+
+    fn queued(w: &TestWorker) -> Vec<String> {
+        w.queue().on_demand.borrow().clone()
+    }
+
+    fn on_demand(w: &mut TestWorker, name: &str, now: Millis) -> Vec<(Level, String)> {
+        let mut lines = Vec::new();
+        w.on_demand(name, now, &mut |l, m| lines.push((l, m)));
+        lines
+    }
+
+    #[test]
+    fn an_unknown_name_is_queued_once_per_negative_period() {
+        let (mut w, _) = worker();
+        let name = "nx.example.com";
+        assert_eq!(w.pre_handshake(name, 1, NOW), PreHandshake::Park);
+        apply(&mut w, unknown(name, &REDIS_MISS), NOW);
+        for i in 0..10 {
+            assert_eq!(w.for_handshake(name, NOW + i).tier, Tier::Negative);
+            on_demand(&mut w, name, NOW + i);
+        }
+        assert_eq!(queued(&w), [name]);
+        // The negative entry ends: fetched again, queued again.
+        let later = NOW + 30 * SECOND;
+        assert_eq!(w.pre_handshake(name, 2, later), PreHandshake::Park);
+        apply(&mut w, unknown(name, &REDIS_MISS), later);
+        on_demand(&mut w, name, later);
+        assert_eq!(queued(&w), [name, name]);
+    }
+
+    #[test]
+    fn a_name_a_source_failed_or_refused_for_is_not_queued() {
+        use FetchSource::{Api, Redis};
+        let bad = [
+            vec![(Redis, StepOutcome::Error), (Api, StepOutcome::Miss)],
+            vec![(Redis, StepOutcome::Timeout), (Api, StepOutcome::Miss)],
+            vec![
+                (Redis, StepOutcome::Miss),
+                (Redis, StepOutcome::Miss),
+                (Api, StepOutcome::Error),
+            ],
+            vec![],
+        ];
+        for (i, steps) in bad.iter().enumerate() {
+            let (mut w, _) = worker();
+            let name = format!("n{i}.example.com");
+            w.pre_handshake(&name, 1, NOW);
+            apply(&mut w, unknown(&name, steps), NOW);
+            on_demand(&mut w, &name, NOW);
+            assert!(queued(&w).is_empty(), "{steps:?}");
+        }
+        // A refused record and a failed lookup are not "unknown" either.
+        let (mut w, _) = worker();
+        for (name, outcome) in [("r.example.com", refused()), ("f.example.com", failed())] {
+            w.pre_handshake(name, 1, NOW);
+            apply(&mut w, fetched(name, outcome), NOW);
+            on_demand(&mut w, name, NOW);
+        }
+        assert!(queued(&w).is_empty());
+    }
+
+    #[test]
+    fn a_name_still_being_fetched_is_queued_when_its_lookup_says_unknown() {
+        // No peek step (QUIC): the handshake comes before the answer.
+        let (mut w, _) = worker();
+        let name = "quic.example.com";
+        assert_eq!(w.for_handshake(name, NOW).tier, Tier::Miss);
+        on_demand(&mut w, name, NOW);
+        assert!(queued(&w).is_empty());
+        apply(&mut w, unknown(name, &REDIS_MISS), NOW);
+        assert_eq!(queued(&w), [name]);
+        // The negative entry's allowance was used by that enqueue.
+        on_demand(&mut w, name, NOW + 1);
+        assert_eq!(queued(&w), [name]);
+    }
+
+    #[test]
+    fn a_handshake_that_never_asked_leaves_the_allowance_to_one_that_does() {
+        let (mut w, _) = worker();
+        let name = "plain.example.com";
+        w.pre_handshake(name, 1, NOW);
+        apply(&mut w, unknown(name, &REDIS_MISS), NOW);
+        // Handshakes on servers without on-demand do not call on_demand.
+        w.for_handshake(name, NOW);
+        assert!(queued(&w).is_empty());
+        on_demand(&mut w, name, NOW + 1);
+        assert_eq!(queued(&w), [name]);
+    }
+
+    #[test]
+    fn invalid_names_and_cached_names_are_never_queued() {
+        let (mut w, _) = worker();
+        on_demand(&mut w, "192.0.2.1", NOW);
+        on_demand(&mut w, "Upper.example.com", NOW);
+        cache(&mut w, "a.example.com", cert(1, NOT_AFTER), NOW);
+        on_demand(&mut w, "a.example.com", NOW);
+        assert!(queued(&w).is_empty());
+    }
+
+    #[test]
+    fn enqueue_results_are_counted_and_failures_logged_at_most_once_per_interval() {
+        let (mut w, m) = worker();
+        let (_, lines) = apply(
+            &mut w,
+            Event::OnDemand {
+                name: "a.example.com".into(),
+                result: Ok(()),
+            },
+            NOW,
+        );
+        assert_eq!(m.simple(Simple::OnDemandEnqueued), 1);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].0, Level::Debug);
+        let mut warns = 0;
+        for i in 0..5 {
+            let (_, lines) = apply(
+                &mut w,
+                Event::OnDemand {
+                    name: "b.example.com".into(),
+                    result: Err(RedisError::Timeout),
+                },
+                NOW + i,
+            );
+            warns += lines.iter().filter(|(l, _)| *l == Level::Warn).count();
+        }
+        assert_eq!(m.simple(Simple::OnDemandErrors), 5);
+        assert_eq!(warns, 1);
+        // A full queue counts as an error too.
+        let name = "full.example.com";
+        w.pre_handshake(name, 1, NOW);
+        apply(&mut w, unknown(name, &REDIS_MISS), NOW);
+        w.queue().full.set(true);
+        let lines = on_demand(&mut w, name, NOW + ERROR_LOG_INTERVAL_MS);
+        assert_eq!(m.simple(Simple::OnDemandErrors), 6);
+        assert!(lines[0].1.contains("full"), "{lines:?}");
     }
 
     // ---- pre-handshake ----

@@ -16,6 +16,7 @@ use dyncert_core::cidr::Cidr;
 use dyncert_core::directives::check_redis_tls;
 use dyncert_core::fetch::{FetcherConfig, RedisTls};
 use dyncert_core::keyref::KeyRefConfig;
+use dyncert_core::on_demand::Stream;
 use dyncert_core::template::UrlTemplate;
 use ngx::ffi::{
     ngx_array_push, ngx_conf_t, ngx_http_core_srv_conf_t, ngx_http_handler_pt, ngx_http_phases,
@@ -96,6 +97,11 @@ pub struct MainConf {
     /// `Some(None)`: `dyncert_expiry_index off`.
     pub expiry_index: Option<Option<String>>,
     pub acme_prefix: Option<String>,
+    /// `dyncert_on_demand_stream`.
+    pub on_demand_stream: Option<Stream>,
+    /// Filled in postconfiguration: some server with `dyncert on` has
+    /// `dyncert_on_demand on`.
+    pub on_demand: bool,
     /// Filled in postconfiguration: some server has `dyncert on`.
     pub enabled: bool,
     /// Some location has `dyncert_metrics`.
@@ -175,6 +181,9 @@ impl MainConf {
             // Found records come back in compact form for the shared zone.
             compact: self.shared_zone.is_some(),
             key_refs: self.key_refs.clone().unwrap_or_default(),
+            on_demand: self
+                .on_demand
+                .then(|| self.on_demand_stream.clone().unwrap_or_default()),
         })
     }
 }
@@ -186,6 +195,7 @@ pub struct SrvConf {
     pub reject_unknown: Option<bool>,
     pub tenant_policy: Option<bool>,
     pub acme: Option<bool>,
+    pub on_demand: Option<bool>,
     /// Position among the http block's servers (metrics), set in
     /// postconfiguration.
     pub server_index: usize,
@@ -206,6 +216,10 @@ impl SrvConf {
     }
     pub fn acme(&self) -> bool {
         self.acme.unwrap_or(false)
+    }
+    /// `dyncert_on_demand on`, on a server with `dyncert on`.
+    pub fn on_demand(&self) -> bool {
+        self.enabled() && self.on_demand.unwrap_or(false)
     }
 }
 
@@ -241,6 +255,7 @@ impl Merge for SrvConf {
         self.reject_unknown = self.reject_unknown.or(prev.reject_unknown).or(Some(false));
         self.tenant_policy = self.tenant_policy.or(prev.tenant_policy).or(Some(false));
         self.acme = self.acme.or(prev.acme).or(Some(false));
+        self.on_demand = self.on_demand.or(prev.on_demand).or(Some(false));
         Ok(())
     }
 }
@@ -314,6 +329,8 @@ pub struct Uses {
     pub tenant: bool,
     /// Some server has `dyncert_acme_challenge on`.
     pub acme: bool,
+    /// Some server with `dyncert on` has `dyncert_on_demand on`.
+    pub on_demand: bool,
 }
 
 impl Uses {
@@ -325,6 +342,7 @@ impl Uses {
                 uses.dyncert = true;
                 uses.reject |= scf.rejects_unknown();
                 uses.tenant |= scf.tenant_policy();
+                uses.on_demand |= scf.on_demand();
             }
         }
         uses
@@ -346,6 +364,20 @@ pub fn check_redis_tls_use(cf: &mut ngx_conf_t, mcf: &MainConf) -> Result<(), Re
     for (_, directive) in set.iter().filter(|(on, _)| *on) {
         let url = mcf.redis_url.as_deref().unwrap_or("");
         check_redis_tls(url, directive).map_err(|e| emerg(cf, format_args!("{e}")))?;
+    }
+    Ok(())
+}
+
+/// `dyncert_on_demand on` queues names in Redis.
+pub fn check_on_demand(cf: &mut ngx_conf_t, mcf: &MainConf) -> Result<(), Refused> {
+    if mcf.on_demand && mcf.redis_url.is_none() {
+        return Err(emerg(
+            cf,
+            format_args!(
+                "\"dyncert_on_demand on\" is set but \"dyncert_redis\" is not: \
+                 names are queued in a Redis stream"
+            ),
+        ));
     }
     Ok(())
 }

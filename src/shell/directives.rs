@@ -373,6 +373,18 @@ fn acme_prefix(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -> D
     })
 }
 
+directive!(ngx_http_dyncert_on_demand_stream => on_demand_stream);
+/// `dyncert_on_demand_stream KEY [maxlen=N];`
+fn on_demand_stream(
+    cf: &mut ngx_conf_t,
+    mcf: &mut MainConf,
+    args: &[ngx_str_t],
+) -> DirectiveResult {
+    set_once(cf, &mut mcf.on_demand_stream, || {
+        directives::on_demand_stream(&words(args))
+    })
+}
+
 // ---- server {} level ----
 
 directive!(ngx_http_dyncert => enable);
@@ -399,6 +411,12 @@ directive!(ngx_http_dyncert_acme_challenge => acme_challenge);
 /// `dyncert_acme_challenge on|off;`
 fn acme_challenge(cf: &mut ngx_conf_t, scf: &mut SrvConf, args: &[ngx_str_t]) -> DirectiveResult {
     set_once(cf, &mut scf.acme, flag(&args[0]))
+}
+
+directive!(ngx_http_dyncert_on_demand => on_demand);
+/// `dyncert_on_demand on|off;`
+fn on_demand(cf: &mut ngx_conf_t, scf: &mut SrvConf, args: &[ngx_str_t]) -> DirectiveResult {
+    set_once(cf, &mut scf.on_demand, flag(&args[0]))
 }
 
 // ---- location {} level (also http and server, inherited) ----

@@ -22,7 +22,7 @@ use ngx::http::HttpModuleMainConf;
 
 use super::boundary::guard;
 use super::conf::{self, MainConf, Module, Refused, Uses};
-use super::log::{debug, Log};
+use super::log::{core_line, debug, Log};
 use super::state::{self, with_worker, Fetches, State};
 use super::{access, acme, handshake, metrics, peek, ssl, zone};
 
@@ -66,6 +66,8 @@ fn configure(cf: &mut ngx_conf_t) -> Result<(), Refused> {
         return Ok(());
     }
     conf::check_sources(cf, mcf)?;
+    mcf.on_demand = uses.on_demand;
+    conf::check_on_demand(cf, mcf)?;
     mcf.enabled = true;
     ssl::install_handshake_callbacks(&servers, uses);
     mcf.ports = peek::ports(cf);
@@ -264,10 +266,7 @@ unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
         })
         .unwrap_or_default();
         for (level, msg) in lines {
-            match level {
-                Level::Warn => Log::cycle().warn(format_args!("{msg}")),
-                Level::Info => Log::cycle().info(format_args!("{msg}")),
-            }
+            core_line(level, &msg);
         }
         // The borrow is released: resuming a connection may run the
         // certificate callback, which needs the worker state again.
@@ -321,5 +320,9 @@ fn event_text(ev: &Event) -> String {
         }
         Event::Warn(msg) => format!("fetcher warning: {msg}"),
         Event::Redis(note) => format!("redis connection report: {note:?}"),
+        Event::OnDemand { name, result } => match result {
+            Ok(()) => format!("on-demand enqueue done, name: \"{name}\""),
+            Err(e) => format!("on-demand enqueue failed ({e}), name: \"{name}\""),
+        },
     }
 }

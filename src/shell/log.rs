@@ -81,6 +81,17 @@ impl Log {
 /// http debug mask like nginx's own http modules. Formatted only in a
 /// `--with-debug` nginx and when the log's level asks for debug lines;
 /// without `--with-debug` the whole statement is dead code.
+/// Writes a line the core produced, at the level it says, to the cycle's
+/// log.
+pub fn core_line(level: dyncert_core::worker::Level, msg: &str) {
+    use dyncert_core::worker::Level;
+    match level {
+        Level::Warn => Log::cycle().warn(format_args!("{msg}")),
+        Level::Info => Log::cycle().info(format_args!("{msg}")),
+        Level::Debug => debug!(Log::cycle(), "{msg}"),
+    }
+}
+
 macro_rules! debug {
     ($log:expr, $($arg:tt)+) => {
         if ::ngx::log::DEBUG {

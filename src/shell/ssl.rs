@@ -9,7 +9,7 @@ use core::ffi::{c_int, c_long, c_void};
 use core::{ptr, slice};
 
 use dyncert_core::clienthello::server_name_extension_host;
-use dyncert_core::clock::{Clock, SystemClock};
+use dyncert_core::clock::{Clock, Millis, SystemClock};
 use dyncert_core::name::normalize_sni;
 use dyncert_core::outcome::CertSource;
 use dyncert_core::tenant::{session_context, SESSION_CONTEXT_LEN};
@@ -31,7 +31,7 @@ use openssl::x509::X509Ref;
 use super::boundary::guard;
 use super::conf::{emerg, server_location, Module, Refused, SrvConf, Uses};
 use super::handshake::{connection_of, servername, set_binding, set_info};
-use super::log::{debug, Log};
+use super::log::{core_line, debug, Log};
 use super::state::with_worker;
 
 /// Installs the certificate callback on the SSL_CTX of every server with
@@ -253,6 +253,9 @@ unsafe fn select_certificate(ssl: *mut SSL, scf: Option<&SrvConf>) -> c_int {
         cert.as_ref().map_or("none", |_| source.as_str())
     );
     let Some(cert) = cert else {
+        if scf.is_some_and(SrvConf::on_demand) {
+            on_demand(&name, now);
+        }
         let source = if reject {
             CertSource::Rejected
         } else {
@@ -275,6 +278,17 @@ unsafe fn select_certificate(ssl: *mut SSL, scf: Option<&SrvConf>) -> c_int {
             ));
             0
         }
+    }
+}
+
+/// A handshake on a server with `dyncert_on_demand on` got no certificate
+/// for `name`: the core decides whether to queue it (once per negative
+/// entry), the fetcher thread adds it to the stream.
+fn on_demand(name: &str, now: Millis) {
+    let mut lines = Vec::new();
+    with_worker(|w| w.on_demand(name, now, &mut |l, m| lines.push((l, m))));
+    for (level, msg) in lines {
+        core_line(level, &msg);
     }
 }
 
@@ -404,19 +418,23 @@ unsafe fn rejects_name(ssl: *mut SSL) -> bool {
     let Some(hc) = (unsafe { c.data.cast::<ngx_http_connection_t>().as_ref() }) else {
         return false;
     };
-    if !Module::server_conf(hc).is_some_and(|s| s.enabled() && s.rejects_unknown()) {
+    let Some(scf) = Module::server_conf(hc).filter(|s| s.enabled() && s.rejects_unknown()) else {
         return false;
-    }
+    };
     // SAFETY: the caller's contract.
     let Some(raw) = (unsafe { servername(ssl) }) else {
         return false; // no SNI: the default certificate
     };
-    let known = normalize_sni(raw).is_ok_and(|name| {
-        let now = SystemClock.now();
-        with_worker(|w| w.has_certificate(&name, now)).unwrap_or(false)
-    });
+    let now = SystemClock.now();
+    let name = normalize_sni(raw).ok();
+    let known = name
+        .as_ref()
+        .is_some_and(|name| with_worker(|w| w.has_certificate(name, now)).unwrap_or(false));
     if known {
         return false;
+    }
+    if let Some(name) = name.filter(|_| scf.on_demand()) {
+        on_demand(&name, now);
     }
     // SAFETY: c->ssl is the live ngx_ssl_connection_t of this handshake.
     if let Some(sc) = unsafe { c.ssl.as_mut() } {

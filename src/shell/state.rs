@@ -45,6 +45,10 @@ impl FetchQueue for Fetches {
         );
         queued
     }
+
+    fn on_demand(&self, name: &str) -> bool {
+        self.0.request_on_demand(name)
+    }
 }
 
 pub struct State {

@@ -382,6 +382,31 @@ impl Redis {
             .collect()
     }
 
+    /// The entries of the stream `key` (`XRANGE key - +`), oldest first,
+    /// each as its fields (empty when there is no such stream).
+    pub fn stream_entries(&self, key: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+        let text = |r: &Reply| match r {
+            Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("XRANGE {key}: unexpected item {other:?}"),
+        };
+        let Reply::Array(Some(items)) = self.cmd(&["XRANGE", key, "-", "+"]) else {
+            panic!("XRANGE {key}: not an array");
+        };
+        items
+            .iter()
+            .map(|item| match item {
+                Reply::Array(Some(parts)) => match parts.get(1) {
+                    Some(Reply::Array(Some(fields))) => fields
+                        .chunks(2)
+                        .map(|kv| (text(&kv[0]), text(&kv[1])))
+                        .collect(),
+                    other => panic!("XRANGE {key}: entry fields {other:?}"),
+                },
+                other => panic!("XRANGE {key}: entry {other:?}"),
+            })
+            .collect()
+    }
+
     /// One field of `name`'s record.
     pub fn record_field(&self, name: &str, field: &str) -> Option<String> {
         self.record(name)

@@ -16,6 +16,7 @@
 
 mod acme;
 mod conn;
+mod enqueue;
 mod error;
 mod invalidate;
 mod redis;
@@ -85,6 +86,9 @@ pub struct FetcherConfig {
     pub compact: bool,
     /// Which key references records may use (`dyncert_key_references`).
     pub key_refs: KeyRefConfig,
+    /// Where unknown names are queued for on-demand issuance; `None`: no
+    /// server has `dyncert_on_demand on`.
+    pub on_demand: Option<crate::on_demand::Stream>,
 }
 
 /// Result of one lookup.
@@ -167,6 +171,12 @@ pub enum Event {
         token: String,
         answer: AcmeAnswer,
     },
+    /// A name queued for on-demand issuance was added to the stream, or
+    /// could not be.
+    OnDemand {
+        name: String,
+        result: Result<(), RedisError>,
+    },
 }
 
 #[derive(Debug)]
@@ -217,6 +227,8 @@ pub struct Fetcher {
     tx: Option<mpsc::Sender<Request>>,
     /// ACME tokens to read.
     acme_tx: Option<mpsc::Sender<String>>,
+    /// Names to add to the on-demand stream.
+    on_demand_tx: Option<mpsc::Sender<String>>,
     shared: Arc<Shared>,
     wake: UnixStream,
     thread: Option<JoinHandle<()>>,
@@ -246,6 +258,8 @@ impl Fetcher {
         });
         let (tx, rx) = mpsc::channel(cfg.queue_cap.max(1));
         let (acme_tx, acme_rx) = mpsc::channel(cfg.acme_queue_cap.max(1));
+        // At most one enqueue per finished lookup: the lookups' bound.
+        let (on_demand_tx, on_demand_rx) = mpsc::channel(cfg.queue_cap.max(1));
         // Every lookup in flight has at most one record being parsed.
         let parse = Arc::new(WorkQueue::new(cfg.queue_cap.max(1) * 2));
         let parse_queue = parse.clone();
@@ -268,8 +282,11 @@ impl Fetcher {
                 run(
                     cfg,
                     api,
-                    rx,
-                    acme_rx,
+                    Inboxes {
+                        certs: rx,
+                        acme: acme_rx,
+                        on_demand: on_demand_rx,
+                    },
                     thread_shared,
                     thread_parse,
                     thread_interner,
@@ -286,6 +303,7 @@ impl Fetcher {
         Ok(Fetcher {
             tx: Some(tx),
             acme_tx: Some(acme_tx),
+            on_demand_tx: Some(on_demand_tx),
             shared,
             wake,
             thread: Some(thread),
@@ -347,6 +365,17 @@ impl Fetcher {
         }
     }
 
+    /// Queues `name` (already decided by [`crate::on_demand`]) for the
+    /// on-demand stream without blocking. `false` when it cannot be queued
+    /// (full, or the thread is gone). A queue of its own: enqueues never
+    /// take a lookup's place.
+    pub fn request_on_demand(&self, name: &str) -> bool {
+        match &self.on_demand_tx {
+            Some(tx) => tx.try_send(name.to_owned()).is_ok(),
+            None => false,
+        }
+    }
+
     /// Empties the wake-up socket and returns every finished lookup.
     pub fn drain(&self) -> Vec<Event> {
         let mut buf = [0u8; 256];
@@ -367,6 +396,7 @@ impl Fetcher {
     pub fn stop(&mut self) {
         self.tx = None;
         self.acme_tx = None;
+        self.on_demand_tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -406,15 +436,26 @@ fn now_ms() -> Millis {
     crate::clock::Clock::now(&crate::clock::SystemClock)
 }
 
+/// The fetcher thread's queues, each bounded on its own.
+struct Inboxes {
+    certs: mpsc::Receiver<Request>,
+    acme: mpsc::Receiver<String>,
+    on_demand: mpsc::Receiver<String>,
+}
+
 fn run(
     cfg: FetcherConfig,
     api: Option<ApiClient>,
-    mut rx: mpsc::Receiver<Request>,
-    acme_rx: mpsc::Receiver<String>,
+    inboxes: Inboxes,
     shared: Arc<Shared>,
     parse: Arc<WorkQueue<ParseJob>>,
     interner: Arc<Interner>,
 ) {
+    let Inboxes {
+        certs: mut rx,
+        acme: acme_rx,
+        on_demand: on_demand_rx,
+    } = inboxes;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -426,6 +467,7 @@ fn run(
             // so the event loop logs it and serves the default. ACME reads
             // are refused at once (their queue is closed): 503.
             drop(acme_rx);
+            drop(on_demand_rx);
             let error = FetchError::Runtime(e.to_string());
             while let Some(Request::Cert(name)) = rx.blocking_recv() {
                 shared.push(Event::Fetched(FetchResult {
@@ -461,6 +503,18 @@ fn run(
         }
         let reader = acme::AcmeReader::new(&redis, &cfg.acme_prefix, cfg.redis_timeout);
         tokio::spawn(acme::answer(acme_rx, reader, shared.clone()));
+        match cfg.on_demand.clone() {
+            Some(stream) => {
+                tokio::spawn(enqueue::run(
+                    on_demand_rx,
+                    redis.clone(),
+                    stream,
+                    cfg.redis_timeout,
+                    shared.clone(),
+                ));
+            }
+            None => drop(on_demand_rx),
+        }
         let renew = shared.renew_redis.clone();
         let target = match target {
             Some(Ok(t)) => Some((t, notes.clone())),

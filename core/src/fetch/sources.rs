@@ -115,7 +115,16 @@ impl Sources {
                         }
                     }
                 }
-                Err(e) => redis_error = Some(e.clone()),
+                Err(e) => {
+                    // Counted, and it tells on-demand that Redis was not
+                    // asked (see crate::on_demand::unknown_everywhere).
+                    steps.push(Step {
+                        source: FetchSource::Redis,
+                        outcome: StepOutcome::Error,
+                        elapsed: std::time::Duration::ZERO,
+                    });
+                    redis_error = Some(e.clone());
+                }
             }
         }
         let Some(api) = &self.api else {
