@@ -31,9 +31,11 @@ use crate::metrics::{Failure, Metrics, OnDemand, Order};
 use crate::renew;
 use crate::schedule::{Schedule, Step};
 use crate::store::Store;
+use dyncert_core::on_demand;
 
-/// The stream terminators add unknown names to.
-pub const ON_DEMAND_STREAM_DEFAULT: &str = "dyncert:on-demand";
+/// The stream terminators add unknown names to (`dyncert_on_demand_stream`'s
+/// default, shared with the module).
+pub const ON_DEMAND_STREAM_DEFAULT: &str = dyncert_core::on_demand::STREAM_DEFAULT;
 pub const LEASE_KEY_DEFAULT: &str = "dyncert:issuer-lease";
 /// The consumer group every instance reads the stream in.
 const GROUP: &str = "dyncert-issuer";
@@ -719,7 +721,9 @@ fn entries(v: &Value) -> Vec<Entry> {
             let name = match parts.get(1) {
                 Some(Value::Array(fields)) => fields
                     .chunks(2)
-                    .find(|kv| kv.len() == 2 && text(&kv[0]).as_deref() == Some("name"))
+                    .find(|kv| {
+                        kv.len() == 2 && text(&kv[0]).as_deref() == Some(on_demand::FIELD_NAME)
+                    })
                     .and_then(|kv| text(&kv[1]))
                     .filter(|n| !n.is_empty() && n.len() <= NAME_MAX),
                 _ => None,

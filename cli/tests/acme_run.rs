@@ -541,3 +541,128 @@ fn run_refuses_bad_options_with_one_line() {
         "dyncert: dyncert run needs the expiry index (--index off)"
     );
 }
+
+/// ANSWER_AND_SERVE with `dyncert_on_demand on` on the TLS server and a
+/// stream bound of 500 entries.
+fn on_demand_config() -> String {
+    let cfg = ANSWER_AND_SERVE
+        .replacen(
+            "    dyncert_redis @REDIS@;\n",
+            "    dyncert_redis @REDIS@;\n    dyncert_on_demand_stream dyncert:on-demand maxlen=500;\n",
+            1,
+        )
+        .replacen("        dyncert on;\n", "        dyncert on;\n        dyncert_on_demand on;\n", 1);
+    assert!(cfg.contains("dyncert_on_demand on;") && cfg.contains("maxlen=500"));
+    cfg
+}
+
+/// The serial of the leaf `nginx` serves for `name`, when it names `name`
+/// (else the default certificate was served: `None`).
+fn served(nginx: &Nginx, name: &str) -> Option<(String, Vec<X509>)> {
+    let r = Request::get("/").sni(name).https(nginx.port).ok()?;
+    let tls = r.tls();
+    tls.leaf_sans
+        .iter()
+        .any(|s| s == name)
+        .then(|| (serial(&tls.chain[0]), tls.chain.clone()))
+}
+
+/// The whole on-demand path, nothing written by the test: a first visitor's
+/// handshake on terminator A gets the default certificate and makes the
+/// module queue the name; `dyncert run` asks the endpoint, orders it over
+/// HTTP-01 (answered by the terminators), stores and publishes it; a later
+/// handshake on A and on terminator B (same Redis) gets the issued
+/// certificate. A forbidden name is queued and never ordered; 1,000 random
+/// names from handshakes leave the stream at its bound and order nothing.
+#[test]
+fn a_first_visitor_triggers_issuance_served_by_two_terminators() {
+    let config = on_demand_config();
+    let AcmeStack {
+        nginx: mut a,
+        pebble,
+        redis,
+        pki,
+        dns: _dns,
+    } = AcmeStack::start(&config);
+    let mut b = Nginx::start(
+        &pki,
+        &config,
+        NginxOpts::new().redis(&redis).var("HTTP_PORT", free_port()),
+    );
+    let ask = AskServer::start();
+    let url = ask.url();
+    let issuer = Issuer::start(&redis, &pebble, &["--ask", &url, "--lease-ttl", "3s"]);
+    issuer.wait_metric("dyncert_issuer_active", Duration::from_secs(10), |v| {
+        v == 1.0
+    });
+
+    let name = "ok-visitor.acme.test";
+    let started = Instant::now();
+    assert!(
+        served(&a, name).is_none(),
+        "the first visitor gets the default"
+    );
+    let queued = poll(Duration::from_secs(5), Duration::from_millis(20), || {
+        redis
+            .stream_entries(STREAM)
+            .into_iter()
+            .find(|e| e.get("name").map(String::as_str) == Some(name))
+    });
+    assert!(queued.is_some(), "the module queued {name}\n{}", a.logs());
+    // Within 30 s both terminators serve the issued certificate, chained
+    // to pebble's root.
+    let root = X509::from_pem(pebble.issuer_root_pem().as_bytes()).unwrap();
+    let mut seen = Vec::new();
+    for t in [&a, &b] {
+        let (serial, chain) = poll(Duration::from_secs(30), Duration::from_millis(200), || {
+            served(t, name)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} not served within 30 s\n{}\n{}",
+                issuer.log(),
+                t.logs()
+            )
+        });
+        assert_chain_verifies(&chain, &root);
+        seen.push(serial);
+    }
+    eprintln!(
+        "{name}: issued and served by both terminators {:.1} s after the first handshake",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(seen[0], seen[1], "one certificate for both terminators");
+    assert_eq!(serial_of(&redis, name).as_ref(), Some(&seen[0]));
+    assert_eq!(issuer.metric(ISSUED), 1.0);
+
+    // A forbidden name: queued by the module, asked, never ordered.
+    let evil = "evil-visitor.acme.test";
+    assert!(served(&b, evil).is_none());
+    issuer.wait_metric(REFUSED, Duration::from_secs(10), |v| v >= 1.0);
+    assert!(ask.asked().iter().any(|d| d == evil), "{:?}", ask.asked());
+    assert!(redis.record(evil).is_empty());
+
+    // A random-SNI flood through the module: the stream stays at its
+    // bound and nothing is ordered.
+    let mut rnd = [0u8; 6];
+    for i in 0..1000 {
+        openssl::rand::rand_bytes(&mut rnd).unwrap();
+        let label: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
+        let t = if i % 2 == 0 { &a } else { &b };
+        let _ = served(t, &format!("f{i}-{label}.flood.test"));
+    }
+    let len = match redis.cmd(&["XLEN", STREAM]) {
+        Reply::Int(n) => n,
+        r => panic!("XLEN: {r:?}"),
+    };
+    assert!(len <= 500, "stream length {len} over its bound");
+    issuer.wait_metric(REFUSED, Duration::from_secs(30), |_| {
+        issuer.metric(REFUSED) + issuer.metric(DROPPED) >= 400.0
+    });
+    assert_eq!(issuer.metric(ISSUED), 1.0, "no order for a flooded name");
+    assert_eq!(issuer.metric(FAILED), 0.0);
+    // The issued name is still served from both.
+    assert_eq!(served(&a, name).map(|s| s.0).as_ref(), Some(&seen[0]));
+    a.assert_healthy();
+    b.assert_healthy();
+}
