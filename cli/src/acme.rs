@@ -99,9 +99,78 @@ struct Answers {
     txt: Vec<(String, String, String)>,
 }
 
+/// Keys `dyncert:order-lock:<record name>`: held while an order for the
+/// name runs, by whichever process runs it (`issue`, `renew`, `run`).
+pub const ORDER_LOCK_PREFIX: &str = "dyncert:order-lock:";
+/// An order lock outlives any order (validation and download have 90 s
+/// each), so a process that dies holding one delays the name at most this.
+pub const ORDER_LOCK_SECS: u64 = 300;
+/// Deletes KEYS[1] only while it still holds ARGV[1] (a lock or lease
+/// released by its holder only).
+pub const RELEASE_LUA: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// The fleet-wide lock on ordering one name: never two orders for a name
+/// in flight at once, whoever starts them.
+pub struct OrderLock {
+    key: String,
+    token: String,
+}
+
+impl OrderLock {
+    /// Takes the lock on `name`; `None` when another process holds it.
+    pub fn acquire(store: &mut Store, name: &str) -> Result<Option<OrderLock>, CliError> {
+        let mut b = [0u8; 12];
+        openssl::rand::rand_bytes(&mut b)
+            .map_err(|e| CliError::Acme(format!("random lock token: {e}")))?;
+        let token: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let key = format!("{ORDER_LOCK_PREFIX}{name}");
+        let got: Option<String> = store.q(redis::cmd("SET")
+            .arg(&key)
+            .arg(&token)
+            .arg("NX")
+            .arg("EX")
+            .arg(ORDER_LOCK_SECS)
+            .clone())?;
+        Ok(got.map(|_| OrderLock { key, token }))
+    }
+
+    /// Releases the lock if it is still this holder's.
+    pub fn release(self, store: &mut Store) -> Result<(), CliError> {
+        let _: i64 = store.q(redis::cmd("EVAL")
+            .arg(RELEASE_LUA)
+            .arg(1)
+            .arg(&self.key)
+            .arg(&self.token)
+            .clone())?;
+        Ok(())
+    }
+}
+
 /// Runs the whole order and returns the validated record, already stored.
-/// The one issuance path: `issue` and `renew` both come here.
+/// The one issuance path: `issue`, `renew` and `run` all come here. It
+/// holds the name's [`OrderLock`] throughout; when another process holds
+/// it, nothing is ordered and the answer is [`CliError::Busy`].
 pub fn issue(store: &mut Store, req: &Request) -> Result<Prepared, CliError> {
+    let first = req.names.first().cloned().unwrap_or_default();
+    let Some(lock) = OrderLock::acquire(store, &first)? else {
+        return Err(CliError::Busy(format!(
+            "issue \"{first}\": an order for it is in flight elsewhere ({ORDER_LOCK_PREFIX}{first} is held)"
+        )));
+    };
+    let outcome = issue_locked(store, req, &lock);
+    let released = lock.release(store);
+    let p = outcome?;
+    released?;
+    Ok(p)
+}
+
+/// [`issue`] for a caller that holds the name's lock already.
+pub fn issue_locked(
+    store: &mut Store,
+    req: &Request,
+    _lock: &OrderLock,
+) -> Result<Prepared, CliError> {
     runtime()?.block_on(issue_async(store, req))
 }
 

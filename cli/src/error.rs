@@ -26,6 +26,9 @@ pub enum CliError {
     /// An ACME step failed (`issue`): which name, which step, the CA's
     /// problem detail.
     Acme(String),
+    /// Another process holds the name's order lock: an order for it is in
+    /// flight elsewhere in the fleet, so none is started here.
+    Busy(String),
 }
 
 impl CliError {
@@ -51,7 +54,9 @@ impl CliError {
                 format!("{} ({})", refusal.reason, refusal.label)
             }
             CliError::Absent(name) => format!("no record for \"{name}\""),
-            CliError::Input(m) | CliError::Redis(m) | CliError::Acme(m) => m.clone(),
+            CliError::Input(m) | CliError::Redis(m) | CliError::Acme(m) | CliError::Busy(m) => {
+                m.clone()
+            }
         }
     }
 }
@@ -65,7 +70,9 @@ impl fmt::Display for CliError {
                 refusal.reason, refusal.label
             ),
             CliError::Absent(name) => write!(f, "no record for \"{name}\""),
-            CliError::Input(m) | CliError::Redis(m) | CliError::Acme(m) => f.write_str(m),
+            CliError::Input(m) | CliError::Redis(m) | CliError::Acme(m) | CliError::Busy(m) => {
+                f.write_str(m)
+            }
         }
     }
 }

@@ -148,7 +148,12 @@ fn renew_one(
     req.allow = fields.get("allow").cloned();
     req.client_ca = fields.get("client_ca").cloned();
     req.replaces = ari.map(|(_, _, id)| id);
-    let p = acme::issue(store, &req)?;
+    let p = match acme::issue(store, &req) {
+        Ok(p) => p,
+        // `dyncert run` or another renew is ordering it right now.
+        Err(CliError::Busy(why)) => return Ok((Outcome::Skipped, why)),
+        Err(e) => return Err(e),
+    };
     let sent = store.invalidate(&p.name)?;
     Ok((
         Outcome::Renewed,

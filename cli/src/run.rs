@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use crate::acme;
+use crate::acme::{self, OrderLock, RELEASE_LUA};
 use crate::ask::{allowed, AskUrl, RateLimit, Refusals};
 use crate::budget::{registered_domain, Backoff, Limit};
 use crate::cert::{now_secs, record_name};
@@ -41,14 +41,9 @@ pub const LEASE_KEY_DEFAULT: &str = "dyncert:issuer-lease";
 const GROUP: &str = "dyncert-issuer";
 /// Hash: name -> `<next attempt> <failures>` after failed orders.
 const BACKOFF_KEY: &str = "dyncert:issuer-backoff";
-/// `<prefix><name>`: the instance ordering that name, fleet-wide.
-const ORDER_LOCK_PREFIX: &str = "dyncert:order-lock:";
 /// Sorted sets of order times: `<prefix>domain:<registered domain>` and
 /// `<prefix>account`.
 const BUDGET_PREFIX: &str = "dyncert:issuer-orders:";
-/// An order lock outlives any order (validation and download have 90 s
-/// each), and goes by itself if its holder dies.
-const ORDER_LOCK_SECS: u64 = 300;
 /// Stream entries per read: the on-demand work between two checks of
 /// the renewal schedule.
 const BATCH: usize = 32;
@@ -66,8 +61,6 @@ const NAME_MAX: usize = 253;
 
 const RENEW_LUA: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
     return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
-const RELEASE_LUA: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-    return redis.call('DEL', KEYS[1]) else return 0 end";
 
 pub struct Config {
     /// ACME options; names and policy fields are set per order.
@@ -565,28 +558,17 @@ impl Worker {
         if !shared.is_active() {
             return Ok(None);
         }
-        let lock = format!("{ORDER_LOCK_PREFIX}{name}");
-        let got: Option<String> = self.store.q(redis::cmd("SET")
-            .arg(&lock)
-            .arg(&self.id)
-            .arg("NX")
-            .arg("EX")
-            .arg(ORDER_LOCK_SECS)
-            .clone())?;
-        if got.is_none() {
+        // Taken before the budget counts the order: an order in flight
+        // elsewhere (another issuer, `dyncert renew` from cron) is not
+        // one more here.
+        let Some(lock) = OrderLock::acquire(&mut self.store, name)? else {
             log(format_args!(
                 "on-demand \"{name}\": deferred (ordered elsewhere)"
             ));
             return Ok(Some(OnDemand::Deferred));
-        }
-        let outcome = self.order(name, now, shared);
-        let released: Result<i64, CliError> = self.store.q(redis::cmd("EVAL")
-            .arg(RELEASE_LUA)
-            .arg(1)
-            .arg(&lock)
-            .arg(&self.id)
-            .clone());
-        released?;
+        };
+        let outcome = self.order(name, now, shared, &lock);
+        lock.release(&mut self.store)?;
         outcome
     }
 
@@ -596,12 +578,13 @@ impl Worker {
         name: &str,
         now: i64,
         shared: &Shared,
+        lock: &OrderLock,
     ) -> Result<Option<OnDemand>, CliError> {
         let m = &shared.metrics;
         self.count_order(Some(registered_domain(name)), name)?;
         let mut req = self.cfg.template.clone();
         req.names = vec![name.to_owned()];
-        match acme::issue(&mut self.store, &req) {
+        match acme::issue_locked(&mut self.store, &req, lock) {
             Ok(p) => {
                 let _: i64 = self
                     .store

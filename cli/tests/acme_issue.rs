@@ -166,3 +166,64 @@ fn issue_fails_clearly_and_cleans_up_when_the_challenge_is_not_answered() {
     assert_eq!(pending_challenges(redis.port), Vec::<String>::new());
     assert!(redis.record(NAME).is_empty(), "nothing stored");
 }
+
+/// Never two orders for a name in flight at once, fleet-wide: while another
+/// process holds the name's order lock, `issue` orders nothing and says
+/// so, and `renew` skips the name; once the lock is gone both proceed, and
+/// each leaves no lock behind.
+#[test]
+fn an_order_lock_held_elsewhere_stops_issue_and_renew_for_that_name() {
+    let AcmeStack {
+        nginx: _nginx,
+        pebble,
+        redis,
+        dns,
+        pki: _pki,
+    } = AcmeStack::start(ANSWER_AND_SERVE);
+    let lock = format!("dyncert:order-lock:{NAME}");
+    let held = redis.cmd(&["SET", &lock, "another-issuer", "EX", "60"]);
+    assert!(matches!(held, Reply::Status(_)), "SET: {held:?}");
+
+    let out = issue(&redis, &pebble, NAME);
+    assert_eq!(out.code, 1, "stdout {}\nstderr {}", out.stdout, out.stderr);
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "dyncert: issue \"{NAME}\": an order for it is in flight elsewhere ({lock} is held)"
+        )
+    );
+    assert!(!dns.resolved(NAME), "no order reached the CA");
+    assert!(redis.record(NAME).is_empty());
+    // The other holder's lock is left alone.
+    assert_eq!(
+        redis.cmd(&["GET", &lock]),
+        Reply::Bulk(Some(b"another-issuer".to_vec()))
+    );
+
+    redis.cmd(&["DEL", &lock]);
+    let out = issue(&redis, &pebble, NAME);
+    assert_eq!(out.code, 0, "stdout {}\nstderr {}", out.stdout, out.stderr);
+    let first = common_acme::serial(&common_acme::stored_leaf(&redis, NAME));
+    assert_eq!(
+        redis.cmd(&["EXISTS", &lock]),
+        Reply::Int(0),
+        "released after the order"
+    );
+
+    // A renewal of the name while the lock is held elsewhere: skipped.
+    redis.cmd(&["SET", &lock, "another-issuer", "EX", "60"]);
+    let out = common_acme::acme(&redis, &pebble, &["renew", "--within", "100000d"]);
+    assert_eq!(out.code, 0, "stdout {}\nstderr {}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(&format!(
+            "skipped \"{NAME}\": issue \"{NAME}\": an order for it is in flight elsewhere"
+        )),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        common_acme::serial(&common_acme::stored_leaf(&redis, NAME)),
+        first,
+        "not renewed"
+    );
+}
