@@ -227,3 +227,58 @@ fn an_order_lock_held_elsewhere_stops_issue_and_renew_for_that_name() {
         "not renewed"
     );
 }
+
+/// `--rsa` orders an RSA 2048 key (served as such), and `--account-key`
+/// keeps the ACME account in a file readable by its owner only, reused by
+/// the next order, instead of in Redis.
+#[test]
+fn rsa_keys_on_request_and_an_account_kept_in_a_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let AcmeStack {
+        nginx,
+        pebble,
+        redis,
+        dns: _dns,
+        pki: _pki,
+    } = AcmeStack::start(ANSWER_AND_SERVE);
+    let dir = TempDir::new("acme-account");
+    let file = dir.path().join("account.json");
+    let file_arg = file.to_str().unwrap();
+    let args = [
+        "issue",
+        NAME,
+        "--rsa",
+        "--account-key",
+        file_arg,
+        "--email",
+        "ops@acme.test",
+    ];
+    let out = common_acme::acme(&redis, &pebble, &args);
+    assert_eq!(out.code, 0, "stdout {}\nstderr {}", out.stdout, out.stderr);
+
+    let leaf = common_acme::stored_leaf(&redis, NAME);
+    let key = leaf.public_key().unwrap();
+    assert_eq!(key.id(), openssl::pkey::Id::RSA);
+    assert_eq!(key.bits(), 2048);
+    let r = common_acme::served_serial(&nginx, NAME, &common_acme::serial(&leaf));
+    assert_eq!(r.public_key().unwrap().id(), openssl::pkey::Id::RSA);
+
+    let meta = std::fs::metadata(&file).expect("account file written");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let first = std::fs::read_to_string(&file).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&first).expect("JSON credentials");
+    assert!(json.get("id").is_some(), "{json}");
+    assert!(
+        keys(&redis, "dyncert:acme-account:*").is_empty(),
+        "no account in Redis"
+    );
+
+    // The next order uses the same account: the file is not rewritten.
+    let out = common_acme::acme(&redis, &pebble, &args);
+    assert_eq!(out.code, 0, "stdout {}\nstderr {}", out.stdout, out.stderr);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), first);
+    assert_ne!(
+        common_acme::serial(&common_acme::stored_leaf(&redis, NAME)),
+        common_acme::serial(&leaf)
+    );
+}

@@ -379,9 +379,9 @@ fn one_instance_is_active_and_a_standby_takes_over_within_the_lease_ttl() {
 }
 
 #[test]
-fn run_renews_a_due_record_at_start_and_then_only_when_due() {
+fn run_renews_a_due_record_at_start_while_visitors_keep_coming_and_then_only_when_due() {
     let AcmeStack {
-        nginx: _nginx,
+        nginx,
         pebble,
         redis,
         pki,
@@ -401,6 +401,32 @@ fn run_renews_a_due_record_at_start_and_then_only_when_due() {
     redis.cmd(&["ZADD", INDEX, &soon, name]);
     let old = serial_of(&redis, name).unwrap();
 
+    // Visitors keep coming throughout the renewal: every handshake must
+    // get a certificate naming the name, the old one and then the new.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = nginx.port;
+    let visitors = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let (mut served, mut failed, mut serials) = (0u32, Vec::new(), Vec::<String>::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match Request::get("/").sni(name).https(port) {
+                    Ok(r) if r.tls().leaf_sans.iter().any(|s| s == name) => {
+                        served += 1;
+                        let s = serial(&r.tls().chain[0]);
+                        if serials.last() != Some(&s) {
+                            serials.push(s);
+                        }
+                    }
+                    Ok(r) => failed.push(format!("served {:?}", r.tls().leaf_sans)),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (served, failed, serials)
+        })
+    };
+
     let issuer = Issuer::start(
         &redis,
         &pebble,
@@ -416,6 +442,31 @@ fn run_renews_a_due_record_at_start_and_then_only_when_due() {
     issuer.wait_metric(RENEWED, Duration::from_secs(60), |v| v == 1.0);
     let renewed = serial_of(&redis, name).unwrap();
     assert_ne!(renewed, old, "renewed at start");
+    // The invalidation reaches the worker; then the visitors stop.
+    poll(Duration::from_secs(5), Duration::from_millis(20), || {
+        let r = Request::get("/").sni(name).https(port).ok()?;
+        (serial(&r.tls().chain[0]) == renewed).then_some(())
+    })
+    .expect("nginx serves the renewed certificate");
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (served, failed, serials) = visitors.join().unwrap();
+    eprintln!(
+        "renewal under traffic: {served} handshakes, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert_eq!(
+        serials,
+        [old.clone(), renewed.clone()],
+        "old, then new, never back"
+    );
+    assert!(served > 20, "{served} handshakes");
     assert!(issuer.log().contains("no --ask"), "{}", issuer.log());
 
     // Later passes find nothing due.
