@@ -120,9 +120,7 @@ fn a_failing_present_hook_abandons_the_order_in_one_line_and_still_cleans_up() {
     let hook = DnsHookScript::new(&stack.chall, Present::Fails);
 
     let out = issue_dns(&stack, &hook, WILDCARD, &[]);
-    assert_eq!(out.code, 1, "stdout {}\nstderr {}", out.stdout, out.stderr);
-    let line = out.stderr.trim_end();
-    assert_eq!(line.lines().count(), 1, "one line: {line}");
+    let line = out.one_line_failure();
     assert_eq!(
         line,
         format!(
@@ -281,9 +279,7 @@ fn a_ca_requiring_eab_refuses_an_unbound_account_and_accepts_a_bound_one() {
     let hook = DnsHookScript::new(&stack.chall, Present::Sets);
 
     let out = issue_dns(&stack, &hook, WILDCARD, &[]);
-    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
-    let line = out.stderr.trim_end();
-    assert_eq!(line.lines().count(), 1, "{line}");
+    let line = out.one_line_failure();
     assert!(
         line.starts_with(&format!("dyncert: issue \"{WILDCARD}\": account: "))
             && line.contains("externalAccountRequired"),
@@ -386,9 +382,7 @@ fn a_record_set_late_fails_validation_unless_the_propagation_wait_covers_it() {
 
     // pebble validates the moment it is told: the record is not there yet.
     let out = issue_dns(&stack, &hook, WILDCARD, &[]);
-    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
-    let line = out.stderr.trim_end();
-    assert_eq!(line.lines().count(), 1, "{line}");
+    let line = out.one_line_failure();
     assert!(
         line.starts_with(&format!("dyncert: issue \"{WILDCARD}\": validation: "))
             && line.contains("No TXT records"),

@@ -146,9 +146,7 @@ fn issue_fails_clearly_and_cleans_up_when_the_challenge_is_not_answered() {
     let monitor = redis.monitor();
 
     let out = issue(&redis, &pebble, NAME);
-    assert_eq!(out.code, 1, "stdout {}\nstderr {}", out.stdout, out.stderr);
-    let line = out.stderr.trim_end();
-    assert_eq!(line.lines().count(), 1, "one line: {line}");
+    let line = out.one_line_failure();
     assert!(
         line.starts_with(&format!("dyncert: issue \"{NAME}\": ")) && line.contains("validation"),
         "names the name and the step: {line}"

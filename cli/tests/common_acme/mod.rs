@@ -77,6 +77,21 @@ pub fn acme(redis: &Redis, pebble: &Pebble, args: &[&str]) -> Out {
     dyncert(redis, &all)
 }
 
+impl Out {
+    /// The one line a failed command printed, after checking it exited 1
+    /// and printed exactly one line.
+    pub fn one_line_failure(&self) -> &str {
+        assert_eq!(
+            self.code, 1,
+            "stdout {}\nstderr {}",
+            self.stdout, self.stderr
+        );
+        let line = self.stderr.trim_end();
+        assert_eq!(line.lines().count(), 1, "one line: {line}");
+        line
+    }
+}
+
 /// The stored leaf (from the PEM `crt` field).
 pub fn stored_leaf(redis: &Redis, name: &str) -> X509 {
     let crt = redis
