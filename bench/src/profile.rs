@@ -41,6 +41,7 @@ pub const PHASES: &[(&str, &[&str])] = &[
             "SSL_set1_chain",
             "SSL_set0_chain",
             "SSL_add1_chain_cert",
+            "ssl_cert_add1_chain_cert",
             "SSL_certs_clear",
             "SSL_set_SSL_CTX",
             "SSL_check_private_key",
