@@ -70,14 +70,7 @@ fn issue_gets_a_wildcard_over_dns01_through_the_hook_and_nginx_serves_it_below()
     let hook = DnsHookScript::new(&stack.chall, Present::Sets);
 
     let out = issue_dns(&stack, &hook, WILDCARD, &[]);
-    assert_eq!(
-        out.code,
-        0,
-        "stdout {}\nstderr {}\n{}",
-        out.stdout,
-        out.stderr,
-        stack.pebble.log()
-    );
+    out.assert_ok(&stack.pebble.log());
     assert!(
         out.stdout
             .contains(&format!("issued and stored \"{WILDCARD}\"")),
@@ -244,14 +237,7 @@ fn renew_reissues_a_wildcard_record_over_dns01_with_the_hook() {
         &stack.pebble,
         &["renew", "--within", "100000d", "--no-jitter", &h[1], &h[2]],
     );
-    assert_eq!(
-        out.code,
-        0,
-        "{}{}\n{}",
-        out.stdout,
-        out.stderr,
-        stack.pebble.log()
-    );
+    out.assert_ok(&stack.pebble.log());
     assert!(
         out.stdout
             .contains(&format!("renewed \"{WILDCARD}\": {WILDCARD}: notAfter")),
@@ -305,14 +291,7 @@ fn a_ca_requiring_eab_refuses_an_unbound_account_and_accepts_a_bound_one() {
         WILDCARD,
         &["--eab-kid", EAB_KID, "--eab-hmac-key", EAB_KEY],
     );
-    assert_eq!(
-        out.code,
-        0,
-        "{}{}\n{}",
-        out.stdout,
-        out.stderr,
-        stack.pebble.log()
-    );
+    out.assert_ok(&stack.pebble.log());
     assert_eq!(keys(&stack.redis, "dyncert:acme-account:*").len(), 1);
     assert!(stack.redis.record_field(WILDCARD, "crt").is_some());
 
@@ -343,14 +322,7 @@ fn a_name_and_its_wildcard_get_two_values_on_one_txt_name_told_after_the_wait() 
         "tenant.test",
         &[WILDCARD, "--dns-propagation-wait", "2s"],
     );
-    assert_eq!(
-        out.code,
-        0,
-        "{}{}\n{}",
-        out.stdout,
-        out.stderr,
-        stack.pebble.log()
-    );
+    out.assert_ok(&stack.pebble.log());
     assert!(
         started.elapsed() >= std::time::Duration::from_secs(2),
         "the propagation wait was slept"
@@ -392,14 +364,7 @@ fn a_record_set_late_fails_validation_unless_the_propagation_wait_covers_it() {
 
     // Told after the wait, it finds the record.
     let out = issue_dns(&stack, &hook, WILDCARD, &["--dns-propagation-wait", "3s"]);
-    assert_eq!(
-        out.code,
-        0,
-        "{}{}\n{}",
-        out.stdout,
-        out.stderr,
-        stack.pebble.log()
-    );
+    out.assert_ok(&stack.pebble.log());
     assert!(stack.redis.record_field(WILDCARD, "crt").is_some());
     let actions: Vec<String> = hook.calls().into_iter().map(|c| c[0].clone()).collect();
     assert_eq!(actions, ["present", "cleanup", "present", "cleanup"]);

@@ -140,6 +140,18 @@ impl Issuer {
         issuer
     }
 
+    /// An issuer asking `ask`, with a 3 s lease, once it is active.
+    fn start_active(redis: &Redis, pebble: &Pebble, ask: &AskServer, extra: &[&str]) -> Issuer {
+        let url = ask.url();
+        let mut args = vec!["--ask", url.as_str(), "--lease-ttl", "3s"];
+        args.extend_from_slice(extra);
+        let issuer = Issuer::start(redis, pebble, &args);
+        issuer.wait_metric("dyncert_issuer_active", Duration::from_secs(10), |v| {
+            v == 1.0
+        });
+        issuer
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -230,15 +242,7 @@ fn on_demand_issues_what_the_ask_endpoint_allows_and_a_random_name_flood_stays_b
         dns: _dns,
     } = AcmeStack::start(&config());
     let ask = AskServer::start();
-    let url = ask.url();
-    let issuer = Issuer::start(
-        &redis,
-        &pebble,
-        &["--ask", &url, "--renew-every", "2s", "--lease-ttl", "3s"],
-    );
-    issuer.wait_metric("dyncert_issuer_active", Duration::from_secs(10), |v| {
-        v == 1.0
-    });
+    let issuer = Issuer::start_active(&redis, &pebble, &ask, &["--renew-every", "2s"]);
     let monitor = redis.monitor();
 
     let name = "ok-shop.acme.test";
@@ -488,24 +492,9 @@ fn a_failed_order_backs_off_and_is_not_retried_before_its_time() {
         dns: _dns,
     } = AcmeStack::start(&config());
     let ask = AskServer::start();
-    let url = ask.url();
     // One order per registered domain per hour: the failed order spends
     // acme.test's budget.
-    let issuer = Issuer::start(
-        &redis,
-        &pebble,
-        &[
-            "--ask",
-            &url,
-            "--lease-ttl",
-            "3s",
-            "--max-orders-per-domain",
-            "1/1h",
-        ],
-    );
-    issuer.wait_metric("dyncert_issuer_active", Duration::from_secs(10), |v| {
-        v == 1.0
-    });
+    let issuer = Issuer::start_active(&redis, &pebble, &ask, &["--max-orders-per-domain", "1/1h"]);
 
     xadd(&redis, UNREACHABLE);
     issuer.wait_metric(FAILED, Duration::from_secs(60), |v| v == 1.0);
@@ -641,11 +630,7 @@ fn a_first_visitor_triggers_issuance_served_by_two_terminators() {
         NginxOpts::new().redis(&redis).var("HTTP_PORT", free_port()),
     );
     let ask = AskServer::start();
-    let url = ask.url();
-    let issuer = Issuer::start(&redis, &pebble, &["--ask", &url, "--lease-ttl", "3s"]);
-    issuer.wait_metric("dyncert_issuer_active", Duration::from_secs(10), |v| {
-        v == 1.0
-    });
+    let issuer = Issuer::start_active(&redis, &pebble, &ask, &[]);
 
     let name = "ok-visitor.acme.test";
     let started = Instant::now();

@@ -78,6 +78,16 @@ pub fn acme(redis: &Redis, pebble: &Pebble, args: &[&str]) -> Out {
 }
 
 impl Out {
+    /// Checks the command exited 0; on failure shows its output and
+    /// `context` (the CA's log, say).
+    pub fn assert_ok(&self, context: &str) {
+        assert_eq!(
+            self.code, 0,
+            "stdout {}\nstderr {}\n{context}",
+            self.stdout, self.stderr
+        );
+    }
+
     /// The one line a failed command printed, after checking it exited 1
     /// and printed exactly one line.
     pub fn one_line_failure(&self) -> &str {
