@@ -140,10 +140,9 @@ impl Issuer {
         issuer
     }
 
-    /// An issuer asking `ask`, with a 3 s lease, once it is active.
-    fn start_active(redis: &Redis, pebble: &Pebble, ask: &AskServer, extra: &[&str]) -> Issuer {
-        let url = ask.url();
-        let mut args = vec!["--ask", url.as_str(), "--lease-ttl", "3s"];
+    /// An issuer asking `ask_url`, with a 3 s lease, once it is active.
+    fn start_active(redis: &Redis, pebble: &Pebble, ask_url: &str, extra: &[&str]) -> Issuer {
+        let mut args = vec!["--ask", ask_url, "--lease-ttl", "3s"];
         args.extend_from_slice(extra);
         let issuer = Issuer::start(redis, pebble, &args);
         issuer.wait_metric("dyncert_issuer_active", Duration::from_secs(10), |v| {
@@ -242,7 +241,7 @@ fn on_demand_issues_what_the_ask_endpoint_allows_and_a_random_name_flood_stays_b
         dns: _dns,
     } = AcmeStack::start(&config());
     let ask = AskServer::start();
-    let issuer = Issuer::start_active(&redis, &pebble, &ask, &["--renew-every", "2s"]);
+    let issuer = Issuer::start_active(&redis, &pebble, &ask.url(), &["--renew-every", "2s"]);
     let monitor = redis.monitor();
 
     let name = "ok-shop.acme.test";
@@ -494,7 +493,12 @@ fn a_failed_order_backs_off_and_is_not_retried_before_its_time() {
     let ask = AskServer::start();
     // One order per registered domain per hour: the failed order spends
     // acme.test's budget.
-    let issuer = Issuer::start_active(&redis, &pebble, &ask, &["--max-orders-per-domain", "1/1h"]);
+    let issuer = Issuer::start_active(
+        &redis,
+        &pebble,
+        &ask.url(),
+        &["--max-orders-per-domain", "1/1h"],
+    );
 
     xadd(&redis, UNREACHABLE);
     issuer.wait_metric(FAILED, Duration::from_secs(60), |v| v == 1.0);
@@ -630,7 +634,7 @@ fn a_first_visitor_triggers_issuance_served_by_two_terminators() {
         NginxOpts::new().redis(&redis).var("HTTP_PORT", free_port()),
     );
     let ask = AskServer::start();
-    let issuer = Issuer::start_active(&redis, &pebble, &ask, &[]);
+    let issuer = Issuer::start_active(&redis, &pebble, &ask.url(), &[]);
 
     let name = "ok-visitor.acme.test";
     let started = Instant::now();
@@ -701,4 +705,50 @@ fn a_first_visitor_triggers_issuance_served_by_two_terminators() {
     assert_eq!(served(&a, name).map(|s| s.0).as_ref(), Some(&seen[0]));
     a.assert_healthy();
     b.assert_healthy();
+}
+
+/// The ask endpoint down or hanging fails closed: the name is refused,
+/// counted as an ask failure, and never ordered.
+#[test]
+fn an_ask_endpoint_that_is_down_or_hangs_refuses() {
+    let AcmeStack {
+        nginx: _nginx,
+        pebble,
+        redis,
+        pki: _pki,
+        dns: _dns,
+    } = AcmeStack::start(&config());
+    let ask_failures = "dyncert_issuer_failures_total{reason=\"ask\"}";
+    // Down: nothing listens on the port.
+    let down = format!("http://127.0.0.1:{}/ask", free_port());
+    let issuer = Issuer::start_active(&redis, &pebble, &down, &[]);
+    xadd(&redis, "ok-down.acme.test");
+    issuer.wait_metric(REFUSED, Duration::from_secs(10), |v| v >= 1.0);
+    assert_eq!(issuer.metric(ask_failures), 1.0);
+    drop(issuer);
+
+    // Hanging: the connection is accepted by the kernel, never answered.
+    let hang = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}/ask", hang.local_addr().unwrap().port());
+    let issuer = Issuer::start_active(&redis, &pebble, &url, &[]);
+    let started = Instant::now();
+    xadd(&redis, "ok-hang.acme.test");
+    issuer.wait_metric(REFUSED, Duration::from_secs(15), |v| v >= 1.0);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4),
+        "refused after the ask timeout, not before: {waited:?}"
+    );
+    assert_eq!(issuer.metric(ask_failures), 1.0);
+    assert_eq!(issuer.metric(ISSUED), 0.0);
+    for name in ["ok-down.acme.test", "ok-hang.acme.test"] {
+        assert!(redis.record(name).is_empty(), "{name} never ordered");
+    }
+    assert!(
+        issuer
+            .log()
+            .contains("on-demand \"ok-hang.acme.test\": ask failed"),
+        "{}",
+        issuer.log()
+    );
 }
