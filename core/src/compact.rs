@@ -17,7 +17,7 @@ pub use crate::der::KeyDer;
 use crate::intern::{digest, CertDigest, Interner};
 use crate::outcome::CertSource;
 use crate::record::{Record, MAX_ALLOW_BYTES, MAX_CHAIN_LEN, MAX_CLIENT_CA_BYTES, MAX_KEY_BYTES};
-use crate::validate::{key_der, policy_of, precompute, Invalid, ParsedCert};
+use crate::validate::{chain_stack, key_der, policy_of, precompute, Invalid, ParsedCert};
 
 /// Format tag and version.
 const MAGIC: &[u8; 4] = b"dcr1";
@@ -247,7 +247,7 @@ impl Compact {
                 .sum::<usize>();
         Ok(ParsedCert {
             leaf,
-            chain,
+            chain: chain_stack(chain).map_err(|_| Invalid::CrtNotPem)?,
             key,
             not_after_ms: self.not_after_ms,
             der_bytes,

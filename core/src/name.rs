@@ -53,11 +53,51 @@ impl std::error::Error for NameError {}
 /// (an IPv4 literal). Bytes outside ASCII and '_' are [`NameError::BadChar`].
 /// Never panics.
 pub fn normalize_sni(raw: &[u8]) -> Result<String, NameError> {
+    normalize_sni_inline(raw).map(|name| name.as_str().to_owned())
+}
+
+/// A normalised host name held inline, without an allocation: what the
+/// handshake path (the peek, the certificate callback) looks names up by.
+#[derive(Clone, Copy)]
+pub struct InlineName {
+    len: u8,
+    bytes: [u8; MAX_NAME],
+}
+
+impl InlineName {
+    pub fn as_str(&self) -> &str {
+        // Only validated ASCII is ever stored, so this never fails; the
+        // fallback keeps the accessor free of panics all the same.
+        core::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for InlineName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for InlineName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::ops::Deref for InlineName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// [`normalize_sni`] into an [`InlineName`]: the same rules, no allocation.
+pub fn normalize_sni_inline(raw: &[u8]) -> Result<InlineName, NameError> {
     let name = raw.strip_suffix(b".").unwrap_or(raw);
     if name.is_empty() {
         return Err(NameError::Empty);
     }
-    // Checked before anything is allocated: the raw SNI may be 64 KiB.
+    // Checked before anything is copied: the raw SNI may be 64 KiB.
     if name.len() > MAX_NAME {
         return Err(NameError::TooLong);
     }
@@ -71,10 +111,16 @@ pub fn normalize_sni(raw: &[u8]) -> Result<String, NameError> {
     if last_label.iter().all(u8::is_ascii_digit) {
         return Err(NameError::IpLiteral);
     }
-    let lower: Vec<u8> = name.to_ascii_lowercase();
-    // Every byte was checked to be ASCII, so this cannot fail; mapping the
-    // impossible error keeps the function free of panics all the same.
-    String::from_utf8(lower).map_err(|_| NameError::BadChar)
+    let mut out = InlineName {
+        len: 0,
+        bytes: [0; MAX_NAME],
+    };
+    for (dst, src) in out.bytes.iter_mut().zip(name) {
+        *dst = src.to_ascii_lowercase();
+    }
+    // name.len() <= MAX_NAME = 253 fits in a u8.
+    out.len = u8::try_from(name.len()).map_err(|_| NameError::TooLong)?;
+    Ok(out)
 }
 
 fn check_label(label: &[u8]) -> Result<(), NameError> {
@@ -167,6 +213,41 @@ mod tests {
             Ok("1.example.com".to_owned())
         );
         assert_eq!(normalize_sni(b"a.b2"), Ok("a.b2".to_owned()));
+    }
+
+    #[test]
+    fn the_inline_form_follows_the_same_rules_without_allocating() {
+        let long = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "B".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
+        let inputs: [&[u8]; 10] = [
+            b"Shop.Example.COM.",
+            b"localhost",
+            b"",
+            b".",
+            b"a..b",
+            b"10.0.0.1",
+            b"under_score.example",
+            b"-bad.example",
+            long.as_bytes(),
+            b"\xffe.example",
+        ];
+        for raw in inputs {
+            let inline = normalize_sni_inline(raw).map(|n| n.as_str().to_owned());
+            assert_eq!(inline, normalize_sni(raw), "{raw:?}");
+        }
+        let name = normalize_sni_inline(long.as_bytes()).unwrap();
+        assert_eq!(name.len(), 253);
+        assert_eq!(&*name, long.to_ascii_lowercase());
+        let too_long = format!("{long}e");
+        assert_eq!(
+            normalize_sni_inline(too_long.as_bytes()).map(|_| ()),
+            Err(NameError::TooLong)
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 use openssl::asn1::Asn1Time;
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
+use openssl::stack::Stack;
 use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::X509;
 
@@ -29,8 +30,10 @@ use crate::record::{Form, Record, MAX_CHAIN_LEN};
 /// A certificate ready to be installed on a connection.
 pub struct ParsedCert {
     pub leaf: X509,
-    /// Intermediates, in the order they are sent (leaf excluded).
-    pub chain: Vec<X509>,
+    /// Intermediates, in the order they are sent (leaf excluded), as the
+    /// OpenSSL stack `SSL_use_cert_and_key` takes: built once per parse,
+    /// not per handshake.
+    pub chain: Stack<X509>,
     pub key: PKey<Private>,
     /// The leaf's notAfter, milliseconds since the UNIX epoch.
     pub not_after_ms: u64,
@@ -317,6 +320,7 @@ fn check(
             None => X509::from_der(&b.der),
         })
         .collect::<Result<Vec<_>, _>>()
+        .and_then(chain_stack)
         .map_err(|_| Invalid::CrtNotPem)?;
     let client_ca = match ca_certs {
         Some(blocks) => Some(client_ca(&blocks)?),
@@ -335,6 +339,15 @@ fn check(
         fingerprint,
         key_reference: key_ref.is_some(),
     })
+}
+
+/// The intermediates as an OpenSSL stack (see [`ParsedCert::chain`]).
+pub fn chain_stack(certs: Vec<X509>) -> Result<Stack<X509>, openssl::error::ErrorStack> {
+    let mut stack = Stack::new()?;
+    for c in certs {
+        stack.push(c)?;
+    }
+    Ok(stack)
 }
 
 /// Has OpenSSL work out now, on the parse thread, what it would otherwise
@@ -600,7 +613,7 @@ mod tests {
 
     #[test]
     fn shared_validation_parses_each_intermediate_once() {
-        use foreign_types::ForeignType;
+        use foreign_types::ForeignTypeRef;
         let ca = leaf(&["ca.example"], &key(), -1, 30);
         let interner = Interner::default();
         let mut chains = Vec::new();
@@ -610,7 +623,7 @@ mod tests {
             crt.extend(pem(&ca));
             let p =
                 validate_shared(&record(crt, key_pem(&k)), name, None, now(), &interner).unwrap();
-            chains.push(p.chain[0].as_ptr());
+            chains.push(p.chain.get(0).unwrap().as_ptr());
         }
         assert_eq!(chains[0], chains[1], "one parsed intermediate for both");
         assert_eq!(interner.len(), 1);

@@ -945,7 +945,7 @@ mod tests {
         PAIR.with(|(leaf, key)| {
             Arc::new(ParsedCert {
                 leaf: leaf.clone(),
-                chain: Vec::new(),
+                chain: openssl::stack::Stack::new().unwrap(),
                 key: key.clone(),
                 not_after_ms,
                 der_bytes: DER_BYTES,

@@ -20,7 +20,7 @@ use dyncert_core::clienthello::{peek_client_hello, Peek, PEEK_LIMIT};
 use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::event_method::check_event_method as check_event_method_name;
 use dyncert_core::metrics::Simple;
-use dyncert_core::name::normalize_sni;
+use dyncert_core::name::{normalize_sni_inline, InlineName};
 use dyncert_core::worker::PreHandshake;
 use ngx::ffi::{
     ngx_add_timer, ngx_atomic_uint_t, ngx_conf_t, ngx_connection_t, ngx_cycle_t, ngx_del_timer,
@@ -354,6 +354,9 @@ unsafe fn on_event(c: *mut ngx_connection_t, rev: *mut ngx_event_t) -> bool {
 }
 
 /// What the bytes at the start of a connection say, so far.
+// The name is held inline on purpose: boxing it would bring back the
+// per-connection allocation the inline form removes.
+#[allow(clippy::large_enum_variant)]
 enum Peeked {
     /// Not enough of them yet.
     Wait,
@@ -362,7 +365,7 @@ enum Peeked {
     /// now.
     HandOff(&'static str),
     /// The ClientHello's server name, normalised.
-    Name(String),
+    Name(InlineName),
 }
 
 /// Reads (MSG_PEEK: leaving them in the socket for nginx's TLS stack) and
@@ -396,7 +399,7 @@ fn peek(fd: libc::c_int) -> Peeked {
             Peek::Unparseable(reason) => Peeked::HandOff(reason),
             Peek::Hello { sni: None } => Peeked::HandOff("no SNI"),
             // Invalid names never cause I/O.
-            Peek::Hello { sni: Some(raw) } => match normalize_sni(&raw) {
+            Peek::Hello { sni: Some(raw) } => match normalize_sni_inline(&raw) {
                 Ok(name) => Peeked::Name(name),
                 Err(_) => Peeked::HandOff("invalid SNI"),
             },

@@ -10,7 +10,7 @@ use core::{ptr, slice};
 
 use dyncert_core::clienthello::server_name_extension_host;
 use dyncert_core::clock::{Clock, Millis, SystemClock};
-use dyncert_core::name::normalize_sni;
+use dyncert_core::name::normalize_sni_inline;
 use dyncert_core::outcome::CertSource;
 use dyncert_core::tenant::{session_context, SESSION_CONTEXT_LEN};
 use dyncert_core::validate::{ClientCa, ParsedCert};
@@ -18,10 +18,10 @@ use dyncert_core::worker::{Selection, Tier};
 use foreign_types::{ForeignType, ForeignTypeRef};
 use ngx::ffi::{
     ngx_conf_t, ngx_connection_t, ngx_http_connection_t, ngx_http_core_srv_conf_t,
-    ngx_http_ssl_servername, SSL_CTX_callback_ctrl, SSL_CTX_get0_certificate, SSL_CTX_set_cert_cb,
-    SSL_CTX_set_client_hello_cb, SSL_add_client_CA, SSL_certs_clear, SSL_client_hello_get0_ext,
-    SSL_ctrl, SSL_set_session_id_context, SSL_set_verify, SSL_use_PrivateKey, SSL_use_certificate,
-    EVP_PKEY, SSL, SSL_AD_UNRECOGNIZED_NAME, SSL_CLIENT_HELLO_SUCCESS, SSL_CTRL_CHAIN_CERT,
+    ngx_http_ssl_servername, stack_st_X509, SSL_CTX_callback_ctrl, SSL_CTX_get0_certificate,
+    SSL_CTX_set_cert_cb, SSL_CTX_set_client_hello_cb, SSL_add_client_CA, SSL_certs_clear,
+    SSL_client_hello_get0_ext, SSL_ctrl, SSL_set_session_id_context, SSL_set_verify,
+    SSL_use_cert_and_key, EVP_PKEY, SSL, SSL_AD_UNRECOGNIZED_NAME, SSL_CLIENT_HELLO_SUCCESS,
     SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, SSL_CTRL_SET_VERIFY_CERT_STORE, SSL_CTX,
     SSL_TLSEXT_ERR_ALERT_FATAL, SSL_TLSEXT_ERR_OK, SSL_VERIFY_PEER, X509, X509_STORE_CTX,
 };
@@ -117,7 +117,10 @@ fn cvt(r: c_long, what: &'static str) -> Result<(), &'static str> {
 /// Installs `cert` on the connection in place of the server's default,
 /// without parsing anything. SSL_certs_clear drops the default first so
 /// OpenSSL cannot pick it for a client whose signature algorithms would
-/// prefer the default's key type.
+/// prefer the default's key type. SSL_use_cert_and_key sets certificate,
+/// key and chain in one call: one key-type lookup and one key check
+/// (which OpenSSL runs on every install, whatever the call) instead of
+/// one per `SSL_use_*` call, and no per-certificate chain calls.
 ///
 /// Returns whether a client certificate was requested (tenant policy and a
 /// record with `client_ca`).
@@ -127,26 +130,19 @@ fn cvt(r: c_long, what: &'static str) -> Result<(), &'static str> {
 unsafe fn install(ssl: *mut SSL, cert: &ParsedCert, tenant: bool) -> Result<bool, &'static str> {
     // SAFETY: ssl is live; SSL_certs_clear(3) drops its certificates.
     unsafe { SSL_certs_clear(ssl) };
-    // SAFETY: ssl is live; SSL_use_certificate(3) takes its own reference
-    // to the X509, which outlives the call.
-    let r = unsafe { SSL_use_certificate(ssl, cert.leaf.as_ptr().cast::<X509>()) };
-    cvt(r.into(), "SSL_use_certificate() failed")?;
-    // SAFETY: as above for SSL_use_PrivateKey(3) and the EVP_PKEY.
-    let r = unsafe { SSL_use_PrivateKey(ssl, cert.key.as_ptr().cast::<EVP_PKEY>()) };
-    cvt(r.into(), "SSL_use_PrivateKey() failed")?;
-    for x in &cert.chain {
-        // SAFETY: SSL_add1_chain_cert(3) is this ctrl with 1: it takes its
-        // own reference to the X509.
-        let r = unsafe {
-            SSL_ctrl(
-                ssl,
-                SSL_CTRL_CHAIN_CERT as c_int,
-                1,
-                x.as_ptr().cast::<c_void>(),
-            )
-        };
-        cvt(r, "SSL_add1_chain_cert() failed")?;
-    }
+    // SAFETY: ssl is live; SSL_use_cert_and_key(3) takes its own
+    // references to the X509, the EVP_PKEY and each certificate of the
+    // chain (it copies the stack), all of which outlive the call.
+    let r = unsafe {
+        SSL_use_cert_and_key(
+            ssl,
+            cert.leaf.as_ptr().cast::<X509>(),
+            cert.key.as_ptr().cast::<EVP_PKEY>(),
+            cert.chain.as_ptr().cast::<stack_st_X509>(),
+            1,
+        )
+    };
+    cvt(r.into(), "SSL_use_cert_and_key() failed")?;
     if let Some(ca) = cert.policy.client_ca.as_ref().filter(|_| tenant) {
         // SAFETY: the caller's contract.
         unsafe { request_client_certificate(ssl, ca) }?;
@@ -225,7 +221,7 @@ unsafe fn select_certificate(ssl: *mut SSL, scf: Option<&SrvConf>) -> c_int {
     let tenant = scf.is_some_and(SrvConf::tenant_policy);
     // SAFETY: the caller's contract.
     let raw = unsafe { servername(ssl) };
-    let Some(Ok(name)) = raw.map(normalize_sni) else {
+    let Some(Ok(name)) = raw.map(normalize_sni_inline) else {
         // No SNI: the default certificate. An invalid one never causes a
         // lookup: the default, or the rejection.
         debug!(
@@ -339,7 +335,7 @@ unsafe fn bind_session(ssl: *mut SSL, scf: &SrvConf) {
     // SAFETY: the caller's contract.
     let sni = unsafe { client_hello_sni(ssl) };
     let record = sni
-        .and_then(|raw| normalize_sni(raw).ok())
+        .and_then(|raw| normalize_sni_inline(raw).ok())
         .and_then(|name| {
             let now = SystemClock.now();
             with_worker(|w| w.current(&name, now).map(|c| c.fingerprint)).flatten()
@@ -426,7 +422,7 @@ unsafe fn rejects_name(ssl: *mut SSL) -> bool {
         return false; // no SNI: the default certificate
     };
     let now = SystemClock.now();
-    let name = normalize_sni(raw).ok();
+    let name = normalize_sni_inline(raw).ok();
     let known = name
         .as_ref()
         .is_some_and(|name| with_worker(|w| w.has_certificate(name, now)).unwrap_or(false));
