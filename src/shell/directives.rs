@@ -221,6 +221,44 @@ fn key_references(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -
     })
 }
 
+directive!(ngx_http_dyncert_key_decryption_key => key_decryption_key);
+/// `dyncert_key_decryption_key ID FILE;` (repeatable, one per id): the
+/// key is read here, by the master, so the file can be readable by root
+/// only; a file anyone may read, or that holds no AES-256 key, fails
+/// `nginx -t` naming the file and the reason (never its contents).
+fn key_decryption_key(
+    cf: &mut ngx_conf_t,
+    mcf: &mut MainConf,
+    args: &[ngx_str_t],
+) -> DirectiveResult {
+    let id = directives::key_id(args[0].as_bytes()).map_err(|e| emerg(cf, format_args!("{e}")))?;
+    if mcf.key_ring.get(&id).is_some() {
+        return Err(emerg(
+            cf,
+            format_args!("key id \"{id}\" of \"dyncert_key_decryption_key\" is duplicate"),
+        )
+        .into());
+    }
+    let path = full_name(cf, &args[1])?;
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| emerg(cf, format_args!("cannot read key file \"{path}\": {e}")))?;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+    let key = std::fs::read(&path)
+        .map_err(|e| format!("cannot be read: {e}"))
+        .and_then(|contents| directives::key_file(mode, &contents))
+        .map_err(|why| emerg(cf, format_args!("key file \"{path}\" {why}")))?;
+    mcf.key_ring.insert(&id, key);
+    Ok(())
+}
+
+directive!(ngx_http_dyncert_key_encryption => key_encryption);
+/// `dyncert_key_encryption optional|required;`
+fn key_encryption(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -> DirectiveResult {
+    set_once(cf, &mut mcf.key_encryption, || {
+        directives::key_encryption(args[0].as_bytes())
+    })
+}
+
 directive!(ngx_http_dyncert_fetch_timeout => fetch_timeout);
 /// `dyncert_fetch_timeout TIME;`
 fn fetch_timeout(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -> DirectiveResult {
@@ -291,16 +329,22 @@ fn api_trusted_certificate(
 /// configuration prefix, like `ssl_trusted_certificate`. An unreadable
 /// file fails `nginx -t`, naming it.
 fn read_file(cf: &mut ngx_conf_t, name: &ngx_str_t) -> Result<(String, Vec<u8>), DirectiveError> {
+    let path = full_name(cf, name)?;
+    let bytes =
+        std::fs::read(&path).map_err(|e| emerg(cf, format_args!("cannot read \"{path}\": {e}")))?;
+    Ok((path, bytes))
+}
+
+/// A file name of a directive, relative ones resolved against the
+/// configuration prefix.
+fn full_name(cf: &mut ngx_conf_t, name: &ngx_str_t) -> Result<String, DirectiveError> {
     let mut file = *name;
     // SAFETY: cf->cycle is the cycle being loaded; ngx_conf_full_name
     // allocates the full name in its pool.
     if unsafe { ngx_conf_full_name(cf.cycle, &mut file, 1) } != NGX_OK as isize {
         return Err(DirectiveError::Refused);
     }
-    let path = lossy(&file);
-    let bytes =
-        std::fs::read(&path).map_err(|e| emerg(cf, format_args!("cannot read \"{path}\": {e}")))?;
-    Ok((path, bytes))
+    Ok(lossy(&file))
 }
 
 directive!(ngx_http_dyncert_redis_tls_trusted_certificate => redis_tls_trusted_certificate);
