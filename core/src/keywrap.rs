@@ -387,6 +387,21 @@ mod tests {
     }
 
     #[test]
+    fn an_envelope_sealed_by_another_implementation_opens() {
+        // Python's cryptography (AESGCM), key 0x42 * 32, nonce 00..0b: the
+        // format is the documented one, not only what seal() writes.
+        let env = b"dyncert:v1:k1:AAECAwQFBgcICQoLKPO88Jxut0zUSGRDg5QNembY7iHlEM/EPrQNLddd+rcV3MzjPHJvvqgMd1RczOFVKIlRTfmKRQg4iY/40S7syJcslnQ/7R4XG3LwsJObvL612GLiAi6gdwi2AmrOxn0oJv0Dg2AKTWcZMy0DhM50oIGCduimmbc=";
+        let mut ring = Keyring::new();
+        ring.insert("k1", [0x42; KEY_LEN]);
+        let plain = open(env, b"dyncert:cert:fuzz.example", &ring).unwrap();
+        assert!(plain.starts_with(b"-----BEGIN PRIVATE KEY-----\n"));
+        assert_eq!(
+            &parse(env).unwrap().sealed[..NONCE_LEN],
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+        );
+    }
+
+    #[test]
     fn a_key_moved_to_another_name_does_not_decrypt() {
         let env = seal(PEM, AAD, "k1", &ring()).unwrap();
         assert_eq!(
