@@ -186,7 +186,11 @@ fn ciphertext_copied_to_another_name_is_refused_and_counted() {
     let r = s.get("thief.example.com");
     r.assert_default();
     assert_eq!(r.source(), "default", "body {:?}", r.body);
-    s.refusal_line("thief.example.com", "authentication failed");
+    let line = s.refusal_line("thief.example.com", "authentication failed");
+    assert!(
+        line.contains(r#"record: "dyncert:cert:thief.example.com""#),
+        "the log line names the record key: {line}"
+    );
     let n = poll(Duration::from_secs(3), Duration::from_millis(50), || {
         (s.rejected("key_decrypt_bad_tag") >= 1.0).then_some(())
     });
@@ -263,6 +267,17 @@ fn records_under_two_key_ids_are_both_served() {
     s.redis.hset_cert("new.example.com", &new.chain_pem, &k_new);
     s.get("old.example.com").assert_served(&old, &s.pki);
     s.get("new.example.com").assert_served(&new, &s.pki);
+}
+
+#[test]
+fn encrypted_wildcard_record_is_bound_to_the_wildcard_key() {
+    let s = Env::start("", "");
+    let leaf = s.pki.leaf(&["*.wild.example.com"], 9111);
+    let key = wrap(leaf.key_pem.as_bytes(), "*.wild.example.com", "k1");
+    s.redis
+        .hset_cert("*.wild.example.com", &leaf.chain_pem, &key);
+    let r = s.get("shop.wild.example.com");
+    r.assert_served(&leaf, &s.pki);
 }
 
 const API_HTTP: &str = r#"

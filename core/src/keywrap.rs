@@ -126,6 +126,7 @@ impl From<KeyWrapError> for Refusal {
         Refusal {
             reason: e.reason(),
             label: e.label(),
+            record: None,
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::intern::Interner;
 use crate::keyref::KeyRefConfig;
 use crate::keywrap::{is_envelope, unwrap_key, KeyWrapConfig, KeyWrapError};
 use crate::name::wildcard_parent;
-use crate::outcome::{CertSource, FetchSource, StepOutcome};
+use crate::outcome::{CertSource, FetchSource, Refusal, StepOutcome};
 use crate::record::Record;
 use crate::validate::{der_form, validate_with_refs};
 use crate::workqueue::WorkQueue;
@@ -222,7 +222,10 @@ impl Sources {
                 Ok(record) => {
                     parse_record(&interner, &record, &name, source, wildcard, compact, &refs)
                 }
-                Err(e) => Outcome::Refused(e.into()),
+                Err(e) => Outcome::Refused(Refusal {
+                    record: Some(stored_under.into()),
+                    ..e.into()
+                }),
             };
             let _ = tx.send(outcome);
         });
