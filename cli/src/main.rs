@@ -244,6 +244,10 @@ struct AcmeOpts {
     /// needs time to reach the authoritative servers)
     #[arg(long, value_name = "TIME", default_value = "0s", value_parser = parse_hook_time)]
     dns_propagation_wait: u64,
+    /// Store the new key encrypted under this key id (its key given with
+    /// --key-encryption-key); renew keeps an encrypted record's id without it
+    #[arg(long, value_name = "ID")]
+    encrypt_with: Option<String>,
     /// External account binding key id, for a CA that requires EAB
     #[arg(
         long,
@@ -301,6 +305,7 @@ impl AcmeOpts {
             acme_prefix,
             dns,
             eab,
+            encrypt_with: self.encrypt_with,
             ..acme::Request::default()
         })
     }
@@ -387,6 +392,10 @@ fn run_issuer(cli: Cli) -> Result<u8, CliError> {
     let lease_store = Store::connect(&cli.redis, tls.clone(), keys_of()?)?;
     let work_store = Store::connect(&cli.redis, tls, keys_of()?)?;
     let prefix = keys_of()?.prefix;
+    let ring = keys::keyring(&cli.key_encryption_keys)?;
+    if let Some(id) = &opts.acme.encrypt_with {
+        keys::check_id(&ring, id, "--encrypt-with")?;
+    }
     let Command::Run(opts) = cli.command else {
         return Ok(0);
     };
@@ -402,7 +411,10 @@ fn run_issuer(cli: Cli) -> Result<u8, CliError> {
         domain_limit: opts.max_orders_per_domain,
         account_limit: opts.max_orders_per_account,
         prefix,
-        template: opts.acme.request(Vec::new())?,
+        template: acme::Request {
+            key_ring: ring,
+            ..opts.acme.request(Vec::new())?
+        },
     };
     run::run(lease_store, work_store, cfg)
 }
@@ -543,6 +555,11 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             ..
         } => keys::check_id(&ring, id, "--encrypt-with")?,
         Command::Rewrap { to, .. } => keys::check_id(&ring, to, "--to")?,
+        Command::Issue { acme, .. } | Command::Renew { acme, .. } => {
+            if let Some(id) = &acme.encrypt_with {
+                keys::check_id(&ring, id, "--encrypt-with")?;
+            }
+        }
         _ => {}
     }
     let prefix = keys.prefix.clone();
@@ -626,7 +643,10 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             rewrap(&mut store, &prefix, &names, &to, &ring)
         }
         Command::Issue { names, acme } => {
-            let req = acme.request(issue_names(&names)?)?;
+            let req = acme::Request {
+                key_ring: ring.clone(),
+                ..acme.request(issue_names(&names)?)?
+            };
             let p = acme::issue(&mut store, &req)?;
             let sent = store.invalidate(&p.name)?;
             println!(
@@ -650,7 +670,11 @@ fn run(cli: Cli) -> Result<u8, CliError> {
                 dry_run,
                 jitter: !no_jitter,
             };
-            renew::renew(&mut store, &opts, &acme.request(Vec::new())?)
+            let template = acme::Request {
+                key_ring: ring.clone(),
+                ..acme.request(Vec::new())?
+            };
+            renew::renew(&mut store, &opts, &template)
         }
         Command::Run(_) => Ok(0),
         Command::Index {

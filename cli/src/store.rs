@@ -166,6 +166,11 @@ impl Store {
         Ok(T::from_redis_value(v).map_err(redis::RedisError::from)?)
     }
 
+    /// The record key prefix (an encrypted key is bound to prefix + name).
+    pub fn prefix(&self) -> &str {
+        &self.keys.prefix
+    }
+
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.keys.prefix)
     }
