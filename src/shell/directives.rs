@@ -232,6 +232,11 @@ fn key_decryption_key(
     args: &[ngx_str_t],
 ) -> DirectiveResult {
     let id = directives::key_id(args[0].as_bytes()).map_err(|e| emerg(cf, format_args!("{e}")))?;
+    // `nginx -s reload` parses the configuration only to find the pid
+    // file, perhaps as a user who may not read the key: skip the file.
+    if signaller() {
+        return Ok(());
+    }
     if mcf.key_ring.get(&id).is_some() {
         return Err(emerg(
             cf,
@@ -494,9 +499,7 @@ fn env_networks(cf: &mut ngx_conf_t, var: &str) -> Result<Vec<Cidr>, Refused> {
     // nginx has not cleared). `nginx -s reload` parses the configuration
     // only to find the pid file, often from a shell without the variable:
     // skip it.
-    // SAFETY: ngx_process is set by option parsing, before any directive,
-    // and only read here.
-    if unsafe { ngx::ffi::ngx_process } == NGX_PROCESS_SIGNALLER as ngx_uint_t {
+    if signaller() {
         return Ok(Vec::new());
     }
     let Ok(value) = std::env::var(var) else {
@@ -514,6 +517,15 @@ fn env_networks(cf: &mut ngx_conf_t, var: &str) -> Result<Vec<Cidr>, Refused> {
             format_args!("invalid value of environment variable \"{var}\": {e}"),
         )
     })
+}
+
+/// This process is `nginx -s SIGNAL`, which reads the configuration only
+/// to find the pid file.
+fn signaller() -> bool {
+    // SAFETY: ngx_process is set by option parsing, before any directive,
+    // and only read here.
+    let process = unsafe { ngx::ffi::ngx_process };
+    process == NGX_PROCESS_SIGNALLER as ngx_uint_t
 }
 
 directive!(ngx_http_dyncert_deny_status => deny_status);
