@@ -337,10 +337,21 @@ fn encrypted_api_answer_is_served_and_written_back_still_encrypted() {
 }
 
 fn config_test(k1_mode: u32, k1_bytes: &[u8], extra: &str) -> (ConfigTest, PathBuf, TempDir) {
+    config_test_with(
+        |k1| {
+            std::fs::write(k1, k1_bytes).unwrap();
+            std::fs::set_permissions(k1, std::fs::Permissions::from_mode(k1_mode)).unwrap();
+        },
+        extra,
+    )
+}
+
+/// `nginx -t` of the test's configuration, with the file of key id k1
+/// made by `make_k1`.
+fn config_test_with(make_k1: impl FnOnce(&Path), extra: &str) -> (ConfigTest, PathBuf, TempDir) {
     let keys = TempDir::new("keyenc-t");
     let k1 = keys.path().join("k1.key");
-    std::fs::write(&k1, k1_bytes).unwrap();
-    std::fs::set_permissions(&k1, std::fs::Permissions::from_mode(k1_mode)).unwrap();
+    make_k1(&k1);
     let k2 = key_file(keys.path(), "k2.key", &K2, 0o600);
     let pki = Pki::new();
     let t = Nginx::config_test(
@@ -383,6 +394,39 @@ fn world_readable_key_file_fails_the_config_test_naming_it() {
 fn wrong_length_key_file_fails_the_config_test_naming_it() {
     let (t, k1, _keys) = config_test(0o600, &[7; 31], "");
     assert!(!t.ok, "a 31-byte key was accepted:\n{}", t.output);
+    assert!(
+        t.output.contains(&format!("key file \"{}\"", k1.display()))
+            && t.output.contains("32 bytes"),
+        "{}",
+        t.output
+    );
+}
+
+#[test]
+fn a_fifo_or_a_huge_file_as_key_file_fails_the_config_test_without_hanging() {
+    // A FIFO nobody writes to would block a read forever.
+    let (t, k1, _keys) = config_test_with(
+        |k1| {
+            let made = std::process::Command::new("mkfifo")
+                .args(["-m", "600"])
+                .arg(k1)
+                .status()
+                .expect("mkfifo");
+            assert!(made.success());
+        },
+        "",
+    );
+    assert!(!t.ok, "{}", t.output);
+    assert!(
+        t.output.contains(&format!(
+            "key file \"{}\" is not a regular file",
+            k1.display()
+        )),
+        "{}",
+        t.output
+    );
+    let (t, k1, _keys) = config_test(0o600, &vec![b'a'; 1 << 20], "");
+    assert!(!t.ok, "{}", t.output);
     assert!(
         t.output.contains(&format!("key file \"{}\"", k1.display()))
             && t.output.contains("32 bytes"),

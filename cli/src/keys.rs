@@ -37,8 +37,8 @@ pub fn keyring(specs: &[String]) -> Result<Keyring, CliError> {
         let meta = std::fs::metadata(path)
             .map_err(|e| bad(format!("cannot read key file \"{file}\": {e}")))?;
         let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
-        let key = std::fs::read(path)
-            .map_err(|e| format!("cannot be read: {e}"))
+        let key = directives::key_file_metadata(meta.is_file(), mode)
+            .and_then(|()| read_bounded(path, directives::MAX_KEY_FILE_BYTES))
             .and_then(|c| directives::key_file(mode, &c))
             .map_err(|why| bad(format!("key file \"{file}\" {why}")))?;
         if !ring.insert(&id, key) {
@@ -46,6 +46,17 @@ pub fn keyring(specs: &[String]) -> Result<Keyring, CliError> {
         }
     }
     Ok(ring)
+}
+
+/// At most `max` + 1 bytes of the file at `path` (enough to tell that it
+/// is too long).
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut contents = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut contents))
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    Ok(contents)
 }
 
 /// Checks that `id` can be encrypted with, before Redis is reached.

@@ -307,21 +307,38 @@ pub fn key_id(v: &[u8]) -> Result<String> {
     Ok(String::from_utf8_lossy(v).into_owned())
 }
 
-/// The key of `dyncert_key_decryption_key ID FILE`, given the file's
-/// permission bits and contents (read by the shell): refused when anyone
-/// may read the file, or it does not hold exactly one AES-256 key
-/// ([`crate::keywrap::key_of_file`]). The error is the reason, never the
-/// contents.
-pub fn key_file(
-    mode: u32,
-    contents: &[u8],
-) -> std::result::Result<[u8; crate::keywrap::KEY_LEN], String> {
+/// Most bytes read from a key file: the longest accepted form is 64 hex
+/// digits and a CRLF, so anything longer is refused without being read
+/// (a key file naming a device must not hang `nginx -t`).
+pub const MAX_KEY_FILE_BYTES: u64 = 128;
+
+/// Whether the file of `dyncert_key_decryption_key ID FILE` may be read,
+/// from its metadata: a regular file (not a FIFO or device, which could
+/// block the read) that not everyone may read.
+pub fn key_file_metadata(is_file: bool, mode: u32) -> std::result::Result<(), String> {
+    if !is_file {
+        return Err("is not a regular file".into());
+    }
     if crate::keywrap::world_readable(mode) {
         return Err(format!(
             "is readable by everyone (mode {:o}); chmod o-r it",
             mode & 0o7777
         ));
     }
+    Ok(())
+}
+
+/// The key of `dyncert_key_decryption_key ID FILE`, given the file's
+/// permission bits and (at most [`MAX_KEY_FILE_BYTES`] + 1 bytes of) its
+/// contents, read by the shell: refused when anyone may read the file,
+/// or it does not hold exactly one AES-256 key
+/// ([`crate::keywrap::key_of_file`]). The error is the reason, never the
+/// contents.
+pub fn key_file(
+    mode: u32,
+    contents: &[u8],
+) -> std::result::Result<[u8; crate::keywrap::KEY_LEN], String> {
+    key_file_metadata(true, mode)?;
     crate::keywrap::key_of_file(contents).map_err(str::to_owned)
 }
 
@@ -1124,6 +1141,11 @@ mod tests {
         );
         let e = key_file(0o600, b"short\n").unwrap_err();
         assert!(e.contains("32 bytes"), "{e}");
+        assert_eq!(
+            key_file_metadata(false, 0o600),
+            Err("is not a regular file".into())
+        );
+        assert_eq!(key_file_metadata(true, 0o100600), Ok(()));
         assert!(!key_file(0o600, b"secret-but-wrong-length")
             .unwrap_err()
             .contains("secret"));

@@ -248,12 +248,23 @@ fn key_decryption_key(
     let meta = std::fs::metadata(&path)
         .map_err(|e| emerg(cf, format_args!("cannot read key file \"{path}\": {e}")))?;
     let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
-    let key = std::fs::read(&path)
-        .map_err(|e| format!("cannot be read: {e}"))
+    let key = directives::key_file_metadata(meta.is_file(), mode)
+        .and_then(|()| read_bounded(&path, directives::MAX_KEY_FILE_BYTES))
         .and_then(|contents| directives::key_file(mode, &contents))
         .map_err(|why| emerg(cf, format_args!("key file \"{path}\" {why}")))?;
     mcf.key_ring.insert(&id, key);
     Ok(())
+}
+
+/// At most `max` + 1 bytes of the file at `path` (enough to tell that it
+/// is too long).
+fn read_bounded(path: &str, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut contents = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut contents))
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    Ok(contents)
 }
 
 directive!(ngx_http_dyncert_key_encryption => key_encryption);
