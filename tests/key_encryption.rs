@@ -34,7 +34,7 @@ http {
         ssl_certificate_key default.key;
         dyncert on;
         @UNKNOWN@
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
+        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
     }
 }
 "#;
@@ -71,6 +71,10 @@ struct Env {
 
 impl Env {
     fn start(extra: &str, unknown: &str) -> Env {
+        Env::start_with(1, extra, unknown)
+    }
+
+    fn start_with(workers: u32, extra: &str, unknown: &str) -> Env {
         let keys = TempDir::new("keyenc");
         let k1 = key_file(keys.path(), "k1.key", &K1, 0o600);
         let k2 = key_file(keys.path(), "k2.key", &K2, 0o640);
@@ -81,6 +85,7 @@ impl Env {
             &pki,
             HTTP,
             NginxOpts::new()
+                .workers(workers)
                 .redis(&redis)
                 .var("MPORT", mport)
                 .var("K1", k1.display())
@@ -267,6 +272,36 @@ fn records_under_two_key_ids_are_both_served() {
     s.redis.hset_cert("new.example.com", &new.chain_pem, &k_new);
     s.get("old.example.com").assert_served(&old, &s.pki);
     s.get("new.example.com").assert_served(&new, &s.pki);
+}
+
+#[test]
+fn a_decrypted_key_reaches_the_other_workers_through_the_shared_zone() {
+    // The zone holds the parsed record (the host's memory is trusted):
+    // another worker serves it without fetching or decrypting it.
+    let s = Env::start_with(
+        2,
+        "dyncert_shared_zone dyncert:1m; dyncert_key_encryption required;",
+        "",
+    );
+    let leaf = s.pki.leaf(&["zone.example.com"], 9112);
+    let key = wrap(leaf.key_pem.as_bytes(), "zone.example.com", "k1");
+    s.redis.hset_cert("zone.example.com", &leaf.chain_pem, &key);
+    let first = s.get("zone.example.com");
+    first.assert_served(&leaf, &s.pki);
+    assert_eq!(first.source(), "redis", "body {:?}", first.body);
+    let all = s
+        .nginx
+        .hit_every_worker("zone.example.com", STARTUP_DEADLINE);
+    for r in &all {
+        r.assert_served(&leaf, &s.pki);
+    }
+    assert!(
+        all.iter().any(|r| r.source() == "shared"),
+        "the other worker did not load it from the zone: {:?}",
+        all.iter()
+            .map(|r| (r.pid(), r.source()))
+            .collect::<Vec<_>>()
+    );
 }
 
 #[test]
