@@ -44,7 +44,7 @@ const fn command(
     }
 }
 
-static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 27] = [
+static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 29] = [
     command(
         ngx_string!("dyncert"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
@@ -103,6 +103,18 @@ static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 27] = [
         ngx_string!("dyncert_key_references"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE123,
         directives::ngx_http_dyncert_key_references,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_key_decryption_key"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2,
+        directives::ngx_http_dyncert_key_decryption_key,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_key_encryption"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        directives::ngx_http_dyncert_key_encryption,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(

@@ -32,6 +32,7 @@ use crate::due::already_replaced;
 use crate::error::CliError;
 use crate::hook::DnsHook;
 use crate::store::Store;
+use dyncert_core::keywrap::Keyring;
 
 /// Key prefix of HTTP-01 answers: the module's `dyncert_acme_prefix`
 /// default.
@@ -69,6 +70,11 @@ pub struct Request {
     /// The certificate this order replaces (ARI, RFC 9773 section 5), set
     /// by `renew` when the CA gave a renewal window for it.
     pub replaces: Option<CertificateIdentifier<'static>>,
+    /// Store the new key encrypted under this key id (of `key_ring`).
+    pub encrypt_with: Option<String>,
+    /// The keys of `--key-encryption-key`: for `encrypt_with`, and for
+    /// `renew` to keep a record encrypted under the id it had.
+    pub key_ring: Keyring,
 }
 
 impl Default for Request {
@@ -86,6 +92,8 @@ impl Default for Request {
             dns: None,
             eab: None,
             replaces: None,
+            encrypt_with: None,
+            key_ring: Keyring::new(),
         }
     }
 }
@@ -277,7 +285,7 @@ async fn issue_async(store: &mut Store, req: &Request) -> Result<Prepared, CliEr
         .private_key_to_pem_pkcs8()
         .map_err(|e| CliError::Acme(format!("issue \"{first}\": key encoding: {e}")))?;
 
-    let prepared = prepare_bytes(
+    let mut prepared = prepare_bytes(
         first,
         chain.into_bytes(),
         key_pem,
@@ -285,6 +293,10 @@ async fn issue_async(store: &mut Store, req: &Request) -> Result<Prepared, CliEr
         req.client_ca.clone(),
         now_secs(),
     )?;
+    if let Some(id) = &req.encrypt_with {
+        let prefix = store.prefix().to_owned();
+        crate::keys::seal_prepared(&mut prepared, &prefix, id, &req.key_ring)?;
+    }
     store.put(&prepared)?;
     Ok(prepared)
 }

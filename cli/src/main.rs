@@ -14,6 +14,7 @@ mod dns01;
 mod due;
 mod error;
 mod hook;
+mod keys;
 mod lease;
 mod metrics;
 mod renew;
@@ -87,6 +88,18 @@ struct Cli {
     /// Expiry index key (dyncert_expiry_index), or off
     #[arg(long, global = true, default_value = DEFAULT_EXPIRY_INDEX)]
     index: String,
+    /// A key-encryption key, as dyncert_key_decryption_key ID FILE takes it
+    /// (the file: 32 bytes, 64 hex digits or base64 of 32 bytes, not
+    /// readable by everyone); repeatable, or comma-separated in the
+    /// environment
+    #[arg(
+        long = "key-encryption-key",
+        global = true,
+        env = "DYNCERT_KEY_ENCRYPTION_KEYS",
+        value_name = "ID=FILE",
+        value_delimiter = ','
+    )]
+    key_encryption_keys: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,6 +123,10 @@ enum Command {
         /// PEM CA certificates client certificates must chain to
         #[arg(long, value_name = "FILE")]
         client_ca: Option<PathBuf>,
+        /// Store the key encrypted under this key id (its key given with
+        /// --key-encryption-key), bound to the record's Redis key
+        #[arg(long, value_name = "ID")]
+        encrypt_with: Option<String>,
     },
     /// Show a record: names, issuer, expiry, fingerprint, policy (never the key)
     Get {
@@ -135,6 +152,24 @@ enum Command {
         /// Validate and compare only; write nothing
         #[arg(long)]
         dry_run: bool,
+        /// Store the keys encrypted under this key id (as put does); every
+        /// record is then written again, never "unchanged"
+        #[arg(long, value_name = "ID")]
+        encrypt_with: Option<String>,
+    },
+    /// Re-encrypt stored private keys (plain, or under another id given
+    /// with --key-encryption-key) under key id --to; a record changed
+    /// meanwhile by a put is read again, never overwritten
+    Rewrap {
+        /// The key id to encrypt under
+        #[arg(long, value_name = "ID")]
+        to: String,
+        /// Records to rewrap
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        names: Vec<String>,
+        /// Every record under the prefix
+        #[arg(long)]
+        all: bool,
     },
     /// Get a certificate from an ACME CA over HTTP-01 (answered by the
     /// terminators from Redis) or DNS-01 (through --dns-hook) and store it
@@ -209,6 +244,10 @@ struct AcmeOpts {
     /// needs time to reach the authoritative servers)
     #[arg(long, value_name = "TIME", default_value = "0s", value_parser = parse_hook_time)]
     dns_propagation_wait: u64,
+    /// Store the new key encrypted under this key id (its key given with
+    /// --key-encryption-key); renew keeps an encrypted record's id without it
+    #[arg(long, value_name = "ID")]
+    encrypt_with: Option<String>,
     /// External account binding key id, for a CA that requires EAB
     #[arg(
         long,
@@ -266,6 +305,7 @@ impl AcmeOpts {
             acme_prefix,
             dns,
             eab,
+            encrypt_with: self.encrypt_with,
             ..acme::Request::default()
         })
     }
@@ -352,6 +392,10 @@ fn run_issuer(cli: Cli) -> Result<u8, CliError> {
     let lease_store = Store::connect(&cli.redis, tls.clone(), keys_of()?)?;
     let work_store = Store::connect(&cli.redis, tls, keys_of()?)?;
     let prefix = keys_of()?.prefix;
+    let ring = keys::keyring(&cli.key_encryption_keys)?;
+    if let Some(id) = &opts.acme.encrypt_with {
+        keys::check_id(&ring, id, "--encrypt-with")?;
+    }
     let Command::Run(opts) = cli.command else {
         return Ok(0);
     };
@@ -367,7 +411,10 @@ fn run_issuer(cli: Cli) -> Result<u8, CliError> {
         domain_limit: opts.max_orders_per_domain,
         account_limit: opts.max_orders_per_account,
         prefix,
-        template: opts.acme.request(Vec::new())?,
+        template: acme::Request {
+            key_ring: ring,
+            ..opts.acme.request(Vec::new())?
+        },
     };
     run::run(lease_store, work_store, cfg)
 }
@@ -490,8 +537,32 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             acme.check()?;
         }
         Command::Renew { acme, .. } => acme.check()?,
+        Command::Rewrap { names, .. } => {
+            for n in names {
+                record_name(n)?;
+            }
+        }
         _ => {}
     }
+    let ring = keys::keyring(&cli.key_encryption_keys)?;
+    match &cli.command {
+        Command::Put {
+            encrypt_with: Some(id),
+            ..
+        }
+        | Command::Import {
+            encrypt_with: Some(id),
+            ..
+        } => keys::check_id(&ring, id, "--encrypt-with")?,
+        Command::Rewrap { to, .. } => keys::check_id(&ring, to, "--to")?,
+        Command::Issue { acme, .. } | Command::Renew { acme, .. } => {
+            if let Some(id) = &acme.encrypt_with {
+                keys::check_id(&ring, id, "--encrypt-with")?;
+            }
+        }
+        _ => {}
+    }
+    let prefix = keys.prefix.clone();
     let tls = redis_tls(&cli)?;
     let mut store = Store::connect(&cli.redis, tls, keys)?;
     match cli.command {
@@ -501,6 +572,7 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             key,
             allow,
             client_ca,
+            encrypt_with,
         } => {
             let name = record_name(&name)?;
             let input = Input {
@@ -509,7 +581,10 @@ fn run(cli: Cli) -> Result<u8, CliError> {
                 allow: allow.as_deref(),
                 client_ca: client_ca.as_deref(),
             };
-            let p = prepare(&name, &input, now_secs())?;
+            let mut p = prepare(&name, &input, now_secs())?;
+            if let Some(id) = &encrypt_with {
+                keys::seal_prepared(&mut p, &prefix, id, &ring)?;
+            }
             store.put(&p)?;
             let sent = store.invalidate(&name)?;
             println!(
@@ -520,7 +595,10 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             );
             Ok(0)
         }
-        Command::Get { name, json } => get(&mut store, &record_name(&name)?, json),
+        Command::Get { name, json } => {
+            let name = record_name(&name)?;
+            get(&mut store, &name, json, &keys::aad(&prefix, &name), &ring)
+        }
         Command::List { expiring, json } => list(&mut store, expiring, json),
         Command::Delete { name } => {
             let name = record_name(&name)?;
@@ -543,9 +621,32 @@ fn run(cli: Cli) -> Result<u8, CliError> {
                 )),
             }
         }
-        Command::Import { dir, dry_run } => import(&mut store, &dir, dry_run),
+        Command::Import {
+            dir,
+            dry_run,
+            encrypt_with,
+        } => {
+            let seal = encrypt_with
+                .as_deref()
+                .map(|id| (prefix.as_str(), id, &ring));
+            import(&mut store, &dir, dry_run, seal)
+        }
+        Command::Rewrap { to, names, all } => {
+            let names = if all {
+                store.record_names()?
+            } else {
+                names
+                    .iter()
+                    .map(|n| record_name(n))
+                    .collect::<Result<_, _>>()?
+            };
+            rewrap(&mut store, &prefix, &names, &to, &ring)
+        }
         Command::Issue { names, acme } => {
-            let req = acme.request(issue_names(&names)?)?;
+            let req = acme::Request {
+                key_ring: ring.clone(),
+                ..acme.request(issue_names(&names)?)?
+            };
             let p = acme::issue(&mut store, &req)?;
             let sent = store.invalidate(&p.name)?;
             println!(
@@ -569,7 +670,11 @@ fn run(cli: Cli) -> Result<u8, CliError> {
                 dry_run,
                 jitter: !no_jitter,
             };
-            renew::renew(&mut store, &opts, &acme.request(Vec::new())?)
+            let template = acme::Request {
+                key_ring: ring.clone(),
+                ..acme.request(Vec::new())?
+            };
+            renew::renew(&mut store, &opts, &template)
         }
         Command::Run(_) => Ok(0),
         Command::Index {
@@ -607,13 +712,35 @@ fn published(store: &Store, listeners: Option<i64>) -> String {
     }
 }
 
-fn get(store: &mut Store, name: &str, as_json: bool) -> Result<u8, CliError> {
-    let fields = store.fields(name)?;
+fn get(
+    store: &mut Store,
+    name: &str,
+    as_json: bool,
+    aad: &str,
+    ring: &dyncert_core::keywrap::Keyring,
+) -> Result<u8, CliError> {
+    let mut fields = store.fields(name)?;
     if fields.is_empty() {
         return Err(CliError::Absent(name.to_owned()));
     }
+    // An encrypted key is checked with the keys given, as a terminator
+    // with those keys would; without them, the refusal says so.
+    let mut key_refusal = None;
+    for field in keys::KEY_FIELDS {
+        if let Some(v) = fields.get_mut(field) {
+            if dyncert_core::keywrap::is_envelope(v) {
+                match dyncert_core::keywrap::open(v, aad.as_bytes(), ring) {
+                    Ok(plain) => *v = plain,
+                    Err(e) => key_refusal = Some(format!("{} ({})", e.reason(), e.label())),
+                }
+            }
+        }
+    }
     let now = now_secs();
-    let s = show(name, &fields, now);
+    let mut s = show(name, &fields, now);
+    if key_refusal.is_some() {
+        s.refused = key_refusal;
+    }
     if as_json {
         let leaf = s.leaf.as_ref();
         let v = json!({
@@ -693,8 +820,42 @@ fn list(store: &mut Store, within: Option<u64>, as_json: bool) -> Result<u8, Cli
     Ok(0)
 }
 
+/// `rewrap --to ID`: each record in turn; one line each, the refusals on
+/// stderr (the key bytes never), exit 1 when any was refused.
+fn rewrap(
+    store: &mut Store,
+    prefix: &str,
+    names: &[String],
+    to: &str,
+    ring: &dyncert_core::keywrap::Keyring,
+) -> Result<u8, CliError> {
+    let (mut done, mut already, mut failed) = (0, 0, 0);
+    for name in names {
+        match keys::rewrap(store, prefix, name, to, ring) {
+            Ok(keys::Rewrapped::Done(fields)) => {
+                done += 1;
+                eprintln!("{name}: rewrapped {} under \"{to}\"", fields.join(", "));
+            }
+            Ok(keys::Rewrapped::Already) => {
+                already += 1;
+                eprintln!("{name}: already under \"{to}\"");
+            }
+            Err(e @ CliError::Redis(_)) => return Err(e),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{name}: refused: {}", e.reason());
+            }
+        }
+    }
+    println!("rewrapped {done}, already under \"{to}\" {already}, refused {failed}");
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// How `import --encrypt-with` seals: the record prefix, the id, the keys.
+type Seal<'a> = Option<(&'a str, &'a str, &'a dyncert_core::keywrap::Keyring)>;
+
 /// `import DIR`: each `NAME.crt` with its `NAME.key`, in name order.
-fn import(store: &mut Store, dir: &Path, dry_run: bool) -> Result<u8, CliError> {
+fn import(store: &mut Store, dir: &Path, dry_run: bool, seal: Seal<'_>) -> Result<u8, CliError> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| CliError::Input(format!("cannot read {}: {e}", dir.display())))?;
     let mut stems: Vec<String> = entries
@@ -711,7 +872,7 @@ fn import(store: &mut Store, dir: &Path, dry_run: bool) -> Result<u8, CliError> 
     for (i, stem) in stems.iter().enumerate() {
         let crt = dir.join(format!("{stem}.crt"));
         let key = dir.join(format!("{stem}.key"));
-        let outcome = import_one(store, stem, &crt, &key, dry_run);
+        let outcome = import_one(store, stem, &crt, &key, dry_run, seal);
         let what = match outcome {
             Ok(true) => {
                 imported += 1;
@@ -750,6 +911,7 @@ fn import_one(
     crt: &Path,
     key: &Path,
     dry_run: bool,
+    seal: Seal<'_>,
 ) -> Result<bool, CliError> {
     let name = record_name(stem)?;
     if !key.is_file() {
@@ -761,7 +923,10 @@ fn import_one(
         allow: None,
         client_ca: None,
     };
-    let p = prepare(&name, &input, now_secs())?;
+    let mut p = prepare(&name, &input, now_secs())?;
+    if let Some((prefix, id, ring)) = seal {
+        keys::seal_prepared(&mut p, prefix, id, ring)?;
+    }
     if store.is_current(&p)? {
         return Ok(false);
     }

@@ -148,6 +148,23 @@ fn renew_one(
     req.allow = fields.get("allow").cloned();
     req.client_ca = fields.get("client_ca").cloned();
     req.replaces = ari.map(|(_, _, id)| id);
+    // An encrypted record stays encrypted (under its own id unless
+    // --encrypt-with says another): a plain key would be refused by
+    // terminators with dyncert_key_encryption required.
+    if req.encrypt_with.is_none() {
+        if let Some(id) = stored_key_id(&fields) {
+            if req.key_ring.get(&id).is_none() {
+                return Ok((
+                    Outcome::Failed,
+                    format!(
+                        "its key is encrypted under \"{id}\": give --key-encryption-key {id}=FILE \
+                         (or --encrypt-with another id)"
+                    ),
+                ));
+            }
+            req.encrypt_with = Some(id);
+        }
+    }
     let p = match acme::issue(store, &req) {
         Ok(p) => p,
         // `dyncert run` or another renew is ordering it right now.
@@ -201,4 +218,14 @@ fn random_u32() -> Result<u32, CliError> {
     let mut b = [0u8; 4];
     openssl::rand::rand_bytes(&mut b).map_err(|e| CliError::Acme(format!("random jitter: {e}")))?;
     Ok(u32::from_le_bytes(b))
+}
+
+/// The key id a stored record's key is encrypted under, if it is.
+fn stored_key_id(fields: &std::collections::HashMap<String, Vec<u8>>) -> Option<String> {
+    crate::keys::KEY_FIELDS.iter().find_map(|f| {
+        let v = fields.get(*f)?;
+        dyncert_core::keywrap::parse(v)
+            .ok()
+            .map(|e| e.id.to_owned())
+    })
 }

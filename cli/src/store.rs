@@ -166,6 +166,11 @@ impl Store {
         Ok(T::from_redis_value(v).map_err(redis::RedisError::from)?)
     }
 
+    /// The record key prefix (an encrypted key is bound to prefix + name).
+    pub fn prefix(&self) -> &str {
+        &self.keys.prefix
+    }
+
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.keys.prefix)
     }
@@ -226,6 +231,73 @@ impl Store {
     pub fn fields(&mut self, name: &str) -> Result<HashMap<String, Vec<u8>>, CliError> {
         let key = self.key(name);
         self.q(redis::cmd("HGETALL").arg(key).clone())
+    }
+
+    /// Sets each (field, read, new) of `changes` in the record of `name`
+    /// if every field still holds the value read, in one script (atomic,
+    /// one key: also in a Cluster); false when the record changed since.
+    pub fn replace_fields_if(
+        &mut self,
+        name: &str,
+        changes: &[(&str, Vec<u8>, Vec<u8>)],
+    ) -> Result<bool, CliError> {
+        const SCRIPT: &str = "for i = 1, #ARGV, 3 do \
+             if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then return 0 end \
+             end \
+             for i = 1, #ARGV, 3 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2]) end \
+             return 1";
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(SCRIPT).arg(1).arg(self.key(name));
+        for (field, read, new) in changes {
+            eval.arg(*field).arg(read.as_slice()).arg(new.as_slice());
+        }
+        let done: i64 = self.q(eval)?;
+        Ok(done == 1)
+    }
+
+    /// The names of every record under the prefix (SCAN, never KEYS):
+    /// hashes whose key is the prefix and a normalised name.
+    pub fn record_names(&mut self) -> Result<Vec<String>, CliError> {
+        if self.cluster {
+            return Err(CliError::Input(
+                "--all is not supported with a cluster:// URL (SCAN walks one node): name the records"
+                    .into(),
+            ));
+        }
+        let pattern = format!("{}*", glob_escape(&self.keys.prefix));
+        let mut names = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self.q(redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(BATCH)
+                .clone())?;
+            if !keys.is_empty() {
+                let mut types = redis::pipe();
+                for k in &keys {
+                    types.cmd("TYPE").arg(k);
+                }
+                let kinds: Vec<String> = self.qp(types)?;
+                for (key, kind) in keys.iter().zip(kinds) {
+                    let Some(name) = key.strip_prefix(&self.keys.prefix) else {
+                        continue;
+                    };
+                    if kind == "hash" && record_name(name).ok().as_deref() == Some(name) {
+                        names.push(name.to_owned());
+                    }
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     /// Deletes the record and its index entry; false when neither was

@@ -285,6 +285,63 @@ pub fn key_references(args: &[&[u8]]) -> Result<crate::keyref::KeyRefConfig> {
     crate::keyref::directive(args).map_err(|(shown, reason)| InvalidParameter { shown, reason })
 }
 
+/// `dyncert_key_encryption optional|required`.
+pub fn key_encryption(v: &[u8]) -> Result<crate::keywrap::KeyEncryption> {
+    use crate::keywrap::KeyEncryption;
+    match v {
+        b"optional" => Ok(KeyEncryption::Optional),
+        b"required" => Ok(KeyEncryption::Required),
+        _ => Err(InvalidParameter::of(v)),
+    }
+}
+
+/// The id of `dyncert_key_decryption_key ID FILE`: 1 to 64 characters of
+/// `[A-Za-z0-9_.-]`, the characters an envelope's id may have.
+pub fn key_id(v: &[u8]) -> Result<String> {
+    if !crate::keywrap::valid_id(v) {
+        return Err(InvalidParameter::because(
+            String::from_utf8_lossy(v).into_owned(),
+            "a key id is 1 to 64 characters of A-Z a-z 0-9 _ . -".into(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(v).into_owned())
+}
+
+/// Most bytes read from a key file: the longest accepted form is 64 hex
+/// digits and a CRLF, so anything longer is refused without being read
+/// (a key file naming a device must not hang `nginx -t`).
+pub const MAX_KEY_FILE_BYTES: u64 = 128;
+
+/// Whether the file of `dyncert_key_decryption_key ID FILE` may be read,
+/// from its metadata: a regular file (not a FIFO or device, which could
+/// block the read) that not everyone may read.
+pub fn key_file_metadata(is_file: bool, mode: u32) -> std::result::Result<(), String> {
+    if !is_file {
+        return Err("is not a regular file".into());
+    }
+    if crate::keywrap::world_readable(mode) {
+        return Err(format!(
+            "is readable by everyone (mode {:o}); chmod o-r it",
+            mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// The key of `dyncert_key_decryption_key ID FILE`, given the file's
+/// permission bits and (at most [`MAX_KEY_FILE_BYTES`] + 1 bytes of) its
+/// contents, read by the shell: refused when anyone may read the file,
+/// or it does not hold exactly one AES-256 key
+/// ([`crate::keywrap::key_of_file`]). The error is the reason, never the
+/// contents.
+pub fn key_file(
+    mode: u32,
+    contents: &[u8],
+) -> std::result::Result<[u8; crate::keywrap::KEY_LEN], String> {
+    key_file_metadata(true, mode)?;
+    crate::keywrap::key_of_file(contents).map_err(str::to_owned)
+}
+
 /// `dyncert_redis_prefix`, `dyncert_acme_prefix`: the prefix becomes part
 /// of every key, so printable ASCII without spaces, at most 128 bytes.
 pub fn key_prefix(v: &[u8]) -> Result<String> {
@@ -1057,5 +1114,40 @@ mod tests {
         assert!(!has_pem_certificate(b""));
         assert!(!has_pem_certificate(b"not a certificate"));
         assert!(!has_pem_certificate(&testpki::key_pem(&key)));
+    }
+
+    #[test]
+    fn key_encryption_values() {
+        use crate::keywrap::KeyEncryption;
+        assert_eq!(key_encryption(b"optional"), Ok(KeyEncryption::Optional));
+        assert_eq!(key_encryption(b"required"), Ok(KeyEncryption::Required));
+        assert!(key_encryption(b"on").is_err());
+        assert!(key_encryption(b"Required").is_err());
+    }
+
+    #[test]
+    fn key_ids_and_key_files() {
+        assert_eq!(key_id(b"2026-12.a_1").as_deref(), Ok("2026-12.a_1"));
+        for bad in [&b""[..], b"a:b", b"a b", b"k\xc3\xa9", &[b'a'; 65]] {
+            assert!(key_id(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        let hex = "ab".repeat(32);
+        assert_eq!(key_file(0o100600, hex.as_bytes()), Ok([0xab; 32]));
+        assert_eq!(key_file(0o640, &[1; 32]), Ok([1; 32]));
+        let e = key_file(0o100644, hex.as_bytes()).unwrap_err();
+        assert!(
+            e.contains("readable by everyone") && e.contains("644"),
+            "{e}"
+        );
+        let e = key_file(0o600, b"short\n").unwrap_err();
+        assert!(e.contains("32 bytes"), "{e}");
+        assert_eq!(
+            key_file_metadata(false, 0o600),
+            Err("is not a regular file".into())
+        );
+        assert_eq!(key_file_metadata(true, 0o100600), Ok(()));
+        assert!(!key_file(0o600, b"secret-but-wrong-length")
+            .unwrap_err()
+            .contains("secret"));
     }
 }

@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod flight;
 pub mod intern;
 pub mod keyref;
+pub mod keywrap;
 pub mod lru;
 pub mod metrics;
 pub mod name;

@@ -48,7 +48,7 @@ pub const HANDSHAKE_SOURCES: [CertSource; 6] = [
 
 /// Labels of refused records (`Refusal::label`), in a fixed order so the
 /// shared array has one slot each; anything else counts as `other`.
-pub const REJECT_REASONS: [&str; 20] = [
+pub const REJECT_REASONS: [&str; 24] = [
     "crt_not_pem",
     "chain_too_long",
     "key_not_pem",
@@ -68,6 +68,10 @@ pub const REJECT_REASONS: [&str; 20] = [
     "encrypted_key",
     "key_reference_refused",
     "key_reference_failed",
+    "key_decrypt_malformed",
+    "key_decrypt_unknown_id",
+    "key_decrypt_bad_tag",
+    "key_plain_refused",
     "other",
 ];
 
@@ -664,6 +668,20 @@ mod tests {
             Invalid::KeyReferenceNoEngine,
         ] {
             assert_ne!(l.rejected(i.label()), l.rejected("other"), "{i:?}");
+        }
+    }
+
+    #[test]
+    fn every_key_decryption_refusal_has_its_own_slot() {
+        use crate::keywrap::KeyWrapError;
+        let l = Layout { servers: 0 };
+        for e in [
+            KeyWrapError::Malformed,
+            KeyWrapError::UnknownId,
+            KeyWrapError::BadTag,
+            KeyWrapError::PlainRefused,
+        ] {
+            assert_ne!(l.rejected(e.label()), l.rejected("other"), "{e:?}");
         }
     }
 

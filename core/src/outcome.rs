@@ -82,8 +82,12 @@ impl StepOutcome {
 /// Why a record was refused: a log reason and a counter label. The
 /// modules that refuse records (`record`, `validate`) convert their own
 /// reasons into it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub reason: &'static str,
     pub label: &'static str,
+    /// The Redis key of the refused record, when the log line should name
+    /// it (an encrypted key is bound to it, and a wildcard record's key is
+    /// not the name that asked).
+    pub record: Option<std::sync::Arc<str>>,
 }

@@ -98,6 +98,7 @@ impl From<RecordError> for Refusal {
         Refusal {
             reason: e.as_str(),
             label: e.label(),
+            record: None,
         }
     }
 }

@@ -165,6 +165,7 @@ impl From<Invalid> for Refusal {
         Refusal {
             reason: i.as_str(),
             label: i.label(),
+            record: None,
         }
     }
 }

@@ -769,10 +769,14 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             }
             Outcome::Refused(refusal) => {
                 self.sink.add(layout.rejected(refusal.label), 1);
+                let record = match &refusal.record {
+                    Some(key) => format!(", record: \"{key}\""),
+                    None => String::new(),
+                };
                 log(
                     Level::Warn,
                     format!(
-                        "dyncert: invalid certificate record ({}) while validating, name: \"{}\"",
+                        "dyncert: invalid certificate record ({}) while validating, name: \"{}\"{record}",
                         refusal.reason, name
                     ),
                 );
@@ -982,6 +986,7 @@ mod tests {
         Outcome::Refused(Refusal {
             reason: "certificate has expired (notAfter)",
             label: "expired",
+            record: None,
         })
     }
 
@@ -1686,6 +1691,29 @@ mod tests {
             (None, CertSource::Default)
         );
         assert_eq!(m.simple(Simple::NegativeHits), 1);
+    }
+
+    #[test]
+    fn a_refusal_that_names_its_record_is_logged_with_it_and_counted() {
+        let (mut w, m) = worker();
+        let refusal = Outcome::Refused(Refusal {
+            record: Some("dyncert:cert:*.example.com".into()),
+            ..crate::keywrap::KeyWrapError::BadTag.into()
+        });
+        let (_, lines) = apply(&mut w, fetched("a.example.com", refusal), NOW);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let (level, line) = &lines[0];
+        assert_eq!(*level, Level::Warn);
+        assert!(
+            line.contains("authentication failed")
+                && line
+                    .ends_with("name: \"a.example.com\", record: \"dyncert:cert:*.example.com\""),
+            "{line}"
+        );
+        assert_eq!(
+            m.get(Layout { servers: 0 }.rejected("key_decrypt_bad_tag")),
+            1
+        );
     }
 
     #[test]

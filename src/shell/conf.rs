@@ -16,6 +16,7 @@ use dyncert_core::cidr::Cidr;
 use dyncert_core::directives::check_redis_tls;
 use dyncert_core::fetch::{FetcherConfig, RedisTls};
 use dyncert_core::keyref::KeyRefConfig;
+use dyncert_core::keywrap::{KeyEncryption, KeyWrapConfig, Keyring};
 use dyncert_core::on_demand::Stream;
 use dyncert_core::template::UrlTemplate;
 use ngx::ffi::{
@@ -114,6 +115,11 @@ pub struct MainConf {
     pub shared_zone: Option<NonNull<ngx_shm_zone_t>>,
     /// `dyncert_key_references`; unset: off.
     pub key_refs: Option<KeyRefConfig>,
+    /// `dyncert_key_decryption_key ID FILE` (repeatable): the keys, read
+    /// when the directive is parsed.
+    pub key_ring: Keyring,
+    /// `dyncert_key_encryption`; unset: optional.
+    pub key_encryption: Option<KeyEncryption>,
     /// Filled in postconfiguration: first server_name of each server block,
     /// in the order of `SrvConf::server_index` (metric labels).
     pub server_names: Vec<String>,
@@ -181,6 +187,10 @@ impl MainConf {
             // Found records come back in compact form for the shared zone.
             compact: self.shared_zone.is_some(),
             key_refs: self.key_refs.clone().unwrap_or_default(),
+            key_wrap: std::sync::Arc::new(KeyWrapConfig {
+                ring: self.key_ring.clone(),
+                mode: self.key_encryption.unwrap_or_default(),
+            }),
             on_demand: self
                 .on_demand
                 .then(|| self.on_demand_stream.clone().unwrap_or_default()),
@@ -390,6 +400,21 @@ pub fn check_sources(cf: &mut ngx_conf_t, mcf: &MainConf) -> Result<(), Refused>
             format_args!(
                 "\"dyncert on\" is set but neither \"dyncert_redis\" nor \"dyncert_api\" is: \
                  dyncert has no certificate source"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `dyncert_key_encryption required` with no key to decrypt with would
+/// refuse every record.
+pub fn check_key_encryption(cf: &mut ngx_conf_t, mcf: &MainConf) -> Result<(), Refused> {
+    if mcf.key_encryption == Some(KeyEncryption::Required) && mcf.key_ring.is_empty() {
+        return Err(emerg(
+            cf,
+            format_args!(
+                "\"dyncert_key_encryption required\" is set but no \"dyncert_key_decryption_key\" is: \
+                 no record could be served"
             ),
         ));
     }

@@ -221,6 +221,60 @@ fn key_references(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -
     })
 }
 
+directive!(ngx_http_dyncert_key_decryption_key => key_decryption_key);
+/// `dyncert_key_decryption_key ID FILE;` (repeatable, one per id): the
+/// key is read here, by the master, so the file can be readable by root
+/// only; a file anyone may read, or that holds no AES-256 key, fails
+/// `nginx -t` naming the file and the reason (never its contents).
+fn key_decryption_key(
+    cf: &mut ngx_conf_t,
+    mcf: &mut MainConf,
+    args: &[ngx_str_t],
+) -> DirectiveResult {
+    let id = directives::key_id(args[0].as_bytes()).map_err(|e| emerg(cf, format_args!("{e}")))?;
+    // `nginx -s reload` parses the configuration only to find the pid
+    // file, perhaps as a user who may not read the key: skip the file.
+    if signaller() {
+        return Ok(());
+    }
+    if mcf.key_ring.get(&id).is_some() {
+        return Err(emerg(
+            cf,
+            format_args!("key id \"{id}\" of \"dyncert_key_decryption_key\" is duplicate"),
+        )
+        .into());
+    }
+    let path = full_name(cf, &args[1])?;
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| emerg(cf, format_args!("cannot read key file \"{path}\": {e}")))?;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+    let key = directives::key_file_metadata(meta.is_file(), mode)
+        .and_then(|()| read_bounded(&path, directives::MAX_KEY_FILE_BYTES))
+        .and_then(|contents| directives::key_file(mode, &contents))
+        .map_err(|why| emerg(cf, format_args!("key file \"{path}\" {why}")))?;
+    mcf.key_ring.insert(&id, key);
+    Ok(())
+}
+
+/// At most `max` + 1 bytes of the file at `path` (enough to tell that it
+/// is too long).
+fn read_bounded(path: &str, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut contents = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut contents))
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    Ok(contents)
+}
+
+directive!(ngx_http_dyncert_key_encryption => key_encryption);
+/// `dyncert_key_encryption optional|required;`
+fn key_encryption(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -> DirectiveResult {
+    set_once(cf, &mut mcf.key_encryption, || {
+        directives::key_encryption(args[0].as_bytes())
+    })
+}
+
 directive!(ngx_http_dyncert_fetch_timeout => fetch_timeout);
 /// `dyncert_fetch_timeout TIME;`
 fn fetch_timeout(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -> DirectiveResult {
@@ -291,16 +345,22 @@ fn api_trusted_certificate(
 /// configuration prefix, like `ssl_trusted_certificate`. An unreadable
 /// file fails `nginx -t`, naming it.
 fn read_file(cf: &mut ngx_conf_t, name: &ngx_str_t) -> Result<(String, Vec<u8>), DirectiveError> {
+    let path = full_name(cf, name)?;
+    let bytes =
+        std::fs::read(&path).map_err(|e| emerg(cf, format_args!("cannot read \"{path}\": {e}")))?;
+    Ok((path, bytes))
+}
+
+/// A file name of a directive, relative ones resolved against the
+/// configuration prefix.
+fn full_name(cf: &mut ngx_conf_t, name: &ngx_str_t) -> Result<String, DirectiveError> {
     let mut file = *name;
     // SAFETY: cf->cycle is the cycle being loaded; ngx_conf_full_name
     // allocates the full name in its pool.
     if unsafe { ngx_conf_full_name(cf.cycle, &mut file, 1) } != NGX_OK as isize {
         return Err(DirectiveError::Refused);
     }
-    let path = lossy(&file);
-    let bytes =
-        std::fs::read(&path).map_err(|e| emerg(cf, format_args!("cannot read \"{path}\": {e}")))?;
-    Ok((path, bytes))
+    Ok(lossy(&file))
 }
 
 directive!(ngx_http_dyncert_redis_tls_trusted_certificate => redis_tls_trusted_certificate);
@@ -450,9 +510,7 @@ fn env_networks(cf: &mut ngx_conf_t, var: &str) -> Result<Vec<Cidr>, Refused> {
     // nginx has not cleared). `nginx -s reload` parses the configuration
     // only to find the pid file, often from a shell without the variable:
     // skip it.
-    // SAFETY: ngx_process is set by option parsing, before any directive,
-    // and only read here.
-    if unsafe { ngx::ffi::ngx_process } == NGX_PROCESS_SIGNALLER as ngx_uint_t {
+    if signaller() {
         return Ok(Vec::new());
     }
     let Ok(value) = std::env::var(var) else {
@@ -470,6 +528,15 @@ fn env_networks(cf: &mut ngx_conf_t, var: &str) -> Result<Vec<Cidr>, Refused> {
             format_args!("invalid value of environment variable \"{var}\": {e}"),
         )
     })
+}
+
+/// This process is `nginx -s SIGNAL`, which reads the configuration only
+/// to find the pid file.
+fn signaller() -> bool {
+    // SAFETY: ngx_process is set by option parsing, before any directive,
+    // and only read here.
+    let process = unsafe { ngx::ffi::ngx_process };
+    process == NGX_PROCESS_SIGNALLER as ngx_uint_t
 }
 
 directive!(ngx_http_dyncert_deny_status => deny_status);

@@ -66,6 +66,7 @@ fn configure(cf: &mut ngx_conf_t) -> Result<(), Refused> {
         return Ok(());
     }
     conf::check_sources(cf, mcf)?;
+    conf::check_key_encryption(cf, mcf)?;
     mcf.on_demand = uses.on_demand;
     conf::check_on_demand(cf, mcf)?;
     mcf.enabled = true;

@@ -37,6 +37,7 @@ use crate::clock::Millis;
 use crate::compact::{Compact, Deadlines, IntermediateDers};
 use crate::intern::Interner;
 use crate::keyref::KeyRefConfig;
+use crate::keywrap::KeyWrapConfig;
 use crate::outcome::{CertSource, FetchSource, Refusal, StepOutcome};
 use crate::tier::TierHit;
 use crate::validate::{Invalid, ParsedCert};
@@ -86,6 +87,9 @@ pub struct FetcherConfig {
     pub compact: bool,
     /// Which key references records may use (`dyncert_key_references`).
     pub key_refs: KeyRefConfig,
+    /// Key-encryption keys and whether plain keys are still served
+    /// (`dyncert_key_decryption_key`, `dyncert_key_encryption`).
+    pub key_wrap: Arc<KeyWrapConfig>,
     /// Where unknown names are queued for on-demand issuance; `None`: no
     /// server has `dyncert_on_demand on`.
     pub on_demand: Option<crate::on_demand::Stream>,

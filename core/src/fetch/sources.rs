@@ -15,8 +15,9 @@ use crate::api::{ApiClient, ApiError, ApiOutcome};
 use crate::compact::Compact;
 use crate::intern::Interner;
 use crate::keyref::KeyRefConfig;
+use crate::keywrap::{is_envelope, unwrap_key, KeyWrapConfig, KeyWrapError};
 use crate::name::wildcard_parent;
-use crate::outcome::{CertSource, FetchSource, StepOutcome};
+use crate::outcome::{CertSource, FetchSource, Refusal, StepOutcome};
 use crate::record::Record;
 use crate::validate::{der_form, validate_with_refs};
 use crate::workqueue::WorkQueue;
@@ -141,7 +142,13 @@ impl Sources {
                     .await;
                 if let (Outcome::Found { cert, .. }, Some(Ok(conn))) = (&outcome, &redis) {
                     if redis_error.is_none() && !self.cfg.writeback.is_zero() {
-                        let der = der_form(cert, &record);
+                        // The answer is stored as it came: a wrapped key
+                        // stays wrapped, and gets no (plaintext) DER form.
+                        let der = if is_envelope(&record.key) {
+                            None
+                        } else {
+                            der_form(cert, &record)
+                        };
                         let index = self.cfg.expiry_index.as_ref().map(|index| Expiry {
                             index: index.clone(),
                             name: name.to_owned(),
@@ -201,8 +208,25 @@ impl Sources {
         let name = name.to_owned();
         let compact = self.cfg.compact;
         let refs = self.cfg.key_refs.clone();
+        let wrap = self.cfg.key_wrap.clone();
+        // The Redis key the record was read from (a wildcard's own key), or
+        // for an API answer the one it is written back to: an encrypted
+        // key is bound to it.
+        let stored_under = format!(
+            "{}{}",
+            self.cfg.prefix,
+            wildcard.as_deref().unwrap_or(&name)
+        );
         let job: ParseJob = Box::new(move || {
-            let outcome = parse_record(&interner, &record, &name, source, wildcard, compact, &refs);
+            let outcome = match open_key(record, stored_under.as_bytes(), &wrap) {
+                Ok(record) => {
+                    parse_record(&interner, &record, &name, source, wildcard, compact, &refs)
+                }
+                Err(e) => Outcome::Refused(Refusal {
+                    record: Some(stored_under.into()),
+                    ..e.into()
+                }),
+            };
             let _ = tx.send(outcome);
         });
         if self.parse.push(job).is_err() {
@@ -232,6 +256,17 @@ impl Sources {
         let key = format!("{}{}", self.cfg.prefix, name);
         read_record(conn, &key, self.cfg.redis_timeout).await
     }
+}
+
+/// The record with its key decrypted when the key field holds an
+/// envelope (`keywrap`), on the parse thread like the rest of the parse;
+/// refused when it does not decrypt under `aad` (the record's Redis key),
+/// or is a plain key while encryption is required.
+fn open_key(mut record: Record, aad: &[u8], wrap: &KeyWrapConfig) -> Result<Record, KeyWrapError> {
+    if let Some(plain) = unwrap_key(&record.key, aad, wrap)? {
+        record.key = plain;
+    }
+    Ok(record)
 }
 
 /// Validates `record` for `name` (against the wildcard it was stored
