@@ -175,7 +175,7 @@ fn try_s_client(port: u16, sni: &str, args: &[&str]) -> Option<Served> {
     ) else {
         return None;
     };
-    let leaf = X509::from_pem(text[begin..end + 25].as_bytes()).unwrap();
+    let leaf = X509::from_pem(&text.as_bytes()[begin..end + 25]).unwrap();
     let value = |k: &str| {
         text.split_whitespace()
             .find_map(|w| w.strip_prefix(k))
