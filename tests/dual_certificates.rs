@@ -512,5 +512,19 @@ fn an_encrypted_key_rsa_is_decrypted_and_served() {
         (e.rejected("key_decrypt_bad_tag") >= 1.0).then_some(())
     });
     assert!(counted.is_some(), "{}", e.nginx.logs());
+    let line = e
+        .nginx
+        .wait_for_log_line(Duration::from_secs(3), |l| {
+            l.contains("dyncert:") && l.contains("name: \"thief.example.com\"")
+        })
+        .unwrap_or_else(|| panic!("no log line for the thief\n{}", e.nginx.logs()));
+    assert!(
+        line.contains("field \"key_rsa\" could not be decrypted"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("BEGIN") && !line.contains("dyncert:v1:"),
+        "{line}"
+    );
     e.nginx.assert_healthy();
 }

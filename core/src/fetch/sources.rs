@@ -229,7 +229,7 @@ impl Sources {
                 }
                 Err(e) => Outcome::Refused(Refusal {
                     record: Some(stored_under.into()),
-                    ..e.into()
+                    ..e
                 }),
             };
             let _ = tx.send(outcome);
@@ -267,13 +267,18 @@ impl Sources {
 /// envelope (`keywrap`), on the parse thread like the rest of the parse;
 /// refused when it does not decrypt under `aad` (the record's Redis key),
 /// or is a plain key while encryption is required.
-fn open_key(mut record: Record, aad: &[u8], wrap: &KeyWrapConfig) -> Result<Record, KeyWrapError> {
+fn open_key(mut record: Record, aad: &[u8], wrap: &KeyWrapConfig) -> Result<Record, Refusal> {
     if let Some(plain) = unwrap_key(&record.key, aad, wrap)? {
         record.key = plain;
     }
-    // The second key is bound to the same Redis key, under the same rules.
+    // The second key is bound to the same Redis key, under the same rules;
+    // its refusals name its own field.
     if let Some(pair) = &mut record.second {
-        if let Some(plain) = unwrap_key(&pair.key, aad, wrap)? {
+        let second = |e: KeyWrapError| Refusal {
+            reason: e.second_reason(),
+            ..e.into()
+        };
+        if let Some(plain) = unwrap_key(&pair.key, aad, wrap).map_err(second)? {
             pair.key = plain;
         }
     }
