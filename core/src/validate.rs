@@ -1485,6 +1485,21 @@ mod tests {
     }
 
     #[test]
+    fn a_wildcard_records_second_certificate_must_carry_the_wildcard_too() {
+        let (ek, rk) = (key(), rsa_key());
+        let el = leaf(&["*.example.com"], &ek, -1, 30);
+        let good = leaf(&["*.example.com"], &rk, -1, 30);
+        let narrow = leaf(&["shop.example.com"], &rk, -1, 30);
+        let r = dual((&el, &ek), (&good, &rk));
+        assert!(validate_wildcard(&r, "*.example.com", "shop.example.com", now()).is_ok());
+        let r = dual((&el, &ek), (&narrow, &rk));
+        assert_eq!(
+            validate_wildcard(&r, "*.example.com", "shop.example.com", now()).unwrap_err(),
+            Invalid::RsaNameNotCovered
+        );
+    }
+
+    #[test]
     fn a_der_second_pair_validates_and_gives_its_der_form() {
         let (ek, rk) = (key(), rsa_key());
         let el = leaf(&["shop.example.com"], &ek, -1, 30);
