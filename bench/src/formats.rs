@@ -43,6 +43,7 @@ pub fn run(quick: bool) -> i32 {
         key,
         allow: None,
         client_ca: None,
+        second: None,
     };
     let chain_der = [
         leaf.issued.cert.to_der().unwrap(),
@@ -55,6 +56,7 @@ pub fn run(quick: bool) -> i32 {
         key,
         allow: None,
         client_ca: None,
+        second: None,
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -13,11 +13,13 @@ use dyncert_core::der::split_certificates;
 use dyncert_core::name::{normalize_sni, wildcard_parent};
 use dyncert_core::pem::{self, Label};
 use dyncert_core::record::{
-    chosen_form, decode_record, Form, Record, RecordError, MAX_ALLOW_BYTES, MAX_CHAIN_LEN,
-    MAX_CLIENT_CA_BYTES, MAX_CRT_BYTES, MAX_KEY_BYTES,
+    check_second_lengths, chosen_form, decode_record, decode_second, Form, Record, RecordError,
+    MAX_ALLOW_BYTES, MAX_CHAIN_LEN, MAX_CLIENT_CA_BYTES, MAX_CRT_BYTES, MAX_KEY_BYTES,
 };
 use dyncert_core::timefmt::rfc3339;
-use dyncert_core::validate::{der_form, validate, validate_wildcard, Invalid, ParsedCert};
+use dyncert_core::validate::{
+    der_form, second_der_form, validate, validate_wildcard, Invalid, ParsedCert,
+};
 use openssl::asn1::{Asn1Time, Asn1TimeRef};
 use openssl::hash::MessageDigest;
 use openssl::x509::{X509NameRef, X509};
@@ -72,6 +74,8 @@ pub struct Input<'a> {
     pub key: &'a Path,
     pub allow: Option<&'a str>,
     pub client_ca: Option<&'a Path>,
+    /// The second certificate chain and key (`crt_rsa`, `key_rsa`).
+    pub second: Option<(&'a Path, &'a Path)>,
 }
 
 /// A validated record, ready to be written.
@@ -109,7 +113,14 @@ pub fn prepare(name: &str, input: &Input<'_>, now: i64) -> Result<Prepared, CliE
         None => None,
     };
     let allow = input.allow.map(|a| a.as_bytes().to_vec());
-    prepare_bytes(name, crt, key, allow, client_ca, now)
+    let second = match input.second {
+        Some((c, k)) => Some((
+            read_bounded(c, MAX_CRT_BYTES, RecordError::SecondTooLarge)?,
+            read_bounded(k, MAX_KEY_BYTES, RecordError::SecondTooLarge)?,
+        )),
+        None => None,
+    };
+    prepare_pairs(name, crt, key, allow, client_ca, second, now)
 }
 
 /// [`prepare`] for a chain and key already in memory (what `issue` got
@@ -122,6 +133,20 @@ pub fn prepare_bytes(
     client_ca: Option<Vec<u8>>,
     now: i64,
 ) -> Result<Prepared, CliError> {
+    prepare_pairs(name, crt, key, allow, client_ca, None, now)
+}
+
+/// [`prepare_bytes`] with an optional second certificate and key of the
+/// other key type, validated as the module validates it.
+fn prepare_pairs(
+    name: &str,
+    crt: Vec<u8>,
+    key: Vec<u8>,
+    allow: Option<Vec<u8>>,
+    client_ca: Option<Vec<u8>>,
+    second: Option<(Vec<u8>, Vec<u8>)>,
+    now: i64,
+) -> Result<Prepared, CliError> {
     if crt.len() > MAX_CRT_BYTES {
         return Err(CliError::refused(name, RecordError::CrtTooLarge));
     }
@@ -131,8 +156,12 @@ pub fn prepare_bytes(
     if allow.as_ref().is_some_and(|a| a.len() > MAX_ALLOW_BYTES) {
         return Err(CliError::refused(name, RecordError::AllowTooLarge));
     }
-    let record = decode_record(Some(crt), Some(key), allow, client_ca)
+    let mut record = decode_record(Some(crt), Some(key), allow, client_ca)
         .map_err(|e| CliError::refused(name, e))?;
+    if let Some((c, k)) = second {
+        record.second =
+            decode_second(Some(c), Some(k), Form::Pem).map_err(|e| CliError::refused(name, e))?;
+    }
     let parsed = check(&record, name, now).map_err(|e| CliError::refused(name, e))?;
     let mut fields: Vec<(&'static str, Vec<u8>)> =
         vec![("crt", record.crt.clone()), ("key", record.key.clone())];
@@ -146,6 +175,14 @@ pub fn prepare_bytes(
     }
     if let Some(c) = &record.client_ca {
         fields.push(("client_ca", c.clone()));
+    }
+    if let Some(pair) = &record.second {
+        fields.push(("crt_rsa", pair.crt.clone()));
+        fields.push(("key_rsa", pair.key.clone()));
+        if let Some((crt_der, key_der)) = second_der_form(&parsed, &record) {
+            fields.push(("crt_der_rsa", crt_der));
+            fields.push(("key_der_rsa", key_der));
+        }
     }
     Ok(Prepared {
         name: name.to_owned(),
@@ -211,14 +248,35 @@ pub fn show(name: &str, fields: &HashMap<String, Vec<u8>>, now: i64) -> Shown {
         Form::Der => ("crt_der", "key_der"),
     };
     let field = |f: &str| fields.get(f).cloned();
+    // The second pair in the form the module reads.
+    let second = check_second_lengths(
+        len("crt_rsa"),
+        len("key_rsa"),
+        len("crt_der_rsa"),
+        len("key_der_rsa"),
+    )
+    .and_then(|f| match f {
+        Some(Form::Der) => decode_second(field("crt_der_rsa"), field("key_der_rsa"), Form::Der),
+        Some(Form::Pem) => decode_second(field("crt_rsa"), field("key_rsa"), Form::Pem),
+        None => Ok(None),
+    });
+    if has("crt_rsa") && has("key_rsa") {
+        forms.push("pem_rsa");
+    }
+    if has("crt_der_rsa") && has("key_der_rsa") {
+        forms.push("der_rsa");
+    }
     let refused = match decode_record(
         field(crt_field),
         field(key_field),
         field("allow"),
         field("client_ca"),
-    ) {
-        Ok(mut record) => {
+    )
+    .and_then(|r| second.map(|s| (r, s)))
+    {
+        Ok((mut record, second)) => {
             record.form = form;
+            record.second = second;
             check(&record, name, now)
                 .err()
                 .map(|e| refusal_text(e.as_str(), e.label()))

@@ -17,7 +17,7 @@ use crate::error::CliError;
 use crate::store::Store;
 
 /// The fields that may hold a wrapped key.
-pub const KEY_FIELDS: [&str; 2] = ["key", "key_der"];
+pub const KEY_FIELDS: [&str; 4] = ["key", "key_der", "key_rsa", "key_der_rsa"];
 
 /// Tries of a rewrap whose record changed between the read and the write.
 const REWRAP_TRIES: usize = 5;

@@ -123,6 +123,13 @@ enum Command {
         /// PEM CA certificates client certificates must chain to
         #[arg(long, value_name = "FILE")]
         client_ca: Option<PathBuf>,
+        /// A second PEM chain for the name, of the other key type (RSA
+        /// beside ECDSA, or ECDSA beside RSA): the record's crt_rsa field
+        #[arg(long, value_name = "FILE", requires = "key_rsa")]
+        cert_rsa: Option<PathBuf>,
+        /// Its PEM private key (unencrypted): the record's key_rsa field
+        #[arg(long, value_name = "FILE", requires = "cert_rsa")]
+        key_rsa: Option<PathBuf>,
         /// Store the key encrypted under this key id (its key given with
         /// --key-encryption-key), bound to the record's Redis key
         #[arg(long, value_name = "ID")]
@@ -571,6 +578,8 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             cert,
             key,
             allow,
+            cert_rsa,
+            key_rsa,
             client_ca,
             encrypt_with,
         } => {
@@ -580,6 +589,7 @@ fn run(cli: Cli) -> Result<u8, CliError> {
                 key: &key,
                 allow: allow.as_deref(),
                 client_ca: client_ca.as_deref(),
+                second: cert_rsa.as_deref().zip(key_rsa.as_deref()),
             };
             let mut p = prepare(&name, &input, now_secs())?;
             if let Some(id) = &encrypt_with {
@@ -922,6 +932,7 @@ fn import_one(
         key,
         allow: None,
         client_ca: None,
+        second: None,
     };
     let mut p = prepare(&name, &input, now_secs())?;
     if let Some((prefix, id, ring)) = seal {

@@ -463,3 +463,87 @@ fn put_record_is_served_and_a_replacement_reaches_the_worker_at_once() {
     });
     assert!(gone.is_some(), "a deleted record is still served");
 }
+
+/// An RSA chain for `sans` issued by the test intermediate, and its key.
+fn rsa_leaf(pki: &Pki, sans: &[&str], serial: u64) -> (String, String) {
+    let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+    let public =
+        openssl::pkey::PKey::public_key_from_der(&key.public_key_to_der().unwrap()).unwrap();
+    let (_, chain) = pki.leaf_for_public_key(sans, serial, &public);
+    let key = String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    (chain, key)
+}
+
+#[test]
+fn put_stores_a_second_certificate_of_the_other_type_or_refuses_it() {
+    let redis = Redis::start();
+    let pki = Pki::new();
+    let dir = TempDir::new("cli-dual");
+    let ec = pki.leaf(&["dual.example.com"], 301);
+    let (ec_crt, ec_key) = files(dir.path(), "ec", &ec.chain_pem, &ec.key_pem);
+    let (rsa_chain, rsa_key) = rsa_leaf(&pki, &["dual.example.com"], 302);
+    let (rsa_crt, rsa_key_file) = files(dir.path(), "rsa", &rsa_chain, &rsa_key);
+    let second = [
+        "--cert-rsa",
+        rsa_crt.to_str().unwrap(),
+        "--key-rsa",
+        rsa_key_file.to_str().unwrap(),
+    ];
+    let out = put(&redis, "dual.example.com", &ec_crt, &ec_key, &second);
+    assert_ok(&out, "put with a second pair");
+    assert_eq!(
+        redis.record_field("dual.example.com", "crt_rsa").as_deref(),
+        Some(rsa_chain.as_str())
+    );
+    assert_eq!(
+        redis.record_field("dual.example.com", "key_rsa").as_deref(),
+        Some(rsa_key.as_str())
+    );
+    for f in ["crt_der_rsa", "key_der_rsa", "crt_der", "key_der"] {
+        assert!(redis.record_field("dual.example.com", f).is_some(), "{f}");
+    }
+    let got = dyncert(&redis, &["get", "dual.example.com", "--json"]);
+    assert_ok(&got, "get");
+    assert!(got.stdout.contains("\"valid\": true"), "{}", got.stdout);
+    assert!(got.stdout.contains("pem_rsa") && got.stdout.contains("der_rsa"));
+
+    // Refusals: nothing is written.
+    let refused = pki.leaf(&["refused.example.com"], 305);
+    let (ec_crt, ec_key) = files(dir.path(), "r", &refused.chain_pem, &refused.key_pem);
+    let (rsa_chain, _) = rsa_leaf(&pki, &["refused.example.com"], 306);
+    let (rsa_crt, _) = files(dir.path(), "rsa2", &rsa_chain, "");
+    let (_, other_key) = rsa_leaf(&pki, &["refused.example.com"], 303);
+    let (_, other_key_file) = files(dir.path(), "other", "", &other_key);
+    let ec2 = pki.leaf(&["refused.example.com"], 304);
+    let (ec2_crt, ec2_key) = files(dir.path(), "ec2", &ec2.chain_pem, &ec2.key_pem);
+    for (crt, key, label) in [
+        (&rsa_crt, &other_key_file, "rsa_key_mismatch"),
+        (&ec2_crt, &ec2_key, "pair_types"),
+    ] {
+        let out = put(
+            &redis,
+            "refused.example.com",
+            &ec_crt,
+            &ec_key,
+            &[
+                "--cert-rsa",
+                crt.to_str().unwrap(),
+                "--key-rsa",
+                key.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(out.code, 1, "{label}: {}{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains(&format!("({label})")), "{}", out.stderr);
+        assert!(!exists(&redis, "refused.example.com"), "{label}");
+    }
+    // Half a pair is a usage error.
+    let out = put(
+        &redis,
+        "refused.example.com",
+        &ec_crt,
+        &ec_key,
+        &["--cert-rsa", rsa_crt.to_str().unwrap()],
+    );
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(!exists(&redis, "refused.example.com"));
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT};
 
-use crate::record::{decode_record, Record, RecordError};
+use crate::record::{decode_record, decode_second, Form, Record, RecordError};
 use crate::template::UrlTemplate;
 
 /// Default bound on a response body: a 64 KiB chain plus a 16 KiB key,
@@ -320,8 +320,9 @@ async fn drain_small(response: &mut reqwest::Response) {
     }
 }
 
-/// Reads `{"crt": "...", "key": "...", "allow": "...", "client_ca": "..."}`
-/// (the last two optional); null or absent fields are
+/// Reads `{"crt": "...", "key": "...", "allow": "...", "client_ca": "...",
+/// "crt_rsa": "...", "key_rsa": "..."}` (all but the first two optional;
+/// the last two together or not at all); null or absent fields are
 /// missing, fields of another type make the JSON invalid.
 fn decode_body(body: &[u8]) -> ApiOutcome {
     // serde_json's messages give a position, never the input, so they are
@@ -336,26 +337,25 @@ fn decode_body(body: &[u8]) -> ApiOutcome {
     let mut take = |field: &'static str| match fields.remove(field) {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(s)) => Ok(Some(s.into_bytes())),
-        Some(_) => Err(ApiOutcome::Error(ApiError::FieldNotString(field))),
+        Some(_) => Err(field),
     };
-    let crt = match take("crt") {
-        Ok(v) => v,
-        Err(e) => return e,
-    };
-    let key = match take("key") {
-        Ok(v) => v,
-        Err(e) => return e,
-    };
-    let allow = match take("allow") {
-        Ok(v) => v,
-        Err(e) => return e,
-    };
-    let client_ca = match take("client_ca") {
-        Ok(v) => v,
-        Err(e) => return e,
-    };
-    match decode_record(crt, key, allow, client_ca) {
-        Ok(record) => ApiOutcome::Found(record),
+    let mut values = Vec::with_capacity(6);
+    for field in ["crt", "key", "allow", "client_ca", "crt_rsa", "key_rsa"] {
+        match take(field) {
+            Ok(v) => values.push(v),
+            Err(f) => return ApiOutcome::Error(ApiError::FieldNotString(f)),
+        }
+    }
+    let mut values = values.into_iter();
+    let mut next = || values.next().flatten();
+    let (crt, key, allow, client_ca) = (next(), next(), next(), next());
+    let (crt_rsa, key_rsa) = (next(), next());
+    let second = decode_second(crt_rsa, key_rsa, Form::Pem);
+    match decode_record(crt, key, allow, client_ca).and_then(|r| second.map(|s| (r, s))) {
+        Ok((mut record, second)) => {
+            record.second = second;
+            ApiOutcome::Found(record)
+        }
         Err(e) => ApiOutcome::Refused(e),
     }
 }
@@ -802,6 +802,32 @@ mod tests {
                 b"{\"crt\": \"c\", \"key\": {\"pem\": \"SECRET\"}}"
             )),
             "invalid JSON: field \"key\" is not a string"
+        );
+    }
+
+    #[test]
+    fn a_second_pair_is_read_whole_or_refused() {
+        let body = br#"{"crt": "c", "key": "k", "crt_rsa": "c2", "key_rsa": "k2"}"#;
+        let ApiOutcome::Found(r) = decode_body(body) else {
+            panic!("expected a record");
+        };
+        let p = r.second.unwrap();
+        assert_eq!(
+            (p.crt, p.key, p.form),
+            (b"c2".to_vec(), b"k2".to_vec(), Form::Pem)
+        );
+        let ApiOutcome::Found(r) = decode_body(br#"{"crt": "c", "key": "k", "key_rsa": null}"#)
+        else {
+            panic!("expected a record");
+        };
+        assert!(r.second.is_none());
+        assert!(matches!(
+            decode_body(br#"{"crt": "c", "key": "k", "crt_rsa": "c2"}"#),
+            ApiOutcome::Refused(RecordError::SecondIncomplete)
+        ));
+        assert_eq!(
+            error(decode_body(br#"{"crt": "c", "key": "k", "key_rsa": 1}"#)),
+            "invalid JSON: field \"key_rsa\" is not a string"
         );
     }
 

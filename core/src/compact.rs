@@ -17,7 +17,9 @@ pub use crate::der::KeyDer;
 use crate::intern::{digest, CertDigest, Interner};
 use crate::outcome::CertSource;
 use crate::record::{Record, MAX_ALLOW_BYTES, MAX_CHAIN_LEN, MAX_CLIENT_CA_BYTES, MAX_KEY_BYTES};
-use crate::validate::{chain_stack, key_der, policy_of, precompute, Invalid, ParsedCert};
+use crate::validate::{
+    chain_stack, key_der, pair_key_der, policy_of, precompute, Invalid, ParsedCert, Second,
+};
 
 /// Format tag and version.
 const MAGIC: &[u8; 4] = b"dcr1";
@@ -49,6 +51,17 @@ pub struct Compact {
     pub key: KeyDer,
     pub allow: Option<Vec<u8>>,
     pub client_ca: Option<Vec<u8>>,
+    /// The record's second certificate (flag 4; entries written before
+    /// there were second pairs have none and still load).
+    pub second: Option<CompactPair>,
+}
+
+/// A second certificate in compact form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactPair {
+    pub leaf: Vec<u8>,
+    pub intermediates: Vec<CertDigest>,
+    pub key: KeyDer,
 }
 
 /// Why stored bytes are not a compact record.
@@ -81,14 +94,17 @@ impl Compact {
         record: &Record,
         source: CertSource,
     ) -> Result<(Compact, IntermediateDers), openssl::error::ErrorStack> {
-        let mut intermediates = Vec::with_capacity(parsed.chain.len());
         let mut ders = Vec::with_capacity(parsed.chain.len());
-        for c in &parsed.chain {
-            let der = c.to_der()?;
-            let d = digest(&der);
-            intermediates.push(d);
-            ders.push((d, der));
-        }
+        let intermediates = digests(&parsed.chain, &mut ders)?;
+        let second = match (&parsed.second, &record.second) {
+            (Some(s), Some(pair)) => Some(CompactPair {
+                leaf: s.leaf.to_der()?,
+                intermediates: digests(&s.chain, &mut ders)?,
+                key: pair_key_der(&pair.key, pair.form)
+                    .ok_or_else(openssl::error::ErrorStack::get)?,
+            }),
+            _ => None,
+        };
         Ok((
             Compact {
                 fingerprint: parsed.fingerprint,
@@ -99,6 +115,7 @@ impl Compact {
                 key: key_der(record).ok_or_else(openssl::error::ErrorStack::get)?,
                 allow: record.allow.clone(),
                 client_ca: record.client_ca.clone(),
+                second,
             },
             ders,
         ))
@@ -112,7 +129,11 @@ impl Compact {
         out.extend_from_slice(MAGIC);
         out.push(source_tag(self.source));
         out.push(self.key.tag());
-        out.push(u8::from(self.allow.is_some()) | (u8::from(self.client_ca.is_some()) << 1));
+        out.push(
+            u8::from(self.allow.is_some())
+                | (u8::from(self.client_ca.is_some()) << 1)
+                | (u8::from(self.second.is_some()) << 2),
+        );
         out.push(self.intermediates.len() as u8);
         out.extend_from_slice(&self.fingerprint);
         for v in [
@@ -138,6 +159,19 @@ impl Compact {
         if let Some(c) = &self.client_ca {
             field(c);
         }
+        if let Some(s) = &self.second {
+            out.push(s.key.tag());
+            out.push(s.intermediates.len() as u8);
+            for d in &s.intermediates {
+                out.extend_from_slice(d);
+            }
+            let mut field = |b: &[u8]| {
+                out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                out.extend_from_slice(b);
+            };
+            field(&s.leaf);
+            field(s.key.bytes());
+        }
         out
     }
 
@@ -154,7 +188,7 @@ impl Compact {
         };
         let key_tag = r.u8()?;
         let flags = r.u8()?;
-        if flags & !3 != 0 {
+        if flags & !7 != 0 {
             return Err(CompactError::Unknown("flag"));
         }
         let n = usize::from(r.u8()?);
@@ -176,13 +210,7 @@ impl Compact {
             intermediates.push(d);
         }
         let leaf = r.field(MAX_LEAF_BYTES)?.to_vec();
-        let key = r.field(MAX_KEY_BYTES)?.to_vec();
-        let key = match key_tag {
-            1 => KeyDer::Sec1(key),
-            2 => KeyDer::Pkcs1(key),
-            3 => KeyDer::Pkcs8(key),
-            _ => return Err(CompactError::Unknown("key form")),
-        };
+        let key = key_of(key_tag, r.field(MAX_KEY_BYTES)?)?;
         let allow = match flags & 1 {
             0 => None,
             _ => Some(r.field(MAX_ALLOW_BYTES)?.to_vec()),
@@ -190,6 +218,29 @@ impl Compact {
         let client_ca = match flags & 2 {
             0 => None,
             _ => Some(r.field(MAX_CLIENT_CA_BYTES)?.to_vec()),
+        };
+        let second = match flags & 4 {
+            0 => None,
+            _ => {
+                let key_tag = r.u8()?;
+                let n = usize::from(r.u8()?);
+                if n >= MAX_CHAIN_LEN {
+                    return Err(CompactError::TooLarge);
+                }
+                let mut intermediates = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let mut d = [0u8; 32];
+                    d.copy_from_slice(r.take(32)?);
+                    intermediates.push(d);
+                }
+                let leaf = r.field(MAX_LEAF_BYTES)?.to_vec();
+                let key = key_of(key_tag, r.field(MAX_KEY_BYTES)?)?;
+                Some(CompactPair {
+                    leaf,
+                    intermediates,
+                    key,
+                })
+            }
         };
         if !r.0.is_empty() {
             return Err(CompactError::Trailing);
@@ -204,6 +255,7 @@ impl Compact {
                 key,
                 allow,
                 client_ca,
+                second,
             },
             deadlines,
         ))
@@ -222,31 +274,37 @@ impl Compact {
         if self.not_after_ms <= now_ms {
             return Err(Invalid::Expired);
         }
-        let leaf = X509::from_der(&self.leaf).map_err(|_| Invalid::CrtNotPem)?;
-        precompute(&leaf);
-        let key = self.key.load().map_err(|_| Invalid::KeyNotPem)?;
-        let mut chain = Vec::with_capacity(self.intermediates.len());
-        for d in &self.intermediates {
-            let cert = match interner.get(d) {
-                Some(c) => c,
-                None => {
-                    let (_, der) = missing
-                        .iter()
-                        .find(|(m, _)| m == d)
-                        .ok_or(Invalid::CrtNotPem)?;
-                    interner.get_or_parse(der).map_err(|_| Invalid::CrtNotPem)?
-                }
-            };
-            chain.push(cert);
-        }
+        let (leaf, key, chain) = load_pair(
+            &self.leaf,
+            &self.key,
+            &self.intermediates,
+            interner,
+            missing,
+        )?;
         let policy = policy_of(self.allow.as_deref(), self.client_ca.as_deref())?;
-        let der_bytes = self.leaf.len()
-            + chain
+        let chain_bytes = |chain: &[X509]| {
+            chain
                 .iter()
                 .map(|c| c.to_der().map_or(0, |d| d.len()))
-                .sum::<usize>();
+                .sum::<usize>()
+        };
+        let mut der_bytes = self.leaf.len() + chain_bytes(&chain);
+        let second = match &self.second {
+            Some(s) => {
+                let (leaf, key, chain) =
+                    load_pair(&s.leaf, &s.key, &s.intermediates, interner, missing)?;
+                der_bytes += s.leaf.len() + chain_bytes(&chain);
+                Some(Second {
+                    leaf,
+                    key,
+                    chain: chain_stack(chain).map_err(|_| Invalid::CrtNotPem)?,
+                })
+            }
+            None => None,
+        };
         Ok(ParsedCert {
             leaf,
+            second,
             chain: chain_stack(chain).map_err(|_| Invalid::CrtNotPem)?,
             key,
             not_after_ms: self.not_after_ms,
@@ -257,6 +315,62 @@ impl Compact {
             key_reference: false,
         })
     }
+}
+
+/// The digests of `chain`, its DER added to `ders` (each once).
+fn digests(
+    chain: &openssl::stack::StackRef<X509>,
+    ders: &mut IntermediateDers,
+) -> Result<Vec<CertDigest>, openssl::error::ErrorStack> {
+    let mut out = Vec::with_capacity(chain.len());
+    for c in chain {
+        let der = c.to_der()?;
+        let d = digest(&der);
+        if !ders.iter().any(|(e, _)| *e == d) {
+            ders.push((d, der));
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+fn key_of(tag: u8, key: &[u8]) -> Result<KeyDer, CompactError> {
+    let key = key.to_vec();
+    match tag {
+        1 => Ok(KeyDer::Sec1(key)),
+        2 => Ok(KeyDer::Pkcs1(key)),
+        3 => Ok(KeyDer::Pkcs8(key)),
+        _ => Err(CompactError::Unknown("key form")),
+    }
+}
+
+/// One stored leaf, key and chain, parsed (intermediates from `interner`
+/// or `missing`).
+fn load_pair(
+    leaf: &[u8],
+    key: &KeyDer,
+    intermediates: &[CertDigest],
+    interner: &Interner,
+    missing: &[(CertDigest, Vec<u8>)],
+) -> Result<(X509, openssl::pkey::PKey<openssl::pkey::Private>, Vec<X509>), Invalid> {
+    let leaf = X509::from_der(leaf).map_err(|_| Invalid::CrtNotPem)?;
+    precompute(&leaf);
+    let key = key.load().map_err(|_| Invalid::KeyNotPem)?;
+    let mut chain = Vec::with_capacity(intermediates.len());
+    for d in intermediates {
+        let cert = match interner.get(d) {
+            Some(c) => c,
+            None => {
+                let (_, der) = missing
+                    .iter()
+                    .find(|(m, _)| m == d)
+                    .ok_or(Invalid::CrtNotPem)?;
+                interner.get_or_parse(der).map_err(|_| Invalid::CrtNotPem)?
+            }
+        };
+        chain.push(cert);
+    }
+    Ok((leaf, key, chain))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -317,6 +431,7 @@ mod tests {
             key: key_pem(&key),
             allow: allow.map(|a| a.as_bytes().to_vec()),
             client_ca: None,
+            second: None,
         };
         let parsed = validate_shared(
             &record,
@@ -407,5 +522,84 @@ mod tests {
         let mut flags = bytes.clone();
         flags[6] = 0x80;
         assert_eq!(Compact::decode(&flags), Err(CompactError::Unknown("flag")));
+    }
+
+    #[test]
+    fn a_second_certificate_round_trips_and_old_entries_still_load() {
+        let (record, _) = stored(key(), None);
+        let rsa = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let ca = leaf(&["ca.example"], &crate::validate::testpki::key(), -1, 300);
+        let mut crt = pem(&leaf(&["shop.example.com"], &rsa, -1, 30));
+        crt.extend(pem(&ca));
+        let dual = Record {
+            second: Some(crate::record::Pair {
+                crt,
+                key: key_pem(&rsa),
+                form: crate::record::Form::Pem,
+            }),
+            ..record.clone()
+        };
+        let parsed = validate_shared(
+            &dual,
+            "shop.example.com",
+            None,
+            now_secs(),
+            &Interner::default(),
+        )
+        .unwrap();
+        let (c, ders) = Compact::of(&parsed, &dual, CertSource::Redis).unwrap();
+        assert_eq!(ders.len(), 2, "both chains' intermediates");
+        let s = c.second.as_ref().unwrap();
+        assert!(matches!(s.key, KeyDer::Pkcs1(_)));
+        let bytes = c.encode(&Deadlines::default());
+        let (back, _) = Compact::decode(&bytes).unwrap();
+        assert_eq!(back, c);
+        let loaded = back.load(&Interner::default(), &ders, 0).unwrap();
+        assert_eq!(loaded.fingerprint, parsed.fingerprint);
+        let second = loaded.second.unwrap();
+        assert!(second.key.public_eq(&rsa));
+        assert_eq!(second.chain.len(), 1);
+        assert_eq!(
+            second.leaf.to_der().unwrap(),
+            parsed.second.as_ref().unwrap().leaf.to_der().unwrap()
+        );
+        for cut in 0..bytes.len() {
+            assert!(Compact::decode(&bytes[..cut]).is_err(), "prefix {cut}");
+        }
+        // Any byte changed: an error, or a record that encodes back to
+        // the same bytes (the fuzz target's invariant), never a panic.
+        for i in 0..bytes.len() {
+            for flip in [1u8, 0x80, 0xff] {
+                let mut m = bytes.clone();
+                m[i] ^= flip;
+                if let Ok((r, d)) = Compact::decode(&m) {
+                    assert_eq!(r.encode(&d), m, "byte {i}");
+                }
+            }
+        }
+        // An entry without a second pair (as written before they existed:
+        // flag 4 clear, nothing after client_ca) loads as before.
+        let (single, _) = stored(key(), None);
+        let (parsed_single, record_single) = (
+            validate_shared(
+                &single,
+                "shop.example.com",
+                None,
+                now_secs(),
+                &Interner::default(),
+            )
+            .unwrap(),
+            single,
+        );
+        let (c1, ders1) = Compact::of(&parsed_single, &record_single, CertSource::Redis).unwrap();
+        let bytes1 = c1.encode(&Deadlines::default());
+        assert_eq!(bytes1[6] & 4, 0);
+        let (back1, _) = Compact::decode(&bytes1).unwrap();
+        assert!(back1.second.is_none());
+        assert!(back1
+            .load(&Interner::default(), &ders1, 0)
+            .unwrap()
+            .second
+            .is_none());
     }
 }

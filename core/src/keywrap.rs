@@ -119,6 +119,29 @@ impl KeyWrapError {
             }
         }
     }
+
+    /// [`KeyWrapError::reason`] for the second key of a record
+    /// (`key_rsa`), counted under the same labels.
+    pub fn second_reason(&self) -> &'static str {
+        match self {
+            KeyWrapError::Malformed => {
+                "field \"key_rsa\" holds a malformed encrypted key \
+                 (expected dyncert:v1:ID:BASE64 of nonce, ciphertext and tag)"
+            }
+            KeyWrapError::UnknownId => {
+                "field \"key_rsa\" is encrypted under a key id that no \
+                 dyncert_key_decryption_key names"
+            }
+            KeyWrapError::BadTag => {
+                "field \"key_rsa\" could not be decrypted: authentication failed \
+                 (ciphertext altered, wrong key for its id, or made for another record key)"
+            }
+            KeyWrapError::PlainRefused => {
+                "field \"key_rsa\" holds an unencrypted private key and \
+                 dyncert_key_encryption is required"
+            }
+        }
+    }
 }
 
 impl From<KeyWrapError> for Refusal {

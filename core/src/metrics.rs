@@ -48,7 +48,7 @@ pub const HANDSHAKE_SOURCES: [CertSource; 6] = [
 
 /// Labels of refused records (`Refusal::label`), in a fixed order so the
 /// shared array has one slot each; anything else counts as `other`.
-pub const REJECT_REASONS: [&str; 24] = [
+pub const REJECT_REASONS: [&str; 33] = [
     "crt_not_pem",
     "chain_too_long",
     "key_not_pem",
@@ -72,6 +72,15 @@ pub const REJECT_REASONS: [&str; 24] = [
     "key_decrypt_unknown_id",
     "key_decrypt_bad_tag",
     "key_plain_refused",
+    "rsa_pair_incomplete",
+    "rsa_pair_too_large",
+    "rsa_crt_invalid",
+    "rsa_key_invalid",
+    "rsa_key_mismatch",
+    "rsa_name_not_covered",
+    "rsa_expired",
+    "rsa_not_yet_valid",
+    "pair_types",
     "other",
 ];
 
@@ -666,6 +675,13 @@ mod tests {
             Invalid::KeyReference(crate::keyref::RefError::Disabled),
             Invalid::KeyReferenceFailed,
             Invalid::KeyReferenceNoEngine,
+            Invalid::RsaCrtNotPem,
+            Invalid::RsaKeyNotPem,
+            Invalid::RsaKeyMismatch,
+            Invalid::RsaNameNotCovered,
+            Invalid::RsaExpired,
+            Invalid::RsaNotYetValid,
+            Invalid::PairTypes,
         ] {
             assert_ne!(l.rejected(i.label()), l.rejected("other"), "{i:?}");
         }
@@ -696,6 +712,8 @@ mod tests {
             RecordError::KeyTooLarge,
             RecordError::AllowTooLarge,
             RecordError::ClientCaTooLarge,
+            RecordError::SecondIncomplete,
+            RecordError::SecondTooLarge,
         ] {
             assert_ne!(l.rejected(e.label()), l.rejected("other"), "{e:?}");
         }

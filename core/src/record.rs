@@ -30,8 +30,28 @@ pub enum Form {
     Der,
 }
 
-/// A decoded, size-checked record. Never log `key`.
+/// A record's second certificate and key (`crt_rsa`/`key_rsa`, or
+/// `crt_der_rsa`/`key_der_rsa`): the other key type than the primary
+/// pair, for clients that cannot use it. Never log `key`.
 #[derive(Clone, PartialEq, Eq)]
+pub struct Pair {
+    pub crt: Vec<u8>,
+    pub key: Vec<u8>,
+    pub form: Form,
+}
+
+impl std::fmt::Debug for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pair")
+            .field("form", &self.form)
+            .field("crt_len", &self.crt.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A decoded, size-checked record. Never log `key`.
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Record {
     pub crt: Vec<u8>,
     pub key: Vec<u8>,
@@ -41,6 +61,8 @@ pub struct Record {
     /// Per-tenant policy: PEM CA certificates client certificates must
     /// chain to; when present, the handshake asks for one.
     pub client_ca: Option<Vec<u8>>,
+    /// The optional second certificate (see [`Pair`]).
+    pub second: Option<Pair>,
 }
 
 impl std::fmt::Debug for Record {
@@ -51,6 +73,7 @@ impl std::fmt::Debug for Record {
             .field("crt_len", &self.crt.len())
             .field("allow_len", &self.allow.as_ref().map(Vec::len))
             .field("client_ca_len", &self.client_ca.as_ref().map(Vec::len))
+            .field("second", &self.second)
             .field("key", &"<redacted>")
             .finish()
     }
@@ -66,6 +89,10 @@ pub enum RecordError {
     KeyTooLarge,
     AllowTooLarge,
     ClientCaTooLarge,
+    /// Only one of `crt_rsa` and `key_rsa` (or of their DER forms).
+    SecondIncomplete,
+    /// `crt_rsa` or `key_rsa` over the bounds of `crt` and `key`.
+    SecondTooLarge,
 }
 
 impl RecordError {
@@ -77,6 +104,13 @@ impl RecordError {
             RecordError::KeyTooLarge => "field \"key\" is larger than 16 KiB",
             RecordError::AllowTooLarge => "field \"allow\" is larger than 16 KiB",
             RecordError::ClientCaTooLarge => "field \"client_ca\" is larger than 64 KiB",
+            RecordError::SecondIncomplete => {
+                "fields \"crt_rsa\" and \"key_rsa\" (or \"crt_der_rsa\" and \"key_der_rsa\") \
+                 must be given together"
+            }
+            RecordError::SecondTooLarge => {
+                "field \"crt_rsa\" is larger than 64 KiB or \"key_rsa\" larger than 16 KiB"
+            }
         }
     }
 
@@ -89,6 +123,8 @@ impl RecordError {
             RecordError::KeyTooLarge => "key_too_large",
             RecordError::AllowTooLarge => "allow_too_large",
             RecordError::ClientCaTooLarge => "client_ca_too_large",
+            RecordError::SecondIncomplete => "rsa_pair_incomplete",
+            RecordError::SecondTooLarge => "rsa_pair_too_large",
         }
     }
 }
@@ -169,7 +205,54 @@ pub fn decode_record(
         form: Form::Pem,
         allow,
         client_ca,
+        second: None,
     })
+}
+
+/// The form the second pair is read in, given the lengths Redis reported
+/// for `crt_rsa`, `key_rsa`, `crt_der_rsa` and `key_der_rsa` (DER when
+/// both DER fields are there, as for the primary pair); None: the record
+/// has no second pair. Refused when only half a pair is there, or a
+/// field is over the bounds of `crt` and `key`.
+pub fn check_second_lengths(
+    crt: u64,
+    key: u64,
+    crt_der: u64,
+    key_der: u64,
+) -> Result<Option<Form>, RecordError> {
+    let (form, c, k) = match chosen_form(crt_der, key_der) {
+        Form::Der => (Form::Der, crt_der, key_der),
+        Form::Pem if crt > 0 && key > 0 => (Form::Pem, crt, key),
+        Form::Pem if crt + key + crt_der + key_der > 0 => {
+            return Err(RecordError::SecondIncomplete)
+        }
+        Form::Pem => return Ok(None),
+    };
+    if c > MAX_CRT_BYTES as u64 || k > MAX_KEY_BYTES as u64 {
+        return Err(RecordError::SecondTooLarge);
+    }
+    Ok(Some(form))
+}
+
+/// The second pair from its two values (empty values count as absent),
+/// re-checking the bounds.
+pub fn decode_second(
+    crt: Option<Vec<u8>>,
+    key: Option<Vec<u8>>,
+    form: Form,
+) -> Result<Option<Pair>, RecordError> {
+    let crt = crt.filter(|v| !v.is_empty());
+    let key = key.filter(|v| !v.is_empty());
+    match (crt, key) {
+        (None, None) => Ok(None),
+        (Some(crt), Some(key)) => {
+            if crt.len() > MAX_CRT_BYTES || key.len() > MAX_KEY_BYTES {
+                return Err(RecordError::SecondTooLarge);
+            }
+            Ok(Some(Pair { crt, key, form }))
+        }
+        _ => Err(RecordError::SecondIncomplete),
+    }
 }
 
 /// The fields a record is read with, given the lengths Redis reported for
@@ -260,7 +343,59 @@ mod tests {
             key: b"SECRET".to_vec(),
             allow: None,
             client_ca: None,
+            second: Some(Pair {
+                crt: b"C".to_vec(),
+                key: b"SECRET2".to_vec(),
+                form: Form::Pem,
+            }),
         };
         assert!(!format!("{r:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn second_pair_is_optional_whole_and_bounded() {
+        assert_eq!(check_second_lengths(0, 0, 0, 0), Ok(None));
+        assert_eq!(check_second_lengths(10, 10, 0, 0), Ok(Some(Form::Pem)));
+        assert_eq!(check_second_lengths(10, 10, 5, 5), Ok(Some(Form::Der)));
+        assert_eq!(check_second_lengths(0, 0, 5, 5), Ok(Some(Form::Der)));
+        for half in [(10, 0, 0, 0), (0, 10, 0, 0), (0, 0, 5, 0), (10, 0, 0, 5)] {
+            assert_eq!(
+                check_second_lengths(half.0, half.1, half.2, half.3),
+                Err(RecordError::SecondIncomplete),
+                "{half:?}"
+            );
+        }
+        assert_eq!(
+            check_second_lengths(MAX_CRT_BYTES as u64 + 1, 10, 0, 0),
+            Err(RecordError::SecondTooLarge)
+        );
+        assert_eq!(
+            check_second_lengths(0, 0, 10, MAX_KEY_BYTES as u64 + 1),
+            Err(RecordError::SecondTooLarge)
+        );
+        assert_eq!(decode_second(None, Some(Vec::new()), Form::Pem), Ok(None));
+        assert_eq!(
+            decode_second(Some(b"C".to_vec()), None, Form::Pem),
+            Err(RecordError::SecondIncomplete)
+        );
+        assert_eq!(
+            decode_second(None, Some(b"K".to_vec()), Form::Pem),
+            Err(RecordError::SecondIncomplete)
+        );
+        assert_eq!(
+            decode_second(
+                Some(b"C".to_vec()),
+                Some(vec![b'a'; MAX_KEY_BYTES + 1]),
+                Form::Pem
+            ),
+            Err(RecordError::SecondTooLarge)
+        );
+        let p = decode_second(Some(b"C".to_vec()), Some(b"K".to_vec()), Form::Der)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (p.crt, p.key, p.form),
+            (b"C".to_vec(), b"K".to_vec(), Form::Der)
+        );
     }
 }

@@ -192,6 +192,7 @@ mod tests {
             key: key_pem(&k),
             allow: allow.map(|a| a.as_bytes().to_vec()),
             client_ca: None,
+            second: None,
         };
         validate(&r, names[0], now()).unwrap()
     }
@@ -349,6 +350,7 @@ mod tests {
             key: key_pem(&k),
             allow: None,
             client_ca: Some(pem(&ca)),
+            second: None,
         };
         let c = validate(&r, "fenced.example", now()).unwrap();
         match decide(&facts(&c, b"fenced.example", b"fenced.example")) {

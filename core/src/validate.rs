@@ -25,7 +25,7 @@ use crate::name::dns_name_matches;
 use crate::ossl_engine::EngineError;
 use crate::outcome::Refusal;
 use crate::pem::{self, Block, Label, PemError};
-use crate::record::{Form, Record, MAX_CHAIN_LEN};
+use crate::record::{Form, Pair, Record, MAX_CHAIN_LEN};
 
 /// A certificate ready to be installed on a connection.
 pub struct ParsedCert {
@@ -49,6 +49,44 @@ pub struct ParsedCert {
     /// The key was resolved from a key reference (`keyref`): it lives in
     /// a PKCS#11 module, so the record has no key material to share.
     pub key_reference: bool,
+    /// The record's second certificate, of the other key type (`crt_rsa`
+    /// and `key_rsa`): installed beside the primary, OpenSSL picks one per
+    /// handshake by the client's signature algorithms.
+    pub second: Option<Second>,
+}
+
+/// A record's second certificate, validated like the primary.
+pub struct Second {
+    pub leaf: X509,
+    /// As [`ParsedCert::chain`].
+    pub chain: Stack<X509>,
+    pub key: PKey<Private>,
+}
+
+/// The key types a record with two certificates holds, one of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Ecdsa,
+    Rsa,
+}
+
+impl KeyKind {
+    /// ECDSA or RSA (RSA-PSS keys count as RSA); None for any other type.
+    pub fn of<T: openssl::pkey::HasPublic>(key: &openssl::pkey::PKeyRef<T>) -> Option<KeyKind> {
+        match key.id() {
+            openssl::pkey::Id::EC => Some(KeyKind::Ecdsa),
+            openssl::pkey::Id::RSA | openssl::pkey::Id::RSA_PSS => Some(KeyKind::Rsa),
+            _ => None,
+        }
+    }
+
+    /// The value of `$dyncert_cert_type`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KeyKind::Ecdsa => "ecdsa",
+            KeyKind::Rsa => "rsa",
+        }
+    }
 }
 
 /// Per-tenant policy carried by a record.
@@ -107,6 +145,15 @@ pub enum Invalid {
     KeyReferenceFailed,
     /// The pkcs11 engine itself could not be loaded or initialised.
     KeyReferenceNoEngine,
+    /// The second pair's counterparts of the checks above.
+    RsaCrtNotPem,
+    RsaKeyNotPem,
+    RsaKeyMismatch,
+    RsaNameNotCovered,
+    RsaExpired,
+    RsaNotYetValid,
+    /// Two certificates that are not one ECDSA and one RSA.
+    PairTypes,
 }
 
 impl Invalid {
@@ -137,6 +184,19 @@ impl Invalid {
                 "the pkcs11 engine could not load the key that field \"key\" names \
                  (no such object, wrong PIN, token or module unavailable)"
             }
+            Invalid::RsaCrtNotPem => "field \"crt_rsa\" holds no parsable certificate",
+            Invalid::RsaKeyNotPem => "field \"key_rsa\" holds no parsable unencrypted private key",
+            Invalid::RsaKeyMismatch => {
+                "private key \"key_rsa\" does not match the certificate \"crt_rsa\""
+            }
+            Invalid::RsaNameNotCovered => {
+                "certificate \"crt_rsa\" does not cover the name (subjectAltName)"
+            }
+            Invalid::RsaExpired => "certificate \"crt_rsa\" has expired (notAfter)",
+            Invalid::RsaNotYetValid => "certificate \"crt_rsa\" is not yet valid (notBefore)",
+            Invalid::PairTypes => {
+                "a record with two certificates must hold one ECDSA and one RSA certificate"
+            }
         }
     }
 
@@ -156,6 +216,13 @@ impl Invalid {
             Invalid::KeyEncrypted => "encrypted_key",
             Invalid::KeyReference(_) => "key_reference_refused",
             Invalid::KeyReferenceFailed | Invalid::KeyReferenceNoEngine => "key_reference_failed",
+            Invalid::RsaCrtNotPem => "rsa_crt_invalid",
+            Invalid::RsaKeyNotPem => "rsa_key_invalid",
+            Invalid::RsaKeyMismatch => "rsa_key_mismatch",
+            Invalid::RsaNameNotCovered => "rsa_name_not_covered",
+            Invalid::RsaExpired => "rsa_expired",
+            Invalid::RsaNotYetValid => "rsa_not_yet_valid",
+            Invalid::PairTypes => "pair_types",
         }
     }
 }
@@ -313,6 +380,17 @@ fn check(
     if !leaf_pub.public_eq(&key) {
         return Err(Invalid::KeyMismatch);
     }
+    let second = match &record.second {
+        Some(pair) => {
+            let (blocks, second) = check_second(pair, now_secs, interner, &covered)?;
+            match (KeyKind::of(&key), KeyKind::of(&second.key)) {
+                (Some(a), Some(b)) if a != b => {}
+                _ => return Err(Invalid::PairTypes),
+            }
+            Some((blocks, second))
+        }
+        None => None,
+    };
 
     let chain = chain_der
         .iter()
@@ -327,19 +405,95 @@ fn check(
         Some(blocks) => Some(client_ca(&blocks)?),
         None => None,
     };
-    let fingerprint = fingerprint_of(&certs, record, key_ref.as_ref().map(|r| r.uri()));
+    let second_certs = second.as_ref().map(|(b, _)| b.as_slice());
+    let fingerprint = fingerprint_of(
+        &certs,
+        record,
+        key_ref.as_ref().map(|r| r.uri()),
+        second_certs,
+    );
     precompute(&leaf);
+    let der_bytes = certs
+        .iter()
+        .chain(second_certs.unwrap_or_default())
+        .map(|b| b.der.len())
+        .sum();
+    // The record is as good as its first certificate to expire.
+    let not_after = match &second {
+        Some((_, s)) => not_after.min(unix_secs(s.leaf.not_after()).ok_or(Invalid::BadValidity)?),
+        None => not_after,
+    };
 
     Ok(ParsedCert {
         leaf,
         chain,
         key,
         not_after_ms: (not_after as u64).saturating_mul(1000),
-        der_bytes: certs.iter().map(|b| b.der.len()).sum(),
+        der_bytes,
         policy: TenantPolicy { allow, client_ca },
         fingerprint,
         key_reference: key_ref.is_some(),
+        second: second.map(|(_, s)| s),
     })
+}
+
+/// Validates a record's second pair like the primary (name, dates, key
+/// match, chain bound), with the second pair's own refusal reasons. Its
+/// key is key material only: a key reference is refused.
+fn check_second(
+    pair: &Pair,
+    now_secs: i64,
+    interner: Option<&Interner>,
+    covered: &impl Fn(&X509) -> bool,
+) -> Result<(Vec<Block>, Second), Invalid> {
+    let rsa = |e: Invalid| match e {
+        Invalid::CrtNotPem => Invalid::RsaCrtNotPem,
+        Invalid::KeyNotPem | Invalid::KeyReference(_) => Invalid::RsaKeyNotPem,
+        other => other,
+    };
+    let certs = match pair.form {
+        Form::Pem => certificates(&pair.crt, Invalid::CrtNotPem, Invalid::ChainTooLong),
+        Form::Der => der_certificates(&pair.crt),
+    }
+    .map_err(rsa)?;
+    let (leaf_der, chain_der) = certs.split_first().ok_or(Invalid::RsaCrtNotPem)?;
+    let leaf = X509::from_der(&leaf_der.der).map_err(|_| Invalid::RsaCrtNotPem)?;
+    if !covered(&leaf) {
+        return Err(Invalid::RsaNameNotCovered);
+    }
+    let not_after = unix_secs(leaf.not_after()).ok_or(Invalid::BadValidity)?;
+    let not_before = unix_secs(leaf.not_before()).ok_or(Invalid::BadValidity)?;
+    if not_after <= now_secs {
+        return Err(Invalid::RsaExpired);
+    }
+    if not_before > now_secs + NOT_BEFORE_SKEW_SECS {
+        return Err(Invalid::RsaNotYetValid);
+    }
+    let key = match pair.form {
+        Form::Pem => {
+            keyref::parse(&pair.key, KeyRefMode::Off).map_err(|_| Invalid::RsaKeyNotPem)?;
+            private_key(key_block(&pair.key).map_err(rsa)?).map_err(rsa)?
+        }
+        Form::Der => KeyDer::parse(&pair.key)
+            .ok_or(Invalid::RsaKeyNotPem)?
+            .load()
+            .map_err(|_| Invalid::RsaKeyNotPem)?,
+    };
+    let leaf_pub = leaf.public_key().map_err(|_| Invalid::RsaCrtNotPem)?;
+    if !leaf_pub.public_eq(&key) {
+        return Err(Invalid::RsaKeyMismatch);
+    }
+    let chain = chain_der
+        .iter()
+        .map(|b| match interner {
+            Some(i) => i.get_or_parse(&b.der),
+            None => X509::from_der(&b.der),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(chain_stack)
+        .map_err(|_| Invalid::RsaCrtNotPem)?;
+    precompute(&leaf);
+    Ok((certs, Second { leaf, chain, key }))
 }
 
 /// The intermediates as an OpenSSL stack (see [`ParsedCert::chain`]).
@@ -476,7 +630,12 @@ fn same_dns_name(a: &str, b: &str) -> bool {
 /// copy of the key beside the provider one: 2 KiB per cached name.)
 /// A key reference is hashed, though: the leaf does not say which token
 /// object holds its key, and a changed reference must count as a change.
-fn fingerprint_of(certs: &[Block], record: &Record, key_ref: Option<&str>) -> [u8; 32] {
+fn fingerprint_of(
+    certs: &[Block],
+    record: &Record,
+    key_ref: Option<&str>,
+    second: Option<&[Block]>,
+) -> [u8; 32] {
     let mut h = openssl::sha::Sha256::new();
     let mut field = |v: Option<&[u8]>| match v {
         Some(v) => {
@@ -497,6 +656,15 @@ fn fingerprint_of(certs: &[Block], record: &Record, key_ref: Option<&str>) -> [u
     if let Some(r) = key_ref {
         field(Some(r.as_bytes()));
     }
+    // Likewise: a second pair is hashed only when there is one, after a
+    // marker no key reference field starts with.
+    if let Some(second) = second {
+        field(Some(b"second"));
+        field(Some(&(second.len() as u64).to_be_bytes()));
+        for c in second {
+            field(Some(&c.der));
+        }
+    }
     h.finish()
 }
 
@@ -505,10 +673,15 @@ fn fingerprint_of(certs: &[Block], record: &Record, key_ref: Option<&str>) -> [u
 /// Deriving it from the loaded key instead (`EVP_PKEY_get1_EC_KEY`) would make
 /// OpenSSL 3.0 keep a legacy copy of the key (see [`fingerprint_of`]).
 pub fn key_der(record: &Record) -> Option<KeyDer> {
-    match record.form {
-        Form::Der => KeyDer::parse(&record.key),
+    pair_key_der(&record.key, record.form)
+}
+
+/// [`key_der`] of one key field in `form` (the primary's or the second's).
+pub fn pair_key_der(key: &[u8], form: Form) -> Option<KeyDer> {
+    match form {
+        Form::Der => KeyDer::parse(key),
         Form::Pem => {
-            let block = key_block(&record.key).ok()?;
+            let block = key_block(key).ok()?;
             match block.label {
                 Label::PrivateKey => Some(match unwrap_pkcs8(&block.der) {
                     Some(Unwrapped::Sec1(b)) => KeyDer::Sec1(b),
@@ -532,6 +705,18 @@ pub fn der_form(cert: &ParsedCert, record: &Record) -> Option<(Vec<u8>, Vec<u8>)
         crt.extend(c.to_der().ok()?);
     }
     let key = key_der(record)?;
+    Some((crt, key.bytes().to_vec()))
+}
+
+/// The `crt_der_rsa` and `key_der_rsa` fields of a validated record with a
+/// second pair, as [`der_form`].
+pub fn second_der_form(cert: &ParsedCert, record: &Record) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (second, pair) = (cert.second.as_ref()?, record.second.as_ref()?);
+    let mut crt = second.leaf.to_der().ok()?;
+    for c in &second.chain {
+        crt.extend(c.to_der().ok()?);
+    }
+    let key = pair_key_der(&pair.key, pair.form)?;
     Some((crt, key.bytes().to_vec()))
 }
 
@@ -609,6 +794,7 @@ mod tests {
             key,
             allow: None,
             client_ca: None,
+            second: None,
         }
     }
 
@@ -712,12 +898,12 @@ mod tests {
         let crt = pem(&leaf(&["shop.example.com"], &k, -1, 30));
         let certs = certificates(&crt, Invalid::CrtNotPem, Invalid::ChainTooLong).unwrap();
         let r = record(crt.clone(), key_pem(&k));
-        let plain = fingerprint_of(&certs, &r, None);
-        let a = fingerprint_of(&certs, &r, Some("pkcs11:object=a"));
-        let b = fingerprint_of(&certs, &r, Some("pkcs11:object=b"));
+        let plain = fingerprint_of(&certs, &r, None, None);
+        let a = fingerprint_of(&certs, &r, Some("pkcs11:object=a"), None);
+        let b = fingerprint_of(&certs, &r, Some("pkcs11:object=b"), None);
         assert_ne!(plain, a);
         assert_ne!(a, b);
-        assert_eq!(a, fingerprint_of(&certs, &r, Some("pkcs11:object=a")));
+        assert_eq!(a, fingerprint_of(&certs, &r, Some("pkcs11:object=a"), None));
         // Records with key material keep the fingerprint they always had.
         assert_eq!(
             plain,
@@ -808,6 +994,7 @@ mod tests {
             key: k.ec_key().unwrap().private_key_to_der().unwrap(),
             allow: None,
             client_ca: None,
+            second: None,
         };
         assert_eq!(print(&base), print(&der), "DER form");
         let traditional = record(pem(&l), k.ec_key().unwrap().private_key_to_pem().unwrap());
@@ -853,6 +1040,7 @@ mod tests {
                 key,
                 allow: None,
                 client_ca: None,
+                second: None,
             };
             let k = key_der(&r).unwrap();
             assert_eq!(k.tag(), tag);
@@ -871,6 +1059,7 @@ mod tests {
             key,
             allow: None,
             client_ca: None,
+            second: None,
         };
         let chain = [l.to_der().unwrap(), ca.to_der().unwrap()].concat();
         let ok = validate(
@@ -1196,5 +1385,140 @@ mod tests {
             .unwrap_err(),
             Invalid::KeyMismatch
         );
+    }
+
+    fn rsa_key() -> PKey<Private> {
+        PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap()
+    }
+
+    /// A record for "shop.example.com" with `primary` as `crt`/`key` and
+    /// `second` as `crt_rsa`/`key_rsa`, each a (leaf, key) pair.
+    fn dual(primary: (&X509, &PKey<Private>), second: (&X509, &PKey<Private>)) -> Record {
+        Record {
+            second: Some(Pair {
+                crt: pem(second.0),
+                key: key_pem(second.1),
+                form: Form::Pem,
+            }),
+            ..record(pem(primary.0), key_pem(primary.1))
+        }
+    }
+
+    #[test]
+    fn an_ecdsa_and_an_rsa_certificate_validate_together_either_way_round() {
+        let (ek, rk) = (key(), rsa_key());
+        let el = leaf(&["shop.example.com"], &ek, -1, 30);
+        let rl = leaf(&["shop.example.com"], &rk, -1, 20);
+        for (a, b) in [((&el, &ek), (&rl, &rk)), ((&rl, &rk), (&el, &ek))] {
+            let r = dual(a, b);
+            let p = validate(&r, "shop.example.com", now()).unwrap();
+            let s = p.second.as_ref().expect("second certificate");
+            assert!(s.key.public_eq(b.1));
+            assert_eq!(
+                KeyKind::of(&p.key).unwrap(),
+                KeyKind::of(a.1).unwrap(),
+                "the primary stays first"
+            );
+            // The record expires with its first certificate to expire.
+            let rsa_end = unix_secs(rl.not_after()).unwrap() as u64 * 1000;
+            assert_eq!(p.not_after_ms, rsa_end);
+            // Both pairs are in the fingerprint.
+            let single = validate(&record(pem(a.0), key_pem(a.1)), "shop.example.com", now());
+            assert_ne!(p.fingerprint, single.unwrap().fingerprint);
+            assert_eq!(
+                p.fingerprint,
+                validate(&r, "shop.example.com", now()).unwrap().fingerprint
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_second_pair_refuses_the_record_with_its_own_reason() {
+        let (ek, rk) = (key(), rsa_key());
+        let el = leaf(&["shop.example.com"], &ek, -1, 30);
+        let rl = leaf(&["shop.example.com"], &rk, -1, 30);
+        let refused = |r: &Record| validate(r, "shop.example.com", now()).unwrap_err();
+        // Key of another certificate.
+        assert_eq!(
+            refused(&dual((&el, &ek), (&rl, &rsa_key()))),
+            Invalid::RsaKeyMismatch
+        );
+        // Two certificates of the same type.
+        let ek2 = key();
+        let el2 = leaf(&["shop.example.com"], &ek2, -1, 30);
+        assert_eq!(refused(&dual((&el, &ek), (&el2, &ek2))), Invalid::PairTypes);
+        let rk2 = rsa_key();
+        let rl2 = leaf(&["shop.example.com"], &rk2, -1, 30);
+        assert_eq!(refused(&dual((&rl, &rk), (&rl2, &rk2))), Invalid::PairTypes);
+        // Another name.
+        let other = leaf(&["blog.example.com"], &rk, -1, 30);
+        assert_eq!(
+            refused(&dual((&el, &ek), (&other, &rk))),
+            Invalid::RsaNameNotCovered
+        );
+        // Expired, not yet valid.
+        let old = leaf(&["shop.example.com"], &rk, -30, -1);
+        assert_eq!(refused(&dual((&el, &ek), (&old, &rk))), Invalid::RsaExpired);
+        let future = leaf(&["shop.example.com"], &rk, 2, 30);
+        assert_eq!(
+            refused(&dual((&el, &ek), (&future, &rk))),
+            Invalid::RsaNotYetValid
+        );
+        // Garbage in either field.
+        let mut r = dual((&el, &ek), (&rl, &rk));
+        r.second.as_mut().unwrap().crt = b"junk".to_vec();
+        assert_eq!(refused(&r), Invalid::RsaCrtNotPem);
+        let mut r = dual((&el, &ek), (&rl, &rk));
+        r.second.as_mut().unwrap().key = b"pkcs11:object=k".to_vec();
+        assert_eq!(refused(&r), Invalid::RsaKeyNotPem, "no key reference");
+        // Every label is distinct from the primary's.
+        for i in [
+            Invalid::RsaCrtNotPem,
+            Invalid::RsaKeyNotPem,
+            Invalid::RsaKeyMismatch,
+            Invalid::RsaNameNotCovered,
+            Invalid::RsaExpired,
+            Invalid::RsaNotYetValid,
+        ] {
+            assert!(i.label().starts_with("rsa_") && i.as_str().contains("_rsa"));
+        }
+    }
+
+    #[test]
+    fn a_wildcard_records_second_certificate_must_carry_the_wildcard_too() {
+        let (ek, rk) = (key(), rsa_key());
+        let el = leaf(&["*.example.com"], &ek, -1, 30);
+        let good = leaf(&["*.example.com"], &rk, -1, 30);
+        let narrow = leaf(&["shop.example.com"], &rk, -1, 30);
+        let r = dual((&el, &ek), (&good, &rk));
+        assert!(validate_wildcard(&r, "*.example.com", "shop.example.com", now()).is_ok());
+        let r = dual((&el, &ek), (&narrow, &rk));
+        assert_eq!(
+            validate_wildcard(&r, "*.example.com", "shop.example.com", now()).unwrap_err(),
+            Invalid::RsaNameNotCovered
+        );
+    }
+
+    #[test]
+    fn a_der_second_pair_validates_and_gives_its_der_form() {
+        let (ek, rk) = (key(), rsa_key());
+        let el = leaf(&["shop.example.com"], &ek, -1, 30);
+        let rl = leaf(&["shop.example.com"], &rk, -1, 30);
+        let pem_record = dual((&el, &ek), (&rl, &rk));
+        let p = validate(&pem_record, "shop.example.com", now()).unwrap();
+        let (crt, key) = second_der_form(&p, &pem_record).unwrap();
+        assert_eq!(crt, rl.to_der().unwrap());
+        let mut der_record = pem_record.clone();
+        der_record.second = Some(Pair {
+            crt,
+            key,
+            form: Form::Der,
+        });
+        let d = validate(&der_record, "shop.example.com", now()).unwrap();
+        assert_eq!(
+            d.fingerprint, p.fingerprint,
+            "same content, same fingerprint"
+        );
+        assert!(d.second.unwrap().key.public_eq(&rk));
     }
 }

@@ -956,6 +956,7 @@ mod tests {
                 policy: TenantPolicy::default(),
                 fingerprint: [fp; 32],
                 key_reference: false,
+                second: None,
             })
         })
     }
@@ -2131,6 +2132,7 @@ mod tests {
             key: c.key.private_key_to_pem_pkcs8().unwrap(),
             allow: None,
             client_ca: None,
+            second: None,
         };
         let (compact, intermediates) = Compact::of(&c, &record, CertSource::Redis).unwrap();
         fetched(

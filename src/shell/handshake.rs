@@ -11,13 +11,15 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use dyncert_core::outcome::CertSource;
 use dyncert_core::tenant::session_context;
-use dyncert_core::validate::ParsedCert;
+use dyncert_core::validate::{KeyKind, ParsedCert};
+use foreign_types::ForeignTypeRef;
 use ngx::ffi::{
     ngx_conf_t, ngx_connection_t, ngx_http_request_t, ngx_palloc, ngx_ssl_connection_index,
-    CRYPTO_get_ex_new_index, SSL_SESSION_set1_id_context, SSL_get_ex_data, SSL_get_servername,
-    SSL_get_session, SSL_session_reused, SSL_set_ex_data, TLSEXT_NAMETYPE_host_name,
-    CRYPTO_EX_INDEX_SSL, SSL,
+    CRYPTO_get_ex_new_index, SSL_SESSION_set1_id_context, SSL_get_certificate, SSL_get_ex_data,
+    SSL_get_servername, SSL_get_session, SSL_session_reused, SSL_set_ex_data,
+    TLSEXT_NAMETYPE_host_name, CRYPTO_EX_INDEX_SSL, SSL,
 };
+use openssl::x509::X509Ref;
 
 use super::conf::{emerg, Refused};
 use super::{metrics, peek};
@@ -57,6 +59,25 @@ pub struct ConnView {
     pub source: CertSource,
     pub not_after: Option<u64>,
     pub waited_us: u64,
+}
+
+/// The key type of the certificate the connection was served, when it was
+/// a dynamic one (`$dyncert_cert_type`); None for the default certificate,
+/// a resumed session, or a connection without TLS.
+pub fn served_cert_type(c: &ngx_connection_t) -> Option<KeyKind> {
+    let (ssl, info) = info_of(c)?;
+    info?.installed?;
+    // SAFETY: ssl is c's live SSL object. SSL_get_certificate(3) returns
+    // the certificate chosen for the handshake (OpenSSL points the
+    // current slot at it), NULL or owned by ssl: not freed here.
+    let leaf = unsafe { SSL_get_certificate(ssl) };
+    if leaf.is_null() {
+        return None;
+    }
+    // SAFETY: leaf is non-NULL and lives as long as ssl; only borrowed.
+    let leaf = unsafe { X509Ref::from_ptr(leaf.cast()) };
+    let key = leaf.public_key().ok()?;
+    KeyKind::of(&key)
 }
 
 /// What the tenant policy needs to know about a connection's handshake.

@@ -114,7 +114,8 @@ fn cvt(r: c_long, what: &'static str) -> Result<(), &'static str> {
     }
 }
 
-/// Installs `cert` on the connection in place of the server's default,
+/// Installs `cert` (and its second certificate, if any) on the connection
+/// in place of the server's default,
 /// without parsing anything. SSL_certs_clear drops the default first so
 /// OpenSSL cannot pick it for a client whose signature algorithms would
 /// prefer the default's key type. SSL_use_cert_and_key sets certificate,
@@ -143,6 +144,25 @@ unsafe fn install(ssl: *mut SSL, cert: &ParsedCert, tenant: bool) -> Result<bool
         )
     };
     cvt(r.into(), "SSL_use_cert_and_key() failed")?;
+    if let Some(second) = &cert.second {
+        // The other key type goes to its own slot beside the first, as
+        // with two `ssl_certificate` lines: OpenSSL picks one per
+        // handshake by the client's signature algorithms and ciphers.
+        // SAFETY: as above.
+        let r = unsafe {
+            SSL_use_cert_and_key(
+                ssl,
+                second.leaf.as_ptr().cast::<X509>(),
+                second.key.as_ptr().cast::<EVP_PKEY>(),
+                second.chain.as_ptr().cast::<stack_st_X509>(),
+                1,
+            )
+        };
+        cvt(
+            r.into(),
+            "SSL_use_cert_and_key() failed for the second certificate",
+        )?;
+    }
     if let Some(ca) = cert.policy.client_ca.as_ref().filter(|_| tenant) {
         // SAFETY: the caller's contract.
         unsafe { request_client_certificate(ssl, ca) }?;

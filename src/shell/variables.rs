@@ -1,5 +1,6 @@
-//! `$dyncert_source`, `$dyncert_name`, `$dyncert_cert_not_after` and
-//! `$dyncert_fetch_time` for `log_format`, `return`, `map` and friends.
+//! `$dyncert_source`, `$dyncert_name`, `$dyncert_cert_not_after`,
+//! `$dyncert_fetch_time` and `$dyncert_cert_type` for `log_format`,
+//! `return`, `map` and friends.
 
 use core::ptr;
 
@@ -14,12 +15,13 @@ use ngx::http::HttpModuleServerConf;
 
 use super::boundary::guard;
 use super::conf::Module;
-use super::handshake::{connection_info, connection_sni, request_connection};
+use super::handshake::{connection_info, connection_sni, request_connection, served_cert_type};
 
 const SOURCE: usize = 0;
 const NAME: usize = 1;
 const NOT_AFTER: usize = 2;
 const FETCH_TIME: usize = 3;
+const CERT_TYPE: usize = 4;
 
 /// preconfiguration: registers the variables.
 ///
@@ -34,11 +36,12 @@ pub unsafe extern "C" fn ngx_http_dyncert_add_variables(cf: *mut ngx_conf_t) -> 
 }
 
 fn add_variables(cf: &mut ngx_conf_t) -> ngx_int_t {
-    let vars: [(&'static [u8], usize); 4] = [
+    let vars: [(&'static [u8], usize); 5] = [
         (b"dyncert_source", SOURCE),
         (b"dyncert_name", NAME),
         (b"dyncert_cert_not_after", NOT_AFTER),
         (b"dyncert_fetch_time", FETCH_TIME),
+        (b"dyncert_cert_type", CERT_TYPE),
     ];
     for (name, which) in vars {
         let mut n = ngx_str_t {
@@ -119,6 +122,9 @@ fn value(r: &ngx_http_request_t, data: usize) -> Option<String> {
     let c = request_connection(r);
     if data == NAME {
         return connection_sni(c).and_then(|raw| normalize_sni(raw).ok());
+    }
+    if data == CERT_TYPE {
+        return served_cert_type(c).map(|k| k.as_str().to_owned());
     }
     let info = connection_info(c)?;
     match data {

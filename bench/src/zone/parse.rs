@@ -41,6 +41,7 @@ pub fn measure(pki: &Pki, sites: &[LeafPem]) -> ParseCost {
                 key: s.key_pem.clone().into_bytes(),
                 allow: None,
                 client_ca: None,
+                second: None,
             };
             (s.name.as_str(), r)
         })

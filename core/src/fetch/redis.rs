@@ -8,16 +8,32 @@ use super::conn::{Notes, RedisConn, RedisTarget};
 use super::error::{retryable, RedisError};
 use crate::outcome::Refusal;
 use crate::record::{
-    check_lengths, check_policy_lengths, chosen_form, decode_record, Form, Record,
+    check_lengths, check_policy_lengths, check_second_lengths, chosen_form, decode_record,
+    decode_second, Form, Record,
 };
 use crate::topology::Topology;
 
 /// Hash fields whose sizes are read first.
-const SIZED: [&str; 6] = ["crt", "key", "allow", "client_ca", "crt_der", "key_der"];
+const SIZED: [&str; 10] = [
+    "crt",
+    "key",
+    "allow",
+    "client_ca",
+    "crt_der",
+    "key_der",
+    "crt_rsa",
+    "key_rsa",
+    "crt_der_rsa",
+    "key_der_rsa",
+];
 /// Hash fields of a record in PEM form, in the order they are read.
 const PEM_FIELDS: [&str; 4] = ["crt", "key", "allow", "client_ca"];
 /// Hash fields of a record in DER form.
 const DER_FIELDS: [&str; 4] = ["crt_der", "key_der", "allow", "client_ca"];
+/// Hash fields of a second pair in PEM form, read after the others.
+const SECOND_PEM_FIELDS: [&str; 2] = ["crt_rsa", "key_rsa"];
+/// Hash fields of a second pair in DER form.
+const SECOND_DER_FIELDS: [&str; 2] = ["crt_der_rsa", "key_der_rsa"];
 
 /// Checks a Redis URL at configuration time so a typo fails `nginx -t`:
 /// the multi-node forms by [`Topology::parse`], the others by the redis
@@ -83,46 +99,61 @@ async fn read_record_once(conn: &mut RedisConn, key: &str, t: Duration) -> Redis
     for field in SIZED {
         pipe.cmd("HSTRLEN").arg(key).arg(field);
     }
-    let sizes = pipe.query_async::<(u64, u64, u64, u64, u64, u64, u64)>(conn);
-    let (exists, crt_len, key_len, allow_len, ca_len, crt_der_len, key_der_len) =
-        match tokio::time::timeout(t, sizes).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => return RedisAnswer::failed(&e),
-            Err(_) => return RedisAnswer::Failed(RedisError::Timeout),
-        };
+    let sizes = pipe.query_async::<Vec<u64>>(conn);
+    let sizes = match tokio::time::timeout(t, sizes).await {
+        Ok(Ok(v)) if v.len() == SIZED.len() + 1 => v,
+        Ok(Ok(_)) => return RedisAnswer::Failed(RedisError::Command("unexpected reply".into())),
+        Ok(Err(e)) => return RedisAnswer::failed(&e),
+        Err(_) => return RedisAnswer::Failed(RedisError::Timeout),
+    };
+    let [exists, crt_len, key_len, allow_len, ca_len, crt_der_len, key_der_len, crt_rsa_len, key_rsa_len, crt_der_rsa_len, key_der_rsa_len] =
+        sizes[..]
+    else {
+        return RedisAnswer::Failed(RedisError::Command("unexpected reply".into()));
+    };
     let form = chosen_form(crt_der_len, key_der_len);
     let (c_len, k_len, fields) = match form {
         Form::Pem => (crt_len, key_len, PEM_FIELDS),
         Form::Der => (crt_der_len, key_der_len, DER_FIELDS),
     };
-    match check_lengths(exists > 0, c_len, k_len)
+    let second = match check_lengths(exists > 0, c_len, k_len)
         .and_then(|e| check_policy_lengths(allow_len, ca_len).map(|()| e))
-    {
-        Ok(false) => return RedisAnswer::Absent,
-        Ok(true) => {}
+        .and_then(|e| {
+            check_second_lengths(crt_rsa_len, key_rsa_len, crt_der_rsa_len, key_der_rsa_len)
+                .map(|s| (e, s))
+        }) {
+        Ok((false, _)) => return RedisAnswer::Absent,
+        Ok((true, second)) => second,
         Err(e) => return RedisAnswer::Refused(e.into()),
-    }
+    };
     let mut hmget = redis::cmd("HMGET");
     hmget.arg(key).arg(&fields[..]);
-    type Fields = (
-        Option<Vec<u8>>,
-        Option<Vec<u8>>,
-        Option<Vec<u8>>,
-        Option<Vec<u8>>,
-    );
-    let values = hmget.query_async::<Fields>(conn);
-    let (crt, pkey, allow, client_ca) = match tokio::time::timeout(t, values).await {
-        Ok(Ok(v)) => v,
+    match second {
+        Some(Form::Der) => hmget.arg(&SECOND_DER_FIELDS[..]),
+        Some(Form::Pem) => hmget.arg(&SECOND_PEM_FIELDS[..]),
+        None => &mut hmget,
+    };
+    let values = hmget.query_async::<Vec<Option<Vec<u8>>>>(conn);
+    let mut values = match tokio::time::timeout(t, values).await {
+        Ok(Ok(v)) if v.len() == fields.len() + 2 * usize::from(second.is_some()) => v.into_iter(),
+        Ok(Ok(_)) => return RedisAnswer::Failed(RedisError::Command("unexpected reply".into())),
         Ok(Err(e)) => return RedisAnswer::failed(&e),
         Err(_) => return RedisAnswer::Failed(RedisError::Timeout),
     };
+    let mut next = || values.next().flatten();
+    let (crt, pkey, allow, client_ca) = (next(), next(), next(), next());
     if crt.is_none() && pkey.is_none() {
         // Deleted between the two reads.
         return RedisAnswer::Absent;
     }
-    match decode_record(crt, pkey, allow, client_ca) {
-        Ok(mut r) => {
+    let second = match second {
+        Some(form) => decode_second(next(), next(), form),
+        None => Ok(None),
+    };
+    match decode_record(crt, pkey, allow, client_ca).and_then(|r| second.map(|s| (r, s))) {
+        Ok((mut r, second)) => {
             r.form = form;
+            r.second = second;
             RedisAnswer::Record(r)
         }
         Err(e) => RedisAnswer::Refused(e.into()),
@@ -135,6 +166,8 @@ pub(super) struct WriteBack {
     pub record: Record,
     /// `crt_der` and `key_der`, when the record has a DER form.
     pub der: Option<(Vec<u8>, Vec<u8>)>,
+    /// `crt_der_rsa` and `key_der_rsa`, when the second pair has one.
+    pub second_der: Option<(Vec<u8>, Vec<u8>)>,
     /// The expiry index entry of the name, when the index is kept.
     pub index: Option<Expiry>,
 }
@@ -159,6 +192,7 @@ pub(super) fn write_back(mut conn: RedisConn, w: WriteBack, ttl: Duration, t: Du
             key,
             record,
             der,
+            second_der,
             index,
         } = w;
         let mut pipe = redis::pipe();
@@ -184,6 +218,20 @@ pub(super) fn write_back(mut conn: RedisConn, w: WriteBack, ttl: Duration, t: Du
             hset.arg("crt_der")
                 .arg(crt_der.as_slice())
                 .arg("key_der")
+                .arg(key_der.as_slice());
+        }
+        // The second pair as it came (its key wrapped if it was), with
+        // its fast form.
+        if let Some(p) = &record.second {
+            hset.arg("crt_rsa")
+                .arg(p.crt.as_slice())
+                .arg("key_rsa")
+                .arg(p.key.as_slice());
+        }
+        if let Some((crt_der, key_der)) = &second_der {
+            hset.arg("crt_der_rsa")
+                .arg(crt_der.as_slice())
+                .arg("key_der_rsa")
                 .arg(key_der.as_slice());
         }
         hset.ignore().cmd("EXPIRE").arg(&key).arg(ttl).ignore();

@@ -19,7 +19,7 @@ use crate::keywrap::{is_envelope, unwrap_key, KeyWrapConfig, KeyWrapError};
 use crate::name::wildcard_parent;
 use crate::outcome::{CertSource, FetchSource, Refusal, StepOutcome};
 use crate::record::Record;
-use crate::validate::{der_form, validate_with_refs};
+use crate::validate::{der_form, second_der_form, validate_with_refs};
 use crate::workqueue::WorkQueue;
 
 /// A record validation for the parse thread.
@@ -149,6 +149,10 @@ impl Sources {
                         } else {
                             der_form(cert, &record)
                         };
+                        let second_der = match &record.second {
+                            Some(p) if !is_envelope(&p.key) => second_der_form(cert, &record),
+                            _ => None,
+                        };
                         let index = self.cfg.expiry_index.as_ref().map(|index| Expiry {
                             index: index.clone(),
                             name: name.to_owned(),
@@ -160,6 +164,7 @@ impl Sources {
                                 key: format!("{}{}", self.cfg.prefix, name),
                                 record,
                                 der,
+                                second_der,
                                 index,
                             },
                             self.cfg.writeback,
@@ -224,7 +229,7 @@ impl Sources {
                 }
                 Err(e) => Outcome::Refused(Refusal {
                     record: Some(stored_under.into()),
-                    ..e.into()
+                    ..e
                 }),
             };
             let _ = tx.send(outcome);
@@ -262,9 +267,20 @@ impl Sources {
 /// envelope (`keywrap`), on the parse thread like the rest of the parse;
 /// refused when it does not decrypt under `aad` (the record's Redis key),
 /// or is a plain key while encryption is required.
-fn open_key(mut record: Record, aad: &[u8], wrap: &KeyWrapConfig) -> Result<Record, KeyWrapError> {
+fn open_key(mut record: Record, aad: &[u8], wrap: &KeyWrapConfig) -> Result<Record, Refusal> {
     if let Some(plain) = unwrap_key(&record.key, aad, wrap)? {
         record.key = plain;
+    }
+    // The second key is bound to the same Redis key, under the same rules;
+    // its refusals name its own field.
+    if let Some(pair) = &mut record.second {
+        let second = |e: KeyWrapError| Refusal {
+            reason: e.second_reason(),
+            ..e.into()
+        };
+        if let Some(plain) = unwrap_key(&pair.key, aad, wrap).map_err(second)? {
+            pair.key = plain;
+        }
     }
     Ok(record)
 }
