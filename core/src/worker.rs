@@ -12,7 +12,9 @@ use std::sync::Arc;
 use crate::cache::{CachePolicy, CertCache, Lookup};
 use crate::clock::Millis;
 use crate::compact::Deadlines;
-use crate::fetch::{load_stored, Event, FetchResult, Fetcher, Outcome, RedisNote, TierData};
+use crate::fetch::{
+    load_stored, Event, FetchResult, Fetcher, Outcome, RedisNote, TicketNote, TierData,
+};
 use crate::flight::{Inflight, Join};
 use crate::intern::Interner;
 use crate::metrics::{MetricSink, Simple, W_BYTES, W_ENTRIES, W_INFLIGHT};
@@ -571,6 +573,10 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             }
             // Answered by the ACME handler, which the glue routes them to.
             Event::Acme { .. } => Vec::new(),
+            Event::Tickets(note) => {
+                self.on_ticket_note(note, log);
+                Vec::new()
+            }
             Event::OnDemand { name, result } => {
                 match result {
                     Ok(()) => {
@@ -583,6 +589,47 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                     Err(e) => self.on_demand_failed(&name, &e.to_string(), now, log),
                 }
                 Vec::new()
+            }
+        }
+    }
+
+    /// Counts and logs what the session ticket key task reports; never a
+    /// key byte, only generations and counts.
+    fn on_ticket_note(&mut self, note: TicketNote, log: &mut dyn FnMut(Level, String)) {
+        match note {
+            TicketNote::Loaded { generation, keys } => {
+                self.count(Simple::TicketKeyLoads);
+                log(
+                    Level::Info,
+                    format!(
+                        "dyncert: session ticket keys generation {generation} loaded \
+                         ({keys} key(s))"
+                    ),
+                );
+            }
+            TicketNote::Rotated { generation } => {
+                self.count(Simple::TicketKeyRotations);
+                log(
+                    Level::Info,
+                    format!("dyncert: session ticket keys rotated to generation {generation}"),
+                );
+            }
+            TicketNote::Refused(e) => {
+                self.count(Simple::TicketKeyErrors);
+                log(
+                    Level::Warn,
+                    format!(
+                        "dyncert: {e} refused while loading the session ticket keys; \
+                         the keys loaded before stay in use"
+                    ),
+                );
+            }
+            TicketNote::Failed(e) => {
+                self.count(Simple::TicketKeyErrors);
+                log(
+                    Level::Warn,
+                    format!("dyncert: redis error ({e}) while maintaining the session ticket keys"),
+                );
             }
         }
     }
