@@ -9,6 +9,9 @@
 use dyncert_core::keywrap::is_envelope;
 use dyncert_testkit::*;
 use openssl::ssl::{SslSession, SslVersion};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const HTTP: &str = r#"
@@ -405,6 +408,87 @@ fn config_needs_redis_and_refuses_ssl_session_tickets_off() {
             "{bad}: {}",
             t.output
         );
+    }
+}
+
+#[test]
+fn shared_tickets_work_on_a_server_without_dyncert_on() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let http = HTTP
+        .replace("        dyncert on;\n", "")
+        .replace("        dyncert_tenant_policy on;\n", "");
+    let start = || {
+        let mport = free_port();
+        let nginx = Nginx::start(
+            &pki,
+            &http,
+            NginxOpts::new()
+                .redis(&redis)
+                .var("MPORT", mport)
+                .var("EXTRA", "")
+                .var("TICKETS", "dyncert_session_tickets on;"),
+        );
+        nginx.write_index_pages(&[""]);
+        Terminator { nginx, mport }
+    };
+    let (a, b) = (start(), start());
+    wait_generation(&redis, 1, Duration::from_secs(10));
+    for v in VERSIONS {
+        let s = a.session("static.example.com", v);
+        assert!(b.resumes("static.example.com", v, &s), "over {v:?}");
+    }
+}
+
+/// `openssl s_client` over `version`: connects to `port` for `name`,
+/// saving the session to `out` and offering `inp`; its output.
+fn s_client(port: u16, name: &str, version: &str, out: &Path, inp: Option<&Path>) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", name, version, "-ign_eof"])
+        .arg("-sess_out")
+        .arg(out);
+    if let Some(p) = inp {
+        cmd.arg("-sess_in").arg(p);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    // A request whose response (and, over TLS 1.3, the tickets before it)
+    // is read before the connection closes.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn openssl_s_client_sessions_resume_across_terminators() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let leaf = pki.leaf(&["shop.example.com"], 7009);
+    redis.put_leaf("shop.example.com", &leaf);
+    let (a, b) = two(&pki, &redis, true, "");
+    wait_generation(&redis, 1, Duration::from_secs(10));
+    let dir = TempDir::new("s-client");
+    for (version, proto) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let first = dir.path().join(format!("a{version}"));
+        let second = dir.path().join(format!("b{version}"));
+        let out = s_client(a.port(), "shop.example.com", version, &first, None);
+        assert!(out.contains(&format!("New, {proto}")), "{out}");
+        assert!(out.contains("HTTP/1.1 200"), "{out}");
+        let out = s_client(b.port(), "shop.example.com", version, &second, Some(&first));
+        assert!(out.contains(&format!("Reused, {proto}")), "{out}");
+        assert!(out.contains("HTTP/1.1 200"), "{out}");
     }
 }
 
