@@ -325,6 +325,51 @@ fn a_garbage_or_oversized_key_set_is_refused_with_a_log_line_and_a_counter() {
 }
 
 #[test]
+fn keys_that_cannot_be_rotated_expire_instead_of_living_forever() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let leaf = pki.leaf(&["shop.example.com"], 7010);
+    redis.put_leaf("shop.example.com", &leaf);
+    let a = Terminator::start(
+        &pki,
+        &redis,
+        true,
+        "dyncert_session_ticket_rotate 2s keep=0;",
+    );
+    wait_generation(&redis, 1, Duration::from_secs(10));
+    let s = a.session("shop.example.com", SslVersion::TLS1_2);
+    assert!(a.resumes("shop.example.com", SslVersion::TLS1_2, &s));
+    // A value no terminator may overwrite: the loaded keys cannot be
+    // rotated, so they end after (keep + 1) periods.
+    redis_command(redis.port, &["SET", KEY, "not a key set"]).unwrap();
+    // Both workers.
+    let start = Instant::now();
+    while a
+        .nginx
+        .error_log()
+        .matches("expired without a newer one; no session tickets")
+        .count()
+        < 2
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "{}",
+            a.nginx.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for v in VERSIONS {
+        let r = a.get(Request::get("/").sni("shop.example.com").max_tls(v));
+        assert_eq!(r.status, 200);
+        if let Some(s) = &r.tls().session {
+            assert!(!a.resumes("shop.example.com", v, s), "over {v:?}");
+        }
+    }
+    let mut a = a;
+    a.nginx.assert_healthy();
+}
+
+#[test]
 fn keys_are_sealed_at_rest_under_the_key_encryption_key() {
     let pki = Pki::new();
     let redis = Redis::start();

@@ -215,6 +215,16 @@ pub fn due(now_ms: u64, created_ms: u64, period_ms: u64) -> bool {
     now_ms >= created_ms.saturating_add(period_ms) || created_ms > now_ms.saturating_add(period_ms)
 }
 
+/// Whether a set made at `created_ms` must no longer be used at all at
+/// `now_ms`: `keep + 1` periods old, when even its newest key would have
+/// been rotated out. A worker that cannot read a newer set (Redis down,
+/// a refused value) then stops issuing and accepting tickets rather than
+/// keep one key forever.
+pub fn expired(now_ms: u64, created_ms: u64, period_ms: u64, keep: usize) -> bool {
+    let life = period_ms.saturating_mul(keep as u64 + 1);
+    now_ms >= created_ms.saturating_add(life)
+}
+
 /// How the key set is stored: sealed under `seal_id` of `ring` (the first
 /// `dyncert_key_decryption_key`) when there is one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -298,6 +308,14 @@ mod tests {
         assert!(due(1000, 5000, 500));
         assert!(!due(1000, 1200, 500));
         assert!(due(u64::MAX, u64::MAX - 1, 1));
+    }
+
+    #[test]
+    fn a_set_expires_when_its_newest_key_would_have_been_rotated_out() {
+        assert!(!expired(2999, 0, 1000, 2));
+        assert!(expired(3000, 0, 1000, 2));
+        assert!(expired(1000, 0, 1000, 0));
+        assert!(!expired(u64::MAX - 1, u64::MAX - 10, u64::MAX, 8));
     }
 
     #[test]

@@ -624,6 +624,16 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                     ),
                 );
             }
+            TicketNote::Expired { generation } => {
+                self.count(Simple::TicketKeyErrors);
+                log(
+                    Level::Warn,
+                    format!(
+                        "dyncert: session ticket keys generation {generation} expired \
+                         without a newer one; no session tickets until one is loaded"
+                    ),
+                );
+            }
             TicketNote::Failed(e) => {
                 self.count(Simple::TicketKeyErrors);
                 log(

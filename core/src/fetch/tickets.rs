@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::conn::RedisConn;
 use super::{Event, Shared};
-use crate::tickets::{due, KeySet, Storage, TicketKey, TicketKeysError, KEY_BYTES, MAX_STORED};
+use crate::tickets::{
+    due, expired, KeySet, Storage, TicketKey, TicketKeysError, KEY_BYTES, MAX_STORED,
+};
 
 /// How often each worker reads the key set: the longest a worker keeps
 /// using a set after another terminator rotated it.
@@ -55,6 +57,20 @@ impl TicketStore {
         }
     }
 
+    /// Drops the set when [`expired`]; whether it did.
+    fn expire(&self, now_ms: u64, period_ms: u64, keep: usize) -> bool {
+        let Ok(mut s) = self.set.lock() else {
+            return false;
+        };
+        match &*s {
+            Some(set) if expired(now_ms, set.created_ms, period_ms, keep) => {
+                *s = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn generation(&self) -> Option<u64> {
         self.get().map(|s| s.generation)
     }
@@ -77,6 +93,9 @@ pub enum TicketNote {
     Refused(TicketKeysError),
     /// Redis could not be read or written.
     Failed(String),
+    /// The loaded set is `keep + 1` periods old and no newer one could be
+    /// read: no tickets are issued or accepted until one is.
+    Expired { generation: u64 },
 }
 
 fn now_ms() -> u64 {
@@ -100,6 +119,15 @@ pub(super) async fn maintain(
     loop {
         tick.tick().await;
         let note = step(&mut conn, &cfg, timeout).await;
+        let generation = cfg.store.generation();
+        if cfg
+            .store
+            .expire(now_ms(), cfg.period.as_millis() as u64, cfg.keep)
+        {
+            shared.push(Event::Tickets(TicketNote::Expired {
+                generation: generation.unwrap_or(0),
+            }));
+        }
         match note {
             Some(n @ (TicketNote::Refused(_) | TicketNote::Failed(_))) => {
                 if last.as_ref() != Some(&n) {
