@@ -370,6 +370,28 @@ fn keys_that_cannot_be_rotated_expire_instead_of_living_forever() {
 }
 
 #[test]
+fn sessions_still_resume_after_a_reload() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let leaf = pki.leaf(&["shop.example.com"], 7011);
+    redis.put_leaf("shop.example.com", &leaf);
+    let (a, mut b) = two(&pki, &redis, true, "");
+    let g = wait_generation(&redis, 1, Duration::from_secs(10));
+    let sessions: Vec<_> = VERSIONS
+        .iter()
+        .map(|&v| (v, a.session("shop.example.com", v)))
+        .collect();
+    b.nginx.reload();
+    // The new workers read the same set (no new generation).
+    std::thread::sleep(Duration::from_millis(1500));
+    for (v, s) in &sessions {
+        assert!(b.resumes("shop.example.com", *v, s), "over {v:?}");
+    }
+    assert_eq!(generation(&redis), Some(g));
+    b.nginx.assert_healthy();
+}
+
+#[test]
 fn keys_are_sealed_at_rest_under_the_key_encryption_key() {
     let pki = Pki::new();
     let redis = Redis::start();
