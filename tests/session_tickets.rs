@@ -7,6 +7,7 @@
 //! oversized key set is refused with a log line and a counter.
 
 use dyncert_core::keywrap::is_envelope;
+use dyncert_core::tickets::{KeySet, TicketKey};
 use dyncert_testkit::*;
 use openssl::ssl::{SslSession, SslVersion};
 use std::io::Write;
@@ -389,6 +390,49 @@ fn sessions_still_resume_after_a_reload() {
     }
     assert_eq!(generation(&redis), Some(g));
     b.nginx.assert_healthy();
+}
+
+#[test]
+fn an_announced_rotation_reaches_every_worker_at_once() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let a = Terminator::start(&pki, &redis, true, "");
+    let g = wait_generation(&redis, 1, Duration::from_secs(10));
+    let loads = a.metric("dyncert_ticket_key_loads_total");
+    // A set written from outside (as an operator's tool could), then
+    // announced on the channel: both workers load it well before their
+    // next one-second check.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let set = KeySet {
+        generation: g + 100,
+        ..KeySet::rotate(None, TicketKey::from_bytes([9; 80]), now, 2)
+    };
+    let mut conn = redis.connect();
+    let value = set.encode();
+    let reply = conn
+        .cmd(&[b"SET".as_slice(), KEY.as_bytes(), &value])
+        .unwrap();
+    assert_eq!(reply, Reply::Status("OK".into()));
+    let channel = format!("{KEY}:rotated");
+    let published = Instant::now();
+    conn.cmd(&[b"PUBLISH".as_slice(), channel.as_bytes(), b"x"])
+        .unwrap();
+    while a.metric("dyncert_ticket_key_loads_total") < loads + 2.0 {
+        assert!(
+            published.elapsed() < Duration::from_millis(300),
+            "not loaded by both workers within 300 ms\n{}",
+            a.nginx.logs()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!(
+        "announced rotation loaded by both workers in {:?}",
+        published.elapsed()
+    );
+    assert_eq!(generation(&redis), Some(g + 100));
 }
 
 #[test]

@@ -504,12 +504,20 @@ fn run(
                 .map_err(Clone::clone)
                 .and_then(|t| redis::connect(t, notes.clone()))
         });
+        // Rotations announced on the invalidation subscription wake the
+        // ticket key task at once (it also checks every second).
+        let rotated = Arc::new(tokio::sync::Notify::new());
         if let (Some(Ok(target)), Some(channel)) = (&target, &cfg.invalidate_channel) {
+            let wakeup = cfg.tickets.as_ref().map(|t| invalidate::Wakeup {
+                channel: format!("{}{}", t.key, crate::tickets::ROTATED_SUFFIX),
+                notify: rotated.clone(),
+            });
             tokio::spawn(invalidate::subscribe(
                 target.clone(),
                 channel.clone(),
                 notes.clone(),
                 shared.clone(),
+                wakeup,
             ));
         }
         let reader = acme::AcmeReader::new(&redis, &cfg.acme_prefix, cfg.redis_timeout);
@@ -531,6 +539,7 @@ fn run(
                 conn.clone(),
                 tickets,
                 cfg.redis_timeout,
+                rotated.clone(),
                 shared.clone(),
             ));
         }

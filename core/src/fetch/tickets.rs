@@ -109,6 +109,7 @@ pub(super) async fn maintain(
     mut conn: RedisConn,
     cfg: TicketConfig,
     timeout: Duration,
+    rotated: Arc<tokio::sync::Notify>,
     shared: Arc<Shared>,
 ) {
     // A refusal or failure is reported when it starts (or changes), not
@@ -117,7 +118,11 @@ pub(super) async fn maintain(
     let mut tick = tokio::time::interval(CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        // Every CHECK_INTERVAL, and at once when a rotation is announced.
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = rotated.notified() => {}
+        }
         let note = step(&mut conn, &cfg, timeout).await;
         let generation = cfg.store.generation();
         if cfg
