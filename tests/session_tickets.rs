@@ -436,6 +436,40 @@ fn an_announced_rotation_reaches_every_worker_at_once() {
 }
 
 #[test]
+fn a_deleted_key_set_is_made_again_and_taken_up_by_every_worker() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let leaf = pki.leaf(&["shop.example.com"], 7012);
+    redis.put_leaf("shop.example.com", &leaf);
+    let (a, b) = two(&pki, &redis, true, "");
+    wait_generation(&redis, 1, Duration::from_secs(10));
+    let old = redis_command(redis.port, &["GET", KEY]).unwrap();
+    // The operator's way to replace every key at once (say, after a leak).
+    redis_command(redis.port, &["DEL", KEY]).unwrap();
+    let start = Instant::now();
+    loop {
+        match redis_command(redis.port, &["GET", KEY]).unwrap() {
+            Reply::Bulk(Some(v)) if Reply::Bulk(Some(v.clone())) != old => break,
+            _ => {}
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "no new set");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A new generation 1: every worker must still take it up.
+    assert_eq!(generation(&redis), Some(1));
+    std::thread::sleep(Duration::from_millis(1500));
+    for v in VERSIONS {
+        let resumed = (0..10)
+            .filter(|_| {
+                let s = a.session("shop.example.com", v);
+                b.resumes("shop.example.com", v, &s)
+            })
+            .count();
+        assert_eq!(resumed, 10, "over {v:?}");
+    }
+}
+
+#[test]
 fn keys_are_sealed_at_rest_under_the_key_encryption_key() {
     let pki = Pki::new();
     let redis = Redis::start();

@@ -167,7 +167,9 @@ async fn step(conn: &mut RedisConn, cfg: &TicketConfig, t: Duration) -> Option<T
 }
 
 fn load(cfg: &TicketConfig, set: KeySet) -> Option<TicketNote> {
-    if cfg.store.generation() == Some(set.generation) {
+    // The whole set, not its generation: a set made again after the key
+    // was deleted starts at generation 1 again.
+    if cfg.store.get().is_some_and(|s| *s == set) {
         return None;
     }
     let note = TicketNote::Loaded {
