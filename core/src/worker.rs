@@ -2124,6 +2124,57 @@ mod tests {
     }
 
     #[test]
+    fn ticket_key_notes_are_counted_and_logged_without_key_material() {
+        use crate::tickets::TicketKeysError;
+        let (mut w, m) = worker();
+        let (_, lines) = apply(
+            &mut w,
+            Event::Tickets(TicketNote::Loaded {
+                generation: 7,
+                keys: 3,
+            }),
+            NOW,
+        );
+        assert_eq!(
+            lines,
+            [(
+                Level::Info,
+                "dyncert: session ticket keys generation 7 loaded (3 key(s))".to_owned()
+            )]
+        );
+        apply(
+            &mut w,
+            Event::Tickets(TicketNote::Rotated { generation: 8 }),
+            NOW,
+        );
+        let (_, lines) = apply(
+            &mut w,
+            Event::Tickets(TicketNote::Refused(TicketKeysError::Oversized)),
+            NOW,
+        );
+        assert_eq!(lines[0].0, Level::Warn);
+        assert!(
+            lines[0].1.contains("oversized ticket key set refused"),
+            "{}",
+            lines[0].1
+        );
+        let (_, lines) = apply(
+            &mut w,
+            Event::Tickets(TicketNote::Expired { generation: 8 }),
+            NOW,
+        );
+        assert_eq!(lines[0].0, Level::Warn);
+        apply(
+            &mut w,
+            Event::Tickets(TicketNote::Failed("timeout".into())),
+            NOW,
+        );
+        assert_eq!(m.simple(Simple::TicketKeyLoads), 1);
+        assert_eq!(m.simple(Simple::TicketKeyRotations), 1);
+        assert_eq!(m.simple(Simple::TicketKeyErrors), 3);
+    }
+
+    #[test]
     fn fetcher_warnings_are_logged_as_they_are() {
         let (mut w, _) = worker();
         let (woken, lines) = apply(&mut w, Event::Warn("dyncert: something".into()), NOW);
