@@ -44,7 +44,7 @@ const fn command(
     }
 }
 
-static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 29] = [
+static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 31] = [
     command(
         ngx_string!("dyncert"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
@@ -188,6 +188,18 @@ static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 29] = [
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
         directives::ngx_http_dyncert_tenant_policy,
         NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_session_tickets"),
+        NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
+        directives::ngx_http_dyncert_session_tickets,
+        NGX_HTTP_SRV_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_session_ticket_rotate"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
+        directives::ngx_http_dyncert_session_ticket_rotate,
+        NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(
         ngx_string!("dyncert_acme_challenge"),

@@ -384,6 +384,37 @@ pub fn deny_status(v: &[u8]) -> Result<u16> {
 
 /// `dyncert`, `dyncert_tenant_policy`, `dyncert_acme_challenge`:
 /// `on|off`.
+/// `dyncert_session_ticket_rotate TIME [keep=N];`: the rotation period
+/// (at least 1s) and how many previous keys still decrypt (0 to 8).
+pub fn ticket_rotate(args: &[&[u8]]) -> Result<(Millis, usize)> {
+    use crate::tickets::{DEFAULT_KEEP, MAX_KEEP, MIN_ROTATE_MS};
+    let (&period, rest) = args
+        .split_first()
+        .ok_or_else(|| InvalidParameter::of(b""))?;
+    let ms = parse_time_ms(period)
+        .filter(|&ms| ms >= MIN_ROTATE_MS)
+        .ok_or_else(|| {
+            InvalidParameter::because(
+                String::from_utf8_lossy(period).into_owned(),
+                "the rotation period is at least 1s".into(),
+            )
+        })?;
+    let mut keep = DEFAULT_KEEP;
+    for &arg in rest {
+        keep = arg
+            .strip_prefix(b"keep=")
+            .and_then(parse_number)
+            .filter(|&n| n <= MAX_KEEP)
+            .ok_or_else(|| {
+                InvalidParameter::because(
+                    String::from_utf8_lossy(arg).into_owned(),
+                    format!("keep= is 0 to {MAX_KEEP}"),
+                )
+            })?;
+    }
+    Ok((ms, keep))
+}
+
 pub fn flag(v: &[u8]) -> Result<bool> {
     match v {
         b"on" => Ok(true),
@@ -1149,5 +1180,17 @@ mod tests {
         assert!(!key_file(0o600, b"secret-but-wrong-length")
             .unwrap_err()
             .contains("secret"));
+    }
+
+    #[test]
+    fn ticket_rotation_takes_a_period_and_a_bounded_keep() {
+        assert_eq!(ticket_rotate(&[b"12h"]).unwrap(), (12 * 3600 * 1000, 2));
+        assert_eq!(ticket_rotate(&[b"3s", b"keep=1"]).unwrap(), (3000, 1));
+        assert_eq!(ticket_rotate(&[b"1s", b"keep=0"]).unwrap(), (1000, 0));
+        assert!(ticket_rotate(&[b"500ms"]).is_err());
+        assert!(ticket_rotate(&[b"1h", b"keep=9"]).is_err());
+        assert!(ticket_rotate(&[b"1h", b"keep="]).is_err());
+        assert!(ticket_rotate(&[b"1h", b"max=2"]).is_err());
+        assert!(ticket_rotate(&[b"x"]).is_err());
     }
 }

@@ -29,6 +29,7 @@ pub mod ratelimit;
 pub mod record;
 pub mod template;
 pub mod tenant;
+pub mod tickets;
 pub mod tier;
 pub mod timefmt;
 pub mod topology;

@@ -120,9 +120,15 @@ pub enum Simple {
     KeyRefsResolved,
     OnDemandEnqueued,
     OnDemandErrors,
+    TicketKeyLoads,
+    TicketKeyRotations,
+    TicketKeyErrors,
+    TicketsCurrent,
+    TicketsPrevious,
+    TicketsUnknown,
 }
 
-const SIMPLE: [(Simple, &str, &str); 22] = [
+const SIMPLE: [(Simple, &str, &str); 28] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -237,6 +243,38 @@ const SIMPLE: [(Simple, &str, &str); 22] = [
         "dyncert_on_demand_enqueue_errors_total",
         "Unknown names that could not be added to the on-demand stream \
          (Redis error or timeout, or the worker's enqueue queue full).",
+    ),
+    (
+        Simple::TicketKeyLoads,
+        "dyncert_ticket_key_loads_total",
+        "New generations of the shared session ticket keys loaded (per worker).",
+    ),
+    (
+        Simple::TicketKeyRotations,
+        "dyncert_ticket_key_rotations_total",
+        "Rotations of the shared session ticket keys this host performed.",
+    ),
+    (
+        Simple::TicketKeyErrors,
+        "dyncert_ticket_key_errors_total",
+        "Session ticket key sets refused (malformed, oversized, cannot be opened) \
+         or Redis failures while reading or rotating them.",
+    ),
+    (
+        Simple::TicketsCurrent,
+        "dyncert_tickets_current_total",
+        "Session tickets decrypted with the current shared key.",
+    ),
+    (
+        Simple::TicketsPrevious,
+        "dyncert_tickets_previous_total",
+        "Session tickets decrypted with a previous shared key (renewed).",
+    ),
+    (
+        Simple::TicketsUnknown,
+        "dyncert_tickets_unknown_total",
+        "Session tickets offered under an unknown key name (or before the keys \
+         were loaded): full handshake.",
     ),
 ];
 

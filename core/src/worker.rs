@@ -12,7 +12,9 @@ use std::sync::Arc;
 use crate::cache::{CachePolicy, CertCache, Lookup};
 use crate::clock::Millis;
 use crate::compact::Deadlines;
-use crate::fetch::{load_stored, Event, FetchResult, Fetcher, Outcome, RedisNote, TierData};
+use crate::fetch::{
+    load_stored, Event, FetchResult, Fetcher, Outcome, RedisNote, TicketNote, TierData,
+};
 use crate::flight::{Inflight, Join};
 use crate::intern::Interner;
 use crate::metrics::{MetricSink, Simple, W_BYTES, W_ENTRIES, W_INFLIGHT};
@@ -571,6 +573,10 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             }
             // Answered by the ACME handler, which the glue routes them to.
             Event::Acme { .. } => Vec::new(),
+            Event::Tickets(note) => {
+                self.on_ticket_note(note, log);
+                Vec::new()
+            }
             Event::OnDemand { name, result } => {
                 match result {
                     Ok(()) => {
@@ -583,6 +589,57 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                     Err(e) => self.on_demand_failed(&name, &e.to_string(), now, log),
                 }
                 Vec::new()
+            }
+        }
+    }
+
+    /// Counts and logs what the session ticket key task reports; never a
+    /// key byte, only generations and counts.
+    fn on_ticket_note(&mut self, note: TicketNote, log: &mut dyn FnMut(Level, String)) {
+        match note {
+            TicketNote::Loaded { generation, keys } => {
+                self.count(Simple::TicketKeyLoads);
+                log(
+                    Level::Info,
+                    format!(
+                        "dyncert: session ticket keys generation {generation} loaded \
+                         ({keys} key(s))"
+                    ),
+                );
+            }
+            TicketNote::Rotated { generation } => {
+                self.count(Simple::TicketKeyRotations);
+                log(
+                    Level::Info,
+                    format!("dyncert: session ticket keys rotated to generation {generation}"),
+                );
+            }
+            TicketNote::Refused(e) => {
+                self.count(Simple::TicketKeyErrors);
+                log(
+                    Level::Warn,
+                    format!(
+                        "dyncert: {e} refused while loading the session ticket keys; \
+                         the keys loaded before stay in use"
+                    ),
+                );
+            }
+            TicketNote::Expired { generation } => {
+                self.count(Simple::TicketKeyErrors);
+                log(
+                    Level::Warn,
+                    format!(
+                        "dyncert: session ticket keys generation {generation} expired \
+                         without a newer one; no session tickets until one is loaded"
+                    ),
+                );
+            }
+            TicketNote::Failed(e) => {
+                self.count(Simple::TicketKeyErrors);
+                log(
+                    Level::Warn,
+                    format!("dyncert: redis error ({e}) while maintaining the session ticket keys"),
+                );
             }
         }
     }
@@ -2065,6 +2122,57 @@ mod tests {
         assert!(lines[0].1.contains("\"10.0.0.2:6379\""), "{}", lines[0].1);
         apply(&mut w, replica(false), NOW);
         assert_eq!(m.simple(Simple::RedisReplicaReads), 2);
+    }
+
+    #[test]
+    fn ticket_key_notes_are_counted_and_logged_without_key_material() {
+        use crate::tickets::TicketKeysError;
+        let (mut w, m) = worker();
+        let (_, lines) = apply(
+            &mut w,
+            Event::Tickets(TicketNote::Loaded {
+                generation: 7,
+                keys: 3,
+            }),
+            NOW,
+        );
+        assert_eq!(
+            lines,
+            [(
+                Level::Info,
+                "dyncert: session ticket keys generation 7 loaded (3 key(s))".to_owned()
+            )]
+        );
+        apply(
+            &mut w,
+            Event::Tickets(TicketNote::Rotated { generation: 8 }),
+            NOW,
+        );
+        let (_, lines) = apply(
+            &mut w,
+            Event::Tickets(TicketNote::Refused(TicketKeysError::Oversized)),
+            NOW,
+        );
+        assert_eq!(lines[0].0, Level::Warn);
+        assert!(
+            lines[0].1.contains("oversized ticket key set refused"),
+            "{}",
+            lines[0].1
+        );
+        let (_, lines) = apply(
+            &mut w,
+            Event::Tickets(TicketNote::Expired { generation: 8 }),
+            NOW,
+        );
+        assert_eq!(lines[0].0, Level::Warn);
+        apply(
+            &mut w,
+            Event::Tickets(TicketNote::Failed("timeout".into())),
+            NOW,
+        );
+        assert_eq!(m.simple(Simple::TicketKeyLoads), 1);
+        assert_eq!(m.simple(Simple::TicketKeyRotations), 1);
+        assert_eq!(m.simple(Simple::TicketKeyErrors), 3);
     }
 
     #[test]

@@ -14,11 +14,12 @@ use dyncert_core::api::{ApiConfig, MAX_BODY};
 use dyncert_core::cache::CachePolicy;
 use dyncert_core::cidr::Cidr;
 use dyncert_core::directives::check_redis_tls;
-use dyncert_core::fetch::{FetcherConfig, RedisTls};
+use dyncert_core::fetch::{FetcherConfig, RedisTls, TicketConfig};
 use dyncert_core::keyref::KeyRefConfig;
 use dyncert_core::keywrap::{KeyEncryption, KeyWrapConfig, Keyring};
 use dyncert_core::on_demand::Stream;
 use dyncert_core::template::UrlTemplate;
+use dyncert_core::tickets::{self, Storage};
 use ngx::ffi::{
     ngx_array_push, ngx_conf_t, ngx_http_core_srv_conf_t, ngx_http_handler_pt, ngx_http_phases,
     ngx_http_request_t, ngx_int_t, ngx_module_t, ngx_msec_t, ngx_shm_zone_t, ngx_uint_t,
@@ -126,6 +127,11 @@ pub struct MainConf {
     /// Filled in postconfiguration: (family, port) of `ssl` listeners that
     /// lead to a server with `dyncert on`; their connections are peeked.
     pub ports: Vec<(i32, u16)>,
+    /// `dyncert_session_ticket_rotate`: period (ms) and previous keys kept.
+    pub ticket_rotate: Option<(u64, usize)>,
+    /// Filled in postconfiguration: some ssl server has
+    /// `dyncert_session_tickets on`.
+    pub session_tickets: bool,
 }
 
 impl MainConf {
@@ -194,7 +200,27 @@ impl MainConf {
             on_demand: self
                 .on_demand
                 .then(|| self.on_demand_stream.clone().unwrap_or_default()),
+            tickets: self.session_tickets.then(|| self.ticket_config()),
         })
+    }
+
+    /// The shared session ticket keys' settings: sealed under the first
+    /// `dyncert_key_decryption_key` when there is one.
+    fn ticket_config(&self) -> TicketConfig {
+        let (period, keep) = self
+            .ticket_rotate
+            .unwrap_or((tickets::DEFAULT_ROTATE_MS, tickets::DEFAULT_KEEP));
+        TicketConfig {
+            key: tickets::DEFAULT_KEY.to_owned(),
+            period: Duration::from_millis(period),
+            keep,
+            storage: Storage {
+                ring: self.key_ring.clone(),
+                seal_id: self.key_ring.ids().next().map(str::to_owned),
+                require_sealed: self.key_encryption == Some(KeyEncryption::Required),
+            },
+            store: &super::tickets::KEYS,
+        }
     }
 }
 
@@ -206,6 +232,8 @@ pub struct SrvConf {
     pub tenant_policy: Option<bool>,
     pub acme: Option<bool>,
     pub on_demand: Option<bool>,
+    /// `dyncert_session_tickets`.
+    pub session_tickets: Option<bool>,
     /// Position among the http block's servers (metrics), set in
     /// postconfiguration.
     pub server_index: usize,
@@ -266,6 +294,10 @@ impl Merge for SrvConf {
         self.tenant_policy = self.tenant_policy.or(prev.tenant_policy).or(Some(false));
         self.acme = self.acme.or(prev.acme).or(Some(false));
         self.on_demand = self.on_demand.or(prev.on_demand).or(Some(false));
+        self.session_tickets = self
+            .session_tickets
+            .or(prev.session_tickets)
+            .or(Some(false));
         Ok(())
     }
 }

@@ -461,6 +461,24 @@ fn unknown(cf: &mut ngx_conf_t, scf: &mut SrvConf, args: &[ngx_str_t]) -> Direct
     })
 }
 
+directive!(ngx_http_dyncert_session_ticket_rotate => session_ticket_rotate);
+/// `dyncert_session_ticket_rotate TIME [keep=N];`
+fn session_ticket_rotate(
+    cf: &mut ngx_conf_t,
+    mcf: &mut MainConf,
+    args: &[ngx_str_t],
+) -> DirectiveResult {
+    set_once(cf, &mut mcf.ticket_rotate, || {
+        directives::ticket_rotate(&words(args))
+    })
+}
+
+directive!(ngx_http_dyncert_session_tickets => session_tickets);
+/// `dyncert_session_tickets on|off;`
+fn session_tickets(cf: &mut ngx_conf_t, scf: &mut SrvConf, args: &[ngx_str_t]) -> DirectiveResult {
+    set_once(cf, &mut scf.session_tickets, flag(&args[0]))
+}
+
 directive!(ngx_http_dyncert_tenant_policy => tenant_policy);
 /// `dyncert_tenant_policy on|off;`
 fn tenant_policy(cf: &mut ngx_conf_t, scf: &mut SrvConf, args: &[ngx_str_t]) -> DirectiveResult {

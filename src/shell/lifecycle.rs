@@ -24,7 +24,7 @@ use super::boundary::guard;
 use super::conf::{self, MainConf, Module, Refused, Uses};
 use super::log::{core_line, debug, Log};
 use super::state::{self, with_worker, Fetches, State};
-use super::{access, acme, handshake, metrics, peek, ssl, zone};
+use super::{access, acme, handshake, metrics, peek, ssl, tickets, zone};
 
 /// postconfiguration (`ngx_http_<module>_init` in nginx's own modules).
 ///
@@ -59,9 +59,11 @@ fn configure(cf: &mut ngx_conf_t) -> Result<(), Refused> {
     metrics::postconfiguration(cf, mcf, uses.dyncert)?;
     access::postconfiguration(cf, uses.tenant)?;
     acme::postconfiguration(cf, mcf, uses.acme)?;
+    tickets::postconfiguration(cf, mcf, &servers)?;
     if !uses.dyncert {
-        // Workers still need the fetcher to answer ACME challenges.
-        mcf.enabled = uses.acme;
+        // Workers still need the fetcher to answer ACME challenges and to
+        // keep the shared session ticket keys.
+        mcf.enabled = uses.acme || mcf.session_tickets;
         mcf.ports.clear();
         return Ok(());
     }
@@ -321,6 +323,7 @@ fn event_text(ev: &Event) -> String {
         }
         Event::Warn(msg) => format!("fetcher warning: {msg}"),
         Event::Redis(note) => format!("redis connection report: {note:?}"),
+        Event::Tickets(note) => format!("session ticket keys: {note:?}"),
         Event::OnDemand { name, result } => match result {
             Ok(()) => format!("on-demand enqueue done, name: \"{name}\""),
             Err(e) => format!("on-demand enqueue failed ({e}), name: \"{name}\""),

@@ -23,5 +23,6 @@ pub mod peek;
 pub mod response;
 pub mod ssl;
 pub mod state;
+pub mod tickets;
 pub mod variables;
 pub mod zone;

@@ -43,6 +43,14 @@ pub fn detection_bound(timeout: Duration) -> Duration {
     heartbeat_interval(timeout) + timeout
 }
 
+/// A second channel on the same subscription whose messages only wake a
+/// task: the session ticket key rotations (`dyncert:ticket-keys:rotated`).
+#[derive(Clone)]
+pub(super) struct Wakeup {
+    pub channel: String,
+    pub notify: Arc<tokio::sync::Notify>,
+}
+
 /// Listens on the invalidation channel for the life of the worker,
 /// re-subscribing with backoff after any disconnect.
 pub(super) async fn subscribe(
@@ -50,6 +58,7 @@ pub(super) async fn subscribe(
     channel: String,
     notes: Notes,
     shared: Arc<Shared>,
+    wakeup: Option<Wakeup>,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut subscribed_before = false;
@@ -61,6 +70,7 @@ pub(super) async fn subscribe(
             &channel,
             &notes,
             &shared,
+            wakeup.as_ref(),
             subscribed_before,
             &mut subscribed,
         )
@@ -90,6 +100,7 @@ async fn listen(
     channel: &str,
     notes: &Notes,
     shared: &Shared,
+    wakeup: Option<&Wakeup>,
     resubscribed: bool,
     subscribed: &mut bool,
 ) -> Result<(), RedisError> {
@@ -104,6 +115,14 @@ async fn listen(
         .await
         .map_err(|_| RedisError::SubscribeTimeout)?
         .map_err(|e| RedisError::command(&e))?;
+    if let Some(w) = wakeup {
+        tokio::time::timeout(timeout, pubsub.subscribe(&w.channel))
+            .await
+            .map_err(|_| RedisError::SubscribeTimeout)?
+            .map_err(|e| RedisError::command(&e))?;
+        // Whatever was published while not subscribed: look now.
+        w.notify.notify_one();
+    }
     *subscribed = true;
     shared.push(Event::Subscribed { resubscribed });
     // Under Sentinel the subscription follows the primary: a PUBLISH on a
@@ -116,7 +135,7 @@ async fn listen(
         },
         _ => None,
     };
-    watch(pubsub, channel, timeout, shared, sentinel).await
+    watch(pubsub, channel, timeout, shared, wakeup, sentinel).await
 }
 
 /// Applies the messages of a live subscription, and PINGs it every
@@ -130,6 +149,7 @@ async fn watch(
     channel: &str,
     timeout: Duration,
     shared: &Shared,
+    wakeup: Option<&Wakeup>,
     sentinel: Option<(Arc<SentinelConn>, String)>,
 ) -> Result<(), RedisError> {
     let (mut sink, mut stream) = pubsub.split();
@@ -144,6 +164,10 @@ async fn watch(
         tokio::select! {
             msg = stream.next() => {
                 let Some(msg) = msg else { return Ok(()) };
+                if let Some(w) = wakeup.filter(|w| msg.get_channel_name() == w.channel) {
+                    w.notify.notify_one();
+                    continue;
+                }
                 let payload = msg.get_payload_bytes();
                 match invalidation_target(payload) {
                     Some(target) => shared.push(Event::Invalidate(target)),

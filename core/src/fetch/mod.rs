@@ -21,6 +21,7 @@ mod error;
 mod invalidate;
 mod redis;
 mod sources;
+mod tickets;
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -50,6 +51,8 @@ pub use invalidate::{
     detection_bound, invalidation_target, BACKOFF_MAX as RESUBSCRIBE_BACKOFF_MAX,
 };
 pub use redis::check_redis_url;
+
+pub use tickets::{TicketConfig, TicketNote, TicketStore, CHECK_INTERVAL as TICKET_CHECK_INTERVAL};
 
 use sources::{ParseJob, Sources};
 
@@ -93,6 +96,8 @@ pub struct FetcherConfig {
     /// Where unknown names are queued for on-demand issuance; `None`: no
     /// server has `dyncert_on_demand on`.
     pub on_demand: Option<crate::on_demand::Stream>,
+    /// Shared session ticket keys (`dyncert_session_tickets`); `None`: off.
+    pub tickets: Option<TicketConfig>,
 }
 
 /// Result of one lookup.
@@ -181,6 +186,8 @@ pub enum Event {
         name: String,
         result: Result<(), RedisError>,
     },
+    /// The session ticket keys changed, or could not be read.
+    Tickets(TicketNote),
 }
 
 #[derive(Debug)]
@@ -497,12 +504,20 @@ fn run(
                 .map_err(Clone::clone)
                 .and_then(|t| redis::connect(t, notes.clone()))
         });
+        // Rotations announced on the invalidation subscription wake the
+        // ticket key task at once (it also checks every second).
+        let rotated = Arc::new(tokio::sync::Notify::new());
         if let (Some(Ok(target)), Some(channel)) = (&target, &cfg.invalidate_channel) {
+            let wakeup = cfg.tickets.as_ref().map(|t| invalidate::Wakeup {
+                channel: format!("{}{}", t.key, crate::tickets::ROTATED_SUFFIX),
+                notify: rotated.clone(),
+            });
             tokio::spawn(invalidate::subscribe(
                 target.clone(),
                 channel.clone(),
                 notes.clone(),
                 shared.clone(),
+                wakeup,
             ));
         }
         let reader = acme::AcmeReader::new(&redis, &cfg.acme_prefix, cfg.redis_timeout);
@@ -518,6 +533,15 @@ fn run(
                 ));
             }
             None => drop(on_demand_rx),
+        }
+        if let (Some(Ok(conn)), Some(tickets)) = (&redis, cfg.tickets.clone()) {
+            tokio::spawn(tickets::maintain(
+                conn.clone(),
+                tickets,
+                cfg.redis_timeout,
+                rotated.clone(),
+                shared.clone(),
+            ));
         }
         let renew = shared.renew_redis.clone();
         let target = match target {

@@ -1,0 +1,304 @@
+//! Keeps the worker's session ticket keys current (`dyncert_session_tickets`):
+//! every [`CHECK_INTERVAL`] it reads the shared key set from Redis, hands a
+//! new generation to the event loop's [`TicketStore`], and when the set is
+//! missing or its rotation is due, rotates it under a Redis lock that only
+//! one terminator of the fleet gets.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::conn::RedisConn;
+use super::{Event, Shared};
+use crate::tickets::{
+    due, expired, KeySet, Storage, TicketKey, TicketKeysError, KEY_BYTES, MAX_STORED,
+};
+
+/// How often each worker reads the key set: the longest a worker keeps
+/// using a set after another terminator rotated it.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Lifetime of the rotation lock: a terminator that dies while holding
+/// it delays the next rotation by at most this.
+const LOCK_TTL_MS: u64 = 5000;
+
+/// What `dyncert_session_tickets` needs on the fetcher side.
+#[derive(Clone)]
+pub struct TicketConfig {
+    /// The Redis key of the set (`dyncert:ticket-keys`).
+    pub key: String,
+    pub period: Duration,
+    /// Previous keys that still decrypt.
+    pub keep: usize,
+    pub storage: Storage,
+    /// Where the event loop finds the keys.
+    pub store: &'static TicketStore,
+}
+
+/// The key set the ticket callback uses, shared between the fetcher
+/// thread (writes) and the event loop (reads).
+pub struct TicketStore {
+    set: Mutex<Option<Arc<KeySet>>>,
+}
+
+impl TicketStore {
+    pub const fn new() -> TicketStore {
+        TicketStore {
+            set: Mutex::new(None),
+        }
+    }
+
+    /// The current set; `None` before the first one is loaded.
+    pub fn get(&self) -> Option<Arc<KeySet>> {
+        self.set.lock().ok()?.clone()
+    }
+
+    fn put(&self, set: KeySet) {
+        if let Ok(mut s) = self.set.lock() {
+            *s = Some(Arc::new(set));
+        }
+    }
+
+    /// Drops the set when [`expired`]; whether it did.
+    fn expire(&self, now_ms: u64, period_ms: u64, keep: usize) -> bool {
+        let Ok(mut s) = self.set.lock() else {
+            return false;
+        };
+        match &*s {
+            Some(set) if expired(now_ms, set.created_ms, period_ms, keep) => {
+                *s = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn generation(&self) -> Option<u64> {
+        self.get().map(|s| s.generation)
+    }
+}
+
+impl Default for TicketStore {
+    fn default() -> Self {
+        TicketStore::new()
+    }
+}
+
+/// What the ticket key task reports to the event loop (logged, counted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TicketNote {
+    /// A new generation was loaded.
+    Loaded { generation: u64, keys: usize },
+    /// This worker rotated the fleet's set.
+    Rotated { generation: u64 },
+    /// The stored set is refused; the keys loaded before stay in use.
+    Refused(TicketKeysError),
+    /// Redis could not be read or written.
+    Failed(String),
+    /// The loaded set is `keep + 1` periods old and no newer one could be
+    /// read: no tickets are issued or accepted until one is.
+    Expired { generation: u64 },
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs for the life of the worker.
+pub(super) async fn maintain(
+    mut conn: RedisConn,
+    cfg: TicketConfig,
+    timeout: Duration,
+    rotated: Arc<tokio::sync::Notify>,
+    shared: Arc<Shared>,
+) {
+    // A refusal or failure is reported when it starts (or changes), not
+    // every second.
+    let mut last: Option<TicketNote> = None;
+    let mut tick = tokio::time::interval(CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Every CHECK_INTERVAL, and at once when a rotation is announced.
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = rotated.notified() => {}
+        }
+        let note = step(&mut conn, &cfg, timeout).await;
+        let generation = cfg.store.generation();
+        if cfg
+            .store
+            .expire(now_ms(), cfg.period.as_millis() as u64, cfg.keep)
+        {
+            shared.push(Event::Tickets(TicketNote::Expired {
+                generation: generation.unwrap_or(0),
+            }));
+        }
+        match note {
+            Some(n @ (TicketNote::Refused(_) | TicketNote::Failed(_))) => {
+                if last.as_ref() != Some(&n) {
+                    shared.push(Event::Tickets(n.clone()));
+                    last = Some(n);
+                }
+            }
+            Some(n) => {
+                last = None;
+                shared.push(Event::Tickets(n));
+            }
+            None => last = None,
+        }
+    }
+}
+
+async fn step(conn: &mut RedisConn, cfg: &TicketConfig, t: Duration) -> Option<TicketNote> {
+    let prev = match read(conn, cfg, t).await {
+        Err(e) => return Some(e),
+        Ok(Some(set)) => {
+            if !due(now_ms(), set.created_ms, cfg.period.as_millis() as u64) {
+                return load(cfg, set);
+            }
+            Some(set)
+        }
+        Ok(None) => None,
+    };
+    match rotate(conn, cfg, prev, t).await {
+        Ok(note) => note,
+        Err(e) => Some(TicketNote::Failed(e)),
+    }
+}
+
+fn load(cfg: &TicketConfig, set: KeySet) -> Option<TicketNote> {
+    // The whole set, not its generation: a set made again after the key
+    // was deleted starts at generation 1 again.
+    if cfg.store.get().is_some_and(|s| *s == set) {
+        return None;
+    }
+    let note = TicketNote::Loaded {
+        generation: set.generation,
+        keys: set.keys.len(),
+    };
+    cfg.store.put(set);
+    Some(note)
+}
+
+/// The stored set: sized first, so an oversized value is never read.
+async fn read(
+    conn: &mut RedisConn,
+    cfg: &TicketConfig,
+    t: Duration,
+) -> Result<Option<KeySet>, TicketNote> {
+    let failed = |e: String| TicketNote::Failed(e);
+    let len: u64 = tokio::time::timeout(t, redis::cmd("STRLEN").arg(&cfg.key).query_async(conn))
+        .await
+        .map_err(|_| failed("timeout".into()))?
+        .map_err(|e| failed(e.to_string()))?;
+    if len == 0 {
+        return Ok(None);
+    }
+    if len > MAX_STORED as u64 {
+        return Err(TicketNote::Refused(TicketKeysError::Oversized));
+    }
+    let value: Option<Vec<u8>> =
+        tokio::time::timeout(t, redis::cmd("GET").arg(&cfg.key).query_async(conn))
+            .await
+            .map_err(|_| failed("timeout".into()))?
+            .map_err(|e| failed(e.to_string()))?;
+    let Some(value) = value else { return Ok(None) };
+    cfg.storage
+        .load(&value, &cfg.key)
+        .map(Some)
+        .map_err(TicketNote::Refused)
+}
+
+/// Rotates under the fleet's lock; `Ok(None)` when another terminator
+/// holds it (its new set is read on the next check).
+async fn rotate(
+    conn: &mut RedisConn,
+    cfg: &TicketConfig,
+    prev: Option<KeySet>,
+    t: Duration,
+) -> Result<Option<TicketNote>, String> {
+    let lock = format!("{}{}", cfg.key, crate::tickets::LOCK_SUFFIX);
+    let mut token = [0u8; 16];
+    openssl::rand::rand_bytes(&mut token).map_err(|e| e.to_string())?;
+    let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    let got: Option<String> = tokio::time::timeout(
+        t,
+        redis::cmd("SET")
+            .arg(&lock)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(LOCK_TTL_MS)
+            .query_async(conn),
+    )
+    .await
+    .map_err(|_| "timeout".to_owned())?
+    .map_err(|e| e.to_string())?;
+    if got.is_none() {
+        return Ok(prev.and_then(|p| load(cfg, p)));
+    }
+    let result = rotate_locked(conn, cfg, prev, t).await;
+    // Released only while it is still ours (it may have expired).
+    let release = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                   return redis.call('DEL', KEYS[1]) end return 0";
+    let _ = tokio::time::timeout(
+        t,
+        redis::cmd("EVAL")
+            .arg(release)
+            .arg(1)
+            .arg(&lock)
+            .arg(&token)
+            .query_async::<i64>(conn),
+    )
+    .await;
+    result
+}
+
+async fn rotate_locked(
+    conn: &mut RedisConn,
+    cfg: &TicketConfig,
+    prev: Option<KeySet>,
+    t: Duration,
+) -> Result<Option<TicketNote>, String> {
+    // Another terminator may have rotated between the read and the lock.
+    let prev = match read(conn, cfg, t).await {
+        Ok(Some(set)) if !due(now_ms(), set.created_ms, cfg.period.as_millis() as u64) => {
+            return Ok(load(cfg, set));
+        }
+        Ok(current) => current.or(prev),
+        Err(TicketNote::Failed(e)) => return Err(e),
+        // Refused: never overwritten here (see the README).
+        Err(n) => return Ok(Some(n)),
+    };
+    let mut bytes = [0u8; KEY_BYTES];
+    openssl::rand::rand_bytes(&mut bytes).map_err(|e| e.to_string())?;
+    let fresh = TicketKey::from_bytes(bytes);
+    bytes.fill(0);
+    let set = KeySet::rotate(prev.as_ref(), fresh, now_ms(), cfg.keep);
+    let value = cfg
+        .storage
+        .store(&set, &cfg.key)
+        .ok_or_else(|| "cannot seal the ticket key set".to_owned())?;
+    tokio::time::timeout(
+        t,
+        redis::cmd("SET")
+            .arg(&cfg.key)
+            .arg(value)
+            .query_async::<()>(conn),
+    )
+    .await
+    .map_err(|_| "timeout".to_owned())?
+    .map_err(|e| e.to_string())?;
+    let channel = format!("{}{}", cfg.key, crate::tickets::ROTATED_SUFFIX);
+    let _ = tokio::time::timeout(
+        t,
+        redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(set.generation)
+            .query_async::<i64>(conn),
+    )
+    .await;
+    let generation = set.generation;
+    cfg.store.put(set);
+    Ok(Some(TicketNote::Rotated { generation }))
+}
