@@ -136,6 +136,22 @@ fn renew_one(
             format!("{when}, due from {}", rfc3339(from.max(0) as u64)),
         ));
     }
+    // Issuance obtains one certificate and replaces the record: a second
+    // pair (crt_rsa/key_rsa) would be lost without a word. Failing says
+    // so every time the record is due, and in the exit status.
+    if ["crt_rsa", "crt_der_rsa"]
+        .iter()
+        .any(|f| fields.contains_key(*f))
+    {
+        return Ok((
+            Outcome::Failed,
+            format!(
+                "{when}: the record has a second certificate (crt_rsa), which renewal would \
+                 drop; renew both with your own tooling and store them with dyncert put \
+                 --cert-rsa/--key-rsa"
+            ),
+        ));
+    }
     let names = match renewal_names(name, &leaf.sans, template.dns.is_some()) {
         Ok(n) => n,
         Err(why) => return Ok((Outcome::Skipped, why)),

@@ -304,3 +304,44 @@ fn renew_moves_due_records_of_another_ca_to_the_acme_ca_and_goes_on_past_failure
     let served = served_serial(&nginx, legacy, &serial(&new));
     assert_eq!(served.to_der().unwrap(), new.to_der().unwrap());
 }
+
+#[test]
+fn renew_fails_a_due_record_with_a_second_certificate_instead_of_dropping_it() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let dir = TempDir::new("renew-dual");
+    let name = "dual.acme.test";
+    let leaf = pki.leaf_with(
+        &[name],
+        8,
+        LeafOpts {
+            expires_in: Some(Duration::from_secs(600)),
+            ..Default::default()
+        },
+    );
+    put_leaf(&redis, dir.path(), name, &leaf, &[]);
+    // Renew only looks at whether a second pair is there.
+    let key = format!("dyncert:cert:{name}");
+    redis.cmd(&["HSET", &key, "crt_rsa", &leaf.chain_pem]);
+    let before = redis.record(name);
+
+    // Due (10 minutes left), yet no CA is asked: it would be unreachable.
+    let out = dyncert(
+        &redis,
+        &[
+            "renew",
+            "--acme-url",
+            "https://127.0.0.1:1/dir",
+            "--within",
+            "30d",
+        ],
+    );
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains("second certificate (crt_rsa)") && all.contains(name),
+        "{all}"
+    );
+    assert!(all.contains("failed 1"), "{all}");
+    assert_eq!(redis.record(name), before, "the record is left as it was");
+}
