@@ -147,17 +147,13 @@ impl Compact {
         for d in &self.intermediates {
             out.extend_from_slice(d);
         }
-        let mut field = |b: &[u8]| {
-            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-            out.extend_from_slice(b);
-        };
-        field(&self.leaf);
-        field(self.key.bytes());
+        put_field(&mut out, &self.leaf);
+        put_field(&mut out, self.key.bytes());
         if let Some(a) = &self.allow {
-            field(a);
+            put_field(&mut out, a);
         }
         if let Some(c) = &self.client_ca {
-            field(c);
+            put_field(&mut out, c);
         }
         if let Some(s) = &self.second {
             out.push(s.key.tag());
@@ -165,12 +161,8 @@ impl Compact {
             for d in &s.intermediates {
                 out.extend_from_slice(d);
             }
-            let mut field = |b: &[u8]| {
-                out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-                out.extend_from_slice(b);
-            };
-            field(&s.leaf);
-            field(s.key.bytes());
+            put_field(&mut out, &s.leaf);
+            put_field(&mut out, s.key.bytes());
         }
         out
     }
@@ -371,6 +363,12 @@ fn load_pair(
         chain.push(cert);
     }
     Ok((leaf, key, chain))
+}
+
+/// Appends a length-prefixed (u32, big-endian) field.
+fn put_field(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
 }
 
 struct Reader<'a>(&'a [u8]);

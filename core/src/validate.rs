@@ -349,19 +349,7 @@ fn check(
     };
     let allow = allow_list(record.allow.as_deref())?;
 
-    let (leaf_der, chain_der) = certs.split_first().ok_or(Invalid::CrtNotPem)?;
-    let leaf = X509::from_der(&leaf_der.der).map_err(|_| Invalid::CrtNotPem)?;
-    if !covered(&leaf) {
-        return Err(Invalid::NameNotCovered);
-    }
-    let not_after = unix_secs(leaf.not_after()).ok_or(Invalid::BadValidity)?;
-    let not_before = unix_secs(leaf.not_before()).ok_or(Invalid::BadValidity)?;
-    if not_after <= now_secs {
-        return Err(Invalid::Expired);
-    }
-    if not_before > now_secs + NOT_BEFORE_SKEW_SECS {
-        return Err(Invalid::NotYetValid);
-    }
+    let (leaf, chain_der, not_after) = checked_leaf(&certs, &covered, now_secs)?;
 
     let key = match (key_block, key_der, &key_ref) {
         (Some(block), _, _) => private_key(block)?,
@@ -392,15 +380,7 @@ fn check(
         None => None,
     };
 
-    let chain = chain_der
-        .iter()
-        .map(|b| match interner {
-            Some(i) => i.get_or_parse(&b.der),
-            None => X509::from_der(&b.der),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .and_then(chain_stack)
-        .map_err(|_| Invalid::CrtNotPem)?;
+    let chain = parsed_chain(chain_der, interner).map_err(|_| Invalid::CrtNotPem)?;
     let client_ca = match ca_certs {
         Some(blocks) => Some(client_ca(&blocks)?),
         None => None,
@@ -449,6 +429,9 @@ fn check_second(
     let rsa = |e: Invalid| match e {
         Invalid::CrtNotPem => Invalid::RsaCrtNotPem,
         Invalid::KeyNotPem | Invalid::KeyReference(_) => Invalid::RsaKeyNotPem,
+        Invalid::NameNotCovered => Invalid::RsaNameNotCovered,
+        Invalid::Expired => Invalid::RsaExpired,
+        Invalid::NotYetValid => Invalid::RsaNotYetValid,
         other => other,
     };
     let certs = match pair.form {
@@ -456,19 +439,7 @@ fn check_second(
         Form::Der => der_certificates(&pair.crt),
     }
     .map_err(rsa)?;
-    let (leaf_der, chain_der) = certs.split_first().ok_or(Invalid::RsaCrtNotPem)?;
-    let leaf = X509::from_der(&leaf_der.der).map_err(|_| Invalid::RsaCrtNotPem)?;
-    if !covered(&leaf) {
-        return Err(Invalid::RsaNameNotCovered);
-    }
-    let not_after = unix_secs(leaf.not_after()).ok_or(Invalid::BadValidity)?;
-    let not_before = unix_secs(leaf.not_before()).ok_or(Invalid::BadValidity)?;
-    if not_after <= now_secs {
-        return Err(Invalid::RsaExpired);
-    }
-    if not_before > now_secs + NOT_BEFORE_SKEW_SECS {
-        return Err(Invalid::RsaNotYetValid);
-    }
+    let (leaf, chain_der, _) = checked_leaf(&certs, covered, now_secs).map_err(rsa)?;
     let key = match pair.form {
         Form::Pem => {
             keyref::parse(&pair.key, KeyRefMode::Off).map_err(|_| Invalid::RsaKeyNotPem)?;
@@ -483,7 +454,43 @@ fn check_second(
     if !leaf_pub.public_eq(&key) {
         return Err(Invalid::RsaKeyMismatch);
     }
-    let chain = chain_der
+    let chain = parsed_chain(chain_der, interner).map_err(|_| Invalid::RsaCrtNotPem)?;
+    precompute(&leaf);
+    Ok((certs, Second { leaf, chain, key }))
+}
+
+/// The leaf of a chain (first of `certs`), checked against the name
+/// (`covered`) and the clock, with the rest of the chain and the leaf's
+/// notAfter (UNIX seconds). Errors are the primary pair's; the second
+/// pair maps them to its own.
+fn checked_leaf<'a>(
+    certs: &'a [Block],
+    covered: &impl Fn(&X509) -> bool,
+    now_secs: i64,
+) -> Result<(X509, &'a [Block], i64), Invalid> {
+    let (leaf_der, chain_der) = certs.split_first().ok_or(Invalid::CrtNotPem)?;
+    let leaf = X509::from_der(&leaf_der.der).map_err(|_| Invalid::CrtNotPem)?;
+    if !covered(&leaf) {
+        return Err(Invalid::NameNotCovered);
+    }
+    let not_after = unix_secs(leaf.not_after()).ok_or(Invalid::BadValidity)?;
+    let not_before = unix_secs(leaf.not_before()).ok_or(Invalid::BadValidity)?;
+    if not_after <= now_secs {
+        return Err(Invalid::Expired);
+    }
+    if not_before > now_secs + NOT_BEFORE_SKEW_SECS {
+        return Err(Invalid::NotYetValid);
+    }
+    Ok((leaf, chain_der, not_after))
+}
+
+/// The intermediates parsed (each distinct one once, through `interner`
+/// when given), as the stack the module installs.
+fn parsed_chain(
+    chain_der: &[Block],
+    interner: Option<&Interner>,
+) -> Result<Stack<X509>, openssl::error::ErrorStack> {
+    chain_der
         .iter()
         .map(|b| match interner {
             Some(i) => i.get_or_parse(&b.der),
@@ -491,9 +498,6 @@ fn check_second(
         })
         .collect::<Result<Vec<_>, _>>()
         .and_then(chain_stack)
-        .map_err(|_| Invalid::RsaCrtNotPem)?;
-    precompute(&leaf);
-    Ok((certs, Second { leaf, chain, key }))
 }
 
 /// The intermediates as an OpenSSL stack (see [`ParsedCert::chain`]).
