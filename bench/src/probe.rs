@@ -21,6 +21,8 @@ use openssl::pkey::{PKey, Private};
 use openssl::stack::Stack;
 use openssl::x509::X509;
 
+use dyncert_core::leafkey::{self, Binding};
+
 use crate::host::rss_kib;
 
 /// Heap bytes in use (all arenas, mmapped chunks included).
@@ -130,8 +132,28 @@ pub fn child(dir: &Path, m: usize) {
     let (h, r) = mark.per(n);
     println!("record {h:.0} {r:.0}");
     println!("parse {parse_us:.1} {parse_cpu_us:.1}");
-    let (separate, one_call) = install_us(&parsed);
-    println!("install {separate:.2} {one_call:.2}");
+    // The module binds each leaf to its key where that is free
+    // (`dyncert_core::leafkey`): heap freed per record, and how many.
+    let mut bound_set: Vec<(X509, Vec<X509>, PKey<Private>)> = parsed
+        .iter()
+        .map(|(leaf, chain, key)| {
+            let leaf = X509::from_der(&leaf.to_der().unwrap()).unwrap();
+            touch(&leaf);
+            (leaf, chain.clone(), key.clone())
+        })
+        .collect();
+    let with_copies = heap_bytes();
+    let mut bound = 0;
+    for (leaf, _, key) in bound_set.iter_mut() {
+        if leafkey::bind(leaf, key, false) == Binding::Bound {
+            bound += 1;
+        }
+    }
+    let freed = with_copies.saturating_sub(heap_bytes()) as f64 / n as f64;
+    println!("bind {freed:.0} {bound}");
+    let (separate, one_call, one_call_bound) = install_us(&parsed, &bound_set);
+    println!("install {separate:.2} {one_call:.2} {one_call_bound:.2}");
+    drop(bound_set);
     drop(parsed);
 
     // Then the parts, on the heap the record stage left behind: only the
@@ -200,14 +222,22 @@ enum Install {
     /// dyncert did before issue 15.
     Separate,
     /// `SSL_certs_clear` and one `SSL_use_cert_and_key` with a prebuilt
-    /// chain stack: what the module does.
+    /// chain stack.
     OneCall,
+    /// The same with the leaf bound to its key where that is free: what
+    /// the module does.
+    OneCallBound,
 }
 
-/// Microseconds to install leaf, key and chain on a new connection, over
-/// the cost of creating the connection object alone: (separate calls, the
-/// module's single call), measured in turns in the same process.
-fn install_us(parsed: &[(X509, Vec<X509>, PKey<Private>)]) -> (f64, f64) {
+/// Microseconds to install leaf, key and chain on a new connection and
+/// encode the leaf as the Certificate message does (twice: its length,
+/// then its bytes), over the cost of creating the connection object alone:
+/// (separate calls, the single call, the single call with bound leaves),
+/// measured in turns in the same process.
+fn install_us(
+    parsed: &[(X509, Vec<X509>, PKey<Private>)],
+    bound: &[(X509, Vec<X509>, PKey<Private>)],
+) -> (f64, f64, f64) {
     use foreign_types::ForeignType;
     let ctx = SslContext::builder(SslMethod::tls_server())
         .unwrap()
@@ -225,7 +255,12 @@ fn install_us(parsed: &[(X509, Vec<X509>, PKey<Private>)]) -> (f64, f64) {
         let t0 = Instant::now();
         for i in 0..rounds {
             let mut ssl = Ssl::new(&ctx).unwrap();
-            let (leaf, chain, key) = &parsed[i % parsed.len()];
+            let set = if how == Install::OneCallBound {
+                bound
+            } else {
+                parsed
+            };
+            let (leaf, chain, key) = &set[i % set.len()];
             match how {
                 Install::Nothing => {}
                 Install::Separate => {
@@ -235,7 +270,7 @@ fn install_us(parsed: &[(X509, Vec<X509>, PKey<Private>)]) -> (f64, f64) {
                         ssl.add_chain_cert(c.clone()).unwrap();
                     }
                 }
-                Install::OneCall => {
+                Install::OneCall | Install::OneCallBound => {
                     // SAFETY: ssl is a live connection; SSL_certs_clear(3)
                     // drops its certificates, SSL_use_cert_and_key(3)
                     // takes its own references to leaf, key and chain.
@@ -252,22 +287,33 @@ fn install_us(parsed: &[(X509, Vec<X509>, PKey<Private>)]) -> (f64, f64) {
                     assert_eq!(r, 1, "SSL_use_cert_and_key failed");
                 }
             }
+            if how != Install::Nothing {
+                // The Certificate message: i2d_X509 for the length, then
+                // for the bytes (ssl_add_cert_to_wpacket).
+                let der = leaf.to_der().unwrap();
+                std::hint::black_box(der);
+            }
             drop(ssl);
         }
         t0.elapsed().as_secs_f64() * 1e6 / rounds as f64
     };
     // Three turns of each, keeping each one's lowest: the machine may be
     // shared, and turns spread its noise over all three.
-    let mut best = [f64::MAX; 3];
+    let mut best = [f64::MAX; 4];
     for _ in 0..3 {
-        for (i, how) in [Install::Nothing, Install::Separate, Install::OneCall]
-            .into_iter()
-            .enumerate()
+        for (i, how) in [
+            Install::Nothing,
+            Install::Separate,
+            Install::OneCall,
+            Install::OneCallBound,
+        ]
+        .into_iter()
+        .enumerate()
         {
             best[i] = best[i].min(time(how));
         }
     }
-    (best[1] - best[0], best[2] - best[0])
+    (best[1] - best[0], best[2] - best[0], best[3] - best[0])
 }
 
 /// Per-object costs, in bytes: (heap, rss).
@@ -284,9 +330,15 @@ pub struct Breakdown {
     pub der: (usize, usize, usize),
     /// Microseconds to parse and check one record: wall clock, and CPU.
     pub parse_us: (f64, f64),
-    /// Microseconds to install leaf, key and chain on a connection: with
-    /// separate calls (stock nginx), and with the module's single call.
-    pub install_us: (f64, f64),
+    /// Microseconds to install leaf, key and chain on a connection and
+    /// encode the leaf: with separate calls (stock nginx), with a single
+    /// call, and with a single call and the leaf bound to its key (the
+    /// module).
+    pub install_us: (f64, f64, f64),
+    /// Heap bytes per record that binding the leaf to its key freed, and
+    /// how many of the records were bound (0: this OpenSSL re-encodes a
+    /// certificate whose key object is replaced, so the module does not).
+    pub bind: (f64, usize),
 }
 
 /// Runs the probes over `m` records of `dir` in a child process.
@@ -316,7 +368,8 @@ pub fn run(dir: &Path, m: usize) -> Option<Breakdown> {
             Some("pubkey") => b.pubkey = pair,
             Some("record") => b.record = pair,
             Some("parse") => b.parse_us = (num(1), num(2)),
-            Some("install") => b.install_us = (num(1), num(2)),
+            Some("install") => b.install_us = (num(1), num(2), num(3)),
+            Some("bind") => b.bind = (num(1), num(2) as usize),
             _ => {}
         }
     }

@@ -345,9 +345,10 @@ fn load_pair(
     interner: &Interner,
     missing: &[(CertDigest, Vec<u8>)],
 ) -> Result<(X509, openssl::pkey::PKey<openssl::pkey::Private>, Vec<X509>), Invalid> {
-    let leaf = X509::from_der(leaf).map_err(|_| Invalid::CrtNotPem)?;
+    let mut leaf = X509::from_der(leaf).map_err(|_| Invalid::CrtNotPem)?;
     precompute(&leaf);
     let key = key.load().map_err(|_| Invalid::KeyNotPem)?;
+    crate::leafkey::bind(&mut leaf, &key, false);
     let mut chain = Vec::with_capacity(intermediates.len());
     for d in intermediates {
         let cert = match interner.get(d) {

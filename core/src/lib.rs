@@ -15,6 +15,7 @@ pub mod flight;
 pub mod intern;
 pub mod keyref;
 pub mod keywrap;
+pub mod leafkey;
 pub mod lru;
 pub mod metrics;
 pub mod name;

@@ -141,3 +141,17 @@ fn build(
         Ok(PKey::from_ptr(non_null(pkey)?))
     }
 }
+
+/// Makes `key` the public key object of `leaf` (`X509_set_pubkey`: the
+/// certificate's decoded public key is freed and `leaf` holds a reference
+/// to `key`). What the library then does with the certificate's saved
+/// encoding depends on its version; see [`crate::leafkey`], which decides
+/// when this is done.
+pub fn set_leaf_key(leaf: &mut openssl::x509::X509, key: &PKey<Private>) -> Result<(), ErrorStack> {
+    // SAFETY: both pointers are live objects owned by the callers'
+    // wrappers; `leaf` is borrowed exclusively (not shared with another
+    // thread or connection yet); X509_set_pubkey takes its own reference
+    // to `key` and frees the X509_PUBKEY it replaces, which only `leaf`
+    // held.
+    check(unsafe { ffi::X509_set_pubkey(leaf.as_ptr(), key.as_ptr()) })
+}

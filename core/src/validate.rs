@@ -349,7 +349,7 @@ fn check(
     };
     let allow = allow_list(record.allow.as_deref())?;
 
-    let (leaf, chain_der, not_after) = checked_leaf(&certs, &covered, now_secs)?;
+    let (mut leaf, chain_der, not_after) = checked_leaf(&certs, &covered, now_secs)?;
 
     let key = match (key_block, key_der, &key_ref) {
         (Some(block), _, _) => private_key(block)?,
@@ -393,6 +393,7 @@ fn check(
         second_certs,
     );
     precompute(&leaf);
+    crate::leafkey::bind(&mut leaf, &key, key_ref.is_some());
     let der_bytes = certs
         .iter()
         .chain(second_certs.unwrap_or_default())
@@ -439,7 +440,7 @@ fn check_second(
         Form::Der => der_certificates(&pair.crt),
     }
     .map_err(rsa)?;
-    let (leaf, chain_der, _) = checked_leaf(&certs, covered, now_secs).map_err(rsa)?;
+    let (mut leaf, chain_der, _) = checked_leaf(&certs, covered, now_secs).map_err(rsa)?;
     let key = match pair.form {
         Form::Pem => {
             keyref::parse(&pair.key, KeyRefMode::Off).map_err(|_| Invalid::RsaKeyNotPem)?;
@@ -456,6 +457,7 @@ fn check_second(
     }
     let chain = parsed_chain(chain_der, interner).map_err(|_| Invalid::RsaCrtNotPem)?;
     precompute(&leaf);
+    crate::leafkey::bind(&mut leaf, &key, false);
     Ok((certs, Second { leaf, chain, key }))
 }
 
