@@ -58,17 +58,33 @@ pub fn decide(keeps_encoding: bool, key_reference: bool, keys_match: bool) -> Bi
     }
 }
 
-/// Binds `leaf` to `key` when [`decide`] says so, checking that the
-/// certificate's bytes did not change. On any failure after the key was
-/// set, `leaf` is replaced by a fresh parse of its original DER.
+/// Binds `leaf` to `key` when [`decide`] says so, checking first that the
+/// key belongs to the leaf, and after that the certificate's bytes did not
+/// change. On any failure after the key was set, `leaf` is replaced by a
+/// fresh parse of its original DER.
 pub fn bind(leaf: &mut X509, key: &PKey<Private>, key_reference: bool) -> Binding {
+    bind_with(leaf, key, key_reference, None)
+}
+
+/// [`bind`] for a pair the caller has just checked (`public_eq`), which is
+/// not compared again.
+pub fn bind_checked(leaf: &mut X509, key: &PKey<Private>, key_reference: bool) -> Binding {
+    bind_with(leaf, key, key_reference, Some(true))
+}
+
+fn bind_with(
+    leaf: &mut X509,
+    key: &PKey<Private>,
+    key_reference: bool,
+    checked: Option<bool>,
+) -> Binding {
     if key_reference {
         return Binding::KeyReference;
     }
     if !keeps_encoding() {
         return Binding::EncodingNotKept;
     }
-    let keys_match = leaf.public_key().is_ok_and(|p| p.public_eq(key));
+    let keys_match = checked.unwrap_or_else(|| leaf.public_key().is_ok_and(|p| p.public_eq(key)));
     let verdict = decide(true, false, keys_match);
     if verdict != Binding::Bound {
         return verdict;

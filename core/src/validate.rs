@@ -393,7 +393,7 @@ fn check(
         second_certs,
     );
     precompute(&leaf);
-    crate::leafkey::bind(&mut leaf, &key, key_ref.is_some());
+    crate::leafkey::bind_checked(&mut leaf, &key, key_ref.is_some());
     let der_bytes = certs
         .iter()
         .chain(second_certs.unwrap_or_default())
@@ -457,7 +457,7 @@ fn check_second(
     }
     let chain = parsed_chain(chain_der, interner).map_err(|_| Invalid::RsaCrtNotPem)?;
     precompute(&leaf);
-    crate::leafkey::bind(&mut leaf, &key, false);
+    crate::leafkey::bind_checked(&mut leaf, &key, false);
     Ok((certs, Second { leaf, chain, key }))
 }
 
