@@ -347,7 +347,9 @@ fn load_pair(
 ) -> Result<(X509, openssl::pkey::PKey<openssl::pkey::Private>, Vec<X509>), Invalid> {
     let mut leaf = X509::from_der(leaf).map_err(|_| Invalid::CrtNotPem)?;
     precompute(&leaf);
-    let key = key.load().map_err(|_| Invalid::KeyNotPem)?;
+    let key = key
+        .load_for(Some(&mut leaf))
+        .map_err(|_| Invalid::KeyNotPem)?;
     crate::leafkey::bind(&mut leaf, &key, false);
     let mut chain = Vec::with_capacity(intermediates.len());
     for d in intermediates {

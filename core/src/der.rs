@@ -66,8 +66,14 @@ impl KeyDer {
 
     /// Loads the key.
     pub fn load(&self) -> Result<PKey<Private>, ErrorStack> {
+        self.load_for(None)
+    }
+
+    /// Loads the key, into `leaf`'s own public key object where that can
+    /// be done (see [`crate::leafkey::ec_key_in_leaf`]).
+    pub fn load_for(&self, leaf: Option<&mut X509>) -> Result<PKey<Private>, ErrorStack> {
         match self {
-            KeyDer::Sec1(der) => load_sec1(der),
+            KeyDer::Sec1(der) => load_sec1_for(der, leaf),
             KeyDer::Pkcs1(der) => Rsa::private_key_from_der(der).and_then(PKey::from_rsa),
             KeyDer::Pkcs8(der) => PKey::private_key_from_pkcs8(der),
         }
@@ -105,6 +111,9 @@ use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use std::ffi::CStr;
 
+use openssl::x509::X509;
+
+use crate::leafkey::ec_key_in_leaf;
 use crate::ossl_ffi::ec_key_from_parts;
 
 /// The parts of an `ECPrivateKey` (RFC 5915) on a curve of [`CURVES`]
@@ -144,8 +153,19 @@ fn sec1_parts(der: &[u8]) -> Option<Sec1Parts<'_>> {
 /// known curve and carries its public key (what `EcKey::private_key_to_der` and the
 /// PKCS#8 unwrapping produce), through `d2i_ECPrivateKey` otherwise.
 pub fn load_sec1(der: &[u8]) -> Result<PKey<Private>, ErrorStack> {
+    load_sec1_for(der, None)
+}
+
+/// [`load_sec1`], into `leaf`'s own public key object where that can be
+/// done (see [`crate::leafkey::ec_key_in_leaf`]).
+pub fn load_sec1_for(der: &[u8], leaf: Option<&mut X509>) -> Result<PKey<Private>, ErrorStack> {
     match sec1_parts(der) {
-        Some(p) => ec_key_from_parts(p.curve, p.private, p.public),
+        Some(p) => {
+            if let Some(key) = leaf.and_then(|l| ec_key_in_leaf(l, p.curve, p.private, p.public)) {
+                return Ok(key);
+            }
+            ec_key_from_parts(p.curve, p.private, p.public)
+        }
         None => EcKey::private_key_from_der(der).and_then(PKey::from_ec_key),
     }
 }

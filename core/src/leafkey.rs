@@ -3,28 +3,71 @@
 //! Every `SSL_use_cert_and_key` (and `SSL_use_PrivateKey`) checks that the
 //! key belongs to the certificate with `EVP_PKEY_eq`, which compares the
 //! curve parameters and the public points of two key objects, on every
-//! handshake: about 3 µs, reading two per-name objects that are cache-cold
+//! handshake: 2 to 5 µs, reading two per-name objects that are cache-cold
 //! at 100,000 names. `EVP_PKEY_eq` returns at once when both sides are the
-//! same object. So once a record's key is checked against its leaf (as the
-//! parse does anyway), the leaf's decoded public key is replaced by the
-//! private key object itself, and the per-handshake check costs nothing.
-//! That also frees the decoded public key, about 2 KiB per cached name on
-//! OpenSSL 3.0.
+//! same object. So the module makes them the same object, in one of two
+//! ways:
 //!
-//! It is done only where it is free. The certificate a client receives is
-//! the leaf's saved DER encoding: OpenSSL 3.0 keeps it when the key object
-//! is replaced, while later versions (3.5 here) mark the certificate as
-//! modified and re-encode it for every handshake, which costs more than the
-//! check saves. [`keeps_encoding`] finds out which, once per process, by
-//! behaviour rather than version number; where the encoding is not kept,
-//! nothing changes. Keys held by an HSM (key references) are never bound.
+//! - **EC keys** (the common case), on every OpenSSL 3.x: the key pair is
+//!   built straight into the leaf's own public key object
+//!   ([`ec_key_in_leaf`]), when the leaf carries exactly the key's point
+//!   on the key's curve. The key is built once either way; the leaf's
+//!   decoded public key is replaced instead of kept beside it (about
+//!   2 KiB less per cached name), and the certificate's saved encoding,
+//!   which clients receive, is untouched.
+//! - **Any other key** (RSA, an EC key stored without its point), where it
+//!   is free: the leaf's key object is replaced by the private key
+//!   (`X509_set_pubkey`, [`bind`]). OpenSSL 3.0 keeps the certificate's
+//!   saved encoding then; later versions (3.5 here) mark the certificate
+//!   as modified and re-encode it for every handshake, which costs more
+//!   than the check saves. [`keeps_encoding`] finds out which, once per
+//!   process, by behaviour rather than version number; where the encoding
+//!   is not kept, nothing changes.
+//!
+//! Keys held by an HSM (key references) are never bound. A key that does
+//! not match its leaf is never bound: it is refused as before.
 
 use std::sync::OnceLock;
 
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 
-use crate::ossl_ffi::set_leaf_key;
+use crate::ossl_ffi::{ec_key_into_leaf, set_leaf_key, IntoLeaf};
+
+/// Builds an EC key pair given as parts into `leaf`'s own public key
+/// object when the leaf carries exactly that point on that curve: the key
+/// is built once either way, the leaf's decoded public key is replaced
+/// rather than kept beside it, and every install's key check finds the
+/// same object. None: not the leaf's point (the caller builds the key on
+/// its own and checks the pair as usual). Works on every OpenSSL 3.x: the
+/// certificate's encoding is not touched.
+pub fn ec_key_in_leaf(
+    leaf: &mut X509,
+    curve: &std::ffi::CStr,
+    private: &[u8],
+    public: &[u8],
+) -> Option<PKey<Private>> {
+    match ec_key_into_leaf(leaf, curve, private, public) {
+        IntoLeaf::Built(key) => Some(key),
+        IntoLeaf::NotSame => None,
+        IntoLeaf::Failed => {
+            // The leaf's key object may be empty now: parse it again (its
+            // saved encoding is intact), and let the caller build the key.
+            if let Ok(fresh) = leaf.to_der().and_then(|d| X509::from_der(&d)) {
+                crate::validate::precompute(&fresh);
+                *leaf = fresh;
+            }
+            None
+        }
+    }
+}
+
+/// Whether `leaf`'s public key object is `key` itself.
+pub fn is_bound(leaf: &X509, key: &PKey<Private>) -> bool {
+    use foreign_types::ForeignType;
+    leaf.public_key()
+        .is_ok_and(|p| p.as_ptr().cast::<u8>() == key.as_ptr().cast::<u8>())
+}
 
 /// Why a leaf was, or was not, bound to its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +123,9 @@ fn bind_with(
 ) -> Binding {
     if key_reference {
         return Binding::KeyReference;
+    }
+    if is_bound(leaf, key) {
+        return Binding::Bound;
     }
     if !keeps_encoding() {
         return Binding::EncodingNotKept;
@@ -208,6 +254,58 @@ mod tests {
         } else {
             assert_eq!(verdict, Binding::EncodingNotKept);
         }
+    }
+
+    /// The module's path for EC keys: the key built into the leaf's own
+    /// object, on every OpenSSL 3.x.
+    #[test]
+    fn an_ec_key_is_built_into_its_leaf_which_keeps_its_bytes_and_signs() {
+        use crate::der::KeyDer;
+        let k = key();
+        let der = cert(&k).to_der().unwrap();
+        let mut leaf = X509::from_der(&der).unwrap();
+        let sec1 = KeyDer::parse(&k.private_key_to_der().unwrap()).unwrap();
+        let loaded = sec1.load_for(Some(&mut leaf)).unwrap();
+        assert!(is_bound(&leaf, &loaded), "the leaf's key object is the key");
+        assert_eq!(bind(&mut leaf, &loaded, false), Binding::Bound);
+        assert_eq!(leaf.to_der().unwrap(), der, "the certificate's bytes");
+        // It is the private key: what it signs verifies with the public
+        // key a client reads from the certificate's bytes.
+        let mut signer =
+            openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &loaded).unwrap();
+        signer.update(b"handshake transcript").unwrap();
+        let sig = signer.sign_to_vec().unwrap();
+        let client_view = X509::from_der(&der).unwrap().public_key().unwrap();
+        let mut verifier =
+            openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &client_view)
+                .unwrap();
+        verifier.update(b"handshake transcript").unwrap();
+        assert!(verifier.verify(&sig).unwrap());
+        // And OpenSSL installs the pair.
+        let ctx = openssl::ssl::SslContext::builder(openssl::ssl::SslMethod::tls_server())
+            .unwrap()
+            .build();
+        let mut ssl = openssl::ssl::Ssl::new(&ctx).unwrap();
+        ssl.set_certificate(&leaf).unwrap();
+        ssl.set_private_key(&loaded).unwrap();
+    }
+
+    #[test]
+    fn another_point_or_curve_is_not_built_into_the_leaf() {
+        use crate::der::KeyDer;
+        let (k1, k2) = (key(), key());
+        let mut leaf = X509::from_der(&cert(&k1).to_der().unwrap()).unwrap();
+        let other = KeyDer::parse(&k2.private_key_to_der().unwrap()).unwrap();
+        let loaded = other.load_for(Some(&mut leaf)).unwrap();
+        assert!(!is_bound(&leaf, &loaded));
+        assert!(leaf.public_key().unwrap().public_eq(&k1), "leaf untouched");
+        assert!(loaded.public_eq(&k2));
+        let g384 = EcGroup::from_curve_name(Nid::SECP384R1).unwrap();
+        let k384 = PKey::from_ec_key(EcKey::generate(&g384).unwrap()).unwrap();
+        let other = KeyDer::parse(&k384.private_key_to_der().unwrap()).unwrap();
+        let loaded = other.load_for(Some(&mut leaf)).unwrap();
+        assert!(!is_bound(&leaf, &loaded));
+        assert!(leaf.public_key().unwrap().public_eq(&k1), "leaf untouched");
     }
 
     #[test]

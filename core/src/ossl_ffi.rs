@@ -1,19 +1,25 @@
-//! The one OpenSSL call the `openssl` crate does not wrap for OpenSSL 3.0:
-//! building an EC private key directly in the provider's form
-//! (`EVP_PKEY_fromdata`), the only `unsafe` code in core.
+//! The OpenSSL calls the `openssl` crate does not wrap for OpenSSL 3.0,
+//! the only `unsafe` code in core (with `ossl_engine`):
 //!
-//! Why: `d2i_ECPrivateKey` (fast to decode) gives a *legacy* `EC_KEY`.
-//! OpenSSL 3.0 signs with provider keys, so the first handshake that uses
-//! such a key exports it into a second, provider-side copy, on the event
-//! loop, and keeps both: about 2 KiB more per cached name and tens of
-//! microseconds on the first handshake. Built here from the same parts
-//! (curve name, private scalar, public point), the key exists once, in the
-//! form OpenSSL signs with, and the work happens where the key is loaded
-//! (the parse thread).
+//! - building an EC private key directly in the provider's form
+//!   (`EVP_PKEY_fromdata`);
+//! - building it into a certificate's own public key object
+//!   ([`ec_key_into_leaf`]), and replacing a certificate's key object
+//!   ([`set_leaf_key`]), which `crate::leafkey` decides on.
+//!
+//! Why the provider's form: `d2i_ECPrivateKey` (fast to decode) gives a
+//! *legacy* `EC_KEY`. OpenSSL 3.0 signs with provider keys, so the first
+//! handshake that uses such a key exports it into a second, provider-side
+//! copy, on the event loop, and keeps both: about 2 KiB more per cached
+//! name and tens of microseconds on the first handshake. Built here from
+//! the same parts (curve name, private scalar, public point), the key
+//! exists once, in the form OpenSSL signs with, and the work happens where
+//! the key is loaded (the parse thread).
 //!
 //! References: `EVP_PKEY_fromdata(3)`, `OSSL_PARAM_BLD(3)`,
 //! `EVP_PKEY-EC(7)` (the "group", "priv" and "pub" parameters)
-//! (<https://docs.openssl.org/3.0/man3/EVP_PKEY_fromdata/>).
+//! (<https://docs.openssl.org/3.0/man3/EVP_PKEY_fromdata/>),
+//! `X509_get0_pubkey(3)`, `X509_set_pubkey(3)`.
 
 use std::ffi::{c_int, CStr};
 use std::ptr;
@@ -25,8 +31,16 @@ use openssl::pkey::{PKey, Private};
 use openssl_sys as ffi;
 
 extern "C" {
-    // In every libcrypto; not declared by openssl-sys.
+    // In every libcrypto 3.x; not declared by openssl-sys.
     fn OPENSSL_cleanse(ptr: *mut std::ffi::c_void, len: usize);
+    fn X509_get0_pubkey(x: *const ffi::X509) -> *mut ffi::EVP_PKEY;
+    fn X509_get0_pubkey_bitstr(x: *const ffi::X509) -> *mut ffi::ASN1_BIT_STRING;
+    fn EVP_PKEY_get_group_name(
+        pkey: *const ffi::EVP_PKEY,
+        name: *mut std::ffi::c_char,
+        size: usize,
+        len: *mut usize,
+    ) -> c_int;
 }
 
 /// Frees what it holds on every path.
@@ -90,16 +104,102 @@ pub fn ec_key_from_parts(
         params: ptr::null_mut(),
         ctx: ptr::null_mut(),
     };
-    let key = build(&mut o, group, &scalar, public);
+    let key = build(&mut o, group, &scalar, public, ptr::null_mut());
     scalar.clear();
     key
 }
 
+/// Where a key built into a leaf's own public key object stands.
+pub enum IntoLeaf {
+    /// Built: the leaf's public key object now holds the key pair, and
+    /// this is a new reference to it.
+    Built(PKey<Private>),
+    /// Not attempted: the leaf's key is not this EC point on this curve in
+    /// the same encoding (the caller builds the key on its own, and
+    /// checks the pair as usual). The leaf is untouched.
+    NotSame,
+    /// OpenSSL failed while replacing the leaf's key data: the leaf's
+    /// public key object may be empty, so the caller parses the leaf
+    /// again from its DER.
+    Failed,
+}
+
+/// Builds the EC key pair (`group`, `private`, `public`) into `leaf`'s own
+/// public key object, when the leaf's subjectPublicKeyInfo carries exactly
+/// the point `public` on the curve `group`: `EVP_PKEY_fromdata` given an
+/// existing `EVP_PKEY` replaces its key data in place (its address, which
+/// the certificate holds, stays the same). The certificate's saved
+/// encoding is not touched: clients receive the same bytes.
+///
+/// The key is built once either way; this way the leaf's decoded public
+/// key is replaced rather than kept beside a second object, and the key
+/// OpenSSL checks against the certificate on every install is the
+/// certificate's own (`EVP_PKEY_eq` returns at once for the same object).
+pub fn ec_key_into_leaf(
+    leaf: &openssl::x509::X509Ref,
+    group: &CStr,
+    private: &[u8],
+    public: &[u8],
+) -> IntoLeaf {
+    use foreign_types::ForeignTypeRef;
+    openssl::init();
+    // SAFETY: leaf is a live certificate borrowed for the call; the
+    // returned pointers are its internal objects (not owned here, valid
+    // while leaf is), read only.
+    let (target, bits) = unsafe {
+        (
+            X509_get0_pubkey(leaf.as_ptr()),
+            X509_get0_pubkey_bitstr(leaf.as_ptr()),
+        )
+    };
+    if target.is_null() || bits.is_null() {
+        return IntoLeaf::NotSame;
+    }
+    // SAFETY: bits is the leaf's live BIT STRING; its data holds length
+    // bytes (ASN1_STRING_get0_data, ASN1_STRING_length).
+    let point = unsafe {
+        let len = usize::try_from(ffi::ASN1_STRING_length(bits.cast())).unwrap_or(0);
+        let data = ffi::ASN1_STRING_get0_data(bits.cast());
+        if data.is_null() {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts(data, len)
+        }
+    };
+    let mut name = [0 as std::ffi::c_char; 64];
+    let mut len = 0usize;
+    // SAFETY: target is the leaf's live key; the name buffer is ours, of
+    // the size given (EVP_PKEY_get_group_name NUL-terminates within it).
+    let named = unsafe { EVP_PKEY_get_group_name(target, name.as_mut_ptr(), name.len(), &mut len) };
+    // SAFETY: on success name holds a NUL-terminated string.
+    let same_curve = named == 1 && unsafe { CStr::from_ptr(name.as_ptr()) } == group;
+    if !same_curve || point != public {
+        return IntoLeaf::NotSame;
+    }
+    let Ok(mut scalar) = BigNum::from_slice(private) else {
+        return IntoLeaf::NotSame;
+    };
+    let mut o = Owned {
+        bld: ptr::null_mut(),
+        params: ptr::null_mut(),
+        ctx: ptr::null_mut(),
+    };
+    let built = build(&mut o, group, &scalar, public, target);
+    scalar.clear();
+    match built {
+        Ok(key) => IntoLeaf::Built(key),
+        Err(_) => IntoLeaf::Failed,
+    }
+}
+
+/// `target`: null for a new key, or an existing key whose data is replaced
+/// (see [`ec_key_into_leaf`]); the result is then a new reference to it.
 fn build(
     o: &mut Owned,
     group: &CStr,
     scalar: &BigNum,
     public: &[u8],
+    target: *mut ffi::EVP_PKEY,
 ) -> Result<PKey<Private>, ErrorStack> {
     // SAFETY: plain libcrypto 3.0 calls on pointers this function owns
     // (`o`) or borrows for the call: `group`, `public` and `scalar` outlive
@@ -131,14 +231,23 @@ fn build(
             ptr::null(),
         ))?;
         check(ffi::EVP_PKEY_fromdata_init(o.ctx))?;
-        let mut pkey: *mut ffi::EVP_PKEY = ptr::null_mut();
+        let mut pkey: *mut ffi::EVP_PKEY = target;
         check(ffi::EVP_PKEY_fromdata(
             o.ctx,
             &mut pkey,
             ffi::EVP_PKEY_KEYPAIR,
             o.params,
         ))?;
-        Ok(PKey::from_ptr(non_null(pkey)?))
+        if target.is_null() {
+            return Ok(PKey::from_ptr(non_null(pkey)?));
+        }
+        // The same object, filled in place (never a new one: that would
+        // leave the leaf's old key and hand out a key it does not hold).
+        if pkey != target {
+            return Err(ErrorStack::get());
+        }
+        check(ffi::EVP_PKEY_up_ref(target))?;
+        Ok(PKey::from_ptr(target))
     }
 }
 

@@ -18,7 +18,7 @@ use openssl::x509::X509;
 
 use crate::cidr::{parse_list, Cidr};
 
-use crate::der::{load_sec1, split_certificates, unwrap_pkcs8, KeyDer, Unwrapped};
+use crate::der::{load_sec1_for, split_certificates, unwrap_pkcs8, KeyDer, Unwrapped};
 use crate::intern::Interner;
 use crate::keyref::{self, KeyRefConfig, KeyRefMode, RefError};
 use crate::name::dns_name_matches;
@@ -352,8 +352,10 @@ fn check(
     let (mut leaf, chain_der, not_after) = checked_leaf(&certs, &covered, now_secs)?;
 
     let key = match (key_block, key_der, &key_ref) {
-        (Some(block), _, _) => private_key(block)?,
-        (None, Some(der), _) => der.load().map_err(|_| Invalid::KeyNotPem)?,
+        (Some(block), _, _) => private_key(block, Some(&mut leaf))?,
+        (None, Some(der), _) => der
+            .load_for(Some(&mut leaf))
+            .map_err(|_| Invalid::KeyNotPem)?,
         (None, None, Some(r)) => {
             let module = refs.and_then(|c| c.module.as_deref());
             let pin = refs.and_then(|c| c.pin.as_deref());
@@ -444,11 +446,11 @@ fn check_second(
     let key = match pair.form {
         Form::Pem => {
             keyref::parse(&pair.key, KeyRefMode::Off).map_err(|_| Invalid::RsaKeyNotPem)?;
-            private_key(key_block(&pair.key).map_err(rsa)?).map_err(rsa)?
+            private_key(key_block(&pair.key).map_err(rsa)?, Some(&mut leaf)).map_err(rsa)?
         }
         Form::Der => KeyDer::parse(&pair.key)
             .ok_or(Invalid::RsaKeyNotPem)?
-            .load()
+            .load_for(Some(&mut leaf))
             .map_err(|_| Invalid::RsaKeyNotPem)?,
     };
     let leaf_pub = leaf.public_key().map_err(|_| Invalid::RsaCrtNotPem)?;
@@ -592,17 +594,19 @@ fn key_block(pem: &[u8]) -> Result<Block, Invalid> {
 /// A PKCS#8 RSA or named-curve EC key is unwrapped first (`der.rs`) and
 /// goes through the last two, about 30 times cheaper on OpenSSL 3.0 than
 /// its PKCS#8 decoder for the same key.
-fn private_key(block: Block) -> Result<PKey<Private>, Invalid> {
+/// A PEM private key block, loaded into `leaf`'s own public key object
+/// where that can be done ([`crate::leafkey::ec_key_in_leaf`]).
+fn private_key(block: Block, leaf: Option<&mut X509>) -> Result<PKey<Private>, Invalid> {
     let key = match block.label {
         Label::PrivateKey => match unwrap_pkcs8(&block.der) {
-            Some(Unwrapped::Sec1(sec1)) => load_sec1(&sec1),
+            Some(Unwrapped::Sec1(sec1)) => load_sec1_for(&sec1, leaf),
             Some(Unwrapped::Pkcs1(pkcs1)) => {
                 Rsa::private_key_from_der(&pkcs1).and_then(PKey::from_rsa)
             }
             None => PKey::private_key_from_pkcs8(&block.der),
         },
         Label::RsaPrivateKey => Rsa::private_key_from_der(&block.der).and_then(PKey::from_rsa),
-        Label::EcPrivateKey => load_sec1(&block.der),
+        Label::EcPrivateKey => load_sec1_for(&block.der, leaf),
         _ => return Err(Invalid::KeyNotPem),
     };
     key.map_err(|_| Invalid::KeyNotPem)
