@@ -135,17 +135,20 @@ pub enum IntoLeaf {
 /// key is replaced rather than kept beside a second object, and the key
 /// OpenSSL checks against the certificate on every install is the
 /// certificate's own (`EVP_PKEY_eq` returns at once for the same object).
+///
+/// `leaf` is borrowed exclusively: it must not be shared with another
+/// thread or connection yet (the parse thread's fresh leaf).
 pub fn ec_key_into_leaf(
-    leaf: &openssl::x509::X509Ref,
+    leaf: &mut openssl::x509::X509,
     group: &CStr,
     private: &[u8],
     public: &[u8],
 ) -> IntoLeaf {
-    use foreign_types::ForeignTypeRef;
     openssl::init();
-    // SAFETY: leaf is a live certificate borrowed for the call; the
-    // returned pointers are its internal objects (not owned here, valid
-    // while leaf is), read only.
+    // SAFETY: leaf is a live certificate borrowed exclusively for the
+    // call; the returned pointers are its internal objects (not owned
+    // here, valid while leaf is), read here and written only by
+    // EVP_PKEY_fromdata below.
     let (target, bits) = unsafe {
         (
             X509_get0_pubkey(leaf.as_ptr()),
