@@ -154,8 +154,8 @@ pub fn child(dir: &Path, m: usize) {
         }
         bound_set.push((leaf, chain.clone(), key2));
     }
-    // What the module's records cost beside the plain parse: a leaf and a
-    // key per record (negative: less than a separate leaf and key).
+    // The heap those module-loaded leaves and keys added (the chains are
+    // shared with the records above).
     let module_record = heap_bytes() as f64 - with_copies as f64;
     println!("bind {:.0} {bound}", module_record / n as f64);
     let (separate, one_call, one_call_bound) = install_us(&parsed, &bound_set);

@@ -53,12 +53,19 @@ pub fn ec_key_in_leaf(
         IntoLeaf::Failed => {
             // The leaf's key object may be empty now: parse it again (its
             // saved encoding is intact), and let the caller build the key.
-            if let Ok(fresh) = leaf.to_der().and_then(|d| X509::from_der(&d)) {
-                crate::validate::precompute(&fresh);
-                *leaf = fresh;
+            if let Ok(der) = leaf.to_der() {
+                reparse(leaf, &der);
             }
             None
         }
+    }
+}
+
+/// Replaces `leaf` by a fresh parse of `der`, its original encoding.
+fn reparse(leaf: &mut X509, der: &[u8]) {
+    if let Ok(fresh) = X509::from_der(der) {
+        crate::validate::precompute(&fresh);
+        *leaf = fresh;
     }
 }
 
@@ -88,13 +95,18 @@ pub enum Binding {
     Changed,
 }
 
-/// Whether to bind: the pure part of the decision.
-pub fn decide(keeps_encoding: bool, key_reference: bool, keys_match: bool) -> Binding {
+/// Whether to bind: the pure part of the decision. `keys_match` (an
+/// `EVP_PKEY_eq`) is asked only when the rest allows binding.
+pub fn decide(
+    keeps_encoding: bool,
+    key_reference: bool,
+    keys_match: impl FnOnce() -> bool,
+) -> Binding {
     if key_reference {
         Binding::KeyReference
     } else if !keeps_encoding {
         Binding::EncodingNotKept
-    } else if !keys_match {
+    } else if !keys_match() {
         Binding::Mismatch
     } else {
         Binding::Bound
@@ -106,32 +118,27 @@ pub fn decide(keeps_encoding: bool, key_reference: bool, keys_match: bool) -> Bi
 /// change. On any failure after the key was set, `leaf` is replaced by a
 /// fresh parse of its original DER.
 pub fn bind(leaf: &mut X509, key: &PKey<Private>, key_reference: bool) -> Binding {
-    bind_with(leaf, key, key_reference, None)
+    bind_with(leaf, key, key_reference, false)
 }
 
 /// [`bind`] for a pair the caller has just checked (`public_eq`), which is
 /// not compared again.
 pub fn bind_checked(leaf: &mut X509, key: &PKey<Private>, key_reference: bool) -> Binding {
-    bind_with(leaf, key, key_reference, Some(true))
+    bind_with(leaf, key, key_reference, true)
 }
 
 fn bind_with(
     leaf: &mut X509,
     key: &PKey<Private>,
     key_reference: bool,
-    checked: Option<bool>,
+    pair_checked: bool,
 ) -> Binding {
-    if key_reference {
-        return Binding::KeyReference;
-    }
     if is_bound(leaf, key) {
         return Binding::Bound;
     }
-    if !keeps_encoding() {
-        return Binding::EncodingNotKept;
-    }
-    let keys_match = checked.unwrap_or_else(|| leaf.public_key().is_ok_and(|p| p.public_eq(key)));
-    let verdict = decide(true, false, keys_match);
+    let verdict = decide(!key_reference && keeps_encoding(), key_reference, || {
+        pair_checked || leaf.public_key().is_ok_and(|p| p.public_eq(key))
+    });
     if verdict != Binding::Bound {
         return verdict;
     }
@@ -141,10 +148,7 @@ fn bind_with(
     if set_leaf_key(leaf, key).is_ok() && leaf.to_der().is_ok_and(|after| after == before) {
         return Binding::Bound;
     }
-    if let Ok(fresh) = X509::from_der(&before) {
-        crate::validate::precompute(&fresh);
-        *leaf = fresh;
-    }
+    reparse(leaf, &before);
     Binding::Changed
 }
 
@@ -157,27 +161,34 @@ pub fn keeps_encoding() -> bool {
 }
 
 fn probe() -> Result<bool, openssl::error::ErrorStack> {
+    let (k1, k2) = (p256()?, p256()?);
+    let original = self_signed(&k1, "dyncert encoding probe")?.to_der()?;
+    let mut cert = X509::from_der(&original)?;
+    set_leaf_key(&mut cert, &k2)?;
+    Ok(cert.to_der()? == original)
+}
+
+fn p256() -> Result<PKey<Private>, openssl::error::ErrorStack> {
     use openssl::ec::{EcGroup, EcKey};
-    use openssl::hash::MessageDigest;
-    use openssl::nid::Nid;
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
-    let k1 = PKey::from_ec_key(EcKey::generate(&group)?)?;
-    let k2 = PKey::from_ec_key(EcKey::generate(&group)?)?;
+    let group = EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)?;
+    PKey::from_ec_key(EcKey::generate(&group)?)
+}
+
+/// A self-signed certificate for `key`, named `cn`, valid for a day from
+/// now.
+fn self_signed(key: &PKey<Private>, cn: &str) -> Result<X509, openssl::error::ErrorStack> {
     let mut name = openssl::x509::X509NameBuilder::new()?;
-    name.append_entry_by_nid(Nid::COMMONNAME, "dyncert encoding probe")?;
+    name.append_entry_by_nid(openssl::nid::Nid::COMMONNAME, cn)?;
     let name = name.build();
     let mut b = X509::builder()?;
     b.set_version(2)?;
     b.set_subject_name(&name)?;
     b.set_issuer_name(&name)?;
-    b.set_not_before(&*openssl::asn1::Asn1Time::from_unix(0)?)?;
-    b.set_not_after(&*openssl::asn1::Asn1Time::from_unix(86_400)?)?;
-    b.set_pubkey(&k1)?;
-    b.sign(&k1, MessageDigest::sha256())?;
-    let original = b.build().to_der()?;
-    let mut cert = X509::from_der(&original)?;
-    set_leaf_key(&mut cert, &k2)?;
-    Ok(cert.to_der()? == original)
+    b.set_not_before(&*openssl::asn1::Asn1Time::days_from_now(0)?)?;
+    b.set_not_after(&*openssl::asn1::Asn1Time::days_from_now(1)?)?;
+    b.set_pubkey(key)?;
+    b.sign(key, openssl::hash::MessageDigest::sha256())?;
+    Ok(b.build())
 }
 
 #[cfg(test)]
@@ -188,34 +199,23 @@ mod tests {
 
     #[test]
     fn decide_binds_only_software_keys_that_match_where_the_encoding_is_kept() {
-        assert_eq!(decide(true, false, true), Binding::Bound);
-        assert_eq!(decide(false, false, true), Binding::EncodingNotKept);
-        assert_eq!(decide(true, true, true), Binding::KeyReference);
-        assert_eq!(decide(false, true, false), Binding::KeyReference);
-        assert_eq!(decide(true, false, false), Binding::Mismatch);
+        assert_eq!(decide(true, false, || true), Binding::Bound);
+        assert_eq!(decide(false, false, || true), Binding::EncodingNotKept);
+        assert_eq!(decide(true, true, || true), Binding::KeyReference);
+        assert_eq!(decide(false, true, || false), Binding::KeyReference);
+        assert_eq!(decide(true, false, || false), Binding::Mismatch);
+        // The pair is compared only when the rest allows binding.
+        let never = || -> bool { panic!("keys compared needlessly") };
+        assert_eq!(decide(false, false, never), Binding::EncodingNotKept);
+        assert_eq!(decide(true, true, never), Binding::KeyReference);
     }
 
     fn key() -> PKey<Private> {
-        let g = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        PKey::from_ec_key(EcKey::generate(&g).unwrap()).unwrap()
+        p256().unwrap()
     }
 
     fn cert(key: &PKey<Private>) -> X509 {
-        let mut b = X509::builder().unwrap();
-        let mut n = openssl::x509::X509NameBuilder::new().unwrap();
-        n.append_entry_by_nid(Nid::COMMONNAME, "leafkey.test")
-            .unwrap();
-        let n = n.build();
-        b.set_version(2).unwrap();
-        b.set_subject_name(&n).unwrap();
-        b.set_issuer_name(&n).unwrap();
-        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(30).unwrap())
-            .unwrap();
-        b.set_pubkey(key).unwrap();
-        b.sign(key, openssl::hash::MessageDigest::sha256()).unwrap();
-        b.build()
+        self_signed(key, "leafkey.test").unwrap()
     }
 
     /// The probe's answer is the library's behaviour: where it says the
