@@ -163,9 +163,14 @@ fn issue15_targets(
 /// The 95% interval of the median capacity ratio `x` / `y` over the
 /// rounds both ran in (see [`ratio`]).
 pub fn capacity_ci(x: &Load, y: &Load) -> (f64, f64) {
+    median_ci(&capacity_rounds(x, y))
+}
+
+/// The capacity ratio `x` / `y` (1 / server CPU per handshake) in each
+/// round both ran in.
+fn capacity_rounds(x: &Load, y: &Load) -> Vec<f64> {
     let n = x.slices.len().min(y.slices.len());
-    let cap: Vec<f64> = (0..n).map(|i| y.slice(i).1 / x.slice(i).1).collect();
-    median_ci(&cap)
+    (0..n).map(|i| y.slice(i).1 / x.slice(i).1).collect()
 }
 
 pub fn range(v: &[f64]) -> (f64, f64) {
@@ -187,7 +192,7 @@ fn kib_per(before_after: (u64, u64), n: usize) -> f64 {
 pub fn ratio(x: &Load, y: &Load) -> (f64, f64, (f64, f64), f64) {
     let n = x.slices.len().min(y.slices.len());
     let hs: Vec<f64> = (0..n).map(|i| x.slice(i).0 / y.slice(i).0).collect();
-    let cap: Vec<f64> = (0..n).map(|i| y.slice(i).1 / x.slice(i).1).collect();
+    let cap = capacity_rounds(x, y);
     let best = |l: &Load| {
         (0..l.slices.len())
             .map(|i| l.slice(i).1)
