@@ -34,7 +34,8 @@ set -euo pipefail
 # and redis-tools: the demo and the integration tests; openssl and curl: the
 # demo's certificates and requests; shellcheck: test.sh's lint step;
 # python3-venv: test.sh's virtualenv for PyPI tools (hadolint, and aioquic
-# for the HTTP/3 tests).
+# for the HTTP/3 tests); valgrind: `dyncert-bench count` (callgrind's
+# instruction and cache counts of a handshake).
 PACKAGES=(
     build-essential
     pkg-config
@@ -50,6 +51,7 @@ PACKAGES=(
     ca-certificates
     shellcheck
     python3-venv
+    valgrind
 )
 
 for arg in "$@"; do

@@ -61,4 +61,5 @@ if ((bench)); then
     "$bench" --quick
     "$bench" formats --quick
     "$bench" zone --quick
+    "$bench" count --quick
 fi

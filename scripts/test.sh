@@ -118,12 +118,13 @@ step "release module build and NGINX version check (scripts/build-module.sh)"
 bash scripts/build-module.sh
 ok
 
-step "benchmark smoke runs (dyncert-bench --quick, junk --quick, formats --quick, zone --quick, waf --quick: correctness of every handshake)"
+step "benchmark smoke runs (dyncert-bench --quick, junk --quick, formats --quick, zone --quick, count --quick, waf --quick: correctness of every handshake)"
 cargo build --release -p dyncert-bench
 target/release/dyncert-bench --quick
 target/release/dyncert-bench junk --quick
 target/release/dyncert-bench formats --quick
 target/release/dyncert-bench zone --quick
+target/release/dyncert-bench count --quick
 # The connector of the WAF step above.
 target/release/dyncert-bench waf --quick
 ok

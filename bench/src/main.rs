@@ -32,6 +32,7 @@
 //! (see `fleet/`).
 
 mod client;
+mod count;
 mod fleet;
 mod formats;
 mod host;
@@ -221,6 +222,19 @@ fn main() {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let code = zone::run(&args, &dir);
+        if args.keep {
+            eprintln!("kept {}", dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        std::process::exit(code);
+    }
+    if argv.first().map(String::as_str) == Some("count") {
+        let args = count::parse(&argv[1..]);
+        let dir = std::env::temp_dir().join(format!("dyncert-bench-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let code = count::run(&args, &dir);
         if args.keep {
             eprintln!("kept {}", dir.display());
         } else {

@@ -127,7 +127,7 @@ impl Judged {
 /// more, dyncert against the static certificate (0.95x) and against stock
 /// nginx (1.05x); below, no regression against the static certificate
 /// (0.97x, set at 10,000 names). Each: (interval, median, target, text).
-fn issue15_targets(
+pub fn issue15_targets(
     names: usize,
     vs_static: (f64, (f64, f64)),
     vs_stock: (f64, (f64, f64)),

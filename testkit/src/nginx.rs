@@ -50,6 +50,10 @@ pub struct NginxOpts {
     stdin_pipe: bool,
     helpers: u32,
     prefix: Option<PathBuf>,
+    /// `master_process off`: the one process serves (no workers).
+    single_process: bool,
+    /// A command nginx runs under (`valgrind ...`), nginx's path appended.
+    launcher: Vec<String>,
 }
 
 impl Default for NginxOpts {
@@ -69,6 +73,8 @@ impl Default for NginxOpts {
             stdin_pipe: false,
             helpers: 0,
             prefix: None,
+            single_process: false,
+            launcher: Vec::new(),
         }
     }
 }
@@ -180,6 +186,23 @@ impl NginxOpts {
         self
     }
 
+    /// `master_process off`: the started process serves connections itself
+    /// (no workers; `Nginx::master_pid` is the serving process). For
+    /// running nginx under a tool that cannot follow a fork, like
+    /// callgrind's instrumentation switch.
+    pub fn single_process(mut self) -> NginxOpts {
+        self.single_process = true;
+        self.workers = 0;
+        self
+    }
+
+    /// Runs nginx as the last argument of `command` (e.g. `valgrind
+    /// --tool=callgrind`).
+    pub fn launcher(mut self, command: &[&str]) -> NginxOpts {
+        self.launcher = command.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     /// The main context above the `http {}` block: foreground master with
     /// workers, a pid file and error.log in `prefix`.
     fn main_conf(&self, prefix: &Path) -> String {
@@ -193,7 +216,7 @@ impl NginxOpts {
         for m in &self.modules_after {
             s.push_str(&format!("load_module {};\n", m.display()));
         }
-        s.push_str(&format!("worker_processes {};\n", self.workers));
+        s.push_str(&format!("worker_processes {};\n", self.workers.max(1)));
         if let Some(mask) = &self.worker_cpu_affinity {
             s.push_str(&format!("worker_cpu_affinity {mask};\n"));
         }
@@ -204,12 +227,13 @@ impl NginxOpts {
             .unwrap_or_default();
         s.push_str(&format!(
             "daemon off;\n\
-             master_process on;\n\
+             master_process {master};\n\
              error_log {prefix}/error.log {level};\n\
              pid {prefix}/nginx.pid;\n\
              events {{ worker_connections {connections};{event_method} }}\n",
             prefix = prefix.display(),
             level = self.error_log_level,
+            master = if self.single_process { "off" } else { "on" },
             connections = self.worker_connections,
         ));
         s
@@ -308,7 +332,14 @@ impl Nginx {
         prefix.write(pki, &main, &opts.render(http_template, port));
 
         let stdout = fs::File::create(prefix.path().join("stdout.log")).unwrap();
-        let mut cmd = Command::new(nginx_bin());
+        let mut cmd = match opts.launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(nginx_bin());
+                c
+            }
+            None => Command::new(nginx_bin()),
+        };
         cmd.arg("-p")
             .arg(prefix.path())
             .args(["-c", "conf/nginx.conf", "-e"])

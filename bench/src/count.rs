@@ -1,0 +1,627 @@
+//! `dyncert-bench count`: what a cached handshake costs in instructions
+//! and simulated cache misses, the same configurations as the default mode
+//! side by side, each nginx under valgrind's callgrind.
+//!
+//! Timed capacity on a shared VM spreads by a third between rounds, so the
+//! 1-5 % margins of issue 15 come out OPEN. Callgrind counts what the
+//! server executes (every thread of the nginx process) and simulates its
+//! caches; the same binary, configuration and requests give the same
+//! counts on any machine, whatever else runs there. Each nginx serves from
+//! its one process (`master_process off`: callgrind's instrumentation
+//! switch, `callgrind_control`, does not reach forked workers), under
+//! `--instr-atstart=no`: start-up and warming run uninstrumented, then
+//! each measured window is switched on, K handshakes long, and dumped.
+//!
+//! Cost per handshake, in estimated cycles: Ir + 10 × L1 misses + 100 ×
+//! last-level misses (the weights of callgrind's own cycle estimate). It
+//! leaves out what callgrind does not model: branch prediction, TLB misses,
+//! prefetching, out-of-order overlap. The last-level cache is set, not read
+//! off the host (a VM may report anything): `--ll-mib`, 32 MiB by default,
+//! a common server L3.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use dyncert_testkit::{module_path, nginx_bin, Nginx, Pki, Redis};
+
+use crate::client::Client;
+use crate::load::{self, Rng, Tally};
+use crate::report::{issue15_targets, judge, median, range};
+use crate::servers::{http_block, opts};
+use crate::{cpus, for_each_flag, step, write_files};
+
+pub struct CountArgs {
+    pub names: usize,
+    pub handshakes: usize,
+    pub passes: usize,
+    pub ll_mib: usize,
+    pub keep: bool,
+}
+
+const USAGE: &str = "usage: dyncert-bench count [--quick] [--names N] [--handshakes K] \
+[--passes P] [--ll-mib M] [--keep]
+  --quick          N=300, K=100, P=2 (CI)
+  --names N        names in Redis and in the stock configuration's files (default 100000)
+  --handshakes K   handshakes counted per configuration and pass (default 1000)
+  --passes P       measured passes over all configurations (default 2)
+  --ll-mib M       simulated last-level cache, MiB, 16-way (default 32)
+  --keep           keep the temporary directory (configurations, logs, callgrind dumps)";
+
+pub fn parse(argv: &[String]) -> CountArgs {
+    let mut a = CountArgs {
+        names: 100_000,
+        handshakes: 1000,
+        passes: 2,
+        ll_mib: 32,
+        keep: false,
+    };
+    if argv.iter().any(|s| s == "--quick") {
+        a.names = 300;
+        a.handshakes = 100;
+    }
+    let usage = || -> ! {
+        eprintln!("{USAGE}");
+        std::process::exit(2)
+    };
+    for_each_flag(argv, &mut a.keep, usage, |flag, v| match flag {
+        "--names" => a.names = v as usize,
+        "--handshakes" => a.handshakes = v as usize,
+        "--passes" => a.passes = v as usize,
+        "--ll-mib" => a.ll_mib = v as usize,
+        _ => usage(),
+    });
+    if a.names == 0 || a.handshakes == 0 || a.passes == 0 || a.ll_mib == 0 {
+        usage()
+    }
+    a
+}
+
+/// Callgrind's totals of one measured window.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Events {
+    pub ir: u64,
+    /// First-level misses: instruction, data read, data write.
+    pub l1: u64,
+    /// Last-level misses, the same three.
+    pub ll: u64,
+}
+
+/// How a cycle estimate weighs instructions and misses.
+#[derive(Clone, Copy, Debug)]
+pub struct Weights {
+    pub name: &'static str,
+    pub ir: f64,
+    pub l1: f64,
+    pub ll: f64,
+}
+
+/// Callgrind's own estimate: an instruction a cycle, an L1 miss 10, a
+/// last-level miss 100.
+pub const CALLGRIND: Weights = Weights {
+    name: "callgrind",
+    ir: 1.0,
+    l1: 10.0,
+    ll: 100.0,
+};
+
+/// A superscalar core: 3 instructions a cycle, while a last-level miss
+/// (about 80 ns of DRAM at 3 GHz) costs 240. Weighs what grows with N
+/// (misses) more than callgrind's estimate does.
+pub const SUPERSCALAR: Weights = Weights {
+    name: "superscalar",
+    ir: 1.0 / 3.0,
+    l1: 10.0,
+    ll: 240.0,
+};
+
+impl Events {
+    pub fn cycles(&self, w: Weights) -> f64 {
+        self.ir as f64 * w.ir + self.l1 as f64 * w.l1 + self.ll as f64 * w.ll
+    }
+}
+
+/// The `events:` and `totals:` (or `summary:`) lines of a callgrind dump,
+/// as the three sums above. None when a line or an event is missing.
+pub fn parse_totals(dump: &str) -> Option<Events> {
+    let names: Vec<&str> = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("events:"))?
+        .split_whitespace()
+        .collect();
+    let line = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("totals:"))
+        .or_else(|| dump.lines().find_map(|l| l.strip_prefix("summary:")))?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    // Trailing zero counts may be left out.
+    let get = |name: &str| -> Option<u64> {
+        let i = names.iter().position(|n| *n == name)?;
+        Some(values.get(i).copied().unwrap_or(0))
+    };
+    Some(Events {
+        ir: get("Ir")?,
+        l1: get("I1mr")? + get("D1mr")? + get("D1mw")?,
+        ll: get("ILmr")? + get("DLmr")? + get("DLmw")?,
+    })
+}
+
+/// One configuration's nginx under callgrind, and the names it is asked
+/// for.
+struct Server {
+    label: String,
+    nginx: Arc<Nginx>,
+    names: Arc<Vec<String>>,
+    /// Per pass: the window's totals and its handshakes.
+    passes: Vec<(Events, u64)>,
+}
+
+impl Server {
+    /// Pass `pass`, per handshake: Ir, L1 misses, LL misses.
+    fn per_handshake(&self, pass: usize) -> (f64, f64, f64) {
+        let (e, n) = self.passes[pass];
+        let n = n.max(1) as f64;
+        (e.ir as f64 / n, e.l1 as f64 / n, e.ll as f64 / n)
+    }
+
+    /// Pass `pass`: estimated cycles per handshake.
+    fn cycles(&self, pass: usize, w: Weights) -> f64 {
+        let (e, n) = self.passes[pass];
+        e.cycles(w) / n.max(1) as f64
+    }
+}
+
+/// `callgrind_control ARG PID`; the error when it did not say OK.
+fn control(arg: &str, pid: u32) -> Result<(), String> {
+    let out = Command::new("callgrind_control")
+        .args([arg, &pid.to_string()])
+        .output()
+        .map_err(|e| format!("callgrind_control: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() && text.contains("OK") {
+        Ok(())
+    } else {
+        Err(format!(
+            "callgrind_control {arg} {pid}: {}{}",
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The newest dump callgrind wrote for `pid` in `dir` (`callgrind.PID.N`).
+fn newest_dump(dir: &Path, pid: u32) -> Option<PathBuf> {
+    let prefix = format!("callgrind.{pid}.");
+    fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let n: u64 = name.strip_prefix(&prefix)?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, p)| p)
+}
+
+/// `handshakes` handshakes, one at a time, SNI drawn from `names` by
+/// `seed`, inside one instrumented window of `pid`: its totals.
+fn window(
+    dumps: &Path,
+    pid: u32,
+    port: u16,
+    names: &[String],
+    handshakes: usize,
+    seed: u64,
+    tally: &mut Tally,
+) -> Result<Events, String> {
+    let client = Client::new();
+    // Zero what the previous window's dump may have left, then count.
+    control("--zero", pid)?;
+    control("--instr=on", pid)?;
+    let mut rng = Rng::new(seed);
+    for _ in 0..handshakes {
+        tally.handshake(&client, port, &names[rng.below(names.len())]);
+    }
+    control("--instr=off", pid)?;
+    control("--dump", pid)?;
+    let path = newest_dump(dumps, pid).ok_or_else(|| format!("no callgrind dump for {pid}"))?;
+    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_totals(&text).ok_or_else(|| format!("{}: no totals", path.display()))
+}
+
+/// The capacity ratio `a / b` (b's cost over a's) in each pass.
+fn ratios(a: &Server, b: &Server, w: Weights) -> Vec<f64> {
+    (0..a.passes.len().min(b.passes.len()))
+        .map(|p| b.cycles(p, w) / a.cycles(p, w))
+        .collect()
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new(cmd)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        || Command::new(cmd)
+            .arg("-h")
+            .output()
+            .is_ok_and(|o| !o.stdout.is_empty())
+}
+
+pub fn run(a: &CountArgs, dir: &Path) -> i32 {
+    if !have("valgrind") || !have("callgrind_control") {
+        eprintln!(
+            "dyncert-bench count needs valgrind and callgrind_control (apt-get install valgrind)"
+        );
+        return 2;
+    }
+    step(&format!("nginx {}", nginx_bin().display()));
+    step(&format!("module {}", module_path().display()));
+    let dumps = dir.join("callgrind");
+    fs::create_dir_all(&dumps).unwrap();
+    let out_file = format!("--callgrind-out-file={}/callgrind.%p", dumps.display());
+    let ll = format!("--LL={},16,64", a.ll_mib << 20);
+    let launcher = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        "--cache-sim=yes",
+        "--I1=32768,8,64",
+        "--D1=49152,12,64",
+        &ll,
+        &out_file,
+    ];
+
+    let threads = cpus();
+    let pki = Pki::new();
+    let names: Vec<String> = (0..a.names).map(|i| format!("c{i}.count.test")).collect();
+    step(&format!(
+        "generating {} ECDSA P-256 certificates on {threads} threads",
+        a.names + 1
+    ));
+    let sites = pki.leaves_pem(names.clone(), 1000, threads);
+    let static_site = pki.leaf_pem("static.count.test".into(), 999);
+    let certs = dir.join("certs");
+    fs::create_dir_all(&certs).unwrap();
+    write_files(&certs, &pki, std::slice::from_ref(&static_site), 1);
+    write_files(&certs, &pki, &sites, threads);
+    let redis = Redis::start();
+    redis.put_leaves_pem(&pki, &sites);
+    drop(sites);
+    step(&format!("{} records in redis, files written", a.names));
+
+    let c = certs.display();
+    let static_http = format!(
+        "server {{ listen 127.0.0.1:@PORT@ ssl; ssl_certificate {c}/static.count.test.crt; \
+         ssl_certificate_key {c}/static.count.test.key; return 200 \"$pid\\n\"; }}"
+    );
+    let dyncert_http = format!(
+        "dyncert_redis redis://127.0.0.1:{}/0;\n\
+         dyncert_cache max={} valid=1h stale=1h negative=1m;\n\
+         server {{ listen 127.0.0.1:@PORT@ ssl; ssl_certificate {c}/static.count.test.crt; \
+         ssl_certificate_key {c}/static.count.test.key; dyncert on; \
+         return 200 \"$pid $dyncert_source\\n\"; }}",
+        redis.port,
+        a.names + 100
+    );
+    let stock_http = format!(
+        "ssl_certificate_cache max={} inactive=1h valid=1h;\n\
+         server {{ listen 127.0.0.1:@PORT@ ssl; \
+         ssl_certificate {c}/$ssl_server_name.crt; \
+         ssl_certificate_key {c}/$ssl_server_name.key; return 200 \"$pid\\n\"; }}",
+        2 * a.names + 200
+    );
+    let start = |name: &str, http: &str, module: bool| {
+        step(&format!("starting {name} under callgrind"));
+        Arc::new(Nginx::start(
+            &pki,
+            &http_block(http),
+            opts(&dir.join(name), module)
+                .single_process()
+                .launcher(&launcher),
+        ))
+    };
+    let ng_static = start("static", &static_http, false);
+    let ng_dyncert = start("dyncert", &dyncert_http, true);
+    let ng_stock = start("stock", &stock_http, false);
+    let names = Arc::new(names);
+
+    let mut problems: Vec<String> = Vec::new();
+    for (label, ng) in [("dyncert", &ng_dyncert), ("stock", &ng_stock)] {
+        step(&format!(
+            "warming {label} with {} names (uninstrumented)",
+            names.len()
+        ));
+        let w = load::warm(ng.port, &names, 4);
+        step(&format!(
+            "  {:.1}s, {} mismatches, {} errors",
+            w.secs, w.mismatches, w.errors
+        ));
+        if w.errors + w.mismatches > 0 {
+            problems.push(format!(
+                "warming {label}: {} errors, {} mismatches (first: {})",
+                w.errors,
+                w.mismatches,
+                w.first_error.unwrap_or_default()
+            ));
+        }
+    }
+    let sample: Vec<String> = names
+        .iter()
+        .step_by((names.len() / 20).max(1))
+        .cloned()
+        .collect();
+    let (bad, first_bad) = load::check_sources(ng_dyncert.port, &sample, "cache");
+    if bad > 0 {
+        problems.push(format!(
+            "{bad} of {} sampled warmed names were not served from dyncert's cache (first: {})",
+            sample.len(),
+            first_bad.unwrap_or_default()
+        ));
+    }
+
+    let one = |n: &str| Arc::new(vec![n.to_owned()]);
+    let mut servers = [
+        Server {
+            label: "static (1 name)".into(),
+            nginx: ng_static.clone(),
+            names: one("static.count.test"),
+            passes: Vec::new(),
+        },
+        Server {
+            label: format!("dyncert ({} names, cached)", names.len()),
+            nginx: ng_dyncert.clone(),
+            names: names.clone(),
+            passes: Vec::new(),
+        },
+        Server {
+            label: format!("stock $ssl_server_name ({})", names.len()),
+            nginx: ng_stock.clone(),
+            names: names.clone(),
+            passes: Vec::new(),
+        },
+        Server {
+            label: "dyncert (1 name, cached)".into(),
+            nginx: ng_dyncert.clone(),
+            names: one(&names[0]),
+            passes: Vec::new(),
+        },
+    ];
+    'passes: for p in 0..a.passes {
+        for k in 0..servers.len() {
+            let s = &mut servers[(k + p) % 4];
+            step(&format!(
+                "pass {}/{}: {} handshakes, {}",
+                p + 1,
+                a.passes,
+                a.handshakes,
+                s.label
+            ));
+            let mut t = Tally::default();
+            let pid = s.nginx.master_pid();
+            let seed = 7 + p as u64;
+            let counted = window(
+                &dumps,
+                pid,
+                s.nginx.port,
+                &s.names,
+                a.handshakes,
+                seed,
+                &mut t,
+            );
+            let mut l = load::Load::default();
+            t.add_to(&mut l);
+            if l.errors + l.mismatches > 0 {
+                problems.push(format!(
+                    "{}: {} errors, {} mismatches (first: {})",
+                    s.label,
+                    l.errors,
+                    l.mismatches,
+                    l.first_error.clone().unwrap_or_default()
+                ));
+            }
+            match counted {
+                Ok(e) => s.passes.push((e, l.handshakes())),
+                Err(e) => {
+                    problems.push(e);
+                    break 'passes;
+                }
+            }
+        }
+    }
+    if servers.iter().all(|s| s.passes.len() == a.passes) {
+        print_report(a, &servers);
+    }
+    for ng in [&ng_static, &ng_dyncert, &ng_stock] {
+        let log = ng.error_log();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("[alert]") || l.contains("[emerg]") || l.contains("[crit]"))
+        {
+            problems.push(format!("{}: {l}", ng.prefix().display()));
+        }
+    }
+    if problems.is_empty() {
+        0
+    } else {
+        println!();
+        println!("The run is not valid:");
+        for p in &problems {
+            println!("  {p}");
+        }
+        1
+    }
+}
+
+fn print_report(a: &CountArgs, servers: &[Server]) {
+    println!();
+    println!(
+        "dyncert-bench count: {} names (ECDSA P-256, distinct keys, chain leaf + intermediate), \
+         {} handshakes per configuration in each of {} passes, one at a time",
+        a.names, a.handshakes, a.passes
+    );
+    println!(
+        "{}; full TLS 1.3 handshakes (X25519, no resumption); each nginx one process \
+         under callgrind, every thread counted",
+        dyncert_testkit::nginx_and_openssl()
+    );
+    println!(
+        "simulated caches: I1 32 KiB 8-way, D1 48 KiB 12-way, LL {} MiB 16-way, 64 B lines",
+        a.ll_mib
+    );
+    println!();
+    println!(
+        "{:<34} {:>4} {:>11} {:>9} {:>9} {:>11} {:>11}",
+        "per handshake", "pass", "Ir", "L1 miss", "LL miss", "callgrind", "superscalar"
+    );
+    for s in servers {
+        for p in 0..s.passes.len() {
+            let (ir, l1, ll) = s.per_handshake(p);
+            println!(
+                "{:<34} {:>4} {:>11.0} {:>9.0} {:>9.1} {:>11.0} {:>11.0}",
+                if p == 0 { s.label.as_str() } else { "" },
+                p + 1,
+                ir,
+                l1,
+                ll,
+                s.cycles(p, CALLGRIND),
+                s.cycles(p, SUPERSCALAR)
+            );
+        }
+    }
+    println!(
+        "(estimated cycles per handshake; callgrind: Ir + 10 x L1 misses + 100 x LL misses, \
+         callgrind's own estimate; superscalar: Ir / 3 + 10 x L1 + 240 x LL, a core that runs 3 \
+         instructions a cycle and waits 80 ns at 3 GHz for DRAM)"
+    );
+    let (st, dy, stock, dy1) = (&servers[0], &servers[1], &servers[2], &servers[3]);
+    println!();
+    println!("capacity ratio (inverse ratio of estimated cycles per handshake), each pass:");
+    let pairs = [
+        ("dyncert / static", dy, st),
+        ("dyncert / stock-variables", dy, stock),
+        ("stock-variables / static", stock, st),
+        ("dyncert 1 name / static", dy1, st),
+    ];
+    for w in [CALLGRIND, SUPERSCALAR] {
+        for (label, x, y) in pairs {
+            let list: Vec<String> = ratios(x, y, w).iter().map(|r| format!("{r:.4}x")).collect();
+            println!(
+                "  {:<40} {}",
+                format!("{label} ({})", w.name),
+                list.join("  ")
+            );
+        }
+    }
+    println!();
+    println!(
+        "Targets (issue 15) on the model: PASS when every pass meets the target under both \
+         weightings, FAIL when none does under either, else OPEN:"
+    );
+    // Both weightings and every pass: the span a verdict must clear.
+    let span = |x: &Server, y: &Server| {
+        let all: Vec<f64> = [CALLGRIND, SUPERSCALAR]
+            .iter()
+            .flat_map(|w| ratios(x, y, *w))
+            .collect();
+        (median(&all), range(&all))
+    };
+    for (span_, m, target, text) in issue15_targets(a.names, span(dy, st), span(dy, stock)) {
+        println!(
+            "  {}  {text}: {m:.4}x (passes and weightings {:.4}-{:.4})",
+            judge(span_, target).word(),
+            span_.0,
+            span_.1
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DUMP: &str = "version: 1\ncreator: callgrind-3.19.0\n\
+        desc: I1 cache: 32768 B, 64 B, 8-way associative\n\
+        events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\n\
+        fl=(1) a.c\nfn=(1) f\n0 10 2 3 1 1 1\n\
+        summary: 5\n\
+        totals: 1000 200 100 30 20 10 3 2 1\n";
+
+    #[test]
+    fn totals_sum_the_three_miss_kinds_of_each_level() {
+        assert_eq!(
+            parse_totals(DUMP),
+            Some(Events {
+                ir: 1000,
+                l1: 60,
+                ll: 6
+            })
+        );
+    }
+
+    #[test]
+    fn trailing_zero_counts_may_be_left_out_and_summary_stands_in() {
+        let d = "events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\nsummary: 700 5 5 4\n";
+        assert_eq!(
+            parse_totals(d),
+            Some(Events {
+                ir: 700,
+                l1: 4,
+                ll: 0
+            })
+        );
+    }
+
+    #[test]
+    fn a_dump_without_cache_events_or_totals_is_refused() {
+        // Without --cache-sim=yes there are no miss counts to weigh.
+        assert_eq!(parse_totals("events: Ir\ntotals: 1000\n"), None);
+        assert_eq!(
+            parse_totals(&DUMP.replace("totals:", "x:").replace("summary:", "y:")),
+            None
+        );
+        assert_eq!(
+            parse_totals(&DUMP.replace("totals: 1000", "totals: 1e3")),
+            None
+        );
+    }
+
+    #[test]
+    fn weights_price_misses_against_instructions() {
+        let e = Events {
+            ir: 3000,
+            l1: 10,
+            ll: 2,
+        };
+        assert_eq!(e.cycles(CALLGRIND), 3000.0 + 100.0 + 200.0);
+        assert!((e.cycles(SUPERSCALAR) - (1000.0 + 100.0 + 480.0)).abs() < 1e-9);
+        // 100 more LL misses weigh 2.4x as much under the superscalar model,
+        // and 3,000 more instructions a third.
+        let more_ll = Events { ll: 102, ..e };
+        let more_ir = Events { ir: 6000, ..e };
+        assert_eq!(more_ll.cycles(CALLGRIND) - e.cycles(CALLGRIND), 10_000.0);
+        assert!((more_ll.cycles(SUPERSCALAR) - e.cycles(SUPERSCALAR) - 24_000.0).abs() < 1e-9);
+        assert!((more_ir.cycles(SUPERSCALAR) - e.cycles(SUPERSCALAR) - 1000.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_newest_dump_is_the_highest_number_not_the_last_in_text_order() {
+        let dir = std::env::temp_dir().join(format!("count-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        for f in [
+            "callgrind.42.9",
+            "callgrind.42.10",
+            "callgrind.42",
+            "callgrind.7.11",
+        ] {
+            fs::write(dir.join(f), "").unwrap();
+        }
+        assert_eq!(newest_dump(&dir, 42), Some(dir.join("callgrind.42.10")));
+        assert_eq!(newest_dump(&dir, 8), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
