@@ -19,6 +19,7 @@
 //! off the host (a VM may report anything): `--ll-mib`, 32 MiB by default,
 //! a common server L3.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -150,6 +151,121 @@ pub fn parse_totals(dump: &str) -> Option<Events> {
     })
 }
 
+/// The self cost of every function in a callgrind dump (what it executed
+/// itself, its calls' inclusive costs left out), keyed `function (object)`.
+/// None when the dump has no cache events.
+pub fn self_costs(dump: &str) -> Option<BTreeMap<String, Events>> {
+    let names: Vec<&str> = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("events:"))?
+        .split_whitespace()
+        .collect();
+    let at = |n: &str| names.iter().position(|e| *e == n);
+    let ir = at("Ir")?;
+    let l1 = [at("I1mr")?, at("D1mr")?, at("D1mw")?];
+    let ll = [at("ILmr")?, at("DLmr")?, at("DLmw")?];
+    let positions = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("positions:"))
+        .map_or(1, |p| p.split_whitespace().count().max(1));
+    // Compressed names: "(id) name" defines id, "(id)" refers to it.
+    fn resolve(ids: &mut HashMap<String, String>, v: &str) -> String {
+        let v = v.trim();
+        match v.strip_prefix('(').and_then(|r| r.split_once(')')) {
+            Some((id, name)) if !name.trim().is_empty() => {
+                ids.insert(id.to_owned(), name.trim().to_owned());
+                name.trim().to_owned()
+            }
+            Some((id, _)) => ids.get(id).cloned().unwrap_or_else(|| format!("({id})")),
+            None => v.to_owned(),
+        }
+    }
+    let (mut obs, mut fns) = (HashMap::new(), HashMap::new());
+    let mut ob = String::new();
+    let mut current: Option<String> = None;
+    let mut call_cost_next = false;
+    let mut out: BTreeMap<String, Events> = BTreeMap::new();
+    for line in dump.lines() {
+        if let Some(v) = line.strip_prefix("ob=") {
+            let path = resolve(&mut obs, v);
+            ob = path.rsplit('/').next().unwrap_or(&path).to_owned();
+        } else if let Some(v) = line.strip_prefix("fn=") {
+            current = Some(format!("{} ({ob})", resolve(&mut fns, v)));
+        } else if let Some(v) = line.strip_prefix("cfn=") {
+            resolve(&mut fns, v);
+        } else if let Some(v) = line.strip_prefix("cob=") {
+            resolve(&mut obs, v);
+        } else if line.starts_with("calls=") {
+            call_cost_next = true;
+        } else if line.starts_with(|c: char| c.is_ascii_digit() || "+-*".contains(c)) {
+            // The line after calls= is the call's inclusive cost.
+            if std::mem::take(&mut call_cost_next) {
+                continue;
+            }
+            let v: Vec<u64> = line
+                .split_whitespace()
+                .skip(positions)
+                .map(|x| x.parse().unwrap_or(0))
+                .collect();
+            let get = |i: usize| v.get(i).copied().unwrap_or(0);
+            let e = out.entry(current.clone().unwrap_or_default()).or_default();
+            e.ir += get(ir);
+            e.l1 += l1.iter().map(|&i| get(i)).sum::<u64>();
+            e.ll += ll.iter().map(|&i| get(i)).sum::<u64>();
+        }
+    }
+    Some(out)
+}
+
+/// Self costs summed over `dumps`.
+fn self_costs_of(dumps: &[PathBuf]) -> Result<BTreeMap<String, Events>, String> {
+    let mut sum: BTreeMap<String, Events> = BTreeMap::new();
+    for d in dumps {
+        let text = fs::read_to_string(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        let costs = self_costs(&text).ok_or_else(|| format!("{}: no cache events", d.display()))?;
+        for (f, e) in costs {
+            let s = sum.entry(f).or_default();
+            s.ir += e.ir;
+            s.l1 += e.l1;
+            s.ll += e.ll;
+        }
+    }
+    Ok(sum)
+}
+
+/// Per handshake, the functions whose self cost (callgrind's estimate)
+/// grows most from `base` (over `base_hs` handshakes) to `vs`: (function,
+/// delta Ir, delta LL misses, delta cycles), largest first, `top` of them,
+/// and the total delta of all functions.
+pub fn grown(
+    base: &BTreeMap<String, Events>,
+    base_hs: u64,
+    vs: &BTreeMap<String, Events>,
+    vs_hs: u64,
+    top: usize,
+) -> (Vec<(String, f64, f64, f64)>, f64) {
+    let per = |m: &BTreeMap<String, Events>, f: &str, n: u64| {
+        let e = m.get(f).copied().unwrap_or_default();
+        let n = n.max(1) as f64;
+        (e.ir as f64 / n, e.ll as f64 / n, e.cycles(CALLGRIND) / n)
+    };
+    let mut rows: Vec<(String, f64, f64, f64)> = base
+        .keys()
+        .chain(vs.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|f| {
+            let (bi, bl, bc) = per(base, f, base_hs);
+            let (vi, vl, vc) = per(vs, f, vs_hs);
+            (f.clone(), vi - bi, vl - bl, vc - bc)
+        })
+        .collect();
+    let total = rows.iter().map(|r| r.3).sum();
+    rows.sort_by(|a, b| b.3.total_cmp(&a.3));
+    rows.truncate(top);
+    (rows, total)
+}
+
 /// One configuration's nginx under callgrind, and the names it is asked
 /// for.
 struct Server {
@@ -158,6 +274,8 @@ struct Server {
     names: Arc<Vec<String>>,
     /// Per pass: the window's totals and its handshakes.
     passes: Vec<(Events, u64)>,
+    /// The windows' dumps.
+    dumps: Vec<PathBuf>,
 }
 
 impl Server {
@@ -218,7 +336,7 @@ fn window(
     handshakes: usize,
     seed: u64,
     tally: &mut Tally,
-) -> Result<Events, String> {
+) -> Result<(Events, PathBuf), String> {
     let client = Client::new();
     // Zero what the previous window's dump may have left, then count.
     control("--zero", pid)?;
@@ -231,7 +349,8 @@ fn window(
     control("--dump", pid)?;
     let path = newest_dump(dumps, pid).ok_or_else(|| format!("no callgrind dump for {pid}"))?;
     let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse_totals(&text).ok_or_else(|| format!("{}: no totals", path.display()))
+    let totals = parse_totals(&text).ok_or_else(|| format!("{}: no totals", path.display()))?;
+    Ok((totals, path))
 }
 
 /// The capacity ratio `a / b` (b's cost over a's) in each pass.
@@ -371,24 +490,28 @@ pub fn run(a: &CountArgs, dir: &Path) -> i32 {
             nginx: ng_static.clone(),
             names: one("static.count.test"),
             passes: Vec::new(),
+            dumps: Vec::new(),
         },
         Server {
             label: format!("dyncert ({} names, cached)", names.len()),
             nginx: ng_dyncert.clone(),
             names: names.clone(),
             passes: Vec::new(),
+            dumps: Vec::new(),
         },
         Server {
             label: format!("stock $ssl_server_name ({})", names.len()),
             nginx: ng_stock.clone(),
             names: names.clone(),
             passes: Vec::new(),
+            dumps: Vec::new(),
         },
         Server {
             label: "dyncert (1 name, cached)".into(),
             nginx: ng_dyncert.clone(),
             names: one(&names[0]),
             passes: Vec::new(),
+            dumps: Vec::new(),
         },
     ];
     'passes: for p in 0..a.passes {
@@ -425,7 +548,10 @@ pub fn run(a: &CountArgs, dir: &Path) -> i32 {
                 ));
             }
             match counted {
-                Ok(e) => s.passes.push((e, l.handshakes())),
+                Ok((e, dump)) => {
+                    s.passes.push((e, l.handshakes()));
+                    s.dumps.push(dump);
+                }
                 Err(e) => {
                     problems.push(e);
                     break 'passes;
@@ -435,6 +561,9 @@ pub fn run(a: &CountArgs, dir: &Path) -> i32 {
     }
     if servers.iter().all(|s| s.passes.len() == a.passes) {
         print_report(a, &servers);
+        if let Err(e) = print_breakdown(&servers) {
+            problems.push(e);
+        }
     }
     for ng in [&ng_static, &ng_dyncert, &ng_stock] {
         let log = ng.error_log();
@@ -454,6 +583,71 @@ pub fn run(a: &CountArgs, dir: &Path) -> i32 {
             println!("  {p}");
         }
         1
+    }
+}
+
+/// Where the cost grows, function by function (self cost, all passes).
+fn print_breakdown(servers: &[Server]) -> Result<(), String> {
+    let hs = |s: &Server| s.passes.iter().map(|p| p.1).sum::<u64>();
+    let costs: Vec<BTreeMap<String, Events>> = servers
+        .iter()
+        .map(|s| self_costs_of(&s.dumps))
+        .collect::<Result<_, _>>()?;
+    let (st, dy, stock, dy1) = (0, 1, 2, 3);
+    for (base, vs) in [(dy1, dy), (st, dy1), (st, stock)] {
+        let (rows, total) = grown(
+            &costs[base],
+            hs(&servers[base]),
+            &costs[vs],
+            hs(&servers[vs]),
+            12,
+        );
+        print_grown(&servers[base].label, &servers[vs].label, &rows, total);
+    }
+    Ok(())
+}
+
+/// The table of [`grown`]'s rows.
+pub fn print_grown(base: &str, vs: &str, rows: &[(String, f64, f64, f64)], total: f64) {
+    println!();
+    println!(
+        "{vs} over {base}, per handshake: {total:+.0} est. cycles (callgrind); the functions \
+         whose self cost grew most:"
+    );
+    println!(
+        "  {:>10} {:>9} {:>11}  function (object)",
+        "Ir", "LL miss", "est. cycles"
+    );
+    for (f, di, dl, dc) in rows {
+        let f: String = f.chars().take(90).collect();
+        println!("  {di:>+10.0} {dl:>+9.1} {dc:>+11.0}  {f}");
+    }
+}
+
+/// `dyncert-bench count-diff K BASE VS`: [`grown`] between two saved
+/// callgrind dumps (comma-separated lists), K handshakes in each dump.
+pub fn diff_cmd(argv: &[String]) -> i32 {
+    let usage = "usage: dyncert-bench count-diff K BASE_DUMP[,DUMP...] VS_DUMP[,DUMP...]";
+    let (Some(k), Some(base), Some(vs)) = (
+        argv.first().and_then(|k| k.parse::<u64>().ok()),
+        argv.get(1),
+        argv.get(2),
+    ) else {
+        eprintln!("{usage}");
+        return 2;
+    };
+    let list = |s: &str| s.split(',').map(PathBuf::from).collect::<Vec<_>>();
+    let (b, v) = (list(base), list(vs));
+    match (self_costs_of(&b), self_costs_of(&v)) {
+        (Ok(bc), Ok(vc)) => {
+            let (rows, total) = grown(&bc, k * b.len() as u64, &vc, k * v.len() as u64, 20);
+            print_grown(base, vs, &rows, total);
+            0
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            1
+        }
     }
 }
 
@@ -623,5 +817,70 @@ mod tests {
         assert_eq!(newest_dump(&dir, 42), Some(dir.join("callgrind.42.10")));
         assert_eq!(newest_dump(&dir, 8), None);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A dump in callgrind's compressed form: name ids defined once and
+    /// referred to after, relative positions, and a call whose inclusive
+    /// cost must not count as its caller's own.
+    const CALLS: &str = "positions: line\n\
+        events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\n\
+        ob=(1) /usr/lib/libcrypto.so.3\n\
+        fl=(1) ???\n\
+        fn=(1) BN_cmp\n\
+        10 100 0 0 1 2 0 1\n\
+        +2 50\n\
+        cob=(2) /usr/lib/libc.so.6\n\
+        cfn=(2) malloc\n\
+        calls=3 0\n\
+        * 900 0 0 9 9 9 9 9 9\n\
+        ob=(2)\n\
+        fn=(2)\n\
+        -5 40 0 0 0 0 0 0 0 3\n\
+        totals: 190 0 0 1 2 0 1 0 3\n";
+
+    #[test]
+    fn self_cost_leaves_out_calls_and_follows_compressed_names() {
+        let c = self_costs(CALLS).unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            c["BN_cmp (libcrypto.so.3)"],
+            Events {
+                ir: 150,
+                l1: 3,
+                ll: 1
+            }
+        );
+        assert_eq!(
+            c["malloc (libc.so.6)"],
+            Events {
+                ir: 40,
+                l1: 0,
+                ll: 3
+            }
+        );
+        // The self costs add up to the totals.
+        let t = parse_totals(CALLS).unwrap();
+        let sum: u64 = c.values().map(|e| e.ir).sum();
+        assert_eq!(sum, t.ir);
+    }
+
+    #[test]
+    fn growth_is_per_handshake_and_largest_first() {
+        let e = |ir, ll| Events { ir, l1: 0, ll };
+        let base = BTreeMap::from([("a".to_owned(), e(1000, 0)), ("b".to_owned(), e(500, 10))]);
+        // Twice the handshakes: a's cost per handshake is unchanged, b's
+        // gains 10 misses a handshake, c is new.
+        let vs = BTreeMap::from([
+            ("a".to_owned(), e(2000, 0)),
+            ("b".to_owned(), e(1000, 40)),
+            ("c".to_owned(), e(20, 0)),
+        ]);
+        let (rows, total) = grown(&base, 10, &vs, 20, 2);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].0, "b");
+        assert_eq!((rows[0].1, rows[0].2, rows[0].3), (0.0, 1.0, 100.0));
+        assert_eq!(rows[1].0, "c");
+        assert_eq!(rows[1].3, 1.0);
+        assert_eq!(total, 101.0);
     }
 }

@@ -229,6 +229,9 @@ fn main() {
         }
         std::process::exit(code);
     }
+    if argv.first().map(String::as_str) == Some("count-diff") {
+        std::process::exit(count::diff_cmd(&argv[1..]));
+    }
     if argv.first().map(String::as_str) == Some("count") {
         let args = count::parse(&argv[1..]);
         let dir = std::env::temp_dir().join(format!("dyncert-bench-{}", std::process::id()));
