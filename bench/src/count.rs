@@ -79,6 +79,9 @@ pub fn parse(argv: &[String]) -> CountArgs {
     a
 }
 
+/// The static configuration's name, as long as every other.
+const STATIC: &str = "s0000000.count.test";
+
 /// Callgrind's totals of one measured window.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Events {
@@ -151,10 +154,12 @@ pub fn parse_totals(dump: &str) -> Option<Events> {
     })
 }
 
-/// The self cost of every function in a callgrind dump (what it executed
-/// itself, its calls' inclusive costs left out), keyed `function (object)`.
-/// None when the dump has no cache events.
-pub fn self_costs(dump: &str) -> Option<BTreeMap<String, Events>> {
+/// The cost of every function in a callgrind dump, keyed `function
+/// (object)`: its self cost (what it executed itself, its calls' inclusive
+/// costs left out), or with `inclusive` its calls added to it (callgrind's
+/// inclusive cost; a recursive call counts again). None when the dump has
+/// no cache events.
+pub fn costs(dump: &str, inclusive: bool) -> Option<BTreeMap<String, Events>> {
     let names: Vec<&str> = dump
         .lines()
         .find_map(|l| l.strip_prefix("events:"))?
@@ -199,7 +204,7 @@ pub fn self_costs(dump: &str) -> Option<BTreeMap<String, Events>> {
             call_cost_next = true;
         } else if line.starts_with(|c: char| c.is_ascii_digit() || "+-*".contains(c)) {
             // The line after calls= is the call's inclusive cost.
-            if std::mem::take(&mut call_cost_next) {
+            if std::mem::take(&mut call_cost_next) && !inclusive {
                 continue;
             }
             let v: Vec<u64> = line
@@ -217,12 +222,13 @@ pub fn self_costs(dump: &str) -> Option<BTreeMap<String, Events>> {
     Some(out)
 }
 
-/// Self costs summed over `dumps`.
-fn self_costs_of(dumps: &[PathBuf]) -> Result<BTreeMap<String, Events>, String> {
+/// Self (or inclusive) costs summed over `dumps`.
+fn costs_of(dumps: &[PathBuf], inclusive: bool) -> Result<BTreeMap<String, Events>, String> {
     let mut sum: BTreeMap<String, Events> = BTreeMap::new();
     for d in dumps {
         let text = fs::read_to_string(d).map_err(|e| format!("{}: {e}", d.display()))?;
-        let costs = self_costs(&text).ok_or_else(|| format!("{}: no cache events", d.display()))?;
+        let costs =
+            costs(&text, inclusive).ok_or_else(|| format!("{}: no cache events", d.display()))?;
         for (f, e) in costs {
             let s = sum.entry(f).or_default();
             s.ir += e.ir;
@@ -397,13 +403,19 @@ pub fn run(a: &CountArgs, dir: &Path) -> i32 {
 
     let threads = cpus();
     let pki = Pki::new();
-    let names: Vec<String> = (0..a.names).map(|i| format!("c{i}.count.test")).collect();
+    // Every name as long as the static one, and every serial three bytes
+    // of DER: the handshakes then hash and send the same number of bytes
+    // whichever name they are for (a transcript a few bytes longer can
+    // cost a SHA-384 block more per hash, 0.3 % of a handshake).
+    let names: Vec<String> = (0..a.names)
+        .map(|i| format!("c{i:07}.count.test"))
+        .collect();
     step(&format!(
         "generating {} ECDSA P-256 certificates on {threads} threads",
         a.names + 1
     ));
-    let sites = pki.leaves_pem(names.clone(), 1000, threads);
-    let static_site = pki.leaf_pem("static.count.test".into(), 999);
+    let sites = pki.leaves_pem(names.clone(), 1 << 16, threads);
+    let static_site = pki.leaf_pem(STATIC.into(), (1 << 16) - 1);
     let certs = dir.join("certs");
     fs::create_dir_all(&certs).unwrap();
     write_files(&certs, &pki, std::slice::from_ref(&static_site), 1);
@@ -415,14 +427,14 @@ pub fn run(a: &CountArgs, dir: &Path) -> i32 {
 
     let c = certs.display();
     let static_http = format!(
-        "server {{ listen 127.0.0.1:@PORT@ ssl; ssl_certificate {c}/static.count.test.crt; \
-         ssl_certificate_key {c}/static.count.test.key; return 200 \"$pid\\n\"; }}"
+        "server {{ listen 127.0.0.1:@PORT@ ssl; ssl_certificate {c}/{STATIC}.crt; \
+         ssl_certificate_key {c}/{STATIC}.key; return 200 \"$pid\\n\"; }}"
     );
     let dyncert_http = format!(
         "dyncert_redis redis://127.0.0.1:{}/0;\n\
          dyncert_cache max={} valid=1h stale=1h negative=1m;\n\
-         server {{ listen 127.0.0.1:@PORT@ ssl; ssl_certificate {c}/static.count.test.crt; \
-         ssl_certificate_key {c}/static.count.test.key; dyncert on; \
+         server {{ listen 127.0.0.1:@PORT@ ssl; ssl_certificate {c}/{STATIC}.crt; \
+         ssl_certificate_key {c}/{STATIC}.key; dyncert on; \
          return 200 \"$pid $dyncert_source\\n\"; }}",
         redis.port,
         a.names + 100
@@ -488,7 +500,7 @@ pub fn run(a: &CountArgs, dir: &Path) -> i32 {
         Server {
             label: "static (1 name)".into(),
             nginx: ng_static.clone(),
-            names: one("static.count.test"),
+            names: one(STATIC),
             passes: Vec::new(),
             dumps: Vec::new(),
         },
@@ -591,7 +603,7 @@ fn print_breakdown(servers: &[Server]) -> Result<(), String> {
     let hs = |s: &Server| s.passes.iter().map(|p| p.1).sum::<u64>();
     let costs: Vec<BTreeMap<String, Events>> = servers
         .iter()
-        .map(|s| self_costs_of(&s.dumps))
+        .map(|s| costs_of(&s.dumps, false))
         .collect::<Result<_, _>>()?;
     let (st, dy, stock, dy1) = (0, 1, 2, 3);
     for (base, vs) in [(dy1, dy), (st, dy1), (st, stock)] {
@@ -627,7 +639,10 @@ pub fn print_grown(base: &str, vs: &str, rows: &[(String, f64, f64, f64)], total
 /// `dyncert-bench count-diff K BASE VS`: [`grown`] between two saved
 /// callgrind dumps (comma-separated lists), K handshakes in each dump.
 pub fn diff_cmd(argv: &[String]) -> i32 {
-    let usage = "usage: dyncert-bench count-diff K BASE_DUMP[,DUMP...] VS_DUMP[,DUMP...]";
+    let usage =
+        "usage: dyncert-bench count-diff [--inclusive] K BASE_DUMP[,DUMP...] VS_DUMP[,DUMP...]";
+    let inclusive = argv.first().is_some_and(|a| a == "--inclusive");
+    let argv = &argv[usize::from(inclusive)..];
     let (Some(k), Some(base), Some(vs)) = (
         argv.first().and_then(|k| k.parse::<u64>().ok()),
         argv.get(1),
@@ -638,9 +653,12 @@ pub fn diff_cmd(argv: &[String]) -> i32 {
     };
     let list = |s: &str| s.split(',').map(PathBuf::from).collect::<Vec<_>>();
     let (b, v) = (list(base), list(vs));
-    match (self_costs_of(&b), self_costs_of(&v)) {
+    match (costs_of(&b, inclusive), costs_of(&v, inclusive)) {
         (Ok(bc), Ok(vc)) => {
-            let (rows, total) = grown(&bc, k * b.len() as u64, &vc, k * v.len() as u64, 20);
+            let (rows, total) = grown(&bc, k * b.len() as u64, &vc, k * v.len() as u64, 40);
+            if inclusive {
+                println!("(inclusive costs: the total line adds nested calls more than once)");
+            }
             print_grown(base, vs, &rows, total);
             0
         }
@@ -840,7 +858,7 @@ mod tests {
 
     #[test]
     fn self_cost_leaves_out_calls_and_follows_compressed_names() {
-        let c = self_costs(CALLS).unwrap();
+        let c = costs(CALLS, false).unwrap();
         assert_eq!(c.len(), 2);
         assert_eq!(
             c["BN_cmp (libcrypto.so.3)"],
@@ -862,6 +880,21 @@ mod tests {
         let t = parse_totals(CALLS).unwrap();
         let sum: u64 = c.values().map(|e| e.ir).sum();
         assert_eq!(sum, t.ir);
+    }
+
+    #[test]
+    fn inclusive_cost_adds_the_calls() {
+        let c = costs(CALLS, true).unwrap();
+        // BN_cmp's own 150 Ir and its call to malloc's 900.
+        assert_eq!(
+            c["BN_cmp (libcrypto.so.3)"],
+            Events {
+                ir: 1050,
+                l1: 30,
+                ll: 28
+            }
+        );
+        assert_eq!(c["malloc (libc.so.6)"].ir, 40);
     }
 
     #[test]
