@@ -218,40 +218,17 @@ fn main() {
     }
     if argv.first().map(String::as_str) == Some("zone") {
         let args = zone::parse(&argv[1..]);
-        let dir = std::env::temp_dir().join(format!("dyncert-bench-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let code = zone::run(&args, &dir);
-        if args.keep {
-            eprintln!("kept {}", dir.display());
-        } else {
-            let _ = fs::remove_dir_all(&dir);
-        }
-        std::process::exit(code);
+        in_scratch_dir(args.keep, |dir| zone::run(&args, dir));
     }
     if argv.first().map(String::as_str) == Some("count-diff") {
         std::process::exit(count::diff_cmd(&argv[1..]));
     }
     if argv.first().map(String::as_str) == Some("count") {
         let args = count::parse(&argv[1..]);
-        let dir = std::env::temp_dir().join(format!("dyncert-bench-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let code = count::run(&args, &dir);
-        if args.keep {
-            eprintln!("kept {}", dir.display());
-        } else {
-            let _ = fs::remove_dir_all(&dir);
-        }
-        std::process::exit(code);
+        in_scratch_dir(args.keep, |dir| count::run(&args, dir));
     }
     if argv.first().map(String::as_str) == Some("waf") {
-        let dir = std::env::temp_dir().join(format!("dyncert-bench-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let code = waf::run(&argv[1..], &dir);
-        let _ = fs::remove_dir_all(&dir);
-        std::process::exit(code);
+        in_scratch_dir(false, |dir| waf::run(&argv[1..], dir));
     }
     if argv.first().map(String::as_str) == Some("profile-report") {
         std::process::exit(profile::report_cmd(&argv[1..]));
@@ -261,22 +238,26 @@ fn main() {
     }
     if argv.first().map(String::as_str) == Some("junk") {
         let args = junk::parse(&argv[1..]);
-        let dir = std::env::temp_dir().join(format!("dyncert-bench-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        if cpus() > 1 {
-            pin_to(&client_cpus());
-        }
-        let code = junk::run(&args, &dir);
-        let _ = fs::remove_dir_all(&dir);
-        std::process::exit(code);
+        in_scratch_dir(false, |dir| {
+            if cpus() > 1 {
+                pin_to(&client_cpus());
+            }
+            junk::run(&args, dir)
+        });
     }
     let args = parse_args(&argv);
+    in_scratch_dir(args.keep, |dir| run(&args, dir));
+}
+
+/// Runs `bench` in a fresh directory of its own under the temporary
+/// directory, removes it afterwards unless `keep`, and exits with the
+/// bench's status.
+fn in_scratch_dir(keep: bool, bench: impl FnOnce(&Path) -> i32) -> ! {
     let dir = std::env::temp_dir().join(format!("dyncert-bench-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
-    let code = run(&args, &dir);
-    if args.keep {
+    let code = bench(&dir);
+    if keep {
         eprintln!("kept {}", dir.display());
     } else {
         let _ = fs::remove_dir_all(&dir);
