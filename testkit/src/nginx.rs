@@ -54,6 +54,8 @@ pub struct NginxOpts {
     single_process: bool,
     /// A command nginx runs under (`valgrind ...`), nginx's path appended.
     launcher: Vec<String>,
+    /// How long a stop waits for nginx to exit after SIGTERM.
+    stop_timeout: Duration,
 }
 
 impl Default for NginxOpts {
@@ -75,6 +77,7 @@ impl Default for NginxOpts {
             prefix: None,
             single_process: false,
             launcher: Vec::new(),
+            stop_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -200,6 +203,14 @@ impl NginxOpts {
     /// --tool=callgrind`).
     pub fn launcher(mut self, command: &[&str]) -> NginxOpts {
         self.launcher = command.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// How long stopping waits for nginx to exit after SIGTERM before it
+    /// kills it and fails (5 s by default; a process under valgrind with
+    /// many names takes longer to free them).
+    pub fn stop_timeout(mut self, t: Duration) -> NginxOpts {
+        self.stop_timeout = t;
         self
     }
 
@@ -647,7 +658,8 @@ impl Nginx {
         // Fast shutdown (SIGTERM); a master stuck in a worker's exit hook
         // is killed with its whole process group.
         signal(pid, libc::SIGTERM);
-        let clean = wait_exit(&mut child, Duration::from_secs(5));
+        let timeout = self.opts.stop_timeout;
+        let clean = wait_exit(&mut child, timeout);
         signal(pid, libc::SIGKILL);
         let pgid = libc::pid_t::try_from(pid).unwrap();
         // SAFETY: kill(2) on the process group nginx was started in
@@ -658,7 +670,10 @@ impl Nginx {
         }
         let _ = child.wait();
         if !clean && !std::thread::panicking() {
-            panic!("nginx did not stop within 5s of SIGTERM\n{}", self.logs());
+            panic!(
+                "nginx did not stop within {timeout:?} of SIGTERM\n{}",
+                self.logs()
+            );
         }
     }
 }
