@@ -12,8 +12,10 @@
 //! `--instr-atstart=no`: start-up and warming run uninstrumented, then
 //! each measured window is switched on, K handshakes long, and dumped.
 //!
-//! Cost per handshake, in estimated cycles: Ir + 10 × L1 misses + 100 ×
-//! last-level misses (the weights of callgrind's own cycle estimate). It
+//! Cost per handshake, in estimated cycles under two weightings: Ir + 10
+//! × L1 misses + 100 × last-level misses (callgrind's own estimate), and
+//! Ir / 3 + 10 × L1 + 240 × LL (a superscalar core waiting on DRAM); and
+//! the range of last-level miss costs over which each target holds. It
 //! leaves out what callgrind does not model: branch prediction, TLB misses,
 //! prefetching, out-of-order overlap. The last-level cache is set, not read
 //! off the host (a VM may report anything): `--ll-mib`, 32 MiB by default,
@@ -31,7 +33,7 @@ use dyncert_testkit::{module_path, nginx_bin, Nginx, Pki, Redis};
 use crate::client::Client;
 use crate::load::{self, Rng, Tally};
 use crate::report::{issue15_targets, judge, median, range};
-use crate::servers::{http_block, opts};
+use crate::servers::{dyncert_server, http_block, opts, static_server, stock_server};
 use crate::{cpus, for_each_flag, step, write_files};
 
 pub struct CountArgs {
@@ -121,6 +123,48 @@ pub const SUPERSCALAR: Weights = Weights {
     ll: 240.0,
 };
 
+impl std::ops::AddAssign for Events {
+    fn add_assign(&mut self, o: Events) {
+        self.ir += o.ir;
+        self.l1 += o.l1;
+        self.ll += o.ll;
+    }
+}
+
+/// Where a dump's cost lines hold Ir and the two levels' three kinds of
+/// miss, from its `events:` line. None without cache events.
+struct Columns {
+    ir: usize,
+    l1: [usize; 3],
+    ll: [usize; 3],
+}
+
+impl Columns {
+    fn of(dump: &str) -> Option<Columns> {
+        let names: Vec<&str> = dump
+            .lines()
+            .find_map(|l| l.strip_prefix("events:"))?
+            .split_whitespace()
+            .collect();
+        let at = |n: &str| names.iter().position(|e| *e == n);
+        Some(Columns {
+            ir: at("Ir")?,
+            l1: [at("I1mr")?, at("D1mr")?, at("D1mw")?],
+            ll: [at("ILmr")?, at("DLmr")?, at("DLmw")?],
+        })
+    }
+
+    /// The events of one line's counts (trailing zeros may be left out).
+    fn events(&self, v: &[u64]) -> Events {
+        let get = |i: usize| v.get(i).copied().unwrap_or(0);
+        Events {
+            ir: get(self.ir),
+            l1: self.l1.iter().map(|&i| get(i)).sum(),
+            ll: self.ll.iter().map(|&i| get(i)).sum(),
+        }
+    }
+}
+
 impl Events {
     pub fn cycles(&self, w: Weights) -> f64 {
         self.ir as f64 * w.ir + self.l1 as f64 * w.l1 + self.ll as f64 * w.ll
@@ -158,11 +202,7 @@ pub fn miss_cost_range(base: (Events, u64), vs: (Events, u64), target: f64) -> O
 /// The `events:` and `totals:` (or `summary:`) lines of a callgrind dump,
 /// as the three sums above. None when a line or an event is missing.
 pub fn parse_totals(dump: &str) -> Option<Events> {
-    let names: Vec<&str> = dump
-        .lines()
-        .find_map(|l| l.strip_prefix("events:"))?
-        .split_whitespace()
-        .collect();
+    let columns = Columns::of(dump)?;
     let line = dump
         .lines()
         .find_map(|l| l.strip_prefix("totals:"))
@@ -171,16 +211,7 @@ pub fn parse_totals(dump: &str) -> Option<Events> {
         .split_whitespace()
         .map(|v| v.parse().ok())
         .collect::<Option<_>>()?;
-    // Trailing zero counts may be left out.
-    let get = |name: &str| -> Option<u64> {
-        let i = names.iter().position(|n| *n == name)?;
-        Some(values.get(i).copied().unwrap_or(0))
-    };
-    Some(Events {
-        ir: get("Ir")?,
-        l1: get("I1mr")? + get("D1mr")? + get("D1mw")?,
-        ll: get("ILmr")? + get("DLmr")? + get("DLmw")?,
-    })
+    Some(columns.events(&values))
 }
 
 /// The cost of every function in a callgrind dump, keyed `function
@@ -189,15 +220,7 @@ pub fn parse_totals(dump: &str) -> Option<Events> {
 /// inclusive cost; a recursive call counts again). None when the dump has
 /// no cache events.
 pub fn costs(dump: &str, inclusive: bool) -> Option<BTreeMap<String, Events>> {
-    let names: Vec<&str> = dump
-        .lines()
-        .find_map(|l| l.strip_prefix("events:"))?
-        .split_whitespace()
-        .collect();
-    let at = |n: &str| names.iter().position(|e| *e == n);
-    let ir = at("Ir")?;
-    let l1 = [at("I1mr")?, at("D1mr")?, at("D1mw")?];
-    let ll = [at("ILmr")?, at("DLmr")?, at("DLmw")?];
+    let columns = Columns::of(dump)?;
     let positions = dump
         .lines()
         .find_map(|l| l.strip_prefix("positions:"))
@@ -241,11 +264,7 @@ pub fn costs(dump: &str, inclusive: bool) -> Option<BTreeMap<String, Events>> {
                 .skip(positions)
                 .map(|x| x.parse().unwrap_or(0))
                 .collect();
-            let get = |i: usize| v.get(i).copied().unwrap_or(0);
-            let e = out.entry(current.clone().unwrap_or_default()).or_default();
-            e.ir += get(ir);
-            e.l1 += l1.iter().map(|&i| get(i)).sum::<u64>();
-            e.ll += ll.iter().map(|&i| get(i)).sum::<u64>();
+            *out.entry(current.clone().unwrap_or_default()).or_default() += columns.events(&v);
         }
     }
     Some(out)
@@ -259,10 +278,7 @@ fn costs_of(dumps: &[PathBuf], inclusive: bool) -> Result<BTreeMap<String, Event
         let costs =
             costs(&text, inclusive).ok_or_else(|| format!("{}: no cache events", d.display()))?;
         for (f, e) in costs {
-            let s = sum.entry(f).or_default();
-            s.ir += e.ir;
-            s.l1 += e.l1;
-            s.ll += e.ll;
+            *sum.entry(f).or_default() += e;
         }
     }
     Ok(sum)
@@ -303,9 +319,9 @@ pub fn grown(
 
 /// One configuration's nginx under callgrind, and the names it is asked
 /// for.
-struct Server {
+struct Server<'a> {
     label: String,
-    nginx: Arc<Nginx>,
+    nginx: &'a Nginx,
     names: Arc<Vec<String>>,
     /// Per pass: the window's totals and its handshakes.
     passes: Vec<(Events, u64)>,
@@ -313,7 +329,7 @@ struct Server {
     dumps: Vec<PathBuf>,
 }
 
-impl Server {
+impl Server<'_> {
     /// Pass `pass`, per handshake: Ir, L1 misses, LL misses.
     fn per_handshake(&self, pass: usize) -> (f64, f64, f64) {
         let (e, n) = self.passes[pass];
@@ -454,37 +470,19 @@ pub fn run(a: &CountArgs, dir: &Path) -> i32 {
     drop(sites);
     step(&format!("{} records in redis, files written", a.names));
 
-    let c = certs.display();
-    let static_http = format!(
-        "server {{ listen 127.0.0.1:@PORT@ ssl; ssl_certificate {c}/{STATIC}.crt; \
-         ssl_certificate_key {c}/{STATIC}.key; return 200 \"$pid\\n\"; }}"
-    );
-    let dyncert_http = format!(
-        "dyncert_redis redis://127.0.0.1:{}/0;\n\
-         dyncert_cache max={} valid=1h stale=1h negative=1m;\n\
-         server {{ listen 127.0.0.1:@PORT@ ssl; ssl_certificate {c}/{STATIC}.crt; \
-         ssl_certificate_key {c}/{STATIC}.key; dyncert on; \
-         return 200 \"$pid $dyncert_source\\n\"; }}",
-        redis.port,
-        a.names + 100
-    );
-    let stock_http = format!(
-        "ssl_certificate_cache max={} inactive=1h valid=1h;\n\
-         server {{ listen 127.0.0.1:@PORT@ ssl; \
-         ssl_certificate {c}/$ssl_server_name.crt; \
-         ssl_certificate_key {c}/$ssl_server_name.key; return 200 \"$pid\\n\"; }}",
-        2 * a.names + 200
-    );
+    let static_http = static_server(&certs, STATIC);
+    let dyncert_http = dyncert_server(&certs, STATIC, redis.port, "", a.names + 100);
+    let stock_http = stock_server(&certs, a.names + 100);
     let start = |name: &str, http: &str, module: bool| {
         step(&format!("starting {name} under callgrind"));
-        Arc::new(Nginx::start(
+        Nginx::start(
             &pki,
             &http_block(http),
             opts(&dir.join(name), module)
                 .single_process()
                 .launcher(&launcher)
                 .stop_timeout(Duration::from_secs(300)),
-        ))
+        )
     };
     let ng_static = start("static", &static_http, false);
     let ng_dyncert = start("dyncert", &dyncert_http, true);
@@ -529,28 +527,28 @@ pub fn run(a: &CountArgs, dir: &Path) -> i32 {
     let mut servers = [
         Server {
             label: "static (1 name)".into(),
-            nginx: ng_static.clone(),
+            nginx: &ng_static,
             names: one(STATIC),
             passes: Vec::new(),
             dumps: Vec::new(),
         },
         Server {
             label: format!("dyncert ({} names, cached)", names.len()),
-            nginx: ng_dyncert.clone(),
+            nginx: &ng_dyncert,
             names: names.clone(),
             passes: Vec::new(),
             dumps: Vec::new(),
         },
         Server {
             label: format!("stock $ssl_server_name ({})", names.len()),
-            nginx: ng_stock.clone(),
+            nginx: &ng_stock,
             names: names.clone(),
             passes: Vec::new(),
             dumps: Vec::new(),
         },
         Server {
             label: "dyncert (1 name, cached)".into(),
-            nginx: ng_dyncert.clone(),
+            nginx: &ng_dyncert,
             names: one(&names[0]),
             passes: Vec::new(),
             dumps: Vec::new(),

@@ -57,7 +57,9 @@ use dyncert_testkit::{module_path, nginx_bin, ApiReply, CertApi, LeafPem, Pki, R
 use host::{client_cpus, cpus, pin_to, rss_kib};
 pub use lifecycle::Lifecycle;
 use load::Load;
-use servers::{count_records, hgetall_micros, start_nginx};
+use servers::{
+    count_records, dyncert_server, hgetall_micros, start_nginx, static_server, stock_server,
+};
 
 pub struct Args {
     pub names: usize,
@@ -341,11 +343,7 @@ fn run(args: &Args, dir: &Path) -> i32 {
     }
     drop((sites, cold_sites, api_sites));
 
-    let c = certs.display().to_string();
-    let static_http = format!(
-        "server {{ listen 127.0.0.1:@PORT@ ssl; ssl_certificate {c}/static.bench.test.crt; \
-         ssl_certificate_key {c}/static.bench.test.key; return 200 \"$pid\\n\"; }}"
-    );
+    let static_http = static_server(&certs, "static.bench.test");
     let cache_max = args.names + 2 * args.cold + 100;
     let dyncert_http = |redis_port: u16, with_api: bool| {
         let api = if with_api {
@@ -353,24 +351,9 @@ fn run(args: &Args, dir: &Path) -> i32 {
         } else {
             String::new()
         };
-        format!(
-            "dyncert_redis redis://127.0.0.1:{redis_port}/0;\n{api}\n\
-             dyncert_cache max={cache_max} valid=1h stale=1h negative=1m;\n\
-             server {{ listen 127.0.0.1:@PORT@ ssl; ssl_certificate {c}/static.bench.test.crt; \
-             ssl_certificate_key {c}/static.bench.test.key; dyncert on; \
-             return 200 \"$pid $dyncert_source\\n\"; }}"
-        )
+        dyncert_server(&certs, "static.bench.test", redis_port, &api, cache_max)
     };
-    // inactive= defaults to 10s, which would drop most of N names between
-    // two random hits: give the stock cache the same lifetime as dyncert's.
-    // Its max= counts files: two per name.
-    let stock_http = format!(
-        "ssl_certificate_cache max={} inactive=1h valid=1h;\n\
-         server {{ listen 127.0.0.1:@PORT@ ssl; \
-         ssl_certificate {c}/$ssl_server_name.crt; \
-         ssl_certificate_key {c}/$ssl_server_name.key; return 200 \"$pid\\n\"; }}",
-        2 * cache_max
-    );
+    let stock_http = stock_server(&certs, cache_max);
 
     let ng_static = start_nginx(&pki, &dir.join("static"), &static_http, false);
     let ng_dyncert = start_nginx(

@@ -50,8 +50,6 @@ pub struct NginxOpts {
     stdin_pipe: bool,
     helpers: u32,
     prefix: Option<PathBuf>,
-    /// `master_process off`: the one process serves (no workers).
-    single_process: bool,
     /// A command nginx runs under (`valgrind ...`), nginx's path appended.
     launcher: Vec<String>,
     /// How long a stop waits for nginx to exit after SIGTERM.
@@ -75,7 +73,6 @@ impl Default for NginxOpts {
             stdin_pipe: false,
             helpers: 0,
             prefix: None,
-            single_process: false,
             launcher: Vec::new(),
             stop_timeout: Duration::from_secs(5),
         }
@@ -194,7 +191,6 @@ impl NginxOpts {
     /// running nginx under a tool that cannot follow a fork, like
     /// callgrind's instrumentation switch.
     pub fn single_process(mut self) -> NginxOpts {
-        self.single_process = true;
         self.workers = 0;
         self
     }
@@ -244,7 +240,8 @@ impl NginxOpts {
              events {{ worker_connections {connections};{event_method} }}\n",
             prefix = prefix.display(),
             level = self.error_log_level,
-            master = if self.single_process { "off" } else { "on" },
+            // No workers: the master serves (single_process).
+            master = if self.workers == 0 { "off" } else { "on" },
             connections = self.worker_connections,
         ));
         s
