@@ -31,6 +31,8 @@ mod report;
 mod sweep;
 mod workers;
 
+pub(crate) use report::SWEEP_VS_STOCK;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;

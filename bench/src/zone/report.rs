@@ -11,7 +11,7 @@ use crate::report::{
 use crate::Problems;
 
 /// Targets of issue 11.
-const SWEEP_VS_STOCK: f64 = 2.0;
+pub(crate) const SWEEP_VS_STOCK: f64 = 2.0;
 const ZONE_BYTES_PER_NAME: f64 = 1536.0;
 const PSS_VS_STOCK: f64 = 0.15;
 /// The names at which the memory target is set.
