@@ -797,13 +797,13 @@ fn print_report(a: &CountArgs, servers: &[Server]) {
         ("dyncert / stock-variables", dy, stock),
         ("stock-variables / static", stock, st),
         ("dyncert 1 name / static", dy1, st),
-        ("dyncert / stock, first touches", dy_first, stock_first),
+        ("dyncert / stock, first touch", dy_first, stock_first),
     ];
     for w in [CALLGRIND, SUPERSCALAR] {
         for (label, x, y) in pairs {
             let list: Vec<String> = ratios(x, y, w).iter().map(|r| format!("{r:.4}x")).collect();
             println!(
-                "  {:<40} {}",
+                "  {:<44} {}",
                 format!("{label} ({})", w.name),
                 list.join("  ")
             );
@@ -839,7 +839,8 @@ fn print_report(a: &CountArgs, servers: &[Server]) {
     println!("Target (issue 11) on the model, the same verdicts; Redis's own CPU is apart:");
     let (m, span_) = span(dy_first, stock_first);
     println!(
-        "  {}  cold sweep: first-touch capacity >= {SWEEP_VS_STOCK}x stock          ssl_certificate_cache's: {m:.4}x (passes and weightings {:.4}-{:.4})",
+        "  {}  cold sweep: first-touch capacity >= {SWEEP_VS_STOCK}x stock \
+         ssl_certificate_cache's: {m:.4}x (passes and weightings {:.4}-{:.4})",
         judge(span_, SWEEP_VS_STOCK).word(),
         span_.0,
         span_.1
