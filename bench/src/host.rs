@@ -73,6 +73,35 @@ pub fn thread_cpu_ns(pid: u32) -> BTreeMap<String, u64> {
     out
 }
 
+/// Time the threads of `pid` spent in the kernel, by thread name as in
+/// [`thread_cpu_ns`], in nanoseconds (`stime` of `/proc/PID/task/TID/stat`,
+/// in clock ticks: 10 ms each, so only sums over seconds of CPU mean
+/// something).
+pub fn thread_sys_ns(pid: u32) -> BTreeMap<String, u64> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let mut out = BTreeMap::new();
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.flatten() {
+        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let ticks = fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| stime_ticks(&s))
+            .unwrap_or(0);
+        *out.entry(comm.trim().to_owned()).or_default() += ticks * 1_000_000_000 / hz;
+    }
+    out
+}
+
+/// `stime` of a `/proc/.../stat` line: the 15th field, the 13th after the
+/// parenthesised command name (which may hold spaces and parentheses).
+fn stime_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(12)?.parse().ok()
+}
+
 /// `after - before`, thread by thread.
 pub fn thread_cpu_delta(
     before: &BTreeMap<String, u64>,
@@ -121,4 +150,17 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stime_is_read_after_the_command_name() {
+        let line = "4242 (dyncert (x) 1) S 1 4242 4242 0 -1 4194560 90 0 0 0 17 23 0 0 20 0 3 0";
+        assert_eq!(stime_ticks(line), Some(23));
+        assert_eq!(stime_ticks("4242 (nginx) S 1"), None);
+        assert_eq!(stime_ticks("no parenthesis"), None);
+    }
 }

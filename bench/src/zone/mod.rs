@@ -149,6 +149,8 @@ pub struct SweepCfg {
     pub redis_cpu_ns: u64,
     /// The worker's CPU by thread, over the sweep.
     pub threads: BTreeMap<String, u64>,
+    /// Of that, the time in the kernel.
+    pub threads_sys: BTreeMap<String, u64>,
     /// `dyncert_handshakes_total` by source after the sweep, and the mean
     /// Redis fetch and time parked, ms (dyncert).
     pub sources: BTreeMap<String, f64>,
@@ -587,6 +589,7 @@ impl SweepCfg {
             load: Load::default(),
             redis_cpu_ns: 0,
             threads: BTreeMap::new(),
+            threads_sys: BTreeMap::new(),
             sources: BTreeMap::new(),
             fetch_ms: 0.0,
             park_ms: 0.0,

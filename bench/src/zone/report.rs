@@ -208,6 +208,19 @@ pub fn print(
             )
         );
     }
+    println!("  of which in the kernel (stime, 10 ms ticks):");
+    for c in &r.sweep {
+        let hs = c.load.handshakes().max(1) as f64;
+        println!(
+            "    {:<40} {}",
+            c.label,
+            by_thread(
+                c.threads_sys
+                    .iter()
+                    .map(|(t, &ns)| (t, ns as f64 / 1000.0 / hs))
+            )
+        );
+    }
     let p = &r.parse;
     println!(
         "  Parsing one record with the module's code, CPU in this process ({} records): as a \

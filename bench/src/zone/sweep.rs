@@ -12,7 +12,9 @@ use dyncert_testkit::scrape_metrics;
 
 use super::SweepCfg;
 use crate::client::Client;
-use crate::host::{cpu_busy_ns, self_cpu_ns, task_cpu_ns, thread_cpu_delta, thread_cpu_ns};
+use crate::host::{
+    cpu_busy_ns, self_cpu_ns, task_cpu_ns, thread_cpu_delta, thread_cpu_ns, thread_sys_ns,
+};
 use crate::load::{self, Tally};
 
 /// The pid of the redis-server listening on `port` (its title names the
@@ -44,6 +46,7 @@ pub(super) fn sweep_slice(
     let hs0 = l.lat_us.len() as u64;
     let r0 = redis.map(task_cpu_ns).unwrap_or(0);
     let t0 = thread_cpu_ns(worker);
+    let s0 = thread_sys_ns(worker);
     let (w0, b0, c0) = (task_cpu_ns(worker), cpu_busy_ns(0), self_cpu_ns());
     let start = Instant::now();
     let threads: Vec<_> = (0..concurrency)
@@ -72,6 +75,9 @@ pub(super) fn sweep_slice(
     into.redis_cpu_ns += redis.map(task_cpu_ns).unwrap_or(0).saturating_sub(r0);
     for (k, v) in thread_cpu_delta(&t0, &thread_cpu_ns(worker)) {
         *into.threads.entry(k).or_default() += v;
+    }
+    for (k, v) in thread_cpu_delta(&s0, &thread_sys_ns(worker)) {
+        *into.threads_sys.entry(k).or_default() += v;
     }
 }
 
