@@ -58,17 +58,29 @@ pub fn task_cpu_ns(pid: u32) -> u64 {
 /// event loop is `nginx`, the module's threads `dyncert-...`), in
 /// nanoseconds.
 pub fn thread_cpu_ns(pid: u32) -> BTreeMap<String, u64> {
+    by_thread_name(pid, "schedstat", |s| {
+        s.split_whitespace().next()?.parse::<u64>().ok()
+    })
+}
+
+/// `read` of each thread's `/proc/PID/task/TID/FILE`, summed by thread
+/// name (0 where it gives nothing).
+fn by_thread_name(
+    pid: u32,
+    file: &str,
+    read: impl Fn(&str) -> Option<u64>,
+) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
     };
     for t in dir.flatten() {
         let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        let ns = fs::read_to_string(t.path().join("schedstat"))
+        let v = fs::read_to_string(t.path().join(file))
             .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .and_then(|s| read(&s))
             .unwrap_or(0);
-        *out.entry(comm.trim().to_owned()).or_default() += ns;
+        *out.entry(comm.trim().to_owned()).or_default() += v;
     }
     out
 }
@@ -80,19 +92,7 @@ pub fn thread_cpu_ns(pid: u32) -> BTreeMap<String, u64> {
 pub fn thread_sys_ns(pid: u32) -> BTreeMap<String, u64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let mut out = BTreeMap::new();
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for t in dir.flatten() {
-        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        let ticks = fs::read_to_string(t.path().join("stat"))
-            .ok()
-            .and_then(|s| stime_ticks(&s))
-            .unwrap_or(0);
-        *out.entry(comm.trim().to_owned()).or_default() += ticks * 1_000_000_000 / hz;
-    }
-    out
+    by_thread_name(pid, "stat", |s| Some(stime_ticks(s)? * 1_000_000_000 / hz))
 }
 
 /// `stime` of a `/proc/.../stat` line: the 15th field, the 13th after the

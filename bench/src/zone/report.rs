@@ -195,31 +195,20 @@ pub fn print(
             c.park_ms
         );
     }
-    println!("  server CPU us per handshake by worker thread:");
-    for c in &r.sweep {
-        let hs = c.load.handshakes().max(1) as f64;
-        println!(
-            "    {:<40} {}",
-            c.label,
-            by_thread(
-                c.threads
-                    .iter()
-                    .map(|(t, &ns)| (t, ns as f64 / 1000.0 / hs))
-            )
-        );
-    }
-    println!("  of which in the kernel (stime, 10 ms ticks):");
-    for c in &r.sweep {
-        let hs = c.load.handshakes().max(1) as f64;
-        println!(
-            "    {:<40} {}",
-            c.label,
-            by_thread(
-                c.threads_sys
-                    .iter()
-                    .map(|(t, &ns)| (t, ns as f64 / 1000.0 / hs))
-            )
-        );
+    for (title, kernel) in [
+        ("server CPU us per handshake by worker thread:", false),
+        ("of which in the kernel (stime, 10 ms ticks):", true),
+    ] {
+        println!("  {title}");
+        for c in &r.sweep {
+            let hs = c.load.handshakes().max(1) as f64;
+            let ns = if kernel { &c.threads_sys } else { &c.threads };
+            println!(
+                "    {:<40} {}",
+                c.label,
+                by_thread(ns.iter().map(|(t, &ns)| (t, ns as f64 / 1000.0 / hs)))
+            );
+        }
     }
     let p = &r.parse;
     println!(
