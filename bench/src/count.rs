@@ -402,13 +402,13 @@ fn newest_dump(dir: &Path, pid: u32) -> Option<PathBuf> {
 /// The SNI of pass `pass`'s `handshakes` handshakes for `s`: the pass's
 /// own slice of never-asked names for first touches, else drawn uniformly
 /// (the same draw for every configuration in a pass).
-fn sequence(s: &Server, pass: usize, handshakes: usize) -> Vec<String> {
-    if s.fresh {
-        return s.names[pass * handshakes..(pass + 1) * handshakes].to_vec();
+fn sequence(names: &[String], fresh: bool, pass: usize, handshakes: usize) -> Vec<String> {
+    if fresh {
+        return names[pass * handshakes..(pass + 1) * handshakes].to_vec();
     }
     let mut rng = Rng::new(7 + pass as u64);
     (0..handshakes)
-        .map(|_| s.names[rng.below(s.names.len())].clone())
+        .map(|_| names[rng.below(names.len())].clone())
         .collect()
 }
 
@@ -619,7 +619,7 @@ pub fn run(a: &CountArgs, dir: &Path) -> i32 {
             ));
             let mut t = Tally::default();
             let pid = s.nginx.master_pid();
-            let sni = sequence(s, p, a.handshakes);
+            let sni = sequence(&s.names, s.fresh, p, a.handshakes);
             let counted = window(&dumps, pid, s.nginx.port, &sni, &mut t);
             let mut l = load::Load::default();
             t.add_to(&mut l);
@@ -890,6 +890,27 @@ fn miss_cost_words(base: &Server, vs: &Server, target: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_touches_never_repeat_a_name_and_draws_repeat_per_pass() {
+        let names: Vec<String> = (0..12).map(|i| format!("n{i}")).collect();
+        // Three passes of four first touches: every name once, none twice.
+        let touched: Vec<String> = (0..3).flat_map(|p| sequence(&names, true, p, 4)).collect();
+        assert_eq!(touched, names);
+        // Uniform draws: the same for every configuration in a pass, not
+        // the same from pass to pass.
+        assert_eq!(
+            sequence(&names, false, 1, 50),
+            sequence(&names, false, 1, 50)
+        );
+        assert_ne!(
+            sequence(&names, false, 0, 50),
+            sequence(&names, false, 1, 50)
+        );
+        assert!(sequence(&names, false, 0, 50)
+            .iter()
+            .all(|n| names.contains(n)));
+    }
 
     const DUMP: &str = "version: 1\ncreator: callgrind-3.19.0\n\
         desc: I1 cache: 32768 B, 64 B, 8-way associative\n\

@@ -265,6 +265,10 @@ impl Base64 {
         if self.sextets != 0 || self.pad != 0 {
             return line;
         }
+        if line.len() >= 4 && self.out.capacity() == 0 {
+            // A certificate's DER is typically 0.5-1.5 KiB.
+            self.out.reserve(1024);
+        }
         let mut rest = line;
         while let [a, b, c, d, tail @ ..] = rest {
             let s = [a, b, c, d].map(|&x| SEXTETS[usize::from(x)]);
@@ -272,10 +276,6 @@ impl Base64 {
                 break;
             }
             let q = s.iter().fold(0u32, |acc, &x| (acc << 6) | u32::from(x));
-            if self.out.capacity() == 0 {
-                // A certificate's DER is typically 0.5-1.5 KiB.
-                self.out.reserve(1024);
-            }
             self.out.extend_from_slice(&q.to_be_bytes()[1..]);
             self.started = true;
             rest = tail;
