@@ -25,6 +25,13 @@ use ngx::ngx_string;
 
 mod shell;
 
+/// The module's Rust allocations go to mimalloc, never to the glibc heap
+/// that nginx and OpenSSL share (see Cargo.toml for why). Memory never
+/// crosses between the two: what OpenSSL or nginx allocate they free, and
+/// the module's connection data lives in nginx pools.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use shell::conf::Module;
 use shell::{directives, lifecycle, metrics, variables};
 
