@@ -173,6 +173,11 @@ pub struct Worker<W, Q> {
     /// before an update whose message was lost, so its result is taken as
     /// fetched before `epoch`. At most `dyncert_fetch_concurrency` names.
     suspect: HashSet<String>,
+    /// Names whose lookup was running when an invalidation for them was
+    /// applied: it may have read the record the invalidation replaced, so
+    /// its result is not cached and the sources are asked again. At most
+    /// the names in flight.
+    invalidated: HashSet<String>,
     /// Names being fetched that a handshake on a server with
     /// `dyncert_on_demand on` found without a certificate (no peek step:
     /// QUIC, or the name's negative entry ended meanwhile): queued as soon
@@ -199,6 +204,14 @@ pub fn checked_since(d: Deadlines, epoch: Millis, now: Millis) -> Deadlines {
     }
 }
 
+/// Whether an invalidation of `target` (a name, `*.parent`, or `*` for
+/// all) covers a lookup of `name`.
+pub fn invalidates(target: &str, name: &str) -> bool {
+    target == "*"
+        || target == name
+        || (target.starts_with("*.") && wildcard_parent(name).as_deref() == Some(target))
+}
+
 impl<W, Q: FetchQueue> Worker<W, Q> {
     pub fn new(
         policy: CachePolicy,
@@ -216,6 +229,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             sync_loads: (0, 0),
             epoch: 0,
             suspect: HashSet::new(),
+            invalidated: HashSet::new(),
             on_demand_wanted: HashSet::new(),
             on_demand_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
         }
@@ -696,12 +710,19 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
 
     /// Drops a name, a wildcard and every name served from it, or all.
     pub fn invalidate(&mut self, target: &str) {
+        // A lookup running now may have read Redis before the update that
+        // this message announces; its result must not be cached.
+        let running: Vec<String> = self
+            .inflight
+            .names()
+            .filter(|name| invalidates(target, name))
+            .map(str::to_owned)
+            .collect();
+        self.invalidated.extend(running);
         if target == "*" {
             self.cache.clear();
         } else if target.starts_with("*.") {
-            self.cache.retain(|name, _| {
-                name != target && wildcard_parent(name).as_deref() != Some(target)
-            });
+            self.cache.retain(|name, _| !invalidates(target, name));
         } else {
             self.cache.remove(target);
         }
@@ -748,8 +769,6 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             loaded,
             ..
         } = r;
-        let suspect = self.suspect.remove(&name);
-        let wanted = self.on_demand_wanted.remove(&name);
         let layout = self.sink.layout();
         for step in &steps {
             self.sink.add(layout.fetch(step.source, step.outcome), 1);
@@ -762,6 +781,27 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 self.sink.add(layout.simple(Simple::RedisErrors), 1);
             }
         }
+        if self.invalidated.remove(&name) {
+            // An invalidation of the name was applied while this lookup
+            // ran: what it read may be the record the invalidation
+            // replaced. Nothing is cached; the sources are asked again
+            // (not the tier, which another worker may not have cleared
+            // yet) and the waiters keep waiting.
+            log(
+                Level::Info,
+                format!(
+                    "dyncert: \"{name}\" was invalidated while being fetched; fetching it again"
+                ),
+            );
+            if self.queue.request(&name) {
+                return Vec::new();
+            }
+            self.suspect.remove(&name);
+            self.on_demand_wanted.remove(&name);
+            return self.inflight.complete(&name);
+        }
+        let suspect = self.suspect.remove(&name);
+        let wanted = self.on_demand_wanted.remove(&name);
         if loaded && !matches!(outcome, Outcome::Found { .. }) {
             // The tier's record went bad (expired since it was stored, or
             // damaged): drop it and ask the sources, keeping the waiters.
@@ -1293,6 +1333,95 @@ mod tests {
         );
         assert_eq!(woken, [1, 2, 3]);
         assert_eq!(m.gauge(W_INFLIGHT), 0);
+    }
+
+    #[test]
+    fn a_lookup_running_across_its_invalidation_is_not_cached_and_asked_again() {
+        let (mut w, _) = worker();
+        assert_eq!(w.pre_handshake("a.example.com", 1, NOW), PreHandshake::Park);
+        assert_eq!(asked(&w), ["a.example.com"]);
+        // The message comes while the lookup runs; the lookup then answers
+        // with what it read before the update.
+        apply(&mut w, Event::Invalidate("a.example.com".into()), NOW);
+        let (woken, lines) = apply(
+            &mut w,
+            found("a.example.com", cert(1, NOT_AFTER), None),
+            NOW,
+        );
+        assert!(woken.is_empty(), "the waiter waits for the new lookup");
+        assert_eq!(asked(&w), ["a.example.com", "a.example.com"]);
+        assert!(lines
+            .iter()
+            .any(|(l, m)| *l == Level::Info && m.contains("invalidated while being fetched")));
+        assert_eq!(fingerprint(w.for_handshake("a.example.com", NOW)).0, None);
+        // The new lookup's answer is cached and wakes the waiter.
+        let (woken, _) = apply(
+            &mut w,
+            found("a.example.com", cert(2, NOT_AFTER), None),
+            NOW,
+        );
+        assert_eq!(woken, [1]);
+        assert_eq!(
+            fingerprint(w.for_handshake("a.example.com", NOW)).0,
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn an_invalidation_covers_running_lookups_of_its_name_its_wildcard_or_all() {
+        for (target, covered) in [
+            ("a.example.com", true),
+            ("*.example.com", true),
+            ("*", true),
+            ("b.example.com", false),
+            ("*.other.example", false),
+        ] {
+            let (mut w, _) = worker();
+            assert_eq!(w.pre_handshake("a.example.com", 1, NOW), PreHandshake::Park);
+            apply(&mut w, Event::Invalidate(target.into()), NOW);
+            let (woken, _) = apply(
+                &mut w,
+                found("a.example.com", cert(1, NOT_AFTER), None),
+                NOW,
+            );
+            let cached = fingerprint(w.for_handshake("a.example.com", NOW)).0;
+            assert_eq!(
+                (woken.is_empty(), cached.is_none()),
+                (covered, covered),
+                "{target}"
+            );
+        }
+        assert!(invalidates("*", "x.example.com"));
+        assert!(!invalidates("*.example.com", "example.com"));
+        assert!(!invalidates("*.example.com", "a.b.example.com"));
+    }
+
+    #[test]
+    fn a_lookup_invalidated_while_running_that_cannot_be_asked_again_wakes_its_waiters() {
+        let (mut w, _) = worker();
+        assert_eq!(w.pre_handshake("a.example.com", 1, NOW), PreHandshake::Park);
+        apply(&mut w, Event::Invalidate("a.example.com".into()), NOW);
+        w.queue().full.set(true);
+        let (woken, _) = apply(
+            &mut w,
+            found("a.example.com", cert(1, NOT_AFTER), None),
+            NOW,
+        );
+        assert_eq!(woken, [1], "nobody waits for a lookup that was not queued");
+        assert_eq!(fingerprint(w.for_handshake("a.example.com", NOW)).0, None);
+        // The next lookup of the name is cached as usual.
+        w.queue().full.set(false);
+        assert_eq!(w.pre_handshake("a.example.com", 2, NOW), PreHandshake::Park);
+        let (woken, _) = apply(
+            &mut w,
+            found("a.example.com", cert(2, NOT_AFTER), None),
+            NOW,
+        );
+        assert_eq!(woken, [2]);
+        assert_eq!(
+            fingerprint(w.for_handshake("a.example.com", NOW)).0,
+            Some(2)
+        );
     }
 
     #[test]
