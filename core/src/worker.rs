@@ -206,7 +206,7 @@ pub fn checked_since(d: Deadlines, epoch: Millis, now: Millis) -> Deadlines {
 
 /// Whether an invalidation of `target` (a name, `*.parent`, or `*` for
 /// all) covers a lookup of `name`.
-pub fn invalidates(target: &str, name: &str) -> bool {
+fn invalidates(target: &str, name: &str) -> bool {
     target == "*"
         || target == name
         || (target.starts_with("*.") && wildcard_parent(name).as_deref() == Some(target))
@@ -1335,6 +1335,17 @@ mod tests {
         assert_eq!(m.gauge(W_INFLIGHT), 0);
     }
 
+    /// The running lookup of a.example.com answers with certificate `fp`:
+    /// the connections woken.
+    fn answer_a(w: &mut TestWorker, fp: u8) -> Vec<u32> {
+        apply(w, found("a.example.com", cert(fp, NOT_AFTER), None), NOW).0
+    }
+
+    /// What a handshake for a.example.com gets from the cache.
+    fn served_a(w: &mut TestWorker) -> Option<u8> {
+        fingerprint(w.for_handshake("a.example.com", NOW)).0
+    }
+
     #[test]
     fn a_lookup_running_across_its_invalidation_is_not_cached_and_asked_again() {
         let (mut w, _) = worker();
@@ -1353,18 +1364,10 @@ mod tests {
         assert!(lines
             .iter()
             .any(|(l, m)| *l == Level::Info && m.contains("invalidated while being fetched")));
-        assert_eq!(fingerprint(w.for_handshake("a.example.com", NOW)).0, None);
+        assert_eq!(served_a(&mut w), None);
         // The new lookup's answer is cached and wakes the waiter.
-        let (woken, _) = apply(
-            &mut w,
-            found("a.example.com", cert(2, NOT_AFTER), None),
-            NOW,
-        );
-        assert_eq!(woken, [1]);
-        assert_eq!(
-            fingerprint(w.for_handshake("a.example.com", NOW)).0,
-            Some(2)
-        );
+        assert_eq!(answer_a(&mut w, 2), [1]);
+        assert_eq!(served_a(&mut w), Some(2));
     }
 
     #[test]
@@ -1379,12 +1382,8 @@ mod tests {
             let (mut w, _) = worker();
             assert_eq!(w.pre_handshake("a.example.com", 1, NOW), PreHandshake::Park);
             apply(&mut w, Event::Invalidate(target.into()), NOW);
-            let (woken, _) = apply(
-                &mut w,
-                found("a.example.com", cert(1, NOT_AFTER), None),
-                NOW,
-            );
-            let cached = fingerprint(w.for_handshake("a.example.com", NOW)).0;
+            let woken = answer_a(&mut w, 1);
+            let cached = served_a(&mut w);
             assert_eq!(
                 (woken.is_empty(), cached.is_none()),
                 (covered, covered),
@@ -1402,26 +1401,17 @@ mod tests {
         assert_eq!(w.pre_handshake("a.example.com", 1, NOW), PreHandshake::Park);
         apply(&mut w, Event::Invalidate("a.example.com".into()), NOW);
         w.queue().full.set(true);
-        let (woken, _) = apply(
-            &mut w,
-            found("a.example.com", cert(1, NOT_AFTER), None),
-            NOW,
+        assert_eq!(
+            answer_a(&mut w, 1),
+            [1],
+            "nobody waits for a lookup that was not queued"
         );
-        assert_eq!(woken, [1], "nobody waits for a lookup that was not queued");
-        assert_eq!(fingerprint(w.for_handshake("a.example.com", NOW)).0, None);
+        assert_eq!(served_a(&mut w), None);
         // The next lookup of the name is cached as usual.
         w.queue().full.set(false);
         assert_eq!(w.pre_handshake("a.example.com", 2, NOW), PreHandshake::Park);
-        let (woken, _) = apply(
-            &mut w,
-            found("a.example.com", cert(2, NOT_AFTER), None),
-            NOW,
-        );
-        assert_eq!(woken, [2]);
-        assert_eq!(
-            fingerprint(w.for_handshake("a.example.com", NOW)).0,
-            Some(2)
-        );
+        assert_eq!(answer_a(&mut w, 2), [2]);
+        assert_eq!(served_a(&mut w), Some(2));
     }
 
     #[test]
