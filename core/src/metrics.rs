@@ -117,6 +117,7 @@ pub enum Simple {
     TierLoads,
     TierSyncLoads,
     TierLoadsRefused,
+    TierStoresRefused,
     KeyRefsResolved,
     OnDemandEnqueued,
     OnDemandErrors,
@@ -128,7 +129,7 @@ pub enum Simple {
     TicketsUnknown,
 }
 
-const SIMPLE: [(Simple, &str, &str); 28] = [
+const SIMPLE: [(Simple, &str, &str); 29] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -226,6 +227,12 @@ const SIMPLE: [(Simple, &str, &str); 28] = [
         Simple::TierLoadsRefused,
         "dyncert_shared_loads_refused_total",
         "Shared-zone records that could not be served (expired or damaged) and were fetched again.",
+    ),
+    (
+        Simple::TierStoresRefused,
+        "dyncert_shared_stores_refused_total",
+        "Records not stored in the shared zone because another worker applied an \
+         invalidation of their name while they were being read.",
     ),
     (
         Simple::KeyRefsResolved,

@@ -36,20 +36,106 @@ impl TierHit {
 /// A host-wide store of compact records. Every call is short and never
 /// waits on I/O: the nginx implementation takes the zone's lock for a
 /// lookup and a copy.
+///
+/// Invalidations are applied by every worker, each when its own message
+/// arrives, so a worker that has not applied one yet may come to store a
+/// record it read before the update. The tier therefore counts the
+/// invalidations applied to it ([`Invalidations`]): a lookup notes the
+/// [`Self::generation`] before it reads a source, and its
+/// [`Self::store`] is refused when an invalidation covering the name was
+/// applied since.
 pub trait SharedTier {
     /// The record stored for `name`, if any.
     fn lookup(&self, name: &str) -> Option<TierHit>;
+    /// How many invalidations were applied to the tier so far.
+    fn generation(&self) -> u64;
     /// Stores (or replaces) `name`'s record; the intermediates are stored
     /// once each. A full store evicts its least recently used records; a
-    /// record it cannot hold at all is simply not stored.
-    fn store(&self, name: &str, bytes: &[u8], intermediates: &IntermediateDers);
-    /// Drops `name`.
+    /// record it cannot hold at all is simply not stored. Refused (false,
+    /// nothing stored; the only case of false) when an invalidation
+    /// covering `name` was applied after [`Self::generation`] read
+    /// `since`: the record may be the one it replaced.
+    fn store(&self, name: &str, bytes: &[u8], intermediates: &IntermediateDers, since: u64)
+        -> bool;
+    /// Drops `name`. Each of the drops counts as an invalidation of what it
+    /// drops (one that is not, a damaged record, only costs a lookup
+    /// running elsewhere its store).
     fn remove(&self, name: &str);
     /// Drops the wildcard key `*.parent` and every name one label below
     /// `parent` (the names its record may have been stored under).
     fn remove_wildcard(&self, wildcard: &str);
     /// Drops everything.
     fn clear(&self);
+}
+
+/// Slots of [`Invalidations`]: targets that share one only make stores
+/// more cautious, never less.
+pub const INVALIDATION_SLOTS: usize = 512;
+
+/// Which invalidations a tier has applied, and when, counted in
+/// generations rather than by a clock: the tier's lock orders them with
+/// every store. A fixed table in which a target's slot holds the
+/// generation of its latest invalidation, so it never grows; two targets
+/// in one slot can refuse a store that was safe (it is fetched again on a
+/// later miss), never let through one that was not.
+///
+/// `repr(C)` and all-zero when new, so the nginx zone keeps it in shared
+/// memory as it is.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Invalidations {
+    generation: u64,
+    /// Generation of the latest `*`.
+    all: u64,
+    slots: [u64; INVALIDATION_SLOTS],
+}
+
+impl Default for Invalidations {
+    fn default() -> Self {
+        Invalidations {
+            generation: 0,
+            all: 0,
+            slots: [0; INVALIDATION_SLOTS],
+        }
+    }
+}
+
+impl Invalidations {
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Notes an invalidation of `target` (a name, `*.parent`, or `*`).
+    pub fn note(&mut self, target: &str) {
+        self.generation = self.generation.saturating_add(1);
+        if target == "*" {
+            self.all = self.generation;
+        } else {
+            self.slots[slot(target)] = self.generation;
+        }
+    }
+
+    /// Whether an invalidation that covers `name` (the name itself, its
+    /// `*.parent`, or `*`) was noted after generation `since`.
+    pub fn covers_since(&self, name: &str, since: u64) -> bool {
+        self.all > since
+            || self.slots[slot(name)] > since
+            || wildcard_parent(name).is_some_and(|w| self.slots[slot(&w)] > since)
+    }
+}
+
+/// FNV-1a over `bytes`.
+pub fn fnv1a(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in bytes {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+fn slot(target: &str) -> usize {
+    fnv1a(target.as_bytes()) as usize % INVALIDATION_SLOTS
 }
 
 /// A stored record: its bytes and the digests of its intermediates.
@@ -61,6 +147,7 @@ type Entry = (Vec<u8>, Vec<CertDigest>);
 pub struct MemoryTier {
     records: RefCell<HashMap<String, Entry>>,
     intermediates: RefCell<HashMap<CertDigest, Vec<u8>>>,
+    invalidations: RefCell<Invalidations>,
 }
 
 impl MemoryTier {
@@ -88,7 +175,20 @@ impl SharedTier for Rc<MemoryTier> {
         })
     }
 
-    fn store(&self, name: &str, bytes: &[u8], intermediates: &IntermediateDers) {
+    fn generation(&self) -> u64 {
+        self.invalidations.borrow().generation()
+    }
+
+    fn store(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        intermediates: &IntermediateDers,
+        since: u64,
+    ) -> bool {
+        if self.invalidations.borrow().covers_since(name, since) {
+            return false;
+        }
         let mut all = self.intermediates.borrow_mut();
         for (d, der) in intermediates {
             all.entry(*d).or_insert_with(|| der.clone());
@@ -100,19 +200,87 @@ impl SharedTier for Rc<MemoryTier> {
                 intermediates.iter().map(|(d, _)| *d).collect(),
             ),
         );
+        true
     }
 
     fn remove(&self, name: &str) {
+        self.invalidations.borrow_mut().note(name);
         self.records.borrow_mut().remove(name);
     }
 
     fn remove_wildcard(&self, wildcard: &str) {
+        self.invalidations.borrow_mut().note(wildcard);
         self.records.borrow_mut().retain(|name, _| {
             name != wildcard && wildcard_parent(name).as_deref() != Some(wildcard)
         });
     }
 
     fn clear(&self) {
+        self.invalidations.borrow_mut().note("*");
         self.records.borrow_mut().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalidation_covers_only_lookups_started_before_it() {
+        let mut inv = Invalidations::default();
+        let before = inv.generation();
+        inv.note("a.example.com");
+        let after = inv.generation();
+        assert!(inv.covers_since("a.example.com", before));
+        assert!(!inv.covers_since("a.example.com", after));
+        assert!(!inv.covers_since("b.example.com", before));
+    }
+
+    #[test]
+    fn a_wildcard_covers_itself_and_names_one_label_below() {
+        let mut inv = Invalidations::default();
+        inv.note("*.example.com");
+        assert!(inv.covers_since("*.example.com", 0));
+        assert!(inv.covers_since("a.example.com", 0));
+        assert!(!inv.covers_since("example.com", 0));
+        assert!(!inv.covers_since("b.a.example.com", 0));
+        // Invalidating a name does not cover its wildcard's record.
+        let mut inv = Invalidations::default();
+        inv.note("a.example.com");
+        assert!(!inv.covers_since("*.example.com", 0));
+    }
+
+    #[test]
+    fn everything_covers_every_name_until_the_next_lookup() {
+        let mut inv = Invalidations::default();
+        inv.note("*");
+        assert!(inv.covers_since("a.example.com", 0));
+        assert!(inv.covers_since("*.example.com", 0));
+        assert!(!inv.covers_since("a.example.com", inv.generation()));
+    }
+
+    #[test]
+    fn names_that_share_a_slot_err_on_the_side_of_refusing() {
+        let target = "a.example.com";
+        let other = (0..10_000)
+            .map(|i| format!("n{i}.example.net"))
+            .find(|n| slot(n) == slot(target))
+            .expect("some name shares the slot");
+        let mut inv = Invalidations::default();
+        inv.note(target);
+        assert!(inv.covers_since(&other, 0));
+    }
+
+    #[test]
+    fn a_memory_tier_refuses_a_store_read_before_an_invalidation() {
+        let tier = Rc::new(MemoryTier::default());
+        let since = tier.generation();
+        tier.remove("a.example.com");
+        assert!(!tier.store("a.example.com", b"old", &Vec::new(), since));
+        assert!(tier.lookup("a.example.com").is_none());
+        assert!(tier.store("a.example.com", b"new", &Vec::new(), tier.generation()));
+        assert_eq!(tier.lookup("a.example.com").unwrap().bytes, b"new");
+        // Other names are stored as before.
+        assert!(tier.store("b.example.com", b"b", &Vec::new(), since));
     }
 }

@@ -6,7 +6,7 @@
 //! threads, sockets or sleeping.
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::cache::{CachePolicy, CertCache, Lookup};
@@ -178,6 +178,11 @@ pub struct Worker<W, Q> {
     /// its result is not cached and the sources are asked again. At most
     /// the names in flight.
     invalidated: HashSet<String>,
+    /// The tier's invalidation generation when each running lookup of a
+    /// source was queued: its record is stored in the tier only if no
+    /// invalidation covering the name was applied to the tier since (by
+    /// any worker). At most the names in flight.
+    started: HashMap<String, u64>,
     /// Names being fetched that a handshake on a server with
     /// `dyncert_on_demand on` found without a certificate (no peek step:
     /// QUIC, or the name's negative entry ended meanwhile): queued as soon
@@ -230,6 +235,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             epoch: 0,
             suspect: HashSet::new(),
             invalidated: HashSet::new(),
+            started: HashMap::new(),
             on_demand_wanted: HashSet::new(),
             on_demand_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
         }
@@ -253,7 +259,20 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 return true;
             }
         }
-        self.queue.request(name)
+        self.request(name)
+    }
+
+    /// Queues a lookup of the sources for `name`, noting the tier's
+    /// invalidation generation first (before any source is read).
+    fn request(&mut self, name: &str) -> bool {
+        let generation = self.tier.as_ref().map(|(t, _)| t.generation());
+        if !self.queue.request(name) {
+            return false;
+        }
+        if let Some(g) = generation {
+            self.started.insert(name.to_owned(), g);
+        }
+        true
     }
 
     /// The tier's record of `name` if it can still be served and is newer
@@ -769,6 +788,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             loaded,
             ..
         } = r;
+        let since = self.started.remove(&name);
         let layout = self.sink.layout();
         for step in &steps {
             self.sink.add(layout.fetch(step.source, step.outcome), 1);
@@ -793,7 +813,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                     "dyncert: \"{name}\" was invalidated while being fetched; fetching it again"
                 ),
             );
-            if self.queue.request(&name) {
+            if self.request(&name) {
                 return Vec::new();
             }
             self.suspect.remove(&name);
@@ -809,7 +829,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 tier.remove(&name);
             }
             self.count(Simple::TierLoadsRefused);
-            if self.queue.request(&name) {
+            if self.request(&name) {
                 return Vec::new();
             }
             self.cache.refresh_failed(&name, now, QUEUE_RETRY_MS);
@@ -835,13 +855,26 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                     d.fetched = d.fetched.min(self.epoch.saturating_sub(1));
                 }
                 let d = checked_since(d, self.epoch, now);
-                if let TierData::Store(stored) = &tier {
-                    if let Some((t, _)) = &self.tier {
-                        let bytes = stored.compact.encode(&d);
-                        t.store(&name, &bytes, &stored.intermediates);
-                        if let Some(w) = &wildcard {
-                            t.store(w, &bytes, &stored.intermediates);
-                        }
+                if let (TierData::Store(stored), Some((t, _)), Some(since)) =
+                    (&tier, &self.tier, since)
+                {
+                    let bytes = stored.compact.encode(&d);
+                    let mut kept = t.store(&name, &bytes, &stored.intermediates, since);
+                    if let Some(w) = &wildcard {
+                        kept &= t.store(w, &bytes, &stored.intermediates, since);
+                    }
+                    if !kept {
+                        // Another worker applied an invalidation of it
+                        // while this lookup ran; this worker's own message
+                        // is on its way and drops its copy too.
+                        self.count(Simple::TierStoresRefused);
+                        log(
+                            Level::Info,
+                            format!(
+                                "dyncert: \"{name}\" was read before an invalidation another \
+                                 worker applied; not stored in the shared zone"
+                            ),
+                        );
                     }
                 }
                 if let Some(w) = wildcard {
@@ -2327,7 +2360,8 @@ mod tests {
     struct Host {
         a: TestWorker,
         b: TestWorker,
-        /// B's counters.
+        /// A's and B's counters.
+        ma: Rc<Metrics>,
         mb: Rc<Metrics>,
         tier: Rc<MemoryTier>,
         interner: Arc<Interner>,
@@ -2336,14 +2370,14 @@ mod tests {
     fn host() -> Host {
         let tier = Rc::new(MemoryTier::default());
         let interner = Arc::new(Interner::default());
-        let a = worker()
-            .0
-            .with_tier(Box::new(tier.clone()), interner.clone());
+        let (a, ma) = worker();
+        let a = a.with_tier(Box::new(tier.clone()), interner.clone());
         let (b, mb) = worker();
         let b = b.with_tier(Box::new(tier.clone()), interner.clone());
         Host {
             a,
             b,
+            ma,
             mb,
             tier,
             interner,
@@ -2401,6 +2435,7 @@ mod tests {
             mb,
             tier,
             interner,
+            ..
         } = host();
         assert_eq!(mb.simple(Simple::TierLoads), 0);
         assert_eq!(a.pre_handshake("a.example.com", 1, NOW), PreHandshake::Park);
@@ -2485,6 +2520,7 @@ mod tests {
             mb,
             tier,
             interner,
+            ..
         } = host();
         a.pre_handshake("a.example.com", 1, NOW);
         // Expires in a minute; by the time B loads it, it has expired.
@@ -2542,13 +2578,92 @@ mod tests {
         );
         b.invalidate("y.example.com");
         assert!(tier.is_empty());
+        a.invalidate("y.example.com");
+        a.pre_handshake("y.example.com", 3, NOW);
         apply(
             &mut a,
             found_storable("y.example.com", cert(2, NOT_AFTER), None),
             NOW,
         );
+        assert_eq!(tier.len(), 1);
         b.invalidate("*");
         assert!(tier.is_empty());
+    }
+
+    #[test]
+    fn a_record_read_before_another_workers_invalidation_is_not_stored_in_the_tier() {
+        let Host {
+            mut a,
+            mut b,
+            ma,
+            tier,
+            interner,
+            ..
+        } = host();
+        // A starts a lookup; B applies an invalidation of the name before
+        // A's own message arrives, and A's lookup then answers with what
+        // it read before the update.
+        a.pre_handshake("a.example.com", 1, NOW);
+        apply(&mut b, Event::Invalidate("a.example.com".into()), NOW);
+        let (woken, lines) = apply(
+            &mut a,
+            found_storable("a.example.com", cert(1, NOT_AFTER), None),
+            NOW,
+        );
+        assert_eq!(woken, [1], "A's waiter is served; A's message drops it");
+        assert!(tier.is_empty(), "the old record must not reach the tier");
+        assert_eq!(ma.simple(Simple::TierStoresRefused), 1);
+        assert!(lines
+            .iter()
+            .any(|(l, m)| *l == Level::Info && m.contains("not stored in the shared zone")));
+        // B misses the tier and asks the sources.
+        assert_eq!(b.pre_handshake("a.example.com", 2, NOW), PreHandshake::Park);
+        assert_eq!(asked(&b), ["a.example.com"]);
+        // A's message arrives; its next lookup started after the
+        // invalidation and is stored, and B can load it from there.
+        apply(&mut a, Event::Invalidate("a.example.com".into()), NOW);
+        assert_eq!(fingerprint(a.for_handshake("a.example.com", NOW)).0, None);
+        a.pre_handshake("a.example.com", 3, NOW);
+        apply(
+            &mut a,
+            found_storable("a.example.com", cert(2, NOT_AFTER), None),
+            NOW,
+        );
+        assert_eq!(tier.len(), 1);
+        assert_eq!(ma.simple(Simple::TierStoresRefused), 1);
+        let mut c = worker()
+            .0
+            .with_tier(Box::new(tier.clone()), interner.clone());
+        c.pre_handshake("a.example.com", 4, NOW);
+        assert_eq!(run_loads(&mut c, &interner, NOW), [4]);
+        assert_eq!(
+            fingerprint(c.for_handshake("a.example.com", NOW)).0,
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_wildcard_invalidation_elsewhere_keeps_both_keys_out_of_the_tier() {
+        let Host {
+            mut a, mut b, tier, ..
+        } = host();
+        a.pre_handshake("x.example.com", 1, NOW);
+        apply(&mut b, Event::Invalidate("*.example.com".into()), NOW);
+        apply(
+            &mut a,
+            found_storable("x.example.com", cert(1, NOT_AFTER), Some("*.example.com")),
+            NOW,
+        );
+        assert!(tier.is_empty());
+        // An invalidation of an unrelated name does not get in the way.
+        a.pre_handshake("y.example.com", 2, NOW);
+        apply(&mut b, Event::Invalidate("z.example.org".into()), NOW);
+        apply(
+            &mut a,
+            found_storable("y.example.com", cert(2, NOT_AFTER), None),
+            NOW,
+        );
+        assert_eq!(tier.len(), 1);
     }
 
     #[test]
@@ -2559,6 +2674,7 @@ mod tests {
             mb,
             tier,
             interner,
+            ..
         } = host();
         a.pre_handshake("a.example.com", 1, NOW);
         apply(

@@ -22,7 +22,7 @@ use dyncert_core::compact::IntermediateDers;
 use dyncert_core::intern::CertDigest;
 use dyncert_core::metrics::ZoneFigures;
 use dyncert_core::name::wildcard_parent;
-use dyncert_core::tier::{SharedTier, TierHit};
+use dyncert_core::tier::{fnv1a, Invalidations, SharedTier, TierHit};
 use ngx::http::HttpModule;
 
 use super::conf::{emerg, Module, Refused};
@@ -34,7 +34,7 @@ use ngx::ffi::{
 };
 
 /// Marks a zone whose header is ours (and of this layout).
-const MAGIC: u64 = 0x6479_6e63_7a6f_6e31; // "dynczon1"
+const MAGIC: u64 = 0x6479_6e63_7a6f_6e32; // "dynczon2"
 
 /// Most records evicted to make room for one.
 const MAX_EVICTIONS_PER_STORE: usize = 64;
@@ -50,6 +50,8 @@ struct Header {
     intermediates: ngx_rbtree_t,
     intermediates_sentinel: ngx_rbtree_node_t,
     stats: ZoneStats,
+    /// The invalidations applied so far, which a store checks.
+    invalidations: Invalidations,
 }
 
 /// What the zone reports to the metrics.
@@ -83,16 +85,6 @@ struct Intermediate {
     refs: usize,
     digest: CertDigest,
     len: usize,
-}
-
-/// FNV-1a over the name, the records tree's key.
-fn name_hash(name: &[u8]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for &b in name {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
 }
 
 fn digest_key(d: &CertDigest) -> usize {
@@ -262,7 +254,7 @@ impl Zone {
         };
         // SAFETY: the tree is initialised; lookup only reads the key.
         let sn = unsafe {
-            ngx_str_rbtree_lookup(ptr::addr_of_mut!((*h).records), &mut key, name_hash(name))
+            ngx_str_rbtree_lookup(ptr::addr_of_mut!((*h).records), &mut key, fnv1a(name))
         };
         // SAFETY: sn is the first field of a Record (repr(C)).
         (!sn.is_null()).then_some(sn as *mut Record)
@@ -458,8 +450,27 @@ impl SharedTier for Zone {
         }
     }
 
-    fn store(&self, name: &str, bytes: &[u8], intermediates: &IntermediateDers) {
+    fn generation(&self) -> u64 {
         let lock = self.lock();
+        let h = self.hdr(&lock);
+        // SAFETY: the header is live; the mutex is held.
+        unsafe { (*h).invalidations.generation() }
+    }
+
+    fn store(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        intermediates: &IntermediateDers,
+        since: u64,
+    ) -> bool {
+        let lock = self.lock();
+        let h = self.hdr(&lock);
+        // SAFETY: the header is live; the mutex is held, so no invalidation
+        // is noted between this check and the insert below.
+        if unsafe { (*h).invalidations.covers_since(name, since) } {
+            return false;
+        }
         if let Some(old) = self.find(&lock, name.as_bytes()) {
             self.remove_record(&lock, old);
         }
@@ -469,7 +480,7 @@ impl SharedTier for Zone {
                 for d in &referenced {
                     self.unref_intermediate(&lock, d);
                 }
-                return;
+                return true;
             }
             referenced.push(*d);
         }
@@ -478,7 +489,7 @@ impl SharedTier for Zone {
             for d in &referenced {
                 self.unref_intermediate(&lock, d);
             }
-            return;
+            return true;
         };
         let r = p.as_ptr() as *mut Record;
         let h = self.hdr(&lock);
@@ -498,7 +509,7 @@ impl SharedTier for Zone {
                 len: name.len(),
                 data,
             };
-            (*r).sn.node.key = name_hash(name.as_bytes()) as usize;
+            (*r).sn.node.key = fnv1a(name.as_bytes()) as usize;
             (*r).blob_len = bytes.len();
             (*r).n_inter = referenced.len();
             ngx_rbtree_insert(
@@ -509,10 +520,13 @@ impl SharedTier for Zone {
             (*h).stats.records += 1;
             (*h).stats.stores += 1;
         }
+        true
     }
 
     fn remove(&self, name: &str) {
         let lock = self.lock();
+        // SAFETY: the header is live; the mutex is held.
+        unsafe { (*self.hdr(&lock)).invalidations.note(name) };
         if let Some(r) = self.find(&lock, name.as_bytes()) {
             self.remove_record(&lock, r);
         }
@@ -520,6 +534,8 @@ impl SharedTier for Zone {
 
     fn remove_wildcard(&self, wildcard: &str) {
         let lock = self.lock();
+        // SAFETY: the header is live; the mutex is held.
+        unsafe { (*self.hdr(&lock)).invalidations.note(wildcard) };
         self.remove_where(&lock, |name| {
             let name = String::from_utf8_lossy(name);
             name == wildcard || wildcard_parent(&name).as_deref() == Some(wildcard)
@@ -528,6 +544,8 @@ impl SharedTier for Zone {
 
     fn clear(&self) {
         let lock = self.lock();
+        // SAFETY: the header is live; the mutex is held.
+        unsafe { (*self.hdr(&lock)).invalidations.note("*") };
         self.remove_where(&lock, |_| true);
     }
 }
