@@ -155,6 +155,60 @@ fn next_terminator_finds_the_api_certificate_in_redis() {
     );
 }
 
+/// The first certificate of a record's `crt` field, as DER.
+fn record_leaf_der(redis: &Redis, name: &str) -> Option<Vec<u8>> {
+    let crt = redis.record_field(name, "crt")?;
+    let chain = X509::stack_from_pem(crt.as_bytes()).ok()?;
+    chain.first().map(|c| c.to_der().unwrap())
+}
+
+#[test]
+fn a_record_written_while_the_api_answers_is_not_overwritten_by_the_write_back() {
+    let mut s = ApiStack::start(1, HTTP);
+    let name = "race.example.com";
+    let old = s.pki.leaf(&[name], 8031);
+    let new = s.pki.leaf(&[name], 8032);
+    assert!(s
+        .redis
+        .wait_subscribers("dyncert:invalidate", 1, Duration::from_secs(5)));
+    // Redis has no record: the lookup asks the API, which is slow to
+    // answer with the certificate it had.
+    s.api
+        .set(name, ApiReply::cert(&old).after(Duration::from_millis(800)));
+    std::thread::scope(|scope| {
+        let handshake = scope.spawn(|| s.get(name));
+        assert!(
+            s.api.wait_requests_for(name, 1, Duration::from_secs(5)),
+            "{}",
+            s.api.dump()
+        );
+        // Meanwhile the operator stores the renewal and announces it.
+        s.redis.put_leaf(name, &new);
+        s.redis.publish("dyncert:invalidate", name);
+        let r = handshake.join().unwrap();
+        r.assert_served(&new, &s.pki);
+    });
+    // The write-back must not replace the operator's record with the
+    // API's older answer (give it time to have been tried).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        record_leaf_der(&s.redis, name),
+        Some(new.issued.cert.to_der().unwrap()),
+        "the write-back overwrote the record written meanwhile: {:?}",
+        s.redis.record(name)
+    );
+    assert_eq!(s.redis.ttl(name), -1, "the operator's record got a TTL");
+    // A handshake after the caches are dropped still gets the renewal.
+    s.redis.publish("dyncert:invalidate", name);
+    let r = poll(Duration::from_secs(5), Duration::from_millis(50), || {
+        let r = s.get(name);
+        (r.source() == "redis").then_some(r)
+    })
+    .expect("fetched again after the invalidation");
+    r.assert_served(&new, &s.pki);
+    s.nginx.assert_healthy();
+}
+
 #[test]
 fn writeback_ttl_defaults_to_24_hours() {
     let s = ApiStack::start(1, &HTTP.replace(" writeback=1h;", ";"));

@@ -179,11 +179,25 @@ pub(super) struct Expiry {
     pub not_after_secs: u64,
 }
 
-/// Stores an API answer in Redis (DEL, HSET, EXPIRE and the expiry
-/// index's ZADD, atomically) so the next terminator finds it there. Best
-/// effort, off the lookup's path. In a Cluster the record and the index
-/// are in different hash slots, which one MULTI/EXEC cannot span: the
-/// record is written atomically, then the index entry (see
+/// Writes an API answer back only while its record is still absent:
+/// `KEYS[1]` the record, `KEYS[2]` (optional) the expiry index; `ARGV[1]`
+/// the TTL, `ARGV[2]` and `ARGV[3]` the index score and member, then the
+/// record's field/value pairs. 1 when written, 0 when a record appeared
+/// meanwhile.
+const WRITE_BACK_LUA: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
+    redis.call('HSET', KEYS[1], unpack(ARGV, 4)) \
+    redis.call('EXPIRE', KEYS[1], ARGV[1]) \
+    if #KEYS > 1 then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3]) end \
+    return 1";
+
+/// Stores an API answer in Redis (HSET, EXPIRE and the expiry index's
+/// ZADD, atomically, in one script) so the next terminator finds it there.
+/// Only while the name still has no record: the API was asked because
+/// Redis had none, and one written since (a renewal stored by the
+/// operator while the API answered) is newer than the answer, so it is
+/// never replaced. Best effort, off the lookup's path. In a Cluster the
+/// record and the index are in different hash slots, which one script
+/// cannot span: the record is written, then the index entry (see
 /// `Topology::spans_slots_in_transactions`).
 pub(super) fn write_back(mut conn: RedisConn, w: WriteBack, ttl: Duration, t: Duration) {
     let ttl = ttl.as_secs().max(1);
@@ -195,27 +209,34 @@ pub(super) fn write_back(mut conn: RedisConn, w: WriteBack, ttl: Duration, t: Du
             second_der,
             index,
         } = w;
-        let mut pipe = redis::pipe();
-        // DEL first: policy fields the API no longer sends must not
-        // linger from an older record.
-        pipe.atomic().cmd("DEL").arg(&key).ignore();
-        let hset = pipe
-            .cmd("HSET")
-            .arg(&key)
-            .arg("crt")
+        let one_transaction = conn.spans_slots_in_transactions();
+        let in_script = index.as_ref().filter(|_| one_transaction);
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(WRITE_BACK_LUA)
+            .arg(if in_script.is_some() { 2 } else { 1 })
+            .arg(&key);
+        match in_script {
+            Some(e) => eval
+                .arg(&e.index)
+                .arg(ttl)
+                .arg(e.not_after_secs)
+                .arg(&e.name),
+            None => eval.arg(ttl).arg(0).arg(""),
+        };
+        eval.arg("crt")
             .arg(record.crt.as_slice())
             .arg("key")
             .arg(record.key.as_slice());
         if let Some(a) = &record.allow {
-            hset.arg("allow").arg(a.as_slice());
+            eval.arg("allow").arg(a.as_slice());
         }
         if let Some(c) = &record.client_ca {
-            hset.arg("client_ca").arg(c.as_slice());
+            eval.arg("client_ca").arg(c.as_slice());
         }
         // The fast form beside the PEM one (which terminators that only
         // know PEM still read): what the next terminator loads.
         if let Some((crt_der, key_der)) = &der {
-            hset.arg("crt_der")
+            eval.arg("crt_der")
                 .arg(crt_der.as_slice())
                 .arg("key_der")
                 .arg(key_der.as_slice());
@@ -223,31 +244,22 @@ pub(super) fn write_back(mut conn: RedisConn, w: WriteBack, ttl: Duration, t: Du
         // The second pair as it came (its key wrapped if it was), with
         // its fast form.
         if let Some(p) = &record.second {
-            hset.arg("crt_rsa")
+            eval.arg("crt_rsa")
                 .arg(p.crt.as_slice())
                 .arg("key_rsa")
                 .arg(p.key.as_slice());
         }
         if let Some((crt_der, key_der)) = &second_der {
-            hset.arg("crt_der_rsa")
+            eval.arg("crt_der_rsa")
                 .arg(crt_der.as_slice())
                 .arg("key_der_rsa")
                 .arg(key_der.as_slice());
         }
-        hset.ignore().cmd("EXPIRE").arg(&key).arg(ttl).ignore();
-        // In the same transaction, so the index never names a record
-        // that was not written (or misses one that was); in a Cluster
-        // right after it, once the record is written.
-        let mut zadd = redis::cmd("ZADD");
-        if let Some(e) = &index {
+        let written = tokio::time::timeout(t, eval.query_async::<i64>(&mut conn)).await;
+        // In a Cluster, the index entry right after the record it names.
+        if let (Some(e), false, Ok(Ok(1))) = (&index, one_transaction, &written) {
+            let mut zadd = redis::cmd("ZADD");
             zadd.arg(&e.index).arg(e.not_after_secs).arg(&e.name);
-        }
-        let one_transaction = conn.spans_slots_in_transactions();
-        if index.is_some() && one_transaction {
-            pipe.add_command(zadd.clone()).ignore();
-        }
-        let written = tokio::time::timeout(t, pipe.query_async::<()>(&mut conn)).await;
-        if index.is_some() && !one_transaction && matches!(written, Ok(Ok(()))) {
             let _ = tokio::time::timeout(t, zadd.query_async::<()>(&mut conn)).await;
         }
     });
