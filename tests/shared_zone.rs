@@ -1,8 +1,10 @@
 //! `dyncert_shared_zone`: one store per host. A name one worker fetched is
 //! loaded by the others from the zone (no Redis command), survives a
 //! worker killed and respawned and a reload that keeps the zone, leaves it
-//! when invalidated, and a zone too small for the names evicts its least
-//! recently used records without failing a handshake.
+//! when invalidated (also when a worker that has not yet applied the
+//! invalidation finishes a lookup that read the old record), and a zone
+//! too small for the names evicts its least recently used records without
+//! failing a handshake.
 
 use dyncert_testkit::*;
 use std::collections::BTreeMap;
@@ -183,6 +185,177 @@ fn an_invalidation_clears_the_zone_and_the_next_handshake_fetches_again() {
         r.assert_served(&new, &h.s.pki);
     }
     h.s.nginx.assert_healthy();
+}
+
+/// A zone, the certificate API behind Redis, and a cache that keeps what
+/// it has for an hour (only invalidations drop it).
+const HTTP_API: &str = r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    dyncert_api @API@ writeback=1h;
+    dyncert_api_timeout 2s;
+    dyncert_fetch_timeout 3s;
+    dyncert_shared_zone dyncert:8m;
+    dyncert_cache max=1000 valid=1h stale=1h;
+    server {
+        listen 127.0.0.1:@MPORT@;
+        location = /metrics { dyncert_metrics; }
+    }
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
+    }
+}
+"#;
+
+/// Local and remote port and inode of this host's IPv4 TCP sockets.
+fn tcp_sockets() -> Vec<(u16, u16, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            Some((port(f.get(1)?)?, port(f.get(2)?)?, f.get(9)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The local ports of `pid`'s TCP connections to `remote` (any thread's).
+fn ports_to(pid: u32, remote: u16) -> Vec<u16> {
+    let inodes: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| {
+                let link = std::fs::read_link(e.ok()?.path()).ok()?;
+                let link = link.to_str()?;
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    tcp_sockets()
+        .into_iter()
+        .filter(|(_, r, inode)| *r == remote && inodes.contains(inode))
+        .map(|(l, _, _)| l)
+        .collect()
+}
+
+/// Redis's id for the pub/sub client connected from one of `ports`.
+fn subscriber_id(redis: &Redis, ports: &[u16]) -> Option<String> {
+    let Reply::Bulk(Some(list)) = redis.cmd(&["CLIENT", "LIST", "TYPE", "pubsub"]) else {
+        return None;
+    };
+    String::from_utf8_lossy(&list).lines().find_map(|line| {
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(k).map(str::to_owned))
+        };
+        let port: u16 = field("addr=")?.rsplit(':').next()?.parse().ok()?;
+        ports.contains(&port).then(|| field("id="))?
+    })
+}
+
+#[test]
+fn a_record_read_before_another_workers_invalidation_stays_out_of_the_zone() {
+    // Worker A looks a name up in the slow API; the operator stores a
+    // renewal and publishes it while A's subscription is down, so worker B
+    // applies the invalidation and A does not. A's answer (the old
+    // certificate) must not reach the zone, where B would load it.
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let api = CertApi::start();
+    let mport = free_port();
+    let mut nginx = Nginx::start(
+        &pki,
+        HTTP_API,
+        NginxOpts::new()
+            .workers(2)
+            .redis(&redis)
+            .api(&api)
+            .var("MPORT", mport),
+    );
+    assert!(redis.wait_subscribers("dyncert:invalidate", 2, STARTUP_DEADLINE));
+    let name = "raced.example.com";
+    let old = pki.leaf(&[name], 9011);
+    let new = pki.leaf(&[name], 9012);
+    api.set(
+        name,
+        ApiReply::cert(&old).after(Duration::from_millis(1500)),
+    );
+
+    let a = std::thread::scope(|scope| {
+        let first = scope.spawn(|| {
+            Request::default()
+                .sni(name)
+                .https(nginx.port)
+                .expect("the first handshake")
+        });
+        assert!(
+            api.wait_requests_for(name, 1, STARTUP_DEADLINE),
+            "{}",
+            api.dump()
+        );
+        let a = poll(STARTUP_DEADLINE, Duration::from_millis(10), || {
+            nginx
+                .worker_pids()
+                .into_iter()
+                .find(|pid| !ports_to(*pid, api.port).is_empty())
+        })
+        .expect("the worker asking the API");
+        let id = subscriber_id(&redis, &ports_to(a, redis.port))
+            .unwrap_or_else(|| panic!("worker {a}'s subscription in CLIENT LIST"));
+        // In one pipeline, well within the 100 ms A waits before it
+        // subscribes again.
+        let key = format!("dyncert:cert:{name}");
+        let replies = redis.pipeline([
+            encode_command(&["CLIENT", "KILL", "ID", &id]),
+            encode_command(&["HSET", &key, "crt", &new.chain_pem, "key", &new.key_pem]),
+            encode_command(&["PUBLISH", "dyncert:invalidate", name]),
+        ]);
+        assert_eq!(
+            replies.last(),
+            Some(&Reply::Int(1)),
+            "only the other worker is subscribed: {replies:?}"
+        );
+        // A answers its waiter with what it read.
+        let r = first.join().unwrap();
+        assert_eq!(r.pid(), a);
+        r.assert_served(&old, &pki);
+        a
+    });
+    let metric = |key: &str| scrape_metrics(mport).get(key);
+    assert_eq!(
+        metric("dyncert_shared_stores_refused_total"),
+        1.0,
+        "{}",
+        nginx.logs()
+    );
+    assert!(nginx.error_log().contains(&format!(
+        "\"{name}\" was read before an invalidation another worker applied"
+    )));
+    // B gets the renewal (from Redis, or from the zone once A's refresh,
+    // which its re-subscription scheduled, stored it), never the old
+    // certificate from the zone. A serves its old copy until that
+    // refresh answers.
+    let by_b: Vec<Exchange> = nginx
+        .hit_every_worker(name, STARTUP_DEADLINE)
+        .into_iter()
+        .filter(|r| r.pid() != a)
+        .collect();
+    assert!(!by_b.is_empty());
+    for r in &by_b {
+        r.assert_served(&new, &pki);
+    }
+    nginx.assert_healthy();
 }
 
 #[test]
