@@ -31,7 +31,7 @@ use crate::dns01::{challenge_fqdn, wildcard_refusal};
 use crate::due::already_replaced;
 use crate::error::CliError;
 use crate::hook::DnsHook;
-use crate::store::Store;
+use crate::store::{Expect, Store};
 use dyncert_core::keywrap::Keyring;
 
 /// Key prefix of HTTP-01 answers: the module's `dyncert_acme_prefix`
@@ -75,6 +75,10 @@ pub struct Request {
     /// The keys of `--key-encryption-key`: for `encrypt_with`, and for
     /// `renew` to keep a record encrypted under the id it had.
     pub key_ring: Keyring,
+    /// Store the new certificate only while the record is still as it
+    /// was when the order was decided (`None`: replace whatever is there,
+    /// as `dyncert issue` does); otherwise [`CliError::Changed`].
+    pub expect: Option<Expect>,
 }
 
 impl Default for Request {
@@ -94,6 +98,7 @@ impl Default for Request {
             replaces: None,
             encrypt_with: None,
             key_ring: Keyring::new(),
+            expect: None,
         }
     }
 }
@@ -297,7 +302,18 @@ async fn issue_async(store: &mut Store, req: &Request) -> Result<Prepared, CliEr
         let prefix = store.prefix().to_owned();
         crate::keys::seal_prepared(&mut prepared, &prefix, id, &req.key_ring)?;
     }
-    store.put(&prepared)?;
+    match &req.expect {
+        None => store.put(&prepared)?,
+        Some(expect) => {
+            if !store.put_if(&prepared, expect)? {
+                return Err(CliError::Changed(
+                    "the record changed while the certificate was ordered; it is kept \
+                     and the new certificate is not stored"
+                        .to_owned(),
+                ));
+            }
+        }
+    }
     Ok(prepared)
 }
 

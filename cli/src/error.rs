@@ -29,6 +29,9 @@ pub enum CliError {
     /// Another process holds the name's order lock: an order for it is in
     /// flight elsewhere in the fleet, so none is started here.
     Busy(String),
+    /// The record changed while a certificate was ordered for it (an
+    /// operator's `put` meanwhile): the new certificate was not stored.
+    Changed(String),
 }
 
 impl CliError {
@@ -54,9 +57,11 @@ impl CliError {
                 format!("{} ({})", refusal.reason, refusal.label)
             }
             CliError::Absent(name) => format!("no record for \"{name}\""),
-            CliError::Input(m) | CliError::Redis(m) | CliError::Acme(m) | CliError::Busy(m) => {
-                m.clone()
-            }
+            CliError::Input(m)
+            | CliError::Redis(m)
+            | CliError::Acme(m)
+            | CliError::Busy(m)
+            | CliError::Changed(m) => m.clone(),
         }
     }
 }
@@ -70,9 +75,11 @@ impl fmt::Display for CliError {
                 refusal.reason, refusal.label
             ),
             CliError::Absent(name) => write!(f, "no record for \"{name}\""),
-            CliError::Input(m) | CliError::Redis(m) | CliError::Acme(m) | CliError::Busy(m) => {
-                f.write_str(m)
-            }
+            CliError::Input(m)
+            | CliError::Redis(m)
+            | CliError::Acme(m)
+            | CliError::Busy(m)
+            | CliError::Changed(m) => f.write_str(m),
         }
     }
 }

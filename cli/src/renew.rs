@@ -16,7 +16,7 @@ use crate::cert::{days_left, now_secs, stored_leaf, StoredLeaf};
 use crate::dns01::base64url_encode;
 use crate::due::{ari_due_from, der_serial, due_from, jitter, renewal_names, Window};
 use crate::error::CliError;
-use crate::store::Store;
+use crate::store::{Expect, Store};
 
 pub struct Options {
     pub window: Window,
@@ -164,6 +164,10 @@ fn renew_one(
     req.allow = fields.get("allow").cloned();
     req.client_ca = fields.get("client_ca").cloned();
     req.replaces = ari.map(|(_, _, id)| id);
+    // What was read is what the renewal replaces: a record changed while
+    // the certificate is ordered (an operator's put, a tightened allow)
+    // is kept.
+    req.expect = Some(Expect::Unchanged(fields.clone()));
     // An encrypted record stays encrypted (under its own id unless
     // --encrypt-with says another): a plain key would be refused by
     // terminators with dyncert_key_encryption required.
@@ -185,6 +189,7 @@ fn renew_one(
         Ok(p) => p,
         // `dyncert run` or another renew is ordering it right now.
         Err(CliError::Busy(why)) => return Ok((Outcome::Skipped, why)),
+        Err(CliError::Changed(why)) => return Ok((Outcome::Skipped, why)),
         Err(e) => return Err(e),
     };
     let sent = store.invalidate(&p.name)?;

@@ -30,7 +30,7 @@ use crate::lease::{Change, Lease, Op, Reply};
 use crate::metrics::{Failure, Metrics, OnDemand, Order};
 use crate::renew;
 use crate::schedule::{Schedule, Step};
-use crate::store::Store;
+use crate::store::{Expect, Store};
 use dyncert_core::on_demand;
 
 /// The stream terminators add unknown names to (`dyncert_on_demand_stream`'s
@@ -584,6 +584,9 @@ impl Worker {
         self.count_order(Some(registered_domain(name)), name)?;
         let mut req = self.cfg.template.clone();
         req.names = vec![name.to_owned()];
+        // Ordered because no record existed: one stored meanwhile (an
+        // operator's put) wins over the certificate ordered here.
+        req.expect = Some(Expect::Absent);
         match acme::issue_locked(&mut self.store, &req, lock) {
             Ok(p) => {
                 let _: i64 = self
@@ -599,6 +602,13 @@ impl Worker {
                 Ok(Some(OnDemand::Issued))
             }
             Err(CliError::Redis(e)) => Err(CliError::Redis(e)),
+            Err(CliError::Changed(why)) => {
+                let _: i64 = self
+                    .store
+                    .q(redis::cmd("HDEL").arg(BACKOFF_KEY).arg(name).clone())?;
+                log(format_args!("on-demand \"{name}\": {why}"));
+                Ok(Some(OnDemand::Exists))
+            }
             Err(e) => {
                 let b = Backoff::after_failure(self.backoff(name)?, now);
                 let _: i64 = self.store.q(redis::cmd("HSET")

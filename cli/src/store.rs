@@ -29,6 +29,15 @@ pub struct Keys {
     pub index: Option<String>,
 }
 
+/// What a record must still be for [`Store::put_if`] to replace it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// No record (on-demand issuance for a name nobody has).
+    Absent,
+    /// Exactly these fields (HGETALL), as read before the order (renewal).
+    Unchanged(HashMap<String, Vec<u8>>),
+}
+
 pub struct Store {
     conn: Conn,
     keys: Keys,
@@ -208,6 +217,66 @@ impl Store {
             self.q::<()>(zadd)?;
         }
         Ok(())
+    }
+
+    /// [`Self::put`] only while the record is as `expect` says (checked
+    /// and written in one script, atomic on the record's key, so also in
+    /// a Cluster): false, and nothing written, when it changed since it
+    /// was read. Issuance takes seconds; an operator's `put` (a new
+    /// certificate, a tightened `allow`) made meanwhile must not be
+    /// replaced by what was ordered from an older view of the record.
+    pub fn put_if(&mut self, p: &Prepared, expect: &Expect) -> Result<bool, CliError> {
+        const SCRIPT: &str = "local n = tonumber(ARGV[1]) \
+             if n < 0 then \
+               if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
+             elseif redis.call('HLEN', KEYS[1]) ~= n then return 0 end \
+             local i = 2 \
+             for _ = 1, math.max(n, 0) do \
+               if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then return 0 end \
+               i = i + 2 \
+             end \
+             redis.call('DEL', KEYS[1]) \
+             redis.call('HSET', KEYS[1], unpack(ARGV, i + 2)) \
+             if #KEYS > 1 then redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]) end \
+             return 1";
+        let key = self.key(&p.name);
+        let index = self.keys.index.clone();
+        let in_script = index.as_ref().filter(|_| self.one_transaction);
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(SCRIPT)
+            .arg(if in_script.is_some() { 2 } else { 1 })
+            .arg(&key);
+        if let Some(index) = in_script {
+            eval.arg(index);
+        }
+        match expect {
+            Expect::Absent => {
+                eval.arg(-1);
+            }
+            Expect::Unchanged(fields) => {
+                eval.arg(fields.len());
+                for (f, v) in fields {
+                    eval.arg(f).arg(v.as_slice());
+                }
+            }
+        }
+        eval.arg(p.not_after).arg(&p.name);
+        for (field, value) in &p.fields {
+            eval.arg(*field).arg(value.as_slice());
+        }
+        let written: i64 = self.q(eval)?;
+        if written == 1 && !self.one_transaction {
+            if let Some(index) = &index {
+                self.q::<()>(
+                    redis::cmd("ZADD")
+                        .arg(index)
+                        .arg(p.not_after)
+                        .arg(&p.name)
+                        .clone(),
+                )?;
+            }
+        }
+        Ok(written == 1)
     }
 
     /// True when the stored record holds exactly `p`'s fields and the

@@ -260,6 +260,62 @@ fn renew_reissues_a_wildcard_record_over_dns01_with_the_hook() {
 }
 
 #[test]
+fn renew_keeps_a_record_the_operator_changed_while_its_certificate_was_ordered() {
+    let stack = DnsStack::start(None);
+    let hook = DnsHookScript::new(&stack.chall, Present::Sets);
+    let out = issue_dns(&stack, &hook, WILDCARD, &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let old_serial = serial(&stored_leaf(&stack.redis, WILDCARD));
+
+    // Midway through the renewal's order (its DNS-01 present step), the
+    // operator tightens the record's allowlist.
+    let key = format!("dyncert:cert:{WILDCARD}");
+    let busy = DnsHookScript::with_extra(
+        &stack.chall,
+        Present::Sets,
+        &format!(
+            "[ \"$1\" = present ] && redis-cli -p {} HSET '{key}' allow 10.0.0.0/8 >/dev/null",
+            stack.redis.port
+        ),
+    );
+    let h = hook_args(&busy);
+    let renew = ["renew", "--within", "100000d", "--no-jitter", &h[1], &h[2]];
+    let out = acme(&stack.redis, &stack.pebble, &renew);
+    assert!(
+        out.stdout.contains(&format!(
+            "skipped \"{WILDCARD}\": the record changed while the certificate was ordered"
+        )),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(busy.calls().len(), 2, "the order ran: {:?}", busy.calls());
+    // The operator's record stands: its allowlist and its certificate.
+    assert_eq!(
+        stack.redis.record_field(WILDCARD, "allow").as_deref(),
+        Some("10.0.0.0/8")
+    );
+    assert_eq!(serial(&stored_leaf(&stack.redis, WILDCARD)), old_serial);
+
+    // The next renewal, with nothing changing under it, renews and keeps
+    // the allowlist.
+    let h = hook_args(&hook);
+    let renew = ["renew", "--within", "100000d", "--no-jitter", &h[1], &h[2]];
+    let out = acme(&stack.redis, &stack.pebble, &renew);
+    out.assert_ok(&stack.pebble.log());
+    assert!(
+        out.stdout.contains(&format!("renewed \"{WILDCARD}\"")),
+        "{}",
+        out.stdout
+    );
+    assert_ne!(serial(&stored_leaf(&stack.redis, WILDCARD)), old_serial);
+    assert_eq!(
+        stack.redis.record_field(WILDCARD, "allow").as_deref(),
+        Some("10.0.0.0/8")
+    );
+}
+
+#[test]
 fn a_ca_requiring_eab_refuses_an_unbound_account_and_accepts_a_bound_one() {
     let stack = DnsStack::start(Some((EAB_KID, EAB_KEY)));
     let hook = DnsHookScript::new(&stack.chall, Present::Sets);

@@ -47,6 +47,12 @@ struct AskServer {
 
 impl AskServer {
     fn start() -> AskServer {
+        Self::start_with(|_| {})
+    }
+
+    /// [`Self::start`] that calls `before` with each domain it allows,
+    /// before it answers.
+    fn start_with(before: impl Fn(&str) + Send + 'static) -> AskServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let asked = Arc::new(Mutex::new(Vec::new()));
@@ -71,6 +77,7 @@ impl AskServer {
                     .map(|(_, d)| d.to_owned())
                     .unwrap_or_default();
                 let status = if domain.starts_with("ok-") {
+                    before(&domain);
                     "200 OK"
                 } else {
                     "403 Forbidden"
@@ -705,6 +712,61 @@ fn a_first_visitor_triggers_issuance_served_by_two_terminators() {
     assert_eq!(served(&a, name).map(|s| s.0).as_ref(), Some(&seen[0]));
     a.assert_healthy();
     b.assert_healthy();
+}
+
+/// A record the operator stores while on-demand issuance is ordering the
+/// name (here: when the ask endpoint is asked, after the issuer found no
+/// record) is kept: the issued certificate is not stored over it, so
+/// neither its certificate nor its policy fields are lost.
+#[test]
+fn on_demand_keeps_a_record_stored_while_its_certificate_was_ordered() {
+    let AcmeStack {
+        nginx: _nginx,
+        pebble,
+        redis,
+        pki,
+        dns: _dns,
+    } = AcmeStack::start(ANSWER_AND_SERVE);
+    let name = "ok-raced.acme.test";
+    let leaf = pki.leaf(&[name], 7001);
+    let (port, crt, key) = (redis.port, leaf.chain_pem.clone(), leaf.key_pem.clone());
+    let ask = AskServer::start_with(move |domain| {
+        if domain == name {
+            let key_name = format!("dyncert:cert:{domain}");
+            let args = [
+                "HSET",
+                &key_name,
+                "crt",
+                &crt,
+                "key",
+                &key,
+                "allow",
+                "10.0.0.0/8",
+            ];
+            redis_command(port, &args).expect("the operator's put");
+        }
+    });
+    let issuer = Issuer::start_active(&redis, &pebble, &ask.url(), &[]);
+    xadd(&redis, name);
+    issuer.wait_metric(
+        "dyncert_issuer_on_demand_total{result=\"exists\"}",
+        Duration::from_secs(30),
+        |v| v == 1.0,
+    );
+    assert!(ask.asked().iter().any(|d| d == name), "{:?}", ask.asked());
+    assert!(
+        issuer
+            .log()
+            .contains("the record changed while the certificate was ordered"),
+        "{}",
+        issuer.log()
+    );
+    assert_eq!(serial_of(&redis, name), Some(serial(&leaf.issued.cert)));
+    assert_eq!(
+        redis.record_field(name, "allow").as_deref(),
+        Some("10.0.0.0/8")
+    );
+    assert_eq!(issuer.metric(ISSUED), 0.0);
 }
 
 /// The ask endpoint down or hanging fails closed: the name is refused,

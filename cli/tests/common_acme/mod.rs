@@ -272,6 +272,13 @@ pub struct DnsHookScript {
 
 impl DnsHookScript {
     pub fn new(chall: &ChallTestSrv, present: Present) -> DnsHookScript {
+        Self::with_extra(chall, present, "")
+    }
+
+    /// [`Self::new`] whose script also runs the shell line `extra` first
+    /// on every call (say, a concurrent change to Redis midway through an
+    /// order).
+    pub fn with_extra(chall: &ChallTestSrv, present: Present, extra: &str) -> DnsHookScript {
         use std::os::unix::fs::PermissionsExt;
         let dir = TempDir::new("dns-hook");
         let path = dir.path().join("hook.sh");
@@ -291,6 +298,7 @@ call() {{
   curl -sS -f -X POST -d "{{\"host\":\"$2\",\"value\":\"$3\"}}" "http://127.0.0.1:{port}/$1"
 }}
 echo "$1 $2 $3" >> '{log}'
+{extra}
 {special}
 case "$1" in
   present) call set-txt "$2" "$3" ;;
