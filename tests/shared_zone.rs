@@ -187,31 +187,19 @@ fn an_invalidation_clears_the_zone_and_the_next_handshake_fetches_again() {
     h.s.nginx.assert_healthy();
 }
 
-/// A zone, the certificate API behind Redis, and a cache that keeps what
-/// it has for an hour (only invalidations drop it).
-const HTTP_API: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_api @API@ writeback=1h;
-    dyncert_api_timeout 2s;
-    dyncert_fetch_timeout 3s;
-    dyncert_shared_zone dyncert:8m;
-    dyncert_cache max=1000 valid=1h stale=1h;
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
-    }
+/// [`HTTP`] with the certificate API behind Redis.
+fn http_api() -> String {
+    let redis = "    dyncert_redis @REDIS@;\n";
+    assert!(HTTP.contains(redis));
+    HTTP.replacen(
+        redis,
+        &format!(
+            "{redis}    dyncert_api @API@ writeback=1h;\n    dyncert_api_timeout 2s;\n    \
+             dyncert_fetch_timeout 3s;\n"
+        ),
+        1,
+    )
 }
-"#;
 
 /// Local and remote port and inode of this host's IPv4 TCP sockets.
 fn tcp_sockets() -> Vec<(u16, u16, u64)> {
@@ -274,14 +262,18 @@ fn a_record_read_before_another_workers_invalidation_stays_out_of_the_zone() {
     let redis = Redis::start();
     let api = CertApi::start();
     let mport = free_port();
+    // A cache that keeps what it has for an hour: only invalidations drop
+    // it.
     let mut nginx = Nginx::start(
         &pki,
-        HTTP_API,
+        &http_api(),
         NginxOpts::new()
             .workers(2)
             .redis(&redis)
             .api(&api)
-            .var("MPORT", mport),
+            .var("MPORT", mport)
+            .var("ZONE", "8m")
+            .var("CACHE", "max=1000 valid=1h stale=1h"),
     );
     assert!(redis.wait_subscribers("dyncert:invalidate", 2, STARTUP_DEADLINE));
     let name = "raced.example.com";
