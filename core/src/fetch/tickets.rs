@@ -237,7 +237,7 @@ async fn rotate(
     if got.is_none() {
         return Ok(prev.and_then(|p| load(cfg, p)));
     }
-    let result = rotate_locked(conn, cfg, prev, t).await;
+    let result = rotate_locked(conn, cfg, t).await;
     // Released only while it is still ours (it may have expired).
     let release = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
                    return redis.call('DEL', KEYS[1]) end return 0";
@@ -254,18 +254,24 @@ async fn rotate(
     result
 }
 
+/// Rotates the set as it is now (read again under the lock); writes the
+/// new one only if the key is still as read: absent stays absent until
+/// this SET (`NX`), present is not recreated after a delete (`XX`).
+/// An operator deletes the key to drop every key at once (after a leak):
+/// what was read before must never bring the old keys back as previous
+/// ones.
 async fn rotate_locked(
     conn: &mut RedisConn,
     cfg: &TicketConfig,
-    prev: Option<KeySet>,
     t: Duration,
 ) -> Result<Option<TicketNote>, String> {
-    // Another terminator may have rotated between the read and the lock.
+    // Another terminator may have rotated, or the operator deleted the
+    // set, between the first read and the lock.
     let prev = match read(conn, cfg, t).await {
         Ok(Some(set)) if !due(now_ms(), set.created_ms, cfg.period.as_millis() as u64) => {
             return Ok(load(cfg, set));
         }
-        Ok(current) => current.or(prev),
+        Ok(current) => current,
         Err(TicketNote::Failed(e)) => return Err(e),
         // Refused: never overwritten here (see the README).
         Err(n) => return Ok(Some(n)),
@@ -279,16 +285,22 @@ async fn rotate_locked(
         .storage
         .store(&set, &cfg.key)
         .ok_or_else(|| "cannot seal the ticket key set".to_owned())?;
-    tokio::time::timeout(
+    let written: Option<String> = tokio::time::timeout(
         t,
         redis::cmd("SET")
             .arg(&cfg.key)
             .arg(value)
-            .query_async::<()>(conn),
+            .arg(if prev.is_some() { "XX" } else { "NX" })
+            .query_async(conn),
     )
     .await
     .map_err(|_| "timeout".to_owned())?
     .map_err(|e| e.to_string())?;
+    if written.is_none() {
+        // Changed since the read (deleted, or made by another writer):
+        // the next check reads what is there.
+        return Ok(None);
+    }
     let channel = format!("{}{}", cfg.key, crate::tickets::ROTATED_SUFFIX);
     let _ = tokio::time::timeout(
         t,
@@ -301,4 +313,101 @@ async fn rotate_locked(
     let generation = set.generation;
     cfg.store.put(set);
     Ok(Some(TicketNote::Rotated { generation }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fetch::{Notes, RedisTarget, RedisTls};
+    use crate::tickets::NAME_BYTES;
+    use dyncert_testkit::Redis;
+
+    const KEY: &str = "dyncert:ticket-keys";
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn config() -> TicketConfig {
+        TicketConfig {
+            key: KEY.to_owned(),
+            period: Duration::from_secs(3600),
+            keep: 2,
+            storage: Storage::default(),
+            store: Box::leak(Box::new(TicketStore::new())),
+        }
+    }
+
+    fn stored(redis: &Redis) -> KeySet {
+        match redis.cmd(&["GET", KEY]) {
+            dyncert_testkit::Reply::Bulk(Some(v)) => KeySet::decode(&v).unwrap(),
+            r => panic!("no key set: {r:?}"),
+        }
+    }
+
+    #[test]
+    fn a_set_deleted_after_it_was_read_is_not_brought_back_by_the_rotation() {
+        let redis = Redis::start();
+        let t = Duration::from_secs(2);
+        let target = RedisTarget::new(&redis.url(), RedisTls::default(), t).unwrap();
+        let cfg = config();
+        rt().block_on(async {
+            let mut conn = target.connect(Notes::none()).unwrap();
+            // A set whose rotation is due (made at the epoch) is read ...
+            let leaked = KeySet::rotate(None, TicketKey::from_bytes([7; KEY_BYTES]), 0, 2);
+            let value = cfg.storage.store(&leaked, KEY).unwrap();
+            redis::cmd("SET")
+                .arg(KEY)
+                .arg(value)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+            let read = read(&mut conn, &cfg, t).await.unwrap().unwrap();
+            assert!(due(now_ms(), read.created_ms, 3_600_000));
+            // ... and deleted by the operator (its keys leaked) before
+            // this terminator takes the lock and rotates.
+            redis::cmd("DEL")
+                .arg(KEY)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+            let note = rotate(&mut conn, &cfg, Some(read), t).await.unwrap();
+            assert_eq!(note, Some(TicketNote::Rotated { generation: 1 }));
+        });
+        let set = stored(&redis);
+        assert_eq!(set.generation, 1);
+        assert_eq!(set.keys.len(), 1, "no previous keys after a delete");
+        assert!(
+            set.find(&[7; NAME_BYTES]).is_none(),
+            "the leaked key is back"
+        );
+    }
+
+    #[test]
+    fn a_due_set_is_rotated_keeping_its_keys_as_previous_ones() {
+        let redis = Redis::start();
+        let t = Duration::from_secs(2);
+        let target = RedisTarget::new(&redis.url(), RedisTls::default(), t).unwrap();
+        let cfg = config();
+        rt().block_on(async {
+            let mut conn = target.connect(Notes::none()).unwrap();
+            let old = KeySet::rotate(None, TicketKey::from_bytes([7; KEY_BYTES]), 0, 2);
+            let value = cfg.storage.store(&old, KEY).unwrap();
+            redis::cmd("SET")
+                .arg(KEY)
+                .arg(value)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+            let note = step(&mut conn, &cfg, t).await;
+            assert_eq!(note, Some(TicketNote::Rotated { generation: 2 }));
+        });
+        let set = stored(&redis);
+        assert_eq!(set.generation, 2);
+        assert_eq!(set.keys.len(), 2);
+        assert!(set.find(&[7; NAME_BYTES]).is_some());
+    }
 }
