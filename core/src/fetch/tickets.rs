@@ -254,10 +254,9 @@ async fn rotate(
     result
 }
 
-/// Rotates the set as it is now (read again under the lock); writes the
-/// new one only if the key is still as read: absent stays absent until
-/// this SET (`NX`), present is not recreated after a delete (`XX`).
-/// An operator deletes the key to drop every key at once (after a leak):
+/// Rotates the set as it is now (read again under the lock). A set that
+/// was there is replaced only while the key still exists (`XX`): an
+/// operator deletes the key to drop every key at once (after a leak), and
 /// what was read before must never bring the old keys back as previous
 /// ones.
 async fn rotate_locked(
@@ -285,20 +284,17 @@ async fn rotate_locked(
         .storage
         .store(&set, &cfg.key)
         .ok_or_else(|| "cannot seal the ticket key set".to_owned())?;
-    let written: Option<String> = tokio::time::timeout(
-        t,
-        redis::cmd("SET")
-            .arg(&cfg.key)
-            .arg(value)
-            .arg(if prev.is_some() { "XX" } else { "NX" })
-            .query_async(conn),
-    )
-    .await
-    .map_err(|_| "timeout".to_owned())?
-    .map_err(|e| e.to_string())?;
+    let mut set_cmd = redis::cmd("SET");
+    set_cmd.arg(&cfg.key).arg(value);
+    if prev.is_some() {
+        set_cmd.arg("XX");
+    }
+    let written: Option<String> = tokio::time::timeout(t, set_cmd.query_async(conn))
+        .await
+        .map_err(|_| "timeout".to_owned())?
+        .map_err(|e| e.to_string())?;
     if written.is_none() {
-        // Changed since the read (deleted, or made by another writer):
-        // the next check reads what is there.
+        // Deleted since the read: the next check makes a new set.
         return Ok(None);
     }
     let channel = format!("{}{}", cfg.key, crate::tickets::ROTATED_SUFFIX);
