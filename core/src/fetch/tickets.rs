@@ -344,24 +344,53 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_set_deleted_after_it_was_read_is_not_brought_back_by_the_rotation() {
+    const T: Duration = Duration::from_secs(2);
+
+    /// A redis-server holding a set made at the epoch (so its rotation is
+    /// due) whose one key is named [7; 16], and what reaches it.
+    struct DueSet {
+        redis: Redis,
+        target: RedisTarget,
+        cfg: TicketConfig,
+        rt: tokio::runtime::Runtime,
+    }
+
+    fn due_set() -> DueSet {
         let redis = Redis::start();
-        let t = Duration::from_secs(2);
-        let target = RedisTarget::new(&redis.url(), RedisTls::default(), t).unwrap();
+        let target = RedisTarget::new(&redis.url(), RedisTls::default(), T).unwrap();
         let cfg = config();
-        rt().block_on(async {
+        let rt = rt();
+        rt.block_on(async {
             let mut conn = target.connect(Notes::none()).unwrap();
-            // A set whose rotation is due (made at the epoch) is read ...
-            let leaked = KeySet::rotate(None, TicketKey::from_bytes([7; KEY_BYTES]), 0, 2);
-            let value = cfg.storage.store(&leaked, KEY).unwrap();
+            let old = KeySet::rotate(None, TicketKey::from_bytes([7; KEY_BYTES]), 0, 2);
+            let value = cfg.storage.store(&old, KEY).unwrap();
             redis::cmd("SET")
                 .arg(KEY)
                 .arg(value)
                 .query_async::<()>(&mut conn)
                 .await
                 .unwrap();
-            let read = read(&mut conn, &cfg, t).await.unwrap().unwrap();
+        });
+        DueSet {
+            redis,
+            target,
+            cfg,
+            rt,
+        }
+    }
+
+    #[test]
+    fn a_set_deleted_after_it_was_read_is_not_brought_back_by_the_rotation() {
+        let DueSet {
+            redis,
+            target,
+            cfg,
+            rt,
+        } = due_set();
+        rt.block_on(async {
+            let mut conn = target.connect(Notes::none()).unwrap();
+            // The due set is read ...
+            let read = read(&mut conn, &cfg, T).await.unwrap().unwrap();
             assert!(due(now_ms(), read.created_ms, 3_600_000));
             // ... and deleted by the operator (its keys leaked) before
             // this terminator takes the lock and rotates.
@@ -370,7 +399,7 @@ mod tests {
                 .query_async::<()>(&mut conn)
                 .await
                 .unwrap();
-            let note = rotate(&mut conn, &cfg, Some(read), t).await.unwrap();
+            let note = rotate(&mut conn, &cfg, Some(read), T).await.unwrap();
             assert_eq!(note, Some(TicketNote::Rotated { generation: 1 }));
         });
         let set = stored(&redis);
@@ -384,21 +413,15 @@ mod tests {
 
     #[test]
     fn a_due_set_is_rotated_keeping_its_keys_as_previous_ones() {
-        let redis = Redis::start();
-        let t = Duration::from_secs(2);
-        let target = RedisTarget::new(&redis.url(), RedisTls::default(), t).unwrap();
-        let cfg = config();
-        rt().block_on(async {
+        let DueSet {
+            redis,
+            target,
+            cfg,
+            rt,
+        } = due_set();
+        rt.block_on(async {
             let mut conn = target.connect(Notes::none()).unwrap();
-            let old = KeySet::rotate(None, TicketKey::from_bytes([7; KEY_BYTES]), 0, 2);
-            let value = cfg.storage.store(&old, KEY).unwrap();
-            redis::cmd("SET")
-                .arg(KEY)
-                .arg(value)
-                .query_async::<()>(&mut conn)
-                .await
-                .unwrap();
-            let note = step(&mut conn, &cfg, t).await;
+            let note = step(&mut conn, &cfg, T).await;
             assert_eq!(note, Some(TicketNote::Rotated { generation: 2 }));
         });
         let set = stored(&redis);
