@@ -19,17 +19,46 @@ pub const STARTUP_DEADLINE: Duration = Duration::from_secs(15);
 /// A port that was free a moment ago, and never handed out before in this
 /// process: tests run in parallel threads, and two of them must not be
 /// given the same port before either server binds it.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`),
+/// from which every client socket gets its local port: a port from that
+/// range can be taken by some outgoing connection between this check and
+/// the server's bind (seen as nginx's `bind() ... Address already in use`).
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let (start, end) = below_ephemeral();
+    let span = u32::from(end - start);
+    // Processes start at different places, so that two test binaries run
+    // at once rarely try the same ports.
+    let seed = std::process::id().wrapping_mul(2_654_435_761) % span.max(1);
+    for i in 0..span {
+        let port = start + ((seed + i) % span) as u16;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    // No room below the range: let the kernel choose, as before.
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("bind 127.0.0.1:0")
             .port();
-        if GIVEN.lock().map(|mut g| g.insert(port)).unwrap_or(true) {
+        if given.insert(port) {
             return port;
         }
     }
+}
+
+/// Ports from 10000 up to the first ephemeral one (32768 by default);
+/// an empty range when the ephemeral range starts lower.
+fn below_ephemeral() -> (u16, u16) {
+    let first_ephemeral = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    (10_000, first_ephemeral.max(10_000))
 }
 
 /// Polls `f` until it returns `Some` or `deadline` passes.
