@@ -24,6 +24,8 @@ pub const STARTUP_DEADLINE: Duration = Duration::from_secs(15);
 /// from which every client socket gets its local port: a port from that
 /// range can be taken by some outgoing connection between this check and
 /// the server's bind (seen as nginx's `bind() ... Address already in use`).
+/// So is the port 10000 above it, which a Redis Cluster node binds for
+/// its bus: both are checked and handed out together.
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
@@ -32,10 +34,13 @@ pub fn free_port() -> u16 {
     // Processes start at different places, so that two test binaries run
     // at once rarely try the same ports.
     let seed = std::process::id().wrapping_mul(2_654_435_761) % span.max(1);
+    let free = |p: u16| !given.contains(&p) && TcpListener::bind(("127.0.0.1", p)).is_ok();
     for i in 0..span {
         let port = start + ((seed + i) % span) as u16;
-        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let bus = port + CLUSTER_BUS_OFFSET;
+        if free(port) && free(bus) {
             given.insert(port);
+            given.insert(bus);
             return port;
         }
     }
@@ -51,14 +56,24 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// Ports from 10000 up to the first ephemeral one (32768 by default);
-/// an empty range when the ephemeral range starts lower.
+/// How far above its port a Redis Cluster node listens for its bus.
+const CLUSTER_BUS_OFFSET: u16 = 10_000;
+
+/// Ports from 10000 whose bus port is still below the first ephemeral one
+/// (32768 by default: 10000 to 22767); an empty range when the ephemeral
+/// range starts lower.
 fn below_ephemeral() -> (u16, u16) {
     let first_ephemeral = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32_768);
-    (10_000, first_ephemeral.max(10_000))
+    let start = 10_000;
+    (
+        start,
+        first_ephemeral
+            .saturating_sub(CLUSTER_BUS_OFFSET)
+            .max(start),
+    )
 }
 
 /// Polls `f` until it returns `Some` or `deadline` passes.
