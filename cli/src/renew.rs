@@ -8,7 +8,10 @@
 //! its suggested window decides instead of the lifetime rule, and the new
 //! order names the certificate it replaces.
 
+use std::collections::HashMap;
+
 use dyncert_core::timefmt::rfc3339;
+use dyncert_core::{keyref, keywrap};
 use instant_acme::CertificateIdentifier;
 
 use crate::acme;
@@ -101,6 +104,21 @@ fn renew_one(
     let Some(leaf) = stored_leaf(&fields) else {
         return Ok((Outcome::Failed, "no readable certificate".to_owned()));
     };
+    // A key held by an HSM never leaves it: an order would generate a
+    // key in software and store it in Redis in the reference's place.
+    // Said before the CA is asked anything (ARI), since nothing is
+    // ordered for this record whatever it answers.
+    if let Some(field) = key_reference_field(&fields) {
+        return Ok((
+            Outcome::Skipped,
+            format!(
+                "notAfter {} ({} days left): its key is held by an HSM (key reference in \
+                 \"{field}\"); renew it with the HSM's tooling",
+                rfc3339(leaf.not_after.max(0) as u64),
+                days_left(leaf.not_after, now_secs())
+            ),
+        ));
+    }
     let random = if opts.jitter { random_u32()? } else { 0 };
     let shake = jitter(leaf.not_before, leaf.not_after, random);
     let by_lifetime = due_from(leaf.not_before, leaf.not_after, opts.window, shake);
@@ -241,12 +259,53 @@ fn random_u32() -> Result<u32, CliError> {
     Ok(u32::from_le_bytes(b))
 }
 
+/// The key field holding a key reference (`engine:pkcs11:...`: the key
+/// is in an HSM), if one does. An envelope (`dyncert:v1:...`) looks like
+/// a URI too, and is tried first, as terminators do.
+fn key_reference_field(fields: &HashMap<String, Vec<u8>>) -> Option<&'static str> {
+    crate::keys::KEY_FIELDS.into_iter().find(|f| {
+        fields
+            .get(*f)
+            .is_some_and(|v| !keywrap::is_envelope(v) && keyref::is_reference(v))
+    })
+}
+
 /// The key id a stored record's key is encrypted under, if it is.
-fn stored_key_id(fields: &std::collections::HashMap<String, Vec<u8>>) -> Option<String> {
+fn stored_key_id(fields: &HashMap<String, Vec<u8>>) -> Option<String> {
     crate::keys::KEY_FIELDS.iter().find_map(|f| {
         let v = fields.get(*f)?;
         dyncert_core::keywrap::parse(v)
             .ok()
             .map(|e| e.id.to_owned())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_reference_in_any_key_field_is_found_and_pem_or_envelopes_are_not() {
+        let record = |field: &str, v: &[u8]| HashMap::from([(field.to_owned(), v.to_vec())]);
+        let reference = b"engine:pkcs11:pkcs11:token=dyncert;object=shop";
+        assert_eq!(key_reference_field(&record("key", reference)), Some("key"));
+        assert_eq!(
+            key_reference_field(&record("key_rsa", reference)),
+            Some("key_rsa")
+        );
+        assert_eq!(
+            key_reference_field(&record("key", b"-----BEGIN PRIVATE KEY-----\nMIG\n")),
+            None
+        );
+        assert_eq!(
+            key_reference_field(&record("key_der", b"\x30\x81\x87")),
+            None
+        );
+        assert_eq!(
+            key_reference_field(&record("key", b"dyncert:v1:2026-07:AAAA")),
+            None,
+            "an encrypted key"
+        );
+        assert_eq!(key_reference_field(&record("crt", reference)), None);
+    }
 }

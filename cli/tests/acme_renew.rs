@@ -9,7 +9,7 @@ mod common_acme;
 use std::path::Path;
 use std::time::Duration;
 
-use common_acme::harness::{assert_pebble_issued, Pebble};
+use common_acme::harness::{assert_pebble_issued, ChallengeStandin, DnsStub, Pebble};
 use common_acme::{
     acme, dyncert, issue, serial, served_serial, stored_leaf, AcmeStack, Out, ANSWER_AND_SERVE,
 };
@@ -344,4 +344,80 @@ fn renew_fails_a_due_record_with_a_second_certificate_instead_of_dropping_it() {
     );
     assert!(all.contains("failed 1"), "{all}");
     assert_eq!(redis.record(name), before, "the record is left as it was");
+}
+
+/// pebble validating HTTP-01 against the challenge stand-in (answers from
+/// Redis, no nginx): enough for renew, which only orders and stores.
+struct BareCa {
+    pebble: Pebble,
+    _dns: DnsStub,
+    _standin: ChallengeStandin,
+}
+
+impl BareCa {
+    fn start(redis: &Redis) -> BareCa {
+        let standin = ChallengeStandin::start(redis.port);
+        let dns = DnsStub::start();
+        let pebble = Pebble::start(standin.port, &dns);
+        BareCa {
+            pebble,
+            _dns: dns,
+            _standin: standin,
+        }
+    }
+}
+
+#[test]
+fn renew_skips_a_record_whose_key_is_held_by_an_hsm_and_renews_the_others() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let ca = BareCa::start(&redis);
+    let dir = TempDir::new("renew-hsm");
+    let plain = "plain.acme.test";
+    put_leaf(&redis, dir.path(), plain, &pki.leaf(&[plain], 7), &[]);
+    // As the README's HSM section writes such a record, then indexed.
+    let hsm = "hsm.acme.test";
+    let reference = "engine:pkcs11:pkcs11:token=dyncert;object=shop";
+    let leaf = pki.leaf(&[hsm], 8);
+    redis.cmd(&[
+        "HSET",
+        &format!("dyncert:cert:{hsm}"),
+        "crt",
+        &leaf.chain_pem,
+        "key",
+        reference,
+    ]);
+    let out = dyncert(&redis, &["index", "rebuild"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(zscore(&redis, hsm).is_some(), "indexed");
+    let before = redis.record(hsm);
+    let plain_serial = serial(&stored_leaf(&redis, plain));
+
+    let out = renew(&redis, &ca.pebble, &["--within", "100000d", "--no-jitter"]);
+    let all = format!("{}{}\n{}", out.stdout, out.stderr, ca.pebble.log());
+    assert_eq!(out.code, 0, "{all}");
+    assert!(
+        out.stdout.contains(&format!(
+            "skipped \"{hsm}\": notAfter {}",
+            dyncert_core::timefmt::rfc3339(unix(leaf.issued.cert.not_after()) as u64)
+        )) && out.stdout.contains(
+            "its key is held by an HSM (key reference in \"key\"); renew it with the HSM's tooling"
+        ),
+        "{all}"
+    );
+    assert!(
+        out.stdout.contains(&format!("renewed \"{plain}\"")),
+        "{all}"
+    );
+    assert!(
+        out.stdout
+            .contains("renewed 1, not due 0, skipped 1, failed 0"),
+        "{all}"
+    );
+    assert_eq!(
+        redis.record(hsm),
+        before,
+        "the reference stays, and no software key takes its place"
+    );
+    assert_ne!(serial(&stored_leaf(&redis, plain)), plain_serial);
 }
