@@ -94,11 +94,25 @@ fn renew_one(
     template: &acme::Request,
     ask_ari: &mut bool,
 ) -> Result<(Outcome, String), CliError> {
-    let fields = store.fields(name)?;
+    // The TTL read with the fields, in one transaction: it is this
+    // record's, not one written over it between two reads.
+    let (fields, pttl) = store.fields_and_pttl(name)?;
     if fields.is_empty() {
         return Ok((
             Outcome::Skipped,
             "no record (a stale index entry: dyncert index rebuild drops it)".to_owned(),
+        ));
+    }
+    // Only the module's write-back of a certificate API answer expires:
+    // the API stays its source, and a renewed copy would lose its TTL and
+    // hide the API's later answers (a new certificate, a 404) for good.
+    if pttl > 0 {
+        return Ok((
+            Outcome::Skipped,
+            format!(
+                "a copy of the certificate API's answer that expires in {}; the API is its source",
+                ttl_text(pttl)
+            ),
         ));
     }
     let Some(leaf) = stored_leaf(&fields) else {
@@ -270,6 +284,18 @@ fn key_reference_field(fields: &HashMap<String, Vec<u8>>) -> Option<&'static str
     })
 }
 
+/// A remaining TTL in milliseconds, to the two largest units: `23h 59m`,
+/// `4m 10s`, `9s`.
+fn ttl_text(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m {s}s"),
+        _ => format!("{h}h {m}m"),
+    }
+}
+
 /// The key id a stored record's key is encrypted under, if it is.
 fn stored_key_id(fields: &HashMap<String, Vec<u8>>) -> Option<String> {
     crate::keys::KEY_FIELDS.iter().find_map(|f| {
@@ -283,6 +309,15 @@ fn stored_key_id(fields: &HashMap<String, Vec<u8>>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ttl_text_keeps_the_two_largest_units() {
+        assert_eq!(ttl_text(86_400_000), "24h 0m");
+        assert_eq!(ttl_text(86_399_000), "23h 59m");
+        assert_eq!(ttl_text(250_000), "4m 10s");
+        assert_eq!(ttl_text(9_999), "9s");
+        assert_eq!(ttl_text(1), "0s");
+    }
 
     #[test]
     fn a_key_reference_in_any_key_field_is_found_and_pem_or_envelopes_are_not() {

@@ -34,7 +34,11 @@ pub struct Keys {
 pub enum Expect {
     /// No record (on-demand issuance for a name nobody has).
     Absent,
-    /// Exactly these fields (HGETALL), as read before the order (renewal).
+    /// Exactly these fields (HGETALL), as read before the order
+    /// (renewal), and still no expiry: a record with a TTL is the
+    /// module's copy of a certificate API answer, which a renewal never
+    /// replaces (one written over a deleted record with the same fields
+    /// is refused too).
     Unchanged(HashMap<String, Vec<u8>>),
 }
 
@@ -229,7 +233,8 @@ impl Store {
         const SCRIPT: &str = "local n = tonumber(ARGV[1]) \
              if n < 0 then \
                if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
-             elseif redis.call('HLEN', KEYS[1]) ~= n then return 0 end \
+             elseif redis.call('HLEN', KEYS[1]) ~= n \
+               or redis.call('PTTL', KEYS[1]) ~= -1 then return 0 end \
              local i = 2 \
              for _ = 1, math.max(n, 0) do \
                if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then return 0 end \
@@ -294,6 +299,19 @@ impl Store {
             }
             None => Ok(true),
         }
+    }
+
+    /// Every field of the record stored for `name` (empty: none) and its
+    /// PTTL in ms (-1: no expiry), read in one MULTI/EXEC (one key, so
+    /// also in a Cluster): the TTL is the one of the fields read.
+    pub fn fields_and_pttl(
+        &mut self,
+        name: &str,
+    ) -> Result<(HashMap<String, Vec<u8>>, i64), CliError> {
+        let key = self.key(name);
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("HGETALL").arg(&key).cmd("PTTL").arg(&key);
+        self.qp(pipe)
     }
 
     /// Every field of the record stored for `name` (empty: none).

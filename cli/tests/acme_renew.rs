@@ -421,3 +421,49 @@ fn renew_skips_a_record_whose_key_is_held_by_an_hsm_and_renews_the_others() {
     );
     assert_ne!(serial(&stored_leaf(&redis, plain)), plain_serial);
 }
+
+#[test]
+fn renew_skips_the_modules_write_back_of_a_certificate_api_answer_and_keeps_its_ttl() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let ca = BareCa::start(&redis);
+    let dir = TempDir::new("renew-writeback");
+    let plain = "plain.acme.test";
+    put_leaf(&redis, dir.path(), plain, &pki.leaf(&[plain], 7), &[]);
+    // What the module's write-back does: the record, a TTL (writeback=24h)
+    // and its index entry.
+    let copy = "api.acme.test";
+    let leaf = pki.leaf(&[copy], 8);
+    let key = format!("dyncert:cert:{copy}");
+    redis.cmd(&["HSET", &key, "crt", &leaf.chain_pem, "key", &leaf.key_pem]);
+    redis.cmd(&["EXPIRE", &key, "86400"]);
+    redis.cmd(&[
+        "ZADD",
+        INDEX,
+        &unix(leaf.issued.cert.not_after()).to_string(),
+        copy,
+    ]);
+    let before = redis.record(copy);
+
+    let out = renew(&redis, &ca.pebble, &["--within", "100000d", "--no-jitter"]);
+    let all = format!("{}{}\n{}", out.stdout, out.stderr, ca.pebble.log());
+    assert_eq!(out.code, 0, "{all}");
+    assert!(
+        out.stdout.contains(&format!(
+            "skipped \"{copy}\": a copy of the certificate API's answer that expires in 23h 59m; \
+             the API is its source"
+        )) || out.stdout.contains(&format!(
+            "skipped \"{copy}\": a copy of the certificate API's answer that expires in 24h 0m; \
+             the API is its source"
+        )),
+        "{all}"
+    );
+    assert!(
+        out.stdout
+            .contains("renewed 1, not due 0, skipped 1, failed 0"),
+        "{all}"
+    );
+    assert_eq!(redis.record(copy), before, "the copy is left as it was");
+    let ttl = redis.ttl(copy);
+    assert!(ttl > 86_000, "and still expires: TTL {ttl}");
+}
