@@ -338,7 +338,7 @@ impl Fetcher {
         let name = name.to_owned();
         let job: ParseJob = Box::new(move || {
             let start = Instant::now();
-            let outcome = load_stored(&interner, &hit, now_ms());
+            let outcome = answer_load(|| load_stored(&interner, &hit, now_ms()));
             shared.push(Event::Fetched(FetchResult {
                 name,
                 outcome,
@@ -441,6 +441,14 @@ pub fn load_stored(interner: &Interner, hit: &TierHit, now_ms: Millis) -> Outcom
         },
         Err(i) => Outcome::Refused(i.into()),
     }
+}
+
+/// Runs a tier load on the parse thread. A load has no answer channel
+/// that a panic would drop (a fetch's parse has), so a panic must still
+/// answer, or the name would stay in flight for the worker's lifetime.
+fn answer_load(load: impl FnOnce() -> Outcome) -> Outcome {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
+        .unwrap_or(Outcome::Error(FetchError::ParseFailed))
 }
 
 fn now_ms() -> Millis {
@@ -570,4 +578,22 @@ fn run(
         }
     });
     rt.shutdown_timeout(Duration::from_millis(200));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tier_load_that_panics_still_answers() {
+        let outcome = answer_load(|| panic!("a parse bug (expected by this test)"));
+        assert!(
+            matches!(outcome, Outcome::Error(FetchError::ParseFailed)),
+            "{outcome:?}"
+        );
+        assert!(matches!(
+            answer_load(|| Outcome::NotFound),
+            Outcome::NotFound
+        ));
+    }
 }
