@@ -2,9 +2,10 @@
 //! loaded by the others from the zone (no Redis command), survives a
 //! worker killed and respawned and a reload that keeps the zone, leaves it
 //! when invalidated (also when a worker that has not yet applied the
-//! invalidation finishes a lookup that read the old record), and a zone
-//! too small for the names evicts its least recently used records without
-//! failing a handshake.
+//! invalidation finishes a lookup that read the old record, when the name
+//! is deleted, and after a lost subscription), is emptied by a reload that
+//! changes what admitted its records, and a zone too small for the names
+//! evicts its least recently used records without failing a handshake.
 
 use dyncert_testkit::*;
 use std::collections::BTreeMap;
@@ -184,6 +185,110 @@ fn an_invalidation_clears_the_zone_and_the_next_handshake_fetches_again() {
     {
         r.assert_served(&new, &h.s.pki);
     }
+    h.s.nginx.assert_healthy();
+}
+
+#[test]
+fn a_name_deleted_from_redis_is_not_loaded_back_from_the_zone() {
+    // One worker, a hot set of one: a name the worker does not hold is
+    // looked up in the zone first.
+    let mut h = start(1, "8m", "max=1 valid=1s stale=1h negative=1s");
+    let leaf = h.s.pki.leaf(&["gone.example.com"], 9005);
+    h.s.redis.put_leaf("gone.example.com", &leaf);
+    h.s.get(Some("gone.example.com"))
+        .assert_served(&leaf, &h.s.pki);
+    // The customer leaves: the record is deleted, no invalidation.
+    h.s.redis.cmd(&["DEL", "dyncert:cert:gone.example.com"]);
+    std::thread::sleep(Duration::from_millis(1200));
+    // Past valid: the refresh this handshake starts says NotFound.
+    h.s.get(Some("gone.example.com"));
+    poll(STARTUP_DEADLINE, Duration::from_millis(20), || {
+        (h.metric("dyncert_shared_zone_records") == 0.0).then_some(())
+    })
+    .expect("the refresh that found the name deleted drops the zone's record");
+    // Once the negative entry has ended, the name is looked up again and
+    // gets the default, not the deleted certificate out of the zone.
+    std::thread::sleep(Duration::from_millis(1200));
+    h.s.get(Some("gone.example.com")).assert_default();
+    h.s.nginx.assert_healthy();
+}
+
+#[test]
+fn a_record_from_before_a_lost_subscription_is_fetched_again_not_loaded() {
+    // A hot set of one, so the name lives only in the zone.
+    let mut h = start(1, "8m", "max=1 valid=1h stale=1h");
+    assert!(h
+        .s
+        .redis
+        .wait_subscribers("dyncert:invalidate", 1, STARTUP_DEADLINE));
+    let name = "renewed.example.com";
+    let old = h.s.pki.leaf(&[name], 9006);
+    let new = h.s.pki.leaf(&[name], 9007);
+    let other = h.s.pki.leaf(&["other.example.com"], 9008);
+    h.s.redis.put_leaf(name, &old);
+    h.s.redis.put_leaf("other.example.com", &other);
+    h.s.get(Some(name)).assert_served(&old, &h.s.pki);
+    h.s.get(Some("other.example.com"))
+        .assert_served(&other, &h.s.pki);
+    // The subscription is lost; the renewal is stored and published while
+    // nobody listens, so the zone keeps the old record.
+    let key = format!("dyncert:cert:{name}");
+    let replies = h.s.redis.pipeline([
+        encode_command(&["CLIENT", "KILL", "TYPE", "pubsub"]),
+        encode_command(&["HSET", &key, "crt", &new.chain_pem, "key", &new.key_pem]),
+        encode_command(&["PUBLISH", "dyncert:invalidate", name]),
+    ]);
+    assert_eq!(replies[2], Reply::Int(0), "nobody heard the message");
+    poll(STARTUP_DEADLINE, Duration::from_millis(20), || {
+        (h.metric("dyncert_redis_resubscribes_total") >= 1.0).then_some(())
+    })
+    .expect("subscribed again");
+    assert_eq!(h.metric("dyncert_shared_zone_records"), 2.0);
+    // The zone's record predates the re-subscription: Redis is asked.
+    let r = h.s.get(Some(name));
+    r.assert_served(&new, &h.s.pki);
+    assert_eq!(r.source(), "redis");
+    h.s.nginx.assert_healthy();
+}
+
+#[test]
+fn a_reload_that_changes_the_sources_or_deadlines_empties_the_zone() {
+    let mut h = start(1, "8m", "max=1000 valid=1h stale=1h");
+    let name = "moved.example.com";
+    let a = h.s.pki.leaf(&[name], 9009);
+    let b = h.s.pki.leaf(&[name], 9010);
+    h.s.redis.put_leaf(name, &a);
+    h.s.redis
+        .hset_cert_key(&format!("b:{name}"), &b.chain_pem, &b.key_pem);
+    h.s.get(Some(name)).assert_served(&a, &h.s.pki);
+    // Same configuration: the zone is kept.
+    h.s.nginx.reload();
+    let r = h.s.get(Some(name));
+    r.assert_served(&a, &h.s.pki);
+    assert_eq!(r.source(), "shared");
+    // Another key prefix: what the old one admitted is not served.
+    let prefixed = HTTP.replace(
+        "dyncert_cache @CACHE@;",
+        "dyncert_cache @CACHE@;\n    dyncert_redis_prefix b:;",
+    );
+    h.s.nginx.write_http(&prefixed);
+    h.s.nginx.reload();
+    let r = h.s.get(Some(name));
+    r.assert_served(&b, &h.s.pki);
+    assert_eq!(r.source(), "redis");
+    assert!(h
+        .s
+        .nginx
+        .error_log()
+        .contains("shared zone's 1 records were fetched under another configuration"));
+    // Shorter deadlines: emptied too (a record keeps the deadlines it was
+    // fetched with).
+    let shorter = prefixed.replace("@CACHE@", "max=1000 valid=1h stale=1s");
+    h.s.nginx.write_http(&shorter);
+    h.s.nginx.reload();
+    let r = h.s.get(Some(name));
+    r.assert_served(&b, &h.s.pki);
+    assert_eq!(r.source(), "redis");
     h.s.nginx.assert_healthy();
 }
 

@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use crate::clock::Millis;
 use crate::compact::{Deadlines, IntermediateDers};
 use crate::intern::CertDigest;
 use crate::name::wildcard_parent;
@@ -66,6 +67,16 @@ pub trait SharedTier {
     fn remove_wildcard(&self, wildcard: &str);
     /// Drops everything.
     fn clear(&self);
+    /// Notes that a worker's invalidation subscription came back after a
+    /// loss at `at` (ms): messages published meanwhile reached no worker
+    /// that lost it too (usually all of a host's, cut off from Redis
+    /// together), so no record fetched before `at` is loaded any more;
+    /// each is fetched again on its next miss and stored anew.
+    fn note_resubscribed(&self, at: Millis);
+    /// Records fetched before this time (ms) are not to be loaded: the
+    /// latest [`Self::note_resubscribed`] of any worker, however long ago
+    /// (a worker started since then sees it too).
+    fn fetched_floor(&self) -> Millis;
 }
 
 /// Slots of [`Invalidations`]: targets that share one only make stores
@@ -88,6 +99,8 @@ pub struct Invalidations {
     /// Generation of the latest `*`.
     all: u64,
     slots: [u64; INVALIDATION_SLOTS],
+    /// See [`SharedTier::fetched_floor`].
+    fetched_floor: Millis,
 }
 
 impl Default for Invalidations {
@@ -96,6 +109,7 @@ impl Default for Invalidations {
             generation: 0,
             all: 0,
             slots: [0; INVALIDATION_SLOTS],
+            fetched_floor: 0,
         }
     }
 }
@@ -115,6 +129,15 @@ impl Invalidations {
         }
     }
 
+    /// Raises [`SharedTier::fetched_floor`] to `at` (never lowers it).
+    pub fn note_resubscribed(&mut self, at: Millis) {
+        self.fetched_floor = self.fetched_floor.max(at);
+    }
+
+    pub fn fetched_floor(&self) -> Millis {
+        self.fetched_floor
+    }
+
     /// Whether an invalidation that covers `name` (the name itself, its
     /// `*.parent`, or `*`) was noted after generation `since`.
     pub fn covers_since(&self, name: &str, since: u64) -> bool {
@@ -122,6 +145,28 @@ impl Invalidations {
             || self.slots[slot(name)] > since
             || wildcard_parent(name).is_some_and(|w| self.slots[slot(&w)] > since)
     }
+}
+
+/// Identifies the configuration that admitted a tier's records: where
+/// they were read, what a fetch checked them against, and the deadlines
+/// it gave them. A reload that keeps the tier but changes any of these
+/// empties it, rather than serve what the old configuration admitted
+/// (another prefix's records, deadlines the new one would not grant).
+/// FNV-1a (64-bit) over the parts, each preceded by its length so that
+/// no two lists of parts run together into one.
+pub fn config_fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for part in parts {
+        eat(&(part.len() as u64).to_le_bytes());
+        eat(part);
+    }
+    h
 }
 
 /// FNV-1a over `bytes`.
@@ -219,6 +264,14 @@ impl SharedTier for Rc<MemoryTier> {
         self.invalidations.borrow_mut().note("*");
         self.records.borrow_mut().clear();
     }
+
+    fn note_resubscribed(&self, at: Millis) {
+        self.invalidations.borrow_mut().note_resubscribed(at);
+    }
+
+    fn fetched_floor(&self) -> Millis {
+        self.invalidations.borrow().fetched_floor()
+    }
 }
 
 #[cfg(test)]
@@ -257,6 +310,26 @@ mod tests {
         assert!(inv.covers_since("a.example.com", 0));
         assert!(inv.covers_since("*.example.com", 0));
         assert!(!inv.covers_since("a.example.com", inv.generation()));
+    }
+
+    #[test]
+    fn a_fingerprint_tells_configurations_apart() {
+        let fp = |parts: &[&str]| config_fingerprint(parts.iter().map(|p| p.as_bytes()));
+        assert_eq!(fp(&["a:", "600000"]), fp(&["a:", "600000"]));
+        assert_ne!(fp(&["a:", "600000"]), fp(&["b:", "600000"]));
+        assert_ne!(fp(&["a:", "600000"]), fp(&["a:", "60000"]));
+        // Parts do not run together.
+        assert_ne!(fp(&["ab", "c"]), fp(&["a", "bc"]));
+        assert_ne!(fp(&["a", ""]), fp(&["a"]));
+    }
+
+    #[test]
+    fn the_fetched_floor_only_rises() {
+        let mut inv = Invalidations::default();
+        assert_eq!(inv.fetched_floor(), 0);
+        inv.note_resubscribed(500);
+        inv.note_resubscribed(200);
+        assert_eq!(inv.fetched_floor(), 500);
     }
 
     #[test]

@@ -275,20 +275,34 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         true
     }
 
-    /// The tier's record of `name` if it can still be served and is newer
-    /// than `have`. A refresh (`have` set) also wants a record fetched
-    /// since the last re-subscription: an older one is what it refreshes.
+    /// The tier's record of `name` if it can still be served, is newer
+    /// than `have` (the entry a refresh replaces), and was fetched since
+    /// the latest re-subscription after a loss, this worker's or any
+    /// other's: an older one may have missed an invalidation, so the
+    /// sources are asked instead (and their answer replaces it).
     fn tier_hit(&self, name: &str, now: Millis, have: Option<Millis>) -> Option<TierHit> {
         let (tier, _) = self.tier.as_ref()?;
         let hit = tier.lookup(name)?;
         let d = hit.deadlines()?;
-        let newer = have.is_none_or(|f| d.fetched > f && d.fetched >= self.epoch);
-        (now < d.stale_until && newer).then_some(hit)
+        let floor = self.epoch.max(tier.fetched_floor());
+        let newer = have.is_none_or(|f| d.fetched > f);
+        (now < d.stale_until && d.fetched >= floor && newer).then_some(hit)
     }
 
     fn count(&self, s: Simple) {
         let layout = self.sink.layout();
         self.sink.add(layout.simple(s), 1);
+    }
+
+    /// A source said `name` has no record (deleted, perhaps without an
+    /// invalidation): the tier's copy goes too, or every worker without
+    /// the name would load it again until its stale deadline. Counted as
+    /// an invalidation of `name`, so a lookup elsewhere that read the
+    /// record before it was deleted does not store it back.
+    fn forget_in_tier(&self, name: &str) {
+        if let Some((tier, _)) = &self.tier {
+            tier.remove(name);
+        }
     }
 
     /// Publishes this worker's gauges (cheap: three stores).
@@ -718,6 +732,11 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
     fn on_resubscribed(&mut self, now: Millis) -> usize {
         // Strictly after anything fetched so far, even with a coarse clock.
         self.epoch = now.max(self.epoch).saturating_add(1);
+        if let Some((tier, _)) = &self.tier {
+            // The tier's records were kept by the invalidations some worker
+            // applied: this one missed some, and so perhaps did all.
+            tier.note_resubscribed(self.epoch);
+        }
         self.suspect = self.inflight.names().map(str::to_owned).collect();
         let marked = self.cache.mark_all_due(now);
         self.count(Simple::Resubscribes);
@@ -885,8 +904,10 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             Outcome::NotFound if suspect => {
                 // Outdated perhaps: drop the old entry, remember nothing.
                 self.cache.remove(&name);
+                self.forget_in_tier(&name);
             }
             Outcome::NotFound => {
+                self.forget_in_tier(&name);
                 // Only a lookup every source answered grants the negative
                 // entry its one enqueue; a handshake that already asked
                 // for it takes it now.
@@ -2719,10 +2740,11 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_that_lost_its_subscription_serves_an_older_tier_record_and_refetches_it() {
+    fn a_tier_record_fetched_before_any_workers_resubscription_is_fetched_again_not_loaded() {
         let Host {
             mut a,
             mut b,
+            tier,
             interner,
             ..
         } = host();
@@ -2734,33 +2756,70 @@ mod tests {
         );
         let t = NOW + SECOND;
         apply(&mut b, RESUBSCRIBED, t);
-        // B never had the name: the zone's copy is served at once...
+        // B never had the name, and the zone's copy may have missed an
+        // invalidation (B's loss may have been the whole host's): Redis is
+        // asked, the connection waiting as for a zone load.
         assert_eq!(b.pre_handshake("a.example.com", 2, t), PreHandshake::Park);
-        assert_eq!(run_loads(&mut b, &interner, t), [2]);
-        let sel = b.for_handshake("a.example.com", t);
-        assert_eq!(sel.cert.unwrap().fingerprint, [1; 32]);
-        // ...and checked with Redis, since it predates B's loss.
+        assert!(b.queue().loads.borrow().is_empty());
         assert_eq!(asked(&b), ["a.example.com"]);
-        // Same for a handshake without peek (QUIC).
+        // A worker that never lost its subscription, or one started after
+        // the loss, does the same: the floor is the tier's.
         let (mut c, _) = worker();
-        let tier2 = Rc::new(MemoryTier::default());
-        let mut d = worker()
-            .0
-            .with_tier(Box::new(tier2.clone()), interner.clone());
-        c = c.with_tier(Box::new(tier2), interner.clone());
-        d.pre_handshake("a.example.com", 1, NOW);
+        c = c.with_tier(Box::new(tier.clone()), interner.clone());
+        assert_eq!(c.pre_handshake("a.example.com", 3, t), PreHandshake::Park);
+        assert_eq!(asked(&c), ["a.example.com"]);
+        // So does a handshake without peek (QUIC): the default, and a fetch.
+        let (mut d, _) = worker();
+        d = d.with_tier(Box::new(tier.clone()), interner.clone());
+        assert!(d
+            .for_handshake_sync("a.example.com", t, true)
+            .cert
+            .is_none());
+        assert_eq!(asked(&d), ["a.example.com"]);
+        // What B fetches after its re-subscription is loaded by the others.
         apply(
-            &mut d,
+            &mut b,
+            found_storable("a.example.com", cert(2, NOT_AFTER), None),
+            t + 1,
+        );
+        let (mut e, _) = worker();
+        e = e.with_tier(Box::new(tier), interner.clone());
+        assert_eq!(
+            e.pre_handshake("a.example.com", 4, t + 2),
+            PreHandshake::Park
+        );
+        assert_eq!(run_loads(&mut e, &interner, t + 2), [4]);
+        let sel = e.for_handshake("a.example.com", t + 2);
+        assert_eq!(sel.cert.unwrap().fingerprint, [2; 32]);
+        assert!(asked(&e).is_empty());
+    }
+
+    #[test]
+    fn a_name_a_source_no_longer_has_leaves_the_tier_too() {
+        let Host {
+            mut a, mut b, tier, ..
+        } = host();
+        a.pre_handshake("a.example.com", 1, NOW);
+        apply(
+            &mut a,
             found_storable("a.example.com", cert(1, NOT_AFTER), None),
             NOW,
         );
-        apply(&mut c, RESUBSCRIBED, t);
-        assert!(c
-            .for_handshake_sync("a.example.com", t, true)
-            .cert
-            .is_some());
-        c.for_handshake("a.example.com", t);
-        assert_eq!(asked(&c), ["a.example.com"]);
+        assert_eq!(tier.len(), 1);
+        // A's refresh finds the record deleted (no invalidation published).
+        let t = NOW + 11 * MINUTE;
+        a.for_handshake("a.example.com", t);
+        apply(&mut a, fetched("a.example.com", Outcome::NotFound), t);
+        assert!(tier.is_empty());
+        // B, which never had the name, asks Redis instead of loading the
+        // deleted certificate.
+        assert_eq!(b.pre_handshake("a.example.com", 2, t), PreHandshake::Park);
+        assert!(b.queue().loads.borrow().is_empty());
+        assert_eq!(asked(&b), ["a.example.com"]);
+        // A lookup B started before the deletion does not store it back.
+        let since = tier.generation();
+        apply(&mut a, fetched("a.example.com", Outcome::NotFound), t);
+        assert!(!tier.store("a.example.com", b"old", &Vec::new(), since));
     }
 
     #[test]

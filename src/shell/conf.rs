@@ -20,6 +20,7 @@ use dyncert_core::keywrap::{KeyEncryption, KeyWrapConfig, Keyring};
 use dyncert_core::on_demand::Stream;
 use dyncert_core::template::UrlTemplate;
 use dyncert_core::tickets::{self, Storage};
+use dyncert_core::tier::config_fingerprint;
 use ngx::ffi::{
     ngx_array_push, ngx_conf_t, ngx_http_core_srv_conf_t, ngx_http_handler_pt, ngx_http_phases,
     ngx_http_request_t, ngx_int_t, ngx_module_t, ngx_msec_t, ngx_shm_zone_t, ngx_uint_t,
@@ -132,6 +133,9 @@ pub struct MainConf {
     /// Filled in postconfiguration: some ssl server has
     /// `dyncert_session_tickets on`.
     pub session_tickets: bool,
+    /// Filled in postconfiguration: [`Self::tier_fingerprint`], which the
+    /// shared zone's init callback reads (through the zone's `data`).
+    pub tier_config: u64,
 }
 
 impl MainConf {
@@ -146,6 +150,33 @@ impl MainConf {
     }
     pub fn cache(&self) -> CachePolicy {
         self.cache.unwrap_or_default()
+    }
+
+    /// The shared zone's [`config_fingerprint`]: sources, record checks
+    /// and deadlines.
+    pub fn tier_fingerprint(&self) -> u64 {
+        let policy = self.cache();
+        let key_refs = &self.key_refs.clone().unwrap_or_default();
+        let key_refs = format!("{:?} {:?}", key_refs.mode, key_refs.module);
+        let encryption = format!("{:?}", self.key_encryption.unwrap_or_default());
+        let key_ids = self.key_ring.ids().collect::<Vec<_>>().join(" ");
+        let valid = policy.valid.to_string();
+        let stale = policy.stale.to_string();
+        let mut parts: Vec<&[u8]> = vec![
+            self.redis_url.as_deref().unwrap_or("").as_bytes(),
+            self.prefix().as_bytes(),
+            self.api_template.as_deref().unwrap_or("").as_bytes(),
+            valid.as_bytes(),
+            stale.as_bytes(),
+            key_refs.as_bytes(),
+            encryption.as_bytes(),
+            key_ids.as_bytes(),
+        ];
+        for (name, value) in &self.api_headers {
+            parts.push(name.as_bytes());
+            parts.push(value.as_bytes());
+        }
+        config_fingerprint(parts)
     }
     pub fn fetch_concurrency(&self) -> usize {
         self.fetch_concurrency.unwrap_or(DEFAULT_FETCH_CONCURRENCY)

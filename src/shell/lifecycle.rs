@@ -47,6 +47,14 @@ pub unsafe extern "C" fn ngx_http_dyncert_init(cf: *mut ngx_conf_t) -> ngx_int_t
 /// handlers and callbacks.
 fn configure(cf: &mut ngx_conf_t) -> Result<(), Refused> {
     let mcf = Module::main_conf_mut(cf).ok_or(Refused)?;
+    if let Some(zone) = mcf.shared_zone {
+        // The zone's init callback (after this) reads the fingerprint
+        // through its data; mcf lives as long as the cycle.
+        mcf.tier_config = mcf.tier_fingerprint();
+        // SAFETY: nginx's entry for this configuration's zone; nothing
+        // reads its data before the init callback.
+        unsafe { (*zone.as_ptr()).data = ptr::addr_of_mut!(mcf.tier_config).cast() };
+    }
     handshake::reserve_ex_index(cf)?;
     let servers = conf::servers(cf)?;
     metrics::label_servers(mcf, &servers);

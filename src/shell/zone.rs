@@ -18,6 +18,7 @@ use core::ffi::c_void;
 use core::mem::{offset_of, size_of};
 use core::ptr::{self, NonNull};
 
+use dyncert_core::clock::Millis;
 use dyncert_core::compact::IntermediateDers;
 use dyncert_core::intern::CertDigest;
 use dyncert_core::metrics::ZoneFigures;
@@ -34,7 +35,7 @@ use ngx::ffi::{
 };
 
 /// Marks a zone whose header is ours (and of this layout).
-const MAGIC: u64 = 0x6479_6e63_7a6f_6e32; // "dynczon2"
+const MAGIC: u64 = 0x6479_6e63_7a6f_6e33; // "dynczon3"
 
 /// Most records evicted to make room for one.
 const MAX_EVICTIONS_PER_STORE: usize = 64;
@@ -52,6 +53,9 @@ struct Header {
     stats: ZoneStats,
     /// The invalidations applied so far, which a store checks.
     invalidations: Invalidations,
+    /// The configuration's fingerprint (`MainConf::tier_fingerprint`): a
+    /// reload that changes it empties the zone.
+    config: u64,
 }
 
 /// What the zone reports to the metrics.
@@ -168,6 +172,10 @@ unsafe fn record_of(q: *mut ngx_queue_t) -> *mut Record {
 pub struct Zone {
     pool: NonNull<ngx_slab_pool_t>,
     header: NonNull<Header>,
+    /// The configuration fingerprint the zone had when this process
+    /// attached: an old worker still finishing lookups after a reload that
+    /// changed it does not store what its configuration admitted.
+    config: u64,
 }
 
 /// The zone's mutex, held while alive.
@@ -193,7 +201,12 @@ impl Zone {
         unsafe {
             let pool = NonNull::new((*shm).shm.addr as *mut ngx_slab_pool_t)?;
             let header = NonNull::new((*shm).data as *mut Header)?;
-            (header.as_ref().magic == MAGIC).then_some(Zone { pool, header })
+            let config = header.as_ref().config;
+            (header.as_ref().magic == MAGIC).then_some(Zone {
+                pool,
+                header,
+                config,
+            })
         }
     }
 
@@ -471,6 +484,12 @@ impl SharedTier for Zone {
         if unsafe { (*h).invalidations.covers_since(name, since) } {
             return false;
         }
+        // SAFETY: as above.
+        if unsafe { (*h).config } != self.config {
+            // A reload changed the configuration since this (old) worker
+            // attached: what its own configuration admitted stays out.
+            return true;
+        }
         if let Some(old) = self.find(&lock, name.as_bytes()) {
             self.remove_record(&lock, old);
         }
@@ -548,6 +567,52 @@ impl SharedTier for Zone {
         unsafe { (*self.hdr(&lock)).invalidations.note("*") };
         self.remove_where(&lock, |_| true);
     }
+
+    fn note_resubscribed(&self, at: Millis) {
+        let lock = self.lock();
+        // SAFETY: the header is live; the mutex is held.
+        unsafe { (*self.hdr(&lock)).invalidations.note_resubscribed(at) };
+    }
+
+    fn fetched_floor(&self) -> Millis {
+        let lock = self.lock();
+        // SAFETY: the header is live; the mutex is held.
+        unsafe { (*self.hdr(&lock)).invalidations.fetched_floor() }
+    }
+}
+
+/// Keeps a previous cycle's zone for a configuration with fingerprint
+/// `config`: its records stay when the fingerprint is the same, else they
+/// go (counted as a `*` invalidation, so no lookup an old worker started
+/// before stores its record afterwards), and a notice says so.
+///
+/// # Safety
+/// `pool` and `header` must be a live zone of this module, in the master
+/// while it initialises the cycle (no worker of the new cycle yet).
+unsafe fn adopt(pool: *mut ngx_slab_pool_t, header: *mut Header, config: u64) {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        if (*header).config == config {
+            return;
+        }
+        let (Some(pool), Some(header)) = (NonNull::new(pool), NonNull::new(header)) else {
+            return;
+        };
+        let zone = Zone {
+            pool,
+            header,
+            config,
+        };
+        let records = zone.stats().records;
+        zone.clear();
+        let lock = zone.lock();
+        (*zone.hdr(&lock)).config = config;
+        drop(lock);
+        super::log::Log::cycle().notice(format_args!(
+            "dyncert: the shared zone's {records} records were fetched under another \
+             configuration (sources, key rules or cache deadlines changed); emptied"
+        ));
+    }
 }
 
 type ZoneInit = unsafe extern "C" fn(*mut ngx_shm_zone_t, *mut c_void) -> ngx_int_t;
@@ -598,10 +663,17 @@ pub unsafe extern "C" fn ngx_http_dyncert_zone_init(
         "initialising the shared zone",
         ngx::ffi::NGX_ERROR as ngx_int_t,
         || {
-            // SAFETY: nginx initialised the slab pool at the start of the zone.
+            // SAFETY: nginx initialised the slab pool at the start of the zone;
+            // the zone's data is the configuration's fingerprint until the
+            // header replaces it (set in postconfiguration, see `configure`).
             unsafe {
                 let pool = (*shm).shm.addr as *mut ngx_slab_pool_t;
+                let config = match ((*shm).data as *const u64).as_ref() {
+                    Some(c) => *c,
+                    None => 0,
+                };
                 if !data.is_null() && (*(data as *const Header)).magic == MAGIC {
+                    adopt(pool, data as *mut Header, config);
                     (*shm).data = data;
                     return ngx::ffi::NGX_OK as ngx_int_t;
                 }
@@ -610,6 +682,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_zone_init(
                     // the pool's data.
                     let old = (*pool).data as *mut Header;
                     if !old.is_null() && (*old).magic == MAGIC {
+                        adopt(pool, old, config);
                         (*shm).data = old as *mut c_void;
                         return ngx::ffi::NGX_OK as ngx_int_t;
                     }
@@ -633,6 +706,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_zone_init(
                 );
                 queue_init(ptr::addr_of_mut!((*h).lru));
                 (*h).magic = MAGIC;
+                (*h).config = config;
                 // Evictions make room; a failed allocation is not news.
                 (*pool).set_log_nomem(0);
                 (*pool).data = h as *mut c_void;
