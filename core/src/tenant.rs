@@ -15,6 +15,11 @@
 
 use std::net::IpAddr;
 
+use openssl::stack::{Stack, StackRef};
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::verify::{X509VerifyParam, X509VerifyParamRef};
+use openssl::x509::{X509PurposeId, X509Ref, X509StoreContext, X509VerifyResult, X509};
+
 use crate::cidr;
 use crate::name::normalize_sni;
 use crate::validate::{ClientCa, ParsedCert};
@@ -167,6 +172,149 @@ pub fn decide<'a>(f: &RequestFacts<'a>) -> Verdict<'a> {
     Verdict::Pass {
         client_ca: current.policy.client_ca.as_ref(),
     }
+}
+
+/// `X509_V_OK`.
+const VERIFY_OK: i32 = 0;
+/// `X509_V_ERR_UNSPECIFIED`: verification could not even be set up.
+const VERIFY_UNSPECIFIED: i32 = 1;
+
+/// The client certificate a connection holds (`SSL_get0_peer_certificate`)
+/// and the certificates the client sent with it
+/// (`SSL_get_peer_cert_chain`, which leaves the leaf out on a server).
+#[derive(Clone, Copy)]
+pub struct PeerCertificate<'a> {
+    pub leaf: &'a X509Ref,
+    pub sent: Option<&'a StackRef<X509>>,
+}
+
+/// How the connection's handshake verified the client certificate; the
+/// codes are `X509_V_*` from `SSL_get_verify_result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeVerify {
+    /// This full handshake asked for the certificate against the record's
+    /// CAs: OpenSSL verified it like any TLS server does (purpose and trust
+    /// "SSL client", the connection's verify parameters and security
+    /// level), and that result stands.
+    Asked(i32),
+    /// A resumed session: OpenSSL did not verify anything, the result is
+    /// the one the session's first handshake stored with it.
+    Resumed(i32),
+    /// The handshake did not ask for a certificate against the record's
+    /// CAs.
+    NotAsked,
+}
+
+/// What the connection's verification settings add to the CAs: the SSL
+/// object's own verify parameters (`SSL_get0_param`: depth, flags) and its
+/// security level, which OpenSSL applies to the chain's keys and
+/// signatures (`X509_VERIFY_PARAM_set_auth_level`).
+#[derive(Clone, Copy)]
+pub struct VerifySettings<'a> {
+    pub param: Option<&'a X509VerifyParamRef>,
+    pub security_level: i32,
+}
+
+/// The verdict on a tenant's required client certificate, answered like
+/// nginx's `ssl_verify_client on`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCertVerdict {
+    Pass,
+    /// No certificate: 496.
+    Missing,
+    /// The certificate does not verify (`X509_V_*` code): 495.
+    Failed(i32),
+}
+
+/// Checks the client certificate of a request to a tenant whose record
+/// names `ca`. A resumed session never gets more than a full handshake
+/// would: it must have passed when the session was made (the session id
+/// context binds it to the same record, so to the same CAs) and it must
+/// still pass now, verified the way the handshake verifies.
+pub fn check_client_certificate(
+    ca: &ClientCa,
+    peer: Option<PeerCertificate<'_>>,
+    handshake: HandshakeVerify,
+    settings: VerifySettings<'_>,
+) -> ClientCertVerdict {
+    let Some(peer) = peer else {
+        return ClientCertVerdict::Missing;
+    };
+    let code = match handshake {
+        HandshakeVerify::Asked(code) => code,
+        HandshakeVerify::Resumed(stored) if stored != VERIFY_OK => stored,
+        HandshakeVerify::Resumed(_) | HandshakeVerify::NotAsked => {
+            verify_client(ca, peer, settings)
+        }
+    };
+    if code == VERIFY_OK {
+        ClientCertVerdict::Pass
+    } else {
+        ClientCertVerdict::Failed(code)
+    }
+}
+
+/// Verifies `peer` against the tenant's CAs as OpenSSL verifies a client's
+/// chain in a handshake (`ssl_verify_cert_chain`): purpose and trust "SSL
+/// client" (`X509_STORE_CTX_set_default(ctx, "ssl_client")`), so a
+/// certificate whose extended key usage leaves out clientAuth fails with
+/// `X509_V_ERR_INVALID_PURPOSE`; then the connection's own parameters and
+/// its security level. Returns an `X509_V_*` code.
+///
+/// The store is made for this check: the record's store is the one the
+/// handshake uses (through `SSL_set1_verify_cert_store`, where OpenSSL adds
+/// the purpose itself), and holds no purpose of its own.
+pub fn verify_client(
+    ca: &ClientCa,
+    peer: PeerCertificate<'_>,
+    settings: VerifySettings<'_>,
+) -> i32 {
+    verify_client_chain(ca, peer, settings).unwrap_or(VERIFY_UNSPECIFIED)
+}
+
+fn verify_client_chain(
+    ca: &ClientCa,
+    peer: PeerCertificate<'_>,
+    settings: VerifySettings<'_>,
+) -> Result<i32, openssl::error::ErrorStack> {
+    let mut store = X509StoreBuilder::new()?;
+    for c in &ca.certs {
+        store.add_cert(c.clone())?;
+    }
+    // X509_STORE_set1_param(3) copies what is set, in this order, as
+    // ssl_verify_cert_chain layers "ssl_client", the SSL's parameters and
+    // its security level.
+    let mut client = X509VerifyParam::new()?;
+    client.set_purpose(X509PurposeId::SSL_CLIENT)?;
+    store.set_param(&client)?;
+    if let Some(param) = settings.param {
+        store.set_param(param)?;
+    }
+    let mut level = X509VerifyParam::new()?;
+    level.set_auth_level(settings.security_level);
+    store.set_param(&level)?;
+    // The purpose is set (by the SSL's parameters when they name one): the
+    // trust follows from it when X509_STORE_CTX_init(3) sees none.
+    let store = store.build();
+    let empty;
+    let sent = match peer.sent {
+        Some(s) => s,
+        None => {
+            empty = Stack::new()?;
+            &empty
+        }
+    };
+    let mut ctx = X509StoreContext::new()?;
+    ctx.init(&store, peer.leaf, sent, |c| {
+        let ok = c.verify_cert()?;
+        let code = c.error();
+        Ok(match (ok, code) {
+            (true, _) => VERIFY_OK,
+            // A failure without a code is still a failure.
+            (false, e) if e == X509VerifyResult::OK => VERIFY_UNSPECIFIED,
+            (false, e) => e.as_raw(),
+        })
+    })
 }
 
 #[cfg(test)]
@@ -359,6 +507,202 @@ mod tests {
             } => assert_eq!(cas.certs.len(), 1),
             _ => panic!("expected a pass that asks for a client certificate"),
         }
+    }
+
+    /// A tenant's CA as a record carries it, and certificates it issued.
+    mod client_pki {
+        use super::*;
+        use dyncert_testkit::pki::{ec_key, Issued, Pki};
+        use openssl::asn1::Asn1Time;
+        use openssl::hash::MessageDigest;
+        use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
+        use openssl::x509::X509Name;
+
+        pub struct Tenant {
+            pub ca: ClientCa,
+            pub issuer: Issued,
+        }
+
+        pub fn tenant(pki: &Pki, cn: &str) -> Tenant {
+            let issuer = pki.client_ca(cn);
+            let ca = crate::validate::policy_of(None, Some(issuer.cert_pem.as_bytes()))
+                .unwrap()
+                .client_ca
+                .unwrap();
+            Tenant { ca, issuer }
+        }
+
+        /// A certificate of `issuer` with these extended key usages (none:
+        /// no extension, good for any purpose).
+        pub fn issued(issuer: &Issued, eku: &[&str], days: (i64, i64)) -> X509 {
+            let key = ec_key();
+            let mut name = X509Name::builder().unwrap();
+            name.append_entry_by_text("CN", "holder").unwrap();
+            let name = name.build();
+            let mut b = X509::builder().unwrap();
+            b.set_version(2).unwrap();
+            b.set_subject_name(&name).unwrap();
+            b.set_issuer_name(issuer.cert.subject_name()).unwrap();
+            b.set_pubkey(&key).unwrap();
+            b.set_not_before(&Asn1Time::from_unix(super::now() + days.0 * 86_400).unwrap())
+                .unwrap();
+            b.set_not_after(&Asn1Time::from_unix(super::now() + days.1 * 86_400).unwrap())
+                .unwrap();
+            b.append_extension(BasicConstraints::new().critical().build().unwrap())
+                .unwrap();
+            b.append_extension(
+                KeyUsage::new()
+                    .critical()
+                    .digital_signature()
+                    .build()
+                    .unwrap(),
+            )
+            .unwrap();
+            if !eku.is_empty() {
+                let mut e = ExtendedKeyUsage::new();
+                for u in eku {
+                    match *u {
+                        "clientAuth" => e.client_auth(),
+                        "serverAuth" => e.server_auth(),
+                        "emailProtection" => e.email_protection(),
+                        other => panic!("{other}"),
+                    };
+                }
+                b.append_extension(e.build().unwrap()).unwrap();
+            }
+            b.sign(&issuer.key, MessageDigest::sha256()).unwrap();
+            b.build()
+        }
+    }
+
+    const SETTINGS: VerifySettings<'static> = VerifySettings {
+        param: None,
+        security_level: 1,
+    };
+
+    fn peer(leaf: &X509) -> Option<PeerCertificate<'_>> {
+        Some(PeerCertificate { leaf, sent: None })
+    }
+
+    #[test]
+    fn client_certificates_are_verified_for_client_authentication() {
+        let pki = dyncert_testkit::pki::Pki::new();
+        let t = client_pki::tenant(&pki, "tenant CA");
+        let other = client_pki::tenant(&pki, "other CA");
+        let now = (-1, 30);
+        let cases: [(&str, X509, i32); 7] = [
+            (
+                "clientAuth",
+                client_pki::issued(&t.issuer, &["clientAuth"], now),
+                0,
+            ),
+            ("no EKU", client_pki::issued(&t.issuer, &[], now), 0),
+            (
+                "server and client",
+                client_pki::issued(&t.issuer, &["serverAuth", "clientAuth"], now),
+                0,
+            ),
+            // X509_V_ERR_INVALID_PURPOSE: the tenant's server certificates
+            // are no client certificates.
+            (
+                "serverAuth only",
+                client_pki::issued(&t.issuer, &["serverAuth"], now),
+                26,
+            ),
+            (
+                "emailProtection",
+                client_pki::issued(&t.issuer, &["emailProtection"], now),
+                26,
+            ),
+            // X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+            (
+                "other CA",
+                client_pki::issued(&other.issuer, &["clientAuth"], now),
+                20,
+            ),
+            // X509_V_ERR_CERT_HAS_EXPIRED
+            (
+                "expired",
+                client_pki::issued(&t.issuer, &["clientAuth"], (-30, -1)),
+                10,
+            ),
+        ];
+        for (what, cert, code) in &cases {
+            assert_eq!(
+                verify_client(&t.ca, peer(cert).unwrap(), SETTINGS),
+                *code,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_resumed_session_gets_no_more_than_a_full_handshake() {
+        let pki = dyncert_testkit::pki::Pki::new();
+        let t = client_pki::tenant(&pki, "tenant CA");
+        let good = client_pki::issued(&t.issuer, &["clientAuth"], (-1, 30));
+        let server = client_pki::issued(&t.issuer, &["serverAuth"], (-1, 30));
+        let check = |cert, how| check_client_certificate(&t.ca, peer(cert), how, SETTINGS);
+        // What the full handshake found stands.
+        assert_eq!(
+            check(&good, HandshakeVerify::Asked(0)),
+            ClientCertVerdict::Pass
+        );
+        assert_eq!(
+            check(&server, HandshakeVerify::Asked(26)),
+            ClientCertVerdict::Failed(26)
+        );
+        // Resumed: verified again, purpose included, whatever the session
+        // says ...
+        assert_eq!(
+            check(&good, HandshakeVerify::Resumed(0)),
+            ClientCertVerdict::Pass
+        );
+        assert_eq!(
+            check(&server, HandshakeVerify::Resumed(0)),
+            ClientCertVerdict::Failed(26)
+        );
+        // ... and a session whose handshake refused the certificate stays
+        // refused.
+        assert_eq!(
+            check(&good, HandshakeVerify::Resumed(26)),
+            ClientCertVerdict::Failed(26)
+        );
+        assert_eq!(
+            check(&server, HandshakeVerify::NotAsked),
+            ClientCertVerdict::Failed(26)
+        );
+        assert_eq!(
+            check(&good, HandshakeVerify::NotAsked),
+            ClientCertVerdict::Pass
+        );
+        assert_eq!(
+            check_client_certificate(&t.ca, None, HandshakeVerify::Resumed(0), SETTINGS),
+            ClientCertVerdict::Missing
+        );
+    }
+
+    #[test]
+    fn the_connections_verify_parameters_apply() {
+        let pki = dyncert_testkit::pki::Pki::new();
+        let t = client_pki::tenant(&pki, "tenant CA");
+        let good = client_pki::issued(&t.issuer, &["clientAuth"], (-1, 30));
+        // A connection set to verify for another purpose (SSL_set_purpose)
+        // is followed, as in the handshake.
+        let mut param = X509VerifyParam::new().unwrap();
+        param.set_purpose(X509PurposeId::SMIME_SIGN).unwrap();
+        let settings = VerifySettings {
+            param: Some(&param),
+            security_level: 1,
+        };
+        assert_eq!(verify_client(&t.ca, peer(&good).unwrap(), settings), 26);
+        // The security level applies to the chain's keys: P-256 is 128
+        // bits, short of level 5's 256.
+        let strict = VerifySettings {
+            param: None,
+            security_level: 5,
+        };
+        assert_ne!(verify_client(&t.ca, peer(&good).unwrap(), strict), 0);
     }
 
     #[test]
