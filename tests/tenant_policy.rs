@@ -463,3 +463,110 @@ fn resumed_sessions_are_still_held_to_the_tenants_allow_list() {
     );
     t.s.nginx.assert_healthy();
 }
+
+/// A certificate of `ca` for servers only (extended key usage serverAuth):
+/// one of the tenant's own server certificates, say. OpenSSL's verification
+/// of a client (purpose "SSL client") refuses it.
+fn server_only_certificate(ca: &Issued) -> Issued {
+    use openssl::asn1::Asn1Time;
+    use openssl::hash::MessageDigest;
+    use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
+    use openssl::x509::{X509Name, X509};
+    let key = dyncert_testkit::pki::ec_key();
+    let mut name = X509Name::builder().unwrap();
+    name.append_entry_by_text("CN", "www.tenant.internal")
+        .unwrap();
+    let name = name.build();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(ca.cert.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::from_unix(now - 3600).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::from_unix(now + 86400).unwrap())
+        .unwrap();
+    b.append_extension(BasicConstraints::new().critical().build().unwrap())
+        .unwrap();
+    b.append_extension(
+        KeyUsage::new()
+            .critical()
+            .digital_signature()
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    b.append_extension(ExtendedKeyUsage::new().server_auth().build().unwrap())
+        .unwrap();
+    b.sign(&ca.key, MessageDigest::sha256()).unwrap();
+    let cert = b.build();
+    Issued {
+        cert_pem: String::from_utf8(cert.to_pem().unwrap()).unwrap(),
+        key_pem: String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
+        cert,
+        key,
+    }
+}
+
+#[test]
+fn resumed_sessions_refuse_a_client_certificate_the_full_handshake_refused() {
+    let mut t = start();
+    resumption_setup(&t);
+    let ca = t.s.pki.client_ca("tenant CA");
+    let leaf = t.s.pki.leaf(&["mtls.example.com"], 5052);
+    t.s.redis
+        .put_leaf_with("mtls.example.com", &leaf, &[("client_ca", &ca.cert_pem)]);
+    let alice = t.s.pki.client_cert(&ca, "alice");
+    let server_cert = server_only_certificate(&ca);
+    let mut failures = Vec::new();
+    for v in VERSIONS {
+        // Control: a client certificate of the CA passes, resumed too.
+        let req = Request::get("/")
+            .sni("mtls.example.com")
+            .client_cert(&alice)
+            .max_tls(v);
+        let full = t.send(req.clone(), t.port());
+        assert_eq!(full.status, 200, "control over {v:?}: {full:?}");
+        let session = full.tls().session.clone().expect("a session");
+        let again = t.send(req.resume(&session), t.port());
+        assert!(again.tls().resumed, "control: no resumption over {v:?}");
+        assert_eq!(again.status, 200, "control, resumed over {v:?}: {again:?}");
+
+        let req = Request::get("/")
+            .sni("mtls.example.com")
+            .client_cert(&server_cert)
+            .max_tls(v);
+        let full = t.send(req.clone(), t.port());
+        full.assert_served(&leaf, &t.s.pki);
+        assert_eq!(full.status, 400, "full handshake over {v:?}: {full:?}");
+        assert!(
+            full.body.contains("The SSL certificate error"),
+            "expected nginx's 495 page, got {:?}",
+            full.body
+        );
+        let session = full.tls().session.clone().expect("a session");
+        let again = t.send(req.resume(&session), t.port());
+        assert!(again.tls().resumed, "the session did not resume over {v:?}");
+        if again.status != 400 || !again.body.contains("The SSL certificate error") {
+            failures.push(format!(
+                "{v:?}: {} {}",
+                again.status,
+                again.body.lines().next().unwrap_or("")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "a certificate refused in a full handshake was accepted on resumption: {failures:#?}"
+    );
+    let log = t.s.nginx.error_log();
+    assert!(
+        log.contains("client SSL certificate verify error: (26)"),
+        "the refusal should say invalid purpose (26):\n{log}"
+    );
+    t.s.nginx.assert_healthy();
+}

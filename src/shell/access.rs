@@ -4,7 +4,6 @@
 //! (`$remote_addr`, after PROXY protocol with realip or
 //! `set_real_ip_from`), never a header on its own.
 
-use core::ffi::c_long;
 use core::ptr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -12,19 +11,23 @@ use dyncert_core::cidr;
 use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::metrics::Simple;
 use dyncert_core::name::normalize_sni;
-use dyncert_core::tenant::{decide, RequestFacts, Verdict};
+use dyncert_core::tenant::{
+    check_client_certificate, decide, ClientCertVerdict, HandshakeVerify, PeerCertificate,
+    RequestFacts, Verdict, VerifySettings,
+};
 use dyncert_core::validate::ClientCa;
-use foreign_types::{ForeignType, ForeignTypeRef};
+use foreign_types::ForeignTypeRef;
 use ngx::ffi::{
     ngx_conf_t, ngx_connection_t, ngx_http_phases_NGX_HTTP_ACCESS_PHASE,
-    ngx_http_phases_NGX_HTTP_PREACCESS_PHASE, ngx_http_request_t, ngx_int_t,
-    SSL_get0_peer_certificate, SSL_get1_peer_certificate, SSL_get_peer_cert_chain,
+    ngx_http_phases_NGX_HTTP_PREACCESS_PHASE, ngx_http_request_t, ngx_int_t, SSL_get0_param,
+    SSL_get0_peer_certificate, SSL_get_peer_cert_chain, SSL_get_security_level,
     SSL_get_verify_result, NGX_DECLINED, NGX_HTTPS_CERT_ERROR, NGX_HTTPS_NO_CERT,
-    NGX_HTTP_MISDIRECTED_REQUEST, SSL, X509_V_OK,
+    NGX_HTTP_MISDIRECTED_REQUEST, SSL,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf};
-use openssl::stack::{Stack, StackRef};
-use openssl::x509::{X509StoreContext, X509};
+use openssl::stack::StackRef;
+use openssl::x509::verify::X509VerifyParamRef;
+use openssl::x509::{X509Ref, X509};
 
 use super::boundary::guard;
 use super::conf::{add_phase_handler, Module, Refused};
@@ -166,7 +169,7 @@ fn check_tenant(r: &ngx_http_request_t) -> ngx_int_t {
         Verdict::Pass { client_ca: None } => NGX_DECLINED as ngx_int_t,
         Verdict::Pass {
             client_ca: Some(ca),
-        } => check_client_certificate(c, ca, facts),
+        } => require_client_certificate(c, ca, facts),
     }
 }
 
@@ -184,83 +187,82 @@ fn verdict_text(verdict: &Verdict<'_>) -> String {
 
 /// The tenant's required client certificate: 496 without one, 495 when it
 /// does not verify against the tenant's CAs (answered like nginx's
-/// `ssl_verify_client`).
-fn check_client_certificate(
+/// `ssl_verify_client`). The core decides; this gathers what OpenSSL holds.
+fn require_client_certificate(
     c: &ngx_connection_t,
     ca: &ClientCa,
     facts: Option<HandshakeFacts>,
 ) -> ngx_int_t {
-    let Some(ssl) = ssl_of(c) else {
-        return NGX_HTTPS_NO_CERT as ngx_int_t;
+    let verdict = match ssl_of(c) {
+        // SAFETY: ssl is c's live SSL object and its handshake finished.
+        Some(ssl) => unsafe { client_certificate_verdict(ssl, ca, facts) },
+        None => ClientCertVerdict::Missing,
     };
-    // SAFETY: ssl is c's live SSL object; get0 borrows the peer
-    // certificate only to test for it.
-    if unsafe { SSL_get0_peer_certificate(ssl) }.is_null() {
-        metrics::add(metrics::layout().simple(Simple::ClientCertRejections), 1);
-        Log::of(c).info(format_args!(
-            "dyncert: client sent no required SSL certificate"
-        ));
-        return NGX_HTTPS_NO_CERT as ngx_int_t;
-    }
-    // The handshake's own result counts only when this handshake asked
-    // against the record's CAs; a resumed session carries the verification
-    // of an earlier handshake: verify again.
-    let verify = if facts.is_some_and(|f| f.client_ca_requested && !f.resumed) {
-        // SAFETY: ssl is c's live SSL object, its handshake finished.
-        unsafe { SSL_get_verify_result(ssl) }
-    } else {
-        // SAFETY: as above.
-        unsafe { verify_peer(ssl, ca) }
-    };
-    if verify != X509_V_OK as c_long {
-        metrics::add(metrics::layout().simple(Simple::ClientCertRejections), 1);
-        Log::of(c).info(format_args!(
-            "dyncert: client SSL certificate verify error: ({verify}) \
+    match verdict {
+        ClientCertVerdict::Pass => NGX_DECLINED as ngx_int_t,
+        ClientCertVerdict::Missing => {
+            metrics::add(metrics::layout().simple(Simple::ClientCertRejections), 1);
+            Log::of(c).info(format_args!(
+                "dyncert: client sent no required SSL certificate"
+            ));
+            NGX_HTTPS_NO_CERT as ngx_int_t
+        }
+        ClientCertVerdict::Failed(code) => {
+            metrics::add(metrics::layout().simple(Simple::ClientCertRejections), 1);
+            Log::of(c).info(format_args!(
+                "dyncert: client SSL certificate verify error: ({code}) \
                  against the tenant's client_ca"
-        ));
-        return NGX_HTTPS_CERT_ERROR as ngx_int_t;
+            ));
+            NGX_HTTPS_CERT_ERROR as ngx_int_t
+        }
     }
-    NGX_DECLINED as ngx_int_t
 }
 
-/// Verifies the connection's client certificate (and the chain it sent)
-/// against the tenant's CAs; returns an X509_V_* code.
+/// Reads the connection's client certificate, the chain it came with, the
+/// handshake's verification and the connection's verify settings, and has
+/// the core judge them.
 ///
 /// # Safety
 /// `ssl` must be a live SSL object of a finished handshake.
-unsafe fn verify_peer(ssl: *mut SSL, ca: &ClientCa) -> c_long {
-    const FAILED: c_long = 1; // X509_V_ERR_UNSPECIFIED
-                              // SAFETY: ssl is live; SSL_get1_peer_certificate(3) returns a new
-                              // reference (or NULL).
-    let leaf = unsafe { SSL_get1_peer_certificate(ssl) };
+unsafe fn client_certificate_verdict(
+    ssl: *mut SSL,
+    ca: &ClientCa,
+    facts: Option<HandshakeFacts>,
+) -> ClientCertVerdict {
+    // SAFETY: ssl is live; SSL_get0_peer_certificate(3) borrows the peer
+    // certificate (NULL without one) for as long as the session lives,
+    // which outlives this call.
+    let leaf = unsafe { SSL_get0_peer_certificate(ssl) };
     if leaf.is_null() {
-        return FAILED;
+        return ClientCertVerdict::Missing;
     }
-    // SAFETY: leaf is a new reference that X509 now owns and frees.
-    let leaf = unsafe { X509::from_ptr(leaf.cast::<openssl_sys::X509>()) };
-    let Ok(mut chain) = Stack::<X509>::new() else {
-        return FAILED;
-    };
+    // SAFETY: as above: non-NULL, borrowed, not freed here.
+    let leaf = unsafe { X509Ref::from_ptr(leaf.cast::<openssl_sys::X509>()) };
     // SAFETY: ssl is live; SSL_get_peer_cert_chain(3) borrows the chain the
-    // peer sent (NULL without one), which lives as long as ssl.
+    // peer sent (NULL without one), which lives as long as the session.
     let sent = unsafe { SSL_get_peer_cert_chain(ssl) };
-    if !sent.is_null() {
-        // SAFETY: as above; borrowed while ssl lives, not freed here.
-        let sent = unsafe { StackRef::<X509>::from_ptr(sent.cast()) };
-        for c in sent {
-            if chain.push(c.to_owned()).is_err() {
-                return FAILED;
-            }
-        }
-    }
-    let Ok(mut ctx) = X509StoreContext::new() else {
-        return FAILED;
+    // SAFETY: as above; borrowed while ssl lives, not freed here.
+    let sent = (!sent.is_null()).then(|| unsafe { StackRef::<X509>::from_ptr(sent.cast()) });
+    // SAFETY: ssl is live; SSL_get_verify_result(3) is this handshake's
+    // result, or for a resumed session the one stored with the session.
+    let result = unsafe { SSL_get_verify_result(ssl) } as i32;
+    let handshake = match facts {
+        Some(f) if f.resumed => HandshakeVerify::Resumed(result),
+        Some(f) if f.client_ca_requested => HandshakeVerify::Asked(result),
+        _ => HandshakeVerify::NotAsked,
     };
-    match ctx.init(&ca.store, &leaf, &chain, |c| {
-        Ok((c.verify_cert()?, c.error().as_raw()))
-    }) {
-        Ok((true, _)) => X509_V_OK as c_long,
-        Ok((false, code)) => code as c_long,
-        Err(_) => FAILED,
-    }
+    // SAFETY: ssl is live; SSL_get0_param(3) borrows the SSL object's own
+    // verify parameters, never NULL, for as long as ssl lives.
+    let param = unsafe { X509VerifyParamRef::from_ptr(SSL_get0_param(ssl).cast()) };
+    // SAFETY: ssl is live; SSL_get_security_level(3) only reads it.
+    let security_level = unsafe { SSL_get_security_level(ssl) };
+    check_client_certificate(
+        ca,
+        Some(PeerCertificate { leaf, sent }),
+        handshake,
+        VerifySettings {
+            param: Some(param),
+            security_level,
+        },
+    )
 }
