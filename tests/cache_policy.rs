@@ -353,7 +353,7 @@ fn max_entries_evicts_the_least_recently_used() {
 
 #[test]
 fn max_size_bounds_the_cache_in_bytes() {
-    let names: Vec<String> = (0..60).map(|i| format!("sz{i}.example.com")).collect();
+    let names: Vec<String> = (0..120).map(|i| format!("sz{i}.example.com")).collect();
     let sources_of_first_and_last = |cache: &str| {
         let mut s = redis_stack(cache);
         for (i, n) in names.iter().enumerate() {
@@ -366,12 +366,13 @@ fn max_size_bounds_the_cache_in_bytes() {
         s.nginx.assert_healthy();
         (first, last)
     };
-    // 60 chains of leaf + intermediate with keys are far more than 32k.
-    let (first, last) = sources_of_first_and_last("max=1000 max_size=32k valid=1m");
-    assert_eq!(last, "cache", "the newest entry must fit in max_size=32k");
+    // 120 entries of leaf + intermediate (each weighed as its DER plus a
+    // 2 KiB overhead, over 3 KiB) are more than 256k, the smallest bound.
+    let (first, last) = sources_of_first_and_last("max=1000 max_size=256k valid=1m");
+    assert_eq!(last, "cache", "the newest entry must fit in max_size=256k");
     assert_eq!(
         first, "redis",
-        "the oldest entry was not evicted by max_size=32k"
+        "the oldest entry was not evicted by max_size=256k"
     );
     // Control: the same names without a byte bound all stay cached.
     let (first, _) = sources_of_first_and_last("max=1000 valid=1m");

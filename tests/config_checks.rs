@@ -84,10 +84,21 @@ fn unknown_directive_value_fails_config_test() {
         let t = check(&pki, ok, &format!("{STATIC_CERT} dyncert on;"));
         assert!(t.ok, "`{ok}` must pass:\n{}", t.output);
     }
-    let cases: [(&str, &str, &[&str]); 10] = [
+    let cases: [(&str, &str, &[&str]); 12] = [
         ("", "dyncert maybe;", &["maybe"]),
         ("", "dyncert_unknown whatever;", &["whatever"]),
         ("dyncert_cache max=abc;", "dyncert on;", &["abc"]),
+        // A cache that can hold no certificate would serve none.
+        (
+            "dyncert_cache max=0;",
+            "dyncert on;",
+            &["max=0", "at least one"],
+        ),
+        (
+            "dyncert_cache max_size=64k;",
+            "dyncert on;",
+            &["max_size=64k", "at least 256k"],
+        ),
         (
             "dyncert_cache max=10 colour=blue;",
             "dyncert on;",

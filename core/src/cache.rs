@@ -19,7 +19,8 @@ use crate::lru::{Lru, Slot};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CachePolicy {
     /// Most certificate (positive) entries; 0 disables caching altogether,
-    /// negative entries included.
+    /// negative entries included (the directive refuses 0: a handshake
+    /// gets its certificate from this cache).
     pub max_entries: usize,
     /// Most bytes of certificate entries, as weighed by the caller in
     /// [`CertCache::insert_weighted`]; 0 means no byte bound.

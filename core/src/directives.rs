@@ -203,8 +203,18 @@ pub fn parse_time_ms(v: &[u8]) -> Option<Millis> {
 
 // ---- directives ----
 
+/// Smallest `dyncert_cache max_size=` other than 0 (no byte bound): room
+/// for the heaviest entry a record makes (two chains of at most
+/// [`crate::record::MAX_CRT_BYTES`] of PEM each, whose DER is smaller,
+/// plus the entry's overhead). A certificate is only ever served from the
+/// worker's cache, so an entry the bound cannot hold would never be served.
+pub const MIN_CACHE_BYTES: usize = 256 * 1024;
+
 /// `dyncert_cache max=N max_size=SIZE valid=TIME stale=TIME negative=TIME
 /// negative_max=N`: any of them, in any order, each over the default.
+/// `max` is at least 1 and `max_size` 0 or at least [`MIN_CACHE_BYTES`]:
+/// a handshake gets its certificate out of the cache, so a cache that
+/// holds none would serve the default to every name.
 pub fn cache(args: &[&[u8]]) -> Result<CachePolicy> {
     /// Bound on `max=` and `negative_max=`: far above any real cache, and
     /// low enough that a typo cannot ask for all the memory there is.
@@ -220,10 +230,33 @@ pub fn cache(args: &[&[u8]]) -> Result<CachePolicy> {
                 .ok_or_else(invalid)
         };
         let time = || parse_time_ms(value).ok_or_else(invalid);
+        let shown = || String::from_utf8_lossy(arg).into_owned();
         match key {
-            b"max" => policy.max_entries = entries()?,
+            b"max" => {
+                policy.max_entries = entries()?;
+                if policy.max_entries == 0 {
+                    return Err(InvalidParameter::because(
+                        shown(),
+                        "a handshake gets its certificate from the worker's cache, so it must \
+                         hold at least one (with dyncert_shared_zone a small max is enough)"
+                            .into(),
+                    ));
+                }
+            }
             b"negative_max" => policy.negative_max = entries()?,
-            b"max_size" => policy.max_bytes = parse_size(value).ok_or_else(invalid)?,
+            b"max_size" => {
+                policy.max_bytes = parse_size(value).ok_or_else(invalid)?;
+                if (1..MIN_CACHE_BYTES).contains(&policy.max_bytes) {
+                    return Err(InvalidParameter::because(
+                        shown(),
+                        format!(
+                            "must be 0 (no byte bound) or at least {}k, the most one \
+                             certificate entry can weigh",
+                            MIN_CACHE_BYTES / 1024
+                        ),
+                    ));
+                }
+            }
             b"valid" => policy.valid = time()?,
             b"stale" => policy.stale = time()?,
             b"negative" => policy.negative = time()?,
@@ -812,8 +845,17 @@ mod tests {
             }
         );
         assert_eq!(cache(&[]).unwrap(), CachePolicy::default());
-        let p = cache(&[b"negative_max=0", b"max=0"]).unwrap();
-        assert_eq!((p.max_entries, p.negative_max), (0, 0));
+        let p = cache(&[b"negative_max=0", b"max=1", b"max_size=0"]).unwrap();
+        assert_eq!((p.max_entries, p.negative_max, p.max_bytes), (1, 0, 0));
+        // A cache that can hold no certificate would serve none.
+        let e = cache(&[b"max=0"]).unwrap_err();
+        assert!(e.reason.unwrap().contains("at least one"));
+        let e = cache(&[b"max_size=255k"]).unwrap_err();
+        assert!(e.reason.unwrap().contains("at least 256k"));
+        assert_eq!(
+            cache(&[b"max_size=256k"]).unwrap().max_bytes,
+            MIN_CACHE_BYTES
+        );
         assert_eq!(
             cache(&[b"max=1", b"max=2"]).unwrap().max_entries,
             2,
