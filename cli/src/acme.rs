@@ -10,6 +10,7 @@
 //! and every answer written is deleted again (every `present` is followed
 //! by its `cleanup`) whatever happened after it.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,6 +46,9 @@ const ACCOUNT_PREFIX: &str = "dyncert:acme-account:";
 const CHALLENGE_TTL: u64 = 600;
 /// How long the CA may take to validate every name, and then to issue.
 const DEADLINE: Duration = Duration::from_secs(90);
+/// `--acme-timeout`'s default: the longest wait for the CA's answer in
+/// one exchange.
+const DEFAULT_ACME_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What `dyncert issue` was asked for (and what `renew` asks for each
 /// due record). `Default` is HTTP-01 with the default prefix and no
@@ -79,6 +83,8 @@ pub struct Request {
     /// was when the order was decided (`None`: replace whatever is there,
     /// as `dyncert issue` does); otherwise [`CliError::Changed`].
     pub expect: Option<Expect>,
+    /// Bound on each exchange with the CA (`--acme-timeout`).
+    pub acme_timeout: Duration,
 }
 
 impl Default for Request {
@@ -99,6 +105,7 @@ impl Default for Request {
             encrypt_with: None,
             key_ring: Keyring::new(),
             expect: None,
+            acme_timeout: DEFAULT_ACME_TIMEOUT,
         }
     }
 }
@@ -202,12 +209,15 @@ pub fn renewal_window(
     req: &Request,
     id: &CertificateIdentifier<'_>,
 ) -> Result<Option<(i64, i64)>, CliError> {
+    let t = req.acme_timeout;
     runtime()?.block_on(async {
-        let account = account(store, req).await.map_err(|e| match e {
-            AccountError::Acme(e) => CliError::Acme(format!("account: {}", describe(&e))),
-            AccountError::Cli(e) => e,
-        })?;
-        match account.renewal_info(id).await {
+        let account = bounded(req, "renewal information: account", t, account(store, req))
+            .await?
+            .map_err(|e| match e {
+                AccountError::Acme(e) => CliError::Acme(format!("account: {}", describe(&e))),
+                AccountError::Cli(e) => e,
+            })?;
+        match bounded(req, "renewal information", t, account.renewal_info(id)).await? {
             Ok((info, _)) => Ok(Some((
                 info.suggested_window.start.unix_timestamp(),
                 info.suggested_window.end.unix_timestamp(),
@@ -231,10 +241,14 @@ async fn issue_async(store: &mut Store, req: &Request) -> Result<Prepared, CliEr
     let fail = |step: &str, e: instant_acme::Error| {
         CliError::Acme(format!("issue \"{first}\": {step}: {}", describe(&e)))
     };
-    let account = account(store, req).await.map_err(|e| match e {
-        AccountError::Acme(e) => fail("account", e),
-        AccountError::Cli(e) => e,
-    })?;
+    let what = |step: &str| format!("issue \"{first}\": {step}");
+    let t = req.acme_timeout;
+    let account = bounded(req, &what("account"), t, account(store, req))
+        .await?
+        .map_err(|e| match e {
+            AccountError::Acme(e) => fail("account", e),
+            AccountError::Cli(e) => e,
+        })?;
 
     let identifiers: Vec<Identifier> = req
         .names
@@ -245,13 +259,15 @@ async fn issue_async(store: &mut Store, req: &Request) -> Result<Prepared, CliEr
     if let Some(old) = &req.replaces {
         new_order = new_order.replaces(old.clone());
     }
-    let mut order = match account.new_order(&new_order).await {
+    let placed = bounded(req, &what("new order"), t, account.new_order(&new_order)).await?;
+    let mut order = match placed {
         // The old certificate was replaced already (an earlier run that
         // failed later): order afresh, as RFC 9773 section 5 allows.
         Err(instant_acme::Error::Api(p))
             if req.replaces.is_some() && already_replaced(p.r#type.as_deref()) =>
         {
-            account.new_order(&NewOrder::new(&identifiers)).await
+            let afresh = NewOrder::new(&identifiers);
+            bounded(req, &what("new order"), t, account.new_order(&afresh)).await?
         }
         other => other,
     }
@@ -278,13 +294,13 @@ async fn issue_async(store: &mut Store, req: &Request) -> Result<Prepared, CliEr
         .map_err(|e| CliError::Acme(format!("issue \"{first}\": key generation: {e}")))?;
     let csr = csr(&key, &req.names)
         .map_err(|e| CliError::Acme(format!("issue \"{first}\": CSR: {e}")))?;
-    order
-        .finalize_csr(&csr)
-        .await
+    bounded(req, &what("finalize"), t, order.finalize_csr(&csr))
+        .await?
         .map_err(|e| fail("finalize", e))?;
-    let chain = order
-        .poll_certificate(&retry_policy())
-        .await
+    let retries = retry_policy();
+    let polled = order.poll_certificate(&retries);
+    let chain = bounded(req, &what("certificate download"), poll_bound(t), polled)
+        .await?
         .map_err(|e| fail("certificate download", e))?;
     let key_pem = key
         .private_key_to_pem_pkcs8()
@@ -331,6 +347,8 @@ async fn answer_challenges(
     let fail = |step: &str, e: instant_acme::Error| {
         CliError::Acme(format!("issue \"{first}\": {step}: {}", describe(&e)))
     };
+    let what = |step: &str| format!("issue \"{first}\": {step}");
+    let t = req.acme_timeout;
     let (kind, kind_name) = match req.dns {
         Some(_) => (ChallengeType::Dns01, "dns-01"),
         None => (ChallengeType::Http01, "http-01"),
@@ -340,7 +358,7 @@ async fn answer_challenges(
         .as_ref()
         .map_or(Duration::ZERO, |h| h.propagation_wait);
     let mut authorizations = order.authorizations();
-    while let Some(authz) = authorizations.next().await {
+    while let Some(authz) = bounded(req, &what("authorization"), t, authorizations.next()).await? {
         let mut authz = authz.map_err(|e| fail("authorization", e))?;
         let name = authz.identifier().to_string();
         match authz.status {
@@ -375,42 +393,48 @@ async fn answer_challenges(
             }
         }
         if wait.is_zero() {
-            challenge
-                .set_ready()
-                .await
-                .map_err(|e| fail(&format!("challenge ready for \"{name}\""), e))?;
+            let step = format!("challenge ready for \"{name}\"");
+            bounded(req, &what(&step), t, challenge.set_ready())
+                .await?
+                .map_err(|e| fail(&step, e))?;
         }
     }
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
         let mut authorizations = order.authorizations();
-        while let Some(authz) = authorizations.next().await {
+        while let Some(authz) =
+            bounded(req, &what("authorization"), t, authorizations.next()).await?
+        {
             let mut authz = authz.map_err(|e| fail("authorization", e))?;
             if authz.status != AuthorizationStatus::Pending {
                 continue;
             }
             let name = authz.identifier().to_string();
             if let Some(mut challenge) = authz.challenge(kind.clone()) {
-                challenge
-                    .set_ready()
-                    .await
-                    .map_err(|e| fail(&format!("challenge ready for \"{name}\""), e))?;
+                let step = format!("challenge ready for \"{name}\"");
+                bounded(req, &what(&step), t, challenge.set_ready())
+                    .await?
+                    .map_err(|e| fail(&step, e))?;
             }
         }
     }
 
-    let status = order
-        .poll_ready(&retry_policy())
-        .await
+    let retries = retry_policy();
+    let polled = order.poll_ready(&retries);
+    let status = bounded(req, &what("validation"), poll_bound(t), polled)
+        .await?
         .map_err(|e| fail("validation", e))?;
     if status == OrderStatus::Ready {
         return Ok(());
     }
     // Which name failed, and the CA's words for it.
     let mut reasons = Vec::new();
+    // Best effort: a CA that stops answering here leaves the reasons out.
     let mut authorizations = order.authorizations();
-    while let Some(Ok(mut authz)) = authorizations.next().await {
-        let Ok(state) = authz.refresh().await else {
+    while let Ok(Some(Ok(mut authz))) =
+        bounded(req, &what("authorization"), t, authorizations.next()).await
+    {
+        let Ok(Ok(state)) = bounded(req, &what("authorization"), t, authz.refresh()).await else {
             continue;
         };
         if state.status == AuthorizationStatus::Valid {
@@ -433,6 +457,42 @@ async fn answer_challenges(
             reasons.join("; ")
         }
     )))
+}
+
+/// One exchange with the CA (or a poll, or the account's set-up),
+/// bounded by `limit`. instant-acme's HTTP client has no connect, TLS or
+/// request timeout, and its retry deadline is checked only between polls:
+/// a CA (or a middlebox) that accepts the connection and never answers
+/// would hold the order, its lock and `run`'s worker forever. `what`
+/// names the command and the step; the answer names the CA.
+async fn bounded<F: Future>(
+    req: &Request,
+    what: &str,
+    limit: Duration,
+    exchange: F,
+) -> Result<F::Output, CliError> {
+    tokio::time::timeout(limit, exchange).await.map_err(|_| {
+        CliError::Unanswered(format!(
+            "{what}: no answer from the CA at {} within {} (--acme-timeout)",
+            req.directory_url,
+            time_text(limit)
+        ))
+    })
+}
+
+/// A poll's bound: its retry deadline, checked between requests, plus the
+/// last request and the download that may follow it.
+fn poll_bound(exchange: Duration) -> Duration {
+    DEADLINE + 2 * exchange
+}
+
+/// `30 s`, `1500 ms`.
+fn time_text(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
 }
 
 /// Poll with backoff up to the deadline: 250 ms, then 1.5 times longer.

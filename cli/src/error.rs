@@ -26,6 +26,9 @@ pub enum CliError {
     /// An ACME step failed (`issue`): which name, which step, the CA's
     /// problem detail.
     Acme(String),
+    /// The CA did not answer an ACME exchange within its bound
+    /// (`--acme-timeout`): which step, and the CA's directory URL.
+    Unanswered(String),
     /// Another process holds the name's order lock: an order for it is in
     /// flight elsewhere in the fleet, so none is started here.
     Busy(String),
@@ -60,6 +63,7 @@ impl CliError {
             CliError::Input(m)
             | CliError::Redis(m)
             | CliError::Acme(m)
+            | CliError::Unanswered(m)
             | CliError::Busy(m)
             | CliError::Changed(m) => m.clone(),
         }
@@ -78,6 +82,7 @@ impl fmt::Display for CliError {
             CliError::Input(m)
             | CliError::Redis(m)
             | CliError::Acme(m)
+            | CliError::Unanswered(m)
             | CliError::Busy(m)
             | CliError::Changed(m) => f.write_str(m),
         }

@@ -255,6 +255,18 @@ struct AcmeOpts {
     /// --key-encryption-key); renew keeps an encrypted record's id without it
     #[arg(long, value_name = "ID")]
     encrypt_with: Option<String>,
+    /// Longest wait for the CA in each ACME exchange (directory and
+    /// account, new order, each authorization and challenge, finalize;
+    /// the 90 s polls get twice this on top): a CA that never answers
+    /// fails the step (nginx syntax, 1s to 1h)
+    #[arg(
+        long,
+        env = "DYNCERT_ACME_TIMEOUT",
+        value_name = "TIME",
+        default_value = "30s",
+        value_parser = parse_time
+    )]
+    acme_timeout: u64,
     /// External account binding key id, for a CA that requires EAB
     #[arg(
         long,
@@ -313,6 +325,7 @@ impl AcmeOpts {
             dns,
             eab,
             encrypt_with: self.encrypt_with,
+            acme_timeout: Duration::from_millis(self.acme_timeout),
             ..acme::Request::default()
         })
     }

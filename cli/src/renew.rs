@@ -243,9 +243,10 @@ fn renew_one(
 }
 
 /// The CA's renewal window for `leaf`, with its ARI identifier. `None`
-/// when the leaf has no authorityKeyIdentifier, the CA has no ARI (then
-/// `ask_ari` turns false, for the next records), or the CA does not know
-/// the certificate (another CA's): the lifetime rule decides then.
+/// when the leaf has no authorityKeyIdentifier, the CA has no ARI or does
+/// not answer within `--acme-timeout` (then `ask_ari` turns false, for
+/// the next records), or the CA does not know the certificate (another
+/// CA's): the lifetime rule decides then.
 fn ari_window(
     store: &mut Store,
     template: &acme::Request,
@@ -261,6 +262,13 @@ fn ari_window(
         Ok(Some((start, end))) => Some((start, end, id)),
         Ok(None) => {
             *ask_ari = false;
+            None
+        }
+        // A CA that does not answer would cost every later record the
+        // same wait, even those far from due.
+        Err(e @ CliError::Unanswered(_)) => {
+            *ask_ari = false;
+            eprintln!("dyncert: warning: {e}; the lifetime rule decides for the rest of this run");
             None
         }
         Err(_) => None,

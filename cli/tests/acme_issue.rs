@@ -8,8 +8,11 @@
 #[allow(dead_code)]
 mod common_acme;
 
+use std::time::Duration;
+
 use common_acme::harness::{self, assert_chain_verifies, assert_pebble_issued, pending_challenges};
-use common_acme::{dyncert, issue, keys, AcmeStack, ANSWER_AND_SERVE};
+use common_acme::{dyncert, dyncert_bounded, issue, keys, AcmeStack, SilentCa, ANSWER_AND_SERVE};
+
 use dyncert_testkit::*;
 
 const NAME: &str = "shop.acme.test";
@@ -279,4 +282,36 @@ fn rsa_keys_on_request_and_an_account_kept_in_a_file() {
         common_acme::serial(&common_acme::stored_leaf(&redis, NAME)),
         common_acme::serial(&leaf)
     );
+}
+
+/// A CA that accepts the connection and never answers (a hung CA, a
+/// middlebox): `issue` fails at the first step within `--acme-timeout`
+/// (here from the environment), in one line naming the step and the CA,
+/// and leaves no order lock behind.
+#[test]
+fn issue_fails_within_the_acme_timeout_when_the_ca_never_answers() {
+    let redis = Redis::start();
+    let ca = SilentCa::start();
+    let url = ca.url();
+    let (out, took) = dyncert_bounded(
+        &redis,
+        &[("DYNCERT_ACME_TIMEOUT", "1s")],
+        &["issue", NAME, "--acme-url", &url],
+        Duration::from_secs(30),
+    );
+    assert_ne!(out.code, -1, "still running after {took:?}: killed");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert_eq!(
+        out.one_line_failure(),
+        format!(
+            "dyncert: issue \"{NAME}\": account: no answer from the CA at {url} within 1 s \
+             (--acme-timeout)"
+        )
+    );
+    assert!(ca.accepted() >= 1, "the connection was accepted");
+    assert_eq!(keys(&redis, "dyncert:order-lock:*"), Vec::<String>::new());
+    assert!(redis.record(NAME).is_empty(), "nothing stored");
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common_acme::harness::{assert_chain_verifies, http_get, Pebble};
-use common_acme::{serial, unix_now, AcmeStack, ANSWER_AND_SERVE};
+use common_acme::{dyncert, serial, unix_now, AcmeStack, SilentCa, ANSWER_AND_SERVE};
 use dyncert_testkit::*;
 use openssl::x509::X509;
 
@@ -111,6 +111,14 @@ struct Issuer {
 
 impl Issuer {
     fn start(redis: &Redis, pebble: &Pebble, extra: &[&str]) -> Issuer {
+        let ca = pebble.ca_file();
+        let mut args = vec!["--acme-ca", ca.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Issuer::start_at(redis, &pebble.directory_url(), &args)
+    }
+
+    /// An issuer of the CA at `acme_url` (`extra` has its `--acme-ca`).
+    fn start_at(redis: &Redis, acme_url: &str, extra: &[&str]) -> Issuer {
         let dir = TempDir::new("dyncert-run");
         let log = dir.path().join("stderr");
         let metrics_port = free_port();
@@ -119,9 +127,7 @@ impl Issuer {
             .arg(redis.url())
             .arg("run")
             .arg("--acme-url")
-            .arg(pebble.directory_url())
-            .arg("--acme-ca")
-            .arg(pebble.ca_file())
+            .arg(acme_url)
             .arg("--metrics")
             .arg(format!("127.0.0.1:{metrics_port}"))
             .args(extra)
@@ -813,4 +819,92 @@ fn an_ask_endpoint_that_is_down_or_hangs_refuses() {
         "{}",
         issuer.log()
     );
+}
+
+/// A CA that accepts the connection and never answers: each ACME step
+/// fails within `--acme-timeout`, so the renew pass ends with its record
+/// failed, the next on-demand name is ordered, fails the same way and is
+/// backed off, and the worker goes on while the instance stays active.
+#[test]
+fn run_goes_on_past_a_ca_that_never_answers_within_the_acme_timeout() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let ca = SilentCa::start();
+    let ask = AskServer::start();
+    // Due: 10 minutes of its life left.
+    let dir = TempDir::new("run-silent-ca");
+    let due = "due.acme.test";
+    let leaf = pki.leaf_with(
+        &[due],
+        7,
+        LeafOpts {
+            expires_in: Some(Duration::from_secs(600)),
+            ..Default::default()
+        },
+    );
+    let (crt, key) = (dir.path().join("due.crt"), dir.path().join("due.key"));
+    write_file(&crt, &leaf.chain_pem);
+    write_file(&key, &leaf.key_pem);
+    let out = dyncert(
+        &redis,
+        &[
+            "put",
+            due,
+            "--cert",
+            crt.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let before = redis.record(due);
+
+    let url = ca.url();
+    let issuer = Issuer::start_at(
+        &redis,
+        &url,
+        &[
+            "--ask",
+            &ask.url(),
+            "--lease-ttl",
+            "3s",
+            "--acme-timeout",
+            "1s",
+        ],
+    );
+    let logged = |what: &str| {
+        poll(Duration::from_secs(20), Duration::from_millis(100), || {
+            issuer.log().contains(what).then_some(())
+        })
+        .unwrap_or_else(|| panic!("no \"{what}\" in\n{}", issuer.log()))
+    };
+    logged("renew pass: 0 renewed, some failed");
+    assert!(
+        issuer.log().contains(&format!(
+            "renewal information: account: no answer from the CA at {url} within 1 s (--acme-timeout); \
+             the lifetime rule decides for the rest of this run"
+        )),
+        "{}",
+        issuer.log()
+    );
+    assert_eq!(
+        redis.record(due),
+        before,
+        "the due record is kept as it was"
+    );
+
+    let name = "ok-new.acme.test";
+    xadd(&redis, name);
+    logged(&format!(
+        "on-demand \"{name}\": failed (issue \"{name}\": account: no answer from the CA at {url} \
+         within 1 s (--acme-timeout)); next attempt in 60 s"
+    ));
+    assert_eq!(ask.asked(), [name]);
+    assert_eq!(issuer.metric(FAILED), 1.0);
+    assert!(
+        redis.cmd(&["HGET", BACKOFF, name]) != Reply::Bulk(None),
+        "backed off"
+    );
+    assert!(issuer.active(), "still the active instance");
+    assert!(ca.accepted() >= 3, "every step reached the CA");
 }

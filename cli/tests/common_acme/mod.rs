@@ -360,3 +360,115 @@ impl DnsStack {
         }
     }
 }
+
+/// A "CA" that accepts TCP connections and never sends a byte nor closes
+/// them: a hung CA, or a middlebox that swallows the exchange. Its
+/// directory URL is `https://127.0.0.1:PORT/dir`.
+pub struct SilentCa {
+    pub port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentCa {
+    pub fn start() -> SilentCa {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind silent CA");
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, stopping) = (Arc::clone(&accepted), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        held.push(conn);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        SilentCa {
+            port,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.port)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for SilentCa {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `dyncert --redis URL ARGS...` with `env` added, killed if still
+/// running after `deadline`; its output and how long it ran. The exit
+/// code of a killed run is -1.
+pub fn dyncert_bounded(
+    redis: &Redis,
+    env: &[(&str, &str)],
+    args: &[&str],
+    deadline: Duration,
+) -> (Out, Duration) {
+    use std::io::Read;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dyncert"));
+    cmd.arg("--redis")
+        .arg(redis.url())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    die_with_parent(&mut cmd);
+    let started = Instant::now();
+    let mut child = cmd.spawn().expect("run dyncert");
+    let status = poll(deadline, Duration::from_millis(20), || {
+        child.try_wait().expect("wait for dyncert")
+    });
+    let took = started.elapsed();
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let code = status.and_then(|s| s.code()).unwrap_or(-1);
+    (
+        Out {
+            code,
+            stdout,
+            stderr,
+        },
+        took,
+    )
+}
