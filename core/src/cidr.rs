@@ -90,7 +90,8 @@ fn normalize(ip: IpAddr) -> IpAddr {
 
 /// Parses a comma- (or space-) separated list, as found in `env=VAR` and
 /// in a record's `allow` field. Empty items are skipped; an empty list is
-/// valid (and then nothing matches).
+/// valid and then nothing matches: a list that names no address (empty,
+/// blank, only separators) admits no one, never everyone.
 pub fn parse_list(s: &str) -> Result<Vec<Cidr>, String> {
     let items: Vec<&str> = s
         .split(|c: char| c == ',' || c.is_ascii_whitespace())
@@ -172,5 +173,21 @@ mod tests {
         assert!(parse_list("10.0.0.0/8,bogus").is_err());
         let many = vec!["10.0.0.1"; MAX_ENTRIES + 1].join(",");
         assert!(parse_list(&many).is_err());
+    }
+
+    #[test]
+    fn a_list_naming_no_address_admits_no_one() {
+        for empty in ["", " ", ",", " , ,", "\t\n", ",,,"] {
+            let l = parse_list(empty).unwrap();
+            assert!(l.is_empty(), "{empty:?}");
+            for ip in [
+                v4(127, 0, 0, 1),
+                v4(0, 0, 0, 0),
+                v6("::1").unwrap(),
+                v6("::ffff:10.0.0.1").unwrap(),
+            ] {
+                assert!(!matches(&l, ip), "{empty:?} admits {ip}");
+            }
+        }
     }
 }

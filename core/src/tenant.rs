@@ -430,6 +430,26 @@ mod tests {
     }
 
     #[test]
+    fn an_allow_list_naming_no_address_denies_everyone() {
+        for empty in ["", " ", ",", " , "] {
+            let c = parsed(&["fenced.example"], Some(empty));
+            assert_eq!(c.policy.allow.as_deref(), Some(&[][..]), "{empty:?}");
+            let mut f = facts(&c, b"fenced.example", b"fenced.example");
+            for client in [
+                Some("127.0.0.1".parse().unwrap()),
+                Some("::1".parse().unwrap()),
+                None,
+            ] {
+                f.client = client;
+                assert!(
+                    matches!(decide(&f), Verdict::Denied),
+                    "{empty:?} {client:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn wildcard_record_installed_while_the_name_has_its_own_is_misdirected() {
         let wildcard = parsed(&["*.example.com"], None);
         let own = parsed(&["fenced.example.com"], Some("10.99.0.0/16"));
