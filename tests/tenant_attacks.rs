@@ -654,3 +654,88 @@ fn open_connections_are_held_to_the_current_record() {
     }
     t.s.nginx.assert_healthy();
 }
+
+const HTTP_LOCATION_REALIP: &str = r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        dyncert_tenant_policy on;
+        root html;
+        add_header X-Remote $remote_addr always;
+        # realip set in a location (nginx allows it there) resolves the
+        # address in the pre-access phase, not in post-read.
+        location / {
+            set_real_ip_from 127.0.0.0/8;
+            real_ip_header X-Real-IP;
+        }
+        location /office/ {
+            set_real_ip_from 127.0.0.0/8;
+            real_ip_header X-Real-IP;
+            dyncert_allow 203.0.113.0/24;
+        }
+    }
+}
+"#;
+
+/// The trusted proxy 127.0.0.1 forwards clients' addresses in `X-Real-IP`;
+/// the tenant's list must judge the client realip resolved, as
+/// `dyncert_allow` and nginx's `allow` do, never the proxy.
+#[test]
+fn tenant_allow_list_judges_the_address_realip_resolved_in_a_location() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let mut nginx = Nginx::start(&pki, HTTP_LOCATION_REALIP, NginxOpts::new().redis(&redis));
+    nginx.write_index_pages(&["", "office/"]);
+    // Tenant a admits its office only, tenant b the proxy's address only.
+    let a = pki.leaf(&["a.example.com"], 6101);
+    let b = pki.leaf(&["b.example.com"], 6102);
+    redis.put_leaf_with("a.example.com", &a, &[("allow", "203.0.113.0/24")]);
+    redis.put_leaf_with("b.example.com", &b, &[("allow", "127.0.0.1")]);
+    let send = |path: &str, sni: &str, client: &str| {
+        // A file, not "/": the index module's internal redirect would run
+        // the pre-access phase a second time, after realip, and hide the
+        // first pass (a proxy_pass location has only the one).
+        Request::get(path)
+            .from("127.0.0.1")
+            .sni(sni)
+            .header("X-Real-IP", client)
+            .https(nginx.port)
+            .unwrap_or_else(|e| panic!("request failed: {e}\n{}", nginx.logs()))
+    };
+    let mut wrong = Vec::new();
+    for (path, sni, client, status) in [
+        // The proxy's address is in b's list, the client's is not.
+        ("/index.html", "b.example.com", "198.51.100.7", 403),
+        // The client is in a's office, the proxy is not.
+        ("/index.html", "a.example.com", "203.0.113.9", 200),
+        ("/index.html", "a.example.com", "198.51.100.7", 403),
+        // dyncert_allow and the tenant's list see the same client.
+        ("/office/index.html", "a.example.com", "203.0.113.9", 200),
+        ("/office/index.html", "b.example.com", "203.0.113.9", 403),
+    ] {
+        let r = send(path, sni, client);
+        r.assert_served(if sni == "a.example.com" { &a } else { &b }, &pki);
+        let remote = r.header("X-Remote");
+        if r.status != status || remote != Some(client) {
+            wrong.push(format!(
+                "{sni}{path} from {client}: {} with $remote_addr {remote:?} (expected {status})",
+                r.status
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}\n{}", nginx.logs());
+    let log = nginx.error_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("forbidden by the tenant's allow list")
+                && l.contains("client: 198.51.100.7")),
+        "the denial should name the client realip resolved:\n{log}"
+    );
+    nginx.assert_healthy();
+}

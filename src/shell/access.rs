@@ -18,13 +18,15 @@ use dyncert_core::tenant::{
 use dyncert_core::validate::ClientCa;
 use foreign_types::ForeignTypeRef;
 use ngx::ffi::{
-    ngx_conf_t, ngx_connection_t, ngx_http_phases_NGX_HTTP_ACCESS_PHASE,
-    ngx_http_phases_NGX_HTTP_PREACCESS_PHASE, ngx_http_request_t, ngx_int_t, SSL_get0_param,
-    SSL_get0_peer_certificate, SSL_get_peer_cert_chain, SSL_get_security_level,
-    SSL_get_verify_result, NGX_DECLINED, NGX_HTTPS_CERT_ERROR, NGX_HTTPS_NO_CERT,
-    NGX_HTTP_MISDIRECTED_REQUEST, SSL,
+    ngx_conf_t, ngx_connection_t, ngx_http_handler_pt, ngx_http_phases,
+    ngx_http_phases_NGX_HTTP_ACCESS_PHASE, ngx_http_phases_NGX_HTTP_PREACCESS_PHASE,
+    ngx_http_request_t, ngx_int_t, SSL_get0_param, SSL_get0_peer_certificate,
+    SSL_get_peer_cert_chain, SSL_get_security_level, SSL_get_verify_result, NGX_DECLINED,
+    NGX_HTTPS_CERT_ERROR, NGX_HTTPS_NO_CERT, NGX_HTTP_MISDIRECTED_REQUEST, SSL,
 };
-use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf};
+use ngx::http::{
+    HttpModuleLocationConf, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule,
+};
 use openssl::stack::StackRef;
 use openssl::x509::verify::X509VerifyParamRef;
 use openssl::x509::{X509Ref, X509};
@@ -52,7 +54,32 @@ pub fn postconfiguration(cf: &ngx_conf_t, tenant: bool) -> Result<(), Refused> {
             ngx_http_phases_NGX_HTTP_PREACCESS_PHASE,
             ngx_http_dyncert_tenant_handler,
         )?;
+        run_last_in_phase(cf, ngx_http_phases_NGX_HTTP_PREACCESS_PHASE)?;
     }
+    Ok(())
+}
+
+/// Moves the handler just added to `phase` to the front of the phase's
+/// array. nginx runs a phase's handlers in the reverse order of the array
+/// (ngx_http_init_phase_handlers), and a dynamic module's
+/// postconfiguration runs after the static modules', so an appended
+/// handler would run first: before realip's pre-access handler, which
+/// applies `set_real_ip_from` and `real_ip_header` set in a location. At
+/// the front it runs last in the phase, after realip (and limit_req,
+/// limit_conn), and judges the address `dyncert_allow` judges in the
+/// access phase.
+fn run_last_in_phase(cf: &ngx_conf_t, phase: ngx_http_phases) -> Result<(), Refused> {
+    let cmcf = NgxHttpCoreModule::main_conf_mut(cf).ok_or(Refused)?;
+    let handlers = &mut cmcf.phases[phase as usize].handlers;
+    let elts = handlers.elts.cast::<ngx_http_handler_pt>();
+    if elts.is_null() || handlers.nelts == 0 {
+        return Err(Refused);
+    }
+    // SAFETY: a phase's handlers are an ngx_array_t of nelts initialised
+    // handler pointers in the configuration pool, read by nginx only after
+    // every postconfiguration has run.
+    let handlers = unsafe { core::slice::from_raw_parts_mut(elts, handlers.nelts) };
+    handlers.rotate_right(1);
     Ok(())
 }
 
@@ -104,8 +131,9 @@ fn check_allow(r: &ngx_http_request_t) -> ngx_int_t {
     NGX_DECLINED as ngx_int_t
 }
 
-/// The tenant policy, in the pre-access phase: after realip has resolved
-/// the client address, and before the access phase, whose `satisfy any`
+/// The tenant policy, last in the pre-access phase: after realip has
+/// resolved the client address (in a location too, see
+/// [`run_last_in_phase`]), and before the access phase, whose `satisfy any`
 /// would let another module's grant override a tenant's denial.
 ///
 /// # Safety
