@@ -1,5 +1,6 @@
 //! Tenant policy decisions (`dyncert_tenant_policy on`): which TLS
-//! sessions a connection may resume, and whether a request may be served.
+//! sessions a connection may resume, whether a request may be served, and
+//! whether its client certificate passes the record's `client_ca`.
 //!
 //! The invariant, on every server with the policy on: a request is served
 //! only when (a) the TLS server name equals the request's host, (b) the
