@@ -378,3 +378,71 @@ fn max_size_bounds_the_cache_in_bytes() {
     let (first, _) = sources_of_first_and_last("max=1000 valid=1m");
     assert_eq!(first, "cache", "evicted without a byte bound");
 }
+
+const TENANT: &str = r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    dyncert_cache valid=1s stale=1h negative=1s;
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        dyncert_tenant_policy on;
+        root html;
+        location / { }
+    }
+}
+"#;
+
+/// A refused update normally keeps the working certificate while stale;
+/// one that tightens the policy with a field that does not parse must not
+/// leave the looser policy in force meanwhile.
+#[test]
+fn a_policy_update_that_does_not_parse_stops_the_old_policy() {
+    let mut s = Stack::start(1, TENANT);
+    s.nginx.write_index_pages(&[""]);
+    let name = "fenced.example.com";
+    let leaf = s.pki.leaf(&[name], 9301);
+    let ca = s.pki.client_ca("tenant CA");
+    let mangled_ca = ca.cert_pem.replace("MII", "MIX");
+    for (round, (field, value)) in [
+        ("allow", "127.0.0.2, 10.0.0.1/8"),
+        ("client_ca", mangled_ca.as_str()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // The open record: no policy fields.
+        s.redis.put_leaf_with(name, &leaf, &[]);
+        if round > 0 {
+            s.redis.publish("dyncert:invalidate", name);
+        }
+        let open = poll(STARTUP_DEADLINE, Duration::from_millis(50), || {
+            (s.get(Some(name)).status == 200).then_some(())
+        });
+        assert!(
+            open.is_some(),
+            "round {round}: the open record is not served"
+        );
+        s.redis.put_leaf_with(name, &leaf, &[(field, value)]);
+        thread::sleep(Duration::from_millis(1100));
+        // Past valid: the next handshake refreshes, and the refresh is
+        // refused; from then on the name is not served with its old policy.
+        let closed = poll(STARTUP_DEADLINE, Duration::from_millis(50), || {
+            (s.get(Some(name)).status != 200).then_some(())
+        });
+        assert!(
+            closed.is_some(),
+            "the old policy is still served after a malformed {field}"
+        );
+        for _ in 0..3 {
+            let r = s.get(Some(name));
+            assert_ne!(r.status, 200, "malformed {field}: {:?}", r.body);
+        }
+        assert!(s.nginx.error_log().contains(&format!("field \"{field}\"")));
+    }
+    s.nginx.assert_healthy();
+}

@@ -91,3 +91,50 @@ pub struct Refusal {
     /// not the name that asked).
     pub record: Option<std::sync::Arc<str>>,
 }
+
+/// Labels of the refusals that withdraw access (see [`Refusal::withdraws`]).
+const WITHDRAWING: [&str; 6] = [
+    "allow_invalid",
+    "allow_too_large",
+    "client_ca_not_pem",
+    "client_ca_too_large",
+    "key_plain_refused",
+    "key_reference_refused",
+];
+
+impl Refusal {
+    /// Whether the refused record withdraws what a cached one of the name
+    /// grants, so the cached one must not be served while stale: a policy
+    /// field (`allow`, `client_ca`) that does not parse or is too large
+    /// (an owner tightening a policy with a typo must not leave it open),
+    /// or a key the configuration does not accept. Other refusals (a
+    /// certificate or key that does not parse, an expired certificate)
+    /// keep a working certificate within `stale`, so that a bad update
+    /// never takes a site down.
+    pub fn withdraws(&self) -> bool {
+        WITHDRAWING.contains(&self.label)
+    }
+}
+
+#[cfg(test)]
+mod withdraw_tests {
+    use super::*;
+
+    #[test]
+    fn withdrawing_refusals_are_real_labels_of_policy_and_key_rules() {
+        for label in WITHDRAWING {
+            assert!(
+                crate::metrics::REJECT_REASONS.contains(&label),
+                "{label} is not a rejection label"
+            );
+        }
+        let allow: Refusal = crate::validate::Invalid::AllowInvalid.into();
+        assert!(allow.withdraws());
+        let plain: Refusal = crate::keywrap::KeyWrapError::PlainRefused.into();
+        assert!(plain.withdraws());
+        let crt: Refusal = crate::validate::Invalid::CrtNotPem.into();
+        assert!(!crt.withdraws());
+        let expired: Refusal = crate::validate::Invalid::Expired.into();
+        assert!(!expired.withdraws());
+    }
+}

@@ -932,8 +932,13 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                     ),
                 );
                 // A refused update must not take down a working certificate:
-                // keep a cached one (stale-if-error) and retry later.
-                if self.cache.contains_usable(&name, now) {
+                // keep a cached one (stale-if-error) and retry later, unless
+                // the update withdraws what the cached one grants.
+                if refusal.withdraws() {
+                    self.cache.remove(&name);
+                    self.forget_in_tier(&name);
+                    self.cache.insert_negative(name.clone(), now);
+                } else if self.cache.contains_usable(&name, now) {
                     self.cache.refresh_failed(&name, now, ERROR_RETRY_MS);
                 } else {
                     self.cache.insert_negative(name.clone(), now);
@@ -1945,6 +1950,40 @@ mod tests {
             m.get(Layout { servers: 0 }.rejected("key_decrypt_bad_tag")),
             1
         );
+    }
+
+    #[test]
+    fn a_refused_policy_update_stops_serving_the_cached_policy() {
+        let Host {
+            mut a, mut b, tier, ..
+        } = host();
+        a.pre_handshake("a.example.com", 1, NOW);
+        apply(
+            &mut a,
+            found_storable("a.example.com", cert(1, NOT_AFTER), None),
+            NOW,
+        );
+        // The owner tightens the allowlist with a typo: the record is
+        // refused, and the old (looser) one is not served meanwhile, by
+        // this worker or, through the zone, by another.
+        let stale = NOW + VALID;
+        a.for_handshake("a.example.com", stale);
+        let refusal = Outcome::Refused(crate::validate::Invalid::AllowInvalid.into());
+        apply(&mut a, fetched("a.example.com", refusal), stale);
+        assert!(a.for_handshake("a.example.com", stale).cert.is_none());
+        assert!(tier.is_empty());
+        assert_eq!(
+            b.pre_handshake("a.example.com", 2, stale),
+            PreHandshake::Park
+        );
+        assert!(b.queue().loads.borrow().is_empty());
+        // A certificate that does not parse keeps the working one instead.
+        let (mut w, _) = worker();
+        cache(&mut w, "b.example.com", cert(1, NOT_AFTER), NOW);
+        w.for_handshake("b.example.com", stale);
+        let refusal = Outcome::Refused(crate::validate::Invalid::CrtNotPem.into());
+        apply(&mut w, fetched("b.example.com", refusal), stale);
+        assert!(w.for_handshake("b.example.com", stale).cert.is_some());
     }
 
     #[test]
