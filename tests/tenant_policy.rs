@@ -370,6 +370,44 @@ fn records_with_invalid_policy_fields_are_refused() {
     t.s.nginx.assert_healthy();
 }
 
+#[test]
+fn an_allow_list_naming_no_address_admits_no_one() {
+    let mut t = start();
+    // Tooling that writes a tenant's networks writes "" for a tenant that
+    // has none: that closes the name, as "," always did; it never opens it.
+    let cases = [
+        ("empty.example.com", ""),
+        ("blank.example.com", " "),
+        ("comma.example.com", ","),
+    ];
+    let mut leaves = Vec::new();
+    for (i, (name, allow)) in cases.iter().enumerate() {
+        let leaf = t.s.pki.leaf(&[name], 5070 + i as u64);
+        t.s.redis.put_leaf_with(name, &leaf, &[("allow", allow)]);
+        leaves.push(leaf);
+    }
+    let open = t.s.pki.leaf(&["open.example.com"], 5079);
+    t.s.redis.put_leaf("open.example.com", &open);
+    let before = scrape_metrics(t.mport);
+    for ((name, allow), leaf) in cases.iter().zip(&leaves) {
+        for from in ["127.0.0.1", "127.0.0.2"] {
+            let r = t.send(Request::get("/").from(from).sni(name), t.port());
+            r.assert_served(leaf, &t.s.pki);
+            assert_eq!(r.status, 403, "allow {allow:?} from {from}: {r:?}");
+        }
+    }
+    // Control: a record without the field is open.
+    let r = t.send(Request::get("/").sni("open.example.com"), t.port());
+    r.assert_served(&open, &t.s.pki);
+    assert_eq!(r.status, 200, "{r:?}");
+    let after = scrape_metrics(t.mport);
+    assert_eq!(
+        after.get("dyncert_tenant_denials_total") - before.get("dyncert_tenant_denials_total"),
+        6.0
+    );
+    t.s.nginx.assert_healthy();
+}
+
 /// Gets a session from `donor`, then sends `req` (which the tenant policy
 /// refuses with `denied` in a full handshake) resuming it; returns what
 /// went wrong.

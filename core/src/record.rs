@@ -178,8 +178,10 @@ pub fn decode_fields(crt: Option<Vec<u8>>, key: Option<Vec<u8>>) -> Result<Recor
     decode_record(crt, key, None, None)
 }
 
-/// Like [`decode_fields`], with the optional per-tenant policy fields
-/// (empty values count as absent).
+/// Like [`decode_fields`], with the optional per-tenant policy fields. An
+/// empty `client_ca` counts as absent; an empty `allow` is kept, since it
+/// is a list that names no address and so admits no one (fail closed,
+/// like `allow ","`), never "no restriction".
 pub fn decode_record(
     crt: Option<Vec<u8>>,
     key: Option<Vec<u8>>,
@@ -193,7 +195,6 @@ pub fn decode_record(
         .filter(|v| !v.is_empty())
         .ok_or(RecordError::MissingKey)?;
     check_lengths(true, crt.len() as u64, key.len() as u64)?;
-    let allow = allow.filter(|v| !v.is_empty());
     let client_ca = client_ca.filter(|v| !v.is_empty());
     check_policy_lengths(
         allow.as_ref().map_or(0, |v| v.len() as u64),
@@ -324,6 +325,17 @@ mod tests {
         .unwrap();
         assert_eq!(r.allow.as_deref(), Some(&b"10.0.0.0/8"[..]));
         assert_eq!(r.client_ca, None, "empty counts as absent");
+        // An empty allow list is a list: it admits no one.
+        let r = decode_record(
+            Some(b"C".to_vec()),
+            Some(b"K".to_vec()),
+            Some(Vec::new()),
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.allow.as_deref(), Some(&b""[..]));
+        let r = decode_fields(Some(b"C".to_vec()), Some(b"K".to_vec())).unwrap();
+        assert_eq!(r.allow, None, "no field, no restriction");
         let big = vec![b'a'; MAX_ALLOW_BYTES + 1];
         assert_eq!(
             decode_record(Some(b"C".to_vec()), Some(b"K".to_vec()), Some(big), None),
