@@ -343,6 +343,8 @@ fn records_with_invalid_policy_fields_are_refused() {
         ("hostbits.example.com", "allow", "10.0.0.1/8"),
         ("bogus.example.com", "allow", "127.0.0.1, bogus"),
         ("notpem.example.com", "client_ca", "not a certificate"),
+        // Present but empty: no CA, not "no client certificate needed".
+        ("emptyca.example.com", "client_ca", ""),
     ];
     for (i, (name, field, value)) in cases.iter().enumerate() {
         let leaf = t.s.pki.leaf(&[name], 5041 + i as u64);

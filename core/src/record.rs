@@ -178,10 +178,11 @@ pub fn decode_fields(crt: Option<Vec<u8>>, key: Option<Vec<u8>>) -> Result<Recor
     decode_record(crt, key, None, None)
 }
 
-/// Like [`decode_fields`], with the optional per-tenant policy fields. An
-/// empty `client_ca` counts as absent; an empty `allow` is kept, since it
-/// is a list that names no address and so admits no one (fail closed,
-/// like `allow ","`), never "no restriction".
+/// Like [`decode_fields`], with the optional per-tenant policy fields. A
+/// field that is there is kept even when empty, and fails closed: an
+/// empty `allow` is a list that names no address and so admits no one
+/// (like `allow ","`), an empty `client_ca` holds no certificate and so
+/// refuses the record; only a missing field means "no restriction".
 pub fn decode_record(
     crt: Option<Vec<u8>>,
     key: Option<Vec<u8>>,
@@ -195,7 +196,6 @@ pub fn decode_record(
         .filter(|v| !v.is_empty())
         .ok_or(RecordError::MissingKey)?;
     check_lengths(true, crt.len() as u64, key.len() as u64)?;
-    let client_ca = client_ca.filter(|v| !v.is_empty());
     check_policy_lengths(
         allow.as_ref().map_or(0, |v| v.len() as u64),
         client_ca.as_ref().map_or(0, |v| v.len() as u64),
@@ -324,7 +324,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.allow.as_deref(), Some(&b"10.0.0.0/8"[..]));
-        assert_eq!(r.client_ca, None, "empty counts as absent");
+        assert_eq!(r.client_ca.as_deref(), Some(&b""[..]), "empty is kept");
         // An empty allow list is a list: it admits no one.
         let r = decode_record(
             Some(b"C".to_vec()),
