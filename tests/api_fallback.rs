@@ -665,3 +665,32 @@ fn https_api_with_an_untrusted_certificate_is_not_used() {
     assert!(line.is_some(), "not logged\n{}", nginx.logs());
     nginx.assert_healthy();
 }
+
+/// A wildcard in Redis stands in only for names no source has a record
+/// of: a name whose own record lives in the API (the source of truth;
+/// Redis holds its answers only for the write-back TTL) gets its own
+/// certificate, not its parent's, and a name the API does not know still
+/// gets the wildcard.
+#[test]
+fn a_redis_wildcard_does_not_stand_in_for_a_name_the_api_has() {
+    let mut s = ApiStack::start(1, HTTP);
+    let wild = s.pki.leaf(&["*.example.com"], 8101);
+    s.redis.put_leaf("*.example.com", &wild);
+    let own = s.pki.leaf(&["own.example.com"], 8102);
+    s.api.set_cert("own.example.com", &own);
+
+    let r = s.get("own.example.com");
+    r.assert_served(&own, &s.pki);
+    assert_eq!(r.source(), "api", "body {:?}", r.body);
+    assert_eq!(s.api.requests_for("own.example.com"), 1);
+
+    let r = s.get("other.example.com");
+    r.assert_served(&wild, &s.pki);
+    assert_eq!(r.source(), "redis", "body {:?}", r.body);
+    assert_eq!(
+        s.api.requests_for("other.example.com"),
+        1,
+        "the API is asked about the name before its wildcard stands in"
+    );
+    s.nginx.assert_healthy();
+}

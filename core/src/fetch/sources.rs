@@ -1,6 +1,6 @@
-//! Where a certificate is looked for, in order: Redis (the exact name,
-//! then its `*.parent` wildcard), then the certificate API, whose hits are
-//! written back to Redis; and the hand-off of whatever is found to the
+//! Where a certificate is looked for, in order: Redis (the exact name),
+//! the certificate API, whose hits are written back to Redis, then Redis's
+//! `*.parent` wildcard; and the hand-off of whatever is found to the
 //! parse thread, which validates it against the requested name.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +24,15 @@ use crate::workqueue::WorkQueue;
 
 /// A record validation for the parse thread.
 pub(super) type ParseJob = Box<dyn FnOnce() + Send>;
+
+/// What one Redis key said during a lookup.
+enum KeyAnswer {
+    /// A record (served or refused): the lookup's answer.
+    Done(Outcome),
+    Absent,
+    /// Redis failed: the API decides.
+    Failed(RedisError),
+}
 
 /// Everything a lookup may ask, shared by the lookups in flight.
 pub(super) struct Sources {
@@ -63,85 +72,123 @@ impl Sources {
         }
     }
 
-    /// cache miss → Redis (exact, then `*.parent`) → API, validating
-    /// whatever is found against the requested name.
+    /// cache miss → Redis (the exact name) → API → Redis (`*.parent`),
+    /// validating whatever is found against the requested name. A
+    /// wildcard only stands in for a name that no source has a record of:
+    /// the API is asked about the name itself before Redis's wildcard is
+    /// (a name whose own record, with its own policy, lives in the API must
+    /// not get its parent's). Without an API: the exact name, then the
+    /// wildcard.
     pub(super) async fn lookup(&self, name: &str, steps: &mut Vec<Step>) -> Outcome {
         let mut redis_error = None;
         let redis = self.redis();
-        if let Some(redis) = &redis {
-            match redis {
-                Ok(conn) => {
-                    let mut conn = conn.clone();
-                    let mut keys = vec![name.to_owned()];
-                    keys.extend(wildcard_parent(name));
-                    for key in keys {
-                        let t0 = Instant::now();
-                        let answer = self.read_redis(&mut conn, &key).await;
-                        let (outcome, done) = match answer {
-                            RedisAnswer::Record(r) => {
-                                let wildcard = (key != name).then_some(key);
-                                let o = self.found(r, name, CertSource::Redis, wildcard).await;
-                                let step = if matches!(o, Outcome::Found { .. }) {
-                                    StepOutcome::Hit
-                                } else {
-                                    StepOutcome::Refused
-                                };
-                                (step, Some(o))
-                            }
-                            RedisAnswer::Refused(r) => {
-                                (StepOutcome::Refused, Some(Outcome::Refused(r)))
-                            }
-                            RedisAnswer::Absent => (StepOutcome::Miss, None),
-                            // Redis down or hung: the API is the source of truth.
-                            RedisAnswer::Failed(e) | RedisAnswer::Retry(e) => {
-                                let step = if e == RedisError::Timeout {
-                                    StepOutcome::Timeout
-                                } else {
-                                    StepOutcome::Error
-                                };
-                                redis_error = Some(e);
-                                (step, None)
-                            }
-                        };
-                        steps.push(Step {
-                            source: FetchSource::Redis,
-                            outcome,
-                            elapsed: t0.elapsed(),
-                        });
-                        if let Some(o) = done {
-                            return o;
-                        }
-                        if redis_error.is_some() {
-                            break;
-                        }
-                    }
-                }
-                Err(e) => {
-                    // Counted, and it tells on-demand that Redis was not
-                    // asked (see crate::on_demand::unknown_everywhere).
-                    steps.push(Step {
-                        source: FetchSource::Redis,
-                        outcome: StepOutcome::Error,
-                        elapsed: std::time::Duration::ZERO,
-                    });
-                    redis_error = Some(e.clone());
-                }
+        let mut conn = match &redis {
+            Some(Ok(conn)) => Some(conn.clone()),
+            Some(Err(e)) => {
+                // Counted, and it tells on-demand that Redis was not
+                // asked (see crate::on_demand::unknown_everywhere).
+                steps.push(Step {
+                    source: FetchSource::Redis,
+                    outcome: StepOutcome::Error,
+                    elapsed: std::time::Duration::ZERO,
+                });
+                redis_error = Some(e.clone());
+                None
+            }
+            None => None,
+        };
+        if let Some(c) = &mut conn {
+            match self.redis_key(c, name, name, steps).await {
+                KeyAnswer::Done(o) => return o,
+                KeyAnswer::Absent => {}
+                KeyAnswer::Failed(e) => redis_error = Some(e),
             }
         }
-        let Some(api) = &self.api else {
-            return match redis_error {
-                Some(e) => Outcome::Error(FetchError::Redis(e)),
-                None => Outcome::NotFound,
-            };
+        let wildcard = wildcard_parent(name);
+        if let Some(api) = &self.api {
+            let outcome = self
+                .ask_api(api, name, &redis, redis_error.is_some(), steps)
+                .await;
+            // Only "the API has no record of the name" lets a wildcard
+            // stand in; an API that failed may have one.
+            if !matches!(outcome, Outcome::NotFound) {
+                return outcome;
+            }
+        }
+        if let (Some(c), None, Some(w)) = (&mut conn, &redis_error, wildcard) {
+            match self.redis_key(c, &w, name, steps).await {
+                KeyAnswer::Done(o) => return o,
+                KeyAnswer::Absent => {}
+                KeyAnswer::Failed(e) => redis_error = Some(e),
+            }
+        }
+        match redis_error {
+            // The API answered "no record": that is the answer.
+            Some(_) if self.api.is_some() => Outcome::NotFound,
+            Some(e) => Outcome::Error(FetchError::Redis(e)),
+            None => Outcome::NotFound,
+        }
+    }
+
+    /// Reads Redis's record under `key` (`name` or its `*.parent`) for
+    /// `name`, noting the step.
+    async fn redis_key(
+        &self,
+        conn: &mut RedisConn,
+        key: &str,
+        name: &str,
+        steps: &mut Vec<Step>,
+    ) -> KeyAnswer {
+        let t0 = Instant::now();
+        let (step, answer) = match self.read_redis(conn, key).await {
+            RedisAnswer::Record(r) => {
+                let wildcard = (key != name).then(|| key.to_owned());
+                let o = self.found(r, name, CertSource::Redis, wildcard).await;
+                let step = if matches!(o, Outcome::Found { .. }) {
+                    StepOutcome::Hit
+                } else {
+                    StepOutcome::Refused
+                };
+                (step, KeyAnswer::Done(o))
+            }
+            RedisAnswer::Refused(r) => (StepOutcome::Refused, KeyAnswer::Done(Outcome::Refused(r))),
+            RedisAnswer::Absent => (StepOutcome::Miss, KeyAnswer::Absent),
+            // Redis down or hung: the API is the source of truth.
+            RedisAnswer::Failed(e) | RedisAnswer::Retry(e) => {
+                let step = if e == RedisError::Timeout {
+                    StepOutcome::Timeout
+                } else {
+                    StepOutcome::Error
+                };
+                (step, KeyAnswer::Failed(e))
+            }
         };
+        steps.push(Step {
+            source: FetchSource::Redis,
+            outcome: step,
+            elapsed: t0.elapsed(),
+        });
+        answer
+    }
+
+    /// Asks the API about `name` and writes a hit back to Redis (unless
+    /// Redis failed during this lookup), noting the step.
+    async fn ask_api(
+        &self,
+        api: &ApiClient,
+        name: &str,
+        redis: &Option<Result<RedisConn, RedisError>>,
+        redis_failed: bool,
+        steps: &mut Vec<Step>,
+    ) -> Outcome {
         let t0 = Instant::now();
         let (step, outcome) = match api.lookup(name).await {
             ApiOutcome::Found(record) => {
                 let outcome = self
                     .found(record.clone(), name, CertSource::Api, None)
                     .await;
-                if let (Outcome::Found { cert, .. }, Some(Ok(conn))) = (&outcome, &redis) {
-                    if redis_error.is_none() && !self.cfg.writeback.is_zero() {
+                if let (Outcome::Found { cert, .. }, Some(Ok(conn))) = (&outcome, redis) {
+                    if !redis_failed && !self.cfg.writeback.is_zero() {
                         // The answer is stored as it came: a wrapped key
                         // stays wrapped, and gets no (plaintext) DER form.
                         let der = if is_envelope(&record.key) {
