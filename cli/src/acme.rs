@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use instant_acme::{
@@ -32,7 +33,7 @@ use crate::dns01::{challenge_fqdn, wildcard_refusal};
 use crate::due::already_replaced;
 use crate::error::CliError;
 use crate::hook::DnsHook;
-use crate::store::{Expect, Store};
+use crate::store::{Expect, Remote, Store};
 use dyncert_core::keywrap::Keyring;
 
 /// Key prefix of HTTP-01 answers: the module's `dyncert_acme_prefix`
@@ -85,6 +86,9 @@ pub struct Request {
     pub expect: Option<Expect>,
     /// Bound on each exchange with the CA (`--acme-timeout`).
     pub acme_timeout: Duration,
+    /// Lifetime of the name's order lock, extended while the order runs
+    /// (`--order-lock-ttl`, hidden: tests shorten it).
+    pub order_lock_ttl: Duration,
 }
 
 impl Default for Request {
@@ -106,6 +110,7 @@ impl Default for Request {
             key_ring: Keyring::new(),
             expect: None,
             acme_timeout: DEFAULT_ACME_TIMEOUT,
+            order_lock_ttl: ORDER_LOCK_TTL,
         }
     }
 }
@@ -122,24 +127,48 @@ struct Answers {
 /// Keys `dyncert:order-lock:<record name>`: held while an order for the
 /// name runs, by whichever process runs it (`issue`, `renew`, `run`).
 pub const ORDER_LOCK_PREFIX: &str = "dyncert:order-lock:";
-/// An order lock outlives any order (validation and download have 90 s
-/// each), so a process that dies holding one delays the name at most this.
-pub const ORDER_LOCK_SECS: u64 = 300;
+/// An order lock's lifetime: a process that dies holding one delays the
+/// name at most this. A live holder extends it every third of it for as
+/// long as its order runs (an order may take far longer: DNS hooks and a
+/// propagation wait of up to an hour each, `--acme-timeout` per step).
+pub const ORDER_LOCK_TTL: Duration = Duration::from_secs(300);
 /// Deletes KEYS[1] only while it still holds ARGV[1] (a lock or lease
 /// released by its holder only).
 pub const RELEASE_LUA: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
     return redis.call('DEL', KEYS[1]) else return 0 end";
+/// Extends KEYS[1] to ARGV[2] ms only while it still holds ARGV[1]: 1
+/// extended, 0 another holder's, -1 gone (expired).
+const EXTEND_LUA: &str = "local v = redis.call('GET', KEYS[1]) \
+    if v == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
+    if v then return 0 end return -1";
 
 /// The fleet-wide lock on ordering one name: never two orders for a name
 /// in flight at once, whoever starts them.
 pub struct OrderLock {
     key: String,
     token: String,
+    ttl: Duration,
+}
+
+/// Whose an order lock is, as [`EXTEND_LUA`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Holder {
+    /// Still ours: extended by its ttl from now.
+    Us,
+    /// Another process's (ours expired, and it took the name).
+    Another,
+    /// Nobody's: ours expired.
+    Nobody,
 }
 
 impl OrderLock {
-    /// Takes the lock on `name`; `None` when another process holds it.
-    pub fn acquire(store: &mut Store, name: &str) -> Result<Option<OrderLock>, CliError> {
+    /// Takes the lock on `name` for `ttl`; `None` when another process
+    /// holds it.
+    pub fn acquire(
+        store: &mut Store,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Option<OrderLock>, CliError> {
         let mut b = [0u8; 12];
         openssl::rand::rand_bytes(&mut b)
             .map_err(|e| CliError::Acme(format!("random lock token: {e}")))?;
@@ -149,10 +178,10 @@ impl OrderLock {
             .arg(&key)
             .arg(&token)
             .arg("NX")
-            .arg("EX")
-            .arg(ORDER_LOCK_SECS)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
             .clone())?;
-        Ok(got.map(|_| OrderLock { key, token }))
+        Ok(got.map(|_| OrderLock { key, token, ttl }))
     }
 
     /// Releases the lock if it is still this holder's.
@@ -165,6 +194,61 @@ impl OrderLock {
             .clone())?;
         Ok(())
     }
+
+    fn extend_cmd(&self) -> redis::Cmd {
+        redis::cmd("EVAL")
+            .arg(EXTEND_LUA)
+            .arg(1)
+            .arg(&self.key)
+            .arg(&self.token)
+            .arg(self.ttl.as_millis() as u64)
+            .clone()
+    }
+
+    fn holder(answer: i64) -> Holder {
+        match answer {
+            1 => Holder::Us,
+            0 => Holder::Another,
+            _ => Holder::Nobody,
+        }
+    }
+
+    /// Extends the lock by its ttl if it is still ours, else says what
+    /// became of it: [`CliError::Busy`] when another process took the name
+    /// (it orders the name now), [`CliError::LockLost`] when it expired.
+    /// Called before each step that must happen once per name (finalize,
+    /// the store): right after it, the lock is ours for a whole ttl.
+    fn still_ours(&self, store: &Store, first: &str, doing: &str) -> Result<(), CliError> {
+        match Self::holder(store.q(self.extend_cmd())?) {
+            Holder::Us => Ok(()),
+            Holder::Another => Err(CliError::Busy(format!(
+                "issue \"{first}\": an order for it is in flight elsewhere: the order lock \
+                 ({}) passed to another process during this order, so it stops before {doing}",
+                self.key
+            ))),
+            Holder::Nobody => Err(CliError::LockLost(format!(
+                "issue \"{first}\": the order lock ({}) expired during this order (Redis \
+                 unreachable for longer than {} s?), so it stops before {doing}",
+                self.key,
+                self.ttl.as_secs()
+            ))),
+        }
+    }
+
+    /// Extends the lock every third of its ttl until `stop` says the order
+    /// ended (or is dropped), through a handle of its own: the order's
+    /// thread blocks for minutes in DNS hooks, propagation waits and CA
+    /// exchanges. Stops extending once the lock is not ours; a Redis error
+    /// is tried again at the next tick (the lock outlives two misses).
+    fn keep(&self, remote: &Remote, stop: &mpsc::Receiver<()>) {
+        let every = (self.ttl / 3).max(Duration::from_millis(100));
+        while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+            match remote.q::<i64>(self.extend_cmd()).map(Self::holder) {
+                Ok(Holder::Us) | Err(_) => {}
+                Ok(Holder::Another | Holder::Nobody) => return,
+            }
+        }
+    }
 }
 
 /// Runs the whole order and returns the validated record, already stored.
@@ -173,7 +257,7 @@ impl OrderLock {
 /// it, nothing is ordered and the answer is [`CliError::Busy`].
 pub fn issue(store: &mut Store, req: &Request) -> Result<Prepared, CliError> {
     let first = req.names.first().cloned().unwrap_or_default();
-    let Some(lock) = OrderLock::acquire(store, &first)? else {
+    let Some(lock) = OrderLock::acquire(store, &first, req.order_lock_ttl)? else {
         return Err(CliError::Busy(format!(
             "issue \"{first}\": an order for it is in flight elsewhere ({ORDER_LOCK_PREFIX}{first} is held)"
         )));
@@ -186,12 +270,24 @@ pub fn issue(store: &mut Store, req: &Request) -> Result<Prepared, CliError> {
 }
 
 /// [`issue`] for a caller that holds the name's lock already.
+/// A thread keeps the lock extended while the order runs, and the order
+/// checks that it is still ours before it finalizes and before it stores:
+/// an order that lost its lock (its process stalled, Redis was away for
+/// most of a ttl) stops, so two orders for one name never both finish.
 pub fn issue_locked(
     store: &mut Store,
     req: &Request,
-    _lock: &OrderLock,
+    lock: &OrderLock,
 ) -> Result<Prepared, CliError> {
-    runtime()?.block_on(issue_async(store, req))
+    let rt = runtime()?;
+    let remote = store.remote()?;
+    let (stop, stopped) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        s.spawn(move || lock.keep(&remote, &stopped));
+        let outcome = rt.block_on(issue_async(store, req, lock));
+        drop(stop);
+        outcome
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -231,7 +327,11 @@ pub fn renewal_window(
     })
 }
 
-async fn issue_async(store: &mut Store, req: &Request) -> Result<Prepared, CliError> {
+async fn issue_async(
+    store: &mut Store,
+    req: &Request,
+    lock: &OrderLock,
+) -> Result<Prepared, CliError> {
     let Some(first) = req.names.first().map(String::as_str) else {
         return Err(CliError::Input("issue: no name given".to_owned()));
     };
@@ -294,6 +394,9 @@ async fn issue_async(store: &mut Store, req: &Request) -> Result<Prepared, CliEr
         .map_err(|e| CliError::Acme(format!("issue \"{first}\": key generation: {e}")))?;
     let csr = csr(&key, &req.names)
         .map_err(|e| CliError::Acme(format!("issue \"{first}\": CSR: {e}")))?;
+    // A certificate is issued at most once per order lock: one that
+    // passed to another process means that process orders the name.
+    lock.still_ours(store, first, "finalize")?;
     bounded(req, &what("finalize"), t, order.finalize_csr(&csr))
         .await?
         .map_err(|e| fail("finalize", e))?;
@@ -318,6 +421,10 @@ async fn issue_async(store: &mut Store, req: &Request) -> Result<Prepared, CliEr
         let prefix = store.prefix().to_owned();
         crate::keys::seal_prepared(&mut prepared, &prefix, id, &req.key_ring)?;
     }
+    // Checked (and extended by a whole ttl) right before the write: the
+    // record and the lock are in different hash slots in a Cluster, so
+    // not in one script, but nothing else is done between the two.
+    lock.still_ours(store, first, "storing the certificate")?;
     match &req.expect {
         None => store.put(&prepared)?,
         Some(expect) => {

@@ -35,6 +35,10 @@ pub enum CliError {
     /// The record changed while a certificate was ordered for it (an
     /// operator's `put` meanwhile): the new certificate was not stored.
     Changed(String),
+    /// The name's order lock expired while its order ran (nobody holds
+    /// it): the order stopped before finalizing or storing, since another
+    /// may have run meanwhile.
+    LockLost(String),
 }
 
 impl CliError {
@@ -65,7 +69,8 @@ impl CliError {
             | CliError::Acme(m)
             | CliError::Unanswered(m)
             | CliError::Busy(m)
-            | CliError::Changed(m) => m.clone(),
+            | CliError::Changed(m)
+            | CliError::LockLost(m) => m.clone(),
         }
     }
 }
@@ -84,7 +89,8 @@ impl fmt::Display for CliError {
             | CliError::Acme(m)
             | CliError::Unanswered(m)
             | CliError::Busy(m)
-            | CliError::Changed(m) => f.write_str(m),
+            | CliError::Changed(m)
+            | CliError::LockLost(m) => f.write_str(m),
         }
     }
 }

@@ -285,6 +285,16 @@ struct AcmeOpts {
         hide_env_values = true
     )]
     eab_hmac_key: Option<String>,
+    /// Lifetime of a name's order lock, extended every third of it while
+    /// the order runs (tests shorten it)
+    #[arg(
+        long,
+        hide = true,
+        value_name = "TIME",
+        default_value = "300s",
+        value_parser = parse_time
+    )]
+    order_lock_ttl: u64,
 }
 
 impl AcmeOpts {
@@ -326,6 +336,7 @@ impl AcmeOpts {
             eab,
             encrypt_with: self.encrypt_with,
             acme_timeout: Duration::from_millis(self.acme_timeout),
+            order_lock_ttl: Duration::from_millis(self.order_lock_ttl),
             ..acme::Request::default()
         })
     }

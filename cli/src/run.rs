@@ -561,7 +561,8 @@ impl Worker {
         // Taken before the budget counts the order: an order in flight
         // elsewhere (another issuer, `dyncert renew` from cron) is not
         // one more here.
-        let Some(lock) = OrderLock::acquire(&mut self.store, name)? else {
+        let ttl = self.cfg.template.order_lock_ttl;
+        let Some(lock) = OrderLock::acquire(&mut self.store, name, ttl)? else {
             log(format_args!(
                 "on-demand \"{name}\": deferred (ordered elsewhere)"
             ));
@@ -602,6 +603,12 @@ impl Worker {
                 Ok(Some(OnDemand::Issued))
             }
             Err(CliError::Redis(e)) => Err(CliError::Redis(e)),
+            // The lock passed to another process mid-order: that one
+            // orders the name; no backoff for a failure that was not one.
+            Err(CliError::Busy(why)) => {
+                log(format_args!("on-demand \"{name}\": deferred ({why})"));
+                Ok(Some(OnDemand::Deferred))
+            }
             Err(CliError::Changed(why)) => {
                 let _: i64 = self
                     .store

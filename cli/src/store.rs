@@ -110,16 +110,36 @@ impl Conn {
     }
 
     fn run(&self, req: Req) -> redis::RedisResult<Value> {
-        let (reply, answer) = mpsc::channel();
-        let gone = || -> redis::RedisError {
-            std::io::Error::other("the redis connection thread is gone").into()
-        };
-        self.tx
-            .as_ref()
-            .ok_or_else(gone)?
-            .send((req, reply))
-            .map_err(|_| gone())?;
-        answer.recv().map_err(|_| gone())?
+        send(self.tx.as_ref(), req)
+    }
+}
+
+/// One request through the connection thread, and its answer.
+fn send(tx: Option<&mpsc::Sender<Job>>, req: Req) -> redis::RedisResult<Value> {
+    let (reply, answer) = mpsc::channel();
+    let gone = || -> redis::RedisError {
+        std::io::Error::other("the redis connection thread is gone").into()
+    };
+    tx.ok_or_else(gone)?
+        .send((req, reply))
+        .map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
+}
+
+/// A second handle on a [`Store`]'s connection, for another thread while
+/// the store's owner goes on using it (the order lock's keeper, while
+/// the order runs). Commands of both are sent in turn on the one
+/// connection. Drop it before the store: the connection thread ends when
+/// every handle is gone.
+pub struct Remote {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Remote {
+    /// One command.
+    pub fn q<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, CliError> {
+        let v = send(Some(&self.tx), Req::Cmd(cmd))?;
+        Ok(T::from_redis_value(v).map_err(redis::RedisError::from)?)
     }
 }
 
@@ -171,6 +191,14 @@ impl Store {
     pub(crate) fn q<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, CliError> {
         let v = self.conn.run(Req::Cmd(cmd))?;
         Ok(T::from_redis_value(v).map_err(redis::RedisError::from)?)
+    }
+
+    /// A handle for another thread on this store's connection.
+    pub fn remote(&self) -> Result<Remote, CliError> {
+        let tx = self.conn.tx.clone().ok_or_else(|| {
+            CliError::Redis("Redis: the redis connection thread is gone".to_owned())
+        })?;
+        Ok(Remote { tx })
     }
 
     /// A pipeline (or a MULTI/EXEC transaction).

@@ -315,6 +315,69 @@ fn renew_keeps_a_record_the_operator_changed_while_its_certificate_was_ordered()
     );
 }
 
+/// The order lock outlives a slow order: with a 2 s lock, a `present`
+/// that takes 4 s still finds the lock held (extended meanwhile), and the
+/// certificate is stored and the lock released.
+#[test]
+fn the_order_lock_is_extended_while_a_slow_hook_runs() {
+    let stack = DnsStack::start(None);
+    let lock = format!("dyncert:order-lock:{WILDCARD}");
+    let seen = TempDir::new("lock-seen");
+    let seen_file = seen.path().join("lock");
+    let slow = DnsHookScript::with_extra(
+        &stack.chall,
+        Present::Sets,
+        &format!(
+            "[ \"$1\" = present ] && {{ sleep 4; redis-cli -p {} GET '{lock}' > '{}'; }}",
+            stack.redis.port,
+            seen_file.display()
+        ),
+    );
+    let out = issue_dns(&stack, &slow, WILDCARD, &["--order-lock-ttl", "2s"]);
+    out.assert_ok(&stack.pebble.log());
+    let token = std::fs::read_to_string(&seen_file).expect("the hook ran");
+    assert_eq!(token.trim().len(), 24, "still held after 4 s: {token:?}");
+    assert!(stack.redis.record_field(WILDCARD, "crt").is_some());
+    assert_eq!(
+        stack.redis.cmd(&["EXISTS", &lock]),
+        Reply::Int(0),
+        "released"
+    );
+}
+
+/// An order whose lock passed to another process while it ran (the lock
+/// expired, say, while the process was stalled, and another issuer took
+/// the name) stops before it finalizes: nothing is stored over what the
+/// new holder orders, and the new holder's lock is left alone.
+#[test]
+fn an_order_that_lost_its_lock_midway_finalizes_and_stores_nothing() {
+    let stack = DnsStack::start(None);
+    let lock = format!("dyncert:order-lock:{WILDCARD}");
+    let taken = DnsHookScript::with_extra(
+        &stack.chall,
+        Present::Sets,
+        &format!(
+            "[ \"$1\" = present ] && redis-cli -p {} SET '{lock}' another-issuer >/dev/null",
+            stack.redis.port
+        ),
+    );
+    let out = issue_dns(&stack, &taken, WILDCARD, &[]);
+    assert_eq!(
+        out.one_line_failure(),
+        format!(
+            "dyncert: issue \"{WILDCARD}\": an order for it is in flight elsewhere: the order \
+             lock ({lock}) passed to another process during this order, so it stops before \
+             finalize"
+        )
+    );
+    assert_present_then_cleanup(&taken.calls());
+    assert!(stack.redis.record(WILDCARD).is_empty(), "nothing stored");
+    assert_eq!(
+        stack.redis.cmd(&["GET", &lock]),
+        Reply::Bulk(Some(b"another-issuer".to_vec()))
+    );
+}
+
 #[test]
 fn a_ca_requiring_eab_refuses_an_unbound_account_and_accepts_a_bound_one() {
     let stack = DnsStack::start(Some((EAB_KID, EAB_KEY)));
