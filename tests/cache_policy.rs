@@ -446,3 +446,60 @@ fn a_policy_update_that_does_not_parse_stops_the_old_policy() {
     }
     s.nginx.assert_healthy();
 }
+
+/// Names fetched at the same time reach a hot set of one: each waiting
+/// connection gets its own certificate, though a result applied after it
+/// evicts its entry (each result's waiters are woken before the next
+/// result is applied). The worker and its threads share one CPU, so the
+/// parse thread finishes several records before the event loop runs.
+#[test]
+fn names_fetched_together_are_each_served_by_a_hot_set_of_one() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let nginx = Nginx::start(
+        &pki,
+        &REDIS_ONLY.replace("@CACHE@", "max=1"),
+        NginxOpts::new()
+            .workers(1)
+            .worker_cpu_affinity("01")
+            .redis(&redis),
+    );
+    let names: Vec<String> = (0..12).map(|i| format!("t{i}.example.com")).collect();
+    let leaves: Vec<Leaf> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| pki.leaf(&[n], 9400 + i as u64))
+        .collect();
+    for round in 0..3 {
+        for (n, l) in names.iter().zip(&leaves) {
+            redis.put_leaf(n, l);
+        }
+        // Redis holds every lookup back, then answers them at once.
+        assert_eq!(
+            redis.cmd(&["CLIENT", "PAUSE", "200", "ALL"]),
+            Reply::Status("OK".into())
+        );
+        let port = nginx.port;
+        let clients: Vec<_> = names
+            .iter()
+            .cloned()
+            .map(|n| {
+                thread::spawn(move || {
+                    Request::default()
+                        .sni(&n)
+                        .https(port)
+                        .unwrap_or_else(|e| panic!("{n}: {e}"))
+                })
+            })
+            .collect();
+        for ((c, n), l) in clients.into_iter().zip(&names).zip(&leaves) {
+            let r = c.join().unwrap();
+            assert!(!r.is_default(), "round {round}: {n} got the default");
+            r.assert_served(l, &pki);
+        }
+        for n in &names {
+            redis.cmd(&["DEL", &format!("dyncert:cert:{n}")]);
+            redis.publish("dyncert:invalidate", n);
+        }
+    }
+}

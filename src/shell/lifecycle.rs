@@ -255,36 +255,38 @@ pub unsafe extern "C" fn ngx_http_dyncert_exit_process(_cycle: *mut ngx_cycle_t)
     })
 }
 
-/// Read handler of the wake-up socket: apply results, then wake waiters.
+/// Read handler of the wake-up socket: applies each result and wakes its
+/// waiters before the next result is applied. A woken connection's
+/// certificate callback runs at once and finds the entry just cached; a
+/// later result of the same batch could otherwise push it out of a small
+/// hot set first, and the connection would get the default.
 ///
 /// # Safety
 /// Called by nginx with the wake-up connection's read event.
 unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
     guard("applying fetch results", (), || {
-        let mut lines: Vec<(Level, String)> = Vec::new();
+        let events = with_worker(|w| w.queue().0.drain()).unwrap_or_default();
         let mut acme = Vec::new();
-        let waiters = with_worker(|w| {
-            let now = SystemClock.now();
-            let mut waiters = Vec::new();
-            for ev in w.queue().0.drain() {
-                debug!(Log::cycle(), "dyncert: {}", event_text(&ev));
-                match ev {
-                    Event::Acme { token, answer } => acme.push((token, answer)),
-                    ev => waiters.extend(w.on_event(ev, now, &mut |l, m| lines.push((l, m)))),
-                }
+        for ev in events {
+            debug!(Log::cycle(), "dyncert: {}", event_text(&ev));
+            if let Event::Acme { token, answer } = ev {
+                acme.push((token, answer));
+                continue;
             }
-            waiters
-        })
-        .unwrap_or_default();
-        for (level, msg) in lines {
-            core_line(level, &msg);
-        }
-        // The borrow is released: resuming a connection may run the
-        // certificate callback, which needs the worker state again.
-        for p in waiters {
-            // SAFETY: parked connections stay alive until resumed (only
-            // dyncert's handlers act on them while parked).
-            unsafe { peek::resume(p) };
+            let mut lines: Vec<(Level, String)> = Vec::new();
+            let waiters =
+                with_worker(|w| w.on_event(ev, SystemClock.now(), &mut |l, m| lines.push((l, m))))
+                    .unwrap_or_default();
+            for (level, msg) in lines {
+                core_line(level, &msg);
+            }
+            // The borrow is released: resuming a connection may run the
+            // certificate callback, which needs the worker state again.
+            for p in waiters {
+                // SAFETY: parked connections stay alive until resumed (only
+                // dyncert's handlers act on them while parked).
+                unsafe { peek::resume(p) };
+            }
         }
         for (token, answer) in acme {
             acme::complete(&token, &answer);
