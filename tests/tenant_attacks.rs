@@ -221,6 +221,35 @@ fn host_other_than_the_tls_server_name_is_misdirected() {
     t.s.nginx.assert_healthy();
 }
 
+/// HTTP/1.1 takes the host from an absolute request line and accepts a
+/// `Host` header naming something else; a backend routed by `$http_host`
+/// would act on that other name. The request is refused unless both name
+/// the TLS server name.
+#[test]
+fn a_host_header_naming_another_tenant_beside_an_absolute_request_line_is_misdirected() {
+    let mut t = start();
+    // SNI and request line: the open tenant; Host header: the fenced one.
+    let r = t.send(
+        Request::get(&format!("https://{PLAIN}/"))
+            .from(OUTSIDER)
+            .sni(PLAIN)
+            .host(FENCED),
+        t.port(),
+    );
+    assert_eq!(r.status, 421, "{r:?}");
+    assert_not_served(&r, "Host header differs from the request line");
+    // Both naming the server name (with a port) is served.
+    let r = t.send(
+        Request::get(&format!("https://{PLAIN}/"))
+            .from(OUTSIDER)
+            .sni(PLAIN)
+            .host(&format!("{PLAIN}:{}", t.port())),
+        t.port(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    t.s.nginx.assert_healthy();
+}
+
 #[test]
 fn certificate_of_another_server_block_does_not_reach_the_tenant() {
     let mut t = start();

@@ -127,6 +127,11 @@ pub struct RequestFacts<'a> {
     pub server_name: Option<&'a [u8]>,
     /// The request's host as nginx validated it (empty: none).
     pub host: &'a [u8],
+    /// The `Host` header as the client sent it, when it sent one. nginx
+    /// takes the host from an absolute request line (HTTP/1.1) or from
+    /// `:authority` (HTTP/2) and then accepts any other `Host` header,
+    /// which a backend routed by `$http_host` would act on.
+    pub host_header: Option<&'a [u8]>,
     /// Fingerprint of the record the handshake installed, or, for a
     /// resumed session, of the record its context was bound to.
     pub installed: Option<&'a [u8; 32]>,
@@ -148,6 +153,18 @@ pub enum Verdict<'a> {
     Pass { client_ca: Option<&'a ClientCa> },
 }
 
+/// A `Host` value without its `:port`. A bracketed IPv6 literal keeps its
+/// brackets, and so never equals a server name.
+fn without_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        return host;
+    }
+    match host.iter().rposition(|&b| b == b':') {
+        Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) => &host[..i],
+        _ => host,
+    }
+}
+
 /// Applies the invariant to one request.
 pub fn decide<'a>(f: &RequestFacts<'a>) -> Verdict<'a> {
     let Some(name) = f.server_name.and_then(|s| normalize_sni(s).ok()) else {
@@ -158,6 +175,11 @@ pub fn decide<'a>(f: &RequestFacts<'a>) -> Verdict<'a> {
     }
     if normalize_sni(f.host).ok().as_deref() != Some(name.as_str()) {
         return Verdict::Misdirected(Misdirected::HostMismatch);
+    }
+    if let Some(h) = f.host_header {
+        if normalize_sni(without_port(h)).ok().as_deref() != Some(name.as_str()) {
+            return Verdict::Misdirected(Misdirected::HostMismatch);
+        }
     }
     let Some(current) = f.current else {
         return Verdict::Misdirected(Misdirected::NoRecord);
@@ -350,6 +372,7 @@ mod tests {
         RequestFacts {
             server_name: Some(sni),
             host,
+            host_header: Some(host),
             installed: Some(&cert.fingerprint),
             current: Some(cert),
             client: Some("127.0.0.1".parse().unwrap()),
@@ -403,6 +426,48 @@ mod tests {
             misdirected(decide(&facts(&c, b"fenced.example", b"127.0.0.1"))),
             Some(Misdirected::HostMismatch)
         );
+    }
+
+    #[test]
+    fn a_host_header_naming_another_host_is_misdirected() {
+        let c = parsed(&["fenced.example"], None);
+        let mut f = facts(&c, b"open.example", b"open.example");
+        f.current = None;
+        // The request line (or :authority) names the server name, the
+        // Host header another tenant.
+        f.host_header = Some(b"fenced.example");
+        assert_eq!(misdirected(decide(&f)), Some(Misdirected::HostMismatch));
+        let mut f = facts(&c, b"fenced.example", b"fenced.example");
+        for same in [
+            &b"fenced.example"[..],
+            b"Fenced.Example.",
+            b"fenced.example:443",
+            b"fenced.example:8443",
+        ] {
+            f.host_header = Some(same);
+            assert!(
+                matches!(decide(&f), Verdict::Pass { .. }),
+                "{}",
+                String::from_utf8_lossy(same)
+            );
+        }
+        for other in [
+            &b"fenced.example:x"[..],
+            b"[::1]:443",
+            b"",
+            b"fenced.example.other",
+        ] {
+            f.host_header = Some(other);
+            assert_eq!(
+                misdirected(decide(&f)),
+                Some(Misdirected::HostMismatch),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+        // No Host header (HTTP/2 with :authority only): the host decides.
+        f.host_header = None;
+        assert!(matches!(decide(&f), Verdict::Pass { .. }));
     }
 
     #[test]

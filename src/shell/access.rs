@@ -165,9 +165,13 @@ fn check_tenant(r: &ngx_http_request_t) -> ngx_int_t {
         with_worker(|w| w.current(&name, now)).flatten()
     });
     let record = facts.and_then(|f| f.record);
+    // SAFETY: nginx sets headers_in.host to the request's Host header line
+    // (in its pool) when there is one, and leaves it null otherwise.
+    let host_header = unsafe { r.headers_in.host.as_ref() }.map(|h| h.value.as_bytes());
     let verdict = decide(&RequestFacts {
         server_name: connection_sni(c),
         host,
+        host_header,
         installed: record.as_ref(),
         current: current.as_deref(),
         client: client_ip(c),
