@@ -254,7 +254,9 @@ impl OrderLock {
 /// Runs the whole order and returns the validated record, already stored.
 /// The one issuance path: `issue`, `renew` and `run` all come here. It
 /// holds the name's [`OrderLock`] throughout; when another process holds
-/// it, nothing is ordered and the answer is [`CliError::Busy`].
+/// it, nothing is ordered and the answer is [`CliError::Busy`]. The lock
+/// not released (a Redis error once the order is over) is a warning: it
+/// expires by itself, and a stored certificate stays stored.
 pub fn issue(store: &mut Store, req: &Request) -> Result<Prepared, CliError> {
     let first = req.names.first().cloned().unwrap_or_default();
     let Some(lock) = OrderLock::acquire(store, &first, req.order_lock_ttl)? else {
@@ -262,11 +264,21 @@ pub fn issue(store: &mut Store, req: &Request) -> Result<Prepared, CliError> {
             "issue \"{first}\": an order for it is in flight elsewhere ({ORDER_LOCK_PREFIX}{first} is held)"
         )));
     };
+    let ttl = lock.ttl;
     let outcome = issue_locked(store, req, &lock);
-    let released = lock.release(store);
-    let p = outcome?;
-    released?;
-    Ok(p)
+    if let Err(e) = lock.release(store) {
+        eprintln!("{}", unreleased_warning(&first, ttl, &e));
+    }
+    outcome
+}
+
+/// The warning line for an order lock left behind by a Redis error.
+pub fn unreleased_warning(first: &str, ttl: Duration, e: &CliError) -> String {
+    format!(
+        "dyncert: warning: issue \"{first}\": the order lock ({ORDER_LOCK_PREFIX}{first}) was \
+         not released ({e}); it expires within {} s",
+        ttl.as_secs()
+    )
 }
 
 /// [`issue`] for a caller that holds the name's lock already.

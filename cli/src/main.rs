@@ -620,14 +620,13 @@ fn run(cli: Cli) -> Result<u8, CliError> {
                 keys::seal_prepared(&mut p, &prefix, id, &ring)?;
             }
             store.put(&p)?;
-            let sent = store.invalidate(&name)?;
+            let (said, failed) = publish(&mut store, &name);
             println!(
-                "stored \"{name}\": notAfter {} ({} days left); {}",
+                "stored \"{name}\": notAfter {} ({} days left); {said}",
                 dyncert_core::timefmt::rfc3339(p.not_after.max(0) as u64),
                 days_left(p.not_after, now_secs()),
-                published(&store, sent)
             );
-            Ok(0)
+            Ok(after_publish(&name, failed))
         }
         Command::Get { name, json } => {
             let name = record_name(&name)?;
@@ -639,9 +638,9 @@ fn run(cli: Cli) -> Result<u8, CliError> {
             if !store.delete(&name)? {
                 return Err(CliError::Absent(name));
             }
-            let sent = store.invalidate(&name)?;
-            println!("deleted \"{name}\"; {}", published(&store, sent));
-            Ok(0)
+            let (said, failed) = publish(&mut store, &name);
+            println!("deleted \"{name}\"; {said}");
+            Ok(after_publish(&name, failed))
         }
         Command::Invalidate { target } => {
             let target = invalidation_target(target.as_bytes()).unwrap_or_default();
@@ -682,16 +681,15 @@ fn run(cli: Cli) -> Result<u8, CliError> {
                 ..acme.request(issue_names(&names)?)?
             };
             let p = acme::issue(&mut store, &req)?;
-            let sent = store.invalidate(&p.name)?;
+            let (said, failed) = publish(&mut store, &p.name);
             println!(
-                "issued and stored \"{}\" ({}): notAfter {} ({} days left); {}",
+                "issued and stored \"{}\" ({}): notAfter {} ({} days left); {said}",
                 p.name,
                 req.names.join(", "),
                 dyncert_core::timefmt::rfc3339(p.not_after.max(0) as u64),
                 days_left(p.not_after, now_secs()),
-                published(&store, sent)
             );
-            Ok(0)
+            Ok(after_publish(&p.name, failed))
         }
         Command::Renew {
             within,
@@ -737,6 +735,38 @@ fn issue_names(raw: &[String]) -> Result<Vec<String>, CliError> {
         }
     }
     Ok(names)
+}
+
+/// Publishes `name` after a write that is done: the fragment for the
+/// command's line, and the Redis error when the publish failed. The write
+/// stands and is reported as done whatever the publish does; the caller
+/// warns (see [`unpublished_warning`]) and exits 1, since terminators keep
+/// what they cached.
+pub(crate) fn publish(store: &mut Store, name: &str) -> (String, Option<CliError>) {
+    match store.invalidate(name) {
+        Ok(sent) => (published(store, sent), None),
+        Err(e) => ("invalidation not published".to_owned(), Some(e)),
+    }
+}
+
+/// The warning line of a write whose invalidation was not published.
+pub(crate) fn unpublished_warning(name: &str, e: &CliError) -> String {
+    format!(
+        "dyncert: warning: \"{name}\": the invalidation was not published ({e}); terminators \
+         keep what they cached until it expires: run dyncert invalidate '{name}'"
+    )
+}
+
+/// Exit status after a write: 0, or 1 with the warning when its
+/// invalidation was not published.
+fn after_publish(name: &str, failed: Option<CliError>) -> u8 {
+    match failed {
+        None => 0,
+        Some(e) => {
+            eprintln!("{}", unpublished_warning(name, &e));
+            error::EXIT_FAILED
+        }
+    }
 }
 
 fn published(store: &Store, listeners: Option<i64>) -> String {

@@ -52,14 +52,18 @@ impl Outcome {
 }
 
 /// Renews what is due; `template` holds the ACME options (its names and
-/// policy fields are set per record). Exit status 1 when any failed.
+/// policy fields are set per record). Exit status 1 when any failed, or
+/// a renewal's invalidation was not published.
 pub fn renew(store: &mut Store, opts: &Options, template: &acme::Request) -> Result<u8, CliError> {
     let entries = store.expiring(None)?;
     let mut counts = [0usize; 5];
     // Until the CA's directory says it has no renewalInfo.
     let mut ask_ari = true;
+    // Renewed records whose invalidation was not published.
+    let mut unpublished = 0;
     for (name, _) in &entries {
-        let (outcome, detail) = match renew_one(store, name, opts, template, &mut ask_ari) {
+        let renewed = renew_one(store, name, opts, template, &mut ask_ari, &mut unpublished);
+        let (outcome, detail) = match renewed {
             Ok(done) => done,
             Err(e) => (Outcome::Failed, e.to_string()),
         };
@@ -84,7 +88,11 @@ pub fn renew(store: &mut Store, opts: &Options, template: &acme::Request) -> Res
             n(Outcome::Failed)
         );
     }
-    Ok(if n(Outcome::Failed) > 0 { 1 } else { 0 })
+    Ok(if n(Outcome::Failed) > 0 || unpublished > 0 {
+        1
+    } else {
+        0
+    })
 }
 
 fn renew_one(
@@ -93,6 +101,7 @@ fn renew_one(
     opts: &Options,
     template: &acme::Request,
     ask_ari: &mut bool,
+    unpublished: &mut usize,
 ) -> Result<(Outcome, String), CliError> {
     // The TTL read with the fields, in one transaction: it is this
     // record's, not one written over it between two reads.
@@ -224,15 +233,20 @@ fn renew_one(
         Err(CliError::Changed(why)) => return Ok((Outcome::Skipped, why)),
         Err(e) => return Err(e),
     };
-    let sent = store.invalidate(&p.name)?;
+    // Renewed, whatever the publish does: a Redis error there is a
+    // warning, and the exit status (the run's last line counts it renewed).
+    let (said, failed) = crate::publish(store, &p.name);
+    if let Some(e) = failed {
+        eprintln!("{}", crate::unpublished_warning(&p.name, &e));
+        *unpublished += 1;
+    }
     Ok((
         Outcome::Renewed,
         format!(
-            "{}: notAfter {} ({} days left); {}{}",
+            "{}: notAfter {} ({} days left); {said}{}",
             req.names.join(", "),
             rfc3339(p.not_after.max(0) as u64),
             days_left(p.not_after, now_secs()),
-            crate::published(store, sent),
             if req.replaces.is_some() {
                 "; on the CA's renewal window (ARI), replacing the old certificate"
             } else {

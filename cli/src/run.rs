@@ -569,7 +569,15 @@ impl Worker {
             return Ok(Some(OnDemand::Deferred));
         };
         let outcome = self.order(name, now, shared, &lock);
-        lock.release(&mut self.store)?;
+        // The lock expires by itself; what the order did stands (an
+        // error here would keep the entry for another attempt).
+        if let Err(e) = lock.release(&mut self.store) {
+            shared.metrics.failure(Failure::Redis);
+            log(format_args!(
+                "{}",
+                acme::unreleased_warning(name, ttl, &e).trim_start_matches("dyncert: ")
+            ));
+        }
         outcome
     }
 
@@ -590,16 +598,30 @@ impl Worker {
         req.expect = Some(Expect::Absent);
         match acme::issue_locked(&mut self.store, &req, lock) {
             Ok(p) => {
-                let _: i64 = self
-                    .store
-                    .q(redis::cmd("HDEL").arg(BACKOFF_KEY).arg(name).clone())?;
-                let sent = self.store.invalidate(&p.name)?;
+                // Stored: the invalidation goes first, and nothing after
+                // it undoes the store or its report. A Redis error in the
+                // bookkeeping is a warning (a stale backoff entry is
+                // harmless: a name with a record is never ordered).
                 m.order(Order::Issued);
+                let (said, failed) = crate::publish(&mut self.store, &p.name);
                 log(format_args!(
-                    "on-demand \"{name}\": issued, notAfter {}; {}",
+                    "on-demand \"{name}\": issued, notAfter {}; {said}",
                     dyncert_core::timefmt::rfc3339(p.not_after.max(0) as u64),
-                    crate::published(&self.store, sent)
                 ));
+                if let Some(e) = failed {
+                    m.failure(Failure::Redis);
+                    let warning = crate::unpublished_warning(&p.name, &e);
+                    log(format_args!("{}", warning.trim_start_matches("dyncert: ")));
+                }
+                let cleared: Result<i64, CliError> = self
+                    .store
+                    .q(redis::cmd("HDEL").arg(BACKOFF_KEY).arg(name).clone());
+                if let Err(e) = cleared {
+                    m.failure(Failure::Redis);
+                    log(format_args!(
+                        "warning: on-demand \"{name}\": its backoff was not cleared ({e})"
+                    ));
+                }
                 Ok(Some(OnDemand::Issued))
             }
             Err(CliError::Redis(e)) => Err(CliError::Redis(e)),

@@ -315,3 +315,126 @@ fn issue_fails_within_the_acme_timeout_when_the_ca_never_answers() {
     assert_eq!(keys(&redis, "dyncert:order-lock:*"), Vec::<String>::new());
     assert!(redis.record(NAME).is_empty(), "nothing stored");
 }
+
+/// `dyncert ARGS... --acme-url <pebble> --acme-ca ...` against `redis`
+/// as an ACL user (`user`, password `pw`).
+fn acme_as(redis: &Redis, pebble: &harness::Pebble, user: &str, args: &[&str]) -> common_acme::Out {
+    let url = format!("redis://{user}:pw@127.0.0.1:{}/0", redis.port);
+    let (directory, ca) = (pebble.directory_url(), pebble.ca_file());
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--acme-url", &directory, "--acme-ca", ca.to_str().unwrap()]);
+    common_acme::dyncert_at(&url, &all)
+}
+
+/// A Redis error after the certificate is stored does not undo its
+/// report: an order lock that cannot be released is a warning (it expires
+/// by itself), and the invalidation is still published, exit 0; an
+/// invalidation that cannot be published leaves the "issued and stored"
+/// line, with a warning saying how to send it, and exit status 1. Redis
+/// ACLs make exactly those commands fail.
+#[test]
+fn a_redis_error_after_the_store_is_a_warning_and_the_certificate_stays_issued() {
+    let AcmeStack {
+        nginx: _nginx,
+        pebble,
+        redis,
+        dns: _dns,
+        pki: _pki,
+    } = AcmeStack::start(ANSWER_AND_SERVE);
+    // DEL only on records and HTTP-01 answers: the lock's release fails.
+    redis.cmd(&[
+        "ACL",
+        "SETUSER",
+        "nodel",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-del",
+        "(~dyncert:cert:* ~dyncert:acme:* +del)",
+    ]);
+    redis.cmd(&[
+        "ACL", "SETUSER", "nopub", "on", ">pw", "~*", "&*", "+@all", "-publish",
+    ]);
+
+    let out = acme_as(&redis, &pebble, "nodel", &["issue", NAME]);
+    assert_eq!(out.code, 0, "stdout {}\nstderr {}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .starts_with(&format!("issued and stored \"{NAME}\""))
+            && out
+                .stdout
+                .contains("; invalidation published on \"dyncert:invalidate\""),
+        "{}",
+        out.stdout
+    );
+    let lock = format!("dyncert:order-lock:{NAME}");
+    let warning = out.stderr.trim_end();
+    assert_eq!(warning.lines().count(), 1, "{warning}");
+    assert!(
+        warning.starts_with(&format!(
+            "dyncert: warning: issue \"{NAME}\": the order lock ({lock}) was not released (Redis: "
+        )) && warning.ends_with("; it expires within 300 s"),
+        "{warning}"
+    );
+    assert!(redis.record_field(NAME, "crt").is_some());
+    assert_eq!(
+        redis.cmd(&["EXISTS", &lock]),
+        Reply::Int(1),
+        "left to expire"
+    );
+
+    const OTHER: &str = "www.acme.test";
+    let out = acme_as(&redis, &pebble, "nopub", &["issue", OTHER]);
+    assert_eq!(out.code, 1, "stdout {}\nstderr {}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .starts_with(&format!("issued and stored \"{OTHER}\""))
+            && out
+                .stdout
+                .trim_end()
+                .ends_with("; invalidation not published"),
+        "{}",
+        out.stdout
+    );
+    let warning = out.stderr.trim_end();
+    assert_eq!(warning.lines().count(), 1, "{warning}");
+    assert!(
+        warning.starts_with(&format!(
+            "dyncert: warning: \"{OTHER}\": the invalidation was not published (Redis: "
+        )) && warning.ends_with(&format!(
+            "); terminators keep what they cached until it expires: run dyncert invalidate \
+             '{OTHER}'"
+        )),
+        "{warning}"
+    );
+    assert!(redis.record_field(OTHER, "crt").is_some());
+    assert_eq!(
+        keys(&redis, "dyncert:order-lock:*"),
+        vec![lock.clone()],
+        "released"
+    );
+
+    // renew: each record renewed (and counted so), each line saying its
+    // invalidation is missing, a warning each, and exit status 1.
+    redis.cmd(&["DEL", &lock]);
+    let serials =
+        |r: &Redis| [NAME, OTHER].map(|n| common_acme::serial(&common_acme::stored_leaf(r, n)));
+    let before = serials(&redis);
+    let renew = ["renew", "--within", "100000d", "--no-jitter"];
+    let out = acme_as(&redis, &pebble, "nopub", &renew);
+    assert_eq!(out.code, 1, "stdout {}\nstderr {}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    for line in &lines[..2] {
+        assert!(
+            line.starts_with("renewed \"") && line.ends_with("; invalidation not published"),
+            "{line}"
+        );
+    }
+    assert_eq!(lines[2], "renewed 2, not due 0, skipped 0, failed 0");
+    assert_eq!(out.stderr.lines().count(), 2, "{}", out.stderr);
+    let after = serials(&redis);
+    assert!(before[0] != after[0] && before[1] != after[1], "renewed");
+}

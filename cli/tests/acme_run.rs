@@ -908,3 +908,47 @@ fn run_goes_on_past_a_ca_that_never_answers_within_the_acme_timeout() {
     assert!(issuer.active(), "still the active instance");
     assert!(ca.accepted() >= 3, "every step reached the CA");
 }
+
+/// An on-demand certificate, once stored, is published and its entry
+/// acknowledged whatever the bookkeeping after it does: a Redis error
+/// clearing the name's backoff (HDEL refused by an ACL here) is a
+/// warning, not a failed entry left pending without its invalidation.
+#[test]
+fn on_demand_publishes_a_stored_certificate_when_clearing_its_backoff_fails() {
+    let AcmeStack {
+        nginx: _nginx,
+        pebble,
+        redis,
+        pki: _pki,
+        dns: _dns,
+    } = AcmeStack::start(ANSWER_AND_SERVE);
+    redis.cmd(&["ACL", "SETUSER", "default", "-hdel"]);
+    let ask = AskServer::start();
+    let issuer = Issuer::start_active(&redis, &pebble, &ask.url(), &[]);
+    let name = "ok-bookkept.acme.test";
+    xadd(&redis, name);
+    issuer.wait_metric(ISSUED, Duration::from_secs(30), |v| v == 1.0);
+    assert!(serial_of(&redis, name).is_some());
+    let log = issuer.log();
+    assert!(
+        log.contains(&format!(
+            "dyncert run: on-demand \"{name}\": issued, notAfter "
+        )) && log.contains("; invalidation published on \"dyncert:invalidate\""),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "dyncert run: warning: on-demand \"{name}\": its backoff was not cleared (Redis: "
+        )),
+        "{log}"
+    );
+    let pending = poll(
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || match redis.cmd(&["XPENDING", STREAM, "dyncert-issuer"]) {
+            Reply::Array(Some(a)) if a.first() == Some(&Reply::Int(0)) => Some(()),
+            _ => None,
+        },
+    );
+    assert!(pending.is_some(), "the entry was acknowledged\n{log}");
+}
