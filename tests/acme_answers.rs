@@ -157,10 +157,30 @@ fn absent_token_gets_404_and_a_token_written_later_is_served_within_the_negative
     assert_answer(&served, KEY_AUTHORIZATION);
     assert!(asked.elapsed() < Duration::from_secs(4));
     // A value is never remembered: a change, then a removal, show at once.
-    a.set(TOKEN, "changed.thumbprint");
-    assert_answer(&a.get(TOKEN), "changed.thumbprint");
+    let changed = format!("{TOKEN}.changedThumbprint");
+    a.set(TOKEN, &changed);
+    assert_answer(&a.get(TOKEN), &changed);
     a.s.redis.cmd(&["DEL", &format!("dyncert:acme:{TOKEN}")]);
     assert_eq!(a.get(TOKEN).status, 404);
+    a.s.nginx.assert_healthy();
+}
+
+/// The challenge path reads `<prefix><token>` for any token, so only a key
+/// authorization for that token is answered: with a prefix shared with
+/// other keys, nothing else under it can be read from port 80.
+#[test]
+fn only_a_key_authorization_for_the_token_is_answered() {
+    let mut a = start();
+    a.set("ticket-keys", "{\"generation\":1,\"keys\":[\"secret\"]}");
+    a.set("other", &format!("{TOKEN}.thumb"));
+    a.set("bare", "bare");
+    for token in ["ticket-keys", "other", "bare"] {
+        let r = a.get(token);
+        assert_eq!(r.status, 404, "{token}: {r:?}");
+        assert!(!r.body.contains("secret"), "{r:?}");
+    }
+    a.set(TOKEN, KEY_AUTHORIZATION);
+    assert_answer(&a.get(TOKEN), KEY_AUTHORIZATION);
     a.s.nginx.assert_healthy();
 }
 
@@ -208,7 +228,8 @@ fn malformed_tokens_get_404_without_any_redis_command() {
     ];
     // Control first: the longest valid token is looked up.
     let longest = "b".repeat(128);
-    a.set(&longest, "ok");
+    let longest_answer = format!("{longest}.thumb");
+    a.set(&longest, &longest_answer);
     let monitor = a.s.redis.monitor();
     for token in bad {
         let r = a.get(token);
@@ -223,7 +244,7 @@ fn malformed_tokens_get_404_without_any_redis_command() {
     );
 
     // Positive control: the same watch does see a valid token's lookup.
-    assert_answer(&a.get(&longest), "ok");
+    assert_answer(&a.get(&longest), &longest_answer);
     monitor.sync();
     let key = format!("dyncert:acme:{longest}");
     let gets = monitor

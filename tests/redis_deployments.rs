@@ -329,11 +329,12 @@ fn cluster_serves_records_acme_answers_and_invalidations_from_every_node() {
         .find(|t| cluster.owner(&format!("dyncert:acme:{t}")) != record_owner)
         .expect("a token on another shard");
     let key = format!("dyncert:acme:{token}");
-    cluster.cmd(&key, &["SET", &key, "tok.thumbprint", "EX", "60"]);
+    let answer = format!("{token}.thumbprint");
+    cluster.cmd(&key, &["SET", &key, &answer, "EX", "60"]);
     let r = Request::get(&format!("/.well-known/acme-challenge/{token}"))
         .http(mport)
         .unwrap();
-    assert_eq!((r.status, r.body.as_str()), (200, "tok.thumbprint"));
+    assert_eq!((r.status, r.body.as_str()), (200, answer.as_str()));
     // PUBLISH on every node reaches the subscriber, wherever it is.
     let ok = poll(DEADLINE, Duration::from_millis(20), || {
         (cluster.subscribers(CHANNEL) >= 1).then_some(())

@@ -37,6 +37,19 @@ pub fn valid_token(token: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Whether `value` is an HTTP-01 key authorization for `token`
+/// (RFC 8555 §8.1: the token, `.`, and the base64url account key
+/// thumbprint). Only such a value is answered: the challenge path reads
+/// `<prefix><token>` for any token, so with a prefix shared with other
+/// keys (`dyncert_acme_prefix dyncert:`) anyone on port 80 could read any
+/// string key under it (the session ticket keys, an account key).
+pub fn is_key_authorization(token: &[u8], value: &[u8]) -> bool {
+    value
+        .strip_prefix(token)
+        .and_then(|rest| rest.strip_prefix(b"."))
+        .is_some_and(valid_token)
+}
+
 /// `Retry-After` of a 503 past the bounds, in seconds: a read takes
 /// milliseconds, so a slot is free again long before a client retries.
 pub const RETRY_AFTER: &str = "1";
@@ -227,6 +240,21 @@ impl<W> AcmeGate<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_key_authorization_for_the_token_is_answered() {
+        let thumb = b"9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI";
+        let value = [&b"tok-EN_1."[..], thumb].concat();
+        assert!(is_key_authorization(b"tok-EN_1", &value));
+        // Another token's, something else under the prefix, damaged ones.
+        assert!(!is_key_authorization(b"other", &value));
+        assert!(!is_key_authorization(b"ticket-keys", b"{\"generation\":1}"));
+        assert!(!is_key_authorization(b"tok", b"tok"));
+        assert!(!is_key_authorization(b"tok", b"tok."));
+        assert!(!is_key_authorization(b"tok", b"tok.a.b"));
+        assert!(!is_key_authorization(b"tok", b"tok.abc\n"));
+        assert!(!is_key_authorization(b"tok", b"tokabc"));
+    }
     use crate::fetch::{AcmeError, RedisError};
 
     #[test]

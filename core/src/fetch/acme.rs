@@ -89,7 +89,12 @@ impl AcmeReader {
         get.arg(&key);
         Ok(
             match tokio::time::timeout(t, get.query_async::<Option<Vec<u8>>>(conn)).await {
-                Ok(Ok(Some(v))) if !v.is_empty() && v.len() <= MAX_ACME_VALUE => {
+                // Only a key authorization for this token is an answer (see
+                // crate::acme::is_key_authorization).
+                Ok(Ok(Some(v)))
+                    if v.len() <= MAX_ACME_VALUE
+                        && crate::acme::is_key_authorization(token.as_bytes(), &v) =>
+                {
                     AcmeAnswer::Value(v)
                 }
                 Ok(Ok(_)) => AcmeAnswer::Absent,
