@@ -547,3 +547,84 @@ fn put_stores_a_second_certificate_of_the_other_type_or_refuses_it() {
     assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
     assert!(!exists(&redis, "refused.example.com"));
 }
+
+/// A key with the leaf's public half and another private half (a bit flip
+/// in the private part, a crafted file) passes a comparison of public
+/// halves, and would be served to fail every handshake: `put` signs with
+/// it and verifies with the leaf, and refuses it as the module's key
+/// mismatch (EC: the leaf's point with another scalar; RSA, as a second
+/// pair: the leaf's modulus and exponent with another key's private
+/// parts).
+#[test]
+fn put_refuses_a_key_whose_private_half_does_not_belong_to_the_leaf() {
+    use openssl::bn::BigNum;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::nid::Nid;
+    use openssl::rsa::Rsa;
+
+    let redis = Redis::start();
+    let pki = Pki::new();
+    let dir = TempDir::new("cli-forged");
+    let name = "forged.example.com";
+    let leaf = pki.leaf(&[name], 401);
+    let real = leaf.issued.key.ec_key().unwrap();
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let other = EcKey::generate(&group).unwrap();
+    let forged =
+        EcKey::from_private_components(&group, other.private_key(), real.public_key()).unwrap();
+    let forged = String::from_utf8(forged.private_key_to_pem().unwrap()).unwrap();
+    let (crt, key) = files(dir.path(), "ec", &leaf.chain_pem, &forged);
+    let out = put(&redis, name, &crt, &key, &[]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.stderr.trim_end(),
+        format!(
+            "dyncert: refused \"{name}\": private key does not match the certificate (key_mismatch)"
+        )
+    );
+    assert!(!exists(&redis, name));
+
+    // The real EC key, and an RSA second pair whose private parts are
+    // another key's.
+    let (ec_crt, ec_key) = files(dir.path(), "ec-real", &leaf.chain_pem, &leaf.key_pem);
+    let (rsa_chain, rsa_key) = rsa_leaf(&pki, &[name], 402);
+    let real = Rsa::private_key_from_pem(rsa_key.as_bytes()).unwrap();
+    let other = Rsa::generate(2048).unwrap();
+    let copy = |b: Option<&openssl::bn::BigNumRef>| BigNum::from_slice(&b.unwrap().to_vec());
+    let forged = Rsa::from_private_components(
+        BigNum::from_slice(&real.n().to_vec()).unwrap(),
+        BigNum::from_slice(&real.e().to_vec()).unwrap(),
+        BigNum::from_slice(&other.d().to_vec()).unwrap(),
+        copy(other.p()).unwrap(),
+        copy(other.q()).unwrap(),
+        copy(other.dmp1()).unwrap(),
+        copy(other.dmq1()).unwrap(),
+        copy(other.iqmp()).unwrap(),
+    )
+    .unwrap();
+    let forged = String::from_utf8(forged.private_key_to_pem().unwrap()).unwrap();
+    let (rsa_crt, rsa_key_file) = files(dir.path(), "rsa", &rsa_chain, &forged);
+    let second = [
+        "--cert-rsa",
+        rsa_crt.to_str().unwrap(),
+        "--key-rsa",
+        rsa_key_file.to_str().unwrap(),
+    ];
+    let out = put(&redis, name, &ec_crt, &ec_key, &second);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("(rsa_key_mismatch)"), "{}", out.stderr);
+    assert!(!exists(&redis, name));
+
+    // The genuine pairs are stored.
+    let (_, rsa_key_file) = files(dir.path(), "rsa-real", "", &rsa_key);
+    let second = [
+        "--cert-rsa",
+        rsa_crt.to_str().unwrap(),
+        "--key-rsa",
+        rsa_key_file.to_str().unwrap(),
+    ];
+    assert_ok(
+        &put(&redis, name, &ec_crt, &ec_key, &second),
+        "genuine pairs",
+    );
+}
