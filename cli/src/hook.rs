@@ -1,7 +1,8 @@
 //! Runs the DNS-01 hook program the way lego's exec provider does:
 //! `CMD present FQDN VALUE` and `CMD cleanup FQDN VALUE`, no shell in
-//! between. stdin and stdout are /dev/null; the end of stderr is kept
-//! (bounded) for the error line. A hook still running at its timeout is
+//! between, with dyncert's environment less its own variables
+//! ([`CLEARED_ENV`]). stdin and stdout are /dev/null; the end of stderr is
+//! kept (bounded) for the error line. A hook still running at its timeout is
 //! killed with its whole process group (a script's curl included).
 
 use std::io::Read;
@@ -11,6 +12,22 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::dns01::{hook_failure, output_tail, HookEnd, TAIL_CHARS};
+
+/// The variables `dyncert` reads its own options from, removed from the
+/// hook's environment: the Redis URL carries its password, the EAB MAC
+/// key is a secret, and the rest name key files (Redis TLS client key,
+/// key-encryption keys) a DNS provider's script has no business with.
+/// The hook gets everything else (its provider's token, PATH, HOME).
+pub const CLEARED_ENV: [&str; 8] = [
+    "DYNCERT_REDIS",
+    "DYNCERT_REDIS_CA",
+    "DYNCERT_REDIS_CERT",
+    "DYNCERT_REDIS_KEY",
+    "DYNCERT_KEY_ENCRYPTION_KEYS",
+    "DYNCERT_ACME_TIMEOUT",
+    "DYNCERT_EAB_KID",
+    "DYNCERT_EAB_HMAC_KEY",
+];
 
 /// Bytes of stderr kept while reading (the line shows fewer).
 const STDERR_KEPT: usize = 4096;
@@ -50,6 +67,9 @@ impl DnsHook {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
+        for var in CLEARED_ENV {
+            cmd.env_remove(var);
+        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {

@@ -1001,3 +1001,32 @@ fn import_one(
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every variable an option is read from is kept from the DNS hook: a
+    /// new one (a secret, say) cannot be forgotten there.
+    #[test]
+    fn the_dns_hook_gets_none_of_the_variables_dyncert_reads() {
+        fn walk(cmd: &clap::Command, found: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if let Some(var) = arg.get_env() {
+                    found.push(var.to_string_lossy().into_owned());
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, found);
+            }
+        }
+        let mut found = Vec::new();
+        walk(&Cli::command(), &mut found);
+        found.sort();
+        found.dedup();
+        let mut cleared = hook::CLEARED_ENV.map(str::to_owned).to_vec();
+        cleared.sort();
+        assert_eq!(found, cleared);
+    }
+}

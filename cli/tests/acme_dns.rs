@@ -10,10 +10,12 @@
 #[allow(dead_code)]
 mod common_acme;
 
+use std::time::Duration;
+
 use common_acme::harness::{assert_chain_verifies, assert_pebble_issued, pending_challenges};
 use common_acme::{
-    acme, dyncert, dyncert_at, keys, serial, served_serial, stored_leaf, DnsHookScript, DnsStack,
-    Present,
+    acme, dyncert, dyncert_at, dyncert_bounded, keys, serial, served_serial, stored_leaf,
+    DnsHookScript, DnsStack, Present,
 };
 use dyncert_testkit::*;
 
@@ -376,6 +378,53 @@ fn an_order_that_lost_its_lock_midway_finalizes_and_stores_nothing() {
         stack.redis.cmd(&["GET", &lock]),
         Reply::Bulk(Some(b"another-issuer".to_vec()))
     );
+}
+
+/// The hook runs with dyncert's environment less dyncert's own variables:
+/// a provider's token gets through, the Redis URL (and its password) and
+/// the EAB key, which dyncert itself used, do not.
+#[test]
+fn the_dns_hook_gets_the_environment_without_dyncerts_secrets() {
+    let stack = DnsStack::start(Some((EAB_KID, EAB_KEY)));
+    let seen = TempDir::new("hook-env");
+    let env_file = seen.path().join("env");
+    let hook = DnsHookScript::with_extra(
+        &stack.chall,
+        Present::Sets,
+        &format!("[ \"$1\" = present ] && env > '{}'", env_file.display()),
+    );
+    let (url, ca) = (stack.pebble.directory_url(), stack.pebble.ca_file());
+    let h = hook_args(&hook);
+    let (out, _) = dyncert_bounded(
+        &stack.redis,
+        &[
+            ("DYNCERT_REDIS", "redis://:hunter2@127.0.0.1:1/0"),
+            ("DYNCERT_EAB_KID", EAB_KID),
+            ("DYNCERT_EAB_HMAC_KEY", EAB_KEY),
+            ("DYNCERT_ACME_TIMEOUT", "20s"),
+            ("CF_API_TOKEN", "provider-token"),
+        ],
+        &[
+            "issue",
+            WILDCARD,
+            &h[0],
+            &h[1],
+            &h[2],
+            "--acme-url",
+            &url,
+            "--acme-ca",
+            ca.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    out.assert_ok(&stack.pebble.log());
+    let env = std::fs::read_to_string(&env_file).expect("the hook ran");
+    assert!(
+        env.lines().any(|l| l == "CF_API_TOKEN=provider-token"),
+        "{env}"
+    );
+    assert!(!env.contains("hunter2") && !env.contains(EAB_KEY), "{env}");
+    assert!(!env.lines().any(|l| l.starts_with("DYNCERT_")), "{env}");
 }
 
 #[test]
