@@ -1957,12 +1957,7 @@ mod tests {
         let Host {
             mut a, mut b, tier, ..
         } = host();
-        a.pre_handshake("a.example.com", 1, NOW);
-        apply(
-            &mut a,
-            found_storable("a.example.com", cert(1, NOT_AFTER), None),
-            NOW,
-        );
+        fetch_and_store(&mut a, "a.example.com", NOW);
         // The owner tightens the allowlist with a typo: the record is
         // refused, and the old (looser) one is not served meanwhile, by
         // this worker or, through the zone, by another.
@@ -2446,6 +2441,13 @@ mod tests {
 
     /// A finished fetch from Redis, with the compact form the parse thread
     /// makes when a tier is configured.
+    /// `w` fetches `name` for a handshake (certificate 1) and stores it in
+    /// the tier, as a first miss does.
+    fn fetch_and_store(w: &mut TestWorker, name: &str, now: Millis) {
+        w.pre_handshake(name, 1, now);
+        apply(w, found_storable(name, cert(1, NOT_AFTER), None), now);
+    }
+
     fn found_storable(name: &str, c: Arc<ParsedCert>, wildcard: Option<&str>) -> Event {
         let record = Record {
             form: crate::record::Form::Pem,
@@ -2542,12 +2544,7 @@ mod tests {
             interner,
             ..
         } = host();
-        a.pre_handshake("a.example.com", 1, NOW);
-        apply(
-            &mut a,
-            found_storable("a.example.com", cert(1, NOT_AFTER), None),
-            NOW,
-        );
+        fetch_and_store(&mut a, "a.example.com", NOW);
         b.pre_handshake("a.example.com", 2, NOW);
         run_loads(&mut b, &interner, NOW);
         // A refreshes first and stores the new record.
@@ -2736,12 +2733,7 @@ mod tests {
             interner,
             ..
         } = host();
-        a.pre_handshake("a.example.com", 1, NOW);
-        apply(
-            &mut a,
-            found_storable("a.example.com", cert(1, NOT_AFTER), None),
-            NOW,
-        );
+        fetch_and_store(&mut a, "a.example.com", NOW);
         b.pre_handshake("a.example.com", 2, NOW);
         run_loads(&mut b, &interner, NOW);
         a.queue().asked.borrow_mut().clear();
@@ -2787,12 +2779,7 @@ mod tests {
             interner,
             ..
         } = host();
-        a.pre_handshake("a.example.com", 1, NOW);
-        apply(
-            &mut a,
-            found_storable("a.example.com", cert(1, NOT_AFTER), None),
-            NOW,
-        );
+        fetch_and_store(&mut a, "a.example.com", NOW);
         let t = NOW + SECOND;
         apply(&mut b, RESUBSCRIBED, t);
         // B never had the name, and the zone's copy may have missed an
@@ -2838,12 +2825,7 @@ mod tests {
         let Host {
             mut a, mut b, tier, ..
         } = host();
-        a.pre_handshake("a.example.com", 1, NOW);
-        apply(
-            &mut a,
-            found_storable("a.example.com", cert(1, NOT_AFTER), None),
-            NOW,
-        );
+        fetch_and_store(&mut a, "a.example.com", NOW);
         assert_eq!(tier.len(), 1);
         // A's refresh finds the record deleted (no invalidation published).
         let t = NOW + 11 * MINUTE;
@@ -2890,12 +2872,7 @@ mod tests {
         let Host {
             mut a, mut b, mb, ..
         } = host();
-        a.pre_handshake("a.example.com", 1, NOW);
-        apply(
-            &mut a,
-            found_storable("a.example.com", cert(1, NOT_AFTER), None),
-            NOW,
-        );
+        fetch_and_store(&mut a, "a.example.com", NOW);
         let sel = b.for_handshake_sync("a.example.com", NOW, true);
         let (c, source) = (sel.cert, sel.source);
         assert_eq!(
