@@ -932,11 +932,14 @@ fn import(store: &mut Store, dir: &Path, dry_run: bool, seal: Seal<'_>) -> Resul
         .collect();
     stems.sort();
     let (mut imported, mut unchanged, mut refused) = (0, 0, 0);
+    // Imported records whose invalidation was not published: a run again
+    // would find them unchanged and never publish them.
+    let mut unpublished = 0;
     let total = stems.len();
     for (i, stem) in stems.iter().enumerate() {
         let crt = dir.join(format!("{stem}.crt"));
         let key = dir.join(format!("{stem}.key"));
-        let outcome = import_one(store, stem, &crt, &key, dry_run, seal);
+        let outcome = import_one(store, stem, &crt, &key, dry_run, seal, &mut unpublished);
         let what = match outcome {
             Ok(true) => {
                 imported += 1;
@@ -964,11 +967,12 @@ fn import(store: &mut Store, dir: &Path, dry_run: bool, seal: Seal<'_>) -> Resul
         "{}imported {imported}, unchanged {unchanged}, refused {refused}",
         if dry_run { "dry run: would have " } else { "" }
     );
-    Ok(if refused > 0 { 1 } else { 0 })
+    Ok(if refused > 0 || unpublished > 0 { 1 } else { 0 })
 }
 
 /// Ok(true): written (or would be); Ok(false): already identical, not
-/// written and not published.
+/// written and not published. Written but not published is Ok(true), a
+/// warning, and one more `unpublished`.
 fn import_one(
     store: &mut Store,
     stem: &str,
@@ -976,6 +980,7 @@ fn import_one(
     key: &Path,
     dry_run: bool,
     seal: Seal<'_>,
+    unpublished: &mut usize,
 ) -> Result<bool, CliError> {
     let name = record_name(stem)?;
     if !key.is_file() {
@@ -997,7 +1002,10 @@ fn import_one(
     }
     if !dry_run {
         store.put(&p)?;
-        store.invalidate(&name)?;
+        if let (_, Some(e)) = publish(store, &name) {
+            eprintln!("{}", unpublished_warning(&name, &e));
+            *unpublished += 1;
+        }
     }
     Ok(true)
 }

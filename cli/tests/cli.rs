@@ -628,3 +628,87 @@ fn put_refuses_a_key_whose_private_half_does_not_belong_to_the_leaf() {
         "genuine pairs",
     );
 }
+
+/// A write that is done stays reported as done when its invalidation
+/// cannot be published (PUBLISH refused by an ACL here): `put`, `import`
+/// and `delete` print their usual line (ending `invalidation not
+/// published`) or summary, a warning saying how to send the invalidation,
+/// and exit 1.
+#[test]
+fn a_write_whose_invalidation_cannot_be_published_is_reported_done_with_a_warning() {
+    let redis = Redis::start();
+    let pki = Pki::new();
+    let dir = TempDir::new("cli-nopub");
+    redis.cmd(&[
+        "ACL", "SETUSER", "nopub", "on", ">pw", "~*", "&*", "+@all", "-publish",
+    ]);
+    let url = format!("redis://nopub:pw@127.0.0.1:{}/0", redis.port);
+    let as_nopub = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dyncert"))
+            .arg("--redis")
+            .arg(&url)
+            .args(args)
+            .output()
+            .expect("run dyncert");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let warning = |name: &str, stderr: &str| {
+        let line = stderr.trim_end();
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(
+            line.starts_with(&format!(
+                "dyncert: warning: \"{name}\": the invalidation was not published (Redis: "
+            )) && line.ends_with(&format!("run dyncert invalidate '{name}'")),
+            "{line}"
+        );
+    };
+
+    let name = "nopub.example.com";
+    let leaf = pki.leaf(&[name], 501);
+    let (crt, key) = files(dir.path(), name, &leaf.chain_pem, &leaf.key_pem);
+    let out = as_nopub(&[
+        "put",
+        name,
+        "--cert",
+        crt.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .starts_with(&format!("stored \"{name}\": notAfter "))
+            && out
+                .stdout
+                .trim_end()
+                .ends_with("; invalidation not published"),
+        "{}",
+        out.stdout
+    );
+    warning(name, &out.stderr);
+    assert!(exists(&redis, name));
+    assert_eq!(zscore(&redis, name), Some(not_after(&leaf)));
+
+    let out = as_nopub(&["delete", name]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.stdout.trim_end(),
+        format!("deleted \"{name}\"; invalidation not published")
+    );
+    warning(name, &out.stderr);
+    assert!(!exists(&redis, name));
+
+    let import_dir = TempDir::new("cli-nopub-import");
+    files(import_dir.path(), name, &leaf.chain_pem, &leaf.key_pem);
+    let out = as_nopub(&["import", import_dir.path().to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.trim_end(), "imported 1, unchanged 0, refused 0");
+    let (warn, progress) = out.stderr.trim_end().split_once('\n').unwrap();
+    warning(name, warn);
+    assert_eq!(progress, format!("[1/1] {name}: imported"));
+    assert!(exists(&redis, name));
+}
