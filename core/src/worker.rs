@@ -2439,8 +2439,6 @@ mod tests {
         }
     }
 
-    /// A finished fetch from Redis, with the compact form the parse thread
-    /// makes when a tier is configured.
     /// `w` fetches `name` for a handshake (certificate 1) and stores it in
     /// the tier, as a first miss does.
     fn fetch_and_store(w: &mut TestWorker, name: &str, now: Millis) {
@@ -2448,6 +2446,8 @@ mod tests {
         apply(w, found_storable(name, cert(1, NOT_AFTER), None), now);
     }
 
+    /// A finished fetch from Redis, with the compact form the parse thread
+    /// makes when a tier is configured.
     fn found_storable(name: &str, c: Arc<ParsedCert>, wildcard: Option<&str>) -> Event {
         let record = Record {
             form: crate::record::Form::Pem,
