@@ -12,7 +12,7 @@
 //! between two checks of the schedule); one answers /metrics.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -54,7 +54,8 @@ const RECLAIM_IDLE_MS: u64 = 60_000;
 /// Recent refusals remembered, and for how long.
 const REFUSALS_MAX: usize = 10_000;
 const REFUSAL_TTL_MS: u64 = 10 * 60 * 1000;
-/// Connect, send and first-line deadline of one ask request.
+/// Deadline of one whole ask request: name resolution, connect, send
+/// and the status line.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest name in a stream entry (a DNS name).
 const NAME_MAX: usize = 253;
@@ -755,67 +756,168 @@ fn entries(v: &Value) -> Vec<Entry> {
         .collect()
 }
 
-/// `GET <ask>?domain=<name>`: Ok(true) on a 2xx status.
+/// `GET <ask>?domain=<name>`: Ok(true) on a 2xx status. The whole
+/// request (name resolution, connect, request, status line) has one
+/// deadline, [`ASK_TIMEOUT`]: a timeout per read would let an endpoint
+/// that trickles a byte every few seconds hold the worker, and every
+/// name behind it, for as long as it likes.
 fn ask_endpoint(ask: &AskUrl, name: &str) -> Result<bool, String> {
-    let addr = (ask.host.as_str(), ask.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("{}: {e}", ask.host))?
-        .next()
-        .ok_or_else(|| format!("{}: no address", ask.host))?;
-    let mut conn = TcpStream::connect_timeout(&addr, ASK_TIMEOUT).map_err(|e| e.to_string())?;
-    conn.set_read_timeout(Some(ASK_TIMEOUT))
-        .and_then(|()| conn.set_write_timeout(Some(ASK_TIMEOUT)))
-        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + ASK_TIMEOUT;
+    let late = || format!("no answer within {} s", ASK_TIMEOUT.as_secs());
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(late)
+    };
+    let addr = resolve(&ask.host, ask.port, left()?)?;
+    let mut conn = TcpStream::connect_timeout(&addr, left()?).map_err(|e| e.to_string())?;
     let host = if ask.host.contains(':') {
         format!("[{}]:{}", ask.host, ask.port)
     } else {
         format!("{}:{}", ask.host, ask.port)
     };
-    write!(
-        conn,
+    let request = format!(
         "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: dyncert\r\nConnection: close\r\n\r\n",
         ask.target(name)
-    )
-    .map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    BufReader::new(conn.take(1024))
-        .read_line(&mut line)
+    );
+    // One small write: it fits the socket buffer, so one timeout bounds it.
+    conn.set_write_timeout(Some(left()?))
+        .and_then(|()| conn.write_all(request.as_bytes()))
         .map_err(|e| e.to_string())?;
-    Ok(allowed(line.trim_end()))
+    let mut line = Vec::new();
+    let mut buf = [0u8; 256];
+    while line.len() < 1024 && !line.contains(&b'\n') {
+        conn.set_read_timeout(Some(left()?))
+            .map_err(|e| e.to_string())?;
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => line.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(late())
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let first = line.split(|b| *b == b'\n').next().unwrap_or_default();
+    Ok(allowed(String::from_utf8_lossy(first).trim_end()))
 }
 
-/// `GET /metrics` answers the exposition; anything else 404. One
-/// connection at a time, each bounded in time and size.
-fn serve_metrics(listener: TcpListener, shared: &Shared) {
-    for conn in listener.incoming() {
-        let Ok(mut conn) = conn else { continue };
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match conn.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
-        let first = head.split(|b| *b == b'\r').next().unwrap_or_default();
-        let is_metrics = first.starts_with(b"GET /metrics ") || first == b"GET /metrics";
-        shared
-            .metrics
-            .active
-            .store(u64::from(shared.is_active()), Ordering::Relaxed);
-        let (status, body) = if is_metrics {
-            ("200 OK", shared.metrics.render(now_secs()))
-        } else {
-            ("404 Not Found", "not found\n".to_owned())
-        };
-        let _ = write!(
-            conn,
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
+/// Set while a name resolution that outlived its request is still
+/// running: at most one such thread at a time.
+static RESOLVING: AtomicBool = AtomicBool::new(false);
+
+/// `host:port`'s first address within `limit`. An IP literal needs no
+/// lookup; a host name is resolved on a thread of its own (getaddrinfo
+/// has no timeout), and a lookup still stuck from an earlier request
+/// fails the next ones at once rather than piling up threads.
+fn resolve(host: &str, port: u16, limit: Duration) -> Result<SocketAddr, String> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
     }
+    if RESOLVING.swap(true, Ordering::SeqCst) {
+        return Err(format!(
+            "{host}: an earlier name resolution is still running"
+        ));
+    }
+    let (tx, rx) = mpsc::channel();
+    let owned = host.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("dyncert-resolve".into())
+        .spawn(move || {
+            let found = (owned.as_str(), port)
+                .to_socket_addrs()
+                .map(|mut a| a.next());
+            RESOLVING.store(false, Ordering::SeqCst);
+            let _ = tx.send(found);
+        });
+    if let Err(e) = spawned {
+        RESOLVING.store(false, Ordering::SeqCst);
+        return Err(format!("{host}: cannot resolve: {e}"));
+    }
+    match rx.recv_timeout(limit) {
+        Ok(Ok(Some(addr))) => Ok(addr),
+        Ok(Ok(None)) => Err(format!("{host}: no address")),
+        Ok(Err(e)) => Err(format!("{host}: {e}")),
+        Err(_) => Err(format!(
+            "{host}: name resolution took longer than {} ms",
+            limit.as_millis()
+        )),
+    }
+}
+
+/// Connections `/metrics` answers at once; more are closed unanswered.
+const METRICS_CONNECTIONS: usize = 8;
+/// Whole-request bound of one metrics connection (head read and answer).
+const METRICS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /metrics` answers the exposition; anything else 404. Each
+/// connection on a thread of its own, with one deadline for the whole
+/// exchange and at most [`METRICS_CONNECTIONS`] at once: a client that
+/// trickles its request (or many of them) cannot keep the scraper out
+/// for longer than that deadline.
+fn serve_metrics(listener: TcpListener, shared: &Arc<Shared>) {
+    let open = Arc::new(AtomicU64::new(0));
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        if open.fetch_add(1, Ordering::SeqCst) >= METRICS_CONNECTIONS as u64 {
+            open.fetch_sub(1, Ordering::SeqCst);
+            drop(conn);
+            continue;
+        }
+        let (shared, done) = (Arc::clone(shared), Arc::clone(&open));
+        let spawned = std::thread::Builder::new()
+            .name("dyncert-metrics-conn".into())
+            .spawn(move || {
+                answer_metrics(conn, &shared);
+                done.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            open.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn answer_metrics(mut conn: TcpStream, shared: &Shared) {
+    let deadline = Instant::now() + METRICS_TIMEOUT;
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    };
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let Some(limit) = left() else { return };
+        if conn.set_read_timeout(Some(limit)).is_err() {
+            return;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+    let first = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let is_metrics = first.starts_with(b"GET /metrics ") || first == b"GET /metrics";
+    shared
+        .metrics
+        .active
+        .store(u64::from(shared.is_active()), Ordering::Relaxed);
+    let (status, body) = if is_metrics {
+        ("200 OK", shared.metrics.render(now_secs()))
+    } else {
+        ("404 Not Found", "not found\n".to_owned())
+    };
+    let Some(limit) = left() else { return };
+    let _ = conn.set_write_timeout(Some(limit));
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
 }
 
 #[cfg(test)]

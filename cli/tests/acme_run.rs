@@ -952,3 +952,84 @@ fn on_demand_publishes_a_stored_certificate_when_clearing_its_backoff_fails() {
     );
     assert!(pending.is_some(), "the entry was acknowledged\n{log}");
 }
+
+/// An ask endpoint that accepts and then trickles its answer, one byte a
+/// second (a 200 status line, given time), is refused within the ask
+/// request's one deadline (5 s), not after as many reads as it cares to
+/// send. A client that trickles its request to /metrics meanwhile does
+/// not keep the scraper out.
+#[test]
+fn an_ask_endpoint_that_trickles_its_answer_is_refused_within_the_deadline() {
+    let redis = Redis::start();
+    let ca = SilentCa::start();
+    let trickle = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/ask",
+        trickle.local_addr().unwrap().port()
+    );
+    std::thread::spawn(move || {
+        for conn in trickle.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                for b in b"HTTP/1.1 200 OK\r\n\r\n".iter().cycle().take(120) {
+                    if conn.write_all(&[*b]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+        }
+    });
+    let issuer = Issuer::start_at(
+        &redis,
+        &ca.url(),
+        &["--ask", &url, "--lease-ttl", "3s", "--acme-timeout", "1s"],
+    );
+    issuer.wait_metric("dyncert_issuer_active", Duration::from_secs(10), |v| {
+        v == 1.0
+    });
+
+    // A metrics client that sends one byte a second, and never ends its
+    // request head.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", issuer.metrics_port)).unwrap();
+    let dribbler = std::thread::spawn(move || {
+        for b in b"GET /metrics HTTP/1.1\r\nX: ".iter().cycle().take(15) {
+            if slow.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let scraped = Instant::now();
+    assert!(issuer.metrics().is_some(), "{}", issuer.log());
+    assert!(
+        scraped.elapsed() < Duration::from_secs(1),
+        "the scrape waited behind the slow client: {:?}",
+        scraped.elapsed()
+    );
+
+    let name = "ok-trickle.acme.test";
+    let started = Instant::now();
+    xadd(&redis, name);
+    issuer.wait_metric(REFUSED, Duration::from_secs(9), |v| v >= 1.0);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4),
+        "refused at the deadline, not before: {waited:?}"
+    );
+    assert_eq!(
+        issuer.metric("dyncert_issuer_failures_total{reason=\"ask\"}"),
+        1.0
+    );
+    assert!(
+        issuer.log().contains(&format!(
+            "on-demand \"{name}\": ask failed: no answer within 5 s"
+        )),
+        "{}",
+        issuer.log()
+    );
+    assert_eq!(issuer.metric(ISSUED) + issuer.metric(FAILED), 0.0);
+    assert_eq!(ca.accepted(), 0, "nothing ordered");
+    drop(dribbler);
+}
