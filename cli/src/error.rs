@@ -39,6 +39,10 @@ pub enum CliError {
     /// it): the order stopped before finalizing or storing, since another
     /// may have run meanwhile.
     LockLost(String),
+    /// A stored record is larger than a record may be (more fields, or
+    /// a longer value, than the module reads): refused before it is read
+    /// whole. Which field, its size and its limit.
+    Oversized(String),
 }
 
 impl CliError {
@@ -70,7 +74,8 @@ impl CliError {
             | CliError::Unanswered(m)
             | CliError::Busy(m)
             | CliError::Changed(m)
-            | CliError::LockLost(m) => m.clone(),
+            | CliError::LockLost(m)
+            | CliError::Oversized(m) => m.clone(),
         }
     }
 }
@@ -90,7 +95,8 @@ impl fmt::Display for CliError {
             | CliError::Unanswered(m)
             | CliError::Busy(m)
             | CliError::Changed(m)
-            | CliError::LockLost(m) => f.write_str(m),
+            | CliError::LockLost(m)
+            | CliError::Oversized(m) => f.write_str(m),
         }
     }
 }

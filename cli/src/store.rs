@@ -20,6 +20,67 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Keys per SCAN step and per index write of `index rebuild`.
 const BATCH: usize = 1000;
 
+/// A record read whole: at most this many fields, field names this long,
+/// and values as long as [`record_limit`] says.
+const RECORD_FIELDS_MAX: usize = 64;
+const FIELD_NAME_MAX: usize = 64;
+/// Fields with a limit of their own (the module's); others get the
+/// default, `record_limit("")`.
+const LIMITED_FIELDS: [&str; 10] = [
+    "crt",
+    "crt_der",
+    "crt_rsa",
+    "crt_der_rsa",
+    "key",
+    "key_der",
+    "key_rsa",
+    "key_der_rsa",
+    "allow",
+    "client_ca",
+];
+
+/// The largest value a record's `field` may hold: the module's limit for
+/// the fields it reads (it refuses a record over them), the largest of
+/// them for any other field.
+pub fn record_limit(field: &str) -> usize {
+    use dyncert_core::record::{
+        MAX_ALLOW_BYTES, MAX_CLIENT_CA_BYTES, MAX_CRT_BYTES, MAX_KEY_BYTES,
+    };
+    match field {
+        "crt" | "crt_der" | "crt_rsa" | "crt_der_rsa" => MAX_CRT_BYTES,
+        "key" | "key_der" | "key_rsa" | "key_der_rsa" => MAX_KEY_BYTES,
+        "allow" => MAX_ALLOW_BYTES,
+        "client_ca" => MAX_CLIENT_CA_BYTES,
+        _ => MAX_CRT_BYTES.max(MAX_CLIENT_CA_BYTES),
+    }
+}
+
+/// KEYS[1]: a record. ARGV: most fields, longest field name, default
+/// value limit, then (field, limit) pairs. `{1, PTTL, HGETALL}` when
+/// every size is within its limit, else `{0, what, size, limit}` (what:
+/// a field name, `#fields` or `#name`) and nothing of the values.
+const BOUNDED_READ_LUA: &str = "local n = redis.call('HLEN', KEYS[1]) \
+    if n > tonumber(ARGV[1]) then return {0, '#fields', n, tonumber(ARGV[1])} end \
+    local limits = {} \
+    for i = 4, #ARGV, 2 do limits[ARGV[i]] = tonumber(ARGV[i + 1]) end \
+    for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do \
+      if #f > tonumber(ARGV[2]) then return {0, '#name', #f, tonumber(ARGV[2])} end \
+      local limit = limits[f] or tonumber(ARGV[3]) \
+      local len = redis.call('HSTRLEN', KEYS[1], f) \
+      if len > limit then return {0, f, len, limit} end \
+    end \
+    return {1, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[1])}";
+
+/// KEYS[1]: a record. ARGV[1]: the longest certificate. Its `crt_der`
+/// and `crt`, each nil when absent or longer than that (`index rebuild`
+/// reads only the leaf's notAfter, never an oversized value).
+const BOUNDED_CRT_LUA: &str = "local out = {} \
+    for i, f in ipairs({'crt_der', 'crt'}) do \
+      if redis.call('HSTRLEN', KEYS[1], f) <= tonumber(ARGV[1]) then \
+        out[i] = redis.call('HGET', KEYS[1], f) else out[i] = false end \
+    end \
+    return out";
+
 /// Where records, the index and the channel are (the module's names).
 pub struct Keys {
     pub prefix: String,
@@ -330,22 +391,69 @@ impl Store {
     }
 
     /// Every field of the record stored for `name` (empty: none) and its
-    /// PTTL in ms (-1: no expiry), read in one MULTI/EXEC (one key, so
-    /// also in a Cluster): the TTL is the one of the fields read.
+    /// PTTL in ms (-1: no expiry, -2: no record), read in one script (one
+    /// key, so also in a Cluster): the TTL is the one of the fields read.
+    /// Sizes are checked first, inside the script, as the module checks
+    /// them (HSTRLEN before the value): a record with more fields, or a
+    /// larger value, than [`record_limit`] allows is
+    /// [`CliError::Oversized`], and nothing of it is transferred.
     pub fn fields_and_pttl(
         &mut self,
         name: &str,
     ) -> Result<(HashMap<String, Vec<u8>>, i64), CliError> {
         let key = self.key(name);
-        let mut pipe = redis::pipe();
-        pipe.atomic().cmd("HGETALL").arg(&key).cmd("PTTL").arg(&key);
-        self.qp(pipe)
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(BOUNDED_READ_LUA)
+            .arg(1)
+            .arg(&key)
+            .arg(RECORD_FIELDS_MAX)
+            .arg(FIELD_NAME_MAX)
+            .arg(record_limit(""));
+        for field in LIMITED_FIELDS {
+            eval.arg(field).arg(record_limit(field));
+        }
+        match self.q::<Value>(eval)? {
+            Value::Array(mut parts) if parts.len() == 3 && parts[0] == Value::Int(1) => {
+                let all = parts.pop().unwrap_or(Value::Nil);
+                let pttl = i64::from_redis_value(parts.pop().unwrap_or(Value::Nil))
+                    .map_err(redis::RedisError::from)?;
+                let fields: HashMap<String, Vec<u8>> =
+                    FromRedisValue::from_redis_value(all).map_err(redis::RedisError::from)?;
+                Ok((fields, pttl))
+            }
+            Value::Array(parts) if parts.len() == 4 && parts[0] == Value::Int(0) => {
+                let text = |v: &Value| match v {
+                    Value::BulkString(b) => String::from_utf8_lossy(b).escape_default().to_string(),
+                    Value::Int(n) => n.to_string(),
+                    _ => String::new(),
+                };
+                let (what, got, limit) = (text(&parts[1]), text(&parts[2]), text(&parts[3]));
+                Err(CliError::Oversized(match what.as_str() {
+                    "#fields" => format!(
+                        "the record has {got} fields, more than the {limit} a record may have; not read"
+                    ),
+                    "#name" => format!(
+                        "the record has a field name of {got} bytes, over the {limit} allowed; not read"
+                    ),
+                    field => format!(
+                        "its field \"{field}\" holds {got} bytes, over the {limit} it may hold; not read"
+                    ),
+                }))
+            }
+            other => Err(CliError::Redis(format!(
+                "Redis: unexpected reply to the record read: {other:?}"
+            ))),
+        }
     }
 
-    /// Every field of the record stored for `name` (empty: none).
+    /// Every field of the record stored for `name` (empty: none), bounded
+    /// as [`Self::fields_and_pttl`] reads it.
     pub fn fields(&mut self, name: &str) -> Result<HashMap<String, Vec<u8>>, CliError> {
-        let key = self.key(name);
-        self.q(redis::cmd("HGETALL").arg(key).clone())
+        match self.fields_and_pttl(name) {
+            Ok((fields, _)) => Ok(fields),
+            Err(CliError::Oversized(why)) => Err(CliError::Oversized(format!("\"{name}\": {why}"))),
+            Err(e) => Err(e),
+        }
     }
 
     /// Sets each (field, read, new) of `changes` in the record of `name`
@@ -592,7 +700,12 @@ impl Store {
             .collect();
         let mut reads = redis::pipe();
         for k in &hashes {
-            reads.cmd("HMGET").arg(k.as_str()).arg("crt_der").arg("crt");
+            reads
+                .cmd("EVAL")
+                .arg(BOUNDED_CRT_LUA)
+                .arg(1)
+                .arg(k.as_str())
+                .arg(record_limit("crt"));
         }
         let values: Vec<CrtFields> = if hashes.is_empty() {
             Vec::new()
@@ -622,7 +735,7 @@ impl Store {
     }
 }
 
-/// A record's `crt_der` and `crt`, as HMGET returns them.
+/// A record's `crt_der` and `crt` (`None`: absent or oversized).
 type CrtFields = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// `prefix` as a SCAN MATCH pattern that matches it literally.

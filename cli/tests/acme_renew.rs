@@ -467,3 +467,75 @@ fn renew_skips_the_modules_write_back_of_a_certificate_api_answer_and_keeps_its_
     let ttl = redis.ttl(copy);
     assert!(ttl > 86_000, "and still expires: TTL {ttl}");
 }
+
+/// A record with a value larger than a record may hold (a 4 MB
+/// `client_ca` here) fails its renewal with a line naming the field, and
+/// is not read whole: the bytes Redis sent stay far below its size. The
+/// other records are renewed.
+#[test]
+fn renew_fails_a_record_with_an_oversized_field_without_reading_it() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let ca = BareCa::start(&redis);
+    let dir = TempDir::new("renew-oversized");
+    let plain = "plain.acme.test";
+    put_leaf(&redis, dir.path(), plain, &pki.leaf(&[plain], 7), &[]);
+    let big = "big.acme.test";
+    put_leaf(&redis, dir.path(), big, &pki.leaf(&[big], 8), &[]);
+    let size = 4_000_000;
+    redis.cmd(&[
+        "EVAL",
+        "redis.call('HSET', KEYS[1], 'client_ca', string.rep('A', tonumber(ARGV[1])))",
+        "1",
+        &format!("dyncert:cert:{big}"),
+        &size.to_string(),
+    ]);
+    let sent = |redis: &Redis| -> u64 {
+        let Reply::Bulk(Some(info)) = redis.cmd(&["INFO", "stats"]) else {
+            panic!("INFO")
+        };
+        String::from_utf8(info)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = sent(&redis);
+    let out = renew(&redis, &ca.pebble, &["--within", "100000d", "--no-jitter"]);
+    let output = sent(&redis) - before;
+    let all = format!("{}{}\n{}", out.stdout, out.stderr, ca.pebble.log());
+    assert!(
+        output < 1_000_000,
+        "Redis sent {output} bytes to renew: the oversized value was read\n{all}"
+    );
+    assert_eq!(out.code, 1, "{all}");
+    assert!(
+        out.stdout.contains(&format!(
+            "failed \"{big}\": its field \"client_ca\" holds {size} bytes, over the 65536 it may \
+             hold; not read"
+        )),
+        "{all}"
+    );
+    assert!(
+        out.stdout.contains(&format!("renewed \"{plain}\"")),
+        "{all}"
+    );
+    assert!(
+        out.stdout
+            .contains("renewed 1, not due 0, skipped 0, failed 1"),
+        "{all}"
+    );
+
+    let out = dyncert(&redis, &["get", big]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stderr.contains(&format!(
+            "\"{big}\": its field \"client_ca\" holds {size} bytes"
+        )),
+        "{}",
+        out.stderr
+    );
+}
