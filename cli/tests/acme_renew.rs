@@ -59,6 +59,14 @@ fn put_leaf(redis: &Redis, dir: &Path, name: &str, leaf: &Leaf, extra: &[&str]) 
     assert_eq!(out.code, 0, "put {name}: {}", out.stderr);
 }
 
+/// The record's fields sorted by name: HGETALL's order is not the
+/// record's (a hash's iteration order changes as Redis rehashes it).
+fn sorted_record(redis: &Redis, name: &str) -> Vec<(String, String)> {
+    let mut fields = redis.record(name);
+    fields.sort();
+    fields
+}
+
 #[test]
 fn renew_leaves_long_lived_certificates_alone_and_renews_within_the_window_for_serving() {
     let AcmeStack {
@@ -164,7 +172,7 @@ fn renew_never_touches_records_missing_from_the_index() {
     );
     put_leaf(&redis, dir.path(), "hidden.acme.test", &leaf, &[]);
     redis.cmd(&["ZREM", INDEX, "hidden.acme.test"]);
-    let before = redis.record("hidden.acme.test");
+    let before = sorted_record(&redis, "hidden.acme.test");
     let monitor = redis.monitor();
 
     // No CA is reached: nothing is a candidate.
@@ -185,7 +193,7 @@ fn renew_never_touches_records_missing_from_the_index() {
     );
     monitor.sync();
     let commands: Vec<String> = monitor.observed().iter().map(|o| o.command()).collect();
-    assert_eq!(redis.record("hidden.acme.test"), before);
+    assert_eq!(sorted_record(&redis, "hidden.acme.test"), before);
     assert!(
         commands.iter().any(|c| c == "ZRANGEBYSCORE"),
         "{commands:?}"
@@ -323,7 +331,7 @@ fn renew_fails_a_due_record_with_a_second_certificate_instead_of_dropping_it() {
     // Renew only looks at whether a second pair is there.
     let key = format!("dyncert:cert:{name}");
     redis.cmd(&["HSET", &key, "crt_rsa", &leaf.chain_pem]);
-    let before = redis.record(name);
+    let before = sorted_record(&redis, name);
 
     // Due (10 minutes left), yet no CA is asked: it would be unreachable.
     let out = dyncert(
@@ -343,7 +351,11 @@ fn renew_fails_a_due_record_with_a_second_certificate_instead_of_dropping_it() {
         "{all}"
     );
     assert!(all.contains("failed 1"), "{all}");
-    assert_eq!(redis.record(name), before, "the record is left as it was");
+    assert_eq!(
+        sorted_record(&redis, name),
+        before,
+        "the record is left as it was"
+    );
 }
 
 /// pebble validating HTTP-01 against the challenge stand-in (answers from
@@ -390,7 +402,7 @@ fn renew_skips_a_record_whose_key_is_held_by_an_hsm_and_renews_the_others() {
     let out = dyncert(&redis, &["index", "rebuild"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(zscore(&redis, hsm).is_some(), "indexed");
-    let before = redis.record(hsm);
+    let before = sorted_record(&redis, hsm);
     let plain_serial = serial(&stored_leaf(&redis, plain));
 
     let out = renew(&redis, &ca.pebble, &["--within", "100000d", "--no-jitter"]);
@@ -415,7 +427,7 @@ fn renew_skips_a_record_whose_key_is_held_by_an_hsm_and_renews_the_others() {
         "{all}"
     );
     assert_eq!(
-        redis.record(hsm),
+        sorted_record(&redis, hsm),
         before,
         "the reference stays, and no software key takes its place"
     );
@@ -443,7 +455,7 @@ fn renew_skips_the_modules_write_back_of_a_certificate_api_answer_and_keeps_its_
         &unix(leaf.issued.cert.not_after()).to_string(),
         copy,
     ]);
-    let before = redis.record(copy);
+    let before = sorted_record(&redis, copy);
 
     let out = renew(&redis, &ca.pebble, &["--within", "100000d", "--no-jitter"]);
     let all = format!("{}{}\n{}", out.stdout, out.stderr, ca.pebble.log());
@@ -463,7 +475,11 @@ fn renew_skips_the_modules_write_back_of_a_certificate_api_answer_and_keeps_its_
             .contains("renewed 1, not due 0, skipped 1, failed 0"),
         "{all}"
     );
-    assert_eq!(redis.record(copy), before, "the copy is left as it was");
+    assert_eq!(
+        sorted_record(&redis, copy),
+        before,
+        "the copy is left as it was"
+    );
     let ttl = redis.ttl(copy);
     assert!(ttl > 86_000, "and still expires: TTL {ttl}");
 }
