@@ -63,6 +63,9 @@ pub struct Request {
     pub account_key: Option<PathBuf>,
     pub email: Option<String>,
     pub rsa: bool,
+    /// `rsa` was asked for (--rsa or --ecdsa): `renew` then uses it for
+    /// every record, instead of the key type each record has.
+    pub key_type_chosen: bool,
     pub acme_prefix: String,
     /// The record's `allow` and `client_ca` fields, stored with the new
     /// certificate (`renew` keeps the renewed record's policy).
@@ -100,6 +103,7 @@ impl Default for Request {
             account_key: None,
             email: None,
             rsa: false,
+            key_type_chosen: false,
             acme_prefix: DEFAULT_ACME_PREFIX.to_owned(),
             allow: None,
             client_ca: None,

@@ -409,6 +409,9 @@ pub struct StoredLeaf {
     /// big-endian magnitude: the certificate's ARI identity.
     pub aki: Option<Vec<u8>>,
     pub serial: Vec<u8>,
+    /// The leaf's key is RSA (else ECDSA, or another type renewal orders
+    /// as ECDSA).
+    pub rsa: bool,
 }
 
 /// The leaf of a stored record (HGETALL), read from the form the module
@@ -435,6 +438,9 @@ pub fn stored_leaf(fields: &HashMap<String, Vec<u8>>) -> Option<StoredLeaf> {
         sans,
         aki: leaf.authority_key_id().map(|k| k.as_slice().to_vec()),
         serial: leaf.serial_number().to_bn().ok()?.to_vec(),
+        rsa: leaf
+            .public_key()
+            .is_ok_and(|k| k.id() == openssl::pkey::Id::RSA),
     })
 }
 

@@ -231,9 +231,14 @@ struct AcmeOpts {
     /// Contact address of a new account
     #[arg(long, value_name = "E")]
     email: Option<String>,
-    /// RSA 2048 certificate key instead of ECDSA P-256
-    #[arg(long)]
+    /// RSA 2048 certificate key instead of ECDSA P-256 (renew and run:
+    /// for every record; without it or --ecdsa, each keeps its key type)
+    #[arg(long, conflicts_with = "ecdsa")]
     rsa: bool,
+    /// ECDSA P-256 certificate key (issue's default; renew and run: for
+    /// every record, RSA ones too)
+    #[arg(long)]
+    ecdsa: bool,
     /// Key prefix of HTTP-01 answers (dyncert_acme_prefix)
     #[arg(long, default_value = acme::DEFAULT_ACME_PREFIX)]
     acme_prefix: String,
@@ -331,6 +336,7 @@ impl AcmeOpts {
             account_key: self.account_key,
             email: self.email,
             rsa: self.rsa,
+            key_type_chosen: self.rsa || self.ecdsa,
             acme_prefix,
             dns,
             eab,

@@ -205,6 +205,12 @@ fn renew_one(
     req.allow = fields.get("allow").cloned();
     req.client_ca = fields.get("client_ca").cloned();
     req.replaces = ari.map(|(_, _, id)| id);
+    // The key type the record has, unless the operator chose one for the
+    // run: an RSA certificate is often kept for clients without ECDSA,
+    // and a silent switch would lock them out.
+    if !template.key_type_chosen {
+        req.rsa = leaf.rsa;
+    }
     // What was read is what the renewal replaces: a record changed while
     // the certificate is ordered (an operator's put, a tightened allow)
     // is kept.
@@ -243,10 +249,21 @@ fn renew_one(
     Ok((
         Outcome::Renewed,
         format!(
-            "{}: notAfter {} ({} days left); {said}{}",
+            "{}: notAfter {} ({} days left), {} key{}; {said}{}",
             req.names.join(", "),
             rfc3339(p.not_after.max(0) as u64),
             days_left(p.not_after, now_secs()),
+            if req.rsa { "RSA 2048" } else { "ECDSA P-256" },
+            match (template.key_type_chosen, req.rsa == leaf.rsa) {
+                (_, true) => " as before",
+                (true, false) =>
+                    if req.rsa {
+                        " (was ECDSA: --rsa)"
+                    } else {
+                        " (was RSA: --ecdsa)"
+                    },
+                (false, false) => "",
+            },
             if req.replaces.is_some() {
                 "; on the CA's renewal window (ARI), replacing the old certificate"
             } else {

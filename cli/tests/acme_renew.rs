@@ -555,3 +555,82 @@ fn renew_fails_a_record_with_an_oversized_field_without_reading_it() {
         out.stderr
     );
 }
+
+/// An RSA leaf (chain PEM) and its key (PKCS#8 PEM), signed by the test
+/// PKI.
+fn rsa_leaf(pki: &Pki, name: &str, serial: u64) -> (String, String) {
+    let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+    let public =
+        openssl::pkey::PKey::public_key_from_der(&key.public_key_to_der().unwrap()).unwrap();
+    let (_, chain) = pki.leaf_for_public_key(&[name], serial, &public);
+    (
+        chain,
+        String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap(),
+    )
+}
+
+fn key_id(redis: &Redis, name: &str) -> openssl::pkey::Id {
+    stored_leaf(redis, name).public_key().unwrap().id()
+}
+
+/// Renewal keeps each record's key type: an RSA record (kept for clients
+/// without ECDSA) is renewed as RSA and an ECDSA one as ECDSA, unless the
+/// operator chooses one type for the run (--ecdsa here).
+#[test]
+fn renew_keeps_each_records_key_type_unless_one_is_chosen() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let ca = BareCa::start(&redis);
+    let dir = TempDir::new("renew-key-type");
+    let (rsa, ec) = ("rsa.acme.test", "ec.acme.test");
+    let (chain, key) = rsa_leaf(&pki, rsa, 7);
+    let (crt_file, key_file) = (dir.path().join("rsa.crt"), dir.path().join("rsa.key"));
+    write_file(&crt_file, &chain);
+    write_file(&key_file, &key);
+    let out = dyncert(
+        &redis,
+        &[
+            "put",
+            rsa,
+            "--cert",
+            crt_file.to_str().unwrap(),
+            "--key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.code, 0, "put {rsa}: {}", out.stderr);
+    put_leaf(&redis, dir.path(), ec, &pki.leaf(&[ec], 8), &[]);
+    assert_eq!(key_id(&redis, rsa), openssl::pkey::Id::RSA);
+    assert_eq!(key_id(&redis, ec), openssl::pkey::Id::EC);
+
+    let out = renew(&redis, &ca.pebble, &["--within", "100000d", "--no-jitter"]);
+    let all = format!("{}{}\n{}", out.stdout, out.stderr, ca.pebble.log());
+    assert_eq!(out.code, 0, "{all}");
+    assert_eq!(key_id(&redis, rsa), openssl::pkey::Id::RSA, "{all}");
+    assert_eq!(key_id(&redis, ec), openssl::pkey::Id::EC, "{all}");
+    for (name, kind) in [(rsa, "RSA 2048"), (ec, "ECDSA P-256")] {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("renewed \"{name}\"")))
+            .unwrap_or_else(|| panic!("{all}"));
+        assert!(
+            line.contains(&format!(", {kind} key as before; ")),
+            "{line}"
+        );
+    }
+
+    // Chosen for the run: every record gets it, and the line says so.
+    let out = renew(
+        &redis,
+        &ca.pebble,
+        &["--within", "100000d", "--no-jitter", "--ecdsa"],
+    );
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 0, "{all}");
+    assert_eq!(key_id(&redis, rsa), openssl::pkey::Id::EC, "{all}");
+    assert!(
+        out.stdout.contains("ECDSA P-256 key (was RSA: --ecdsa); "),
+        "{all}"
+    );
+}
