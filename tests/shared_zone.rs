@@ -1,11 +1,12 @@
 //! `dyncert_shared_zone`: one store per host. A name one worker fetched is
 //! loaded by the others from the zone (no Redis command), survives a
 //! worker killed and respawned and a reload that keeps the zone, leaves it
-//! when invalidated (also when a worker that has not yet applied the
-//! invalidation finishes a lookup that read the old record, when the name
-//! is deleted, and after a lost subscription), is emptied by a reload that
-//! changes what admitted its records, and a zone too small for the names
-//! evicts its least recently used records without failing a handshake.
+//! when invalidated (by a `*.parent` only one label below the parent; also
+//! when a worker that has not yet applied the invalidation finishes a
+//! lookup that read the old record, when the name is deleted, and after a
+//! lost subscription), is emptied by a reload that changes what admitted
+//! its records, and a zone too small for the names evicts its least
+//! recently used records without failing a handshake.
 
 use dyncert_testkit::*;
 use std::collections::BTreeMap;
@@ -116,6 +117,34 @@ fn four_workers_share_one_fetch() {
     assert_eq!(h.metric("dyncert_shared_loads_total"), 3.0);
     assert_eq!(h.metric("dyncert_shared_zone_records"), 1.0);
     assert_eq!(h.metric("dyncert_handshakes_total{source=\"shared\"}"), 3.0);
+    h.s.nginx.assert_healthy();
+}
+
+#[test]
+fn a_wildcard_invalidation_drops_only_the_zone_records_one_label_below() {
+    let mut h = start(1, "8m", "max=1000");
+    let names = [
+        "a.example.com",
+        "b.example.com",
+        "example.com",
+        "x.a.example.com",
+        "myexample.com",
+        "a.example.org",
+    ];
+    for (n, serial) in names.into_iter().zip(9300..) {
+        let l = h.s.pki.leaf(&[n], serial);
+        h.s.redis.put_leaf(n, &l);
+        h.s.get(Some(n)).assert_served(&l, &h.s.pki);
+    }
+    assert_eq!(h.metric("dyncert_shared_zone_records"), 6.0);
+    h.s.redis.publish("dyncert:invalidate", "*.example.com");
+    poll(STARTUP_DEADLINE, Duration::from_millis(20), || {
+        (h.metric("dyncert_shared_zone_records") <= 4.0).then_some(())
+    })
+    .expect("the zone drops the names below example.com");
+    // The parent, a name two labels below and one that merely ends with
+    // the parent's text stay.
+    assert_eq!(h.metric("dyncert_shared_zone_records"), 4.0);
     h.s.nginx.assert_healthy();
 }
 

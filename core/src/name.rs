@@ -159,7 +159,30 @@ pub fn wildcard_parent(name: &str) -> Option<String> {
 
 /// True when `name` has at least two labels, none of them empty.
 fn has_two_labels(name: &str) -> bool {
-    name.contains('.') && name.split('.').all(|label| !label.is_empty())
+    has_two_labels_bytes(name.as_bytes())
+}
+
+fn has_two_labels_bytes(name: &[u8]) -> bool {
+    name.contains(&b'.') && name.split(|&b| b == b'.').all(|label| !label.is_empty())
+}
+
+/// Whether `name` is exactly one label below `parent`, by the rules of
+/// [`wildcard_parent`]: true exactly when `wildcard_parent(name)` is
+/// `*.parent`, so a wildcard invalidation can be matched against every
+/// record of the shared zone, under its lock, without building a string
+/// per record. The left-most label is non-empty and not `*` (a wildcard
+/// key is not below its parent), and `parent` has at least two labels (a
+/// `*.com` entry never covers anything). Both are normalised names:
+/// compared byte for byte, without case folding.
+pub fn is_one_label_below(name: &[u8], parent: &[u8]) -> bool {
+    // Most names fail here, before `parent` is looked at.
+    let Some(label) = name
+        .strip_suffix(parent)
+        .and_then(|head| head.strip_suffix(b"."))
+    else {
+        return false;
+    };
+    !label.is_empty() && label != b"*" && !label.contains(&b'.') && has_two_labels_bytes(parent)
 }
 
 /// RFC 6125 §6.4 matching of a certificate DNS name (SAN dNSName) against a
@@ -374,6 +397,87 @@ mod tests {
         assert_eq!(wildcard_parent(".example.com"), None);
         assert_eq!(wildcard_parent("a..com"), None);
         assert_eq!(wildcard_parent(""), None);
+    }
+
+    #[test]
+    fn one_label_below_is_the_name_a_wildcard_of_the_parent_covers() {
+        assert!(is_one_label_below(b"www.example.com", b"example.com"));
+        assert!(is_one_label_below(b"a.b.example.com", b"b.example.com"));
+        assert!(is_one_label_below(b"x--1.example.co.uk", b"example.co.uk"));
+    }
+
+    #[test]
+    fn the_parent_itself_and_names_further_below_are_not_one_label_below() {
+        assert!(!is_one_label_below(b"example.com", b"example.com"));
+        assert!(!is_one_label_below(b"a.b.example.com", b"example.com"));
+        assert!(!is_one_label_below(b"com", b"example.com"));
+        assert!(!is_one_label_below(b"", b"example.com"));
+    }
+
+    #[test]
+    fn a_name_that_only_ends_with_the_parents_text_is_not_below_it() {
+        assert!(!is_one_label_below(b"myexample.com", b"example.com"));
+        assert!(!is_one_label_below(b"a.myexample.com", b"example.com"));
+        assert!(!is_one_label_below(b"www.example.com.evil", b"example.com"));
+        assert!(!is_one_label_below(b".example.com", b"example.com"));
+        assert!(!is_one_label_below(b"a..example.com", b"example.com"));
+    }
+
+    #[test]
+    fn one_label_below_never_reaches_a_single_label_parent_or_a_wildcard_key() {
+        assert!(!is_one_label_below(b"example.com", b"com"));
+        assert!(!is_one_label_below(b"a.", b""));
+        assert!(!is_one_label_below(b"a.example..com", b"example..com"));
+        assert!(!is_one_label_below(b"*.example.com", b"example.com"));
+        assert!(is_one_label_below(b"*a.example.com", b"example.com"));
+    }
+
+    #[test]
+    fn one_label_below_compares_normalised_bytes_without_folding_case() {
+        // Names are lower case by the time they are compared; an upper
+        // case parent is simply another name.
+        assert!(!is_one_label_below(b"www.example.com", b"Example.com"));
+        assert!(!is_one_label_below(b"www.Example.com", b"example.com"));
+        assert!(is_one_label_below(b"WWW.example.com", b"example.com"));
+    }
+
+    #[test]
+    fn one_label_below_agrees_with_wildcard_parent() {
+        let names = [
+            "www.example.com",
+            "a.b.example.com",
+            "example.com",
+            "com",
+            "myexample.com",
+            "*.example.com",
+            "*a.example.com",
+            ".example.com",
+            "a..example.com",
+            "a.example..com",
+            "a.",
+            "",
+            "WWW.example.com",
+            "www.Example.com",
+        ];
+        let parents = [
+            "example.com",
+            "b.example.com",
+            "com",
+            "",
+            "example..com",
+            ".example.com",
+            "Example.com",
+            "*.example.com",
+        ];
+        for name in names {
+            for parent in parents {
+                assert_eq!(
+                    is_one_label_below(name.as_bytes(), parent.as_bytes()),
+                    wildcard_parent(name).as_deref() == Some(&*format!("*.{parent}")),
+                    "{name:?} under {parent:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use dyncert_core::clock::Millis;
 use dyncert_core::compact::IntermediateDers;
 use dyncert_core::intern::CertDigest;
 use dyncert_core::metrics::ZoneFigures;
-use dyncert_core::name::wildcard_parent;
+use dyncert_core::name::is_one_label_below;
 use dyncert_core::tier::{fnv1a, Invalidations, SharedTier, TierHit};
 use ngx::http::HttpModule;
 
@@ -555,9 +555,11 @@ impl SharedTier for Zone {
         let lock = self.lock();
         // SAFETY: the header is live; the mutex is held.
         unsafe { (*self.hdr(&lock)).invalidations.note(wildcard) };
+        // Every record is looked at under the lock every worker's
+        // handshakes wait on: a byte comparison, no allocation.
+        let parent = wildcard.strip_prefix("*.").map(str::as_bytes);
         self.remove_where(&lock, |name| {
-            let name = String::from_utf8_lossy(name);
-            name == wildcard || wildcard_parent(&name).as_deref() == Some(wildcard)
+            name == wildcard.as_bytes() || parent.is_some_and(|p| is_one_label_below(name, p))
         });
     }
 
