@@ -6,7 +6,8 @@
 //! lookup that read the old record, when the name is deleted, and after a
 //! lost subscription), is emptied by a reload that changes what admitted
 //! its records, and a zone too small for the names evicts its least
-//! recently used records without failing a handshake.
+//! recently used records without failing a handshake, while a record
+//! bigger than the whole zone is served but evicts nothing.
 
 use dyncert_testkit::*;
 use std::collections::BTreeMap;
@@ -507,6 +508,141 @@ fn a_zone_too_small_for_the_names_evicts_and_never_fails_a_handshake() {
     assert!(evictions > 0.0, "no eviction");
     assert!(records > 0.0 && records < 300.0, "{records} records");
     assert!(h.metric("dyncert_shared_zone_bytes{state=\"total\"}") > 0.0);
+    h.s.nginx.assert_healthy();
+}
+
+/// `sans` long DNS names below `zone`, each 206 bytes: about 210 bytes of
+/// a leaf's DER per name.
+fn long_names(sans: usize, zone: &str) -> Vec<String> {
+    (0..sans)
+        .map(|i| {
+            format!(
+                "{}{i:04}.{}.{}.{zone}",
+                "x".repeat(59),
+                "y".repeat(63),
+                "z".repeat(63)
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_record_bigger_than_the_empty_zone_is_served_and_evicts_nothing() {
+    // A hot set of one: the names it drops are looked up in the zone.
+    let mut h = start(1, "128k", "max=1");
+    let fits: Vec<(&str, Leaf)> = ["a.fits.example", "b.fits.example", "c.fits.example"]
+        .into_iter()
+        .zip(9400..)
+        .map(|(n, serial)| (n, h.s.pki.leaf(&[n], serial)))
+        .collect();
+    for (n, l) in &fits {
+        h.s.redis.put_leaf(n, l);
+        h.s.get(Some(n)).assert_served(l, &h.s.pki);
+    }
+    assert_eq!(h.metric("dyncert_shared_zone_records"), 3.0);
+    assert_eq!(h.metric("dyncert_shared_zone_stores_total"), 3.0);
+    let zone_bytes = h.metric("dyncert_shared_zone_bytes{state=\"total\"}");
+
+    // Within every record bound (each chain under 64 KiB of DER, `allow`
+    // under 16 KiB), and together more than all the zone's pages: two
+    // leaves for many long names, ECDSA and RSA, in DER, and a long
+    // tenant allow list.
+    let name = "big.toobig.example";
+    let long = long_names(280, "toobig.example");
+    let sans: Vec<&str> = std::iter::once(name)
+        .chain(long.iter().map(String::as_str))
+        .collect();
+    let ec = h.s.pki.leaf(&sans, 9410);
+    let rsa_key =
+        openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+    let rsa_public =
+        openssl::pkey::PKey::public_key_from_der(&rsa_key.public_key_to_der().unwrap()).unwrap();
+    let (rsa, _) = h.s.pki.leaf_for_public_key(&sans, 9411, &rsa_public);
+    let intermediate = h.s.pki.intermediate.cert.to_der().unwrap();
+    let crt_der = [ec.issued.cert.to_der().unwrap(), intermediate.clone()].concat();
+    let key_der = ec
+        .issued
+        .key
+        .ec_key()
+        .unwrap()
+        .private_key_to_der()
+        .unwrap();
+    let crt_der_rsa = [rsa.to_der().unwrap(), intermediate].concat();
+    let key_der_rsa = rsa_key.rsa().unwrap().private_key_to_der().unwrap();
+    let mut allow = String::from("127.0.0.1");
+    for i in 0.. {
+        let next = format!(",2001:db8:{i:04x}:ffff:ffff:ffff:ffff:0/112");
+        if allow.len() + next.len() > 16 * 1024 {
+            break;
+        }
+        allow.push_str(&next);
+    }
+    for der in [&crt_der, &crt_der_rsa] {
+        assert!(der.len() < 64 * 1024, "{}", der.len());
+    }
+    // The leaves and the allow list alone: the intermediate is stored
+    // once, apart.
+    let record_bytes =
+        ec.issued.cert.to_der().unwrap().len() + rsa.to_der().unwrap().len() + allow.len();
+    assert!(
+        record_bytes as f64 > zone_bytes,
+        "{record_bytes} bytes fit in a zone of {zone_bytes} bytes"
+    );
+    let key = format!("dyncert:cert:{name}");
+    let hset: [&[u8]; 12] = [
+        b"HSET",
+        key.as_bytes(),
+        b"crt_der",
+        &crt_der,
+        b"key_der",
+        &key_der,
+        b"crt_der_rsa",
+        &crt_der_rsa,
+        b"key_der_rsa",
+        &key_der_rsa,
+        b"allow",
+        allow.as_bytes(),
+    ];
+    h.s.redis.connect().cmd(&hset).unwrap();
+    let big_serials = [ec.serial_hex.clone(), serial_hex(9411)];
+
+    // Fetched and served from Redis, twice (the hot set drops it in
+    // between): each store gives up without evicting a record.
+    for round in 0..2 {
+        let r = h.s.get(Some(name));
+        assert!(
+            big_serials.contains(&r.tls().leaf_serial),
+            "round {round}: {:?} {:?}",
+            r.tls().leaf_serial,
+            r.body
+        );
+        assert_eq!(r.source(), "redis", "round {round}: {:?}", r.body);
+        assert_eq!(
+            h.metric("dyncert_shared_zone_evictions_total"),
+            0.0,
+            "round {round}: {}",
+            h.s.nginx.logs()
+        );
+        assert_eq!(h.metric("dyncert_shared_zone_records"), 3.0);
+        // The records that fit are still in the zone: loaded, not fetched.
+        for (n, l) in &fits {
+            let r = h.s.get(Some(n));
+            r.assert_served(l, &h.s.pki);
+            assert_eq!(r.source(), "shared", "round {round}: {:?}", r.body);
+        }
+    }
+    assert_eq!(h.metric("dyncert_shared_zone_stores_total"), 3.0);
+    let refusals =
+        h.s.nginx
+            .error_log()
+            .lines()
+            .filter(|l| {
+                l.contains("[warn]")
+                    && l.contains("record too big for the shared zone")
+                    && l.contains(&format!("name: \"{name}\""))
+            })
+            .count();
+    assert_eq!(refusals, 2, "{}", h.s.nginx.logs());
     h.s.nginx.assert_healthy();
 }
 

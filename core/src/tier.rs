@@ -52,7 +52,8 @@ pub trait SharedTier {
     fn generation(&self) -> u64;
     /// Stores (or replaces) `name`'s record; the intermediates are stored
     /// once each. A full store evicts its least recently used records; a
-    /// record it cannot hold at all is simply not stored. Refused (false,
+    /// record it cannot hold at all is simply not stored, and evicts
+    /// nothing ([`page_need`] tells the nginx zone). Refused (false,
     /// nothing stored; the only case of false) when an invalidation
     /// covering `name` was applied after [`Self::generation`] read
     /// `since`: the record may be the one it replaced.
@@ -177,6 +178,59 @@ pub fn fnv1a(bytes: &[u8]) -> u32 {
         h = h.wrapping_mul(0x0100_0193);
     }
     h
+}
+
+/// Pages that allocations of some sizes take for themselves in an nginx
+/// slab pool, against what an empty pool has for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageNeed {
+    pub needed: usize,
+    pub available: usize,
+}
+
+impl PageNeed {
+    /// False when even an empty pool (every record evicted) could not
+    /// hold the allocations at once, so evicting anything for them is
+    /// waste. True for anything that might fit: allocations that share
+    /// pages and fragmentation are not counted.
+    pub fn may_fit(&self) -> bool {
+        self.needed <= self.available
+    }
+}
+
+/// Whole pages of `page` bytes that one allocation of `size` bytes takes
+/// for itself: `ngx_slab_alloc` serves anything larger than half a page
+/// with whole pages of its own (`ngx_slab_alloc_pages`); smaller ones share
+/// a page with others of their size class and count as none here.
+pub fn slab_pages(size: usize, page: usize) -> usize {
+    if page == 0 || size <= page / 2 {
+        0
+    } else {
+        size.div_ceil(page)
+    }
+}
+
+/// What allocations of `sizes` bytes need of a slab pool whose pages span
+/// `span` bytes (`end - start`: at least its page count times `page`, so
+/// the count errs on the side of room) and which keeps one allocation of
+/// `header` bytes for good. The header's pages are never free, and a small
+/// header still takes a page of its size class, which no allocation of
+/// whole pages can use.
+pub fn page_need(
+    sizes: impl IntoIterator<Item = usize>,
+    page: usize,
+    span: usize,
+    header: usize,
+) -> PageNeed {
+    let needed = sizes
+        .into_iter()
+        .map(|size| slab_pages(size, page))
+        .fold(0, usize::saturating_add);
+    let pages = span.checked_div(page).unwrap_or(0);
+    PageNeed {
+        needed,
+        available: pages.saturating_sub(slab_pages(header, page).max(1)),
+    }
 }
 
 fn slot(target: &str) -> usize {
@@ -342,6 +396,60 @@ mod tests {
         let mut inv = Invalidations::default();
         inv.note(target);
         assert!(inv.covers_since(&other, 0));
+    }
+
+    #[test]
+    fn allocations_above_half_a_page_take_whole_pages_and_smaller_ones_none() {
+        assert_eq!(slab_pages(0, 4096), 0);
+        assert_eq!(slab_pages(2048, 4096), 0);
+        assert_eq!(slab_pages(2049, 4096), 1);
+        assert_eq!(slab_pages(4096, 4096), 1);
+        assert_eq!(slab_pages(4097, 4096), 2);
+        assert_eq!(slab_pages(120_000, 4096), 30);
+        assert_eq!(slab_pages(usize::MAX, 4096), usize::MAX / 4096 + 1);
+        assert_eq!(slab_pages(100, 0), 0);
+    }
+
+    #[test]
+    fn an_empty_pool_has_its_pages_less_the_headers() {
+        // 31 pages of 4 KiB (a 128k zone), a header of two pages.
+        let span = 31 * 4096;
+        let need = page_need([29 * 4096], 4096, span, 4096 + 100);
+        assert_eq!(
+            need,
+            PageNeed {
+                needed: 29,
+                available: 29
+            }
+        );
+        assert!(need.may_fit());
+        assert!(!page_need([29 * 4096 + 1], 4096, span, 4096 + 100).may_fit());
+        // A small header still holds a page of its own.
+        assert_eq!(page_need([0], 4096, span, 200).available, 30);
+        assert!(page_need([30 * 4096], 4096, span, 200).may_fit());
+        assert!(!page_need([30 * 4096 + 1], 4096, span, 200).may_fit());
+        // Bytes past the last whole page are not a page.
+        assert_eq!(page_need([0], 4096, span + 4095, 200).available, 30);
+    }
+
+    #[test]
+    fn a_record_and_its_intermediates_need_their_pages_together() {
+        let span = 31 * 4096;
+        // 20 + 5 + 5 pages: more than 29, though each fits alone.
+        let sizes = [20 * 4096, 5 * 4096, 5 * 4096];
+        assert!(!page_need(sizes, 4096, span, 5000).may_fit());
+        // Allocations of half a page or less share pages: never counted,
+        // so a record that might fit is never refused for them.
+        let sizes = [29 * 4096, 2048, 2048, 100];
+        assert!(page_need(sizes, 4096, span, 5000).may_fit());
+        assert!(!page_need([usize::MAX, usize::MAX], 4096, span, 5000).may_fit());
+    }
+
+    #[test]
+    fn a_pool_without_pages_fits_only_what_takes_none() {
+        assert!(page_need([100], 4096, 0, 200).may_fit());
+        assert!(!page_need([3000], 4096, 4096, 200).may_fit());
+        assert!(page_need([3000], 0, 4096, 200).may_fit());
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! - a red-black tree of intermediates keyed by their digest.
 //!
 //! A full zone evicts its least recently used records until the new one
-//! fits; a record that cannot fit even in an empty zone is not stored.
+//! fits; a record that cannot fit even in an empty zone is not stored and
+//! evicts nothing.
 //! Only the event loop thread of a worker calls into it.
 
 use core::ffi::c_void;
@@ -23,7 +24,7 @@ use dyncert_core::compact::IntermediateDers;
 use dyncert_core::intern::CertDigest;
 use dyncert_core::metrics::ZoneFigures;
 use dyncert_core::name::is_one_label_below;
-use dyncert_core::tier::{fnv1a, Invalidations, SharedTier, TierHit};
+use dyncert_core::tier::{fnv1a, page_need, Invalidations, PageNeed, SharedTier, TierHit};
 use ngx::http::HttpModule;
 
 use super::conf::{emerg, Module, Refused};
@@ -234,6 +235,21 @@ impl Zone {
             }
         }
         None
+    }
+
+    fn page_size(&self) -> usize {
+        // SAFETY: set by nginx (ngx_os_init) before any zone exists and
+        // never changed.
+        unsafe { ngx::ffi::ngx_pagesize }
+    }
+
+    /// What allocations of `sizes` need of the zone's pages, against what
+    /// an empty zone (its header alone) has.
+    fn page_need(&self, _lock: &Locked<'_>, sizes: impl IntoIterator<Item = usize>) -> PageNeed {
+        let pool = self.pool.as_ptr();
+        // SAFETY: the pool is live; ngx_slab_init set start and end once.
+        let span = unsafe { ((*pool).end as usize).saturating_sub((*pool).start as usize) };
+        page_need(sizes, self.page_size(), span, size_of::<Header>())
     }
 
     fn free(&self, _lock: &Locked<'_>, p: *mut c_void) {
@@ -493,6 +509,28 @@ impl SharedTier for Zone {
         if let Some(old) = self.find(&lock, name.as_bytes()) {
             self.remove_record(&lock, old);
         }
+        let size = size_of::<Record>() + name.len() + bytes.len() + 32 * intermediates.len();
+        let need = self.page_need(
+            &lock,
+            intermediates
+                .iter()
+                .map(|(_, der)| size_of::<Intermediate>() + der.len())
+                .chain([size]),
+        );
+        if !need.may_fit() {
+            // Evicting every record would not make room: evict none. The
+            // name's old record is gone all the same (it is not current).
+            drop(lock);
+            let page = self.page_size();
+            super::log::Log::cycle().warn(format_args!(
+                "dyncert: record too big for the shared zone (it needs {} bytes of pages, \
+                 an empty zone has {}), not stored while storing a fetched record, \
+                 name: \"{name}\"",
+                need.needed.saturating_mul(page),
+                need.available.saturating_mul(page),
+            ));
+            return true;
+        }
         let mut referenced = Vec::with_capacity(intermediates.len());
         for (d, der) in intermediates {
             if !self.ref_intermediate(&lock, d, der) {
@@ -503,7 +541,6 @@ impl SharedTier for Zone {
             }
             referenced.push(*d);
         }
-        let size = size_of::<Record>() + name.len() + bytes.len() + 32 * intermediates.len();
         let Some(p) = self.alloc(&lock, size) else {
             for d in &referenced {
                 self.unref_intermediate(&lock, d);
