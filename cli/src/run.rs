@@ -60,6 +60,37 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest name in a stream entry (a DNS name).
 const NAME_MAX: usize = 253;
 
+/// How often an idle worker looks for new stream entries.
+const READ_POLL: Duration = Duration::from_millis(100);
+
+/// KEYS[1]: the stream. ARGV: `read` (XREADGROUP of new entries) or
+/// `claim` (XAUTOCLAIM of entries idle ARGV[5] ms), group, consumer,
+/// count, idle, the name field, the longest name. `{id, name, ...}` with
+/// `false` (nil) for a name that is missing or too long: an entry's
+/// values (any size a client with write access likes) stay in Redis.
+const ENTRIES_LUA: &str = "local got \
+    if ARGV[1] == 'claim' then \
+      got = redis.call('XAUTOCLAIM', KEYS[1], ARGV[2], ARGV[3], ARGV[5], '0-0', 'COUNT', ARGV[4])[2] \
+    else \
+      local r = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS', KEYS[1], '>') \
+      got = r and r[1][2] or {} \
+    end \
+    local out = {} \
+    for _, e in ipairs(got) do \
+      local name = false \
+      if type(e[2]) == 'table' then \
+        for i = 1, #e[2], 2 do \
+          if e[2][i] == ARGV[6] then \
+            if #e[2][i + 1] <= tonumber(ARGV[7]) then name = e[2][i + 1] end \
+            break \
+          end \
+        end \
+      end \
+      table.insert(out, e[1]) \
+      table.insert(out, name) \
+    end \
+    return out";
+
 const RENEW_LUA: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
     return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 
@@ -332,7 +363,7 @@ impl Worker {
                         Err(e) => self.redis_failed(shared, &e),
                     }
                 }
-                Step::Read { block_ms } => match self.read(block_ms) {
+                Step::Read { block_ms } => match self.read(block_ms, shared) {
                     Ok(entries) => self.handle_batch(entries, shared),
                     Err(e) => self.redis_failed(shared, &e),
                 },
@@ -408,35 +439,40 @@ impl Worker {
 
     /// Entries pending longer than `idle_ms` (any consumer), now ours.
     fn claim(&mut self, idle_ms: u64) -> Result<Vec<Entry>, CliError> {
-        let reply: Value = self.store.q(redis::cmd("XAUTOCLAIM")
-            .arg(&self.cfg.stream)
-            .arg(GROUP)
-            .arg(&self.id)
-            .arg(idle_ms)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(BATCH)
-            .clone())?;
-        Ok(match reply {
-            Value::Array(parts) => parts.get(1).map(entries).unwrap_or_default(),
-            _ => Vec::new(),
-        })
+        self.entries("claim", idle_ms)
     }
 
-    fn read(&mut self, block_ms: u64) -> Result<Vec<Entry>, CliError> {
-        let reply: Value = self.store.q(redis::cmd("XREADGROUP")
-            .arg("GROUP")
+    /// New entries, waiting up to `block_ms` for some. Polled rather than
+    /// read with BLOCK: a blocking read transfers whole entries, and the
+    /// script that bounds them cannot block.
+    fn read(&mut self, block_ms: u64, shared: &Shared) -> Result<Vec<Entry>, CliError> {
+        let until = Instant::now() + Duration::from_millis(block_ms);
+        loop {
+            let got = self.entries("read", 0)?;
+            let left = until.saturating_duration_since(Instant::now());
+            if !got.is_empty() || left.is_zero() || shared.stopping() {
+                return Ok(got);
+            }
+            std::thread::sleep(left.min(READ_POLL));
+        }
+    }
+
+    /// Up to [`BATCH`] entries, read (`"read"`) or claimed (`"claim"`) by
+    /// [`ENTRIES_LUA`]: ids and bounded names only.
+    fn entries(&mut self, how: &str, idle_ms: u64) -> Result<Vec<Entry>, CliError> {
+        let reply: Value = self.store.q(redis::cmd("EVAL")
+            .arg(ENTRIES_LUA)
+            .arg(1)
+            .arg(&self.cfg.stream)
+            .arg(how)
             .arg(GROUP)
             .arg(&self.id)
-            .arg("COUNT")
             .arg(BATCH)
-            .arg("BLOCK")
-            .arg(block_ms)
-            .arg("STREAMS")
-            .arg(&self.cfg.stream)
-            .arg(">")
+            .arg(idle_ms)
+            .arg(on_demand::FIELD_NAME)
+            .arg(NAME_MAX)
             .clone())?;
-        Ok(read_reply(&reply))
+        Ok(script_entries(&reply))
     }
 
     fn handle_batch(&mut self, batch: Vec<Entry>, shared: &Shared) {
@@ -707,25 +743,9 @@ impl Worker {
     }
 }
 
-/// XREADGROUP's reply: per stream, its entries (RESP2 arrays or RESP3
-/// maps).
-fn read_reply(v: &Value) -> Vec<Entry> {
-    match v {
-        Value::Array(streams) => streams
-            .iter()
-            .filter_map(|s| match s {
-                Value::Array(pair) if pair.len() == 2 => Some(entries(&pair[1])),
-                _ => None,
-            })
-            .flatten()
-            .collect(),
-        Value::Map(streams) => streams.iter().flat_map(|(_, e)| entries(e)).collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// `[[id, [field, value, ...]], ...]`; the `name` field, bounded.
-fn entries(v: &Value) -> Vec<Entry> {
+/// [`ENTRIES_LUA`]'s reply: `[id, name or nil, ...]`; a name is kept
+/// only when it is non-empty UTF-8 of at most [`NAME_MAX`] bytes.
+fn script_entries(v: &Value) -> Vec<Entry> {
     let Value::Array(items) = v else {
         return Vec::new();
     };
@@ -735,22 +755,13 @@ fn entries(v: &Value) -> Vec<Entry> {
         _ => None,
     };
     items
-        .iter()
-        .filter_map(|item| {
-            let Value::Array(parts) = item else {
-                return None;
-            };
-            let id = text(parts.first()?)?;
-            let name = match parts.get(1) {
-                Some(Value::Array(fields)) => fields
-                    .chunks(2)
-                    .find(|kv| {
-                        kv.len() == 2 && text(&kv[0]).as_deref() == Some(on_demand::FIELD_NAME)
-                    })
-                    .and_then(|kv| text(&kv[1]))
-                    .filter(|n| !n.is_empty() && n.len() <= NAME_MAX),
-                _ => None,
-            };
+        .chunks(2)
+        .filter_map(|pair| {
+            let id = text(pair.first()?)?;
+            let name = pair
+                .get(1)
+                .and_then(text)
+                .filter(|n| !n.is_empty() && n.len() <= NAME_MAX);
             Some(Entry { id, name })
         })
         .collect()
@@ -929,39 +940,33 @@ mod tests {
     }
 
     #[test]
-    fn stream_replies_give_ids_and_bounded_names() {
-        let entry =
-            |id: &str, fields: Vec<Value>| Value::Array(vec![bulk(id), Value::Array(fields)]);
+    fn script_replies_give_ids_and_bounded_names() {
         let long = "a".repeat(NAME_MAX + 1);
-        let list = Value::Array(vec![
-            entry(
-                "1-0",
-                vec![bulk("name"), bulk("a.example"), bulk("at"), bulk("5")],
-            ),
-            entry("2-0", vec![bulk("at"), bulk("5")]),
-            entry("3-0", vec![bulk("name"), bulk(&long)]),
-            Value::Array(vec![bulk("4-0"), Value::Nil]),
+        let reply = Value::Array(vec![
+            bulk("1-0"),
+            bulk("a.example"),
+            bulk("2-0"),
+            Value::Nil,
+            bulk("3-0"),
+            bulk(&long),
+            bulk("4-0"),
+            bulk(""),
+            bulk("5-0"),
         ]);
-        let resp2 = Value::Array(vec![Value::Array(vec![
-            bulk("dyncert:on-demand"),
-            list.clone(),
-        ])]);
-        let resp3 = Value::Map(vec![(bulk("dyncert:on-demand"), list)]);
-        for reply in [resp2, resp3] {
-            let got: Vec<(String, Option<String>)> = read_reply(&reply)
-                .into_iter()
-                .map(|e| (e.id, e.name))
-                .collect();
-            assert_eq!(
-                got,
-                [
-                    ("1-0".to_owned(), Some("a.example".to_owned())),
-                    ("2-0".to_owned(), None),
-                    ("3-0".to_owned(), None),
-                    ("4-0".to_owned(), None),
-                ]
-            );
-        }
-        assert!(read_reply(&Value::Nil).is_empty());
+        let got: Vec<(String, Option<String>)> = script_entries(&reply)
+            .into_iter()
+            .map(|e| (e.id, e.name))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("1-0".to_owned(), Some("a.example".to_owned())),
+                ("2-0".to_owned(), None),
+                ("3-0".to_owned(), None),
+                ("4-0".to_owned(), None),
+                ("5-0".to_owned(), None),
+            ]
+        );
+        assert!(script_entries(&Value::Nil).is_empty());
     }
 }

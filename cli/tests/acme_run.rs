@@ -540,11 +540,13 @@ fn a_failed_order_backs_off_and_is_not_retried_before_its_time() {
         .log()
         .contains(&format!("on-demand \"{UNREACHABLE}\": failed")));
 
-    // Asked for again: deferred, neither asked about nor ordered.
+    // Asked for again, twice: deferred, neither asked about nor ordered.
+    // One at a time: repeats within one batch of entries are skipped.
     let deferred = issuer.metric(DEFERRED);
-    xadd(&redis, UNREACHABLE);
-    xadd(&redis, UNREACHABLE);
-    issuer.wait_metric(DEFERRED, Duration::from_secs(10), |v| v >= deferred + 2.0);
+    for n in [1.0, 2.0] {
+        xadd(&redis, UNREACHABLE);
+        issuer.wait_metric(DEFERRED, Duration::from_secs(10), |v| v >= deferred + n);
+    }
     assert_eq!(issuer.metric(FAILED), 1.0);
     assert_eq!(issuer.metric(ISSUED), 0.0);
     assert_eq!(
@@ -1040,4 +1042,75 @@ fn an_ask_endpoint_that_trickles_its_answer_is_refused_within_the_deadline() {
     assert_eq!(issuer.metric(ISSUED) + issuer.metric(FAILED), 0.0);
     assert_eq!(ca.accepted(), 0, "nothing ordered");
     drop(dribbler);
+}
+
+/// Bytes Redis has sent to its clients so far.
+fn redis_sent(redis: &Redis) -> u64 {
+    let Reply::Bulk(Some(info)) = redis.cmd(&["INFO", "stats"]) else {
+        panic!("INFO")
+    };
+    String::from_utf8(info)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A stream entry with an oversized name (and an oversized other field)
+/// is dropped as an entry with no name, without its values reaching the
+/// issuer: the bytes Redis sends stay far below their size. The entry
+/// after it is handled as usual.
+#[test]
+fn an_oversized_stream_entry_is_dropped_without_being_read() {
+    let redis = Redis::start();
+    let ca = SilentCa::start();
+    let ask = AskServer::start();
+    let issuer = Issuer::start_at(
+        &redis,
+        &ca.url(),
+        &[
+            "--ask",
+            &ask.url(),
+            "--lease-ttl",
+            "3s",
+            "--acme-timeout",
+            "1s",
+        ],
+    );
+    issuer.wait_metric("dyncert_issuer_active", Duration::from_secs(10), |v| {
+        v == 1.0
+    });
+    issuer.wait_metric(PASSES, Duration::from_secs(10), |v| v >= 1.0);
+    let size = 4_000_000;
+    let before = redis_sent(&redis);
+    let Reply::Bulk(Some(id)) = redis.cmd(&[
+        "EVAL",
+        "return redis.call('XADD', KEYS[1], '*', 'name', string.rep('a', tonumber(ARGV[1])), \
+         'at', string.rep('1', tonumber(ARGV[1])))",
+        "1",
+        STREAM,
+        &size.to_string(),
+    ]) else {
+        panic!("XADD")
+    };
+    let id = String::from_utf8(id).unwrap();
+    xadd(&redis, "no-after-the-big-one.acme.test");
+    issuer.wait_metric(REFUSED, Duration::from_secs(10), |v| v >= 2.0);
+    let sent = redis_sent(&redis) - before;
+    assert!(
+        sent < 1_000_000,
+        "Redis sent {sent} bytes: the oversized entry was read\n{}",
+        issuer.log()
+    );
+    assert!(
+        issuer
+            .log()
+            .contains(&format!("on-demand entry {id}: no name, dropped")),
+        "{}",
+        issuer.log()
+    );
+    assert_eq!(ask.asked(), ["no-after-the-big-one.acme.test"]);
 }
