@@ -38,6 +38,18 @@ pub fn jitter(not_before: i64, not_after: i64, random: u32) -> i64 {
     (most * i128::from(random) / (i128::from(u32::MAX) + 1)) as i64
 }
 
+/// Whether to ask the CA for its renewal window (ARI) for a certificate
+/// at `now`, when the lifetime rule makes it due from `by_lifetime`. Not
+/// in the first half of its lifetime while that rule does not call it
+/// due: CAs suggest windows in the last third or so (half of it for
+/// short-lived certificates), so an answer could not make it due, and a
+/// pass over a large index would send the CA one request per record,
+/// one at a time. The cost: a window a CA moves early (a revocation
+/// ahead) is seen once the certificate is half through its life.
+pub fn ari_worth_asking(not_before: i64, not_after: i64, now: i64, by_lifetime: i64) -> bool {
+    now >= by_lifetime || now >= not_before.saturating_add(lifetime(not_before, not_after) / 2)
+}
+
 /// The point of the CA's suggested renewal window `start..end` (ARI,
 /// RFC 9773 section 4.2, UNIX seconds) from which a record is due:
 /// `random` (uniform over u32) picks it uniformly in the window, so a
@@ -195,5 +207,20 @@ mod tests {
         assert_eq!(der_serial(&[0x00, 0xff]), [0x00, 0xff]);
         assert_eq!(der_serial(&[]), [0x00]);
         assert_eq!(der_serial(&[0, 0]), [0x00]);
+    }
+
+    #[test]
+    fn ari_is_asked_from_half_the_lifetime_or_once_due() {
+        let (nb, na) = (0, 90 * 86_400);
+        let by_lifetime = due_from(nb, na, Window::LastThird, 0);
+        assert!(!ari_worth_asking(nb, na, 0, by_lifetime));
+        assert!(!ari_worth_asking(nb, na, 45 * 86_400 - 1, by_lifetime));
+        assert!(ari_worth_asking(nb, na, 45 * 86_400, by_lifetime));
+        assert!(ari_worth_asking(nb, na, 89 * 86_400, by_lifetime));
+        // --within makes it due earlier: asked then (the order names the
+        // certificate it replaces).
+        let within = due_from(nb, na, Window::Within(80 * 86_400), 0);
+        assert!(ari_worth_asking(nb, na, 10 * 86_400, within));
+        assert!(!ari_worth_asking(nb, na, 9 * 86_400, within));
     }
 }

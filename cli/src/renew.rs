@@ -6,7 +6,9 @@
 //!
 //! When the CA's directory offers ACME Renewal Information (RFC 9773),
 //! its suggested window decides instead of the lifetime rule, and the new
-//! order names the certificate it replaces.
+//! order names the certificate it replaces. It is asked only from half a
+//! certificate's lifetime on (or once the lifetime rule calls it due):
+//! see [`ari_worth_asking`].
 
 use std::collections::HashMap;
 
@@ -17,7 +19,9 @@ use instant_acme::CertificateIdentifier;
 use crate::acme;
 use crate::cert::{days_left, now_secs, stored_leaf, StoredLeaf};
 use crate::dns01::base64url_encode;
-use crate::due::{ari_due_from, der_serial, due_from, jitter, renewal_names, Window};
+use crate::due::{
+    ari_due_from, ari_worth_asking, der_serial, due_from, jitter, renewal_names, Window,
+};
 use crate::error::CliError;
 use crate::store::{Expect, Store};
 
@@ -145,11 +149,12 @@ fn renew_one(
     let random = if opts.jitter { random_u32()? } else { 0 };
     let shake = jitter(leaf.not_before, leaf.not_after, random);
     let by_lifetime = due_from(leaf.not_before, leaf.not_after, opts.window, shake);
-    let ari = if *ask_ari {
-        ari_window(store, template, &leaf, ask_ari)
-    } else {
-        None
-    };
+    let ari =
+        if *ask_ari && ari_worth_asking(leaf.not_before, leaf.not_after, now_secs(), by_lifetime) {
+            ari_window(store, template, &leaf, ask_ari)
+        } else {
+            None
+        };
     let from = match (&ari, opts.window) {
         (None, _) => by_lifetime,
         // --within still makes a record due, whatever the CA suggests.

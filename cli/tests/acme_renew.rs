@@ -634,3 +634,60 @@ fn renew_keeps_each_records_key_type_unless_one_is_chosen() {
         "{all}"
     );
 }
+
+/// A pass asks the CA for renewal windows (ARI) only for certificates
+/// half through their lifetime or more: a young record is "not due"
+/// without a request (the CA here never answers, so a request would show
+/// as a connection and a timeout warning); an older one is asked about.
+#[test]
+fn renew_asks_ari_only_from_half_a_certificates_lifetime() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let ca = common_acme::SilentCa::start();
+    let dir = TempDir::new("renew-ari-half");
+    let young = "young.acme.test";
+    put_leaf(&redis, dir.path(), young, &pki.leaf(&[young], 7), &[]);
+    let args = [
+        "renew",
+        "--acme-url",
+        &ca.url(),
+        "--acme-timeout",
+        "1s",
+        "--no-jitter",
+    ];
+    let out = dyncert(&redis, &args);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 0, "{all}");
+    assert!(
+        out.stdout
+            .contains("renewed 0, not due 1, skipped 0, failed 0"),
+        "{all}"
+    );
+    assert_eq!(ca.accepted(), 0, "no request for a young record\n{all}");
+    assert!(!all.contains("renewal information"), "{all}");
+
+    // One hour old, 50 minutes left: past half its life, not yet due.
+    let older = "older.acme.test";
+    let leaf = pki.leaf_with(
+        &[older],
+        8,
+        LeafOpts {
+            expires_in: Some(Duration::from_secs(50 * 60)),
+            ..Default::default()
+        },
+    );
+    put_leaf(&redis, dir.path(), older, &leaf, &[]);
+    let out = dyncert(&redis, &args);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("renewed 0, not due 2, skipped 0, failed 0"),
+        "{all}"
+    );
+    assert!(ca.accepted() >= 1, "asked about the older record\n{all}");
+    assert!(
+        out.stderr
+            .contains("renewal information: account: no answer from the CA"),
+        "{all}"
+    );
+}
