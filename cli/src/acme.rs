@@ -645,11 +645,15 @@ impl From<instant_acme::Error> for AccountError {
 
 /// The stored account for this CA, or a new one (then stored).
 async fn account(store: &mut Store, req: &Request) -> Result<Account, AccountError> {
-    let builder = || match &req.acme_ca {
-        Some(ca) => Account::builder_with_root(ca)
-            .map_err(|e| CliError::Input(format!("--acme-ca {}: {}", ca.display(), describe(&e)))),
-        None => Account::builder()
-            .map_err(|e| CliError::Acme(format!("the system's trust store: {}", describe(&e)))),
+    // Our own client, with every answer's body capped (crate::http).
+    let builder = || {
+        let client = match &req.acme_ca {
+            Some(ca) => crate::http::CappedClient::with_root(ca)
+                .map_err(|e| CliError::Input(format!("--acme-ca {}: {e}", ca.display())))?,
+            None => crate::http::CappedClient::system()
+                .map_err(|e| CliError::Acme(format!("the system's trust store: {e}")))?,
+        };
+        Ok::<_, CliError>(Account::builder_with_http(Box::new(client)))
     };
     let redis_key = format!(
         "{ACCOUNT_PREFIX}{}",
@@ -764,6 +768,10 @@ fn describe(e: &instant_acme::Error) -> String {
         instant_acme::Error::Timeout(_) => {
             format!("no answer from the CA within {} s", DEADLINE.as_secs())
         }
+        instant_acme::Error::Other(e) if e.is::<http_body_util::LengthLimitError>() => format!(
+            "the CA's answer is longer than {} KiB; not read further",
+            crate::http::BODY_MAX / 1024
+        ),
         other => other.to_string().replace('\n', " "),
     }
 }

@@ -14,6 +14,7 @@ mod dns01;
 mod due;
 mod error;
 mod hook;
+mod http;
 mod keys;
 mod lease;
 mod metrics;

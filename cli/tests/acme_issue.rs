@@ -438,3 +438,89 @@ fn a_redis_error_after_the_store_is_a_warning_and_the_certificate_stays_issued()
     let after = serials(&redis);
     assert!(before[0] != after[0] && before[1] != after[1], "renewed");
 }
+
+/// An HTTPS "CA" that answers every request with a 200 and a body that
+/// does not end (up to 64 MiB): the ACME client reads at most 1 MiB of
+/// it, and `issue` fails at once with one line instead of holding the
+/// whole body. Counts the bytes it managed to send.
+#[test]
+fn an_acme_answer_with_an_endless_body_is_cut_off() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let leaf = pki.leaf_with(
+        &["localhost"],
+        9,
+        LeafOpts {
+            ips: &["127.0.0.1"],
+            ..Default::default()
+        },
+    );
+    let mut tls =
+        openssl::ssl::SslAcceptor::mozilla_intermediate_v5(openssl::ssl::SslMethod::tls()).unwrap();
+    tls.set_certificate(&leaf.issued.cert).unwrap();
+    tls.add_extra_chain_cert(pki.intermediate.cert.clone())
+        .unwrap();
+    tls.set_private_key(&leaf.issued.key).unwrap();
+    let tls = Arc::new(tls.build());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&sent);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let (tls, counted) = (Arc::clone(&tls), Arc::clone(&counted));
+            std::thread::spawn(move || {
+                let Ok(mut s) = tls.accept(conn) else { return };
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
+                );
+                let chunk = [b' '; 64 * 1024];
+                for _ in 0..1024 {
+                    if s.write_all(&chunk).is_err() {
+                        return;
+                    }
+                    counted.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let dir = TempDir::new("acme-endless");
+    let ca = dir.path().join("ca.pem");
+    write_file(&ca, &pki.root.cert_pem);
+    let url = format!("https://127.0.0.1:{port}/dir");
+    let (out, took) = dyncert_bounded(
+        &redis,
+        &[],
+        &[
+            "issue",
+            NAME,
+            "--acme-url",
+            &url,
+            "--acme-ca",
+            ca.to_str().unwrap(),
+            "--acme-timeout",
+            "20s",
+        ],
+        Duration::from_secs(60),
+    );
+    let all = format!("{}{}", out.stdout, out.stderr);
+    let sent = sent.load(Ordering::SeqCst);
+    assert!(
+        sent < 16 * 1024 * 1024,
+        "the CA sent {sent} bytes: the body was read past the cap\n{all}"
+    );
+    assert_eq!(out.code, 1, "{all}");
+    assert!(
+        out.stderr
+            .starts_with(&format!("dyncert: issue \"{NAME}\": account: ")),
+        "{all}"
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}\n{all}");
+    assert!(keys(&redis, "dyncert:cert:*").is_empty());
+}
