@@ -300,10 +300,11 @@ fn dyncert_and_modsecurity_denials_are_told_apart_in_logs_and_metrics() {
 }
 
 /// The phase order, by experiment, with the connector loaded after dyncert
-/// and before it: the tenant policy answers before the CRS blocks, and the
-/// CRS blocks before `dyncert_allow` answers.
+/// and before it: the CRS blocks an attack first (its blocking decision
+/// runs early in the pre-access phase), then the tenant policy answers
+/// (last in pre-access, after realip), then `dyncert_allow` (access).
 #[test]
-fn tenant_policy_runs_before_the_waf_and_the_waf_before_dyncert_allow() {
+fn the_waf_blocks_attacks_first_then_the_tenant_policy_then_dyncert_allow() {
     let Some(module) = connector() else { return };
     for first in [false, true] {
         let order = if first {
@@ -317,21 +318,31 @@ fn tenant_policy_runs_before_the_waf_and_the_waf_before_dyncert_allow() {
         let attack = |path: &str| format!("{path}{SQLI}");
         let before = scrape_metrics(w.mport);
 
-        // A Host other than the SNI: the tenant policy's 421, no WAF denial.
-        let r = w.send(
-            Request::get(&attack("/"))
+        // A Host other than the SNI: an attack gets the WAF's 403, a plain
+        // request the tenant policy's 421.
+        let misdirected = |path: &str| {
+            Request::get(path)
                 .sni("shop.example.com")
-                .host("intranet.example.com"),
-        );
-        assert_eq!(r.status, 421, "{order}: {r:?}");
-        // A client the tenant's allow list refuses: dyncert's 403.
-        let r = w.send(
-            Request::get(&attack("/"))
-                .from("127.0.0.2")
-                .sni("intranet.example.com"),
-        );
+                .host("intranet.example.com")
+        };
+        let r = w.send(misdirected(&attack("/")));
         assert_eq!(r.status, 403, "{order}: {r:?}");
-        assert_eq!(w.denials_logged(), 0, "{order}: {}", w.s.nginx.logs());
+        assert_eq!(w.denials_logged(), 1, "{order}: {}", w.s.nginx.logs());
+        let r = w.send(misdirected("/"));
+        assert_eq!(r.status, 421, "{order}: {r:?}");
+        // A client the tenant's allow list refuses: the WAF's 403 for an
+        // attack, dyncert's 403 (counted as a tenant denial) otherwise.
+        let refused = |path: &str| {
+            Request::get(path)
+                .from("127.0.0.2")
+                .sni("intranet.example.com")
+        };
+        let r = w.send(refused(&attack("/")));
+        assert_eq!(r.status, 403, "{order}: {r:?}");
+        assert_eq!(w.denials_logged(), 2, "{order}: {}", w.s.nginx.logs());
+        let r = w.send(refused("/"));
+        assert_eq!(r.status, 403, "{order}: {r:?}");
+        assert_eq!(w.denials_logged(), 2, "{order}: {}", w.s.nginx.logs());
         let mid = scrape_metrics(w.mport);
         assert_eq!(
             mid.get("dyncert_tenant_denials_total") - before.get("dyncert_tenant_denials_total"),
@@ -347,7 +358,7 @@ fn tenant_policy_runs_before_the_waf_and_the_waf_before_dyncert_allow() {
                 .sni("shop.example.com"),
         );
         assert_eq!(r.status, 403, "{order}: {r:?}");
-        assert_eq!(w.denials_logged(), 1, "{order}: {}", w.s.nginx.logs());
+        assert_eq!(w.denials_logged(), 3, "{order}: {}", w.s.nginx.logs());
         let after = scrape_metrics(w.mport);
         assert_eq!(
             after.get("dyncert_allowlist_denials_total")
