@@ -532,12 +532,16 @@ impl Store {
             zrem.arg(index).arg(name);
         }
         let (deleted, removed): (i64, i64) = if !self.one_transaction {
-            // Different hash slots in a Cluster: one command each.
-            let deleted = self.q(redis::cmd("DEL").arg(&key).clone())?;
+            // Different hash slots in a Cluster: one command each. The
+            // index entry goes first: a concurrent put writes the record,
+            // then its ZADD, so every interleaving leaves at worst an
+            // entry without a record (renew reports it as stale), never
+            // a record that no index walk (renew, run, list) finds.
             let removed = match self.keys.index {
                 Some(_) => self.q(zrem)?,
                 None => 0,
             };
+            let deleted = self.q(redis::cmd("DEL").arg(&key).clone())?;
             (deleted, removed)
         } else {
             let mut pipe = redis::pipe();

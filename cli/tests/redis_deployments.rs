@@ -154,3 +154,42 @@ fn put_get_and_delete_across_cluster_slots() {
         "invalidate",
     );
 }
+
+/// In a Cluster the record and its index entry go in two commands. A
+/// delete removes the index entry first: a concurrent put (record, then
+/// ZADD) can then leave at worst a stale entry, which renew reports,
+/// never a record that no index walk finds.
+#[test]
+fn cluster_delete_removes_the_index_entry_before_the_record() {
+    let pki = Pki::new();
+    let cluster = RedisCluster::start();
+    // A name whose record is on the index's node: one MONITOR sees both
+    // commands in the order the node ran them.
+    let index_node = cluster.owner(INDEX);
+    let name = (0..200)
+        .map(|i| format!("z{i}.example.com"))
+        .find(|n| cluster.owner(&format!("{DEFAULT_PREFIX}{n}")) == index_node)
+        .expect("a name on the index's node");
+    let leaf = pki.leaf(&[name.as_str()], 3004);
+    put_and_get(&cluster.url(), &[], &name, &leaf);
+    let node = cluster
+        .nodes
+        .iter()
+        .find(|n| n.port == index_node)
+        .expect("the index's node");
+    let monitor = node.monitor();
+    assert_ok(&dyncert(&cluster.url(), &["delete", &name]), "delete");
+    monitor.sync();
+    let record = format!("{DEFAULT_PREFIX}{name}");
+    let order: Vec<String> = monitor
+        .observed()
+        .iter()
+        .filter(|o| {
+            (o.command() == "DEL" && o.args.get(1) == Some(&record))
+                || (o.command() == "ZREM" && o.args.get(1).map(String::as_str) == Some(INDEX))
+        })
+        .map(|o| o.command())
+        .collect();
+    assert_eq!(order, ["ZREM", "DEL"], "{}", monitor.dump());
+    assert_eq!(cluster.record_field(&name, "crt"), None);
+}
