@@ -110,6 +110,7 @@ pub enum Simple {
     ResubscribeMarked,
     AllowDenials,
     TenantDenials,
+    EarlyDataRefusals,
     ClientCertRejections,
     AcmeServed,
     AcmeMissing,
@@ -129,7 +130,7 @@ pub enum Simple {
     TicketsUnknown,
 }
 
-const SIMPLE: [(Simple, &str, &str); 29] = [
+const SIMPLE: [(Simple, &str, &str); 30] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -191,6 +192,12 @@ const SIMPLE: [(Simple, &str, &str); 29] = [
         Simple::TenantDenials,
         "dyncert_tenant_denials_total",
         "Requests denied by a tenant's own allow list.",
+    ),
+    (
+        Simple::EarlyDataRefusals,
+        "dyncert_early_data_refusals_total",
+        "Requests in TLS early data answered 425 Too Early because an allow list \
+         would have admitted them by an address not yet proven.",
     ),
     (
         Simple::ClientCertRejections,

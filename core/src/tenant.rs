@@ -21,7 +21,7 @@ use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::verify::{X509VerifyParam, X509VerifyParamRef};
 use openssl::x509::{X509PurposeId, X509Ref, X509StoreContext, X509VerifyResult, X509};
 
-use crate::cidr;
+use crate::cidr::{self, Cidr};
 use crate::name::normalize_sni;
 use crate::validate::{ClientCa, ParsedCert};
 
@@ -140,6 +140,9 @@ pub struct RequestFacts<'a> {
     pub current: Option<&'a ParsedCert>,
     /// The client address nginx resolved.
     pub client: Option<IpAddr>,
+    /// The request arrived in TLS early data (0-RTT), before the
+    /// handshake finished.
+    pub early_data: bool,
 }
 
 /// The verdict on one request.
@@ -148,6 +151,10 @@ pub enum Verdict<'a> {
     Misdirected(Misdirected),
     /// The tenant's allow list does not admit the client.
     Denied,
+    /// 425 Too Early: the allow list admits the address, but the request
+    /// came in early data, where that address proves nothing (see
+    /// [`judge_allow_list`]).
+    TooEarly,
     /// Serve it, once the client certificate (if the record asks for one)
     /// verifies against these CAs.
     Pass { client_ca: Option<&'a ClientCa> },
@@ -188,12 +195,44 @@ pub fn decide<'a>(f: &RequestFacts<'a>) -> Verdict<'a> {
         return Verdict::Misdirected(Misdirected::NotInstalled);
     }
     if let Some(list) = &current.policy.allow {
-        if !f.client.is_some_and(|ip| cidr::matches(list, ip)) {
-            return Verdict::Denied;
+        match judge_allow_list(list, f.client, f.early_data) {
+            AllowVerdict::Admitted => {}
+            AllowVerdict::Denied => return Verdict::Denied,
+            AllowVerdict::TooEarly => return Verdict::TooEarly,
         }
     }
     Verdict::Pass {
         client_ca: current.policy.client_ca.as_ref(),
+    }
+}
+
+/// What an IP allow list (`dyncert_allow`, or a tenant's `allow`) says
+/// about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowVerdict {
+    Admitted,
+    /// The address is not on the list (or unknown): the deny status.
+    Denied,
+    /// The address is on the list, but the request came in TLS early data:
+    /// 425 Too Early (RFC 8470), and the client sends it again once the
+    /// handshake is done.
+    TooEarly,
+}
+
+/// Judges `client` against an allow list. A request in early data (0-RTT)
+/// is never admitted by its address: over QUIC, 0-RTT packets are
+/// processed before the client proved it owns its source address (unless
+/// `quic_retry on`), so anyone holding a session ticket for the name can
+/// send a request from a forged address inside the list; over TCP, early
+/// data can be replayed (RFC 8446, section 8). An address outside the
+/// list is denied either way.
+pub fn judge_allow_list(list: &[Cidr], client: Option<IpAddr>, early_data: bool) -> AllowVerdict {
+    if !client.is_some_and(|ip| cidr::matches(list, ip)) {
+        AllowVerdict::Denied
+    } else if early_data {
+        AllowVerdict::TooEarly
+    } else {
+        AllowVerdict::Admitted
     }
 }
 
@@ -376,6 +415,7 @@ mod tests {
             installed: Some(&cert.fingerprint),
             current: Some(cert),
             client: Some("127.0.0.1".parse().unwrap()),
+            early_data: false,
         }
     }
 
@@ -493,6 +533,51 @@ mod tests {
         assert!(matches!(decide(&f), Verdict::Denied));
         f.client = Some("10.99.1.2".parse().unwrap());
         assert!(matches!(decide(&f), Verdict::Pass { .. }));
+    }
+
+    /// Early data never gets in by its address: an address on the list
+    /// is told to come back after the handshake (425), one off the list is
+    /// denied as ever; with no list, early data is served.
+    #[test]
+    fn a_request_in_early_data_is_not_admitted_by_its_address() {
+        let c = parsed(&["fenced.example"], Some("10.99.0.0/16"));
+        let mut f = facts(&c, b"fenced.example", b"fenced.example");
+        f.early_data = true;
+        f.client = Some("10.99.1.2".parse().unwrap());
+        assert!(matches!(decide(&f), Verdict::TooEarly));
+        f.client = Some("10.98.1.2".parse().unwrap());
+        assert!(matches!(decide(&f), Verdict::Denied));
+        f.client = None;
+        assert!(matches!(decide(&f), Verdict::Denied));
+        let open = parsed(&["open.example"], None);
+        let mut f = facts(&open, b"open.example", b"open.example");
+        f.early_data = true;
+        assert!(matches!(decide(&f), Verdict::Pass { .. }));
+
+        let list = crate::cidr::parse_list("10.99.0.0/16, ::1").unwrap();
+        let inside: IpAddr = "10.99.1.2".parse().unwrap();
+        let v6: IpAddr = "::1".parse().unwrap();
+        let outside: IpAddr = "192.0.2.1".parse().unwrap();
+        for (client, early, want) in [
+            (Some(inside), false, AllowVerdict::Admitted),
+            (Some(v6), false, AllowVerdict::Admitted),
+            (Some(inside), true, AllowVerdict::TooEarly),
+            (Some(v6), true, AllowVerdict::TooEarly),
+            (Some(outside), false, AllowVerdict::Denied),
+            (Some(outside), true, AllowVerdict::Denied),
+            (None, false, AllowVerdict::Denied),
+            (None, true, AllowVerdict::Denied),
+        ] {
+            assert_eq!(
+                judge_allow_list(&list, client, early),
+                want,
+                "{client:?} {early}"
+            );
+        }
+        assert_eq!(
+            judge_allow_list(&[], Some(inside), true),
+            AllowVerdict::Denied
+        );
     }
 
     #[test]

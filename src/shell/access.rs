@@ -7,13 +7,12 @@
 use core::ptr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use dyncert_core::cidr;
 use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::metrics::Simple;
 use dyncert_core::name::normalize_sni;
 use dyncert_core::tenant::{
-    check_client_certificate, decide, ClientCertVerdict, HandshakeVerify, PeerCertificate,
-    RequestFacts, Verdict, VerifySettings,
+    check_client_certificate, decide, judge_allow_list, AllowVerdict, ClientCertVerdict,
+    HandshakeVerify, PeerCertificate, RequestFacts, Verdict, VerifySettings,
 };
 use dyncert_core::validate::ClientCa;
 use foreign_types::ForeignTypeRef;
@@ -34,7 +33,7 @@ use openssl::x509::{X509Ref, X509};
 use super::boundary::guard;
 use super::conf::{add_phase_handler, Module, Refused};
 use super::handshake::{
-    connection_sni, handshake_facts, request_connection, ssl_of, HandshakeFacts,
+    connection_sni, handshake_facts, in_early_data, request_connection, ssl_of, HandshakeFacts,
 };
 use super::log::{debug, Log};
 use super::metrics;
@@ -122,10 +121,14 @@ fn check_allow(r: &ngx_http_request_t) -> ngx_int_t {
         return NGX_DECLINED as ngx_int_t;
     };
     if let Some(list) = &lcf.allow {
-        if !client_ip(c).is_some_and(|ip| cidr::matches(list, ip)) {
-            metrics::add(metrics::layout().simple(Simple::AllowDenials), 1);
-            Log::of(c).err(format_args!("dyncert: access forbidden by dyncert_allow"));
-            return lcf.deny_status() as ngx_int_t;
+        match judge_allow_list(list, client_ip(c), in_early_data(c)) {
+            AllowVerdict::Admitted => {}
+            AllowVerdict::Denied => {
+                metrics::add(metrics::layout().simple(Simple::AllowDenials), 1);
+                Log::of(c).err(format_args!("dyncert: access forbidden by dyncert_allow"));
+                return lcf.deny_status() as ngx_int_t;
+            }
+            AllowVerdict::TooEarly => return too_early(c, "dyncert_allow"),
         }
     }
     NGX_DECLINED as ngx_int_t
@@ -175,6 +178,7 @@ fn check_tenant(r: &ngx_http_request_t) -> ngx_int_t {
         installed: record.as_ref(),
         current: current.as_deref(),
         client: client_ip(c),
+        early_data: in_early_data(c),
     });
     debug!(
         Log::of(c),
@@ -198,6 +202,7 @@ fn check_tenant(r: &ngx_http_request_t) -> ngx_int_t {
             ));
             Module::location_conf(r).map_or(403, |l| l.deny_status()) as ngx_int_t
         }
+        Verdict::TooEarly => too_early(c, "the tenant's allow list"),
         Verdict::Pass { client_ca: None } => NGX_DECLINED as ngx_int_t,
         Verdict::Pass {
             client_ca: Some(ca),
@@ -205,11 +210,25 @@ fn check_tenant(r: &ngx_http_request_t) -> ngx_int_t {
     }
 }
 
+/// 425 Too Early for a request in early data that an allow list would
+/// admit by its address: the client sends it again after the handshake.
+fn too_early(c: &ngx_connection_t, list: &str) -> ngx_int_t {
+    metrics::add(metrics::layout().simple(Simple::EarlyDataRefusals), 1);
+    Log::of(c).info(format_args!(
+        "dyncert: request in TLS early data refused with 425 by {list}: its address is not proven yet"
+    ));
+    NGX_HTTP_TOO_EARLY
+}
+
+/// 425 Too Early (RFC 8470); nginx has no constant for it.
+const NGX_HTTP_TOO_EARLY: ngx_int_t = 425;
+
 /// The verdict, for the debug log.
 fn verdict_text(verdict: &Verdict<'_>) -> String {
     match verdict {
         Verdict::Misdirected(m) => format!("421, {}", m.as_str()),
         Verdict::Denied => "denied by the tenant's allow list".to_owned(),
+        Verdict::TooEarly => "425, early data".to_owned(),
         Verdict::Pass { client_ca: None } => "pass".to_owned(),
         Verdict::Pass { client_ca: Some(_) } => {
             "pass if the client certificate verifies".to_owned()

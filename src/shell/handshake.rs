@@ -309,6 +309,25 @@ pub fn ssl_of(c: &ngx_connection_t) -> Option<*mut SSL> {
     (!sc.connection.is_null()).then_some(sc.connection)
 }
 
+/// Whether the connection is still in TLS early data (0-RTT): what
+/// `$ssl_early_data` says, asked the way nginx asks it for the TLS library
+/// it was built with (`ngx_ssl_get_early_data`). An HTTP/3 stream shares
+/// its QUIC connection's SSL object.
+pub fn in_early_data(c: &ngx_connection_t) -> bool {
+    if ssl_of(c).is_none() {
+        return false;
+    }
+    let mut s = ngx::ffi::ngx_str_t {
+        len: 0,
+        data: core::ptr::null_mut(),
+    };
+    // SAFETY: c is a live TLS connection (checked above); the function
+    // only reads its SSL state and points s at a static string, never
+    // allocating from the pool it is given.
+    unsafe { ngx::ffi::ngx_ssl_get_early_data(core::ptr::from_ref(c).cast_mut(), c.pool, &mut s) };
+    s.len == 1
+}
+
 /// The raw SNI of a connection, if any.
 pub fn connection_sni(c: &ngx_connection_t) -> Option<&[u8]> {
     let ssl = ssl_of(c)?;
