@@ -152,7 +152,7 @@ pub(super) async fn maintain(
 async fn step(conn: &mut RedisConn, cfg: &TicketConfig, t: Duration) -> Option<TicketNote> {
     let prev = match read(conn, cfg, t).await {
         Err(e) => return Some(e),
-        Ok(Some(set)) => {
+        Ok(Some(Stored { set, .. })) => {
             if !due(now_ms(), set.created_ms, cfg.period.as_millis() as u64) {
                 return load(cfg, set);
             }
@@ -180,12 +180,19 @@ fn load(cfg: &TicketConfig, set: KeySet) -> Option<TicketNote> {
     Some(note)
 }
 
+/// A key set as it was read, with the bytes it was read from: what a
+/// rotation replaces, and only while Redis still holds exactly them.
+struct Stored {
+    set: KeySet,
+    raw: Vec<u8>,
+}
+
 /// The stored set: sized first, so an oversized value is never read.
 async fn read(
     conn: &mut RedisConn,
     cfg: &TicketConfig,
     t: Duration,
-) -> Result<Option<KeySet>, TicketNote> {
+) -> Result<Option<Stored>, TicketNote> {
     let failed = |e: String| TicketNote::Failed(e);
     let len: u64 = tokio::time::timeout(t, redis::cmd("STRLEN").arg(&cfg.key).query_async(conn))
         .await
@@ -202,11 +209,14 @@ async fn read(
             .await
             .map_err(|_| failed("timeout".into()))?
             .map_err(|e| failed(e.to_string()))?;
-    let Some(value) = value else { return Ok(None) };
-    cfg.storage
-        .load(&value, &cfg.key)
-        .map(Some)
-        .map_err(TicketNote::Refused)
+    let Some(raw) = value else { return Ok(None) };
+    // `load` refuses a value grown past MAX_STORED since the STRLEN, so
+    // the bytes kept are bounded too.
+    let set = cfg
+        .storage
+        .load(&raw, &cfg.key)
+        .map_err(TicketNote::Refused)?;
+    Ok(Some(Stored { set, raw }))
 }
 
 /// Rotates under the fleet's lock; `Ok(None)` when another terminator
@@ -254,11 +264,7 @@ async fn rotate(
     result
 }
 
-/// Rotates the set as it is now (read again under the lock). A set that
-/// was there is replaced only while the key still exists (`XX`): an
-/// operator deletes the key to drop every key at once (after a leak), and
-/// what was read before must never bring the old keys back as previous
-/// ones.
+/// Rotates the set as it is now (read again under the lock).
 async fn rotate_locked(
     conn: &mut RedisConn,
     cfg: &TicketConfig,
@@ -267,35 +273,71 @@ async fn rotate_locked(
     // Another terminator may have rotated, or the operator deleted the
     // set, between the first read and the lock.
     let prev = match read(conn, cfg, t).await {
-        Ok(Some(set)) if !due(now_ms(), set.created_ms, cfg.period.as_millis() as u64) => {
-            return Ok(load(cfg, set));
+        Ok(Some(s)) if !due(now_ms(), s.set.created_ms, cfg.period.as_millis() as u64) => {
+            return Ok(load(cfg, s.set));
         }
         Ok(current) => current,
         Err(TicketNote::Failed(e)) => return Err(e),
         // Refused: never overwritten here (see the README).
         Err(n) => return Ok(Some(n)),
     };
+    replace(conn, cfg, prev, t).await
+}
+
+/// Replaces the set only while Redis still holds the bytes read (an
+/// absent key reads as ""), in one script on one key (so in one hash slot
+/// of a Cluster). The lock alone cannot promise that: it may expire while
+/// a slow Redis answers, and another terminator's newer set would be
+/// overwritten, so the tickets it issued would not decrypt elsewhere.
+/// A key deleted since the read stays deleted: an operator deletes it to
+/// drop every key at once (after a leak), and what was read before must
+/// never bring the old keys back as previous ones.
+const REPLACE_LUA: &str = "\
+    if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end \
+    redis.call('SET', KEYS[1], ARGV[2]) \
+    return 1";
+
+/// Writes the set after `prev` (what was read), publishes and installs it.
+/// When Redis no longer holds what was read, nothing is written and the
+/// set there now is loaded instead.
+async fn replace(
+    conn: &mut RedisConn,
+    cfg: &TicketConfig,
+    prev: Option<Stored>,
+    t: Duration,
+) -> Result<Option<TicketNote>, String> {
     let mut bytes = [0u8; KEY_BYTES];
     openssl::rand::rand_bytes(&mut bytes).map_err(|e| e.to_string())?;
     let fresh = TicketKey::from_bytes(bytes);
     bytes.fill(0);
-    let set = KeySet::rotate(prev.as_ref(), fresh, now_ms(), cfg.keep);
+    let set = KeySet::rotate(prev.as_ref().map(|p| &p.set), fresh, now_ms(), cfg.keep);
     let value = cfg
         .storage
         .store(&set, &cfg.key)
         .ok_or_else(|| "cannot seal the ticket key set".to_owned())?;
-    let mut set_cmd = redis::cmd("SET");
-    set_cmd.arg(&cfg.key).arg(value);
-    if prev.is_some() {
-        set_cmd.arg("XX");
-    }
-    let written: Option<String> = tokio::time::timeout(t, set_cmd.query_async(conn))
-        .await
-        .map_err(|_| "timeout".to_owned())?
-        .map_err(|e| e.to_string())?;
-    if written.is_none() {
-        // Deleted since the read: the next check makes a new set.
-        return Ok(None);
+    let was: &[u8] = prev.as_ref().map_or(&[], |p| &p.raw);
+    let written: i64 = tokio::time::timeout(
+        t,
+        redis::cmd("EVAL")
+            .arg(REPLACE_LUA)
+            .arg(1)
+            .arg(&cfg.key)
+            .arg(was)
+            .arg(value)
+            .query_async(conn),
+    )
+    .await
+    .map_err(|_| "timeout".to_owned())?
+    .map_err(|e| e.to_string())?;
+    if written == 0 {
+        // Rotated by another terminator, or deleted (the next check makes
+        // a new set): what is there now is the fleet's set.
+        return match read(conn, cfg, t).await {
+            Ok(Some(s)) => Ok(load(cfg, s.set)),
+            Ok(None) => Ok(None),
+            Err(TicketNote::Failed(e)) => Err(e),
+            Err(n) => Ok(Some(n)),
+        };
     }
     let channel = format!("{}{}", cfg.key, crate::tickets::ROTATED_SUFFIX);
     let _ = tokio::time::timeout(
@@ -356,9 +398,16 @@ mod tests {
     }
 
     fn due_set() -> DueSet {
+        due_set_stored(Storage::default())
+    }
+
+    fn due_set_stored(storage: Storage) -> DueSet {
         let redis = Redis::start();
         let target = RedisTarget::new(&redis.url(), RedisTls::default(), T).unwrap();
-        let cfg = config();
+        let cfg = TicketConfig {
+            storage,
+            ..config()
+        };
         let rt = rt();
         rt.block_on(async {
             let mut conn = target.connect(Notes::none()).unwrap();
@@ -390,7 +439,7 @@ mod tests {
         rt.block_on(async {
             let mut conn = target.connect(Notes::none()).unwrap();
             // The due set is read ...
-            let read = read(&mut conn, &cfg, T).await.unwrap().unwrap();
+            let read = read(&mut conn, &cfg, T).await.unwrap().unwrap().set;
             assert!(due(now_ms(), read.created_ms, 3_600_000));
             // ... and deleted by the operator (its keys leaked) before
             // this terminator takes the lock and rotates.
@@ -428,5 +477,108 @@ mod tests {
         assert_eq!(set.generation, 2);
         assert_eq!(set.keys.len(), 2);
         assert!(set.find(&[7; NAME_BYTES]).is_some());
+    }
+
+    /// Worker A read generation 1 under a lock that then expired; worker B
+    /// took the lock, rotated to generation 2 and installed it. A's write
+    /// must not replace B's set (tickets B issued would no longer decrypt
+    /// on the other terminators): A loads B's set instead.
+    #[test]
+    fn a_rotation_whose_lock_expired_does_not_overwrite_the_newer_set() {
+        let DueSet {
+            redis,
+            target,
+            cfg,
+            rt,
+        } = due_set();
+        let winner = rt.block_on(async {
+            let mut a = target.connect(Notes::none()).unwrap();
+            let mut b = target.connect(Notes::none()).unwrap();
+            let read_by_a = read(&mut a, &cfg, T).await.unwrap().unwrap();
+            assert_eq!(read_by_a.set.generation, 1);
+            let winner = KeySet::rotate(
+                Some(&read_by_a.set),
+                TicketKey::from_bytes([9; KEY_BYTES]),
+                now_ms(),
+                2,
+            );
+            redis::cmd("SET")
+                .arg(KEY)
+                .arg(cfg.storage.store(&winner, KEY).unwrap())
+                .query_async::<()>(&mut b)
+                .await
+                .unwrap();
+            let note = replace(&mut a, &cfg, Some(read_by_a), T).await.unwrap();
+            assert_eq!(
+                note,
+                Some(TicketNote::Loaded {
+                    generation: 2,
+                    keys: 2
+                }),
+                "A reports it lost and loads what B wrote"
+            );
+            winner
+        });
+        assert_eq!(stored(&redis), winner, "B's set was overwritten");
+        assert_eq!(cfg.store.get().as_deref(), Some(&winner));
+    }
+
+    /// A sealed value is never sealed the same way twice, so the write
+    /// must compare the bytes read, not the set they hold.
+    #[test]
+    fn a_due_sealed_set_is_rotated() {
+        let mut ring = crate::keywrap::Keyring::new();
+        ring.insert("k1", [3; 32]);
+        let DueSet {
+            redis,
+            target,
+            cfg,
+            rt,
+        } = due_set_stored(Storage {
+            ring,
+            seal_id: Some("k1".into()),
+            require_sealed: true,
+        });
+        rt.block_on(async {
+            let mut conn = target.connect(Notes::none()).unwrap();
+            let note = step(&mut conn, &cfg, T).await;
+            assert_eq!(note, Some(TicketNote::Rotated { generation: 2 }));
+        });
+        let dyncert_testkit::Reply::Bulk(Some(v)) = redis.cmd(&["GET", KEY]) else {
+            panic!("no key set");
+        };
+        let set = cfg.storage.load(&v, KEY).unwrap();
+        assert_eq!(set.generation, 2);
+        assert!(set.find(&[7; NAME_BYTES]).is_some());
+    }
+
+    /// The same race when there was no set yet: the first one written
+    /// stays.
+    #[test]
+    fn a_first_set_is_not_overwritten_by_a_rotation_that_read_none() {
+        let redis = Redis::start();
+        let target = RedisTarget::new(&redis.url(), RedisTls::default(), T).unwrap();
+        let cfg = config();
+        let winner = KeySet::rotate(None, TicketKey::from_bytes([9; KEY_BYTES]), now_ms(), 2);
+        rt().block_on(async {
+            let mut a = target.connect(Notes::none()).unwrap();
+            let mut b = target.connect(Notes::none()).unwrap();
+            assert!(read(&mut a, &cfg, T).await.unwrap().is_none());
+            redis::cmd("SET")
+                .arg(KEY)
+                .arg(winner.encode())
+                .query_async::<()>(&mut b)
+                .await
+                .unwrap();
+            let note = replace(&mut a, &cfg, None, T).await.unwrap();
+            assert_eq!(
+                note,
+                Some(TicketNote::Loaded {
+                    generation: 1,
+                    keys: 1
+                })
+            );
+        });
+        assert_eq!(stored(&redis), winner);
     }
 }
