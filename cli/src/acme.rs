@@ -34,7 +34,7 @@ use crate::due::already_replaced;
 use crate::error::CliError;
 use crate::hook::DnsHook;
 use crate::store::{Expect, Remote, Store};
-use dyncert_core::keywrap::Keyring;
+use dyncert_core::keywrap::{self, Keyring};
 
 /// Key prefix of HTTP-01 answers: the module's `dyncert_acme_prefix`
 /// default.
@@ -662,15 +662,13 @@ async fn account(store: &mut Store, req: &Request) -> Result<Account, AccountErr
     );
     let stored = match &req.account_key {
         Some(path) => read_optional(path)?,
-        None => store.get_string(&redis_key)?,
+        None => match store.get_string(&redis_key)? {
+            Some(value) => Some(stored_account(store, req, &redis_key, value)?),
+            None => None,
+        },
     };
     if let Some(json) = stored {
-        let credentials: AccountCredentials = serde_json::from_str(&json).map_err(|e| {
-            CliError::Input(format!(
-                "the stored ACME account ({}) is not instant-acme credentials: {e}",
-                where_kept(req, &redis_key)
-            ))
-        })?;
+        let credentials = parse_credentials(req, &redis_key, &json)?;
         return Ok(builder()?.from_credentials(credentials).await?);
     }
     let contact = req.email.as_ref().map(|e| format!("mailto:{e}"));
@@ -692,11 +690,111 @@ async fn account(store: &mut Store, req: &Request) -> Result<Account, AccountErr
         .await?;
     let json = serde_json::to_string(&credentials)
         .map_err(|e| CliError::Acme(format!("cannot serialise the ACME account: {e}")))?;
+    let value = match account_kek(req) {
+        Some(id) => seal_account(req, &redis_key, &json, id)?,
+        None => json,
+    };
     match &req.account_key {
-        Some(path) => write_private(path, &json)?,
-        None => store.set_string(&redis_key, &json)?,
+        Some(path) => write_private(path, &value)?,
+        // NX: two first runs at once (`run` and a cron `renew`) both
+        // create an account; the first stored is the fleet's, and the
+        // other run uses it too rather than overwriting it.
+        None if !store.set_string_nx(&redis_key, &value)? => {
+            let Some(stored) = store.get_string(&redis_key)? else {
+                return Err(CliError::Redis(format!(
+                    "the ACME account ({redis_key}) was stored by another process and is gone again"
+                ))
+                .into());
+            };
+            let json = stored_account(store, req, &redis_key, stored)?;
+            let credentials = parse_credentials(req, &redis_key, &json)?;
+            let theirs = builder()?.from_credentials(credentials).await?;
+            eprintln!(
+                "dyncert: another process created the ACME account first ({redis_key}); \
+                 using {}, not the account just created ({})",
+                theirs.id(),
+                account.id()
+            );
+            return Ok(theirs);
+        }
+        None => {}
     }
     Ok(account)
+}
+
+/// The key id an account kept in Redis is encrypted under:
+/// `--encrypt-with`, else the first `--key-encryption-key`; `None` (kept
+/// in clear) when no key is given. An `--account-key` file is the
+/// operator's own secret (created 0600) and is kept as it is.
+fn account_kek(req: &Request) -> Option<&str> {
+    if req.account_key.is_some() {
+        return None;
+    }
+    req.encrypt_with
+        .as_deref()
+        .or_else(|| req.key_ring.ids().next())
+}
+
+/// The credentials JSON sealed as a record's key is (keywrap, bound to
+/// the Redis key it is stored under).
+fn seal_account(req: &Request, redis_key: &str, json: &str, id: &str) -> Result<String, CliError> {
+    keywrap::seal(json.as_bytes(), redis_key.as_bytes(), id, &req.key_ring)
+        .and_then(|v| String::from_utf8(v).ok())
+        .ok_or_else(|| {
+            CliError::Input(format!(
+                "cannot encrypt the ACME account ({redis_key}) under \"{id}\""
+            ))
+        })
+}
+
+/// The credentials JSON of the account stored under `redis_key`: opened
+/// when sealed (one that does not open is an error, never a reason to
+/// create another account); when stored in clear and a key is given,
+/// re-stored sealed, only if nobody changed it meanwhile.
+fn stored_account(
+    store: &mut Store,
+    req: &Request,
+    redis_key: &str,
+    value: String,
+) -> Result<String, CliError> {
+    if keywrap::is_envelope(value.as_bytes()) {
+        let id = keywrap::parse(value.as_bytes())
+            .map(|e| e.id.to_owned())
+            .unwrap_or_else(|_| "?".to_owned());
+        return keywrap::open(value.as_bytes(), redis_key.as_bytes(), &req.key_ring)
+            .ok()
+            .and_then(|json| String::from_utf8(json).ok())
+            .ok_or_else(|| {
+                CliError::Input(format!(
+                    "the ACME account ({redis_key}) is encrypted under \"{id}\" and does not \
+                     decrypt with the keys given: give --key-encryption-key {id}=FILE with the \
+                     key it was stored with"
+                ))
+            });
+    }
+    if let Some(id) = account_kek(req) {
+        let sealed = seal_account(req, redis_key, &value, id)?;
+        if store.set_string_if(redis_key, &value, &sealed)? {
+            eprintln!(
+                "dyncert: the ACME account ({redis_key}) was stored in clear; \
+                 now encrypted under \"{id}\""
+            );
+        }
+    }
+    Ok(value)
+}
+
+fn parse_credentials(
+    req: &Request,
+    redis_key: &str,
+    json: &str,
+) -> Result<AccountCredentials, CliError> {
+    serde_json::from_str(json).map_err(|e| {
+        CliError::Input(format!(
+            "the stored ACME account ({}) is not instant-acme credentials: {e}",
+            where_kept(req, redis_key)
+        ))
+    })
 }
 
 fn where_kept(req: &Request, redis_key: &str) -> String {

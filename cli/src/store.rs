@@ -81,6 +81,11 @@ const BOUNDED_CRT_LUA: &str = "local out = {} \
     end \
     return out";
 
+/// KEYS[1]: a plain string. Sets it to ARGV[2] only while it holds
+/// ARGV[1]: 1 set, 0 not.
+const SET_IF_LUA: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0";
+
 /// Where records, the index and the channel are (the module's names).
 pub struct Keys {
     pub prefix: String,
@@ -573,10 +578,30 @@ impl Store {
         self.q(redis::cmd("GET").arg(key).clone())
     }
 
-    /// Sets a plain string value without expiry.
-    pub fn set_string(&mut self, key: &str, value: &str) -> Result<(), CliError> {
-        self.q::<()>(redis::cmd("SET").arg(key).arg(value).clone())?;
-        Ok(())
+    /// Sets a plain string value without expiry unless `key` exists:
+    /// false when it did (and nothing was written).
+    pub fn set_string_nx(&mut self, key: &str, value: &str) -> Result<bool, CliError> {
+        let set: Option<String> =
+            self.q(redis::cmd("SET").arg(key).arg(value).arg("NX").clone())?;
+        Ok(set.is_some())
+    }
+
+    /// Replaces a plain string value only while it still holds `expect`
+    /// (one key: one script, also in a Cluster); false when it did not.
+    pub fn set_string_if(
+        &mut self,
+        key: &str,
+        expect: &str,
+        value: &str,
+    ) -> Result<bool, CliError> {
+        let set: i64 = self.q(redis::cmd("EVAL")
+            .arg(SET_IF_LUA)
+            .arg(1)
+            .arg(key)
+            .arg(expect)
+            .arg(value)
+            .clone())?;
+        Ok(set == 1)
     }
 
     /// Sets `key` to `value` for `ttl` seconds (an HTTP-01 answer: it must
