@@ -316,20 +316,39 @@ async fn replace(
         .store(&set, &cfg.key)
         .ok_or_else(|| "cannot seal the ticket key set".to_owned())?;
     let was: &[u8] = prev.as_ref().map_or(&[], |p| &p.raw);
-    let written: i64 = tokio::time::timeout(
+    let written = tokio::time::timeout(
         t,
         redis::cmd("EVAL")
             .arg(REPLACE_LUA)
             .arg(1)
             .arg(&cfg.key)
             .arg(was)
-            .arg(value)
-            .query_async(conn),
+            .arg(&value)
+            .query_async::<i64>(conn),
     )
     .await
-    .map_err(|_| "timeout".to_owned())?
-    .map_err(|e| e.to_string())?;
-    if written == 0 {
+    .map_err(|_| "timeout".to_owned())?;
+    let written = match written {
+        Ok(w) => w == 1,
+        // EVAL is optional for the ticket keys (see the README): without
+        // it the set is replaced while the key exists, as before the
+        // script, and a rotation whose lock expired can still overwrite
+        // a newer set.
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+            let mut set_cmd = redis::cmd("SET");
+            set_cmd.arg(&cfg.key).arg(&value);
+            if prev.is_some() {
+                set_cmd.arg("XX");
+            }
+            tokio::time::timeout(t, set_cmd.query_async::<Option<String>>(conn))
+                .await
+                .map_err(|_| "timeout".to_owned())?
+                .map_err(|e| e.to_string())?
+                .is_some()
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    if !written {
         // Rotated by another terminator, or deleted (the next check makes
         // a new set): what is there now is the fleet's set.
         return match read(conn, cfg, t).await {
@@ -580,5 +599,24 @@ mod tests {
             );
         });
         assert_eq!(stored(&redis), winner);
+    }
+
+    /// EVAL stays optional for the ticket keys: a user whose ACL refuses
+    /// it still rotates.
+    #[test]
+    fn a_user_without_eval_still_rotates() {
+        let DueSet { redis, cfg, rt, .. } = due_set();
+        let acl = [
+            "ACL", "SETUSER", "tickets", "on", ">pw", "~*", "&*", "+@all", "-eval",
+        ];
+        assert!(matches!(redis.cmd(&acl), dyncert_testkit::Reply::Status(_)));
+        let url = redis.url().replacen("redis://", "redis://tickets:pw@", 1);
+        let target = RedisTarget::new(&url, RedisTls::default(), T).unwrap();
+        rt.block_on(async {
+            let mut conn = target.connect(Notes::none()).unwrap();
+            let note = step(&mut conn, &cfg, T).await;
+            assert_eq!(note, Some(TicketNote::Rotated { generation: 2 }));
+        });
+        assert_eq!(stored(&redis).generation, 2);
     }
 }
