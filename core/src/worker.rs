@@ -781,12 +781,26 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
     /// get picked up), never sooner than a retry interval (a source that
     /// keeps answering with a nearly expired certificate must not cause
     /// back-to-back refreshes); stale-if-error for `stale` after `valid`.
+    /// When a result applied `now` counts as fetched, for ordering it
+    /// against re-subscriptions (this worker's epoch, and the tier's floor,
+    /// the latest of any worker's): the clock, but never before the latest
+    /// re-subscription known. So a wall clock stepped back after one does
+    /// not make every new result look older than it (each one due for a
+    /// refresh at once, and no tier record ever loadable: a refetch of
+    /// every name in use until the clock catches up). Results of lookups
+    /// that were running at a re-subscription are dated before it
+    /// separately (`suspect`).
+    fn fetch_stamp(&self, now: Millis) -> Millis {
+        let floor = self.tier.as_ref().map_or(0, |(t, _)| t.fetched_floor());
+        now.max(self.epoch).max(floor)
+    }
+
     fn deadlines(&self, not_after: Millis, now: Millis) -> Deadlines {
         let policy = *self.cache.policy();
         let floor = now.saturating_add(policy.valid.min(REFRESH_AHEAD_FLOOR_MS));
         let ahead = not_after.saturating_sub(policy.valid).max(floor);
         Deadlines {
-            fetched: now,
+            fetched: self.fetch_stamp(now),
             fresh_until: now.saturating_add(policy.valid).min(ahead),
             stale_until: now
                 .saturating_add(policy.valid)
@@ -2768,6 +2782,50 @@ mod tests {
         assert!(asked(&b).is_empty(), "and it is fresh");
         assert_eq!(mb.simple(Simple::TierLoads), 2);
         assert_eq!(tier.len(), 1);
+    }
+
+    /// The wall clock steps back an hour after a re-subscription: what is
+    /// fetched from then on is still after it, so it is fresh (not fetched
+    /// again at every handshake) and the other workers load it from the
+    /// tier instead of asking Redis.
+    #[test]
+    fn a_clock_stepped_back_after_a_resubscription_does_not_make_new_results_old() {
+        let Host {
+            mut a,
+            mut b,
+            tier,
+            interner,
+            ..
+        } = host();
+        let t = NOW + SECOND;
+        apply(&mut a, RESUBSCRIBED, t);
+        apply(&mut b, RESUBSCRIBED, t);
+        let back = NOW - 60 * MINUTE;
+        fetch_and_store(&mut a, "a.example.com", back);
+        assert_eq!(asked(&a), ["a.example.com"]);
+        a.queue().asked.borrow_mut().clear();
+        assert!(a.for_handshake("a.example.com", back + SECOND).cert.is_some());
+        assert!(asked(&a).is_empty(), "fresh, not fetched again");
+        assert_eq!(
+            b.pre_handshake("a.example.com", 2, back + SECOND),
+            PreHandshake::Park
+        );
+        assert!(asked(&b).is_empty(), "B loads the tier's record");
+        assert_eq!(run_loads(&mut b, &interner, back + SECOND), [2]);
+        assert!(b.current("a.example.com", back + SECOND).is_some());
+        assert_eq!(tier.len(), 1);
+        // A lookup running at a later re-subscription is still dated
+        // before it.
+        b.for_handshake("z.example.com", back + 2 * SECOND);
+        apply(&mut b, RESUBSCRIBED, back + 3 * SECOND);
+        apply(
+            &mut b,
+            found_storable("z.example.com", cert(3, NOT_AFTER), None),
+            back + 4 * SECOND,
+        );
+        b.queue().asked.borrow_mut().clear();
+        b.for_handshake("z.example.com", back + 5 * SECOND);
+        assert_eq!(asked(&b), ["z.example.com"], "refreshed: it may be stale");
     }
 
     #[test]
