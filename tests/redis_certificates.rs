@@ -324,3 +324,64 @@ fn der_record_is_served_like_pem_and_wins_over_it() {
     r.assert_served(&leaf, &s.pki);
     assert_eq!(r.source(), "redis", "body {:?}", r.body);
 }
+
+/// The README's renewal recipe for a record that carries the DER form
+/// (every record `dyncert put`, `import` or an API write-back stored):
+/// the PEM fields written with the DER ones emptied, in one `HSET`, then
+/// published. The DER form would otherwise win over the new PEM one.
+#[test]
+fn a_pem_renewal_that_empties_the_der_fields_is_served() {
+    let s = Stack::start(1, HTTP);
+    let name = "renewed.example.com";
+    let old = s.pki.leaf(&[name], 1103);
+    let new = s.pki.leaf(&[name], 1104);
+    let chain = [
+        old.issued.cert.to_der().unwrap(),
+        s.pki.intermediate.cert.to_der().unwrap(),
+    ]
+    .concat();
+    let key = old
+        .issued
+        .key
+        .ec_key()
+        .unwrap()
+        .private_key_to_der()
+        .unwrap();
+    let record = format!("dyncert:cert:{name}");
+    let mut conn = s.redis.connect();
+    let both: [&[u8]; 10] = [
+        b"HSET",
+        record.as_bytes(),
+        b"crt_der",
+        &chain,
+        b"key_der",
+        &key,
+        b"crt",
+        old.chain_pem.as_bytes(),
+        b"key",
+        old.key_pem.as_bytes(),
+    ];
+    conn.cmd(&both).unwrap();
+    s.get(Some(name)).assert_served(&old, &s.pki);
+
+    s.redis.cmd(&[
+        "HSET",
+        &record,
+        "crt",
+        &new.chain_pem,
+        "key",
+        &new.key_pem,
+        "crt_der",
+        "",
+        "key_der",
+        "",
+    ]);
+    s.redis.cmd(&["PUBLISH", "dyncert:invalidate", name]);
+    let served = poll(Duration::from_secs(5), Duration::from_millis(50), || {
+        let r = s.get(Some(name));
+        (r.tls().leaf_serial == new.serial_hex).then_some(r)
+    });
+    let r = served.unwrap_or_else(|| panic!("the renewal was not served"));
+    r.assert_served(&new, &s.pki);
+    assert_eq!(r.source(), "redis", "body {:?}", r.body);
+}
