@@ -1,8 +1,9 @@
 //! The certificate API behind Redis (`dyncert_api`): a Redis miss asks the
 //! API, a certificate it returns is served and written back to Redis with a
-//! TTL, a 404 is negative-cached, and every other answer (500, timeout,
-//! oversized or invalid body, a certificate for another name) gets the
-//! default certificate and a clear warning while nginx keeps serving.
+//! TTL, a 404 is negative-cached (unless Redis failed: then a cached
+//! certificate is kept), and every other answer (500, timeout, oversized or
+//! invalid body, a certificate for another name) gets the default
+//! certificate and a clear warning while nginx keeps serving.
 
 use dyncert_testkit::*;
 use openssl::pkey::PKey;
@@ -691,6 +692,97 @@ fn a_redis_wildcard_does_not_stand_in_for_a_name_the_api_has() {
         s.api.requests_for("other.example.com"),
         1,
         "the API is asked about the name before its wildcard stands in"
+    );
+    s.nginx.assert_healthy();
+}
+
+/// A Redis stall during a refresh, while the API answers 404 for the name
+/// (its record lives in Redis only): the API's 404 does not say Redis has
+/// no record, so the cached certificate is kept (stale-if-error), the
+/// Redis error is logged for the name, and nothing is negative-cached.
+#[test]
+fn a_redis_stall_with_an_api_404_keeps_serving_the_cached_redis_certificate() {
+    let mut s = ApiStack::start(
+        1,
+        &HTTP
+            .replace(
+                "dyncert_api_timeout 1s;",
+                "dyncert_api_timeout 1s; dyncert_redis_timeout 300ms;",
+            )
+            .replace(
+                "valid=1m stale=1h negative=2s",
+                "valid=1s stale=1h negative=30s",
+            ),
+    );
+    let name = "redisonly.example.com";
+    let leaf = s.pki.leaf(&[name], 8201);
+    s.redis.put_leaf(name, &leaf);
+    let r = s.get(name);
+    r.assert_served(&leaf, &s.pki);
+    assert_eq!(r.source(), "redis", "body {:?}", r.body);
+    assert_eq!(s.api.requests_for(name), 0, "{}", s.api.dump());
+
+    // Past `valid`: the next handshake starts a refresh, into the stall.
+    std::thread::sleep(Duration::from_millis(1300));
+    s.redis.pause();
+    let start = Instant::now();
+    let mut during = Vec::new();
+    while start.elapsed() < Duration::from_millis(2500) {
+        let r = s.get(name);
+        during.push((
+            start.elapsed(),
+            r.tls().leaf_serial.clone(),
+            r.source().to_owned(),
+        ));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let asked = s.api.requests_for(name);
+    s.redis.resume();
+    assert!(
+        during
+            .iter()
+            .all(|(_, serial, _)| *serial == leaf.serial_hex),
+        "the cached certificate was dropped during the Redis stall \
+         (elapsed, serial, source): {during:?}\n{}",
+        s.nginx.logs()
+    );
+    assert!(
+        asked >= 1,
+        "the refresh never reached the API (the test did not exercise its 404)\n{}",
+        s.api.dump()
+    );
+    let line = s.nginx.wait_for_log_line(Duration::from_secs(2), |l| {
+        l.contains("[warn]")
+            && l.contains("while fetching from redis")
+            && l.contains(&format!("name: \"{name}\""))
+    });
+    assert!(
+        line.is_some(),
+        "the Redis error was not logged for the name\n{}",
+        s.nginx.logs()
+    );
+
+    // Redis is back: served at once, well within `negative=30s` (nothing
+    // was negative-cached), and refreshed from Redis later.
+    let back = Instant::now();
+    let r = s.get(name);
+    r.assert_served(&leaf, &s.pki);
+    let refreshed = poll(Duration::from_secs(10), Duration::from_millis(200), || {
+        let r = s.get(name);
+        assert_eq!(
+            r.tls().leaf_serial,
+            leaf.serial_hex,
+            "not served after Redis came back ({:?} later), via {}\n{}",
+            back.elapsed(),
+            r.source(),
+            s.nginx.logs()
+        );
+        (r.source() == "redis").then_some(())
+    });
+    assert!(
+        refreshed.is_some(),
+        "never refreshed from Redis after it came back\n{}",
+        s.nginx.logs()
     );
     s.nginx.assert_healthy();
 }

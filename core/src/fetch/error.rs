@@ -11,7 +11,8 @@ use crate::api::ApiError;
 /// The text names the source that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
-    /// Redis failed and there is no API to ask instead.
+    /// Redis failed, and no API answered with a certificate instead (an
+    /// API's "not found" does not speak for the records Redis keeps).
     #[error("{0} while fetching from redis")]
     Redis(RedisError),
     #[error("{0} while fetching from the api")]

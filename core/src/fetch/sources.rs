@@ -30,7 +30,7 @@ enum KeyAnswer {
     /// A record (served or refused): the lookup's answer.
     Done(Outcome),
     Absent,
-    /// Redis failed: the API decides.
+    /// Redis failed: only a certificate from the API answers the lookup.
     Failed(RedisError),
 }
 
@@ -78,7 +78,9 @@ impl Sources {
     /// the API is asked about the name itself before Redis's wildcard is
     /// (a name whose own record, with its own policy, lives in the API must
     /// not get its parent's). Without an API: the exact name, then the
-    /// wildcard.
+    /// wildcard. "Not found" only when every source answered: with a Redis
+    /// step failed, a lookup the API did not answer with a certificate is
+    /// Redis's error.
     pub(super) async fn lookup(&self, name: &str, steps: &mut Vec<Step>) -> Outcome {
         let mut redis_error = None;
         let redis = self.redis();
@@ -123,8 +125,11 @@ impl Sources {
             }
         }
         match redis_error {
-            // The API answered "no record": that is the answer.
-            Some(_) if self.api.is_some() => Outcome::NotFound,
+            // Only a certificate from the API stands in for Redis: its 404
+            // says nothing of the records Redis keeps itself (`put`,
+            // `import`, wildcards). "Not found" would evict the cached
+            // certificate and negative-cache the name; an error keeps it
+            // (stale-if-error) and is logged for the name.
             Some(e) => Outcome::Error(FetchError::Redis(e)),
             None => Outcome::NotFound,
         }
@@ -153,7 +158,8 @@ impl Sources {
             }
             RedisAnswer::Refused(r) => (StepOutcome::Refused, KeyAnswer::Done(Outcome::Refused(r))),
             RedisAnswer::Absent => (StepOutcome::Miss, KeyAnswer::Absent),
-            // Redis down or hung: the API is the source of truth.
+            // Redis down or hung: the API is asked; only a certificate
+            // from it answers the lookup (see `lookup`).
             RedisAnswer::Failed(e) | RedisAnswer::Retry(e) => {
                 let step = if e == RedisError::Timeout {
                     StepOutcome::Timeout
