@@ -322,7 +322,13 @@ unsafe fn on_event(c: *mut ngx_connection_t, rev: *mut ngx_event_t) -> bool {
             // SAFETY: rev is c's live read event: not ready until the
             // event method reports more bytes.
             unsafe { (*rev).set_ready(0) };
-            false
+            // After a deferred accept (and a PROXY protocol header read by
+            // nginx) the socket is not in the event method yet: without
+            // this, the rest of the ClientHello would raise no event and
+            // only the timer would wake the connection. A no-op when it
+            // is registered already.
+            // SAFETY: as above.
+            unsafe { ngx_handle_read_event(rev, 0) != NGX_OK as ngx_int_t }
         }
         Peeked::HandOff(reason) => {
             debug!(
