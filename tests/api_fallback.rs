@@ -786,3 +786,80 @@ fn a_redis_stall_with_an_api_404_keeps_serving_the_cached_redis_certificate() {
     );
     s.nginx.assert_healthy();
 }
+
+/// A written-back copy lives no longer than its certificate: once the
+/// certificate expires, Redis has dropped the copy and the API (which
+/// holds the renewal) is asked again, by this terminator and by others.
+/// A copy outliving its certificate would be refused, and a refused Redis
+/// record ends the lookup before the API is asked.
+#[test]
+fn a_writeback_copy_expires_with_its_certificate_and_the_api_renewal_is_served() {
+    let s = ApiStack::start(1, &HTTP.replace("valid=1m", "valid=2s"));
+    let name = "short.example.com";
+    let old = s.pki.leaf_with(
+        &[name],
+        8202,
+        LeafOpts {
+            expires_in: Some(Duration::from_secs(4)),
+            ..LeafOpts::default()
+        },
+    );
+    let renewed = s.pki.leaf(&[name], 8203);
+    let not_after_ms = {
+        let d = openssl::asn1::Asn1Time::from_unix(0)
+            .unwrap()
+            .diff(old.issued.cert.not_after())
+            .unwrap();
+        (i64::from(d.days) * 86_400 + i64::from(d.secs)) * 1000
+    };
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    s.api.set_cert(name, &old);
+    let r = s.get(name);
+    r.assert_served(&old, &s.pki);
+    assert_eq!(r.source(), "api", "body {:?}", r.body);
+    assert!(
+        wait_record(&s.redis, name).is_some(),
+        "no write-back\n{}",
+        s.nginx.logs()
+    );
+    let pttl = match s.redis.cmd(&["PTTL", &format!("dyncert:cert:{name}")]) {
+        Reply::Int(n) => n,
+        other => panic!("PTTL: {other:?}"),
+    };
+    let left = not_after_ms - now_ms();
+    assert!(
+        pttl > 0 && pttl <= left + 50,
+        "the copy's PTTL is {pttl} ms, but its certificate expires in {left} ms \
+         (writeback=1h must not outlive it)"
+    );
+
+    // The API renews; once the old certificate has expired, this
+    // terminator fetches the renewal (no invalidation sent).
+    s.api.set_cert(name, &renewed);
+    let wait = u64::try_from(not_after_ms - now_ms()).unwrap_or(0) + 500;
+    std::thread::sleep(Duration::from_millis(wait));
+    let served = poll(Duration::from_secs(5), Duration::from_millis(200), || {
+        let r = s.get(name);
+        (r.tls().leaf_serial == renewed.serial_hex).then_some(r)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the renewal was not served after the old certificate expired \
+             (API requests: {}; copy TTL {})\n{}",
+            s.api.requests_for(name),
+            s.redis.ttl(name),
+            s.nginx.logs()
+        )
+    });
+    served.assert_served(&renewed, &s.pki);
+
+    // Another terminator, with an empty cache, gets the renewal too.
+    let other = Nginx::start(&s.pki, HTTP, NginxOpts::new().redis(&s.redis).api(&s.api));
+    let r = Request::get("/").sni(name).https(other.port).unwrap();
+    r.assert_served(&renewed, &s.pki);
+}

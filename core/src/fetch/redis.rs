@@ -181,16 +181,28 @@ pub(super) struct Expiry {
 
 /// Writes an API answer back only while its record is still absent:
 /// `KEYS[1]` the record, `KEYS[2]` (optional) the expiry index; `ARGV[1]`
-/// the TTL, `ARGV[2]` and `ARGV[3]` the index score and member, then the
-/// record's field/value pairs. 1 when written, 0 when a record appeared
-/// meanwhile.
+/// the TTL in milliseconds, `ARGV[2]` and `ARGV[3]` the index score and
+/// member, then the record's field/value pairs. 1 when written, 0 when a
+/// record appeared meanwhile.
 const WRITE_BACK_LUA: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
     redis.call('HSET', KEYS[1], unpack(ARGV, 4)) \
-    redis.call('EXPIRE', KEYS[1], ARGV[1]) \
+    redis.call('PEXPIRE', KEYS[1], ARGV[1]) \
     if #KEYS > 1 then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3]) end \
     return 1";
 
-/// Stores an API answer in Redis (HSET, EXPIRE and the expiry index's
+/// How long a write-back copy lives, in milliseconds: `writeback`, but
+/// never past the certificate's notAfter; `None` (no write-back) once it
+/// has expired. A copy that outlived its certificate would be refused as
+/// expired, and a refused Redis record ends a lookup before the API (which
+/// may hold the renewal) is asked: every terminator would serve the
+/// default certificate until the copy's TTL ran out.
+pub(super) fn writeback_ttl_ms(writeback: Duration, not_after_ms: u64, now_ms: u64) -> Option<u64> {
+    let left = not_after_ms.checked_sub(now_ms).filter(|&ms| ms > 0)?;
+    let writeback = u64::try_from(writeback.as_millis()).unwrap_or(u64::MAX);
+    Some(writeback.min(left).max(1))
+}
+
+/// Stores an API answer in Redis (HSET, PEXPIRE and the expiry index's
 /// ZADD, atomically, in one script) so the next terminator finds it there.
 /// Only while the name still has no record: the API was asked because
 /// Redis had none, and one written since (a renewal stored by the
@@ -199,8 +211,8 @@ const WRITE_BACK_LUA: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then return 
 /// record and the index are in different hash slots, which one script
 /// cannot span: the record is written, then the index entry (see
 /// `Topology::spans_slots_in_transactions`).
-pub(super) fn write_back(mut conn: RedisConn, w: WriteBack, ttl: Duration, t: Duration) {
-    let ttl = ttl.as_secs().max(1);
+/// `ttl_ms` comes from [`writeback_ttl_ms`].
+pub(super) fn write_back(mut conn: RedisConn, w: WriteBack, ttl_ms: u64, t: Duration) {
     tokio::spawn(async move {
         let WriteBack {
             key,
@@ -218,10 +230,10 @@ pub(super) fn write_back(mut conn: RedisConn, w: WriteBack, ttl: Duration, t: Du
         match in_script {
             Some(e) => eval
                 .arg(&e.index)
-                .arg(ttl)
+                .arg(ttl_ms)
                 .arg(e.not_after_secs)
                 .arg(&e.name),
-            None => eval.arg(ttl).arg(0).arg(""),
+            None => eval.arg(ttl_ms).arg(0).arg(""),
         };
         eval.arg("crt")
             .arg(record.crt.as_slice())
@@ -263,4 +275,50 @@ pub(super) fn write_back(mut conn: RedisConn, w: WriteBack, ttl: Duration, t: Du
             let _ = tokio::time::timeout(t, zadd.query_async::<()>(&mut conn)).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR_MS: u64 = 3_600_000;
+    const NOW: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn a_long_lived_certificate_gets_the_writeback_ttl() {
+        let ninety_days = NOW + 90 * 24 * HOUR_MS;
+        assert_eq!(
+            writeback_ttl_ms(Duration::from_secs(86_400), ninety_days, NOW),
+            Some(24 * HOUR_MS)
+        );
+    }
+
+    #[test]
+    fn a_copy_never_outlives_its_certificate() {
+        assert_eq!(
+            writeback_ttl_ms(Duration::from_secs(3_600), NOW + 4_000, NOW),
+            Some(4_000)
+        );
+        assert_eq!(
+            writeback_ttl_ms(Duration::from_secs(3_600), NOW + 1, NOW),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn an_expired_certificate_is_not_written_back() {
+        assert_eq!(writeback_ttl_ms(Duration::from_secs(3_600), NOW, NOW), None);
+        assert_eq!(
+            writeback_ttl_ms(Duration::from_secs(3_600), NOW - 1_000, NOW),
+            None
+        );
+    }
+
+    #[test]
+    fn a_huge_writeback_is_capped_by_the_certificate() {
+        assert_eq!(
+            writeback_ttl_ms(Duration::MAX, NOW + HOUR_MS, NOW),
+            Some(HOUR_MS)
+        );
+    }
 }

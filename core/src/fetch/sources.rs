@@ -9,7 +9,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::conn::{Notes, RedisConn, RedisTarget};
 use super::error::{FetchError, RedisError};
-use super::redis::{connect, read_record, write_back, Expiry, RedisAnswer, WriteBack};
+use super::redis::{
+    connect, read_record, write_back, writeback_ttl_ms, Expiry, RedisAnswer, WriteBack,
+};
 use super::{FetcherConfig, Outcome, Step, Stored, TierData};
 use crate::api::{ApiClient, ApiError, ApiOutcome};
 use crate::compact::Compact;
@@ -211,18 +213,21 @@ impl Sources {
                             name: name.to_owned(),
                             not_after_secs: cert.not_after_ms / 1000,
                         });
-                        write_back(
-                            conn.clone(),
-                            WriteBack {
-                                key: format!("{}{}", self.cfg.prefix, name),
-                                record,
-                                der,
-                                second_der,
-                                index,
-                            },
-                            self.cfg.writeback,
-                            self.cfg.redis_timeout,
-                        );
+                        let ttl = writeback_ttl_ms(self.cfg.writeback, cert.not_after_ms, now_ms());
+                        if let Some(ttl) = ttl {
+                            write_back(
+                                conn.clone(),
+                                WriteBack {
+                                    key: format!("{}{}", self.cfg.prefix, name),
+                                    record,
+                                    der,
+                                    second_der,
+                                    index,
+                                },
+                                ttl,
+                                self.cfg.redis_timeout,
+                            );
+                        }
                     }
                 }
                 let step = if matches!(outcome, Outcome::Found { .. }) {
@@ -391,5 +396,12 @@ fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
