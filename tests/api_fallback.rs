@@ -863,3 +863,40 @@ fn a_writeback_copy_expires_with_its_certificate_and_the_api_renewal_is_served()
     let r = Request::get("/").sni(name).https(other.port).unwrap();
     r.assert_served(&renewed, &s.pki);
 }
+
+/// An operator rotates a certificate in the API while a terminator's
+/// lookup of it is waiting for the API's (old) answer, then drops the
+/// Redis copy and publishes the name, as the README says. The old answer
+/// is not written back after that: the invalidated lookup's retry, the
+/// next handshake and another terminator all get the new certificate,
+/// and Redis holds the new one.
+#[test]
+fn an_api_answer_in_flight_during_a_delete_and_invalidation_is_not_written_back() {
+    let s = ApiStack::start(1, HTTP);
+    let name = "rotated.example.com";
+    let old = s.pki.leaf(&[name], 8101);
+    let new = s.pki.leaf(&[name], 8102);
+    assert!(s
+        .redis
+        .wait_subscribers("dyncert:invalidate", 1, Duration::from_secs(5)));
+    s.api
+        .set(name, ApiReply::cert(&old).after(Duration::from_millis(800)));
+    std::thread::scope(|scope| {
+        let in_flight = scope.spawn(|| s.get(name));
+        assert!(s.api.wait_requests_for(name, 1, Duration::from_secs(5)));
+        s.api.set_cert(name, &new);
+        s.redis.cmd(&["DEL", &format!("dyncert:cert:{name}")]);
+        assert_eq!(s.redis.publish("dyncert:invalidate", name), 1);
+        let r = in_flight.join().unwrap();
+        r.assert_served(&new, &s.pki);
+    });
+    s.get(name).assert_served(&new, &s.pki);
+    let (crt, _) = wait_record(&s.redis, name).expect("the new answer written back");
+    assert!(
+        crt.contains(new.chain_pem.lines().nth(1).unwrap()),
+        "Redis holds the new certificate"
+    );
+    let other = Nginx::start(&s.pki, HTTP, NginxOpts::new().redis(&s.redis).api(&s.api));
+    let r = Request::get("/").sni(name).https(other.port).unwrap();
+    r.assert_served(&new, &s.pki);
+}

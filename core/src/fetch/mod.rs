@@ -26,7 +26,7 @@ mod tickets;
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -217,12 +217,21 @@ struct Shared {
     /// Set when the invalidation subscription is back after a loss: the
     /// next lookup takes a new command connection (see `Sources::redis`).
     renew_redis: Arc<AtomicBool>,
+    /// Invalidations heard (and re-subscriptions after a loss, when some
+    /// may have been missed): see [`sources::WriteGuard`].
+    invalidations: Arc<AtomicU64>,
 }
 
 impl Shared {
     fn push(&self, r: Event) {
         if let Event::Subscribed { resubscribed: true } = r {
             self.renew_redis.store(true, Ordering::Relaxed);
+        }
+        if matches!(
+            r,
+            Event::Invalidate(_) | Event::Subscribed { resubscribed: true }
+        ) {
+            self.invalidations.fetch_add(1, Ordering::SeqCst);
         }
         if let Ok(mut q) = self.results.lock() {
             q.push_back(r);
@@ -266,6 +275,7 @@ impl Fetcher {
             results: Mutex::new(VecDeque::new()),
             notify,
             renew_redis: Arc::new(AtomicBool::new(false)),
+            invalidations: Arc::new(AtomicU64::new(0)),
         });
         let (tx, rx) = mpsc::channel(cfg.queue_cap.max(1));
         let (acme_tx, acme_rx) = mpsc::channel(cfg.acme_queue_cap.max(1));
@@ -557,7 +567,16 @@ fn run(
             _ => None,
         };
         let sources = Arc::new(Sources::new(
-            cfg, redis, target, renew, api, parse, interner,
+            cfg,
+            redis,
+            target,
+            sources::Signals {
+                renew,
+                invalidations: shared.invalidations.clone(),
+            },
+            api,
+            parse,
+            interner,
         ));
         while let Some(req) = rx.recv().await {
             let shared = shared.clone();

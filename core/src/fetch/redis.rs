@@ -211,9 +211,22 @@ pub(super) fn writeback_ttl_ms(writeback: Duration, not_after_ms: u64, now_ms: u
 /// record and the index are in different hash slots, which one script
 /// cannot span: the record is written, then the index entry (see
 /// `Topology::spans_slots_in_transactions`).
-/// `ttl_ms` comes from [`writeback_ttl_ms`].
-pub(super) fn write_back(mut conn: RedisConn, w: WriteBack, ttl_ms: u64, t: Duration) {
+/// `ttl_ms` comes from [`writeback_ttl_ms`]. Nothing is written once an
+/// invalidation was heard since the lookup began (`guard`).
+pub(super) fn write_back(
+    mut conn: RedisConn,
+    w: WriteBack,
+    ttl_ms: u64,
+    t: Duration,
+    guard: super::sources::WriteGuard,
+) {
+    if !guard.still_valid() {
+        return;
+    }
     tokio::spawn(async move {
+        if !guard.still_valid() {
+            return;
+        }
         let WriteBack {
             key,
             record,

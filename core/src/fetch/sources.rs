@@ -3,7 +3,7 @@
 //! `*.parent` wildcard; and the hand-off of whatever is found to the
 //! parse thread, which validates it against the requested name.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +36,42 @@ enum KeyAnswer {
     Failed(RedisError),
 }
 
+/// Whether an API answer may still be written back: only if no
+/// invalidation was heard (and no subscription was lost) since its lookup
+/// began. An operator who rotates a certificate in the API runs
+/// `dyncert delete NAME` and publishes the name; an answer that was on its
+/// way meanwhile is the old certificate, and written back after the delete
+/// it would be what the invalidated lookup's retry, and every other
+/// terminator, read from Redis for the write-back TTL. Any invalidation
+/// counts, not only the name's: they are rare, and a write-back skipped
+/// costs the next terminator one API request.
+#[derive(Clone)]
+pub(super) struct WriteGuard {
+    heard: Arc<AtomicU64>,
+    at_start: u64,
+}
+
+impl WriteGuard {
+    fn new(heard: &Arc<AtomicU64>) -> WriteGuard {
+        WriteGuard {
+            heard: heard.clone(),
+            at_start: heard.load(Ordering::SeqCst),
+        }
+    }
+
+    /// True while nothing was invalidated since the lookup began.
+    pub(super) fn still_valid(&self) -> bool {
+        self.heard.load(Ordering::SeqCst) == self.at_start
+    }
+}
+
+/// What the subscription tells the lookups: see [`Sources::renew`] and
+/// [`WriteGuard`].
+pub(super) struct Signals {
+    pub renew: Arc<AtomicBool>,
+    pub invalidations: Arc<AtomicU64>,
+}
+
 /// Everything a lookup may ask, shared by the lookups in flight.
 pub(super) struct Sources {
     cfg: FetcherConfig,
@@ -46,6 +82,9 @@ pub(super) struct Sources {
     /// Set when the invalidation subscription is back after a loss: see
     /// [`Sources::redis`].
     renew: Arc<AtomicBool>,
+    /// Invalidations heard by this worker's subscription: see
+    /// [`WriteGuard`].
+    invalidations: Arc<AtomicU64>,
     api: Option<ApiClient>,
     /// Shared parsed intermediates (one object per distinct DER).
     intermediates: Arc<Interner>,
@@ -58,7 +97,7 @@ impl Sources {
         cfg: FetcherConfig,
         redis: Option<Result<RedisConn, RedisError>>,
         target: Option<(RedisTarget, Notes)>,
-        renew: Arc<AtomicBool>,
+        signals: Signals,
         api: Option<ApiClient>,
         parse: Arc<WorkQueue<ParseJob>>,
         intermediates: Arc<Interner>,
@@ -67,7 +106,8 @@ impl Sources {
             cfg,
             redis: Mutex::new(redis),
             target,
-            renew,
+            renew: signals.renew,
+            invalidations: signals.invalidations,
             api,
             intermediates,
             parse,
@@ -84,6 +124,9 @@ impl Sources {
     /// step failed, a lookup the API did not answer with a certificate is
     /// Redis's error.
     pub(super) async fn lookup(&self, name: &str, steps: &mut Vec<Step>) -> Outcome {
+        // Before Redis is read: an invalidation heard after this may mean
+        // the API's answer is older than what Redis dropped.
+        let guard = WriteGuard::new(&self.invalidations);
         let mut redis_error = None;
         let redis = self.redis();
         let mut conn = match &redis {
@@ -111,7 +154,7 @@ impl Sources {
         let wildcard = wildcard_parent(name);
         if let Some(api) = &self.api {
             let outcome = self
-                .ask_api(api, name, &redis, redis_error.is_some(), steps)
+                .ask_api(api, name, &redis, redis_error.is_some(), &guard, steps)
                 .await;
             // Only "the API has no record of the name" lets a wildcard
             // stand in; an API that failed may have one.
@@ -187,6 +230,7 @@ impl Sources {
         name: &str,
         redis: &Option<Result<RedisConn, RedisError>>,
         redis_failed: bool,
+        guard: &WriteGuard,
         steps: &mut Vec<Step>,
     ) -> Outcome {
         let t0 = Instant::now();
@@ -226,6 +270,7 @@ impl Sources {
                                 },
                                 ttl,
                                 self.cfg.redis_timeout,
+                                guard.clone(),
                             );
                         }
                     }
