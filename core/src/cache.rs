@@ -4,15 +4,26 @@
 //! and the certificate's own notAfter as an absolute cut-off; beside it, a
 //! separate LRU of short-lived negative entries for names no source knows,
 //! with its own bound, so that names a client makes up can only push out
-//! other made-up names, never a certificate.
+//! other made-up names, never a certificate. The same LRU holds the short
+//! error backoff of names whose lookup failed and that have no
+//! certificate, so a failing source is not asked again at every handshake.
 //!
 //! Generic over the cached value so the policy is tested here without
 //! OpenSSL; the glue stores its parsed chain and key. Time is passed in on
 //! every call (see [`crate::clock::Clock`]) so tests drive it by hand and
 //! never sleep.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
+
 use crate::clock::Millis;
 use crate::lru::{Lru, Slot};
+
+/// Error backoff after a name's first failed lookup; it doubles with each
+/// failure in a row.
+pub const BACKOFF_MIN_MS: Millis = 1_000;
+/// Longest error backoff; `negative` bounds it too, so a backoff never
+/// outlasts what a 404 would.
+pub const BACKOFF_MAX_MS: Millis = 30_000;
 
 /// Sizes and lifetimes, from `dyncert_cache max= max_size= valid= stale=
 /// negative= negative_max=`.
@@ -63,6 +74,10 @@ pub enum Lookup<'a, V> {
     Stale { value: &'a V, refresh_due: bool },
     /// Known not to exist (negative entry younger than `negative`).
     Negative,
+    /// No certificate, and the name's last lookup failed moments ago:
+    /// serve what a miss serves, without starting a lookup (see
+    /// [`CertCache::fetch_failed`]).
+    Backoff,
     /// Nothing usable (absent, or dropped now because past valid+stale or
     /// past expires_at).
     Miss,
@@ -116,24 +131,19 @@ impl<V> Positive<V> {
     }
 }
 
-/// Whether a negative entry made at `at` still holds at `now`.
-fn negative_holds(policy: &CachePolicy, at: Millis, now: Millis) -> bool {
-    // Saturating: a clock that stepped back keeps the entry.
-    now.saturating_sub(at) < policy.negative
-}
-
 /// Two LRUs with O(1) lookup, touch, insert and eviction: certificates,
-/// bounded by `max_entries` and `max_bytes`, and negative entries, bounded
-/// by `negative_max`. A name is in at most one of them. Each evicts only
-/// its own entries, so no number of unknown names can push a certificate
-/// out.
+/// bounded by `max_entries` and `max_bytes`, and negative entries (unknown
+/// names and error backoffs), bounded by `negative_max`. A name is in at
+/// most one of them. Each evicts only its own entries, so no number of
+/// unknown or failing names can push a certificate out.
 pub struct CertCache<V> {
     policy: CachePolicy,
     positive: Lru<Positive<V>>,
     /// Sum of the weights of the entries in `positive`.
     bytes: usize,
     /// When each name was found unknown, and whether it may still be
-    /// queued for on-demand issuance (see [`Self::take_on_demand`]).
+    /// queued for on-demand issuance (see [`Self::take_on_demand`]); or
+    /// when its lookup last failed.
     negative: Lru<Negative>,
 }
 
@@ -141,8 +151,57 @@ pub struct CertCache<V> {
 #[derive(Debug, Clone, Copy)]
 struct Negative {
     at: Millis,
-    /// One on-demand enqueue is still allowed for this entry.
-    on_demand: bool,
+    kind: Absent,
+}
+
+/// Why a name has no certificate.
+#[derive(Debug, Clone, Copy)]
+enum Absent {
+    /// No source knows it. One on-demand enqueue is still allowed while
+    /// `on_demand` is true.
+    Unknown { on_demand: bool },
+    /// Its lookup failed `failures` times in a row: no lookup for `for_ms`
+    /// after the last one. Kept past that until the next result, to count
+    /// the failures in a row.
+    Failed { for_ms: Millis, failures: u32 },
+}
+
+impl Negative {
+    /// Whether the entry still spares the name a lookup at `now`.
+    fn holds(&self, policy: &CachePolicy, now: Millis) -> bool {
+        let lifetime = match self.kind {
+            Absent::Unknown { .. } => policy.negative,
+            Absent::Failed { for_ms, .. } => for_ms,
+        };
+        // Saturating: a clock that stepped back keeps the entry.
+        now.saturating_sub(self.at) < lifetime
+    }
+
+    /// For a failure entry, the failures in a row a new failure at `now`
+    /// continues: a failure more than the longest backoff after the last
+    /// backoff ended starts over.
+    fn streak(&self, cap: Millis, now: Millis) -> Option<u32> {
+        match self.kind {
+            Absent::Failed { for_ms, failures }
+                if now.saturating_sub(self.at) < for_ms.saturating_add(cap) =>
+            {
+                Some(failures)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The backoff after `failures` failed lookups in a row: 1 s doubling up to
+/// `cap`, minus a jitter of up to an eighth (from the name and the time, so
+/// names failing together, and terminators failing on one name, do not
+/// come back in step; never above `cap`).
+fn backoff(name: &str, now: Millis, failures: u32, cap: Millis) -> Millis {
+    let doublings = failures.saturating_sub(1).min(16);
+    let full = BACKOFF_MIN_MS.saturating_mul(1 << doublings).min(cap);
+    let mut h = DefaultHasher::new();
+    (name, now).hash(&mut h);
+    full - h.finish() % (full / 8 + 1)
 }
 
 impl<V> CertCache<V> {
@@ -173,16 +232,22 @@ impl<V> CertCache<V> {
         let Some(slot) = self.negative.find(name) else {
             return Lookup::Miss;
         };
-        let holds = self
-            .negative
-            .value(slot)
-            .is_some_and(|n| negative_holds(&self.policy, n.at, now));
-        if !holds {
-            self.negative.remove_at(slot);
+        let Some(entry) = self.negative.value(slot).copied() else {
             return Lookup::Miss;
+        };
+        if entry.holds(&self.policy, now) {
+            self.negative.touch(slot);
+            return match entry.kind {
+                Absent::Unknown { .. } => Lookup::Negative,
+                Absent::Failed { .. } => Lookup::Backoff,
+            };
         }
-        self.negative.touch(slot);
-        Lookup::Negative
+        // An ended backoff stays while it still counts the failures in a
+        // row (the lookup this Miss starts may fail again).
+        if entry.streak(self.backoff_cap(), now).is_none() {
+            self.negative.remove_at(slot);
+        }
+        Lookup::Miss
     }
 
     fn get_positive(&mut self, slot: Slot, now: Millis) -> Lookup<'_, V> {
@@ -221,15 +286,24 @@ impl<V> CertCache<V> {
     }
 
     /// Like `get` without touching LRU order or mutating (for the
-    /// pre-handshake "is it usable" check): true for Fresh/Stale/Negative.
+    /// pre-handshake "is a lookup needed" check): true for
+    /// Fresh/Stale/Negative/Backoff.
     pub fn contains_usable(&self, name: &str, now: Millis) -> bool {
         match self.positive.get(name) {
             Some(entry) => entry.state(now) != State::Expired,
             None => self
                 .negative
                 .get(name)
-                .is_some_and(|n| negative_holds(&self.policy, n.at, now)),
+                .is_some_and(|n| n.holds(&self.policy, now)),
         }
+    }
+
+    /// Whether `name` has a certificate that can be served at `now` (fresh
+    /// or stale), without touching anything.
+    pub fn has_certificate(&self, name: &str, now: Millis) -> bool {
+        self.positive
+            .get(name)
+            .is_some_and(|entry| entry.state(now) != State::Expired)
     }
 
     /// Insert or replace a positive entry (fetched at `now`, certificate
@@ -347,7 +421,53 @@ impl<V> CertCache<V> {
                 break;
             }
         }
-        self.negative.insert(name, Negative { at: now, on_demand });
+        let kind = Absent::Unknown { on_demand };
+        self.negative.insert(name, Negative { at: now, kind });
+    }
+
+    /// The longest error backoff: `negative` bounds it, so a failure never
+    /// holds a name back longer than a 404 would.
+    fn backoff_cap(&self) -> Millis {
+        self.policy.negative.min(BACKOFF_MAX_MS)
+    }
+
+    /// A lookup of `name` failed (a source error or timeout). A certificate
+    /// that can still be served is kept (stale-if-error) and its refresh
+    /// may be requested again after `retry_after`; `None`. Without one,
+    /// the name gets an error backoff, in the negative LRU and bounded by
+    /// `negative_max` like the unknown names: [`Lookup::Backoff`] for 1 s,
+    /// doubling with each failure in a row up to the smaller of 30 s and
+    /// `negative` (minus a small jitter); the backoff given. A certificate
+    /// or a negative entry for the name ends it, as do `remove`, `retain`,
+    /// `clear` and `mark_all_due`; it never allows an on-demand enqueue
+    /// (the name is not known to be unknown).
+    pub fn fetch_failed(&mut self, name: &str, now: Millis, retry_after: Millis) -> Option<Millis> {
+        if let Some(slot) = self.positive.find(name) {
+            if self.positive.value(slot).map(|p| p.state(now)) != Some(State::Expired) {
+                self.refresh_failed(name, now, retry_after);
+                return None;
+            }
+            self.remove_positive(slot);
+        }
+        let cap = self.backoff_cap();
+        if self.policy.max_entries == 0 || self.policy.negative_max == 0 || cap == 0 {
+            return None;
+        }
+        let failures = match self.negative.get(name).and_then(|n| n.streak(cap, now)) {
+            Some(before) => before.saturating_add(1),
+            None => 1,
+        };
+        let for_ms = backoff(name, now, failures, cap);
+        self.negative.remove(name);
+        while self.negative.len() >= self.policy.negative_max {
+            if self.negative.pop_lru().is_none() {
+                break;
+            }
+        }
+        let kind = Absent::Failed { for_ms, failures };
+        self.negative
+            .insert(name.to_owned(), Negative { at: now, kind });
+        Some(for_ms)
     }
 
     /// True once per negative entry made with `on_demand`, while it holds:
@@ -358,9 +478,13 @@ impl<V> CertCache<V> {
             return false;
         };
         let policy = self.policy;
-        match self.negative.value_mut(slot) {
-            Some(n) if n.on_demand && negative_holds(&policy, n.at, now) => {
-                n.on_demand = false;
+        let Some(n) = self.negative.value_mut(slot) else {
+            return false;
+        };
+        let holds = n.holds(&policy, now);
+        match &mut n.kind {
+            Absent::Unknown { on_demand } if *on_demand && holds => {
+                *on_demand = false;
                 true
             }
             _ => false,
@@ -699,6 +823,161 @@ mod tests {
         cache.refresh_failed("neg", START, SECOND);
         assert!(matches!(cache.get("neg", START), Lookup::Negative));
         assert_eq!((cache.len(), cache.negative_len()), (0, 1));
+    }
+
+    // ---- error backoff ----
+
+    /// Asserts that `name` backs off from `at` for `for_ms` (the full
+    /// backoff `full` less at most an eighth), and no longer.
+    fn backs_off(cache: &mut CertCache<u64>, name: &str, at: Millis, for_ms: Millis, full: Millis) {
+        assert!(
+            (full - full / 8..=full).contains(&for_ms),
+            "backoff {for_ms} ms, expected {full} ms less a jitter"
+        );
+        assert!(matches!(cache.get(name, at), Lookup::Backoff));
+        assert!(cache.contains_usable(name, at + for_ms - 1));
+        assert!(!cache.has_certificate(name, at));
+        assert!(matches!(cache.get(name, at + for_ms - 1), Lookup::Backoff));
+        assert!(!cache.contains_usable(name, at + for_ms));
+        assert!(matches!(cache.get(name, at + for_ms), Lookup::Miss));
+    }
+
+    #[test]
+    fn a_failed_lookup_without_a_certificate_backs_off_one_second_doubling_up_to_30s() {
+        let mut cache: CertCache<u64> = CertCache::new(CachePolicy {
+            negative: MINUTE,
+            ..policy(10)
+        });
+        let mut now = START;
+        for full in [1, 2, 4, 8, 16, 30, 30, 30].map(|s| s * SECOND) {
+            let for_ms = cache.fetch_failed("a", now, 5 * SECOND).unwrap();
+            backs_off(&mut cache, "a", now, for_ms, full);
+            // The next lookup starts when the backoff ends and fails.
+            now += for_ms + 100;
+        }
+        // A success ends it, and the next failure starts over.
+        cache.insert("a".to_owned(), 1, now, START + NOT_AFTER);
+        assert_eq!(fresh(cache.get("a", now)), Some(1));
+        cache.remove("a");
+        let for_ms = cache.fetch_failed("a", now, 5 * SECOND).unwrap();
+        backs_off(&mut cache, "a", now, for_ms, SECOND);
+    }
+
+    #[test]
+    fn the_backoff_never_outlasts_the_negative_period() {
+        let mut cache: CertCache<u64> = CertCache::new(CachePolicy {
+            negative: 3 * SECOND,
+            ..policy(10)
+        });
+        let mut now = START;
+        for full in [1, 2, 3, 3].map(|s| s * SECOND) {
+            let for_ms = cache.fetch_failed("a", now, 5 * SECOND).unwrap();
+            backs_off(&mut cache, "a", now, for_ms, full);
+            now += for_ms;
+        }
+        // negative=0 (no negative caching): no backoff either.
+        let mut cache: CertCache<u64> = CertCache::new(CachePolicy {
+            negative: 0,
+            ..policy(10)
+        });
+        assert_eq!(cache.fetch_failed("a", START, 5 * SECOND), None);
+        assert!(matches!(cache.get("a", START), Lookup::Miss));
+    }
+
+    #[test]
+    fn a_failure_long_after_the_last_backoff_starts_over_at_one_second() {
+        let mut cache: CertCache<u64> = CertCache::new(policy(10));
+        let first = cache.fetch_failed("a", START, 0).unwrap();
+        let t = START + first;
+        let second = cache.fetch_failed("a", t, 0).unwrap();
+        assert!(second > SECOND, "in a row: doubled");
+        // Quiet for longer than the longest backoff after it ended.
+        let later = t + second + 30 * SECOND;
+        assert!(matches!(cache.get("a", later), Lookup::Miss));
+        assert_eq!(cache.negative_len(), 0, "dropped once it counts nothing");
+        let again = cache.fetch_failed("a", later, 0).unwrap();
+        backs_off(&mut cache, "a", later, again, SECOND);
+    }
+
+    #[test]
+    fn a_failure_keeps_a_servable_certificate_and_replaces_an_expired_one() {
+        let mut cache: CertCache<u64> = CertCache::new(policy(10));
+        cache.insert("a".to_owned(), 1, START, START + NOT_AFTER);
+        // Stale: served (stale-if-error), its refresh retried later.
+        let t = START + 10 * MINUTE;
+        assert_eq!(stale(cache.get("a", t)), Some((1, true)));
+        assert_eq!(cache.fetch_failed("a", t, 5 * SECOND), None);
+        assert_eq!(stale(cache.get("a", t + 1)), Some((1, false)));
+        assert_eq!(stale(cache.get("a", t + 5 * SECOND)), Some((1, true)));
+        assert_eq!(cache.negative_len(), 0);
+        // Past its notAfter the certificate is gone anyway: the name backs
+        // off like one never cached.
+        let not_after = START + MINUTE;
+        cache.insert("b".to_owned(), 2, START, not_after);
+        let for_ms = cache.fetch_failed("b", not_after, 5 * SECOND).unwrap();
+        assert_eq!(cache.order(), ["a"]);
+        backs_off(&mut cache, "b", not_after, for_ms, SECOND);
+    }
+
+    #[test]
+    fn a_certificate_an_unknown_verdict_or_an_invalidation_ends_a_backoff() {
+        let mut cache: CertCache<u64> = CertCache::new(policy(10));
+        let backoff = |cache: &mut CertCache<u64>, name: &str| {
+            cache.fetch_failed(name, START, 0).unwrap();
+            assert!(matches!(cache.get(name, START), Lookup::Backoff));
+        };
+        backoff(&mut cache, "a");
+        cache.insert("a".to_owned(), 1, START, START + NOT_AFTER);
+        assert_eq!(fresh(cache.get("a", START)), Some(1));
+        assert_eq!(cache.negative_len(), 0);
+        backoff(&mut cache, "b");
+        cache.insert_negative("b".to_owned(), START);
+        assert!(matches!(cache.get("b", START), Lookup::Negative));
+        backoff(&mut cache, "c");
+        assert!(cache.remove("c"));
+        assert!(matches!(cache.get("c", START), Lookup::Miss));
+        backoff(&mut cache, "x.example.com");
+        cache.retain(|name, _| !name.ends_with(".example.com"));
+        assert!(matches!(cache.get("x.example.com", START), Lookup::Miss));
+        backoff(&mut cache, "d");
+        cache.mark_all_due(START);
+        assert!(matches!(cache.get("d", START), Lookup::Miss));
+        backoff(&mut cache, "e");
+        cache.clear();
+        assert!(matches!(cache.get("e", START), Lookup::Miss));
+    }
+
+    #[test]
+    fn backoffs_share_the_negative_bound_and_never_evict_a_certificate() {
+        let mut cache = with_negative_max(2, 2);
+        cache.insert("cert".to_owned(), 1, START, START + NOT_AFTER);
+        cache.insert_negative("nx".to_owned(), START);
+        for name in ["e1", "e2", "e3"] {
+            cache.fetch_failed(name, START, 0).unwrap();
+        }
+        assert_eq!(cache.negative_order(), ["e3", "e2"]);
+        assert_eq!(cache.order(), ["cert"]);
+        // negative_max=0: nothing is remembered, failures included.
+        let mut cache = with_negative_max(2, 0);
+        assert_eq!(cache.fetch_failed("e", START, 0), None);
+        assert_eq!(cache.negative_len(), 0);
+    }
+
+    #[test]
+    fn a_backoff_allows_no_on_demand_enqueue() {
+        let mut cache: CertCache<u64> = CertCache::new(policy(10));
+        cache.fetch_failed("a", START, 0).unwrap();
+        assert!(!cache.take_on_demand("a", START));
+    }
+
+    #[test]
+    fn the_jitter_spreads_names_failing_together() {
+        let mut cache: CertCache<u64> = CertCache::new(policy(100));
+        let spread: std::collections::BTreeSet<Millis> = (0..20)
+            .map(|i| cache.fetch_failed(&format!("n{i}"), START, 0).unwrap())
+            .collect();
+        assert!(spread.len() > 5, "{spread:?}");
+        assert!(spread.iter().all(|b| (875..=1000).contains(b)));
     }
 
     #[test]

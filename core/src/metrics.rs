@@ -101,6 +101,7 @@ pub enum Simple {
     Parked,
     ParkTimeouts,
     NegativeHits,
+    FetchBackoff,
     FetchesRefused,
     Invalidations,
     RedisErrors,
@@ -130,7 +131,7 @@ pub enum Simple {
     TicketsUnknown,
 }
 
-const SIMPLE: [(Simple, &str, &str); 30] = [
+const SIMPLE: [(Simple, &str, &str); 31] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -145,6 +146,12 @@ const SIMPLE: [(Simple, &str, &str); 30] = [
         Simple::NegativeHits,
         "dyncert_negative_cache_hits_total",
         "Handshakes for names remembered as unknown (no lookup made).",
+    ),
+    (
+        Simple::FetchBackoff,
+        "dyncert_fetch_backoff_total",
+        "Handshakes that got no certificate of their own, and started no lookup, \
+         because their name's last lookup failed moments ago (error backoff).",
     ),
     (
         Simple::FetchesRefused,

@@ -84,6 +84,9 @@ pub enum Tier {
     Negative,
     /// Nothing cached for the name or its wildcard.
     Miss,
+    /// The name's last lookup failed moments ago: no certificate of its
+    /// own, and no lookup until its backoff ends.
+    Backoff,
     /// Parsed just now from the host-wide tier (a handshake without peek).
     Shared,
 }
@@ -95,6 +98,7 @@ impl Tier {
             Tier::Wildcard => "wildcard",
             Tier::Negative => "negative",
             Tier::Miss => "miss",
+            Tier::Backoff => "backoff",
             Tier::Shared => "shared",
         }
     }
@@ -139,7 +143,9 @@ pub enum Level {
     Debug,
 }
 
-/// How long a name whose fetch failed waits before a refresh is retried.
+/// How long a cached name whose fetch failed waits before a refresh is
+/// retried (a name without a certificate backs off instead: see
+/// [`CertCache::fetch_failed`]).
 const ERROR_RETRY_MS: Millis = 5_000;
 /// When a refresh that could not even be queued (cap, full queue) is retried.
 const QUEUE_RETRY_MS: Millis = 1_000;
@@ -432,9 +438,11 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
     }
 
     /// Exact name first, then its `*.parent` entry; schedules the fetches a
-    /// handshake implies (miss, stale entry, exact name behind a wildcard).
+    /// handshake implies (miss, stale entry, exact name behind a wildcard),
+    /// none while the name backs off after a failed lookup.
     fn lookup(&mut self, name: &str, now: Millis) -> Selection {
         let mut refresh = false;
+        let mut miss = Tier::Miss;
         let found = match self.cache.get(name, now) {
             Lookup::Fresh(v) => Some(Selection::of(v, Tier::Exact)),
             Lookup::Stale { value, refresh_due } => {
@@ -444,6 +452,12 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             Lookup::Negative => {
                 self.count(Simple::NegativeHits);
                 return Selection::default_for(Tier::Negative);
+            }
+            // What a failed lookup left it: its wildcard or the default.
+            Lookup::Backoff => {
+                self.count(Simple::FetchBackoff);
+                miss = Tier::Backoff;
+                None
             }
             Lookup::Miss => {
                 refresh = true;
@@ -457,11 +471,11 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             return found;
         }
         let Some(wildcard) = wildcard_parent(name) else {
-            return Selection::default_for(Tier::Miss);
+            return Selection::default_for(miss);
         };
         match self.cache.get(&wildcard, now) {
             Lookup::Fresh(v) | Lookup::Stale { value: v, .. } => Selection::of(v, Tier::Wildcard),
-            Lookup::Negative | Lookup::Miss => Selection::default_for(Tier::Miss),
+            Lookup::Negative | Lookup::Backoff | Lookup::Miss => Selection::default_for(miss),
         }
     }
 
@@ -473,7 +487,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         let (cert, refresh) = match self.cache.get(name, now) {
             Lookup::Fresh(v) => (v.cert.clone(), false),
             Lookup::Stale { value, refresh_due } => (value.cert.clone(), refresh_due),
-            Lookup::Negative | Lookup::Miss => return None,
+            Lookup::Negative | Lookup::Backoff | Lookup::Miss => return None,
         };
         if refresh {
             self.start_fetch(name, now);
@@ -495,6 +509,16 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 return true;
             }
             Lookup::Negative => return false,
+            Lookup::Backoff => {
+                let wildcard =
+                    wildcard_parent(name).is_some_and(|w| self.cache.has_certificate(&w, now));
+                if !wildcard {
+                    // Rejected here; with a wildcard, the certificate
+                    // callback that follows counts it.
+                    self.count(Simple::FetchBackoff);
+                }
+                return wildcard;
+            }
             Lookup::Miss => self.start_fetch(name, now),
         }
         wildcard_parent(name).is_some_and(|w| self.cache.contains_usable(&w, now))
@@ -952,7 +976,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                     self.cache.remove(&name);
                     self.forget_in_tier(&name);
                     self.cache.insert_negative(name.clone(), now);
-                } else if self.cache.contains_usable(&name, now) {
+                } else if self.cache.has_certificate(&name, now) {
                     self.cache.refresh_failed(&name, now, ERROR_RETRY_MS);
                 } else {
                     self.cache.insert_negative(name.clone(), now);
@@ -967,7 +991,18 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                     };
                     log(Level::Warn, format!("dyncert: {e}, name: \"{name}\"{more}"));
                 }
-                self.cache.refresh_failed(&name, now, ERROR_RETRY_MS);
+                if suspect {
+                    // From before the loss: says nothing about the
+                    // sources now (the name is asked again on its next
+                    // use, below).
+                    self.cache.refresh_failed(&name, now, ERROR_RETRY_MS);
+                } else {
+                    // A cached certificate is kept and refreshed later;
+                    // without one, the name backs off, so a failing
+                    // source is not asked again at every handshake (nor
+                    // by the waiters this wakes).
+                    self.cache.fetch_failed(&name, now, ERROR_RETRY_MS);
+                }
             }
         }
         if suspect {
@@ -2041,15 +2076,130 @@ mod tests {
         assert_eq!(asked(&w), ["a.example.com"]);
     }
 
+    /// Shortest first backoff: 1 s less the largest jitter (an eighth).
+    const BACKOFF_SURE: Millis = SECOND - SECOND / 8 - 1;
+
     #[test]
-    fn failed_fetch_of_an_unknown_name_caches_nothing_and_wakes_its_waiters() {
+    fn a_failed_lookup_of_an_uncached_name_backs_off_without_a_second_fetch() {
+        let (mut w, m) = worker();
+        let name = "a.example.com";
+        assert_eq!(w.pre_handshake(name, 1, NOW), PreHandshake::Park);
+        let (woken, _) = apply(&mut w, fetched(name, failed()), NOW);
+        assert_eq!(woken, [1]);
+        // The woken connection's certificate callback: the default, and
+        // no second lookup.
+        let sel = w.for_handshake(name, NOW);
+        assert_eq!((sel.cert.is_none(), sel.tier), (true, Tier::Backoff));
+        assert_eq!(sel.source, CertSource::Default);
+        // Nor for the connections that follow within the backoff, which do
+        // not wait either; and the name is not "unknown" for on-demand.
+        for i in 0..10 {
+            let t = NOW + i * BACKOFF_SURE / 10;
+            assert_eq!(w.pre_handshake(name, 2, t), PreHandshake::Proceed);
+            assert_eq!(w.for_handshake(name, t).tier, Tier::Backoff);
+            on_demand(&mut w, name, t);
+        }
+        assert_eq!(asked(&w), [name]);
+        assert!(queued(&w).is_empty());
+        assert_eq!(m.simple(Simple::FetchBackoff), 11);
+        assert_eq!(m.simple(Simple::Parked), 1);
+        assert_eq!(m.gauge(W_ENTRIES), 1, "the backoff is an entry");
+        // Once it ends the name is asked again; failing again doubles it.
+        let t = NOW + SECOND;
+        assert_eq!(w.pre_handshake(name, 3, t), PreHandshake::Park);
+        assert_eq!(asked(&w), [name, name]);
+        assert_eq!(apply(&mut w, fetched(name, failed()), t).0, [3]);
+        w.for_handshake(name, t + SECOND);
+        assert_eq!(asked(&w).len(), 2, "still backing off after 1 s");
+        let t = t + 2 * SECOND;
+        w.for_handshake(name, t);
+        assert_eq!(asked(&w).len(), 3);
+        // A success ends it: served from then on.
+        apply(&mut w, found(name, cert(1, NOT_AFTER), None), t);
+        assert_eq!(fingerprint(w.for_handshake(name, t)).0, Some(1));
+        assert_eq!(m.simple(Simple::FetchBackoff), 12);
+    }
+
+    #[test]
+    fn a_handshake_without_peek_backs_off_too() {
+        let (mut w, _) = worker();
+        let name = "quic.example.com";
+        assert_eq!(w.for_handshake_sync(name, NOW, true).tier, Tier::Miss);
+        apply(&mut w, fetched(name, failed()), NOW);
+        for i in 0..5 {
+            let sel = w.for_handshake_sync(name, NOW + i * 100, true);
+            assert_eq!(sel.tier, Tier::Backoff);
+        }
+        assert_eq!(asked(&w), [name]);
+    }
+
+    #[test]
+    fn a_backing_off_name_gets_its_cached_wildcard_or_is_rejected_without_a_fetch() {
+        let (mut w, m) = worker();
+        w.pre_handshake("a.example.com", 1, NOW);
+        apply(&mut w, fetched("a.example.com", failed()), NOW);
+        // dyncert_unknown reject: rejected here, counted here.
+        assert!(!w.has_certificate("a.example.com", NOW));
+        assert_eq!(m.simple(Simple::FetchBackoff), 1);
+        // A wildcard cached since (another name's lookup) is served, as it
+        // is after a failure today; the exact name is not asked again.
+        apply(
+            &mut w,
+            found("x.example.com", cert(2, NOT_AFTER), Some("*.example.com")),
+            NOW,
+        );
+        w.queue().asked.borrow_mut().clear();
+        assert!(w.has_certificate("a.example.com", NOW));
+        let sel = w.for_handshake("a.example.com", NOW);
+        assert_eq!((sel.tier, fingerprint(sel).0), (Tier::Wildcard, Some(2)));
+        assert!(w.current("a.example.com", NOW).is_none());
+        assert!(asked(&w).is_empty());
+        assert_eq!(m.simple(Simple::FetchBackoff), 2);
+    }
+
+    #[test]
+    fn an_invalidation_or_a_resubscription_ends_a_backoff() {
+        for end in [
+            Event::Invalidate("a.example.com".into()),
+            Event::Invalidate("*.example.com".into()),
+            Event::Invalidate("*".into()),
+            RESUBSCRIBED,
+        ] {
+            let (mut w, _) = worker();
+            w.pre_handshake("a.example.com", 1, NOW);
+            apply(&mut w, fetched("a.example.com", failed()), NOW);
+            assert_eq!(
+                w.pre_handshake("a.example.com", 2, NOW),
+                PreHandshake::Proceed
+            );
+            apply(&mut w, end, NOW);
+            assert_eq!(w.pre_handshake("a.example.com", 3, NOW), PreHandshake::Park);
+            assert_eq!(asked(&w).len(), 2);
+        }
+        // An invalidation of another name leaves it.
+        let (mut w, _) = worker();
+        w.pre_handshake("a.example.com", 1, NOW);
+        apply(&mut w, fetched("a.example.com", failed()), NOW);
+        w.invalidate("b.example.com");
+        w.invalidate("*.example.org");
+        assert_eq!(
+            w.pre_handshake("a.example.com", 2, NOW),
+            PreHandshake::Proceed
+        );
+    }
+
+    #[test]
+    fn failed_fetch_of_an_unknown_name_caches_no_certificate_and_wakes_its_waiters() {
         let (mut w, m) = worker();
         w.pre_handshake("a.example.com", 1, NOW);
         let (woken, _) = apply(&mut w, fetched("a.example.com", failed()), NOW);
         assert_eq!(woken, [1]);
-        assert_eq!(m.gauge(W_ENTRIES), 0);
-        // Not remembered as unknown: the next handshake asks again.
-        assert_eq!(w.pre_handshake("a.example.com", 2, NOW), PreHandshake::Park);
+        assert_eq!(m.gauge(W_ENTRIES), 1, "only its backoff");
+        // Not remembered as unknown: asked again once the backoff ends.
+        assert_eq!(
+            w.pre_handshake("a.example.com", 2, NOW + SECOND),
+            PreHandshake::Park
+        );
     }
 
     #[test]
@@ -2804,7 +2954,10 @@ mod tests {
         fetch_and_store(&mut a, "a.example.com", back);
         assert_eq!(asked(&a), ["a.example.com"]);
         a.queue().asked.borrow_mut().clear();
-        assert!(a.for_handshake("a.example.com", back + SECOND).cert.is_some());
+        assert!(a
+            .for_handshake("a.example.com", back + SECOND)
+            .cert
+            .is_some());
         assert!(asked(&a).is_empty(), "fresh, not fetched again");
         assert_eq!(
             b.pre_handshake("a.example.com", 2, back + SECOND),
