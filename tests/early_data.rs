@@ -12,8 +12,10 @@
 //! OpenSSL (its compatibility layer) does not offer 0-RTT, and the verdict
 //! is the same function for both transports.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use openssl::ssl::{Ssl, SslContext, SslMethod, SslStream, SslVerifyMode, SslVersion};
 
 use dyncert_testkit::*;
 
@@ -49,55 +51,18 @@ fn request(name: &str, path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n")
 }
 
-/// `openssl s_client` over TLS 1.3 to `name`, `args` added, `stdin` sent
-/// after the handshake; (status of the HTTP response, everything it
-/// printed). The client reads until the server closes.
-fn s_client(port: u16, name: &str, args: &[&str], stdin: &str) -> (u16, String) {
-    let mut child = Command::new("timeout")
-        .args(["10", "openssl", "s_client", "-connect"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["-servername", name, "-tls1_3", "-ign_eof"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl s_client");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let status = text
-        .lines()
-        .find_map(|l| l.strip_prefix("HTTP/1.1 "))
-        .and_then(|l| l.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, text)
-}
-
 /// `path` requested in early data on a resumed session for `name`, the
 /// session made by a full handshake just before: (status, response). The
 /// client holds back the end of its handshake until the server has had
 /// time to answer the early data (as a server may, before the handshake
 /// completes), so the request is answered while still in early data.
 fn early(port: u16, name: &str, path: &str) -> (u16, String) {
-    use openssl::ssl::{SslContext, SslMethod, SslStream, SslVerifyMode, SslVersion};
-    use std::io::Read;
-    let mut b = SslContext::builder(SslMethod::tls_client()).unwrap();
-    b.set_verify(SslVerifyMode::NONE);
-    b.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
-    let ctx = b.build();
+    let ctx = client_context();
     let connect = || {
-        let t = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let t = TcpStream::connect(("127.0.0.1", port)).unwrap();
         t.set_read_timeout(Some(std::time::Duration::from_secs(10)))
             .unwrap();
-        let mut ssl = openssl::ssl::Ssl::new(&ctx).unwrap();
+        let mut ssl = Ssl::new(&ctx).unwrap();
         ssl.set_hostname(name).unwrap();
         (ssl, t)
     };
@@ -122,6 +87,20 @@ fn early(port: u16, name: &str, path: &str) -> (u16, String) {
     std::thread::sleep(std::time::Duration::from_millis(300));
     s.connect().unwrap();
     assert!(s.ssl().session_reused(), "resumed");
+    response(&mut s)
+}
+
+/// A TLS 1.3 client context (the server's certificate is not what these
+/// tests look at).
+fn client_context() -> SslContext {
+    let mut b = SslContext::builder(SslMethod::tls_client()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
+    b.build()
+}
+
+/// The response read to the end: (status, text).
+fn response(s: &mut SslStream<TcpStream>) -> (u16, String) {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).into_owned();
@@ -135,7 +114,12 @@ fn early(port: u16, name: &str, path: &str) -> (u16, String) {
 
 /// The same request after a full handshake.
 fn late(port: u16, name: &str, path: &str) -> (u16, String) {
-    s_client(port, name, &[], &request(name, path))
+    let mut ssl = Ssl::new(&client_context()).unwrap();
+    ssl.set_hostname(name).unwrap();
+    let mut s = SslStream::new(ssl, TcpStream::connect(("127.0.0.1", port)).unwrap()).unwrap();
+    s.connect().unwrap();
+    s.write_all(request(name, path).as_bytes()).unwrap();
+    response(&mut s)
 }
 
 #[test]

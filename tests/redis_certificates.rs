@@ -287,15 +287,12 @@ http {
     drop(nginx);
 }
 
-#[test]
-fn der_record_is_served_like_pem_and_wins_over_it() {
-    let s = Stack::start(1, HTTP);
-    let leaf = s.pki.leaf(&["der.example.com"], 1101);
-    let stale = s.pki.leaf(&["der.example.com"], 1102);
-    // crt_der: the chain's certificates one after the other; key_der: SEC1.
+/// A record's `crt_der` (the chain's certificates one after the other)
+/// and `key_der` (SEC1) for `leaf`.
+fn der_fields(pki: &Pki, leaf: &Leaf) -> (Vec<u8>, Vec<u8>) {
     let chain = [
         leaf.issued.cert.to_der().unwrap(),
-        s.pki.intermediate.cert.to_der().unwrap(),
+        pki.intermediate.cert.to_der().unwrap(),
     ]
     .concat();
     let key = leaf
@@ -305,6 +302,15 @@ fn der_record_is_served_like_pem_and_wins_over_it() {
         .unwrap()
         .private_key_to_der()
         .unwrap();
+    (chain, key)
+}
+
+#[test]
+fn der_record_is_served_like_pem_and_wins_over_it() {
+    let s = Stack::start(1, HTTP);
+    let leaf = s.pki.leaf(&["der.example.com"], 1101);
+    let stale = s.pki.leaf(&["der.example.com"], 1102);
+    let (chain, key) = der_fields(&s.pki, &leaf);
     let mut conn = s.redis.connect();
     let hset: [&[u8]; 10] = [
         b"HSET",
@@ -335,18 +341,7 @@ fn a_pem_renewal_that_empties_the_der_fields_is_served() {
     let name = "renewed.example.com";
     let old = s.pki.leaf(&[name], 1103);
     let new = s.pki.leaf(&[name], 1104);
-    let chain = [
-        old.issued.cert.to_der().unwrap(),
-        s.pki.intermediate.cert.to_der().unwrap(),
-    ]
-    .concat();
-    let key = old
-        .issued
-        .key
-        .ec_key()
-        .unwrap()
-        .private_key_to_der()
-        .unwrap();
+    let (chain, key) = der_fields(&s.pki, &old);
     let record = format!("dyncert:cert:{name}");
     let mut conn = s.redis.connect();
     let both: [&[u8]; 10] = [
