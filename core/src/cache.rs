@@ -173,8 +173,11 @@ impl Negative {
             Absent::Unknown { .. } => policy.negative,
             Absent::Failed { for_ms, .. } => for_ms,
         };
-        // Saturating: a clock that stepped back keeps the entry.
-        now.saturating_sub(self.at) < lifetime
+        // A clock stepped back past the entry's start ends it: kept, it
+        // would spare the name its lookups for as long as the step (an
+        // hour's step, an hour of the default certificate for a name that
+        // may have a record). Ending it costs one lookup.
+        now >= self.at && now - self.at < lifetime
     }
 
     /// For a failure entry, the failures in a row a new failure at `now`
@@ -861,6 +864,22 @@ mod tests {
         cache.remove("a");
         let for_ms = cache.fetch_failed("a", now, 5 * SECOND).unwrap();
         backs_off(&mut cache, "a", now, for_ms, SECOND);
+    }
+
+    /// A wall clock stepped back ends a backoff and a negative entry
+    /// rather than stretching them by the step.
+    #[test]
+    fn a_clock_stepped_back_ends_a_backoff_and_a_negative_entry() {
+        let mut cache: CertCache<u64> = CertCache::new(CachePolicy {
+            negative: MINUTE,
+            ..policy(10)
+        });
+        cache.fetch_failed("a", START, 5 * SECOND).unwrap();
+        assert!(matches!(cache.get("a", START + 100), Lookup::Backoff));
+        assert!(matches!(cache.get("a", START - HOUR), Lookup::Miss));
+        cache.insert_negative("b".to_owned(), START);
+        assert!(matches!(cache.get("b", START + 100), Lookup::Negative));
+        assert!(matches!(cache.get("b", START - HOUR), Lookup::Miss));
     }
 
     #[test]
