@@ -542,11 +542,37 @@ impl Store {
             // then its ZADD, so every interleaving leaves at worst an
             // entry without a record (renew reports it as stale), never
             // a record that no index walk (renew, run, list) finds.
-            let removed = match self.keys.index {
-                Some(_) => self.q(zrem)?,
-                None => 0,
+            // If the DEL then fails (a failover, a timeout), the entry is
+            // put back with the score it had: a record left without one
+            // would never be renewed, and `index rebuild` does not run in
+            // a Cluster.
+            let (removed, score) = match &self.keys.index {
+                Some(index) => {
+                    let score: Option<f64> =
+                        self.q(redis::cmd("ZSCORE").arg(index).arg(name).clone())?;
+                    (self.q(zrem)?, score)
+                }
+                None => (0, None),
             };
-            let deleted = self.q(redis::cmd("DEL").arg(&key).clone())?;
+            let deleted = match self.q(redis::cmd("DEL").arg(&key).clone()) {
+                Ok(n) => n,
+                Err(e) => {
+                    if let (Some(index), Some(score), 1) = (&self.keys.index, score, removed) {
+                        let put_back: Result<i64, _> = self.q(redis::cmd("ZADD")
+                            .arg(index)
+                            .arg("NX")
+                            .arg(score)
+                            .arg(name)
+                            .clone());
+                        if put_back.is_err() {
+                            eprintln!(
+                                "dyncert: delete \"{name}\": the record's expiry index entry was removed but the record was not; run `dyncert put` or `dyncert delete` for it again"
+                            );
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             (deleted, removed)
         } else {
             let mut pipe = redis::pipe();

@@ -193,3 +193,31 @@ fn cluster_delete_removes_the_index_entry_before_the_record() {
     assert_eq!(order, ["ZREM", "DEL"], "{}", monitor.dump());
     assert_eq!(cluster.record_field(&name, "crt"), None);
 }
+
+/// In a Cluster a delete is two commands: the index entry's ZREM, then
+/// the record's DEL. When the DEL fails (here an ACL refuses it), the
+/// entry is put back with its score, so the record, still there, is
+/// still renewed and listed; the command fails.
+#[test]
+fn cluster_delete_puts_the_index_entry_back_when_the_record_is_not_deleted() {
+    let pki = Pki::new();
+    let cluster = RedisCluster::start();
+    let name = "kept.example.com";
+    let leaf = pki.leaf(&[name], 3005);
+    put_and_get(&cluster.url(), &[], name, &leaf);
+    let score = |c: &RedisCluster| match c.cmd(INDEX, &["ZSCORE", INDEX, name]) {
+        Reply::Bulk(Some(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
+        _ => None,
+    };
+    let before = score(&cluster).expect("indexed by put");
+    for node in &cluster.nodes {
+        node.cmd(&[
+            "ACL", "SETUSER", "nodel", "on", ">pw", "~*", "&*", "+@all", "-del",
+        ]);
+    }
+    let url = cluster.url().replace("cluster://", "cluster://nodel:pw@");
+    let out = dyncert(&url, &["delete", name]);
+    assert_ne!(out.code, 0, "stdout {}\nstderr {}", out.stdout, out.stderr);
+    assert_eq!(score(&cluster).as_deref(), Some(before.as_str()));
+    assert!(cluster.record_field(name, "crt").is_some());
+}
