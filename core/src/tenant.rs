@@ -29,7 +29,8 @@ use crate::validate::{ClientCa, ParsedCert};
 pub const SESSION_CONTEXT_LEN: usize = 32;
 
 /// The session id context of a connection: a digest of the listener's
-/// `salt` (its default server's identity), the server name the client asked
+/// `salt` (`session_salt`: every server's TLS configuration and which one
+/// is the listener's default), the server name the client asked
 /// for (normalised; an invalid one is bound as sent, no name is its own
 /// class) and the fingerprint of the record cached for that name when the
 /// handshake started (`None`: no record). A session resumes only on a
@@ -65,6 +66,78 @@ pub fn session_context(
             h.update(fp);
         }
     }
+    h.finish()
+}
+
+/// What one server block's TLS configuration contributes to the session
+/// salt: what nginx's own session id context covers
+/// (`ngx_ssl_session_id_context`: the certificates, or their configured
+/// names when they are loaded per handshake, and the client CA names), and
+/// what else decides whether a client certificate is accepted (the
+/// verification settings and the trusted certificates).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// DER of each `ssl_certificate` nginx loaded, in configuration order.
+    pub certificates: Vec<Vec<u8>>,
+    /// `ssl_certificate` values with variables (loaded per handshake).
+    pub certificate_names: Vec<Vec<u8>>,
+    /// The SSL_CTX's verify mode (`SSL_VERIFY_*` bits).
+    pub verify_mode: i32,
+    /// nginx's `ssl_verify_client` (off, on, optional, optional_no_ca).
+    pub verify_client: u64,
+    /// DER of each client CA name sent in the CertificateRequest, in order.
+    pub client_ca_names: Vec<Vec<u8>>,
+    /// DER of the trusted certificates client certificates are verified
+    /// against (a set: their order does not count).
+    pub trusted: Vec<Vec<u8>>,
+}
+
+/// The digest of every server block's TLS configuration, in configuration
+/// order (`None`: a server without an SSL_CTX). Terminators with the same
+/// configuration compute the same digest, so sessions and shared tickets
+/// keep resuming across them; a reload that changes any server's
+/// certificates, client CAs or verification starts sessions afresh.
+pub fn configuration_digest(servers: &[Option<ServerTls>]) -> [u8; 32] {
+    fn list(h: &mut openssl::sha::Sha256, items: &[&[u8]]) {
+        h.update(&(items.len() as u64).to_be_bytes());
+        for item in items {
+            h.update(&(item.len() as u64).to_be_bytes());
+            h.update(item);
+        }
+    }
+    fn slices(v: &[Vec<u8>]) -> Vec<&[u8]> {
+        v.iter().map(Vec::as_slice).collect()
+    }
+    let mut h = openssl::sha::Sha256::new();
+    h.update(b"dyncert configuration digest v1\0");
+    h.update(&(servers.len() as u64).to_be_bytes());
+    for server in servers {
+        let Some(tls) = server else {
+            h.update(&[0]);
+            continue;
+        };
+        h.update(&[1]);
+        list(&mut h, &slices(&tls.certificates));
+        list(&mut h, &slices(&tls.certificate_names));
+        h.update(&tls.verify_mode.to_be_bytes());
+        h.update(&tls.verify_client.to_be_bytes());
+        list(&mut h, &slices(&tls.client_ca_names));
+        let mut trusted = slices(&tls.trusted);
+        trusted.sort_unstable();
+        list(&mut h, &trusted);
+    }
+    h.finish()
+}
+
+/// The salt of connections that start on the SSL_CTX of the server at
+/// `index` (its listener's default server): the configuration's digest,
+/// and which default server it is, as nginx's own context is its default
+/// server's.
+pub fn session_salt(configuration: &[u8; 32], index: usize) -> [u8; 32] {
+    let mut h = openssl::sha::Sha256::new();
+    h.update(b"dyncert session salt v1\0");
+    h.update(configuration);
+    h.update(&(index as u64).to_be_bytes());
     h.finish()
 }
 
@@ -874,6 +947,60 @@ mod tests {
             security_level: 5,
         };
         assert_ne!(verify_client(&t.ca, peer(&good).unwrap(), strict), 0);
+    }
+
+    #[test]
+    fn configuration_digest_covers_every_servers_tls_identity() {
+        let server = ServerTls {
+            certificates: vec![b"leaf A".to_vec(), b"leaf B".to_vec()],
+            certificate_names: vec![],
+            verify_mode: 1,
+            verify_client: 1,
+            client_ca_names: vec![b"CN=CA A".to_vec()],
+            trusted: vec![b"CA A".to_vec(), b"CA C".to_vec()],
+        };
+        let config = vec![None, Some(ServerTls::default()), Some(server.clone())];
+        let base = configuration_digest(&config);
+        assert_eq!(base, configuration_digest(&config.clone()), "deterministic");
+        let mut reordered = server.clone();
+        reordered.trusted.reverse();
+        assert_eq!(
+            base,
+            configuration_digest(&[None, Some(ServerTls::default()), Some(reordered)]),
+            "the trusted store is a set"
+        );
+        let changed = |f: &dyn Fn(&mut ServerTls)| {
+            let mut s = server.clone();
+            f(&mut s);
+            configuration_digest(&[None, Some(ServerTls::default()), Some(s)])
+        };
+        let others = [
+            changed(&|s| s.certificates[1] = b"leaf B2".to_vec()),
+            changed(&|s| s.certificates.reverse()),
+            changed(&|s| s.certificate_names.push(b"$ssl_server_name.crt".to_vec())),
+            changed(&|s| s.verify_mode = 0),
+            changed(&|s| s.verify_client = 2),
+            changed(&|s| s.client_ca_names = vec![b"CN=CA B".to_vec()]),
+            changed(&|s| s.client_ca_names.clear()),
+            changed(&|s| {
+                s.trusted.pop();
+            }),
+            // Framed: moving bytes between neighbours is a change.
+            changed(&|s| s.certificates = vec![b"leaf AB".to_vec(), b"leaf B"[5..].to_vec()]),
+            changed(&|s| {
+                let name = s.client_ca_names.pop().unwrap();
+                s.trusted.push(name);
+            }),
+            configuration_digest(&[Some(ServerTls::default()), Some(server.clone())]),
+            configuration_digest(&[Some(server.clone()), None, Some(ServerTls::default())]),
+            configuration_digest(&[]),
+        ];
+        for (i, o) in others.iter().enumerate() {
+            assert_ne!(&base, o, "case {i}");
+        }
+        assert_ne!(session_salt(&base, 0), session_salt(&base, 1));
+        assert_ne!(session_salt(&base, 0), session_salt(&others[0], 0));
+        assert_eq!(session_salt(&base, 2), session_salt(&base, 2));
     }
 
     #[test]

@@ -12,21 +12,26 @@ use dyncert_core::clienthello::server_name_extension_host;
 use dyncert_core::clock::{Clock, Millis, SystemClock};
 use dyncert_core::name::normalize_sni_inline;
 use dyncert_core::outcome::CertSource;
-use dyncert_core::tenant::{session_context, SESSION_CONTEXT_LEN};
+use dyncert_core::tenant::{
+    configuration_digest, session_context, session_salt, ServerTls, SESSION_CONTEXT_LEN,
+};
 use dyncert_core::validate::{ClientCa, ParsedCert};
 use dyncert_core::worker::{Selection, Tier};
 use foreign_types::{ForeignType, ForeignTypeRef};
 use ngx::ffi::{
     ngx_conf_t, ngx_connection_t, ngx_http_connection_t, ngx_http_core_srv_conf_t,
-    ngx_http_ssl_servername, stack_st_X509, SSL_CTX_callback_ctrl, SSL_CTX_get0_certificate,
-    SSL_CTX_set_cert_cb, SSL_CTX_set_client_hello_cb, SSL_add_client_CA, SSL_certs_clear,
-    SSL_client_hello_get0_ext, SSL_ctrl, SSL_set_session_id_context, SSL_set_verify,
-    SSL_use_cert_and_key, EVP_PKEY, SSL, SSL_AD_UNRECOGNIZED_NAME, SSL_CLIENT_HELLO_SUCCESS,
-    SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, SSL_CTRL_SET_VERIFY_CERT_STORE, SSL_CTX,
-    SSL_TLSEXT_ERR_ALERT_FATAL, SSL_TLSEXT_ERR_OK, SSL_VERIFY_PEER, X509, X509_STORE_CTX,
+    ngx_http_ssl_servername, ngx_str_t, stack_st_X509, SSL_CTX_callback_ctrl,
+    SSL_CTX_get_client_CA_list, SSL_CTX_set_cert_cb, SSL_CTX_set_client_hello_cb,
+    SSL_add_client_CA, SSL_certs_clear, SSL_client_hello_get0_ext, SSL_ctrl,
+    SSL_set_session_id_context, SSL_set_verify, SSL_use_cert_and_key, EVP_PKEY, SSL,
+    SSL_AD_UNRECOGNIZED_NAME, SSL_CLIENT_HELLO_SUCCESS, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB,
+    SSL_CTRL_SET_VERIFY_CERT_STORE, SSL_CTX, SSL_TLSEXT_ERR_ALERT_FATAL, SSL_TLSEXT_ERR_OK,
+    SSL_VERIFY_PEER, X509, X509_STORE_CTX,
 };
 use ngx::http::{HttpModuleServerConf, NgxHttpSslModule};
-use openssl::x509::X509Ref;
+use openssl::ssl::SslContextRef;
+use openssl::stack::StackRef;
+use openssl::x509::{X509Name, X509Ref};
 
 use super::boundary::guard;
 use super::conf::{emerg, server_location, Module, Refused, SrvConf, Uses};
@@ -82,7 +87,16 @@ pub fn install_certificate_callbacks(
 /// a connection's initial SSL_CTX is its listener's default server's, and
 /// OpenSSL runs that context's callbacks whichever server the name selects.
 pub fn install_handshake_callbacks(servers: &[&ngx_http_core_srv_conf_t], uses: Uses) {
-    for &cscf in servers {
+    // The ClientHello callback replaces the session id context nginx gave
+    // each server (OpenSSL keeps a per-connection context across the
+    // server-name switch), so the salt covers what those contexts cover,
+    // for every server: whichever server the name selects, a reload that
+    // changes its certificates or client CAs starts its sessions afresh.
+    let configuration = uses.tenant.then(|| {
+        let tls: Vec<_> = servers.iter().map(|&cscf| server_tls(cscf)).collect();
+        configuration_digest(&tls)
+    });
+    for (index, &cscf) in servers.iter().enumerate() {
         let (Some(sscf), Some(scf)) = (
             NgxHttpSslModule::server_conf(cscf),
             Module::server_conf_mut(cscf),
@@ -96,13 +110,77 @@ pub fn install_handshake_callbacks(servers: &[&ngx_http_core_srv_conf_t], uses: 
             // SAFETY: the ctx is the server's live SSL_CTX.
             unsafe { install_servername_cb(sscf.ssl.ctx) };
         }
-        if uses.tenant {
+        if let Some(configuration) = &configuration {
             // Sessions are bound to their name and record, so a session is
             // never resumed for another name or a replaced record.
+            scf.session_salt = session_salt(configuration, index);
             // SAFETY: as for install_cert_cb above.
             unsafe { install_client_hello_cb(sscf.ssl.ctx, scf) };
         }
     }
+}
+
+/// What a server block's TLS configuration contributes to the session salt
+/// (None without an SSL_CTX): what nginx's `ngx_ssl_session_id_context`
+/// hashes (the loaded certificates, or their configured names when they
+/// are loaded per handshake, and the client CA names) and the verification
+/// settings and trusted certificates a client certificate was checked
+/// against. Read at configuration time, before any handshake.
+fn server_tls(cscf: &ngx_http_core_srv_conf_t) -> Option<ServerTls> {
+    let sscf = NgxHttpSslModule::server_conf(cscf)?;
+    if sscf.ssl.ctx.is_null() {
+        return None;
+    }
+    // SAFETY: ngx_ssl_create initialised ssl.certs with one X509 pointer
+    // per loaded `ssl_certificate` (ngx_ssl_certificate), which the SSL_CTX
+    // keeps alive.
+    let loaded = unsafe { sscf.ssl.certs.as_slice::<*mut X509>() };
+    let mut certificates = Vec::with_capacity(loaded.len());
+    for &x in loaded.iter().filter(|x| !x.is_null()) {
+        // SAFETY: a live X509 of this configuration, borrowed for the call.
+        let cert = unsafe { X509Ref::from_ptr(x.cast::<openssl_sys::X509>()) };
+        certificates.extend(cert.to_der().ok());
+    }
+    // SAFETY: sscf.certificates is NULL or the array of `ssl_certificate`
+    // values (ngx_str_t) of the merged configuration.
+    let names = unsafe { sscf.certificates.as_ref() }.filter(|_| certificates.is_empty());
+    let certificate_names = names
+        // SAFETY: as above.
+        .map(|a| unsafe { a.as_slice::<ngx_str_t>() })
+        .unwrap_or_default()
+        .iter()
+        .map(|n| n.as_bytes().to_vec())
+        .collect();
+    // SAFETY: the ctx is the server's live SSL_CTX, borrowed for this call.
+    let ctx = unsafe { SslContextRef::from_ptr(sscf.ssl.ctx.cast::<openssl_sys::SSL_CTX>()) };
+    let verify_mode = ctx.verify_mode().bits();
+    let verifies = verify_mode != 0;
+    // SAFETY: ctx is live; SSL_CTX_get_client_CA_list(3) borrows its list
+    // (NULL without one).
+    let list = unsafe { SSL_CTX_get_client_CA_list(sscf.ssl.ctx) };
+    let client_ca_names = if list.is_null() {
+        Vec::new()
+    } else {
+        // SAFETY: a live STACK_OF(X509_NAME) owned by ctx, borrowed here.
+        let list = unsafe { StackRef::<X509Name>::from_ptr(list.cast()) };
+        list.iter().filter_map(|n| n.to_der().ok()).collect()
+    };
+    // X509_STORE_get1_all_certs(3): the store's certificates (its CRLs
+    // are left out, as nginx leaves them out). Only when verifying.
+    let trusted = if verifies {
+        let all = ctx.cert_store().all_certificates();
+        all.iter().filter_map(|c| c.to_der().ok()).collect()
+    } else {
+        Vec::new()
+    };
+    Some(ServerTls {
+        certificates,
+        certificate_names,
+        verify_mode,
+        verify_client: sscf.verify as u64,
+        client_ca_names,
+        trusted,
+    })
 }
 
 /// Turns an OpenSSL return code into a Result naming the call.
@@ -474,22 +552,11 @@ unsafe fn install_cert_cb(ctx: *mut SSL_CTX, conf: &mut SrvConf) {
 }
 
 /// Installs the ClientHello callback that binds sessions to their name and
-/// record, with the salt of `conf`'s server (its default certificate).
+/// record, with the salt set in `conf`.
 ///
 /// # Safety
 /// `ctx` must be a live SSL_CTX; `conf` must outlive it.
 unsafe fn install_client_hello_cb(ctx: *mut SSL_CTX, conf: &mut SrvConf) {
-    // SAFETY: ctx is live; SSL_CTX_get0_certificate(3) borrows its
-    // certificate (NULL without one).
-    let leaf = unsafe { SSL_CTX_get0_certificate(ctx) };
-    let der = if leaf.is_null() {
-        Vec::new()
-    } else {
-        // SAFETY: leaf is a live X509 owned by ctx, borrowed for this call.
-        let leaf = unsafe { X509Ref::from_ptr(leaf.cast::<openssl_sys::X509>()) };
-        leaf.to_der().unwrap_or_default()
-    };
-    conf.session_salt = openssl::sha::sha256(&der);
     let arg = ptr::from_mut(conf).cast::<c_void>();
     // SAFETY: ctx is live; SSL_CTX_set_client_hello_cb(3) keeps arg, which
     // outlives the SSL_CTX (the caller's contract).
