@@ -39,6 +39,7 @@ http {
         root html;
         location / { }
         location /listed/ { dyncert_allow 127.0.0.1; }
+        location /public/ { dyncert_allow all; }
     }
 }
 "#;
@@ -132,7 +133,7 @@ fn allow_lists_answer_early_data_with_425_and_the_same_request_after_the_handsha
         HTTP,
         NginxOpts::new().redis(&redis).var("MPORT", mport),
     );
-    nginx.write_index_pages(&["", "listed/"]);
+    nginx.write_index_pages(&["", "listed/", "public/"]);
     redis.put_leaf(OPEN, &pki.leaf(&[OPEN], 7101));
     redis.put_leaf_with(
         FENCED,
@@ -161,6 +162,11 @@ fn allow_lists_answer_early_data_with_425_and_the_same_request_after_the_handsha
     let (status, text) = late(port, OPEN, "/listed/");
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("X-Early: []"), "{text}");
+
+    // A list that admits everyone (`all`) admits early data too.
+    let (status, text) = early(port, OPEN, "/public/");
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("X-Early: [1]"), "{text}");
 
     // The tenant's own allow list, the same way.
     let (status, text) = early(port, FENCED, "/");

@@ -78,6 +78,18 @@ impl Cidr {
     }
 }
 
+/// Whether `list` admits every address of `ip`'s family (holds a `/0` of
+/// it, as `dyncert_allow all` does): then where a client says it comes
+/// from makes no difference.
+pub fn admits_any_address_like(list: &[Cidr], ip: IpAddr) -> bool {
+    list.iter().any(|c| match (c, normalize(ip)) {
+        (Cidr::V4 { mask: 0, .. }, IpAddr::V4(_)) | (Cidr::V6 { mask: 0, .. }, IpAddr::V6(_)) => {
+            true
+        }
+        _ => false,
+    })
+}
+
 fn normalize(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

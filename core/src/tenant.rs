@@ -299,10 +299,13 @@ pub enum AllowVerdict {
 /// send a request from a forged address inside the list; over TCP, early
 /// data can be replayed (RFC 8446, section 8). An address outside the
 /// list is denied either way.
+/// A list that admits every address of the client's family (`dyncert_allow
+/// all`) admits early data too: a forged address gains nothing there.
 pub fn judge_allow_list(list: &[Cidr], client: Option<IpAddr>, early_data: bool) -> AllowVerdict {
-    if !client.is_some_and(|ip| cidr::matches(list, ip)) {
-        AllowVerdict::Denied
-    } else if early_data {
+    let Some(ip) = client.filter(|&ip| cidr::matches(list, ip)) else {
+        return AllowVerdict::Denied;
+    };
+    if early_data && !cidr::admits_any_address_like(list, ip) {
         AllowVerdict::TooEarly
     } else {
         AllowVerdict::Admitted
@@ -650,6 +653,25 @@ mod tests {
         assert_eq!(
             judge_allow_list(&[], Some(inside), true),
             AllowVerdict::Denied
+        );
+        // `dyncert_allow all`, or a list holding a /0 of the client's
+        // family, admits early data: an address proves nothing there.
+        let all = crate::cidr::parse_list("0.0.0.0/0, ::/0").unwrap();
+        for ip in [inside, v6, outside, "::ffff:192.0.2.1".parse().unwrap()] {
+            assert_eq!(
+                judge_allow_list(&all, Some(ip), true),
+                AllowVerdict::Admitted,
+                "{ip}"
+            );
+        }
+        let v4_all = crate::cidr::parse_list("0.0.0.0/0, ::1").unwrap();
+        assert_eq!(
+            judge_allow_list(&v4_all, Some(outside), true),
+            AllowVerdict::Admitted
+        );
+        assert_eq!(
+            judge_allow_list(&v4_all, Some(v6), true),
+            AllowVerdict::TooEarly
         );
     }
 
