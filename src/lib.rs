@@ -138,7 +138,7 @@ static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 31] = [
     ),
     command(
         ngx_string!("dyncert_api"),
-        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE12,
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE123,
         directives::ngx_http_dyncert_api,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),

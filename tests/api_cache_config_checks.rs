@@ -34,7 +34,7 @@ fn full_api_cache_and_invalidation_configuration_passes_config_test() {
     let extra = format!(
         r#"
     dyncert_redis  redis://127.0.0.1:6379/0;
-    dyncert_api    "https://certs.internal:8443/certs/{{name}}" writeback=24h;
+    dyncert_api    "https://certs.internal:8443/certs/{{name}}" writeback=24h rate=50;
     dyncert_api_header  Authorization "Bearer s3cret";
     dyncert_api_header  X-Terminator edge-1;
     dyncert_api_timeout 3s;
@@ -71,6 +71,18 @@ fn malformed_api_and_cache_values_fail_config_test() {
         (
             r#"dyncert_api "http://127.0.0.1:8080/certs/{name}" writeback=soon;"#,
             &["writeback=soon"],
+        ),
+        (
+            r#"dyncert_api "http://127.0.0.1:8080/certs/{name}" rate=0;"#,
+            &["rate=0", "from 1 to 100000"],
+        ),
+        (
+            r#"dyncert_api "http://127.0.0.1:8080/certs/{name}" writeback=1h rate=x;"#,
+            &["rate=x", "from 1 to 100000"],
+        ),
+        (
+            r#"dyncert_api "http://127.0.0.1:8080/certs/{name}" rate=100001;"#,
+            &["rate=100001"],
         ),
         (
             r#"dyncert_api "http://127.0.0.1:8080/certs/{name}"; dyncert_api_timeout never;"#,

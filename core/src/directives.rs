@@ -15,6 +15,7 @@ use crate::clock::Millis;
 use crate::fetch::{check_redis_url, redact_redis_url};
 use crate::on_demand::{Stream, MAXLEN_DEFAULT, MAXLEN_MAX};
 use crate::template::UrlTemplate;
+use crate::tokenbucket::RATE_MAX;
 
 /// A directive argument nginx refuses, shown as `invalid parameter
 /// "<argument>"`, followed by the reason when there is one.
@@ -521,12 +522,15 @@ pub fn check_redis_tls(url: &str, directive: &str) -> std::result::Result<(), St
     }
 }
 
-/// `dyncert_api URL [writeback=TIME]`: the URL template (checked) and the
-/// write-back TTL if given (`0` turns write-back off).
+/// `dyncert_api URL [writeback=TIME] [rate=N]`: the URL template
+/// (checked), the write-back TTL if given (`0` turns write-back off), and
+/// the most API requests per second each worker makes, if capped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Api {
     pub template: String,
     pub writeback: Option<Millis>,
+    /// 1 to [`RATE_MAX`]; `None`: no cap.
+    pub rate: Option<u32>,
 }
 
 /// Parses the arguments of `dyncert_api` (at least the URL: nginx checks
@@ -540,7 +544,23 @@ pub fn api(args: &[&[u8]]) -> Result<Api> {
         return Err(InvalidParameter::because(template, e));
     }
     let mut writeback = None;
+    let mut rate = None;
     for &p in params {
+        if let Some(v) = p.strip_prefix(b"rate=") {
+            // No `0` for "off": leaving `rate=` out is.
+            match parse_number(v).and_then(|n| u32::try_from(n).ok()) {
+                Some(n) if (1..=RATE_MAX).contains(&n) => rate = Some(n),
+                _ => {
+                    return Err(InvalidParameter::because(
+                        String::from_utf8_lossy(p).into_owned(),
+                        format!(
+                            "expected rate=N with N from 1 to {RATE_MAX} (requests per second)"
+                        ),
+                    ))
+                }
+            }
+            continue;
+        }
         match p.strip_prefix(b"writeback=").and_then(parse_time_ms) {
             Some(ms) => writeback = Some(ms),
             None => return Err(InvalidParameter::of(p)),
@@ -549,6 +569,7 @@ pub fn api(args: &[&[u8]]) -> Result<Api> {
     Ok(Api {
         template,
         writeback,
+        rate,
     })
 }
 
@@ -1073,6 +1094,7 @@ mod tests {
             Ok(Api {
                 template: "http://127.0.0.1:8080/certs/{name}".into(),
                 writeback: None,
+                rate: None,
             })
         );
         assert_eq!(
@@ -1087,6 +1109,55 @@ mod tests {
                 .writeback,
             Some(0),
             "0 turns write-back off"
+        );
+    }
+
+    #[test]
+    fn api_takes_an_optional_rate_in_either_order_with_writeback() {
+        let url: &[u8] = b"https://certs.internal/c/{name}";
+        assert_eq!(api(&[url, b"rate=50"]).unwrap().rate, Some(50));
+        assert_eq!(
+            api(&[url, b"rate=5", b"writeback=1h"]),
+            Ok(Api {
+                template: "https://certs.internal/c/{name}".into(),
+                writeback: Some(HOUR),
+                rate: Some(5),
+            })
+        );
+        assert_eq!(
+            api(&[url, b"writeback=0", b"rate=1"]).unwrap(),
+            Api {
+                template: "https://certs.internal/c/{name}".into(),
+                writeback: Some(0),
+                rate: Some(1),
+            }
+        );
+        assert_eq!(api(&[url, b"rate=100000"]).unwrap().rate, Some(100_000));
+    }
+
+    #[test]
+    fn api_rate_out_of_range_or_not_a_number_is_refused_with_its_range() {
+        for bad in [
+            "rate=0",
+            "rate=100001",
+            "rate=x",
+            "rate=",
+            "rate=-1",
+            "rate=5/s",
+            "rate=99999999999999999999999",
+        ] {
+            assert_eq!(
+                text(api(&[b"http://h/{name}", bad.as_bytes()]).unwrap_err()),
+                format!(
+                    "invalid parameter \"{bad}\": expected rate=N with N from 1 to 100000 \
+                     (requests per second)"
+                )
+            );
+        }
+        // Not a prefix match on another word.
+        assert_eq!(
+            text(api(&[b"http://h/{name}", b"rates=5"]).unwrap_err()),
+            "invalid parameter \"rates=5\""
         );
     }
 

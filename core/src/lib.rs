@@ -33,6 +33,7 @@ pub mod tenant;
 pub mod tickets;
 pub mod tier;
 pub mod timefmt;
+pub mod tokenbucket;
 pub mod topology;
 pub mod validate;
 pub mod worker;

@@ -129,9 +129,10 @@ pub enum Simple {
     TicketsCurrent,
     TicketsPrevious,
     TicketsUnknown,
+    ApiRateLimited,
 }
 
-const SIMPLE: [(Simple, &str, &str); 31] = [
+const SIMPLE: [(Simple, &str, &str); 32] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -296,6 +297,12 @@ const SIMPLE: [(Simple, &str, &str); 31] = [
         "dyncert_tickets_unknown_total",
         "Session tickets offered under an unknown key name (or before the keys \
          were loaded): full handshake.",
+    ),
+    (
+        Simple::ApiRateLimited,
+        "dyncert_api_rate_limited_total",
+        "Lookups that failed without asking the certificate API because the \
+         worker's dyncert_api rate= cap was reached (the name backs off).",
     ),
 ];
 

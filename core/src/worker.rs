@@ -13,7 +13,7 @@ use crate::cache::{CachePolicy, CertCache, Lookup};
 use crate::clock::Millis;
 use crate::compact::Deadlines;
 use crate::fetch::{
-    load_stored, Event, FetchResult, Fetcher, Outcome, RedisNote, TicketNote, TierData,
+    load_stored, Event, FetchError, FetchResult, Fetcher, Outcome, RedisNote, TicketNote, TierData,
 };
 use crate::flight::{Inflight, Join};
 use crate::intern::Interner;
@@ -197,6 +197,10 @@ pub struct Worker<W, Q> {
     on_demand_wanted: HashSet<String>,
     /// On-demand enqueue failures: at most one line per interval.
     on_demand_log: LogLimiter,
+    /// Lookups refused by the API's rate cap: at most one line per
+    /// interval, apart from the source errors' so that a flood of them
+    /// does not hide a failing Redis or API.
+    api_rate_log: LogLimiter,
 }
 
 /// The deadlines to cache a record with, given when it was fetched: a
@@ -244,6 +248,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             started: HashMap::new(),
             on_demand_wanted: HashSet::new(),
             on_demand_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
+            api_rate_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
         }
     }
 
@@ -983,7 +988,13 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 }
             }
             Outcome::Error(e) => {
-                if let Some(suppressed) = self.error_log.allow(now) {
+                let limiter = if matches!(e, FetchError::ApiRateLimited(_)) {
+                    self.count(Simple::ApiRateLimited);
+                    &mut self.api_rate_log
+                } else {
+                    &mut self.error_log
+                };
+                if let Some(suppressed) = limiter.allow(now) {
                     let more = if suppressed > 0 {
                         format!(" ({suppressed} similar errors suppressed)")
                     } else {
@@ -2118,6 +2129,55 @@ mod tests {
         apply(&mut w, found(name, cert(1, NOT_AFTER), None), t);
         assert_eq!(fingerprint(w.for_handshake(name, t)).0, Some(1));
         assert_eq!(m.simple(Simple::FetchBackoff), 12);
+    }
+
+    #[test]
+    fn a_lookup_past_the_api_rate_cap_is_counted_logged_apart_and_backs_off() {
+        let (mut w, m) = worker();
+        let capped = || Outcome::Error(FetchError::ApiRateLimited(5));
+        let name = "a.example.com";
+        assert_eq!(w.pre_handshake(name, 1, NOW), PreHandshake::Park);
+        let (woken, lines) = apply(&mut w, fetched(name, capped()), NOW);
+        assert_eq!(woken, [1]);
+        assert_eq!(
+            lines,
+            [(
+                Level::Warn,
+                "dyncert: the API's request rate cap (rate=5) was reached while fetching \
+                 from the api, name: \"a.example.com\""
+                    .to_owned()
+            )]
+        );
+        assert_eq!(m.simple(Simple::ApiRateLimited), 1);
+        // The default certificate and a backoff, as for any failed lookup:
+        // neither a negative entry nor an on-demand enqueue.
+        let sel = w.for_handshake(name, NOW);
+        assert_eq!((sel.cert.is_none(), sel.tier), (true, Tier::Backoff));
+        on_demand(&mut w, name, NOW);
+        assert!(queued(&w).is_empty());
+        w.for_handshake(name, NOW + SECOND);
+        assert_eq!(asked(&w), [name, name], "asked again once the backoff ends");
+        // A flood of capped lookups has its own log limiter: a source error
+        // right after is still written.
+        for i in 0..20 {
+            let (_, lines) = apply(&mut w, fetched(&format!("n{i}.example.com"), capped()), NOW);
+            assert!(lines.is_empty(), "{lines:?}");
+        }
+        assert_eq!(m.simple(Simple::ApiRateLimited), 21);
+        let (_, lines) = apply(&mut w, fetched("b.example.com", failed()), NOW);
+        assert_eq!(lines.len(), 1, "a source error is not hidden");
+        assert_eq!(m.simple(Simple::FetchBackoff), 1);
+        let (_, lines) = apply(
+            &mut w,
+            fetched("c.example.com", capped()),
+            NOW + ERROR_LOG_INTERVAL_MS,
+        );
+        assert!(
+            lines[0]
+                .1
+                .ends_with("name: \"c.example.com\" (20 similar errors suppressed)"),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub struct MainConf {
     /// `dyncert_api` URL template (validated) and its write-back TTL.
     pub api_template: Option<String>,
     pub api_writeback: Option<ngx_msec_t>,
+    /// `dyncert_api rate=`: API requests per second per worker; unset:
+    /// no cap.
+    pub api_rate: Option<u32>,
     pub api_headers: Vec<(String, String)>,
     pub api_timeout: Option<ngx_msec_t>,
     /// PEM bundle read from `dyncert_api_trusted_certificate`.
@@ -209,6 +212,7 @@ impl MainConf {
             writeback: Duration::from_millis(
                 self.api_writeback.unwrap_or(DEFAULT_WRITEBACK_MS) as u64
             ),
+            api_rate: self.api_rate,
             invalidate_channel: channel,
             expiry_index: match &self.expiry_index {
                 Some(i) => i.clone(),

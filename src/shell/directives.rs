@@ -294,7 +294,7 @@ fn fetch_concurrency(
 }
 
 directive!(ngx_http_dyncert_api => api);
-/// `dyncert_api URL [writeback=TIME];`
+/// `dyncert_api URL [writeback=TIME] [rate=N];`
 fn api(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -> DirectiveResult {
     if mcf.api_template.is_some() {
         return Err(DirectiveError::Duplicate);
@@ -304,6 +304,7 @@ fn api(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -> Directive
     if let Some(ms) = api.writeback {
         mcf.api_writeback = Some(ms as ngx_msec_t);
     }
+    mcf.api_rate = api.rate;
     Ok(())
 }
 

@@ -17,6 +17,10 @@ pub enum FetchError {
     Redis(RedisError),
     #[error("{0} while fetching from the api")]
     Api(ApiError),
+    /// The API was not asked: this worker's `dyncert_api rate=` cap was
+    /// reached. An error, not "not found": the API may have the name.
+    #[error("the API's request rate cap (rate={0}) was reached while fetching from the api")]
+    ApiRateLimited(u32),
     /// Every lookup in flight already has a record waiting to be parsed.
     #[error("the record parse queue is full")]
     ParseQueueFull,
@@ -120,6 +124,10 @@ mod tests {
             (
                 FetchError::Api(ApiError::Status(503)),
                 "status 503 while fetching from the api",
+            ),
+            (
+                FetchError::ApiRateLimited(5),
+                "the API's request rate cap (rate=5) was reached while fetching from the api",
             ),
             (FetchError::ParseQueueFull, "the record parse queue is full"),
             (FetchError::ParseFailed, "the record parse failed"),

@@ -73,6 +73,10 @@ pub struct FetcherConfig {
     /// TTL of records written back to Redis after an API hit; zero: no
     /// write-back.
     pub writeback: Duration,
+    /// Most API requests per second (and at once after a quiet second)
+    /// this worker makes (`dyncert_api rate=`); beyond, a lookup that
+    /// needs the API fails without asking it. `None`: no cap.
+    pub api_rate: Option<u32>,
     /// Pub/sub channel carrying names to drop from every worker's cache.
     pub invalidate_channel: Option<String>,
     /// Sorted set of names by notAfter (unix seconds) that write-backs

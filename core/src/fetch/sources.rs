@@ -21,6 +21,7 @@ use crate::keywrap::{is_envelope, unwrap_key, KeyWrapConfig, KeyWrapError};
 use crate::name::wildcard_parent;
 use crate::outcome::{CertSource, FetchSource, Refusal, StepOutcome};
 use crate::record::Record;
+use crate::tokenbucket::TokenBucket;
 use crate::validate::{der_form, second_der_form, validate_with_refs};
 use crate::workqueue::WorkQueue;
 
@@ -72,6 +73,39 @@ pub(super) struct Signals {
     pub invalidations: Arc<AtomicU64>,
 }
 
+/// This worker's cap on API requests (`dyncert_api rate=`), read with the
+/// monotonic clock: a wall clock stepped back must not stop the refill.
+struct ApiRate {
+    rate: u32,
+    origin: Instant,
+    bucket: Mutex<TokenBucket>,
+}
+
+impl ApiRate {
+    fn new(rate: u32) -> ApiRate {
+        ApiRate {
+            rate,
+            origin: Instant::now(),
+            bucket: Mutex::new(TokenBucket::new(rate, std::time::Duration::ZERO)),
+        }
+    }
+
+    /// Whether the API may be asked now (one token taken if so).
+    fn admit(&self) -> bool {
+        let now = self.origin.elapsed();
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        bucket.try_take(now)
+    }
+}
+
+/// Whether Redis's `*.parent` may answer a lookup after the API's answer:
+/// only when the API said it has no record of the name. An API that
+/// failed, or was not asked because its rate cap was reached, may have
+/// one, with its own policy.
+fn wildcard_may_answer(api: &Outcome) -> bool {
+    matches!(api, Outcome::NotFound)
+}
+
 /// Everything a lookup may ask, shared by the lookups in flight.
 pub(super) struct Sources {
     cfg: FetcherConfig,
@@ -86,6 +120,9 @@ pub(super) struct Sources {
     /// [`WriteGuard`].
     invalidations: Arc<AtomicU64>,
     api: Option<ApiClient>,
+    /// `dyncert_api rate=`; `None`: the API is asked whenever a lookup
+    /// needs it.
+    api_rate: Option<ApiRate>,
     /// Shared parsed intermediates (one object per distinct DER).
     intermediates: Arc<Interner>,
     /// Jobs for the parse thread.
@@ -103,6 +140,7 @@ impl Sources {
         intermediates: Arc<Interner>,
     ) -> Sources {
         Sources {
+            api_rate: cfg.api_rate.map(ApiRate::new),
             cfg,
             redis: Mutex::new(redis),
             target,
@@ -156,9 +194,7 @@ impl Sources {
             let outcome = self
                 .ask_api(api, name, &redis, redis_error.is_some(), &guard, steps)
                 .await;
-            // Only "the API has no record of the name" lets a wildcard
-            // stand in; an API that failed may have one.
-            if !matches!(outcome, Outcome::NotFound) {
+            if !wildcard_may_answer(&outcome) {
                 return outcome;
             }
         }
@@ -223,7 +259,10 @@ impl Sources {
     }
 
     /// Asks the API about `name` and writes a hit back to Redis (unless
-    /// Redis failed during this lookup), noting the step.
+    /// Redis failed during this lookup), noting the step. Past the rate
+    /// cap the API is not asked (no step: it was not asked) and the lookup
+    /// fails: the name backs off like any failed lookup and is asked again
+    /// once the backoff ends.
     async fn ask_api(
         &self,
         api: &ApiClient,
@@ -233,6 +272,11 @@ impl Sources {
         guard: &WriteGuard,
         steps: &mut Vec<Step>,
     ) -> Outcome {
+        if let Some(cap) = &self.api_rate {
+            if !cap.admit() {
+                return Outcome::Error(FetchError::ApiRateLimited(cap.rate));
+            }
+        }
         let t0 = Instant::now();
         let (step, outcome) = match api.lookup(name).await {
             ApiOutcome::Found(record) => {
@@ -449,4 +493,29 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ApiError;
+
+    #[test]
+    fn only_an_api_that_has_no_record_lets_a_redis_wildcard_answer() {
+        assert!(wildcard_may_answer(&Outcome::NotFound));
+        for not_asked_or_failed in [
+            FetchError::ApiRateLimited(5),
+            FetchError::Api(ApiError::Status(503)),
+        ] {
+            assert!(!wildcard_may_answer(&Outcome::Error(not_asked_or_failed)));
+        }
+    }
+
+    #[test]
+    fn the_api_cap_admits_its_burst_then_refuses() {
+        let cap = ApiRate::new(3);
+        // Well under a third of a second passes here: no refill.
+        let admitted = (0..50).filter(|_| cap.admit()).count();
+        assert_eq!(admitted, 3);
+    }
 }
