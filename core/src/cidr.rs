@@ -82,11 +82,11 @@ impl Cidr {
 /// it, as `dyncert_allow all` does): then where a client says it comes
 /// from makes no difference.
 pub fn admits_any_address_like(list: &[Cidr], ip: IpAddr) -> bool {
-    list.iter().any(|c| match (c, normalize(ip)) {
-        (Cidr::V4 { mask: 0, .. }, IpAddr::V4(_)) | (Cidr::V6 { mask: 0, .. }, IpAddr::V6(_)) => {
-            true
-        }
-        _ => false,
+    list.iter().any(|c| {
+        matches!(
+            (c, normalize(ip)),
+            (Cidr::V4 { mask: 0, .. }, IpAddr::V4(_)) | (Cidr::V6 { mask: 0, .. }, IpAddr::V6(_))
+        )
     })
 }
 
