@@ -79,6 +79,7 @@ pub(super) async fn subscribe(
             Ok(()) => RedisError::SubscriptionClosed,
             Err(e) => e,
         };
+        shared.subscription_lost();
         // One line per outage, then at most one every 30 s.
         if last_warn.is_none_or(|t| subscribed || t.elapsed() > Duration::from_secs(30)) {
             shared.push(Event::Warn(format!(

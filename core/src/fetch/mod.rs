@@ -18,6 +18,7 @@ mod acme;
 mod conn;
 mod enqueue;
 mod error;
+mod heard;
 mod invalidate;
 mod redis;
 mod sources;
@@ -26,7 +27,7 @@ mod tickets;
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -221,21 +222,29 @@ struct Shared {
     /// Set when the invalidation subscription is back after a loss: the
     /// next lookup takes a new command connection (see `Sources::redis`).
     renew_redis: Arc<AtomicBool>,
-    /// Invalidations heard (and re-subscriptions after a loss, when some
-    /// may have been missed): see [`sources::WriteGuard`].
-    invalidations: Arc<AtomicU64>,
+    /// What the subscription heard, for write-backs: see [`heard`].
+    heard: Arc<Mutex<heard::Heard>>,
 }
 
 impl Shared {
+    /// The invalidation subscription is down (until the next
+    /// `Event::Subscribed`).
+    fn subscription_lost(&self) {
+        if let Ok(mut h) = self.heard.lock() {
+            h.lost();
+        }
+    }
+
     fn push(&self, r: Event) {
         if let Event::Subscribed { resubscribed: true } = r {
             self.renew_redis.store(true, Ordering::Relaxed);
         }
-        if matches!(
-            r,
-            Event::Invalidate(_) | Event::Subscribed { resubscribed: true }
-        ) {
-            self.invalidations.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut h) = self.heard.lock() {
+            match &r {
+                Event::Invalidate(target) => h.invalidated(target),
+                Event::Subscribed { resubscribed } => h.subscribed(*resubscribed),
+                _ => {}
+            }
         }
         if let Ok(mut q) = self.results.lock() {
             q.push_back(r);
@@ -279,7 +288,7 @@ impl Fetcher {
             results: Mutex::new(VecDeque::new()),
             notify,
             renew_redis: Arc::new(AtomicBool::new(false)),
-            invalidations: Arc::new(AtomicU64::new(0)),
+            heard: Arc::new(Mutex::new(heard::Heard::default())),
         });
         let (tx, rx) = mpsc::channel(cfg.queue_cap.max(1));
         let (acme_tx, acme_rx) = mpsc::channel(cfg.acme_queue_cap.max(1));
@@ -576,7 +585,7 @@ fn run(
             target,
             sources::Signals {
                 renew,
-                invalidations: shared.invalidations.clone(),
+                heard: shared.heard.clone(),
             },
             api,
             parse,

@@ -3,12 +3,13 @@
 //! `*.parent` wildcard; and the hand-off of whatever is found to the
 //! parse thread, which validates it against the requested name.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::conn::{Notes, RedisConn, RedisTarget};
 use super::error::{FetchError, RedisError};
+use super::heard::Heard;
 use super::redis::{
     connect, read_record, write_back, writeback_ttl_ms, Expiry, RedisAnswer, WriteBack,
 };
@@ -37,32 +38,32 @@ enum KeyAnswer {
     Failed(RedisError),
 }
 
-/// Whether an API answer may still be written back: only if no
-/// invalidation was heard (and no subscription was lost) since its lookup
-/// began. An operator who rotates a certificate in the API runs
-/// `dyncert delete NAME` and publishes the name; an answer that was on its
-/// way meanwhile is the old certificate, and written back after the delete
-/// it would be what the invalidated lookup's retry, and every other
-/// terminator, read from Redis for the write-back TTL. Any invalidation
-/// counts, not only the name's: they are rare, and a write-back skipped
-/// costs the next terminator one API request.
+/// Whether an API answer may still be written back (see [`Heard`]): noted
+/// when its lookup begins, asked just before the write.
 #[derive(Clone)]
 pub(super) struct WriteGuard {
-    heard: Arc<AtomicU64>,
-    at_start: u64,
+    heard: Arc<Mutex<Heard>>,
+    name: String,
+    since: u64,
 }
 
 impl WriteGuard {
-    fn new(heard: &Arc<AtomicU64>) -> WriteGuard {
+    fn new(heard: &Arc<Mutex<Heard>>, name: &str) -> WriteGuard {
         WriteGuard {
             heard: heard.clone(),
-            at_start: heard.load(Ordering::SeqCst),
+            name: name.to_owned(),
+            since: heard.lock().map_or(u64::MAX, |h| h.generation()),
         }
     }
 
-    /// True while nothing was invalidated since the lookup began.
+    /// True while nothing covering the name was invalidated since the
+    /// lookup began, and the subscription is up.
     pub(super) fn still_valid(&self) -> bool {
-        self.heard.load(Ordering::SeqCst) == self.at_start
+        self.since != u64::MAX
+            && self
+                .heard
+                .lock()
+                .is_ok_and(|h| h.may_write_back(&self.name, self.since))
     }
 }
 
@@ -70,7 +71,7 @@ impl WriteGuard {
 /// [`WriteGuard`].
 pub(super) struct Signals {
     pub renew: Arc<AtomicBool>,
-    pub invalidations: Arc<AtomicU64>,
+    pub heard: Arc<Mutex<Heard>>,
 }
 
 /// This worker's cap on API requests (`dyncert_api rate=`), read with the
@@ -116,9 +117,8 @@ pub(super) struct Sources {
     /// Set when the invalidation subscription is back after a loss: see
     /// [`Sources::redis`].
     renew: Arc<AtomicBool>,
-    /// Invalidations heard by this worker's subscription: see
-    /// [`WriteGuard`].
-    invalidations: Arc<AtomicU64>,
+    /// What this worker's subscription heard: see [`WriteGuard`].
+    heard: Arc<Mutex<Heard>>,
     api: Option<ApiClient>,
     /// `dyncert_api rate=`; `None`: the API is asked whenever a lookup
     /// needs it.
@@ -145,7 +145,7 @@ impl Sources {
             redis: Mutex::new(redis),
             target,
             renew: signals.renew,
-            invalidations: signals.invalidations,
+            heard: signals.heard,
             api,
             intermediates,
             parse,
@@ -164,7 +164,7 @@ impl Sources {
     pub(super) async fn lookup(&self, name: &str, steps: &mut Vec<Step>) -> Outcome {
         // Before Redis is read: an invalidation heard after this may mean
         // the API's answer is older than what Redis dropped.
-        let guard = WriteGuard::new(&self.invalidations);
+        let guard = WriteGuard::new(&self.heard, name);
         let mut redis_error = None;
         let redis = self.redis();
         let mut conn = match &redis {
