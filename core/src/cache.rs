@@ -301,6 +301,16 @@ impl<V> CertCache<V> {
         }
     }
 
+    /// Whether `name` is backing off after a failed lookup at `now`
+    /// (what `get` would answer `Lookup::Backoff` for), without touching
+    /// anything.
+    pub fn backs_off(&self, name: &str, now: Millis) -> bool {
+        self.positive.find(name).is_none()
+            && self.negative.get(name).is_some_and(|n| {
+                matches!(n.kind, Absent::Failed { .. }) && n.holds(&self.policy, now)
+            })
+    }
+
     /// Whether `name` has a certificate that can be served at `now` (fresh
     /// or stale), without touching anything.
     pub fn has_certificate(&self, name: &str, now: Millis) -> bool {

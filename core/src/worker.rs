@@ -341,7 +341,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         // Only the exact name counts: a cached wildcard must not hide an
         // exact record that has not been fetched yet (exact records win).
         if self.cache.contains_usable(name, now) {
-            return PreHandshake::Proceed;
+            return self.load_while_backing_off(name, waiter, now);
         }
         let decision = match self.inflight.join(name, Some(waiter)) {
             Join::Joined => PreHandshake::Park,
@@ -367,6 +367,32 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         decision
     }
 
+    /// A name backing off after its own failed lookup is not looked up
+    /// again, but a record another worker has since put in the tier costs
+    /// no source request: the connection waits for its load.
+    fn load_while_backing_off(&mut self, name: &str, waiter: W, now: Millis) -> PreHandshake {
+        if !self.cache.backs_off(name, now) {
+            return PreHandshake::Proceed;
+        }
+        let Some(hit) = self.tier_hit(name, now, None) else {
+            return PreHandshake::Proceed;
+        };
+        match self.inflight.join(name, Some(waiter)) {
+            Join::Joined => {}
+            Join::Refused => return PreHandshake::Proceed,
+            Join::Started => {
+                if !self.queue.load(name, hit) {
+                    drop(self.inflight.complete(name));
+                    return PreHandshake::Proceed;
+                }
+                self.count(Simple::TierLoads);
+            }
+        }
+        self.count(Simple::Parked);
+        self.publish_gauges();
+        PreHandshake::Park
+    }
+
     /// Called from the certificate callback: the certificate to install (if
     /// any) and the source to report. Never waits; a miss schedules a fetch
     /// so a later handshake finds the name cached.
@@ -379,7 +405,8 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
     /// is parsed here and now (bounded by [`SYNC_LOADS_PER_SEC`], counted),
     /// so the first handshake gets it.
     pub fn for_handshake_sync(&mut self, name: &str, now: Millis, sync: bool) -> Selection {
-        if sync && !self.cache.contains_usable(name, now) && !self.inflight.is_in_flight(name) {
+        let loadable = !self.cache.contains_usable(name, now) || self.cache.backs_off(name, now);
+        if sync && loadable && !self.inflight.is_in_flight(name) {
             if let Some(cert) = self.load_now(name, now) {
                 self.publish_gauges();
                 return Selection {
@@ -2089,6 +2116,43 @@ mod tests {
 
     /// Shortest first backoff: 1 s less the largest jitter (an eighth).
     const BACKOFF_SURE: Millis = SECOND - SECOND / 8 - 1;
+
+    /// A name backing off after its own failed lookup still takes the
+    /// record another worker has since put in the tier: loading it costs
+    /// no source request (over TCP the connection waits for the load; a
+    /// handshake without peek parses it at once).
+    #[test]
+    fn a_backing_off_name_is_loaded_from_the_tier_another_worker_filled() {
+        let Host {
+            mut a,
+            mut b,
+            interner,
+            ..
+        } = host();
+        let name = "a.example.com";
+        assert_eq!(a.pre_handshake(name, 1, NOW), PreHandshake::Park);
+        apply(&mut a, fetched(name, failed()), NOW);
+        assert_eq!(a.for_handshake(name, NOW).tier, Tier::Backoff);
+        a.queue().asked.borrow_mut().clear();
+        // B fetches it.
+        fetch_and_store(&mut b, name, NOW + 10);
+        let t = NOW + 20;
+        assert_eq!(a.pre_handshake(name, 2, t), PreHandshake::Park);
+        assert!(asked(&a).is_empty(), "no source asked");
+        assert_eq!(run_loads(&mut a, &interner, t), [2]);
+        let sel = a.for_handshake(name, t);
+        assert_eq!(sel.cert.unwrap().fingerprint, [1; 32]);
+        assert!(asked(&a).is_empty());
+
+        // The same for a handshake without peek.
+        let Host { mut a, mut b, .. } = host();
+        assert_eq!(a.pre_handshake(name, 1, NOW), PreHandshake::Park);
+        apply(&mut a, fetched(name, failed()), NOW);
+        fetch_and_store(&mut b, name, NOW + 10);
+        let sel = a.for_handshake_sync(name, NOW + 20, true);
+        assert_eq!(sel.tier, Tier::Shared);
+        assert_eq!(sel.cert.unwrap().fingerprint, [1; 32]);
+    }
 
     #[test]
     fn a_failed_lookup_of_an_uncached_name_backs_off_without_a_second_fetch() {
