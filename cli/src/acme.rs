@@ -773,12 +773,19 @@ fn stored_account(
             });
     }
     if let Some(id) = account_kek(req) {
+        // The account as stored works either way: a failure to re-store
+        // it sealed is a warning, not a failed order.
         let sealed = seal_account(req, redis_key, &value, id)?;
-        if store.set_string_if(redis_key, &value, &sealed)? {
-            eprintln!(
+        match store.set_string_if(redis_key, &value, &sealed) {
+            Ok(true) => eprintln!(
                 "dyncert: the ACME account ({redis_key}) was stored in clear; \
                  now encrypted under \"{id}\""
-            );
+            ),
+            Ok(false) => {}
+            Err(e) => eprintln!(
+                "dyncert: warning: the ACME account ({redis_key}) is stored in clear and \
+                 could not be re-stored encrypted under \"{id}\" ({e}); it is used as it is"
+            ),
         }
     }
     Ok(value)
