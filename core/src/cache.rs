@@ -83,13 +83,19 @@ pub enum Lookup<'a, V> {
     Miss,
 }
 
+/// How far back the clock may step before a fresh entry is taken as
+/// stepped over (see `CertCache::get`): small corrections change nothing.
+const STEP_SLACK_MS: Millis = 60_000;
+
 /// Whether a background refresh of a stale entry may be requested.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refresh {
     Idle,
     Requested,
     /// The last refresh failed; another may be requested from this time on.
-    RetryAt(Millis),
+    /// (when, set at): due at `when`, or at once when the clock is found
+    /// before `set at` (stepped back: waiting would last the step).
+    RetryAt(Millis, Millis),
 }
 
 /// A cached certificate.
@@ -254,7 +260,18 @@ impl<V> CertCache<V> {
     }
 
     fn get_positive(&mut self, slot: Slot, now: Millis) -> Lookup<'_, V> {
-        let Some(state) = self.positive.value(slot).map(|p| p.state(now)) else {
+        let valid = self.policy.valid;
+        let Some(state) = self.positive.value(slot).map(|p| match p.state(now) {
+            // Fresh for longer than `valid` from now: the clock stepped back
+            // (no fetch makes an entry fresh for longer). Served, and due
+            // for a refresh, rather than left unrefreshed for the step.
+            State::Fresh
+                if p.fresh_until > now.saturating_add(valid).saturating_add(STEP_SLACK_MS) =>
+            {
+                State::Stale
+            }
+            state => state,
+        }) else {
             return Lookup::Miss;
         };
         if state == State::Expired {
@@ -271,7 +288,7 @@ impl<V> CertCache<V> {
         let refresh_due = match entry.refresh {
             Refresh::Idle => true,
             Refresh::Requested => false,
-            Refresh::RetryAt(at) => now >= at,
+            Refresh::RetryAt(at, set) => now >= at || now < set,
         };
         if refresh_due {
             entry.refresh = Refresh::Requested;
@@ -523,7 +540,7 @@ impl<V> CertCache<V> {
             return;
         };
         if let Some(entry) = self.positive.value_mut(slot) {
-            entry.refresh = Refresh::RetryAt(now.saturating_add(retry_after));
+            entry.refresh = Refresh::RetryAt(now.saturating_add(retry_after), now);
         }
     }
 
@@ -874,6 +891,37 @@ mod tests {
         cache.remove("a");
         let for_ms = cache.fetch_failed("a", now, 5 * SECOND).unwrap();
         backs_off(&mut cache, "a", now, for_ms, SECOND);
+    }
+
+    /// A refresh that failed is retried at once after the wall clock
+    /// stepped back, not after the step.
+    #[test]
+    fn a_clock_stepped_back_makes_a_failed_refresh_due_again() {
+        let mut cache = CertCache::new(policy(3));
+        cache.insert("a".to_owned(), 1, START, START + NOT_AFTER);
+        let stale = START + 11 * MINUTE;
+        assert!(matches!(
+            cache.get("a", stale),
+            Lookup::Stale {
+                refresh_due: true,
+                ..
+            }
+        ));
+        cache.refresh_failed("a", stale, 5 * SECOND);
+        assert!(matches!(
+            cache.get("a", stale + SECOND),
+            Lookup::Stale {
+                refresh_due: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            cache.get("a", stale - HOUR),
+            Lookup::Stale {
+                refresh_due: true,
+                ..
+            }
+        ));
     }
 
     /// A wall clock stepped back ends a backoff and a negative entry
@@ -1258,11 +1306,24 @@ mod tests {
         assert_eq!(fresh(cache.get("c", START)), Some(3));
     }
 
+    /// A clock stepped back keeps entries served (absolute deadlines make
+    /// them look new, not ancient), and makes them due for a refresh: an
+    /// entry fresh for longer than `valid` from now cannot come from a
+    /// fetch, and left alone it would go unrefreshed for the whole step.
     #[test]
-    fn clock_stepping_back_keeps_entries_fresh() {
+    fn clock_stepping_back_keeps_entries_served_and_due_for_a_refresh() {
         let mut cache = CertCache::new(policy(3));
         cache.insert("a".to_owned(), 1, START, START + NOT_AFTER);
-        assert_eq!(fresh(cache.get("a", START - HOUR)), Some(1));
+        assert!(matches!(
+            cache.get("a", START - HOUR),
+            Lookup::Stale {
+                value: 1,
+                refresh_due: true
+            }
+        ));
+        // A small step (a minute at most) changes nothing.
+        cache.insert("b".to_owned(), 2, START, START + NOT_AFTER);
+        assert_eq!(fresh(cache.get("b", START - SECOND)), Some(2));
     }
 
     #[test]

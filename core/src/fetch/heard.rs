@@ -8,11 +8,12 @@
 //! Redis for the write-back TTL. So an answer is written back only if no
 //! invalidation covering its name (the name, its `*.parent`, or `*`) was
 //! heard since its lookup began, and not while the subscription is down
-//! after a loss: nothing can be heard then, and the re-subscription counts
-//! as `*` (messages published meanwhile were lost). A worker's first
-//! subscription is not waited for (its first lookups would otherwise never
-//! write back); without a subscription (`dyncert_invalidate_channel off`)
-//! there is nothing to hear and write-backs go on.
+//! (after a loss, or a first attempt that failed): nothing can be heard
+//! then, and the subscription that follows counts as `*` (messages
+//! published meanwhile were lost). A worker's first subscription is not
+//! waited for (its first lookups would otherwise never write back); without
+//! a subscription (`dyncert_invalidate_channel off`) there is nothing to
+//! hear and write-backs go on.
 
 use crate::tier::Invalidations;
 
@@ -38,16 +39,17 @@ impl Heard {
         self.table.note(target);
     }
 
-    /// The subscription is up; `again`: after a loss, when what was
-    /// published meanwhile is lost, so it counts as `*`.
+    /// The subscription is up; `again`: after a loss. After a loss, or
+    /// after attempts that failed, what was published meanwhile is lost,
+    /// so it counts as `*`.
     pub fn subscribed(&mut self, again: bool) {
-        if again {
+        if again || !self.up {
             self.table.note("*");
         }
         self.up = true;
     }
 
-    /// The subscription is down.
+    /// The subscription is down, or an attempt to subscribe failed.
     pub fn lost(&mut self) {
         self.table.note("*");
         self.up = false;
@@ -90,6 +92,17 @@ mod tests {
             !h.may_write_back("a.example.com", since),
             "began before the loss"
         );
+        assert!(h.may_write_back("a.example.com", h.generation()));
+
+        // A first attempt that fails stops write-backs too, and the first
+        // subscription after it counts as `*`.
+        let mut h = Heard::default();
+        let before = h.generation();
+        h.lost();
+        assert!(!h.may_write_back("a.example.com", before));
+        let during = h.generation();
+        h.subscribed(false);
+        assert!(!h.may_write_back("a.example.com", during));
         assert!(h.may_write_back("a.example.com", h.generation()));
     }
 

@@ -194,6 +194,13 @@ impl Sources {
             let outcome = self
                 .ask_api(api, name, &redis, redis_error.is_some(), &guard, steps)
                 .await;
+            // A Redis failure is the news when the API was not even asked:
+            // a flood must not hide an outage behind rate-cap lines.
+            if let (Outcome::Error(FetchError::ApiRateLimited(_)), Some(e)) =
+                (&outcome, &redis_error)
+            {
+                return Outcome::Error(FetchError::Redis(e.clone()));
+            }
             if !wildcard_may_answer(&outcome) {
                 return outcome;
             }
