@@ -209,6 +209,16 @@ fn an_invalidation_clears_the_zone_and_the_next_handshake_fetches_again() {
         (h.metric("dyncert_shared_zone_records") == 0.0).then_some(())
     })
     .expect("the zone drops the record");
+    // Each worker applies the message on its own: a handshake a worker
+    // takes before it has may still get its cached copy.
+    poll(STARTUP_DEADLINE, Duration::from_millis(20), || {
+        let log = h.s.nginx.error_log();
+        (log.matches("invalidated \"renewed.example.com\" as published")
+            .count()
+            >= 2)
+            .then_some(())
+    })
+    .expect("both workers apply the invalidation");
     for r in
         h.s.nginx
             .hit_every_worker("renewed.example.com", STARTUP_DEADLINE)
