@@ -45,8 +45,14 @@ const NAME_TYPE_HOST_NAME: u8 = 0;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Peek<'a> {
     /// Not enough bytes yet; call again when more have arrived (the glue
-    /// re-peeks the whole buffer from the start).
-    NeedMore,
+    /// re-peeks the whole buffer from the start). `at_least` is a lower
+    /// bound on the length a buffer needs before it can hold the complete
+    /// ClientHello (always more than the buffer given), so the glue need
+    /// not look again before that many bytes are there: a ClientHello
+    /// dribbled in tiny records is parsed a few dozen times, not once per
+    /// record. Bytes that would make it unparseable may come earlier; they
+    /// are then seen once `at_least` is reached (or at the peek timer).
+    NeedMore { at_least: usize },
     /// A complete ClientHello. `sni` is the first host_name entry of the
     /// server_name extension, raw bytes (not validated, not lowercased),
     /// None when the extension is absent or has no host_name. It borrows
@@ -61,7 +67,9 @@ pub enum Peek<'a> {
 
 /// Why parsing stopped before a ClientHello was found.
 enum Stop {
-    NeedMore,
+    /// With the least buffer length that could hold a complete ClientHello
+    /// (see [`Peek::NeedMore`]).
+    NeedMore(usize),
     Bad(&'static str),
 }
 
@@ -73,30 +81,37 @@ type Parse<T> = Result<T, Stop>;
 /// `"PROXY UNKNOWN\r\n"`) or v2 header must come first and is skipped; if it
 /// is absent the result is [`Peek::Unparseable`].
 pub fn peek_client_hello(buf: &[u8], proxy_protocol: bool) -> Peek<'_> {
+    // The glue never peeks more: a hello that ends past the limit is one
+    // it can never see whole, whatever a longer buffer says.
+    let buf = buf.get(..PEEK_LIMIT).unwrap_or(buf);
     match parse(buf, proxy_protocol) {
         Ok(sni) => Peek::Hello { sni },
         // The glue never peeks more than PEEK_LIMIT, so waiting longer
         // could only park the connection until its timer fires.
-        Err(Stop::NeedMore) if buf.len() >= PEEK_LIMIT => {
+        Err(Stop::NeedMore(at_least)) if at_least > PEEK_LIMIT => {
             Peek::Unparseable("no complete ClientHello within the peek limit")
         }
-        Err(Stop::NeedMore) => Peek::NeedMore,
+        // Never at or below what is there already, whatever a bound
+        // computed below says.
+        Err(Stop::NeedMore(at_least)) => Peek::NeedMore {
+            at_least: at_least.max(buf.len() + 1),
+        },
         Err(Stop::Bad(reason)) => Peek::Unparseable(reason),
     }
 }
 
 fn parse(buf: &[u8], proxy_protocol: bool) -> Parse<Option<Cow<'_, [u8]>>> {
     if buf.is_empty() {
-        return Err(Stop::NeedMore);
+        return Err(Stop::NeedMore(1));
     }
     let skip = if proxy_protocol {
         proxy_header_len(buf)?
     } else {
         0
     };
-    let tls = buf.get(skip..).ok_or(Stop::NeedMore)?;
+    let tls = buf.get(skip..).unwrap_or_default();
     if tls.is_empty() {
-        return Err(Stop::NeedMore);
+        return Err(Stop::NeedMore(skip + RECORD_HEADER + 1));
     }
     client_hello_sni(tls, skip)
 }
@@ -144,7 +159,7 @@ fn proxy_v1_len(buf: &[u8]) -> Parse<usize> {
             proxy_v1_line(line)?;
             Ok(lf + 1)
         }
-        None if buf.len() < PROXY_V1_MAX => Err(Stop::NeedMore),
+        None if buf.len() < PROXY_V1_MAX => Err(Stop::NeedMore(buf.len() + 1)),
         None => Err(Stop::Bad("PROXY v1 header longer than 107 bytes")),
     }
 }
@@ -202,13 +217,15 @@ fn proxy_v2_len(buf: &[u8]) -> Parse<usize> {
         }
     }
     let Some(&[ver_cmd, family, len_hi, len_lo]) = buf.get(12..PROXY_V2_FIXED) else {
-        return Err(Stop::NeedMore);
+        return Err(Stop::NeedMore(PROXY_V2_FIXED.max(buf.len() + 1)));
     };
     let total = PROXY_V2_FIXED + usize::from(u16::from_be_bytes([len_hi, len_lo]));
     if total > PROXY_V2_MAX {
         return Err(Stop::Bad("PROXY v2 header larger than 1040 bytes"));
     }
-    let block = buf.get(PROXY_V2_FIXED..total).ok_or(Stop::NeedMore)?;
+    let block = buf
+        .get(PROXY_V2_FIXED..total)
+        .ok_or(Stop::NeedMore(total))?;
     let is_local = ver_cmd & 0x0f == 0;
     // LOCAL and AF_UNSPEC carry no addresses the receiver may use; the
     // block is skipped whole, as the specification asks.
@@ -252,7 +269,8 @@ fn record_header(header: &[u8]) -> Parse<usize> {
         }
     }
     let Some(&[_, _, _, len_hi, len_lo]) = header.get(..RECORD_HEADER) else {
-        return Err(Stop::NeedMore);
+        // The caller knows how much more the hello needs.
+        return Err(Stop::NeedMore(0));
     };
     let len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
     if len == 0 {
@@ -318,6 +336,16 @@ fn handshake_len(tls: &[u8], fragments: &Fragments, offset: usize) -> Parse<Opti
     Ok(Some(len))
 }
 
+/// How many more handshake bytes the ClientHello needs at the least: the
+/// rest of the message once its length is known, else the rest of its
+/// 4-byte header. Never 0 while it is incomplete.
+fn handshake_bytes_missing(message_len: Option<usize>, fragments: &Fragments) -> usize {
+    message_len
+        .unwrap_or(HANDSHAKE_HEADER)
+        .saturating_sub(fragments.total)
+        .max(1)
+}
+
 /// Finds the ClientHello in the records at the start of `tls` (which sits
 /// `offset` bytes into the peeked buffer) and returns its SNI.
 fn client_hello_sni(tls: &[u8], offset: usize) -> Parse<Option<Cow<'_, [u8]>>> {
@@ -325,7 +353,15 @@ fn client_hello_sni(tls: &[u8], offset: usize) -> Parse<Option<Cow<'_, [u8]>>> {
     let mut message_len = None;
     let mut pos = 0;
     let message_len = loop {
-        let payload_len = record_header(tls.get(pos..).unwrap_or_default())?;
+        let payload_len = match record_header(tls.get(pos..).unwrap_or_default()) {
+            // The next record needs its header and at least the handshake
+            // bytes still missing.
+            Err(Stop::NeedMore(_)) => {
+                let missing = handshake_bytes_missing(message_len, &fragments);
+                return Err(Stop::NeedMore(offset + pos + RECORD_HEADER + missing));
+            }
+            other => other?,
+        };
         let start = pos + RECORD_HEADER;
         let end = start + payload_len;
         let available = end.min(tls.len());
@@ -339,7 +375,16 @@ fn client_hello_sni(tls: &[u8], offset: usize) -> Parse<Option<Cow<'_, [u8]>>> {
             }
         }
         if available < end {
-            return Err(Stop::NeedMore);
+            // The rest of this record, and as many more records as the
+            // missing bytes need beyond it (at least one header).
+            let missing = handshake_bytes_missing(message_len, &fragments);
+            let in_this_record = end - available;
+            let at_least = if missing <= in_this_record {
+                available + missing
+            } else {
+                end + RECORD_HEADER + (missing - in_this_record)
+            };
+            return Err(Stop::NeedMore(offset + at_least));
         }
         pos = end;
     };
@@ -664,13 +709,25 @@ mod tests {
         }
     }
 
-    /// Every strict prefix must wait for more, and the whole must parse.
+    /// The bound a NeedMore gives, checked to be beyond the buffer.
+    fn assert_need_more(buf: &[u8], proxy_protocol: bool) -> usize {
+        match peek_client_hello(buf, proxy_protocol) {
+            Peek::NeedMore { at_least } => {
+                assert!(at_least > buf.len(), "{at_least} for {} bytes", buf.len());
+                at_least
+            }
+            other => panic!("expected NeedMore, got {other:?}"),
+        }
+    }
+
+    /// Every strict prefix must wait for more, with a bound no longer than
+    /// the whole (which is complete), and the whole must parse.
     fn assert_prefixes_need_more(buf: &[u8], proxy_protocol: bool) {
         for n in 0..buf.len() {
-            assert_eq!(
-                peek_client_hello(&buf[..n], proxy_protocol),
-                Peek::NeedMore,
-                "prefix of {n} bytes out of {}",
+            let at_least = assert_need_more(&buf[..n], proxy_protocol);
+            assert!(
+                at_least <= buf.len(),
+                "prefix of {n} bytes out of {}: bound {at_least}",
                 buf.len()
             );
         }
@@ -817,8 +874,8 @@ mod tests {
 
     #[test]
     fn empty_buffer_needs_more() {
-        assert_eq!(peek_client_hello(&[], false), Peek::NeedMore);
-        assert_eq!(peek_client_hello(&[], true), Peek::NeedMore);
+        assert_eq!(assert_need_more(&[], false), 1);
+        assert_eq!(assert_need_more(&[], true), 1);
     }
 
     #[test]
@@ -908,10 +965,7 @@ mod tests {
         assert_unparseable(b"PROXY UNKNOWN \x01\r\n\x16\x03\x01", true);
         assert_unparseable(b"PROXY UNKNOWN \x01", true);
         assert_unparseable(b"PROXY UNKNOWN a\rb", true);
-        assert_eq!(
-            peek_client_hello(b"PROXY UNKNOWN a\r", true),
-            Peek::NeedMore
-        );
+        assert_need_more(b"PROXY UNKNOWN a\r", true);
     }
 
     #[test]
@@ -986,18 +1040,13 @@ mod tests {
 
     #[test]
     fn partial_proxy_headers_need_more() {
-        assert_eq!(peek_client_hello(b"PRO", true), Peek::NeedMore);
-        assert_eq!(
-            peek_client_hello(b"PROXY TCP4 192.0.2.1", true),
-            Peek::NeedMore
-        );
-        assert_eq!(
-            peek_client_hello(&PROXY_V2_SIGNATURE[..7], true),
-            Peek::NeedMore
-        );
+        assert_need_more(b"PRO", true);
+        assert_need_more(b"PROXY TCP4 192.0.2.1", true);
+        assert_eq!(assert_need_more(&PROXY_V2_SIGNATURE[..7], true), 16);
         let header = proxy_v2(1, 0x11, &tcp4_addresses());
-        assert_eq!(peek_client_hello(&header[..20], true), Peek::NeedMore);
-        assert_eq!(peek_client_hello(&header, true), Peek::NeedMore);
+        assert_eq!(assert_need_more(&header[..20], true), header.len());
+        // The header, then at least a record header and a byte.
+        assert_eq!(assert_need_more(&header, true), header.len() + 6);
     }
 
     #[test]
@@ -1086,14 +1135,16 @@ mod tests {
         let body = hello_body(Some(&[extension(0x0015, &vec![0; 4000])]));
         let buf = records(&handshake(&body), &[1; 5000]);
         assert!(buf.len() > PEEK_LIMIT);
-        assert_eq!(
-            peek_client_hello(&buf[..PEEK_LIMIT - 1], false),
-            Peek::NeedMore
-        );
-        assert_eq!(
-            assert_unparseable(&buf[..PEEK_LIMIT], false),
-            "no complete ClientHello within the peek limit"
-        );
+        // The rest could still come in one large record early on...
+        assert_need_more(&buf[..100], false);
+        // ...but not once it could no longer fit: refused before the limit.
+        for n in [PEEK_LIMIT - 100, PEEK_LIMIT - 1, PEEK_LIMIT, buf.len()] {
+            assert_eq!(
+                assert_unparseable(&buf[..n], false),
+                "no complete ClientHello within the peek limit",
+                "{n} bytes"
+            );
+        }
     }
 
     #[test]
@@ -1109,6 +1160,58 @@ mod tests {
             sni_of(peek_client_hello(&buf, false)).unwrap(),
             b"big.example.org"
         );
+    }
+
+    /// How many times a glue that waits for each bound parses a hello that
+    /// arrives `step` bytes at a time, and what it finds at the end.
+    fn parses_following_the_bounds(buf: &[u8], step: usize) -> (usize, Peek<'_>) {
+        let mut parses = 0;
+        let mut wait_for = 0;
+        let mut have = 0;
+        loop {
+            have = (have + step).min(buf.len());
+            if have < wait_for {
+                continue;
+            }
+            parses += 1;
+            match peek_client_hello(&buf[..have], false) {
+                Peek::NeedMore { at_least } => wait_for = at_least,
+                done => return (parses, done),
+            }
+        }
+    }
+
+    #[test]
+    fn a_hello_dribbled_in_one_byte_records_is_parsed_a_few_dozen_times() {
+        // 3,100 bytes of message, one record of one byte each (six bytes of
+        // record per byte of message): the peek used to parse the whole
+        // buffer again at each arrival, once per record.
+        let body = hello_body(Some(&[
+            sni_extension("slow.example.org"),
+            extension(0x0015, &vec![0; 3000]),
+        ]));
+        let message = handshake(&body);
+        let buf = records(&message, &vec![1; message.len()]);
+        assert!(message.len() > 3100 && buf.len() <= PEEK_LIMIT);
+        let (parses, found) = parses_following_the_bounds(&buf, 6);
+        assert_eq!(sni_of(found).unwrap(), b"slow.example.org");
+        // Each parse at least removes a sixth of what is missing: about
+        // log(3100) / log(6/5), plus the record header steps.
+        assert!(
+            parses <= 60,
+            "{parses} parses for {} records",
+            message.len()
+        );
+        // Any arrival pattern is bounded alike.
+        for step in [1, 5, 7, 64, 1000] {
+            let (parses, found) = parses_following_the_bounds(&buf, step);
+            assert_eq!(sni_of(found).unwrap(), b"slow.example.org");
+            assert!(parses <= 60, "{parses} parses in steps of {step}");
+        }
+        // A hello in one record is parsed as soon as its record is there.
+        let whole = hello_with_sni("fast.example.org");
+        let at_least = assert_need_more(&whole[..9], false);
+        assert_eq!(at_least, whole.len());
     }
 
     /// Overwrites part of a ClientHello body.

@@ -4,8 +4,9 @@
 //!
 //! Beyond "no panic", it checks the properties the glue relies on: every
 //! shorter peek that lacks part of the ClientHello says NeedMore (so the
-//! glue never acts on half of one), and a normalised name is stable and
-//! matches itself.
+//! glue never acts on half of one), with a bound the glue may wait for
+//! (beyond the peek, and no shorter peek below it is a complete hello), and
+//! a normalised name is stable and matches itself.
 
 #![no_main]
 
@@ -39,8 +40,10 @@ fuzz_target!(|data: &[u8]| {
 
 /// On a sample of shorter peeks (all of them would make the run
 /// quadratic): while the ClientHello is incomplete the answer is NeedMore,
-/// and once it is complete it is the same Hello for every longer peek
-/// (bytes after the hello do not change it).
+/// whose bound is beyond the peek and not beyond where the hello completes
+/// (the peek one byte short of the bound is no Hello yet), and once it is
+/// complete it is the same Hello for every longer peek (bytes after the
+/// hello do not change it).
 fn check_prefixes(data: &[u8], proxy_protocol: bool, full: &Peek<'_>) {
     let len = data.len().min(PEEK_LIMIT);
     let mut cuts = [0, 1, len / 2, len.saturating_sub(1), len / 3, len * 3 / 4];
@@ -56,7 +59,16 @@ fn check_prefixes(data: &[u8], proxy_protocol: bool, full: &Peek<'_>) {
         }
         let prefix = data.get(..cut).unwrap_or_default();
         let peek = peek_client_hello(prefix, proxy_protocol);
-        if complete || peek != Peek::NeedMore {
+        if let Peek::NeedMore { at_least } = peek {
+            assert!(at_least > cut, "bound {at_least} for a peek of {cut}");
+            let short = data.get(..at_least - 1).unwrap_or(data);
+            assert!(
+                !matches!(peek_client_hello(short, proxy_protocol), Peek::Hello { .. }),
+                "a peek of {} is complete, below the bound {at_least} given at {cut}",
+                short.len()
+            );
+        }
+        if complete || !matches!(peek, Peek::NeedMore { .. }) {
             assert_eq!(&peek, full, "prefix of {cut} bytes");
             complete = true;
         }

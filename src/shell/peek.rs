@@ -129,6 +129,10 @@ const NAME_MAX: usize = 253;
 #[repr(C)]
 struct PeekCtx {
     parked: bool,
+    /// How many bytes the socket must hold before the ClientHello can be
+    /// complete (the parser's bound; 0 before the first parse): fewer are
+    /// not read or parsed again.
+    wait_for: usize,
     /// Monotonic microseconds when the connection was parked.
     parked_at: u64,
     name_len: usize,
@@ -313,8 +317,9 @@ unsafe fn on_event(c: *mut ngx_connection_t, rev: *mut ngx_event_t) -> bool {
         // (edge-triggered epoll re-reports nothing we need now).
         return false;
     }
-    match peek(fd) {
-        Peeked::Wait => {
+    match peek(fd, ctx.wait_for) {
+        Peeked::Wait(wait_for) => {
+            ctx.wait_for = wait_for;
             debug!(
                 log,
                 "*{number} dyncert: ClientHello incomplete, waiting for more bytes"
@@ -364,8 +369,9 @@ unsafe fn on_event(c: *mut ngx_connection_t, rev: *mut ngx_event_t) -> bool {
 // per-connection allocation the inline form removes.
 #[allow(clippy::large_enum_variant)]
 enum Peeked {
-    /// Not enough of them yet.
-    Wait,
+    /// Not enough of them yet: no complete ClientHello before the socket
+    /// holds this many bytes.
+    Wait(usize),
     /// Nothing worth waiting for (EOF, an error, not a ClientHello, no or
     /// an invalid SNI, said for the debug log): nginx takes the connection
     /// now.
@@ -375,8 +381,19 @@ enum Peeked {
 }
 
 /// Reads (MSG_PEEK: leaving them in the socket for nginx's TLS stack) and
-/// parses the bytes at the start of the connection on `fd`.
-fn peek(fd: libc::c_int) -> Peeked {
+/// parses the bytes at the start of the connection on `fd`, unless fewer
+/// than `wait_for` are there: a ClientHello dribbled in tiny records is
+/// then read and parsed a few dozen times, not once per record.
+fn peek(fd: libc::c_int, wait_for: usize) -> Peeked {
+    if wait_for > 0 {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int, the bytes queued for reading.
+        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
+        // None queued: an EOF or an error, which recv() below reports.
+        if rc == 0 && queued > 0 && usize::try_from(queued).is_ok_and(|q| q < wait_for) {
+            return Peeked::Wait(wait_for);
+        }
+    }
     PEEK_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         // SAFETY: buf has PEEK_LIMIT writable bytes; recv(2) writes at most
@@ -389,7 +406,7 @@ fn peek(fd: libc::c_int) -> Peeked {
             Err(_) => {
                 let err = std::io::Error::last_os_error().raw_os_error();
                 if err == Some(libc::EAGAIN) || err == Some(libc::EINTR) {
-                    return Peeked::Wait;
+                    return Peeked::Wait(wait_for);
                 }
                 // nginx will see the same error and close.
                 return Peeked::HandOff("recv() failed");
@@ -400,8 +417,10 @@ fn peek(fd: libc::c_int) -> Peeked {
         // PROXY protocol header in front of it.
         let proxy = data.first() != Some(&0x16);
         match peek_client_hello(data, proxy) {
-            Peek::NeedMore if n >= PEEK_LIMIT => Peeked::HandOff("ClientHello over the peek limit"),
-            Peek::NeedMore => Peeked::Wait,
+            Peek::NeedMore { .. } if n >= PEEK_LIMIT => {
+                Peeked::HandOff("ClientHello over the peek limit")
+            }
+            Peek::NeedMore { at_least } => Peeked::Wait(at_least),
             Peek::Unparseable(reason) => Peeked::HandOff(reason),
             Peek::Hello { sni: None } => Peeked::HandOff("no SNI"),
             // Invalid names never cause I/O.
