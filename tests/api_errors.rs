@@ -8,49 +8,25 @@
 use dyncert_testkit::*;
 use std::time::{Duration, Instant};
 
-const HTTP: &str = r#"
-http {
-    access_log off;
+/// The `http {}` directives, around [`METRICS_SERVER`] and [`SOURCE_SERVER`].
+const API: &str = r#"
     dyncert_redis @REDIS@;
     dyncert_api @API@ writeback=1h;
     dyncert_api_timeout 1s;
     dyncert_fetch_timeout 3s;
     dyncert_cache max=1000 valid=1m stale=1h negative=10s;
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
-    }
-}
 "#;
 
 #[test]
 fn a_failing_name_is_asked_once_per_backoff_not_twice_per_handshake() {
-    let pki = Pki::new();
-    let redis = Redis::start();
-    let api = CertApi::start();
     let mport = free_port();
-    let opts = NginxOpts::new()
-        .workers(1)
-        .redis(&redis)
-        .api(&api)
-        .var("MPORT", mport);
-    let nginx = Nginx::start(&pki, HTTP, opts);
+    let s = ApiStack::start_with(
+        &http_block(&[API, METRICS_SERVER, SOURCE_SERVER]),
+        NginxOpts::new().workers(1).var("MPORT", mport),
+    );
     let name = "down.example.com";
-    api.set(name, ApiReply::status(500));
-    let get = || {
-        Request::get("/")
-            .sni(name)
-            .https(nginx.port)
-            .unwrap_or_else(|e| panic!("TLS request failed: {e}\n{}", nginx.logs()))
-    };
+    s.api.set(name, ApiReply::status(500));
+    let get = || s.get(name);
 
     // The first connection waits for the lookup and gets the default; its
     // certificate callback does not ask again.
@@ -65,11 +41,11 @@ fn a_failing_name_is_asked_once_per_backoff_not_twice_per_handshake() {
     }
     assert!(within >= 3, "only {within} handshakes in 500 ms");
     assert_eq!(
-        api.requests_for(name),
+        s.api.requests_for(name),
         1,
         "{} handshakes made more than one request\n{}",
         within + 1,
-        api.dump()
+        s.api.dump()
     );
 
     // Once it ends, the name is asked again, once: the second failure
@@ -77,23 +53,23 @@ fn a_failing_name_is_asked_once_per_backoff_not_twice_per_handshake() {
     std::thread::sleep(Duration::from_millis(1100).saturating_sub(failed.elapsed()));
     get().assert_default();
     let failed_again = Instant::now();
-    assert_eq!(api.requests_for(name), 2, "{}", api.dump());
+    s.assert_asked(name, 2);
 
     // The API recovers: the certificate is served when the backoff ends,
     // and the handshakes meanwhile ask nothing.
-    let leaf = pki.leaf(&[name], 8201);
-    api.set_cert(name, &leaf);
+    let leaf = s.pki.leaf(&[name], 8201);
+    s.api.set_cert(name, &leaf);
     let served = poll(Duration::from_secs(5), Duration::from_millis(100), || {
         Some(get()).filter(|r| r.tls().leaf_serial == leaf.serial_hex)
     });
     let after = failed_again.elapsed();
-    let r = served.unwrap_or_else(|| panic!("not served within 5 s\n{}", api.dump()));
-    r.assert_served(&leaf, &pki);
+    let r = served.unwrap_or_else(|| panic!("not served within 5 s\n{}", s.api.dump()));
+    r.assert_served(&leaf, &s.pki);
     assert!(
         after < Duration::from_millis(2600),
         "served {after:?} after the second failure, expected its 2 s backoff"
     );
-    assert_eq!(api.requests_for(name), 3, "{}", api.dump());
+    s.assert_asked(name, 3);
 
     let backoffs = scrape_metrics(mport).get("dyncert_fetch_backoff_total");
     assert!(

@@ -10,9 +10,8 @@ use openssl::pkey::PKey;
 use openssl::x509::X509;
 use std::time::{Duration, Instant};
 
-const HTTP: &str = r#"
-http {
-    access_log off;
+/// The `http {}` directives of most tests here, around [`SOURCE_SERVER`].
+const API: &str = r#"
     dyncert_redis @REDIS@;
     dyncert_api @API@ writeback=1h;
     dyncert_api_header Authorization "Bearer s3cret";
@@ -20,16 +19,11 @@ http {
     dyncert_api_timeout 1s;
     dyncert_fetch_timeout 3s;
     dyncert_cache max=1000 valid=1m stale=1h negative=2s;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
-    }
-}
 "#;
+
+fn http() -> String {
+    http_block(&[API, SOURCE_SERVER])
+}
 
 /// Waits until Redis holds a record for `name` and returns its fields.
 fn wait_record(redis: &Redis, name: &str) -> Option<(String, String)> {
@@ -64,7 +58,7 @@ fn assert_record_is(crt: &str, key: &str, leaf: &Leaf, pki: &Pki) {
 
 #[test]
 fn redis_miss_is_fetched_from_api_served_and_written_back_with_ttl() {
-    let s = ApiStack::start(1, HTTP);
+    let s = ApiStack::start(1, &http());
     let leaf = s.pki.leaf(&["shop.example.com"], 8001);
     s.api.set_cert("shop.example.com", &leaf);
     let monitor = s.redis.monitor();
@@ -73,12 +67,7 @@ fn redis_miss_is_fetched_from_api_served_and_written_back_with_ttl() {
     assert_eq!(r.status, 200);
     r.assert_served(&leaf, &s.pki);
     assert_eq!(r.source(), "api", "body {:?}", r.body);
-    assert_eq!(
-        s.api.requests_for("shop.example.com"),
-        1,
-        "{}",
-        s.api.dump()
-    );
+    s.assert_asked("shop.example.com", 1);
 
     // Redis was asked first.
     monitor.sync();
@@ -119,17 +108,12 @@ fn redis_miss_is_fetched_from_api_served_and_written_back_with_ttl() {
     let r = s.get("shop.example.com");
     r.assert_served(&leaf, &s.pki);
     assert_eq!(r.source(), "cache", "body {:?}", r.body);
-    assert_eq!(
-        s.api.requests_for("shop.example.com"),
-        1,
-        "{}",
-        s.api.dump()
-    );
+    s.assert_asked("shop.example.com", 1);
 }
 
 #[test]
 fn next_terminator_finds_the_api_certificate_in_redis() {
-    let s = ApiStack::start(1, HTTP);
+    let s = ApiStack::start(1, &http());
     let leaf = s.pki.leaf(&["fleet.example.com"], 8002);
     s.api.set_cert("fleet.example.com", &leaf);
     s.get("fleet.example.com").assert_served(&leaf, &s.pki);
@@ -141,19 +125,14 @@ fn next_terminator_finds_the_api_certificate_in_redis() {
 
     // A second nginx on the same Redis and API: Redis answers, the API is
     // not asked a second time.
-    let other = Nginx::start(&s.pki, HTTP, NginxOpts::new().redis(&s.redis).api(&s.api));
+    let other = s.another_nginx(&http());
     let r = Request::get("/")
         .sni("fleet.example.com")
         .https(other.port)
         .unwrap();
     r.assert_served(&leaf, &s.pki);
     assert_eq!(r.source(), "redis", "body {:?}", r.body);
-    assert_eq!(
-        s.api.requests_for("fleet.example.com"),
-        1,
-        "{}",
-        s.api.dump()
-    );
+    s.assert_asked("fleet.example.com", 1);
 }
 
 /// The first certificate of a record's `crt` field, as DER.
@@ -163,19 +142,20 @@ fn record_leaf_der(redis: &Redis, name: &str) -> Option<Vec<u8>> {
     chain.first().map(|c| c.to_der().unwrap())
 }
 
-#[test]
-fn a_record_written_while_the_api_answers_is_not_overwritten_by_the_write_back() {
-    let mut s = ApiStack::start(1, HTTP);
-    let name = "race.example.com";
-    let old = s.pki.leaf(&[name], 8031);
-    let new = s.pki.leaf(&[name], 8032);
+/// A handshake for `name`, which Redis has no record of: its lookup asks
+/// the API, which is slow (800 ms) to answer with `old`, the certificate
+/// it had. `meanwhile` (an operator's change) runs while the lookup waits.
+fn handshake_while_the_api_answers_late(
+    s: &ApiStack,
+    name: &str,
+    old: &Leaf,
+    meanwhile: impl FnOnce(),
+) -> Exchange {
     assert!(s
         .redis
         .wait_subscribers("dyncert:invalidate", 1, Duration::from_secs(5)));
-    // Redis has no record: the lookup asks the API, which is slow to
-    // answer with the certificate it had.
     s.api
-        .set(name, ApiReply::cert(&old).after(Duration::from_millis(800)));
+        .set(name, ApiReply::cert(old).after(Duration::from_millis(800)));
     std::thread::scope(|scope| {
         let handshake = scope.spawn(|| s.get(name));
         assert!(
@@ -183,12 +163,23 @@ fn a_record_written_while_the_api_answers_is_not_overwritten_by_the_write_back()
             "{}",
             s.api.dump()
         );
+        meanwhile();
+        handshake.join().unwrap()
+    })
+}
+
+#[test]
+fn a_record_written_while_the_api_answers_is_not_overwritten_by_the_write_back() {
+    let mut s = ApiStack::start(1, &http());
+    let name = "race.example.com";
+    let old = s.pki.leaf(&[name], 8031);
+    let new = s.pki.leaf(&[name], 8032);
+    let r = handshake_while_the_api_answers_late(&s, name, &old, || {
         // Meanwhile the operator stores the renewal and announces it.
         s.redis.put_leaf(name, &new);
         s.redis.publish("dyncert:invalidate", name);
-        let r = handshake.join().unwrap();
-        r.assert_served(&new, &s.pki);
     });
+    r.assert_served(&new, &s.pki);
     // The write-back must not replace the operator's record with the
     // API's older answer (give it time to have been tried).
     std::thread::sleep(Duration::from_millis(500));
@@ -212,7 +203,7 @@ fn a_record_written_while_the_api_answers_is_not_overwritten_by_the_write_back()
 
 #[test]
 fn writeback_ttl_defaults_to_24_hours() {
-    let s = ApiStack::start(1, &HTTP.replace(" writeback=1h;", ";"));
+    let s = ApiStack::start(1, &http().replace(" writeback=1h;", ";"));
     let leaf = s.pki.leaf(&["daily.example.com"], 8003);
     s.api.set_cert("daily.example.com", &leaf);
     s.get("daily.example.com").assert_served(&leaf, &s.pki);
@@ -255,7 +246,7 @@ fn writeback_ttl_defaults_to_24_hours() {
 
 #[test]
 fn record_in_redis_wins_and_the_api_is_not_asked() {
-    let s = ApiStack::start(1, HTTP);
+    let s = ApiStack::start(1, &http());
     let stored = s.pki.leaf(&["both.example.com"], 8004);
     let from_api = s.pki.leaf(&["both.example.com"], 8005);
     s.redis.put_leaf("both.example.com", &stored);
@@ -263,17 +254,12 @@ fn record_in_redis_wins_and_the_api_is_not_asked() {
     let r = s.get("both.example.com");
     r.assert_served(&stored, &s.pki);
     assert_eq!(r.source(), "redis", "body {:?}", r.body);
-    assert_eq!(
-        s.api.requests_for("both.example.com"),
-        0,
-        "{}",
-        s.api.dump()
-    );
+    s.assert_asked("both.example.com", 0);
 }
 
 #[test]
 fn api_request_carries_configured_headers_and_normalised_name() {
-    let s = ApiStack::start(1, HTTP);
+    let s = ApiStack::start(1, &http());
     let leaf = s.pki.leaf(&["case.example.com"], 8006);
     s.api.set_cert("case.example.com", &leaf);
     s.get("Case.EXAMPLE.com.").assert_served(&leaf, &s.pki);
@@ -289,17 +275,12 @@ fn api_request_carries_configured_headers_and_normalised_name() {
 
 #[test]
 fn api_404_gets_default_and_is_negative_cached() {
-    let s = ApiStack::start(1, HTTP);
+    let s = ApiStack::start(1, &http());
     let start = Instant::now();
     let r = s.get("nobody.example.com");
     r.assert_default();
     assert_eq!(r.source(), "default", "body {:?}", r.body);
-    assert_eq!(
-        s.api.requests_for("nobody.example.com"),
-        1,
-        "{}",
-        s.api.dump()
-    );
+    s.assert_asked("nobody.example.com", 1);
 
     // Within negative=2s the API is not asked again.
     for _ in 0..3 {
@@ -385,7 +366,7 @@ fn assert_failure_handled(s: &mut ApiStack, good: &Leaf, name: &str, reasons: &[
 
 #[test]
 fn api_500_gets_default_is_logged_and_retried_later() {
-    let mut s = ApiStack::start(1, HTTP);
+    let mut s = ApiStack::start(1, &http());
     let good = warm(&s);
     s.api.set("flaky.example.com", ApiReply::status(500));
     assert_failure_handled(&mut s, &good, "flaky.example.com", &["status 500"]);
@@ -411,7 +392,7 @@ fn api_500_gets_default_is_logged_and_retried_later() {
 
 #[test]
 fn api_timeout_gets_default_after_api_timeout_and_is_logged() {
-    let mut s = ApiStack::start(1, HTTP);
+    let mut s = ApiStack::start(1, &http());
     let good = warm(&s);
     let slow = s.pki.leaf(&["slow.example.com"], 8009);
     s.api.set(
@@ -445,7 +426,7 @@ fn api_timeout_gets_default_after_api_timeout_and_is_logged() {
 
 #[test]
 fn api_10mb_body_with_content_length_gets_default_and_is_logged() {
-    let mut s = ApiStack::start(1, HTTP);
+    let mut s = ApiStack::start(1, &http());
     let good = warm(&s);
     s.api
         .set("big.example.com", ApiReply::huge(10 << 20, false));
@@ -454,7 +435,7 @@ fn api_10mb_body_with_content_length_gets_default_and_is_logged() {
 
 #[test]
 fn api_10mb_chunked_body_gets_default_and_is_logged() {
-    let mut s = ApiStack::start(1, HTTP);
+    let mut s = ApiStack::start(1, &http());
     let good = warm(&s);
     s.api
         .set("chunked.example.com", ApiReply::huge(10 << 20, true));
@@ -463,7 +444,7 @@ fn api_10mb_chunked_body_gets_default_and_is_logged() {
 
 #[test]
 fn api_invalid_json_gets_default_and_is_logged() {
-    let mut s = ApiStack::start(1, HTTP);
+    let mut s = ApiStack::start(1, &http());
     let good = warm(&s);
     s.api.set(
         "json.example.com",
@@ -474,7 +455,7 @@ fn api_invalid_json_gets_default_and_is_logged() {
 
 #[test]
 fn api_certificate_for_another_name_gets_default_and_is_logged() {
-    let mut s = ApiStack::start(1, HTTP);
+    let mut s = ApiStack::start(1, &http());
     let good = warm(&s);
     let other = s.pki.leaf(&["other.example.com"], 8010);
     s.api.set_cert("victim.example.com", &other);
@@ -493,7 +474,7 @@ fn api_certificate_for_another_name_gets_default_and_is_logged() {
 
 #[test]
 fn garbage_http_answer_gets_default_and_is_logged() {
-    let mut s = ApiStack::start(1, HTTP);
+    let mut s = ApiStack::start(1, &http());
     let good = warm(&s);
     s.api.set(
         "garbage.example.com",
@@ -514,7 +495,7 @@ fn redis_down_goes_to_the_api_directly() {
     let pki = Pki::new();
     let redis = Redis::reserve();
     let api = CertApi::start();
-    let mut nginx = Nginx::start(&pki, HTTP, NginxOpts::new().redis(&redis).api(&api));
+    let mut nginx = Nginx::start(&pki, &http(), NginxOpts::new().redis(&redis).api(&api));
     let leaf = pki.leaf(&["direct.example.com"], 8011);
     api.set_cert("direct.example.com", &leaf);
 
@@ -536,7 +517,7 @@ fn redis_down_goes_to_the_api_directly() {
 fn hung_redis_falls_through_to_the_api_within_the_fetch_timeout() {
     let mut s = ApiStack::start(
         1,
-        &HTTP.replace(
+        &http().replace(
             "dyncert_api_timeout 1s;",
             "dyncert_api_timeout 1s; dyncert_redis_timeout 500ms;",
         ),
@@ -558,19 +539,8 @@ fn hung_redis_falls_through_to_the_api_within_the_fetch_timeout() {
 }
 
 const API_ONLY: &str = r#"
-http {
-    access_log off;
     dyncert_api @API@;
     dyncert_cache valid=1m negative=2s;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
-    }
-}
 "#;
 
 #[test]
@@ -578,7 +548,11 @@ fn api_alone_without_redis_serves_certificates() {
     let pki = Pki::new();
     let redis = Redis::reserve();
     let api = CertApi::start();
-    let mut nginx = Nginx::start(&pki, API_ONLY, NginxOpts::new().redis(&redis).api(&api));
+    let mut nginx = Nginx::start(
+        &pki,
+        &http_block(&[API_ONLY, SOURCE_SERVER]),
+        NginxOpts::new().redis(&redis).api(&api),
+    );
     let leaf = pki.leaf(&["solo.example.com"], 8013);
     api.set_cert("solo.example.com", &leaf);
 
@@ -604,21 +578,10 @@ fn api_alone_without_redis_serves_certificates() {
 }
 
 const HTTPS_API: &str = r#"
-http {
-    access_log off;
     dyncert_redis @REDIS@;
     dyncert_api @API@;
     dyncert_api_trusted_certificate @API_CA@;
     dyncert_api_timeout 1s;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
-    }
-}
 "#;
 
 #[test]
@@ -626,7 +589,11 @@ fn https_api_is_verified_against_the_trusted_certificate() {
     let pki = Pki::new();
     let redis = Redis::start();
     let api = CertApi::start_tls(&pki);
-    let mut nginx = Nginx::start(&pki, HTTPS_API, NginxOpts::new().redis(&redis).api(&api));
+    let mut nginx = Nginx::start(
+        &pki,
+        &http_block(&[HTTPS_API, SOURCE_SERVER]),
+        NginxOpts::new().redis(&redis).api(&api),
+    );
     let leaf = pki.leaf(&["secure.example.com"], 8014);
     api.set_cert("secure.example.com", &leaf);
 
@@ -645,7 +612,8 @@ fn https_api_with_an_untrusted_certificate_is_not_used() {
     let redis = Redis::start();
     let api = CertApi::start_tls(&pki);
     // System roots only: the test CA is not among them.
-    let template = HTTPS_API.replace("dyncert_api_trusted_certificate @API_CA@;", "");
+    let template = http_block(&[HTTPS_API, SOURCE_SERVER])
+        .replace("dyncert_api_trusted_certificate @API_CA@;", "");
     let mut nginx = Nginx::start(&pki, &template, NginxOpts::new().redis(&redis).api(&api));
     let leaf = pki.leaf(&["mitm.example.com"], 8015);
     api.set_cert("mitm.example.com", &leaf);
@@ -674,7 +642,7 @@ fn https_api_with_an_untrusted_certificate_is_not_used() {
 /// gets the wildcard.
 #[test]
 fn a_redis_wildcard_does_not_stand_in_for_a_name_the_api_has() {
-    let mut s = ApiStack::start(1, HTTP);
+    let mut s = ApiStack::start(1, &http());
     let wild = s.pki.leaf(&["*.example.com"], 8101);
     s.redis.put_leaf("*.example.com", &wild);
     let own = s.pki.leaf(&["own.example.com"], 8102);
@@ -704,7 +672,7 @@ fn a_redis_wildcard_does_not_stand_in_for_a_name_the_api_has() {
 fn a_redis_stall_with_an_api_404_keeps_serving_the_cached_redis_certificate() {
     let mut s = ApiStack::start(
         1,
-        &HTTP
+        &http()
             .replace(
                 "dyncert_api_timeout 1s;",
                 "dyncert_api_timeout 1s; dyncert_redis_timeout 300ms;",
@@ -720,7 +688,7 @@ fn a_redis_stall_with_an_api_404_keeps_serving_the_cached_redis_certificate() {
     let r = s.get(name);
     r.assert_served(&leaf, &s.pki);
     assert_eq!(r.source(), "redis", "body {:?}", r.body);
-    assert_eq!(s.api.requests_for(name), 0, "{}", s.api.dump());
+    s.assert_asked(name, 0);
 
     // Past `valid`: the next handshake starts a refresh, into the stall.
     std::thread::sleep(Duration::from_millis(1300));
@@ -794,7 +762,7 @@ fn a_redis_stall_with_an_api_404_keeps_serving_the_cached_redis_certificate() {
 /// record ends the lookup before the API is asked.
 #[test]
 fn a_writeback_copy_expires_with_its_certificate_and_the_api_renewal_is_served() {
-    let s = ApiStack::start(1, &HTTP.replace("valid=1m", "valid=2s"));
+    let s = ApiStack::start(1, &http().replace("valid=1m", "valid=2s"));
     let name = "short.example.com";
     let old = s.pki.leaf_with(
         &[name],
@@ -859,7 +827,7 @@ fn a_writeback_copy_expires_with_its_certificate_and_the_api_renewal_is_served()
     served.assert_served(&renewed, &s.pki);
 
     // Another terminator, with an empty cache, gets the renewal too.
-    let other = Nginx::start(&s.pki, HTTP, NginxOpts::new().redis(&s.redis).api(&s.api));
+    let other = s.another_nginx(&http());
     let r = Request::get("/").sni(name).https(other.port).unwrap();
     r.assert_served(&renewed, &s.pki);
 }
@@ -872,31 +840,23 @@ fn a_writeback_copy_expires_with_its_certificate_and_the_api_renewal_is_served()
 /// and Redis holds the new one.
 #[test]
 fn an_api_answer_in_flight_during_a_delete_and_invalidation_is_not_written_back() {
-    let s = ApiStack::start(1, HTTP);
+    let s = ApiStack::start(1, &http());
     let name = "rotated.example.com";
     let old = s.pki.leaf(&[name], 8101);
     let new = s.pki.leaf(&[name], 8102);
-    assert!(s
-        .redis
-        .wait_subscribers("dyncert:invalidate", 1, Duration::from_secs(5)));
-    s.api
-        .set(name, ApiReply::cert(&old).after(Duration::from_millis(800)));
-    std::thread::scope(|scope| {
-        let in_flight = scope.spawn(|| s.get(name));
-        assert!(s.api.wait_requests_for(name, 1, Duration::from_secs(5)));
+    let r = handshake_while_the_api_answers_late(&s, name, &old, || {
         s.api.set_cert(name, &new);
         s.redis.cmd(&["DEL", &format!("dyncert:cert:{name}")]);
         assert_eq!(s.redis.publish("dyncert:invalidate", name), 1);
-        let r = in_flight.join().unwrap();
-        r.assert_served(&new, &s.pki);
     });
+    r.assert_served(&new, &s.pki);
     s.get(name).assert_served(&new, &s.pki);
     let (crt, _) = wait_record(&s.redis, name).expect("the new answer written back");
     assert!(
         crt.contains(new.chain_pem.lines().nth(1).unwrap()),
         "Redis holds the new certificate"
     );
-    let other = Nginx::start(&s.pki, HTTP, NginxOpts::new().redis(&s.redis).api(&s.api));
+    let other = s.another_nginx(&http());
     let r = Request::get("/").sni(name).https(other.port).unwrap();
     r.assert_served(&new, &s.pki);
 }

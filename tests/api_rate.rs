@@ -9,27 +9,13 @@
 use dyncert_testkit::*;
 use std::time::{Duration, Instant};
 
-const HTTP: &str = r#"
-http {
-    access_log off;
+/// The `http {}` directives, around [`METRICS_SERVER`] and [`SOURCE_SERVER`].
+const API: &str = r#"
     dyncert_redis @REDIS@;
     dyncert_api @API@ writeback=1h rate=1;
     dyncert_api_timeout 1s;
     dyncert_fetch_timeout 3s;
     dyncert_cache max=1000 valid=1m stale=1h negative=30s;
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
-    }
-}
 "#;
 
 /// Sends a bare ClientHello for each name, `threads` at a time; each
@@ -51,46 +37,37 @@ fn hellos(port: u16, names: &[String], threads: usize) {
 
 #[test]
 fn a_random_sni_flood_asks_the_api_at_the_capped_rate_and_known_names_are_served_after() {
-    let pki = Pki::new();
-    let redis = Redis::start();
-    let api = CertApi::start();
     let mport = free_port();
-    let opts = NginxOpts::new()
-        .workers(1)
-        .redis(&redis)
-        .api(&api)
-        .var("MPORT", mport);
-    let mut nginx = Nginx::start(&pki, HTTP, opts);
+    let mut s = ApiStack::start_with(
+        &http_block(&[API, METRICS_SERVER, SOURCE_SERVER]),
+        NginxOpts::new().workers(1).var("MPORT", mport),
+    );
     let known = "known.example.com";
-    let leaf = pki.leaf(&[known], 8301);
-    api.set_cert(known, &leaf);
+    let leaf = s.pki.leaf(&[known], 8301);
+    s.api.set_cert(known, &leaf);
     let unknown: Vec<String> = (0..59).map(|i| format!("flood-{i}.example.net")).collect();
 
     // 20 names at once drain the burst of 1 (a low rate leaves a second
     // before the next token, so a slow machine still meets an empty bucket).
     let start = Instant::now();
-    hellos(nginx.port, &unknown[..20], 20);
+    hellos(s.nginx.port, &unknown[..20], 20);
     // A name the API has, right behind them: not asked, the default.
-    let r = Request::get("/")
-        .sni(known)
-        .https(nginx.port)
-        .unwrap_or_else(|e| panic!("TLS request failed: {e}\n{}", nginx.logs()));
-    r.assert_default();
+    s.get(known).assert_default();
     let refused_at = Instant::now();
-    assert_eq!(api.requests_for(known), 0, "{}", api.dump());
+    s.assert_asked(known, 0);
     // The rest of the 60 names over most of the second.
     for name in &unknown[20..] {
-        hellos(nginx.port, std::slice::from_ref(name), 1);
+        hellos(s.nginx.port, std::slice::from_ref(name), 1);
         std::thread::sleep(Duration::from_millis(15));
     }
     let elapsed = start.elapsed();
-    let flood_requests = api.total_requests() - api.requests_for(known);
+    let flood_requests = s.api.total_requests() - s.api.requests_for(known);
     // The burst, one more a second, and one for the rounding of time.
     let bound = 1 + elapsed.as_secs_f64().ceil() as usize + 1;
     assert!(
         (1..=bound).contains(&flood_requests),
         "60 names in {elapsed:?} made {flood_requests} API requests, expected 1 to {bound}\n{}",
-        api.dump()
+        s.api.dump()
     );
     assert!(
         elapsed < Duration::from_millis(1600),
@@ -104,11 +81,12 @@ fn a_random_sni_flood_asks_the_api_at_the_capped_rate_and_known_names_are_served
         limited >= (60 - flood_requests) as f64 && limited <= (62 - flood_requests) as f64,
         "dyncert_api_rate_limited_total {limited}, {flood_requests} of 60 names asked"
     );
-    let line = nginx
+    let line = s
+        .nginx
         .wait_for_log_line(Duration::from_secs(2), |l| {
             l.contains("[warn]") && l.contains("the API's request rate cap (rate=1) was reached")
         })
-        .unwrap_or_else(|| panic!("no rate-cap warning\n{}", nginx.logs()));
+        .unwrap_or_else(|| panic!("no rate-cap warning\n{}", s.nginx.logs()));
     assert!(line.contains("name: \""), "{line}");
 
     // The known name backed off (1 s less up to 1/8); once it ends and the
@@ -116,17 +94,17 @@ fn a_random_sni_flood_asks_the_api_at_the_capped_rate_and_known_names_are_served
     let served = poll(Duration::from_secs(6), Duration::from_millis(100), || {
         Request::get("/")
             .sni(known)
-            .https(nginx.port)
+            .https(s.nginx.port)
             .ok()
             .filter(|r| r.tls().leaf_serial == leaf.serial_hex)
     });
     let after = refused_at.elapsed();
-    let r = served.unwrap_or_else(|| panic!("not served within 6 s\n{}", nginx.logs()));
-    r.assert_served(&leaf, &pki);
+    let r = served.unwrap_or_else(|| panic!("not served within 6 s\n{}", s.nginx.logs()));
+    r.assert_served(&leaf, &s.pki);
     assert!(
         after >= Duration::from_millis(850),
         "served {after:?} after its refusal, within its backoff"
     );
-    assert_eq!(api.requests_for(known), 1, "{}", api.dump());
-    nginx.assert_healthy();
+    s.assert_asked(known, 1);
+    s.nginx.assert_healthy();
 }

@@ -9,7 +9,9 @@
 //!   [`deploy`]: TLS (client certificates, ACL users), Sentinel and
 //!   Cluster deployments.
 //! - [`nginx`]: the NGINX the module was built against, from an `http {}`
-//!   template and one [`NginxOpts`]; `nginx -t`; reloads; log checks.
+//!   template and one [`NginxOpts`]; `nginx -t`; reloads; log checks;
+//!   [`conf`]: the template pieces many tests share; [`stack`]: a PKI, a
+//!   Redis, maybe the certificate API, and an nginx in one value.
 //! - [`api`]: the certificate API (`dyncert_api`), programmable per name.
 //! - [`client`]: the TLS client ([`Request`] / [`Exchange`]), also
 //!   handshake-only for the benchmark; [`http`]: response framing,
@@ -24,6 +26,7 @@
 
 pub mod api;
 pub mod client;
+pub mod conf;
 pub mod deploy;
 pub mod http;
 pub mod module;
@@ -40,6 +43,7 @@ pub use api::{json_string, ApiReply, ApiRequest, CertApi, API_PATH};
 pub use client::{
     is_unrecognized_name, tls_burst, Exchange, HelloSent, Request, TlsConn, TlsSide, IO_TIMEOUT,
 };
+pub use conf::{http_block, metrics_http, METRICS_SERVER, SOURCE_SERVER, WORKER_METRICS_SERVER};
 pub use deploy::{
     ClusterTls, RedisCluster, RedisSentinel, TlsRedis, TlsRedisOpts, SENTINEL_SERVICE,
 };

@@ -17,13 +17,15 @@ pub struct Stack {
 
 impl Stack {
     pub fn start(workers: u32, template: &str) -> Stack {
+        Stack::start_with(template, NginxOpts::new().workers(workers))
+    }
+
+    /// As [`Stack::start`], with `opts` (workers, more placeholders, ...)
+    /// to which `@REDIS@` is added.
+    pub fn start_with(template: &str, opts: NginxOpts) -> Stack {
         let pki = Pki::new();
         let redis = Redis::start();
-        let nginx = Nginx::start(
-            &pki,
-            template,
-            NginxOpts::new().workers(workers).redis(&redis),
-        );
+        let nginx = Nginx::start(&pki, template, opts.redis(&redis));
         Stack { pki, redis, nginx }
     }
 
@@ -48,14 +50,16 @@ pub struct ApiStack {
 
 impl ApiStack {
     pub fn start(workers: u32, template: &str) -> ApiStack {
+        ApiStack::start_with(template, NginxOpts::new().workers(workers))
+    }
+
+    /// As [`ApiStack::start`], with `opts` (workers, more placeholders,
+    /// ...) to which `@REDIS@`, `@API@` and `@API_CA@` are added.
+    pub fn start_with(template: &str, opts: NginxOpts) -> ApiStack {
         let pki = Pki::new();
         let redis = Redis::start();
         let api = CertApi::start();
-        let nginx = Nginx::start(
-            &pki,
-            template,
-            NginxOpts::new().workers(workers).redis(&redis).api(&api),
-        );
+        let nginx = Nginx::start(&pki, template, opts.redis(&redis).api(&api));
         ApiStack {
             pki,
             redis,
@@ -64,11 +68,32 @@ impl ApiStack {
         }
     }
 
+    /// Another terminator: an nginx for `template` on the same Redis and
+    /// API (one worker, its own empty cache).
+    pub fn another_nginx(&self, template: &str) -> Nginx {
+        Nginx::start(
+            &self.pki,
+            template,
+            NginxOpts::new().redis(&self.redis).api(&self.api),
+        )
+    }
+
     /// `GET /` over TLS with SNI `sni`; panics when the request fails.
     pub fn get(&self, sni: &str) -> Exchange {
         Request::default()
             .sni(sni)
             .https(self.nginx.port)
-            .unwrap_or_else(|e| panic!("TLS request with SNI {sni:?} failed: {e}"))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "TLS request with SNI {sni:?} failed: {e}\n{}",
+                    self.nginx.logs()
+                )
+            })
+    }
+
+    /// Asserts that the API was asked about `name` `n` times.
+    #[track_caller]
+    pub fn assert_asked(&self, name: &str, n: usize) {
+        assert_eq!(self.api.requests_for(name), n, "{}", self.api.dump());
     }
 }
