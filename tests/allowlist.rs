@@ -10,14 +10,9 @@
 use dyncert_testkit::*;
 use std::net::SocketAddr;
 
+/// The servers of the `http {}` block, after Redis and [`METRICS_SERVER`]
+/// ([`metrics_http`]).
 const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
     server {
         listen 127.0.0.1:@PORT@ ssl;
         server_name _;
@@ -34,20 +29,14 @@ http {
         }
         location /open/ { }
     }
-}
 "#;
 
-fn start(template: &str, extra: &[(&str, &str)]) -> (Stack, u16) {
-    let pki = Pki::new();
-    let redis = Redis::start();
-    let mport = free_port();
-    let opts = extra.iter().fold(
-        NginxOpts::new().redis(&redis).var("MPORT", mport),
-        |o, (k, v)| o.var(k, v),
-    );
-    let nginx = Nginx::start(&pki, template, opts);
-    nginx.write_index_pages(&["", "hidden/", "open/"]);
-    (Stack { pki, redis, nginx }, mport)
+/// A stack for `servers` (after [`METRICS_SERVER`]), with the index pages
+/// of `HTTP`'s locations.
+fn start(servers: &str, opts: NginxOpts) -> (Stack, u16) {
+    let (s, mport) = Stack::with_metrics(servers, opts);
+    s.nginx.write_index_pages(&["", "hidden/", "open/"]);
+    (s, mport)
 }
 
 fn get(port: u16, from: &str, path: &str) -> Exchange {
@@ -59,7 +48,7 @@ fn get(port: u16, from: &str, path: &str) -> Exchange {
 
 #[test]
 fn listed_clients_pass_and_others_get_403() {
-    let (mut s, _) = start(HTTP, &[]);
+    let (mut s, _) = start(HTTP, NginxOpts::new());
     let port = s.nginx.port;
 
     for from in ["127.0.0.1", "127.0.1.77", "127.0.1.255"] {
@@ -93,7 +82,7 @@ fn listed_clients_pass_and_others_get_403() {
 
 #[test]
 fn deny_status_404_hides_the_location_from_other_clients() {
-    let (mut s, _) = start(HTTP, &[]);
+    let (mut s, _) = start(HTTP, NginxOpts::new());
     let port = s.nginx.port;
     // The page exists (the listed client gets it), so the 404 is the
     // configured denial and not a missing file.
@@ -108,7 +97,7 @@ fn deny_status_404_hides_the_location_from_other_clients() {
 
 #[test]
 fn denials_are_counted_in_metrics() {
-    let (mut s, mport) = start(HTTP, &[]);
+    let (mut s, mport) = start(HTTP, NginxOpts::new());
     let port = s.nginx.port;
     let before = scrape_metrics(mport);
     for _ in 0..3 {
@@ -125,14 +114,7 @@ fn denials_are_counted_in_metrics() {
 }
 
 const INHERIT: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
     dyncert_allow 127.0.0.9;
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
     server {
         listen 127.0.0.1:@PORT@ ssl;
         server_name _;
@@ -159,13 +141,12 @@ http {
         root html;
         location / { }
     }
-}
 "#;
 
 #[test]
 fn location_list_replaces_the_inherited_one_and_several_directives_add_up() {
     let hport = free_port();
-    let (mut s, _) = start(INHERIT, &[("HPORT", &hport.to_string())]);
+    let (mut s, _) = start(INHERIT, NginxOpts::new().var("HPORT", hport));
     s.nginx
         .write_index_pages(&["override/", "both/", "public/"]);
     let port = s.nginx.port;
@@ -193,14 +174,6 @@ fn location_list_replaces_the_inherited_one_and_several_directives_add_up() {
 }
 
 const ENV: &str = r#"
-env DYNCERT_TEST_ALLOW_IPS;
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
     server {
         listen 127.0.0.1:@PORT@ ssl;
         server_name _;
@@ -210,31 +183,26 @@ http {
         root html;
         location / { dyncert_allow 127.0.0.5 env=DYNCERT_TEST_ALLOW_IPS; }
     }
-}
 "#;
 
 #[test]
 fn env_list_is_read_from_the_environment_of_nginx() {
-    let pki = Pki::new();
-    let redis = Redis::start();
-    let mport = free_port();
-    let mut nginx = Nginx::start(
-        &pki,
-        ENV,
-        NginxOpts::new().redis(&redis).var("MPORT", mport).env(
+    let mut s = Stack::start_with(
+        &format!("env DYNCERT_TEST_ALLOW_IPS;{}", metrics_http(ENV)),
+        NginxOpts::new().var("MPORT", free_port()).env(
             "DYNCERT_TEST_ALLOW_IPS",
             "10.0.0.0/8, 127.0.0.3 127.0.1.0/24,2001:db8::/32",
         ),
     );
-    nginx.write_index_pages(&[""]);
-    let port = nginx.port;
+    s.nginx.write_index_pages(&[""]);
+    let port = s.nginx.port;
     for from in ["127.0.0.3", "127.0.1.200", "127.0.0.5"] {
         assert_eq!(get(port, from, "/").status, 200, "{from} is in the list");
     }
     for from in ["127.0.0.1", "127.0.0.4", "127.0.2.1"] {
         assert_eq!(get(port, from, "/").status, 403, "{from} is not");
     }
-    nginx.assert_healthy();
+    s.nginx.assert_healthy();
 }
 
 #[test]
@@ -274,13 +242,6 @@ fn unset_env_variable_fails_the_config_test_naming_it() {
 }
 
 const HEADERS: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
     server {
         listen 127.0.0.1:@PORT@ ssl;
         server_name _;
@@ -303,13 +264,11 @@ http {
         real_ip_header X-Real-IP;
         location / { dyncert_allow 10.1.2.3; }
     }
-}
 "#;
 
 #[test]
 fn spoofed_forwarding_headers_are_ignored_without_realip() {
-    let rport = free_port().to_string();
-    let (mut s, _) = start(HEADERS, &[("RPORT", &rport)]);
+    let (mut s, _) = start(HEADERS, NginxOpts::new().var("RPORT", free_port()));
     let spoofs: [&[(&str, &str)]; 4] = [
         &[("X-Forwarded-For", "10.1.2.3")],
         &[("X-Real-IP", "10.1.2.3")],
@@ -335,7 +294,7 @@ fn spoofed_forwarding_headers_are_ignored_without_realip() {
 #[test]
 fn realip_header_is_honoured_from_a_trusted_sender_only() {
     let rport = free_port();
-    let (mut s, _) = start(HEADERS, &[("RPORT", &rport.to_string())]);
+    let (mut s, _) = start(HEADERS, NginxOpts::new().var("RPORT", rport));
     // Control: with `set_real_ip_from` trusting 127.0.0.1, its X-Real-IP is
     // the client address the list sees.
     let r = Request::get("/")
@@ -367,13 +326,6 @@ fn realip_header_is_honoured_from_a_trusted_sender_only() {
 }
 
 const PROXY: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
     server {
         listen 127.0.0.1:@PORT@ ssl;
         server_name _;
@@ -395,12 +347,11 @@ http {
         add_header X-Dyncert-Source $dyncert_source always;
         location / { dyncert_allow 203.0.113.0/24 2001:db8::/32; }
     }
-}
 "#;
 
 fn proxy_protocol_source_is_honoured(version: u8) {
     let pport = free_port();
-    let (mut s, _) = start(PROXY, &[("PPORT", &pport.to_string())]);
+    let (mut s, _) = start(PROXY, NginxOpts::new().var("PPORT", pport));
     s.nginx.write_index_pages(&[""]);
     let leaf = s.pki.leaf(&["shop.example.com"], 4401);
     s.redis.put_leaf("shop.example.com", &leaf);
@@ -458,13 +409,6 @@ fn proxy_protocol_v2_source_is_honoured_and_dynamic_certificate_served() {
 }
 
 const V6: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
     server {
         listen 127.0.0.1:@PORT@ ssl;
         listen [::1]:@V6PORT@ ssl;
@@ -478,7 +422,6 @@ http {
         location / { dyncert_allow ::1/128 127.0.0.1; }
         location /doc/ { dyncert_allow 2001:db8::/32; }
     }
-}
 "#;
 
 #[test]
@@ -491,10 +434,9 @@ fn ipv6_clients_match_ipv6_networks_and_mapped_ipv4_clients_match_ipv4_ones() {
     let dualport = free_port();
     let (mut s, _) = start(
         V6,
-        &[
-            ("V6PORT", &v6port.to_string()),
-            ("DUALPORT", &dualport.to_string()),
-        ],
+        NginxOpts::new()
+            .var("V6PORT", v6port)
+            .var("DUALPORT", dualport),
     );
     s.nginx.write_index_pages(&["doc/"]);
 

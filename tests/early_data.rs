@@ -19,14 +19,9 @@ use openssl::ssl::{Ssl, SslContext, SslMethod, SslStream, SslVerifyMode, SslVers
 
 use dyncert_testkit::*;
 
+/// The servers of the `http {}` block, after Redis and [`METRICS_SERVER`]
+/// ([`metrics_http`]).
 const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
     server {
         listen 127.0.0.1:@PORT@ ssl default_server;
         server_name _;
@@ -41,7 +36,6 @@ http {
         location /listed/ { dyncert_allow 127.0.0.1; }
         location /public/ { dyncert_allow all; }
     }
-}
 "#;
 
 const OPEN: &str = "open.example.com";
@@ -125,14 +119,12 @@ fn late(port: u16, name: &str, path: &str) -> (u16, String) {
 
 #[test]
 fn allow_lists_answer_early_data_with_425_and_the_same_request_after_the_handshake_passes() {
-    let pki = Pki::new();
-    let redis = Redis::start();
-    let mport = free_port();
-    let mut nginx = Nginx::start(
-        &pki,
-        HTTP,
-        NginxOpts::new().redis(&redis).var("MPORT", mport),
-    );
+    let (s, mport) = Stack::with_metrics(HTTP, NginxOpts::new());
+    let Stack {
+        pki,
+        redis,
+        mut nginx,
+    } = s;
     nginx.write_index_pages(&["", "listed/", "public/"]);
     redis.put_leaf(OPEN, &pki.leaf(&[OPEN], 7101));
     redis.put_leaf_with(

@@ -9,14 +9,9 @@
 use dyncert_testkit::*;
 use openssl::ssl::SslVersion;
 
+/// The servers of the `http {}` block, after Redis and [`METRICS_SERVER`]
+/// ([`metrics_http`]).
 const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
     server {
         listen 127.0.0.1:@PORT@ ssl;
         server_name _;
@@ -43,7 +38,6 @@ http {
         add_header X-Client-Verify $ssl_client_verify always;
         location / { }
     }
-}
 "#;
 
 struct Tenants {
@@ -53,24 +47,10 @@ struct Tenants {
 }
 
 fn start() -> Tenants {
-    let pki = Pki::new();
-    let redis = Redis::start();
-    let mport = free_port();
     let offport = free_port();
-    let nginx = Nginx::start(
-        &pki,
-        HTTP,
-        NginxOpts::new()
-            .redis(&redis)
-            .var("MPORT", mport)
-            .var("OFFPORT", offport),
-    );
-    nginx.write_index_pages(&["", "staff/", "quiet/"]);
-    Tenants {
-        s: Stack { pki, redis, nginx },
-        mport,
-        offport,
-    }
+    let (s, mport) = Stack::with_metrics(HTTP, NginxOpts::new().var("OFFPORT", offport));
+    s.nginx.write_index_pages(&["", "staff/", "quiet/"]);
+    Tenants { s, mport, offport }
 }
 
 impl Tenants {

@@ -3,8 +3,10 @@
 
 use crate::api::CertApi;
 use crate::client::{Exchange, Request};
+use crate::conf::metrics_http;
 use crate::nginx::{Nginx, NginxOpts};
 use crate::pki::Pki;
+use crate::process::free_port;
 use crate::redis::Redis;
 
 /// A PKI, a Redis and an nginx with the module for a template with `@PORT@`
@@ -27,6 +29,14 @@ impl Stack {
         let redis = Redis::start();
         let nginx = Nginx::start(&pki, template, opts.redis(&redis));
         Stack { pki, redis, nginx }
+    }
+
+    /// As [`Stack::start_with`] for [`metrics_http`]`(rest)`, on a free
+    /// metrics port (`@MPORT@`), returned with the stack.
+    pub fn with_metrics(rest: &str, opts: NginxOpts) -> (Stack, u16) {
+        let mport = free_port();
+        let s = Stack::start_with(&metrics_http(rest), opts.var("MPORT", mport));
+        (s, mport)
     }
 
     /// `GET /` over TLS with SNI `sni` (none when `None`); panics when the
