@@ -10,18 +10,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+/// The servers of the `http {}` block, after Redis and
+/// [`WORKER_METRICS_SERVER`] ([`worker_metrics_http`]).
 const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@MPORT@;
-        server_name metrics.internal;
-        location = /metrics {
-            add_header X-Worker $pid;
-            dyncert_metrics;
-        }
-    }
     server {
         listen 127.0.0.1:@PORT@ ssl;
         server_name tenants;
@@ -33,7 +24,6 @@ http {
         }
         location /missing { return 404; }
     }
-}
 "#;
 
 struct Scrape {
@@ -102,18 +92,9 @@ fn scrape_every_worker(port: u16, workers: &BTreeSet<u32>) -> BTreeMap<u32, Scra
 }
 
 fn start() -> (Stack, u16) {
-    let pki = Pki::new();
-    let redis = Redis::start();
     let mport = free_port();
-    let nginx = Nginx::start(
-        &pki,
-        HTTP,
-        NginxOpts::new()
-            .workers(2)
-            .redis(&redis)
-            .var("MPORT", mport),
-    );
-    (Stack { pki, redis, nginx }, mport)
+    let opts = NginxOpts::new().workers(2).var("MPORT", mport);
+    (Stack::start_with(&worker_metrics_http(HTTP), opts), mport)
 }
 
 #[test]

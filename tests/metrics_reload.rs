@@ -10,18 +10,9 @@ use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+/// The servers of the `http {}` block, after Redis and
+/// [`WORKER_METRICS_SERVER`] ([`worker_metrics_http`]).
 const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@MPORT@;
-        server_name metrics.internal;
-        location = /metrics {
-            add_header X-Worker $pid;
-            dyncert_metrics;
-        }
-    }
     server {
         listen 127.0.0.1:@PORT@ ssl;
         server_name tenants;
@@ -31,7 +22,6 @@ http {
         location / { return 200 "$ssl_server_name via $dyncert_source pid=$pid\n"; }
     }
     @EXTRA@
-}
 "#;
 
 /// The third server block, last so the first two keep their positions.
@@ -52,7 +42,8 @@ const EXTRA_LABEL: &str = "dyncert_responses_total{server=\"extra\",class=\"2xx\
 /// The `http {}` block with `@PORT@` left for the kit and `extra` server
 /// blocks after the first two.
 fn http(redis: &Redis, mport: u16, extra: &str) -> String {
-    HTTP.replace("@REDIS@", &redis.url())
+    worker_metrics_http(HTTP)
+        .replace("@REDIS@", &redis.url())
         .replace("@MPORT@", &mport.to_string())
         .replace("@EXTRA@", extra)
 }

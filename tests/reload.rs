@@ -4,24 +4,9 @@
 
 use dyncert_testkit::*;
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
-    }
-}
-"#;
-
 #[test]
 fn reload_keeps_serving_dynamic_certificates() {
-    let mut s = Stack::start(2, HTTP);
+    let mut s = Stack::start(2, &redis_http());
     let before = s.pki.leaf(&["before.example.com"], 5001);
     s.redis.put_leaf("before.example.com", &before);
     for _ in 0..4 {

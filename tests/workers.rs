@@ -6,24 +6,9 @@ use dyncert_testkit::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::thread;
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
-    }
-}
-"#;
-
 #[test]
 fn many_handshakes_across_workers_get_the_right_certificate_and_fetch_once_per_worker() {
-    let mut s = Stack::start(2, HTTP);
+    let mut s = Stack::start(2, &redis_http());
     let leaf = s.pki.leaf(&["busy.example.com"], 6001);
     let other = s.pki.leaf(&["quiet.example.com"], 6002);
     s.redis.put_leaf("busy.example.com", &leaf);

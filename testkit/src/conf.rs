@@ -61,6 +61,17 @@ pub fn metrics_http(rest: &str) -> String {
     http_block(&["    dyncert_redis @REDIS@;", METRICS_SERVER, rest])
 }
 
+/// An `http {}` template with Redis at `@REDIS@` and
+/// [`WORKER_METRICS_SERVER`], then `rest`.
+pub fn worker_metrics_http(rest: &str) -> String {
+    http_block(&["    dyncert_redis @REDIS@;", WORKER_METRICS_SERVER, rest])
+}
+
+/// The plainest template: Redis at `@REDIS@` and [`SOURCE_SERVER`].
+pub fn redis_http() -> String {
+    http_block(&["    dyncert_redis @REDIS@;", SOURCE_SERVER])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,7 +43,10 @@ pub use api::{json_string, ApiReply, ApiRequest, CertApi, API_PATH};
 pub use client::{
     is_unrecognized_name, tls_burst, Exchange, HelloSent, Request, TlsConn, TlsSide, IO_TIMEOUT,
 };
-pub use conf::{http_block, metrics_http, METRICS_SERVER, SOURCE_SERVER, WORKER_METRICS_SERVER};
+pub use conf::{
+    http_block, metrics_http, redis_http, worker_metrics_http, METRICS_SERVER, SOURCE_SERVER,
+    WORKER_METRICS_SERVER,
+};
 pub use deploy::{
     ClusterTls, RedisCluster, RedisSentinel, TlsRedis, TlsRedisOpts, SENTINEL_SERVICE,
 };
