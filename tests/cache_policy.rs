@@ -9,29 +9,19 @@ use openssl::asn1::Asn1Time;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const REDIS_ONLY: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_redis_timeout 500ms;
-    dyncert_fetch_timeout 1s;
-    dyncert_cache @CACHE@;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
-    }
+/// Redis only, with short deadlines and `cache` as `dyncert_cache`.
+fn redis_only(cache: &str) -> String {
+    let directives = format!(
+        "    dyncert_redis @REDIS@;\n    dyncert_redis_timeout 500ms;\n    \
+         dyncert_fetch_timeout 1s;\n    dyncert_cache {cache};"
+    );
+    http_block(&[&directives, SOURCE_SERVER])
 }
-"#;
 
 fn redis_stack(cache: &str) -> Stack {
-    Stack::start(1, &REDIS_ONLY.replace("@CACHE@", cache))
+    Stack::start(1, &redis_only(cache))
 }
 
-/// The leaf's notAfter as an `Instant`.
 fn not_after_instant(leaf: &Leaf) -> Instant {
     let epoch = Asn1Time::from_unix(0).unwrap();
     let d = epoch.diff(leaf.issued.cert.not_after()).unwrap();
@@ -458,7 +448,7 @@ fn names_fetched_together_are_each_served_by_a_hot_set_of_one() {
     let redis = Redis::start();
     let nginx = Nginx::start(
         &pki,
-        &REDIS_ONLY.replace("@CACHE@", "max=1"),
+        &redis_only("max=1"),
         NginxOpts::new()
             .workers(1)
             .worker_cpu_affinity("01")

@@ -11,21 +11,12 @@ use std::time::{Duration, Instant};
 const CHANNEL: &str = "dyncert:invalidate";
 
 /// Long TTLs: only an invalidation can make a worker fetch again.
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_cache max=1000 valid=1h stale=1h negative=1h;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
-    }
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;\n    dyncert_cache max=1000 valid=1h stale=1h negative=1h;",
+        SOURCE_SERVER,
+    ])
 }
-"#;
 
 const WORKERS: u32 = 2;
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -66,7 +57,7 @@ fn publish_and_wait(redis: &Redis, message: &str, expected_receivers: i64) {
 
 #[test]
 fn published_name_is_renewed_in_every_worker_within_1s() {
-    let mut s = Stack::start(WORKERS, HTTP);
+    let mut s = Stack::start(WORKERS, &http());
     let old = s.pki.leaf(&["shop.example.com"], 10001);
     let new = s.pki.leaf(&["shop.example.com"], 10002);
     let bystander_old = s.pki.leaf(&["bystander.example.com"], 10003);
@@ -110,7 +101,7 @@ fn published_name_is_renewed_in_every_worker_within_1s() {
 
 #[test]
 fn published_star_drops_every_name() {
-    let mut s = Stack::start(WORKERS, HTTP);
+    let mut s = Stack::start(WORKERS, &http());
     let names = ["a.example.com", "b.example.org"];
     let olds: Vec<Leaf> = names
         .iter()
@@ -139,7 +130,7 @@ fn published_star_drops_every_name() {
 
 #[test]
 fn published_wildcard_drops_the_wildcard_entry_and_names_served_from_it() {
-    let mut s = Stack::start(WORKERS, HTTP);
+    let mut s = Stack::start(WORKERS, &http());
     let old = s.pki.leaf(&["*.example.com"], 10030);
     let new = s.pki.leaf(&["*.example.com"], 10031);
     let exact = s.pki.leaf(&["shop.example.com"], 10032);
@@ -188,7 +179,13 @@ fn invalidation_reaches_every_nginx_sharing_redis() {
     let pki = Pki::new();
     let redis = Redis::start();
     let mut fleet: Vec<Nginx> = (0..2)
-        .map(|_| Nginx::start(&pki, HTTP, NginxOpts::new().workers(WORKERS).redis(&redis)))
+        .map(|_| {
+            Nginx::start(
+                &pki,
+                &http(),
+                NginxOpts::new().workers(WORKERS).redis(&redis),
+            )
+        })
         .collect();
     let old = pki.leaf(&["fleet.example.com"], 10040);
     let new = pki.leaf(&["fleet.example.com"], 10041);
@@ -211,7 +208,7 @@ fn invalidation_reaches_every_nginx_sharing_redis() {
 
 #[test]
 fn subscription_survives_a_redis_restart() {
-    let mut s = Stack::start(WORKERS, HTTP);
+    let mut s = Stack::start(WORKERS, &http());
     let old = s.pki.leaf(&["phoenix.example.com"], 10050);
     let new = s.pki.leaf(&["phoenix.example.com"], 10051);
     s.redis.put_leaf("phoenix.example.com", &old);
@@ -246,7 +243,7 @@ fn subscription_survives_a_redis_restart() {
 fn custom_invalidate_channel_is_the_only_one_listened_to() {
     let mut s = Stack::start(
         WORKERS,
-        &HTTP.replace(
+        &http().replace(
             "dyncert_redis @REDIS@;",
             "dyncert_redis @REDIS@; dyncert_invalidate_channel tenants:flush;",
         ),

@@ -18,27 +18,14 @@ const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const ENGINE_SO: &str = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so";
 const PIN: &str = "1234";
 
-const HTTP: &str = r#"
-env SOFTHSM2_CONF;
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    @KEYREFS@
-    @ZONE@
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
-    }
+fn http() -> String {
+    let http = http_block(&[
+        "    dyncert_redis @REDIS@;\n    @KEYREFS@\n    @ZONE@",
+        METRICS_SERVER,
+        SOURCE_SERVER,
+    ]);
+    format!("\nenv SOFTHSM2_CONF;{http}")
 }
-"#;
 
 /// The PIN file sits in the token's temp dir (see `Hsm::start`).
 const ENGINE: &str =
@@ -178,25 +165,18 @@ struct Host {
 }
 
 fn start(hsm: &Hsm, workers: u32, keyrefs: &str, zone: &str) -> Host {
-    let pki = Pki::new();
-    let redis = Redis::start();
     let mport = free_port();
-    let nginx = Nginx::start(
-        &pki,
-        HTTP,
+    let s = Stack::start_with(
+        &http(),
         NginxOpts::new()
             .workers(workers)
-            .redis(&redis)
             .var("MPORT", mport)
             .var("KEYREFS", keyrefs)
             .var("ZONE", zone)
             .var("PIN_FILE", hsm.dir.path().join("pin").display())
             .env("SOFTHSM2_CONF", hsm.conf().to_str().unwrap()),
     );
-    Host {
-        s: Stack { pki, redis, nginx },
-        mport,
-    }
+    Host { s, mport }
 }
 
 impl Host {
@@ -459,6 +439,19 @@ fn references_are_not_shared_each_worker_resolves_its_own() {
     );
 }
 
+/// `nginx -t` of the template with `keyrefs` and no shared zone.
+fn config_test(pki: &Pki, redis: &Redis, keyrefs: &str) -> ConfigTest {
+    Nginx::config_test(
+        pki,
+        &http(),
+        NginxOpts::new()
+            .redis(redis)
+            .var("MPORT", free_port())
+            .var("ZONE", "")
+            .var("KEYREFS", keyrefs),
+    )
+}
+
 #[test]
 fn bad_key_references_values_fail_config_test() {
     let pki = Pki::new();
@@ -475,15 +468,7 @@ fn bad_key_references_values_fail_config_test() {
         ("off module=/usr/lib/x.so", "takes no parameters"),
         ("provider", "OpenSSL 3.5"),
     ] {
-        let t = Nginx::config_test(
-            &pki,
-            HTTP,
-            NginxOpts::new()
-                .redis(&redis)
-                .var("MPORT", free_port())
-                .var("ZONE", "")
-                .var("KEYREFS", format!("dyncert_key_references {value};")),
-        );
+        let t = config_test(&pki, &redis, &format!("dyncert_key_references {value};"));
         assert!(!t.ok, "{value} passed nginx -t");
         assert!(
             t.output.contains(why),
@@ -492,24 +477,8 @@ fn bad_key_references_values_fail_config_test() {
         );
     }
     let twice = "dyncert_key_references off; dyncert_key_references off;";
-    let t = Nginx::config_test(
-        &pki,
-        HTTP,
-        NginxOpts::new()
-            .redis(&redis)
-            .var("MPORT", free_port())
-            .var("ZONE", "")
-            .var("KEYREFS", twice),
-    );
+    let t = config_test(&pki, &redis, twice);
     assert!(!t.ok && t.output.contains("is duplicate"), "{}", t.output);
-    let t = Nginx::config_test(
-        &pki,
-        HTTP,
-        NginxOpts::new()
-            .redis(&redis)
-            .var("MPORT", free_port())
-            .var("ZONE", "")
-            .var("KEYREFS", "dyncert_key_references engine;"),
-    );
+    let t = config_test(&pki, &redis, "dyncert_key_references engine;");
     assert!(t.ok, "{}", t.output);
 }

@@ -13,26 +13,14 @@ use dyncert_testkit::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_shared_zone dyncert:@ZONE@;
-    dyncert_cache @CACHE@;
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
-    }
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;\n    dyncert_shared_zone dyncert:@ZONE@;\n    \
+         dyncert_cache @CACHE@;",
+        METRICS_SERVER,
+        SOURCE_SERVER,
+    ])
 }
-"#;
 
 struct Host {
     s: Stack,
@@ -40,23 +28,16 @@ struct Host {
 }
 
 fn start(workers: u32, zone: &str, cache: &str) -> Host {
-    let pki = Pki::new();
-    let redis = Redis::start();
     let mport = free_port();
-    let nginx = Nginx::start(
-        &pki,
-        HTTP,
+    let s = Stack::start_with(
+        &http(),
         NginxOpts::new()
             .workers(workers)
-            .redis(&redis)
             .var("MPORT", mport)
             .var("ZONE", zone)
             .var("CACHE", cache),
     );
-    Host {
-        s: Stack { pki, redis, nginx },
-        mport,
-    }
+    Host { s, mport }
 }
 
 impl Host {
@@ -307,7 +288,7 @@ fn a_reload_that_changes_the_sources_or_deadlines_empties_the_zone() {
     r.assert_served(&a, &h.s.pki);
     assert_eq!(r.source(), "shared");
     // Another key prefix: what the old one admitted is not served.
-    let prefixed = HTTP.replace(
+    let prefixed = http().replace(
         "dyncert_cache @CACHE@;",
         "dyncert_cache @CACHE@;\n    dyncert_redis_prefix b:;",
     );
@@ -332,11 +313,12 @@ fn a_reload_that_changes_the_sources_or_deadlines_empties_the_zone() {
     h.s.nginx.assert_healthy();
 }
 
-/// [`HTTP`] with the certificate API behind Redis.
+/// [`http`] with the certificate API behind Redis.
 fn http_api() -> String {
     let redis = "    dyncert_redis @REDIS@;\n";
-    assert!(HTTP.contains(redis));
-    HTTP.replacen(
+    let http = http();
+    assert!(http.contains(redis));
+    http.replacen(
         redis,
         &format!(
             "{redis}    dyncert_api @API@ writeback=1h;\n    dyncert_api_timeout 2s;\n    \
@@ -403,19 +385,18 @@ fn a_record_read_before_another_workers_invalidation_stays_out_of_the_zone() {
     // renewal and publishes it while A's subscription is down, so worker B
     // applies the invalidation and A does not. A's answer (the old
     // certificate) must not reach the zone, where B would load it.
-    let pki = Pki::new();
-    let redis = Redis::start();
-    let api = CertApi::start();
     let mport = free_port();
     // A cache that keeps what it has for an hour: only invalidations drop
     // it.
-    let mut nginx = Nginx::start(
-        &pki,
+    let ApiStack {
+        pki,
+        redis,
+        api,
+        mut nginx,
+    } = ApiStack::start_with(
         &http_api(),
         NginxOpts::new()
             .workers(2)
-            .redis(&redis)
-            .api(&api)
             .var("MPORT", mport)
             .var("ZONE", "8m")
             .var("CACHE", "max=1000 valid=1h stale=1h"),

@@ -41,6 +41,12 @@ pub const SOURCE_SERVER: &str = r#"
     }
 "#;
 
+/// [`SOURCE_SERVER`] answering `<sni> via <source>` and then `tail`
+/// instead of ` name=<name> pid=<pid>`, for tests that read less.
+pub fn source_server(tail: &str) -> String {
+    SOURCE_SERVER.replace(" name=$dyncert_name pid=$pid", tail)
+}
+
 /// An `http {}` template: the access log off, then `parts` (directives and
 /// servers) in order.
 pub fn http_block(parts: &[&str]) -> String {

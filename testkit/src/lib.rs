@@ -44,8 +44,8 @@ pub use client::{
     is_unrecognized_name, tls_burst, Exchange, HelloSent, Request, TlsConn, TlsSide, IO_TIMEOUT,
 };
 pub use conf::{
-    http_block, metrics_http, redis_http, worker_metrics_http, METRICS_SERVER, SOURCE_SERVER,
-    WORKER_METRICS_SERVER,
+    http_block, metrics_http, redis_http, source_server, worker_metrics_http, METRICS_SERVER,
+    SOURCE_SERVER, WORKER_METRICS_SERVER,
 };
 pub use deploy::{
     ClusterTls, RedisCluster, RedisSentinel, TlsRedis, TlsRedisOpts, SENTINEL_SERVICE,

@@ -19,29 +19,20 @@ use harness::*;
 const NAME: &str = "shop.acme.test";
 
 /// Serving issued certificates: what `dyncert on;` does today.
-const SERVE: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
-    }
+fn serve() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;",
+        &source_server(" name=$dyncert_name"),
+    ])
 }
-"#;
 
 /// The terminator of issue 4: the plain-HTTP server (port 80's role)
 /// answers challenges from Redis before its access rules (`deny all`), the
 /// TLS server serves what was issued. The access log shows who fetched
 /// which challenge with what status.
-const ANSWER_AND_SERVE: &str = r#"
-http {
-    access_log off;
-    log_format acme '$status $request_uri "$http_user_agent"';
+fn answer_and_serve() -> String {
+    http_block(&[
+        r#"    log_format acme '$status $request_uri "$http_user_agent"';
     dyncert_redis @REDIS@;
     server {
         listen 127.0.0.1:@HTTP_PORT@;
@@ -49,17 +40,10 @@ http {
         access_log logs/acme-access.log acme;
         dyncert_acme_challenge on;
         location / { deny all; }
-    }
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
-    }
+    }"#,
+        &source_server(" name=$dyncert_name"),
+    ])
 }
-"#;
 
 fn start_nginx(pki: &Pki, redis: &Redis, template: &str, http_port: u16) -> Nginx {
     Nginx::start(
@@ -224,7 +208,7 @@ fn acme_harness_issues_certificate_with_redis_backed_http01_standin() {
     let standin = ChallengeStandin::start(redis.port);
     let dns = DnsStub::start();
     let pebble = Pebble::start(standin.port, &dns);
-    let mut nginx = start_nginx(&pki, &redis, SERVE, free_port());
+    let mut nginx = start_nginx(&pki, &redis, &serve(), free_port());
     assert_challenge_contract(standin.port, &redis);
     let monitor = redis.monitor();
 
@@ -261,7 +245,7 @@ fn acme_issuance_end_to_end_through_dyncert() {
     let dns = DnsStub::start();
     let http_port = free_port();
     let pebble = Pebble::start(http_port, &dns);
-    let mut nginx = start_nginx(&pki, &redis, ANSWER_AND_SERVE, http_port);
+    let mut nginx = start_nginx(&pki, &redis, &answer_and_serve(), http_port);
     assert_challenge_contract(http_port, &redis);
     let denied = http_get(http_port, NAME, "/").unwrap();
     assert_eq!(
