@@ -257,3 +257,69 @@ fn log_variables_report_expiry_and_time_spent_waiting() {
     d.assert_default();
     assert!(d.body.contains("until= "), "{:?}", d.body);
 }
+
+/// As nginx-conf/minimal.conf: the TLS server is `server_name _;`, the
+/// port-80 server too, and the health server has no `server_name`.
+const SAME_NAMES: &str = r#"
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        location / { return 200 "tls\n"; }
+    }
+    server {
+        listen 127.0.0.1:@HPORT@;
+        server_name _;
+        location / { return 301 https://$host$request_uri; }
+    }
+    server {
+        listen 127.0.0.1:@MPORT@;
+        location = /metrics { dyncert_metrics; }
+    }
+"#;
+
+#[test]
+fn server_blocks_sharing_a_first_name_are_told_apart_in_the_labels() {
+    let [mport, hport] = [(); 2].map(|_| free_port());
+    let opts = NginxOpts::new().var("MPORT", mport).var("HPORT", hport);
+    let stack = Stack::start_with(
+        &http_block(&["    dyncert_redis @REDIS@;", SAME_NAMES]),
+        opts,
+    );
+    for _ in 0..3 {
+        let r = Request::get("/")
+            .sni("a.example")
+            .https(stack.nginx.port)
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    for _ in 0..5 {
+        let r = Request::get("/").http(hport).unwrap();
+        assert_eq!(r.status, 301);
+    }
+    let m = scrape_metrics(mport);
+    // Identical label sets would be one series twice: Prometheus keeps one
+    // of them and the port-80 server's counts are lost.
+    assert_eq!(
+        m.get("dyncert_responses_total{server=\"_\",class=\"2xx\"}"),
+        3.0
+    );
+    assert_eq!(
+        m.get("dyncert_responses_total{server=\"_#2\",class=\"3xx\"}"),
+        5.0
+    );
+    assert_eq!(
+        m.get("dyncert_responses_total{server=\"_#3\",class=\"2xx\"}"),
+        0.0
+    );
+    let body = Request::get("/metrics").http(mport).unwrap().body;
+    let series: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("dyncert_responses_total{"))
+        .map(|l| l.rsplit_once(' ').unwrap().0)
+        .collect();
+    let unique: BTreeSet<&str> = series.iter().copied().collect();
+    assert_eq!(unique.len(), series.len(), "a series twice in {series:#?}");
+}

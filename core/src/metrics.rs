@@ -88,7 +88,10 @@ pub const REJECT_REASONS: [&str; 33] = [
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Per-worker gauge slots: pid, fetches in flight, cache entries, bytes.
-pub const WORKER_SLOTS: usize = 64;
+/// Room for the workers of the largest hosts (`worker_processes auto` on
+/// 256+ CPUs) plus the old workers of a reload still finishing their
+/// connections; a worker that finds none free is logged at `warn`.
+pub const WORKER_SLOTS: usize = 1024;
 const WORKER_FIELDS: usize = 4;
 pub const W_PID: usize = 0;
 pub const W_INFLIGHT: usize = 1;
@@ -321,6 +324,30 @@ const REJECTS: usize = SIMPLES + SIMPLE.len();
 const MISDIRECTS: usize = REJECTS + REJECT_REASONS.len();
 const WORKERS: usize = MISDIRECTS + Misdirected::ALL.len();
 const SERVERS: usize = WORKERS + WORKER_SLOTS * WORKER_FIELDS;
+
+/// The `server` label of each server block, in configuration order: its
+/// first `server_name` (`_` when it has none). Blocks whose first name is
+/// the same (a `server_name _;` block beside a health-check block without
+/// one, say) would give identical series, of which Prometheus keeps one:
+/// the second gets `#2` appended, the third `#3`, and so on.
+pub fn server_labels(first_names: &[&[u8]]) -> Vec<String> {
+    let mut labels: Vec<String> = Vec::with_capacity(first_names.len());
+    for name in first_names {
+        let base = if name.is_empty() {
+            "_".to_owned()
+        } else {
+            String::from_utf8_lossy(name).into_owned()
+        };
+        let mut label = base.clone();
+        let mut n = 1;
+        while labels.contains(&label) {
+            n += 1;
+            label = format!("{base}#{n}");
+        }
+        labels.push(label);
+    }
+    labels
+}
 
 /// Most server blocks counted individually (bounded cardinality). The
 /// shared array always has room for this many, so its size does not depend
@@ -718,8 +745,9 @@ mod tests {
             assert_eq!(l.status(l.servers, 200), None);
         }
         assert_eq!(Layout::for_servers(MAX_SERVERS + 1).servers, MAX_SERVERS);
-        // A few tens of KiB of shared memory, whatever the configuration.
-        assert!(cap * 8 < 64 * 1024, "{cap} slots");
+        // Under 128 KiB of shared memory, whatever the configuration (a
+        // third of it for the workers' gauges).
+        assert!(cap * 8 < 128 * 1024, "{cap} slots");
     }
 
     #[test]
@@ -831,6 +859,19 @@ mod tests {
         assert_eq!(l.status(1, 200), None);
         assert_eq!(l.worker(WORKER_SLOTS, 0), None);
         assert_eq!(l.worker(usize::MAX, 1), None, "no slot claimed");
+    }
+
+    #[test]
+    fn server_blocks_with_the_same_first_name_get_labels_of_their_own() {
+        let names: [&[u8]; 6] = [b"_", b"", b"shop.example.com", b"_", b"a#2", b"a"];
+        assert_eq!(
+            server_labels(&names),
+            ["_", "_#2", "shop.example.com", "_#3", "a#2", "a"]
+        );
+        // A name that already looks like a suffixed one is skipped over.
+        let names: [&[u8]; 3] = [b"a", b"a#2", b"a"];
+        assert_eq!(server_labels(&names), ["a", "a#2", "a#3"]);
+        assert!(server_labels(&[]).is_empty());
     }
 
     #[test]

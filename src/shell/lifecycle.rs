@@ -11,6 +11,7 @@ use std::os::fd::RawFd;
 
 use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::fetch::{AcmeAnswer, Event, Fetcher, Outcome};
+use dyncert_core::metrics::WORKER_SLOTS;
 use dyncert_core::worker::{Level, Worker};
 use ngx::core::Status;
 use ngx::ffi::{
@@ -145,7 +146,13 @@ fn start_worker(cycle: &ngx_cycle_t) {
     if process != NGX_PROCESS_WORKER && process != NGX_PROCESS_SINGLE {
         return;
     }
-    metrics::claim_worker_slot();
+    if !metrics::claim_worker_slot() {
+        Log::cycle().warn(format_args!(
+            "dyncert: all {WORKER_SLOTS} metrics slots for worker gauges are held by live \
+             processes; this worker's fetches in flight and cache size are left out of \
+             dyncert_fetches_in_flight, dyncert_cache_entries and dyncert_cache_bytes"
+        ));
+    }
     if !mcf.enabled {
         return;
     }

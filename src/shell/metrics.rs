@@ -16,7 +16,9 @@ use core::ptr::{self, NonNull};
 use core::slice;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-use dyncert_core::metrics::{render, render_zone, Layout, MetricSink, WORKER_SLOTS, W_PID};
+use dyncert_core::metrics::{
+    render, render_zone, server_labels, Layout, MetricSink, WORKER_SLOTS, W_PID,
+};
 use dyncert_core::outcome::CertSource;
 use ngx::core::Status;
 use ngx::ffi::{
@@ -112,14 +114,17 @@ fn pid_alive(pid: u64) -> bool {
 }
 
 /// Claims a gauge slot for this worker (init_process): a free one, or one
-/// left behind by a worker that died without releasing it.
-pub fn claim_worker_slot() {
+/// left behind by a worker that died without releasing it. `false` when
+/// every slot is held by a live process: the worker's gauges are then not
+/// counted.
+pub fn claim_worker_slot() -> bool {
     let me = std::process::id() as u64;
     let l = layout();
     let c = counters();
     for slot in 0..WORKER_SLOTS {
         let Some(pid) = l.worker(slot, W_PID).and_then(|i| c.get(i)) else {
-            return;
+            // No metrics zone: nothing to count.
+            return true;
         };
         let cur = pid.load(Ordering::Relaxed);
         if (cur == 0 || !pid_alive(cur))
@@ -132,9 +137,10 @@ pub fn claim_worker_slot() {
             for f in 1..4 {
                 sink.set_worker(f, 0);
             }
-            return;
+            return true;
         }
     }
+    false
 }
 
 /// Releases the slot (exit_process).
@@ -153,18 +159,12 @@ pub fn release_worker_slot() {
 }
 
 /// Gives each server block its position among the http block's servers
-/// (its per-block counters) and its label, its first `server_name`
-/// (postconfiguration).
+/// (its per-block counters) and its label, its first `server_name` made
+/// unique ([`server_labels`]) (postconfiguration).
 pub fn label_servers(mcf: &mut MainConf, servers: &[&ngx_http_core_srv_conf_t]) {
-    mcf.server_names.clear();
+    let names: Vec<&[u8]> = servers.iter().map(|c| c.server_name.as_bytes()).collect();
+    mcf.server_names = server_labels(&names);
     for (i, &cscf) in servers.iter().enumerate() {
-        let name = cscf.server_name.as_bytes();
-        let name = if name.is_empty() {
-            "_".to_owned()
-        } else {
-            String::from_utf8_lossy(name).into_owned()
-        };
-        mcf.server_names.push(name);
         if let Some(scf) = Module::server_conf_mut(cscf) {
             scf.server_index = i;
         }
