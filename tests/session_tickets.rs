@@ -419,7 +419,12 @@ fn an_announced_rotation_reaches_every_worker_at_once() {
         .as_millis() as u64;
     let set = KeySet {
         generation: g + 100,
-        ..KeySet::rotate(None, TicketKey::from_bytes([9; 80]), now, 2)
+        ..KeySet::rotate(
+            None,
+            TicketKey::from_bytes(std::array::from_fn(|i| 9 ^ i as u8)),
+            now,
+            2,
+        )
     };
     let mut conn = redis.connect();
     let value = set.encode();

@@ -79,6 +79,14 @@ impl TicketKey {
     pub fn aes_key(&self) -> &[u8; 32] {
         self.bytes[48..80].try_into().expect("32 bytes")
     }
+
+    /// Whether a part (name, HMAC or AES key) is one byte value repeated:
+    /// never what a CSPRNG makes, but what a broken tool writes (zeros,
+    /// a fill pattern). Such a key would let anyone read the tickets.
+    fn is_degenerate(&self) -> bool {
+        let uniform = |part: &[u8]| part.iter().all(|&b| b == part[0]);
+        uniform(self.name()) || uniform(self.hmac_key()) || uniform(self.aes_key())
+    }
 }
 
 /// The shared key set: the first key encrypts, all decrypt.
@@ -155,10 +163,22 @@ impl KeySet {
         }
         let generation = u64::from_be_bytes(b[6..14].try_into().expect("8 bytes"));
         let created_ms = u64::from_be_bytes(b[14..22].try_into().expect("8 bytes"));
-        let keys = b[HEADER..]
+        let keys: Vec<TicketKey> = b[HEADER..]
             .chunks_exact(KEY_BYTES)
             .map(|c| TicketKey::from_bytes(c.try_into().expect("80 bytes")))
             .collect();
+        if keys.iter().any(TicketKey::is_degenerate) {
+            return Err(TicketKeysError::BadFormat);
+        }
+        // Two keys with one name: a ticket's name would pick the first,
+        // so the set is not what its writer meant (a tool bug).
+        if keys
+            .iter()
+            .enumerate()
+            .any(|(i, k)| keys[..i].iter().any(|p| p.name() == k.name()))
+        {
+            return Err(TicketKeysError::BadFormat);
+        }
         Ok(KeySet {
             generation,
             created_ms,
@@ -266,8 +286,18 @@ impl Storage {
 mod tests {
     use super::*;
 
+    /// A key whose every part varies, named by `b` (its first byte).
     fn key(b: u8) -> TicketKey {
-        TicketKey::from_bytes([b; KEY_BYTES])
+        TicketKey::from_bytes(std::array::from_fn(|i| b ^ i as u8))
+    }
+
+    fn plain(count: u8, keys: &[[u8; KEY_BYTES]]) -> Vec<u8> {
+        let mut v = KeySet::rotate(None, key(1), 5, 0).encode()[..HEADER].to_vec();
+        v[5] = count;
+        for k in keys {
+            v.extend_from_slice(k);
+        }
+        v
     }
 
     #[test]
@@ -278,10 +308,75 @@ mod tests {
         assert_eq!(b.len(), HEADER + KEY_BYTES);
         assert_eq!(KeySet::decode(&b).unwrap(), set);
         let k = set.current();
-        assert_eq!(k.name(), &[7; 16]);
-        assert_eq!(k.hmac_key(), &[7; 32]);
-        assert_eq!(k.aes_key(), &[7; 32]);
+        let bytes: [u8; KEY_BYTES] = std::array::from_fn(|i| 7 ^ i as u8);
+        assert_eq!(k.name()[..], bytes[..16]);
+        assert_eq!(k.hmac_key()[..], bytes[16..48]);
+        assert_eq!(k.aes_key()[..], bytes[48..]);
         assert!(!format!("{k:?}").contains('7'));
+    }
+
+    #[test]
+    fn keys_with_a_part_of_one_repeated_byte_are_refused() {
+        let good: [u8; KEY_BYTES] = std::array::from_fn(|i| 3 ^ i as u8);
+        assert!(KeySet::decode(&plain(1, &[good])).is_ok());
+        assert_eq!(
+            KeySet::decode(&plain(1, &[[0; KEY_BYTES]])),
+            Err(TicketKeysError::BadFormat)
+        );
+        for (start, end) in [(0, 16), (16, 48), (48, 80)] {
+            for fill in [0x00, 0x5a, 0xff] {
+                let mut k = good;
+                k[start..end].fill(fill);
+                assert_eq!(
+                    KeySet::decode(&plain(1, &[k])),
+                    Err(TicketKeysError::BadFormat),
+                    "part {start}..{end} filled with {fill:#x}"
+                );
+                // Also when only a previous key is degenerate.
+                assert_eq!(
+                    KeySet::decode(&plain(2, &[good, k])),
+                    Err(TicketKeysError::BadFormat)
+                );
+            }
+        }
+        // One differing byte is enough: the check is for a fill, not for
+        // entropy, which a stored value cannot show.
+        let mut almost = [0u8; KEY_BYTES];
+        almost[15] = 1;
+        almost[47] = 1;
+        almost[79] = 1;
+        assert!(KeySet::decode(&plain(1, &[almost])).is_ok());
+    }
+
+    #[test]
+    fn sets_with_two_keys_of_one_name_are_refused() {
+        let a: [u8; KEY_BYTES] = std::array::from_fn(|i| 3 ^ i as u8);
+        let b: [u8; KEY_BYTES] = std::array::from_fn(|i| 4 ^ i as u8);
+        assert_eq!(KeySet::decode(&plain(2, &[a, b])).unwrap().keys.len(), 2);
+        assert_eq!(
+            KeySet::decode(&plain(2, &[a, a])),
+            Err(TicketKeysError::BadFormat)
+        );
+        // Same name, other secrets: still ambiguous for a ticket.
+        let mut same_name = b;
+        same_name[..NAME_BYTES].copy_from_slice(&a[..NAME_BYTES]);
+        assert_eq!(
+            KeySet::decode(&plain(3, &[b, a, same_name])),
+            Err(TicketKeysError::BadFormat)
+        );
+        // Refused sealed too, and labelled like any malformed set (the
+        // previous set stays: the caller keeps what it had on any error).
+        let mut ring = Keyring::new();
+        ring.insert("k1", [3; 32]);
+        let sealed = keywrap::seal(&plain(2, &[a, a]), DEFAULT_KEY.as_bytes(), "k1", &ring);
+        let st = Storage {
+            ring,
+            seal_id: Some("k1".into()),
+            require_sealed: true,
+        };
+        let err = st.load(&sealed.unwrap(), DEFAULT_KEY).unwrap_err();
+        assert_eq!(err, TicketKeysError::BadFormat);
+        assert_eq!(err.label(), "malformed");
     }
 
     #[test]
@@ -293,9 +388,9 @@ mod tests {
         assert_eq!(set.generation, 5);
         let names: Vec<u8> = set.keys.iter().map(|k| k.name()[0]).collect();
         assert_eq!(names, [5, 4, 3]);
-        assert_eq!(set.find(&[5; 16]).unwrap().1, Lookup::Current);
-        assert_eq!(set.find(&[3; 16]).unwrap().1, Lookup::Previous);
-        assert!(set.find(&[2; 16]).is_none());
+        assert_eq!(set.find(key(5).name()).unwrap().1, Lookup::Current);
+        assert_eq!(set.find(key(3).name()).unwrap().1, Lookup::Previous);
+        assert!(set.find(key(2).name()).is_none());
         let capped = KeySet::rotate(Some(&set), key(9), 9, 100);
         assert_eq!(capped.keys.len(), 4);
     }
@@ -357,7 +452,7 @@ mod tests {
         let set = KeySet::rotate(None, key(4), 9, 2);
         let stored = st.store(&set, DEFAULT_KEY).unwrap();
         assert!(keywrap::is_envelope(&stored));
-        assert!(!stored.windows(16).any(|w| w == [4; 16]));
+        assert!(!stored.windows(16).any(|w| w == key(4).name()));
         assert_eq!(st.load(&stored, DEFAULT_KEY).unwrap(), set);
         assert!(matches!(
             st.load(&stored, "other"),

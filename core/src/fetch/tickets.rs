@@ -376,7 +376,6 @@ async fn replace(
 mod tests {
     use super::*;
     use crate::fetch::{Notes, RedisTarget, RedisTls};
-    use crate::tickets::NAME_BYTES;
     use dyncert_testkit::Redis;
 
     const KEY: &str = "dyncert:ticket-keys";
@@ -407,8 +406,13 @@ mod tests {
 
     const T: Duration = Duration::from_secs(2);
 
+    /// A key whose parts vary (one repeated byte is refused), named by `b`.
+    fn test_key(b: u8) -> TicketKey {
+        TicketKey::from_bytes(std::array::from_fn(|i| b ^ i as u8))
+    }
+
     /// A redis-server holding a set made at the epoch (so its rotation is
-    /// due) whose one key is named [7; 16], and what reaches it.
+    /// due) whose one key is `test_key(7)`, and what reaches it.
     struct DueSet {
         redis: Redis,
         target: RedisTarget,
@@ -430,7 +434,7 @@ mod tests {
         let rt = rt();
         rt.block_on(async {
             let mut conn = target.connect(Notes::none()).unwrap();
-            let old = KeySet::rotate(None, TicketKey::from_bytes([7; KEY_BYTES]), 0, 2);
+            let old = KeySet::rotate(None, test_key(7), 0, 2);
             let value = cfg.storage.store(&old, KEY).unwrap();
             redis::cmd("SET")
                 .arg(KEY)
@@ -474,7 +478,7 @@ mod tests {
         assert_eq!(set.generation, 1);
         assert_eq!(set.keys.len(), 1, "no previous keys after a delete");
         assert!(
-            set.find(&[7; NAME_BYTES]).is_none(),
+            set.find(test_key(7).name()).is_none(),
             "the leaked key is back"
         );
     }
@@ -495,7 +499,7 @@ mod tests {
         let set = stored(&redis);
         assert_eq!(set.generation, 2);
         assert_eq!(set.keys.len(), 2);
-        assert!(set.find(&[7; NAME_BYTES]).is_some());
+        assert!(set.find(test_key(7).name()).is_some());
     }
 
     /// Worker A read generation 1 under a lock that then expired; worker B
@@ -515,12 +519,7 @@ mod tests {
             let mut b = target.connect(Notes::none()).unwrap();
             let read_by_a = read(&mut a, &cfg, T).await.unwrap().unwrap();
             assert_eq!(read_by_a.set.generation, 1);
-            let winner = KeySet::rotate(
-                Some(&read_by_a.set),
-                TicketKey::from_bytes([9; KEY_BYTES]),
-                now_ms(),
-                2,
-            );
+            let winner = KeySet::rotate(Some(&read_by_a.set), test_key(9), now_ms(), 2);
             redis::cmd("SET")
                 .arg(KEY)
                 .arg(cfg.storage.store(&winner, KEY).unwrap())
@@ -568,7 +567,7 @@ mod tests {
         };
         let set = cfg.storage.load(&v, KEY).unwrap();
         assert_eq!(set.generation, 2);
-        assert!(set.find(&[7; NAME_BYTES]).is_some());
+        assert!(set.find(test_key(7).name()).is_some());
     }
 
     /// The same race when there was no set yet: the first one written
@@ -578,7 +577,7 @@ mod tests {
         let redis = Redis::start();
         let target = RedisTarget::new(&redis.url(), RedisTls::default(), T).unwrap();
         let cfg = config();
-        let winner = KeySet::rotate(None, TicketKey::from_bytes([9; KEY_BYTES]), now_ms(), 2);
+        let winner = KeySet::rotate(None, test_key(9), now_ms(), 2);
         rt().block_on(async {
             let mut a = target.connect(Notes::none()).unwrap();
             let mut b = target.connect(Notes::none()).unwrap();
