@@ -3,8 +3,9 @@
 //! `rediss://`, `unix:`), a Sentinel-managed primary (`sentinel://`) or a
 //! Cluster (`cluster://`, `clusters://` over TLS); which commands may be
 //! answered by a replica; whether a record and its expiry-index entry can
-//! be written in one transaction; and how a URL is shown in a log line
-//! (never with its password).
+//! be written in one transaction; which primary (and replicas) the
+//! sentinels agree on; and how a URL is shown in a log line (never with
+//! its password).
 //!
 //! Pure: no I/O, no connection. The fetcher (`fetch::conn`) and the CLI
 //! build the redis crate's clients from a [`Topology`].
@@ -61,14 +62,17 @@ pub enum Topology {
     /// `rediss://`, `unix:`, `redis+unix:`), exactly as before Sentinel
     /// and Cluster support. `tls` for `rediss://`.
     Single { url: String, tls: bool },
-    /// `sentinel://[user:pass@]s1[:port],s2.../service[/db]`: the
-    /// sentinels are asked for the primary of `service`; the credentials
-    /// are the primary's and replicas' (sentinels are asked without AUTH).
+    /// `sentinel://[user:pass@]s1[:port],s2.../service[/db]
+    /// [?sentinel_username=U&sentinel_password=P]`: the sentinels are asked
+    /// for the primary of `service`; `auth` is the primary's and replicas'
+    /// credentials, `sentinel_auth` the sentinels' own (`requirepass` or an
+    /// ACL user in sentinel.conf; none: asked without AUTH).
     Sentinel {
         sentinels: Vec<Node>,
         service: String,
         db: i64,
         auth: Auth,
+        sentinel_auth: Auth,
     },
     /// `cluster://[user:pass@]n1[:port],n2...` (any subset of the nodes
     /// works: the others are discovered); `clusters://` is the same over
@@ -100,6 +104,13 @@ impl Topology {
     /// Parses the multi-node forms; any other URL is [`Topology::Single`],
     /// which the redis crate itself checks (see `fetch::check_redis_url`).
     pub fn parse(url: &str) -> Result<Topology, UrlError> {
+        // The redis crate reads `#insecure` as "accept any certificate and
+        // host name"; no fragment is of any use to a Redis URL. The text
+        // after '#' is not shown: a password with an unencoded '#' would
+        // be in it.
+        if url.contains('#') {
+            return err("a URL fragment (\"#...\") is not allowed in a Redis URL (\"#insecure\" would turn off TLS verification; a '#' in a password is written %23)");
+        }
         let Some((scheme, rest)) = url.split_once("://") else {
             return Ok(Topology::Single {
                 url: url.to_owned(),
@@ -113,7 +124,8 @@ impl Topology {
             "sentinels" | "rediss+sentinel" => {
                 err("Sentinel over TLS is not supported (the redis crate cannot give the nodes it discovers a private CA with native-tls)")
             }
-            "rediss" => Ok(Topology::Single {
+            // The crate speaks TLS for both spellings.
+            "rediss" | "valkeys" => Ok(Topology::Single {
                 url: url.to_owned(),
                 tls: true,
             }),
@@ -268,13 +280,47 @@ fn parse_node(item: &str, default_port: u16) -> Result<Node, UrlError> {
     })
 }
 
+/// The query of a `sentinel://` URL: the sentinels' own credentials.
+fn parse_sentinel_query(query: Option<&str>) -> Result<Auth, UrlError> {
+    let mut auth = Auth::default();
+    let Some(query) = query else {
+        return Ok(auth);
+    };
+    for kv in query.split('&') {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let slot = match k {
+            "sentinel_username" => &mut auth.username,
+            "sentinel_password" => &mut auth.password,
+            _ => {
+                return err(format!(
+                    "unknown parameter \"{}\" in a sentinel:// URL (known: sentinel_username, sentinel_password)",
+                    k.escape_default()
+                ))
+            }
+        };
+        if slot.is_some() {
+            return err(format!("duplicate parameter \"{k}\" in a sentinel:// URL"));
+        }
+        let v = percent_decode(v)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| UrlError(format!("invalid or empty value of \"{k}\"")))?;
+        *slot = Some(v);
+    }
+    if auth.username.is_some() && auth.password.is_none() {
+        return err("sentinel_username needs sentinel_password");
+    }
+    Ok(auth)
+}
+
 fn parse_sentinel(rest: &str) -> Result<Topology, UrlError> {
     let (authority, tail) = split_authority(rest);
     let (auth, list) = parse_auth(authority)?;
     let sentinels = parse_nodes(list, SENTINEL_PORT)?;
-    if tail.contains(['?', '#']) {
-        return err("query parameters are not supported in sentinel:// URLs");
-    }
+    let (tail, query) = match tail.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (tail, None),
+    };
+    let sentinel_auth = parse_sentinel_query(query)?;
     let mut parts = tail.strip_prefix('/').unwrap_or("").split('/');
     let service = parts.next().unwrap_or("");
     if service.is_empty()
@@ -300,6 +346,7 @@ fn parse_sentinel(rest: &str) -> Result<Topology, UrlError> {
         service: service.to_owned(),
         db,
         auth,
+        sentinel_auth,
     })
 }
 
@@ -319,7 +366,8 @@ fn parse_cluster(rest: &str, tls: bool) -> Result<Topology, UrlError> {
 
 /// A Redis URL fit for a log line or an `nginx -t` error: the user info's
 /// password (or a user info that is only a password) becomes `***`, and
-/// so does the value of a `password=` query parameter. Also for URLs that
+/// so does the value of a `password=` (or `sentinel_password=`) query
+/// parameter. Also for URLs that
 /// do not parse: whatever precedes the host's `@` is hidden.
 pub fn redact_redis_url(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
@@ -343,7 +391,8 @@ pub fn redact_redis_url(url: &str) -> String {
     format!("{scheme}{authority}{}", redact_query(tail))
 }
 
-/// `password=...` (and `pass=`, `secret=`) values in a query string.
+/// `password=...` (and `pass=`, `secret=`, `sentinel_password=`) values in
+/// a query string.
 fn redact_query(tail: &str) -> String {
     let Some(q) = tail.find('?') else {
         return tail.to_owned();
@@ -353,7 +402,7 @@ fn redact_query(tail: &str) -> String {
         .split('&')
         .map(|kv| match kv.split_once('=') {
             Some((k, _))
-                if ["password", "pass", "secret"]
+                if ["password", "pass", "secret", "sentinel_password"]
                     .iter()
                     .any(|s| k.eq_ignore_ascii_case(s)) =>
             {
@@ -363,6 +412,137 @@ fn redact_query(tail: &str) -> String {
         })
         .collect();
     format!("{path}{}", parts.join("&"))
+}
+
+/// How many of `listed` sentinels must name the same primary: a majority
+/// of those listed in the URL (not of those that answered), so one
+/// sentinel that lies, or is reconfigured by whoever reaches its port,
+/// never decides alone.
+pub fn sentinel_majority(listed: usize) -> usize {
+    listed / 2 + 1
+}
+
+/// What one listed sentinel answered to `SENTINEL GET-MASTER-ADDR-BY-NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SentinelAnswer {
+    Primary(Node),
+    /// Nil: the sentinel does not monitor the service.
+    Unknown,
+    /// No answer in time, a refused connection or AUTH, a garbled reply.
+    Failed,
+}
+
+/// The sentinels did not agree on a primary: every answer, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoMajority {
+    pub service: String,
+    pub answers: Vec<(Node, SentinelAnswer)>,
+}
+
+impl fmt::Display for NoMajority {
+    /// `no 2 of the 3 sentinels name one primary of "mymaster":
+    /// 10.0.0.9:6379 (s1:26379), 10.0.0.5:6379 (s2:26379), no answer
+    /// (s3:26379)`: sentinels that gave the same answer are grouped.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let listed = self.answers.len();
+        write!(
+            f,
+            "no {} of the {listed} sentinels name one primary of \"{}\":",
+            sentinel_majority(listed),
+            self.service
+        )?;
+        let mut groups: Vec<(&SentinelAnswer, Vec<&Node>)> = Vec::new();
+        for (sentinel, answer) in &self.answers {
+            match groups.iter_mut().find(|(a, _)| *a == answer) {
+                Some((_, from)) => from.push(sentinel),
+                None => groups.push((answer, vec![sentinel])),
+            }
+        }
+        for (i, (answer, from)) in groups.iter().enumerate() {
+            let sep = if i == 0 { " " } else { ", " };
+            let from = from
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" ");
+            match answer {
+                SentinelAnswer::Primary(n) => write!(f, "{sep}{n} ({from})")?,
+                SentinelAnswer::Unknown => write!(f, "{sep}unknown service ({from})")?,
+                SentinelAnswer::Failed => write!(f, "{sep}no answer ({from})")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NoMajority {}
+
+/// The primary of `service` when a majority of the listed sentinels
+/// (`answers` holds one entry per listed sentinel) name the same address;
+/// otherwise no primary, and every answer for the log line.
+pub fn agreed_primary(
+    service: &str,
+    answers: &[(Node, SentinelAnswer)],
+) -> Result<Node, NoMajority> {
+    let needed = sentinel_majority(answers.len());
+    for (_, answer) in answers {
+        if let SentinelAnswer::Primary(p) = answer {
+            let votes = answers
+                .iter()
+                .filter(|(_, a)| matches!(a, SentinelAnswer::Primary(q) if q == p))
+                .count();
+            if votes >= needed {
+                return Ok(p.clone());
+            }
+        }
+    }
+    Err(NoMajority {
+        service: service.to_owned(),
+        answers: answers.to_vec(),
+    })
+}
+
+/// A replica as one entry of `SENTINEL REPLICAS <service>` (field, value
+/// pairs) describes it, unless that sentinel flags it down (`s_down`,
+/// `o_down`). Its link to the primary may be down: replicas are read
+/// exactly when the primary does not answer.
+pub fn healthy_replica(fields: &[(String, String)]) -> Option<Node> {
+    let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.as_str());
+    let flags = get("flags")?;
+    if flags.split(',').any(|f| matches!(f, "s_down" | "o_down")) {
+        return None;
+    }
+    let port = get("port")?.parse::<u16>().ok().filter(|p| *p > 0)?;
+    let host = get("ip")?;
+    if host.is_empty() {
+        return None;
+    }
+    Some(Node {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// The replicas a majority of the listed sentinels (one entry of
+/// `answers` per listed sentinel; `None`: it did not answer) see healthy,
+/// in the order the sentinels first name them. A replica only a minority
+/// names is never connected to (it would receive the credentials).
+pub fn agreed_replicas(answers: &[Option<Vec<Node>>]) -> Vec<Node> {
+    let needed = sentinel_majority(answers.len());
+    let mut agreed: Vec<Node> = Vec::new();
+    for node in answers.iter().flatten().flatten() {
+        if agreed.contains(node) {
+            continue;
+        }
+        let votes = answers
+            .iter()
+            .filter(|a| a.as_ref().is_some_and(|list| list.contains(node)))
+            .count();
+        if votes >= needed {
+            agreed.push(node.clone());
+        }
+    }
+    agreed
 }
 
 /// Whether every command of a request only reads (so a replica may answer
@@ -401,6 +581,9 @@ mod tests {
             ("unix:///run/redis.sock", false),
             ("redis+unix:///run/redis.sock?db=1", false),
             ("REDISS://h", true),
+            ("valkeys://h:6380/0", true),
+            ("valkey://h/0", false),
+            ("valkey+unix:///run/valkey.sock", false),
         ] {
             assert_eq!(
                 Topology::parse(url),
@@ -423,6 +606,7 @@ mod tests {
                 service: "mymaster".into(),
                 db: 3,
                 auth: Auth::default(),
+                sentinel_auth: Auth::default(),
             }
         );
         assert!(!t.is_tls());
@@ -451,6 +635,11 @@ mod tests {
             "sentinel://s1/m/x",
             "sentinel://s1/m/0/extra",
             "sentinel://s1/m?x=1",
+            "sentinel://s1/m?sentinel_password=",
+            "sentinel://s1/m?sentinel_password=a&sentinel_password=b",
+            "sentinel://s1/m?sentinel_username=u",
+            "sentinel://s1/m?sentinel_password=%zz",
+            "sentinel://s1/m#insecure",
             "sentinel://s1,,s2/m",
             "sentinel://[::1/m",
             "sentinels://s1/m",
@@ -549,5 +738,185 @@ mod tests {
         assert!(!is_read_only(cmds(&["MULTI", "DEL", "HSET", "EXEC"])));
         assert!(!is_read_only(cmds(&["HMGET", "ZADD"])));
         assert!(!is_read_only(cmds(&[])));
+    }
+
+    #[test]
+    fn a_url_fragment_is_refused_since_insecure_turns_off_tls_verification() {
+        for url in [
+            "rediss://localhost:6379/0#insecure",
+            "rediss://u:s3cret@localhost:6379/0#insecure",
+            "valkeys://localhost:6379/0#insecure",
+            "redis://h/0#",
+            "unix:///run/redis.sock#insecure",
+            "sentinel://s1/m/0#insecure",
+            "clusters://n1:7000#insecure",
+            "redis://:s3c#ret@h/0",
+        ] {
+            let e = Topology::parse(url).unwrap_err();
+            assert!(e.to_string().contains("fragment"), "{url}: {e}");
+            assert!(!e.to_string().contains("s3c"), "{url}: {e}");
+        }
+        // `dyncert_redis_tls_*` apply to valkeys:// as to rediss://.
+        assert!(Topology::parse("valkeys://h:6380/0").unwrap().is_tls());
+        assert!(!Topology::parse("valkey://h:6379/0").unwrap().is_tls());
+    }
+
+    #[test]
+    fn sentinel_urls_carry_the_sentinels_own_credentials_in_the_query() {
+        let url = "sentinel://app:pw@s1,s2/m/1?sentinel_username=watch&sentinel_password=s3%26cret";
+        let Topology::Sentinel {
+            auth,
+            sentinel_auth,
+            db,
+            ..
+        } = Topology::parse(url).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(db, 1);
+        assert_eq!(auth.password.as_deref(), Some("pw"));
+        assert_eq!(sentinel_auth.username.as_deref(), Some("watch"));
+        assert_eq!(sentinel_auth.password.as_deref(), Some("s3&cret"));
+        let Topology::Sentinel { sentinel_auth, .. } =
+            Topology::parse("sentinel://s1/m?sentinel_password=only").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(sentinel_auth.username, None);
+        assert_eq!(sentinel_auth.password.as_deref(), Some("only"));
+        let shown = redact_redis_url(url);
+        assert_eq!(
+            shown,
+            "sentinel://app:***@s1,s2/m/1?sentinel_username=watch&sentinel_password=***"
+        );
+        let e = Topology::parse("sentinel://s1/m?sentinel_pasword=s3cret").unwrap_err();
+        assert!(e.to_string().contains("sentinel_pasword"), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+
+    fn votes(v: &[(u16, Option<u16>)]) -> Vec<(Node, SentinelAnswer)> {
+        v.iter()
+            .map(|(s, p)| {
+                let answer = match p {
+                    Some(0) => SentinelAnswer::Unknown,
+                    Some(p) => SentinelAnswer::Primary(node("10.0.0.1", *p)),
+                    None => SentinelAnswer::Failed,
+                };
+                (node("s", *s), answer)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_primary_needs_a_majority_of_the_listed_sentinels() {
+        assert_eq!(sentinel_majority(1), 1);
+        assert_eq!(sentinel_majority(2), 2);
+        assert_eq!(sentinel_majority(3), 2);
+        assert_eq!(sentinel_majority(4), 3);
+        assert_eq!(sentinel_majority(5), 3);
+        let p = |port| Ok(node("10.0.0.1", port));
+        // One liar out of three, wherever it is listed.
+        assert_eq!(
+            agreed_primary("m", &votes(&[(1, Some(9)), (2, Some(6)), (3, Some(6))])),
+            p(6)
+        );
+        assert_eq!(
+            agreed_primary("m", &votes(&[(1, Some(6)), (2, Some(9)), (3, Some(6))])),
+            p(6)
+        );
+        // Two of three agree, the third is down: enough.
+        assert_eq!(
+            agreed_primary("m", &votes(&[(1, None), (2, Some(6)), (3, Some(6))])),
+            p(6)
+        );
+        assert_eq!(agreed_primary("m", &votes(&[(1, Some(6))])), p(6));
+        // A majority of those listed, not of those that answered.
+        for v in [
+            vec![(1, None), (2, None), (3, Some(6))],
+            vec![(1, Some(9)), (2, None), (3, Some(6))],
+            vec![(1, Some(9)), (2, Some(0)), (3, Some(6))],
+            vec![(1, Some(6)), (2, Some(9))],
+            vec![(1, Some(6)), (2, Some(6)), (3, Some(9)), (4, Some(9))],
+            vec![(1, Some(0)), (2, Some(0)), (3, Some(0))],
+        ] {
+            assert!(agreed_primary("m", &votes(&v)).is_err(), "{v:?}");
+        }
+        // The same host on another port is another primary.
+        let e = agreed_primary("mymaster", &votes(&[(1, Some(9)), (2, Some(6)), (3, None)]))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no 2 of the 3 sentinels name one primary of \"mymaster\": \
+             10.0.0.1:9 (s:1), 10.0.0.1:6 (s:2), no answer (s:3)"
+        );
+        let e = agreed_primary(
+            "m",
+            &votes(&[
+                (1, Some(9)),
+                (2, Some(6)),
+                (3, Some(9)),
+                (4, Some(0)),
+                (5, Some(6)),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no 3 of the 5 sentinels name one primary of \"m\": \
+             10.0.0.1:9 (s:1 s:3), 10.0.0.1:6 (s:2 s:5), unknown service (s:4)"
+        );
+    }
+
+    #[test]
+    fn replicas_need_a_majority_of_the_listed_sentinels_too() {
+        let fields = |ip: &str, port: &str, flags: &str, link: &str| {
+            [
+                ("name", "x"),
+                ("ip", ip),
+                ("port", port),
+                ("flags", flags),
+                ("master-link-status", link),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            healthy_replica(&fields("10.0.0.2", "6380", "slave", "ok")),
+            Some(node("10.0.0.2", 6380))
+        );
+        assert_eq!(
+            healthy_replica(&fields("10.0.0.2", "6380", "slave", "err")),
+            Some(node("10.0.0.2", 6380))
+        );
+        for f in [
+            fields("10.0.0.2", "6380", "s_down,slave", "ok"),
+            fields("10.0.0.2", "6380", "slave,o_down", "ok"),
+            fields("10.0.0.2", "0", "slave", "ok"),
+            fields("10.0.0.2", "x", "slave", "ok"),
+            fields("", "6380", "slave", "ok"),
+            vec![],
+        ] {
+            assert_eq!(healthy_replica(&f), None, "{f:?}");
+        }
+        let a = node("10.0.0.2", 1);
+        let b = node("10.0.0.3", 1);
+        let rogue = node("10.6.6.6", 1);
+        assert_eq!(
+            agreed_replicas(&[
+                Some(vec![rogue.clone(), a.clone()]),
+                Some(vec![a.clone(), b.clone()]),
+                Some(vec![b.clone(), a.clone()]),
+            ]),
+            [a.clone(), b.clone()]
+        );
+        assert_eq!(
+            agreed_replicas(&[Some(vec![rogue.clone()]), None, Some(vec![a.clone()])]),
+            []
+        );
+        assert_eq!(
+            agreed_replicas(&[None, Some(vec![a.clone()]), Some(vec![a.clone()])]),
+            [a]
+        );
     }
 }

@@ -20,13 +20,16 @@ use redis::aio::{
 };
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::{
-    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionAddr, IntoConnectionInfo,
-    RedisConnectionInfo, RedisFuture, RedisResult, TlsCertificates, TlsMode, Value,
+    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, ConnectionAddr, FromRedisValue,
+    IntoConnectionInfo, RedisConnectionInfo, RedisFuture, RedisResult, Role, TlsCertificates,
+    TlsMode, Value,
 };
 
-use crate::topology::{is_read_only, Auth, Node, Topology};
+use crate::topology::{
+    agreed_primary, agreed_replicas, healthy_replica, is_read_only, Auth, Node, SentinelAnswer,
+    Topology,
+};
 
 /// TLS material of `rediss://` and `clusters://` connections
 /// (`dyncert_redis_tls_trusted_certificate`,
@@ -226,18 +229,28 @@ impl RedisTarget {
                 service,
                 db,
                 auth,
+                sentinel_auth,
             } => {
-                let infos = sentinels
+                // The sentinels' own credentials, database 0 (a sentinel
+                // has no SELECT).
+                let sentinels = sentinels
                     .iter()
-                    .map(|n| ConnectionAddr::Tcp(n.host.clone(), n.port).into_connection_info())
+                    .map(|n| {
+                        let info = ConnectionAddr::Tcp(n.host.clone(), n.port)
+                            .into_connection_info()?
+                            .set_redis_settings(redis_info(sentinel_auth, 0));
+                        Ok(SentinelNode {
+                            node: n.clone(),
+                            client: Client::open(info)?,
+                            conn: tokio::sync::Mutex::new(None),
+                        })
+                    })
                     .collect::<RedisResult<Vec<_>>>()?;
-                let node_info = SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(redis_info(auth, *db));
                 Ok(RedisConn::Sentinel(Arc::new(SentinelConn {
                     db: *db,
-                    sentinel: tokio::sync::Mutex::new(Sentinel::build(infos)?),
+                    sentinels,
                     service: service.clone(),
-                    node_info,
+                    auth: auth.clone(),
                     primary: tokio::sync::Mutex::new(None),
                     config: AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(t))
@@ -532,15 +545,26 @@ struct Primary {
     checked: Instant,
 }
 
+/// One listed sentinel, and the connection to it (made on first use, and
+/// again after a failure).
+struct SentinelNode {
+    node: Node,
+    client: Client,
+    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+}
+
 /// The primary of a Sentinel-managed service: asked of the sentinels on
 /// first use and again after the primary failed or turned read-only (a
 /// failover demoted it). A read the primary cannot answer goes to a
-/// replica the sentinels name.
+/// replica the sentinels name. Every listed sentinel is asked, and only
+/// an address a majority of them name is ever connected to (and sent the
+/// credentials): one sentinel that lies decides nothing.
 pub struct SentinelConn {
     db: i64,
-    sentinel: tokio::sync::Mutex<Sentinel>,
+    sentinels: Vec<SentinelNode>,
     service: String,
-    node_info: SentinelNodeConnectionInfo,
+    /// The primary's and replicas' credentials.
+    auth: Auth,
     primary: tokio::sync::Mutex<Option<Primary>>,
     config: AsyncConnectionConfig,
     timeout: Duration,
@@ -557,28 +581,87 @@ impl SentinelConn {
         std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out")).into()
     }
 
-    /// The primary's client, as the sentinels name it now (the crate
-    /// checks that it calls itself primary).
-    async fn primary_client(&self) -> RedisResult<(String, Client)> {
-        let mut sentinel = self.sentinel.lock().await;
-        let found = tokio::time::timeout(
-            self.timeout * 2,
-            sentinel.async_master_for(&self.service, Some(&self.node_info)),
-        )
-        .await;
-        let client = match found {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                self.notes.connect_failed(&self.shown, &e);
-                return Err(e);
+    /// `cmd`'s answer from one sentinel, within the timeout (connecting,
+    /// and checking that it is a sentinel, included). A failure is noted
+    /// with the sentinel's address and drops its connection.
+    async fn ask<T: FromRedisValue>(&self, s: &SentinelNode, cmd: &Cmd) -> RedisResult<T> {
+        let asked = async {
+            let mut slot = s.conn.lock().await;
+            if slot.is_none() {
+                let mut c = s
+                    .client
+                    .get_multiplexed_async_connection_with_config(&self.config)
+                    .await?;
+                let role: Role = redis::cmd("ROLE").query_async(&mut c).await?;
+                if !matches!(role, Role::Sentinel { .. }) {
+                    return Err(std::io::Error::other("not a sentinel (ROLE)").into());
+                }
+                *slot = Some(c);
             }
-            Err(_) => {
-                let e = Self::timed_out("asking the sentinels for the primary");
+            let Some(c) = slot.as_mut() else {
+                return Err(Self::timed_out("sentinel"));
+            };
+            cmd.query_async(c).await
+        };
+        let r = match tokio::time::timeout(self.timeout, asked).await {
+            Ok(r) => r,
+            Err(_) => Err(Self::timed_out("asking the sentinel")),
+        };
+        if let Err(e) = &r {
+            *s.conn.lock().await = None;
+            self.notes.connect_failed(&s.node.to_string(), e);
+        }
+        r
+    }
+
+    /// The primary's client: the address a majority of the listed
+    /// sentinels name (all asked at once), once it calls itself primary
+    /// (`ROLE`). Otherwise an error, logged with every sentinel's answer.
+    async fn primary_client(&self) -> RedisResult<(String, Client)> {
+        let mut cmd = redis::cmd("SENTINEL");
+        cmd.arg("GET-MASTER-ADDR-BY-NAME").arg(&self.service);
+        let answers = futures_util::future::join_all(self.sentinels.iter().map(|s| async {
+            let answer = match self.ask::<Option<(String, String)>>(s, &cmd).await {
+                Ok(Some((host, port))) => match port.parse::<u16>() {
+                    Ok(port) if port > 0 && !host.is_empty() => {
+                        SentinelAnswer::Primary(Node { host, port })
+                    }
+                    _ => SentinelAnswer::Failed,
+                },
+                Ok(None) => SentinelAnswer::Unknown,
+                Err(_) => SentinelAnswer::Failed,
+            };
+            (s.node.clone(), answer)
+        }))
+        .await;
+        let node = match agreed_primary(&self.service, &answers) {
+            Ok(n) => n,
+            Err(no) => {
+                let e: redis::RedisError = std::io::Error::other(no).into();
                 self.notes.connect_failed(&self.shown, &e);
                 return Err(e);
             }
         };
-        Ok((addr_of(&client), client))
+        let addr = node.to_string();
+        let client = node_client(&node, &self.auth, self.db, false, &RedisTls::default())?;
+        let role = tokio::time::timeout(self.timeout, async {
+            let mut c = client
+                .get_multiplexed_async_connection_with_config(&self.config)
+                .await?;
+            redis::cmd("ROLE").query_async::<Role>(&mut c).await
+        })
+        .await;
+        let e = match role {
+            Ok(Ok(Role::Primary { .. })) => return Ok((addr, client)),
+            Ok(Ok(_)) => std::io::Error::other(
+                "the primary the sentinels name does not call itself primary (ROLE)",
+            )
+            .into(),
+            Ok(Err(e)) => e,
+            Err(_) => Self::timed_out("checking the primary's ROLE"),
+        };
+        self.notes.connect_failed(&addr, &e);
+        Err(e)
     }
 
     async fn primary(&self) -> RedisResult<(String, MultiplexedConnection)> {
@@ -678,32 +761,51 @@ impl SentinelConn {
         req: &Req<'_>,
         primary_error: redis::RedisError,
     ) -> RedisResult<Vec<Value>> {
-        let client = {
-            let mut sentinel = self.sentinel.lock().await;
-            match tokio::time::timeout(
-                self.timeout,
-                sentinel.async_replica_for(&self.service, Some(&self.node_info)),
+        let mut cmd = redis::cmd("SENTINEL");
+        cmd.arg("REPLICAS").arg(&self.service);
+        let answers = futures_util::future::join_all(self.sentinels.iter().map(|s| async {
+            let listed = self
+                .ask::<Vec<HashMap<String, String>>>(s, &cmd)
+                .await
+                .ok()?;
+            Some(
+                listed
+                    .into_iter()
+                    .filter_map(|r| healthy_replica(&r.into_iter().collect::<Vec<_>>()))
+                    .collect::<Vec<_>>(),
             )
-            .await
-            {
-                Ok(Ok(c)) => c,
-                _ => return Err(primary_error),
-            }
-        };
-        let addr = addr_of(&client);
-        let mut conn = match client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                self.notes.connect_failed(&addr, &e);
-                return Err(primary_error);
-            }
-        };
-        let v = req.send(&mut conn).await?;
-        self.notes.replica_read(&addr);
-        Ok(v)
+        }))
+        .await;
+        // The first agreed replica that calls itself one (`ROLE`).
+        for node in agreed_replicas(&answers) {
+            let addr = node.to_string();
+            let client = node_client(&node, &self.auth, self.db, false, &RedisTls::default())?;
+            let connected = tokio::time::timeout(self.timeout, async {
+                let mut c = client
+                    .get_multiplexed_async_connection_with_config(&self.config)
+                    .await?;
+                let role = redis::cmd("ROLE").query_async::<Role>(&mut c).await?;
+                Ok::<_, redis::RedisError>((role, c))
+            })
+            .await;
+            let mut conn = match connected {
+                Ok(Ok((Role::Replica { .. }, c))) => c,
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => {
+                    self.notes.connect_failed(&addr, &e);
+                    continue;
+                }
+                Err(_) => {
+                    self.notes
+                        .connect_failed(&addr, &Self::timed_out("connecting to the replica"));
+                    continue;
+                }
+            };
+            let v = req.send(&mut conn).await?;
+            self.notes.replica_read(&addr);
+            return Ok(v);
+        }
+        Err(primary_error)
     }
 }
 
