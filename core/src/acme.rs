@@ -8,6 +8,15 @@
 //! Redis did not have is answered 404 without another read for a short
 //! while. Past the bound a request is answered 503 at once instead of
 //! queueing work behind Redis.
+//!
+//! The bound is shared by every client of the worker, so one client must
+//! not be able to take all of it: each client address (IPv4 /32, IPv6 /64)
+//! holds at most [`Limits::max_per_client`] requests in the gate, and its
+//! requests past that are the ones answered 503. A CA validates from
+//! addresses of its own, so a flood from one address never refuses it.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
 
 use crate::clock::Millis;
 use crate::fetch::AcmeAnswer;
@@ -54,6 +63,33 @@ pub fn is_key_authorization(token: &[u8], value: &[u8]) -> bool {
 /// milliseconds, so a slot is free again long before a client retries.
 pub const RETRY_AFTER: &str = "1";
 
+/// Whose share of the gate a request uses: the client address nginx
+/// resolved (after PROXY protocol and realip), IPv4 by /32 and IPv6 by /64,
+/// the smallest network one subscriber commonly gets. An IPv4-mapped IPv6
+/// address (a dual-stack listener) is its IPv4 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Client {
+    V4(u32),
+    /// The upper 64 bits of the address.
+    V6(u64),
+    /// No IP address (a UNIX-domain listener): such clients share one
+    /// share, like they share the one `$remote_addr` (`unix:`).
+    Other,
+}
+
+impl Client {
+    pub fn of(addr: Option<IpAddr>) -> Client {
+        match addr {
+            Some(IpAddr::V4(a)) => Client::V4(u32::from(a)),
+            Some(IpAddr::V6(a)) => match a.to_ipv4_mapped() {
+                Some(v4) => Client::V4(u32::from(v4)),
+                None => Client::V6((u128::from(a) >> 64) as u64),
+            },
+            None => Client::Other,
+        }
+    }
+}
+
 /// Bounds of one worker's challenge lookups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -65,6 +101,15 @@ pub struct Limits {
     /// Most requests waiting for those reads (any number may wait for one
     /// token, each holding a connection).
     pub max_waiting: usize,
+    /// Most requests one client address holds in the gate at once (reading
+    /// or waiting for a read). A CA asks for one token once from each of
+    /// its vantage points, on their own addresses, and a read takes about
+    /// a millisecond: even a CA checking several names of an order at once
+    /// from one address rarely has more than one request here. 4 leaves
+    /// room for that and for an issuer's own check behind the same address,
+    /// while a flood from one address takes at most 4 of the 16 reads: a
+    /// flooder needs 4 addresses to fill them.
+    pub max_per_client: usize,
     /// How long a token Redis did not have is answered 404 without a read.
     /// Short: an issuer writes the token just before the CA asks, and a
     /// 404 remembered from an earlier ask hides it until then.
@@ -78,6 +123,7 @@ impl Default for Limits {
         Limits {
             max_reads: 16,
             max_waiting: 1024,
+            max_per_client: 4,
             negative_ttl: 2_000,
             negative_max: 1024,
         }
@@ -96,6 +142,15 @@ pub enum Admission {
     Absent,
     /// At a bound: 503 with `Retry-After` now, no read.
     Busy,
+    /// The request's client already holds its share of the gate
+    /// ([`Limits::max_per_client`]): 503 with `Retry-After` now, no read.
+    ClientBusy,
+}
+
+/// A request in the gate and the client it counts against.
+struct Held<W> {
+    waiter: W,
+    client: Client,
 }
 
 /// Per-worker singleflight, cap and negative cache of challenge reads.
@@ -103,9 +158,12 @@ pub enum Admission {
 /// request pointers.
 pub struct AcmeGate<W> {
     limits: Limits,
-    reads: Inflight<W>,
+    reads: Inflight<Held<W>>,
     /// Requests queued in `reads`, over all tokens.
     waiting: usize,
+    /// Requests each client holds in the gate; only clients holding some
+    /// (at most `max_waiting` entries).
+    held: HashMap<Client, usize>,
     /// Tokens Redis did not have, each with the time Redis said so.
     absent: Lru<Millis>,
 }
@@ -116,28 +174,45 @@ impl<W> AcmeGate<W> {
             limits,
             reads: Inflight::new(limits.max_reads),
             waiting: 0,
+            held: HashMap::new(),
             absent: Lru::new(),
         }
     }
 
-    /// Decides for a request for `token` at `now`; `waiter` is queued for
-    /// the answer when the verdict is [`Admission::Read`] or
+    /// Decides for a request of `client` for `token` at `now`; `waiter`
+    /// is queued for the answer when the verdict is [`Admission::Read`] or
     /// [`Admission::Wait`], and dropped otherwise.
-    pub fn admit(&mut self, token: &str, waiter: W, now: Millis) -> Admission {
+    pub fn admit(&mut self, token: &str, client: Client, waiter: W, now: Millis) -> Admission {
         // A known absence costs nothing, so it is answered even at the cap.
         if self.known_absent(token, now) {
             return Admission::Absent;
         }
+        // Before the shared bounds: a client over its share is refused
+        // whether or not the others have left room.
+        if self.held_by(client) >= self.limits.max_per_client {
+            return Admission::ClientBusy;
+        }
         if self.waiting >= self.limits.max_waiting {
             return Admission::Busy;
         }
-        let admission = match self.reads.join(token, Some(waiter)) {
+        let admission = match self.reads.join(token, Some(Held { waiter, client })) {
             Join::Started => Admission::Read,
             Join::Joined => Admission::Wait,
             Join::Refused => return Admission::Busy,
         };
         self.waiting += 1;
+        *self.held.entry(client).or_default() += 1;
         admission
+    }
+
+    /// Requests `client` holds in the gate.
+    pub fn held_by(&self, client: Client) -> usize {
+        self.held.get(&client).copied().unwrap_or(0)
+    }
+
+    /// Clients holding requests in the gate.
+    pub fn clients(&self) -> usize {
+        self.held.len()
     }
 
     /// The read [`Admission::Read`] asked for could not be queued: frees
@@ -167,9 +242,8 @@ impl<W> AcmeGate<W> {
         let tokens: Vec<String> = self.reads.names().map(str::to_owned).collect();
         let found = tokens
             .iter()
-            .find_map(|t| self.reads.remove_waiter(t, &mut pred))?;
-        self.waiting -= 1;
-        Some(found)
+            .find_map(|t| self.reads.remove_waiter(t, |h| pred(&h.waiter)))?;
+        Some(self.release(found))
     }
 
     /// Distinct tokens being read.
@@ -193,9 +267,20 @@ impl<W> AcmeGate<W> {
     }
 
     fn finish(&mut self, token: &str) -> Vec<W> {
-        let waiters = self.reads.complete(token);
-        self.waiting -= waiters.len();
-        waiters
+        let held = self.reads.complete(token);
+        held.into_iter().map(|h| self.release(h)).collect()
+    }
+
+    /// A request leaves the gate: its client's share is free again.
+    fn release(&mut self, h: Held<W>) -> W {
+        self.waiting = self.waiting.saturating_sub(1);
+        if let Some(n) = self.held.get_mut(&h.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.held.remove(&h.client);
+            }
+        }
+        h.waiter
     }
 
     fn known_absent(&mut self, token: &str, now: Millis) -> bool {
@@ -285,9 +370,15 @@ mod tests {
         Limits {
             max_reads,
             max_waiting,
+            max_per_client: 4,
             negative_ttl: 2_000,
             negative_max,
         }
+    }
+
+    /// A client of its own for each waiter, unless a test says otherwise.
+    fn c(w: usize) -> Client {
+        Client::V4(w as u32)
     }
 
     fn value() -> AcmeAnswer {
@@ -297,9 +388,9 @@ mod tests {
     #[test]
     fn requests_for_one_token_share_one_read() {
         let mut gate = AcmeGate::new(Limits::default());
-        assert_eq!(gate.admit("t", 1, 0), Admission::Read);
-        assert_eq!(gate.admit("t", 2, 0), Admission::Wait);
-        assert_eq!(gate.admit("t", 3, 1), Admission::Wait);
+        assert_eq!(gate.admit("t", c(1), 1, 0), Admission::Read);
+        assert_eq!(gate.admit("t", c(2), 2, 0), Admission::Wait);
+        assert_eq!(gate.admit("t", c(3), 3, 1), Admission::Wait);
         assert_eq!((gate.reads_in_flight(), gate.waiting()), (1, 3));
         assert_eq!(gate.complete("t", &value(), 5), [1, 2, 3]);
         assert_eq!((gate.reads_in_flight(), gate.waiting()), (0, 0));
@@ -308,89 +399,97 @@ mod tests {
     #[test]
     fn new_tokens_past_the_cap_are_busy_but_joining_a_read_is_not() {
         let mut gate = AcmeGate::new(limits(2, 100, 100));
-        assert_eq!(gate.admit("a", 1, 0), Admission::Read);
-        assert_eq!(gate.admit("b", 2, 0), Admission::Read);
-        assert_eq!(gate.admit("c", 3, 0), Admission::Busy);
-        assert_eq!(gate.admit("a", 4, 0), Admission::Wait);
+        assert_eq!(gate.admit("a", c(1), 1, 0), Admission::Read);
+        assert_eq!(gate.admit("b", c(2), 2, 0), Admission::Read);
+        assert_eq!(gate.admit("c", c(3), 3, 0), Admission::Busy);
+        assert_eq!(gate.admit("a", c(4), 4, 0), Admission::Wait);
         assert_eq!((gate.reads_in_flight(), gate.waiting()), (2, 3));
         assert_eq!(gate.complete("a", &AcmeAnswer::Absent, 1), [1, 4]);
-        assert_eq!(gate.admit("c", 5, 1), Admission::Read);
+        assert_eq!(gate.admit("c", c(5), 5, 1), Admission::Read);
     }
 
     #[test]
     fn absent_token_is_answered_without_a_read_until_the_ttl_ends() {
         let mut gate = AcmeGate::new(Limits::default());
         let ttl = gate.limits().negative_ttl;
-        assert_eq!(gate.admit("t", 1, 1_000), Admission::Read);
+        assert_eq!(gate.admit("t", c(1), 1, 1_000), Admission::Read);
         assert_eq!(gate.complete("t", &AcmeAnswer::Absent, 1_010), [1]);
-        assert_eq!(gate.admit("t", 2, 1_010), Admission::Absent);
-        assert_eq!(gate.admit("t", 3, 1_010 + ttl - 1), Admission::Absent);
+        assert_eq!(gate.admit("t", c(2), 2, 1_010), Admission::Absent);
+        assert_eq!(gate.admit("t", c(3), 3, 1_010 + ttl - 1), Admission::Absent);
         assert_eq!(gate.waiting(), 0, "answered at once, not queued");
-        assert_eq!(gate.admit("t", 4, 1_010 + ttl), Admission::Read);
+        assert_eq!(gate.admit("t", c(4), 4, 1_010 + ttl), Admission::Read);
         assert_eq!(gate.absent_len(), 0, "the expired entry went");
     }
 
     #[test]
     fn known_absent_token_gets_404_even_at_the_cap() {
         let mut gate = AcmeGate::new(limits(1, 100, 100));
-        gate.admit("gone", 1, 0);
+        gate.admit("gone", c(1), 1, 0);
         gate.complete("gone", &AcmeAnswer::Absent, 0);
-        assert_eq!(gate.admit("busy", 2, 0), Admission::Read);
-        assert_eq!(gate.admit("gone", 3, 1), Admission::Absent);
-        assert_eq!(gate.admit("other", 4, 1), Admission::Busy);
+        assert_eq!(gate.admit("busy", c(2), 2, 0), Admission::Read);
+        assert_eq!(gate.admit("gone", c(3), 3, 1), Admission::Absent);
+        assert_eq!(gate.admit("other", c(4), 4, 1), Admission::Busy);
     }
 
     #[test]
     fn a_value_is_never_remembered_and_clears_an_absence() {
         let mut gate = AcmeGate::new(Limits::default());
-        gate.admit("t", 1, 0);
+        gate.admit("t", c(1), 1, 0);
         assert_eq!(gate.complete("t", &value(), 0), [1]);
-        assert_eq!(gate.admit("t", 2, 1), Admission::Read, "fresh read");
+        assert_eq!(gate.admit("t", c(2), 2, 1), Admission::Read, "fresh read");
         assert_eq!(gate.complete("t", &value(), 1), [2]);
         assert_eq!(gate.absent_len(), 0);
         // An absence that ended is replaced by the next read's answer.
-        gate.admit("u", 3, 10);
+        gate.admit("u", c(3), 3, 10);
         gate.complete("u", &AcmeAnswer::Absent, 10);
-        assert_eq!(gate.admit("u", 4, 10 + 2_000), Admission::Read);
+        assert_eq!(gate.admit("u", c(4), 4, 10 + 2_000), Admission::Read);
         gate.complete("u", &value(), 10 + 2_000);
-        assert_eq!(gate.admit("u", 5, 10 + 2_001), Admission::Read);
+        assert_eq!(gate.admit("u", c(5), 5, 10 + 2_001), Admission::Read);
     }
 
     #[test]
     fn a_clock_set_back_does_not_stretch_an_absence() {
         let mut gate = AcmeGate::new(Limits::default());
-        gate.admit("t", 1, 10_000);
+        gate.admit("t", c(1), 1, 10_000);
         gate.complete("t", &AcmeAnswer::Absent, 10_000);
-        assert_eq!(gate.admit("t", 2, 5_000), Admission::Read);
+        assert_eq!(gate.admit("t", c(2), 2, 5_000), Admission::Read);
     }
 
     #[test]
     fn errors_are_not_remembered() {
         let mut gate = AcmeGate::new(Limits::default());
-        gate.admit("t", 1, 0);
+        gate.admit("t", c(1), 1, 0);
         let answer = AcmeAnswer::Error(AcmeError::Redis(RedisError::Timeout));
         assert_eq!(gate.complete("t", &answer, 0), [1]);
-        assert_eq!(gate.admit("t", 2, 1), Admission::Read);
+        assert_eq!(gate.admit("t", c(2), 2, 1), Admission::Read);
     }
 
     #[test]
     fn negative_cache_is_bounded_and_drops_the_least_recently_asked() {
         let mut gate = AcmeGate::new(limits(16, 100, 2));
         for (i, t) in ["a", "b"].into_iter().enumerate() {
-            gate.admit(t, i, 0);
+            gate.admit(t, c(i), i, 0);
             gate.complete(t, &AcmeAnswer::Absent, 0);
         }
-        assert_eq!(gate.admit("a", 10, 1), Admission::Absent, "touches a");
-        gate.admit("c", 11, 1);
+        assert_eq!(
+            gate.admit("a", c(10), 10, 1),
+            Admission::Absent,
+            "touches a"
+        );
+        gate.admit("c", c(11), 11, 1);
         gate.complete("c", &AcmeAnswer::Absent, 1);
         assert_eq!(gate.absent_len(), 2);
-        assert_eq!(gate.admit("a", 12, 2), Admission::Absent);
-        assert_eq!(gate.admit("c", 13, 2), Admission::Absent);
-        assert_eq!(gate.admit("b", 14, 2), Admission::Read, "b was pushed out");
+        assert_eq!(gate.admit("a", c(12), 12, 2), Admission::Absent);
+        assert_eq!(gate.admit("c", c(13), 13, 2), Admission::Absent);
+        assert_eq!(
+            gate.admit("b", c(14), 14, 2),
+            Admission::Read,
+            "b was pushed out"
+        );
         // A random-token flood only ever holds negative_max entries.
         for i in 0..100 {
             let t = format!("r{i}");
-            gate.admit(&t, i, 3);
+            gate.admit(&t, c(i), i, 3);
             gate.complete(&t, &AcmeAnswer::Absent, 3);
         }
         assert_eq!(gate.absent_len(), 2);
@@ -399,36 +498,44 @@ mod tests {
     #[test]
     fn waiting_requests_are_bounded_over_all_tokens() {
         let mut gate = AcmeGate::new(limits(16, 3, 100));
-        assert_eq!(gate.admit("a", 1, 0), Admission::Read);
-        assert_eq!(gate.admit("a", 2, 0), Admission::Wait);
-        assert_eq!(gate.admit("b", 3, 0), Admission::Read);
-        assert_eq!(gate.admit("a", 4, 0), Admission::Busy);
-        assert_eq!(gate.admit("c", 5, 0), Admission::Busy);
+        assert_eq!(gate.admit("a", c(1), 1, 0), Admission::Read);
+        assert_eq!(gate.admit("a", c(2), 2, 0), Admission::Wait);
+        assert_eq!(gate.admit("b", c(3), 3, 0), Admission::Read);
+        assert_eq!(gate.admit("a", c(4), 4, 0), Admission::Busy);
+        assert_eq!(gate.admit("c", c(5), 5, 0), Admission::Busy);
         assert_eq!(gate.complete("a", &value(), 1), [1, 2]);
-        assert_eq!(gate.admit("a", 6, 1), Admission::Read);
+        assert_eq!(gate.admit("a", c(6), 6, 1), Admission::Read);
     }
 
     #[test]
     fn abandoned_request_is_not_answered_and_its_read_keeps_the_slot() {
         let mut gate = AcmeGate::new(limits(1, 100, 100));
-        gate.admit("t", 1, 0);
-        gate.admit("t", 2, 0);
+        gate.admit("t", c(1), 1, 0);
+        gate.admit("t", c(2), 2, 0);
         assert_eq!(gate.abandon(|&w| w == 1), Some(1));
         assert_eq!(gate.abandon(|&w| w == 1), None);
         assert_eq!(gate.abandon(|&w| w == 2), Some(2));
         assert_eq!((gate.reads_in_flight(), gate.waiting()), (1, 0));
-        assert_eq!(gate.admit("u", 3, 0), Admission::Busy, "slot still taken");
+        assert_eq!(
+            gate.admit("u", c(3), 3, 0),
+            Admission::Busy,
+            "slot still taken"
+        );
         assert!(gate.complete("t", &AcmeAnswer::Absent, 1).is_empty());
-        assert_eq!(gate.admit("t", 4, 1), Admission::Absent, "answer kept");
+        assert_eq!(
+            gate.admit("t", c(4), 4, 1),
+            Admission::Absent,
+            "answer kept"
+        );
     }
 
     #[test]
     fn a_read_that_could_not_be_queued_frees_its_slot_and_remembers_nothing() {
         let mut gate = AcmeGate::new(limits(1, 100, 100));
-        assert_eq!(gate.admit("t", 1, 0), Admission::Read);
+        assert_eq!(gate.admit("t", c(1), 1, 0), Admission::Read);
         assert_eq!(gate.not_queued("t"), [1]);
         assert_eq!((gate.reads_in_flight(), gate.waiting()), (0, 0));
-        assert_eq!(gate.admit("t", 2, 0), Admission::Read);
+        assert_eq!(gate.admit("t", c(2), 2, 0), Admission::Read);
     }
 
     #[test]
@@ -444,9 +551,9 @@ mod tests {
             },
         ] {
             let mut gate = AcmeGate::new(l);
-            gate.admit("t", 1, 0);
+            gate.admit("t", c(1), 1, 0);
             gate.complete("t", &AcmeAnswer::Absent, 0);
-            assert_eq!(gate.admit("t", 2, 0), Admission::Read, "{l:?}");
+            assert_eq!(gate.admit("t", c(2), 2, 0), Admission::Read, "{l:?}");
             assert_eq!(gate.absent_len(), 0);
         }
     }
@@ -454,7 +561,111 @@ mod tests {
     #[test]
     fn cap_zero_refuses_every_read() {
         let mut gate = AcmeGate::new(limits(0, 100, 100));
-        assert_eq!(gate.admit("t", 1, 0), Admission::Busy);
+        assert_eq!(gate.admit("t", c(1), 1, 0), Admission::Busy);
         assert_eq!(gate.waiting(), 0);
+    }
+
+    #[test]
+    fn addresses_are_grouped_by_ipv4_32_and_ipv6_64() {
+        let ip = |s: &str| Client::of(Some(s.parse().unwrap()));
+        assert_eq!(ip("192.0.2.1"), Client::V4(0xc000_0201));
+        assert_ne!(ip("192.0.2.1"), ip("192.0.2.2"));
+        assert_eq!(ip("2001:db8:1:2::1"), ip("2001:db8:1:2:ffff::9"));
+        assert_ne!(ip("2001:db8:1:2::1"), ip("2001:db8:1:3::1"));
+        // A dual-stack listener sees IPv4 clients as mapped addresses.
+        assert_eq!(ip("::ffff:192.0.2.1"), ip("192.0.2.1"));
+        assert_ne!(ip("::ffff:192.0.2.1"), ip("::ffff:192.0.2.2"));
+        assert_ne!(ip("::1"), ip("0.0.0.1"));
+        assert_eq!(Client::of(None), Client::Other);
+    }
+
+    #[test]
+    fn one_client_holds_at_most_its_share_and_others_are_admitted() {
+        let mut gate = AcmeGate::new(Limits::default());
+        let (flooder, ca) = (Client::V4(1), Client::V4(2));
+        let share = gate.limits().max_per_client;
+        for i in 0..share {
+            assert_eq!(gate.admit(&format!("r{i}"), flooder, i, 0), Admission::Read);
+        }
+        // Past its share the flooder is refused, for a new token and for
+        // joining a read under way alike.
+        assert_eq!(gate.admit("r99", flooder, 99, 0), Admission::ClientBusy);
+        assert_eq!(gate.admit("r0", flooder, 98, 0), Admission::ClientBusy);
+        assert_eq!(gate.held_by(flooder), share);
+        assert_eq!(
+            gate.reads_in_flight(),
+            share,
+            "the rest of the reads are free"
+        );
+        // The CA's request is read at once, and may join the flooder's.
+        assert_eq!(gate.admit("real", ca, 100, 0), Admission::Read);
+        assert_eq!(gate.admit("r0", ca, 101, 0), Admission::Wait);
+        assert_eq!(gate.held_by(ca), 2);
+        // A read that ends gives the flooder one request back.
+        assert_eq!(gate.complete("r1", &AcmeAnswer::Absent, 1), [1]);
+        assert_eq!(gate.admit("r5", flooder, 5, 1), Admission::Read);
+    }
+
+    #[test]
+    fn a_client_over_its_share_is_refused_even_with_reads_free() {
+        let mut gate = AcmeGate::new(Limits {
+            max_per_client: 1,
+            ..Limits::default()
+        });
+        assert_eq!(gate.admit("a", c(1), 1, 0), Admission::Read);
+        assert_eq!(gate.admit("b", c(1), 2, 0), Admission::ClientBusy);
+        assert_eq!(gate.waiting(), 1, "the refused request holds nothing");
+        // A known absence is still answered: it costs nothing.
+        gate.admit("gone", c(2), 3, 0);
+        gate.complete("gone", &AcmeAnswer::Absent, 0);
+        assert_eq!(gate.admit("gone", c(1), 4, 0), Admission::Absent);
+    }
+
+    #[test]
+    fn many_clients_share_the_reads_up_to_the_cap() {
+        let mut gate = AcmeGate::new(limits(4, 100, 100));
+        for i in 0..4 {
+            assert_eq!(gate.admit(&format!("t{i}"), c(i), i, 0), Admission::Read);
+        }
+        assert_eq!(gate.admit("t4", c(4), 4, 0), Admission::Busy);
+        assert_eq!(gate.held_by(c(4)), 0);
+    }
+
+    #[test]
+    fn a_clients_share_is_given_back_however_its_requests_leave() {
+        let mut gate = AcmeGate::new(Limits {
+            max_per_client: 3,
+            ..Limits::default()
+        });
+        let me = Client::V6(0x2001_0db8_0000_0001);
+        assert_eq!(gate.admit("a", me, 1, 0), Admission::Read);
+        assert_eq!(gate.admit("b", me, 2, 0), Admission::Read);
+        assert_eq!(gate.admit("b", me, 3, 0), Admission::Wait);
+        assert_eq!(gate.admit("c", me, 4, 0), Admission::ClientBusy);
+        // Answered, not queued, gone away: each gives one back.
+        assert_eq!(gate.complete("a", &value(), 1), [1]);
+        assert_eq!(gate.held_by(me), 2);
+        assert_eq!(gate.abandon(|&w| w == 3), Some(3));
+        assert_eq!(gate.held_by(me), 1);
+        assert_eq!(gate.admit("c", me, 5, 1), Admission::Read);
+        assert_eq!(gate.not_queued("c"), [5]);
+        assert_eq!(gate.complete("b", &value(), 2), [2]);
+        assert_eq!(gate.held_by(me), 0);
+        // Nothing is kept for a client holding nothing.
+        assert_eq!((gate.clients(), gate.waiting()), (0, 0));
+    }
+
+    #[test]
+    fn a_flood_of_clients_is_remembered_only_while_they_hold_requests() {
+        let mut gate = AcmeGate::new(limits(16, 64, 100));
+        for i in 0..10_000usize {
+            let t = format!("r{i}");
+            gate.admit(&t, c(i), i, 0);
+            if i % 2 == 0 {
+                gate.complete(&t, &AcmeAnswer::Absent, 0);
+            }
+        }
+        assert!(gate.clients() <= gate.limits().max_waiting);
+        assert!(gate.clients() <= gate.reads_in_flight() * gate.limits().max_per_client);
     }
 }

@@ -119,6 +119,7 @@ pub enum Simple {
     AcmeServed,
     AcmeMissing,
     AcmeRefused,
+    AcmeClientRefused,
     TierLoads,
     TierSyncLoads,
     TierLoadsRefused,
@@ -135,7 +136,7 @@ pub enum Simple {
     ApiRateLimited,
 }
 
-const SIMPLE: [(Simple, &str, &str); 32] = [
+const SIMPLE: [(Simple, &str, &str); 33] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -230,6 +231,13 @@ const SIMPLE: [(Simple, &str, &str); 32] = [
         "dyncert_acme_challenges_refused_total",
         "ACME challenge requests answered 503 without a Redis read because the \
          worker's challenge lookups were at their bound.",
+    ),
+    (
+        Simple::AcmeClientRefused,
+        "dyncert_acme_challenges_client_refused_total",
+        "ACME challenge requests answered 503 without a Redis read because their \
+         client address (IPv4 /32, IPv6 /64) held its share of the worker's \
+         challenge lookups (also counted in dyncert_acme_challenges_refused_total).",
     ),
     (
         Simple::TierLoads,

@@ -67,7 +67,7 @@ pub fn postconfiguration(cf: &ngx_conf_t, tenant: bool) -> Result<(), Refused> {
 /// the front it runs last in the phase, after realip (and limit_req,
 /// limit_conn), and judges the address `dyncert_allow` judges in the
 /// access phase.
-fn run_last_in_phase(cf: &ngx_conf_t, phase: ngx_http_phases) -> Result<(), Refused> {
+pub(super) fn run_last_in_phase(cf: &ngx_conf_t, phase: ngx_http_phases) -> Result<(), Refused> {
     let cmcf = NgxHttpCoreModule::main_conf_mut(cf).ok_or(Refused)?;
     let handlers = &mut cmcf.phases[phase as usize].handlers;
     let elts = handlers.elts.cast::<ngx_http_handler_pt>();
@@ -83,7 +83,7 @@ fn run_last_in_phase(cf: &ngx_conf_t, phase: ngx_http_phases) -> Result<(), Refu
 }
 
 /// The connection's client address as nginx resolved it.
-fn client_ip(c: &ngx_connection_t) -> Option<IpAddr> {
+pub(super) fn client_ip(c: &ngx_connection_t) -> Option<IpAddr> {
     // SAFETY: c->sockaddr of a live connection is NULL or the client's
     // address: c->socklen bytes of the sockaddr type its family names.
     let sa = unsafe { c.sockaddr.as_ref() }?;

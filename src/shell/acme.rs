@@ -4,13 +4,16 @@
 //! elsewhere. Runs in the post-read phase (before rewrites, `return`s and
 //! access rules) and never blocks: the request waits for the fetcher like
 //! a parked connection does. Whether a request costs a Redis read at all
-//! is the core's decision ([`AcmeGate`]): port 80 is anyone's.
+//! is the core's decision ([`AcmeGate`]): port 80 is anyone's, so the
+//! gate also keeps one client address from taking every read.
 
 use core::ffi::c_void;
 use core::ptr;
 use std::cell::RefCell;
 
-use dyncert_core::acme::{challenge_token, valid_token, AcmeGate, Admission, Limits, RETRY_AFTER};
+use dyncert_core::acme::{
+    challenge_token, valid_token, AcmeGate, Admission, Client, Limits, RETRY_AFTER,
+};
 use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::fetch::AcmeAnswer;
 use dyncert_core::metrics::Simple;
@@ -22,8 +25,10 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleServerConf;
 
+use super::access::{client_ip, run_last_in_phase};
 use super::boundary::guard;
 use super::conf::{add_phase_handler, emerg, MainConf, Module, Refused};
+use super::handshake::request_connection;
 use super::log::Log;
 use super::metrics;
 use super::response::send_body;
@@ -61,7 +66,12 @@ pub fn postconfiguration(cf: &mut ngx_conf_t, mcf: &MainConf, acme: bool) -> Res
         cf,
         ngx_http_phases_NGX_HTTP_POST_READ_PHASE,
         ngx_http_dyncert_acme_handler,
-    )
+    )?;
+    // After realip's post-read handler, which applies a server's
+    // `set_real_ip_from` (`real_ip_header proxy_protocol` behind an L4
+    // balancer): the gate shares its reads out by the client's address,
+    // not the balancer's.
+    run_last_in_phase(cf, ngx_http_phases_NGX_HTTP_POST_READ_PHASE)
 }
 
 /// # Safety
@@ -87,9 +97,13 @@ unsafe fn start(r: *mut ngx_http_request_t) -> ngx_int_t {
         Ok(token) => token,
         Err(rc) => return rc,
     };
+    // SAFETY: as above.
+    let client = Client::of(client_ip(request_connection(unsafe { &*r })));
     let now = SystemClock.now();
-    let Ok(admission) = GATE.with(|g| g.try_borrow_mut().map(|mut g| g.admit(&token, r, now)))
-    else {
+    let Ok(admission) = GATE.with(|g| {
+        g.try_borrow_mut()
+            .map(|mut g| g.admit(&token, client, r, now))
+    }) else {
         // Only reachable by re-entering from inside the gate: a bug.
         return NGX_ERROR as ngx_int_t;
     };
@@ -100,6 +114,11 @@ unsafe fn start(r: *mut ngx_http_request_t) -> ngx_int_t {
         }
         // SAFETY: r is live and its response has not started.
         Admission::Busy => return unsafe { busy(r) },
+        Admission::ClientBusy => {
+            count(Simple::AcmeClientRefused);
+            // SAFETY: as above.
+            return unsafe { busy(r) };
+        }
         Admission::Wait => {}
         Admission::Read => {
             if with_worker(|w| w.queue().0.request_acme(&token)) != Some(true) {
