@@ -2,10 +2,11 @@
 //! bounded and kept apart from certificate fetches: while it runs, names
 //! never seen before keep handshaking with their own certificate from
 //! Redis and no certificate fetch is refused; Redis sees far fewer reads
-//! than requests (one read per token at most, at most 16 tokens at once,
-//! 503 with `Retry-After` beyond); a real challenge is still answered; and
-//! a token Redis did not have is answered 404 without another read for
-//! the negative TTL (2 s).
+//! than requests (one read per token at most, at most 4 requests of the
+//! flooding address at once, 503 with `Retry-After` beyond); a real
+//! challenge asked from another address is answered every time; and a
+//! token Redis did not have is answered 404 without another read for the
+//! negative TTL (2 s).
 
 use dyncert_testkit::*;
 use std::collections::hash_map::RandomState;
@@ -45,8 +46,9 @@ http {
 "#;
 
 /// Flooding threads, each with this many keep-alive connections that
-/// always have a request outstanding: 120 at once, well past the cap of 16
-/// reads, and under the kit's `worker_connections 256`.
+/// always have a request outstanding: 120 at once from 127.0.0.1, well
+/// past its share of 4 and the cap of 16 reads, and under the kit's
+/// `worker_connections 256`.
 const FLOODERS: usize = 6;
 const CONNECTIONS: usize = 20;
 /// The flood lasts at least this many requests, and until the probes
@@ -217,23 +219,24 @@ fn acme_flood_is_bounded_and_leaves_certificate_fetches_alone() {
     });
     assert!(flooding.is_some(), "the flood did not start");
 
-    // A CA validating a real challenge during the flood: some tries get
-    // 503 (its token is one more past the cap), none may get anything but
-    // the value or 503.
+    // A CA validating a real challenge during the flood, from an address
+    // of its own (a new connection each time, as CAs do): the flood holds
+    // at most its own share of the reads, so every try is answered.
     let answered = Arc::new(AtomicUsize::new(0));
     let real = {
         let (stop, answered) = (stop.clone(), answered.clone());
         thread::spawn(move || {
             let mut seen = Seen::default();
-            let mut conn = KeepAlive::connect(hport).expect("connect");
             while !stop.load(Ordering::Relaxed) {
-                let r = conn.get(&path(TOKEN)).expect("real challenge");
+                let r = Request::get(&path(TOKEN))
+                    .from("127.0.0.2")
+                    .http(hport)
+                    .expect("real challenge");
                 seen.record(&r);
                 match r.status {
                     200 if r.body == KEY_AUTHORIZATION => {
                         answered.fetch_add(1, Ordering::Relaxed);
                     }
-                    503 => {}
                     _ => seen.failures.push(format!("real token answered {r:?}")),
                 }
                 thread::sleep(Duration::from_millis(20));
@@ -273,17 +276,23 @@ fn acme_flood_is_bounded_and_leaves_certificate_fetches_alone() {
         })
     };
 
-    // An absent token asked again and again: one read, then 404s from the
-    // negative cache (even while the flood keeps the reads at their cap).
+    // An absent token asked again and again, from a third address: one
+    // read, then 404s from the negative cache (even while the flood keeps
+    // its address at its share).
     let mut absent = Seen::default();
     let mut conn = KeepAlive::connect(hport).expect("connect");
     let first_404 = poll(Duration::from_secs(10), Duration::from_millis(10), || {
-        let r = conn.get(&path(ABSENT_TOKEN)).expect("absent token");
+        let r = Request::get(&path(ABSENT_TOKEN))
+            .from("127.0.0.3")
+            .http(hport)
+            .expect("absent token");
         absent.record(&r);
         (r.status == 404).then(Instant::now)
     })
     .unwrap_or_else(|| panic!("absent token never got 404: {:?}", absent.statuses));
     let busy_before_404 = absent.count(503);
+    // Asked again from the flooding address: a known absence costs
+    // nothing, so it is answered even past the address's share.
     let mut rechecks = 0;
     while first_404.elapsed() < RECHECK_FOR {
         let r = conn.get(&path(ABSENT_TOKEN)).expect("absent token");
@@ -356,7 +365,8 @@ fn acme_flood_is_bounded_and_leaves_certificate_fetches_alone() {
         handshakes.last().unwrap(),
     );
 
-    // Reads: far fewer than requests, the rest answered 503 at once.
+    // Reads: far fewer than requests, the rest answered 503 at once (all
+    // of them the flooding address's, past its share).
     assert!(
         reads * 3 <= requests,
         "{reads} Redis reads for {requests} challenge requests"
@@ -388,6 +398,16 @@ fn acme_flood_is_bounded_and_leaves_certificate_fetches_alone() {
         delta("dyncert_acme_challenges_refused_total"),
         busy as f64,
         "every 503 is counted as refused"
+    );
+    assert_eq!(
+        delta("dyncert_acme_challenges_client_refused_total"),
+        flood.count(503) as f64,
+        "every 503 of the flood is its address's"
+    );
+    assert_eq!(
+        (real.count(503), busy_before_404),
+        (0, 0),
+        "other addresses refused"
     );
     // Not delayed either: a handshake takes milliseconds, flood or not.
     let slowest = *handshakes.last().unwrap();
