@@ -6,7 +6,9 @@
 # --pkcs11 also installs what the PKCS#11 key tests (tests/pkcs11_keys.rs)
 # need: SoftHSM2 (a software token), opensc's pkcs11-tool (imports keys
 # into it) and libp11's OpenSSL engine (libengine-pkcs11-openssl, engine id
-# pkcs11), through which nginx's workers load keys held by the token.
+# pkcs11), through which nginx's workers load keys held by the token; and
+# libp11-kit-dev, the PKCS#11 header tests/pkcs11_hang.rs builds its hanging
+# module (tests/tools/pkcs11_hang.c) with.
 #
 # --waf also installs ModSecurity v3 (libmodsecurity3, and libmodsecurity-dev
 # to build the nginx connector with scripts/build-modsecurity.sh) and the
@@ -59,7 +61,7 @@ for arg in "$@"; do
         --nginx-tests) PACKAGES+=(perl libio-socket-ssl-perl libnet-ssleay-perl) ;;
         --acme) PACKAGES+=(pebble certbot) ;;
         --fleet) PACKAGES+=(haproxy iptables iproute2) ;;
-        --pkcs11) PACKAGES+=(softhsm2 opensc libengine-pkcs11-openssl) ;;
+        --pkcs11) PACKAGES+=(softhsm2 opensc libengine-pkcs11-openssl libp11-kit-dev) ;;
         --waf) PACKAGES+=(libmodsecurity3 libmodsecurity-dev modsecurity-crs dpkg-dev) ;;
         *)
             echo "deps.sh: unknown argument: $arg" >&2

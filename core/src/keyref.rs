@@ -255,6 +255,74 @@ fn value_ok(v: &str) -> bool {
     true
 }
 
+/// Longest a record's parse waits for the PKCS#11 module to load the key
+/// the record names. The default `dyncert_fetch_timeout`: a load that takes
+/// longer serves no connection that waits for it, a healthy token answers
+/// in milliseconds (a network HSM's first login and object listing in well
+/// under a second), and a record parsed behind a hung load waits this long
+/// once, not for as long as the token hangs.
+pub const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What a key load asked for now may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadAdmission {
+    /// Hand it to the loader thread and wait at most [`LOAD_TIMEOUT`].
+    Go,
+    /// The token has not answered a load for the bound: refuse at once,
+    /// so no parse waits behind it again and no loads pile up.
+    Stuck,
+}
+
+/// The one load the loader thread runs at a time, as the waiting side
+/// sees it: when it started, and whether a waiter gave up on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadGate {
+    running: Option<Running>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Running {
+    since: std::time::Instant,
+    given_up: bool,
+}
+
+impl LoadGate {
+    /// Whether a load may be handed to the loader thread at `now`: not
+    /// while the running one has outlived `bound` or a waiter gave up on it
+    /// (a load still within the bound is queued behind: a healthy token
+    /// answers it soon after).
+    pub fn admit(&self, now: std::time::Instant, bound: std::time::Duration) -> LoadAdmission {
+        match self.running {
+            Some(r) if r.given_up || now.saturating_duration_since(r.since) >= bound => {
+                LoadAdmission::Stuck
+            }
+            _ => LoadAdmission::Go,
+        }
+    }
+
+    /// The loader thread starts a load.
+    pub fn started(&mut self, now: std::time::Instant) {
+        self.running = Some(Running {
+            since: now,
+            given_up: false,
+        });
+    }
+
+    /// The loader thread's load returned (its result may be discarded):
+    /// the token answers again.
+    pub fn finished(&mut self) {
+        self.running = None;
+    }
+
+    /// A waiter stopped waiting after the bound: the load running now (its
+    /// own, or one it was queued behind) has not answered for that long.
+    pub fn gave_up(&mut self) {
+        if let Some(r) = &mut self.running {
+            r.given_up = true;
+        }
+    }
+}
+
 /// `dyncert_key_references off | engine [module=/path/to/module.so]
 /// [pin_file=/path/to/pin]`.
 /// `provider` is named so the error says why it is not available.
@@ -307,6 +375,38 @@ pub fn directive(args: &[&[u8]]) -> Result<KeyRefConfig, (String, Option<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_load_is_refused_at_once_while_the_token_has_not_answered_for_the_bound() {
+        use std::time::{Duration, Instant};
+        let b = LOAD_TIMEOUT;
+        let t0 = Instant::now();
+        let mut gate = LoadGate::default();
+        assert_eq!(gate.admit(t0, b), LoadAdmission::Go);
+        gate.started(t0);
+        // A load within the bound: the next one queues behind it.
+        assert_eq!(gate.admit(t0 + b / 2, b), LoadAdmission::Go);
+        assert_eq!(gate.admit(t0 + b, b), LoadAdmission::Stuck);
+        // A waiter gave up: stuck at once, even a moment before the bound
+        // (the waiter began waiting before the load started).
+        gate.gave_up();
+        assert_eq!(
+            gate.admit(t0 + b - Duration::from_millis(1), b),
+            LoadAdmission::Stuck
+        );
+        assert_eq!(gate.admit(t0 + 100 * b, b), LoadAdmission::Stuck);
+        // The hung load returned: the token answers again.
+        gate.finished();
+        assert_eq!(gate.admit(t0 + 100 * b, b), LoadAdmission::Go);
+        // Giving up with nothing running (the load just returned) changes
+        // nothing; a new load starts with a clean slate.
+        gate.gave_up();
+        assert_eq!(gate.admit(t0, b), LoadAdmission::Go);
+        gate.started(t0 + 200 * b);
+        assert_eq!(gate.admit(t0 + 200 * b, b), LoadAdmission::Go);
+        // A clock that seems to go back never makes a load look stuck.
+        assert_eq!(gate.admit(t0, b), LoadAdmission::Go);
+    }
 
     const OK: &[u8] = b"engine:pkcs11:pkcs11:token=dyncert;object=k1";
 

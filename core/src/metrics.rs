@@ -48,7 +48,7 @@ pub const HANDSHAKE_SOURCES: [CertSource; 6] = [
 
 /// Labels of refused records (`Refusal::label`), in a fixed order so the
 /// shared array has one slot each; anything else counts as `other`.
-pub const REJECT_REASONS: [&str; 33] = [
+pub const REJECT_REASONS: [&str; 34] = [
     "crt_not_pem",
     "chain_too_long",
     "key_not_pem",
@@ -68,6 +68,7 @@ pub const REJECT_REASONS: [&str; 33] = [
     "encrypted_key",
     "key_reference_refused",
     "key_reference_failed",
+    "key_reference_timeout",
     "key_decrypt_malformed",
     "key_decrypt_unknown_id",
     "key_decrypt_bad_tag",
@@ -777,6 +778,8 @@ mod tests {
             Invalid::KeyReference(crate::keyref::RefError::Disabled),
             Invalid::KeyReferenceFailed,
             Invalid::KeyReferenceNoEngine,
+            Invalid::KeyReferenceTimeout,
+            Invalid::KeyReferenceStuck,
             Invalid::RsaCrtNotPem,
             Invalid::RsaKeyNotPem,
             Invalid::RsaKeyMismatch,

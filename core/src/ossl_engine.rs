@@ -5,10 +5,18 @@
 //! this file only loads what was accepted there.
 //!
 //! The engine is looked up and initialised lazily, by the first reference
-//! a worker's parse thread resolves (never in the master, which forks
-//! workers: a PKCS#11 session does not survive `fork`), then kept for the
-//! worker's life, since every key it loaded points into it. A failed
-//! initialisation is retried with the next reference.
+//! a worker resolves (never in the master, which forks workers: a PKCS#11
+//! session does not survive `fork`), then kept for the worker's life,
+//! since every key it loaded points into it. A failed initialisation is
+//! retried with the next reference.
+//!
+//! Loads run on a thread of their own, started with the first one: a token
+//! that stops answering (a partitioned network HSM, a wedged card daemon)
+//! blocks that thread, not the parse thread, which waits at most
+//! [`LOAD_TIMEOUT`] and refuses the record; a load that returns later is
+//! dropped. While a load has not answered within the bound, further loads
+//! are refused at once ([`LoadGate`]), so at most one call is ever stuck in
+//! the token and no thread or queue grows behind it.
 //!
 //! References: `ENGINE_by_id(3)`, `ENGINE_ctrl_cmd_string(3)`,
 //! `ENGINE_init(3)`, `ENGINE_load_private_key(3)`
@@ -17,14 +25,16 @@
 //! engine controls (`MODULE_PATH`; <https://github.com/OpenSC/libp11>).
 
 use std::ffi::{c_char, c_int, c_void, CString};
-use std::sync::Mutex;
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use foreign_types::ForeignType;
 use openssl::error::ErrorStack;
 use openssl::pkey::{PKey, Private};
 use openssl_sys as ffi;
 
-use crate::keyref::{KeyRef, ENGINE_ID};
+use crate::keyref::{KeyRef, LoadAdmission, LoadGate, ENGINE_ID, LOAD_TIMEOUT};
 
 extern "C" {
     // libcrypto's ENGINE API (deprecated in 3.0, present in every 3.x
@@ -69,6 +79,11 @@ pub enum EngineError {
     /// The engine is there, the key is not (no such object, wrong PIN,
     /// token or module missing).
     Load,
+    /// The module did not answer within [`LOAD_TIMEOUT`]; the load goes
+    /// on in the background and its result is dropped.
+    Timeout,
+    /// An earlier load has not answered within the bound: not asked.
+    Stuck,
 }
 
 fn check(ok: c_int) -> Result<(), ErrorStack> {
@@ -111,10 +126,125 @@ fn init(module: Option<&str>, pin: Option<&str>) -> Result<Engine, ErrorStack> {
     configured.map(|()| Engine(e))
 }
 
+/// One load for the loader thread.
+struct Job {
+    uri: CString,
+    module: Option<String>,
+    pin: Option<String>,
+    /// When its waiter stops waiting: a job still queued then is skipped.
+    deadline: Instant,
+    reply: SyncSender<Result<PKey<Private>, EngineError>>,
+}
+
+/// The worker's loader thread: where jobs go, and what it runs now.
+struct Loader {
+    jobs: SyncSender<Job>,
+    gate: Arc<Mutex<LoadGate>>,
+}
+
+/// Loads queued behind the running one. The gate refuses loads once the
+/// running one has not answered for the bound, and each waiter waits at
+/// most that long, so only a few ever queue.
+const QUEUED_LOADS: usize = 4;
+
+static LOADER: Mutex<Option<Loader>> = Mutex::new(None);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Loader {
+    fn start() -> std::io::Result<Loader> {
+        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUED_LOADS);
+        let gate = Arc::new(Mutex::new(LoadGate::default()));
+        let thread_gate = gate.clone();
+        std::thread::Builder::new()
+            .name("dyncert-pkcs11".into())
+            .spawn(move || {
+                for job in queue {
+                    if Instant::now() >= job.deadline {
+                        continue;
+                    }
+                    lock(&thread_gate).started(Instant::now());
+                    // A panic fails this load (its reply is dropped: the
+                    // waiter sees the engine as unavailable), never the
+                    // thread.
+                    let loaded = std::panic::catch_unwind(|| {
+                        load_now(&job.uri, job.module.as_deref(), job.pin.as_deref())
+                    });
+                    lock(&thread_gate).finished();
+                    if let Ok(result) = loaded {
+                        // Nobody waits any more after a timeout: the key
+                        // is dropped here.
+                        let _ = job.reply.try_send(result);
+                    }
+                }
+            })?;
+        Ok(Loader { jobs, gate })
+    }
+}
+
 /// Loads the private key `r` names, through the worker's pkcs11 engine
-/// (initialised now if it is not yet). Runs on the parse thread.
+/// (initialised now if it is not yet), on the loader thread; waits at most
+/// [`LOAD_TIMEOUT`]. Called by the parse thread.
 pub(crate) fn load_private_key(
     r: &KeyRef,
+    module: Option<&str>,
+    pin: Option<&str>,
+) -> Result<PKey<Private>, EngineError> {
+    load_within(r, module, pin, LOAD_TIMEOUT)
+}
+
+fn load_within(
+    r: &KeyRef,
+    module: Option<&str>,
+    pin: Option<&str>,
+    bound: Duration,
+) -> Result<PKey<Private>, EngineError> {
+    // keyref only accepts printable ASCII: no NUL inside.
+    let uri = CString::new(r.uri()).map_err(|_| EngineError::Load)?;
+    let (reply, answer) = mpsc::sync_channel(1);
+    let job = Job {
+        uri,
+        module: module.map(str::to_owned),
+        pin: pin.map(str::to_owned),
+        deadline: Instant::now() + bound,
+        reply,
+    };
+    let gate = {
+        let mut loader = lock(&LOADER);
+        if loader.is_none() {
+            *loader = Some(Loader::start().map_err(|_| EngineError::Unavailable)?);
+        }
+        let Some(l) = loader.as_ref() else {
+            return Err(EngineError::Unavailable);
+        };
+        if lock(&l.gate).admit(Instant::now(), bound) == LoadAdmission::Stuck {
+            return Err(EngineError::Stuck);
+        }
+        match l.jobs.try_send(job) {
+            Ok(()) => l.gate.clone(),
+            Err(TrySendError::Full(_)) => return Err(EngineError::Stuck),
+            Err(TrySendError::Disconnected(_)) => {
+                // The thread is gone; the next load starts another.
+                *loader = None;
+                return Err(EngineError::Unavailable);
+            }
+        }
+    };
+    match answer.recv_timeout(bound) {
+        Ok(result) => result,
+        Err(RecvTimeoutError::Timeout) => {
+            lock(&gate).gave_up();
+            Err(EngineError::Timeout)
+        }
+        Err(RecvTimeoutError::Disconnected) => Err(EngineError::Unavailable),
+    }
+}
+
+/// The load itself, on the loader thread.
+fn load_now(
+    uri: &CString,
     module: Option<&str>,
     pin: Option<&str>,
 ) -> Result<PKey<Private>, EngineError> {
@@ -125,8 +255,6 @@ pub(crate) fn load_private_key(
     let Some(Engine(e)) = engine.as_ref() else {
         return Err(EngineError::Unavailable);
     };
-    // keyref only accepts printable ASCII: no NUL inside.
-    let uri = CString::new(r.uri()).map_err(|_| EngineError::Load)?;
     // SAFETY: `e` is a functional reference kept for the process's life;
     // `uri` is NUL-terminated and outlives the call; UI_null is a static
     // method table; the result is a new EVP_PKEY owned by the caller, or

@@ -145,6 +145,12 @@ pub enum Invalid {
     KeyReferenceFailed,
     /// The pkcs11 engine itself could not be loaded or initialised.
     KeyReferenceNoEngine,
+    /// The PKCS#11 module did not answer the key load within
+    /// [`keyref::LOAD_TIMEOUT`] (a hung token).
+    KeyReferenceTimeout,
+    /// An earlier key load has not answered within the bound: the token
+    /// is not asked again until it does.
+    KeyReferenceStuck,
     /// The second pair's counterparts of the checks above.
     RsaCrtNotPem,
     RsaKeyNotPem,
@@ -184,6 +190,15 @@ impl Invalid {
                 "the pkcs11 engine could not load the key that field \"key\" names \
                  (no such object, wrong PIN, token or module unavailable)"
             }
+            Invalid::KeyReferenceTimeout => {
+                "the PKCS#11 token did not answer within 2s while loading the key that \
+                 field \"key\" names (the load is left to finish in the background, \
+                 its key discarded)"
+            }
+            Invalid::KeyReferenceStuck => {
+                "the PKCS#11 token has not answered an earlier key load within 2s: the key \
+                 that field \"key\" names is not asked for until it does"
+            }
             Invalid::RsaCrtNotPem => "field \"crt_rsa\" holds no parsable certificate",
             Invalid::RsaKeyNotPem => "field \"key_rsa\" holds no parsable unencrypted private key",
             Invalid::RsaKeyMismatch => {
@@ -216,6 +231,7 @@ impl Invalid {
             Invalid::KeyEncrypted => "encrypted_key",
             Invalid::KeyReference(_) => "key_reference_refused",
             Invalid::KeyReferenceFailed | Invalid::KeyReferenceNoEngine => "key_reference_failed",
+            Invalid::KeyReferenceTimeout | Invalid::KeyReferenceStuck => "key_reference_timeout",
             Invalid::RsaCrtNotPem => "rsa_crt_invalid",
             Invalid::RsaKeyNotPem => "rsa_key_invalid",
             Invalid::RsaKeyMismatch => "rsa_key_mismatch",
@@ -362,6 +378,8 @@ fn check(
             crate::ossl_engine::load_private_key(r, module, pin).map_err(|e| match e {
                 EngineError::Unavailable => Invalid::KeyReferenceNoEngine,
                 EngineError::Load => Invalid::KeyReferenceFailed,
+                EngineError::Timeout => Invalid::KeyReferenceTimeout,
+                EngineError::Stuck => Invalid::KeyReferenceStuck,
             })?
         }
         (None, None, None) => return Err(Invalid::KeyNotPem),
@@ -900,6 +918,22 @@ mod tests {
             "{failed:?}"
         );
         assert_eq!(failed.label(), "key_reference_failed");
+    }
+
+    #[test]
+    fn a_token_that_does_not_answer_refuses_without_withdrawing_a_cached_key() {
+        assert_eq!(
+            keyref::LOAD_TIMEOUT,
+            std::time::Duration::from_secs(2),
+            "the reasons below say 2s"
+        );
+        for i in [Invalid::KeyReferenceTimeout, Invalid::KeyReferenceStuck] {
+            assert_eq!(i.label(), "key_reference_timeout");
+            assert!(i.as_str().contains("within 2s"), "{i:?}");
+            // A token that hangs for a while is not a record that revokes
+            // what the cached one grants: that one keeps being served.
+            assert!(!Refusal::from(i).withdraws(), "{i:?}");
+        }
     }
 
     #[test]

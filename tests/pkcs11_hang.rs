@@ -1,0 +1,336 @@
+//! A PKCS#11 token that stops answering (a partitioned network HSM, a
+//! wedged smart-card daemon) while a worker loads a key from it: the load
+//! runs on a thread of its own, the record's parse waits at most 2 s and
+//! refuses the record (`key_reference_timeout`), further key references are
+//! refused at once while the token hangs, and plain PEM records of the same
+//! worker keep being served; when the token answers again, so is the HSM
+//! record.
+//!
+//! The token is SoftHSM2 behind a small PKCS#11 module of ours
+//! (`tests/tools/pkcs11_hang.c`, built here with gcc) whose key-load calls
+//! hang while a flag file exists. Needs softhsm2, opensc (pkcs11-tool),
+//! libengine-pkcs11-openssl, gcc and libp11-kit-dev (`scripts/deps.sh
+//! --pkcs11`); without them the test skips, unless `DYNCERT_REQUIRE_PKCS11`
+//! is set: then it fails.
+
+use dyncert_testkit::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const ENGINE_SO: &str = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so";
+const P11_HEADER: &str = "/usr/include/p11-kit-1/p11-kit/pkcs11.h";
+const PIN: &str = "1234";
+
+/// The worker waits this long for a record; longer than the module's
+/// 2 s bound on a key load, so a plain record parsed right behind the
+/// load that hangs is still served to the connection waiting for it.
+const KEYREFS: &str = "    dyncert_fetch_timeout 3s;
+    dyncert_cache max=1000 valid=1h stale=1h negative=1s;
+    dyncert_key_references engine module=@MODULE@ pin_file=@PIN_FILE@;";
+
+fn http() -> String {
+    let http = http_block(&[
+        "    dyncert_redis @REDIS@;",
+        KEYREFS,
+        METRICS_SERVER,
+        SOURCE_SERVER,
+    ]);
+    format!("\nenv SOFTHSM2_CONF;{http}")
+}
+
+/// A SoftHSM2 token of its own (config and token directory in a temp
+/// dir), reached through the hanging module built into the same dir.
+struct Hsm {
+    dir: TempDir,
+}
+
+impl Hsm {
+    /// A fresh token labelled "dyncert" (user PIN 1234) and the module, or
+    /// `None` when the tools are missing and the test may skip.
+    fn start() -> Option<Hsm> {
+        // Debian's engine is built for Debian's libcrypto (3.0); NGINX
+        // built on another OpenSSL (test-openssl35.sh) cannot load it.
+        let v = Command::new(nginx_bin()).arg("-V").output().unwrap();
+        if !String::from_utf8_lossy(&v.stderr).contains("built with OpenSSL 3.0.") {
+            eprintln!(
+                "skipping: NGINX is not built on the system's OpenSSL 3.0 (the pkcs11 engine's)"
+            );
+            return None;
+        }
+        let missing: Vec<&str> = [SOFTHSM_MODULE, ENGINE_SO, P11_HEADER]
+            .into_iter()
+            .filter(|p| !Path::new(p).exists())
+            .chain(
+                ["softhsm2-util", "pkcs11-tool", "gcc"]
+                    .into_iter()
+                    .filter(|t| Command::new(t).arg("--help").output().is_err()),
+            )
+            .collect();
+        if !missing.is_empty() {
+            if std::env::var_os("DYNCERT_REQUIRE_PKCS11").is_some() {
+                panic!("DYNCERT_REQUIRE_PKCS11 is set but {missing:?} are missing (scripts/deps.sh --pkcs11)");
+            }
+            eprintln!("skipping: {missing:?} missing (scripts/deps.sh --pkcs11)");
+            return None;
+        }
+        let dir = TempDir::new("softhsm-hang");
+        std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
+        write_file(
+            &dir.path().join("softhsm2.conf"),
+            format!(
+                "directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
+                dir.path().display()
+            ),
+        );
+        write_file(&dir.path().join("pin"), format!("{PIN}\n"));
+        let hsm = Hsm { dir };
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/pkcs11_hang.c");
+        hsm.run(
+            "gcc",
+            &[
+                "-Wall",
+                "-Werror",
+                "-shared",
+                "-fPIC",
+                "-I/usr/include/p11-kit-1",
+                &format!("-DHANG_DIR=\"{}\"", hsm.dir.path().display()),
+                &format!("-DREAL_MODULE=\"{SOFTHSM_MODULE}\""),
+                "-o",
+                hsm.module().to_str().unwrap(),
+                source.to_str().unwrap(),
+                "-ldl",
+            ],
+        );
+        hsm.run(
+            "softhsm2-util",
+            &[
+                "--init-token",
+                "--free",
+                "--label",
+                "dyncert",
+                "--pin",
+                PIN,
+                "--so-pin",
+                "5678",
+            ],
+        );
+        hsm.hand_to_workers();
+        Some(hsm)
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("softhsm2.conf")
+    }
+
+    /// The hanging module (`dyncert_key_references engine module=`).
+    fn module(&self) -> PathBuf {
+        self.dir.path().join("libpkcs11_hang.so")
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = Command::new(tool)
+            .args(args)
+            .env("SOFTHSM2_CONF", self.conf())
+            .output()
+            .unwrap_or_else(|e| panic!("{tool}: {e}"));
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Imports `leaf`'s private key and its public half (which the engine
+    /// reads the public point from) as object `label`, straight into
+    /// SoftHSM: the tools never go through the hanging module.
+    fn import(&self, leaf: &Leaf, id: &str, label: &str) {
+        let key = &leaf.issued.key;
+        let priv_der = self.dir.path().join(format!("{label}.key.der"));
+        let pub_der = self.dir.path().join(format!("{label}.pub.der"));
+        std::fs::write(&priv_der, key.private_key_to_pkcs8().unwrap()).unwrap();
+        std::fs::write(&pub_der, key.public_key_to_der().unwrap()).unwrap();
+        for (file, kind) in [(&priv_der, "privkey"), (&pub_der, "pubkey")] {
+            self.run(
+                "pkcs11-tool",
+                &[
+                    "--module",
+                    SOFTHSM_MODULE,
+                    "--login",
+                    "--pin",
+                    PIN,
+                    "--write-object",
+                    file.to_str().unwrap(),
+                    "--type",
+                    kind,
+                    "--id",
+                    id,
+                    "--label",
+                    label,
+                ],
+            );
+        }
+        std::fs::remove_file(&priv_der).unwrap();
+        self.hand_to_workers();
+    }
+
+    /// Tests run as root, so nginx's workers run as `nobody`: the token's
+    /// files must be theirs.
+    fn hand_to_workers(&self) {
+        let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        if root {
+            self.run(
+                "chown",
+                &["-R", "nobody", self.dir.path().to_str().unwrap()],
+            );
+        }
+    }
+
+    /// Makes the token's key-load calls hang until the guard is dropped.
+    fn hang_loads(&self) -> Hang {
+        let flag = self.dir.path().join("load");
+        write_file(&flag, "hang");
+        Hang(flag)
+    }
+}
+
+/// A flag file of the hanging module; removing it (on drop too, so a
+/// failed assertion never leaves a worker stuck) lets the token answer.
+struct Hang(PathBuf);
+
+impl Drop for Hang {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A handshake and request for `name`: the body (or the error) and how long
+/// it took.
+fn get(port: u16, name: &str) -> (Result<Exchange, String>, Duration) {
+    let t0 = Instant::now();
+    let r = Request::get("/")
+        .sni(name)
+        .timeout(Duration::from_secs(10))
+        .https(port);
+    (r, t0.elapsed())
+}
+
+fn body(r: &Result<Exchange, String>) -> String {
+    match r {
+        Ok(e) => e.body.trim().to_owned(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+fn timeouts(mport: u16) -> f64 {
+    scrape_metrics(mport).get("dyncert_records_rejected_total{reason=\"key_reference_timeout\"}")
+}
+
+#[test]
+fn a_hung_token_refuses_its_record_after_the_bound_and_never_holds_up_plain_records() {
+    let Some(hsm) = Hsm::start() else { return };
+    let mport = free_port();
+    let s = Stack::start_with(
+        &http(),
+        NginxOpts::new()
+            .workers(1)
+            .var("MPORT", mport)
+            .var("MODULE", hsm.module().display())
+            .var("PIN_FILE", hsm.dir.path().join("pin").display())
+            .env("SOFTHSM2_CONF", hsm.conf().to_str().unwrap()),
+    );
+    let port = s.nginx.port;
+    let hsm_leaf = s.pki.leaf(&["hsm.example.com"], 18001);
+    hsm.import(&hsm_leaf, "01", "k1");
+    s.redis.hset_cert(
+        "hsm.example.com",
+        &hsm_leaf.chain_pem,
+        "engine:pkcs11:pkcs11:token=dyncert;object=k1",
+    );
+    let plain: Vec<(String, Leaf)> = (0..3)
+        .map(|i| {
+            let name = format!("plain{i}.example.com");
+            let leaf = s.pki.leaf(&[name.as_str()], 18010 + i);
+            s.redis.put_leaf(&name, &leaf);
+            (name, leaf)
+        })
+        .collect();
+
+    // The token hangs at the worker's first key load (its login).
+    let hang = hsm.hang_loads();
+    let hsm_first = thread::spawn(move || get(port, "hsm.example.com"));
+    thread::sleep(Duration::from_millis(300));
+    // A plain record parsed while that load hangs: served its own
+    // certificate, to the connection that waits for it.
+    let (r, took) = get(port, &plain[0].0);
+    assert_eq!(
+        r.as_ref().map(|e| e.source()),
+        Ok("redis"),
+        "a plain record while the token hangs: {:?} after {took:?}\n{}",
+        body(&r),
+        tail(&s.nginx.logs(), 10)
+    );
+    r.unwrap().assert_served(&plain[0].1, &s.pki);
+    // The HSM record: the default after the 2 s bound, with a log line
+    // and a counter.
+    let (r, took) = hsm_first.join().unwrap();
+    assert_eq!(
+        r.as_ref().map(|e| e.source()),
+        Ok("default"),
+        "{:?} after {took:?}",
+        body(&r)
+    );
+    assert!(took < Duration::from_millis(3500), "{took:?}");
+    let line = s
+        .nginx
+        .wait_for_log_line(Duration::from_secs(5), |l| {
+            l.contains("did not answer within 2s") && l.contains("name: \"hsm.example.com\"")
+        })
+        .unwrap_or_else(|| panic!("no timeout line\n{}", s.nginx.logs()));
+    assert!(line.contains("[warn]"), "{line}");
+    assert_eq!(timeouts(mport), 1.0);
+
+    // Still hung: the record is refused at once (nothing waits on the
+    // token again, no second load queues behind the first), and plain
+    // records are served at once.
+    thread::sleep(Duration::from_millis(1100)); // negative=1s
+    let (r, took) = get(port, "hsm.example.com");
+    assert_eq!(
+        r.as_ref().map(|e| e.source()),
+        Ok("default"),
+        "{:?}",
+        body(&r)
+    );
+    assert!(took < Duration::from_secs(1), "refused at once: {took:?}");
+    assert!(s
+        .nginx
+        .wait_for_log_line(Duration::from_secs(5), |l| {
+            l.contains("has not answered an earlier key load within 2s")
+                && l.contains("name: \"hsm.example.com\"")
+        })
+        .is_some());
+    assert_eq!(timeouts(mport), 2.0);
+    for (name, leaf) in &plain[1..] {
+        let (r, took) = get(port, name);
+        assert!(took < Duration::from_secs(1), "{name}: {took:?}");
+        let r = r.unwrap();
+        assert_eq!(r.source(), "redis", "{:?}", r.body);
+        r.assert_served(leaf, &s.pki);
+    }
+
+    // The token answers again: the hung load returns (its key is dropped)
+    // and the record's next fetch loads the key and serves it.
+    drop(hang);
+    let served = poll(Duration::from_secs(20), Duration::from_millis(300), || {
+        let (r, _) = get(port, "hsm.example.com");
+        r.ok()
+            .filter(|e| e.source() == "redis" || e.source() == "cache")
+    })
+    .unwrap_or_else(|| panic!("the HSM record was never served\n{}", s.nginx.logs()));
+    served.assert_served(&hsm_leaf, &s.pki);
+    let resolved = scrape_metrics(mport).get("dyncert_key_references_resolved_total");
+    assert_eq!(resolved, 1.0, "the late load's key was discarded");
+}
