@@ -86,24 +86,25 @@ fn ca_line(tls: &TlsRedis) -> String {
     )
 }
 
-#[test]
-fn rediss_with_an_acl_user_serves_the_redis_record() {
-    let pki = Pki::new();
-    let redis = TlsRedis::start(
-        &pki,
-        TlsRedisOpts {
-            user: Some(("app", "Acl-pw-7f3a")),
-            ..TlsRedisOpts::default()
-        },
-    );
-    let leaf = pki.leaf(&["shop.example.com"], 2001);
+/// A TLS Redis with the ACL user `app` holding `shop.example.com`'s leaf
+/// `serial`, and an nginx logging in to it as `app` with `password`.
+fn acl_redis_and_nginx(pki: &Pki, serial: u64, password: &str) -> (TlsRedis, Leaf, Nginx, u16) {
+    let redis = TlsRedis::start(pki, TlsRedisOpts::user("app", "Acl-pw-7f3a"));
+    let leaf = pki.leaf(&["shop.example.com"], serial);
     redis.redis.put_leaf("shop.example.com", &leaf);
-    let (nginx, _) = start(
-        &pki,
-        &redis.url(Some("app:Acl-pw-7f3a")),
+    let (nginx, mport) = start(
+        pki,
+        &redis.url(Some(&format!("app:{password}"))),
         &ca_line(&redis),
         1,
     );
+    (redis, leaf, nginx, mport)
+}
+
+#[test]
+fn rediss_with_an_acl_user_serves_the_redis_record() {
+    let pki = Pki::new();
+    let (_redis, leaf, nginx, _) = acl_redis_and_nginx(&pki, 2001, "Acl-pw-7f3a");
     let r = get(&nginx, "shop.example.com");
     r.assert_served(&leaf, &pki);
     assert_eq!(r.source(), "redis", "body {:?}", r.body);
@@ -112,21 +113,7 @@ fn rediss_with_an_acl_user_serves_the_redis_record() {
 #[test]
 fn wrong_acl_password_fails_closed_is_counted_and_never_logged() {
     let pki = Pki::new();
-    let redis = TlsRedis::start(
-        &pki,
-        TlsRedisOpts {
-            user: Some(("app", "Acl-pw-7f3a")),
-            ..TlsRedisOpts::default()
-        },
-    );
-    let leaf = pki.leaf(&["shop.example.com"], 2002);
-    redis.redis.put_leaf("shop.example.com", &leaf);
-    let (nginx, mport) = start(
-        &pki,
-        &redis.url(Some("app:Wrong-pw-91c2")),
-        &ca_line(&redis),
-        1,
-    );
+    let (_redis, _leaf, nginx, mport) = acl_redis_and_nginx(&pki, 2002, "Wrong-pw-91c2");
     get(&nginx, "shop.example.com").assert_default();
     let line = nginx
         .wait_for_log_line(DEADLINE, |l| l.contains("while connecting to redis node"))

@@ -10,7 +10,7 @@ mod common_acme;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common_acme::{acme, keys, AcmeStack, Out, ANSWER_AND_SERVE};
+use common_acme::{acme, answer_and_serve, keys, AcmeStack, Out};
 use dyncert_core::keywrap::{self, Keyring};
 use dyncert_testkit::*;
 
@@ -68,7 +68,7 @@ fn issue_with(stack: &AcmeStack, spec: Option<&str>, name: &str) -> Out {
 
 #[test]
 fn the_account_is_stored_encrypted_and_reused() {
-    let stack = AcmeStack::start(ANSWER_AND_SERVE);
+    let stack = AcmeStack::start(&answer_and_serve());
     let dir = TempDir::new("acme-account");
     let spec = kek_spec(&dir, KEK);
 
@@ -107,7 +107,7 @@ fn the_account_is_stored_encrypted_and_reused() {
 
 #[test]
 fn an_account_stored_in_clear_is_encrypted_and_kept() {
-    let stack = AcmeStack::start(ANSWER_AND_SERVE);
+    let stack = AcmeStack::start(&answer_and_serve());
     issue_with(&stack, None, "plain.acme.test").assert_ok(&stack.nginx.logs());
     let (key, clear) = stored_account(&stack.redis);
     let before: serde_json::Value = serde_json::from_str(&clear).expect("stored as JSON");
@@ -135,7 +135,7 @@ fn an_account_stored_in_clear_is_encrypted_and_kept() {
 
 #[test]
 fn two_first_runs_at_once_keep_and_use_one_account() {
-    let stack = AcmeStack::start(ANSWER_AND_SERVE);
+    let stack = AcmeStack::start(&answer_and_serve());
     // Both runs must find no account, so both create one at the CA; a
     // try where one run finished storing before the other looked is
     // repeated with the account deleted.

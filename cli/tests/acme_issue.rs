@@ -11,32 +11,24 @@ mod common_acme;
 use std::time::Duration;
 
 use common_acme::harness::{self, assert_chain_verifies, assert_pebble_issued, pending_challenges};
-use common_acme::{dyncert, dyncert_bounded, issue, keys, AcmeStack, SilentCa, ANSWER_AND_SERVE};
+use common_acme::{answer_and_serve, dyncert, dyncert_bounded, issue, keys, AcmeStack, SilentCa};
 
 use dyncert_testkit::*;
 
 const NAME: &str = "shop.acme.test";
 
 /// The same without `dyncert_acme_challenge`: no challenge can be answered.
-const SERVE_ONLY: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
+fn serve_only() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;
     server {
         listen 127.0.0.1:@HTTP_PORT@;
         server_name _;
         location / { return 404; }
-    }
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
-    }
+    }",
+        &source_server(""),
+    ])
 }
-"#;
 
 #[test]
 fn issue_gets_a_certificate_over_http01_from_nginx_and_stores_it_for_serving() {
@@ -46,7 +38,7 @@ fn issue_gets_a_certificate_over_http01_from_nginx_and_stores_it_for_serving() {
         redis,
         dns,
         pki: _pki,
-    } = AcmeStack::start(ANSWER_AND_SERVE);
+    } = AcmeStack::start(&answer_and_serve());
     let monitor = redis.monitor();
 
     let out = issue(&redis, &pebble, NAME);
@@ -145,7 +137,7 @@ fn issue_fails_clearly_and_cleans_up_when_the_challenge_is_not_answered() {
         redis,
         pki: _pki,
         dns: _dns,
-    } = AcmeStack::start(SERVE_ONLY);
+    } = AcmeStack::start(&serve_only());
     let monitor = redis.monitor();
 
     let out = issue(&redis, &pebble, NAME);
@@ -180,7 +172,7 @@ fn an_order_lock_held_elsewhere_stops_issue_and_renew_for_that_name() {
         redis,
         dns,
         pki: _pki,
-    } = AcmeStack::start(ANSWER_AND_SERVE);
+    } = AcmeStack::start(&answer_and_serve());
     let lock = format!("dyncert:order-lock:{NAME}");
     let held = redis.cmd(&["SET", &lock, "another-issuer", "EX", "60"]);
     assert!(matches!(held, Reply::Status(_)), "SET: {held:?}");
@@ -241,7 +233,7 @@ fn rsa_keys_on_request_and_an_account_kept_in_a_file() {
         redis,
         dns: _dns,
         pki: _pki,
-    } = AcmeStack::start(ANSWER_AND_SERVE);
+    } = AcmeStack::start(&answer_and_serve());
     let dir = TempDir::new("acme-account");
     let file = dir.path().join("account.json");
     let file_arg = file.to_str().unwrap();
@@ -340,7 +332,7 @@ fn a_redis_error_after_the_store_is_a_warning_and_the_certificate_stays_issued()
         redis,
         dns: _dns,
         pki: _pki,
-    } = AcmeStack::start(ANSWER_AND_SERVE);
+    } = AcmeStack::start(&answer_and_serve());
     // DEL only on records and HTTP-01 answers: the lock's release fails.
     redis.cmd(&[
         "ACL",

@@ -9,7 +9,7 @@ mod common_acme;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common_acme::{acme, AcmeStack, ANSWER_AND_SERVE};
+use common_acme::{acme, answer_and_serve, AcmeStack};
 use dyncert_core::keywrap::{self, Keyring};
 use dyncert_testkit::*;
 
@@ -38,7 +38,7 @@ fn issued_keys_are_stored_encrypted_and_renewals_keep_the_id() {
         redis,
         pki: _pki,
         dns: _dns,
-    } = AcmeStack::start(ANSWER_AND_SERVE);
+    } = AcmeStack::start(&answer_and_serve());
     let dir = TempDir::new("acme-kek");
     let kek = dir.path().join("acme-k.key");
     std::fs::write(&kek, KEK).unwrap();

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use common_acme::harness::{assert_pebble_issued, ChallengeStandin, DnsStub, Pebble};
 use common_acme::{
-    acme, dyncert, issue, serial, served_serial, stored_leaf, AcmeStack, Out, ANSWER_AND_SERVE,
+    acme, answer_and_serve, dyncert, issue, serial, served_serial, sorted_record, stored_leaf,
+    AcmeStack, Out,
 };
 use dyncert_testkit::*;
 
@@ -59,14 +60,6 @@ fn put_leaf(redis: &Redis, dir: &Path, name: &str, leaf: &Leaf, extra: &[&str]) 
     assert_eq!(out.code, 0, "put {name}: {}", out.stderr);
 }
 
-/// The record's fields sorted by name: HGETALL's order is not the
-/// record's (a hash's iteration order changes as Redis rehashes it).
-fn sorted_record(redis: &Redis, name: &str) -> Vec<(String, String)> {
-    let mut fields = redis.record(name);
-    fields.sort();
-    fields
-}
-
 #[test]
 fn renew_leaves_long_lived_certificates_alone_and_renews_within_the_window_for_serving() {
     let AcmeStack {
@@ -75,7 +68,7 @@ fn renew_leaves_long_lived_certificates_alone_and_renews_within_the_window_for_s
         redis,
         pki: _pki,
         dns: _dns,
-    } = AcmeStack::start(ANSWER_AND_SERVE);
+    } = AcmeStack::start(&answer_and_serve());
     let out = issue(&redis, &pebble, NAME);
     assert_eq!(out.code, 0, "issue: {}\n{}", out.stderr, nginx.logs());
     let old = stored_leaf(&redis, NAME);
@@ -214,7 +207,7 @@ fn renew_moves_due_records_of_another_ca_to_the_acme_ca_and_goes_on_past_failure
         redis,
         pki,
         dns: _dns,
-    } = AcmeStack::start(ANSWER_AND_SERVE);
+    } = AcmeStack::start(&answer_and_serve());
     let dir = TempDir::new("renew");
     // 80 minutes of life, 20 left: in its last third, due by the default
     // rule (jitter only makes it due earlier).
@@ -379,12 +372,18 @@ impl BareCa {
     }
 }
 
-#[test]
-fn renew_skips_a_record_whose_key_is_held_by_an_hsm_and_renews_the_others() {
+/// What the renewal-policy tests start from: a PKI, a Redis, [`BareCa`]
+/// and a temp dir named `tag`.
+fn bare(tag: &str) -> (Pki, Redis, BareCa, TempDir) {
     let pki = Pki::new();
     let redis = Redis::start();
     let ca = BareCa::start(&redis);
-    let dir = TempDir::new("renew-hsm");
+    (pki, redis, ca, TempDir::new(tag))
+}
+
+#[test]
+fn renew_skips_a_record_whose_key_is_held_by_an_hsm_and_renews_the_others() {
+    let (pki, redis, ca, dir) = bare("renew-hsm");
     let plain = "plain.acme.test";
     put_leaf(&redis, dir.path(), plain, &pki.leaf(&[plain], 7), &[]);
     // As the README's HSM section writes such a record, then indexed.
@@ -436,10 +435,7 @@ fn renew_skips_a_record_whose_key_is_held_by_an_hsm_and_renews_the_others() {
 
 #[test]
 fn renew_skips_the_modules_write_back_of_a_certificate_api_answer_and_keeps_its_ttl() {
-    let pki = Pki::new();
-    let redis = Redis::start();
-    let ca = BareCa::start(&redis);
-    let dir = TempDir::new("renew-writeback");
+    let (pki, redis, ca, dir) = bare("renew-writeback");
     let plain = "plain.acme.test";
     put_leaf(&redis, dir.path(), plain, &pki.leaf(&[plain], 7), &[]);
     // What the module's write-back does: the record, a TTL (writeback=24h)
@@ -490,10 +486,7 @@ fn renew_skips_the_modules_write_back_of_a_certificate_api_answer_and_keeps_its_
 /// other records are renewed.
 #[test]
 fn renew_fails_a_record_with_an_oversized_field_without_reading_it() {
-    let pki = Pki::new();
-    let redis = Redis::start();
-    let ca = BareCa::start(&redis);
-    let dir = TempDir::new("renew-oversized");
+    let (pki, redis, ca, dir) = bare("renew-oversized");
     let plain = "plain.acme.test";
     put_leaf(&redis, dir.path(), plain, &pki.leaf(&[plain], 7), &[]);
     let big = "big.acme.test";
@@ -578,10 +571,7 @@ fn key_id(redis: &Redis, name: &str) -> openssl::pkey::Id {
 /// operator chooses one type for the run (--ecdsa here).
 #[test]
 fn renew_keeps_each_records_key_type_unless_one_is_chosen() {
-    let pki = Pki::new();
-    let redis = Redis::start();
-    let ca = BareCa::start(&redis);
-    let dir = TempDir::new("renew-key-type");
+    let (pki, redis, ca, dir) = bare("renew-key-type");
     let (rsa, ec) = ("rsa.acme.test", "ec.acme.test");
     let (chain, key) = rsa_leaf(&pki, rsa, 7);
     let (crt_file, key_file) = (dir.path().join("rsa.crt"), dir.path().join("rsa.key"));

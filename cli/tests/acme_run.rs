@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common_acme::harness::{assert_chain_verifies, http_get, Pebble};
-use common_acme::{dyncert, serial, unix_now, AcmeStack, SilentCa, ANSWER_AND_SERVE};
+use common_acme::{
+    answer_and_serve, dyncert, serial, sorted_record, unix_now, AcmeStack, SilentCa,
+};
 use dyncert_testkit::*;
 use openssl::x509::X509;
 
@@ -25,12 +27,13 @@ const BACKOFF: &str = "dyncert:issuer-backoff";
 /// A name the terminator does not answer challenges for.
 const UNREACHABLE: &str = "ok-unreachable.acme.test";
 
-/// ANSWER_AND_SERVE with a plain-HTTP server for [`UNREACHABLE`] that
+/// [`answer_and_serve`] with a plain-HTTP server for [`UNREACHABLE`] that
 /// does not answer challenges: its orders fail validation.
 fn config() -> String {
     let ssl_server = "    server {\n        listen 127.0.0.1:@PORT@ ssl;";
-    assert!(ANSWER_AND_SERVE.contains(ssl_server));
-    ANSWER_AND_SERVE.replacen(
+    let t = answer_and_serve();
+    assert!(t.contains(ssl_server));
+    t.replacen(
         ssl_server,
         &format!(
             "    server {{\n        listen 127.0.0.1:@HTTP_PORT@;\n        server_name {UNREACHABLE};\n        location / {{ return 404; }}\n    }}\n{ssl_server}"
@@ -243,14 +246,6 @@ const DROPPED: &str = "dyncert_issuer_on_demand_total{result=\"dropped\"}";
 const DEFERRED: &str = "dyncert_issuer_on_demand_total{result=\"deferred\"}";
 const PASSES: &str = "dyncert_issuer_renew_passes_total";
 const ASKS: &str = "dyncert_issuer_ask_requests_total";
-
-/// The record's fields sorted by name: HGETALL's order is not the
-/// record's (a hash's iteration order changes as Redis rehashes it).
-fn sorted_record(redis: &Redis, name: &str) -> Vec<(String, String)> {
-    let mut fields = redis.record(name);
-    fields.sort();
-    fields
-}
 
 #[test]
 fn on_demand_issues_what_the_ask_endpoint_allows_and_a_random_name_flood_stays_bounded() {
@@ -609,10 +604,10 @@ fn run_refuses_bad_options_with_one_line() {
     );
 }
 
-/// ANSWER_AND_SERVE with `dyncert_on_demand on` on the TLS server and a
+/// [`answer_and_serve`] with `dyncert_on_demand on` on the TLS server and a
 /// stream bound of 500 entries.
 fn on_demand_config() -> String {
-    let cfg = ANSWER_AND_SERVE
+    let cfg = answer_and_serve()
         .replacen(
             "    dyncert_redis @REDIS@;\n",
             "    dyncert_redis @REDIS@;\n    dyncert_on_demand_stream dyncert:on-demand maxlen=500;\n",
@@ -742,7 +737,7 @@ fn on_demand_keeps_a_record_stored_while_its_certificate_was_ordered() {
         redis,
         pki,
         dns: _dns,
-    } = AcmeStack::start(ANSWER_AND_SERVE);
+    } = AcmeStack::start(&answer_and_serve());
     let name = "ok-raced.acme.test";
     let leaf = pki.leaf(&[name], 7001);
     let (port, crt, key) = (redis.port, leaf.chain_pem.clone(), leaf.key_pem.clone());
@@ -931,7 +926,7 @@ fn on_demand_publishes_a_stored_certificate_when_clearing_its_backoff_fails() {
         redis,
         pki: _pki,
         dns: _dns,
-    } = AcmeStack::start(ANSWER_AND_SERVE);
+    } = AcmeStack::start(&answer_and_serve());
     redis.cmd(&["ACL", "SETUSER", "default", "-hdel"]);
     let ask = AskServer::start();
     let issuer = Issuer::start_active(&redis, &pebble, &ask.url(), &[]);

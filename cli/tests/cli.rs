@@ -9,32 +9,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use dyncert_testkit::*;
+
+#[allow(dead_code)]
+mod common;
+use common::{dyncert, dyncert_at, Out};
 use openssl::asn1::Asn1Time;
 use openssl::symm::Cipher;
 
 const INDEX: &str = "dyncert:expiry";
 const CHANNEL: &str = "dyncert:invalidate";
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the CLI against `redis`.
-fn dyncert(redis: &Redis, args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_dyncert"))
-        .arg("--redis")
-        .arg(redis.url())
-        .args(args)
-        .output()
-        .expect("run dyncert");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// Writes `leaf`'s chain and key as NAME.crt / NAME.key in `dir`.
 fn files(dir: &Path, stem: &str, chain: &str, key: &str) -> (PathBuf, PathBuf) {
@@ -83,14 +66,6 @@ fn exists(redis: &Redis, name: &str) -> bool {
     redis.cmd(&["EXISTS", &format!("{DEFAULT_PREFIX}{name}")]) == Reply::Int(1)
 }
 
-fn assert_ok(out: &Out, what: &str) {
-    assert_eq!(
-        out.code, 0,
-        "{what}: exit {}\nstdout: {}\nstderr: {}",
-        out.code, out.stdout, out.stderr
-    );
-}
-
 #[test]
 fn put_get_list_and_delete_round_trip_through_redis_and_the_index() {
     let redis = Redis::start();
@@ -122,16 +97,13 @@ fn put_get_list_and_delete_round_trip_through_redis_and_the_index() {
             ca_file.to_str().unwrap(),
         ],
     );
-    assert_ok(&out, "put shop");
+    out.assert_ok("put shop");
     assert!(
         out.stdout.contains("stored \"shop.example.com\""),
         "{}",
         out.stdout
     );
-    assert_ok(
-        &put_leaf(&redis, dir.path(), "soon.example.com", &soon),
-        "put soon",
-    );
+    put_leaf(&redis, dir.path(), "soon.example.com", &soon).assert_ok("put soon");
 
     // The module's fields, both forms, the policy, and the index entry.
     let fields: Vec<String> = redis
@@ -152,7 +124,7 @@ fn put_get_list_and_delete_round_trip_through_redis_and_the_index() {
 
     // get: names, issuer, dates, fingerprint, policy, forms; never the key.
     let out = dyncert(&redis, &["get", "shop.example.com"]);
-    assert_ok(&out, "get");
+    out.assert_ok("get");
     let fp = shop
         .issued
         .cert
@@ -175,7 +147,7 @@ fn put_get_list_and_delete_round_trip_through_redis_and_the_index() {
     }
     assert!(!out.stdout.contains("PRIVATE") && !out.stdout.contains("BEGIN"));
     let out = dyncert(&redis, &["get", "shop.example.com", "--json"]);
-    assert_ok(&out, "get --json");
+    out.assert_ok("get --json");
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["sha256"], fp.as_str());
     assert_eq!(v["client_ca"], true);
@@ -185,7 +157,7 @@ fn put_get_list_and_delete_round_trip_through_redis_and_the_index() {
 
     // list: the index, soonest first; --expiring keeps the near ones.
     let out = dyncert(&redis, &["list", "--json"]);
-    assert_ok(&out, "list");
+    out.assert_ok("list");
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     let names: Vec<&str> = v
         .as_array()
@@ -195,7 +167,7 @@ fn put_get_list_and_delete_round_trip_through_redis_and_the_index() {
         .collect();
     assert_eq!(names, ["soon.example.com", "shop.example.com"]);
     let out = dyncert(&redis, &["list", "--expiring", "30d"]);
-    assert_ok(&out, "list --expiring");
+    out.assert_ok("list --expiring");
     assert!(out.stdout.contains("soon.example.com"), "{}", out.stdout);
     assert!(!out.stdout.contains("shop.example.com"), "{}", out.stdout);
     let out = dyncert(&redis, &["list", "--expiring", "soon"]);
@@ -203,7 +175,7 @@ fn put_get_list_and_delete_round_trip_through_redis_and_the_index() {
 
     // delete: record and index entry gone; then it is absent (exit 2).
     let out = dyncert(&redis, &["delete", "shop.example.com"]);
-    assert_ok(&out, "delete");
+    out.assert_ok("delete");
     assert!(!exists(&redis, "shop.example.com"));
     assert_eq!(zscore(&redis, "shop.example.com"), None);
     let out = dyncert(&redis, &["get", "shop.example.com"]);
@@ -276,7 +248,7 @@ fn bad_records_are_refused_with_the_modules_reason_and_nothing_is_written() {
     assert!(out.stderr.contains("(name_not_covered)"), "{}", out.stderr);
     let wild = pki.leaf(&["*.example.com"], 204);
     let (crt, key) = files(dir.path(), "wild", &wild.chain_pem, &wild.key_pem);
-    assert_ok(&put(&redis, "*.Example.com", &crt, &key, &[]), "wildcard");
+    put(&redis, "*.Example.com", &crt, &key, &[]).assert_ok("wildcard");
     assert!(exists(&redis, "*.example.com"));
     // A password in the URL never shows.
     let out = Command::new(env!("CARGO_BIN_EXE_dyncert"))
@@ -384,8 +356,8 @@ fn index_rebuild_restores_a_deleted_index() {
             ..LeafOpts::default()
         },
     );
-    assert_ok(&put_leaf(&redis, dir.path(), "a.example.com", &a), "put a");
-    assert_ok(&put_leaf(&redis, dir.path(), "b.example.com", &b), "put b");
+    put_leaf(&redis, dir.path(), "a.example.com", &a).assert_ok("put a");
+    put_leaf(&redis, dir.path(), "b.example.com", &b).assert_ok("put b");
     // A record written by hand (PEM only), and junk under the prefix.
     let c = pki.leaf(&["c.example.com"], 403);
     redis.put_leaf("c.example.com", &c);
@@ -393,7 +365,7 @@ fn index_rebuild_restores_a_deleted_index() {
     redis.cmd(&["DEL", INDEX]);
 
     let out = dyncert(&redis, &["index", "rebuild"]);
-    assert_ok(&out, "index rebuild");
+    out.assert_ok("index rebuild");
     assert!(
         out.stdout.contains("3 names indexed, 1 keys skipped"),
         "{}",
@@ -406,25 +378,16 @@ fn index_rebuild_restores_a_deleted_index() {
     assert!(out.stdout.contains("b.example.com") && !out.stdout.contains("a.example.com"));
 }
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_cache max=1000 valid=1h stale=1h negative=1s;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
-    }
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;\n    dyncert_cache max=1000 valid=1h stale=1h negative=1s;",
+        &source_server(""),
+    ])
 }
-"#;
 
 #[test]
 fn put_record_is_served_and_a_replacement_reaches_the_worker_at_once() {
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     let dir = TempDir::new("cli-e2e");
     assert!(
         s.redis
@@ -432,10 +395,7 @@ fn put_record_is_served_and_a_replacement_reaches_the_worker_at_once() {
         "the worker never subscribed"
     );
     let first = s.pki.leaf(&["shop.example.com"], 501);
-    assert_ok(
-        &put_leaf(&s.redis, dir.path(), "shop.example.com", &first),
-        "put",
-    );
+    put_leaf(&s.redis, dir.path(), "shop.example.com", &first).assert_ok("put");
     let r = s.get(Some("shop.example.com"));
     r.assert_served(&first, &s.pki);
     assert!(r.tls().leaf_sans.iter().any(|n| n == "shop.example.com"));
@@ -443,7 +403,7 @@ fn put_record_is_served_and_a_replacement_reaches_the_worker_at_once() {
     // valid=1h: only the invalidation can make the worker fetch again.
     let second = s.pki.leaf(&["shop.example.com"], 502);
     let out = put_leaf(&s.redis, dir.path(), "shop.example.com", &second);
-    assert_ok(&out, "put replacement");
+    out.assert_ok("put replacement");
     assert!(out.stdout.contains("(1 listeners)"), "{}", out.stdout);
     let served = poll(Duration::from_secs(5), Duration::from_millis(50), || {
         let r = s.get(Some("shop.example.com"));
@@ -454,10 +414,7 @@ fn put_record_is_served_and_a_replacement_reaches_the_worker_at_once() {
         .assert_served(&second, &s.pki);
 
     // delete: the worker drops it too.
-    assert_ok(
-        &dyncert(&s.redis, &["delete", "shop.example.com"]),
-        "delete",
-    );
+    dyncert(&s.redis, &["delete", "shop.example.com"]).assert_ok("delete");
     let gone = poll(Duration::from_secs(5), Duration::from_millis(50), || {
         s.get(Some("shop.example.com")).is_default().then_some(())
     });
@@ -490,7 +447,7 @@ fn put_stores_a_second_certificate_of_the_other_type_or_refuses_it() {
         rsa_key_file.to_str().unwrap(),
     ];
     let out = put(&redis, "dual.example.com", &ec_crt, &ec_key, &second);
-    assert_ok(&out, "put with a second pair");
+    out.assert_ok("put with a second pair");
     assert_eq!(
         redis.record_field("dual.example.com", "crt_rsa").as_deref(),
         Some(rsa_chain.as_str())
@@ -503,7 +460,7 @@ fn put_stores_a_second_certificate_of_the_other_type_or_refuses_it() {
         assert!(redis.record_field("dual.example.com", f).is_some(), "{f}");
     }
     let got = dyncert(&redis, &["get", "dual.example.com", "--json"]);
-    assert_ok(&got, "get");
+    got.assert_ok("get");
     assert!(got.stdout.contains("\"valid\": true"), "{}", got.stdout);
     assert!(got.stdout.contains("pem_rsa") && got.stdout.contains("der_rsa"));
 
@@ -623,10 +580,7 @@ fn put_refuses_a_key_whose_private_half_does_not_belong_to_the_leaf() {
         "--key-rsa",
         rsa_key_file.to_str().unwrap(),
     ];
-    assert_ok(
-        &put(&redis, name, &ec_crt, &ec_key, &second),
-        "genuine pairs",
-    );
+    put(&redis, name, &ec_crt, &ec_key, &second).assert_ok("genuine pairs");
 }
 
 /// A write that is done stays reported as done when its invalidation
@@ -643,19 +597,7 @@ fn a_write_whose_invalidation_cannot_be_published_is_reported_done_with_a_warnin
         "ACL", "SETUSER", "nopub", "on", ">pw", "~*", "&*", "+@all", "-publish",
     ]);
     let url = format!("redis://nopub:pw@127.0.0.1:{}/0", redis.port);
-    let as_nopub = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_dyncert"))
-            .arg("--redis")
-            .arg(&url)
-            .args(args)
-            .output()
-            .expect("run dyncert");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    };
+    let as_nopub = |args: &[&str]| dyncert_at(&url, args);
     let warning = |name: &str, stderr: &str| {
         let line = stderr.trim_end();
         assert_eq!(line.lines().count(), 1, "{line}");

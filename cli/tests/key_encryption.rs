@@ -6,40 +6,13 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use dyncert_core::keywrap::{self, Keyring};
 use dyncert_testkit::*;
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn assert_ok(&self, what: &str) {
-        assert_eq!(
-            self.code, 0,
-            "{what}: exit {}\nstdout: {}\nstderr: {}",
-            self.code, self.stdout, self.stderr
-        );
-    }
-}
-
-fn dyncert(redis: &Redis, args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_dyncert"))
-        .arg("--redis")
-        .arg(redis.url())
-        .args(args)
-        .output()
-        .expect("run dyncert");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+#[allow(dead_code)]
+mod common;
+use common::dyncert;
 
 const OLD: [u8; 32] = [0x0a; 32];
 const NEW: [u8; 32] = [0x0b; 32];
@@ -78,24 +51,16 @@ fn files(dir: &Path, stem: &str, leaf: &Leaf) -> (String, String) {
     )
 }
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;
     dyncert_key_decryption_key old @OLD@;
     dyncert_key_decryption_key new @NEW@;
     dyncert_key_encryption required;
-    dyncert_cache max=100 valid=1h;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
-    }
+    dyncert_cache max=100 valid=1h;",
+        &source_server(""),
+    ])
 }
-"#;
 
 #[test]
 fn put_encrypt_with_stores_envelopes_that_nginx_serves() {
@@ -106,7 +71,7 @@ fn put_encrypt_with_stores_envelopes_that_nginx_serves() {
     let redis = Redis::start();
     let mut nginx = Nginx::start(
         &pki,
-        HTTP,
+        &http(),
         NginxOpts::new()
             .redis(&redis)
             .var("OLD", old.display())

@@ -4,39 +4,13 @@
 //! `cluster://` where a record and the expiry index live on different
 //! nodes. A wrong password fails without showing it.
 
-use std::process::Command;
-
 use dyncert_testkit::*;
 
+#[allow(dead_code)]
+mod common;
+use common::dyncert_at;
+
 const INDEX: &str = "dyncert:expiry";
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn dyncert(url: &str, args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_dyncert"))
-        .arg("--redis")
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("run dyncert");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn assert_ok(out: &Out, what: &str) {
-    assert_eq!(
-        out.code, 0,
-        "{what}: exit {}\nstdout: {}\nstderr: {}",
-        out.code, out.stdout, out.stderr
-    );
-}
 
 /// `put NAME --cert --key` with `extra` global options, then `get NAME`.
 fn put_and_get(url: &str, extra: &[&str], name: &str, leaf: &Leaf) {
@@ -53,24 +27,18 @@ fn put_and_get(url: &str, extra: &[&str], name: &str, leaf: &Leaf) {
         "--key",
         key.to_str().unwrap(),
     ]);
-    assert_ok(&dyncert(url, &args), "put");
+    dyncert_at(url, &args).assert_ok("put");
     let mut args: Vec<&str> = extra.to_vec();
     args.extend(["get", name]);
-    let out = dyncert(url, &args);
-    assert_ok(&out, "get");
+    let out = dyncert_at(url, &args);
+    out.assert_ok("get");
     assert!(out.stdout.contains(name), "{}", out.stdout);
 }
 
 #[test]
 fn put_and_get_over_rediss_with_an_acl_user() {
     let pki = Pki::new();
-    let redis = TlsRedis::start(
-        &pki,
-        TlsRedisOpts {
-            user: Some(("ops", "Cli-pw-5d21")),
-            ..TlsRedisOpts::default()
-        },
-    );
+    let redis = TlsRedis::start(&pki, TlsRedisOpts::user("ops", "Cli-pw-5d21"));
     let leaf = pki.leaf(&["tls.example.com"], 3001);
     let ca = redis.ca_file.to_str().unwrap();
     let url = redis.url(Some("ops:Cli-pw-5d21"));
@@ -85,13 +53,13 @@ fn put_and_get_over_rediss_with_an_acl_user() {
     );
 
     let wrong = redis.url(Some("ops:Bad-pw-0000"));
-    let out = dyncert(&wrong, &["--redis-ca", ca, "get", "tls.example.com"]);
+    let out = dyncert_at(&wrong, &["--redis-ca", ca, "get", "tls.example.com"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(!out.stderr.contains("Bad-pw-0000"), "{}", out.stderr);
     assert!(out.stderr.contains("ops:***@localhost"), "{}", out.stderr);
 
     // Without the CA the server's certificate is not trusted.
-    let out = dyncert(&url, &["get", "tls.example.com"]);
+    let out = dyncert_at(&url, &["get", "tls.example.com"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
 }
 
@@ -116,7 +84,7 @@ fn put_and_get_with_a_client_certificate() {
     ];
     put_and_get(&redis.url(None), &tls, "mtls.example.com", &leaf);
     // TLS options with a plain URL are a mistake, said before connecting.
-    let out = dyncert("redis://127.0.0.1:1/0", &[&tls[..2], &["list"]].concat());
+    let out = dyncert_at("redis://127.0.0.1:1/0", &[&tls[..2], &["list"]].concat());
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("rediss://"), "{}", out.stderr);
 }
@@ -140,19 +108,16 @@ fn put_get_and_delete_across_cluster_slots() {
         cluster.cmd(INDEX, &["ZSCORE", INDEX, &name]),
         Reply::Bulk(Some(_))
     ));
-    let out = dyncert(&cluster.url(), &["list"]);
-    assert_ok(&out, "list");
+    let out = dyncert_at(&cluster.url(), &["list"]);
+    out.assert_ok("list");
     assert!(out.stdout.contains(&name), "{}", out.stdout);
-    assert_ok(&dyncert(&cluster.url(), &["delete", &name]), "delete");
+    dyncert_at(&cluster.url(), &["delete", &name]).assert_ok("delete");
     assert_eq!(cluster.record_field(&name, "crt"), None);
     assert_eq!(
         cluster.cmd(INDEX, &["ZSCORE", INDEX, &name]),
         Reply::Bulk(None)
     );
-    assert_ok(
-        &dyncert(&cluster.url(), &["invalidate", &name]),
-        "invalidate",
-    );
+    dyncert_at(&cluster.url(), &["invalidate", &name]).assert_ok("invalidate");
 }
 
 /// In a Cluster the record and its index entry go in two commands. A
@@ -178,7 +143,7 @@ fn cluster_delete_removes_the_index_entry_before_the_record() {
         .find(|n| n.port == index_node)
         .expect("the index's node");
     let monitor = node.monitor();
-    assert_ok(&dyncert(&cluster.url(), &["delete", &name]), "delete");
+    dyncert_at(&cluster.url(), &["delete", &name]).assert_ok("delete");
     monitor.sync();
     let record = format!("{DEFAULT_PREFIX}{name}");
     let order: Vec<String> = monitor
@@ -216,7 +181,7 @@ fn cluster_delete_puts_the_index_entry_back_when_the_record_is_not_deleted() {
         ]);
     }
     let url = cluster.url().replace("cluster://", "cluster://nodel:pw@");
-    let out = dyncert(&url, &["delete", name]);
+    let out = dyncert_at(&url, &["delete", name]);
     assert_ne!(out.code, 0, "stdout {}\nstderr {}", out.stdout, out.stderr);
     assert_eq!(score(&cluster).as_deref(), Some(before.as_str()));
     assert!(cluster.record_field(name, "crt").is_some());

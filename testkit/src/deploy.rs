@@ -35,6 +35,16 @@ impl Default for TlsRedisOpts<'_> {
     }
 }
 
+impl<'a> TlsRedisOpts<'a> {
+    /// The defaults with the ACL user `name`, password `password`.
+    pub fn user(name: &'a str, password: &'a str) -> Self {
+        TlsRedisOpts {
+            user: Some((name, password)),
+            ..TlsRedisOpts::default()
+        }
+    }
+}
+
 /// A `redis-server` with a TLS port beside its plain one (which only the
 /// kit uses, to seed records).
 pub struct TlsRedis {

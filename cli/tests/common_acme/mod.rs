@@ -18,51 +18,31 @@ use openssl::x509::X509;
 
 /// The terminator: port 80's role answers challenges from Redis, the TLS
 /// server serves records.
-pub const ANSWER_AND_SERVE: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
+pub fn answer_and_serve() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;
     server {
         listen 127.0.0.1:@HTTP_PORT@;
         server_name _;
         dyncert_acme_challenge on;
         location / { return 404; }
-    }
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
-    }
-}
-"#;
-
-pub struct Out {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
+    }",
+        &source_server(" name=$dyncert_name"),
+    ])
 }
 
-pub fn dyncert(redis: &Redis, args: &[&str]) -> Out {
-    dyncert_at(&redis.url(), args)
+/// The record's fields sorted by name: HGETALL's order is not the
+/// record's (a hash's iteration order changes as Redis rehashes it).
+pub fn sorted_record(redis: &Redis, name: &str) -> Vec<(String, String)> {
+    let mut fields = redis.record(name);
+    fields.sort();
+    fields
 }
 
-/// `dyncert --redis URL ARGS...`, for a Redis that need not exist.
-pub fn dyncert_at(url: &str, args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_dyncert"))
-        .arg("--redis")
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("run dyncert");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+#[path = "../common/mod.rs"]
+mod runner;
+#[allow(unused_imports)]
+pub use runner::{dyncert, dyncert_at, Out};
 
 pub fn issue(redis: &Redis, pebble: &Pebble, name: &str) -> Out {
     acme(redis, pebble, &["issue", name])
@@ -78,16 +58,6 @@ pub fn acme(redis: &Redis, pebble: &Pebble, args: &[&str]) -> Out {
 }
 
 impl Out {
-    /// Checks the command exited 0; on failure shows its output and
-    /// `context` (the CA's log, say).
-    pub fn assert_ok(&self, context: &str) {
-        assert_eq!(
-            self.code, 0,
-            "stdout {}\nstderr {}\n{context}",
-            self.stdout, self.stderr
-        );
-    }
-
     /// The one line a failed command printed, after checking it exited 1
     /// and printed exactly one line.
     pub fn one_line_failure(&self) -> &str {
@@ -348,7 +318,7 @@ impl DnsStack {
         let pebble = Pebble::start_with(http_port, chall.dns, eab);
         let nginx = Nginx::start(
             &pki,
-            ANSWER_AND_SERVE,
+            &answer_and_serve(),
             NginxOpts::new().redis(&redis).var("HTTP_PORT", http_port),
         );
         DnsStack {

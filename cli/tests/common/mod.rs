@@ -1,0 +1,45 @@
+//! The CLI runner the `dyncert` test files share: run the binary against a
+//! Redis and keep what it said.
+
+use std::process::Command;
+
+use dyncert_testkit::Redis;
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    /// Checks the command exited 0; on failure shows its output and `what`
+    /// (the command, or the CA's log).
+    #[track_caller]
+    pub fn assert_ok(&self, what: &str) {
+        assert_eq!(
+            self.code, 0,
+            "{what}: exit {}\nstdout: {}\nstderr: {}",
+            self.code, self.stdout, self.stderr
+        );
+    }
+}
+
+/// Runs the CLI against `redis`.
+pub fn dyncert(redis: &Redis, args: &[&str]) -> Out {
+    dyncert_at(&redis.url(), args)
+}
+
+/// `dyncert --redis URL ARGS...`, for a Redis that need not exist.
+pub fn dyncert_at(url: &str, args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_dyncert"))
+        .arg("--redis")
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("run dyncert");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
