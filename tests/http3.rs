@@ -174,6 +174,22 @@ fn h3_get(python: &Path, port: u16, sni: &str) -> Result<H3Response, String> {
     h3_get_authority(python, port, sni, sni)
 }
 
+/// [`h3_get`] against `s`; panics, with nginx's logs, when it fails.
+fn h3_ok(python: &Path, s: &Stack, sni: &str) -> H3Response {
+    h3_get(python, s.nginx.port, sni)
+        .unwrap_or_else(|e| panic!("HTTP/3 request failed: {e}\n{}", s.nginx.logs()))
+}
+
+/// Asks over HTTP/3 until `sni` is served `leaf` (the first handshakes of
+/// an uncached name get the default certificate).
+fn h3_until_served(python: &Path, s: &Stack, sni: &str, leaf: &Leaf) -> H3Response {
+    poll(STARTUP_DEADLINE, Duration::from_millis(100), || {
+        let r = h3_get(python, s.nginx.port, sni).ok()?;
+        r.is_leaf(leaf).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("never served its own certificate\n{}", s.nginx.logs()))
+}
+
 /// One HTTP/3 `GET /` with SNI `sni` and `:authority` `authority`.
 fn h3_get_authority(
     python: &Path,
@@ -235,8 +251,7 @@ fn http3_handshake_gets_certificate_from_redis() {
     // is one of the two, and the record's certificate comes within seconds.
     let start = Instant::now();
     let served = loop {
-        let r = h3_get(&python, s.nginx.port, "h3.example.com")
-            .unwrap_or_else(|e| panic!("HTTP/3 request failed: {e}\n{}", s.nginx.logs()));
+        let r = h3_ok(&python, &s, "h3.example.com");
         if r.is_leaf(&leaf) {
             break r;
         }
@@ -279,8 +294,7 @@ fn http3_uses_certificate_fetched_by_tcp_handshake() {
     assert_eq!(tcp.source(), "redis", "body {:?}", tcp.body);
 
     for _ in 0..3 {
-        let r = h3_get(&python, s.nginx.port, "shop.example.com")
-            .unwrap_or_else(|e| panic!("HTTP/3 request failed: {e}\n{}", s.nginx.logs()));
+        let r = h3_ok(&python, &s, "shop.example.com");
         r.assert_served(&leaf, &s.pki);
         assert_eq!(r.source(), "cache", "body {:?}", r.body);
     }
@@ -294,8 +308,7 @@ fn http3_unknown_name_gets_default_certificate() {
     };
     let mut s = start("");
     for _ in 0..2 {
-        let r = h3_get(&python, s.nginx.port, "nosuch.example.net")
-            .unwrap_or_else(|e| panic!("HTTP/3 request failed: {e}\n{}", s.nginx.logs()));
+        let r = h3_ok(&python, &s, "nosuch.example.net");
         assert!(r.is_default(), "SANs {:?}", r.leaf_sans());
         r.assert_http3();
         assert_eq!(r.source(), "default", "body {:?}", r.body);
@@ -321,9 +334,7 @@ fn http3_unknown_name_is_rejected_when_configured() {
         "expected the unrecognized_name alert (112), got: {err}"
     );
     // The worker is fine and keeps serving known names over QUIC.
-    h3_get(&python, s.nginx.port, "known.example.com")
-        .unwrap_or_else(|e| panic!("HTTP/3 request failed: {e}\n{}", s.nginx.logs()))
-        .assert_served(&leaf, &s.pki);
+    h3_ok(&python, &s, "known.example.com").assert_served(&leaf, &s.pki);
     s.nginx.assert_healthy();
 }
 
@@ -346,8 +357,7 @@ fn http3_unknown_name_is_queued_for_on_demand_once() {
             .collect()
     };
     for _ in 0..3 {
-        let r = h3_get(&python, s.nginx.port, name)
-            .unwrap_or_else(|e| panic!("HTTP/3 request failed: {e}\n{}", s.nginx.logs()));
+        let r = h3_ok(&python, &s, name);
         assert!(r.is_default(), "SANs {:?}", r.leaf_sans());
         r.assert_http3();
     }
@@ -396,16 +406,11 @@ fn http3_requests_are_held_to_the_tenant_policy() {
 
     // Uncached: the QUIC handshake gets the default certificate, and the
     // request is not served.
-    let r = h3_get(&python, s.nginx.port, "open.example.com")
-        .unwrap_or_else(|e| panic!("HTTP/3 request failed: {e}\n{}", s.nginx.logs()));
+    let r = h3_ok(&python, &s, "open.example.com");
     assert!(r.is_default(), "SANs {:?}", r.leaf_sans());
     assert_eq!(r.status, 421, "default certificate: {:?}", r.body);
     // Cached (by that handshake's fetch): served with its own certificate.
-    let r = poll(STARTUP_DEADLINE, Duration::from_millis(100), || {
-        let r = h3_get(&python, s.nginx.port, "open.example.com").ok()?;
-        r.is_leaf(&open).then_some(r)
-    })
-    .unwrap_or_else(|| panic!("never served its own certificate\n{}", s.nginx.logs()));
+    let r = h3_until_served(&python, &s, "open.example.com", &open);
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body, "tenant page\n");
     // Another name's :authority on that connection's certificate.
@@ -418,11 +423,7 @@ fn http3_requests_are_held_to_the_tenant_policy() {
     .unwrap_or_else(|e| panic!("HTTP/3 request failed: {e}\n{}", s.nginx.logs()));
     assert_eq!(r.status, 421, "{:?}", r.body);
     // The tenant's allow list applies over QUIC too.
-    let r = poll(STARTUP_DEADLINE, Duration::from_millis(100), || {
-        let r = h3_get(&python, s.nginx.port, "fenced.example.com").ok()?;
-        r.is_leaf(&fenced).then_some(r)
-    })
-    .unwrap_or_else(|| panic!("never served its own certificate\n{}", s.nginx.logs()));
+    let r = h3_until_served(&python, &s, "fenced.example.com", &fenced);
     assert_eq!(r.status, 403, "{:?}", r.body);
     s.nginx.assert_healthy();
 }
@@ -452,8 +453,7 @@ fn http3_first_handshake_gets_a_certificate_any_worker_fetched() {
         let tcp = s.get(Some(&name));
         tcp.assert_served(&leaf, &s.pki);
         // ...and the first QUIC handshake, on whichever worker, gets it.
-        let r = h3_get(&python, s.nginx.port, &name)
-            .unwrap_or_else(|e| panic!("HTTP/3 request failed: {e}\n{}", s.nginx.logs()));
+        let r = h3_ok(&python, &s, &name);
         r.assert_served(&leaf, &s.pki);
         assert!(
             matches!(r.source(), "shared" | "cache"),
@@ -469,13 +469,8 @@ fn http3_first_handshake_gets_a_certificate_any_worker_fetched() {
     // default certificate and starts the fetch; a later one gets the name's.
     let leaf = s.pki.leaf(&["h3-new.example.com"], 7199);
     s.redis.put_leaf("h3-new.example.com", &leaf);
-    let first = h3_get(&python, s.nginx.port, "h3-new.example.com")
-        .unwrap_or_else(|e| panic!("HTTP/3 request failed: {e}\n{}", s.nginx.logs()));
+    let first = h3_ok(&python, &s, "h3-new.example.com");
     assert!(first.is_default(), "SANs {:?}", first.leaf_sans());
-    poll(STARTUP_DEADLINE, Duration::from_millis(100), || {
-        let r = h3_get(&python, s.nginx.port, "h3-new.example.com").ok()?;
-        r.is_leaf(&leaf).then_some(())
-    })
-    .unwrap_or_else(|| panic!("never served its own certificate\n{}", s.nginx.logs()));
+    h3_until_served(&python, &s, "h3-new.example.com", &leaf);
     s.nginx.assert_healthy();
 }
