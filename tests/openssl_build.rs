@@ -11,20 +11,9 @@ use dyncert_testkit::*;
 use std::collections::BTreeSet;
 use std::fs;
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
-    }
+fn http() -> String {
+    http_block(&["    dyncert_redis @REDIS@;", &source_server("")])
 }
-"#;
 
 /// The files mapped into `pid` whose name starts with `lib` (e.g.
 /// "libcrypto.so").
@@ -40,7 +29,7 @@ fn mapped(pid: u32, lib: &str) -> BTreeSet<String> {
 
 #[test]
 fn a_worker_maps_exactly_one_libssl_and_one_libcrypto_and_serves_with_them() {
-    let mut s = Stack::start(1, HTTP);
+    let mut s = Stack::start(1, &http());
     let leaf = s.pki.leaf(&["one.example.com"], 7101);
     s.redis.put_leaf("one.example.com", &leaf);
     let r = Request::get("/")

@@ -5,24 +5,16 @@
 use dyncert_testkit::*;
 use std::time::Duration;
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
-    }
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;",
+        &source_server(" name=$dyncert_name"),
+    ])
 }
-"#;
 
 #[test]
 fn certificate_in_redis_is_served_with_its_chain() {
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     let leaf = s
         .pki
         .leaf(&["shop.example.com", "www.shop.example.com"], 1001);
@@ -42,7 +34,7 @@ fn certificate_in_redis_is_served_with_its_chain() {
 #[test]
 fn second_handshake_is_served_from_cache() {
     // One worker, so the second connection meets the first one's cache.
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     let leaf = s.pki.leaf(&["cached.example.com"], 1002);
     s.redis.put_leaf("cached.example.com", &leaf);
     let monitor = s.redis.monitor();
@@ -67,7 +59,7 @@ fn second_handshake_is_served_from_cache() {
 
 #[test]
 fn unknown_name_gets_default_certificate() {
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     let r = s.get(Some("unknown.example.com"));
     assert_eq!(r.status, 200);
     r.assert_default();
@@ -79,7 +71,7 @@ fn unknown_name_gets_default_certificate() {
 
 #[test]
 fn client_without_sni_gets_default_certificate() {
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     // A record under the name the client connects to by IP must not leak in.
     let leaf = s.pki.leaf(&["localhost"], 1003);
     s.redis.put_leaf("localhost", &leaf);
@@ -92,7 +84,7 @@ fn client_without_sni_gets_default_certificate() {
 
 #[test]
 fn record_with_mismatched_key_gets_default_and_is_logged() {
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     let leaf = s.pki.leaf(&["mismatch.example.com"], 1004);
     let other = s.pki.leaf(&["other.example.com"], 1005);
     s.redis
@@ -116,7 +108,7 @@ fn record_with_mismatched_key_gets_default_and_is_logged() {
 
 #[test]
 fn record_with_garbage_pem_gets_default_and_is_logged() {
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     s.redis.hset_cert(
         "garbage.example.com",
         "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
@@ -134,7 +126,7 @@ fn record_with_garbage_pem_gets_default_and_is_logged() {
 
 #[test]
 fn new_record_is_picked_up_without_reload() {
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     // The worker is up and talking to Redis before the record exists.
     let warmup = s.pki.leaf(&["warm.example.com"], 1006);
     s.redis.put_leaf("warm.example.com", &warmup);
@@ -150,7 +142,7 @@ fn new_record_is_picked_up_without_reload() {
 
 #[test]
 fn name_is_normalised_before_lookup() {
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     let leaf = s.pki.leaf(&["shop.example.com"], 1008);
     s.redis.put_leaf("shop.example.com", &leaf);
     let monitor = s.redis.monitor();
@@ -177,7 +169,7 @@ fn name_is_normalised_before_lookup() {
 
 #[test]
 fn expired_certificate_record_gets_default() {
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     let leaf = s.pki.leaf_with(
         &["expired.example.com"],
         1009,
@@ -204,7 +196,7 @@ fn expired_certificate_record_gets_default() {
 fn custom_prefix_is_used_for_lookups() {
     let s = Stack::start(
         1,
-        &HTTP.replace(
+        &http().replace(
             "dyncert_redis @REDIS@;",
             "dyncert_redis @REDIS@; dyncert_redis_prefix tenant1:certs:;",
         ),
@@ -307,7 +299,7 @@ fn der_fields(pki: &Pki, leaf: &Leaf) -> (Vec<u8>, Vec<u8>) {
 
 #[test]
 fn der_record_is_served_like_pem_and_wins_over_it() {
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     let leaf = s.pki.leaf(&["der.example.com"], 1101);
     let stale = s.pki.leaf(&["der.example.com"], 1102);
     let (chain, key) = der_fields(&s.pki, &leaf);
@@ -337,7 +329,7 @@ fn der_record_is_served_like_pem_and_wins_over_it() {
 /// published. The DER form would otherwise win over the new PEM one.
 #[test]
 fn a_pem_renewal_that_empties_the_der_fields_is_served() {
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     let name = "renewed.example.com";
     let old = s.pki.leaf(&[name], 1103);
     let new = s.pki.leaf(&[name], 1104);

@@ -6,25 +6,16 @@
 use dyncert_testkit::*;
 use std::time::Duration;
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_cache max=1000 valid=1m negative=30s;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
-    }
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;\n    dyncert_cache max=1000 valid=1m negative=30s;",
+        &source_server(" name=$dyncert_name"),
+    ])
 }
-"#;
 
 #[test]
 fn wildcard_record_serves_single_label_subdomains() {
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     let wild = s.pki.leaf(&["*.example.com"], 11001);
     s.redis.put_leaf("*.example.com", &wild);
     let monitor = s.redis.monitor();
@@ -53,7 +44,7 @@ fn wildcard_record_serves_single_label_subdomains() {
 
 #[test]
 fn wildcard_record_does_not_serve_deeper_names_or_the_apex() {
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     let wild = s.pki.leaf(&["*.example.com"], 11002);
     s.redis.put_leaf("*.example.com", &wild);
     // A single-label parent is never a wildcard, even with a record.
@@ -85,7 +76,7 @@ fn wildcard_record_does_not_serve_deeper_names_or_the_apex() {
 
 #[test]
 fn exact_record_wins_over_wildcard() {
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     let wild = s.pki.leaf(&["*.example.com"], 11004);
     let exact = s.pki.leaf(&["shop.example.com"], 11005);
     s.redis.put_leaf("*.example.com", &wild);
@@ -111,7 +102,7 @@ fn exact_record_wins_over_wildcard() {
 
 #[test]
 fn exact_record_holding_a_wildcard_certificate_is_served() {
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     let wild = s.pki.leaf(&["*.example.org"], 11006);
     s.redis.put_leaf("blog.example.org", &wild);
     let r = s.get(Some("blog.example.org"));
@@ -121,7 +112,7 @@ fn exact_record_holding_a_wildcard_certificate_is_served() {
 
 #[test]
 fn wildcard_record_never_serves_a_name_its_certificate_does_not_cover() {
-    let mut s = Stack::start(1, HTTP);
+    let mut s = Stack::start(1, &http());
     // Stored under the wildcard key, but issued for one name only.
     let narrow = s.pki.leaf(&["x.example.net"], 11007);
     s.redis.put_leaf("*.example.net", &narrow);
@@ -137,7 +128,7 @@ fn wildcard_record_never_serves_a_name_its_certificate_does_not_cover() {
 
 #[test]
 fn wildcard_record_without_the_wildcard_itself_is_refused_for_every_name() {
-    let mut s = Stack::start(1, HTTP);
+    let mut s = Stack::start(1, &http());
     // Stored under the wildcard, but it names only shop.example.com: served
     // to the first name that asked, it would then be cached under
     // *.example.com and handed to blog.example.com too.
