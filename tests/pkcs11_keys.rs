@@ -180,6 +180,17 @@ fn start(hsm: &Hsm, workers: u32, keyrefs: &str, zone: &str) -> Host {
 }
 
 impl Host {
+    /// `name`'s leaf `serial`, its key imported into the token as
+    /// `id`/`label` and its record in Redis referring to it.
+    fn put_on_token(&self, hsm: &Hsm, name: &str, serial: u64, id: &str, label: &str) -> Leaf {
+        let leaf = self.s.pki.leaf(&[name], serial);
+        hsm.import(&leaf, id, label);
+        self.s
+            .redis
+            .hset_cert(name, &leaf.chain_pem, &reference(label));
+        leaf
+    }
+
     fn metrics(&self) -> Metrics {
         scrape_metrics(self.mport)
     }
@@ -218,10 +229,7 @@ fn reference(object: &str) -> String {
 fn engine_mode_serves_a_softhsm_key_and_resolves_it_once() {
     let Some(hsm) = Hsm::start() else { return };
     let h = start(&hsm, 1, ENGINE, "");
-    let leaf = h.s.pki.leaf(&["hsm.example.com"], 16001);
-    hsm.import(&leaf, "01", "k1");
-    h.s.redis
-        .hset_cert("hsm.example.com", &leaf.chain_pem, &reference("k1"));
+    let leaf = h.put_on_token(&hsm, "hsm.example.com", 16001, "01", "k1");
 
     for i in 0..20 {
         let r = h.s.get(Some("hsm.example.com"));
@@ -331,10 +339,7 @@ fn a_key_generated_on_the_token_signs_the_handshake_and_a_wrong_pin_refuses_it()
 fn references_are_refused_by_default() {
     let Some(hsm) = Hsm::start() else { return };
     let h = start(&hsm, 1, "", "");
-    let leaf = h.s.pki.leaf(&["off.example.com"], 16002);
-    hsm.import(&leaf, "02", "k2");
-    h.s.redis
-        .hset_cert("off.example.com", &leaf.chain_pem, &reference("k2"));
+    let leaf = h.put_on_token(&hsm, "off.example.com", 16002, "02", "k2");
 
     let r = h.s.get(Some("off.example.com"));
     r.assert_default();
@@ -408,10 +413,7 @@ fn references_are_not_shared_each_worker_resolves_its_own() {
     let Some(hsm) = Hsm::start() else { return };
     // A generous fetch timeout: two workers open the token at once.
     let h = start(&hsm, 2, ENGINE, "dyncert_shared_zone dyncert:4m;");
-    let leaf = h.s.pki.leaf(&["zone.example.com"], 16007);
-    hsm.import(&leaf, "07", "k7");
-    h.s.redis
-        .hset_cert("zone.example.com", &leaf.chain_pem, &reference("k7"));
+    let leaf = h.put_on_token(&hsm, "zone.example.com", 16007, "07", "k7");
 
     // One worker first, then the others, which find nothing in the zone
     // and resolve it themselves. (Not both at the same moment: SoftHSM's
