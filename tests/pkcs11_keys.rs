@@ -339,7 +339,7 @@ fn a_key_generated_on_the_token_signs_the_handshake_and_a_wrong_pin_refuses_it()
 fn references_are_refused_by_default() {
     let Some(hsm) = Hsm::start() else { return };
     let h = start(&hsm, 1, "", "");
-    let leaf = h.put_on_token(&hsm, "off.example.com", 16002, "02", "k2");
+    h.put_on_token(&hsm, "off.example.com", 16002, "02", "k2");
 
     let r = h.s.get(Some("off.example.com"));
     r.assert_default();
