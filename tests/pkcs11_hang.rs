@@ -334,3 +334,80 @@ fn a_hung_token_refuses_its_record_after_the_bound_and_never_holds_up_plain_reco
     let resolved = scrape_metrics(mport).get("dyncert_key_references_resolved_total");
     assert_eq!(resolved, 1.0, "the late load's key was discarded");
 }
+
+/// The loader thread holds nothing a handshake needs: while one key's load
+/// hangs in the token (after the worker's login), a key loaded before still
+/// signs its handshakes, and cached plain names are served as ever. (With
+/// libp11 and SoftHSM; a module that serialises its calls internally would
+/// stall those signatures too, see README.)
+#[test]
+fn a_key_loaded_before_keeps_signing_while_another_keys_load_hangs() {
+    let Some(hsm) = Hsm::start() else { return };
+    let mport = free_port();
+    let s = Stack::start_with(
+        &http(),
+        NginxOpts::new()
+            .workers(1)
+            .var("MPORT", mport)
+            .var("MODULE", hsm.module().display())
+            .var("PIN_FILE", hsm.dir.path().join("pin").display())
+            .env("SOFTHSM2_CONF", hsm.conf().to_str().unwrap()),
+    );
+    let port = s.nginx.port;
+    let leaves: Vec<Leaf> = (1..=2)
+        .map(|i| {
+            let name = format!("hsm{i}.example.com");
+            let leaf = s.pki.leaf(&[name.as_str()], 18100 + i);
+            hsm.import(&leaf, &format!("0{i}"), &format!("k{i}"));
+            s.redis.hset_cert(
+                &name,
+                &leaf.chain_pem,
+                &format!("engine:pkcs11:pkcs11:token=dyncert;object=k{i}"),
+            );
+            leaf
+        })
+        .collect();
+    let plain = s.pki.leaf(&["plain.example.com"], 18103);
+    s.redis.put_leaf("plain.example.com", &plain);
+    for name in ["hsm1.example.com", "plain.example.com"] {
+        let (r, _) = get(port, name);
+        assert_eq!(
+            r.as_ref().map(|e| e.source()),
+            Ok("redis"),
+            "{:?}",
+            body(&r)
+        );
+    }
+
+    let hang = hsm.hang_loads();
+    let second = thread::spawn(move || get(port, "hsm2.example.com"));
+    thread::sleep(Duration::from_millis(500));
+    for (name, leaf) in [
+        ("hsm1.example.com", &leaves[0]),
+        ("plain.example.com", &plain),
+    ] {
+        let (r, took) = get(port, name);
+        let r = r.unwrap_or_else(|e| panic!("{name}: {e} after {took:?}"));
+        assert_eq!(r.source(), "cache", "{:?}", r.body);
+        r.assert_served(leaf, &s.pki);
+        assert!(took < Duration::from_secs(1), "{name}: {took:?}");
+    }
+    let (r, took) = second.join().unwrap();
+    assert_eq!(
+        r.as_ref().map(|e| e.source()),
+        Ok("default"),
+        "{:?}",
+        body(&r)
+    );
+    assert!(took < Duration::from_millis(3500), "{took:?}");
+    assert_eq!(timeouts(mport), 1.0);
+    drop(hang);
+    let served = poll(Duration::from_secs(20), Duration::from_millis(300), || {
+        get(port, "hsm2.example.com")
+            .0
+            .ok()
+            .filter(|e| e.source() != "default")
+    })
+    .unwrap_or_else(|| panic!("hsm2 was never served\n{}", s.nginx.logs()));
+    served.assert_served(&leaves[1], &s.pki);
+}
