@@ -6,8 +6,10 @@
 //! certificate fetches: requests for one token share one read, at most
 //! [`Limits::max_reads`] distinct tokens are read at once, and a token
 //! Redis did not have is answered 404 without another read for a short
-//! while. Past the bound a request is answered 503 at once instead of
-//! queueing work behind Redis.
+//! while. Past the bound a request waits in a short FIFO for a read to
+//! end (with a healthy Redis one ends within a millisecond), for at most
+//! [`Limits::queue_wait`]; past that, or with the FIFO full, it is answered
+//! 503 instead of queueing more work behind Redis.
 //!
 //! The bound is shared by every client of the worker, so one client must
 //! not be able to take all of it: each client address (IPv4 /32, IPv6 /64)
@@ -15,7 +17,7 @@
 //! requests past that are the ones answered 503. A CA validates from
 //! addresses of its own, so a flood from one address never refuses it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
 use crate::clock::Millis;
@@ -98,9 +100,18 @@ pub struct Limits {
     /// holds. A CA asks for one token from a few vantage points and an
     /// issuer has a few orders open at a time: 16 is far above that.
     pub max_reads: usize,
-    /// Most requests waiting for those reads (any number may wait for one
-    /// token, each holding a connection).
+    /// Most requests in the gate: waiting for those reads (any number may
+    /// wait for one token, each holding a connection) or in the FIFO.
     pub max_waiting: usize,
+    /// Most requests waiting in the FIFO for a read to end, when all
+    /// `max_reads` are under way. With a healthy Redis a read takes about
+    /// a millisecond, so 16 reads serve 128 waiting requests within about
+    /// 8 ms; more would only hold more connections while Redis is slow.
+    pub max_queued: usize,
+    /// Longest a request waits in the FIFO (the glue sets it to
+    /// `dyncert_redis_timeout`: a read under way ends by then, answered or
+    /// not). 0: no FIFO, a request past the reads is answered 503 at once.
+    pub queue_wait: Millis,
     /// Most requests one client address holds in the gate at once (reading
     /// or waiting for a read). A CA asks for one token once from each of
     /// its vantage points, on their own addresses, and a read takes about
@@ -123,6 +134,8 @@ impl Default for Limits {
         Limits {
             max_reads: 16,
             max_waiting: 1024,
+            max_queued: 128,
+            queue_wait: 1_000,
             max_per_client: 4,
             negative_ttl: 2_000,
             negative_max: 1024,
@@ -138,6 +151,10 @@ pub enum Admission {
     Read,
     /// A read of the token is under way: the request waits for it too.
     Wait,
+    /// Every read is under way: the request waits in the FIFO until
+    /// [`AcmeGate::promote`] starts its read or [`AcmeGate::expire`] gives
+    /// it up (keep a timer for [`AcmeGate::next_expiry`]).
+    Queued,
     /// Redis did not have the token a moment ago: 404 now, no read.
     Absent,
     /// At a bound: 503 with `Retry-After` now, no read.
@@ -153,14 +170,23 @@ struct Held<W> {
     client: Client,
 }
 
+/// A request waiting in the FIFO for a read of its token to start.
+struct Queued<W> {
+    token: String,
+    held: Held<W>,
+    since: Millis,
+}
+
 /// Per-worker singleflight, cap and negative cache of challenge reads.
 /// Generic over the waiter so tests use integers and the glue its
 /// request pointers.
 pub struct AcmeGate<W> {
     limits: Limits,
     reads: Inflight<Held<W>>,
-    /// Requests queued in `reads`, over all tokens.
+    /// Requests in the gate: in `reads` over all tokens, and in `queue`.
     waiting: usize,
+    /// Requests waiting for a read to start, oldest first.
+    queue: VecDeque<Queued<W>>,
     /// Requests each client holds in the gate; only clients holding some
     /// (at most `max_waiting` entries).
     held: HashMap<Client, usize>,
@@ -174,14 +200,15 @@ impl<W> AcmeGate<W> {
             limits,
             reads: Inflight::new(limits.max_reads),
             waiting: 0,
+            queue: VecDeque::new(),
             held: HashMap::new(),
             absent: Lru::new(),
         }
     }
 
     /// Decides for a request of `client` for `token` at `now`; `waiter`
-    /// is queued for the answer when the verdict is [`Admission::Read`] or
-    /// [`Admission::Wait`], and dropped otherwise.
+    /// is kept for the answer when the verdict is [`Admission::Read`],
+    /// [`Admission::Wait`] or [`Admission::Queued`], and dropped otherwise.
     pub fn admit(&mut self, token: &str, client: Client, waiter: W, now: Millis) -> Admission {
         // A known absence costs nothing, so it is answered even at the cap.
         if self.known_absent(token, now) {
@@ -195,11 +222,24 @@ impl<W> AcmeGate<W> {
         if self.waiting >= self.limits.max_waiting {
             return Admission::Busy;
         }
-        let admission = match self.reads.join(token, Some(Held { waiter, client })) {
-            Join::Started => Admission::Read,
-            Join::Joined => Admission::Wait,
-            Join::Refused => return Admission::Busy,
-        };
+        let held = Held { waiter, client };
+        let admission =
+            if self.reads.is_in_flight(token) || self.reads.in_flight() < self.limits.max_reads {
+                match self.reads.join(token, Some(held)) {
+                    Join::Started => Admission::Read,
+                    Join::Joined => Admission::Wait,
+                    Join::Refused => return Admission::Busy,
+                }
+            } else if self.queue.len() < self.limits.max_queued && self.limits.queue_wait > 0 {
+                self.queue.push_back(Queued {
+                    token: token.to_owned(),
+                    held,
+                    since: now,
+                });
+                Admission::Queued
+            } else {
+                return Admission::Busy;
+            };
         self.waiting += 1;
         *self.held.entry(client).or_default() += 1;
         admission
@@ -215,10 +255,85 @@ impl<W> AcmeGate<W> {
         self.held.len()
     }
 
-    /// The read [`Admission::Read`] asked for could not be queued: frees
-    /// its slot and returns the requests to answer 503.
+    /// The read [`Admission::Read`] (or [`AcmeGate::promote`]) asked for
+    /// could not be queued: frees its slot and returns the requests to
+    /// answer 503. Then call [`AcmeGate::promote`].
     pub fn not_queued(&mut self, token: &str) -> Vec<W> {
         self.finish(token)
+    }
+
+    /// Starts reads for the oldest requests in the FIFO while reads are
+    /// free, after a read ended: returns the tokens to read (as for
+    /// [`Admission::Read`]). Requests for a token whose read starts all
+    /// leave the FIFO with it: they share that read.
+    pub fn promote(&mut self) -> Vec<String> {
+        let mut started = Vec::new();
+        while self.reads.in_flight() < self.limits.max_reads {
+            let Some(q) = self.queue.pop_front() else {
+                break;
+            };
+            match self.reads.join(&q.token, Some(q.held)) {
+                Join::Started => {}
+                // A read of the token started since (not from the FIFO,
+                // which only holds tokens not being read): it is shared.
+                Join::Joined => continue,
+                // Not reached: a read is free.
+                Join::Refused => break,
+            }
+            let mut i = 0;
+            while i < self.queue.len() {
+                if self.queue[i].token == q.token {
+                    if let Some(same) = self.queue.remove(i) {
+                        self.reads.join(&same.token, Some(same.held));
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            started.push(q.token);
+        }
+        started
+    }
+
+    /// Gives up the requests whose wait in the FIFO ended at `now` (or
+    /// began after it: a clock set back must not stretch a wait): returns
+    /// them to answer 503.
+    pub fn expire(&mut self, now: Millis) -> Vec<W> {
+        let wait = self.limits.queue_wait;
+        let mut expired = Vec::new();
+        let mut i = 0;
+        while i < self.queue.len() {
+            let since = self.queue[i].since;
+            if now < since || now - since >= wait {
+                if let Some(q) = self.queue.remove(i) {
+                    expired.push(self.release(q.held));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        expired
+    }
+
+    /// How long after `now` the first wait in the FIFO ends; `None` when
+    /// nothing waits there.
+    pub fn next_expiry(&self, now: Millis) -> Option<Millis> {
+        let wait = self.limits.queue_wait;
+        self.queue
+            .iter()
+            .map(|q| {
+                if now < q.since {
+                    0
+                } else {
+                    wait.saturating_sub(now - q.since)
+                }
+            })
+            .min()
+    }
+
+    /// Requests waiting in the FIFO.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
     }
 
     /// A read of `token` finished at `now`: returns the requests to answer
@@ -234,10 +349,14 @@ impl<W> AcmeGate<W> {
         self.finish(token)
     }
 
-    /// Forgets the first waiting request matching `pred` (it went away
-    /// before its answer). Its read keeps its slot until it ends: the
+    /// Forgets the first request matching `pred` (it went away before its
+    /// answer). A read it waited for keeps its slot until it ends: the
     /// Redis work is still under way.
     pub fn abandon(&mut self, mut pred: impl FnMut(&W) -> bool) -> Option<W> {
+        if let Some(i) = self.queue.iter().position(|q| pred(&q.held.waiter)) {
+            let q = self.queue.remove(i)?;
+            return Some(self.release(q.held));
+        }
         // At most `max_reads` tokens to look through.
         let tokens: Vec<String> = self.reads.names().map(str::to_owned).collect();
         let found = tokens
@@ -251,7 +370,7 @@ impl<W> AcmeGate<W> {
         self.reads.in_flight()
     }
 
-    /// Requests waiting for a read.
+    /// Requests waiting for a read, or for one to start.
     pub fn waiting(&self) -> usize {
         self.waiting
     }
@@ -366,10 +485,13 @@ mod tests {
         assert!(valid_token(&[b'a'; MAX_TOKEN]));
     }
 
+    /// Without the FIFO: past the reads, 503 at once.
     fn limits(max_reads: usize, max_waiting: usize, negative_max: usize) -> Limits {
         Limits {
             max_reads,
             max_waiting,
+            max_queued: 0,
+            queue_wait: 1_000,
             max_per_client: 4,
             negative_ttl: 2_000,
             negative_max,
@@ -667,5 +789,133 @@ mod tests {
         }
         assert!(gate.clients() <= gate.limits().max_waiting);
         assert!(gate.clients() <= gate.reads_in_flight() * gate.limits().max_per_client);
+    }
+
+    /// With a FIFO of `max_queued` and a wait of 100 ms.
+    fn queueing(max_reads: usize, max_queued: usize) -> Limits {
+        Limits {
+            max_queued,
+            queue_wait: 100,
+            ..limits(max_reads, 100, 100)
+        }
+    }
+
+    #[test]
+    fn past_the_reads_requests_wait_in_order_and_start_as_reads_end() {
+        let mut gate = AcmeGate::new(queueing(2, 8));
+        assert_eq!(gate.admit("a", c(1), 1, 0), Admission::Read);
+        assert_eq!(gate.admit("b", c(2), 2, 0), Admission::Read);
+        assert_eq!(gate.admit("c", c(3), 3, 0), Admission::Queued);
+        assert_eq!(gate.admit("d", c(4), 4, 1), Admission::Queued);
+        assert_eq!(gate.admit("c", c(5), 5, 2), Admission::Queued);
+        // Joining a read under way never waits in the FIFO.
+        assert_eq!(gate.admit("a", c(6), 6, 2), Admission::Wait);
+        assert_eq!((gate.queued(), gate.waiting()), (3, 6));
+        assert!(gate.promote().is_empty(), "no read is free yet");
+        assert_eq!(gate.complete("a", &value(), 3), [1, 6]);
+        // The oldest starts, with every request for its token.
+        assert_eq!(gate.promote(), ["c"]);
+        assert_eq!((gate.queued(), gate.reads_in_flight()), (1, 2));
+        assert_eq!(gate.admit("c", c(7), 7, 3), Admission::Wait);
+        assert_eq!(gate.complete("c", &AcmeAnswer::Absent, 4), [3, 5, 7]);
+        assert_eq!(gate.complete("b", &value(), 4), [2]);
+        assert_eq!(gate.promote(), ["d"]);
+        assert!(gate.promote().is_empty());
+        assert_eq!(gate.complete("d", &value(), 5), [4]);
+        assert_eq!((gate.queued(), gate.waiting(), gate.clients()), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_wait_in_the_fifo_ends_after_queue_wait() {
+        let mut gate = AcmeGate::new(queueing(1, 8));
+        assert_eq!(gate.next_expiry(0), None);
+        gate.admit("a", c(1), 1, 0);
+        assert_eq!(gate.admit("b", c(2), 2, 10), Admission::Queued);
+        assert_eq!(gate.admit("c", c(3), 3, 30), Admission::Queued);
+        assert_eq!(gate.next_expiry(30), Some(80));
+        assert!(gate.expire(109).is_empty());
+        assert_eq!(gate.expire(110), [2]);
+        assert_eq!(gate.next_expiry(110), Some(20));
+        assert_eq!(gate.expire(500), [3]);
+        assert_eq!(gate.next_expiry(500), None);
+        assert_eq!((gate.queued(), gate.waiting()), (0, 1));
+        assert_eq!(gate.held_by(c(2)), 0, "its share is given back");
+        assert!(gate.promote().is_empty());
+    }
+
+    #[test]
+    fn a_clock_set_back_does_not_stretch_a_wait() {
+        let mut gate = AcmeGate::new(queueing(1, 8));
+        gate.admit("a", c(1), 1, 10_000);
+        gate.admit("b", c(2), 2, 10_000);
+        assert_eq!(gate.next_expiry(5_000), Some(0));
+        assert_eq!(gate.expire(5_000), [2]);
+    }
+
+    #[test]
+    fn the_fifo_is_bounded_and_past_it_requests_are_busy() {
+        let mut gate = AcmeGate::new(queueing(1, 2));
+        gate.admit("a", c(1), 1, 0);
+        assert_eq!(gate.admit("b", c(2), 2, 0), Admission::Queued);
+        assert_eq!(gate.admit("c", c(3), 3, 0), Admission::Queued);
+        assert_eq!(gate.admit("d", c(4), 4, 0), Admission::Busy);
+        assert_eq!(gate.held_by(c(4)), 0);
+        // The overall bound counts the FIFO too.
+        let mut gate = AcmeGate::new(Limits {
+            max_waiting: 2,
+            ..queueing(1, 8)
+        });
+        gate.admit("a", c(1), 1, 0);
+        assert_eq!(gate.admit("b", c(2), 2, 0), Admission::Queued);
+        assert_eq!(gate.admit("c", c(3), 3, 0), Admission::Busy);
+        // No wait, no FIFO.
+        let mut gate = AcmeGate::new(Limits {
+            queue_wait: 0,
+            ..queueing(1, 8)
+        });
+        gate.admit("a", c(1), 1, 0);
+        assert_eq!(gate.admit("b", c(2), 2, 0), Admission::Busy);
+    }
+
+    #[test]
+    fn a_clients_share_counts_its_requests_in_the_fifo() {
+        let mut gate = AcmeGate::new(Limits {
+            max_per_client: 2,
+            ..queueing(1, 8)
+        });
+        let (flooder, ca) = (c(1), c(2));
+        assert_eq!(gate.admit("r1", flooder, 1, 0), Admission::Read);
+        assert_eq!(gate.admit("r2", flooder, 2, 0), Admission::Queued);
+        assert_eq!(gate.admit("r3", flooder, 3, 0), Admission::ClientBusy);
+        // The CA waits behind the flooder's one request, not its flood.
+        assert_eq!(gate.admit("real", ca, 4, 1), Admission::Queued);
+        gate.complete("r1", &AcmeAnswer::Absent, 2);
+        assert_eq!(gate.promote(), ["r2"]);
+        gate.complete("r2", &AcmeAnswer::Absent, 3);
+        assert_eq!(gate.promote(), ["real"]);
+    }
+
+    #[test]
+    fn a_request_gone_from_the_fifo_is_forgotten() {
+        let mut gate = AcmeGate::new(queueing(1, 8));
+        gate.admit("a", c(1), 1, 0);
+        gate.admit("b", c(2), 2, 0);
+        gate.admit("c", c(3), 3, 0);
+        assert_eq!(gate.abandon(|&w| w == 2), Some(2));
+        assert_eq!(
+            (gate.queued(), gate.waiting(), gate.held_by(c(2))),
+            (1, 2, 0)
+        );
+        assert_eq!(gate.complete("a", &value(), 1), [1]);
+        assert_eq!(gate.promote(), ["c"], "b is not read");
+    }
+
+    #[test]
+    fn a_read_that_could_not_be_queued_lets_the_fifo_move_on() {
+        let mut gate = AcmeGate::new(queueing(1, 8));
+        assert_eq!(gate.admit("a", c(1), 1, 0), Admission::Read);
+        assert_eq!(gate.admit("b", c(2), 2, 0), Admission::Queued);
+        assert_eq!(gate.not_queued("a"), [1]);
+        assert_eq!(gate.promote(), ["b"]);
     }
 }

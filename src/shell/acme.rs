@@ -5,25 +5,28 @@
 //! access rules) and never blocks: the request waits for the fetcher like
 //! a parked connection does. Whether a request costs a Redis read at all
 //! is the core's decision ([`AcmeGate`]): port 80 is anyone's, so the
-//! gate also keeps one client address from taking every read.
+//! gate also keeps one client address from taking every read. A request
+//! past the reads waits in the gate's FIFO, bounded by one worker-wide
+//! timer, never by blocking.
 
 use core::ffi::c_void;
 use core::ptr;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use dyncert_core::acme::{
     challenge_token, valid_token, AcmeGate, Admission, Client, Limits, RETRY_AFTER,
 };
-use dyncert_core::clock::{Clock, SystemClock};
+use dyncert_core::clock::{Clock, Millis, SystemClock};
 use dyncert_core::fetch::AcmeAnswer;
 use dyncert_core::metrics::Simple;
 use ngx::ffi::{
-    ngx_conf_t, ngx_http_cleanup_add, ngx_http_finalize_request,
-    ngx_http_phases_NGX_HTTP_POST_READ_PHASE, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_int_t, ngx_list_push, ngx_str_t, ngx_table_elt_t, ngx_uint_t, NGX_DECLINED, NGX_DONE,
-    NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_FOUND, NGX_HTTP_SERVICE_UNAVAILABLE,
+    ngx_add_timer, ngx_conf_t, ngx_connection_t, ngx_event_t, ngx_http_cleanup_add,
+    ngx_http_finalize_request, ngx_http_phases_NGX_HTTP_POST_READ_PHASE, ngx_http_request_t,
+    ngx_http_run_posted_requests, ngx_int_t, ngx_list_push, ngx_str_t, ngx_table_elt_t, ngx_uint_t,
+    NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_NOT_FOUND,
+    NGX_HTTP_SERVICE_UNAVAILABLE,
 };
-use ngx::http::HttpModuleServerConf;
+use ngx::http::{HttpModuleMainConf, HttpModuleServerConf};
 
 use super::access::{client_ip, run_last_in_phase};
 use super::boundary::guard;
@@ -34,12 +37,27 @@ use super::metrics;
 use super::response::send_body;
 use super::state::with_worker;
 
+type Gate = AcmeGate<*mut ngx_http_request_t>;
+
 thread_local! {
     // Requests waiting for their token's value, and which tokens may be
     // read (event loop only). The fetcher's ACME queue is sized from the
-    // same `Limits::default()` (see MainConf::fetcher_config).
-    static GATE: RefCell<AcmeGate<*mut ngx_http_request_t>> =
-        RefCell::new(AcmeGate::new(Limits::default()));
+    // same `Limits::default()` (see MainConf::fetcher_config); the FIFO's
+    // wait comes from the configuration, so the gate is made by the first
+    // challenge request.
+    static GATE: RefCell<Option<Gate>> = const { RefCell::new(None) };
+    // The timer that ends waits in the gate's FIFO (event loop only):
+    // made once, never freed, like the worker it belongs to.
+    static FIFO_TIMER: Cell<*mut ngx_event_t> = const { Cell::new(ptr::null_mut()) };
+}
+
+/// Runs `f` on the worker's gate, if it is made (and not in use: only a
+/// bug re-enters).
+fn with_gate<R>(f: impl FnOnce(&mut Gate) -> R) -> Option<R> {
+    GATE.with(|g| {
+        let mut g = g.try_borrow_mut().ok()?;
+        g.as_mut().map(f)
+    })
 }
 
 const RETRY_AFTER_KEY: &str = "Retry-After";
@@ -98,11 +116,22 @@ unsafe fn start(r: *mut ngx_http_request_t) -> ngx_int_t {
         Err(rc) => return rc,
     };
     // SAFETY: as above.
-    let client = Client::of(client_ip(request_connection(unsafe { &*r })));
+    let req = unsafe { &*r };
+    let client = Client::of(client_ip(request_connection(req)));
+    // A read under way ends by dyncert_redis_timeout, answered or not.
+    let queue_wait = Module::main_conf(req).map_or(Limits::default().queue_wait, |m| {
+        Millis::try_from(m.redis_timeout().as_millis()).unwrap_or(Millis::MAX)
+    });
     let now = SystemClock.now();
-    let Ok(admission) = GATE.with(|g| {
-        g.try_borrow_mut()
-            .map(|mut g| g.admit(&token, client, r, now))
+    let Some(admission) = GATE.with(|g| {
+        let mut g = g.try_borrow_mut().ok()?;
+        let gate = g.get_or_insert_with(|| {
+            AcmeGate::new(Limits {
+                queue_wait,
+                ..Limits::default()
+            })
+        });
+        Some(gate.admit(&token, client, r, now))
     }) else {
         // Only reachable by re-entering from inside the gate: a bug.
         return NGX_ERROR as ngx_int_t;
@@ -120,10 +149,12 @@ unsafe fn start(r: *mut ngx_http_request_t) -> ngx_int_t {
             return unsafe { busy(r) };
         }
         Admission::Wait => {}
+        Admission::Queued => arm_fifo_timer(),
         Admission::Read => {
             if with_worker(|w| w.queue().0.request_acme(&token)) != Some(true) {
                 // Nobody else can have joined: the event loop has not run.
-                GATE.with(|g| drop(g.borrow_mut().not_queued(&token)));
+                with_gate(|g| drop(g.not_queued(&token)));
+                start_promoted_reads();
                 // SAFETY: as above.
                 return unsafe { busy(r) };
             }
@@ -214,12 +245,107 @@ unsafe fn busy(r: *mut ngx_http_request_t) -> ngx_int_t {
     NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
 }
 
-fn forget(r: *mut ngx_http_request_t) {
-    GATE.with(|g| {
-        if let Ok(mut g) = g.try_borrow_mut() {
-            g.abandon(|&x| x == r);
+/// Answers a request in the gate 503 with `Retry-After` now.
+///
+/// # Safety
+/// `r` must be a live request that was in the gate and is no longer.
+unsafe fn refuse(r: *mut ngx_http_request_t) {
+    // SAFETY: the caller's contract: r is live.
+    let c = unsafe { (*r).connection };
+    // SAFETY: r is live and its response has not started.
+    let rc = unsafe { busy(r) };
+    // SAFETY: r is live; after this it is not used.
+    unsafe { ngx_http_finalize_request(r, rc) };
+    // SAFETY: as in answer().
+    unsafe { ngx_http_run_posted_requests(c) };
+}
+
+/// Starts the reads the gate lets the FIFO's oldest requests have, once
+/// reads ended; a read the fetcher cannot take answers its requests 503
+/// and lets the next ones try.
+fn start_promoted_reads() {
+    loop {
+        let tokens = with_gate(|g| g.promote()).unwrap_or_default();
+        let mut refused = Vec::new();
+        for token in tokens {
+            if with_worker(|w| w.queue().0.request_acme(&token)) != Some(true) {
+                refused.extend(with_gate(|g| g.not_queued(&token)).unwrap_or_default());
+            }
         }
+        if refused.is_empty() {
+            break;
+        }
+        for r in refused {
+            guard("refusing an ACME challenge", (), || {
+                // SAFETY: requests in the gate are alive (their cleanup
+                // removes them before they are freed); not_queued took r
+                // out of it.
+                unsafe { refuse(r) }
+            });
+        }
+    }
+    arm_fifo_timer();
+}
+
+/// Sets the FIFO's timer for the first wait to end, if some request waits
+/// there and the timer is not set: a later request's wait ends later, so a
+/// set timer is never late (at worst early, and then set again).
+fn arm_fifo_timer() {
+    let Some(Some(after)) = with_gate(|g| g.next_expiry(SystemClock.now())) else {
+        return;
+    };
+    let Some(ev) = fifo_timer() else {
+        return;
+    };
+    // SAFETY: ev is the worker's FIFO timer event, used on this thread only.
+    if unsafe { (*ev).timer_set() } == 0 {
+        // SAFETY: as above; nginx's timer tree lives as long as the worker.
+        unsafe { ngx_add_timer(ev, after.max(1) as ngx::ffi::ngx_msec_t) };
+    }
+}
+
+/// The worker's FIFO timer event, made on first use. Not cancelable: a
+/// worker shutting down gracefully waits for its queued requests' answers,
+/// which come within `queue_wait`.
+fn fifo_timer() -> Option<*mut ngx_event_t> {
+    let ev = FIFO_TIMER.get();
+    if !ev.is_null() {
+        return Some(ev);
+    }
+    // SAFETY: ngx_connection_t is plain C data; all zeroes is a valid,
+    // unused connection.
+    let mut dummy: Box<ngx_connection_t> = Box::new(unsafe { core::mem::zeroed() });
+    // nginx's debug lines about timers name the event's connection's fd.
+    dummy.fd = -1;
+    // SAFETY: ngx_event_t is plain C data; all zeroes is an event with no
+    // timer set and nothing posted.
+    let mut timer: Box<ngx_event_t> = Box::new(unsafe { core::mem::zeroed() });
+    timer.data = Box::into_raw(dummy).cast::<c_void>();
+    timer.handler = Some(ngx_http_dyncert_acme_fifo_handler);
+    timer.log = Log::cycle().as_ptr();
+    let ev = Box::into_raw(timer);
+    FIFO_TIMER.set(ev);
+    Some(ev)
+}
+
+/// # Safety
+/// Called by nginx when the FIFO's timer fires, with its event.
+unsafe extern "C" fn ngx_http_dyncert_acme_fifo_handler(_ev: *mut ngx_event_t) {
+    guard("ending ACME challenge waits", (), || {
+        let expired = with_gate(|g| g.expire(SystemClock.now())).unwrap_or_default();
+        for r in expired {
+            guard("refusing an ACME challenge", (), || {
+                // SAFETY: requests in the gate are alive (their cleanup
+                // removes them before they are freed); expire took r out.
+                unsafe { refuse(r) }
+            });
+        }
+        arm_fifo_timer();
     });
+}
+
+fn forget(r: *mut ngx_http_request_t) {
+    with_gate(|g| g.abandon(|&x| x == r));
 }
 
 /// # Safety
@@ -233,7 +359,9 @@ unsafe extern "C" fn ngx_http_dyncert_acme_cleanup(data: *mut c_void) {
 /// The fetcher answered for `token`: respond to every request waiting.
 pub fn complete(token: &str, result: &AcmeAnswer) {
     let now = SystemClock.now();
-    let waiting = GATE.with(|g| g.borrow_mut().complete(token, result, now));
+    let waiting = with_gate(|g| g.complete(token, result, now)).unwrap_or_default();
+    // The read's slot is free: the FIFO's oldest go first.
+    start_promoted_reads();
     for r in waiting {
         guard("answering an ACME challenge", (), || {
             // SAFETY: requests in the gate are alive (their cleanup removes
