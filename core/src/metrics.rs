@@ -6,6 +6,7 @@
 
 use std::fmt::Write;
 
+use crate::on_demand::NotQueued;
 use crate::outcome::{CertSource, FetchSource, StepOutcome};
 use crate::tenant::Misdirected;
 
@@ -331,7 +332,8 @@ const PARK_HIST: usize = FETCH_HIST + FetchSource::ALL.len() * HIST_SLOTS;
 const SIMPLES: usize = PARK_HIST + HIST_SLOTS;
 const REJECTS: usize = SIMPLES + SIMPLE.len();
 const MISDIRECTS: usize = REJECTS + REJECT_REASONS.len();
-const WORKERS: usize = MISDIRECTS + Misdirected::ALL.len();
+const ON_DEMAND_REFUSED: usize = MISDIRECTS + Misdirected::ALL.len();
+const WORKERS: usize = ON_DEMAND_REFUSED + NotQueued::ALL.len();
 const SERVERS: usize = WORKERS + WORKER_SLOTS * WORKER_FIELDS;
 
 /// The `server` label of each server block, in configuration order: its
@@ -441,6 +443,12 @@ impl Layout {
     /// Requests the tenant policy answered 421, by reason.
     pub fn misdirected(&self, m: Misdirected) -> usize {
         MISDIRECTS + m as usize
+    }
+
+    /// Handshakes whose name was not queued for on-demand issuance, by
+    /// reason.
+    pub fn on_demand_refused(&self, r: NotQueued) -> usize {
+        ON_DEMAND_REFUSED + r as usize
     }
 
     pub fn worker(&self, slot: usize, field: usize) -> Option<usize> {
@@ -640,6 +648,21 @@ pub fn render(
             get(layout.misdirected(m))
         );
     }
+    out.push_str(
+        "# HELP dyncert_on_demand_refused_total Names not queued for on-demand issuance, \
+         by reason: no CA issues for the name (once per negative-cache period), the \
+         client address used its enqueue budget, the budget's address table is full, \
+         QUIC handshakes (addresses not validated) used their shared budget.\n",
+    );
+    out.push_str("# TYPE dyncert_on_demand_refused_total counter\n");
+    for r in NotQueued::ALL {
+        let _ = writeln!(
+            out,
+            "dyncert_on_demand_refused_total{{reason=\"{}\"}} {}",
+            r.label(),
+            get(layout.on_demand_refused(r))
+        );
+    }
     let gauges = [
         (
             W_INFLIGHT,
@@ -720,6 +743,9 @@ mod tests {
         }
         for m in Misdirected::ALL {
             add(l.misdirected(m));
+        }
+        for r in NotQueued::ALL {
+            add(l.on_demand_refused(r));
         }
         for slot in 0..WORKER_SLOTS {
             for f in 0..WORKER_FIELDS {

@@ -12,6 +12,10 @@
 //! takes it.
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::clock::Millis;
 use crate::fetch::Step;
 use crate::name::normalize_sni;
 use crate::outcome::StepOutcome;
@@ -68,15 +72,214 @@ pub fn is_queueable_name(name: &str) -> bool {
     normalize_sni(name.as_bytes()).is_ok_and(|n| n == name)
 }
 
-/// The decision at a handshake that found no certificate: queue `name`
-/// when its server has `dyncert_on_demand on` (`server_on`), the name is
-/// valid and normalised, and `take` grants the negative entry's one
-/// allowance (it holds, was made from an "unknown everywhere" lookup, and
-/// was not used yet). `take` is only called when the other rules pass, so
-/// a server without on-demand never uses up the allowance another server
-/// of the same worker would have used.
-pub fn should_enqueue(name: &str, server_on: bool, take: impl FnOnce() -> bool) -> bool {
-    server_on && is_queueable_name(name) && take()
+/// Most enqueues one client address may cause per worker per
+/// negative-cache period. A real visitor's first visit to a new customer
+/// domain touches one to a few of its names (apex, `www`, a shop or API
+/// name), each queued once; four covers that, and a name over the budget
+/// keeps its allowance, so the next handshake for it from any other
+/// address, or from this one in the next period, queues it. A one-address
+/// random-SNI flood adds at most four names per period per worker to the
+/// stream, instead of one per handshake.
+pub const PER_ADDRESS: u32 = 4;
+/// Most client addresses a worker's budget remembers in one period. Only
+/// addresses that caused an enqueue this period are held (about 50 bytes
+/// each, so at most about 200 KB per worker); when the table is full, a
+/// new address is refused until the period ends (see [`AddressBudget`]).
+pub const ADDRESSES_MAX: usize = 4096;
+
+/// Who made a handshake, as far as the on-demand budget trusts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// A TCP client's address: the PROXY protocol source when the listener
+    /// has `proxy_protocol`, else the socket's peer address.
+    Address(IpAddr),
+    /// A TCP connection without an IP address (a UNIX-domain listener):
+    /// all of them share one budget.
+    Local,
+    /// A QUIC handshake: the certificate callback runs before nginx has
+    /// validated the client's address (one Initial, which needs no return
+    /// path, gets there), so the address means nothing and every QUIC
+    /// handshake shares one budget. A browser's first visit to a name is
+    /// over TCP, which queues it under its own address whatever QUIC
+    /// floods do.
+    Quic,
+}
+
+/// The budget key of an address: an IPv4 address, or the /64 of an IPv6
+/// one (one subscriber's usual allocation); an IPv4-mapped IPv6 address
+/// counts as its IPv4 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddressKey {
+    V4(u32),
+    V6(u64),
+    Local,
+    Quic,
+}
+
+impl AddressKey {
+    pub fn of(ip: IpAddr) -> AddressKey {
+        match ip {
+            IpAddr::V4(v4) => AddressKey::V4(u32::from(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => AddressKey::V4(u32::from(v4)),
+                None => AddressKey::V6((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// Why a handshake that could have queued its name did not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotQueued {
+    /// The client's address caused [`PER_ADDRESS`] enqueues this period.
+    PerAddress,
+    /// The budget's table is full ([`ADDRESSES_MAX`] addresses this period).
+    Addresses,
+    /// QUIC handshakes, which share one budget ([`Client::Quic`]),
+    /// caused [`PER_ADDRESS`] enqueues this period.
+    Quic,
+}
+
+impl NotQueued {
+    pub const ALL: [NotQueued; 3] = [NotQueued::PerAddress, NotQueued::Addresses, NotQueued::Quic];
+
+    /// The metric label (`dyncert_on_demand_refused_total{reason=}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            NotQueued::PerAddress => "per_address",
+            NotQueued::Addresses => "addresses",
+            NotQueued::Quic => "quic",
+        }
+    }
+}
+
+/// Per-worker enqueue budget by client address: at most `per_address`
+/// enqueues per address in each period (the negative-cache period: the
+/// windows are aligned to multiples of it, and the table is emptied when a
+/// new one starts), for at most `max` addresses per period.
+///
+/// When the table is full, a new address is refused (fails closed): the
+/// table holds only addresses that caused an enqueue this period, so it
+/// fills only when `max` addresses have already queued names in one
+/// period, a distributed flood; evicting would let such a flood queue
+/// without bound, which is what the budget exists to stop. Real names are
+/// not lost: a refused handshake leaves the name's allowance, and the
+/// table empties when the period ends.
+#[derive(Debug)]
+pub struct AddressBudget {
+    per_address: u32,
+    max: usize,
+    period: Millis,
+    window: Millis,
+    used: HashMap<AddressKey, u32>,
+}
+
+impl AddressBudget {
+    pub fn new(per_address: u32, max: usize, period: Millis) -> AddressBudget {
+        AddressBudget {
+            per_address,
+            max,
+            period: period.max(1),
+            window: 0,
+            used: HashMap::new(),
+        }
+    }
+
+    fn roll(&mut self, now: Millis) {
+        let window = now / self.period;
+        if window != self.window {
+            self.window = window;
+            self.used.clear();
+            self.used.shrink_to(self.max.min(64));
+        }
+    }
+
+    /// Whether `key` may cause one more enqueue at `now` (nothing charged).
+    pub fn check(&mut self, key: AddressKey, now: Millis) -> Result<(), NotQueued> {
+        self.roll(now);
+        let over = if key == AddressKey::Quic {
+            NotQueued::Quic
+        } else {
+            NotQueued::PerAddress
+        };
+        match self.used.get(&key) {
+            Some(&n) if n >= self.per_address => Err(over),
+            Some(_) => Ok(()),
+            None if self.per_address == 0 => Err(over),
+            None if self.used.len() >= self.max => Err(NotQueued::Addresses),
+            None => Ok(()),
+        }
+    }
+
+    /// Charges one enqueue to `key` (after [`Self::check`] passed).
+    pub fn charge(&mut self, key: AddressKey, now: Millis) {
+        self.roll(now);
+        if self.used.len() < self.max || self.used.contains_key(&key) {
+            *self.used.entry(key).or_insert(0) += 1;
+        }
+    }
+
+    /// Addresses held this period.
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+}
+
+/// What a handshake on a server with `dyncert_on_demand on` that got no
+/// certificate does for on-demand issuance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Queue the name now (its allowance is taken, its address charged).
+    Enqueue,
+    /// Its lookup is still running: queue it when the lookup says it is
+    /// unknown everywhere (the address is charged now).
+    WhenFetched,
+    /// Not queued, and counted.
+    Refused(NotQueued),
+    /// Nothing to do: an invalid name, or its allowance is used up.
+    Nothing,
+}
+
+/// The decision at a handshake that found no certificate, on a server with
+/// `dyncert_on_demand on`. In order: an invalid name does nothing; a client
+/// address (all QUIC handshakes sharing one) over its budget is refused
+/// without calling `take`, so the name's allowance is left for a handshake
+/// from another address; otherwise the name is queued when `take` grants
+/// its negative entry's one allowance, or later when `pending` says its
+/// lookup is running (and the name not yet waiting for it), and only then
+/// is the address charged.
+pub fn decide(
+    name: &str,
+    client: Client,
+    budget: &mut AddressBudget,
+    now: Millis,
+    take: impl FnOnce() -> bool,
+    pending: impl FnOnce() -> bool,
+) -> Verdict {
+    if !is_queueable_name(name) {
+        return Verdict::Nothing;
+    }
+    let key = match client {
+        Client::Address(ip) => AddressKey::of(ip),
+        Client::Local => AddressKey::Local,
+        Client::Quic => AddressKey::Quic,
+    };
+    if let Err(refusal) = budget.check(key, now) {
+        return Verdict::Refused(refusal);
+    }
+    let verdict = if take() {
+        Verdict::Enqueue
+    } else if pending() {
+        Verdict::WhenFetched
+    } else {
+        return Verdict::Nothing;
+    };
+    budget.charge(key, now);
+    verdict
 }
 
 #[cfg(test)]
@@ -137,29 +340,267 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_server_without_on_demand_never_queues_nor_takes_the_allowance() {
-        let mut taken = false;
-        assert!(!should_enqueue("a.example", false, || {
-            taken = true;
-            true
-        }));
-        assert!(!taken);
+    const T0: Millis = 1_000_000;
+    const PERIOD: Millis = 30_000;
+
+    fn ip(s: &str) -> Client {
+        Client::Address(s.parse().unwrap())
+    }
+
+    fn budget() -> AddressBudget {
+        AddressBudget::new(PER_ADDRESS, ADDRESSES_MAX, PERIOD)
     }
 
     #[test]
     fn an_invalid_name_never_queues_nor_takes_the_allowance() {
-        let mut taken = false;
-        assert!(!should_enqueue("10.0.0.1", true, || {
-            taken = true;
-            true
-        }));
-        assert!(!taken);
+        let mut b = budget();
+        for name in ["10.0.0.1", "Upper.example", "a..b"] {
+            let mut taken = false;
+            let v = decide(
+                name,
+                ip("192.0.2.1"),
+                &mut b,
+                T0,
+                || {
+                    taken = true;
+                    true
+                },
+                || true,
+            );
+            assert_eq!(v, Verdict::Nothing, "{name}");
+            assert!(!taken, "{name}");
+        }
+        assert!(b.is_empty());
     }
 
     #[test]
-    fn a_valid_name_on_an_on_demand_server_queues_when_the_allowance_is_granted() {
-        assert!(should_enqueue("a.example", true, || true));
-        assert!(!should_enqueue("a.example", true, || false));
+    fn a_valid_name_queues_when_the_allowance_is_granted_and_charges_its_address() {
+        let mut b = budget();
+        let c = ip("192.0.2.1");
+        assert_eq!(
+            decide("a.example", c, &mut b, T0, || true, || false),
+            Verdict::Enqueue
+        );
+        assert_eq!(b.len(), 1);
+        // Allowance used up, lookup not running: nothing, nothing charged.
+        assert_eq!(
+            decide("a.example", c, &mut b, T0, || false, || false),
+            Verdict::Nothing
+        );
+        // Its lookup is running: queued when it ends, charged now.
+        assert_eq!(
+            decide("b.example", c, &mut b, T0, || false, || true),
+            Verdict::WhenFetched
+        );
+        assert_eq!(
+            decide("c.example", c, &mut b, T0, || true, || false),
+            Verdict::Enqueue
+        );
+        assert_eq!(
+            decide("d.example", c, &mut b, T0, || true, || false),
+            Verdict::Enqueue
+        );
+        // Four charged: over the budget.
+        assert_eq!(
+            decide("e.example", c, &mut b, T0, || true, || true),
+            Verdict::Refused(NotQueued::PerAddress)
+        );
+    }
+
+    #[test]
+    fn over_its_budget_an_address_leaves_the_names_allowance_for_another_address() {
+        let mut b = budget();
+        let flood = ip("203.0.113.9");
+        for i in 0..PER_ADDRESS {
+            let name = format!("f{i}.flood.example");
+            assert_eq!(
+                decide(&name, flood, &mut b, T0, || true, || false),
+                Verdict::Enqueue
+            );
+        }
+        let mut allowance = true;
+        for _ in 0..100 {
+            let v = decide(
+                "shop.example.net",
+                flood,
+                &mut b,
+                T0 + 1,
+                || std::mem::take(&mut allowance),
+                || false,
+            );
+            assert_eq!(v, Verdict::Refused(NotQueued::PerAddress));
+        }
+        assert!(allowance, "the flooding address never took the allowance");
+        let v = decide(
+            "shop.example.net",
+            ip("198.51.100.7"),
+            &mut b,
+            T0 + 2,
+            || std::mem::take(&mut allowance),
+            || false,
+        );
+        assert_eq!(v, Verdict::Enqueue);
+        assert!(!allowance);
+    }
+
+    #[test]
+    fn the_budget_starts_again_with_each_period() {
+        let mut b = budget();
+        let c = ip("192.0.2.1");
+        let start = T0 - T0 % PERIOD;
+        for i in 0..PER_ADDRESS {
+            let name = format!("n{i}.example");
+            assert_eq!(
+                decide(&name, c, &mut b, start, || true, || false),
+                Verdict::Enqueue
+            );
+        }
+        let last = start + PERIOD - 1;
+        assert_eq!(
+            decide("x.example", c, &mut b, last, || true, || false),
+            Verdict::Refused(NotQueued::PerAddress)
+        );
+        assert_eq!(
+            decide("x.example", c, &mut b, last + 1, || true, || false),
+            Verdict::Enqueue
+        );
+        assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn ipv4_counts_per_address_and_ipv6_per_64() {
+        assert_eq!(
+            AddressKey::of("2001:db8:1:2::1".parse().unwrap()),
+            AddressKey::of("2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap())
+        );
+        assert_ne!(
+            AddressKey::of("2001:db8:1:2::1".parse().unwrap()),
+            AddressKey::of("2001:db8:1:3::1".parse().unwrap())
+        );
+        assert_ne!(
+            AddressKey::of("192.0.2.1".parse().unwrap()),
+            AddressKey::of("192.0.2.2".parse().unwrap())
+        );
+        assert_eq!(
+            AddressKey::of("::ffff:192.0.2.1".parse().unwrap()),
+            AddressKey::of("192.0.2.1".parse().unwrap())
+        );
+        // A flood from one /64, each handshake from another address in it.
+        let mut b = budget();
+        let mut queued = 0;
+        for i in 0..100u32 {
+            let c = ip(&format!("2001:db8:1:2::{i:x}"));
+            let name = format!("f{i}.example");
+            queued +=
+                u32::from(decide(&name, c, &mut b, T0, || true, || false) == Verdict::Enqueue);
+        }
+        assert_eq!(queued, PER_ADDRESS);
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_addresses_until_the_period_ends() {
+        let mut b = AddressBudget::new(PER_ADDRESS, 3, PERIOD);
+        let start = T0 - T0 % PERIOD;
+        for i in 1..=3 {
+            let c = ip(&format!("192.0.2.{i}"));
+            assert_eq!(
+                decide("a.example", c, &mut b, start, || true, || false),
+                Verdict::Enqueue
+            );
+        }
+        let mut taken = false;
+        let v = decide(
+            "b.example",
+            ip("192.0.2.4"),
+            &mut b,
+            start,
+            || {
+                taken = true;
+                true
+            },
+            || true,
+        );
+        assert_eq!(v, Verdict::Refused(NotQueued::Addresses));
+        assert!(!taken, "the allowance is kept");
+        // Addresses already held still have their budget.
+        assert_eq!(
+            decide(
+                "c.example",
+                ip("192.0.2.1"),
+                &mut b,
+                start,
+                || true,
+                || false
+            ),
+            Verdict::Enqueue
+        );
+        assert_eq!(b.len(), 3);
+        assert_eq!(
+            decide(
+                "b.example",
+                ip("192.0.2.4"),
+                &mut b,
+                start + PERIOD,
+                || true,
+                || false
+            ),
+            Verdict::Enqueue
+        );
+        assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn local_clients_share_one_budget() {
+        let mut b = budget();
+        for i in 0..PER_ADDRESS {
+            let name = format!("n{i}.example");
+            assert_eq!(
+                decide(&name, Client::Local, &mut b, T0, || true, || false),
+                Verdict::Enqueue
+            );
+        }
+        assert_eq!(
+            decide("x.example", Client::Local, &mut b, T0, || true, || false),
+            Verdict::Refused(NotQueued::PerAddress)
+        );
+    }
+
+    #[test]
+    fn quic_handshakes_share_one_budget_apart_from_tcp_addresses() {
+        let mut b = budget();
+        for i in 0..PER_ADDRESS {
+            let name = format!("q{i}.example");
+            assert_eq!(
+                decide(&name, Client::Quic, &mut b, T0, || true, || false),
+                Verdict::Enqueue
+            );
+        }
+        let mut taken = false;
+        let v = decide(
+            "q.example",
+            Client::Quic,
+            &mut b,
+            T0,
+            || {
+                taken = true;
+                true
+            },
+            || true,
+        );
+        assert_eq!(v, Verdict::Refused(NotQueued::Quic));
+        assert!(!taken);
+        // The same name from a TCP client (here from 127.0.0.1, which the
+        // QUIC handshakes may have claimed too) is queued.
+        assert_eq!(
+            decide("q.example", ip("127.0.0.1"), &mut b, T0, || true, || false),
+            Verdict::Enqueue
+        );
+    }
+
+    #[test]
+    fn refusal_labels_are_distinct() {
+        let labels: std::collections::HashSet<_> =
+            NotQueued::ALL.iter().map(NotQueued::label).collect();
+        assert_eq!(labels.len(), NotQueued::ALL.len());
     }
 }

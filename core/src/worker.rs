@@ -19,7 +19,10 @@ use crate::flight::{Inflight, Join};
 use crate::intern::Interner;
 use crate::metrics::{MetricSink, Simple, W_BYTES, W_ENTRIES, W_INFLIGHT};
 use crate::name::wildcard_parent;
-use crate::on_demand::{is_queueable_name, should_enqueue, unknown_everywhere};
+use crate::on_demand::{
+    decide, unknown_everywhere, AddressBudget, Client, NotQueued, Verdict,
+    ADDRESSES_MAX, PER_ADDRESS,
+};
 use crate::outcome::{CertSource, FetchSource, StepOutcome};
 use crate::ratelimit::LogLimiter;
 use crate::tier::{SharedTier, TierHit};
@@ -197,6 +200,11 @@ pub struct Worker<W, Q> {
     on_demand_wanted: HashSet<String>,
     /// On-demand enqueue failures: at most one line per interval.
     on_demand_log: LogLimiter,
+    /// Enqueues charged to each client address this negative-cache period.
+    on_demand_budget: AddressBudget,
+    /// Names not queued by [`crate::on_demand::decide`]: at most one line
+    /// per interval.
+    on_demand_refused_log: LogLimiter,
     /// Lookups refused by the API's rate cap: at most one line per
     /// interval, apart from the source errors' so that a flood of them
     /// does not hide a failing Redis or API.
@@ -234,6 +242,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         queue: Q,
         sink: Box<dyn MetricSink>,
     ) -> Self {
+        let on_demand_budget = AddressBudget::new(PER_ADDRESS, ADDRESSES_MAX, policy.negative);
         Worker {
             cache: CertCache::new(policy),
             inflight: Inflight::new(concurrency),
@@ -248,6 +257,8 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             started: HashMap::new(),
             on_demand_wanted: HashSet::new(),
             on_demand_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
+            on_demand_budget,
+            on_demand_refused_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
             api_rate_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
         }
     }
@@ -556,18 +567,79 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         wildcard_parent(name).is_some_and(|w| self.cache.contains_usable(&w, now))
     }
 
-    /// Called after a handshake on a server with `dyncert_on_demand on`
-    /// got no certificate for `name` (the default one, or the rejection):
-    /// queues the name for on-demand issuance when [`should_enqueue`] says
-    /// so, at most once per negative entry; a name still being fetched is
-    /// queued when its lookup ends, if it is unknown everywhere.
-    pub fn on_demand(&mut self, name: &str, now: Millis, log: &mut dyn FnMut(Level, String)) {
+    /// Called after a handshake from `client` on a server with
+    /// `dyncert_on_demand on` got no certificate for `name` (the default
+    /// one, or the rejection): queues the name for on-demand issuance when
+    /// [`decide`] says so, at most once per negative entry and within the
+    /// client address's budget; a name still being fetched is queued when
+    /// its lookup ends, if it is unknown everywhere. A refusal is counted,
+    /// and logged at `info` at most once per interval.
+    pub fn on_demand(
+        &mut self,
+        name: &str,
+        client: Client,
+        now: Millis,
+        log: &mut dyn FnMut(Level, String),
+    ) {
         let cache = &mut self.cache;
-        if should_enqueue(name, true, || cache.take_on_demand(name, now)) {
-            self.enqueue(name, now, log);
-        } else if is_queueable_name(name) && self.inflight.is_in_flight(name) {
-            self.on_demand_wanted.insert(name.to_owned());
+        let (inflight, wanted) = (&self.inflight, &self.on_demand_wanted);
+        let verdict = decide(
+            name,
+            client,
+            &mut self.on_demand_budget,
+            now,
+            || cache.take_on_demand(name, now),
+            || inflight.is_in_flight(name) && !wanted.contains(name),
+        );
+        match verdict {
+            Verdict::Enqueue => self.enqueue(name, now, log),
+            Verdict::WhenFetched => {
+                self.on_demand_wanted.insert(name.to_owned());
+            }
+            Verdict::Refused(r) => self.on_demand_refused(name, client, r, now, log),
+            Verdict::Nothing => {}
         }
+    }
+
+    fn on_demand_refused(
+        &mut self,
+        name: &str,
+        client: Client,
+        r: NotQueued,
+        now: Millis,
+        log: &mut dyn FnMut(Level, String),
+    ) {
+        let layout = self.sink.layout();
+        self.sink.add(layout.on_demand_refused(r), 1);
+        let Some(suppressed) = self.on_demand_refused_log.allow(now) else {
+            return;
+        };
+        let why = match (r, client) {
+            (NotQueued::PerAddress, Client::Address(ip)) => format!(
+                "client {ip} already caused {PER_ADDRESS} enqueues in this negative-cache period"
+            ),
+            (NotQueued::PerAddress, _) => format!(
+                "clients without an IP address already caused {PER_ADDRESS} enqueues in this \
+                 negative-cache period"
+            ),
+            (NotQueued::Addresses, _) => format!(
+                "{ADDRESSES_MAX} client addresses already caused enqueues in this \
+                 negative-cache period"
+            ),
+            (NotQueued::Quic, _) => format!(
+                "QUIC handshakes, whose addresses are not validated yet, already caused \
+                 {PER_ADDRESS} enqueues in this negative-cache period"
+            ),
+        };
+        let more = if suppressed > 0 {
+            format!(" ({suppressed} similar lines suppressed)")
+        } else {
+            String::new()
+        };
+        log(
+            Level::Info,
+            format!("dyncert: not queued for on-demand issuance: {why}, name: \"{name}\"{more}"),
+        );
     }
 
     fn enqueue(&mut self, name: &str, now: Millis, log: &mut dyn FnMut(Level, String)) {
@@ -1143,6 +1215,9 @@ mod tests {
         fn simple(&self, s: Simple) -> u64 {
             self.get(Layout { servers: 0 }.simple(s))
         }
+        fn on_demand_refused(&self, r: NotQueued) -> u64 {
+            self.get(Layout { servers: 0 }.on_demand_refused(r))
+        }
         fn gauge(&self, field: usize) -> u64 {
             self.gauges.borrow()[field]
         }
@@ -1289,9 +1364,89 @@ mod tests {
     }
 
     fn on_demand(w: &mut TestWorker, name: &str, now: Millis) -> Vec<(Level, String)> {
+        on_demand_from(w, name, "192.0.2.1", now)
+    }
+
+    fn on_demand_from(
+        w: &mut TestWorker,
+        name: &str,
+        client: &str,
+        now: Millis,
+    ) -> Vec<(Level, String)> {
         let mut lines = Vec::new();
-        w.on_demand(name, now, &mut |l, m| lines.push((l, m)));
+        let client = match client {
+            "quic" => Client::Quic,
+            ip => Client::Address(ip.parse().unwrap()),
+        };
+        w.on_demand(name, client, now, &mut |l, m| lines.push((l, m)));
         lines
+    }
+
+    fn unknown_now(w: &mut TestWorker, name: &str, now: Millis) {
+        assert_eq!(w.pre_handshake(name, 1, now), PreHandshake::Park);
+        apply(w, unknown(name, &REDIS_MISS), now);
+    }
+
+    #[test]
+    fn one_address_queues_at_most_its_budget_and_leaves_other_addresses_theirs() {
+        let (mut w, m) = worker();
+        let flood = "203.0.113.9";
+        let mut lines = Vec::new();
+        for i in 0..20 {
+            let name = format!("f{i}.flood.example");
+            unknown_now(&mut w, &name, NOW);
+            lines.extend(on_demand_from(&mut w, &name, flood, NOW + 1));
+        }
+        assert_eq!(queued(&w).len(), PER_ADDRESS as usize);
+        assert_eq!(m.on_demand_refused(NotQueued::PerAddress), 16);
+        assert_eq!(
+            lines,
+            [(
+                Level::Info,
+                "dyncert: not queued for on-demand issuance: client 203.0.113.9 already \
+                 caused 4 enqueues in this negative-cache period, name: \"f4.flood.example\""
+                    .to_owned()
+            )]
+        );
+        // The real name from the flooding address: refused, and its
+        // allowance is kept for another address.
+        let real = "shop.example.net";
+        unknown_now(&mut w, real, NOW);
+        on_demand_from(&mut w, real, flood, NOW + 2);
+        on_demand_from(&mut w, real, "198.51.100.7", NOW + 3);
+        on_demand_from(&mut w, real, "198.51.100.8", NOW + 4);
+        assert_eq!(queued(&w).last().map(String::as_str), Some(real));
+        assert_eq!(queued(&w).len(), PER_ADDRESS as usize + 1);
+        // A name refused from the flooding address and seen by QUIC first
+        // (still being fetched): the refusal does not stop a later
+        // handshake from another address.
+        let late = "late.example.net";
+        assert_eq!(w.for_handshake(late, NOW).tier, Tier::Miss);
+        on_demand_from(&mut w, late, flood, NOW + 5);
+        on_demand_from(&mut w, late, "198.51.100.9", NOW + 6);
+        apply(&mut w, unknown(late, &REDIS_MISS), NOW + 7);
+        assert_eq!(queued(&w).last().map(String::as_str), Some(late));
+        // The next period: the flooding address has its budget again.
+        let next = NOW + 30 * SECOND;
+        unknown_now(&mut w, "n.flood.example", next);
+        on_demand_from(&mut w, "n.flood.example", flood, next);
+        assert_eq!(
+            queued(&w).last().map(String::as_str),
+            Some("n.flood.example")
+        );
+    }
+
+    #[test]
+    fn quic_handshakes_share_one_budget() {
+        let (mut w, m) = worker();
+        for i in 0..10 {
+            let name = format!("q{i}.example");
+            assert_eq!(w.for_handshake(&name, NOW).tier, Tier::Miss);
+            on_demand_from(&mut w, &name, "quic", NOW);
+            apply(&mut w, unknown(&name, &REDIS_MISS), NOW);
+        }
+        assert_eq!(queued(&w).len(), PER_ADDRESS as usize);
+        assert_eq!(m.on_demand_refused(NotQueued::Quic), 6);
     }
 
     #[test]

@@ -7,8 +7,10 @@
 use core::ffi::{c_int, c_void, CStr};
 use core::mem::size_of;
 use core::ptr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use dyncert_core::on_demand::Client;
 use dyncert_core::outcome::CertSource;
 use dyncert_core::tenant::session_context;
 use dyncert_core::validate::{KeyKind, ParsedCert};
@@ -138,6 +140,56 @@ pub unsafe fn connection_of<'a>(ssl: *mut SSL) -> Option<&'a ngx_connection_t> {
     // SAFETY: the slot is NULL or the live connection that owns ssl, which
     // outlives it.
     unsafe { c.cast::<ngx_connection_t>().as_ref() }
+}
+
+/// Who made a handshake, for the on-demand enqueue budget. A QUIC
+/// handshake's address is not validated when the certificate callback
+/// runs, so it is [`Client::Quic`]. Over TCP, the PROXY protocol source
+/// when the listener has `proxy_protocol` (nginx read the header before
+/// the handshake; realip's `set_real_ip_from` only applies to requests,
+/// later), else the peer address; [`Client::Local`] without one (a
+/// UNIX-domain listener).
+pub fn on_demand_client(c: Option<&ngx_connection_t>) -> Client {
+    let Some(c) = c else {
+        return Client::Local;
+    };
+    if c.type_ == libc::SOCK_DGRAM {
+        return Client::Quic;
+    }
+    // SAFETY: c->proxy_protocol is NULL or the PROXY header nginx parsed
+    // into the connection's pool, which outlives the handshake.
+    let proxied = unsafe { c.proxy_protocol.as_ref() }.and_then(|pp| {
+        core::str::from_utf8(pp.src_addr.as_bytes())
+            .ok()?
+            .parse::<IpAddr>()
+            .ok()
+    });
+    match proxied.or_else(|| peer_ip(c)) {
+        Some(ip) => Client::Address(ip),
+        None => Client::Local,
+    }
+}
+
+/// The connection's peer address (`c->sockaddr`), when it is IPv4 or IPv6.
+fn peer_ip(c: &ngx_connection_t) -> Option<IpAddr> {
+    // SAFETY: c->sockaddr of a live connection is NULL or the peer's
+    // address: c->socklen bytes of the sockaddr type its family names.
+    let sa = unsafe { c.sockaddr.as_ref() }?;
+    match i32::from(sa.sa_family) {
+        libc::AF_INET => {
+            // SAFETY: as above; an AF_INET address is a sockaddr_in.
+            let sin = unsafe { &*ptr::from_ref(sa).cast::<libc::sockaddr_in>() };
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                sin.sin_addr.s_addr,
+            ))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above; an AF_INET6 address is a sockaddr_in6.
+            let sin6 = unsafe { &*ptr::from_ref(sa).cast::<libc::sockaddr_in6>() };
+            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+        }
+        _ => None,
+    }
 }
 
 /// The connection's ConnInfo, allocated from its pool on first use.

@@ -11,6 +11,7 @@ use core::{ptr, slice};
 use dyncert_core::clienthello::server_name_extension_host;
 use dyncert_core::clock::{Clock, Millis, SystemClock};
 use dyncert_core::name::normalize_sni_inline;
+use dyncert_core::on_demand::Client;
 use dyncert_core::outcome::CertSource;
 use dyncert_core::tenant::{
     configuration_digest, session_context, session_salt, ServerTls, SESSION_CONTEXT_LEN,
@@ -35,7 +36,7 @@ use openssl::x509::{X509Name, X509Ref};
 
 use super::boundary::guard;
 use super::conf::{emerg, server_location, Module, Refused, SrvConf, Uses};
-use super::handshake::{connection_of, servername, set_binding, set_info};
+use super::handshake::{connection_of, on_demand_client, servername, set_binding, set_info};
 use super::log::{core_line, debug, Log};
 use super::state::with_worker;
 
@@ -348,7 +349,8 @@ unsafe fn select_certificate(ssl: *mut SSL, scf: Option<&SrvConf>) -> c_int {
     );
     let Some(cert) = cert else {
         if scf.is_some_and(SrvConf::on_demand) {
-            on_demand(&name, now);
+            // SAFETY: the caller's contract.
+            on_demand(&name, on_demand_client(unsafe { connection_of(ssl) }), now);
         }
         let source = if reject {
             CertSource::Rejected
@@ -375,12 +377,13 @@ unsafe fn select_certificate(ssl: *mut SSL, scf: Option<&SrvConf>) -> c_int {
     }
 }
 
-/// A handshake on a server with `dyncert_on_demand on` got no certificate
-/// for `name`: the core decides whether to queue it (once per negative
-/// entry), the fetcher thread adds it to the stream.
-fn on_demand(name: &str, now: Millis) {
+/// A handshake from `client` on a server with `dyncert_on_demand on` got
+/// no certificate for `name`: the core decides whether to queue it (once
+/// per negative entry, within the client's budget), the fetcher thread
+/// adds it to the stream.
+fn on_demand(name: &str, client: Client, now: Millis) {
     let mut lines = Vec::new();
-    with_worker(|w| w.on_demand(name, now, &mut |l, m| lines.push((l, m))));
+    with_worker(|w| w.on_demand(name, client, now, &mut |l, m| lines.push((l, m))));
     for (level, msg) in lines {
         core_line(level, &msg);
     }
@@ -528,7 +531,7 @@ unsafe fn rejects_name(ssl: *mut SSL) -> bool {
         return false;
     }
     if let Some(name) = name.filter(|_| scf.on_demand()) {
-        on_demand(&name, now);
+        on_demand(&name, on_demand_client(Some(c)), now);
     }
     // SAFETY: c->ssl is the live ngx_ssl_connection_t of this handshake.
     if let Some(sc) = unsafe { c.ssl.as_mut() } {

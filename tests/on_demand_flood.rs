@@ -1,0 +1,354 @@
+//! On-demand queueing under floods, end to end with the real issuer
+//! (`dyncert run --ask`): each worker lets one client address (IPv4, IPv6
+//! /64) cause at most `PER_ADDRESS` enqueues per negative-cache period, so
+//! a random-SNI flood from one address no longer turns the stream into a
+//! lottery the issuer's `--ask-rate` draws from, and QUIC handshakes, whose
+//! addresses are not validated at the certificate callback, share one such
+//! budget. Unit rules: core/src/on_demand.rs.
+//!
+//! The issuer is `target/<profile>/dyncert` (`cargo build -p dyncert-cli`).
+
+use dyncert_core::on_demand::PER_ADDRESS;
+use dyncert_testkit::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const STREAM: &str = "dyncert:on-demand";
+
+const HTTP: &str = r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    dyncert_cache negative=@NEGATIVE@;
+    server {
+        listen 127.0.0.1:@MPORT@;
+        location = /metrics { dyncert_metrics; }
+    }
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        @QUIC@
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        dyncert_on_demand on;
+        location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
+    }
+}
+"#;
+
+struct OnDemand {
+    _pki: Pki,
+    redis: Redis,
+    nginx: Nginx,
+    mport: u16,
+}
+
+impl OnDemand {
+    fn start(negative: &str, quic: bool) -> OnDemand {
+        let pki = Pki::new();
+        let redis = Redis::start();
+        let mport = free_port();
+        let quic = if quic {
+            "listen 127.0.0.1:@PORT@ quic reuseport;"
+        } else {
+            ""
+        };
+        let nginx = Nginx::start(
+            &pki,
+            &HTTP.replace("@QUIC@", quic),
+            NginxOpts::new()
+                .workers(1)
+                .redis(&redis)
+                .var("MPORT", mport)
+                .var("NEGATIVE", negative),
+        );
+        OnDemand {
+            _pki: pki,
+            redis,
+            nginx,
+            mport,
+        }
+    }
+
+    fn metric(&self, key: &str) -> f64 {
+        scrape_metrics(self.mport).get(key)
+    }
+
+    fn queued(&self) -> Vec<String> {
+        self.redis
+            .stream_entries(STREAM)
+            .into_iter()
+            .map(|e| e["name"].clone())
+            .collect()
+    }
+}
+
+/// A ClientHello for `sni` from the local address `from`, and the first
+/// bytes of the answer (the handshake is never finished).
+fn hello_from(from: &str, port: u16, sni: &str) {
+    let Ok(mut s) = connect_from(Some(from.parse().unwrap()), ([127, 0, 0, 1], port).into()) else {
+        return;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(&raw_client_hello(sni.as_bytes())).is_ok() {
+        let _ = s.read(&mut [0u8; 64]);
+    }
+}
+
+/// An ask endpoint that refuses every name (403) and records which were
+/// asked.
+fn ask_server() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let record = asked.clone();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut line = String::new();
+            let Ok(read) = s.try_clone() else { continue };
+            if BufReader::new(read).read_line(&mut line).is_err() {
+                continue;
+            }
+            if let Some(i) = line.find("domain=") {
+                let name = line[i + 7..].split([' ', '&']).next().unwrap_or("");
+                record.lock().unwrap().push(name.to_owned());
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    (port, asked)
+}
+
+/// `dyncert run --ask` against `redis`, active (holding the lease); killed
+/// on drop. Its ACME directory is unreachable: the ask endpoint refuses
+/// every name, so nothing is ordered.
+struct Issuer {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Issuer {
+    fn start(redis: &Redis, ask_port: u16, dir: &Path) -> Issuer {
+        let bin = profile_dir().join("dyncert");
+        assert!(
+            bin.exists(),
+            "{} not found: `cargo build -p dyncert-cli` builds the issuer",
+            bin.display()
+        );
+        let log = dir.join("issuer.log");
+        let child = Command::new(&bin)
+            .arg("--redis")
+            .arg(redis.url())
+            .args(["run", "--acme-url", "http://127.0.0.1:1/directory", "--ask"])
+            .arg(format!("http://127.0.0.1:{ask_port}/ask"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let issuer = Issuer { child, log };
+        let active = poll(Duration::from_secs(10), Duration::from_millis(50), || {
+            issuer.log().contains("acquired, active").then_some(())
+        });
+        assert!(active.is_some(), "issuer not active:\n{}", issuer.log());
+        issuer
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Issuer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The audit's regression test (finding 2), lean: two threads flood random
+/// names from 127.0.0.1, as fast as the worker answers (hundreds a
+/// second, far over the issuer's default `--ask-rate 10`); a real visitor
+/// from 127.0.0.2 makes one handshake. Without the per-address budget the
+/// flood's entries take the issuer's ask rate and the real name is dropped
+/// unasked; with it the flood adds 4 names per 2 s period and the real name
+/// is asked at once.
+#[test]
+fn one_address_flood_does_not_keep_another_addresses_name_from_the_issuer() {
+    let mut s = OnDemand::start("2s", false);
+    let (ask_port, asked) = ask_server();
+    let dir = std::env::temp_dir().join(format!("dyncert-od-flood-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let issuer = Issuer::start(&s.redis, ask_port, &dir);
+
+    let port = s.nginx.port;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..2)
+        .map(|t| {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    hello_from("127.0.0.1", port, &format!("f{t}x{i}.flood.example.org"));
+                    i += 1;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    // Long enough for the issuer's burst of 10 asks to go to flood names.
+    let flood_started = Instant::now();
+    thread::sleep(Duration::from_secs(2));
+
+    let real = "shop.customer.example.net";
+    let visited = Instant::now();
+    hello_from("127.0.0.2", port, real);
+    let got = poll(Duration::from_secs(4), Duration::from_millis(50), || {
+        asked
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n == real)
+            .then(|| visited.elapsed())
+    });
+    stop.store(true, Ordering::Relaxed);
+    for h in flood {
+        h.join().unwrap();
+    }
+    let flooded = flood_started.elapsed().as_secs_f64();
+    let sent = sent.load(Ordering::Relaxed);
+    let enqueued = s.metric("dyncert_on_demand_enqueued_total");
+    let refused = s.metric("dyncert_on_demand_refused_total{reason=\"per_address\"}");
+    eprintln!(
+        "flood: {sent} hellos in {flooded:.1} s, {enqueued} enqueued, {refused} refused \
+         per address; real name asked after {got:?}"
+    );
+    assert!(
+        got.is_some(),
+        "the real visitor's name was not asked within 4 s of its handshake \
+         ({sent} flood hellos, {enqueued} enqueued)\n{}",
+        issuer.log()
+    );
+    assert!(
+        sent > 100,
+        "the flood was too slow to prove anything: {sent}"
+    );
+    // The flood's share: its budget per 2 s period (and the real name).
+    let periods = (flooded / 2.0).ceil() + 1.0;
+    assert!(
+        enqueued <= f64::from(PER_ADDRESS) * periods + 1.0,
+        "{enqueued} enqueued in {flooded:.1} s"
+    );
+    assert!(refused > 0.0);
+    s.nginx.assert_healthy();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One QUIC Initial per name, never answered (what a sender with a forged
+/// address can do; the audit's /tmp/zz_quic_initial.py).
+const QUIC_INITIALS: &str = r#"
+import socket, sys, time
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+port = int(sys.argv[1]); names = sys.argv[2:]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+addr = ("127.0.0.1", port)
+for n in names:
+    c = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=["h3"], server_name=n))
+    c.connect(addr, now=time.time())
+    for data, _ in c.datagrams_to_send(now=time.time()):
+        s.sendto(data, addr)
+"#;
+
+/// The venv's Python with aioquic (scripts/test.sh makes it), or `None`
+/// after saying why the test is skipped (a failure with
+/// `DYNCERT_REQUIRE_HTTP3=1`, as in tests/http3.rs).
+fn quic_python(test: &str) -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("DYNCERT_H3_PYTHON").map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/python")),
+        Some(PathBuf::from("python3")),
+    ];
+    for python in candidates.into_iter().flatten() {
+        let ok = Command::new(&python)
+            .args(["-c", "import aioquic"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(python);
+        }
+    }
+    let why = "no Python with aioquic (scripts/test.sh installs it into target/tools/venv)";
+    if std::env::var_os("DYNCERT_REQUIRE_HTTP3").is_some_and(|v| v == "1") {
+        panic!("DYNCERT_REQUIRE_HTTP3=1 but {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    None
+}
+
+/// Finding 6: QUIC handshakes share one budget, whatever source address
+/// their Initials carry, so 40 unanswered Initials queue at most 4 names
+/// per period (8 if a period ends meanwhile); a TCP visitor is charged to
+/// its own address, and queues even a name the QUIC budget refused.
+#[test]
+fn quic_initials_share_one_budget_and_tcp_visitors_keep_their_own() {
+    let test = "quic_initials_share_one_budget_and_tcp_visitors_keep_their_own";
+    let Some(python) = quic_python(test) else {
+        return;
+    };
+    let mut s = OnDemand::start("30s", true);
+    let names: Vec<String> = (0..40).map(|i| format!("q{i}.spoofed.example")).collect();
+    let out = Command::new(&python)
+        .args(["-c", QUIC_INITIALS])
+        .arg(s.nginx.port.to_string())
+        .args(&names)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every lookup has ended: each name got a negative entry.
+    let refused = |s: &OnDemand| s.metric("dyncert_on_demand_refused_total{reason=\"quic\"}");
+    let settled = poll(Duration::from_secs(5), Duration::from_millis(50), || {
+        let done = s.metric("dyncert_on_demand_enqueued_total") + refused(&s);
+        (done >= names.len() as f64).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "not all QUIC handshakes were decided: {} enqueued, {} refused\n{}",
+        s.metric("dyncert_on_demand_enqueued_total"),
+        refused(&s),
+        s.nginx.logs()
+    );
+    let queued = s.queued();
+    eprintln!("QUIC: {} of {} names queued", queued.len(), names.len());
+    assert!(
+        !queued.is_empty() && queued.len() <= 2 * PER_ADDRESS as usize,
+        "{queued:?}"
+    );
+    // A name the QUIC budget refused keeps its allowance for a TCP client.
+    let left = names.iter().find(|n| !queued.contains(n)).unwrap();
+    hello_from("127.0.0.1", s.nginx.port, left);
+    let got = poll(Duration::from_secs(3), Duration::from_millis(20), || {
+        s.queued().contains(left).then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "{left} not queued over TCP\n{}",
+        s.nginx.logs()
+    );
+    s.nginx.assert_healthy();
+}
