@@ -261,6 +261,67 @@ fn sentinels_that_disagree_without_a_majority_fail_closed_with_every_answer_logg
     assert!(!log.contains(PRIMARY_PASSWORD), "{log}");
 }
 
+/// A "sentinel" that accepts connections and never answers.
+fn silent_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    port
+}
+
+#[test]
+fn a_sentinel_that_never_answers_delays_no_lookup_while_a_majority_agrees() {
+    let pki = Pki::new();
+    let sentinel = RedisSentinel::start();
+    let names = ["a.example.com", "b.example.com", "c.example.com"];
+    let leaves: Vec<Leaf> = names
+        .iter()
+        .zip(4301..)
+        .map(|(n, serial)| pki.leaf(&[n], serial))
+        .collect();
+    for (n, leaf) in names.iter().zip(&leaves) {
+        sentinel.primary.put_leaf(n, leaf);
+    }
+    // Four listed: the three real ones are the majority (3 of 4).
+    let url = sentinel.url(None).replacen(
+        "/mymaster",
+        &format!(",127.0.0.1:{}/mymaster", silent_server()),
+        1,
+    );
+    let http = HTTP
+        .replace("dyncert_redis_timeout 1s", "dyncert_redis_timeout 3s")
+        .replace("dyncert_fetch_timeout 2s", "dyncert_fetch_timeout 8s");
+    let nginx = Nginx::start(
+        &pki,
+        &http,
+        NginxOpts::new()
+            .workers(1)
+            .var("REDIS", &url)
+            .var("TLS", ""),
+    );
+    wait_served(&nginx, &pki, names[0], &leaves[0]);
+    // Each later name comes after the primary's once-a-second re-check
+    // is due: the sentinels are asked again, and the silent one is not
+    // waited for (3 s).
+    for (n, leaf) in names.iter().zip(&leaves).skip(1) {
+        thread::sleep(Duration::from_millis(1200));
+        let t = Instant::now();
+        let r = get(&nginx, n);
+        let took = t.elapsed();
+        assert_eq!(r.tls().leaf_serial, leaf.serial_hex, "{n}: {:?}", r.body);
+        assert!(
+            took < Duration::from_millis(1500),
+            "{n} took {took:?}; log:\n{}",
+            nginx.error_log()
+        );
+    }
+}
+
 /// Locks every sentinel: the default user gets `password`, and an ACL
 /// user `dyncert` with `acl_password` may run every command.
 fn lock_sentinels(sentinel: &RedisSentinel, password: &str, acl_password: &str) {

@@ -615,26 +615,49 @@ impl SentinelConn {
     }
 
     /// The primary's client: the address a majority of the listed
-    /// sentinels name (all asked at once), once it calls itself primary
-    /// (`ROLE`). Otherwise an error, logged with every sentinel's answer.
+    /// sentinels name (all asked at once; decided as soon as a majority
+    /// agrees, so a sentinel that hangs costs nothing then), once it calls
+    /// itself primary (`ROLE`). Otherwise an error, logged with every
+    /// sentinel's answer.
     async fn primary_client(&self) -> RedisResult<(String, Client)> {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
         let mut cmd = redis::cmd("SENTINEL");
         cmd.arg("GET-MASTER-ADDR-BY-NAME").arg(&self.service);
-        let answers = futures_util::future::join_all(self.sentinels.iter().map(|s| async {
-            let answer = match self.ask::<Option<(String, String)>>(s, &cmd).await {
-                Ok(Some((host, port))) => match port.parse::<u16>() {
-                    Ok(port) if port > 0 && !host.is_empty() => {
-                        SentinelAnswer::Primary(Node { host, port })
-                    }
-                    _ => SentinelAnswer::Failed,
-                },
-                Ok(None) => SentinelAnswer::Unknown,
-                Err(_) => SentinelAnswer::Failed,
-            };
-            (s.node.clone(), answer)
-        }))
-        .await;
-        let node = match agreed_primary(&self.service, &answers) {
+        let cmd = &cmd;
+        // Not answered yet counts as no answer.
+        let mut answers: Vec<(Node, SentinelAnswer)> = self
+            .sentinels
+            .iter()
+            .map(|s| (s.node.clone(), SentinelAnswer::Failed))
+            .collect();
+        let mut asked: FuturesUnordered<_> = self
+            .sentinels
+            .iter()
+            .enumerate()
+            .map(|(i, s)| async move {
+                let answer = match self.ask::<Option<(String, String)>>(s, cmd).await {
+                    Ok(Some((host, port))) => match port.parse::<u16>() {
+                        Ok(port) if port > 0 && !host.is_empty() => {
+                            SentinelAnswer::Primary(Node { host, port })
+                        }
+                        _ => SentinelAnswer::Failed,
+                    },
+                    Ok(None) => SentinelAnswer::Unknown,
+                    Err(_) => SentinelAnswer::Failed,
+                };
+                (i, answer)
+            })
+            .collect();
+        let mut agreed = agreed_primary(&self.service, &answers);
+        while let Some((i, answer)) = asked.next().await {
+            answers[i].1 = answer;
+            agreed = agreed_primary(&self.service, &answers);
+            if agreed.is_ok() {
+                break;
+            }
+        }
+        drop(asked);
+        let node = match agreed {
             Ok(n) => n,
             Err(no) => {
                 let e: redis::RedisError = std::io::Error::other(no).into();
@@ -666,7 +689,7 @@ impl SentinelConn {
 
     async fn primary(&self) -> RedisResult<(String, MultiplexedConnection)> {
         let mut slot = self.primary.lock().await;
-        if let Some(p) = &*slot {
+        let moved = if let Some(p) = &*slot {
             // The sentinels' word is checked again at most once per
             // interval: after a failover the old primary may still accept
             // reads (and answer "no such record") until the sentinels get
@@ -681,13 +704,19 @@ impl SentinelConn {
                     *slot = Some(p.clone());
                     return Ok((p.addr, p.conn));
                 }
-                Ok(_) => {}
-                // The sentinels cannot be asked: keep the primary that
-                // still answers.
+                Ok(moved) => Some(moved),
+                // The sentinels cannot be asked, or no majority of them
+                // names one primary: keep the primary that still answers
+                // (a majority named it).
                 Err(_) => return Ok((p.addr.clone(), p.conn.clone())),
             }
-        }
-        let (addr, client) = self.primary_client().await?;
+        } else {
+            None
+        };
+        let (addr, client) = match moved {
+            Some(found) => found,
+            None => self.primary_client().await?,
+        };
         let conn = match client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await
