@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common_acme::harness::{assert_pebble_issued, ChallengeStandin, DnsStub, Pebble};
 use common_acme::{
-    acme, answer_and_serve, dyncert, issue, serial, served_serial, sorted_record, stored_leaf,
-    AcmeStack, Out,
+    acme, answer_and_serve, dyncert, issue, put_pem, serial, served_serial, sorted_record,
+    stored_leaf, AcmeStack, Out,
 };
 use dyncert_testkit::*;
 
@@ -42,21 +42,7 @@ fn zscore(redis: &Redis, name: &str) -> Option<i64> {
 }
 
 fn put_leaf(redis: &Redis, dir: &Path, name: &str, leaf: &Leaf, extra: &[&str]) {
-    let stem = name.replace('*', "_");
-    let crt = dir.join(format!("{stem}.crt"));
-    let key = dir.join(format!("{stem}.key"));
-    write_file(&crt, &leaf.chain_pem);
-    write_file(&key, &leaf.key_pem);
-    let mut args = vec![
-        "put",
-        name,
-        "--cert",
-        crt.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let out = dyncert(redis, &args);
+    let out = put_pem(redis, dir, name, &leaf.chain_pem, &leaf.key_pem, extra);
     assert_eq!(out.code, 0, "put {name}: {}", out.stderr);
 }
 
@@ -574,20 +560,7 @@ fn renew_keeps_each_records_key_type_unless_one_is_chosen() {
     let (pki, redis, ca, dir) = bare("renew-key-type");
     let (rsa, ec) = ("rsa.acme.test", "ec.acme.test");
     let (chain, key) = rsa_leaf(&pki, rsa, 7);
-    let (crt_file, key_file) = (dir.path().join("rsa.crt"), dir.path().join("rsa.key"));
-    write_file(&crt_file, &chain);
-    write_file(&key_file, &key);
-    let out = dyncert(
-        &redis,
-        &[
-            "put",
-            rsa,
-            "--cert",
-            crt_file.to_str().unwrap(),
-            "--key",
-            key_file.to_str().unwrap(),
-        ],
-    );
+    let out = put_pem(&redis, dir.path(), rsa, &chain, &key, &[]);
     assert_eq!(out.code, 0, "put {rsa}: {}", out.stderr);
     put_leaf(&redis, dir.path(), ec, &pki.leaf(&[ec], 8), &[]);
     assert_eq!(key_id(&redis, rsa), openssl::pkey::Id::RSA);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common_acme::harness::{assert_chain_verifies, http_get, Pebble};
 use common_acme::{
-    answer_and_serve, dyncert, serial, sorted_record, unix_now, AcmeStack, SilentCa,
+    answer_and_serve, put_pem, serial, sorted_record, unix_now, AcmeStack, SilentCa,
 };
 use dyncert_testkit::*;
 use openssl::x509::X509;
@@ -847,20 +847,7 @@ fn run_goes_on_past_a_ca_that_never_answers_within_the_acme_timeout() {
             ..Default::default()
         },
     );
-    let (crt, key) = (dir.path().join("due.crt"), dir.path().join("due.key"));
-    write_file(&crt, &leaf.chain_pem);
-    write_file(&key, &leaf.key_pem);
-    let out = dyncert(
-        &redis,
-        &[
-            "put",
-            due,
-            "--cert",
-            crt.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let out = put_pem(&redis, dir.path(), due, &leaf.chain_pem, &leaf.key_pem, &[]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let before = sorted_record(&redis, due);
 

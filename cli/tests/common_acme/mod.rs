@@ -8,7 +8,7 @@
 pub mod harness;
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,33 @@ pub fn sorted_record(redis: &Redis, name: &str) -> Vec<(String, String)> {
     let mut fields = redis.record(name);
     fields.sort();
     fields
+}
+
+/// `dyncert put NAME --cert --key EXTRA...` of `chain` and `key`, written
+/// into `dir` first.
+pub fn put_pem(
+    redis: &Redis,
+    dir: &Path,
+    name: &str,
+    chain: &str,
+    key: &str,
+    extra: &[&str],
+) -> Out {
+    let stem = name.replace('*', "_");
+    let crt_file = dir.join(format!("{stem}.crt"));
+    let key_file = dir.join(format!("{stem}.key"));
+    write_file(&crt_file, chain);
+    write_file(&key_file, key);
+    let mut args = vec![
+        "put",
+        name,
+        "--cert",
+        crt_file.to_str().unwrap(),
+        "--key",
+        key_file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    dyncert(redis, &args)
 }
 
 #[path = "../common/mod.rs"]
