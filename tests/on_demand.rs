@@ -361,6 +361,59 @@ fn a_random_name_flood_keeps_the_stream_at_maxlen_and_cached_names_serving() {
     s.nginx.assert_healthy();
 }
 
+/// Valid server names that no CA issues for (audit finding 5) are never
+/// queued: each is counted once per negative-cache period as refused, and
+/// uses up no client's budget.
+#[test]
+fn names_no_ca_can_issue_are_not_queued() {
+    let s = OnDemand::start("", "", None);
+    let odd = [
+        "localhost",
+        "com",
+        "metadata",
+        "0x7f000001",
+        "a.0x7f",
+        "foo.local",
+        "printer.local.",
+        "Foo.LOCALHOST",
+        "x.invalid",
+        "x.onion",
+        "router.home.arpa",
+        "xn--a.example",
+        "ab--cd.example.com",
+    ];
+    for sni in odd {
+        for _ in 0..2 {
+            let _ = send_raw_client_hello(s.nginx.port, sni.as_bytes());
+        }
+    }
+    // IDNs and `.test`/`.example` names are queued (a private CA issues
+    // for them), from the same address: the odd names used no budget.
+    for ok in ["xn--bcher-kva.example", "control.example.test"] {
+        let _ = send_raw_client_hello(s.nginx.port, ok.as_bytes());
+    }
+    s.wait_enqueued(2.0);
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        names(&s.redis),
+        ["xn--bcher-kva.example", "control.example.test"]
+    );
+    let m = scrape_metrics(s.mport);
+    assert_eq!(
+        m.get("dyncert_on_demand_refused_total{reason=\"name\"}"),
+        odd.len() as f64,
+        "{}",
+        s.nginx.logs()
+    );
+    assert!(
+        s.nginx
+            .logs()
+            .contains("not queued for on-demand issuance: it is a single-label name"),
+        "{}",
+        s.nginx.logs()
+    );
+}
+
 #[test]
 fn bad_on_demand_values_fail_config_test() {
     let pki = Pki::new();

@@ -216,6 +216,76 @@ pub fn dns_name_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
+/// Decodes the Punycode of an A-label's tail (what follows `xn--`), as
+/// RFC 3492 §6.2 says, into its code points. `None` when it is not valid
+/// Punycode: a character that is no digit, an overflow, a basic code
+/// point where only non-basic ones may be inserted, or a value that is no
+/// Unicode scalar value. Never panics; at most 63 bytes in practice, and
+/// linear in the input for each code point inserted.
+pub fn punycode_decode(input: &str) -> Option<Vec<char>> {
+    const BASE: u32 = 36;
+    const TMIN: u32 = 1;
+    const TMAX: u32 = 26;
+    const SKEW: u32 = 38;
+    const DAMP: u32 = 700;
+    fn adapt(delta: u32, points: u32, first: bool) -> u32 {
+        let mut delta = if first { delta / DAMP } else { delta / 2 };
+        delta += delta / points;
+        let mut k = 0;
+        while delta > ((BASE - TMIN) * TMAX) / 2 {
+            delta /= BASE - TMIN;
+            k += BASE;
+        }
+        k + (BASE - TMIN + 1) * delta / (delta + SKEW)
+    }
+    let (basic, rest) = match input.rfind('-') {
+        Some(at) => (&input[..at], &input[at + 1..]),
+        None => ("", input),
+    };
+    if !basic.is_ascii() {
+        return None;
+    }
+    let mut out: Vec<char> = basic.chars().collect();
+    let (mut n, mut i, mut bias) = (128u32, 0u32, 72u32);
+    let mut digits = rest.bytes();
+    while digits.len() > 0 {
+        let old = i;
+        let mut w = 1u32;
+        let mut k = BASE;
+        loop {
+            let digit = match digits.next()? {
+                b @ b'a'..=b'z' => u32::from(b - b'a'),
+                b @ b'A'..=b'Z' => u32::from(b - b'A'),
+                b @ b'0'..=b'9' => u32::from(b - b'0') + 26,
+                _ => return None,
+            };
+            i = i.checked_add(digit.checked_mul(w)?)?;
+            let t = if k <= bias {
+                TMIN
+            } else if k >= bias + TMAX {
+                TMAX
+            } else {
+                k - bias
+            };
+            if digit < t {
+                break;
+            }
+            w = w.checked_mul(BASE - t)?;
+            k += BASE;
+        }
+        let len = u32::try_from(out.len()).ok()? + 1;
+        bias = adapt(i - old, len, old == 0);
+        n = n.checked_add(i / len)?;
+        i %= len;
+        if n < 0x80 {
+            return None;
+        }
+        out.insert(usize::try_from(i).ok()?, char::from_u32(n)?);
+        i += 1;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,5 +589,28 @@ mod tests {
     fn wildcard_cache_key_matches_its_own_wildcard_pattern() {
         assert!(dns_name_matches("*.example.com", "*.example.com"));
         assert!(!dns_name_matches("shop.example.com", "*.example.com"));
+    }
+
+    #[test]
+    fn punycode_decodes_rfc_3492_samples_and_refuses_invalid_input() {
+        let text = |s: &str| punycode_decode(s).map(|c| c.into_iter().collect::<String>());
+        assert_eq!(text("bcher-kva").as_deref(), Some("bücher"));
+        assert_eq!(text("mnchen-3ya").as_deref(), Some("münchen"));
+        // RFC 3492 §7.1 (A) Arabic (Egyptian), (L) 3年B組金八先生.
+        assert_eq!(
+            text("egbpdaj6bu4bxfgehfvwxn").as_deref(),
+            Some("\u{644}\u{64a}\u{647}\u{645}\u{627}\u{628}\u{62a}\u{643}\u{644}\u{645}\u{648}\u{634}\u{639}\u{631}\u{628}\u{64a}\u{61f}")
+        );
+        assert_eq!(
+            text("3B-ww4c5e180e575a65lsy2b").as_deref(),
+            Some("3年B組金八先生")
+        );
+        // "a" decodes to U+0080; an overflow, a non-digit, a basic code
+        // point inserted, and an unfinished number fail.
+        assert_eq!(text("a").as_deref(), Some("\u{80}"));
+        assert_eq!(text("99999999999"), None);
+        assert_eq!(text("ab_c"), None);
+        assert_eq!(text("z"), None, "ends inside a number");
+        assert_eq!(text(""), Some(String::new()));
     }
 }

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 
 use crate::clock::Millis;
 use crate::fetch::Step;
-use crate::name::normalize_sni;
+use crate::name::{normalize_sni, punycode_decode};
 use crate::outcome::StepOutcome;
 
 /// Default Redis stream of queued names (`dyncert_on_demand_stream`).
@@ -70,6 +70,95 @@ pub fn unknown_everywhere(steps: &[Step]) -> bool {
 /// cause no lookup), but the stream is the issuer's input: checked again.
 pub fn is_queueable_name(name: &str) -> bool {
     normalize_sni(name.as_bytes()).is_ok_and(|n| n == name)
+}
+
+/// Top-level domains under which no certificate authority can validate a
+/// name, so a name under them is never queued: RFC 6761 lets applications
+/// treat `localhost` (§6.3, loopback) and `invalid` (§6.4, never resolves)
+/// as special; `local` is multicast DNS, link-local (RFC 6762 §3); `onion`
+/// must not reach DNS (RFC 7686 §2); `alt` is for non-DNS namespaces
+/// (RFC 9476); `arpa` is infrastructure (reverse zones, `home.arpa` of
+/// RFC 8375). Not refused: `test` and `example`, which RFC 6761 §6.2 and
+/// §6.5 tell applications not to treat as special (a private ACME CA with
+/// its own DNS issues for them, as the tests here do), nor `internal`
+/// (reserved for private use, like private address space: a private CA can
+/// issue for it).
+pub const SPECIAL_USE_TLDS: [&str; 6] = ["localhost", "invalid", "local", "onion", "alt", "arpa"];
+
+/// Why a valid server name is still never queued: no certificate
+/// authority can issue for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unissuable {
+    /// One label (`localhost`, `com`, `metadata`, `0x7f000001`).
+    OneLabel,
+    /// The top-level label is a number (`0x7f.1`, an `inet_aton` form).
+    NumericTld,
+    /// Under a special-use top-level domain ([`SPECIAL_USE_TLDS`]).
+    SpecialUse,
+    /// An `xn--` label that is not valid Punycode of a lowercase,
+    /// printable non-ASCII label, or a label with `--` in its third and
+    /// fourth characters that is not an A-label (reserved, RFC 5891
+    /// §4.2.3.1).
+    BadLabel,
+}
+
+impl Unissuable {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Unissuable::OneLabel => "a single-label name",
+            Unissuable::NumericTld => "a numeric top-level label",
+            Unissuable::SpecialUse => "a special-use top-level domain",
+            Unissuable::BadLabel => "an invalid or reserved xn-- label",
+        }
+    }
+}
+
+/// Whether no CA can issue for `name`, a valid normalised name (see
+/// [`is_queueable_name`]), and why. Cheap: one pass over at most 253
+/// bytes, and Punycode decoding of `xn--` labels.
+pub fn unissuable(name: &str) -> Option<Unissuable> {
+    let tld = match name.rsplit_once('.') {
+        Some((_, tld)) => tld,
+        None => return Some(Unissuable::OneLabel),
+    };
+    // inet_aton(3) reads a decimal, octal (leading 0) or hexadecimal
+    // (0x) number as an address part; normalize_sni refuses all-digit
+    // top-level labels already, so only the hexadecimal form is left.
+    let hex = tld
+        .strip_prefix("0x")
+        .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if hex || tld.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Unissuable::NumericTld);
+    }
+    if SPECIAL_USE_TLDS.contains(&tld) {
+        return Some(Unissuable::SpecialUse);
+    }
+    if !name.split('.').all(label_may_be_issued) {
+        return Some(Unissuable::BadLabel);
+    }
+    None
+}
+
+/// An LDH label (already checked) that a CA may accept: an A-label must
+/// decode to a lowercase, printable label with some non-ASCII character
+/// (IDNA2008 refuses upper case and controls; a label that decodes to
+/// ASCII only is a fake A-label); any other label must not have `--` in
+/// its third and fourth characters (RFC 5891 §4.2.3.1).
+fn label_may_be_issued(label: &str) -> bool {
+    let Some(tail) = label.strip_prefix("xn--") else {
+        return label.get(2..4) != Some("--");
+    };
+    let Some(chars) = punycode_decode(tail) else {
+        return false;
+    };
+    chars.iter().any(|c| !c.is_ascii())
+        && chars.iter().all(|&c| {
+            if c.is_ascii() {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
+            } else {
+                !c.is_control() && !c.is_whitespace() && !c.is_uppercase()
+            }
+        })
 }
 
 /// Most enqueues one client address may cause per worker per
@@ -131,6 +220,9 @@ impl AddressKey {
 /// Why a handshake that could have queued its name did not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotQueued {
+    /// No CA can issue for the name ([`unissuable`]); counted once per
+    /// negative entry, whose allowance it uses up.
+    Name,
     /// The client's address caused [`PER_ADDRESS`] enqueues this period.
     PerAddress,
     /// The budget's table is full ([`ADDRESSES_MAX`] addresses this period).
@@ -141,11 +233,17 @@ pub enum NotQueued {
 }
 
 impl NotQueued {
-    pub const ALL: [NotQueued; 3] = [NotQueued::PerAddress, NotQueued::Addresses, NotQueued::Quic];
+    pub const ALL: [NotQueued; 4] = [
+        NotQueued::Name,
+        NotQueued::PerAddress,
+        NotQueued::Addresses,
+        NotQueued::Quic,
+    ];
 
     /// The metric label (`dyncert_on_demand_refused_total{reason=}`).
     pub fn label(&self) -> &'static str {
         match self {
+            NotQueued::Name => "name",
             NotQueued::PerAddress => "per_address",
             NotQueued::Addresses => "addresses",
             NotQueued::Quic => "quic",
@@ -245,7 +343,9 @@ pub enum Verdict {
 }
 
 /// The decision at a handshake that found no certificate, on a server with
-/// `dyncert_on_demand on`. In order: an invalid name does nothing; a client
+/// `dyncert_on_demand on`. In order: an invalid name does nothing; a name
+/// no CA can issue for is refused, once per negative entry (its allowance,
+/// granted by `take`, is used up: no client could queue it); a client
 /// address (all QUIC handshakes sharing one) over its budget is refused
 /// without calling `take`, so the name's allowance is left for a handshake
 /// from another address; otherwise the name is queued when `take` grants
@@ -262,6 +362,13 @@ pub fn decide(
 ) -> Verdict {
     if !is_queueable_name(name) {
         return Verdict::Nothing;
+    }
+    if unissuable(name).is_some() {
+        return if take() {
+            Verdict::Refused(NotQueued::Name)
+        } else {
+            Verdict::Nothing
+        };
     }
     let key = match client {
         Client::Address(ip) => AddressKey::of(ip),
@@ -595,6 +702,80 @@ mod tests {
             decide("q.example", ip("127.0.0.1"), &mut b, T0, || true, || false),
             Verdict::Enqueue
         );
+    }
+
+    #[test]
+    fn names_no_ca_can_issue_are_refused_once_per_allowance_and_charge_nothing() {
+        let mut b = budget();
+        let c = ip("192.0.2.1");
+        for name in [
+            "localhost",
+            "com",
+            "metadata",
+            "0x7f000001",
+            "foo.local",
+            "xn--a.example",
+        ] {
+            assert_eq!(
+                decide(name, c, &mut b, T0, || true, || true),
+                Verdict::Refused(NotQueued::Name),
+                "{name}"
+            );
+            assert_eq!(
+                decide(name, c, &mut b, T0, || false, || true),
+                Verdict::Nothing,
+                "{name}"
+            );
+        }
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn unissuable_names_and_why() {
+        use Unissuable::*;
+        for (name, why) in [
+            ("localhost", OneLabel),
+            ("com", OneLabel),
+            ("metadata", OneLabel),
+            ("0x7f000001", OneLabel),
+            ("a.0x7f", NumericTld),
+            ("0x7f.0x1", NumericTld),
+            ("0x7f.0.0.0x1", NumericTld),
+            ("foo.localhost", SpecialUse),
+            ("foo.invalid", SpecialUse),
+            ("printer.local", SpecialUse),
+            ("x.onion", SpecialUse),
+            ("a.alt", SpecialUse),
+            ("1.0.0.127.in-addr.arpa", SpecialUse),
+            ("router.home.arpa", SpecialUse),
+            ("xn--a.example", BadLabel),
+            ("xn--99999999999.example", BadLabel),
+            ("shop.xn--abc-.example", BadLabel),
+            ("xn--abc.example", BadLabel),
+            ("ab--cd.example.com", BadLabel),
+            ("xn--bcher-kva.xn--a", BadLabel),
+            // Decodes to ASCII only: a fake A-label.
+            ("xn--ab-.example", BadLabel),
+        ] {
+            assert_eq!(unissuable(name), Some(why), "{name}");
+        }
+        for name in [
+            "shop.example.com",
+            "a.b",
+            "xn--bcher-kva.example",
+            "www.xn--mnchen-3ya.de",
+            "xn--egbpdaj6bu4bxfgehfvwxn.example",
+            "shop.customer.example.net",
+            "ok-visitor.acme.test",
+            "a.example",
+            "x.internal",
+            "a-b--c.example",
+            "0x.example.com",
+            "co.0xg",
+            "xn--e1afmkfd.xn--80akhbyknj4f",
+        ] {
+            assert_eq!(unissuable(name), None, "{name}");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::intern::Interner;
 use crate::metrics::{MetricSink, Simple, W_BYTES, W_ENTRIES, W_INFLIGHT};
 use crate::name::wildcard_parent;
 use crate::on_demand::{
-    decide, unknown_everywhere, AddressBudget, Client, NotQueued, Verdict,
+    decide, unissuable, unknown_everywhere, AddressBudget, Client, NotQueued, Verdict,
     ADDRESSES_MAX, PER_ADDRESS,
 };
 use crate::outcome::{CertSource, FetchSource, StepOutcome};
@@ -615,6 +615,10 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             return;
         };
         let why = match (r, client) {
+            (NotQueued::Name, _) => format!(
+                "it is {}, for which no CA issues",
+                unissuable(name).map_or("unissuable", |u| u.as_str())
+            ),
             (NotQueued::PerAddress, Client::Address(ip)) => format!(
                 "client {ip} already caused {PER_ADDRESS} enqueues in this negative-cache period"
             ),
@@ -1437,7 +1441,7 @@ mod tests {
     }
 
     #[test]
-    fn quic_handshakes_share_one_budget() {
+    fn quic_handshakes_share_one_budget_and_names_no_ca_issues_for_are_refused() {
         let (mut w, m) = worker();
         for i in 0..10 {
             let name = format!("q{i}.example");
@@ -1447,6 +1451,15 @@ mod tests {
         }
         assert_eq!(queued(&w).len(), PER_ADDRESS as usize);
         assert_eq!(m.on_demand_refused(NotQueued::Quic), 6);
+        // A name no CA issues for: refused once per negative entry.
+        for name in ["localhost", "printer.local"] {
+            unknown_now(&mut w, name, NOW);
+            for i in 0..3 {
+                on_demand(&mut w, name, NOW + i);
+            }
+        }
+        assert_eq!(m.on_demand_refused(NotQueued::Name), 2);
+        assert_eq!(queued(&w).len(), PER_ADDRESS as usize);
     }
 
     #[test]
