@@ -18,25 +18,20 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    @EXTRA@
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
-    server {
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;\n    @EXTRA@",
+        METRICS_SERVER,
+        r#"    server {
         listen 127.0.0.1:@PORT@ ssl;
         server_name _;
         ssl_certificate     default.crt;
         ssl_certificate_key default.key;
         dyncert on;
         location / { return 200 "type=$dyncert_cert_type source=$dyncert_source pid=$pid\n"; }
-    }
+    }"#,
+    ])
 }
-"#;
 
 /// TLS 1.2, RSA signatures and an RSA-only cipher suite.
 const RSA_TLS12: &[&str] = &[
@@ -75,7 +70,7 @@ impl Env {
         if let Some(a) = &api {
             opts = opts.api(a);
         }
-        let nginx = Nginx::start(&pki, HTTP, opts);
+        let nginx = Nginx::start(&pki, &http(), opts);
         Env {
             pki,
             redis,
@@ -401,7 +396,7 @@ fn an_api_answer_with_both_pairs_is_served_and_written_back_with_both() {
     drop(e.nginx);
     let nginx = Nginx::start(
         &e.pki,
-        HTTP,
+        &http(),
         NginxOpts::new()
             .redis(&e.redis)
             .var("MPORT", e.mport)

@@ -15,16 +15,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    @EXTRA@
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
-    server {
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;\n    @EXTRA@",
+        METRICS_SERVER,
+        r#"    server {
         listen 127.0.0.1:@PORT@ ssl;
         server_name _;
         ssl_certificate     default.crt;
@@ -34,9 +29,9 @@ http {
         @TICKETS@
         root html;
         location / { }
-    }
+    }"#,
+    ])
 }
-"#;
 
 const KEY: &str = "dyncert:ticket-keys";
 const VERSIONS: [SslVersion; 2] = [SslVersion::TLS1_3, SslVersion::TLS1_2];
@@ -51,7 +46,7 @@ impl Terminator {
         let mport = free_port();
         let nginx = Nginx::start(
             pki,
-            HTTP,
+            &http(),
             NginxOpts::new()
                 .workers(2)
                 .redis(redis)
@@ -518,7 +513,7 @@ fn keys_are_sealed_at_rest_under_the_key_encryption_key() {
 #[test]
 fn config_needs_redis_and_refuses_ssl_session_tickets_off() {
     let pki = Pki::new();
-    let no_redis = HTTP.replace("dyncert_redis @REDIS@;", "");
+    let no_redis = http().replace("dyncert_redis @REDIS@;", "");
     let t = Nginx::config_test(
         &pki,
         &no_redis,
@@ -537,7 +532,7 @@ fn config_needs_redis_and_refuses_ssl_session_tickets_off() {
     let redis = Redis::start();
     let t = Nginx::config_test(
         &pki,
-        HTTP,
+        &http(),
         NginxOpts::new()
             .redis(&redis)
             .var("MPORT", free_port())
@@ -556,7 +551,7 @@ fn config_needs_redis_and_refuses_ssl_session_tickets_off() {
     for bad in ["500ms", "1h keep=9", "1h max=1"] {
         let t = Nginx::config_test(
             &pki,
-            HTTP,
+            &http(),
             NginxOpts::new()
                 .redis(&redis)
                 .var("MPORT", free_port())
@@ -576,7 +571,7 @@ fn config_needs_redis_and_refuses_ssl_session_tickets_off() {
 fn shared_tickets_work_on_a_server_without_dyncert_on() {
     let pki = Pki::new();
     let redis = Redis::start();
-    let http = HTTP
+    let http = http()
         .replace("        dyncert on;\n", "")
         .replace("        dyncert_tenant_policy on;\n", "");
     let start = || {
