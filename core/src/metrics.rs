@@ -136,9 +136,11 @@ pub enum Simple {
     TicketsPrevious,
     TicketsUnknown,
     ApiRateLimited,
+    RedisCommandTimeouts,
+    RedisReconnects,
 }
 
-const SIMPLE: [(Simple, &str, &str); 33] = [
+const SIMPLE: [(Simple, &str, &str); 35] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -316,6 +318,18 @@ const SIMPLE: [(Simple, &str, &str); 33] = [
         "dyncert_api_rate_limited_total",
         "Lookups that failed without asking the certificate API because the \
          worker's dyncert_api rate= cap was reached (the name backs off).",
+    ),
+    (
+        Simple::RedisCommandTimeouts,
+        "dyncert_redis_command_timeouts_total",
+        "Redis commands that got no answer within dyncert_redis_timeout on a \
+         connection that was up (not counted as connect errors).",
+    ),
+    (
+        Simple::RedisReconnects,
+        "dyncert_redis_reconnects_total",
+        "Command connections to a Redis server replaced by a new one because a \
+         command timed out on them (a hung server, or a flow a middlebox forgot).",
     ),
 ];
 

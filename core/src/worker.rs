@@ -823,8 +823,9 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         }
     }
 
-    /// Counts a Redis connection failure or replica read, and logs it with
-    /// the node's address unless the same node was logged moments ago.
+    /// Counts a Redis connection failure, command timeout, reconnect or
+    /// replica read, and logs it with the node's address unless the same
+    /// node was logged moments ago.
     fn on_redis_note(&mut self, note: RedisNote, log: &mut dyn FnMut(Level, String)) {
         match note {
             RedisNote::ConnectFailed {
@@ -837,6 +838,36 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                     log(
                         Level::Warn,
                         format!("dyncert: {error} while connecting to redis node \"{node}\""),
+                    );
+                }
+            }
+            RedisNote::CommandTimedOut {
+                node,
+                timeout,
+                logged,
+            } => {
+                self.count(Simple::RedisCommandTimeouts);
+                if logged {
+                    log(
+                        Level::Warn,
+                        format!(
+                            "dyncert: redis command timed out after {} ms on the open \
+                             connection to redis node \"{node}\"",
+                            timeout.as_millis()
+                        ),
+                    );
+                }
+            }
+            RedisNote::Reconnected { node, logged } => {
+                self.count(Simple::RedisReconnects);
+                if logged {
+                    log(
+                        Level::Warn,
+                        format!(
+                            "dyncert: replacing the command connection to redis node \"{node}\" \
+                             after a command timed out on it (a hung server, or a connection \
+                             a middlebox dropped)"
+                        ),
                     );
                 }
             }
@@ -2785,6 +2816,52 @@ mod tests {
         assert!(lines[0].1.contains("\"10.0.0.2:6379\""), "{}", lines[0].1);
         apply(&mut w, replica(false), NOW);
         assert_eq!(m.simple(Simple::RedisReplicaReads), 2);
+    }
+
+    #[test]
+    fn a_command_timeout_and_a_reconnect_have_lines_and_counters_of_their_own() {
+        let (mut w, m) = worker();
+        let timed_out = |logged| {
+            Event::Redis(RedisNote::CommandTimedOut {
+                node: "10.0.0.7:6379".into(),
+                timeout: Duration::from_millis(500),
+                logged,
+            })
+        };
+        let (_, lines) = apply(&mut w, timed_out(true), NOW);
+        assert_eq!(
+            lines,
+            [(
+                Level::Warn,
+                "dyncert: redis command timed out after 500 ms on the open connection \
+                 to redis node \"10.0.0.7:6379\""
+                    .to_owned()
+            )]
+        );
+        assert!(apply(&mut w, timed_out(false), NOW).1.is_empty());
+        assert_eq!(m.simple(Simple::RedisCommandTimeouts), 2);
+        assert_eq!(
+            m.simple(Simple::RedisConnectErrors),
+            0,
+            "not a connect error"
+        );
+        let (_, lines) = apply(
+            &mut w,
+            Event::Redis(RedisNote::Reconnected {
+                node: "10.0.0.7:6379".into(),
+                logged: true,
+            }),
+            NOW,
+        );
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].1.starts_with(
+                "dyncert: replacing the command connection to redis node \"10.0.0.7:6379\""
+            ),
+            "{}",
+            lines[0].1
+        );
+        assert_eq!(m.simple(Simple::RedisReconnects), 1);
     }
 
     #[test]

@@ -15,6 +15,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use redis::io::tcp::socket2::TcpKeepalive;
+use redis::io::tcp::TcpSettings;
+
+use super::health::{abandoned, CommandEnd, ConnHealth, Verdict};
+
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSub,
 };
@@ -82,6 +87,17 @@ pub enum RedisNote {
     },
     /// The primary could not be reached; a replica answered a read.
     ReplicaRead { node: String, logged: bool },
+    /// A command got no answer from `node` within `timeout` although the
+    /// connection was up (it had answered): a hung server, or a flow a
+    /// middlebox forgot. Not a connect failure.
+    CommandTimedOut {
+        node: String,
+        timeout: Duration,
+        logged: bool,
+    },
+    /// The command connection to `node` was replaced by a new one because
+    /// a command timed out on it (see [`super::health`]).
+    Reconnected { node: String, logged: bool },
 }
 
 /// Shortest time between two log lines about one node.
@@ -134,6 +150,23 @@ impl Notes {
         });
     }
 
+    fn command_timed_out(&self, node: &str, timeout: Duration) {
+        let logged = self.should_log(&format!("timeout {node}"));
+        (self.sink)(RedisNote::CommandTimedOut {
+            node: node.to_owned(),
+            timeout,
+            logged,
+        });
+    }
+
+    fn reconnected(&self, node: &str) {
+        let logged = self.should_log(&format!("reconnect {node}"));
+        (self.sink)(RedisNote::Reconnected {
+            node: node.to_owned(),
+            logged,
+        });
+    }
+
     fn replica_read(&self, node: &str) {
         let logged = self.should_log(&format!("replica {node}"));
         (self.sink)(RedisNote::ReplicaRead {
@@ -144,7 +177,9 @@ impl Notes {
 }
 
 /// A failure of the connection rather than of the command: the node is
-/// down, unreachable, refused the TLS handshake or the credentials.
+/// down, unreachable, refused the TLS handshake or the credentials, or
+/// (for the Cluster and Sentinel connections) did not answer in time. A
+/// single server's timeouts are told apart by [`command_end`].
 pub fn is_connection_failure(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_refusal()
@@ -153,6 +188,45 @@ pub fn is_connection_failure(e: &redis::RedisError) -> bool {
         || e.is_timeout()
         || e.kind() == redis::ErrorKind::AuthenticationFailed
         || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+}
+
+/// How a failed command on a single server's connection ended (see
+/// [`super::health`]): a timeout is not a failure to connect.
+fn command_end(e: &redis::RedisError) -> CommandEnd {
+    if e.is_timeout() {
+        CommandEnd::TimedOut
+    } else if is_connection_failure(e) {
+        CommandEnd::ConnectionFailed
+    } else {
+        CommandEnd::Answered
+    }
+}
+
+/// Idle time before the first TCP keepalive probe: keeps an idle command
+/// connection's entry alive in NATs, conntrack tables and load balancers
+/// (whose idle timeouts are minutes), and finds a dead flow in about a
+/// minute (with [`KEEPALIVE_INTERVAL`] and [`KEEPALIVE_PROBES`]).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const KEEPALIVE_PROBES: u32 = 3;
+/// `TCP_USER_TIMEOUT`: data unacknowledged this long ends the connection
+/// (the kernel reports the flow dead instead of retransmitting for a
+/// quarter of an hour), so the manager reconnects.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `base` with keepalive probes and `TCP_USER_TIMEOUT` (see
+/// [`KEEPALIVE_IDLE`], [`TCP_USER_TIMEOUT`]); for every TCP connection
+/// to a Redis node.
+pub fn tcp_settings(base: TcpSettings) -> TcpSettings {
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    #[cfg(target_os = "linux")]
+    let keepalive = keepalive.with_retries(KEEPALIVE_PROBES);
+    let settings = base.set_keepalive(keepalive);
+    #[cfg(target_os = "linux")]
+    let settings = settings.set_user_timeout(TCP_USER_TIMEOUT);
+    settings
 }
 
 /// How to reach a deployment: the topology, TLS material, the bound on
@@ -188,9 +262,17 @@ impl RedisTarget {
                     .set_number_of_retries(2)
                     .set_min_delay(Duration::from_millis(50))
                     .set_max_delay(Duration::from_secs(2));
-                let conn = ConnectionManager::new_lazy_with_config(client, mcfg)?;
+                let conn = ConnectionManager::new_lazy_with_config(client.clone(), mcfg.clone())?;
                 Ok(RedisConn::Single {
-                    conn,
+                    conn: Arc::new(SingleConn {
+                        client,
+                        config: mcfg,
+                        timeout: t,
+                        current: Mutex::new(Current {
+                            conn,
+                            health: Arc::default(),
+                        }),
+                    }),
                     node: Arc::from(node),
                     notes,
                 })
@@ -333,12 +415,15 @@ impl RedisTarget {
 }
 
 /// A `redis://` or `rediss://` client, with the configured CA and client
-/// certificate for the latter.
+/// certificate for the latter, and keepalive ([`tcp_settings`]).
 fn single_client(url: &str, tls: &RedisTls) -> RedisResult<Client> {
+    let info = url.into_connection_info()?;
+    let settings = tcp_settings(info.tcp_settings().clone());
+    let info = info.set_tcp_settings(settings);
     if tls.is_empty() {
-        Client::open(url)
+        Client::open(info)
     } else {
-        Client::build_with_tls(url, tls.certificates())
+        Client::build_with_tls(info, tls.certificates())
     }
 }
 
@@ -395,13 +480,113 @@ fn addr_of(client: &Client) -> String {
 #[derive(Clone)]
 pub enum RedisConn {
     Single {
-        conn: ConnectionManager,
+        conn: Arc<SingleConn>,
         /// The server's `host:port` (or socket path), as log lines show it.
         node: Arc<str>,
         notes: Notes,
     },
     Cluster(Arc<LazyCluster>),
     Sentinel(Arc<SentinelConn>),
+}
+
+/// One server's command connection, replaced by a new one after a
+/// command timed out on it (see [`super::health`]): every clone of the
+/// handle (lookups, write-backs, ACME reads, the ticket task) moves to the
+/// new one; commands in flight finish on the old one, which closes when
+/// the last of them ends.
+pub struct SingleConn {
+    client: Client,
+    config: ConnectionManagerConfig,
+    timeout: Duration,
+    current: Mutex<Current>,
+}
+
+/// The connection in use and what its commands said of it.
+#[derive(Clone)]
+struct Current {
+    conn: ConnectionManager,
+    health: Arc<Mutex<ConnHealth>>,
+}
+
+impl SingleConn {
+    /// The connection for the next command: a new one when the current
+    /// one is suspect.
+    fn current(&self, node: &str, notes: &Notes) -> Current {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let suspect = cur
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .suspect();
+        if suspect {
+            // Lazy: connects on this command, with the manager's backoff.
+            match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+            {
+                Ok(conn) => {
+                    *cur = Current {
+                        conn,
+                        health: Arc::default(),
+                    };
+                    notes.reconnected(node);
+                }
+                // Not expected (the client was built from the same
+                // settings): the old one is kept, and asked again next time.
+                Err(e) => notes.connect_failed(node, &e),
+            }
+        }
+        cur.clone()
+    }
+
+    fn get_db(&self) -> i64 {
+        let cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        cur.conn.get_db()
+    }
+}
+
+/// One command on a single server's connection: how it ended goes to the
+/// connection's health, and what that says to the notes, also when the
+/// caller stops waiting (its future is dropped).
+struct Watch<'a> {
+    health: &'a Mutex<ConnHealth>,
+    notes: &'a Notes,
+    node: &'a str,
+    timeout: Duration,
+    started: Instant,
+    ended: bool,
+}
+
+impl Watch<'_> {
+    fn end(&mut self, end: CommandEnd, error: Option<&redis::RedisError>) {
+        self.ended = true;
+        let verdict = self
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(end);
+        match verdict {
+            Verdict::Fine => {}
+            Verdict::ConnectFailed => match error {
+                Some(e) => self.notes.connect_failed(self.node, e),
+                None => self.notes.connect_failed(
+                    self.node,
+                    &std::io::Error::from(std::io::ErrorKind::TimedOut).into(),
+                ),
+            },
+            Verdict::CommandTimedOut { .. } => {
+                self.notes.command_timed_out(self.node, self.timeout)
+            }
+        }
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            if let Some(end) = abandoned(self.started.elapsed(), self.timeout) {
+                self.end(end, None);
+            }
+        }
+    }
 }
 
 impl RedisConn {
@@ -452,11 +637,22 @@ impl RedisConn {
     async fn run(&mut self, req: Req<'_>) -> RedisResult<Vec<Value>> {
         match self {
             RedisConn::Single { conn, node, notes } => {
-                let r = req.send(conn).await;
-                if let Err(e) = &r {
-                    if is_connection_failure(e) {
-                        notes.connect_failed(node, e);
-                    }
+                let Current {
+                    conn: mut manager,
+                    health,
+                } = conn.current(node, notes);
+                let mut watch = Watch {
+                    health: &health,
+                    notes,
+                    node,
+                    timeout: conn.timeout,
+                    started: Instant::now(),
+                    ended: false,
+                };
+                let r = req.send(&mut manager).await;
+                match &r {
+                    Ok(_) => watch.end(CommandEnd::Answered, None),
+                    Err(e) => watch.end(command_end(e), Some(e)),
                 }
                 r
             }
@@ -891,8 +1087,10 @@ mod tests {
             .unwrap()
             .iter()
             .map(|n| match n {
-                RedisNote::ConnectFailed { logged, .. } => *logged,
-                RedisNote::ReplicaRead { logged, .. } => *logged,
+                RedisNote::ConnectFailed { logged, .. }
+                | RedisNote::ReplicaRead { logged, .. }
+                | RedisNote::CommandTimedOut { logged, .. }
+                | RedisNote::Reconnected { logged, .. } => *logged,
             })
             .collect();
         assert_eq!(logged, [true, false, true]);

@@ -18,6 +18,7 @@ mod acme;
 mod conn;
 mod enqueue;
 mod error;
+mod health;
 mod heard;
 mod invalidate;
 mod redis;
@@ -565,26 +566,29 @@ fn run(
             }
             None => drop(on_demand_rx),
         }
-        if let (Some(Ok(conn)), Some(tickets)) = (&redis, cfg.tickets.clone()) {
+        let target = match target {
+            Some(Ok(t)) => Some((t, notes.clone())),
+            _ => None,
+        };
+        let started = matches!(redis, Some(Ok(_)));
+        let redis = Arc::new(sources::CommandConn::new(
+            redis,
+            target,
+            shared.renew_redis.clone(),
+        ));
+        if let (true, Some(tickets)) = (started, cfg.tickets.clone()) {
             tokio::spawn(tickets::maintain(
-                conn.clone(),
+                redis.clone(),
                 tickets,
                 cfg.redis_timeout,
                 rotated.clone(),
                 shared.clone(),
             ));
         }
-        let renew = shared.renew_redis.clone();
-        let target = match target {
-            Some(Ok(t)) => Some((t, notes.clone())),
-            _ => None,
-        };
         let sources = Arc::new(Sources::new(
             cfg,
             redis,
-            target,
             sources::Signals {
-                renew,
                 heard: shared.heard.clone(),
             },
             api,

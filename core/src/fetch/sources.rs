@@ -67,11 +67,53 @@ impl WriteGuard {
     }
 }
 
-/// What the subscription tells the lookups: see [`Sources::renew`] and
+/// What the subscription tells the lookups: see [`CommandConn`] and
 /// [`WriteGuard`].
 pub(super) struct Signals {
-    pub renew: Arc<AtomicBool>,
     pub heard: Arc<Mutex<Heard>>,
+}
+
+/// The command connection the lookups and the session ticket task use,
+/// replaced by a new one when `renew` is set (see [`CommandConn::get`]).
+/// A single server's connection also replaces itself after a command
+/// timed out on it (`conn::SingleConn`).
+pub(super) struct CommandConn {
+    conn: Mutex<Option<Result<RedisConn, RedisError>>>,
+    /// What a new command connection is made from.
+    target: Option<(RedisTarget, Notes)>,
+    /// Set when the invalidation subscription is back after a loss.
+    renew: Arc<AtomicBool>,
+}
+
+impl CommandConn {
+    pub(super) fn new(
+        conn: Option<Result<RedisConn, RedisError>>,
+        target: Option<(RedisTarget, Notes)>,
+        renew: Arc<AtomicBool>,
+    ) -> CommandConn {
+        CommandConn {
+            conn: Mutex::new(conn),
+            target,
+            renew,
+        }
+    }
+
+    /// The command connection for a lookup (or a ticket key check). After
+    /// the subscription came back from a loss, a new one: the old
+    /// connection may sit behind TCP's retransmission backoff for seconds
+    /// after a partition heals (its commands time out, and the manager
+    /// only reconnects on I/O errors), while the refreshes the worker
+    /// starts now must reach Redis at once. Lookups still holding the old
+    /// one finish with it.
+    pub(super) fn get(&self) -> Option<Result<RedisConn, RedisError>> {
+        let mut redis = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if self.renew.swap(false, Ordering::Relaxed) {
+            if let (Some((target, notes)), Some(_)) = (&self.target, &*redis) {
+                *redis = Some(connect(target, notes.clone()));
+            }
+        }
+        redis.clone()
+    }
 }
 
 /// This worker's cap on API requests (`dyncert_api rate=`), read with the
@@ -110,13 +152,8 @@ fn wildcard_may_answer(api: &Outcome) -> bool {
 /// Everything a lookup may ask, shared by the lookups in flight.
 pub(super) struct Sources {
     cfg: FetcherConfig,
-    /// The command connection; replaced by a new one when `renew` is set.
-    redis: Mutex<Option<Result<RedisConn, RedisError>>>,
-    /// What a new command connection is made from.
-    target: Option<(RedisTarget, Notes)>,
-    /// Set when the invalidation subscription is back after a loss: see
-    /// [`Sources::redis`].
-    renew: Arc<AtomicBool>,
+    /// The command connection, shared with the session ticket task.
+    redis: Arc<CommandConn>,
     /// What this worker's subscription heard: see [`WriteGuard`].
     heard: Arc<Mutex<Heard>>,
     api: Option<ApiClient>,
@@ -132,8 +169,7 @@ pub(super) struct Sources {
 impl Sources {
     pub(super) fn new(
         cfg: FetcherConfig,
-        redis: Option<Result<RedisConn, RedisError>>,
-        target: Option<(RedisTarget, Notes)>,
+        redis: Arc<CommandConn>,
         signals: Signals,
         api: Option<ApiClient>,
         parse: Arc<WorkQueue<ParseJob>>,
@@ -142,9 +178,7 @@ impl Sources {
         Sources {
             api_rate: cfg.api_rate.map(ApiRate::new),
             cfg,
-            redis: Mutex::new(redis),
-            target,
-            renew: signals.renew,
+            redis,
             heard: signals.heard,
             api,
             intermediates,
@@ -394,20 +428,9 @@ impl Sources {
         rx.await.unwrap_or(Outcome::Error(FetchError::ParseFailed))
     }
 
-    /// The command connection for a lookup. After the subscription came
-    /// back from a loss, a new one: the old connection may sit behind
-    /// TCP's retransmission backoff for seconds after a partition heals
-    /// (its commands time out, and the manager only reconnects on I/O
-    /// errors), while the refreshes the worker starts now must reach Redis
-    /// at once. Lookups still holding the old one finish with it.
+    /// The command connection for a lookup: see [`CommandConn::get`].
     fn redis(&self) -> Option<Result<RedisConn, RedisError>> {
-        let mut redis = self.redis.lock().unwrap_or_else(|e| e.into_inner());
-        if self.renew.swap(false, Ordering::Relaxed) {
-            if let (Some((target, notes)), Some(_)) = (&self.target, &*redis) {
-                *redis = Some(connect(target, notes.clone()));
-            }
-        }
-        redis.clone()
+        self.redis.get()
     }
 
     /// Reads the record stored for `name` (a name or `*.parent`).
@@ -516,6 +539,43 @@ mod tests {
         ] {
             assert!(!wildcard_may_answer(&Outcome::Error(not_asked_or_failed)));
         }
+    }
+
+    /// After the subscription came back from a loss, every holder of the
+    /// command connection (the lookups, the session ticket task) gets the
+    /// same new one.
+    #[test]
+    fn a_renewal_gives_every_holder_of_the_command_connection_a_new_one() {
+        use crate::fetch::conn::RedisTls;
+        let redis = dyncert_testkit::Redis::start();
+        let t = std::time::Duration::from_secs(2);
+        let target = RedisTarget::new(&redis.url(), RedisTls::default(), t).unwrap();
+        let renew = Arc::new(AtomicBool::new(false));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let command = CommandConn::new(
+                Some(connect(&target, Notes::none())),
+                Some((target.clone(), Notes::none())),
+                renew.clone(),
+            );
+            let id = |c: Option<Result<RedisConn, RedisError>>| async move {
+                let mut c = c.unwrap().unwrap();
+                redis::cmd("CLIENT")
+                    .arg("ID")
+                    .query_async::<i64>(&mut c)
+                    .await
+                    .unwrap()
+            };
+            let first = id(command.get()).await;
+            assert_eq!(id(command.get()).await, first);
+            renew.store(true, Ordering::Relaxed);
+            let renewed = id(command.get()).await;
+            assert_ne!(renewed, first);
+            assert_eq!(id(command.get()).await, renewed, "renewed once");
+        });
     }
 
     #[test]

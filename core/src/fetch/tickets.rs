@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::conn::RedisConn;
+use super::sources::CommandConn;
 use super::{Event, Shared};
 use crate::tickets::{
     due, expired, KeySet, Storage, TicketKey, TicketKeysError, KEY_BYTES, MAX_STORED,
@@ -104,9 +105,10 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Runs for the life of the worker.
+/// Runs for the life of the worker, on the lookups' command connection
+/// (so it moves to a new one with them).
 pub(super) async fn maintain(
-    mut conn: RedisConn,
+    redis: Arc<CommandConn>,
     cfg: TicketConfig,
     timeout: Duration,
     rotated: Arc<tokio::sync::Notify>,
@@ -123,7 +125,12 @@ pub(super) async fn maintain(
             _ = tick.tick() => {}
             () = rotated.notified() => {}
         }
-        let note = step(&mut conn, &cfg, timeout).await;
+        let note = match redis.get() {
+            Some(Ok(mut conn)) => step(&mut conn, &cfg, timeout).await,
+            Some(Err(e)) => Some(TicketNote::Failed(e.to_string())),
+            // Not started without Redis.
+            None => None,
+        };
         let generation = cfg.store.generation();
         if cfg
             .store
@@ -598,6 +605,31 @@ mod tests {
             );
         });
         assert_eq!(stored(&redis), winner);
+    }
+
+    /// The ticket task shares the lookups' connection handle: when its
+    /// connection goes silent (a middlebox forgot the flow), a check times
+    /// out once and the next one runs on a new connection.
+    #[test]
+    fn a_ticket_check_after_a_timeout_runs_on_a_new_connection() {
+        let redis = Redis::start();
+        let proxy = crate::fetch::health::blackhole::Proxy::start(redis.port);
+        let t = Duration::from_millis(300);
+        let url = format!("redis://127.0.0.1:{}/0", proxy.port);
+        let target = RedisTarget::new(&url, RedisTls::default(), t).unwrap();
+        let cfg = config();
+        rt().block_on(async {
+            let mut conn = target.connect(Notes::none()).unwrap();
+            let note = step(&mut conn, &cfg, t).await;
+            assert_eq!(note, Some(TicketNote::Rotated { generation: 1 }));
+            proxy.freeze();
+            let note = step(&mut conn, &cfg, t).await;
+            assert!(matches!(note, Some(TicketNote::Failed(_))), "{note:?}");
+            // Read again (the set it holds: nothing new to load).
+            assert_eq!(step(&mut conn, &cfg, t).await, None);
+        });
+        assert_eq!(proxy.accepted(), 2);
+        assert_eq!(cfg.store.get().map(|s| s.generation), Some(1));
     }
 
     /// EVAL stays optional for the ticket keys: a user whose ACL refuses

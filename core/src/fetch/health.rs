@@ -1,0 +1,391 @@
+//! Whether a command connection to one Redis server is still worth using.
+//!
+//! The redis crate's `ConnectionManager` reconnects by itself when
+//! connecting fails or the connection breaks (an I/O error), but never
+//! after a timeout: a command that goes unanswered is retried on the same
+//! connection. A flow that a NAT, conntrack table or load balancer forgot
+//! (typically the idle command connection of a worker whose cache is
+//! warm) therefore times out every command for as long as TCP keeps it
+//! open, up to a quarter of an hour, while Redis answers new connections.
+//!
+//! The verdict here: a command that times out on a connection that had
+//! answered makes that connection suspect, and the next command gets a
+//! new one (commands in flight finish on the old one). One timeout is
+//! enough: `dyncert_redis_timeout` is already hundreds of times what Redis
+//! takes to answer; each failed lookup backs its name off (1 s, then 2 s,
+//! ...), so waiting for a second timeout would cost a second round of
+//! defaults and about twice the time to recover; and a needless new
+//! connection costs one TCP (and TLS) handshake, the old one being closed
+//! once its commands end. A connection that never answered is not
+//! replaced: its timeouts are the manager's connecting, which it retries
+//! itself, so a Redis that hangs costs each worker at most one new
+//! connection per time it answered, never one per timed-out command.
+
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+/// How one command on a connection ended, as far as the connection goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandEnd {
+    /// Redis answered: a value or a server error (WRONGTYPE, NOPERM...).
+    Answered,
+    /// Connecting failed or the connection broke (refused, reset, TLS,
+    /// credentials): the manager reconnects by itself.
+    ConnectionFailed,
+    /// No answer within `dyncert_redis_timeout`: the crate's own timeout,
+    /// or its caller stopped waiting (see [`abandoned`]).
+    TimedOut,
+}
+
+/// What to report about a command's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing.
+    Fine,
+    /// A failure to connect (or of the connection): the node is down,
+    /// unreachable, or refuses the handshake or the credentials.
+    ConnectFailed,
+    /// A command went unanswered on a connection that was up. `renew`:
+    /// this timeout made the connection suspect (reported once per
+    /// connection, when it is replaced).
+    CommandTimedOut { renew: bool },
+}
+
+/// Consecutive command timeouts on a connection that had answered after
+/// which it is replaced (see the module's comment for why one).
+pub const TIMEOUTS_BEFORE_RENEW: u32 = 1;
+
+/// What the last command that ended said of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Last {
+    /// No command ended yet: a timeout is the manager connecting.
+    #[default]
+    Nothing,
+    Answered,
+    /// The manager is reconnecting: a timeout is its connect's.
+    Failed,
+}
+
+/// The health of one connection (one `ConnectionManager`): a new one is
+/// made for its replacement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnHealth {
+    last: Last,
+    /// Command timeouts since the last answer.
+    timeouts: u32,
+    suspect: bool,
+}
+
+impl ConnHealth {
+    /// Notes how a command ended; what to report about it.
+    pub fn record(&mut self, end: CommandEnd) -> Verdict {
+        match end {
+            CommandEnd::Answered => {
+                self.last = Last::Answered;
+                self.timeouts = 0;
+                Verdict::Fine
+            }
+            CommandEnd::ConnectionFailed => {
+                self.last = Last::Failed;
+                self.timeouts = 0;
+                Verdict::ConnectFailed
+            }
+            // The manager does not reconnect on a timeout: after an answer
+            // and until a connection failure, it is still the same
+            // connection that timed out.
+            CommandEnd::TimedOut => match self.last {
+                Last::Nothing | Last::Failed => Verdict::ConnectFailed,
+                Last::Answered => {
+                    self.timeouts = self.timeouts.saturating_add(1);
+                    let renew = !self.suspect && self.timeouts >= TIMEOUTS_BEFORE_RENEW;
+                    self.suspect |= renew;
+                    Verdict::CommandTimedOut { renew }
+                }
+            },
+        }
+    }
+
+    /// Whether the next command should get a new connection. Once
+    /// suspect, a connection stays so (a late answer does not undo it):
+    /// it is replaced, and its replacement starts afresh.
+    pub fn suspect(&self) -> bool {
+        self.suspect
+    }
+}
+
+/// How a command whose caller stopped waiting after `elapsed` ended: a
+/// timeout when the caller waited at least half the command timeout (the
+/// callers' own bound is `dyncert_redis_timeout`, and it often ends the
+/// wait just before the crate's would), nothing otherwise (the caller gave
+/// up for a reason of its own, e.g. the worker is exiting).
+pub fn abandoned(elapsed: Duration, timeout: Duration) -> Option<CommandEnd> {
+    (elapsed >= timeout / 2).then_some(CommandEnd::TimedOut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_on_a_connection_that_answered_replaces_it_once() {
+        let mut h = ConnHealth::default();
+        assert_eq!(h.record(CommandEnd::Answered), Verdict::Fine);
+        assert!(!h.suspect());
+        assert_eq!(
+            h.record(CommandEnd::TimedOut),
+            Verdict::CommandTimedOut { renew: true }
+        );
+        assert!(h.suspect());
+        // The other commands that were waiting on it time out too: counted,
+        // not a second replacement.
+        for _ in 0..5 {
+            assert_eq!(
+                h.record(CommandEnd::TimedOut),
+                Verdict::CommandTimedOut { renew: false }
+            );
+        }
+        // A late answer does not make it trusted again.
+        assert_eq!(h.record(CommandEnd::Answered), Verdict::Fine);
+        assert!(h.suspect());
+    }
+
+    #[test]
+    fn timeouts_before_any_answer_are_the_managers_connecting_and_replace_nothing() {
+        let mut h = ConnHealth::default();
+        for _ in 0..3 {
+            assert_eq!(h.record(CommandEnd::TimedOut), Verdict::ConnectFailed);
+        }
+        assert!(!h.suspect());
+    }
+
+    #[test]
+    fn after_a_broken_connection_a_timeout_is_the_reconnect_not_a_command() {
+        let mut h = ConnHealth::default();
+        h.record(CommandEnd::Answered);
+        assert_eq!(
+            h.record(CommandEnd::ConnectionFailed),
+            Verdict::ConnectFailed
+        );
+        assert_eq!(h.record(CommandEnd::TimedOut), Verdict::ConnectFailed);
+        assert!(!h.suspect(), "the manager is reconnecting by itself");
+        // Reconnected, answering, then silent: a command timeout again.
+        h.record(CommandEnd::Answered);
+        assert_eq!(
+            h.record(CommandEnd::TimedOut),
+            Verdict::CommandTimedOut { renew: true }
+        );
+    }
+
+    #[test]
+    fn connection_failures_are_reported_as_such_whatever_came_before() {
+        let mut h = ConnHealth::default();
+        assert_eq!(
+            h.record(CommandEnd::ConnectionFailed),
+            Verdict::ConnectFailed
+        );
+        h.record(CommandEnd::Answered);
+        assert_eq!(
+            h.record(CommandEnd::ConnectionFailed),
+            Verdict::ConnectFailed
+        );
+        assert!(!h.suspect());
+    }
+
+    #[test]
+    fn a_command_abandoned_after_half_the_timeout_timed_out() {
+        let t = Duration::from_millis(500);
+        assert_eq!(
+            abandoned(Duration::from_millis(499), t),
+            Some(CommandEnd::TimedOut)
+        );
+        assert_eq!(abandoned(t, t), Some(CommandEnd::TimedOut));
+        assert_eq!(
+            abandoned(Duration::from_millis(250), t),
+            Some(CommandEnd::TimedOut)
+        );
+        assert_eq!(abandoned(Duration::from_millis(10), t), None);
+        assert_eq!(abandoned(Duration::ZERO, t), None);
+    }
+}
+
+/// A TCP proxy in front of a real redis-server that, once frozen, stops
+/// forwarding on the connections it had accepted (both ways) while keeping
+/// them open, and forwards new ones as usual: a flow a middlebox forgot.
+#[cfg(test)]
+pub(super) mod blackhole {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::thread;
+    use std::time::Duration;
+
+    pub struct Proxy {
+        pub port: u16,
+        freeze: Arc<AtomicBool>,
+        accepted: Arc<AtomicU64>,
+    }
+
+    fn pump(mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>) {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if frozen.load(Ordering::SeqCst) {
+                // Swallow everything from now on, keep the socket open.
+                while from.read(&mut buf).is_ok_and(|n| n > 0) {}
+                break;
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        if !frozen.load(Ordering::SeqCst) {
+            let _ = to.shutdown(Shutdown::Write);
+        }
+    }
+
+    impl Proxy {
+        pub fn start(to: u16) -> Proxy {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            let freeze = Arc::new(AtomicBool::new(false));
+            let accepted = Arc::new(AtomicU64::new(0));
+            let (f, a) = (freeze.clone(), accepted.clone());
+            thread::spawn(move || {
+                for c in l.incoming().flatten() {
+                    a.fetch_add(1, Ordering::SeqCst);
+                    let Ok(s) = TcpStream::connect(("127.0.0.1", to)) else {
+                        continue;
+                    };
+                    // Connections accepted after the freeze are never frozen.
+                    let frozen = if f.load(Ordering::SeqCst) {
+                        Arc::new(AtomicBool::new(false))
+                    } else {
+                        f.clone()
+                    };
+                    let (c2, s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
+                    let f2 = frozen.clone();
+                    thread::spawn(move || pump(c, s, frozen));
+                    thread::spawn(move || pump(s2, c2, f2));
+                }
+            });
+            Proxy {
+                port,
+                freeze,
+                accepted,
+            }
+        }
+
+        pub fn freeze(&self) {
+            self.freeze.store(true, Ordering::SeqCst);
+            // Let a reply already being forwarded get through first.
+            thread::sleep(Duration::from_millis(50));
+        }
+
+        pub fn accepted(&self) -> u64 {
+            self.accepted.load(Ordering::SeqCst)
+        }
+    }
+}
+
+/// The verdict applied to a real connection (`conn::SingleConn`): a real
+/// redis-server behind [`blackhole::Proxy`].
+#[cfg(test)]
+mod live_tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::blackhole::Proxy;
+    use crate::fetch::conn::{Notes, RedisNote, RedisTarget, RedisTls};
+    use dyncert_testkit::Redis;
+
+    const T: Duration = Duration::from_millis(300);
+
+    async fn ping(conn: &mut crate::fetch::RedisConn) -> Result<String, String> {
+        match tokio::time::timeout(T, redis::cmd("PING").query_async::<String>(conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            // The crate's own timeout, or the caller's: whichever ends first.
+            Ok(Err(e)) if e.is_timeout() => Err("timeout".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timeout".into()),
+        }
+    }
+
+    #[test]
+    fn a_connection_that_went_silent_is_replaced_for_every_holder_after_one_timeout() {
+        let redis = Redis::start();
+        let proxy = Proxy::start(redis.port);
+        let url = format!("redis://127.0.0.1:{}/0", proxy.port);
+        let target = RedisTarget::new(&url, RedisTls::default(), T).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let notes = Notes::new(move |n| sink.lock().unwrap().push(n));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut lookups = target.connect(notes).unwrap();
+            // A handle taken at start, as the ticket task's and the ACME
+            // reader's are.
+            let mut tickets = lookups.clone();
+            assert_eq!(ping(&mut lookups).await, Ok("PONG".to_owned()));
+            assert_eq!(proxy.accepted(), 1);
+            proxy.freeze();
+            assert_eq!(ping(&mut lookups).await, Err("timeout".to_owned()));
+            assert_eq!(ping(&mut tickets).await, Ok("PONG".to_owned()));
+            assert_eq!(ping(&mut lookups).await, Ok("PONG".to_owned()));
+        });
+        assert_eq!(proxy.accepted(), 2, "one new connection, shared");
+        let seen = seen.lock().unwrap();
+        assert!(
+            matches!(
+                &seen[..],
+                [
+                    RedisNote::CommandTimedOut {
+                        timeout: T,
+                        logged: true,
+                        ..
+                    },
+                    RedisNote::Reconnected { logged: true, .. },
+                ]
+            ),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn a_server_that_never_answered_gets_no_new_connection_per_timeout() {
+        // Accepts and never answers: the manager's connecting times out.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "redis://127.0.0.1:{}/0",
+            silent.local_addr().unwrap().port()
+        );
+        let target = RedisTarget::new(&url, RedisTls::default(), T).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let notes = Notes::new(move |n| sink.lock().unwrap().push(n));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut conn = target.connect(notes).unwrap();
+            for _ in 0..3 {
+                assert!(ping(&mut conn).await.is_err());
+            }
+        });
+        let seen = seen.lock().unwrap();
+        assert!(!seen.is_empty());
+        assert!(
+            seen.iter()
+                .all(|n| matches!(n, RedisNote::ConnectFailed { .. })),
+            "{seen:?}"
+        );
+    }
+}
