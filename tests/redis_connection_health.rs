@@ -1,0 +1,273 @@
+//! A command connection to Redis that goes silent is replaced: a NAT,
+//! conntrack table or load balancer forgets the worker's idle command
+//! connection while Redis, and the invalidation subscription (which PINGs),
+//! are fine. Commands on the forgotten flow time out; the redis crate does
+//! not reconnect after a timeout, so before this fix every uncached name
+//! got the default certificate for as long as TCP kept the flow open (up
+//! to a quarter of an hour), and the session ticket task stopped rotating.
+//!
+//! A real redis-server behind a TCP proxy in the test: once frozen, the
+//! proxy stops forwarding (both ways) on every connection it accepted
+//! before, except the one that sent SUBSCRIBE, and keeps them open; new
+//! connections are forwarded as usual. The timeout is logged as a command
+//! timeout on an open connection, not as a failure to connect.
+
+use dyncert_testkit::*;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const HTTP: &str = r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    dyncert_fetch_timeout 1s;
+    dyncert_redis_timeout 500ms;
+    dyncert_cache max=1000 valid=1h stale=1h negative=1s;
+    server {
+        listen 127.0.0.1:@MPORT@;
+        location = /metrics { dyncert_metrics; }
+    }
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        @TICKETS@
+        location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
+    }
+}
+"#;
+
+/// A TCP proxy to a redis-server; see the file's comment.
+struct Proxy {
+    port: u16,
+    freeze: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+}
+
+/// Forwards `from` to `to` until the flow is frozen (and not the
+/// subscription's), then swallows what arrives and keeps both open.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    frozen: Arc<AtomicBool>,
+    subscription: Arc<AtomicBool>,
+    upstream: bool,
+) {
+    let silent = || frozen.load(Ordering::SeqCst) && !subscription.load(Ordering::SeqCst);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if upstream
+            && buf[..n]
+                .windows(9)
+                .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+        {
+            subscription.store(true, Ordering::SeqCst);
+        }
+        if silent() {
+            while from.read(&mut buf).is_ok_and(|n| n > 0) {}
+            return;
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+impl Proxy {
+    fn start(to: u16) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let freeze = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (f, a) = (freeze.clone(), accepted.clone());
+        thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                a.fetch_add(1, Ordering::SeqCst);
+                let Ok(s) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                // Connections made after the freeze are never frozen.
+                let frozen = if f.load(Ordering::SeqCst) {
+                    Arc::new(AtomicBool::new(false))
+                } else {
+                    f.clone()
+                };
+                let sub = Arc::new(AtomicBool::new(false));
+                let (c2, s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
+                let (fr1, sb1) = (frozen.clone(), sub.clone());
+                thread::spawn(move || pump(c, s, fr1, sb1, true));
+                thread::spawn(move || pump(s2, c2, frozen, sub, false));
+            }
+        });
+        Proxy {
+            port,
+            freeze,
+            accepted,
+        }
+    }
+
+    fn freeze(&self) {
+        self.freeze.store(true, Ordering::SeqCst);
+    }
+
+    fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// nginx (one worker) whose Redis is behind `proxy`, with the invalidation
+/// subscription up.
+struct Stack {
+    nginx: Nginx,
+    mport: u16,
+}
+
+impl Stack {
+    fn start(pki: &Pki, redis: &Redis, proxy: &Proxy, tickets: bool) -> Stack {
+        let mport = free_port();
+        let nginx = Nginx::start(
+            pki,
+            HTTP,
+            NginxOpts::new()
+                .workers(1)
+                .var("REDIS", format!("redis://127.0.0.1:{}/0", proxy.port))
+                .var("MPORT", mport)
+                .var(
+                    "TICKETS",
+                    if tickets {
+                        "dyncert_session_tickets on;"
+                    } else {
+                        ""
+                    },
+                ),
+        );
+        let up = poll(Duration::from_secs(10), Duration::from_millis(100), || {
+            let r = redis.cmd(&["PUBSUB", "NUMSUB", "dyncert:invalidate"]);
+            format!("{r:?}").contains("Int(1)").then_some(())
+        });
+        assert!(up.is_some(), "no subscriber:\n{}", nginx.error_log());
+        Stack { nginx, mport }
+    }
+
+    fn metric(&self, key: &str) -> f64 {
+        scrape_metrics(self.mport).get(key)
+    }
+}
+
+/// What finding 5 of the audit was about: a timeout on an open connection
+/// reads as a failure to connect, and is counted as one.
+fn assert_logged_as_a_command_timeout(stack: &Stack, proxy: &Proxy) {
+    let log = stack.nginx.error_log();
+    let node = format!("redis node \"127.0.0.1:{}\"", proxy.port);
+    assert!(
+        log.contains(&format!(
+            "redis command timed out after 500 ms on the open connection to {node}"
+        )),
+        "{}",
+        tail(&log, 20)
+    );
+    assert!(
+        log.contains(&format!(
+            "replacing the command connection to {node} after a command timed out on it"
+        )),
+        "{}",
+        tail(&log, 20)
+    );
+    assert!(
+        !log.contains("while connecting to redis node"),
+        "{}",
+        tail(&log, 20)
+    );
+    assert_eq!(stack.metric("dyncert_redis_connect_errors_total"), 0.0);
+    assert!(stack.metric("dyncert_redis_command_timeouts_total") >= 1.0);
+    assert_eq!(stack.metric("dyncert_redis_reconnects_total"), 1.0);
+}
+
+#[test]
+fn a_name_is_served_within_seconds_after_the_command_connection_went_silent() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.port);
+    let stack = Stack::start(&pki, &redis, &proxy, false);
+    let warm = pki.leaf(&["warm.example.com"], 4001);
+    redis.put_leaf("warm.example.com", &warm);
+    let r = poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        Request::get("/")
+            .sni("warm.example.com")
+            .https(stack.nginx.port)
+            .ok()
+            .filter(|r| r.tls().leaf_serial == warm.serial_hex)
+    });
+    assert!(r.is_some(), "warm-up failed:\n{}", stack.nginx.error_log());
+    // The command connection and the subscription's.
+    let before = proxy.accepted();
+    assert_eq!(before, 2);
+
+    proxy.freeze();
+    let late = pki.leaf(&["late.example.com"], 4002);
+    redis.put_leaf("late.example.com", &late);
+    let t0 = Instant::now();
+    let served = poll(Duration::from_secs(15), Duration::from_millis(250), || {
+        Request::get("/")
+            .sni("late.example.com")
+            .https(stack.nginx.port)
+            .ok()
+            .filter(|r| r.tls().leaf_serial == late.serial_hex)
+            .map(|_| t0.elapsed())
+    });
+    let log = stack.nginx.error_log();
+    // One timeout (500 ms), the name's error backoff (1 s), then a lookup
+    // on the new connection.
+    assert!(
+        served.is_some_and(|t| t < Duration::from_secs(5)),
+        "late.example.com not served from Redis within 5 s of the freeze (served after \
+         {served:?}, {} connections accepted in all):\n{}",
+        proxy.accepted(),
+        tail(&log, 20)
+    );
+    assert_eq!(proxy.accepted(), before + 1, "one new connection");
+    assert_logged_as_a_command_timeout(&stack, &proxy);
+}
+
+#[test]
+fn the_session_ticket_task_moves_to_a_new_connection_when_its_own_went_silent() {
+    let pki = Pki::new();
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.port);
+    let stack = Stack::start(&pki, &redis, &proxy, true);
+    // The worker made the fleet's first key set.
+    let made = poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        (stack.metric("dyncert_ticket_key_rotations_total") == 1.0).then_some(())
+    });
+    assert!(made.is_some(), "no key set:\n{}", stack.nginx.error_log());
+
+    proxy.freeze();
+    // The operator drops every key (after a leak): the next check on a
+    // live connection makes a new set.
+    redis.cmd(&["DEL", "dyncert:ticket-keys"]);
+    let t0 = Instant::now();
+    let rotated = poll(Duration::from_secs(15), Duration::from_millis(200), || {
+        (stack.metric("dyncert_ticket_key_rotations_total") == 2.0).then(|| t0.elapsed())
+    });
+    assert!(
+        rotated.is_some_and(|t| t < Duration::from_secs(5)),
+        "no new key set within 5 s of the freeze (after {rotated:?}):\n{}",
+        tail(&stack.nginx.error_log(), 20)
+    );
+    assert!(matches!(
+        redis.cmd(&["EXISTS", "dyncert:ticket-keys"]),
+        Reply::Int(1)
+    ));
+    assert_logged_as_a_command_timeout(&stack, &proxy);
+}
