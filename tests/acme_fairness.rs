@@ -377,3 +377,71 @@ fn requests_past_the_reads_wait_for_one_instead_of_a_503() {
         o.flood.statuses
     );
 }
+
+/// While Redis hangs, 16 requests for distinct tokens take every read: a
+/// CA's request past them waits without blocking the worker and is
+/// answered 503 within a bounded time (its wait, or once a read ends, its
+/// own read's `dyncert_redis_timeout`: 2 × 1 s here); requests whose
+/// clients went away meanwhile are forgotten; once Redis answers, the
+/// challenge is answered again.
+#[test]
+fn while_redis_hangs_a_request_past_the_reads_gets_503_in_bounded_time() {
+    let pport = free_port();
+    let (mut s, _) = Stack::with_metrics(REST, NginxOpts::new().var("PPORT", pport));
+    let port = s.nginx.port;
+    s.redis
+        .cmd(&["SET", &format!("dyncert:acme:{TOKEN}"), KEY_AUTHORIZATION]);
+    let ca: From = From::Direct([127, 0, 0, 2].into());
+    let validate = move || -> Result<(u16, Option<String>, String), String> {
+        let mut c = Conn::open(port, ca)?;
+        c.send(&path(TOKEN))?;
+        c.receive()
+    };
+    poll(STARTUP_DEADLINE, Duration::from_millis(100), || {
+        validate().ok().filter(|r| r.0 == 200)
+    })
+    .unwrap_or_else(|| panic!("challenge never answered\n{}", s.nginx.logs()));
+
+    s.redis.pause();
+    let mut reading = Vec::new();
+    for i in 0..16u8 {
+        let mut c = Conn::open(port, From::Direct([127, 0, 1, 1 + i / 4].into())).unwrap();
+        c.send(&path(&format!("hung{i}"))).unwrap();
+        reading.push(c);
+    }
+    for i in 0..8u8 {
+        let mut c = Conn::open(port, From::Direct([127, 0, 2, 1 + i].into())).unwrap();
+        c.send(&path(&format!("gone{i}"))).unwrap();
+    }
+    thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    let waiting = thread::spawn(validate);
+    thread::sleep(Duration::from_millis(100));
+    let r = Request::get("/").http(port).expect("redirect");
+    assert_eq!(r.status, 301, "{r:?}");
+    assert!(r.elapsed < Duration::from_millis(500), "{:?}", r.elapsed);
+
+    let (status, _, body) = waiting.join().unwrap().expect("the CA's request");
+    let waited = start.elapsed();
+    assert_eq!(status, 503, "{body}");
+    // It waited for a read (the hung ones end after 1 s) ...
+    assert!(
+        waited >= Duration::from_millis(500),
+        "answered 503 after {waited:?}, without waiting for a read"
+    );
+    // ... and no longer than its wait and one read.
+    assert!(
+        waited < Duration::from_millis(3500),
+        "answered after {waited:?}, beyond 2 x dyncert_redis_timeout"
+    );
+    for mut c in reading {
+        assert_eq!(c.receive().expect("a hung read's answer").0, 503);
+    }
+
+    s.redis.resume();
+    poll(STARTUP_DEADLINE, Duration::from_millis(100), || {
+        validate().ok().filter(|r| r.0 == 200)
+    })
+    .unwrap_or_else(|| panic!("not answered after Redis resumed\n{}", s.nginx.logs()));
+    s.nginx.assert_healthy();
+}
