@@ -272,9 +272,28 @@ for n in names:
 "#;
 
 /// The venv's Python with aioquic (scripts/test.sh makes it), or `None`
-/// after saying why the test is skipped (a failure with
-/// `DYNCERT_REQUIRE_HTTP3=1`, as in tests/http3.rs).
+/// after saying why the test is skipped: no aioquic, or an NGINX without
+/// HTTP/3 (a failure with `DYNCERT_REQUIRE_HTTP3=1`, as in tests/http3.rs).
 fn quic_python(test: &str) -> Option<PathBuf> {
+    let why = match quic_python_found() {
+        Ok(python) => return Some(python),
+        Err(why) => why,
+    };
+    if std::env::var_os("DYNCERT_REQUIRE_HTTP3").is_some_and(|v| v == "1") {
+        panic!("DYNCERT_REQUIRE_HTTP3=1 but {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    None
+}
+
+fn quic_python_found() -> Result<PathBuf, String> {
+    let v = Command::new(nginx_bin())
+        .arg("-V")
+        .output()
+        .map_err(|e| format!("{}: {e}", nginx_bin().display()))?;
+    if !String::from_utf8_lossy(&v.stderr).contains("--with-http_v3_module") {
+        return Err("nginx was built without --with-http_v3_module".to_owned());
+    }
     let candidates = [
         std::env::var_os("DYNCERT_H3_PYTHON").map(PathBuf::from),
         Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/python")),
@@ -286,15 +305,10 @@ fn quic_python(test: &str) -> Option<PathBuf> {
             .output()
             .is_ok_and(|o| o.status.success());
         if ok {
-            return Some(python);
+            return Ok(python);
         }
     }
-    let why = "no Python with aioquic (scripts/test.sh installs it into target/tools/venv)";
-    if std::env::var_os("DYNCERT_REQUIRE_HTTP3").is_some_and(|v| v == "1") {
-        panic!("DYNCERT_REQUIRE_HTTP3=1 but {why}");
-    }
-    eprintln!("SKIPPED {test}: {why}");
-    None
+    Err("no Python with aioquic (scripts/test.sh installs it into target/tools/venv)".to_owned())
 }
 
 /// Finding 6: QUIC handshakes share one budget, whatever source address
