@@ -32,7 +32,7 @@ http {
     }
     server {
         listen 127.0.0.1:@PORT@ ssl;
-        @QUIC@
+        @LISTEN@
         server_name _;
         ssl_certificate     default.crt;
         ssl_certificate_key default.key;
@@ -48,25 +48,24 @@ struct OnDemand {
     redis: Redis,
     nginx: Nginx,
     mport: u16,
+    /// `@PPORT@`, for a `listen` line.
+    pport: u16,
 }
 
 impl OnDemand {
-    fn start(negative: &str, quic: bool) -> OnDemand {
+    /// `listen` is another listen line of the on-demand server.
+    fn start(negative: &str, listen: &str) -> OnDemand {
         let pki = Pki::new();
         let redis = Redis::start();
-        let mport = free_port();
-        let quic = if quic {
-            "listen 127.0.0.1:@PORT@ quic reuseport;"
-        } else {
-            ""
-        };
+        let (mport, pport) = (free_port(), free_port());
         let nginx = Nginx::start(
             &pki,
-            &HTTP.replace("@QUIC@", quic),
+            &HTTP.replace("@LISTEN@", listen),
             NginxOpts::new()
                 .workers(1)
                 .redis(&redis)
                 .var("MPORT", mport)
+                .var("PPORT", pport)
                 .var("NEGATIVE", negative),
         );
         OnDemand {
@@ -74,6 +73,7 @@ impl OnDemand {
             redis,
             nginx,
             mport,
+            pport,
         }
     }
 
@@ -185,7 +185,7 @@ impl Drop for Issuer {
 /// is asked at once.
 #[test]
 fn one_address_flood_does_not_keep_another_addresses_name_from_the_issuer() {
-    let mut s = OnDemand::start("2s", false);
+    let mut s = OnDemand::start("2s", "");
     let (ask_port, asked) = ask_server();
     let dir = std::env::temp_dir().join(format!("dyncert-od-flood-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -321,7 +321,7 @@ fn quic_initials_share_one_budget_and_tcp_visitors_keep_their_own() {
     let Some(python) = quic_python(test) else {
         return;
     };
-    let mut s = OnDemand::start("30s", true);
+    let mut s = OnDemand::start("30s", "listen 127.0.0.1:@PORT@ quic reuseport;");
     let names: Vec<String> = (0..40).map(|i| format!("q{i}.spoofed.example")).collect();
     let out = Command::new(&python)
         .args(["-c", QUIC_INITIALS])
@@ -362,6 +362,53 @@ fn quic_initials_share_one_budget_and_tcp_visitors_keep_their_own() {
     assert!(
         got.is_some(),
         "{left} not queued over TCP\n{}",
+        s.nginx.logs()
+    );
+    s.nginx.assert_healthy();
+}
+
+/// Behind an L4 balancer every connection comes from the balancer: the
+/// budget is charged to the PROXY protocol source address, which nginx
+/// reads before the handshake (realip applies only to requests, later).
+#[test]
+fn behind_proxy_protocol_the_budget_is_the_proxied_clients() {
+    let mut s = OnDemand::start("30s", "listen 127.0.0.1:@PPORT@ ssl proxy_protocol;");
+    let pport = s.pport;
+    let hello = |src: &str, sni: &str| {
+        let header = format!("PROXY TCP4 {src} 127.0.0.1 40000 443\r\n");
+        let mut s = connect_from(None, ([127, 0, 0, 1], pport).into()).unwrap();
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut bytes = header.into_bytes();
+        bytes.extend(raw_client_hello(sni.as_bytes()));
+        s.write_all(&bytes).unwrap();
+        let _ = s.read(&mut [0u8; 64]);
+    };
+    for i in 0..10 {
+        hello("203.0.113.1", &format!("p{i}.flood.example"));
+    }
+    hello("203.0.113.2", "visitor.example.net");
+    let done = poll(Duration::from_secs(5), Duration::from_millis(20), || {
+        (s.metric("dyncert_on_demand_enqueued_total") >= 5.0).then_some(())
+    });
+    assert!(done.is_some(), "{:?}\n{}", s.queued(), s.nginx.logs());
+    thread::sleep(Duration::from_millis(200));
+    let queued = s.queued();
+    // 4 from the flooding client (8 if a 30 s period ended meanwhile),
+    // and the visitor's name.
+    assert!(
+        (5..=2 * PER_ADDRESS as usize + 1).contains(&queued.len()),
+        "{queued:?}"
+    );
+    assert!(
+        queued.iter().any(|n| n == "visitor.example.net"),
+        "{queued:?}"
+    );
+    assert!(s.metric("dyncert_on_demand_refused_total{reason=\"per_address\"}") >= 2.0);
+    assert!(
+        s.nginx
+            .logs()
+            .contains("client 203.0.113.1 already caused 4 enqueues"),
+        "{}",
         s.nginx.logs()
     );
     s.nginx.assert_healthy();
