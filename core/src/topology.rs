@@ -549,8 +549,10 @@ pub fn agreed_replicas(answers: &[Option<Vec<Node>>]) -> Vec<Node> {
 /// it when the primary cannot): the commands the fetcher sends for a
 /// record or an ACME challenge.
 pub fn is_read_only<'a>(commands: impl IntoIterator<Item = &'a [u8]>) -> bool {
-    const READS: [&[u8]; 7] = [
-        b"EXISTS", b"HSTRLEN", b"HMGET", b"HGETALL", b"GET", b"STRLEN", b"PING",
+    // EVAL_RO: Redis refuses a script that writes (the scripted record
+    // read only reads).
+    const READS: [&[u8]; 8] = [
+        b"EXISTS", b"HSTRLEN", b"HMGET", b"HGETALL", b"GET", b"STRLEN", b"PING", b"EVAL_RO",
     ];
     let mut any = false;
     for c in commands {
@@ -735,6 +737,8 @@ mod tests {
         assert!(is_read_only(cmds(&["EXISTS", "HSTRLEN", "hstrlen"])));
         assert!(is_read_only(cmds(&["HMGET"])));
         assert!(is_read_only(cmds(&["STRLEN", "GET"])));
+        assert!(is_read_only(cmds(&["EVAL_RO"])));
+        assert!(!is_read_only(cmds(&["EVAL"])));
         assert!(!is_read_only(cmds(&["MULTI", "DEL", "HSET", "EXEC"])));
         assert!(!is_read_only(cmds(&["HMGET", "ZADD"])));
         assert!(!is_read_only(cmds(&[])));

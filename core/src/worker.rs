@@ -871,6 +871,15 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                     );
                 }
             }
+            RedisNote::ScriptReadRefused { error } => log(
+                Level::Warn,
+                format!(
+                    "dyncert: redis refused the one-step record read ({error}); records are \
+                     read in two steps for the next 5 minutes, where a value written between \
+                     the size check and the read is read whole: allow EVAL_RO (Redis 7 or \
+                     later) to the module's user"
+                ),
+            ),
             RedisNote::ReplicaRead { node, logged } => {
                 self.count(Simple::RedisReplicaReads);
                 if logged {

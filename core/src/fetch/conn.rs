@@ -98,6 +98,10 @@ pub enum RedisNote {
     /// The command connection to `node` was replaced by a new one because
     /// a command timed out on it (see [`super::health`]).
     Reconnected { node: String, logged: bool },
+    /// The one-step record read (an `EVAL_RO` script) was refused with
+    /// `error` (an ACL user without scripts, a Redis before 7): records are
+    /// read in two steps for a while. Sent once per switch.
+    ScriptReadRefused { error: String },
 }
 
 /// Shortest time between two log lines about one node.
@@ -164,6 +168,12 @@ impl Notes {
         (self.sink)(RedisNote::Reconnected {
             node: node.to_owned(),
             logged,
+        });
+    }
+
+    pub(super) fn script_read_refused(&self, e: &redis::RedisError) {
+        (self.sink)(RedisNote::ScriptReadRefused {
+            error: super::error::RedisError::command(e).to_string(),
         });
     }
 
@@ -594,6 +604,15 @@ impl RedisConn {
     /// [`Topology::spans_slots_in_transactions`]).
     pub fn spans_slots_in_transactions(&self) -> bool {
         !matches!(self, RedisConn::Cluster(_))
+    }
+
+    /// Where this connection's notes go.
+    pub(super) fn notes(&self) -> &Notes {
+        match self {
+            RedisConn::Single { notes, .. } => notes,
+            RedisConn::Cluster(c) => &c.notes,
+            RedisConn::Sentinel(s) => &s.notes,
+        }
     }
 }
 
@@ -1091,6 +1110,7 @@ mod tests {
                 | RedisNote::ReplicaRead { logged, .. }
                 | RedisNote::CommandTimedOut { logged, .. }
                 | RedisNote::Reconnected { logged, .. } => *logged,
+                RedisNote::ScriptReadRefused { .. } => true,
             })
             .collect();
         assert_eq!(logged, [true, false, true]);

@@ -9,7 +9,8 @@ use super::error::{retryable, RedisError};
 use crate::outcome::Refusal;
 use crate::record::{
     check_lengths, check_policy_lengths, check_second_lengths, chosen_form, decode_record,
-    decode_second, Form, Record,
+    decode_second, Form, Record, MAX_ALLOW_BYTES, MAX_CLIENT_CA_BYTES, MAX_CRT_BYTES,
+    MAX_KEY_BYTES,
 };
 use crate::topology::Topology;
 
@@ -26,14 +27,6 @@ const SIZED: [&str; 10] = [
     "crt_der_rsa",
     "key_der_rsa",
 ];
-/// Hash fields of a record in PEM form, in the order they are read.
-const PEM_FIELDS: [&str; 4] = ["crt", "key", "allow", "client_ca"];
-/// Hash fields of a record in DER form.
-const DER_FIELDS: [&str; 4] = ["crt_der", "key_der", "allow", "client_ca"];
-/// Hash fields of a second pair in PEM form, read after the others.
-const SECOND_PEM_FIELDS: [&str; 2] = ["crt_rsa", "key_rsa"];
-/// Hash fields of a second pair in DER form.
-const SECOND_DER_FIELDS: [&str; 2] = ["crt_der_rsa", "key_der_rsa"];
 
 /// Checks a Redis URL at configuration time so a typo fails `nginx -t`:
 /// the multi-node forms by [`Topology::parse`], the others by the redis
@@ -91,62 +84,210 @@ pub(super) async fn read_record(conn: &mut RedisConn, key: &str, timeout: Durati
     }
 }
 
+/// The most bytes each of [`SIZED`]'s fields may hold (in that order):
+/// what [`check_lengths`], [`check_policy_lengths`] and
+/// [`check_second_lengths`] let through.
+const FIELD_CAPS: [usize; 10] = [
+    MAX_CRT_BYTES,
+    MAX_KEY_BYTES,
+    MAX_ALLOW_BYTES,
+    MAX_CLIENT_CA_BYTES,
+    MAX_CRT_BYTES,
+    MAX_KEY_BYTES,
+    MAX_CRT_BYTES,
+    MAX_KEY_BYTES,
+    MAX_CRT_BYTES,
+    MAX_KEY_BYTES,
+];
+
+/// Reads a record's sizes and values in one step, so that a value that
+/// grows between the size check and the read is never transferred: `KEYS[1]`
+/// the record, `ARGV` the field/cap pairs of [`SIZED`] and [`FIELD_CAPS`].
+/// Returns `EXISTS`, the 10 `HSTRLEN`s, then the 10 values: a value is
+/// read only when it is within its cap, and not for a PEM pair when the
+/// record has the DER form of it ([`chosen_form`]), as the two-step read
+/// does; nil for one not read or absent (`HGET` tells an empty field
+/// from an absent one, which `HSTRLEN` does not). Read-only: `EVAL_RO`
+/// runs on replicas too.
+const READ_RECORD_LUA: &str = "local n = #ARGV / 2 \
+    local out = {redis.call('EXISTS', KEYS[1])} \
+    local sizes = {} \
+    for i = 1, n do sizes[i] = redis.call('HSTRLEN', KEYS[1], ARGV[2 * i - 1]) out[i + 1] = sizes[i] end \
+    local skip = {} \
+    if sizes[5] > 0 and sizes[6] > 0 then skip[1] = true skip[2] = true end \
+    if sizes[9] > 0 and sizes[10] > 0 then skip[7] = true skip[8] = true end \
+    for i = 1, n do \
+        local v = false \
+        if not skip[i] and sizes[i] <= tonumber(ARGV[2 * i]) then v = redis.call('HGET', KEYS[1], ARGV[2 * i - 1]) end \
+        out[n + 1 + i] = v \
+    end \
+    return out";
+
+/// When the scripted read is refused (no `EVAL_RO` before Redis 7, or an
+/// ACL user without it), records are read in two steps for this long
+/// before the script is tried again.
+const SCRIPT_RETRY_MS: u64 = 5 * 60 * 1000;
+
+/// Monotonic milliseconds until which this process reads records in two
+/// steps (0: the script is used).
+static TWO_STEPS_UNTIL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
 async fn read_record_once(conn: &mut RedisConn, key: &str, t: Duration) -> RedisAnswer {
-    // Sizes first, so an oversized value is refused without being read,
-    // and only one form of a record that carries both is transferred.
+    let now = monotonic_ms();
+    if TWO_STEPS_UNTIL.load(std::sync::atomic::Ordering::Relaxed) > now {
+        return read_in_two_steps(conn, key, t).await;
+    }
+    let mut eval = redis::cmd("EVAL_RO");
+    eval.arg(READ_RECORD_LUA).arg(1).arg(key);
+    for (field, cap) in SIZED.iter().zip(FIELD_CAPS) {
+        eval.arg(*field).arg(cap);
+    }
+    let reply = eval.query_async::<redis::Value>(conn);
+    match tokio::time::timeout(t, reply).await {
+        Ok(Ok(v)) => match scripted_reply(v) {
+            Some((sizes, mut values)) => {
+                assemble(sizes, |i| values.get_mut(i).and_then(Option::take))
+            }
+            None => RedisAnswer::Failed(RedisError::Command("unexpected reply".into())),
+        },
+        // The server answered with an error (NOPERM, an unknown command
+        // before Redis 7, a script error): the two steps do what it
+        // refused, and the script is tried again later.
+        Ok(Err(e)) if e.code().is_some() && !retryable(&e) => {
+            let until = now.saturating_add(SCRIPT_RETRY_MS);
+            let first = TWO_STEPS_UNTIL.swap(until, std::sync::atomic::Ordering::Relaxed) <= now;
+            if first {
+                conn.notes().script_read_refused(&e);
+            }
+            read_in_two_steps(conn, key, t).await
+        }
+        Ok(Err(e)) => RedisAnswer::failed(&e),
+        Err(_) => RedisAnswer::Failed(RedisError::Timeout),
+    }
+}
+
+/// The sizes and values of [`READ_RECORD_LUA`]'s reply.
+type Scripted = ([u64; 11], Vec<Option<Vec<u8>>>);
+
+fn scripted_reply(v: redis::Value) -> Option<Scripted> {
+    let redis::Value::Array(items) = v else {
+        return None;
+    };
+    if items.len() != 1 + 2 * SIZED.len() {
+        return None;
+    }
+    let mut items = items.into_iter();
+    let mut sizes = [0u64; 11];
+    for size in sizes.iter_mut() {
+        *size = match items.next()? {
+            redis::Value::Int(n) => u64::try_from(n).ok()?,
+            _ => return None,
+        };
+    }
+    let values = items
+        .map(|v| match v {
+            redis::Value::BulkString(b) => Some(Some(b)),
+            redis::Value::Nil => Some(None),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((sizes, values))
+}
+
+/// The two-step read: sizes first, so an oversized value is refused
+/// without being read, and only one form of a record that carries both
+/// is transferred; then the values. A value written between the two is
+/// read whole (see the README's Limitations), which the scripted read
+/// rules out.
+async fn read_in_two_steps(conn: &mut RedisConn, key: &str, t: Duration) -> RedisAnswer {
     let mut pipe = redis::pipe();
     pipe.cmd("EXISTS").arg(key);
     for field in SIZED {
         pipe.cmd("HSTRLEN").arg(key).arg(field);
     }
     let sizes = pipe.query_async::<Vec<u64>>(conn);
-    let sizes = match tokio::time::timeout(t, sizes).await {
-        Ok(Ok(v)) if v.len() == SIZED.len() + 1 => v,
-        Ok(Ok(_)) => return RedisAnswer::Failed(RedisError::Command("unexpected reply".into())),
+    let sizes: [u64; 11] = match tokio::time::timeout(t, sizes).await {
+        Ok(Ok(v)) => match v.try_into() {
+            Ok(s) => s,
+            Err(_) => return RedisAnswer::Failed(RedisError::Command("unexpected reply".into())),
+        },
         Ok(Err(e)) => return RedisAnswer::failed(&e),
         Err(_) => return RedisAnswer::Failed(RedisError::Timeout),
     };
-    let [exists, crt_len, key_len, allow_len, ca_len, crt_der_len, key_der_len, crt_rsa_len, key_rsa_len, crt_der_rsa_len, key_der_rsa_len] =
-        sizes[..]
-    else {
-        return RedisAnswer::Failed(RedisError::Command("unexpected reply".into()));
-    };
-    let form = chosen_form(crt_der_len, key_der_len);
-    let (c_len, k_len, fields) = match form {
-        Form::Pem => (crt_len, key_len, PEM_FIELDS),
-        Form::Der => (crt_der_len, key_der_len, DER_FIELDS),
-    };
-    let second = match check_lengths(exists > 0, c_len, k_len)
-        .and_then(|e| check_policy_lengths(allow_len, ca_len).map(|()| e))
-        .and_then(|e| {
-            check_second_lengths(crt_rsa_len, key_rsa_len, crt_der_rsa_len, key_der_rsa_len)
-                .map(|s| (e, s))
-        }) {
-        Ok((false, _)) => return RedisAnswer::Absent,
-        Ok((true, second)) => second,
+    let fields = match wanted_fields(&sizes) {
+        Ok(Some(fields)) => fields,
+        Ok(None) => return RedisAnswer::Absent,
         Err(e) => return RedisAnswer::Refused(e.into()),
     };
     let mut hmget = redis::cmd("HMGET");
-    hmget.arg(key).arg(&fields[..]);
-    match second {
-        Some(Form::Der) => hmget.arg(&SECOND_DER_FIELDS[..]),
-        Some(Form::Pem) => hmget.arg(&SECOND_PEM_FIELDS[..]),
-        None => &mut hmget,
-    };
+    hmget.arg(key);
+    for &i in &fields {
+        hmget.arg(SIZED[i]);
+    }
     let values = hmget.query_async::<Vec<Option<Vec<u8>>>>(conn);
-    let mut values = match tokio::time::timeout(t, values).await {
-        Ok(Ok(v)) if v.len() == fields.len() + 2 * usize::from(second.is_some()) => v.into_iter(),
+    let values = match tokio::time::timeout(t, values).await {
+        Ok(Ok(v)) if v.len() == fields.len() => v,
         Ok(Ok(_)) => return RedisAnswer::Failed(RedisError::Command("unexpected reply".into())),
         Ok(Err(e)) => return RedisAnswer::failed(&e),
         Err(_) => return RedisAnswer::Failed(RedisError::Timeout),
     };
-    let mut next = || values.next().flatten();
+    let mut by_field: Vec<Option<Vec<u8>>> = vec![None; SIZED.len()];
+    for (i, v) in fields.into_iter().zip(values) {
+        by_field[i] = v;
+    }
+    assemble(sizes, |i| by_field.get_mut(i).and_then(Option::take))
+}
+
+/// Which of [`SIZED`]'s fields (by index) a record of these sizes (`EXISTS`
+/// first) is read from, in the order [`assemble`] takes them: `None`
+/// when there is no record, an error when the sizes refuse it.
+fn wanted_fields(sizes: &[u64; 11]) -> Result<Option<Vec<usize>>, crate::record::RecordError> {
+    let [exists, crt, key, allow, ca, crt_der, key_der, crt_rsa, key_rsa, crt_der_rsa, key_der_rsa] =
+        *sizes;
+    let (c_len, k_len, mut fields) = match chosen_form(crt_der, key_der) {
+        Form::Pem => (crt, key, vec![0, 1, 2, 3]),
+        Form::Der => (crt_der, key_der, vec![4, 5, 2, 3]),
+    };
+    if !check_lengths(exists > 0, c_len, k_len)? {
+        return Ok(None);
+    }
+    check_policy_lengths(allow, ca)?;
+    match check_second_lengths(crt_rsa, key_rsa, crt_der_rsa, key_der_rsa)? {
+        Some(Form::Der) => fields.extend([8, 9]),
+        Some(Form::Pem) => fields.extend([6, 7]),
+        None => {}
+    }
+    Ok(Some(fields))
+}
+
+/// The record from its sizes and its values, `value(i)` giving the value
+/// of [`SIZED`]`[i]` (None when absent or not read).
+fn assemble(sizes: [u64; 11], mut value: impl FnMut(usize) -> Option<Vec<u8>>) -> RedisAnswer {
+    let fields = match wanted_fields(&sizes) {
+        Ok(Some(fields)) => fields,
+        Ok(None) => return RedisAnswer::Absent,
+        Err(e) => return RedisAnswer::Refused(e.into()),
+    };
+    let form = chosen_form(sizes[5], sizes[6]);
+    let mut next = fields.into_iter().map(&mut value);
+    let mut next = || next.next().flatten();
     let (crt, pkey, allow, client_ca) = (next(), next(), next(), next());
     if crt.is_none() && pkey.is_none() {
         // Deleted between the two reads.
         return RedisAnswer::Absent;
     }
-    let second = match second {
+    let second_form = check_second_lengths(sizes[7], sizes[8], sizes[9], sizes[10])
+        .ok()
+        .flatten();
+    let second = match second_form {
         Some(form) => decode_second(next(), next(), form),
         None => Ok(None),
     };
@@ -296,6 +437,82 @@ mod tests {
 
     const HOUR_MS: u64 = 3_600_000;
     const NOW: u64 = 1_700_000_000_000;
+
+    /// `EXISTS` then the sizes of [`SIZED`]'s fields.
+    fn sizes(fields: &[(usize, u64)]) -> [u64; 11] {
+        let mut s = [0; 11];
+        s[0] = 1;
+        for &(i, n) in fields {
+            s[i + 1] = n;
+        }
+        s
+    }
+
+    #[test]
+    fn the_fields_read_are_those_of_the_form_the_sizes_choose() {
+        // PEM only, with a policy.
+        let pem = sizes(&[(0, 900), (1, 200), (2, 10)]);
+        assert_eq!(wanted_fields(&pem), Ok(Some(vec![0, 1, 2, 3])));
+        // Both forms: the DER one, as the script does.
+        let both = sizes(&[(0, 900), (1, 200), (4, 600), (5, 120)]);
+        assert_eq!(wanted_fields(&both), Ok(Some(vec![4, 5, 2, 3])));
+        // A second pair, in DER.
+        let second = sizes(&[(4, 600), (5, 120), (8, 800), (9, 1200)]);
+        assert_eq!(wanted_fields(&second), Ok(Some(vec![4, 5, 2, 3, 8, 9])));
+        // No record; an oversized crt is refused before anything is read.
+        assert_eq!(wanted_fields(&[0; 11]), Ok(None));
+        let big = sizes(&[(0, FIELD_CAPS[0] as u64 + 1), (1, 200)]);
+        assert!(wanted_fields(&big).is_err());
+    }
+
+    #[test]
+    fn the_caps_are_what_the_size_checks_let_through() {
+        for (i, cap) in FIELD_CAPS.iter().enumerate() {
+            let cap = *cap as u64;
+            // A record that reads field i: its pair (or the PEM pair) set.
+            let pair = match i {
+                4 | 5 => [4, 5],
+                6 | 7 => [6, 7],
+                8 | 9 => [8, 9],
+                _ => [0, 1],
+            };
+            let mut with = vec![(pair[0], 100), (pair[1], 100)];
+            if pair[0] >= 6 {
+                with.extend([(0, 100), (1, 100)]);
+            }
+            let mut at = sizes(&with);
+            at[i + 1] = cap;
+            assert!(wanted_fields(&at).is_ok(), "{} at {cap}", SIZED[i]);
+            at[i + 1] = cap + 1;
+            assert!(wanted_fields(&at).is_err(), "{} at {}", SIZED[i], cap + 1);
+        }
+    }
+
+    #[test]
+    fn a_scripted_reply_gives_sizes_and_values_or_nothing() {
+        use redis::Value;
+        let mut items: Vec<Value> = (0..11).map(Value::Int).collect();
+        items.extend((0..10).map(|i| {
+            if i == 0 {
+                Value::BulkString(b"crt".to_vec())
+            } else {
+                Value::Nil
+            }
+        }));
+        let (s, v) = scripted_reply(Value::Array(items.clone())).unwrap();
+        assert_eq!(s, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(v[0].as_deref(), Some(&b"crt"[..]));
+        assert!(v[1..].iter().all(Option::is_none));
+        // Short, negative sizes, other types: not a reply of the script.
+        assert!(scripted_reply(Value::Array(items[..20].to_vec())).is_none());
+        let mut negative = items.clone();
+        negative[3] = Value::Int(-1);
+        assert!(scripted_reply(Value::Array(negative)).is_none());
+        let mut odd = items;
+        odd[15] = Value::Int(1);
+        assert!(scripted_reply(Value::Array(odd)).is_none());
+        assert!(scripted_reply(Value::Nil).is_none());
+    }
 
     #[test]
     fn a_long_lived_certificate_gets_the_writeback_ttl() {
