@@ -108,7 +108,7 @@ impl Unissuable {
             Unissuable::OneLabel => "a single-label name",
             Unissuable::NumericTld => "a numeric top-level label",
             Unissuable::SpecialUse => "a special-use top-level domain",
-            Unissuable::BadLabel => "an invalid or reserved xn-- label",
+            Unissuable::BadLabel => "a label that is bad IDNA or reserved (\"ab--\")",
         }
     }
 }
