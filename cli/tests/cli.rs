@@ -12,7 +12,7 @@ use dyncert_testkit::*;
 
 #[allow(dead_code)]
 mod common;
-use common::{dyncert, dyncert_at, Out};
+use common::{dyncert, dyncert_at, put, Out};
 use openssl::asn1::Asn1Time;
 use openssl::symm::Cipher;
 
@@ -26,19 +26,6 @@ fn files(dir: &Path, stem: &str, chain: &str, key: &str) -> (PathBuf, PathBuf) {
     write_file(&crt, chain);
     write_file(&k, key);
     (crt, k)
-}
-
-fn put(redis: &Redis, name: &str, crt: &Path, key: &Path, extra: &[&str]) -> Out {
-    let mut args = vec![
-        "put",
-        name,
-        "--cert",
-        crt.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    dyncert(redis, &args)
 }
 
 fn put_leaf(redis: &Redis, dir: &Path, name: &str, leaf: &Leaf) -> Out {

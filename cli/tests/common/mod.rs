@@ -1,6 +1,7 @@
 //! The CLI runner the `dyncert` test files share: run the binary against a
 //! Redis and keep what it said.
 
+use std::path::Path;
 use std::process::Command;
 
 use dyncert_testkit::Redis;
@@ -42,4 +43,18 @@ pub fn dyncert_at(url: &str, args: &[&str]) -> Out {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// `dyncert put NAME --cert CRT --key KEY EXTRA...`.
+pub fn put(redis: &Redis, name: &str, crt: &Path, key: &Path, extra: &[&str]) -> Out {
+    let mut args = vec![
+        "put",
+        name,
+        "--cert",
+        crt.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    dyncert(redis, &args)
 }

@@ -54,16 +54,7 @@ pub fn put_pem(
     let key_file = dir.join(format!("{stem}.key"));
     write_file(&crt_file, chain);
     write_file(&key_file, key);
-    let mut args = vec![
-        "put",
-        name,
-        "--cert",
-        crt_file.to_str().unwrap(),
-        "--key",
-        key_file.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    dyncert(redis, &args)
+    runner::put(redis, name, &crt_file, &key_file, extra)
 }
 
 #[path = "../common/mod.rs"]
