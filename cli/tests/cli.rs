@@ -12,7 +12,7 @@ use dyncert_testkit::*;
 
 #[allow(dead_code)]
 mod common;
-use common::{dyncert, dyncert_at, put, Out};
+use common::{dyncert, dyncert_at, put, put_args, Out};
 use openssl::asn1::Asn1Time;
 use openssl::symm::Cipher;
 
@@ -599,14 +599,7 @@ fn a_write_whose_invalidation_cannot_be_published_is_reported_done_with_a_warnin
     let name = "nopub.example.com";
     let leaf = pki.leaf(&[name], 501);
     let (crt, key) = files(dir.path(), name, &leaf.chain_pem, &leaf.key_pem);
-    let out = as_nopub(&[
-        "put",
-        name,
-        "--cert",
-        crt.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-    ]);
+    let out = as_nopub(&put_args(name, &crt, &key));
     assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
     assert!(
         out.stdout

@@ -8,7 +8,7 @@ use dyncert_testkit::*;
 
 #[allow(dead_code)]
 mod common;
-use common::dyncert_at;
+use common::{dyncert_at, put_args};
 
 const INDEX: &str = "dyncert:expiry";
 
@@ -19,14 +19,7 @@ fn put_and_get(url: &str, extra: &[&str], name: &str, leaf: &Leaf) {
     write_file(&crt, &leaf.chain_pem);
     write_file(&key, &leaf.key_pem);
     let mut args: Vec<&str> = extra.to_vec();
-    args.extend([
-        "put",
-        name,
-        "--cert",
-        crt.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-    ]);
+    args.extend(put_args(name, &crt, &key));
     dyncert_at(url, &args).assert_ok("put");
     let mut args: Vec<&str> = extra.to_vec();
     args.extend(["get", name]);

@@ -45,16 +45,21 @@ pub fn dyncert_at(url: &str, args: &[&str]) -> Out {
     }
 }
 
-/// `dyncert put NAME --cert CRT --key KEY EXTRA...`.
-pub fn put(redis: &Redis, name: &str, crt: &Path, key: &Path, extra: &[&str]) -> Out {
-    let mut args = vec![
+/// `put NAME --cert CRT --key KEY`, the arguments.
+pub fn put_args<'a>(name: &'a str, crt: &'a Path, key: &'a Path) -> Vec<&'a str> {
+    vec![
         "put",
         name,
         "--cert",
         crt.to_str().unwrap(),
         "--key",
         key.to_str().unwrap(),
-    ];
+    ]
+}
+
+/// `dyncert put NAME --cert CRT --key KEY EXTRA...`.
+pub fn put(redis: &Redis, name: &str, crt: &Path, key: &Path, extra: &[&str]) -> Out {
+    let mut args = put_args(name, crt, key);
     args.extend_from_slice(extra);
     dyncert(redis, &args)
 }
