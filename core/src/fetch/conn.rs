@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use redis::io::tcp::socket2::TcpKeepalive;
 use redis::io::tcp::TcpSettings;
 
-use super::health::{abandoned, CommandEnd, ConnHealth, Verdict};
+use super::health::{
+    abandoned, ask_sentinels, replace_primary, CommandEnd, ConnHealth, Named, Verdict,
+};
 
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSub,
@@ -188,8 +190,9 @@ impl Notes {
 
 /// A failure of the connection rather than of the command: the node is
 /// down, unreachable, refused the TLS handshake or the credentials, or
-/// (for the Cluster and Sentinel connections) did not answer in time. A
-/// single server's timeouts are told apart by [`command_end`].
+/// (for the Cluster connection and the sentinels) did not answer in time.
+/// A single server's and a Sentinel primary's timeouts are told apart by
+/// [`command_end`].
 pub fn is_connection_failure(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_refusal()
@@ -200,8 +203,9 @@ pub fn is_connection_failure(e: &redis::RedisError) -> bool {
         || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
 }
 
-/// How a failed command on a single server's connection ended (see
-/// [`super::health`]): a timeout is not a failure to connect.
+/// How a failed command on a single server's or a Sentinel primary's
+/// connection ended (see [`super::health`]): a timeout is not a failure
+/// to connect.
 fn command_end(e: &redis::RedisError) -> CommandEnd {
     if e.is_timeout() {
         CommandEnd::TimedOut
@@ -331,6 +335,8 @@ impl RedisTarget {
                         let info = ConnectionAddr::Tcp(n.host.clone(), n.port)
                             .into_connection_info()?
                             .set_redis_settings(redis_info(sentinel_auth, 0));
+                        let settings = tcp_settings(info.tcp_settings().clone());
+                        let info = info.set_tcp_settings(settings);
                         Ok(SentinelNode {
                             node: n.clone(),
                             client: Client::open(info)?,
@@ -448,7 +454,8 @@ fn redis_info(auth: &Auth, db: i64) -> RedisConnectionInfo {
     info
 }
 
-/// A client of one listed node.
+/// A client of one listed (or sentinel-named) node, with keepalive
+/// ([`tcp_settings`]).
 fn node_client(n: &Node, auth: &Auth, db: i64, tls: bool, certs: &RedisTls) -> RedisResult<Client> {
     let addr = if tls {
         ConnectionAddr::TcpTls {
@@ -463,6 +470,8 @@ fn node_client(n: &Node, auth: &Auth, db: i64, tls: bool, certs: &RedisTls) -> R
     let info = addr
         .into_connection_info()?
         .set_redis_settings(redis_info(auth, db));
+    let settings = tcp_settings(info.tcp_settings().clone());
+    let info = info.set_tcp_settings(settings);
     if tls && !certs.is_empty() {
         Client::build_with_tls(info, certs.certificates())
     } else {
@@ -553,9 +562,9 @@ impl SingleConn {
     }
 }
 
-/// One command on a single server's connection: how it ended goes to the
-/// connection's health, and what that says to the notes, also when the
-/// caller stops waiting (its future is dropped).
+/// One command on a single server's or a Sentinel primary's connection:
+/// how it ended goes to the connection's health, and what that says to
+/// the notes, also when the caller stops waiting (its future is dropped).
 struct Watch<'a> {
     health: &'a Mutex<ConnHealth>,
     notes: &'a Notes,
@@ -751,13 +760,25 @@ impl LazyCluster {
 /// it uses is still the primary.
 pub const PRIMARY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The primary's address, a connection to it, and when the sentinels last
-/// named it.
+/// The primary's address, its client, a connection to it, when the
+/// sentinels last named it, and what the connection's commands said of it
+/// (a suspect connection is replaced: see [`super::health`]).
 #[derive(Clone)]
 struct Primary {
     addr: String,
+    client: Client,
     conn: MultiplexedConnection,
     checked: Instant,
+    health: Arc<Mutex<ConnHealth>>,
+}
+
+impl Primary {
+    fn suspect(&self) -> bool {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .suspect()
+    }
 }
 
 /// One listed sentinel, and the connection to it (made on first use, and
@@ -902,35 +923,51 @@ impl SentinelConn {
         Err(e)
     }
 
-    async fn primary(&self) -> RedisResult<(String, MultiplexedConnection)> {
+    /// The primary's connection for the next command. The sentinels are
+    /// asked again at most once per [`PRIMARY_CHECK_INTERVAL`], and at
+    /// once when the connection in use is suspect (a command timed out on
+    /// it), which is then replaced ([`ask_sentinels`], [`replace_primary`]).
+    async fn primary(&self) -> RedisResult<Primary> {
         let mut slot = self.primary.lock().await;
-        let moved = if let Some(p) = &*slot {
+        let (addr, client, checked) = if let Some(p) = &*slot {
             // The sentinels' word is checked again at most once per
             // interval: after a failover the old primary may still accept
             // reads (and answer "no such record") until the sentinels get
             // round to demoting it.
-            if p.checked.elapsed() < PRIMARY_CHECK_INTERVAL {
-                return Ok((p.addr.clone(), p.conn.clone()));
+            let suspect = p.suspect();
+            if !ask_sentinels(suspect, p.checked.elapsed(), PRIMARY_CHECK_INTERVAL) {
+                return Ok(p.clone());
             }
-            match self.primary_client().await {
-                Ok((addr, _)) if addr == p.addr => {
-                    let mut p = p.clone();
-                    p.checked = Instant::now();
-                    *slot = Some(p.clone());
-                    return Ok((p.addr, p.conn));
-                }
-                Ok(moved) => Some(moved),
+            let (named, found) = match self.primary_client().await {
+                Ok((addr, client)) if addr == p.addr => (Named::Same, Some((addr, client))),
+                Ok(moved) => (Named::Other, Some(moved)),
                 // The sentinels cannot be asked, or no majority of them
-                // names one primary: keep the primary that still answers
-                // (a majority named it).
-                Err(_) => return Ok((p.addr.clone(), p.conn.clone())),
+                // names one primary.
+                Err(_) => (Named::Nobody, None),
+            };
+            if !replace_primary(suspect, named) {
+                // Kept: the primary that still answers (a majority named
+                // it), asked about again at the next command when the
+                // sentinels named nobody.
+                let mut kept = p.clone();
+                if named == Named::Same {
+                    kept.checked = Instant::now();
+                    *slot = Some(kept.clone());
+                }
+                return Ok(kept);
+            }
+            if suspect {
+                self.notes.reconnected(&p.addr);
+            }
+            match found {
+                Some((addr, client)) => (addr, client, Instant::now()),
+                // Suspect, and the sentinels name nobody: a new
+                // connection to the address a majority named last.
+                None => (p.addr.clone(), p.client.clone(), p.checked),
             }
         } else {
-            None
-        };
-        let (addr, client) = match moved {
-            Some(found) => found,
-            None => self.primary_client().await?,
+            let (addr, client) = self.primary_client().await?;
+            (addr, client, Instant::now())
         };
         let conn = match client
             .get_multiplexed_async_connection_with_config(&self.config)
@@ -938,16 +975,20 @@ impl SentinelConn {
         {
             Ok(c) => c,
             Err(e) => {
+                *slot = None;
                 self.notes.connect_failed(&addr, &e);
                 return Err(e);
             }
         };
-        *slot = Some(Primary {
-            addr: addr.clone(),
-            conn: conn.clone(),
-            checked: Instant::now(),
-        });
-        Ok((addr, conn))
+        let p = Primary {
+            addr,
+            client,
+            conn,
+            checked,
+            health: Arc::default(),
+        };
+        *slot = Some(p.clone());
+        Ok(p)
     }
 
     /// The primary's address as the sentinels name it now (for the
@@ -956,9 +997,13 @@ impl SentinelConn {
         self.primary_client().await.map(|(addr, _)| addr)
     }
 
-    async fn forget(&self, addr: &str) {
+    /// Drops the connection `used` (not one that replaced it meanwhile).
+    async fn forget(&self, used: &Primary) {
         let mut slot = self.primary.lock().await;
-        if slot.as_ref().is_some_and(|p| p.addr == addr) {
+        if slot
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(&p.health, &used.health))
+        {
             *slot = None;
         }
     }
@@ -968,7 +1013,7 @@ impl SentinelConn {
         // Twice: a connection that broke (or a primary that was demoted)
         // is dropped and the primary asked for again.
         for _ in 0..2 {
-            let (addr, mut conn) = match self.primary().await {
+            let p = match self.primary().await {
                 Ok(p) => p,
                 Err(e) => {
                     if req.read_only() {
@@ -977,18 +1022,45 @@ impl SentinelConn {
                     return Err(e);
                 }
             };
+            let mut conn = p.conn.clone();
+            // Also notes a command the caller stopped waiting for (its own
+            // timeout usually ends the wait before the crate's).
+            let mut watch = Watch {
+                health: &p.health,
+                notes: &self.notes,
+                node: &p.addr,
+                timeout: self.timeout,
+                started: Instant::now(),
+                ended: false,
+            };
             match req.send(&mut conn).await {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    watch.end(CommandEnd::Answered, None);
+                    return Ok(v);
+                }
+                // A failover demoted it.
                 Err(e)
-                    if is_connection_failure(&e)
-                        || e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) =>
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) =>
                 {
-                    self.notes.connect_failed(&addr, &e);
-                    self.forget(&addr).await;
+                    watch.end(CommandEnd::Answered, None);
+                    self.notes.connect_failed(&p.addr, &e);
+                    self.forget(&p).await;
                     last = Some(e);
                 }
-                Err(e) => return Err(e),
+                Err(e) if is_connection_failure(&e) => {
+                    watch.end(command_end(&e), Some(&e));
+                    // A suspect connection is replaced by `primary`, which
+                    // says so; a broken one (or one that timed out before
+                    // it ever answered) is dropped here.
+                    if !p.suspect() {
+                        self.forget(&p).await;
+                    }
+                    last = Some(e);
+                }
+                Err(e) => {
+                    watch.end(CommandEnd::Answered, None);
+                    return Err(e);
+                }
             }
         }
         let e = last.unwrap_or_else(|| Self::timed_out("redis"));

@@ -20,6 +20,12 @@
 //! replaced: its timeouts are the manager's connecting, which it retries
 //! itself, so a Redis that hangs costs each worker at most one new
 //! connection per time it answered, never one per timed-out command.
+//!
+//! The same holds for the connection to a Sentinel-managed primary (a
+//! `MultiplexedConnection`, which never reconnects by itself): a suspect
+//! one is replaced after asking the sentinels again ([`ask_sentinels`],
+//! [`replace_primary`]), and a primary that hangs gets no new connection,
+//! as it fails the `ROLE` check made before connecting.
 
 #![forbid(unsafe_code)]
 
@@ -123,6 +129,35 @@ pub fn abandoned(elapsed: Duration, timeout: Duration) -> Option<CommandEnd> {
     (elapsed >= timeout / 2).then_some(CommandEnd::TimedOut)
 }
 
+/// What the sentinels said when asked again about the primary whose
+/// connection is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    /// A majority names the address in use.
+    Same,
+    /// A majority names another address: the primary moved.
+    Other,
+    /// The sentinels could not be asked, or no majority names one address.
+    Nobody,
+}
+
+/// Whether a Sentinel connection asks the sentinels about its primary
+/// before the next command: when the connection in use is suspect (it is
+/// replaced, and the primary may have moved: a failover is a common cause
+/// of a silent primary), or the last time they named it is `interval` ago.
+pub fn ask_sentinels(suspect: bool, since_named: Duration, interval: Duration) -> bool {
+    suspect || since_named >= interval
+}
+
+/// Whether a Sentinel connection replaces its primary connection, after
+/// asking the sentinels ([`ask_sentinels`]): when the primary moved, or
+/// the connection is suspect. A suspect connection is replaced also when
+/// the sentinels name nobody: by one to the address a majority named
+/// last, as a connection that still answered would be kept.
+pub fn replace_primary(suspect: bool, named: Named) -> bool {
+    suspect || named == Named::Other
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +225,46 @@ mod tests {
             Verdict::ConnectFailed
         );
         assert!(!h.suspect());
+    }
+
+    #[test]
+    fn a_suspect_primary_connection_is_replaced_after_asking_the_sentinels_whatever_they_say() {
+        let interval = Duration::from_secs(1);
+        // Asked at once, not at the next periodic check.
+        assert!(ask_sentinels(true, Duration::ZERO, interval));
+        for named in [Named::Same, Named::Other, Named::Nobody] {
+            assert!(replace_primary(true, named), "{named:?}");
+        }
+    }
+
+    #[test]
+    fn a_healthy_primary_connection_is_kept_until_the_primary_moves() {
+        let interval = Duration::from_secs(1);
+        assert!(!ask_sentinels(false, Duration::from_millis(999), interval));
+        assert!(ask_sentinels(false, interval, interval));
+        assert!(!replace_primary(false, Named::Same));
+        // Sentinels down or split: the primary a majority named, still
+        // answering, is kept.
+        assert!(!replace_primary(false, Named::Nobody));
+        assert!(replace_primary(false, Named::Other));
+    }
+
+    #[test]
+    fn a_silent_primary_connection_becomes_suspect_after_one_timeout_once_it_answered() {
+        // What `SentinelConn` feeds its primary connection's health.
+        let mut h = ConnHealth::default();
+        h.record(CommandEnd::Answered);
+        assert!(!replace_primary(h.suspect(), Named::Same));
+        assert_eq!(
+            h.record(CommandEnd::TimedOut),
+            Verdict::CommandTimedOut { renew: true }
+        );
+        assert!(ask_sentinels(
+            h.suspect(),
+            Duration::ZERO,
+            Duration::from_secs(1)
+        ));
+        assert!(replace_primary(h.suspect(), Named::Same));
     }
 
     #[test]
