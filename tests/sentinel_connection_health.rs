@@ -1,0 +1,309 @@
+//! The connection to a Sentinel-managed primary that goes silent is
+//! replaced: a NAT, conntrack table or load balancer between the worker
+//! and the primary forgets the idle command connection while the primary,
+//! the sentinels and the invalidation subscription are fine. Before this
+//! fix the module kept the forgotten connection for as long as the
+//! sentinels named the same primary (every caller's own timeout dropped
+//! the command before the connection could be dropped), so every
+//! uncached name got the default certificate for as long as TCP kept the
+//! flow open (regression test for the sources audit's finding 3, under
+//! Sentinel; see tests/redis_connection_health.rs for one server).
+//!
+//! Real parts: a redis-server, three real sentinels and nginx. The
+//! sentinels monitor the primary at the address of a TCP proxy in the
+//! test (`SENTINEL MONITOR ... 127.0.0.1 <proxy port>`), so the module
+//! reaches the primary through the proxy, as it would through a load
+//! balancer or a NAT. Once frozen, the proxy stops forwarding (both ways)
+//! on every connection it accepted before, except the ones that sent
+//! SUBSCRIBE, and keeps them open; new connections are forwarded as
+//! usual. The sentinels' own links to the primary freeze too, but their
+//! `down-after-milliseconds` is a minute: they neither notice nor fail
+//! over during the test.
+
+use dyncert_testkit::*;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const HTTP: &str = r#"
+http {
+    access_log off;
+    dyncert_redis @REDIS@;
+    dyncert_fetch_timeout 1s;
+    dyncert_redis_timeout 1s;
+    dyncert_cache max=1000 valid=1h stale=1h negative=1s;
+    server {
+        listen 127.0.0.1:@MPORT@;
+        location = /metrics { dyncert_metrics; }
+    }
+    server {
+        listen 127.0.0.1:@PORT@ ssl;
+        server_name _;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        @TICKETS@
+        location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
+    }
+}
+"#;
+
+/// A TCP proxy to a redis-server; see the file's comment.
+struct Proxy {
+    port: u16,
+    freeze: Arc<AtomicBool>,
+}
+
+/// Forwards `from` to `to` until the flow is frozen (and not a
+/// subscription's), then swallows what arrives and keeps both open.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    frozen: Arc<AtomicBool>,
+    subscription: Arc<AtomicBool>,
+    upstream: bool,
+) {
+    let silent = || frozen.load(Ordering::SeqCst) && !subscription.load(Ordering::SeqCst);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if upstream
+            && buf[..n]
+                .windows(9)
+                .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+        {
+            subscription.store(true, Ordering::SeqCst);
+        }
+        if silent() {
+            while from.read(&mut buf).is_ok_and(|n| n > 0) {}
+            return;
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+impl Proxy {
+    fn start(to: u16) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let freeze = Arc::new(AtomicBool::new(false));
+        let f = freeze.clone();
+        thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let Ok(s) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                // Connections made after the freeze are never frozen.
+                let frozen = if f.load(Ordering::SeqCst) {
+                    Arc::new(AtomicBool::new(false))
+                } else {
+                    f.clone()
+                };
+                let sub = Arc::new(AtomicBool::new(false));
+                let (c2, s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
+                let (fr1, sb1) = (frozen.clone(), sub.clone());
+                thread::spawn(move || pump(c, s, fr1, sb1, true));
+                thread::spawn(move || pump(s2, c2, frozen, sub, false));
+            }
+        });
+        Proxy { port, freeze }
+    }
+
+    fn freeze(&self) {
+        self.freeze.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A primary the sentinels name at the proxy's address (no replica: no
+/// failover is wanted here).
+struct Deployment {
+    primary: Redis,
+    proxy: Proxy,
+    sentinels: Vec<Redis>,
+}
+
+impl Deployment {
+    fn start() -> Deployment {
+        let primary = Redis::start();
+        let proxy = Proxy::start(primary.port);
+        let conf = format!(
+            "port @PORT@\n\
+             bind 127.0.0.1\n\
+             sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {} 2\n\
+             sentinel down-after-milliseconds {SENTINEL_SERVICE} 60000\n\
+             sentinel failover-timeout {SENTINEL_SERVICE} 120000\n",
+            proxy.port
+        );
+        let sentinels: Vec<Redis> = (0..3).map(|_| Redis::start_sentinel(&conf)).collect();
+        let named = poll(Duration::from_secs(10), Duration::from_millis(100), || {
+            sentinels
+                .iter()
+                .all(|s| {
+                    let r = redis_command(
+                        s.port,
+                        &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE],
+                    );
+                    matches!(r, Ok(Reply::Array(Some(v)))
+                        if matches!(v.get(1), Some(Reply::Bulk(Some(p)))
+                            if *p == proxy.port.to_string().into_bytes()))
+                })
+                .then_some(())
+        });
+        assert!(named.is_some(), "the sentinels do not name the proxy");
+        Deployment {
+            primary,
+            proxy,
+            sentinels,
+        }
+    }
+
+    fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("sentinel://{}/{SENTINEL_SERVICE}/0", nodes.join(","))
+    }
+}
+
+/// nginx (one worker) whose primary is behind the proxy, with the
+/// invalidation subscription up.
+fn start_nginx(pki: &Pki, d: &Deployment, tickets: bool) -> (Nginx, u16) {
+    let mport = free_port();
+    let nginx = Nginx::start(
+        pki,
+        HTTP,
+        NginxOpts::new()
+            .workers(1)
+            .var("REDIS", d.url())
+            .var("MPORT", mport)
+            .var(
+                "TICKETS",
+                if tickets {
+                    "dyncert_session_tickets on;"
+                } else {
+                    ""
+                },
+            ),
+    );
+    let up = poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        let r = d.primary.cmd(&["PUBSUB", "NUMSUB", "dyncert:invalidate"]);
+        format!("{r:?}").contains("Int(1)").then_some(())
+    });
+    assert!(up.is_some(), "no subscriber:\n{}", nginx.error_log());
+    (nginx, mport)
+}
+
+/// Logged and counted as a command timeout on an open connection, then a
+/// replacement, not as a failure to connect (the sources audit's finding 5).
+fn assert_logged_as_a_command_timeout(nginx: &Nginx, mport: u16, proxy: &Proxy) {
+    let log = nginx.error_log();
+    let node = format!("redis node \"127.0.0.1:{}\"", proxy.port);
+    let timed_out = log.find(&format!(
+        "redis command timed out after 1000 ms on the open connection to {node}"
+    ));
+    let replaced = log.find(&format!(
+        "replacing the command connection to {node} after a command timed out on it"
+    ));
+    let (Some(timed_out), Some(replaced)) = (timed_out, replaced) else {
+        panic!("no command timeout or replacement:\n{}", tail(&log, 20));
+    };
+    assert!(timed_out < replaced, "{}", tail(&log, 20));
+    assert!(
+        !log[..replaced].contains("while connecting to redis node"),
+        "{}",
+        tail(&log, 20)
+    );
+    let metrics = scrape_metrics(mport);
+    assert!(metrics.get("dyncert_redis_command_timeouts_total") >= 1.0);
+    assert!(metrics.get("dyncert_redis_reconnects_total") >= 1.0);
+}
+
+#[test]
+fn a_name_is_served_within_seconds_after_the_primary_connection_went_silent() {
+    let pki = Pki::new();
+    let d = Deployment::start();
+    let (nginx, mport) = start_nginx(&pki, &d, false);
+    let warm = pki.leaf(&["warm.example.com"], 4101);
+    d.primary.put_leaf("warm.example.com", &warm);
+    let r = poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        Request::get("/")
+            .sni("warm.example.com")
+            .https(nginx.port)
+            .ok()
+            .filter(|r| r.tls().leaf_serial == warm.serial_hex)
+    });
+    assert!(r.is_some(), "warm-up failed:\n{}", nginx.error_log());
+
+    d.proxy.freeze();
+    let late = pki.leaf(&["late.example.com"], 4102);
+    d.primary.put_leaf("late.example.com", &late);
+    // Past the once-a-second primary check: the lookup asks the sentinels
+    // before its command, so its own timeout (started first) ends the wait
+    // before the crate's would, as it mostly does in production. (When the
+    // crate's timeout wins, the code before the fix dropped the connection,
+    // logging a connect failure.)
+    thread::sleep(Duration::from_millis(1500));
+    let t0 = Instant::now();
+    let served = poll(Duration::from_secs(15), Duration::from_millis(250), || {
+        Request::get("/")
+            .sni("late.example.com")
+            .https(nginx.port)
+            .ok()
+            .filter(|r| r.tls().leaf_serial == late.serial_hex)
+            .map(|_| t0.elapsed())
+    });
+    let log = nginx.error_log();
+    // One timeout (1 s), the name's error backoff (1 s), then a lookup on
+    // the new connection (the sentinels asked again first).
+    assert!(
+        served.is_some_and(|t| t < Duration::from_secs(5)),
+        "late.example.com not served from Redis within 5 s of the freeze (served after \
+         {served:?}):\n{}",
+        tail(&log, 20)
+    );
+
+    assert_logged_as_a_command_timeout(&nginx, mport, &d.proxy);
+}
+
+#[test]
+fn the_session_ticket_task_moves_to_a_new_primary_connection_when_its_own_went_silent() {
+    let pki = Pki::new();
+    let d = Deployment::start();
+    let (nginx, mport) = start_nginx(&pki, &d, true);
+    // The worker made the fleet's first key set.
+    let made = poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        (scrape_metrics(mport).get("dyncert_ticket_key_rotations_total") == 1.0).then_some(())
+    });
+    assert!(made.is_some(), "no key set:\n{}", nginx.error_log());
+
+    d.proxy.freeze();
+    // The operator drops every key (after a leak): the next check on a
+    // live connection makes a new set.
+    d.primary.cmd(&["DEL", "dyncert:ticket-keys"]);
+    let t0 = Instant::now();
+    let rotated = poll(Duration::from_secs(15), Duration::from_millis(200), || {
+        (scrape_metrics(mport).get("dyncert_ticket_key_rotations_total") == 2.0)
+            .then(|| t0.elapsed())
+    });
+    assert!(
+        rotated.is_some_and(|t| t < Duration::from_secs(6)),
+        "no new key set within 6 s of the freeze (after {rotated:?}):\n{}",
+        tail(&nginx.error_log(), 20)
+    );
+    assert!(matches!(
+        d.primary.cmd(&["EXISTS", "dyncert:ticket-keys"]),
+        Reply::Int(1)
+    ));
+    assert_logged_as_a_command_timeout(&nginx, mport, &d.proxy);
+}
