@@ -412,7 +412,7 @@ impl RedisTarget {
                     RedisConn::Sentinel(s) => s,
                     _ => return Err(std::io::Error::other("not a sentinel connection").into()),
                 };
-                let (node, client) = s.primary_client().await?;
+                let (node, client, _) = s.primary_client().await?;
                 match tokio::time::timeout(t, client.get_async_pubsub()).await {
                     Ok(Ok(p)) => Ok((node, p)),
                     Ok(Err(e)) => {
@@ -850,12 +850,12 @@ impl SentinelConn {
         r
     }
 
-    /// The primary's client: the address a majority of the listed
-    /// sentinels name (all asked at once; decided as soon as a majority
-    /// agrees, so a sentinel that hangs costs nothing then), once it calls
-    /// itself primary (`ROLE`). Otherwise an error, logged with every
-    /// sentinel's answer.
-    async fn primary_client(&self) -> RedisResult<(String, Client)> {
+    /// The primary's client, and a connection to it: the address a
+    /// majority of the listed sentinels name (all asked at once; decided
+    /// as soon as a majority agrees, so a sentinel that hangs costs
+    /// nothing then), once it calls itself primary ([`Self::connect_primary`]).
+    /// Otherwise an error, logged with every sentinel's answer.
+    async fn primary_client(&self) -> RedisResult<(String, Client, MultiplexedConnection)> {
         use futures_util::stream::{FuturesUnordered, StreamExt};
         let mut cmd = redis::cmd("SENTINEL");
         cmd.arg("GET-MASTER-ADDR-BY-NAME").arg(&self.service);
@@ -903,15 +903,27 @@ impl SentinelConn {
         };
         let addr = node.to_string();
         let client = node_client(&node, &self.auth, self.db, false, &RedisTls::default())?;
+        let conn = self.connect_primary(&addr, &client).await?;
+        Ok((addr, client, conn))
+    }
+
+    /// A connection to `addr` that answered `ROLE` with primary, within
+    /// the timeout; otherwise an error, noted with `addr`.
+    async fn connect_primary(
+        &self,
+        addr: &str,
+        client: &Client,
+    ) -> RedisResult<MultiplexedConnection> {
         let role = tokio::time::timeout(self.timeout, async {
             let mut c = client
                 .get_multiplexed_async_connection_with_config(&self.config)
                 .await?;
-            redis::cmd("ROLE").query_async::<Role>(&mut c).await
+            let role = redis::cmd("ROLE").query_async::<Role>(&mut c).await?;
+            Ok::<_, redis::RedisError>((role, c))
         })
         .await;
         let e = match role {
-            Ok(Ok(Role::Primary { .. })) => return Ok((addr, client)),
+            Ok(Ok((Role::Primary { .. }, c))) => return Ok(c),
             Ok(Ok(_)) => std::io::Error::other(
                 "the primary the sentinels name does not call itself primary (ROLE)",
             )
@@ -919,7 +931,7 @@ impl SentinelConn {
             Ok(Err(e)) => e,
             Err(_) => Self::timed_out("checking the primary's ROLE"),
         };
-        self.notes.connect_failed(&addr, &e);
+        self.notes.connect_failed(addr, &e);
         Err(e)
     }
 
@@ -929,7 +941,7 @@ impl SentinelConn {
     /// it), which is then replaced ([`ask_sentinels`], [`replace_primary`]).
     async fn primary(&self) -> RedisResult<Primary> {
         let mut slot = self.primary.lock().await;
-        let (addr, client, checked) = if let Some(p) = &*slot {
+        let (addr, client, conn, checked) = if let Some(p) = &*slot {
             // The sentinels' word is checked again at most once per
             // interval: after a failover the old primary may still accept
             // reads (and answer "no such record") until the sentinels get
@@ -939,7 +951,7 @@ impl SentinelConn {
                 return Ok(p.clone());
             }
             let (named, found) = match self.primary_client().await {
-                Ok((addr, client)) if addr == p.addr => (Named::Same, Some((addr, client))),
+                Ok(same) if same.0 == p.addr => (Named::Same, Some(same)),
                 Ok(moved) => (Named::Other, Some(moved)),
                 // The sentinels cannot be asked, or no majority of them
                 // names one primary.
@@ -960,32 +972,32 @@ impl SentinelConn {
                 self.notes.reconnected(&p.addr);
             }
             match found {
-                Some((addr, client)) => (addr, client, Instant::now()),
+                Some((addr, client, conn)) => (addr, client, conn, Instant::now()),
                 // Suspect, and the sentinels name nobody: a new
-                // connection to the address a majority named last.
-                None => (p.addr.clone(), p.client.clone(), p.checked),
+                // connection to the address a majority named last, if it
+                // still calls itself primary.
+                None => match self.connect_primary(&p.addr, &p.client).await {
+                    Ok(conn) => (p.addr.clone(), p.client.clone(), conn, p.checked),
+                    Err(e) => {
+                        *slot = None;
+                        return Err(e);
+                    }
+                },
             }
         } else {
-            let (addr, client) = self.primary_client().await?;
-            (addr, client, Instant::now())
+            let (addr, client, conn) = self.primary_client().await?;
+            (addr, client, conn, Instant::now())
         };
-        let conn = match client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                *slot = None;
-                self.notes.connect_failed(&addr, &e);
-                return Err(e);
-            }
-        };
+        // The connection answered `ROLE`: a timeout on it is a command's,
+        // not its connecting's (see `super::health`).
+        let mut health = ConnHealth::default();
+        health.record(CommandEnd::Answered);
         let p = Primary {
             addr,
             client,
             conn,
             checked,
-            health: Arc::default(),
+            health: Arc::new(Mutex::new(health)),
         };
         *slot = Some(p.clone());
         Ok(p)
@@ -994,7 +1006,7 @@ impl SentinelConn {
     /// The primary's address as the sentinels name it now (for the
     /// invalidation listener, which must move when the primary does).
     pub async fn primary_addr(&self) -> RedisResult<String> {
-        self.primary_client().await.map(|(addr, _)| addr)
+        self.primary_client().await.map(|(addr, ..)| addr)
     }
 
     /// Drops the connection `used` (not one that replaced it meanwhile).
@@ -1050,8 +1062,7 @@ impl SentinelConn {
                 Err(e) if is_connection_failure(&e) => {
                     watch.end(command_end(&e), Some(&e));
                     // A suspect connection is replaced by `primary`, which
-                    // says so; a broken one (or one that timed out before
-                    // it ever answered) is dropped here.
+                    // says so; a broken one is dropped here.
                     if !p.suspect() {
                         self.forget(&p).await;
                     }

@@ -24,8 +24,9 @@
 //! The same holds for the connection to a Sentinel-managed primary (a
 //! `MultiplexedConnection`, which never reconnects by itself): a suspect
 //! one is replaced after asking the sentinels again ([`ask_sentinels`],
-//! [`replace_primary`]), and a primary that hangs gets no new connection,
-//! as it fails the `ROLE` check made before connecting.
+//! [`replace_primary`]). That connection has answered `ROLE` before it is
+//! used, so its first timeout already counts; a primary that hangs gets
+//! no new connection, as it fails that `ROLE` check.
 
 #![forbid(unsafe_code)]
 
@@ -428,6 +429,74 @@ mod live_tests {
                     },
                     RedisNote::Reconnected { logged: true, .. },
                 ]
+            ),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn a_sentinel_primary_connection_that_went_silent_is_replaced_after_one_timeout() {
+        use dyncert_testkit::{poll, redis_command, Reply, SENTINEL_SERVICE};
+        // Three real sentinels that name the primary at the proxy's address.
+        let redis = Redis::start();
+        let proxy = Proxy::start(redis.port);
+        let conf = format!(
+            "port @PORT@\nbind 127.0.0.1\n\
+             sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {} 2\n\
+             sentinel down-after-milliseconds {SENTINEL_SERVICE} 60000\n",
+            proxy.port
+        );
+        let sentinels: Vec<Redis> = (0..3).map(|_| Redis::start_sentinel(&conf)).collect();
+        let named = poll(Duration::from_secs(10), Duration::from_millis(50), || {
+            sentinels
+                .iter()
+                .all(|s| {
+                    let r = redis_command(
+                        s.port,
+                        &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE],
+                    );
+                    matches!(r, Ok(Reply::Array(Some(v))) if v.len() == 2)
+                })
+                .then_some(())
+        });
+        assert!(named.is_some(), "the sentinels name no primary");
+        let nodes: Vec<String> = sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        let url = format!("sentinel://{}/{SENTINEL_SERVICE}/0", nodes.join(","));
+        let target = RedisTarget::new(&url, RedisTls::default(), T).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let notes = Notes::new(move |n| sink.lock().unwrap().push(n));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut lookups = target.connect(notes).unwrap();
+            let mut tickets = lookups.clone();
+            assert_eq!(ping(&mut lookups).await, Ok("PONG".to_owned()));
+            proxy.freeze();
+            assert_eq!(ping(&mut lookups).await, Err("timeout".to_owned()));
+            // The next command, whoever sends it, asks the sentinels and
+            // gets a new connection.
+            assert_eq!(ping(&mut tickets).await, Ok("PONG".to_owned()));
+            assert_eq!(ping(&mut lookups).await, Ok("PONG".to_owned()));
+        });
+        let node = format!("127.0.0.1:{}", proxy.port);
+        let seen = seen.lock().unwrap();
+        assert!(
+            matches!(
+                &seen[..],
+                [
+                    RedisNote::CommandTimedOut {
+                        node: a,
+                        timeout: T,
+                        logged: true,
+                    },
+                    RedisNote::Reconnected { node: b, logged: true },
+                ] if *a == node && *b == node
             ),
             "{seen:?}"
         );
