@@ -355,20 +355,32 @@ const SERVERS: usize = WORKERS + WORKER_SLOTS * WORKER_FIELDS;
 /// the same (a `server_name _;` block beside a health-check block without
 /// one, say) would give identical series, of which Prometheus keeps one:
 /// the second gets `#2` appended, the third `#3`, and so on.
+///
+/// Linear in the number of blocks (a generated configuration may have
+/// thousands named `_`): each name remembers the last suffix it gave.
 pub fn server_labels(first_names: &[&[u8]]) -> Vec<String> {
-    let mut labels: Vec<String> = Vec::with_capacity(first_names.len());
+    use std::collections::{HashMap, HashSet};
+    let mut used: HashSet<String> = HashSet::with_capacity(first_names.len());
+    let mut next: HashMap<String, usize> = HashMap::new();
+    let mut labels = Vec::with_capacity(first_names.len());
     for name in first_names {
         let base = if name.is_empty() {
             "_".to_owned()
         } else {
             String::from_utf8_lossy(name).into_owned()
         };
-        let mut label = base.clone();
-        let mut n = 1;
-        while labels.contains(&label) {
-            n += 1;
+        let n = next.entry(base.clone()).or_insert(1);
+        let mut label = if *n == 1 {
+            base.clone()
+        } else {
+            format!("{base}#{n}")
+        };
+        while used.contains(&label) {
+            *n += 1;
             label = format!("{base}#{n}");
         }
+        *n += 1;
+        used.insert(label.clone());
         labels.push(label);
     }
     labels
@@ -923,6 +935,13 @@ mod tests {
         let names: [&[u8]; 3] = [b"a", b"a#2", b"a"];
         assert_eq!(server_labels(&names), ["a", "a#2", "a#3"]);
         assert!(server_labels(&[]).is_empty());
+        // Thousands of blocks without a name: each its own label, quickly.
+        let empty: Vec<&[u8]> = vec![b""; 5000];
+        let labels = server_labels(&empty);
+        assert_eq!(labels[0], "_");
+        assert_eq!(labels[4999], "_#5000");
+        let unique: std::collections::HashSet<&String> = labels.iter().collect();
+        assert_eq!(unique.len(), 5000);
     }
 
     #[test]

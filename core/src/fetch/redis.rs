@@ -158,10 +158,11 @@ async fn read_record_once(conn: &mut RedisConn, key: &str, t: Duration) -> Redis
             }
             None => RedisAnswer::Failed(RedisError::Command("unexpected reply".into())),
         },
-        // The server answered with an error (NOPERM, an unknown command
-        // before Redis 7, a script error): the two steps do what it
-        // refused, and the script is tried again later.
-        Ok(Err(e)) if e.code().is_some() && !retryable(&e) => {
+        // The server refused the script itself (NOPERM, an unknown
+        // command before Redis 7): the two steps do what it refused, and
+        // the script is tried again later. Any other error (LOADING, BUSY,
+        // MASTERDOWN...) fails this read only, as it would the two steps.
+        Ok(Err(e)) if script_read_refused(e.code(), e.detail()) => {
             let until = now.saturating_add(SCRIPT_RETRY_MS);
             let first = TWO_STEPS_UNTIL.swap(until, std::sync::atomic::Ordering::Relaxed) <= now;
             if first {
@@ -171,6 +172,23 @@ async fn read_record_once(conn: &mut RedisConn, key: &str, t: Duration) -> Redis
         }
         Ok(Err(e)) => RedisAnswer::failed(&e),
         Err(_) => RedisAnswer::Failed(RedisError::Timeout),
+    }
+}
+
+/// Whether a server error answering the scripted read means that this
+/// server or user cannot run it at all: the ACL refuses `EVAL_RO`
+/// (`NOPERM`), or the server does not know it (before Redis 7) or has
+/// scripting off. Transient errors (`LOADING` after a restart, `BUSY`,
+/// `MASTERDOWN`, `TRYAGAIN`) are not: they would fail the two-step read
+/// too, and must not turn the one-step read off for minutes.
+fn script_read_refused(code: Option<&str>, detail: Option<&str>) -> bool {
+    match code {
+        Some("NOPERM") => true,
+        Some("ERR") => detail.is_some_and(|d| {
+            let d = d.to_ascii_lowercase();
+            d.contains("unknown command") || d.contains("unknown or disabled command")
+        }),
+        _ => false,
     }
 }
 
@@ -486,6 +504,34 @@ mod tests {
             at[i + 1] = cap + 1;
             assert!(wanted_fields(&at).is_err(), "{} at {}", SIZED[i], cap + 1);
         }
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_script_itself_turns_to_the_two_step_read() {
+        let refused = |code: &str, detail: &str| script_read_refused(Some(code), Some(detail));
+        assert!(refused(
+            "NOPERM",
+            "this user has no permissions to run the 'eval_ro' command"
+        ));
+        assert!(refused(
+            "ERR",
+            "unknown command 'EVAL_RO', with args beginning with: "
+        ));
+        assert!(refused("ERR", "Unknown or disabled command 'EVAL_RO'"));
+        for (code, detail) in [
+            ("LOADING", "Redis is loading the dataset in memory"),
+            ("BUSY", "Redis is busy running a script."),
+            ("MASTERDOWN", "Link with MASTER is down"),
+            ("TRYAGAIN", "Multiple keys request during rehashing of slot"),
+            ("ERR", "Error running script, @user_script:1"),
+            (
+                "WRONGTYPE",
+                "Operation against a key holding the wrong kind of value",
+            ),
+        ] {
+            assert!(!refused(code, detail), "{code} {detail}");
+        }
+        assert!(!script_read_refused(None, None));
     }
 
     #[test]
