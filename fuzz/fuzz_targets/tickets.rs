@@ -33,7 +33,12 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(set.encode(), data);
             assert!(strict.load(data, DEFAULT_KEY).is_err());
         }
-        let next = KeySet::rotate(Some(&set), TicketKey::from_bytes(std::array::from_fn(|i| 7 ^ i as u8)), 0, 1);
+        let next = KeySet::rotate(
+            Some(&set),
+            TicketKey::from_bytes(std::array::from_fn(|i| 7 ^ i as u8)),
+            0,
+            1,
+        );
         assert_eq!(next.keys.len(), 2);
         assert_eq!(next.keys[1], set.keys[0]);
         let stored = open.store(&next, DEFAULT_KEY).expect("seal");
