@@ -322,6 +322,45 @@ fn a_sentinel_that_never_answers_delays_no_lookup_while_a_majority_agrees() {
     }
 }
 
+#[test]
+fn the_primary_in_use_keeps_serving_while_no_majority_of_sentinels_answers() {
+    let pki = Pki::new();
+    let sentinel = RedisSentinel::start();
+    let names: Vec<String> = (0..5).map(|i| format!("n{i}.example.com")).collect();
+    let leaves: Vec<Leaf> = names
+        .iter()
+        .zip(4401..)
+        .map(|(n, serial)| pki.leaf(&[n.as_str()], serial))
+        .collect();
+    for (n, leaf) in names.iter().zip(&leaves) {
+        sentinel.primary.put_leaf(n, leaf);
+    }
+    let nginx = start(&pki, &sentinel.url(None));
+    wait_served(&nginx, &pki, &names[0], &leaves[0]);
+    // Two of the three sentinels stop answering (they still accept
+    // connections: the kernel does): no majority names any primary now,
+    // and asking waits `dyncert_redis_timeout` for them. The primary a
+    // majority named keeps being used, and the once-a-second re-check
+    // holds up no lookup.
+    sentinel.sentinels[1].pause();
+    sentinel.sentinels[2].pause();
+    for (n, leaf) in names.iter().zip(&leaves).skip(1) {
+        thread::sleep(Duration::from_millis(600));
+        let t = Instant::now();
+        let r = get(&nginx, n);
+        let took = t.elapsed();
+        assert_eq!(
+            r.tls().leaf_serial,
+            leaf.serial_hex,
+            "{n}: {:?} after {took:?}; log:\n{}",
+            r.body,
+            tail(&nginx.error_log(), 10)
+        );
+    }
+    sentinel.sentinels[1].resume();
+    sentinel.sentinels[2].resume();
+}
+
 /// Locks every sentinel: the default user gets `password`, and an ACL
 /// user `dyncert` with `acl_password` may run every command.
 fn lock_sentinels(sentinel: &RedisSentinel, password: &str, acl_password: &str) {

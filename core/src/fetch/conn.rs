@@ -939,55 +939,102 @@ impl SentinelConn {
     /// asked again at most once per [`PRIMARY_CHECK_INTERVAL`], and at
     /// once when the connection in use is suspect (a command timed out on
     /// it), which is then replaced ([`ask_sentinels`], [`replace_primary`]).
-    async fn primary(&self) -> RedisResult<Primary> {
+    async fn primary(self: &Arc<Self>) -> RedisResult<Primary> {
         let mut slot = self.primary.lock().await;
-        let (addr, client, conn, checked) = if let Some(p) = &*slot {
-            // The sentinels' word is checked again at most once per
-            // interval: after a failover the old primary may still accept
-            // reads (and answer "no such record") until the sentinels get
-            // round to demoting it.
-            let suspect = p.suspect();
-            if !ask_sentinels(suspect, p.checked.elapsed(), PRIMARY_CHECK_INTERVAL) {
-                return Ok(p.clone());
-            }
-            let (named, found) = match self.primary_client().await {
-                Ok(same) if same.0 == p.addr => (Named::Same, Some(same)),
-                Ok(moved) => (Named::Other, Some(moved)),
-                // The sentinels cannot be asked, or no majority of them
-                // names one primary.
-                Err(_) => (Named::Nobody, None),
-            };
-            if !replace_primary(suspect, named) {
-                // Kept: the primary that still answers (a majority named
-                // it), asked about again at the next command when the
-                // sentinels named nobody.
-                let mut kept = p.clone();
-                if named == Named::Same {
-                    kept.checked = Instant::now();
-                    *slot = Some(kept.clone());
-                }
-                return Ok(kept);
-            }
-            if suspect {
-                self.notes.reconnected(&p.addr);
-            }
-            match found {
-                Some((addr, client, conn)) => (addr, client, conn, Instant::now()),
-                // Suspect, and the sentinels name nobody: a new
-                // connection to the address a majority named last, if it
-                // still calls itself primary.
-                None => match self.connect_primary(&p.addr, &p.client).await {
-                    Ok(conn) => (p.addr.clone(), p.client.clone(), conn, p.checked),
-                    Err(e) => {
-                        *slot = None;
-                        return Err(e);
-                    }
-                },
-            }
-        } else {
+        let Some(p) = slot.clone() else {
             let (addr, client, conn) = self.primary_client().await?;
-            (addr, client, conn, Instant::now())
+            return Ok(self.install(&mut slot, addr, client, conn, Instant::now()));
         };
+        // The sentinels' word is checked again at most once per interval:
+        // after a failover the old primary may still accept reads (and
+        // answer "no such record") until the sentinels get round to
+        // demoting it.
+        let suspect = p.suspect();
+        if !ask_sentinels(suspect, p.checked.elapsed(), PRIMARY_CHECK_INTERVAL) {
+            return Ok(p);
+        }
+        if !suspect {
+            // A routine re-check of a primary that answers: claimed under
+            // the lock (one per interval, whatever the sentinels answer),
+            // asked in the background, so that no command waits while a
+            // sentinel that does not answer holds the question up for
+            // `dyncert_redis_timeout`.
+            let mut claimed = p;
+            claimed.checked = Instant::now();
+            *slot = Some(claimed.clone());
+            drop(slot);
+            let me = Arc::clone(self);
+            let asked = claimed.clone();
+            tokio::spawn(async move { me.recheck(asked).await });
+            return Ok(claimed);
+        }
+        // Suspect: its commands time out, so nothing is lost by asking
+        // under the lock, and every command waits for the new connection.
+        let (named, found) = self.named(&p).await;
+        if !replace_primary(suspect, named) {
+            return Ok(p);
+        }
+        self.notes.reconnected(&p.addr);
+        match found {
+            Some((addr, client, conn)) => {
+                Ok(self.install(&mut slot, addr, client, conn, Instant::now()))
+            }
+            // Suspect, and the sentinels name nobody: a new connection to
+            // the address a majority named last, if it still calls itself
+            // primary.
+            None => match self.connect_primary(&p.addr, &p.client).await {
+                Ok(conn) => {
+                    Ok(self.install(&mut slot, p.addr.clone(), p.client.clone(), conn, p.checked))
+                }
+                Err(e) => {
+                    *slot = None;
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    /// The routine re-check of `asked`, the primary in use: when a
+    /// majority of the sentinels names another, that one replaces it,
+    /// unless `asked` was replaced meanwhile (a timeout, a failure): that
+    /// replacement stands.
+    async fn recheck(&self, asked: Primary) {
+        let (named, found) = self.named(&asked).await;
+        if !replace_primary(false, named) {
+            return;
+        }
+        let Some((addr, client, conn)) = found else {
+            return;
+        };
+        let mut slot = self.primary.lock().await;
+        let still = slot
+            .as_ref()
+            .is_some_and(|now| Arc::ptr_eq(&now.health, &asked.health));
+        if still {
+            self.install(&mut slot, addr, client, conn, Instant::now());
+        }
+    }
+
+    /// What a majority of the sentinels names now, compared with `p`.
+    async fn named(&self, p: &Primary) -> (Named, Option<(String, Client, MultiplexedConnection)>) {
+        match self.primary_client().await {
+            Ok(same) if same.0 == p.addr => (Named::Same, Some(same)),
+            Ok(moved) => (Named::Other, Some(moved)),
+            // The sentinels cannot be asked, or no majority of them names
+            // one primary.
+            Err(_) => (Named::Nobody, None),
+        }
+    }
+
+    /// Makes the connection that answered `ROLE` the primary in use.
+    fn install(
+        &self,
+        slot: &mut Option<Primary>,
+        addr: String,
+        client: Client,
+        conn: MultiplexedConnection,
+        checked: Instant,
+    ) -> Primary {
         // The connection answered `ROLE`: a timeout on it is a command's,
         // not its connecting's (see `super::health`).
         let mut health = ConnHealth::default();
@@ -1000,7 +1047,7 @@ impl SentinelConn {
             health: Arc::new(Mutex::new(health)),
         };
         *slot = Some(p.clone());
-        Ok(p)
+        p
     }
 
     /// The primary's address as the sentinels name it now (for the
@@ -1020,7 +1067,7 @@ impl SentinelConn {
         }
     }
 
-    async fn run(&self, req: Req<'_>) -> RedisResult<Vec<Value>> {
+    async fn run(self: &Arc<Self>, req: Req<'_>) -> RedisResult<Vec<Value>> {
         let mut last = None;
         // Twice: a connection that broke (or a primary that was demoted)
         // is dropped and the primary asked for again.
