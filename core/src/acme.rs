@@ -13,9 +13,13 @@
 //!
 //! The bound is shared by every client of the worker, so one client must
 //! not be able to take all of it: each client address (IPv4 /32, IPv6 /64)
-//! holds at most [`Limits::max_per_client`] requests in the gate, and its
-//! requests past that are the ones answered 503. A CA validates from
-//! addresses of its own, so a flood from one address never refuses it.
+//! holds at most [`Limits::max_per_client`] requests that started or queued
+//! a read, and its requests past that are the ones answered 503. A CA
+//! validates from addresses of its own, so a flood from one address never
+//! refuses it. A request for a token being read joins that read whoever
+//! asks (within [`Limits::max_waiting`]): it costs no Redis work, and
+//! behind a balancer whose clients all share its address (no realip) a CA
+//! asking for the token a read is under way for must not be refused.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -112,8 +116,10 @@ pub struct Limits {
     /// `dyncert_redis_timeout`: a read under way ends by then, answered or
     /// not). 0: no FIFO, a request past the reads is answered 503 at once.
     pub queue_wait: Millis,
-    /// Most requests one client address holds in the gate at once (reading
-    /// or waiting for a read). A CA asks for one token once from each of
+    /// Most requests one client address holds in the gate at once that
+    /// started a read or wait in the FIFO for one; requests joining a read
+    /// under way are not counted (they cost no Redis work; `max_waiting`
+    /// bounds them). A CA asks for one token once from each of
     /// its vantage points, on their own addresses, and a read takes about
     /// a millisecond: even a CA checking several names of an order at once
     /// from one address rarely has more than one request here. 4 leaves
@@ -159,15 +165,18 @@ pub enum Admission {
     Absent,
     /// At a bound: 503 with `Retry-After` now, no read.
     Busy,
-    /// The request's client already holds its share of the gate
-    /// ([`Limits::max_per_client`]): 503 with `Retry-After` now, no read.
+    /// The request would start or queue a read, and its client already
+    /// holds its share of those ([`Limits::max_per_client`]): 503 with
+    /// `Retry-After` now, no read.
     ClientBusy,
 }
 
-/// A request in the gate and the client it counts against.
+/// A request in the gate and the client it counts against, if any.
 struct Held<W> {
     waiter: W,
-    client: Client,
+    /// `None` for a request that joined a read under way: it holds none of
+    /// its client's share.
+    client: Option<Client>,
 }
 
 /// A request waiting in the FIFO for a read of its token to start.
@@ -187,8 +196,8 @@ pub struct AcmeGate<W> {
     waiting: usize,
     /// Requests waiting for a read to start, oldest first.
     queue: VecDeque<Queued<W>>,
-    /// Requests each client holds in the gate; only clients holding some
-    /// (at most `max_waiting` entries).
+    /// Requests each client holds in the gate that started or queued a
+    /// read; only clients holding some (at most `max_waiting` entries).
     held: HashMap<Client, usize>,
     /// Tokens Redis did not have, each with the time Redis said so.
     absent: Lru<Millis>,
@@ -214,38 +223,59 @@ impl<W> AcmeGate<W> {
         if self.known_absent(token, now) {
             return Admission::Absent;
         }
-        // Before the shared bounds: a client over its share is refused
-        // whether or not the others have left room.
+        // Joining a read under way costs no Redis work: no share is asked
+        // for it, and it holds none. (Inflight never refuses a join.)
+        if self.reads.is_in_flight(token) {
+            if self.waiting >= self.limits.max_waiting {
+                return Admission::Busy;
+            }
+            let held = Held {
+                waiter,
+                client: None,
+            };
+            if self.reads.join(token, Some(held)) == Join::Refused {
+                return Admission::Busy;
+            }
+            self.waiting += 1;
+            return Admission::Wait;
+        }
+        // Before the read bound: a client over its share is refused whether
+        // or not the others have left room.
         if self.held_by(client) >= self.limits.max_per_client {
             return Admission::ClientBusy;
         }
         if self.waiting >= self.limits.max_waiting {
             return Admission::Busy;
         }
-        let held = Held { waiter, client };
-        let admission =
-            if self.reads.is_in_flight(token) || self.reads.in_flight() < self.limits.max_reads {
-                match self.reads.join(token, Some(held)) {
-                    Join::Started => Admission::Read,
-                    Join::Joined => Admission::Wait,
-                    Join::Refused => return Admission::Busy,
-                }
-            } else if self.queue.len() < self.limits.max_queued && self.limits.queue_wait > 0 {
-                self.queue.push_back(Queued {
-                    token: token.to_owned(),
-                    held,
-                    since: now,
-                });
-                Admission::Queued
-            } else {
-                return Admission::Busy;
-            };
+        let held = Held {
+            waiter,
+            client: Some(client),
+        };
+        let admission = if self.reads.in_flight() < self.limits.max_reads {
+            match self.reads.join(token, Some(held)) {
+                Join::Started => Admission::Read,
+                // Not reached (the token is not being read); if it were, the
+                // request waits, charged like the others.
+                Join::Joined => Admission::Wait,
+                // The request was dropped, holding nothing.
+                Join::Refused => return Admission::Busy,
+            }
+        } else if self.queue.len() < self.limits.max_queued && self.limits.queue_wait > 0 {
+            self.queue.push_back(Queued {
+                token: token.to_owned(),
+                held,
+                since: now,
+            });
+            Admission::Queued
+        } else {
+            return Admission::Busy;
+        };
         self.waiting += 1;
         *self.held.entry(client).or_default() += 1;
         admission
     }
 
-    /// Requests `client` holds in the gate.
+    /// Requests `client` holds in the gate that started or queued a read.
     pub fn held_by(&self, client: Client) -> usize {
         self.held.get(&client).copied().unwrap_or(0)
     }
@@ -272,14 +302,26 @@ impl<W> AcmeGate<W> {
             let Some(q) = self.queue.pop_front() else {
                 break;
             };
-            match self.reads.join(&q.token, Some(q.held)) {
+            // Asked for before the request is handed over, so that a read
+            // refused (`Inflight`'s cap below `max_reads`) leaves the
+            // request in hand: it goes back to the front of the FIFO, still
+            // holding its share, and waits there for a read or its expiry.
+            match self.reads.join(&q.token, None) {
                 Join::Started => {}
                 // A read of the token started since (not from the FIFO,
                 // which only holds tokens not being read): it is shared.
-                Join::Joined => continue,
-                // Not reached: a read is free.
-                Join::Refused => break,
+                Join::Joined => {
+                    self.reads.join(&q.token, Some(q.held));
+                    continue;
+                }
+                Join::Refused => {
+                    self.queue.push_front(q);
+                    break;
+                }
             }
+            // Joining the read just started is never refused; the requests
+            // for its token all leave the FIFO with it.
+            self.reads.join(&q.token, Some(q.held));
             let mut i = 0;
             while i < self.queue.len() {
                 if self.queue[i].token == q.token {
@@ -393,10 +435,12 @@ impl<W> AcmeGate<W> {
     /// A request leaves the gate: its client's share is free again.
     fn release(&mut self, h: Held<W>) -> W {
         self.waiting = self.waiting.saturating_sub(1);
-        if let Some(n) = self.held.get_mut(&h.client) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.held.remove(&h.client);
+        if let Some(client) = h.client {
+            if let Some(n) = self.held.get_mut(&client) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.held.remove(&client);
+                }
             }
         }
         h.waiter
@@ -709,10 +753,10 @@ mod tests {
         for i in 0..share {
             assert_eq!(gate.admit(&format!("r{i}"), flooder, i, 0), Admission::Read);
         }
-        // Past its share the flooder is refused, for a new token and for
-        // joining a read under way alike.
+        // Past its share the flooder is refused a new read; joining a read
+        // under way costs no Redis work and takes none of the share.
         assert_eq!(gate.admit("r99", flooder, 99, 0), Admission::ClientBusy);
-        assert_eq!(gate.admit("r0", flooder, 98, 0), Admission::ClientBusy);
+        assert_eq!(gate.admit("r0", flooder, 98, 0), Admission::Wait);
         assert_eq!(gate.held_by(flooder), share);
         assert_eq!(
             gate.reads_in_flight(),
@@ -722,7 +766,7 @@ mod tests {
         // The CA's request is read at once, and may join the flooder's.
         assert_eq!(gate.admit("real", ca, 100, 0), Admission::Read);
         assert_eq!(gate.admit("r0", ca, 101, 0), Admission::Wait);
-        assert_eq!(gate.held_by(ca), 2);
+        assert_eq!(gate.held_by(ca), 1);
         // A read that ends gives the flooder one request back.
         assert_eq!(gate.complete("r1", &AcmeAnswer::Absent, 1), [1]);
         assert_eq!(gate.admit("r5", flooder, 5, 1), Admission::Read);
@@ -762,15 +806,19 @@ mod tests {
         let me = Client::V6(0x2001_0db8_0000_0001);
         assert_eq!(gate.admit("a", me, 1, 0), Admission::Read);
         assert_eq!(gate.admit("b", me, 2, 0), Admission::Read);
-        assert_eq!(gate.admit("b", me, 3, 0), Admission::Wait);
-        assert_eq!(gate.admit("c", me, 4, 0), Admission::ClientBusy);
-        // Answered, not queued, gone away: each gives one back.
+        assert_eq!(gate.admit("b", me, 3, 0), Admission::Wait, "holds none");
+        assert_eq!(gate.admit("c", me, 4, 0), Admission::Read);
+        assert_eq!(gate.admit("d", me, 5, 0), Admission::ClientBusy);
+        // Answered, not queued, gone away: each gives one back (a join it
+        // never held gives nothing back).
         assert_eq!(gate.complete("a", &value(), 1), [1]);
         assert_eq!(gate.held_by(me), 2);
         assert_eq!(gate.abandon(|&w| w == 3), Some(3));
+        assert_eq!(gate.held_by(me), 2);
+        assert_eq!(gate.not_queued("c"), [4]);
         assert_eq!(gate.held_by(me), 1);
-        assert_eq!(gate.admit("c", me, 5, 1), Admission::Read);
-        assert_eq!(gate.not_queued("c"), [5]);
+        assert_eq!(gate.admit("d", me, 6, 1), Admission::Read);
+        assert_eq!(gate.not_queued("d"), [6]);
         assert_eq!(gate.complete("b", &value(), 2), [2]);
         assert_eq!(gate.held_by(me), 0);
         // Nothing is kept for a client holding nothing.
@@ -917,5 +965,61 @@ mod tests {
         assert_eq!(gate.admit("b", c(2), 2, 0), Admission::Queued);
         assert_eq!(gate.not_queued("a"), [1]);
         assert_eq!(gate.promote(), ["b"]);
+    }
+
+    #[test]
+    fn joining_a_read_under_way_takes_none_of_the_clients_share() {
+        // Behind a balancer without realip every client is its address.
+        let mut gate = AcmeGate::new(Limits {
+            max_waiting: 8,
+            ..Limits::default()
+        });
+        let balancer = Client::V4(0x0a00_0001);
+        let share = gate.limits().max_per_client;
+        for i in 0..share {
+            assert_eq!(
+                gate.admit(&format!("t{i}"), balancer, i, 0),
+                Admission::Read
+            );
+        }
+        // The CA's requests for a token being read all join it.
+        for w in 10..14 {
+            assert_eq!(gate.admit("t0", balancer, w, 0), Admission::Wait);
+        }
+        assert_eq!(gate.held_by(balancer), share);
+        assert_eq!(gate.admit("new", balancer, 20, 0), Admission::ClientBusy);
+        // Joins are bounded by the requests the gate holds.
+        assert_eq!(gate.waiting(), 8);
+        assert_eq!(gate.admit("t1", balancer, 21, 0), Admission::Busy);
+        // Answering the joins gives back only the reader's share.
+        assert_eq!(gate.complete("t0", &value(), 1), [0, 10, 11, 12, 13]);
+        assert_eq!((gate.held_by(balancer), gate.waiting()), (share - 1, 3));
+        assert_eq!(gate.admit("new", balancer, 22, 1), Admission::Read);
+    }
+
+    #[test]
+    fn a_read_refused_to_the_fifo_keeps_its_request_and_share() {
+        let mut gate = AcmeGate::new(queueing(1, 8));
+        assert_eq!(gate.admit("a", c(1), 1, 0), Admission::Read);
+        assert_eq!(gate.admit("b", c(2), 2, 0), Admission::Queued);
+        // The reads' own cap below `max_reads` (they are one number today):
+        // the read is refused, and the request must not be lost.
+        gate.limits.max_reads = 2;
+        assert!(gate.promote().is_empty());
+        assert_eq!((gate.queued(), gate.waiting()), (1, 2));
+        assert_eq!(gate.held_by(c(2)), 1);
+        // It starts when a read ends, or is given up to answer 503, and its
+        // share comes back either way.
+        assert_eq!(gate.complete("a", &value(), 1), [1]);
+        assert_eq!(gate.promote(), ["b"]);
+        assert_eq!(gate.complete("b", &value(), 2), [2]);
+        assert_eq!((gate.waiting(), gate.clients()), (0, 0));
+        let mut gate = AcmeGate::new(queueing(1, 8));
+        gate.admit("c", c(3), 3, 10);
+        assert_eq!(gate.admit("d", c(4), 4, 10), Admission::Queued);
+        gate.limits.max_reads = 2;
+        assert!(gate.promote().is_empty());
+        assert_eq!(gate.expire(110), [4]);
+        assert_eq!((gate.held_by(c(4)), gate.waiting()), (0, 1));
     }
 }
