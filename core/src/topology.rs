@@ -512,12 +512,29 @@ pub fn healthy_replica(fields: &[(String, String)]) -> Option<Node> {
     if flags.split(',').any(|f| matches!(f, "s_down" | "o_down")) {
         return None;
     }
-    let port = get("port")?.parse::<u16>().ok().filter(|p| *p > 0)?;
-    let host = get("ip")?;
-    if host.is_empty() {
-        return None;
-    }
-    Some(Node {
+    announced_node(get("ip")?, get("port")?)
+}
+
+/// Most replicas taken from one sentinel's answer.
+pub const REPLICAS_MAX: usize = 64;
+
+/// A node as a sentinel announces it (`GET-MASTER-ADDR-BY-NAME`, an entry
+/// of `REPLICAS`): an IP address or a host name (at most 253 bytes of
+/// letters, digits, `-`, `_` and dots, no empty label) and a port from 1.
+/// Anything else is no answer: a sentinel may be anyone's, and what it
+/// says ends up in connections, credentials and log lines.
+pub fn announced_node(host: &str, port: &str) -> Option<Node> {
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+    let is_name = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    (is_ip || is_name).then(|| Node {
         host: host.to_owned(),
         port,
     })
@@ -567,6 +584,31 @@ pub fn is_read_only<'a>(commands: impl IntoIterator<Item = &'a [u8]>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sentinel_announces_only_addresses_and_host_names() {
+        let node = |h: &str, p: &str| announced_node(h, p).map(|n| (n.host, n.port));
+        assert_eq!(node("10.0.0.5", "6379"), Some(("10.0.0.5".into(), 6379)));
+        assert_eq!(node("::1", "6380"), Some(("::1".into(), 6380)));
+        assert_eq!(
+            node("redis-1.internal", "6379"),
+            Some(("redis-1.internal".into(), 6379))
+        );
+        for (host, port) in [
+            ("", "6379"),
+            ("10.0.0.5", "0"),
+            ("10.0.0.5", "65536"),
+            ("10.0.0.5", "x"),
+            ("a..b", "6379"),
+            ("10.0.0.1\n2026/12/03 [emerg] forged", "6379"),
+            ("host name", "6379"),
+            ("h\"q", "6379"),
+        ] {
+            assert_eq!(node(host, port), None, "{host:?} {port:?}");
+        }
+        assert_eq!(node(&"a".repeat(254), "6379"), None);
+        assert_eq!(node(&format!("{}.b", "a".repeat(64)), "6379"), None);
+    }
 
     fn node(h: &str, p: u16) -> Node {
         Node {

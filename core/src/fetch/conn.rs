@@ -34,8 +34,8 @@ use redis::{
 };
 
 use crate::topology::{
-    agreed_primary, agreed_replicas, healthy_replica, is_read_only, Auth, Node, SentinelAnswer,
-    Topology,
+    agreed_primary, agreed_replicas, announced_node, healthy_replica, is_read_only, Auth, Node,
+    SentinelAnswer, Topology, REPLICAS_MAX,
 };
 
 /// TLS material of `rediss://` and `clusters://` connections
@@ -872,11 +872,9 @@ impl SentinelConn {
             .enumerate()
             .map(|(i, s)| async move {
                 let answer = match self.ask::<Option<(String, String)>>(s, cmd).await {
-                    Ok(Some((host, port))) => match port.parse::<u16>() {
-                        Ok(port) if port > 0 && !host.is_empty() => {
-                            SentinelAnswer::Primary(Node { host, port })
-                        }
-                        _ => SentinelAnswer::Failed,
+                    Ok(Some((host, port))) => match announced_node(&host, &port) {
+                        Some(node) => SentinelAnswer::Primary(node),
+                        None => SentinelAnswer::Failed,
                     },
                     Ok(None) => SentinelAnswer::Unknown,
                     Err(_) => SentinelAnswer::Failed,
@@ -1145,6 +1143,7 @@ impl SentinelConn {
             Some(
                 listed
                     .into_iter()
+                    .take(REPLICAS_MAX)
                     .filter_map(|r| healthy_replica(&r.into_iter().collect::<Vec<_>>()))
                     .collect::<Vec<_>>(),
             )
