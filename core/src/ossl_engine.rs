@@ -10,8 +10,10 @@
 //! since every key it loaded points into it. A failed initialisation is
 //! retried with the next reference.
 //!
-//! Loads run on a thread of their own, started with the first one: a token
-//! that stops answering (a partitioned network HSM, a wedged card daemon)
+//! Loads run on a thread of their own, started with the worker
+//! ([`start_loader`], from `init_process` when `dyncert_key_references
+//! engine` is configured), and started again by the next load only when it
+//! is gone (or could not start then). A token that stops answering (a partitioned network HSM, a wedged card daemon)
 //! blocks that thread, not the parse thread, which waits at most
 //! [`LOAD_TIMEOUT`] and refuses the record; a load that returns later is
 //! dropped. While a load has not answered within the bound, further loads
@@ -184,6 +186,18 @@ impl Loader {
     }
 }
 
+/// Starts the worker's loader thread unless it runs: from the worker's
+/// `init_process` (never the master, which forks), with every signal
+/// blocked, so that a thread that cannot start is reported then and the
+/// thread lives as long as the worker.
+pub(crate) fn start_loader() -> std::io::Result<()> {
+    let mut loader = lock(&LOADER);
+    if loader.is_none() {
+        *loader = Some(Loader::start()?);
+    }
+    Ok(())
+}
+
 /// Loads the private key `r` names, through the worker's pkcs11 engine
 /// (initialised now if it is not yet), on the loader thread; waits at most
 /// [`LOAD_TIMEOUT`]. Called by the parse thread.
@@ -213,6 +227,8 @@ fn load_within(
     };
     let gate = {
         let mut loader = lock(&LOADER);
+        // Started with the worker; started here only when it is gone (its
+        // queue was found disconnected) or could not start then.
         if loader.is_none() {
             *loader = Some(Loader::start().map_err(|_| EngineError::Unavailable)?);
         }
@@ -285,5 +301,34 @@ mod tests {
         .unwrap();
         assert!(load_private_key(&r, Some("/nonexistent/libpkcs11.so"), Some("0")).is_err());
         assert!(ErrorStack::get().errors().is_empty());
+    }
+
+    /// Threads of this process named as the loader.
+    fn loader_threads() -> usize {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return 0;
+        };
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim_end() == "dyncert-pkcs11")
+            .count()
+    }
+
+    /// Started once, with the worker; loads then use that thread, and
+    /// starting again (another reload of the same process) adds none.
+    #[test]
+    fn the_loader_starts_once_and_loads_use_it() {
+        start_loader().expect("the loader thread starts");
+        assert!(lock(&LOADER).is_some());
+        assert_eq!(loader_threads(), 1);
+        start_loader().expect("already running");
+        let r = parse(
+            b"engine:pkcs11:pkcs11:token=no-such-token;object=none",
+            KeyRefMode::Engine,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(load_private_key(&r, Some("/nonexistent/libpkcs11.so"), Some("0")).is_err());
+        assert_eq!(loader_threads(), 1);
     }
 }

@@ -10,7 +10,8 @@ use core::ptr;
 use std::os::fd::RawFd;
 
 use dyncert_core::clock::{Clock, SystemClock};
-use dyncert_core::fetch::{AcmeAnswer, Event, Fetcher, Outcome};
+use dyncert_core::fetch::{start_key_loader, AcmeAnswer, Event, Fetcher, Outcome};
+use dyncert_core::keyref::KeyRefMode;
 use dyncert_core::metrics::WORKER_SLOTS;
 use dyncert_core::worker::{Level, Worker};
 use ngx::core::Status;
@@ -164,11 +165,22 @@ fn start_worker(cycle: &ngx_cycle_t) {
 /// Starts the fetcher threads and makes the worker's state.
 fn start_fetcher(cycle: &ngx_cycle_t, mcf: &MainConf) -> Result<(), String> {
     let cfg = mcf.fetcher_config()?;
+    let key_loader = cfg.key_refs.mode == KeyRefMode::Engine;
     // The fetcher's threads (and the ones they start) inherit a mask that
     // blocks every signal: nginx's signals (reload, quit, child exits) must
     // reach the event loop thread, never a helper thread.
     let fetcher = with_signals_blocked(|| Fetcher::start(cfg))
         .map_err(|e| format!("cannot start the fetcher thread ({e})"))?;
+    // Without it the worker still serves records that carry their key;
+    // the next key reference's load tries to start it again.
+    if key_loader {
+        if let Err(e) = with_signals_blocked(start_key_loader) {
+            Log::cycle().alert(format_args!(
+                "dyncert: cannot start the PKCS#11 key loader thread ({e}) while starting the \
+                 worker; key references are refused until a load starts it"
+            ));
+        }
+    }
     let notify = watch(cycle, fetcher.wake_fd())?;
     let interner = fetcher.interner().clone();
     let mut worker = Worker::new(

@@ -256,6 +256,15 @@ impl Shared {
     }
 }
 
+/// Starts the worker's PKCS#11 key loader thread (loads of records' key
+/// references run there, bounded, off the parse thread). Call from the
+/// worker process with signals blocked, as for [`Fetcher::start`], when
+/// `dyncert_key_references engine` is configured; once it runs, calling
+/// again starts nothing.
+pub fn start_key_loader() -> io::Result<()> {
+    crate::ossl_engine::start_loader()
+}
+
 /// Handle owned by the event loop.
 pub struct Fetcher {
     tx: Option<mpsc::Sender<Request>>,
