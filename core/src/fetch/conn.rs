@@ -299,7 +299,8 @@ impl RedisTarget {
                 let mut b = ClusterClient::builder(urls)
                     .connection_timeout(t)
                     .response_timeout(t)
-                    .retries(2);
+                    .retries(2)
+                    .tcp_settings(tcp_settings(TcpSettings::default()));
                 if let Some(u) = &auth.username {
                     b = b.username(u);
                 }
