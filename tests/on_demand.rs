@@ -324,9 +324,10 @@ fn a_random_name_flood_keeps_the_stream_at_maxlen_and_cached_names_serving() {
             let mut failed = 0;
             for i in 0..FLOOD {
                 let name = format!("r{i:04}-{}.flood.example.com", std::process::id());
-                // Each from an address of its own: one address may queue
-                // only a few names per period (tests/on_demand_flood.rs).
-                let from = format!("127.1.{}.{}", i / 250, i % 250 + 1);
+                // Each from a network (/24) of its own: one address, and
+                // the addresses of one network together, may queue only a
+                // few names per period (tests/on_demand_flood.rs).
+                let from = format!("127.{}.{}.1", 1 + i / 250, i % 250);
                 if Request::get("/")
                     .sni(&name)
                     .from(&from)

@@ -500,6 +500,19 @@ impl<V> CertCache<V> {
         Some(for_ms)
     }
 
+    /// Whether [`Self::take_on_demand`] would return true now (nothing
+    /// taken).
+    pub fn may_take_on_demand(&self, name: &str, now: Millis) -> bool {
+        let Some(n) = self
+            .negative
+            .find(name)
+            .and_then(|s| self.negative.value(s))
+        else {
+            return false;
+        };
+        matches!(n.kind, Absent::Unknown { on_demand: true }) && n.holds(&self.policy, now)
+    }
+
     /// True once per negative entry made with `on_demand`, while it holds:
     /// the name may be queued for on-demand issuance now, and not again
     /// until a new entry replaces this one (after `negative`).
@@ -1061,8 +1074,18 @@ mod tests {
     fn a_negative_entry_allows_one_on_demand_enqueue_while_it_holds() {
         let mut cache = CertCache::<u64>::new(policy(10));
         cache.insert_negative_for("nx".to_owned(), START, true);
+        assert!(cache.may_take_on_demand("nx", START + SECOND));
+        assert!(
+            cache.may_take_on_demand("nx", START + SECOND),
+            "a peek takes nothing"
+        );
         assert!(cache.take_on_demand("nx", START + SECOND));
+        assert!(!cache.may_take_on_demand("nx", START + 2 * SECOND));
         assert!(!cache.take_on_demand("nx", START + 2 * SECOND), "once");
+        assert!(!cache.may_take_on_demand("absent", START));
+        let gone = START + cache.policy().negative;
+        cache.insert_negative_for("old".to_owned(), START, true);
+        assert!(!cache.may_take_on_demand("old", gone), "expired");
         // A new entry (the next negative period) allows one more.
         cache.insert_negative_for("nx".to_owned(), START + MINUTE, true);
         assert!(cache.take_on_demand("nx", START + MINUTE));

@@ -677,8 +677,9 @@ pub fn render(
     out.push_str(
         "# HELP dyncert_on_demand_refused_total Names not queued for on-demand issuance, \
          by reason: no CA issues for the name (once per negative-cache period), the \
-         client address used its enqueue budget, the budget's address table is full, \
-         QUIC handshakes (addresses not validated) used their shared budget.\n",
+         client address used its enqueue budget, its network (IPv4 /24, IPv6 /48) used \
+         its shared budget, QUIC handshakes (addresses not validated) used their shared \
+         budget.\n",
     );
     out.push_str("# TYPE dyncert_on_demand_refused_total counter\n");
     for r in NotQueued::ALL {

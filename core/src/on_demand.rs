@@ -170,10 +170,17 @@ fn label_may_be_issued(label: &str) -> bool {
 /// random-SNI flood adds at most four names per period per worker to the
 /// stream, instead of one per handshake.
 pub const PER_ADDRESS: u32 = 4;
-/// Most client addresses a worker's budget remembers in one period. Only
-/// addresses that caused an enqueue this period are held (about 50 bytes
-/// each, so at most about 200 KB per worker); when the table is full, a
-/// new address is refused until the period ends (see [`AddressBudget`]).
+/// Most enqueues the addresses of one network (an IPv4 /24, an IPv6 /48)
+/// may cause together per worker per negative-cache period, besides each
+/// address's own [`PER_ADDRESS`]. One party easily holds many /64s (a free
+/// tunnel broker hands out a /48: 65,536 of them) or several addresses of
+/// one /24, so the per-address budget alone lets it multiply its share;
+/// this caps one such party at four visitors' worth.
+pub const PER_PREFIX: u32 = 4 * PER_ADDRESS;
+/// Most client addresses, and most networks, a worker's budget remembers
+/// in one period. Only those that caused an enqueue this period are held
+/// (about 50 bytes each, so at most about 400 KB per worker). A full table
+/// never refuses anyone: see [`AddressBudget`].
 pub const ADDRESSES_MAX: usize = 4096;
 
 /// Who made a handshake, as far as the on-demand budget trusts it.
@@ -201,8 +208,6 @@ pub enum Client {
 pub enum AddressKey {
     V4(u32),
     V6(u64),
-    Local,
-    Quic,
 }
 
 impl AddressKey {
@@ -215,6 +220,22 @@ impl AddressKey {
             },
         }
     }
+
+    /// The network the address is counted in as well ([`PER_PREFIX`]): its
+    /// IPv4 /24 or IPv6 /48.
+    pub fn prefix(&self) -> PrefixKey {
+        match *self {
+            AddressKey::V4(a) => PrefixKey::V4(a >> 8),
+            AddressKey::V6(p64) => PrefixKey::V6(p64 >> 16),
+        }
+    }
+}
+
+/// An IPv4 /24 or an IPv6 /48 ([`AddressKey::prefix`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrefixKey {
+    V4(u32),
+    V6(u64),
 }
 
 /// Why a handshake that could have queued its name did not.
@@ -225,8 +246,9 @@ pub enum NotQueued {
     Name,
     /// The client's address caused [`PER_ADDRESS`] enqueues this period.
     PerAddress,
-    /// The budget's table is full ([`ADDRESSES_MAX`] addresses this period).
-    Addresses,
+    /// The addresses of the client's /24 or /48 caused [`PER_PREFIX`]
+    /// enqueues this period.
+    PerPrefix,
     /// QUIC handshakes, which share one budget ([`Client::Quic`]),
     /// caused [`PER_ADDRESS`] enqueues this period.
     Quic,
@@ -236,7 +258,7 @@ impl NotQueued {
     pub const ALL: [NotQueued; 4] = [
         NotQueued::Name,
         NotQueued::PerAddress,
-        NotQueued::Addresses,
+        NotQueued::PerPrefix,
         NotQueued::Quic,
     ];
 
@@ -245,85 +267,170 @@ impl NotQueued {
         match self {
             NotQueued::Name => "name",
             NotQueued::PerAddress => "per_address",
-            NotQueued::Addresses => "addresses",
+            NotQueued::PerPrefix => "per_prefix",
             NotQueued::Quic => "quic",
         }
     }
 }
 
-/// Per-worker enqueue budget by client address: at most `per_address`
-/// enqueues per address in each period (the negative-cache period: the
-/// windows are aligned to multiples of it, and the table is emptied when a
-/// new one starts), for at most `max` addresses per period.
+/// How much of a prefix's budget its addresses used, and how many of its
+/// addresses the table holds.
+#[derive(Debug, Clone, Copy, Default)]
+struct PrefixUse {
+    used: u32,
+    keys: u32,
+}
+
+/// Per-worker enqueue budget by client: at most `per_address` enqueues per
+/// address and `per_prefix` per /24 or /48 in each period (the
+/// negative-cache period), for QUIC handshakes together and for addresses
+/// without IP together `per_address` each. Periods start at `offset` past a
+/// multiple of the period, a value the worker draws at random, so that
+/// nobody outside knows when a worker's budgets start again; the tables are
+/// emptied when a new one starts.
 ///
-/// When the table is full, a new address is refused (fails closed): the
-/// table holds only addresses that caused an enqueue this period, so it
-/// fills only when `max` addresses have already queued names in one
-/// period, a distributed flood; evicting would let such a flood queue
-/// without bound, which is what the budget exists to stop. Real names are
-/// not lost: a refused handshake leaves the name's allowance, and the
-/// table empties when the period ends.
+/// Both tables hold at most `max` entries. A full table never refuses a
+/// new address, which would let whoever fills it (one party with enough
+/// /64s or PROXY headers it forges) keep everyone else from queueing:
+/// - a new address evicts an address of the prefix holding the most
+///   addresses in the table. That prefix's own count stays, so its
+///   addresses together still cause at most `per_prefix` enqueues (an
+///   evicted address only gets its `per_address` back within that);
+/// - a new prefix evicts one prefix and its addresses, which start again.
+///   The prefix table is full only when `max` networks have each queued a
+///   name this period: a flood that already puts more names in the stream
+///   than the issuer asks, which refusing newcomers would make worse for
+///   real visitors, not better.
 #[derive(Debug)]
 pub struct AddressBudget {
     per_address: u32,
+    per_prefix: u32,
     max: usize,
     period: Millis,
+    offset: Millis,
     window: Millis,
-    used: HashMap<AddressKey, u32>,
+    keys: HashMap<AddressKey, u32>,
+    prefixes: HashMap<PrefixKey, PrefixUse>,
+    local: u32,
+    quic: u32,
 }
 
 impl AddressBudget {
-    pub fn new(per_address: u32, max: usize, period: Millis) -> AddressBudget {
+    pub fn new(
+        per_address: u32,
+        per_prefix: u32,
+        max: usize,
+        period: Millis,
+        offset: Millis,
+    ) -> AddressBudget {
+        let period = period.max(1);
         AddressBudget {
             per_address,
-            max,
-            period: period.max(1),
+            per_prefix,
+            max: max.max(1),
+            period,
+            offset: offset % period,
             window: 0,
-            used: HashMap::new(),
+            keys: HashMap::new(),
+            prefixes: HashMap::new(),
+            local: 0,
+            quic: 0,
         }
     }
 
     fn roll(&mut self, now: Millis) {
-        let window = now / self.period;
+        let window = now.saturating_add(self.offset) / self.period;
         if window != self.window {
             self.window = window;
-            self.used.clear();
-            self.used.shrink_to(self.max.min(64));
+            self.keys.clear();
+            self.keys.shrink_to(self.max.min(64));
+            self.prefixes.clear();
+            self.prefixes.shrink_to(self.max.min(64));
+            self.local = 0;
+            self.quic = 0;
         }
     }
 
-    /// Whether `key` may cause one more enqueue at `now` (nothing charged).
-    pub fn check(&mut self, key: AddressKey, now: Millis) -> Result<(), NotQueued> {
+    /// Whether `client` may cause one more enqueue at `now` (nothing charged).
+    pub fn check(&mut self, client: Client, now: Millis) -> Result<(), NotQueued> {
         self.roll(now);
-        let over = if key == AddressKey::Quic {
-            NotQueued::Quic
-        } else {
-            NotQueued::PerAddress
+        let key = match client {
+            Client::Quic if self.quic >= self.per_address => return Err(NotQueued::Quic),
+            Client::Local if self.local >= self.per_address => return Err(NotQueued::PerAddress),
+            Client::Quic | Client::Local => return Ok(()),
+            Client::Address(ip) => AddressKey::of(ip),
         };
-        match self.used.get(&key) {
-            Some(&n) if n >= self.per_address => Err(over),
-            Some(_) => Ok(()),
-            None if self.per_address == 0 => Err(over),
-            None if self.used.len() >= self.max => Err(NotQueued::Addresses),
-            None => Ok(()),
+        if self.keys.get(&key).copied().unwrap_or(0) >= self.per_address {
+            return Err(NotQueued::PerAddress);
+        }
+        let prefix = self.prefixes.get(&key.prefix()).map_or(0, |p| p.used);
+        if prefix >= self.per_prefix {
+            return Err(NotQueued::PerPrefix);
+        }
+        Ok(())
+    }
+
+    /// Charges one enqueue to `client` (after [`Self::check`] passed).
+    pub fn charge(&mut self, client: Client, now: Millis) {
+        self.roll(now);
+        let key = match client {
+            Client::Quic => return self.quic = self.quic.saturating_add(1),
+            Client::Local => return self.local = self.local.saturating_add(1),
+            Client::Address(ip) => AddressKey::of(ip),
+        };
+        let prefix = key.prefix();
+        if !self.prefixes.contains_key(&prefix) && self.prefixes.len() >= self.max {
+            self.evict_prefix();
+        }
+        let new_key = !self.keys.contains_key(&key);
+        if new_key && self.keys.len() >= self.max {
+            self.evict_address();
+        }
+        let p = self.prefixes.entry(prefix).or_default();
+        p.used = p.used.saturating_add(1);
+        if new_key {
+            p.keys += 1;
+        }
+        let n = self.keys.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+    }
+
+    /// Drops one address of the prefix that holds the most addresses.
+    fn evict_address(&mut self) {
+        let Some((&prefix, _)) = self.prefixes.iter().max_by_key(|(_, p)| p.keys) else {
+            return;
+        };
+        let Some(&key) = self.keys.keys().find(|k| k.prefix() == prefix) else {
+            return;
+        };
+        self.keys.remove(&key);
+        if let Some(p) = self.prefixes.get_mut(&prefix) {
+            p.keys = p.keys.saturating_sub(1);
         }
     }
 
-    /// Charges one enqueue to `key` (after [`Self::check`] passed).
-    pub fn charge(&mut self, key: AddressKey, now: Millis) {
-        self.roll(now);
-        if self.used.len() < self.max || self.used.contains_key(&key) {
-            *self.used.entry(key).or_insert(0) += 1;
-        }
+    /// Drops one prefix (the table's first: an arbitrary one, hash order)
+    /// and its addresses.
+    fn evict_prefix(&mut self) {
+        let Some(&prefix) = self.prefixes.keys().next() else {
+            return;
+        };
+        self.prefixes.remove(&prefix);
+        self.keys.retain(|k, _| k.prefix() != prefix);
     }
 
     /// Addresses held this period.
     pub fn len(&self) -> usize {
-        self.used.len()
+        self.keys.len()
+    }
+
+    /// Networks (/24, /48) held this period.
+    pub fn prefixes(&self) -> usize {
+        self.prefixes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.used.is_empty()
+        self.keys.is_empty() && self.local == 0 && self.quic == 0
     }
 }
 
@@ -331,62 +438,64 @@ impl AddressBudget {
 /// certificate does for on-demand issuance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Queue the name now (its allowance is taken, its address charged).
+    /// Take the name's allowance and queue the name now (the client is
+    /// charged).
     Enqueue,
     /// Its lookup is still running: queue it when the lookup says it is
-    /// unknown everywhere (the address is charged now).
+    /// unknown everywhere (the client is charged now).
     WhenFetched,
-    /// Not queued, and counted.
+    /// Not queued, and counted; with [`NotQueued::Name`] the caller takes
+    /// (uses up) the name's allowance, otherwise the allowance is kept.
     Refused(NotQueued),
-    /// Nothing to do: an invalid name, or its allowance is used up.
+    /// Nothing to do: an invalid name, or its allowance is used up and its
+    /// lookup is not running.
     Nothing,
 }
 
-/// The decision at a handshake that found no certificate, on a server with
-/// `dyncert_on_demand on`. In order: an invalid name does nothing; a name
-/// no CA can issue for is refused, once per negative entry (its allowance,
-/// granted by `take`, is used up: no client could queue it); a client
-/// address (all QUIC handshakes sharing one) over its budget is refused
-/// without calling `take`, so the name's allowance is left for a handshake
-/// from another address; otherwise the name is queued when `take` grants
-/// its negative entry's one allowance, or later when `pending` says its
-/// lookup is running (and the name not yet waiting for it), and only then
-/// is the address charged.
+/// The decision at a handshake from `client` that found no certificate, on
+/// a server with `dyncert_on_demand on`. `allowance`: the name's negative
+/// entry would grant its one allowance now (not taken: the caller takes it
+/// on [`Verdict::Enqueue`] and on [`NotQueued::Name`]); `pending`: its
+/// lookup is running and the name is not yet waiting for it.
+///
+/// In order: an invalid name does nothing; a name no CA can issue for is
+/// refused once per negative entry (its allowance is used up: no client
+/// could queue it); a handshake that would queue nothing anyway (no
+/// allowance, no lookup running) does nothing, and is not counted nor
+/// charged; a client over its address's, its network's or the shared QUIC
+/// budget is refused, and the name keeps its allowance for a handshake from
+/// another client; otherwise the name is queued now (`allowance`) or when
+/// its lookup ends (`pending`), and the client is charged.
 pub fn decide(
     name: &str,
     client: Client,
     budget: &mut AddressBudget,
     now: Millis,
-    take: impl FnOnce() -> bool,
-    pending: impl FnOnce() -> bool,
+    allowance: bool,
+    pending: bool,
 ) -> Verdict {
     if !is_queueable_name(name) {
         return Verdict::Nothing;
     }
     if unissuable(name).is_some() {
-        return if take() {
+        return if allowance {
             Verdict::Refused(NotQueued::Name)
         } else {
             Verdict::Nothing
         };
     }
-    let key = match client {
-        Client::Address(ip) => AddressKey::of(ip),
-        Client::Local => AddressKey::Local,
-        Client::Quic => AddressKey::Quic,
-    };
-    if let Err(refusal) = budget.check(key, now) {
+    if !allowance && !pending {
+        return Verdict::Nothing;
+    }
+    if let Err(refusal) = budget.check(client, now) {
         return Verdict::Refused(refusal);
     }
-    let verdict = if take() {
+    budget.charge(client, now);
+    if allowance {
         Verdict::Enqueue
-    } else if pending() {
-        Verdict::WhenFetched
     } else {
-        return Verdict::Nothing;
-    };
-    budget.charge(key, now);
-    verdict
+        Verdict::WhenFetched
+    }
 }
 
 #[cfg(test)]
@@ -455,27 +564,15 @@ mod tests {
     }
 
     fn budget() -> AddressBudget {
-        AddressBudget::new(PER_ADDRESS, ADDRESSES_MAX, PERIOD)
+        AddressBudget::new(PER_ADDRESS, PER_PREFIX, ADDRESSES_MAX, PERIOD, 0)
     }
 
     #[test]
     fn an_invalid_name_never_queues_nor_takes_the_allowance() {
         let mut b = budget();
         for name in ["10.0.0.1", "Upper.example", "a..b"] {
-            let mut taken = false;
-            let v = decide(
-                name,
-                ip("192.0.2.1"),
-                &mut b,
-                T0,
-                || {
-                    taken = true;
-                    true
-                },
-                || true,
-            );
+            let v = decide(name, ip("192.0.2.1"), &mut b, T0, true, true);
             assert_eq!(v, Verdict::Nothing, "{name}");
-            assert!(!taken, "{name}");
         }
         assert!(b.is_empty());
     }
@@ -485,31 +582,31 @@ mod tests {
         let mut b = budget();
         let c = ip("192.0.2.1");
         assert_eq!(
-            decide("a.example", c, &mut b, T0, || true, || false),
+            decide("a.example", c, &mut b, T0, true, false),
             Verdict::Enqueue
         );
         assert_eq!(b.len(), 1);
         // Allowance used up, lookup not running: nothing, nothing charged.
         assert_eq!(
-            decide("a.example", c, &mut b, T0, || false, || false),
+            decide("a.example", c, &mut b, T0, false, false),
             Verdict::Nothing
         );
         // Its lookup is running: queued when it ends, charged now.
         assert_eq!(
-            decide("b.example", c, &mut b, T0, || false, || true),
+            decide("b.example", c, &mut b, T0, false, true),
             Verdict::WhenFetched
         );
         assert_eq!(
-            decide("c.example", c, &mut b, T0, || true, || false),
+            decide("c.example", c, &mut b, T0, true, false),
             Verdict::Enqueue
         );
         assert_eq!(
-            decide("d.example", c, &mut b, T0, || true, || false),
+            decide("d.example", c, &mut b, T0, true, false),
             Verdict::Enqueue
         );
         // Four charged: over the budget.
         assert_eq!(
-            decide("e.example", c, &mut b, T0, || true, || true),
+            decide("e.example", c, &mut b, T0, true, true),
             Verdict::Refused(NotQueued::PerAddress)
         );
     }
@@ -521,33 +618,25 @@ mod tests {
         for i in 0..PER_ADDRESS {
             let name = format!("f{i}.flood.example");
             assert_eq!(
-                decide(&name, flood, &mut b, T0, || true, || false),
+                decide(&name, flood, &mut b, T0, true, false),
                 Verdict::Enqueue
             );
         }
-        let mut allowance = true;
+        // Refused: the caller keeps the allowance, so it is still there
+        // for the next handshake.
         for _ in 0..100 {
-            let v = decide(
-                "shop.example.net",
-                flood,
-                &mut b,
-                T0 + 1,
-                || std::mem::take(&mut allowance),
-                || false,
-            );
+            let v = decide("shop.example.net", flood, &mut b, T0 + 1, true, false);
             assert_eq!(v, Verdict::Refused(NotQueued::PerAddress));
         }
-        assert!(allowance, "the flooding address never took the allowance");
         let v = decide(
             "shop.example.net",
             ip("198.51.100.7"),
             &mut b,
             T0 + 2,
-            || std::mem::take(&mut allowance),
-            || false,
+            true,
+            false,
         );
         assert_eq!(v, Verdict::Enqueue);
-        assert!(!allowance);
     }
 
     #[test]
@@ -558,17 +647,17 @@ mod tests {
         for i in 0..PER_ADDRESS {
             let name = format!("n{i}.example");
             assert_eq!(
-                decide(&name, c, &mut b, start, || true, || false),
+                decide(&name, c, &mut b, start, true, false),
                 Verdict::Enqueue
             );
         }
         let last = start + PERIOD - 1;
         assert_eq!(
-            decide("x.example", c, &mut b, last, || true, || false),
+            decide("x.example", c, &mut b, last, true, false),
             Verdict::Refused(NotQueued::PerAddress)
         );
         assert_eq!(
-            decide("x.example", c, &mut b, last + 1, || true, || false),
+            decide("x.example", c, &mut b, last + 1, true, false),
             Verdict::Enqueue
         );
         assert_eq!(b.len(), 1);
@@ -598,62 +687,178 @@ mod tests {
         for i in 0..100u32 {
             let c = ip(&format!("2001:db8:1:2::{i:x}"));
             let name = format!("f{i}.example");
-            queued +=
-                u32::from(decide(&name, c, &mut b, T0, || true, || false) == Verdict::Enqueue);
+            queued += u32::from(decide(&name, c, &mut b, T0, true, false) == Verdict::Enqueue);
         }
         assert_eq!(queued, PER_ADDRESS);
     }
 
     #[test]
-    fn a_full_table_refuses_new_addresses_until_the_period_ends() {
-        let mut b = AddressBudget::new(PER_ADDRESS, 3, PERIOD);
-        let start = T0 - T0 % PERIOD;
-        for i in 1..=3 {
+    fn one_48_of_5000_64s_queues_its_network_budget_and_a_visitor_still_queues() {
+        let mut b = budget();
+        let mut queued = 0;
+        for i in 0..5000u32 {
+            let c = ip(&format!("2001:db8:1:{i:x}::1"));
+            let name = format!("f{i}.flood.example");
+            match decide(&name, c, &mut b, T0, true, false) {
+                Verdict::Enqueue => queued += 1,
+                v => assert_eq!(v, Verdict::Refused(NotQueued::PerPrefix)),
+            }
+        }
+        assert_eq!(queued, PER_PREFIX);
+        assert_eq!(b.len(), PER_PREFIX as usize);
+        for visitor in ["198.51.100.7", "2001:db8:2::1", "2001:db8:1:ffff::1"] {
+            let v = decide("shop.example.net", ip(visitor), &mut b, T0, true, false);
+            let want = if visitor == "2001:db8:1:ffff::1" {
+                Verdict::Refused(NotQueued::PerPrefix)
+            } else {
+                Verdict::Enqueue
+            };
+            assert_eq!(v, want, "{visitor}");
+        }
+    }
+
+    #[test]
+    fn the_addresses_of_one_ipv4_24_share_a_network_budget() {
+        let mut b = budget();
+        let mut queued = 0;
+        for i in 1..=254u32 {
+            let name = format!("f{i}.flood.example");
+            let c = ip(&format!("203.0.113.{i}"));
+            queued += u32::from(decide(&name, c, &mut b, T0, true, false) == Verdict::Enqueue);
+        }
+        assert_eq!(queued, PER_PREFIX);
+        assert_eq!(
+            decide("a.example", ip("203.0.114.1"), &mut b, T0, true, false),
+            Verdict::Enqueue
+        );
+        assert_eq!(
+            AddressKey::of("203.0.113.1".parse().unwrap()).prefix(),
+            PrefixKey::V4(0xcb_00_71)
+        );
+        assert_eq!(
+            AddressKey::of("2001:db8:1:ffff::1".parse().unwrap()).prefix(),
+            AddressKey::of("2001:db8:1::".parse().unwrap()).prefix()
+        );
+        assert_ne!(
+            AddressKey::of("2001:db8:1::".parse().unwrap()).prefix(),
+            AddressKey::of("2001:db8:2::".parse().unwrap()).prefix()
+        );
+    }
+
+    #[test]
+    fn a_full_address_table_evicts_within_the_largest_network_and_refuses_nobody() {
+        let mut b = AddressBudget::new(PER_ADDRESS, PER_PREFIX, 8, PERIOD, 0);
+        // 6 addresses of one /24 and 2 of another fill the table.
+        for i in 1..=6 {
             let c = ip(&format!("192.0.2.{i}"));
             assert_eq!(
-                decide("a.example", c, &mut b, start, || true, || false),
+                decide("a.example", c, &mut b, T0, true, false),
                 Verdict::Enqueue
             );
         }
-        let mut taken = false;
-        let v = decide(
-            "b.example",
-            ip("192.0.2.4"),
-            &mut b,
-            start,
-            || {
-                taken = true;
-                true
-            },
-            || true,
-        );
-        assert_eq!(v, Verdict::Refused(NotQueued::Addresses));
-        assert!(!taken, "the allowance is kept");
-        // Addresses already held still have their budget.
+        for c in ["198.51.100.1", "198.51.100.2"] {
+            assert_eq!(
+                decide("a.example", ip(c), &mut b, T0, true, false),
+                Verdict::Enqueue
+            );
+        }
+        assert_eq!(b.len(), 8);
+        // A new address is not refused: an address of 192.0.2.0/24 goes.
+        for c in ["203.0.113.1", "203.0.113.2"] {
+            assert_eq!(
+                decide("b.example", ip(c), &mut b, T0, true, false),
+                Verdict::Enqueue
+            );
+        }
+        assert_eq!(b.len(), 8);
+        for c in ["198.51.100.1", "198.51.100.2"] {
+            assert_eq!(
+                decide("c.example", ip(c), &mut b, T0, true, false),
+                Verdict::Enqueue
+            );
+        }
+        // Evicted addresses do not lift their network's cap: in all, the
+        // /24 queues PER_PREFIX names, however its addresses churn.
+        let mut queued = 6;
+        for i in 7..=254 {
+            let c = ip(&format!("192.0.2.{i}"));
+            queued +=
+                u32::from(decide("d.example", c, &mut b, T0, true, false) == Verdict::Enqueue);
+        }
+        assert_eq!(queued, PER_PREFIX);
+        assert!(b.len() <= 8);
+    }
+
+    #[test]
+    fn a_full_network_table_evicts_a_network_and_refuses_nobody() {
+        let mut b = AddressBudget::new(PER_ADDRESS, PER_PREFIX, 4, PERIOD, 0);
+        for i in 0..100 {
+            let c = ip(&format!("10.{i}.0.1"));
+            assert_eq!(
+                decide("a.example", c, &mut b, T0, true, false),
+                Verdict::Enqueue
+            );
+            assert!(b.prefixes() <= 4 && b.len() <= 4);
+        }
+    }
+
+    #[test]
+    fn windows_start_at_the_workers_offset() {
+        const OFFSET: Millis = 12_345;
+        let mut b = AddressBudget::new(PER_ADDRESS, PER_PREFIX, ADDRESSES_MAX, PERIOD, OFFSET);
+        let c = ip("192.0.2.1");
+        let start = 100 * PERIOD - OFFSET;
+        for i in 0..PER_ADDRESS {
+            let name = format!("n{i}.example");
+            assert_eq!(
+                decide(&name, c, &mut b, start, true, false),
+                Verdict::Enqueue
+            );
+        }
+        // A multiple of the period is no boundary...
         assert_eq!(
-            decide(
-                "c.example",
-                ip("192.0.2.1"),
-                &mut b,
-                start,
-                || true,
-                || false
-            ),
+            decide("x.example", c, &mut b, 100 * PERIOD, true, false),
+            Verdict::Refused(NotQueued::PerAddress)
+        );
+        // ...the offset one is.
+        assert_eq!(
+            decide("x.example", c, &mut b, start + PERIOD - 1, true, false),
+            Verdict::Refused(NotQueued::PerAddress)
+        );
+        assert_eq!(
+            decide("x.example", c, &mut b, start + PERIOD, true, false),
             Verdict::Enqueue
         );
-        assert_eq!(b.len(), 3);
+    }
+
+    #[test]
+    fn a_handshake_that_would_queue_nothing_is_neither_refused_nor_charged() {
+        let mut b = budget();
+        let c = ip("192.0.2.1");
+        for i in 0..PER_ADDRESS {
+            let name = format!("n{i}.example");
+            assert_eq!(decide(&name, c, &mut b, T0, true, false), Verdict::Enqueue);
+        }
+        // Over its budget, but the name's allowance is used up and its
+        // lookup is not running: nothing would be queued, so no refusal.
         assert_eq!(
-            decide(
-                "b.example",
-                ip("192.0.2.4"),
-                &mut b,
-                start + PERIOD,
-                || true,
-                || false
-            ),
-            Verdict::Enqueue
+            decide("n0.example", c, &mut b, T0, false, false),
+            Verdict::Nothing
         );
-        assert_eq!(b.len(), 1);
+        // A name that would be queued is refused.
+        assert_eq!(
+            decide("new.example", c, &mut b, T0, false, true),
+            Verdict::Refused(NotQueued::PerAddress)
+        );
+        // Nothing charged for a handshake that queues nothing.
+        let mut b = budget();
+        for _ in 0..10 {
+            assert_eq!(
+                decide("n0.example", c, &mut b, T0, false, false),
+                Verdict::Nothing
+            );
+        }
+        assert!(b.is_empty());
     }
 
     #[test]
@@ -662,12 +867,12 @@ mod tests {
         for i in 0..PER_ADDRESS {
             let name = format!("n{i}.example");
             assert_eq!(
-                decide(&name, Client::Local, &mut b, T0, || true, || false),
+                decide(&name, Client::Local, &mut b, T0, true, false),
                 Verdict::Enqueue
             );
         }
         assert_eq!(
-            decide("x.example", Client::Local, &mut b, T0, || true, || false),
+            decide("x.example", Client::Local, &mut b, T0, true, false),
             Verdict::Refused(NotQueued::PerAddress)
         );
     }
@@ -678,28 +883,16 @@ mod tests {
         for i in 0..PER_ADDRESS {
             let name = format!("q{i}.example");
             assert_eq!(
-                decide(&name, Client::Quic, &mut b, T0, || true, || false),
+                decide(&name, Client::Quic, &mut b, T0, true, false),
                 Verdict::Enqueue
             );
         }
-        let mut taken = false;
-        let v = decide(
-            "q.example",
-            Client::Quic,
-            &mut b,
-            T0,
-            || {
-                taken = true;
-                true
-            },
-            || true,
-        );
+        let v = decide("q.example", Client::Quic, &mut b, T0, true, true);
         assert_eq!(v, Verdict::Refused(NotQueued::Quic));
-        assert!(!taken);
         // The same name from a TCP client (here from 127.0.0.1, which the
         // QUIC handshakes may have claimed too) is queued.
         assert_eq!(
-            decide("q.example", ip("127.0.0.1"), &mut b, T0, || true, || false),
+            decide("q.example", ip("127.0.0.1"), &mut b, T0, true, false),
             Verdict::Enqueue
         );
     }
@@ -717,12 +910,12 @@ mod tests {
             "xn--a.example",
         ] {
             assert_eq!(
-                decide(name, c, &mut b, T0, || true, || true),
+                decide(name, c, &mut b, T0, true, true),
                 Verdict::Refused(NotQueued::Name),
                 "{name}"
             );
             assert_eq!(
-                decide(name, c, &mut b, T0, || false, || true),
+                decide(name, c, &mut b, T0, false, true),
                 Verdict::Nothing,
                 "{name}"
             );

@@ -6,7 +6,9 @@
 //! threads, sockets or sleeping.
 
 use std::cell::Cell;
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use crate::cache::{CachePolicy, CertCache, Lookup};
@@ -21,7 +23,7 @@ use crate::metrics::{MetricSink, Simple, W_BYTES, W_ENTRIES, W_INFLIGHT};
 use crate::name::wildcard_parent;
 use crate::on_demand::{
     decide, unissuable, unknown_everywhere, AddressBudget, Client, NotQueued, Verdict,
-    ADDRESSES_MAX, PER_ADDRESS,
+    ADDRESSES_MAX, PER_ADDRESS, PER_PREFIX,
 };
 use crate::outcome::{CertSource, FetchSource, StepOutcome};
 use crate::ratelimit::LogLimiter;
@@ -242,7 +244,16 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         queue: Q,
         sink: Box<dyn MetricSink>,
     ) -> Self {
-        let on_demand_budget = AddressBudget::new(PER_ADDRESS, ADDRESSES_MAX, policy.negative);
+        // Each worker's budget periods start at a random point, so nobody
+        // outside can time a flood to the moment they start again.
+        let offset = RandomState::new().hash_one(std::process::id());
+        let on_demand_budget = AddressBudget::new(
+            PER_ADDRESS,
+            PER_PREFIX,
+            ADDRESSES_MAX,
+            policy.negative,
+            offset % policy.negative.max(1),
+        );
         Worker {
             cache: CertCache::new(policy),
             inflight: Inflight::new(concurrency),
@@ -581,22 +592,30 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         now: Millis,
         log: &mut dyn FnMut(Level, String),
     ) {
-        let cache = &mut self.cache;
-        let (inflight, wanted) = (&self.inflight, &self.on_demand_wanted);
+        let allowance = self.cache.may_take_on_demand(name, now);
+        let pending = self.inflight.is_in_flight(name) && !self.on_demand_wanted.contains(name);
         let verdict = decide(
             name,
             client,
             &mut self.on_demand_budget,
             now,
-            || cache.take_on_demand(name, now),
-            || inflight.is_in_flight(name) && !wanted.contains(name),
+            allowance,
+            pending,
         );
         match verdict {
-            Verdict::Enqueue => self.enqueue(name, now, log),
+            Verdict::Enqueue => {
+                self.cache.take_on_demand(name, now);
+                self.enqueue(name, now, log);
+            }
             Verdict::WhenFetched => {
                 self.on_demand_wanted.insert(name.to_owned());
             }
-            Verdict::Refused(r) => self.on_demand_refused(name, client, r, now, log),
+            Verdict::Refused(r) => {
+                if r == NotQueued::Name {
+                    self.cache.take_on_demand(name, now);
+                }
+                self.on_demand_refused(name, client, r, now, log);
+            }
             Verdict::Nothing => {}
         }
     }
@@ -626,10 +645,11 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 "clients without an IP address already caused {PER_ADDRESS} enqueues in this \
                  negative-cache period"
             ),
-            (NotQueued::Addresses, _) => format!(
-                "{ADDRESSES_MAX} client addresses already caused enqueues in this \
-                 negative-cache period"
+            (NotQueued::PerPrefix, Client::Address(ip)) => format!(
+                "the network of client {ip} (its /24 or /48) already caused {PER_PREFIX} \
+                 enqueues in this negative-cache period"
             ),
+            (NotQueued::PerPrefix, _) => "the network's budget is used up".to_owned(),
             (NotQueued::Quic, _) => format!(
                 "QUIC handshakes, whose addresses are not validated yet, already caused \
                  {PER_ADDRESS} enqueues in this negative-cache period"
@@ -1286,12 +1306,16 @@ mod tests {
             .slots
             .borrow_mut()
             .resize(Layout { servers: 0 }.len(), 0);
-        let w = Worker::new(
+        let mut w = Worker::new(
             policy(),
             concurrency,
             FakeQueue::default(),
             Box::new(Sink(metrics.clone())),
         );
+        // Budget periods aligned to multiples of the negative period, so
+        // the tests know where they end.
+        w.on_demand_budget =
+            AddressBudget::new(PER_ADDRESS, PER_PREFIX, ADDRESSES_MAX, policy().negative, 0);
         (w, metrics)
     }
 
@@ -1478,6 +1502,49 @@ mod tests {
             queued(&w).last().map(String::as_str),
             Some("n.flood.example")
         );
+    }
+
+    #[test]
+    fn a_flood_from_5000_64s_of_one_48_leaves_other_visitors_their_enqueues() {
+        let (mut w, m) = worker();
+        for i in 0..5000u32 {
+            let name = format!("f{i}.flood.example");
+            unknown_now(&mut w, &name, NOW);
+            on_demand_from(&mut w, &name, &format!("2001:db8:1:{i:x}::1"), NOW + 1);
+        }
+        for (name, visitor) in [
+            ("shop.example.net", "198.51.100.7"),
+            ("www.example.org", "2001:db8:2::7"),
+        ] {
+            unknown_now(&mut w, name, NOW + 2);
+            on_demand_from(&mut w, name, visitor, NOW + 2);
+            assert_eq!(queued(&w).last().map(String::as_str), Some(name));
+        }
+        // The /48 queued its network's budget, 16 names.
+        assert_eq!(queued(&w).len(), 16 + 2);
+        assert_eq!(m.on_demand_refused(NotQueued::PerAddress), 0);
+    }
+
+    #[test]
+    fn a_handshake_that_would_queue_nothing_is_not_counted_as_refused() {
+        let (mut w, m) = worker();
+        let flood = "203.0.113.9";
+        for i in 0..4 {
+            let name = format!("f{i}.flood.example");
+            unknown_now(&mut w, &name, NOW);
+            on_demand_from(&mut w, &name, flood, NOW + 1);
+        }
+        assert_eq!(queued(&w).len(), 4);
+        // The same names again (a browser retrying): already queued,
+        // nothing to refuse.
+        for _ in 0..10 {
+            on_demand_from(&mut w, "f0.flood.example", flood, NOW + 2);
+        }
+        assert_eq!(m.on_demand_refused(NotQueued::PerAddress), 0);
+        // A name that would be queued is refused, and counted.
+        unknown_now(&mut w, "new.example", NOW + 3);
+        on_demand_from(&mut w, "new.example", flood, NOW + 3);
+        assert_eq!(m.on_demand_refused(NotQueued::PerAddress), 1);
     }
 
     #[test]

@@ -149,6 +149,16 @@ pub unsafe fn connection_of<'a>(ssl: *mut SSL) -> Option<&'a ngx_connection_t> {
 /// the handshake; realip's `set_real_ip_from` only applies to requests,
 /// later), else the peer address; [`Client::Local`] without one (a
 /// UNIX-domain listener).
+///
+/// The PROXY source is taken from any peer, as nginx itself does on such a
+/// listener: the rule (README, "Which address") is that only the balancer
+/// may reach a `proxy_protocol` port. realip's `set_real_ip_from` is not
+/// consulted: realip is an optional module whose configuration type is
+/// private to it, so reading it means copying its layout. What a client
+/// that breaks the rule gains is bounded by the core: its forged sources
+/// get a budget per /24 or /48, and a full table refuses nobody
+/// ([`dyncert_core::on_demand::AddressBudget`]), so it can flood the stream
+/// as if there were no budget but cannot keep other clients' names out.
 pub fn on_demand_client(c: Option<&ngx_connection_t>) -> Client {
     let Some(c) = c else {
         return Client::Local;
