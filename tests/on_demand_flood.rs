@@ -1,6 +1,7 @@
 //! On-demand queueing under floods, end to end with the real issuer
 //! (`dyncert run --ask`): each worker lets one client address (IPv4, IPv6
-//! /64) cause at most `PER_ADDRESS` enqueues per negative-cache period, so
+//! /64) cause at most `PER_ADDRESS` enqueues per negative-cache period, and
+//! the addresses of one network (IPv4 /24, IPv6 /48) `PER_PREFIX`, so
 //! a random-SNI flood from one address no longer turns the stream into a
 //! lottery the issuer's `--ask-rate` draws from, and QUIC handshakes, whose
 //! addresses are not validated at the certificate callback, share one such
@@ -8,7 +9,7 @@
 //!
 //! The issuer is `target/<profile>/dyncert` (`cargo build -p dyncert-cli`).
 
-use dyncert_core::on_demand::PER_ADDRESS;
+use dyncert_core::on_demand::{PER_ADDRESS, PER_PREFIX};
 use dyncert_testkit::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -403,13 +404,95 @@ fn behind_proxy_protocol_the_budget_is_the_proxied_clients() {
         queued.iter().any(|n| n == "visitor.example.net"),
         "{queued:?}"
     );
-    assert!(s.metric("dyncert_on_demand_refused_total{reason=\"per_address\"}") >= 2.0);
+    let refused = || s.metric("dyncert_on_demand_refused_total{reason=\"per_address\"}");
+    let before = refused();
+    assert!(before >= 2.0);
     assert!(
         s.nginx
             .logs()
             .contains("client 203.0.113.1 already caused 4 enqueues"),
         "{}",
         s.nginx.logs()
+    );
+    // The client retries a name already queued: nothing would be queued,
+    // so nothing is refused (review 3, finding 13).
+    let again = queued.iter().find(|n| n.starts_with('p')).unwrap();
+    for _ in 0..10 {
+        hello("203.0.113.1", again);
+    }
+    assert_eq!(
+        refused(),
+        before,
+        "retries of a queued name counted as refusals"
+    );
+    s.nginx.assert_healthy();
+}
+
+/// One party with a /48 (a free tunnel broker hands one out), or a client
+/// that reaches a `proxy_protocol` port directly and forges a source per
+/// connection: 4,200 handshakes for random names from as many /64s of one
+/// /48. Before the per-network budget each /64 had its own budget, the
+/// flood filled the worker's table of 4,096 addresses and every later
+/// visitor was refused for the rest of the period (review 3, findings 3
+/// and 4). Now the /48 queues at most `PER_PREFIX` names a period and a
+/// visitor from elsewhere is queued at once.
+#[test]
+fn a_flood_from_thousands_of_64s_of_one_48_leaves_other_visitors_queueing() {
+    let mut s = OnDemand::start("300s", "listen 127.0.0.1:@PPORT@ ssl proxy_protocol;");
+    let pport = s.pport;
+    let hello = move |header: &str, sni: &str| {
+        let Ok(mut c) = connect_from(None, ([127, 0, 0, 1], pport).into()) else {
+            return;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut bytes = header.as_bytes().to_vec();
+        bytes.extend(raw_client_hello(sni.as_bytes()));
+        if c.write_all(&bytes).is_ok() {
+            let _ = c.read(&mut [0u8; 64]);
+        }
+    };
+    const FLOOD: u32 = 4200;
+    let flood: Vec<_> = (0..4u32)
+        .map(|t| {
+            thread::spawn(move || {
+                for i in (t..FLOOD).step_by(4) {
+                    let header = format!("PROXY TCP6 2001:db8:1:{i:x}::1 ::1 40000 443\r\n");
+                    hello(&header, &format!("f{i}.flood.example.org"));
+                }
+            })
+        })
+        .collect();
+    for h in flood {
+        h.join().unwrap();
+    }
+    for (header, name) in [
+        (
+            "PROXY TCP4 198.51.100.7 127.0.0.1 40000 443\r\n",
+            "visitor.example.net",
+        ),
+        (
+            "PROXY TCP6 2001:db8:2::7 ::1 40000 443\r\n",
+            "visitor6.example.net",
+        ),
+    ] {
+        hello(header, name);
+        let got = poll(Duration::from_secs(5), Duration::from_millis(20), || {
+            s.queued().iter().any(|n| n == name).then_some(())
+        });
+        assert!(got.is_some(), "{name} not queued\n{}", s.nginx.logs());
+    }
+    let prefix = s.metric("dyncert_on_demand_refused_total{reason=\"per_prefix\"}");
+    let enqueued = s.metric("dyncert_on_demand_enqueued_total");
+    eprintln!("flood: {FLOOD} hellos, {enqueued} enqueued, {prefix} refused per network");
+    // 16 a period (two if a period started during the flood), and the
+    // visitors' names.
+    assert!(
+        enqueued <= 2.0 * f64::from(PER_PREFIX) + 2.0,
+        "{enqueued} enqueued"
+    );
+    assert!(
+        prefix >= f64::from(FLOOD) - 2.0 * f64::from(PER_PREFIX),
+        "{prefix}"
     );
     s.nginx.assert_healthy();
 }
