@@ -13,11 +13,6 @@
 //! timeout on an open connection, not as a failure to connect.
 
 use dyncert_testkit::*;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 const HTTP: &str = r#"
@@ -43,89 +38,6 @@ http {
 }
 "#;
 
-/// A TCP proxy to a redis-server; see the file's comment.
-struct Proxy {
-    port: u16,
-    freeze: Arc<AtomicBool>,
-    accepted: Arc<AtomicU64>,
-}
-
-/// Forwards `from` to `to` until the flow is frozen (and not the
-/// subscription's), then swallows what arrives and keeps both open.
-fn pump(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    frozen: Arc<AtomicBool>,
-    subscription: Arc<AtomicBool>,
-    upstream: bool,
-) {
-    let silent = || frozen.load(Ordering::SeqCst) && !subscription.load(Ordering::SeqCst);
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if upstream
-            && buf[..n]
-                .windows(9)
-                .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
-        {
-            subscription.store(true, Ordering::SeqCst);
-        }
-        if silent() {
-            while from.read(&mut buf).is_ok_and(|n| n > 0) {}
-            return;
-        }
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
-}
-
-impl Proxy {
-    fn start(to: u16) -> Proxy {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let freeze = Arc::new(AtomicBool::new(false));
-        let accepted = Arc::new(AtomicU64::new(0));
-        let (f, a) = (freeze.clone(), accepted.clone());
-        thread::spawn(move || {
-            for c in l.incoming().flatten() {
-                a.fetch_add(1, Ordering::SeqCst);
-                let Ok(s) = TcpStream::connect(("127.0.0.1", to)) else {
-                    continue;
-                };
-                // Connections made after the freeze are never frozen.
-                let frozen = if f.load(Ordering::SeqCst) {
-                    Arc::new(AtomicBool::new(false))
-                } else {
-                    f.clone()
-                };
-                let sub = Arc::new(AtomicBool::new(false));
-                let (c2, s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
-                let (fr1, sb1) = (frozen.clone(), sub.clone());
-                thread::spawn(move || pump(c, s, fr1, sb1, true));
-                thread::spawn(move || pump(s2, c2, frozen, sub, false));
-            }
-        });
-        Proxy {
-            port,
-            freeze,
-            accepted,
-        }
-    }
-
-    fn freeze(&self) {
-        self.freeze.store(true, Ordering::SeqCst);
-    }
-
-    fn accepted(&self) -> u64 {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
 /// nginx (one worker) whose Redis is behind `proxy`, with the invalidation
 /// subscription up.
 struct Stack {
@@ -134,7 +46,7 @@ struct Stack {
 }
 
 impl Stack {
-    fn start(pki: &Pki, redis: &Redis, proxy: &Proxy, tickets: bool) -> Stack {
+    fn start(pki: &Pki, redis: &Redis, proxy: &BlackholeProxy, tickets: bool) -> Stack {
         let mport = free_port();
         let nginx = Nginx::start(
             pki,
@@ -169,7 +81,7 @@ impl Stack {
 /// read as a failure to connect. Lines after the replacement may be
 /// anything (on a loaded machine, connecting can take longer than the
 /// timeout: that is a connect failure).
-fn assert_logged_as_a_command_timeout(stack: &Stack, proxy: &Proxy) {
+fn assert_logged_as_a_command_timeout(stack: &Stack, proxy: &BlackholeProxy) {
     let log = stack.nginx.error_log();
     let node = format!("redis node \"127.0.0.1:{}\"", proxy.port);
     let timed_out = log.find(&format!(
@@ -195,7 +107,7 @@ fn assert_logged_as_a_command_timeout(stack: &Stack, proxy: &Proxy) {
 fn a_name_is_served_within_seconds_after_the_command_connection_went_silent() {
     let pki = Pki::new();
     let redis = Redis::start();
-    let proxy = Proxy::start(redis.port);
+    let proxy = BlackholeProxy::start(redis.port);
     let stack = Stack::start(&pki, &redis, &proxy, false);
     let warm = pki.leaf(&["warm.example.com"], 4001);
     redis.put_leaf("warm.example.com", &warm);
@@ -247,7 +159,7 @@ fn a_name_is_served_within_seconds_after_the_command_connection_went_silent() {
 fn the_session_ticket_task_moves_to_a_new_connection_when_its_own_went_silent() {
     let pki = Pki::new();
     let redis = Redis::start();
-    let proxy = Proxy::start(redis.port);
+    let proxy = BlackholeProxy::start(redis.port);
     let stack = Stack::start(&pki, &redis, &proxy, true);
     // The worker made the fleet's first key set.
     let made = poll(Duration::from_secs(10), Duration::from_millis(100), || {

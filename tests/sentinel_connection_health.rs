@@ -21,10 +21,6 @@
 //! over during the test.
 
 use dyncert_testkit::*;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -51,90 +47,18 @@ http {
 }
 "#;
 
-/// A TCP proxy to a redis-server; see the file's comment.
-struct Proxy {
-    port: u16,
-    freeze: Arc<AtomicBool>,
-}
-
-/// Forwards `from` to `to` until the flow is frozen (and not a
-/// subscription's), then swallows what arrives and keeps both open.
-fn pump(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    frozen: Arc<AtomicBool>,
-    subscription: Arc<AtomicBool>,
-    upstream: bool,
-) {
-    let silent = || frozen.load(Ordering::SeqCst) && !subscription.load(Ordering::SeqCst);
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if upstream
-            && buf[..n]
-                .windows(9)
-                .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
-        {
-            subscription.store(true, Ordering::SeqCst);
-        }
-        if silent() {
-            while from.read(&mut buf).is_ok_and(|n| n > 0) {}
-            return;
-        }
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
-}
-
-impl Proxy {
-    fn start(to: u16) -> Proxy {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let freeze = Arc::new(AtomicBool::new(false));
-        let f = freeze.clone();
-        thread::spawn(move || {
-            for c in l.incoming().flatten() {
-                let Ok(s) = TcpStream::connect(("127.0.0.1", to)) else {
-                    continue;
-                };
-                // Connections made after the freeze are never frozen.
-                let frozen = if f.load(Ordering::SeqCst) {
-                    Arc::new(AtomicBool::new(false))
-                } else {
-                    f.clone()
-                };
-                let sub = Arc::new(AtomicBool::new(false));
-                let (c2, s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
-                let (fr1, sb1) = (frozen.clone(), sub.clone());
-                thread::spawn(move || pump(c, s, fr1, sb1, true));
-                thread::spawn(move || pump(s2, c2, frozen, sub, false));
-            }
-        });
-        Proxy { port, freeze }
-    }
-
-    fn freeze(&self) {
-        self.freeze.store(true, Ordering::SeqCst);
-    }
-}
-
 /// A primary the sentinels name at the proxy's address (no replica: no
 /// failover is wanted here).
 struct Deployment {
     primary: Redis,
-    proxy: Proxy,
+    proxy: BlackholeProxy,
     sentinels: Vec<Redis>,
 }
 
 impl Deployment {
     fn start() -> Deployment {
         let primary = Redis::start();
-        let proxy = Proxy::start(primary.port);
+        let proxy = BlackholeProxy::start(primary.port);
         let conf = format!(
             "port @PORT@\n\
              bind 127.0.0.1\n\
@@ -206,7 +130,7 @@ fn start_nginx(pki: &Pki, d: &Deployment, tickets: bool) -> (Nginx, u16) {
 
 /// Logged and counted as a command timeout on an open connection, then a
 /// replacement, not as a failure to connect (the sources audit's finding 5).
-fn assert_logged_as_a_command_timeout(nginx: &Nginx, mport: u16, proxy: &Proxy) {
+fn assert_logged_as_a_command_timeout(nginx: &Nginx, mport: u16, proxy: &BlackholeProxy) {
     let log = nginx.error_log();
     let node = format!("redis node \"127.0.0.1:{}\"", proxy.port);
     let timed_out = log.find(&format!(

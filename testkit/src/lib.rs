@@ -25,6 +25,7 @@
 //! killed on Drop (also when a test panics, and with the test process).
 
 pub mod api;
+pub mod blackhole;
 pub mod client;
 pub mod conf;
 pub mod deploy;
@@ -40,6 +41,7 @@ pub mod redis;
 pub mod stack;
 
 pub use api::{json_string, ApiReply, ApiRequest, CertApi, API_PATH};
+pub use blackhole::BlackholeProxy;
 pub use client::{
     is_unrecognized_name, tls_burst, Exchange, HelloSent, Request, TlsConn, TlsSide, IO_TIMEOUT,
 };

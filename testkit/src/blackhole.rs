@@ -1,0 +1,100 @@
+//! A TCP proxy that goes silent on demand, as a NAT, conntrack table or
+//! load balancer does when it forgets a flow: once frozen, it stops
+//! forwarding (both ways) on every connection it accepted before, except
+//! those that sent SUBSCRIBE (a subscription's flow stays alive), and
+//! keeps them open; connections accepted after the freeze are forwarded
+//! as usual.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+/// A TCP proxy to a redis-server on 127.0.0.1; see the module's comment.
+pub struct BlackholeProxy {
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    freeze: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+}
+
+/// Forwards `from` to `to` until the flow is frozen (and not a
+/// subscription's), then swallows what arrives and keeps both open.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    frozen: Arc<AtomicBool>,
+    subscription: Arc<AtomicBool>,
+    upstream: bool,
+) {
+    let silent = || frozen.load(Ordering::SeqCst) && !subscription.load(Ordering::SeqCst);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if upstream
+            && buf[..n]
+                .windows(9)
+                .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+        {
+            subscription.store(true, Ordering::SeqCst);
+        }
+        if silent() {
+            while from.read(&mut buf).is_ok_and(|n| n > 0) {}
+            return;
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+impl BlackholeProxy {
+    /// Listens on a free port and forwards each connection to
+    /// 127.0.0.1:`to`.
+    pub fn start(to: u16) -> BlackholeProxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let freeze = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (f, a) = (freeze.clone(), accepted.clone());
+        thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                a.fetch_add(1, Ordering::SeqCst);
+                let Ok(s) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                // Connections made after the freeze are never frozen.
+                let frozen = if f.load(Ordering::SeqCst) {
+                    Arc::new(AtomicBool::new(false))
+                } else {
+                    f.clone()
+                };
+                let sub = Arc::new(AtomicBool::new(false));
+                let (c2, s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
+                let (fr1, sb1) = (frozen.clone(), sub.clone());
+                thread::spawn(move || pump(c, s, fr1, sb1, true));
+                thread::spawn(move || pump(s2, c2, frozen, sub, false));
+            }
+        });
+        BlackholeProxy {
+            port,
+            freeze,
+            accepted,
+        }
+    }
+
+    /// Silences every connection accepted so far but the subscriptions.
+    pub fn freeze(&self) {
+        self.freeze.store(true, Ordering::SeqCst);
+    }
+
+    /// How many connections it has accepted in all.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
