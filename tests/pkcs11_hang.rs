@@ -15,14 +15,10 @@
 
 use dyncert_testkit::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const ENGINE_SO: &str = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so";
 const P11_HEADER: &str = "/usr/include/p11-kit-1/p11-kit/pkcs11.h";
-const PIN: &str = "1234";
 
 /// The worker waits this long for a record; longer than the module's
 /// 2 s bound on a key load, so a plain record parsed right behind the
@@ -41,52 +37,26 @@ fn http() -> String {
     format!("\nenv SOFTHSM2_CONF;{http}")
 }
 
-/// A SoftHSM2 token of its own (config and token directory in a temp
-/// dir), reached through the hanging module built into the same dir.
+/// A SoftHSM2 token of its own, reached through the hanging module built
+/// into the token's temp dir.
 struct Hsm {
-    dir: TempDir,
+    token: SoftHsm,
+}
+
+impl std::ops::Deref for Hsm {
+    type Target = SoftHsm;
+
+    fn deref(&self) -> &SoftHsm {
+        &self.token
+    }
 }
 
 impl Hsm {
     /// A fresh token labelled "dyncert" (user PIN 1234) and the module, or
     /// `None` when the tools are missing and the test may skip.
     fn start() -> Option<Hsm> {
-        // Debian's engine is built for Debian's libcrypto (3.0); NGINX
-        // built on another OpenSSL (test-openssl35.sh) cannot load it.
-        let v = Command::new(nginx_bin()).arg("-V").output().unwrap();
-        if !String::from_utf8_lossy(&v.stderr).contains("built with OpenSSL 3.0.") {
-            eprintln!(
-                "skipping: NGINX is not built on the system's OpenSSL 3.0 (the pkcs11 engine's)"
-            );
-            return None;
-        }
-        let missing: Vec<&str> = [SOFTHSM_MODULE, ENGINE_SO, P11_HEADER]
-            .into_iter()
-            .filter(|p| !Path::new(p).exists())
-            .chain(
-                ["softhsm2-util", "pkcs11-tool", "gcc"]
-                    .into_iter()
-                    .filter(|t| Command::new(t).arg("--help").output().is_err()),
-            )
-            .collect();
-        if !missing.is_empty() {
-            if std::env::var_os("DYNCERT_REQUIRE_PKCS11").is_some() {
-                panic!("DYNCERT_REQUIRE_PKCS11 is set but {missing:?} are missing (scripts/deps.sh --pkcs11)");
-            }
-            eprintln!("skipping: {missing:?} missing (scripts/deps.sh --pkcs11)");
-            return None;
-        }
-        let dir = TempDir::new("softhsm-hang");
-        std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
-        write_file(
-            &dir.path().join("softhsm2.conf"),
-            format!(
-                "directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
-                dir.path().display()
-            ),
-        );
-        write_file(&dir.path().join("pin"), format!("{PIN}\n"));
-        let hsm = Hsm { dir };
+        let token = SoftHsm::start("softhsm-hang", &[P11_HEADER], &["gcc"])?;
+        let hsm = Hsm { token };
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/pkcs11_hang.c");
         hsm.run(
             "gcc",
@@ -104,89 +74,14 @@ impl Hsm {
                 "-ldl",
             ],
         );
-        hsm.run(
-            "softhsm2-util",
-            &[
-                "--init-token",
-                "--free",
-                "--label",
-                "dyncert",
-                "--pin",
-                PIN,
-                "--so-pin",
-                "5678",
-            ],
-        );
+        hsm.init_token();
         hsm.hand_to_workers();
         Some(hsm)
-    }
-
-    fn conf(&self) -> PathBuf {
-        self.dir.path().join("softhsm2.conf")
     }
 
     /// The hanging module (`dyncert_key_references engine module=`).
     fn module(&self) -> PathBuf {
         self.dir.path().join("libpkcs11_hang.so")
-    }
-
-    fn run(&self, tool: &str, args: &[&str]) {
-        let out = Command::new(tool)
-            .args(args)
-            .env("SOFTHSM2_CONF", self.conf())
-            .output()
-            .unwrap_or_else(|e| panic!("{tool}: {e}"));
-        assert!(
-            out.status.success(),
-            "{tool} {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Imports `leaf`'s private key and its public half (which the engine
-    /// reads the public point from) as object `label`, straight into
-    /// SoftHSM: the tools never go through the hanging module.
-    fn import(&self, leaf: &Leaf, id: &str, label: &str) {
-        let key = &leaf.issued.key;
-        let priv_der = self.dir.path().join(format!("{label}.key.der"));
-        let pub_der = self.dir.path().join(format!("{label}.pub.der"));
-        std::fs::write(&priv_der, key.private_key_to_pkcs8().unwrap()).unwrap();
-        std::fs::write(&pub_der, key.public_key_to_der().unwrap()).unwrap();
-        for (file, kind) in [(&priv_der, "privkey"), (&pub_der, "pubkey")] {
-            self.run(
-                "pkcs11-tool",
-                &[
-                    "--module",
-                    SOFTHSM_MODULE,
-                    "--login",
-                    "--pin",
-                    PIN,
-                    "--write-object",
-                    file.to_str().unwrap(),
-                    "--type",
-                    kind,
-                    "--id",
-                    id,
-                    "--label",
-                    label,
-                ],
-            );
-        }
-        std::fs::remove_file(&priv_der).unwrap();
-        self.hand_to_workers();
-    }
-
-    /// Tests run as root, so nginx's workers run as `nobody`: the token's
-    /// files must be theirs.
-    fn hand_to_workers(&self) {
-        let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
-        if root {
-            self.run(
-                "chown",
-                &["-R", "nobody", self.dir.path().to_str().unwrap()],
-            );
-        }
     }
 
     /// Makes the token's key-load calls hang until the guard is dropped.
@@ -216,6 +111,20 @@ fn get(port: u16, name: &str) -> (Result<Exchange, String>, Duration) {
         .timeout(Duration::from_secs(10))
         .https(port);
     (r, t0.elapsed())
+}
+
+/// nginx with `workers` workers whose key references go through `hsm`'s
+/// hanging module, its metrics on `mport`.
+fn stack(hsm: &Hsm, workers: u32, mport: u16) -> Stack {
+    Stack::start_with(
+        &http(),
+        NginxOpts::new()
+            .workers(workers)
+            .var("MPORT", mport)
+            .var("MODULE", hsm.module().display())
+            .var("PIN_FILE", hsm.pin_file().display())
+            .env("SOFTHSM2_CONF", hsm.conf().to_str().unwrap()),
+    )
 }
 
 fn body(r: &Result<Exchange, String>) -> String {
@@ -251,15 +160,7 @@ fn threads_named(pid: u32, name: &str) -> usize {
 #[test]
 fn the_key_loader_thread_starts_with_each_worker() {
     let Some(hsm) = Hsm::start() else { return };
-    let mut s = Stack::start_with(
-        &http(),
-        NginxOpts::new()
-            .workers(2)
-            .var("MPORT", free_port())
-            .var("MODULE", hsm.module().display())
-            .var("PIN_FILE", hsm.dir.path().join("pin").display())
-            .env("SOFTHSM2_CONF", hsm.conf().to_str().unwrap()),
-    );
+    let mut s = stack(&hsm, 2, free_port());
     let workers = s.nginx.worker_pids();
     assert_eq!(workers.len(), 2, "{workers:?}");
     for pid in workers {
@@ -289,15 +190,7 @@ fn the_key_loader_thread_starts_with_each_worker() {
 fn a_hung_token_refuses_its_record_after_the_bound_and_never_holds_up_plain_records() {
     let Some(hsm) = Hsm::start() else { return };
     let mport = free_port();
-    let s = Stack::start_with(
-        &http(),
-        NginxOpts::new()
-            .workers(1)
-            .var("MPORT", mport)
-            .var("MODULE", hsm.module().display())
-            .var("PIN_FILE", hsm.dir.path().join("pin").display())
-            .env("SOFTHSM2_CONF", hsm.conf().to_str().unwrap()),
-    );
+    let s = stack(&hsm, 1, mport);
     let port = s.nginx.port;
     let hsm_leaf = s.pki.leaf(&["hsm.example.com"], 18001);
     hsm.import(&hsm_leaf, "01", "k1");
@@ -400,15 +293,7 @@ fn a_hung_token_refuses_its_record_after_the_bound_and_never_holds_up_plain_reco
 fn a_key_loaded_before_keeps_signing_while_another_keys_load_hangs() {
     let Some(hsm) = Hsm::start() else { return };
     let mport = free_port();
-    let s = Stack::start_with(
-        &http(),
-        NginxOpts::new()
-            .workers(1)
-            .var("MPORT", mport)
-            .var("MODULE", hsm.module().display())
-            .var("PIN_FILE", hsm.dir.path().join("pin").display())
-            .env("SOFTHSM2_CONF", hsm.conf().to_str().unwrap()),
-    );
+    let s = stack(&hsm, 1, mport);
     let port = s.nginx.port;
     let leaves: Vec<Leaf> = (1..=2)
         .map(|i| {

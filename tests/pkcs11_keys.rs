@@ -10,13 +10,7 @@
 //! `DYNCERT_REQUIRE_PKCS11` is set (as test.sh does): then they fail.
 
 use dyncert_testkit::*;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
-
-const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const ENGINE_SO: &str = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so";
-const PIN: &str = "1234";
 
 fn http() -> String {
     let http = http_block(&[
@@ -27,136 +21,17 @@ fn http() -> String {
     format!("\nenv SOFTHSM2_CONF;{http}")
 }
 
-/// The PIN file sits in the token's temp dir (see `Hsm::start`).
+/// The PIN file sits in the token's temp dir (see `SoftHsm::start`).
 const ENGINE: &str =
     "dyncert_key_references engine module=/usr/lib/softhsm/libsofthsm2.so pin_file=@PIN_FILE@;";
 
-/// A SoftHSM2 token of its own (config and token directory in a temp dir).
-struct Hsm {
-    dir: TempDir,
-}
-
-impl Hsm {
-    /// A fresh token labelled "dyncert" (user PIN 1234), or `None` when
-    /// the tools are missing and the tests may skip.
-    fn start() -> Option<Hsm> {
-        // Debian's engine is built for Debian's libcrypto (3.0); NGINX
-        // built on another OpenSSL (test-openssl35.sh) cannot load it.
-        let v = Command::new(nginx_bin()).arg("-V").output().unwrap();
-        let v = String::from_utf8_lossy(&v.stderr);
-        if !v.contains("built with OpenSSL 3.0.") {
-            eprintln!(
-                "skipping: NGINX is not built on the system's OpenSSL 3.0 (the pkcs11 engine's)"
-            );
-            return None;
-        }
-        let missing: Vec<&str> = [SOFTHSM_MODULE, ENGINE_SO]
-            .into_iter()
-            .filter(|p| !Path::new(p).exists())
-            .chain(
-                ["softhsm2-util", "pkcs11-tool"]
-                    .into_iter()
-                    .filter(|t| Command::new(t).arg("--help").output().is_err()),
-            )
-            .collect();
-        if !missing.is_empty() {
-            if std::env::var_os("DYNCERT_REQUIRE_PKCS11").is_some() {
-                panic!("DYNCERT_REQUIRE_PKCS11 is set but {missing:?} are missing (scripts/deps.sh --pkcs11)");
-            }
-            eprintln!("skipping: {missing:?} missing (scripts/deps.sh --pkcs11)");
-            return None;
-        }
-        let dir = TempDir::new("softhsm");
-        std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
-        write_file(
-            &dir.path().join("softhsm2.conf"),
-            format!(
-                "directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
-                dir.path().display()
-            ),
-        );
-        write_file(&dir.path().join("pin"), format!("{PIN}\n"));
-        let hsm = Hsm { dir };
-        hsm.hand_to_workers();
-        hsm.run(
-            "softhsm2-util",
-            &[
-                "--init-token",
-                "--free",
-                "--label",
-                "dyncert",
-                "--pin",
-                PIN,
-                "--so-pin",
-                "5678",
-            ],
-        );
-        Some(hsm)
-    }
-
-    fn conf(&self) -> PathBuf {
-        self.dir.path().join("softhsm2.conf")
-    }
-
-    fn run(&self, tool: &str, args: &[&str]) {
-        let out = Command::new(tool)
-            .args(args)
-            .env("SOFTHSM2_CONF", self.conf())
-            .output()
-            .unwrap_or_else(|e| panic!("{tool}: {e}"));
-        assert!(
-            out.status.success(),
-            "{tool} {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Imports `leaf`'s private key (and its public half, which the
-    /// engine needs to know the key's public point) as object `label`.
-    fn import(&self, leaf: &Leaf, id: &str, label: &str) {
-        let key = &leaf.issued.key;
-        let priv_der = self.dir.path().join(format!("{label}.key.der"));
-        let pub_der = self.dir.path().join(format!("{label}.pub.der"));
-        std::fs::write(&priv_der, key.private_key_to_pkcs8().unwrap()).unwrap();
-        std::fs::write(&pub_der, key.public_key_to_der().unwrap()).unwrap();
-        for (file, kind) in [(&priv_der, "privkey"), (&pub_der, "pubkey")] {
-            self.run(
-                "pkcs11-tool",
-                &[
-                    "--module",
-                    SOFTHSM_MODULE,
-                    "--login",
-                    "--pin",
-                    PIN,
-                    "--write-object",
-                    file.to_str().unwrap(),
-                    "--type",
-                    kind,
-                    "--id",
-                    id,
-                    "--label",
-                    label,
-                ],
-            );
-        }
-        // Only the token keeps the key from now on.
-        std::fs::remove_file(&priv_der).unwrap();
-        self.hand_to_workers();
-    }
-
-    /// Tests run as root, so nginx's workers run as `nobody`: the token's
-    /// files (created 0600 by root) must be theirs, as a real HSM's
-    /// device or token directory must be readable by the worker user.
-    fn hand_to_workers(&self) {
-        let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
-        if root {
-            self.run(
-                "chown",
-                &["-R", "nobody", self.dir.path().to_str().unwrap()],
-            );
-        }
-    }
+/// A fresh SoftHSM2 token of its own labelled "dyncert" (user PIN 1234),
+/// or `None` when the tools are missing and the tests may skip.
+fn token() -> Option<SoftHsm> {
+    let hsm = SoftHsm::start("softhsm", &[], &[])?;
+    hsm.hand_to_workers();
+    hsm.init_token();
+    Some(hsm)
 }
 
 struct Host {
@@ -164,7 +39,7 @@ struct Host {
     mport: u16,
 }
 
-fn start(hsm: &Hsm, workers: u32, keyrefs: &str, zone: &str) -> Host {
+fn start(hsm: &SoftHsm, workers: u32, keyrefs: &str, zone: &str) -> Host {
     let mport = free_port();
     let s = Stack::start_with(
         &http(),
@@ -182,7 +57,7 @@ fn start(hsm: &Hsm, workers: u32, keyrefs: &str, zone: &str) -> Host {
 impl Host {
     /// `name`'s leaf `serial`, its key imported into the token as
     /// `id`/`label` and its record in Redis referring to it.
-    fn put_on_token(&self, hsm: &Hsm, name: &str, serial: u64, id: &str, label: &str) -> Leaf {
+    fn put_on_token(&self, hsm: &SoftHsm, name: &str, serial: u64, id: &str, label: &str) -> Leaf {
         let leaf = self.s.pki.leaf(&[name], serial);
         hsm.import(&leaf, id, label);
         self.s
@@ -227,7 +102,7 @@ fn reference(object: &str) -> String {
 
 #[test]
 fn engine_mode_serves_a_softhsm_key_and_resolves_it_once() {
-    let Some(hsm) = Hsm::start() else { return };
+    let Some(hsm) = token() else { return };
     let h = start(&hsm, 1, ENGINE, "");
     let leaf = h.put_on_token(&hsm, "hsm.example.com", 16001, "01", "k1");
 
@@ -254,7 +129,7 @@ fn engine_mode_serves_a_softhsm_key_and_resolves_it_once() {
 
 #[test]
 fn a_key_generated_on_the_token_signs_the_handshake_and_a_wrong_pin_refuses_it() {
-    let Some(hsm) = Hsm::start() else { return };
+    let Some(hsm) = token() else { return };
     // The key pair is made by the token and its private half never leaves
     // it; only the public half is read out, to certify it.
     hsm.run(
@@ -264,7 +139,7 @@ fn a_key_generated_on_the_token_signs_the_handshake_and_a_wrong_pin_refuses_it()
             SOFTHSM_MODULE,
             "--login",
             "--pin",
-            PIN,
+            SOFTHSM_PIN,
             "--keypairgen",
             "--key-type",
             "EC:prime256v1",
@@ -337,7 +212,7 @@ fn a_key_generated_on_the_token_signs_the_handshake_and_a_wrong_pin_refuses_it()
 
 #[test]
 fn references_are_refused_by_default() {
-    let Some(hsm) = Hsm::start() else { return };
+    let Some(hsm) = token() else { return };
     let h = start(&hsm, 1, "", "");
     h.put_on_token(&hsm, "off.example.com", 16002, "02", "k2");
 
@@ -351,7 +226,7 @@ fn references_are_refused_by_default() {
 
 #[test]
 fn a_reference_to_a_missing_object_is_refused_and_nothing_breaks() {
-    let Some(hsm) = Hsm::start() else { return };
+    let Some(hsm) = token() else { return };
     let h = start(&hsm, 1, ENGINE, "");
     // Imported before the worker first asks the token: libp11 reads a
     // token's objects once per worker (see the README).
@@ -386,7 +261,7 @@ fn a_reference_to_a_missing_object_is_refused_and_nothing_breaks() {
 
 #[test]
 fn other_engines_paths_and_dangerous_uris_are_refused() {
-    let Some(hsm) = Hsm::start() else { return };
+    let Some(hsm) = token() else { return };
     let h = start(&hsm, 1, ENGINE, "");
     let leaf = h.s.pki.leaf(&["evil.example.com"], 16006);
     hsm.import(&leaf, "06", "k6");
@@ -410,7 +285,7 @@ fn other_engines_paths_and_dangerous_uris_are_refused() {
 
 #[test]
 fn references_are_not_shared_each_worker_resolves_its_own() {
-    let Some(hsm) = Hsm::start() else { return };
+    let Some(hsm) = token() else { return };
     // A generous fetch timeout: two workers open the token at once.
     let h = start(&hsm, 2, ENGINE, "dyncert_shared_zone dyncert:4m;");
     let leaf = h.put_on_token(&hsm, "zone.example.com", 16007, "07", "k7");

@@ -38,6 +38,7 @@ pub mod pki;
 pub mod plain;
 pub mod process;
 pub mod redis;
+pub mod softhsm;
 pub mod stack;
 
 pub use api::{json_string, ApiReply, ApiRequest, CertApi, API_PATH};
@@ -68,4 +69,5 @@ pub use redis::{
     encode_command, read_reply, redis_command, redis_command_timeout, Redis, RedisConn, Reply,
     DEFAULT_PREFIX,
 };
+pub use softhsm::{SoftHsm, ENGINE_SO, SOFTHSM_MODULE, SOFTHSM_PIN};
 pub use stack::{ApiStack, Stack};
