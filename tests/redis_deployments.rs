@@ -8,8 +8,7 @@
 //! counted and logged with the node's address, never with the password.
 
 use dyncert_testkit::*;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CHANNEL: &str = "dyncert:invalidate";
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -51,34 +50,6 @@ fn start(pki: &Pki, url: &str, tls: &str, workers: u32) -> (Nginx, u16) {
     (nginx, mport)
 }
 
-fn get(nginx: &Nginx, sni: &str) -> Exchange {
-    Request::default()
-        .sni(sni)
-        .https(nginx.port)
-        .unwrap_or_else(|e| panic!("TLS request with SNI {sni} failed: {e}"))
-}
-
-/// Asks until `sni` is served `leaf` (a fetch may be under way, or the
-/// negative entry of a failed one must run out).
-fn wait_served(nginx: &Nginx, pki: &Pki, sni: &str, leaf: &Leaf) -> Exchange {
-    let start = Instant::now();
-    loop {
-        let r = get(nginx, sni);
-        if r.tls().leaf_serial == leaf.serial_hex {
-            r.assert_served(leaf, pki);
-            return r;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{sni} still gets serial {} (body {:?}); log:\n{}",
-            r.tls().leaf_serial,
-            r.body,
-            tail(&nginx.error_log(), 80)
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn ca_line(tls: &TlsRedis) -> String {
     format!(
         "dyncert_redis_tls_trusted_certificate {};",
@@ -105,7 +76,7 @@ fn acl_redis_and_nginx(pki: &Pki, serial: u64, password: &str) -> (TlsRedis, Lea
 fn rediss_with_an_acl_user_serves_the_redis_record() {
     let pki = Pki::new();
     let (_redis, leaf, nginx, _) = acl_redis_and_nginx(&pki, 2001, "Acl-pw-7f3a");
-    let r = get(&nginx, "shop.example.com");
+    let r = nginx.get_sni("shop.example.com");
     r.assert_served(&leaf, &pki);
     assert_eq!(r.source(), "redis", "body {:?}", r.body);
 }
@@ -114,7 +85,7 @@ fn rediss_with_an_acl_user_serves_the_redis_record() {
 fn wrong_acl_password_fails_closed_is_counted_and_never_logged() {
     let pki = Pki::new();
     let (_redis, _leaf, nginx, mport) = acl_redis_and_nginx(&pki, 2002, "Wrong-pw-91c2");
-    get(&nginx, "shop.example.com").assert_default();
+    nginx.get_sni("shop.example.com").assert_default();
     let line = nginx
         .wait_for_log_line(DEADLINE, |l| l.contains("while connecting to redis node"))
         .unwrap_or_else(|| panic!("no connection failure logged:\n{}", nginx.error_log()));
@@ -141,7 +112,7 @@ fn redis_certificate_for_another_host_is_refused() {
     let leaf = pki.leaf(&["shop.example.com"], 2003);
     redis.redis.put_leaf("shop.example.com", &leaf);
     let (nginx, mport) = start(&pki, &redis.url(None), &ca_line(&redis), 1);
-    get(&nginx, "shop.example.com").assert_default();
+    nginx.get_sni("shop.example.com").assert_default();
     let line = nginx
         .wait_for_log_line(DEADLINE, |l| l.contains("while connecting to redis node"))
         .unwrap_or_else(|| panic!("no connection failure logged:\n{}", nginx.error_log()));
@@ -171,7 +142,7 @@ fn client_certificate_is_presented_when_redis_requires_one() {
         redis.client_key_file.display()
     );
     let (nginx, _) = start(&pki, &redis.url(None), &tls, 1);
-    let r = get(&nginx, "mtls.example.com");
+    let r = nginx.get_sni("mtls.example.com");
     r.assert_served(&leaf, &pki);
     assert_eq!(r.source(), "redis", "body {:?}", r.body);
 }
@@ -225,7 +196,7 @@ fn sentinel_failover_is_followed_by_fetches_and_the_invalidation_channel() {
     let before = pki.leaf(&["before.example.com"], 2101);
     sentinel.primary.put_leaf("before.example.com", &before);
     let (nginx, mport) = start(&pki, &sentinel.url(None), "", 1);
-    let r = get(&nginx, "before.example.com");
+    let r = nginx.get_sni("before.example.com");
     r.assert_served(&before, &pki);
     assert_eq!(r.source(), "redis", "body {:?}", r.body);
     assert!(
@@ -237,7 +208,7 @@ fn sentinel_failover_is_followed_by_fetches_and_the_invalidation_channel() {
     // A new name, written on the new primary, is fetched from it.
     let after = pki.leaf(&["after.example.com"], 2102);
     sentinel.primary.put_leaf("after.example.com", &after);
-    wait_served(&nginx, &pki, "after.example.com", &after);
+    nginx.wait_served(&pki, "after.example.com", &after, DEADLINE);
     // The subscription moved to the new primary: a renewal published
     // there reaches the worker.
     assert!(
@@ -248,7 +219,7 @@ fn sentinel_failover_is_followed_by_fetches_and_the_invalidation_channel() {
     let renewed = pki.leaf(&["before.example.com"], 2103);
     sentinel.primary.put_leaf("before.example.com", &renewed);
     assert!(sentinel.primary.publish(CHANNEL, "before.example.com") >= 1);
-    wait_served(&nginx, &pki, "before.example.com", &renewed);
+    nginx.wait_served(&pki, "before.example.com", &renewed, DEADLINE);
     let m = scrape_metrics(mport);
     assert!(m.get("dyncert_redis_resubscribes_total") >= 1.0);
 }
@@ -263,7 +234,7 @@ fn sentinel_reads_go_to_a_replica_while_the_primary_is_down() {
     sentinel.primary.cmd(&["WAIT", "1", "2000"]);
     let (nginx, mport) = start(&pki, &sentinel.url(None), "", 1);
     sentinel.primary.stop();
-    let r = wait_served(&nginx, &pki, "replica.example.com", &leaf);
+    let r = nginx.wait_served(&pki, "replica.example.com", &leaf, DEADLINE);
     assert_eq!(r.source(), "redis", "body {:?}", r.body);
     let m = scrape_metrics(mport);
     assert!(m.get("dyncert_redis_connect_errors_total") >= 1.0);
@@ -305,7 +276,7 @@ fn cluster_serves_records_acme_answers_and_invalidations_from_every_node() {
     }
     let (nginx, mport) = start(&pki, &cluster.url(), "", 1);
     for (n, l) in names.iter().zip(&leaves) {
-        let r = get(&nginx, n);
+        let r = nginx.get_sni(n);
         r.assert_served(l, &pki);
         assert_eq!(r.source(), "redis", "body {:?}", r.body);
     }
@@ -331,7 +302,7 @@ fn cluster_serves_records_acme_answers_and_invalidations_from_every_node() {
         let renewed = pki.leaf(&[names[0].as_str()], 2350 + i as u64);
         cluster.put_leaf(&names[0], &renewed);
         node.publish(CHANNEL, &names[0]);
-        wait_served(&nginx, &pki, &names[0], &renewed);
+        nginx.wait_served(&pki, &names[0], &renewed, DEADLINE);
     }
 }
 
@@ -362,7 +333,7 @@ http {
         API_HTTP,
         NginxOpts::new().var("REDIS", cluster.url()).api(&api),
     );
-    let r = get(&nginx, "api.example.com");
+    let r = nginx.get_sni("api.example.com");
     r.assert_served(&leaf, &pki);
     assert_eq!(r.source(), "api", "body {:?}", r.body);
     let stored = poll(DEADLINE, Duration::from_millis(20), || {
@@ -398,12 +369,14 @@ fn clusters_over_tls_trust_the_system_store_and_fail_closed_without_it() {
             .var("MPORT", free_port())
     };
     let trusted = Nginx::start(&pki, &template, opts().env("SSL_CERT_FILE", &ca));
-    let r = get(&trusted, "tls-cluster.example.com");
+    let r = trusted.get_sni("tls-cluster.example.com");
     r.assert_served(&leaf, &pki);
     assert_eq!(r.source(), "redis", "body {:?}", r.body);
 
     let untrusted = Nginx::start(&pki, HTTP, opts());
-    get(&untrusted, "tls-cluster.example.com").assert_default();
+    untrusted
+        .get_sni("tls-cluster.example.com")
+        .assert_default();
     let line = untrusted
         .wait_for_log_line(DEADLINE, |l| l.contains("while connecting to redis node"))
         .unwrap_or_else(|| panic!("no connection failure logged:\n{}", untrusted.error_log()));

@@ -43,33 +43,6 @@ fn start(pki: &Pki, url: &str) -> Nginx {
     )
 }
 
-fn get(nginx: &Nginx, sni: &str) -> Exchange {
-    Request::default()
-        .sni(sni)
-        .https(nginx.port)
-        .unwrap_or_else(|e| panic!("TLS request with SNI {sni} failed: {e}"))
-}
-
-/// Asks until `sni` is served `leaf` from Redis.
-fn wait_served(nginx: &Nginx, pki: &Pki, sni: &str, leaf: &Leaf) -> Exchange {
-    let start = Instant::now();
-    loop {
-        let r = get(nginx, sni);
-        if r.tls().leaf_serial == leaf.serial_hex {
-            r.assert_served(leaf, pki);
-            return r;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{sni} still gets serial {} (body {:?}); log:\n{}",
-            r.tls().leaf_serial,
-            r.body,
-            nginx.error_log()
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// One RESP command as a client sends it.
 fn read_cmd(r: &mut impl BufRead) -> Option<Vec<String>> {
     let mut line = String::new();
@@ -187,7 +160,7 @@ fn one_lying_sentinel_of_three_gets_no_password_and_the_honest_primary_is_served
     subvert(&sentinel, 0, &rogue);
     let url = sentinel.url(Some(&format!(":{PRIMARY_PASSWORD}")));
     let nginx = start(&pki, &url);
-    let r = wait_served(&nginx, &pki, "shop.example.com", &leaf);
+    let r = nginx.wait_served(&pki, "shop.example.com", &leaf, DEADLINE);
     assert_eq!(r.source(), "redis", "body {:?}", r.body);
     // A second name after the one-second primary re-check.
     thread::sleep(Duration::from_millis(1500));
@@ -205,7 +178,7 @@ fn one_lying_sentinel_of_three_gets_no_password_and_the_honest_primary_is_served
         &other.key_pem,
     ])
     .unwrap();
-    wait_served(&nginx, &pki, "blog.example.com", &other);
+    nginx.wait_served(&pki, "blog.example.com", &other, DEADLINE);
     let seen = rogue.seen();
     assert!(
         !seen
@@ -232,7 +205,7 @@ fn sentinels_that_disagree_without_a_majority_fail_closed_with_every_answer_logg
     sentinel.sentinels[2].stop();
     let url = sentinel.url(Some(&format!(":{PRIMARY_PASSWORD}")));
     let nginx = start(&pki, &url);
-    let r = get(&nginx, "shop.example.com");
+    let r = nginx.get_sni("shop.example.com");
     assert_eq!(r.source(), "default", "body {:?}", r.body);
     let seen = rogue.seen();
     assert!(
@@ -304,14 +277,14 @@ fn a_sentinel_that_never_answers_delays_no_lookup_while_a_majority_agrees() {
             .var("REDIS", &url)
             .var("TLS", ""),
     );
-    wait_served(&nginx, &pki, names[0], &leaves[0]);
+    nginx.wait_served(&pki, names[0], &leaves[0], DEADLINE);
     // Each later name comes after the primary's once-a-second re-check
     // is due: the sentinels are asked again, and the silent one is not
     // waited for (3 s).
     for (n, leaf) in names.iter().zip(&leaves).skip(1) {
         thread::sleep(Duration::from_millis(1200));
         let t = Instant::now();
-        let r = get(&nginx, n);
+        let r = nginx.get_sni(n);
         let took = t.elapsed();
         assert_eq!(r.tls().leaf_serial, leaf.serial_hex, "{n}: {:?}", r.body);
         assert!(
@@ -336,7 +309,7 @@ fn the_primary_in_use_keeps_serving_while_no_majority_of_sentinels_answers() {
         sentinel.primary.put_leaf(n, leaf);
     }
     let nginx = start(&pki, &sentinel.url(None));
-    wait_served(&nginx, &pki, &names[0], &leaves[0]);
+    nginx.wait_served(&pki, &names[0], &leaves[0], DEADLINE);
     // Two of the three sentinels stop answering (they still accept
     // connections: the kernel does): no majority names any primary now,
     // and asking waits `dyncert_redis_timeout` for them. The primary a
@@ -347,7 +320,7 @@ fn the_primary_in_use_keeps_serving_while_no_majority_of_sentinels_answers() {
     for (n, leaf) in names.iter().zip(&leaves).skip(1) {
         thread::sleep(Duration::from_millis(600));
         let t = Instant::now();
-        let r = get(&nginx, n);
+        let r = nginx.get_sni(n);
         let took = t.elapsed();
         assert_eq!(
             r.tls().leaf_serial,
@@ -398,7 +371,7 @@ fn sentinels_with_a_password_are_asked_with_the_url_credentials_and_a_wrong_one_
 
     // requirepass style: the default user's password.
     let nginx = start(&pki, &format!("{base}?sentinel_password=Sentinel-pw-1"));
-    let r = wait_served(&nginx, &pki, "shop.example.com", &leaf);
+    let r = nginx.wait_served(&pki, "shop.example.com", &leaf, DEADLINE);
     assert_eq!(r.source(), "redis", "body {:?}", r.body);
     drop(nginx);
 
@@ -407,7 +380,7 @@ fn sentinels_with_a_password_are_asked_with_the_url_credentials_and_a_wrong_one_
         &pki,
         &format!("{base}?sentinel_username=dyncert&sentinel_password=Acl-pw-2"),
     );
-    let r = wait_served(&nginx, &pki, "shop.example.com", &leaf);
+    let r = nginx.wait_served(&pki, "shop.example.com", &leaf, DEADLINE);
     assert_eq!(r.source(), "redis", "body {:?}", r.body);
     drop(nginx);
 
@@ -416,7 +389,7 @@ fn sentinels_with_a_password_are_asked_with_the_url_credentials_and_a_wrong_one_
     // authentication failed") is logged with its address, the password
     // never is.
     let nginx = start(&pki, &format!("{base}?sentinel_password=Wrong-pw-3"));
-    let r = get(&nginx, "shop.example.com");
+    let r = nginx.get_sni("shop.example.com");
     assert_eq!(r.source(), "default", "body {:?}", r.body);
     for s in &sentinel.sentinels {
         let node = format!("redis node \"127.0.0.1:{}\"", s.port);
@@ -438,7 +411,7 @@ fn sentinels_with_a_password_are_asked_with_the_url_credentials_and_a_wrong_one_
 
     // Without any credential the sentinels are not asked either.
     let nginx = start(&pki, &base);
-    let r = get(&nginx, "shop.example.com");
+    let r = nginx.get_sni("shop.example.com");
     assert_eq!(r.source(), "default", "body {:?}", r.body);
     assert!(
         nginx

@@ -17,9 +17,9 @@ use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::api::CertApi;
-use crate::client::{tls_burst, Exchange};
+use crate::client::{tls_burst, Exchange, Request};
 use crate::module::{module_path, nginx_bin};
-use crate::pki::Pki;
+use crate::pki::{Leaf, Pki};
 use crate::process::{
     child_pids, die_with_parent, free_port, poll, signal, tail, wait_exit, write_file, TempDir,
     STARTUP_DEADLINE,
@@ -565,6 +565,37 @@ impl Nginx {
             }
         }
         all
+    }
+
+    /// One request to the TLS listener with SNI `sni`, panicking when the
+    /// handshake or the request fails.
+    pub fn get_sni(&self, sni: &str) -> Exchange {
+        Request::default()
+            .sni(sni)
+            .https(self.port)
+            .unwrap_or_else(|e| panic!("TLS request with SNI {sni} failed: {e}"))
+    }
+
+    /// Asks until `sni` is served `leaf` (a fetch may be under way, or the
+    /// negative entry of a failed one must run out), for at most
+    /// `deadline`.
+    pub fn wait_served(&self, pki: &Pki, sni: &str, leaf: &Leaf, deadline: Duration) -> Exchange {
+        let start = Instant::now();
+        loop {
+            let r = self.get_sni(sni);
+            if r.tls().leaf_serial == leaf.serial_hex {
+                r.assert_served(leaf, pki);
+                return r;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "{sni} still gets serial {} (body {:?}); log:\n{}",
+                r.tls().leaf_serial,
+                r.body,
+                tail(&self.error_log(), 80)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn error_log(&self) -> String {
