@@ -285,85 +285,36 @@ mod tests {
     }
 }
 
-/// A TCP proxy in front of a real redis-server that, once frozen, stops
-/// forwarding on the connections it had accepted (both ways) while keeping
-/// them open, and forwards new ones as usual: a flow a middlebox forgot.
+/// The test kit's proxy that, once frozen, stops forwarding on the
+/// connections it had accepted (both ways) while keeping them open, and
+/// forwards new ones as usual: a flow a middlebox forgot. Freezing lets a
+/// reply already being forwarded get through first.
 #[cfg(test)]
 pub(super) mod blackhole {
-    use std::io::{Read, Write};
-    use std::net::{Shutdown, TcpListener, TcpStream};
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
-    use std::thread;
+    use dyncert_testkit::BlackholeProxy;
     use std::time::Duration;
 
     pub struct Proxy {
         pub port: u16,
-        freeze: Arc<AtomicBool>,
-        accepted: Arc<AtomicU64>,
-    }
-
-    fn pump(mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>) {
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if frozen.load(Ordering::SeqCst) {
-                // Swallow everything from now on, keep the socket open.
-                while from.read(&mut buf).is_ok_and(|n| n > 0) {}
-                break;
-            }
-            if to.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-        if !frozen.load(Ordering::SeqCst) {
-            let _ = to.shutdown(Shutdown::Write);
-        }
+        inner: BlackholeProxy,
     }
 
     impl Proxy {
         pub fn start(to: u16) -> Proxy {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = l.local_addr().unwrap().port();
-            let freeze = Arc::new(AtomicBool::new(false));
-            let accepted = Arc::new(AtomicU64::new(0));
-            let (f, a) = (freeze.clone(), accepted.clone());
-            thread::spawn(move || {
-                for c in l.incoming().flatten() {
-                    a.fetch_add(1, Ordering::SeqCst);
-                    let Ok(s) = TcpStream::connect(("127.0.0.1", to)) else {
-                        continue;
-                    };
-                    // Connections accepted after the freeze are never frozen.
-                    let frozen = if f.load(Ordering::SeqCst) {
-                        Arc::new(AtomicBool::new(false))
-                    } else {
-                        f.clone()
-                    };
-                    let (c2, s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
-                    let f2 = frozen.clone();
-                    thread::spawn(move || pump(c, s, frozen));
-                    thread::spawn(move || pump(s2, c2, f2));
-                }
-            });
+            let inner = BlackholeProxy::start(to);
             Proxy {
-                port,
-                freeze,
-                accepted,
+                port: inner.port,
+                inner,
             }
         }
 
         pub fn freeze(&self) {
-            self.freeze.store(true, Ordering::SeqCst);
-            // Let a reply already being forwarded get through first.
-            thread::sleep(Duration::from_millis(50));
+            self.inner.freeze();
+            std::thread::sleep(Duration::from_millis(50));
         }
 
         pub fn accepted(&self) -> u64 {
-            self.accepted.load(Ordering::SeqCst)
+            self.inner.accepted()
         }
     }
 }
