@@ -77,32 +77,6 @@ impl Stack {
     }
 }
 
-/// What finding 5 of the audit was about: a timeout on an open connection
-/// read as a failure to connect. Lines after the replacement may be
-/// anything (on a loaded machine, connecting can take longer than the
-/// timeout: that is a connect failure).
-fn assert_logged_as_a_command_timeout(stack: &Stack, proxy: &BlackholeProxy) {
-    let log = stack.nginx.error_log();
-    let node = format!("redis node \"127.0.0.1:{}\"", proxy.port);
-    let timed_out = log.find(&format!(
-        "redis command timed out after 1000 ms on the open connection to {node}"
-    ));
-    let replaced = log.find(&format!(
-        "replacing the command connection to {node} after a command timed out on it"
-    ));
-    let (Some(timed_out), Some(replaced)) = (timed_out, replaced) else {
-        panic!("no command timeout or replacement:\n{}", tail(&log, 20));
-    };
-    assert!(timed_out < replaced, "{}", tail(&log, 20));
-    assert!(
-        !log[..replaced].contains("while connecting to redis node"),
-        "{}",
-        tail(&log, 20)
-    );
-    assert!(stack.metric("dyncert_redis_command_timeouts_total") >= 1.0);
-    assert!(stack.metric("dyncert_redis_reconnects_total") >= 1.0);
-}
-
 #[test]
 fn a_name_is_served_within_seconds_after_the_command_connection_went_silent() {
     let pki = Pki::new();
@@ -152,7 +126,7 @@ fn a_name_is_served_within_seconds_after_the_command_connection_went_silent() {
         (before + 1..=before + 3).contains(&after),
         "{after} connections"
     );
-    assert_logged_as_a_command_timeout(&stack, &proxy);
+    proxy.assert_command_timeout_logged(&stack.nginx, stack.mport);
 }
 
 #[test]
@@ -184,5 +158,5 @@ fn the_session_ticket_task_moves_to_a_new_connection_when_its_own_went_silent() 
         redis.cmd(&["EXISTS", "dyncert:ticket-keys"]),
         Reply::Int(1)
     ));
-    assert_logged_as_a_command_timeout(&stack, &proxy);
+    proxy.assert_command_timeout_logged(&stack.nginx, stack.mport);
 }

@@ -128,31 +128,6 @@ fn start_nginx(pki: &Pki, d: &Deployment, tickets: bool) -> (Nginx, u16) {
     (nginx, mport)
 }
 
-/// Logged and counted as a command timeout on an open connection, then a
-/// replacement, not as a failure to connect (the sources audit's finding 5).
-fn assert_logged_as_a_command_timeout(nginx: &Nginx, mport: u16, proxy: &BlackholeProxy) {
-    let log = nginx.error_log();
-    let node = format!("redis node \"127.0.0.1:{}\"", proxy.port);
-    let timed_out = log.find(&format!(
-        "redis command timed out after 1000 ms on the open connection to {node}"
-    ));
-    let replaced = log.find(&format!(
-        "replacing the command connection to {node} after a command timed out on it"
-    ));
-    let (Some(timed_out), Some(replaced)) = (timed_out, replaced) else {
-        panic!("no command timeout or replacement:\n{}", tail(&log, 20));
-    };
-    assert!(timed_out < replaced, "{}", tail(&log, 20));
-    assert!(
-        !log[..replaced].contains("while connecting to redis node"),
-        "{}",
-        tail(&log, 20)
-    );
-    let metrics = scrape_metrics(mport);
-    assert!(metrics.get("dyncert_redis_command_timeouts_total") >= 1.0);
-    assert!(metrics.get("dyncert_redis_reconnects_total") >= 1.0);
-}
-
 #[test]
 fn a_name_is_served_within_seconds_after_the_primary_connection_went_silent() {
     let pki = Pki::new();
@@ -197,7 +172,7 @@ fn a_name_is_served_within_seconds_after_the_primary_connection_went_silent() {
         tail(&log, 20)
     );
 
-    assert_logged_as_a_command_timeout(&nginx, mport, &d.proxy);
+    d.proxy.assert_command_timeout_logged(&nginx, mport);
 }
 
 #[test]
@@ -229,5 +204,5 @@ fn the_session_ticket_task_moves_to_a_new_primary_connection_when_its_own_went_s
         d.primary.cmd(&["EXISTS", "dyncert:ticket-keys"]),
         Reply::Int(1)
     ));
-    assert_logged_as_a_command_timeout(&nginx, mport, &d.proxy);
+    d.proxy.assert_command_timeout_logged(&nginx, mport);
 }

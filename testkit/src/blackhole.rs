@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 
+use crate::nginx::Nginx;
+use crate::plain::scrape_metrics;
+use crate::process::tail;
+
 /// A TCP proxy to a redis-server on 127.0.0.1; see the module's comment.
 pub struct BlackholeProxy {
     /// The port it listens on (127.0.0.1).
@@ -96,5 +100,35 @@ impl BlackholeProxy {
     /// How many connections it has accepted in all.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Asserts that `nginx` logged a command timeout on the open
+    /// connection through this proxy, then its replacement, not a failure
+    /// to connect (the sources audit's finding 5: a timeout on an open
+    /// connection read as a failure to connect), and counted both on its
+    /// metrics port `mport`. Lines after the replacement may be anything
+    /// (on a loaded machine, connecting can take longer than the timeout:
+    /// that is a connect failure).
+    pub fn assert_command_timeout_logged(&self, nginx: &Nginx, mport: u16) {
+        let log = nginx.error_log();
+        let node = format!("redis node \"127.0.0.1:{}\"", self.port);
+        let timed_out = log.find(&format!(
+            "redis command timed out after 1000 ms on the open connection to {node}"
+        ));
+        let replaced = log.find(&format!(
+            "replacing the command connection to {node} after a command timed out on it"
+        ));
+        let (Some(timed_out), Some(replaced)) = (timed_out, replaced) else {
+            panic!("no command timeout or replacement:\n{}", tail(&log, 20));
+        };
+        assert!(timed_out < replaced, "{}", tail(&log, 20));
+        assert!(
+            !log[..replaced].contains("while connecting to redis node"),
+            "{}",
+            tail(&log, 20)
+        );
+        let metrics = scrape_metrics(mport);
+        assert!(metrics.get("dyncert_redis_command_timeouts_total") >= 1.0);
+        assert!(metrics.get("dyncert_redis_reconnects_total") >= 1.0);
     }
 }
