@@ -59,30 +59,7 @@ impl Deployment {
     fn start() -> Deployment {
         let primary = Redis::start();
         let proxy = BlackholeProxy::start(primary.port);
-        let conf = format!(
-            "port @PORT@\n\
-             bind 127.0.0.1\n\
-             sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {} 2\n\
-             sentinel down-after-milliseconds {SENTINEL_SERVICE} 60000\n\
-             sentinel failover-timeout {SENTINEL_SERVICE} 120000\n",
-            proxy.port
-        );
-        let sentinels: Vec<Redis> = (0..3).map(|_| Redis::start_sentinel(&conf)).collect();
-        let named = poll(Duration::from_secs(10), Duration::from_millis(100), || {
-            sentinels
-                .iter()
-                .all(|s| {
-                    let r = redis_command(
-                        s.port,
-                        &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE],
-                    );
-                    matches!(r, Ok(Reply::Array(Some(v)))
-                        if matches!(v.get(1), Some(Reply::Bulk(Some(p)))
-                            if *p == proxy.port.to_string().into_bytes()))
-                })
-                .then_some(())
-        });
-        assert!(named.is_some(), "the sentinels do not name the proxy");
+        let sentinels = sentinels_naming(proxy.port);
         Deployment {
             primary,
             proxy,

@@ -324,6 +324,40 @@ impl RedisCluster {
 /// The service name the sentinels monitor.
 pub const SENTINEL_SERVICE: &str = "mymaster";
 
+/// Three sentinels (quorum 2) monitoring a primary at 127.0.0.1:`port`
+/// (a proxy's, say) that never fail it over in a test's time, once each
+/// of them names 127.0.0.1:`port` as the primary; panics when they do not
+/// within 10 s.
+pub fn sentinels_naming(port: u16) -> Vec<Redis> {
+    let conf = format!(
+        "port @PORT@\n\
+         bind 127.0.0.1\n\
+         sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {port} 2\n\
+         sentinel down-after-milliseconds {SENTINEL_SERVICE} 60000\n\
+         sentinel failover-timeout {SENTINEL_SERVICE} 120000\n"
+    );
+    let sentinels: Vec<Redis> = (0..3).map(|_| Redis::start_sentinel(&conf)).collect();
+    let named = poll(Duration::from_secs(10), Duration::from_millis(50), || {
+        sentinels
+            .iter()
+            .all(|s| {
+                let r = redis_command(
+                    s.port,
+                    &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE],
+                );
+                matches!(r, Ok(Reply::Array(Some(v)))
+                    if matches!(v.get(1), Some(Reply::Bulk(Some(p)))
+                        if *p == port.to_string().into_bytes()))
+            })
+            .then_some(())
+    });
+    assert!(
+        named.is_some(),
+        "the sentinels do not name 127.0.0.1:{port}"
+    );
+    sentinels
+}
+
 /// A primary, one replica and three sentinels (quorum 2) watching them.
 pub struct RedisSentinel {
     pub primary: Redis,

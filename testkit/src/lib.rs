@@ -51,7 +51,8 @@ pub use conf::{
     SOURCE_SERVER, WORKER_METRICS_SERVER,
 };
 pub use deploy::{
-    ClusterTls, RedisCluster, RedisSentinel, TlsRedis, TlsRedisOpts, SENTINEL_SERVICE,
+    sentinels_naming, ClusterTls, RedisCluster, RedisSentinel, TlsRedis, TlsRedisOpts,
+    SENTINEL_SERVICE,
 };
 pub use module::{ensure_fresh_module, module_path, nginx_and_openssl, nginx_bin, profile_dir};
 pub use monitor::{Monitor, Observed};

@@ -387,30 +387,11 @@ mod live_tests {
 
     #[test]
     fn a_sentinel_primary_connection_that_went_silent_is_replaced_after_one_timeout() {
-        use dyncert_testkit::{poll, redis_command, Reply, SENTINEL_SERVICE};
+        use dyncert_testkit::{sentinels_naming, SENTINEL_SERVICE};
         // Three real sentinels that name the primary at the proxy's address.
         let redis = Redis::start();
         let proxy = Proxy::start(redis.port);
-        let conf = format!(
-            "port @PORT@\nbind 127.0.0.1\n\
-             sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {} 2\n\
-             sentinel down-after-milliseconds {SENTINEL_SERVICE} 60000\n",
-            proxy.port
-        );
-        let sentinels: Vec<Redis> = (0..3).map(|_| Redis::start_sentinel(&conf)).collect();
-        let named = poll(Duration::from_secs(10), Duration::from_millis(50), || {
-            sentinels
-                .iter()
-                .all(|s| {
-                    let r = redis_command(
-                        s.port,
-                        &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE],
-                    );
-                    matches!(r, Ok(Reply::Array(Some(v))) if v.len() == 2)
-                })
-                .then_some(())
-        });
-        assert!(named.is_some(), "the sentinels name no primary");
+        let sentinels = sentinels_naming(proxy.port);
         let nodes: Vec<String> = sentinels
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port))
