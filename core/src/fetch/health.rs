@@ -332,6 +332,22 @@ mod live_tests {
 
     const T: Duration = Duration::from_millis(300);
 
+    /// `url`'s target (commands time out after `T`), notes collected into
+    /// the returned list, and a runtime to drive them.
+    fn setup(url: &str) -> (RedisTarget, Notes, Seen, tokio::runtime::Runtime) {
+        let target = RedisTarget::new(url, RedisTls::default(), T).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let notes = Notes::new(move |n| sink.lock().unwrap().push(n));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        (target, notes, seen, rt)
+    }
+
+    type Seen = Arc<Mutex<Vec<RedisNote>>>;
+
     async fn ping(conn: &mut crate::fetch::RedisConn) -> Result<String, String> {
         match tokio::time::timeout(T, redis::cmd("PING").query_async::<String>(conn)).await {
             Ok(Ok(v)) => Ok(v),
@@ -347,14 +363,7 @@ mod live_tests {
         let redis = Redis::start();
         let proxy = Proxy::start(redis.port);
         let url = format!("redis://127.0.0.1:{}/0", proxy.port);
-        let target = RedisTarget::new(&url, RedisTls::default(), T).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        let notes = Notes::new(move |n| sink.lock().unwrap().push(n));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (target, notes, seen, rt) = setup(&url);
         rt.block_on(async {
             let mut lookups = target.connect(notes).unwrap();
             // A handle taken at start, as the ticket task's and the ACME
@@ -397,14 +406,7 @@ mod live_tests {
             .map(|s| format!("127.0.0.1:{}", s.port))
             .collect();
         let url = format!("sentinel://{}/{SENTINEL_SERVICE}/0", nodes.join(","));
-        let target = RedisTarget::new(&url, RedisTls::default(), T).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        let notes = Notes::new(move |n| sink.lock().unwrap().push(n));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (target, notes, seen, rt) = setup(&url);
         rt.block_on(async {
             let mut lookups = target.connect(notes).unwrap();
             let mut tickets = lookups.clone();
@@ -442,14 +444,7 @@ mod live_tests {
             "redis://127.0.0.1:{}/0",
             silent.local_addr().unwrap().port()
         );
-        let target = RedisTarget::new(&url, RedisTls::default(), T).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        let notes = Notes::new(move |n| sink.lock().unwrap().push(n));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (target, notes, seen, rt) = setup(&url);
         rt.block_on(async {
             let mut conn = target.connect(notes).unwrap();
             for _ in 0..3 {
