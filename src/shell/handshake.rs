@@ -7,7 +7,7 @@
 use core::ffi::{c_int, c_void, CStr};
 use core::mem::size_of;
 use core::ptr;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use dyncert_core::on_demand::Client;
@@ -174,31 +174,11 @@ pub fn on_demand_client(c: Option<&ngx_connection_t>) -> Client {
             .parse::<IpAddr>()
             .ok()
     });
-    match proxied.or_else(|| peer_ip(c)) {
+    // At the handshake `c->sockaddr` is still the peer's address (realip
+    // runs on requests).
+    match proxied.or_else(|| super::access::client_ip(c)) {
         Some(ip) => Client::Address(ip),
         None => Client::Local,
-    }
-}
-
-/// The connection's peer address (`c->sockaddr`), when it is IPv4 or IPv6.
-fn peer_ip(c: &ngx_connection_t) -> Option<IpAddr> {
-    // SAFETY: c->sockaddr of a live connection is NULL or the peer's
-    // address: c->socklen bytes of the sockaddr type its family names.
-    let sa = unsafe { c.sockaddr.as_ref() }?;
-    match i32::from(sa.sa_family) {
-        libc::AF_INET => {
-            // SAFETY: as above; an AF_INET address is a sockaddr_in.
-            let sin = unsafe { &*ptr::from_ref(sa).cast::<libc::sockaddr_in>() };
-            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                sin.sin_addr.s_addr,
-            ))))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: as above; an AF_INET6 address is a sockaddr_in6.
-            let sin6 = unsafe { &*ptr::from_ref(sa).cast::<libc::sockaddr_in6>() };
-            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
-        }
-        _ => None,
     }
 }
 
