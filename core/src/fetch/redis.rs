@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::conn::{Notes, RedisConn, RedisTarget};
 use super::error::{retryable, RedisError};
+use crate::clock::monotonic_ms;
 use crate::outcome::Refusal;
 use crate::record::{
     check_lengths, check_policy_lengths, check_second_lengths, chosen_form, decode_record,
@@ -128,17 +129,9 @@ const READ_RECORD_LUA: &str = "local n = #ARGV / 2 \
 /// before the script is tried again.
 const SCRIPT_RETRY_MS: u64 = 5 * 60 * 1000;
 
-/// Monotonic milliseconds until which this process reads records in two
+/// The [`monotonic_ms`] until which this process reads records in two
 /// steps (0: the script is used).
 static TWO_STEPS_UNTIL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn monotonic_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(std::time::Instant::now);
-    u64::try_from(start.elapsed().as_millis())
-        .unwrap_or(u64::MAX)
-        .saturating_add(1)
-}
 
 async fn read_record_once(conn: &mut RedisConn, key: &str, t: Duration) -> RedisAnswer {
     let now = monotonic_ms();
