@@ -10,6 +10,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use crate::nginx::Nginx;
 use crate::plain::scrape_metrics;
@@ -92,9 +93,12 @@ impl BlackholeProxy {
         }
     }
 
-    /// Silences every connection accepted so far but the subscriptions.
+    /// Silences every connection accepted so far but the subscriptions,
+    /// then waits a moment, so that a reply already being forwarded gets
+    /// through first.
     pub fn freeze(&self) {
         self.freeze.store(true, Ordering::SeqCst);
+        thread::sleep(Duration::from_millis(50));
     }
 
     /// How many connections it has accepted in all.

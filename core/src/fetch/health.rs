@@ -285,50 +285,16 @@ mod tests {
     }
 }
 
-/// The test kit's proxy that, once frozen, stops forwarding on the
-/// connections it had accepted (both ways) while keeping them open, and
-/// forwards new ones as usual: a flow a middlebox forgot. Freezing lets a
-/// reply already being forwarded get through first.
-#[cfg(test)]
-pub(super) mod blackhole {
-    use dyncert_testkit::BlackholeProxy;
-    use std::time::Duration;
-
-    pub struct Proxy {
-        pub port: u16,
-        inner: BlackholeProxy,
-    }
-
-    impl Proxy {
-        pub fn start(to: u16) -> Proxy {
-            let inner = BlackholeProxy::start(to);
-            Proxy {
-                port: inner.port,
-                inner,
-            }
-        }
-
-        pub fn freeze(&self) {
-            self.inner.freeze();
-            std::thread::sleep(Duration::from_millis(50));
-        }
-
-        pub fn accepted(&self) -> u64 {
-            self.inner.accepted()
-        }
-    }
-}
-
 /// The verdict applied to a real connection (`conn::SingleConn`): a real
-/// redis-server behind [`blackhole::Proxy`].
+/// redis-server behind the test kit's `BlackholeProxy`, a flow a
+/// middlebox forgot once frozen.
 #[cfg(test)]
 mod live_tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use super::blackhole::Proxy;
     use crate::fetch::conn::{Notes, RedisNote, RedisTarget, RedisTls};
-    use dyncert_testkit::Redis;
+    use dyncert_testkit::{BlackholeProxy, Redis};
 
     const T: Duration = Duration::from_millis(300);
 
@@ -361,7 +327,7 @@ mod live_tests {
     #[test]
     fn a_connection_that_went_silent_is_replaced_for_every_holder_after_one_timeout() {
         let redis = Redis::start();
-        let proxy = Proxy::start(redis.port);
+        let proxy = BlackholeProxy::start(redis.port);
         let url = format!("redis://127.0.0.1:{}/0", proxy.port);
         let (target, notes, seen, rt) = setup(&url);
         rt.block_on(async {
@@ -399,7 +365,7 @@ mod live_tests {
         use dyncert_testkit::{sentinels_naming, SENTINEL_SERVICE};
         // Three real sentinels that name the primary at the proxy's address.
         let redis = Redis::start();
-        let proxy = Proxy::start(redis.port);
+        let proxy = BlackholeProxy::start(redis.port);
         let sentinels = sentinels_naming(proxy.port);
         let nodes: Vec<String> = sentinels
             .iter()

@@ -383,7 +383,7 @@ async fn replace(
 mod tests {
     use super::*;
     use crate::fetch::{Notes, RedisTarget, RedisTls};
-    use dyncert_testkit::Redis;
+    use dyncert_testkit::{BlackholeProxy, Redis};
 
     const KEY: &str = "dyncert:ticket-keys";
 
@@ -613,7 +613,7 @@ mod tests {
     #[test]
     fn a_ticket_check_after_a_timeout_runs_on_a_new_connection() {
         let redis = Redis::start();
-        let proxy = crate::fetch::health::blackhole::Proxy::start(redis.port);
+        let proxy = BlackholeProxy::start(redis.port);
         let t = Duration::from_millis(300);
         let url = format!("redis://127.0.0.1:{}/0", proxy.port);
         let target = RedisTarget::new(&url, RedisTls::default(), t).unwrap();
