@@ -19,7 +19,8 @@ use redis::io::tcp::socket2::TcpKeepalive;
 use redis::io::tcp::TcpSettings;
 
 use super::health::{
-    abandoned, ask_sentinels, replace_primary, CommandEnd, ConnHealth, Named, Verdict,
+    abandoned, ask_sentinels, install_rechecked, replace_primary, CommandEnd, ConnHealth, Named,
+    Verdict,
 };
 
 use redis::aio::{
@@ -996,20 +997,17 @@ impl SentinelConn {
     /// The routine re-check of `asked`, the primary in use: when a
     /// majority of the sentinels names another, that one replaces it,
     /// unless `asked` was replaced meanwhile (a timeout, a failure): that
-    /// replacement stands.
+    /// replacement stands ([`install_rechecked`]).
     async fn recheck(&self, asked: Primary) {
         let (named, found) = self.named(&asked).await;
-        if !replace_primary(false, named) {
-            return;
-        }
         let Some((addr, client, conn)) = found else {
             return;
         };
         let mut slot = self.primary.lock().await;
-        let still = slot
+        let still_in_use = slot
             .as_ref()
             .is_some_and(|now| Arc::ptr_eq(&now.health, &asked.health));
-        if still {
+        if install_rechecked(named, still_in_use) {
             self.install(&mut slot, addr, client, conn, Instant::now());
         }
     }

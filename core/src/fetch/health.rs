@@ -159,6 +159,18 @@ pub fn replace_primary(suspect: bool, named: Named) -> bool {
     suspect || named == Named::Other
 }
 
+/// Whether the routine re-check of a primary connection that answered
+/// (asked in the background, after [`ask_sentinels`]) installs the primary
+/// the sentinels named: only when a majority names another address
+/// ([`replace_primary`] of a connection that is not suspect), and the
+/// connection asked about is `still_in_use`. One that replaced it while
+/// the sentinels were asked (after a timeout or a failure) stands: it was
+/// chosen later, and overwriting it would bring back a primary nobody
+/// checked since.
+pub fn install_rechecked(named: Named, still_in_use: bool) -> bool {
+    still_in_use && replace_primary(false, named)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +260,23 @@ mod tests {
         // answering, is kept.
         assert!(!replace_primary(false, Named::Nobody));
         assert!(replace_primary(false, Named::Other));
+    }
+
+    #[test]
+    fn a_routine_recheck_installs_the_moved_primary_only_while_the_one_asked_about_is_in_use() {
+        // The primary moved, and the connection asked about is still the
+        // one in use: the new primary replaces it.
+        assert!(install_rechecked(Named::Other, true));
+        // The primary moved, but a timeout or a failure replaced the
+        // connection meanwhile: that replacement stands.
+        assert!(!install_rechecked(Named::Other, false));
+        // The same primary: the connection in use is kept.
+        assert!(!install_rechecked(Named::Same, true));
+        assert!(!install_rechecked(Named::Same, false));
+        // No majority (sentinels down or split): the primary in use, still
+        // answering, is kept.
+        assert!(!install_rechecked(Named::Nobody, true));
+        assert!(!install_rechecked(Named::Nobody, false));
     }
 
     #[test]
