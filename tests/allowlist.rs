@@ -7,18 +7,15 @@
 //! The test client plays several clients by connecting from different
 //! addresses of 127.0.0.0/8.
 
+use dyncert_testkit::conf::dyncert_server;
 use dyncert_testkit::*;
 use std::net::SocketAddr;
 
-/// The servers of the `http {}` block, after Redis and [`METRICS_SERVER`]
+/// The server of the `http {}` block, after Redis and [`METRICS_SERVER`]
 /// ([`metrics_http`]).
-const HTTP: &str = r#"
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
+fn http() -> String {
+    dyncert_server(
+        r#"
         root html;
         add_header X-Remote-Addr $remote_addr always;
 
@@ -28,11 +25,12 @@ const HTTP: &str = r#"
             dyncert_deny_status 404;
         }
         location /open/ { }
-    }
-"#;
+"#,
+    )
+}
 
 /// A stack for `servers` (after [`METRICS_SERVER`]), with the index pages
-/// of `HTTP`'s locations.
+/// of [`http`]'s locations.
 fn start(servers: &str, opts: NginxOpts) -> (Stack, u16) {
     let (s, mport) = Stack::with_metrics(servers, opts);
     s.nginx.write_index_pages(&["", "hidden/", "open/"]);
@@ -48,7 +46,7 @@ fn get(port: u16, from: &str, path: &str) -> Exchange {
 
 #[test]
 fn listed_clients_pass_and_others_get_403() {
-    let (mut s, _) = start(HTTP, NginxOpts::new());
+    let (mut s, _) = start(&http(), NginxOpts::new());
     let port = s.nginx.port;
 
     for from in ["127.0.0.1", "127.0.1.77", "127.0.1.255"] {
@@ -82,7 +80,7 @@ fn listed_clients_pass_and_others_get_403() {
 
 #[test]
 fn deny_status_404_hides_the_location_from_other_clients() {
-    let (mut s, _) = start(HTTP, NginxOpts::new());
+    let (mut s, _) = start(&http(), NginxOpts::new());
     let port = s.nginx.port;
     // The page exists (the listed client gets it), so the 404 is the
     // configured denial and not a missing file.
@@ -97,7 +95,7 @@ fn deny_status_404_hides_the_location_from_other_clients() {
 
 #[test]
 fn denials_are_counted_in_metrics() {
-    let (mut s, mport) = start(HTTP, NginxOpts::new());
+    let (mut s, mport) = start(&http(), NginxOpts::new());
     let port = s.nginx.port;
     let before = scrape_metrics(mport);
     for _ in 0..3 {
@@ -113,14 +111,9 @@ fn denials_are_counted_in_metrics() {
     s.nginx.assert_healthy();
 }
 
-const INHERIT: &str = r#"
-    dyncert_allow 127.0.0.9;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
+fn inherit() -> String {
+    let lists = dyncert_server(
+        r#"
         root html;
         dyncert_allow 127.0.0.2;
         dyncert_deny_status 404;
@@ -132,7 +125,9 @@ const INHERIT: &str = r#"
             dyncert_allow 127.0.0.4;
         }
         location /public/ { dyncert_allow all; }
-    }
+"#,
+    );
+    let without = r#"
     server {
         listen 127.0.0.1:@HPORT@ ssl;
         server_name _;
@@ -142,11 +137,13 @@ const INHERIT: &str = r#"
         location / { }
     }
 "#;
+    format!("    dyncert_allow 127.0.0.9;\n{lists}{without}")
+}
 
 #[test]
 fn location_list_replaces_the_inherited_one_and_several_directives_add_up() {
     let hport = free_port();
-    let (mut s, _) = start(INHERIT, NginxOpts::new().var("HPORT", hport));
+    let (mut s, _) = start(&inherit(), NginxOpts::new().var("HPORT", hport));
     s.nginx
         .write_index_pages(&["override/", "both/", "public/"]);
     let port = s.nginx.port;
@@ -173,22 +170,19 @@ fn location_list_replaces_the_inherited_one_and_several_directives_add_up() {
     s.nginx.assert_healthy();
 }
 
-const ENV: &str = r#"
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
+fn env() -> String {
+    dyncert_server(
+        r#"
         root html;
         location / { dyncert_allow 127.0.0.5 env=DYNCERT_TEST_ALLOW_IPS; }
-    }
-"#;
+"#,
+    )
+}
 
 #[test]
 fn env_list_is_read_from_the_environment_of_nginx() {
     let mut s = Stack::start_with(
-        &format!("env DYNCERT_TEST_ALLOW_IPS;{}", metrics_http(ENV)),
+        &format!("env DYNCERT_TEST_ALLOW_IPS;{}", metrics_http(&env())),
         NginxOpts::new().var("MPORT", free_port()).env(
             "DYNCERT_TEST_ALLOW_IPS",
             "10.0.0.0/8, 127.0.0.3 127.0.1.0/24,2001:db8::/32",
@@ -241,17 +235,15 @@ fn unset_env_variable_fails_the_config_test_naming_it() {
     }
 }
 
-const HEADERS: &str = r#"
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
+fn headers() -> String {
+    let direct = dyncert_server(
+        r#"
         root html;
         add_header X-Remote-Addr $remote_addr always;
         location / { dyncert_allow 10.1.2.3; }
-    }
+"#,
+    );
+    let behind_realip = r#"
     server {
         listen 127.0.0.1:@RPORT@ ssl;
         server_name _;
@@ -265,10 +257,12 @@ const HEADERS: &str = r#"
         location / { dyncert_allow 10.1.2.3; }
     }
 "#;
+    direct + behind_realip
+}
 
 #[test]
 fn spoofed_forwarding_headers_are_ignored_without_realip() {
-    let (mut s, _) = start(HEADERS, NginxOpts::new().var("RPORT", free_port()));
+    let (mut s, _) = start(&headers(), NginxOpts::new().var("RPORT", free_port()));
     let spoofs: [&[(&str, &str)]; 4] = [
         &[("X-Forwarded-For", "10.1.2.3")],
         &[("X-Real-IP", "10.1.2.3")],
@@ -294,7 +288,7 @@ fn spoofed_forwarding_headers_are_ignored_without_realip() {
 #[test]
 fn realip_header_is_honoured_from_a_trusted_sender_only() {
     let rport = free_port();
-    let (mut s, _) = start(HEADERS, NginxOpts::new().var("RPORT", rport));
+    let (mut s, _) = start(&headers(), NginxOpts::new().var("RPORT", rport));
     // Control: with `set_real_ip_from` trusting 127.0.0.1, its X-Real-IP is
     // the client address the list sees.
     let r = Request::get("/")
@@ -325,15 +319,9 @@ fn realip_header_is_honoured_from_a_trusted_sender_only() {
     s.nginx.assert_healthy();
 }
 
-const PROXY: &str = r#"
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "plain\n"; }
-    }
+fn proxy() -> String {
+    let direct = dyncert_server(r#"        location / { return 200 "plain\n"; }"#);
+    let behind_proxy = r#"
     server {
         listen 127.0.0.1:@PPORT@ ssl proxy_protocol;
         server_name _;
@@ -348,10 +336,12 @@ const PROXY: &str = r#"
         location / { dyncert_allow 203.0.113.0/24 2001:db8::/32; }
     }
 "#;
+    direct + behind_proxy
+}
 
 fn proxy_protocol_source_is_honoured(version: u8) {
     let pport = free_port();
-    let (mut s, _) = start(PROXY, NginxOpts::new().var("PPORT", pport));
+    let (mut s, _) = start(&proxy(), NginxOpts::new().var("PPORT", pport));
     s.nginx.write_index_pages(&[""]);
     let leaf = s.pki.leaf(&["shop.example.com"], 4401);
     s.redis.put_leaf("shop.example.com", &leaf);

@@ -4,6 +4,7 @@
 //! records, responses per server block). Also the log variables
 //! `$dyncert_cert_not_after` and `$dyncert_fetch_time`.
 
+use dyncert_testkit::conf::dyncert_server;
 use dyncert_testkit::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -258,17 +259,12 @@ fn log_variables_report_expiry_and_time_spent_waiting() {
     assert!(d.body.contains("until= "), "{:?}", d.body);
 }
 
-/// As nginx-conf/minimal.conf: the TLS server is `server_name _;`, the
-/// port-80 server too, and the health server has no `server_name`.
-const SAME_NAMES: &str = r#"
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "tls\n"; }
-    }
+/// As nginx-conf/minimal.conf: the TLS server is `server_name _;`
+/// ([`dyncert_server`]), the port-80 server too, and the health server has
+/// no `server_name`.
+fn same_names() -> String {
+    let tls = dyncert_server(r#"        location / { return 200 "tls\n"; }"#);
+    let others = r#"
     server {
         listen 127.0.0.1:@HPORT@;
         server_name _;
@@ -279,13 +275,15 @@ const SAME_NAMES: &str = r#"
         location = /metrics { dyncert_metrics; }
     }
 "#;
+    tls + others
+}
 
 #[test]
 fn server_blocks_sharing_a_first_name_are_told_apart_in_the_labels() {
     let [mport, hport] = [(); 2].map(|_| free_port());
     let opts = NginxOpts::new().var("MPORT", mport).var("HPORT", hport);
     let stack = Stack::start_with(
-        &http_block(&["    dyncert_redis @REDIS@;", SAME_NAMES]),
+        &http_block(&["    dyncert_redis @REDIS@;", &same_names()]),
         opts,
     );
     for _ in 0..3 {

@@ -25,21 +25,47 @@ pub const WORKER_METRICS_SERVER: &str = r#"
     }
 "#;
 
-/// The TLS server of the certificate-source tests, on `@PORT@`: the default
-/// certificate, the module on, and `/` answering
-/// `<sni> via <source> name=<name> pid=<pid>`, which
-/// [`Exchange::source`](crate::Exchange::source) and
-/// [`Exchange::pid`](crate::Exchange::pid) read.
-pub const SOURCE_SERVER: &str = r#"
+/// The opening of the module's TLS server ([`SOURCE_SERVER`],
+/// [`dyncert_server`]): on `@PORT@`, `server_name _`, the default
+/// certificate, the module on. A macro so that the constant can be
+/// `concat!`ed from it.
+macro_rules! dyncert_server_head {
+    () => {
+        r#"
     server {
         listen 127.0.0.1:@PORT@ ssl;
         server_name _;
         ssl_certificate     default.crt;
         ssl_certificate_key default.key;
         dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
+"#
+    };
+}
+
+/// The TLS server of the certificate-source tests, on `@PORT@`: the default
+/// certificate, the module on, and `/` answering
+/// `<sni> via <source> name=<name> pid=<pid>`, which
+/// [`Exchange::source`](crate::Exchange::source) and
+/// [`Exchange::pid`](crate::Exchange::pid) read.
+pub const SOURCE_SERVER: &str = concat!(
+    dyncert_server_head!(),
+    r#"        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
     }
-"#;
+"#
+);
+
+/// The module's TLS server as in [`SOURCE_SERVER`] (on `@PORT@`,
+/// `server_name _`, the default certificate, `dyncert on`) holding `body`:
+/// the test's own directives and locations, written inline in the test.
+pub fn dyncert_server(body: &str) -> String {
+    let mut t = String::from(dyncert_server_head!());
+    t.push_str(body.trim_start_matches('\n'));
+    if !t.ends_with('\n') {
+        t.push('\n');
+    }
+    t.push_str("    }\n");
+    t
+}
 
 /// [`SOURCE_SERVER`] answering `<sni> via <source>` and then `tail`
 /// instead of ` name=<name> pid=<pid>`, for tests that read less.
@@ -91,6 +117,16 @@ mod tests {
         assert!(
             m.ends_with("dyncert_metrics; }\n    }\n    server { }\n}\n"),
             "{m}"
+        );
+    }
+
+    #[test]
+    fn the_dyncert_server_holds_the_body_where_the_source_server_has_its_location() {
+        let location = r#"        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }"#;
+        assert_eq!(dyncert_server(location), SOURCE_SERVER);
+        assert_eq!(dyncert_server(&format!("\n{location}\n")), SOURCE_SERVER);
+        assert!(
+            source_server("").contains(r#"return 200 "$ssl_server_name via $dyncert_source\n";"#)
         );
     }
 }
