@@ -12,23 +12,17 @@ use std::time::Duration;
 
 use dyncert_testkit::*;
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_fetch_timeout 3s;
-    dyncert_redis_timeout 2s;
-    dyncert_invalidate_channel off;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
-    }
+/// Redis at `@REDIS@` and the module's server answering
+/// `<sni> via <source>`.
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;",
+        "    dyncert_fetch_timeout 3s;",
+        "    dyncert_redis_timeout 2s;",
+        "    dyncert_invalidate_channel off;",
+        &source_server(""),
+    ])
 }
-"#;
 
 const NAME: &str = "race.example.com";
 const KEY: &str = "dyncert:cert:race.example.com";
@@ -114,7 +108,7 @@ fn a_field_grown_during_the_read_is_not_transferred() {
     let proxy = growing_proxy(redis.port);
     let nginx = Nginx::start(
         &pki,
-        HTTP,
+        &http(),
         NginxOpts::new()
             .workers(1)
             .var("REDIS", format!("redis://127.0.0.1:{proxy}/0")),
@@ -165,7 +159,7 @@ fn a_user_without_scripts_gets_the_two_step_read_and_a_warning() {
     assert_eq!(created, Reply::Status("OK".into()));
     let mut nginx = Nginx::start(
         &pki,
-        HTTP,
+        &http(),
         NginxOpts::new().workers(1).var(
             "REDIS",
             format!("redis://noscripts:pw@127.0.0.1:{}/0", redis.port),

@@ -13,24 +13,18 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    @TLS@
-    dyncert_fetch_timeout 2s;
-    dyncert_redis_timeout 1s;
-    dyncert_cache max=1000 valid=1h stale=1h negative=1s;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
-    }
+/// Redis (here: the sentinels) at `@REDIS@`, its TLS directives at
+/// `@TLS@`, and the module's server answering `<sni> via <source>`.
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;",
+        "    @TLS@",
+        "    dyncert_fetch_timeout 2s;",
+        "    dyncert_redis_timeout 1s;",
+        "    dyncert_cache max=1000 valid=1h stale=1h negative=1s;",
+        &source_server(""),
+    ])
 }
-"#;
 
 const PRIMARY_PASSWORD: &str = "S3cretPrimary";
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -38,7 +32,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 fn start(pki: &Pki, url: &str) -> Nginx {
     Nginx::start(
         pki,
-        HTTP,
+        &http(),
         NginxOpts::new().workers(1).var("REDIS", url).var("TLS", ""),
     )
 }
@@ -266,7 +260,7 @@ fn a_sentinel_that_never_answers_delays_no_lookup_while_a_majority_agrees() {
         &format!(",127.0.0.1:{}/mymaster", silent_server()),
         1,
     );
-    let http = HTTP
+    let http = http()
         .replace("dyncert_redis_timeout 1s", "dyncert_redis_timeout 3s")
         .replace("dyncert_fetch_timeout 2s", "dyncert_fetch_timeout 8s");
     let nginx = Nginx::start(
@@ -428,7 +422,7 @@ fn nginx_t_refuses_a_url_fragment_and_takes_valkeys_as_tls() {
     let t = |url: &str, tls: &str| {
         Nginx::config_test(
             &pki,
-            HTTP,
+            &http(),
             NginxOpts::new().var("REDIS", url).var("TLS", tls),
         )
     };
