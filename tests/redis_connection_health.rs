@@ -15,66 +15,11 @@
 use dyncert_testkit::*;
 use std::time::{Duration, Instant};
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_fetch_timeout 1s;
-    dyncert_redis_timeout 1s;
-    dyncert_cache max=1000 valid=1h stale=1h negative=1s;
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        @TICKETS@
-        location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
-    }
-}
-"#;
-
-/// nginx (one worker) whose Redis is behind `proxy`, with the invalidation
-/// subscription up.
-struct Stack {
-    nginx: Nginx,
-    mport: u16,
-}
-
-impl Stack {
-    fn start(pki: &Pki, redis: &Redis, proxy: &BlackholeProxy, tickets: bool) -> Stack {
-        let mport = free_port();
-        let nginx = Nginx::start(
-            pki,
-            HTTP,
-            NginxOpts::new()
-                .workers(1)
-                .var("REDIS", format!("redis://127.0.0.1:{}/0", proxy.port))
-                .var("MPORT", mport)
-                .var(
-                    "TICKETS",
-                    if tickets {
-                        "dyncert_session_tickets on;"
-                    } else {
-                        ""
-                    },
-                ),
-        );
-        let up = poll(Duration::from_secs(10), Duration::from_millis(100), || {
-            let r = redis.cmd(&["PUBSUB", "NUMSUB", "dyncert:invalidate"]);
-            format!("{r:?}").contains("Int(1)").then_some(())
-        });
-        assert!(up.is_some(), "no subscriber:\n{}", nginx.error_log());
-        Stack { nginx, mport }
-    }
-
-    fn metric(&self, key: &str) -> f64 {
-        scrape_metrics(self.mport).get(key)
-    }
+/// nginx (one worker) whose Redis is behind `proxy`
+/// ([`BlackholeProxy::nginx_behind`]), with its metrics port.
+fn start(pki: &Pki, redis: &Redis, proxy: &BlackholeProxy, tickets: bool) -> (Nginx, u16) {
+    let url = format!("redis://127.0.0.1:{}/0", proxy.port);
+    proxy.nginx_behind(pki, &url, redis, tickets)
 }
 
 #[test]
@@ -82,17 +27,17 @@ fn a_name_is_served_within_seconds_after_the_command_connection_went_silent() {
     let pki = Pki::new();
     let redis = Redis::start();
     let proxy = BlackholeProxy::start(redis.port);
-    let stack = Stack::start(&pki, &redis, &proxy, false);
+    let (nginx, mport) = start(&pki, &redis, &proxy, false);
     let warm = pki.leaf(&["warm.example.com"], 4001);
     redis.put_leaf("warm.example.com", &warm);
     let r = poll(Duration::from_secs(10), Duration::from_millis(100), || {
         Request::get("/")
             .sni("warm.example.com")
-            .https(stack.nginx.port)
+            .https(nginx.port)
             .ok()
             .filter(|r| r.tls().leaf_serial == warm.serial_hex)
     });
-    assert!(r.is_some(), "warm-up failed:\n{}", stack.nginx.error_log());
+    assert!(r.is_some(), "warm-up failed:\n{}", nginx.error_log());
     // The command connection and the subscription's.
     let before = proxy.accepted();
     assert_eq!(before, 2);
@@ -104,12 +49,12 @@ fn a_name_is_served_within_seconds_after_the_command_connection_went_silent() {
     let served = poll(Duration::from_secs(15), Duration::from_millis(250), || {
         Request::get("/")
             .sni("late.example.com")
-            .https(stack.nginx.port)
+            .https(nginx.port)
             .ok()
             .filter(|r| r.tls().leaf_serial == late.serial_hex)
             .map(|_| t0.elapsed())
     });
-    let log = stack.nginx.error_log();
+    let log = nginx.error_log();
     // One timeout (1 s), the name's error backoff (1 s), then a lookup on
     // the new connection.
     assert!(
@@ -126,7 +71,7 @@ fn a_name_is_served_within_seconds_after_the_command_connection_went_silent() {
         (before + 1..=before + 3).contains(&after),
         "{after} connections"
     );
-    proxy.assert_command_timeout_logged(&stack.nginx, stack.mport);
+    proxy.assert_command_timeout_logged(&nginx, mport);
 }
 
 #[test]
@@ -134,12 +79,12 @@ fn the_session_ticket_task_moves_to_a_new_connection_when_its_own_went_silent() 
     let pki = Pki::new();
     let redis = Redis::start();
     let proxy = BlackholeProxy::start(redis.port);
-    let stack = Stack::start(&pki, &redis, &proxy, true);
+    let (nginx, mport) = start(&pki, &redis, &proxy, true);
     // The worker made the fleet's first key set.
     let made = poll(Duration::from_secs(10), Duration::from_millis(100), || {
-        (stack.metric("dyncert_ticket_key_rotations_total") == 1.0).then_some(())
+        (scrape_metrics(mport).get("dyncert_ticket_key_rotations_total") == 1.0).then_some(())
     });
-    assert!(made.is_some(), "no key set:\n{}", stack.nginx.error_log());
+    assert!(made.is_some(), "no key set:\n{}", nginx.error_log());
 
     proxy.freeze();
     // The operator drops every key (after a leak): the next check on a
@@ -147,16 +92,17 @@ fn the_session_ticket_task_moves_to_a_new_connection_when_its_own_went_silent() 
     redis.cmd(&["DEL", "dyncert:ticket-keys"]);
     let t0 = Instant::now();
     let rotated = poll(Duration::from_secs(15), Duration::from_millis(200), || {
-        (stack.metric("dyncert_ticket_key_rotations_total") == 2.0).then(|| t0.elapsed())
+        (scrape_metrics(mport).get("dyncert_ticket_key_rotations_total") == 2.0)
+            .then(|| t0.elapsed())
     });
     assert!(
         rotated.is_some_and(|t| t < Duration::from_secs(5)),
         "no new key set within 5 s of the freeze (after {rotated:?}):\n{}",
-        tail(&stack.nginx.error_log(), 20)
+        tail(&nginx.error_log(), 20)
     );
     assert!(matches!(
         redis.cmd(&["EXISTS", "dyncert:ticket-keys"]),
         Reply::Int(1)
     ));
-    proxy.assert_command_timeout_logged(&stack.nginx, stack.mport);
+    proxy.assert_command_timeout_logged(&nginx, mport);
 }

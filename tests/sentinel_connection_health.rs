@@ -24,29 +24,6 @@ use dyncert_testkit::*;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_fetch_timeout 1s;
-    dyncert_redis_timeout 1s;
-    dyncert_cache max=1000 valid=1h stale=1h negative=1s;
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        @TICKETS@
-        location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
-    }
-}
-"#;
-
 /// A primary the sentinels name at the proxy's address (no replica: no
 /// failover is wanted here).
 struct Deployment {
@@ -77,32 +54,10 @@ impl Deployment {
     }
 }
 
-/// nginx (one worker) whose primary is behind the proxy, with the
-/// invalidation subscription up.
+/// nginx (one worker) whose primary is behind the proxy
+/// ([`BlackholeProxy::nginx_behind`]), with its metrics port.
 fn start_nginx(pki: &Pki, d: &Deployment, tickets: bool) -> (Nginx, u16) {
-    let mport = free_port();
-    let nginx = Nginx::start(
-        pki,
-        HTTP,
-        NginxOpts::new()
-            .workers(1)
-            .var("REDIS", d.url())
-            .var("MPORT", mport)
-            .var(
-                "TICKETS",
-                if tickets {
-                    "dyncert_session_tickets on;"
-                } else {
-                    ""
-                },
-            ),
-    );
-    let up = poll(Duration::from_secs(10), Duration::from_millis(100), || {
-        let r = d.primary.cmd(&["PUBSUB", "NUMSUB", "dyncert:invalidate"]);
-        format!("{r:?}").contains("Int(1)").then_some(())
-    });
-    assert!(up.is_some(), "no subscriber:\n{}", nginx.error_log());
-    (nginx, mport)
+    d.proxy.nginx_behind(pki, &d.url(), &d.primary, tickets)
 }
 
 #[test]

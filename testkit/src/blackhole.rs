@@ -12,9 +12,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::nginx::Nginx;
+use crate::conf::{http_block, source_server, METRICS_SERVER};
+use crate::nginx::{Nginx, NginxOpts};
+use crate::pki::Pki;
 use crate::plain::scrape_metrics;
-use crate::process::tail;
+use crate::process::{free_port, poll, tail};
+use crate::redis::Redis;
 
 /// A TCP proxy to a redis-server on 127.0.0.1; see the module's comment.
 pub struct BlackholeProxy {
@@ -104,6 +107,42 @@ impl BlackholeProxy {
     /// How many connections it has accepted in all.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// nginx (one worker) for the connection-health tests, whose
+    /// `dyncert_redis` `url` leads through this proxy to `redis`, with
+    /// `dyncert_session_tickets on` when `tickets`; returned with its
+    /// metrics port once its invalidation subscription is up on `redis`.
+    /// The timeouts are one second, the figure
+    /// [`Self::assert_command_timeout_logged`] looks for, and so is the
+    /// negative cache: a name that failed during the freeze is asked
+    /// again a second later.
+    pub fn nginx_behind(&self, pki: &Pki, url: &str, redis: &Redis, tickets: bool) -> (Nginx, u16) {
+        let http = http_block(&[
+            "    dyncert_redis @REDIS@;",
+            "    dyncert_fetch_timeout 1s;",
+            "    dyncert_redis_timeout 1s;",
+            "    dyncert_cache max=1000 valid=1h stale=1h negative=1s;",
+            if tickets {
+                "    dyncert_session_tickets on;"
+            } else {
+                ""
+            },
+            METRICS_SERVER,
+            &source_server(""),
+        ]);
+        let mport = free_port();
+        let opts = NginxOpts::new()
+            .workers(1)
+            .var("REDIS", url)
+            .var("MPORT", mport);
+        let nginx = Nginx::start(pki, &http, opts);
+        let up = poll(Duration::from_secs(10), Duration::from_millis(100), || {
+            let r = redis.cmd(&["PUBSUB", "NUMSUB", "dyncert:invalidate"]);
+            format!("{r:?}").contains("Int(1)").then_some(())
+        });
+        assert!(up.is_some(), "no subscriber:\n{}", nginx.error_log());
+        (nginx, mport)
     }
 
     /// Asserts that `nginx` logged a command timeout on the open
