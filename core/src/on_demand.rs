@@ -187,18 +187,78 @@ pub const ADDRESSES_MAX: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Client {
     /// A TCP client's address: the PROXY protocol source when the listener
-    /// has `proxy_protocol`, else the socket's peer address.
+    /// has `proxy_protocol`, else the socket's peer address; or a QUIC
+    /// client's address that nginx validated ([`Transport::QuicValidated`]).
     Address(IpAddr),
     /// A TCP connection without an IP address (a UNIX-domain listener):
     /// all of them share one budget.
     Local,
-    /// A QUIC handshake: the certificate callback runs before nginx has
-    /// validated the client's address (one Initial, which needs no return
-    /// path, gets there), so the address means nothing and every QUIC
-    /// handshake shares one budget. A browser's first visit to a name is
+    /// A QUIC handshake whose address nginx has not validated (no
+    /// `quic_retry on`): the certificate callback runs on the client's
+    /// first Initial, which needs no return path, so the address means
+    /// nothing and every such handshake shares one budget. A browser's first visit to a name is
     /// over TCP, which queues it under its own address whatever QUIC
     /// floods do.
     Quic,
+}
+
+/// How a handshake reached the certificate callback, as far as its
+/// client's address goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP: the peer completed the three-way handshake, so its address
+    /// (or the PROXY source its balancer vouched for) is real.
+    Tcp,
+    /// QUIC whose address nginx has not validated: the certificate
+    /// callback runs on the client's first Initial.
+    Quic,
+    /// QUIC on a listener whose default server has `quic_retry on`: nginx
+    /// creates a connection only for an Initial that carries a valid
+    /// address validation token (a Retry's, or a NEW_TOKEN's, both bound
+    /// to the client's address), so the peer address is a return path.
+    QuicValidated,
+}
+
+/// Longest text address nginx writes for a PROXY source: an IPv6 address
+/// (45 characters with an embedded IPv4 part) with room to spare; longer
+/// text is not an address.
+const PROXY_SRC_MAX: usize = 64;
+
+impl Client {
+    /// Who a handshake is charged to, from what the shell read off the
+    /// connection: `proxy_src`, the PROXY protocol source nginx parsed
+    /// (text, as in `c->proxy_protocol->src_addr`); `peer`, the socket's
+    /// peer address (None for a UNIX-domain socket).
+    ///
+    /// - Unvalidated QUIC: [`Client::Quic`], whatever the addresses.
+    /// - Validated QUIC: the peer address (nginx takes no PROXY header on
+    ///   QUIC, so a source there is ignored); [`Client::Quic`] without one.
+    /// - TCP: the PROXY source when it is an IP address, else the peer (a
+    ///   header nginx kept but whose source is no address is charged to the
+    ///   balancer, which all such connections then share), else
+    ///   [`Client::Local`].
+    ///
+    /// An IPv4-mapped IPv6 address (a dual-stack listener) is its IPv4
+    /// address, so both forms share one budget.
+    pub fn of(proxy_src: Option<&[u8]>, peer: Option<IpAddr>, transport: Transport) -> Client {
+        let address = |ip: IpAddr| Client::Address(ip.to_canonical());
+        match transport {
+            Transport::Quic => Client::Quic,
+            Transport::QuicValidated => peer.map_or(Client::Quic, address),
+            Transport::Tcp => proxy_src
+                .and_then(parse_proxy_src)
+                .or(peer)
+                .map_or(Client::Local, address),
+        }
+    }
+}
+
+/// A PROXY source's text as an IP address: bounded, UTF-8, no zone id.
+fn parse_proxy_src(src: &[u8]) -> Option<IpAddr> {
+    if src.len() > PROXY_SRC_MAX {
+        return None;
+    }
+    core::str::from_utf8(src).ok()?.parse().ok()
 }
 
 /// The budget key of an address: an IPv4 address, or the /64 of an IPv6
@@ -554,6 +614,78 @@ mod tests {
         ] {
             assert!(!is_queueable_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn tcp_handshakes_are_charged_to_the_proxy_source_else_the_peer() {
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        let tcp = |src: Option<&[u8]>, peer| Client::of(src, peer, Transport::Tcp);
+        assert_eq!(tcp(Some(b"203.0.113.9"), Some(peer)), ip("203.0.113.9"));
+        assert_eq!(tcp(Some(b"2001:db8::1"), Some(peer)), ip("2001:db8::1"));
+        assert_eq!(tcp(None, Some(peer)), ip("192.0.2.7"));
+        // A source that is no address is the balancer's (the peer's).
+        for bad in [
+            &b""[..],
+            b"UNKNOWN",
+            b"203.0.113.9 ",
+            b"203.0.113.256",
+            b"fe80::1%eth0",
+            b"\xff\xfe",
+            b"localhost",
+            &[b'1'; 200],
+        ] {
+            assert_eq!(tcp(Some(bad), Some(peer)), ip("192.0.2.7"), "{bad:?}");
+        }
+        // A UNIX-domain socket: no peer address.
+        assert_eq!(tcp(None, None), Client::Local);
+        assert_eq!(tcp(Some(b"bad"), None), Client::Local);
+        assert_eq!(tcp(Some(b"203.0.113.9"), None), ip("203.0.113.9"));
+    }
+
+    #[test]
+    fn an_ipv4_mapped_address_is_its_ipv4_address() {
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(
+            Client::of(None, Some(mapped), Transport::Tcp),
+            ip("192.0.2.7")
+        );
+        assert_eq!(
+            Client::of(Some(b"::ffff:203.0.113.9"), None, Transport::Tcp),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            Client::of(None, Some(mapped), Transport::QuicValidated),
+            ip("192.0.2.7")
+        );
+        // Not IPv4-compatible ("::a.b.c.d", deprecated): an IPv6 /64.
+        let compat: IpAddr = "::192.0.2.7".parse().unwrap();
+        assert_eq!(
+            Client::of(None, Some(compat), Transport::Tcp),
+            Client::Address(compat)
+        );
+    }
+
+    #[test]
+    fn unvalidated_quic_shares_one_budget_whatever_its_addresses() {
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        for src in [None, Some(&b"203.0.113.9"[..])] {
+            for p in [None, Some(peer)] {
+                assert_eq!(Client::of(src, p, Transport::Quic), Client::Quic);
+            }
+        }
+    }
+
+    #[test]
+    fn validated_quic_is_charged_to_its_peer_and_never_to_a_proxy_source() {
+        let peer: IpAddr = "2001:db8:1:2::5".parse().unwrap();
+        let v = |src, peer| Client::of(src, peer, Transport::QuicValidated);
+        assert_eq!(v(None, Some(peer)), Client::Address(peer));
+        assert_eq!(
+            v(Some(&b"203.0.113.9"[..]), Some(peer)),
+            Client::Address(peer)
+        );
+        assert_eq!(v(Some(&b"203.0.113.9"[..]), None), Client::Quic);
+        assert_eq!(v(None, None), Client::Quic);
     }
 
     const T0: Millis = 1_000_000;
