@@ -3,6 +3,17 @@
 //! module was compiled against (a module only loads into the same version).
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    // nginx-sys's `ngx_feature` cfg values (as ngx's own build script
+    // forwards them), so code that reads an optional module's structures
+    // (`http_v3`) compiles only where its bindings exist.
+    if let Ok(check) = std::env::var("DEP_NGINX_FEATURES_CHECK") {
+        println!("cargo::rustc-check-cfg=cfg(ngx_feature, values({check}))");
+    }
+    if let Ok(features) = std::env::var("DEP_NGINX_FEATURES") {
+        for feature in features.split(',').filter(|f| !f.is_empty()) {
+            println!("cargo::rustc-cfg=ngx_feature=\"{feature}\"");
+        }
+    }
     if let Ok(dir) = std::env::var("DEP_NGINX_BUILD_DIR") {
         println!("cargo:rustc-env=DYNCERT_NGINX_BUILD_DIR={dir}");
         // A stable path for scripts: target/nginx-build-dir.txt

@@ -5,7 +5,8 @@
 //! a random-SNI flood from one address no longer turns the stream into a
 //! lottery the issuer's `--ask-rate` draws from, and QUIC handshakes, whose
 //! addresses are not validated at the certificate callback, share one such
-//! budget. Unit rules: core/src/on_demand.rs.
+//! budget, unless the listener's default server has `quic_retry on`.
+//! Unit rules: core/src/on_demand.rs.
 //!
 //! The issuer is `target/<profile>/dyncert` (`cargo build -p dyncert-cli`).
 
@@ -41,6 +42,7 @@ http {
         dyncert_on_demand on;
         location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
     }
+    @SERVERS@
 }
 "#;
 
@@ -56,12 +58,20 @@ struct OnDemand {
 impl OnDemand {
     /// `listen` is another listen line of the on-demand server.
     fn start(negative: &str, listen: &str) -> OnDemand {
+        OnDemand::start_with(negative, listen, "")
+    }
+
+    /// `servers`: more `server` blocks, after the on-demand server (which
+    /// stays the default of its listeners).
+    fn start_with(negative: &str, listen: &str, servers: &str) -> OnDemand {
         let pki = Pki::new();
         let redis = Redis::start();
         let (mport, pport) = (free_port(), free_port());
         let nginx = Nginx::start(
             &pki,
-            &HTTP.replace("@LISTEN@", listen),
+            &HTTP
+                .replace("@LISTEN@", listen)
+                .replace("@SERVERS@", servers),
             NginxOpts::new()
                 .workers(1)
                 .redis(&redis)
@@ -256,21 +266,51 @@ fn one_address_flood_does_not_keep_another_addresses_name_from_the_issuer() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// One QUIC Initial per name, never answered (what a sender with a forged
-/// address can do; the audit's /tmp/zz_quic_initial.py).
+/// One QUIC Initial per name from the local address `argv[2]` (a fresh
+/// port each), never answered (what a sender with a forged address can do;
+/// the audit's /tmp/zz_quic_initial.py); with `argv[3]` = `retry`, a Retry
+/// is answered with the Initial carrying its token, as a client whose
+/// address is real does, and the server's answer waited for.
 const QUIC_INITIALS: &str = r#"
 import socket, sys, time
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-port = int(sys.argv[1]); names = sys.argv[2:]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+port = int(sys.argv[1]); src = sys.argv[2]; retry = sys.argv[3] == "retry"; names = sys.argv[4:]
 addr = ("127.0.0.1", port)
-for n in names:
-    c = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=["h3"], server_name=n))
-    c.connect(addr, now=time.time())
+def send(c, s):
     for data, _ in c.datagrams_to_send(now=time.time()):
         s.sendto(data, addr)
+for n in names:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((src, 0))
+    s.settimeout(5)
+    c = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=["h3"], server_name=n))
+    c.connect(addr, now=time.time())
+    send(c, s)
+    if retry:
+        data, _ = s.recvfrom(65536)
+        c.receive_datagram(data, addr, now=time.time())
+        send(c, s)
+        s.recvfrom(65536)
+    s.close()
 "#;
+
+/// Sends [`QUIC_INITIALS`] for `names` from `src`.
+fn quic_initials(python: &Path, port: u16, src: &str, retry: bool, names: &[String]) {
+    let out = Command::new(python)
+        .args(["-c", QUIC_INITIALS])
+        .arg(port.to_string())
+        .arg(src)
+        .arg(if retry { "retry" } else { "no" })
+        .args(names)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 /// The venv's Python with aioquic (scripts/test.sh makes it), or `None`
 /// after saying why the test is skipped: no aioquic, or an NGINX without
@@ -324,17 +364,7 @@ fn quic_initials_share_one_budget_and_tcp_visitors_keep_their_own() {
     };
     let mut s = OnDemand::start("30s", "listen 127.0.0.1:@PORT@ quic reuseport;");
     let names: Vec<String> = (0..40).map(|i| format!("q{i}.spoofed.example")).collect();
-    let out = Command::new(&python)
-        .args(["-c", QUIC_INITIALS])
-        .arg(s.nginx.port.to_string())
-        .args(&names)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    quic_initials(&python, s.nginx.port, "127.0.0.1", false, &names);
     // Every lookup has ended: each name got a negative entry.
     let refused = |s: &OnDemand| s.metric("dyncert_on_demand_refused_total{reason=\"quic\"}");
     let settled = poll(Duration::from_secs(5), Duration::from_millis(50), || {
@@ -364,6 +394,122 @@ fn quic_initials_share_one_budget_and_tcp_visitors_keep_their_own() {
         got.is_some(),
         "{left} not queued over TCP\n{}",
         s.nginx.logs()
+    );
+    s.nginx.assert_healthy();
+}
+
+/// `quic_retry on`: nginx creates a QUIC connection only for an Initial
+/// with a token bound to the client's address, so its handshake is charged
+/// to that address like a TCP one: three clients from three /24s queue
+/// `PER_ADDRESS` names each, more than the shared QUIC budget would let
+/// through, and none is refused for QUIC. Initials that do not answer the
+/// Retry never reach the certificate callback.
+#[test]
+fn with_quic_retry_a_quic_client_is_charged_to_its_own_address() {
+    let test = "with_quic_retry_a_quic_client_is_charged_to_its_own_address";
+    let Some(python) = quic_python(test) else {
+        return;
+    };
+    let mut s = OnDemand::start(
+        "30s",
+        "listen 127.0.0.1:@PORT@ quic reuseport;\n        quic_retry on;",
+    );
+    let port = s.nginx.port;
+    let per = PER_ADDRESS as usize + 1;
+    let mut all = Vec::new();
+    for net in 1..=3 {
+        let names: Vec<String> = (0..per).map(|i| format!("v{i}.net{net}.example")).collect();
+        quic_initials(&python, port, &format!("127.0.{net}.1"), true, &names);
+        all.extend(names);
+    }
+    let forged: Vec<String> = (0..10).map(|i| format!("f{i}.forged.example")).collect();
+    quic_initials(&python, port, "127.0.9.1", false, &forged);
+    let per_address =
+        |s: &OnDemand| s.metric("dyncert_on_demand_refused_total{reason=\"per_address\"}");
+    let settled = poll(Duration::from_secs(5), Duration::from_millis(50), || {
+        let done = s.metric("dyncert_on_demand_enqueued_total") + per_address(&s);
+        (done >= all.len() as f64).then_some(())
+    });
+    let queued = s.queued();
+    assert!(
+        settled.is_some(),
+        "not all QUIC handshakes were decided: {queued:?}, {} refused per address, {} for QUIC\n{}",
+        per_address(&s),
+        s.metric("dyncert_on_demand_refused_total{reason=\"quic\"}"),
+        s.nginx.logs()
+    );
+    eprintln!(
+        "validated QUIC: {} of {} names queued",
+        queued.len(),
+        all.len()
+    );
+    // Four per address (five if a period ended meanwhile); the shared QUIC
+    // budget would have let through 4, or 8.
+    assert!(queued.len() >= 3 * PER_ADDRESS as usize, "{queued:?}");
+    assert_eq!(queued.len() as f64 + per_address(&s), all.len() as f64);
+    assert_eq!(
+        s.metric("dyncert_on_demand_refused_total{reason=\"quic\"}"),
+        0.0
+    );
+    assert!(queued.iter().all(|n| all.contains(n)), "{queued:?}");
+    s.nginx.assert_healthy();
+}
+
+/// nginx validates QUIC addresses by the `quic_retry` of the listener's
+/// default server, whatever server the SNI then selects. An attacker who
+/// names a server with `quic_retry on` behind a default server without it
+/// gets no Retry, and its Initials from forged addresses (here ten /24s)
+/// must still share the QUIC budget, not get one budget per address.
+#[test]
+fn quic_retry_of_a_server_chosen_by_sni_does_not_make_initials_validated() {
+    let test = "quic_retry_of_a_server_chosen_by_sni_does_not_make_initials_validated";
+    let Some(python) = quic_python(test) else {
+        return;
+    };
+    let mut s = OnDemand::start_with(
+        "30s",
+        "listen 127.0.0.1:@PORT@ quic reuseport;",
+        r#"server {
+        listen 127.0.0.1:@PORT@ ssl;
+        listen 127.0.0.1:@PORT@ quic;
+        server_name *.retry.example;
+        quic_retry on;
+        ssl_certificate     default.crt;
+        ssl_certificate_key default.key;
+        dyncert on;
+        dyncert_on_demand on;
+        location / { return 200; }
+    }"#,
+    );
+    let port = s.nginx.port;
+    let mut all = Vec::new();
+    for net in 1..=10 {
+        let names: Vec<String> = (0..PER_ADDRESS)
+            .map(|i| format!("q{i}.net{net}.retry.example"))
+            .collect();
+        quic_initials(&python, port, &format!("127.0.{net}.1"), false, &names);
+        all.extend(names);
+    }
+    let refused = |s: &OnDemand| s.metric("dyncert_on_demand_refused_total{reason=\"quic\"}");
+    let settled = poll(Duration::from_secs(5), Duration::from_millis(50), || {
+        let done = s.metric("dyncert_on_demand_enqueued_total") + refused(&s);
+        (done >= all.len() as f64).then_some(())
+    });
+    let queued = s.queued();
+    assert!(
+        settled.is_some(),
+        "not all QUIC handshakes were decided: {queued:?}, {} refused for QUIC\n{}",
+        refused(&s),
+        s.nginx.logs()
+    );
+    eprintln!(
+        "forged QUIC: {} of {} names queued",
+        queued.len(),
+        all.len()
+    );
+    assert!(
+        !queued.is_empty() && queued.len() <= 2 * PER_ADDRESS as usize,
+        "{queued:?}"
     );
     s.nginx.assert_healthy();
 }

@@ -7,10 +7,9 @@
 use core::ffi::{c_int, c_void, CStr};
 use core::mem::size_of;
 use core::ptr;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use dyncert_core::on_demand::Client;
+use dyncert_core::on_demand::{Client, Transport};
 use dyncert_core::outcome::CertSource;
 use dyncert_core::tenant::session_context;
 use dyncert_core::validate::{KeyKind, ParsedCert};
@@ -142,13 +141,13 @@ pub unsafe fn connection_of<'a>(ssl: *mut SSL) -> Option<&'a ngx_connection_t> {
     unsafe { c.cast::<ngx_connection_t>().as_ref() }
 }
 
-/// Who made a handshake, for the on-demand enqueue budget. A QUIC
-/// handshake's address is not validated when the certificate callback
-/// runs, so it is [`Client::Quic`]. Over TCP, the PROXY protocol source
-/// when the listener has `proxy_protocol` (nginx read the header before
-/// the handshake; realip's `set_real_ip_from` only applies to requests,
-/// later), else the peer address; [`Client::Local`] without one (a
-/// UNIX-domain listener).
+/// Who made a handshake, for the on-demand enqueue budget: gathers the
+/// PROXY protocol source, the peer address and the transport, and
+/// [`Client::of`] decides. Over TCP nginx read the PROXY header before the
+/// handshake (realip's `set_real_ip_from` only applies to requests, later)
+/// and `c->sockaddr` is still the peer's address. A QUIC handshake's
+/// address is validated only on a listener with `quic_retry on`
+/// ([`quic_address_validated`]).
 ///
 /// The PROXY source is taken from any peer, as nginx itself does on such a
 /// listener: the rule (README, "Which address") is that only the balancer
@@ -163,23 +162,90 @@ pub fn on_demand_client(c: Option<&ngx_connection_t>) -> Client {
     let Some(c) = c else {
         return Client::Local;
     };
-    if c.type_ == libc::SOCK_DGRAM {
-        return Client::Quic;
-    }
+    let transport = match c.type_ {
+        libc::SOCK_DGRAM if quic_address_validated(c) => Transport::QuicValidated,
+        libc::SOCK_DGRAM => Transport::Quic,
+        _ => Transport::Tcp,
+    };
     // SAFETY: c->proxy_protocol is NULL or the PROXY header nginx parsed
     // into the connection's pool, which outlives the handshake.
-    let proxied = unsafe { c.proxy_protocol.as_ref() }.and_then(|pp| {
-        core::str::from_utf8(pp.src_addr.as_bytes())
-            .ok()?
-            .parse::<IpAddr>()
-            .ok()
-    });
-    // At the handshake `c->sockaddr` is still the peer's address (realip
-    // runs on requests).
-    match proxied.or_else(|| super::access::client_ip(c)) {
-        Some(ip) => Client::Address(ip),
-        None => Client::Local,
+    let proxy_src = unsafe { c.proxy_protocol.as_ref() }.map(|pp| pp.src_addr.as_bytes());
+    Client::of(proxy_src, super::access::client_ip(c), transport)
+}
+
+/// Whether nginx validated the address of a QUIC connection before its
+/// handshake: `quic_retry` of its listener's default server, the
+/// configuration `ngx_http_v3_init_stream` handed to `ngx_quic_run`. With
+/// it on, `ngx_quic_handle_new_connection` answers every Initial without a
+/// valid token (bound to the client's address) with a Retry and creates no
+/// connection, so the certificate callback never runs for one. The server
+/// the SNI selects does not count: its `quic_retry` was never applied.
+/// (nginx's own per-connection flag, `qc->validated`, is in a private
+/// structure the bindings do not have.)
+#[cfg(ngx_feature = "http_v3")]
+fn quic_address_validated(c: &ngx_connection_t) -> bool {
+    use ngx::ffi::{ngx_http_connection_t, ngx_http_v3_srv_conf_t};
+    let Some(index) = module_ctx_index(c"ngx_http_v3_module") else {
+        return false;
+    };
+    // SAFETY: c is the main connection of an HTTP/3 QUIC connection, whose
+    // data ngx_http_init_connection set to its ngx_http_connection_t (the
+    // same cast as in the ClientHello callback).
+    let Some(hc) = (unsafe { c.data.cast::<ngx_http_connection_t>().as_ref() }) else {
+        return false;
+    };
+    // SAFETY: hc->addr_conf is the listening address's configuration, set
+    // by ngx_http_init_connection and kept in the cycle's pool.
+    let Some(addr) = (unsafe { hc.addr_conf.as_ref() }) else {
+        return false;
+    };
+    if addr.quic() == 0 {
+        return false;
     }
+    // SAFETY: the default server of an address is a core server
+    // configuration of the cycle.
+    let Some(cscf) = (unsafe { addr.default_server.as_ref() }) else {
+        return false;
+    };
+    // SAFETY: a server's ctx holds one srv_conf slot per HTTP module; the
+    // v3 module's is its ngx_http_v3_srv_conf_t (ngx_http_get_module_srv_conf).
+    let h3scf = unsafe {
+        cscf.ctx
+            .as_ref()
+            .map(|ctx| (*ctx.srv_conf.add(index)).cast::<ngx_http_v3_srv_conf_t>())
+    };
+    // SAFETY: NULL or the merged configuration, which lives with the cycle.
+    h3scf
+        .and_then(|p| unsafe { p.as_ref() })
+        .is_some_and(|h3| h3.quic.retry == 1)
+}
+
+#[cfg(not(ngx_feature = "http_v3"))]
+fn quic_address_validated(_c: &ngx_connection_t) -> bool {
+    false
+}
+
+/// The ctx_index of the module named `name` in the running cycle, looked
+/// up by name rather than through its symbol, so that the module still
+/// loads into an nginx built without it (`--with-compat`).
+#[cfg(ngx_feature = "http_v3")]
+fn module_ctx_index(name: &CStr) -> Option<usize> {
+    // SAFETY: ngx_cycle is the worker's live cycle; its modules array has
+    // modules_n entries, each a live ngx_module_t.
+    let cycle = unsafe { ngx::ffi::ngx_cycle.as_ref() }?;
+    if cycle.modules.is_null() {
+        return None;
+    }
+    // SAFETY: as above.
+    let modules = unsafe { core::slice::from_raw_parts(cycle.modules, cycle.modules_n) };
+    modules.iter().find_map(|&m| {
+        // SAFETY: a live module of the cycle.
+        let m = unsafe { m.as_ref() }?;
+        // SAFETY: a module's name is NULL or a static NUL-terminated string
+        // (ngx_module_names, or the dynamic module's own).
+        let found = !m.name.is_null() && unsafe { CStr::from_ptr(m.name) } == name;
+        found.then_some(m.ctx_index)
+    })
 }
 
 /// The connection's ConnInfo, allocated from its pool on first use.
