@@ -519,6 +519,17 @@ impl Worker {
                 return Handled::Ack;
             }
         };
+        // The module queues no such name (on_demand::decide), but the
+        // stream is anyone's with write access to Redis: checked again
+        // before the ask endpoint and the CA are troubled with it.
+        if let Some(why) = on_demand::unissuable(&name) {
+            m.on_demand(OnDemand::Refused);
+            log(format_args!(
+                "on-demand \"{name}\": refused (no CA can issue for {})",
+                why.as_str()
+            ));
+            return Handled::Ack;
+        }
         if !seen.insert(name.clone()) {
             return Handled::Ack;
         }

@@ -1101,3 +1101,58 @@ fn an_oversized_stream_entry_is_dropped_without_being_read() {
     );
     assert_eq!(ask.asked(), ["no-after-the-big-one.acme.test"]);
 }
+
+/// Names no CA can issue for (the module's own rule,
+/// `on_demand::unissuable`), put on the stream by anyone who can write to
+/// Redis: each is refused with its reason and counted, and neither the ask
+/// endpoint (which would allow them: they start with `ok-`) nor the CA is
+/// troubled with them. The name after them is handled as usual.
+#[test]
+fn names_no_ca_can_issue_are_refused_before_the_ask_endpoint() {
+    let redis = Redis::start();
+    let ca = SilentCa::start();
+    let ask = AskServer::start();
+    let issuer = Issuer::start_at(
+        &redis,
+        &ca.url(),
+        &[
+            "--ask",
+            &ask.url(),
+            "--lease-ttl",
+            "3s",
+            "--acme-timeout",
+            "1s",
+        ],
+    );
+    issuer.wait_metric("dyncert_issuer_active", Duration::from_secs(10), |v| {
+        v == 1.0
+    });
+    let unissuable = [
+        ("ok-intranet", "a single-label name"),
+        ("ok-shop.localhost", "a special-use top-level domain"),
+        ("ok-shop.onion", "a special-use top-level domain"),
+        ("ok-shop.0x7f", "a numeric top-level label"),
+        (
+            "ok-shop.ab--cd.test",
+            "a label that is bad IDNA or reserved",
+        ),
+    ];
+    for (name, _) in unissuable {
+        xadd(&redis, name);
+    }
+    xadd(&redis, "no-after-them.acme.test");
+    let n = unissuable.len() as f64 + 1.0;
+    issuer.wait_metric(REFUSED, Duration::from_secs(10), |v| v >= n);
+    assert_eq!(ask.asked(), ["no-after-them.acme.test"]);
+    assert_eq!(ca.accepted(), 0, "nothing ordered");
+    let log = issuer.log();
+    for (name, why) in unissuable {
+        assert!(
+            log.contains(&format!(
+                "on-demand \"{name}\": refused (no CA can issue for {why}"
+            )),
+            "{log}"
+        );
+        assert!(redis.record(name).is_empty());
+    }
+}
