@@ -16,10 +16,14 @@
 //! holds at most [`Limits::max_per_client`] requests that started or queued
 //! a read, and its requests past that are the ones answered 503. A CA
 //! validates from addresses of its own, so a flood from one address never
-//! refuses it. A request for a token being read joins that read whoever
-//! asks (within [`Limits::max_waiting`]): it costs no Redis work, and
-//! behind a balancer whose clients all share its address (no realip) a CA
-//! asking for the token a read is under way for must not be refused.
+//! refuses it. A request for a token being read joins that read: it costs
+//! no Redis work, so it takes none of that share, and behind a balancer
+//! whose clients all share its address (no realip) a CA asking for the
+//! token a read is under way for must not be refused. Joins hold a
+//! connection (or an HTTP/2 stream) and a place in the gate, though, so
+//! each address holds at most [`Limits::max_joins_per_client`] of them:
+//! one address asking for one slow token over and over cannot fill the
+//! gate's [`Limits::max_waiting`] places and lock everyone else out.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -118,8 +122,8 @@ pub struct Limits {
     pub queue_wait: Millis,
     /// Most requests one client address holds in the gate at once that
     /// started a read or wait in the FIFO for one; requests joining a read
-    /// under way are not counted (they cost no Redis work; `max_waiting`
-    /// bounds them). A CA asks for one token once from each of
+    /// under way are not counted here (they cost no Redis work;
+    /// [`Limits::max_joins_per_client`] bounds them). A CA asks for one token once from each of
     /// its vantage points, on their own addresses, and a read takes about
     /// a millisecond: even a CA checking several names of an order at once
     /// from one address rarely has more than one request here. 4 leaves
@@ -127,6 +131,19 @@ pub struct Limits {
     /// while a flood from one address takes at most 4 of the 16 reads: a
     /// flooder needs 4 addresses to fill them.
     pub max_per_client: usize,
+    /// Most requests one client address holds in the gate at once that
+    /// joined a read under way. A join costs no Redis work but holds a
+    /// connection and one of the `max_waiting` places until the read ends
+    /// (up to `dyncert_redis_timeout` while Redis is slow), and HTTP/2
+    /// gives one connection 128 of them: without this bound nine HTTP/2
+    /// connections from one address asking for one token fill the gate.
+    /// A CA asks for a token once per vantage point, each on an address of
+    /// its own, so it rarely joins at all; even behind a balancer without
+    /// realip, where every client shares one address, 32 requests for
+    /// tokens already being read (each read about a millisecond) is far
+    /// above what a few CAs and issuers ask at once. With 32, filling the
+    /// 1,024 places takes 32 addresses, not one.
+    pub max_joins_per_client: usize,
     /// How long a token Redis did not have is answered 404 without a read.
     /// Short: an issuer writes the token just before the CA asks, and a
     /// 404 remembered from an earlier ask hides it until then.
@@ -143,6 +160,7 @@ impl Default for Limits {
             max_queued: 128,
             queue_wait: 1_000,
             max_per_client: 4,
+            max_joins_per_client: 32,
             negative_ttl: 2_000,
             negative_max: 1024,
         }
@@ -166,17 +184,29 @@ pub enum Admission {
     /// At a bound: 503 with `Retry-After` now, no read.
     Busy,
     /// The request would start or queue a read, and its client already
-    /// holds its share of those ([`Limits::max_per_client`]): 503 with
+    /// holds its share of those ([`Limits::max_per_client`]), or it would
+    /// join a read under way, and its client already holds
+    /// [`Limits::max_joins_per_client`] such requests: 503 with
     /// `Retry-After` now, no read.
     ClientBusy,
 }
 
-/// A request in the gate and the client it counts against, if any.
+/// A request in the gate and the client it counts against.
 struct Held<W> {
     waiter: W,
-    /// `None` for a request that joined a read under way: it holds none of
-    /// its client's share.
-    client: Option<Client>,
+    client: Client,
+    /// It joined a read under way: it counts among its client's joins,
+    /// not its share of reads.
+    joined: bool,
+}
+
+/// What one client holds in the gate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Holding {
+    /// Requests that started or queued a read.
+    reads: usize,
+    /// Requests that joined a read under way.
+    joins: usize,
 }
 
 /// A request waiting in the FIFO for a read of its token to start.
@@ -196,9 +226,9 @@ pub struct AcmeGate<W> {
     waiting: usize,
     /// Requests waiting for a read to start, oldest first.
     queue: VecDeque<Queued<W>>,
-    /// Requests each client holds in the gate that started or queued a
-    /// read; only clients holding some (at most `max_waiting` entries).
-    held: HashMap<Client, usize>,
+    /// Requests each client holds in the gate; only clients holding some
+    /// (at most `max_waiting` entries).
+    held: HashMap<Client, Holding>,
     /// Tokens Redis did not have, each with the time Redis said so.
     absent: Lru<Millis>,
 }
@@ -223,20 +253,26 @@ impl<W> AcmeGate<W> {
         if self.known_absent(token, now) {
             return Admission::Absent;
         }
-        // Joining a read under way costs no Redis work: no share is asked
-        // for it, and it holds none. (Inflight never refuses a join.)
+        // Joining a read under way costs no Redis work: none of the
+        // client's share of reads is asked for it, only one of its joins.
+        // (Inflight never refuses a join.)
         if self.reads.is_in_flight(token) {
+            if self.joins_by(client) >= self.limits.max_joins_per_client {
+                return Admission::ClientBusy;
+            }
             if self.waiting >= self.limits.max_waiting {
                 return Admission::Busy;
             }
             let held = Held {
                 waiter,
-                client: None,
+                client,
+                joined: true,
             };
             if self.reads.join(token, Some(held)) == Join::Refused {
                 return Admission::Busy;
             }
             self.waiting += 1;
+            self.held.entry(client).or_default().joins += 1;
             return Admission::Wait;
         }
         // Before the read bound: a client over its share is refused whether
@@ -249,7 +285,8 @@ impl<W> AcmeGate<W> {
         }
         let held = Held {
             waiter,
-            client: Some(client),
+            client,
+            joined: false,
         };
         let admission = if self.reads.in_flight() < self.limits.max_reads {
             match self.reads.join(token, Some(held)) {
@@ -271,13 +308,18 @@ impl<W> AcmeGate<W> {
             return Admission::Busy;
         };
         self.waiting += 1;
-        *self.held.entry(client).or_default() += 1;
+        self.held.entry(client).or_default().reads += 1;
         admission
     }
 
     /// Requests `client` holds in the gate that started or queued a read.
     pub fn held_by(&self, client: Client) -> usize {
-        self.held.get(&client).copied().unwrap_or(0)
+        self.held.get(&client).map_or(0, |h| h.reads)
+    }
+
+    /// Requests `client` holds in the gate that joined a read under way.
+    pub fn joins_by(&self, client: Client) -> usize {
+        self.held.get(&client).map_or(0, |h| h.joins)
     }
 
     /// Clients holding requests in the gate.
@@ -432,15 +474,15 @@ impl<W> AcmeGate<W> {
         held.into_iter().map(|h| self.release(h)).collect()
     }
 
-    /// A request leaves the gate: its client's share is free again.
+    /// A request leaves the gate: its client's share (or join) is free
+    /// again.
     fn release(&mut self, h: Held<W>) -> W {
         self.waiting = self.waiting.saturating_sub(1);
-        if let Some(client) = h.client {
-            if let Some(n) = self.held.get_mut(&client) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.held.remove(&client);
-                }
+        if let Some(n) = self.held.get_mut(&h.client) {
+            let count = if h.joined { &mut n.joins } else { &mut n.reads };
+            *count = count.saturating_sub(1);
+            if *n == Holding::default() {
+                self.held.remove(&h.client);
             }
         }
         h.waiter
@@ -537,6 +579,7 @@ mod tests {
             max_queued: 0,
             queue_wait: 1_000,
             max_per_client: 4,
+            max_joins_per_client: 32,
             negative_ttl: 2_000,
             negative_max,
         }
@@ -1021,5 +1064,71 @@ mod tests {
         assert!(gate.promote().is_empty());
         assert_eq!(gate.expire(110), [4]);
         assert_eq!((gate.held_by(c(4)), gate.waiting()), (0, 1));
+    }
+    #[test]
+    fn one_client_holds_at_most_its_joins_and_others_still_read() {
+        // One address asking for one slow token over and over (HTTP/2
+        // streams, or many connections), past the gate's places.
+        let mut gate = AcmeGate::new(Limits::default());
+        let l = *gate.limits();
+        let (flooder, ca) = (Client::V4(1), Client::V4(2));
+        assert_eq!(gate.admit("slow", flooder, 0, 0), Admission::Read);
+        for w in 1..=l.max_joins_per_client {
+            assert_eq!(gate.admit("slow", flooder, w, 0), Admission::Wait);
+        }
+        for w in 0..l.max_waiting {
+            assert_eq!(
+                gate.admit("slow", flooder, 10_000 + w, 0),
+                Admission::ClientBusy
+            );
+        }
+        assert_eq!(gate.joins_by(flooder), l.max_joins_per_client);
+        assert_eq!(gate.held_by(flooder), 1, "joins are not its reads");
+        assert_eq!(gate.waiting(), 1 + l.max_joins_per_client);
+        // The CA's own token is read, and it may join the flooder's read.
+        assert_eq!(gate.admit("real", ca, 20_000, 0), Admission::Read);
+        assert_eq!(gate.admit("slow", ca, 20_001, 0), Admission::Wait);
+        assert_eq!((gate.held_by(ca), gate.joins_by(ca)), (1, 1));
+        // The flooder's own share of reads is untouched by its joins.
+        assert_eq!(gate.admit("other", flooder, 30_000, 0), Admission::Read);
+        // Answered or gone, each join is given back.
+        assert_eq!(gate.abandon(|&w| w == 1), Some(1));
+        assert_eq!(gate.joins_by(flooder), l.max_joins_per_client - 1);
+        assert_eq!(gate.admit("slow", flooder, 40_000, 0), Admission::Wait);
+        let answered = gate.complete("slow", &AcmeAnswer::Absent, 1);
+        assert_eq!(answered.len(), l.max_joins_per_client + 2);
+        assert_eq!((gate.joins_by(flooder), gate.joins_by(ca)), (0, 0));
+        assert_eq!(gate.held_by(flooder), 1, "its read of \"other\"");
+        gate.complete("other", &value(), 1);
+        gate.complete("real", &value(), 1);
+        assert_eq!((gate.waiting(), gate.clients()), (0, 0));
+    }
+
+    #[test]
+    fn joins_and_reads_of_one_client_are_counted_apart() {
+        let mut gate = AcmeGate::new(Limits {
+            max_per_client: 1,
+            max_joins_per_client: 2,
+            ..Limits::default()
+        });
+        let me = c(1);
+        assert_eq!(gate.admit("a", me, 1, 0), Admission::Read);
+        assert_eq!(gate.admit("b", me, 2, 0), Admission::ClientBusy);
+        assert_eq!(gate.admit("a", me, 3, 0), Admission::Wait);
+        assert_eq!(gate.admit("a", me, 4, 0), Admission::Wait);
+        assert_eq!(gate.admit("a", me, 5, 0), Admission::ClientBusy);
+        // A join given back leaves the share of reads as it was.
+        assert_eq!(gate.abandon(|&w| w == 3), Some(3));
+        assert_eq!((gate.held_by(me), gate.joins_by(me)), (1, 1));
+        assert_eq!(gate.admit("b", me, 6, 0), Admission::ClientBusy);
+        assert_eq!(gate.admit("a", me, 7, 0), Admission::Wait);
+        // Zero joins: every join is refused, reads still start.
+        let mut gate = AcmeGate::new(Limits {
+            max_joins_per_client: 0,
+            ..Limits::default()
+        });
+        assert_eq!(gate.admit("a", c(1), 1, 0), Admission::Read);
+        assert_eq!(gate.admit("a", c(2), 2, 0), Admission::ClientBusy);
+        assert_eq!(gate.admit("b", c(2), 3, 0), Admission::Read);
     }
 }

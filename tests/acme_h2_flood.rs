@@ -1,0 +1,284 @@
+//! ACME challenge floods over HTTP/2, where one connection from one
+//! address holds up to 128 requests at once (nginx's concurrent streams).
+//! The gate shares its reads out by client address, so every stream of a
+//! connection counts against that address: a flood of random tokens over
+//! one connection takes at most its 4 reads, its other streams are answered
+//! 503 with `Retry-After: 1` (`dyncert_acme_challenges_client_refused_total`),
+//! and a CA on another address keeps getting its key authorization.
+//! Requests joining a read under way (one token asked for over and over)
+//! are bounded per address too (32): before, nine HTTP/2 connections from
+//! one address asking for one token while Redis was slow filled the
+//! worker's 1,024 places, and a CA asking from elsewhere was answered 503
+//! at once.
+//!
+//! HTTP/2 is spoken by `tests/tools/h2_streams.py` (Python `h2`, which
+//! `scripts/test.sh` installs into `target/tools/venv`).
+
+use dyncert_testkit::conf::dyncert_server;
+use dyncert_testkit::*;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0";
+const KEY_AUTHORIZATION: &str =
+    "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI";
+const FLOODER: &str = "127.0.0.1";
+const CA: &str = "127.0.0.2";
+/// What the gate lets one address hold (core/src/acme.rs, `Limits`).
+const JOINS_PER_CLIENT: usize = 32;
+const PLACES: usize = 1024;
+
+fn path(token: &str) -> String {
+    format!("/.well-known/acme-challenge/{token}")
+}
+
+/// The port-80 server and the TLS one, both with HTTP/2 (h2c with prior
+/// knowledge on port 80, ALPN h2 over TLS) and the challenge answers.
+fn start(redis_timeout: &str) -> (Stack, u16, u16) {
+    let hport = free_port();
+    let rest = format!(
+        r#"
+    dyncert_redis_timeout {redis_timeout};
+    http2 on;
+    # One connection carries the whole flood (nginx's default ends one
+    # after 1,000 requests, and a flooder simply opens the next).
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:@HPORT@;
+        server_name _;
+        dyncert_acme_challenge on;
+        return 301 https://$host$request_uri;
+    }}
+{}"#,
+        dyncert_server("        dyncert_acme_challenge on;\n        location / { return 200; }\n")
+    );
+    let (s, mport) = Stack::with_metrics(&rest, NginxOpts::new().var("HPORT", hport));
+    s.redis
+        .cmd(&["SET", &format!("dyncert:acme:{TOKEN}"), KEY_AUTHORIZATION]);
+    // The worker's Redis connection is up before a flood starts.
+    poll(STARTUP_DEADLINE, Duration::from_millis(100), || {
+        validate(hport).ok().filter(|r| r.status == 200)
+    })
+    .unwrap_or_else(|| panic!("challenge never answered\n{}", s.nginx.logs()));
+    (s, hport, mport)
+}
+
+/// The CA's validation: a new HTTP/1.1 connection from its own address.
+fn validate(hport: u16) -> Result<Exchange, String> {
+    Request::get(&path(TOKEN))
+        .host("shop.example.com")
+        .from(CA)
+        .http(hport)
+}
+
+fn assert_validated(r: &Result<Exchange, String>) {
+    match r {
+        Ok(r) if r.status == 200 && r.body == KEY_AUTHORIZATION => {}
+        other => panic!("the CA was not answered its key authorization: {other:?}"),
+    }
+}
+
+fn tool() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools/h2_streams.py")
+}
+
+fn python() -> PathBuf {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/python");
+    for p in [venv, PathBuf::from("python3")] {
+        let ok = Command::new(&p)
+            .arg(tool())
+            .arg("--check")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return p;
+        }
+    }
+    panic!("no Python with h2 for tests/tools/h2_streams.py; scripts/test.sh installs it into target/tools/venv");
+}
+
+/// A running `h2_streams.py`: its streams are written once [`Flood::start`]
+/// returns.
+struct Flood {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+/// What a flood's streams got, by status, and the rest of its last line.
+#[derive(Debug, Default)]
+struct Outcome {
+    statuses: BTreeMap<u16, usize>,
+    reset: usize,
+    noretry: usize,
+    open: usize,
+}
+
+impl Outcome {
+    fn count(&self, status: u16) -> usize {
+        self.statuses.get(&status).copied().unwrap_or(0)
+    }
+}
+
+impl Flood {
+    fn start(args: &[&str]) -> Flood {
+        let mut child = Command::new(python())
+            .arg(tool())
+            .args(["--bind", FLOODER])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn h2_streams.py");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(line.starts_with("sent "), "h2_streams.py: {line}");
+        Flood { child, out }
+    }
+
+    fn finish(mut self) -> Outcome {
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        let _ = self.child.wait();
+        let rest = line
+            .strip_prefix("done")
+            .unwrap_or_else(|| panic!("h2_streams.py: {line}"));
+        let mut o = Outcome::default();
+        for word in rest.split_whitespace() {
+            let (k, v) = word.split_once('=').unwrap();
+            let v: usize = v.parse().unwrap();
+            match k {
+                "reset" => o.reset = v,
+                "noretry" => o.noretry = v,
+                "open" => o.open = v,
+                status => {
+                    o.statuses.insert(status.parse().unwrap(), v);
+                }
+            }
+        }
+        o
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One TLS connection with 128 streams for random tokens at all times
+/// while a CA validates from another address over HTTP/1.1: the flood gets
+/// 404s and 503s (its address's 4 reads, nothing more), the CA always its
+/// key authorization.
+#[test]
+fn one_http2_connection_flooding_random_tokens_does_not_refuse_a_ca() {
+    let (mut s, hport, mport) = start("1s");
+    let before = scrape_metrics(mport);
+    let port = s.nginx.port.to_string();
+    let flood = Flood::start(&[
+        "--tls",
+        "--port",
+        &port,
+        "--streams",
+        "128",
+        "--path",
+        &path("flood{n}"),
+        "--for",
+        "3",
+    ]);
+    let start = Instant::now();
+    let mut tries = 0;
+    while start.elapsed() < Duration::from_millis(2500) {
+        assert_validated(&validate(hport));
+        tries += 1;
+        thread::sleep(Duration::from_millis(10));
+    }
+    let o = flood.finish();
+    let after = scrape_metrics(mport);
+    let delta = |k: &str| after.get(k) - before.get(k);
+    eprintln!("flood over one HTTP/2 connection: {o:?}; CA: {tries} validations, all 200");
+    assert!(tries >= 50, "only {tries} validations");
+    assert_eq!((o.reset, o.noretry, o.open), (0, 0, 0), "{o:?}");
+    let total: usize = o.statuses.values().sum();
+    assert!(total >= 1000, "the flood sent only {total} requests: {o:?}");
+    assert_eq!(total, o.count(404) + o.count(503), "{o:?}");
+    assert!(
+        o.count(503) > 0,
+        "the flood never went past its share: {o:?}"
+    );
+    assert_eq!(
+        delta("dyncert_acme_challenges_client_refused_total"),
+        o.count(503) as f64,
+        "every 503 of the flood is a per-client refusal"
+    );
+    assert_eq!(
+        delta("dyncert_acme_challenges_refused_total"),
+        o.count(503) as f64
+    );
+    s.nginx.assert_healthy();
+}
+
+/// While Redis hangs, nine h2c connections from one address ask 1,152
+/// times at once for one token: one read and 32 joins, the rest refused at
+/// once. A CA asking from another address gets a read of its own and is
+/// answered as soon as Redis is back. Before the bound the flood's joins
+/// took all 1,024 places and the CA got 503 at once.
+#[test]
+fn one_address_joining_one_slow_read_does_not_fill_the_gate() {
+    // Longer than the test holds Redis, so nothing times out meanwhile.
+    let (mut s, hport, mport) = start("5s");
+    let before = scrape_metrics(mport);
+    let hport_s = hport.to_string();
+    s.redis.pause();
+    let flood = Flood::start(&[
+        "--port",
+        &hport_s,
+        "--connections",
+        "9",
+        "--streams",
+        "128",
+        "--path",
+        &path("slow"),
+    ]);
+    let streams = 9 * 128;
+    let refused_at_once = streams - 1 - JOINS_PER_CLIENT;
+    assert!(streams > PLACES);
+    // The streams reached the gate once some are refused: past its places
+    // (before the bound), or past the address's joins.
+    let refusals = poll(Duration::from_secs(3), Duration::from_millis(20), || {
+        let n = scrape_metrics(mport).get("dyncert_acme_challenges_refused_total")
+            - before.get("dyncert_acme_challenges_refused_total");
+        (n >= (streams - PLACES) as f64).then_some(n)
+    });
+    thread::sleep(Duration::from_millis(300));
+    let ca = thread::spawn(move || validate(hport));
+    thread::sleep(Duration::from_millis(300));
+    s.redis.resume();
+    let answer = ca.join().unwrap();
+    let o = flood.finish();
+    let after = scrape_metrics(mport);
+    let delta = |k: &str| after.get(k) - before.get(k);
+    eprintln!(
+        "flood of joins: {o:?}; CA: {:?}",
+        answer.as_ref().map(|r| r.status)
+    );
+    assert_validated(&answer);
+    assert!(refusals.is_some(), "the flood was not refused: {o:?}");
+    assert_eq!((o.reset, o.noretry, o.open), (0, 0, 0), "{o:?}");
+    // One read and its joins are answered (the token is not in Redis), the
+    // rest refused for the address's joins.
+    assert_eq!(
+        (o.count(404), o.count(503)),
+        (1 + JOINS_PER_CLIENT, refused_at_once),
+        "{o:?}"
+    );
+    assert_eq!(
+        delta("dyncert_acme_challenges_client_refused_total"),
+        refused_at_once as f64
+    );
+    s.nginx.assert_healthy();
+}
