@@ -27,6 +27,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::time::Duration;
 
 use crate::clock::Millis;
 use crate::fetch::AcmeAnswer;
@@ -116,9 +117,10 @@ pub struct Limits {
     /// a millisecond, so 16 reads serve 128 waiting requests within about
     /// 8 ms; more would only hold more connections while Redis is slow.
     pub max_queued: usize,
-    /// Longest a request waits in the FIFO (the glue sets it to
-    /// `dyncert_redis_timeout`: a read under way ends by then, answered or
-    /// not). 0: no FIFO, a request past the reads is answered 503 at once.
+    /// Longest a request waits in the FIFO (`dyncert_redis_timeout`, see
+    /// [`Limits::with_redis_timeout`]: a read under way ends by then,
+    /// answered or not). 0: no FIFO, a request past the reads is answered
+    /// 503 at once.
     pub queue_wait: Millis,
     /// Most requests one client address holds in the gate at once that
     /// started a read or wait in the FIFO for one; requests joining a read
@@ -163,6 +165,20 @@ impl Default for Limits {
             max_joins_per_client: 32,
             negative_ttl: 2_000,
             negative_max: 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// These limits with the FIFO's wait set to `dyncert_redis_timeout`:
+    /// a read under way ends by then, answered or timed out, so a request
+    /// waiting longer would only wait for a read that started after it.
+    /// Whole milliseconds, rounded down (the directive takes milliseconds);
+    /// a timeout past `Millis::MAX` ms waits `Millis::MAX`.
+    pub fn with_redis_timeout(self, timeout: Duration) -> Limits {
+        Limits {
+            queue_wait: Millis::try_from(timeout.as_millis()).unwrap_or(Millis::MAX),
+            ..self
         }
     }
 }
@@ -1130,5 +1146,31 @@ mod tests {
         assert_eq!(gate.admit("a", c(1), 1, 0), Admission::Read);
         assert_eq!(gate.admit("a", c(2), 2, 0), Admission::ClientBusy);
         assert_eq!(gate.admit("b", c(2), 3, 0), Admission::Read);
+    }
+
+    #[test]
+    fn the_fifo_waits_as_long_as_dyncert_redis_timeout() {
+        let l = Limits::default().with_redis_timeout(Duration::from_millis(2_500));
+        assert_eq!(l.queue_wait, 2_500);
+        assert_eq!(
+            l,
+            Limits {
+                queue_wait: 2_500,
+                ..Limits::default()
+            },
+            "nothing else changes"
+        );
+        let ms = |d: Duration| Limits::default().with_redis_timeout(d).queue_wait;
+        assert_eq!(ms(Duration::from_micros(1_999)), 1, "whole milliseconds");
+        assert_eq!(ms(Duration::ZERO), 0, "no wait: no FIFO");
+        assert_eq!(ms(Duration::MAX), Millis::MAX);
+        // The gate's FIFO uses it.
+        let mut gate = AcmeGate::new(Limits {
+            max_reads: 1,
+            ..Limits::default().with_redis_timeout(Duration::from_secs(3))
+        });
+        gate.admit("a", c(1), 1, 0);
+        assert_eq!(gate.admit("b", c(2), 2, 0), Admission::Queued);
+        assert_eq!(gate.next_expiry(0), Some(3_000));
     }
 }

@@ -16,7 +16,7 @@ use std::cell::{Cell, RefCell};
 use dyncert_core::acme::{
     challenge_token, valid_token, AcmeGate, Admission, Client, Limits, RETRY_AFTER,
 };
-use dyncert_core::clock::{Clock, Millis, SystemClock};
+use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::fetch::AcmeAnswer;
 use dyncert_core::metrics::Simple;
 use ngx::ffi::{
@@ -118,19 +118,13 @@ unsafe fn start(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: as above.
     let req = unsafe { &*r };
     let client = Client::of(client_ip(request_connection(req)));
-    // A read under way ends by dyncert_redis_timeout, answered or not.
-    let queue_wait = Module::main_conf(req).map_or(Limits::default().queue_wait, |m| {
-        Millis::try_from(m.redis_timeout().as_millis()).unwrap_or(Millis::MAX)
+    let limits = Module::main_conf(req).map_or(Limits::default(), |m| {
+        Limits::default().with_redis_timeout(m.redis_timeout())
     });
     let now = SystemClock.now();
     let Some(admission) = GATE.with(|g| {
         let mut g = g.try_borrow_mut().ok()?;
-        let gate = g.get_or_insert_with(|| {
-            AcmeGate::new(Limits {
-                queue_wait,
-                ..Limits::default()
-            })
-        });
+        let gate = g.get_or_insert_with(|| AcmeGate::new(limits));
         Some(gate.admit(&token, client, r, now))
     }) else {
         // Only reachable by re-entering from inside the gate: a bug.
