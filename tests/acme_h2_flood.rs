@@ -115,6 +115,7 @@ struct Outcome {
     reset: usize,
     noretry: usize,
     open: usize,
+    cancelled: usize,
 }
 
 impl Outcome {
@@ -124,7 +125,7 @@ impl Outcome {
 }
 
 impl Flood {
-    fn start(args: &[&str]) -> Flood {
+    fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Flood {
         let mut child = Command::new(python())
             .arg(tool())
             .args(["--bind", FLOODER])
@@ -154,6 +155,7 @@ impl Flood {
                 "reset" => o.reset = v,
                 "noretry" => o.noretry = v,
                 "open" => o.open = v,
+                "cancelled" => o.cancelled = v,
                 status => {
                     o.statuses.insert(status.parse().unwrap(), v);
                 }
@@ -219,7 +221,7 @@ fn one_http2_connection_flooding_random_tokens_does_not_refuse_a_ca() {
         delta("dyncert_acme_challenges_refused_total"),
         o.count(503) as f64
     );
-    s.nginx.assert_healthy();
+    s.nginx.stop_and_assert_healthy();
 }
 
 /// While Redis hangs, nine h2c connections from one address ask 1,152
@@ -280,5 +282,42 @@ fn one_address_joining_one_slow_read_does_not_fill_the_gate() {
         delta("dyncert_acme_challenges_client_refused_total"),
         refused_at_once as f64
     );
-    s.nginx.assert_healthy();
+    s.nginx.stop_and_assert_healthy();
+}
+
+/// While Redis hangs, one address's streams waiting for a read are reset
+/// by the client (RST_STREAM) and their connection closed: nginx keeps
+/// them until the read ends, and then their answers go nowhere without
+/// harm; the CA is answered, and their places are the address's again
+/// (the next streams get one read and 32 joins, not 503s).
+#[test]
+fn http2_streams_cancelled_while_waiting_are_let_go_when_their_read_ends() {
+    let (mut s, hport, _) = start("5s");
+    let hport_s = hport.to_string();
+    let args = |token: &str| -> Vec<String> {
+        let path = path(token);
+        ["--port", &hport_s, "--streams", "128", "--path", &path]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    let held = 1 + JOINS_PER_CLIENT;
+    s.redis.pause();
+    let cancel = ["--cancel-after".to_owned(), "1".to_owned()];
+    let o = Flood::start(&[args("slow"), cancel.to_vec()].concat()).finish();
+    assert_eq!((o.count(503), o.cancelled), (128 - held, held), "{o:?}");
+    s.redis.resume();
+    poll(Duration::from_secs(5), Duration::from_millis(50), || {
+        validate(hport).ok().filter(|r| r.status == 200)
+    })
+    .unwrap_or_else(|| panic!("the CA was not answered\n{}", s.nginx.logs()));
+
+    // Another token: "slow" is remembered absent for 2 s now.
+    s.redis.pause();
+    let flood = Flood::start(&args("slow2"));
+    thread::sleep(Duration::from_millis(300));
+    s.redis.resume();
+    let o = flood.finish();
+    assert_eq!((o.count(404), o.count(503)), (held, 128 - held), "{o:?}");
+    assert_eq!((o.reset, o.noretry, o.open), (0, 0, 0), "{o:?}");
+    s.nginx.stop_and_assert_healthy();
 }

@@ -9,7 +9,7 @@ Usage:
         exit 0 when h2 can be imported
     h2_streams.py --port PORT [--bind IP] [--tls --sni NAME]
                   [--connections N] [--streams S] --path TEMPLATE
-                  [--for SECONDS] [--timeout SECONDS]
+                  [--for SECONDS] [--timeout SECONDS] [--cancel-after SECONDS]
         Opens N connections from IP (h2c with prior knowledge, or TLS with
         ALPN h2) and on each S streams at once (at most what the server's
         SETTINGS allow), `GET TEMPLATE` with `{n}` replaced by a number
@@ -20,8 +20,10 @@ Usage:
         "done <status>=<count> ... reset=<n> noretry=<n> open=<n>": reset
         counts streams the server reset, noretry 503s without
         `Retry-After: 1`, open streams unanswered by --timeout (default 10)
-        after the last was sent. Any connection failure prints
-        "error <what>" and exits 1.
+        after the last was sent. With --cancel-after, the streams still
+        open after SECONDS are reset (RST_STREAM CANCEL) and the
+        connections closed at once, and "done" says "cancelled=<n>".
+        Any connection failure prints "error <what>" and exits 1.
 """
 
 import argparse
@@ -131,6 +133,7 @@ def main():
     p.add_argument("--path")
     p.add_argument("--for", dest="duration", type=float, default=0.0)
     p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--cancel-after", type=float)
     args = p.parse_args()
     if args.check:
         return check()
@@ -166,7 +169,9 @@ def main():
             now = time.monotonic()
             flooding = now < until
             if not flooding and deadline is None:
-                deadline = now + args.timeout
+                deadline = now + (
+                    args.timeout if args.cancel_after is None else args.cancel_after
+                )
             if not flooding and (all(not c.open for c in conns) or now >= deadline):
                 break
             ready, _, _ = select.select([c.sock for c in conns], [], [], 0.05)
@@ -194,6 +199,15 @@ def main():
         return 1
     counts = " ".join(f"{k}={v}" for k, v in sorted(statuses.items()))
     still_open = sum(len(c.open) for c in conns)
+    if args.cancel_after is not None:
+        import h2.errors
+
+        for c in conns:
+            for sid in sorted(c.open):
+                c.h2.reset_stream(sid, error_code=h2.errors.ErrorCodes.CANCEL)
+            c.flush()
+        counts += f" cancelled={still_open}"
+        still_open = 0
     say(f"done {counts} reset={reset} noretry={noretry} open={still_open}")
     for c in conns:
         c.sock.close()
