@@ -12,32 +12,23 @@ use dyncert_testkit::*;
 use openssl::pkey::PKey;
 use openssl::symm::Cipher;
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    @EXTRA@
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
-    }
+/// Redis at `@REDIS@`, a test's `@EXTRA@` directives, [`METRICS_SERVER`]
+/// and the module's server answering `<sni> via <source>`.
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;",
+        "    @EXTRA@",
+        METRICS_SERVER,
+        &source_server(""),
+    ])
 }
-"#;
 
 struct Setup {
     s: Stack,
     mport: u16,
 }
 
-/// Starts nginx for `HTTP` with `opts`; `@RPORT@` in `redis_url` is the
+/// Starts nginx for [`http`] with `opts`; `@RPORT@` in `redis_url` is the
 /// Redis port.
 fn start(redis_url: Option<&str>, extra: &str, opts: NginxOpts) -> Setup {
     let pki = Pki::new();
@@ -51,7 +42,7 @@ fn start(redis_url: Option<&str>, extra: &str, opts: NginxOpts) -> Setup {
         .var("MPORT", mport)
         .var("REDIS", url)
         .var("EXTRA", extra);
-    let nginx = Nginx::start(&pki, HTTP, opts);
+    let nginx = Nginx::start(&pki, &http(), opts);
     Setup {
         s: Stack { pki, redis, nginx },
         mport,

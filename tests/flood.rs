@@ -20,25 +20,17 @@ const PARENT: &str = "flood.example.net";
 
 // One worker: the cap is per worker, and "one lookup per name" is per
 // worker cache.
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_api @API@;
-    dyncert_api_timeout 3s;
-    dyncert_fetch_timeout 2s;
-    dyncert_fetch_concurrency 8;
-    dyncert_cache max=10000 valid=1m stale=1h negative=1m;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
-    }
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;",
+        "    dyncert_api @API@;",
+        "    dyncert_api_timeout 3s;",
+        "    dyncert_fetch_timeout 2s;",
+        "    dyncert_fetch_concurrency 8;",
+        "    dyncert_cache max=10000 valid=1m stale=1h negative=1m;",
+        &source_server(" name=$dyncert_name"),
+    ])
 }
-"#;
 
 fn random_u64(i: u64) -> u64 {
     let mut h = RandomState::new().build_hasher();
@@ -54,7 +46,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[test]
 fn random_sni_flood_is_bounded_and_cached_names_stay_fast() {
     assert_eq!(CAP.to_string(), "8", "keep CAP and the config in step");
-    let mut s = ApiStack::start(1, HTTP);
+    let mut s = ApiStack::start(1, &http());
     s.api.set_fallback(ApiReply::not_found().after(API_LATENCY));
     let known = s.pki.leaf(&["steady.example.com"], 13001);
     s.redis.put_leaf("steady.example.com", &known);

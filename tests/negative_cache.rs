@@ -23,22 +23,14 @@ const MAX: usize = 100;
 const _: () = assert!(TENANTS < MAX && 10 * MAX < FLOOD);
 
 // One worker: the cache is per worker.
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_fetch_timeout 2s;
-    dyncert_cache @CACHE@;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
-    }
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;",
+        "    dyncert_fetch_timeout 2s;",
+        "    dyncert_cache @CACHE@;",
+        &source_server(" name=$dyncert_name"),
+    ])
 }
-"#;
 
 fn random_u64(i: u64) -> u64 {
     let mut h = RandomState::new().build_hasher();
@@ -80,7 +72,7 @@ fn handshake_all(
 
 #[test]
 fn random_name_flood_never_evicts_cached_certificates() {
-    let mut s = Stack::start(1, &HTTP.replace("@CACHE@", &format!("max={MAX}")));
+    let mut s = Stack::start(1, &http().replace("@CACHE@", &format!("max={MAX}")));
     let tenants: Vec<(String, Leaf)> = (0..TENANTS)
         .map(|i| {
             let name = format!("tenant{i}.example.com");
@@ -175,11 +167,11 @@ fn negative_max_that_is_not_a_number_fails_config_test() {
             .var("CACHE", cache)
     };
     for good in ["negative_max=0", "max=100 negative_max=50000"] {
-        let t = Nginx::config_test(&pki, HTTP, opts(good));
+        let t = Nginx::config_test(&pki, &http(), opts(good));
         assert!(t.ok, "`dyncert_cache {good}` failed:\n{}", t.output);
     }
     for bad in ["negative_max=abc", "negative_max=-1", "negative_max="] {
-        let t = Nginx::config_test(&pki, HTTP, opts(bad));
+        let t = Nginx::config_test(&pki, &http(), opts(bad));
         assert!(
             !t.ok,
             "`dyncert_cache {bad}` passed nginx -t:\n{}",

@@ -14,33 +14,25 @@ const CHANNEL: &str = "dyncert:invalidate";
 const DEADLINE: Duration = Duration::from_secs(10);
 
 /// `@TLS@` holds the `dyncert_redis_tls_*` lines of a test.
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    @TLS@
-    dyncert_cache max=1000 valid=1h stale=1h negative=1s;
-    server {
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;",
+        "    @TLS@",
+        "    dyncert_cache max=1000 valid=1h stale=1h negative=1s;",
+        r#"    server {
         listen 127.0.0.1:@MPORT@;
         dyncert_acme_challenge on;
         location = /metrics { dyncert_metrics; }
-    }
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
-    }
+    }"#,
+        &source_server(" name=$dyncert_name"),
+    ])
 }
-"#;
 
 fn start(pki: &Pki, url: &str, tls: &str, workers: u32) -> (Nginx, u16) {
     let mport = free_port();
     let nginx = Nginx::start(
         pki,
-        HTTP,
+        &http(),
         NginxOpts::new()
             .workers(workers)
             .var("REDIS", url)
@@ -153,7 +145,7 @@ fn nginx_t_refuses_unreadable_or_misplaced_redis_tls_files() {
     let t = |url: &str, tls: &str| {
         Nginx::config_test(
             &pki,
-            HTTP,
+            &http(),
             NginxOpts::new()
                 .var("REDIS", url)
                 .var("TLS", tls)
@@ -313,24 +305,14 @@ fn cluster_api_answers_are_written_back_with_their_expiry_index_entry() {
     let api = CertApi::start();
     let leaf = pki.leaf(&["api.example.com"], 2401);
     api.set_cert("api.example.com", &leaf);
-    const API_HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_api @API@;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
-    }
-}
-"#;
+    let api_http = http_block(&[
+        "    dyncert_redis @REDIS@;",
+        "    dyncert_api @API@;",
+        &source_server(" name=$dyncert_name"),
+    ]);
     let nginx = Nginx::start(
         &pki,
-        API_HTTP,
+        &api_http,
         NginxOpts::new().var("REDIS", cluster.url()).api(&api),
     );
     let r = nginx.get_sni("api.example.com");
@@ -361,7 +343,7 @@ fn clusters_over_tls_trust_the_system_store_and_fail_closed_without_it() {
     let leaf = pki.leaf(&["tls-cluster.example.com"], 2501);
     cluster.put_leaf("tls-cluster.example.com", &leaf);
     let ca = cluster.tls.as_ref().unwrap().ca_file.display().to_string();
-    let template = format!("env SSL_CERT_FILE;\n{HTTP}");
+    let template = format!("env SSL_CERT_FILE;\n{}", http());
     let opts = || {
         NginxOpts::new()
             .var("REDIS", cluster.tls_url())
@@ -373,7 +355,7 @@ fn clusters_over_tls_trust_the_system_store_and_fail_closed_without_it() {
     r.assert_served(&leaf, &pki);
     assert_eq!(r.source(), "redis", "body {:?}", r.body);
 
-    let untrusted = Nginx::start(&pki, HTTP, opts());
+    let untrusted = Nginx::start(&pki, &http(), opts());
     untrusted
         .get_sni("tls-cluster.example.com")
         .assert_default();

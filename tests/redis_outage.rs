@@ -5,22 +5,14 @@
 use dyncert_testkit::*;
 use std::time::Duration;
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_fetch_timeout 1s;
-    dyncert_redis_timeout 1s;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
-    }
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;",
+        "    dyncert_fetch_timeout 1s;",
+        "    dyncert_redis_timeout 1s;",
+        &source_server(" name=$dyncert_name"),
+    ])
 }
-"#;
 
 /// Handshakes for `name` until it is served `leaf`, or `deadline` passes.
 fn poll_served(s: &Stack, name: &str, leaf: &Leaf, deadline: Duration) -> Option<Exchange> {
@@ -36,7 +28,7 @@ fn poll_served(s: &Stack, name: &str, leaf: &Leaf, deadline: Duration) -> Option
 #[test]
 fn cached_names_keep_handshaking_while_redis_is_stopped() {
     // One worker: the warm-up handshakes fill the cache the others meet.
-    let mut s = Stack::start(1, HTTP);
+    let mut s = Stack::start(1, &http());
     let names = ["one.example.com", "two.example.com"];
     let leaves: Vec<Leaf> = names
         .iter()
@@ -67,7 +59,7 @@ fn cached_names_keep_handshaking_while_redis_is_stopped() {
 
 #[test]
 fn uncached_name_waits_fetch_timeout_then_gets_default() {
-    let mut s = Stack::start(1, HTTP);
+    let mut s = Stack::start(1, &http());
     // Make sure the worker holds a live Redis connection before the hang.
     let warm = s.pki.leaf(&["warm.example.com"], 3003);
     s.redis.put_leaf("warm.example.com", &warm);
@@ -113,7 +105,7 @@ fn uncached_name_waits_fetch_timeout_then_gets_default() {
 fn redis_down_at_start_then_started_records_are_served() {
     let pki = Pki::new();
     let redis = Redis::reserve();
-    let nginx = Nginx::start(&pki, HTTP, NginxOpts::new().redis(&redis));
+    let nginx = Nginx::start(&pki, &http(), NginxOpts::new().redis(&redis));
     let mut s = Stack { pki, redis, nginx };
 
     // Nginx is up without Redis: unknown names get the default, promptly
@@ -140,7 +132,7 @@ fn redis_down_at_start_then_started_records_are_served() {
 
 #[test]
 fn redis_restart_new_records_are_picked_up() {
-    let mut s = Stack::start(1, HTTP);
+    let mut s = Stack::start(1, &http());
     let before = s.pki.leaf(&["before.example.com"], 3006);
     s.redis.put_leaf("before.example.com", &before);
     s.get(Some("before.example.com"))

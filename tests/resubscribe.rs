@@ -18,22 +18,14 @@ const CHANNEL: &str = "dyncert:invalidate";
 
 /// valid=1h: only the re-check after the re-subscription can make a
 /// worker fetch the name again within these tests.
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_redis_timeout 300ms;
-    dyncert_cache max=1000 valid=1h stale=1h negative=1h;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source pid=$pid\n"; }
-    }
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;",
+        "    dyncert_redis_timeout 300ms;",
+        "    dyncert_cache max=1000 valid=1h stale=1h negative=1h;",
+        &source_server(" pid=$pid"),
+    ])
 }
-"#;
 
 const WORKERS: u32 = 2;
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -79,14 +71,14 @@ fn count_lines(nginx: &Nginx, part: &str) -> usize {
 
 #[test]
 fn renewal_published_while_redis_dropped_the_subscription_is_served_once_it_returns() {
-    lost_publish_is_made_up_for(HTTP, 20001);
+    lost_publish_is_made_up_for(&http(), 20001);
 }
 
 #[test]
 fn with_a_shared_zone_a_lost_publish_is_made_up_for_in_every_worker() {
     // The zone's record was stored before the loss too: it must not pass
     // for a refresh (which records pass is core/src/worker.rs' business).
-    let http = HTTP.replace(
+    let http = http().replace(
         "dyncert_redis @REDIS@;",
         "dyncert_redis @REDIS@; dyncert_shared_zone resub:1m;",
     );
@@ -148,7 +140,7 @@ fn a_silent_partition_is_noticed_by_ping_and_the_renewal_served_after_it_heals()
     let proxy = Partition::start(redis.port);
     let mut nginx = Nginx::start(
         &pki,
-        HTTP,
+        &http(),
         NginxOpts::new()
             .workers(WORKERS)
             .var("REDIS", format!("redis://127.0.0.1:{}/0", proxy.port)),

@@ -4,20 +4,12 @@
 
 use dyncert_testkit::*;
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
-    }
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;",
+        &source_server(" name=$dyncert_name"),
+    ])
 }
-"#;
 
 /// Names OpenSSL's client is willing to send.
 fn invalid_names() -> Vec<String> {
@@ -53,7 +45,7 @@ fn invalid_raw_names() -> Vec<Vec<u8>> {
 
 #[test]
 fn invalid_sni_never_reaches_redis() {
-    let mut s = Stack::start(1, HTTP);
+    let mut s = Stack::start(1, &http());
     let monitor = s.redis.monitor();
 
     for name in invalid_names() {

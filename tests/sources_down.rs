@@ -7,25 +7,17 @@ use dyncert_testkit::*;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_redis_timeout 500ms;
-    dyncert_api @API@ writeback=1h;
-    dyncert_api_timeout 1s;
-    dyncert_fetch_timeout 2s;
-    dyncert_cache max=1000 valid=1s stale=1h negative=1s;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
-    }
+fn http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;",
+        "    dyncert_redis_timeout 500ms;",
+        "    dyncert_api @API@ writeback=1h;",
+        "    dyncert_api_timeout 1s;",
+        "    dyncert_fetch_timeout 2s;",
+        "    dyncert_cache max=1000 valid=1s stale=1h negative=1s;",
+        &source_server(" name=$dyncert_name"),
+    ])
 }
-"#;
 
 fn poll_served(s: &ApiStack, name: &str, leaf: &Leaf, deadline: Duration) -> bool {
     poll(deadline, Duration::from_millis(200), || {
@@ -40,7 +32,7 @@ fn poll_served(s: &ApiStack, name: &str, leaf: &Leaf, deadline: Duration) -> boo
 
 #[test]
 fn cached_names_are_served_stale_while_redis_and_api_are_down_then_recover() {
-    let mut s = ApiStack::start(1, HTTP);
+    let mut s = ApiStack::start(1, &http());
     let in_redis = s.pki.leaf(&["stored.example.com"], 12001);
     let in_api = s.pki.leaf(&["fetched.example.com"], 12002);
     s.redis.put_leaf("stored.example.com", &in_redis);
@@ -105,7 +97,7 @@ fn cached_names_are_served_stale_while_redis_and_api_are_down_then_recover() {
 
 #[test]
 fn hung_redis_and_api_do_not_stall_cached_names() {
-    let mut s = ApiStack::start(1, HTTP);
+    let mut s = ApiStack::start(1, &http());
     let leaf = s.pki.leaf(&["steady.example.com"], 12005);
     s.redis.put_leaf("steady.example.com", &leaf);
     s.get("steady.example.com").assert_served(&leaf, &s.pki);
