@@ -4,6 +4,7 @@
 //! notAfter; unknown names are remembered for `negative=`; `max=` and
 //! `max_size=` bound the cache, evicting the least recently used.
 
+use dyncert_testkit::conf::dyncert_server;
 use dyncert_testkit::*;
 use openssl::asn1::Asn1Time;
 use std::thread;
@@ -44,22 +45,12 @@ fn stale_certificate_is_served_while_one_background_refresh_runs() {
     let api = CertApi::start();
     let mut nginx = Nginx::start(
         &pki,
-        r#"
-http {
-    access_log off;
-    dyncert_api @API@;
-    dyncert_api_timeout 5s;
-    dyncert_cache valid=1s stale=30s negative=2s;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
-    }
-}
-"#,
+        &http_block(&[
+            "    dyncert_api @API@;",
+            "    dyncert_api_timeout 5s;",
+            "    dyncert_cache valid=1s stale=30s negative=2s;",
+            &source_server(" name=$dyncert_name"),
+        ]),
         NginxOpts::new().redis(&redis).api(&api),
     );
     let old = pki.leaf(&["renew.example.com"], 9001);
@@ -369,30 +360,27 @@ fn max_size_bounds_the_cache_in_bytes() {
     assert_eq!(first, "cache", "evicted without a byte bound");
 }
 
-const TENANT: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_cache valid=1s stale=1h negative=1s;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
+fn tenant() -> String {
+    let server = dyncert_server(
+        r#"
         dyncert_tenant_policy on;
         root html;
         location / { }
-    }
+"#,
+    );
+    http_block(&[
+        "    dyncert_redis @REDIS@;",
+        "    dyncert_cache valid=1s stale=1h negative=1s;",
+        &server,
+    ])
 }
-"#;
 
 /// A refused update normally keeps the working certificate while stale;
 /// one that tightens the policy with a field that does not parse must not
 /// leave the looser policy in force meanwhile.
 #[test]
 fn a_policy_update_that_does_not_parse_stops_the_old_policy() {
-    let mut s = Stack::start(1, TENANT);
+    let mut s = Stack::start(1, &tenant());
     s.nginx.write_index_pages(&[""]);
     let name = "fenced.example.com";
     let leaf = s.pki.leaf(&[name], 9301);

@@ -9,6 +9,7 @@
 //! `key_rsa`.
 
 use dyncert_core::keywrap::{seal, Keyring};
+use dyncert_testkit::conf::dyncert_server;
 use dyncert_testkit::pki::self_signed;
 use dyncert_testkit::*;
 use openssl::pkey::{Id, PKey, Private};
@@ -22,14 +23,11 @@ fn http() -> String {
     http_block(&[
         "    dyncert_redis @REDIS@;\n    @EXTRA@",
         METRICS_SERVER,
-        r#"    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
+        &dyncert_server(
+            r#"
         location / { return 200 "type=$dyncert_cert_type source=$dyncert_source pid=$pid\n"; }
-    }"#,
+"#,
+        ),
     ])
 }
 

@@ -8,6 +8,7 @@
 //! `nginx -t` naming it.
 
 use dyncert_core::keywrap::{seal, Keyring};
+use dyncert_testkit::conf::dyncert_server;
 use dyncert_testkit::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,28 +17,24 @@ use std::time::Duration;
 const K1: [u8; 32] = [0x11; 32];
 const K2: [u8; 32] = [0x22; 32];
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_key_decryption_key k1 @K1@;
-    dyncert_key_decryption_key 2026-k2 @K2@;
-    @EXTRA@
-    server {
-        listen 127.0.0.1:@MPORT@;
-        location = /metrics { dyncert_metrics; }
-    }
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
+/// Both key ids, a test's `@EXTRA@` directives, [`METRICS_SERVER`] and the
+/// module's server with a test's `@UNKNOWN@` line.
+fn http() -> String {
+    let server = dyncert_server(
+        r#"
         @UNKNOWN@
         location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name pid=$pid\n"; }
-    }
+"#,
+    );
+    http_block(&[
+        "    dyncert_redis @REDIS@;",
+        "    dyncert_key_decryption_key k1 @K1@;",
+        "    dyncert_key_decryption_key 2026-k2 @K2@;",
+        "    @EXTRA@",
+        METRICS_SERVER,
+        &server,
+    ])
 }
-"#;
 
 fn ring() -> Keyring {
     let mut r = Keyring::new();
@@ -83,7 +80,7 @@ impl Env {
         let mport = free_port();
         let nginx = Nginx::start(
             &pki,
-            HTTP,
+            &http(),
             NginxOpts::new()
                 .workers(workers)
                 .redis(&redis)
@@ -315,22 +312,14 @@ fn encrypted_wildcard_record_is_bound_to_the_wildcard_key() {
     r.assert_served(&leaf, &s.pki);
 }
 
-const API_HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    dyncert_api @API@ writeback=1h;
-    dyncert_key_decryption_key k1 @K1@;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
-        location / { return 200 "$ssl_server_name via $dyncert_source\n"; }
-    }
+fn api_http() -> String {
+    http_block(&[
+        "    dyncert_redis @REDIS@;",
+        "    dyncert_api @API@ writeback=1h;",
+        "    dyncert_key_decryption_key k1 @K1@;",
+        &source_server(""),
+    ])
 }
-"#;
 
 #[test]
 fn encrypted_api_answer_is_served_and_written_back_still_encrypted() {
@@ -341,7 +330,7 @@ fn encrypted_api_answer_is_served_and_written_back_still_encrypted() {
     let api = CertApi::start();
     let mut nginx = Nginx::start(
         &pki,
-        API_HTTP,
+        &api_http(),
         NginxOpts::new()
             .redis(&redis)
             .api(&api)
@@ -391,7 +380,7 @@ fn config_test_with(make_k1: impl FnOnce(&Path), extra: &str) -> (ConfigTest, Pa
     let pki = Pki::new();
     let t = Nginx::config_test(
         &pki,
-        HTTP,
+        &http(),
         NginxOpts::new()
             .var("REDIS", "redis://127.0.0.1:1")
             .var("MPORT", free_port())

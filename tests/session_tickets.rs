@@ -8,6 +8,7 @@
 
 use dyncert_core::keywrap::is_envelope;
 use dyncert_core::tickets::{KeySet, TicketKey};
+use dyncert_testkit::conf::dyncert_server;
 use dyncert_testkit::*;
 use openssl::ssl::{SslSession, SslVersion};
 use std::io::Write;
@@ -19,17 +20,14 @@ fn http() -> String {
     http_block(&[
         "    dyncert_redis @REDIS@;\n    @EXTRA@",
         METRICS_SERVER,
-        r#"    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
+        &dyncert_server(
+            r#"
         dyncert_tenant_policy on;
         @TICKETS@
         root html;
         location / { }
-    }"#,
+"#,
+        ),
     ])
 }
 

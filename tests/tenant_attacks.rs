@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
+use dyncert_testkit::conf::dyncert_server;
 use dyncert_testkit::*;
 use openssl::ssl::SslVersion;
 
@@ -684,16 +685,9 @@ fn open_connections_are_held_to_the_current_record() {
     t.s.nginx.assert_healthy();
 }
 
-const HTTP_LOCATION_REALIP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
+fn http_location_realip() -> String {
+    let server = dyncert_server(
+        r#"
         dyncert_tenant_policy on;
         root html;
         add_header X-Remote $remote_addr always;
@@ -708,9 +702,10 @@ http {
             real_ip_header X-Real-IP;
             dyncert_allow 203.0.113.0/24;
         }
-    }
+"#,
+    );
+    http_block(&["    dyncert_redis @REDIS@;", &server])
 }
-"#;
 
 /// The trusted proxy 127.0.0.1 forwards clients' addresses in `X-Real-IP`;
 /// the tenant's list must judge the client realip resolved, as
@@ -719,7 +714,11 @@ http {
 fn tenant_allow_list_judges_the_address_realip_resolved_in_a_location() {
     let pki = Pki::new();
     let redis = Redis::start();
-    let mut nginx = Nginx::start(&pki, HTTP_LOCATION_REALIP, NginxOpts::new().redis(&redis));
+    let mut nginx = Nginx::start(
+        &pki,
+        &http_location_realip(),
+        NginxOpts::new().redis(&redis),
+    );
     nginx.write_index_pages(&["", "office/"]);
     // Tenant a admits its office only, tenant b the proxy's address only.
     let a = pki.leaf(&["a.example.com"], 6101);

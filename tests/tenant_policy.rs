@@ -6,18 +6,16 @@
 //! `client_ca` are never asked; with `dyncert_tenant_policy off` the fields
 //! are ignored; unparsable fields make the record unusable.
 
+use dyncert_testkit::conf::dyncert_server;
 use dyncert_testkit::*;
 use openssl::ssl::SslVersion;
 
 /// The servers of the `http {}` block, after Redis and [`METRICS_SERVER`]
-/// ([`metrics_http`]).
-const HTTP: &str = r#"
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
+/// ([`metrics_http`]): the module's server with the policy on, and on
+/// `@OFFPORT@` one with it off.
+fn http() -> String {
+    let policy = dyncert_server(
+        r#"
         dyncert_tenant_policy on;
         root html;
         add_header X-Client-Verify $ssl_client_verify always;
@@ -27,7 +25,9 @@ const HTTP: &str = r#"
         location / { }
         location /staff/ { dyncert_allow 127.0.0.0/30; }
         location /quiet/ { dyncert_deny_status 404; }
-    }
+"#,
+    );
+    let off = r#"
     server {
         listen 127.0.0.1:@OFFPORT@ ssl;
         server_name _;
@@ -39,6 +39,8 @@ const HTTP: &str = r#"
         location / { }
     }
 "#;
+    format!("{policy}{off}")
+}
 
 struct Tenants {
     s: Stack,
@@ -48,7 +50,7 @@ struct Tenants {
 
 fn start() -> Tenants {
     let offport = free_port();
-    let (s, mport) = Stack::with_metrics(HTTP, NginxOpts::new().var("OFFPORT", offport));
+    let (s, mport) = Stack::with_metrics(&http(), NginxOpts::new().var("OFFPORT", offport));
     s.nginx.write_index_pages(&["", "staff/", "quiet/"]);
     Tenants { s, mport, offport }
 }

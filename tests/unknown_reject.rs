@@ -2,27 +2,22 @@
 //! failed handshake (`unrecognized_name` alert) instead of the default
 //! certificate; clients without SNI still get the default.
 
+use dyncert_testkit::conf::dyncert_server;
 use dyncert_testkit::*;
 
-const HTTP: &str = r#"
-http {
-    access_log off;
-    dyncert_redis @REDIS@;
-    server {
-        listen 127.0.0.1:@PORT@ ssl;
-        server_name _;
-        ssl_certificate     default.crt;
-        ssl_certificate_key default.key;
-        dyncert on;
+fn http() -> String {
+    let server = dyncert_server(
+        r#"
         dyncert_unknown reject;
         location / { return 200 "$ssl_server_name via $dyncert_source name=$dyncert_name\n"; }
-    }
+"#,
+    );
+    http_block(&["    dyncert_redis @REDIS@;", &server])
 }
-"#;
 
 #[test]
 fn unknown_name_is_rejected_with_unrecognized_name() {
-    let mut s = Stack::start(1, HTTP);
+    let mut s = Stack::start(1, &http());
     let leaf = s.pki.leaf(&["known.example.com"], 2001);
     s.redis.put_leaf("known.example.com", &leaf);
 
@@ -57,7 +52,7 @@ fn unknown_name_is_rejected_with_unrecognized_name() {
 
 #[test]
 fn client_without_sni_gets_default_even_with_reject() {
-    let s = Stack::start(1, HTTP);
+    let s = Stack::start(1, &http());
     let r = s.get(None);
     assert_eq!(r.status, 200);
     r.assert_default();
