@@ -23,7 +23,9 @@
 //! connection (or an HTTP/2 stream) and a place in the gate, though, so
 //! each address holds at most [`Limits::max_joins_per_client`] of them:
 //! one address asking for one slow token over and over cannot fill the
-//! gate's [`Limits::max_waiting`] places and lock everyone else out.
+//! gate's [`Limits::max_waiting`] places and lock everyone else out, and
+//! joins from all addresses together take at most [`Limits::max_joins`]
+//! of them, leaving the rest to requests that start or queue a read.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -146,6 +148,12 @@ pub struct Limits {
     /// above what a few CAs and issuers ask at once. With 32, filling the
     /// 1,024 places takes 32 addresses, not one.
     pub max_joins_per_client: usize,
+    /// Most requests in the gate that joined a read under way, over all
+    /// clients: `max_waiting` less `max_reads` and `max_queued`, so that
+    /// joins from many addresses never take the places of requests that
+    /// start a read or wait in the FIFO for one (a CA's, for a token of
+    /// its own).
+    pub max_joins: usize,
     /// How long a token Redis did not have is answered 404 without a read.
     /// Short: an issuer writes the token just before the CA asks, and a
     /// 404 remembered from an earlier ask hides it until then.
@@ -163,6 +171,7 @@ impl Default for Limits {
             queue_wait: 1_000,
             max_per_client: 4,
             max_joins_per_client: 32,
+            max_joins: 1024 - 16 - 128,
             negative_ttl: 2_000,
             negative_max: 1024,
         }
@@ -240,6 +249,8 @@ pub struct AcmeGate<W> {
     reads: Inflight<Held<W>>,
     /// Requests in the gate: in `reads` over all tokens, and in `queue`.
     waiting: usize,
+    /// Of those, the requests that joined a read under way.
+    joins: usize,
     /// Requests waiting for a read to start, oldest first.
     queue: VecDeque<Queued<W>>,
     /// Requests each client holds in the gate; only clients holding some
@@ -255,6 +266,7 @@ impl<W> AcmeGate<W> {
             limits,
             reads: Inflight::new(limits.max_reads),
             waiting: 0,
+            joins: 0,
             queue: VecDeque::new(),
             held: HashMap::new(),
             absent: Lru::new(),
@@ -276,7 +288,7 @@ impl<W> AcmeGate<W> {
             if self.joins_by(client) >= self.limits.max_joins_per_client {
                 return Admission::ClientBusy;
             }
-            if self.waiting >= self.limits.max_waiting {
+            if self.waiting >= self.limits.max_waiting || self.joins >= self.limits.max_joins {
                 return Admission::Busy;
             }
             let held = Held {
@@ -288,6 +300,7 @@ impl<W> AcmeGate<W> {
                 return Admission::Busy;
             }
             self.waiting += 1;
+            self.joins += 1;
             self.held.entry(client).or_default().joins += 1;
             return Admission::Wait;
         }
@@ -494,6 +507,9 @@ impl<W> AcmeGate<W> {
     /// again.
     fn release(&mut self, h: Held<W>) -> W {
         self.waiting = self.waiting.saturating_sub(1);
+        if h.joined {
+            self.joins = self.joins.saturating_sub(1);
+        }
         if let Some(n) = self.held.get_mut(&h.client) {
             let count = if h.joined { &mut n.joins } else { &mut n.reads };
             *count = count.saturating_sub(1);
@@ -596,6 +612,7 @@ mod tests {
             queue_wait: 1_000,
             max_per_client: 4,
             max_joins_per_client: 32,
+            max_joins: max_waiting,
             negative_ttl: 2_000,
             negative_max,
         }
@@ -1172,5 +1189,47 @@ mod tests {
         gate.admit("a", c(1), 1, 0);
         assert_eq!(gate.admit("b", c(2), 2, 0), Admission::Queued);
         assert_eq!(gate.next_expiry(0), Some(3_000));
+    }
+
+    #[test]
+    fn joins_from_many_clients_leave_room_for_new_reads() {
+        let mut gate = AcmeGate::new(Limits::default());
+        let l = *gate.limits();
+        assert_eq!(l.max_joins + l.max_reads + l.max_queued, l.max_waiting);
+        assert_eq!(gate.admit("slow", c(0), 0, 0), Admission::Read);
+        // Enough addresses, each within its joins, to fill every place.
+        let mut w = 1;
+        let (mut joined, mut busy) = (0, 0);
+        for client in 1..=l.max_waiting / l.max_joins_per_client + 1 {
+            for _ in 0..l.max_joins_per_client {
+                match gate.admit("slow", c(client), w, 0) {
+                    Admission::Wait => joined += 1,
+                    Admission::Busy => busy += 1,
+                    other => panic!("{other:?}"),
+                }
+                w += 1;
+            }
+        }
+        assert_eq!(joined, l.max_joins);
+        assert!(busy > 0);
+        // Every read and every place in the FIFO is still free for others.
+        for i in 1..l.max_reads {
+            assert_eq!(
+                gate.admit(&format!("t{i}"), c(10_000 + i), w, 0),
+                Admission::Read
+            );
+            w += 1;
+        }
+        for i in 0..l.max_queued {
+            assert_eq!(
+                gate.admit(&format!("q{i}"), c(20_000 + i), w, 0),
+                Admission::Queued
+            );
+            w += 1;
+        }
+        assert_eq!(gate.waiting(), l.max_waiting);
+        // A join given back is free for another join.
+        assert!(gate.abandon(|&x| x == 1).is_some());
+        assert_eq!(gate.admit("slow", c(30_000), w, 0), Admission::Wait);
     }
 }

@@ -7,11 +7,11 @@ many requests at once as the server allows streams (nginx: 128).
 Usage:
     h2_streams.py --check
         exit 0 when h2 can be imported
-    h2_streams.py --port PORT [--bind IP] [--tls --sni NAME]
+    h2_streams.py --port PORT [--bind IP[,IP...]] [--tls --sni NAME]
                   [--connections N] [--streams S] --path TEMPLATE
                   [--for SECONDS] [--timeout SECONDS] [--cancel-after SECONDS]
-        Opens N connections from IP (h2c with prior knowledge, or TLS with
-        ALPN h2) and on each S streams at once (at most what the server's
+        Opens N connections from IP, from each IP of the list in turn
+        (h2c with prior knowledge, or TLS with ALPN h2), and on each S streams at once (at most what the server's
         SETTINGS allow), `GET TEMPLATE` with `{n}` replaced by a number
         unique to the stream. Prints "sent <streams>" once the first
         streams are written. Without --for it then waits for those answers;
@@ -49,13 +49,13 @@ def say(line):
 
 
 class Conn:
-    def __init__(self, args):
+    def __init__(self, args, bind):
         import h2.config
         import h2.connection
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if args.bind:
-            sock.bind((args.bind, 0))
+        if bind:
+            sock.bind((bind, 0))
         sock.settimeout(5)
         sock.connect(("127.0.0.1", args.port))
         if args.tls:
@@ -141,8 +141,9 @@ def main():
 
     try:
         conns = []
-        for _ in range(args.connections):
-            c = Conn(args)
+        binds = args.bind.split(",") if args.bind else [None]
+        for i in range(args.connections):
+            c = Conn(args, binds[i % len(binds)])
             c.tls = args.tls
             conns.append(c)
     except Exception as e:  # noqa: BLE001 (reported to the test)
