@@ -111,8 +111,9 @@ pub struct Limits {
     /// holds. A CA asks for one token from a few vantage points and an
     /// issuer has a few orders open at a time: 16 is far above that.
     pub max_reads: usize,
-    /// Most requests in the gate: waiting for those reads (any number may
-    /// wait for one token, each holding a connection) or in the FIFO.
+    /// Most requests in the gate: waiting for those reads (several may
+    /// wait for one token, each holding a connection or an HTTP/2 stream;
+    /// see `max_joins_per_client` and `max_joins`) or in the FIFO.
     pub max_waiting: usize,
     /// Most requests waiting in the FIFO for a read to end, when all
     /// `max_reads` are under way. With a healthy Redis a read takes about
