@@ -26,6 +26,7 @@
 
 pub mod api;
 pub mod blackhole;
+pub mod blackhole_cluster;
 pub mod client;
 pub mod conf;
 pub mod deploy;
@@ -43,6 +44,7 @@ pub mod stack;
 
 pub use api::{json_string, ApiReply, ApiRequest, CertApi, API_PATH};
 pub use blackhole::BlackholeProxy;
+pub use blackhole_cluster::ProxiedCluster;
 pub use client::{
     is_unrecognized_name, tls_burst, Exchange, HelloSent, Request, TlsConn, TlsSide, IO_TIMEOUT,
 };
