@@ -19,8 +19,8 @@ use redis::io::tcp::socket2::TcpKeepalive;
 use redis::io::tcp::TcpSettings;
 
 use super::health::{
-    abandoned, ask_sentinels, install_rechecked, replace_primary, CommandEnd, ConnHealth, Named,
-    Verdict,
+    abandoned, ask_sentinels, install_rechecked, replace_cluster, replace_primary, CommandEnd,
+    ConnHealth, Named, Verdict,
 };
 
 use redis::aio::{
@@ -191,9 +191,9 @@ impl Notes {
 
 /// A failure of the connection rather than of the command: the node is
 /// down, unreachable, refused the TLS handshake or the credentials, or
-/// (for the Cluster connection and the sentinels) did not answer in time.
-/// A single server's and a Sentinel primary's timeouts are told apart by
-/// [`command_end`].
+/// did not answer in time while a connection was being made (a sentinel:
+/// at all). A command's timeout on a single server's, a Sentinel
+/// primary's or a Cluster connection is told apart by [`command_end`].
 pub fn is_connection_failure(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_refusal()
@@ -204,9 +204,9 @@ pub fn is_connection_failure(e: &redis::RedisError) -> bool {
         || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
 }
 
-/// How a failed command on a single server's or a Sentinel primary's
-/// connection ended (see [`super::health`]): a timeout is not a failure
-/// to connect.
+/// How a failed command on a single server's, a Sentinel primary's or a
+/// Cluster connection ended (see [`super::health`]): a timeout is not a
+/// failure to connect.
 fn command_end(e: &redis::RedisError) -> CommandEnd {
     if e.is_timeout() {
         CommandEnd::TimedOut
@@ -317,6 +317,7 @@ impl RedisTarget {
                 Ok(RedisConn::Cluster(Arc::new(LazyCluster {
                     client: b.build()?,
                     conn: tokio::sync::Mutex::new(None),
+                    replacing: tokio::sync::Mutex::new(()),
                     timeout: t,
                     shown: self.topology.shown_nodes(),
                     notes,
@@ -564,7 +565,8 @@ impl SingleConn {
     }
 }
 
-/// One command on a single server's or a Sentinel primary's connection:
+/// One command on a single server's, a Sentinel primary's or a Cluster
+/// connection:
 /// how it ended goes to the connection's health, and what that says to
 /// the notes, also when the caller stops waiting (its future is dropped).
 struct Watch<'a> {
@@ -578,6 +580,13 @@ struct Watch<'a> {
 
 impl Watch<'_> {
     fn end(&mut self, end: CommandEnd, error: Option<&redis::RedisError>) {
+        let node = self.node;
+        self.end_at(node, end, error);
+    }
+
+    /// [`Self::end`], with the node an error names (a Cluster node that
+    /// failed) instead of the watch's.
+    fn end_at(&mut self, node: &str, end: CommandEnd, error: Option<&redis::RedisError>) {
         self.ended = true;
         let verdict = self
             .health
@@ -587,15 +596,13 @@ impl Watch<'_> {
         match verdict {
             Verdict::Fine => {}
             Verdict::ConnectFailed => match error {
-                Some(e) => self.notes.connect_failed(self.node, e),
+                Some(e) => self.notes.connect_failed(node, e),
                 None => self.notes.connect_failed(
-                    self.node,
+                    node,
                     &std::io::Error::from(std::io::ErrorKind::TimedOut).into(),
                 ),
             },
-            Verdict::CommandTimedOut { .. } => {
-                self.notes.command_timed_out(self.node, self.timeout)
-            }
+            Verdict::CommandTimedOut { .. } => self.notes.command_timed_out(node, self.timeout),
         }
     }
 }
@@ -715,44 +722,135 @@ impl ConnectionLike for RedisConn {
     }
 }
 
-/// A Cluster connection, made on first use and again after it failed.
+/// A Cluster connection, made on first use (and again while making it
+/// fails), and replaced by a new one after a command timed out on it (see
+/// [`super::health`]): every clone of the handle moves to the new one;
+/// commands in flight finish on the old one.
 pub struct LazyCluster {
     client: ClusterClient,
-    conn: tokio::sync::Mutex<Option<ClusterConnection>>,
+    conn: tokio::sync::Mutex<Option<ClusterCurrent>>,
+    /// Held by the one command that replaces a suspect connection.
+    replacing: tokio::sync::Mutex<()>,
     timeout: Duration,
     shown: String,
     notes: Notes,
 }
 
+/// The Cluster connection in use, what its commands said of it, and when
+/// the last replacement (that made it, or failed and kept it) was tried.
+#[derive(Clone)]
+struct ClusterCurrent {
+    conn: ClusterConnection,
+    health: Arc<Mutex<ConnHealth>>,
+    replaced: Option<Instant>,
+}
+
+impl ClusterCurrent {
+    fn suspect(&self) -> bool {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .suspect()
+    }
+}
+
 impl LazyCluster {
-    async fn get(&self) -> RedisResult<ClusterConnection> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = &*slot {
-            return Ok(c.clone());
+    /// A new connection (the slot map asked of the configured nodes), within
+    /// the timeout.
+    async fn connect(&self) -> RedisResult<ClusterConnection> {
+        match tokio::time::timeout(self.timeout, self.client.get_async_connection()).await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, e.to_string()).into()),
         }
-        let c = match tokio::time::timeout(self.timeout, self.client.get_async_connection()).await {
-            Ok(r) => r?,
+    }
+
+    /// The connection for the next command: a new one when the current one
+    /// is suspect ([`replace_cluster`]).
+    async fn get(&self) -> RedisResult<ClusterCurrent> {
+        let mut slot = self.conn.lock().await;
+        let Some(cur) = slot.clone() else {
+            // First use: every command waits for the one connection.
+            let cur = ClusterCurrent {
+                conn: self.connect().await?,
+                health: Arc::default(),
+                replaced: None,
+            };
+            *slot = Some(cur.clone());
+            return Ok(cur);
+        };
+        drop(slot);
+        if !replace_cluster(cur.suspect(), cur.replaced.map(|t| t.elapsed())) {
+            return Ok(cur);
+        }
+        // One command replaces it; the others keep using it meanwhile: when
+        // one node hangs, connecting to it holds the replacement up, and the
+        // commands to the other nodes must not wait for that.
+        let Ok(_replacing) = self.replacing.try_lock() else {
+            return Ok(cur);
+        };
+        // Another command may have replaced it since it was read.
+        if let Some(now) = &*self.conn.lock().await {
+            if !Arc::ptr_eq(&now.health, &cur.health) {
+                return Ok(now.clone());
+            }
+        }
+        self.notes.reconnected(&self.shown);
+        let made = self.connect().await;
+        let next = match made {
+            Ok(conn) => ClusterCurrent {
+                conn,
+                health: Arc::default(),
+                replaced: Some(Instant::now()),
+            },
+            // Kept, as a new connection: not replaced again until it answered
+            // (a cluster that hangs whole costs one attempt per time it
+            // answered).
             Err(e) => {
-                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, e.to_string()).into())
+                self.notes.connect_failed(&self.shown, &e);
+                ClusterCurrent {
+                    conn: cur.conn,
+                    health: Arc::default(),
+                    replaced: Some(Instant::now()),
+                }
             }
         };
-        *slot = Some(c.clone());
-        Ok(c)
+        *self.conn.lock().await = Some(next.clone());
+        Ok(next)
+    }
+
+    /// The node an error names (a redirection's), or the configured ones.
+    fn node_of(&self, e: &redis::RedisError) -> String {
+        match e.redirect_node() {
+            Some((h, p)) => format!("{h}:{p}"),
+            None => self.shown.clone(),
+        }
     }
 
     async fn run(&self, req: Req<'_>) -> RedisResult<Vec<Value>> {
-        let r = match self.get().await {
-            Ok(mut c) => req.send(&mut c).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = &r {
-            if is_connection_failure(e) {
-                let node = match e.redirect_node() {
-                    Some((h, p)) => format!("{h}:{p}"),
-                    None => self.shown.clone(),
-                };
-                self.notes.connect_failed(&node, e);
+        let cur = match self.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                if is_connection_failure(&e) {
+                    self.notes.connect_failed(&self.node_of(&e), &e);
+                }
+                return Err(e);
             }
+        };
+        let mut conn = cur.conn.clone();
+        // Also notes a command the caller stopped waiting for (its own
+        // timeout often ends the wait before the crate's).
+        let mut watch = Watch {
+            health: &cur.health,
+            notes: &self.notes,
+            node: &self.shown,
+            timeout: self.timeout,
+            started: Instant::now(),
+            ended: false,
+        };
+        let r = req.send(&mut conn).await;
+        match &r {
+            Ok(_) => watch.end(CommandEnd::Answered, None),
+            Err(e) => watch.end_at(&self.node_of(e), command_end(e), Some(e)),
         }
         r
     }

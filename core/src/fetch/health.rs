@@ -27,6 +27,21 @@
 //! [`replace_primary`]). That connection has answered `ROLE` before it is
 //! used, so its first timeout already counts; a primary that hangs gets
 //! no new connection, as it fails that `ROLE` check.
+//!
+//! And for a Cluster connection (the crate's `ClusterConnection`, which
+//! retries a timed-out command on the same node connection): one
+//! [`ConnHealth`] for the whole connection, whose commands go to every
+//! node, and a suspect one is replaced by a new connection made from the
+//! configured nodes (a fresh slot map, a fresh connection to each node)
+//! when [`replace_cluster`] says so. Two differences follow from one node
+//! hanging while the others answer (the connection keeps answering, so
+//! each timeout on the hung node would make it suspect again): at most
+//! one replacement per [`CLUSTER_REPLACE_INTERVAL`], and a replacement
+//! that fails (connecting to the hung node holds it up past the timeout)
+//! keeps the old connection with a new [`ConnHealth`], as a new
+//! connection's: it is not replaced again until it answered. A cluster
+//! that hangs whole thus costs each worker one attempt per time it
+//! answered, as one server does.
 
 #![forbid(unsafe_code)]
 
@@ -119,6 +134,21 @@ impl ConnHealth {
     pub fn suspect(&self) -> bool {
         self.suspect
     }
+}
+
+/// Shortest time between two replacements of a Cluster connection (see
+/// the module's comment): a node that hangs while the others answer costs
+/// each worker at most one new connection (one TCP connection per node)
+/// this often. A middlebox that forgot the flows forgets new ones only
+/// after minutes of idleness, so the first replacement is never held up.
+pub const CLUSTER_REPLACE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Whether the Cluster connection in use is replaced before the next
+/// command: it is suspect, and it was not itself made by a replacement
+/// less than [`CLUSTER_REPLACE_INTERVAL`] ago (`since_replaced`: time since
+/// the last replacement, `None` before the first).
+pub fn replace_cluster(suspect: bool, since_replaced: Option<Duration>) -> bool {
+    suspect && since_replaced.is_none_or(|t| t >= CLUSTER_REPLACE_INTERVAL)
 }
 
 /// How a command whose caller stopped waiting after `elapsed` ended: a
@@ -298,6 +328,68 @@ mod tests {
     }
 
     #[test]
+    fn a_silent_cluster_connection_is_replaced_at_once_the_first_time() {
+        // What `LazyCluster` feeds its connection's health: commands to
+        // any node.
+        let mut h = ConnHealth::default();
+        h.record(CommandEnd::Answered);
+        assert!(!replace_cluster(h.suspect(), None));
+        assert_eq!(
+            h.record(CommandEnd::TimedOut),
+            Verdict::CommandTimedOut { renew: true }
+        );
+        assert!(replace_cluster(h.suspect(), None));
+        // A replacement made long ago holds nothing up.
+        assert!(replace_cluster(h.suspect(), Some(CLUSTER_REPLACE_INTERVAL)));
+    }
+
+    #[test]
+    fn a_cluster_connection_is_replaced_at_most_once_per_interval() {
+        // A node hangs while the others answer: the new connection answers
+        // (other nodes), then times out (the hung one) and is suspect at
+        // once; it is kept until the interval has passed.
+        let mut h = ConnHealth::default();
+        h.record(CommandEnd::Answered);
+        h.record(CommandEnd::TimedOut);
+        assert!(h.suspect());
+        assert!(!replace_cluster(h.suspect(), Some(Duration::ZERO)));
+        assert!(!replace_cluster(
+            h.suspect(),
+            Some(CLUSTER_REPLACE_INTERVAL - Duration::from_millis(1))
+        ));
+        assert!(replace_cluster(h.suspect(), Some(CLUSTER_REPLACE_INTERVAL)));
+        // Not suspect: never replaced, however long ago the last one.
+        assert!(!replace_cluster(false, Some(Duration::from_secs(3600))));
+    }
+
+    #[test]
+    fn a_connection_kept_after_a_failed_replacement_is_replaced_again_only_after_it_answered() {
+        // The whole cluster hangs: the replacement cannot connect, the old
+        // connection is kept with the health of a new one.
+        let mut h = ConnHealth::default();
+        h.record(CommandEnd::Answered);
+        h.record(CommandEnd::TimedOut);
+        assert!(replace_cluster(h.suspect(), None));
+        let mut h = ConnHealth::default();
+        for _ in 0..3 {
+            assert_eq!(h.record(CommandEnd::TimedOut), Verdict::ConnectFailed);
+        }
+        assert!(!replace_cluster(
+            h.suspect(),
+            Some(CLUSTER_REPLACE_INTERVAL)
+        ));
+        // It answers again, then goes silent: one more replacement, once
+        // the interval since the failed one has passed.
+        h.record(CommandEnd::Answered);
+        assert_eq!(
+            h.record(CommandEnd::TimedOut),
+            Verdict::CommandTimedOut { renew: true }
+        );
+        assert!(!replace_cluster(h.suspect(), Some(Duration::from_secs(1))));
+        assert!(replace_cluster(h.suspect(), Some(CLUSTER_REPLACE_INTERVAL)));
+    }
+
+    #[test]
     fn a_command_abandoned_after_half_the_timeout_timed_out() {
         let t = Duration::from_millis(500);
         assert_eq!(
@@ -426,6 +518,135 @@ mod live_tests {
                     },
                     RedisNote::Reconnected { node: b, logged: true },
                 ] if *a == node && *b == node
+            ),
+            "{seen:?}"
+        );
+    }
+
+    /// `EXISTS key` through the handle: "1"/"0", or "timeout".
+    async fn exists(conn: &mut crate::fetch::RedisConn, key: &str) -> Result<String, String> {
+        let cmd = redis::cmd("EXISTS").arg(key).clone();
+        match tokio::time::timeout(T, cmd.query_async::<i64>(conn)).await {
+            Ok(Ok(v)) => Ok(v.to_string()),
+            Ok(Err(e)) if e.is_timeout() => Err("timeout".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timeout".into()),
+        }
+    }
+
+    /// Two keys owned by different nodes of `cluster`.
+    fn keys_on_two_nodes(cluster: &dyncert_testkit::RedisCluster) -> (String, String) {
+        let a = "k0".to_owned();
+        let b = (1..100)
+            .map(|i| format!("k{i}"))
+            .find(|k| cluster.owner(k) != cluster.owner(&a))
+            .unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn a_cluster_connection_that_went_silent_is_replaced_for_every_holder_after_one_timeout() {
+        let c = dyncert_testkit::ProxiedCluster::start();
+        let (target, notes, seen, rt) = setup(&c.url());
+        rt.block_on(async {
+            let mut lookups = target.connect(notes).unwrap();
+            let mut tickets = lookups.clone();
+            assert_eq!(exists(&mut lookups, "k").await, Ok("0".to_owned()));
+            c.freeze();
+            let before = c.accepted();
+            assert_eq!(exists(&mut lookups, "k").await, Err("timeout".to_owned()));
+            assert_eq!(exists(&mut tickets, "k").await, Ok("0".to_owned()));
+            assert_eq!(exists(&mut lookups, "k").await, Ok("0".to_owned()));
+            // One new Cluster connection: one connection to each node.
+            assert_eq!(c.accepted() - before, c.proxies.len() as u64);
+        });
+        let seen = seen.lock().unwrap();
+        assert!(
+            matches!(
+                &seen[..],
+                [
+                    RedisNote::CommandTimedOut {
+                        timeout: T,
+                        logged: true,
+                        ..
+                    },
+                    RedisNote::Reconnected { logged: true, .. },
+                ]
+            ),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn a_hung_cluster_node_costs_one_replacement_and_holds_up_no_command_to_the_others() {
+        let cluster = dyncert_testkit::RedisCluster::start();
+        let (a, b) = keys_on_two_nodes(&cluster);
+        let hung = cluster
+            .nodes
+            .iter()
+            .find(|n| n.port == cluster.owner(&b))
+            .unwrap();
+        let (target, notes, seen, rt) = setup(&cluster.url());
+        rt.block_on(async {
+            let mut conn = target.connect(notes).unwrap();
+            assert_eq!(exists(&mut conn, &a).await, Ok("0".to_owned()));
+            assert_eq!(exists(&mut conn, &b).await, Ok("0".to_owned()));
+            hung.pause();
+            assert_eq!(exists(&mut conn, &b).await, Err("timeout".to_owned()));
+            // The next command to the hung node replaces the connection
+            // (connecting to the hung node may hold that up); one to another
+            // node meanwhile is answered on the old one, without waiting.
+            let (mut c1, mut c2) = (conn.clone(), conn.clone());
+            let (_, answered) = tokio::join!(exists(&mut c1, &b), async {
+                let t0 = std::time::Instant::now();
+                let r = exists(&mut c2, &a).await;
+                (r, t0.elapsed())
+            });
+            assert_eq!(answered.0, Ok("0".to_owned()));
+            assert!(answered.1 < T / 2, "waited {:?}", answered.1);
+            // Whatever the new connection: the other node answers, the hung
+            // one does not, and no second replacement follows.
+            for _ in 0..3 {
+                assert_eq!(exists(&mut conn, &a).await, Ok("0".to_owned()));
+                assert_eq!(exists(&mut conn, &b).await, Err("timeout".to_owned()));
+            }
+        });
+        hung.resume();
+        let seen = seen.lock().unwrap();
+        let replaced = seen
+            .iter()
+            .filter(|n| matches!(n, RedisNote::Reconnected { .. }))
+            .count();
+        assert_eq!(replaced, 1, "{seen:?}");
+    }
+
+    #[test]
+    fn a_hung_cluster_costs_one_replacement_attempt() {
+        let cluster = dyncert_testkit::RedisCluster::start();
+        let (target, notes, seen, rt) = setup(&cluster.url());
+        rt.block_on(async {
+            let mut conn = target.connect(notes).unwrap();
+            assert_eq!(exists(&mut conn, "k").await, Ok("0".to_owned()));
+            for n in &cluster.nodes {
+                n.pause();
+            }
+            for _ in 0..4 {
+                assert!(exists(&mut conn, "k").await.is_err());
+            }
+        });
+        for n in &cluster.nodes {
+            n.resume();
+        }
+        let seen = seen.lock().unwrap();
+        assert!(
+            matches!(
+                &seen[..],
+                [
+                    RedisNote::CommandTimedOut { .. },
+                    RedisNote::Reconnected { .. },
+                    RedisNote::ConnectFailed { .. },
+                    rest @ ..
+                ] if rest.iter().all(|n| matches!(n, RedisNote::ConnectFailed { .. }))
             ),
             "{seen:?}"
         );
