@@ -594,16 +594,12 @@ mod live_tests {
             hung.pause();
             assert_eq!(exists(&mut conn, &b).await, Err("timeout".to_owned()));
             // The next command to the hung node replaces the connection
-            // (connecting to the hung node may hold that up); one to another
-            // node meanwhile is answered on the old one, without waiting.
+            // (connecting to the hung node holds that up for the whole
+            // timeout); one to another node meanwhile is answered on the old
+            // one (had it waited for the replacement, it would time out).
             let (mut c1, mut c2) = (conn.clone(), conn.clone());
-            let (_, answered) = tokio::join!(exists(&mut c1, &b), async {
-                let t0 = std::time::Instant::now();
-                let r = exists(&mut c2, &a).await;
-                (r, t0.elapsed())
-            });
-            assert_eq!(answered.0, Ok("0".to_owned()));
-            assert!(answered.1 < T / 2, "waited {:?}", answered.1);
+            let (_, answered) = tokio::join!(exists(&mut c1, &b), exists(&mut c2, &a));
+            assert_eq!(answered, Ok("0".to_owned()));
             // Whatever the new connection: the other node answers, the hung
             // one does not, and no second replacement follows.
             for _ in 0..3 {
