@@ -5,7 +5,9 @@
 //! record's fingerprint and its cache deadlines.
 //!
 //! Loading a compact record (`Compact::load`) skips everything a fetch
-//! already checked (PEM, name coverage, key match) except the dates: it
+//! already checked (PEM, name coverage, key match) except the dates and
+//! the key's type and size (`validate::judge_leaf_key`, cheap, under this
+//! process's `dyncert_rsa_max_bits`): it
 //! is only ever written by this module after `validate`, but the bytes sit
 //! in memory other processes write, so decoding is bounded and checked
 //! like any input (and fuzzed).
@@ -18,7 +20,8 @@ use crate::intern::{digest, CertDigest, Interner};
 use crate::outcome::CertSource;
 use crate::record::{Record, MAX_ALLOW_BYTES, MAX_CHAIN_LEN, MAX_CLIENT_CA_BYTES, MAX_KEY_BYTES};
 use crate::validate::{
-    chain_stack, key_der, pair_key_der, policy_of, precompute, Invalid, ParsedCert, Second,
+    chain_stack, judge_leaf_key, key_der, pair_key_der, policy_of, precompute, second_reason,
+    Invalid, KeyLimits, ParsedCert, Second,
 };
 
 /// Format tag and version.
@@ -266,12 +269,14 @@ impl Compact {
         if self.not_after_ms <= now_ms {
             return Err(Invalid::Expired);
         }
+        let limits = KeyLimits::current();
         let (leaf, key, chain) = load_pair(
             &self.leaf,
             &self.key,
             &self.intermediates,
             interner,
             missing,
+            limits,
         )?;
         let policy = policy_of(self.allow.as_deref(), self.client_ca.as_deref())?;
         let chain_bytes = |chain: &[X509]| {
@@ -284,7 +289,8 @@ impl Compact {
         let second = match &self.second {
             Some(s) => {
                 let (leaf, key, chain) =
-                    load_pair(&s.leaf, &s.key, &s.intermediates, interner, missing)?;
+                    load_pair(&s.leaf, &s.key, &s.intermediates, interner, missing, limits)
+                        .map_err(second_reason)?;
                 der_bytes += s.leaf.len() + chain_bytes(&chain);
                 Some(Second {
                     leaf,
@@ -344,8 +350,10 @@ fn load_pair(
     intermediates: &[CertDigest],
     interner: &Interner,
     missing: &[(CertDigest, Vec<u8>)],
+    limits: KeyLimits,
 ) -> Result<(X509, openssl::pkey::PKey<openssl::pkey::Private>, Vec<X509>), Invalid> {
     let mut leaf = X509::from_der(leaf).map_err(|_| Invalid::CrtNotPem)?;
+    judge_leaf_key(&leaf, limits)?;
     precompute(&leaf);
     let key = key
         .load_for(Some(&mut leaf))
@@ -474,6 +482,36 @@ mod tests {
             // The next load finds the intermediate without its DER.
             assert!(back.load(&interner, &[], 0).is_ok());
         }
+    }
+
+    #[test]
+    fn a_stored_key_over_this_processs_rsa_limit_is_refused_at_load() {
+        // What a process with a higher dyncert_rsa_max_bits (or anything
+        // else writing the zone) may have stored: this process's limit
+        // (the default here) still applies.
+        let (record, parsed) = stored(PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap(), None);
+        let (mut c, ders) = Compact::of(&parsed, &record, CertSource::Redis).unwrap();
+        let big =
+            PKey::private_key_from_pem(include_str!("../../tests/fixtures/rsa8192.key").as_bytes())
+                .unwrap();
+        c.leaf = leaf(&["shop.example.com"], &big, -1, 30).to_der().unwrap();
+        c.key = KeyDer::Pkcs1(big.rsa().unwrap().private_key_to_der().unwrap());
+        let interner = Interner::default();
+        assert_eq!(
+            c.load(&interner, &ders, 0).unwrap_err(),
+            Invalid::KeyTooSlow
+        );
+        // The same entry as a second pair: the second pair's reason.
+        let (mut with_second, ders) = Compact::of(&parsed, &record, CertSource::Redis).unwrap();
+        with_second.second = Some(CompactPair {
+            leaf: c.leaf.clone(),
+            intermediates: Vec::new(),
+            key: c.key.clone(),
+        });
+        assert_eq!(
+            with_second.load(&interner, &ders, 0).unwrap_err(),
+            Invalid::RsaKeyTooSlow
+        );
     }
 
     #[test]

@@ -313,6 +313,25 @@ pub fn fetch_concurrency(v: &[u8]) -> Result<usize> {
         .ok_or_else(|| InvalidParameter::of(v))
 }
 
+/// `dyncert_rsa_max_bits N`: the most bits of an RSA key a record may
+/// hold, 2048 (every RSA key served has at least that many) to 16384
+/// (past what the 16 KiB `key` field holds).
+pub fn rsa_max_bits(v: &[u8]) -> Result<u32> {
+    use crate::validate::{RSA_MAX_BITS_CEILING, RSA_MIN_BITS};
+    parse_number(v)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| (RSA_MIN_BITS..=RSA_MAX_BITS_CEILING).contains(n))
+        .ok_or_else(|| {
+            InvalidParameter::because(
+                String::from_utf8_lossy(v).into_owned(),
+                format!(
+                    "dyncert_rsa_max_bits takes {RSA_MIN_BITS} to {RSA_MAX_BITS_CEILING} \
+                     (bits of an RSA modulus)"
+                ),
+            )
+        })
+}
+
 /// `dyncert_key_references off | engine [module=PATH]` (see
 /// [`crate::keyref::directive`], which also has its tests).
 pub fn key_references(args: &[&[u8]]) -> Result<crate::keyref::KeyRefConfig> {
@@ -976,6 +995,30 @@ mod tests {
             assert_eq!(
                 text(fetch_concurrency(bad.as_bytes()).unwrap_err()),
                 format!("invalid parameter \"{bad}\"")
+            );
+        }
+    }
+
+    #[test]
+    fn rsa_max_bits_is_2048_to_16384() {
+        assert_eq!(rsa_max_bits(b"2048"), Ok(2048));
+        assert_eq!(rsa_max_bits(b"4096"), Ok(4096));
+        assert_eq!(rsa_max_bits(b"16384"), Ok(16384));
+        for bad in [
+            "2047",
+            "1024",
+            "16385",
+            "4k",
+            "",
+            "-4096",
+            "99999999999999999999",
+        ] {
+            assert_eq!(
+                text(rsa_max_bits(bad.as_bytes()).unwrap_err()),
+                format!(
+                    "invalid parameter \"{bad}\": dyncert_rsa_max_bits takes 2048 to 16384 \
+                     (bits of an RSA modulus)"
+                )
             );
         }
     }

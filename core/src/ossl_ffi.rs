@@ -24,7 +24,7 @@
 use std::ffi::{c_int, CStr};
 use std::ptr;
 
-use foreign_types::ForeignType;
+use foreign_types::{ForeignType, ForeignTypeRef};
 use openssl::bn::BigNum;
 use openssl::error::ErrorStack;
 use openssl::pkey::{PKey, Private};
@@ -41,6 +41,39 @@ extern "C" {
         size: usize,
         len: *mut usize,
     ) -> c_int;
+    fn EVP_PKEY_get_utf8_string_param(
+        pkey: *const ffi::EVP_PKEY,
+        key_name: *const std::ffi::c_char,
+        out: *mut std::ffi::c_char,
+        size: usize,
+        len: *mut usize,
+    ) -> c_int;
+}
+
+/// A key's UTF-8 string parameter `name` (`EVP_PKEY_get_utf8_string_param(3)`;
+/// for EC keys `"group"` and `"encoding"`, see `EVP_PKEY-EC(7)`), or
+/// None when the key has none or it is longer than 63 bytes.
+pub fn key_string_param<T>(key: &openssl::pkey::PKeyRef<T>, name: &CStr) -> Option<String> {
+    let mut out = [0 as std::ffi::c_char; 64];
+    let mut len = 0usize;
+    // SAFETY: key is a live EVP_PKEY (the reference guarantees it); name
+    // is NUL-terminated; the output buffer is ours, of the size given, and
+    // OpenSSL NUL-terminates within it on success.
+    let ok = unsafe {
+        EVP_PKEY_get_utf8_string_param(
+            key.as_ptr(),
+            name.as_ptr(),
+            out.as_mut_ptr(),
+            out.len(),
+            &mut len,
+        )
+    };
+    if ok != 1 {
+        return None;
+    }
+    // SAFETY: on success out holds a NUL-terminated string.
+    let s = unsafe { CStr::from_ptr(out.as_ptr()) };
+    s.to_str().ok().map(str::to_owned)
 }
 
 /// Frees what it holds on every path.

@@ -1,13 +1,16 @@
 //! Turns a decoded record into parsed OpenSSL objects, refusing anything
 //! that must not be served: unparsable PEM, an encrypted key, a key that
 //! does not match the leaf, a leaf that does not cover the name, a
-//! certificate outside its validity period, an over-long chain.
+//! certificate outside its validity period, an over-long chain, a key
+//! too weak or too slow to sign with (see [`judge_key`]).
 //!
 //! This runs on the fetcher thread, so the handshake path only ever sees
 //! ready-made `X509`/`PKey` objects (no PEM parsing in the cert callback).
 //! PEM is read by [`crate::pem`], never by OpenSSL, whose PEM readers ask
 //! for a passphrase on stdin when a key is encrypted; OpenSSL only gets the
 //! DER, through decoders that take no passphrase.
+
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use openssl::asn1::Asn1Time;
 use openssl::pkey::{PKey, Private};
@@ -160,6 +163,20 @@ pub enum Invalid {
     RsaNotYetValid,
     /// Two certificates that are not one ECDSA and one RSA.
     PairTypes,
+    /// The leaf's RSA key has fewer than [`RSA_MIN_BITS`] bits.
+    KeyTooWeak,
+    /// The leaf's RSA key has more bits than `dyncert_rsa_max_bits`: every
+    /// full handshake's signature would hold the worker's event loop.
+    KeyTooSlow,
+    /// The leaf's EC key is not on P-256, P-384 or P-521 by name.
+    KeyCurve,
+    /// The leaf's key is of a type TLS certificates are not served with.
+    KeyType,
+    /// The second pair's counterparts of the three above (its other key
+    /// types are [`Invalid::PairTypes`]).
+    RsaKeyTooWeak,
+    RsaKeyTooSlow,
+    RsaKeyCurve,
 }
 
 impl Invalid {
@@ -212,6 +229,30 @@ impl Invalid {
             Invalid::PairTypes => {
                 "a record with two certificates must hold one ECDSA and one RSA certificate"
             }
+            Invalid::KeyTooWeak => "certificate \"crt\" has an RSA key of fewer than 2048 bits",
+            Invalid::KeyTooSlow => {
+                "certificate \"crt\" has an RSA key of more bits than dyncert_rsa_max_bits \
+                 (default 4096): its signature in every handshake would stall the worker"
+            }
+            Invalid::KeyCurve => {
+                "certificate \"crt\" has an EC key that is not on the named curve P-256, \
+                 P-384 or P-521"
+            }
+            Invalid::KeyType => {
+                "certificate \"crt\" has a key that is not RSA, ECDSA (P-256, P-384, P-521), \
+                 Ed25519 or Ed448"
+            }
+            Invalid::RsaKeyTooWeak => {
+                "certificate \"crt_rsa\" has an RSA key of fewer than 2048 bits"
+            }
+            Invalid::RsaKeyTooSlow => {
+                "certificate \"crt_rsa\" has an RSA key of more bits than dyncert_rsa_max_bits \
+                 (default 4096): its signature in every handshake would stall the worker"
+            }
+            Invalid::RsaKeyCurve => {
+                "certificate \"crt_rsa\" has an EC key that is not on the named curve P-256, \
+                 P-384 or P-521"
+            }
         }
     }
 
@@ -239,6 +280,13 @@ impl Invalid {
             Invalid::RsaExpired => "rsa_expired",
             Invalid::RsaNotYetValid => "rsa_not_yet_valid",
             Invalid::PairTypes => "pair_types",
+            Invalid::KeyTooWeak => "key_too_weak",
+            Invalid::KeyTooSlow => "key_too_slow",
+            Invalid::KeyCurve => "key_curve",
+            Invalid::KeyType => "key_type",
+            Invalid::RsaKeyTooWeak => "rsa_key_too_weak",
+            Invalid::RsaKeyTooSlow => "rsa_key_too_slow",
+            Invalid::RsaKeyCurve => "rsa_key_curve",
         }
     }
 }
@@ -261,9 +309,123 @@ const NOT_BEFORE_SKEW_SECS: i64 = 300;
 /// curve before the key.
 const MAX_KEY_BLOCKS: usize = 2;
 
+/// Fewest bits of an RSA modulus served: what CAs have issued since 2014
+/// (CA/Browser Forum Baseline Requirements, 6.1.5). Below it OpenSSL's
+/// security level 2 (the default of many distributions' OpenSSL builds)
+/// refuses the certificate when it is installed, in every handshake.
+pub const RSA_MIN_BITS: u32 = 2048;
+/// Default `dyncert_rsa_max_bits`. One signature with the leaf's key is
+/// made on the worker's event loop in every full handshake: RSA-4096
+/// ~3 ms, RSA-8192 ~30 ms, RSA-15360 (which the 16 KiB `key` field holds)
+/// ~160 ms; ECDSA P-256 ~0.05 ms.
+pub const DEFAULT_RSA_MAX_BITS: u32 = 4096;
+/// Largest `dyncert_rsa_max_bits` accepted.
+pub const RSA_MAX_BITS_CEILING: u32 = 16384;
+
+/// What a leaf's public key is, as far as its strength and its cost per
+/// handshake go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyShape {
+    /// RSA or RSA-PSS, with its modulus's bits.
+    Rsa { bits: u32 },
+    /// EC; `tls_curve`: on P-256, P-384 or P-521, named (explicit curve
+    /// parameters are refused by RFC 5480 and were CVE-2020-0601's way in).
+    Ec { tls_curve: bool },
+    /// Ed25519 or Ed448 (fixed curves, cheap to sign with).
+    EdDsa,
+    /// Anything else (DSA, ...).
+    Other,
+}
+
+impl KeyShape {
+    /// The shape of `key`. EC keys are read through their "group" and
+    /// "encoding" parameters, which leave the key as it is (getting an
+    /// `EC_KEY` would make OpenSSL 3.0 keep a legacy copy of it).
+    pub fn of<T: openssl::pkey::HasPublic>(key: &openssl::pkey::PKeyRef<T>) -> KeyShape {
+        use crate::ossl_ffi::key_string_param;
+        use openssl::pkey::Id;
+        match key.id() {
+            Id::RSA | Id::RSA_PSS => KeyShape::Rsa { bits: key.bits() },
+            Id::EC => {
+                let group = key_string_param(key, c"group");
+                let encoding = key_string_param(key, c"encoding");
+                KeyShape::Ec {
+                    tls_curve: matches!(
+                        group.as_deref(),
+                        Some("prime256v1" | "secp384r1" | "secp521r1")
+                    ) && encoding.as_deref() == Some("named_curve"),
+                }
+            }
+            Id::ED25519 | Id::ED448 => KeyShape::EdDsa,
+            _ => KeyShape::Other,
+        }
+    }
+}
+
+/// How strong and how costly a leaf's key may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// Most bits of an RSA modulus (`dyncert_rsa_max_bits`).
+    pub rsa_max_bits: u32,
+}
+
+impl Default for KeyLimits {
+    fn default() -> Self {
+        KeyLimits {
+            rsa_max_bits: DEFAULT_RSA_MAX_BITS,
+        }
+    }
+}
+
+/// The process's `dyncert_rsa_max_bits` (see [`KeyLimits::install`]).
+static RSA_MAX_BITS: AtomicU32 = AtomicU32::new(DEFAULT_RSA_MAX_BITS);
+
+impl KeyLimits {
+    /// The limits every validation in this process applies: the fetcher's
+    /// (records from Redis and the API), the shared zone's loads, the CLI's.
+    pub fn current() -> KeyLimits {
+        KeyLimits {
+            rsa_max_bits: RSA_MAX_BITS.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Makes these the process's limits. A process-wide value rather than
+    /// a field of each caller's configuration: every place that admits a
+    /// key (the parse thread, a shared zone load, the CLI) must apply the
+    /// same bound, and a worker serves one configuration.
+    pub fn install(self) {
+        RSA_MAX_BITS.store(self.rsa_max_bits, Ordering::Relaxed);
+    }
+}
+
+/// Whether a leaf whose key has `shape` may be served under `limits`: RSA
+/// of [`RSA_MIN_BITS`] to `limits.rsa_max_bits` bits, EC on a named TLS
+/// curve, Ed25519, Ed448. The primary pair's reasons; the second pair maps
+/// them to its own.
+pub fn judge_key(shape: KeyShape, limits: KeyLimits) -> Result<(), Invalid> {
+    match shape {
+        KeyShape::Rsa { bits } if bits < RSA_MIN_BITS => Err(Invalid::KeyTooWeak),
+        KeyShape::Rsa { bits } if bits > limits.rsa_max_bits => Err(Invalid::KeyTooSlow),
+        KeyShape::Rsa { .. } | KeyShape::Ec { tls_curve: true } | KeyShape::EdDsa => Ok(()),
+        KeyShape::Ec { tls_curve: false } => Err(Invalid::KeyCurve),
+        KeyShape::Other => Err(Invalid::KeyType),
+    }
+}
+
+/// [`judge_key`] of `leaf`'s own public key: the key clients verify, and
+/// the one the record's private key is then checked to match, so a key
+/// held elsewhere (a key reference) is judged too. Runs before the private
+/// key is loaded, so an oversized one is refused before it is decoded.
+pub fn judge_leaf_key(leaf: &X509, limits: KeyLimits) -> Result<(), Invalid> {
+    let key = leaf.public_key().map_err(|_| Invalid::CrtNotPem)?;
+    judge_key(KeyShape::of(&key), limits)
+}
+
 /// Validates `record` for the (normalised) `name` at `now_secs` (UNIX time).
 pub fn validate(record: &Record, name: &str, now_secs: i64) -> Result<ParsedCert, Invalid> {
-    check(record, now_secs, None, None, |leaf| covers(leaf, name))
+    check(record, now_secs, None, None, KeyLimits::current(), |leaf| {
+        covers(leaf, name)
+    })
 }
 
 /// The fetcher's validation: [`validate`], or [`validate_wildcard`] for a
@@ -297,11 +459,12 @@ pub fn validate_with_refs(
     refs: &KeyRefConfig,
 ) -> Result<ParsedCert, Invalid> {
     let refs = Some(refs);
+    let limits = KeyLimits::current();
     match wildcard {
-        Some(w) => check(record, now_secs, Some(interner), refs, |leaf| {
+        Some(w) => check(record, now_secs, Some(interner), refs, limits, |leaf| {
             any_dns_name(leaf, |dns| same_dns_name(dns, w)) && covers(leaf, name)
         }),
-        None => check(record, now_secs, Some(interner), refs, |leaf| {
+        None => check(record, now_secs, Some(interner), refs, limits, |leaf| {
             covers(leaf, name)
         }),
     }
@@ -320,19 +483,21 @@ pub fn validate_wildcard(
     name: &str,
     now_secs: i64,
 ) -> Result<ParsedCert, Invalid> {
-    check(record, now_secs, None, None, |leaf| {
+    check(record, now_secs, None, None, KeyLimits::current(), |leaf| {
         any_dns_name(leaf, |dns| same_dns_name(dns, wildcard)) && covers(leaf, name)
     })
 }
 
 /// Cheapest checks first, so junk is refused before OpenSSL parses much:
 /// PEM structure of every field, then the leaf and its names and dates,
-/// then the key, then the rest of the chain and the client CAs.
+/// then the leaf's key type and size (`limits`), then the private key,
+/// then the rest of the chain and the client CAs.
 fn check(
     record: &Record,
     now_secs: i64,
     interner: Option<&Interner>,
     refs: Option<&KeyRefConfig>,
+    limits: KeyLimits,
     covered: impl Fn(&X509) -> bool,
 ) -> Result<ParsedCert, Invalid> {
     let certs = match record.form {
@@ -366,6 +531,7 @@ fn check(
     let allow = allow_list(record.allow.as_deref())?;
 
     let (mut leaf, chain_der, not_after) = checked_leaf(&certs, &covered, now_secs)?;
+    judge_leaf_key(&leaf, limits)?;
 
     let key = match (key_block, key_der, &key_ref) {
         (Some(block), _, _) => private_key(block, Some(&mut leaf))?,
@@ -390,7 +556,7 @@ fn check(
     }
     let second = match &record.second {
         Some(pair) => {
-            let (blocks, second) = check_second(pair, now_secs, interner, &covered)?;
+            let (blocks, second) = check_second(pair, now_secs, interner, limits, &covered)?;
             match (KeyKind::of(&key), KeyKind::of(&second.key)) {
                 (Some(a), Some(b)) if a != b => {}
                 _ => return Err(Invalid::PairTypes),
@@ -445,22 +611,17 @@ fn check_second(
     pair: &Pair,
     now_secs: i64,
     interner: Option<&Interner>,
+    limits: KeyLimits,
     covered: &impl Fn(&X509) -> bool,
 ) -> Result<(Vec<Block>, Second), Invalid> {
-    let rsa = |e: Invalid| match e {
-        Invalid::CrtNotPem => Invalid::RsaCrtNotPem,
-        Invalid::KeyNotPem | Invalid::KeyReference(_) => Invalid::RsaKeyNotPem,
-        Invalid::NameNotCovered => Invalid::RsaNameNotCovered,
-        Invalid::Expired => Invalid::RsaExpired,
-        Invalid::NotYetValid => Invalid::RsaNotYetValid,
-        other => other,
-    };
+    let rsa = second_reason;
     let certs = match pair.form {
         Form::Pem => certificates(&pair.crt, Invalid::CrtNotPem, Invalid::ChainTooLong),
         Form::Der => der_certificates(&pair.crt),
     }
     .map_err(rsa)?;
     let (mut leaf, chain_der, _) = checked_leaf(&certs, covered, now_secs).map_err(rsa)?;
+    judge_leaf_key(&leaf, limits).map_err(rsa)?;
     let key = match pair.form {
         Form::Pem => {
             keyref::parse(&pair.key, KeyRefMode::Off).map_err(|_| Invalid::RsaKeyNotPem)?;
@@ -479,6 +640,23 @@ fn check_second(
     precompute(&leaf);
     crate::leafkey::bind_checked(&mut leaf, &key, false);
     Ok((certs, Second { leaf, chain, key }))
+}
+
+/// The second pair's reason for a refusal of the primary pair's kind.
+pub fn second_reason(e: Invalid) -> Invalid {
+    match e {
+        Invalid::CrtNotPem => Invalid::RsaCrtNotPem,
+        Invalid::KeyNotPem | Invalid::KeyReference(_) => Invalid::RsaKeyNotPem,
+        Invalid::NameNotCovered => Invalid::RsaNameNotCovered,
+        Invalid::Expired => Invalid::RsaExpired,
+        Invalid::NotYetValid => Invalid::RsaNotYetValid,
+        Invalid::KeyTooWeak => Invalid::RsaKeyTooWeak,
+        Invalid::KeyTooSlow => Invalid::RsaKeyTooSlow,
+        Invalid::KeyCurve => Invalid::RsaKeyCurve,
+        // A second pair is one ECDSA and one RSA certificate.
+        Invalid::KeyType => Invalid::PairTypes,
+        other => other,
+    }
 }
 
 /// The leaf of a chain (first of `certs`), checked against the name
@@ -1564,5 +1742,233 @@ mod tests {
             "same content, same fingerprint"
         );
         assert!(d.second.unwrap().key.public_eq(&rk));
+    }
+
+    /// The RSA-8192 key of `tests/key_strength.rs` (generating one takes
+    /// ~15 s).
+    const RSA_8192: &str = include_str!("../../tests/fixtures/rsa8192.key");
+
+    fn rsa_8192() -> PKey<Private> {
+        PKey::private_key_from_pem(RSA_8192.as_bytes()).unwrap()
+    }
+
+    fn rsa_bits(bits: u32) -> PKey<Private> {
+        PKey::from_rsa(Rsa::generate(bits).unwrap()).unwrap()
+    }
+
+    fn ec_on(nid: Nid) -> PKey<Private> {
+        PKey::from_ec_key(EcKey::generate(&EcGroup::from_curve_name(nid).unwrap()).unwrap())
+            .unwrap()
+    }
+
+    /// A leaf for "shop.example.com" with `k`'s public key, decoded from
+    /// its DER as every leaf validation sees is (a leaf built in memory
+    /// keeps the key object it was given).
+    fn decoded_leaf(k: &PKey<Private>) -> X509 {
+        X509::from_der(&leaf(&["shop.example.com"], k, -1, 30).to_der().unwrap()).unwrap()
+    }
+
+    /// `check` of `r` for "shop.example.com" under `limits`.
+    fn checked(r: &Record, limits: KeyLimits) -> Result<ParsedCert, Invalid> {
+        check(r, now(), None, None, limits, |leaf| {
+            covers(leaf, "shop.example.com")
+        })
+    }
+
+    #[test]
+    fn rsa_keys_are_served_from_2048_bits_to_the_limit_and_named_tls_curves_only() {
+        let d = KeyLimits::default();
+        assert_eq!(d.rsa_max_bits, 4096);
+        let rsa = |bits| KeyShape::Rsa { bits };
+        for (shape, limits, want) in [
+            (rsa(512), d, Err(Invalid::KeyTooWeak)),
+            (rsa(1024), d, Err(Invalid::KeyTooWeak)),
+            (rsa(2047), d, Err(Invalid::KeyTooWeak)),
+            (rsa(2048), d, Ok(())),
+            (rsa(3072), d, Ok(())),
+            (rsa(4096), d, Ok(())),
+            (rsa(4097), d, Err(Invalid::KeyTooSlow)),
+            (rsa(8192), d, Err(Invalid::KeyTooSlow)),
+            (rsa(15360), d, Err(Invalid::KeyTooSlow)),
+            (rsa(8192), KeyLimits { rsa_max_bits: 8192 }, Ok(())),
+            (
+                rsa(8193),
+                KeyLimits { rsa_max_bits: 8192 },
+                Err(Invalid::KeyTooSlow),
+            ),
+            // The minimum holds whatever the maximum.
+            (
+                rsa(1024),
+                KeyLimits {
+                    rsa_max_bits: 16384,
+                },
+                Err(Invalid::KeyTooWeak),
+            ),
+            (KeyShape::Ec { tls_curve: true }, d, Ok(())),
+            (KeyShape::Ec { tls_curve: false }, d, Err(Invalid::KeyCurve)),
+            (KeyShape::EdDsa, d, Ok(())),
+            (KeyShape::Other, d, Err(Invalid::KeyType)),
+        ] {
+            assert_eq!(judge_key(shape, limits), want, "{shape:?} {limits:?}");
+        }
+    }
+
+    #[test]
+    fn key_shapes_are_read_from_the_leafs_keys() {
+        // As a leaf decodes them: the keys judged are the leaves' (a key
+        // built with EC_KEY calls has no "encoding" parameter to read).
+        let shape = |k: &PKey<Private>| KeyShape::of(&decoded_leaf(k).public_key().unwrap());
+        assert_eq!(shape(&rsa_bits(2048)), KeyShape::Rsa { bits: 2048 });
+        assert_eq!(shape(&rsa_8192()), KeyShape::Rsa { bits: 8192 });
+        for nid in [Nid::X9_62_PRIME256V1, Nid::SECP384R1, Nid::SECP521R1] {
+            assert_eq!(
+                shape(&ec_on(nid)),
+                KeyShape::Ec { tls_curve: true },
+                "{nid:?}"
+            );
+        }
+        for nid in [Nid::SECP256K1, Nid::BRAINPOOL_P256R1, Nid::X9_62_PRIME192V1] {
+            assert_eq!(
+                shape(&ec_on(nid)),
+                KeyShape::Ec { tls_curve: false },
+                "{nid:?}"
+            );
+        }
+        assert_eq!(shape(&PKey::generate_ed25519().unwrap()), KeyShape::EdDsa);
+        // (The test kit's leaves are not signed with Ed448 keys.)
+        assert_eq!(
+            KeyShape::of(&PKey::generate_ed448().unwrap()),
+            KeyShape::EdDsa
+        );
+        let dsa = openssl::dsa::Dsa::generate(2048).unwrap();
+        assert_eq!(shape(&PKey::from_dsa(dsa).unwrap()), KeyShape::Other);
+    }
+
+    #[test]
+    fn a_leaf_with_explicit_p256_parameters_is_refused() {
+        use openssl::ec::Asn1Flag;
+        let mut group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        group.set_asn1_flag(Asn1Flag::EXPLICIT_CURVE);
+        let k = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let crt = decoded_leaf(&k);
+        // The leaf's SubjectPublicKeyInfo carries the curve's parameters,
+        // not its OID.
+        let spki = crt.public_key().unwrap().public_key_to_der().unwrap();
+        assert!(!spki
+            .windows(8)
+            .any(|w| w == [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]));
+        assert_eq!(
+            judge_leaf_key(&crt, KeyLimits::default()),
+            Err(Invalid::KeyCurve)
+        );
+    }
+
+    #[test]
+    fn weak_slow_and_odd_keys_refuse_the_record_with_their_own_reasons() {
+        let d = KeyLimits::default();
+        let refused = |k: &PKey<Private>| checked(&shop_record(k, key_pem(k)), d).unwrap_err();
+        assert_eq!(refused(&rsa_bits(1024)), Invalid::KeyTooWeak);
+        assert_eq!(refused(&rsa_8192()), Invalid::KeyTooSlow);
+        assert_eq!(refused(&ec_on(Nid::SECP256K1)), Invalid::KeyCurve);
+        let dsa = PKey::from_dsa(openssl::dsa::Dsa::generate(2048).unwrap()).unwrap();
+        assert_eq!(refused(&dsa), Invalid::KeyType);
+        // Raised, the limit admits the RSA-8192 key.
+        let big = rsa_8192();
+        let raised = KeyLimits { rsa_max_bits: 8192 };
+        checked(&shop_record(&big, key_pem(&big)), raised).unwrap();
+        // Still served: RSA-2048 and -4096, the TLS curves, Ed25519.
+        for k in [
+            rsa_bits(2048),
+            rsa_bits(4096),
+            ec_on(Nid::SECP384R1),
+            ec_on(Nid::SECP521R1),
+            PKey::generate_ed25519().unwrap(),
+        ] {
+            checked(&shop_record(&k, key_pem(&k)), d).unwrap();
+        }
+        for i in [
+            Invalid::KeyTooWeak,
+            Invalid::KeyTooSlow,
+            Invalid::KeyCurve,
+            Invalid::KeyType,
+        ] {
+            assert!(i.as_str().contains("\"crt\""), "{i:?}");
+        }
+        assert!(Invalid::KeyTooSlow
+            .as_str()
+            .contains("dyncert_rsa_max_bits"));
+    }
+
+    #[test]
+    fn the_leafs_key_is_judged_before_the_private_key_is_read() {
+        // An RSA-8192 leaf with a key field that is another key, or junk
+        // that has the shape of a key: refused for the leaf's key, whatever
+        // the private key would have been, and before it is decoded.
+        let big = rsa_8192();
+        let crt = pem(&leaf(&["shop.example.com"], &big, -1, 30));
+        let d = KeyLimits::default();
+        let other = key();
+        assert_eq!(
+            checked(&record(crt.clone(), key_pem(&other)), d).unwrap_err(),
+            Invalid::KeyTooSlow
+        );
+        let junk = b"-----BEGIN PRIVATE KEY-----\nTWFu\n-----END PRIVATE KEY-----\n".to_vec();
+        assert_eq!(
+            checked(&record(crt, junk), d).unwrap_err(),
+            Invalid::KeyTooSlow
+        );
+        // A weak key that matches: still refused (the match check comes
+        // after, it does not stand in for this one).
+        let weak = rsa_bits(1024);
+        assert_eq!(
+            checked(&shop_record(&weak, key_pem(&weak)), d).unwrap_err(),
+            Invalid::KeyTooWeak
+        );
+    }
+
+    #[test]
+    fn a_second_pairs_weak_or_slow_key_refuses_with_the_second_pairs_reason() {
+        let d = KeyLimits::default();
+        let ek = key();
+        let el = leaf(&["shop.example.com"], &ek, -1, 30);
+        for (rk, want) in [
+            (rsa_bits(1024), Invalid::RsaKeyTooWeak),
+            (rsa_8192(), Invalid::RsaKeyTooSlow),
+        ] {
+            let rl = leaf(&["shop.example.com"], &rk, -1, 30);
+            assert_eq!(checked(&dual((&el, &ek), (&rl, &rk)), d).unwrap_err(), want);
+            // Either way round: as the primary, the primary's reason.
+            let primary = match want {
+                Invalid::RsaKeyTooWeak => Invalid::KeyTooWeak,
+                _ => Invalid::KeyTooSlow,
+            };
+            assert_eq!(
+                checked(&dual((&rl, &rk), (&el, &ek)), d).unwrap_err(),
+                primary
+            );
+        }
+        // An ECDSA second pair on another curve.
+        let rk = rsa_key();
+        let rl = leaf(&["shop.example.com"], &rk, -1, 30);
+        let k1 = ec_on(Nid::SECP256K1);
+        let l1 = leaf(&["shop.example.com"], &k1, -1, 30);
+        assert_eq!(
+            checked(&dual((&rl, &rk), (&l1, &k1)), d).unwrap_err(),
+            Invalid::RsaKeyCurve
+        );
+        // A DSA second pair is not one of the two types.
+        let dk = PKey::from_dsa(openssl::dsa::Dsa::generate(2048).unwrap()).unwrap();
+        let dl = leaf(&["shop.example.com"], &dk, -1, 30);
+        assert_eq!(
+            checked(&dual((&el, &ek), (&dl, &dk)), d).unwrap_err(),
+            Invalid::PairTypes
+        );
+        for i in [
+            Invalid::RsaKeyTooWeak,
+            Invalid::RsaKeyTooSlow,
+            Invalid::RsaKeyCurve,
+        ] {
+            assert!(i.label().starts_with("rsa_") && i.as_str().contains("_rsa"));
+        }
     }
 }
