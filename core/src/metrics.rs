@@ -49,7 +49,7 @@ pub const HANDSHAKE_SOURCES: [CertSource; 6] = [
 
 /// Labels of refused records (`Refusal::label`), in a fixed order so the
 /// shared array has one slot each; anything else counts as `other`.
-pub const REJECT_REASONS: [&str; 34] = [
+pub const REJECT_REASONS: [&str; 41] = [
     "crt_not_pem",
     "chain_too_long",
     "key_not_pem",
@@ -83,6 +83,13 @@ pub const REJECT_REASONS: [&str; 34] = [
     "rsa_expired",
     "rsa_not_yet_valid",
     "pair_types",
+    "key_too_weak",
+    "key_too_slow",
+    "key_curve",
+    "key_type",
+    "rsa_key_too_weak",
+    "rsa_key_too_slow",
+    "rsa_key_curve",
     "other",
 ];
 
@@ -840,6 +847,13 @@ mod tests {
             Invalid::RsaExpired,
             Invalid::RsaNotYetValid,
             Invalid::PairTypes,
+            Invalid::KeyTooWeak,
+            Invalid::KeyTooSlow,
+            Invalid::KeyCurve,
+            Invalid::KeyType,
+            Invalid::RsaKeyTooWeak,
+            Invalid::RsaKeyTooSlow,
+            Invalid::RsaKeyCurve,
         ] {
             assert_ne!(l.rejected(i.label()), l.rejected("other"), "{i:?}");
         }
