@@ -51,7 +51,7 @@ const fn command(
     }
 }
 
-static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 31] = [
+static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 32] = [
     command(
         ngx_string!("dyncert"),
         NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG,
@@ -122,6 +122,12 @@ static mut NGX_HTTP_DYNCERT_COMMANDS: [ngx_command_t; 31] = [
         ngx_string!("dyncert_key_encryption"),
         NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
         directives::ngx_http_dyncert_key_encryption,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("dyncert_rsa_max_bits"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        directives::ngx_http_dyncert_rsa_max_bits,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(

@@ -21,6 +21,7 @@ use dyncert_core::on_demand::Stream;
 use dyncert_core::template::UrlTemplate;
 use dyncert_core::tickets::{self, Storage};
 use dyncert_core::tier::config_fingerprint;
+use dyncert_core::validate::{KeyLimits, DEFAULT_RSA_MAX_BITS};
 use ngx::ffi::{
     ngx_array_push, ngx_conf_t, ngx_http_core_srv_conf_t, ngx_http_handler_pt, ngx_http_phases,
     ngx_http_request_t, ngx_int_t, ngx_module_t, ngx_msec_t, ngx_shm_zone_t, ngx_uint_t,
@@ -125,6 +126,8 @@ pub struct MainConf {
     pub key_ring: Keyring,
     /// `dyncert_key_encryption`; unset: optional.
     pub key_encryption: Option<KeyEncryption>,
+    /// `dyncert_rsa_max_bits`; unset: [`DEFAULT_RSA_MAX_BITS`].
+    pub rsa_max_bits: Option<u32>,
     /// Filled in postconfiguration: first server_name of each server block,
     /// in the order of `SrvConf::server_index` (metric labels).
     pub server_names: Vec<String>,
@@ -175,6 +178,12 @@ impl MainConf {
             encryption.as_bytes(),
             key_ids.as_bytes(),
         ];
+        // Only when set, so a zone kept over the upgrade keeps its records.
+        let rsa_max_bits = self.rsa_max_bits.map(|b| b.to_string());
+        if let Some(b) = &rsa_max_bits {
+            parts.push(b"rsa_max_bits");
+            parts.push(b.as_bytes());
+        }
         for (name, value) in &self.api_headers {
             parts.push(name.as_bytes());
             parts.push(value.as_bytes());
@@ -185,8 +194,19 @@ impl MainConf {
         self.fetch_concurrency.unwrap_or(DEFAULT_FETCH_CONCURRENCY)
     }
 
-    /// What the worker's fetcher needs (built in each worker).
+    /// `dyncert_rsa_max_bits` and the fixed bounds of record keys.
+    pub fn key_limits(&self) -> KeyLimits {
+        KeyLimits {
+            rsa_max_bits: self.rsa_max_bits.unwrap_or(DEFAULT_RSA_MAX_BITS),
+        }
+    }
+
+    /// What the worker's fetcher needs (built in each worker). The key
+    /// limits every validation applies are the process's
+    /// ([`KeyLimits::install`]): installed here, before the fetcher that
+    /// validates records and loads shared zone entries starts.
     pub fn fetcher_config(&self) -> Result<FetcherConfig, String> {
+        self.key_limits().install();
         let api = match &self.api_template {
             Some(t) => Some(ApiConfig {
                 template: UrlTemplate::parse(t)?,

@@ -281,6 +281,14 @@ fn fetch_timeout(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) ->
     set_once(cf, &mut mcf.fetch_timeout, timeout(&args[0]))
 }
 
+directive!(ngx_http_dyncert_rsa_max_bits => rsa_max_bits);
+/// `dyncert_rsa_max_bits N;`
+fn rsa_max_bits(cf: &mut ngx_conf_t, mcf: &mut MainConf, args: &[ngx_str_t]) -> DirectiveResult {
+    set_once(cf, &mut mcf.rsa_max_bits, || {
+        directives::rsa_max_bits(args[0].as_bytes())
+    })
+}
+
 directive!(ngx_http_dyncert_fetch_concurrency => fetch_concurrency);
 /// `dyncert_fetch_concurrency N;`
 fn fetch_concurrency(
