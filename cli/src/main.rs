@@ -32,6 +32,7 @@ use dyncert_core::directives::{
     self, parse_time_ms, DEFAULT_EXPIRY_INDEX, DEFAULT_INVALIDATE_CHANNEL, DEFAULT_PREFIX,
 };
 use dyncert_core::fetch::{invalidation_target, RedisTls};
+use dyncert_core::validate::KeyLimits;
 use serde_json::json;
 
 use cert::{days_left, now_secs, prepare, record_name, show, Input};
@@ -83,6 +84,10 @@ struct Cli {
     /// Record key prefix (dyncert_redis_prefix)
     #[arg(long, global = true, default_value = DEFAULT_PREFIX)]
     prefix: String,
+    /// Most bits of an RSA key a record may hold (dyncert_rsa_max_bits,
+    /// 2048 to 16384)
+    #[arg(long, global = true, default_value = "4096", value_name = "BITS")]
+    rsa_max_bits: String,
     /// Invalidation channel (dyncert_invalidate_channel), or off
     #[arg(long, global = true, default_value = DEFAULT_INVALIDATE_CHANNEL)]
     channel: String,
@@ -550,6 +555,13 @@ fn redis_tls(cli: &Cli) -> Result<RedisTls, CliError> {
 }
 
 fn run(cli: Cli) -> Result<u8, CliError> {
+    // Every record the CLI validates (put, import, issue, renew, run) is
+    // held to the module's key bounds.
+    KeyLimits {
+        rsa_max_bits: directives::rsa_max_bits(cli.rsa_max_bits.as_bytes())
+            .map_err(|e| CliError::Input(format!("--rsa-max-bits: {e}")))?,
+    }
+    .install();
     if matches!(cli.command, Command::Run(_)) {
         return run_issuer(cli);
     }

@@ -634,3 +634,48 @@ fn a_write_whose_invalidation_cannot_be_published_is_reported_done_with_a_warnin
     assert_eq!(progress, format!("[1/1] {name}: imported"));
     assert!(exists(&redis, name));
 }
+
+/// `put` holds keys to the module's bounds: an RSA key over
+/// `--rsa-max-bits` (the module's `dyncert_rsa_max_bits`, default 4096)
+/// or under 2048 bits is refused with the module's reason; the same key
+/// under a raised limit is stored.
+#[test]
+fn put_refuses_rsa_keys_the_module_would_refuse() {
+    use dyncert_testkit::pki::self_signed;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+
+    let redis = Redis::start();
+    let dir = TempDir::new("cli-key-strength");
+    let name = "slow.example.com";
+    let big = include_str!("../../tests/fixtures/rsa8192.key");
+    let big_key = PKey::private_key_from_pem(big.as_bytes()).unwrap();
+    let crt = String::from_utf8(self_signed(&[name], &big_key, -1, 30).to_pem().unwrap()).unwrap();
+    let (crt, key) = files(dir.path(), "big", &crt, big);
+    let out = put(&redis, name, &crt, &key, &[]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("dyncert_rsa_max_bits") && out.stderr.ends_with("(key_too_slow)\n"),
+        "{}",
+        out.stderr
+    );
+    assert!(!exists(&redis, name));
+    put(&redis, name, &crt, &key, &["--rsa-max-bits", "8192"]).assert_ok("put RSA-8192");
+    assert!(exists(&redis, name));
+
+    let out = put(&redis, name, &crt, &key, &["--rsa-max-bits", "1024"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("--rsa-max-bits"), "{}", out.stderr);
+
+    let weak = PKey::from_rsa(Rsa::generate(1024).unwrap()).unwrap();
+    let weak_crt = self_signed(&["weak.example.com"], &weak, -1, 30);
+    let (crt, key) = files(
+        dir.path(),
+        "weak",
+        &String::from_utf8(weak_crt.to_pem().unwrap()).unwrap(),
+        &String::from_utf8(weak.private_key_to_pem_pkcs8().unwrap()).unwrap(),
+    );
+    let out = put(&redis, "weak.example.com", &crt, &key, &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.ends_with("(key_too_weak)\n"), "{}", out.stderr);
+}
