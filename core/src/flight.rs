@@ -7,8 +7,16 @@
 //! where it gets the default certificate (or is rejected) without waiting.
 //! Generic over the waiter type so the glue can queue whatever identifies a
 //! parked connection, and tests can use plain integers.
+//!
+//! A name leaves the table when its fetch reports. A fetch that never
+//! reports (a bug: a panic that lost its result) must not hold the name
+//! and its slot for the process's life, every later connection for it
+//! parked in vain: with a deadline ([`Inflight::with_deadline`]), an entry
+//! older than it is started again by the next [`Inflight::join_at`].
 
 use std::collections::HashMap;
+
+use crate::clock::Millis;
 
 /// The outcome of [`Inflight::join`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,20 +29,59 @@ pub enum Join {
     Refused,
 }
 
+/// How long an entry may wait for its fetch's report before the next join
+/// starts the fetch again: the longer of what a waiter waits
+/// (`fetch_timeout`) and what a lookup may take (`lookup_bound`), plus
+/// `margin` (an event loop busy with other work applies a report late).
+/// Past it no waiter of the first fetch is left (each left when its own
+/// timer, at most `fetch_timeout`, fired) and the lookup has run out of
+/// every bound it has: its report is lost. Saturating; at least 1 ms.
+pub fn deadline(fetch_timeout: Millis, lookup_bound: Millis, margin: Millis) -> Millis {
+    fetch_timeout
+        .max(lookup_bound)
+        .saturating_add(margin)
+        .max(1)
+}
+
+/// Whether an entry started at `started` is past `deadline` at `now`. A
+/// clock that went back (`now` before `started`) makes it younger, never
+/// overdue.
+pub fn overdue(started: Millis, now: Millis, deadline: Millis) -> bool {
+    now.saturating_sub(started) >= deadline
+}
+
+#[derive(Debug)]
+struct Entry<W> {
+    /// When the fetch was started (the clock [`Inflight::join_at`] got).
+    started: Millis,
+    waiters: Vec<W>,
+}
+
 /// Names being fetched, each with the waiters to wake when it completes.
 #[derive(Debug)]
 pub struct Inflight<W> {
     cap: usize,
-    fetches: HashMap<String, Vec<W>>,
+    /// See [`deadline`]; `None`: an entry waits for its report forever.
+    deadline: Option<Millis>,
+    fetches: HashMap<String, Entry<W>>,
 }
 
 impl<W> Inflight<W> {
     /// `cap` is the most fetches in flight at once; 0 refuses every fetch.
+    /// No deadline: see [`Inflight::with_deadline`].
     pub fn new(cap: usize) -> Self {
         Inflight {
             cap,
+            deadline: None,
             fetches: HashMap::new(),
         }
+    }
+
+    /// Entries older than `deadline` ms (see [`deadline`]) are started
+    /// again by the next [`Inflight::join_at`].
+    pub fn with_deadline(mut self, deadline: Millis) -> Self {
+        self.deadline = Some(deadline.max(1));
+        self
     }
 
     /// Registers interest in `name`; `waiter` (if Some) is queued to be
@@ -42,29 +89,65 @@ impl<W> Inflight<W> {
     /// new fetch would exceed it (waiter NOT queued).
     ///
     /// Joining a running fetch is never refused: it costs no extra I/O.
+    /// Without a clock: no entry is ever overdue.
     pub fn join(&mut self, name: &str, waiter: Option<W>) -> Join {
-        if let Some(waiters) = self.fetches.get_mut(name) {
-            waiters.extend(waiter);
-            return Join::Joined;
+        self.join_entry(name, waiter, None)
+    }
+
+    /// [`Inflight::join`] at `now`: an entry of `name` past the deadline
+    /// ([`Inflight::is_overdue`]) is started again: `Started`, the caller
+    /// starts a fetch as for a new name; the entry keeps its slot and its
+    /// waiters (woken by whichever fetch reports first, or by their own
+    /// timers), and its clock starts again at `now`.
+    pub fn join_at(&mut self, name: &str, waiter: Option<W>, now: Millis) -> Join {
+        self.join_entry(name, waiter, Some(now))
+    }
+
+    fn join_entry(&mut self, name: &str, waiter: Option<W>, now: Option<Millis>) -> Join {
+        let deadline = self.deadline;
+        if let Some(entry) = self.fetches.get_mut(name) {
+            entry.waiters.extend(waiter);
+            return match (now, deadline) {
+                (Some(now), Some(d)) if overdue(entry.started, now, d) => {
+                    entry.started = now;
+                    Join::Started
+                }
+                _ => Join::Joined,
+            };
         }
         if self.fetches.len() >= self.cap {
             return Join::Refused;
         }
-        self.fetches
-            .insert(name.to_owned(), waiter.into_iter().collect());
+        let entry = Entry {
+            started: now.unwrap_or(0),
+            waiters: waiter.into_iter().collect(),
+        };
+        self.fetches.insert(name.to_owned(), entry);
         Join::Started
+    }
+
+    /// Whether the fetch of `name` is in flight and past the deadline at
+    /// `now`: the next [`Inflight::join_at`] starts it again.
+    pub fn is_overdue(&self, name: &str, now: Millis) -> bool {
+        match (self.fetches.get(name), self.deadline) {
+            (Some(e), Some(d)) => overdue(e.started, now, d),
+            _ => false,
+        }
     }
 
     /// The fetch for `name` finished: returns all queued waiters (in the
     /// order they joined) and frees the slot. Unknown names yield none.
     pub fn complete(&mut self, name: &str) -> Vec<W> {
-        self.fetches.remove(name).unwrap_or_default()
+        self.fetches
+            .remove(name)
+            .map(|e| e.waiters)
+            .unwrap_or_default()
     }
 
     /// Remove one waiter (e.g. its timer fired) matching `pred`; returns
     /// it. The fetch stays in flight: its result still fills the cache.
     pub fn remove_waiter(&mut self, name: &str, mut pred: impl FnMut(&W) -> bool) -> Option<W> {
-        let waiters = self.fetches.get_mut(name)?;
+        let waiters = &mut self.fetches.get_mut(name)?.waiters;
         let position = waiters.iter().position(&mut pred)?;
         Some(waiters.remove(position))
     }
@@ -154,5 +237,83 @@ mod tests {
         let mut flight: Inflight<u8> = Inflight::new(1);
         assert!(flight.complete("nothing").is_empty());
         assert_eq!(flight.in_flight(), 0);
+    }
+
+    #[test]
+    fn deadline_is_the_longer_bound_plus_the_margin() {
+        // Module defaults: fetch 2 s, a lookup bounded at 11 s, margin 1 s.
+        assert_eq!(deadline(2_000, 11_000, 1_000), 12_000);
+        // A waiter's own wait longer than any lookup.
+        assert_eq!(deadline(30_000, 11_000, 1_000), 31_000);
+        assert_eq!(deadline(Millis::MAX, 0, 1_000), Millis::MAX);
+        assert_eq!(deadline(0, 0, 0), 1);
+    }
+
+    #[test]
+    fn overdue_from_the_deadline_on_and_never_when_the_clock_went_back() {
+        assert!(!overdue(1_000, 1_000, 500));
+        assert!(!overdue(1_000, 1_499, 500));
+        assert!(overdue(1_000, 1_500, 500));
+        assert!(overdue(1_000, Millis::MAX, 500));
+        assert!(!overdue(5_000, 1_000, 500));
+    }
+
+    #[test]
+    fn a_fetch_that_never_reports_is_started_again_after_the_deadline() {
+        let mut flight = Inflight::new(1).with_deadline(3_000);
+        assert_eq!(flight.join_at("a", Some(1), 10_000), Join::Started);
+        assert_eq!(flight.join_at("a", Some(2), 12_999), Join::Joined);
+        assert!(!flight.is_overdue("a", 12_999));
+        // The report never came: the next join starts the fetch again,
+        // in the same slot (the cap of 1 does not refuse it).
+        assert!(flight.is_overdue("a", 13_000));
+        assert_eq!(flight.join_at("a", Some(3), 13_000), Join::Started);
+        assert_eq!(flight.in_flight(), 1);
+        // Its clock starts again: joins within the new deadline share it.
+        assert!(!flight.is_overdue("a", 15_999));
+        assert_eq!(flight.join_at("a", None, 15_999), Join::Joined);
+        assert_eq!(flight.join_at("a", Some(4), 16_000), Join::Started);
+        // The waiters still queued are woken by whichever fetch reports.
+        assert_eq!(flight.complete("a"), [1, 2, 3, 4]);
+        assert!(!flight.is_overdue("a", 99_000));
+        assert_eq!(flight.in_flight(), 0);
+    }
+
+    #[test]
+    fn an_overdue_name_does_not_hold_its_slot_against_others() {
+        let mut flight = Inflight::new(1).with_deadline(1_000);
+        assert_eq!(flight.join_at("stuck", Some(1), 0), Join::Started);
+        // The slot is taken by the stuck name until it is joined again;
+        // a restart is charged to the same slot, never a second one.
+        assert_eq!(flight.join_at("other", Some(2), 5_000), Join::Refused);
+        assert_eq!(flight.join_at("stuck", Some(3), 5_000), Join::Started);
+        assert_eq!(flight.in_flight(), 1);
+        assert_eq!(flight.complete("stuck"), [1, 3]);
+        assert_eq!(flight.join_at("other", Some(2), 5_000), Join::Started);
+    }
+
+    #[test]
+    fn removed_waiters_of_an_overdue_entry_stay_removed() {
+        let mut flight = Inflight::new(2).with_deadline(100);
+        flight.join_at("a", Some(1), 0);
+        flight.join_at("a", Some(2), 50);
+        // Waiter 1's timer fired (it is answered as a timeout by the glue).
+        assert_eq!(flight.remove_waiter("a", |&w| w == 1), Some(1));
+        assert_eq!(flight.join_at("a", Some(3), 100), Join::Started);
+        assert_eq!(flight.complete("a"), [2, 3]);
+    }
+
+    #[test]
+    fn without_a_deadline_or_a_clock_an_entry_waits_for_its_report() {
+        let mut flight = Inflight::new(1);
+        assert_eq!(flight.join_at("a", Some(1), 0), Join::Started);
+        assert!(!flight.is_overdue("a", Millis::MAX));
+        assert_eq!(flight.join_at("a", Some(2), Millis::MAX), Join::Joined);
+        // join (no clock) never restarts, even with a deadline.
+        let mut timed = Inflight::new(1).with_deadline(1);
+        assert_eq!(timed.join("a", Some(1)), Join::Started);
+        assert_eq!(timed.join("a", Some(2)), Join::Joined);
+        assert_eq!(timed.join_at("a", Some(3), 0), Join::Joined);
+        assert_eq!(timed.join_at("a", Some(4), 1), Join::Started);
     }
 }

@@ -145,9 +145,10 @@ pub enum Simple {
     ApiRateLimited,
     RedisCommandTimeouts,
     RedisReconnects,
+    FetchesLost,
 }
 
-const SIMPLE: [(Simple, &str, &str); 35] = [
+const SIMPLE: [(Simple, &str, &str); 36] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -337,6 +338,13 @@ const SIMPLE: [(Simple, &str, &str); 35] = [
         "dyncert_redis_reconnects_total",
         "Command connections to a Redis server replaced by a new one because a \
          command timed out on them (a hung server, or a flow a middlebox forgot).",
+    ),
+    (
+        Simple::FetchesLost,
+        "dyncert_fetches_lost_total",
+        "Lookups that ended in a panic in the fetcher (answered as failed), or \
+         whose answer never came within the in-flight deadline (started again \
+         by the next connection for their name); see the log lines.",
     ),
 ];
 

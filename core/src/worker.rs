@@ -142,6 +142,8 @@ impl Selection {
 /// Log levels the event loop maps onto nginx's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
+    /// A bug in dyncert (a panic caught off the event loop).
+    Alert,
     Warn,
     Info,
     /// Only in an nginx built `--with-debug`.
@@ -162,6 +164,10 @@ const ERROR_LOG_INTERVAL_MS: Millis = 10_000;
 /// second (handshakes without a peek step: QUIC); beyond, the record is
 /// loaded off the event loop and the handshake gets what a miss gets.
 pub const SYNC_LOADS_PER_SEC: u32 = 64;
+/// How long a fetch may go without reporting before the next connection
+/// for its name starts it again, until [`Worker::with_flight_deadline`]
+/// sets the configuration's (see [`crate::flight::deadline`]).
+const DEFAULT_FLIGHT_DEADLINE_MS: Millis = 30_000;
 /// Memory charged per entry beyond its DER bytes: key, X509 structures,
 /// the entry itself. A rough figure: `max_size=` is a bound, not a meter.
 const ENTRY_OVERHEAD_BYTES: usize = 2048;
@@ -194,6 +200,10 @@ pub struct Worker<W, Q> {
     /// invalidation covering the name was applied to the tier since (by
     /// any worker). At most the names in flight.
     started: HashMap<String, u64>,
+    /// Names whose fetch was started again because it had not reported
+    /// within the in-flight deadline: logged with their first answer. At
+    /// most the names in flight.
+    restarted: HashSet<String>,
     /// Names being fetched that a handshake on a server with
     /// `dyncert_on_demand on` found without a certificate (no peek step:
     /// QUIC, or the name's negative entry ended meanwhile): queued as soon
@@ -211,6 +221,8 @@ pub struct Worker<W, Q> {
     /// interval, apart from the source errors' so that a flood of them
     /// does not hide a failing Redis or API.
     api_rate_log: LogLimiter,
+    /// Lookups that panicked: at most one line per interval.
+    panic_log: LogLimiter,
 }
 
 /// The deadlines to cache a record with, given when it was fetched: a
@@ -256,7 +268,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         );
         Worker {
             cache: CertCache::new(policy),
-            inflight: Inflight::new(concurrency),
+            inflight: Inflight::new(concurrency).with_deadline(DEFAULT_FLIGHT_DEADLINE_MS),
             queue,
             error_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
             sink,
@@ -266,12 +278,42 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             suspect: HashSet::new(),
             invalidated: HashSet::new(),
             started: HashMap::new(),
+            restarted: HashSet::new(),
             on_demand_wanted: HashSet::new(),
             on_demand_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
             on_demand_budget,
             on_demand_refused_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
             api_rate_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
+            panic_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
         }
+    }
+
+    /// Fetches that have not reported `deadline` ms after they started
+    /// are started again by the next connection for their name (see
+    /// [`crate::flight::deadline`]).
+    pub fn with_flight_deadline(mut self, deadline: Millis) -> Self {
+        self.inflight = Inflight::new(self.inflight.cap()).with_deadline(deadline);
+        self
+    }
+
+    /// Joins the fetch of `name` at `now`, or starts it: again when it is
+    /// past the in-flight deadline (its answer was lost, or it ran longer
+    /// than every bound of a lookup), counted at once and logged with the
+    /// first answer for the name (the callers have no log).
+    fn join(&mut self, name: &str, waiter: Option<W>, now: Millis) -> Join {
+        if self.inflight.is_overdue(name, now) {
+            self.count(Simple::FetchesLost);
+            self.restarted.insert(name.to_owned());
+        }
+        self.inflight.join_at(name, waiter, now)
+    }
+
+    /// A fetch [`Self::join`] said to start could not be queued: the name
+    /// leaves the table. Its waiters, if it was started again after the
+    /// deadline, are left to their own timers.
+    fn not_started(&mut self, name: &str) {
+        drop(self.inflight.complete(name));
+        self.restarted.remove(name);
     }
 
     /// Puts the host-wide tier between the hot set and the sources; its
@@ -303,7 +345,10 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             return false;
         }
         if let Some(g) = generation {
-            self.started.insert(name.to_owned(), g);
+            // A fetch started again after the in-flight deadline keeps the
+            // first one's generation: if the first one answers after all,
+            // what it read is judged from when it began.
+            self.started.entry(name.to_owned()).or_insert(g);
         }
         true
     }
@@ -365,7 +410,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         if self.cache.contains_usable(name, now) {
             return self.load_while_backing_off(name, waiter, now);
         }
-        let decision = match self.inflight.join(name, Some(waiter)) {
+        let decision = match self.join(name, Some(waiter), now) {
             Join::Joined => PreHandshake::Park,
             Join::Refused => {
                 self.count(Simple::FetchesRefused);
@@ -376,7 +421,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                     PreHandshake::Park
                 } else {
                     // Queue full or thread gone: do not wait for nothing.
-                    drop(self.inflight.complete(name));
+                    self.not_started(name);
                     self.count(Simple::FetchesRefused);
                     PreHandshake::Proceed
                 }
@@ -399,12 +444,12 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         let Some(hit) = self.tier_hit(name, now, None) else {
             return PreHandshake::Proceed;
         };
-        match self.inflight.join(name, Some(waiter)) {
+        match self.join(name, Some(waiter), now) {
             Join::Joined => {}
             Join::Refused => return PreHandshake::Proceed,
             Join::Started => {
                 if !self.queue.load(name, hit) {
-                    drop(self.inflight.complete(name));
+                    self.not_started(name);
                     return PreHandshake::Proceed;
                 }
                 self.count(Simple::TierLoads);
@@ -698,11 +743,11 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
 
     fn start_fetch(&mut self, name: &str, now: Millis) {
         let have = self.cache.peek(name).map(|e| e.fetched);
-        let queued = match self.inflight.join(name, None) {
+        let queued = match self.join(name, None, now) {
             Join::Started => {
                 let ok = self.fetch_or_load(name, now, have);
                 if !ok {
-                    drop(self.inflight.complete(name));
+                    self.not_started(name);
                 }
                 ok
             }
@@ -1014,6 +1059,15 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             ..
         } = r;
         let since = self.started.remove(&name);
+        if self.restarted.remove(&name) {
+            log(
+                Level::Warn,
+                format!(
+                    "dyncert: the fetch of \"{name}\" had not answered within the in-flight \
+                     deadline and was started again"
+                ),
+            );
+        }
         let layout = self.sink.layout();
         for step in &steps {
             self.sink.add(layout.fetch(step.source, step.outcome), 1);
@@ -1151,9 +1205,15 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 }
             }
             Outcome::Error(e) => {
+                let panicked = e == FetchError::LookupPanicked;
                 let limiter = if matches!(e, FetchError::ApiRateLimited(_)) {
                     self.count(Simple::ApiRateLimited);
                     &mut self.api_rate_log
+                } else if panicked {
+                    // A bug, logged apart from the sources' trouble so
+                    // that neither hides the other.
+                    self.count(Simple::FetchesLost);
+                    &mut self.panic_log
                 } else {
                     &mut self.error_log
                 };
@@ -1163,7 +1223,8 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                     } else {
                         String::new()
                     };
-                    log(Level::Warn, format!("dyncert: {e}, name: \"{name}\"{more}"));
+                    let level = if panicked { Level::Alert } else { Level::Warn };
+                    log(level, format!("dyncert: {e}, name: \"{name}\"{more}"));
                 }
                 if suspect {
                     // From before the loss: says nothing about the
@@ -1401,6 +1462,150 @@ mod tests {
 
     fn fingerprint(r: Selection) -> (Option<u8>, CertSource) {
         (r.cert.map(|c| c.fingerprint[0]), r.source)
+    }
+
+    // ---- fetches that never report ----
+
+    const FLIGHT_DEADLINE: Millis = 5 * SECOND;
+
+    #[test]
+    fn a_fetch_that_never_reports_is_started_again_after_the_flight_deadline() {
+        let (w, m) = worker_with(1);
+        let mut w = w.with_flight_deadline(FLIGHT_DEADLINE);
+        assert_eq!(w.pre_handshake("a.example", 1, NOW), PreHandshake::Park);
+        assert_eq!(
+            w.pre_handshake("a.example", 2, NOW + FLIGHT_DEADLINE - 1),
+            PreHandshake::Park
+        );
+        assert_eq!(asked(&w), ["a.example"]);
+        // Their timers fired (the glue hands them to nginx).
+        assert_eq!(w.abandon("a.example", |&c| c == 1), Some(1));
+        // The lookup's answer was lost: the next connection for the name
+        // starts it again, in the same slot (cap 1), instead of parking
+        // behind it until the worker exits.
+        assert_eq!(
+            w.pre_handshake("a.example", 3, NOW + FLIGHT_DEADLINE),
+            PreHandshake::Park
+        );
+        assert_eq!(asked(&w), ["a.example", "a.example"]);
+        assert_eq!(m.simple(Simple::FetchesLost), 1);
+        assert_eq!(m.simple(Simple::FetchesRefused), 0);
+        assert_eq!(m.gauge(W_INFLIGHT), 1);
+        // The new lookup answers: every waiter still queued is woken, and
+        // the restart is logged with the name.
+        let (woken, lines) = apply(
+            &mut w,
+            found("a.example", cert(7, NOT_AFTER), None),
+            NOW + FLIGHT_DEADLINE + 10,
+        );
+        assert_eq!(woken, [2, 3]);
+        assert!(
+            lines.iter().any(|(l, m)| *l == Level::Warn
+                && m.contains("\"a.example\" had not answered within the in-flight deadline")),
+            "{lines:?}"
+        );
+        assert_eq!(m.gauge(W_INFLIGHT), 0);
+        // The first lookup answering late after all wakes nobody and logs
+        // no restart.
+        let (woken, lines) = apply(
+            &mut w,
+            found("a.example", cert(7, NOT_AFTER), None),
+            NOW + FLIGHT_DEADLINE + 20,
+        );
+        assert!(woken.is_empty() && lines.is_empty(), "{lines:?}");
+        assert_eq!(
+            fingerprint(w.for_handshake("a.example", NOW + FLIGHT_DEADLINE + 30)).0,
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn a_refresh_that_never_reports_is_asked_again_after_the_flight_deadline() {
+        let (w, m) = worker();
+        let mut w = w.with_flight_deadline(FLIGHT_DEADLINE);
+        // A handshake without a peek step (QUIC) starts the lookup.
+        w.for_handshake("q.example", NOW);
+        w.for_handshake("q.example", NOW + FLIGHT_DEADLINE - 1);
+        assert_eq!(asked(&w), ["q.example"]);
+        w.for_handshake("q.example", NOW + FLIGHT_DEADLINE);
+        assert_eq!(asked(&w), ["q.example", "q.example"]);
+        assert_eq!(m.simple(Simple::FetchesLost), 1);
+    }
+
+    #[test]
+    fn a_restart_that_cannot_be_queued_frees_the_name() {
+        let (w, m) = worker_with(1);
+        let mut w = w.with_flight_deadline(FLIGHT_DEADLINE);
+        assert_eq!(w.pre_handshake("a.example", 1, NOW), PreHandshake::Park);
+        w.queue().full.set(true);
+        assert_eq!(
+            w.pre_handshake("a.example", 2, NOW + FLIGHT_DEADLINE),
+            PreHandshake::Proceed
+        );
+        assert_eq!(m.simple(Simple::FetchesRefused), 1);
+        assert_eq!(m.gauge(W_INFLIGHT), 0);
+        // The slot is free for another name; nothing is left to log.
+        w.queue().full.set(false);
+        assert_eq!(
+            w.pre_handshake("b.example", 3, NOW + FLIGHT_DEADLINE),
+            PreHandshake::Park
+        );
+        let (_, lines) = apply(
+            &mut w,
+            fetched("a.example", Outcome::NotFound),
+            NOW + FLIGHT_DEADLINE,
+        );
+        assert!(lines.is_empty(), "{lines:?}");
+    }
+
+    #[test]
+    fn the_default_flight_deadline_restarts_a_lost_fetch_within_30_seconds() {
+        let (mut w, _) = worker();
+        assert_eq!(w.pre_handshake("a.example", 1, NOW), PreHandshake::Park);
+        assert_eq!(
+            w.pre_handshake("a.example", 2, NOW + 29 * SECOND),
+            PreHandshake::Park
+        );
+        assert_eq!(asked(&w), ["a.example"]);
+        assert_eq!(
+            w.pre_handshake("a.example", 3, NOW + 30 * SECOND),
+            PreHandshake::Park
+        );
+        assert_eq!(asked(&w), ["a.example", "a.example"]);
+    }
+
+    #[test]
+    fn a_lookup_that_panicked_wakes_its_waiters_and_is_logged_at_alert() {
+        let (mut w, m) = worker();
+        assert_eq!(w.pre_handshake("p.example", 1, NOW), PreHandshake::Park);
+        assert_eq!(w.pre_handshake("p.example", 2, NOW), PreHandshake::Park);
+        let (woken, lines) = apply(
+            &mut w,
+            fetched("p.example", Outcome::Error(FetchError::LookupPanicked)),
+            NOW,
+        );
+        assert_eq!(woken, [1, 2]);
+        assert_eq!(
+            lines,
+            [(
+                Level::Alert,
+                "dyncert: internal error (panic) while fetching, name: \"p.example\"".to_owned()
+            )]
+        );
+        assert_eq!(m.simple(Simple::FetchesLost), 1);
+        assert_eq!(m.gauge(W_INFLIGHT), 0);
+        // The name backs off like any failed lookup: no fetch per handshake.
+        assert_eq!(
+            w.pre_handshake("p.example", 3, NOW + 1),
+            PreHandshake::Proceed
+        );
+        assert_eq!(asked(&w), ["p.example"]);
+        // A source's error right after is still logged: panics have a
+        // line limit of their own.
+        w.pre_handshake("r.example", 4, NOW + 2);
+        let (_, lines) = apply(&mut w, fetched("r.example", failed()), NOW + 2);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0].0, Level::Warn);
     }
 
     // ---- on demand ----

@@ -8,6 +8,7 @@
 
 use core::ptr;
 use std::os::fd::RawFd;
+use std::time::Duration;
 
 use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::fetch::{start_key_loader, AcmeAnswer, Event, Fetcher, Outcome};
@@ -165,6 +166,7 @@ fn start_worker(cycle: &ngx_cycle_t) {
 /// Starts the fetcher threads and makes the worker's state.
 fn start_fetcher(cycle: &ngx_cycle_t, mcf: &MainConf) -> Result<(), String> {
     let cfg = mcf.fetcher_config()?;
+    let flight_deadline = cfg.flight_deadline(Duration::from_millis(mcf.fetch_timeout() as u64));
     let key_loader = cfg.key_refs.mode == KeyRefMode::Engine;
     // The fetcher's threads (and the ones they start) inherit a mask that
     // blocks every signal: nginx's signals (reload, quit, child exits) must
@@ -188,7 +190,8 @@ fn start_fetcher(cycle: &ngx_cycle_t, mcf: &MainConf) -> Result<(), String> {
         mcf.fetch_concurrency(),
         Fetches(fetcher),
         Box::new(metrics::ShmSink),
-    );
+    )
+    .with_flight_deadline(flight_deadline);
     if let Some(shm) = mcf.shared_zone {
         // SAFETY: the zone belongs to this cycle, whose init ran the
         // zone's init callback before any worker started.

@@ -86,6 +86,7 @@ impl Log {
 pub fn core_line(level: dyncert_core::worker::Level, msg: &str) {
     use dyncert_core::worker::Level;
     match level {
+        Level::Alert => Log::cycle().alert(format_args!("{msg}")),
         Level::Warn => Log::cycle().warn(format_args!("{msg}")),
         Level::Info => Log::cycle().info(format_args!("{msg}")),
         Level::Debug => debug!(Log::cycle(), "{msg}"),

@@ -30,6 +30,10 @@ pub enum FetchError {
     /// The fetcher thread could not build its runtime: every lookup fails.
     #[error("cannot start the fetcher runtime: {0}")]
     Runtime(String),
+    /// The lookup panicked (a bug in dyncert): answered as failed, so the
+    /// name does not stay in flight.
+    #[error("internal error (panic) while fetching")]
+    LookupPanicked,
 }
 
 /// Why an ACME challenge read got no answer
@@ -131,6 +135,10 @@ mod tests {
             ),
             (FetchError::ParseQueueFull, "the record parse queue is full"),
             (FetchError::ParseFailed, "the record parse failed"),
+            (
+                FetchError::LookupPanicked,
+                "internal error (panic) while fetching",
+            ),
             (
                 FetchError::Runtime("out of memory".into()),
                 "cannot start the fetcher runtime: out of memory",

@@ -106,6 +106,40 @@ pub struct FetcherConfig {
     pub tickets: Option<TicketConfig>,
 }
 
+impl FetcherConfig {
+    /// About the longest a lookup takes when every step it makes runs out
+    /// of its own bound: Redis's reads of the name and of its wildcard,
+    /// each tried twice (once more on a fresh connection after a
+    /// connection error), the API request, and two record parses, each of
+    /// which may wait for a PKCS#11 key load. Not enforced on the lookup
+    /// (a slow answer still fills the cache); the in-flight deadline is
+    /// set past it ([`crate::flight::deadline`]), so that only a lookup
+    /// whose answer was lost is started again.
+    pub fn lookup_bound(&self) -> Duration {
+        lookup_bound(self.redis_timeout, self.api.as_ref().map(|a| a.timeout))
+    }
+
+    /// The worker's in-flight deadline ([`crate::flight::deadline`]) for
+    /// connections parked at most `fetch_timeout`: past the longer of
+    /// that and [`Self::lookup_bound`], by one `redis_timeout`.
+    pub fn flight_deadline(&self, fetch_timeout: Duration) -> Millis {
+        let ms = |d: Duration| Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX);
+        crate::flight::deadline(
+            ms(fetch_timeout),
+            ms(self.lookup_bound()),
+            ms(self.redis_timeout),
+        )
+    }
+}
+
+/// See [`FetcherConfig::lookup_bound`].
+fn lookup_bound(redis_timeout: Duration, api_timeout: Option<Duration>) -> Duration {
+    redis_timeout
+        .saturating_mul(4)
+        .saturating_add(api_timeout.unwrap_or(Duration::ZERO))
+        .saturating_add(crate::keyref::LOAD_TIMEOUT.saturating_mul(2))
+}
+
 /// Result of one lookup.
 #[derive(Debug)]
 pub enum Outcome {
@@ -484,6 +518,19 @@ fn answer_load(load: impl FnOnce() -> Outcome) -> Outcome {
         .unwrap_or(Outcome::Error(FetchError::ParseFailed))
 }
 
+/// Runs a lookup on the fetcher's runtime. A panic in it would end its
+/// task without a report, and the worker would keep the name in flight
+/// (every connection for it parked in vain until the in-flight deadline):
+/// it answers as failed instead, which the worker logs at `alert` and
+/// counts. The steps taken before the panic are kept by the caller.
+async fn answer_lookup(lookup: impl std::future::Future<Output = Outcome>) -> Outcome {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(lookup)
+        .catch_unwind()
+        .await
+        .unwrap_or(Outcome::Error(FetchError::LookupPanicked))
+}
+
 fn now_ms() -> Millis {
     crate::clock::Clock::now(&crate::clock::SystemClock)
 }
@@ -611,7 +658,7 @@ fn run(
             tokio::spawn(async move {
                 let start = Instant::now();
                 let mut steps = Vec::with_capacity(3);
-                let outcome = sources.lookup(&name, &mut steps).await;
+                let outcome = answer_lookup(sources.lookup(&name, &mut steps)).await;
                 shared.push(Event::Fetched(FetchResult {
                     name,
                     outcome,
@@ -628,6 +675,55 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lookup_that_panics_still_answers_with_the_steps_it_took() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        // As the fetcher runs it: a task of its own, reporting afterwards.
+        let (name, outcome, steps) = rt.block_on(async {
+            tokio::spawn(async move {
+                let name = "panics.example".to_owned();
+                let mut steps = Vec::new();
+                let outcome = answer_lookup(async {
+                    steps.push(Step {
+                        source: FetchSource::Redis,
+                        outcome: StepOutcome::Miss,
+                        elapsed: Duration::ZERO,
+                    });
+                    // A lookup that panics after an await point.
+                    tokio::task::yield_now().await;
+                    if steps.len() == 1 {
+                        panic!("a lookup bug (expected by this test)");
+                    }
+                    Outcome::NotFound
+                })
+                .await;
+                (name, outcome, steps)
+            })
+            .await
+            .expect("the task reports instead of dying")
+        });
+        assert_eq!(name, "panics.example");
+        assert!(
+            matches!(outcome, Outcome::Error(FetchError::LookupPanicked)),
+            "{outcome:?}"
+        );
+        assert_eq!(steps.len(), 1);
+        let fine = rt.block_on(answer_lookup(async { Outcome::NotFound }));
+        assert!(matches!(fine, Outcome::NotFound));
+    }
+
+    #[test]
+    fn a_lookup_is_bounded_by_its_reads_the_api_and_two_parses() {
+        let s = Duration::from_secs;
+        // The module's defaults: Redis 1 s, API 3 s.
+        assert_eq!(lookup_bound(s(1), Some(s(3))), s(11));
+        assert_eq!(lookup_bound(s(1), None), s(8));
+        assert_eq!(lookup_bound(Duration::MAX, Some(s(3))), Duration::MAX);
+    }
 
     #[test]
     fn a_tier_load_that_panics_still_answers() {
