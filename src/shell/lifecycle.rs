@@ -283,6 +283,12 @@ pub unsafe extern "C" fn ngx_http_dyncert_exit_process(_cycle: *mut ngx_cycle_t)
 /// later result of the same batch could otherwise push it out of a small
 /// hot set first, and the connection would get the default.
 ///
+/// Each event, each wake-up and each ACME answer runs under a guard of its
+/// own: a panic (a bug) applying one is logged at `alert` with what it
+/// was, and the rest of the batch is still applied. Otherwise the names of
+/// every later result would stay in flight until the in-flight deadline,
+/// their connections parked in vain.
+///
 /// # Safety
 /// Called by nginx with the wake-up connection's read event.
 unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
@@ -295,25 +301,45 @@ unsafe extern "C" fn ngx_http_dyncert_notify_handler(_ev: *mut ngx_event_t) {
                 acme.push((token, answer));
                 continue;
             }
+            let what = applying(&ev);
             let mut lines: Vec<(Level, String)> = Vec::new();
-            let waiters =
+            let waiters = guard(&what, Vec::new(), || {
                 with_worker(|w| w.on_event(ev, SystemClock.now(), &mut |l, m| lines.push((l, m))))
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+            });
+            // Also the lines written before a panic.
             for (level, msg) in lines {
                 core_line(level, &msg);
             }
             // The borrow is released: resuming a connection may run the
             // certificate callback, which needs the worker state again.
             for p in waiters {
-                // SAFETY: parked connections stay alive until resumed (only
-                // dyncert's handlers act on them while parked).
-                unsafe { peek::resume(p) };
+                guard("resuming a parked connection", (), || {
+                    // SAFETY: parked connections stay alive until resumed
+                    // (only dyncert's handlers act on them while parked).
+                    unsafe { peek::resume(p) }
+                });
             }
         }
         for (token, answer) in acme {
-            acme::complete(&token, &answer);
+            guard("answering an ACME challenge request", (), || {
+                acme::complete(&token, &answer)
+            });
         }
     })
+}
+
+/// What applying `ev` is, for the alert line of a panic: a result names
+/// its name (validated, bounded by the fetcher's checks).
+fn applying(ev: &Event) -> String {
+    match ev {
+        Event::Fetched(r) => format!("applying the fetch result of \"{}\"", r.name),
+        Event::Invalidate(target) => format!("applying the invalidation of \"{target}\""),
+        Event::OnDemand { name, .. } => {
+            format!("applying the on-demand enqueue result of \"{name}\"")
+        }
+        _ => "applying a fetcher report".to_owned(),
+    }
 }
 
 /// What the fetcher reports, for the debug log.
