@@ -185,7 +185,9 @@ fn an_rsa_key_over_the_limit_is_refused_and_stalls_nobody() {
     println!("{line}");
     assert!(attacks > 0);
     assert!(
-        during.0 < before.0 * 3 + Duration::from_millis(5),
+        // Cheap handshakes of the attackers still queue a little; an
+        // admitted RSA-8192 key costs 40 to 60 ms here.
+        during.0 < before.0 * 3 + Duration::from_millis(10),
         "{FAST} slowed down by a refused record: median {:?} before, {:?} during",
         before.0,
         during.0
