@@ -23,7 +23,14 @@ pub(super) async fn answer(
     while let Some(token) = rx.recv().await {
         let (reader, shared) = (reader.clone(), shared.clone());
         tokio::spawn(async move {
-            let answer = reader.read(&token).await;
+            // A panic would leave the token's requests waiting for an
+            // answer that never comes (the event loop keeps the read in
+            // flight): they get a 503 instead.
+            let answer = super::answer_or(
+                reader.read(&token),
+                AcmeAnswer::Error(AcmeError::ReadPanicked),
+            )
+            .await;
             shared.push(Event::Acme { token, answer });
         });
     }

@@ -47,6 +47,9 @@ pub enum AcmeError {
     /// Longer than any key authorization: not served.
     #[error("value longer than {MAX_ACME_VALUE} bytes")]
     TooLong,
+    /// The read panicked (a bug in the module): answered as an error.
+    #[error("internal error (panic) while reading")]
+    ReadPanicked,
 }
 
 /// A Redis connection, command or subscription that failed.

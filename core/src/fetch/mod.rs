@@ -524,11 +524,18 @@ fn answer_load(load: impl FnOnce() -> Outcome) -> Outcome {
 /// it answers as failed instead, which the worker logs at `alert` and
 /// counts. The steps taken before the panic are kept by the caller.
 async fn answer_lookup(lookup: impl std::future::Future<Output = Outcome>) -> Outcome {
+    answer_or(lookup, Outcome::Error(FetchError::LookupPanicked)).await
+}
+
+/// `work`'s output, or `on_panic` if it panics: for the fetcher's tasks
+/// whose answer the event loop waits for (lookups, ACME reads), so that a
+/// bug ends in an answer rather than in a task that dies silently.
+pub(super) async fn answer_or<T>(work: impl std::future::Future<Output = T>, on_panic: T) -> T {
     use futures_util::FutureExt;
-    std::panic::AssertUnwindSafe(lookup)
+    std::panic::AssertUnwindSafe(work)
         .catch_unwind()
         .await
-        .unwrap_or(Outcome::Error(FetchError::LookupPanicked))
+        .unwrap_or(on_panic)
 }
 
 fn now_ms() -> Millis {
@@ -714,6 +721,32 @@ mod tests {
         assert_eq!(steps.len(), 1);
         let fine = rt.block_on(answer_lookup(async { Outcome::NotFound }));
         assert!(matches!(fine, Outcome::NotFound));
+    }
+
+    #[test]
+    fn an_acme_read_that_panics_is_answered_as_an_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let answer = rt.block_on(answer_or(
+            async {
+                tokio::task::yield_now().await;
+                if panics() {
+                    panic!("an ACME read bug (expected by this test)");
+                }
+                AcmeAnswer::Absent
+            },
+            AcmeAnswer::Error(AcmeError::ReadPanicked),
+        ));
+        assert!(
+            matches!(answer, AcmeAnswer::Error(AcmeError::ReadPanicked)),
+            "{answer:?}"
+        );
+    }
+
+    /// Keeps the compiler from seeing the panic as unconditional.
+    fn panics() -> bool {
+        std::hint::black_box(true)
     }
 
     #[test]
