@@ -38,3 +38,4 @@ pub mod topology;
 pub mod validate;
 pub mod worker;
 pub mod workqueue;
+pub mod zonelock;

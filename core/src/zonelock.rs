@@ -1,0 +1,350 @@
+//! How a worker takes the shared zone's lock (`dyncert_shared_zone`) and
+//! what it does with a zone a dead process left behind.
+//!
+//! nginx's own `ngx_shmtx_lock` sleeps in `sem_wait` until the holder lets
+//! go. When the holder died holding the lock, only the master wakes the
+//! sleepers (`ngx_unlock_mutexes`), and only for the zones of its current
+//! cycle: after a reload that resized or dropped the zone, the old workers
+//! still use the old zone, and one of them killed while holding its lock
+//! left every other old worker asleep for good (never exiting on quit).
+//!
+//! So the shell never sleeps on the lock without bound: it tries, spins a
+//! little ([`Wait`]), then yields and, between tries, looks at the holder
+//! (the pid in the lock word, as `ngx_shmtx_force_unlock` reads it): a
+//! holder that no longer exists is unlocked by force ([`holder`],
+//! [`Holder::recover`]). A lookup or a store may give up on a live holder
+//! that takes long ([`Need::Optional`]: a miss or a skipped store only
+//! costs a fetch); an invalidation never does ([`Need::Required`]).
+//!
+//! A holder killed in the middle of an update may have left the zone's
+//! trees and queue half changed. Every update marks the zone dirty first
+//! and clean last; whoever takes the lock of a dirty zone empties it
+//! ([`after_lock`]) instead of walking a torn tree: the zone is a cache.
+#![forbid(unsafe_code)]
+
+use core::fmt::Write;
+use core::time::Duration;
+
+/// What the caller needs the lock for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// A lookup or a store: may give up after [`OPTIONAL_BUDGET`] on a
+    /// holder that is alive but slow (a miss, a store not made).
+    Optional,
+    /// An invalidation, the generation a store is checked against, the
+    /// figures: waits as long as the holder lives.
+    Required,
+}
+
+/// Rounds of spinning before the first yield, on a machine with more than
+/// one CPU: round `n` pauses `2^n` times, as `ngx_shmtx_lock` does with
+/// its default spin of 2048 (2047 pauses in all, a few microseconds).
+pub const SPIN_ROUNDS: u32 = 11;
+
+/// Yields (`sched_yield`) before the waiter starts sleeping between tries.
+pub const YIELDS: u32 = 64;
+
+/// Sleep between tries once the yields are spent: a live holder that takes
+/// this long is stopped (a debugger, SIGSTOP) or starved, not working.
+pub const SLEEP: Duration = Duration::from_millis(1);
+
+/// Longest an [`Need::Optional`] caller waits for a live holder. The
+/// longest update under the lock (a wildcard invalidation walking every
+/// record) takes a few milliseconds on the largest zones.
+pub const OPTIONAL_BUDGET: Duration = Duration::from_millis(2);
+
+/// What to do after a failed try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Pause the CPU this many times (`ngx_cpu_pause`), then try again.
+    Spin(u32),
+    /// Look at the holder ([`holder`]); if it lives, `sched_yield`, then
+    /// try again.
+    Yield,
+    /// Look at the holder; if it lives, sleep this long, then try again.
+    Sleep(Duration),
+    /// Stop trying: the operation is a miss, or its store is not made.
+    GiveUp,
+}
+
+/// One caller's wait for the lock.
+#[derive(Debug, Clone)]
+pub struct Wait {
+    need: Need,
+    /// Spinning is useless on one CPU: the holder cannot run meanwhile.
+    smp: bool,
+    failed: u32,
+}
+
+impl Wait {
+    pub fn new(need: Need, smp: bool) -> Self {
+        Wait {
+            need,
+            smp,
+            failed: 0,
+        }
+    }
+
+    /// The step after another failed try, `waited` after the first one.
+    pub fn next(&mut self, waited: Duration) -> Step {
+        let n = self.failed;
+        self.failed = self.failed.saturating_add(1);
+        if self.smp && n < SPIN_ROUNDS {
+            return Step::Spin(1 << n);
+        }
+        if self.need == Need::Optional && waited >= OPTIONAL_BUDGET {
+            return Step::GiveUp;
+        }
+        let after_spin = if self.smp { n - SPIN_ROUNDS } else { n };
+        if after_spin < YIELDS {
+            Step::Yield
+        } else {
+            Step::Sleep(SLEEP)
+        }
+    }
+}
+
+/// Who the lock word names (`ngx_shmtx_t.lock`: 0 when free, else the pid
+/// of the process that took it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// Free since the failed try: try again at once.
+    Nobody,
+    /// Another process, which may or may not live: ask the system
+    /// (`kill(pid, 0)`) and call [`Holder::recover`].
+    Process(i32),
+    /// A word no process can have taken the lock with (this process's own
+    /// pid while it does not hold the lock, which only a dead predecessor
+    /// with the same pid can have left; or no pid at all): unlock it.
+    Stale(i64),
+}
+
+/// Reads the lock word `word` seen by the process `own`.
+pub fn holder(word: i64, own: i32) -> Holder {
+    if word == 0 {
+        Holder::Nobody
+    } else if word == i64::from(own) {
+        Holder::Stale(word)
+    } else {
+        match i32::try_from(word) {
+            // kill(2) with 0 or a negative pid signals process groups:
+            // never ask it about such a word.
+            Ok(pid) if pid > 0 => Holder::Process(pid),
+            _ => Holder::Stale(word),
+        }
+    }
+}
+
+impl Holder {
+    /// The word to unlock by force (`ngx_shmtx_force_unlock`, which only
+    /// clears the word if it still holds that value), given whether the
+    /// system still knows the holder (`kill(pid, 0)` did not fail with
+    /// ESRCH; a zombie not yet reaped by the master still counts).
+    pub fn recover(self, alive: bool) -> Option<i64> {
+        match self {
+            Holder::Nobody => None,
+            Holder::Process(pid) => (!alive).then_some(i64::from(pid)),
+            Holder::Stale(word) => Some(word),
+        }
+    }
+}
+
+/// What a process that just took the lock does with the zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterLock {
+    /// Clean: go on.
+    Use,
+    /// A process died during an update (the dirty word holds its pid):
+    /// empty the zone first.
+    Reset { left_by: u64 },
+}
+
+/// The verdict on the zone's dirty word, read under the lock.
+pub fn after_lock(dirty: u64) -> AfterLock {
+    if dirty == 0 {
+        AfterLock::Use
+    } else {
+        AfterLock::Reset { left_by: dirty }
+    }
+}
+
+/// How a dirty zone is emptied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    /// Lay the slab pool out afresh (`ngx_slab_init`: its own free lists
+    /// may be torn too, when the holder died inside the allocator) and
+    /// take the header's pages again: the header is the pool's first
+    /// allocation, in whole pages, so a fresh pool gives it the same
+    /// address, which every worker keeps.
+    Pool,
+    /// The header is elsewhere (a zone this code did not lay out): only
+    /// its trees and queue start empty; what the records held stays
+    /// allocated until the zone is made anew.
+    TreesOnly,
+}
+
+/// How to empty a dirty zone whose header is, or is not, at the start of
+/// the pool's pages.
+pub fn reset_plan(header_at_start: bool) -> Reset {
+    if header_at_start {
+        Reset::Pool
+    } else {
+        Reset::TreesOnly
+    }
+}
+
+/// Bytes to ask the slab pool for the header (`size` bytes): at least more
+/// than half a page, so that `ngx_slab_alloc` gives it whole pages of its
+/// own, the first ones of a fresh pool ([`Reset::Pool`]).
+pub fn header_alloc_size(size: usize, page: usize) -> usize {
+    size.max(page / 2 + 1)
+}
+
+/// The zone's recovery counters, kept in its header (host-wide).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recoveries {
+    /// Locks unlocked by force because their holder no longer existed.
+    pub lock_recovered: u64,
+    /// Zones emptied because a process died in the middle of an update.
+    pub resets: u64,
+    /// Lookups and stores that gave up on a live holder after
+    /// [`OPTIONAL_BUDGET`] (a miss, a store not made).
+    pub busy: u64,
+}
+
+/// The exposition of [`Recoveries`], appended to the zone's figures.
+pub fn render(r: &Recoveries) -> String {
+    let mut out = String::with_capacity(512);
+    for (name, help, v) in [
+        (
+            "dyncert_shared_zone_lock_recovered_total",
+            "Shared zone locks taken back from a process that died holding them.",
+            r.lock_recovered,
+        ),
+        (
+            "dyncert_shared_zone_resets_total",
+            "Times the shared zone was emptied because a process died while updating it.",
+            r.resets,
+        ),
+        (
+            "dyncert_shared_zone_busy_total",
+            "Shared zone lookups and stores that gave up waiting for its lock (a miss, a store not made).",
+            r.busy,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn steps(need: Need, smp: bool, waited: impl Fn(u32) -> Duration, n: u32) -> Vec<Step> {
+        let mut w = Wait::new(need, smp);
+        (0..n).map(|i| w.next(waited(i))).collect()
+    }
+
+    #[test]
+    fn spins_like_nginx_then_yields_then_sleeps() {
+        let s = steps(
+            Need::Required,
+            true,
+            |_| Duration::ZERO,
+            SPIN_ROUNDS + YIELDS + 2,
+        );
+        let spins: Vec<u32> = s
+            .iter()
+            .filter_map(|s| match s {
+                Step::Spin(n) => Some(*n),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(spins.len() as u32, SPIN_ROUNDS);
+        assert_eq!(spins.iter().sum::<u32>(), 2047);
+        assert!(s[SPIN_ROUNDS as usize..(SPIN_ROUNDS + YIELDS) as usize]
+            .iter()
+            .all(|s| *s == Step::Yield));
+        assert_eq!(s[s.len() - 1], Step::Sleep(SLEEP));
+    }
+
+    #[test]
+    fn one_cpu_never_spins() {
+        let s = steps(Need::Required, false, |_| Duration::ZERO, 3);
+        assert_eq!(s, vec![Step::Yield; 3]);
+    }
+
+    #[test]
+    fn required_never_gives_up() {
+        let mut w = Wait::new(Need::Required, true);
+        for _ in 0..100_000 {
+            assert_ne!(w.next(Duration::from_secs(3600)), Step::GiveUp);
+        }
+    }
+
+    #[test]
+    fn optional_gives_up_after_its_budget_not_before() {
+        let mut w = Wait::new(Need::Optional, true);
+        for _ in 0..SPIN_ROUNDS {
+            assert!(matches!(w.next(Duration::ZERO), Step::Spin(_)));
+        }
+        assert_eq!(w.next(OPTIONAL_BUDGET / 2), Step::Yield);
+        assert_eq!(w.next(OPTIONAL_BUDGET), Step::GiveUp);
+        let mut w = Wait::new(Need::Optional, false);
+        assert_eq!(w.next(OPTIONAL_BUDGET), Step::GiveUp);
+    }
+
+    #[test]
+    fn holder_words() {
+        assert_eq!(holder(0, 100), Holder::Nobody);
+        assert_eq!(holder(4242, 100), Holder::Process(4242));
+        // Our own pid while we do not hold the lock: a dead predecessor.
+        assert_eq!(holder(100, 100), Holder::Stale(100));
+        // Never a pid kill(2) would read as a process group or everyone.
+        assert_eq!(holder(-1, 100), Holder::Stale(-1));
+        assert_eq!(holder(-4242, 100), Holder::Stale(-4242));
+        assert_eq!(holder(1 << 40, 100), Holder::Stale(1 << 40));
+    }
+
+    #[test]
+    fn only_a_gone_or_impossible_holder_is_unlocked() {
+        assert_eq!(Holder::Process(4242).recover(true), None);
+        assert_eq!(Holder::Process(4242).recover(false), Some(4242));
+        assert_eq!(Holder::Stale(100).recover(true), Some(100));
+        assert_eq!(Holder::Nobody.recover(false), None);
+    }
+
+    #[test]
+    fn dirty_zone_is_reset() {
+        assert_eq!(after_lock(0), AfterLock::Use);
+        assert_eq!(after_lock(4242), AfterLock::Reset { left_by: 4242 });
+        assert_eq!(reset_plan(true), Reset::Pool);
+        assert_eq!(reset_plan(false), Reset::TreesOnly);
+    }
+
+    #[test]
+    fn header_takes_whole_pages() {
+        assert_eq!(header_alloc_size(4400, 4096), 4400);
+        assert_eq!(header_alloc_size(100, 4096), 2049);
+        assert_eq!(header_alloc_size(4400, 65536), 32769);
+        // slab_pages counts it as pages of its own.
+        assert!(crate::tier::slab_pages(header_alloc_size(100, 4096), 4096) >= 1);
+    }
+
+    #[test]
+    fn renders_both_counters() {
+        let t = render(&Recoveries {
+            lock_recovered: 2,
+            resets: 1,
+            busy: 5,
+        });
+        assert!(t.contains("# TYPE dyncert_shared_zone_lock_recovered_total counter\n"));
+        assert!(t.contains("dyncert_shared_zone_lock_recovered_total 2\n"));
+        assert!(t.contains("dyncert_shared_zone_resets_total 1\n"));
+        assert!(t.contains("dyncert_shared_zone_busy_total 5\n"));
+    }
+}
