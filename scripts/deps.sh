@@ -37,7 +37,8 @@ set -euo pipefail
 # demo's certificates and requests; shellcheck: test.sh's lint step;
 # python3-venv: test.sh's virtualenv for PyPI tools (hadolint, and aioquic
 # for the HTTP/3 tests); valgrind: `dyncert-bench count` (callgrind's
-# instruction and cache counts of a handshake).
+# instruction and cache counts of a handshake); gdb: tests/shared_zone_lock.rs
+# stops a worker inside the shared zone's lock and kills it there.
 PACKAGES=(
     build-essential
     pkg-config
@@ -54,6 +55,7 @@ PACKAGES=(
     shellcheck
     python3-venv
     valgrind
+    gdb
 )
 
 for arg in "$@"; do

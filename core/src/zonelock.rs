@@ -12,9 +12,12 @@
 //! little ([`Wait`]), then yields and, between tries, looks at the holder
 //! (the pid in the lock word, as `ngx_shmtx_force_unlock` reads it): a
 //! holder that no longer exists is unlocked by force ([`holder`],
-//! [`Holder::recover`]). A lookup or a store may give up on a live holder
-//! that takes long ([`Need::Optional`]: a miss or a skipped store only
-//! costs a fetch); an invalidation never does ([`Need::Required`]).
+//! [`Holder::recover`]). A lookup or a store, and the reads a handshake's
+//! lookup makes with them (the invalidation generation, the fetched
+//! floor), may give up on a live holder that takes long
+//! ([`Need::Optional`]: a miss or a skipped store only costs a fetch; the
+//! reads answer what this process read last, which errs safely as both
+//! only grow); an invalidation never does ([`Need::Required`]).
 //!
 //! A holder killed in the middle of an update may have left the zone's
 //! trees and queue half changed. Every update marks the zone dirty first
@@ -28,11 +31,13 @@ use core::time::Duration;
 /// What the caller needs the lock for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
-    /// A lookup or a store: may give up after [`OPTIONAL_BUDGET`] on a
-    /// holder that is alive but slow (a miss, a store not made).
+    /// A lookup, a store, the generation and fetched floor read on a
+    /// handshake's way: may give up after [`OPTIONAL_BUDGET`] on a holder
+    /// that is alive but slow (a miss, a store not made, the last value
+    /// read).
     Optional,
-    /// An invalidation, the generation a store is checked against, the
-    /// figures: waits as long as the holder lives.
+    /// An invalidation, a re-subscription's floor, the figures: waits as
+    /// long as the holder lives.
     Required,
 }
 

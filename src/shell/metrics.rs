@@ -414,6 +414,7 @@ unsafe fn serve_metrics(r: *mut ngx_http_request_t) -> ngx_int_t {
     });
     if let Some(zone) = zone {
         body.push_str(&render_zone(&zone.figures()));
+        body.push_str(&dyncert_core::zonelock::render(&zone.recoveries()));
     }
     // SAFETY: the caller's contract.
     unsafe {

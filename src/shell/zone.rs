@@ -14,10 +14,18 @@
 //! fits; a record that cannot fit even in an empty zone is not stored and
 //! evicts nothing.
 //! Only the event loop thread of a worker calls into it.
+//!
+//! The lock is never slept on without bound (`dyncert_core::zonelock`): a
+//! holder that died is unlocked by force, a lookup or a store gives up on a
+//! slow live one, and a zone a process died updating (its `dirty` word
+//! set) is emptied by the next process that takes the lock.
 
+use core::cell::Cell;
 use core::ffi::c_void;
 use core::mem::{offset_of, size_of};
 use core::ptr::{self, NonNull};
+use core::sync::atomic::{compiler_fence, AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
 
 use dyncert_core::clock::Millis;
 use dyncert_core::compact::IntermediateDers;
@@ -25,18 +33,23 @@ use dyncert_core::intern::CertDigest;
 use dyncert_core::metrics::ZoneFigures;
 use dyncert_core::name::is_one_label_below;
 use dyncert_core::tier::{fnv1a, page_need, Invalidations, PageNeed, SharedTier, TierHit};
+use dyncert_core::zonelock::{
+    after_lock, header_alloc_size, holder, reset_plan, AfterLock, Holder, Need, Recoveries, Reset,
+    Step, Wait,
+};
 use ngx::http::HttpModule;
 
 use super::conf::{emerg, Module, Refused};
 use ngx::ffi::{
     ngx_conf_t, ngx_int_t, ngx_queue_t, ngx_rbtree_insert, ngx_rbtree_insert_value,
-    ngx_rbtree_node_t, ngx_rbtree_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_shmtx_lock,
-    ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_free_locked, ngx_slab_pool_t, ngx_str_node_t,
+    ngx_rbtree_node_t, ngx_rbtree_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_shmtx_force_unlock,
+    ngx_shmtx_lock, ngx_shmtx_t, ngx_shmtx_trylock, ngx_shmtx_unlock, ngx_slab_alloc_locked,
+    ngx_slab_free_locked, ngx_slab_init, ngx_slab_pool_t, ngx_str_node_t,
     ngx_str_rbtree_insert_value, ngx_str_rbtree_lookup, ngx_str_t,
 };
 
 /// Marks a zone whose header is ours (and of this layout).
-const MAGIC: u64 = 0x6479_6e63_7a6f_6e33; // "dynczon3"
+const MAGIC: u64 = 0x6479_6e63_7a6f_6e34; // "dynczon4"
 
 /// Most records evicted to make room for one.
 const MAX_EVICTIONS_PER_STORE: usize = 64;
@@ -45,6 +58,9 @@ const MAX_EVICTIONS_PER_STORE: usize = 64;
 #[repr(C)]
 struct Header {
     magic: u64,
+    /// The pid of a process in the middle of an update, else 0: found set
+    /// by whoever takes the lock next, the holder died mid-update.
+    dirty: u64,
     records: ngx_rbtree_t,
     records_sentinel: ngx_rbtree_node_t,
     /// Most recently used first.
@@ -70,6 +86,13 @@ pub struct ZoneStats {
     /// Bytes of the zone's pages and of its free pages.
     pub size: u64,
     pub free: u64,
+    /// Locks taken back from a dead holder; times the zone was emptied
+    /// because a process died in the middle of an update.
+    pub lock_recovered: u64,
+    pub resets: u64,
+    /// Lookups and stores that gave up on a slow holder; counted without
+    /// the lock (atomically), as they never had it.
+    pub busy: u64,
 }
 
 /// One record: the name's node, its place in the LRU queue, then the name,
@@ -177,18 +200,51 @@ pub struct Zone {
     /// attached: an old worker still finishing lookups after a reload that
     /// changed it does not store what its configuration admitted.
     config: u64,
+    /// What this process last read under the lock, for when a lookup or
+    /// a store gives up on it (`Seen`).
+    seen: Cell<Seen>,
+}
+
+/// The invalidation generation and fetched floor this process last read
+/// in the zone. Both only ever grow, so an older reading errs safely: a
+/// store checked against an older generation counts more invalidations
+/// as after its read (refused more often), and the floor a lookup just
+/// read with its record is the one that record was judged by.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    generation: u64,
+    floor: Millis,
 }
 
 /// The zone's mutex, held while alive.
 struct Locked<'a> {
     zone: &'a Zone,
+    /// The zone is marked dirty until this guard drops.
+    writes: bool,
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
+        if self.writes {
+            compiler_fence(Ordering::SeqCst);
+            // SAFETY: the header is live; the mutex is still held.
+            unsafe {
+                ptr::write_volatile(ptr::addr_of_mut!((*self.zone.header.as_ptr()).dirty), 0)
+            };
+            compiler_fence(Ordering::SeqCst);
+        }
         // SAFETY: taken in Zone::lock by this process.
         unsafe { ngx_shmtx_unlock(&mut (*self.zone.pool.as_ptr()).mutex) };
     }
+}
+
+/// Whether the system still knows process `pid` (a zombie the master has
+/// not reaped yet counts).
+fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks; pid > 0 (zonelock::holder), so never
+    // a process group.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 impl Zone {
@@ -207,14 +263,161 @@ impl Zone {
                 pool,
                 header,
                 config,
+                seen: Cell::default(),
             })
         }
     }
 
-    fn lock(&self) -> Locked<'_> {
+    /// Takes the zone's lock (waiting as `need` allows; None when a
+    /// lookup or store gives up on a slow holder), then empties the zone
+    /// if a process died updating it. `writes`: the caller changes the
+    /// trees or the queue, so the zone is marked dirty until it is done.
+    fn lock(&self, need: Need, writes: bool) -> Option<Locked<'_>> {
         // SAFETY: the pool's mutex is initialised by nginx for every zone.
-        unsafe { ngx_shmtx_lock(&mut (*self.pool.as_ptr()).mutex) };
-        Locked { zone: self }
+        let mtx = unsafe { ptr::addr_of_mut!((*self.pool.as_ptr()).mutex) };
+        let mut recovered = None;
+        // SAFETY: as above.
+        if unsafe { ngx_shmtx_trylock(mtx) } == 0 && !self.wait(mtx, need, &mut recovered) {
+            self.busy().fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let mut lock = Locked {
+            zone: self,
+            writes: false,
+        };
+        let h = self.hdr(&lock);
+        // SAFETY: the header is live; the mutex is held.
+        unsafe {
+            if (*h).magic != MAGIC {
+                // Only after a reset that could not keep the header
+                // (`reset`): the zone is out of use.
+                return None;
+            }
+            if let Some(pid) = recovered {
+                (*h).stats.lock_recovered += 1;
+                super::log::Log::cycle().warn(format_args!(
+                    "dyncert: the shared zone's lock was held by process {pid}, which no \
+                     longer exists; taken back"
+                ));
+            }
+            let dirty = ptr::read_volatile(ptr::addr_of!((*h).dirty));
+            if let AfterLock::Reset { left_by } = after_lock(dirty) {
+                self.reset(&lock, left_by);
+                if (*h).magic != MAGIC {
+                    return None;
+                }
+            }
+            self.seen.set(Seen {
+                generation: (*h).invalidations.generation(),
+                floor: (*h).invalidations.fetched_floor(),
+            });
+            if writes {
+                compiler_fence(Ordering::SeqCst);
+                ptr::write_volatile(ptr::addr_of_mut!((*h).dirty), ngx::ffi::ngx_pid as u64);
+                compiler_fence(Ordering::SeqCst);
+                lock.writes = true;
+            }
+        }
+        Some(lock)
+    }
+
+    /// Waits for the lock after a failed try (`zonelock::Wait`), taking it
+    /// back from a holder that no longer exists. False: gave up.
+    fn wait(&self, mtx: *mut ngx_shmtx_t, need: Need, recovered: &mut Option<i64>) -> bool {
+        let start = Instant::now();
+        // SAFETY: set by nginx before any zone exists.
+        let smp = unsafe { ngx::ffi::ngx_ncpu } > 1;
+        let mut wait = Wait::new(need, smp);
+        loop {
+            match wait.next(start.elapsed()) {
+                Step::Spin(n) => (0..n).for_each(|_| core::hint::spin_loop()),
+                Step::GiveUp => return false,
+                step => {
+                    // SAFETY: the lock word is nginx's, in the zone.
+                    let word = unsafe { ptr::read_volatile((*mtx).lock) } as i64;
+                    // SAFETY: set by nginx at process start.
+                    let who = holder(word, unsafe { ngx::ffi::ngx_pid });
+                    let alive = match who {
+                        Holder::Process(pid) => process_exists(pid),
+                        _ => true,
+                    };
+                    if let Some(dead) = who.recover(alive) {
+                        if force_unlock(mtx, dead) {
+                            *recovered = Some(dead);
+                        }
+                    } else if who != Holder::Nobody {
+                        match step {
+                            Step::Sleep(d) => std::thread::sleep(d),
+                            // SAFETY: plain system call.
+                            _ => unsafe {
+                                libc::sched_yield();
+                            },
+                        }
+                    }
+                }
+            }
+            // SAFETY: the pool's mutex is initialised.
+            if unsafe { ngx_shmtx_trylock(mtx) } != 0 {
+                return true;
+            }
+        }
+    }
+
+    /// Empties the zone, which a process (`left_by`) died updating: its
+    /// trees, queue and perhaps the slab pool's own lists may be torn.
+    /// What the header counts and the invalidations stay; a `*` is noted,
+    /// so no lookup started before stores what it read.
+    fn reset(&self, lock: &Locked<'_>, left_by: u64) {
+        let h = self.hdr(lock);
+        let pool = self.pool.as_ptr();
+        let page = self.page_size();
+        // SAFETY: the mutex is held; the header is plain data at a fixed
+        // place (see Reset::Pool) that nobody else touches meanwhile.
+        unsafe {
+            let invalidations = (*h).invalidations;
+            let config = (*h).config;
+            let mut stats = (*h).stats;
+            let records = stats.records;
+            let plan = reset_plan(h as *mut u8 == (*pool).start);
+            if plan == Reset::Pool {
+                ngx_slab_init(pool);
+                (*pool).set_log_nomem(0);
+                let again =
+                    ngx_slab_alloc_locked(pool, header_alloc_size(size_of::<Header>(), page));
+                if again as *mut Header != h {
+                    // A fresh pool gives its first pages first: not seen.
+                    (*h).magic = 0;
+                    super::log::Log::cycle().alert(format_args!(
+                        "dyncert: the shared zone's header moved while emptying it; the \
+                         zone is out of use until nginx restarts"
+                    ));
+                    return;
+                }
+            }
+            init_header(h, config);
+            (*h).invalidations = invalidations;
+            (*h).invalidations.note("*");
+            stats.records = 0;
+            stats.intermediates = 0;
+            stats.resets += 1;
+            (*h).stats = stats;
+            super::log::Log::cycle().warn(format_args!(
+                "dyncert: process {left_by} died while updating the shared zone; emptied \
+                 it ({records} records{})",
+                if plan == Reset::Pool {
+                    ""
+                } else {
+                    ", their memory kept until the zone is made anew"
+                }
+            ));
+        }
+    }
+
+    /// The count of operations that gave up on the lock.
+    fn busy(&self) -> &AtomicU64 {
+        // SAFETY: an aligned u64 of the live header, only ever accessed
+        // atomically (but when a reset rewrites the header under the lock).
+        unsafe { AtomicU64::from_ptr(ptr::addr_of_mut!((*self.header.as_ptr()).stats.busy)) }
     }
 
     fn hdr(&self, _lock: &Locked<'_>) -> *mut Header {
@@ -249,7 +452,12 @@ impl Zone {
         let pool = self.pool.as_ptr();
         // SAFETY: the pool is live; ngx_slab_init set start and end once.
         let span = unsafe { ((*pool).end as usize).saturating_sub((*pool).start as usize) };
-        page_need(sizes, self.page_size(), span, size_of::<Header>())
+        page_need(
+            sizes,
+            self.page_size(),
+            span,
+            header_alloc_size(size_of::<Header>(), self.page_size()),
+        )
     }
 
     fn free(&self, _lock: &Locked<'_>, p: *mut c_void) {
@@ -329,24 +537,11 @@ impl Zone {
 
     fn find_intermediate(&self, lock: &Locked<'_>, d: &CertDigest) -> Option<*mut Intermediate> {
         let h = self.hdr(lock);
-        let key = digest_key(d);
         // SAFETY: the tree is initialised; nodes are Intermediates.
         unsafe {
-            let sentinel = (*h).intermediates.sentinel;
-            let mut node = (*h).intermediates.root;
-            while node != sentinel {
-                if key < (*node).key {
-                    node = (*node).left;
-                } else if key > (*node).key {
-                    node = (*node).right;
-                } else {
-                    let i = node as *mut Intermediate;
-                    // Same key, another digest: 2^-64; treated as absent.
-                    return ((*i).digest == *d).then_some(i);
-                }
-            }
+            let tree = ptr::addr_of!((*h).intermediates);
+            find_digest((*tree).root, (*tree).sentinel, digest_key(d), d)
         }
-        None
     }
 
     /// Adds a reference to the intermediate `d`, storing `der` if it is new.
@@ -423,14 +618,27 @@ impl Zone {
         }
     }
 
+    /// The zone's recovery counters (`zonelock::render`).
+    pub fn recoveries(&self) -> Recoveries {
+        let s = self.stats();
+        Recoveries {
+            lock_recovered: s.lock_recovered,
+            resets: s.resets,
+            busy: s.busy,
+        }
+    }
+
     fn stats(&self) -> ZoneStats {
-        let lock = self.lock();
+        let Some(lock) = self.lock(Need::Required, false) else {
+            return ZoneStats::default();
+        };
         let h = self.hdr(&lock);
         // SAFETY: header and pool are live; the mutex is held.
         unsafe {
             let pool = self.pool.as_ptr();
             let page = ngx::ffi::ngx_pagesize as u64;
             let mut s = (*h).stats;
+            s.busy = self.busy().load(Ordering::Relaxed);
             s.size = ((*pool).end as u64).saturating_sub((*pool).start as u64);
             s.free = (*pool).pfree as u64 * page;
             s
@@ -459,7 +667,7 @@ impl Zone {
 
 impl SharedTier for Zone {
     fn lookup(&self, name: &str) -> Option<TierHit> {
-        let lock = self.lock();
+        let lock = self.lock(Need::Optional, true)?;
         let r = self.find(&lock, name.as_bytes())?;
         let h = self.hdr(&lock);
         // SAFETY: r is a live record; the mutex is held.
@@ -480,7 +688,10 @@ impl SharedTier for Zone {
     }
 
     fn generation(&self) -> u64 {
-        let lock = self.lock();
+        let Some(lock) = self.lock(Need::Optional, false) else {
+            // An older generation only makes the store more cautious.
+            return self.seen.get().generation;
+        };
         let h = self.hdr(&lock);
         // SAFETY: the header is live; the mutex is held.
         unsafe { (*h).invalidations.generation() }
@@ -493,7 +704,10 @@ impl SharedTier for Zone {
         intermediates: &IntermediateDers,
         since: u64,
     ) -> bool {
-        let lock = self.lock();
+        let Some(lock) = self.lock(Need::Optional, true) else {
+            // Not stored: the name is fetched again on a later miss.
+            return true;
+        };
         let h = self.hdr(&lock);
         // SAFETY: the header is live; the mutex is held, so no invalidation
         // is noted between this check and the insert below.
@@ -580,7 +794,9 @@ impl SharedTier for Zone {
     }
 
     fn remove(&self, name: &str) {
-        let lock = self.lock();
+        let Some(lock) = self.lock(Need::Required, true) else {
+            return;
+        };
         // SAFETY: the header is live; the mutex is held.
         unsafe { (*self.hdr(&lock)).invalidations.note(name) };
         if let Some(r) = self.find(&lock, name.as_bytes()) {
@@ -589,7 +805,9 @@ impl SharedTier for Zone {
     }
 
     fn remove_wildcard(&self, wildcard: &str) {
-        let lock = self.lock();
+        let Some(lock) = self.lock(Need::Required, true) else {
+            return;
+        };
         // SAFETY: the header is live; the mutex is held.
         unsafe { (*self.hdr(&lock)).invalidations.note(wildcard) };
         // Every record is looked at under the lock every worker's
@@ -601,20 +819,27 @@ impl SharedTier for Zone {
     }
 
     fn clear(&self) {
-        let lock = self.lock();
+        let Some(lock) = self.lock(Need::Required, true) else {
+            return;
+        };
         // SAFETY: the header is live; the mutex is held.
         unsafe { (*self.hdr(&lock)).invalidations.note("*") };
         self.remove_where(&lock, |_| true);
     }
 
     fn note_resubscribed(&self, at: Millis) {
-        let lock = self.lock();
+        let Some(lock) = self.lock(Need::Required, false) else {
+            return;
+        };
         // SAFETY: the header is live; the mutex is held.
         unsafe { (*self.hdr(&lock)).invalidations.note_resubscribed(at) };
     }
 
     fn fetched_floor(&self) -> Millis {
-        let lock = self.lock();
+        let Some(lock) = self.lock(Need::Optional, false) else {
+            // As read with the record a lookup just loaded, if any.
+            return self.seen.get().floor;
+        };
         // SAFETY: the header is live; the mutex is held.
         unsafe { (*self.hdr(&lock)).invalidations.fetched_floor() }
     }
@@ -641,17 +866,98 @@ unsafe fn adopt(pool: *mut ngx_slab_pool_t, header: *mut Header, config: u64) {
             pool,
             header,
             config,
+            seen: Cell::default(),
         };
         let records = zone.stats().records;
         zone.clear();
-        let lock = zone.lock();
-        (*zone.hdr(&lock)).config = config;
-        drop(lock);
+        if let Some(lock) = zone.lock(Need::Required, false) {
+            (*zone.hdr(&lock)).config = config;
+        }
         super::log::Log::cycle().notice(format_args!(
             "dyncert: the shared zone's {records} records were fetched under another \
              configuration (sources, key rules or cache deadlines changed); emptied"
         ));
     }
+}
+
+/// Lays out an empty header (no records, no invalidations) at `h`.
+///
+/// # Safety
+/// `h` must be writable and stay at its place for the zone's life.
+unsafe fn init_header(h: *mut Header, config: u64) {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        ptr::write_bytes(h, 0, 1);
+        rbtree_init(
+            ptr::addr_of_mut!((*h).records),
+            ptr::addr_of_mut!((*h).records_sentinel),
+            ngx_str_rbtree_insert_value,
+        );
+        rbtree_init(
+            ptr::addr_of_mut!((*h).intermediates),
+            ptr::addr_of_mut!((*h).intermediates_sentinel),
+            ngx_rbtree_insert_value,
+        );
+        queue_init(ptr::addr_of_mut!((*h).lru));
+        (*h).magic = MAGIC;
+        (*h).config = config;
+    }
+}
+
+/// Unlocks by force a lock whose holder (`word`) no longer exists; false
+/// when the word changed meanwhile.
+fn force_unlock(mtx: *mut ngx_shmtx_t, word: i64) -> bool {
+    match ngx::ffi::ngx_pid_t::try_from(word) {
+        // SAFETY: the mutex is initialised; nginx clears the word only if
+        // it still names `pid`, and wakes its sleepers.
+        Ok(pid) => unsafe { ngx_shmtx_force_unlock(mtx, pid) != 0 },
+        Err(_) => {
+            // No pid at all (no nginx process sleeps on such a word).
+            // SAFETY: the lock word is an aligned atomic of the zone.
+            let a = unsafe { AtomicI64::from_ptr((*mtx).lock as *mut i64) };
+            a.compare_exchange(word, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        }
+    }
+}
+
+/// The intermediate of digest `d` (key `key`) in the subtree at `node`.
+/// `ngx_rbtree_insert_value` sends equal keys right, but rotations may move
+/// them to either side, so on an equal key with another digest (two
+/// digests sharing their first bytes, which an attacker who signs his own
+/// intermediates can make) both subtrees are searched. Not unit-tested:
+/// the tree is nginx's; the e2e tests store and free intermediates.
+///
+/// # Safety
+/// `node` and `sentinel` belong to the zone's intermediates tree, under
+/// its lock.
+unsafe fn find_digest(
+    node: *mut ngx_rbtree_node_t,
+    sentinel: *mut ngx_rbtree_node_t,
+    key: usize,
+    d: &CertDigest,
+) -> Option<*mut Intermediate> {
+    let mut node = node;
+    // SAFETY: the caller's guarantee; every node is an Intermediate.
+    unsafe {
+        while node != sentinel {
+            if key < (*node).key {
+                node = (*node).left;
+            } else if key > (*node).key {
+                node = (*node).right;
+            } else {
+                let i = node as *mut Intermediate;
+                if (*i).digest == *d {
+                    return Some(i);
+                }
+                if let Some(i) = find_digest((*node).left, sentinel, key, d) {
+                    return Some(i);
+                }
+                node = (*node).right;
+            }
+        }
+    }
+    None
 }
 
 type ZoneInit = unsafe extern "C" fn(*mut ngx_shm_zone_t, *mut c_void) -> ngx_int_t;
@@ -726,26 +1032,16 @@ pub unsafe extern "C" fn ngx_http_dyncert_zone_init(
                         return ngx::ffi::NGX_OK as ngx_int_t;
                     }
                 }
+                // The header first, in whole pages: the first ones of the
+                // pool, where a reset finds them again (Reset::Pool).
+                let size = header_alloc_size(size_of::<Header>(), ngx::ffi::ngx_pagesize);
                 ngx_shmtx_lock(&mut (*pool).mutex);
-                let h = ngx_slab_alloc_locked(pool, size_of::<Header>()) as *mut Header;
+                let h = ngx_slab_alloc_locked(pool, size) as *mut Header;
                 ngx_shmtx_unlock(&mut (*pool).mutex);
                 if h.is_null() {
                     return ngx::ffi::NGX_ERROR as ngx_int_t;
                 }
-                ptr::write_bytes(h, 0, 1);
-                rbtree_init(
-                    ptr::addr_of_mut!((*h).records),
-                    ptr::addr_of_mut!((*h).records_sentinel),
-                    ngx_str_rbtree_insert_value,
-                );
-                rbtree_init(
-                    ptr::addr_of_mut!((*h).intermediates),
-                    ptr::addr_of_mut!((*h).intermediates_sentinel),
-                    ngx_rbtree_insert_value,
-                );
-                queue_init(ptr::addr_of_mut!((*h).lru));
-                (*h).magic = MAGIC;
-                (*h).config = config;
+                init_header(h, config);
                 // Evictions make room; a failed allocation is not news.
                 (*pool).set_log_nomem(0);
                 (*pool).data = h as *mut c_void;
