@@ -4,6 +4,7 @@ pub mod acme;
 pub mod api;
 pub mod cache;
 pub mod cidr;
+pub mod clientca;
 pub mod clienthello;
 pub mod clock;
 pub mod compact;

@@ -49,7 +49,7 @@ pub const HANDSHAKE_SOURCES: [CertSource; 6] = [
 
 /// Labels of refused records (`Refusal::label`), in a fixed order so the
 /// shared array has one slot each; anything else counts as `other`.
-pub const REJECT_REASONS: [&str; 41] = [
+pub const REJECT_REASONS: [&str; 42] = [
     "crt_not_pem",
     "chain_too_long",
     "key_not_pem",
@@ -66,6 +66,7 @@ pub const REJECT_REASONS: [&str; 41] = [
     "client_ca_too_large",
     "allow_invalid",
     "client_ca_not_pem",
+    "client_ca_constraints",
     "encrypted_key",
     "key_reference_refused",
     "key_reference_failed",
@@ -842,6 +843,7 @@ mod tests {
             Invalid::BadValidity,
             Invalid::AllowInvalid,
             Invalid::ClientCaNotPem,
+            Invalid::ClientCaConstraints,
             Invalid::KeyEncrypted,
             Invalid::KeyReference(crate::keyref::RefError::Disabled),
             Invalid::KeyReferenceFailed,

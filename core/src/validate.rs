@@ -141,6 +141,12 @@ pub enum Invalid {
     BadValidity,
     AllowInvalid,
     ClientCaNotPem,
+    /// The `client_ca` certificates carry more name-constraint subtrees
+    /// than [`crate::clientca::MAX_NAME_CONSTRAINT_SUBTREES`] (or
+    /// extensions that cannot be read): every client certificate checked
+    /// against them would cost the worker's event loop that many
+    /// comparisons per name.
+    ClientCaConstraints,
     KeyEncrypted,
     /// A key reference that must not be loaded (`keyref`).
     KeyReference(RefError),
@@ -194,6 +200,11 @@ impl Invalid {
                 "field \"allow\" is not a comma-separated list of addresses and CIDRs"
             }
             Invalid::ClientCaNotPem => "field \"client_ca\" holds no parsable PEM certificate",
+            Invalid::ClientCaConstraints => {
+                "field \"client_ca\" holds certificates with more than 64 name-constraint \
+                 subtrees in total (or unreadable extensions): checking client certificates \
+                 against them would stall the worker"
+            }
             Invalid::KeyEncrypted => {
                 "field \"key\" holds an encrypted private key \
                  (dyncert has no passphrase: store it unencrypted)"
@@ -269,6 +280,7 @@ impl Invalid {
             Invalid::BadValidity => "bad_validity",
             Invalid::AllowInvalid => "allow_invalid",
             Invalid::ClientCaNotPem => "client_ca_not_pem",
+            Invalid::ClientCaConstraints => "client_ca_constraints",
             Invalid::KeyEncrypted => "encrypted_key",
             Invalid::KeyReference(_) => "key_reference_refused",
             Invalid::KeyReferenceFailed | Invalid::KeyReferenceNoEngine => "key_reference_failed",
@@ -943,6 +955,10 @@ fn client_ca(blocks: &[Block]) -> Result<ClientCa, Invalid> {
         .iter()
         .map(|b| X509::from_der(&b.der).map_err(|_| Invalid::ClientCaNotPem))
         .collect::<Result<Vec<_>, _>>()?;
+    // Each client certificate is checked against every subtree, on the
+    // event loop: bounded here, on the parse thread.
+    crate::clientca::judge(blocks.iter().map(|b| b.der.as_slice()))
+        .map_err(|_| Invalid::ClientCaConstraints)?;
     let mut b = X509StoreBuilder::new().map_err(|_| Invalid::ClientCaNotPem)?;
     for c in &certs {
         b.add_cert(c.clone()).map_err(|_| Invalid::ClientCaNotPem)?;

@@ -8,6 +8,7 @@
 use core::ffi::{c_int, c_long, c_void};
 use core::{ptr, slice};
 
+use dyncert_core::clientca::MAX_CLIENT_CERTIFICATE_LIST;
 use dyncert_core::clienthello::server_name_extension_host;
 use dyncert_core::clock::{Clock, Millis, SystemClock};
 use dyncert_core::name::normalize_sni_inline;
@@ -25,9 +26,9 @@ use ngx::ffi::{
     SSL_CTX_get_client_CA_list, SSL_CTX_set_cert_cb, SSL_CTX_set_client_hello_cb,
     SSL_add_client_CA, SSL_certs_clear, SSL_client_hello_get0_ext, SSL_ctrl,
     SSL_set_session_id_context, SSL_set_verify, SSL_use_cert_and_key, EVP_PKEY, SSL,
-    SSL_AD_UNRECOGNIZED_NAME, SSL_CLIENT_HELLO_SUCCESS, SSL_CTRL_SET_TLSEXT_SERVERNAME_CB,
-    SSL_CTRL_SET_VERIFY_CERT_STORE, SSL_CTX, SSL_TLSEXT_ERR_ALERT_FATAL, SSL_TLSEXT_ERR_OK,
-    SSL_VERIFY_PEER, X509, X509_STORE_CTX,
+    SSL_AD_UNRECOGNIZED_NAME, SSL_CLIENT_HELLO_SUCCESS, SSL_CTRL_SET_MAX_CERT_LIST,
+    SSL_CTRL_SET_TLSEXT_SERVERNAME_CB, SSL_CTRL_SET_VERIFY_CERT_STORE, SSL_CTX,
+    SSL_TLSEXT_ERR_ALERT_FATAL, SSL_TLSEXT_ERR_OK, SSL_VERIFY_PEER, X509, X509_STORE_CTX,
 };
 use ngx::http::{HttpModuleServerConf, NgxHttpSslModule};
 use openssl::ssl::SslContextRef;
@@ -255,9 +256,26 @@ unsafe fn install(ssl: *mut SSL, cert: &ParsedCert, tenant: bool) -> Result<bool
 /// SSL_add_client_CA(3)). Verification failures do not abort the handshake:
 /// the access handler answers 495/496 like nginx's `ssl_verify_client`.
 ///
+/// The client's Certificate message is held to
+/// [`MAX_CLIENT_CERTIFICATE_LIST`] (SSL_set_max_cert_list(3)): OpenSSL
+/// reads the limit when that message arrives, after this callback, and
+/// fails the handshake on a longer one before parsing it, so no client can
+/// make the worker check a chain of thousands of names against forged
+/// name constraints.
+///
 /// # Safety
 /// `ssl` must be a live SSL object inside its certificate callback.
 unsafe fn request_client_certificate(ssl: *mut SSL, ca: &ClientCa) -> Result<(), &'static str> {
+    // SAFETY: ssl is live; SSL_set_max_cert_list(3) is this ctrl, which
+    // only stores the value.
+    unsafe {
+        SSL_ctrl(
+            ssl,
+            SSL_CTRL_SET_MAX_CERT_LIST as c_int,
+            MAX_CLIENT_CERTIFICATE_LIST as c_long,
+            ptr::null_mut(),
+        )
+    };
     // SAFETY: SSL_set1_verify_cert_store(3) is this ctrl with 1: it takes
     // its own reference to the store.
     let r = unsafe {
