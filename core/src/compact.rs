@@ -7,7 +7,8 @@
 //! Loading a compact record (`Compact::load`) skips everything a fetch
 //! already checked (PEM, name coverage, key match) except the dates and
 //! the key's type and size (`validate::judge_leaf_key`, cheap, under this
-//! process's `dyncert_rsa_max_bits`): it
+//! process's `dyncert_rsa_max_bits`) and the strength of the signatures
+//! and of the intermediates' keys (`chainsec::judge_chain`): it
 //! is only ever written by this module after `validate`, but the bytes sit
 //! in memory other processes write, so decoding is bounded and checked
 //! like any input (and fuzzed).
@@ -373,6 +374,9 @@ fn load_pair(
         };
         chain.push(cert);
     }
+    // Judged again like the key: what another process stored passed its
+    // validation, not necessarily this one's.
+    crate::chainsec::judge_chain(&leaf, chain.iter().map(|c| &**c))?;
     Ok((leaf, key, chain))
 }
 
@@ -511,6 +515,22 @@ mod tests {
         assert_eq!(
             with_second.load(&interner, &ders, 0).unwrap_err(),
             Invalid::RsaKeyTooSlow
+        );
+    }
+
+    #[test]
+    fn a_stored_chain_openssl_would_refuse_is_refused_at_load() {
+        // An intermediate with an RSA-1024 key, as something else writing
+        // the zone may have stored it: OpenSSL would refuse to send it.
+        let (record, parsed) = stored(key(), None);
+        let (mut c, _) = Compact::of(&parsed, &record, CertSource::Redis).unwrap();
+        let weak = PKey::from_rsa(Rsa::generate(1024).unwrap()).unwrap();
+        let der = leaf(&["weak.ca"], &weak, -1, 300).to_der().unwrap();
+        c.intermediates = vec![digest(&der)];
+        let missing = vec![(digest(&der), der)];
+        assert_eq!(
+            c.load(&Interner::default(), &missing, 0).unwrap_err(),
+            Invalid::ChainKeyTooWeak
         );
     }
 
