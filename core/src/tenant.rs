@@ -392,6 +392,37 @@ pub fn check_client_certificate(
     }
 }
 
+/// The verdict a connection keeps on its client certificate, and the
+/// record (fingerprint) whose CAs it was judged against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeptVerdict {
+    pub record: [u8; 32],
+    pub verdict: ClientCertVerdict,
+}
+
+/// The connection's verdict on its client certificate for `record`: the
+/// one it keeps, or `judge`'s, which it then keeps. A connection's client
+/// certificate, chain and verify settings never change, and its record
+/// cannot either (a request whose connection did not install the host's
+/// current record is misdirected before this), so a verdict holds for the
+/// connection's life, as a full handshake's does: a resumed session's
+/// chain is verified once per connection, not at every request (a verify
+/// costs up to a millisecond of the event loop within the bounds of
+/// [`crate::clientca`], and keep-alive allows 1,000 requests a
+/// connection). A verdict kept for another record is judged again.
+pub fn judge_once(
+    kept: &mut Option<KeptVerdict>,
+    record: [u8; 32],
+    judge: impl FnOnce() -> ClientCertVerdict,
+) -> ClientCertVerdict {
+    if let Some(k) = kept.filter(|k| k.record == record) {
+        return k.verdict;
+    }
+    let verdict = judge();
+    *kept = Some(KeptVerdict { record, verdict });
+    verdict
+}
+
 /// Verifies `peer` against the tenant's CAs as OpenSSL verifies a client's
 /// chain in a handshake (`ssl_verify_cert_chain`): purpose and trust "SSL
 /// client" (`X509_STORE_CTX_set_default(ctx, "ssl_client")`), so a
@@ -945,6 +976,68 @@ mod tests {
         assert_eq!(
             check_client_certificate(&t.ca, None, HandshakeVerify::Resumed(0), SETTINGS),
             ClientCertVerdict::Missing
+        );
+    }
+
+    #[test]
+    fn a_connection_judges_its_client_certificate_once_per_record() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let mut kept = None;
+        let mut judged = 0;
+        let mut judge = |record, verdict| {
+            judge_once(&mut kept, record, || {
+                judged += 1;
+                verdict
+            })
+        };
+        assert_eq!(judge(a, ClientCertVerdict::Pass), ClientCertVerdict::Pass);
+        // Kept: the later requests of the connection are not judged again,
+        // whatever a new judgement would say.
+        for _ in 0..1000 {
+            assert_eq!(
+                judge(a, ClientCertVerdict::Failed(10)),
+                ClientCertVerdict::Pass
+            );
+        }
+        // Another record: judged afresh, and kept in place of the first.
+        assert_eq!(
+            judge(b, ClientCertVerdict::Failed(26)),
+            ClientCertVerdict::Failed(26)
+        );
+        assert_eq!(
+            judge(b, ClientCertVerdict::Pass),
+            ClientCertVerdict::Failed(26)
+        );
+        assert_eq!(
+            judge(a, ClientCertVerdict::Missing),
+            ClientCertVerdict::Missing
+        );
+        assert_eq!(judged, 3);
+        assert_eq!(
+            kept,
+            Some(KeptVerdict {
+                record: a,
+                verdict: ClientCertVerdict::Missing
+            })
+        );
+    }
+
+    #[test]
+    fn a_resumed_sessions_failure_is_kept_too() {
+        let pki = dyncert_testkit::pki::Pki::new();
+        let t = client_pki::tenant(&pki, "tenant CA");
+        let server = client_pki::issued(&t.issuer, &["serverAuth"], (-1, 30));
+        let mut kept = None;
+        let check = || {
+            check_client_certificate(&t.ca, peer(&server), HandshakeVerify::Resumed(0), SETTINGS)
+        };
+        assert_eq!(
+            judge_once(&mut kept, [7; 32], check),
+            ClientCertVerdict::Failed(26)
+        );
+        assert_eq!(
+            judge_once(&mut kept, [7; 32], || unreachable!("kept")),
+            ClientCertVerdict::Failed(26)
         );
     }
 

@@ -11,8 +11,8 @@ use dyncert_core::clock::{Clock, SystemClock};
 use dyncert_core::metrics::Simple;
 use dyncert_core::name::normalize_sni;
 use dyncert_core::tenant::{
-    check_client_certificate, decide, judge_allow_list, AllowVerdict, ClientCertVerdict,
-    HandshakeVerify, PeerCertificate, RequestFacts, Verdict, VerifySettings,
+    check_client_certificate, decide, judge_allow_list, judge_once, AllowVerdict,
+    ClientCertVerdict, HandshakeVerify, PeerCertificate, RequestFacts, Verdict, VerifySettings,
 };
 use dyncert_core::validate::ClientCa;
 use foreign_types::ForeignTypeRef;
@@ -33,7 +33,8 @@ use openssl::x509::{X509Ref, X509};
 use super::boundary::guard;
 use super::conf::{add_phase_handler, Module, Refused};
 use super::handshake::{
-    connection_sni, handshake_facts, in_early_data, request_connection, ssl_of, HandshakeFacts,
+    connection_sni, handshake_facts, in_early_data, keep_client_verdict, request_connection,
+    ssl_of, HandshakeFacts,
 };
 use super::log::{debug, Log};
 use super::metrics;
@@ -238,16 +239,31 @@ fn verdict_text(verdict: &Verdict<'_>) -> String {
 
 /// The tenant's required client certificate: 496 without one, 495 when it
 /// does not verify against the tenant's CAs (answered like nginx's
-/// `ssl_verify_client`). The core decides; this gathers what OpenSSL holds.
+/// `ssl_verify_client`). The core decides, once per connection; this
+/// gathers what OpenSSL holds.
 fn require_client_certificate(
     c: &ngx_connection_t,
     ca: &ClientCa,
     facts: Option<HandshakeFacts>,
 ) -> ngx_int_t {
-    let verdict = match ssl_of(c) {
+    let judge = || match ssl_of(c) {
         // SAFETY: ssl is c's live SSL object and its handshake finished.
         Some(ssl) => unsafe { client_certificate_verdict(ssl, ca, facts) },
         None => ClientCertVerdict::Missing,
+    };
+    // The record the connection is authenticated with: the host's current
+    // one (decide() checked), whose CAs `ca` are.
+    let verdict = match facts.and_then(|f| f.record) {
+        Some(record) => {
+            let mut kept = facts.and_then(|f| f.client_verdict);
+            let before = kept;
+            let verdict = judge_once(&mut kept, record, judge);
+            if let Some(k) = kept.filter(|&k| Some(k) != before) {
+                keep_client_verdict(c, k);
+            }
+            verdict
+        }
+        None => judge(),
     };
     match verdict {
         ClientCertVerdict::Pass => NGX_DECLINED as ngx_int_t,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use dyncert_core::on_demand::{Client, Transport};
 use dyncert_core::outcome::CertSource;
-use dyncert_core::tenant::session_context;
+use dyncert_core::tenant::{session_context, KeptVerdict};
 use dyncert_core::validate::{KeyKind, ParsedCert};
 use foreign_types::ForeignTypeRef;
 use ngx::ffi::{
@@ -52,6 +52,9 @@ struct ConnInfo {
     /// "no record"), and the listener salt it was computed with.
     bound: Option<Option<[u8; 32]>>,
     salt: [u8; 32],
+    /// The tenant policy's verdict on the connection's client certificate,
+    /// judged at its first request (`tenant::judge_once`).
+    client_verdict: Option<KeptVerdict>,
 }
 
 /// The `$dyncert_*` view of a connection.
@@ -94,6 +97,9 @@ pub struct HandshakeFacts {
     /// A full handshake asked for a client certificate against the
     /// installed record's CAs.
     pub client_ca_requested: bool,
+    /// The verdict on the client certificate an earlier request of the
+    /// connection got.
+    pub client_verdict: Option<KeptVerdict>,
 }
 
 /// Allocates the ex_data index (postconfiguration; once per process, the
@@ -393,14 +399,29 @@ pub fn handshake_facts(c: &ngx_connection_t) -> Option<HandshakeFacts> {
             record: info.bound.flatten(),
             resumed: true,
             client_ca_requested: false,
+            client_verdict: info.client_verdict,
         }
     } else {
         HandshakeFacts {
             record: info.installed,
             resumed: false,
             client_ca_requested: info.client_ca_requested,
+            client_verdict: info.client_verdict,
         }
     })
+}
+
+/// Keeps the verdict on the connection's client certificate for its later
+/// requests (see [`HandshakeFacts::client_verdict`]).
+pub fn keep_client_verdict(c: &ngx_connection_t, kept: KeptVerdict) {
+    let Some(ssl) = ssl_of(c) else {
+        return;
+    };
+    // SAFETY: ssl is c's live SSL object; no other ConnInfo reference is
+    // alive (info_of copies it out).
+    if let Some(info) = unsafe { info_mut(ssl) } {
+        info.client_verdict = Some(kept);
+    }
 }
 
 /// The connection of a live request: it lives as long as the request.
