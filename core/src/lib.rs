@@ -3,6 +3,7 @@
 pub mod acme;
 pub mod api;
 pub mod cache;
+pub mod chainsec;
 pub mod cidr;
 pub mod clientca;
 pub mod clienthello;

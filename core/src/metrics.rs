@@ -49,7 +49,7 @@ pub const HANDSHAKE_SOURCES: [CertSource; 6] = [
 
 /// Labels of refused records (`Refusal::label`), in a fixed order so the
 /// shared array has one slot each; anything else counts as `other`.
-pub const REJECT_REASONS: [&str; 42] = [
+pub const REJECT_REASONS: [&str; 46] = [
     "crt_not_pem",
     "chain_too_long",
     "key_not_pem",
@@ -91,6 +91,10 @@ pub const REJECT_REASONS: [&str; 42] = [
     "rsa_key_too_weak",
     "rsa_key_too_slow",
     "rsa_key_curve",
+    "weak_signature",
+    "chain_key_too_weak",
+    "rsa_weak_signature",
+    "rsa_chain_key_too_weak",
     "other",
 ];
 
@@ -147,9 +151,10 @@ pub enum Simple {
     RedisCommandTimeouts,
     RedisReconnects,
     FetchesLost,
+    InstallFailures,
 }
 
-const SIMPLE: [(Simple, &str, &str); 36] = [
+const SIMPLE: [(Simple, &str, &str); 37] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -346,6 +351,13 @@ const SIMPLE: [(Simple, &str, &str); 36] = [
         "Lookups that ended in a panic in the fetcher (answered as failed), or \
          whose answer never came within the in-flight deadline (started again \
          by the next connection for their name); see the log lines.",
+    ),
+    (
+        Simple::InstallFailures,
+        "dyncert_install_failures_total",
+        "Handshakes that failed because OpenSSL refused to install their name's \
+         validated certificate (a security level above what validation judges, \
+         2; see the warn lines, one per name per 10 s, for OpenSSL's reason).",
     ),
 ];
 
@@ -864,6 +876,10 @@ mod tests {
             Invalid::RsaKeyTooWeak,
             Invalid::RsaKeyTooSlow,
             Invalid::RsaKeyCurve,
+            Invalid::WeakSignature,
+            Invalid::ChainKeyTooWeak,
+            Invalid::RsaWeakSignature,
+            Invalid::RsaChainKeyTooWeak,
         ] {
             assert_ne!(l.rejected(i.label()), l.rejected("other"), "{i:?}");
         }

@@ -2,7 +2,9 @@
 //! that must not be served: unparsable PEM, an encrypted key, a key that
 //! does not match the leaf, a leaf that does not cover the name, a
 //! certificate outside its validity period, an over-long chain, a key
-//! too weak or too slow to sign with (see [`judge_key`]).
+//! too weak or too slow to sign with (see [`judge_key`]), a signature or an
+//! intermediate's key OpenSSL would refuse to install (see
+//! [`crate::chainsec`]).
 //!
 //! This runs on the fetcher thread, so the handshake path only ever sees
 //! ready-made `X509`/`PKey` objects (no PEM parsing in the cert callback).
@@ -183,6 +185,17 @@ pub enum Invalid {
     RsaKeyTooWeak,
     RsaKeyTooSlow,
     RsaKeyCurve,
+    /// The leaf or an intermediate is signed with fewer than
+    /// [`crate::chainsec::MIN_SECURITY_BITS`] (SHA-1, MD5) or with an
+    /// algorithm OpenSSL cannot rate: OpenSSL refuses to install it.
+    WeakSignature,
+    /// An intermediate's key has fewer than
+    /// [`crate::chainsec::MIN_SECURITY_BITS`] (RSA under 2048 bits) or
+    /// cannot be decoded: OpenSSL refuses to install it.
+    ChainKeyTooWeak,
+    /// The second pair's counterparts of the two above.
+    RsaWeakSignature,
+    RsaChainKeyTooWeak,
 }
 
 impl Invalid {
@@ -264,6 +277,22 @@ impl Invalid {
                 "certificate \"crt_rsa\" has an EC key that is not on the named curve P-256, \
                  P-384 or P-521"
             }
+            Invalid::WeakSignature => {
+                "field \"crt\" holds a certificate signed with a digest weaker than 112 bits \
+                 (SHA-1, MD5) or an unknown algorithm: OpenSSL would refuse to send it"
+            }
+            Invalid::ChainKeyTooWeak => {
+                "field \"crt\" holds an intermediate whose key is weaker than 112 bits \
+                 (RSA under 2048) or unreadable: OpenSSL would refuse to send it"
+            }
+            Invalid::RsaWeakSignature => {
+                "field \"crt_rsa\" holds a certificate signed with a digest weaker than \
+                 112 bits (SHA-1, MD5) or an unknown algorithm: OpenSSL would refuse to send it"
+            }
+            Invalid::RsaChainKeyTooWeak => {
+                "field \"crt_rsa\" holds an intermediate whose key is weaker than 112 bits \
+                 (RSA under 2048) or unreadable: OpenSSL would refuse to send it"
+            }
         }
     }
 
@@ -299,6 +328,10 @@ impl Invalid {
             Invalid::RsaKeyTooWeak => "rsa_key_too_weak",
             Invalid::RsaKeyTooSlow => "rsa_key_too_slow",
             Invalid::RsaKeyCurve => "rsa_key_curve",
+            Invalid::WeakSignature => "weak_signature",
+            Invalid::ChainKeyTooWeak => "chain_key_too_weak",
+            Invalid::RsaWeakSignature => "rsa_weak_signature",
+            Invalid::RsaChainKeyTooWeak => "rsa_chain_key_too_weak",
         }
     }
 }
@@ -503,7 +536,8 @@ pub fn validate_wildcard(
 /// Cheapest checks first, so junk is refused before OpenSSL parses much:
 /// PEM structure of every field, then the leaf and its names and dates,
 /// then the leaf's key type and size (`limits`), then the private key,
-/// then the rest of the chain and the client CAs.
+/// then the rest of the chain (with every signature's and intermediate
+/// key's strength, [`crate::chainsec`]) and the client CAs.
 fn check(
     record: &Record,
     now_secs: i64,
@@ -579,6 +613,7 @@ fn check(
     };
 
     let chain = parsed_chain(chain_der, interner).map_err(|_| Invalid::CrtNotPem)?;
+    crate::chainsec::judge_chain(&leaf, &chain)?;
     let client_ca = match ca_certs {
         Some(blocks) => Some(client_ca(&blocks)?),
         None => None,
@@ -649,6 +684,7 @@ fn check_second(
         return Err(Invalid::RsaKeyMismatch);
     }
     let chain = parsed_chain(chain_der, interner).map_err(|_| Invalid::RsaCrtNotPem)?;
+    crate::chainsec::judge_chain(&leaf, &chain).map_err(rsa)?;
     precompute(&leaf);
     crate::leafkey::bind_checked(&mut leaf, &key, false);
     Ok((certs, Second { leaf, chain, key }))
@@ -665,6 +701,8 @@ pub fn second_reason(e: Invalid) -> Invalid {
         Invalid::KeyTooWeak => Invalid::RsaKeyTooWeak,
         Invalid::KeyTooSlow => Invalid::RsaKeyTooSlow,
         Invalid::KeyCurve => Invalid::RsaKeyCurve,
+        Invalid::WeakSignature => Invalid::RsaWeakSignature,
+        Invalid::ChainKeyTooWeak => Invalid::RsaChainKeyTooWeak,
         // A second pair is one ECDSA and one RSA certificate.
         Invalid::KeyType => Invalid::PairTypes,
         other => other,
