@@ -387,9 +387,46 @@ unsafe fn select_certificate(ssl: *mut SSL, scf: Option<&SrvConf>) -> c_int {
             1
         }
         Err(what) => {
-            Log::cycle().alert(format_args!(
-                "dyncert: {what} while installing a certificate, name: \"{name}\""
-            ));
+            // A record validation admitted that OpenSSL will not install
+            // (a security level above the one validation judges, 2): the
+            // handshake fails closed, as it must, but this is the tenant's
+            // record, not a bug: counted, and logged at warn with OpenSSL's
+            // reason at most once per name per 10 s. The error queue is
+            // read (and emptied) whether or not a line is written.
+            let errors = openssl::error::ErrorStack::get();
+            super::metrics::add(
+                super::metrics::layout().simple(dyncert_core::metrics::Simple::InstallFailures),
+                1,
+            );
+            thread_local! {
+                static INSTALL_LOG: core::cell::RefCell<dyncert_core::chainsec::InstallLog> =
+                    core::cell::RefCell::default();
+            }
+            let due = INSTALL_LOG
+                .try_with(|l| {
+                    l.try_borrow_mut()
+                        .ok()
+                        .and_then(|mut l| l.allow(&name, now))
+                })
+                .ok()
+                .flatten();
+            if let Some(held) = due {
+                let reasons: Vec<&str> =
+                    errors.errors().iter().filter_map(|e| e.reason()).collect();
+                let reasons = if reasons.is_empty() {
+                    "no reason given".to_owned()
+                } else {
+                    reasons.join(", ")
+                };
+                let held = match held {
+                    0 => String::new(),
+                    n => format!(", {n} more since the last line"),
+                };
+                Log::cycle().warn(format_args!(
+                    "dyncert: {what} while installing a certificate ({reasons}), the handshake \
+                     fails (dyncert_install_failures_total{held}), name: \"{name}\""
+                ));
+            }
             0
         }
     }
