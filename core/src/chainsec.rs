@@ -99,7 +99,7 @@ pub fn judge(
         return Err(Invalid::WeakSignature);
     }
     for s in intermediates {
-        if !s.key_bits.is_some_and(|b| b >= min_bits) {
+        if s.key_bits.is_none_or(|b| b < min_bits) {
             return Err(Invalid::ChainKeyTooWeak);
         }
         if !strong_enough(s.signature, min_bits) {
@@ -331,7 +331,14 @@ mod tests {
         let sha256 = MessageDigest::sha256;
         let (ik, k) = (p256(), p256());
         let int = cert("int", &ik, "root", &p256(), sha256());
-        let cases: Vec<(&str, X509, PKey<Private>, Vec<X509>, Result<(), Invalid>)> = vec![
+        type Case = (
+            &'static str,
+            X509,
+            PKey<Private>,
+            Vec<X509>,
+            Result<(), Invalid>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "sha256 leaf",
                 cert("a", &k, "int", &ik, sha256()),

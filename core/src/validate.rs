@@ -1829,6 +1829,35 @@ mod tests {
         })
     }
 
+    /// The chain's strength is judged (`crate::chainsec`), for the primary
+    /// and the second pair: an RSA-1024 intermediate is refused with each
+    /// pair's reason, an RSA-2048 one is not.
+    #[test]
+    fn a_chain_openssl_would_refuse_to_install_is_refused() {
+        let rsa = |bits| PKey::from_rsa(Rsa::generate(bits).unwrap()).unwrap();
+        let k = key();
+        let with_int = |bits| {
+            let mut crt = pem(&leaf(&["shop.example.com"], &k, -1, 30));
+            crt.extend(pem(&leaf(&["int.example"], &rsa(bits), -1, 30)));
+            crt
+        };
+        let d = KeyLimits::default();
+        let r = record(with_int(1024), key_pem(&k));
+        assert_eq!(checked(&r, d).unwrap_err(), Invalid::ChainKeyTooWeak);
+        assert!(checked(&record(with_int(2048), key_pem(&k)), d).is_ok());
+        // The same weak chain as a second (RSA) pair.
+        let rk = rsa(2048);
+        let mut crt_rsa = pem(&leaf(&["shop.example.com"], &rk, -1, 30));
+        crt_rsa.extend(pem(&leaf(&["int.example"], &rsa(1024), -1, 30)));
+        let mut r = record(with_int(2048), key_pem(&k));
+        r.second = Some(Pair {
+            form: crate::record::Form::Pem,
+            crt: crt_rsa,
+            key: key_pem(&rk),
+        });
+        assert_eq!(checked(&r, d).unwrap_err(), Invalid::RsaChainKeyTooWeak);
+    }
+
     #[test]
     fn rsa_keys_are_served_from_2048_bits_to_the_limit_and_named_tls_curves_only() {
         let d = KeyLimits::default();
