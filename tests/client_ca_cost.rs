@@ -422,4 +422,13 @@ fn forged_name_constrained_chain_fails_fast() {
         "a forged chain cost the worker {forged_t:?} a handshake (genuine {ok:?})"
     );
     assert!(statuses.iter().all(Option::is_none), "{statuses:?}");
+    // nginx's own info line, and none of the alert lines a parsed forged
+    // chain left (`ignoring stale global SSL error`).
+    let log = s.nginx.error_log();
+    assert!(!log.contains("[alert]"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("[info]") && l.contains("excessive message size")),
+        "{log}"
+    );
 }

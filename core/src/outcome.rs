@@ -93,11 +93,12 @@ pub struct Refusal {
 }
 
 /// Labels of the refusals that withdraw access (see [`Refusal::withdraws`]).
-const WITHDRAWING: [&str; 6] = [
+const WITHDRAWING: [&str; 7] = [
     "allow_invalid",
     "allow_too_large",
     "client_ca_not_pem",
     "client_ca_too_large",
+    "client_ca_constraints",
     "key_plain_refused",
     "key_reference_refused",
 ];
@@ -105,7 +106,8 @@ const WITHDRAWING: [&str; 6] = [
 impl Refusal {
     /// Whether the refused record withdraws what a cached one of the name
     /// grants, so the cached one must not be served while stale: a policy
-    /// field (`allow`, `client_ca`) that does not parse or is too large
+    /// field (`allow`, `client_ca`) that does not parse, is too large or (a
+    /// `client_ca`) carries too many name constraints
     /// (an owner tightening a policy with a typo must not leave it open),
     /// or a key the configuration does not accept. Other refusals (a
     /// certificate or key that does not parse, an expired certificate)
@@ -130,6 +132,10 @@ mod withdraw_tests {
         }
         let allow: Refusal = crate::validate::Invalid::AllowInvalid.into();
         assert!(allow.withdraws());
+        // A client_ca refused for its name constraints was meant to narrow
+        // the tenant's clients: the cached, wider one must not stay.
+        let constraints: Refusal = crate::validate::Invalid::ClientCaConstraints.into();
+        assert!(constraints.withdraws());
         let plain: Refusal = crate::keywrap::KeyWrapError::PlainRefused.into();
         assert!(plain.withdraws());
         let crt: Refusal = crate::validate::Invalid::CrtNotPem.into();
