@@ -271,7 +271,7 @@ fn client_ca_with_hundreds_of_name_constraints_is_refused_and_costs_no_handshake
         ca_pem.len(),
         heavy.to_der().unwrap().len()
     );
-    handshake(port, "nc.example", &[light.clone()], &ck);
+    handshake(port, "nc.example", std::slice::from_ref(&light), &ck);
     let (light_t, _) = timed(port, "nc.example", &[light], &ck, 10);
     let (heavy_t, statuses) = timed(port, "nc.example", &[heavy], &ck, 10);
     eprintln!(
@@ -401,7 +401,7 @@ fn forged_name_constrained_chain_fails_fast() {
     let (ok, statuses) = timed(
         port,
         "mtls.example",
-        &[genuine.cert.clone()],
+        std::slice::from_ref(&genuine.cert),
         &genuine.key,
         10,
     );
