@@ -17,13 +17,14 @@ use openssl::x509::X509;
 
 use crate::clock::Millis;
 pub use crate::der::KeyDer;
-use crate::intern::{digest, CertDigest, Interner};
+use crate::intern::{digest, CertDigest, Held, InternError, Interner};
 use crate::outcome::CertSource;
 use crate::record::{Record, MAX_ALLOW_BYTES, MAX_CHAIN_LEN, MAX_CLIENT_CA_BYTES, MAX_KEY_BYTES};
 use crate::validate::{
-    chain_stack, judge_leaf_key, key_der, pair_key_der, policy_of, precompute, second_reason,
-    Invalid, KeyLimits, ParsedCert, Second,
+    chain_stack, heavy, judge_leaf_key, key_der, pair_key_der, policy_of, precompute,
+    record_weight, second_reason, Invalid, KeyLimits, ParsedCert, Second,
 };
+use crate::weight::Shape;
 
 /// Format tag and version.
 const MAGIC: &[u8; 4] = b"dcr1";
@@ -271,6 +272,7 @@ impl Compact {
             return Err(Invalid::Expired);
         }
         let limits = KeyLimits::current();
+        let mut held = Vec::new();
         let (leaf, key, chain) = load_pair(
             &self.leaf,
             &self.key,
@@ -278,21 +280,24 @@ impl Compact {
             interner,
             missing,
             limits,
+            &mut held,
         )?;
         let policy = policy_of(self.allow.as_deref(), self.client_ca.as_deref())?;
-        let chain_bytes = |chain: &[X509]| {
-            chain
-                .iter()
-                .map(|c| c.to_der().map_or(0, |d| d.len()))
-                .sum::<usize>()
-        };
-        let mut der_bytes = self.leaf.len() + chain_bytes(&chain);
+        let leaf_shape = Shape::of(&leaf, self.leaf.len());
+        let mut second_shape = None;
         let second = match &self.second {
             Some(s) => {
-                let (leaf, key, chain) =
-                    load_pair(&s.leaf, &s.key, &s.intermediates, interner, missing, limits)
-                        .map_err(second_reason)?;
-                der_bytes += s.leaf.len() + chain_bytes(&chain);
+                let (leaf, key, chain) = load_pair(
+                    &s.leaf,
+                    &s.key,
+                    &s.intermediates,
+                    interner,
+                    missing,
+                    limits,
+                    &mut held,
+                )
+                .map_err(second_reason)?;
+                second_shape = Some(Shape::of(&leaf, s.leaf.len()));
                 Some(Second {
                     leaf,
                     key,
@@ -301,13 +306,17 @@ impl Compact {
             }
             None => None,
         };
+        // Judged again like the key: what another process stored passed
+        // its validation, not necessarily this one's bounds.
+        let weight = record_weight(leaf_shape, second_shape, &held, policy.client_ca.as_ref())?;
         Ok(ParsedCert {
             leaf,
             second,
             chain: chain_stack(chain).map_err(|_| Invalid::CrtNotPem)?,
             key,
             not_after_ms: self.not_after_ms,
-            der_bytes,
+            weight,
+            held,
             policy,
             fingerprint: self.fingerprint,
             // Only records with key material are stored in the zone.
@@ -352,6 +361,7 @@ fn load_pair(
     interner: &Interner,
     missing: &[(CertDigest, Vec<u8>)],
     limits: KeyLimits,
+    held: &mut Vec<Held>,
 ) -> Result<(X509, openssl::pkey::PKey<openssl::pkey::Private>, Vec<X509>), Invalid> {
     let mut leaf = X509::from_der(leaf).map_err(|_| Invalid::CrtNotPem)?;
     judge_leaf_key(&leaf, limits)?;
@@ -369,10 +379,14 @@ fn load_pair(
                     .iter()
                     .find(|(m, _)| m == d)
                     .ok_or(Invalid::CrtNotPem)?;
-                interner.get_or_parse(der).map_err(|_| Invalid::CrtNotPem)?
+                interner.get_or_parse(der).map_err(|e| match e {
+                    InternError::Parse => Invalid::CrtNotPem,
+                    InternError::Heavy(h) => heavy(h),
+                })?
             }
         };
-        chain.push(cert);
+        chain.push(cert.cert().clone());
+        held.push(cert);
     }
     // Judged again like the key: what another process stored passed its
     // validation, not necessarily this one's.

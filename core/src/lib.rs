@@ -38,6 +38,7 @@ pub mod timefmt;
 pub mod tokenbucket;
 pub mod topology;
 pub mod validate;
+pub mod weight;
 pub mod worker;
 pub mod workqueue;
 pub mod zonelock;

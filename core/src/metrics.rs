@@ -49,7 +49,7 @@ pub const HANDSHAKE_SOURCES: [CertSource; 6] = [
 
 /// Labels of refused records (`Refusal::label`), in a fixed order so the
 /// shared array has one slot each; anything else counts as `other`.
-pub const REJECT_REASONS: [&str; 46] = [
+pub const REJECT_REASONS: [&str; 49] = [
     "crt_not_pem",
     "chain_too_long",
     "key_not_pem",
@@ -95,6 +95,9 @@ pub const REJECT_REASONS: [&str; 46] = [
     "chain_key_too_weak",
     "rsa_weak_signature",
     "rsa_chain_key_too_weak",
+    "chain_too_heavy",
+    "too_many_names",
+    "record_too_heavy",
     "other",
 ];
 
@@ -876,6 +879,9 @@ mod tests {
             Invalid::RsaKeyTooWeak,
             Invalid::RsaKeyTooSlow,
             Invalid::RsaKeyCurve,
+            Invalid::ChainTooHeavy,
+            Invalid::TooManyNames,
+            Invalid::RecordTooHeavy,
             Invalid::WeakSignature,
             Invalid::ChainKeyTooWeak,
             Invalid::RsaWeakSignature,

@@ -24,13 +24,14 @@ use openssl::x509::X509;
 use crate::cidr::{parse_list, Cidr};
 
 use crate::der::{load_sec1_for, split_certificates, unwrap_pkcs8, KeyDer, Unwrapped};
-use crate::intern::Interner;
+use crate::intern::{Held, InternError, Interner};
 use crate::keyref::{self, KeyRefConfig, KeyRefMode, RefError};
 use crate::name::dns_name_matches;
 use crate::ossl_engine::EngineError;
 use crate::outcome::Refusal;
 use crate::pem::{self, Block, Label, PemError};
 use crate::record::{Form, Pair, Record, MAX_CHAIN_LEN};
+use crate::weight::{self, Heavy, Shape};
 
 /// A certificate ready to be installed on a connection.
 pub struct ParsedCert {
@@ -42,8 +43,15 @@ pub struct ParsedCert {
     pub key: PKey<Private>,
     /// The leaf's notAfter, milliseconds since the UNIX epoch.
     pub not_after_ms: u64,
-    /// Approximate DER size of leaf + chain, for memory accounting.
-    pub der_bytes: usize,
+    /// What the record's parsed certificates hold of a worker's memory
+    /// (leaves, intermediates, client CAs: [`crate::weight`]), which
+    /// `dyncert_cache max_size` counts. Shared intermediates are counted
+    /// in every record that sends them.
+    pub weight: usize,
+    /// The record's holds on its intermediates (both chains): while the
+    /// record lives, the interner shares them; with the last record
+    /// holding one, it goes.
+    pub held: Vec<Held>,
     /// The record's per-tenant policy (applied with `dyncert_tenant_policy`).
     pub policy: TenantPolicy,
     /// SHA-256 over every field of the record it was parsed from: two
@@ -185,6 +193,14 @@ pub enum Invalid {
     RsaKeyTooWeak,
     RsaKeyTooSlow,
     RsaKeyCurve,
+    /// An intermediate of more than [`weight::MAX_INTERMEDIATE_DER`] bytes
+    /// or [`weight::MAX_INTERMEDIATE_NAMES`] subjectAltNames.
+    ChainTooHeavy,
+    /// A leaf of more than [`weight::MAX_LEAF_NAMES`] subjectAltNames.
+    TooManyNames,
+    /// All the record's certificates together, parsed, over
+    /// [`weight::MAX_RECORD_WEIGHT`].
+    RecordTooHeavy,
     /// The leaf or an intermediate is signed with fewer than
     /// [`crate::chainsec::MIN_SECURITY_BITS`] (SHA-1, MD5) or with an
     /// algorithm OpenSSL cannot rate: OpenSSL refuses to install it.
@@ -277,6 +293,18 @@ impl Invalid {
                 "certificate \"crt_rsa\" has an EC key that is not on the named curve P-256, \
                  P-384 or P-521"
             }
+            Invalid::ChainTooHeavy => {
+                "a chain holds an intermediate of more than 8 KB or more than 100 \
+                 subjectAltNames (no CA issues one; parsed, it would hold worker memory)"
+            }
+            Invalid::TooManyNames => {
+                "a leaf certificate has more than 1000 subjectAltNames (CAs issue at most a \
+                 few hundred; parsed, it would hold worker memory)"
+            }
+            Invalid::RecordTooHeavy => {
+                "the record's certificates would hold more than 512 KiB of worker memory \
+                 parsed"
+            }
             Invalid::WeakSignature => {
                 "field \"crt\" holds a certificate signed with a digest weaker than 112 bits \
                  (SHA-1, MD5) or an unknown algorithm: OpenSSL would refuse to send it"
@@ -328,6 +356,9 @@ impl Invalid {
             Invalid::RsaKeyTooWeak => "rsa_key_too_weak",
             Invalid::RsaKeyTooSlow => "rsa_key_too_slow",
             Invalid::RsaKeyCurve => "rsa_key_curve",
+            Invalid::ChainTooHeavy => "chain_too_heavy",
+            Invalid::TooManyNames => "too_many_names",
+            Invalid::RecordTooHeavy => "record_too_heavy",
             Invalid::WeakSignature => "weak_signature",
             Invalid::ChainKeyTooWeak => "chain_key_too_weak",
             Invalid::RsaWeakSignature => "rsa_weak_signature",
@@ -600,9 +631,11 @@ fn check(
     if !leaf_pub.public_eq(&key) {
         return Err(Invalid::KeyMismatch);
     }
+    let mut held = Vec::new();
     let second = match &record.second {
         Some(pair) => {
-            let (blocks, second) = check_second(pair, now_secs, interner, limits, &covered)?;
+            let (blocks, second) =
+                check_second(pair, now_secs, interner, limits, &covered, &mut held)?;
             match (KeyKind::of(&key), KeyKind::of(&second.key)) {
                 (Some(a), Some(b)) if a != b => {}
                 _ => return Err(Invalid::PairTypes),
@@ -612,7 +645,7 @@ fn check(
         None => None,
     };
 
-    let chain = parsed_chain(chain_der, interner).map_err(|_| Invalid::CrtNotPem)?;
+    let chain = parsed_chain(chain_der, interner, &mut held)?;
     crate::chainsec::judge_chain(&leaf, &chain)?;
     let client_ca = match ca_certs {
         Some(blocks) => Some(client_ca(&blocks)?),
@@ -627,11 +660,14 @@ fn check(
     );
     precompute(&leaf);
     crate::leafkey::bind_checked(&mut leaf, &key, key_ref.is_some());
-    let der_bytes = certs
-        .iter()
-        .chain(second_certs.unwrap_or_default())
-        .map(|b| b.der.len())
-        .sum();
+    let weight = record_weight(
+        Shape::of(&leaf, certs[0].der.len()),
+        second
+            .as_ref()
+            .map(|(b, s)| Shape::of(&s.leaf, b[0].der.len())),
+        &held,
+        client_ca.as_ref(),
+    )?;
     // The record is as good as its first certificate to expire.
     let not_after = match &second {
         Some((_, s)) => not_after.min(unix_secs(s.leaf.not_after()).ok_or(Invalid::BadValidity)?),
@@ -643,7 +679,8 @@ fn check(
         chain,
         key,
         not_after_ms: (not_after as u64).saturating_mul(1000),
-        der_bytes,
+        weight,
+        held,
         policy: TenantPolicy { allow, client_ca },
         fingerprint,
         key_reference: key_ref.is_some(),
@@ -660,6 +697,7 @@ fn check_second(
     interner: Option<&Interner>,
     limits: KeyLimits,
     covered: &impl Fn(&X509) -> bool,
+    held: &mut Vec<Held>,
 ) -> Result<(Vec<Block>, Second), Invalid> {
     let rsa = second_reason;
     let certs = match pair.form {
@@ -683,7 +721,7 @@ fn check_second(
     if !leaf_pub.public_eq(&key) {
         return Err(Invalid::RsaKeyMismatch);
     }
-    let chain = parsed_chain(chain_der, interner).map_err(|_| Invalid::RsaCrtNotPem)?;
+    let chain = parsed_chain(chain_der, interner, held).map_err(rsa)?;
     crate::chainsec::judge_chain(&leaf, &chain).map_err(rsa)?;
     precompute(&leaf);
     crate::leafkey::bind_checked(&mut leaf, &key, false);
@@ -720,6 +758,7 @@ fn checked_leaf<'a>(
 ) -> Result<(X509, &'a [Block], i64), Invalid> {
     let (leaf_der, chain_der) = certs.split_first().ok_or(Invalid::CrtNotPem)?;
     let leaf = X509::from_der(&leaf_der.der).map_err(|_| Invalid::CrtNotPem)?;
+    weight::judge_leaf(weight::names_of(&leaf)).map_err(heavy)?;
     if !covered(&leaf) {
         return Err(Invalid::NameNotCovered);
     }
@@ -735,19 +774,62 @@ fn checked_leaf<'a>(
 }
 
 /// The intermediates parsed (each distinct one once, through `interner`
-/// when given), as the stack the module installs.
+/// when given), as the stack the module installs; the holds on them are
+/// added to `held`. Each is judged by [`weight::judge_intermediate`].
 fn parsed_chain(
     chain_der: &[Block],
     interner: Option<&Interner>,
-) -> Result<Stack<X509>, openssl::error::ErrorStack> {
-    chain_der
-        .iter()
-        .map(|b| match interner {
-            Some(i) => i.get_or_parse(&b.der),
-            None => X509::from_der(&b.der),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .and_then(chain_stack)
+    held: &mut Vec<Held>,
+) -> Result<Stack<X509>, Invalid> {
+    let own;
+    let interner = match interner {
+        Some(i) => i,
+        None => {
+            own = Interner::default();
+            &own
+        }
+    };
+    let mut certs = Vec::with_capacity(chain_der.len());
+    for b in chain_der {
+        let h = interner.get_or_parse(&b.der).map_err(|e| match e {
+            InternError::Parse => Invalid::CrtNotPem,
+            InternError::Heavy(h) => heavy(h),
+        })?;
+        certs.push(h.cert().clone());
+        held.push(h);
+    }
+    chain_stack(certs).map_err(|_| Invalid::CrtNotPem)
+}
+
+/// The refusal of a [`Heavy`] certificate or record.
+pub fn heavy(h: Heavy) -> Invalid {
+    match h {
+        Heavy::Intermediate => Invalid::ChainTooHeavy,
+        Heavy::LeafNames => Invalid::TooManyNames,
+        Heavy::Record => Invalid::RecordTooHeavy,
+    }
+}
+
+/// What a record's certificates weigh parsed: its leaf (and second leaf),
+/// the intermediates it holds and its client CAs; refused over
+/// [`weight::MAX_RECORD_WEIGHT`].
+pub fn record_weight(
+    leaf: Shape,
+    second_leaf: Option<Shape>,
+    held: &[Held],
+    client_ca: Option<&ClientCa>,
+) -> Result<usize, Invalid> {
+    let cas = client_ca.map_or(&[][..], |c| c.certs.as_slice());
+    let weight = std::iter::once(leaf)
+        .chain(second_leaf)
+        .chain(held.iter().map(|h| h.shape()))
+        .chain(
+            cas.iter()
+                .map(|c| Shape::of(c, c.to_der().map_or(0, |d| d.len()))),
+        )
+        .fold(0usize, |w, s| w.saturating_add(s.weight()));
+    weight::judge_record(weight).map_err(heavy)?;
+    Ok(weight)
 }
 
 /// The intermediates as an OpenSSL stack (see [`ParsedCert::chain`]).
@@ -1058,12 +1140,102 @@ mod tests {
         }
     }
 
+    fn names(first: &str, n: usize) -> Vec<String> {
+        std::iter::once(first.to_owned())
+            .chain((1..n).map(|i| format!("p{i:04}.pad.example")))
+            .collect()
+    }
+
+    fn leaf_of(sans: &[String], k: &PKey<Private>) -> X509 {
+        let refs: Vec<&str> = sans.iter().map(String::as_str).collect();
+        leaf(&refs, k, -1, 30)
+    }
+
+    /// A record for `name` with a leaf of `n` names and `chain`.
+    fn heavy_record(name: &str, n: usize, chain: &[X509]) -> Record {
+        let k = key();
+        let mut crt = pem(&leaf_of(&names(name, n), &k));
+        for c in chain {
+            crt.extend(pem(c));
+        }
+        record(crt, key_pem(&k))
+    }
+
+    #[test]
+    fn certificates_no_ca_issues_are_refused_as_too_heavy() {
+        let n = "a.example.com";
+        let ik = key();
+        let int = |count| leaf_of(&names("int.example", count), &ik);
+        let i = Interner::default();
+        let v = |r: &Record| validate_shared(r, n, None, now(), &i).map(|p| p.weight);
+        // The bounds themselves are accepted.
+        let w = v(&heavy_record(n, weight::MAX_LEAF_NAMES, &[int(100)])).unwrap();
+        assert!(w > 150 * 1024, "a 1,000-name leaf weighs {w}");
+        assert_eq!(
+            v(&heavy_record(n, weight::MAX_LEAF_NAMES + 1, &[])),
+            Err(Invalid::TooManyNames)
+        );
+        assert_eq!(
+            v(&heavy_record(n, 1, &[int(1), int(101)])),
+            Err(Invalid::ChainTooHeavy)
+        );
+        // Over 8 KB of DER, whatever its names.
+        let long: Vec<String> = std::iter::once("big.example".to_owned())
+            .chain((0..60).map(|i| format!("{i:03}-{}.example", "x".repeat(150))))
+            .collect();
+        let big = leaf_of(&long, &ik);
+        assert!(big.to_der().unwrap().len() > weight::MAX_INTERMEDIATE_DER);
+        assert_eq!(v(&heavy_record(n, 1, &[big])), Err(Invalid::ChainTooHeavy));
+        // Each within its bounds, too heavy together: a leaf of 1,000
+        // names, 7 intermediates of 100, and the same again as the second
+        // pair (an RSA leaf of 1,000 names).
+        let chain: Vec<X509> = (0..7).map(|_| int(100)).collect();
+        let mut r = heavy_record(n, weight::MAX_LEAF_NAMES, &chain);
+        assert!(v(&r).is_ok(), "one pair fits");
+        let rsa = PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+        let mut crt = pem(&leaf_of(&names(n, weight::MAX_LEAF_NAMES), &rsa));
+        for c in &chain {
+            crt.extend(pem(c));
+        }
+        r.second = Some(crate::record::Pair {
+            form: crate::record::Form::Pem,
+            crt,
+            key: key_pem(&rsa),
+        });
+        assert_eq!(v(&r), Err(Invalid::RecordTooHeavy));
+        assert_eq!(i.len(), 0, "nothing of a refused record is kept");
+        // Without an interner (the CLI's validation), the same rules.
+        assert_eq!(
+            validate(&heavy_record(n, 1, &[int(101)]), n, now()).unwrap_err(),
+            Invalid::ChainTooHeavy
+        );
+    }
+
+    #[test]
+    fn a_records_weight_counts_its_leaf_chain_and_client_cas() {
+        let n = "a.example.com";
+        let ik = key();
+        let int = leaf(&["int.example"], &ik, -1, 300);
+        let ca = leaf(&["ca.example"], &ik, -1, 300);
+        let mut r = heavy_record(n, 1, std::slice::from_ref(&int));
+        let chained = validate(&r, n, now()).unwrap();
+        let leaf_w = weight::cert_weight(chained.leaf.to_der().unwrap().len(), 1);
+        let int_w = weight::Shape::of(&int, int.to_der().unwrap().len()).weight();
+        assert_eq!(chained.weight, leaf_w + int_w);
+        r.client_ca = Some(pem(&ca));
+        let with_ca = validate(&r, n, now()).unwrap();
+        let ca_w = weight::Shape::of(&ca, ca.to_der().unwrap().len()).weight();
+        assert_eq!(with_ca.weight, chained.weight + ca_w);
+        assert_eq!(chained.held.len(), 1);
+    }
+
     #[test]
     fn shared_validation_parses_each_intermediate_once() {
         use foreign_types::ForeignTypeRef;
         let ca = leaf(&["ca.example"], &key(), -1, 30);
         let interner = Interner::default();
         let mut chains = Vec::new();
+        let mut parsed = Vec::new();
         for name in ["a.example.com", "b.example.com"] {
             let k = key();
             let mut crt = pem(&leaf(&[name], &k, -1, 30));
@@ -1071,9 +1243,15 @@ mod tests {
             let p =
                 validate_shared(&record(crt, key_pem(&k)), name, None, now(), &interner).unwrap();
             chains.push(p.chain.get(0).unwrap().as_ptr());
+            parsed.push(p);
         }
         assert_eq!(chains[0], chains[1], "one parsed intermediate for both");
         assert_eq!(interner.len(), 1);
+        // Shared while a record holds it; gone with the last one.
+        drop(parsed.pop());
+        assert_eq!(interner.len(), 1);
+        drop(parsed.pop());
+        assert_eq!(interner.len(), 0, "no record holds it any more");
         // The wildcard rule holds here too.
         let k = key();
         let narrow = record(pem(&leaf(&["shop.example.com"], &k, -1, 30)), key_pem(&k));
@@ -1100,7 +1278,7 @@ mod tests {
         let p = validate(&record(crt, key_pem(&k)), "shop.example.com", now()).unwrap();
         assert_eq!(p.chain.len(), 1);
         assert!(p.not_after_ms > (now() as u64) * 1000);
-        assert!(p.der_bytes > 200);
+        assert!(p.weight > 200);
     }
 
     #[test]

@@ -168,8 +168,9 @@ pub const SYNC_LOADS_PER_SEC: u32 = 64;
 /// for its name starts it again, until [`Worker::with_flight_deadline`]
 /// sets the configuration's (see [`crate::flight::deadline`]).
 const DEFAULT_FLIGHT_DEADLINE_MS: Millis = 30_000;
-/// Memory charged per entry beyond its DER bytes: key, X509 structures,
-/// the entry itself. A rough figure: `max_size=` is a bound, not a meter.
+/// Memory charged per entry beyond its certificates' weight
+/// ([`crate::weight`]): the key, the policy, the entry itself. A rough
+/// figure: `max_size=` is a bound, not a meter.
 const ENTRY_OVERHEAD_BYTES: usize = 2048;
 
 pub struct Worker<W, Q> {
@@ -525,7 +526,10 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         first: Option<CertSource>,
         d: &Deadlines,
     ) {
-        let bytes = cert.der_bytes + ENTRY_OVERHEAD_BYTES;
+        let bytes = crate::weight::charged(
+            cert.weight.saturating_add(ENTRY_OVERHEAD_BYTES),
+            self.cache.policy().max_bytes,
+        );
         let expires = cert.not_after_ms;
         let entry = CachedCert {
             cert,
@@ -1399,7 +1403,8 @@ mod tests {
                 chain: openssl::stack::Stack::new().unwrap(),
                 key: key.clone(),
                 not_after_ms,
-                der_bytes: DER_BYTES,
+                weight: DER_BYTES,
+                held: Vec::new(),
                 policy: TenantPolicy::default(),
                 fingerprint: [fp; 32],
                 key_reference: false,
