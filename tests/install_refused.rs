@@ -16,7 +16,7 @@
 //! per name per 10 s carrying OpenSSL's reason, and each failure counted in
 //! `dyncert_install_failures_total`.
 
-use dyncert_testkit::conf::{dyncert_server, metrics_http, SOURCE_SERVER};
+use dyncert_testkit::conf::{dyncert_server, SOURCE_SERVER};
 use dyncert_testkit::*;
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
