@@ -1034,6 +1034,21 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    /// `--rsa-max-bits` defaults to the module's own default, which the
+    /// attribute can only spell as a literal.
+    #[test]
+    fn the_rsa_max_bits_default_is_the_modules() {
+        let default = Cli::command()
+            .get_arguments()
+            .find(|a| a.get_id() == "rsa_max_bits")
+            .and_then(|a| a.get_default_values().first().cloned())
+            .expect("--rsa-max-bits has a default");
+        assert_eq!(
+            default.to_str(),
+            Some(dyncert_core::validate::DEFAULT_RSA_MAX_BITS.to_string().as_str())
+        );
+    }
+
     /// Every variable an option is read from is kept from the DNS hook: a
     /// new one (a secret, say) cannot be forgotten there.
     #[test]

@@ -165,17 +165,28 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        let (max_reads, max_waiting, max_queued) = (16, 1024, 128);
         Limits {
-            max_reads: 16,
-            max_waiting: 1024,
-            max_queued: 128,
+            max_reads,
+            max_waiting,
+            max_queued,
             queue_wait: 1_000,
             max_per_client: 4,
             max_joins_per_client: 32,
-            max_joins: 1024 - 16 - 128,
+            max_joins: Limits::joins_left(max_waiting, max_reads, max_queued),
             negative_ttl: 2_000,
             negative_max: 1024,
         }
+    }
+}
+
+impl Limits {
+    /// The places joins may take: what the gate holds less the reads and
+    /// the FIFO, so joins never take theirs.
+    pub fn joins_left(max_waiting: usize, max_reads: usize, max_queued: usize) -> usize {
+        max_waiting
+            .saturating_sub(max_reads)
+            .saturating_sub(max_queued)
     }
 }
 
@@ -563,6 +574,17 @@ impl<W> AcmeGate<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn joins_take_what_the_reads_and_the_fifo_leave() {
+        let l = Limits::default();
+        assert_eq!(l.max_joins, 880);
+        assert_eq!(
+            l.max_joins,
+            Limits::joins_left(l.max_waiting, l.max_reads, l.max_queued)
+        );
+        assert_eq!(Limits::joins_left(100, 16, 128), 0);
+    }
 
     #[test]
     fn only_a_key_authorization_for_the_token_is_answered() {
