@@ -1045,7 +1045,11 @@ mod tests {
             .expect("--rsa-max-bits has a default");
         assert_eq!(
             default.to_str(),
-            Some(dyncert_core::validate::DEFAULT_RSA_MAX_BITS.to_string().as_str())
+            Some(
+                dyncert_core::validate::DEFAULT_RSA_MAX_BITS
+                    .to_string()
+                    .as_str()
+            )
         );
     }
 
