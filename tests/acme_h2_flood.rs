@@ -269,8 +269,17 @@ fn joins_flood(binds: &str, connections: usize, streams: usize) -> Joins {
     thread::sleep(Duration::from_millis(300));
     let ca = thread::spawn(move || validate(hport));
     thread::sleep(Duration::from_millis(300));
+    // The CA's request must still be waiting for the hung read when Redis
+    // comes back (old code: 503 at once); answered after that says the
+    // test really had it in the gate alongside the flood.
+    let ca_waited = !ca.is_finished();
     s.redis.resume();
     let answer = ca.join().unwrap();
+    assert!(
+        ca_waited,
+        "the CA was answered while Redis hung: {:?}",
+        answer.as_ref().map(|r| r.status)
+    );
     let flood = flood.finish();
     let after = scrape_metrics(mport);
     eprintln!(
