@@ -17,7 +17,15 @@
 //! floor), may give up on a live holder that takes long
 //! ([`Need::Optional`]: a miss or a skipped store only costs a fetch; the
 //! reads answer what this process read last, which errs safely as both
-//! only grow); an invalidation never does ([`Need::Required`]).
+//! only grow). An invalidation (and a re-subscription's floor) gives up
+//! after the same budget too, on the event loop every handshake of the
+//! worker waits on, but is not lost: the worker holds it back
+//! ([`Pending`]), notes it with its next zone operation or a short timer
+//! ([`RETRY_EVERY`]), and meanwhile loads nothing the held-back
+//! invalidation covers from the zone and stores nothing there
+//! ([`Pending::skips`]): the names are fetched from the sources, as
+//! after a miss. Only the master, adopting a zone before any worker of its
+//! cycle runs, waits as long as a live holder takes ([`Need::Required`]).
 //!
 //! A holder killed in the middle of an update may have left the zone's
 //! trees and queue half changed. Every update marks the zone dirty first
@@ -28,6 +36,9 @@
 use core::fmt::Write;
 use core::time::Duration;
 
+use crate::clock::Millis;
+use crate::name::is_one_label_below;
+
 /// What the caller needs the lock for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
@@ -36,8 +47,8 @@ pub enum Need {
     /// that is alive but slow (a miss, a store not made, the last value
     /// read).
     Optional,
-    /// An invalidation, a re-subscription's floor, the figures: waits as
-    /// long as the holder lives.
+    /// The master emptying a zone it adopts: waits as long as the holder
+    /// lives (no handshake runs in the master).
     Required,
 }
 
@@ -154,6 +165,81 @@ impl Holder {
     }
 }
 
+/// Invalidations a worker holds back, most: more collapse into `*` (every
+/// name skips the zone until it is noted, which costs fetches, never a
+/// removed record served).
+pub const MAX_PENDING: usize = 64;
+
+/// How often a worker with held-back invalidations tries the lock again
+/// (each try gives up after [`OPTIONAL_BUDGET`]) when no handshake does.
+pub const RETRY_EVERY: Duration = Duration::from_millis(50);
+
+/// Whether an invalidation of `target` (a name, `*.parent`, or `*`) drops
+/// the zone's record stored under `key`: the wildcard's own key and every
+/// name one label below its parent, the keys its record may have been
+/// stored under.
+pub fn covers(target: &str, key: &[u8]) -> bool {
+    if target == "*" {
+        return true;
+    }
+    if key == target.as_bytes() {
+        return true;
+    }
+    target
+        .strip_prefix("*.")
+        .is_some_and(|parent| is_one_label_below(key, parent.as_bytes()))
+}
+
+/// The zone operations a worker could not make within [`OPTIONAL_BUDGET`]
+/// (a live holder that does not run: a debugger, SIGSTOP) and makes later,
+/// in order, under the next lock it gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Invalidation targets, oldest first; `*` alone once one is held.
+    targets: Vec<String>,
+    /// The latest re-subscription floor not yet noted.
+    floor: Option<Millis>,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty() && self.floor.is_none()
+    }
+
+    /// Holds back the invalidation of `target`. A `*` (or one more than
+    /// [`MAX_PENDING`]) replaces them all: it covers every name.
+    pub fn hold(&mut self, target: &str) {
+        if self.targets.iter().any(|t| t == "*" || t == target) {
+            return;
+        }
+        if target == "*" || self.targets.len() >= MAX_PENDING {
+            self.targets.clear();
+            self.targets.push("*".to_owned());
+        } else {
+            self.targets.push(target.to_owned());
+        }
+    }
+
+    /// Holds back a re-subscription's floor (the latest one wins: floors
+    /// only grow).
+    pub fn hold_floor(&mut self, at: Millis) {
+        self.floor = Some(self.floor.map_or(at, |f| f.max(at)));
+    }
+
+    /// Whether the zone is out of bounds for the record of `key` (a
+    /// lookup is a miss, a store is not made): a held-back invalidation
+    /// covers it, so the zone may still hold what it removes.
+    pub fn skips(&self, key: &str) -> bool {
+        self.targets.iter().any(|t| covers(t, key.as_bytes()))
+    }
+
+    /// Everything held back, to be applied in order under the lock; empty
+    /// afterwards.
+    pub fn take(&mut self) -> (Vec<String>, Option<Millis>) {
+        (core::mem::take(&mut self.targets), self.floor.take())
+    }
+}
+
 /// What a process that just took the lock does with the zone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterLock {
@@ -212,8 +298,9 @@ pub struct Recoveries {
     pub lock_recovered: u64,
     /// Zones emptied because a process died in the middle of an update.
     pub resets: u64,
-    /// Lookups and stores that gave up on a live holder after
-    /// [`OPTIONAL_BUDGET`] (a miss, a store not made).
+    /// Zone operations that gave up on a live holder after
+    /// [`OPTIONAL_BUDGET`] (a miss, a store not made, an invalidation
+    /// held back).
     pub busy: u64,
 }
 
@@ -233,7 +320,7 @@ pub fn render(r: &Recoveries) -> String {
         ),
         (
             "dyncert_shared_zone_busy_total",
-            "Shared zone lookups and stores that gave up waiting for its lock (a miss, a store not made).",
+            "Shared zone operations that gave up waiting for its lock (a miss, a store not made, an invalidation held back).",
             r.busy,
         ),
     ] {
@@ -301,6 +388,66 @@ mod tests {
         assert_eq!(w.next(OPTIONAL_BUDGET), Step::GiveUp);
         let mut w = Wait::new(Need::Optional, false);
         assert_eq!(w.next(OPTIONAL_BUDGET), Step::GiveUp);
+    }
+
+    #[test]
+    fn what_an_invalidation_covers_in_the_zone() {
+        assert!(covers("*", b"a.example.com"));
+        assert!(covers("a.example.com", b"a.example.com"));
+        assert!(!covers("a.example.com", b"b.example.com"));
+        assert!(covers("*.example.com", b"*.example.com"));
+        assert!(covers("*.example.com", b"a.example.com"));
+        assert!(!covers("*.example.com", b"a.b.example.com"));
+        assert!(!covers("*.example.com", b"example.com"));
+        assert!(!covers("*.example.com", b"a.example.org"));
+    }
+
+    #[test]
+    fn held_back_invalidations_skip_what_they_cover_only() {
+        let mut p = Pending::default();
+        assert!(p.is_empty());
+        assert!(!p.skips("a.example.com"));
+        p.hold("a.example.com");
+        p.hold("*.example.org");
+        p.hold("a.example.com");
+        assert!(!p.is_empty());
+        assert!(p.skips("a.example.com"));
+        assert!(p.skips("x.example.org"));
+        assert!(p.skips("*.example.org"));
+        assert!(!p.skips("b.example.com"));
+        let (targets, floor) = p.take();
+        assert_eq!(targets, ["a.example.com", "*.example.org"]);
+        assert_eq!(floor, None);
+        assert!(p.is_empty());
+        assert!(!p.skips("a.example.com"));
+    }
+
+    #[test]
+    fn a_held_back_star_or_too_many_skip_every_name() {
+        let mut p = Pending::default();
+        p.hold("a.example.com");
+        p.hold("*");
+        p.hold("b.example.com");
+        assert_eq!(p.take().0, ["*"]);
+        for i in 0..MAX_PENDING {
+            p.hold(&format!("n{i}.example.com"));
+        }
+        assert!(!p.skips("other.example.com"));
+        p.hold("one.more.example.com");
+        assert!(p.skips("other.example.com"));
+        assert_eq!(p.take().0, ["*"]);
+    }
+
+    #[test]
+    fn a_held_back_floor_keeps_the_latest_and_skips_nothing() {
+        let mut p = Pending::default();
+        p.hold_floor(20);
+        p.hold_floor(10);
+        assert!(!p.is_empty());
+        // The worker that noted it judges its loads by its own epoch.
+        assert!(!p.skips("a.example.com"));
+        assert_eq!(p.take(), (Vec::new(), Some(20)));
+        assert!(p.is_empty());
     }
 
     #[test]

@@ -16,36 +16,39 @@
 //! Only the event loop thread of a worker calls into it.
 //!
 //! The lock is never slept on without bound (`dyncert_core::zonelock`): a
-//! holder that died is unlocked by force, a lookup or a store gives up on a
-//! slow live one, and a zone a process died updating (its `dirty` word
-//! set) is emptied by the next process that takes the lock.
+//! holder that died is unlocked by force, every operation of a worker
+//! gives up on a slow live one (an invalidation is held back, see
+//! `zonelock::Pending`, and noted under the next lock this worker gets),
+//! and a zone a process died updating (its `dirty` word set) is emptied by
+//! the next process that takes the lock.
 
-use core::cell::Cell;
+use core::cell::{Cell, RefCell};
 use core::ffi::c_void;
 use core::mem::{offset_of, size_of};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{compiler_fence, AtomicI64, AtomicU64, Ordering};
+use std::rc::Rc;
 use std::time::Instant;
 
 use dyncert_core::clock::Millis;
 use dyncert_core::compact::IntermediateDers;
 use dyncert_core::intern::CertDigest;
 use dyncert_core::metrics::ZoneFigures;
-use dyncert_core::name::is_one_label_below;
 use dyncert_core::tier::{fnv1a, page_need, Invalidations, PageNeed, SharedTier, TierHit};
 use dyncert_core::zonelock::{
-    after_lock, header_alloc_size, holder, reset_plan, AfterLock, Holder, Need, Recoveries, Reset,
-    Step, Wait,
+    after_lock, covers, header_alloc_size, holder, reset_plan, AfterLock, Holder, Need, Pending,
+    Recoveries, Reset, Step, Wait, RETRY_EVERY,
 };
 use ngx::http::HttpModule;
 
 use super::conf::{emerg, Module, Refused};
 use ngx::ffi::{
-    ngx_conf_t, ngx_int_t, ngx_queue_t, ngx_rbtree_insert, ngx_rbtree_insert_value,
-    ngx_rbtree_node_t, ngx_rbtree_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_shmtx_force_unlock,
-    ngx_shmtx_lock, ngx_shmtx_t, ngx_shmtx_trylock, ngx_shmtx_unlock, ngx_slab_alloc_locked,
-    ngx_slab_free_locked, ngx_slab_init, ngx_slab_pool_t, ngx_str_node_t,
-    ngx_str_rbtree_insert_value, ngx_str_rbtree_lookup, ngx_str_t,
+    ngx_add_timer, ngx_conf_t, ngx_connection_t, ngx_event_t, ngx_int_t, ngx_queue_t,
+    ngx_rbtree_insert, ngx_rbtree_insert_value, ngx_rbtree_node_t, ngx_rbtree_t,
+    ngx_shared_memory_add, ngx_shm_zone_t, ngx_shmtx_force_unlock, ngx_shmtx_lock, ngx_shmtx_t,
+    ngx_shmtx_trylock, ngx_shmtx_unlock, ngx_slab_alloc_locked, ngx_slab_free_locked,
+    ngx_slab_init, ngx_slab_pool_t, ngx_str_node_t, ngx_str_rbtree_insert_value,
+    ngx_str_rbtree_lookup, ngx_str_t,
 };
 
 /// Marks a zone whose header is ours (and of this layout).
@@ -90,8 +93,8 @@ pub struct ZoneStats {
     /// because a process died in the middle of an update.
     pub lock_recovered: u64,
     pub resets: u64,
-    /// Lookups and stores that gave up on a slow holder; counted without
-    /// the lock (atomically), as they never had it.
+    /// Operations that gave up on a slow holder; counted without the lock
+    /// (atomically), as they never had it.
     pub busy: u64,
 }
 
@@ -200,9 +203,20 @@ pub struct Zone {
     /// attached: an old worker still finishing lookups after a reload that
     /// changed it does not store what its configuration admitted.
     config: u64,
+    /// What this worker keeps of the zone between locks, shared with its
+    /// retry timer.
+    local: Rc<Local>,
+}
+
+/// A worker's own state of the zone.
+#[derive(Default)]
+struct Local {
     /// What this process last read under the lock, for when a lookup or
     /// a store gives up on it (`Seen`).
     seen: Cell<Seen>,
+    /// Invalidations and a floor this worker could not note yet: noted
+    /// first under the next lock it gets.
+    pending: RefCell<Pending>,
 }
 
 /// The invalidation generation and fetched floor this process last read
@@ -247,6 +261,32 @@ fn process_exists(pid: i32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
+thread_local! {
+    /// The worker's retry timer for held-back invalidations, and the zone
+    /// it retries (the worker's own, sharing its `Local`).
+    static RETRY: RefCell<Option<(*mut ngx_event_t, Zone)>> = const { RefCell::new(None) };
+}
+
+/// # Safety
+/// Called by nginx when the retry timer fires.
+unsafe extern "C" fn ngx_http_dyncert_zone_retry_handler(_ev: *mut ngx_event_t) {
+    super::boundary::guard("noting invalidations in the shared zone", (), || {
+        let zone = RETRY.with(|r| r.borrow().as_ref().map(|(_, z)| z.share()));
+        let Some(zone) = zone else {
+            return;
+        };
+        if zone.local.pending.borrow().is_empty() {
+            // A zone operation since noted it all.
+            return;
+        }
+        // Taking the lock notes what is held back (or gives up).
+        drop(zone.lock(Need::Optional, false));
+        if !zone.local.pending.borrow().is_empty() {
+            zone.arm_retry();
+        }
+    });
+}
+
 impl Zone {
     /// The zone nginx made for `shm`, once its init callback ran.
     ///
@@ -263,15 +303,18 @@ impl Zone {
                 pool,
                 header,
                 config,
-                seen: Cell::default(),
+                local: Rc::default(),
             })
         }
     }
 
-    /// Takes the zone's lock (waiting as `need` allows; None when a
-    /// lookup or store gives up on a slow holder), then empties the zone
-    /// if a process died updating it. `writes`: the caller changes the
-    /// trees or the queue, so the zone is marked dirty until it is done.
+    /// Takes the zone's lock (waiting as `need` allows; None when an
+    /// operation gives up on a slow holder), then empties the zone if a
+    /// process died updating it, then notes what this worker held back
+    /// (`Local::pending`), so the caller's operation sees the zone after
+    /// every invalidation this worker received. `writes`: the caller
+    /// changes the trees or the queue, so the zone is marked dirty until
+    /// it is done.
     fn lock(&self, need: Need, writes: bool) -> Option<Locked<'_>> {
         // SAFETY: the pool's mutex is initialised by nginx for every zone.
         let mtx = unsafe { ptr::addr_of_mut!((*self.pool.as_ptr()).mutex) };
@@ -307,18 +350,103 @@ impl Zone {
                     return None;
                 }
             }
-            self.seen.set(Seen {
-                generation: (*h).invalidations.generation(),
-                floor: (*h).invalidations.fetched_floor(),
-            });
-            if writes {
+            let flush = !self.local.pending.borrow().is_empty();
+            if writes || flush {
                 compiler_fence(Ordering::SeqCst);
                 ptr::write_volatile(ptr::addr_of_mut!((*h).dirty), ngx::ffi::ngx_pid as u64);
                 compiler_fence(Ordering::SeqCst);
                 lock.writes = true;
             }
+            if flush {
+                // What this worker held back comes first, in order: the
+                // operation that took the lock sees the zone after it.
+                let (targets, floor) = self.local.pending.borrow_mut().take();
+                for t in &targets {
+                    self.apply(&lock, t);
+                }
+                if let Some(at) = floor {
+                    (*h).invalidations.note_resubscribed(at);
+                }
+            }
+            self.local.seen.set(Seen {
+                generation: (*h).invalidations.generation(),
+                floor: (*h).invalidations.fetched_floor(),
+            });
         }
         Some(lock)
+    }
+
+    /// Another handle on this worker's zone, sharing what it holds back.
+    fn share(&self) -> Zone {
+        Zone {
+            pool: self.pool,
+            header: self.header,
+            config: self.config,
+            local: Rc::clone(&self.local),
+        }
+    }
+
+    /// Notes the invalidation of `target` (a name, `*.parent` or `*`) and
+    /// drops what it covers, under the lock.
+    fn apply(&self, lock: &Locked<'_>, target: &str) {
+        // SAFETY: the header is live; the mutex is held.
+        unsafe { (*self.hdr(lock)).invalidations.note(target) };
+        match target {
+            // Every record is looked at under the lock every worker's
+            // handshakes wait on: a byte comparison, no allocation.
+            t if t == "*" || t.starts_with("*.") => self.remove_where(lock, |name| covers(t, name)),
+            t => {
+                if let Some(r) = self.find(lock, t.as_bytes()) {
+                    self.remove_record(lock, r);
+                }
+            }
+        }
+    }
+
+    /// Applies the invalidation of `target`, or, when the lock is not to
+    /// be had within `need`'s wait, holds it back until this worker's next
+    /// zone operation or its retry timer: meanwhile nothing it covers is
+    /// loaded from the zone or stored there (`Pending::skips`).
+    fn invalidate(&self, target: &str, need: Need) {
+        self.local.pending.borrow_mut().hold(target);
+        if self.lock(need, true).is_none() && need == Need::Optional {
+            self.arm_retry();
+        }
+    }
+
+    /// Sets the retry timer (`RETRY_EVERY`) if it is not set.
+    fn arm_retry(&self) {
+        let ev = RETRY.with(|r| {
+            let mut r = r.borrow_mut();
+            if let Some((ev, _)) = r.as_ref() {
+                return *ev;
+            }
+            // SAFETY: ngx_connection_t is plain C data; all zeroes is a
+            // valid, unused connection.
+            let mut dummy: Box<ngx_connection_t> = Box::new(unsafe { core::mem::zeroed() });
+            // nginx's debug lines about timers name the event's
+            // connection's fd.
+            dummy.fd = -1;
+            // SAFETY: ngx_event_t is plain C data; all zeroes is an event
+            // with no timer set and nothing posted.
+            let mut timer: Box<ngx_event_t> = Box::new(unsafe { core::mem::zeroed() });
+            timer.data = Box::into_raw(dummy).cast::<c_void>();
+            timer.handler = Some(ngx_http_dyncert_zone_retry_handler);
+            timer.log = super::log::Log::cycle().as_ptr();
+            // A worker quitting does not wait for it: the zone's other
+            // users apply the same invalidations themselves.
+            timer.set_cancelable(1);
+            let ev = Box::into_raw(timer);
+            *r = Some((ev, self.share()));
+            ev
+        });
+        // SAFETY: ev is this worker's retry event, used on this thread
+        // only; nginx's timer tree lives as long as the worker.
+        unsafe {
+            if (*ev).timer_set() == 0 {
+                ngx_add_timer(ev, RETRY_EVERY.as_millis() as ngx::ffi::ngx_msec_t);
+            }
+        }
     }
 
     /// Waits for the lock after a failed try (`zonelock::Wait`), taking it
@@ -628,19 +756,43 @@ impl Zone {
         }
     }
 
+    /// The counters, read under the lock; when it is not to be had
+    /// within `OPTIONAL_BUDGET` (a scrape runs on the event loop every
+    /// handshake of the worker waits on), read without it: each figure is
+    /// one the holder wrote whole, the set may be a little stale or not
+    /// consistent with itself (records counted before their pages).
     fn stats(&self) -> ZoneStats {
-        let Some(lock) = self.lock(Need::Required, false) else {
-            return ZoneStats::default();
+        let lock = self.lock(Need::Optional, false);
+        let h = self.header.as_ptr();
+        let pool = self.pool.as_ptr();
+        let load = |v: *mut u64| {
+            // SAFETY: an aligned u64 of the live header; read atomically,
+            // as a holder may be writing it.
+            unsafe { AtomicU64::from_ptr(v) }.load(Ordering::Relaxed)
         };
-        let h = self.hdr(&lock);
-        // SAFETY: header and pool are live; the mutex is held.
+        // SAFETY: header and pool are live; with the lock held (or read
+        // atomically, field by field, without it).
         unsafe {
-            let pool = self.pool.as_ptr();
+            let mut s = match &lock {
+                Some(_) => (*h).stats,
+                None => {
+                    let st = ptr::addr_of_mut!((*h).stats);
+                    ZoneStats {
+                        records: load(ptr::addr_of_mut!((*st).records)),
+                        intermediates: load(ptr::addr_of_mut!((*st).intermediates)),
+                        evictions: load(ptr::addr_of_mut!((*st).evictions)),
+                        stores: load(ptr::addr_of_mut!((*st).stores)),
+                        lock_recovered: load(ptr::addr_of_mut!((*st).lock_recovered)),
+                        resets: load(ptr::addr_of_mut!((*st).resets)),
+                        ..ZoneStats::default()
+                    }
+                }
+            };
             let page = ngx::ffi::ngx_pagesize as u64;
-            let mut s = (*h).stats;
+            let pfree = ptr::read_volatile(ptr::addr_of!((*pool).pfree));
             s.busy = self.busy().load(Ordering::Relaxed);
             s.size = ((*pool).end as u64).saturating_sub((*pool).start as u64);
-            s.free = (*pool).pfree as u64 * page;
+            s.free = pfree as u64 * page;
             s
         }
     }
@@ -668,6 +820,12 @@ impl Zone {
 impl SharedTier for Zone {
     fn lookup(&self, name: &str) -> Option<TierHit> {
         let lock = self.lock(Need::Optional, true)?;
+        if self.local.pending.borrow().skips(name) {
+            // Not reached while the lock notes everything held back first;
+            // kept so that a bounded flush could not serve what an
+            // invalidation removes.
+            return None;
+        }
         let r = self.find(&lock, name.as_bytes())?;
         let h = self.hdr(&lock);
         // SAFETY: r is a live record; the mutex is held.
@@ -690,7 +848,7 @@ impl SharedTier for Zone {
     fn generation(&self) -> u64 {
         let Some(lock) = self.lock(Need::Optional, false) else {
             // An older generation only makes the store more cautious.
-            return self.seen.get().generation;
+            return self.local.seen.get().generation;
         };
         let h = self.hdr(&lock);
         // SAFETY: the header is live; the mutex is held.
@@ -708,6 +866,10 @@ impl SharedTier for Zone {
             // Not stored: the name is fetched again on a later miss.
             return true;
         };
+        if self.local.pending.borrow().skips(name) {
+            // As in lookup: an invalidation not noted yet covers it.
+            return true;
+        }
         let h = self.hdr(&lock);
         // SAFETY: the header is live; the mutex is held, so no invalidation
         // is noted between this check and the insert below.
@@ -793,52 +955,32 @@ impl SharedTier for Zone {
         true
     }
 
+    // An invalidation runs on the event loop every handshake of the
+    // worker waits on: it gives up as a lookup does, and is held back
+    // (`Zone::invalidate`).
     fn remove(&self, name: &str) {
-        let Some(lock) = self.lock(Need::Required, true) else {
-            return;
-        };
-        // SAFETY: the header is live; the mutex is held.
-        unsafe { (*self.hdr(&lock)).invalidations.note(name) };
-        if let Some(r) = self.find(&lock, name.as_bytes()) {
-            self.remove_record(&lock, r);
-        }
+        self.invalidate(name, Need::Optional);
     }
 
     fn remove_wildcard(&self, wildcard: &str) {
-        let Some(lock) = self.lock(Need::Required, true) else {
-            return;
-        };
-        // SAFETY: the header is live; the mutex is held.
-        unsafe { (*self.hdr(&lock)).invalidations.note(wildcard) };
-        // Every record is looked at under the lock every worker's
-        // handshakes wait on: a byte comparison, no allocation.
-        let parent = wildcard.strip_prefix("*.").map(str::as_bytes);
-        self.remove_where(&lock, |name| {
-            name == wildcard.as_bytes() || parent.is_some_and(|p| is_one_label_below(name, p))
-        });
+        self.invalidate(wildcard, Need::Optional);
     }
 
     fn clear(&self) {
-        let Some(lock) = self.lock(Need::Required, true) else {
-            return;
-        };
-        // SAFETY: the header is live; the mutex is held.
-        unsafe { (*self.hdr(&lock)).invalidations.note("*") };
-        self.remove_where(&lock, |_| true);
+        self.invalidate("*", Need::Optional);
     }
 
     fn note_resubscribed(&self, at: Millis) {
-        let Some(lock) = self.lock(Need::Required, false) else {
-            return;
-        };
-        // SAFETY: the header is live; the mutex is held.
-        unsafe { (*self.hdr(&lock)).invalidations.note_resubscribed(at) };
+        self.local.pending.borrow_mut().hold_floor(at);
+        if self.lock(Need::Optional, false).is_none() {
+            self.arm_retry();
+        }
     }
 
     fn fetched_floor(&self) -> Millis {
         let Some(lock) = self.lock(Need::Optional, false) else {
             // As read with the record a lookup just loaded, if any.
-            return self.seen.get().floor;
+            return self.local.seen.get().floor;
         };
         // SAFETY: the header is live; the mutex is held.
         unsafe { (*self.hdr(&lock)).invalidations.fetched_floor() }
@@ -866,10 +1008,10 @@ unsafe fn adopt(pool: *mut ngx_slab_pool_t, header: *mut Header, config: u64) {
             pool,
             header,
             config,
-            seen: Cell::default(),
+            local: Rc::default(),
         };
         let records = zone.stats().records;
-        zone.clear();
+        zone.invalidate("*", Need::Required);
         if let Some(lock) = zone.lock(Need::Required, false) {
             (*zone.hdr(&lock)).config = config;
         }
