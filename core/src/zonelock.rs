@@ -142,11 +142,11 @@ pub fn holder(word: i64, own: i32) -> Holder {
     } else if word == i64::from(own) {
         Holder::Stale(word)
     } else {
-        match i32::try_from(word) {
-            // kill(2) with 0 or a negative pid signals process groups:
-            // never ask it about such a word.
-            Ok(pid) if pid > 0 => Holder::Process(pid),
-            _ => Holder::Stale(word),
+        // kill(2) with 0 or a negative pid signals process groups: never
+        // ask it about such a word.
+        match signalable(word) {
+            Some(pid) => Holder::Process(pid),
+            None => Holder::Stale(word),
         }
     }
 }
@@ -238,6 +238,22 @@ impl Pending {
     pub fn take(&mut self) -> (Vec<String>, Option<Millis>) {
         (core::mem::take(&mut self.targets), self.floor.take())
     }
+}
+
+/// The pid `kill(pid, 0)` may be asked about for a pid-like `word` (a lock
+/// word, a metrics slot's owner): positive and a `pid_t`; 0, negative
+/// (process groups, everyone) and wider values are no process.
+pub fn signalable(word: i64) -> Option<i32> {
+    i32::try_from(word).ok().filter(|pid| *pid > 0)
+}
+
+/// Whether a process exists after `kill(pid, 0)`, given the error it
+/// failed with (`None`: it succeeded): only "no such process" (ESRCH, the
+/// caller's `esrch`) says it is gone; EPERM (another user's) and anything
+/// else count as alive, so a live holder is never unlocked by force nor a
+/// live worker's slot taken.
+pub fn exists_after_probe(error: Option<i32>, esrch: i32) -> bool {
+    error != Some(esrch)
 }
 
 /// What a process that just took the lock does with the zone.
@@ -448,6 +464,19 @@ mod tests {
         assert!(!p.skips("a.example.com"));
         assert_eq!(p.take(), (Vec::new(), Some(20)));
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn one_rule_for_asking_the_system_about_a_pid() {
+        assert_eq!(signalable(4242), Some(4242));
+        assert_eq!(signalable(0), None);
+        assert_eq!(signalable(-1), None);
+        assert_eq!(signalable(1 << 40), None);
+        const ESRCH: i32 = 3;
+        const EPERM: i32 = 1;
+        assert!(exists_after_probe(None, ESRCH));
+        assert!(exists_after_probe(Some(EPERM), ESRCH));
+        assert!(!exists_after_probe(Some(ESRCH), ESRCH));
     }
 
     #[test]

@@ -107,10 +107,14 @@ impl MetricSink for ShmSink {
     }
 }
 
+/// Whether the worker `pid` of a gauge slot lives: the zone's probe (one
+/// rule for `kill(pid, 0)`); a word no process can have (0, or not a
+/// positive `pid_t`) is no process.
 fn pid_alive(pid: u64) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks for existence.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    i64::try_from(pid)
+        .ok()
+        .and_then(dyncert_core::zonelock::signalable)
+        .is_some_and(super::zone::process_exists)
 }
 
 /// Claims a gauge slot for this worker (init_process): a free one, or one

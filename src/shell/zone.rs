@@ -36,8 +36,8 @@ use dyncert_core::intern::CertDigest;
 use dyncert_core::metrics::ZoneFigures;
 use dyncert_core::tier::{fnv1a, page_need, Invalidations, PageNeed, SharedTier, TierHit};
 use dyncert_core::zonelock::{
-    after_lock, covers, header_alloc_size, holder, reset_plan, AfterLock, Holder, Need, Pending,
-    Recoveries, Reset, Step, Wait, RETRY_EVERY,
+    after_lock, covers, exists_after_probe, header_alloc_size, holder, reset_plan, AfterLock,
+    Holder, Need, Pending, Recoveries, Reset, Step, Wait, RETRY_EVERY,
 };
 use ngx::http::HttpModule;
 
@@ -94,9 +94,12 @@ pub struct ZoneStats {
     pub lock_recovered: u64,
     pub resets: u64,
     /// Operations that gave up on a slow holder; counted without the lock
-    /// (atomically), as they never had it.
+    /// (atomically), as they never had it. The last field: a reset
+    /// rewrites the header around it (`init_header`).
     pub busy: u64,
 }
+
+const _: () = assert!(offset_of!(ZoneStats, busy) + size_of::<u64>() == size_of::<ZoneStats>());
 
 /// One record: the name's node, its place in the LRU queue, then the name,
 /// the compact bytes and the intermediates' digests, in one allocation.
@@ -231,6 +234,11 @@ struct Seen {
 }
 
 /// The zone's mutex, held while alive.
+///
+/// A guard of an update (`writes`) marks the zone clean when it drops, but
+/// not while a panic unwinds through it: whatever the update had changed
+/// so far stays marked dirty, and the next process that takes the lock
+/// (this one too) empties the zone rather than walk a torn tree.
 struct Locked<'a> {
     zone: &'a Zone,
     /// The zone is marked dirty until this guard drops.
@@ -239,7 +247,7 @@ struct Locked<'a> {
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        if self.writes {
+        if self.writes && !std::thread::panicking() {
             compiler_fence(Ordering::SeqCst);
             // SAFETY: the header is live; the mutex is still held.
             unsafe {
@@ -253,12 +261,23 @@ impl Drop for Locked<'_> {
 }
 
 /// Whether the system still knows process `pid` (a zombie the master has
-/// not reaped yet counts).
-fn process_exists(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks; pid > 0 (zonelock::holder), so never
-    // a process group.
+/// not reaped yet counts): `kill(pid, 0)` judged by
+/// `zonelock::exists_after_probe`. The one probe of the module (the
+/// metrics' worker slots use it too).
+///
+/// A pid that is not positive is no process (never a process group).
+pub fn process_exists(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks; pid > 0, so never a process group.
     let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    let error = (r != 0).then(|| {
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or_default()
+    });
+    exists_after_probe(error, libc::ESRCH)
 }
 
 thread_local! {
@@ -528,7 +547,13 @@ impl Zone {
             stats.records = 0;
             stats.intermediates = 0;
             stats.resets += 1;
-            (*h).stats = stats;
+            // Every figure but `busy`, which other processes count
+            // without the lock meanwhile (it is the last one).
+            ptr::copy_nonoverlapping(
+                ptr::addr_of!(stats).cast::<u8>(),
+                ptr::addr_of_mut!((*h).stats).cast::<u8>(),
+                offset_of!(ZoneStats, busy),
+            );
             super::log::Log::cycle().warn(format_args!(
                 "dyncert: process {left_by} died while updating the shared zone; emptied \
                  it ({records} records{})",
@@ -544,7 +569,9 @@ impl Zone {
     /// The count of operations that gave up on the lock.
     fn busy(&self) -> &AtomicU64 {
         // SAFETY: an aligned u64 of the live header, only ever accessed
-        // atomically (but when a reset rewrites the header under the lock).
+        // atomically: a reset rewrites the header around it
+        // (`init_header`), and a new header is zeroed before any other
+        // process sees it.
         unsafe { AtomicU64::from_ptr(ptr::addr_of_mut!((*self.header.as_ptr()).stats.busy)) }
     }
 
@@ -1022,14 +1049,21 @@ unsafe fn adopt(pool: *mut ngx_slab_pool_t, header: *mut Header, config: u64) {
     }
 }
 
-/// Lays out an empty header (no records, no invalidations) at `h`.
+/// Lays out an empty header (no records, no invalidations, no figures) at
+/// `h`, but for its `busy` count, which other processes increment without
+/// the lock: left as it is, so that none of their increments is lost (a
+/// new header is zeroed first).
 ///
 /// # Safety
 /// `h` must be writable and stay at its place for the zone's life.
 unsafe fn init_header(h: *mut Header, config: u64) {
+    let busy = offset_of!(Header, stats) + offset_of!(ZoneStats, busy);
+    let after = busy + size_of::<u64>();
     // SAFETY: the caller's guarantee.
     unsafe {
-        ptr::write_bytes(h, 0, 1);
+        let base = h.cast::<u8>();
+        ptr::write_bytes(base, 0, busy);
+        ptr::write_bytes(base.add(after), 0, size_of::<Header>() - after);
         rbtree_init(
             ptr::addr_of_mut!((*h).records),
             ptr::addr_of_mut!((*h).records_sentinel),
@@ -1183,6 +1217,7 @@ pub unsafe extern "C" fn ngx_http_dyncert_zone_init(
                 if h.is_null() {
                     return ngx::ffi::NGX_ERROR as ngx_int_t;
                 }
+                ptr::write_bytes(h, 0, 1);
                 init_header(h, config);
                 // Evictions make room; a failed allocation is not news.
                 (*pool).set_log_nomem(0);
