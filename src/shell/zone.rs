@@ -335,6 +335,12 @@ impl Zone {
     /// changes the trees or the queue, so the zone is marked dirty until
     /// it is done.
     fn lock(&self, need: Need, writes: bool) -> Option<Locked<'_>> {
+        // The lock word names a process, not a thread: a word holding our
+        // own pid is read as left by a dead predecessor (`Holder::Stale`)
+        // and unlocked by force, which is right only while one thread of
+        // the process (nginx's, the event loop) ever takes it.
+        // SAFETY: plain system calls.
+        debug_assert_eq!(unsafe { libc::gettid() }, unsafe { libc::getpid() });
         // SAFETY: the pool's mutex is initialised by nginx for every zone.
         let mtx = unsafe { ptr::addr_of_mut!((*self.pool.as_ptr()).mutex) };
         let mut recovered = None;
