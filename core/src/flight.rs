@@ -13,6 +13,14 @@
 //! and its slot for the process's life, every later connection for it
 //! parked in vain: with a deadline ([`Inflight::with_deadline`]), an entry
 //! older than it is started again by the next [`Inflight::join_at`].
+//!
+//! Each start of a fetch (the first, a restart after the deadline, a
+//! fetch asked again for the same entry) is an attempt with an id of its
+//! own, never reused by this table ([`Inflight::attempt`]): after a
+//! restart two fetches of one name may answer, and only the current
+//! attempt's answer may complete the entry ([`Inflight::is_current`]). The
+//! other one read its sources before the restart, perhaps before an
+//! invalidation the restart's fetch saw.
 
 use std::collections::HashMap;
 
@@ -45,15 +53,23 @@ pub fn deadline(fetch_timeout: Millis, lookup_bound: Millis, margin: Millis) -> 
 
 /// Whether an entry started at `started` is past `deadline` at `now`. A
 /// clock that went back (`now` before `started`) makes it younger, never
-/// overdue.
+/// overdue. The clock is a monotonic one ([`crate::clock::monotonic_ms`]):
+/// a wall clock stepped forward would make every entry overdue at once.
 pub fn overdue(started: Millis, now: Millis, deadline: Millis) -> bool {
     now.saturating_sub(started) >= deadline
 }
 
+/// Which start of a fetch an answer belongs to: see [`Inflight::attempt`].
+pub type Attempt = u64;
+
 #[derive(Debug)]
 struct Entry<W> {
-    /// When the fetch was started (the clock [`Inflight::join_at`] got).
-    started: Millis,
+    /// When the current attempt was started (the clock
+    /// [`Inflight::join_at`] got); `None`: started by the clockless
+    /// [`Inflight::join`], never overdue.
+    started: Option<Millis>,
+    /// The current attempt.
+    attempt: Attempt,
     waiters: Vec<W>,
 }
 
@@ -64,6 +80,8 @@ pub struct Inflight<W> {
     /// See [`deadline`]; `None`: an entry waits for its report forever.
     deadline: Option<Millis>,
     fetches: HashMap<String, Entry<W>>,
+    /// The last attempt id given out (ids start at 1).
+    attempts: Attempt,
 }
 
 impl<W> Inflight<W> {
@@ -74,6 +92,7 @@ impl<W> Inflight<W> {
             cap,
             deadline: None,
             fetches: HashMap::new(),
+            attempts: 0,
         }
     }
 
@@ -94,32 +113,35 @@ impl<W> Inflight<W> {
         self.join_entry(name, waiter, None)
     }
 
-    /// [`Inflight::join`] at `now`: an entry of `name` past the deadline
-    /// ([`Inflight::is_overdue`]) is started again: `Started`, the caller
-    /// starts a fetch as for a new name; the entry keeps its slot and its
-    /// waiters (woken by whichever fetch reports first, or by their own
-    /// timers), and its clock starts again at `now`.
+    /// [`Inflight::join`] at `now` (monotonic): an entry of `name` past the
+    /// deadline ([`Inflight::is_overdue`]) is started again: `Started`, the
+    /// caller starts a fetch as for a new name; the entry keeps its slot
+    /// and its waiters (woken by the new attempt's answer, or by their own
+    /// timers), its clock starts again at `now`, and it has a new attempt
+    /// id: the first fetch's answer is no longer current.
     pub fn join_at(&mut self, name: &str, waiter: Option<W>, now: Millis) -> Join {
         self.join_entry(name, waiter, Some(now))
     }
 
     fn join_entry(&mut self, name: &str, waiter: Option<W>, now: Option<Millis>) -> Join {
-        let deadline = self.deadline;
+        let overdue = self.is_overdue_at(name, now);
         if let Some(entry) = self.fetches.get_mut(name) {
             entry.waiters.extend(waiter);
-            return match (now, deadline) {
-                (Some(now), Some(d)) if overdue(entry.started, now, d) => {
-                    entry.started = now;
-                    Join::Started
-                }
-                _ => Join::Joined,
-            };
+            if !overdue {
+                return Join::Joined;
+            }
+            self.attempts += 1;
+            entry.attempt = self.attempts;
+            entry.started = now;
+            return Join::Started;
         }
         if self.fetches.len() >= self.cap {
             return Join::Refused;
         }
+        self.attempts += 1;
         let entry = Entry {
-            started: now.unwrap_or(0),
+            started: now,
+            attempt: self.attempts,
             waiters: waiter.into_iter().collect(),
         };
         self.fetches.insert(name.to_owned(), entry);
@@ -129,10 +151,46 @@ impl<W> Inflight<W> {
     /// Whether the fetch of `name` is in flight and past the deadline at
     /// `now`: the next [`Inflight::join_at`] starts it again.
     pub fn is_overdue(&self, name: &str, now: Millis) -> bool {
-        match (self.fetches.get(name), self.deadline) {
-            (Some(e), Some(d)) => overdue(e.started, now, d),
+        self.is_overdue_at(name, Some(now))
+    }
+
+    fn is_overdue_at(&self, name: &str, now: Option<Millis>) -> bool {
+        match (self.fetches.get(name), self.deadline, now) {
+            (
+                Some(Entry {
+                    started: Some(s), ..
+                }),
+                Some(d),
+                Some(now),
+            ) => overdue(*s, now, d),
             _ => false,
         }
+    }
+
+    /// The current attempt of the fetch of `name`, if in flight: the id
+    /// the caller sends with the fetch it starts after `Started`, and that
+    /// comes back with its answer.
+    pub fn attempt(&self, name: &str) -> Option<Attempt> {
+        self.fetches.get(name).map(|e| e.attempt)
+    }
+
+    /// Whether an answer of attempt `attempt` is the current attempt's of
+    /// `name`: only that one may complete the entry. An answer of an
+    /// attempt started again since (or of a name no longer in flight)
+    /// read its sources before the current one did.
+    pub fn is_current(&self, name: &str, attempt: Attempt) -> bool {
+        self.attempt(name) == Some(attempt)
+    }
+
+    /// The fetch of `name` is started again for the same waiters (its
+    /// answer could not be used: asked again): a new attempt id, and its
+    /// clock starts again at `now`. `None` when `name` is not in flight.
+    pub fn again(&mut self, name: &str, now: Option<Millis>) -> Option<Attempt> {
+        let entry = self.fetches.get_mut(name)?;
+        self.attempts += 1;
+        entry.attempt = self.attempts;
+        entry.started = now;
+        Some(entry.attempt)
     }
 
     /// The fetch for `name` finished: returns all queued waiters (in the
@@ -309,11 +367,51 @@ mod tests {
         assert_eq!(flight.join_at("a", Some(1), 0), Join::Started);
         assert!(!flight.is_overdue("a", Millis::MAX));
         assert_eq!(flight.join_at("a", Some(2), Millis::MAX), Join::Joined);
-        // join (no clock) never restarts, even with a deadline.
+        // join (no clock) never restarts, even with a deadline, and an
+        // entry it started has no clock: never overdue (review4 F8's nit).
         let mut timed = Inflight::new(1).with_deadline(1);
         assert_eq!(timed.join("a", Some(1)), Join::Started);
         assert_eq!(timed.join("a", Some(2)), Join::Joined);
         assert_eq!(timed.join_at("a", Some(3), 0), Join::Joined);
-        assert_eq!(timed.join_at("a", Some(4), 1), Join::Started);
+        assert_eq!(timed.join_at("a", Some(4), 1), Join::Joined);
+        assert!(!timed.is_overdue("a", Millis::MAX));
+        assert_eq!(timed.join_at("a", Some(5), Millis::MAX), Join::Joined);
+    }
+
+    #[test]
+    fn each_start_of_a_fetch_is_an_attempt_of_its_own() {
+        let mut flight = Inflight::new(2).with_deadline(1_000);
+        assert_eq!(flight.attempt("a"), None);
+        assert_eq!(flight.join_at("a", Some(1), 0), Join::Started);
+        let first = flight.attempt("a").unwrap();
+        assert!(flight.is_current("a", first));
+        assert_eq!(flight.join_at("a", Some(2), 999), Join::Joined);
+        assert_eq!(flight.attempt("a"), Some(first));
+        // Restarted after the deadline: the first attempt's answer is no
+        // longer the entry's.
+        assert_eq!(flight.join_at("a", Some(3), 1_000), Join::Started);
+        let second = flight.attempt("a").unwrap();
+        assert_ne!(second, first);
+        assert!(!flight.is_current("a", first));
+        assert!(flight.is_current("a", second));
+        // Asked again for the same waiters: another attempt, clock reset.
+        let third = flight.again("a", Some(1_500)).unwrap();
+        assert!(!flight.is_current("a", second) && flight.is_current("a", third));
+        assert!(!flight.is_overdue("a", 2_499));
+        assert!(flight.is_overdue("a", 2_500));
+        assert_eq!(flight.again("b", Some(0)), None);
+        // Another name's ids never repeat this one's.
+        assert_eq!(flight.join_at("b", None, 0), Join::Started);
+        let b = flight.attempt("b").unwrap();
+        assert!(![first, second, third].contains(&b));
+        assert!(!flight.is_current("b", third));
+        // Completed, then started afresh: a late answer of any earlier
+        // attempt is not the new entry's.
+        assert_eq!(flight.complete("a"), [1, 2, 3]);
+        assert!(!flight.is_current("a", third));
+        assert_eq!(flight.join_at("a", None, 3_000), Join::Started);
+        let fourth = flight.attempt("a").unwrap();
+        assert!([first, second, third, b].iter().all(|&x| x != fourth));
+        assert!(!flight.is_current("a", third));
     }
 }

@@ -17,7 +17,7 @@ use crate::compact::Deadlines;
 use crate::fetch::{
     load_stored, Event, FetchError, FetchResult, Fetcher, Outcome, RedisNote, TicketNote, TierData,
 };
-use crate::flight::{Inflight, Join};
+use crate::flight::{Attempt, Inflight, Join};
 use crate::intern::Interner;
 use crate::metrics::{MetricSink, Simple, W_BYTES, W_ENTRIES, W_INFLIGHT};
 use crate::name::wildcard_parent;
@@ -33,24 +33,26 @@ use crate::validate::ParsedCert;
 /// Where the worker sends the lookups it decides to start: the fetcher
 /// thread in nginx, a recorder in tests.
 pub trait FetchQueue {
-    /// Queues a lookup of `name` without blocking; `false` when it cannot
-    /// be queued (full, or the thread is gone).
-    fn request(&self, name: &str) -> bool;
+    /// Queues a lookup of `name` without blocking, for the fetch's attempt
+    /// `attempt` (its answer carries it back); `false` when it cannot be
+    /// queued (full, or the thread is gone).
+    fn request(&self, name: &str, attempt: Attempt) -> bool;
     /// Queues the parse of the tier's record for `name` (off the event
-    /// loop, answered like a fetch); `false` when it cannot be queued.
-    fn load(&self, name: &str, hit: TierHit) -> bool;
+    /// loop, answered like a fetch, `attempt` with it); `false` when it
+    /// cannot be queued.
+    fn load(&self, name: &str, hit: TierHit, attempt: Attempt) -> bool;
     /// Queues `name` for the on-demand stream without blocking; `false`
     /// when it cannot be queued.
     fn on_demand(&self, name: &str) -> bool;
 }
 
 impl FetchQueue for Fetcher {
-    fn request(&self, name: &str) -> bool {
-        Fetcher::request(self, name)
+    fn request(&self, name: &str, attempt: Attempt) -> bool {
+        Fetcher::request(self, name, attempt)
     }
 
-    fn load(&self, name: &str, hit: TierHit) -> bool {
-        Fetcher::load(self, name, hit)
+    fn load(&self, name: &str, hit: TierHit, attempt: Attempt) -> bool {
+        Fetcher::load(self, name, hit, attempt)
     }
 
     fn on_demand(&self, name: &str) -> bool {
@@ -168,6 +170,27 @@ pub const SYNC_LOADS_PER_SEC: u32 = 64;
 /// for its name starts it again, until [`Worker::with_flight_deadline`]
 /// sets the configuration's (see [`crate::flight::deadline`]).
 const DEFAULT_FLIGHT_DEADLINE_MS: Millis = 30_000;
+
+/// What the worker knows of the current attempt of a name's fetch
+/// ([`Inflight::attempt`]): set when the attempt is queued, read when its
+/// answer is applied. An attempt started again, or asked again, starts
+/// with none of these: it reads its sources after them.
+#[derive(Debug, Default)]
+struct Marks {
+    /// The tier's invalidation generation when the attempt (a lookup of
+    /// the sources) was queued: its record is stored in the tier only if
+    /// no invalidation covering the name was applied to the tier since
+    /// (by any worker). `None` for tier loads, and without a tier.
+    since: Option<u64>,
+    /// An invalidation of the name was applied while it ran: it may have
+    /// read the record the invalidation replaced, so its answer is not
+    /// cached and the sources are asked again.
+    invalidated: bool,
+    /// It was running at the latest re-subscription after a loss: it may
+    /// have read Redis before an update whose message was lost, so its
+    /// answer is taken as fetched before the epoch.
+    suspect: bool,
+}
 /// Memory charged per entry beyond its certificates' weight
 /// ([`crate::weight`]): the key, the policy, the entry itself. A rough
 /// figure: `max_size=` is a bound, not a meter.
@@ -187,24 +210,22 @@ pub struct Worker<W, Q> {
     /// loss (0: never lost). Whatever was fetched before may have missed
     /// an invalidation: see [`Self::on_resubscribed`].
     epoch: Millis,
-    /// Names whose lookup was running at `epoch`: it may have read Redis
-    /// before an update whose message was lost, so its result is taken as
-    /// fetched before `epoch`. At most `dyncert_fetch_concurrency` names.
-    suspect: HashSet<String>,
-    /// Names whose lookup was running when an invalidation for them was
-    /// applied: it may have read the record the invalidation replaced, so
-    /// its result is not cached and the sources are asked again. At most
-    /// the names in flight.
-    invalidated: HashSet<String>,
-    /// The tier's invalidation generation when each running lookup of a
-    /// source was queued: its record is stored in the tier only if no
-    /// invalidation covering the name was applied to the tier since (by
-    /// any worker). At most the names in flight.
-    started: HashMap<String, u64>,
+    /// The marks of each name's current attempt (see [`Marks`]). Only the
+    /// current attempt's answer is applied: an attempt started again
+    /// after the in-flight deadline answers for nothing (its marks were
+    /// replaced by the new attempt's). At most the names in flight.
+    running: HashMap<String, Marks>,
     /// Names whose fetch was started again because it had not reported
-    /// within the in-flight deadline: logged with their first answer. At
-    /// most the names in flight.
+    /// within the in-flight deadline: logged with the current attempt's
+    /// answer. At most the names in flight.
     restarted: HashSet<String>,
+    /// The monotonic clock the in-flight deadline is measured on
+    /// ([`crate::clock::monotonic_ms`]; tests set their own): a wall
+    /// clock stepped forward would make every fetch in flight overdue.
+    monotonic: fn() -> Millis,
+    /// Answers of attempts started again since: at most one line per
+    /// interval.
+    superseded_log: LogLimiter,
     /// Names being fetched that a handshake on a server with
     /// `dyncert_on_demand on` found without a certificate (no peek step:
     /// QUIC, or the name's negative entry ended meanwhile): queued as soon
@@ -276,10 +297,10 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             tier: None,
             sync_loads: (0, 0),
             epoch: 0,
-            suspect: HashSet::new(),
-            invalidated: HashSet::new(),
-            started: HashMap::new(),
+            running: HashMap::new(),
             restarted: HashSet::new(),
+            monotonic: crate::clock::monotonic_ms,
+            superseded_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
             on_demand_wanted: HashSet::new(),
             on_demand_log: LogLimiter::new(ERROR_LOG_INTERVAL_MS),
             on_demand_budget,
@@ -297,11 +318,13 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         self
     }
 
-    /// Joins the fetch of `name` at `now`, or starts it: again when it is
-    /// past the in-flight deadline (its answer was lost, or it ran longer
-    /// than every bound of a lookup), counted at once and logged with the
-    /// first answer for the name (the callers have no log).
-    fn join(&mut self, name: &str, waiter: Option<W>, now: Millis) -> Join {
+    /// Joins the fetch of `name`, or starts it: again when it is past the
+    /// in-flight deadline on the monotonic clock (its answer was lost: a
+    /// lookup answers within its bound), counted at once and logged with
+    /// the new attempt's answer (the callers have no log). The first
+    /// attempt's answer, should it come after all, is dropped.
+    fn join(&mut self, name: &str, waiter: Option<W>) -> Join {
+        let now = (self.monotonic)();
         if self.inflight.is_overdue(name, now) {
             self.count(Simple::FetchesLost);
             self.restarted.insert(name.to_owned());
@@ -310,11 +333,13 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
     }
 
     /// A fetch [`Self::join`] said to start could not be queued: the name
-    /// leaves the table. Its waiters, if it was started again after the
-    /// deadline, are left to their own timers.
+    /// leaves the table (an earlier attempt's answer then answers for
+    /// nothing). Its waiters, if it was started again after the deadline,
+    /// are left to their own timers.
     fn not_started(&mut self, name: &str) {
         drop(self.inflight.complete(name));
         self.restarted.remove(name);
+        self.running.remove(name);
     }
 
     /// Puts the host-wide tier between the hot set and the sources; its
@@ -328,30 +353,54 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
     /// when it is usable and newer than `have` (the fetch time of the entry
     /// being refreshed), else queues a fetch. `false` when nothing could
     /// be queued.
+    /// The attempt is the entry's current one ([`Self::join`] just said
+    /// to start it).
     fn fetch_or_load(&mut self, name: &str, now: Millis, have: Option<Millis>) -> bool {
+        let Some(attempt) = self.inflight.attempt(name) else {
+            return false;
+        };
         if let Some(hit) = self.tier_hit(name, now, have) {
-            if self.queue.load(name, hit) {
-                self.count(Simple::TierLoads);
+            if self.load(name, hit, attempt) {
                 return true;
             }
         }
-        self.request(name)
+        self.request(name, attempt)
     }
 
-    /// Queues a lookup of the sources for `name`, noting the tier's
-    /// invalidation generation first (before any source is read).
-    fn request(&mut self, name: &str) -> bool {
-        let generation = self.tier.as_ref().map(|(t, _)| t.generation());
-        if !self.queue.request(name) {
+    /// Queues a lookup of the sources for `name` as `attempt`, noting the
+    /// tier's invalidation generation first (before any source is read).
+    /// The attempt's marks start afresh.
+    fn request(&mut self, name: &str, attempt: Attempt) -> bool {
+        let since = self.tier.as_ref().map(|(t, _)| t.generation());
+        if !self.queue.request(name, attempt) {
             return false;
         }
-        if let Some(g) = generation {
-            // A fetch started again after the in-flight deadline keeps the
-            // first one's generation: if the first one answers after all,
-            // what it read is judged from when it began.
-            self.started.entry(name.to_owned()).or_insert(g);
-        }
+        let marks = Marks {
+            since,
+            ..Marks::default()
+        };
+        self.running.insert(name.to_owned(), marks);
         true
+    }
+
+    /// Queues the parse of the tier's record `hit` of `name` as `attempt`.
+    fn load(&mut self, name: &str, hit: TierHit, attempt: Attempt) -> bool {
+        if !self.queue.load(name, hit, attempt) {
+            return false;
+        }
+        self.running.insert(name.to_owned(), Marks::default());
+        self.count(Simple::TierLoads);
+        true
+    }
+
+    /// The current attempt of `name` is asked again, of the sources (its
+    /// answer could not be used); `false` when it cannot be queued.
+    fn request_again(&mut self, name: &str) -> bool {
+        let now = (self.monotonic)();
+        match self.inflight.again(name, Some(now)) {
+            Some(attempt) => self.request(name, attempt),
+            None => false,
+        }
     }
 
     /// The tier's record of `name` if it can still be served, is newer
@@ -411,7 +460,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         if self.cache.contains_usable(name, now) {
             return self.load_while_backing_off(name, waiter, now);
         }
-        let decision = match self.join(name, Some(waiter), now) {
+        let decision = match self.join(name, Some(waiter)) {
             Join::Joined => PreHandshake::Park,
             Join::Refused => {
                 self.count(Simple::FetchesRefused);
@@ -445,15 +494,18 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         let Some(hit) = self.tier_hit(name, now, None) else {
             return PreHandshake::Proceed;
         };
-        match self.join(name, Some(waiter), now) {
+        match self.join(name, Some(waiter)) {
             Join::Joined => {}
             Join::Refused => return PreHandshake::Proceed,
             Join::Started => {
-                if !self.queue.load(name, hit) {
+                let loaded = match self.inflight.attempt(name) {
+                    Some(attempt) => self.load(name, hit, attempt),
+                    None => false,
+                };
+                if !loaded {
                     self.not_started(name);
                     return PreHandshake::Proceed;
                 }
-                self.count(Simple::TierLoads);
             }
         }
         self.count(Simple::Parked);
@@ -747,7 +799,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
 
     fn start_fetch(&mut self, name: &str, now: Millis) {
         let have = self.cache.peek(name).map(|e| e.fetched);
-        let queued = match self.join(name, None, now) {
+        let queued = match self.join(name, None) {
             Join::Started => {
                 let ok = self.fetch_or_load(name, now, have);
                 if !ok {
@@ -978,7 +1030,10 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             // applied: this one missed some, and so perhaps did all.
             tier.note_resubscribed(self.epoch);
         }
-        self.suspect = self.inflight.names().map(str::to_owned).collect();
+        // Only the current attempts: an earlier one answers for nothing.
+        for name in self.inflight.names() {
+            self.running.entry(name.to_owned()).or_default().suspect = true;
+        }
         let marked = self.cache.mark_all_due(now);
         self.count(Simple::Resubscribes);
         let layout = self.sink.layout();
@@ -991,13 +1046,14 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
     pub fn invalidate(&mut self, target: &str) {
         // A lookup running now may have read Redis before the update that
         // this message announces; its result must not be cached.
-        let running: Vec<String> = self
+        // (Marks the current attempts: an earlier one answers for nothing.)
+        for name in self
             .inflight
             .names()
             .filter(|name| invalidates(target, name))
-            .map(str::to_owned)
-            .collect();
-        self.invalidated.extend(running);
+        {
+            self.running.entry(name.to_owned()).or_default().invalidated = true;
+        }
         if target == "*" {
             self.cache.clear();
         } else if target.starts_with("*.") {
@@ -1049,31 +1105,10 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         }
     }
 
-    fn on_result(
-        &mut self,
-        r: FetchResult,
-        now: Millis,
-        log: &mut dyn FnMut(Level, String),
-    ) -> Vec<W> {
-        let FetchResult {
-            name,
-            outcome,
-            steps,
-            loaded,
-            ..
-        } = r;
-        let since = self.started.remove(&name);
-        if self.restarted.remove(&name) {
-            log(
-                Level::Warn,
-                format!(
-                    "dyncert: the fetch of \"{name}\" had not answered within the in-flight \
-                     deadline and was started again"
-                ),
-            );
-        }
+    /// Counts what each source asked during a lookup answered.
+    fn count_steps(&self, steps: &[crate::fetch::Step]) {
         let layout = self.sink.layout();
-        for step in &steps {
+        for step in steps {
             self.sink.add(layout.fetch(step.source, step.outcome), 1);
             for (slot, n) in layout.fetch_latency(step.source, step.elapsed.as_micros() as u64) {
                 self.sink.add(slot, n);
@@ -1084,7 +1119,74 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 self.sink.add(layout.simple(Simple::RedisErrors), 1);
             }
         }
-        if self.invalidated.remove(&name) {
+    }
+
+    /// The answer of an attempt that is no longer `name`'s current one (it
+    /// was started again after the in-flight deadline, or its entry ended
+    /// meanwhile): what it read may be older than what the current attempt
+    /// reads, older even than an invalidation the current attempt's marks
+    /// no longer hold for it. Dropped: not cached, not stored in the tier,
+    /// and no waiter woken. Not counted again: the restart that
+    /// superseded it was counted in `dyncert_fetches_lost_total`, and the
+    /// line says the fetch was slow, not lost.
+    fn superseded(
+        &mut self,
+        name: &str,
+        elapsed: std::time::Duration,
+        now: Millis,
+        log: &mut dyn FnMut(Level, String),
+    ) {
+        let Some(suppressed) = self.superseded_log.allow(now) else {
+            return;
+        };
+        let more = if suppressed > 0 {
+            format!(" ({suppressed} similar lines suppressed)")
+        } else {
+            String::new()
+        };
+        log(
+            Level::Info,
+            format!(
+                "dyncert: a fetch of \"{name}\" answered after {} ms, after it had been \
+                 started again; its answer is dropped{more}",
+                elapsed.as_millis()
+            ),
+        );
+    }
+
+    fn on_result(
+        &mut self,
+        r: FetchResult,
+        now: Millis,
+        log: &mut dyn FnMut(Level, String),
+    ) -> Vec<W> {
+        let FetchResult {
+            name,
+            attempt,
+            outcome,
+            steps,
+            loaded,
+            elapsed,
+        } = r;
+        // The sources were asked, whichever attempt this is.
+        self.count_steps(&steps);
+        if !self.inflight.is_current(&name, attempt) {
+            self.superseded(&name, elapsed, now, log);
+            return Vec::new();
+        }
+        let marks = self.running.remove(&name).unwrap_or_default();
+        let since = marks.since;
+        if self.restarted.remove(&name) {
+            log(
+                Level::Warn,
+                format!(
+                    "dyncert: the fetch of \"{name}\" had not answered within the in-flight \
+                     deadline and was started again"
+                ),
+            );
+        }
+        let layout = self.sink.layout();
+        if marks.invalidated {
             // An invalidation of the name was applied while this lookup
             // ran: what it read may be the record the invalidation
             // replaced. Nothing is cached; the sources are asked again
@@ -1096,14 +1198,14 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                     "dyncert: \"{name}\" was invalidated while being fetched; fetching it again"
                 ),
             );
-            if self.request(&name) {
+            if self.request_again(&name) {
                 return Vec::new();
             }
-            self.suspect.remove(&name);
+            self.running.remove(&name);
             self.on_demand_wanted.remove(&name);
             return self.inflight.complete(&name);
         }
-        let suspect = self.suspect.remove(&name);
+        let suspect = marks.suspect;
         let wanted = self.on_demand_wanted.remove(&name);
         if loaded && !matches!(outcome, Outcome::Found { .. }) {
             // The tier's record went bad (expired since it was stored, or
@@ -1112,7 +1214,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                 tier.remove(&name);
             }
             self.count(Simple::TierLoadsRefused);
-            if self.request(&name) {
+            if self.request_again(&name) {
                 return Vec::new();
             }
             self.cache.refresh_failed(&name, now, QUEUE_RETRY_MS);
@@ -1283,6 +1385,8 @@ mod tests {
     #[derive(Default)]
     struct FakeQueue {
         asked: RefCell<Vec<String>>,
+        /// Every lookup and load queued, with its attempt.
+        attempts: RefCell<Vec<(String, Attempt)>>,
         /// Tier records handed to the parse thread.
         loads: RefCell<Vec<(String, TierHit)>>,
         /// Names queued for the on-demand stream.
@@ -1291,19 +1395,21 @@ mod tests {
     }
 
     impl FetchQueue for FakeQueue {
-        fn request(&self, name: &str) -> bool {
+        fn request(&self, name: &str, attempt: Attempt) -> bool {
             if self.full.get() {
                 return false;
             }
             self.asked.borrow_mut().push(name.to_owned());
+            self.attempts.borrow_mut().push((name.to_owned(), attempt));
             true
         }
 
-        fn load(&self, name: &str, hit: TierHit) -> bool {
+        fn load(&self, name: &str, hit: TierHit, attempt: Attempt) -> bool {
             if self.full.get() {
                 return false;
             }
             self.loads.borrow_mut().push((name.to_owned(), hit));
+            self.attempts.borrow_mut().push((name.to_owned(), attempt));
             true
         }
 
@@ -1377,6 +1483,7 @@ mod tests {
             FakeQueue::default(),
             Box::new(Sink(metrics.clone())),
         );
+        w.monotonic = test_monotonic;
         // Budget periods aligned to multiples of the negative period, so
         // the tests know where they end.
         w.on_demand_budget =
@@ -1417,6 +1524,7 @@ mod tests {
         Event::Fetched(FetchResult {
             name: name.to_owned(),
             outcome,
+            attempt: 0,
             elapsed: Duration::ZERO,
             steps: Vec::new(),
             loaded: false,
@@ -1447,8 +1555,52 @@ mod tests {
         Outcome::Error(FetchError::Redis(RedisError::Timeout))
     }
 
-    /// Applies `event`; the connections woken and the lines logged.
+    thread_local! {
+        /// The monotonic clock of this test's workers (0 until set).
+        static MONOTONIC: std::cell::Cell<Millis> = const { std::cell::Cell::new(0) };
+    }
+
+    fn test_monotonic() -> Millis {
+        MONOTONIC.with(|m| m.get())
+    }
+
+    /// Sets the monotonic clock the in-flight deadline is measured on.
+    fn set_monotonic(ms: Millis) {
+        MONOTONIC.with(|m| m.set(ms));
+    }
+
+    /// `event` as the answer of attempt `attempt` (the test helpers make
+    /// answers of attempt 0: the name's current attempt, see [`apply`]).
+    fn of_attempt(mut event: Event, attempt: Attempt) -> Event {
+        if let Event::Fetched(r) = &mut event {
+            r.attempt = attempt;
+        }
+        event
+    }
+
+    /// The attempts queued for `name`, in order.
+    fn attempts(w: &TestWorker, name: &str) -> Vec<Attempt> {
+        let all = w.queue().attempts.borrow();
+        all.iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .collect()
+    }
+
+    /// Applies `event`; the connections woken and the lines logged. An
+    /// answer of attempt 0 answers the name's current attempt; for a name
+    /// not in flight, of a fetch started for it without a waiter (as
+    /// [`cache`] needs). Answers of other attempts: [`of_attempt`].
     fn apply(w: &mut TestWorker, event: Event, now: Millis) -> (Vec<u32>, Vec<(Level, String)>) {
+        let mut event = event;
+        if let Event::Fetched(r) = &mut event {
+            if r.attempt == 0 {
+                if !w.inflight.is_in_flight(&r.name) {
+                    w.inflight.join(&r.name, None);
+                }
+                r.attempt = w.inflight.attempt(&r.name).unwrap_or(0);
+            }
+        }
         let mut lines = Vec::new();
         let woken = w.on_event(event, now, &mut |l, m| lines.push((l, m)));
         (woken, lines)
@@ -1477,7 +1629,9 @@ mod tests {
     fn a_fetch_that_never_reports_is_started_again_after_the_flight_deadline() {
         let (w, m) = worker_with(1);
         let mut w = w.with_flight_deadline(FLIGHT_DEADLINE);
+        set_monotonic(1);
         assert_eq!(w.pre_handshake("a.example", 1, NOW), PreHandshake::Park);
+        set_monotonic(FLIGHT_DEADLINE);
         assert_eq!(
             w.pre_handshake("a.example", 2, NOW + FLIGHT_DEADLINE - 1),
             PreHandshake::Park
@@ -1488,6 +1642,7 @@ mod tests {
         // The lookup's answer was lost: the next connection for the name
         // starts it again, in the same slot (cap 1), instead of parking
         // behind it until the worker exits.
+        set_monotonic(FLIGHT_DEADLINE + 1);
         assert_eq!(
             w.pre_handshake("a.example", 3, NOW + FLIGHT_DEADLINE),
             PreHandshake::Park
@@ -1510,18 +1665,29 @@ mod tests {
             "{lines:?}"
         );
         assert_eq!(m.gauge(W_INFLIGHT), 0);
-        // The first lookup answering late after all wakes nobody and logs
-        // no restart.
+        // The first lookup answering late after all wakes nobody, logs no
+        // restart, and changes nothing: dropped, said at info.
+        let first = attempts(&w, "a.example")[0];
         let (woken, lines) = apply(
             &mut w,
-            found("a.example", cert(7, NOT_AFTER), None),
+            of_attempt(found("a.example", cert(8, NOT_AFTER), None), first),
             NOW + FLIGHT_DEADLINE + 20,
         );
-        assert!(woken.is_empty() && lines.is_empty(), "{lines:?}");
+        assert!(woken.is_empty(), "{woken:?}");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0].0, Level::Info);
+        assert!(
+            lines[0].1.contains(
+                "a fetch of \"a.example\" answered after 0 ms, after it had \
+                                 been started again; its answer is dropped"
+            ),
+            "{lines:?}"
+        );
         assert_eq!(
             fingerprint(w.for_handshake("a.example", NOW + FLIGHT_DEADLINE + 30)).0,
             Some(7)
         );
+        assert_eq!(m.simple(Simple::FetchesLost), 1, "the restart, once");
     }
 
     #[test]
@@ -1529,9 +1695,12 @@ mod tests {
         let (w, m) = worker();
         let mut w = w.with_flight_deadline(FLIGHT_DEADLINE);
         // A handshake without a peek step (QUIC) starts the lookup.
+        set_monotonic(1);
         w.for_handshake("q.example", NOW);
+        set_monotonic(FLIGHT_DEADLINE);
         w.for_handshake("q.example", NOW + FLIGHT_DEADLINE - 1);
         assert_eq!(asked(&w), ["q.example"]);
+        set_monotonic(FLIGHT_DEADLINE + 1);
         w.for_handshake("q.example", NOW + FLIGHT_DEADLINE);
         assert_eq!(asked(&w), ["q.example", "q.example"]);
         assert_eq!(m.simple(Simple::FetchesLost), 1);
@@ -1541,7 +1710,9 @@ mod tests {
     fn a_restart_that_cannot_be_queued_frees_the_name() {
         let (w, m) = worker_with(1);
         let mut w = w.with_flight_deadline(FLIGHT_DEADLINE);
+        set_monotonic(1);
         assert_eq!(w.pre_handshake("a.example", 1, NOW), PreHandshake::Park);
+        set_monotonic(FLIGHT_DEADLINE + 1);
         w.queue().full.set(true);
         assert_eq!(
             w.pre_handshake("a.example", 2, NOW + FLIGHT_DEADLINE),
@@ -1555,28 +1726,62 @@ mod tests {
             w.pre_handshake("b.example", 3, NOW + FLIGHT_DEADLINE),
             PreHandshake::Park
         );
-        let (_, lines) = apply(
+        // The first attempt answers after all: for nothing (its entry
+        // is gone), and the restart that was not queued is not logged.
+        let first = attempts(&w, "a.example")[0];
+        let (woken, lines) = apply(
             &mut w,
-            fetched("a.example", Outcome::NotFound),
+            of_attempt(fetched("a.example", Outcome::NotFound), first),
             NOW + FLIGHT_DEADLINE,
         );
-        assert!(lines.is_empty(), "{lines:?}");
+        assert!(woken.is_empty());
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].1.contains("its answer is dropped"), "{lines:?}");
+        assert!(!w.inflight.is_in_flight("a.example"));
+        assert_eq!(w.cache.negative_len(), 0);
     }
 
     #[test]
     fn the_default_flight_deadline_restarts_a_lost_fetch_within_30_seconds() {
         let (mut w, _) = worker();
+        set_monotonic(1);
         assert_eq!(w.pre_handshake("a.example", 1, NOW), PreHandshake::Park);
+        set_monotonic(1 + 29 * SECOND);
         assert_eq!(
             w.pre_handshake("a.example", 2, NOW + 29 * SECOND),
             PreHandshake::Park
         );
         assert_eq!(asked(&w), ["a.example"]);
+        set_monotonic(1 + 30 * SECOND);
         assert_eq!(
             w.pre_handshake("a.example", 3, NOW + 30 * SECOND),
             PreHandshake::Park
         );
         assert_eq!(asked(&w), ["a.example", "a.example"]);
+    }
+
+    #[test]
+    fn the_flight_deadline_is_measured_on_the_monotonic_clock() {
+        // review4 F8: a wall clock stepped forward by more than the
+        // deadline (NTP after a suspend) restarts nothing; the monotonic
+        // clock going past it does.
+        let (w, m) = worker();
+        let mut w = w.with_flight_deadline(FLIGHT_DEADLINE);
+        set_monotonic(1_000);
+        assert_eq!(w.pre_handshake("a.example", 1, NOW), PreHandshake::Park);
+        let stepped = NOW + 10 * DAY;
+        assert_eq!(w.pre_handshake("a.example", 2, stepped), PreHandshake::Park);
+        w.for_handshake("a.example", stepped);
+        assert_eq!(asked(&w), ["a.example"]);
+        assert_eq!(m.simple(Simple::FetchesLost), 0);
+        // A wall clock stepped back changes nothing either.
+        set_monotonic(1_000 + FLIGHT_DEADLINE - 1);
+        w.pre_handshake("a.example", 3, NOW - DAY);
+        assert_eq!(asked(&w), ["a.example"]);
+        set_monotonic(1_000 + FLIGHT_DEADLINE);
+        w.pre_handshake("a.example", 4, NOW - DAY);
+        assert_eq!(asked(&w), ["a.example", "a.example"]);
+        assert_eq!(m.simple(Simple::FetchesLost), 1);
     }
 
     #[test]
@@ -1618,6 +1823,7 @@ mod tests {
     fn unknown(name: &str, sources: &[(FetchSource, StepOutcome)]) -> Event {
         Event::Fetched(FetchResult {
             name: name.to_owned(),
+            attempt: 0,
             outcome: Outcome::NotFound,
             elapsed: Duration::ZERO,
             steps: sources
@@ -1975,6 +2181,124 @@ mod tests {
     /// What a handshake for a.example.com gets from the cache.
     fn served_a(w: &mut TestWorker) -> Option<u8> {
         fingerprint(w.for_handshake("a.example.com", NOW)).0
+    }
+
+    #[test]
+    fn a_late_first_fetch_after_a_restart_does_not_undo_an_invalidation() {
+        // review4 F1: A reads the record an invalidation then replaces and
+        // stalls past the in-flight deadline; B, the restart, reads the new
+        // one. A's late answer must neither replace B's nor wake anyone.
+        let (w, m) = worker();
+        let mut w = w.with_flight_deadline(FLIGHT_DEADLINE);
+        let n = "a.example.com";
+        set_monotonic(1);
+        assert_eq!(w.pre_handshake(n, 1, NOW), PreHandshake::Park); // A
+        apply(&mut w, Event::Invalidate(n.into()), NOW + 100);
+        set_monotonic(1 + FLIGHT_DEADLINE);
+        assert_eq!(
+            w.pre_handshake(n, 2, NOW + FLIGHT_DEADLINE),
+            PreHandshake::Park
+        ); // B
+        let (a, b) = match attempts(&w, n)[..] {
+            [a, b] => (a, b),
+            ref other => panic!("{other:?}"),
+        };
+        assert_ne!(a, b);
+        let now = NOW + FLIGHT_DEADLINE + 10;
+        // B was queued after the invalidation: its answer is the new record.
+        let (woken, _) = apply(
+            &mut w,
+            of_attempt(found(n, cert(2, NOT_AFTER), None), b),
+            now,
+        );
+        assert_eq!(woken, [1, 2]);
+        assert_eq!(fingerprint(w.for_handshake(n, now + 2)).0, Some(2));
+        // A answers late with what it read before the invalidation.
+        let late = of_attempt(found(n, cert(1, NOT_AFTER), None), a);
+        let (woken, lines) = apply(&mut w, late, now + 3);
+        assert!(woken.is_empty());
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(fingerprint(w.for_handshake(n, now + 4)).0, Some(2));
+        assert_eq!(asked(&w).len(), 2, "nothing asked again");
+        assert_eq!(m.simple(Simple::FetchesLost), 1);
+    }
+
+    #[test]
+    fn a_late_first_fetch_answering_before_its_restart_leaves_the_waiters_waiting() {
+        // review4 F1: A answers after the restart but before B: it may
+        // have read the record an invalidation replaced, whose mark the
+        // restart's attempt does not carry.
+        let (w, _) = worker();
+        let mut w = w.with_flight_deadline(FLIGHT_DEADLINE);
+        let n = "a.example.com";
+        set_monotonic(1);
+        assert_eq!(w.pre_handshake(n, 1, NOW), PreHandshake::Park); // A
+        apply(&mut w, Event::Invalidate(n.into()), NOW + 100);
+        set_monotonic(1 + FLIGHT_DEADLINE);
+        assert_eq!(
+            w.pre_handshake(n, 2, NOW + FLIGHT_DEADLINE),
+            PreHandshake::Park
+        ); // B
+        let ids = attempts(&w, n);
+        let now = NOW + FLIGHT_DEADLINE + 10;
+        for outcome in [
+            Outcome::Found {
+                cert: cert(1, NOT_AFTER),
+                source: CertSource::Redis,
+                wildcard: None,
+                tier: TierData::None,
+            },
+            Outcome::NotFound,
+            failed(),
+        ] {
+            let (woken, _) = apply(&mut w, of_attempt(fetched(n, outcome), ids[0]), now);
+            assert!(woken.is_empty());
+            assert!(w.inflight.is_in_flight(n));
+            assert_eq!(fingerprint(w.for_handshake(n, now)).0, None);
+            assert_eq!(w.pre_handshake(n, 3, now), PreHandshake::Park, "no backoff");
+        }
+        assert_eq!(asked(&w).len(), 2);
+        // B answers: cached, the waiters woken.
+        let (woken, _) = apply(
+            &mut w,
+            of_attempt(found(n, cert(2, NOT_AFTER), None), ids[1]),
+            now,
+        );
+        assert_eq!(woken, [1, 2, 3, 3, 3]);
+        assert_eq!(fingerprint(w.for_handshake(n, now)).0, Some(2));
+    }
+
+    #[test]
+    fn an_attempt_asked_again_after_an_invalidation_is_the_only_current_one() {
+        // Without a restart: B ran across an invalidation, C is asked; a
+        // second answer of B (none is expected, but a bug) is not C's.
+        let (mut w, _) = worker();
+        let n = "a.example.com";
+        assert_eq!(w.pre_handshake(n, 1, NOW), PreHandshake::Park);
+        apply(&mut w, Event::Invalidate(n.into()), NOW);
+        let b = attempts(&w, n)[0];
+        let (woken, _) = apply(
+            &mut w,
+            of_attempt(found(n, cert(1, NOT_AFTER), None), b),
+            NOW,
+        );
+        assert!(woken.is_empty());
+        let c = attempts(&w, n)[1];
+        assert_ne!(b, c);
+        let (woken, _) = apply(
+            &mut w,
+            of_attempt(found(n, cert(1, NOT_AFTER), None), b),
+            NOW,
+        );
+        assert!(woken.is_empty());
+        assert_eq!(served_a(&mut w), None);
+        let (woken, _) = apply(
+            &mut w,
+            of_attempt(found(n, cert(2, NOT_AFTER), None), c),
+            NOW,
+        );
+        assert_eq!(woken, [1]);
+        assert_eq!(served_a(&mut w), Some(2));
     }
 
     #[test]
@@ -2816,6 +3140,7 @@ mod tests {
         let (mut w, m) = worker();
         let event = Event::Fetched(FetchResult {
             name: "a.example.com".into(),
+            attempt: 0,
             outcome: Outcome::NotFound,
             elapsed: Duration::from_millis(5),
             steps: vec![
@@ -3298,6 +3623,7 @@ mod tests {
         for (name, hit) in loads {
             let event = Event::Fetched(FetchResult {
                 name,
+                attempt: 0,
                 outcome: load_stored(interner, &hit, now),
                 elapsed: Duration::ZERO,
                 steps: Vec::new(),
@@ -3306,6 +3632,81 @@ mod tests {
             woken.extend(apply(w, event, now).0);
         }
         woken
+    }
+
+    #[test]
+    fn a_late_first_fetch_after_a_restart_is_not_stored_in_the_tier() {
+        // review4 F1, the shared-zone variant: A read the record before an
+        // invalidation, B was started again after it; A answers first.
+        let mut h = host();
+        let dl = 5 * SECOND;
+        let mut a = std::mem::replace(&mut h.a, worker().0).with_flight_deadline(dl);
+        let n = "a.example.com";
+        set_monotonic(1);
+        assert_eq!(a.pre_handshake(n, 1, NOW), PreHandshake::Park); // A reads old
+        apply(&mut a, Event::Invalidate(n.into()), NOW + 100);
+        set_monotonic(1 + dl);
+        assert_eq!(a.pre_handshake(n, 2, NOW + dl), PreHandshake::Park); // B
+        let ids = attempts(&a, n);
+        assert_eq!(ids.len(), 2);
+        let late = of_attempt(found_storable(n, cert(1, NOT_AFTER), None), ids[0]);
+        let (woken, _) = apply(&mut a, late, NOW + dl + 10);
+        assert!(woken.is_empty(), "woken with the pre-invalidation record");
+        assert!(
+            h.tier.lookup(n).is_none(),
+            "pre-invalidation record stored in the tier"
+        );
+        assert_eq!(fingerprint(a.for_handshake(n, NOW + dl + 20)).0, None);
+        // B's answer, read after the invalidation, is stored and served.
+        let b = of_attempt(found_storable(n, cert(2, NOT_AFTER), None), ids[1]);
+        let (woken, _) = apply(&mut a, b, NOW + dl + 30);
+        assert_eq!(woken, [1, 2]);
+        assert!(h.tier.lookup(n).is_some());
+        assert_eq!(fingerprint(a.for_handshake(n, NOW + dl + 40)).0, Some(2));
+    }
+
+    #[test]
+    fn a_late_tier_load_after_a_restart_is_not_cached() {
+        // A load of the tier's record stuck in the parse queue past the
+        // deadline; the record is invalidated meanwhile; the restart asks
+        // the sources. The load's late answer is dropped.
+        let Host {
+            mut a,
+            mut b,
+            interner,
+            ..
+        } = host();
+        let n = "a.example.com";
+        fetch_and_store(&mut a, n, NOW);
+        let mut b = std::mem::replace(&mut b, worker().0);
+        b = b.with_flight_deadline(FLIGHT_DEADLINE);
+        set_monotonic(1);
+        assert_eq!(b.pre_handshake(n, 1, NOW), PreHandshake::Park);
+        assert_eq!(b.queue().loads.borrow().len(), 1);
+        let stuck: Vec<_> = b.queue().loads.borrow_mut().drain(..).collect();
+        apply(&mut b, Event::Invalidate(n.into()), NOW + 100);
+        set_monotonic(1 + FLIGHT_DEADLINE);
+        assert_eq!(
+            b.pre_handshake(n, 2, NOW + FLIGHT_DEADLINE),
+            PreHandshake::Park
+        );
+        assert_eq!(asked(&b), [n], "the tier no longer has it: the sources");
+        let ids = attempts(&b, n);
+        let (_, hit) = &stuck[0];
+        let late = Event::Fetched(FetchResult {
+            name: n.to_owned(),
+            attempt: ids[0],
+            outcome: load_stored(&interner, hit, NOW),
+            elapsed: Duration::ZERO,
+            steps: Vec::new(),
+            loaded: true,
+        });
+        let (woken, _) = apply(&mut b, late, NOW + FLIGHT_DEADLINE + 10);
+        assert!(woken.is_empty());
+        assert_eq!(
+            fingerprint(b.for_handshake(n, NOW + FLIGHT_DEADLINE + 20)).0,
+            None
+        );
     }
 
     #[test]
@@ -3413,6 +3814,7 @@ mod tests {
             let (name, hit) = loads.into_iter().next().unwrap();
             let event = Event::Fetched(FetchResult {
                 name,
+                attempt: 0,
                 outcome: load_stored(&interner, &hit, later),
                 elapsed: Duration::ZERO,
                 steps: Vec::new(),

@@ -362,9 +362,10 @@ fn event_text(ev: &Event) -> String {
                 Outcome::Error(e) => format!("failed ({e})"),
             };
             format!(
-                "fetch done in {} ms: {outcome}, name: \"{}\"",
+                "fetch done in {} ms: {outcome}, name: \"{}\" (attempt {})",
                 r.elapsed.as_millis(),
-                r.name
+                r.name,
+                r.attempt
             )
         }
         Event::Acme { token, answer } => {

@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 
 use dyncert_core::fetch::Fetcher;
+use dyncert_core::flight::Attempt;
 use dyncert_core::tier::TierHit;
 use dyncert_core::worker::{FetchQueue, Worker};
 use ngx::ffi::{ngx_atomic_uint_t, ngx_connection_t, ngx_msec_t};
@@ -26,21 +27,21 @@ pub struct Parked {
 pub struct Fetches(pub Fetcher);
 
 impl FetchQueue for Fetches {
-    fn request(&self, name: &str) -> bool {
-        let queued = self.0.request(name);
+    fn request(&self, name: &str, attempt: Attempt) -> bool {
+        let queued = self.0.request(name, attempt);
         debug!(
             Log::cycle(),
-            "dyncert: fetch {}, name: \"{name}\"",
+            "dyncert: fetch {} (attempt {attempt}), name: \"{name}\"",
             if queued { "started" } else { "not queued" }
         );
         queued
     }
 
-    fn load(&self, name: &str, hit: TierHit) -> bool {
-        let queued = self.0.load(name, hit);
+    fn load(&self, name: &str, hit: TierHit, attempt: Attempt) -> bool {
+        let queued = self.0.load(name, hit, attempt);
         debug!(
             Log::cycle(),
-            "dyncert: shared zone record {}, name: \"{name}\"",
+            "dyncert: shared zone record {} (attempt {attempt}), name: \"{name}\"",
             if queued { "being loaded" } else { "not queued" }
         );
         queued

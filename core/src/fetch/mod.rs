@@ -38,6 +38,7 @@ use tokio::sync::mpsc;
 use crate::api::{ApiClient, ApiConfig};
 use crate::clock::Millis;
 use crate::compact::{Compact, Deadlines, IntermediateDers};
+use crate::flight::Attempt;
 use crate::intern::Interner;
 use crate::keyref::KeyRefConfig;
 use crate::keywrap::KeyWrapConfig;
@@ -182,7 +183,8 @@ pub struct Stored {
 /// queue of their own, see [`Fetcher::request_acme`]).
 #[derive(Debug)]
 enum Request {
-    Cert(String),
+    /// A lookup of a name, for the worker's attempt `attempt`.
+    Cert { name: String, attempt: Attempt },
 }
 
 /// Longest ACME key authorization served (token + '.' + thumbprint is
@@ -233,6 +235,9 @@ pub enum Event {
 #[derive(Debug)]
 pub struct FetchResult {
     pub name: String,
+    /// The worker's attempt this answers ([`crate::flight::Inflight::attempt`]):
+    /// an answer of an attempt started again since is dropped.
+    pub attempt: Attempt,
     pub outcome: Outcome,
     pub elapsed: Duration,
     /// Each source asked, in order, for the metrics.
@@ -399,7 +404,7 @@ impl Fetcher {
     /// Parses a record the host-wide tier holds, on the parse thread; the
     /// result comes back like a fetch's (`Event::Fetched`, with
     /// [`TierData::Loaded`]). `false` when the parse queue is full.
-    pub fn load(&self, name: &str, hit: TierHit) -> bool {
+    pub fn load(&self, name: &str, hit: TierHit, attempt: Attempt) -> bool {
         let shared = self.shared.clone();
         let interner = self.interner.clone();
         let name = name.to_owned();
@@ -408,6 +413,7 @@ impl Fetcher {
             let outcome = answer_load(|| load_stored(&interner, &hit, now_ms()));
             shared.push(Event::Fetched(FetchResult {
                 name,
+                attempt,
                 outcome,
                 elapsed: start.elapsed(),
                 steps: Vec::new(),
@@ -425,9 +431,14 @@ impl Fetcher {
 
     /// Queues a lookup without blocking. `false` when the queue is full or
     /// the thread is gone: the caller serves the default instead of waiting.
-    pub fn request(&self, name: &str) -> bool {
+    /// `attempt` comes back with the answer.
+    pub fn request(&self, name: &str, attempt: Attempt) -> bool {
+        let req = Request::Cert {
+            name: name.to_owned(),
+            attempt,
+        };
         match &self.tx {
-            Some(tx) => tx.try_send(Request::Cert(name.to_owned())).is_ok(),
+            Some(tx) => tx.try_send(req).is_ok(),
             None => false,
         }
     }
@@ -575,9 +586,10 @@ fn run(
             drop(acme_rx);
             drop(on_demand_rx);
             let error = FetchError::Runtime(e.to_string());
-            while let Some(Request::Cert(name)) = rx.blocking_recv() {
+            while let Some(Request::Cert { name, attempt, .. }) = rx.blocking_recv() {
                 shared.push(Event::Fetched(FetchResult {
                     name,
+                    attempt,
                     outcome: Outcome::Error(error.clone()),
                     elapsed: Duration::ZERO,
                     steps: Vec::new(),
@@ -661,13 +673,14 @@ fn run(
         while let Some(req) = rx.recv().await {
             let shared = shared.clone();
             let sources = sources.clone();
-            let Request::Cert(name) = req;
+            let Request::Cert { name, attempt } = req;
             tokio::spawn(async move {
                 let start = Instant::now();
                 let mut steps = Vec::with_capacity(3);
                 let outcome = answer_lookup(sources.lookup(&name, &mut steps)).await;
                 shared.push(Event::Fetched(FetchResult {
                     name,
+                    attempt,
                     outcome,
                     elapsed: start.elapsed(),
                     steps,
