@@ -1818,6 +1818,33 @@ mod tests {
         assert_eq!(lines[0].0, Level::Warn);
     }
 
+    #[test]
+    fn a_lookup_past_its_bound_wakes_its_waiters_and_backs_off_as_a_failure() {
+        // review4 F7: a lookup answers within its bound (here: it did
+        // not finish, waiting for the parse queue), before the in-flight
+        // deadline would start it again; not a lost fetch.
+        let (mut w, m) = worker();
+        assert_eq!(w.pre_handshake("s.example", 1, NOW), PreHandshake::Park);
+        let timed_out = Outcome::Error(FetchError::LookupTimedOut(11_000));
+        let (woken, lines) = apply(&mut w, fetched("s.example", timed_out), NOW);
+        assert_eq!(woken, [1]);
+        assert_eq!(
+            lines,
+            [(
+                Level::Warn,
+                "dyncert: the lookup did not finish within 11000 ms (redis, the api and the \
+                 record parse queue together), name: \"s.example\""
+                    .to_owned()
+            )]
+        );
+        assert_eq!(m.simple(Simple::FetchesLost), 0);
+        assert_eq!(
+            w.pre_handshake("s.example", 2, NOW + 1),
+            PreHandshake::Proceed
+        );
+        assert_eq!(asked(&w), ["s.example"]);
+    }
+
     // ---- on demand ----
 
     fn unknown(name: &str, sources: &[(FetchSource, StepOutcome)]) -> Event {

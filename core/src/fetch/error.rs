@@ -34,6 +34,12 @@ pub enum FetchError {
     /// name does not stay in flight.
     #[error("internal error (panic) while fetching")]
     LookupPanicked,
+    /// The lookup ran past its bound (ms, [`super::FetcherConfig::lookup_bound`])
+    /// from when it was queued: slow sources, or records waiting long to
+    /// be parsed under load. Answered as failed, before the in-flight
+    /// deadline would start it again.
+    #[error("the lookup did not finish within {0} ms (redis, the api and the record parse queue together)")]
+    LookupTimedOut(u64),
 }
 
 /// Why an ACME challenge read got no answer

@@ -112,10 +112,12 @@ impl FetcherConfig {
     /// of its own bound: Redis's reads of the name and of its wildcard,
     /// each tried twice (once more on a fresh connection after a
     /// connection error), the API request, and two record parses, each of
-    /// which may wait for a PKCS#11 key load. Not enforced on the lookup
-    /// (a slow answer still fills the cache); the in-flight deadline is
-    /// set past it ([`crate::flight::deadline`]), so that only a lookup
-    /// whose answer was lost is started again.
+    /// which may wait for a PKCS#11 key load. Enforced from when the
+    /// lookup is queued, every wait included (the parse queue's too): a
+    /// lookup still running then answers [`FetchError::LookupTimedOut`],
+    /// and so does a tier load that waited that long to be parsed. The
+    /// in-flight deadline is set past it ([`crate::flight::deadline`]), so
+    /// that only a lookup whose answer was lost is started again.
     pub fn lookup_bound(&self) -> Duration {
         lookup_bound(self.redis_timeout, self.api.as_ref().map(|a| a.timeout))
     }
@@ -183,8 +185,13 @@ pub struct Stored {
 /// queue of their own, see [`Fetcher::request_acme`]).
 #[derive(Debug)]
 enum Request {
-    /// A lookup of a name, for the worker's attempt `attempt`.
-    Cert { name: String, attempt: Attempt },
+    /// A lookup of a name, for the worker's attempt `attempt`, queued at
+    /// `queued`: it answers by `queued` + the lookup bound.
+    Cert {
+        name: String,
+        attempt: Attempt,
+        queued: Instant,
+    },
 }
 
 /// Longest ACME key authorization served (token + '.' + thumbprint is
@@ -318,6 +325,9 @@ pub struct Fetcher {
     parse_thread: Option<JoinHandle<()>>,
     /// Parsed intermediates, shared by fetches and tier loads.
     interner: Arc<Interner>,
+    /// [`FetcherConfig::lookup_bound`]: tier loads that waited longer in
+    /// the parse queue answer without parsing.
+    lookup_bound: Duration,
 }
 
 impl Fetcher {
@@ -330,6 +340,7 @@ impl Fetcher {
             Some(a) => Some(ApiClient::new(a.clone()).map_err(io::Error::other)?),
             None => None,
         };
+        let lookup_bound = cfg.lookup_bound();
         let (wake, notify) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         notify.set_nonblocking(true)?;
@@ -393,6 +404,7 @@ impl Fetcher {
             parse,
             parse_thread: Some(parse_thread),
             interner,
+            lookup_bound,
         })
     }
 
@@ -408,9 +420,18 @@ impl Fetcher {
         let shared = self.shared.clone();
         let interner = self.interner.clone();
         let name = name.to_owned();
+        let queued = Instant::now();
+        let bound = self.lookup_bound;
         let job: ParseJob = Box::new(move || {
             let start = Instant::now();
-            let outcome = answer_load(|| load_stored(&interner, &hit, now_ms()));
+            // Waited in the parse queue (newest first under load) past
+            // what a lookup may take: answered without parsing, as a
+            // lookup past its bound is.
+            let outcome = if queued.elapsed() >= bound {
+                Outcome::Error(FetchError::LookupTimedOut(ms(bound)))
+            } else {
+                answer_load(|| load_stored(&interner, &hit, now_ms()))
+            };
             shared.push(Event::Fetched(FetchResult {
                 name,
                 attempt,
@@ -436,6 +457,7 @@ impl Fetcher {
         let req = Request::Cert {
             name: name.to_owned(),
             attempt,
+            queued: Instant::now(),
         };
         match &self.tx {
             Some(tx) => tx.try_send(req).is_ok(),
@@ -536,6 +558,27 @@ fn answer_load(load: impl FnOnce() -> Outcome) -> Outcome {
 /// counts. The steps taken before the panic are kept by the caller.
 async fn answer_lookup(lookup: impl std::future::Future<Output = Outcome>) -> Outcome {
     answer_or(lookup, Outcome::Error(FetchError::LookupPanicked)).await
+}
+
+/// `lookup`'s answer, or a timeout at `deadline` (`bound` after it was
+/// queued): the bound the in-flight deadline is set past holds for every
+/// wait of a lookup, the parse queue's included (newest first under
+/// load: an old job may wait there without end), so that a slow but live
+/// lookup answers before it would be started again. Its steps so far
+/// stay with the caller; a record still queued for parsing is parsed for
+/// nobody (its answer channel is closed).
+async fn within(
+    deadline: Instant,
+    bound: Duration,
+    lookup: impl std::future::Future<Output = Outcome>,
+) -> Outcome {
+    tokio::time::timeout_at(deadline.into(), lookup)
+        .await
+        .unwrap_or(Outcome::Error(FetchError::LookupTimedOut(ms(bound))))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// `work`'s output, or `on_panic` if it panics: for the fetcher's tasks
@@ -660,6 +703,7 @@ fn run(
                 shared.clone(),
             ));
         }
+        let bound = cfg.lookup_bound();
         let sources = Arc::new(Sources::new(
             cfg,
             redis,
@@ -673,11 +717,16 @@ fn run(
         while let Some(req) = rx.recv().await {
             let shared = shared.clone();
             let sources = sources.clone();
-            let Request::Cert { name, attempt } = req;
+            let Request::Cert {
+                name,
+                attempt,
+                queued,
+            } = req;
             tokio::spawn(async move {
                 let start = Instant::now();
                 let mut steps = Vec::with_capacity(3);
-                let outcome = answer_lookup(sources.lookup(&name, &mut steps)).await;
+                let lookup = answer_lookup(sources.lookup(&name, &mut steps));
+                let outcome = within(queued + bound, bound, lookup).await;
                 shared.push(Event::Fetched(FetchResult {
                     name,
                     attempt,
@@ -769,6 +818,50 @@ mod tests {
         assert_eq!(lookup_bound(s(1), Some(s(3))), s(11));
         assert_eq!(lookup_bound(s(1), None), s(8));
         assert_eq!(lookup_bound(Duration::MAX, Some(s(3))), Duration::MAX);
+    }
+
+    #[test]
+    fn a_lookup_past_its_bound_from_when_it_was_queued_answers_timed_out() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let bound = Duration::from_millis(50);
+        let mut steps = Vec::new();
+        let started = Instant::now();
+        // A lookup that took one step, then waits (for the parse queue)
+        // longer than its bound.
+        let outcome = rt.block_on(within(Instant::now() + bound, bound, async {
+            steps.push(Step {
+                source: FetchSource::Redis,
+                outcome: StepOutcome::Hit,
+                elapsed: Duration::ZERO,
+            });
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Outcome::NotFound
+        }));
+        assert!(
+            matches!(outcome, Outcome::Error(FetchError::LookupTimedOut(50))),
+            "{outcome:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(steps.len(), 1, "the steps taken are kept");
+        // Queued long ago (it waited in the fetcher's channel): its bound
+        // is counted from then, not from when it began.
+        let queued = Instant::now() - Duration::from_secs(1);
+        let outcome = rt.block_on(within(queued + bound, bound, async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Outcome::NotFound
+        }));
+        assert!(matches!(
+            outcome,
+            Outcome::Error(FetchError::LookupTimedOut(_))
+        ));
+        // Within its bound: its own answer.
+        let outcome = rt.block_on(within(Instant::now() + bound, bound, async {
+            Outcome::NotFound
+        }));
+        assert!(matches!(outcome, Outcome::NotFound));
     }
 
     #[test]
