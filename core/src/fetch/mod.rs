@@ -560,18 +560,21 @@ async fn answer_lookup(lookup: impl std::future::Future<Output = Outcome>) -> Ou
     answer_or(lookup, Outcome::Error(FetchError::LookupPanicked)).await
 }
 
-/// `lookup`'s answer, or a timeout at `deadline` (`bound` after it was
-/// queued): the bound the in-flight deadline is set past holds for every
+/// `lookup`'s answer, or a timeout `bound` after it was `queued`: the bound the in-flight deadline is set past holds for every
 /// wait of a lookup, the parse queue's included (newest first under
 /// load: an old job may wait there without end), so that a slow but live
 /// lookup answers before it would be started again. Its steps so far
 /// stay with the caller; a record still queued for parsing is parsed for
 /// nobody (its answer channel is closed).
+/// A bound past what the clock can hold (timeouts of centuries) is none.
 async fn within(
-    deadline: Instant,
+    queued: Instant,
     bound: Duration,
     lookup: impl std::future::Future<Output = Outcome>,
 ) -> Outcome {
+    let Some(deadline) = queued.checked_add(bound) else {
+        return lookup.await;
+    };
     tokio::time::timeout_at(deadline.into(), lookup)
         .await
         .unwrap_or(Outcome::Error(FetchError::LookupTimedOut(ms(bound))))
@@ -726,7 +729,7 @@ fn run(
                 let start = Instant::now();
                 let mut steps = Vec::with_capacity(3);
                 let lookup = answer_lookup(sources.lookup(&name, &mut steps));
-                let outcome = within(queued + bound, bound, lookup).await;
+                let outcome = within(queued, bound, lookup).await;
                 shared.push(Event::Fetched(FetchResult {
                     name,
                     attempt,
@@ -831,7 +834,7 @@ mod tests {
         let started = Instant::now();
         // A lookup that took one step, then waits (for the parse queue)
         // longer than its bound.
-        let outcome = rt.block_on(within(Instant::now() + bound, bound, async {
+        let outcome = rt.block_on(within(Instant::now(), bound, async {
             steps.push(Step {
                 source: FetchSource::Redis,
                 outcome: StepOutcome::Hit,
@@ -849,7 +852,7 @@ mod tests {
         // Queued long ago (it waited in the fetcher's channel): its bound
         // is counted from then, not from when it began.
         let queued = Instant::now() - Duration::from_secs(1);
-        let outcome = rt.block_on(within(queued + bound, bound, async {
+        let outcome = rt.block_on(within(queued, bound, async {
             tokio::time::sleep(Duration::from_millis(20)).await;
             Outcome::NotFound
         }));
@@ -858,7 +861,11 @@ mod tests {
             Outcome::Error(FetchError::LookupTimedOut(_))
         ));
         // Within its bound: its own answer.
-        let outcome = rt.block_on(within(Instant::now() + bound, bound, async {
+        let outcome = rt.block_on(within(Instant::now(), bound, async { Outcome::NotFound }));
+        assert!(matches!(outcome, Outcome::NotFound));
+        // A bound the clock cannot hold (lookup_bound saturates): none.
+        let outcome = rt.block_on(within(Instant::now(), Duration::MAX, async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
             Outcome::NotFound
         }));
         assert!(matches!(outcome, Outcome::NotFound));
