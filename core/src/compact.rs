@@ -5,9 +5,10 @@
 //! record's fingerprint and its cache deadlines.
 //!
 //! Loading a compact record (`Compact::load`) skips everything a fetch
-//! already checked (PEM, name coverage, key match) except the dates and
+//! already checked (PEM, name coverage, key match) except the dates,
 //! the key's type and size (`validate::judge_leaf_key`, cheap, under this
-//! process's `dyncert_rsa_max_bits`) and the strength of the signatures
+//! process's `dyncert_rsa_max_bits`), an RSA private key's CRT parameters
+//! (`validate::judge_private_key`, microseconds) and the strength of the signatures
 //! and of the intermediates' keys (`chainsec::judge_chain`): it
 //! is only ever written by this module after `validate`, but the bytes sit
 //! in memory other processes write, so decoding is bounded and checked
@@ -21,8 +22,8 @@ use crate::intern::{digest, CertDigest, Held, InternError, Interner};
 use crate::outcome::CertSource;
 use crate::record::{Record, MAX_ALLOW_BYTES, MAX_CHAIN_LEN, MAX_CLIENT_CA_BYTES, MAX_KEY_BYTES};
 use crate::validate::{
-    chain_stack, heavy, judge_leaf_key, key_der, pair_key_der, policy_of, precompute,
-    record_weight, second_reason, Invalid, KeyLimits, ParsedCert, Second,
+    chain_stack, heavy, judge_leaf_key, judge_private_key, key_der, pair_key_der, policy_of,
+    precompute, record_weight, second_reason, Invalid, KeyLimits, ParsedCert, Second,
 };
 use crate::weight::Shape;
 
@@ -369,6 +370,9 @@ fn load_pair(
     let key = key
         .load_for(Some(&mut leaf))
         .map_err(|_| Invalid::KeyNotPem)?;
+    // Judged again like the leaf's key (microseconds): an RSA key whose
+    // CRT parameters do not fit would make every signature twice.
+    judge_private_key(&key)?;
     crate::leafkey::bind(&mut leaf, &key, false);
     let mut chain = Vec::with_capacity(intermediates.len());
     for d in intermediates {
@@ -446,6 +450,60 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64
+    }
+
+    #[test]
+    fn a_stored_rsa_key_with_a_crt_fault_or_a_huge_exponent_is_refused_at_load() {
+        // The leaf's key is RSA-2048 with e = 65537; the zone's key bytes
+        // are not checked to match it at load, so each key is judged there
+        // on its own (review4 F6).
+        let rsa = Rsa::generate(2048).unwrap();
+        let (record, parsed) = stored(PKey::from_rsa(rsa.clone()).unwrap(), None);
+        let own = |n: &openssl::bn::BigNumRef| n.to_owned().unwrap();
+        let mut dmp1 = own(rsa.dmp1().unwrap());
+        dmp1.add_word(2).unwrap();
+        let faulty = Rsa::from_private_components(
+            own(rsa.n()),
+            own(rsa.e()),
+            own(rsa.d()),
+            own(rsa.p().unwrap()),
+            own(rsa.q().unwrap()),
+            dmp1,
+            own(rsa.dmq1().unwrap()),
+            own(rsa.iqmp().unwrap()),
+        )
+        .unwrap();
+        let big_e = PKey::private_key_from_pem(
+            include_str!("../../tests/fixtures/rsa4096-bige-badcrt.key").as_bytes(),
+        )
+        .unwrap();
+        let interner = Interner::default();
+        for (key, want, second) in [
+            (
+                faulty.private_key_to_der().unwrap(),
+                Invalid::KeyInconsistent,
+                Invalid::RsaKeyInconsistent,
+            ),
+            (
+                big_e.rsa().unwrap().private_key_to_der().unwrap(),
+                Invalid::KeyExponent,
+                Invalid::RsaKeyExponent,
+            ),
+        ] {
+            let (mut c, ders) = Compact::of(&parsed, &record, CertSource::Redis).unwrap();
+            c.key = KeyDer::Pkcs1(key);
+            assert_eq!(c.load(&interner, &ders, 0).unwrap_err(), want);
+            let (mut with_second, ders) = Compact::of(&parsed, &record, CertSource::Redis).unwrap();
+            with_second.second = Some(CompactPair {
+                leaf: c.leaf.clone(),
+                intermediates: Vec::new(),
+                key: c.key.clone(),
+            });
+            assert_eq!(with_second.load(&interner, &ders, 0).unwrap_err(), second);
+        }
+        // The entry as stored loads.
+        let (c, ders) = Compact::of(&parsed, &record, CertSource::Redis).unwrap();
+        c.load(&interner, &ders, 0).unwrap();
     }
 
     fn stored(key: PKey<Private>, allow: Option<&str>) -> (Record, ParsedCert) {

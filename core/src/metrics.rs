@@ -49,7 +49,7 @@ pub const HANDSHAKE_SOURCES: [CertSource; 6] = [
 
 /// Labels of refused records (`Refusal::label`), in a fixed order so the
 /// shared array has one slot each; anything else counts as `other`.
-pub const REJECT_REASONS: [&str; 49] = [
+pub const REJECT_REASONS: [&str; 53] = [
     "crt_not_pem",
     "chain_too_long",
     "key_not_pem",
@@ -91,6 +91,10 @@ pub const REJECT_REASONS: [&str; 49] = [
     "rsa_key_too_weak",
     "rsa_key_too_slow",
     "rsa_key_curve",
+    "key_exponent",
+    "key_inconsistent",
+    "rsa_key_exponent",
+    "rsa_key_inconsistent",
     "weak_signature",
     "chain_key_too_weak",
     "rsa_weak_signature",
@@ -879,6 +883,10 @@ mod tests {
             Invalid::RsaKeyTooWeak,
             Invalid::RsaKeyTooSlow,
             Invalid::RsaKeyCurve,
+            Invalid::KeyExponent,
+            Invalid::KeyInconsistent,
+            Invalid::RsaKeyExponent,
+            Invalid::RsaKeyInconsistent,
             Invalid::ChainTooHeavy,
             Invalid::TooManyNames,
             Invalid::RecordTooHeavy,

@@ -76,6 +76,26 @@ pub fn key_string_param<T>(key: &openssl::pkey::PKeyRef<T>, name: &CStr) -> Opti
     s.to_str().ok().map(str::to_owned)
 }
 
+/// A key's BIGNUM parameter `name` (`EVP_PKEY_get_bn_param(3)`; for RSA
+/// keys "n", "e", "d", "rsa-factor1", "rsa-exponent1", "rsa-coefficient1"
+/// ..., see `EVP_PKEY-RSA(7)`), a copy, or None when the key has none. A
+/// legacy key answers through its type's ctrl translation, a provider key
+/// through its key manager: neither makes a second copy of the key (as
+/// `EVP_PKEY_get1_RSA` of a provider key would, kept with it).
+pub fn key_bn_param<T>(key: &openssl::pkey::PKeyRef<T>, name: &CStr) -> Option<BigNum> {
+    let mut bn: *mut ffi::BIGNUM = ptr::null_mut();
+    // SAFETY: key is a live EVP_PKEY (the reference guarantees it); name
+    // is NUL-terminated; on success OpenSSL stores a BIGNUM it allocated
+    // for the caller in bn, which the BigNum below then owns.
+    let ok = unsafe { ffi::EVP_PKEY_get_bn_param(key.as_ptr(), name.as_ptr(), &mut bn) };
+    if bn.is_null() {
+        return None;
+    }
+    // SAFETY: bn is a BIGNUM allocated for us and owned by nobody else.
+    let bn = unsafe { BigNum::from_ptr(bn) };
+    (ok == 1).then_some(bn)
+}
+
 /// Frees what it holds on every path.
 struct Owned {
     bld: *mut ffi::OSSL_PARAM_BLD,

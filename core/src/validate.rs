@@ -2,7 +2,9 @@
 //! that must not be served: unparsable PEM, an encrypted key, a key that
 //! does not match the leaf, a leaf that does not cover the name, a
 //! certificate outside its validity period, an over-long chain, a key
-//! too weak or too slow to sign with (see [`judge_key`]), a signature or an
+//! too weak or too slow to sign with (see [`judge_key`]: size, curve, RSA
+//! public exponent; [`judge_private_key`]: an RSA key's CRT numbers), a
+//! signature or an
 //! intermediate's key OpenSSL would refuse to install (see
 //! [`crate::chainsec`]).
 //!
@@ -15,6 +17,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use openssl::asn1::Asn1Time;
+use openssl::bn::BigNum;
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use openssl::stack::Stack;
@@ -193,6 +196,19 @@ pub enum Invalid {
     RsaKeyTooWeak,
     RsaKeyTooSlow,
     RsaKeyCurve,
+    /// The leaf's RSA key's public exponent is not an odd number from 3 to
+    /// [`RSA_MAX_EXPONENT`]: OpenSSL checks every CRT signature with it,
+    /// so a huge one makes each signature cost up to a second modulus's
+    /// worth (review4 F6).
+    KeyExponent,
+    /// The RSA private key's CRT parameters are missing or do not fit its
+    /// modulus and exponents ([`rsa_crt_consistent`]): OpenSSL's check of
+    /// each CRT signature fails and it signs again without CRT, about ten
+    /// times the cost of a signature with the same modulus (review4 F6).
+    KeyInconsistent,
+    /// The second pair's counterparts of the two above.
+    RsaKeyExponent,
+    RsaKeyInconsistent,
     /// An intermediate of more than [`weight::MAX_INTERMEDIATE_DER`] bytes
     /// or [`weight::MAX_INTERMEDIATE_NAMES`] subjectAltNames.
     ChainTooHeavy,
@@ -293,6 +309,26 @@ impl Invalid {
                 "certificate \"crt_rsa\" has an EC key that is not on the named curve P-256, \
                  P-384 or P-521"
             }
+            Invalid::KeyExponent => {
+                "certificate \"crt\" has an RSA key whose public exponent is not an odd number \
+                 from 3 to 2^32-1 (CAs issue 65537): its check of every signature would stall \
+                 the worker"
+            }
+            Invalid::KeyInconsistent => {
+                "key \"key\" is an RSA key whose CRT parameters are missing or do not fit its \
+                 modulus and exponents: every signature would be made twice, the second time \
+                 without CRT, stalling the worker"
+            }
+            Invalid::RsaKeyExponent => {
+                "certificate \"crt_rsa\" has an RSA key whose public exponent is not an odd \
+                 number from 3 to 2^32-1 (CAs issue 65537): its check of every signature would \
+                 stall the worker"
+            }
+            Invalid::RsaKeyInconsistent => {
+                "key \"key_rsa\" is an RSA key whose CRT parameters are missing or do not fit \
+                 its modulus and exponents: every signature would be made twice, the second time \
+                 without CRT, stalling the worker"
+            }
             Invalid::ChainTooHeavy => {
                 "a chain holds an intermediate of more than 8 KB or more than 100 \
                  subjectAltNames (no CA issues one; parsed, it would hold worker memory)"
@@ -356,6 +392,10 @@ impl Invalid {
             Invalid::RsaKeyTooWeak => "rsa_key_too_weak",
             Invalid::RsaKeyTooSlow => "rsa_key_too_slow",
             Invalid::RsaKeyCurve => "rsa_key_curve",
+            Invalid::KeyExponent => "key_exponent",
+            Invalid::KeyInconsistent => "key_inconsistent",
+            Invalid::RsaKeyExponent => "rsa_key_exponent",
+            Invalid::RsaKeyInconsistent => "rsa_key_inconsistent",
             Invalid::ChainTooHeavy => "chain_too_heavy",
             Invalid::TooManyNames => "too_many_names",
             Invalid::RecordTooHeavy => "record_too_heavy",
@@ -397,13 +437,22 @@ pub const RSA_MIN_BITS: u32 = 2048;
 pub const DEFAULT_RSA_MAX_BITS: u32 = 4096;
 /// Largest `dyncert_rsa_max_bits` accepted.
 pub const RSA_MAX_BITS_CEILING: u32 = 16384;
+/// Largest RSA public exponent served (32 bits). OpenSSL checks every CRT
+/// signature by raising it to the public exponent: with 65537 (what CAs
+/// issue; 17 bits) that is 17 squarings, with a 4094-bit exponent as much
+/// again as the signature's own exponentiations and more (an RSA-4096 key
+/// then cost 19 ms a signature instead of 1.6). OpenSSL itself refuses
+/// exponents of more than 64 bits for moduli of more than 3072 bits in
+/// public-key operations, so clients could not verify such a key anyway.
+pub const RSA_MAX_EXPONENT: u64 = u32::MAX as u64;
 
 /// What a leaf's public key is, as far as its strength and its cost per
 /// handshake go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyShape {
-    /// RSA or RSA-PSS, with its modulus's bits.
-    Rsa { bits: u32 },
+    /// RSA or RSA-PSS, with its modulus's bits and its public exponent
+    /// (None: more than 64 bits, or unreadable).
+    Rsa { bits: u32, exponent: Option<u64> },
     /// EC; `tls_curve`: on P-256, P-384 or P-521, named (explicit curve
     /// parameters are refused by RFC 5480 and were CVE-2020-0601's way in).
     Ec { tls_curve: bool },
@@ -421,7 +470,10 @@ impl KeyShape {
         use crate::ossl_ffi::key_string_param;
         use openssl::pkey::Id;
         match key.id() {
-            Id::RSA | Id::RSA_PSS => KeyShape::Rsa { bits: key.bits() },
+            Id::RSA | Id::RSA_PSS => KeyShape::Rsa {
+                bits: key.bits(),
+                exponent: crate::ossl_ffi::key_bn_param(key, c"e").and_then(|e| small(&e)),
+            },
             Id::EC => {
                 let group = key_string_param(key, c"group");
                 let encoding = key_string_param(key, c"encoding");
@@ -474,14 +526,32 @@ impl KeyLimits {
     }
 }
 
+/// `n` as a u64, None when it is negative or has more than 64 bits.
+fn small(n: &openssl::bn::BigNumRef) -> Option<u64> {
+    if n.is_negative() || n.num_bits() > 64 {
+        return None;
+    }
+    let mut be = [0u8; 8];
+    let v = n.to_vec();
+    be[8 - v.len()..].copy_from_slice(&v);
+    Some(u64::from_be_bytes(be))
+}
+
+/// Whether `exponent` is an RSA public exponent served: odd, from 3 to
+/// [`RSA_MAX_EXPONENT`].
+pub fn rsa_exponent_ok(exponent: Option<u64>) -> bool {
+    matches!(exponent, Some(e) if e >= 3 && e % 2 == 1 && e <= RSA_MAX_EXPONENT)
+}
+
 /// Whether a leaf whose key has `shape` may be served under `limits`: RSA
-/// of [`RSA_MIN_BITS`] to `limits.rsa_max_bits` bits, EC on a named TLS
-/// curve, Ed25519, Ed448. The primary pair's reasons; the second pair maps
-/// them to its own.
+/// of [`RSA_MIN_BITS`] to `limits.rsa_max_bits` bits with a public
+/// exponent of at most 32 bits, EC on a named TLS curve, Ed25519, Ed448.
+/// The primary pair's reasons; the second pair maps them to its own.
 pub fn judge_key(shape: KeyShape, limits: KeyLimits) -> Result<(), Invalid> {
     match shape {
-        KeyShape::Rsa { bits } if bits < RSA_MIN_BITS => Err(Invalid::KeyTooWeak),
-        KeyShape::Rsa { bits } if bits > limits.rsa_max_bits => Err(Invalid::KeyTooSlow),
+        KeyShape::Rsa { bits, .. } if bits < RSA_MIN_BITS => Err(Invalid::KeyTooWeak),
+        KeyShape::Rsa { bits, .. } if bits > limits.rsa_max_bits => Err(Invalid::KeyTooSlow),
+        KeyShape::Rsa { exponent, .. } if !rsa_exponent_ok(exponent) => Err(Invalid::KeyExponent),
         KeyShape::Rsa { .. } | KeyShape::Ec { tls_curve: true } | KeyShape::EdDsa => Ok(()),
         KeyShape::Ec { tls_curve: false } => Err(Invalid::KeyCurve),
         KeyShape::Other => Err(Invalid::KeyType),
@@ -495,6 +565,149 @@ pub fn judge_key(shape: KeyShape, limits: KeyLimits) -> Result<(), Invalid> {
 pub fn judge_leaf_key(leaf: &X509, limits: KeyLimits) -> Result<(), Invalid> {
     let key = leaf.public_key().map_err(|_| Invalid::CrtNotPem)?;
     judge_key(KeyShape::of(&key), limits)
+}
+
+/// An RSA private key's numbers (`RSAPrivateKey`, RFC 8017 A.1.2): what
+/// OpenSSL signs with. Copies, wiped when dropped.
+pub struct RsaNumbers {
+    pub n: BigNum,
+    pub e: BigNum,
+    pub d: BigNum,
+    pub p: BigNum,
+    pub q: BigNum,
+    /// d mod (p - 1), d mod (q - 1), q^-1 mod p.
+    pub dp: BigNum,
+    pub dq: BigNum,
+    pub qinv: BigNum,
+}
+
+impl Drop for RsaNumbers {
+    fn drop(&mut self) {
+        for secret in [
+            &mut self.d,
+            &mut self.p,
+            &mut self.q,
+            &mut self.dp,
+            &mut self.dq,
+            &mut self.qinv,
+        ] {
+            secret.clear();
+        }
+    }
+}
+
+impl RsaNumbers {
+    /// The numbers of an RSA (or RSA-PSS) private key with two primes;
+    /// None when it lacks any of them (OpenSSL then signs without CRT) or
+    /// has a third prime (a multi-prime key, which no CA-issued
+    /// certificate's key is).
+    pub fn of(key: &openssl::pkey::PKeyRef<Private>) -> Option<RsaNumbers> {
+        use crate::ossl_ffi::key_bn_param;
+        if let Some(mut third) = key_bn_param(key, c"rsa-factor3") {
+            third.clear();
+            return None;
+        }
+        let n = key_bn_param(key, c"n")?;
+        let e = key_bn_param(key, c"e")?;
+        let secrets = [
+            c"d",
+            c"rsa-factor1",
+            c"rsa-factor2",
+            c"rsa-exponent1",
+            c"rsa-exponent2",
+            c"rsa-coefficient1",
+        ]
+        .map(|name| key_bn_param(key, name));
+        match secrets {
+            [Some(d), Some(p), Some(q), Some(dp), Some(dq), Some(qinv)] => Some(RsaNumbers {
+                n,
+                e,
+                d,
+                p,
+                q,
+                dp,
+                dq,
+                qinv,
+            }),
+            mut some => {
+                // Wiped as RsaNumbers' are.
+                some.iter_mut().flatten().for_each(|s| s.clear());
+                None
+            }
+        }
+    }
+}
+
+/// Whether OpenSSL signs with `k` in its CRT path and keeps the result:
+/// n = p·q (p ≠ q, both > 1), 0 < d < n, dp = d mod (p-1) and
+/// dq = d mod (q-1), e·dp ≡ 1 mod (p-1) and e·dq ≡ 1 mod (q-1), and
+/// 0 < qinv < p with qinv·q ≡ 1 mod p. OpenSSL checks each CRT signature
+/// s by computing s^e mod n; when that is not the message (CRT exponents
+/// that do not fit, or a d that is not e's inverse), it signs again as
+/// m^d mod n, without CRT: about ten times the cost. A few big-number
+/// products and remainders, microseconds even for RSA-16384, unlike
+/// `RSA_check_key`, whose primality tests cost tens of milliseconds; so
+/// p and q are not shown prime (composite ones pass this, and make every
+/// signature fall back, to at most one exponentiation with a d under n:
+/// see the README).
+pub fn rsa_crt_consistent(k: &RsaNumbers) -> bool {
+    let judged = || -> Result<bool, openssl::error::ErrorStack> {
+        let mut ctx = openssl::bn::BigNumContext::new()?;
+        let one = BigNum::from_u32(1)?;
+        let zero = BigNum::new()?;
+        let positive = |x: &BigNum| x > &zero && !x.is_negative();
+        if !(k.p > one && k.q > one && k.p != k.q && positive(&k.d) && positive(&k.qinv)) {
+            return Ok(false);
+        }
+        if !positive(&k.e) || k.dp.is_negative() || k.dq.is_negative() {
+            return Ok(false);
+        }
+        let mut pq = BigNum::new()?;
+        pq.checked_mul(&k.p, &k.q, &mut ctx)?;
+        if pq != k.n || k.d >= k.n || k.qinv >= k.p {
+            return Ok(false);
+        }
+        // For each prime: its CRT exponent is d's remainder and e's inverse.
+        for (prime, dx) in [(&k.p, &k.dp), (&k.q, &k.dq)] {
+            let mut m = BigNum::new()?;
+            m.checked_sub(prime, &one)?;
+            let mut r = BigNum::new()?;
+            r.nnmod(&k.d, &m, &mut ctx)?;
+            let fits = &r == dx;
+            r.clear();
+            if !fits {
+                return Ok(false);
+            }
+            let mut ed = BigNum::new()?;
+            ed.mod_mul(&k.e, dx, &m, &mut ctx)?;
+            if ed != one {
+                return Ok(false);
+            }
+        }
+        let mut c = BigNum::new()?;
+        c.mod_mul(&k.qinv, &k.q, &k.p, &mut ctx)?;
+        Ok(c == one)
+    };
+    judged().unwrap_or(false)
+}
+
+/// The private key's own check, after it is known to match the leaf: an
+/// RSA key must be one OpenSSL signs with at CRT cost
+/// ([`rsa_crt_consistent`]); other keys have nothing to judge here. Not
+/// for a key reference, whose numbers stay in its token (which does its
+/// own signing; its exponent is judged through the leaf).
+pub fn judge_private_key(key: &openssl::pkey::PKeyRef<Private>) -> Result<(), Invalid> {
+    use openssl::pkey::Id;
+    match key.id() {
+        Id::RSA | Id::RSA_PSS => match RsaNumbers::of(key) {
+            // The leaf's exponent is judged and matched already; a shared
+            // zone's entry is loaded without the match.
+            Some(k) if !rsa_exponent_ok(small(&k.e)) => Err(Invalid::KeyExponent),
+            Some(k) if rsa_crt_consistent(&k) => Ok(()),
+            _ => Err(Invalid::KeyInconsistent),
+        },
+        _ => Ok(()),
+    }
 }
 
 /// Validates `record` for the (normalised) `name` at `now_secs` (UNIX time).
@@ -566,7 +779,8 @@ pub fn validate_wildcard(
 
 /// Cheapest checks first, so junk is refused before OpenSSL parses much:
 /// PEM structure of every field, then the leaf and its names and dates,
-/// then the leaf's key type and size (`limits`), then the private key,
+/// then the leaf's key type and size (`limits`), then the private key
+/// (its match with the leaf, an RSA key's CRT parameters),
 /// then the rest of the chain (with every signature's and intermediate
 /// key's strength, [`crate::chainsec`]) and the client CAs.
 fn check(
@@ -630,6 +844,9 @@ fn check(
     let leaf_pub = leaf.public_key().map_err(|_| Invalid::CrtNotPem)?;
     if !leaf_pub.public_eq(&key) {
         return Err(Invalid::KeyMismatch);
+    }
+    if key_ref.is_none() {
+        judge_private_key(&key)?;
     }
     let mut held = Vec::new();
     let second = match &record.second {
@@ -721,6 +938,7 @@ fn check_second(
     if !leaf_pub.public_eq(&key) {
         return Err(Invalid::RsaKeyMismatch);
     }
+    judge_private_key(&key).map_err(rsa)?;
     let chain = parsed_chain(chain_der, interner, held).map_err(rsa)?;
     crate::chainsec::judge_chain(&leaf, &chain).map_err(rsa)?;
     precompute(&leaf);
@@ -739,6 +957,8 @@ pub fn second_reason(e: Invalid) -> Invalid {
         Invalid::KeyTooWeak => Invalid::RsaKeyTooWeak,
         Invalid::KeyTooSlow => Invalid::RsaKeyTooSlow,
         Invalid::KeyCurve => Invalid::RsaKeyCurve,
+        Invalid::KeyExponent => Invalid::RsaKeyExponent,
+        Invalid::KeyInconsistent => Invalid::RsaKeyInconsistent,
         Invalid::WeakSignature => Invalid::RsaWeakSignature,
         Invalid::ChainKeyTooWeak => Invalid::RsaChainKeyTooWeak,
         // A second pair is one ECDSA and one RSA certificate.
@@ -2040,7 +2260,10 @@ mod tests {
     fn rsa_keys_are_served_from_2048_bits_to_the_limit_and_named_tls_curves_only() {
         let d = KeyLimits::default();
         assert_eq!(d.rsa_max_bits, 4096);
-        let rsa = |bits| KeyShape::Rsa { bits };
+        let rsa = |bits| KeyShape::Rsa {
+            bits,
+            exponent: Some(65537),
+        };
         for (shape, limits, want) in [
             (rsa(512), d, Err(Invalid::KeyTooWeak)),
             (rsa(1024), d, Err(Invalid::KeyTooWeak)),
@@ -2079,8 +2302,29 @@ mod tests {
         // As a leaf decodes them: the keys judged are the leaves' (a key
         // built with EC_KEY calls has no "encoding" parameter to read).
         let shape = |k: &PKey<Private>| KeyShape::of(&decoded_leaf(k).public_key().unwrap());
-        assert_eq!(shape(&rsa_bits(2048)), KeyShape::Rsa { bits: 2048 });
-        assert_eq!(shape(&rsa_8192()), KeyShape::Rsa { bits: 8192 });
+        let rsa = |bits| KeyShape::Rsa {
+            bits,
+            exponent: Some(65537),
+        };
+        assert_eq!(shape(&rsa_bits(2048)), rsa(2048));
+        assert_eq!(shape(&rsa_8192()), rsa(8192));
+        // review4's key: its 4094-bit exponent does not fit in 64 bits.
+        assert_eq!(
+            shape(&big_e_bad_crt()),
+            KeyShape::Rsa {
+                bits: 4096,
+                exponent: None
+            }
+        );
+        let e3 = PKey::from_rsa(Rsa::generate_with_e(2048, &BigNum::from_u32(3).unwrap()).unwrap())
+            .unwrap();
+        assert_eq!(
+            shape(&e3),
+            KeyShape::Rsa {
+                bits: 2048,
+                exponent: Some(3)
+            }
+        );
         for nid in [Nid::X9_62_PRIME256V1, Nid::SECP384R1, Nid::SECP521R1] {
             assert_eq!(
                 shape(&ec_on(nid)),
@@ -2231,5 +2475,279 @@ mod tests {
         ] {
             assert!(i.label().starts_with("rsa_") && i.as_str().contains("_rsa"));
         }
+    }
+
+    /// review4's RSA-4096 key: a 4094-bit public exponent, dmp1 and dmq1
+    /// off by an XOR 2 (`tests/key_strength.rs`).
+    const BIG_E_BAD_CRT: &str = include_str!("../../tests/fixtures/rsa4096-bige-badcrt.key");
+
+    fn big_e_bad_crt() -> PKey<Private> {
+        PKey::private_key_from_pem(BIG_E_BAD_CRT.as_bytes()).unwrap()
+    }
+
+    fn bn(n: &openssl::bn::BigNumRef) -> BigNum {
+        n.to_owned().unwrap()
+    }
+
+    /// The key made of `k`'s numbers, unchecked, as a record's key field
+    /// may hold them.
+    fn key_of(k: &RsaNumbers) -> PKey<Private> {
+        let rsa = Rsa::from_private_components(
+            bn(&k.n),
+            bn(&k.e),
+            bn(&k.d),
+            bn(&k.p),
+            bn(&k.q),
+            bn(&k.dp),
+            bn(&k.dq),
+            bn(&k.qinv),
+        )
+        .unwrap();
+        PKey::from_rsa(rsa).unwrap()
+    }
+
+    fn plus(a: &BigNum, b: u32) -> BigNum {
+        let mut r = BigNum::new().unwrap();
+        r.checked_add(a, &BigNum::from_u32(b).unwrap()).unwrap();
+        r
+    }
+
+    /// `k`'s numbers with `change` made to them.
+    fn changed(k: &RsaNumbers, change: impl Fn(&mut RsaNumbers)) -> RsaNumbers {
+        let mut c = RsaNumbers::of(&key_of(k)).unwrap();
+        change(&mut c);
+        c
+    }
+
+    #[test]
+    fn rsa_exponents_are_odd_from_3_to_32_bits() {
+        for (e, ok) in [
+            (None, false),
+            (Some(0), false),
+            (Some(1), false),
+            (Some(2), false),
+            (Some(3), true),
+            (Some(17), true),
+            (Some(65537), true),
+            (Some(65538), false),
+            (Some(u64::from(u32::MAX)), true),
+            (Some(u64::from(u32::MAX) + 2), false),
+            (Some(u64::MAX), false),
+        ] {
+            assert_eq!(rsa_exponent_ok(e), ok, "{e:?}");
+        }
+        let d = KeyLimits::default();
+        let rsa = |exponent| KeyShape::Rsa {
+            bits: 2048,
+            exponent,
+        };
+        assert_eq!(judge_key(rsa(Some(65537)), d), Ok(()));
+        assert_eq!(judge_key(rsa(None), d), Err(Invalid::KeyExponent));
+        assert_eq!(
+            judge_key(rsa(Some(1 << 33 | 1)), d),
+            Err(Invalid::KeyExponent)
+        );
+        // Size is judged first: the reason names what is most wrong.
+        let huge = KeyShape::Rsa {
+            bits: 8192,
+            exponent: None,
+        };
+        assert_eq!(judge_key(huge, d), Err(Invalid::KeyTooSlow));
+        assert_eq!(small(&BigNum::from_u32(65537).unwrap()), Some(65537));
+        let mut two64 = BigNum::new().unwrap();
+        two64.set_bit(64).unwrap();
+        assert_eq!(small(&two64), None);
+        two64.set_bit(64).unwrap();
+        let mut max = BigNum::new().unwrap();
+        max.checked_sub(&two64, &BigNum::from_u32(1).unwrap())
+            .unwrap();
+        assert_eq!(small(&max), Some(u64::MAX));
+    }
+
+    #[test]
+    fn an_rsa_keys_crt_numbers_must_fit_its_modulus_and_exponents() {
+        let good = RsaNumbers::of(&rsa_bits(2048)).unwrap();
+        assert!(rsa_crt_consistent(&good));
+        let one = BigNum::from_u32(1).unwrap();
+        let phi = |k: &RsaNumbers| {
+            let mut ctx = openssl::bn::BigNumContext::new().unwrap();
+            let (mut p1, mut q1, mut phi) = (
+                BigNum::new().unwrap(),
+                BigNum::new().unwrap(),
+                BigNum::new().unwrap(),
+            );
+            p1.checked_sub(&k.p, &one).unwrap();
+            q1.checked_sub(&k.q, &one).unwrap();
+            phi.checked_mul(&p1, &q1, &mut ctx).unwrap();
+            phi
+        };
+        let cases: Vec<(&str, RsaNumbers)> = vec![
+            ("dp off", changed(&good, |k| k.dp = plus(&k.dp, 2))),
+            ("dq off", changed(&good, |k| k.dq = plus(&k.dq, 2))),
+            ("qinv off", changed(&good, |k| k.qinv = plus(&k.qinv, 1))),
+            ("qinv + p", changed(&good, |k| k.qinv = &k.qinv + &k.p)),
+            ("n off", changed(&good, |k| k.n = plus(&k.n, 2))),
+            (
+                "e not d's inverse",
+                changed(&good, |k| k.e = BigNum::from_u32(3).unwrap()),
+            ),
+            (
+                "p = q",
+                changed(&good, |k| {
+                    k.p = bn(&k.q);
+                }),
+            ),
+            (
+                "p = 1",
+                changed(&good, |k| k.p = BigNum::from_u32(1).unwrap()),
+            ),
+            ("d = 0", changed(&good, |k| k.d = BigNum::new().unwrap())),
+            (
+                // d and its CRT exponents agree and are e's inverse, but d
+                // is over n: OpenSSL's non-CRT path would pay for its bits.
+                "d + 2 phi",
+                changed(&good, |k| {
+                    let f = phi(k);
+                    k.d = &(&k.d + &f) + &f;
+                }),
+            ),
+            (
+                // d's CRT exponents are d's, but d is not e's inverse: each
+                // CRT signature fails OpenSSL's check.
+                "d not e's inverse",
+                changed(&good, |k| {
+                    let mut ctx = openssl::bn::BigNumContext::new().unwrap();
+                    let d = plus(&k.d, 2);
+                    let (mut p1, mut q1) = (BigNum::new().unwrap(), BigNum::new().unwrap());
+                    p1.checked_sub(&k.p, &one).unwrap();
+                    q1.checked_sub(&k.q, &one).unwrap();
+                    k.dp.nnmod(&d, &p1, &mut ctx).unwrap();
+                    k.dq.nnmod(&d, &q1, &mut ctx).unwrap();
+                    k.d = d;
+                }),
+            ),
+        ];
+        for (what, k) in &cases {
+            assert!(!rsa_crt_consistent(k), "{what}");
+        }
+        // Each such key refuses its record (a leaf of the good key: the
+        // same public numbers); the good one's numbers, made into a key the
+        // same way, do not.
+        let d = KeyLimits::default();
+        let good_key = key_of(&good);
+        checked(&shop_record(&good_key, key_pem(&good_key)), d).unwrap();
+        for (what, k) in cases.iter().filter(|(w, _)| {
+            // Keys whose public numbers changed do not match the leaf
+            // (key_mismatch first).
+            !matches!(*w, "n off" | "e not d's inverse")
+        }) {
+            let key = key_of(k);
+            assert_eq!(
+                checked(&shop_record(&good_key, key_pem(&key)), d).unwrap_err(),
+                Invalid::KeyInconsistent,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn review4s_key_is_refused_for_its_exponent_and_its_crt_for_itself() {
+        let d = KeyLimits::default();
+        let big = big_e_bad_crt();
+        assert_eq!(
+            checked(&shop_record(&big, key_pem(&big)), d).unwrap_err(),
+            Invalid::KeyExponent
+        );
+        // Its private key alone: the CRT fault and the exponent.
+        let numbers = RsaNumbers::of(&big).unwrap();
+        assert!(!rsa_crt_consistent(&numbers));
+        assert_eq!(judge_private_key(&big), Err(Invalid::KeyExponent));
+        // Its primes with e = 65537 and the same CRT fault.
+        let fixed = changed(&numbers, |k| {
+            let mut ctx = openssl::bn::BigNumContext::new().unwrap();
+            let one = BigNum::from_u32(1).unwrap();
+            let (mut p1, mut q1, mut phi) = (
+                BigNum::new().unwrap(),
+                BigNum::new().unwrap(),
+                BigNum::new().unwrap(),
+            );
+            p1.checked_sub(&k.p, &one).unwrap();
+            q1.checked_sub(&k.q, &one).unwrap();
+            phi.checked_mul(&p1, &q1, &mut ctx).unwrap();
+            k.e = BigNum::from_u32(65537).unwrap();
+            k.d.mod_inverse(&k.e, &phi, &mut ctx).unwrap();
+            k.dp.nnmod(&k.d, &p1, &mut ctx).unwrap();
+            k.dq.nnmod(&k.d, &q1, &mut ctx).unwrap();
+        });
+        assert!(rsa_crt_consistent(&fixed));
+        let good = key_of(&fixed);
+        checked(&shop_record(&good, key_pem(&good)), d).unwrap();
+        let bad = key_of(&changed(&fixed, |k| k.dp = plus(&k.dp, 2)));
+        assert_eq!(
+            checked(&shop_record(&bad, key_pem(&bad)), d).unwrap_err(),
+            Invalid::KeyInconsistent
+        );
+        // As a second pair: the second pair's reasons.
+        let ek = key();
+        let el = leaf(&["shop.example.com"], &ek, -1, 30);
+        for (rk, want) in [
+            (big.clone(), Invalid::RsaKeyExponent),
+            (bad.clone(), Invalid::RsaKeyInconsistent),
+        ] {
+            let rl = leaf(&["shop.example.com"], &rk, -1, 30);
+            assert_eq!(checked(&dual((&el, &ek), (&rl, &rk)), d).unwrap_err(), want);
+        }
+        assert_eq!(second_reason(Invalid::KeyExponent), Invalid::RsaKeyExponent);
+        assert_eq!(
+            second_reason(Invalid::KeyInconsistent),
+            Invalid::RsaKeyInconsistent
+        );
+        assert!(Invalid::RsaKeyExponent.label().starts_with("rsa_"));
+        assert!(Invalid::RsaKeyInconsistent.as_str().contains("key_rsa"));
+        assert!(Invalid::KeyInconsistent.as_str().contains("\"key\""));
+    }
+
+    #[test]
+    fn an_rsa_key_without_crt_numbers_is_refused() {
+        // n, e and d only: OpenSSL signs with it, without CRT.
+        let full = RsaNumbers::of(&rsa_bits(2048)).unwrap();
+        let bare = openssl::rsa::RsaPrivateKeyBuilder::new(bn(&full.n), bn(&full.e), bn(&full.d))
+            .unwrap()
+            .build();
+        let bare = PKey::from_rsa(bare).unwrap();
+        assert!(RsaNumbers::of(&bare).is_none());
+        assert_eq!(judge_private_key(&bare), Err(Invalid::KeyInconsistent));
+    }
+
+    #[test]
+    fn rsa_numbers_are_read_from_legacy_and_provider_keys_alike() {
+        let legacy = rsa_bits(2048);
+        let der = legacy.private_key_to_pkcs8().unwrap();
+        let provider = PKey::private_key_from_pkcs8(&der).unwrap();
+        for k in [&legacy, &provider] {
+            let n = RsaNumbers::of(k).unwrap();
+            assert!(rsa_crt_consistent(&n));
+            assert_eq!(judge_private_key(k), Ok(()));
+        }
+        // Other keys have nothing to judge here.
+        assert_eq!(judge_private_key(&key()), Ok(()));
+        assert_eq!(
+            judge_private_key(&PKey::generate_ed25519().unwrap()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn judging_an_rsa_keys_crt_numbers_costs_microseconds() {
+        // The largest modulus dyncert_rsa_max_bits admits is 16384 bits;
+        // RSA-8192 here (generated keys that size take minutes).
+        let k = RsaNumbers::of(&rsa_8192()).unwrap();
+        let start = Instant::now();
+        for _ in 0..100 {
+            assert!(rsa_crt_consistent(&k));
+        }
+        let each = start.elapsed() / 100;
+        println!("rsa_crt_consistent, RSA-8192: {each:?}");
+        assert!(each < Duration::from_millis(2), "{each:?}");
     }
 }
