@@ -691,9 +691,22 @@ pub fn rsa_crt_consistent(k: &RsaNumbers) -> bool {
     judged().unwrap_or(false)
 }
 
+/// Whether `k`'s two primes multiply to its modulus.
+pub fn primes_of_modulus(k: &RsaNumbers) -> bool {
+    let product = || -> Result<BigNum, openssl::error::ErrorStack> {
+        let mut ctx = openssl::bn::BigNumContext::new()?;
+        let mut pq = BigNum::new()?;
+        pq.checked_mul(&k.p, &k.q, &mut ctx)?;
+        Ok(pq)
+    };
+    product().is_ok_and(|pq| pq == k.n)
+}
+
 /// The private key's own check, after it is known to match the leaf: an
-/// RSA key must be one OpenSSL signs with at CRT cost
-/// ([`rsa_crt_consistent`]); other keys have nothing to judge here. Not
+/// RSA key's primes must be its modulus's (else [`Invalid::KeyMismatch`]:
+/// `public_eq` compares n and e only) and it must be one OpenSSL signs with
+/// at CRT cost ([`rsa_crt_consistent`]); other keys have nothing to judge
+/// here. Not
 /// for a key reference, whose numbers stay in its token (which does its
 /// own signing; its exponent is judged through the leaf).
 pub fn judge_private_key(key: &openssl::pkey::PKeyRef<Private>) -> Result<(), Invalid> {
@@ -703,6 +716,9 @@ pub fn judge_private_key(key: &openssl::pkey::PKeyRef<Private>) -> Result<(), In
             // The leaf's exponent is judged and matched already; a shared
             // zone's entry is loaded without the match.
             Some(k) if !rsa_exponent_ok(small(&k.e)) => Err(Invalid::KeyExponent),
+            // Primes of another modulus: not the certificate's key (what
+            // public_eq, comparing n and e only, cannot see).
+            Some(k) if !primes_of_modulus(&k) => Err(Invalid::KeyMismatch),
             Some(k) if rsa_crt_consistent(&k) => Ok(()),
             _ => Err(Invalid::KeyInconsistent),
         },
@@ -957,6 +973,7 @@ pub fn second_reason(e: Invalid) -> Invalid {
         Invalid::KeyTooWeak => Invalid::RsaKeyTooWeak,
         Invalid::KeyTooSlow => Invalid::RsaKeyTooSlow,
         Invalid::KeyCurve => Invalid::RsaKeyCurve,
+        Invalid::KeyMismatch => Invalid::RsaKeyMismatch,
         Invalid::KeyExponent => Invalid::RsaKeyExponent,
         Invalid::KeyInconsistent => Invalid::RsaKeyInconsistent,
         Invalid::WeakSignature => Invalid::RsaWeakSignature,
@@ -2636,18 +2653,34 @@ mod tests {
         let d = KeyLimits::default();
         let good_key = key_of(&good);
         checked(&shop_record(&good_key, key_pem(&good_key)), d).unwrap();
-        for (what, k) in cases.iter().filter(|(w, _)| {
-            // Keys whose public numbers changed do not match the leaf
-            // (key_mismatch first).
-            !matches!(*w, "n off" | "e not d's inverse")
-        }) {
+        for (what, k) in &cases {
+            let want = match *what {
+                // Public numbers changed: no longer the leaf's key.
+                "n off" | "e not d's inverse" => continue,
+                // Primes that are not the modulus's: another key's.
+                "p = q" | "p = 1" => Invalid::KeyMismatch,
+                _ => Invalid::KeyInconsistent,
+            };
             let key = key_of(k);
             assert_eq!(
                 checked(&shop_record(&good_key, key_pem(&key)), d).unwrap_err(),
-                Invalid::KeyInconsistent,
+                want,
                 "{what}"
             );
         }
+        // Another key's private numbers under this key's n and e: the
+        // primes are not the modulus's.
+        let other = RsaNumbers::of(&rsa_bits(2048)).unwrap();
+        let forged = changed(&other, |k| {
+            k.n = bn(&good.n);
+            k.e = bn(&good.e);
+        });
+        assert!(!primes_of_modulus(&forged));
+        let forged = key_of(&forged);
+        assert_eq!(
+            checked(&shop_record(&good_key, key_pem(&forged)), d).unwrap_err(),
+            Invalid::KeyMismatch
+        );
     }
 
     #[test]
@@ -2702,6 +2735,17 @@ mod tests {
             second_reason(Invalid::KeyInconsistent),
             Invalid::RsaKeyInconsistent
         );
+        // A second key whose primes are another modulus's.
+        let rk = rsa_key();
+        let rl = leaf(&["shop.example.com"], &rk, -1, 30);
+        let mine = RsaNumbers::of(&rk).unwrap();
+        let forged = key_of(&changed(&RsaNumbers::of(&rsa_bits(2048)).unwrap(), |k| {
+            k.n = bn(&mine.n);
+            k.e = bn(&mine.e);
+        }));
+        let mut r = dual((&el, &ek), (&rl, &rk));
+        r.second.as_mut().unwrap().key = key_pem(&forged);
+        assert_eq!(checked(&r, d).unwrap_err(), Invalid::RsaKeyMismatch);
         assert!(Invalid::RsaKeyExponent.label().starts_with("rsa_"));
         assert!(Invalid::RsaKeyInconsistent.as_str().contains("key_rsa"));
         assert!(Invalid::KeyInconsistent.as_str().contains("\"key\""));
