@@ -15,8 +15,9 @@
 //! accepted before, except the one that sent SUBSCRIBE, and keep them
 //! open; new connections are forwarded as usual.
 
+use dyncert_testkit::blackhole::time_until_served;
 use dyncert_testkit::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn a_name_is_served_within_seconds_after_the_cluster_connection_went_silent() {
@@ -29,26 +30,12 @@ fn a_name_is_served_within_seconds_after_the_cluster_connection_went_silent() {
     // (which follow MOVED to the proxies) are not frozen with the module's.
     c.cluster.put_leaf("warm.example.com", &warm);
     c.cluster.put_leaf("late.example.com", &late);
-    let r = poll(Duration::from_secs(10), Duration::from_millis(100), || {
-        Request::get("/")
-            .sni("warm.example.com")
-            .https(nginx.port)
-            .ok()
-            .filter(|r| r.tls().leaf_serial == warm.serial_hex)
-    });
+    let r = time_until_served(&nginx, "warm.example.com", &warm, Duration::from_secs(10));
     assert!(r.is_some(), "warm-up failed:\n{}", nginx.error_log());
 
     c.freeze();
     let before = c.accepted();
-    let t0 = Instant::now();
-    let served = poll(Duration::from_secs(10), Duration::from_millis(250), || {
-        Request::get("/")
-            .sni("late.example.com")
-            .https(nginx.port)
-            .ok()
-            .filter(|r| r.tls().leaf_serial == late.serial_hex)
-            .map(|_| t0.elapsed())
-    });
+    let served = time_until_served(&nginx, "late.example.com", &late, Duration::from_secs(10));
     let log = nginx.error_log();
     // One timeout (1 s), the name's error backoff (1 s), then a lookup on
     // the new connection (CLUSTER SLOTS, then the record).

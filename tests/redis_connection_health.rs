@@ -12,6 +12,7 @@
 //! connections are forwarded as usual. The timeout is logged as a command
 //! timeout on an open connection, not as a failure to connect.
 
+use dyncert_testkit::blackhole::time_until_served;
 use dyncert_testkit::*;
 use std::time::{Duration, Instant};
 
@@ -30,13 +31,7 @@ fn a_name_is_served_within_seconds_after_the_command_connection_went_silent() {
     let (nginx, mport) = start(&pki, &redis, &proxy, false);
     let warm = pki.leaf(&["warm.example.com"], 4001);
     redis.put_leaf("warm.example.com", &warm);
-    let r = poll(Duration::from_secs(10), Duration::from_millis(100), || {
-        Request::get("/")
-            .sni("warm.example.com")
-            .https(nginx.port)
-            .ok()
-            .filter(|r| r.tls().leaf_serial == warm.serial_hex)
-    });
+    let r = time_until_served(&nginx, "warm.example.com", &warm, Duration::from_secs(10));
     assert!(r.is_some(), "warm-up failed:\n{}", nginx.error_log());
     // The command connection and the subscription's.
     let before = proxy.accepted();
@@ -45,15 +40,7 @@ fn a_name_is_served_within_seconds_after_the_command_connection_went_silent() {
     proxy.freeze();
     let late = pki.leaf(&["late.example.com"], 4002);
     redis.put_leaf("late.example.com", &late);
-    let t0 = Instant::now();
-    let served = poll(Duration::from_secs(15), Duration::from_millis(250), || {
-        Request::get("/")
-            .sni("late.example.com")
-            .https(nginx.port)
-            .ok()
-            .filter(|r| r.tls().leaf_serial == late.serial_hex)
-            .map(|_| t0.elapsed())
-    });
+    let served = time_until_served(&nginx, "late.example.com", &late, Duration::from_secs(15));
     let log = nginx.error_log();
     // One timeout (1 s), the name's error backoff (1 s), then a lookup on
     // the new connection.

@@ -20,6 +20,7 @@
 //! `down-after-milliseconds` is a minute: they neither notice nor fail
 //! over during the test.
 
+use dyncert_testkit::blackhole::time_until_served;
 use dyncert_testkit::*;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -67,13 +68,7 @@ fn a_name_is_served_within_seconds_after_the_primary_connection_went_silent() {
     let (nginx, mport) = start_nginx(&pki, &d, false);
     let warm = pki.leaf(&["warm.example.com"], 4101);
     d.primary.put_leaf("warm.example.com", &warm);
-    let r = poll(Duration::from_secs(10), Duration::from_millis(100), || {
-        Request::get("/")
-            .sni("warm.example.com")
-            .https(nginx.port)
-            .ok()
-            .filter(|r| r.tls().leaf_serial == warm.serial_hex)
-    });
+    let r = time_until_served(&nginx, "warm.example.com", &warm, Duration::from_secs(10));
     assert!(r.is_some(), "warm-up failed:\n{}", nginx.error_log());
 
     d.proxy.freeze();
@@ -85,15 +80,7 @@ fn a_name_is_served_within_seconds_after_the_primary_connection_went_silent() {
     // crate's timeout wins, the code before the fix dropped the connection,
     // logging a connect failure.)
     thread::sleep(Duration::from_millis(1500));
-    let t0 = Instant::now();
-    let served = poll(Duration::from_secs(15), Duration::from_millis(250), || {
-        Request::get("/")
-            .sni("late.example.com")
-            .https(nginx.port)
-            .ok()
-            .filter(|r| r.tls().leaf_serial == late.serial_hex)
-            .map(|_| t0.elapsed())
-    });
+    let served = time_until_served(&nginx, "late.example.com", &late, Duration::from_secs(15));
     let log = nginx.error_log();
     // One timeout (1 s), the name's error backoff (1 s), then a lookup on
     // the new connection (the sentinels asked again first).

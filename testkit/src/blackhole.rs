@@ -10,11 +10,12 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::client::Request;
 use crate::conf::{http_block, source_server, METRICS_SERVER};
 use crate::nginx::{Nginx, NginxOpts};
-use crate::pki::Pki;
+use crate::pki::{Leaf, Pki};
 use crate::plain::scrape_metrics;
 use crate::process::{free_port, poll, tail};
 use crate::redis::Redis;
@@ -153,25 +154,51 @@ impl BlackholeProxy {
     /// (on a loaded machine, connecting can take longer than the timeout:
     /// that is a connect failure).
     pub fn assert_command_timeout_logged(&self, nginx: &Nginx, mport: u16) {
-        let log = nginx.error_log();
         let node = format!("redis node \"127.0.0.1:{}\"", self.port);
-        let timed_out = log.find(&format!(
-            "redis command timed out after 1000 ms on the open connection to {node}"
-        ));
-        let replaced = log.find(&format!(
-            "replacing the command connection to {node} after a command timed out on it"
-        ));
-        let (Some(timed_out), Some(replaced)) = (timed_out, replaced) else {
-            panic!("no command timeout or replacement:\n{}", tail(&log, 20));
-        };
-        assert!(timed_out < replaced, "{}", tail(&log, 20));
-        assert!(
-            !log[..replaced].contains("while connecting to redis node"),
-            "{}",
-            tail(&log, 20)
-        );
-        let metrics = scrape_metrics(mport);
-        assert!(metrics.get("dyncert_redis_command_timeouts_total") >= 1.0);
-        assert!(metrics.get("dyncert_redis_reconnects_total") >= 1.0);
+        assert_command_timeout_logged_for(nginx, mport, &node);
     }
+}
+
+/// How long after now `nginx` first serves `name` with `leaf` (asked
+/// every 250 ms, for up to `deadline`), or `None`: the connection-health
+/// tests' warm-up, and their wait for a name written after the freeze.
+pub fn time_until_served(
+    nginx: &Nginx,
+    name: &str,
+    leaf: &Leaf,
+    deadline: Duration,
+) -> Option<Duration> {
+    let t0 = Instant::now();
+    poll(deadline, Duration::from_millis(250), || {
+        Request::get("/")
+            .sni(name)
+            .https(nginx.port)
+            .ok()
+            .filter(|r| r.tls().leaf_serial == leaf.serial_hex)
+            .map(|_| t0.elapsed())
+    })
+}
+
+/// [`BlackholeProxy::assert_command_timeout_logged`] for the connection
+/// `nginx` logs as `node` (`redis node "..."`).
+pub(crate) fn assert_command_timeout_logged_for(nginx: &Nginx, mport: u16, node: &str) {
+    let log = nginx.error_log();
+    let timed_out = log.find(&format!(
+        "redis command timed out after 1000 ms on the open connection to {node}"
+    ));
+    let replaced = log.find(&format!(
+        "replacing the command connection to {node} after a command timed out on it"
+    ));
+    let (Some(timed_out), Some(replaced)) = (timed_out, replaced) else {
+        panic!("no command timeout or replacement:\n{}", tail(&log, 20));
+    };
+    assert!(timed_out < replaced, "{}", tail(&log, 20));
+    assert!(
+        !log[..replaced].contains("while connecting to redis node"),
+        "{}",
+        tail(&log, 20)
+    );
+    let metrics = scrape_metrics(mport);
+    assert!(metrics.get("dyncert_redis_command_timeouts_total") >= 1.0);
+    assert!(metrics.get("dyncert_redis_reconnects_total") >= 1.0);
 }

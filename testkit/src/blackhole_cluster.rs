@@ -7,12 +7,11 @@
 
 use std::time::Duration;
 
-use crate::blackhole::BlackholeProxy;
+use crate::blackhole::{assert_command_timeout_logged_for, BlackholeProxy};
 use crate::deploy::RedisCluster;
 use crate::nginx::Nginx;
 use crate::pki::Pki;
-use crate::plain::scrape_metrics;
-use crate::process::{poll, tail};
+use crate::process::poll;
 use crate::redis::{redis_command, Reply};
 
 /// Three primaries (no replicas), each behind its own proxy.
@@ -133,25 +132,7 @@ impl ProxiedCluster {
     /// connection, then its replacement, not a failure to connect before
     /// it, and counted both on its metrics port `mport`.
     pub fn assert_command_timeout_logged(&self, nginx: &Nginx, mport: u16) {
-        let log = nginx.error_log();
         let node = format!("redis node \"cluster {}\"", self.nodes_shown().join(","));
-        let timed_out = log.find(&format!(
-            "redis command timed out after 1000 ms on the open connection to {node}"
-        ));
-        let replaced = log.find(&format!(
-            "replacing the command connection to {node} after a command timed out on it"
-        ));
-        let (Some(timed_out), Some(replaced)) = (timed_out, replaced) else {
-            panic!("no command timeout or replacement:\n{}", tail(&log, 20));
-        };
-        assert!(timed_out < replaced, "{}", tail(&log, 20));
-        assert!(
-            !log[..replaced].contains("while connecting to redis node"),
-            "{}",
-            tail(&log, 20)
-        );
-        let metrics = scrape_metrics(mport);
-        assert!(metrics.get("dyncert_redis_command_timeouts_total") >= 1.0);
-        assert!(metrics.get("dyncert_redis_reconnects_total") >= 1.0);
+        assert_command_timeout_logged_for(nginx, mport, &node);
     }
 }
