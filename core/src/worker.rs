@@ -2210,11 +2210,10 @@ mod tests {
         fingerprint(w.for_handshake("a.example.com", NOW)).0
     }
 
-    #[test]
-    fn a_late_first_fetch_after_a_restart_does_not_undo_an_invalidation() {
-        // review4 F1: A reads the record an invalidation then replaces and
-        // stalls past the in-flight deadline; B, the restart, reads the new
-        // one. A's late answer must neither replace B's nor wake anyone.
+    /// Lookup A of a.example.com (waiter 1) runs across an invalidation
+    /// and past the in-flight deadline, so the next handshake (waiter 2)
+    /// restarts it as B: the worker, its metrics, A's and B's attempts.
+    fn restarted_across_an_invalidation() -> (TestWorker, Rc<Metrics>, Attempt, Attempt) {
         let (w, m) = worker();
         let mut w = w.with_flight_deadline(FLIGHT_DEADLINE);
         let n = "a.example.com";
@@ -2231,6 +2230,16 @@ mod tests {
             ref other => panic!("{other:?}"),
         };
         assert_ne!(a, b);
+        (w, m, a, b)
+    }
+
+    #[test]
+    fn a_late_first_fetch_after_a_restart_does_not_undo_an_invalidation() {
+        // review4 F1: A reads the record an invalidation then replaces and
+        // stalls past the in-flight deadline; B, the restart, reads the new
+        // one. A's late answer must neither replace B's nor wake anyone.
+        let (mut w, m, a, b) = restarted_across_an_invalidation();
+        let n = "a.example.com";
         let now = NOW + FLIGHT_DEADLINE + 10;
         // B was queued after the invalidation: its answer is the new record.
         let (woken, _) = apply(
@@ -2255,18 +2264,8 @@ mod tests {
         // review4 F1: A answers after the restart but before B: it may
         // have read the record an invalidation replaced, whose mark the
         // restart's attempt does not carry.
-        let (w, _) = worker();
-        let mut w = w.with_flight_deadline(FLIGHT_DEADLINE);
+        let (mut w, _, a, b) = restarted_across_an_invalidation();
         let n = "a.example.com";
-        set_monotonic(1);
-        assert_eq!(w.pre_handshake(n, 1, NOW), PreHandshake::Park); // A
-        apply(&mut w, Event::Invalidate(n.into()), NOW + 100);
-        set_monotonic(1 + FLIGHT_DEADLINE);
-        assert_eq!(
-            w.pre_handshake(n, 2, NOW + FLIGHT_DEADLINE),
-            PreHandshake::Park
-        ); // B
-        let ids = attempts(&w, n);
         let now = NOW + FLIGHT_DEADLINE + 10;
         for outcome in [
             Outcome::Found {
@@ -2278,7 +2277,7 @@ mod tests {
             Outcome::NotFound,
             failed(),
         ] {
-            let (woken, _) = apply(&mut w, of_attempt(fetched(n, outcome), ids[0]), now);
+            let (woken, _) = apply(&mut w, of_attempt(fetched(n, outcome), a), now);
             assert!(woken.is_empty());
             assert!(w.inflight.is_in_flight(n));
             assert_eq!(fingerprint(w.for_handshake(n, now)).0, None);
@@ -2288,7 +2287,7 @@ mod tests {
         // B answers: cached, the waiters woken.
         let (woken, _) = apply(
             &mut w,
-            of_attempt(found(n, cert(2, NOT_AFTER), None), ids[1]),
+            of_attempt(found(n, cert(2, NOT_AFTER), None), b),
             now,
         );
         assert_eq!(woken, [1, 2, 3, 3, 3]);

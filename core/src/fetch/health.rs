@@ -435,14 +435,43 @@ mod live_tests {
 
     type Seen = Arc<Mutex<Vec<RedisNote>>>;
 
-    async fn ping(conn: &mut crate::fetch::RedisConn) -> Result<String, String> {
-        match tokio::time::timeout(T, redis::cmd("PING").query_async::<String>(conn)).await {
-            Ok(Ok(v)) => Ok(v),
+    /// `cmd` through the handle: its answer as text, or "timeout".
+    async fn query<V: redis::FromRedisValue + ToString>(
+        conn: &mut crate::fetch::RedisConn,
+        cmd: redis::Cmd,
+    ) -> Result<String, String> {
+        match tokio::time::timeout(T, cmd.query_async::<V>(conn)).await {
+            Ok(Ok(v)) => Ok(v.to_string()),
             // The crate's own timeout, or the caller's: whichever ends first.
             Ok(Err(e)) if e.is_timeout() => Err("timeout".into()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timeout".into()),
         }
+    }
+
+    /// `PING` through the handle: "PONG", or "timeout".
+    async fn ping(conn: &mut crate::fetch::RedisConn) -> Result<String, String> {
+        query::<String>(conn, redis::cmd("PING")).await
+    }
+
+    /// What `setup`'s notes saw: one command timeout, then one
+    /// replacement, both logged.
+    fn assert_timed_out_then_reconnected(seen: &Seen) {
+        let seen = seen.lock().unwrap();
+        assert!(
+            matches!(
+                &seen[..],
+                [
+                    RedisNote::CommandTimedOut {
+                        timeout: T,
+                        logged: true,
+                        ..
+                    },
+                    RedisNote::Reconnected { logged: true, .. },
+                ]
+            ),
+            "{seen:?}"
+        );
     }
 
     #[test]
@@ -464,21 +493,7 @@ mod live_tests {
             assert_eq!(ping(&mut lookups).await, Ok("PONG".to_owned()));
         });
         assert_eq!(proxy.accepted(), 2, "one new connection, shared");
-        let seen = seen.lock().unwrap();
-        assert!(
-            matches!(
-                &seen[..],
-                [
-                    RedisNote::CommandTimedOut {
-                        timeout: T,
-                        logged: true,
-                        ..
-                    },
-                    RedisNote::Reconnected { logged: true, .. },
-                ]
-            ),
-            "{seen:?}"
-        );
+        assert_timed_out_then_reconnected(&seen);
     }
 
     #[test]
@@ -525,13 +540,7 @@ mod live_tests {
 
     /// `EXISTS key` through the handle: "1"/"0", or "timeout".
     async fn exists(conn: &mut crate::fetch::RedisConn, key: &str) -> Result<String, String> {
-        let cmd = redis::cmd("EXISTS").arg(key).clone();
-        match tokio::time::timeout(T, cmd.query_async::<i64>(conn)).await {
-            Ok(Ok(v)) => Ok(v.to_string()),
-            Ok(Err(e)) if e.is_timeout() => Err("timeout".into()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timeout".into()),
-        }
+        query::<i64>(conn, redis::cmd("EXISTS").arg(key).clone()).await
     }
 
     /// Two keys owned by different nodes of `cluster`.
@@ -560,21 +569,7 @@ mod live_tests {
             // One new Cluster connection: one connection to each node.
             assert_eq!(c.accepted() - before, c.proxies.len() as u64);
         });
-        let seen = seen.lock().unwrap();
-        assert!(
-            matches!(
-                &seen[..],
-                [
-                    RedisNote::CommandTimedOut {
-                        timeout: T,
-                        logged: true,
-                        ..
-                    },
-                    RedisNote::Reconnected { logged: true, .. },
-                ]
-            ),
-            "{seen:?}"
-        );
+        assert_timed_out_then_reconnected(&seen);
     }
 
     #[test]
