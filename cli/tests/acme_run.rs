@@ -167,6 +167,27 @@ impl Issuer {
         issuer
     }
 
+    /// An issuer of `ca`, which never answers (`--acme-timeout 1s`),
+    /// asking `ask_url`, with a 3 s lease, once it is active.
+    fn start_silent_active(redis: &Redis, ca: &SilentCa, ask_url: &str) -> Issuer {
+        let issuer = Issuer::start_at(
+            redis,
+            &ca.url(),
+            &[
+                "--ask",
+                ask_url,
+                "--lease-ttl",
+                "3s",
+                "--acme-timeout",
+                "1s",
+            ],
+        );
+        issuer.wait_metric("dyncert_issuer_active", Duration::from_secs(10), |v| {
+            v == 1.0
+        });
+        issuer
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -977,14 +998,7 @@ fn an_ask_endpoint_that_trickles_its_answer_is_refused_within_the_deadline() {
             });
         }
     });
-    let issuer = Issuer::start_at(
-        &redis,
-        &ca.url(),
-        &["--ask", &url, "--lease-ttl", "3s", "--acme-timeout", "1s"],
-    );
-    issuer.wait_metric("dyncert_issuer_active", Duration::from_secs(10), |v| {
-        v == 1.0
-    });
+    let issuer = Issuer::start_silent_active(&redis, &ca, &url);
 
     // A metrics client that sends one byte a second, and never ends its
     // request head.
@@ -1055,21 +1069,7 @@ fn an_oversized_stream_entry_is_dropped_without_being_read() {
     let redis = Redis::start();
     let ca = SilentCa::start();
     let ask = AskServer::start();
-    let issuer = Issuer::start_at(
-        &redis,
-        &ca.url(),
-        &[
-            "--ask",
-            &ask.url(),
-            "--lease-ttl",
-            "3s",
-            "--acme-timeout",
-            "1s",
-        ],
-    );
-    issuer.wait_metric("dyncert_issuer_active", Duration::from_secs(10), |v| {
-        v == 1.0
-    });
+    let issuer = Issuer::start_silent_active(&redis, &ca, &ask.url());
     issuer.wait_metric(PASSES, Duration::from_secs(10), |v| v >= 1.0);
     let size = 4_000_000;
     let before = redis_sent(&redis);
@@ -1112,21 +1112,7 @@ fn names_no_ca_can_issue_are_refused_before_the_ask_endpoint() {
     let redis = Redis::start();
     let ca = SilentCa::start();
     let ask = AskServer::start();
-    let issuer = Issuer::start_at(
-        &redis,
-        &ca.url(),
-        &[
-            "--ask",
-            &ask.url(),
-            "--lease-ttl",
-            "3s",
-            "--acme-timeout",
-            "1s",
-        ],
-    );
-    issuer.wait_metric("dyncert_issuer_active", Duration::from_secs(10), |v| {
-        v == 1.0
-    });
+    let issuer = Issuer::start_silent_active(&redis, &ca, &ask.url());
     let unissuable = [
         ("ok-intranet", "a single-label name"),
         ("ok-shop.localhost", "a special-use top-level domain"),
