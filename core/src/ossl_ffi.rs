@@ -48,6 +48,44 @@ extern "C" {
         size: usize,
         len: *mut usize,
     ) -> c_int;
+    fn BN_mod_exp_mont_consttime(
+        rr: *mut ffi::BIGNUM,
+        a: *const ffi::BIGNUM,
+        p: *const ffi::BIGNUM,
+        m: *const ffi::BIGNUM,
+        ctx: *mut ffi::BN_CTX,
+        in_mont: *mut std::ffi::c_void,
+    ) -> c_int;
+}
+
+/// a^p mod m for a secret exponent p, in constant time
+/// (`BN_mod_exp_mont_consttime(3)`, what OpenSSL's own RSA signing uses
+/// for the CRT exponents): an error for an even or non-positive m.
+pub fn mod_exp_consttime(
+    a: &openssl::bn::BigNumRef,
+    p: &openssl::bn::BigNumRef,
+    m: &openssl::bn::BigNumRef,
+    ctx: &mut openssl::bn::BigNumContextRef,
+) -> Result<BigNum, ErrorStack> {
+    let r = BigNum::new()?;
+    // SAFETY: every BIGNUM and the context are live (the references
+    // guarantee it); r is ours and distinct from a, p and m; a null
+    // BN_MONT_CTX makes OpenSSL set one up and free it itself.
+    let ok = unsafe {
+        BN_mod_exp_mont_consttime(
+            r.as_ptr(),
+            a.as_ptr(),
+            p.as_ptr(),
+            m.as_ptr(),
+            ctx.as_ptr(),
+            ptr::null_mut(),
+        )
+    };
+    if ok == 1 {
+        Ok(r)
+    } else {
+        Err(ErrorStack::get())
+    }
 }
 
 /// A key's UTF-8 string parameter `name` (`EVP_PKEY_get_utf8_string_param(3)`;

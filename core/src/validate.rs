@@ -647,9 +647,8 @@ impl RsaNumbers {
 /// m^d mod n, without CRT: about ten times the cost. A few big-number
 /// products and remainders, microseconds even for RSA-16384, unlike
 /// `RSA_check_key`, whose primality tests cost tens of milliseconds; so
-/// p and q are not shown prime (composite ones pass this, and make every
-/// signature fall back, to at most one exponentiation with a d under n:
-/// see the README).
+/// p and q are not shown prime here (a composite one passes this and makes
+/// most signatures fall back: [`rsa_crt_inverts`] tells).
 pub fn rsa_crt_consistent(k: &RsaNumbers) -> bool {
     let judged = || -> Result<bool, openssl::error::ErrorStack> {
         let mut ctx = openssl::bn::BigNumContext::new()?;
@@ -691,6 +690,61 @@ pub fn rsa_crt_consistent(k: &RsaNumbers) -> bool {
     judged().unwrap_or(false)
 }
 
+/// RSA moduli over this many bits have their CRT halves tried on a random
+/// number ([`rsa_crt_inverts`]). At 2048 bits a key with a composite
+/// factor costs about an honest RSA-4096 signature, which the default
+/// `dyncert_rsa_max_bits` admits anyway, so RSA-2048 keys (most of what
+/// CAs issue) are spared the exponentiation.
+pub const RSA_INVERTS_CHECKED_OVER_BITS: u32 = 2048;
+
+/// Whether `k`'s CRT halves invert each other where OpenSSL uses them:
+/// for a random x with 1 < x < p-1, (x^dp mod p)^e mod p = x, and the
+/// same for q. [`rsa_crt_consistent`] shows e·dp ≡ 1 mod (p-1), which
+/// makes this hold for every x when p is prime; when p is the product of
+/// two primes it fails for most x, and so does OpenSSL's check of every
+/// CRT signature, which it then makes again without CRT (review4 F6's
+/// residual: RSA-4096, another name's median handshake 1.1 -> 65 ms). One
+/// exponentiation with each secret CRT exponent (constant time, as OpenSSL
+/// signs), about one signature's cost in all, and two with e (at most 32
+/// bits). Not a primality test, and a random draw: the x it holds for
+/// make a subgroup, so for a factor where it does not hold for every x it
+/// fails for at least half of them. A factor crafted so that it holds
+/// for one x in m (m small: such products of two primes can be searched
+/// for) passes one try in m and then makes m-1 signatures in m fall back:
+/// a tenant retrying uploads about m times gets there (not closed; an
+/// honest composite, and the plain attack, fail at once). An even factor,
+/// or one of 3 or less (no x to try), is refused: no key of a CA-issued
+/// certificate has one.
+pub fn rsa_crt_inverts(k: &RsaNumbers) -> bool {
+    let judged = || -> Result<bool, openssl::error::ErrorStack> {
+        let mut ctx = openssl::bn::BigNumContext::new()?;
+        let three = BigNum::from_u32(3)?;
+        for (prime, dx) in [(&k.p, &k.dp), (&k.q, &k.dq)] {
+            if prime <= &three {
+                return Ok(false);
+            }
+            // x uniform in [2, prime - 2].
+            let mut range = BigNum::new()?;
+            range.checked_sub(prime, &three)?;
+            let mut x = BigNum::new()?;
+            range.rand_range(&mut x)?;
+            x.add_word(2)?;
+            let mut s = crate::ossl_ffi::mod_exp_consttime(&x, dx, prime, &mut ctx)?;
+            let mut back = BigNum::new()?;
+            back.mod_exp(&s, &k.e, prime, &mut ctx)?;
+            let fits = back == x;
+            for secret in [&mut x, &mut s, &mut back] {
+                secret.clear();
+            }
+            if !fits {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    judged().unwrap_or(false)
+}
+
 /// Whether `k`'s two primes multiply to its modulus.
 pub fn primes_of_modulus(k: &RsaNumbers) -> bool {
     let product = || -> Result<BigNum, openssl::error::ErrorStack> {
@@ -705,8 +759,9 @@ pub fn primes_of_modulus(k: &RsaNumbers) -> bool {
 /// The private key's own check, after it is known to match the leaf: an
 /// RSA key's primes must be its modulus's (else [`Invalid::KeyMismatch`]:
 /// `public_eq` compares n and e only) and it must be one OpenSSL signs with
-/// at CRT cost ([`rsa_crt_consistent`]); other keys have nothing to judge
-/// here. Not
+/// at CRT cost ([`rsa_crt_consistent`], and over
+/// [`RSA_INVERTS_CHECKED_OVER_BITS`] bits [`rsa_crt_inverts`]); other keys
+/// have nothing to judge here. Not
 /// for a key reference, whose numbers stay in its token (which does its
 /// own signing; its exponent is judged through the leaf).
 pub fn judge_private_key(key: &openssl::pkey::PKeyRef<Private>) -> Result<(), Invalid> {
@@ -719,8 +774,16 @@ pub fn judge_private_key(key: &openssl::pkey::PKeyRef<Private>) -> Result<(), In
             // Primes of another modulus: not the certificate's key (what
             // public_eq, comparing n and e only, cannot see).
             Some(k) if !primes_of_modulus(&k) => Err(Invalid::KeyMismatch),
-            Some(k) if rsa_crt_consistent(&k) => Ok(()),
-            _ => Err(Invalid::KeyInconsistent),
+            Some(k) if !rsa_crt_consistent(&k) => Err(Invalid::KeyInconsistent),
+            // A factor that is not prime (review4 F6's residual).
+            Some(k)
+                if k.n.num_bits() as u32 > RSA_INVERTS_CHECKED_OVER_BITS
+                    && !rsa_crt_inverts(&k) =>
+            {
+                Err(Invalid::KeyInconsistent)
+            }
+            Some(_) => Ok(()),
+            None => Err(Invalid::KeyInconsistent),
         },
         _ => Ok(()),
     }
@@ -2793,5 +2856,126 @@ mod tests {
         let each = start.elapsed() / 100;
         println!("rsa_crt_consistent, RSA-8192: {each:?}");
         assert!(each < Duration::from_millis(2), "{each:?}");
+    }
+
+    /// An RSA key of `bits` bits whose first "prime" is the product of two
+    /// primes, with e = 65537 and every other number consistent (as
+    /// `tests/key_strength.rs` builds it).
+    fn rsa_with_a_composite_factor(bits: i32) -> PKey<Private> {
+        let mut ctx = openssl::bn::BigNumContext::new().unwrap();
+        let one = BigNum::from_u32(1).unwrap();
+        let e = BigNum::from_u32(65537).unwrap();
+        let prime = |bits: i32| {
+            let mut p = BigNum::new().unwrap();
+            p.generate_prime(bits, false, None, None).unwrap();
+            p
+        };
+        let new = || BigNum::new().unwrap();
+        loop {
+            let (p1, p2, q) = (prime(bits / 4), prime(bits / 4), prime(bits / 2));
+            let (mut p, mut n, mut pm, mut qm) = (new(), new(), new(), new());
+            p.checked_mul(&p1, &p2, &mut ctx).unwrap();
+            n.checked_mul(&p, &q, &mut ctx).unwrap();
+            pm.checked_sub(&p, &one).unwrap();
+            qm.checked_sub(&q, &one).unwrap();
+            let (mut g, mut prod, mut lcm, mut d) = (new(), new(), new(), new());
+            g.gcd(&pm, &qm, &mut ctx).unwrap();
+            prod.checked_mul(&pm, &qm, &mut ctx).unwrap();
+            lcm.checked_div(&prod, &g, &mut ctx).unwrap();
+            let (mut dp, mut dq, mut qinv) = (new(), new(), new());
+            if n.num_bits() != bits
+                || d.mod_inverse(&e, &lcm, &mut ctx).is_err()
+                || qinv.mod_inverse(&q, &p, &mut ctx).is_err()
+            {
+                continue;
+            }
+            dp.nnmod(&d, &pm, &mut ctx).unwrap();
+            dq.nnmod(&d, &qm, &mut ctx).unwrap();
+            let rsa = Rsa::from_private_components(n, bn(&e), d, p, q, dp, dq, qinv).unwrap();
+            break PKey::from_rsa(rsa).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_rsa_key_whose_factor_is_not_prime_is_refused_over_2048_bits() {
+        let d = KeyLimits::default();
+        for bits in [3072, 4096] {
+            let bad = rsa_with_a_composite_factor(bits);
+            let k = RsaNumbers::of(&bad).unwrap();
+            // What the products and remainders cannot see.
+            assert!(rsa_crt_consistent(&k), "{bits}");
+            assert!(primes_of_modulus(&k), "{bits}");
+            assert!(!rsa_crt_inverts(&k), "{bits}");
+            assert_eq!(judge_private_key(&bad), Err(Invalid::KeyInconsistent));
+            assert_eq!(
+                checked(&shop_record(&bad, key_pem(&bad)), d).unwrap_err(),
+                Invalid::KeyInconsistent,
+                "{bits}"
+            );
+            // The second "prime" the product: refused as well.
+            let swapped = key_of(&changed(&k, |k| {
+                let mut ctx = openssl::bn::BigNumContext::new().unwrap();
+                std::mem::swap(&mut k.p, &mut k.q);
+                std::mem::swap(&mut k.dp, &mut k.dq);
+                k.qinv.mod_inverse(&k.q, &k.p, &mut ctx).unwrap();
+            }));
+            assert_eq!(judge_private_key(&swapped), Err(Invalid::KeyInconsistent));
+            // As a second pair: the second pair's reason.
+            let ek = key();
+            let el = leaf(&["shop.example.com"], &ek, -1, 30);
+            let rl = leaf(&["shop.example.com"], &bad, -1, 30);
+            assert_eq!(
+                checked(&dual((&el, &ek), (&rl, &bad)), d).unwrap_err(),
+                Invalid::RsaKeyInconsistent
+            );
+        }
+        // RSA-2048 is spared the exponentiation (such a key costs about an
+        // honest RSA-4096 signature, which the default limit admits).
+        let small = rsa_with_a_composite_factor(2048);
+        assert!(!rsa_crt_inverts(&RsaNumbers::of(&small).unwrap()));
+        assert_eq!(judge_private_key(&small), Ok(()));
+        // Factors of 3 or less leave no number to try.
+        let honest = RsaNumbers::of(&rsa_bits(2048)).unwrap();
+        let tiny = changed(&honest, |k| k.q = BigNum::from_u32(3).unwrap());
+        assert!(!rsa_crt_inverts(&tiny));
+        // An even "prime" cannot be tried in Montgomery form: refused too.
+        let even = changed(&honest, |k| k.p = plus(&k.p, 1));
+        assert!(!rsa_crt_inverts(&even));
+    }
+
+    #[test]
+    fn honest_rsa_keys_invert_and_trying_one_costs_about_a_signature() {
+        let d = KeyLimits::default();
+        let honest = rsa_bits(4096);
+        let k = RsaNumbers::of(&honest).unwrap();
+        // Each call draws its own x.
+        for _ in 0..20 {
+            assert!(rsa_crt_inverts(&k));
+        }
+        assert_eq!(judge_private_key(&honest), Ok(()));
+        checked(&shop_record(&honest, key_pem(&honest)), d).unwrap();
+        let provider =
+            PKey::private_key_from_pkcs8(&honest.private_key_to_pkcs8().unwrap()).unwrap();
+        assert_eq!(judge_private_key(&provider), Ok(()));
+        for (what, key) in [("RSA-4096", honest), ("RSA-8192", rsa_8192())] {
+            let k = RsaNumbers::of(&key).unwrap();
+            let start = Instant::now();
+            for _ in 0..20 {
+                assert!(rsa_crt_inverts(&k));
+            }
+            let each = start.elapsed() / 20;
+            let mut signer =
+                openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
+            let start = Instant::now();
+            for _ in 0..20 {
+                signer.sign_oneshot_to_vec(b"hello").unwrap();
+            }
+            let sign = start.elapsed() / 20;
+            println!("rsa_crt_inverts, {what}: {each:?} (a signature: {sign:?})");
+            assert!(
+                each < sign * 3 + Duration::from_millis(5),
+                "{what}: {each:?}"
+            );
+        }
     }
 }
