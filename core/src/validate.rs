@@ -759,12 +759,25 @@ pub fn primes_of_modulus(k: &RsaNumbers) -> bool {
 /// The private key's own check, after it is known to match the leaf: an
 /// RSA key's primes must be its modulus's (else [`Invalid::KeyMismatch`]:
 /// `public_eq` compares n and e only) and it must be one OpenSSL signs with
-/// at CRT cost ([`rsa_crt_consistent`], and over
-/// [`RSA_INVERTS_CHECKED_OVER_BITS`] bits [`rsa_crt_inverts`]); other keys
-/// have nothing to judge here. Not
-/// for a key reference, whose numbers stay in its token (which does its
-/// own signing; its exponent is judged through the leaf).
+/// at CRT cost ([`rsa_crt_consistent`]); other keys have nothing to judge
+/// here. Microseconds: what a shared zone's load judges again (on the
+/// event loop, for a handshake without a peek step). A fetched key is
+/// judged by [`judge_fetched_private_key`]. Not for a key reference, whose
+/// numbers stay in its token (which does its own signing; its exponent is
+/// judged through the leaf).
 pub fn judge_private_key(key: &openssl::pkey::PKeyRef<Private>) -> Result<(), Invalid> {
+    judge_rsa_key(key, false)
+}
+
+/// [`judge_private_key`], and over [`RSA_INVERTS_CHECKED_OVER_BITS`] bits
+/// [`rsa_crt_inverts`] (about a signature's cost): for a key as it is
+/// fetched, on the parse thread. A shared zone holds only keys that passed
+/// this, so its loads do not pay for it again.
+pub fn judge_fetched_private_key(key: &openssl::pkey::PKeyRef<Private>) -> Result<(), Invalid> {
+    judge_rsa_key(key, true)
+}
+
+fn judge_rsa_key(key: &openssl::pkey::PKeyRef<Private>, try_inverse: bool) -> Result<(), Invalid> {
     use openssl::pkey::Id;
     match key.id() {
         Id::RSA | Id::RSA_PSS => match RsaNumbers::of(key) {
@@ -777,7 +790,8 @@ pub fn judge_private_key(key: &openssl::pkey::PKeyRef<Private>) -> Result<(), In
             Some(k) if !rsa_crt_consistent(&k) => Err(Invalid::KeyInconsistent),
             // A factor that is not prime (review4 F6's residual).
             Some(k)
-                if k.n.num_bits() as u32 > RSA_INVERTS_CHECKED_OVER_BITS
+                if try_inverse
+                    && k.n.num_bits() as u32 > RSA_INVERTS_CHECKED_OVER_BITS
                     && !rsa_crt_inverts(&k) =>
             {
                 Err(Invalid::KeyInconsistent)
@@ -925,7 +939,7 @@ fn check(
         return Err(Invalid::KeyMismatch);
     }
     if key_ref.is_none() {
-        judge_private_key(&key)?;
+        judge_fetched_private_key(&key)?;
     }
     let mut held = Vec::new();
     let second = match &record.second {
@@ -1017,7 +1031,7 @@ fn check_second(
     if !leaf_pub.public_eq(&key) {
         return Err(Invalid::RsaKeyMismatch);
     }
-    judge_private_key(&key).map_err(rsa)?;
+    judge_fetched_private_key(&key).map_err(rsa)?;
     let chain = parsed_chain(chain_der, interner, held).map_err(rsa)?;
     crate::chainsec::judge_chain(&leaf, &chain).map_err(rsa)?;
     precompute(&leaf);
@@ -2906,7 +2920,13 @@ mod tests {
             assert!(rsa_crt_consistent(&k), "{bits}");
             assert!(primes_of_modulus(&k), "{bits}");
             assert!(!rsa_crt_inverts(&k), "{bits}");
-            assert_eq!(judge_private_key(&bad), Err(Invalid::KeyInconsistent));
+            assert_eq!(
+                judge_fetched_private_key(&bad),
+                Err(Invalid::KeyInconsistent)
+            );
+            // A shared zone's load does not try it again (it holds only
+            // keys a fetch judged).
+            assert_eq!(judge_private_key(&bad), Ok(()));
             assert_eq!(
                 checked(&shop_record(&bad, key_pem(&bad)), d).unwrap_err(),
                 Invalid::KeyInconsistent,
@@ -2919,7 +2939,10 @@ mod tests {
                 std::mem::swap(&mut k.dp, &mut k.dq);
                 k.qinv.mod_inverse(&k.q, &k.p, &mut ctx).unwrap();
             }));
-            assert_eq!(judge_private_key(&swapped), Err(Invalid::KeyInconsistent));
+            assert_eq!(
+                judge_fetched_private_key(&swapped),
+                Err(Invalid::KeyInconsistent)
+            );
             // As a second pair: the second pair's reason.
             let ek = key();
             let el = leaf(&["shop.example.com"], &ek, -1, 30);
@@ -2933,7 +2956,7 @@ mod tests {
         // honest RSA-4096 signature, which the default limit admits).
         let small = rsa_with_a_composite_factor(2048);
         assert!(!rsa_crt_inverts(&RsaNumbers::of(&small).unwrap()));
-        assert_eq!(judge_private_key(&small), Ok(()));
+        assert_eq!(judge_fetched_private_key(&small), Ok(()));
         // Factors of 3 or less leave no number to try.
         let honest = RsaNumbers::of(&rsa_bits(2048)).unwrap();
         let tiny = changed(&honest, |k| k.q = BigNum::from_u32(3).unwrap());
@@ -2952,11 +2975,11 @@ mod tests {
         for _ in 0..20 {
             assert!(rsa_crt_inverts(&k));
         }
-        assert_eq!(judge_private_key(&honest), Ok(()));
+        assert_eq!(judge_fetched_private_key(&honest), Ok(()));
         checked(&shop_record(&honest, key_pem(&honest)), d).unwrap();
         let provider =
             PKey::private_key_from_pkcs8(&honest.private_key_to_pkcs8().unwrap()).unwrap();
-        assert_eq!(judge_private_key(&provider), Ok(()));
+        assert_eq!(judge_fetched_private_key(&provider), Ok(()));
         for (what, key) in [("RSA-4096", honest), ("RSA-8192", rsa_8192())] {
             let k = RsaNumbers::of(&key).unwrap();
             let start = Instant::now();
