@@ -795,23 +795,28 @@ impl LazyCluster {
             }
         }
         self.notes.reconnected(&self.shown);
-        let made = self.connect().await;
-        let next = match made {
+        // The attempt counts before it is made: the old connection is kept
+        // as a new one (not replaced again until it answered, and not
+        // within the interval), so a caller that stops waiting (its own
+        // timeout, often equal to the connect's) and drops this future
+        // mid-connect does not leave it suspect for the next command to
+        // try again at once: a cluster that hangs whole costs one attempt
+        // per time it answered, not one per command.
+        let kept = ClusterCurrent {
+            conn: cur.conn,
+            health: Arc::default(),
+            replaced: Some(Instant::now()),
+        };
+        *self.conn.lock().await = Some(kept.clone());
+        let next = match self.connect().await {
             Ok(conn) => ClusterCurrent {
                 conn,
                 health: Arc::default(),
                 replaced: Some(Instant::now()),
             },
-            // Kept, as a new connection: not replaced again until it answered
-            // (a cluster that hangs whole costs one attempt per time it
-            // answered).
             Err(e) => {
                 self.notes.connect_failed(&self.shown, &e);
-                ClusterCurrent {
-                    conn: cur.conn,
-                    health: Arc::default(),
-                    replaced: Some(Instant::now()),
-                }
+                return Ok(kept);
             }
         };
         *self.conn.lock().await = Some(next.clone());
