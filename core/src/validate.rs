@@ -520,7 +520,10 @@ impl KeyLimits {
     /// Makes these the process's limits. A process-wide value rather than
     /// a field of each caller's configuration: every place that admits a
     /// key (the parse thread, a shared zone load, the CLI) must apply the
-    /// same bound, and a worker serves one configuration.
+    /// same bound, and a worker serves one configuration. Called once, by
+    /// the worker before its threads start and by the CLI before it
+    /// validates; unit tests pass explicit `KeyLimits` instead, since
+    /// installing would race with every test reading [`KeyLimits::current`].
     pub fn install(self) {
         RSA_MAX_BITS.store(self.rsa_max_bits, Ordering::Relaxed);
     }

@@ -206,7 +206,6 @@ impl MainConf {
     /// ([`KeyLimits::install`]): installed here, before the fetcher that
     /// validates records and loads shared zone entries starts.
     pub fn fetcher_config(&self) -> Result<FetcherConfig, String> {
-        self.key_limits().install();
         let api = match &self.api_template {
             Some(t) => Some(ApiConfig {
                 template: UrlTemplate::parse(t)?,

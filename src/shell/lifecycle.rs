@@ -165,6 +165,9 @@ fn start_worker(cycle: &ngx_cycle_t) {
 
 /// Starts the fetcher threads and makes the worker's state.
 fn start_fetcher(cycle: &ngx_cycle_t, mcf: &MainConf) -> Result<(), String> {
+    // The process's key limits, before any thread that judges a key starts
+    // (the parse thread) and before the event loop loads from the zone.
+    mcf.key_limits().install();
     let cfg = mcf.fetcher_config()?;
     let flight_deadline = cfg.flight_deadline(Duration::from_millis(mcf.fetch_timeout() as u64));
     let key_loader = cfg.key_refs.mode == KeyRefMode::Engine;
