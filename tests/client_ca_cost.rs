@@ -17,30 +17,20 @@
 //! One worker, so every handshake shares one event loop. Times are printed.
 
 use dyncert_testkit::conf::dyncert_server;
+use dyncert_testkit::fixture::xname;
+use dyncert_testkit::pki::ec_key;
 use dyncert_testkit::*;
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
-use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode, SslVersion};
 use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectAlternativeName};
-use openssl::x509::{X509Extension, X509Name, X509NameRef, X509};
+use openssl::x509::{X509Extension, X509NameRef, X509};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-fn key() -> PKey<Private> {
-    let g = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-    PKey::from_ec_key(EcKey::generate(&g).unwrap()).unwrap()
-}
-
-fn xname(cn: &str) -> X509Name {
-    let mut n = X509Name::builder().unwrap();
-    n.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
-    n.build()
-}
 
 /// What a test certificate is.
 struct Shape<'a> {
@@ -114,7 +104,7 @@ fn pem(c: &X509) -> String {
 
 /// A tenant's CA with `excluded` subtrees, and its key.
 fn tenant_ca(excluded: usize) -> (X509, PKey<Private>) {
-    let k = key();
+    let k = ec_key();
     let name = xname("tenant nc ca");
     let ca = cert(
         Shape {
@@ -262,7 +252,7 @@ fn client_ca_with_hundreds_of_name_constraints_is_refused_and_costs_no_handshake
     let leaf = s.pki.leaf(&["nc.example"], 7002);
     s.redis
         .put_leaf_with("nc.example", &leaf, &[("client_ca", &ca_pem)]);
-    let ck = key();
+    let ck = ec_key();
     // 2^20 / 901 names: the whole comparison allowance of OpenSSL.
     let heavy = client_cert(&ca, 1_048_576 / 901 - 2, &ck);
     let light = client_cert(&ca, 1, &ck);
@@ -307,7 +297,7 @@ fn resumed_session_verifies_its_client_certificate_once_per_connection() {
     let leaf = s.pki.leaf(&["nc.example"], 7002);
     s.redis
         .put_leaf_with("nc.example", &leaf, &[("client_ca", &pem(&ca.0))]);
-    let ck = key();
+    let ck = ec_key();
     let names = 250;
     let heavy = client_cert(&ca, names, &ck);
     eprintln!(
@@ -372,7 +362,7 @@ fn forged_name_constrained_chain_fails_fast() {
     let leaf = s.pki.leaf(&["mtls.example"], 7003);
     s.redis
         .put_leaf_with("mtls.example", &leaf, &[("client_ca", &ca.cert_pem)]);
-    let ek = key();
+    let ek = ec_key();
     let forged = cert(
         Shape {
             cn: "evil int",

@@ -17,26 +17,15 @@
 //! `dyncert_install_failures_total`.
 
 use dyncert_testkit::conf::{dyncert_server, SOURCE_SERVER};
+use dyncert_testkit::fixture::{put_with_second_pair, rsa, xname};
 use dyncert_testkit::*;
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
 use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
-use openssl::rsa::Rsa;
 use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
-use openssl::x509::{X509Name, X509NameRef, X509};
+use openssl::x509::{X509NameRef, X509};
 use std::time::Duration;
-
-fn xname(cn: &str) -> X509Name {
-    let mut n = X509Name::builder().unwrap();
-    n.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
-    n.build()
-}
-
-fn rsa(bits: u32) -> PKey<Private> {
-    PKey::from_rsa(Rsa::generate(bits).unwrap()).unwrap()
-}
 
 /// A certificate named `cn` for `key`, issued by `issuer` (name) and
 /// signed with `signer` and `digest`; a CA when `sans` is empty.
@@ -172,18 +161,7 @@ fn weak_signatures_and_weak_chain_keys_are_refused_at_validation() {
     // A second pair whose RSA leaf is SHA-1-signed, beside a good ECDSA one.
     let ecdsa = s.pki.leaf(&["dual.example"], 11);
     let (crt_rsa, key_rsa) = under_own_ca("dual.example", &rsa(2048), MessageDigest::sha1());
-    s.redis.cmd(&[
-        "HSET",
-        "dyncert:cert:dual.example",
-        "crt",
-        &ecdsa.chain_pem,
-        "key",
-        &ecdsa.key_pem,
-        "crt_rsa",
-        &crt_rsa,
-        "key_rsa",
-        &key_rsa,
-    ]);
+    put_with_second_pair(&s.redis, "dual.example", &ecdsa, (&crt_rsa, &key_rsa));
     // Still served: an RSA-2048 intermediate and a SHA-256 leaf; a
     // self-signed SHA-1 leaf (nothing vouches for it either way, and
     // OpenSSL does not judge a self-signed certificate's signature).

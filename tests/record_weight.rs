@@ -16,21 +16,12 @@
 //! One worker, RSS read from /proc.
 
 use dyncert_testkit::conf::dyncert_server;
+use dyncert_testkit::fixture::rss_kib;
 use dyncert_testkit::pki::{ec_key, self_signed};
 use dyncert_testkit::*;
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use std::time::Duration;
-
-fn rss_kib(pid: u32) -> i64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
 
 fn pem(c: &X509) -> String {
     String::from_utf8(c.to_pem().unwrap()).unwrap()

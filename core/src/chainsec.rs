@@ -212,14 +212,13 @@ impl InstallLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dyncert_testkit::fixture::{rsa, xname};
+    use dyncert_testkit::pki::ec_key as p256;
     use openssl::asn1::Asn1Time;
-    use openssl::ec::{EcGroup, EcKey};
     use openssl::hash::MessageDigest;
-    use openssl::nid::Nid;
     use openssl::pkey::{PKey, Private};
-    use openssl::rsa::Rsa;
     use openssl::ssl::{Ssl, SslContext, SslMethod};
-    use openssl::x509::{X509Name, X509};
+    use openssl::x509::X509;
 
     const GOOD: Strength = Strength {
         key_bits: Some(128),
@@ -270,21 +269,6 @@ mod tests {
             judge(Signature::Bits(128), [both], m),
             Err(Invalid::ChainKeyTooWeak)
         );
-    }
-
-    fn rsa(bits: u32) -> PKey<Private> {
-        PKey::from_rsa(Rsa::generate(bits).unwrap()).unwrap()
-    }
-
-    fn p256() -> PKey<Private> {
-        let g = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        PKey::from_ec_key(EcKey::generate(&g).unwrap()).unwrap()
-    }
-
-    fn xname(cn: &str) -> X509Name {
-        let mut n = X509Name::builder().unwrap();
-        n.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
-        n.build()
     }
 
     /// `cn`'s certificate for `key`, signed by `signer` (named `issuer`).

@@ -1433,6 +1433,7 @@ pub(crate) mod testpki {
 mod tests {
     use super::testpki::*;
     use super::*;
+    use dyncert_testkit::fixture::rsa_with_a_composite_factor;
     use openssl::ec::{EcGroup, EcKey};
     use openssl::nid::Nid;
     use openssl::symm::Cipher;
@@ -2324,6 +2325,12 @@ mod tests {
         })
     }
 
+    /// Why [`checked`] refuses a shop.example.com leaf of `leaf_key` with
+    /// `key` as the record's key.
+    fn key_refusal(leaf_key: &PKey<Private>, key: &PKey<Private>, limits: KeyLimits) -> Invalid {
+        checked(&shop_record(leaf_key, key_pem(key)), limits).unwrap_err()
+    }
+
     /// The chain's strength is judged (`crate::chainsec`), for the primary
     /// and the second pair: an RSA-1024 intermediate is refused with each
     /// pair's reason, an RSA-2048 one is not.
@@ -2468,7 +2475,7 @@ mod tests {
     #[test]
     fn weak_slow_and_odd_keys_refuse_the_record_with_their_own_reasons() {
         let d = KeyLimits::default();
-        let refused = |k: &PKey<Private>| checked(&shop_record(k, key_pem(k)), d).unwrap_err();
+        let refused = |k: &PKey<Private>| key_refusal(k, k, d);
         assert_eq!(refused(&rsa_bits(1024)), Invalid::KeyTooWeak);
         assert_eq!(refused(&rsa_8192()), Invalid::KeyTooSlow);
         assert_eq!(refused(&ec_on(Nid::SECP256K1)), Invalid::KeyCurve);
@@ -2522,10 +2529,7 @@ mod tests {
         // A weak key that matches: still refused (the match check comes
         // after, it does not stand in for this one).
         let weak = rsa_bits(1024);
-        assert_eq!(
-            checked(&shop_record(&weak, key_pem(&weak)), d).unwrap_err(),
-            Invalid::KeyTooWeak
-        );
+        assert_eq!(key_refusal(&weak, &weak, d), Invalid::KeyTooWeak);
     }
 
     #[test]
@@ -2742,11 +2746,7 @@ mod tests {
                 _ => Invalid::KeyInconsistent,
             };
             let key = key_of(k);
-            assert_eq!(
-                checked(&shop_record(&good_key, key_pem(&key)), d).unwrap_err(),
-                want,
-                "{what}"
-            );
+            assert_eq!(key_refusal(&good_key, &key, d), want, "{what}");
         }
         // Another key's private numbers under this key's n and e: the
         // primes are not the modulus's.
@@ -2757,20 +2757,14 @@ mod tests {
         });
         assert!(!primes_of_modulus(&forged));
         let forged = key_of(&forged);
-        assert_eq!(
-            checked(&shop_record(&good_key, key_pem(&forged)), d).unwrap_err(),
-            Invalid::KeyMismatch
-        );
+        assert_eq!(key_refusal(&good_key, &forged, d), Invalid::KeyMismatch);
     }
 
     #[test]
     fn review4s_key_is_refused_for_its_exponent_and_its_crt_for_itself() {
         let d = KeyLimits::default();
         let big = big_e_bad_crt();
-        assert_eq!(
-            checked(&shop_record(&big, key_pem(&big)), d).unwrap_err(),
-            Invalid::KeyExponent
-        );
+        assert_eq!(key_refusal(&big, &big, d), Invalid::KeyExponent);
         // Its private key alone: the CRT fault and the exponent.
         let numbers = RsaNumbers::of(&big).unwrap();
         assert!(!rsa_crt_consistent(&numbers));
@@ -2796,10 +2790,7 @@ mod tests {
         let good = key_of(&fixed);
         checked(&shop_record(&good, key_pem(&good)), d).unwrap();
         let bad = key_of(&changed(&fixed, |k| k.dp = plus(&k.dp, 2)));
-        assert_eq!(
-            checked(&shop_record(&bad, key_pem(&bad)), d).unwrap_err(),
-            Invalid::KeyInconsistent
-        );
+        assert_eq!(key_refusal(&bad, &bad, d), Invalid::KeyInconsistent);
         // As a second pair: the second pair's reasons.
         let ek = key();
         let el = leaf(&["shop.example.com"], &ek, -1, 30);
@@ -2875,44 +2866,6 @@ mod tests {
         assert!(each < Duration::from_millis(2), "{each:?}");
     }
 
-    /// An RSA key of `bits` bits whose first "prime" is the product of two
-    /// primes, with e = 65537 and every other number consistent (as
-    /// `tests/key_strength.rs` builds it).
-    fn rsa_with_a_composite_factor(bits: i32) -> PKey<Private> {
-        let mut ctx = openssl::bn::BigNumContext::new().unwrap();
-        let one = BigNum::from_u32(1).unwrap();
-        let e = BigNum::from_u32(65537).unwrap();
-        let prime = |bits: i32| {
-            let mut p = BigNum::new().unwrap();
-            p.generate_prime(bits, false, None, None).unwrap();
-            p
-        };
-        let new = || BigNum::new().unwrap();
-        loop {
-            let (p1, p2, q) = (prime(bits / 4), prime(bits / 4), prime(bits / 2));
-            let (mut p, mut n, mut pm, mut qm) = (new(), new(), new(), new());
-            p.checked_mul(&p1, &p2, &mut ctx).unwrap();
-            n.checked_mul(&p, &q, &mut ctx).unwrap();
-            pm.checked_sub(&p, &one).unwrap();
-            qm.checked_sub(&q, &one).unwrap();
-            let (mut g, mut prod, mut lcm, mut d) = (new(), new(), new(), new());
-            g.gcd(&pm, &qm, &mut ctx).unwrap();
-            prod.checked_mul(&pm, &qm, &mut ctx).unwrap();
-            lcm.checked_div(&prod, &g, &mut ctx).unwrap();
-            let (mut dp, mut dq, mut qinv) = (new(), new(), new());
-            if n.num_bits() != bits
-                || d.mod_inverse(&e, &lcm, &mut ctx).is_err()
-                || qinv.mod_inverse(&q, &p, &mut ctx).is_err()
-            {
-                continue;
-            }
-            dp.nnmod(&d, &pm, &mut ctx).unwrap();
-            dq.nnmod(&d, &qm, &mut ctx).unwrap();
-            let rsa = Rsa::from_private_components(n, bn(&e), d, p, q, dp, dq, qinv).unwrap();
-            break PKey::from_rsa(rsa).unwrap();
-        }
-    }
-
     #[test]
     fn an_rsa_key_whose_factor_is_not_prime_is_refused_over_2048_bits() {
         let d = KeyLimits::default();
@@ -2931,7 +2884,7 @@ mod tests {
             // keys a fetch judged).
             assert_eq!(judge_private_key(&bad), Ok(()));
             assert_eq!(
-                checked(&shop_record(&bad, key_pem(&bad)), d).unwrap_err(),
+                key_refusal(&bad, &bad, d),
                 Invalid::KeyInconsistent,
                 "{bits}"
             );

@@ -239,16 +239,9 @@ mod tests {
     #[ignore]
     fn parsed_size_per_shape() {
         use crate::validate::testpki::{key, leaf};
+        use dyncert_testkit::fixture::rss_kib;
         use openssl::x509::X509;
-        fn rss_kib() -> usize {
-            let s = std::fs::read_to_string("/proc/self/status").unwrap();
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .unwrap()
-                .parse()
-                .unwrap()
-        }
+        let rss_kib = || rss_kib(std::process::id()) as usize;
         const N: usize = 2000;
         let k = key();
         for names in [1usize, 100, 1000] {

@@ -20,6 +20,9 @@
 //! - [`module`]: where the module and nginx are, and the guarantee that
 //!   they are built from the current sources before the first nginx
 //!   starts.
+//! - [`fixture`]: pieces unit and end-to-end tests both build (X.509
+//!   names, RSA keys of a chosen size or fault, a record with a second
+//!   pair, a process's RSS).
 //!
 //! Everything started here binds 127.0.0.1, lives in a temp dir, and is
 //! killed on Drop (also when a test panics, and with the test process).
@@ -30,6 +33,7 @@ pub mod blackhole_cluster;
 pub mod client;
 pub mod conf;
 pub mod deploy;
+pub mod fixture;
 pub mod http;
 pub mod module;
 pub mod monitor;
