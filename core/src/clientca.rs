@@ -156,43 +156,14 @@ fn subtrees(value: &[u8]) -> Option<usize> {
     Some(total)
 }
 
-/// One TLV read from a buffer: its tag, its contents, and what follows.
-struct Tlv<'a> {
-    tag: u8,
-    value: &'a [u8],
-    rest: &'a [u8],
-}
-
-/// Reads one DER element (definite lengths only, at most 4 length bytes,
-/// single-byte tags).
-fn tlv(buf: &[u8]) -> Option<Tlv<'_>> {
-    let (&tag, after_tag) = buf.split_first()?;
-    if tag & 0x1f == 0x1f {
+/// Reads one DER element ([`crate::der`]'s reader: definite lengths in
+/// their shortest form, at most 4 length bytes), refusing multi-byte tags,
+/// which no field read here has.
+fn tlv(buf: &[u8]) -> Option<crate::der::Tlv<'_>> {
+    if buf.first()? & 0x1f == 0x1f {
         return None;
     }
-    let (&first, mut after_len) = after_tag.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || after_len.len() < n {
-            return None;
-        }
-        let mut len = 0usize;
-        for &b in &after_len[..n] {
-            len = (len << 8) | usize::from(b);
-        }
-        after_len = &after_len[n..];
-        len
-    };
-    if after_len.len() < len {
-        return None;
-    }
-    Some(Tlv {
-        tag,
-        value: &after_len[..len],
-        rest: &after_len[len..],
-    })
+    crate::der::tlv(buf)
 }
 
 #[cfg(test)]

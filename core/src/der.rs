@@ -199,16 +199,16 @@ const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 const OID_RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
 
 /// One TLV read from a buffer: its tag, its contents, and what follows.
-struct Tlv<'a> {
-    tag: u8,
-    value: &'a [u8],
+pub(crate) struct Tlv<'a> {
+    pub(crate) tag: u8,
+    pub(crate) value: &'a [u8],
     /// The whole element, tag and length included.
-    raw: &'a [u8],
-    rest: &'a [u8],
+    pub(crate) raw: &'a [u8],
+    pub(crate) rest: &'a [u8],
 }
 
 /// Reads one DER element (definite lengths only, at most 4 length bytes).
-fn tlv(buf: &[u8]) -> Option<Tlv<'_>> {
+pub(crate) fn tlv(buf: &[u8]) -> Option<Tlv<'_>> {
     let (&tag, after_tag) = buf.split_first()?;
     let (&first, mut after_len) = after_tag.split_first()?;
     let len = if first < 0x80 {
