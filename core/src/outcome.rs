@@ -93,12 +93,18 @@ pub struct Refusal {
 }
 
 /// Labels of the refusals that withdraw access (see [`Refusal::withdraws`]).
-const WITHDRAWING: [&str; 7] = [
+const WITHDRAWING: [&str; 8] = [
     "allow_invalid",
     "allow_too_large",
     "client_ca_not_pem",
     "client_ca_too_large",
     "client_ca_constraints",
+    // Its weight counts the `client_ca` certificates too, so a `client_ca`
+    // that fits its field can still make the record too heavy: a tenant
+    // adding one to require client certificates must not leave the cached,
+    // open record served. No CA issues such a record, so nothing real is
+    // taken down by withdrawing it.
+    "record_too_heavy",
     "key_plain_refused",
     "key_reference_refused",
 ];
@@ -136,6 +142,10 @@ mod withdraw_tests {
         // the tenant's clients: the cached, wider one must not stay.
         let constraints: Refusal = crate::validate::Invalid::ClientCaConstraints.into();
         assert!(constraints.withdraws());
+        // A record made too heavy (its client_ca counts) must not leave the
+        // lighter, open one in force either.
+        let heavy: Refusal = crate::validate::Invalid::RecordTooHeavy.into();
+        assert!(heavy.withdraws());
         let plain: Refusal = crate::keywrap::KeyWrapError::PlainRefused.into();
         assert!(plain.withdraws());
         let crt: Refusal = crate::validate::Invalid::CrtNotPem.into();

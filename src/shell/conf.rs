@@ -203,8 +203,8 @@ impl MainConf {
 
     /// What the worker's fetcher needs (built in each worker). The key
     /// limits every validation applies are the process's
-    /// ([`KeyLimits::install`]): installed here, before the fetcher that
-    /// validates records and loads shared zone entries starts.
+    /// ([`KeyLimits::install`]): `start_fetcher` installs them before the
+    /// fetcher that validates records and loads shared zone entries starts.
     pub fn fetcher_config(&self) -> Result<FetcherConfig, String> {
         let api = match &self.api_template {
             Some(t) => Some(ApiConfig {
