@@ -641,6 +641,36 @@ impl RsaNumbers {
     }
 }
 
+/// A number derived from a private key (p-1, p-3, a remainder of d),
+/// cleared when dropped, on error paths too: `BigNum`'s own drop frees
+/// without clearing.
+struct Wiped(BigNum);
+
+impl Wiped {
+    fn new() -> Result<Wiped, openssl::error::ErrorStack> {
+        BigNum::new().map(Wiped)
+    }
+}
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl core::ops::Deref for Wiped {
+    type Target = BigNum;
+    fn deref(&self) -> &BigNum {
+        &self.0
+    }
+}
+
+impl core::ops::DerefMut for Wiped {
+    fn deref_mut(&mut self) -> &mut BigNum {
+        &mut self.0
+    }
+}
+
 /// Whether OpenSSL signs with `k` in its CRT path and keeps the result:
 /// n = p·q (p ≠ q, both > 1), 0 < d < n, dp = d mod (p-1) and
 /// dq = d mod (q-1), e·dp ≡ 1 mod (p-1) and e·dq ≡ 1 mod (q-1), and
@@ -671,13 +701,11 @@ pub fn rsa_crt_consistent(k: &RsaNumbers) -> bool {
         }
         // For each prime: its CRT exponent is d's remainder and e's inverse.
         for (prime, dx) in [(&k.p, &k.dp), (&k.q, &k.dq)] {
-            let mut m = BigNum::new()?;
+            let mut m = Wiped::new()?;
             m.checked_sub(prime, &one)?;
-            let mut r = BigNum::new()?;
+            let mut r = Wiped::new()?;
             r.nnmod(&k.d, &m, &mut ctx)?;
-            let fits = &r == dx;
-            r.clear();
-            if !fits {
+            if &*r != dx {
                 return Ok(false);
             }
             let mut ed = BigNum::new()?;
@@ -727,19 +755,15 @@ pub fn rsa_crt_inverts(k: &RsaNumbers) -> bool {
                 return Ok(false);
             }
             // x uniform in [2, prime - 2].
-            let mut range = BigNum::new()?;
+            let mut range = Wiped::new()?;
             range.checked_sub(prime, &three)?;
-            let mut x = BigNum::new()?;
+            let mut x = Wiped::new()?;
             range.rand_range(&mut x)?;
             x.add_word(2)?;
-            let mut s = crate::ossl_ffi::mod_exp_consttime(&x, dx, prime, &mut ctx)?;
-            let mut back = BigNum::new()?;
+            let s = Wiped(crate::ossl_ffi::mod_exp_consttime(&x, dx, prime, &mut ctx)?);
+            let mut back = Wiped::new()?;
             back.mod_exp(&s, &k.e, prime, &mut ctx)?;
-            let fits = back == x;
-            for secret in [&mut x, &mut s, &mut back] {
-                secret.clear();
-            }
-            if !fits {
+            if *back != *x {
                 return Ok(false);
             }
         }
