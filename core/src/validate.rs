@@ -2770,7 +2770,17 @@ mod tests {
                 _ => Invalid::KeyInconsistent,
             };
             let key = key_of(k);
-            assert_eq!(key_refusal(&good_key, &key, d), want, "{what}");
+            let got = key_refusal(&good_key, &key, d);
+            if *what == "d + 2 phi" {
+                // OpenSSL 3.5 already tells this key from the leaf's (its
+                // d is over n): refused either way.
+                assert!(
+                    matches!(got, Invalid::KeyInconsistent | Invalid::KeyMismatch),
+                    "{what}: {got:?}"
+                );
+                continue;
+            }
+            assert_eq!(got, want, "{what}");
         }
         // Another key's private numbers under this key's n and e: the
         // primes are not the modulus's.
