@@ -1206,20 +1206,26 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             return self.inflight.complete(&name);
         }
         let suspect = marks.suspect;
-        let wanted = self.on_demand_wanted.remove(&name);
         if loaded && !matches!(outcome, Outcome::Found { .. }) {
             // The tier's record went bad (expired since it was stored, or
-            // damaged): drop it and ask the sources, keeping the waiters.
-            if let Some((tier, _)) = &self.tier {
-                tier.remove(&name);
+            // damaged): drop it and ask the sources, keeping the waiters
+            // and a pending on-demand request (the sources' answer
+            // decides it). A load cut at its bound in a busy parse queue
+            // never read the record: it stays for the other workers.
+            if !matches!(outcome, Outcome::Error(FetchError::LookupTimedOut(_))) {
+                if let Some((tier, _)) = &self.tier {
+                    tier.remove(&name);
+                }
+                self.count(Simple::TierLoadsRefused);
             }
-            self.count(Simple::TierLoadsRefused);
             if self.request_again(&name) {
                 return Vec::new();
             }
+            self.on_demand_wanted.remove(&name);
             self.cache.refresh_failed(&name, now, QUEUE_RETRY_MS);
             return self.inflight.complete(&name);
         }
+        let wanted = self.on_demand_wanted.remove(&name);
         match outcome {
             Outcome::Found {
                 cert,
@@ -3858,6 +3864,71 @@ mod tests {
             later,
         );
         assert_eq!(woken, [2]);
+    }
+
+    #[test]
+    fn an_on_demand_request_waiting_for_a_refused_tier_load_waits_for_the_sources() {
+        let Host {
+            mut a,
+            mut b,
+            interner,
+            ..
+        } = host();
+        let name = "gone.example.com";
+        let short = NOW + MINUTE;
+        a.pre_handshake(name, 1, NOW);
+        apply(&mut a, found_storable(name, cert(1, short), None), NOW);
+        // B loads A's record, which has expired by the time it is parsed;
+        // meanwhile a handshake for the name got no certificate.
+        b.pre_handshake(name, 2, NOW);
+        let later = short + SECOND;
+        on_demand_from(&mut b, name, "198.51.100.7", later);
+        assert!(queued(&b).is_empty(), "decided when the lookup ends");
+        let loads: Vec<_> = b.queue().loads.borrow_mut().drain(..).collect();
+        let (loaded, hit) = loads.into_iter().next().unwrap();
+        let event = Event::Fetched(FetchResult {
+            name: loaded,
+            attempt: 0,
+            outcome: load_stored(&interner, &hit, later),
+            elapsed: Duration::ZERO,
+            steps: Vec::new(),
+            loaded: true,
+        });
+        apply(&mut b, event, later);
+        assert_eq!(asked(&b), [name], "the sources are asked instead");
+        assert!(queued(&b).is_empty());
+        // Unknown to the sources too: the request made meanwhile is queued.
+        apply(&mut b, unknown(name, &REDIS_MISS), later);
+        assert_eq!(queued(&b), [name]);
+    }
+
+    #[test]
+    fn a_tier_load_cut_at_its_bound_leaves_the_record_to_the_other_workers() {
+        let Host {
+            mut a,
+            mut b,
+            mb,
+            tier,
+            ..
+        } = host();
+        let name = "busy.example.com";
+        fetch_and_store(&mut a, name, NOW);
+        b.pre_handshake(name, 2, NOW);
+        let loads: Vec<_> = b.queue().loads.borrow_mut().drain(..).collect();
+        assert_eq!(loads.len(), 1);
+        let event = Event::Fetched(FetchResult {
+            name: name.to_owned(),
+            attempt: 0,
+            outcome: Outcome::Error(FetchError::LookupTimedOut(3_000)),
+            elapsed: Duration::ZERO,
+            steps: Vec::new(),
+            loaded: true,
+        });
+        let (woken, _) = apply(&mut b, event, NOW + SECOND);
+        assert!(woken.is_empty(), "the waiter waits for the sources");
+        assert_eq!(asked(&b), [name]);
+        assert_eq!(tier.len(), 1, "the record was never read: it stays");
+        assert_eq!(mb.simple(Simple::TierLoadsRefused), 0);
     }
 
     #[test]
