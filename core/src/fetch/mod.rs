@@ -564,8 +564,8 @@ async fn answer_lookup(lookup: impl std::future::Future<Output = Outcome>) -> Ou
 /// wait of a lookup, the parse queue's included (newest first under
 /// load: an old job may wait there without end), so that a slow but live
 /// lookup answers before it would be started again. Its steps so far
-/// stay with the caller; a record still queued for parsing is parsed for
-/// nobody (its answer channel is closed).
+/// stay with the caller; a record still queued for parsing is then not
+/// parsed (its answer channel is closed: `sources::answer_if_awaited`).
 /// A bound past what the clock can hold (timeouts of centuries) is none.
 async fn within(
     queued: Instant,

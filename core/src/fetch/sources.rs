@@ -411,16 +411,17 @@ impl Sources {
             wildcard.as_deref().unwrap_or(&name)
         );
         let job: ParseJob = Box::new(move || {
-            let outcome = match open_key(record, stored_under.as_bytes(), &wrap) {
-                Ok(record) => {
-                    parse_record(&interner, &record, &name, source, wildcard, compact, &refs)
+            answer_if_awaited(tx, || {
+                match open_key(record, stored_under.as_bytes(), &wrap) {
+                    Ok(record) => {
+                        parse_record(&interner, &record, &name, source, wildcard, compact, &refs)
+                    }
+                    Err(e) => Outcome::Refused(Refusal {
+                        record: Some(stored_under.into()),
+                        ..e
+                    }),
                 }
-                Err(e) => Outcome::Refused(Refusal {
-                    record: Some(stored_under.into()),
-                    ..e
-                }),
-            };
-            let _ = tx.send(outcome);
+            });
         });
         if self.parse.push(job).is_err() {
             return Outcome::Error(FetchError::ParseQueueFull);
@@ -438,6 +439,16 @@ impl Sources {
         let key = format!("{}{}", self.cfg.prefix, name);
         read_record(conn, &key, self.cfg.redis_timeout).await
     }
+}
+
+/// Sends `parse`'s outcome to the lookup that queued it, unless that
+/// lookup is gone (cut at its bound while the job waited in the parse
+/// queue): then nobody reads the answer, and the record is not parsed.
+fn answer_if_awaited(tx: tokio::sync::oneshot::Sender<Outcome>, parse: impl FnOnce() -> Outcome) {
+    if tx.is_closed() {
+        return;
+    }
+    let _ = tx.send(parse());
 }
 
 /// The record with its key decrypted when the key field holds an
@@ -529,6 +540,22 @@ fn now_ms() -> u64 {
 mod tests {
     use super::*;
     use crate::api::ApiError;
+
+    #[test]
+    fn a_record_is_parsed_only_for_a_lookup_still_waiting() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        answer_if_awaited(tx, || Outcome::NotFound);
+        assert!(matches!(rx.blocking_recv(), Ok(Outcome::NotFound)));
+        // The lookup was cut at its bound: its receiver is dropped.
+        let (tx, rx) = tokio::sync::oneshot::channel::<Outcome>();
+        drop(rx);
+        let mut parsed = false;
+        answer_if_awaited(tx, || {
+            parsed = true;
+            Outcome::NotFound
+        });
+        assert!(!parsed, "parsed for nobody");
+    }
 
     #[test]
     fn only_an_api_that_has_no_record_lets_a_redis_wildcard_answer() {
