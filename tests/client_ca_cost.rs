@@ -17,11 +17,9 @@
 //! One worker, so every handshake shares one event loop. Times are printed.
 
 use dyncert_testkit::conf::dyncert_server;
-use dyncert_testkit::fixture::xname;
+use dyncert_testkit::fixture::{cert_builder, xname};
 use dyncert_testkit::pki::ec_key;
 use dyncert_testkit::*;
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
@@ -45,19 +43,7 @@ struct Shape<'a> {
 /// A certificate of `shape` for `public`, signed by `signer` (whose name
 /// need not be `shape.issuer`: a forged chain).
 fn cert(shape: Shape<'_>, public: &PKey<Private>, signer: &PKey<Private>) -> X509 {
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    let mut serial = BigNum::new().unwrap();
-    serial.rand(63, MsbOption::MAYBE_ZERO, false).unwrap();
-    b.set_serial_number(&serial.to_asn1_integer().unwrap())
-        .unwrap();
-    b.set_subject_name(&xname(shape.cn)).unwrap();
-    b.set_issuer_name(shape.issuer).unwrap();
-    b.set_pubkey(public).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
-        .unwrap();
+    let mut b = cert_builder(shape.cn, shape.issuer, public);
     let basic = if shape.ca {
         BasicConstraints::new().critical().ca().build().unwrap()
     } else {

@@ -17,10 +17,8 @@
 //! `dyncert_install_failures_total`.
 
 use dyncert_testkit::conf::{dyncert_server, SOURCE_SERVER};
-use dyncert_testkit::fixture::{put_with_second_pair, rsa, xname};
+use dyncert_testkit::fixture::{cert_builder, put_with_second_pair, rsa, xname};
 use dyncert_testkit::*;
-use openssl::asn1::Asn1Time;
-use openssl::bn::{BigNum, MsbOption};
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
 use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
@@ -37,19 +35,7 @@ fn cert(
     sans: &[&str],
     digest: MessageDigest,
 ) -> X509 {
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    let mut serial = BigNum::new().unwrap();
-    serial.rand(63, MsbOption::MAYBE_ZERO, false).unwrap();
-    b.set_serial_number(&serial.to_asn1_integer().unwrap())
-        .unwrap();
-    b.set_subject_name(&xname(cn)).unwrap();
-    b.set_issuer_name(issuer).unwrap();
-    b.set_pubkey(key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
-        .unwrap();
+    let mut b = cert_builder(cn, issuer, key);
     if sans.is_empty() {
         let bc = BasicConstraints::new().critical().ca().build().unwrap();
         b.append_extension(bc).unwrap();

@@ -1,12 +1,14 @@
 //! Small pieces that unit tests (`core/`) and end-to-end tests (`tests/`)
-//! both build: X.509 names, RSA keys of a chosen size or fault, a record
-//! with a second pair, a process's resident memory.
+//! both build: X.509 names, the start of a test certificate, RSA keys of
+//! a chosen size or fault, a record with a second pair, a process's
+//! resident memory.
 
-use openssl::bn::{BigNum, BigNumContext};
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, BigNumContext, MsbOption};
 use openssl::nid::Nid;
-use openssl::pkey::{PKey, Private};
+use openssl::pkey::{HasPublic, PKey, PKeyRef, Private};
 use openssl::rsa::Rsa;
-use openssl::x509::X509Name;
+use openssl::x509::{X509Builder, X509Name, X509NameRef};
 
 use crate::pki::Leaf;
 use crate::redis::Redis;
@@ -16,6 +18,30 @@ pub fn xname(cn: &str) -> X509Name {
     let mut n = X509Name::builder().unwrap();
     n.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
     n.build()
+}
+
+/// A v3 certificate being built: subject `CN=cn`, `issuer`, `public`, a
+/// random serial, valid from now for 30 days; the caller adds extensions
+/// and signs.
+pub fn cert_builder<T: HasPublic>(
+    cn: &str,
+    issuer: &X509NameRef,
+    public: &PKeyRef<T>,
+) -> X509Builder {
+    let mut b = X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    let mut serial = BigNum::new().unwrap();
+    serial.rand(63, MsbOption::MAYBE_ZERO, false).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
+    b.set_subject_name(&xname(cn)).unwrap();
+    b.set_issuer_name(issuer).unwrap();
+    b.set_pubkey(public).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+        .unwrap();
+    b
 }
 
 /// A fresh RSA key of `bits` bits.
