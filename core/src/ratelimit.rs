@@ -46,9 +46,28 @@ impl LogLimiter {
     }
 }
 
+/// What a written line says about the `suppressed` ones before it
+/// (`what`: "lines", "errors"): nothing when there were none.
+pub fn suppressed_note(suppressed: u64, what: &str) -> String {
+    if suppressed > 0 {
+        format!(" ({suppressed} similar {what} suppressed)")
+    } else {
+        String::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_note_says_how_many_lines_were_held_back_if_any() {
+        assert_eq!(suppressed_note(0, "errors"), "");
+        assert_eq!(
+            suppressed_note(3, "errors"),
+            " (3 similar errors suppressed)"
+        );
+    }
 
     #[test]
     fn first_line_is_written_with_nothing_suppressed() {

@@ -26,7 +26,7 @@ use crate::on_demand::{
     ADDRESSES_MAX, PER_ADDRESS, PER_PREFIX,
 };
 use crate::outcome::{CertSource, FetchSource, StepOutcome};
-use crate::ratelimit::LogLimiter;
+use crate::ratelimit::{suppressed_note, LogLimiter};
 use crate::tier::{SharedTier, TierHit};
 use crate::validate::ParsedCert;
 
@@ -756,11 +756,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                  {PER_ADDRESS} enqueues in this negative-cache period"
             ),
         };
-        let more = if suppressed > 0 {
-            format!(" ({suppressed} similar lines suppressed)")
-        } else {
-            String::new()
-        };
+        let more = suppressed_note(suppressed, "lines");
         log(
             Level::Info,
             format!("dyncert: not queued for on-demand issuance: {why}, name: \"{name}\"{more}"),
@@ -783,11 +779,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
     ) {
         self.count(Simple::OnDemandErrors);
         if let Some(suppressed) = self.on_demand_log.allow(now) {
-            let more = if suppressed > 0 {
-                format!(" ({suppressed} similar errors suppressed)")
-            } else {
-                String::new()
-            };
+            let more = suppressed_note(suppressed, "errors");
             log(
                 Level::Warn,
                 format!(
@@ -1139,11 +1131,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
         let Some(suppressed) = self.superseded_log.allow(now) else {
             return;
         };
-        let more = if suppressed > 0 {
-            format!(" ({suppressed} similar lines suppressed)")
-        } else {
-            String::new()
-        };
+        let more = suppressed_note(suppressed, "lines");
         log(
             Level::Info,
             format!(
@@ -1330,11 +1318,7 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
                     &mut self.error_log
                 };
                 if let Some(suppressed) = limiter.allow(now) {
-                    let more = if suppressed > 0 {
-                        format!(" ({suppressed} similar errors suppressed)")
-                    } else {
-                        String::new()
-                    };
+                    let more = suppressed_note(suppressed, "errors");
                     let level = if panicked { Level::Alert } else { Level::Warn };
                     log(level, format!("dyncert: {e}, name: \"{name}\"{more}"));
                 }
