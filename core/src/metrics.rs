@@ -159,9 +159,10 @@ pub enum Simple {
     RedisReconnects,
     FetchesLost,
     InstallFailures,
+    ZoneLockWaits,
 }
 
-const SIMPLE: [(Simple, &str, &str); 37] = [
+const SIMPLE: [(Simple, &str, &str); 38] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -365,6 +366,14 @@ const SIMPLE: [(Simple, &str, &str); 37] = [
         "Handshakes that failed because OpenSSL refused to install their name's \
          validated certificate (a security level above what validation judges, \
          2; see the warn lines, one per name per 10 s, for OpenSSL's reason).",
+    ),
+    (
+        Simple::ZoneLockWaits,
+        "dyncert_shared_zone_lock_waits_total",
+        "Shared-zone operations of this worker that waited the full 2 ms for a \
+         live holder of the zone's lock (stopped or starved) and gave up; for \
+         50 ms after each, the worker's zone operations give up without waiting \
+         (all counted in dyncert_shared_zone_busy_total).",
     ),
 ];
 

@@ -17,7 +17,9 @@
 //! floor), may give up on a live holder that takes long
 //! ([`Need::Optional`]: a miss or a skipped store only costs a fetch; the
 //! reads answer what this process read last, which errs safely as both
-//! only grow). An invalidation (and a re-subscription's floor) gives up
+//! only grow); after such a give-up its next operations only spin, for
+//! [`QUIET_AFTER_GIVE_UP`] ([`GiveUps`]), so a stopped holder costs the
+//! event loop one wait per period, not one per operation. An invalidation (and a re-subscription's floor) gives up
 //! after the same budget too, on the event loop every handshake of the
 //! worker waits on, but is not lost: the worker holds it back
 //! ([`Pending`]), notes it with its next zone operation or a short timer
@@ -83,6 +85,57 @@ pub enum Step {
     GiveUp,
 }
 
+/// After an operation gave up on a live holder, how long this worker's
+/// next optional operations only spin: a holder that did not run for
+/// [`OPTIONAL_BUDGET`] (stopped, starved of CPU) seldom runs the next
+/// moment, and each wait stalls the event loop and every handshake on it.
+/// One operation per period still waits the full budget, and so looks at
+/// the holder again (a dead one is taken back).
+pub const QUIET_AFTER_GIVE_UP: Duration = RETRY_EVERY;
+
+/// This worker's last give-up after a full wait, which decides how long
+/// its next optional operations wait ([`GiveUps::wait`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GiveUps {
+    /// When, on the caller's monotonic clock; None once it got the lock
+    /// since.
+    last: Option<Duration>,
+}
+
+impl GiveUps {
+    /// How an operation for `need` that finds the lock taken at `now`
+    /// waits.
+    pub fn wait(&self, need: Need, smp: bool, now: Duration) -> Wait {
+        let quiet = need == Need::Optional
+            && self
+                .last
+                .is_some_and(|at| now.saturating_sub(at) < QUIET_AFTER_GIVE_UP);
+        Wait {
+            need,
+            smp,
+            failed: 0,
+            spin_only: quiet,
+        }
+    }
+
+    /// The operation that got `wait` (from [`GiveUps::wait`]) gave up at
+    /// `now`; true when it had waited the full budget. Only a full wait
+    /// starts a quiet period: a quiet give-up does not extend it, so one
+    /// operation per period still waits.
+    pub fn gave_up(&mut self, wait: &Wait, now: Duration) -> bool {
+        if wait.spin_only {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+
+    /// The lock was taken: its holders run again.
+    pub fn got_lock(&mut self) {
+        self.last = None;
+    }
+}
+
 /// One caller's wait for the lock.
 #[derive(Debug, Clone)]
 pub struct Wait {
@@ -90,15 +143,13 @@ pub struct Wait {
     /// Spinning is useless on one CPU: the holder cannot run meanwhile.
     smp: bool,
     failed: u32,
+    /// Within a quiet period ([`GiveUps`]): give up once the spin is spent.
+    spin_only: bool,
 }
 
 impl Wait {
     pub fn new(need: Need, smp: bool) -> Self {
-        Wait {
-            need,
-            smp,
-            failed: 0,
-        }
+        GiveUps::default().wait(need, smp, Duration::ZERO)
     }
 
     /// The step after another failed try, `waited` after the first one.
@@ -107,6 +158,9 @@ impl Wait {
         self.failed = self.failed.saturating_add(1);
         if self.smp && n < SPIN_ROUNDS {
             return Step::Spin(1 << n);
+        }
+        if self.spin_only {
+            return Step::GiveUp;
         }
         if self.need == Need::Optional && waited >= OPTIONAL_BUDGET {
             return Step::GiveUp;
@@ -404,6 +458,40 @@ mod tests {
         assert_eq!(w.next(OPTIONAL_BUDGET), Step::GiveUp);
         let mut w = Wait::new(Need::Optional, false);
         assert_eq!(w.next(OPTIONAL_BUDGET), Step::GiveUp);
+    }
+
+    #[test]
+    fn after_a_full_wait_gave_up_optional_operations_only_spin_for_a_while() {
+        let ms = Duration::from_millis;
+        let mut g = GiveUps::default();
+        let first = g.wait(Need::Optional, true, ms(1000));
+        assert!(g.gave_up(&first, ms(1002)), "a full wait");
+        // Within the quiet period: the spin, then at once give up.
+        let mut w = g.wait(Need::Optional, true, ms(1010));
+        for _ in 0..SPIN_ROUNDS {
+            assert!(matches!(w.next(Duration::ZERO), Step::Spin(_)));
+        }
+        assert_eq!(w.next(Duration::ZERO), Step::GiveUp);
+        let mut w = g.wait(Need::Optional, false, ms(1010));
+        assert_eq!(w.next(Duration::ZERO), Step::GiveUp, "one CPU: no spin");
+        // A quiet give-up does not extend the period: one operation per
+        // period still waits the full budget (and looks at the holder).
+        assert!(!g.gave_up(&w, ms(1040)), "a quiet give-up");
+        let mut w = g.wait(Need::Optional, true, ms(1002) + QUIET_AFTER_GIVE_UP);
+        let steps: Vec<Step> = (0..SPIN_ROUNDS + 1)
+            .map(|_| w.next(Duration::ZERO))
+            .collect();
+        assert_eq!(steps.last(), Some(&Step::Yield));
+        // The master's wait is never shortened.
+        let mut w = g.wait(Need::Required, true, ms(1010));
+        for _ in 0..SPIN_ROUNDS {
+            w.next(Duration::ZERO);
+        }
+        assert_eq!(w.next(Duration::from_secs(60)), Step::Yield);
+        // Once the lock was taken, operations wait again.
+        g.got_lock();
+        let mut w = g.wait(Need::Optional, false, ms(1011));
+        assert_eq!(w.next(Duration::ZERO), Step::Yield);
     }
 
     #[test]

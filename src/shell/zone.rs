@@ -18,7 +18,9 @@
 //! The lock is never slept on without bound (`dyncert_core::zonelock`): a
 //! holder that died is unlocked by force, every operation of a worker
 //! gives up on a slow live one (an invalidation is held back, see
-//! `zonelock::Pending`, and noted under the next lock this worker gets),
+//! `zonelock::Pending`, and noted under the next lock this worker gets;
+//! after such a give-up the worker's operations only spin for a while,
+//! `zonelock::GiveUps`),
 //! and a zone a process died updating (its `dirty` word set) is emptied by
 //! the next process that takes the lock.
 
@@ -33,11 +35,11 @@ use std::time::Instant;
 use dyncert_core::clock::Millis;
 use dyncert_core::compact::IntermediateDers;
 use dyncert_core::intern::CertDigest;
-use dyncert_core::metrics::ZoneFigures;
+use dyncert_core::metrics::{Simple, ZoneFigures};
 use dyncert_core::tier::{fnv1a, page_need, Invalidations, PageNeed, SharedTier, TierHit};
 use dyncert_core::zonelock::{
     after_lock, covers, exists_after_probe, header_alloc_size, holder, reset_plan, AfterLock,
-    Holder, Need, Pending, Recoveries, Reset, Step, Wait, RETRY_EVERY,
+    GiveUps, Holder, Need, Pending, Recoveries, Reset, Step, RETRY_EVERY,
 };
 use ngx::http::HttpModule;
 
@@ -220,6 +222,15 @@ struct Local {
     /// Invalidations and a floor this worker could not note yet: noted
     /// first under the next lock it gets.
     pending: RefCell<Pending>,
+    /// Its last give-up on a live holder: how long the next operations
+    /// wait.
+    give_ups: Cell<GiveUps>,
+}
+
+/// `at` on a monotonic clock that starts with the process's first call.
+fn monotonic(at: Instant) -> core::time::Duration {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    at.saturating_duration_since(*ORIGIN.get_or_init(Instant::now))
 }
 
 /// The invalidation generation and fetched floor this process last read
@@ -349,6 +360,9 @@ impl Zone {
             self.busy().fetch_add(1, Ordering::Relaxed);
             return None;
         }
+        let mut g = self.local.give_ups.get();
+        g.got_lock();
+        self.local.give_ups.set(g);
         let mut lock = Locked {
             zone: self,
             writes: false,
@@ -480,11 +494,19 @@ impl Zone {
         let start = Instant::now();
         // SAFETY: set by nginx before any zone exists.
         let smp = unsafe { ngx::ffi::ngx_ncpu } > 1;
-        let mut wait = Wait::new(need, smp);
+        let mut give_ups = self.local.give_ups.get();
+        let mut wait = give_ups.wait(need, smp, monotonic(start));
         loop {
             match wait.next(start.elapsed()) {
                 Step::Spin(n) => (0..n).for_each(|_| core::hint::spin_loop()),
-                Step::GiveUp => return false,
+                Step::GiveUp => {
+                    if give_ups.gave_up(&wait, monotonic(Instant::now())) {
+                        let layout = super::metrics::layout();
+                        super::metrics::add(layout.simple(Simple::ZoneLockWaits), 1);
+                    }
+                    self.local.give_ups.set(give_ups);
+                    return false;
+                }
                 step => {
                     // SAFETY: the lock word is nginx's, in the zone.
                     let word = unsafe { ptr::read_volatile((*mtx).lock) } as i64;
