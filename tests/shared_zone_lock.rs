@@ -157,6 +157,24 @@ impl KillAt {
     }
 }
 
+/// Handshakes for `names`, one every 100 ms (each left to finish or fail
+/// on its own), until the worker `gdb` watches has stopped in its store.
+fn until_stopped_in_a_store(port: u16, names: &[String], gdb: &KillAt) {
+    for name in names {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            let _ = Request::default()
+                .sni(&name)
+                .timeout(Duration::from_secs(15))
+                .https(port);
+        });
+        if gdb.hit.recv_timeout(Duration::from_millis(100)).is_ok() {
+            return;
+        }
+    }
+    panic!("the victim stored none of {} names", names.len());
+}
+
 fn put(s: &Stack, names: &[&str]) -> Vec<Leaf> {
     let leaves: Vec<Leaf> = (0..names.len() as u64)
         .map(|i| s.pki.leaf(&[names[i as usize]], 700 + i))
@@ -397,21 +415,7 @@ fn behind_a_stopped_holder_a_burst_of_new_names_waits_once_per_period() {
     let (victim, other) = (pids.next().unwrap(), pids.next().unwrap());
     let gdb = KillAt::after(victim, "ngx_slab_alloc_locked", 5);
     // New names until the victim stores one: it stops holding the lock.
-    let mut i = 0;
-    loop {
-        let name = names[i].clone();
-        i += 1;
-        std::thread::spawn(move || {
-            let _ = Request::default()
-                .sni(&name)
-                .timeout(Duration::from_secs(15))
-                .https(port);
-        });
-        if gdb.hit.recv_timeout(Duration::from_millis(100)).is_ok() {
-            break;
-        }
-        assert!(i < 40, "the victim stored no name");
-    }
+    until_stopped_in_a_store(port, &names[..40], &gdb);
     std::thread::sleep(Duration::from_millis(200));
     let before = scrape_metrics(mport);
     // 80 new names at once: only the other worker runs to accept them.
@@ -488,21 +492,7 @@ fn an_invalidation_or_a_scrape_behind_a_stopped_holder_stalls_no_handshake() {
     let gdb = KillAt::after(victim, "ngx_slab_alloc_locked", 3);
     // New names until one is stored by the victim (it stops holding the
     // lock); their handshakes are left to fail.
-    let mut i = 0;
-    loop {
-        let name = names[i].clone();
-        i += 1;
-        std::thread::spawn(move || {
-            let _ = Request::default()
-                .sni(&name)
-                .timeout(Duration::from_secs(15))
-                .https(port);
-        });
-        if gdb.hit.recv_timeout(Duration::from_millis(100)).is_ok() {
-            break;
-        }
-        assert!(i < 40, "the victim stored no name");
-    }
+    until_stopped_in_a_store(port, &names[..40], &gdb);
     // The name is renewed and its invalidation published: every worker
     // applies it.
     let fresh = s.pki.leaf(&[renewed], 9000);
