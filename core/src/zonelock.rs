@@ -17,10 +17,12 @@
 //! floor), may give up on a live holder that takes long
 //! ([`Need::Optional`]: a miss or a skipped store only costs a fetch; the
 //! reads answer what this process read last, which errs safely as both
-//! only grow); after such a give-up its next operations only spin, for
+//! only grow); after such a give-up its next operations only spin and
+//! look at the holder once (a dead one is still taken back), for
 //! [`QUIET_AFTER_GIVE_UP`] ([`GiveUps`]), so a stopped holder costs the
-//! event loop one wait per period, not one per operation. An invalidation (and a re-subscription's floor) gives up
-//! after the same budget too, on the event loop every handshake of the
+//! event loop one wait per period, not one per operation. An invalidation
+//! (and a re-subscription's floor) gives up after the same budget too, on
+//! the event loop every handshake of the
 //! worker waits on, but is not lost: the worker holds it back
 //! ([`Pending`]), notes it with its next zone operation or a short timer
 //! ([`RETRY_EVERY`]), and meanwhile loads nothing the held-back
@@ -86,11 +88,12 @@ pub enum Step {
 }
 
 /// After an operation gave up on a live holder, how long this worker's
-/// next optional operations only spin: a holder that did not run for
-/// [`OPTIONAL_BUDGET`] (stopped, starved of CPU) seldom runs the next
-/// moment, and each wait stalls the event loop and every handshake on it.
-/// One operation per period still waits the full budget, and so looks at
-/// the holder again (a dead one is taken back).
+/// next optional operations only spin and look at the holder once: a
+/// holder that did not run for [`OPTIONAL_BUDGET`] (stopped, starved of
+/// CPU) seldom runs the next moment, and each wait stalls the event loop
+/// and every handshake on it. Looking costs one `kill(pid, 0)`, so a
+/// holder that died meanwhile is still taken back at once; one operation
+/// per period still waits the full budget.
 pub const QUIET_AFTER_GIVE_UP: Duration = RETRY_EVERY;
 
 /// This worker's last give-up after a full wait, which decides how long
@@ -114,7 +117,8 @@ impl GiveUps {
             need,
             smp,
             failed: 0,
-            spin_only: quiet,
+            quiet,
+            looked: false,
         }
     }
 
@@ -123,7 +127,7 @@ impl GiveUps {
     /// starts a quiet period: a quiet give-up does not extend it, so one
     /// operation per period still waits.
     pub fn gave_up(&mut self, wait: &Wait, now: Duration) -> bool {
-        if wait.spin_only {
+        if wait.quiet {
             return false;
         }
         self.last = Some(now);
@@ -143,8 +147,10 @@ pub struct Wait {
     /// Spinning is useless on one CPU: the holder cannot run meanwhile.
     smp: bool,
     failed: u32,
-    /// Within a quiet period ([`GiveUps`]): give up once the spin is spent.
-    spin_only: bool,
+    /// Within a quiet period ([`GiveUps`]): give up once the spin is spent
+    /// and the holder was looked at once.
+    quiet: bool,
+    looked: bool,
 }
 
 impl Wait {
@@ -159,8 +165,12 @@ impl Wait {
         if self.smp && n < SPIN_ROUNDS {
             return Step::Spin(1 << n);
         }
-        if self.spin_only {
-            return Step::GiveUp;
+        if self.quiet {
+            if self.looked {
+                return Step::GiveUp;
+            }
+            self.looked = true;
+            return Step::Yield;
         }
         if self.need == Need::Optional && waited >= OPTIONAL_BUDGET {
             return Step::GiveUp;
@@ -466,14 +476,17 @@ mod tests {
         let mut g = GiveUps::default();
         let first = g.wait(Need::Optional, true, ms(1000));
         assert!(g.gave_up(&first, ms(1002)), "a full wait");
-        // Within the quiet period: the spin, then at once give up.
+        // Within the quiet period: the spin, one look at the holder (a
+        // dead one is taken back), then at once give up.
         let mut w = g.wait(Need::Optional, true, ms(1010));
         for _ in 0..SPIN_ROUNDS {
             assert!(matches!(w.next(Duration::ZERO), Step::Spin(_)));
         }
+        assert_eq!(w.next(Duration::ZERO), Step::Yield);
         assert_eq!(w.next(Duration::ZERO), Step::GiveUp);
         let mut w = g.wait(Need::Optional, false, ms(1010));
-        assert_eq!(w.next(Duration::ZERO), Step::GiveUp, "one CPU: no spin");
+        assert_eq!(w.next(Duration::ZERO), Step::Yield, "one CPU: no spin");
+        assert_eq!(w.next(Duration::ZERO), Step::GiveUp);
         // A quiet give-up does not extend the period: one operation per
         // period still waits the full budget (and looks at the holder).
         assert!(!g.gave_up(&w, ms(1040)), "a quiet give-up");

@@ -19,7 +19,8 @@
 //! holder that died is unlocked by force, every operation of a worker
 //! gives up on a slow live one (an invalidation is held back, see
 //! `zonelock::Pending`, and noted under the next lock this worker gets;
-//! after such a give-up the worker's operations only spin for a while,
+//! after such a give-up the worker's operations only spin and look at the
+//! holder once for a while,
 //! `zonelock::GiveUps`),
 //! and a zone a process died updating (its `dirty` word set) is emptied by
 //! the next process that takes the lock.
