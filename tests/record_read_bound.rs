@@ -86,19 +86,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-/// Calls of `command` in Redis's `INFO commandstats`.
-fn calls(redis: &Redis, command: &str) -> u64 {
-    let Reply::Bulk(Some(info)) = redis.cmd(&["INFO", "commandstats"]) else {
-        panic!("INFO commandstats");
-    };
-    let info = String::from_utf8_lossy(&info).into_owned();
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 #[test]
 fn a_field_grown_during_the_read_is_not_transferred() {
     let pki = Pki::new();
@@ -133,10 +120,10 @@ fn a_field_grown_during_the_read_is_not_transferred() {
         GROWN >> 20
     );
     assert!(
-        calls(&redis, "eval_ro") >= 1,
+        redis.calls("eval_ro") >= 1,
         "the scripted read was not used"
     );
-    assert_eq!(calls(&redis, "hmget"), 0);
+    assert_eq!(redis.calls("hmget"), 0);
 }
 
 #[test]
@@ -170,10 +157,7 @@ fn a_user_without_scripts_gets_the_two_step_read_and_a_warning() {
         .https(nginx.port)
         .unwrap();
     r.assert_served(&leaf, &pki);
-    assert!(
-        calls(&redis, "hmget") >= 1,
-        "the two-step read was not used"
-    );
+    assert!(redis.calls("hmget") >= 1, "the two-step read was not used");
     let log = nginx.error_log();
     assert_eq!(
         log.matches("records are read in two steps").count(),

@@ -125,3 +125,43 @@ fn the_session_ticket_task_moves_to_a_new_primary_connection_when_its_own_went_s
     ));
     d.proxy.assert_command_timeout_logged(&nginx, mport);
 }
+
+#[test]
+fn a_worker_asks_the_sentinels_every_second_without_reconnecting_to_the_primary() {
+    let pki = Pki::new();
+    let d = Deployment::start();
+    let (nginx, _) = start_nginx(&pki, &d, false);
+    let warm = pki.leaf(&["warm.example.com"], 4103);
+    d.primary.put_leaf("warm.example.com", &warm);
+    let r = time_until_served(&nginx, "warm.example.com", &warm, Duration::from_secs(10));
+    assert!(r.is_some(), "warm-up failed:\n{}", nginx.error_log());
+    // The lookups' commands on the primary.
+    let lookups = |d: &Deployment| d.primary.calls("eval_ro") + d.primary.calls("hmget");
+    let (accepted, looked_up) = (d.proxy.accepted(), lookups(&d));
+
+    // Four seconds of lookups (a name Redis does not hold every 200 ms):
+    // past four of the lookups' once-a-second checks of the primary, and
+    // four of the subscription's. Before the fix each check connected to
+    // the primary (TCP, and TLS where configured) to ask its ROLE, then
+    // dropped the connection: one or two connections per worker per
+    // second, for the life of the worker.
+    let t0 = Instant::now();
+    let mut i = 0;
+    while t0.elapsed() < Duration::from_secs(4) {
+        let _ = Request::get("/")
+            .sni(&format!("n{i}.example.com"))
+            .https(nginx.port);
+        i += 1;
+        thread::sleep(Duration::from_millis(200));
+    }
+    // The lookups reached the primary (each one checks, once a second,
+    // whether the sentinels still name it).
+    let looked_up = lookups(&d) - looked_up;
+    assert!(looked_up >= 10, "{looked_up} lookups on the primary in 4 s");
+    assert_eq!(
+        d.proxy.accepted(),
+        accepted,
+        "connections to the primary during 4 s of lookups:\n{}",
+        tail(&nginx.error_log(), 20)
+    );
+}

@@ -267,6 +267,19 @@ impl Redis {
         }
     }
 
+    /// Calls of `command` (lower case) in its `INFO commandstats`.
+    pub fn calls(&self, command: &str) -> u64 {
+        let Reply::Bulk(Some(info)) = self.cmd(&["INFO", "commandstats"]) else {
+            panic!("INFO commandstats");
+        };
+        let info = String::from_utf8_lossy(&info).into_owned();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
     /// A connection of its own (for commands timed one by one).
     pub fn connect(&self) -> RedisConn {
         let writer = connect(self.port, IO_TIMEOUT)

@@ -961,6 +961,15 @@ impl SentinelConn {
     /// nothing then), once it calls itself primary ([`Self::connect_primary`]).
     /// Otherwise an error, logged with every sentinel's answer.
     async fn primary_client(&self) -> RedisResult<(String, Client, MultiplexedConnection)> {
+        let node = self.agreed_node().await?;
+        self.connect_node(&node).await
+    }
+
+    /// The primary's address a majority of the listed sentinels names
+    /// (asked as in [`Self::primary_client`]), without connecting to it:
+    /// the routine checks ask only this, so that a worker does not open
+    /// (and drop) a connection to the primary every second.
+    async fn agreed_node(&self) -> RedisResult<Node> {
         use futures_util::stream::{FuturesUnordered, StreamExt};
         let mut cmd = redis::cmd("SENTINEL");
         cmd.arg("GET-MASTER-ADDR-BY-NAME").arg(&self.service);
@@ -996,16 +1005,21 @@ impl SentinelConn {
             }
         }
         drop(asked);
-        let node = match agreed {
-            Ok(n) => n,
-            Err(no) => {
-                let e: redis::RedisError = std::io::Error::other(no).into();
-                self.notes.connect_failed(&self.shown, &e);
-                return Err(e);
-            }
-        };
+        agreed.map_err(|no| {
+            let e: redis::RedisError = std::io::Error::other(no).into();
+            self.notes.connect_failed(&self.shown, &e);
+            e
+        })
+    }
+
+    /// A client of `node`, and a connection to it that answered `ROLE`
+    /// with primary ([`Self::connect_primary`]).
+    async fn connect_node(
+        &self,
+        node: &Node,
+    ) -> RedisResult<(String, Client, MultiplexedConnection)> {
         let addr = node.to_string();
-        let client = node_client(&node, &self.auth, self.db, false, &RedisTls::default())?;
+        let client = node_client(node, &self.auth, self.db, false, &RedisTls::default())?;
         let conn = self.connect_primary(&addr, &client).await?;
         Ok((addr, client, conn))
     }
@@ -1073,7 +1087,7 @@ impl SentinelConn {
         }
         // Suspect: its commands time out, so nothing is lost by asking
         // under the lock, and every command waits for the new connection.
-        let (named, found) = self.named(&p).await;
+        let (named, found) = self.named(&p, suspect).await;
         if !replace_primary(suspect, named) {
             return Ok(p);
         }
@@ -1102,7 +1116,7 @@ impl SentinelConn {
     /// unless `asked` was replaced meanwhile (a timeout, a failure): that
     /// replacement stands ([`install_rechecked`]).
     async fn recheck(&self, asked: Primary) {
-        let (named, found) = self.named(&asked).await;
+        let (named, found) = self.named(&asked, false).await;
         let Some((addr, client, conn)) = found else {
             return;
         };
@@ -1115,13 +1129,31 @@ impl SentinelConn {
         }
     }
 
-    /// What a majority of the sentinels names now, compared with `p`.
-    async fn named(&self, p: &Primary) -> (Named, Option<(String, Client, MultiplexedConnection)>) {
-        match self.primary_client().await {
-            Ok(same) if same.0 == p.addr => (Named::Same, Some(same)),
-            Ok(moved) => (Named::Other, Some(moved)),
-            // The sentinels cannot be asked, or no majority of them names
-            // one primary.
+    /// What a majority of the sentinels names now, compared with `p`,
+    /// with a connection to it when `p` is to be replaced by it
+    /// ([`replace_primary`]; `suspect` is `p`'s state). A primary named
+    /// again is not connected to for a routine check.
+    async fn named(
+        &self,
+        p: &Primary,
+        suspect: bool,
+    ) -> (Named, Option<(String, Client, MultiplexedConnection)>) {
+        // The sentinels cannot be asked, or no majority of them names one
+        // primary.
+        let Ok(node) = self.agreed_node().await else {
+            return (Named::Nobody, None);
+        };
+        let named = if node.to_string() == p.addr {
+            Named::Same
+        } else {
+            Named::Other
+        };
+        if !replace_primary(suspect, named) {
+            return (named, None);
+        }
+        match self.connect_node(&node).await {
+            Ok(found) => (named, Some(found)),
+            // Named, but it does not answer as a primary.
             Err(_) => (Named::Nobody, None),
         }
     }
@@ -1153,7 +1185,7 @@ impl SentinelConn {
     /// The primary's address as the sentinels name it now (for the
     /// invalidation listener, which must move when the primary does).
     pub async fn primary_addr(&self) -> RedisResult<String> {
-        self.primary_client().await.map(|(addr, ..)| addr)
+        self.agreed_node().await.map(|node| node.to_string())
     }
 
     /// Drops the connection `used` (not one that replaced it meanwhile).
