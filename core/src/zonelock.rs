@@ -100,19 +100,21 @@ pub const QUIET_AFTER_GIVE_UP: Duration = RETRY_EVERY;
 /// its next optional operations wait ([`GiveUps::wait`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GiveUps {
-    /// When, on the caller's monotonic clock; None once it got the lock
-    /// since.
-    last: Option<Duration>,
+    /// When, on the caller's monotonic clock, and the lock word (the
+    /// holder's pid) it gave up on; None once it got the lock since.
+    last: Option<(Duration, i64)>,
 }
 
 impl GiveUps {
-    /// How an operation for `need` that finds the lock taken at `now`
-    /// waits.
-    pub fn wait(&self, need: Need, smp: bool, now: Duration) -> Wait {
+    /// How an operation for `need` that finds the lock taken at `now`,
+    /// its word `word`, waits: quietly only while the holder it gave up
+    /// on still holds it (another holder, one that took the lock back from
+    /// a dead one or got it after a stopped one let go, is running).
+    pub fn wait(&self, need: Need, smp: bool, now: Duration, word: i64) -> Wait {
         let quiet = need == Need::Optional
-            && self
-                .last
-                .is_some_and(|at| now.saturating_sub(at) < QUIET_AFTER_GIVE_UP);
+            && self.last.is_some_and(|(at, holder)| {
+                holder == word && now.saturating_sub(at) < QUIET_AFTER_GIVE_UP
+            });
         Wait {
             need,
             smp,
@@ -126,16 +128,26 @@ impl GiveUps {
     /// `now`; true when it had waited the full budget. Only a full wait
     /// starts a quiet period: a quiet give-up does not extend it, so one
     /// operation per period still waits.
-    pub fn gave_up(&mut self, wait: &Wait, now: Duration) -> bool {
+    /// `word` is the lock word then.
+    pub fn gave_up(&mut self, wait: &Wait, now: Duration, word: i64) -> bool {
         if wait.quiet {
             return false;
         }
-        self.last = Some(now);
+        self.last = Some((now, word));
         true
     }
 
     /// The lock was taken: its holders run again.
     pub fn got_lock(&mut self) {
+        self.last = None;
+    }
+
+    /// The retry timer ([`RETRY_EVERY`]) is due: its operation is the
+    /// period's one full wait (the timer runs on nginx's cached clock,
+    /// which can put it a moment inside the period; quiet, it would give
+    /// up at once and hold the worker's invalidations back one more
+    /// period).
+    pub fn retry_due(&mut self) {
         self.last = None;
     }
 }
@@ -155,7 +167,7 @@ pub struct Wait {
 
 impl Wait {
     pub fn new(need: Need, smp: bool) -> Self {
-        GiveUps::default().wait(need, smp, Duration::ZERO)
+        GiveUps::default().wait(need, smp, Duration::ZERO, 0)
     }
 
     /// The step after another failed try, `waited` after the first one.
@@ -473,38 +485,85 @@ mod tests {
     #[test]
     fn after_a_full_wait_gave_up_optional_operations_only_spin_for_a_while() {
         let ms = Duration::from_millis;
+        let stopped = 4242;
         let mut g = GiveUps::default();
-        let first = g.wait(Need::Optional, true, ms(1000));
-        assert!(g.gave_up(&first, ms(1002)), "a full wait");
-        // Within the quiet period: the spin, one look at the holder (a
-        // dead one is taken back), then at once give up.
-        let mut w = g.wait(Need::Optional, true, ms(1010));
+        let first = g.wait(Need::Optional, true, ms(1000), stopped);
+        assert!(g.gave_up(&first, ms(1002), stopped), "a full wait");
+        // Within the quiet period, the same holder: the spin, one look at
+        // the holder (a dead one is taken back), then at once give up.
+        let mut w = g.wait(Need::Optional, true, ms(1010), stopped);
         for _ in 0..SPIN_ROUNDS {
             assert!(matches!(w.next(Duration::ZERO), Step::Spin(_)));
         }
         assert_eq!(w.next(Duration::ZERO), Step::Yield);
         assert_eq!(w.next(Duration::ZERO), Step::GiveUp);
-        let mut w = g.wait(Need::Optional, false, ms(1010));
+        let mut w = g.wait(Need::Optional, false, ms(1010), stopped);
         assert_eq!(w.next(Duration::ZERO), Step::Yield, "one CPU: no spin");
         assert_eq!(w.next(Duration::ZERO), Step::GiveUp);
         // A quiet give-up does not extend the period: one operation per
         // period still waits the full budget (and looks at the holder).
-        assert!(!g.gave_up(&w, ms(1040)), "a quiet give-up");
-        let mut w = g.wait(Need::Optional, true, ms(1002) + QUIET_AFTER_GIVE_UP);
+        assert!(!g.gave_up(&w, ms(1040), stopped), "a quiet give-up");
+        let mut w = g.wait(
+            Need::Optional,
+            true,
+            ms(1002) + QUIET_AFTER_GIVE_UP,
+            stopped,
+        );
         let steps: Vec<Step> = (0..SPIN_ROUNDS + 1)
             .map(|_| w.next(Duration::ZERO))
             .collect();
         assert_eq!(steps.last(), Some(&Step::Yield));
         // The master's wait is never shortened.
-        let mut w = g.wait(Need::Required, true, ms(1010));
+        let mut w = g.wait(Need::Required, true, ms(1010), stopped);
         for _ in 0..SPIN_ROUNDS {
             w.next(Duration::ZERO);
         }
         assert_eq!(w.next(Duration::from_secs(60)), Step::Yield);
         // Once the lock was taken, operations wait again.
         g.got_lock();
-        let mut w = g.wait(Need::Optional, false, ms(1011));
+        let mut w = g.wait(Need::Optional, false, ms(1011), stopped);
         assert_eq!(w.next(Duration::ZERO), Step::Yield);
+        assert_eq!(w.next(Duration::ZERO), Step::Yield);
+    }
+
+    #[test]
+    fn the_quiet_period_is_for_the_holder_given_up_on() {
+        let ms = Duration::from_millis;
+        let (stopped, running) = (4242, 4343);
+        let mut g = GiveUps::default();
+        let first = g.wait(Need::Optional, false, ms(0), stopped);
+        assert!(g.gave_up(&first, ms(2), stopped));
+        // The stopped holder died and another worker took the lock back:
+        // it runs, so it is waited for as usual.
+        let mut w = g.wait(Need::Optional, false, ms(5), running);
+        assert_eq!(w.next(Duration::ZERO), Step::Yield);
+        assert_eq!(w.next(Duration::ZERO), Step::Yield);
+        assert_eq!(w.next(OPTIONAL_BUDGET), Step::GiveUp);
+        // Still quiet for the stopped one.
+        let mut w = g.wait(Need::Optional, false, ms(6), stopped);
+        assert_eq!(w.next(Duration::ZERO), Step::Yield);
+        assert_eq!(w.next(Duration::ZERO), Step::GiveUp);
+    }
+
+    #[test]
+    fn the_retry_timer_waits_the_full_budget_even_a_moment_inside_the_period() {
+        let ms = Duration::from_millis;
+        let stopped = 4242;
+        let mut g = GiveUps::default();
+        let first = g.wait(Need::Optional, false, ms(0), stopped);
+        assert!(g.gave_up(&first, ms(2), stopped));
+        // The timer fires on nginx's cached clock, 48 ms after the give-up
+        // by the monotonic one.
+        g.retry_due();
+        let mut w = g.wait(Need::Optional, false, ms(50), stopped);
+        assert_eq!(w.next(Duration::ZERO), Step::Yield);
+        assert_eq!(w.next(Duration::ZERO), Step::Yield);
+        assert_eq!(w.next(OPTIONAL_BUDGET), Step::GiveUp);
+        // Its full wait starts the next period.
+        assert!(g.gave_up(&w, ms(52), stopped));
+        let mut w = g.wait(Need::Optional, false, ms(60), stopped);
+        assert_eq!(w.next(Duration::ZERO), Step::Yield);
+        assert_eq!(w.next(Duration::ZERO), Step::GiveUp);
     }
 
     #[test]

@@ -199,7 +199,10 @@ fn start_fetcher(cycle: &ngx_cycle_t, mcf: &MainConf) -> Result<(), String> {
         // SAFETY: the zone belongs to this cycle, whose init ran the
         // zone's init callback before any worker started.
         match unsafe { zone::Zone::of(shm.as_ptr()) } {
-            Some(z) => worker = worker.with_tier(Box::new(z), interner),
+            Some(z) => {
+                z.make_own();
+                worker = worker.with_tier(Box::new(z), interner);
+            }
             None => Log::cycle().alert(format_args!(
                 "dyncert: the shared zone is not initialised while starting the worker"
             )),

@@ -296,6 +296,10 @@ thread_local! {
     /// The worker's retry timer for held-back invalidations, and the zone
     /// it retries (the worker's own, sharing its `Local`).
     static RETRY: RefCell<Option<(*mut ngx_event_t, Zone)>> = const { RefCell::new(None) };
+    /// The worker's own zone ([`Zone::make_own`]), which [`Zone::of`]
+    /// shares with the worker's other users (a metrics scrape), so they
+    /// keep to its quiet period and see what it holds back.
+    static OWN: RefCell<Option<Zone>> = const { RefCell::new(None) };
 }
 
 /// # Safety
@@ -310,7 +314,11 @@ unsafe extern "C" fn ngx_http_dyncert_zone_retry_handler(_ev: *mut ngx_event_t) 
             // A zone operation since noted it all.
             return;
         }
-        // Taking the lock notes what is held back (or gives up).
+        // Taking the lock notes what is held back (or gives up, after the
+        // full wait: this is the period's one).
+        let mut g = zone.local.give_ups.get();
+        g.retry_due();
+        zone.local.give_ups.set(g);
         drop(zone.lock(Need::Optional, false));
         if !zone.local.pending.borrow().is_empty() {
             zone.arm_retry();
@@ -330,13 +338,28 @@ impl Zone {
             let pool = NonNull::new((*shm).shm.addr as *mut ngx_slab_pool_t)?;
             let header = NonNull::new((*shm).data as *mut Header)?;
             let config = header.as_ref().config;
-            (header.as_ref().magic == MAGIC).then_some(Zone {
+            if header.as_ref().magic != MAGIC {
+                return None;
+            }
+            let own = OWN.with(|o| {
+                o.borrow()
+                    .as_ref()
+                    .filter(|own| own.pool == pool)
+                    .map(Zone::share)
+            });
+            Some(own.unwrap_or(Zone {
                 pool,
                 header,
                 config,
                 local: Rc::default(),
-            })
+            }))
         }
+    }
+
+    /// Makes this the worker's own handle on the zone (at worker start),
+    /// which [`Zone::of`] returns (shared) from then on.
+    pub fn make_own(&self) {
+        OWN.with(|o| *o.borrow_mut() = Some(self.share()));
     }
 
     /// Takes the zone's lock (waiting as `need` allows; None when an
@@ -495,13 +518,15 @@ impl Zone {
         let start = Instant::now();
         // SAFETY: set by nginx before any zone exists.
         let smp = unsafe { ngx::ffi::ngx_ncpu } > 1;
+        // SAFETY: the lock word is nginx's, in the zone.
+        let word = || unsafe { ptr::read_volatile((*mtx).lock) } as i64;
         let mut give_ups = self.local.give_ups.get();
-        let mut wait = give_ups.wait(need, smp, monotonic(start));
+        let mut wait = give_ups.wait(need, smp, monotonic(start), word());
         loop {
             match wait.next(start.elapsed()) {
                 Step::Spin(n) => (0..n).for_each(|_| core::hint::spin_loop()),
                 Step::GiveUp => {
-                    if give_ups.gave_up(&wait, monotonic(Instant::now())) {
+                    if give_ups.gave_up(&wait, monotonic(Instant::now()), word()) {
                         let layout = super::metrics::layout();
                         super::metrics::add(layout.simple(Simple::ZoneLockWaits), 1);
                     }
@@ -509,10 +534,8 @@ impl Zone {
                     return false;
                 }
                 step => {
-                    // SAFETY: the lock word is nginx's, in the zone.
-                    let word = unsafe { ptr::read_volatile((*mtx).lock) } as i64;
                     // SAFETY: set by nginx at process start.
-                    let who = holder(word, unsafe { ngx::ffi::ngx_pid });
+                    let who = holder(word(), unsafe { ngx::ffi::ngx_pid });
                     let alive = match who {
                         Holder::Process(pid) => process_exists(pid),
                         _ => true,
