@@ -144,6 +144,7 @@ pub enum Simple {
     TierLoads,
     TierSyncLoads,
     TierLoadsRefused,
+    TierLoadsTimedOut,
     TierStoresRefused,
     KeyRefsResolved,
     OnDemandEnqueued,
@@ -162,7 +163,7 @@ pub enum Simple {
     ZoneLockWaits,
 }
 
-const SIMPLE: [(Simple, &str, &str); 38] = [
+const SIMPLE: [(Simple, &str, &str); 39] = [
     (
         Simple::Parked,
         "dyncert_parked_connections_total",
@@ -279,6 +280,12 @@ const SIMPLE: [(Simple, &str, &str); 38] = [
         Simple::TierLoadsRefused,
         "dyncert_shared_loads_refused_total",
         "Shared-zone records that could not be served (expired or damaged) and were fetched again.",
+    ),
+    (
+        Simple::TierLoadsTimedOut,
+        "dyncert_shared_loads_timed_out_total",
+        "Shared-zone loads that waited in a busy parse queue past the lookup bound \
+         before reading the record, which stays; the name was fetched from a source.",
     ),
     (
         Simple::TierStoresRefused,

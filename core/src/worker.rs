@@ -1200,7 +1200,9 @@ impl<W, Q: FetchQueue> Worker<W, Q> {
             // and a pending on-demand request (the sources' answer
             // decides it). A load cut at its bound in a busy parse queue
             // never read the record: it stays for the other workers.
-            if !matches!(outcome, Outcome::Error(FetchError::LookupTimedOut(_))) {
+            if matches!(outcome, Outcome::Error(FetchError::LookupTimedOut(_))) {
+                self.count(Simple::TierLoadsTimedOut);
+            } else {
                 if let Some((tier, _)) = &self.tier {
                     tier.remove(&name);
                 }
@@ -3913,6 +3915,7 @@ mod tests {
         assert_eq!(asked(&b), [name]);
         assert_eq!(tier.len(), 1, "the record was never read: it stays");
         assert_eq!(mb.simple(Simple::TierLoadsRefused), 0);
+        assert_eq!(mb.simple(Simple::TierLoadsTimedOut), 1);
     }
 
     #[test]
