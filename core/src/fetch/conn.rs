@@ -865,6 +865,10 @@ impl LazyCluster {
 /// it uses is still the primary.
 pub const PRIMARY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A primary's address, its client, and a connection to it that answered
+/// `ROLE` as a primary.
+type Found = (String, Client, MultiplexedConnection);
+
 /// The primary's address, its client, a connection to it, when the
 /// sentinels last named it, and what the connection's commands said of it
 /// (a suspect connection is replaced: see [`super::health`]).
@@ -960,7 +964,7 @@ impl SentinelConn {
     /// as soon as a majority agrees, so a sentinel that hangs costs
     /// nothing then), once it calls itself primary ([`Self::connect_primary`]).
     /// Otherwise an error, logged with every sentinel's answer.
-    async fn primary_client(&self) -> RedisResult<(String, Client, MultiplexedConnection)> {
+    async fn primary_client(&self) -> RedisResult<Found> {
         let node = self.agreed_node().await?;
         self.connect_node(&node).await
     }
@@ -1014,10 +1018,7 @@ impl SentinelConn {
 
     /// A client of `node`, and a connection to it that answered `ROLE`
     /// with primary ([`Self::connect_primary`]).
-    async fn connect_node(
-        &self,
-        node: &Node,
-    ) -> RedisResult<(String, Client, MultiplexedConnection)> {
+    async fn connect_node(&self, node: &Node) -> RedisResult<Found> {
         let addr = node.to_string();
         let client = node_client(node, &self.auth, self.db, false, &RedisTls::default())?;
         let conn = self.connect_primary(&addr, &client).await?;
@@ -1093,8 +1094,16 @@ impl SentinelConn {
         }
         self.notes.reconnected(&p.addr);
         match found {
-            Some((addr, client, conn)) => {
+            Some(Ok((addr, client, conn))) => {
                 Ok(self.install(&mut slot, addr, client, conn, Instant::now()))
+            }
+            // Named, but it does not answer as a primary (yet: a replica
+            // being promoted; or it hangs): not the old address instead,
+            // which a majority no longer names, or which just failed.
+            // The next command asks the sentinels again.
+            Some(Err(e)) => {
+                *slot = None;
+                Err(e)
             }
             // Suspect, and the sentinels name nobody: a new connection to
             // the address a majority named last, if it still calls itself
@@ -1117,7 +1126,7 @@ impl SentinelConn {
     /// replacement stands ([`install_rechecked`]).
     async fn recheck(&self, asked: Primary) {
         let (named, found) = self.named(&asked, false).await;
-        let Some((addr, client, conn)) = found else {
+        let Some(Ok((addr, client, conn))) = found else {
             return;
         };
         let mut slot = self.primary.lock().await;
@@ -1130,14 +1139,12 @@ impl SentinelConn {
     }
 
     /// What a majority of the sentinels names now, compared with `p`,
-    /// with a connection to it when `p` is to be replaced by it
-    /// ([`replace_primary`]; `suspect` is `p`'s state). A primary named
-    /// again is not connected to for a routine check.
-    async fn named(
-        &self,
-        p: &Primary,
-        suspect: bool,
-    ) -> (Named, Option<(String, Client, MultiplexedConnection)>) {
+    /// and when `p` is to be replaced by it ([`replace_primary`];
+    /// `suspect` is `p`'s state), a connection to it that answered `ROLE`
+    /// as a primary, or why there is none. A primary named again is not
+    /// connected to for a routine check; nothing is connected to when no
+    /// majority names one primary (`Named::Nobody`).
+    async fn named(&self, p: &Primary, suspect: bool) -> (Named, Option<RedisResult<Found>>) {
         // The sentinels cannot be asked, or no majority of them names one
         // primary.
         let Ok(node) = self.agreed_node().await else {
@@ -1151,11 +1158,7 @@ impl SentinelConn {
         if !replace_primary(suspect, named) {
             return (named, None);
         }
-        match self.connect_node(&node).await {
-            Ok(found) => (named, Some(found)),
-            // Named, but it does not answer as a primary.
-            Err(_) => (Named::Nobody, None),
-        }
+        (named, Some(self.connect_node(&node).await))
     }
 
     /// Makes the connection that answered `ROLE` the primary in use.
