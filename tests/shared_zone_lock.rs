@@ -550,3 +550,81 @@ fn an_invalidation_or_a_scrape_behind_a_stopped_holder_stalls_no_handshake() {
     }
     s.nginx.stop_and_assert_healthy();
 }
+
+/// A reload that must empty the zone (the cache deadlines its records
+/// carry changed) while a worker is stopped holding the zone's lock: the
+/// master waited for as long as the holder lived, answering no signal
+/// meanwhile (for a worker stopped by a debugger: for good). Now it gives
+/// up after `REQUIRED_BUDGET` (3 s) and refuses the configuration with a
+/// line that names the holder; the old workers go on, and the same reload
+/// applies once the holder is gone.
+#[test]
+fn a_reload_that_must_empty_the_zone_behind_a_stopped_holder_is_refused_not_hung() {
+    let mport = free_port();
+    let mut s = Stack::start_with(&http("1m"), NginxOpts::new().workers(2).var("MPORT", mport));
+    let port = s.nginx.port;
+    let names: Vec<String> = (0..40).map(|i| format!("r{i}.example")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let leaves = put(&s, &refs);
+    let workers = s.nginx.worker_pids();
+    let victim = *workers.iter().next().unwrap();
+    let other = *workers.iter().nth(1).unwrap();
+    let gdb = KillAt::after(victim, "ngx_slab_alloc_locked", 8);
+    until_stopped_in_a_store(port, &names, &gdb);
+
+    s.nginx
+        .write_http(&http("1m").replace("valid=1h", "valid=2h"));
+    let sent = Instant::now();
+    assert!(signal(s.nginx.master_pid(), libc::SIGHUP));
+    let refused = poll(Duration::from_secs(7), Duration::from_millis(50), || {
+        s.nginx
+            .error_log()
+            .contains("must be emptied for the changed configuration")
+            .then(|| sent.elapsed())
+    });
+    let log = s.nginx.error_log();
+    assert!(
+        refused.is_some_and(|t| t < Duration::from_secs(6)),
+        "the reload was not refused within 6 s (after {refused:?}): the master waits on \
+         the stopped holder\n{}",
+        tail(&log, 20)
+    );
+    assert!(
+        log.contains(&format!("but process {victim} has held its lock for 3 s")),
+        "{}",
+        tail(&log, 20)
+    );
+    // The old configuration goes on: the other worker serves.
+    assert_eq!(s.nginx.worker_pids(), workers);
+    let r = Request::get("/")
+        .sni(&names[39])
+        .https(port)
+        .expect("a handshake after the refused reload");
+    assert_eq!(r.pid(), other);
+    assert_eq!(r.tls().leaf_serial, leaves[39].serial_hex);
+
+    // Once the holder is gone, the same reload applies.
+    gdb.wait_killed();
+    s.nginx.expect_log("exited on signal 9");
+    s.nginx
+        .expect_log("must be emptied for the changed configuration");
+    s.nginx.expect_log("was locked by");
+    let before = s.nginx.worker_pids();
+    assert!(signal(s.nginx.master_pid(), libc::SIGHUP));
+    let new = poll(STARTUP_DEADLINE, Duration::from_millis(20), || {
+        let now = s.nginx.worker_pids();
+        (now.is_disjoint(&before) && now.len() == 2).then_some(())
+    });
+    assert!(
+        new.is_some(),
+        "no new workers after the holder died\n{}",
+        s.nginx.logs()
+    );
+    s.nginx
+        .expect_log("records were fetched under another configuration");
+    assert!(s
+        .nginx
+        .error_log()
+        .contains("records were fetched under another configuration"));
+    s.nginx.stop_and_assert_healthy();
+}

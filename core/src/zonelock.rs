@@ -28,8 +28,11 @@
 //! ([`RETRY_EVERY`]), and meanwhile loads nothing the held-back
 //! invalidation covers from the zone and stores nothing there
 //! ([`Pending::skips`]): the names are fetched from the sources, as
-//! after a miss. Only the master, adopting a zone before any worker of its
-//! cycle runs, waits as long as a live holder takes ([`Need::Required`]).
+//! after a miss. Only the master, emptying a zone it adopts for a changed
+//! configuration before any worker of its cycle runs, waits longer
+//! ([`Need::Required`], [`REQUIRED_BUDGET`]); a live holder that keeps the
+//! lock past that does not run, and the master refuses the configuration
+//! rather than hang (it answers no signal while it waits).
 //!
 //! A holder killed in the middle of an update may have left the zone's
 //! trees and queue half changed. Every update marks the zone dirty first
@@ -51,8 +54,8 @@ pub enum Need {
     /// that is alive but slow (a miss, a store not made, the last value
     /// read).
     Optional,
-    /// The master emptying a zone it adopts: waits as long as the holder
-    /// lives (no handshake runs in the master).
+    /// The master emptying a zone it adopts: no handshake runs in the
+    /// master, so it waits up to [`REQUIRED_BUDGET`] for a live holder.
     Required,
 }
 
@@ -72,6 +75,12 @@ pub const SLEEP: Duration = Duration::from_millis(1);
 /// longest update under the lock (a wildcard invalidation walking every
 /// record) takes a few milliseconds on the largest zones.
 pub const OPTIONAL_BUDGET: Duration = Duration::from_millis(2);
+
+/// Longest the master waits for a live holder ([`Need::Required`]): far
+/// beyond any update under the lock, and any scheduling delay of a holder
+/// that runs; one that holds the lock longer is stopped (a debugger,
+/// SIGSTOP).
+pub const REQUIRED_BUDGET: Duration = Duration::from_secs(3);
 
 /// What to do after a failed try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +193,11 @@ impl Wait {
             self.looked = true;
             return Step::Yield;
         }
-        if self.need == Need::Optional && waited >= OPTIONAL_BUDGET {
+        let budget = match self.need {
+            Need::Optional => OPTIONAL_BUDGET,
+            Need::Required => REQUIRED_BUDGET,
+        };
+        if waited >= budget {
             return Step::GiveUp;
         }
         let after_spin = if self.smp { n - SPIN_ROUNDS } else { n };
@@ -463,11 +476,12 @@ mod tests {
     }
 
     #[test]
-    fn required_never_gives_up() {
+    fn required_gives_up_only_after_seconds() {
         let mut w = Wait::new(Need::Required, true);
         for _ in 0..100_000 {
-            assert_ne!(w.next(Duration::from_secs(3600)), Step::GiveUp);
+            assert_ne!(w.next(REQUIRED_BUDGET - SLEEP), Step::GiveUp);
         }
+        assert_eq!(w.next(REQUIRED_BUDGET), Step::GiveUp);
     }
 
     #[test]
@@ -518,7 +532,7 @@ mod tests {
         for _ in 0..SPIN_ROUNDS {
             w.next(Duration::ZERO);
         }
-        assert_eq!(w.next(Duration::from_secs(60)), Step::Yield);
+        assert_eq!(w.next(REQUIRED_BUDGET / 2), Step::Yield);
         // Once the lock was taken, operations wait again.
         g.got_lock();
         let mut w = g.wait(Need::Optional, false, ms(1011), stopped);

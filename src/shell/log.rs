@@ -15,8 +15,8 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use ngx::ffi::{
-    ngx_connection_t, ngx_cycle_t, ngx_log_t, NGX_LOG_ALERT, NGX_LOG_ERR, NGX_LOG_INFO,
-    NGX_LOG_NOTICE, NGX_LOG_WARN,
+    ngx_connection_t, ngx_cycle_t, ngx_log_t, NGX_LOG_ALERT, NGX_LOG_EMERG, NGX_LOG_ERR,
+    NGX_LOG_INFO, NGX_LOG_NOTICE, NGX_LOG_WARN,
 };
 
 /// An nginx log: a connection's (nginx adds the client and server to its
@@ -45,6 +45,11 @@ impl Log {
 
     pub fn as_ptr(self) -> *mut ngx_log_t {
         self.0.as_ptr()
+    }
+
+    /// A configuration that cannot be applied (the reload is refused).
+    pub fn emerg(self, args: fmt::Arguments<'_>) {
+        self.write(NGX_LOG_EMERG, args);
     }
 
     /// A bug in dyncert.

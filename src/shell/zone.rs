@@ -1069,19 +1069,22 @@ impl SharedTier for Zone {
 /// Keeps a previous cycle's zone for a configuration with fingerprint
 /// `config`: its records stay when the fingerprint is the same, else they
 /// go (counted as a `*` invalidation, so no lookup an old worker started
-/// before stores its record afterwards), and a notice says so.
+/// before stores its record afterwards), and a notice says so. Err: the
+/// zone is to be emptied but a live process held its lock for
+/// `REQUIRED_BUDGET` (stopped: a debugger, SIGSTOP); its pid, and the
+/// configuration is not to be applied.
 ///
 /// # Safety
 /// `pool` and `header` must be a live zone of this module, in the master
 /// while it initialises the cycle (no worker of the new cycle yet).
-unsafe fn adopt(pool: *mut ngx_slab_pool_t, header: *mut Header, config: u64) {
+unsafe fn adopt(pool: *mut ngx_slab_pool_t, header: *mut Header, config: u64) -> Result<(), i64> {
     // SAFETY: the caller's guarantee.
     unsafe {
         if (*header).config == config {
-            return;
+            return Ok(());
         }
         let (Some(pool), Some(header)) = (NonNull::new(pool), NonNull::new(header)) else {
-            return;
+            return Ok(());
         };
         let zone = Zone {
             pool,
@@ -1090,15 +1093,37 @@ unsafe fn adopt(pool: *mut ngx_slab_pool_t, header: *mut Header, config: u64) {
             local: Rc::default(),
         };
         let records = zone.stats().records;
-        zone.invalidate("*", Need::Required);
-        if let Some(lock) = zone.lock(Need::Required, false) {
-            (*zone.hdr(&lock)).config = config;
-        }
+        // Noted and applied under the lock (`Zone::lock`).
+        zone.local.pending.borrow_mut().hold("*");
+        let Some(lock) = zone.lock(Need::Required, true) else {
+            return Err(ptr::read_volatile((*pool.as_ptr()).mutex.lock) as i64);
+        };
+        (*zone.hdr(&lock)).config = config;
+        drop(lock);
         super::log::Log::cycle().notice(format_args!(
             "dyncert: the shared zone's {records} records were fetched under another \
              configuration (sources, key rules or cache deadlines changed); emptied"
         ));
+        Ok(())
     }
+}
+
+/// Logs why the zone `shm` could not be adopted ([`adopt`]); the answer
+/// for nginx, which then refuses the configuration.
+///
+/// # Safety
+/// `shm` must be the zone being initialised.
+unsafe fn refuse_adoption(shm: *mut ngx_shm_zone_t, holder: i64) -> ngx_int_t {
+    // SAFETY: the caller's guarantee; nginx's name of the zone.
+    let name = String::from_utf8_lossy(unsafe { (*shm).shm.name.as_bytes() });
+    super::log::Log::cycle().emerg(format_args!(
+        "dyncert: the shared zone \"{name}\" must be emptied for the changed configuration, \
+         but process {holder} has held its lock for {} s without letting go (stopped by a \
+         debugger or SIGSTOP?); the new configuration is not applied: resume or kill that \
+         process, then reload again",
+        dyncert_core::zonelock::REQUIRED_BUDGET.as_secs()
+    ));
+    ngx::ffi::NGX_ERROR as ngx_int_t
 }
 
 /// Lays out an empty header (no records, no invalidations, no figures) at
@@ -1246,7 +1271,9 @@ pub unsafe extern "C" fn ngx_http_dyncert_zone_init(
                     None => 0,
                 };
                 if !data.is_null() && (*(data as *const Header)).magic == MAGIC {
-                    adopt(pool, data as *mut Header, config);
+                    if let Err(holder) = adopt(pool, data as *mut Header, config) {
+                        return refuse_adoption(shm, holder);
+                    }
                     (*shm).data = data;
                     return ngx::ffi::NGX_OK as ngx_int_t;
                 }
@@ -1255,7 +1282,9 @@ pub unsafe extern "C" fn ngx_http_dyncert_zone_init(
                     // the pool's data.
                     let old = (*pool).data as *mut Header;
                     if !old.is_null() && (*old).magic == MAGIC {
-                        adopt(pool, old, config);
+                        if let Err(holder) = adopt(pool, old, config) {
+                            return refuse_adoption(shm, holder);
+                        }
                         (*shm).data = old as *mut c_void;
                         return ngx::ffi::NGX_OK as ngx_int_t;
                     }
