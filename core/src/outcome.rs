@@ -33,6 +33,19 @@ impl CertSource {
     }
 }
 
+/// What a handshake gets when no certificate of its own is cached for it
+/// (no valid SNI, or a name without a record): the server's default
+/// certificate, or with `dyncert_unknown reject` ([`CertSource::Rejected`])
+/// a failed handshake. A ClientHello without SNI always gets the default:
+/// it names nothing to refuse.
+pub fn without_certificate(reject: bool, sni_sent: bool) -> CertSource {
+    if reject && sni_sent {
+        CertSource::Rejected
+    } else {
+        CertSource::Default
+    }
+}
+
 /// Sources a fetch step can ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchSource {
@@ -127,6 +140,14 @@ impl Refusal {
 #[cfg(test)]
 mod withdraw_tests {
     use super::*;
+
+    #[test]
+    fn without_a_certificate_the_default_unless_a_named_handshake_is_rejected() {
+        assert_eq!(without_certificate(false, true), CertSource::Default);
+        assert_eq!(without_certificate(false, false), CertSource::Default);
+        assert_eq!(without_certificate(true, true), CertSource::Rejected);
+        assert_eq!(without_certificate(true, false), CertSource::Default);
+    }
 
     #[test]
     fn withdrawing_refusals_are_real_labels_of_policy_and_key_rules() {

@@ -13,7 +13,7 @@ use dyncert_core::clienthello::server_name_extension_host;
 use dyncert_core::clock::{Clock, Millis, SystemClock};
 use dyncert_core::name::normalize_sni_inline;
 use dyncert_core::on_demand::Client;
-use dyncert_core::outcome::CertSource;
+use dyncert_core::outcome::{without_certificate, CertSource};
 use dyncert_core::tenant::{
     configuration_digest, session_context, session_salt, ServerTls, SESSION_CONTEXT_LEN,
 };
@@ -346,9 +346,10 @@ unsafe fn select_certificate(ssl: *mut SSL, scf: Option<&SrvConf>) -> c_int {
             handshake_log(unsafe { connection_of(ssl) }),
             "dyncert: no valid SNI, no cache lookup"
         );
+        let source = without_certificate(reject, raw.is_some());
         // SAFETY: the caller's contract.
-        unsafe { set_info(ssl, CertSource::Default, None, false) };
-        return c_int::from(raw.is_none() || !reject);
+        unsafe { set_info(ssl, source, None, false) };
+        return c_int::from(source != CertSource::Rejected);
     };
     let now = SystemClock.now();
     // A QUIC handshake had no peek step to wait for a load: it may parse
@@ -370,14 +371,10 @@ unsafe fn select_certificate(ssl: *mut SSL, scf: Option<&SrvConf>) -> c_int {
             // SAFETY: the caller's contract.
             on_demand(&name, on_demand_client(unsafe { connection_of(ssl) }), now);
         }
-        let source = if reject {
-            CertSource::Rejected
-        } else {
-            CertSource::Default
-        };
+        let source = without_certificate(reject, true);
         // SAFETY: the caller's contract.
         unsafe { set_info(ssl, source, None, false) };
-        return c_int::from(!reject);
+        return c_int::from(source != CertSource::Rejected);
     };
     // SAFETY: the caller's contract.
     match unsafe { install(ssl, &cert, tenant) } {
