@@ -3,7 +3,8 @@
 //! forwarding (both ways) on every connection it accepted before, except
 //! those that sent SUBSCRIBE (a subscription's flow stays alive), and
 //! keeps them open; connections accepted after the freeze are forwarded
-//! as usual.
+//! as usual. [`BlackholeProxy::start_delayed`] also holds every chunk it
+//! forwards for a while (a node farther away than the others).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -36,6 +37,7 @@ fn pump(
     frozen: Arc<AtomicBool>,
     subscription: Arc<AtomicBool>,
     upstream: bool,
+    delay: Duration,
 ) {
     let silent = || frozen.load(Ordering::SeqCst) && !subscription.load(Ordering::SeqCst);
     let mut buf = vec![0u8; 65536];
@@ -55,6 +57,9 @@ fn pump(
             while from.read(&mut buf).is_ok_and(|n| n > 0) {}
             return;
         }
+        if !delay.is_zero() {
+            thread::sleep(delay);
+        }
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
@@ -66,6 +71,12 @@ impl BlackholeProxy {
     /// Listens on a free port and forwards each connection to
     /// 127.0.0.1:`to`.
     pub fn start(to: u16) -> BlackholeProxy {
+        BlackholeProxy::start_delayed(to, Duration::ZERO)
+    }
+
+    /// [`Self::start`], forwarding each chunk `delay` after it arrived,
+    /// both ways.
+    pub fn start_delayed(to: u16, delay: Duration) -> BlackholeProxy {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let freeze = Arc::new(AtomicBool::new(false));
@@ -86,8 +97,8 @@ impl BlackholeProxy {
                 let sub = Arc::new(AtomicBool::new(false));
                 let (c2, s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
                 let (fr1, sb1) = (frozen.clone(), sub.clone());
-                thread::spawn(move || pump(c, s, fr1, sb1, true));
-                thread::spawn(move || pump(s2, c2, frozen, sub, false));
+                thread::spawn(move || pump(c, s, fr1, sb1, true, delay));
+                thread::spawn(move || pump(s2, c2, frozen, sub, false, delay));
             }
         });
         BlackholeProxy {

@@ -19,8 +19,8 @@ use redis::io::tcp::socket2::TcpKeepalive;
 use redis::io::tcp::TcpSettings;
 
 use super::health::{
-    abandoned, ask_sentinels, install_rechecked, replace_cluster, replace_primary, CommandEnd,
-    ConnHealth, Named, Verdict,
+    abandoned, ask_sentinels, install_rechecked, replace_cluster, replace_primary, Admit,
+    CommandEnd, ConnHealth, Named, Reconnects, Verdict,
 };
 
 use redis::aio::{
@@ -271,18 +271,21 @@ impl RedisTarget {
             Topology::Single { url, .. } => {
                 let client = single_client(url, &self.tls)?;
                 let node = addr_of(&client);
+                // One connect per attempt: the waits between attempts are
+                // `Reconnects`', across commands (the manager's own retries
+                // were per command, so every command under traffic made up
+                // to three connects to a server that was down).
                 let mcfg = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(t))
                     .set_response_timeout(Some(t))
-                    .set_number_of_retries(2)
-                    .set_min_delay(Duration::from_millis(50))
-                    .set_max_delay(Duration::from_secs(2));
+                    .set_number_of_retries(0);
                 let conn = ConnectionManager::new_lazy_with_config(client.clone(), mcfg.clone())?;
                 Ok(RedisConn::Single {
                     conn: Arc::new(SingleConn {
                         client,
                         config: mcfg,
                         timeout: t,
+                        reconnects: Mutex::default(),
                         current: Mutex::new(Current {
                             conn,
                             health: Arc::default(),
@@ -343,7 +346,7 @@ impl RedisTarget {
                         Ok(SentinelNode {
                             node: n.clone(),
                             client: Client::open(info)?,
-                            conn: tokio::sync::Mutex::new(None),
+                            conn: Arc::default(),
                         })
                     })
                     .collect::<RedisResult<Vec<_>>>()?;
@@ -353,6 +356,8 @@ impl RedisTarget {
                     service: service.clone(),
                     auth: auth.clone(),
                     primary: tokio::sync::Mutex::new(None),
+                    reconnects: Mutex::default(),
+                    replica: tokio::sync::Mutex::new(None),
                     config: AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(t))
                         .set_response_timeout(Some(t)),
@@ -521,6 +526,8 @@ pub struct SingleConn {
     config: ConnectionManagerConfig,
     timeout: Duration,
     current: Mutex<Current>,
+    /// When commands may try the server again after it failed to connect.
+    reconnects: Mutex<Reconnects>,
 }
 
 /// The connection in use and what its commands said of it.
@@ -532,15 +539,27 @@ struct Current {
 
 impl SingleConn {
     /// The connection for the next command: a new one when the current
-    /// one is suspect.
-    fn current(&self, node: &str, notes: &Notes) -> Current {
+    /// one is suspect, or when this command is the next `attempt` to
+    /// connect to a server that failed to ([`Reconnects`]).
+    fn current(&self, node: &str, notes: &Notes, attempt: bool) -> Current {
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let suspect = cur
             .health
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .suspect();
-        if suspect {
+        if attempt && !suspect {
+            // The manager's own reconnect started right after the last
+            // failure, before the wait: this command's is a new one.
+            if let Ok(conn) =
+                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+            {
+                *cur = Current {
+                    conn,
+                    health: Arc::default(),
+                };
+            }
+        } else if suspect {
             // Lazy: connects on this command, with the manager's backoff.
             match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
             {
@@ -563,6 +582,52 @@ impl SingleConn {
         let cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
         cur.conn.get_db()
     }
+
+    /// Waits for the next attempt to connect when the server failed to
+    /// connect moments ago and that attempt comes within half the command
+    /// timeout (the rest is the attempt's); fails at once when it is
+    /// further off ([`Reconnects`]).
+    /// Whether the command is that attempt ([`Admit::Attempt`]), and the
+    /// failures counted when it was admitted.
+    async fn admit(&self, node: &str) -> RedisResult<(bool, u64)> {
+        loop {
+            let (admit, left) = {
+                let mut r = self.reconnects.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                (r.admit(now, self.timeout / 2), r.wait_left(now))
+            };
+            match admit {
+                Admit::Go { since } => return Ok((false, since)),
+                Admit::Attempt { since } => return Ok((true, since)),
+                Admit::WaitUntil(t) => tokio::time::sleep_until(t.into()).await,
+                Admit::Refuse => return Err(not_reconnected(node, left)),
+            }
+        }
+    }
+
+    /// What the end of a command admitted with `since` says of the
+    /// server's reachability.
+    fn note_attempt(&self, verdict: Verdict, since: u64) {
+        let mut r = self.reconnects.lock().unwrap_or_else(|e| e.into_inner());
+        match verdict {
+            Verdict::Fine => r.answered(),
+            Verdict::ConnectFailed => r.failed(since, Instant::now()),
+            Verdict::CommandTimedOut { .. } => {}
+        }
+    }
+}
+
+/// The error of a command not sent because `node` failed to connect
+/// moments ago and the next attempt is `left` away ([`Reconnects`]).
+fn not_reconnected(node: &str, left: Duration) -> redis::RedisError {
+    std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        format!(
+            "redis node \"{node}\" failed to connect moments ago; next attempt in {} ms",
+            left.as_millis()
+        ),
+    )
+    .into()
 }
 
 /// One command on a single server's, a Sentinel primary's or a Cluster
@@ -579,14 +644,19 @@ struct Watch<'a> {
 }
 
 impl Watch<'_> {
-    fn end(&mut self, end: CommandEnd, error: Option<&redis::RedisError>) {
+    fn end(&mut self, end: CommandEnd, error: Option<&redis::RedisError>) -> Verdict {
         let node = self.node;
-        self.end_at(node, end, error);
+        self.end_at(node, end, error)
     }
 
     /// [`Self::end`], with the node an error names (a Cluster node that
     /// failed) instead of the watch's.
-    fn end_at(&mut self, node: &str, end: CommandEnd, error: Option<&redis::RedisError>) {
+    fn end_at(
+        &mut self,
+        node: &str,
+        end: CommandEnd,
+        error: Option<&redis::RedisError>,
+    ) -> Verdict {
         self.ended = true;
         let verdict = self
             .health
@@ -604,6 +674,7 @@ impl Watch<'_> {
             },
             Verdict::CommandTimedOut { .. } => self.notes.command_timed_out(node, self.timeout),
         }
+        verdict
     }
 }
 
@@ -611,7 +682,7 @@ impl Drop for Watch<'_> {
     fn drop(&mut self) {
         if !self.ended {
             if let Some(end) = abandoned(self.started.elapsed(), self.timeout) {
-                self.end(end, None);
+                let _ = self.end(end, None);
             }
         }
     }
@@ -674,10 +745,11 @@ impl RedisConn {
     async fn run(&mut self, req: Req<'_>) -> RedisResult<Vec<Value>> {
         match self {
             RedisConn::Single { conn, node, notes } => {
+                let (attempt, since) = conn.admit(node).await?;
                 let Current {
                     conn: mut manager,
                     health,
-                } = conn.current(node, notes);
+                } = conn.current(node, notes, attempt);
                 let mut watch = Watch {
                     health: &health,
                     notes,
@@ -687,10 +759,11 @@ impl RedisConn {
                     ended: false,
                 };
                 let r = req.send(&mut manager).await;
-                match &r {
+                let verdict = match &r {
                     Ok(_) => watch.end(CommandEnd::Answered, None),
                     Err(e) => watch.end(command_end(e), Some(e)),
-                }
+                };
+                conn.note_attempt(verdict, since);
                 r
             }
             RedisConn::Cluster(c) => c.run(req).await,
@@ -853,10 +926,10 @@ impl LazyCluster {
             ended: false,
         };
         let r = req.send(&mut conn).await;
-        match &r {
+        let _ = match &r {
             Ok(_) => watch.end(CommandEnd::Answered, None),
             Err(e) => watch.end_at(&self.node_of(e), command_end(e), Some(e)),
-        }
+        };
         r
     }
 }
@@ -895,7 +968,17 @@ impl Primary {
 struct SentinelNode {
     node: Node,
     client: Client,
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// Held while the connection is being made ([`SentinelConn::sentinel_conn`]).
+    conn: Arc<tokio::sync::Mutex<Option<MultiplexedConnection>>>,
+}
+
+/// A replica's connection that answered `ROLE` as a replica, kept for the
+/// reads the primary cannot answer, and when a majority of the sentinels
+/// last listed it.
+struct Replica {
+    addr: String,
+    conn: MultiplexedConnection,
+    listed: Instant,
 }
 
 /// The primary of a Sentinel-managed service: asked of the sentinels on
@@ -911,6 +994,11 @@ pub struct SentinelConn {
     /// The primary's and replicas' credentials.
     auth: Auth,
     primary: tokio::sync::Mutex<Option<Primary>>,
+    /// When a command may look for the primary again after finding none
+    /// that answers ([`Reconnects`]; reads go to a replica meanwhile).
+    reconnects: Mutex<Reconnects>,
+    /// The replica the reads go to while the primary does not answer.
+    replica: tokio::sync::Mutex<Option<Replica>>,
     config: AsyncConnectionConfig,
     timeout: Duration,
     shown: String,
@@ -931,32 +1019,61 @@ impl SentinelConn {
     /// with the sentinel's address and drops its connection.
     async fn ask<T: FromRedisValue>(&self, s: &SentinelNode, cmd: &Cmd) -> RedisResult<T> {
         let asked = async {
-            let mut slot = s.conn.lock().await;
-            if slot.is_none() {
-                let mut c = s
-                    .client
-                    .get_multiplexed_async_connection_with_config(&self.config)
-                    .await?;
-                let role: Role = redis::cmd("ROLE").query_async(&mut c).await?;
-                if !matches!(role, Role::Sentinel { .. }) {
-                    return Err(std::io::Error::other("not a sentinel (ROLE)").into());
-                }
-                *slot = Some(c);
-            }
-            let Some(c) = slot.as_mut() else {
-                return Err(Self::timed_out("sentinel"));
-            };
-            cmd.query_async(c).await
+            let mut c = self.sentinel_conn(s).await?;
+            cmd.query_async(&mut c).await
         };
         let r = match tokio::time::timeout(self.timeout, asked).await {
             Ok(r) => r,
             Err(_) => Err(Self::timed_out("asking the sentinel")),
         };
         if let Err(e) = &r {
-            *s.conn.lock().await = None;
+            // Unless a new connection is being made meanwhile.
+            if let Ok(mut slot) = s.conn.try_lock() {
+                *slot = None;
+            }
             self.notes.connect_failed(&s.node.to_string(), e);
         }
         r
+    }
+
+    /// The connection to the sentinel `s`, made (and checked with `ROLE`)
+    /// when there is none, in a task of its own: asking the sentinels ends
+    /// as soon as a majority agrees, which drops the question to a slower
+    /// one, and a sentinel that must reconnect (TCP, `AUTH`, `ROLE`) is
+    /// slower than the others every time. Made in the question's future,
+    /// its connection was dropped half-made every time, and made again at
+    /// the next question: two new connections a second to that sentinel
+    /// for as long as it stayed slower. The task keeps the slot's lock
+    /// until it is done, so there is one connection attempt at a time.
+    async fn sentinel_conn(&self, s: &SentinelNode) -> RedisResult<MultiplexedConnection> {
+        let mut slot = Arc::clone(&s.conn).lock_owned().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let (client, config, timeout) = (s.client.clone(), self.config.clone(), self.timeout);
+        let connecting = tokio::spawn(async move {
+            let made = tokio::time::timeout(timeout, async {
+                let mut c = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                let role: Role = redis::cmd("ROLE").query_async(&mut c).await?;
+                if !matches!(role, Role::Sentinel { .. }) {
+                    return Err(std::io::Error::other("not a sentinel (ROLE)").into());
+                }
+                Ok::<_, redis::RedisError>(c)
+            })
+            .await;
+            let c = match made {
+                Ok(r) => r?,
+                Err(_) => return Err(Self::timed_out("connecting to the sentinel")),
+            };
+            *slot = Some(c.clone());
+            Ok(c)
+        });
+        match connecting.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(format!("connecting to the sentinel: {e}")).into()),
+        }
     }
 
     /// The primary's client, and a connection to it: the address a
@@ -1060,7 +1177,20 @@ impl SentinelConn {
     async fn primary(self: &Arc<Self>) -> RedisResult<Primary> {
         let mut slot = self.primary.lock().await;
         let Some(p) = slot.clone() else {
-            let (addr, client, conn) = self.primary_client().await?;
+            // No primary answered moments ago: the command fails at once
+            // (a read goes to a replica) until the next attempt is due.
+            let since = {
+                let mut r = self.reconnects.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                match r.admit(now, Duration::ZERO) {
+                    Admit::Go { since } | Admit::Attempt { since } => since,
+                    Admit::Refuse | Admit::WaitUntil(_) => {
+                        return Err(not_reconnected(&self.shown, r.wait_left(now)));
+                    }
+                }
+            };
+            let found = self.primary_client().await;
+            let (addr, client, conn) = self.attempted(found, since)?;
             return Ok(self.install(&mut slot, addr, client, conn, Instant::now()));
         };
         // The sentinels' word is checked again at most once per interval:
@@ -1103,7 +1233,7 @@ impl SentinelConn {
             // The next command asks the sentinels again.
             Some(Err(e)) => {
                 *slot = None;
-                Err(e)
+                self.attempted(Err(e), self.failures_counted())
             }
             // Suspect, and the sentinels name nobody: a new connection to
             // the address a majority named last, if it still calls itself
@@ -1114,10 +1244,29 @@ impl SentinelConn {
                 }
                 Err(e) => {
                     *slot = None;
-                    Err(e)
+                    self.attempted(Err(e), self.failures_counted())
                 }
             },
         }
+    }
+
+    /// `found`, an attempt to find and connect to the primary, noted for
+    /// the next one ([`Reconnects`]).
+    fn attempted<T>(&self, found: RedisResult<T>, since: u64) -> RedisResult<T> {
+        let mut r = self.reconnects.lock().unwrap_or_else(|e| e.into_inner());
+        match &found {
+            Ok(_) => r.answered(),
+            Err(_) => r.failed(since, Instant::now()),
+        }
+        found
+    }
+
+    /// The failures counted so far ([`Admit`]), for an attempt made
+    /// without asking [`Reconnects::admit`] (a suspect connection's
+    /// replacement).
+    fn failures_counted(&self) -> u64 {
+        let r = self.reconnects.lock().unwrap_or_else(|e| e.into_inner());
+        r.counted()
     }
 
     /// The routine re-check of `asked`, the primary in use: when a
@@ -1182,6 +1331,10 @@ impl SentinelConn {
             health: Arc::new(Mutex::new(health)),
         };
         *slot = Some(p.clone());
+        // The reads are the primary's again.
+        if let Ok(mut replica) = self.replica.try_lock() {
+            *replica = None;
+        }
         p
     }
 
@@ -1264,12 +1417,51 @@ impl SentinelConn {
     }
 
     /// A read the primary could not answer, asked of a replica; the
-    /// primary's error when no replica answers either.
+    /// primary's error when no replica answers either. The replica's
+    /// connection is kept for the next reads ([`Self::replica`]).
     async fn read_replica(
         &self,
         req: &Req<'_>,
         primary_error: redis::RedisError,
     ) -> RedisResult<Vec<Value>> {
+        let Some((addr, mut conn)) = self.replica().await else {
+            return Err(primary_error);
+        };
+        match req.send(&mut conn).await {
+            Ok(v) => {
+                self.notes.replica_read(&addr);
+                Ok(v)
+            }
+            Err(e) => {
+                if is_connection_failure(&e) {
+                    self.notes.connect_failed(&addr, &e);
+                    let mut kept = self.replica.lock().await;
+                    if kept.as_ref().is_some_and(|r| r.addr == addr) {
+                        *kept = None;
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The replica the reads go to while the primary does not answer: the
+    /// one kept, while a majority of the sentinels listed it less than
+    /// [`PRIMARY_CHECK_INTERVAL`] ago (asked again after that, and kept
+    /// when they still list it); otherwise the first replica a majority
+    /// lists that calls itself one (`ROLE`). Before, every read asked the
+    /// sentinels and made a new connection to the replica, dropped after
+    /// the read: about two hundred connections a second per worker at a
+    /// hundred new names a second, for as long as the primary was down.
+    async fn replica(&self) -> Option<(String, MultiplexedConnection)> {
+        // Held while the sentinels are asked: one question at a time, the
+        // other reads wait for its answer.
+        let mut kept = self.replica.lock().await;
+        if let Some(r) = kept.as_ref() {
+            if r.listed.elapsed() < PRIMARY_CHECK_INTERVAL {
+                return Some((r.addr.clone(), r.conn.clone()));
+            }
+        }
         let mut cmd = redis::cmd("SENTINEL");
         cmd.arg("REPLICAS").arg(&self.service);
         let answers = futures_util::future::join_all(self.sentinels.iter().map(|s| async {
@@ -1286,10 +1478,22 @@ impl SentinelConn {
             )
         }))
         .await;
+        let agreed = agreed_replicas(&answers);
+        // Still listed: kept.
+        if let Some(r) = kept.as_mut() {
+            if agreed.iter().any(|n| n.to_string() == r.addr) {
+                r.listed = Instant::now();
+                return Some((r.addr.clone(), r.conn.clone()));
+            }
+        }
+        *kept = None;
         // The first agreed replica that calls itself one (`ROLE`).
-        for node in agreed_replicas(&answers) {
+        for node in agreed {
             let addr = node.to_string();
-            let client = node_client(&node, &self.auth, self.db, false, &RedisTls::default())?;
+            let Ok(client) = node_client(&node, &self.auth, self.db, false, &RedisTls::default())
+            else {
+                continue;
+            };
             let connected = tokio::time::timeout(self.timeout, async {
                 let mut c = client
                     .get_multiplexed_async_connection_with_config(&self.config)
@@ -1298,7 +1502,7 @@ impl SentinelConn {
                 Ok::<_, redis::RedisError>((role, c))
             })
             .await;
-            let mut conn = match connected {
+            let conn = match connected {
                 Ok(Ok((Role::Replica { .. }, c))) => c,
                 Ok(Ok(_)) => continue,
                 Ok(Err(e)) => {
@@ -1311,11 +1515,14 @@ impl SentinelConn {
                     continue;
                 }
             };
-            let v = req.send(&mut conn).await?;
-            self.notes.replica_read(&addr);
-            return Ok(v);
+            *kept = Some(Replica {
+                addr: addr.clone(),
+                conn: conn.clone(),
+                listed: Instant::now(),
+            });
+            return Some((addr, conn));
         }
-        Err(primary_error)
+        None
     }
 }
 

@@ -45,7 +45,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How one command on a connection ended, as far as the connection goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +199,130 @@ pub fn replace_primary(suspect: bool, named: Named) -> bool {
 /// checked since.
 pub fn install_rechecked(named: Named, still_in_use: bool) -> bool {
     still_in_use && replace_primary(false, named)
+}
+
+/// Wait after the second failure in a row to connect to a node, before a
+/// command may try it again ([`Reconnects`]); it doubles with each failed
+/// attempt after it. After the first there is none: a server that
+/// restarted is usually back (the client library reconnects at once).
+pub const RECONNECT_FIRST_WAIT: Duration = Duration::from_millis(100);
+
+/// Longest wait between two attempts to connect to a node that keeps
+/// failing ([`Reconnects`]): a node that comes back is connected to again
+/// within this (and one connect) of answering, as the invalidation
+/// subscription is.
+pub const RECONNECT_MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// The wait after `failures` failed attempts in a row (from 1): none
+/// after the first, then [`RECONNECT_FIRST_WAIT`] doubling, at most
+/// [`RECONNECT_MAX_WAIT`].
+pub fn reconnect_wait(failures: u32) -> Duration {
+    if failures <= 1 {
+        return Duration::ZERO;
+    }
+    let doublings = failures.saturating_sub(2).min(16);
+    RECONNECT_FIRST_WAIT
+        .saturating_mul(1 << doublings)
+        .min(RECONNECT_MAX_WAIT)
+}
+
+/// What a command does about a node that failed to connect
+/// ([`Reconnects::admit`]). `since` is the number of failures counted
+/// when it was admitted: its own failure is counted only if no other was
+/// since ([`Reconnects::failed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Send it: the node answered last; or it failed once, and the client
+    /// library's own reconnect, started at once, is the next attempt; or
+    /// an attempt (see [`Admit::Attempt`]) is under way, which this
+    /// command shares.
+    Go { since: u64 },
+    /// Send it over a new connection: the wait after the last failure is
+    /// over and this command is the first since, so its connecting is the
+    /// next attempt. (The client library's own reconnect starts at once
+    /// after a failure, so its connection is older than the wait.)
+    Attempt { since: u64 },
+    /// Wait until then, and ask again: the next attempt comes within the
+    /// command's patience.
+    WaitUntil(Instant),
+    /// Fail at once: the next attempt is further off than the command's
+    /// patience.
+    Refuse,
+}
+
+/// When commands may try again a node that failed to connect, across
+/// commands. The redis crate reconnects (with its own short retries) on
+/// whatever command comes next, so with a node down every command was a
+/// new attempt: about a dozen connections a second per worker under
+/// traffic, each worker of each terminator, all of them at once when the
+/// node comes back. Now after the second failed attempt in a row the
+/// commands of the next [`reconnect_wait`] wait for the attempt after it
+/// (or fail at once, when that is further off than they may wait): one
+/// attempt per wait per worker, the wait doubling from 100 ms to 1 s.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconnects {
+    /// Failed attempts in a row.
+    failures: u32,
+    /// Failures counted ever: tells a command admitted before the last
+    /// counted failure (it failed with the others) from one after it.
+    counted: u64,
+    /// When the next attempt may start; `None` while the node answers.
+    next: Option<Instant>,
+    /// A command was sent as that attempt ([`Admit::Attempt`]) and has not
+    /// failed yet.
+    attempting: bool,
+}
+
+impl Reconnects {
+    /// What a command that may wait `patience` does at `now`.
+    pub fn admit(&mut self, now: Instant, patience: Duration) -> Admit {
+        let since = self.counted;
+        match self.next {
+            None => Admit::Go { since },
+            Some(t) if t <= now => {
+                if self.attempting || self.failures <= 1 {
+                    Admit::Go { since }
+                } else {
+                    self.attempting = true;
+                    Admit::Attempt { since }
+                }
+            }
+            Some(t) if t.duration_since(now) <= patience => Admit::WaitUntil(t),
+            Some(_) => Admit::Refuse,
+        }
+    }
+
+    /// A command admitted with `since` ([`Admit`]) failed to connect (or
+    /// its connection failed) at `now`. Counted once per attempt: the
+    /// commands that shared an attempt fail together, and only the first
+    /// of them counts.
+    pub fn failed(&mut self, since: u64, now: Instant) {
+        if since != self.counted {
+            return;
+        }
+        self.counted = self.counted.wrapping_add(1);
+        self.failures = self.failures.saturating_add(1);
+        self.next = Some(now + reconnect_wait(self.failures));
+        self.attempting = false;
+    }
+
+    /// A command was answered: the node is fine again.
+    pub fn answered(&mut self) {
+        self.failures = 0;
+        self.next = None;
+        self.attempting = false;
+    }
+
+    /// The failures counted so far: what [`Admit`] hands a command.
+    pub fn counted(&self) -> u64 {
+        self.counted
+    }
+
+    /// How long until the next attempt (zero when a command may go now).
+    pub fn wait_left(&self, now: Instant) -> Duration {
+        self.next
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
+    }
 }
 
 #[cfg(test)]
@@ -403,6 +527,114 @@ mod tests {
         );
         assert_eq!(abandoned(Duration::from_millis(10), t), None);
         assert_eq!(abandoned(Duration::ZERO, t), None);
+    }
+
+    #[test]
+    fn reconnect_waits_are_none_after_one_failure_then_double_from_100_ms_to_one_second() {
+        let waits: Vec<u128> = (1..=8).map(|n| reconnect_wait(n).as_millis()).collect();
+        assert_eq!(waits, [0, 100, 200, 400, 800, 1000, 1000, 1000]);
+        assert_eq!(reconnect_wait(u32::MAX), RECONNECT_MAX_WAIT);
+    }
+
+    /// `r.admit(now, patience)`, without the failures count.
+    fn admitted(r: &mut Reconnects, now: Instant, patience: Duration) -> &'static str {
+        match r.admit(now, patience) {
+            Admit::Go { .. } => "go",
+            Admit::Attempt { .. } => "attempt",
+            Admit::WaitUntil(_) => "wait",
+            Admit::Refuse => "refuse",
+        }
+    }
+
+    /// Admits a command at `now` and fails it there.
+    fn fail_one(r: &mut Reconnects, now: Instant) {
+        match r.admit(now, Duration::ZERO) {
+            Admit::Go { since } | Admit::Attempt { since } => r.failed(since, now),
+            other => panic!("not admitted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn after_two_failed_connects_commands_wait_for_the_next_attempt_or_fail_at_once() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let z = Duration::ZERO;
+        let mut r = Reconnects::default();
+        // A node that answers: every command goes.
+        assert_eq!(admitted(&mut r, t0, z), "go");
+        // It fails once: the client library's own reconnect is the next
+        // attempt, at once, shared by every command.
+        fail_one(&mut r, t0);
+        assert_eq!(admitted(&mut r, t0, z), "go");
+        assert_eq!(admitted(&mut r, t0 + ms(1), z), "go");
+        // That fails too: the next attempt is 100 ms off. A command that
+        // may wait 500 ms waits for it; one that may not wait fails at once.
+        fail_one(&mut r, t0 + ms(2));
+        assert_eq!(
+            r.admit(t0 + ms(12), ms(500)),
+            Admit::WaitUntil(t0 + ms(102))
+        );
+        assert_eq!(admitted(&mut r, t0 + ms(12), ms(50)), "refuse");
+        assert_eq!(admitted(&mut r, t0 + ms(12), z), "refuse");
+        assert_eq!(r.wait_left(t0 + ms(12)), ms(90));
+        // Its time: the first command is the attempt, the others share it.
+        assert_eq!(admitted(&mut r, t0 + ms(102), z), "attempt");
+        assert_eq!(admitted(&mut r, t0 + ms(102), ms(500)), "go");
+        assert_eq!(admitted(&mut r, t0 + ms(150), z), "go");
+        assert_eq!(r.wait_left(t0 + ms(150)), z);
+        // It connected: every command goes again.
+        r.answered();
+        assert_eq!(admitted(&mut r, t0 + ms(160), z), "go");
+        assert_eq!(r.wait_left(t0 + ms(160)), z);
+    }
+
+    #[test]
+    fn the_commands_that_shared_an_attempt_count_one_failure() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let z = Duration::ZERO;
+        let mut r = Reconnects::default();
+        // Ten commands in flight when the node went: one failure.
+        let in_flight: Vec<Admit> = (0..10).map(|_| r.admit(t0, z)).collect();
+        for (i, a) in in_flight.iter().enumerate() {
+            let Admit::Go { since } = a else {
+                panic!("{a:?}")
+            };
+            r.failed(*since, t0 + ms(i as u64));
+        }
+        assert_eq!(r.wait_left(t0 + ms(9)), z, "one failure: no wait");
+        // The library's reconnect, shared by five commands, fails: the
+        // second failure, 100 ms.
+        let shared: Vec<Admit> = (0..5).map(|_| r.admit(t0 + ms(10), z)).collect();
+        for a in &shared {
+            let Admit::Go { since } = a else {
+                panic!("{a:?}")
+            };
+            r.failed(*since, t0 + ms(11));
+        }
+        assert_eq!(r.wait_left(t0 + ms(11)), ms(100));
+        // Then 200, 400, 800 ms, then at most a second: one attempt each,
+        // whoever shares it.
+        let mut now = t0 + ms(111);
+        for expected in [200, 400, 800, 1000, 1000] {
+            let Admit::Attempt { since } = r.admit(now, z) else {
+                panic!("no attempt at {:?}", now - t0)
+            };
+            let Admit::Go { since: also } = r.admit(now, z) else {
+                panic!("not shared")
+            };
+            r.failed(since, now);
+            r.failed(also, now);
+            assert_eq!(r.wait_left(now), ms(expected));
+            now += ms(expected);
+        }
+        // An answer: back to normal, and the next failure has no wait.
+        r.answered();
+        assert_eq!(admitted(&mut r, now, z), "go");
+        fail_one(&mut r, now);
+        assert_eq!(r.wait_left(now), z);
+        fail_one(&mut r, now);
+        assert_eq!(r.wait_left(now), ms(100));
     }
 }
 
@@ -664,6 +896,185 @@ mod live_tests {
             seen.iter()
                 .all(|n| matches!(n, RedisNote::ConnectFailed { .. })),
             "{seen:?}"
+        );
+    }
+
+    /// Sends `cmd` every `every` for `during`; the answers that were `Ok`.
+    async fn keep_asking(
+        conn: &mut crate::fetch::RedisConn,
+        cmd: &redis::Cmd,
+        every: Duration,
+        during: Duration,
+    ) -> (usize, usize) {
+        let t0 = std::time::Instant::now();
+        let (mut sent, mut answered) = (0, 0);
+        while t0.elapsed() < during {
+            sent += 1;
+            if query::<String>(conn, cmd.clone()).await.is_ok() {
+                answered += 1;
+            }
+            tokio::time::sleep(every).await;
+        }
+        (sent, answered)
+    }
+
+    #[test]
+    fn a_server_that_is_down_gets_one_connection_attempt_per_wait_not_several_per_command() {
+        // A server that is down behind a proxy that counts the connections
+        // made to it (the proxy accepts, finds nothing behind, and closes).
+        let mut redis = Redis::reserve();
+        let proxy = BlackholeProxy::start(redis.port);
+        let url = format!("redis://127.0.0.1:{}/0", proxy.port);
+        let (target, notes, _seen, rt) = setup(&url);
+        rt.block_on(async {
+            let mut conn = target.connect(notes).unwrap();
+            // A command every 10 ms for 3 s, as lookups under traffic.
+            let cmd = redis::cmd("PING");
+            let (sent, answered) =
+                keep_asking(&mut conn, &cmd, Duration::from_millis(10), Duration::from_secs(3))
+                    .await;
+            assert_eq!(answered, 0);
+            // The first connection, the client library's own reconnect
+            // right after its failure, then attempts at about 0.1, 0.3,
+            // 0.7, 1.5 and 2.5 s (the wait doubling to 1 s), each a
+            // connection of its own and the library's reconnect after its
+            // failure: 12 or 13 (measured: 13 for about 200 commands).
+            // Before: a new attempt per command, with the library's
+            // retries (34 connections for 11 commands, each held up by
+            // the retries).
+            let made = proxy.accepted();
+            assert!(
+                made <= 16,
+                "{made} connections to a server that is down, for {sent} commands in 3 s"
+            );
+            assert!(made >= 4, "{made} connections: no attempt after the first?");
+            // The server comes back: a command answers within the longest
+            // wait (1 s) and one connect.
+            redis.start_server();
+            let t0 = std::time::Instant::now();
+            let mut back = None;
+            while t0.elapsed() < Duration::from_secs(3) {
+                if ping(&mut conn).await.is_ok() {
+                    back = Some(t0.elapsed());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(
+                back.is_some_and(|t| t < Duration::from_millis(1500)),
+                "answered {back:?} after the server came back"
+            );
+        });
+    }
+
+    #[test]
+    fn a_sentinel_slower_than_the_others_keeps_its_connection() {
+        use dyncert_testkit::{sentinels_naming, SENTINEL_SERVICE};
+        let redis = Redis::start();
+        let sentinels = sentinels_naming(redis.port);
+        // The third sentinel is 40 ms away each way: it answers after the
+        // other two, every time.
+        let far = BlackholeProxy::start_delayed(sentinels[2].port, Duration::from_millis(40));
+        let url = format!(
+            "sentinel://127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}/{SENTINEL_SERVICE}/0",
+            sentinels[0].port, sentinels[1].port, far.port
+        );
+        let (target, notes, _seen, rt) = setup(&url);
+        rt.block_on(async {
+            let mut conn = target.connect(notes).unwrap();
+            // 4 s of commands: past four of the once-a-second checks of the
+            // primary, each decided by the first two sentinels.
+            let cmd = redis::cmd("PING");
+            let (sent, answered) =
+                keep_asking(&mut conn, &cmd, Duration::from_millis(50), Duration::from_secs(4))
+                    .await;
+            assert_eq!(answered, sent);
+        });
+        // One connection, made once. Before: the question to it was dropped
+        // when the other two had agreed, mid-connect, and the connection
+        // with it: one new connection per check.
+        assert_eq!(far.accepted(), 1, "connections to the slower sentinel");
+    }
+
+    #[test]
+    fn while_the_primary_is_down_reads_keep_one_replica_connection() {
+        use dyncert_testkit::{redis_command, sentinels_naming, Reply, SENTINEL_SERVICE};
+        let mut primary = Redis::start_with(&["--repl-diskless-sync-delay", "0"]);
+        let port = primary.port.to_string();
+        let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &port]);
+        primary.cmd(&["SET", "k", "v"]);
+        // Replicated, and known to every sentinel (which fail over only
+        // after a minute: the primary stays down for the test).
+        let synced = dyncert_testkit::poll(
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || (replica.cmd(&["GET", "k"]) == Reply::Bulk(Some(b"v".to_vec()))).then_some(()),
+        );
+        assert!(synced.is_some(), "not replicated");
+        let sentinels = sentinels_naming(primary.port);
+        let listed = dyncert_testkit::poll(Duration::from_secs(15), Duration::from_millis(100), || {
+            sentinels
+                .iter()
+                .all(|s| {
+                    matches!(
+                        redis_command(s.port, &["SENTINEL", "REPLICAS", SENTINEL_SERVICE]),
+                        Ok(Reply::Array(Some(v))) if !v.is_empty()
+                    )
+                })
+                .then_some(())
+        });
+        assert!(listed.is_some(), "the sentinels do not list the replica");
+        // And connected to it (a command and a hello link each), so that
+        // the count below is the worker's connections alone.
+        let linked = dyncert_testkit::poll(Duration::from_secs(15), Duration::from_millis(100), || {
+            let clients = match replica.cmd(&["CLIENT", "LIST"]) {
+                Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+                _ => String::new(),
+            };
+            (clients.matches("name=sentinel-").count() >= 2 * sentinels.len()).then_some(())
+        });
+        assert!(linked.is_some(), "the sentinels did not connect to the replica");
+        let url = format!(
+            "sentinel://{}/{SENTINEL_SERVICE}/0",
+            sentinels
+                .iter()
+                .map(|s| format!("127.0.0.1:{}", s.port))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let received = || {
+            let info = match replica.cmd(&["INFO", "stats"]) {
+                Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+                other => panic!("INFO stats: {other:?}"),
+            };
+            info.split("total_connections_received:")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .expect("total_connections_received")
+        };
+        let (target, notes, seen, rt) = setup(&url);
+        primary.stop();
+        let before = received();
+        rt.block_on(async {
+            let mut conn = target.connect(notes).unwrap();
+            let get = redis::cmd("GET").arg("k").clone();
+            // 3 s of reads, one every 20 ms.
+            let (sent, answered) =
+                keep_asking(&mut conn, &get, Duration::from_millis(20), Duration::from_secs(3))
+                    .await;
+            assert_eq!(answered, sent, "reads the replica did not answer");
+        });
+        // Less the connection of the second INFO itself. Before: one new
+        // connection per read (over a hundred here).
+        let made = received() - before - 1;
+        assert_eq!(made, 1, "connections to the replica");
+        assert!(
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|n| matches!(n, RedisNote::ReplicaRead { .. })),
+            "no replica read noted"
         );
     }
 }
