@@ -165,3 +165,101 @@ fn a_worker_asks_the_sentinels_every_second_without_reconnecting_to_the_primary(
         tail(&nginx.error_log(), 20)
     );
 }
+
+/// Connections the sentinels have accepted in all, less the ones asking
+/// took (one per sentinel).
+fn sentinel_connections(d: &Deployment) -> u64 {
+    d.sentinels
+        .iter()
+        .map(|s| {
+            let info = match s.cmd(&["INFO", "stats"]) {
+                Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+                other => panic!("INFO stats: {other:?}"),
+            };
+            info.split("total_connections_received:")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .expect("total_connections_received")
+                - 1
+        })
+        .sum()
+}
+
+/// The ids of the subscriptions on the primary that are not the
+/// sentinels' own (`__sentinel__:hello`): the worker's.
+fn worker_subscriptions(d: &Deployment) -> Vec<String> {
+    let clients = match d.primary.cmd(&["CLIENT", "LIST", "TYPE", "pubsub"]) {
+        Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("CLIENT LIST: {other:?}"),
+    };
+    clients
+        .lines()
+        .filter(|l| !l.contains("name=sentinel-"))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Closes the worker's subscription on the primary, and waits until it
+/// subscribed again.
+fn kill_subscription(d: &Deployment, nginx: &Nginx) {
+    let ids = worker_subscriptions(d);
+    assert_eq!(ids.len(), 1, "the worker's subscription: {ids:?}");
+    d.primary.cmd(&["CLIENT", "KILL", "ID", &ids[0]]);
+    let again = poll(Duration::from_secs(10), Duration::from_millis(50), || {
+        let now = worker_subscriptions(d);
+        (now.len() == 1 && now != ids).then_some(())
+    });
+    assert!(
+        again.is_some(),
+        "not subscribed again:\n{}",
+        tail(&nginx.error_log(), 20)
+    );
+}
+
+#[test]
+fn a_worker_subscribes_again_over_the_sentinel_connections_it_has() {
+    let pki = Pki::new();
+    let d = Deployment::start();
+    let (nginx, mport) = start_nginx(&pki, &d, false);
+    // Past the subscription's first once-a-second check of the primary:
+    // every connection the worker keeps to the sentinels is made. And the
+    // sentinels have found each other (they link up through the primary's
+    // hello channel, within seconds of starting), so that the count below
+    // is the worker's.
+    thread::sleep(Duration::from_millis(1500));
+    let linked = poll(Duration::from_secs(15), Duration::from_millis(100), || {
+        d.sentinels
+            .iter()
+            .all(|s| match s.cmd(&["CLIENT", "LIST"]) {
+                Reply::Bulk(Some(b)) => {
+                    String::from_utf8_lossy(&b)
+                        .matches("name=sentinel-")
+                        .count()
+                        >= d.sentinels.len() - 1
+                }
+                _ => false,
+            })
+            .then_some(())
+    });
+    assert!(linked.is_some(), "the sentinels did not link up");
+    let before = sentinel_connections(&d);
+    for _ in 0..3 {
+        kill_subscription(&d, &nginx);
+    }
+    thread::sleep(Duration::from_millis(1500));
+    // Before: each subscription asked the sentinels over a set of new
+    // connections it dropped once subscribed, and watched the primary over
+    // another new set: 6 new connections per subscription (18 here).
+    // Less the connections the first count took (one per sentinel).
+    let made = sentinel_connections(&d) - before - d.sentinels.len() as u64;
+    assert_eq!(
+        made,
+        0,
+        "new connections to the sentinels for 3 subscriptions:\n{}",
+        tail(&nginx.error_log(), 20)
+    );
+    let m = scrape_metrics(mport);
+    assert!(m.get("dyncert_redis_resubscribes_total") >= 3.0);
+}

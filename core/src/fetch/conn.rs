@@ -415,25 +415,10 @@ impl RedisTarget {
                 }
                 Err(last.unwrap_or_else(|| std::io::Error::other("no cluster node").into()))
             }
-            Topology::Sentinel { .. } => {
-                let s = match self.connect(notes.clone())? {
-                    RedisConn::Sentinel(s) => s,
-                    _ => return Err(std::io::Error::other("not a sentinel connection").into()),
-                };
-                let (node, client, _) = s.primary_client().await?;
-                match tokio::time::timeout(t, client.get_async_pubsub()).await {
-                    Ok(Ok(p)) => Ok((node, p)),
-                    Ok(Err(e)) => {
-                        notes.connect_failed(&node, &e);
-                        Err(e)
-                    }
-                    Err(e) => {
-                        let e = timed(e);
-                        notes.connect_failed(&node, &e);
-                        Err(e)
-                    }
-                }
-            }
+            Topology::Sentinel { .. } => match self.connect(notes.clone())? {
+                RedisConn::Sentinel(s) => s.pubsub().await,
+                _ => Err(std::io::Error::other("not a sentinel connection").into()),
+            },
         }
     }
 }
@@ -1342,6 +1327,24 @@ impl SentinelConn {
     /// invalidation listener, which must move when the primary does).
     pub async fn primary_addr(&self) -> RedisResult<String> {
         self.agreed_node().await.map(|node| node.to_string())
+    }
+
+    /// A pub/sub connection to the primary a majority of the sentinels
+    /// names (once it answered `ROLE` as a primary), and its address.
+    pub async fn pubsub(&self) -> RedisResult<(String, PubSub)> {
+        let (node, client, _) = self.primary_client().await?;
+        match tokio::time::timeout(self.timeout, client.get_async_pubsub()).await {
+            Ok(Ok(p)) => Ok((node, p)),
+            Ok(Err(e)) => {
+                self.notes.connect_failed(&node, &e);
+                Err(e)
+            }
+            Err(_) => {
+                let e = Self::timed_out("subscribing");
+                self.notes.connect_failed(&node, &e);
+                Err(e)
+            }
+        }
     }
 
     /// Drops the connection `used` (not one that replaced it meanwhile).

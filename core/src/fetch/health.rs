@@ -930,9 +930,13 @@ mod live_tests {
             let mut conn = target.connect(notes).unwrap();
             // A command every 10 ms for 3 s, as lookups under traffic.
             let cmd = redis::cmd("PING");
-            let (sent, answered) =
-                keep_asking(&mut conn, &cmd, Duration::from_millis(10), Duration::from_secs(3))
-                    .await;
+            let (sent, answered) = keep_asking(
+                &mut conn,
+                &cmd,
+                Duration::from_millis(10),
+                Duration::from_secs(3),
+            )
+            .await;
             assert_eq!(answered, 0);
             // The first connection, the client library's own reconnect
             // right after its failure, then attempts at about 0.1, 0.3,
@@ -985,9 +989,13 @@ mod live_tests {
             // 4 s of commands: past four of the once-a-second checks of the
             // primary, each decided by the first two sentinels.
             let cmd = redis::cmd("PING");
-            let (sent, answered) =
-                keep_asking(&mut conn, &cmd, Duration::from_millis(50), Duration::from_secs(4))
-                    .await;
+            let (sent, answered) = keep_asking(
+                &mut conn,
+                &cmd,
+                Duration::from_millis(50),
+                Duration::from_secs(4),
+            )
+            .await;
             assert_eq!(answered, sent);
         });
         // One connection, made once. Before: the question to it was dropped
@@ -1005,35 +1013,39 @@ mod live_tests {
         primary.cmd(&["SET", "k", "v"]);
         // Replicated, and known to every sentinel (which fail over only
         // after a minute: the primary stays down for the test).
-        let synced = dyncert_testkit::poll(
-            Duration::from_secs(10),
-            Duration::from_millis(50),
-            || (replica.cmd(&["GET", "k"]) == Reply::Bulk(Some(b"v".to_vec()))).then_some(()),
-        );
+        let synced =
+            dyncert_testkit::poll(Duration::from_secs(10), Duration::from_millis(50), || {
+                (replica.cmd(&["GET", "k"]) == Reply::Bulk(Some(b"v".to_vec()))).then_some(())
+            });
         assert!(synced.is_some(), "not replicated");
         let sentinels = sentinels_naming(primary.port);
-        let listed = dyncert_testkit::poll(Duration::from_secs(15), Duration::from_millis(100), || {
-            sentinels
-                .iter()
-                .all(|s| {
-                    matches!(
-                        redis_command(s.port, &["SENTINEL", "REPLICAS", SENTINEL_SERVICE]),
-                        Ok(Reply::Array(Some(v))) if !v.is_empty()
-                    )
-                })
-                .then_some(())
-        });
+        let listed =
+            dyncert_testkit::poll(Duration::from_secs(15), Duration::from_millis(100), || {
+                sentinels
+                    .iter()
+                    .all(|s| {
+                        matches!(
+                            redis_command(s.port, &["SENTINEL", "REPLICAS", SENTINEL_SERVICE]),
+                            Ok(Reply::Array(Some(v))) if !v.is_empty()
+                        )
+                    })
+                    .then_some(())
+            });
         assert!(listed.is_some(), "the sentinels do not list the replica");
         // And connected to it (a command and a hello link each), so that
         // the count below is the worker's connections alone.
-        let linked = dyncert_testkit::poll(Duration::from_secs(15), Duration::from_millis(100), || {
-            let clients = match replica.cmd(&["CLIENT", "LIST"]) {
-                Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
-                _ => String::new(),
-            };
-            (clients.matches("name=sentinel-").count() >= 2 * sentinels.len()).then_some(())
-        });
-        assert!(linked.is_some(), "the sentinels did not connect to the replica");
+        let linked =
+            dyncert_testkit::poll(Duration::from_secs(15), Duration::from_millis(100), || {
+                let clients = match replica.cmd(&["CLIENT", "LIST"]) {
+                    Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+                    _ => String::new(),
+                };
+                (clients.matches("name=sentinel-").count() >= 2 * sentinels.len()).then_some(())
+            });
+        assert!(
+            linked.is_some(),
+            "the sentinels did not connect to the replica"
+        );
         let url = format!(
             "sentinel://{}/{SENTINEL_SERVICE}/0",
             sentinels
@@ -1060,9 +1072,13 @@ mod live_tests {
             let mut conn = target.connect(notes).unwrap();
             let get = redis::cmd("GET").arg("k").clone();
             // 3 s of reads, one every 20 ms.
-            let (sent, answered) =
-                keep_asking(&mut conn, &get, Duration::from_millis(20), Duration::from_secs(3))
-                    .await;
+            let (sent, answered) = keep_asking(
+                &mut conn,
+                &get,
+                Duration::from_millis(20),
+                Duration::from_secs(3),
+            )
+            .await;
             assert_eq!(answered, sent, "reads the replica did not answer");
         });
         // Less the connection of the second INFO itself. Before: one new

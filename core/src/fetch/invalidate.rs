@@ -63,12 +63,27 @@ pub(super) async fn subscribe(
     let mut backoff = BACKOFF_MIN;
     let mut subscribed_before = false;
     let mut last_warn: Option<Instant> = None;
+    // Under Sentinel, one set of sentinel connections for the life of the
+    // worker, to find the primary to subscribe on and to notice it moved.
+    // Before, each subscription made two sets (3 connections each with
+    // three sentinels), and dropped the first once subscribed.
+    let sentinel = match &target.topology {
+        Topology::Sentinel { .. } => match target.connect(notes.clone()) {
+            Ok(RedisConn::Sentinel(s)) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    };
     loop {
         let mut subscribed = false;
+        let source = Source {
+            target: &target,
+            sentinel: sentinel.as_ref(),
+            notes: &notes,
+        };
         let err = match listen(
-            &target,
+            &source,
             &channel,
-            &notes,
             &shared,
             wakeup.as_ref(),
             subscribed_before,
@@ -96,19 +111,37 @@ pub(super) async fn subscribe(
     }
 }
 
+/// Where a subscription is made: the deployment, and under Sentinel the
+/// worker's sentinel connections.
+struct Source<'a> {
+    target: &'a RedisTarget,
+    sentinel: Option<&'a Arc<SentinelConn>>,
+    notes: &'a Notes,
+}
+
 async fn listen(
-    target: &RedisTarget,
+    source: &Source<'_>,
     channel: &str,
-    notes: &Notes,
     shared: &Shared,
     wakeup: Option<&Wakeup>,
     resubscribed: bool,
     subscribed: &mut bool,
 ) -> Result<(), RedisError> {
+    let Source {
+        target,
+        sentinel,
+        notes,
+    } = *source;
     let timeout = target.timeout;
     // The node depends on the deployment (RedisTarget::pubsub); a failure
     // to reach it is already reported with its address.
-    let (node, mut pubsub) = tokio::time::timeout(timeout * 3, target.pubsub(notes))
+    let found = async {
+        match sentinel {
+            Some(s) => s.pubsub().await,
+            None => target.pubsub(notes).await,
+        }
+    };
+    let (node, mut pubsub) = tokio::time::timeout(timeout * 3, found)
         .await
         .map_err(|_| RedisError::ConnectTimeout)?
         .map_err(|e| RedisError::command(&e))?;
@@ -129,13 +162,7 @@ async fn listen(
     // Under Sentinel the subscription follows the primary: a PUBLISH on a
     // new primary never reaches an old one the sentinels have not demoted
     // yet (which would close this subscription).
-    let sentinel = match &target.topology {
-        Topology::Sentinel { .. } => match target.connect(notes.clone()) {
-            Ok(RedisConn::Sentinel(s)) => Some((s, node)),
-            _ => None,
-        },
-        _ => None,
-    };
+    let sentinel = sentinel.map(|s| (Arc::clone(s), node));
     watch(pubsub, channel, timeout, shared, wakeup, sentinel).await
 }
 
