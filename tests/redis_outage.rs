@@ -155,3 +155,68 @@ fn redis_restart_new_records_are_picked_up() {
     );
     s.nginx.assert_healthy();
 }
+
+#[test]
+fn a_worker_tries_a_redis_that_is_down_about_twice_a_second_whatever_the_traffic() {
+    // Redis down behind a proxy that counts the connections made to it
+    // (it accepts, finds nothing behind, and closes).
+    let pki = Pki::new();
+    let mut redis = Redis::reserve();
+    let proxy = BlackholeProxy::start(redis.port);
+    let url = format!("redis://127.0.0.1:{}/0", proxy.port);
+    let mut nginx = Nginx::start(
+        &pki,
+        &http(),
+        NginxOpts::new().workers(1).var("REDIS", &url),
+    );
+    // 6 s of new names, about 20 a second, each one a lookup; counted over
+    // the last 4 s, once the waits between attempts have grown to a second
+    // (they start again from none after Redis answered).
+    let t0 = std::time::Instant::now();
+    let (mut sent, mut before) = (0, None);
+    while t0.elapsed() < Duration::from_secs(6) {
+        if before.is_none() && t0.elapsed() >= Duration::from_secs(2) {
+            before = Some((proxy.accepted(), sent));
+        }
+        let r = Request::get("/")
+            .sni(&format!("n{sent}.example.com"))
+            .https(nginx.port)
+            .unwrap_or_else(|e| panic!("handshake {sent}: {e}"));
+        r.assert_default();
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let (before, sent_before) = before.expect("a count at 2 s");
+    // The lookups' attempts, one a second: the attempt and the client
+    // library's own reconnect after it fails; the subscription's, one a
+    // second: 12, 16 with the edges of the window. Before: every lookup
+    // was an attempt with the library's two retries, and held up by them
+    // (46 connections in those 4 s, for only 7 names; now 12 for about 60).
+    let made = proxy.accepted() - before;
+    let names = sent - sent_before;
+    assert!(
+        made <= 16,
+        "{made} connections to a Redis that is down in 4 s ({names} new names)"
+    );
+    assert!(names >= 20, "only {names} handshakes in 4 s");
+    // Redis comes back: a record is served within the longest wait (1 s),
+    // the name's own error backoff (1 s) and a lookup.
+    redis.start_server();
+    let leaf = pki.leaf(&["back.example.com"], 3008);
+    redis.put_leaf("back.example.com", &leaf);
+    let t1 = std::time::Instant::now();
+    let served = poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        Request::get("/")
+            .sni("back.example.com")
+            .https(nginx.port)
+            .ok()
+            .filter(|r| r.tls().leaf_serial == leaf.serial_hex)
+            .map(|_| t1.elapsed())
+    });
+    assert!(
+        served.is_some_and(|t| t < Duration::from_secs(3)),
+        "served {served:?} after Redis came back:\n{}",
+        tail(&nginx.error_log(), 20)
+    );
+    nginx.assert_healthy();
+}

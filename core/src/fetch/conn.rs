@@ -571,9 +571,9 @@ impl SingleConn {
     /// Waits for the next attempt to connect when the server failed to
     /// connect moments ago and that attempt comes within half the command
     /// timeout (the rest is the attempt's); fails at once when it is
-    /// further off ([`Reconnects`]).
-    /// Whether the command is that attempt ([`Admit::Attempt`]), and the
-    /// failures counted when it was admitted.
+    /// further off ([`Reconnects`]). Returns whether the command is that
+    /// attempt ([`Admit::Attempt`]), and the failures counted when it was
+    /// admitted.
     async fn admit(&self, node: &str) -> RedisResult<(bool, u64)> {
         loop {
             let (admit, left) = {
