@@ -166,24 +166,10 @@ fn a_worker_asks_the_sentinels_every_second_without_reconnecting_to_the_primary(
     );
 }
 
-/// Connections the sentinels have accepted in all, less the ones asking
-/// took (one per sentinel).
+/// Connections the sentinels have accepted in all, less the ones these
+/// questions take.
 fn sentinel_connections(d: &Deployment) -> u64 {
-    d.sentinels
-        .iter()
-        .map(|s| {
-            let info = match s.cmd(&["INFO", "stats"]) {
-                Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
-                other => panic!("INFO stats: {other:?}"),
-            };
-            info.split("total_connections_received:")
-                .nth(1)
-                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|n| n.parse::<u64>().ok())
-                .expect("total_connections_received")
-                - 1
-        })
-        .sum()
+    d.sentinels.iter().map(Redis::connections_received).sum()
 }
 
 /// The ids of the subscriptions on the primary that are not the

@@ -280,6 +280,21 @@ impl Redis {
             .map_or(0, |n| n.parse().unwrap())
     }
 
+    /// Connections the server (or sentinel) has accepted in all, less the
+    /// one this question takes (`INFO stats`, `total_connections_received`).
+    /// Between two counts, the first count's own connection is included.
+    pub fn connections_received(&self) -> u64 {
+        let Reply::Bulk(Some(info)) = self.cmd(&["INFO", "stats"]) else {
+            panic!("INFO stats");
+        };
+        let info = String::from_utf8_lossy(&info).into_owned();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .map(|n| n.trim().parse::<u64>().expect("total_connections_received"))
+            .expect("total_connections_received")
+            - 1
+    }
+
     /// A connection of its own (for commands timed one by one).
     pub fn connect(&self) -> RedisConn {
         let writer = connect(self.port, IO_TIMEOUT)

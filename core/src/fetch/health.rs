@@ -918,6 +918,16 @@ mod live_tests {
         (sent, answered)
     }
 
+    /// [`keep_asking`] `PING`, every `every_ms` for `secs`.
+    async fn keep_pinging(
+        conn: &mut crate::fetch::RedisConn,
+        every_ms: u64,
+        secs: u64,
+    ) -> (usize, usize) {
+        let every = Duration::from_millis(every_ms);
+        keep_asking(conn, &redis::cmd("PING"), every, Duration::from_secs(secs)).await
+    }
+
     #[test]
     fn a_server_that_is_down_gets_one_connection_attempt_per_wait_not_several_per_command() {
         // A server that is down behind a proxy that counts the connections
@@ -929,14 +939,7 @@ mod live_tests {
         rt.block_on(async {
             let mut conn = target.connect(notes).unwrap();
             // A command every 10 ms for 3 s, as lookups under traffic.
-            let cmd = redis::cmd("PING");
-            let (sent, answered) = keep_asking(
-                &mut conn,
-                &cmd,
-                Duration::from_millis(10),
-                Duration::from_secs(3),
-            )
-            .await;
+            let (sent, answered) = keep_pinging(&mut conn, 10, 3).await;
             assert_eq!(answered, 0);
             // The first connection, the client library's own reconnect
             // right after its failure, then attempts at about 0.1, 0.3,
@@ -988,14 +991,7 @@ mod live_tests {
             let mut conn = target.connect(notes).unwrap();
             // 4 s of commands: past four of the once-a-second checks of the
             // primary, each decided by the first two sentinels.
-            let cmd = redis::cmd("PING");
-            let (sent, answered) = keep_asking(
-                &mut conn,
-                &cmd,
-                Duration::from_millis(50),
-                Duration::from_secs(4),
-            )
-            .await;
+            let (sent, answered) = keep_pinging(&mut conn, 50, 4).await;
             assert_eq!(answered, sent);
         });
         // One connection, made once. Before: the question to it was dropped
@@ -1054,20 +1050,9 @@ mod live_tests {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let received = || {
-            let info = match replica.cmd(&["INFO", "stats"]) {
-                Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
-                other => panic!("INFO stats: {other:?}"),
-            };
-            info.split("total_connections_received:")
-                .nth(1)
-                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|n| n.parse::<u64>().ok())
-                .expect("total_connections_received")
-        };
         let (target, notes, seen, rt) = setup(&url);
         primary.stop();
-        let before = received();
+        let before = replica.connections_received();
         rt.block_on(async {
             let mut conn = target.connect(notes).unwrap();
             let get = redis::cmd("GET").arg("k").clone();
@@ -1081,9 +1066,9 @@ mod live_tests {
             .await;
             assert_eq!(answered, sent, "reads the replica did not answer");
         });
-        // Less the connection of the second INFO itself. Before: one new
+        // Less the first count's own connection. Before: one new
         // connection per read (over a hundred here).
-        let made = received() - before - 1;
+        let made = replica.connections_received() - before - 1;
         assert_eq!(made, 1, "connections to the replica");
         assert!(
             seen.lock()
