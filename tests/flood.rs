@@ -77,16 +77,28 @@ fn random_sni_flood_is_bounded_and_cached_names_stay_fast() {
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let (order, next, failures) = (order.clone(), next.clone(), failures.clone());
-            thread::spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(name) = order.get(i) else { break };
-                match Request::get("/").sni(name).https(port) {
-                    Ok(r) if r.is_default() => {}
-                    Ok(r) => failures
-                        .lock()
-                        .unwrap()
-                        .push(format!("{name}: not the default: {:?}", r.tls().leaf_sans)),
-                    Err(e) => failures.lock().unwrap().push(format!("{name}: {e}")),
+            thread::spawn(move || {
+                // The flood's clients yield the CPU to the probe below (on
+                // Linux a nice value is per thread): on two cores, 24
+                // clients at equal priority kept the probe thread waiting
+                // for its turn 50 ms at the median, so the probe measured
+                // the test machine's scheduler, not nginx (CI once saw a
+                // p99 of 170 ms this way; niced, 20 to 30 ms).
+                // SAFETY: setpriority(2) on the calling thread; only lowers
+                // its own priority.
+                let niced = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+                assert_eq!(niced, 0, "setpriority: {}", std::io::Error::last_os_error());
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(name) = order.get(i) else { break };
+                    match Request::get("/").sni(name).https(port) {
+                        Ok(r) if r.is_default() => {}
+                        Ok(r) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{name}: not the default: {:?}", r.tls().leaf_sans)),
+                        Err(e) => failures.lock().unwrap().push(format!("{name}: {e}")),
+                    }
                 }
             })
         })
@@ -204,11 +216,12 @@ fn random_sni_flood_is_bounded_and_cached_names_stay_fast() {
         distinct.len()
     );
 
-    // A cached name stayed fast throughout.
+    // A cached name stayed fast throughout: far from the API's latency,
+    // which any handshake waiting behind the flood's lookups would take.
     assert!(latencies.len() >= 20, "only {} probes", latencies.len());
     let p99 = percentile(&latencies, 0.99);
     assert!(
-        p99 < Duration::from_millis(100),
+        p99 < API_LATENCY / 2,
         "cached-name p99 {p99:?} during the flood"
     );
     assert!(
