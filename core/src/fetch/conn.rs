@@ -1,6 +1,6 @@
 //! One connection handle for every kind of Redis deployment the
 //! [`Topology`] names, built on the redis crate's own TLS, Sentinel and
-//! Cluster support: a `ConnectionManager` for one server, a Cluster
+//! Cluster support: a `MultiplexedConnection` for one server, a Cluster
 //! connection (MOVED/ASK, slot map refreshes) for a Cluster, and for
 //! Sentinel a connection to the primary the sentinels name, found again
 //! after a failover. Every connection failure is reported with the node's
@@ -23,9 +23,7 @@ use super::health::{
     CommandEnd, ConnHealth, Named, Reconnects, Verdict,
 };
 
-use redis::aio::{
-    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSub,
-};
+use redis::aio::{ConnectionLike, MultiplexedConnection, PubSub};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{
@@ -271,25 +269,15 @@ impl RedisTarget {
             Topology::Single { url, .. } => {
                 let client = single_client(url, &self.tls)?;
                 let node = addr_of(&client);
-                // One connect per attempt: the waits between attempts are
-                // `Reconnects`', across commands (the manager's own retries
-                // were per command, so every command under traffic made up
-                // to three connects to a server that was down).
-                let mcfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(t))
-                    .set_response_timeout(Some(t))
-                    .set_number_of_retries(0);
-                let conn = ConnectionManager::new_lazy_with_config(client.clone(), mcfg.clone())?;
                 Ok(RedisConn::Single {
                     conn: Arc::new(SingleConn {
                         client,
-                        config: mcfg,
+                        config: AsyncConnectionConfig::new()
+                            .set_connection_timeout(Some(t))
+                            .set_response_timeout(Some(t)),
                         timeout: t,
                         reconnects: Mutex::default(),
-                        current: Mutex::new(Current {
-                            conn,
-                            health: Arc::default(),
-                        }),
+                        current: Arc::default(),
                     }),
                     node: Arc::from(node),
                     notes,
@@ -355,7 +343,7 @@ impl RedisTarget {
                     sentinels,
                     service: service.clone(),
                     auth: auth.clone(),
-                    primary: tokio::sync::Mutex::new(None),
+                    primary: Arc::default(),
                     reconnects: Mutex::default(),
                     replica: tokio::sync::Mutex::new(None),
                     config: AsyncConnectionConfig::new()
@@ -501,16 +489,21 @@ pub enum RedisConn {
     Sentinel(Arc<SentinelConn>),
 }
 
-/// One server's command connection, replaced by a new one after a
-/// command timed out on it (see [`super::health`]): every clone of the
-/// handle (lookups, write-backs, ACME reads, the ticket task) moves to the
-/// new one; commands in flight finish on the old one, which closes when
-/// the last of them ends.
+/// One server's command connection, shared by every clone of the handle
+/// (lookups, write-backs, ACME reads, the ticket task): made on first use,
+/// and again after it broke, or after a command timed out on it (see
+/// [`super::health`]); commands in flight finish on the old one, which
+/// closes when the last of them ends. It is made under the slot's lock,
+/// so the commands that come meanwhile share that attempt, and how soon
+/// after a failure the next one may start is [`Reconnects`]'. (The redis
+/// crate's `ConnectionManager` also reconnected by itself right after
+/// every failure: two connections per attempt to a server that is down.)
 pub struct SingleConn {
     client: Client,
-    config: ConnectionManagerConfig,
+    config: AsyncConnectionConfig,
     timeout: Duration,
-    current: Mutex<Current>,
+    /// Held while a connection is made ([`SingleConn::current`]).
+    current: Arc<tokio::sync::Mutex<Option<Current>>>,
     /// When commands may try the server again after it failed to connect.
     reconnects: Mutex<Reconnects>,
 }
@@ -518,80 +511,100 @@ pub struct SingleConn {
 /// The connection in use and what its commands said of it.
 #[derive(Clone)]
 struct Current {
-    conn: ConnectionManager,
+    conn: MultiplexedConnection,
     health: Arc<Mutex<ConnHealth>>,
 }
 
 impl SingleConn {
-    /// The connection for the next command: a new one when the current
-    /// one is suspect, or when this command is the next `attempt` to
-    /// connect to a server that failed to ([`Reconnects`]).
-    fn current(&self, node: &str, notes: &Notes, attempt: bool) -> Current {
-        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let suspect = cur
-            .health
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .suspect();
-        if attempt && !suspect {
-            // The manager's own reconnect started right after the last
-            // failure, before the wait: this command's is a new one.
-            if let Ok(conn) =
-                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
-            {
-                *cur = Current {
-                    conn,
-                    health: Arc::default(),
+    /// The connection for the next command, and the failures counted when
+    /// it was taken (see [`Reconnects::failed`]): the one in use, unless it
+    /// is suspect or broke ([`ConnHealth`]); otherwise a new one, when
+    /// [`Reconnects`] admits an attempt now or within half the command
+    /// timeout (the rest is the attempt's). Fails at once when the next
+    /// attempt is further off, or with the attempt's error.
+    async fn current(self: &Arc<Self>, node: &str, notes: &Notes) -> RedisResult<(Current, u64)> {
+        loop {
+            let mut slot = Arc::clone(&self.current).lock_owned().await;
+            if let Some(cur) = slot.as_ref() {
+                let (suspect, broken) = {
+                    let h = cur.health.lock().unwrap_or_else(|e| e.into_inner());
+                    (h.suspect(), h.broken())
                 };
-            }
-        } else if suspect {
-            // Lazy: connects on this command, with the manager's backoff.
-            match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
-            {
-                Ok(conn) => {
-                    *cur = Current {
-                        conn,
-                        health: Arc::default(),
-                    };
+                if !suspect && !broken {
+                    return Ok((cur.clone(), self.counted()));
+                }
+                if suspect {
                     notes.reconnected(node);
                 }
-                // Not expected (the client was built from the same
-                // settings): the old one is kept, and asked again next time.
-                Err(e) => notes.connect_failed(node, &e),
+                *slot = None;
             }
-        }
-        cur.clone()
-    }
-
-    fn get_db(&self) -> i64 {
-        let cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        cur.conn.get_db()
-    }
-
-    /// Waits for the next attempt to connect when the server failed to
-    /// connect moments ago and that attempt comes within half the command
-    /// timeout (the rest is the attempt's); fails at once when it is
-    /// further off ([`Reconnects`]). Returns whether the command is that
-    /// attempt ([`Admit::Attempt`]), and the failures counted when it was
-    /// admitted.
-    async fn admit(&self, node: &str) -> RedisResult<(bool, u64)> {
-        loop {
             let (admit, left) = {
-                let mut r = self.reconnects.lock().unwrap_or_else(|e| e.into_inner());
+                let r = self.reconnects.lock().unwrap_or_else(|e| e.into_inner());
                 let now = Instant::now();
                 (r.admit(now, self.timeout / 2), r.wait_left(now))
             };
             match admit {
-                Admit::Go { since } => return Ok((false, since)),
-                Admit::Attempt { since } => return Ok((true, since)),
-                Admit::WaitUntil(t) => tokio::time::sleep_until(t.into()).await,
+                Admit::Connect { since } => {
+                    // In a task of its own, which keeps the lock until it
+                    // is done: a caller that stops waiting (its own bound
+                    // is `dyncert_redis_timeout` too, and often ends first
+                    // while connecting to a host that drops the packets)
+                    // neither cancels the attempt nor leaves its failure
+                    // uncounted, which would make every command a new one.
+                    let (me, shown, notes) = (Arc::clone(self), node.to_owned(), notes.clone());
+                    let connecting = tokio::spawn(async move {
+                        match me
+                            .client
+                            .get_multiplexed_async_connection_with_config(&me.config)
+                            .await
+                        {
+                            Ok(conn) => {
+                                // Not yet `answered`: a server that accepts
+                                // and closes (or a proxy in front of one
+                                // that is down) would reset the waits at
+                                // every attempt.
+                                let cur = Current {
+                                    conn,
+                                    health: Arc::default(),
+                                };
+                                *slot = Some(cur.clone());
+                                Ok(cur)
+                            }
+                            Err(e) => {
+                                notes.connect_failed(&shown, &e);
+                                me.note_attempt(Verdict::ConnectFailed, since);
+                                Err(e)
+                            }
+                        }
+                    });
+                    return match connecting.await {
+                        Ok(made) => made.map(|cur| (cur, since)),
+                        Err(e) => Err(std::io::Error::other(format!(
+                            "connecting to redis node \"{node}\": {e}"
+                        ))
+                        .into()),
+                    };
+                }
+                Admit::WaitUntil(t) => {
+                    drop(slot);
+                    tokio::time::sleep_until(t.into()).await;
+                }
                 Admit::Refuse => return Err(not_reconnected(node, left)),
             }
         }
     }
 
-    /// What the end of a command admitted with `since` says of the
-    /// server's reachability.
+    fn counted(&self) -> u64 {
+        let r = self.reconnects.lock().unwrap_or_else(|e| e.into_inner());
+        r.counted()
+    }
+
+    fn get_db(&self) -> i64 {
+        self.client.get_connection_info().redis_settings().db()
+    }
+
+    /// What the end of a command taken with `since` says of the server's
+    /// reachability.
     fn note_attempt(&self, verdict: Verdict, since: u64) {
         let mut r = self.reconnects.lock().unwrap_or_else(|e| e.into_inner());
         match verdict {
@@ -730,20 +743,16 @@ impl RedisConn {
     async fn run(&mut self, req: Req<'_>) -> RedisResult<Vec<Value>> {
         match self {
             RedisConn::Single { conn, node, notes } => {
-                let (attempt, since) = conn.admit(node).await?;
-                let Current {
-                    conn: mut manager,
-                    health,
-                } = conn.current(node, notes, attempt);
+                let (cur, since) = conn.current(node, notes).await?;
                 let mut watch = Watch {
-                    health: &health,
+                    health: &cur.health,
                     notes,
                     node,
                     timeout: conn.timeout,
                     started: Instant::now(),
                     ended: false,
                 };
-                let r = req.send(&mut manager).await;
+                let r = req.send(&mut cur.conn.clone()).await;
                 let verdict = match &r {
                     Ok(_) => watch.end(CommandEnd::Answered, None),
                     Err(e) => watch.end(command_end(e), Some(e)),
@@ -978,7 +987,8 @@ pub struct SentinelConn {
     service: String,
     /// The primary's and replicas' credentials.
     auth: Auth,
-    primary: tokio::sync::Mutex<Option<Primary>>,
+    /// Held while the primary is found ([`SentinelConn::primary`]).
+    primary: Arc<tokio::sync::Mutex<Option<Primary>>>,
     /// When a command may look for the primary again after finding none
     /// that answers ([`Reconnects`]; reads go to a replica meanwhile).
     reconnects: Mutex<Reconnects>,
@@ -1160,57 +1170,83 @@ impl SentinelConn {
     /// once when the connection in use is suspect (a command timed out on
     /// it), which is then replaced ([`ask_sentinels`], [`replace_primary`]).
     async fn primary(self: &Arc<Self>) -> RedisResult<Primary> {
-        let mut slot = self.primary.lock().await;
-        let Some(p) = slot.clone() else {
+        let mut slot = Arc::clone(&self.primary).lock_owned().await;
+        let since = match slot.clone() {
             // No primary answered moments ago: the command fails at once
             // (a read goes to a replica) until the next attempt is due.
-            let since = {
-                let mut r = self.reconnects.lock().unwrap_or_else(|e| e.into_inner());
+            None => {
+                let r = self.reconnects.lock().unwrap_or_else(|e| e.into_inner());
                 let now = Instant::now();
                 match r.admit(now, Duration::ZERO) {
-                    Admit::Go { since } | Admit::Attempt { since } => since,
+                    Admit::Connect { since } => since,
                     Admit::Refuse | Admit::WaitUntil(_) => {
                         return Err(not_reconnected(&self.shown, r.wait_left(now)));
                     }
                 }
-            };
-            let found = self.primary_client().await;
-            let (addr, client, conn) = self.attempted(found, since)?;
-            return Ok(self.install(&mut slot, addr, client, conn, Instant::now()));
+            }
+            Some(p) => {
+                // The sentinels' word is checked again at most once per
+                // interval: after a failover the old primary may still
+                // accept reads (and answer "no such record") until the
+                // sentinels get round to demoting it.
+                let suspect = p.suspect();
+                if !ask_sentinels(suspect, p.checked.elapsed(), PRIMARY_CHECK_INTERVAL) {
+                    return Ok(p);
+                }
+                if !suspect {
+                    // A routine re-check of a primary that answers:
+                    // claimed under the lock (one per interval, whatever
+                    // the sentinels answer), asked in the background, so
+                    // that no command waits while a sentinel that does not
+                    // answer holds the question up for
+                    // `dyncert_redis_timeout`.
+                    let mut claimed = p;
+                    claimed.checked = Instant::now();
+                    *slot = Some(claimed.clone());
+                    drop(slot);
+                    let me = Arc::clone(self);
+                    let asked = claimed.clone();
+                    tokio::spawn(async move { me.recheck(asked).await });
+                    return Ok(claimed);
+                }
+                // Suspect: replaced below.
+                self.failures_counted()
+            }
         };
-        // The sentinels' word is checked again at most once per interval:
-        // after a failover the old primary may still accept reads (and
-        // answer "no such record") until the sentinels get round to
-        // demoting it.
-        let suspect = p.suspect();
-        if !ask_sentinels(suspect, p.checked.elapsed(), PRIMARY_CHECK_INTERVAL) {
-            return Ok(p);
+        // Finding the primary, or replacing a suspect one: in a task of its
+        // own, which keeps the lock until it is done, so that a caller that
+        // stops waiting (its bound is `dyncert_redis_timeout` too) neither
+        // cancels the attempt nor leaves it uncounted, which would make
+        // every command a new one (see `SingleConn::current`).
+        let me = Arc::clone(self);
+        let finding = tokio::spawn(async move {
+            let found = me.find_primary(&mut slot).await;
+            me.attempted(found, since)
+        });
+        match finding.await {
+            Ok(found) => found,
+            Err(e) => Err(std::io::Error::other(format!("finding the primary: {e}")).into()),
         }
-        if !suspect {
-            // A routine re-check of a primary that answers: claimed under
-            // the lock (one per interval, whatever the sentinels answer),
-            // asked in the background, so that no command waits while a
-            // sentinel that does not answer holds the question up for
-            // `dyncert_redis_timeout`.
-            let mut claimed = p;
-            claimed.checked = Instant::now();
-            *slot = Some(claimed.clone());
-            drop(slot);
-            let me = Arc::clone(self);
-            let asked = claimed.clone();
-            tokio::spawn(async move { me.recheck(asked).await });
-            return Ok(claimed);
-        }
+    }
+
+    /// The primary found (`slot` empty) or a suspect one's replacement,
+    /// installed in `slot`; otherwise why there is none (`slot` then
+    /// empty, and the next command asks the sentinels again).
+    async fn find_primary(&self, slot: &mut Option<Primary>) -> RedisResult<Primary> {
+        let Some(p) = slot.clone() else {
+            let (addr, client, conn) = self.primary_client().await?;
+            return Ok(self.install(slot, addr, client, conn, Instant::now()));
+        };
         // Suspect: its commands time out, so nothing is lost by asking
         // under the lock, and every command waits for the new connection.
-        let (named, found) = self.named(&p, suspect).await;
-        if !replace_primary(suspect, named) {
+        let (named, found) = self.named(&p, true).await;
+        if !replace_primary(true, named) {
             return Ok(p);
         }
         self.notes.reconnected(&p.addr);
         match found {
             Some(Ok((addr, client, conn))) => {
-                Ok(self.install(&mut slot, addr, client, conn, Instant::now()))
+                Ok(self.install(slot, addr, client, conn, Instant::now()))
             }
             // Named, but it does not answer as a primary (yet: a replica
             // being promoted; or it hangs): not the old address instead,
@@ -1218,18 +1254,18 @@ impl SentinelConn {
             // The next command asks the sentinels again.
             Some(Err(e)) => {
                 *slot = None;
-                self.attempted(Err(e), self.failures_counted())
+                Err(e)
             }
             // Suspect, and the sentinels name nobody: a new connection to
             // the address a majority named last, if it still calls itself
             // primary.
             None => match self.connect_primary(&p.addr, &p.client).await {
                 Ok(conn) => {
-                    Ok(self.install(&mut slot, p.addr.clone(), p.client.clone(), conn, p.checked))
+                    Ok(self.install(slot, p.addr.clone(), p.client.clone(), conn, p.checked))
                 }
                 Err(e) => {
                     *slot = None;
-                    self.attempted(Err(e), self.failures_counted())
+                    Err(e)
                 }
             },
         }
