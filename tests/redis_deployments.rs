@@ -359,8 +359,11 @@ fn clusters_over_tls_trust_the_system_store_and_fail_closed_without_it() {
     untrusted
         .get_sni("tls-cluster.example.com")
         .assert_default();
-    let line = untrusted
-        .wait_for_log_line(DEADLINE, |l| l.contains("while connecting to redis node"))
-        .unwrap_or_else(|| panic!("no connection failure logged:\n{}", untrusted.error_log()));
-    assert!(line.contains("certificate verify failed"), "{line}");
+    // The refusal is logged as such (on a loaded machine a node's connect
+    // may time out first, and be logged so).
+    untrusted
+        .wait_for_log_line(DEADLINE, |l| {
+            l.contains("while connecting to redis node") && l.contains("certificate verify failed")
+        })
+        .unwrap_or_else(|| panic!("no verify failure logged:\n{}", untrusted.error_log()));
 }
