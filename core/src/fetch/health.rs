@@ -684,6 +684,19 @@ mod live_tests {
 
     type Seen = Arc<Mutex<Vec<RedisNote>>>;
 
+    /// The `sentinel://` URL of `sentinels`' service, database 0.
+    fn sentinel_url(sentinels: &[Redis]) -> String {
+        let nodes: Vec<String> = sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!(
+            "sentinel://{}/{}/0",
+            nodes.join(","),
+            dyncert_testkit::SENTINEL_SERVICE
+        )
+    }
+
     /// `cmd` through the handle: its answer as text, or "timeout".
     async fn query<V: redis::FromRedisValue + ToString>(
         conn: &mut crate::fetch::RedisConn,
@@ -747,16 +760,12 @@ mod live_tests {
 
     #[test]
     fn a_sentinel_primary_connection_that_went_silent_is_replaced_after_one_timeout() {
-        use dyncert_testkit::{sentinels_naming, SENTINEL_SERVICE};
+        use dyncert_testkit::sentinels_naming;
         // Three real sentinels that name the primary at the proxy's address.
         let redis = Redis::start();
         let proxy = BlackholeProxy::start(redis.port);
         let sentinels = sentinels_naming(proxy.port);
-        let nodes: Vec<String> = sentinels
-            .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
-            .collect();
-        let url = format!("sentinel://{}/{SENTINEL_SERVICE}/0", nodes.join(","));
+        let url = sentinel_url(&sentinels);
         let (target, notes, seen, rt) = setup(&url);
         rt.block_on(async {
             let mut lookups = target.connect(notes).unwrap();
@@ -967,7 +976,7 @@ mod live_tests {
     #[test]
     fn callers_that_stop_waiting_do_not_make_every_command_a_new_connection_to_a_sentinel_primary()
     {
-        use dyncert_testkit::{poll, sentinels_naming, SENTINEL_SERVICE};
+        use dyncert_testkit::{poll, sentinels_naming};
         // Three real sentinels that name, as the primary, a server that
         // accepts connections and never answers.
         let hung = Hung::start();
@@ -978,11 +987,7 @@ mod live_tests {
         });
         assert!(linked.is_some(), "{} sentinel links", hung.accepted());
         std::thread::sleep(Duration::from_millis(200));
-        let nodes: Vec<String> = sentinels
-            .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
-            .collect();
-        let url = format!("sentinel://{}/{SENTINEL_SERVICE}/0", nodes.join(","));
+        let url = sentinel_url(&sentinels);
         let (target, notes, _seen, rt) = setup(&url);
         rt.block_on(async {
             let mut conn = target.connect(notes).unwrap();
@@ -1159,14 +1164,7 @@ mod live_tests {
             linked.is_some(),
             "the sentinels did not connect to the replica"
         );
-        let url = format!(
-            "sentinel://{}/{SENTINEL_SERVICE}/0",
-            sentinels
-                .iter()
-                .map(|s| format!("127.0.0.1:{}", s.port))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        let url = sentinel_url(&sentinels);
         let (target, notes, seen, rt) = setup(&url);
         primary.stop();
         let before = replica.connections_received();
