@@ -3,8 +3,10 @@
 //! forwarding (both ways) on every connection it accepted before, except
 //! those that sent SUBSCRIBE (a subscription's flow stays alive), and
 //! keeps them open; connections accepted after the freeze are forwarded
-//! as usual. [`BlackholeProxy::start_delayed`] also holds every chunk it
-//! forwards for a while (a node farther away than the others).
+//! as usual. [`BlackholeProxy::hang`] silences every connection, those
+//! accepted after it too (a node that hangs). [`BlackholeProxy::start_delayed`]
+//! also holds every chunk it forwards for a while (a node farther away
+//! than the others).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -26,20 +28,24 @@ pub struct BlackholeProxy {
     /// The port it listens on (127.0.0.1).
     pub port: u16,
     freeze: Arc<AtomicBool>,
+    hang: Arc<AtomicBool>,
     accepted: Arc<AtomicU64>,
 }
 
 /// Forwards `from` to `to` until the flow is frozen (and not a
-/// subscription's), then swallows what arrives and keeps both open.
+/// subscription's) or the proxy hangs, then swallows what arrives and
+/// keeps both open.
 fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
-    frozen: Arc<AtomicBool>,
-    subscription: Arc<AtomicBool>,
+    [frozen, hang, subscription]: [Arc<AtomicBool>; 3],
     upstream: bool,
     delay: Duration,
 ) {
-    let silent = || frozen.load(Ordering::SeqCst) && !subscription.load(Ordering::SeqCst);
+    let silent = || {
+        hang.load(Ordering::SeqCst)
+            || (frozen.load(Ordering::SeqCst) && !subscription.load(Ordering::SeqCst))
+    };
     let mut buf = vec![0u8; 65536];
     loop {
         let n = match from.read(&mut buf) {
@@ -80,8 +86,9 @@ impl BlackholeProxy {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let freeze = Arc::new(AtomicBool::new(false));
+        let hang = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
-        let (f, a) = (freeze.clone(), accepted.clone());
+        let (f, h, a) = (freeze.clone(), hang.clone(), accepted.clone());
         thread::spawn(move || {
             for c in l.incoming().flatten() {
                 a.fetch_add(1, Ordering::SeqCst);
@@ -96,14 +103,16 @@ impl BlackholeProxy {
                 };
                 let sub = Arc::new(AtomicBool::new(false));
                 let (c2, s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
-                let (fr1, sb1) = (frozen.clone(), sub.clone());
-                thread::spawn(move || pump(c, s, fr1, sb1, true, delay));
-                thread::spawn(move || pump(s2, c2, frozen, sub, false, delay));
+                let up = [frozen.clone(), h.clone(), sub.clone()];
+                let down = [frozen, h.clone(), sub];
+                thread::spawn(move || pump(c, s, up, true, delay));
+                thread::spawn(move || pump(s2, c2, down, false, delay));
             }
         });
         BlackholeProxy {
             port,
             freeze,
+            hang,
             accepted,
         }
     }
@@ -113,6 +122,13 @@ impl BlackholeProxy {
     /// through first.
     pub fn freeze(&self) {
         self.freeze.store(true, Ordering::SeqCst);
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    /// Silences every connection, subscriptions and those accepted from
+    /// now on included: the node hangs (it accepts, and never answers).
+    pub fn hang(&self) {
+        self.hang.store(true, Ordering::SeqCst);
         thread::sleep(Duration::from_millis(50));
     }
 

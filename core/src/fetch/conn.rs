@@ -345,7 +345,8 @@ impl RedisTarget {
                     auth: auth.clone(),
                     primary: Arc::default(),
                     reconnects: Mutex::default(),
-                    replica: tokio::sync::Mutex::new(None),
+                    replica: Arc::default(),
+                    replica_reconnects: Mutex::default(),
                     config: AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(t))
                         .set_response_timeout(Some(t)),
@@ -992,8 +993,12 @@ pub struct SentinelConn {
     /// When a command may look for the primary again after finding none
     /// that answers ([`Reconnects`]; reads go to a replica meanwhile).
     reconnects: Mutex<Reconnects>,
-    /// The replica the reads go to while the primary does not answer.
-    replica: tokio::sync::Mutex<Option<Replica>>,
+    /// The replica the reads go to while the primary does not answer;
+    /// held while one is found ([`SentinelConn::replica`]).
+    replica: Arc<tokio::sync::Mutex<Option<Replica>>>,
+    /// When a read may look for a replica again after finding none that
+    /// answers, or after the one kept failed ([`Reconnects`]).
+    replica_reconnects: Mutex<Reconnects>,
     config: AsyncConnectionConfig,
     timeout: Duration,
     shown: String,
@@ -1459,20 +1464,35 @@ impl SentinelConn {
     /// primary's error when no replica answers either. The replica's
     /// connection is kept for the next reads ([`Self::replica`]).
     async fn read_replica(
-        &self,
+        self: &Arc<Self>,
         req: &Req<'_>,
         primary_error: redis::RedisError,
     ) -> RedisResult<Vec<Value>> {
-        let Some((addr, mut conn)) = self.replica().await else {
+        let Some((addr, mut conn, since)) = self.replica().await else {
             return Err(primary_error);
         };
-        match req.send(&mut conn).await {
+        let r = req.send(&mut conn).await;
+        let failed = matches!(&r, Err(e) if is_connection_failure(e));
+        {
+            let mut reconnects = self
+                .replica_reconnects
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if r.is_ok() {
+                reconnects.answered();
+            } else if failed {
+                // Broken, or it hangs: the next read looks for a replica
+                // again, after the wait a failure sets.
+                reconnects.failed(since, Instant::now());
+            }
+        }
+        match r {
             Ok(v) => {
                 self.notes.replica_read(&addr);
                 Ok(v)
             }
             Err(e) => {
-                if is_connection_failure(&e) {
+                if failed {
                     self.notes.connect_failed(&addr, &e);
                     let mut kept = self.replica.lock().await;
                     if kept.as_ref().is_some_and(|r| r.addr == addr) {
@@ -1484,23 +1504,62 @@ impl SentinelConn {
         }
     }
 
-    /// The replica the reads go to while the primary does not answer: the
-    /// one kept, while a majority of the sentinels listed it less than
+    /// The replica the reads go to while the primary does not answer, and
+    /// the failures counted when it was taken (see [`Reconnects::failed`]):
+    /// the one kept, while a majority of the sentinels listed it less than
     /// [`PRIMARY_CHECK_INTERVAL`] ago (asked again after that, and kept
     /// when they still list it); otherwise the first replica a majority
-    /// lists that calls itself one (`ROLE`). Before, every read asked the
-    /// sentinels and made a new connection to the replica, dropped after
-    /// the read: about two hundred connections a second per worker at a
-    /// hundred new names a second, for as long as the primary was down.
-    async fn replica(&self) -> Option<(String, MultiplexedConnection)> {
+    /// lists that calls itself one (`ROLE`), when [`Reconnects`] admits an
+    /// attempt (a read does not wait for one). Before, every read asked
+    /// the sentinels and made a new connection to the replica, dropped
+    /// after the read: about two hundred connections a second per worker
+    /// at a hundred new names a second, for as long as the primary was
+    /// down; and a replica that hangs was connected to again by every read.
+    async fn replica(self: &Arc<Self>) -> Option<(String, MultiplexedConnection, u64)> {
         // Held while the sentinels are asked: one question at a time, the
         // other reads wait for its answer.
-        let mut kept = self.replica.lock().await;
-        if let Some(r) = kept.as_ref() {
-            if r.listed.elapsed() < PRIMARY_CHECK_INTERVAL {
-                return Some((r.addr.clone(), r.conn.clone()));
+        let mut kept = Arc::clone(&self.replica).lock_owned().await;
+        let since = {
+            let r = self
+                .replica_reconnects
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(k) = kept.as_ref() {
+                if k.listed.elapsed() < PRIMARY_CHECK_INTERVAL {
+                    return Some((k.addr.clone(), k.conn.clone(), r.counted()));
+                }
+                r.counted()
+            } else {
+                match r.admit(Instant::now(), Duration::ZERO) {
+                    Admit::Connect { since } => since,
+                    Admit::WaitUntil(_) | Admit::Refuse => return None,
+                }
             }
-        }
+        };
+        // In a task of its own, which keeps the lock until it is done: a
+        // read that stops waiting neither cancels it nor leaves its
+        // failure uncounted (see `SingleConn::current`).
+        let me = Arc::clone(self);
+        let finding = tokio::spawn(async move {
+            let found = me.find_replica(&mut kept).await;
+            let mut r = me
+                .replica_reconnects
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match found {
+                Some(_) => r.answered(),
+                None => r.failed(since, Instant::now()),
+            }
+            found.map(|(addr, conn)| (addr, conn, r.counted()))
+        });
+        finding.await.ok().flatten()
+    }
+
+    /// [`Self::replica`]'s asking and connecting, `kept` held.
+    async fn find_replica(
+        &self,
+        kept: &mut Option<Replica>,
+    ) -> Option<(String, MultiplexedConnection)> {
         let mut cmd = redis::cmd("SENTINEL");
         cmd.arg("REPLICAS").arg(&self.service);
         let answers = futures_util::future::join_all(self.sentinels.iter().map(|s| async {

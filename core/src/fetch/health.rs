@@ -934,12 +934,17 @@ mod live_tests {
     /// server that does not answer (which takes the whole timeout). Every
     /// command must fail; returns how many were sent.
     async fn ping_impatiently(conn: &mut crate::fetch::RedisConn) -> usize {
+        ask_impatiently(conn, &redis::cmd("PING")).await
+    }
+
+    /// [`ping_impatiently`] with `cmd`.
+    async fn ask_impatiently(conn: &mut crate::fetch::RedisConn, cmd: &redis::Cmd) -> usize {
         let t0 = std::time::Instant::now();
         let mut sent = 0;
         while t0.elapsed() < Duration::from_secs(3) {
             sent += 1;
-            let ping = redis::cmd("PING");
-            let answered = tokio::time::timeout(T / 2, ping.query_async::<String>(conn)).await;
+            let answered =
+                tokio::time::timeout(T / 2, cmd.query_async::<Option<String>>(conn)).await;
             assert!(!matches!(answered, Ok(Ok(_))), "{answered:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -1192,5 +1197,57 @@ mod live_tests {
                 .any(|n| matches!(n, RedisNote::ReplicaRead { .. })),
             "no replica read noted"
         );
+    }
+
+    /// Whether `reply` holds the bulk string `text`, at any depth.
+    fn mentions(reply: &dyncert_testkit::Reply, text: &str) -> bool {
+        use dyncert_testkit::Reply;
+        match reply {
+            Reply::Bulk(Some(b)) => b == text.as_bytes(),
+            Reply::Array(Some(v)) => v.iter().any(|r| mentions(r, text)),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn a_replica_that_hangs_gets_one_connection_per_wait_while_the_primary_is_down() {
+        use dyncert_testkit::{poll, redis_command, sentinels_naming, SENTINEL_SERVICE};
+        let mut primary = Redis::start_with(&["--repl-diskless-sync-delay", "0"]);
+        // The replica announces the proxy's port: the sentinels list it
+        // there, and the worker connects through the proxy.
+        let replica = Redis::start();
+        let proxy = BlackholeProxy::start(replica.port);
+        let announced = proxy.port.to_string();
+        replica.cmd(&["CONFIG", "SET", "replica-announce-port", &announced]);
+        replica.cmd(&["REPLICAOF", "127.0.0.1", &primary.port.to_string()]);
+        let sentinels = sentinels_naming(primary.port);
+        let listed = poll(Duration::from_secs(15), Duration::from_millis(100), || {
+            sentinels
+                .iter()
+                .all(|s| {
+                    matches!(
+                        redis_command(s.port, &["SENTINEL", "REPLICAS", SENTINEL_SERVICE]),
+                        Ok(r) if mentions(&r, &announced)
+                    )
+                })
+                .then_some(())
+        });
+        assert!(listed.is_some(), "the sentinels do not list the replica");
+        // Their own links to it (a command and a hello link each).
+        let linked = poll(Duration::from_secs(15), Duration::from_millis(50), || {
+            (proxy.accepted() >= 6).then_some(())
+        });
+        assert!(linked.is_some(), "{} sentinel links", proxy.accepted());
+        std::thread::sleep(Duration::from_millis(200));
+        let (target, notes, _seen, rt) = setup(&sentinel_url(&sentinels));
+        primary.stop();
+        proxy.hang();
+        let before = proxy.accepted();
+        rt.block_on(async {
+            let mut conn = target.connect(notes).unwrap();
+            let get = redis::cmd("GET").arg("k").clone();
+            let sent = ask_impatiently(&mut conn, &get).await;
+            assert_one_attempt_per_wait(proxy.accepted() - before, sent);
+        });
     }
 }
