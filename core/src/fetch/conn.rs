@@ -547,13 +547,10 @@ impl SingleConn {
             match admit {
                 Admit::Connect { since } => {
                     // In a task of its own, which keeps the lock until it
-                    // is done: a caller that stops waiting (its own bound
-                    // is `dyncert_redis_timeout` too, and often ends first
-                    // while connecting to a host that drops the packets)
-                    // neither cancels the attempt nor leaves its failure
-                    // uncounted, which would make every command a new one.
+                    // is done ([`in_own_task`]).
                     let (me, shown, notes) = (Arc::clone(self), node.to_owned(), notes.clone());
-                    let connecting = tokio::spawn(async move {
+                    let what = format!("connecting to redis node \"{node}\"");
+                    let made = in_own_task(&what, async move {
                         match me
                             .client
                             .get_multiplexed_async_connection_with_config(&me.config)
@@ -578,13 +575,7 @@ impl SingleConn {
                             }
                         }
                     });
-                    return match connecting.await {
-                        Ok(made) => made.map(|cur| (cur, since)),
-                        Err(e) => Err(std::io::Error::other(format!(
-                            "connecting to redis node \"{node}\": {e}"
-                        ))
-                        .into()),
-                    };
+                    return made.await.map(|cur| (cur, since));
                 }
                 Admit::WaitUntil(t) => {
                     drop(slot);
@@ -609,10 +600,28 @@ impl SingleConn {
     fn note_attempt(&self, verdict: Verdict, since: u64) {
         let mut r = self.reconnects.lock().unwrap_or_else(|e| e.into_inner());
         match verdict {
-            Verdict::Fine => r.answered(),
-            Verdict::ConnectFailed => r.failed(since, Instant::now()),
+            Verdict::Fine => r.ended(true, since, Instant::now()),
+            Verdict::ConnectFailed => r.ended(false, since, Instant::now()),
             Verdict::CommandTimedOut { .. } => {}
         }
+    }
+}
+
+/// `work` (an attempt to connect, or to find a node, which holds its
+/// slot's lock) run in a task of its own, to its end whether or not the
+/// caller still waits: a command that stops waiting (its own bound is
+/// `dyncert_redis_timeout` too, and often ends first while connecting to a
+/// host that drops the packets) neither cancels the attempt nor leaves its
+/// failure uncounted, which would make every command a new attempt.
+/// `what` names the work in the error of a task that did not finish (a
+/// panic, the runtime shutting down).
+async fn in_own_task<T: Send + 'static>(
+    what: &str,
+    work: impl std::future::Future<Output = RedisResult<T>> + Send + 'static,
+) -> RedisResult<T> {
+    match tokio::spawn(work).await {
+        Ok(r) => r,
+        Err(e) => Err(std::io::Error::other(format!("{what}: {e}")).into()),
     }
 }
 
@@ -1051,7 +1060,7 @@ impl SentinelConn {
             return Ok(c.clone());
         }
         let (client, config, timeout) = (s.client.clone(), self.config.clone(), self.timeout);
-        let connecting = tokio::spawn(async move {
+        in_own_task("connecting to the sentinel", async move {
             let made = tokio::time::timeout(timeout, async {
                 let mut c = client
                     .get_multiplexed_async_connection_with_config(&config)
@@ -1069,11 +1078,8 @@ impl SentinelConn {
             };
             *slot = Some(c.clone());
             Ok(c)
-        });
-        match connecting.await {
-            Ok(r) => r,
-            Err(e) => Err(std::io::Error::other(format!("connecting to the sentinel: {e}")).into()),
-        }
+        })
+        .await
     }
 
     /// The primary's client, and a connection to it: the address a
@@ -1176,62 +1182,54 @@ impl SentinelConn {
     /// it), which is then replaced ([`ask_sentinels`], [`replace_primary`]).
     async fn primary(self: &Arc<Self>) -> RedisResult<Primary> {
         let mut slot = Arc::clone(&self.primary).lock_owned().await;
-        let since = match slot.clone() {
-            // No primary answered moments ago: the command fails at once
-            // (a read goes to a replica) until the next attempt is due.
-            None => {
-                let r = self.reconnects.lock().unwrap_or_else(|e| e.into_inner());
-                let now = Instant::now();
-                match r.admit(now, Duration::ZERO) {
-                    Admit::Connect { since } => since,
-                    Admit::Refuse | Admit::WaitUntil(_) => {
-                        return Err(not_reconnected(&self.shown, r.wait_left(now)));
-                    }
-                }
+        if let Some(p) = slot.clone() {
+            // The sentinels' word is checked again at most once per
+            // interval: after a failover the old primary may still accept
+            // reads (and answer "no such record") until the sentinels get
+            // round to demoting it.
+            let suspect = p.suspect();
+            if !ask_sentinels(suspect, p.checked.elapsed(), PRIMARY_CHECK_INTERVAL) {
+                return Ok(p);
             }
-            Some(p) => {
-                // The sentinels' word is checked again at most once per
-                // interval: after a failover the old primary may still
-                // accept reads (and answer "no such record") until the
-                // sentinels get round to demoting it.
-                let suspect = p.suspect();
-                if !ask_sentinels(suspect, p.checked.elapsed(), PRIMARY_CHECK_INTERVAL) {
-                    return Ok(p);
+            if !suspect {
+                // A routine re-check of a primary that answers: claimed
+                // under the lock (one per interval, whatever the sentinels
+                // answer), asked in the background, so that no command
+                // waits while a sentinel that does not answer holds the
+                // question up for `dyncert_redis_timeout`.
+                let mut claimed = p;
+                claimed.checked = Instant::now();
+                *slot = Some(claimed.clone());
+                drop(slot);
+                let me = Arc::clone(self);
+                let asked = claimed.clone();
+                tokio::spawn(async move { me.recheck(asked).await });
+                return Ok(claimed);
+            }
+            // Suspect: replaced below.
+        }
+        // No primary, or a suspect one to replace. With none, because none
+        // answered moments ago, the command fails at once (a read goes to
+        // a replica) until the next attempt is due. A primary in use
+        // answered, so a suspect one's replacement is always admitted.
+        let since = {
+            let r = self.reconnects.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            match r.admit(now, Duration::ZERO) {
+                Admit::Connect { since } => since,
+                Admit::Refuse | Admit::WaitUntil(_) => {
+                    return Err(not_reconnected(&self.shown, r.wait_left(now)));
                 }
-                if !suspect {
-                    // A routine re-check of a primary that answers:
-                    // claimed under the lock (one per interval, whatever
-                    // the sentinels answer), asked in the background, so
-                    // that no command waits while a sentinel that does not
-                    // answer holds the question up for
-                    // `dyncert_redis_timeout`.
-                    let mut claimed = p;
-                    claimed.checked = Instant::now();
-                    *slot = Some(claimed.clone());
-                    drop(slot);
-                    let me = Arc::clone(self);
-                    let asked = claimed.clone();
-                    tokio::spawn(async move { me.recheck(asked).await });
-                    return Ok(claimed);
-                }
-                // Suspect: replaced below.
-                self.failures_counted()
             }
         };
-        // Finding the primary, or replacing a suspect one: in a task of its
-        // own, which keeps the lock until it is done, so that a caller that
-        // stops waiting (its bound is `dyncert_redis_timeout` too) neither
-        // cancels the attempt nor leaves it uncounted, which would make
-        // every command a new one (see `SingleConn::current`).
+        // In a task of its own, which keeps the lock until it is done
+        // ([`in_own_task`]).
         let me = Arc::clone(self);
-        let finding = tokio::spawn(async move {
+        in_own_task("finding the primary", async move {
             let found = me.find_primary(&mut slot).await;
             me.attempted(found, since)
-        });
-        match finding.await {
-            Ok(found) => found,
-            Err(e) => Err(std::io::Error::other(format!("finding the primary: {e}")).into()),
-        }
+        })
+        .await
     }
 
     /// The primary found (`slot` empty) or a suspect one's replacement,
@@ -1280,19 +1278,8 @@ impl SentinelConn {
     /// the next one ([`Reconnects`]).
     fn attempted<T>(&self, found: RedisResult<T>, since: u64) -> RedisResult<T> {
         let mut r = self.reconnects.lock().unwrap_or_else(|e| e.into_inner());
-        match &found {
-            Ok(_) => r.answered(),
-            Err(_) => r.failed(since, Instant::now()),
-        }
+        r.ended(found.is_ok(), since, Instant::now());
         found
-    }
-
-    /// The failures counted so far ([`Admit`]), for an attempt made
-    /// without asking [`Reconnects::admit`] (a suspect connection's
-    /// replacement).
-    fn failures_counted(&self) -> u64 {
-        let r = self.reconnects.lock().unwrap_or_else(|e| e.into_inner());
-        r.counted()
     }
 
     /// The routine re-check of `asked`, the primary in use: when a
@@ -1478,12 +1465,10 @@ impl SentinelConn {
                 .replica_reconnects
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if r.is_ok() {
-                reconnects.answered();
-            } else if failed {
-                // Broken, or it hangs: the next read looks for a replica
-                // again, after the wait a failure sets.
-                reconnects.failed(since, Instant::now());
+            // Broken, or it hangs: the next read looks for a replica
+            // again, after the wait a failure sets.
+            if r.is_ok() || failed {
+                reconnects.ended(r.is_ok(), since, Instant::now());
             }
         }
         match r {
@@ -1536,23 +1521,21 @@ impl SentinelConn {
                 }
             }
         };
-        // In a task of its own, which keeps the lock until it is done: a
-        // read that stops waiting neither cancels it nor leaves its
-        // failure uncounted (see `SingleConn::current`).
+        // In a task of its own, which keeps the lock until it is done
+        // ([`in_own_task`]).
         let me = Arc::clone(self);
-        let finding = tokio::spawn(async move {
+        in_own_task("finding a replica", async move {
             let found = me.find_replica(&mut kept).await;
             let mut r = me
                 .replica_reconnects
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            match found {
-                Some(_) => r.answered(),
-                None => r.failed(since, Instant::now()),
-            }
-            found.map(|(addr, conn)| (addr, conn, r.counted()))
-        });
-        finding.await.ok().flatten()
+            r.ended(found.is_some(), since, Instant::now());
+            Ok(found.map(|(addr, conn)| (addr, conn, r.counted())))
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// [`Self::replica`]'s asking and connecting, `kept` held.

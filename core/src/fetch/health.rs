@@ -307,6 +307,16 @@ impl Reconnects {
         self.next = Some(now + reconnect_wait(self.failures));
     }
 
+    /// The end of an attempt (or of a command on a connection) taken with
+    /// `since`: answered, or failed at `now` ([`Self::failed`]).
+    pub fn ended(&mut self, answered: bool, since: u64, now: Instant) {
+        if answered {
+            self.answered();
+        } else {
+            self.failed(since, now);
+        }
+    }
+
     /// A command was answered: the node is fine again.
     pub fn answered(&mut self) {
         self.failures = 0;
@@ -609,6 +619,29 @@ mod tests {
         r.answered();
         assert_eq!(admitted(&r, t0 + ms(160), z), "connect");
         assert_eq!(r.wait_left(t0 + ms(160)), z);
+    }
+
+    #[test]
+    fn an_attempt_ends_answered_or_failed_once_for_its_count() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let z = Duration::ZERO;
+        let mut r = Reconnects::default();
+        // Two attempts end failed: the next is 100 ms off.
+        for i in 0..2 {
+            let Admit::Connect { since } = r.admit(t0 + ms(i), z) else {
+                panic!("attempt {i} not admitted");
+            };
+            r.ended(false, since, t0 + ms(i));
+        }
+        assert_eq!(r.wait_left(t0 + ms(1)), ms(100));
+        // A late end taken with an old count changes nothing.
+        r.ended(false, 0, t0 + ms(50));
+        assert_eq!(r.wait_left(t0 + ms(1)), ms(100));
+        // The next attempt ends answered, whatever its count: no wait.
+        r.ended(true, 0, t0 + ms(101));
+        assert_eq!(admitted(&r, t0 + ms(101), z), "connect");
+        assert_eq!(r.wait_left(t0 + ms(101)), z);
     }
 
     #[test]
